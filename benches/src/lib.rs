@@ -1,0 +1,1 @@
+//! Criterion benchmarks of Convene's hot paths live in `benches/benches/`.

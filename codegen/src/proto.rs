@@ -1,0 +1,268 @@
+//! The protobuf schemas: Rust types through prost-build (fed by protox, so no
+//! system `protoc`), the error-code metadata read from custom options, and
+//! the tables of PROTOCOL.md that come from the schemas.
+
+use std::fmt::Write as _;
+
+use prost_reflect::{DescriptorPool, Kind, Value};
+
+use crate::{CodegenError, Layout, camel, header, lit, read, rustfmt};
+
+/// The compiled schemas.
+pub(crate) struct Spec {
+    pub(crate) pool: DescriptorPool,
+    pub(crate) descriptor_set: Vec<u8>,
+    files: Vec<String>,
+}
+
+/// One error code with its normative metadata.
+pub(crate) struct ErrorCodeInfo {
+    /// SCREAMING name without the `ERROR_CODE_` prefix.
+    pub(crate) name: String,
+    pub(crate) number: i32,
+    pub(crate) fatal: bool,
+    pub(crate) section: String,
+    pub(crate) doc: String,
+}
+
+pub(crate) fn compile(layout: &Layout) -> Result<Spec, CodegenError> {
+    let dir = layout.spec_v1();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|source| CodegenError::Io {
+            path: dir.clone(),
+            source,
+        })?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".proto"))
+        .collect();
+    files.sort();
+    let mut compiler =
+        protox::Compiler::new([&dir]).map_err(|e| CodegenError::Proto(e.to_string()))?;
+    compiler.include_source_info(true).include_imports(false);
+    compiler
+        .open_files(&files)
+        .map_err(|e| CodegenError::Proto(format!("{e:?}")))?;
+    let pool = compiler.descriptor_pool();
+    // The descriptor set shipped to users has no source info: it is smaller
+    // and does not change when a comment does.
+    let mut bare = protox::Compiler::new([&dir]).map_err(|e| CodegenError::Proto(e.to_string()))?;
+    bare.include_source_info(false).include_imports(true);
+    bare.open_files(&files)
+        .map_err(|e| CodegenError::Proto(format!("{e:?}")))?;
+    Ok(Spec {
+        pool,
+        descriptor_set: bare.encode_file_descriptor_set(),
+        files,
+    })
+}
+
+pub(crate) fn generate_rust(spec: &Spec) -> Result<String, CodegenError> {
+    let out = std::env::temp_dir().join(format!("convene-codegen-{}", std::process::id()));
+    std::fs::create_dir_all(&out).map_err(|source| CodegenError::Io {
+        path: out.clone(),
+        source,
+    })?;
+    let fds = prost_types_fds(spec)?;
+    let mut config = prost_build::Config::new();
+    config
+        .out_dir(&out)
+        // Payloads are shared, not copied, on their way through the server.
+        .bytes(["."])
+        .compile_fds(fds)
+        .map_err(|e| CodegenError::Proto(e.to_string()))?;
+    let path = out.join("convene.v1.rs");
+    let body = read(&path)?;
+    let _ = std::fs::remove_dir_all(&out);
+    let code = format!(
+        "{}{}",
+        header(&format!("spec/v1/{{{}}}", spec.files.join(","))),
+        body
+    );
+    rustfmt("protobuf types", &code)
+}
+
+fn prost_types_fds(spec: &Spec) -> Result<prost_types::FileDescriptorSet, CodegenError> {
+    // prost-build wants only the files it should generate plus their imports;
+    // google/protobuf/descriptor.proto is needed only for the custom options.
+    use prost::Message as _;
+    let mut set = prost_types::FileDescriptorSet::decode(spec.pool.encode_to_vec().as_slice())
+        .map_err(|e| CodegenError::Proto(e.to_string()))?;
+    set.file.retain(|f| !f.name().starts_with("google/"));
+    for f in &mut set.file {
+        f.dependency.retain(|d| !d.starts_with("google/"));
+    }
+    Ok(set)
+}
+
+/// Leading comment of the element at `path` in its file, joined into one line.
+fn comment(spec: &Spec, file: &prost_reflect::FileDescriptor, path: &[i32]) -> String {
+    let _ = spec;
+    let Some(info) = &file.file_descriptor_proto().source_code_info else {
+        return String::new();
+    };
+    info.location
+        .iter()
+        .find(|l| l.path == path)
+        .and_then(|l| l.leading_comments.clone())
+        .map(|c| c.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+pub(crate) fn error_codes(spec: &Spec) -> Result<Vec<ErrorCodeInfo>, CodegenError> {
+    let en = spec
+        .pool
+        .get_enum_by_name("convene.v1.ErrorCode")
+        .ok_or_else(|| CodegenError::Proto("enum convene.v1.ErrorCode is missing".into()))?;
+    let fatal_ext = spec
+        .pool
+        .get_extension_by_name("convene.v1.fatal")
+        .ok_or_else(|| CodegenError::Proto("extension convene.v1.fatal is missing".into()))?;
+    let section_ext = spec
+        .pool
+        .get_extension_by_name("convene.v1.section")
+        .ok_or_else(|| CodegenError::Proto("extension convene.v1.section is missing".into()))?;
+    let file = en.parent_file();
+    let mut out = Vec::new();
+    for v in en.values() {
+        let opts = v.options();
+        let fatal = matches!(opts.get_extension(&fatal_ext).as_ref(), Value::Bool(true));
+        let section = match opts.get_extension(&section_ext).as_ref() {
+            Value::String(s) => s.clone(),
+            _ => String::new(),
+        };
+        let name = v
+            .name()
+            .strip_prefix("ERROR_CODE_")
+            .ok_or_else(|| {
+                CodegenError::Proto(format!("{} lacks the ERROR_CODE_ prefix", v.name()))
+            })?
+            .to_string();
+        if v.number() != 0 && section.is_empty() {
+            return Err(CodegenError::Proto(format!(
+                "error code {name} has no (section) option"
+            )));
+        }
+        out.push(ErrorCodeInfo {
+            name,
+            number: v.number(),
+            fatal,
+            section,
+            doc: comment(spec, &file, v.path()),
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn generate_errors(codes: &[ErrorCodeInfo]) -> String {
+    let mut s = header("spec/v1/errors.proto (options and comments)");
+    s.push_str("use super::ErrorCode;\n\nimpl ErrorCode {\n");
+    s.push_str(
+        "/// Every error code, in wire-number order.\npub const ALL: &'static [ErrorCode] = &[\n",
+    );
+    for c in codes {
+        let _ = writeln!(s, "ErrorCode::{},", camel(&c.name));
+    }
+    s.push_str("];\n\n/// True when this error closes the connection (PROTOCOL.md §8.1).\npub const fn is_fatal(self) -> bool {\nmatches!(self,\n");
+    let fatal: Vec<String> = codes
+        .iter()
+        .filter(|c| c.fatal)
+        .map(|c| format!("ErrorCode::{}", camel(&c.name)))
+        .collect();
+    s.push_str(&fatal.join(" | "));
+    s.push_str(")\n}\n\n/// The PROTOCOL.md section that defines when this error is raised.\npub const fn section(self) -> &'static str {\nmatch self {\n");
+    for c in codes {
+        let _ = writeln!(s, "ErrorCode::{} => {},", camel(&c.name), lit(&c.section));
+    }
+    s.push_str("}\n}\n\n/// The short name used in the spec, e.g. `MALFORMED_FRAME`.\npub const fn name(self) -> &'static str {\nmatch self {\n");
+    for c in codes {
+        let _ = writeln!(s, "ErrorCode::{} => {},", camel(&c.name), lit(&c.name));
+    }
+    s.push_str("}\n}\n\n/// What the error means, from the spec.\npub const fn description(self) -> &'static str {\nmatch self {\n");
+    for c in codes {
+        let _ = writeln!(s, "ErrorCode::{} => {},", camel(&c.name), lit(&c.doc));
+    }
+    s.push_str("}\n}\n\n/// The error code with this short spec name, e.g. `MALFORMED_FRAME`.\npub fn from_name(name: &str) -> Option<Self> {\nmatch name {\n");
+    for c in codes {
+        let _ = writeln!(
+            s,
+            "{} => Some(ErrorCode::{}),",
+            lit(&c.name),
+            camel(&c.name)
+        );
+    }
+    s.push_str("_ => None,\n}\n}\n}\n");
+    s
+}
+
+pub(crate) fn error_table(codes: &[ErrorCodeInfo]) -> String {
+    let mut s =
+        String::from("| Code | Name | Fatal | Section | Meaning |\n|---:|---|---|---|---|\n");
+    for c in codes.iter().filter(|c| c.number != 0) {
+        let _ = writeln!(
+            s,
+            "| {} | `{}` | {} | §{} | {} |",
+            c.number,
+            c.name,
+            if c.fatal { "yes" } else { "no" },
+            c.section,
+            c.doc
+        );
+    }
+    s
+}
+
+pub(crate) fn enum_table(spec: &Spec, name: &str) -> Result<String, CodegenError> {
+    let en = spec
+        .pool
+        .get_enum_by_name(&format!("convene.v1.{name}"))
+        .ok_or_else(|| CodegenError::Proto(format!("enum {name} is missing")))?;
+    let file = en.parent_file();
+    let mut s = String::from("| Value | Name | Meaning |\n|---:|---|---|\n");
+    for v in en.values() {
+        let _ = writeln!(
+            s,
+            "| {} | `{}` | {} |",
+            v.number(),
+            v.name(),
+            comment(spec, &file, v.path())
+        );
+    }
+    Ok(s)
+}
+
+/// The tables of control messages in each direction, from the envelopes' oneofs.
+pub(crate) fn message_table(spec: &Spec) -> Result<String, CodegenError> {
+    let mut s = String::new();
+    for (env, title) in [
+        ("ClientMessage", "Client to server"),
+        ("ServerMessage", "Server to client"),
+    ] {
+        let m = spec
+            .pool
+            .get_message_by_name(&format!("convene.v1.{env}"))
+            .ok_or_else(|| CodegenError::Proto(format!("message {env} is missing")))?;
+        let _ = writeln!(
+            s,
+            "{title} (`{env}`):\n\n| Field | Name | Message | Section | Meaning |\n|---:|---|---|---|---|"
+        );
+        for f in m.fields().filter(|f| f.containing_oneof().is_some()) {
+            let Kind::Message(inner) = f.kind() else {
+                continue;
+            };
+            let section = comment(spec, &m.parent_file(), f.path());
+            let doc = comment(spec, &inner.parent_file(), inner.path());
+            let _ = writeln!(
+                s,
+                "| {} | `{}` | `{}` | {} | {} |",
+                f.number(),
+                f.name(),
+                inner.name(),
+                section,
+                doc
+            );
+        }
+        s.push('\n');
+    }
+    Ok(s.trim_end().to_string() + "\n")
+}

@@ -1,0 +1,1 @@
+//! The Convene command-line client (`convene`): stream, receive, load and token.

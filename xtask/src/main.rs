@@ -1,0 +1,206 @@
+//! Project automation, run as `cargo xtask <command>`.
+//!
+//! Every step a developer or CI needs lives here, so that nothing depends on a
+//! tool someone installed by hand.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+const HELP: &str = "\
+cargo xtask <command>
+
+Commands:
+  codegen            regenerate protocol/src/generated/ and the generated parts of spec/PROTOCOL.md
+  codegen --check    fail if any generated file is stale
+  test               run every check and test: codegen staleness, fmt, clippy,
+                     the wasm32 build of convene-protocol, and the workspace tests
+  test --quick       only the workspace tests
+  fuzz --seconds N   run each cargo-fuzz target for N seconds (needs nightly; installs cargo-fuzz)
+  help               this text
+";
+
+/// The cargo-fuzz version `cargo xtask fuzz` installs when it is missing.
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("codegen") => codegen(args.iter().any(|a| a == "--check")),
+        Some("test") => test(args.iter().any(|a| a == "--quick")),
+        Some("fuzz") => fuzz(&args[1..]),
+        Some("help") | Some("--help") | Some("-h") | None => {
+            print!("{HELP}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command `{other}`; see `cargo xtask help`")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+fn codegen(check: bool) -> Result<(), String> {
+    let layout = convene_codegen::Layout { root: root() };
+    let mode = if check {
+        convene_codegen::Mode::Check
+    } else {
+        convene_codegen::Mode::Write
+    };
+    let changed = convene_codegen::run(&layout, mode).map_err(|e| e.to_string())?;
+    if changed.is_empty() {
+        println!("codegen: everything up to date");
+    } else {
+        for f in changed {
+            println!("codegen: wrote {f}");
+        }
+    }
+    Ok(())
+}
+
+/// Runs a command in the workspace root, echoing it, and fails on a non-zero exit.
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    println!("\n$ {program} {}", args.join(" "));
+    let started = Instant::now();
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    println!(
+        "({program} {} took {:.1} s)",
+        args.first().unwrap_or(&""),
+        started.elapsed().as_secs_f64()
+    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{program} {}` failed ({status})", args.join(" ")))
+    }
+}
+
+fn have(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn test(quick: bool) -> Result<(), String> {
+    if !quick {
+        codegen(true)?;
+        run("cargo", &["fmt", "--all", "--", "--check"])?;
+        run(
+            "cargo",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )?;
+        run(
+            "cargo",
+            &[
+                "build",
+                "-p",
+                "convene-protocol",
+                "--target",
+                "wasm32-unknown-unknown",
+            ],
+        )?;
+    }
+    if have("cargo", "nextest") {
+        run(
+            "cargo",
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--no-fail-fast",
+                "--failure-output",
+                "final",
+            ],
+        )?;
+        // nextest does not run doctests.
+        run("cargo", &["test", "--workspace", "--doc"])?;
+    } else {
+        run("cargo", &["test", "--workspace", "--no-fail-fast"])?;
+    }
+    Ok(())
+}
+
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let seconds = match args {
+        [flag, n] if flag == "--seconds" => n
+            .parse::<u64>()
+            .map_err(|_| format!("--seconds takes a number, not `{n}`"))?,
+        [] => 60,
+        _ => return Err("usage: cargo xtask fuzz [--seconds N]".into()),
+    };
+    if !have("cargo", "fuzz") {
+        println!("installing cargo-fuzz {CARGO_FUZZ_VERSION} (once)");
+        run(
+            "cargo",
+            &[
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+            ],
+        )?;
+    }
+    let fuzz_dir = root().join("fuzz");
+    let out = Command::new("cargo")
+        .args(["+nightly", "fuzz", "list"])
+        .current_dir(&fuzz_dir)
+        .output()
+        .map_err(|e| format!("cannot run cargo fuzz list: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo +nightly fuzz list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let targets = String::from_utf8_lossy(&out.stdout).into_owned();
+    for target in targets.lines().filter(|l| !l.trim().is_empty()) {
+        let corpus = format!("corpus/{target}");
+        let max_time = format!("-max_total_time={seconds}");
+        println!("\n== fuzzing {target} for {seconds} s");
+        let status = Command::new("cargo")
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                target,
+                &corpus,
+                "--",
+                &max_time,
+                "-print_final_stats=1",
+            ])
+            .current_dir(&fuzz_dir)
+            .status()
+            .map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "fuzz target {target} found a failure; see fuzz/artifacts/{target}"
+            ));
+        }
+    }
+    Ok(())
+}
