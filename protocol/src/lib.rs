@@ -35,3 +35,18 @@ mod generated_cases {
 
 /// The encoded `FileDescriptorSet` of `spec/v1/*.proto`, for reflection-based tools.
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!("generated/descriptor.bin");
+
+pub mod error;
+pub mod frame;
+pub mod media;
+pub mod session;
+pub mod time;
+pub mod validate;
+
+pub use error::ProtocolError;
+pub use frame::{Frame, StreamDecoder, decode_frame, encode_control};
+pub use media::{MediaFrame, MediaHeader};
+pub use session::CloseReason;
+pub use session::client::{ClientEvent, ClientSession, ClientSessionConfig};
+pub use session::server::{RoomRequest, ServerEvent, ServerSession, ServerSessionConfig};
+pub use time::{Timestamp, TokenBucket};

@@ -1,0 +1,187 @@
+//! Frames (PROTOCOL.md §3.1): one type byte and a body, the same on every
+//! transport; and the WebTransport control stream's length prefix (§3.3).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+
+use crate::ErrorCode;
+use crate::error::ProtocolError;
+use crate::media::MediaFrame;
+
+/// Frame type of a control frame.
+pub const FRAME_CONTROL: u8 = 0x01;
+/// Frame type of a media frame.
+pub const FRAME_MEDIA: u8 = 0x02;
+/// First frame type of the extension range, ignored when unknown.
+pub const FRAME_EXTENSION_START: u8 = 0x80;
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame<M> {
+    /// A control message (`ClientMessage` or `ServerMessage`).
+    Control(M),
+    /// A media frame.
+    Media(MediaFrame),
+    /// A frame of the extension range; the receiver discards it.
+    Extension(u8),
+}
+
+/// Decodes one whole frame. `max_frame_bytes` is the limit in force.
+///
+/// Errors are the spec's: empty or type 0 is `MALFORMED_FRAME`, a reserved
+/// type is `UNKNOWN_FRAME_TYPE` (non-fatal), a body that is not the expected
+/// protobuf is `MALFORMED_MESSAGE`, anything over the limit `FRAME_TOO_LARGE`.
+pub fn decode_frame<M: Message + Default>(bytes: Bytes, max_frame_bytes: usize) -> Result<Frame<M>, ProtocolError> {
+    if bytes.len() > max_frame_bytes {
+        return Err(ProtocolError::new(
+            ErrorCode::FrameTooLarge,
+            format!("frame of {} bytes exceeds the limit of {max_frame_bytes}", bytes.len()),
+        ));
+    }
+    let Some(&ty) = bytes.first() else {
+        return Err(ProtocolError::new(ErrorCode::MalformedFrame, "empty frame"));
+    };
+    match ty {
+        FRAME_CONTROL => M::decode(bytes.slice(1..))
+            .map(Frame::Control)
+            .map_err(|e| ProtocolError::new(ErrorCode::MalformedMessage, format!("control message does not decode: {e}"))),
+        FRAME_MEDIA => MediaFrame::parse(bytes).map(Frame::Media),
+        0 => Err(ProtocolError::new(ErrorCode::MalformedFrame, "frame type 0")),
+        t if t >= FRAME_EXTENSION_START => Ok(Frame::Extension(t)),
+        t => Err(ProtocolError::new(
+            ErrorCode::UnknownFrameType,
+            format!("frame type 0x{t:02x} is reserved"),
+        )),
+    }
+}
+
+/// Encodes a control message as a frame: the type byte, then the protobuf.
+pub fn encode_control<M: Message>(msg: &M) -> Bytes {
+    let mut b = BytesMut::with_capacity(1 + msg.encoded_len());
+    b.put_u8(FRAME_CONTROL);
+    msg.encode(&mut b).expect("BytesMut grows as needed");
+    b.freeze()
+}
+
+/// The 4-byte length prefix of a frame on the WebTransport control stream.
+pub fn length_prefix(frame_len: usize) -> [u8; 4] {
+    (frame_len as u32).to_be_bytes()
+}
+
+/// Splits the byte stream of a WebTransport control stream into frames
+/// (PROTOCOL.md §3.3), refusing a frame over the limit before buffering it.
+#[derive(Debug)]
+pub struct StreamDecoder {
+    /// Bytes received and not yet returned as frames.
+    buf: BytesMut,
+    /// The largest frame accepted.
+    max_frame_bytes: usize,
+}
+
+impl StreamDecoder {
+    /// A decoder that accepts frames up to `max_frame_bytes`.
+    pub fn new(max_frame_bytes: usize) -> Self {
+        StreamDecoder {
+            buf: BytesMut::new(),
+            max_frame_bytes,
+        }
+    }
+
+    /// Changes the limit, e.g. from the handshake limit to the session limit.
+    pub fn set_max_frame_bytes(&mut self, max: usize) {
+        self.max_frame_bytes = max;
+    }
+
+    /// Adds bytes read from the stream.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next whole frame, `None` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Bytes>, ProtocolError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len == 0 {
+            return Err(ProtocolError::new(ErrorCode::MalformedFrame, "zero length prefix"));
+        }
+        if len > self.max_frame_bytes {
+            return Err(ProtocolError::new(
+                ErrorCode::FrameTooLarge,
+                format!("length prefix {len} exceeds the limit of {}", self.max_frame_bytes),
+            ));
+        }
+        if self.buf.len() < 4 + len {
+            self.buf.reserve(4 + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(4);
+        Ok(Some(self.buf.split_to(len).freeze()))
+    }
+
+    /// Bytes buffered and not yet returned.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{ClientMessage, Ping, client_message::Msg};
+
+    fn ping(ts: u64) -> ClientMessage {
+        ClientMessage {
+            request_id: 0,
+            msg: Some(Msg::Ping(Ping { timestamp_us: ts })),
+        }
+    }
+
+    #[test]
+    fn control_round_trip() {
+        let f = encode_control(&ping(5));
+        assert_eq!(&f[..], &[0x01, 0x62, 0x02, 0x08, 0x05]);
+        assert_eq!(decode_frame::<ClientMessage>(f, 100).unwrap(), Frame::Control(ping(5)));
+    }
+
+    #[test]
+    fn frame_type_ranges() {
+        let code = |b: &'static [u8]| decode_frame::<ClientMessage>(Bytes::from_static(b), 100).unwrap_err().code;
+        assert_eq!(code(&[]), ErrorCode::MalformedFrame);
+        assert_eq!(code(&[0]), ErrorCode::MalformedFrame);
+        assert_eq!(code(&[3]), ErrorCode::UnknownFrameType);
+        assert_eq!(code(&[0x7f, 1]), ErrorCode::UnknownFrameType);
+        assert_eq!(code(&[1, 0xff]), ErrorCode::MalformedMessage);
+        assert_eq!(
+            decode_frame::<ClientMessage>(Bytes::from_static(&[0x80, 1]), 100).unwrap(),
+            Frame::Extension(0x80)
+        );
+        assert_eq!(
+            decode_frame::<ClientMessage>(Bytes::from(vec![1; 101]), 100).unwrap_err().code,
+            ErrorCode::FrameTooLarge
+        );
+    }
+
+    #[test]
+    fn stream_decoder_reassembles_and_refuses_large_prefixes_early() {
+        let mut d = StreamDecoder::new(10);
+        let f = encode_control(&ping(1));
+        let mut wire = length_prefix(f.len()).to_vec();
+        wire.extend_from_slice(&f);
+        wire.extend_from_slice(&wire.clone());
+        for b in &wire[..wire.len() - 1] {
+            d.push(&[*b]);
+        }
+        assert_eq!(d.next_frame().unwrap(), Some(f.clone()));
+        assert_eq!(d.next_frame().unwrap(), None);
+        d.push(&wire[wire.len() - 1..]);
+        assert_eq!(d.next_frame().unwrap(), Some(f));
+        let mut d = StreamDecoder::new(10);
+        d.push(&[0, 0, 0, 11]);
+        assert_eq!(d.next_frame().unwrap_err().code, ErrorCode::FrameTooLarge);
+        let mut d = StreamDecoder::new(10);
+        d.push(&[0, 0, 0, 0]);
+        assert_eq!(d.next_frame().unwrap_err().code, ErrorCode::MalformedFrame);
+    }
+}

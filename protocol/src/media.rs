@@ -1,0 +1,245 @@
+//! The media frame of PROTOCOL.md §6.1: a fixed 24-byte header, an optional
+//! decoder configuration and an opaque payload.
+//!
+//! The header has a fixed layout so that the server stamps the sender by
+//! writing four bytes ([`stamp_sender`]) and never decodes the payload.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::ErrorCode;
+use crate::error::ProtocolError;
+use crate::frame::FRAME_MEDIA;
+
+/// Length of the fixed media header, type byte included.
+pub const MEDIA_HEADER_LEN: usize = 24;
+/// Flag bit: the payload is a key frame.
+pub const FLAG_KEY: u8 = 0x01;
+/// Flag bit: a decoder configuration follows the header.
+pub const FLAG_CONFIG: u8 = 0x02;
+/// Byte offset of the sender field, which the server overwrites.
+pub const SENDER_OFFSET: usize = 4;
+
+/// The decoded fixed header of a media frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MediaHeader {
+    /// The KEY flag.
+    pub key: bool,
+    /// Sender participant id: 0 from clients, stamped by the server.
+    pub sender: u32,
+    /// The publisher's track id, never 0.
+    pub track_id: u32,
+    /// Per-track sequence number.
+    pub sequence: u32,
+    /// Capture time, µs since the Unix epoch.
+    pub capture_timestamp_us: u64,
+}
+
+/// A validated media frame: the whole frame's bytes, shared, with parsed offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaFrame {
+    /// The frame, type byte first.
+    bytes: Bytes,
+    /// The parsed header.
+    header: MediaHeader,
+    /// Length of the decoder configuration.
+    config_len: usize,
+}
+
+impl MediaFrame {
+    /// Validates `bytes` (a whole frame, type byte first) as a media frame.
+    pub fn parse(bytes: Bytes) -> Result<Self, ProtocolError> {
+        let malformed = |why: &str| ProtocolError::new(ErrorCode::MalformedFrame, why);
+        if bytes.len() < MEDIA_HEADER_LEN {
+            return Err(malformed("media frame shorter than its 24-byte header"));
+        }
+        if bytes[0] != FRAME_MEDIA {
+            return Err(malformed("not a media frame"));
+        }
+        let flags = bytes[1];
+        if flags & !(FLAG_KEY | FLAG_CONFIG) != 0 {
+            return Err(malformed("reserved media flag bits set"));
+        }
+        let config_len = u16::from_be_bytes([bytes[2], bytes[3]]) as usize;
+        let has_config = flags & FLAG_CONFIG != 0;
+        let key = flags & FLAG_KEY != 0;
+        if has_config && !key {
+            return Err(malformed("CONFIG flag without KEY flag"));
+        }
+        if !has_config && config_len != 0 {
+            return Err(malformed("config_len is not 0 but the CONFIG flag is clear"));
+        }
+        if MEDIA_HEADER_LEN + config_len > bytes.len() {
+            return Err(malformed("config_len runs past the end of the frame"));
+        }
+        let u32_at = |o: usize| u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let track_id = u32_at(8);
+        if track_id == 0 {
+            return Err(malformed("track id 0"));
+        }
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&bytes[16..24]);
+        let header = MediaHeader {
+            key,
+            sender: u32_at(SENDER_OFFSET),
+            track_id,
+            sequence: u32_at(12),
+            capture_timestamp_us: u64::from_be_bytes(ts),
+        };
+        Ok(MediaFrame {
+            bytes,
+            header,
+            config_len,
+        })
+    }
+
+    /// Builds a frame from its parts.
+    pub fn build(header: &MediaHeader, config: Option<&[u8]>, payload: &[u8]) -> Self {
+        let config = config.unwrap_or(&[]);
+        let config_len = config.len().min(u16::MAX as usize);
+        let mut flags = 0;
+        if header.key {
+            flags |= FLAG_KEY;
+        }
+        if config_len > 0 {
+            flags |= FLAG_CONFIG | FLAG_KEY;
+        }
+        let mut b = BytesMut::with_capacity(MEDIA_HEADER_LEN + config_len + payload.len());
+        b.put_u8(FRAME_MEDIA);
+        b.put_u8(flags);
+        b.put_u16(config_len as u16);
+        b.put_u32(header.sender);
+        b.put_u32(header.track_id);
+        b.put_u32(header.sequence);
+        b.put_u64(header.capture_timestamp_us);
+        b.put_slice(&config[..config_len]);
+        b.put_slice(payload);
+        let header = MediaHeader {
+            key: flags & FLAG_KEY != 0,
+            ..*header
+        };
+        MediaFrame {
+            bytes: b.freeze(),
+            header,
+            config_len,
+        }
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &MediaHeader {
+        &self.header
+    }
+
+    /// The decoder configuration, if the frame carries one.
+    pub fn config(&self) -> Option<&[u8]> {
+        (self.config_len > 0).then(|| &self.bytes[MEDIA_HEADER_LEN..MEDIA_HEADER_LEN + self.config_len])
+    }
+
+    /// The encoded payload (opaque; maybe encrypted).
+    pub fn payload(&self) -> Bytes {
+        self.bytes.slice(MEDIA_HEADER_LEN + self.config_len..)
+    }
+
+    /// The whole frame, as sent on the wire.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The whole frame, as sent on the wire.
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
+    /// Writes `sender` into the frame's sender field, copying the frame only if
+    /// its buffer is shared.
+    pub fn stamp_sender(self, sender: u32) -> Self {
+        if self.header.sender == sender {
+            return self;
+        }
+        let MediaFrame {
+            bytes,
+            header,
+            config_len,
+        } = self;
+        MediaFrame {
+            bytes: stamp_sender(bytes, sender),
+            header: MediaHeader { sender, ..header },
+            config_len,
+        }
+    }
+}
+
+/// Writes `sender` at the sender offset of a media frame's bytes, in place
+/// when the buffer is not shared. The frame must be at least a header long.
+pub fn stamp_sender(bytes: Bytes, sender: u32) -> Bytes {
+    let mut m = bytes.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    m[SENDER_OFFSET..SENDER_OFFSET + 4].copy_from_slice(&sender.to_be_bytes());
+    m.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> MediaHeader {
+        MediaHeader {
+            key: true,
+            sender: 0,
+            track_id: 3,
+            sequence: 0x0102_0304,
+            capture_timestamp_us: 0x1122_3344_5566_7788,
+        }
+    }
+
+    #[test]
+    fn layout_matches_the_spec_byte_for_byte() {
+        let f = MediaFrame::build(&header(), Some(&[0xAA, 0xBB]), &[0xCC]);
+        assert_eq!(
+            hex(f.as_bytes()),
+            concat!(
+                "0203", "0002", "00000000", "00000003", "01020304", "1122334455667788", "aabb", "cc"
+            )
+        );
+        let parsed = MediaFrame::parse(f.as_bytes().clone()).unwrap();
+        assert_eq!(parsed.header(), &header());
+        assert_eq!(parsed.config(), Some(&[0xAA, 0xBB][..]));
+        assert_eq!(&parsed.payload()[..], &[0xCC]);
+    }
+
+    #[test]
+    fn stamping_writes_only_the_sender_field() {
+        let f = MediaFrame::build(&header(), None, b"payload");
+        let before = f.as_bytes().clone();
+        let stamped = f.stamp_sender(0xDEAD_BEEF);
+        let after = stamped.as_bytes();
+        assert_eq!(&after[4..8], &[0xDE, 0xAD, 0xBE, 0xEF]);
+        assert_eq!(&after[..4], &before[..4]);
+        assert_eq!(&after[8..], &before[8..]);
+        assert_eq!(MediaFrame::parse(after.clone()).unwrap().header().sender, 0xDEAD_BEEF);
+    }
+
+    #[test]
+    fn rejects_each_malformation() {
+        let good = MediaFrame::build(&header(), None, b"x").into_bytes();
+        let mut short = good.to_vec();
+        short.truncate(23);
+        let mut reserved = good.to_vec();
+        reserved[1] |= 0x80;
+        let mut config_no_key = good.to_vec();
+        config_no_key[1] = FLAG_CONFIG;
+        let mut len_no_flag = good.to_vec();
+        len_no_flag[3] = 1;
+        let mut past_end = good.to_vec();
+        past_end[1] = FLAG_KEY | FLAG_CONFIG;
+        past_end[3] = 2;
+        let mut zero_track = good.to_vec();
+        zero_track[8..12].copy_from_slice(&[0, 0, 0, 0]);
+        for bad in [short, reserved, config_no_key, len_no_flag, past_end, zero_track] {
+            let e = MediaFrame::parse(Bytes::from(bad)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::MalformedFrame);
+        }
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+}

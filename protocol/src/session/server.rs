@@ -1,0 +1,718 @@
+//! The server's side of one connection (PROTOCOL.md §4, §5.1, §7, §9).
+//!
+//! It owns everything that concerns one connection alone: the handshake, the
+//! state machine, field checks, rate limits, heartbeats and timeouts, sender
+//! stamping. Room decisions (who is in which room, who receives what) belong
+//! to the caller, which answers the session's events with [`ServerSession::joined`],
+//! [`ServerSession::refuse`] and friends.
+//!
+//! A driver calls, in a loop:
+//! 1. [`ServerSession::handle_frame`] for each frame read, and
+//!    [`ServerSession::handle_timeout`] when [`ServerSession::poll_timeout`] is due;
+//! 2. [`ServerSession::poll_event`] until `None`, acting on each event;
+//! 3. [`ServerSession::poll_transmit`] until `None`, writing each frame;
+//! 4. [`ServerSession::close_reason`]: once `Some`, close the transport with it.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::ErrorCode;
+use crate::error::ProtocolError;
+use crate::frame::{Frame, decode_frame, encode_control};
+use crate::limits::{default, max};
+use crate::media::MediaFrame;
+use crate::session::CloseReason;
+use crate::states::server_session::{self as sm, Event as SmEvent, State};
+use crate::time::{Timestamp, TokenBucket};
+use crate::v1::{self, ClientMessage, GoodbyeReason, ServerLimits, ServerMessage, client_message::Msg, server_message};
+use crate::validate;
+
+/// The protocol versions this implementation speaks.
+pub const SUPPORTED_VERSIONS: &[u32] = &[1];
+
+/// Settings of a server session.
+#[derive(Debug, Clone)]
+pub struct ServerSessionConfig {
+    /// Limits announced in Welcome and enforced.
+    pub limits: ServerLimits,
+    /// Time allowed from connection to Hello.
+    pub handshake_timeout: Duration,
+    /// Interval between the server's Pings.
+    pub heartbeat_interval: Duration,
+    /// Silence after which the connection is closed.
+    pub idle_timeout: Duration,
+    /// Sent in Welcome.
+    pub server_version: String,
+    /// Features enabled for every session, sent in Welcome.
+    pub features: Vec<String>,
+}
+
+impl Default for ServerSessionConfig {
+    fn default() -> Self {
+        ServerSessionConfig {
+            limits: default_limits(),
+            handshake_timeout: Duration::from_millis(default::HANDSHAKE_TIMEOUT_MS as u64),
+            heartbeat_interval: Duration::from_millis(default::HEARTBEAT_INTERVAL_MS as u64),
+            idle_timeout: Duration::from_millis(default::IDLE_TIMEOUT_MS as u64),
+            server_version: concat!("convene-server/", env!("CARGO_PKG_VERSION")).into(),
+            features: Vec::new(),
+        }
+    }
+}
+
+/// The limits of `spec/v1/limits.toml` at their default values.
+pub fn default_limits() -> ServerLimits {
+    ServerLimits {
+        max_frame_bytes: default::MAX_FRAME_BYTES,
+        max_display_name_bytes: default::MAX_DISPLAY_NAME_BYTES,
+        max_tracks_per_participant: default::MAX_TRACKS_PER_PARTICIPANT,
+        max_participants_per_room: default::MAX_PARTICIPANTS_PER_ROOM,
+        max_chat_bytes: default::MAX_CHAT_BYTES,
+        max_e2ee_bytes: default::MAX_E2EE_BYTES,
+        control_messages_per_second: default::CONTROL_MESSAGES_PER_SECOND,
+        control_burst: default::CONTROL_BURST,
+        max_ingress_kbps: default::MAX_INGRESS_KBPS,
+        max_concurrent_streams: default::MAX_CONCURRENT_STREAMS,
+    }
+}
+
+/// A request the room layer must act on.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    // ----- handshake -----
+    /// A valid Hello: authenticate if needed, then call
+    /// [`ServerSession::accept_hello`] or [`ServerSession::refuse`].
+    Hello {
+        /// The version chosen.
+        version: u32,
+        /// The Hello as received.
+        hello: v1::Hello,
+    },
+
+    // ----- room -----
+    /// A valid Join: answer with [`ServerSession::joined`],
+    /// [`ServerSession::held`] or [`ServerSession::refuse`].
+    Join {
+        /// The request id, for errors.
+        request_id: u32,
+        /// The Join.
+        join: v1::Join,
+    },
+    /// The session left its room (Leave received; `Left` already sent).
+    Left,
+    /// A room message, already checked for field limits; the room checks the rest.
+    Room {
+        /// The request id, for errors.
+        request_id: u32,
+        /// The message.
+        msg: RoomRequest,
+    },
+    /// A media frame, validated and stamped with this session's participant id.
+    Media(MediaFrame),
+
+    // ----- session -----
+    /// The peer reported an error.
+    PeerError(v1::Error),
+    /// A round-trip time was measured from a Pong.
+    Rtt(Duration),
+    /// The session ended; [`ServerSession::close_reason`] says why. If it was
+    /// in a room, the room must remove it.
+    Closed,
+}
+
+/// A room message from a client.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RoomRequest {
+    /// UpdateSelf.
+    UpdateSelf(v1::UpdateSelf),
+    /// Publish, with a valid track.
+    Publish(v1::TrackInfo),
+    /// Unpublish.
+    Unpublish(v1::Unpublish),
+    /// SetTrackMuted.
+    SetTrackMuted(v1::SetTrackMuted),
+    /// Subscribe.
+    Subscribe(v1::Subscribe),
+    /// Unsubscribe.
+    Unsubscribe(v1::Unsubscribe),
+    /// KeyFrameRequest.
+    KeyFrameRequest(v1::KeyFrameRequest),
+    /// ReceiverReport.
+    ReceiverReport(v1::ReceiverReport),
+    /// ChatSend, within the length limit.
+    Chat(v1::ChatSend),
+    /// E2eeSend, within the size limit.
+    E2ee(v1::E2eeSend),
+    /// MuteRequest (moderation).
+    MuteRequest(v1::MuteRequest),
+    /// RemoveParticipant (moderation).
+    RemoveParticipant(v1::RemoveParticipant),
+    /// LockRoom (moderation).
+    LockRoom(v1::LockRoom),
+    /// Admit (moderation).
+    Admit(v1::Admit),
+    /// Deny (moderation).
+    Deny(v1::Deny),
+    /// EndMeeting (moderation).
+    EndMeeting(v1::EndMeeting),
+}
+
+/// The server's sans-IO state for one connection.
+#[derive(Debug)]
+pub struct ServerSession {
+    /// Settings.
+    config: ServerSessionConfig,
+    /// Where the session is in the spec's machine.
+    state: State,
+    /// Set after a valid Hello until the room layer accepts or refuses it.
+    hello_pending: bool,
+    /// Set after a Join until the room layer answers it.
+    join_pending: bool,
+    /// Participant id given in Welcome; 0 before.
+    participant_id: u32,
+    /// The meeting joined or waited for, for `Left`.
+    meeting_id: String,
+    /// When the transport came up, for the handshake timer.
+    created: Timestamp,
+    /// When anything was last received, for the idle timer.
+    last_rx: Timestamp,
+    /// When the next heartbeat Ping is due.
+    next_ping: Option<Timestamp>,
+    /// Control messages allowed (PROTOCOL.md §7).
+    control_bucket: TokenBucket,
+    /// Media bits allowed (PROTOCOL.md §7).
+    media_bucket: TokenBucket,
+    /// When a RATE_LIMITED error was last sent, so at most one goes out per second.
+    last_rate_error: Option<Timestamp>,
+    /// When a BITRATE_EXCEEDED error was last sent.
+    last_bitrate_error: Option<Timestamp>,
+    /// Frames to send.
+    transmit: VecDeque<Bytes>,
+    /// Events for the room layer.
+    events: VecDeque<ServerEvent>,
+    /// Why the session ended, once it has.
+    close: Option<CloseReason>,
+}
+
+impl ServerSession {
+    /// A session for a transport connection that came up at `now`.
+    pub fn new(now: Timestamp, config: ServerSessionConfig) -> Self {
+        let l = &config.limits;
+        let control_bucket = TokenBucket::new(now, l.control_messages_per_second as f64, l.control_burst as f64);
+        let bits = l.max_ingress_kbps as f64 * 1000.0;
+        let media_bucket = TokenBucket::new(now, bits, bits);
+        ServerSession {
+            config,
+            state: sm::INITIAL,
+            hello_pending: false,
+            join_pending: false,
+            participant_id: 0,
+            meeting_id: String::new(),
+            created: now,
+            last_rx: now,
+            next_ping: None,
+            control_bucket,
+            media_bucket,
+            last_rate_error: None,
+            last_bitrate_error: None,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            close: None,
+        }
+    }
+
+    /// The state in the spec's machine.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The participant id, 0 before Welcome.
+    pub fn participant_id(&self) -> u32 {
+        self.participant_id
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &ServerLimits {
+        &self.config.limits
+    }
+
+    /// The largest frame accepted in the current state.
+    pub fn max_frame_bytes(&self) -> usize {
+        if self.state == State::AwaitingHello {
+            max::MAX_HELLO_FRAME_BYTES as usize
+        } else {
+            self.config.limits.max_frame_bytes as usize
+        }
+    }
+
+    /// Why the session ended, once it has.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.close.as_ref()
+    }
+
+    /// True once the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// The next frame to send.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.transmit.pop_front()
+    }
+
+    /// The next event for the room layer.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`ServerSession::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        match self.state {
+            State::Closed => None,
+            State::AwaitingHello => Some(self.created + self.config.handshake_timeout),
+            _ => {
+                let idle = self.last_rx + self.config.idle_timeout;
+                Some(self.next_ping.map_or(idle, |p| p.min(idle)))
+            }
+        }
+    }
+
+    /// Fires the timers that are due at `now`.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        match self.state {
+            State::Closed => {}
+            State::AwaitingHello => {
+                if now >= self.created + self.config.handshake_timeout {
+                    self.fail(
+                        SmEvent::HandshakeTimeout,
+                        ProtocolError::new(ErrorCode::HandshakeTimeout, "no Hello within the handshake timeout"),
+                        0,
+                    );
+                }
+            }
+            _ => {
+                if now >= self.last_rx + self.config.idle_timeout {
+                    self.fail(
+                        SmEvent::IdleTimeout,
+                        ProtocolError::new(ErrorCode::IdleTimeout, "nothing received within the idle timeout"),
+                        0,
+                    );
+                    return;
+                }
+                if let Some(due) = self.next_ping {
+                    if now >= due {
+                        self.send(server_message::Msg::Ping(v1::Ping { timestamp_us: now.as_micros() }));
+                        self.next_ping = Some(now + self.config.heartbeat_interval);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one frame received from the client.
+    pub fn handle_frame(&mut self, now: Timestamp, frame: Bytes) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.last_rx = now;
+        let decoded = match decode_frame::<ClientMessage>(frame, self.max_frame_bytes()) {
+            Ok(f) => f,
+            Err(e) => {
+                // Before Hello, anything that is not a control frame is HELLO_REQUIRED.
+                let e = if self.state == State::AwaitingHello && e.code == ErrorCode::UnknownFrameType {
+                    ProtocolError::new(ErrorCode::HelloRequired, "the first frame must be a control frame carrying Hello")
+                } else {
+                    e
+                };
+                return self.error(e, 0);
+            }
+        };
+        match decoded {
+            Frame::Extension(_) if self.state != State::AwaitingHello => {}
+            Frame::Extension(_) => self.error(
+                ProtocolError::new(ErrorCode::HelloRequired, "the first frame must carry Hello"),
+                0,
+            ),
+            Frame::Media(m) => self.handle_media(now, m),
+            Frame::Control(msg) => self.handle_control(now, msg),
+        }
+    }
+
+    /// Records a transport failure (connection reset, stream error): the session ends.
+    pub fn handle_transport_closed(&mut self) {
+        if self.state != State::Closed {
+            self.state = State::Closed;
+            self.close.get_or_insert(CloseReason::transport_lost());
+            self.events.push_back(ServerEvent::Closed);
+        }
+    }
+
+    fn handle_media(&mut self, now: Timestamp, m: MediaFrame) {
+        if let Err(code) = sm::next(self.state, SmEvent::Media) {
+            return self.error(ProtocolError::new(code, "media frame before joining a room"), 0);
+        }
+        let sender = m.header().sender;
+        if sender != 0 && sender != self.participant_id {
+            return self.error(
+                ProtocolError::new(
+                    ErrorCode::InvalidSender,
+                    format!("sender field {sender} is neither 0 nor your participant id"),
+                ),
+                0,
+            );
+        }
+        let bits = m.as_bytes().len() as f64 * 8.0;
+        if !self.media_bucket.try_take(now, bits) {
+            if self.last_bitrate_error.is_none_or(|t| now.saturating_since(t) >= Duration::from_secs(1)) {
+                self.last_bitrate_error = Some(now);
+                let kbps = self.config.limits.max_ingress_kbps;
+                self.error(
+                    ProtocolError::new(ErrorCode::BitrateExceeded, format!("media above {kbps} kbit/s is discarded")),
+                    0,
+                );
+            }
+            return;
+        }
+        let stamped = m.stamp_sender(self.participant_id);
+        self.events.push_back(ServerEvent::Media(stamped));
+    }
+
+    fn handle_control(&mut self, now: Timestamp, env: ClientMessage) {
+        let rid = env.request_id;
+        let Some(msg) = env.msg else {
+            let e = if self.state == State::AwaitingHello {
+                ProtocolError::new(ErrorCode::HelloRequired, "the first message must be Hello")
+            } else {
+                ProtocolError::new(ErrorCode::UnknownMessage, "the message is unknown to this server")
+            };
+            return self.error(e, rid);
+        };
+        if self.state != State::AwaitingHello && !self.control_bucket.try_take(now, 1.0) {
+            if self.last_rate_error.is_none_or(|t| now.saturating_since(t) >= Duration::from_secs(1)) {
+                self.last_rate_error = Some(now);
+                let rate = self.config.limits.control_messages_per_second;
+                self.error(
+                    ProtocolError::new(ErrorCode::RateLimited, format!("more than {rate} control messages per second")),
+                    rid,
+                );
+            }
+            return;
+        }
+        let event = sm_event(&msg);
+        let next = match sm::next(self.state, event) {
+            Ok(s) => s,
+            Err(code) => {
+                let text = format!("{} is not allowed in state {}", msg_name(&msg), self.state.name());
+                return self.error(ProtocolError::new(code, text), rid);
+            }
+        };
+        if self.hello_pending || (self.join_pending && matches!(msg, Msg::Join(_))) {
+            let code = if self.hello_pending { ErrorCode::HelloRequired } else { ErrorCode::AlreadyJoined };
+            return self.error(ProtocolError::new(code, "the previous request is still being answered"), rid);
+        }
+        match msg {
+            Msg::Hello(h) => self.handle_hello(h),
+            Msg::Goodbye(g) => {
+                self.state = next;
+                self.close = Some(CloseReason::goodbye(
+                    GoodbyeReason::try_from(g.reason).unwrap_or(GoodbyeReason::Normal),
+                    "client said goodbye",
+                ));
+                self.events.push_back(ServerEvent::Closed);
+            }
+            Msg::Ping(p) => self.send(server_message::Msg::Pong(v1::Pong {
+                timestamp_us: p.timestamp_us,
+            })),
+            Msg::Pong(p) => {
+                let rtt = now.saturating_since(Timestamp(p.timestamp_us));
+                if p.timestamp_us != 0 && rtt < Duration::from_secs(600) {
+                    self.events.push_back(ServerEvent::Rtt(rtt));
+                }
+            }
+            Msg::Error(e) => self.events.push_back(ServerEvent::PeerError(e)),
+            Msg::Join(j) => {
+                let limits = &self.config.limits;
+                if let Err(e) = validate::meeting_id(&j.meeting_id)
+                    .and_then(|_| validate::display_name(&j.display_name, limits.max_display_name_bytes))
+                {
+                    return self.error(e, rid);
+                }
+                self.join_pending = true;
+                self.meeting_id = j.meeting_id.clone();
+                self.events.push_back(ServerEvent::Join {
+                    request_id: rid,
+                    join: j,
+                });
+            }
+            Msg::Leave(_) => {
+                self.state = next;
+                let meeting_id = std::mem::take(&mut self.meeting_id);
+                self.send(server_message::Msg::Left(v1::Left { meeting_id }));
+                self.events.push_back(ServerEvent::Left);
+            }
+            other => {
+                if let Some(req) = self.room_request(other, rid) {
+                    self.events.push_back(ServerEvent::Room {
+                        request_id: rid,
+                        msg: req,
+                    });
+                }
+            }
+        }
+    }
+
+    fn room_request(&mut self, msg: Msg, rid: u32) -> Option<RoomRequest> {
+        let l = &self.config.limits;
+        let checked = match msg {
+            Msg::UpdateSelf(u) => {
+                validate::display_name(&u.display_name, l.max_display_name_bytes).map(|_| RoomRequest::UpdateSelf(u))
+            }
+            Msg::Publish(p) => {
+                let t = p.track.unwrap_or_default();
+                validate::track(&t).map(|_| RoomRequest::Publish(t))
+            }
+            Msg::Unpublish(u) => Ok(RoomRequest::Unpublish(u)),
+            Msg::SetTrackMuted(m) => Ok(RoomRequest::SetTrackMuted(m)),
+            Msg::Subscribe(s) => Ok(RoomRequest::Subscribe(s)),
+            Msg::Unsubscribe(u) => Ok(RoomRequest::Unsubscribe(u)),
+            Msg::KeyFrameRequest(k) => Ok(RoomRequest::KeyFrameRequest(k)),
+            Msg::ReceiverReport(r) => Ok(RoomRequest::ReceiverReport(r)),
+            Msg::Chat(c) => {
+                if c.text.is_empty() {
+                    Err(ProtocolError::new(ErrorCode::FieldTooLong, "chat text is empty"))
+                } else {
+                    validate::text_len("chat text", c.text.len(), l.max_chat_bytes).map(|_| RoomRequest::Chat(c))
+                }
+            }
+            Msg::E2ee(e) => {
+                validate::text_len("E2EE payload", e.payload.len(), l.max_e2ee_bytes).map(|_| RoomRequest::E2ee(e))
+            }
+            Msg::MuteRequest(m) => Ok(RoomRequest::MuteRequest(m)),
+            Msg::RemoveParticipant(r) => validate::text_len("removal reason", r.reason.len(), max::MAX_TEXT_BYTES)
+                .map(|_| RoomRequest::RemoveParticipant(r)),
+            Msg::LockRoom(r) => Ok(RoomRequest::LockRoom(r)),
+            Msg::Admit(a) => Ok(RoomRequest::Admit(a)),
+            Msg::Deny(d) => Ok(RoomRequest::Deny(d)),
+            Msg::EndMeeting(e) => Ok(RoomRequest::EndMeeting(e)),
+            Msg::Hello(_) | Msg::Goodbye(_) | Msg::Ping(_) | Msg::Pong(_) | Msg::Join(_) | Msg::Leave(_) | Msg::Error(_) => {
+                unreachable!("handled by handle_control")
+            }
+        };
+        match checked {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.error(e, rid);
+                None
+            }
+        }
+    }
+
+    fn handle_hello(&mut self, h: v1::Hello) {
+        let malformed = |why: &str| ProtocolError::new(ErrorCode::MalformedMessage, why);
+        if h.versions.len() > max::MAX_VERSIONS_IN_HELLO as usize {
+            return self.error(malformed("Hello lists more than 16 versions"), 0);
+        }
+        if h.features.len() > max::MAX_FEATURES as usize || h.features.iter().any(|f| f.len() > 64) {
+            return self.error(malformed("Hello lists more than 32 features or a feature name over 64 bytes"), 0);
+        }
+        if h.client_version.len() > max::MAX_TEXT_BYTES as usize {
+            return self.error(malformed("client_version is over 256 bytes"), 0);
+        }
+        let Some(version) = h.versions.iter().copied().filter(|v| SUPPORTED_VERSIONS.contains(v)).max() else {
+            let speaks: Vec<String> = SUPPORTED_VERSIONS.iter().map(u32::to_string).collect();
+            return self.error(
+                ProtocolError::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!("server speaks {}; Hello listed {:?}", speaks.join(", "), h.versions),
+                ),
+                0,
+            );
+        };
+        self.hello_pending = true;
+        self.events.push_back(ServerEvent::Hello { version, hello: h });
+    }
+
+    /// Accepts the Hello: sends Welcome with this participant id and starts the heartbeat.
+    pub fn accept_hello(&mut self, now: Timestamp, participant_id: u32, session_id: String, resume_token: Bytes) {
+        if !self.hello_pending || self.state != State::AwaitingHello {
+            return;
+        }
+        debug_assert_ne!(participant_id, 0, "participant id 0 is reserved");
+        self.hello_pending = false;
+        self.state = sm::next(self.state, SmEvent::Hello).unwrap_or(State::Established);
+        self.participant_id = participant_id;
+        self.next_ping = Some(now + self.config.heartbeat_interval);
+        let welcome = v1::Welcome {
+            version: 1,
+            session_id,
+            participant_id,
+            limits: Some(self.config.limits),
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+            idle_timeout_ms: self.config.idle_timeout.as_millis() as u32,
+            features: self.config.features.clone(),
+            resume_token,
+            server_version: self.config.server_version.clone(),
+        };
+        self.send(server_message::Msg::Welcome(welcome));
+    }
+
+    /// Answers a pending Join: the session is in the room; sends `Joined`.
+    pub fn joined(&mut self, joined: v1::Joined) {
+        let from_waiting = self.state == State::Waiting;
+        let ev = if from_waiting { SmEvent::Admitted } else { SmEvent::Join };
+        if let Ok(s) = sm::next(self.state, ev) {
+            if from_waiting || self.join_pending {
+                self.state = s;
+                self.join_pending = false;
+                self.send(server_message::Msg::Joined(joined));
+            }
+        }
+    }
+
+    /// Answers a pending Join: the session waits for a moderator; sends `Waiting`.
+    pub fn held(&mut self) {
+        if let (true, Ok(s)) = (self.join_pending, sm::next(self.state, SmEvent::JoinHeld)) {
+            self.state = s;
+            self.join_pending = false;
+            let meeting_id = self.meeting_id.clone();
+            self.send(server_message::Msg::Waiting(v1::Waiting { meeting_id }));
+        }
+    }
+
+    /// Answers a pending Hello or Join, or any request, with an error. A fatal
+    /// error closes the session; a refused Join returns it to `established`,
+    /// and a denied admission takes it out of the waiting room.
+    pub fn refuse(&mut self, request_id: u32, err: ProtocolError) {
+        if self.join_pending {
+            self.join_pending = false;
+            self.meeting_id.clear();
+        }
+        if self.state == State::Waiting && err.code == ErrorCode::AdmissionDenied {
+            self.state = sm::next(self.state, SmEvent::Denied).unwrap_or(State::Established);
+            self.meeting_id.clear();
+        }
+        self.hello_pending = false;
+        self.error(err, request_id);
+    }
+
+    /// Queues a control message.
+    pub fn send(&mut self, msg: server_message::Msg) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.transmit.push_back(encode_control(&ServerMessage { msg: Some(msg) }));
+    }
+
+    /// Queues an already encoded frame (e.g. a control frame shared by a whole room).
+    pub fn send_frame(&mut self, frame: Bytes) {
+        if self.state != State::Closed {
+            self.transmit.push_back(frame);
+        }
+    }
+
+    /// Ends the session with Goodbye (shutdown, removal, end of meeting).
+    pub fn goodbye(&mut self, reason: GoodbyeReason, text: &str) {
+        if self.state == State::Closed {
+            return;
+        }
+        let ev = match reason {
+            GoodbyeReason::Removed | GoodbyeReason::MeetingEnded
+                if matches!(self.state, State::Joined | State::Waiting) =>
+            {
+                SmEvent::Removed
+            }
+            _ => SmEvent::FatalError,
+        };
+        self.send(server_message::Msg::Goodbye(v1::Goodbye {
+            reason: reason as i32,
+            text: crate::error::truncate_utf8(text, max::MAX_TEXT_BYTES as usize).into(),
+        }));
+        self.state = sm::next(self.state, ev).unwrap_or(State::Closed);
+        self.close = Some(CloseReason::goodbye(reason, text));
+        self.events.push_back(ServerEvent::Closed);
+    }
+
+    /// Closes the session with a fatal error decided outside it (slow consumer, shutdown).
+    pub fn close_with(&mut self, err: ProtocolError) {
+        self.fail(SmEvent::FatalError, err, 0);
+    }
+
+    fn error(&mut self, err: ProtocolError, request_id: u32) {
+        if err.is_fatal() {
+            self.fail(SmEvent::FatalError, err, request_id);
+        } else {
+            self.send(server_message::Msg::Error(err.to_message(request_id)));
+        }
+    }
+
+    fn fail(&mut self, ev: SmEvent, err: ProtocolError, request_id: u32) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.send(server_message::Msg::Error(err.to_message(request_id)));
+        self.state = sm::next(self.state, ev).unwrap_or(State::Closed);
+        self.close = Some(CloseReason::error(err));
+        self.events.push_back(ServerEvent::Closed);
+    }
+}
+
+/// The state-machine event a client message is.
+fn sm_event(msg: &Msg) -> SmEvent {
+    match msg {
+        Msg::Hello(_) => SmEvent::Hello,
+        Msg::Goodbye(_) => SmEvent::Goodbye,
+        Msg::Ping(_) | Msg::Pong(_) => SmEvent::Keepalive,
+        Msg::Error(_) => SmEvent::PeerError,
+        Msg::Join(_) => SmEvent::Join,
+        Msg::Leave(_) => SmEvent::Leave,
+        Msg::MuteRequest(_)
+        | Msg::RemoveParticipant(_)
+        | Msg::LockRoom(_)
+        | Msg::Admit(_)
+        | Msg::Deny(_)
+        | Msg::EndMeeting(_) => SmEvent::Moderation,
+        Msg::UpdateSelf(_)
+        | Msg::Publish(_)
+        | Msg::Unpublish(_)
+        | Msg::SetTrackMuted(_)
+        | Msg::Subscribe(_)
+        | Msg::Unsubscribe(_)
+        | Msg::KeyFrameRequest(_)
+        | Msg::ReceiverReport(_)
+        | Msg::Chat(_)
+        | Msg::E2ee(_) => SmEvent::RoomMessage,
+    }
+}
+
+/// The spec name of a client message, for error texts.
+pub(crate) fn msg_name(msg: &Msg) -> &'static str {
+    match msg {
+        Msg::Hello(_) => "Hello",
+        Msg::Goodbye(_) => "Goodbye",
+        Msg::Ping(_) => "Ping",
+        Msg::Pong(_) => "Pong",
+        Msg::Error(_) => "Error",
+        Msg::Join(_) => "Join",
+        Msg::Leave(_) => "Leave",
+        Msg::UpdateSelf(_) => "UpdateSelf",
+        Msg::Publish(_) => "Publish",
+        Msg::Unpublish(_) => "Unpublish",
+        Msg::SetTrackMuted(_) => "SetTrackMuted",
+        Msg::Subscribe(_) => "Subscribe",
+        Msg::Unsubscribe(_) => "Unsubscribe",
+        Msg::KeyFrameRequest(_) => "KeyFrameRequest",
+        Msg::ReceiverReport(_) => "ReceiverReport",
+        Msg::Chat(_) => "ChatSend",
+        Msg::E2ee(_) => "E2eeSend",
+        Msg::MuteRequest(_) => "MuteRequest",
+        Msg::RemoveParticipant(_) => "RemoveParticipant",
+        Msg::LockRoom(_) => "LockRoom",
+        Msg::Admit(_) => "Admit",
+        Msg::Deny(_) => "Deny",
+        Msg::EndMeeting(_) => "EndMeeting",
+    }
+}

@@ -1,0 +1,123 @@
+//! Checks of field contents that need no room state (PROTOCOL.md §5.3, §5.4, §7).
+//! Every implementation of the spec applies the same rules; these are ours.
+
+use crate::ErrorCode;
+use crate::error::ProtocolError;
+use crate::limits::max;
+use crate::v1::{TrackInfo, TrackKind};
+
+/// A meeting id: 1 to 64 bytes of `[A-Za-z0-9._-]`.
+pub fn meeting_id(id: &str) -> Result<(), ProtocolError> {
+    let ok = !id.is_empty()
+        && id.len() <= max::MAX_MEETING_ID_BYTES as usize
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ProtocolError::new(
+            ErrorCode::InvalidMeetingId,
+            "meeting id must be 1 to 64 characters of A-Z a-z 0-9 . _ -",
+        ))
+    }
+}
+
+/// A display name: 1 to `max_bytes` of UTF-8 without control characters.
+pub fn display_name(name: &str, max_bytes: u32) -> Result<(), ProtocolError> {
+    if name.is_empty() || name.len() > max_bytes as usize {
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidDisplayName,
+            format!("display name must be 1 to {max_bytes} bytes"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidDisplayName,
+            "display name contains a control character",
+        ));
+    }
+    Ok(())
+}
+
+/// A text field of at most `max_bytes`.
+pub fn text_len(what: &str, text_bytes: usize, max_bytes: u32) -> Result<(), ProtocolError> {
+    if text_bytes > max_bytes as usize {
+        Err(ProtocolError::new(
+            ErrorCode::FieldTooLong,
+            format!("{what} is {text_bytes} bytes; the limit is {max_bytes}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A track description in Publish.
+pub fn track(t: &TrackInfo) -> Result<(), ProtocolError> {
+    let bad = |why: String| Err(ProtocolError::new(ErrorCode::InvalidTrack, why));
+    if t.track_id == 0 {
+        return bad("track id 0 is not allowed".into());
+    }
+    let kind = TrackKind::try_from(t.kind).unwrap_or(TrackKind::Unspecified);
+    if kind == TrackKind::Unspecified {
+        return bad("track kind must be audio, video or screen".into());
+    }
+    if t.codec.is_empty()
+        || t.codec.len() > max::MAX_CODEC_BYTES as usize
+        || !t.codec.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return bad("codec must be 1 to 64 printable ASCII characters, e.g. avc1.42E01F or opus".into());
+    }
+    if t.width > 7680 || t.height > 4320 || t.frame_rate > 240 {
+        return bad(format!(
+            "{}x{} at {} fps is out of range (at most 7680x4320 at 240 fps)",
+            t.width, t.height, t.frame_rate
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meeting_ids() {
+        assert!(meeting_id("team-standup_2.0").is_ok());
+        for bad in ["", "has space", "slash/no", "é", &"m".repeat(65)] {
+            assert_eq!(meeting_id(bad).unwrap_err().code, ErrorCode::InvalidMeetingId, "{bad:?}");
+        }
+        assert!(meeting_id(&"m".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn display_names() {
+        assert!(display_name("Zoë 🎥", 64).is_ok());
+        assert!(display_name("", 64).is_err());
+        assert!(display_name("bell\u{7}", 64).is_err());
+        assert!(display_name("c1\u{85}", 64).is_err());
+        assert!(display_name(&"n".repeat(65), 64).is_err());
+    }
+
+    #[test]
+    fn tracks() {
+        let ok = TrackInfo {
+            track_id: 1,
+            kind: TrackKind::Video as i32,
+            codec: "avc1.42E01F".into(),
+            width: 1280,
+            height: 720,
+            frame_rate: 30,
+            ..Default::default()
+        };
+        assert!(track(&ok).is_ok());
+        for bad in [
+            TrackInfo { track_id: 0, ..ok.clone() },
+            TrackInfo { kind: 0, ..ok.clone() },
+            TrackInfo { kind: 99, ..ok.clone() },
+            TrackInfo { codec: String::new(), ..ok.clone() },
+            TrackInfo { codec: "a b".into(), ..ok.clone() },
+            TrackInfo { width: 10_000, ..ok.clone() },
+        ] {
+            assert_eq!(track(&bad).unwrap_err().code, ErrorCode::InvalidTrack);
+        }
+    }
+}
