@@ -31,11 +31,17 @@ pub enum Frame<M> {
 /// Errors are the spec's: empty or type 0 is `MALFORMED_FRAME`, a reserved
 /// type is `UNKNOWN_FRAME_TYPE` (non-fatal), a body that is not the expected
 /// protobuf is `MALFORMED_MESSAGE`, anything over the limit `FRAME_TOO_LARGE`.
-pub fn decode_frame<M: Message + Default>(bytes: Bytes, max_frame_bytes: usize) -> Result<Frame<M>, ProtocolError> {
+pub fn decode_frame<M: Message + Default>(
+    bytes: Bytes,
+    max_frame_bytes: usize,
+) -> Result<Frame<M>, ProtocolError> {
     if bytes.len() > max_frame_bytes {
         return Err(ProtocolError::new(
             ErrorCode::FrameTooLarge,
-            format!("frame of {} bytes exceeds the limit of {max_frame_bytes}", bytes.len()),
+            format!(
+                "frame of {} bytes exceeds the limit of {max_frame_bytes}",
+                bytes.len()
+            ),
         ));
     }
     let Some(&ty) = bytes.first() else {
@@ -44,9 +50,17 @@ pub fn decode_frame<M: Message + Default>(bytes: Bytes, max_frame_bytes: usize) 
     match ty {
         FRAME_CONTROL => M::decode(bytes.slice(1..))
             .map(Frame::Control)
-            .map_err(|e| ProtocolError::new(ErrorCode::MalformedMessage, format!("control message does not decode: {e}"))),
+            .map_err(|e| {
+                ProtocolError::new(
+                    ErrorCode::MalformedMessage,
+                    format!("control message does not decode: {e}"),
+                )
+            }),
         FRAME_MEDIA => MediaFrame::parse(bytes).map(Frame::Media),
-        0 => Err(ProtocolError::new(ErrorCode::MalformedFrame, "frame type 0")),
+        0 => Err(ProtocolError::new(
+            ErrorCode::MalformedFrame,
+            "frame type 0",
+        )),
         t if t >= FRAME_EXTENSION_START => Ok(Frame::Extension(t)),
         t => Err(ProtocolError::new(
             ErrorCode::UnknownFrameType,
@@ -104,12 +118,18 @@ impl StreamDecoder {
         }
         let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
         if len == 0 {
-            return Err(ProtocolError::new(ErrorCode::MalformedFrame, "zero length prefix"));
+            return Err(ProtocolError::new(
+                ErrorCode::MalformedFrame,
+                "zero length prefix",
+            ));
         }
         if len > self.max_frame_bytes {
             return Err(ProtocolError::new(
                 ErrorCode::FrameTooLarge,
-                format!("length prefix {len} exceeds the limit of {}", self.max_frame_bytes),
+                format!(
+                    "length prefix {len} exceeds the limit of {}",
+                    self.max_frame_bytes
+                ),
             ));
         }
         if self.buf.len() < 4 + len {
@@ -142,12 +162,19 @@ mod tests {
     fn control_round_trip() {
         let f = encode_control(&ping(5));
         assert_eq!(&f[..], &[0x01, 0x62, 0x02, 0x08, 0x05]);
-        assert_eq!(decode_frame::<ClientMessage>(f, 100).unwrap(), Frame::Control(ping(5)));
+        assert_eq!(
+            decode_frame::<ClientMessage>(f, 100).unwrap(),
+            Frame::Control(ping(5))
+        );
     }
 
     #[test]
     fn frame_type_ranges() {
-        let code = |b: &'static [u8]| decode_frame::<ClientMessage>(Bytes::from_static(b), 100).unwrap_err().code;
+        let code = |b: &'static [u8]| {
+            decode_frame::<ClientMessage>(Bytes::from_static(b), 100)
+                .unwrap_err()
+                .code
+        };
         assert_eq!(code(&[]), ErrorCode::MalformedFrame);
         assert_eq!(code(&[0]), ErrorCode::MalformedFrame);
         assert_eq!(code(&[3]), ErrorCode::UnknownFrameType);
@@ -158,7 +185,9 @@ mod tests {
             Frame::Extension(0x80)
         );
         assert_eq!(
-            decode_frame::<ClientMessage>(Bytes::from(vec![1; 101]), 100).unwrap_err().code,
+            decode_frame::<ClientMessage>(Bytes::from(vec![1; 101]), 100)
+                .unwrap_err()
+                .code,
             ErrorCode::FrameTooLarge
         );
     }

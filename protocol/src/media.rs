@@ -66,12 +66,15 @@ impl MediaFrame {
             return Err(malformed("CONFIG flag without KEY flag"));
         }
         if !has_config && config_len != 0 {
-            return Err(malformed("config_len is not 0 but the CONFIG flag is clear"));
+            return Err(malformed(
+                "config_len is not 0 but the CONFIG flag is clear",
+            ));
         }
         if MEDIA_HEADER_LEN + config_len > bytes.len() {
             return Err(malformed("config_len runs past the end of the frame"));
         }
-        let u32_at = |o: usize| u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let u32_at =
+            |o: usize| u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
         let track_id = u32_at(8);
         if track_id == 0 {
             return Err(malformed("track id 0"));
@@ -131,7 +134,8 @@ impl MediaFrame {
 
     /// The decoder configuration, if the frame carries one.
     pub fn config(&self) -> Option<&[u8]> {
-        (self.config_len > 0).then(|| &self.bytes[MEDIA_HEADER_LEN..MEDIA_HEADER_LEN + self.config_len])
+        (self.config_len > 0)
+            .then(|| &self.bytes[MEDIA_HEADER_LEN..MEDIA_HEADER_LEN + self.config_len])
     }
 
     /// The encoded payload (opaque; maybe encrypted).
@@ -171,7 +175,9 @@ impl MediaFrame {
 /// Writes `sender` at the sender offset of a media frame's bytes, in place
 /// when the buffer is not shared. The frame must be at least a header long.
 pub fn stamp_sender(bytes: Bytes, sender: u32) -> Bytes {
-    let mut m = bytes.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    let mut m = bytes
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
     m[SENDER_OFFSET..SENDER_OFFSET + 4].copy_from_slice(&sender.to_be_bytes());
     m.freeze()
 }
@@ -196,7 +202,14 @@ mod tests {
         assert_eq!(
             hex(f.as_bytes()),
             concat!(
-                "0203", "0002", "00000000", "00000003", "01020304", "1122334455667788", "aabb", "cc"
+                "0203",
+                "0002",
+                "00000000",
+                "00000003",
+                "01020304",
+                "1122334455667788",
+                "aabb",
+                "cc"
             )
         );
         let parsed = MediaFrame::parse(f.as_bytes().clone()).unwrap();
@@ -214,7 +227,10 @@ mod tests {
         assert_eq!(&after[4..8], &[0xDE, 0xAD, 0xBE, 0xEF]);
         assert_eq!(&after[..4], &before[..4]);
         assert_eq!(&after[8..], &before[8..]);
-        assert_eq!(MediaFrame::parse(after.clone()).unwrap().header().sender, 0xDEAD_BEEF);
+        assert_eq!(
+            MediaFrame::parse(after.clone()).unwrap().header().sender,
+            0xDEAD_BEEF
+        );
     }
 
     #[test]
@@ -233,7 +249,14 @@ mod tests {
         past_end[3] = 2;
         let mut zero_track = good.to_vec();
         zero_track[8..12].copy_from_slice(&[0, 0, 0, 0]);
-        for bad in [short, reserved, config_no_key, len_no_flag, past_end, zero_track] {
+        for bad in [
+            short,
+            reserved,
+            config_no_key,
+            len_no_flag,
+            past_end,
+            zero_track,
+        ] {
             let e = MediaFrame::parse(Bytes::from(bad)).unwrap_err();
             assert_eq!(e.code, ErrorCode::MalformedFrame);
         }

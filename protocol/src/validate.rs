@@ -10,7 +10,9 @@ use crate::v1::{TrackInfo, TrackKind};
 pub fn meeting_id(id: &str) -> Result<(), ProtocolError> {
     let ok = !id.is_empty()
         && id.len() <= max::MAX_MEETING_ID_BYTES as usize
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -64,7 +66,9 @@ pub fn track(t: &TrackInfo) -> Result<(), ProtocolError> {
         || t.codec.len() > max::MAX_CODEC_BYTES as usize
         || !t.codec.bytes().all(|b| b.is_ascii_graphic())
     {
-        return bad("codec must be 1 to 64 printable ASCII characters, e.g. avc1.42E01F or opus".into());
+        return bad(
+            "codec must be 1 to 64 printable ASCII characters, e.g. avc1.42E01F or opus".into(),
+        );
     }
     if t.width > 7680 || t.height > 4320 || t.frame_rate > 240 {
         return bad(format!(
@@ -83,7 +87,11 @@ mod tests {
     fn meeting_ids() {
         assert!(meeting_id("team-standup_2.0").is_ok());
         for bad in ["", "has space", "slash/no", "é", &"m".repeat(65)] {
-            assert_eq!(meeting_id(bad).unwrap_err().code, ErrorCode::InvalidMeetingId, "{bad:?}");
+            assert_eq!(
+                meeting_id(bad).unwrap_err().code,
+                ErrorCode::InvalidMeetingId,
+                "{bad:?}"
+            );
         }
         assert!(meeting_id(&"m".repeat(64)).is_ok());
     }
@@ -110,12 +118,30 @@ mod tests {
         };
         assert!(track(&ok).is_ok());
         for bad in [
-            TrackInfo { track_id: 0, ..ok.clone() },
-            TrackInfo { kind: 0, ..ok.clone() },
-            TrackInfo { kind: 99, ..ok.clone() },
-            TrackInfo { codec: String::new(), ..ok.clone() },
-            TrackInfo { codec: "a b".into(), ..ok.clone() },
-            TrackInfo { width: 10_000, ..ok.clone() },
+            TrackInfo {
+                track_id: 0,
+                ..ok.clone()
+            },
+            TrackInfo {
+                kind: 0,
+                ..ok.clone()
+            },
+            TrackInfo {
+                kind: 99,
+                ..ok.clone()
+            },
+            TrackInfo {
+                codec: String::new(),
+                ..ok.clone()
+            },
+            TrackInfo {
+                codec: "a b".into(),
+                ..ok.clone()
+            },
+            TrackInfo {
+                width: 10_000,
+                ..ok.clone()
+            },
         ] {
             assert_eq!(track(&bad).unwrap_err().code, ErrorCode::InvalidTrack);
         }

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use convene_protocol::limits::max;
 use convene_protocol::v1::{ClientMessage, ServerMessage};
-use convene_protocol::{DESCRIPTOR_SET, ErrorCode, Frame, MediaFrame, MediaHeader, StreamDecoder, decode_frame, encode_control};
+use convene_protocol::{
+    DESCRIPTOR_SET, ErrorCode, Frame, MediaFrame, MediaHeader, StreamDecoder, decode_frame,
+    encode_control,
+};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value as RValue};
 use serde_json::Value;
@@ -24,7 +27,10 @@ fn vector_files() -> Vec<(String, Value)> {
         .into_iter()
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();
-            (p.file_name().unwrap().to_string_lossy().into_owned(), serde_json::from_str(&text).unwrap())
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                serde_json::from_str(&text).unwrap(),
+            )
         })
         .collect()
 }
@@ -35,7 +41,8 @@ fn pool() -> DescriptorPool {
 
 /// The protobuf JSON mapping of a message, canonicalised through reflection.
 fn canonical(desc: &MessageDescriptor, json: &Value) -> Value {
-    let m = DynamicMessage::deserialize(desc.clone(), json.clone()).unwrap_or_else(|e| panic!("bad JSON {json}: {e}"));
+    let m = DynamicMessage::deserialize(desc.clone(), json.clone())
+        .unwrap_or_else(|e| panic!("bad JSON {json}: {e}"));
     serde_json::to_value(&m).unwrap()
 }
 
@@ -61,7 +68,11 @@ fn check_frame(name: &str, direction: &str, bytes: Bytes, v: &Value, pool: &Desc
         Decoded::Server(decode_frame::<ServerMessage>(bytes.clone(), max))
     };
     let env = pool
-        .get_message_by_name(if direction == "client_to_server" { "convene.v1.ClientMessage" } else { "convene.v1.ServerMessage" })
+        .get_message_by_name(if direction == "client_to_server" {
+            "convene.v1.ClientMessage"
+        } else {
+            "convene.v1.ServerMessage"
+        })
         .unwrap();
     if let Some(err) = v.get("error") {
         let got = match &decoded {
@@ -75,13 +86,27 @@ fn check_frame(name: &str, direction: &str, bytes: Bytes, v: &Value, pool: &Desc
     let reencodes = v.get("reencodes").and_then(Value::as_bool).unwrap_or(true);
     if let Some(control) = frame.get("control") {
         let (json, reencoded) = match decoded {
-            Decoded::Client(Ok(Frame::Control(m))) => (canonical_bytes(&env, &m.encode_to_vec()), encode_control(&m)),
-            Decoded::Server(Ok(Frame::Control(m))) => (canonical_bytes(&env, &m.encode_to_vec()), encode_control(&m)),
+            Decoded::Client(Ok(Frame::Control(m))) => (
+                canonical_bytes(&env, &m.encode_to_vec()),
+                encode_control(&m),
+            ),
+            Decoded::Server(Ok(Frame::Control(m))) => (
+                canonical_bytes(&env, &m.encode_to_vec()),
+                encode_control(&m),
+            ),
             _ => panic!("{name}: did not decode as a control frame"),
         };
-        assert_eq!(json, canonical(&env, control), "{name}: decoded meaning differs");
+        assert_eq!(
+            json,
+            canonical(&env, control),
+            "{name}: decoded meaning differs"
+        );
         if reencodes {
-            assert_eq!(hex::encode(&reencoded), hex::encode(&bytes), "{name}: re-encoding differs");
+            assert_eq!(
+                hex::encode(&reencoded),
+                hex::encode(&bytes),
+                "{name}: re-encoding differs"
+            );
         }
     } else if let Some(media) = frame.get("media") {
         let m = match decoded {
@@ -104,7 +129,9 @@ fn check_frame(name: &str, direction: &str, bytes: Bytes, v: &Value, pool: &Desc
         assert_eq!(built.as_bytes(), &bytes, "{name}: re-encoding differs");
     } else if let Some(ext) = frame.get("extension") {
         let got = match decoded {
-            Decoded::Client(Ok(Frame::Extension(t))) | Decoded::Server(Ok(Frame::Extension(t))) => t,
+            Decoded::Client(Ok(Frame::Extension(t))) | Decoded::Server(Ok(Frame::Extension(t))) => {
+                t
+            }
             _ => panic!("{name}: not an extension frame"),
         };
         assert_eq!(got as u64, ext.as_u64().unwrap(), "{name}");
@@ -128,7 +155,12 @@ fn check_stream(name: &str, bytes: &[u8], v: &Value) {
         assert_eq!(result, Err(error_code(err)), "{name}");
     } else {
         assert_eq!(result, Ok(()), "{name}");
-        let want: Vec<String> = v["frames"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect();
+        let want: Vec<String> = v["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_string())
+            .collect();
         assert_eq!(frames, want, "{name}");
     }
 }
@@ -145,14 +177,19 @@ fn every_vector_holds() {
             let bytes = Bytes::from(hex::decode(v["hex"].as_str().unwrap()).unwrap());
             let direction = v["direction"].as_str().unwrap();
             match v["kind"].as_str().unwrap() {
-                "frame" | "ws_message" | "wt_datagram" => check_frame(&name, direction, bytes, v, &pool),
+                "frame" | "ws_message" | "wt_datagram" => {
+                    check_frame(&name, direction, bytes, v, &pool)
+                }
                 "wt_control_stream" => check_stream(&name, &bytes, v),
                 k => panic!("{name}: unknown kind {k}"),
             }
             count += 1;
         }
     }
-    assert!(count >= 60, "the spec promises at least 60 vectors, found {count}");
+    assert!(
+        count >= 60,
+        "the spec promises at least 60 vectors, found {count}"
+    );
 }
 
 #[test]
@@ -163,14 +200,20 @@ fn every_message_type_has_a_vector() {
         for v in doc["vectors"].as_array().unwrap() {
             if let Some(c) = v["frame"].get("control") {
                 for k in c.as_object().unwrap().keys() {
-                    let dir = if v["direction"] == "client_to_server" { "ClientMessage" } else { "ServerMessage" };
+                    let dir = if v["direction"] == "client_to_server" {
+                        "ClientMessage"
+                    } else {
+                        "ServerMessage"
+                    };
                     seen.insert(format!("{dir}.{k}"));
                 }
             }
         }
     }
     for env in ["ClientMessage", "ServerMessage"] {
-        let d = pool.get_message_by_name(&format!("convene.v1.{env}")).unwrap();
+        let d = pool
+            .get_message_by_name(&format!("convene.v1.{env}"))
+            .unwrap();
         for f in d.fields().filter(|f| f.containing_oneof().is_some()) {
             assert!(
                 seen.contains(&format!("{env}.{}", f.json_name())),

@@ -19,7 +19,10 @@ use crate::media::MediaFrame;
 use crate::session::CloseReason;
 use crate::states::client_session::{self as sm, Event as SmEvent, State};
 use crate::time::Timestamp;
-use crate::v1::{self, ClientKind, ClientMessage, GoodbyeReason, ServerMessage, client_message, server_message::Msg};
+use crate::v1::{
+    self, ClientKind, ClientMessage, GoodbyeReason, ServerMessage, client_message,
+    server_message::Msg,
+};
 
 /// Settings of a client session.
 #[derive(Debug, Clone)]
@@ -193,12 +196,18 @@ impl ClientSession {
     }
 
     fn heartbeat(&self) -> Duration {
-        let ms = self.welcome.as_ref().map_or(default::HEARTBEAT_INTERVAL_MS, |w| w.heartbeat_interval_ms);
+        let ms = self
+            .welcome
+            .as_ref()
+            .map_or(default::HEARTBEAT_INTERVAL_MS, |w| w.heartbeat_interval_ms);
         Duration::from_millis(ms.max(100) as u64)
     }
 
     fn idle(&self) -> Duration {
-        let ms = self.welcome.as_ref().map_or(default::IDLE_TIMEOUT_MS, |w| w.idle_timeout_ms);
+        let ms = self
+            .welcome
+            .as_ref()
+            .map_or(default::IDLE_TIMEOUT_MS, |w| w.idle_timeout_ms);
         Duration::from_millis(ms.max(200) as u64)
     }
 
@@ -219,7 +228,10 @@ impl ClientSession {
                 if now >= self.hello_sent + self.config.handshake_timeout {
                     self.fail(
                         SmEvent::HandshakeTimeout,
-                        ProtocolError::new(ErrorCode::HandshakeTimeout, "no Welcome within the handshake timeout"),
+                        ProtocolError::new(
+                            ErrorCode::HandshakeTimeout,
+                            "no Welcome within the handshake timeout",
+                        ),
                         false,
                     );
                 }
@@ -228,11 +240,20 @@ impl ClientSession {
                 if now >= self.last_rx + self.idle() {
                     self.fail(
                         SmEvent::IdleTimeout,
-                        ProtocolError::new(ErrorCode::IdleTimeout, "nothing received from the server within the idle timeout"),
+                        ProtocolError::new(
+                            ErrorCode::IdleTimeout,
+                            "nothing received from the server within the idle timeout",
+                        ),
                         false,
                     );
                 } else if now >= self.last_tx + self.heartbeat() {
-                    self.push(now, 0, client_message::Msg::Ping(v1::Ping { timestamp_us: now.as_micros() }));
+                    self.push(
+                        now,
+                        0,
+                        client_message::Msg::Ping(v1::Ping {
+                            timestamp_us: now.as_micros(),
+                        }),
+                    );
                 }
             }
         }
@@ -274,7 +295,11 @@ impl ClientSession {
 
     fn handle_control(&mut self, now: Timestamp, env: ServerMessage) {
         let Some(msg) = env.msg else {
-            return self.report(now, ErrorCode::UnknownMessage, "the message is unknown to this client");
+            return self.report(
+                now,
+                ErrorCode::UnknownMessage,
+                "the message is unknown to this client",
+            );
         };
         let ev = match &msg {
             Msg::Welcome(_) => SmEvent::Welcome,
@@ -302,8 +327,15 @@ impl ClientSession {
         match msg {
             Msg::Welcome(w) => {
                 if !self.config.versions.contains(&w.version) {
-                    let text = format!("Welcome chose version {}, which this client did not offer", w.version);
-                    return self.fail(SmEvent::FatalError, ProtocolError::new(ErrorCode::UnsupportedVersion, text), true);
+                    let text = format!(
+                        "Welcome chose version {}, which this client did not offer",
+                        w.version
+                    );
+                    return self.fail(
+                        SmEvent::FatalError,
+                        ProtocolError::new(ErrorCode::UnsupportedVersion, text),
+                        true,
+                    );
                 }
                 self.state = next;
                 self.welcome = Some(w.clone());
@@ -315,7 +347,13 @@ impl ClientSession {
                 self.close = Some(CloseReason::goodbye(reason, &g.text));
                 self.events.push_back(ClientEvent::Closed);
             }
-            Msg::Ping(p) => self.push(now, 0, client_message::Msg::Pong(v1::Pong { timestamp_us: p.timestamp_us })),
+            Msg::Ping(p) => self.push(
+                now,
+                0,
+                client_message::Msg::Pong(v1::Pong {
+                    timestamp_us: p.timestamp_us,
+                }),
+            ),
             Msg::Pong(p) => {
                 let rtt = now.saturating_since(Timestamp(p.timestamp_us));
                 self.rtt = Some(rtt);
@@ -353,8 +391,15 @@ impl ClientSession {
     }
 
     /// Sends Join.
-    pub fn join(&mut self, now: Timestamp, meeting_id: &str, display_name: &str, subscribe_all: bool) -> Result<u32, ProtocolError> {
-        let s = sm::next(self.state, SmEvent::SendJoin).map_err(|c| ProtocolError::new(c, "cannot join now"))?;
+    pub fn join(
+        &mut self,
+        now: Timestamp,
+        meeting_id: &str,
+        display_name: &str,
+        subscribe_all: bool,
+    ) -> Result<u32, ProtocolError> {
+        let s = sm::next(self.state, SmEvent::SendJoin)
+            .map_err(|c| ProtocolError::new(c, "cannot join now"))?;
         self.state = s;
         let rid = self.request_id();
         self.push(
@@ -371,7 +416,8 @@ impl ClientSession {
 
     /// Sends Leave.
     pub fn leave(&mut self, now: Timestamp) -> Result<(), ProtocolError> {
-        let s = sm::next(self.state, SmEvent::SendLeave).map_err(|c| ProtocolError::new(c, "not in a room"))?;
+        let s = sm::next(self.state, SmEvent::SendLeave)
+            .map_err(|c| ProtocolError::new(c, "not in a room"))?;
         self.state = s;
         self.push(now, 0, client_message::Msg::Leave(v1::Leave {}));
         Ok(())
@@ -381,7 +427,10 @@ impl ClientSession {
     /// Only allowed once joined.
     pub fn send(&mut self, now: Timestamp, msg: client_message::Msg) -> Result<u32, ProtocolError> {
         if self.state != State::Joined {
-            return Err(ProtocolError::new(ErrorCode::NotJoined, "join a room first"));
+            return Err(ProtocolError::new(
+                ErrorCode::NotJoined,
+                "join a room first",
+            ));
         }
         let rid = self.request_id();
         self.push(now, rid, msg);
@@ -391,7 +440,10 @@ impl ClientSession {
     /// Sends a media frame (its sender field must be 0). Only allowed once joined.
     pub fn send_media(&mut self, now: Timestamp, frame: MediaFrame) -> Result<(), ProtocolError> {
         if self.state != State::Joined {
-            return Err(ProtocolError::new(ErrorCode::NotJoined, "join a room first"));
+            return Err(ProtocolError::new(
+                ErrorCode::NotJoined,
+                "join a room first",
+            ));
         }
         self.last_tx = now;
         self.transmit.push_back(frame.into_bytes());
@@ -424,7 +476,10 @@ impl ClientSession {
 
     fn push(&mut self, now: Timestamp, request_id: u32, msg: client_message::Msg) {
         self.last_tx = now;
-        self.transmit.push_back(encode_control(&ClientMessage { request_id, msg: Some(msg) }));
+        self.transmit.push_back(encode_control(&ClientMessage {
+            request_id,
+            msg: Some(msg),
+        }));
     }
 
     /// Reports a non-fatal problem to the server with an Error.
@@ -432,7 +487,11 @@ impl ClientSession {
         if code.is_fatal() {
             return self.fail(SmEvent::FatalError, ProtocolError::new(code, text), true);
         }
-        self.push(now, 0, client_message::Msg::Error(ProtocolError::new(code, text).to_message(0)));
+        self.push(
+            now,
+            0,
+            client_message::Msg::Error(ProtocolError::new(code, text).to_message(0)),
+        );
     }
 
     fn fail(&mut self, ev: SmEvent, err: ProtocolError, tell_server: bool) {

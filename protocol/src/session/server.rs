@@ -26,7 +26,10 @@ use crate::media::MediaFrame;
 use crate::session::CloseReason;
 use crate::states::server_session::{self as sm, Event as SmEvent, State};
 use crate::time::{Timestamp, TokenBucket};
-use crate::v1::{self, ClientMessage, GoodbyeReason, ServerLimits, ServerMessage, client_message::Msg, server_message};
+use crate::v1::{
+    self, ClientMessage, GoodbyeReason, ServerLimits, ServerMessage, client_message::Msg,
+    server_message,
+};
 use crate::validate;
 
 /// The protocol versions this implementation speaks.
@@ -202,7 +205,11 @@ impl ServerSession {
     /// A session for a transport connection that came up at `now`.
     pub fn new(now: Timestamp, config: ServerSessionConfig) -> Self {
         let l = &config.limits;
-        let control_bucket = TokenBucket::new(now, l.control_messages_per_second as f64, l.control_burst as f64);
+        let control_bucket = TokenBucket::new(
+            now,
+            l.control_messages_per_second as f64,
+            l.control_burst as f64,
+        );
         let bits = l.max_ingress_kbps as f64 * 1000.0;
         let media_bucket = TokenBucket::new(now, bits, bits);
         ServerSession {
@@ -289,7 +296,10 @@ impl ServerSession {
                 if now >= self.created + self.config.handshake_timeout {
                     self.fail(
                         SmEvent::HandshakeTimeout,
-                        ProtocolError::new(ErrorCode::HandshakeTimeout, "no Hello within the handshake timeout"),
+                        ProtocolError::new(
+                            ErrorCode::HandshakeTimeout,
+                            "no Hello within the handshake timeout",
+                        ),
                         0,
                     );
                 }
@@ -298,14 +308,19 @@ impl ServerSession {
                 if now >= self.last_rx + self.config.idle_timeout {
                     self.fail(
                         SmEvent::IdleTimeout,
-                        ProtocolError::new(ErrorCode::IdleTimeout, "nothing received within the idle timeout"),
+                        ProtocolError::new(
+                            ErrorCode::IdleTimeout,
+                            "nothing received within the idle timeout",
+                        ),
                         0,
                     );
                     return;
                 }
                 if let Some(due) = self.next_ping {
                     if now >= due {
-                        self.send(server_message::Msg::Ping(v1::Ping { timestamp_us: now.as_micros() }));
+                        self.send(server_message::Msg::Ping(v1::Ping {
+                            timestamp_us: now.as_micros(),
+                        }));
                         self.next_ping = Some(now + self.config.heartbeat_interval);
                     }
                 }
@@ -323,8 +338,13 @@ impl ServerSession {
             Ok(f) => f,
             Err(e) => {
                 // Before Hello, anything that is not a control frame is HELLO_REQUIRED.
-                let e = if self.state == State::AwaitingHello && e.code == ErrorCode::UnknownFrameType {
-                    ProtocolError::new(ErrorCode::HelloRequired, "the first frame must be a control frame carrying Hello")
+                let e = if self.state == State::AwaitingHello
+                    && e.code == ErrorCode::UnknownFrameType
+                {
+                    ProtocolError::new(
+                        ErrorCode::HelloRequired,
+                        "the first frame must be a control frame carrying Hello",
+                    )
                 } else {
                     e
                 };
@@ -353,7 +373,10 @@ impl ServerSession {
 
     fn handle_media(&mut self, now: Timestamp, m: MediaFrame) {
         if let Err(code) = sm::next(self.state, SmEvent::Media) {
-            return self.error(ProtocolError::new(code, "media frame before joining a room"), 0);
+            return self.error(
+                ProtocolError::new(code, "media frame before joining a room"),
+                0,
+            );
         }
         let sender = m.header().sender;
         if sender != 0 && sender != self.participant_id {
@@ -367,11 +390,17 @@ impl ServerSession {
         }
         let bits = m.as_bytes().len() as f64 * 8.0;
         if !self.media_bucket.try_take(now, bits) {
-            if self.last_bitrate_error.is_none_or(|t| now.saturating_since(t) >= Duration::from_secs(1)) {
+            if self
+                .last_bitrate_error
+                .is_none_or(|t| now.saturating_since(t) >= Duration::from_secs(1))
+            {
                 self.last_bitrate_error = Some(now);
                 let kbps = self.config.limits.max_ingress_kbps;
                 self.error(
-                    ProtocolError::new(ErrorCode::BitrateExceeded, format!("media above {kbps} kbit/s is discarded")),
+                    ProtocolError::new(
+                        ErrorCode::BitrateExceeded,
+                        format!("media above {kbps} kbit/s is discarded"),
+                    ),
                     0,
                 );
             }
@@ -387,16 +416,25 @@ impl ServerSession {
             let e = if self.state == State::AwaitingHello {
                 ProtocolError::new(ErrorCode::HelloRequired, "the first message must be Hello")
             } else {
-                ProtocolError::new(ErrorCode::UnknownMessage, "the message is unknown to this server")
+                ProtocolError::new(
+                    ErrorCode::UnknownMessage,
+                    "the message is unknown to this server",
+                )
             };
             return self.error(e, rid);
         };
         if self.state != State::AwaitingHello && !self.control_bucket.try_take(now, 1.0) {
-            if self.last_rate_error.is_none_or(|t| now.saturating_since(t) >= Duration::from_secs(1)) {
+            if self
+                .last_rate_error
+                .is_none_or(|t| now.saturating_since(t) >= Duration::from_secs(1))
+            {
                 self.last_rate_error = Some(now);
                 let rate = self.config.limits.control_messages_per_second;
                 self.error(
-                    ProtocolError::new(ErrorCode::RateLimited, format!("more than {rate} control messages per second")),
+                    ProtocolError::new(
+                        ErrorCode::RateLimited,
+                        format!("more than {rate} control messages per second"),
+                    ),
                     rid,
                 );
             }
@@ -406,13 +444,24 @@ impl ServerSession {
         let next = match sm::next(self.state, event) {
             Ok(s) => s,
             Err(code) => {
-                let text = format!("{} is not allowed in state {}", msg_name(&msg), self.state.name());
+                let text = format!(
+                    "{} is not allowed in state {}",
+                    msg_name(&msg),
+                    self.state.name()
+                );
                 return self.error(ProtocolError::new(code, text), rid);
             }
         };
         if self.hello_pending || (self.join_pending && matches!(msg, Msg::Join(_))) {
-            let code = if self.hello_pending { ErrorCode::HelloRequired } else { ErrorCode::AlreadyJoined };
-            return self.error(ProtocolError::new(code, "the previous request is still being answered"), rid);
+            let code = if self.hello_pending {
+                ErrorCode::HelloRequired
+            } else {
+                ErrorCode::AlreadyJoined
+            };
+            return self.error(
+                ProtocolError::new(code, "the previous request is still being answered"),
+                rid,
+            );
         }
         match msg {
             Msg::Hello(h) => self.handle_hello(h),
@@ -436,9 +485,9 @@ impl ServerSession {
             Msg::Error(e) => self.events.push_back(ServerEvent::PeerError(e)),
             Msg::Join(j) => {
                 let limits = &self.config.limits;
-                if let Err(e) = validate::meeting_id(&j.meeting_id)
-                    .and_then(|_| validate::display_name(&j.display_name, limits.max_display_name_bytes))
-                {
+                if let Err(e) = validate::meeting_id(&j.meeting_id).and_then(|_| {
+                    validate::display_name(&j.display_name, limits.max_display_name_bytes)
+                }) {
                     return self.error(e, rid);
                 }
                 self.join_pending = true;
@@ -468,9 +517,8 @@ impl ServerSession {
     fn room_request(&mut self, msg: Msg, rid: u32) -> Option<RoomRequest> {
         let l = &self.config.limits;
         let checked = match msg {
-            Msg::UpdateSelf(u) => {
-                validate::display_name(&u.display_name, l.max_display_name_bytes).map(|_| RoomRequest::UpdateSelf(u))
-            }
+            Msg::UpdateSelf(u) => validate::display_name(&u.display_name, l.max_display_name_bytes)
+                .map(|_| RoomRequest::UpdateSelf(u)),
             Msg::Publish(p) => {
                 let t = p.track.unwrap_or_default();
                 validate::track(&t).map(|_| RoomRequest::Publish(t))
@@ -483,22 +531,33 @@ impl ServerSession {
             Msg::ReceiverReport(r) => Ok(RoomRequest::ReceiverReport(r)),
             Msg::Chat(c) => {
                 if c.text.is_empty() {
-                    Err(ProtocolError::new(ErrorCode::FieldTooLong, "chat text is empty"))
+                    Err(ProtocolError::new(
+                        ErrorCode::FieldTooLong,
+                        "chat text is empty",
+                    ))
                 } else {
-                    validate::text_len("chat text", c.text.len(), l.max_chat_bytes).map(|_| RoomRequest::Chat(c))
+                    validate::text_len("chat text", c.text.len(), l.max_chat_bytes)
+                        .map(|_| RoomRequest::Chat(c))
                 }
             }
-            Msg::E2ee(e) => {
-                validate::text_len("E2EE payload", e.payload.len(), l.max_e2ee_bytes).map(|_| RoomRequest::E2ee(e))
-            }
+            Msg::E2ee(e) => validate::text_len("E2EE payload", e.payload.len(), l.max_e2ee_bytes)
+                .map(|_| RoomRequest::E2ee(e)),
             Msg::MuteRequest(m) => Ok(RoomRequest::MuteRequest(m)),
-            Msg::RemoveParticipant(r) => validate::text_len("removal reason", r.reason.len(), max::MAX_TEXT_BYTES)
-                .map(|_| RoomRequest::RemoveParticipant(r)),
+            Msg::RemoveParticipant(r) => {
+                validate::text_len("removal reason", r.reason.len(), max::MAX_TEXT_BYTES)
+                    .map(|_| RoomRequest::RemoveParticipant(r))
+            }
             Msg::LockRoom(r) => Ok(RoomRequest::LockRoom(r)),
             Msg::Admit(a) => Ok(RoomRequest::Admit(a)),
             Msg::Deny(d) => Ok(RoomRequest::Deny(d)),
             Msg::EndMeeting(e) => Ok(RoomRequest::EndMeeting(e)),
-            Msg::Hello(_) | Msg::Goodbye(_) | Msg::Ping(_) | Msg::Pong(_) | Msg::Join(_) | Msg::Leave(_) | Msg::Error(_) => {
+            Msg::Hello(_)
+            | Msg::Goodbye(_)
+            | Msg::Ping(_)
+            | Msg::Pong(_)
+            | Msg::Join(_)
+            | Msg::Leave(_)
+            | Msg::Error(_) => {
                 unreachable!("handled by handle_control")
             }
         };
@@ -516,28 +575,49 @@ impl ServerSession {
         if h.versions.len() > max::MAX_VERSIONS_IN_HELLO as usize {
             return self.error(malformed("Hello lists more than 16 versions"), 0);
         }
-        if h.features.len() > max::MAX_FEATURES as usize || h.features.iter().any(|f| f.len() > 64) {
-            return self.error(malformed("Hello lists more than 32 features or a feature name over 64 bytes"), 0);
+        if h.features.len() > max::MAX_FEATURES as usize || h.features.iter().any(|f| f.len() > 64)
+        {
+            return self.error(
+                malformed("Hello lists more than 32 features or a feature name over 64 bytes"),
+                0,
+            );
         }
         if h.client_version.len() > max::MAX_TEXT_BYTES as usize {
             return self.error(malformed("client_version is over 256 bytes"), 0);
         }
-        let Some(version) = h.versions.iter().copied().filter(|v| SUPPORTED_VERSIONS.contains(v)).max() else {
+        let Some(version) = h
+            .versions
+            .iter()
+            .copied()
+            .filter(|v| SUPPORTED_VERSIONS.contains(v))
+            .max()
+        else {
             let speaks: Vec<String> = SUPPORTED_VERSIONS.iter().map(u32::to_string).collect();
             return self.error(
                 ProtocolError::new(
                     ErrorCode::UnsupportedVersion,
-                    format!("server speaks {}; Hello listed {:?}", speaks.join(", "), h.versions),
+                    format!(
+                        "server speaks {}; Hello listed {:?}",
+                        speaks.join(", "),
+                        h.versions
+                    ),
                 ),
                 0,
             );
         };
         self.hello_pending = true;
-        self.events.push_back(ServerEvent::Hello { version, hello: h });
+        self.events
+            .push_back(ServerEvent::Hello { version, hello: h });
     }
 
     /// Accepts the Hello: sends Welcome with this participant id and starts the heartbeat.
-    pub fn accept_hello(&mut self, now: Timestamp, participant_id: u32, session_id: String, resume_token: Bytes) {
+    pub fn accept_hello(
+        &mut self,
+        now: Timestamp,
+        participant_id: u32,
+        session_id: String,
+        resume_token: Bytes,
+    ) {
         if !self.hello_pending || self.state != State::AwaitingHello {
             return;
         }
@@ -563,7 +643,11 @@ impl ServerSession {
     /// Answers a pending Join: the session is in the room; sends `Joined`.
     pub fn joined(&mut self, joined: v1::Joined) {
         let from_waiting = self.state == State::Waiting;
-        let ev = if from_waiting { SmEvent::Admitted } else { SmEvent::Join };
+        let ev = if from_waiting {
+            SmEvent::Admitted
+        } else {
+            SmEvent::Join
+        };
         if let Ok(s) = sm::next(self.state, ev) {
             if from_waiting || self.join_pending {
                 self.state = s;
@@ -604,7 +688,8 @@ impl ServerSession {
         if self.state == State::Closed {
             return;
         }
-        self.transmit.push_back(encode_control(&ServerMessage { msg: Some(msg) }));
+        self.transmit
+            .push_back(encode_control(&ServerMessage { msg: Some(msg) }));
     }
 
     /// Queues an already encoded frame (e.g. a control frame shared by a whole room).
