@@ -38,6 +38,8 @@ pub const DESCRIPTOR_SET: &[u8] = include_bytes!("generated/descriptor.bin");
 
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod media;
 pub mod session;
 pub mod time;

@@ -1,0 +1,6 @@
+//! Fuzzes convene_protocol::fuzzing::server_session; see that function for the input format.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    convene_protocol::fuzzing::server_session(data);
+});
