@@ -351,11 +351,10 @@ fn step(
         ),
         "expect_no" => {
             let what = str_param("what").ok_or("`what` is required")?;
-            if what != "media"
-                && !expects
-                    .get_field_by_name(what)
-                    .is_some_and(|f| f.containing_oneof().is_some())
-            {
+            let is_message = expects
+                .get_field_by_name(what)
+                .is_some_and(|f| f.containing_oneof().is_some());
+            if what != "media" && !is_message {
                 return Err(format!(
                     "`what` must be `media` or a message name, not `{what}`"
                 ));

@@ -16,15 +16,12 @@ use convene_protocol::{
 };
 use proptest::prelude::*;
 
+/// (state, event) → next state or error name.
+type Table = HashMap<(String, String), Result<String, String>>;
+
 /// The spec's resolution rule, written again from the TOML: a transition that
 /// names the pair, else an illegal rule that names it, else the default error.
-fn model(
-    file: &str,
-) -> (
-    Vec<String>,
-    Vec<String>,
-    HashMap<(String, String), Result<String, String>>,
-) {
+fn model(file: &str) -> (Vec<String>, Vec<String>, Table) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../spec/v1/states")
         .join(file);
