@@ -179,7 +179,12 @@ fn fuzz(args: &[String]) -> Result<(), String> {
     }
     let targets = String::from_utf8_lossy(&out.stdout).into_owned();
     for target in targets.lines().filter(|l| !l.trim().is_empty()) {
-        let corpus = format!("corpus/{target}");
+        // New inputs go to a scratch corpus; the committed seeds stay small
+        // and are read as a second corpus directory.
+        let scratch = format!("target/corpus/{target}");
+        std::fs::create_dir_all(fuzz_dir.join(&scratch))
+            .map_err(|e| format!("cannot create {scratch}: {e}"))?;
+        let seeds = format!("corpus/{target}");
         let max_time = format!("-max_total_time={seconds}");
         println!("\n== fuzzing {target} for {seconds} s");
         let status = Command::new("cargo")

@@ -1,0 +1,482 @@
+//! A subscriber's bounded priority queue (PROTOCOL.md §6.4), shared between
+//! the router, which fills it, and the connection's writer, which drains it.
+//!
+//! Three lanes: control (never dropped), audio, and video (key and delta
+//! frames in one FIFO, so a track's frames stay in order). When the queue is
+//! full it drops video deltas first (and the rest of that track's deltas until
+//! its next key frame, which it asks the publisher for), then video key
+//! frames, and audio last. A queue that keeps overflowing for
+//! `slow_consumer` is marked slow and its connection is closed.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use convene_protocol::Timestamp;
+
+/// Wakes whoever drains an [`Outbox`]; the tokio shell uses a `Notify`.
+pub trait Wake: Send + Sync {
+    /// Frames were queued or the outbox was closed.
+    fn wake(&self);
+}
+
+/// Which lane a media frame goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaClass {
+    /// Audio: dropped last.
+    Audio,
+    /// A video key frame.
+    Key,
+    /// A video delta frame: dropped first.
+    Delta,
+}
+
+/// Why a frame was dropped; a label of the drop metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A video delta frame made room, or waited for a key frame.
+    VideoDelta,
+    /// A video key frame made room.
+    VideoKey,
+    /// An audio frame made room.
+    Audio,
+}
+
+/// A video frame in the queue, with the track it belongs to.
+#[derive(Debug)]
+struct VideoEntry {
+    /// (publisher, track).
+    track: (u32, u32),
+    /// Key or delta.
+    key: bool,
+    /// The frame.
+    frame: Bytes,
+}
+
+/// Sizes of an outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    /// Most bytes of media queued.
+    pub max_media_bytes: usize,
+    /// Most media frames queued.
+    pub max_media_frames: usize,
+    /// Most control bytes queued before the subscriber counts as slow.
+    pub max_control_bytes: usize,
+    /// Continuous overflow after which the subscriber is disconnected.
+    pub slow_consumer: Duration,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        OutboxLimits {
+            max_media_bytes: 2 << 20,
+            max_media_frames: 1024,
+            max_control_bytes: 4 << 20,
+            slow_consumer: Duration::from_millis(
+                convene_protocol::limits::default::SLOW_CONSUMER_MS as u64,
+            ),
+        }
+    }
+}
+
+/// What happened to a pushed media frame.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// The frame was queued.
+    pub queued: bool,
+    /// Frames dropped to make room (or this frame), by reason.
+    pub dropped: Vec<DropReason>,
+    /// A video track of which frames were lost: ask its publisher for a key frame.
+    pub needs_key_frame: Option<(u32, u32)>,
+    /// The queue has overflowed for too long: disconnect the subscriber.
+    pub slow: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    control: VecDeque<Bytes>,
+    control_bytes: usize,
+    audio: VecDeque<Bytes>,
+    video: VecDeque<VideoEntry>,
+    media_bytes: usize,
+    /// Video tracks whose deltas are dropped until their next key frame.
+    starved: Vec<(u32, u32)>,
+    /// Since when the queue has been overflowing without draining empty.
+    overflow_since: Option<Timestamp>,
+    /// Set when the subscriber must be disconnected; nothing more is queued.
+    closed: bool,
+    /// Set when the closure is for slowness.
+    slow: bool,
+    /// Set when the room ended the session (removal, end of meeting).
+    kicked: Option<Kick>,
+}
+
+/// Why the room ended a subscriber's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// A moderator removed the participant.
+    Removed,
+    /// A moderator ended the meeting.
+    MeetingEnded,
+}
+
+/// The queue of one subscriber.
+pub struct Outbox {
+    limits: OutboxLimits,
+    inner: Mutex<Inner>,
+    waker: Box<dyn Wake>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// An empty outbox that calls `waker` when there is something to drain.
+    pub fn new(limits: OutboxLimits, waker: Box<dyn Wake>) -> Self {
+        Outbox {
+            limits,
+            inner: Mutex::new(Inner::default()),
+            waker,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic elsewhere must not take every subscriber down with it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a control frame. Control is never dropped; a subscriber that lets
+    /// control pile up past its limit is marked slow and closed.
+    pub fn push_control(&self, frame: Bytes) -> bool {
+        let mut q = self.lock();
+        if q.closed {
+            return false;
+        }
+        q.control_bytes += frame.len();
+        q.control.push_back(frame);
+        if q.control_bytes > self.limits.max_control_bytes {
+            q.closed = true;
+            q.slow = true;
+        }
+        drop(q);
+        self.waker.wake();
+        true
+    }
+
+    /// Queues a media frame of `track` (publisher, track id), dropping by the
+    /// spec's priorities when full.
+    pub fn push_media(
+        &self,
+        now: Timestamp,
+        class: MediaClass,
+        track: (u32, u32),
+        frame: Bytes,
+    ) -> PushOutcome {
+        let mut out = PushOutcome::default();
+        let mut q = self.lock();
+        if q.closed {
+            return out;
+        }
+        match class {
+            MediaClass::Key => q.starved.retain(|t| *t != track),
+            MediaClass::Delta if q.starved.contains(&track) => {
+                out.dropped.push(DropReason::VideoDelta);
+                return out;
+            }
+            _ => {}
+        }
+        let len = frame.len();
+        while q.media_bytes + len > self.limits.max_media_bytes
+            || q.audio.len() + q.video.len() >= self.limits.max_media_frames
+        {
+            match evict(&mut q, class) {
+                Some((reason, lost_track)) => {
+                    out.dropped.push(reason);
+                    if let Some(t) = lost_track {
+                        out.needs_key_frame = Some(t);
+                    }
+                }
+                None => break,
+            }
+        }
+        let fits = q.media_bytes + len <= self.limits.max_media_bytes
+            && q.audio.len() + q.video.len() < self.limits.max_media_frames;
+        if !out.dropped.is_empty() || !fits {
+            let since = *q.overflow_since.get_or_insert(now);
+            if now.saturating_since(since) >= self.limits.slow_consumer {
+                q.closed = true;
+                q.slow = true;
+                out.slow = true;
+            }
+        }
+        if !fits {
+            // Nothing of lower priority was left to drop: this frame is the loss.
+            out.dropped.push(match class {
+                MediaClass::Audio => DropReason::Audio,
+                MediaClass::Key => DropReason::VideoKey,
+                MediaClass::Delta => DropReason::VideoDelta,
+            });
+            if class != MediaClass::Audio {
+                if !q.starved.contains(&track) {
+                    q.starved.push(track);
+                }
+                out.needs_key_frame = Some(track);
+            }
+            return out;
+        }
+        q.media_bytes += len;
+        match class {
+            MediaClass::Audio => q.audio.push_back(frame),
+            MediaClass::Key | MediaClass::Delta => q.video.push_back(VideoEntry {
+                track,
+                key: class == MediaClass::Key,
+                frame,
+            }),
+        }
+        out.queued = true;
+        drop(q);
+        self.waker.wake();
+        out
+    }
+
+    /// Moves queued frames into `out`, control first, then audio, then video,
+    /// up to about `max_bytes`. Returns true if frames remain.
+    pub fn drain(&self, out: &mut Vec<Bytes>, max_bytes: usize) -> bool {
+        let mut q = self.lock();
+        let mut taken = 0;
+        while taken < max_bytes {
+            if let Some(f) = q.control.pop_front() {
+                q.control_bytes -= f.len();
+                taken += f.len();
+                out.push(f);
+            } else if let Some(f) = q.audio.pop_front() {
+                q.media_bytes -= f.len();
+                taken += f.len();
+                out.push(f);
+            } else if let Some(v) = q.video.pop_front() {
+                q.media_bytes -= v.frame.len();
+                taken += v.frame.len();
+                out.push(v.frame);
+            } else {
+                break;
+            }
+        }
+        let empty = q.control.is_empty() && q.audio.is_empty() && q.video.is_empty();
+        if empty {
+            q.overflow_since = None;
+        }
+        !empty
+    }
+
+    /// Marks the outbox closed (removal, shutdown, slowness) and wakes the drainer.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.waker.wake();
+    }
+
+    /// Ends the subscriber's session on the room's behalf; its connection says Goodbye.
+    pub fn kick(&self, why: Kick) {
+        {
+            let mut q = self.lock();
+            q.kicked = Some(why);
+        }
+        self.waker.wake();
+    }
+
+    /// Why the room ended the session, if it did.
+    pub fn kicked(&self) -> Option<Kick> {
+        self.lock().kicked
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// True if closed because the subscriber was too slow.
+    pub fn is_slow(&self) -> bool {
+        self.lock().slow
+    }
+
+    /// Frames queued now, for the queue-depth metric.
+    pub fn depth(&self) -> usize {
+        let q = self.lock();
+        q.control.len() + q.audio.len() + q.video.len()
+    }
+}
+
+/// Removes one frame to make room for a frame of `incoming` class. Returns the
+/// reason and, for video, the track that now needs a key frame.
+fn evict(q: &mut Inner, incoming: MediaClass) -> Option<(DropReason, Option<(u32, u32)>)> {
+    // Oldest delta first: it and the rest of its track's deltas up to the next key frame.
+    if let Some(i) = q.video.iter().position(|v| !v.key) {
+        let track = q.video[i].track;
+        let mut j = i;
+        let mut removed_bytes = 0;
+        while j < q.video.len() {
+            if q.video[j].track == track {
+                if q.video[j].key {
+                    break;
+                }
+                removed_bytes += q.video[j].frame.len();
+                q.video.remove(j);
+            } else {
+                j += 1;
+            }
+        }
+        q.media_bytes -= removed_bytes;
+        let key_queued_later = q.video.iter().skip(i).any(|v| v.track == track && v.key);
+        if !key_queued_later && !q.starved.contains(&track) {
+            q.starved.push(track);
+        }
+        return Some((DropReason::VideoDelta, (!key_queued_later).then_some(track)));
+    }
+    // Then key frames, but only to make room for something at least as important.
+    if incoming != MediaClass::Delta {
+        if let Some(v) = q.video.pop_front() {
+            q.media_bytes -= v.frame.len();
+            if !q.starved.contains(&v.track) {
+                q.starved.push(v.track);
+            }
+            return Some((DropReason::VideoKey, Some(v.track)));
+        }
+    }
+    // Audio only for audio.
+    if incoming == MediaClass::Audio {
+        if let Some(f) = q.audio.pop_front() {
+            q.media_bytes -= f.len();
+            return Some((DropReason::Audio, None));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Count(Arc<AtomicUsize>);
+    impl Wake for Count {
+        fn wake(&self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn outbox(frames: usize) -> (Outbox, Arc<AtomicUsize>) {
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let limits = OutboxLimits {
+            max_media_bytes: usize::MAX,
+            max_media_frames: frames,
+            max_control_bytes: 1000,
+            slow_consumer: Duration::from_secs(5),
+        };
+        (Outbox::new(limits, Box::new(Count(wakes.clone()))), wakes)
+    }
+
+    fn f(tag: u8) -> Bytes {
+        Bytes::from(vec![tag; 10])
+    }
+
+    fn drained(o: &Outbox) -> Vec<u8> {
+        let mut v = Vec::new();
+        o.drain(&mut v, usize::MAX);
+        v.iter().map(|b| b[0]).collect()
+    }
+
+    const T: (u32, u32) = (1, 2);
+    const A: (u32, u32) = (1, 1);
+
+    #[test]
+    fn drains_control_then_audio_then_video_in_order() {
+        let (o, wakes) = outbox(10);
+        let t0 = Timestamp(0);
+        o.push_media(t0, MediaClass::Key, T, f(1));
+        o.push_media(t0, MediaClass::Delta, T, f(2));
+        o.push_media(t0, MediaClass::Audio, A, f(3));
+        o.push_control(f(4));
+        assert_eq!(drained(&o), vec![4, 3, 1, 2]);
+        assert_eq!(wakes.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn a_full_queue_drops_deltas_first_and_asks_for_a_key_frame() {
+        let (o, _) = outbox(3);
+        let t0 = Timestamp(0);
+        o.push_media(t0, MediaClass::Key, T, f(1));
+        o.push_media(t0, MediaClass::Delta, T, f(2));
+        o.push_media(t0, MediaClass::Delta, T, f(3));
+        let out = o.push_media(t0, MediaClass::Audio, A, f(4));
+        assert!(out.queued);
+        assert_eq!(out.dropped, vec![DropReason::VideoDelta]);
+        assert_eq!(out.needs_key_frame, Some(T));
+        // Both deltas went: the second cannot be decoded without the first.
+        assert_eq!(drained(&o), vec![4, 1]);
+        // Until a key frame arrives, the track's deltas are not queued.
+        let out = o.push_media(t0, MediaClass::Delta, T, f(5));
+        assert!(!out.queued);
+        o.push_media(t0, MediaClass::Key, T, f(6));
+        o.push_media(t0, MediaClass::Delta, T, f(7));
+        assert_eq!(drained(&o), vec![6, 7]);
+    }
+
+    #[test]
+    fn audio_survives_while_video_is_dropped() {
+        let (o, _) = outbox(4);
+        let t0 = Timestamp(0);
+        for i in 0..100u8 {
+            let class = if i % 10 == 0 {
+                MediaClass::Key
+            } else {
+                MediaClass::Delta
+            };
+            o.push_media(t0, class, T, f(100));
+            o.push_media(t0, MediaClass::Audio, A, f(i));
+        }
+        let got = drained(&o);
+        let audio: Vec<u8> = got.iter().copied().filter(|&x| x < 100).collect();
+        // The last four audio frames are queued; the video made way for them.
+        assert_eq!(audio, vec![96, 97, 98, 99]);
+    }
+
+    #[test]
+    fn sustained_overflow_marks_the_subscriber_slow() {
+        let (o, _) = outbox(1);
+        o.push_media(Timestamp(0), MediaClass::Audio, A, f(1));
+        let first = o.push_media(Timestamp(0), MediaClass::Audio, A, f(2));
+        assert!(!first.slow);
+        let later = o.push_media(Timestamp::from_millis(4_999), MediaClass::Audio, A, f(3));
+        assert!(!later.slow);
+        let too_long = o.push_media(Timestamp::from_millis(5_000), MediaClass::Audio, A, f(4));
+        assert!(too_long.slow);
+        assert!(o.is_closed() && o.is_slow());
+        assert!(!o.push_control(f(9)));
+    }
+
+    #[test]
+    fn draining_empty_resets_the_overflow_clock() {
+        let (o, _) = outbox(1);
+        o.push_media(Timestamp(0), MediaClass::Audio, A, f(1));
+        o.push_media(Timestamp(0), MediaClass::Audio, A, f(2));
+        drained(&o);
+        o.push_media(Timestamp::from_millis(6_000), MediaClass::Audio, A, f(3));
+        let out = o.push_media(Timestamp::from_millis(6_001), MediaClass::Audio, A, f(4));
+        assert!(!out.slow);
+    }
+
+    #[test]
+    fn control_flood_closes_as_slow() {
+        let (o, _) = outbox(10);
+        for _ in 0..100 {
+            o.push_control(f(0));
+        }
+        assert!(o.is_slow());
+    }
+}

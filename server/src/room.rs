@@ -1,0 +1,678 @@
+//! Rooms and the router (PROTOCOL.md §5.3–§5.8, §6.3–§6.5), sans-IO: they
+//! never touch a socket or a clock, and are tested without either.
+//!
+//! A media frame is routed by one lookup of its track and a walk over that
+//! track's subscriber list, pushing the same reference-counted `Bytes` into
+//! each subscriber's [`Outbox`]: one serialization per frame, no allocation
+//! per delivery. Control messages to a room are encoded once and shared the
+//! same way.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use convene_protocol::v1::{
+    self, Participant, Role, ServerMessage, TrackInfo, TrackKind, server_message::Msg,
+};
+use convene_protocol::{
+    ErrorCode, MediaFrame, ProtocolError, RoomRequest, Timestamp, encode_control,
+};
+
+use crate::outbox::{DropReason, Kick, MediaClass, Outbox};
+
+/// Key-frame requests the server makes on subscribers' behalf, at most one per track per this long.
+const KEY_FRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Capacity settings of rooms.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomLimits {
+    /// Most participants per room.
+    pub max_participants: u32,
+    /// Most tracks per participant.
+    pub max_tracks: u32,
+    /// Most rooms on this server.
+    pub max_rooms: usize,
+}
+
+/// Counts from routing one media frame, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RouteStats {
+    /// Subscribers the frame was queued for.
+    pub delivered: u32,
+    /// Frames dropped from subscribers' queues, by reason: video delta, video key, audio.
+    pub dropped: [u32; 3],
+    /// Subscribers found too slow and disconnected.
+    pub slow: u32,
+}
+
+/// One published track.
+#[derive(Debug)]
+struct Publication {
+    /// As announced.
+    info: TrackInfo,
+    /// Audio or video, for queue priorities.
+    audio: bool,
+    /// Who receives it: (participant id, their outbox).
+    subscribers: Vec<(u32, Arc<Outbox>)>,
+    /// When the server last asked for a key frame on subscribers' behalf.
+    last_key_request: Option<Timestamp>,
+}
+
+/// One participant in a room.
+#[derive(Debug)]
+struct Member {
+    /// As others see it (tracks are filled in when sent).
+    info: Participant,
+    /// Where frames for this participant go.
+    outbox: Arc<Outbox>,
+    /// Subscribed to everything, now and later.
+    subscribe_all: bool,
+    /// Published tracks by id.
+    tracks: BTreeMap<u32, Publication>,
+}
+
+impl Member {
+    fn participant(&self) -> Participant {
+        Participant {
+            tracks: self.tracks.values().map(|p| p.info.clone()).collect(),
+            ..self.info.clone()
+        }
+    }
+}
+
+/// A room: the participants of one meeting on this server.
+#[derive(Debug)]
+pub struct Room {
+    /// The meeting id.
+    id: String,
+    /// Participants by id.
+    members: BTreeMap<u32, Member>,
+    /// Locked rooms refuse joins.
+    locked: bool,
+    /// Capacity.
+    limits: RoomLimits,
+}
+
+fn frame(msg: Msg) -> Bytes {
+    encode_control(&ServerMessage { msg: Some(msg) })
+}
+
+fn unknown_track(pid: u32, track: u32) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::UnknownTrack,
+        format!("participant {pid} publishes no track {track} in your room"),
+    )
+}
+
+impl Room {
+    /// An empty room.
+    pub fn new(id: &str, limits: RoomLimits) -> Self {
+        Room {
+            id: id.to_string(),
+            members: BTreeMap::new(),
+            locked: false,
+            limits,
+        }
+    }
+
+    /// The meeting id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Number of participants.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True when nobody is in the room.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    fn broadcast(&self, msg: Msg, except: Option<u32>) {
+        let f = frame(msg);
+        for (pid, m) in &self.members {
+            if Some(*pid) != except {
+                m.outbox.push_control(f.clone());
+            }
+        }
+    }
+
+    fn send_to(&self, pid: u32, msg: Msg) {
+        if let Some(m) = self.members.get(&pid) {
+            m.outbox.push_control(frame(msg));
+        }
+    }
+
+    /// Adds a participant and tells the others. Returns the `Joined` answer,
+    /// which the caller must queue for the newcomer before releasing the room.
+    pub fn join(
+        &mut self,
+        now: Timestamp,
+        info: Participant,
+        subscribe_all: bool,
+        outbox: Arc<Outbox>,
+    ) -> Result<v1::Joined, ProtocolError> {
+        if self.locked {
+            return Err(ProtocolError::new(
+                ErrorCode::RoomLocked,
+                "the room is locked",
+            ));
+        }
+        if self.members.len() >= self.limits.max_participants as usize {
+            return Err(ProtocolError::new(
+                ErrorCode::RoomFull,
+                format!(
+                    "the room has its maximum of {} participants",
+                    self.limits.max_participants
+                ),
+            ));
+        }
+        let pid = info.participant_id;
+        self.broadcast(
+            Msg::ParticipantJoined(v1::ParticipantJoined {
+                participant: Some(info.clone()),
+            }),
+            None,
+        );
+        self.members.insert(
+            pid,
+            Member {
+                info,
+                outbox: outbox.clone(),
+                subscribe_all,
+                tracks: BTreeMap::new(),
+            },
+        );
+        if subscribe_all {
+            let mut requests = Vec::new();
+            for (ppid, m) in self.members.iter_mut() {
+                if *ppid == pid {
+                    continue;
+                }
+                for (tid, p) in m.tracks.iter_mut() {
+                    p.subscribers.push((pid, outbox.clone()));
+                    if !p.audio {
+                        requests.push((*ppid, *tid));
+                    }
+                }
+            }
+            for (ppid, tid) in requests {
+                self.request_key_frame(now, ppid, tid, 0, true);
+            }
+        }
+        Ok(v1::Joined {
+            meeting_id: self.id.clone(),
+            participants: self.members.values().map(Member::participant).collect(),
+            locked: self.locked,
+        })
+    }
+
+    /// Removes a participant: unpublishes its tracks, drops its subscriptions,
+    /// and tells the others (PROTOCOL.md §5.3, §9.3).
+    pub fn leave(&mut self, pid: u32) {
+        let Some(member) = self.members.remove(&pid) else {
+            return;
+        };
+        for tid in member.tracks.keys() {
+            self.broadcast(
+                Msg::TrackUnpublished(v1::TrackUnpublished {
+                    participant_id: pid,
+                    track_id: *tid,
+                }),
+                None,
+            );
+        }
+        for m in self.members.values_mut() {
+            for p in m.tracks.values_mut() {
+                p.subscribers.retain(|(s, _)| *s != pid);
+            }
+        }
+        self.broadcast(
+            Msg::ParticipantLeft(v1::ParticipantLeft {
+                participant_id: pid,
+            }),
+            None,
+        );
+    }
+
+    /// Asks a publisher for a key frame, from `requester` (0: the server), at
+    /// most once per interval unless `force`.
+    fn request_key_frame(
+        &mut self,
+        now: Timestamp,
+        publisher: u32,
+        track: u32,
+        requester: u32,
+        force: bool,
+    ) {
+        let Some(m) = self.members.get_mut(&publisher) else {
+            return;
+        };
+        let Some(p) = m.tracks.get_mut(&track) else {
+            return;
+        };
+        if !force
+            && p.last_key_request
+                .is_some_and(|t| now.saturating_since(t) < KEY_FRAME_REQUEST_INTERVAL)
+        {
+            return;
+        }
+        p.last_key_request = Some(now);
+        m.outbox
+            .push_control(frame(Msg::KeyFrameRequest(v1::KeyFrameRequest {
+                participant_id: requester,
+                track_id: track,
+            })));
+    }
+
+    fn own_track(&mut self, pid: u32, track: u32) -> Result<&mut Publication, ProtocolError> {
+        self.members
+            .get_mut(&pid)
+            .and_then(|m| m.tracks.get_mut(&track))
+            .ok_or_else(|| {
+                ProtocolError::new(
+                    ErrorCode::UnknownTrack,
+                    format!("you publish no track {track}"),
+                )
+            })
+    }
+
+    fn require_moderator(&self, pid: u32) -> Result<(), ProtocolError> {
+        match self.members.get(&pid) {
+            Some(m) if m.info.role == Role::Moderator as i32 => Ok(()),
+            _ => Err(ProtocolError::new(
+                ErrorCode::PermissionDenied,
+                "moderation needs the moderator role, which comes from your token",
+            )),
+        }
+    }
+
+    fn require_member(&self, pid: u32) -> Result<(), ProtocolError> {
+        if self.members.contains_key(&pid) {
+            Ok(())
+        } else {
+            Err(ProtocolError::new(
+                ErrorCode::UnknownParticipant,
+                format!("participant {pid} is not in your room"),
+            ))
+        }
+    }
+
+    /// Handles a room message from `pid`.
+    pub fn handle(
+        &mut self,
+        now: Timestamp,
+        pid: u32,
+        req: RoomRequest,
+        server_time_us: u64,
+    ) -> Result<(), ProtocolError> {
+        match req {
+            RoomRequest::UpdateSelf(u) => {
+                let m = self.members.get_mut(&pid).ok_or_else(|| self_gone(pid))?;
+                m.info.display_name = u.display_name;
+                let p = m.participant();
+                self.broadcast(
+                    Msg::ParticipantUpdated(v1::ParticipantUpdated {
+                        participant: Some(p),
+                    }),
+                    None,
+                );
+            }
+            RoomRequest::Publish(track) => {
+                let max = self.limits.max_tracks;
+                let m = self.members.get_mut(&pid).ok_or_else(|| self_gone(pid))?;
+                if m.tracks.contains_key(&track.track_id) {
+                    return Err(ProtocolError::new(
+                        ErrorCode::DuplicateTrack,
+                        format!("you already publish track {}", track.track_id),
+                    ));
+                }
+                if m.tracks.len() >= max as usize {
+                    return Err(ProtocolError::new(
+                        ErrorCode::TooManyTracks,
+                        format!("you already publish the maximum of {max} tracks"),
+                    ));
+                }
+                let subscribers = self
+                    .members
+                    .iter()
+                    .filter(|(other, m)| **other != pid && m.subscribe_all)
+                    .map(|(other, m)| (*other, m.outbox.clone()))
+                    .collect();
+                let audio = track.kind == TrackKind::Audio as i32;
+                let tid = track.track_id;
+                let m = self.members.get_mut(&pid).ok_or_else(|| self_gone(pid))?;
+                m.tracks.insert(
+                    tid,
+                    Publication {
+                        info: track.clone(),
+                        audio,
+                        subscribers,
+                        last_key_request: None,
+                    },
+                );
+                self.broadcast(
+                    Msg::TrackPublished(v1::TrackPublished {
+                        participant_id: pid,
+                        track: Some(track),
+                    }),
+                    None,
+                );
+            }
+            RoomRequest::Unpublish(u) => {
+                self.own_track(pid, u.track_id)?;
+                if let Some(m) = self.members.get_mut(&pid) {
+                    m.tracks.remove(&u.track_id);
+                }
+                self.broadcast(
+                    Msg::TrackUnpublished(v1::TrackUnpublished {
+                        participant_id: pid,
+                        track_id: u.track_id,
+                    }),
+                    None,
+                );
+            }
+            RoomRequest::SetTrackMuted(s) => {
+                let p = self.own_track(pid, s.track_id)?;
+                p.info.muted = s.muted;
+                self.broadcast(
+                    Msg::TrackMuted(v1::TrackMuted {
+                        participant_id: pid,
+                        track_id: s.track_id,
+                        muted: s.muted,
+                    }),
+                    None,
+                );
+            }
+            RoomRequest::Subscribe(s) => {
+                if s.participant_id == pid {
+                    return Err(ProtocolError::new(
+                        ErrorCode::UnknownTrack,
+                        "you cannot subscribe to your own track",
+                    ));
+                }
+                let outbox = self
+                    .members
+                    .get(&pid)
+                    .ok_or_else(|| self_gone(pid))?
+                    .outbox
+                    .clone();
+                let p = self
+                    .members
+                    .get_mut(&s.participant_id)
+                    .and_then(|m| m.tracks.get_mut(&s.track_id))
+                    .ok_or_else(|| unknown_track(s.participant_id, s.track_id))?;
+                let audio = p.audio;
+                if !p.subscribers.iter().any(|(x, _)| *x == pid) {
+                    p.subscribers.push((pid, outbox));
+                }
+                self.send_to(
+                    pid,
+                    Msg::Subscribed(v1::Subscribed {
+                        participant_id: s.participant_id,
+                        track_id: s.track_id,
+                    }),
+                );
+                if !audio {
+                    self.request_key_frame(now, s.participant_id, s.track_id, 0, true);
+                }
+            }
+            RoomRequest::Unsubscribe(u) => {
+                let p = self
+                    .members
+                    .get_mut(&u.participant_id)
+                    .and_then(|m| m.tracks.get_mut(&u.track_id))
+                    .ok_or_else(|| unknown_track(u.participant_id, u.track_id))?;
+                p.subscribers.retain(|(x, _)| *x != pid);
+            }
+            RoomRequest::KeyFrameRequest(k) => {
+                let exists = k.participant_id != pid
+                    && self
+                        .members
+                        .get(&k.participant_id)
+                        .is_some_and(|m| m.tracks.contains_key(&k.track_id));
+                if !exists {
+                    return Err(unknown_track(k.participant_id, k.track_id));
+                }
+                self.request_key_frame(now, k.participant_id, k.track_id, pid, true);
+            }
+            RoomRequest::ReceiverReport(_) => {}
+            RoomRequest::Chat(c) => {
+                let msg = Msg::Chat(v1::ChatMessage {
+                    from_participant_id: pid,
+                    to_participant_id: c.to_participant_id,
+                    text: c.text,
+                    server_timestamp_us: server_time_us,
+                });
+                if c.to_participant_id == 0 {
+                    self.broadcast(msg, None);
+                } else {
+                    self.require_member(c.to_participant_id)?;
+                    let f = frame(msg);
+                    let sender_too = (c.to_participant_id != pid).then_some(pid);
+                    for to in std::iter::once(c.to_participant_id).chain(sender_too) {
+                        if let Some(m) = self.members.get(&to) {
+                            m.outbox.push_control(f.clone());
+                        }
+                    }
+                }
+            }
+            RoomRequest::E2ee(e) => {
+                let msg = Msg::E2ee(v1::E2eeMessage {
+                    from_participant_id: pid,
+                    to_participant_id: e.to_participant_id,
+                    payload: e.payload,
+                });
+                if e.to_participant_id == 0 {
+                    self.broadcast(msg, Some(pid));
+                } else {
+                    self.require_member(e.to_participant_id)?;
+                    self.send_to(e.to_participant_id, msg);
+                }
+            }
+            RoomRequest::MuteRequest(m) => {
+                self.require_moderator(pid)?;
+                self.require_member(m.participant_id)?;
+                self.send_to(
+                    m.participant_id,
+                    Msg::MuteRequested(v1::MuteRequested {
+                        by_participant_id: pid,
+                        kind: m.kind,
+                    }),
+                );
+            }
+            RoomRequest::RemoveParticipant(r) => {
+                self.require_moderator(pid)?;
+                self.require_member(r.participant_id)?;
+                if let Some(m) = self.members.get(&r.participant_id) {
+                    m.outbox.kick(Kick::Removed);
+                }
+            }
+            RoomRequest::LockRoom(l) => {
+                self.require_moderator(pid)?;
+                self.locked = l.locked;
+                self.broadcast(Msg::RoomLocked(v1::RoomLocked { locked: l.locked }), None);
+            }
+            RoomRequest::Admit(_) | RoomRequest::Deny(_) => {
+                self.require_moderator(pid)?;
+                return Err(ProtocolError::new(
+                    ErrorCode::UnknownParticipant,
+                    "this room has no waiting room, so nobody is waiting",
+                ));
+            }
+            RoomRequest::EndMeeting(_) => {
+                self.require_moderator(pid)?;
+                for m in self.members.values() {
+                    m.outbox.kick(Kick::MeetingEnded);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Routes a media frame, already stamped with its sender, to the track's
+    /// subscribers (PROTOCOL.md §6.3, §6.4).
+    pub fn route(
+        &mut self,
+        now: Timestamp,
+        frame: &MediaFrame,
+    ) -> Result<RouteStats, ProtocolError> {
+        let h = *frame.header();
+        let mut stats = RouteStats::default();
+        let Some(p) = self
+            .members
+            .get_mut(&h.sender)
+            .and_then(|m| m.tracks.get_mut(&h.track_id))
+        else {
+            return Err(ProtocolError::new(
+                ErrorCode::UnknownTrack,
+                format!("you publish no track {}", h.track_id),
+            ));
+        };
+        if p.info.muted {
+            return Ok(stats);
+        }
+        let class = if p.audio {
+            MediaClass::Audio
+        } else if h.key {
+            MediaClass::Key
+        } else {
+            MediaClass::Delta
+        };
+        let mut need_key = false;
+        for (_, outbox) in &p.subscribers {
+            let out =
+                outbox.push_media(now, class, (h.sender, h.track_id), frame.as_bytes().clone());
+            stats.delivered += out.queued as u32;
+            for d in &out.dropped {
+                stats.dropped[match d {
+                    DropReason::VideoDelta => 0,
+                    DropReason::VideoKey => 1,
+                    DropReason::Audio => 2,
+                }] += 1;
+            }
+            need_key |= out.needs_key_frame.is_some();
+            stats.slow += out.slow as u32;
+        }
+        if need_key {
+            self.request_key_frame(now, h.sender, h.track_id, 0, false);
+        }
+        Ok(stats)
+    }
+}
+
+fn self_gone(pid: u32) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::NotJoined,
+        format!("participant {pid} is not in the room"),
+    )
+}
+
+/// All rooms of this server.
+#[derive(Debug)]
+pub struct Router {
+    /// Rooms by meeting id. Lock order: this map, then a room.
+    rooms: Mutex<HashMap<String, Arc<Mutex<Room>>>>,
+    /// Capacity.
+    limits: RoomLimits,
+    /// The next participant id to hand out.
+    next_participant: AtomicU32,
+}
+
+/// Locks a room, recovering from a panic elsewhere rather than spreading it.
+pub fn lock(room: &Mutex<Room>) -> MutexGuard<'_, Room> {
+    room.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new(limits: RoomLimits) -> Self {
+        Router {
+            rooms: Mutex::new(HashMap::new()),
+            limits,
+            next_participant: AtomicU32::new(1),
+        }
+    }
+
+    /// A fresh participant id, never 0.
+    pub fn allocate_participant_id(&self) -> u32 {
+        loop {
+            let id = self.next_participant.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// Joins `meeting`, creating the room if needed. `on_joined` runs with
+    /// the room locked, so the caller can queue `Joined` before anything else
+    /// reaches the newcomer.
+    pub fn join(
+        &self,
+        now: Timestamp,
+        meeting: &str,
+        info: Participant,
+        subscribe_all: bool,
+        outbox: Arc<Outbox>,
+        on_joined: impl FnOnce(v1::Joined),
+    ) -> Result<Arc<Mutex<Room>>, ProtocolError> {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let room = match rooms.get(meeting) {
+            Some(r) => r.clone(),
+            None => {
+                if rooms.len() >= self.limits.max_rooms {
+                    return Err(ProtocolError::new(
+                        ErrorCode::TooManyRooms,
+                        format!(
+                            "the server has its maximum of {} rooms",
+                            self.limits.max_rooms
+                        ),
+                    ));
+                }
+                let r = Arc::new(Mutex::new(Room::new(meeting, self.limits)));
+                rooms.insert(meeting.to_string(), r.clone());
+                r
+            }
+        };
+        let mut guard = lock(&room);
+        let joined = guard.join(now, info, subscribe_all, outbox);
+        match joined {
+            Ok(j) => {
+                on_joined(j);
+                drop(guard);
+                Ok(room)
+            }
+            Err(e) => {
+                if guard.is_empty() {
+                    rooms.remove(meeting);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes `pid` out of `room`, and drops the room when it is empty.
+    pub fn leave(&self, room: &Arc<Mutex<Room>>, pid: u32) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(room);
+        guard.leave(pid);
+        if guard.is_empty() {
+            let id = guard.id().to_string();
+            if rooms.get(&id).is_some_and(|r| Arc::ptr_eq(r, room)) {
+                rooms.remove(&id);
+            }
+        }
+    }
+
+    /// (rooms, participants) now.
+    pub fn counts(&self) -> (usize, usize) {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let participants = rooms.values().map(|r| lock(r).len()).sum();
+        (rooms.len(), participants)
+    }
+}
