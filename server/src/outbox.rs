@@ -474,7 +474,7 @@ mod tests {
     #[test]
     fn control_flood_closes_as_slow() {
         let (o, _) = outbox(10);
-        for _ in 0..100 {
+        for _ in 0..101 {
             o.push_control(f(0));
         }
         assert!(o.is_slow());
