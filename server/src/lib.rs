@@ -2,7 +2,142 @@
 //!
 //! Built on the sans-IO core in `convene-protocol`; the room router
 //! ([`room`]) and subscriber queues ([`outbox`]) are sans-IO too. The rest
-//! is the tokio shell.
+//! is the tokio shell: [`start`] binds and serves, returning a [`Server`]
+//! handle that tests and `main` use alike.
 
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod metrics;
 pub mod outbox;
 pub mod room;
+pub mod state;
+pub mod tls;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use config::Config;
+use state::AppState;
+use tls::Identity;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source} (is another server running there? choose another with --listen)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    /// The bound HTTP(S) address.
+    pub addr: SocketAddr,
+    /// Shared state, for inspection.
+    pub state: Arc<AppState>,
+    /// SHA-256 of the TLS certificate, hex, when TLS is on.
+    pub cert_sha256: Option<String>,
+    serving: JoinHandle<()>,
+}
+
+/// Binds the listener and starts serving.
+pub async fn start(config: Config) -> Result<Server, StartError> {
+    let identity = if config.dev_tls {
+        Some(Identity::self_signed(&[])?)
+    } else if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        Some(Identity::from_pem_files(cert, key)?)
+    } else {
+        None
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    if !addr.ip().is_loopback() && identity.is_none() {
+        warn!(%addr, "serving plain text on a non-loopback address (--insecure)");
+    }
+    let cert_sha256 = identity.as_ref().map(Identity::sha256_hex);
+    let state = Arc::new(AppState::new(config, cert_sha256.clone()));
+    let app = http::app(state.clone());
+    let serving = match identity {
+        None => {
+            let mut stop = state.shutdown_signal();
+            tokio::spawn(async move {
+                let service = app.into_make_service_with_connect_info::<SocketAddr>();
+                let _ = axum::serve(listener, service)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+            })
+        }
+        Some(id) => {
+            let tls = Arc::new(id.server_config(&[b"http/1.1"])?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            let mut stop = state.shutdown_signal();
+            tokio::spawn(async move {
+                loop {
+                    let (tcp, peer) = tokio::select! {
+                        r = listener.accept() => match r {
+                            Ok(x) => x,
+                            Err(e) => { warn!(error = %e, "accept failed"); continue; }
+                        },
+                        _ = stop.wait_for(|s| *s) => break,
+                    };
+                    let acceptor = acceptor.clone();
+                    let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
+                    tokio::spawn(async move {
+                        let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
+                            return;
+                        };
+                        let service = hyper_util::service::TowerToHyperService::new(app);
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            })
+        }
+    };
+    let scheme = if cert_sha256.is_some() { "https" } else { "http" };
+    info!(%addr, "serving on {scheme}://{addr} (WebSocket at /convene/ws)");
+    if let Some(h) = &cert_sha256 {
+        info!(sha256 = %h, "development certificate hash, for serverCertificateHashes");
+    }
+    Ok(Server { addr, state, cert_sha256, serving })
+}
+
+impl Server {
+    /// Shuts down: stops accepting, says Goodbye to every session, and waits
+    /// up to the configured grace period for connections to drain.
+    pub async fn shutdown(self) {
+        self.state.begin_shutdown();
+        let grace = Duration::from_millis(self.state.config.shutdown_grace_ms as u64);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.state.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.state.open_connections();
+        if left > 0 {
+            warn!(left, "connections still open after the shutdown grace period");
+        }
+        self.serving.abort();
+    }
+}

@@ -17,8 +17,12 @@ use convene_protocol::Timestamp;
 
 /// Wakes whoever drains an [`Outbox`]; the tokio shell uses a `Notify`.
 pub trait Wake: Send + Sync {
-    /// Frames were queued or the outbox was closed.
+    /// Frames were queued.
     fn wake(&self);
+    /// The outbox was closed or kicked from outside its connection.
+    fn wake_closed(&self) {
+        self.wake();
+    }
 }
 
 /// Which lane a media frame goes to.
@@ -160,12 +164,17 @@ impl Outbox {
         }
         q.control_bytes += frame.len();
         q.control.push_back(frame);
-        if q.control_bytes > self.limits.max_control_bytes {
+        let became_slow = q.control_bytes > self.limits.max_control_bytes;
+        if became_slow {
             q.closed = true;
             q.slow = true;
         }
         drop(q);
-        self.waker.wake();
+        if became_slow {
+            self.waker.wake_closed();
+        } else {
+            self.waker.wake();
+        }
         true
     }
 
@@ -213,6 +222,9 @@ impl Outbox {
                 q.closed = true;
                 q.slow = true;
                 out.slow = true;
+                drop(q);
+                self.waker.wake_closed();
+                return out;
             }
         }
         if !fits {
@@ -277,7 +289,7 @@ impl Outbox {
     /// Marks the outbox closed (removal, shutdown, slowness) and wakes the drainer.
     pub fn close(&self) {
         self.lock().closed = true;
-        self.waker.wake();
+        self.waker.wake_closed();
     }
 
     /// Ends the subscriber's session on the room's behalf; its connection says Goodbye.
@@ -286,7 +298,7 @@ impl Outbox {
             let mut q = self.lock();
             q.kicked = Some(why);
         }
-        self.waker.wake();
+        self.waker.wake_closed();
     }
 
     /// Why the room ended the session, if it did.

@@ -1,0 +1,381 @@
+//! Configuration: command-line flags, then `CONVENE_*` environment variables,
+//! then an optional TOML file, then defaults, in that order of precedence.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use convene_protocol::limits::{default, max};
+use serde::{Deserialize, Serialize};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The command line. Every setting is optional here so that the environment,
+/// the file and the defaults can fill what is not given.
+#[derive(Debug, Parser, Serialize)]
+#[command(
+    name = "convene-server",
+    version,
+    about = "The Convene media server: rooms, WebSocket and WebTransport, fan-out.",
+    long_about = "The Convene media server.\n\n\
+        With no options it serves on http://127.0.0.1:8080 with the browser client from --web-dir.\n\
+        Every option can also be set with a CONVENE_* environment variable or in a TOML file\n\
+        (--config); flags win over the environment, which wins over the file.\n\
+        `convene-server --print-config` shows the settings in force."
+)]
+pub struct Cli {
+    /// TOML file with settings (keys as in --print-config).
+    #[arg(long, env = "CONVENE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings as TOML and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+
+    /// Address to listen on for HTTP(S) and WebSocket [default: 127.0.0.1:8080].
+    #[arg(long, env = "CONVENE_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Allow a non-loopback address without TLS (not for production).
+    #[arg(long, env = "CONVENE_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, env = "CONVENE_TLS_CERT", requires = "tls_key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "CONVENE_TLS_KEY", requires = "tls_cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve TLS with a fresh self-signed ECDSA P-256 certificate valid 13 days, and publish its SHA-256 hash.
+    #[arg(long, env = "CONVENE_DEV_TLS", conflicts_with = "tls_cert", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_tls: Option<bool>,
+    /// Directory with the browser client's files [default: browser-client/dist].
+    #[arg(long, env = "CONVENE_WEB_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_dir: Option<PathBuf>,
+    /// Log format [default: human].
+    #[arg(long, env = "CONVENE_LOG_FORMAT", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `convene_server=debug` [default: info].
+    #[arg(long, env = "CONVENE_LOG")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+
+    /// Most simultaneous connections [default: 10000].
+    #[arg(long, env = "CONVENE_MAX_CONNECTIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Most simultaneous connections from one IP address [default: 2000].
+    #[arg(long, env = "CONVENE_MAX_CONNECTIONS_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Most rooms [default: 10000].
+    #[arg(long, env = "CONVENE_MAX_ROOMS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rooms: Option<usize>,
+    /// Most participants per room [default: 1000].
+    #[arg(long, env = "CONVENE_MAX_PARTICIPANTS_PER_ROOM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_participants_per_room: Option<u32>,
+    /// Most tracks per participant [default: 8].
+    #[arg(long, env = "CONVENE_MAX_TRACKS_PER_PARTICIPANT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tracks_per_participant: Option<u32>,
+    /// Largest frame in bytes [default: 262144].
+    #[arg(long, env = "CONVENE_MAX_FRAME_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frame_bytes: Option<u32>,
+    /// Media ingress per connection in kbit/s [default: 8000].
+    #[arg(long, env = "CONVENE_MAX_INGRESS_KBPS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ingress_kbps: Option<u32>,
+    /// Control messages per second per connection [default: 50].
+    #[arg(long, env = "CONVENE_CONTROL_MESSAGES_PER_SECOND")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_messages_per_second: Option<u32>,
+    /// Control message burst per connection [default: 100].
+    #[arg(long, env = "CONVENE_CONTROL_BURST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_burst: Option<u32>,
+    /// Time allowed from connection to Hello, in ms [default: 10000].
+    #[arg(long, env = "CONVENE_HANDSHAKE_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout_ms: Option<u32>,
+    /// Interval between server Pings, in ms [default: 5000].
+    #[arg(long, env = "CONVENE_HEARTBEAT_INTERVAL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u32>,
+    /// Silence after which a connection is closed, in ms [default: 15000].
+    #[arg(long, env = "CONVENE_IDLE_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u32>,
+    /// Continuous queue overflow after which a subscriber is disconnected, in ms [default: 5000].
+    #[arg(long, env = "CONVENE_SLOW_CONSUMER_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_consumer_ms: Option<u32>,
+    /// Most media bytes queued per subscriber [default: 2097152].
+    #[arg(long, env = "CONVENE_MAX_QUEUE_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queue_bytes: Option<usize>,
+    /// Wait this long after the first queued frame before writing, to send several in one write, in ms (0 to 5) [default: 0].
+    #[arg(long, env = "CONVENE_COALESCE_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coalesce_ms: Option<u32>,
+    /// Time given to sessions to drain on shutdown, in ms [default: 5000].
+    #[arg(long, env = "CONVENE_SHUTDOWN_GRACE_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace_ms: Option<u32>,
+}
+
+/// The settings in force.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Allow plain text on a non-loopback address.
+    pub insecure: bool,
+    /// TLS certificate chain.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS key.
+    pub tls_key: Option<PathBuf>,
+    /// Self-signed development TLS.
+    pub dev_tls: bool,
+    /// Browser client directory.
+    pub web_dir: PathBuf,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log: String,
+    /// Connection limit.
+    pub max_connections: usize,
+    /// Per-IP connection limit.
+    pub max_connections_per_ip: usize,
+    /// Room limit.
+    pub max_rooms: usize,
+    /// Participants per room.
+    pub max_participants_per_room: u32,
+    /// Tracks per participant.
+    pub max_tracks_per_participant: u32,
+    /// Frame size limit.
+    pub max_frame_bytes: u32,
+    /// Ingress bitrate limit.
+    pub max_ingress_kbps: u32,
+    /// Control message rate.
+    pub control_messages_per_second: u32,
+    /// Control message burst.
+    pub control_burst: u32,
+    /// Handshake timer.
+    pub handshake_timeout_ms: u32,
+    /// Heartbeat interval.
+    pub heartbeat_interval_ms: u32,
+    /// Idle timer.
+    pub idle_timeout_ms: u32,
+    /// Slow-consumer timer.
+    pub slow_consumer_ms: u32,
+    /// Queue size per subscriber.
+    pub max_queue_bytes: usize,
+    /// Write coalescing delay.
+    pub coalesce_ms: u32,
+    /// Shutdown drain deadline.
+    pub shutdown_grace_ms: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            dev_tls: false,
+            web_dir: PathBuf::from("browser-client/dist"),
+            log_format: LogFormat::Human,
+            log: "info".into(),
+            max_connections: 10_000,
+            max_connections_per_ip: 2_000,
+            max_rooms: 10_000,
+            max_participants_per_room: default::MAX_PARTICIPANTS_PER_ROOM,
+            max_tracks_per_participant: default::MAX_TRACKS_PER_PARTICIPANT,
+            max_frame_bytes: default::MAX_FRAME_BYTES,
+            max_ingress_kbps: default::MAX_INGRESS_KBPS,
+            control_messages_per_second: default::CONTROL_MESSAGES_PER_SECOND,
+            control_burst: default::CONTROL_BURST,
+            handshake_timeout_ms: default::HANDSHAKE_TIMEOUT_MS,
+            heartbeat_interval_ms: default::HEARTBEAT_INTERVAL_MS,
+            idle_timeout_ms: default::IDLE_TIMEOUT_MS,
+            slow_consumer_ms: default::SLOW_CONSUMER_MS,
+            max_queue_bytes: 2 << 20,
+            coalesce_ms: 0,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file or the merged settings do not parse.
+    #[error("invalid configuration{}: {message}", path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    Parse {
+        /// The file, if the error is in it.
+        path: Option<PathBuf>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is outside what the protocol allows.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Merges flags and environment (already in `cli`) over the file over the defaults.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let mut table = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Parse {
+                    path: Some(path.clone()),
+                    message: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let given = toml::Table::try_from(cli).map_err(|e| ConfigError::Parse {
+            path: None,
+            message: e.to_string(),
+        })?;
+        table.extend(given);
+        let config: Config = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: cli.config.clone(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values against the protocol's maximums and each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let over = |name: &str, v: u32, m: u32| {
+            if v > m || v == 0 {
+                Err(ConfigError::Invalid(format!("{name} = {v}: must be between 1 and the protocol maximum {m}")))
+            } else {
+                Ok(())
+            }
+        };
+        over("max_frame_bytes", self.max_frame_bytes, max::MAX_FRAME_BYTES)?;
+        over("max_participants_per_room", self.max_participants_per_room, max::MAX_PARTICIPANTS_PER_ROOM)?;
+        over("max_tracks_per_participant", self.max_tracks_per_participant, max::MAX_TRACKS_PER_PARTICIPANT)?;
+        over("max_ingress_kbps", self.max_ingress_kbps, max::MAX_INGRESS_KBPS)?;
+        over("control_messages_per_second", self.control_messages_per_second, max::CONTROL_MESSAGES_PER_SECOND)?;
+        over("control_burst", self.control_burst, max::CONTROL_BURST)?;
+        over("handshake_timeout_ms", self.handshake_timeout_ms, max::HANDSHAKE_TIMEOUT_MS)?;
+        over("heartbeat_interval_ms", self.heartbeat_interval_ms, max::HEARTBEAT_INTERVAL_MS)?;
+        over("idle_timeout_ms", self.idle_timeout_ms, max::IDLE_TIMEOUT_MS)?;
+        over("slow_consumer_ms", self.slow_consumer_ms, max::SLOW_CONSUMER_MS)?;
+        if self.idle_timeout_ms < 2 * self.heartbeat_interval_ms {
+            return Err(ConfigError::Invalid(format!(
+                "idle_timeout_ms ({}) must be at least twice heartbeat_interval_ms ({})",
+                self.idle_timeout_ms, self.heartbeat_interval_ms
+            )));
+        }
+        if self.coalesce_ms > 5 {
+            return Err(ConfigError::Invalid(format!("coalesce_ms = {}: at most 5", self.coalesce_ms)));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid("tls_cert and tls_key go together".into()));
+        }
+        if self.tls_cert.is_some() && self.dev_tls {
+            return Err(ConfigError::Invalid("use either tls_cert/tls_key or dev_tls, not both".into()));
+        }
+        if !self.listen.ip().is_loopback() && !self.tls() && !self.insecure {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to serve plain text on {}: give --tls-cert/--tls-key or --dev-tls, \
+                 or --insecure if you really mean it",
+                self.listen
+            )));
+        }
+        Ok(())
+    }
+
+    /// True when TLS is on.
+    pub fn tls(&self) -> bool {
+        self.dev_tls || self.tls_cert.is_some()
+    }
+
+    /// The settings as TOML, for `--print-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("convene-server").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let dir = std::env::temp_dir().join(format!("convene-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "max_rooms = 7\nmax_frame_bytes = 1000\n").unwrap();
+        let c = Config::load(&cli(&["--config", file.to_str().unwrap(), "--max-frame-bytes", "2000"])).unwrap();
+        assert_eq!(c.max_rooms, 7);
+        assert_eq!(c.max_frame_bytes, 2000);
+        assert_eq!(c.max_tracks_per_participant, 8);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = std::env::temp_dir().join(format!("convene-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "max_romz = 7\n").unwrap();
+        assert!(Config::load(&cli(&["--config", file.to_str().unwrap()])).is_err());
+        let e = Config::load(&cli(&["--max-frame-bytes", "2000000"])).unwrap_err();
+        assert!(e.to_string().contains("protocol maximum"), "{e}");
+    }
+
+    #[test]
+    fn public_plain_text_needs_insecure() {
+        let e = Config::load(&cli(&["--listen", "0.0.0.0:8080"])).unwrap_err();
+        assert!(e.to_string().contains("--insecure"), "{e}");
+        assert!(Config::load(&cli(&["--listen", "0.0.0.0:8080", "--insecure"])).is_ok());
+        assert!(Config::load(&cli(&["--listen", "0.0.0.0:8080", "--dev-tls"])).is_ok());
+    }
+
+    #[test]
+    fn printed_config_reads_back() {
+        let c = Config::default();
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,335 @@
+//! One client connection: the thin shell around a [`ServerSession`].
+//!
+//! The reader side feeds frames and timers into the session and carries out
+//! its events against the router; everything addressed to the client, the
+//! session's own replies included, goes through the client's [`Outbox`],
+//! which a writer task drains in priority order, several frames per write.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use convene_protocol::v1::{GoodbyeReason, Participant, Role};
+use convene_protocol::{
+    CloseReason, ErrorCode, ProtocolError, ServerEvent, ServerSession, ServerSessionConfig, Timestamp,
+};
+use tokio::sync::Notify;
+use tracing::{debug, info};
+
+use crate::outbox::{Kick, Outbox, OutboxLimits, Wake};
+use crate::room::{Room, lock};
+use crate::state::AppState;
+
+/// Wakes a connection's writer when frames are queued, and its reader when
+/// the outbox is closed from outside.
+#[derive(Debug, Default)]
+pub struct Wakers {
+    /// The writer waits on this.
+    pub writer: Notify,
+    /// The reader waits on this for kicks and slowness.
+    pub reader: Notify,
+}
+
+struct ArcWake(Arc<Wakers>);
+
+impl Wake for ArcWake {
+    fn wake(&self) {
+        self.0.writer.notify_one();
+    }
+    fn wake_closed(&self) {
+        self.0.writer.notify_one();
+        self.0.reader.notify_one();
+    }
+}
+
+/// What the reader gets from the transport.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A whole frame.
+    Frame(Bytes),
+    /// Something the transport says is a protocol error (e.g. a WebSocket text message).
+    Violation(ProtocolError),
+    /// The transport closed or failed.
+    Closed,
+}
+
+/// The protocol side of one connection, independent of the transport.
+pub struct Connection {
+    state: Arc<AppState>,
+    session: ServerSession,
+    outbox: Arc<Outbox>,
+    wakers: Arc<Wakers>,
+    room: Option<Arc<Mutex<Room>>>,
+    transport: &'static str,
+    peer: IpAddr,
+    handshake_done: bool,
+}
+
+impl Connection {
+    /// A connection from `peer` over `transport` (`ws` or `wt`).
+    pub fn new(state: Arc<AppState>, transport: &'static str, peer: IpAddr) -> Self {
+        let c = &state.config;
+        let mut limits = convene_protocol::session::server::default_limits();
+        limits.max_frame_bytes = c.max_frame_bytes;
+        limits.max_tracks_per_participant = c.max_tracks_per_participant;
+        limits.max_participants_per_room = c.max_participants_per_room;
+        limits.max_ingress_kbps = c.max_ingress_kbps;
+        limits.control_messages_per_second = c.control_messages_per_second;
+        limits.control_burst = c.control_burst;
+        let config = ServerSessionConfig {
+            limits,
+            handshake_timeout: Duration::from_millis(c.handshake_timeout_ms as u64),
+            heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms as u64),
+            idle_timeout: Duration::from_millis(c.idle_timeout_ms as u64),
+            ..ServerSessionConfig::default()
+        };
+        let wakers = Arc::new(Wakers::default());
+        let outbox = Arc::new(Outbox::new(
+            OutboxLimits {
+                max_media_bytes: c.max_queue_bytes,
+                slow_consumer: Duration::from_millis(c.slow_consumer_ms as u64),
+                ..OutboxLimits::default()
+            },
+            Box::new(ArcWake(wakers.clone())),
+        ));
+        let session = ServerSession::new(state.now(), config);
+        state.metrics.connections.get_or_create(&label(transport)).inc();
+        state.metrics.connections_total.get_or_create(&label(transport)).inc();
+        Connection { state, session, outbox, wakers, room: None, transport, peer, handshake_done: false }
+    }
+
+    /// The outbox the writer drains.
+    pub fn outbox(&self) -> Arc<Outbox> {
+        self.outbox.clone()
+    }
+
+    /// The wakers shared with the writer.
+    pub fn wakers(&self) -> Arc<Wakers> {
+        self.wakers.clone()
+    }
+
+    /// The largest frame the transport should accept now.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.session.max_frame_bytes()
+    }
+
+    /// When the session's next timer fires.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.session.poll_timeout().map(|t| self.state.instant(t))
+    }
+
+    /// Why the session ended, once it has.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.session.close_reason()
+    }
+
+    /// Handles one thing from the transport.
+    pub fn handle(&mut self, incoming: Incoming) {
+        let now = self.state.now();
+        match incoming {
+            Incoming::Frame(f) => {
+                self.state.metrics.frames_in.inc();
+                self.state.metrics.bytes_in.inc_by(f.len() as u64);
+                self.session.handle_frame(now, f);
+            }
+            Incoming::Violation(e) => self.session.close_with(e),
+            Incoming::Closed => self.session.handle_transport_closed(),
+        }
+        self.process(now);
+    }
+
+    /// Fires due timers.
+    pub fn handle_timeout(&mut self) {
+        let now = self.state.now();
+        self.session.handle_timeout(now);
+        self.process(now);
+    }
+
+    /// Reacts to the outbox being closed from outside (slowness, removal).
+    pub fn handle_outbox_closed(&mut self) {
+        let now = self.state.now();
+        if let Some(kick) = self.outbox.kicked() {
+            let (reason, text) = match kick {
+                Kick::Removed => (GoodbyeReason::Removed, "a moderator removed you"),
+                Kick::MeetingEnded => (GoodbyeReason::MeetingEnded, "a moderator ended the meeting"),
+            };
+            self.session.goodbye(reason, text);
+        } else if self.outbox.is_slow() {
+            self.state.metrics.drop("slow_consumer", 1);
+            self.session.close_with(ProtocolError::new(
+                ErrorCode::SlowConsumer,
+                "you did not read your frames for too long",
+            ));
+        }
+        self.process(now);
+    }
+
+    /// Server shutdown: Goodbye(SHUTDOWN).
+    pub fn shutdown(&mut self) {
+        let now = self.state.now();
+        if !self.handshake_done {
+            self.session.close_with(ProtocolError::new(ErrorCode::ShuttingDown, "the server is shutting down"));
+        } else {
+            self.session.goodbye(GoodbyeReason::Shutdown, "the server is shutting down");
+        }
+        self.process(now);
+    }
+
+    fn process(&mut self, now: Timestamp) {
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                ServerEvent::Hello { .. } => {
+                    if self.state.is_shutting_down() {
+                        self.session.refuse(0, ProtocolError::new(ErrorCode::ShuttingDown, "the server is shutting down"));
+                    } else {
+                        let pid = self.state.router.allocate_participant_id();
+                        let session_id = format!("{:016x}", rand_u64(pid));
+                        self.session.accept_hello(now, pid, session_id, Bytes::new());
+                        self.handshake_done = true;
+                        debug!(pid, transport = self.transport, peer = %self.peer, "session established");
+                    }
+                }
+                ServerEvent::Join { request_id, join } => self.join(now, request_id, join),
+                ServerEvent::Left => self.leave_room(),
+                ServerEvent::Room { request_id, msg } => {
+                    if let Some(room) = &self.room {
+                        let result = lock(room).handle(now, self.session.participant_id(), msg, unix_micros());
+                        if let Err(e) = result {
+                            self.session.refuse(request_id, e);
+                        }
+                    }
+                }
+                ServerEvent::Media(frame) => {
+                    if let Some(room) = &self.room {
+                        let started = std::time::Instant::now();
+                        let result = lock(room).route(now, &frame);
+                        self.state.metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());
+                        match result {
+                            Ok(stats) => {
+                                let m = &self.state.metrics;
+                                m.media_deliveries.inc_by(stats.delivered as u64);
+                                m.drop("video_delta", stats.dropped[0] as u64);
+                                m.drop("video_key", stats.dropped[1] as u64);
+                                m.drop("audio", stats.dropped[2] as u64);
+                            }
+                            Err(e) => self.session.refuse(0, e),
+                        }
+                    }
+                }
+                ServerEvent::PeerError(e) => {
+                    debug!(pid = self.session.participant_id(), code = e.code, text = %e.text, "client reported an error")
+                }
+                ServerEvent::Rtt(_) => {}
+                ServerEvent::Closed => {
+                    self.leave_room();
+                    if let Some(reason) = self.session.close_reason() {
+                        if let Some(code) = reason.error {
+                            debug!(pid = self.session.participant_id(), code = code.name(), text = %reason.text, "session closed with an error");
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.flush();
+    }
+
+    fn join(&mut self, now: Timestamp, request_id: u32, join: convene_protocol::v1::Join) {
+        let pid = self.session.participant_id();
+        let info = Participant {
+            participant_id: pid,
+            display_name: join.display_name.clone(),
+            user_id: String::new(),
+            role: Role::Participant as i32,
+            tracks: Vec::new(),
+        };
+        let session = &mut self.session;
+        let outbox = &self.outbox;
+        let state = &self.state;
+        let transport = self.transport;
+        let result = self.state.router.join(now, &join.meeting_id, info, join.subscribe_all, outbox.clone(), |joined| {
+            session.joined(joined);
+            // Queue Joined before releasing the room, so nothing else reaches the newcomer first.
+            flush_session(session, outbox, state, transport);
+        });
+        match result {
+            Ok(room) => {
+                info!(pid, meeting = %join.meeting_id, "joined");
+                self.room = Some(room);
+            }
+            Err(e) => self.session.refuse(request_id, e),
+        }
+    }
+
+    fn leave_room(&mut self) {
+        if let Some(room) = self.room.take() {
+            self.state.router.leave(&room, self.session.participant_id());
+        }
+    }
+
+    fn flush(&mut self) {
+        flush_session(&mut self.session, &self.outbox, &self.state, self.transport);
+        if self.session.is_closed() {
+            // Wake the writer so it sees the end and closes the transport.
+            self.wakers.writer.notify_one();
+        }
+    }
+}
+
+fn flush_session(session: &mut ServerSession, outbox: &Outbox, state: &AppState, _transport: &str) {
+    let handshake = session.participant_id() == 0;
+    while let Some(f) = session.poll_transmit() {
+        if let Some(code) = error_code_of(&f) {
+            state.metrics.error(handshake, code.name());
+        }
+        outbox.push_control(f);
+    }
+}
+
+/// The code of an Error frame, cheaply: only frames that are errors are decoded.
+fn error_code_of(frame: &Bytes) -> Option<ErrorCode> {
+    use prost::Message;
+    // ServerMessage field 90 (error), length-delimited: tag 0xd2 0x05.
+    if frame.len() > 3 && frame[0] == 0x01 && frame[1] == 0xd2 && frame[2] == 0x05 {
+        let m = convene_protocol::v1::ServerMessage::decode(&frame[1..]).ok()?;
+        if let Some(convene_protocol::v1::server_message::Msg::Error(e)) = m.msg {
+            return ErrorCode::try_from(e.code).ok();
+        }
+    }
+    None
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.leave_room();
+        self.state.metrics.connections.get_or_create(&label(self.transport)).dec();
+        self.state.release_connection(self.peer);
+        self.outbox.close();
+    }
+}
+
+fn label(transport: &str) -> crate::metrics::TransportLabel {
+    crate::metrics::TransportLabel { transport: transport.into() }
+}
+
+/// Microseconds since the Unix epoch, for chat timestamps.
+fn unix_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// A session id that is unique enough for logs: time and participant id mixed.
+fn rand_u64(pid: u32) -> u64 {
+    let t = unix_micros();
+    (t ^ ((pid as u64) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Logs the end of a connection.
+pub fn log_close(transport: &str, peer: IpAddr, reason: Option<&CloseReason>) {
+    match reason {
+        Some(r) if r.error.is_some() => {
+            debug!(transport, %peer, code = r.transport_reason(), text = %r.text, "connection closed")
+        }
+        Some(_) | None => debug!(transport, %peer, "connection closed"),
+    }
+}

@@ -1,0 +1,86 @@
+//! The HTTP routes: the WebSocket endpoint, health, metrics, discovery and
+//! the browser client's files.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tower_http::services::ServeDir;
+
+use crate::state::AppState;
+
+/// Builds the HTTP application.
+pub fn app(state: Arc<AppState>) -> Router {
+    let web_dir = state.config.web_dir.clone();
+    Router::new()
+        .route("/convene/ws", get(crate::ws::upgrade))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/.well-known/convene.json", get(discovery))
+        .route("/", get(index))
+        .route("/meeting/{name}/{id}", get(index))
+        .fallback_service(ServeDir::new(web_dir))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let (rooms, participants) = state.router.counts();
+    state.metrics.rooms.set(rooms as i64);
+    state.metrics.participants.set(participants as i64);
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// What a client needs to connect: endpoints, versions, certificate hash.
+async fn discovery(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| state.config.listen.to_string());
+    let ws = if state.config.tls() { "wss" } else { "ws" };
+    let body = serde_json::json!({
+        "versions": [1],
+        "websocket": format!("{ws}://{host}/convene/ws"),
+        "webtransport": serde_json::Value::Null,
+        "certificate_hashes": state.cert_sha256.iter().map(|h| serde_json::json!({"algorithm": "sha-256", "value": h})).collect::<Vec<_>>(),
+    });
+    axum::Json(body).into_response()
+}
+
+async fn index(State(state): State<Arc<AppState>>) -> Response {
+    let path = state.config.web_dir.join("index.html");
+    match tokio::fs::read_to_string(&path).await {
+        Ok(html) => Html(html).into_response(),
+        Err(_) => Html(placeholder(&state.config.web_dir)).into_response(),
+    }
+}
+
+fn placeholder(dir: &Path) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Convene</title></head>\
+         <body style=\"font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto\">\
+         <h1>Convene server is running</h1>\
+         <p>The browser client is not built: there is no <code>index.html</code> in <code>{}</code>.</p>\
+         <p>Build it with <code>cargo xtask web</code>, or start everything with <code>cargo xtask serve</code>, \
+         which builds it when needed. Clients can already connect over WebSocket at <code>/convene/ws</code>.</p>\
+         </body></html>",
+        dir.display()
+    )
+}

@@ -1,0 +1,128 @@
+//! Prometheus metrics, served as text at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of transport-scoped metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// `ws` or `wt`.
+    pub transport: String,
+}
+
+/// Labels of error metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The error code name.
+    pub code: String,
+}
+
+/// Labels of drop metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why frames were dropped.
+    pub reason: String,
+}
+
+/// Every metric the server exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open connections by transport.
+    pub connections: Family<TransportLabel, Gauge>,
+    /// Connections accepted since start.
+    pub connections_total: Family<TransportLabel, Counter>,
+    /// Rooms now (set at scrape time).
+    pub rooms: Gauge,
+    /// Participants in rooms now (set at scrape time).
+    pub participants: Gauge,
+    /// Frames received from clients.
+    pub frames_in: Counter,
+    /// Bytes received from clients.
+    pub bytes_in: Counter,
+    /// Frames written to clients.
+    pub frames_out: Counter,
+    /// Bytes written to clients.
+    pub bytes_out: Counter,
+    /// Media deliveries queued for subscribers.
+    pub media_deliveries: Counter,
+    /// Frames dropped, by reason.
+    pub drops: Family<ReasonLabel, Counter>,
+    /// Errors sent to clients during the handshake, by code.
+    pub handshake_errors: Family<CodeLabel, Counter>,
+    /// Errors sent to clients after the handshake, by code.
+    pub protocol_errors: Family<CodeLabel, Counter>,
+    /// Frames a writer found queued when it woke.
+    pub queue_depth: Histogram,
+    /// Time to queue one media frame for all its subscribers, in seconds.
+    pub fanout_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("convene");
+        let m = Metrics {
+            connections: Family::default(),
+            connections_total: Family::default(),
+            rooms: Gauge::default(),
+            participants: Gauge::default(),
+            frames_in: Counter::default(),
+            bytes_in: Counter::default(),
+            frames_out: Counter::default(),
+            bytes_out: Counter::default(),
+            media_deliveries: Counter::default(),
+            drops: Family::default(),
+            handshake_errors: Family::default(),
+            protocol_errors: Family::default(),
+            queue_depth: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+            fanout_seconds: Histogram::new([1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "Open connections", m.connections.clone());
+        registry.register("connections_accepted", "Connections accepted since start", m.connections_total.clone());
+        registry.register("rooms", "Rooms now", m.rooms.clone());
+        registry.register("participants", "Participants in rooms now", m.participants.clone());
+        registry.register("frames_in", "Frames received from clients", m.frames_in.clone());
+        registry.register("bytes_in", "Bytes received from clients", m.bytes_in.clone());
+        registry.register("frames_out", "Frames written to clients", m.frames_out.clone());
+        registry.register("bytes_out", "Bytes written to clients", m.bytes_out.clone());
+        registry.register("media_deliveries", "Media frames queued for subscribers", m.media_deliveries.clone());
+        registry.register("frames_dropped", "Frames dropped, by reason", m.drops.clone());
+        registry.register("handshake_errors", "Errors sent before Welcome, by code", m.handshake_errors.clone());
+        registry.register("protocol_errors", "Errors sent after Welcome, by code", m.protocol_errors.clone());
+        registry.register("queue_depth_frames", "Frames queued for a subscriber when its writer woke", m.queue_depth.clone());
+        registry.register("fanout_seconds", "Time to queue one media frame for all its subscribers", m.fanout_seconds.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a frame drop.
+    pub fn drop(&self, reason: &str, n: u64) {
+        if n > 0 {
+            self.drops.get_or_create(&ReasonLabel { reason: reason.into() }).inc_by(n);
+        }
+    }
+
+    /// Counts an error sent to a client.
+    pub fn error(&self, during_handshake: bool, code: &str) {
+        let family = if during_handshake { &self.handshake_errors } else { &self.protocol_errors };
+        family.get_or_create(&CodeLabel { code: code.into() }).inc();
+    }
+}

@@ -1,0 +1,118 @@
+//! State shared by every connection of a server.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use convene_protocol::{ErrorCode, ProtocolError, Timestamp};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::room::{RoomLimits, Router};
+
+/// Everything connections share.
+#[derive(Debug)]
+pub struct AppState {
+    /// Settings in force.
+    pub config: Config,
+    /// Rooms.
+    pub router: Router,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The zero of the sans-IO clock.
+    start: tokio::time::Instant,
+    /// Flips to true when shutdown begins.
+    shutdown: watch::Sender<bool>,
+    /// Open connections in total.
+    connections: AtomicUsize,
+    /// Open connections per peer address.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// SHA-256 of the TLS certificate, hex, when TLS is on.
+    pub cert_sha256: Option<String>,
+}
+
+impl AppState {
+    /// State for a server with `config`.
+    pub fn new(config: Config, cert_sha256: Option<String>) -> Self {
+        let router = Router::new(RoomLimits {
+            max_participants: config.max_participants_per_room,
+            max_tracks: config.max_tracks_per_participant,
+            max_rooms: config.max_rooms,
+        });
+        AppState {
+            config,
+            router,
+            metrics: Metrics::new(),
+            start: tokio::time::Instant::now(),
+            shutdown: watch::channel(false).0,
+            connections: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            cert_sha256,
+        }
+    }
+
+    /// Now, on the sans-IO clock.
+    pub fn now(&self) -> Timestamp {
+        Timestamp(self.start.elapsed().as_micros() as u64)
+    }
+
+    /// A sans-IO timestamp as a tokio instant.
+    pub fn instant(&self, t: Timestamp) -> tokio::time::Instant {
+        self.start + std::time::Duration::from_micros(t.0)
+    }
+
+    /// Starts shutdown: every connection says Goodbye.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// A receiver that changes when shutdown begins.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Open connections.
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a new connection from `peer`, or refuses it over a limit.
+    pub fn acquire_connection(&self, peer: IpAddr) -> Result<(), ProtocolError> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if self.connections.load(Ordering::Relaxed) >= self.config.max_connections {
+            return Err(ProtocolError::new(
+                ErrorCode::TooManyConnections,
+                format!("the server has its maximum of {} connections", self.config.max_connections),
+            ));
+        }
+        let n = per_ip.entry(peer).or_insert(0);
+        if *n >= self.config.max_connections_per_ip {
+            return Err(ProtocolError::new(
+                ErrorCode::TooManyConnections,
+                format!("at most {} connections per address", self.config.max_connections_per_ip),
+            ));
+        }
+        *n += 1;
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Forgets a connection counted by [`AppState::acquire_connection`].
+    pub fn release_connection(&self, peer: IpAddr) {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&peer);
+            }
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
