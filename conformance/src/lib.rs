@@ -1,1 +1,651 @@
-//! The Convene conformance runner: plays the spec's cases against any server or client.
+//! The Convene conformance runner: plays the spec's cases
+//! (`convene_protocol::cases::CASES`, generated from
+//! `spec/v1/conformance/*.toml`) against any server, or against any client.
+//!
+//! Every case is run or reported not applicable with a reason; a case the
+//! runner cannot execute is a failure. After each server case the runner
+//! checks that a fresh client is still served, so a case that harms the
+//! server fails even if its own steps passed.
+
+pub mod actor;
+pub mod dynamic;
+pub mod report;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use convene_protocol::cases::{
+    Action, CASES, Case, Msg, Step, Target, Transport, Value as CaseValue,
+};
+use convene_protocol::limits::max;
+use convene_protocol::{ErrorCode, MediaFrame, MediaHeader};
+use prost_reflect::{DynamicMessage, Value};
+use tokio::time::Instant;
+
+use crate::actor::{Actor, deadline};
+use crate::dynamic::{Context, Schema, Var, Vars, build, capture, matches, message_name};
+pub use crate::report::{CaseResult, Outcome, Report};
+
+/// The default of [`ServerTarget::step_timeout`].
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the runner is pointed at.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    /// WebSocket URL of the server's Convene endpoint, e.g. `ws://127.0.0.1:8080/convene/ws`.
+    pub url: String,
+    /// Only cases whose id contains this.
+    pub filter: Option<String>,
+    /// Capabilities the runner can exercise (e.g. `moderation` with a moderator token).
+    pub capabilities: Vec<String>,
+    /// How long a waiting step waits, beyond any protocol timer involved.
+    pub step_timeout: Duration,
+}
+
+/// Runs every server case over WebSocket and reports each.
+pub async fn run_server_cases(
+    target: &ServerTarget,
+    mut on_result: impl FnMut(&CaseResult),
+) -> Report {
+    let schema = Schema::load();
+    let mut report = Report::default();
+    for (n, case) in CASES
+        .iter()
+        .filter(|c| c.target == Target::Server)
+        .enumerate()
+    {
+        if target
+            .filter
+            .as_deref()
+            .is_some_and(|f| !case.id.contains(f))
+        {
+            continue;
+        }
+        let started = Instant::now();
+        let outcome =
+            if let Some(reason) = not_applicable(case, Transport::Ws, &target.capabilities) {
+                Outcome::NotApplicable(reason)
+            } else {
+                let suffix = format!("-r{}-{n}", std::process::id());
+                let mut run = Run::new(&schema, target, &suffix);
+                match run.case(case).await {
+                    Ok(()) => match run.health_check().await {
+                        Ok(()) => Outcome::Pass,
+                        Err(e) => Outcome::Fail(format!(
+                            "after the case, a fresh client was not served: {e}"
+                        )),
+                    },
+                    Err(e) => Outcome::Fail(e),
+                }
+            };
+        let result = CaseResult::new(case, outcome, started.elapsed());
+        on_result(&result);
+        report.results.push(result);
+    }
+    report
+}
+
+/// Why a case does not apply, if it does not.
+pub fn not_applicable(
+    case: &Case,
+    transport: Transport,
+    capabilities: &[String],
+) -> Option<String> {
+    if !case.transports.contains(&transport) {
+        return Some(format!("only for {:?}", case.transports));
+    }
+    for r in case.requires {
+        if !capabilities.iter().any(|c| c == r) {
+            let how = match *r {
+                "moderation" => {
+                    "needs a moderator token (--moderator-token) on a server with authentication"
+                }
+                "waiting_room" => "needs a room with a waiting room",
+                "auth" => "needs a server with authentication and a token secret",
+                "shutdown" => "needs control over the server's shutdown",
+                "reconnect" => {
+                    "the client under test does not reconnect (pass --capability reconnect if it does)"
+                }
+                "publishes_video" => {
+                    "the client under test does not publish video (pass --capability publishes_video if it does)"
+                }
+                _ => "needs a capability the runner was not given",
+            };
+            return Some(format!("requires `{r}`: {how}"));
+        }
+    }
+    None
+}
+
+/// One case in progress.
+struct Run<'a> {
+    schema: &'a Schema,
+    target: &'a ServerTarget,
+    suffix: &'a str,
+    actors: HashMap<String, Actor>,
+    vars: Vars,
+    limits: HashMap<String, DynamicMessage>,
+    idle_ms: u64,
+    ping_counter: u64,
+}
+
+impl<'a> Run<'a> {
+    fn new(schema: &'a Schema, target: &'a ServerTarget, suffix: &'a str) -> Self {
+        Run {
+            schema,
+            target,
+            suffix,
+            actors: HashMap::new(),
+            vars: Vars::new(),
+            limits: HashMap::new(),
+            idle_ms: max::IDLE_TIMEOUT_MS as u64,
+            ping_counter: 0,
+        }
+    }
+
+    fn ctx(&self) -> Context<'_> {
+        Context {
+            vars: &self.vars,
+            meeting_suffix: self.suffix,
+        }
+    }
+
+    async fn case(&mut self, case: &Case) -> Result<(), String> {
+        for (i, step) in case.steps.iter().enumerate() {
+            self.step(step)
+                .await
+                .map_err(|e| format!("step {} ({}): {e}", i + 1, describe(step)))?;
+        }
+        Ok(())
+    }
+
+    async fn connect(&self) -> Result<Actor, String> {
+        let (ws, _) = tokio::time::timeout(
+            self.target.step_timeout,
+            tokio_tungstenite::connect_async(self.target.url.as_str()),
+        )
+        .await
+        .map_err(|_| format!("connecting to {} timed out", self.target.url))?
+        .map_err(|e| format!("cannot connect to {}: {e}", self.target.url))?;
+        Ok(Actor::new(
+            ws,
+            self.schema.server.clone(),
+            self.schema.client.clone(),
+        ))
+    }
+
+    fn actor(&mut self, name: &str) -> Result<&mut Actor, String> {
+        self.actors
+            .get_mut(name)
+            .ok_or_else(|| format!("actor {name} is not connected"))
+    }
+
+    async fn send_msg(&mut self, actor: &str, msg: &Msg, request_id: u32) -> Result<(), String> {
+        let frame = build(&self.schema.client, msg, request_id, &self.ctx())?;
+        self.actor(actor)?.send(frame).await
+    }
+
+    async fn step(&mut self, step: &Step) -> Result<(), String> {
+        let who = step.actor;
+        match &step.action {
+            Action::Connect => {
+                let a = self.connect().await?;
+                self.actors.insert(who.to_string(), a);
+            }
+            Action::Accept => return Err("`accept` belongs to client cases".into()),
+            Action::Handshake {
+                join,
+                name,
+                subscribe_all,
+            } => {
+                let a = self.connect().await?;
+                self.actors.insert(who.to_string(), a);
+                let hello = Msg {
+                    name: "hello",
+                    fields: &[
+                        convene_protocol::cases::Field {
+                            name: "versions",
+                            value: CaseValue::List(&[CaseValue::Int(1)]),
+                        },
+                        convene_protocol::cases::Field {
+                            name: "client_kind",
+                            value: CaseValue::Enum("CLIENT_KIND_CONFORMANCE"),
+                        },
+                    ],
+                };
+                self.send_msg(who, &hello, 0).await?;
+                let welcome = self
+                    .expect(
+                        who,
+                        &Msg {
+                            name: "welcome",
+                            fields: &[],
+                        },
+                    )
+                    .await?;
+                let id = capture(&welcome, "welcome.participant_id")
+                    .ok_or("Welcome without participant_id")?;
+                self.vars.insert(format!("{who}.id"), id);
+                if let Some(Var::Int(ms)) = capture(&welcome, "welcome.idle_timeout_ms") {
+                    if ms > 0 {
+                        self.idle_ms = ms;
+                    }
+                }
+                if let Some(Value::Message(limits)) =
+                    welcome
+                        .get_field_by_name("welcome")
+                        .and_then(|w| match w.into_owned() {
+                            Value::Message(w) => {
+                                w.get_field_by_name("limits").map(|l| l.into_owned())
+                            }
+                            _ => None,
+                        })
+                {
+                    self.limits.insert(who.to_string(), limits);
+                }
+                if let Some(meeting) = join {
+                    let meeting = format!("{meeting}{}", self.suffix);
+                    let mut join = DynamicMessage::new(
+                        self.schema
+                            .client
+                            .get_field_by_name("join")
+                            .and_then(|f| f.kind().as_message().cloned())
+                            .ok_or("no Join")?,
+                    );
+                    join.set_field_by_name("meeting_id", Value::String(meeting));
+                    join.set_field_by_name("display_name", Value::String(name.to_string()));
+                    join.set_field_by_name("subscribe_all", Value::Bool(*subscribe_all));
+                    let mut env = DynamicMessage::new(self.schema.client.clone());
+                    env.set_field_by_name("join", Value::Message(join));
+                    let mut bytes = vec![0x01];
+                    prost::Message::encode(&env, &mut bytes).map_err(|e| e.to_string())?;
+                    self.actor(who)?.send(bytes.into()).await?;
+                    self.expect(
+                        who,
+                        &Msg {
+                            name: "joined",
+                            fields: &[],
+                        },
+                    )
+                    .await?;
+                }
+            }
+            Action::Send { msg, request_id } => self.send_msg(who, msg, *request_id).await?,
+            Action::Flood { msg, count } => {
+                let frame = build(&self.schema.client, msg, 0, &self.ctx())?;
+                let frames: Vec<Bytes> = (0..*count).map(|_| frame.clone()).collect();
+                self.actor(who)?.send_many(frames).await?;
+            }
+            Action::SendMedia {
+                track,
+                seq,
+                key,
+                sender,
+                size,
+                count,
+            } => {
+                let track = self.int(track.as_ref())?.unwrap_or(1) as u32;
+                let sender = self.int(sender.as_ref())?.unwrap_or(0) as u32;
+                let payload = vec![0x5a; *size as usize];
+                let frames: Vec<Bytes> = (0..*count)
+                    .map(|i| {
+                        let h = MediaHeader {
+                            key: *key,
+                            sender,
+                            track_id: track,
+                            sequence: seq.wrapping_add(i),
+                            capture_timestamp_us: 1,
+                        };
+                        MediaFrame::build(&h, None, &payload).into_bytes()
+                    })
+                    .collect();
+                self.actor(who)?.send_many(frames).await?;
+            }
+            Action::SendRaw { hex } => {
+                let bytes = hex::decode(hex).map_err(|e| e.to_string())?;
+                self.actor(who)?.send(bytes.into()).await?;
+            }
+            Action::SendText { text } => self.actor(who)?.send_text(text).await?,
+            Action::Expect { msg, capture: caps } => {
+                let got = self.expect(who, msg).await?;
+                for (var, path) in caps.iter() {
+                    let v = capture(&got, path)
+                        .ok_or_else(|| format!("nothing at {path} to capture"))?;
+                    self.vars.insert(var.to_string(), v);
+                }
+            }
+            Action::ExpectError { code, request_id } => {
+                self.expect_error(who, *code, *request_id).await?
+            }
+            Action::ExpectMedia {
+                from,
+                track,
+                key,
+                size,
+            } => {
+                let from = self.int(from.as_ref())?;
+                let track = self.int(track.as_ref())?;
+                let until = deadline(self.target.step_timeout);
+                loop {
+                    let a = self.actor(who)?;
+                    while let Some(m) = a.media.pop_front() {
+                        let h = m.header();
+                        if from.is_none_or(|f| f as u32 == h.sender)
+                            && track.is_none_or(|t| t as u32 == h.track_id)
+                            && key.is_none_or(|k| k == h.key)
+                            && size.is_none_or(|s| s as usize == m.payload().len())
+                        {
+                            return Ok(());
+                        }
+                    }
+                    if !a.pump(until).await {
+                        return Err(format!("no matching media frame arrived{}", closed_note(a)));
+                    }
+                }
+            }
+            Action::ExpectNo { what } => {
+                self.sync_all(who).await?;
+                let a = self.actor(who)?;
+                a.pump_ready().await;
+                if *what == "media" {
+                    if let Some(m) = a.media.front() {
+                        return Err(format!(
+                            "received a media frame from {} on track {}",
+                            m.header().sender,
+                            m.header().track_id
+                        ));
+                    }
+                } else if let Some(m) = a
+                    .control
+                    .iter()
+                    .find(|m| message_name(m).as_deref() == Some(*what))
+                {
+                    return Err(format!("received {what}: {m:?}"));
+                }
+            }
+            Action::ExpectClose { code } => {
+                let wait = Duration::from_millis(
+                    max::HANDSHAKE_TIMEOUT_MS.max(self.idle_ms as u32) as u64,
+                ) + self.target.step_timeout;
+                let until = deadline(wait);
+                let a = self.actor(who)?;
+                while a.closed.is_none() {
+                    if !a.pump(until).await && a.closed.is_none() {
+                        return Err("the connection did not close".into());
+                    }
+                }
+                a.pump_ready().await;
+                if let Some(code) = code {
+                    let got: Vec<i32> = a.control.iter().filter_map(error_code_of).collect();
+                    if !got.contains(&(*code as i32)) {
+                        return Err(format!(
+                            "closed without an Error {} first (errors seen: {got:?})",
+                            code.name()
+                        ));
+                    }
+                    let ws_code = a.closed.flatten();
+                    if ws_code != Some(4000 + *code as u16) {
+                        return Err(format!(
+                            "WebSocket close code {ws_code:?}, expected {}",
+                            4000 + *code as u16
+                        ));
+                    }
+                }
+            }
+            Action::Silence => self.actor(who)?.silence(),
+            Action::ExceedTrackLimit => {
+                let n = self
+                    .limits
+                    .get(who)
+                    .and_then(|l| l.get_field_by_name("max_tracks_per_participant"))
+                    .and_then(|v| v.as_u32())
+                    .ok_or("no max_tracks_per_participant in Welcome")?;
+                for id in 1..=n + 1 {
+                    let frame = publish_frame(self.schema, id)?;
+                    self.actor(who)?.send(frame).await?;
+                    if id <= n {
+                        self.expect(
+                            who,
+                            &Msg {
+                                name: "track_published",
+                                fields: &[],
+                            },
+                        )
+                        .await?;
+                    }
+                }
+                self.expect_error(who, ErrorCode::TooManyTracks, None)
+                    .await?;
+            }
+            Action::SleepMs(ms) => tokio::time::sleep(Duration::from_millis(*ms as u64)).await,
+        }
+        Ok(())
+    }
+
+    fn int(&self, v: Option<&CaseValue>) -> Result<Option<u64>, String> {
+        match v {
+            None => Ok(None),
+            Some(CaseValue::Int(i)) => Ok(Some(*i as u64)),
+            Some(CaseValue::Var(name)) => match self.vars.get(*name) {
+                Some(Var::Int(n)) => Ok(Some(*n)),
+                _ => Err(format!("${name} is not a captured integer")),
+            },
+            Some(other) => Err(format!("{other:?} is not an integer")),
+        }
+    }
+
+    /// Waits for a control message matching `msg`; earlier ones are consumed.
+    async fn expect(&mut self, who: &str, msg: &Msg) -> Result<DynamicMessage, String> {
+        let until = deadline(self.target.step_timeout);
+        let suffix = self.suffix.to_string();
+        let vars = self.vars.clone();
+        let ctx = Context {
+            vars: &vars,
+            meeting_suffix: &suffix,
+        };
+        let mut skipped = Vec::new();
+        loop {
+            let a = self
+                .actors
+                .get_mut(who)
+                .ok_or_else(|| format!("actor {who} is not connected"))?;
+            while let Some(m) = a.control.pop_front() {
+                if matches(&m, msg, &ctx)? {
+                    return Ok(m);
+                }
+                skipped.push(message_name(&m).unwrap_or_else(|| "?".into()));
+            }
+            if !a.pump(until).await && a.control.is_empty() {
+                return Err(format!(
+                    "no matching {} arrived (saw: {}){}",
+                    msg.name,
+                    if skipped.is_empty() {
+                        "nothing".into()
+                    } else {
+                        skipped.join(", ")
+                    },
+                    closed_note(a)
+                ));
+            }
+        }
+    }
+
+    async fn expect_error(
+        &mut self,
+        who: &str,
+        code: ErrorCode,
+        request_id: Option<u32>,
+    ) -> Result<(), String> {
+        let until = deadline(self.target.step_timeout);
+        let mut seen = Vec::new();
+        loop {
+            let a = self.actor(who)?;
+            while let Some(m) = a.control.pop_front() {
+                if let Some(c) = error_code_of(&m) {
+                    let rid = capture(&m, "error.request_id").and_then(|v| {
+                        if let Var::Int(n) = v {
+                            Some(n as u32)
+                        } else {
+                            None
+                        }
+                    });
+                    if c == code as i32 && request_id.is_none_or(|r| Some(r) == rid) {
+                        return Ok(());
+                    }
+                    seen.push(format!(
+                        "{} (request {rid:?})",
+                        ErrorCode::try_from(c).map(|e| e.name()).unwrap_or("?")
+                    ));
+                }
+            }
+            if !a.pump(until).await && a.control.is_empty() {
+                return Err(format!(
+                    "no Error {} arrived (errors seen: {}){}",
+                    code.name(),
+                    if seen.is_empty() {
+                        "none".into()
+                    } else {
+                        seen.join(", ")
+                    },
+                    closed_note(a)
+                ));
+            }
+        }
+    }
+
+    /// Two Ping/Pong round trips on every other actor, then on `who`: whatever
+    /// the server had queued for `who` before has then arrived (PROTOCOL.md §12).
+    async fn sync_all(&mut self, who: &str) -> Result<(), String> {
+        let mut order: Vec<String> = self
+            .actors
+            .keys()
+            .filter(|k| k.as_str() != who)
+            .cloned()
+            .collect();
+        order.push(who.to_string());
+        for name in order {
+            if self.actors[&name].closed.is_some() {
+                continue;
+            }
+            for _ in 0..2 {
+                self.ping_counter += 1;
+                let ts = 0x5eed_0000_0000 + self.ping_counter;
+                let frame = ping_frame(self.schema, ts)?;
+                let until = deadline(self.target.step_timeout);
+                let a = self.actor(&name)?;
+                a.send(frame).await?;
+                loop {
+                    let pos = a
+                        .control
+                        .iter()
+                        .position(|m| capture(m, "pong.timestamp_us") == Some(Var::Int(ts)));
+                    if let Some(p) = pos {
+                        a.control.remove(p);
+                        break;
+                    }
+                    if !a.pump(until).await {
+                        return Err(format!("{name} got no Pong for its Ping{}", closed_note(a)));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh client can still connect, say Hello and join a room.
+    async fn health_check(&mut self) -> Result<(), String> {
+        self.actors.clear();
+        let step = Step {
+            actor: "health",
+            action: Action::Handshake {
+                join: Some("conf-health"),
+                name: "health",
+                subscribe_all: false,
+            },
+        };
+        self.step(&step).await
+    }
+}
+
+fn closed_note(a: &Actor) -> String {
+    match a.closed {
+        Some(Some(code)) => format!("; the connection closed with code {code}"),
+        Some(None) => "; the connection closed".into(),
+        None => String::new(),
+    }
+}
+
+fn error_code_of(m: &DynamicMessage) -> Option<i32> {
+    match capture(m, "error.code") {
+        Some(Var::Int(c)) if message_name(m).as_deref() == Some("error") => Some(c as i32),
+        _ => None,
+    }
+}
+
+fn ping_frame(schema: &Schema, ts: u64) -> Result<Bytes, String> {
+    let desc = schema
+        .client
+        .get_field_by_name("ping")
+        .and_then(|f| f.kind().as_message().cloned())
+        .ok_or("no Ping")?;
+    let mut ping = DynamicMessage::new(desc);
+    ping.set_field_by_name("timestamp_us", Value::U64(ts));
+    let mut env = DynamicMessage::new(schema.client.clone());
+    env.set_field_by_name("ping", Value::Message(ping));
+    let mut out = vec![0x01];
+    prost::Message::encode(&env, &mut out).map_err(|e| e.to_string())?;
+    Ok(out.into())
+}
+
+fn publish_frame(schema: &Schema, track_id: u32) -> Result<Bytes, String> {
+    use convene_protocol::v1::{ClientMessage, Publish, TrackInfo, TrackKind, client_message};
+    let _ = schema;
+    let msg = ClientMessage {
+        request_id: 0,
+        msg: Some(client_message::Msg::Publish(Publish {
+            track: Some(TrackInfo {
+                track_id,
+                kind: TrackKind::Audio as i32,
+                codec: "opus".into(),
+                ..Default::default()
+            }),
+        })),
+    };
+    Ok(convene_protocol::encode_control(&msg))
+}
+
+fn describe(step: &Step) -> String {
+    let what = match &step.action {
+        Action::Connect => "connect".to_string(),
+        Action::Accept => "accept".to_string(),
+        Action::Handshake { join, .. } => format!(
+            "handshake{}",
+            join.map(|j| format!(" and join {j}")).unwrap_or_default()
+        ),
+        Action::Send { msg, .. } => format!("send {}", msg.name),
+        Action::Flood { msg, count } => format!("flood {count} × {}", msg.name),
+        Action::SendMedia { count, .. } => format!("send {count} media frame(s)"),
+        Action::SendRaw { hex } => {
+            format!("send raw {}", if hex.len() > 16 { &hex[..16] } else { hex })
+        }
+        Action::SendText { .. } => "send text".to_string(),
+        Action::Expect { msg, .. } => format!("expect {}", msg.name),
+        Action::ExpectError { code, .. } => format!("expect error {}", code.name()),
+        Action::ExpectMedia { .. } => "expect media".to_string(),
+        Action::ExpectNo { what } => format!("expect no {what}"),
+        Action::ExpectClose { code } => format!(
+            "expect close{}",
+            code.map(|c| format!(" with {}", c.name()))
+                .unwrap_or_default()
+        ),
+        Action::Silence => "go silent".to_string(),
+        Action::ExceedTrackLimit => "exceed the track limit".to_string(),
+        Action::SleepMs(ms) => format!("sleep {ms} ms"),
+    };
+    if step.actor.is_empty() {
+        what
+    } else {
+        format!("{}: {what}", step.actor)
+    }
+}

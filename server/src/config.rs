@@ -138,6 +138,18 @@ pub struct Cli {
     #[arg(long, env = "CONVENE_SHUTDOWN_GRACE_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace_ms: Option<u32>,
+    /// Deliberately break the server, to show the conformance suite catches it (tests only).
+    #[arg(long, hide = true, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_fault: Option<Fault>,
+}
+
+/// A deliberate defect, for checking that the conformance suite notices it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// Forward media with sender 0 instead of the publisher's participant id.
+    ForgetSenderStamp,
 }
 
 /// The settings in force.
@@ -192,6 +204,9 @@ pub struct Config {
     pub coalesce_ms: u32,
     /// Shutdown drain deadline.
     pub shutdown_grace_ms: u32,
+    /// A deliberate defect (tests only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_fault: Option<Fault>,
 }
 
 impl Default for Config {
@@ -221,6 +236,7 @@ impl Default for Config {
             max_queue_bytes: 2 << 20,
             coalesce_ms: 0,
             shutdown_grace_ms: 5_000,
+            test_fault: None,
         }
     }
 }
@@ -270,10 +286,12 @@ impl Config {
             message: e.to_string(),
         })?;
         table.extend(given);
-        let config: Config = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: cli.config.clone(),
-            message: e.to_string(),
-        })?;
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: cli.config.clone(),
+                message: e.to_string(),
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -282,21 +300,59 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let over = |name: &str, v: u32, m: u32| {
             if v > m || v == 0 {
-                Err(ConfigError::Invalid(format!("{name} = {v}: must be between 1 and the protocol maximum {m}")))
+                Err(ConfigError::Invalid(format!(
+                    "{name} = {v}: must be between 1 and the protocol maximum {m}"
+                )))
             } else {
                 Ok(())
             }
         };
-        over("max_frame_bytes", self.max_frame_bytes, max::MAX_FRAME_BYTES)?;
-        over("max_participants_per_room", self.max_participants_per_room, max::MAX_PARTICIPANTS_PER_ROOM)?;
-        over("max_tracks_per_participant", self.max_tracks_per_participant, max::MAX_TRACKS_PER_PARTICIPANT)?;
-        over("max_ingress_kbps", self.max_ingress_kbps, max::MAX_INGRESS_KBPS)?;
-        over("control_messages_per_second", self.control_messages_per_second, max::CONTROL_MESSAGES_PER_SECOND)?;
+        over(
+            "max_frame_bytes",
+            self.max_frame_bytes,
+            max::MAX_FRAME_BYTES,
+        )?;
+        over(
+            "max_participants_per_room",
+            self.max_participants_per_room,
+            max::MAX_PARTICIPANTS_PER_ROOM,
+        )?;
+        over(
+            "max_tracks_per_participant",
+            self.max_tracks_per_participant,
+            max::MAX_TRACKS_PER_PARTICIPANT,
+        )?;
+        over(
+            "max_ingress_kbps",
+            self.max_ingress_kbps,
+            max::MAX_INGRESS_KBPS,
+        )?;
+        over(
+            "control_messages_per_second",
+            self.control_messages_per_second,
+            max::CONTROL_MESSAGES_PER_SECOND,
+        )?;
         over("control_burst", self.control_burst, max::CONTROL_BURST)?;
-        over("handshake_timeout_ms", self.handshake_timeout_ms, max::HANDSHAKE_TIMEOUT_MS)?;
-        over("heartbeat_interval_ms", self.heartbeat_interval_ms, max::HEARTBEAT_INTERVAL_MS)?;
-        over("idle_timeout_ms", self.idle_timeout_ms, max::IDLE_TIMEOUT_MS)?;
-        over("slow_consumer_ms", self.slow_consumer_ms, max::SLOW_CONSUMER_MS)?;
+        over(
+            "handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            max::HANDSHAKE_TIMEOUT_MS,
+        )?;
+        over(
+            "heartbeat_interval_ms",
+            self.heartbeat_interval_ms,
+            max::HEARTBEAT_INTERVAL_MS,
+        )?;
+        over(
+            "idle_timeout_ms",
+            self.idle_timeout_ms,
+            max::IDLE_TIMEOUT_MS,
+        )?;
+        over(
+            "slow_consumer_ms",
+            self.slow_consumer_ms,
+            max::SLOW_CONSUMER_MS,
+        )?;
         if self.idle_timeout_ms < 2 * self.heartbeat_interval_ms {
             return Err(ConfigError::Invalid(format!(
                 "idle_timeout_ms ({}) must be at least twice heartbeat_interval_ms ({})",
@@ -304,13 +360,20 @@ impl Config {
             )));
         }
         if self.coalesce_ms > 5 {
-            return Err(ConfigError::Invalid(format!("coalesce_ms = {}: at most 5", self.coalesce_ms)));
+            return Err(ConfigError::Invalid(format!(
+                "coalesce_ms = {}: at most 5",
+                self.coalesce_ms
+            )));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(ConfigError::Invalid("tls_cert and tls_key go together".into()));
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key go together".into(),
+            ));
         }
         if self.tls_cert.is_some() && self.dev_tls {
-            return Err(ConfigError::Invalid("use either tls_cert/tls_key or dev_tls, not both".into()));
+            return Err(ConfigError::Invalid(
+                "use either tls_cert/tls_key or dev_tls, not both".into(),
+            ));
         }
         if !self.listen.ip().is_loopback() && !self.tls() && !self.insecure {
             return Err(ConfigError::Invalid(format!(
@@ -347,7 +410,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.toml");
         std::fs::write(&file, "max_rooms = 7\nmax_frame_bytes = 1000\n").unwrap();
-        let c = Config::load(&cli(&["--config", file.to_str().unwrap(), "--max-frame-bytes", "2000"])).unwrap();
+        let c = Config::load(&cli(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--max-frame-bytes",
+            "2000",
+        ]))
+        .unwrap();
         assert_eq!(c.max_rooms, 7);
         assert_eq!(c.max_frame_bytes, 2000);
         assert_eq!(c.max_tracks_per_participant, 8);

@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use convene_protocol::v1::{GoodbyeReason, Participant, Role};
 use convene_protocol::{
-    CloseReason, ErrorCode, ProtocolError, ServerEvent, ServerSession, ServerSessionConfig, Timestamp,
+    CloseReason, ErrorCode, ProtocolError, ServerEvent, ServerSession, ServerSessionConfig,
+    Timestamp,
 };
 use tokio::sync::Notify;
 use tracing::{debug, info};
@@ -94,9 +95,26 @@ impl Connection {
             Box::new(ArcWake(wakers.clone())),
         ));
         let session = ServerSession::new(state.now(), config);
-        state.metrics.connections.get_or_create(&label(transport)).inc();
-        state.metrics.connections_total.get_or_create(&label(transport)).inc();
-        Connection { state, session, outbox, wakers, room: None, transport, peer, handshake_done: false }
+        state
+            .metrics
+            .connections
+            .get_or_create(&label(transport))
+            .inc();
+        state
+            .metrics
+            .connections_total
+            .get_or_create(&label(transport))
+            .inc();
+        Connection {
+            state,
+            session,
+            outbox,
+            wakers,
+            room: None,
+            transport,
+            peer,
+            handshake_done: false,
+        }
     }
 
     /// The outbox the writer drains.
@@ -152,7 +170,9 @@ impl Connection {
         if let Some(kick) = self.outbox.kicked() {
             let (reason, text) = match kick {
                 Kick::Removed => (GoodbyeReason::Removed, "a moderator removed you"),
-                Kick::MeetingEnded => (GoodbyeReason::MeetingEnded, "a moderator ended the meeting"),
+                Kick::MeetingEnded => {
+                    (GoodbyeReason::MeetingEnded, "a moderator ended the meeting")
+                }
             };
             self.session.goodbye(reason, text);
         } else if self.outbox.is_slow() {
@@ -169,9 +189,13 @@ impl Connection {
     pub fn shutdown(&mut self) {
         let now = self.state.now();
         if !self.handshake_done {
-            self.session.close_with(ProtocolError::new(ErrorCode::ShuttingDown, "the server is shutting down"));
+            self.session.close_with(ProtocolError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down",
+            ));
         } else {
-            self.session.goodbye(GoodbyeReason::Shutdown, "the server is shutting down");
+            self.session
+                .goodbye(GoodbyeReason::Shutdown, "the server is shutting down");
         }
         self.process(now);
     }
@@ -181,11 +205,18 @@ impl Connection {
             match ev {
                 ServerEvent::Hello { .. } => {
                     if self.state.is_shutting_down() {
-                        self.session.refuse(0, ProtocolError::new(ErrorCode::ShuttingDown, "the server is shutting down"));
+                        self.session.refuse(
+                            0,
+                            ProtocolError::new(
+                                ErrorCode::ShuttingDown,
+                                "the server is shutting down",
+                            ),
+                        );
                     } else {
                         let pid = self.state.router.allocate_participant_id();
                         let session_id = format!("{:016x}", rand_u64(pid));
-                        self.session.accept_hello(now, pid, session_id, Bytes::new());
+                        self.session
+                            .accept_hello(now, pid, session_id, Bytes::new());
                         self.handshake_done = true;
                         debug!(pid, transport = self.transport, peer = %self.peer, "session established");
                     }
@@ -194,17 +225,32 @@ impl Connection {
                 ServerEvent::Left => self.leave_room(),
                 ServerEvent::Room { request_id, msg } => {
                     if let Some(room) = &self.room {
-                        let result = lock(room).handle(now, self.session.participant_id(), msg, unix_micros());
+                        let result = lock(room).handle(
+                            now,
+                            self.session.participant_id(),
+                            msg,
+                            unix_micros(),
+                        );
                         if let Err(e) = result {
                             self.session.refuse(request_id, e);
                         }
                     }
                 }
                 ServerEvent::Media(frame) => {
+                    let frame = if self.state.config.test_fault
+                        == Some(crate::config::Fault::ForgetSenderStamp)
+                    {
+                        frame.stamp_sender(0)
+                    } else {
+                        frame
+                    };
                     if let Some(room) = &self.room {
                         let started = std::time::Instant::now();
-                        let result = lock(room).route(now, &frame);
-                        self.state.metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());
+                        let result = lock(room).route(now, self.session.participant_id(), &frame);
+                        self.state
+                            .metrics
+                            .fanout_seconds
+                            .observe(started.elapsed().as_secs_f64());
                         match result {
                             Ok(stats) => {
                                 let m = &self.state.metrics;
@@ -248,11 +294,18 @@ impl Connection {
         let outbox = &self.outbox;
         let state = &self.state;
         let transport = self.transport;
-        let result = self.state.router.join(now, &join.meeting_id, info, join.subscribe_all, outbox.clone(), |joined| {
-            session.joined(joined);
-            // Queue Joined before releasing the room, so nothing else reaches the newcomer first.
-            flush_session(session, outbox, state, transport);
-        });
+        let result = self.state.router.join(
+            now,
+            &join.meeting_id,
+            info,
+            join.subscribe_all,
+            outbox.clone(),
+            |joined| {
+                session.joined(joined);
+                // Queue Joined before releasing the room, so nothing else reaches the newcomer first.
+                flush_session(session, outbox, state, transport);
+            },
+        );
         match result {
             Ok(room) => {
                 info!(pid, meeting = %join.meeting_id, "joined");
@@ -264,7 +317,9 @@ impl Connection {
 
     fn leave_room(&mut self) {
         if let Some(room) = self.room.take() {
-            self.state.router.leave(&room, self.session.participant_id());
+            self.state
+                .router
+                .leave(&room, self.session.participant_id());
         }
     }
 
@@ -303,19 +358,28 @@ fn error_code_of(frame: &Bytes) -> Option<ErrorCode> {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.leave_room();
-        self.state.metrics.connections.get_or_create(&label(self.transport)).dec();
+        self.state
+            .metrics
+            .connections
+            .get_or_create(&label(self.transport))
+            .dec();
         self.state.release_connection(self.peer);
         self.outbox.close();
     }
 }
 
 fn label(transport: &str) -> crate::metrics::TransportLabel {
-    crate::metrics::TransportLabel { transport: transport.into() }
+    crate::metrics::TransportLabel {
+        transport: transport.into(),
+    }
 }
 
 /// Microseconds since the Unix epoch, for chat timestamps.
 fn unix_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// A session id that is unique enough for logs: time and participant id mixed.

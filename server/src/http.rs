@@ -41,7 +41,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.rooms.set(rooms as i64);
     state.metrics.participants.set(participants as i64);
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
         .into_response()

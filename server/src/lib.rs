@@ -33,7 +33,9 @@ use tls::Identity;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source} (is another server running there? choose another with --listen)")]
+    #[error(
+        "cannot listen on {addr}: {source} (is another server running there? choose another with --listen)"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -68,8 +70,14 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     };
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     if !addr.ip().is_loopback() && identity.is_none() {
         warn!(%addr, "serving plain text on a non-loopback address (--insecure)");
     }
@@ -104,7 +112,10 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
                     let acceptor = acceptor.clone();
                     let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
                     tokio::spawn(async move {
-                        let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
+                        let Ok(Ok(stream)) =
+                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                                .await
+                        else {
                             return;
                         };
                         let service = hyper_util::service::TowerToHyperService::new(app);
@@ -116,12 +127,21 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             })
         }
     };
-    let scheme = if cert_sha256.is_some() { "https" } else { "http" };
+    let scheme = if cert_sha256.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     info!(%addr, "serving on {scheme}://{addr} (WebSocket at /convene/ws)");
     if let Some(h) = &cert_sha256 {
         info!(sha256 = %h, "development certificate hash, for serverCertificateHashes");
     }
-    Ok(Server { addr, state, cert_sha256, serving })
+    Ok(Server {
+        addr,
+        state,
+        cert_sha256,
+        serving,
+    })
 }
 
 impl Server {
@@ -136,7 +156,10 @@ impl Server {
         }
         let left = self.state.open_connections();
         if left > 0 {
-            warn!(left, "connections still open after the shutdown grace period");
+            warn!(
+                left,
+                "connections still open after the shutdown grace period"
+            );
         }
         self.serving.abort();
     }

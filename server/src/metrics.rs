@@ -85,24 +85,70 @@ impl Metrics {
             drops: Family::default(),
             handshake_errors: Family::default(),
             protocol_errors: Family::default(),
-            queue_depth: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+            queue_depth: Histogram::new([
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ]),
             fanout_seconds: Histogram::new([1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]),
             registry: Registry::default(),
         };
         registry.register("connections", "Open connections", m.connections.clone());
-        registry.register("connections_accepted", "Connections accepted since start", m.connections_total.clone());
+        registry.register(
+            "connections_accepted",
+            "Connections accepted since start",
+            m.connections_total.clone(),
+        );
         registry.register("rooms", "Rooms now", m.rooms.clone());
-        registry.register("participants", "Participants in rooms now", m.participants.clone());
-        registry.register("frames_in", "Frames received from clients", m.frames_in.clone());
-        registry.register("bytes_in", "Bytes received from clients", m.bytes_in.clone());
-        registry.register("frames_out", "Frames written to clients", m.frames_out.clone());
+        registry.register(
+            "participants",
+            "Participants in rooms now",
+            m.participants.clone(),
+        );
+        registry.register(
+            "frames_in",
+            "Frames received from clients",
+            m.frames_in.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "Bytes received from clients",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "frames_out",
+            "Frames written to clients",
+            m.frames_out.clone(),
+        );
         registry.register("bytes_out", "Bytes written to clients", m.bytes_out.clone());
-        registry.register("media_deliveries", "Media frames queued for subscribers", m.media_deliveries.clone());
-        registry.register("frames_dropped", "Frames dropped, by reason", m.drops.clone());
-        registry.register("handshake_errors", "Errors sent before Welcome, by code", m.handshake_errors.clone());
-        registry.register("protocol_errors", "Errors sent after Welcome, by code", m.protocol_errors.clone());
-        registry.register("queue_depth_frames", "Frames queued for a subscriber when its writer woke", m.queue_depth.clone());
-        registry.register("fanout_seconds", "Time to queue one media frame for all its subscribers", m.fanout_seconds.clone());
+        registry.register(
+            "media_deliveries",
+            "Media frames queued for subscribers",
+            m.media_deliveries.clone(),
+        );
+        registry.register(
+            "frames_dropped",
+            "Frames dropped, by reason",
+            m.drops.clone(),
+        );
+        registry.register(
+            "handshake_errors",
+            "Errors sent before Welcome, by code",
+            m.handshake_errors.clone(),
+        );
+        registry.register(
+            "protocol_errors",
+            "Errors sent after Welcome, by code",
+            m.protocol_errors.clone(),
+        );
+        registry.register(
+            "queue_depth_frames",
+            "Frames queued for a subscriber when its writer woke",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "fanout_seconds",
+            "Time to queue one media frame for all its subscribers",
+            m.fanout_seconds.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -116,13 +162,21 @@ impl Metrics {
     /// Counts a frame drop.
     pub fn drop(&self, reason: &str, n: u64) {
         if n > 0 {
-            self.drops.get_or_create(&ReasonLabel { reason: reason.into() }).inc_by(n);
+            self.drops
+                .get_or_create(&ReasonLabel {
+                    reason: reason.into(),
+                })
+                .inc_by(n);
         }
     }
 
     /// Counts an error sent to a client.
     pub fn error(&self, during_handshake: bool, code: &str) {
-        let family = if during_handshake { &self.handshake_errors } else { &self.protocol_errors };
+        let family = if during_handshake {
+            &self.handshake_errors
+        } else {
+            &self.protocol_errors
+        };
         family.get_or_create(&CodeLabel { code: code.into() }).inc();
     }
 }

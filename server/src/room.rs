@@ -17,7 +17,7 @@ use convene_protocol::v1::{
     self, Participant, Role, ServerMessage, TrackInfo, TrackKind, server_message::Msg,
 };
 use convene_protocol::{
-    ErrorCode, MediaFrame, ProtocolError, RoomRequest, Timestamp, encode_control,
+    ErrorCode, MediaFrame, MediaHeader, ProtocolError, RoomRequest, Timestamp, encode_control,
 };
 
 use crate::outbox::{DropReason, Kick, MediaClass, Outbox};
@@ -515,14 +515,18 @@ impl Room {
         Ok(())
     }
 
-    /// Routes a media frame, already stamped with its sender, to the track's
+    /// Routes a media frame of `publisher`, already stamped, to the track's
     /// subscribers (PROTOCOL.md §6.3, §6.4).
     pub fn route(
         &mut self,
         now: Timestamp,
+        publisher: u32,
         frame: &MediaFrame,
     ) -> Result<RouteStats, ProtocolError> {
-        let h = *frame.header();
+        let h = MediaHeader {
+            sender: publisher,
+            ..*frame.header()
+        };
         let mut stats = RouteStats::default();
         let Some(p) = self
             .members

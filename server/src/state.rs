@@ -89,14 +89,20 @@ impl AppState {
         if self.connections.load(Ordering::Relaxed) >= self.config.max_connections {
             return Err(ProtocolError::new(
                 ErrorCode::TooManyConnections,
-                format!("the server has its maximum of {} connections", self.config.max_connections),
+                format!(
+                    "the server has its maximum of {} connections",
+                    self.config.max_connections
+                ),
             ));
         }
         let n = per_ip.entry(peer).or_insert(0);
         if *n >= self.config.max_connections_per_ip {
             return Err(ProtocolError::new(
                 ErrorCode::TooManyConnections,
-                format!("at most {} connections per address", self.config.max_connections_per_ip),
+                format!(
+                    "at most {} connections per address",
+                    self.config.max_connections_per_ip
+                ),
             ));
         }
         *n += 1;

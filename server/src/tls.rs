@@ -49,33 +49,64 @@ impl Identity {
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| TlsError::Pem { what: "certificates", path: cert.display().to_string(), message: e.to_string() })?;
+            .map_err(|e| TlsError::Pem {
+                what: "certificates",
+                path: cert.display().to_string(),
+                message: e.to_string(),
+            })?;
         if chain.is_empty() {
-            return Err(TlsError::Pem { what: "certificates", path: cert.display().to_string(), message: "no certificate in the file".into() });
+            return Err(TlsError::Pem {
+                what: "certificates",
+                path: cert.display().to_string(),
+                message: "no certificate in the file".into(),
+            });
         }
-        let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| TlsError::Pem { what: "private key", path: key.display().to_string(), message: e.to_string() })?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
+            what: "private key",
+            path: key.display().to_string(),
+            message: e.to_string(),
+        })?;
         let sha256 = Sha256::digest(chain[0].as_ref()).into();
-        Ok(Identity { chain, key: Arc::new(key), sha256 })
+        Ok(Identity {
+            chain,
+            key: Arc::new(key),
+            sha256,
+        })
     }
 
     /// A fresh self-signed ECDSA P-256 certificate for `localhost`, 127.0.0.1
     /// and ::1 (plus `extra_names`), valid from an hour ago for [`DEV_CERT_DAYS`].
     pub fn self_signed(extra_names: &[String]) -> Result<Self, TlsError> {
-        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let mut names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
         names.extend(extra_names.iter().cloned());
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| TlsError::Generate(e.to_string()))?;
-        let mut params = rcgen::CertificateParams::new(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let mut params =
+            rcgen::CertificateParams::new(names).map_err(|e| TlsError::Generate(e.to_string()))?;
         let now = std::time::SystemTime::now();
         let not_before = now - std::time::Duration::from_secs(3600);
         params.not_before = not_before.into();
-        params.not_after = (not_before + std::time::Duration::from_secs(DEV_CERT_DAYS as u64 * 86_400)).into();
-        params.distinguished_name.push(rcgen::DnType::CommonName, "Convene development certificate");
-        let cert = params.self_signed(&key).map_err(|e| TlsError::Generate(e.to_string()))?;
+        params.not_after =
+            (not_before + std::time::Duration::from_secs(DEV_CERT_DAYS as u64 * 86_400)).into();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Convene development certificate");
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
         let der = cert.der().clone();
         let sha256 = Sha256::digest(der.as_ref()).into();
-        let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| TlsError::Generate(e.to_string()))?;
-        Ok(Identity { chain: vec![der], key: Arc::new(key), sha256 })
+        let key = PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        Ok(Identity {
+            chain: vec![der],
+            key: Arc::new(key),
+            sha256,
+        })
     }
 
     /// The hash as lowercase hex.
@@ -105,7 +136,10 @@ mod tests {
     fn dev_certificate_is_p256_and_serves() {
         let id = Identity::self_signed(&[]).unwrap();
         let p256_oid = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-        assert!(id.chain[0].as_ref().windows(8).any(|w| w == p256_oid), "not a P-256 key");
+        assert!(
+            id.chain[0].as_ref().windows(8).any(|w| w == p256_oid),
+            "not a P-256 key"
+        );
         assert_eq!(id.sha256_hex().len(), 64);
         assert!(id.server_config(&[b"http/1.1"]).is_ok());
     }

@@ -20,9 +20,10 @@ pub async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    // Big enough that an oversized frame reaches the session, which answers
-    // FRAME_TOO_LARGE; small enough to bound memory.
-    let max = state.config.max_frame_bytes as usize * 2 + 1024;
+    // Big enough that any frame up to the protocol maximum, and a little
+    // over, reaches the session, which answers FRAME_TOO_LARGE; small enough
+    // to bound memory per connection.
+    let max = convene_protocol::limits::max::MAX_FRAME_BYTES as usize + 64 * 1024;
     ws.max_message_size(max)
         .max_frame_size(max)
         .protocols(["convene.v1"])
@@ -42,7 +43,8 @@ async fn run(state: Arc<AppState>, socket: WebSocket, peer: IpAddr) {
     let coalesce = Duration::from_millis(state.config.coalesce_ms as u64);
 
     let writer = {
-        let (outbox, wakers, close, state) = (outbox.clone(), wakers.clone(), close.clone(), state.clone());
+        let (outbox, wakers, close, state) =
+            (outbox.clone(), wakers.clone(), close.clone(), state.clone());
         tokio::spawn(async move {
             let mut batch: Vec<Bytes> = Vec::with_capacity(64);
             loop {
@@ -72,7 +74,10 @@ async fn run(state: Arc<AppState>, socket: WebSocket, peer: IpAddr) {
                 }
                 let reason = close.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 if let Some(reason) = reason {
-                    let frame = CloseFrame { code: reason.websocket_code(), reason: reason.transport_reason().into() };
+                    let frame = CloseFrame {
+                        code: reason.websocket_code(),
+                        reason: reason.transport_reason().into(),
+                    };
                     let _ = sink.send(Message::Close(Some(frame))).await;
                     let _ = sink.close().await;
                     return;
@@ -133,11 +138,16 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// Sends a fatal error to a connection refused before it has a session.
 async fn refuse(mut socket: WebSocket, e: ProtocolError) {
     let msg = convene_protocol::v1::ServerMessage {
-        msg: Some(convene_protocol::v1::server_message::Msg::Error(e.to_message(0))),
+        msg: Some(convene_protocol::v1::server_message::Msg::Error(
+            e.to_message(0),
+        )),
     };
     let _ = socket.send(Message::Binary(encode_control(&msg))).await;
     let reason = CloseReason::error(e);
     let _ = socket
-        .send(Message::Close(Some(CloseFrame { code: reason.websocket_code(), reason: reason.transport_reason().into() })))
+        .send(Message::Close(Some(CloseFrame {
+            code: reason.websocket_code(),
+            reason: reason.transport_reason().into(),
+        })))
         .await;
 }

@@ -130,7 +130,7 @@ fn one_publisher_many_subscribers_share_one_buffer() {
     )
     .unwrap();
     let f = media(1, 1, 0, true);
-    let stats = room.route(t(0), &f).unwrap();
+    let stats = room.route(t(0), 1, &f).unwrap();
     assert_eq!(stats.delivered, 10);
     for o in &subs {
         let mut raw = Vec::new();
@@ -162,7 +162,7 @@ fn only_subscribers_receive_and_never_the_publisher_or_another_room() {
         .unwrap();
     let mut r = lock(&room);
     req(&mut r, 1, RoomRequest::Publish(track(1, TrackKind::Audio))).unwrap();
-    r.route(t(0), &media(1, 1, 0, true)).unwrap();
+    r.route(t(0), 1, &media(1, 1, 0, true)).unwrap();
     drop(r);
     assert_eq!(media_of(&drain(&b)).len(), 1);
     assert!(
@@ -270,9 +270,10 @@ fn a_slow_subscriber_loses_its_own_video_and_nobody_elses_audio() {
     // Two seconds of 50 fps audio and 25 fps video; the slow one never drains.
     for i in 0..100u32 {
         let now = t(i as u64 * 20);
-        room.route(now, &media(1, 1, i, true)).unwrap();
+        room.route(now, 1, &media(1, 1, i, true)).unwrap();
         if i % 2 == 0 {
-            room.route(now, &media(1, 2, i / 2, i % 50 == 0)).unwrap();
+            room.route(now, 1, &media(1, 2, i / 2, i % 50 == 0))
+                .unwrap();
         }
         fast_audio += media_of(&drain(&fast))
             .iter()
@@ -314,7 +315,9 @@ fn a_subscriber_that_never_drains_is_eventually_declared_slow() {
     .unwrap();
     let mut declared = None;
     for i in 0..400u32 {
-        let stats = room.route(t(i as u64 * 20), &media(1, 1, i, true)).unwrap();
+        let stats = room
+            .route(t(i as u64 * 20), 1, &media(1, 1, i, true))
+            .unwrap();
         if stats.slow > 0 {
             declared = Some(i);
             break;
@@ -374,11 +377,13 @@ fn muted_tracks_are_not_routed() {
     )
     .unwrap();
     assert_eq!(
-        room.route(t(0), &media(1, 1, 0, true)).unwrap().delivered,
+        room.route(t(0), 1, &media(1, 1, 0, true))
+            .unwrap()
+            .delivered,
         0
     );
     assert_eq!(
-        room.route(t(0), &media(1, 9, 0, true)).unwrap_err().code,
+        room.route(t(0), 1, &media(1, 9, 0, true)).unwrap_err().code,
         ErrorCode::UnknownTrack
     );
 }

@@ -141,7 +141,85 @@ fn test(quick: bool) -> Result<(), String> {
     } else {
         run("cargo", &["test", "--workspace", "--no-fail-fast"])?;
     }
+    conformance()?;
     Ok(())
+}
+
+/// Runs the conformance binary against the server binary, as an outside
+/// implementer would, and prints its per-case report.
+fn conformance() -> Result<(), String> {
+    run(
+        "cargo",
+        &[
+            "build",
+            "--quiet",
+            "-p",
+            "convene-server",
+            "-p",
+            "convene-conformance",
+        ],
+    )?;
+    let bin = target_dir().join("debug");
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    println!(
+        "\n$ convene-server --listen {listen} (short timers) & convene-conformance server --url http://{listen}"
+    );
+    let mut server = Command::new(bin.join("convene-server"))
+        .args([
+            "--listen",
+            &listen,
+            "--handshake-timeout-ms",
+            "2000",
+            "--heartbeat-interval-ms",
+            "1000",
+            "--idle-timeout-ms",
+            "3000",
+            "--log",
+            "warn",
+        ])
+        .spawn()
+        .map_err(|e| format!("cannot start convene-server: {e}"))?;
+    let ready = wait_for_port(port, std::time::Duration::from_secs(30));
+    let result = if !ready {
+        Err("convene-server did not start listening within 30 s".to_string())
+    } else {
+        let status = Command::new(bin.join("convene-conformance"))
+            .args(["server", "--url", &format!("http://{listen}")])
+            .status()
+            .map_err(|e| format!("cannot start convene-conformance: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err("conformance cases failed".to_string())
+        }
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| format!("cannot find a free port: {e}"))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+fn wait_for_port(port: u16, limit: std::time::Duration) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
 }
 
 fn fuzz(args: &[String]) -> Result<(), String> {
@@ -193,7 +271,8 @@ fn fuzz(args: &[String]) -> Result<(), String> {
                 "fuzz",
                 "run",
                 target,
-                &corpus,
+                &scratch,
+                &seeds,
                 "--",
                 &max_time,
                 "-print_final_stats=1",

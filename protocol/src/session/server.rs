@@ -334,6 +334,19 @@ impl ServerSession {
             return;
         }
         self.last_rx = now;
+        if self.state == State::AwaitingHello
+            && frame
+                .first()
+                .is_some_and(|&t| t != crate::frame::FRAME_CONTROL)
+        {
+            return self.error(
+                ProtocolError::new(
+                    ErrorCode::HelloRequired,
+                    "the first frame must be a control frame carrying Hello",
+                ),
+                0,
+            );
+        }
         let decoded = match decode_frame::<ClientMessage>(frame, self.max_frame_bytes()) {
             Ok(f) => f,
             Err(e) => {

@@ -1,0 +1,283 @@
+//! One connection the runner drives: a client it plays against a server, or
+//! a client under test that connected to the runner playing a server.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use convene_protocol::MediaFrame;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Mutex, mpsc};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// What arrived on a connection.
+#[derive(Debug, Clone)]
+pub enum Received {
+    /// A control message (the envelope of the other side).
+    Control(DynamicMessage),
+    /// A media frame.
+    Media(MediaFrame),
+    /// A frame that did not decode, with the reason.
+    Garbage(String),
+}
+
+#[derive(Debug)]
+enum Event {
+    Frame(Bytes),
+    Closed(Option<u16>),
+}
+
+type Sink = Arc<Mutex<Box<dyn SinkLike>>>;
+
+/// The sending half of a WebSocket, whatever the stream under it.
+pub trait SinkLike: Send {
+    /// Sends one message.
+    fn send_msg(&mut self, m: Message) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
+    /// Queues one message without flushing.
+    fn feed_msg(&mut self, m: Message) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
+    /// Flushes queued messages.
+    fn flush_all(&mut self) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> SinkLike
+    for SplitSink<WebSocketStream<S>, Message>
+{
+    fn send_msg(&mut self, m: Message) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.send(m).await.map_err(|e| e.to_string()) })
+    }
+    fn feed_msg(&mut self, m: Message) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.feed(m).await.map_err(|e| e.to_string()) })
+    }
+    fn flush_all(&mut self) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.flush().await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// A connection with its received-but-unconsumed messages.
+pub struct Actor {
+    sink: Sink,
+    events: mpsc::UnboundedReceiver<Event>,
+    /// The envelope the other side sends.
+    incoming: MessageDescriptor,
+    /// Control messages received and not yet consumed by an expectation.
+    pub control: VecDeque<DynamicMessage>,
+    /// Media frames received and not yet consumed.
+    pub media: VecDeque<MediaFrame>,
+    /// Frames that did not decode.
+    pub garbage: Vec<String>,
+    /// `Some(code)` once the connection closed (the WebSocket close code, if any).
+    pub closed: Option<Option<u16>>,
+    /// When set, the actor stops answering Pings.
+    silenced: Arc<AtomicBool>,
+}
+
+impl Actor {
+    /// Wraps an open WebSocket. Pings from the other side are answered
+    /// automatically (with `pong_env`, the envelope this side sends) unless
+    /// the actor is silenced.
+    pub fn new<S>(
+        ws: WebSocketStream<S>,
+        incoming: MessageDescriptor,
+        pong_env: MessageDescriptor,
+    ) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sink, stream): (
+            SplitSink<WebSocketStream<S>, Message>,
+            SplitStream<WebSocketStream<S>>,
+        ) = ws.split();
+        let sink: Sink = Arc::new(Mutex::new(Box::new(sink)));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let silenced = Arc::new(AtomicBool::new(false));
+        tokio::spawn(read_loop(
+            stream,
+            tx,
+            sink.clone(),
+            silenced.clone(),
+            incoming.clone(),
+            pong_env,
+        ));
+        Actor {
+            sink,
+            events: rx,
+            incoming,
+            control: VecDeque::new(),
+            media: VecDeque::new(),
+            garbage: Vec::new(),
+            closed: None,
+            silenced,
+        }
+    }
+
+    /// Stops all sending, Pong included.
+    pub fn silence(&self) {
+        self.silenced.store(true, Ordering::Relaxed);
+    }
+
+    /// Sends one frame as one binary message.
+    pub async fn send(&self, frame: Bytes) -> Result<(), String> {
+        self.sink
+            .lock()
+            .await
+            .send_msg(Message::Binary(frame))
+            .await
+    }
+
+    /// Sends many frames with one flush.
+    pub async fn send_many(&self, frames: impl IntoIterator<Item = Bytes>) -> Result<(), String> {
+        let mut s = self.sink.lock().await;
+        for f in frames {
+            s.feed_msg(Message::Binary(f)).await?;
+        }
+        s.flush_all().await
+    }
+
+    /// Sends a WebSocket text message.
+    pub async fn send_text(&self, text: &str) -> Result<(), String> {
+        self.sink
+            .lock()
+            .await
+            .send_msg(Message::Text(text.to_string().into()))
+            .await
+    }
+
+    /// Waits for the next event until `deadline`; false on timeout or when closed.
+    pub async fn pump(&mut self, deadline: Instant) -> bool {
+        if self.closed.is_some() && self.events.is_empty() {
+            return false;
+        }
+        match tokio::time::timeout_at(deadline, self.events.recv()).await {
+            Ok(Some(Event::Frame(f))) => {
+                match decode(&self.incoming, f) {
+                    Received::Control(m) => self.control.push_back(m),
+                    Received::Media(m) => self.media.push_back(m),
+                    Received::Garbage(g) => self.garbage.push(g),
+                }
+                true
+            }
+            Ok(Some(Event::Closed(code))) => {
+                self.closed = Some(code);
+                true
+            }
+            Ok(None) => {
+                self.closed.get_or_insert(None);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Takes everything already delivered, without waiting.
+    pub async fn pump_ready(&mut self) {
+        while let Ok(ev) = self.events.try_recv() {
+            match ev {
+                Event::Frame(f) => match decode(&self.incoming, f) {
+                    Received::Control(m) => self.control.push_back(m),
+                    Received::Media(m) => self.media.push_back(m),
+                    Received::Garbage(g) => self.garbage.push(g),
+                },
+                Event::Closed(code) => self.closed = Some(code),
+            }
+        }
+    }
+}
+
+fn decode(env: &MessageDescriptor, f: Bytes) -> Received {
+    match f.first() {
+        Some(0x01) => match DynamicMessage::decode(env.clone(), &f[1..]) {
+            Ok(m) => Received::Control(m),
+            Err(e) => Received::Garbage(format!("control frame does not decode: {e}")),
+        },
+        Some(0x02) => match MediaFrame::parse(f) {
+            Ok(m) => Received::Media(m),
+            Err(e) => Received::Garbage(e.to_string()),
+        },
+        other => Received::Garbage(format!("frame type {other:?}")),
+    }
+}
+
+async fn read_loop<S>(
+    mut stream: SplitStream<WebSocketStream<S>>,
+    tx: mpsc::UnboundedSender<Event>,
+    sink: Sink,
+    silenced: Arc<AtomicBool>,
+    incoming: MessageDescriptor,
+    pong_env: MessageDescriptor,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    while let Some(msg) = stream.next().await {
+        match msg {
+            Ok(Message::Binary(b)) => {
+                if !silenced.load(Ordering::Relaxed) {
+                    if let Some(pong) = pong_for(&incoming, &pong_env, &b) {
+                        let _ = sink.lock().await.send_msg(Message::Binary(pong)).await;
+                    }
+                }
+                if tx.send(Event::Frame(b)).is_err() {
+                    return;
+                }
+            }
+            Ok(Message::Close(frame)) => {
+                let _ = tx.send(Event::Closed(frame.map(|f| f.code.into())));
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let _ = tx.send(Event::Closed(None));
+                return;
+            }
+        }
+    }
+    let _ = tx.send(Event::Closed(None));
+}
+
+/// The Pong that answers `frame`, if it is a Ping.
+fn pong_for(
+    incoming: &MessageDescriptor,
+    pong_env: &MessageDescriptor,
+    frame: &[u8],
+) -> Option<Bytes> {
+    if frame.first() != Some(&0x01) {
+        return None;
+    }
+    let m = DynamicMessage::decode(incoming.clone(), &frame[1..]).ok()?;
+    let ping_fd = incoming.get_field_by_name("ping")?;
+    if !m.has_field(&ping_fd) {
+        return None;
+    }
+    let Value::Message(ping) = m.get_field(&ping_fd).into_owned() else {
+        return None;
+    };
+    let ts = ping
+        .get_field_by_name("timestamp_us")
+        .map(|v| v.into_owned())
+        .unwrap_or(Value::U64(0));
+    let pong_fd = pong_env.get_field_by_name("pong")?;
+    let Kind::Message(pong_desc) = pong_fd.kind() else {
+        return None;
+    };
+    let mut pong = DynamicMessage::new(pong_desc);
+    pong.set_field_by_name("timestamp_us", ts);
+    let mut env = DynamicMessage::new(pong_env.clone());
+    env.set_field(&pong_fd, Value::Message(pong));
+    let mut out = vec![0x01];
+    env.encode(&mut out).ok()?;
+    Some(out.into())
+}
+
+use prost_reflect::Kind;
+
+/// A generous deadline from now.
+pub fn deadline(d: Duration) -> Instant {
+    Instant::now() + d
+}

@@ -1,0 +1,122 @@
+//! `convene-conformance`: runs the spec's conformance cases against a server
+//! (the runner plays the clients) or a client (the runner plays the server).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use convene_conformance::{Report, ServerTarget, run_server_cases};
+
+#[derive(Parser)]
+#[command(
+    name = "convene-conformance",
+    version,
+    about = "Checks a Convene implementation against every conformance case of the spec."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Only run cases whose id contains this.
+    #[arg(long, global = true)]
+    filter: Option<String>,
+    /// Also write a JSON report here.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    /// Also write a JUnit XML report here.
+    #[arg(long, global = true)]
+    junit: Option<PathBuf>,
+    /// Capabilities of the implementation under test that cases may require
+    /// (moderation, waiting_room, auth, shutdown, reconnect, publishes_video).
+    #[arg(long = "capability", global = true)]
+    capabilities: Vec<String>,
+    /// How long a waiting step waits before failing, in milliseconds.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    step_timeout_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Play the client side of every server case against a running server.
+    Server {
+        /// The server: its WebSocket endpoint (ws://host:port/convene/ws) or its base URL (http://host:port).
+        #[arg(long)]
+        url: String,
+        /// Transport to use.
+        #[arg(long, default_value = "ws", value_parser = ["ws", "wt"])]
+        transport: String,
+    },
+    /// Play the server side of every client case against a client started by a command.
+    Client {
+        /// Address to listen on for the client under test.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// The command that starts the client under test; `{url}` in it is replaced by the runner's URL.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+fn ws_url(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    if url.contains("/convene/ws") {
+        url.to_string()
+    } else {
+        format!(
+            "{}/convene/ws",
+            url.replacen("https://", "wss://", 1)
+                .replacen("http://", "ws://", 1)
+        )
+    }
+}
+
+fn finish(cli: &Cli, report: &Report, suite: &str) -> ExitCode {
+    if let Some(p) = &cli.json {
+        if let Err(e) = std::fs::write(p, report.to_json()) {
+            eprintln!("convene-conformance: cannot write {}: {e}", p.display());
+        }
+    }
+    if let Some(p) = &cli.junit {
+        if let Err(e) = std::fs::write(p, report.to_junit(suite)) {
+            eprintln!("convene-conformance: cannot write {}: {e}", p.display());
+        }
+    }
+    println!("{}", report.summary());
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Server { url, transport } => {
+            if transport == "wt" {
+                eprintln!(
+                    "convene-conformance: the WebTransport runner is not available yet; use --transport ws"
+                );
+                return ExitCode::from(2);
+            }
+            let target = ServerTarget {
+                url: ws_url(url),
+                filter: cli.filter.clone(),
+                capabilities: cli.capabilities.clone(),
+                step_timeout: std::time::Duration::from_millis(cli.step_timeout_ms),
+            };
+            println!(
+                "convene-conformance: server cases against {} over WebSocket",
+                target.url
+            );
+            let report = run_server_cases(&target, |r| println!("{}", r.line())).await;
+            finish(&cli, &report, "server-ws")
+        }
+        Command::Client { .. } => {
+            eprintln!(
+                "convene-conformance: client mode needs a client under test that speaks Convene; it is not available yet"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
