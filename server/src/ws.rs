@@ -122,9 +122,13 @@ async fn run(state: Arc<AppState>, socket: WebSocket, peer: IpAddr) {
         }
     }
     log_close("ws", peer, conn.close_reason());
-    // Let the writer flush what the session said last, within the drain deadline.
+    // Let the writer flush what the session said last, within the drain
+    // deadline; a writer stuck on a peer that does not read is cut off.
     let grace = Duration::from_millis(state.config.shutdown_grace_ms as u64);
-    let _ = tokio::time::timeout(grace, writer).await;
+    let mut writer = writer;
+    if tokio::time::timeout(grace, &mut writer).await.is_err() {
+        writer.abort();
+    }
     drop(conn);
 }
 

@@ -17,6 +17,8 @@ Commands:
   test               run every check and test: codegen staleness, fmt, clippy,
                      the wasm32 build of convene-protocol, and the workspace tests
   test --quick       only the workspace tests
+  serve [ARGS...]    build and run the server on http://127.0.0.1:8080 (ARGS go to convene-server;
+                     see `cargo xtask serve --help`)
   fuzz --seconds N   run each cargo-fuzz target for N seconds (needs nightly; installs cargo-fuzz)
   help               this text
 ";
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         Some("codegen") => codegen(args.iter().any(|a| a == "--check")),
         Some("test") => test(args.iter().any(|a| a == "--quick")),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("serve") => serve(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{HELP}");
             Ok(())
@@ -91,9 +94,10 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn have(program: &str, arg: &str) -> bool {
-    Command::new(program)
-        .arg(arg)
+/// True when `cargo <subcommand> --version` works.
+fn have_cargo(subcommand: &str) -> bool {
+    Command::new("cargo")
+        .args([subcommand, "--version"])
         .output()
         .is_ok_and(|o| o.status.success())
 }
@@ -124,7 +128,7 @@ fn test(quick: bool) -> Result<(), String> {
             ],
         )?;
     }
-    if have("cargo", "nextest") {
+    if have_cargo("nextest") {
         run(
             "cargo",
             &[
@@ -143,6 +147,22 @@ fn test(quick: bool) -> Result<(), String> {
     }
     conformance()?;
     Ok(())
+}
+
+/// Builds the server in release mode and runs it in the foreground.
+fn serve(args: &[String]) -> Result<(), String> {
+    run("cargo", &["build", "--release", "-p", "convene-server"])?;
+    let bin = target_dir().join("release").join("convene-server");
+    let status = Command::new(&bin)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("convene-server exited with {status}"))
+    }
 }
 
 /// Runs the conformance binary against the server binary, as an outside
@@ -230,7 +250,7 @@ fn fuzz(args: &[String]) -> Result<(), String> {
         [] => 60,
         _ => return Err("usage: cargo xtask fuzz [--seconds N]".into()),
     };
-    if !have("cargo", "fuzz") {
+    if !have_cargo("fuzz") {
         println!("installing cargo-fuzz {CARGO_FUZZ_VERSION} (once)");
         run(
             "cargo",

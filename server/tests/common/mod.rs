@@ -1,0 +1,171 @@
+//! A small WebSocket test client for the server's integration tests.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use convene_protocol::v1::{
+    self, ClientMessage, ServerMessage, client_message::Msg as C, server_message::Msg as S,
+};
+use convene_protocol::{Frame, MediaFrame, decode_frame, encode_control};
+use convene_server::config::Config;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Generous: these tests wait for conditions, never for luck.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A server on a free loopback port with quick timers.
+pub async fn server(tweak: impl FnOnce(&mut Config)) -> convene_server::Server {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        handshake_timeout_ms: 2_000,
+        heartbeat_interval_ms: 1_000,
+        idle_timeout_ms: 3_000,
+        shutdown_grace_ms: 2_000,
+        ..Config::default()
+    };
+    tweak(&mut config);
+    convene_server::start(config).await.expect("server starts")
+}
+
+/// What a client saw.
+#[derive(Debug)]
+pub enum Seen {
+    Control(S),
+    Media(MediaFrame),
+    Closed(Option<u16>),
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub id: u32,
+}
+
+impl Client {
+    pub async fn connect(server: &convene_server::Server) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/convene/ws", server.addr))
+            .await
+            .expect("connects");
+        Client { ws, id: 0 }
+    }
+
+    /// Connects, says Hello and joins `meeting`.
+    pub async fn joined(
+        server: &convene_server::Server,
+        meeting: &str,
+        subscribe_all: bool,
+    ) -> Client {
+        let mut c = Client::connect(server).await;
+        c.send(C::Hello(v1::Hello {
+            versions: vec![1],
+            ..Default::default()
+        }))
+        .await;
+        let w = c.expect(|m| matches!(m, S::Welcome(_))).await;
+        let S::Welcome(w) = w else { unreachable!() };
+        c.id = w.participant_id;
+        c.send(C::Join(v1::Join {
+            meeting_id: meeting.into(),
+            display_name: format!("p{}", c.id),
+            subscribe_all,
+        }))
+        .await;
+        c.expect(|m| matches!(m, S::Joined(_))).await;
+        c
+    }
+
+    pub async fn send(&mut self, msg: C) {
+        self.send_raw(encode_control(&ClientMessage {
+            request_id: 0,
+            msg: Some(msg),
+        }))
+        .await;
+    }
+
+    pub async fn send_raw(&mut self, frame: Bytes) {
+        self.ws.send(Message::Binary(frame)).await.expect("send");
+    }
+
+    pub async fn feed_raw(&mut self, frame: Bytes) {
+        self.ws.feed(Message::Binary(frame)).await.expect("feed");
+    }
+
+    pub async fn flush(&mut self) {
+        self.ws.flush().await.expect("flush");
+    }
+
+    /// The next thing received, answering Pings on the way; None at the deadline.
+    pub async fn next(&mut self) -> Option<Seen> {
+        loop {
+            let msg = tokio::time::timeout(DEADLINE, self.ws.next()).await.ok()?;
+            match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    match decode_frame::<ServerMessage>(b, 1 << 21).expect("server frames decode") {
+                        Frame::Control(ServerMessage {
+                            msg: Some(S::Ping(p)),
+                        }) => {
+                            self.send(C::Pong(v1::Pong {
+                                timestamp_us: p.timestamp_us,
+                            }))
+                            .await;
+                        }
+                        Frame::Control(m) => return m.msg.map(Seen::Control),
+                        Frame::Media(m) => return Some(Seen::Media(m)),
+                        Frame::Extension(_) => {}
+                    }
+                }
+                Some(Ok(Message::Close(f))) => return Some(Seen::Closed(f.map(|f| f.code.into()))),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Some(Seen::Closed(None)),
+            }
+        }
+    }
+
+    /// Waits for a control message matching `pred`, skipping others.
+    pub async fn expect(&mut self, pred: impl Fn(&S) -> bool) -> S {
+        loop {
+            match self.next().await {
+                Some(Seen::Control(m)) if pred(&m) => return m,
+                Some(Seen::Closed(code)) => panic!("closed ({code:?}) while waiting"),
+                None => panic!("nothing matching arrived before the deadline"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits for the connection to close; returns the close code.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            match self.next().await {
+                Some(Seen::Closed(code)) => return code,
+                None => panic!("the connection did not close"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A raw HTTP GET on loopback, for health and metrics endpoints.
+pub async fn http_get(server: &convene_server::Server, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}

@@ -1,0 +1,207 @@
+//! The server over real WebSocket connections on loopback: what the
+//! conformance cases do not cover (slow readers, abrupt disconnects, limits on
+//! connections, shutdown, TLS, metrics).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use convene_protocol::v1::{
+    self, GoodbyeReason, TrackInfo, TrackKind, client_message::Msg as C, server_message::Msg as S,
+};
+use convene_protocol::{MediaFrame, MediaHeader};
+
+fn publish(track_id: u32, kind: TrackKind) -> C {
+    C::Publish(v1::Publish {
+        track: Some(TrackInfo {
+            track_id,
+            kind: kind as i32,
+            codec: "vp8".into(),
+            ..Default::default()
+        }),
+    })
+}
+
+fn media(track: u32, seq: u32, key: bool, size: usize) -> bytes::Bytes {
+    MediaFrame::build(
+        &MediaHeader {
+            key,
+            sender: 0,
+            track_id: track,
+            sequence: seq,
+            capture_timestamp_us: 0,
+        },
+        None,
+        &vec![0u8; size],
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_costs_the_others_nothing() {
+    let server = server(|c| {
+        c.max_ingress_kbps = 100_000;
+        c.slow_consumer_ms = 1_000;
+        c.max_queue_bytes = 1 << 20;
+        // Long enough that the stalled subscriber is cut off for slowness, not silence.
+        c.heartbeat_interval_ms = 30_000;
+        c.idle_timeout_ms = 90_000;
+    })
+    .await;
+    let mut publisher = Client::joined(&server, "slow", false).await;
+    let mut reader = Client::joined(&server, "slow", true).await;
+    let mut stalled = Client::joined(&server, "slow", true).await;
+    publisher.send(publish(1, TrackKind::Audio)).await;
+    publisher.send(publish(2, TrackKind::Video)).await;
+    reader
+        .expect(|m| matches!(m, S::TrackPublished(t) if t.track.as_ref().unwrap().track_id == 2))
+        .await;
+    const LAST: u32 = u32::MAX;
+    // The reading subscriber records every audio sequence number until the last one.
+    let reading = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        loop {
+            match reader.next().await {
+                Some(Seen::Media(m)) if m.header().track_id == 1 => {
+                    seqs.push(m.header().sequence);
+                    if m.header().sequence == LAST {
+                        return seqs;
+                    }
+                }
+                Some(Seen::Closed(c)) => panic!("the reading subscriber was closed: {c:?}"),
+                None => panic!(
+                    "the reading subscriber stopped receiving after {} audio frames",
+                    seqs.len()
+                ),
+                _ => {}
+            }
+        }
+    });
+    // The stalled subscriber never reads. Publish 50 fps audio and 5 MB/s of
+    // video until the server cuts the stalled one off.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut seq = 0u32;
+    while server.state.open_connections() == 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled subscriber was never disconnected"
+        );
+        publisher.feed_raw(media(1, seq, true, 100)).await;
+        publisher
+            .feed_raw(media(2, seq, seq % 30 == 0, 100_000))
+            .await;
+        publisher.flush().await;
+        seq += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    publisher.send_raw(media(1, LAST, true, 100)).await;
+    let seqs = reading.await.unwrap();
+    let expected: Vec<u32> = (0..seq).chain([LAST]).collect();
+    assert_eq!(
+        seqs, expected,
+        "the reading subscriber lost or reordered audio"
+    );
+    // The stalled connection is closed (its close frame may not get through a full socket).
+    stalled.expect_close().await;
+    let (_, metrics) = http_get(&server, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("convene_frames_dropped_total{reason=\"slow_consumer\"} 1")),
+        "slow consumer not counted:\n{metrics}"
+    );
+    // The publisher is still served.
+    publisher.send(C::Ping(v1::Ping { timestamp_us: 77 })).await;
+    publisher
+        .expect(|m| matches!(m, S::Pong(p) if p.timestamp_us == 77))
+        .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abrupt_disconnect_leaves_the_room() {
+    let server = server(|_| {}).await;
+    let mut a = Client::joined(&server, "abrupt", false).await;
+    let b = Client::joined(&server, "abrupt", false).await;
+    let b_id = b.id;
+    drop(b); // no Goodbye, no close frame
+    a.expect(|m| matches!(m, S::ParticipantLeft(l) if l.participant_id == b_id))
+        .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_limited() {
+    let server = server(|c| c.max_connections_per_ip = 2).await;
+    let _a = Client::connect(&server).await;
+    let _b = Client::connect(&server).await;
+    // The two above are counted once their upgrade completes; wait until both are.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while server.state.open_connections() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections were not counted"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut c = Client::connect(&server).await;
+    let e = c.expect(|m| matches!(m, S::Error(_))).await;
+    let S::Error(e) = e else { unreachable!() };
+    assert_eq!(
+        e.code,
+        convene_protocol::ErrorCode::TooManyConnections as i32
+    );
+    assert_eq!(c.expect_close().await, Some(4222));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_says_goodbye_and_refuses_new_sessions() {
+    let server = Arc::new(server(|_| {}).await);
+    let mut a = Client::joined(&server, "bye", false).await;
+    let state = server.state.clone();
+    state.begin_shutdown();
+    let g = a.expect(|m| matches!(m, S::Goodbye(_))).await;
+    assert!(matches!(g, S::Goodbye(g) if g.reason == GoodbyeReason::Shutdown as i32));
+    assert_eq!(a.expect_close().await, Some(1000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_discovery() {
+    let server = server(|_| {}).await;
+    assert_eq!(
+        http_get(&server, "/healthz").await,
+        (200, "ok\n".to_string())
+    );
+    assert_eq!(http_get(&server, "/readyz").await.0, 200);
+    let mut a = Client::joined(&server, "metrics", false).await;
+    let mut b = Client::joined(&server, "metrics", true).await;
+    a.send(publish(1, TrackKind::Audio)).await;
+    b.expect(|m| matches!(m, S::TrackPublished(_))).await;
+    a.send_raw(media(1, 0, true, 10)).await;
+    loop {
+        if let Some(Seen::Media(_)) = b.next().await {
+            break;
+        }
+    }
+    let (status, body) = http_get(&server, "/metrics").await;
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{body}"))
+    };
+    assert_eq!(value("convene_rooms "), 1.0);
+    assert_eq!(value("convene_participants "), 2.0);
+    assert!(value("convene_media_deliveries_total") >= 1.0);
+    assert!(value("convene_frames_in_total") >= 5.0);
+    assert!(body.contains("convene_fanout_seconds_bucket"));
+    let (_, discovery) = http_get(&server, "/.well-known/convene.json").await;
+    let d: serde_json::Value = serde_json::from_str(&discovery).unwrap();
+    assert_eq!(d["websocket"], "ws://test/convene/ws");
+    server.shutdown().await;
+}
