@@ -23,25 +23,56 @@ impl Wake for NoWake {
 }
 
 fn room(subscribers: u32, kind: TrackKind) -> (Room, Vec<Arc<Outbox>>) {
-    let limits = RoomLimits { max_participants: 100_000, max_tracks: 8, max_rooms: 1 };
+    let limits = RoomLimits {
+        max_participants: 100_000,
+        max_tracks: 8,
+        max_rooms: 1,
+    };
     let mut room = Room::new("bench", limits);
     let new_outbox = || {
         Arc::new(Outbox::new(
-            OutboxLimits { max_media_frames: 1 << 20, max_media_bytes: usize::MAX, ..OutboxLimits::default() },
+            OutboxLimits {
+                max_media_frames: 1 << 20,
+                max_media_bytes: usize::MAX,
+                ..OutboxLimits::default()
+            },
             Box::new(NoWake),
         ))
     };
     let t0 = Timestamp(0);
-    room.join(t0, Participant { participant_id: 1, display_name: "pub".into(), ..Default::default() }, false, new_outbox())
-        .unwrap();
+    room.join(
+        t0,
+        Participant {
+            participant_id: 1,
+            display_name: "pub".into(),
+            ..Default::default()
+        },
+        false,
+        new_outbox(),
+    )
+    .unwrap();
     let mut outs = Vec::new();
     for pid in 2..2 + subscribers {
         let o = new_outbox();
-        room.join(t0, Participant { participant_id: pid, display_name: "sub".into(), ..Default::default() }, true, o.clone())
-            .unwrap();
+        room.join(
+            t0,
+            Participant {
+                participant_id: pid,
+                display_name: "sub".into(),
+                ..Default::default()
+            },
+            true,
+            o.clone(),
+        )
+        .unwrap();
         outs.push(o);
     }
-    let track = TrackInfo { track_id: 1, kind: kind as i32, codec: "avc1.42E01F".into(), ..Default::default() };
+    let track = TrackInfo {
+        track_id: 1,
+        kind: kind as i32,
+        codec: "avc1.42E01F".into(),
+        ..Default::default()
+    };
     room.handle(t0, 1, RoomRequest::Publish(track), 0).unwrap();
     let mut sink = Vec::new();
     for o in &outs {
@@ -59,7 +90,17 @@ fn drain_all(outs: &[Arc<Outbox>], sink: &mut Vec<Bytes>) {
 }
 
 fn fanout(c: &mut Criterion) {
-    let frame = MediaFrame::build(&MediaHeader { key: false, sender: 1, track_id: 1, sequence: 0, capture_timestamp_us: 0 }, None, &[0u8; 2000]);
+    let frame = MediaFrame::build(
+        &MediaHeader {
+            key: false,
+            sender: 1,
+            track_id: 1,
+            sequence: 0,
+            capture_timestamp_us: 0,
+        },
+        None,
+        &[0u8; 2000],
+    );
     let mut group = c.benchmark_group("router_fanout_video_2kB");
     for n in [10u32, 100, 1000] {
         let (mut room, outs) = room(n, TrackKind::Video);

@@ -145,6 +145,11 @@ fn test(quick: bool) -> Result<(), String> {
     } else {
         run("cargo", &["test", "--workspace", "--no-fail-fast"])?;
     }
+    // Benchmarks in smoke mode only: each runs once, to show it still works.
+    run(
+        "cargo",
+        &["test", "--quiet", "-p", "convene-benches", "--benches"],
+    )?;
     conformance()?;
     Ok(())
 }

@@ -1,0 +1,579 @@
+//! End-to-end fan-out over loopback WebSocket, with the raw-write floor
+//! measured in the same run.
+//!
+//! `fanout ws`: starts `convene-server` as a child process, joins one
+//! publisher and N subscribers from this process, publishes video and audio
+//! at the given rates, and reports the server's CPU time per delivered frame
+//! (from `/proc/<pid>/stat`), delivered frames per second, and latency
+//! percentiles (capture timestamp to receipt).
+//!
+//! `fanout floor`: a child process that writes the same frames to N plain
+//! TCP connections, one `write` per frame (or `--batch` frames per write):
+//! the cost any server pays to put those bytes on loopback sockets.
+//!
+//! `fanout compare`: both, and the ratio.
+
+use std::io::Write as _;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use convene_protocol::v1::{
+    self, ClientMessage, ServerMessage, TrackInfo, TrackKind, client_message::Msg as C,
+    server_message::Msg as S,
+};
+use convene_protocol::{Frame, MediaFrame, MediaHeader, decode_frame, encode_control};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser, Clone, Debug)]
+#[command(about = "End-to-end fan-out benchmark over loopback, with its raw-write floor")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct Load {
+    /// Subscribers.
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// Seconds to measure (after a one-second warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Video frames per second.
+    #[arg(long, default_value_t = 30)]
+    video_fps: u32,
+    /// Video frame payload bytes.
+    #[arg(long, default_value_t = 2000)]
+    video_bytes: usize,
+    /// Audio frames per second.
+    #[arg(long, default_value_t = 50)]
+    audio_fps: u32,
+    /// Audio frame payload bytes.
+    #[arg(long, default_value_t = 100)]
+    audio_bytes: usize,
+    /// Server write coalescing, in ms.
+    #[arg(long, default_value_t = 0)]
+    coalesce_ms: u32,
+    /// The server binary.
+    #[arg(long, default_value = "target/release/convene-server")]
+    server_bin: String,
+    /// Frames per write in the floor.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+enum Mode {
+    /// Through convene-server over WebSocket.
+    Ws(Load),
+    /// The raw-write floor.
+    Floor(Load),
+    /// Both, and the ratio.
+    Compare(Load),
+    /// (internal) the floor's writer process.
+    FloorWriter {
+        #[arg(long)]
+        port: u16,
+        #[command(flatten)]
+        load: Load,
+    },
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct Result {
+    delivered: u64,
+    cpu_seconds: f64,
+    seconds: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    audio_sent: u64,
+    audio_received: u64,
+    rss_kib: u64,
+}
+
+impl Result {
+    fn us_per_frame(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.delivered.max(1) as f64
+    }
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in seconds, and its resident set in KiB.
+fn proc_cpu(pid: u32) -> anyhow::Result<(f64, u64)> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/<pid>/stat")?;
+    let after = &stat[stat.rfind(')').context("stat format")? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    let rss_pages: u64 = f[21].parse()?;
+    // Linux reports in clock ticks of 1/100 s on every common configuration.
+    Ok((ticks / 100.0, rss_pages * 4))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_port(port: u16) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listened on port {port} within 30 s")
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// Shared counters of the receiving side.
+#[derive(Default)]
+struct Rx {
+    measuring: AtomicBool,
+    delivered: AtomicU64,
+    audio: AtomicU64,
+    latencies: std::sync::Mutex<Vec<u64>>,
+}
+
+fn control(msg: C) -> Bytes {
+    encode_control(&ClientMessage {
+        request_id: 0,
+        msg: Some(msg),
+    })
+}
+
+async fn run_ws(load: &Load) -> anyhow::Result<Result> {
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(&load.server_bin)
+        .args([
+            "--listen",
+            &listen,
+            "--log",
+            "warn",
+            "--max-connections-per-ip",
+            "100000",
+            "--max-participants-per-room",
+            "100000",
+            "--max-ingress-kbps",
+            "100000",
+            "--coalesce-ms",
+            &load.coalesce_ms.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it with `cargo build --release -p convene-server`)",
+                load.server_bin
+            )
+        })?;
+    let server = Killed(child);
+    wait_port(port)?;
+    let url = format!("ws://{listen}/convene/ws");
+    let rx = Arc::new(Rx::default());
+
+    async fn join(
+        url: &str,
+        subscribe_all: bool,
+    ) -> anyhow::Result<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    > {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        ws.send(Message::Binary(control(C::Hello(v1::Hello {
+            versions: vec![1],
+            client_kind: v1::ClientKind::Load as i32,
+            ..Default::default()
+        }))))
+        .await?;
+        ws.send(Message::Binary(control(C::Join(v1::Join {
+            meeting_id: "bench".into(),
+            display_name: "load".into(),
+            subscribe_all,
+        }))))
+        .await?;
+        loop {
+            let Some(Ok(Message::Binary(b))) = ws.next().await else {
+                bail!("connection ended during join")
+            };
+            if let Ok(Frame::Control(ServerMessage {
+                msg: Some(S::Joined(_)),
+            })) = decode_frame::<ServerMessage>(b, 1 << 21)
+            {
+                return Ok(ws);
+            }
+        }
+    }
+
+    let mut tasks = Vec::new();
+    for _ in 0..load.subscribers {
+        let ws = join(&url, true).await?;
+        let rx = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut sink, mut stream) = ws.split();
+            let mut local = Vec::with_capacity(4096);
+            while let Some(Ok(msg)) = stream.next().await {
+                let Message::Binary(b) = msg else { continue };
+                match decode_frame::<ServerMessage>(b, 1 << 21) {
+                    Ok(Frame::Media(m)) if rx.measuring.load(Ordering::Relaxed) => {
+                        rx.delivered.fetch_add(1, Ordering::Relaxed);
+                        if m.header().track_id == 1 {
+                            rx.audio.fetch_add(1, Ordering::Relaxed);
+                        }
+                        local.push(unix_us().saturating_sub(m.header().capture_timestamp_us));
+                        if local.len() >= 4096 {
+                            rx.latencies.lock().unwrap().append(&mut local);
+                        }
+                    }
+                    Ok(Frame::Control(ServerMessage {
+                        msg: Some(S::Ping(p)),
+                    })) => {
+                        let _ = sink
+                            .send(Message::Binary(control(C::Pong(v1::Pong {
+                                timestamp_us: p.timestamp_us,
+                            }))))
+                            .await;
+                    }
+                    _ => {}
+                }
+            }
+            rx.latencies.lock().unwrap().append(&mut local);
+        }));
+    }
+    let mut publisher = join(&url, false).await?;
+    for (id, kind, codec) in [
+        (1, TrackKind::Audio, "opus"),
+        (2, TrackKind::Video, "avc1.42E01F"),
+    ] {
+        publisher
+            .send(Message::Binary(control(C::Publish(v1::Publish {
+                track: Some(TrackInfo {
+                    track_id: id,
+                    kind: kind as i32,
+                    codec: codec.into(),
+                    ..Default::default()
+                }),
+            }))))
+            .await?;
+    }
+    // Drain what the server sends the publisher (key-frame requests, pings).
+    let (mut pub_sink, mut pub_stream) = publisher.split();
+    tokio::spawn(async move { while let Some(Ok(_)) = pub_stream.next().await {} });
+
+    let audio_payload = vec![0u8; load.audio_bytes];
+    let video_payload = vec![0u8; load.video_bytes];
+    let start = Instant::now();
+    let warmup = Duration::from_secs(1);
+    let total = warmup + Duration::from_secs(load.seconds);
+    let (mut next_audio, mut next_video) = (Duration::ZERO, Duration::ZERO);
+    let (audio_step, video_step) = (
+        Duration::from_secs(1) / load.audio_fps,
+        Duration::from_secs(1) / load.video_fps,
+    );
+    let (mut aseq, mut vseq) = (0u32, 0u32);
+    let mut audio_sent = 0u64;
+    let mut cpu0 = None;
+    let mut measure_start = Instant::now();
+    loop {
+        let t = start.elapsed();
+        if t >= total {
+            break;
+        }
+        if t >= warmup && cpu0.is_none() {
+            rx.measuring.store(true, Ordering::Relaxed);
+            cpu0 = Some(proc_cpu(server.0.id())?.0);
+            measure_start = Instant::now();
+        }
+        let next = next_audio.min(next_video);
+        if next > t {
+            tokio::time::sleep(next - t).await;
+            continue;
+        }
+        if next_audio <= next_video {
+            let f = MediaFrame::build(
+                &MediaHeader {
+                    key: true,
+                    sender: 0,
+                    track_id: 1,
+                    sequence: aseq,
+                    capture_timestamp_us: unix_us(),
+                },
+                None,
+                &audio_payload,
+            );
+            pub_sink.send(Message::Binary(f.into_bytes())).await?;
+            aseq += 1;
+            if cpu0.is_some() {
+                audio_sent += 1;
+            }
+            next_audio += audio_step;
+        } else {
+            let key = vseq % 60 == 0;
+            let f = MediaFrame::build(
+                &MediaHeader {
+                    key,
+                    sender: 0,
+                    track_id: 2,
+                    sequence: vseq,
+                    capture_timestamp_us: unix_us(),
+                },
+                None,
+                &video_payload,
+            );
+            pub_sink.send(Message::Binary(f.into_bytes())).await?;
+            vseq += 1;
+            next_video += video_step;
+        }
+    }
+    // Frames sent in the window may still be in flight: give them a moment, then stop counting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (cpu1, rss) = proc_cpu(server.0.id())?;
+    rx.measuring.store(false, Ordering::Relaxed);
+    let seconds = measure_start.elapsed().as_secs_f64() - 0.2;
+    drop(server);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let mut lat = std::mem::take(&mut *rx.latencies.lock().unwrap());
+    lat.sort_unstable();
+    Ok(Result {
+        delivered: rx.delivered.load(Ordering::Relaxed),
+        cpu_seconds: cpu1 - cpu0.unwrap_or(cpu1),
+        seconds,
+        p50_ms: percentile(&lat, 0.50),
+        p95_ms: percentile(&lat, 0.95),
+        p99_ms: percentile(&lat, 0.99),
+        max_ms: percentile(&lat, 1.0),
+        audio_sent: audio_sent * load.subscribers as u64,
+        audio_received: rx.audio.load(Ordering::Relaxed),
+        rss_kib: rss,
+    })
+}
+
+/// The floor's writer: accept N connections, then write the same frames to each.
+fn floor_writer(port: u16, load: &Load) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("127.0.0.1", port))?;
+    let mut conns = Vec::new();
+    for _ in 0..load.subscribers {
+        let (s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        conns.push(s);
+    }
+    // WebSocket-sized frames: the media frame plus a 4-byte WebSocket header.
+    let audio = vec![0u8; load.audio_bytes + 24 + 4];
+    let video = vec![0u8; load.video_bytes + 24 + 4];
+    let start = Instant::now();
+    let total = Duration::from_secs(1 + load.seconds) + Duration::from_millis(200);
+    let (mut next_audio, mut next_video) = (Duration::ZERO, Duration::ZERO);
+    let (audio_step, video_step) = (
+        Duration::from_secs(1) / load.audio_fps,
+        Duration::from_secs(1) / load.video_fps,
+    );
+    let mut pending: Vec<u8> = Vec::new();
+    let mut in_batch = 0;
+    while start.elapsed() < total {
+        let t = start.elapsed();
+        let next = next_audio.min(next_video);
+        if next > t {
+            std::thread::sleep(next - t);
+            continue;
+        }
+        let frame = if next_audio <= next_video {
+            next_audio += audio_step;
+            &audio
+        } else {
+            next_video += video_step;
+            &video
+        };
+        pending.extend_from_slice(frame);
+        in_batch += 1;
+        if in_batch >= load.batch {
+            for c in &mut conns {
+                c.write_all(&pending)?;
+            }
+            pending.clear();
+            in_batch = 0;
+        }
+    }
+    Ok(())
+}
+
+async fn run_floor(load: &Load) -> anyhow::Result<Result> {
+    let port = free_port()?;
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .args([
+            "floor-writer",
+            "--port",
+            &port.to_string(),
+            "--subscribers",
+            &load.subscribers.to_string(),
+            "--seconds",
+            &load.seconds.to_string(),
+            "--video-fps",
+            &load.video_fps.to_string(),
+            "--video-bytes",
+            &load.video_bytes.to_string(),
+            "--audio-fps",
+            &load.audio_fps.to_string(),
+            "--audio-bytes",
+            &load.audio_bytes.to_string(),
+            "--batch",
+            &load.batch.to_string(),
+        ])
+        .spawn()?;
+    let writer = Killed(child);
+    let rx = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let until = Instant::now() + Duration::from_secs(30);
+    for _ in 0..load.subscribers {
+        let mut s = loop {
+            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let rx = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                rx.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (cpu0, _) = proc_cpu(writer.0.id())?;
+    let bytes0 = rx.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(load.seconds)).await;
+    let (cpu1, rss) = proc_cpu(writer.0.id())?;
+    let bytes = rx.load(Ordering::Relaxed) - bytes0;
+    let seconds = t0.elapsed().as_secs_f64();
+    drop(writer);
+    // Frames delivered, from bytes, with the mix's average frame size.
+    let per_second_frames = (load.audio_fps + load.video_fps) as f64;
+    let avg = ((load.audio_bytes + 28) as f64 * load.audio_fps as f64
+        + (load.video_bytes + 28) as f64 * load.video_fps as f64)
+        / per_second_frames;
+    let delivered = (bytes as f64 / avg) as u64;
+    Ok(Result {
+        delivered,
+        cpu_seconds: cpu1 - cpu0,
+        seconds,
+        rss_kib: rss,
+        ..Result::default()
+    })
+}
+
+fn print(name: &str, load: &Load, r: &Result) {
+    println!(
+        "{name}: 1 -> {} subscribers, {} s: {:.0} frames/s delivered, {:.2} us CPU per delivered frame, \
+         latency p50 {:.2} ms p95 {:.2} ms p99 {:.2} ms max {:.2} ms, audio {}/{} received, RSS {} KiB",
+        load.subscribers,
+        load.seconds,
+        r.delivered as f64 / r.seconds,
+        r.us_per_frame(),
+        r.p50_ms,
+        r.p95_ms,
+        r.p99_ms,
+        r.max_ms,
+        r.audio_received,
+        r.audio_sent,
+        r.rss_kib
+    );
+}
+
+fn json(r: &Result) -> serde_json::Value {
+    serde_json::json!({
+        "delivered": r.delivered, "seconds": r.seconds, "cpu_seconds": r.cpu_seconds,
+        "us_per_frame": r.us_per_frame(), "p50_ms": r.p50_ms, "p95_ms": r.p95_ms, "p99_ms": r.p99_ms, "max_ms": r.max_ms,
+        "audio_sent": r.audio_sent, "audio_received": r.audio_received, "rss_kib": r.rss_kib,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.mode {
+        Mode::FloorWriter { port, load } => floor_writer(port, &load),
+        Mode::Ws(load) => {
+            let r = run_ws(&load).await?;
+            if load.json {
+                println!("{}", json(&r))
+            } else {
+                print("websocket", &load, &r)
+            }
+            Ok(())
+        }
+        Mode::Floor(load) => {
+            let r = run_floor(&load).await?;
+            if load.json {
+                println!("{}", json(&r))
+            } else {
+                print("floor", &load, &r)
+            }
+            Ok(())
+        }
+        Mode::Compare(load) => {
+            let floor = run_floor(&load).await?;
+            let ws = run_ws(&load).await?;
+            if load.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"floor": json(&floor), "websocket": json(&ws), "ratio": ws.us_per_frame() / floor.us_per_frame()})
+                );
+            } else {
+                print("floor", &load, &floor);
+                print("websocket", &load, &ws);
+                println!(
+                    "ratio: {:.2}x the floor",
+                    ws.us_per_frame() / floor.us_per_frame()
+                );
+            }
+            Ok(())
+        }
+    }
+}
