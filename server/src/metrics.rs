@@ -60,6 +60,8 @@ pub struct Metrics {
     pub queue_depth: Histogram,
     /// Time to queue one media frame for all its subscribers, in seconds.
     pub fanout_seconds: Histogram,
+    /// How long the oldest frame of a batch waited in its subscriber's queue before the write, in seconds.
+    pub queue_delay_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -89,6 +91,9 @@ impl Metrics {
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
             ]),
             fanout_seconds: Histogram::new([1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]),
+            queue_delay_seconds: Histogram::new([
+                1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25,
+            ]),
             registry: Registry::default(),
         };
         registry.register("connections", "Open connections", m.connections.clone());
@@ -148,6 +153,11 @@ impl Metrics {
             "fanout_seconds",
             "Time to queue one media frame for all its subscribers",
             m.fanout_seconds.clone(),
+        );
+        registry.register(
+            "queue_delay_seconds",
+            "How long the oldest frame of a write batch waited in its subscriber's queue",
+            m.queue_delay_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -108,6 +108,9 @@ struct Inner {
     starved: Vec<(u32, u32)>,
     /// Since when the queue has been overflowing without draining empty.
     overflow_since: Option<Timestamp>,
+    /// When the queue last went from empty to non-empty: the oldest frame's
+    /// wait, for the queue-delay metric. A measurement only; no decision uses it.
+    nonempty_since: Option<std::time::Instant>,
     /// Set when the subscriber must be disconnected; nothing more is queued.
     closed: bool,
     /// Set when the closure is for slowness.
@@ -163,6 +166,7 @@ impl Outbox {
             return false;
         }
         q.control_bytes += frame.len();
+        q.nonempty_since.get_or_insert_with(std::time::Instant::now);
         q.control.push_back(frame);
         let became_slow = q.control_bytes > self.limits.max_control_bytes;
         if became_slow {
@@ -243,6 +247,7 @@ impl Outbox {
             return out;
         }
         q.media_bytes += len;
+        q.nonempty_since.get_or_insert_with(std::time::Instant::now);
         match class {
             MediaClass::Audio => q.audio.push_back(frame),
             MediaClass::Key | MediaClass::Delta => q.video.push_back(VideoEntry {
@@ -260,7 +265,18 @@ impl Outbox {
     /// Moves queued frames into `out`, control first, then audio, then video,
     /// up to about `max_bytes`. Returns true if frames remain.
     pub fn drain(&self, out: &mut Vec<Bytes>, max_bytes: usize) -> bool {
+        self.drain_timed(out, max_bytes).0
+    }
+
+    /// Like [`Outbox::drain`], and also returns how long the oldest frame
+    /// taken had waited in the queue (an upper bound when the queue never emptied).
+    pub fn drain_timed(
+        &self,
+        out: &mut Vec<Bytes>,
+        max_bytes: usize,
+    ) -> (bool, Option<std::time::Duration>) {
         let mut q = self.lock();
+        let waited = q.nonempty_since.map(|t| t.elapsed());
         let mut taken = 0;
         while taken < max_bytes {
             if let Some(f) = q.control.pop_front() {
@@ -282,8 +298,11 @@ impl Outbox {
         let empty = q.control.is_empty() && q.audio.is_empty() && q.video.is_empty();
         if empty {
             q.overflow_since = None;
+            q.nonempty_since = None;
+        } else {
+            q.nonempty_since = Some(std::time::Instant::now());
         }
-        !empty
+        (!empty, waited)
     }
 
     /// Marks the outbox closed (removal, shutdown, slowness) and wakes the drainer.

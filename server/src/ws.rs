@@ -53,9 +53,12 @@ async fn run(state: Arc<AppState>, socket: WebSocket, peer: IpAddr) {
                     tokio::time::sleep(coalesce).await;
                 }
                 loop {
-                    let more = outbox.drain(&mut batch, 256 * 1024);
+                    let (more, waited) = outbox.drain_timed(&mut batch, 256 * 1024);
                     if batch.is_empty() {
                         break;
+                    }
+                    if let Some(w) = waited {
+                        state.metrics.queue_delay_seconds.observe(w.as_secs_f64());
                     }
                     state.metrics.queue_depth.observe(batch.len() as f64);
                     state.metrics.frames_out.inc_by(batch.len() as u64);

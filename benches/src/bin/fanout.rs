@@ -103,6 +103,9 @@ struct Result {
     audio_sent: u64,
     audio_received: u64,
     rss_kib: u64,
+    /// Server queue delay p50 / p99 bucket bounds, ms.
+    queue_p50_ms: f64,
+    queue_p99_ms: f64,
 }
 
 impl Result {
@@ -151,6 +154,54 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The cumulative buckets of the server's queue-delay histogram: (upper bound in s, count).
+fn queue_delay_buckets(port: u16) -> anyhow::Result<Vec<(f64, f64)>> {
+    use std::io::Read as _;
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("convene_queue_delay_seconds_bucket"))
+    {
+        let le = line
+            .split("le=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("+Inf");
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse()?
+        };
+        let count: f64 = line.rsplit(' ').next().unwrap_or("0").parse()?;
+        out.push((le, count));
+    }
+    Ok(out)
+}
+
+/// The bucket bound under which `p` of the observations between two scrapes fall, in ms.
+fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], p: f64) -> f64 {
+    let diff: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, c)| {
+            (
+                *le,
+                c - before
+                    .iter()
+                    .find(|(l, _)| l == le)
+                    .map_or(0.0, |(_, b)| *b),
+            )
+        })
+        .collect();
+    let total = diff.last().map_or(0.0, |(_, c)| *c);
+    diff.iter()
+        .find(|(_, c)| *c >= total * p)
+        .map_or(f64::NAN, |(le, _)| le * 1000.0)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -310,6 +361,7 @@ async fn run_ws(load: &Load) -> anyhow::Result<Result> {
     let (mut aseq, mut vseq) = (0u32, 0u32);
     let mut audio_sent = 0u64;
     let mut cpu0 = None;
+    let mut buckets0 = Vec::new();
     let mut measure_start = Instant::now();
     loop {
         let t = start.elapsed();
@@ -319,6 +371,7 @@ async fn run_ws(load: &Load) -> anyhow::Result<Result> {
         if t >= warmup && cpu0.is_none() {
             rx.measuring.store(true, Ordering::Relaxed);
             cpu0 = Some(proc_cpu(server.0.id())?.0);
+            buckets0 = queue_delay_buckets(port)?;
             measure_start = Instant::now();
         }
         let next = next_audio.min(next_video);
@@ -366,6 +419,7 @@ async fn run_ws(load: &Load) -> anyhow::Result<Result> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (cpu1, rss) = proc_cpu(server.0.id())?;
     rx.measuring.store(false, Ordering::Relaxed);
+    let buckets1 = queue_delay_buckets(port)?;
     let seconds = measure_start.elapsed().as_secs_f64() - 0.2;
     drop(server);
     for t in tasks {
@@ -384,6 +438,8 @@ async fn run_ws(load: &Load) -> anyhow::Result<Result> {
         audio_sent: audio_sent * load.subscribers as u64,
         audio_received: rx.audio.load(Ordering::Relaxed),
         rss_kib: rss,
+        queue_p50_ms: bucket_quantile(&buckets0, &buckets1, 0.50),
+        queue_p99_ms: bucket_quantile(&buckets0, &buckets1, 0.99),
     })
 }
 
@@ -511,7 +567,8 @@ async fn run_floor(load: &Load) -> anyhow::Result<Result> {
 fn print(name: &str, load: &Load, r: &Result) {
     println!(
         "{name}: 1 -> {} subscribers, {} s: {:.0} frames/s delivered, {:.2} us CPU per delivered frame, \
-         latency p50 {:.2} ms p95 {:.2} ms p99 {:.2} ms max {:.2} ms, audio {}/{} received, RSS {} KiB",
+         latency p50 {:.2} ms p95 {:.2} ms p99 {:.2} ms max {:.2} ms, server queue delay p50 <= {} ms p99 <= {} ms, \
+         audio {}/{} received, RSS {} KiB",
         load.subscribers,
         load.seconds,
         r.delivered as f64 / r.seconds,
@@ -520,6 +577,8 @@ fn print(name: &str, load: &Load, r: &Result) {
         r.p95_ms,
         r.p99_ms,
         r.max_ms,
+        r.queue_p50_ms,
+        r.queue_p99_ms,
         r.audio_received,
         r.audio_sent,
         r.rss_kib
@@ -531,6 +590,7 @@ fn json(r: &Result) -> serde_json::Value {
         "delivered": r.delivered, "seconds": r.seconds, "cpu_seconds": r.cpu_seconds,
         "us_per_frame": r.us_per_frame(), "p50_ms": r.p50_ms, "p95_ms": r.p95_ms, "p99_ms": r.p99_ms, "max_ms": r.max_ms,
         "audio_sent": r.audio_sent, "audio_received": r.audio_received, "rss_kib": r.rss_kib,
+        "server_queue_delay_p50_ms": r.queue_p50_ms, "server_queue_delay_p99_ms": r.queue_p99_ms,
     })
 }
 

@@ -634,7 +634,7 @@ pub mod subscription {
     pub const fn next(state: State, event: Event) -> Result<State, ErrorCode> {
         match (state, event) {
             (State::Idle, Event::Subscribe) => Ok(State::Active),
-            (State::Idle, Event::Unsubscribe) => Err(ErrorCode::UnknownTrack),
+            (State::Idle, Event::Unsubscribe) => Ok(State::Idle),
             (State::Idle, Event::Overflow) => Ok(State::Idle),
             (State::Idle, Event::KeyFrame) => Ok(State::Idle),
             (State::Idle, Event::DeltaFrame) => Ok(State::Idle),
