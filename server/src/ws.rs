@@ -14,6 +14,11 @@ use futures_util::{SinkExt, StreamExt};
 use crate::connection::{Connection, Incoming, log_close};
 use crate::state::AppState;
 
+/// Read chunk size per connection; larger messages still arrive whole.
+const READ_BUFFER: usize = 8 * 1024;
+/// Bytes a writer gathers before it writes; a batch of queued frames goes out in about one write.
+const WRITE_BUFFER: usize = 32 * 1024;
+
 /// `GET /convene/ws`: upgrades to WebSocket and runs a connection.
 pub async fn upgrade(
     State(state): State<Arc<AppState>>,
@@ -26,6 +31,10 @@ pub async fn upgrade(
     let max = convene_protocol::limits::max::MAX_FRAME_BYTES as usize + 64 * 1024;
     ws.max_message_size(max)
         .max_frame_size(max)
+        // Small per-connection buffers: most frames are small, and a thousand
+        // idle participants should not cost a thousand 128 KiB buffers.
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .protocols(["convene.v1"])
         .on_upgrade(move |socket| run(state, socket, peer.ip()))
 }

@@ -81,6 +81,16 @@ enum Mode {
     Floor(Load),
     /// Both, and the ratio.
     Compare(Load),
+    /// Meeting shape: every participant publishes audio, the first `--video-publishers` also video, everyone receives everything.
+    Meeting {
+        /// Participants that publish video too.
+        #[arg(long, default_value_t = 10)]
+        video_publishers: usize,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Server memory per idle, joined participant (`--subscribers` of them).
+    Idle(Load),
     /// (internal) the floor's writer process.
     FloorWriter {
         #[arg(long)]
@@ -228,7 +238,41 @@ fn control(msg: C) -> Bytes {
     })
 }
 
-async fn run_ws(load: &Load) -> anyhow::Result<Result> {
+/// Connects, says Hello and joins the bench meeting.
+async fn join(
+    url: &str,
+    subscribe_all: bool,
+) -> anyhow::Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    ws.send(Message::Binary(control(C::Hello(v1::Hello {
+        versions: vec![1],
+        client_kind: v1::ClientKind::Load as i32,
+        ..Default::default()
+    }))))
+    .await?;
+    ws.send(Message::Binary(control(C::Join(v1::Join {
+        meeting_id: "bench".into(),
+        display_name: "load".into(),
+        subscribe_all,
+    }))))
+    .await?;
+    loop {
+        let Some(Ok(Message::Binary(b))) = ws.next().await else {
+            bail!("connection ended during join")
+        };
+        if let Ok(Frame::Control(ServerMessage {
+            msg: Some(S::Joined(_)),
+        })) = decode_frame::<ServerMessage>(b, 1 << 21)
+        {
+            return Ok(ws);
+        }
+    }
+}
+
+/// Starts the server binary on a free port with limits that do not get in the way.
+fn spawn_server(load: &Load) -> anyhow::Result<(Killed, u16)> {
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let child = Command::new(&load.server_bin)
@@ -256,42 +300,14 @@ async fn run_ws(load: &Load) -> anyhow::Result<Result> {
         })?;
     let server = Killed(child);
     wait_port(port)?;
+    Ok((server, port))
+}
+
+async fn run_ws(load: &Load) -> anyhow::Result<Result> {
+    let (server, port) = spawn_server(load)?;
+    let listen = format!("127.0.0.1:{port}");
     let url = format!("ws://{listen}/convene/ws");
     let rx = Arc::new(Rx::default());
-
-    async fn join(
-        url: &str,
-        subscribe_all: bool,
-    ) -> anyhow::Result<
-        tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-    > {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-        ws.send(Message::Binary(control(C::Hello(v1::Hello {
-            versions: vec![1],
-            client_kind: v1::ClientKind::Load as i32,
-            ..Default::default()
-        }))))
-        .await?;
-        ws.send(Message::Binary(control(C::Join(v1::Join {
-            meeting_id: "bench".into(),
-            display_name: "load".into(),
-            subscribe_all,
-        }))))
-        .await?;
-        loop {
-            let Some(Ok(Message::Binary(b))) = ws.next().await else {
-                bail!("connection ended during join")
-            };
-            if let Ok(Frame::Control(ServerMessage {
-                msg: Some(S::Joined(_)),
-            })) = decode_frame::<ServerMessage>(b, 1 << 21)
-            {
-                return Ok(ws);
-            }
-        }
-    }
 
     let mut tasks = Vec::new();
     for _ in 0..load.subscribers {
@@ -441,6 +457,176 @@ async fn run_ws(load: &Load) -> anyhow::Result<Result> {
         queue_p50_ms: bucket_quantile(&buckets0, &buckets1, 0.50),
         queue_p99_ms: bucket_quantile(&buckets0, &buckets1, 0.99),
     })
+}
+
+/// Meeting shape: N participants, all publishing audio, V also video, all subscribed to all.
+async fn run_meeting(load: &Load, video_publishers: usize) -> anyhow::Result<Result> {
+    let (server, port) = spawn_server(load)?;
+    let url = format!("ws://127.0.0.1:{port}/convene/ws");
+    let rx = Arc::new(Rx::default());
+    let sent_audio = Arc::new(AtomicU64::new(0));
+    let mut conns = Vec::new();
+    for _ in 0..load.subscribers {
+        conns.push(join(&url, true).await?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, ws) in conns.into_iter().enumerate() {
+        let (mut sink, mut stream) = ws.split();
+        let video = i < video_publishers;
+        for (id, kind, codec, on) in [
+            (1, TrackKind::Audio, "opus", true),
+            (2, TrackKind::Video, "avc1.42E01F", video),
+        ] {
+            if on {
+                sink.send(Message::Binary(control(C::Publish(v1::Publish {
+                    track: Some(TrackInfo {
+                        track_id: id,
+                        kind: kind as i32,
+                        codec: codec.into(),
+                        ..Default::default()
+                    }),
+                }))))
+                .await?;
+            }
+        }
+        let (rx2, stop2, sent2) = (rx.clone(), stop.clone(), sent_audio.clone());
+        let load2 = load.clone();
+        let (pong_tx, mut pong_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        tasks.push(tokio::spawn(async move {
+            let audio_payload = vec![0u8; load2.audio_bytes];
+            let video_payload = vec![0u8; load2.video_bytes];
+            let start = Instant::now();
+            let (mut next_audio, mut next_video) = (
+                Duration::ZERO,
+                if video { Duration::ZERO } else { Duration::MAX },
+            );
+            let (audio_step, video_step) = (
+                Duration::from_secs(1) / load2.audio_fps,
+                Duration::from_secs(1) / load2.video_fps,
+            );
+            let (mut aseq, mut vseq) = (0u32, 0u32);
+            while !stop2.load(Ordering::Relaxed) {
+                while let Ok(ts) = pong_rx.try_recv() {
+                    let _ = sink
+                        .send(Message::Binary(control(C::Pong(v1::Pong {
+                            timestamp_us: ts,
+                        }))))
+                        .await;
+                }
+                let t = start.elapsed();
+                let next = next_audio.min(next_video);
+                if next > t {
+                    tokio::time::sleep(next - t).await;
+                    continue;
+                }
+                let (track, seq, key, payload) = if next_audio <= next_video {
+                    next_audio += audio_step;
+                    aseq += 1;
+                    if rx2.measuring.load(Ordering::Relaxed) {
+                        sent2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (1, aseq, true, &audio_payload)
+                } else {
+                    next_video += video_step;
+                    vseq += 1;
+                    (2, vseq, vseq % 60 == 1, &video_payload)
+                };
+                let f = MediaFrame::build(
+                    &MediaHeader {
+                        key,
+                        sender: 0,
+                        track_id: track,
+                        sequence: seq,
+                        capture_timestamp_us: unix_us(),
+                    },
+                    None,
+                    payload,
+                );
+                if sink.send(Message::Binary(f.into_bytes())).await.is_err() {
+                    break;
+                }
+            }
+        }));
+        let rx3 = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut local = Vec::with_capacity(4096);
+            while let Some(Ok(msg)) = stream.next().await {
+                let Message::Binary(b) = msg else { continue };
+                match decode_frame::<ServerMessage>(b, 1 << 21) {
+                    Ok(Frame::Media(m)) if rx3.measuring.load(Ordering::Relaxed) => {
+                        rx3.delivered.fetch_add(1, Ordering::Relaxed);
+                        if m.header().track_id == 1 {
+                            rx3.audio.fetch_add(1, Ordering::Relaxed);
+                        }
+                        local.push(unix_us().saturating_sub(m.header().capture_timestamp_us));
+                    }
+                    Ok(Frame::Control(ServerMessage {
+                        msg: Some(S::Ping(p)),
+                    })) => {
+                        let _ = pong_tx.send(p.timestamp_us);
+                    }
+                    _ => {}
+                }
+            }
+            rx3.latencies.lock().unwrap().append(&mut local);
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu0 = proc_cpu(server.0.id())?.0;
+    let buckets0 = queue_delay_buckets(port)?;
+    rx.measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(load.seconds)).await;
+    rx.measuring.store(false, Ordering::Relaxed);
+    let (cpu1, rss) = proc_cpu(server.0.id())?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let buckets1 = queue_delay_buckets(port)?;
+    stop.store(true, Ordering::Relaxed);
+    drop(server);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let mut lat = std::mem::take(&mut *rx.latencies.lock().unwrap());
+    lat.sort_unstable();
+    Ok(Result {
+        delivered: rx.delivered.load(Ordering::Relaxed),
+        cpu_seconds: cpu1 - cpu0,
+        seconds,
+        p50_ms: percentile(&lat, 0.50),
+        p95_ms: percentile(&lat, 0.95),
+        p99_ms: percentile(&lat, 0.99),
+        max_ms: percentile(&lat, 1.0),
+        audio_sent: sent_audio.load(Ordering::Relaxed) * (load.subscribers as u64 - 1),
+        audio_received: rx.audio.load(Ordering::Relaxed),
+        rss_kib: rss,
+        queue_p50_ms: bucket_quantile(&buckets0, &buckets1, 0.50),
+        queue_p99_ms: bucket_quantile(&buckets0, &buckets1, 0.99),
+    })
+}
+
+/// Server memory per idle participant: RSS with N joined, silent participants
+/// minus RSS with none, divided by N.
+async fn run_idle(load: &Load) -> anyhow::Result<(u64, u64, f64)> {
+    let (server, port) = spawn_server(load)?;
+    let url = format!("ws://127.0.0.1:{port}/convene/ws");
+    // One participant first, so the runtime's threads and buffers exist in the baseline.
+    let first = join(&url, true).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, before) = proc_cpu(server.0.id())?;
+    let mut conns = vec![first];
+    for _ in 0..load.subscribers {
+        conns.push(join(&url, true).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, after) = proc_cpu(server.0.id())?;
+    drop(conns);
+    drop(server);
+    Ok((
+        before,
+        after,
+        (after.saturating_sub(before)) as f64 / load.subscribers as f64,
+    ))
 }
 
 /// The floor's writer: accept N connections, then write the same frames to each.
@@ -615,6 +801,26 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 print("floor", &load, &r)
             }
+            Ok(())
+        }
+        Mode::Meeting {
+            video_publishers,
+            load,
+        } => {
+            let r = run_meeting(&load, video_publishers).await?;
+            if load.json {
+                println!("{}", json(&r))
+            } else {
+                print("meeting", &load, &r)
+            }
+            Ok(())
+        }
+        Mode::Idle(load) => {
+            let (before, after, per) = run_idle(&load).await?;
+            println!(
+                "idle: {} joined participants: server RSS {before} KiB -> {after} KiB, {per:.1} KiB per participant",
+                load.subscribers
+            );
             Ok(())
         }
         Mode::Compare(load) => {
