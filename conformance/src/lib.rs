@@ -86,6 +86,76 @@ pub async fn run_server_cases(
     report
 }
 
+/// Runs every client case: for each, listens on `listen`, starts `command`
+/// (with `{url}` replaced by the runner's WebSocket URL) and plays the server.
+pub async fn run_client_cases(
+    target: &ServerTarget,
+    listen: &str,
+    command: &[String],
+    mut on_result: impl FnMut(&CaseResult),
+) -> Report {
+    let schema = Schema::load();
+    let mut report = Report::default();
+    for (n, case) in CASES
+        .iter()
+        .filter(|c| c.target == Target::Client)
+        .enumerate()
+    {
+        if target
+            .filter
+            .as_deref()
+            .is_some_and(|f| !case.id.contains(f))
+        {
+            continue;
+        }
+        let started = Instant::now();
+        let outcome =
+            if let Some(reason) = not_applicable(case, Transport::Ws, &target.capabilities) {
+                Outcome::NotApplicable(reason)
+            } else {
+                match client_case(&schema, target, listen, command, case, n).await {
+                    Ok(()) => Outcome::Pass,
+                    Err(e) => Outcome::Fail(e),
+                }
+            };
+        let result = CaseResult::new(case, outcome, started.elapsed());
+        on_result(&result);
+        report.results.push(result);
+    }
+    report
+}
+
+async fn client_case(
+    schema: &Schema,
+    target: &ServerTarget,
+    listen: &str,
+    command: &[String],
+    case: &Case,
+    n: usize,
+) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let url = format!("ws://{addr}/convene/ws");
+    let (program, args) = command.split_first().ok_or("no client command given")?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args.iter().map(|a| a.replace("{url}", &url)))
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the client under test `{program}`: {e}"))?;
+    let suffix = format!("-c{}-{n}", std::process::id());
+    let mut run = Run::new(schema, target, &suffix);
+    run.sends = schema.server.clone();
+    run.receives = schema.client.clone();
+    run.listener = Some(listener);
+    let result = run.case(case).await;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    result
+}
+
 /// Why a case does not apply, if it does not.
 pub fn not_applicable(
     case: &Case,
@@ -121,6 +191,12 @@ pub fn not_applicable(
 /// One case in progress.
 struct Run<'a> {
     schema: &'a Schema,
+    /// The envelope this side sends: `ClientMessage` against a server, `ServerMessage` against a client.
+    sends: prost_reflect::MessageDescriptor,
+    /// The envelope the other side sends.
+    receives: prost_reflect::MessageDescriptor,
+    /// Where clients under test connect, in client mode.
+    listener: Option<tokio::net::TcpListener>,
     target: &'a ServerTarget,
     suffix: &'a str,
     actors: HashMap<String, Actor>,
@@ -134,6 +210,9 @@ impl<'a> Run<'a> {
     fn new(schema: &'a Schema, target: &'a ServerTarget, suffix: &'a str) -> Self {
         Run {
             schema,
+            sends: schema.client.clone(),
+            receives: schema.server.clone(),
+            listener: None,
             target,
             suffix,
             actors: HashMap::new(),
@@ -182,7 +261,7 @@ impl<'a> Run<'a> {
     }
 
     async fn send_msg(&mut self, actor: &str, msg: &Msg, request_id: u32) -> Result<(), String> {
-        let frame = build(&self.schema.client, msg, request_id, &self.ctx())?;
+        let frame = build(&self.sends, msg, request_id, &self.ctx())?;
         self.actor(actor)?.send(frame).await
     }
 
@@ -193,7 +272,22 @@ impl<'a> Run<'a> {
                 let a = self.connect().await?;
                 self.actors.insert(who.to_string(), a);
             }
-            Action::Accept => return Err("`accept` belongs to client cases".into()),
+            Action::Accept => {
+                let listener = self
+                    .listener
+                    .as_ref()
+                    .ok_or("`accept` belongs to client cases")?;
+                let (tcp, _) = tokio::time::timeout(self.target.step_timeout, listener.accept())
+                    .await
+                    .map_err(|_| "the client under test did not connect".to_string())?
+                    .map_err(|e| format!("accept failed: {e}"))?;
+                let ws = tokio_tungstenite::accept_async(tcp)
+                    .await
+                    .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
+                let actor = Actor::new(ws, self.receives.clone(), self.sends.clone());
+                // A reconnecting client replaces its earlier connection.
+                self.actors.insert(who.to_string(), actor);
+            }
             Action::Handshake {
                 join,
                 name,
@@ -273,7 +367,7 @@ impl<'a> Run<'a> {
             }
             Action::Send { msg, request_id } => self.send_msg(who, msg, *request_id).await?,
             Action::Flood { msg, count } => {
-                let frame = build(&self.schema.client, msg, 0, &self.ctx())?;
+                let frame = build(&self.sends, msg, 0, &self.ctx())?;
                 let frames: Vec<Bytes> = (0..*count).map(|_| frame.clone()).collect();
                 self.actor(who)?.send_many(frames).await?;
             }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use convene_conformance::{Report, ServerTarget, run_server_cases};
+use convene_conformance::{Report, ServerTarget, run_client_cases, run_server_cases};
 
 #[derive(Parser)]
 #[command(
@@ -112,11 +112,20 @@ async fn main() -> ExitCode {
             let report = run_server_cases(&target, |r| println!("{}", r.line())).await;
             finish(&cli, &report, "server-ws")
         }
-        Command::Client { .. } => {
-            eprintln!(
-                "convene-conformance: client mode needs a client under test that speaks Convene; it is not available yet"
+        Command::Client { listen, command } => {
+            let target = ServerTarget {
+                url: String::new(),
+                filter: cli.filter.clone(),
+                capabilities: cli.capabilities.clone(),
+                step_timeout: std::time::Duration::from_millis(cli.step_timeout_ms),
+            };
+            println!(
+                "convene-conformance: client cases against `{}` over WebSocket",
+                command.join(" ")
             );
-            ExitCode::from(2)
+            let report =
+                run_client_cases(&target, listen, command, |r| println!("{}", r.line())).await;
+            finish(&cli, &report, "client-ws")
         }
     }
 }

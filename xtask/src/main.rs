@@ -221,7 +221,28 @@ fn conformance() -> Result<(), String> {
     };
     let _ = server.kill();
     let _ = server.wait();
-    result
+    result?;
+    println!(
+        "\n$ convene-conformance client --capability reconnect --capability publishes_video -- convene-reference-client {{url}}"
+    );
+    let status = Command::new(bin.join("convene-conformance"))
+        .args([
+            "client",
+            "--capability",
+            "reconnect",
+            "--capability",
+            "publishes_video",
+            "--",
+        ])
+        .arg(bin.join("convene-reference-client"))
+        .arg("{url}")
+        .status()
+        .map_err(|e| format!("cannot start convene-conformance: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("client conformance cases failed".to_string())
+    }
 }
 
 fn target_dir() -> PathBuf {

@@ -679,6 +679,47 @@ pub static CASES: &[Case] = &[
                 actor: "c",
                 action: Action::Send {
                     msg: Msg {
+                        name: "track_published",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Int(7),
+                            },
+                            Field {
+                                name: "track",
+                                value: Value::Msg(&[
+                                    Field {
+                                        name: "codec",
+                                        value: Value::Str("avc1.42E01F"),
+                                    },
+                                    Field {
+                                        name: "kind",
+                                        value: Value::Enum("TRACK_KIND_VIDEO"),
+                                    },
+                                    Field {
+                                        name: "track_id",
+                                        value: Value::Var("track"),
+                                    },
+                                ]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectMedia {
+                    from: None,
+                    track: Some(Value::Var("track")),
+                    key: Some(false),
+                    size: None,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
                         name: "key_frame_request",
                         fields: &[
                             Field {
