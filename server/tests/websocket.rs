@@ -205,3 +205,73 @@ async fn health_metrics_and_discovery() {
     assert_eq!(d["websocket"], "ws://test/convene/ws");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_and_server_capacity_limits_answer_with_their_errors() {
+    let server = server(|c| {
+        c.max_participants_per_room = 2;
+        c.max_rooms = 1;
+    })
+    .await;
+    let _a = Client::joined(&server, "cap", false).await;
+    let _b = Client::joined(&server, "cap", false).await;
+    let join_error = |meeting: &'static str| {
+        let server = &server;
+        async move {
+            let mut c = Client::connect(server).await;
+            c.send(C::Hello(v1::Hello {
+                versions: vec![1],
+                ..Default::default()
+            }))
+            .await;
+            c.expect(|m| matches!(m, S::Welcome(_))).await;
+            c.send(C::Join(v1::Join {
+                meeting_id: meeting.into(),
+                display_name: "late".into(),
+                subscribe_all: false,
+            }))
+            .await;
+            let S::Error(e) = c.expect(|m| matches!(m, S::Error(_))).await else {
+                unreachable!()
+            };
+            // A refused Join is not fatal: the session stays usable.
+            c.send(C::Ping(v1::Ping { timestamp_us: 5 })).await;
+            c.expect(|m| matches!(m, S::Pong(_))).await;
+            e.code
+        }
+    };
+    assert_eq!(
+        join_error("cap").await,
+        convene_protocol::ErrorCode::RoomFull as i32
+    );
+    assert_eq!(
+        join_error("other").await,
+        convene_protocol::ErrorCode::TooManyRooms as i32
+    );
+    let (_, metrics) = http_get(&server, "/metrics").await;
+    assert!(
+        metrics.contains("convene_protocol_errors_total{code=\"ROOM_FULL\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("convene_protocol_errors_total{code=\"TOO_MANY_ROOMS\"} 1"),
+        "{metrics}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_total_connection_limit_refuses_with_too_many_connections() {
+    let server = server(|c| c.max_connections = 1).await;
+    let _a = Client::joined(&server, "one", false).await;
+    let mut b = Client::connect(&server).await;
+    let S::Error(e) = b.expect(|m| matches!(m, S::Error(_))).await else {
+        unreachable!()
+    };
+    assert_eq!(
+        e.code,
+        convene_protocol::ErrorCode::TooManyConnections as i32
+    );
+    assert_eq!(b.expect_close().await, Some(4222));
+    server.shutdown().await;
+}
