@@ -42,8 +42,10 @@ fn media(track: u32, seq: u32, key: bool, size: usize) -> bytes::Bytes {
 async fn a_subscriber_that_stops_reading_costs_the_others_nothing() {
     let server = server(|c| {
         c.max_ingress_kbps = 100_000;
-        c.slow_consumer_ms = 1_000;
-        c.max_queue_bytes = 1 << 20;
+        // Room for a reading subscriber that a busy machine delays for a
+        // while; the stalled one still overflows within seconds.
+        c.slow_consumer_ms = 2_000;
+        c.max_queue_bytes = 4 << 20;
         // Long enough that the stalled subscriber is cut off for slowness, not silence.
         c.heartbeat_interval_ms = 30_000;
         c.idle_timeout_ms = 90_000;
