@@ -96,8 +96,7 @@ fn prost_types_fds(spec: &Spec) -> Result<prost_types::FileDescriptorSet, Codege
 }
 
 /// Leading comment of the element at `path` in its file, joined into one line.
-fn comment(spec: &Spec, file: &prost_reflect::FileDescriptor, path: &[i32]) -> String {
-    let _ = spec;
+fn comment(file: &prost_reflect::FileDescriptor, path: &[i32]) -> String {
     let Some(info) = &file.file_descriptor_proto().source_code_info else {
         return String::new();
     };
@@ -148,7 +147,7 @@ pub(crate) fn error_codes(spec: &Spec) -> Result<Vec<ErrorCodeInfo>, CodegenErro
             number: v.number(),
             fatal,
             section,
-            doc: comment(spec, &file, v.path()),
+            doc: comment(&file, v.path()),
         });
     }
     Ok(out)
@@ -225,7 +224,7 @@ pub(crate) fn enum_table(spec: &Spec, name: &str) -> Result<String, CodegenError
             "| {} | `{}` | {} |",
             v.number(),
             v.name(),
-            comment(spec, &file, v.path())
+            comment(&file, v.path())
         );
     }
     Ok(s)
@@ -250,8 +249,8 @@ pub(crate) fn message_table(spec: &Spec) -> Result<String, CodegenError> {
             let Kind::Message(inner) = f.kind() else {
                 continue;
             };
-            let section = comment(spec, &m.parent_file(), f.path());
-            let doc = comment(spec, &inner.parent_file(), inner.path());
+            let section = comment(&m.parent_file(), f.path());
+            let doc = comment(&inner.parent_file(), inner.path());
             let _ = writeln!(
                 s,
                 "| {} | `{}` | `{}` | {} | {} |",

@@ -11,7 +11,7 @@ use convene_protocol::MediaFrame;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
-use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
+use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
@@ -274,8 +274,6 @@ fn pong_for(
     env.encode(&mut out).ok()?;
     Some(out.into())
 }
-
-use prost_reflect::Kind;
 
 /// A generous deadline from now.
 pub fn deadline(d: Duration) -> Instant {

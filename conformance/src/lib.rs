@@ -496,7 +496,7 @@ impl<'a> Run<'a> {
                     .and_then(|v| v.as_u32())
                     .ok_or("no max_tracks_per_participant in Welcome")?;
                 for id in 1..=n + 1 {
-                    let frame = publish_frame(self.schema, id)?;
+                    let frame = publish_frame(id)?;
                     self.actor(who)?.send(frame).await?;
                     if id <= n {
                         self.expect(
@@ -692,9 +692,8 @@ fn ping_frame(schema: &Schema, ts: u64) -> Result<Bytes, String> {
     Ok(out.into())
 }
 
-fn publish_frame(schema: &Schema, track_id: u32) -> Result<Bytes, String> {
+fn publish_frame(track_id: u32) -> Result<Bytes, String> {
     use convene_protocol::v1::{ClientMessage, Publish, TrackInfo, TrackKind, client_message};
-    let _ = schema;
     let msg = ClientMessage {
         request_id: 0,
         msg: Some(client_message::Msg::Publish(Publish {

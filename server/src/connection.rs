@@ -214,7 +214,7 @@ impl Connection {
                         );
                     } else {
                         let pid = self.state.router.allocate_participant_id();
-                        let session_id = format!("{:016x}", rand_u64(pid));
+                        let session_id = format!("{:016x}", session_id_for(pid));
                         self.session
                             .accept_hello(now, pid, session_id, Bytes::new());
                         self.handshake_done = true;
@@ -293,7 +293,6 @@ impl Connection {
         let session = &mut self.session;
         let outbox = &self.outbox;
         let state = &self.state;
-        let transport = self.transport;
         let result = self.state.router.join(
             now,
             &join.meeting_id,
@@ -303,7 +302,7 @@ impl Connection {
             |joined| {
                 session.joined(joined);
                 // Queue Joined before releasing the room, so nothing else reaches the newcomer first.
-                flush_session(session, outbox, state, transport);
+                flush_session(session, outbox, state);
             },
         );
         match result {
@@ -324,7 +323,7 @@ impl Connection {
     }
 
     fn flush(&mut self) {
-        flush_session(&mut self.session, &self.outbox, &self.state, self.transport);
+        flush_session(&mut self.session, &self.outbox, &self.state);
         if self.session.is_closed() {
             // Wake the writer so it sees the end and closes the transport.
             self.wakers.writer.notify_one();
@@ -332,7 +331,7 @@ impl Connection {
     }
 }
 
-fn flush_session(session: &mut ServerSession, outbox: &Outbox, state: &AppState, _transport: &str) {
+fn flush_session(session: &mut ServerSession, outbox: &Outbox, state: &AppState) {
     let handshake = session.participant_id() == 0;
     while let Some(f) = session.poll_transmit() {
         if let Some(code) = error_code_of(&f) {
@@ -382,8 +381,8 @@ fn unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
-/// A session id that is unique enough for logs: time and participant id mixed.
-fn rand_u64(pid: u32) -> u64 {
+/// A session id for logs and support: time and participant id, mixed. Not a secret.
+fn session_id_for(pid: u32) -> u64 {
     let t = unix_micros();
     (t ^ ((pid as u64) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
