@@ -78,3 +78,60 @@ fn every_non_fatal_error_a_client_can_cause_is_expected_by_some_case() {
         }
     }
 }
+
+/// Sections with MUSTs that no case checks, and why. Anything else with a MUST
+/// and no case fails this test, so a new requirement comes with its case.
+const SECTIONS_WITHOUT_CASES: &[(&str, &str)] = &[
+    ("1.1", "requirements language, no behaviour"),
+    (
+        "3.3",
+        "WebTransport: the runner's WebTransport mode comes with the WebTransport transport",
+    ),
+    (
+        "6.4",
+        "needs a subscriber that stops reading; covered by the server's integration tests",
+    ),
+    (
+        "9.4",
+        "needs control of the server's shutdown; covered by the server's integration tests",
+    ),
+    ("11.3", "needs a server with authentication"),
+    ("12", "requirements on the runner itself"),
+];
+
+#[test]
+fn every_section_with_a_must_has_a_case() {
+    let md = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/PROTOCOL.md"))
+        .unwrap();
+    let mut section = String::new();
+    let mut with_must = BTreeSet::new();
+    for line in md.lines() {
+        if line.starts_with('#') {
+            let rest = line.trim_start_matches('#').trim();
+            let num = rest.split_whitespace().next().unwrap_or("");
+            if num.chars().all(|c| c.is_ascii_digit() || c == '.') && !num.is_empty() {
+                section = num.to_string();
+            }
+            continue;
+        }
+        if !section.is_empty()
+            && line
+                .split(|c: char| !c.is_ascii_alphabetic())
+                .any(|w| w == "MUST")
+        {
+            with_must.insert(section.clone());
+        }
+    }
+    let covered: BTreeSet<String> = CASES.iter().map(|c| c.section.to_string()).collect();
+    for s in &with_must {
+        let excused = SECTIONS_WITHOUT_CASES.iter().any(|(x, _)| x == s);
+        assert!(
+            covered.contains(s) || excused,
+            "§{s} has a MUST but no conformance case"
+        );
+        assert!(
+            !(covered.contains(s) && excused),
+            "§{s} has cases now: remove it from the exceptions"
+        );
+    }
+}

@@ -1278,6 +1278,142 @@ pub static CASES: &[Case] = &[
         ],
     },
     Case {
+        id: "handshake.unknown-resume-token",
+        title: "A resume token the server does not recognise is ignored: the session starts fresh",
+        section: "4.4",
+        file: "handshake.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &[],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "resume_token",
+                                value: Value::Bytes("deadbeefdeadbeefdeadbeef"),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "welcome",
+                        fields: &[Field {
+                            name: "version",
+                            value: Value::Int(1),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
+    Case {
+        id: "errors.non-fatal-continues",
+        title: "After a non-fatal error the session goes on and the offending message had no effect",
+        section: "8.1",
+        file: "handshake.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &[],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-nonfatal"),
+                    name: "a",
+                    subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Handshake {
+                    join: Some("conf-nonfatal"),
+                    name: "b",
+                    subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "chat",
+                        fields: &[
+                            Field {
+                                name: "text",
+                                value: Value::Str("lost"),
+                            },
+                            Field {
+                                name: "to_participant_id",
+                                value: Value::Int(4000000000),
+                            },
+                        ],
+                    },
+                    request_id: 11,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::UnknownParticipant,
+                    request_id: Some(11),
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::ExpectNo { what: "chat" },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "chat",
+                        fields: &[Field {
+                            name: "text",
+                            value: Value::Str("found"),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "chat",
+                        fields: &[
+                            Field {
+                                name: "from_participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "text",
+                                value: Value::Str("found"),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
+    Case {
         id: "hostile.unknown-frame-type",
         title: "A reserved frame type gets UNKNOWN_FRAME_TYPE and the session goes on",
         section: "3.1",
