@@ -61,7 +61,10 @@ async fn discovery(State(state): State<Arc<AppState>>, headers: axum::http::Head
     let body = serde_json::json!({
         "versions": [1],
         "websocket": format!("{ws}://{host}/convene/ws"),
-        "webtransport": serde_json::Value::Null,
+        "webtransport": match state.wt_addr() {
+            Some(a) => serde_json::Value::String(format!("https://{}:{}{}", host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h), a.port(), crate::wt::PATH)),
+            None => serde_json::Value::Null,
+        },
         "certificate_hashes": state.cert_sha256.iter().map(|h| serde_json::json!({"algorithm": "sha-256", "value": h})).collect::<Vec<_>>(),
     });
     axum::Json(body).into_response()

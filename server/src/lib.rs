@@ -14,6 +14,7 @@ pub mod room;
 pub mod state;
 pub mod tls;
 pub mod ws;
+pub mod wt;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +46,9 @@ pub enum StartError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The WebTransport endpoint could not start.
+    #[error("{0}")]
+    WebTransport(String),
 }
 
 /// A running server.
@@ -56,6 +60,8 @@ pub struct Server {
     pub state: Arc<AppState>,
     /// SHA-256 of the TLS certificate, hex, when TLS is on.
     pub cert_sha256: Option<String>,
+    /// The bound WebTransport (UDP) address, when TLS is on.
+    pub wt_addr: Option<SocketAddr>,
     serving: JoinHandle<()>,
 }
 
@@ -83,6 +89,17 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     }
     let cert_sha256 = identity.as_ref().map(Identity::sha256_hex);
     let state = Arc::new(AppState::new(config, cert_sha256.clone()));
+    // WebTransport needs TLS: it runs on UDP, on the same port number as HTTPS.
+    let wt_addr = match &identity {
+        Some(id) => {
+            let (bound, _task) =
+                wt::start(state.clone(), id, addr).map_err(StartError::WebTransport)?;
+            info!(addr = %bound, "WebTransport on https://{bound}{}", wt::PATH);
+            state.set_wt_addr(bound);
+            Some(bound)
+        }
+        None => None,
+    };
     let app = http::app(state.clone());
     let serving = match identity {
         None => {
@@ -140,6 +157,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         addr,
         state,
         cert_sha256,
+        wt_addr,
         serving,
     })
 }

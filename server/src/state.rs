@@ -31,6 +31,8 @@ pub struct AppState {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// SHA-256 of the TLS certificate, hex, when TLS is on.
     pub cert_sha256: Option<String>,
+    /// The WebTransport address, once bound.
+    wt_addr: Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl AppState {
@@ -50,7 +52,18 @@ impl AppState {
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             cert_sha256,
+            wt_addr: Mutex::new(None),
         }
+    }
+
+    /// Records where WebTransport listens, for discovery.
+    pub fn set_wt_addr(&self, addr: std::net::SocketAddr) {
+        *self.wt_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+    }
+
+    /// Where WebTransport listens, if it does.
+    pub fn wt_addr(&self) -> Option<std::net::SocketAddr> {
+        *self.wt_addr.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Now, on the sans-IO clock.

@@ -144,7 +144,8 @@ async fn run(state: Arc<AppState>, socket: WebSocket, peer: IpAddr) {
     drop(conn);
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+/// Sleeps until `deadline`, or forever when there is none.
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

@@ -11,9 +11,14 @@ use convene_protocol::v1::{
 use convene_protocol::{Frame, MediaFrame, decode_frame, encode_control};
 use convene_server::config::Config;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Any byte stream a test client runs WebSocket over: plain TCP or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Generous: these tests wait for conditions, never for luck.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -41,15 +46,32 @@ pub enum Seen {
 }
 
 pub struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub ws: WebSocketStream<Box<dyn Io>>,
     pub id: u32,
 }
 
 impl Client {
     pub async fn connect(server: &convene_server::Server) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/convene/ws", server.addr))
+        let tcp: Box<dyn Io> = Box::new(TcpStream::connect(server.addr).await.expect("connects"));
+        let (ws, _) =
+            tokio_tungstenite::client_async(format!("ws://{}/convene/ws", server.addr), tcp)
+                .await
+                .expect("upgrades");
+        Client { ws, id: 0 }
+    }
+
+    /// Connects over TLS to a `--dev-tls` server, trusting only its published hash.
+    pub async fn connect_tls(server: &convene_server::Server) -> Client {
+        let hash = hex::decode(server.cert_sha256.as_ref().expect("TLS is on")).unwrap();
+        let tls: Box<dyn Io> = Box::new(
+            tls::connect(server.addr, hash)
+                .await
+                .expect("TLS handshake"),
+        );
+        let url = format!("wss://localhost:{}/convene/ws", server.addr.port());
+        let (ws, _) = tokio_tungstenite::client_async(url, tls)
             .await
-            .expect("connects");
+            .expect("upgrades");
         Client { ws, id: 0 }
     }
 
@@ -168,4 +190,90 @@ pub async fn http_get(server: &convene_server::Server, path: &str) -> (u16, Stri
         .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (status, body)
+}
+
+/// A TLS client that trusts exactly one certificate, by its SHA-256, as
+/// browsers do with WebTransport's `serverCertificateHashes`.
+pub mod tls {
+    use std::sync::Arc;
+
+    use rustls::DigitallySignedStruct;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use sha2::{Digest, Sha256};
+
+    /// Accepts exactly the certificate with this SHA-256, and checks its signatures.
+    #[derive(Debug)]
+    pub struct PinnedHash {
+        sha256: Vec<u8>,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    }
+
+    impl ServerCertVerifier for PinnedHash {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            if Sha256::digest(end_entity.as_ref()).as_slice() == self.sha256.as_slice() {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(rustls::Error::General(
+                    "certificate hash does not match".into(),
+                ))
+            }
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    /// TLS to `addr`, trusting only the certificate whose SHA-256 is `sha256`.
+    pub async fn connect(
+        addr: std::net::SocketAddr,
+        sha256: Vec<u8>,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, std::io::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedHash { sha256, provider }))
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+    }
 }

@@ -1,0 +1,182 @@
+//! WebTransport (PROTOCOL.md §3.3) with a Rust client pinning the published
+//! certificate hash: a WebTransport participant and a WebSocket participant
+//! in one room exchange media both ways.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use convene_protocol::frame::length_prefix;
+use convene_protocol::v1::{
+    self, ClientMessage, ServerMessage, TrackInfo, TrackKind, client_message::Msg as C,
+    server_message::Msg as S,
+};
+use convene_protocol::{
+    Frame, MediaFrame, MediaHeader, StreamDecoder, decode_frame, encode_control,
+};
+
+struct WtClient {
+    session: web_transport_quinn::Session,
+    send: web_transport_quinn::SendStream,
+    recv: web_transport_quinn::RecvStream,
+    decoder: StreamDecoder,
+}
+
+impl WtClient {
+    async fn connect(server: &convene_server::Server) -> WtClient {
+        let hash = hex::decode(server.cert_sha256.as_ref().unwrap()).unwrap();
+        let client = web_transport_quinn::ClientBuilder::new()
+            .with_server_certificate_hashes(vec![hash])
+            .unwrap();
+        let port = server.wt_addr.expect("WebTransport is on with TLS").port();
+        let url = url::Url::parse(&format!("https://127.0.0.1:{port}/convene/wt")).unwrap();
+        let session = client.connect(url).await.expect("WebTransport session");
+        let (send, recv) = session.open_bi().await.unwrap();
+        WtClient {
+            session,
+            send,
+            recv,
+            decoder: StreamDecoder::new(1 << 20),
+        }
+    }
+
+    async fn send(&mut self, msg: C) {
+        let f = encode_control(&ClientMessage {
+            request_id: 0,
+            msg: Some(msg),
+        });
+        self.send.write_all(&length_prefix(f.len())).await.unwrap();
+        self.send.write_all(&f).await.unwrap();
+    }
+
+    async fn expect(&mut self, pred: impl Fn(&S) -> bool) -> S {
+        let mut buf = vec![0u8; 8192];
+        loop {
+            while let Some(f) = self.decoder.next_frame().unwrap() {
+                if let Frame::Control(ServerMessage { msg: Some(m) }) =
+                    decode_frame::<ServerMessage>(f, 1 << 20).unwrap()
+                {
+                    if let S::Ping(p) = &m {
+                        self.send(C::Pong(v1::Pong {
+                            timestamp_us: p.timestamp_us,
+                        }))
+                        .await;
+                    }
+                    if pred(&m) {
+                        return m;
+                    }
+                }
+            }
+            let n = tokio::time::timeout(DEADLINE, self.recv.read(&mut buf))
+                .await
+                .expect("control stream timed out")
+                .unwrap()
+                .expect("control stream ended");
+            self.decoder.push(&buf[..n]);
+        }
+    }
+
+    async fn send_media(&self, frame: Bytes) {
+        let mut s = self.session.open_uni().await.unwrap();
+        s.write_all(&frame).await.unwrap();
+        s.finish().unwrap();
+    }
+
+    async fn next_media(&self) -> MediaFrame {
+        let mut s = tokio::time::timeout(DEADLINE, self.session.accept_uni())
+            .await
+            .expect("no media stream")
+            .unwrap();
+        let bytes = s.read_to_end(1 << 20).await.unwrap();
+        MediaFrame::parse(Bytes::from(bytes)).unwrap()
+    }
+}
+
+fn audio(seq: u32) -> Bytes {
+    MediaFrame::build(
+        &MediaHeader {
+            key: true,
+            sender: 0,
+            track_id: 1,
+            sequence: seq,
+            capture_timestamp_us: 0,
+        },
+        None,
+        b"opus",
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webtransport_and_websocket_participants_share_a_room() {
+    let server = server(|c| c.dev_tls = true).await;
+    let mut wt = WtClient::connect(&server).await;
+    wt.send(C::Hello(v1::Hello {
+        versions: vec![1],
+        ..Default::default()
+    }))
+    .await;
+    let S::Welcome(w) = wt.expect(|m| matches!(m, S::Welcome(_))).await else {
+        unreachable!()
+    };
+    wt.send(C::Join(v1::Join {
+        meeting_id: "mixed".into(),
+        display_name: "wt".into(),
+        subscribe_all: true,
+    }))
+    .await;
+    wt.expect(|m| matches!(m, S::Joined(_))).await;
+
+    // With TLS on, the WebSocket side is wss on the same port number (TCP).
+    let mut ws = common::Client::connect_tls(&server).await;
+    ws.send(C::Hello(v1::Hello {
+        versions: vec![1],
+        ..Default::default()
+    }))
+    .await;
+    let S::Welcome(ws_w) = ws.expect(|m| matches!(m, S::Welcome(_))).await else {
+        unreachable!()
+    };
+    ws.send(C::Join(v1::Join {
+        meeting_id: "mixed".into(),
+        display_name: "ws".into(),
+        subscribe_all: true,
+    }))
+    .await;
+    ws.expect(|m| matches!(m, S::Joined(_))).await;
+
+    let track = |kind: TrackKind| TrackInfo {
+        track_id: 1,
+        kind: kind as i32,
+        codec: "opus".into(),
+        ..Default::default()
+    };
+    wt.send(C::Publish(v1::Publish {
+        track: Some(track(TrackKind::Audio)),
+    }))
+    .await;
+    ws.expect(|m| matches!(m, S::TrackPublished(t) if t.participant_id == w.participant_id))
+        .await;
+    ws.send(C::Publish(v1::Publish {
+        track: Some(track(TrackKind::Audio)),
+    }))
+    .await;
+    wt.expect(|m| matches!(m, S::TrackPublished(t) if t.participant_id == ws_w.participant_id))
+        .await;
+
+    // WebTransport → WebSocket, on a unidirectional stream.
+    wt.send_media(audio(1)).await;
+    loop {
+        if let Some(Seen::Media(m)) = ws.next().await {
+            assert_eq!(m.header().sender, w.participant_id);
+            assert_eq!(&m.payload()[..], b"opus");
+            break;
+        }
+    }
+    // WebSocket → WebTransport.
+    ws.send_raw(audio(2)).await;
+    let m = wt.next_media().await;
+    assert_eq!(m.header().sender, ws_w.participant_id);
+    assert_eq!(m.header().sequence, 2);
+    server.shutdown().await;
+}
