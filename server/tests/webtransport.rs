@@ -180,3 +180,54 @@ async fn webtransport_and_websocket_participants_share_a_room() {
     assert_eq!(m.header().sequence, 2);
     server.shutdown().await;
 }
+
+async fn joined_wt(server: &convene_server::Server) -> WtClient {
+    let mut wt = WtClient::connect(server).await;
+    wt.send(C::Hello(v1::Hello {
+        versions: vec![1],
+        ..Default::default()
+    }))
+    .await;
+    wt.expect(|m| matches!(m, S::Welcome(_))).await;
+    wt
+}
+
+/// The session's close code, once it closes.
+async fn close_code(wt: &WtClient) -> Option<u32> {
+    match tokio::time::timeout(DEADLINE, wt.session.closed())
+        .await
+        .expect("the session did not close")
+    {
+        web_transport_quinn::SessionError::WebTransportError(
+            web_transport_quinn::WebTransportError::Closed(code, _),
+        ) => Some(code),
+        other => panic!("closed otherwise: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_bidirectional_stream_is_wrong_stream() {
+    let server = server(|c| c.dev_tls = true).await;
+    let wt = joined_wt(&server).await;
+    let (mut s, _r) = wt.session.open_bi().await.unwrap();
+    s.write_all(b"x").await.unwrap();
+    assert_eq!(
+        close_code(&wt).await,
+        Some(convene_protocol::ErrorCode::WrongStream as u32)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unidirectional_stream_without_a_media_frame_is_wrong_stream() {
+    let server = server(|c| c.dev_tls = true).await;
+    let wt = joined_wt(&server).await;
+    let mut s = wt.session.open_uni().await.unwrap();
+    s.write_all(&[0x01, 0x62, 0x00]).await.unwrap();
+    s.finish().unwrap();
+    assert_eq!(
+        close_code(&wt).await,
+        Some(convene_protocol::ErrorCode::WrongStream as u32)
+    );
+    server.shutdown().await;
+}
