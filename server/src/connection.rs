@@ -396,3 +396,110 @@ pub fn log_close(transport: &str, peer: IpAddr, reason: Option<&CloseReason>) {
         Some(_) | None => debug!(transport, %peer, "connection closed"),
     }
 }
+
+/// Where a connection's writer puts frames: one implementation per transport.
+pub(crate) trait FrameSink: Send + 'static {
+    /// Writes a batch of frames in order; `Err` when the transport is gone.
+    fn write_batch(
+        &mut self,
+        batch: &mut Vec<Bytes>,
+    ) -> impl std::future::Future<Output = Result<(), ()>> + Send;
+    /// Closes the transport with `reason`, after the last batch.
+    fn close(&mut self, reason: &CloseReason) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Runs a connection to its end: a writer task drains the outbox into
+/// `sink`, batch by batch, and this task feeds `incoming`, timers, outbox
+/// closure and shutdown into the session until it ends.
+pub(crate) async fn drive<S, I>(
+    mut conn: Connection,
+    mut sink: S,
+    mut incoming: I,
+    state: Arc<AppState>,
+    peer: IpAddr,
+) where
+    S: FrameSink,
+    I: futures_util::Stream<Item = Incoming> + Unpin,
+{
+    use futures_util::StreamExt;
+    let outbox = conn.outbox();
+    let wakers = conn.wakers();
+    let close: Arc<Mutex<Option<CloseReason>>> = Arc::new(Mutex::new(None));
+    let coalesce = Duration::from_millis(state.config.coalesce_ms as u64);
+    let writer = {
+        let (outbox, wakers, close, state) =
+            (outbox.clone(), wakers.clone(), close.clone(), state.clone());
+        tokio::spawn(async move {
+            let mut batch: Vec<Bytes> = Vec::with_capacity(64);
+            loop {
+                wakers.writer.notified().await;
+                if !coalesce.is_zero() {
+                    tokio::time::sleep(coalesce).await;
+                }
+                loop {
+                    let (more, waited) = outbox.drain_timed(&mut batch, 256 * 1024);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    if let Some(w) = waited {
+                        state.metrics.queue_delay_seconds.observe(w.as_secs_f64());
+                    }
+                    state.metrics.queue_depth.observe(batch.len() as f64);
+                    state.metrics.frames_out.inc_by(batch.len() as u64);
+                    state
+                        .metrics
+                        .bytes_out
+                        .inc_by(batch.iter().map(|f| f.len() as u64).sum());
+                    if sink.write_batch(&mut batch).await.is_err() {
+                        return;
+                    }
+                    batch.clear();
+                    if !more {
+                        break;
+                    }
+                }
+                let reason = close.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some(reason) = reason {
+                    sink.close(&reason).await;
+                    return;
+                }
+            }
+        })
+    };
+
+    let mut shutdown = state.shutdown_signal();
+    if *shutdown.borrow() {
+        conn.shutdown();
+    }
+    loop {
+        if let Some(reason) = conn.close_reason() {
+            *close.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+            wakers.writer.notify_one();
+            break;
+        }
+        let deadline = conn.deadline();
+        tokio::select! {
+            next = incoming.next() => conn.handle(next.unwrap_or(Incoming::Closed)),
+            _ = sleep_until(deadline) => conn.handle_timeout(),
+            _ = wakers.reader.notified() => conn.handle_outbox_closed(),
+            _ = shutdown.changed() => conn.shutdown(),
+        }
+    }
+    log_close(conn.transport, peer, conn.close_reason());
+    // Let the writer flush what the session said last, within the drain
+    // deadline; a writer stuck on a peer that does not read is cut off.
+    let grace = Duration::from_millis(state.config.shutdown_grace_ms as u64);
+    let mut writer = writer;
+    if tokio::time::timeout(grace, &mut writer).await.is_err() {
+        writer.abort();
+    }
+    drop(conn);
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -4,7 +4,7 @@
 //! datagram.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 use web_transport_quinn::{RecvStream, SendStream, Session};
 
-use crate::connection::{Connection, Incoming, log_close};
+use crate::connection::{Connection, FrameSink, Incoming, drive};
 use crate::state::AppState;
 use crate::tls::Identity;
 
@@ -67,105 +67,63 @@ async fn run(state: Arc<AppState>, session: Session, peer: IpAddr) {
         );
         return;
     }
-    let mut conn = Connection::new(state.clone(), "wt", peer);
-    let outbox = conn.outbox();
-    let wakers = conn.wakers();
+    let conn = Connection::new(state.clone(), "wt", peer);
     let (tx, mut rx) = mpsc::channel::<Incoming>(256);
-    let control_send: Arc<tokio::sync::Mutex<Option<SendStream>>> =
+    let control: Arc<tokio::sync::Mutex<Option<SendStream>>> =
         Arc::new(tokio::sync::Mutex::new(None));
     let readers = tokio::spawn(read_all(
         session.clone(),
         tx,
-        control_send.clone(),
+        control.clone(),
         state.config.max_frame_bytes as usize,
     ));
+    let incoming = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let sink = WtSink {
+        session: session.clone(),
+        control,
+    };
+    drive(conn, sink, incoming, state, peer).await;
+    readers.abort();
+}
 
-    let close: Arc<Mutex<Option<CloseReason>>> = Arc::new(Mutex::new(None));
-    let writer = {
-        let (outbox, wakers, close, session, state) = (
-            outbox.clone(),
-            wakers.clone(),
-            close.clone(),
-            session.clone(),
-            state.clone(),
-        );
-        tokio::spawn(async move {
-            let mut batch: Vec<Bytes> = Vec::with_capacity(64);
-            loop {
-                wakers.writer.notified().await;
-                loop {
-                    let (more, waited) = outbox.drain_timed(&mut batch, 256 * 1024);
-                    if batch.is_empty() {
-                        break;
-                    }
-                    if let Some(w) = waited {
-                        state.metrics.queue_delay_seconds.observe(w.as_secs_f64());
-                    }
-                    state.metrics.frames_out.inc_by(batch.len() as u64);
-                    let mut control = Vec::new();
-                    for f in batch.drain(..) {
-                        state.metrics.bytes_out.inc_by(f.len() as u64);
-                        match f.first() {
-                            Some(&FRAME_MEDIA) => send_media(&session, f),
-                            _ => {
-                                control.push(Bytes::copy_from_slice(&length_prefix(f.len())));
-                                control.push(f);
-                            }
-                        }
-                    }
-                    if !control.is_empty() {
-                        let mut guard = control_send.lock().await;
-                        if let Some(s) = guard.as_mut() {
-                            if s.write_all_chunks(&mut control).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    if !more {
-                        break;
-                    }
-                }
-                let reason = close.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                if let Some(reason) = reason {
-                    // Give the last frames a moment to leave before the session closes under them.
-                    if let Some(s) = control_send.lock().await.as_mut() {
-                        let _ = s.finish();
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    session.close(
-                        reason.webtransport_code(),
-                        reason.transport_reason().as_bytes(),
-                    );
-                    return;
+/// The writing side of a WebTransport session: control frames length-prefixed
+/// on the control stream, media frames each on a unidirectional stream.
+struct WtSink {
+    session: Session,
+    control: Arc<tokio::sync::Mutex<Option<SendStream>>>,
+}
+
+impl FrameSink for WtSink {
+    async fn write_batch(&mut self, batch: &mut Vec<Bytes>) -> Result<(), ()> {
+        let mut control = Vec::new();
+        for f in batch.drain(..) {
+            match f.first() {
+                Some(&FRAME_MEDIA) => send_media(&self.session, f),
+                _ => {
+                    control.push(Bytes::copy_from_slice(&length_prefix(f.len())));
+                    control.push(f);
                 }
             }
-        })
-    };
+        }
+        if !control.is_empty() {
+            if let Some(s) = self.control.lock().await.as_mut() {
+                s.write_all_chunks(&mut control).await.map_err(|_| ())?;
+            }
+        }
+        Ok(())
+    }
 
-    let mut shutdown = state.shutdown_signal();
-    loop {
-        if let Some(reason) = conn.close_reason() {
-            *close.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
-            wakers.writer.notify_one();
-            break;
+    async fn close(&mut self, reason: &CloseReason) {
+        if let Some(s) = self.control.lock().await.as_mut() {
+            let _ = s.finish();
         }
-        let deadline = conn.deadline();
-        tokio::select! {
-            incoming = rx.recv() => conn.handle(incoming.unwrap_or(Incoming::Closed)),
-            _ = crate::ws::sleep_until(deadline) => conn.handle_timeout(),
-            _ = wakers.reader.notified() => conn.handle_outbox_closed(),
-            _ = shutdown.changed() => conn.shutdown(),
-        }
+        // Give the last frames a moment to leave before the session closes under them.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.session.close(
+            reason.webtransport_code(),
+            reason.transport_reason().as_bytes(),
+        );
     }
-    log_close("wt", peer, conn.close_reason());
-    let grace = Duration::from_millis(state.config.shutdown_grace_ms as u64);
-    let mut writer = writer;
-    if tokio::time::timeout(grace, &mut writer).await.is_err() {
-        writer.abort();
-        session.close(0, b"");
-    }
-    readers.abort();
-    drop(conn);
 }
 
 /// Sends one media frame on a unidirectional stream of its own (PROTOCOL.md §3.3).
