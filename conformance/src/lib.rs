@@ -44,46 +44,21 @@ pub struct ServerTarget {
 }
 
 /// Runs every server case over WebSocket and reports each.
-pub async fn run_server_cases(
-    target: &ServerTarget,
-    mut on_result: impl FnMut(&CaseResult),
-) -> Report {
-    let schema = Schema::load();
-    let mut report = Report::default();
-    for (n, case) in CASES
-        .iter()
-        .filter(|c| c.target == Target::Server)
-        .enumerate()
-    {
-        if target
-            .filter
-            .as_deref()
-            .is_some_and(|f| !case.id.contains(f))
-        {
-            continue;
-        }
-        let started = Instant::now();
-        let outcome =
-            if let Some(reason) = not_applicable(case, Transport::Ws, &target.capabilities) {
-                Outcome::NotApplicable(reason)
-            } else {
-                let suffix = format!("-r{}-{n}", std::process::id());
-                let mut run = Run::new(&schema, target, &suffix);
-                match run.case(case).await {
-                    Ok(()) => match run.health_check().await {
-                        Ok(()) => Outcome::Pass,
-                        Err(e) => Outcome::Fail(format!(
-                            "after the case, a fresh client was not served: {e}"
-                        )),
-                    },
-                    Err(e) => Outcome::Fail(e),
-                }
-            };
-        let result = CaseResult::new(case, outcome, started.elapsed());
-        on_result(&result);
-        report.results.push(result);
-    }
-    report
+pub async fn run_server_cases(target: &ServerTarget, on_result: impl FnMut(&CaseResult)) -> Report {
+    run_cases(
+        target,
+        Target::Server,
+        on_result,
+        async |schema: &Schema, case: &'static Case, n: usize| {
+            let suffix = format!("-r{}-{n}", std::process::id());
+            let mut run = Run::new(schema, target, &suffix);
+            run.case(case).await?;
+            run.health_check()
+                .await
+                .map_err(|e| format!("after the case, a fresh client was not served: {e}"))
+        },
+    )
+    .await
 }
 
 /// Runs every client case: for each, listens on `listen`, starts `command`
@@ -92,15 +67,30 @@ pub async fn run_client_cases(
     target: &ServerTarget,
     listen: &str,
     command: &[String],
+    on_result: impl FnMut(&CaseResult),
+) -> Report {
+    run_cases(
+        target,
+        Target::Client,
+        on_result,
+        async |schema: &Schema, case: &'static Case, n: usize| {
+            client_case(schema, target, listen, command, case, n).await
+        },
+    )
+    .await
+}
+
+/// Runs the cases for `kind` that pass the filter, each with `one` unless it
+/// does not apply, and reports each as it ends.
+async fn run_cases(
+    target: &ServerTarget,
+    kind: Target,
     mut on_result: impl FnMut(&CaseResult),
+    mut one: impl AsyncFnMut(&Schema, &'static Case, usize) -> Result<(), String>,
 ) -> Report {
     let schema = Schema::load();
     let mut report = Report::default();
-    for (n, case) in CASES
-        .iter()
-        .filter(|c| c.target == Target::Client)
-        .enumerate()
-    {
+    for (n, case) in CASES.iter().filter(|c| c.target == kind).enumerate() {
         if target
             .filter
             .as_deref()
@@ -109,15 +99,13 @@ pub async fn run_client_cases(
             continue;
         }
         let started = Instant::now();
-        let outcome =
-            if let Some(reason) = not_applicable(case, Transport::Ws, &target.capabilities) {
-                Outcome::NotApplicable(reason)
-            } else {
-                match client_case(&schema, target, listen, command, case, n).await {
-                    Ok(()) => Outcome::Pass,
-                    Err(e) => Outcome::Fail(e),
-                }
-            };
+        let outcome = match not_applicable(case, Transport::Ws, &target.capabilities) {
+            Some(reason) => Outcome::NotApplicable(reason),
+            None => match one(&schema, case, n).await {
+                Ok(()) => Outcome::Pass,
+                Err(e) => Outcome::Fail(e),
+            },
+        };
         let result = CaseResult::new(case, outcome, started.elapsed());
         on_result(&result);
         report.results.push(result);
