@@ -102,6 +102,13 @@ impl Client {
             .or(self.session.rtt())
     }
 
+    /// Media frames received so far by QUIC datagram and by stream.
+    pub fn media_counts(&self) -> (u64, u64) {
+        self.transport
+            .as_ref()
+            .map_or((0, 0), Transport::media_counts)
+    }
+
     /// Media frames dropped locally because the connection could not keep up.
     pub fn congested_drops(&self) -> u64 {
         self.congested_drops

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -252,9 +253,19 @@ pub enum Received {
     Violation(String),
 }
 
+/// Counts of how media arrived, for status lines and tests.
+#[derive(Debug, Default)]
+pub struct MediaCounts {
+    /// Media frames that arrived as QUIC datagrams.
+    pub datagrams: AtomicU64,
+    /// Media frames that arrived on streams (or WebSocket messages).
+    pub streams: AtomicU64,
+}
+
 /// One connection to a server: frames in, frames out.
 pub struct Transport {
     kind: TransportKind,
+    counts: Arc<MediaCounts>,
     tx: mpsc::Sender<Outgoing>,
     rx: mpsc::Receiver<Received>,
     wt: Option<web_transport_quinn::Session>,
@@ -317,6 +328,14 @@ impl Transport {
     /// The transport in use.
     pub fn kind(&self) -> TransportKind {
         self.kind
+    }
+
+    /// How many media frames arrived by datagram and by stream so far.
+    pub fn media_counts(&self) -> (u64, u64) {
+        (
+            self.counts.datagrams.load(Ordering::Relaxed),
+            self.counts.streams.load(Ordering::Relaxed),
+        )
     }
 
     /// The QUIC path's smoothed round-trip time, on WebTransport.
@@ -416,10 +435,17 @@ impl Transport {
                 }
             }
         });
+        let counts = Arc::new(MediaCounts::default());
+        let reader_counts = counts.clone();
         let reader = tokio::spawn(async move {
             while let Some(msg) = stream.next().await {
                 let r = match msg {
-                    Ok(Message::Binary(b)) => Received::Frame(b),
+                    Ok(Message::Binary(b)) => {
+                        if b.first() == Some(&FRAME_MEDIA) {
+                            reader_counts.streams.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Received::Frame(b)
+                    }
                     Ok(Message::Text(_)) => Received::Violation(
                         "a text WebSocket message (§3.2 allows binary only)".into(),
                     ),
@@ -433,6 +459,7 @@ impl Transport {
         });
         Ok(Transport {
             kind: TransportKind::WebSocket,
+            counts,
             tx,
             rx,
             wt: None,
@@ -462,9 +489,16 @@ impl Transport {
         let (tx, out_rx) = mpsc::channel::<Outgoing>(OUTGOING_QUEUE);
         let (in_tx, rx) = mpsc::channel::<Received>(OUTGOING_QUEUE);
         let writer = tokio::spawn(wt_writer(session.clone(), control_send, out_rx));
-        let reader = tokio::spawn(wt_reader(session.clone(), control_recv, in_tx));
+        let counts = Arc::new(MediaCounts::default());
+        let reader = tokio::spawn(wt_reader(
+            session.clone(),
+            control_recv,
+            in_tx,
+            counts.clone(),
+        ));
         Ok(Transport {
             kind: TransportKind::WebTransport,
+            counts,
             tx,
             rx,
             wt: Some(session),
@@ -556,6 +590,7 @@ async fn wt_reader(
     session: web_transport_quinn::Session,
     mut control: web_transport_quinn::RecvStream,
     in_tx: mpsc::Sender<Received>,
+    counts: Arc<MediaCounts>,
 ) {
     let control_task = {
         let in_tx = in_tx.clone();
@@ -585,23 +620,26 @@ async fn wt_reader(
         })
     };
     let datagrams = {
-        let (session, in_tx) = (session.clone(), in_tx.clone());
+        let (session, in_tx, counts) = (session.clone(), in_tx.clone(), counts.clone());
         tokio::spawn(async move {
             while let Ok(d) = session.read_datagram().await {
                 // A bad datagram is discarded, never fatal (PROTOCOL.md §3.3).
-                if MediaFrame::parse(d.clone()).is_ok()
-                    && in_tx.send(Received::Frame(d)).await.is_err()
-                {
+                if MediaFrame::parse(d.clone()).is_err() {
+                    continue;
+                }
+                counts.datagrams.fetch_add(1, Ordering::Relaxed);
+                if in_tx.send(Received::Frame(d)).await.is_err() {
                     return;
                 }
             }
         })
     };
     while let Ok(mut s) = session.accept_uni().await {
-        let in_tx = in_tx.clone();
+        let (in_tx, counts) = (in_tx.clone(), counts.clone());
         tokio::spawn(async move {
             match s.read_to_end(MAX_TRANSPORT_FRAME).await {
                 Ok(b) if b.first() == Some(&FRAME_MEDIA) => {
+                    counts.streams.fetch_add(1, Ordering::Relaxed);
                     let _ = in_tx.send(Received::Frame(Bytes::from(b))).await;
                 }
                 Ok(b) if b.first() == Some(&FRAME_CONTROL) || !b.is_empty() => {

@@ -153,6 +153,12 @@ async fn webtransport_and_websocket_clients_exchange_media_both_ways() {
     assert_eq!(ws.transport(), TransportKind::WebSocket);
     media_flows(&mut wt, &mut ws).await;
     media_flows(&mut ws, &mut wt).await;
+    let (datagrams, streams) = wt.media_counts();
+    assert!(
+        datagrams >= 10,
+        "the server sends audio to WebTransport as datagrams ({datagrams})"
+    );
+    assert!(streams >= 10, "and video on streams ({streams})");
     assert!(wt.rtt().is_some(), "QUIC reports the path's RTT");
     wt.close("done").await;
     ws.close("done").await;

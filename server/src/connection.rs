@@ -18,7 +18,7 @@ use convene_protocol::{
 use tokio::sync::Notify;
 use tracing::{debug, info};
 
-use crate::outbox::{Kick, Outbox, OutboxLimits, Wake};
+use crate::outbox::{Drained, Kick, Outbox, OutboxLimits, Wake};
 use crate::room::{Room, lock};
 use crate::state::AppState;
 
@@ -399,10 +399,12 @@ pub fn log_close(transport: &str, peer: IpAddr, reason: Option<&CloseReason>) {
 
 /// Where a connection's writer puts frames: one implementation per transport.
 pub(crate) trait FrameSink: Send + 'static {
-    /// Writes a batch of frames in order; `Err` when the transport is gone.
+    /// Writes a batch of frames in order (`lanes` says which are control and
+    /// audio); `Err` when the transport is gone.
     fn write_batch(
         &mut self,
         batch: &mut Vec<Bytes>,
+        lanes: Drained,
     ) -> impl std::future::Future<Output = Result<(), ()>> + Send;
     /// Closes the transport with `reason`, after the last batch.
     fn close(&mut self, reason: &CloseReason) -> impl std::future::Future<Output = ()> + Send;
@@ -437,11 +439,11 @@ pub(crate) async fn drive<S, I>(
                     tokio::time::sleep(coalesce).await;
                 }
                 loop {
-                    let (more, waited) = outbox.drain_timed(&mut batch, 256 * 1024);
+                    let lanes = outbox.drain_timed(&mut batch, 256 * 1024);
                     if batch.is_empty() {
                         break;
                     }
-                    if let Some(w) = waited {
+                    if let Some(w) = lanes.waited {
                         state.metrics.queue_delay_seconds.observe(w.as_secs_f64());
                     }
                     state.metrics.queue_depth.observe(batch.len() as f64);
@@ -450,11 +452,11 @@ pub(crate) async fn drive<S, I>(
                         .metrics
                         .bytes_out
                         .inc_by(batch.iter().map(|f| f.len() as u64).sum());
-                    if sink.write_batch(&mut batch).await.is_err() {
+                    if sink.write_batch(&mut batch, lanes).await.is_err() {
                         return;
                     }
                     batch.clear();
-                    if !more {
+                    if !lanes.more {
                         break;
                     }
                 }

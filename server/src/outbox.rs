@@ -128,6 +128,19 @@ pub enum Kick {
     MeetingEnded,
 }
 
+/// What one [`Outbox::drain_timed`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Frames remain queued.
+    pub more: bool,
+    /// How long the oldest frame taken had waited.
+    pub waited: Option<std::time::Duration>,
+    /// The first `control` frames taken are control frames.
+    pub control: usize,
+    /// The `audio` frames after them are audio.
+    pub audio: usize,
+}
+
 /// The queue of one subscriber.
 pub struct Outbox {
     limits: OutboxLimits,
@@ -265,27 +278,29 @@ impl Outbox {
     /// Moves queued frames into `out`, control first, then audio, then video,
     /// up to about `max_bytes`. Returns true if frames remain.
     pub fn drain(&self, out: &mut Vec<Bytes>, max_bytes: usize) -> bool {
-        self.drain_timed(out, max_bytes).0
+        self.drain_timed(out, max_bytes).more
     }
 
-    /// Like [`Outbox::drain`], and also returns how long the oldest frame
-    /// taken had waited in the queue (an upper bound when the queue never emptied).
-    pub fn drain_timed(
-        &self,
-        out: &mut Vec<Bytes>,
-        max_bytes: usize,
-    ) -> (bool, Option<std::time::Duration>) {
+    /// Like [`Outbox::drain`], and also says how long the oldest frame taken
+    /// had waited (an upper bound when the queue never emptied) and how many
+    /// of the frames taken are control and audio: they come first, in that
+    /// order, so a transport can send each lane its own way.
+    pub fn drain_timed(&self, out: &mut Vec<Bytes>, max_bytes: usize) -> Drained {
         let mut q = self.lock();
         let waited = q.nonempty_since.map(|t| t.elapsed());
+        let start = out.len();
+        let (mut control, mut audio) = (0, 0);
         let mut taken = 0;
         while taken < max_bytes {
             if let Some(f) = q.control.pop_front() {
                 q.control_bytes -= f.len();
                 taken += f.len();
+                control += 1;
                 out.push(f);
             } else if let Some(f) = q.audio.pop_front() {
                 q.media_bytes -= f.len();
                 taken += f.len();
+                audio += 1;
                 out.push(f);
             } else if let Some(v) = q.video.pop_front() {
                 q.media_bytes -= v.frame.len();
@@ -302,7 +317,13 @@ impl Outbox {
         } else {
             q.nonempty_since = Some(std::time::Instant::now());
         }
-        (!empty, waited)
+        debug_assert!(out.len() - start >= control + audio);
+        Drained {
+            more: !empty,
+            waited,
+            control,
+            audio,
+        }
     }
 
     /// Marks the outbox closed (removal, shutdown, slowness) and wakes the drainer.

@@ -79,7 +79,11 @@ async fn run(state: Arc<AppState>, socket: WebSocket, peer: IpAddr) {
 struct WsSink(futures_util::stream::SplitSink<WebSocket, Message>);
 
 impl FrameSink for WsSink {
-    async fn write_batch(&mut self, batch: &mut Vec<Bytes>) -> Result<(), ()> {
+    async fn write_batch(
+        &mut self,
+        batch: &mut Vec<Bytes>,
+        _lanes: crate::outbox::Drained,
+    ) -> Result<(), ()> {
         for f in batch.drain(..) {
             self.0.feed(Message::Binary(f)).await.map_err(|_| ())?;
         }

@@ -15,6 +15,7 @@ use tracing::debug;
 use web_transport_quinn::{RecvStream, SendStream, Session};
 
 use crate::connection::{Connection, FrameSink, Incoming, drive};
+use crate::outbox::Drained;
 use crate::state::AppState;
 use crate::tls::Identity;
 
@@ -94,11 +95,12 @@ struct WtSink {
 }
 
 impl FrameSink for WtSink {
-    async fn write_batch(&mut self, batch: &mut Vec<Bytes>) -> Result<(), ()> {
+    async fn write_batch(&mut self, batch: &mut Vec<Bytes>, lanes: Drained) -> Result<(), ()> {
         let mut control = Vec::new();
-        for f in batch.drain(..) {
+        for (i, f) in batch.drain(..).enumerate() {
+            let audio = i >= lanes.control && i < lanes.control + lanes.audio;
             match f.first() {
-                Some(&FRAME_MEDIA) => send_media(&self.session, f),
+                Some(&FRAME_MEDIA) => send_media(&self.session, f, audio),
                 _ => {
                     control.push(Bytes::copy_from_slice(&length_prefix(f.len())));
                     control.push(f);
@@ -126,15 +128,26 @@ impl FrameSink for WtSink {
     }
 }
 
-/// Sends one media frame on a unidirectional stream of its own (PROTOCOL.md §3.3).
-fn send_media(session: &Session, frame: Bytes) {
+/// Sends one media frame (PROTOCOL.md §3.3): audio as a datagram when it
+/// fits, anything else on a unidirectional stream of its own, audio streams
+/// first, then video key frames, then deltas.
+fn send_media(session: &Session, frame: Bytes, audio: bool) {
+    if audio && frame.len() <= session.max_datagram_size() {
+        // Refused only when the peer takes no datagrams or the buffer is full:
+        // then the frame is lost, as audio on the wire may be.
+        if session.send_datagram(frame.clone()).is_ok() {
+            return;
+        }
+    }
+    let priority = if audio {
+        2
+    } else if frame.get(1).is_some_and(|flags| flags & 0x01 != 0) {
+        1
+    } else {
+        0
+    };
     let session = session.clone();
     tokio::spawn(async move {
-        let priority = match MediaFrame::parse(frame.clone()) {
-            Ok(m) if m.header().key => 1,
-            Ok(_) => 0,
-            Err(_) => 0,
-        };
         if let Ok(mut s) = session.open_uni().await {
             let _ = s.set_priority(priority);
             if s.write_chunk(frame).await.is_ok() {

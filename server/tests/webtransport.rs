@@ -82,13 +82,20 @@ impl WtClient {
         s.finish().unwrap();
     }
 
+    /// The next media frame, from a unidirectional stream or a datagram
+    /// (the server sends audio as datagrams when they fit).
     async fn next_media(&self) -> MediaFrame {
-        let mut s = tokio::time::timeout(DEADLINE, self.session.accept_uni())
-            .await
-            .expect("no media stream")
-            .unwrap();
-        let bytes = s.read_to_end(1 << 20).await.unwrap();
-        MediaFrame::parse(Bytes::from(bytes)).unwrap()
+        let bytes = tokio::time::timeout(DEADLINE, async {
+            tokio::select! {
+                s = self.session.accept_uni() => {
+                    Bytes::from(s.unwrap().read_to_end(1 << 20).await.unwrap())
+                }
+                d = self.session.read_datagram() => d.unwrap(),
+            }
+        })
+        .await
+        .expect("no media frame");
+        MediaFrame::parse(bytes).unwrap()
     }
 }
 
