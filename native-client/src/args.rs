@@ -1,0 +1,33 @@
+//! Flags every subcommand that talks to a server shares.
+
+use anyhow::Context;
+use convene_client::{Endpoint, TransportChoice};
+
+/// Where the server is and how to reach it.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServerArgs {
+    /// The server's base URL. `https://` allows WebTransport; `http://` is WebSocket only.
+    #[arg(long, env = "CONVENE_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub(crate) server: String,
+    /// Trust exactly the certificate with this SHA-256 (hex), as printed by a
+    /// server started with `--dev-tls`, instead of the system's roots.
+    #[arg(long, env = "CONVENE_CERT_SHA256")]
+    pub(crate) cert_sha256: Option<String>,
+    /// `auto` tries WebTransport and falls back to WebSocket; `wt` or `ws` force one.
+    #[arg(long, default_value = "auto")]
+    pub(crate) transport: TransportChoice,
+    /// Bearer token for servers that require one.
+    #[arg(long, env = "CONVENE_TOKEN")]
+    pub(crate) token: Option<String>,
+}
+
+impl ServerArgs {
+    /// The endpoint these flags describe.
+    pub(crate) fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        let mut e = Endpoint::new(&self.server).context("--server")?;
+        if let Some(h) = &self.cert_sha256 {
+            e = e.with_cert_sha256_hex(h).context("--cert-sha256")?;
+        }
+        Ok(e)
+    }
+}

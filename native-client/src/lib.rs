@@ -1,1 +1,0 @@
-//! The Convene command-line client (`convene`): stream, receive, load and token.

@@ -1,0 +1,156 @@
+//! `convene load` as a user runs it: the real binary against a real server
+//! on loopback, its JSON parsed and its counts checked.
+
+use std::process::Command;
+
+use convene_server::config::Config;
+
+async fn server(tls: bool) -> convene_server::Server {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dev_tls: tls,
+        ..Config::default()
+    };
+    convene_server::start(config).await.expect("server starts")
+}
+
+fn server_args(s: &convene_server::Server) -> Vec<String> {
+    match &s.cert_sha256 {
+        Some(h) => vec![
+            "--server".into(),
+            format!("https://127.0.0.1:{}", s.addr.port()),
+            "--cert-sha256".into(),
+            h.clone(),
+        ],
+        None => vec!["--server".into(), format!("http://{}", s.addr)],
+    }
+}
+
+/// Runs `convene load` off the async runtime (the server runs on it).
+async fn load(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_convene"))
+            .arg("load")
+            .args(args)
+            .output()
+            .expect("convene runs")
+    })
+    .await
+    .unwrap()
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "convene load failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+}
+
+fn n(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_participants_over_websocket_lose_nothing_and_the_counts_add_up() {
+    let s = server(false).await;
+    let mut args = server_args(&s);
+    args.extend(
+        "-n 50 --rooms 2 --publishers 2 --duration 2 --ramp-up 0.5 --json"
+            .split(' ')
+            .map(String::from),
+    );
+    let r = json(&load(args).await);
+    assert_eq!(n(&r, "joined"), 50);
+    assert_eq!(n(&r, "failed"), 0);
+    assert_eq!(r["transports"][0][0], "WebSocket");
+    let sent = n(&r, "sent_audio") + n(&r, "sent_video");
+    // Two rooms of 25 with 2 publishers each: every frame is owed to 24 others.
+    assert_eq!(n(&r, "expected"), sent * 24);
+    assert!(
+        n(&r, "sent_audio") >= 4 * 50,
+        "four publishers sent 2 s of 50 fps audio"
+    );
+    assert_eq!(n(&r, "received"), n(&r, "expected"), "no loss on loopback");
+    assert_eq!(
+        n(&r, "received"),
+        n(&r, "received_audio") + n(&r, "received_video")
+    );
+    assert_eq!(n(&r, "lost"), 0);
+    assert_eq!(n(&r, "sequence_gaps"), 0);
+    assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(r["connect_ms"]["max"].as_f64().unwrap() > 0.0);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_over_webtransport_delivers_every_video_frame() {
+    let s = server(true).await;
+    let mut args = server_args(&s);
+    args.extend(
+        "-n 10 --duration 2 --ramp-up 0.2 --transport wt --json"
+            .split(' ')
+            .map(String::from),
+    );
+    let r = json(&load(args).await);
+    assert_eq!(r["transports"][0][0], "WebTransport");
+    assert_eq!(n(&r, "joined"), 10);
+    // Video travels on streams, which QUIC makes reliable: all of it arrives.
+    assert_eq!(n(&r, "received_video"), n(&r, "sent_video") * 9);
+    assert_eq!(
+        n(&r, "expected"),
+        (n(&r, "sent_audio") + n(&r, "sent_video")) * 9
+    );
+    assert_eq!(n(&r, "received") + n(&r, "lost"), n(&r, "expected"));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_fail_the_run_and_errors_say_what_to_do() {
+    let s = server(false).await;
+    let mut args = server_args(&s);
+    args.extend(
+        "-n 2 --duration 0.5 --ramp-up 0 --max-p99-ms 0.000001"
+            .split(' ')
+            .map(String::from),
+    );
+    let out = load(args).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a p99 above --max-p99-ms exits 1"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exceeds --max-p99-ms"), "{err}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("latency") && table.contains("delivered"),
+        "{table}"
+    );
+
+    // Nothing listens here.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let out = load(vec![
+        "--server".into(),
+        format!("http://127.0.0.1:{port}"),
+        "-n".into(),
+        "1".into(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no participant could join") && err.contains("cannot reach"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = load(vec!["--server".into(), "ftp://x".into()]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad server URL"));
+    s.shutdown().await;
+}
