@@ -150,8 +150,78 @@ fn test(quick: bool) -> Result<(), String> {
         "cargo",
         &["test", "--quiet", "-p", "convene-benches", "--benches"],
     )?;
+    browser_tests()?;
     conformance()?;
     Ok(())
+}
+
+/// Debian's Chromium, which Playwright drives; never a downloaded browser.
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Installs Chromium (Debian package) and the pinned npm packages when
+/// missing, builds the binaries the pages talk to, and runs Playwright.
+fn browser_tests() -> Result<(), String> {
+    if !std::path::Path::new(CHROMIUM).exists() {
+        install_debian_packages(&["chromium"])?;
+    }
+    let e2e = root().join("e2e");
+    run_in(&e2e, "npm", &["ci", "--no-audit", "--no-fund"])?;
+    run(
+        "cargo",
+        &["build", "--quiet", "-p", "convene-server", "-p", "convene-cli"],
+    )?;
+    println!("\n$ npx playwright test   (Chromium {CHROMIUM})");
+    let status = Command::new("npx")
+        .args(["playwright", "test"])
+        .current_dir(&e2e)
+        .env("CONVENE_BIN_DIR", target_dir().join("debug"))
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+        .status()
+        .map_err(|e| format!("cannot run npx (is Node.js installed?): {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("browser tests failed".to_string())
+    }
+}
+
+/// `apt-get install -y` as root; otherwise says what to run.
+fn install_debian_packages(packages: &[&str]) -> Result<(), String> {
+    let root_user = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root_user {
+        return Err(format!(
+            "the tests need the Debian packages {}; install them with: sudo apt-get install -y {}",
+            packages.join(", "),
+            packages.join(" ")
+        ));
+    }
+    println!("\n$ apt-get install -y {}", packages.join(" "));
+    let mut args = vec!["install", "-y"];
+    args.extend_from_slice(packages);
+    if run("apt-get", &args).is_ok() {
+        return Ok(());
+    }
+    // A fresh machine may have no package lists yet.
+    run("apt-get", &["update"])?;
+    run("apt-get", &args)
+}
+
+fn run_in(dir: &std::path::Path, program: &str, args: &[&str]) -> Result<(), String> {
+    println!("\n$ (cd {}) {program} {}", dir.display(), args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+        .status()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{program} {} failed with {status}", args.join(" ")))
+    }
 }
 
 /// Builds the server in release mode and runs it in the foreground.

@@ -1,0 +1,135 @@
+// Starts the real pieces a browser test needs: convene-server on a free
+// loopback port (with a --dev-tls certificate), a static file server for the
+// test pages, Debian's Chromium, and the `convene` CLI.
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const http = require('node:http');
+const https = require('node:https');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+const { chromium } = require('@playwright/test');
+
+const ROOT = path.resolve(__dirname, '..', '..');
+// Where cargo put the binaries: xtask passes it; otherwise the default target dir.
+const BIN_DIR = process.env.CONVENE_BIN_DIR
+  || path.join(process.env.CARGO_TARGET_DIR || path.join(ROOT, 'target'), 'debug');
+const DEADLINE_MS = 30_000;
+
+function bin(name) {
+  const p = path.join(BIN_DIR, name);
+  if (!fs.existsSync(p)) {
+    throw new Error(`${p} is missing: build it with 'cargo build -p convene-server -p convene-cli' (or run 'cargo xtask test')`);
+  }
+  return p;
+}
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+// GET over https from the harness only (the browser checks the certificate by its hash).
+function getJson(url) {
+  return new Promise((resolve, reject) => {
+    const req = https.get(url, { rejectUnauthorized: false }, (res) => {
+      let body = '';
+      res.on('data', (c) => { body += c; });
+      res.on('end', () => {
+        if (res.statusCode !== 200) return reject(new Error(`${url}: HTTP ${res.statusCode}`));
+        try { resolve(JSON.parse(body)); } catch (e) { reject(e); }
+      });
+    });
+    req.on('error', reject);
+  });
+}
+
+async function until(what, fn) {
+  const end = Date.now() + DEADLINE_MS;
+  let last;
+  while (Date.now() < end) {
+    try { return await fn(); } catch (e) { last = e; }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what} within ${DEADLINE_MS} ms: ${last}`);
+}
+
+async function startServer(extraArgs = []) {
+  const port = await freePort();
+  const logs = [];
+  const child = spawn(bin('convene-server'), ['--dev-tls', '--listen', `127.0.0.1:${port}`, '--log', 'info', ...extraArgs], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  child.stdout.on('data', (d) => logs.push(String(d)));
+  child.stderr.on('data', (d) => logs.push(String(d)));
+  const base = `https://127.0.0.1:${port}`;
+  let discovery;
+  try {
+    discovery = await until('convene-server answers discovery', () => getJson(`${base}/.well-known/convene.json`));
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw new Error(`${e}\nserver log:\n${logs.join('')}`);
+  }
+  return {
+    base, port, discovery, logs,
+    sha256: discovery.certificate_hashes[0].value,
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.kill('SIGTERM');
+      await new Promise((r) => { child.once('exit', r); setTimeout(r, 10_000); });
+    },
+  };
+}
+
+// Serves e2e/pages on plain http at 127.0.0.1, which browsers treat as a secure context.
+async function startPages() {
+  const dir = path.join(__dirname, '..', 'pages');
+  const types = { '.html': 'text/html', '.js': 'text/javascript' };
+  const server = http.createServer((req, res) => {
+    const name = path.normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^\/+/, '');
+    const file = path.join(dir, name);
+    if (!file.startsWith(dir) || !fs.existsSync(file)) { res.writeHead(404); res.end(); return; }
+    res.writeHead(200, { 'content-type': types[path.extname(file)] || 'application/octet-stream' });
+    fs.createReadStream(file).pipe(res);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { base: `http://127.0.0.1:${server.address().port}`, stop: () => new Promise((r) => server.close(r)) };
+}
+
+async function launchChromium() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'convene-chromium-'));
+  const context = await chromium.launchPersistentContext(dir, {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    // Never --disable-quic: WebTransport runs over QUIC.
+    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync',
+      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'],
+  });
+  const console = [];
+  context.on('console', (m) => console.push(`${m.type()}: ${m.text()}`));
+  return {
+    context, console,
+    async close() { await context.close(); fs.rmSync(dir, { recursive: true, force: true }); },
+  };
+}
+
+// Runs `convene ARGS`, resolving to {code, stdout, stderr}.
+function convene(args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin('convene'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '', stderr = '';
+    child.stdout.on('data', (d) => { stdout += d; });
+    child.stderr.on('data', (d) => { stderr += d; });
+    child.on('error', reject);
+    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+module.exports = { startServer, startPages, launchChromium, convene };
