@@ -168,7 +168,14 @@ fn browser_tests() -> Result<(), String> {
     run_in(&e2e, "npm", &["ci", "--no-audit", "--no-fund"])?;
     run(
         "cargo",
-        &["build", "--quiet", "-p", "convene-server", "-p", "convene-cli"],
+        &[
+            "build",
+            "--quiet",
+            "-p",
+            "convene-server",
+            "-p",
+            "convene-cli",
+        ],
     )?;
     println!("\n$ npx playwright test   (Chromium {CHROMIUM})");
     let status = Command::new("npx")
