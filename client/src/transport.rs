@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use convene_protocol::frame::{FRAME_CONTROL, FRAME_MEDIA, length_prefix};
+use convene_protocol::frame::{FRAME_CONTROL, FRAME_MEDIA, length_prefix, stream_priority};
 use convene_protocol::{CloseReason, MediaFrame, StreamDecoder};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -518,8 +518,8 @@ async fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::other(format!("{host} has no address")))
 }
 
-/// The QUIC send priority of each class: higher goes first.
-fn priority(class: SendClass) -> i32 {
+/// The rank of each class in the QUIC send priority: higher goes first.
+fn rank(class: SendClass) -> u8 {
     match class {
         SendClass::Control => 3,
         SendClass::Audio => 2,
@@ -533,7 +533,8 @@ async fn wt_writer(
     mut control: web_transport_quinn::SendStream,
     mut out_rx: mpsc::Receiver<Outgoing>,
 ) {
-    let _ = control.set_priority(priority(SendClass::Control));
+    let _ = control.set_priority(stream_priority(rank(SendClass::Control), 0));
+    let mut opened = 0u32;
     let mut chunks: Vec<Bytes> = Vec::new();
     while let Some(first) = out_rx.recv().await {
         let mut next = Some(first);
@@ -543,7 +544,10 @@ async fn wt_writer(
                     chunks.push(Bytes::copy_from_slice(&length_prefix(f.len())));
                     chunks.push(f);
                 }
-                Outgoing::Frame(f, class) => send_media(&session, f, class),
+                Outgoing::Frame(f, class) => {
+                    opened = opened.wrapping_add(1);
+                    send_media(&session, f, class, opened);
+                }
                 Outgoing::Close(reason) => {
                     if !chunks.is_empty() {
                         let _ = control.write_all_chunks(&mut chunks).await;
@@ -569,7 +573,7 @@ async fn wt_writer(
 
 /// Sends one media frame: audio as a datagram when it fits, anything else
 /// on a unidirectional stream of its own with the class's priority.
-fn send_media(session: &web_transport_quinn::Session, frame: Bytes, class: SendClass) {
+fn send_media(session: &web_transport_quinn::Session, frame: Bytes, class: SendClass, order: u32) {
     if class == SendClass::Audio && frame.len() <= session.max_datagram_size() {
         // A datagram refused here (e.g. no room) is a lost audio frame, as on the wire.
         let _ = session.send_datagram(frame);
@@ -578,7 +582,7 @@ fn send_media(session: &web_transport_quinn::Session, frame: Bytes, class: SendC
     let session = session.clone();
     tokio::spawn(async move {
         if let Ok(mut s) = session.open_uni().await {
-            let _ = s.set_priority(priority(class));
+            let _ = s.set_priority(stream_priority(rank(class), order));
             if s.write_chunk(frame).await.is_ok() {
                 let _ = s.finish();
             }

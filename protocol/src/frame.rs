@@ -214,3 +214,25 @@ mod tests {
         assert_eq!(d.next_frame().unwrap_err().code, ErrorCode::MalformedFrame);
     }
 }
+
+/// The QUIC send priority of a stream (PROTOCOL.md §3.3): `rank` 3 for the
+/// control stream, 2 audio, 1 video key frames, 0 video deltas; within a rank
+/// the stream opened earlier (`counter`, counting per session) goes first, so
+/// frames leave whole and in order instead of sharing the path round robin,
+/// which would make every frame late. Higher values are sent first.
+pub fn stream_priority(rank: u8, counter: u32) -> i32 {
+    (i32::from(rank.min(3)) << 24) - (counter & 0x00FF_FFFF) as i32
+}
+
+#[cfg(test)]
+mod priority_tests {
+    use super::stream_priority;
+
+    #[test]
+    fn ranks_come_first_then_age() {
+        assert!(stream_priority(3, 0) > stream_priority(2, 0));
+        assert!(stream_priority(2, 0xFF_FFFF) > stream_priority(1, 0));
+        assert!(stream_priority(1, 0xFF_FFFF) > stream_priority(0, 0));
+        assert!(stream_priority(0, 1) > stream_priority(0, 2));
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use convene_protocol::frame::{FRAME_CONTROL, FRAME_MEDIA, length_prefix};
+use convene_protocol::frame::{FRAME_CONTROL, FRAME_MEDIA, length_prefix, stream_priority};
 use convene_protocol::{CloseReason, ErrorCode, MediaFrame, ProtocolError, StreamDecoder};
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -82,16 +82,40 @@ async fn run(state: Arc<AppState>, session: Session, peer: IpAddr) {
     let sink = WtSink {
         session: session.clone(),
         control,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_MEDIA_IN_FLIGHT)),
+        opened: 0,
     };
     drive(conn, sink, incoming, state, peer).await;
     readers.abort();
 }
+
+/// Media frames being written to QUIC at once per session. Beyond this the
+/// writer waits, so frames stay in the outbox, where the spec's drop order
+/// (video deltas first) and the slow-subscriber rule apply, instead of
+/// piling up inside QUIC without bound.
+const MAX_MEDIA_IN_FLIGHT: usize = 32;
 
 /// The writing side of a WebTransport session: control frames length-prefixed
 /// on the control stream, media frames each on a unidirectional stream.
 struct WtSink {
     session: Session,
     control: Arc<tokio::sync::Mutex<Option<SendStream>>>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Media streams opened so far: older frames are sent first.
+    opened: u32,
+}
+
+impl WtSink {
+    async fn write_control(&mut self, chunks: &mut Vec<Bytes>) -> Result<(), ()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        if let Some(s) = self.control.lock().await.as_mut() {
+            s.write_all_chunks(chunks).await.map_err(|_| ())?;
+        }
+        chunks.clear();
+        Ok(())
+    }
 }
 
 impl FrameSink for WtSink {
@@ -100,19 +124,27 @@ impl FrameSink for WtSink {
         for (i, f) in batch.drain(..).enumerate() {
             let audio = i >= lanes.control && i < lanes.control + lanes.audio;
             match f.first() {
-                Some(&FRAME_MEDIA) => send_media(&self.session, f, audio),
+                Some(&FRAME_MEDIA) => {
+                    // Control frames come first in a batch: send them before waiting on media.
+                    if !control.is_empty() {
+                        self.write_control(&mut control).await?;
+                    }
+                    let permit = self
+                        .in_flight
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| ())?;
+                    self.opened = self.opened.wrapping_add(1);
+                    send_media(&self.session, f, audio, self.opened, permit);
+                }
                 _ => {
                     control.push(Bytes::copy_from_slice(&length_prefix(f.len())));
                     control.push(f);
                 }
             }
         }
-        if !control.is_empty() {
-            if let Some(s) = self.control.lock().await.as_mut() {
-                s.write_all_chunks(&mut control).await.map_err(|_| ())?;
-            }
-        }
-        Ok(())
+        self.write_control(&mut control).await
     }
 
     async fn close(&mut self, reason: &CloseReason) {
@@ -131,21 +163,27 @@ impl FrameSink for WtSink {
 /// Sends one media frame (PROTOCOL.md §3.3): audio as a datagram when it
 /// fits, anything else on a unidirectional stream of its own, audio streams
 /// first, then video key frames, then deltas.
-fn send_media(session: &Session, frame: Bytes, audio: bool) {
+fn send_media(
+    session: &Session,
+    frame: Bytes,
+    audio: bool,
+    order: u32,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
     if audio && frame.len() <= session.max_datagram_size() {
-        // Refused only when the peer takes no datagrams or the buffer is full:
-        // then the frame is lost, as audio on the wire may be.
+        // Refused only when the peer takes no datagrams: then a stream carries it.
         if session.send_datagram(frame.clone()).is_ok() {
             return;
         }
     }
-    let priority = if audio {
+    let rank = if audio {
         2
     } else if frame.get(1).is_some_and(|flags| flags & 0x01 != 0) {
         1
     } else {
         0
     };
+    let priority = stream_priority(rank, order);
     let session = session.clone();
     tokio::spawn(async move {
         if let Ok(mut s) = session.open_uni().await {
@@ -154,6 +192,7 @@ fn send_media(session: &Session, frame: Bytes, audio: bool) {
                 let _ = s.finish();
             }
         }
+        drop(permit);
     });
 }
 
@@ -173,6 +212,8 @@ async fn read_all(
             return;
         }
     };
+    // Control goes ahead of every media stream.
+    let _ = send.set_priority(stream_priority(3, 0));
     *control_send.lock().await = Some(send);
     let control = tokio::spawn(read_control(recv, tx.clone(), max_frame));
     let extra_bi = {

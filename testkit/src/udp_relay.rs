@@ -1,0 +1,274 @@
+//! A seeded, impairing UDP relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::UdpSocket;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// What happens to datagrams in one direction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Impairment {
+    /// Probability that a datagram is dropped (0.0–1.0).
+    pub loss: f64,
+    /// Fixed one-way delay.
+    pub delay: Duration,
+    /// Extra delay, uniform in 0..jitter.
+    pub jitter: Duration,
+    /// Probability that a datagram is held back by `reorder_by`, so later ones overtake it.
+    pub reorder: f64,
+    /// How long a reordered datagram is held back.
+    pub reorder_by: Duration,
+    /// Link rate in bytes per second; `None` for unlimited.
+    pub rate_bytes_per_sec: Option<u64>,
+    /// With a rate: datagrams that would wait longer than this for the link are tail-dropped.
+    pub max_queue_delay: Duration,
+}
+
+impl Impairment {
+    /// A perfect link.
+    pub const NONE: Impairment = Impairment {
+        loss: 0.0,
+        delay: Duration::ZERO,
+        jitter: Duration::ZERO,
+        reorder: 0.0,
+        reorder_by: Duration::ZERO,
+        rate_bytes_per_sec: None,
+        max_queue_delay: Duration::from_millis(200),
+    };
+}
+
+/// Counters of what the relay did, both directions together.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Datagrams received from either side.
+    pub received: AtomicU64,
+    /// Datagrams forwarded.
+    pub forwarded: AtomicU64,
+    /// Datagrams dropped at random.
+    pub lost: AtomicU64,
+    /// Datagrams dropped because the rate-limited link's queue was full.
+    pub tail_dropped: AtomicU64,
+    /// Datagrams held back to be reordered.
+    pub reordered: AtomicU64,
+}
+
+/// One direction's link state.
+struct Link {
+    impairment: Impairment,
+    rng: StdRng,
+    /// When the rate-limited link is next free.
+    next_free: Instant,
+}
+
+impl Link {
+    /// When the datagram should leave, or `None` to drop it.
+    fn schedule(&mut self, now: Instant, len: usize, stats: &RelayStats) -> Option<Instant> {
+        let i = self.impairment;
+        // Draw every decision for every datagram, so the sequence depends only on the seed.
+        let lose = self.rng.random_bool(i.loss.clamp(0.0, 1.0));
+        let jitter = if i.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            i.jitter.mul_f64(self.rng.random::<f64>())
+        };
+        let reorder = self.rng.random_bool(i.reorder.clamp(0.0, 1.0));
+        if lose {
+            stats.lost.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let mut leave = now;
+        if let Some(rate) = i.rate_bytes_per_sec.filter(|r| *r > 0) {
+            let start = self.next_free.max(now);
+            if start - now > i.max_queue_delay {
+                stats.tail_dropped.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            self.next_free = start + Duration::from_secs_f64(len as f64 / rate as f64);
+            leave = self.next_free;
+        }
+        leave += i.delay + jitter;
+        if reorder {
+            stats.reordered.fetch_add(1, Ordering::Relaxed);
+            leave += i.reorder_by;
+        }
+        Some(leave)
+    }
+}
+
+/// A relay between one client and a UDP server: the client sends to
+/// [`UdpRelay::addr`], the relay forwards to the server from a socket of its
+/// own, and the server's answers come back the same way.
+pub struct UdpRelay {
+    addr: SocketAddr,
+    seed: u64,
+    stats: Arc<RelayStats>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for UdpRelay {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl UdpRelay {
+    /// Starts a relay on a free loopback port in front of `server`:
+    /// `up` impairs client→server datagrams, `down` server→client.
+    pub async fn start(
+        server: SocketAddr,
+        up: Impairment,
+        down: Impairment,
+        seed: u64,
+    ) -> std::io::Result<UdpRelay> {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        back.connect(server).await?;
+        let addr = front.local_addr()?;
+        let stats = Arc::new(RelayStats::default());
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+        let up_link = Link {
+            impairment: up,
+            rng: StdRng::seed_from_u64(seed),
+            next_free: Instant::now(),
+        };
+        let down_link = Link {
+            impairment: down,
+            rng: StdRng::seed_from_u64(seed ^ 0x9E37_79B9_7F4A_7C15),
+            next_free: Instant::now(),
+        };
+        let upstream = {
+            let (front, back, stats, client) =
+                (front.clone(), back.clone(), stats.clone(), client.clone());
+            tokio::spawn(async move {
+                let mut link = up_link;
+                let mut buf = vec![0u8; 65_536];
+                while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                    stats.received.fetch_add(1, Ordering::Relaxed);
+                    *client.lock().await = Some(from);
+                    if let Some(at) = link.schedule(Instant::now(), n, &stats) {
+                        let (back, stats, data) = (back.clone(), stats.clone(), buf[..n].to_vec());
+                        tokio::spawn(async move {
+                            tokio::time::sleep_until(at).await;
+                            if back.send(&data).await.is_ok() {
+                                stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                            }
+                        });
+                    }
+                }
+            })
+        };
+        let downstream = {
+            let (front, back, stats, client) =
+                (front.clone(), back.clone(), stats.clone(), client.clone());
+            tokio::spawn(async move {
+                let mut link = down_link;
+                let mut buf = vec![0u8; 65_536];
+                while let Ok(n) = back.recv(&mut buf).await {
+                    stats.received.fetch_add(1, Ordering::Relaxed);
+                    let Some(to) = *client.lock().await else {
+                        continue;
+                    };
+                    if let Some(at) = link.schedule(Instant::now(), n, &stats) {
+                        let (front, stats, data) =
+                            (front.clone(), stats.clone(), buf[..n].to_vec());
+                        tokio::spawn(async move {
+                            tokio::time::sleep_until(at).await;
+                            if front.send_to(&data, to).await.is_ok() {
+                                stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                            }
+                        });
+                    }
+                }
+            })
+        };
+        Ok(UdpRelay {
+            addr,
+            seed,
+            stats,
+            tasks: vec![upstream, downstream],
+        })
+    }
+
+    /// Where clients send their datagrams.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The seed of this relay's decisions, to replay a run.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// What the relay has done so far.
+    pub fn stats(&self) -> &RelayStats {
+        &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decisions(seed: u64, i: Impairment) -> Vec<Option<Duration>> {
+        let t0 = Instant::now();
+        let mut link = Link {
+            impairment: i,
+            rng: StdRng::seed_from_u64(seed),
+            next_free: t0,
+        };
+        let stats = RelayStats::default();
+        (0..1000)
+            .map(|_| link.schedule(t0, 1200, &stats).map(|t| t - t0))
+            .collect()
+    }
+
+    #[test]
+    fn the_same_seed_makes_the_same_decisions() {
+        let i = Impairment {
+            loss: 0.05,
+            delay: Duration::from_millis(50),
+            jitter: Duration::from_millis(5),
+            reorder: 0.02,
+            reorder_by: Duration::from_millis(20),
+            ..Impairment::NONE
+        };
+        assert_eq!(decisions(7, i), decisions(7, i));
+        assert_ne!(decisions(7, i), decisions(8, i));
+        let d = decisions(7, i);
+        let lost = d.iter().filter(|x| x.is_none()).count();
+        assert!(
+            (20..=90).contains(&lost),
+            "about 5% of 1000 lost, got {lost}"
+        );
+        let late = d
+            .iter()
+            .flatten()
+            .filter(|x| **x >= Duration::from_millis(70))
+            .count();
+        assert!(late > 0, "some datagrams are held back for reordering");
+        assert!(d.iter().flatten().all(|x| *x >= Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn a_rate_limit_spaces_datagrams_and_tail_drops() {
+        let i = Impairment {
+            rate_bytes_per_sec: Some(120_000),
+            max_queue_delay: Duration::from_millis(100),
+            ..Impairment::NONE
+        };
+        let d = decisions(1, i);
+        // 1200 B at 120 kB/s is 10 ms each; a 100 ms queue holds about 10.
+        assert_eq!(d[0], Some(Duration::from_millis(10)));
+        assert_eq!(d[1], Some(Duration::from_millis(20)));
+        let sent = d.iter().flatten().count();
+        assert!((10..=12).contains(&sent), "{sent} fit in the queue");
+    }
+}
