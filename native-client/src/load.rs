@@ -538,7 +538,7 @@ async fn join(
     endpoint: &convene_client::Endpoint,
 ) -> Result<Client, String> {
     let config = ClientSessionConfig {
-        client_kind: ClientKind::Native,
+        client_kind: ClientKind::Load,
         client_version: concat!("convene-load/", env!("CARGO_PKG_VERSION")).into(),
         auth_token: args.server.token.clone().unwrap_or_default(),
         ..ClientSessionConfig::default()

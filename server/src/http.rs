@@ -25,7 +25,22 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/", get(index))
         .route("/meeting/{name}/{id}", get(index))
         .fallback_service(ServeDir::new(web_dir))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            alt_svc,
+        ))
         .with_state(state)
+}
+
+/// Tells HTTP clients that WebTransport (HTTP/3) is on the same host at its UDP port.
+async fn alt_svc(State(state): State<Arc<AppState>>, mut response: Response) -> Response {
+    if let Some(addr) = state.wt_addr() {
+        if let Ok(v) = header::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", addr.port()))
+        {
+            response.headers_mut().insert(header::ALT_SVC, v);
+        }
+    }
+    response
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

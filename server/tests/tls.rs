@@ -65,3 +65,37 @@ async fn dev_tls_serves_websocket_to_a_client_pinning_the_published_hash() {
     assert!(tls_connect(server.addr, wrong).await.is_err());
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_responses_advertise_webtransport_with_alt_svc_and_discovery() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = convene_server::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dev_tls: true,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let hash = hex::decode(server.cert_sha256.as_ref().unwrap()).unwrap();
+    let mut tls = tls_connect(server.addr, hash).await.unwrap();
+    tls.write_all(
+        b"GET /.well-known/convene.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut response = String::new();
+    let _ = tls.read_to_string(&mut response).await;
+    let port = server.wt_addr.unwrap().port();
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains(&format!("alt-svc: h3=\":{port}\"; ma=86400")),
+        "{response}"
+    );
+    assert!(
+        response.contains(&format!("https://127.0.0.1:{port}/convene/wt")),
+        "{response}"
+    );
+    assert!(response.contains(server.cert_sha256.as_ref().unwrap().as_str()));
+    server.shutdown().await;
+}
