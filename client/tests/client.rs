@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
+mod common;
+
+use common::{DEADLINE, joined, wait_for};
 use convene_client::{Client, ConnectError, Endpoint, TransportChoice, TransportKind};
 use convene_protocol::v1::{TrackInfo, TrackKind, server_message::Msg as S};
 use convene_protocol::{ClientEvent, ClientSessionConfig, MediaFrame, MediaHeader};
 use convene_server::config::Config;
-
-const DEADLINE: Duration = Duration::from_secs(20);
 
 async fn server(tls: bool) -> convene_server::Server {
     let config = Config {
@@ -27,31 +28,6 @@ fn endpoint(s: &convene_server::Server) -> Endpoint {
             .unwrap(),
         None => Endpoint::new(&format!("http://{}", s.addr)).unwrap(),
     }
-}
-
-/// Connects, waits for Welcome, joins `meeting` and waits for Joined.
-async fn joined(endpoint: &Endpoint, choice: TransportChoice, meeting: &str) -> Client {
-    let mut c = Client::connect(endpoint, choice, ClientSessionConfig::default())
-        .await
-        .expect("connects");
-    wait_for(&mut c, |e| matches!(e, ClientEvent::Welcome(_))).await;
-    c.join(meeting, "tester", true).unwrap();
-    wait_for(&mut c, |e| matches!(e, ClientEvent::Joined(_))).await;
-    c
-}
-
-async fn wait_for(c: &mut Client, pred: impl Fn(&ClientEvent) -> bool) -> ClientEvent {
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            match c.next_event().await {
-                Some(e) if pred(&e) => return e,
-                Some(_) => {}
-                None => panic!("session closed: {:?}", c.close_reason()),
-            }
-        }
-    })
-    .await
-    .expect("event within the deadline")
 }
 
 fn frame(track: u32, seq: u32, key: bool, len: usize) -> MediaFrame {

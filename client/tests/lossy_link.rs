@@ -7,43 +7,21 @@
 
 use std::time::{Duration, Instant};
 
-use convene_client::{Client, Endpoint, TransportChoice};
+mod common;
+
+use common::{joined, wait_for};
+use convene_client::{Endpoint, TransportChoice};
 use convene_protocol::v1::{
     KeyFrameRequest, TrackInfo, TrackKind, client_message::Msg as C, server_message::Msg as S,
 };
-use convene_protocol::{ClientEvent, ClientSessionConfig, MediaFrame, MediaHeader};
+use convene_protocol::{ClientEvent, MediaFrame, MediaHeader};
 use convene_server::config::Config;
 use convene_testkit::{Impairment, UdpRelay};
 
-const DEADLINE: Duration = Duration::from_secs(20);
 const AUDIO: u32 = 1;
 const VIDEO: u32 = 2;
 /// About 240 kbit/s at 30 fps: a low-rate video a 5%-loss, 100 ms-RTT path can carry.
 const VIDEO_BYTES: usize = 1000;
-
-async fn joined(endpoint: &Endpoint, choice: TransportChoice, meeting: &str) -> Client {
-    let mut c = Client::connect(endpoint, choice, ClientSessionConfig::default())
-        .await
-        .expect("connects");
-    until(&mut c, |e| matches!(e, ClientEvent::Welcome(_))).await;
-    c.join(meeting, "tester", true).unwrap();
-    until(&mut c, |e| matches!(e, ClientEvent::Joined(_))).await;
-    c
-}
-
-async fn until(c: &mut Client, pred: impl Fn(&ClientEvent) -> bool) -> ClientEvent {
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            match c.next_event().await {
-                Some(e) if pred(&e) => return e,
-                Some(_) => {}
-                None => panic!("session closed: {:?}", c.close_reason()),
-            }
-        }
-    })
-    .await
-    .expect("event within the deadline")
-}
 
 fn now_us() -> u64 {
     std::time::SystemTime::now()
@@ -188,7 +166,7 @@ async fn a_lossy_link_keeps_audio_flowing_and_video_recovers_through_key_frame_r
             })
             .unwrap();
         let me = publisher.participant_id();
-        until(&mut publisher, |e| {
+        wait_for(&mut publisher, |e| {
             matches!(e, ClientEvent::Room(S::TrackPublished(t))
                 if t.participant_id == me && t.track.as_ref().is_some_and(|t| t.track_id == id))
         })

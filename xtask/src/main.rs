@@ -75,23 +75,7 @@ fn codegen(check: bool) -> Result<(), String> {
 
 /// Runs a command in the workspace root, echoing it, and fails on a non-zero exit.
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    println!("\n$ {program} {}", args.join(" "));
-    let started = Instant::now();
-    let status = Command::new(program)
-        .args(args)
-        .current_dir(root())
-        .status()
-        .map_err(|e| format!("cannot start {program}: {e}"))?;
-    println!(
-        "({program} {} took {:.1} s)",
-        args.first().unwrap_or(&""),
-        started.elapsed().as_secs_f64()
-    );
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`{program} {}` failed ({status})", args.join(" ")))
-    }
+    run_in(&root(), program, args)
 }
 
 /// True when `cargo <subcommand> --version` works.
@@ -216,18 +200,30 @@ fn install_debian_packages(packages: &[&str]) -> Result<(), String> {
     run("apt-get", &args)
 }
 
+/// Runs a command in `dir`, echoing it with its time, and fails on a
+/// non-zero exit. Playwright's packages are told never to fetch a browser.
 fn run_in(dir: &std::path::Path, program: &str, args: &[&str]) -> Result<(), String> {
-    println!("\n$ (cd {}) {program} {}", dir.display(), args.join(" "));
+    if dir == root() {
+        println!("\n$ {program} {}", args.join(" "));
+    } else {
+        println!("\n$ (cd {}) {program} {}", dir.display(), args.join(" "));
+    }
+    let started = Instant::now();
     let status = Command::new(program)
         .args(args)
         .current_dir(dir)
         .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
         .status()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    println!(
+        "({program} {} took {:.1} s)",
+        args.first().unwrap_or(&""),
+        started.elapsed().as_secs_f64()
+    );
     if status.success() {
         Ok(())
     } else {
-        Err(format!("{program} {} failed with {status}", args.join(" ")))
+        Err(format!("`{program} {}` failed ({status})", args.join(" ")))
     }
 }
 

@@ -193,87 +193,15 @@ pub async fn http_get(server: &convene_server::Server, path: &str) -> (u16, Stri
 }
 
 /// A TLS client that trusts exactly one certificate, by its SHA-256, as
-/// browsers do with WebTransport's `serverCertificateHashes`.
+/// browsers do with WebTransport's `serverCertificateHashes`: the Rust
+/// client's own pinning verifier.
 pub mod tls {
-    use std::sync::Arc;
-
-    use rustls::DigitallySignedStruct;
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use sha2::{Digest, Sha256};
-
-    /// Accepts exactly the certificate with this SHA-256, and checks its signatures.
-    #[derive(Debug)]
-    pub struct PinnedHash {
-        sha256: Vec<u8>,
-        provider: Arc<rustls::crypto::CryptoProvider>,
-    }
-
-    impl ServerCertVerifier for PinnedHash {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            if Sha256::digest(end_entity.as_ref()).as_slice() == self.sha256.as_slice() {
-                Ok(ServerCertVerified::assertion())
-            } else {
-                Err(rustls::Error::General(
-                    "certificate hash does not match".into(),
-                ))
-            }
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                m,
-                c,
-                d,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                m,
-                c,
-                d,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.provider
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    }
-
     /// TLS to `addr`, trusting only the certificate whose SHA-256 is `sha256`.
     pub async fn connect(
         addr: std::net::SocketAddr,
         sha256: Vec<u8>,
     ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, std::io::Error> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedHash { sha256, provider }))
-            .with_no_client_auth();
         let tcp = tokio::net::TcpStream::connect(addr).await?;
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
+        convene_client::tls::connect(tcp, "localhost", Some(sha256)).await
     }
 }
