@@ -1,13 +1,22 @@
 //! `convene`: the Convene command-line client.
 //!
+//! `convene stream` publishes a camera or a test pattern as H.264;
+//! `convene receive` watches a meeting and reports what arrives;
 //! `convene load` simulates many participants against a server and reports
 //! connect times, loss, end-to-end latency and throughput.
 
 use clap::{Parser, Subcommand};
 
 mod args;
+mod audio;
+mod frame;
+mod h264;
 mod load;
+mod pattern;
+mod receive;
+mod source;
 mod stats;
+mod stream;
 
 /// The Convene command-line client.
 #[derive(Debug, Parser)]
@@ -27,6 +36,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Publish a camera (or a test pattern) as H.264 video, with an optional
+    /// tone as audio, into a meeting. Reconnects when the server goes away.
+    Stream(stream::StreamArgs),
+    /// Watch a meeting: decode everyone's video and report frame rate,
+    /// resolution, bitrate, loss and latency; optionally save pictures.
+    Receive(receive::ReceiveArgs),
     /// Simulate participants (synthetic media, no codec cost) and measure
     /// connect time, loss, latency and throughput.
     Load(load::LoadArgs),
@@ -53,6 +68,8 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Stream(args) => stream::run(args).await,
+            Command::Receive(args) => receive::run(args).await,
             Command::Load(args) => load::run(args).await,
         }
     });

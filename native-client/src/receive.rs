@@ -1,0 +1,640 @@
+//! `convene receive`: join a meeting, subscribe to everyone, decode their
+//! video, and say per participant what arrives: frame rate, resolution,
+//! bitrate, loss and latency. With `--dump-dir` it writes every Nth decoded
+//! picture as PNG (and with `--y4m` into one Y4M file per track).
+//!
+//! Latency has two readings: from the media header's capture time (when the
+//! frame arrived) and, for pictures from `convene stream --source
+//! test-pattern`, from the time drawn in the picture (when it was decoded,
+//! so glass to glass).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use convene_client::Client;
+use convene_protocol::v1::{
+    self, ClientKind, TrackInfo, TrackKind, client_message::Msg as C, server_message::Msg as S,
+};
+use convene_protocol::{ClientEvent, ClientSessionConfig};
+use tokio::sync::mpsc;
+
+use crate::args::ServerArgs;
+use crate::audio;
+use crate::frame::I420;
+use crate::h264::H264Decoder;
+use crate::pattern;
+use crate::source::unix_micros;
+use crate::stats::percentile;
+use crate::stream::StatusLine;
+
+/// How long connecting and joining may take.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Encoded frames waiting for the decoder before newer ones are dropped.
+const DECODE_QUEUE: usize = 64;
+
+/// `convene receive` flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReceiveArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The meeting to watch.
+    #[arg(long)]
+    meeting_id: String,
+    /// The name others see.
+    #[arg(long, default_value = "convene-receive")]
+    user_id: String,
+    /// Write decoded pictures here (created if missing).
+    #[arg(long)]
+    dump_dir: Option<PathBuf>,
+    /// Write every Nth decoded picture of each track.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    dump_every: u64,
+    /// Also append the dumped pictures to one Y4M file per track.
+    #[arg(long, requires = "dump_dir")]
+    y4m: bool,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Stop once this many pictures have been decoded (all tracks together).
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Print a JSON report on stdout when done.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What was seen of one track.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct TrackReport {
+    participant_id: u32,
+    display_name: String,
+    track_id: u32,
+    kind: &'static str,
+    codec: String,
+    frames_received: u64,
+    bytes_received: u64,
+    /// Frames missing by sequence number.
+    lost: u64,
+    key_frames_received: u64,
+    frames_decoded: u64,
+    decode_errors: u64,
+    /// Frames the decoder could not take in time.
+    dropped: u64,
+    width: usize,
+    height: usize,
+    /// Decoded pictures whose drawn stamp could be read.
+    stamps_read: u64,
+    first_counter: Option<u32>,
+    last_counter: Option<u32>,
+    /// Times a stamp's counter was not above the one before.
+    counter_regressions: u64,
+    /// ms from joining to the first decoded picture.
+    first_picture_ms: Option<u64>,
+    /// Capture (drawn in the picture) to decoded, ms.
+    glass_latency_ms_p50: Option<u64>,
+    glass_latency_ms_p95: Option<u64>,
+    /// Capture (media header) to arrival, ms.
+    arrival_latency_ms_p50: Option<f64>,
+    arrival_latency_ms_p95: Option<f64>,
+    /// Mean level of audio, dBFS.
+    audio_level_dbfs: Option<f64>,
+    pictures_written: u64,
+    #[serde(skip)]
+    glass_ms: Vec<u64>,
+    #[serde(skip)]
+    arrival_us: Vec<u64>,
+    #[serde(skip)]
+    level_sum: f64,
+    #[serde(skip)]
+    highest_seq: Option<u32>,
+    #[serde(skip)]
+    window_frames: u64,
+    #[serde(skip)]
+    window_bytes: u64,
+}
+
+/// The JSON report.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    transport: String,
+    participant_id: u32,
+    seconds: f64,
+    tracks: Vec<TrackReport>,
+}
+
+type Key = (u32, u32);
+type Shared = Arc<Mutex<HashMap<Key, TrackReport>>>;
+
+/// Work for the decoder thread.
+enum Job {
+    Frame {
+        key: Key,
+        data: bytes::Bytes,
+        is_key: bool,
+        gap: bool,
+    },
+    Forget(Key),
+}
+
+pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitCode> {
+    let endpoint = args.server.endpoint()?;
+    if let Some(dir) = &args.dump_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create --dump-dir {}", dir.display()))?;
+    }
+    let config = ClientSessionConfig {
+        client_kind: ClientKind::Native,
+        client_version: concat!("convene-receive/", env!("CARGO_PKG_VERSION")).into(),
+        auth_token: args.server.token.clone().unwrap_or_default(),
+        ..ClientSessionConfig::default()
+    };
+    let server = args.server.server.clone();
+    let joined = tokio::time::timeout(JOIN_TIMEOUT, async {
+        let mut c = Client::connect(&endpoint, args.server.transport, config)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot connect: {e}; is the server running at {server}? (set it with --server)"
+                )
+            })?;
+        loop {
+            match c.next_event().await {
+                Some(ClientEvent::Welcome(_)) => {
+                    c.join(&args.meeting_id, &args.user_id, true)?;
+                }
+                Some(ClientEvent::Joined(j)) => return Ok::<_, anyhow::Error>((c, j)),
+                Some(ClientEvent::Waiting(_)) => {
+                    eprintln!("in the waiting room until a host admits us");
+                }
+                Some(ClientEvent::JoinRefused(e)) | Some(ClientEvent::Error(e)) => {
+                    anyhow::bail!(
+                        "the server refused to let us join `{}`: {} ({})",
+                        args.meeting_id,
+                        e.text,
+                        e.code
+                    );
+                }
+                Some(_) => {}
+                None => anyhow::bail!(
+                    "the server closed the session: {}",
+                    c.close_reason().map_or("no reason".into(), |r| format!(
+                        "{} {}",
+                        r.transport_reason(),
+                        r.text
+                    ))
+                ),
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "the server at {} did not let us join within {JOIN_TIMEOUT:?}",
+            args.server.server
+        )
+    })??;
+    let (mut client, joined) = joined;
+    let started = Instant::now();
+    let me = client.participant_id();
+    let status = StatusLine::new();
+    status.note(&format!(
+        "watching `{}` as participant {me} over {:?}",
+        args.meeting_id,
+        client.transport()
+    ));
+
+    let shared: Shared = Arc::new(Mutex::new(HashMap::new()));
+    let mut names: HashMap<u32, String> = HashMap::new();
+    let mut tracks: HashMap<Key, TrackInfo> = HashMap::new();
+    for p in &joined.participants {
+        names.insert(p.participant_id, p.display_name.clone());
+        for t in &p.tracks {
+            tracks.insert((p.participant_id, t.track_id), t.clone());
+        }
+    }
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(DECODE_QUEUE);
+    let (want_key_tx, mut want_key_rx) = mpsc::channel::<Key>(64);
+    let (decoded_tx, mut decoded_rx) = mpsc::unbounded_channel::<()>();
+    let decoder = {
+        let shared = shared.clone();
+        let dump = args.dump_dir.clone().map(|dir| Dump {
+            dir,
+            every: args.dump_every,
+            y4m: args.y4m,
+            files: HashMap::new(),
+        });
+        std::thread::Builder::new()
+            .name("decode".into())
+            .spawn(move || decode_thread(job_rx, shared, dump, want_key_tx, decoded_tx, started))
+            .context("cannot start the decoder thread")?
+    };
+
+    let deadline = args
+        .duration
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let mut decoded_total = 0u64;
+    let mut status_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    let mut window_start = Instant::now();
+    let ended: Option<String> = loop {
+        tokio::select! {
+            ev = client.next_event() => match ev {
+                Some(ClientEvent::Media(m)) => {
+                    let h = m.header();
+                    let key = (h.sender, h.track_id);
+                    let Some(info) = tracks.get(&key) else { continue };
+                    let now = unix_micros();
+                    let payload = m.payload();
+                    let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    let r = guard.entry(key).or_insert_with(|| new_report(key, info, &names));
+                    r.frames_received += 1;
+                    r.bytes_received += payload.len() as u64;
+                    r.window_bytes += payload.len() as u64;
+                    r.arrival_us.push(now.saturating_sub(h.capture_timestamp_us));
+                    let gap = match r.highest_seq {
+                        Some(prev) => {
+                            let d = h.sequence.wrapping_sub(prev);
+                            if d == 0 || d > u32::MAX / 2 {
+                                continue; // late or duplicate
+                            }
+                            r.lost += u64::from(d - 1);
+                            d > 1
+                        }
+                        None => false,
+                    };
+                    r.highest_seq = Some(h.sequence);
+                    if h.key {
+                        r.key_frames_received += 1;
+                    }
+                    if info.kind == TrackKind::Audio as i32 {
+                        if info.codec.eq_ignore_ascii_case(audio::CODEC) {
+                            r.level_sum += audio::level_dbfs(&payload);
+                        }
+                        r.window_frames += 1;
+                    } else if info.codec.starts_with("avc1") {
+                        let job = Job::Frame { key, data: payload, is_key: h.key, gap };
+                        if job_tx.try_send(job).is_err() {
+                            r.dropped += 1;
+                        }
+                    }
+                }
+                Some(ClientEvent::Room(S::TrackPublished(p))) => {
+                    if let Some(t) = p.track {
+                        tracks.insert((p.participant_id, t.track_id), t);
+                    }
+                }
+                Some(ClientEvent::Room(S::TrackUnpublished(u))) => {
+                    tracks.remove(&(u.participant_id, u.track_id));
+                    let _ = job_tx.try_send(Job::Forget((u.participant_id, u.track_id)));
+                }
+                Some(ClientEvent::Room(S::ParticipantJoined(j))) => {
+                    if let Some(p) = j.participant {
+                        names.insert(p.participant_id, p.display_name);
+                    }
+                }
+                Some(ClientEvent::Room(S::ParticipantLeft(l))) => {
+                    status.note(&format!("participant {} left", l.participant_id));
+                }
+                Some(ClientEvent::Closed) | None => {
+                    break Some(client.close_reason().map_or("the connection ended".into(), |r| format!("{} {}", r.transport_reason(), r.text)));
+                }
+                Some(_) => {}
+            },
+            Some(key) = want_key_rx.recv() => {
+                let _ = client.send(C::KeyFrameRequest(v1::KeyFrameRequest { participant_id: key.0, track_id: key.1 }));
+            }
+            Some(()) = decoded_rx.recv() => {
+                decoded_total += 1;
+                if args.frames.is_some_and(|n| decoded_total >= n) {
+                    break None;
+                }
+            }
+            _ = status_tick.tick() => {
+                let secs = window_start.elapsed().as_secs_f64().max(0.001);
+                window_start = Instant::now();
+                let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+                let mut parts: Vec<String> = Vec::new();
+                let mut keys: Vec<&Key> = guard.keys().collect();
+                keys.sort();
+                let keys: Vec<Key> = keys.into_iter().copied().collect();
+                for k in keys {
+                    let r = guard.get_mut(&k).expect("key from the map");
+                    parts.push(live_line(r, secs));
+                    r.window_frames = 0;
+                    r.window_bytes = 0;
+                }
+                if parts.is_empty() {
+                    status.show("waiting for media…");
+                } else {
+                    status.show(&parts.join(" | "));
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break None,
+            _ = sleep_until(deadline) => break None,
+        }
+    };
+    drop(job_tx);
+    let _ = tokio::task::spawn_blocking(move || decoder.join()).await;
+    status.done();
+    if ended.is_none() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.close("receive done")).await;
+    }
+    let mut reports: Vec<TrackReport> = shared
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .map(finish)
+        .collect();
+    reports.sort_by_key(|r| (r.participant_id, r.track_id));
+    let report = Report {
+        transport: format!("{:?}", client.transport()),
+        participant_id: me,
+        seconds: started.elapsed().as_secs_f64(),
+        tracks: reports,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    if let Some(why) = ended {
+        anyhow::bail!("the server ended the session: {why}");
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn new_report(key: Key, info: &TrackInfo, names: &HashMap<u32, String>) -> TrackReport {
+    TrackReport {
+        participant_id: key.0,
+        display_name: names.get(&key.0).cloned().unwrap_or_default(),
+        track_id: key.1,
+        kind: match TrackKind::try_from(info.kind) {
+            Ok(TrackKind::Audio) => "audio",
+            Ok(TrackKind::Screen) => "screen",
+            _ => "video",
+        },
+        codec: info.codec.clone(),
+        ..TrackReport::default()
+    }
+}
+
+fn live_line(r: &TrackReport, secs: f64) -> String {
+    let kbps = r.window_bytes as f64 * 8.0 / secs / 1000.0;
+    let loss = 100.0 * r.lost as f64 / (r.lost + r.frames_received).max(1) as f64;
+    if r.kind == "audio" {
+        return format!(
+            "p{} audio {:.0} fps {kbps:.0} kbps loss {loss:.1}%",
+            r.participant_id,
+            r.window_frames as f64 / secs
+        );
+    }
+    let latency = match r.glass_ms.last() {
+        Some(ms) => format!("{ms} ms"),
+        None => r.arrival_us.last().map_or("-".into(), |us| {
+            format!("{:.0} ms (arrival)", *us as f64 / 1000.0)
+        }),
+    };
+    format!(
+        "p{} {}x{} {:.1} fps {kbps:.0} kbps loss {loss:.1}% latency {latency}",
+        r.participant_id,
+        r.width,
+        r.height,
+        r.window_frames as f64 / secs
+    )
+}
+
+/// Sorts the samples into percentiles.
+fn finish(mut r: TrackReport) -> TrackReport {
+    r.glass_ms.sort_unstable();
+    r.arrival_us.sort_unstable();
+    r.glass_latency_ms_p50 = percentile(&r.glass_ms, 50.0);
+    r.glass_latency_ms_p95 = percentile(&r.glass_ms, 95.0);
+    r.arrival_latency_ms_p50 = percentile(&r.arrival_us, 50.0).map(|us| us as f64 / 1000.0);
+    r.arrival_latency_ms_p95 = percentile(&r.arrival_us, 95.0).map(|us| us as f64 / 1000.0);
+    if r.kind == "audio" && r.frames_received > 0 {
+        r.audio_level_dbfs = Some(r.level_sum / r.frames_received as f64);
+    }
+    r
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "{:>6} {:>5} {:<6} {:>9} {:>8} {:>8} {:>6} {:>10} {:>14} {:>14}",
+        "peer",
+        "track",
+        "kind",
+        "size",
+        "received",
+        "decoded",
+        "lost",
+        "kbps",
+        "glass p50/p95",
+        "arrive p50/p95"
+    );
+    for r in &report.tracks {
+        let kbps = r.bytes_received as f64 * 8.0 / report.seconds.max(0.001) / 1000.0;
+        let ms = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{a}/{b} ms"),
+            _ => "-".into(),
+        };
+        let msf = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{a:.1}/{b:.1} ms"),
+            _ => "-".into(),
+        };
+        println!(
+            "{:>6} {:>5} {:<6} {:>9} {:>8} {:>8} {:>6} {:>10.0} {:>14} {:>14}",
+            r.participant_id,
+            r.track_id,
+            r.kind,
+            if r.width > 0 {
+                format!("{}x{}", r.width, r.height)
+            } else {
+                "-".into()
+            },
+            r.frames_received,
+            r.frames_decoded,
+            r.lost,
+            kbps,
+            ms(r.glass_latency_ms_p50, r.glass_latency_ms_p95),
+            msf(r.arrival_latency_ms_p50, r.arrival_latency_ms_p95),
+        );
+    }
+    if report.tracks.is_empty() {
+        println!("(nobody published anything)");
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where and how often to write pictures.
+struct Dump {
+    dir: PathBuf,
+    every: u64,
+    y4m: bool,
+    files: HashMap<Key, (std::fs::File, usize, usize)>,
+}
+
+impl Dump {
+    fn write(&mut self, key: Key, n: u64, pic: &I420) -> anyhow::Result<()> {
+        let name = format!("p{}-t{}-{n:06}.png", key.0, key.1);
+        write_png(&self.dir.join(name), pic)?;
+        if self.y4m {
+            let (w, h) = (pic.width(), pic.height());
+            if !self.files.contains_key(&key) {
+                let path = self.dir.join(format!("p{}-t{}.y4m", key.0, key.1));
+                let mut f = std::fs::File::create(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                writeln!(f, "YUV4MPEG2 W{w} H{h} F30:1 Ip A1:1 C420jpeg")?;
+                self.files.insert(key, (f, w, h));
+            }
+            let (f, fw, fh) = self.files.get_mut(&key).expect("inserted above");
+            // A Y4M file has one size; pictures of another size go to PNG only.
+            if (*fw, *fh) == (w, h) {
+                f.write_all(b"FRAME\n")?;
+                f.write_all(pic.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_png(path: &Path, pic: &I420) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut enc = png::Encoder::new(
+        std::io::BufWriter::new(file),
+        pic.width() as u32,
+        pic.height() as u32,
+    );
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(png::Compression::Fast);
+    let mut w = enc.write_header()?;
+    w.write_image_data(&pic.to_rgb())?;
+    w.finish()?;
+    Ok(())
+}
+
+/// Per-track decoding state.
+struct TrackDecoder {
+    decoder: H264Decoder,
+    /// After a gap (or at the start) the decoder waits for a key frame.
+    waiting_for_key: bool,
+    asked_at: Option<Instant>,
+}
+
+fn decode_thread(
+    jobs: std::sync::mpsc::Receiver<Job>,
+    shared: Shared,
+    mut dump: Option<Dump>,
+    want_key: mpsc::Sender<Key>,
+    decoded: mpsc::UnboundedSender<()>,
+    started: Instant,
+) {
+    let mut decoders: HashMap<Key, TrackDecoder> = HashMap::new();
+    while let Ok(job) = jobs.recv() {
+        let (key, data, is_key, gap) = match job {
+            Job::Forget(key) => {
+                decoders.remove(&key);
+                continue;
+            }
+            Job::Frame {
+                key,
+                data,
+                is_key,
+                gap,
+            } => (key, data, is_key, gap),
+        };
+        let td = match decoders.entry(key) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => match H264Decoder::new() {
+                Ok(d) => v.insert(TrackDecoder {
+                    decoder: d,
+                    waiting_for_key: true,
+                    asked_at: None,
+                }),
+                Err(e) => {
+                    tracing::error!("cannot create a decoder: {e}");
+                    continue;
+                }
+            },
+        };
+        if gap && !is_key {
+            td.waiting_for_key = true;
+        }
+        if td.waiting_for_key && !is_key {
+            // The server asked on our behalf when we subscribed; after a gap we ask,
+            // at most once a second.
+            if td
+                .asked_at
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+            {
+                td.asked_at = Some(Instant::now());
+                let _ = want_key.try_send(key);
+            }
+            continue;
+        }
+        td.waiting_for_key = false;
+        let result = td.decoder.decode(&data);
+        let now_ms = unix_micros() / 1000;
+        let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(r) = guard.get_mut(&key) else {
+            continue;
+        };
+        let pic = match result {
+            Ok(Some(p)) => p,
+            Ok(None) => continue,
+            Err(e) => {
+                r.decode_errors += 1;
+                tracing::debug!("decode error on {key:?}: {e}");
+                td.waiting_for_key = true;
+                continue;
+            }
+        };
+        r.frames_decoded += 1;
+        r.window_frames += 1;
+        r.width = pic.width();
+        r.height = pic.height();
+        if r.first_picture_ms.is_none() {
+            r.first_picture_ms = Some(started.elapsed().as_millis() as u64);
+        }
+        if let Some(s) = pattern::read(pic.y(), pic.width(), pic.height()) {
+            r.stamps_read += 1;
+            r.first_counter.get_or_insert(s.counter);
+            if r.last_counter.is_some_and(|c| s.counter <= c) {
+                r.counter_regressions += 1;
+            }
+            r.last_counter = Some(s.counter);
+            // The stamp holds the low 48 bits of the capture time.
+            let sent = s.unix_ms;
+            let now48 = now_ms & 0xFFFF_FFFF_FFFF;
+            r.glass_ms.push(now48.saturating_sub(sent));
+        }
+        let n = r.frames_decoded;
+        let write = dump.as_ref().is_some_and(|d| (n - 1) % d.every == 0);
+        if write {
+            r.pictures_written += 1;
+        }
+        drop(guard);
+        if write {
+            if let Some(d) = dump.as_mut() {
+                if let Err(e) = d.write(key, n, &pic) {
+                    tracing::warn!("cannot write a picture: {e:#}");
+                }
+            }
+        }
+        let _ = decoded.send(());
+    }
+}

@@ -1,0 +1,215 @@
+//! Where `convene stream` gets pictures: a camera (through nokhwa, with the
+//! `camera` feature) or the test pattern. Both hand out raw bytes in the
+//! requested frame format, so the same conversion runs either way.
+
+use std::time::{Duration, Instant};
+
+use crate::frame::{FrameFormat, I420};
+use crate::pattern::{self, Stamp};
+
+/// Which source, from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SourceKind {
+    /// A local camera (V4L2 on Linux).
+    Camera,
+    /// A generated moving picture with a frame counter and timestamp in it.
+    TestPattern,
+}
+
+/// What to open.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SourceSpec {
+    /// Camera or pattern.
+    pub(crate) kind: SourceKind,
+    /// Camera index (`/dev/videoN`).
+    pub(crate) device_index: u32,
+    /// Pixels across.
+    pub(crate) width: usize,
+    /// Pixels down.
+    pub(crate) height: usize,
+    /// Frames a second.
+    pub(crate) fps: u32,
+    /// Raw layout delivered.
+    pub(crate) format: FrameFormat,
+}
+
+/// One captured picture, raw.
+#[derive(Debug)]
+pub(crate) struct Captured {
+    /// Bytes in the spec's format.
+    pub(crate) data: Vec<u8>,
+    /// When it was captured, µs since the Unix epoch.
+    pub(crate) capture_us: u64,
+}
+
+/// An open source.
+pub(crate) enum Source {
+    /// The test pattern, paced by the clock.
+    Pattern {
+        /// Settings.
+        spec: SourceSpec,
+        /// Pictures made so far.
+        counter: u32,
+        /// When picture 0 was due.
+        started: Instant,
+        /// Reused picture.
+        picture: I420,
+    },
+    /// A camera, paced by the device.
+    #[cfg(feature = "camera")]
+    Camera(Box<camera::CameraSource>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Pattern { spec, .. } => write!(f, "TestPattern({spec:?})"),
+            #[cfg(feature = "camera")]
+            Source::Camera(_) => f.write_str("Camera"),
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub(crate) fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Source {
+    /// Opens the source; for a camera this is where a missing device shows.
+    pub(crate) fn open(spec: SourceSpec) -> anyhow::Result<Source> {
+        match spec.kind {
+            SourceKind::TestPattern => Ok(Source::Pattern {
+                spec,
+                counter: 0,
+                started: Instant::now(),
+                picture: I420::black(spec.width, spec.height),
+            }),
+            SourceKind::Camera => open_camera(spec),
+        }
+    }
+
+    /// The next picture; blocks until it is due (pattern) or delivered (camera).
+    pub(crate) fn capture(&mut self) -> anyhow::Result<Captured> {
+        match self {
+            Source::Pattern {
+                spec,
+                counter,
+                started,
+                picture,
+            } => {
+                let period = Duration::from_secs_f64(1.0 / f64::from(spec.fps.max(1)));
+                let due = *started + period * *counter;
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                } else if now - due > period * 2 {
+                    // Far behind (a slow encoder): skip ahead rather than burst.
+                    let behind = ((now - due).as_secs_f64() / period.as_secs_f64()) as u32;
+                    *counter += behind;
+                }
+                let capture_us = unix_micros();
+                pattern::render(
+                    picture,
+                    Stamp {
+                        counter: *counter,
+                        unix_ms: capture_us / 1000,
+                    },
+                );
+                *counter += 1;
+                Ok(Captured {
+                    data: picture.encode_as(spec.format),
+                    capture_us,
+                })
+            }
+            #[cfg(feature = "camera")]
+            Source::Camera(c) => c.capture(),
+        }
+    }
+}
+
+#[cfg(not(feature = "camera"))]
+fn open_camera(_spec: SourceSpec) -> anyhow::Result<Source> {
+    anyhow::bail!(
+        "this convene was built without the `camera` feature; rebuild with default features, or stream without a camera: --source test-pattern"
+    )
+}
+
+#[cfg(feature = "camera")]
+fn open_camera(spec: SourceSpec) -> anyhow::Result<Source> {
+    Ok(Source::Camera(Box::new(camera::CameraSource::open(spec)?)))
+}
+
+#[cfg(feature = "camera")]
+mod camera {
+    use anyhow::Context;
+    use nokhwa::Camera;
+    use nokhwa::pixel_format::RgbFormat;
+    use nokhwa::utils::{
+        CameraFormat, CameraIndex, FrameFormat as NFormat, RequestedFormat, RequestedFormatType,
+        Resolution,
+    };
+
+    use super::{Captured, SourceSpec, unix_micros};
+    use crate::frame::FrameFormat;
+
+    /// An open camera delivering raw frames.
+    pub(crate) struct CameraSource {
+        camera: Camera,
+    }
+
+    impl CameraSource {
+        pub(super) fn open(spec: SourceSpec) -> anyhow::Result<CameraSource> {
+            let hint = "or stream without a camera: --source test-pattern";
+            if cfg!(target_os = "linux") {
+                let dev = format!("/dev/video{}", spec.device_index);
+                if !std::path::Path::new(&dev).exists() {
+                    anyhow::bail!(
+                        "no camera at --video-device-index {} ({dev} does not exist); list cameras with `ls /dev/video*`, {hint}",
+                        spec.device_index
+                    );
+                }
+            }
+            let format = match spec.format {
+                FrameFormat::Nv12 => NFormat::NV12,
+                FrameFormat::Yuyv => NFormat::YUYV,
+                FrameFormat::Mjpeg => NFormat::MJPEG,
+                FrameFormat::I420 => anyhow::bail!(
+                    "cameras deliver NV12, YUYV or MJPEG here, not I420; pick one of those with --frame-format"
+                ),
+            };
+            let wanted = CameraFormat::new(
+                Resolution::new(spec.width as u32, spec.height as u32),
+                format,
+                spec.fps,
+            );
+            let mut camera = Camera::new(
+                CameraIndex::Index(spec.device_index),
+                RequestedFormat::new::<RgbFormat>(RequestedFormatType::Exact(wanted)),
+            )
+            .with_context(|| {
+                format!(
+                    "cannot open camera {} at {}x{} {} {} fps; try another --resolution, --fps or --frame-format, {hint}",
+                    spec.device_index, spec.width, spec.height, spec.format, spec.fps
+                )
+            })?;
+            camera
+                .open_stream()
+                .with_context(|| format!("camera {} will not stream; {hint}", spec.device_index))?;
+            Ok(CameraSource { camera })
+        }
+
+        pub(super) fn capture(&mut self) -> anyhow::Result<Captured> {
+            let frame = self
+                .camera
+                .frame()
+                .context("the camera stopped delivering frames")?;
+            Ok(Captured {
+                capture_us: unix_micros(),
+                data: frame.buffer().to_vec(),
+            })
+        }
+    }
+}

@@ -1,0 +1,721 @@
+//! `convene stream`: capture (camera or test pattern), encode H.264, publish
+//! into a meeting; optionally a tone as audio. Reconnects with backoff when
+//! the server goes away.
+//!
+//! Capture and encoding run on their own thread (they block and burn CPU);
+//! the async side owns the session and never waits for the encoder.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use convene_client::Client;
+use convene_protocol::v1::{ClientKind, TrackInfo, TrackKind, server_message::Msg as S};
+use convene_protocol::{ClientEvent, ClientSessionConfig, MediaFrame, MediaHeader};
+use tokio::sync::mpsc;
+
+use crate::args::ServerArgs;
+use crate::audio;
+use crate::frame::{FrameFormat, I420};
+use crate::h264::{self, EncoderSettings, H264Encoder};
+use crate::pattern;
+use crate::source::{Source, SourceKind, SourceSpec, unix_micros};
+
+/// The video track's id.
+const VIDEO_TRACK: u32 = 1;
+/// The audio track's id.
+const AUDIO_TRACK: u32 = 2;
+/// How long connecting, the handshake and joining may take.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// First and longest wait between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// `convene stream` flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StreamArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The name others see.
+    #[arg(long, default_value = "convene-stream")]
+    user_id: String,
+    /// The meeting to publish into (1 to 64 of A-Z a-z 0-9 . _ -).
+    #[arg(long)]
+    meeting_id: String,
+    /// `camera` (a local camera) or `test-pattern` (no camera needed; the
+    /// picture carries a frame counter and its capture time).
+    #[arg(long, value_enum, default_value = "camera")]
+    source: SourceKind,
+    /// Which camera: N opens /dev/videoN.
+    #[arg(long, default_value_t = 0)]
+    video_device_index: u32,
+    /// Picture size, WIDTHxHEIGHT (even numbers, at least 128x96).
+    #[arg(long, default_value = "1280x720", value_parser = parse_resolution)]
+    resolution: (usize, usize),
+    /// Frames a second (1 to 60).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=60))]
+    fps: u32,
+    /// The raw layout asked of the camera (the test pattern is drawn in it too).
+    #[arg(long, value_enum, default_value = "NV12")]
+    frame_format: FrameFormat,
+    /// H.264 target bitrate (50 to 20000).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(50..=20_000))]
+    bitrate_kbps: u32,
+    /// Seconds between key frames when nobody asks for one (key frames are
+    /// also sent whenever a receiver asks).
+    #[arg(long, default_value_t = 10.0)]
+    key_interval: f64,
+    /// `tone`: a 440 Hz sine as G.711 µ-law audio; `none`: video only.
+    #[arg(long, value_enum, default_value = "none")]
+    audio: AudioSource,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Print a JSON summary on stdout when done.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Audio to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AudioSource {
+    /// No audio track.
+    None,
+    /// A 440 Hz tone.
+    Tone,
+}
+
+fn parse_resolution(s: &str) -> Result<(usize, usize), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("`{s}` is not WIDTHxHEIGHT, e.g. 1280x720"))?;
+    let w: usize = w
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad width in `{s}`"))?;
+    let h: usize = h
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad height in `{s}`"))?;
+    if w % 2 != 0 || h % 2 != 0 {
+        return Err(format!("{w}x{h}: width and height must be even"));
+    }
+    if w < pattern::MIN_WIDTH || h < pattern::MIN_HEIGHT || w > 3840 || h > 2160 {
+        return Err(format!(
+            "{w}x{h} is out of range: {}x{} to 3840x2160",
+            pattern::MIN_WIDTH,
+            pattern::MIN_HEIGHT
+        ));
+    }
+    Ok((w, h))
+}
+
+/// One encoded picture on its way to the network.
+#[derive(Debug)]
+struct VideoOut {
+    data: Bytes,
+    key: bool,
+    capture_us: u64,
+}
+
+/// Counters the media thread keeps.
+#[derive(Debug, Default)]
+struct EncodeStats {
+    frames: AtomicU64,
+    key_frames: AtomicU64,
+    encode_us: AtomicU64,
+    /// Pictures dropped because the network side was behind.
+    dropped: AtomicU64,
+    /// Pictures the encoder's rate control skipped.
+    skipped: AtomicU64,
+}
+
+/// The summary `--json` prints.
+#[derive(Debug, Default, serde::Serialize)]
+struct Summary {
+    transport: Option<String>,
+    participant_id: u32,
+    width: usize,
+    height: usize,
+    frames_encoded: u64,
+    frames_skipped_by_rate_control: u64,
+    key_frames: u64,
+    key_frame_requests: u64,
+    video_frames_sent: u64,
+    audio_frames_sent: u64,
+    bytes_sent: u64,
+    mean_encode_ms: f64,
+    connects: u32,
+}
+
+pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCode> {
+    let endpoint = args.server.endpoint()?;
+    let (width, height) = args.resolution;
+    let spec = SourceSpec {
+        kind: args.source,
+        device_index: args.video_device_index,
+        width,
+        height,
+        fps: args.fps,
+        format: args.frame_format,
+    };
+    if args.key_interval.is_nan() || args.key_interval <= 0.0 {
+        anyhow::bail!("--key-interval must be a positive number of seconds");
+    }
+    let key_wanted = Arc::new(AtomicBool::new(true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(EncodeStats::default());
+    let (video_tx, mut video_rx) = mpsc::channel::<VideoOut>(4);
+    // A camera handle stays on the thread that opened it, so the thread opens
+    // the source and says whether that worked before anything connects: a
+    // missing camera should say so at once.
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+    let media = {
+        let (key_wanted, stop, stats) = (key_wanted.clone(), stop.clone(), stats.clone());
+        let settings = EncoderSettings {
+            bitrate_kbps: args.bitrate_kbps,
+            fps: args.fps,
+        };
+        let interval = Duration::from_secs_f64(args.key_interval);
+        std::thread::Builder::new()
+            .name("capture-encode".into())
+            .spawn(move || {
+                let source = match Source::open(spec) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("{e:#}")));
+                        return Ok(());
+                    }
+                };
+                let encoder = match H264Encoder::new(settings) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot start the H.264 encoder: {e}")));
+                        return Ok(());
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                media_thread(
+                    source, encoder, spec, interval, key_wanted, stop, stats, video_tx,
+                )
+            })
+            .context("cannot start the capture thread")?
+    };
+    let ready = tokio::task::spawn_blocking(move || ready_rx.recv())
+        .await
+        .context("the capture thread failed")?;
+    match ready {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => anyhow::bail!(e),
+        Err(_) => anyhow::bail!("the capture thread stopped before it started"),
+    }
+
+    let status = StatusLine::new();
+    let deadline = args
+        .duration
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let mut summary = Summary {
+        width,
+        height,
+        ..Summary::default()
+    };
+    let mut tone = audio::Tone::new(440.0);
+    let (mut video_seq, mut audio_seq) = (0u32, 0u32);
+    let mut backoff = BACKOFF_MIN;
+    let mut ever_connected = false;
+    let outcome: anyhow::Result<()> = 'sessions: loop {
+        let joined = tokio::select! {
+            r = tokio::time::timeout(JOIN_TIMEOUT, connect(&args, &endpoint, width, height)) => r,
+            _ = tokio::signal::ctrl_c() => break 'sessions Ok(()),
+            _ = sleep_until(deadline) => break 'sessions Ok(()),
+        };
+        let (mut client, mut peers) = match joined {
+            Ok(Ok(c)) => c,
+            Ok(Err(Failure::Refused(e))) => break 'sessions Err(anyhow::anyhow!(e)),
+            Ok(Err(Failure::Unreachable(e))) if !ever_connected => {
+                break 'sessions Err(anyhow::anyhow!(
+                    "{e}; is the server running at {}? (set it with --server)",
+                    args.server.server
+                ));
+            }
+            Err(_) if !ever_connected => {
+                break 'sessions Err(anyhow::anyhow!(
+                    "the server at {} did not let us join within {JOIN_TIMEOUT:?}",
+                    args.server.server
+                ));
+            }
+            Ok(Err(Failure::Unreachable(e))) => {
+                status.note(&format!("cannot reconnect: {e}; retrying in {backoff:?}"));
+                if wait_or_stop(backoff, deadline).await {
+                    break 'sessions Ok(());
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+            Err(_) => {
+                status.note(&format!("reconnect timed out; retrying in {backoff:?}"));
+                if wait_or_stop(backoff, deadline).await {
+                    break 'sessions Ok(());
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        ever_connected = true;
+        backoff = BACKOFF_MIN;
+        summary.connects += 1;
+        summary.transport = Some(format!("{:?}", client.transport()));
+        summary.participant_id = client.participant_id();
+        status.note(&format!(
+            "streaming {width}x{height}@{} {} kbps into `{}` as participant {} over {:?}",
+            args.fps,
+            args.bitrate_kbps,
+            args.meeting_id,
+            client.participant_id(),
+            client.transport()
+        ));
+        // Whoever is already there needs a picture to start from.
+        key_wanted.store(true, Ordering::Relaxed);
+        let mut audio_tick = tokio::time::interval(Duration::from_millis(
+            1000 / u64::from(audio::FRAMES_PER_SECOND),
+        ));
+        audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status_tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        let mut window = Window::default();
+        let lost = loop {
+            tokio::select! {
+                ev = client.next_event() => match ev {
+                    Some(ClientEvent::Room(S::KeyFrameRequest(k))) if k.track_id == VIDEO_TRACK => {
+                        summary.key_frame_requests += 1;
+                        key_wanted.store(true, Ordering::Relaxed);
+                    }
+                    Some(ClientEvent::Room(S::ParticipantJoined(_))) => peers += 1,
+                    Some(ClientEvent::Room(S::ParticipantLeft(_))) => peers = peers.saturating_sub(1),
+                    Some(ClientEvent::Room(S::CongestionHint(h))) => {
+                        tracing::info!(track = h.track_id, kbps = h.target_bitrate_kbps, "congestion hint");
+                    }
+                    Some(ClientEvent::Closed) | None => {
+                        break match client.close_reason() {
+                            Some(r) => format!("{} {}", r.transport_reason(), r.text),
+                            None => "the connection ended".into(),
+                        };
+                    }
+                    Some(_) => {}
+                },
+                v = video_rx.recv() => {
+                    let Some(v) = v else { break 'sessions Err(anyhow::anyhow!("the capture thread stopped")); };
+                    let h = MediaHeader {
+                        key: v.key,
+                        sender: 0,
+                        track_id: VIDEO_TRACK,
+                        sequence: video_seq,
+                        capture_timestamp_us: v.capture_us,
+                    };
+                    video_seq = video_seq.wrapping_add(1);
+                    if client.send_media(MediaFrame::build(&h, None, &v.data)).is_ok() {
+                        summary.video_frames_sent += 1;
+                        summary.bytes_sent += v.data.len() as u64;
+                        window.frames += 1;
+                        window.bytes += v.data.len() as u64;
+                    }
+                }
+                _ = audio_tick.tick(), if args.audio == AudioSource::Tone => {
+                    let payload = tone.next_frame();
+                    let h = MediaHeader {
+                        key: true,
+                        sender: 0,
+                        track_id: AUDIO_TRACK,
+                        sequence: audio_seq,
+                        capture_timestamp_us: unix_micros(),
+                    };
+                    audio_seq = audio_seq.wrapping_add(1);
+                    if client.send_media(MediaFrame::build(&h, None, &payload)).is_ok() {
+                        summary.audio_frames_sent += 1;
+                        summary.bytes_sent += payload.len() as u64;
+                        window.bytes += payload.len() as u64;
+                    }
+                }
+                _ = status_tick.tick() => {
+                    let secs = window.since.elapsed().as_secs_f64().max(0.001);
+                    let rtt = client.rtt().map_or("-".into(), |r| format!("{:.1} ms", r.as_secs_f64() * 1e3));
+                    status.show(&format!(
+                        "{:.1} fps  {:.0} kbps  rtt {rtt}  peers {peers}  key frames {}  dropped {}",
+                        window.frames as f64 / secs,
+                        window.bytes as f64 * 8.0 / secs / 1000.0,
+                        stats.key_frames.load(Ordering::Relaxed),
+                        stats.dropped.load(Ordering::Relaxed) + client.congested_drops(),
+                    ));
+                    window = Window::default();
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    client.close("stream stopped").await;
+                    break 'sessions Ok(());
+                }
+                _ = sleep_until(deadline) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), client.close("stream done")).await;
+                    break 'sessions Ok(());
+                }
+            }
+        };
+        status.note(&format!(
+            "lost the server ({lost}); reconnecting in {backoff:?}"
+        ));
+        // Pictures made while away are stale: let them go.
+        if wait_or_stop_draining(backoff, deadline, &mut video_rx).await {
+            break 'sessions Ok(());
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    };
+    stop.store(true, Ordering::Relaxed);
+    drop(video_rx);
+    let media_error = match tokio::task::spawn_blocking(move || media.join()).await {
+        Ok(Ok(Err(e))) => Some(e.context("capture or encoding failed")),
+        Ok(Err(_)) => Some(anyhow::anyhow!("the capture thread panicked")),
+        _ => None,
+    };
+    status.done();
+    if let Err(e) = outcome {
+        return Err(media_error.unwrap_or(e));
+    }
+    summary.frames_encoded = stats.frames.load(Ordering::Relaxed);
+    summary.key_frames = stats.key_frames.load(Ordering::Relaxed);
+    summary.frames_skipped_by_rate_control = stats.skipped.load(Ordering::Relaxed);
+    summary.mean_encode_ms = stats.encode_us.load(Ordering::Relaxed) as f64
+        / 1000.0
+        / summary.frames_encoded.max(1) as f64;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!(
+            "sent {} video frames ({} key, {} asked for) and {} audio frames, {:.1} MB; encode {:.2} ms a frame",
+            summary.video_frames_sent,
+            summary.key_frames,
+            summary.key_frame_requests,
+            summary.audio_frames_sent,
+            summary.bytes_sent as f64 / 1e6,
+            summary.mean_encode_ms
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Frames and bytes over the last status period.
+#[derive(Debug)]
+struct Window {
+    since: Instant,
+    frames: u64,
+    bytes: u64,
+}
+
+impl Default for Window {
+    fn default() -> Window {
+        Window {
+            since: Instant::now(),
+            frames: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug)]
+enum Failure {
+    /// Network or TLS: worth retrying.
+    Unreachable(String),
+    /// The server said no (bad token, bad meeting id, room full): retrying will not help.
+    Refused(String),
+}
+
+/// Connects, joins and publishes; returns the client and how many others are in the room.
+async fn connect(
+    args: &StreamArgs,
+    endpoint: &convene_client::Endpoint,
+    width: usize,
+    height: usize,
+) -> Result<(Client, usize), Failure> {
+    let config = ClientSessionConfig {
+        client_kind: ClientKind::Native,
+        client_version: concat!("convene-stream/", env!("CARGO_PKG_VERSION")).into(),
+        auth_token: args.server.token.clone().unwrap_or_default(),
+        ..ClientSessionConfig::default()
+    };
+    let mut c = Client::connect(endpoint, args.server.transport, config)
+        .await
+        .map_err(|e| Failure::Unreachable(format!("cannot connect: {e}")))?;
+    let peers;
+    loop {
+        match c.next_event().await {
+            Some(ClientEvent::Welcome(_)) => {
+                c.join(&args.meeting_id, &args.user_id, false)
+                    .map_err(|e| Failure::Refused(e.to_string()))?;
+            }
+            Some(ClientEvent::Joined(j)) => {
+                peers = j.participants.len().saturating_sub(1);
+                break;
+            }
+            Some(ClientEvent::Waiting(_)) => {
+                tracing::info!("in the waiting room until a host admits us");
+            }
+            Some(ClientEvent::JoinRefused(e)) | Some(ClientEvent::Error(e)) => {
+                return Err(Failure::Refused(format!(
+                    "the server refused to let us join `{}`: {} ({})",
+                    args.meeting_id, e.text, e.code
+                )));
+            }
+            Some(_) => {}
+            None => return Err(closed(&c)),
+        }
+    }
+    let me = c.participant_id();
+    let mut tracks = vec![TrackInfo {
+        track_id: VIDEO_TRACK,
+        kind: TrackKind::Video as i32,
+        codec: h264::codec_string(width as u32, height as u32, args.fps).into(),
+        width: width as u32,
+        height: height as u32,
+        frame_rate: args.fps,
+        target_bitrate_kbps: args.bitrate_kbps,
+        ..Default::default()
+    }];
+    if args.audio == AudioSource::Tone {
+        tracks.push(TrackInfo {
+            track_id: AUDIO_TRACK,
+            kind: TrackKind::Audio as i32,
+            codec: audio::CODEC.into(),
+            ..Default::default()
+        });
+    }
+    for t in tracks {
+        let id = t.track_id;
+        c.publish(t).map_err(|e| Failure::Refused(e.to_string()))?;
+        loop {
+            match c.next_event().await {
+                Some(ClientEvent::Room(S::TrackPublished(p)))
+                    if p.participant_id == me
+                        && p.track.as_ref().is_some_and(|t| t.track_id == id) =>
+                {
+                    break;
+                }
+                Some(ClientEvent::Error(e)) => {
+                    return Err(Failure::Refused(format!(
+                        "the server refused track {id}: {} ({})",
+                        e.text, e.code
+                    )));
+                }
+                Some(_) => {}
+                None => return Err(closed(&c)),
+            }
+        }
+    }
+    Ok((c, peers))
+}
+
+/// The reason a session closed, sorted into retry or give up.
+fn closed(c: &Client) -> Failure {
+    match c.close_reason() {
+        Some(r) if is_refusal(r.transport_reason()) => Failure::Refused(format!(
+            "the server refused the session: {} {}{}",
+            r.transport_reason(),
+            r.text,
+            if r.transport_reason().contains("AUTH") {
+                "; check --token"
+            } else {
+                ""
+            }
+        )),
+        Some(r) => Failure::Unreachable(format!(
+            "the server closed the session: {} {}",
+            r.transport_reason(),
+            r.text
+        )),
+        None => Failure::Unreachable("the server closed the connection".into()),
+    }
+}
+
+/// Close reasons that mean "do not come back with the same settings".
+fn is_refusal(reason: &str) -> bool {
+    [
+        "AUTH_",
+        "UNSUPPORTED_VERSION",
+        "PERMISSION_DENIED",
+        "REMOVED",
+        "ADMISSION_DENIED",
+    ]
+    .iter()
+    .any(|k| reason.contains(k))
+}
+
+/// Sleeps; true when the run should end instead (Ctrl-C or `--duration`).
+async fn wait_or_stop(d: Duration, deadline: Option<tokio::time::Instant>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = tokio::signal::ctrl_c() => true,
+        _ = sleep_until(deadline) => true,
+    }
+}
+
+async fn wait_or_stop_draining(
+    d: Duration,
+    deadline: Option<tokio::time::Instant>,
+    rx: &mut mpsc::Receiver<VideoOut>,
+) -> bool {
+    let until = tokio::time::Instant::now() + d;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return false,
+            _ = tokio::signal::ctrl_c() => return true,
+            _ = sleep_until(deadline) => return true,
+            v = rx.recv() => if v.is_none() { return true },
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Capture, convert, encode, hand over; until told to stop.
+#[allow(clippy::too_many_arguments)]
+fn media_thread(
+    mut source: Source,
+    mut encoder: H264Encoder,
+    spec: SourceSpec,
+    key_interval: Duration,
+    key_wanted: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<EncodeStats>,
+    out: mpsc::Sender<VideoOut>,
+) -> anyhow::Result<()> {
+    let mut last_key = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let captured = source.capture()?;
+        let t0 = Instant::now();
+        let picture = match I420::decode_from(spec.format, &captured.data, spec.width, spec.height)
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("skipping a frame: {e}");
+                continue;
+            }
+        };
+        let key = key_wanted.swap(false, Ordering::Relaxed) || last_key.elapsed() >= key_interval;
+        let encoded = encoder.encode(&picture, key)?;
+        stats
+            .encode_us
+            .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats.frames.fetch_add(1, Ordering::Relaxed);
+        if encoded.data.is_empty() {
+            stats.skipped.fetch_add(1, Ordering::Relaxed);
+            // A skipped key frame is still owed.
+            if key {
+                key_wanted.store(true, Ordering::Relaxed);
+            }
+            continue;
+        }
+        if encoded.key {
+            last_key = Instant::now();
+            stats.key_frames.fetch_add(1, Ordering::Relaxed);
+        }
+        let v = VideoOut {
+            data: Bytes::from(encoded.data),
+            key: encoded.key,
+            capture_us: captured.capture_us,
+        };
+        match out.try_send(v) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(v)) => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                // A dropped key frame would leave receivers waiting: ask again.
+                if v.key {
+                    key_wanted.store(true, Ordering::Relaxed);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
+        }
+    }
+    Ok(())
+}
+
+/// The live status line on stderr: redrawn in place on a terminal, a plain
+/// line every few seconds otherwise (logs, pipes).
+#[derive(Debug)]
+pub(crate) struct StatusLine {
+    tty: bool,
+    printed: std::sync::atomic::AtomicU32,
+}
+
+impl StatusLine {
+    pub(crate) fn new() -> StatusLine {
+        StatusLine {
+            tty: std::io::stderr().is_terminal(),
+            printed: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Updates the live line.
+    pub(crate) fn show(&self, line: &str) {
+        let n = self.printed.fetch_add(1, Ordering::Relaxed);
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K{line}");
+        } else if n % 5 == 0 {
+            let _ = writeln!(err, "{line}");
+        }
+        let _ = err.flush();
+    }
+
+    /// A message that stays (connected, reconnecting, …).
+    pub(crate) fn note(&self, line: &str) {
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K");
+        }
+        let _ = writeln!(err, "{line}");
+    }
+
+    /// Ends the live line.
+    pub(crate) fn done(&self) {
+        if self.tty {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolutions_parse_and_are_checked() {
+        assert_eq!(parse_resolution("1280x720"), Ok((1280, 720)));
+        assert_eq!(parse_resolution("320X240"), Ok((320, 240)));
+        assert!(
+            parse_resolution("1280")
+                .unwrap_err()
+                .contains("WIDTHxHEIGHT")
+        );
+        assert!(parse_resolution("321x240").unwrap_err().contains("even"));
+        assert!(
+            parse_resolution("64x48")
+                .unwrap_err()
+                .contains("out of range")
+        );
+    }
+
+    #[test]
+    fn refusals_are_not_retried() {
+        assert!(is_refusal("AUTH_INVALID"));
+        assert!(is_refusal("UNSUPPORTED_VERSION"));
+        assert!(!is_refusal("SHUTTING_DOWN"));
+        assert!(!is_refusal("IDLE_TIMEOUT"));
+    }
+}
