@@ -31,3 +31,14 @@ impl ServerArgs {
         Ok(e)
     }
 }
+
+/// A server's Error as one phrase: its text and the spec's name for its code.
+pub(crate) fn describe(e: &convene_protocol::v1::Error) -> String {
+    let code = convene_protocol::ErrorCode::try_from(e.code)
+        .map_or_else(|_| format!("code {}", e.code), |c| c.name().to_string());
+    if e.text.is_empty() {
+        code
+    } else {
+        format!("{} ({code})", e.text)
+    }
+}

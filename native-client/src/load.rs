@@ -590,7 +590,7 @@ async fn until(c: &mut Client, pred: impl Fn(&ClientEvent) -> bool) -> Result<()
         match c.next_event().await {
             Some(e) if pred(&e) => return Ok(()),
             Some(ClientEvent::JoinRefused(e)) | Some(ClientEvent::Error(e)) => {
-                return Err(format!("the server refused: {} ({})", e.text, e.code));
+                return Err(format!("the server refused: {}", crate::args::describe(&e)));
             }
             Some(ClientEvent::Waiting(_)) => {
                 return Err(

@@ -172,10 +172,9 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                 }
                 Some(ClientEvent::JoinRefused(e)) | Some(ClientEvent::Error(e)) => {
                     anyhow::bail!(
-                        "the server refused to let us join `{}`: {} ({})",
+                        "the server refused to let us join `{}`: {}",
                         args.meeting_id,
-                        e.text,
-                        e.code
+                        crate::args::describe(&e)
                     );
                 }
                 Some(_) => {}

@@ -464,8 +464,9 @@ async fn connect(
             }
             Some(ClientEvent::JoinRefused(e)) | Some(ClientEvent::Error(e)) => {
                 return Err(Failure::Refused(format!(
-                    "the server refused to let us join `{}`: {} ({})",
-                    args.meeting_id, e.text, e.code
+                    "the server refused to let us join `{}`: {}",
+                    args.meeting_id,
+                    crate::args::describe(&e)
                 )));
             }
             Some(_) => {}
@@ -504,8 +505,8 @@ async fn connect(
                 }
                 Some(ClientEvent::Error(e)) => {
                     return Err(Failure::Refused(format!(
-                        "the server refused track {id}: {} ({})",
-                        e.text, e.code
+                        "the server refused track {id}: {}",
+                        crate::args::describe(&e)
                     )));
                 }
                 Some(_) => {}

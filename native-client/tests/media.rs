@@ -1,0 +1,389 @@
+//! `convene stream` and `convene receive` as a user runs them: the real
+//! binaries against a real server on loopback, H.264 through OpenH264, the
+//! test pattern's counter and clock read back out of decoded pictures.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use convene_server::config::Config;
+
+/// Generous: two cores may be busy with other tests.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+async fn server_on(port: u16, tls: bool) -> convene_server::Server {
+    let config = Config {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        dev_tls: tls,
+        ..Config::default()
+    };
+    convene_server::start(config).await.expect("server starts")
+}
+
+fn server_args(s: &convene_server::Server) -> Vec<String> {
+    match &s.cert_sha256 {
+        Some(h) => vec![
+            "--server".into(),
+            format!("https://127.0.0.1:{}", s.addr.port()),
+            "--cert-sha256".into(),
+            h.clone(),
+        ],
+        None => vec!["--server".into(), format!("http://{}", s.addr)],
+    }
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
+}
+
+/// A running `convene` whose stderr lines are collected as they come.
+struct Running {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn start(sub: &str, args: &[String]) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_convene"))
+            .arg(sub)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("convene starts");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Running { child, stderr }
+    }
+
+    /// Waits (off the runtime) until a stderr line contains `needle`.
+    async fn wait_for_line(&self, needle: &str) {
+        let lines = self.stderr.clone();
+        let needle = needle.to_string();
+        tokio::task::spawn_blocking(move || {
+            let until = Instant::now() + DEADLINE;
+            loop {
+                if lines.lock().unwrap().iter().any(|l| l.contains(&needle)) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "no line with `{needle}` on stderr within {DEADLINE:?}: {:?}",
+                    lines.lock().unwrap()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    fn count_lines(&self, needle: &str) -> usize {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits for exit; returns success, stdout and the stderr lines.
+    async fn finish(mut self) -> (bool, String, Vec<String>) {
+        let stderr = self.stderr.clone();
+        let (ok, out) = tokio::task::spawn_blocking(move || {
+            let until = Instant::now() + DEADLINE;
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    let mut out = String::new();
+                    std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out)
+                        .unwrap();
+                    return (status.success(), out);
+                }
+                if Instant::now() > until {
+                    let _ = self.child.kill();
+                    panic!("convene did not exit within {DEADLINE:?}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .unwrap();
+        // The reader thread may still be draining the pipe.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let lines = stderr.lock().unwrap().clone();
+        (ok, out, lines)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json(ok: bool, out: &str, err: &[String]) -> serde_json::Value {
+    assert!(ok, "convene failed: {err:?}\n{out}");
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("--json prints JSON ({e}): {out}"))
+}
+
+fn track<'a>(report: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    report["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} track in {report}"))
+}
+
+fn n(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_pattern_streamed_over_webtransport_decodes_with_its_counter_rising() {
+    let s = server_on(0, true).await;
+    let meeting = "pattern-wt";
+    let mut stream_args = server_args(&s);
+    stream_args.extend(words(&format!(
+        "--transport wt --meeting-id {meeting} --user-id camera-1 --source test-pattern \
+         --resolution 320x240 --fps 15 --bitrate-kbps 400 --frame-format YUYV --audio tone"
+    )));
+    let stream = Running::start("stream", &stream_args);
+    stream.wait_for_line("streaming 320x240@15").await;
+
+    let dump = std::env::temp_dir().join(format!("convene-dump-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dump);
+    let mut recv_args = server_args(&s);
+    recv_args.extend(words(&format!(
+        "--transport wt --meeting-id {meeting} --frames 30 --duration 60 --json --dump-every 10 --y4m --dump-dir"
+    )));
+    recv_args.push(dump.display().to_string());
+    let (ok, out, err) = Running::start("receive", &recv_args).finish().await;
+    let report = json(ok, &out, &err);
+    assert_eq!(report["transport"], "WebTransport");
+
+    let video = track(&report, "video");
+    assert_eq!(video["display_name"], "camera-1");
+    assert_eq!(video["codec"], "avc1.42E01F");
+    assert_eq!((n(video, "width"), n(video, "height")), (320, 240));
+    let decoded = n(video, "frames_decoded");
+    assert!(decoded >= 30, "decoded {decoded}");
+    // Every decoded picture carried a readable stamp, in order.
+    assert_eq!(n(video, "stamps_read"), decoded);
+    assert_eq!(n(video, "counter_regressions"), 0);
+    let (first, last) = (n(video, "first_counter"), n(video, "last_counter"));
+    assert!(last >= first + 29, "counter went {first} -> {last}");
+    assert_eq!(n(video, "lost"), 0);
+    // Latency was measured from the clock drawn in the picture.
+    let glass = n(video, "glass_latency_ms_p50");
+    assert!(
+        glass < 10_000,
+        "a glass-to-glass latency of {glass} ms is not a reading"
+    );
+
+    let audio = track(&report, "audio");
+    assert_eq!(audio["codec"], "PCMU");
+    assert!(n(audio, "frames_received") > 0);
+    let level = audio["audio_level_dbfs"].as_f64().unwrap();
+    assert!(
+        (level + 15.0).abs() < 1.5,
+        "the tone arrived at {level} dBFS"
+    );
+
+    // Pictures a person can open: PNGs of the stream's size, and a Y4M file.
+    let pngs: Vec<_> = std::fs::read_dir(&dump)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    assert_eq!(pngs.len() as u64, n(video, "pictures_written"));
+    assert!(pngs.len() >= 3, "{pngs:?}");
+    let png = std::fs::read(&pngs[0]).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(&png[16..24], &[0, 0, 1, 64, 0, 0, 0, 240], "IHDR 320x240");
+    let y4m = std::fs::read_dir(&dump)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "y4m"))
+        .expect("a Y4M file");
+    let y4m = std::fs::read(y4m).unwrap();
+    assert!(y4m.starts_with(b"YUV4MPEG2 W320 H240 "));
+    let frame_bytes = 6 + 320 * 240 * 3 / 2;
+    let header = y4m.iter().position(|&b| b == b'\n').unwrap() + 1;
+    assert_eq!((y4m.len() - header) % frame_bytes, 0);
+    assert_eq!(
+        ((y4m.len() - header) / frame_bytes) as u64,
+        n(video, "pictures_written")
+    );
+    let _ = std::fs::remove_dir_all(&dump);
+    drop(stream);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscriber_is_answered_with_a_key_frame() {
+    let s = server_on(0, false).await;
+    let meeting = "late-joiner";
+    // Key frames only on request: the periodic one is ten minutes away.
+    let mut stream_args = server_args(&s);
+    stream_args.extend(words(&format!(
+        "--meeting-id {meeting} --source test-pattern --resolution 256x144 --fps 15 \
+         --key-interval 600 --frame-format MJPEG --duration 30 --json"
+    )));
+    let stream = Running::start("stream", &stream_args);
+    stream.wait_for_line("streaming 256x144@15").await;
+    // Let the stream's opening key frame go by with nobody there.
+    stream.wait_for_line("fps").await;
+
+    let mut recv_args = server_args(&s);
+    recv_args.extend(words(&format!(
+        "--meeting-id {meeting} --frames 10 --duration 30 --json"
+    )));
+    let (ok, out, err) = Running::start("receive", &recv_args).finish().await;
+    let report = json(ok, &out, &err);
+    let video = track(&report, "video");
+    assert!(n(video, "frames_decoded") >= 10, "{video}");
+    assert!(n(video, "key_frames_received") >= 1, "{video}");
+    assert_eq!((n(video, "width"), n(video, "height")), (256, 144));
+    assert_eq!(n(video, "counter_regressions"), 0);
+    // The stream was already running: the first picture started from a key
+    // frame sent because we subscribed, not from the stream's start.
+    assert!(n(video, "first_counter") > 0, "{video}");
+
+    let mut stream = stream;
+    stream.child.kill().unwrap();
+    let _ = stream.child.wait();
+    assert!(stream.count_lines("streaming") >= 1);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_counts_key_frame_requests_in_its_summary() {
+    let s = server_on(0, false).await;
+    let meeting = "kfr-count";
+    let mut stream_args = server_args(&s);
+    stream_args.extend(words(&format!(
+        "--meeting-id {meeting} --source test-pattern --resolution 160x96 --fps 10 \
+         --key-interval 600 --duration 4 --json"
+    )));
+    let stream = Running::start("stream", &stream_args);
+    stream.wait_for_line("streaming 160x96@10").await;
+    let mut recv_args = server_args(&s);
+    recv_args.extend(words(&format!(
+        "--meeting-id {meeting} --frames 3 --duration 20 --json"
+    )));
+    let (ok, out, err) = Running::start("receive", &recv_args).finish().await;
+    json(ok, &out, &err);
+    let (ok, out, err) = stream.finish().await;
+    let summary = json(ok, &out, &err);
+    assert!(n(&summary, "key_frame_requests") >= 1, "{summary}");
+    // The opening key frame, and at least one more for the receiver.
+    assert!(n(&summary, "key_frames") >= 2, "{summary}");
+    assert!(n(&summary, "video_frames_sent") > 0);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_reconnects_when_the_server_comes_back() {
+    let s = server_on(0, false).await;
+    let port = s.addr.port();
+    let mut stream_args = server_args(&s);
+    stream_args.extend(words(
+        "--meeting-id comeback --source test-pattern --resolution 160x96 --fps 10 --duration 60 --json",
+    ));
+    let stream = Running::start("stream", &stream_args);
+    stream.wait_for_line("streaming 160x96@10").await;
+    s.shutdown().await;
+    stream.wait_for_line("lost the server").await;
+    // Same address again, as a restarted server would be.
+    let s = server_on(port, false).await;
+    let until = Instant::now() + DEADLINE;
+    while stream.count_lines("streaming 160x96@10") < 2 {
+        assert!(
+            Instant::now() < until,
+            "{:?}",
+            stream.stderr.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And it publishes again: a receiver decodes it.
+    let mut recv_args = server_args(&s);
+    recv_args.extend(words(
+        "--meeting-id comeback --frames 3 --duration 30 --json",
+    ));
+    let (ok, out, err) = Running::start("receive", &recv_args).finish().await;
+    let report = json(ok, &out, &err);
+    assert!(n(track(&report, "video"), "frames_decoded") >= 3);
+    drop(stream);
+    s.shutdown().await;
+}
+
+/// Runs `convene` to the end, off the runtime.
+async fn run_to_end(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_convene"))
+            .args(args)
+            .output()
+            .expect("convene runs")
+    })
+    .await
+    .unwrap()
+}
+
+fn one_line_error(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line, not {lines:?}");
+    lines[0].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_one_line_that_says_what_to_do() {
+    // Nothing listens on this port.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", free.local_addr().unwrap());
+    drop(free);
+    for sub in ["stream", "receive"] {
+        let mut args = words(&format!("{sub} --server {dead} --meeting-id m"));
+        if sub == "stream" {
+            args.extend(words("--source test-pattern"));
+        }
+        let out = run_to_end(args).await;
+        let line = one_line_error(&out);
+        assert!(line.contains("cannot connect"), "{line}");
+        assert!(line.contains("--server"), "{line}");
+    }
+
+    // No such camera: the error points at the test pattern.
+    let out = run_to_end(words(
+        "stream --server http://127.0.0.1:1 --meeting-id m --source camera --video-device-index 99",
+    ))
+    .await;
+    let line = one_line_error(&out);
+    assert!(line.contains("--source test-pattern"), "{line}");
+    assert!(line.contains("99"), "{line}");
+
+    // The server refuses the join: said once, not retried.
+    let s = server_on(0, false).await;
+    let mut args = words("stream --meeting-id bad!id --source test-pattern");
+    args.extend(server_args(&s));
+    let out = run_to_end(args).await;
+    let line = one_line_error(&out);
+    assert!(line.contains("INVALID_MEETING_ID"), "{line}");
+    s.shutdown().await;
+
+    // A bad flag: clap's usage error, exit code 2.
+    let out = run_to_end(words("stream --meeting-id m --resolution 100x100")).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
+}
