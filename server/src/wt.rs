@@ -28,9 +28,15 @@ pub fn start(
     identity: &Identity,
     addr: SocketAddr,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
+    let socket = udp_socket(addr).map_err(|e| format!("cannot bind UDP {addr}: {e}"))?;
+    // The builder binds its own socket; start it on a throwaway port and move
+    // it onto ours, whose buffers are sized.
     let mut server = web_transport_quinn::ServerBuilder::new()
-        .with_addr(addr)
+        .with_addr(SocketAddr::new(addr.ip(), 0))
         .with_certificate(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| format!("cannot start WebTransport on {addr}: {e}"))?;
+    server
+        .rebind(socket)
         .map_err(|e| format!("cannot start WebTransport on {addr}: {e}"))?;
     let bound = server.local_addr().map_err(|e| e.to_string())?;
     let mut stop = state.shutdown_signal();
@@ -57,6 +63,38 @@ pub fn start(
         }
     });
     Ok((bound, handle))
+}
+
+/// Kernel buffer asked for each direction of the UDP socket. Every
+/// publisher's datagrams and every subscriber's acknowledgements arrive on
+/// this one socket; Linux's default (208 KiB) overflowed at a few hundred
+/// sessions while the server was busy, and a publisher's audio datagram
+/// dropped there is lost for every subscriber. The kernel caps the request
+/// at `net.core.rmem_max` / `wmem_max`.
+const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+/// Below this the server says how to raise the kernel's cap.
+const UDP_BUFFER_WARN: usize = 1 << 20;
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer still works, only with more loss under load.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    let got = socket.recv_buffer_size().unwrap_or(0);
+    if got < UDP_BUFFER_WARN {
+        tracing::warn!(
+            bytes = got,
+            "the WebTransport UDP receive buffer is small; datagrams may be dropped under load \
+             (raise it with: sysctl -w net.core.rmem_max={UDP_BUFFER_BYTES})"
+        );
+    } else {
+        debug!(bytes = got, "WebTransport UDP receive buffer");
+    }
+    Ok(socket.into())
 }
 
 async fn run(state: Arc<AppState>, session: Session, peer: IpAddr) {
