@@ -131,9 +131,10 @@ impl Source {
 }
 
 #[cfg(not(feature = "camera"))]
-fn open_camera(_spec: SourceSpec) -> anyhow::Result<Source> {
+fn open_camera(spec: SourceSpec) -> anyhow::Result<Source> {
     anyhow::bail!(
-        "this convene was built without the `camera` feature; rebuild with default features, or stream without a camera: --source test-pattern"
+        "cannot open camera {}: this convene was built without the `camera` feature; rebuild with default features, or stream without a camera: --source test-pattern",
+        spec.device_index
     )
 }
 

@@ -102,6 +102,20 @@ fn test(quick: bool) -> Result<(), String> {
                 "warnings",
             ],
         )?;
+        // The CLI without its camera backend (no libclang needed) must build too.
+        run(
+            "cargo",
+            &[
+                "clippy",
+                "-p",
+                "convene-cli",
+                "--no-default-features",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )?;
         run(
             "cargo",
             &[
