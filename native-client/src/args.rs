@@ -42,3 +42,26 @@ pub(crate) fn describe(e: &convene_protocol::v1::Error) -> String {
         format!("{} ({code})", e.text)
     }
 }
+
+/// What to tell the user when the server refuses the session or the join.
+pub(crate) fn refusal(e: &convene_protocol::v1::Error, meeting_id: &str) -> String {
+    use convene_protocol::ErrorCode as E;
+    match E::try_from(e.code) {
+        Ok(E::AuthRequired) => format!(
+            "the server requires a token: {}; pass one with --token (or CONVENE_TOKEN)",
+            describe(e)
+        ),
+        Ok(E::AuthInvalid | E::AuthExpired) => format!(
+            "the server refused the token: {}; get a fresh one and pass it with --token",
+            describe(e)
+        ),
+        Ok(E::PermissionDenied) => format!(
+            "the token does not allow this: {}; ask for one that grants it",
+            describe(e)
+        ),
+        _ => format!(
+            "the server refused to let us join `{meeting_id}`: {}",
+            describe(e)
+        ),
+    }
+}

@@ -3,7 +3,8 @@
 //! `convene stream` publishes a camera or a test pattern as H.264;
 //! `convene receive` watches a meeting and reports what arrives;
 //! `convene load` simulates many participants against a server and reports
-//! connect times, loss, end-to-end latency and throughput.
+//! connect times, loss, end-to-end latency and throughput; `convene token`
+//! mints development tokens.
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,7 @@ mod receive;
 mod source;
 mod stats;
 mod stream;
+mod token;
 
 /// The Convene command-line client.
 #[derive(Debug, Parser)]
@@ -45,6 +47,8 @@ enum Command {
     /// Simulate participants (synthetic media, no codec cost) and measure
     /// connect time, loss, latency and throughput.
     Load(load::LoadArgs),
+    /// Mint a development token (HS256) from a server's shared secret.
+    Token(token::TokenArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,6 +75,7 @@ fn main() -> std::process::ExitCode {
             Command::Stream(args) => stream::run(args).await,
             Command::Receive(args) => receive::run(args).await,
             Command::Load(args) => load::run(args).await,
+            Command::Token(args) => token::run(args),
         }
     });
     match result {

@@ -171,11 +171,7 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                     eprintln!("in the waiting room until a host admits us");
                 }
                 Some(ClientEvent::JoinRefused(e)) | Some(ClientEvent::Error(e)) => {
-                    anyhow::bail!(
-                        "the server refused to let us join `{}`: {}",
-                        args.meeting_id,
-                        crate::args::describe(&e)
-                    );
+                    anyhow::bail!(crate::args::refusal(&e, &args.meeting_id));
                 }
                 Some(_) => {}
                 None => anyhow::bail!(

@@ -463,11 +463,7 @@ async fn connect(
                 tracing::info!("in the waiting room until a host admits us");
             }
             Some(ClientEvent::JoinRefused(e)) | Some(ClientEvent::Error(e)) => {
-                return Err(Failure::Refused(format!(
-                    "the server refused to let us join `{}`: {}",
-                    args.meeting_id,
-                    crate::args::describe(&e)
-                )));
+                return Err(Failure::Refused(crate::args::refusal(&e, &args.meeting_id)));
             }
             Some(_) => {}
             None => return Err(closed(&c)),

@@ -387,3 +387,70 @@ async fn failures_are_one_line_that_says_what_to_do() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_minted_by_convene_token_are_accepted_and_bad_ones_refused_in_one_line() {
+    let secret = "a-shared-secret-for-this-test-0123456789";
+    let s = {
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            auth_secret: Some(secret.into()),
+            ..Config::default()
+        };
+        convene_server::start(config).await.expect("server starts")
+    };
+    let mint = |user: &str, grants: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_convene"))
+            .args(words(&format!(
+                "token --meeting tok-* --user {user} --grants {grants} --ttl 600"
+            )))
+            .env("CONVENE_AUTH_SECRET", secret)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+
+    // No token, and a token signed with another secret.
+    for token in [None, Some("eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjF9.c2lnbmF0dXJl")] {
+        let mut args = words("stream --meeting-id tok-1 --source test-pattern");
+        args.extend(server_args(&s));
+        if let Some(t) = token {
+            args.extend(["--token".to_string(), t.to_string()]);
+        }
+        let line = one_line_error(&run_to_end(args).await);
+        assert!(line.contains("--token"), "{line}");
+        assert!(line.contains("AUTH_"), "{line}");
+    }
+    // A token without publish_video: refused when publishing, said once.
+    let watcher_only = mint("viewer", "subscribe");
+    let mut args = words("stream --meeting-id tok-1 --source test-pattern --token");
+    args.push(watcher_only.clone());
+    args.extend(server_args(&s));
+    let line = one_line_error(&run_to_end(args).await);
+    assert!(line.contains("PERMISSION_DENIED"), "{line}");
+
+    // Good tokens: the stream publishes, the receiver decodes, and the name
+    // it reports is the token's user.
+    let mut stream_args = words(
+        "--meeting-id tok-1 --user-id not-my-name --source test-pattern --resolution 160x96 --fps 10 --token",
+    );
+    stream_args.push(mint("camera-7", "publish_video,subscribe"));
+    stream_args.extend(server_args(&s));
+    let stream = Running::start("stream", &stream_args);
+    stream.wait_for_line("streaming 160x96@10").await;
+    let mut recv_args = words("--meeting-id tok-1 --frames 3 --duration 30 --json --token");
+    recv_args.push(watcher_only);
+    recv_args.extend(server_args(&s));
+    let (ok, out, err) = Running::start("receive", &recv_args).finish().await;
+    let report = json(ok, &out, &err);
+    let video = track(&report, "video");
+    assert!(n(video, "frames_decoded") >= 3);
+    assert_eq!(video["display_name"], "camera-7");
+    drop(stream);
+    s.shutdown().await;
+}

@@ -5,6 +5,7 @@
 //! bytes, events and the next deadline come out. The crate builds for
 //! `wasm32-unknown-unknown` as well as native targets.
 
+pub mod auth;
 pub mod cases;
 
 /// The protobuf messages of `spec/v1/*.proto`.

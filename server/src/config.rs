@@ -61,6 +61,29 @@ pub struct Cli {
     #[arg(long, env = "CONVENE_DEV_TLS", conflicts_with = "tls_cert", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev_tls: Option<bool>,
+    /// Require a token (PROTOCOL.md §11.3): HS256 JWTs signed with this shared
+    /// secret, at least 32 bytes. Prefer the environment or --auth-secret-file:
+    /// a flag shows in the process list.
+    #[arg(
+        long,
+        env = "CONVENE_AUTH_SECRET",
+        hide_env_values = true,
+        conflicts_with = "auth_secret_file"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_secret: Option<String>,
+    /// Read the token secret from this file (surrounding whitespace ignored).
+    #[arg(long, env = "CONVENE_AUTH_SECRET_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_secret_file: Option<PathBuf>,
+    /// Accept only tokens whose `iss` is this.
+    #[arg(long, env = "CONVENE_AUTH_ISSUER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_issuer: Option<String>,
+    /// Accept only tokens whose `aud` is this.
+    #[arg(long, env = "CONVENE_AUTH_AUDIENCE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_audience: Option<String>,
     /// Directory with the browser client's files [default: browser-client/dist].
     #[arg(long, env = "CONVENE_WEB_DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,6 +189,15 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Self-signed development TLS.
     pub dev_tls: bool,
+    /// HS256 token secret; never printed.
+    #[serde(skip_serializing)]
+    pub auth_secret: Option<String>,
+    /// File holding the token secret.
+    pub auth_secret_file: Option<PathBuf>,
+    /// Required token issuer.
+    pub auth_issuer: Option<String>,
+    /// Required token audience.
+    pub auth_audience: Option<String>,
     /// Browser client directory.
     pub web_dir: PathBuf,
     /// Log format.
@@ -217,6 +249,10 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             dev_tls: false,
+            auth_secret: None,
+            auth_secret_file: None,
+            auth_issuer: None,
+            auth_audience: None,
             web_dir: PathBuf::from("browser-client/dist"),
             log_format: LogFormat::Human,
             log: "info".into(),
@@ -382,7 +418,44 @@ impl Config {
                 self.listen
             )));
         }
+        if self.auth_secret.is_some() && self.auth_secret_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "use either auth_secret or auth_secret_file, not both".into(),
+            ));
+        }
+        if let Some(s) = &self.auth_secret {
+            check_secret(s.as_bytes())?;
+        }
+        if !self.listen.ip().is_loopback() && !self.auth() && !self.insecure {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to serve {} without authentication: give --auth-secret-file \
+                 (or CONVENE_AUTH_SECRET), or --insecure if anyone may join",
+                self.listen
+            )));
+        }
         Ok(())
+    }
+
+    /// True when tokens are required.
+    pub fn auth(&self) -> bool {
+        self.auth_secret.is_some() || self.auth_secret_file.is_some()
+    }
+
+    /// The token secret, from the setting or its file.
+    pub fn load_auth_secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let secret = match (&self.auth_secret, &self.auth_secret_file) {
+            (Some(s), _) => s.as_bytes().to_vec(),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                text.trim().as_bytes().to_vec()
+            }
+            (None, None) => return Ok(None),
+        };
+        check_secret(&secret)?;
+        Ok(Some(secret))
     }
 
     /// True when TLS is on.
@@ -394,6 +467,17 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
+}
+
+fn check_secret(secret: &[u8]) -> Result<(), ConfigError> {
+    if secret.len() < crate::auth::MIN_SECRET_BYTES {
+        return Err(ConfigError::Invalid(format!(
+            "the token secret has {} bytes; use at least {} (e.g. `openssl rand -hex 32`)",
+            secret.len(),
+            crate::auth::MIN_SECRET_BYTES
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -438,7 +522,29 @@ mod tests {
         let e = Config::load(&cli(&["--listen", "0.0.0.0:8080"])).unwrap_err();
         assert!(e.to_string().contains("--insecure"), "{e}");
         assert!(Config::load(&cli(&["--listen", "0.0.0.0:8080", "--insecure"])).is_ok());
-        assert!(Config::load(&cli(&["--listen", "0.0.0.0:8080", "--dev-tls"])).is_ok());
+        let secret = "0123456789abcdef0123456789abcdef";
+        assert!(
+            Config::load(&cli(&[
+                "--listen",
+                "0.0.0.0:8080",
+                "--dev-tls",
+                "--auth-secret",
+                secret
+            ]))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn public_binds_need_authentication_and_secrets_must_be_long() {
+        let e = Config::load(&cli(&["--listen", "0.0.0.0:8080", "--dev-tls"])).unwrap_err();
+        assert!(e.to_string().contains("without authentication"), "{e}");
+        let e = Config::load(&cli(&["--auth-secret", "short"])).unwrap_err();
+        assert!(e.to_string().contains("at least 32"), "{e}");
+        // The secret is never printed.
+        let c = Config::load(&cli(&["--auth-secret", "0123456789abcdef0123456789abcdef"])).unwrap();
+        assert!(c.auth());
+        assert!(!c.to_toml().contains("0123456789abcdef"), "{}", c.to_toml());
     }
 
     #[test]

@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use convene_protocol::v1::{GoodbyeReason, Participant, Role};
+use convene_protocol::auth::{Claims, Grant};
+use convene_protocol::v1::{GoodbyeReason, Participant, Role, TrackKind};
 use convene_protocol::{
-    CloseReason, ErrorCode, ProtocolError, ServerEvent, ServerSession, ServerSessionConfig,
-    Timestamp,
+    CloseReason, ErrorCode, ProtocolError, RoomRequest, ServerEvent, ServerSession,
+    ServerSessionConfig, Timestamp,
 };
 use tokio::sync::Notify;
 use tracing::{debug, info};
@@ -65,6 +66,8 @@ pub struct Connection {
     transport: &'static str,
     peer: IpAddr,
     handshake_done: bool,
+    /// The verified token's claims, when the server requires tokens.
+    claims: Option<Claims>,
 }
 
 impl Connection {
@@ -114,6 +117,7 @@ impl Connection {
             transport,
             peer,
             handshake_done: false,
+            claims: None,
         }
     }
 
@@ -203,7 +207,11 @@ impl Connection {
     fn process(&mut self, now: Timestamp) {
         while let Some(ev) = self.session.poll_event() {
             match ev {
-                ServerEvent::Hello { .. } => {
+                ServerEvent::Hello { hello, .. } => {
+                    let verified = match &self.state.verifier {
+                        Some(v) => v.verify(&hello.auth_token).map(Some),
+                        None => Ok(None),
+                    };
                     if self.state.is_shutting_down() {
                         self.session.refuse(
                             0,
@@ -212,7 +220,11 @@ impl Connection {
                                 "the server is shutting down",
                             ),
                         );
+                    } else if let Err(e) = verified {
+                        debug!(transport = self.transport, peer = %self.peer, code = e.code.name(), "token refused");
+                        self.session.refuse(0, e);
                     } else {
+                        self.claims = verified.ok().flatten();
                         let pid = self.state.router.allocate_participant_id();
                         let session_id = format!("{:016x}", session_id_for(pid));
                         self.session
@@ -224,7 +236,9 @@ impl Connection {
                 ServerEvent::Join { request_id, join } => self.join(now, request_id, join),
                 ServerEvent::Left => self.leave_room(),
                 ServerEvent::Room { request_id, msg } => {
-                    if let Some(room) = &self.room {
+                    if let Err(e) = self.permitted(&msg) {
+                        self.session.refuse(request_id, e);
+                    } else if let Some(room) = &self.room {
                         let result = lock(room).handle(
                             now,
                             self.session.participant_id(),
@@ -281,12 +295,79 @@ impl Connection {
         self.flush();
     }
 
+    /// Whether the token (if tokens are required) grants a room request.
+    fn permitted(&self, msg: &RoomRequest) -> Result<(), ProtocolError> {
+        let Some(claims) = &self.claims else {
+            return Ok(());
+        };
+        let need = match msg {
+            RoomRequest::Publish(t) => match TrackKind::try_from(t.kind) {
+                Ok(TrackKind::Audio) => Some((Grant::PublishAudio, "publish an audio track")),
+                Ok(TrackKind::Screen) => Some((Grant::PublishScreen, "share a screen")),
+                _ => Some((Grant::PublishVideo, "publish a video track")),
+            },
+            RoomRequest::Subscribe(_) => Some((Grant::Subscribe, "subscribe")),
+            RoomRequest::Chat(_) => Some((Grant::Chat, "chat")),
+            RoomRequest::MuteRequest(_)
+            | RoomRequest::RemoveParticipant(_)
+            | RoomRequest::LockRoom(_)
+            | RoomRequest::Admit(_)
+            | RoomRequest::Deny(_)
+            | RoomRequest::EndMeeting(_) => Some((Grant::Moderate, "moderate")),
+            RoomRequest::UpdateSelf(_) if !claims.name.is_empty() => {
+                return Err(ProtocolError::new(
+                    ErrorCode::PermissionDenied,
+                    "your display name comes from your token",
+                ));
+            }
+            _ => None,
+        };
+        match need {
+            Some((g, what)) if !claims.grants(g) => Err(crate::auth::denied(what, g)),
+            _ => Ok(()),
+        }
+    }
+
     fn join(&mut self, now: Timestamp, request_id: u32, join: convene_protocol::v1::Join) {
         let pid = self.session.participant_id();
+        if let Some(claims) = &self.claims {
+            if !claims.admits(&join.meeting_id) {
+                self.session.refuse(
+                    request_id,
+                    ProtocolError::new(
+                        ErrorCode::PermissionDenied,
+                        format!(
+                            "your token does not admit you to meeting `{}`",
+                            join.meeting_id
+                        ),
+                    ),
+                );
+                return;
+            }
+            if join.subscribe_all && !claims.grants(Grant::Subscribe) {
+                self.session.refuse(
+                    request_id,
+                    crate::auth::denied("subscribe_all", Grant::Subscribe),
+                );
+                return;
+            }
+        }
+        // With tokens, who you are is the token's word, not yours.
+        let (display_name, user_id) = match &self.claims {
+            Some(c) => (
+                if c.name.is_empty() {
+                    join.display_name.clone()
+                } else {
+                    c.name.clone()
+                },
+                c.sub.clone(),
+            ),
+            None => (join.display_name.clone(), String::new()),
+        };
         let info = Participant {
             participant_id: pid,
-            display_name: join.display_name.clone(),
-            user_id: String::new(),
+            display_name,
+            user_id,
             role: Role::Participant as i32,
             tracks: Vec::new(),
         };

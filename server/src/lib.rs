@@ -5,6 +5,7 @@
 //! is the tokio shell: [`start`] binds and serves, returning a [`Server`]
 //! handle that tests and `main` use alike.
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod http;
@@ -49,6 +50,9 @@ pub enum StartError {
     /// The WebTransport endpoint could not start.
     #[error("{0}")]
     WebTransport(String),
+    /// The settings cannot work (e.g. the token secret file is unreadable).
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
 }
 
 /// A running server.
@@ -67,6 +71,13 @@ pub struct Server {
 
 /// Binds the listener and starts serving.
 pub async fn start(config: Config) -> Result<Server, StartError> {
+    let verifier = config.load_auth_secret()?.map(|secret| {
+        auth::Verifier::hs256(
+            &secret,
+            config.auth_issuer.as_deref(),
+            config.auth_audience.as_deref(),
+        )
+    });
     let identity = if config.dev_tls {
         Some(Identity::self_signed(&[])?)
     } else if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
@@ -88,7 +99,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         warn!(%addr, "serving plain text on a non-loopback address (--insecure)");
     }
     let cert_sha256 = identity.as_ref().map(Identity::sha256_hex);
-    let state = Arc::new(AppState::new(config, cert_sha256.clone()));
+    if verifier.is_none() {
+        warn!(
+            "no token required (no --auth-secret): anyone who can reach this server may join any meeting"
+        );
+    }
+    let state = Arc::new(AppState::new(config, cert_sha256.clone(), verifier));
     // WebTransport needs TLS: it runs on UDP, on the same port number as HTTPS.
     let wt_addr = match &identity {
         Some(id) => {

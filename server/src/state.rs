@@ -31,13 +31,19 @@ pub struct AppState {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// SHA-256 of the TLS certificate, hex, when TLS is on.
     pub cert_sha256: Option<String>,
+    /// Checks tokens, when the server requires them.
+    pub verifier: Option<crate::auth::Verifier>,
     /// The WebTransport address, once bound.
     wt_addr: Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl AppState {
     /// State for a server with `config`.
-    pub fn new(config: Config, cert_sha256: Option<String>) -> Self {
+    pub fn new(
+        config: Config,
+        cert_sha256: Option<String>,
+        verifier: Option<crate::auth::Verifier>,
+    ) -> Self {
         let router = Router::new(RoomLimits {
             max_participants: config.max_participants_per_room,
             max_tracks: config.max_tracks_per_participant,
@@ -52,6 +58,7 @@ impl AppState {
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             cert_sha256,
+            verifier,
             wt_addr: Mutex::new(None),
         }
     }

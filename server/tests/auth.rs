@@ -1,0 +1,269 @@
+//! Tokens (PROTOCOL.md §11.3) with real WebSocket clients: every way a token
+//! can be wrong gets its own error, the grants decide what a participant may
+//! do, and the name others see is the token's.
+
+mod common;
+
+use common::{Client, Seen, server};
+use convene_protocol::ErrorCode;
+use convene_protocol::auth::Claims;
+use convene_protocol::v1::{self, client_message::Msg as C, server_message::Msg as S};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+const SECRET: &str = "a-test-secret-of-at-least-32-bytes!";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(meeting: &str, grants: &[&str]) -> Claims {
+    Claims {
+        sub: "user-42".into(),
+        name: "Ada".into(),
+        meeting: meeting.into(),
+        grants: grants.iter().map(|g| g.to_string()).collect(),
+        exp: now() + 600,
+        ..Claims::default()
+    }
+}
+
+fn sign(c: &Claims, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        c,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn auth_server() -> convene_server::Server {
+    server(|c| {
+        c.auth_secret = Some(SECRET.into());
+        c.auth_issuer = Some("test-idp".into());
+    })
+    .await
+}
+
+/// Says Hello with `token`; returns the client and what came back first.
+async fn hello(s: &convene_server::Server, token: &str) -> (Client, S) {
+    let mut c = Client::connect(s).await;
+    c.send(C::Hello(v1::Hello {
+        versions: vec![1],
+        auth_token: token.into(),
+        ..Default::default()
+    }))
+    .await;
+    let first = c.expect(|m| matches!(m, S::Welcome(_) | S::Error(_))).await;
+    if let S::Welcome(w) = &first {
+        c.id = w.participant_id;
+    }
+    (c, first)
+}
+
+fn error_code(m: &S) -> ErrorCode {
+    match m {
+        S::Error(e) => ErrorCode::try_from(e.code).unwrap(),
+        other => panic!("expected an Error, got {other:?}"),
+    }
+}
+
+async fn join(c: &mut Client, meeting: &str, subscribe_all: bool) -> S {
+    c.send(C::Join(v1::Join {
+        meeting_id: meeting.into(),
+        display_name: "whatever I like".into(),
+        subscribe_all,
+    }))
+    .await;
+    c.expect(|m| matches!(m, S::Joined(_) | S::Error(_))).await
+}
+
+#[tokio::test]
+async fn every_wrong_token_is_refused_with_its_code_and_the_connection_closes() {
+    let s = auth_server().await;
+    let mut good = claims("m", &["subscribe"]);
+    good.iss = Some("test-idp".into());
+    let cases: Vec<(String, ErrorCode)> = vec![
+        (String::new(), ErrorCode::AuthRequired),
+        ("garbage".into(), ErrorCode::AuthInvalid),
+        (
+            sign(&good, "another-secret-that-is-32-bytes-long"),
+            ErrorCode::AuthInvalid,
+        ),
+        (
+            sign(
+                &Claims {
+                    exp: now() - 3600,
+                    ..good.clone()
+                },
+                SECRET,
+            ),
+            ErrorCode::AuthExpired,
+        ),
+        (
+            sign(
+                &Claims {
+                    nbf: Some(now() + 3600),
+                    ..good.clone()
+                },
+                SECRET,
+            ),
+            ErrorCode::AuthExpired,
+        ),
+        (
+            sign(
+                &Claims {
+                    iss: Some("someone-else".into()),
+                    ..good.clone()
+                },
+                SECRET,
+            ),
+            ErrorCode::AuthInvalid,
+        ),
+    ];
+    for (token, want) in cases {
+        let (mut c, first) = hello(&s, &token).await;
+        assert_eq!(error_code(&first), want, "token {token:?}");
+        // Auth errors are fatal: the server closes.
+        loop {
+            match c.next().await {
+                Some(Seen::Closed(_)) => break,
+                None => panic!("the connection stayed open after {want:?}"),
+                _ => {}
+            }
+        }
+    }
+    // And the good one is welcomed.
+    let (_c, first) = hello(&s, &sign(&good, SECRET)).await;
+    assert!(matches!(first, S::Welcome(_)), "{first:?}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_token_decides_the_meeting_and_the_grants() {
+    let s = auth_server().await;
+    let token = |meeting: &str, grants: &[&str]| {
+        let mut c = claims(meeting, grants);
+        c.iss = Some("test-idp".into());
+        sign(&c, SECRET)
+    };
+
+    // Another meeting than the token's.
+    let (mut c, _) = hello(&s, &token("standup", &["subscribe"])).await;
+    assert_eq!(
+        error_code(&join(&mut c, "board", false).await),
+        ErrorCode::PermissionDenied
+    );
+    // subscribe_all without the subscribe grant.
+    let (mut c, _) = hello(&s, &token("team-*", &["chat"])).await;
+    assert_eq!(
+        error_code(&join(&mut c, "team-red", true).await),
+        ErrorCode::PermissionDenied
+    );
+    // A pattern admits; without publish_video or chat, those are refused,
+    // while publish_audio (granted) works.
+    assert!(matches!(
+        join(&mut c, "team-red", false).await,
+        S::Joined(_)
+    ));
+    c.send(C::Publish(v1::Publish {
+        track: Some(v1::TrackInfo {
+            track_id: 1,
+            kind: v1::TrackKind::Video as i32,
+            codec: "avc1.42E01F".into(),
+            ..Default::default()
+        }),
+    }))
+    .await;
+    assert_eq!(
+        error_code(
+            &c.expect(|m| matches!(m, S::Error(_) | S::TrackPublished(_)))
+                .await
+        ),
+        ErrorCode::PermissionDenied
+    );
+    let (mut speaker, _) = hello(&s, &token("team-red", &["publish_audio"])).await;
+    assert!(matches!(
+        join(&mut speaker, "team-red", false).await,
+        S::Joined(_)
+    ));
+    speaker
+        .send(C::Publish(v1::Publish {
+            track: Some(v1::TrackInfo {
+                track_id: 1,
+                kind: v1::TrackKind::Audio as i32,
+                codec: "opus".into(),
+                ..Default::default()
+            }),
+        }))
+        .await;
+    speaker.expect(|m| matches!(m, S::TrackPublished(_))).await;
+    speaker
+        .send(C::Chat(v1::ChatSend {
+            text: "hello".into(),
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(
+        error_code(
+            &speaker
+                .expect(|m| matches!(m, S::Error(_) | S::Chat(_)))
+                .await
+        ),
+        ErrorCode::PermissionDenied
+    );
+    // Moderation needs the moderate grant.
+    speaker
+        .send(C::LockRoom(v1::LockRoom { locked: true }))
+        .await;
+    assert_eq!(
+        error_code(
+            &speaker
+                .expect(|m| matches!(m, S::Error(_) | S::RoomLocked(_)))
+                .await
+        ),
+        ErrorCode::PermissionDenied
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_name_others_see_is_the_tokens() {
+    let s = auth_server().await;
+    let mut first = claims("m", &["subscribe"]);
+    first.iss = Some("test-idp".into());
+    first.sub = "watcher".into();
+    first.name = "Watcher".into();
+    let (mut watcher, _) = hello(&s, &sign(&first, SECRET)).await;
+    assert!(matches!(join(&mut watcher, "m", false).await, S::Joined(_)));
+
+    let mut second = claims("m", &["subscribe"]);
+    second.iss = Some("test-idp".into());
+    let (mut ada, _) = hello(&s, &sign(&second, SECRET)).await;
+    // The Join claims another name; the room is told the token's.
+    assert!(matches!(join(&mut ada, "m", false).await, S::Joined(_)));
+    let seen = watcher
+        .expect(|m| matches!(m, S::ParticipantJoined(_)))
+        .await;
+    let S::ParticipantJoined(p) = seen else {
+        unreachable!()
+    };
+    let p = p.participant.unwrap();
+    assert_eq!(p.display_name, "Ada");
+    assert_eq!(p.user_id, "user-42");
+    // Renaming oneself is the token's business too.
+    ada.send(C::UpdateSelf(v1::UpdateSelf {
+        display_name: "Mallory".into(),
+    }))
+    .await;
+    assert_eq!(
+        error_code(
+            &ada.expect(|m| matches!(m, S::Error(_) | S::ParticipantUpdated(_)))
+                .await
+        ),
+        ErrorCode::PermissionDenied
+    );
+    s.shutdown().await;
+}
