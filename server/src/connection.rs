@@ -368,7 +368,12 @@ impl Connection {
             participant_id: pid,
             display_name,
             user_id,
-            role: Role::Participant as i32,
+            // Moderation is the token's to grant; without tokens nobody moderates.
+            role: if self.claims.as_ref().is_some_and(|c| c.grants(Grant::Moderate)) {
+                Role::Moderator as i32
+            } else {
+                Role::Participant as i32
+            },
             tracks: Vec::new(),
         };
         let session = &mut self.session;

@@ -267,3 +267,54 @@ async fn the_name_others_see_is_the_tokens() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_moderator_by_grant_locks_removes_and_ends() {
+    let s = auth_server().await;
+    let token = |sub: &str, grants: &[&str]| {
+        let mut c = claims("room", grants);
+        c.iss = Some("test-idp".into());
+        c.sub = sub.into();
+        c.name = sub.into();
+        sign(&c, SECRET)
+    };
+    let (mut host, _) = hello(&s, &token("host", &["moderate", "subscribe"])).await;
+    let S::Joined(j) = join(&mut host, "room", false).await else {
+        panic!("the host joins")
+    };
+    assert_eq!(j.participants[0].role, v1::Role::Moderator as i32);
+    let (mut guest, _) = hello(&s, &token("guest", &["subscribe"])).await;
+    let S::Joined(j) = join(&mut guest, "room", false).await else {
+        panic!("the guest joins")
+    };
+    let me = j.participants.iter().find(|p| p.display_name == "guest").unwrap();
+    assert_eq!(me.role, v1::Role::Participant as i32);
+    let guest_id = guest.id;
+
+    // Lock: everyone hears it, a newcomer is refused.
+    host.send(C::LockRoom(v1::LockRoom { locked: true })).await;
+    guest
+        .expect(|m| matches!(m, S::RoomLocked(l) if l.locked))
+        .await;
+    let (mut late, _) = hello(&s, &token("late", &["subscribe"])).await;
+    assert_eq!(error_code(&join(&mut late, "room", false).await), ErrorCode::RoomLocked);
+
+    // Remove: the guest is said goodbye, the host sees them leave.
+    host.send(C::RemoveParticipant(v1::RemoveParticipant {
+        participant_id: guest_id,
+        reason: "testing".into(),
+    }))
+    .await;
+    let bye = guest.expect(|m| matches!(m, S::Goodbye(_))).await;
+    let S::Goodbye(bye) = bye else { unreachable!() };
+    assert_eq!(bye.reason, v1::GoodbyeReason::Removed as i32);
+    host.expect(|m| matches!(m, S::ParticipantLeft(l) if l.participant_id == guest_id))
+        .await;
+
+    // End: the moderator too is sent away.
+    host.send(C::EndMeeting(v1::EndMeeting {})).await;
+    let bye = host.expect(|m| matches!(m, S::Goodbye(_))).await;
+    let S::Goodbye(bye) = bye else { unreachable!() };
+    assert_eq!(bye.reason, v1::GoodbyeReason::MeetingEnded as i32);
+    s.shutdown().await;
+}
