@@ -369,7 +369,11 @@ impl Connection {
             display_name,
             user_id,
             // Moderation is the token's to grant; without tokens nobody moderates.
-            role: if self.claims.as_ref().is_some_and(|c| c.grants(Grant::Moderate)) {
+            role: if self
+                .claims
+                .as_ref()
+                .is_some_and(|c| c.grants(Grant::Moderate))
+            {
                 Role::Moderator as i32
             } else {
                 Role::Participant as i32

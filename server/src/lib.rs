@@ -6,6 +6,7 @@
 //! handle that tests and `main` use alike.
 
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod connection;
 pub mod http;
@@ -69,8 +70,18 @@ pub struct Server {
     serving: JoinHandle<()>,
 }
 
-/// Binds the listener and starts serving.
+/// Binds the listener and starts serving, as a single node.
 pub async fn start(config: Config) -> Result<Server, StartError> {
+    start_node(config, Arc::new(bus::NoBus), None).await
+}
+
+/// Starts a node of a cluster: rooms are shared with the other nodes on
+/// `bus`, and what they send arrives on `inbound`.
+pub async fn start_node(
+    config: Config,
+    bus: Arc<dyn bus::Bus>,
+    inbound: Option<tokio::sync::mpsc::Receiver<bus::BusMessage>>,
+) -> Result<Server, StartError> {
     let verifier = config.load_auth_secret()?.map(|secret| {
         auth::Verifier::hs256(
             &secret,
@@ -104,7 +115,22 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             "no token required (no --auth-secret): anyone who can reach this server may join any meeting"
         );
     }
-    let state = Arc::new(AppState::new(config, cert_sha256.clone(), verifier));
+    let state = Arc::new(AppState::new(config, cert_sha256.clone(), verifier, bus));
+    if let Some(mut inbound) = inbound {
+        let state = state.clone();
+        let mut stop = state.shutdown_signal();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    m = inbound.recv() => match m {
+                        Some(m) => state.router.apply(state.now(), m),
+                        None => break,
+                    },
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        });
+    }
     // WebTransport needs TLS: it runs on UDP, on the same port number as HTTPS.
     let wt_addr = match &identity {
         Some(id) => {

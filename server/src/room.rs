@@ -20,6 +20,7 @@ use convene_protocol::{
     ErrorCode, MediaFrame, MediaHeader, ProtocolError, RoomRequest, Timestamp, encode_control,
 };
 
+use crate::bus::{Bus, BusMessage, NoBus, NodeId, PARTICIPANT_BITS};
 use crate::outbox::{DropReason, Kick, MediaClass, Outbox};
 
 /// Key-frame requests the server makes on subscribers' behalf, at most one per track per this long.
@@ -65,8 +66,11 @@ struct Publication {
 struct Member {
     /// As others see it (tracks are filled in when sent).
     info: Participant,
-    /// Where frames for this participant go.
-    outbox: Arc<Outbox>,
+    /// Where frames for this participant go; `None` for a participant
+    /// connected to another node.
+    outbox: Option<Arc<Outbox>>,
+    /// The node the participant is connected to.
+    node: NodeId,
     /// Subscribed to everything, now and later.
     subscribe_all: bool,
     /// Published tracks by id.
@@ -93,6 +97,10 @@ pub struct Room {
     locked: bool,
     /// Capacity.
     limits: RoomLimits,
+    /// The other nodes.
+    bus: Arc<dyn Bus>,
+    /// Members connected to this node.
+    local: usize,
 }
 
 fn frame(msg: Msg) -> Bytes {
@@ -107,13 +115,20 @@ fn unknown_track(pid: u32, track: u32) -> ProtocolError {
 }
 
 impl Room {
-    /// An empty room.
+    /// An empty room on a single node.
     pub fn new(id: &str, limits: RoomLimits) -> Self {
+        Room::with_bus(id, limits, Arc::new(NoBus))
+    }
+
+    /// An empty room whose changes are shared with other nodes over `bus`.
+    pub fn with_bus(id: &str, limits: RoomLimits, bus: Arc<dyn Bus>) -> Self {
         Room {
             id: id.to_string(),
             members: BTreeMap::new(),
             locked: false,
             limits,
+            bus,
+            local: 0,
         }
     }
 
@@ -122,28 +137,33 @@ impl Room {
         &self.id
     }
 
-    /// Number of participants.
+    /// Number of participants connected to this node.
     pub fn len(&self) -> usize {
-        self.members.len()
+        self.local
     }
 
-    /// True when nobody is in the room.
+    /// True when nobody connected to this node is in the room.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.local == 0
+    }
+
+    /// Number of participants on all nodes.
+    pub fn total(&self) -> usize {
+        self.members.len()
     }
 
     fn broadcast(&self, msg: Msg, except: Option<u32>) {
         let f = frame(msg);
         for (pid, m) in &self.members {
-            if Some(*pid) != except {
-                m.outbox.push_control(f.clone());
+            if let (true, Some(o)) = (Some(*pid) != except, &m.outbox) {
+                o.push_control(f.clone());
             }
         }
     }
 
     fn send_to(&self, pid: u32, msg: Msg) {
-        if let Some(m) = self.members.get(&pid) {
-            m.outbox.push_control(frame(msg));
+        if let Some(o) = self.members.get(&pid).and_then(|m| m.outbox.as_ref()) {
+            o.push_control(frame(msg));
         }
     }
 
@@ -178,11 +198,19 @@ impl Room {
             }),
             None,
         );
+        self.bus.publish(BusMessage::Join {
+            meeting: self.id.clone(),
+            node: self.bus.node(),
+            participant: info.clone(),
+            subscribe_all,
+        });
+        self.local += 1;
         self.members.insert(
             pid,
             Member {
                 info,
-                outbox: outbox.clone(),
+                outbox: Some(outbox.clone()),
+                node: self.bus.node(),
                 subscribe_all,
                 tracks: BTreeMap::new(),
             },
@@ -214,9 +242,22 @@ impl Room {
     /// Removes a participant: unpublishes its tracks, drops its subscriptions,
     /// and tells the others (PROTOCOL.md §5.3, §9.3).
     pub fn leave(&mut self, pid: u32) {
+        if self.members.get(&pid).is_some_and(|m| m.outbox.is_some()) {
+            self.bus.publish(BusMessage::Leave {
+                meeting: self.id.clone(),
+                participant_id: pid,
+            });
+        }
+        self.remove_member(pid);
+    }
+
+    fn remove_member(&mut self, pid: u32) {
         let Some(member) = self.members.remove(&pid) else {
             return;
         };
+        if member.outbox.is_some() {
+            self.local -= 1;
+        }
         for tid in member.tracks.keys() {
             self.broadcast(
                 Msg::TrackUnpublished(v1::TrackUnpublished {
@@ -262,11 +303,25 @@ impl Room {
             return;
         }
         p.last_key_request = Some(now);
-        m.outbox
-            .push_control(frame(Msg::KeyFrameRequest(v1::KeyFrameRequest {
-                participant_id: requester,
-                track_id: track,
-            })));
+        match &m.outbox {
+            Some(o) => {
+                o.push_control(frame(Msg::KeyFrameRequest(v1::KeyFrameRequest {
+                    participant_id: requester,
+                    track_id: track,
+                })));
+            }
+            // The publisher is on another node: ask there.
+            None => self.bus.send_to(
+                m.node,
+                BusMessage::KeyFrameRequest {
+                    meeting: self.id.clone(),
+                    publisher,
+                    track,
+                    requester,
+                    force,
+                },
+            ),
+        }
     }
 
     fn own_track(&mut self, pid: u32, track: u32) -> Result<&mut Publication, ProtocolError> {
@@ -302,8 +357,30 @@ impl Room {
         }
     }
 
-    /// Handles a room message from `pid`.
+    /// Handles a room message from `pid`, a participant on this node, and
+    /// tells the other nodes when it changes what they must know.
     pub fn handle(
+        &mut self,
+        now: Timestamp,
+        pid: u32,
+        req: RoomRequest,
+        server_time_us: u64,
+    ) -> Result<(), ProtocolError> {
+        let copy = replicated(&req).then(|| req.clone());
+        self.apply_request(now, pid, req, server_time_us)?;
+        if let Some(request) = copy {
+            self.bus.publish(BusMessage::Request {
+                meeting: self.id.clone(),
+                participant_id: pid,
+                request,
+                server_time_us,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies a room message from `pid`, wherever `pid` is connected.
+    fn apply_request(
         &mut self,
         now: Timestamp,
         pid: u32,
@@ -341,7 +418,7 @@ impl Room {
                     .members
                     .iter()
                     .filter(|(other, m)| **other != pid && m.subscribe_all)
-                    .map(|(other, m)| (*other, m.outbox.clone()))
+                    .filter_map(|(other, m)| Some((*other, m.outbox.clone()?)))
                     .collect();
                 let audio = track.kind == TrackKind::Audio as i32;
                 let tid = track.track_id;
@@ -398,9 +475,8 @@ impl Room {
                 let outbox = self
                     .members
                     .get(&pid)
-                    .ok_or_else(|| self_gone(pid))?
-                    .outbox
-                    .clone();
+                    .and_then(|m| m.outbox.clone())
+                    .ok_or_else(|| self_gone(pid))?;
                 let p = self
                     .members
                     .get_mut(&s.participant_id)
@@ -455,8 +531,8 @@ impl Room {
                     let f = frame(msg);
                     let sender_too = (c.to_participant_id != pid).then_some(pid);
                     for to in std::iter::once(c.to_participant_id).chain(sender_too) {
-                        if let Some(m) = self.members.get(&to) {
-                            m.outbox.push_control(f.clone());
+                        if let Some(o) = self.members.get(&to).and_then(|m| m.outbox.as_ref()) {
+                            o.push_control(f.clone());
                         }
                     }
                 }
@@ -488,8 +564,12 @@ impl Room {
             RoomRequest::RemoveParticipant(r) => {
                 self.require_moderator(pid)?;
                 self.require_member(r.participant_id)?;
-                if let Some(m) = self.members.get(&r.participant_id) {
-                    m.outbox.kick(Kick::Removed);
+                if let Some(o) = self
+                    .members
+                    .get(&r.participant_id)
+                    .and_then(|m| m.outbox.as_ref())
+                {
+                    o.kick(Kick::Removed);
                 }
             }
             RoomRequest::LockRoom(l) => {
@@ -506,8 +586,8 @@ impl Room {
             }
             RoomRequest::EndMeeting(_) => {
                 self.require_moderator(pid)?;
-                for m in self.members.values() {
-                    m.outbox.kick(Kick::MeetingEnded);
+                for o in self.members.values().filter_map(|m| m.outbox.as_ref()) {
+                    o.kick(Kick::MeetingEnded);
                 }
             }
             _ => {}
@@ -566,8 +646,177 @@ impl Room {
         if need_key {
             self.request_key_frame(now, h.sender, h.track_id, 0, false);
         }
+        // One copy per frame for the other nodes, only while someone is there.
+        if self.members.len() > self.local
+            && self
+                .members
+                .get(&h.sender)
+                .is_some_and(|m| m.outbox.is_some())
+        {
+            self.bus.publish(BusMessage::Media {
+                meeting: self.id.clone(),
+                frame: frame.as_bytes().clone(),
+            });
+        }
         Ok(stats)
     }
+
+    /// Adds a participant connected to another node.
+    fn join_remote(
+        &mut self,
+        now: Timestamp,
+        node: NodeId,
+        mut info: Participant,
+        subscribe_all: bool,
+    ) {
+        let pid = info.participant_id;
+        if self.members.contains_key(&pid) {
+            return;
+        }
+        let tracks = std::mem::take(&mut info.tracks);
+        self.broadcast(
+            Msg::ParticipantJoined(v1::ParticipantJoined {
+                participant: Some(info.clone()),
+            }),
+            None,
+        );
+        self.members.insert(
+            pid,
+            Member {
+                info,
+                outbox: None,
+                node,
+                subscribe_all,
+                tracks: BTreeMap::new(),
+            },
+        );
+        // A snapshot carries the tracks already published: as if published
+        // now, and (unlike a fresh publication, which starts with a key
+        // frame) our subscribers need a key frame to start from.
+        let watching = self
+            .members
+            .values()
+            .any(|m| m.outbox.is_some() && m.subscribe_all);
+        for t in tracks {
+            let (tid, video) = (t.track_id, t.kind != TrackKind::Audio as i32);
+            if self
+                .apply_request(now, pid, RoomRequest::Publish(t), 0)
+                .is_ok()
+                && video
+                && watching
+            {
+                self.request_key_frame(now, pid, tid, 0, true);
+            }
+        }
+    }
+
+    /// What another node needs to know about this node's participants.
+    fn snapshot(&self) -> Vec<BusMessage> {
+        self.members
+            .values()
+            .filter(|m| m.outbox.is_some())
+            .map(|m| BusMessage::Join {
+                meeting: self.id.clone(),
+                node: m.node,
+                participant: m.participant(),
+                subscribe_all: m.subscribe_all,
+            })
+            .collect()
+    }
+
+    /// Delivers a media frame another node received from its publisher.
+    fn route_remote(&mut self, now: Timestamp, frame: &MediaFrame) {
+        let h = *frame.header();
+        if self
+            .members
+            .get(&h.sender)
+            .is_none_or(|m| m.outbox.is_some())
+        {
+            return; // unknown, or one of ours echoed back
+        }
+        if let Ok(stats) = self.route(now, h.sender, frame) {
+            let _ = stats;
+        }
+    }
+
+    /// Applies what another node says.
+    fn apply_bus(&mut self, now: Timestamp, msg: BusMessage) {
+        match msg {
+            BusMessage::Join {
+                node,
+                participant,
+                subscribe_all,
+                ..
+            } => self.join_remote(now, node, participant, subscribe_all),
+            BusMessage::Leave { participant_id, .. } => {
+                if self
+                    .members
+                    .get(&participant_id)
+                    .is_some_and(|m| m.outbox.is_none())
+                {
+                    self.remove_member(participant_id);
+                }
+            }
+            BusMessage::Request {
+                participant_id,
+                request,
+                server_time_us,
+                ..
+            } => {
+                if self
+                    .members
+                    .get(&participant_id)
+                    .is_some_and(|m| m.outbox.is_none())
+                {
+                    // Accepted on its own node already; here it only updates our copy.
+                    let _ = self.apply_request(now, participant_id, request, server_time_us);
+                }
+            }
+            BusMessage::Media { frame, .. } => {
+                if let Ok(f) = MediaFrame::parse(frame) {
+                    self.route_remote(now, &f);
+                }
+            }
+            BusMessage::KeyFrameRequest {
+                publisher,
+                track,
+                requester,
+                force,
+                ..
+            } => {
+                if self
+                    .members
+                    .get(&publisher)
+                    .is_some_and(|m| m.outbox.is_some())
+                {
+                    self.request_key_frame(now, publisher, track, requester, force);
+                }
+            }
+            BusMessage::SyncRequest { node, .. } => {
+                for m in self.snapshot() {
+                    self.bus.send_to(node, m);
+                }
+            }
+        }
+    }
+}
+
+/// Room requests other nodes must apply too (subscriptions stay local:
+/// every node already receives the meeting's media).
+fn replicated(req: &RoomRequest) -> bool {
+    matches!(
+        req,
+        RoomRequest::UpdateSelf(_)
+            | RoomRequest::Publish(_)
+            | RoomRequest::Unpublish(_)
+            | RoomRequest::SetTrackMuted(_)
+            | RoomRequest::Chat(_)
+            | RoomRequest::E2ee(_)
+            | RoomRequest::MuteRequest(_)
+            | RoomRequest::RemoveParticipant(_)
+            | RoomRequest::LockRoom(_)
+            | RoomRequest::EndMeeting(_)
+    )
 }
 
 fn self_gone(pid: u32) -> ProtocolError {
@@ -584,8 +833,10 @@ pub struct Router {
     rooms: Mutex<HashMap<String, Arc<Mutex<Room>>>>,
     /// Capacity.
     limits: RoomLimits,
-    /// The next participant id to hand out.
+    /// The next participant id to hand out (its low bits).
     next_participant: AtomicU32,
+    /// The other nodes.
+    bus: Arc<dyn Bus>,
 }
 
 /// Locks a room, recovering from a panic elsewhere rather than spreading it.
@@ -594,22 +845,48 @@ pub fn lock(room: &Mutex<Room>) -> MutexGuard<'_, Room> {
 }
 
 impl Router {
-    /// An empty router.
+    /// An empty router for a single node.
     pub fn new(limits: RoomLimits) -> Self {
+        Router::with_bus(limits, Arc::new(NoBus))
+    }
+
+    /// An empty router whose rooms span the nodes on `bus`.
+    pub fn with_bus(limits: RoomLimits, bus: Arc<dyn Bus>) -> Self {
         Router {
             rooms: Mutex::new(HashMap::new()),
             limits,
             next_participant: AtomicU32::new(1),
+            bus,
         }
     }
 
-    /// A fresh participant id, never 0.
+    /// The bus to the other nodes.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
+    /// A fresh participant id, never 0: the node id in the top bits, so ids
+    /// from different nodes never collide.
     pub fn allocate_participant_id(&self) -> u32 {
+        let low_mask = (1u32 << PARTICIPANT_BITS) - 1;
+        let node = u32::from(self.bus.node()) << PARTICIPANT_BITS;
         loop {
-            let id = self.next_participant.fetch_add(1, Ordering::Relaxed);
-            if id != 0 {
-                return id;
+            let low = self.next_participant.fetch_add(1, Ordering::Relaxed) & low_mask;
+            if low != 0 {
+                return node | low;
             }
+        }
+    }
+
+    /// Applies a message from another node to the room it is about, if this
+    /// node has one (a node without participants in a meeting ignores it).
+    pub fn apply(&self, now: Timestamp, msg: BusMessage) {
+        let room = {
+            let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            rooms.get(msg.meeting()).cloned()
+        };
+        if let Some(room) = room {
+            lock(&room).apply_bus(now, msg);
         }
     }
 
@@ -638,8 +915,18 @@ impl Router {
                         ),
                     ));
                 }
-                let r = Arc::new(Mutex::new(Room::new(meeting, self.limits)));
+                let r = Arc::new(Mutex::new(Room::with_bus(
+                    meeting,
+                    self.limits,
+                    self.bus.clone(),
+                )));
                 rooms.insert(meeting.to_string(), r.clone());
+                // Hear this meeting from now on, and ask who is already in it.
+                self.bus.interest(meeting, true);
+                self.bus.publish(BusMessage::SyncRequest {
+                    meeting: meeting.to_string(),
+                    node: self.bus.node(),
+                });
                 r
             }
         };
@@ -654,6 +941,7 @@ impl Router {
             Err(e) => {
                 if guard.is_empty() {
                     rooms.remove(meeting);
+                    self.bus.interest(meeting, false);
                 }
                 Err(e)
             }
@@ -669,6 +957,7 @@ impl Router {
             let id = guard.id().to_string();
             if rooms.get(&id).is_some_and(|r| Arc::ptr_eq(r, room)) {
                 rooms.remove(&id);
+                self.bus.interest(&id, false);
             }
         }
     }

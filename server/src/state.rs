@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use convene_protocol::{ErrorCode, ProtocolError, Timestamp};
 use tokio::sync::watch;
@@ -43,12 +43,16 @@ impl AppState {
         config: Config,
         cert_sha256: Option<String>,
         verifier: Option<crate::auth::Verifier>,
+        bus: Arc<dyn crate::bus::Bus>,
     ) -> Self {
-        let router = Router::new(RoomLimits {
-            max_participants: config.max_participants_per_room,
-            max_tracks: config.max_tracks_per_participant,
-            max_rooms: config.max_rooms,
-        });
+        let router = Router::with_bus(
+            RoomLimits {
+                max_participants: config.max_participants_per_room,
+                max_tracks: config.max_tracks_per_participant,
+                max_rooms: config.max_rooms,
+            },
+            bus,
+        );
         AppState {
             config,
             router,

@@ -287,7 +287,11 @@ async fn a_moderator_by_grant_locks_removes_and_ends() {
     let S::Joined(j) = join(&mut guest, "room", false).await else {
         panic!("the guest joins")
     };
-    let me = j.participants.iter().find(|p| p.display_name == "guest").unwrap();
+    let me = j
+        .participants
+        .iter()
+        .find(|p| p.display_name == "guest")
+        .unwrap();
     assert_eq!(me.role, v1::Role::Participant as i32);
     let guest_id = guest.id;
 
@@ -297,7 +301,10 @@ async fn a_moderator_by_grant_locks_removes_and_ends() {
         .expect(|m| matches!(m, S::RoomLocked(l) if l.locked))
         .await;
     let (mut late, _) = hello(&s, &token("late", &["subscribe"])).await;
-    assert_eq!(error_code(&join(&mut late, "room", false).await), ErrorCode::RoomLocked);
+    assert_eq!(
+        error_code(&join(&mut late, "room", false).await),
+        ErrorCode::RoomLocked
+    );
 
     // Remove: the guest is said goodbye, the host sees them leave.
     host.send(C::RemoveParticipant(v1::RemoveParticipant {

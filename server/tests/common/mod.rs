@@ -147,16 +147,22 @@ impl Client {
         }
     }
 
-    /// Waits for a control message matching `pred`, skipping others.
+    /// Waits for a control message matching `pred`, skipping others, for
+    /// at most [`DEADLINE`] in all (Pings keep arriving, so each wait alone
+    /// would never time out).
     pub async fn expect(&mut self, pred: impl Fn(&S) -> bool) -> S {
-        loop {
-            match self.next().await {
-                Some(Seen::Control(m)) if pred(&m) => return m,
-                Some(Seen::Closed(code)) => panic!("closed ({code:?}) while waiting"),
-                None => panic!("nothing matching arrived before the deadline"),
-                _ => {}
+        let waited = tokio::time::timeout(DEADLINE, async {
+            loop {
+                match self.next().await {
+                    Some(Seen::Control(m)) if pred(&m) => return m,
+                    Some(Seen::Closed(code)) => panic!("closed ({code:?}) while waiting"),
+                    None => panic!("nothing matching arrived before the deadline"),
+                    _ => {}
+                }
             }
-        }
+        })
+        .await;
+        waited.unwrap_or_else(|_| panic!("nothing matching arrived within {DEADLINE:?}"))
     }
 
     /// Waits for the connection to close; returns the close code.
