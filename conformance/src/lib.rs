@@ -10,6 +10,7 @@
 pub mod actor;
 pub mod dynamic;
 pub mod report;
+pub mod token;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -41,6 +42,10 @@ pub struct ServerTarget {
     pub capabilities: Vec<String>,
     /// How long a waiting step waits, beyond any protocol timer involved.
     pub step_timeout: Duration,
+    /// The server's HS256 token secret: the runner then signs a token for
+    /// every Hello it sends that does not set `auth_token` itself (actor `m`
+    /// gets the moderate grant; every actor gets the others).
+    pub auth_secret: Option<String>,
 }
 
 /// Runs every server case over WebSocket and reports each.
@@ -249,7 +254,14 @@ impl<'a> Run<'a> {
     }
 
     async fn send_msg(&mut self, actor: &str, msg: &Msg, request_id: u32) -> Result<(), String> {
-        let frame = build(&self.sends, msg, request_id, &self.ctx())?;
+        let mut frame = build(&self.sends, msg, request_id, &self.ctx())?;
+        let sets_token = msg.fields.iter().any(|f| f.name == "auth_token");
+        if let (true, false, Some(secret)) =
+            (msg.name == "hello", sets_token, &self.target.auth_secret)
+        {
+            let token = crate::token::mint(secret, actor, self.suffix)?;
+            frame = crate::token::with_auth_token(&self.sends, &frame, &token)?;
+        }
         self.actor(actor)?.send(frame).await
     }
 

@@ -32,6 +32,16 @@ struct Cli {
     /// How long a waiting step waits before failing, in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000)]
     step_timeout_ms: u64,
+    /// The server's token secret (HS256): the runner signs a token for each
+    /// client it plays; actor `m` of the moderation cases gets the moderate
+    /// grant. Implies the `auth` capability, and `moderation`.
+    #[arg(
+        long,
+        global = true,
+        env = "CONVENE_AUTH_SECRET",
+        hide_env_values = true
+    )]
+    auth_secret: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -99,11 +109,20 @@ async fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
+            let mut capabilities = cli.capabilities.clone();
+            if cli.auth_secret.is_some() {
+                for c in ["auth", "moderation"] {
+                    if !capabilities.iter().any(|x| x == c) {
+                        capabilities.push(c.to_string());
+                    }
+                }
+            }
             let target = ServerTarget {
                 url: ws_url(url),
                 filter: cli.filter.clone(),
-                capabilities: cli.capabilities.clone(),
+                capabilities,
                 step_timeout: std::time::Duration::from_millis(cli.step_timeout_ms),
+                auth_secret: cli.auth_secret.clone(),
             };
             println!(
                 "convene-conformance: server cases against {} over WebSocket",
@@ -118,6 +137,7 @@ async fn main() -> ExitCode {
                 filter: cli.filter.clone(),
                 capabilities: cli.capabilities.clone(),
                 step_timeout: std::time::Duration::from_millis(cli.step_timeout_ms),
+                auth_secret: cli.auth_secret.clone(),
             };
             println!(
                 "convene-conformance: client cases against `{}` over WebSocket",

@@ -14,6 +14,7 @@ fn target(step_timeout_ms: u64, filter: Option<&str>) -> ServerTarget {
         filter: filter.map(str::to_string),
         capabilities: vec!["reconnect".into(), "publishes_video".into()],
         step_timeout: Duration::from_millis(step_timeout_ms),
+        auth_secret: None,
     }
 }
 

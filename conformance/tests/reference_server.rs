@@ -6,7 +6,10 @@ use convene_conformance::{Outcome, Report, ServerTarget, run_server_cases};
 use convene_protocol::cases::{CASES, Target};
 use convene_server::config::{Config, Fault};
 
-async fn server(fault: Option<Fault>) -> convene_server::Server {
+/// The token secret of the authenticated run.
+const SECRET: &str = "conformance-test-secret-0123456789abcdef";
+
+async fn server(fault: Option<Fault>, secret: Option<&str>) -> convene_server::Server {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         // Short timers keep the timer cases quick; the runner reads them from Welcome.
@@ -14,6 +17,7 @@ async fn server(fault: Option<Fault>) -> convene_server::Server {
         heartbeat_interval_ms: 1_000,
         idle_timeout_ms: 3_000,
         test_fault: fault,
+        auth_secret: secret.map(str::to_string),
         ..Config::default()
     };
     convene_server::start(config).await.expect("server starts")
@@ -23,20 +27,28 @@ async fn run(
     server: &convene_server::Server,
     filter: Option<&str>,
     step_timeout_ms: u64,
+    secret: Option<&str>,
 ) -> Report {
+    let capabilities = match secret {
+        Some(_) => vec!["auth".to_string(), "moderation".to_string()],
+        None => vec![],
+    };
     let target = ServerTarget {
         step_timeout: std::time::Duration::from_millis(step_timeout_ms),
+        auth_secret: secret.map(str::to_string),
         url: format!("ws://{}/convene/ws", server.addr),
         filter: filter.map(str::to_string),
-        capabilities: vec![],
+        capabilities,
     };
     run_server_cases(&target, |r| println!("{}", r.line())).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_reference_server_passes_every_server_case() {
-    let s = server(None).await;
-    let report = run(&s, None, 10_000).await;
+async fn the_reference_server_with_tokens_passes_every_server_case() {
+    // With tokens the runner can also play the moderator and check the
+    // authentication cases; everything else is the same.
+    let s = server(None, Some(SECRET)).await;
+    let report = run(&s, None, 10_000, Some(SECRET)).await;
     println!("{}", report.summary());
     let server_cases = CASES.iter().filter(|c| c.target == Target::Server).count();
     assert_eq!(
@@ -55,6 +67,14 @@ async fn the_reference_server_passes_every_server_case() {
                     "{} skipped without a requirement: {why}",
                     r.id
                 );
+                assert!(
+                    !case
+                        .requires
+                        .iter()
+                        .any(|c| *c == "auth" || *c == "moderation"),
+                    "{} skipped although the runner has a token secret: {why}",
+                    r.id
+                );
             }
         }
     }
@@ -63,9 +83,9 @@ async fn the_reference_server_passes_every_server_case() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_forgets_to_stamp_the_sender_is_caught() {
-    let s = server(Some(Fault::ForgetSenderStamp)).await;
+    let s = server(Some(Fault::ForgetSenderStamp), None).await;
     // Failing steps wait out the step timeout; keep it short here.
-    let report = run(&s, Some("media."), 1_500).await;
+    let report = run(&s, Some("media."), 1_500, None).await;
     let failed: Vec<&str> = report
         .results
         .iter()

@@ -528,6 +528,11 @@ pub(crate) async fn drive<S, I>(
                 if !coalesce.is_zero() {
                     tokio::time::sleep(coalesce).await;
                 }
+                // Read the close reason before draining: the session queues its
+                // last words (Goodbye, Error) before setting the reason, so a
+                // drain after this read sends them before the close. (Read
+                // after the drain, a Goodbye queued in between was lost.)
+                let closing = close.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 loop {
                     let lanes = outbox.drain_timed(&mut batch, 256 * 1024);
                     if batch.is_empty() {
@@ -550,8 +555,7 @@ pub(crate) async fn drive<S, I>(
                         break;
                     }
                 }
-                let reason = close.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                if let Some(reason) = reason {
+                if let Some(reason) = closing {
                     sink.close(&reason).await;
                     return;
                 }

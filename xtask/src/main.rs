@@ -298,10 +298,20 @@ fn conformance() -> Result<(), String> {
     let bin = target_dir().join("debug");
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
+    // Tokens on: the runner signs one per client, which also lets it play
+    // the moderator and check the authentication cases.
+    let secret = format!(
+        "conformance-secret-{:08x}-{:016x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
     println!(
-        "\n$ convene-server --listen {listen} (short timers) & convene-conformance server --url http://{listen}"
+        "\n$ convene-server --listen {listen} (short timers, tokens required) & convene-conformance server --url http://{listen} --auth-secret …"
     );
     let mut server = Command::new(bin.join("convene-server"))
+        .env("CONVENE_AUTH_SECRET", &secret)
         .args([
             "--listen",
             &listen,
@@ -322,6 +332,7 @@ fn conformance() -> Result<(), String> {
     } else {
         let status = Command::new(bin.join("convene-conformance"))
             .args(["server", "--url", &format!("http://{listen}")])
+            .env("CONVENE_AUTH_SECRET", &secret)
             .status()
             .map_err(|e| format!("cannot start convene-conformance: {e}"))?;
         if status.success() {

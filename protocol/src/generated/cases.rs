@@ -1414,6 +1414,88 @@ pub static CASES: &[Case] = &[
         ],
     },
     Case {
+        id: "auth.required",
+        title: "A server that requires tokens answers a Hello without one with AUTH_REQUIRED and a close",
+        section: "11.3",
+        file: "handshake.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["auth"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "auth_token",
+                                value: Value::Str(""),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectClose {
+                    code: Some(ErrorCode::AuthRequired),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "auth.invalid",
+        title: "A malformed or badly signed token gets AUTH_INVALID and a close",
+        section: "11.3",
+        file: "handshake.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["auth"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "auth_token",
+                                value: Value::Str(
+                                    "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjQxMDI0NDQ4MDB9.bm90LWEtc2lnbmF0dXJl",
+                                ),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectClose {
+                    code: Some(ErrorCode::AuthInvalid),
+                },
+            },
+        ],
+    },
+    Case {
         id: "hostile.unknown-frame-type",
         title: "A reserved frame type gets UNKNOWN_FRAME_TYPE and the session goes on",
         section: "3.1",
@@ -4272,6 +4354,69 @@ pub static CASES: &[Case] = &[
                         fields: &[Field {
                             name: "participant_id",
                             value: Value::Var("b.id"),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
+    Case {
+        id: "moderation.end-meeting",
+        title: "EndMeeting from a moderator sends everyone, the moderator too, Goodbye(MEETING_ENDED)",
+        section: "5.8",
+        file: "moderation.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["moderation"],
+        steps: &[
+            Step {
+                actor: "m",
+                action: Action::Handshake {
+                    join: Some("conf-end"),
+                    name: "m",
+                    subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Handshake {
+                    join: Some("conf-end"),
+                    name: "b",
+                    subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "end_meeting",
+                        fields: &[],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "goodbye",
+                        fields: &[Field {
+                            name: "reason",
+                            value: Value::Enum("GOODBYE_REASON_MEETING_ENDED"),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "goodbye",
+                        fields: &[Field {
+                            name: "reason",
+                            value: Value::Enum("GOODBYE_REASON_MEETING_ENDED"),
                         }],
                     },
                     capture: &[],
