@@ -247,6 +247,16 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                     args.server.server
                 ));
             }
+            Ok(Err(Failure::Later(e))) => {
+                status.note(&format!(
+                    "the server asked us to come back later ({e}); retrying in {backoff:?}"
+                ));
+                if wait_or_stop(backoff, deadline).await {
+                    break 'sessions Ok(());
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
             Ok(Err(Failure::Unreachable(e))) => {
                 status.note(&format!("cannot reconnect: {e}; retrying in {backoff:?}"));
                 if wait_or_stop(backoff, deadline).await {
@@ -301,10 +311,14 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                         tracing::info!(track = h.track_id, kbps = h.target_bitrate_kbps, "congestion hint");
                     }
                     Some(ClientEvent::Closed) | None => {
-                        break match client.close_reason() {
-                            Some(r) => format!("{} {}", r.transport_reason(), r.text),
-                            None => "the connection ended".into(),
-                        };
+                        match after_close(client.close_reason()) {
+                            AfterClose::Reconnect(why) => break why,
+                            AfterClose::Stop(note) => {
+                                status.note(&note);
+                                break 'sessions Ok(());
+                            }
+                            AfterClose::Fail(why) => break 'sessions Err(anyhow::anyhow!(why)),
+                        }
                     }
                     Some(_) => {}
                 },
@@ -430,6 +444,8 @@ enum Failure {
     Unreachable(String),
     /// The server said no (bad token, bad meeting id, room full): retrying will not help.
     Refused(String),
+    /// The server asked us to come back later (it is shutting down).
+    Later(String),
 }
 
 /// Connects, joins and publishes; returns the client and how many others are in the room.
@@ -515,17 +531,18 @@ async fn connect(
 
 /// The reason a session closed, sorted into retry or give up.
 fn closed(c: &Client) -> Failure {
+    match after_close(c.close_reason()) {
+        AfterClose::Stop(why) | AfterClose::Fail(why) => return Failure::Refused(why),
+        AfterClose::Reconnect(why)
+            if c.close_reason().is_some_and(|r| {
+                r.goodbye == Some(convene_protocol::v1::GoodbyeReason::Shutdown)
+            }) =>
+        {
+            return Failure::Later(why);
+        }
+        AfterClose::Reconnect(_) => {}
+    }
     match c.close_reason() {
-        Some(r) if is_refusal(r.transport_reason()) => Failure::Refused(format!(
-            "the server refused the session: {} {}{}",
-            r.transport_reason(),
-            r.text,
-            if r.transport_reason().contains("AUTH") {
-                "; check --token"
-            } else {
-                ""
-            }
-        )),
         Some(r) => Failure::Unreachable(format!(
             "the server closed the session: {} {}",
             r.transport_reason(),
@@ -533,6 +550,52 @@ fn closed(c: &Client) -> Failure {
         )),
         None => Failure::Unreachable("the server closed the connection".into()),
     }
+}
+
+/// What to do when a session ends (PROTOCOL.md §4.3, §9).
+#[derive(Debug, PartialEq, Eq)]
+enum AfterClose {
+    /// Come back after a backoff (server shutdown, network loss).
+    Reconnect(String),
+    /// Done, and that is fine (the meeting ended).
+    Stop(String),
+    /// Done, and the user should know why (removed, refused).
+    Fail(String),
+}
+
+fn after_close(reason: Option<&convene_protocol::CloseReason>) -> AfterClose {
+    use convene_protocol::v1::GoodbyeReason as G;
+    let Some(r) = reason else {
+        return AfterClose::Reconnect("the connection ended".into());
+    };
+    match r.goodbye {
+        Some(G::MeetingEnded) => {
+            return AfterClose::Stop(format!("a moderator ended the meeting ({})", r.text));
+        }
+        Some(G::Removed) => {
+            return AfterClose::Fail(format!(
+                "a moderator removed us from the meeting ({}); not reconnecting",
+                r.text
+            ));
+        }
+        Some(G::Replaced) => {
+            return AfterClose::Fail("another session took over this one; not reconnecting".into());
+        }
+        _ => {}
+    }
+    if is_refusal(r.transport_reason()) {
+        let hint = if r.transport_reason().starts_with("AUTH_") {
+            "; pass a valid token with --token (or CONVENE_TOKEN)"
+        } else {
+            ""
+        };
+        return AfterClose::Fail(format!(
+            "the server refused the session: {} {}{hint}",
+            r.transport_reason(),
+            r.text
+        ));
+    }
+    AfterClose::Reconnect(format!("{} {}", r.transport_reason(), r.text))
 }
 
 /// Close reasons that mean "do not come back with the same settings".
@@ -706,6 +769,31 @@ mod tests {
                 .unwrap_err()
                 .contains("out of range")
         );
+    }
+
+    #[test]
+    fn removal_and_the_end_of_the_meeting_are_final_shutdown_is_not() {
+        use convene_protocol::CloseReason;
+        use convene_protocol::v1::GoodbyeReason as G;
+        let bye = |g| CloseReason::goodbye(g, "x");
+        assert!(matches!(
+            after_close(Some(&bye(G::Shutdown))),
+            AfterClose::Reconnect(_)
+        ));
+        assert!(matches!(
+            after_close(Some(&bye(G::Removed))),
+            AfterClose::Fail(_)
+        ));
+        assert!(matches!(
+            after_close(Some(&bye(G::MeetingEnded))),
+            AfterClose::Stop(_)
+        ));
+        assert!(matches!(after_close(None), AfterClose::Reconnect(_)));
+        let auth = CloseReason::error(convene_protocol::ProtocolError::new(
+            convene_protocol::ErrorCode::AuthExpired,
+            "old",
+        ));
+        assert!(matches!(after_close(Some(&auth)), AfterClose::Fail(_)));
     }
 
     #[test]

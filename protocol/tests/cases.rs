@@ -95,7 +95,6 @@ const SECTIONS_WITHOUT_CASES: &[(&str, &str)] = &[
         "9.4",
         "needs control of the server's shutdown; covered by the server's integration tests",
     ),
-    ("11.3", "needs a server with authentication"),
     ("12", "requirements on the runner itself"),
 ];
 

@@ -360,10 +360,43 @@ fn conformance() -> Result<(), String> {
         .arg("{url}")
         .status()
         .map_err(|e| format!("cannot start convene-conformance: {e}"))?;
+    if !status.success() {
+        return Err("client conformance cases failed".to_string());
+    }
+    // The native CLI is a client too: `convene stream` must pass the same cases.
+    run("cargo", &["build", "--quiet", "-p", "convene-cli"])?;
+    println!(
+        "\n$ convene-conformance client --capability reconnect --capability publishes_video -- convene stream --server {{url}} --source test-pattern …"
+    );
+    let status = Command::new(bin.join("convene-conformance"))
+        .args([
+            "client",
+            "--capability",
+            "reconnect",
+            "--capability",
+            "publishes_video",
+            "--",
+        ])
+        .arg(bin.join("convene"))
+        .args([
+            "stream",
+            "--server",
+            "{url}",
+            "--meeting-id",
+            "conformance",
+            "--source",
+            "test-pattern",
+            "--resolution",
+            "160x96",
+            "--fps",
+            "10",
+        ])
+        .status()
+        .map_err(|e| format!("cannot start convene-conformance: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err("client conformance cases failed".to_string())
+        Err("client conformance cases failed for convene stream".to_string())
     }
 }
 
