@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use convene_protocol::MediaFrame;
+use convene_protocol::frame::{FRAME_MEDIA, length_prefix};
+use convene_protocol::{MediaFrame, StreamDecoder};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
@@ -278,4 +279,135 @@ fn pong_for(
 /// A generous deadline from now.
 pub fn deadline(d: Duration) -> Instant {
     Instant::now() + d
+}
+
+/// The sending half of a WebTransport session, in the mapping of
+/// PROTOCOL.md §3.3: control frames length-prefixed on the bidirectional
+/// control stream, each media frame on a unidirectional stream of its own.
+struct WtSink {
+    session: web_transport_quinn::Session,
+    control: web_transport_quinn::SendStream,
+}
+
+impl WtSink {
+    async fn send_frame(&mut self, m: Message) -> Result<(), String> {
+        match m {
+            Message::Binary(f) if f.first() == Some(&FRAME_MEDIA) => {
+                let mut s = self.session.open_uni().await.map_err(|e| e.to_string())?;
+                s.write_all(&f).await.map_err(|e| e.to_string())?;
+                s.finish().map_err(|e| e.to_string())
+            }
+            Message::Binary(f) => {
+                self.control
+                    .write_all(&length_prefix(f.len()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.control.write_all(&f).await.map_err(|e| e.to_string())
+            }
+            Message::Text(_) => Err("a text message has no WebTransport equivalent".into()),
+            Message::Close(_) => {
+                self.session.close(0, b"");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl SinkLike for WtSink {
+    fn send_msg(&mut self, m: Message) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.send_frame(m))
+    }
+    fn feed_msg(&mut self, m: Message) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.send_frame(m))
+    }
+    fn flush_all(&mut self) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Largest frame the runner accepts from a server over WebTransport.
+const MAX_WT_FRAME: usize = 4 << 20;
+
+impl Actor {
+    /// Wraps a WebTransport session whose control stream is open. Pings are
+    /// answered as on WebSocket; the close code reported is the WebSocket
+    /// equivalent (`4000 + code`, or 1000), so cases read the same.
+    pub fn webtransport(
+        session: web_transport_quinn::Session,
+        control_send: web_transport_quinn::SendStream,
+        mut control_recv: web_transport_quinn::RecvStream,
+        incoming: MessageDescriptor,
+        pong_env: MessageDescriptor,
+    ) -> Self {
+        let sink: Sink = Arc::new(Mutex::new(Box::new(WtSink {
+            session: session.clone(),
+            control: control_send,
+        })));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let silenced = Arc::new(AtomicBool::new(false));
+        {
+            let (tx, sink, silenced, incoming) =
+                (tx.clone(), sink.clone(), silenced.clone(), incoming.clone());
+            tokio::spawn(async move {
+                let mut decoder = StreamDecoder::new(MAX_WT_FRAME);
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(Some(n)) = control_recv.read(&mut buf).await {
+                    decoder.push(&buf[..n]);
+                    while let Ok(Some(f)) = decoder.next_frame() {
+                        if !silenced.load(Ordering::Relaxed) {
+                            if let Some(pong) = pong_for(&incoming, &pong_env, &f) {
+                                let _ = sink.lock().await.send_msg(Message::Binary(pong)).await;
+                            }
+                        }
+                        if tx.send(Event::Frame(f)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        {
+            let (session, tx) = (session.clone(), tx.clone());
+            tokio::spawn(async move {
+                while let Ok(d) = session.read_datagram().await {
+                    if tx.send(Event::Frame(d)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        {
+            let (session, tx) = (session.clone(), tx.clone());
+            tokio::spawn(async move {
+                while let Ok(mut s) = session.accept_uni().await {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        if let Ok(b) = s.read_to_end(MAX_WT_FRAME).await {
+                            let _ = tx.send(Event::Frame(Bytes::from(b)));
+                        }
+                    });
+                }
+            });
+        }
+        tokio::spawn(async move {
+            let code = match session.closed().await {
+                web_transport_quinn::SessionError::WebTransportError(
+                    web_transport_quinn::WebTransportError::Closed(code, _),
+                ) if code != 0 => Some(4000 + code.min(999) as u16),
+                _ => Some(1000),
+            };
+            let _ = tx.send(Event::Closed(code));
+        });
+        Actor {
+            sink,
+            events: rx,
+            incoming,
+            control: VecDeque::new(),
+            media: VecDeque::new(),
+            garbage: Vec::new(),
+            closed: None,
+            silenced,
+        }
+    }
 }

@@ -46,6 +46,11 @@ pub struct ServerTarget {
     /// every Hello it sends that does not set `auth_token` itself (actor `m`
     /// gets the moderate grant; every actor gets the others).
     pub auth_secret: Option<String>,
+    /// WebSocket, or WebTransport (then `url` is the `https://…/convene/wt` URL).
+    pub transport: Transport,
+    /// Trust exactly the server certificate with this SHA-256 (hex), as a
+    /// `--dev-tls` server publishes it; otherwise the system's roots.
+    pub cert_sha256: Option<String>,
 }
 
 /// Runs every server case over WebSocket and reports each.
@@ -104,7 +109,7 @@ async fn run_cases(
             continue;
         }
         let started = Instant::now();
-        let outcome = match not_applicable(case, Transport::Ws, &target.capabilities) {
+        let outcome = match not_applicable(case, target.transport, &target.capabilities) {
             Some(reason) => Outcome::NotApplicable(reason),
             None => match one(&schema, case, n).await {
                 Ok(()) => Outcome::Pass,
@@ -233,6 +238,11 @@ impl<'a> Run<'a> {
     }
 
     async fn connect(&self) -> Result<Actor, String> {
+        if self.target.transport == Transport::Wt {
+            return tokio::time::timeout(self.target.step_timeout, self.connect_wt())
+                .await
+                .map_err(|_| format!("connecting to {} timed out", self.target.url))?;
+        }
         let (ws, _) = tokio::time::timeout(
             self.target.step_timeout,
             tokio_tungstenite::connect_async(self.target.url.as_str()),
@@ -242,6 +252,29 @@ impl<'a> Run<'a> {
         .map_err(|e| format!("cannot connect to {}: {e}", self.target.url))?;
         Ok(Actor::new(
             ws,
+            self.schema.server.clone(),
+            self.schema.client.clone(),
+        ))
+    }
+
+    async fn connect_wt(&self) -> Result<Actor, String> {
+        let fail = |e: String| format!("cannot open WebTransport to {}: {e}", self.target.url);
+        let builder = web_transport_quinn::ClientBuilder::new();
+        let client = match &self.target.cert_sha256 {
+            Some(h) => {
+                let hash = hex::decode(h.replace(':', "")).map_err(|e| fail(e.to_string()))?;
+                builder.with_server_certificate_hashes(vec![hash])
+            }
+            None => builder.with_system_roots(),
+        }
+        .map_err(|e| fail(e.to_string()))?;
+        let url = url::Url::parse(&self.target.url).map_err(|e| fail(e.to_string()))?;
+        let session = client.connect(url).await.map_err(|e| fail(e.to_string()))?;
+        let (send, recv) = session.open_bi().await.map_err(|e| fail(e.to_string()))?;
+        Ok(Actor::webtransport(
+            session,
+            send,
+            recv,
             self.schema.server.clone(),
             self.schema.client.clone(),
         ))

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use convene_conformance::{Report, ServerTarget, run_client_cases, run_server_cases};
+use convene_protocol::cases::Transport;
 
 #[derive(Parser)]
 #[command(
@@ -51,9 +52,13 @@ enum Command {
         /// The server: its WebSocket endpoint (ws://host:port/convene/ws) or its base URL (http://host:port).
         #[arg(long)]
         url: String,
-        /// Transport to use.
+        /// Transport to use: `ws` (WebSocket) or `wt` (WebTransport; needs an https:// URL).
         #[arg(long, default_value = "ws", value_parser = ["ws", "wt"])]
         transport: String,
+        /// Trust exactly the server certificate with this SHA-256 (hex), as
+        /// printed by a server started with --dev-tls, instead of the system's roots.
+        #[arg(long, env = "CONVENE_CERT_SHA256")]
+        cert_sha256: Option<String>,
     },
     /// Play the server side of every client case against a client started by a command.
     Client {
@@ -76,6 +81,22 @@ fn ws_url(url: &str) -> String {
             url.replacen("https://", "wss://", 1)
                 .replacen("http://", "ws://", 1)
         )
+    }
+}
+
+/// The WebTransport URL for a server URL: `https://host:port` becomes
+/// `https://host:port/convene/wt`.
+fn wt_url(url: &str) -> Result<String, String> {
+    let url = url.trim_end_matches('/');
+    if !url.starts_with("https://") {
+        return Err(format!(
+            "WebTransport needs an https:// URL (a server with TLS), not {url}"
+        ));
+    }
+    if url.contains("/convene/wt") {
+        Ok(url.to_string())
+    } else {
+        Ok(format!("{url}/convene/wt"))
     }
 }
 
@@ -102,13 +123,23 @@ fn finish(cli: &Cli, report: &Report, suite: &str) -> ExitCode {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Server { url, transport } => {
-            if transport == "wt" {
-                eprintln!(
-                    "convene-conformance: the WebTransport runner is not available yet; use --transport ws"
-                );
-                return ExitCode::from(2);
-            }
+        Command::Server {
+            url,
+            transport,
+            cert_sha256,
+        } => {
+            let wt = transport == "wt";
+            let url = if wt {
+                match wt_url(url) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        eprintln!("convene-conformance: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                ws_url(url)
+            };
             let mut capabilities = cli.capabilities.clone();
             if cli.auth_secret.is_some() {
                 for c in ["auth", "moderation"] {
@@ -118,18 +149,21 @@ async fn main() -> ExitCode {
                 }
             }
             let target = ServerTarget {
-                url: ws_url(url),
+                url,
                 filter: cli.filter.clone(),
                 capabilities,
                 step_timeout: std::time::Duration::from_millis(cli.step_timeout_ms),
                 auth_secret: cli.auth_secret.clone(),
+                transport: if wt { Transport::Wt } else { Transport::Ws },
+                cert_sha256: cert_sha256.clone(),
             };
             println!(
-                "convene-conformance: server cases against {} over WebSocket",
-                target.url
+                "convene-conformance: server cases against {} over {}",
+                target.url,
+                if wt { "WebTransport" } else { "WebSocket" }
             );
             let report = run_server_cases(&target, |r| println!("{}", r.line())).await;
-            finish(&cli, &report, "server-ws")
+            finish(&cli, &report, if wt { "server-wt" } else { "server-ws" })
         }
         Command::Client { listen, command } => {
             let target = ServerTarget {
@@ -138,6 +172,8 @@ async fn main() -> ExitCode {
                 capabilities: cli.capabilities.clone(),
                 step_timeout: std::time::Duration::from_millis(cli.step_timeout_ms),
                 auth_secret: cli.auth_secret.clone(),
+                transport: Transport::Ws,
+                cert_sha256: None,
             };
             println!(
                 "convene-conformance: client cases against `{}` over WebSocket",

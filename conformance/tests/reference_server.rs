@@ -3,13 +3,21 @@
 //! fails the cases that check what it broke.
 
 use convene_conformance::{Outcome, Report, ServerTarget, run_server_cases};
-use convene_protocol::cases::{CASES, Target};
+use convene_protocol::cases::{CASES, Target, Transport};
 use convene_server::config::{Config, Fault};
 
 /// The token secret of the authenticated run.
 const SECRET: &str = "conformance-test-secret-0123456789abcdef";
 
 async fn server(fault: Option<Fault>, secret: Option<&str>) -> convene_server::Server {
+    server_with(fault, secret, false).await
+}
+
+async fn server_with(
+    fault: Option<Fault>,
+    secret: Option<&str>,
+    dev_tls: bool,
+) -> convene_server::Server {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         // Short timers keep the timer cases quick; the runner reads them from Welcome.
@@ -18,6 +26,7 @@ async fn server(fault: Option<Fault>, secret: Option<&str>) -> convene_server::S
         idle_timeout_ms: 3_000,
         test_fault: fault,
         auth_secret: secret.map(str::to_string),
+        dev_tls,
         ..Config::default()
     };
     convene_server::start(config).await.expect("server starts")
@@ -33,10 +42,17 @@ async fn run(
         Some(_) => vec!["auth".to_string(), "moderation".to_string()],
         None => vec![],
     };
+    let wt = server.cert_sha256.is_some();
     let target = ServerTarget {
         step_timeout: std::time::Duration::from_millis(step_timeout_ms),
         auth_secret: secret.map(str::to_string),
-        url: format!("ws://{}/convene/ws", server.addr),
+        transport: if wt { Transport::Wt } else { Transport::Ws },
+        cert_sha256: server.cert_sha256.clone(),
+        url: if wt {
+            format!("https://127.0.0.1:{}/convene/wt", server.addr.port())
+        } else {
+            format!("ws://{}/convene/ws", server.addr)
+        },
         filter: filter.map(str::to_string),
         capabilities,
     };
@@ -48,6 +64,21 @@ async fn the_reference_server_with_tokens_passes_every_server_case() {
     // With tokens the runner can also play the moderator and check the
     // authentication cases; everything else is the same.
     let s = server(None, Some(SECRET)).await;
+    passes_every_case(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_server_passes_every_server_case_over_webtransport() {
+    let s = server_with(None, Some(SECRET), true).await;
+    passes_every_case(s).await;
+}
+
+async fn passes_every_case(s: convene_server::Server) {
+    let transport = if s.cert_sha256.is_some() {
+        Transport::Wt
+    } else {
+        Transport::Ws
+    };
     let report = run(&s, None, 10_000, Some(SECRET)).await;
     println!("{}", report.summary());
     let server_cases = CASES.iter().filter(|c| c.target == Target::Server).count();
@@ -62,6 +93,9 @@ async fn the_reference_server_with_tokens_passes_every_server_case() {
             Outcome::Fail(why) => panic!("{} failed: {why}", r.id),
             Outcome::NotApplicable(why) => {
                 let case = CASES.iter().find(|c| c.id == r.id).unwrap();
+                if !case.transports.contains(&transport) {
+                    continue; // e.g. WebSocket text messages have no WebTransport form
+                }
                 assert!(
                     !case.requires.is_empty(),
                     "{} skipped without a requirement: {why}",

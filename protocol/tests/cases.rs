@@ -85,7 +85,7 @@ const SECTIONS_WITHOUT_CASES: &[(&str, &str)] = &[
     ("1.1", "requirements language, no behaviour"),
     (
         "3.3",
-        "WebTransport: the runner's WebTransport mode comes with the WebTransport transport",
+        "the WebTransport stream mapping itself (WRONG_STREAM for a frame on the wrong stream) needs raw streams; covered by the server's WebTransport integration tests, while the runner's --transport wt runs every other case over it",
     ),
     (
         "6.4",

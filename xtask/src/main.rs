@@ -344,6 +344,7 @@ fn conformance() -> Result<(), String> {
     let _ = server.kill();
     let _ = server.wait();
     result?;
+    conformance_webtransport(&bin, &secret)?;
     println!(
         "\n$ convene-conformance client --capability reconnect --capability publishes_video -- convene-reference-client {{url}}"
     );
@@ -398,6 +399,83 @@ fn conformance() -> Result<(), String> {
     } else {
         Err("client conformance cases failed for convene stream".to_string())
     }
+}
+
+/// The server cases again over WebTransport: a `--dev-tls` server, whose
+/// certificate hash the runner pins (read from the server's log).
+fn conformance_webtransport(bin: &std::path::Path, secret: &str) -> Result<(), String> {
+    use std::io::BufRead;
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    println!(
+        "\n$ convene-server --listen {listen} --dev-tls (short timers, tokens required) & convene-conformance server --transport wt --url https://{listen} --cert-sha256 …"
+    );
+    let mut server = Command::new(bin.join("convene-server"))
+        .env("CONVENE_AUTH_SECRET", secret)
+        .args([
+            "--listen",
+            &listen,
+            "--dev-tls",
+            "--handshake-timeout-ms",
+            "2000",
+            "--heartbeat-interval-ms",
+            "1000",
+            "--idle-timeout-ms",
+            "3000",
+            "--log",
+            "info",
+            "--log-format",
+            "human",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start convene-server: {e}"))?;
+    let stdout = server.stdout.take().ok_or("no server stdout")?;
+    let (hash_tx, hash_rx) = std::sync::mpsc::channel::<String>();
+    // Read the log until the certificate hash shows, then keep draining it.
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if !sent {
+                if let Some(h) = line.split("sha256=").nth(1) {
+                    let h: String = h.chars().take_while(char::is_ascii_hexdigit).collect();
+                    let _ = hash_tx.send(h);
+                    sent = true;
+                }
+            }
+        }
+    });
+    let result = match hash_rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Err(_) => Err(
+            "convene-server --dev-tls did not print its certificate hash within 30 s".to_string(),
+        ),
+        Ok(hash) => {
+            let status = Command::new(bin.join("convene-conformance"))
+                .args([
+                    "server",
+                    "--transport",
+                    "wt",
+                    "--url",
+                    &format!("https://{listen}"),
+                    "--cert-sha256",
+                    &hash,
+                ])
+                .env("CONVENE_AUTH_SECRET", secret)
+                .status()
+                .map_err(|e| format!("cannot start convene-conformance: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err("conformance cases failed over WebTransport".to_string())
+            }
+        }
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    result
 }
 
 fn target_dir() -> PathBuf {
