@@ -46,6 +46,8 @@ pub struct ServerTarget {
     /// every Hello it sends that does not set `auth_token` itself (actor `m`
     /// gets the moderate grant; every actor gets the others).
     pub auth_secret: Option<String>,
+    /// A fixed token for every Hello that does not set one, when there is no secret.
+    pub token: Option<String>,
     /// WebSocket, or WebTransport (then `url` is the `https://…/convene/wt` URL).
     pub transport: Transport,
     /// Trust exactly the server certificate with this SHA-256 (hex), as a
@@ -289,11 +291,15 @@ impl<'a> Run<'a> {
     async fn send_msg(&mut self, actor: &str, msg: &Msg, request_id: u32) -> Result<(), String> {
         let mut frame = build(&self.sends, msg, request_id, &self.ctx())?;
         let sets_token = msg.fields.iter().any(|f| f.name == "auth_token");
-        if let (true, false, Some(secret)) =
-            (msg.name == "hello", sets_token, &self.target.auth_secret)
-        {
-            let token = crate::token::mint(secret, actor, self.suffix)?;
-            frame = crate::token::with_auth_token(&self.sends, &frame, &token)?;
+        if msg.name == "hello" && !sets_token {
+            let token = match (&self.target.auth_secret, &self.target.token) {
+                (Some(secret), _) => Some(crate::token::mint(secret, actor, self.suffix)?),
+                (None, Some(t)) => Some(t.clone()),
+                (None, None) => None,
+            };
+            if let Some(token) = token {
+                frame = crate::token::with_auth_token(&self.sends, &frame, &token)?;
+            }
         }
         self.actor(actor)?.send(frame).await
     }

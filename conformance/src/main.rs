@@ -38,11 +38,23 @@ struct Cli {
     /// grant. Implies the `auth` capability, and `moderation`.
     #[arg(
         long,
+        alias = "token-secret",
         global = true,
         env = "CONVENE_AUTH_SECRET",
         hide_env_values = true
     )]
     auth_secret: Option<String>,
+    /// One token for every client the runner plays (when the runner cannot
+    /// sign its own). Cases that need a moderator or a bad token still need
+    /// --auth-secret.
+    #[arg(
+        long,
+        global = true,
+        env = "CONVENE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "auth_secret"
+    )]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -154,6 +166,7 @@ async fn main() -> ExitCode {
                 capabilities,
                 step_timeout: std::time::Duration::from_millis(cli.step_timeout_ms),
                 auth_secret: cli.auth_secret.clone(),
+                token: cli.token.clone(),
                 transport: if wt { Transport::Wt } else { Transport::Ws },
                 cert_sha256: cert_sha256.clone(),
             };
@@ -172,6 +185,7 @@ async fn main() -> ExitCode {
                 capabilities: cli.capabilities.clone(),
                 step_timeout: std::time::Duration::from_millis(cli.step_timeout_ms),
                 auth_secret: cli.auth_secret.clone(),
+                token: cli.token.clone(),
                 transport: Transport::Ws,
                 cert_sha256: None,
             };

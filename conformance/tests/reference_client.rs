@@ -15,6 +15,7 @@ fn target(step_timeout_ms: u64, filter: Option<&str>) -> ServerTarget {
         capabilities: vec!["reconnect".into(), "publishes_video".into()],
         step_timeout: Duration::from_millis(step_timeout_ms),
         auth_secret: None,
+        token: None,
         transport: convene_protocol::cases::Transport::Ws,
         cert_sha256: None,
     }

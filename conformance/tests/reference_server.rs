@@ -46,6 +46,7 @@ async fn run(
     let target = ServerTarget {
         step_timeout: std::time::Duration::from_millis(step_timeout_ms),
         auth_secret: secret.map(str::to_string),
+        token: None,
         transport: if wt { Transport::Wt } else { Transport::Ws },
         cert_sha256: server.cert_sha256.clone(),
         url: if wt {
