@@ -245,6 +245,11 @@ impl<'a> Run<'a> {
                 .await
                 .map_err(|_| format!("connecting to {} timed out", self.target.url))?;
         }
+        if self.target.url.starts_with("wss://") {
+            return tokio::time::timeout(self.target.step_timeout, self.connect_wss())
+                .await
+                .map_err(|_| format!("connecting to {} timed out", self.target.url))?;
+        }
         let (ws, _) = tokio::time::timeout(
             self.target.step_timeout,
             tokio_tungstenite::connect_async(self.target.url.as_str()),
@@ -252,6 +257,36 @@ impl<'a> Run<'a> {
         .await
         .map_err(|_| format!("connecting to {} timed out", self.target.url))?
         .map_err(|e| format!("cannot connect to {}: {e}", self.target.url))?;
+        Ok(Actor::new(
+            ws,
+            self.schema.server.clone(),
+            self.schema.client.clone(),
+        ))
+    }
+
+    /// WebSocket over TLS: the certificate pinned by `cert_sha256`, or the
+    /// system's roots.
+    async fn connect_wss(&self) -> Result<Actor, String> {
+        let fail = |e: String| format!("cannot connect to {}: {e}", self.target.url);
+        let url = url::Url::parse(&self.target.url).map_err(|e| fail(e.to_string()))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| fail("no host".into()))?
+            .to_string();
+        let port = url.port_or_known_default().unwrap_or(443);
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let hash = match &self.target.cert_sha256 {
+            Some(h) => Some(hex::decode(h.replace(':', "")).map_err(|e| fail(e.to_string()))?),
+            None => None,
+        };
+        let tls = convene_client::tls::connect(tcp, &host, hash)
+            .await
+            .map_err(|e| fail(format!("TLS: {e}")))?;
+        let (ws, _) = tokio_tungstenite::client_async(self.target.url.as_str(), tls)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         Ok(Actor::new(
             ws,
             self.schema.server.clone(),

@@ -68,7 +68,8 @@ enum Command {
         #[arg(long, default_value = "ws", value_parser = ["ws", "wt"])]
         transport: String,
         /// Trust exactly the server certificate with this SHA-256 (hex), as
-        /// printed by a server started with --dev-tls, instead of the system's roots.
+        /// printed by a server started with --dev-tls, instead of the system's
+        /// roots (for wss:// and for WebTransport).
         #[arg(long, env = "CONVENE_CERT_SHA256")]
         cert_sha256: Option<String>,
     },
