@@ -1,12 +1,18 @@
 //! Token checks (PROTOCOL.md §11.3): a JWT in `Hello.auth_token`, signed
-//! with a shared secret (HS256), its issuer, audience, expiry and not-before
-//! checked; its claims decide which meetings the holder may join and what
-//! they may do there. Tokens are never logged.
+//! with a shared secret (HS256) or with one of an issuer's published keys
+//! (JWKS: ES256, RS256, EdDSA, chosen by `kid`), its issuer, audience, expiry
+//! and not-before checked; its claims decide which meetings the holder may
+//! join and what they may do there. Tokens are never logged.
 
 use convene_protocol::auth::{Claims, Grant};
 use convene_protocol::{ErrorCode, ProtocolError};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use tokio::sync::{Notify, watch};
 
 /// Seconds of clock difference tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECONDS: u64 = 30;
@@ -16,8 +22,114 @@ pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Checks tokens for one server.
 pub struct Verifier {
-    key: DecodingKey,
+    /// The HS256 secret, if one is configured.
+    key: Option<DecodingKey>,
+    /// Issuer keys, if a JWKS URL is configured.
+    jwks: Option<Arc<Jwks>>,
+    /// Issuer, audience, leeway; the algorithm is set per token.
     validation: Validation,
+}
+
+/// Why a token was not accepted.
+#[derive(Debug)]
+pub enum VerifyError {
+    /// Refused, with the spec's error.
+    Refused(ProtocolError),
+    /// Signed with a key id this server does not have (yet): worth one retry
+    /// after the issuer's keys were fetched again.
+    UnknownKey(String),
+}
+
+/// An issuer's public keys, fetched from its JWKS URL and replaced whole on
+/// each fetch (so a key the issuer dropped stops working).
+pub struct Jwks {
+    /// Where the keys are published.
+    pub url: String,
+    keys: RwLock<HashMap<String, (DecodingKey, Algorithm)>>,
+    /// Rung when a token names a key we do not have.
+    pub wanted: Notify,
+    /// Bumped after every fetch, successful or not.
+    generation: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Jwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<String> = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        f.debug_struct("Jwks")
+            .field("url", &self.url)
+            .field("kids", &kids)
+            .finish()
+    }
+}
+
+impl Jwks {
+    /// An empty key set for `url`; [`Jwks::replace`] fills it.
+    pub fn new(url: &str) -> Arc<Jwks> {
+        Arc::new(Jwks {
+            url: url.to_string(),
+            keys: RwLock::new(HashMap::new()),
+            wanted: Notify::new(),
+            generation: watch::channel(0).0,
+        })
+    }
+
+    /// Replaces the keys with those of a JWKS document; returns how many were
+    /// usable. Symmetric keys and keys without a `kid` are ignored: a
+    /// published key must not be able to sign.
+    pub fn replace(&self, document: &[u8]) -> Result<usize, String> {
+        let set: JwkSet =
+            serde_json::from_slice(document).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
+                (AlgorithmParameters::OctetKey(_), _) => continue,
+                (_, Some(KeyAlgorithm::RS256)) | (AlgorithmParameters::RSA(_), None) => {
+                    Algorithm::RS256
+                }
+                (_, Some(KeyAlgorithm::ES256)) => Algorithm::ES256,
+                (AlgorithmParameters::EllipticCurve(p), None) if p.curve == EllipticCurve::P256 => {
+                    Algorithm::ES256
+                }
+                (_, Some(KeyAlgorithm::EdDSA)) | (AlgorithmParameters::OctetKeyPair(_), None) => {
+                    Algorithm::EdDSA
+                }
+                _ => continue,
+            };
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                keys.insert(kid, (key, alg));
+            }
+        }
+        let n = keys.len();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        Ok(n)
+    }
+
+    /// Says a fetch finished (keys replaced or not), waking waiting sessions.
+    pub fn fetched(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// A receiver that changes after each fetch.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn key(&self, kid: &str) -> Option<(DecodingKey, Algorithm)> {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(kid)
+            .cloned()
+    }
 }
 
 impl std::fmt::Debug for Verifier {
@@ -34,6 +146,17 @@ impl Verifier {
     /// A verifier for HS256 tokens signed with `secret`, optionally pinned to
     /// an issuer and an audience.
     pub fn hs256(secret: &[u8], issuer: Option<&str>, audience: Option<&str>) -> Verifier {
+        Verifier::new(Some(secret), None, issuer, audience)
+    }
+
+    /// A verifier for HS256 tokens (with `secret`) and/or tokens signed with
+    /// an issuer's published keys (`jwks`).
+    pub fn new(
+        secret: Option<&[u8]>,
+        jwks: Option<Arc<Jwks>>,
+        issuer: Option<&str>,
+        audience: Option<&str>,
+    ) -> Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECONDS;
         validation.validate_nbf = true;
@@ -47,20 +170,83 @@ impl Verifier {
             None => validation.validate_aud = false,
         }
         Verifier {
-            key: DecodingKey::from_secret(secret),
+            key: secret.map(DecodingKey::from_secret),
+            jwks,
             validation,
         }
     }
 
+    /// The issuer key set, when tokens may be signed with published keys.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.jwks.as_ref()
+    }
+
     /// The claims of a valid token, or the spec's error for an invalid one.
     pub fn verify(&self, token: &str) -> Result<Claims, ProtocolError> {
+        match self.check(token) {
+            Ok(c) => Ok(c),
+            Err(VerifyError::Refused(e)) => Err(e),
+            Err(VerifyError::UnknownKey(kid)) => Err(unknown_key(&kid)),
+        }
+    }
+
+    /// Like [`Verifier::verify`], but says when the token names a key this
+    /// server does not have, so the caller can fetch the keys and retry.
+    pub fn check(&self, token: &str) -> Result<Claims, VerifyError> {
+        let refused = VerifyError::Refused;
         if token.is_empty() {
-            return Err(ProtocolError::new(
+            return Err(refused(ProtocolError::new(
                 ErrorCode::AuthRequired,
                 "this server requires a token in Hello.auth_token",
-            ));
+            )));
         }
-        match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            refused(ProtocolError::new(
+                ErrorCode::AuthInvalid,
+                "the token is malformed",
+            ))
+        })?;
+        let (key, alg) = if header.alg == Algorithm::HS256 {
+            match &self.key {
+                Some(k) => (k.clone(), Algorithm::HS256),
+                None => {
+                    return Err(refused(ProtocolError::new(
+                        ErrorCode::AuthInvalid,
+                        "this server does not accept HS256 tokens",
+                    )));
+                }
+            }
+        } else {
+            let Some(jwks) = &self.jwks else {
+                return Err(refused(ProtocolError::new(
+                    ErrorCode::AuthInvalid,
+                    "the token is signed with an algorithm this server does not accept",
+                )));
+            };
+            let kid = header.kid.clone().unwrap_or_default();
+            match jwks.key(&kid) {
+                Some((k, a)) if a == header.alg => (k, a),
+                Some(_) => {
+                    return Err(refused(ProtocolError::new(
+                        ErrorCode::AuthInvalid,
+                        "the token's algorithm does not match its key",
+                    )));
+                }
+                None => return Err(VerifyError::UnknownKey(kid)),
+            }
+        };
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![alg];
+        self.decode(token, &key, &validation).map_err(refused)
+    }
+
+    fn decode(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        validation: &Validation,
+    ) -> Result<Claims, ProtocolError> {
+        match jsonwebtoken::decode::<Claims>(token, key, validation) {
             Ok(data) => Ok(data.claims),
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => {
@@ -85,6 +271,39 @@ impl Verifier {
                 ),
                 _ => ProtocolError::new(ErrorCode::AuthInvalid, "the token is malformed"),
             }),
+        }
+    }
+}
+
+/// The error for a token signed with a key the issuer does not publish.
+pub fn unknown_key(kid: &str) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::AuthInvalid,
+        format!("the token is signed with key `{kid}`, which the issuer does not publish"),
+    )
+}
+
+/// Fetches an issuer's keys now and then: every `refresh`, and sooner (at
+/// most every `min_gap`) when a token names an unknown key. Runs until the
+/// task is dropped.
+pub async fn refresh_jwks(
+    jwks: Arc<Jwks>,
+    refresh: std::time::Duration,
+    min_gap: std::time::Duration,
+) {
+    loop {
+        match crate::fetch::get(&jwks.url, 1 << 20).await {
+            Ok(body) => match jwks.replace(&body) {
+                Ok(n) => tracing::info!(url = %jwks.url, keys = n, "fetched the issuer's keys"),
+                Err(e) => tracing::warn!(url = %jwks.url, "cannot use the issuer's keys: {e}"),
+            },
+            Err(e) => tracing::warn!(url = %jwks.url, "cannot fetch the issuer's keys: {e}"),
+        }
+        jwks.fetched();
+        tokio::time::sleep(min_gap).await;
+        tokio::select! {
+            _ = tokio::time::sleep(refresh.saturating_sub(min_gap)) => {}
+            _ = jwks.wanted.notified() => {}
         }
     }
 }

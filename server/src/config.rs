@@ -76,6 +76,17 @@ pub struct Cli {
     #[arg(long, env = "CONVENE_AUTH_SECRET_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_secret_file: Option<PathBuf>,
+    /// Require a token signed with one of the issuer's published keys (ES256,
+    /// RS256, EdDSA), fetched from this JWKS URL (https://, or http:// on
+    /// loopback) and refreshed; a token naming an unknown key id makes the
+    /// server fetch again before it answers.
+    #[arg(long, env = "CONVENE_AUTH_JWKS_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_jwks_url: Option<String>,
+    /// Seconds between fetches of the JWKS [default: 300].
+    #[arg(long, env = "CONVENE_AUTH_JWKS_REFRESH_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_jwks_refresh_s: Option<u32>,
     /// Accept only tokens whose `iss` is this.
     #[arg(long, env = "CONVENE_AUTH_ISSUER")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -194,6 +205,10 @@ pub struct Config {
     pub auth_secret: Option<String>,
     /// File holding the token secret.
     pub auth_secret_file: Option<PathBuf>,
+    /// Issuer keys (JWKS) URL.
+    pub auth_jwks_url: Option<String>,
+    /// JWKS refresh interval.
+    pub auth_jwks_refresh_s: u32,
     /// Required token issuer.
     pub auth_issuer: Option<String>,
     /// Required token audience.
@@ -251,6 +266,8 @@ impl Default for Config {
             dev_tls: false,
             auth_secret: None,
             auth_secret_file: None,
+            auth_jwks_url: None,
+            auth_jwks_refresh_s: 300,
             auth_issuer: None,
             auth_audience: None,
             web_dir: PathBuf::from("browser-client/dist"),
@@ -426,6 +443,21 @@ impl Config {
         if let Some(s) = &self.auth_secret {
             check_secret(s.as_bytes())?;
         }
+        if let Some(u) = &self.auth_jwks_url {
+            let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                .iter()
+                .any(|p| u.starts_with(p));
+            if !u.starts_with("https://") && !loopback {
+                return Err(ConfigError::Invalid(format!(
+                    "auth_jwks_url {u}: the issuer's keys must come over https:// (http:// only on loopback)"
+                )));
+            }
+            if self.auth_jwks_refresh_s < 10 {
+                return Err(ConfigError::Invalid(
+                    "auth_jwks_refresh_s: at least 10".into(),
+                ));
+            }
+        }
         if !self.listen.ip().is_loopback() && !self.auth() && !self.insecure {
             return Err(ConfigError::Invalid(format!(
                 "refusing to serve {} without authentication: give --auth-secret-file \
@@ -438,7 +470,9 @@ impl Config {
 
     /// True when tokens are required.
     pub fn auth(&self) -> bool {
-        self.auth_secret.is_some() || self.auth_secret_file.is_some()
+        self.auth_secret.is_some()
+            || self.auth_secret_file.is_some()
+            || self.auth_jwks_url.is_some()
     }
 
     /// The token secret, from the setting or its file.

@@ -19,6 +19,7 @@ use convene_protocol::{
 use tokio::sync::Notify;
 use tracing::{debug, info};
 
+use crate::auth::VerifyError;
 use crate::outbox::{Drained, Kick, Outbox, OutboxLimits, Wake};
 use crate::room::{Room, lock};
 use crate::state::AppState;
@@ -68,6 +69,10 @@ pub struct Connection {
     handshake_done: bool,
     /// The verified token's claims, when the server requires tokens.
     claims: Option<Claims>,
+    /// A Hello's token waiting for the issuer's keys to be fetched again.
+    pending_hello: Option<String>,
+    /// Changes when the issuer's keys were fetched (JWKS configured).
+    keys: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl Connection {
@@ -98,6 +103,11 @@ impl Connection {
             Box::new(ArcWake(wakers.clone())),
         ));
         let session = ServerSession::new(state.now(), config);
+        let keys = state
+            .verifier
+            .as_ref()
+            .and_then(|v| v.jwks())
+            .map(|j| j.changes());
         state
             .metrics
             .connections
@@ -118,6 +128,8 @@ impl Connection {
             peer,
             handshake_done: false,
             claims: None,
+            pending_hello: None,
+            keys,
         }
     }
 
@@ -209,29 +221,26 @@ impl Connection {
             match ev {
                 ServerEvent::Hello { hello, .. } => {
                     let verified = match &self.state.verifier {
-                        Some(v) => v.verify(&hello.auth_token).map(Some),
+                        Some(v) => match v.check(&hello.auth_token) {
+                            Ok(c) => Ok(Some(c)),
+                            Err(VerifyError::Refused(e)) => Err(e),
+                            Err(VerifyError::UnknownKey(kid)) => match v.jwks() {
+                                // A key the issuer may have just added: fetch
+                                // the keys again and retry once they arrive.
+                                Some(jwks) if self.keys.is_some() => {
+                                    if let Some(rx) = &mut self.keys {
+                                        rx.borrow_and_update();
+                                    }
+                                    jwks.wanted.notify_one();
+                                    self.pending_hello = Some(hello.auth_token);
+                                    continue;
+                                }
+                                _ => Err(crate::auth::unknown_key(&kid)),
+                            },
+                        },
                         None => Ok(None),
                     };
-                    if self.state.is_shutting_down() {
-                        self.session.refuse(
-                            0,
-                            ProtocolError::new(
-                                ErrorCode::ShuttingDown,
-                                "the server is shutting down",
-                            ),
-                        );
-                    } else if let Err(e) = verified {
-                        debug!(transport = self.transport, peer = %self.peer, code = e.code.name(), "token refused");
-                        self.session.refuse(0, e);
-                    } else {
-                        self.claims = verified.ok().flatten();
-                        let pid = self.state.router.allocate_participant_id();
-                        let session_id = format!("{:016x}", session_id_for(pid));
-                        self.session
-                            .accept_hello(now, pid, session_id, Bytes::new());
-                        self.handshake_done = true;
-                        debug!(pid, transport = self.transport, peer = %self.peer, "session established");
-                    }
+                    self.answer_hello(now, verified);
                 }
                 ServerEvent::Join { request_id, join } => self.join(now, request_id, join),
                 ServerEvent::Left => self.leave_room(),
@@ -293,6 +302,54 @@ impl Connection {
             }
         }
         self.flush();
+    }
+
+    /// Accepts or refuses a Hello once its token has been checked.
+    fn answer_hello(&mut self, now: Timestamp, verified: Result<Option<Claims>, ProtocolError>) {
+        if self.state.is_shutting_down() {
+            self.session.refuse(
+                0,
+                ProtocolError::new(ErrorCode::ShuttingDown, "the server is shutting down"),
+            );
+        } else if let Err(e) = verified {
+            debug!(transport = self.transport, peer = %self.peer, code = e.code.name(), "token refused");
+            self.session.refuse(0, e);
+        } else {
+            self.claims = verified.ok().flatten();
+            let pid = self.state.router.allocate_participant_id();
+            let session_id = format!("{:016x}", session_id_for(pid));
+            self.session
+                .accept_hello(now, pid, session_id, Bytes::new());
+            self.handshake_done = true;
+            debug!(pid, transport = self.transport, peer = %self.peer, "session established");
+        }
+    }
+
+    /// Resolves when the issuer's keys were fetched while a Hello waits for them.
+    pub(crate) async fn keys_fetched(&mut self) {
+        match (&self.pending_hello, &mut self.keys) {
+            (Some(_), Some(rx)) => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Checks the waiting Hello's token again, now with the fresh keys; a key
+    /// still unknown is refused.
+    pub(crate) fn retry_hello(&mut self) {
+        let Some(token) = self.pending_hello.take() else {
+            return;
+        };
+        let now = self.state.now();
+        let verified = match &self.state.verifier {
+            Some(v) => v.verify(&token).map(Some),
+            None => Ok(None),
+        };
+        self.answer_hello(now, verified);
+        self.process(now);
     }
 
     /// Whether the token (if tokens are required) grants a room request.
@@ -579,6 +636,7 @@ pub(crate) async fn drive<S, I>(
             _ = sleep_until(deadline) => conn.handle_timeout(),
             _ = wakers.reader.notified() => conn.handle_outbox_closed(),
             _ = shutdown.changed() => conn.shutdown(),
+            _ = conn.keys_fetched() => conn.retry_hello(),
         }
     }
     log_close(conn.transport, peer, conn.close_reason());

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod connection;
+pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
@@ -82,13 +83,20 @@ pub async fn start_node(
     bus: Arc<dyn bus::Bus>,
     inbound: Option<tokio::sync::mpsc::Receiver<bus::BusMessage>>,
 ) -> Result<Server, StartError> {
-    let verifier = config.load_auth_secret()?.map(|secret| {
-        auth::Verifier::hs256(
-            &secret,
+    let secret = config.load_auth_secret()?;
+    let jwks = config.auth_jwks_url.as_deref().map(auth::Jwks::new);
+    let verifier = (secret.is_some() || jwks.is_some()).then(|| {
+        auth::Verifier::new(
+            secret.as_deref(),
+            jwks.clone(),
             config.auth_issuer.as_deref(),
             config.auth_audience.as_deref(),
         )
     });
+    if let Some(jwks) = jwks {
+        let refresh = Duration::from_secs(u64::from(config.auth_jwks_refresh_s));
+        tokio::spawn(auth::refresh_jwks(jwks, refresh, Duration::from_secs(2)));
+    }
     let identity = if config.dev_tls {
         Some(Identity::self_signed(&[])?)
     } else if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {

@@ -325,3 +325,145 @@ async fn a_moderator_by_grant_locks_removes_and_ends() {
     assert_eq!(bye.reason, v1::GoodbyeReason::MeetingEnded as i32);
     s.shutdown().await;
 }
+
+/// A JWKS endpoint on loopback whose document the test can change, and
+/// which counts how often it is fetched.
+struct Issuer {
+    url: String,
+    document: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn issuer() -> Issuer {
+    use std::sync::atomic::Ordering;
+    let document = std::sync::Arc::new(std::sync::Mutex::new(String::from(r#"{"keys":[]}"#)));
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (d, f) = (document.clone(), fetches.clone());
+    let app = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move || {
+            let (d, f) = (d.clone(), f.clone());
+            async move {
+                f.fetch_add(1, Ordering::SeqCst);
+                d.lock().unwrap().clone()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Issuer {
+        url,
+        document,
+        fetches,
+    }
+}
+
+/// A signing key of the issuer: its JWK and a way to sign with it.
+struct IssuerKey {
+    kid: &'static str,
+    alg: Algorithm,
+    jwk: serde_json::Value,
+    der: Vec<u8>,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn ec_key(kid: &'static str) -> IssuerKey {
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let raw = kp.public_key_raw(); // 0x04 || X || Y
+    IssuerKey {
+        kid,
+        alg: Algorithm::ES256,
+        jwk: serde_json::json!({
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
+            "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
+        }),
+        der: kp.serialize_der(),
+    }
+}
+
+fn ed_key(kid: &'static str) -> IssuerKey {
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    IssuerKey {
+        kid,
+        alg: Algorithm::EdDSA,
+        jwk: serde_json::json!({
+            "kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(kp.public_key_raw()),
+        }),
+        der: kp.serialize_der(),
+    }
+}
+
+impl IssuerKey {
+    fn sign(&self, c: &Claims) -> String {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.to_string());
+        let key = match self.alg {
+            Algorithm::EdDSA => EncodingKey::from_ed_der(&self.der),
+            _ => EncodingKey::from_ec_der(&self.der),
+        };
+        jsonwebtoken::encode(&header, c, &key).unwrap()
+    }
+}
+
+fn publish(issuer: &Issuer, keys: &[&IssuerKey]) {
+    let doc = serde_json::json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() });
+    *issuer.document.lock().unwrap() = doc.to_string();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_signed_with_an_issuers_published_keys_and_a_key_rotation() {
+    let idp = issuer().await;
+    let (ec1, ed1, ec2) = (ec_key("ec-1"), ed_key("ed-1"), ec_key("ec-2"));
+    publish(&idp, &[&ec1, &ed1]);
+    let s = server(|c| {
+        c.auth_jwks_url = Some(idp.url.clone());
+        c.auth_issuer = Some("test-idp".into());
+        // A Hello may wait for a fetch of the keys (at most one every 2 s).
+        c.handshake_timeout_ms = 10_000;
+        c.idle_timeout_ms = 20_000;
+    })
+    .await;
+    let mut good = claims("m", &["subscribe"]);
+    good.iss = Some("test-idp".into());
+
+    // ES256 and EdDSA keys from the JWKS both verify.
+    for key in [&ec1, &ed1] {
+        let (_c, first) = hello(&s, &key.sign(&good)).await;
+        assert!(matches!(first, S::Welcome(_)), "{}: {first:?}", key.kid);
+    }
+    // A token signed by a key the issuer does not publish is refused (after
+    // the server looked again), as is an HS256 token on a JWKS-only server.
+    let stranger = ec_key("ec-1"); // the right kid, the wrong key
+    let (_c, first) = hello(&s, &stranger.sign(&good)).await;
+    assert_eq!(error_code(&first), ErrorCode::AuthInvalid);
+    let (_c, first) = hello(&s, &ec_key("nobody").sign(&good)).await;
+    assert_eq!(error_code(&first), ErrorCode::AuthInvalid);
+    let (_c, first) = hello(&s, &sign(&good, SECRET)).await;
+    assert_eq!(error_code(&first), ErrorCode::AuthInvalid);
+    // Expiry is checked for published keys too.
+    let expired = Claims {
+        exp: now() - 3600,
+        ..good.clone()
+    };
+    let (_c, first) = hello(&s, &ec1.sign(&expired)).await;
+    assert_eq!(error_code(&first), ErrorCode::AuthExpired);
+
+    // Rotation: the issuer replaces ec-1 with ec-2. The first token signed
+    // with ec-2 makes the server fetch the keys again, and is accepted.
+    publish(&idp, &[&ec2, &ed1]);
+    let before = idp.fetches.load(std::sync::atomic::Ordering::SeqCst);
+    let (_c, first) = hello(&s, &ec2.sign(&good)).await;
+    assert!(matches!(first, S::Welcome(_)), "after rotation: {first:?}");
+    assert!(idp.fetches.load(std::sync::atomic::Ordering::SeqCst) > before);
+    // The retired key no longer works.
+    let (_c, first) = hello(&s, &ec1.sign(&good)).await;
+    assert_eq!(error_code(&first), ErrorCode::AuthInvalid);
+    s.shutdown().await;
+}
