@@ -93,10 +93,7 @@ pub async fn start_node(
             config.auth_audience.as_deref(),
         )
     });
-    if let Some(jwks) = jwks {
-        let refresh = Duration::from_secs(u64::from(config.auth_jwks_refresh_s));
-        tokio::spawn(auth::refresh_jwks(jwks, refresh, Duration::from_secs(2)));
-    }
+    let jwks_refresh = Duration::from_secs(u64::from(config.auth_jwks_refresh_s));
     let identity = if config.dev_tls {
         Some(Identity::self_signed(&[])?)
     } else if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
@@ -124,6 +121,15 @@ pub async fn start_node(
         );
     }
     let state = Arc::new(AppState::new(config, cert_sha256.clone(), verifier, bus));
+    if let Some(jwks) = jwks {
+        let mut stop = state.shutdown_signal();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = auth::refresh_jwks(jwks, jwks_refresh, Duration::from_secs(2)) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
     if let Some(mut inbound) = inbound {
         let state = state.clone();
         let mut stop = state.shutdown_signal();
