@@ -81,6 +81,17 @@ enum Mode {
     Floor(Load),
     /// Both, and the ratio.
     Compare(Load),
+    /// The raw-UDP floor, the yardstick for WebTransport: one `send_to` per
+    /// packet of at most 1200 bytes (QUIC's usual size) to each subscriber's
+    /// own UDP socket; compare with `convene load --transport wt --server-pid`.
+    UdpFloor(Load),
+    /// (internal) the UDP floor's writer process; `--targets` lists the ports.
+    UdpFloorWriter {
+        #[arg(long)]
+        targets: std::path::PathBuf,
+        #[command(flatten)]
+        load: Load,
+    },
     /// Meeting shape: every participant publishes audio, the first `--video-publishers` also video, everyone receives everything.
     Meeting {
         /// Participants that publish video too.
@@ -677,6 +688,122 @@ fn floor_writer(port: u16, load: &Load) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Largest UDP payload the UDP floor sends, as QUIC packets are about this size.
+const UDP_PACKET: usize = 1200;
+
+/// The UDP floor's writer: the same frames as the server would forward (media
+/// frame, header included), cut into packets, one `send_to` each.
+fn udp_floor_writer(targets: &std::path::Path, load: &Load) -> anyhow::Result<()> {
+    let ports: Vec<u16> = std::fs::read_to_string(targets)?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<std::result::Result<_, _>>()?;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let addrs: Vec<std::net::SocketAddr> = ports
+        .iter()
+        .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p)))
+        .collect();
+    let audio = vec![0u8; load.audio_bytes + 24];
+    let video = vec![0u8; load.video_bytes + 24];
+    let start = Instant::now();
+    let total = Duration::from_secs(1 + load.seconds) + Duration::from_millis(200);
+    let (mut next_audio, mut next_video) = (Duration::ZERO, Duration::ZERO);
+    let (audio_step, video_step) = (
+        Duration::from_secs(1) / load.audio_fps,
+        Duration::from_secs(1) / load.video_fps,
+    );
+    while start.elapsed() < total {
+        let t = start.elapsed();
+        let next = next_audio.min(next_video);
+        if next > t {
+            std::thread::sleep(next - t);
+            continue;
+        }
+        let frame = if next_audio <= next_video {
+            next_audio += audio_step;
+            &audio
+        } else {
+            next_video += video_step;
+            &video
+        };
+        for a in &addrs {
+            for packet in frame.chunks(UDP_PACKET) {
+                // A full receive buffer drops the packet, as it would a QUIC one.
+                let _ = socket.send_to(packet, a);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_udp_floor(load: &Load) -> anyhow::Result<Result> {
+    let mut sockets = Vec::new();
+    let mut ports = String::new();
+    for _ in 0..load.subscribers {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        ports.push_str(&format!("{} ", s.local_addr()?.port()));
+        sockets.push(s);
+    }
+    let targets = std::env::temp_dir().join(format!("udp-floor-{}.txt", std::process::id()));
+    std::fs::write(&targets, ports)?;
+    let rx = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for s in sockets {
+        let rx = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok(n) = s.recv(&mut buf).await {
+                rx.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .args([
+            "udp-floor-writer",
+            "--targets",
+            &targets.display().to_string(),
+            "--subscribers",
+            &load.subscribers.to_string(),
+            "--seconds",
+            &load.seconds.to_string(),
+            "--video-fps",
+            &load.video_fps.to_string(),
+            "--video-bytes",
+            &load.video_bytes.to_string(),
+            "--audio-fps",
+            &load.audio_fps.to_string(),
+            "--audio-bytes",
+            &load.audio_bytes.to_string(),
+        ])
+        .spawn()?;
+    let writer = Killed(child);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (cpu0, _) = proc_cpu(writer.0.id())?;
+    let bytes0 = rx.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(load.seconds)).await;
+    let (cpu1, rss) = proc_cpu(writer.0.id())?;
+    let bytes = rx.load(Ordering::Relaxed) - bytes0;
+    let seconds = t0.elapsed().as_secs_f64();
+    drop(writer);
+    for t in tasks {
+        t.abort();
+    }
+    let _ = std::fs::remove_file(&targets);
+    let per_second_frames = (load.audio_fps + load.video_fps) as f64;
+    let avg = ((load.audio_bytes + 24) as f64 * load.audio_fps as f64
+        + (load.video_bytes + 24) as f64 * load.video_fps as f64)
+        / per_second_frames;
+    Ok(Result {
+        delivered: (bytes as f64 / avg) as u64,
+        cpu_seconds: cpu1 - cpu0,
+        seconds,
+        rss_kib: rss,
+        ..Result::default()
+    })
+}
+
 async fn run_floor(load: &Load) -> anyhow::Result<Result> {
     let port = free_port()?;
     let exe = std::env::current_exe()?;
@@ -785,6 +912,16 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.mode {
         Mode::FloorWriter { port, load } => floor_writer(port, &load),
+        Mode::UdpFloorWriter { targets, load } => udp_floor_writer(&targets, &load),
+        Mode::UdpFloor(load) => {
+            let r = run_udp_floor(&load).await?;
+            if load.json {
+                println!("{}", json(&r))
+            } else {
+                print("udp floor", &load, &r)
+            }
+            Ok(())
+        }
         Mode::Ws(load) => {
             let r = run_ws(&load).await?;
             if load.json {
