@@ -108,6 +108,16 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
 
+    /// Meetings with a waiting room, where a moderator admits or denies each
+    /// newcomer (PROTOCOL.md §5.8): a meeting id, or a prefix ending in `*`.
+    /// Repeat the flag, or separate with commas.
+    #[arg(
+        long = "waiting-room",
+        env = "CONVENE_WAITING_ROOMS",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_rooms: Option<Vec<String>>,
     /// Most simultaneous connections [default: 10000].
     #[arg(long, env = "CONVENE_MAX_CONNECTIONS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -219,6 +229,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter.
     pub log: String,
+    /// Meetings with a waiting room (ids or `prefix*`).
+    pub waiting_rooms: Vec<String>,
     /// Connection limit.
     pub max_connections: usize,
     /// Per-IP connection limit.
@@ -273,6 +285,7 @@ impl Default for Config {
             web_dir: PathBuf::from("browser-client/dist"),
             log_format: LogFormat::Human,
             log: "info".into(),
+            waiting_rooms: Vec::new(),
             max_connections: 10_000,
             max_connections_per_ip: 2_000,
             max_rooms: 10_000,

@@ -20,8 +20,9 @@ use tokio::sync::Notify;
 use tracing::{debug, info};
 
 use crate::auth::VerifyError;
+use crate::outbox::Admission;
 use crate::outbox::{Drained, Kick, Outbox, OutboxLimits, Wake};
-use crate::room::{Room, lock};
+use crate::room::{JoinOutcome, Room, lock};
 use crate::state::AppState;
 
 /// Wakes a connection's writer when frames are queued, and its reader when
@@ -183,6 +184,21 @@ impl Connection {
     /// Reacts to the outbox being closed from outside (slowness, removal).
     pub fn handle_outbox_closed(&mut self) {
         let now = self.state.now();
+        match self.outbox.take_admission() {
+            // The room queued Joined already, first in line.
+            Some(Admission::Admitted) => self.session.admitted_by_room(),
+            Some(Admission::Denied) => {
+                self.room = None;
+                self.session.refuse(
+                    0,
+                    ProtocolError::new(
+                        ErrorCode::AdmissionDenied,
+                        "a moderator did not let you in",
+                    ),
+                );
+            }
+            None => {}
+        }
         if let Some(kick) = self.outbox.kicked() {
             let (reason, text) = match kick {
                 Kick::Removed => (GoodbyeReason::Removed, "a moderator removed you"),
@@ -446,8 +462,11 @@ impl Connection {
             info,
             join.subscribe_all,
             outbox.clone(),
-            |joined| {
-                session.joined(joined);
+            |outcome| {
+                match outcome {
+                    JoinOutcome::Joined(joined) => session.joined(joined),
+                    JoinOutcome::Held => session.held(),
+                }
                 // Queue Joined before releasing the room, so nothing else reaches the newcomer first.
                 flush_session(session, outbox, state);
             },

@@ -117,6 +117,17 @@ struct Inner {
     slow: bool,
     /// Set when the room ended the session (removal, end of meeting).
     kicked: Option<Kick>,
+    /// Set when a moderator decided on a participant in the waiting room.
+    admission: Option<Admission>,
+}
+
+/// A moderator's decision on a participant in the waiting room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Admitted: `Joined` is already queued.
+    Admitted,
+    /// Denied: the session answers ADMISSION_DENIED.
+    Denied,
 }
 
 /// Why the room ended a subscriber's session.
@@ -339,6 +350,25 @@ impl Outbox {
             q.kicked = Some(why);
         }
         self.waker.wake_closed();
+    }
+
+    /// Admits the waiting participant: queues its `Joined` (first, before
+    /// anything the room sends it next) and tells its connection.
+    pub fn admit(&self, joined: Bytes) {
+        self.push_control(joined);
+        self.lock().admission = Some(Admission::Admitted);
+        self.waker.wake_closed();
+    }
+
+    /// Denies the waiting participant; its connection answers ADMISSION_DENIED.
+    pub fn deny(&self) {
+        self.lock().admission = Some(Admission::Denied);
+        self.waker.wake_closed();
+    }
+
+    /// A moderator's decision, once (taken by the connection).
+    pub fn take_admission(&self) -> Option<Admission> {
+        self.lock().admission.take()
     }
 
     /// Why the room ended the session, if it did.

@@ -101,6 +101,27 @@ pub struct Room {
     bus: Arc<dyn Bus>,
     /// Members connected to this node.
     local: usize,
+    /// Joins wait for a moderator (PROTOCOL.md §5.8).
+    waiting_room: bool,
+    /// Who waits, on this node.
+    waiting: BTreeMap<u32, Waiter>,
+}
+
+/// A participant in the waiting room.
+#[derive(Debug)]
+struct Waiter {
+    info: Participant,
+    subscribe_all: bool,
+    outbox: Arc<Outbox>,
+}
+
+/// What a Join led to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JoinOutcome {
+    /// In the room: queue this `Joined` for the newcomer.
+    Joined(v1::Joined),
+    /// In the waiting room until a moderator decides.
+    Held,
 }
 
 fn frame(msg: Msg) -> Bytes {
@@ -129,7 +150,14 @@ impl Room {
             limits,
             bus,
             local: 0,
+            waiting_room: false,
+            waiting: BTreeMap::new(),
         }
+    }
+
+    /// Gives the room a waiting room (or takes it away).
+    pub fn set_waiting_room(&mut self, on: bool) {
+        self.waiting_room = on;
     }
 
     /// The meeting id.
@@ -142,9 +170,9 @@ impl Room {
         self.local
     }
 
-    /// True when nobody connected to this node is in the room.
+    /// True when nobody connected to this node is in the room or waits for it.
     pub fn is_empty(&self) -> bool {
-        self.local == 0
+        self.local == 0 && self.waiting.is_empty()
     }
 
     /// Number of participants on all nodes.
@@ -176,6 +204,71 @@ impl Room {
         subscribe_all: bool,
         outbox: Arc<Outbox>,
     ) -> Result<v1::Joined, ProtocolError> {
+        self.check_entry()?;
+        Ok(self.admit_member(now, info, subscribe_all, outbox))
+    }
+
+    /// A Join: into the room, or, when the room has a waiting room and the
+    /// newcomer is not a moderator, into the waiting room; its moderators are
+    /// asked with `AdmissionRequest`.
+    pub fn enter(
+        &mut self,
+        now: Timestamp,
+        info: Participant,
+        subscribe_all: bool,
+        outbox: Arc<Outbox>,
+    ) -> Result<JoinOutcome, ProtocolError> {
+        self.check_entry()?;
+        if self.waiting_room && info.role != Role::Moderator as i32 {
+            let request = frame(Msg::AdmissionRequest(v1::AdmissionRequest {
+                participant: Some(info.clone()),
+            }));
+            for m in self.local_moderators() {
+                m.push_control(request.clone());
+            }
+            self.waiting.insert(
+                info.participant_id,
+                Waiter {
+                    info,
+                    subscribe_all,
+                    outbox,
+                },
+            );
+            return Ok(JoinOutcome::Held);
+        }
+        Ok(JoinOutcome::Joined(self.admit_member(
+            now,
+            info,
+            subscribe_all,
+            outbox,
+        )))
+    }
+
+    /// Tells a moderator who just joined who is waiting (called once its
+    /// `Joined` is queued, so that comes first).
+    pub fn tell_waiters_to(&self, pid: u32) {
+        let Some(m) = self.members.get(&pid) else {
+            return;
+        };
+        let (Some(o), true) = (&m.outbox, m.info.role == Role::Moderator as i32) else {
+            return;
+        };
+        for w in self.waiting.values() {
+            o.push_control(frame(Msg::AdmissionRequest(v1::AdmissionRequest {
+                participant: Some(w.info.clone()),
+            })));
+        }
+    }
+
+    fn local_moderators(&self) -> Vec<Arc<Outbox>> {
+        self.members
+            .values()
+            .filter(|m| m.info.role == Role::Moderator as i32)
+            .filter_map(|m| m.outbox.clone())
+            .collect()
+    }
+
+    fn check_entry(&self) -> Result<(), ProtocolError> {
         if self.locked {
             return Err(ProtocolError::new(
                 ErrorCode::RoomLocked,
@@ -191,6 +284,17 @@ impl Room {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Puts a participant of this node in the room and tells everyone.
+    fn admit_member(
+        &mut self,
+        now: Timestamp,
+        info: Participant,
+        subscribe_all: bool,
+        outbox: Arc<Outbox>,
+    ) -> v1::Joined {
         let pid = info.participant_id;
         self.broadcast(
             Msg::ParticipantJoined(v1::ParticipantJoined {
@@ -232,16 +336,19 @@ impl Room {
                 self.request_key_frame(now, ppid, tid, 0, true);
             }
         }
-        Ok(v1::Joined {
+        v1::Joined {
             meeting_id: self.id.clone(),
             participants: self.members.values().map(Member::participant).collect(),
             locked: self.locked,
-        })
+        }
     }
 
     /// Removes a participant: unpublishes its tracks, drops its subscriptions,
     /// and tells the others (PROTOCOL.md §5.3, §9.3).
     pub fn leave(&mut self, pid: u32) {
+        if self.waiting.remove(&pid).is_some() {
+            return;
+        }
         if self.members.get(&pid).is_some_and(|m| m.outbox.is_some()) {
             self.bus.publish(BusMessage::Leave {
                 meeting: self.id.clone(),
@@ -577,12 +684,29 @@ impl Room {
                 self.locked = l.locked;
                 self.broadcast(Msg::RoomLocked(v1::RoomLocked { locked: l.locked }), None);
             }
-            RoomRequest::Admit(_) | RoomRequest::Deny(_) => {
+            RoomRequest::Admit(a) => {
                 self.require_moderator(pid)?;
-                return Err(ProtocolError::new(
-                    ErrorCode::UnknownParticipant,
-                    "this room has no waiting room, so nobody is waiting",
-                ));
+                if !self.waiting.contains_key(&a.participant_id) {
+                    return Err(nobody_waiting(a.participant_id));
+                }
+                self.check_entry()?;
+                let w = self
+                    .waiting
+                    .remove(&a.participant_id)
+                    .ok_or_else(|| nobody_waiting(a.participant_id))?;
+                let outbox = w.outbox.clone();
+                let joined = self.admit_member(now, w.info, w.subscribe_all, w.outbox);
+                // Joined goes first into the newcomer's queue: nothing the
+                // room sends it can overtake it.
+                outbox.admit(frame(Msg::Joined(joined)));
+            }
+            RoomRequest::Deny(d) => {
+                self.require_moderator(pid)?;
+                let w = self
+                    .waiting
+                    .remove(&d.participant_id)
+                    .ok_or_else(|| nobody_waiting(d.participant_id))?;
+                w.outbox.deny();
             }
             RoomRequest::EndMeeting(_) => {
                 self.require_moderator(pid)?;
@@ -819,6 +943,13 @@ fn replicated(req: &RoomRequest) -> bool {
     )
 }
 
+fn nobody_waiting(pid: u32) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::UnknownParticipant,
+        format!("participant {pid} is not in this room's waiting room"),
+    )
+}
+
 fn self_gone(pid: u32) -> ProtocolError {
     ProtocolError::new(
         ErrorCode::NotJoined,
@@ -837,6 +968,8 @@ pub struct Router {
     next_participant: AtomicU32,
     /// The other nodes.
     bus: Arc<dyn Bus>,
+    /// Meetings with a waiting room: ids, or prefixes ending in `*`.
+    waiting_rooms: Vec<String>,
 }
 
 /// Locks a room, recovering from a panic elsewhere rather than spreading it.
@@ -857,7 +990,23 @@ impl Router {
             limits,
             next_participant: AtomicU32::new(1),
             bus,
+            waiting_rooms: Vec::new(),
         }
+    }
+
+    /// Meetings that get a waiting room: ids, or prefixes ending in `*`.
+    pub fn with_waiting_rooms(mut self, patterns: Vec<String>) -> Self {
+        self.waiting_rooms = patterns;
+        self
+    }
+
+    fn has_waiting_room(&self, meeting: &str) -> bool {
+        self.waiting_rooms
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => meeting.starts_with(prefix),
+                None => p == meeting,
+            })
     }
 
     /// The bus to the other nodes.
@@ -900,7 +1049,7 @@ impl Router {
         info: Participant,
         subscribe_all: bool,
         outbox: Arc<Outbox>,
-        on_joined: impl FnOnce(v1::Joined),
+        on_joined: impl FnOnce(JoinOutcome),
     ) -> Result<Arc<Mutex<Room>>, ProtocolError> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let room = match rooms.get(meeting) {
@@ -915,11 +1064,9 @@ impl Router {
                         ),
                     ));
                 }
-                let r = Arc::new(Mutex::new(Room::with_bus(
-                    meeting,
-                    self.limits,
-                    self.bus.clone(),
-                )));
+                let mut room = Room::with_bus(meeting, self.limits, self.bus.clone());
+                room.set_waiting_room(self.has_waiting_room(meeting));
+                let r = Arc::new(Mutex::new(room));
                 rooms.insert(meeting.to_string(), r.clone());
                 // Hear this meeting from now on, and ask who is already in it.
                 self.bus.interest(meeting, true);
@@ -931,10 +1078,12 @@ impl Router {
             }
         };
         let mut guard = lock(&room);
-        let joined = guard.join(now, info, subscribe_all, outbox);
+        let pid = info.participant_id;
+        let joined = guard.enter(now, info, subscribe_all, outbox);
         match joined {
             Ok(j) => {
                 on_joined(j);
+                guard.tell_waiters_to(pid);
                 drop(guard);
                 Ok(room)
             }

@@ -52,7 +52,8 @@ impl AppState {
                 max_rooms: config.max_rooms,
             },
             bus,
-        );
+        )
+        .with_waiting_rooms(config.waiting_rooms.clone());
         AppState {
             config,
             router,

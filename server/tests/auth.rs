@@ -467,3 +467,103 @@ async fn tokens_signed_with_an_issuers_published_keys_and_a_key_rotation() {
     assert_eq!(error_code(&first), ErrorCode::AuthInvalid);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_waiting_room_holds_newcomers_until_a_moderator_admits_or_denies() {
+    let s = server(|c| {
+        c.auth_secret = Some(SECRET.into());
+        c.auth_issuer = Some("test-idp".into());
+        c.waiting_rooms = vec!["lobby-*".into()];
+    })
+    .await;
+    let token = |sub: &str, grants: &[&str]| {
+        let mut c = claims("*", grants);
+        c.iss = Some("test-idp".into());
+        c.sub = sub.into();
+        c.name = sub.into();
+        sign(&c, SECRET)
+    };
+    // A guest arrives before any moderator: held, and told so.
+    let (mut early, _) = hello(&s, &token("early", &["subscribe"])).await;
+    early
+        .send(C::Join(v1::Join {
+            meeting_id: "lobby-1".into(),
+            display_name: "early".into(),
+            subscribe_all: true,
+        }))
+        .await;
+    early.expect(|m| matches!(m, S::Waiting(_))).await;
+    let early_id = early.id;
+    // The moderator walks straight in and hears who waits.
+    let (mut host, _) = hello(&s, &token("host", &["moderate", "publish_audio"])).await;
+    assert!(matches!(
+        join(&mut host, "lobby-1", false).await,
+        S::Joined(_)
+    ));
+    host.expect(|m| matches!(m, S::AdmissionRequest(r) if r.participant.as_ref().is_some_and(|p| p.participant_id == early_id)))
+        .await;
+    // Admitted: Joined (listing the host), the host sees them join, and
+    // they are a full participant: the host's track reaches them.
+    host.send(C::Admit(v1::Admit {
+        participant_id: early_id,
+    }))
+    .await;
+    let S::Joined(j) = early.expect(|m| matches!(m, S::Joined(_))).await else {
+        unreachable!()
+    };
+    assert!(j.participants.iter().any(|p| p.display_name == "host"));
+    host.expect(|m| matches!(m, S::ParticipantJoined(p) if p.participant.as_ref().is_some_and(|p| p.participant_id == early_id)))
+        .await;
+    host.send(C::Publish(v1::Publish {
+        track: Some(v1::TrackInfo {
+            track_id: 1,
+            kind: v1::TrackKind::Audio as i32,
+            codec: "opus".into(),
+            ..Default::default()
+        }),
+    }))
+    .await;
+    early
+        .expect(|m| matches!(m, S::TrackPublished(p) if p.participant_id == host.id))
+        .await;
+
+    // Another guest, denied: ADMISSION_DENIED, and free to join elsewhere.
+    let (mut late, _) = hello(&s, &token("late", &["subscribe"])).await;
+    late.send(C::Join(v1::Join {
+        meeting_id: "lobby-1".into(),
+        display_name: "late".into(),
+        subscribe_all: false,
+    }))
+    .await;
+    late.expect(|m| matches!(m, S::Waiting(_))).await;
+    let late_id = late.id;
+    host.expect(|m| matches!(m, S::AdmissionRequest(r) if r.participant.as_ref().is_some_and(|p| p.participant_id == late_id)))
+        .await;
+    host.send(C::Deny(v1::Deny {
+        participant_id: late_id,
+    }))
+    .await;
+    assert_eq!(
+        error_code(
+            &late
+                .expect(|m| matches!(m, S::Error(_) | S::Joined(_)))
+                .await
+        ),
+        ErrorCode::AdmissionDenied
+    );
+    assert!(matches!(
+        join(&mut late, "elsewhere", false).await,
+        S::Joined(_)
+    ));
+    // Only moderators decide; and a meeting without a waiting room is open.
+    early
+        .send(C::Admit(v1::Admit {
+            participant_id: late_id,
+        }))
+        .await;
+    assert_eq!(
+        error_code(&early.expect(|m| matches!(m, S::Error(_))).await),
+        ErrorCode::PermissionDenied
+    );
+    s.shutdown().await;
+}

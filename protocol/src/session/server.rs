@@ -670,6 +670,18 @@ impl ServerSession {
         }
     }
 
+    /// A moderator admitted the waiting session and the room has already
+    /// queued its `Joined` (ahead of anything else the room sends it, which is
+    /// why the room and not the session sends it): the session is now joined
+    /// and sends nothing itself.
+    pub fn admitted_by_room(&mut self) {
+        if self.state == State::Waiting {
+            if let Ok(s) = sm::next(self.state, SmEvent::Admitted) {
+                self.state = s;
+            }
+        }
+    }
+
     /// Answers a pending Join: the session waits for a moderator; sends `Waiting`.
     pub fn held(&mut self) {
         if let (true, Ok(s)) = (self.join_pending, sm::next(self.state, SmEvent::JoinHeld)) {
