@@ -171,7 +171,9 @@ pub fn not_applicable(
                 "moderation" => {
                     "needs a moderator token (--moderator-token) on a server with authentication"
                 }
-                "waiting_room" => "needs a room with a waiting room",
+                "waiting_room" => {
+                    "needs a server that gives meetings whose id starts with `conf-wait` a waiting room (convene-server --waiting-room 'conf-wait*'), and --capability waiting_room"
+                }
                 "auth" => "needs a server with authentication and a token secret",
                 "shutdown" => "needs control over the server's shutdown",
                 "reconnect" => {

@@ -26,6 +26,7 @@ async fn server_with(
         idle_timeout_ms: 3_000,
         test_fault: fault,
         auth_secret: secret.map(str::to_string),
+        waiting_rooms: vec!["conf-wait*".into()],
         dev_tls,
         ..Config::default()
     };
@@ -39,7 +40,11 @@ async fn run(
     secret: Option<&str>,
 ) -> Report {
     let capabilities = match secret {
-        Some(_) => vec!["auth".to_string(), "moderation".to_string()],
+        Some(_) => vec![
+            "auth".to_string(),
+            "moderation".to_string(),
+            "waiting_room".to_string(),
+        ],
         None => vec![],
     };
     let wt = server.cert_sha256.is_some();
@@ -106,7 +111,7 @@ async fn passes_every_case(s: convene_server::Server) {
                     !case
                         .requires
                         .iter()
-                        .any(|c| *c == "auth" || *c == "moderation"),
+                        .any(|c| *c == "auth" || *c == "moderation" || *c == "waiting_room"),
                     "{} skipped although the runner has a token secret: {why}",
                     r.id
                 );

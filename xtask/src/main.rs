@@ -322,6 +322,8 @@ fn conformance() -> Result<(), String> {
             "1000",
             "--idle-timeout-ms",
             "3000",
+            "--waiting-room",
+            "conf-wait*",
             "--log",
             "warn",
         ])
@@ -332,7 +334,13 @@ fn conformance() -> Result<(), String> {
         Err("convene-server did not start listening within 30 s".to_string())
     } else {
         let status = Command::new(bin.join("convene-conformance"))
-            .args(["server", "--url", &format!("http://{listen}")])
+            .args([
+                "server",
+                "--url",
+                &format!("http://{listen}"),
+                "--capability",
+                "waiting_room",
+            ])
             .env("CONVENE_AUTH_SECRET", &secret)
             .status()
             .map_err(|e| format!("cannot start convene-conformance: {e}"))?;
@@ -423,6 +431,8 @@ fn conformance_webtransport(bin: &std::path::Path, secret: &str) -> Result<(), S
             "1000",
             "--idle-timeout-ms",
             "3000",
+            "--waiting-room",
+            "conf-wait*",
             "--log",
             "info",
             "--log-format",
@@ -463,6 +473,8 @@ fn conformance_webtransport(bin: &std::path::Path, secret: &str) -> Result<(), S
                     &format!("https://{listen}"),
                     "--cert-sha256",
                     &hash,
+                    "--capability",
+                    "waiting_room",
                 ])
                 .env("CONVENE_AUTH_SECRET", secret)
                 .status()

@@ -4425,6 +4425,209 @@ pub static CASES: &[Case] = &[
         ],
     },
     Case {
+        id: "moderation.waiting-room",
+        title: "In a room with a waiting room a newcomer gets Waiting, the moderator an AdmissionRequest, and Admit brings it in with Joined",
+        section: "5.8",
+        file: "moderation.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["moderation", "waiting_room"],
+        steps: &[
+            Step {
+                actor: "m",
+                action: Action::Handshake {
+                    join: Some("conf-wait"),
+                    name: "m",
+                    subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Handshake {
+                    join: None,
+                    name: "b",
+                    subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "join",
+                        fields: &[
+                            Field {
+                                name: "display_name",
+                                value: Value::Str("guest"),
+                            },
+                            Field {
+                                name: "meeting_id",
+                                value: Value::Str("conf-wait"),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "waiting",
+                        fields: &[],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "admission_request",
+                        fields: &[Field {
+                            name: "participant",
+                            value: Value::Msg(&[Field {
+                                name: "participant_id",
+                                value: Value::Var("b.id"),
+                            }]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "admit",
+                        fields: &[Field {
+                            name: "participant_id",
+                            value: Value::Var("b.id"),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "joined",
+                        fields: &[],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "participant_joined",
+                        fields: &[Field {
+                            name: "participant",
+                            value: Value::Msg(&[Field {
+                                name: "participant_id",
+                                value: Value::Var("b.id"),
+                            }]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
+    Case {
+        id: "moderation.waiting-room-deny",
+        title: "Deny answers the waiting participant with ADMISSION_DENIED",
+        section: "5.8",
+        file: "moderation.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["moderation", "waiting_room"],
+        steps: &[
+            Step {
+                actor: "m",
+                action: Action::Handshake {
+                    join: Some("conf-wait-deny"),
+                    name: "m",
+                    subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Handshake {
+                    join: None,
+                    name: "b",
+                    subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "join",
+                        fields: &[
+                            Field {
+                                name: "display_name",
+                                value: Value::Str("guest"),
+                            },
+                            Field {
+                                name: "meeting_id",
+                                value: Value::Str("conf-wait-deny"),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "waiting",
+                        fields: &[],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "admission_request",
+                        fields: &[Field {
+                            name: "participant",
+                            value: Value::Msg(&[Field {
+                                name: "participant_id",
+                                value: Value::Var("b.id"),
+                            }]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "deny",
+                        fields: &[Field {
+                            name: "participant_id",
+                            value: Value::Var("b.id"),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::ExpectError {
+                    code: ErrorCode::AdmissionDenied,
+                    request_id: None,
+                },
+            },
+        ],
+    },
+    Case {
         id: "room.join",
         title: "Join is answered with Joined listing the newcomer",
         section: "5.3",
