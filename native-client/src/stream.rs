@@ -228,26 +228,26 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
     let mut ever_connected = false;
     let outcome: anyhow::Result<()> = 'sessions: loop {
         let joined = tokio::select! {
-            r = tokio::time::timeout(JOIN_TIMEOUT, connect(&args, &endpoint, width, height)) => r,
+            r = connect(&args, &endpoint, width, height, &status) => r,
             _ = tokio::signal::ctrl_c() => break 'sessions Ok(()),
             _ = sleep_until(deadline) => break 'sessions Ok(()),
         };
         let (mut client, mut peers) = match joined {
-            Ok(Ok(c)) => c,
-            Ok(Err(Failure::Refused(e))) => break 'sessions Err(anyhow::anyhow!(e)),
-            Ok(Err(Failure::Unreachable(e))) if !ever_connected => {
+            Ok(c) => c,
+            Err(Failure::Refused(e)) => break 'sessions Err(anyhow::anyhow!(e)),
+            Err(Failure::Unreachable(e)) if !ever_connected => {
                 break 'sessions Err(anyhow::anyhow!(
                     "{e}; is the server running at {}? (set it with --server)",
                     args.server.server
                 ));
             }
-            Err(_) if !ever_connected => {
+            Err(Failure::TimedOut) if !ever_connected => {
                 break 'sessions Err(anyhow::anyhow!(
                     "the server at {} did not let us join within {JOIN_TIMEOUT:?}",
                     args.server.server
                 ));
             }
-            Ok(Err(Failure::Later(e))) => {
+            Err(Failure::Later(e)) => {
                 status.note(&format!(
                     "the server asked us to come back later ({e}); retrying in {backoff:?}"
                 ));
@@ -257,7 +257,7 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
-            Ok(Err(Failure::Unreachable(e))) => {
+            Err(Failure::Unreachable(e)) => {
                 status.note(&format!("cannot reconnect: {e}; retrying in {backoff:?}"));
                 if wait_or_stop(backoff, deadline).await {
                     break 'sessions Ok(());
@@ -265,7 +265,7 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
-            Err(_) => {
+            Err(Failure::TimedOut) => {
                 status.note(&format!("reconnect timed out; retrying in {backoff:?}"));
                 if wait_or_stop(backoff, deadline).await {
                     break 'sessions Ok(());
@@ -446,6 +446,8 @@ enum Failure {
     Refused(String),
     /// The server asked us to come back later (it is shutting down).
     Later(String),
+    /// No answer within [`JOIN_TIMEOUT`] (time in a waiting room not counted).
+    TimedOut,
 }
 
 /// Connects, joins and publishes; returns the client and how many others are in the room.
@@ -454,19 +456,34 @@ async fn connect(
     endpoint: &convene_client::Endpoint,
     width: usize,
     height: usize,
+    status: &StatusLine,
 ) -> Result<(Client, usize), Failure> {
+    let mut until = tokio::time::Instant::now() + JOIN_TIMEOUT;
     let config = ClientSessionConfig {
         client_kind: ClientKind::Native,
         client_version: concat!("convene-stream/", env!("CARGO_PKG_VERSION")).into(),
         auth_token: args.server.token.clone().unwrap_or_default(),
         ..ClientSessionConfig::default()
     };
-    let mut c = Client::connect(endpoint, args.server.transport, config)
-        .await
-        .map_err(|e| Failure::Unreachable(format!("cannot connect: {e}")))?;
+    let mut c = tokio::time::timeout_at(
+        until,
+        Client::connect(endpoint, args.server.transport, config),
+    )
+    .await
+    .map_err(|_| Failure::TimedOut)?
+    .map_err(|e| Failure::Unreachable(format!("cannot connect: {e}")))?;
     let peers;
+    let mut waiting = false;
     loop {
-        match c.next_event().await {
+        // A waiting room may hold us as long as the moderator takes.
+        let ev = if waiting {
+            c.next_event().await
+        } else {
+            tokio::time::timeout_at(until, c.next_event())
+                .await
+                .map_err(|_| Failure::TimedOut)?
+        };
+        match ev {
             Some(ClientEvent::Welcome(_)) => {
                 c.join(&args.meeting_id, &args.user_id, false)
                     .map_err(|e| Failure::Refused(e.to_string()))?;
@@ -476,7 +493,11 @@ async fn connect(
                 break;
             }
             Some(ClientEvent::Waiting(_)) => {
-                tracing::info!("in the waiting room until a host admits us");
+                waiting = true;
+                status.note(&format!(
+                    "waiting for a moderator to admit us to `{}`",
+                    args.meeting_id
+                ));
             }
             Some(ClientEvent::JoinRefused(e)) | Some(ClientEvent::Error(e)) => {
                 return Err(Failure::Refused(crate::args::refusal(&e, &args.meeting_id)));
@@ -504,11 +525,15 @@ async fn connect(
             ..Default::default()
         });
     }
+    until = tokio::time::Instant::now() + JOIN_TIMEOUT;
     for t in tracks {
         let id = t.track_id;
         c.publish(t).map_err(|e| Failure::Refused(e.to_string()))?;
         loop {
-            match c.next_event().await {
+            let ev = tokio::time::timeout_at(until, c.next_event())
+                .await
+                .map_err(|_| Failure::TimedOut)?;
+            match ev {
                 Some(ClientEvent::Room(S::TrackPublished(p)))
                     if p.participant_id == me
                         && p.track.as_ref().is_some_and(|t| t.track_id == id) =>

@@ -454,3 +454,82 @@ async fn tokens_minted_by_convene_token_are_accepted_and_bad_ones_refused_in_one
     drop(stream);
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_waits_in_a_waiting_room_until_a_moderator_admits_it() {
+    use convene_protocol::v1::{self, client_message::Msg as C, server_message::Msg as S};
+    use convene_protocol::{ClientEvent, ClientSessionConfig};
+    let secret = "a-shared-secret-for-the-waiting-room-0123";
+    let s = {
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            auth_secret: Some(secret.into()),
+            waiting_rooms: vec!["lobby".into()],
+            ..Config::default()
+        };
+        convene_server::start(config).await.expect("server starts")
+    };
+    let mint = |user: &str, grants: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_convene"))
+            .args(words(&format!(
+                "token --meeting lobby --user {user} --grants {grants}"
+            )))
+            .env("CONVENE_AUTH_SECRET", secret)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    // The stream arrives first and waits; the join timeout does not apply there.
+    let mut args =
+        words("--meeting-id lobby --source test-pattern --resolution 160x96 --fps 10 --token");
+    args.push(mint("camera", "publish_video"));
+    args.extend(server_args(&s));
+    let stream = Running::start("stream", &args);
+    stream.wait_for_line("waiting for a moderator").await;
+
+    // A moderator joins, hears who waits, and admits it.
+    let endpoint = convene_client::Endpoint::new(&format!("http://{}", s.addr)).unwrap();
+    let config = ClientSessionConfig {
+        auth_token: mint("host", "moderate,subscribe"),
+        ..ClientSessionConfig::default()
+    };
+    let mut host = convene_client::Client::connect(
+        &endpoint,
+        convene_client::TransportChoice::WebSocket,
+        config,
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut waiting_pid = None;
+    let mut streaming_seen = false;
+    while !streaming_seen {
+        let ev = tokio::time::timeout_at(deadline, host.next_event())
+            .await
+            .expect("the moderator hears the waiting stream and sees it publish");
+        match ev {
+            Some(ClientEvent::Welcome(_)) => {
+                host.join("lobby", "host", true).unwrap();
+            }
+            Some(ClientEvent::Room(S::AdmissionRequest(r))) => {
+                let pid = r.participant.unwrap().participant_id;
+                waiting_pid = Some(pid);
+                host.send(C::Admit(v1::Admit {
+                    participant_id: pid,
+                }))
+                .unwrap();
+            }
+            Some(ClientEvent::Room(S::TrackPublished(p)))
+                if Some(p.participant_id) == waiting_pid =>
+            {
+                streaming_seen = true;
+            }
+            Some(ClientEvent::Closed) | None => panic!("the moderator's session ended"),
+            _ => {}
+        }
+    }
+    stream.wait_for_line("streaming 160x96@10").await;
+    drop(stream);
+    s.shutdown().await;
+}
