@@ -9,17 +9,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
 use convene_client::{Client, TransportKind};
 use convene_protocol::v1::{ClientKind, TrackInfo, TrackKind, server_message::Msg as S};
-use convene_protocol::{ClientEvent, ClientSessionConfig, MediaFrame, MediaHeader};
+use convene_protocol::{ClientEvent, ClientSessionConfig};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::args::ServerArgs;
+use crate::media::{OutTrack, unix_micros};
 use crate::stats::{SequenceTracker, percentile};
 
 const AUDIO_TRACK: u32 = 1;
@@ -371,13 +372,6 @@ impl Status {
     }
 }
 
-fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 fn meeting_id(args: &LoadArgs, room: usize) -> String {
     if args.rooms == 1 {
         args.meeting.clone()
@@ -437,7 +431,7 @@ async fn participant(
     // A late tick is sent late, not in a burst: the rate stays what was asked.
     audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     video_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut audio_seq, mut video_seq) = (0u32, 0u32);
+    let (mut audio, mut video) = (OutTrack::new(AUDIO_TRACK), OutTrack::new(VIDEO_TRACK));
     let mut key_wanted = true;
     let mut last_key = Instant::now();
     let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
@@ -485,15 +479,7 @@ async fn participant(
                 }
             }
             _ = audio_tick.tick(), if sending && args.audio_fps > 0 => {
-                let h = MediaHeader {
-                    key: true,
-                    sender: 0,
-                    track_id: AUDIO_TRACK,
-                    sequence: audio_seq,
-                    capture_timestamp_us: unix_micros(),
-                };
-                audio_seq = audio_seq.wrapping_add(1);
-                if client.send_media(MediaFrame::build(&h, None, &audio_payload)).is_ok() {
+                if client.send_media(audio.frame(true, unix_micros(), &audio_payload)).is_ok() {
                     out.sent_audio += 1;
                     progress.sent.fetch_add(1, Ordering::Relaxed);
                 }
@@ -505,15 +491,7 @@ async fn participant(
                     last_key = Instant::now();
                     out.key_frames_sent += 1;
                 }
-                let h = MediaHeader {
-                    key,
-                    sender: 0,
-                    track_id: VIDEO_TRACK,
-                    sequence: video_seq,
-                    capture_timestamp_us: unix_micros(),
-                };
-                video_seq = video_seq.wrapping_add(1);
-                if client.send_media(MediaFrame::build(&h, None, &video_payload)).is_ok() {
+                if client.send_media(video.frame(key, unix_micros(), &video_payload)).is_ok() {
                     out.sent_video += 1;
                     progress.sent.fetch_add(1, Ordering::Relaxed);
                 }

@@ -13,6 +13,7 @@ mod audio;
 mod frame;
 mod h264;
 mod load;
+mod media;
 mod pattern;
 mod receive;
 mod source;

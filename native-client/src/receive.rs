@@ -26,8 +26,8 @@ use crate::args::ServerArgs;
 use crate::audio;
 use crate::frame::I420;
 use crate::h264::H264Decoder;
+use crate::media::{sleep_until, unix_micros};
 use crate::pattern;
-use crate::source::unix_micros;
 use crate::stats::percentile;
 use crate::stream::StatusLine;
 
@@ -463,13 +463,6 @@ fn print_table(report: &Report) {
     }
     if report.tracks.is_empty() {
         println!("(nobody published anything)");
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::frame::{FrameFormat, I420};
+use crate::media::unix_micros;
 use crate::pattern::{self, Stamp};
 
 /// Which source, from the command line.
@@ -68,13 +69,6 @@ impl std::fmt::Debug for Source {
             Source::Camera(_) => f.write_str("Camera"),
         }
     }
-}
-
-/// Microseconds since the Unix epoch, now.
-pub(crate) fn unix_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Source {
@@ -153,8 +147,9 @@ mod camera {
         Resolution,
     };
 
-    use super::{Captured, SourceSpec, unix_micros};
+    use super::{Captured, SourceSpec};
     use crate::frame::FrameFormat;
+    use crate::media::unix_micros;
 
     /// An open camera delivering raw frames.
     pub(crate) struct CameraSource {

@@ -14,15 +14,16 @@ use anyhow::Context;
 use bytes::Bytes;
 use convene_client::Client;
 use convene_protocol::v1::{ClientKind, TrackInfo, TrackKind, server_message::Msg as S};
-use convene_protocol::{ClientEvent, ClientSessionConfig, MediaFrame, MediaHeader};
+use convene_protocol::{ClientEvent, ClientSessionConfig};
 use tokio::sync::mpsc;
 
 use crate::args::ServerArgs;
 use crate::audio;
 use crate::frame::{FrameFormat, I420};
 use crate::h264::{self, EncoderSettings, H264Encoder};
+use crate::media::{OutTrack, sleep_until, unix_micros};
 use crate::pattern;
-use crate::source::{Source, SourceKind, SourceSpec, unix_micros};
+use crate::source::{Source, SourceKind, SourceSpec};
 
 /// The video track's id.
 const VIDEO_TRACK: u32 = 1;
@@ -223,7 +224,7 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
         ..Summary::default()
     };
     let mut tone = audio::Tone::new(440.0);
-    let (mut video_seq, mut audio_seq) = (0u32, 0u32);
+    let (mut video, mut audio) = (OutTrack::new(VIDEO_TRACK), OutTrack::new(AUDIO_TRACK));
     let mut backoff = BACKOFF_MIN;
     let mut ever_connected = false;
     let outcome: anyhow::Result<()> = 'sessions: loop {
@@ -324,15 +325,7 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                 },
                 v = video_rx.recv() => {
                     let Some(v) = v else { break 'sessions Err(anyhow::anyhow!("the capture thread stopped")); };
-                    let h = MediaHeader {
-                        key: v.key,
-                        sender: 0,
-                        track_id: VIDEO_TRACK,
-                        sequence: video_seq,
-                        capture_timestamp_us: v.capture_us,
-                    };
-                    video_seq = video_seq.wrapping_add(1);
-                    if client.send_media(MediaFrame::build(&h, None, &v.data)).is_ok() {
+                    if client.send_media(video.frame(v.key, v.capture_us, &v.data)).is_ok() {
                         summary.video_frames_sent += 1;
                         summary.bytes_sent += v.data.len() as u64;
                         window.frames += 1;
@@ -341,15 +334,7 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                 }
                 _ = audio_tick.tick(), if args.audio == AudioSource::Tone => {
                     let payload = tone.next_frame();
-                    let h = MediaHeader {
-                        key: true,
-                        sender: 0,
-                        track_id: AUDIO_TRACK,
-                        sequence: audio_seq,
-                        capture_timestamp_us: unix_micros(),
-                    };
-                    audio_seq = audio_seq.wrapping_add(1);
-                    if client.send_media(MediaFrame::build(&h, None, &payload)).is_ok() {
+                    if client.send_media(audio.frame(true, unix_micros(), &payload)).is_ok() {
                         summary.audio_frames_sent += 1;
                         summary.bytes_sent += payload.len() as u64;
                         window.bytes += payload.len() as u64;
@@ -658,13 +643,6 @@ async fn wait_or_stop_draining(
             _ = sleep_until(deadline) => return true,
             v = rx.recv() => if v.is_none() { return true },
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

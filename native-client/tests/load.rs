@@ -3,27 +3,12 @@
 
 use std::process::Command;
 
-use convene_server::config::Config;
+mod common;
+
+use common::{server_args, server_on};
 
 async fn server(tls: bool) -> convene_server::Server {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dev_tls: tls,
-        ..Config::default()
-    };
-    convene_server::start(config).await.expect("server starts")
-}
-
-fn server_args(s: &convene_server::Server) -> Vec<String> {
-    match &s.cert_sha256 {
-        Some(h) => vec![
-            "--server".into(),
-            format!("https://127.0.0.1:{}", s.addr.port()),
-            "--cert-sha256".into(),
-            h.clone(),
-        ],
-        None => vec!["--server".into(), format!("http://{}", s.addr)],
-    }
+    server_on(0, tls).await
 }
 
 /// Runs `convene load` off the async runtime (the server runs on it).

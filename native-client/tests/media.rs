@@ -7,31 +7,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{server_args, server_on};
 use convene_server::config::Config;
 
 /// Generous: two cores may be busy with other tests.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-async fn server_on(port: u16, tls: bool) -> convene_server::Server {
-    let config = Config {
-        listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        dev_tls: tls,
-        ..Config::default()
-    };
-    convene_server::start(config).await.expect("server starts")
-}
-
-fn server_args(s: &convene_server::Server) -> Vec<String> {
-    match &s.cert_sha256 {
-        Some(h) => vec![
-            "--server".into(),
-            format!("https://127.0.0.1:{}", s.addr.port()),
-            "--cert-sha256".into(),
-            h.clone(),
-        ],
-        None => vec!["--server".into(), format!("http://{}", s.addr)],
-    }
-}
 
 fn words(s: &str) -> Vec<String> {
     s.split_whitespace().map(String::from).collect()
