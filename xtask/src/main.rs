@@ -312,21 +312,9 @@ fn conformance() -> Result<(), String> {
         "\n$ convene-server --listen {listen} (short timers, tokens required) & convene-conformance server --url http://{listen} --auth-secret …"
     );
     let mut server = Command::new(bin.join("convene-server"))
+        .args(CONFORMANCE_SERVER)
         .env("CONVENE_AUTH_SECRET", &secret)
-        .args([
-            "--listen",
-            &listen,
-            "--handshake-timeout-ms",
-            "2000",
-            "--heartbeat-interval-ms",
-            "1000",
-            "--idle-timeout-ms",
-            "3000",
-            "--waiting-room",
-            "conf-wait*",
-            "--log",
-            "warn",
-        ])
+        .args(["--listen", &listen, "--log", "warn"])
         .spawn()
         .map_err(|e| format!("cannot start convene-server: {e}"))?;
     let ready = wait_for_port(port, std::time::Duration::from_secs(30));
@@ -410,6 +398,20 @@ fn conformance() -> Result<(), String> {
     }
 }
 
+/// Settings of the servers the conformance cases run against: short timers
+/// (the runner reads them from Welcome, so the timer cases finish quickly) and
+/// a waiting room for the meetings the waiting-room cases use.
+const CONFORMANCE_SERVER: &[&str] = &[
+    "--handshake-timeout-ms",
+    "2000",
+    "--heartbeat-interval-ms",
+    "1000",
+    "--idle-timeout-ms",
+    "3000",
+    "--waiting-room",
+    "conf-wait*",
+];
+
 /// The server cases again over WebTransport: a `--dev-tls` server, whose
 /// certificate hash the runner pins (read from the server's log).
 fn conformance_webtransport(bin: &std::path::Path, secret: &str) -> Result<(), String> {
@@ -420,19 +422,12 @@ fn conformance_webtransport(bin: &std::path::Path, secret: &str) -> Result<(), S
         "\n$ convene-server --listen {listen} --dev-tls (short timers, tokens required) & convene-conformance server --transport wt --url https://{listen} --cert-sha256 …"
     );
     let mut server = Command::new(bin.join("convene-server"))
+        .args(CONFORMANCE_SERVER)
         .env("CONVENE_AUTH_SECRET", secret)
         .args([
             "--listen",
             &listen,
             "--dev-tls",
-            "--handshake-timeout-ms",
-            "2000",
-            "--heartbeat-interval-ms",
-            "1000",
-            "--idle-timeout-ms",
-            "3000",
-            "--waiting-room",
-            "conf-wait*",
             "--log",
             "info",
             "--log-format",

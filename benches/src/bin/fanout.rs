@@ -763,21 +763,43 @@ async fn run_udp_floor(load: &Load) -> anyhow::Result<Result> {
             "udp-floor-writer",
             "--targets",
             &targets.display().to_string(),
-            "--subscribers",
-            &load.subscribers.to_string(),
-            "--seconds",
-            &load.seconds.to_string(),
-            "--video-fps",
-            &load.video_fps.to_string(),
-            "--video-bytes",
-            &load.video_bytes.to_string(),
-            "--audio-fps",
-            &load.audio_fps.to_string(),
-            "--audio-bytes",
-            &load.audio_bytes.to_string(),
         ])
+        .args(shape_args(load))
         .spawn()?;
     let writer = Killed(child);
+    // Media frames as sent: the 24-byte header and the payload.
+    let result = measure_floor(writer, &rx, load, 24).await;
+    for t in tasks {
+        t.abort();
+    }
+    let _ = std::fs::remove_file(&targets);
+    result
+}
+
+/// The load's shape as flags for a floor writer process.
+fn shape_args(load: &Load) -> Vec<String> {
+    [
+        ("--subscribers", load.subscribers.to_string()),
+        ("--seconds", load.seconds.to_string()),
+        ("--video-fps", load.video_fps.to_string()),
+        ("--video-bytes", load.video_bytes.to_string()),
+        ("--audio-fps", load.audio_fps.to_string()),
+        ("--audio-bytes", load.audio_bytes.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v])
+    .collect()
+}
+
+/// Measures a floor writer for `load.seconds` after a one-second warm-up:
+/// its CPU, and the frames delivered, counted from the bytes received with
+/// the mix's average frame size (`overhead` bytes beyond each payload).
+async fn measure_floor(
+    writer: Killed,
+    rx: &AtomicU64,
+    load: &Load,
+    overhead: usize,
+) -> anyhow::Result<Result> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (cpu0, _) = proc_cpu(writer.0.id())?;
     let bytes0 = rx.load(Ordering::Relaxed);
@@ -787,13 +809,9 @@ async fn run_udp_floor(load: &Load) -> anyhow::Result<Result> {
     let bytes = rx.load(Ordering::Relaxed) - bytes0;
     let seconds = t0.elapsed().as_secs_f64();
     drop(writer);
-    for t in tasks {
-        t.abort();
-    }
-    let _ = std::fs::remove_file(&targets);
     let per_second_frames = (load.audio_fps + load.video_fps) as f64;
-    let avg = ((load.audio_bytes + 24) as f64 * load.audio_fps as f64
-        + (load.video_bytes + 24) as f64 * load.video_fps as f64)
+    let avg = ((load.audio_bytes + overhead) as f64 * load.audio_fps as f64
+        + (load.video_bytes + overhead) as f64 * load.video_fps as f64)
         / per_second_frames;
     Ok(Result {
         delivered: (bytes as f64 / avg) as u64,
@@ -808,25 +826,9 @@ async fn run_floor(load: &Load) -> anyhow::Result<Result> {
     let port = free_port()?;
     let exe = std::env::current_exe()?;
     let child = Command::new(exe)
-        .args([
-            "floor-writer",
-            "--port",
-            &port.to_string(),
-            "--subscribers",
-            &load.subscribers.to_string(),
-            "--seconds",
-            &load.seconds.to_string(),
-            "--video-fps",
-            &load.video_fps.to_string(),
-            "--video-bytes",
-            &load.video_bytes.to_string(),
-            "--audio-fps",
-            &load.audio_fps.to_string(),
-            "--audio-bytes",
-            &load.audio_bytes.to_string(),
-            "--batch",
-            &load.batch.to_string(),
-        ])
+        .args(["floor-writer", "--port", &port.to_string()])
+        .args(shape_args(load))
+        .args(["--batch", &load.batch.to_string()])
         .spawn()?;
     let writer = Killed(child);
     let rx = Arc::new(AtomicU64::new(0));
@@ -853,28 +855,8 @@ async fn run_floor(load: &Load) -> anyhow::Result<Result> {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (cpu0, _) = proc_cpu(writer.0.id())?;
-    let bytes0 = rx.load(Ordering::Relaxed);
-    let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(load.seconds)).await;
-    let (cpu1, rss) = proc_cpu(writer.0.id())?;
-    let bytes = rx.load(Ordering::Relaxed) - bytes0;
-    let seconds = t0.elapsed().as_secs_f64();
-    drop(writer);
-    // Frames delivered, from bytes, with the mix's average frame size.
-    let per_second_frames = (load.audio_fps + load.video_fps) as f64;
-    let avg = ((load.audio_bytes + 28) as f64 * load.audio_fps as f64
-        + (load.video_bytes + 28) as f64 * load.video_fps as f64)
-        / per_second_frames;
-    let delivered = (bytes as f64 / avg) as u64;
-    Ok(Result {
-        delivered,
-        cpu_seconds: cpu1 - cpu0,
-        seconds,
-        rss_kib: rss,
-        ..Result::default()
-    })
+    // WebSocket-sized frames: 24-byte header, payload, 4-byte WebSocket header.
+    measure_floor(writer, &rx, load, 28).await
 }
 
 fn print(name: &str, load: &Load, r: &Result) {
