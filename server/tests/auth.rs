@@ -168,15 +168,7 @@ async fn the_token_decides_the_meeting_and_the_grants() {
         join(&mut c, "team-red", false).await,
         S::Joined(_)
     ));
-    c.send(C::Publish(v1::Publish {
-        track: Some(v1::TrackInfo {
-            track_id: 1,
-            kind: v1::TrackKind::Video as i32,
-            codec: "avc1.42E01F".into(),
-            ..Default::default()
-        }),
-    }))
-    .await;
+    c.send(common::publish(1, v1::TrackKind::Video)).await;
     assert_eq!(
         error_code(
             &c.expect(|m| matches!(m, S::Error(_) | S::TrackPublished(_)))
@@ -189,16 +181,7 @@ async fn the_token_decides_the_meeting_and_the_grants() {
         join(&mut speaker, "team-red", false).await,
         S::Joined(_)
     ));
-    speaker
-        .send(C::Publish(v1::Publish {
-            track: Some(v1::TrackInfo {
-                track_id: 1,
-                kind: v1::TrackKind::Audio as i32,
-                codec: "opus".into(),
-                ..Default::default()
-            }),
-        }))
-        .await;
+    speaker.send(common::publish(1, v1::TrackKind::Audio)).await;
     speaker.expect(|m| matches!(m, S::TrackPublished(_))).await;
     speaker
         .send(C::Chat(v1::ChatSend {
@@ -514,15 +497,7 @@ async fn a_waiting_room_holds_newcomers_until_a_moderator_admits_or_denies() {
     assert!(j.participants.iter().any(|p| p.display_name == "host"));
     host.expect(|m| matches!(m, S::ParticipantJoined(p) if p.participant.as_ref().is_some_and(|p| p.participant_id == early_id)))
         .await;
-    host.send(C::Publish(v1::Publish {
-        track: Some(v1::TrackInfo {
-            track_id: 1,
-            kind: v1::TrackKind::Audio as i32,
-            codec: "opus".into(),
-            ..Default::default()
-        }),
-    }))
-    .await;
+    host.send(common::publish(1, v1::TrackKind::Audio)).await;
     early
         .expect(|m| matches!(m, S::TrackPublished(p) if p.participant_id == host.id))
         .await;

@@ -100,16 +100,7 @@ async fn a_meeting_spans_two_nodes() {
 
     // A track published on node 1 is announced on node 2, and its media
     // reaches the subscriber there stamped with the publisher's id.
-    alice
-        .send(C::Publish(v1::Publish {
-            track: Some(v1::TrackInfo {
-                track_id: 1,
-                kind: v1::TrackKind::Video as i32,
-                codec: "avc1.42E01F".into(),
-                ..Default::default()
-            }),
-        }))
-        .await;
+    alice.send(common::publish(1, v1::TrackKind::Video)).await;
     let alice_id = alice.id;
     bob.expect(|m| matches!(m, S::TrackPublished(p) if p.participant_id == alice_id))
         .await;

@@ -113,15 +113,7 @@ async fn the_dashboard_names_only_metrics_the_server_exports() {
     // a protocol error, a handshake error; drops get a zero series.
     let mut a = Client::joined(&s, "dash", true).await;
     let mut b = Client::joined(&s, "dash", true).await;
-    b.send(C::Publish(v1::Publish {
-        track: Some(v1::TrackInfo {
-            track_id: 1,
-            kind: v1::TrackKind::Audio as i32,
-            codec: "opus".into(),
-            ..Default::default()
-        }),
-    }))
-    .await;
+    b.send(common::publish(1, v1::TrackKind::Audio)).await;
     a.expect(|m| {
         matches!(
             m,

@@ -8,20 +8,9 @@ use std::sync::Arc;
 
 use common::*;
 use convene_protocol::v1::{
-    self, GoodbyeReason, TrackInfo, TrackKind, client_message::Msg as C, server_message::Msg as S,
+    self, GoodbyeReason, TrackKind, client_message::Msg as C, server_message::Msg as S,
 };
 use convene_protocol::{MediaFrame, MediaHeader};
-
-fn publish(track_id: u32, kind: TrackKind) -> C {
-    C::Publish(v1::Publish {
-        track: Some(TrackInfo {
-            track_id,
-            kind: kind as i32,
-            codec: "vp8".into(),
-            ..Default::default()
-        }),
-    })
-}
 
 fn media(track: u32, seq: u32, key: bool, size: usize) -> bytes::Bytes {
     MediaFrame::build(

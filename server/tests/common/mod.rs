@@ -177,6 +177,19 @@ impl Client {
     }
 }
 
+/// Publish for a track of `kind` (the codec string is arbitrary: the server
+/// only checks its form).
+pub fn publish(track_id: u32, kind: v1::TrackKind) -> C {
+    C::Publish(v1::Publish {
+        track: Some(v1::TrackInfo {
+            track_id,
+            kind: kind as i32,
+            codec: "vp8".into(),
+            ..Default::default()
+        }),
+    })
+}
+
 /// A raw HTTP GET on loopback, for health and metrics endpoints.
 pub async fn http_get(server: &convene_server::Server, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
