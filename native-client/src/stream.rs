@@ -248,26 +248,15 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                     args.server.server
                 ));
             }
-            Err(Failure::Later(e)) => {
-                status.note(&format!(
-                    "the server asked us to come back later ({e}); retrying in {backoff:?}"
-                ));
-                if wait_or_stop(backoff, deadline).await {
-                    break 'sessions Ok(());
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-            Err(Failure::Unreachable(e)) => {
-                status.note(&format!("cannot reconnect: {e}; retrying in {backoff:?}"));
-                if wait_or_stop(backoff, deadline).await {
-                    break 'sessions Ok(());
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-            Err(Failure::TimedOut) => {
-                status.note(&format!("reconnect timed out; retrying in {backoff:?}"));
+            Err(f) => {
+                let why = match f {
+                    Failure::Later(e) => format!("the server asked us to come back later ({e})"),
+                    Failure::Unreachable(e) => format!("cannot reconnect: {e}"),
+                    Failure::TimedOut => "reconnect timed out".to_string(),
+                    // Handled above; listed so a new kind of failure is not missed.
+                    Failure::Refused(e) => e,
+                };
+                status.note(&format!("{why}; retrying in {backoff:?}"));
                 if wait_or_stop(backoff, deadline).await {
                     break 'sessions Ok(());
                 }
