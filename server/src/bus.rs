@@ -89,25 +89,57 @@ pub enum BusMessage {
         /// new subscriber must not wait for the rate limit).
         force: bool,
     },
-    /// A node opened a room for the meeting: tell it who is here.
+    /// A node opened a room for the meeting (or came back after an outage):
+    /// every node answers with its [`BusMessage::Roster`].
     SyncRequest {
         /// The meeting.
         meeting: String,
-        /// Where to send the answers.
+        /// Who asks.
         node: NodeId,
     },
+    /// Everyone one node has in a meeting: replaces what the receiver knew
+    /// of that node's participants there (who left, who joined, which tracks
+    /// they publish), so a roster that missed messages is put right.
+    Roster {
+        /// The meeting.
+        meeting: String,
+        /// Whose participants these are.
+        node: NodeId,
+        /// All of them, tracks included.
+        members: Vec<RosterEntry>,
+    },
+    /// Said by the bus backend, never sent: `node` stopped answering, so its
+    /// participants leave every room here.
+    NodeDown {
+        /// The silent node.
+        node: NodeId,
+    },
+    /// Said by the bus backend, never sent: the bus is back after an outage,
+    /// so every room tells the others who is here and asks who is there.
+    Resync,
+}
+
+/// One participant in a [`BusMessage::Roster`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RosterEntry {
+    /// As the room shows it, tracks included.
+    pub participant: Participant,
+    /// Whether they receive every track.
+    pub subscribe_all: bool,
 }
 
 impl BusMessage {
-    /// The meeting this message is about.
-    pub fn meeting(&self) -> &str {
+    /// The meeting this message is about; `None` for what concerns every room.
+    pub fn meeting(&self) -> Option<&str> {
         match self {
             BusMessage::Join { meeting, .. }
             | BusMessage::Leave { meeting, .. }
             | BusMessage::Request { meeting, .. }
             | BusMessage::Media { meeting, .. }
             | BusMessage::KeyFrameRequest { meeting, .. }
-            | BusMessage::SyncRequest { meeting, .. } => meeting,
+            | BusMessage::SyncRequest { meeting, .. }
+            | BusMessage::Roster { meeting, .. } => Some(meeting),
+            BusMessage::NodeDown { .. } | BusMessage::Resync => None,
         }
     }
 }
@@ -123,9 +155,15 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// This node now has (or no longer has) participants in `meeting`, so it
     /// wants (or no longer wants) that meeting's messages.
     fn interest(&self, meeting: &str, interested: bool);
-    /// Messages dropped because a receiving node was too far behind.
+    /// Messages dropped because a receiving node was too far behind, or
+    /// the bus was down.
     fn dropped(&self) -> u64 {
         0
+    }
+    /// Whether the bus reaches the other nodes now (`/readyz` says not ready
+    /// when it does not: this node then serves only its own participants).
+    fn ready(&self) -> bool {
+        true
     }
 }
 
@@ -195,7 +233,7 @@ impl Bus for InProcessBus {
 
     fn publish(&self, msg: BusMessage) {
         let mut inner = self.hub.lock();
-        let Some(nodes) = inner.interest.get(msg.meeting()) else {
+        let Some(nodes) = msg.meeting().and_then(|m| inner.interest.get(m)) else {
             return;
         };
         let targets: Vec<NodeId> = nodes.iter().copied().filter(|n| *n != self.node).collect();

@@ -95,6 +95,50 @@ pub struct Cli {
     #[arg(long, env = "CONVENE_AUTH_AUDIENCE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_audience: Option<String>,
+    /// Share meetings with other nodes through NATS: `nats://host:4222` (or
+    /// `tls://`); several servers of one NATS cluster separated by commas.
+    /// Without it the server is a single node.
+    #[arg(long, env = "CONVENE_BUS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus: Option<String>,
+    /// This node's id in the cluster, 1 to 4095, unique per node (participant
+    /// ids carry it) [default: random, with --bus].
+    #[arg(long, env = "CONVENE_NODE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u16>,
+    /// Silence after which another node counts as gone and its participants
+    /// leave, in ms [default: 3000].
+    #[arg(long, env = "CONVENE_NODE_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_timeout_ms: Option<u32>,
+    /// NATS credentials file (JWT and NKey seed, as `nsc` writes them).
+    #[arg(long, env = "CONVENE_BUS_CREDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_creds: Option<PathBuf>,
+    /// NATS token. Prefer the environment: a flag shows in the process list.
+    #[arg(long, env = "CONVENE_BUS_TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_token: Option<String>,
+    /// NATS user (with --bus-password).
+    #[arg(long, env = "CONVENE_BUS_USER", requires = "bus_password")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_user: Option<String>,
+    /// NATS password. Prefer the environment.
+    #[arg(long, env = "CONVENE_BUS_PASSWORD", hide_env_values = true, requires = "bus_user")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_password: Option<String>,
+    /// CA certificates (PEM) to verify the NATS server with; turns TLS on.
+    #[arg(long, env = "CONVENE_BUS_TLS_CA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for NATS servers that verify clients.
+    #[arg(long, env = "CONVENE_BUS_TLS_CERT", requires = "bus_tls_key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_tls_cert: Option<PathBuf>,
+    /// Client key (PEM), with --bus-tls-cert.
+    #[arg(long, env = "CONVENE_BUS_TLS_KEY", requires = "bus_tls_cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_tls_key: Option<PathBuf>,
     /// Directory with the browser client's files [default: browser-client/dist].
     #[arg(long, env = "CONVENE_WEB_DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -223,6 +267,28 @@ pub struct Config {
     pub auth_issuer: Option<String>,
     /// Required token audience.
     pub auth_audience: Option<String>,
+    /// NATS URLs, comma-separated; none for a single node.
+    pub bus: Option<String>,
+    /// Node id in the cluster.
+    pub node_id: Option<u16>,
+    /// Node silence timeout.
+    pub node_timeout_ms: u32,
+    /// NATS credentials file.
+    pub bus_creds: Option<PathBuf>,
+    /// NATS token; never printed.
+    #[serde(skip_serializing)]
+    pub bus_token: Option<String>,
+    /// NATS user.
+    pub bus_user: Option<String>,
+    /// NATS password; never printed.
+    #[serde(skip_serializing)]
+    pub bus_password: Option<String>,
+    /// NATS CA certificates.
+    pub bus_tls_ca: Option<PathBuf>,
+    /// NATS client certificate.
+    pub bus_tls_cert: Option<PathBuf>,
+    /// NATS client key.
+    pub bus_tls_key: Option<PathBuf>,
     /// Browser client directory.
     pub web_dir: PathBuf,
     /// Log format.
@@ -282,6 +348,16 @@ impl Default for Config {
             auth_jwks_refresh_s: 300,
             auth_issuer: None,
             auth_audience: None,
+            bus: None,
+            node_id: None,
+            node_timeout_ms: 3_000,
+            bus_creds: None,
+            bus_token: None,
+            bus_user: None,
+            bus_password: None,
+            bus_tls_ca: None,
+            bus_tls_cert: None,
+            bus_tls_key: None,
             web_dir: PathBuf::from("browser-client/dist"),
             log_format: LogFormat::Human,
             log: "info".into(),
@@ -471,6 +547,41 @@ impl Config {
                 ));
             }
         }
+        if let Some(bus) = &self.bus {
+            for url in bus.split(',') {
+                let url = url.trim();
+                if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                    return Err(ConfigError::Invalid(format!(
+                        "bus {url}: give a NATS URL, nats://host:4222 or tls://host:4222"
+                    )));
+                }
+            }
+            if self.bus_token.is_some() && (self.bus_user.is_some() || self.bus_creds.is_some())
+            {
+                return Err(ConfigError::Invalid(
+                    "bus_token, bus_user/bus_password and bus_creds: give one way to log in to NATS"
+                        .into(),
+                ));
+            }
+        } else if self.node_id.is_some() || self.bus_creds.is_some() || self.bus_token.is_some() {
+            return Err(ConfigError::Invalid(
+                "node_id and the bus_* settings need --bus nats://host:port".into(),
+            ));
+        }
+        if let Some(n) = self.node_id
+            && (n == 0 || u32::from(n) >= crate::bus::MAX_NODES)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "node_id = {n}: must be between 1 and {}",
+                crate::bus::MAX_NODES - 1
+            )));
+        }
+        if !(500..=60_000).contains(&self.node_timeout_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "node_timeout_ms = {}: must be between 500 and 60000",
+                self.node_timeout_ms
+            )));
+        }
         if !self.listen.ip().is_loopback() && !self.auth() && !self.insecure {
             return Err(ConfigError::Invalid(format!(
                 "refusing to serve {} without authentication: give --auth-secret-file \
@@ -503,6 +614,26 @@ impl Config {
         };
         check_secret(&secret)?;
         Ok(Some(secret))
+    }
+
+    /// How to reach NATS, when this node is part of a cluster (`node` is
+    /// drawn at random when not set).
+    pub fn nats(&self) -> Option<crate::nats::NatsOptions> {
+        let bus = self.bus.as_ref()?;
+        let node = self.node_id.unwrap_or_else(|| {
+            let r = std::collections::hash_map::RandomState::new();
+            let n = std::hash::BuildHasher::hash_one(&r, std::process::id());
+            (n % (u64::from(crate::bus::MAX_NODES) - 1) + 1) as u16
+        });
+        let mut o = crate::nats::NatsOptions::new("nats://unused", node);
+        o.urls = bus.split(',').map(|u| u.trim().to_string()).collect();
+        o.creds = self.bus_creds.clone();
+        o.token = self.bus_token.clone();
+        o.user_password = self.bus_user.clone().zip(self.bus_password.clone());
+        o.tls_ca = self.bus_tls_ca.clone();
+        o.tls_client = self.bus_tls_cert.clone().zip(self.bus_tls_key.clone());
+        o.node_timeout = std::time::Duration::from_millis(u64::from(self.node_timeout_ms));
+        Some(o)
     }
 
     /// True when TLS is on.
@@ -592,6 +723,37 @@ mod tests {
         let c = Config::load(&cli(&["--auth-secret", "0123456789abcdef0123456789abcdef"])).unwrap();
         assert!(c.auth());
         assert!(!c.to_toml().contains("0123456789abcdef"), "{}", c.to_toml());
+    }
+
+    #[test]
+    fn bus_settings_are_checked() {
+        let c = Config::load(&cli(&[
+            "--bus",
+            "nats://127.0.0.1:4222, nats://127.0.0.1:4223",
+            "--node-id",
+            "7",
+            "--bus-token",
+            "sekrit",
+        ]))
+        .unwrap();
+        let o = c.nats().unwrap();
+        assert_eq!(o.urls, ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]);
+        assert_eq!(o.node, 7);
+        assert!(!c.to_toml().contains("sekrit"), "the token is never printed");
+        let e = Config::load(&cli(&["--bus", "redis://x"])).unwrap_err();
+        assert!(e.to_string().contains("nats://"), "{e}");
+        let e = Config::load(&cli(&["--bus", "nats://x:1", "--node-id", "4096"])).unwrap_err();
+        assert!(e.to_string().contains("between 1 and 4095"), "{e}");
+        let e = Config::load(&cli(&["--node-id", "3"])).unwrap_err();
+        assert!(e.to_string().contains("--bus"), "{e}");
+        // Without --node-id each start draws one in range.
+        let n = Config::load(&cli(&["--bus", "nats://x:1"]))
+            .unwrap()
+            .nats()
+            .unwrap()
+            .node;
+        assert!((1..4096).contains(&n));
+        assert!(Config::default().nats().is_none());
     }
 
     #[test]

@@ -46,6 +46,12 @@ async fn alt_svc(State(state): State<Arc<AppState>>, mut response: Response) -> 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else if !state.router.bus().ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the bus to the other nodes is down: serving local participants only\n",
+        )
+            .into_response()
     } else {
         "ready\n".into_response()
     }
@@ -55,6 +61,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let (rooms, participants) = state.router.counts();
     state.metrics.rooms.set(rooms as i64);
     state.metrics.participants.set(participants as i64);
+    let bus = state.router.bus();
+    state.metrics.bus_up.set(i64::from(bus.ready()));
+    state.metrics.bus_dropped.set(bus.dropped() as i64);
     (
         [(
             header::CONTENT_TYPE,

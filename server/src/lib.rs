@@ -12,6 +12,7 @@ pub mod connection;
 pub mod fetch;
 pub mod http;
 pub mod metrics;
+pub mod nats;
 pub mod outbox;
 pub mod room;
 pub mod state;
@@ -55,6 +56,9 @@ pub enum StartError {
     /// The settings cannot work (e.g. the token secret file is unreadable).
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The NATS bus could not be set up.
+    #[error(transparent)]
+    Bus(#[from] nats::NatsError),
 }
 
 /// A running server.
@@ -71,9 +75,17 @@ pub struct Server {
     serving: JoinHandle<()>,
 }
 
-/// Binds the listener and starts serving, as a single node.
+/// Binds the listener and starts serving: a single node, or a node of the
+/// cluster on the NATS bus the configuration names.
 pub async fn start(config: Config) -> Result<Server, StartError> {
-    start_node(config, Arc::new(bus::NoBus), None).await
+    match config.nats() {
+        None => start_node(config, Arc::new(bus::NoBus), None).await,
+        Some(opts) => {
+            info!(node = opts.node, urls = %opts.urls.join(","), "joining the cluster over NATS");
+            let (bus, inbound) = nats::connect(opts).await?;
+            start_node(config, bus, Some(inbound)).await
+        }
+    }
 }
 
 /// Starts a node of a cluster: rooms are shared with the other nodes on

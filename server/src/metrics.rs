@@ -40,6 +40,10 @@ pub struct Metrics {
     pub rooms: Gauge,
     /// Participants in rooms now (set at scrape time).
     pub participants: Gauge,
+    /// 1 while the bus reaches the other nodes (set at scrape time).
+    pub bus_up: Gauge,
+    /// Bus messages dropped since start (set at scrape time).
+    pub bus_dropped: Gauge,
     /// Frames received from clients.
     pub frames_in: Counter,
     /// Bytes received from clients.
@@ -79,6 +83,8 @@ impl Metrics {
             connections_total: Family::default(),
             rooms: Gauge::default(),
             participants: Gauge::default(),
+            bus_up: Gauge::default(),
+            bus_dropped: Gauge::default(),
             frames_in: Counter::default(),
             bytes_in: Counter::default(),
             frames_out: Counter::default(),
@@ -107,6 +113,16 @@ impl Metrics {
             "participants",
             "Participants in rooms now",
             m.participants.clone(),
+        );
+        registry.register(
+            "bus_up",
+            "1 while the bus reaches the other nodes (always 1 for a single node)",
+            m.bus_up.clone(),
+        );
+        registry.register(
+            "bus_dropped_messages",
+            "Bus messages dropped since start: queue full, bus down, or a slow consumer",
+            m.bus_dropped.clone(),
         );
         registry.register(
             "frames_in",

@@ -20,7 +20,7 @@ use convene_protocol::{
     ErrorCode, MediaFrame, MediaHeader, ProtocolError, RoomRequest, Timestamp, encode_control,
 };
 
-use crate::bus::{Bus, BusMessage, NoBus, NodeId, PARTICIPANT_BITS};
+use crate::bus::{Bus, BusMessage, NoBus, NodeId, PARTICIPANT_BITS, RosterEntry};
 use crate::outbox::{DropReason, Kick, MediaClass, Outbox};
 
 /// Key-frame requests the server makes on subscribers' behalf, at most one per track per this long.
@@ -834,18 +834,123 @@ impl Room {
         }
     }
 
-    /// What another node needs to know about this node's participants.
-    fn snapshot(&self) -> Vec<BusMessage> {
-        self.members
+    /// Everyone this node has in the room, for the other nodes.
+    fn roster(&self) -> BusMessage {
+        BusMessage::Roster {
+            meeting: self.id.clone(),
+            node: self.bus.node(),
+            members: self
+                .members
+                .values()
+                .filter(|m| m.outbox.is_some())
+                .map(|m| RosterEntry {
+                    participant: m.participant(),
+                    subscribe_all: m.subscribe_all,
+                })
+                .collect(),
+        }
+    }
+
+    /// Tells the other nodes who is here and asks who is there (after the
+    /// bus was down, when messages may have been lost both ways).
+    pub fn resync(&self) {
+        self.bus.publish(self.roster());
+        self.bus.publish(BusMessage::SyncRequest {
+            meeting: self.id.clone(),
+            node: self.bus.node(),
+        });
+    }
+
+    /// Removes every participant of `node` (it stopped answering).
+    pub fn drop_node(&mut self, node: NodeId) {
+        let gone: Vec<u32> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.outbox.is_none() && m.node == node)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            self.remove_member(pid);
+        }
+    }
+
+    /// Makes our copy of `node`'s participants what its roster says.
+    fn apply_roster(&mut self, now: Timestamp, node: NodeId, members: Vec<RosterEntry>) {
+        let listed: std::collections::HashSet<u32> = members
+            .iter()
+            .map(|e| e.participant.participant_id)
+            .collect();
+        let gone: Vec<u32> = self
+            .members
+            .iter()
+            .filter(|(pid, m)| m.outbox.is_none() && m.node == node && !listed.contains(pid))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            self.remove_member(pid);
+        }
+        for e in members {
+            let pid = e.participant.participant_id;
+            // A participant id's top bits name its node: a roster speaks
+            // only for its own node's participants.
+            if pid >> PARTICIPANT_BITS != u32::from(node) {
+                continue;
+            }
+            match self.members.get(&pid) {
+                None => self.join_remote(now, node, e.participant, e.subscribe_all),
+                Some(m) if m.outbox.is_none() => self.sync_tracks(now, pid, e.participant.tracks),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Brings a remote participant's tracks to `tracks`.
+    fn sync_tracks(&mut self, now: Timestamp, pid: u32, tracks: Vec<TrackInfo>) {
+        let Some(m) = self.members.get(&pid) else {
+            return;
+        };
+        let have: Vec<(u32, bool)> = m.tracks.iter().map(|(t, p)| (*t, p.info.muted)).collect();
+        for (tid, _) in &have {
+            if !tracks.iter().any(|t| t.track_id == *tid) {
+                let _ = self.apply_request(
+                    now,
+                    pid,
+                    RoomRequest::Unpublish(v1::Unpublish { track_id: *tid }),
+                    0,
+                );
+            }
+        }
+        let watching = self
+            .members
             .values()
-            .filter(|m| m.outbox.is_some())
-            .map(|m| BusMessage::Join {
-                meeting: self.id.clone(),
-                node: m.node,
-                participant: m.participant(),
-                subscribe_all: m.subscribe_all,
-            })
-            .collect()
+            .any(|m| m.outbox.is_some() && m.subscribe_all);
+        for t in tracks {
+            match have.iter().find(|(tid, _)| *tid == t.track_id) {
+                Some((_, muted)) if *muted != t.muted => {
+                    let _ = self.apply_request(
+                        now,
+                        pid,
+                        RoomRequest::SetTrackMuted(v1::SetTrackMuted {
+                            track_id: t.track_id,
+                            muted: t.muted,
+                        }),
+                        0,
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    let (tid, video) = (t.track_id, t.kind != TrackKind::Audio as i32);
+                    if self
+                        .apply_request(now, pid, RoomRequest::Publish(t), 0)
+                        .is_ok()
+                        && video
+                        && watching
+                    {
+                        self.request_key_frame(now, pid, tid, 0, true);
+                    }
+                }
+            }
+        }
     }
 
     /// Delivers a media frame another node received from its publisher.
@@ -916,11 +1021,18 @@ impl Room {
                     self.request_key_frame(now, publisher, track, requester, force);
                 }
             }
-            BusMessage::SyncRequest { node, .. } => {
-                for m in self.snapshot() {
-                    self.bus.send_to(node, m);
+            BusMessage::SyncRequest { .. } => {
+                if self.local > 0 {
+                    self.bus.publish(self.roster());
                 }
             }
+            BusMessage::Roster { node, members, .. } => {
+                if node != self.bus.node() {
+                    self.apply_roster(now, node, members);
+                }
+            }
+            BusMessage::NodeDown { node } => self.drop_node(node),
+            BusMessage::Resync => self.resync(),
         }
     }
 }
@@ -1030,12 +1142,16 @@ impl Router {
     /// Applies a message from another node to the room it is about, if this
     /// node has one (a node without participants in a meeting ignores it).
     pub fn apply(&self, now: Timestamp, msg: BusMessage) {
-        let room = {
+        let rooms: Vec<Arc<Mutex<Room>>> = {
             let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-            rooms.get(msg.meeting()).cloned()
+            match msg.meeting() {
+                Some(m) => rooms.get(m).cloned().into_iter().collect(),
+                // About every room: a node that went silent, or the bus coming back.
+                None => rooms.values().cloned().collect(),
+            }
         };
-        if let Some(room) = room {
-            lock(&room).apply_bus(now, msg);
+        for room in rooms {
+            lock(&room).apply_bus(now, msg.clone());
         }
     }
 

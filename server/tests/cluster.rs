@@ -1,12 +1,19 @@
-//! One meeting over two server nodes joined by the in-process bus, with real
-//! WebSocket clients on each: roster, tracks, media, key-frame requests,
-//! chat and leaving all cross, exactly as on one node. (The NATS backend
-//! implements the same bus.)
+//! One meeting over several server nodes, with real WebSocket clients on
+//! each: roster, tracks, media, key-frame requests, chat and leaving all
+//! cross, exactly as on one node; over the in-process bus and over a real
+//! `nats-server`. Over NATS also: a node killed outright leaves the others'
+//! rosters, and a NATS outage leaves each node serving its own participants
+//! (not ready) until NATS is back and the rosters are resynchronised.
 
 mod common;
 
 use bytes::Bytes;
-use common::{Client, DEADLINE, Seen};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::nats::NatsServer;
+use common::process::Node;
+use common::{Client, DEADLINE, Seen, http_get_addr};
 use convene_protocol::v1::{self, client_message::Msg as C, server_message::Msg as S};
 use convene_protocol::{MediaFrame, MediaHeader};
 use convene_server::bus::{InProcessHub, NodeId, PARTICIPANT_BITS};
@@ -32,8 +39,8 @@ async fn sees(c: &mut Client, joined: &v1::Joined, pid: u32) {
         .await;
 }
 
-async fn join(server: &convene_server::Server, meeting: &str) -> (Client, v1::Joined) {
-    let mut c = Client::connect(server).await;
+async fn join(server: SocketAddr, meeting: &str) -> (Client, v1::Joined) {
+    let mut c = Client::connect_addr(server).await;
     c.send(C::Hello(v1::Hello {
         versions: vec![1],
         ..Default::default()
@@ -86,12 +93,59 @@ async fn a_meeting_spans_two_nodes() {
     let hub = InProcessHub::new();
     let n1 = node(&hub, 1).await;
     let n2 = node(&hub, 2).await;
+    spans_two_nodes(n1.addr, n2.addr, (1, 2)).await;
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
 
-    let (mut alice, _) = join(&n1, "m").await;
-    let (mut bob, bob_joined) = join(&n2, "m").await;
+/// A node of a NATS cluster, in this process.
+async fn nats_node(nats: &NatsServer, id: NodeId) -> convene_server::Server {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        bus: Some(nats.url()),
+        node_id: Some(id),
+        node_timeout_ms: 1_500,
+        ..Config::default()
+    };
+    let server = convene_server::start(config).await.expect("node starts");
+    ready(server.addr, true).await;
+    server
+}
+
+/// Waits until `/readyz` says `ready`.
+async fn ready(addr: SocketAddr, ready: bool) {
+    let want = if ready { 200 } else { 503 };
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = http_get_addr(addr, "/readyz").await;
+        if status == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr}/readyz still says {status} {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meeting_spans_two_nodes_over_nats() {
+    let nats = NatsServer::start();
+    let n1 = nats_node(&nats, 1).await;
+    let n2 = nats_node(&nats, 2).await;
+    spans_two_nodes(n1.addr, n2.addr, (1, 2)).await;
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+/// The whole cross-node scenario, between the nodes at `n1` and `n2`.
+async fn spans_two_nodes(n1: SocketAddr, n2: SocketAddr, ids: (u32, u32)) {
+    let (mut alice, _) = join(n1, "m").await;
+    let (mut bob, bob_joined) = join(n2, "m").await;
     // Ids carry their node and never collide.
-    assert_eq!(alice.id >> PARTICIPANT_BITS, 1);
-    assert_eq!(bob.id >> PARTICIPANT_BITS, 2);
+    assert_eq!(alice.id >> PARTICIPANT_BITS, ids.0);
+    assert_eq!(bob.id >> PARTICIPANT_BITS, ids.1);
     sees(&mut bob, &bob_joined, alice.id).await;
     let bob_id = bob.id;
     alice
@@ -133,7 +187,7 @@ async fn a_meeting_spans_two_nodes() {
 
     // A late joiner on node 2 learns of Alice and her track, and the server
     // asks Alice for a key frame on its behalf so it can start decoding.
-    let (mut carol, carol_joined) = join(&n2, "m").await;
+    let (mut carol, carol_joined) = join(n2, "m").await;
     sees(&mut carol, &carol_joined, alice.id).await;
     alice
         .expect(|m| matches!(m, S::KeyFrameRequest(k) if k.participant_id == 0 && k.track_id == 1))
@@ -150,7 +204,7 @@ async fn a_meeting_spans_two_nodes() {
         .expect(|m| matches!(m, S::ParticipantLeft(l) if l.participant_id == bob_id))
         .await;
     // And a meeting on one node only stays there.
-    let (mut dave, _) = join(&n2, "elsewhere").await;
+    let (mut dave, _) = join(n2, "elsewhere").await;
     assert!(
         tokio::time::timeout(std::time::Duration::from_millis(300), async {
             loop {
@@ -164,6 +218,153 @@ async fn a_meeting_spans_two_nodes() {
         "alice heard of someone in another meeting"
     );
     dave.ws.close(None).await.unwrap();
+}
+
+/// Waits until `c` knows all of `pids` are in the room: in Joined, or
+/// announced later (in any order).
+async fn knows_all(c: &mut Client, joined: &v1::Joined, pids: &[u32]) {
+    let missing: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|pid| !joined.participants.iter().any(|p| p.participant_id == *pid))
+        .collect();
+    hears_joined(c, &missing).await;
+}
+
+/// Waits until `c` has heard every one of `pids` join (in any order).
+async fn hears_joined(c: &mut Client, pids: &[u32]) {
+    let mut left: Vec<u32> = pids.to_vec();
+    while !left.is_empty() {
+        let S::ParticipantJoined(j) = c
+            .expect(|m| matches!(m, S::ParticipantJoined(j) if j.participant.as_ref().is_some_and(|p| left.contains(&p.participant_id))))
+            .await
+        else {
+            unreachable!()
+        };
+        let pid = j.participant.map(|p| p.participant_id).unwrap_or(0);
+        left.retain(|p| *p != pid);
+    }
+}
+
+fn left(pid: u32) -> impl Fn(&S) -> bool {
+    move |m| matches!(m, S::ParticipantLeft(l) if l.participant_id == pid)
+}
+
+fn chat(from: u32, text: &'static str) -> impl Fn(&S) -> bool {
+    move |m| matches!(m, S::Chat(c) if c.from_participant_id == from && c.text == text)
+}
+
+async fn say(c: &mut Client, text: &str) {
+    c.send(C::Chat(v1::ChatSend {
+        text: text.into(),
+        ..Default::default()
+    }))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_leaves_the_rosters_of_the_others() {
+    let nats = NatsServer::start();
+    let n1 = nats_node(&nats, 1).await;
+    let n2 = nats_node(&nats, 2).await;
+    let url = nats.url();
+    let mut n3 = Node::start(&["--bus", &url, "--node-id", "3", "--node-timeout-ms", "1500"]);
+    ready(n3.addr, true).await;
+
+    // Three nodes, one participant on each, all seeing each other.
+    let (mut alice, _) = join(n1.addr, "k").await;
+    let (mut bob, bob_joined) = join(n2.addr, "k").await;
+    let (mut carol, carol_joined) = join(n3.addr, "k").await;
+    let (a, b, c) = (alice.id, bob.id, carol.id);
+    assert_eq!(c >> PARTICIPANT_BITS, 3);
+    hears_joined(&mut alice, &[b, c]).await;
+    sees(&mut bob, &bob_joined, a).await;
+    hears_joined(&mut bob, &[c]).await;
+    knows_all(&mut carol, &carol_joined, &[a, b]).await;
+    carol.send(common::publish(1, v1::TrackKind::Video)).await;
+    alice
+        .expect(|m| matches!(m, S::TrackPublished(p) if p.participant_id == c))
+        .await;
+
+    // Node 3 dies without a word: its participant leaves both other rosters
+    // once the node timeout has passed, her track with her.
+    let t = Instant::now();
+    n3.kill();
+    alice
+        .expect(|m| matches!(m, S::TrackUnpublished(u) if u.participant_id == c))
+        .await;
+    alice.expect(left(c)).await;
+    bob.expect(left(c)).await;
+    println!(
+        "node 3's participant left the others' rosters {:?} after the kill (node timeout 1500 ms)",
+        t.elapsed()
+    );
+
+    // The survivors carry on.
+    say(&mut bob, "still here").await;
+    alice.expect(chat(b, "still here")).await;
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+/// Reads one sample of `name` from a `/metrics` page.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_outage_leaves_nodes_serving_locally_and_rosters_resync() {
+    let mut nats = NatsServer::start();
+    let port = nats.port;
+    let n1 = nats_node(&nats, 1).await;
+    let n2 = nats_node(&nats, 2).await;
+    let (mut alice, _) = join(n1.addr, "o").await;
+    let (mut bob, bob_joined) = join(n2.addr, "o").await;
+    let (a, b) = (alice.id, bob.id);
+    sees(&mut bob, &bob_joined, a).await;
+    hears_joined(&mut alice, &[b]).await;
+
+    nats.stop();
+    // Both nodes notice and say they are not ready (a load balancer sends
+    // newcomers elsewhere), but keep serving.
+    ready(n1.addr, false).await;
+    ready(n2.addr, false).await;
+    // Each forgets the other's participants once the node timeout passes…
+    alice.expect(left(b)).await;
+    bob.expect(left(a)).await;
+    // …and still serves its own: a newcomer on node 1 meets Alice, and they talk.
+    let (mut dave, dave_joined) = join(n1.addr, "o").await;
+    let d = dave.id;
+    sees(&mut dave, &dave_joined, a).await;
+    say(&mut dave, "anyone?").await;
+    alice.expect(chat(d, "anyone?")).await;
+    // What could not cross was dropped and counted, not queued.
+    let (_, page) = http_get_addr(n1.addr, "/metrics").await;
+    assert_eq!(metric(&page, "convene_bus_up"), 0.0);
+    assert!(metric(&page, "convene_bus_dropped_messages") > 0.0, "{page}");
+    // Someone joins node 2 while NATS is away.
+    let (mut erin, _) = join(n2.addr, "o").await;
+    let e = erin.id;
+
+    // NATS comes back: both nodes reconnect, say they are ready, and the
+    // rosters are put right both ways.
+    let _nats = NatsServer::start_on(port);
+    ready(n1.addr, true).await;
+    ready(n2.addr, true).await;
+    hears_joined(&mut alice, &[b, e]).await;
+    hears_joined(&mut erin, &[a, d]).await;
+    // Media and chat cross again.
+    erin.send(common::publish(1, v1::TrackKind::Video)).await;
+    alice
+        .expect(|m| matches!(m, S::TrackPublished(p) if p.participant_id == e))
+        .await;
+    erin.send_raw(video(0, true)).await;
+    let m = next_media(&mut alice).await;
+    assert_eq!(m.header().sender, e);
+    say(&mut alice, "welcome back").await;
+    bob.expect(chat(a, "welcome back")).await;
     n1.shutdown().await;
     n2.shutdown().await;
 }

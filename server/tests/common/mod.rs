@@ -52,11 +52,16 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(server: &convene_server::Server) -> Client {
-        let tcp: Box<dyn Io> = Box::new(TcpStream::connect(server.addr).await.expect("connects"));
-        let (ws, _) =
-            tokio_tungstenite::client_async(format!("ws://{}/convene/ws", server.addr), tcp)
-                .await
-                .expect("upgrades");
+        Client::connect_addr(server.addr).await
+    }
+
+    /// Connects over plain WebSocket to a server at `addr` (e.g. one running
+    /// as its own process).
+    pub async fn connect_addr(addr: std::net::SocketAddr) -> Client {
+        let tcp: Box<dyn Io> = Box::new(TcpStream::connect(addr).await.expect("connects"));
+        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/convene/ws"), tcp)
+            .await
+            .expect("upgrades");
         Client { ws, id: 0 }
     }
 
@@ -192,8 +197,13 @@ pub fn publish(track_id: u32, kind: v1::TrackKind) -> C {
 
 /// A raw HTTP GET on loopback, for health and metrics endpoints.
 pub async fn http_get(server: &convene_server::Server, path: &str) -> (u16, String) {
+    http_get_addr(server.addr, path).await
+}
+
+/// [`http_get`] for a server at `addr`.
+pub async fn http_get_addr(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
     )
@@ -222,5 +232,135 @@ pub mod tls {
     ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, std::io::Error> {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         convene_client::tls::connect(tcp, "localhost", Some(sha256)).await
+    }
+}
+
+/// A real `nats-server` on a free loopback port, stopped when dropped.
+pub mod nats {
+    use std::net::TcpListener;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    /// Where the Debian package puts it (`cargo xtask test` installs it).
+    const BINARIES: &[&str] = &["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"];
+
+    pub struct NatsServer {
+        child: Option<Child>,
+        pub port: u16,
+    }
+
+    impl NatsServer {
+        /// Starts one on a free port and waits until it accepts connections.
+        pub fn start() -> NatsServer {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            NatsServer::start_on(port)
+        }
+
+        /// Starts one on `port` (again, after [`NatsServer::stop`]).
+        pub fn start_on(port: u16) -> NatsServer {
+            let child = BINARIES
+                .iter()
+                .find_map(|b| {
+                    Command::new(b)
+                        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .ok()
+                })
+                .expect(
+                    "nats-server is not installed: `cargo xtask test` installs the Debian \
+                     package, or run `apt-get install -y nats-server`",
+                );
+            let deadline = Instant::now() + super::DEADLINE;
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "nats-server did not start on {port}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            NatsServer {
+                child: Some(child),
+                port,
+            }
+        }
+
+        pub fn url(&self) -> String {
+            format!("nats://127.0.0.1:{}", self.port)
+        }
+
+        /// Kills it and waits until the port is free.
+        pub fn stop(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    impl Drop for NatsServer {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+}
+
+/// `convene-server` as its own process, so a test can kill it outright.
+pub mod process {
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddr;
+    use std::process::{Child, Command, Stdio};
+
+    pub struct Node {
+        child: Child,
+        pub addr: SocketAddr,
+    }
+
+    impl Node {
+        /// Starts the binary with `args` on a free loopback port and reads
+        /// the bound address from its log.
+        pub fn start(args: &[&str]) -> Node {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_convene-server"))
+                .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("convene-server starts");
+            let out = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Some(addr) = line
+                        .split("serving on http://")
+                        .nth(1)
+                        .and_then(|r| r.split(|c: char| c == ' ' || c == '"').next())
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                        && let Some(tx) = tx.take()
+                    {
+                        let _ = tx.send(addr);
+                    }
+                }
+            });
+            let addr = rx
+                .recv_timeout(super::DEADLINE)
+                .expect("convene-server logs its address");
+            Node { child, addr }
+        }
+
+        /// SIGKILL: no goodbyes, no leave messages.
+        pub fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for Node {
+        fn drop(&mut self) {
+            self.kill();
+        }
     }
 }
