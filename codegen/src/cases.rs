@@ -436,20 +436,20 @@ fn fields(v: &toml::Value, desc: &MessageDescriptor) -> Result<String, String> {
 }
 
 fn value(v: &toml::Value, kind: &Kind, field: &str) -> Result<String, String> {
-    if let toml::Value::String(s) = v {
-        if let Some(var) = s.strip_prefix('$') {
-            return Ok(format!("Value::Var({})", lit(var)));
-        }
+    if let toml::Value::String(s) = v
+        && let Some(var) = s.strip_prefix('$')
+    {
+        return Ok(format!("Value::Var({})", lit(var)));
     }
-    if let toml::Value::Table(t) = v {
-        if let (Some(r), Some(n)) = (t.get("repeat"), t.get("times")) {
-            let r = r.as_str().ok_or("`repeat` takes a string")?;
-            let n = n.as_integer().ok_or("`times` takes an integer")?;
-            return match kind {
-                Kind::String | Kind::Bytes => Ok(format!("Value::Repeat({}, {n})", lit(r))),
-                _ => Err(format!("`{field}`: repeat applies to strings and bytes")),
-            };
-        }
+    if let toml::Value::Table(t) = v
+        && let (Some(r), Some(n)) = (t.get("repeat"), t.get("times"))
+    {
+        let r = r.as_str().ok_or("`repeat` takes a string")?;
+        let n = n.as_integer().ok_or("`times` takes an integer")?;
+        return match kind {
+            Kind::String | Kind::Bytes => Ok(format!("Value::Repeat({}, {n})", lit(r))),
+            _ => Err(format!("`{field}`: repeat applies to strings and bytes")),
+        };
     }
     match (kind, v) {
         (Kind::Message(m), toml::Value::Table(_)) => Ok(format!("Value::Msg({})", fields(v, m)?)),

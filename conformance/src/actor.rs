@@ -219,10 +219,10 @@ async fn read_loop<S>(
     while let Some(msg) = stream.next().await {
         match msg {
             Ok(Message::Binary(b)) => {
-                if !silenced.load(Ordering::Relaxed) {
-                    if let Some(pong) = pong_for(&incoming, &pong_env, &b) {
-                        let _ = sink.lock().await.send_msg(Message::Binary(pong)).await;
-                    }
+                if !silenced.load(Ordering::Relaxed)
+                    && let Some(pong) = pong_for(&incoming, &pong_env, &b)
+                {
+                    let _ = sink.lock().await.send_msg(Message::Binary(pong)).await;
                 }
                 if tx.send(Event::Frame(b)).is_err() {
                     return;
@@ -355,10 +355,10 @@ impl Actor {
                 while let Ok(Some(n)) = control_recv.read(&mut buf).await {
                     decoder.push(&buf[..n]);
                     while let Ok(Some(f)) = decoder.next_frame() {
-                        if !silenced.load(Ordering::Relaxed) {
-                            if let Some(pong) = pong_for(&incoming, &pong_env, &f) {
-                                let _ = sink.lock().await.send_msg(Message::Binary(pong)).await;
-                            }
+                        if !silenced.load(Ordering::Relaxed)
+                            && let Some(pong) = pong_for(&incoming, &pong_env, &f)
+                        {
+                            let _ = sink.lock().await.send_msg(Message::Binary(pong)).await;
                         }
                         if tx.send(Event::Frame(f)).is_err() {
                             return;

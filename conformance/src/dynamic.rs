@@ -74,10 +74,10 @@ pub fn build(
     };
     let inner = build_fields(&inner, msg.fields, ctx)?;
     e.set_field(&field, Value::Message(inner));
-    if request_id != 0 {
-        if let Some(rid) = env.get_field_by_name("request_id") {
-            e.set_field(&rid, Value::U32(request_id));
-        }
+    if request_id != 0
+        && let Some(rid) = env.get_field_by_name("request_id")
+    {
+        e.set_field(&rid, Value::U32(request_id));
     }
     let mut out = vec![convene_protocol::frame::FRAME_CONTROL];
     e.encode(&mut out).map_err(|err| err.to_string())?;

@@ -397,10 +397,10 @@ impl<'a> Run<'a> {
                 let id = capture(&welcome, "welcome.participant_id")
                     .ok_or("Welcome without participant_id")?;
                 self.vars.insert(format!("{who}.id"), id);
-                if let Some(Var::Int(ms)) = capture(&welcome, "welcome.idle_timeout_ms") {
-                    if ms > 0 {
-                        self.idle_ms = ms;
-                    }
+                if let Some(Var::Int(ms)) = capture(&welcome, "welcome.idle_timeout_ms")
+                    && ms > 0
+                {
+                    self.idle_ms = ms;
                 }
                 if let Some(Value::Message(limits)) =
                     welcome

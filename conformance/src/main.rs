@@ -114,15 +114,15 @@ fn wt_url(url: &str) -> Result<String, String> {
 }
 
 fn finish(cli: &Cli, report: &Report, suite: &str) -> ExitCode {
-    if let Some(p) = &cli.json {
-        if let Err(e) = std::fs::write(p, report.to_json()) {
-            eprintln!("convene-conformance: cannot write {}: {e}", p.display());
-        }
+    if let Some(p) = &cli.json
+        && let Err(e) = std::fs::write(p, report.to_json())
+    {
+        eprintln!("convene-conformance: cannot write {}: {e}", p.display());
     }
-    if let Some(p) = &cli.junit {
-        if let Err(e) = std::fs::write(p, report.to_junit(suite)) {
-            eprintln!("convene-conformance: cannot write {}: {e}", p.display());
-        }
+    if let Some(p) = &cli.junit
+        && let Err(e) = std::fs::write(p, report.to_junit(suite))
+    {
+        eprintln!("convene-conformance: cannot write {}: {e}", p.display());
     }
     println!("{}", report.summary());
     if report.ok() {

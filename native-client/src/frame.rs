@@ -79,7 +79,7 @@ impl fmt::Debug for I420 {
 impl I420 {
     /// A black picture. Width and height must be even.
     pub(crate) fn black(width: usize, height: usize) -> I420 {
-        debug_assert!(width % 2 == 0 && height % 2 == 0);
+        debug_assert!(width.is_multiple_of(2) && height.is_multiple_of(2));
         let y = width * height;
         let mut data = vec![16u8; y + y / 2];
         data[y..].fill(128);

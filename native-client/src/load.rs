@@ -288,14 +288,14 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<std::process::ExitCode
         print_table(&report);
     }
     let mut failed = false;
-    if let Some(max) = args.max_loss {
-        if report.loss_percent > max {
-            eprintln!(
-                "convene load: loss {:.3} % exceeds --max-loss {max} %",
-                report.loss_percent
-            );
-            failed = true;
-        }
+    if let Some(max) = args.max_loss
+        && report.loss_percent > max
+    {
+        eprintln!(
+            "convene load: loss {:.3} % exceeds --max-loss {max} %",
+            report.loss_percent
+        );
+        failed = true;
     }
     if let Some(max) = args.max_p99_ms {
         match report.latency_ms.p99 {
@@ -320,10 +320,10 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<std::process::ExitCode
 async fn futures_first_error(tasks: Vec<tokio::task::JoinHandle<Outcome>>) -> Option<String> {
     for t in tasks {
         t.abort();
-        if let Ok(o) = t.await {
-            if o.error.is_some() {
-                return o.error;
-            }
+        if let Ok(o) = t.await
+            && o.error.is_some()
+        {
+            return o.error;
         }
     }
     None

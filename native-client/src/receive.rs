@@ -616,12 +616,11 @@ fn decode_thread(
             r.pictures_written += 1;
         }
         drop(guard);
-        if write {
-            if let Some(d) = dump.as_mut() {
-                if let Err(e) = d.write(key, n, &pic) {
-                    tracing::warn!("cannot write a picture: {e:#}");
-                }
-            }
+        if write
+            && let Some(d) = dump.as_mut()
+            && let Err(e) = d.write(key, n, &pic)
+        {
+            tracing::warn!("cannot write a picture: {e:#}");
         }
         let _ = decoded.send(());
     }

@@ -101,7 +101,7 @@ fn parse_resolution(s: &str) -> Result<(usize, usize), String> {
         .trim()
         .parse()
         .map_err(|_| format!("bad height in `{s}`"))?;
-    if w % 2 != 0 || h % 2 != 0 {
+    if !w.is_multiple_of(2) || !h.is_multiple_of(2) {
         return Err(format!("{w}x{h}: width and height must be even"));
     }
     if w < pattern::MIN_WIDTH || h < pattern::MIN_HEIGHT || w > 3840 || h > 2160 {
@@ -719,7 +719,7 @@ impl StatusLine {
         let mut err = std::io::stderr().lock();
         if self.tty {
             let _ = write!(err, "\r\x1b[2K{line}");
-        } else if n % 5 == 0 {
+        } else if n.is_multiple_of(5) {
             let _ = writeln!(err, "{line}");
         }
         let _ = err.flush();

@@ -138,11 +138,11 @@ fn closed_is_terminal_and_every_state_is_reachable() {
     let mut frontier = vec![INITIAL];
     while let Some(s) = frontier.pop() {
         for &e in Event::ALL {
-            if let Ok(t) = next(s, e) {
-                if !seen.contains(&t) {
-                    seen.push(t);
-                    frontier.push(t);
-                }
+            if let Ok(t) = next(s, e)
+                && !seen.contains(&t)
+            {
+                seen.push(t);
+                frontier.push(t);
             }
         }
     }
@@ -331,11 +331,10 @@ proptest! {
             c.handle_frame(now, server(msg));
             let mut reported = Vec::new();
             while let Some(f) = c.poll_transmit() {
-                if let convene_protocol::Frame::Control(env) = decode_client(f) {
-                    if let Some(C::Error(e)) = env.msg {
+                if let convene_protocol::Frame::Control(env) = decode_client(f)
+                    && let Some(C::Error(e)) = env.msg {
                         reported.push(ErrorCode::try_from(e.code).unwrap());
                     }
-                }
             }
             match next(before, ev) {
                 Ok(to) => {

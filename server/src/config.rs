@@ -124,7 +124,12 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus_user: Option<String>,
     /// NATS password. Prefer the environment.
-    #[arg(long, env = "CONVENE_BUS_PASSWORD", hide_env_values = true, requires = "bus_user")]
+    #[arg(
+        long,
+        env = "CONVENE_BUS_PASSWORD",
+        hide_env_values = true,
+        requires = "bus_user"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus_password: Option<String>,
     /// CA certificates (PEM) to verify the NATS server with; turns TLS on.
@@ -556,8 +561,7 @@ impl Config {
                     )));
                 }
             }
-            if self.bus_token.is_some() && (self.bus_user.is_some() || self.bus_creds.is_some())
-            {
+            if self.bus_token.is_some() && (self.bus_user.is_some() || self.bus_creds.is_some()) {
                 return Err(ConfigError::Invalid(
                     "bus_token, bus_user/bus_password and bus_creds: give one way to log in to NATS"
                         .into(),
@@ -739,7 +743,10 @@ mod tests {
         let o = c.nats().unwrap();
         assert_eq!(o.urls, ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]);
         assert_eq!(o.node, 7);
-        assert!(!c.to_toml().contains("sekrit"), "the token is never printed");
+        assert!(
+            !c.to_toml().contains("sekrit"),
+            "the token is never printed"
+        );
         let e = Config::load(&cli(&["--bus", "redis://x"])).unwrap_err();
         assert!(e.to_string().contains("nats://"), "{e}");
         let e = Config::load(&cli(&["--bus", "nats://x:1", "--node-id", "4096"])).unwrap_err();

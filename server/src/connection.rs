@@ -308,10 +308,10 @@ impl Connection {
                 ServerEvent::Rtt(_) => {}
                 ServerEvent::Closed => {
                     self.leave_room();
-                    if let Some(reason) = self.session.close_reason() {
-                        if let Some(code) = reason.error {
-                            debug!(pid = self.session.participant_id(), code = code.name(), text = %reason.text, "session closed with an error");
-                        }
+                    if let Some(reason) = self.session.close_reason()
+                        && let Some(code) = reason.error
+                    {
+                        debug!(pid = self.session.participant_id(), code = code.name(), text = %reason.text, "session closed with an error");
                     }
                 }
                 _ => {}

@@ -34,11 +34,10 @@ pub fn app(state: Arc<AppState>) -> Router {
 
 /// Tells HTTP clients that WebTransport (HTTP/3) is on the same host at its UDP port.
 async fn alt_svc(State(state): State<Arc<AppState>>, mut response: Response) -> Response {
-    if let Some(addr) = state.wt_addr() {
-        if let Ok(v) = header::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", addr.port()))
-        {
-            response.headers_mut().insert(header::ALT_SVC, v);
-        }
+    if let Some(addr) = state.wt_addr()
+        && let Ok(v) = header::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", addr.port()))
+    {
+        response.headers_mut().insert(header::ALT_SVC, v);
     }
     response
 }

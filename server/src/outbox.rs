@@ -420,21 +420,21 @@ fn evict(q: &mut Inner, incoming: MediaClass) -> Option<(DropReason, Option<(u32
         return Some((DropReason::VideoDelta, (!key_queued_later).then_some(track)));
     }
     // Then key frames, but only to make room for something at least as important.
-    if incoming != MediaClass::Delta {
-        if let Some(v) = q.video.pop_front() {
-            q.media_bytes -= v.frame.len();
-            if !q.starved.contains(&v.track) {
-                q.starved.push(v.track);
-            }
-            return Some((DropReason::VideoKey, Some(v.track)));
+    if incoming != MediaClass::Delta
+        && let Some(v) = q.video.pop_front()
+    {
+        q.media_bytes -= v.frame.len();
+        if !q.starved.contains(&v.track) {
+            q.starved.push(v.track);
         }
+        return Some((DropReason::VideoKey, Some(v.track)));
     }
     // Audio only for audio.
-    if incoming == MediaClass::Audio {
-        if let Some(f) = q.audio.pop_front() {
-            q.media_bytes -= f.len();
-            return Some((DropReason::Audio, None));
-        }
+    if incoming == MediaClass::Audio
+        && let Some(f) = q.audio.pop_front()
+    {
+        q.media_bytes -= f.len();
+        return Some((DropReason::Audio, None));
     }
     None
 }

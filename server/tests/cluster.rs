@@ -343,7 +343,10 @@ async fn a_nats_outage_leaves_nodes_serving_locally_and_rosters_resync() {
     // What could not cross was dropped and counted, not queued.
     let (_, page) = http_get_addr(n1.addr, "/metrics").await;
     assert_eq!(metric(&page, "convene_bus_up"), 0.0);
-    assert!(metric(&page, "convene_bus_dropped_messages") > 0.0, "{page}");
+    assert!(
+        metric(&page, "convene_bus_dropped_messages") > 0.0,
+        "{page}"
+    );
     // Someone joins node 2 while NATS is away.
     let (mut erin, _) = join(n2.addr, "o").await;
     let e = erin.id;

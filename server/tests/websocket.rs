@@ -80,7 +80,7 @@ async fn a_subscriber_that_stops_reading_costs_the_others_nothing() {
         );
         publisher.feed_raw(media(1, seq, true, 100)).await;
         publisher
-            .feed_raw(media(2, seq, seq % 30 == 0, 100_000))
+            .feed_raw(media(2, seq, seq.is_multiple_of(30), 100_000))
             .await;
         publisher.flush().await;
         seq += 1;

@@ -446,12 +446,10 @@ fn conformance_webtransport(bin: &std::path::Path, secret: &str) -> Result<(), S
             .lines()
             .map_while(Result::ok)
         {
-            if !sent {
-                if let Some(h) = line.split("sha256=").nth(1) {
-                    let h: String = h.chars().take_while(char::is_ascii_hexdigit).collect();
-                    let _ = hash_tx.send(h);
-                    sent = true;
-                }
+            if !sent && let Some(h) = line.split("sha256=").nth(1) {
+                let h: String = h.chars().take_while(char::is_ascii_hexdigit).collect();
+                let _ = hash_tx.send(h);
+                sent = true;
             }
         }
     });

@@ -316,13 +316,13 @@ impl ServerSession {
                     );
                     return;
                 }
-                if let Some(due) = self.next_ping {
-                    if now >= due {
-                        self.send(server_message::Msg::Ping(v1::Ping {
-                            timestamp_us: now.as_micros(),
-                        }));
-                        self.next_ping = Some(now + self.config.heartbeat_interval);
-                    }
+                if let Some(due) = self.next_ping
+                    && now >= due
+                {
+                    self.send(server_message::Msg::Ping(v1::Ping {
+                        timestamp_us: now.as_micros(),
+                    }));
+                    self.next_ping = Some(now + self.config.heartbeat_interval);
                 }
             }
         }
@@ -661,12 +661,12 @@ impl ServerSession {
         } else {
             SmEvent::Join
         };
-        if let Ok(s) = sm::next(self.state, ev) {
-            if from_waiting || self.join_pending {
-                self.state = s;
-                self.join_pending = false;
-                self.send(server_message::Msg::Joined(joined));
-            }
+        if let Ok(s) = sm::next(self.state, ev)
+            && (from_waiting || self.join_pending)
+        {
+            self.state = s;
+            self.join_pending = false;
+            self.send(server_message::Msg::Joined(joined));
         }
     }
 
@@ -675,10 +675,10 @@ impl ServerSession {
     /// why the room and not the session sends it): the session is now joined
     /// and sends nothing itself.
     pub fn admitted_by_room(&mut self) {
-        if self.state == State::Waiting {
-            if let Ok(s) = sm::next(self.state, SmEvent::Admitted) {
-                self.state = s;
-            }
+        if self.state == State::Waiting
+            && let Ok(s) = sm::next(self.state, SmEvent::Admitted)
+        {
+            self.state = s;
         }
     }
 

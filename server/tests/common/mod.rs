@@ -242,7 +242,11 @@ pub mod nats {
     use std::time::Instant;
 
     /// Where the Debian package puts it (`cargo xtask test` installs it).
-    const BINARIES: &[&str] = &["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"];
+    const BINARIES: &[&str] = &[
+        "nats-server",
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+    ];
 
     pub struct NatsServer {
         child: Option<Child>,
@@ -278,7 +282,10 @@ pub mod nats {
                 );
             let deadline = Instant::now() + super::DEADLINE;
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "nats-server did not start on {port}");
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server did not start on {port}"
+                );
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             NatsServer {
@@ -337,7 +344,7 @@ pub mod process {
                     if let Some(addr) = line
                         .split("serving on http://")
                         .nth(1)
-                        .and_then(|r| r.split(|c: char| c == ' ' || c == '"').next())
+                        .and_then(|r| r.split([' ', '"']).next())
                         .and_then(|a| a.parse::<SocketAddr>().ok())
                         && let Some(tx) = tx.take()
                     {
