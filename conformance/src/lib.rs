@@ -36,6 +36,11 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ServerTarget {
     /// WebSocket URL of the server's Convene endpoint, e.g. `ws://127.0.0.1:8080/convene/ws`.
     pub url: String,
+    /// Endpoints of further nodes of the same cluster: each case's actors
+    /// are spread over `url` and these in turn (first actor on `url`, the
+    /// next on the first of these, …), so the cases check that a meeting
+    /// spread over nodes behaves as on one.
+    pub more_urls: Vec<String>,
     /// Only cases whose id contains this.
     pub filter: Option<String>,
     /// Capabilities the runner can exercise (e.g. `moderation` with a moderator token).
@@ -202,6 +207,9 @@ struct Run<'a> {
     target: &'a ServerTarget,
     suffix: &'a str,
     actors: HashMap<String, Actor>,
+    /// Which endpoint each actor uses (an index into the target's URLs),
+    /// kept when it reconnects.
+    placement: HashMap<String, usize>,
     vars: Vars,
     limits: HashMap<String, DynamicMessage>,
     idle_ms: u64,
@@ -218,6 +226,7 @@ impl<'a> Run<'a> {
             target,
             suffix,
             actors: HashMap::new(),
+            placement: HashMap::new(),
             vars: Vars::new(),
             limits: HashMap::new(),
             idle_ms: max::IDLE_TIMEOUT_MS as u64,
@@ -241,24 +250,36 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    async fn connect(&self) -> Result<Actor, String> {
-        if self.target.transport == Transport::Wt {
-            return tokio::time::timeout(self.target.step_timeout, self.connect_wt())
-                .await
-                .map_err(|_| format!("connecting to {} timed out", self.target.url))?;
+    /// The endpoint for actor `who`: the next node in turn for a new actor.
+    fn url_for(&mut self, who: &str) -> String {
+        let n = 1 + self.target.more_urls.len();
+        let next = self.placement.len() % n;
+        let i = *self.placement.entry(who.to_string()).or_insert(next);
+        match i {
+            0 => self.target.url.clone(),
+            i => self.target.more_urls[i - 1].clone(),
         }
-        if self.target.url.starts_with("wss://") {
-            return tokio::time::timeout(self.target.step_timeout, self.connect_wss())
+    }
+
+    async fn connect(&mut self, who: &str) -> Result<Actor, String> {
+        let url = self.url_for(who);
+        if self.target.transport == Transport::Wt {
+            return tokio::time::timeout(self.target.step_timeout, self.connect_wt(&url))
                 .await
-                .map_err(|_| format!("connecting to {} timed out", self.target.url))?;
+                .map_err(|_| format!("connecting to {} timed out", url))?;
+        }
+        if url.starts_with("wss://") {
+            return tokio::time::timeout(self.target.step_timeout, self.connect_wss(&url))
+                .await
+                .map_err(|_| format!("connecting to {} timed out", url))?;
         }
         let (ws, _) = tokio::time::timeout(
             self.target.step_timeout,
-            tokio_tungstenite::connect_async(self.target.url.as_str()),
+            tokio_tungstenite::connect_async(url.as_str()),
         )
         .await
-        .map_err(|_| format!("connecting to {} timed out", self.target.url))?
-        .map_err(|e| format!("cannot connect to {}: {e}", self.target.url))?;
+        .map_err(|_| format!("connecting to {} timed out", url))?
+        .map_err(|e| format!("cannot connect to {}: {e}", url))?;
         Ok(Actor::new(
             ws,
             self.schema.server.clone(),
@@ -268,14 +289,14 @@ impl<'a> Run<'a> {
 
     /// WebSocket over TLS: the certificate pinned by `cert_sha256`, or the
     /// system's roots.
-    async fn connect_wss(&self) -> Result<Actor, String> {
-        let fail = |e: String| format!("cannot connect to {}: {e}", self.target.url);
-        let url = url::Url::parse(&self.target.url).map_err(|e| fail(e.to_string()))?;
-        let host = url
+    async fn connect_wss(&self, url: &str) -> Result<Actor, String> {
+        let fail = |e: String| format!("cannot connect to {}: {e}", url);
+        let parsed = url::Url::parse(url).map_err(|e| fail(e.to_string()))?;
+        let host = parsed
             .host_str()
             .ok_or_else(|| fail("no host".into()))?
             .to_string();
-        let port = url.port_or_known_default().unwrap_or(443);
+        let port = parsed.port_or_known_default().unwrap_or(443);
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -286,7 +307,7 @@ impl<'a> Run<'a> {
         let tls = convene_client::tls::connect(tcp, &host, hash)
             .await
             .map_err(|e| fail(format!("TLS: {e}")))?;
-        let (ws, _) = tokio_tungstenite::client_async(self.target.url.as_str(), tls)
+        let (ws, _) = tokio_tungstenite::client_async(url, tls)
             .await
             .map_err(|e| fail(e.to_string()))?;
         Ok(Actor::new(
@@ -296,8 +317,8 @@ impl<'a> Run<'a> {
         ))
     }
 
-    async fn connect_wt(&self) -> Result<Actor, String> {
-        let fail = |e: String| format!("cannot open WebTransport to {}: {e}", self.target.url);
+    async fn connect_wt(&self, url: &str) -> Result<Actor, String> {
+        let fail = |e: String| format!("cannot open WebTransport to {}: {e}", url);
         let builder = web_transport_quinn::ClientBuilder::new();
         let client = match &self.target.cert_sha256 {
             Some(h) => {
@@ -307,8 +328,11 @@ impl<'a> Run<'a> {
             None => builder.with_system_roots(),
         }
         .map_err(|e| fail(e.to_string()))?;
-        let url = url::Url::parse(&self.target.url).map_err(|e| fail(e.to_string()))?;
-        let session = client.connect(url).await.map_err(|e| fail(e.to_string()))?;
+        let parsed = url::Url::parse(url).map_err(|e| fail(e.to_string()))?;
+        let session = client
+            .connect(parsed)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let (send, recv) = session.open_bi().await.map_err(|e| fail(e.to_string()))?;
         Ok(Actor::webtransport(
             session,
@@ -345,7 +369,7 @@ impl<'a> Run<'a> {
         let who = step.actor;
         match &step.action {
             Action::Connect => {
-                let a = self.connect().await?;
+                let a = self.connect(who).await?;
                 self.actors.insert(who.to_string(), a);
             }
             Action::Accept => {
@@ -369,7 +393,7 @@ impl<'a> Run<'a> {
                 name,
                 subscribe_all,
             } => {
-                let a = self.connect().await?;
+                let a = self.connect(who).await?;
                 self.actors.insert(who.to_string(), a);
                 let hello = Msg {
                     name: "hello",

@@ -61,9 +61,11 @@ struct Cli {
 enum Command {
     /// Play the client side of every server case against a running server.
     Server {
-        /// The server: its WebSocket endpoint (ws://host:port/convene/ws) or its base URL (http://host:port).
-        #[arg(long)]
-        url: String,
+        /// The server: its WebSocket endpoint (ws://host:port/convene/ws) or its
+        /// base URL (http://host:port). Give it again for more nodes of one
+        /// cluster: each case's clients are then spread over the nodes in turn.
+        #[arg(long, required = true)]
+        url: Vec<String>,
         /// Transport to use: `ws` (WebSocket) or `wt` (WebTransport; needs an https:// URL).
         #[arg(long, default_value = "ws", value_parser = ["ws", "wt"])]
         transport: String,
@@ -142,17 +144,21 @@ async fn main() -> ExitCode {
             cert_sha256,
         } => {
             let wt = transport == "wt";
-            let url = if wt {
-                match wt_url(url) {
-                    Ok(u) => u,
-                    Err(e) => {
-                        eprintln!("convene-conformance: {e}");
-                        return ExitCode::from(2);
+            let mut urls = Vec::new();
+            for u in url {
+                urls.push(if wt {
+                    match wt_url(u) {
+                        Ok(u) => u,
+                        Err(e) => {
+                            eprintln!("convene-conformance: {e}");
+                            return ExitCode::from(2);
+                        }
                     }
-                }
-            } else {
-                ws_url(url)
-            };
+                } else {
+                    ws_url(u)
+                });
+            }
+            let url = urls.remove(0);
             let mut capabilities = cli.capabilities.clone();
             if cli.auth_secret.is_some() {
                 for c in ["auth", "moderation"] {
@@ -163,6 +169,7 @@ async fn main() -> ExitCode {
             }
             let target = ServerTarget {
                 url,
+                more_urls: urls,
                 filter: cli.filter.clone(),
                 capabilities,
                 step_timeout: std::time::Duration::from_millis(cli.step_timeout_ms),
@@ -172,8 +179,13 @@ async fn main() -> ExitCode {
                 cert_sha256: cert_sha256.clone(),
             };
             println!(
-                "convene-conformance: server cases against {} over {}",
+                "convene-conformance: server cases against {}{} over {}",
                 target.url,
+                target
+                    .more_urls
+                    .iter()
+                    .map(|u| format!(" + {u}"))
+                    .collect::<String>(),
                 if wt { "WebTransport" } else { "WebSocket" }
             );
             let report = run_server_cases(&target, |r| println!("{}", r.line())).await;
@@ -182,6 +194,7 @@ async fn main() -> ExitCode {
         Command::Client { listen, command } => {
             let target = ServerTarget {
                 url: String::new(),
+                more_urls: Vec::new(),
                 filter: cli.filter.clone(),
                 capabilities: cli.capabilities.clone(),
                 step_timeout: std::time::Duration::from_millis(cli.step_timeout_ms),

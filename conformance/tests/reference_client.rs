@@ -11,6 +11,7 @@ use convene_protocol::cases::{CASES, Target};
 fn target(step_timeout_ms: u64, filter: Option<&str>) -> ServerTarget {
     ServerTarget {
         url: String::new(),
+        more_urls: Vec::new(),
         filter: filter.map(str::to_string),
         capabilities: vec!["reconnect".into(), "publishes_video".into()],
         step_timeout: Duration::from_millis(step_timeout_ms),

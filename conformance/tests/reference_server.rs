@@ -54,6 +54,7 @@ async fn run(
         token: None,
         transport: if wt { Transport::Wt } else { Transport::Ws },
         cert_sha256: server.cert_sha256.clone(),
+        more_urls: Vec::new(),
         url: if wt {
             format!("https://127.0.0.1:{}/convene/wt", server.addr.port())
         } else {

@@ -107,6 +107,27 @@ pub enum BusMessage {
         node: NodeId,
         /// All of them, tracks included.
         members: Vec<RosterEntry>,
+        /// Whether a moderator locked the room.
+        locked: bool,
+        /// Who waits in the waiting room on that node.
+        waiting: Vec<Participant>,
+    },
+    /// A newcomer entered the waiting room on `node`: moderators anywhere
+    /// hear of it, and their Admit or Deny goes to `node`.
+    Waiting {
+        /// The meeting.
+        meeting: String,
+        /// Where the newcomer waits.
+        node: NodeId,
+        /// The newcomer.
+        participant: Participant,
+    },
+    /// A newcomer left the waiting room without joining (denied, or gone).
+    WaitingGone {
+        /// The meeting.
+        meeting: String,
+        /// Who.
+        participant_id: u32,
     },
     /// Said by the bus backend, never sent: `node` stopped answering, so its
     /// participants leave every room here.
@@ -138,7 +159,9 @@ impl BusMessage {
             | BusMessage::Media { meeting, .. }
             | BusMessage::KeyFrameRequest { meeting, .. }
             | BusMessage::SyncRequest { meeting, .. }
-            | BusMessage::Roster { meeting, .. } => Some(meeting),
+            | BusMessage::Roster { meeting, .. }
+            | BusMessage::Waiting { meeting, .. }
+            | BusMessage::WaitingGone { meeting, .. } => Some(meeting),
             BusMessage::NodeDown { .. } | BusMessage::Resync => None,
         }
     }
@@ -159,6 +182,11 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// the bus was down.
     fn dropped(&self) -> u64 {
         0
+    }
+    /// The other nodes alive now, as far as this node knows: a room opening
+    /// here waits for each of them to say who it has in the meeting.
+    fn peers(&self) -> Vec<NodeId> {
+        Vec::new()
     }
     /// Whether the bus reaches the other nodes now (`/readyz` says not ready
     /// when it does not: this node then serves only its own participants).
@@ -246,6 +274,16 @@ impl Bus for InProcessBus {
         if node != self.node {
             self.hub.lock().deliver(node, msg);
         }
+    }
+
+    fn peers(&self) -> Vec<NodeId> {
+        let inner = self.hub.lock();
+        inner
+            .nodes
+            .iter()
+            .filter(|(n, tx)| **n != self.node && !tx.is_closed())
+            .map(|(n, _)| *n)
+            .collect()
     }
 
     fn interest(&self, meeting: &str, interested: bool) {

@@ -65,6 +65,8 @@ pub struct Connection {
     outbox: Arc<Outbox>,
     wakers: Arc<Wakers>,
     room: Option<Arc<Mutex<Room>>>,
+    /// The request id of the last Join, for answering it later.
+    join_request_id: u32,
     transport: &'static str,
     peer: IpAddr,
     handshake_done: bool,
@@ -125,6 +127,7 @@ impl Connection {
             outbox,
             wakers,
             room: None,
+            join_request_id: 0,
             transport,
             peer,
             handshake_done: false,
@@ -196,6 +199,11 @@ impl Connection {
                         "a moderator did not let you in",
                     ),
                 );
+            }
+            Some(Admission::Held) => self.session.held(),
+            Some(Admission::Refused(e)) => {
+                self.room = None;
+                self.session.refuse(self.join_request_id, e);
             }
             None => {}
         }
@@ -402,6 +410,7 @@ impl Connection {
     }
 
     fn join(&mut self, now: Timestamp, request_id: u32, join: convene_protocol::v1::Join) {
+        self.join_request_id = request_id;
         let pid = self.session.participant_id();
         if let Some(claims) = &self.claims {
             if !claims.admits(&join.meeting_id) {
@@ -466,6 +475,8 @@ impl Connection {
                 match outcome {
                     JoinOutcome::Joined(joined) => session.joined(joined),
                     JoinOutcome::Held => session.held(),
+                    // Answered later, through the outbox.
+                    JoinOutcome::Syncing => {}
                 }
                 // Queue Joined before releasing the room, so nothing else reaches the newcomer first.
                 flush_session(session, outbox, state);

@@ -146,12 +146,15 @@ pub async fn start_node(
         let state = state.clone();
         let mut stop = state.shutdown_signal();
         tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     m = inbound.recv() => match m {
                         Some(m) => state.router.apply(state.now(), m),
                         None => break,
                     },
+                    _ = tick.tick() => state.router.tick(state.now()),
                     _ = stop.wait_for(|s| *s) => break,
                 }
             }

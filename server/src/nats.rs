@@ -142,6 +142,10 @@ struct Shared {
     /// Random per start, so a restarted node is told apart from its old self.
     epoch: u64,
     connected: AtomicBool,
+    /// When the current NATS connection came up.
+    connected_at: Mutex<Option<Instant>>,
+    /// How long after connecting every live node has been heard.
+    settle: Duration,
     /// Another node uses our id: we refuse to count as ready.
     conflict: AtomicBool,
     stats: NatsStats,
@@ -235,6 +239,8 @@ pub async fn connect(
         node: opts.node,
         epoch: random_epoch(),
         connected: AtomicBool::new(false),
+        connected_at: Mutex::new(None),
+        settle: opts.heartbeat() + opts.heartbeat() / 2,
         conflict: AtomicBool::new(false),
         stats: NatsStats::default(),
         nodes: Mutex::new(HashMap::new()),
@@ -287,6 +293,7 @@ pub async fn connect(
             match event {
                 async_nats::Event::Connected => {
                     shared.connected.store(true, Ordering::Relaxed);
+                    *lock(&shared.connected_at) = Some(Instant::now());
                     info!(%urls, "bus: connected to NATS");
                     // Messages may have been lost both ways while we were
                     // away: every room says who is here and asks who is there.
@@ -416,8 +423,16 @@ impl Bus for NatsBus {
         self.shared.stats.dropped.load(Ordering::Relaxed)
     }
 
+    fn peers(&self) -> Vec<NodeId> {
+        lock(&self.shared.nodes).keys().copied().collect()
+    }
+
     fn ready(&self) -> bool {
-        self.connected() && !self.shared.conflict.load(Ordering::Relaxed)
+        // Ready once connected long enough to have heard every live node's
+        // heartbeat: a room opened before that could not wait for them all.
+        self.connected()
+            && lock(&self.shared.connected_at).is_some_and(|t| t.elapsed() >= self.shared.settle)
+            && !self.shared.conflict.load(Ordering::Relaxed)
     }
 }
 
@@ -606,7 +621,7 @@ pub struct Envelope {
     #[prost(string, tag = "3")]
     pub meeting: String,
     /// What happened.
-    #[prost(oneof = "Op", tags = "4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "Op", tags = "4, 5, 6, 7, 8, 9, 10, 11, 12")]
     pub op: Option<Op>,
 }
 
@@ -634,6 +649,12 @@ pub enum Op {
     /// A heartbeat.
     #[prost(bool, tag = "10")]
     Alive(bool),
+    /// [`BusMessage::Waiting`].
+    #[prost(message, tag = "11")]
+    Waiting(v1::Participant),
+    /// [`BusMessage::WaitingGone`]: the participant id.
+    #[prost(uint32, tag = "12")]
+    WaitingGone(u32),
 }
 
 /// A participant with its node's view of it.
@@ -684,6 +705,12 @@ pub struct Roster {
     /// All of them.
     #[prost(message, repeated, tag = "1")]
     pub members: Vec<Member>,
+    /// The room is locked.
+    #[prost(bool, tag = "2")]
+    pub locked: bool,
+    /// Who waits in the waiting room there.
+    #[prost(message, repeated, tag = "3")]
+    pub waiting: Vec<v1::Participant>,
 }
 
 fn request_message(req: RoomRequest) -> Option<Msg> {
@@ -782,11 +809,26 @@ pub fn encode(from: NodeId, epoch: u64, msg: &BusMessage) -> Option<Bytes> {
             }),
         ),
         BusMessage::SyncRequest { meeting, .. } => (meeting, Op::Sync(true)),
+        BusMessage::Waiting {
+            meeting,
+            participant,
+            ..
+        } => (meeting, Op::Waiting(participant)),
+        BusMessage::WaitingGone {
+            meeting,
+            participant_id,
+        } => (meeting, Op::WaitingGone(participant_id)),
         BusMessage::Roster {
-            meeting, members, ..
+            meeting,
+            members,
+            locked,
+            waiting,
+            ..
         } => (
             meeting,
             Op::Roster(Roster {
+                locked,
+                waiting,
                 members: members
                     .into_iter()
                     .map(|e| Member {
@@ -845,9 +887,20 @@ pub fn decode(bytes: &[u8]) -> Option<(NodeId, u64, BusMessage)> {
             force: k.force,
         },
         Op::Sync(_) => BusMessage::SyncRequest { meeting, node },
+        Op::Waiting(participant) => BusMessage::Waiting {
+            meeting,
+            node,
+            participant,
+        },
+        Op::WaitingGone(participant_id) => BusMessage::WaitingGone {
+            meeting,
+            participant_id,
+        },
         Op::Roster(r) => BusMessage::Roster {
             meeting,
             node,
+            locked: r.locked,
+            waiting: r.waiting,
             members: r
                 .members
                 .into_iter()
@@ -936,6 +989,17 @@ mod tests {
                     participant: participant(7),
                     subscribe_all: false,
                 }],
+                locked: true,
+                waiting: vec![participant(9)],
+            },
+            BusMessage::Waiting {
+                meeting: "a.b".into(),
+                node: 3,
+                participant: participant(8),
+            },
+            BusMessage::WaitingGone {
+                meeting: "a.b".into(),
+                participant_id: 8,
             },
         ];
         for m in msgs {

@@ -121,13 +121,20 @@ struct Inner {
     admission: Option<Admission>,
 }
 
-/// A moderator's decision on a participant in the waiting room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the room answered a Join it could not answer at once: a moderator's
+/// decision on a participant in the waiting room, or the outcome of a Join
+/// held while a room opened on one node of a cluster learned who is in the
+/// meeting.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Admission {
     /// Admitted: `Joined` is already queued.
     Admitted,
     /// Denied: the session answers ADMISSION_DENIED.
     Denied,
+    /// The held Join goes to the waiting room: the session sends `Waiting`.
+    Held,
+    /// The held Join is refused (locked, full): the session answers this.
+    Refused(convene_protocol::ProtocolError),
 }
 
 /// Why the room ended a subscriber's session.
@@ -362,7 +369,12 @@ impl Outbox {
 
     /// Denies the waiting participant; its connection answers ADMISSION_DENIED.
     pub fn deny(&self) {
-        self.lock().admission = Some(Admission::Denied);
+        self.settle(Admission::Denied);
+    }
+
+    /// Answers a held Join otherwise (waiting room, refusal).
+    pub fn settle(&self, how: Admission) {
+        self.lock().admission = Some(how);
         self.waker.wake_closed();
     }
 

@@ -21,7 +21,11 @@ use convene_protocol::{
 };
 
 use crate::bus::{Bus, BusMessage, NoBus, NodeId, PARTICIPANT_BITS, RosterEntry};
-use crate::outbox::{DropReason, Kick, MediaClass, Outbox};
+use crate::outbox::{Admission, DropReason, Kick, MediaClass, Outbox};
+
+/// Longest a Join waits while a room just opened on one node of a cluster
+/// hears from the other nodes who is in the meeting.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Key-frame requests the server makes on subscribers' behalf, at most one per track per this long.
 const KEY_FRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
@@ -105,6 +109,23 @@ pub struct Room {
     waiting_room: bool,
     /// Who waits, on this node.
     waiting: BTreeMap<u32, Waiter>,
+    /// Who waits on other nodes, and where: moderators here hear of them
+    /// and can admit or deny them.
+    remote_waiting: BTreeMap<u32, (NodeId, Participant)>,
+    /// Set while the room, just opened here, waits for the other nodes to
+    /// say who is in the meeting: Joins are held until then.
+    syncing: Option<Syncing>,
+}
+
+/// A room learning who is in its meeting on the other nodes.
+#[derive(Debug)]
+struct Syncing {
+    /// Nodes that have not answered yet.
+    waiting_for: std::collections::HashSet<NodeId>,
+    /// When the room opened.
+    since: Timestamp,
+    /// Joins held until then, in arrival order.
+    held: Vec<Waiter>,
 }
 
 /// A participant in the waiting room.
@@ -122,6 +143,9 @@ pub enum JoinOutcome {
     Joined(v1::Joined),
     /// In the waiting room until a moderator decides.
     Held,
+    /// Held while the room learns who is in the meeting on other nodes;
+    /// answered through the outbox ([`crate::outbox::Admission`]).
+    Syncing,
 }
 
 fn frame(msg: Msg) -> Bytes {
@@ -152,6 +176,8 @@ impl Room {
             local: 0,
             waiting_room: false,
             waiting: BTreeMap::new(),
+            remote_waiting: BTreeMap::new(),
+            syncing: None,
         }
     }
 
@@ -172,7 +198,69 @@ impl Room {
 
     /// True when nobody connected to this node is in the room or waits for it.
     pub fn is_empty(&self) -> bool {
-        self.local == 0 && self.waiting.is_empty()
+        self.local == 0
+            && self.waiting.is_empty()
+            && self.syncing.as_ref().is_none_or(|s| s.held.is_empty())
+    }
+
+    /// Holds Joins until every node in `peers` has said who it has in the
+    /// meeting (or [`SYNC_TIMEOUT`] passed), so a newcomer's `Joined` lists
+    /// everyone, as on a single node.
+    pub fn start_sync(&mut self, now: Timestamp, peers: Vec<NodeId>) {
+        if !peers.is_empty() {
+            self.syncing = Some(Syncing {
+                waiting_for: peers.into_iter().collect(),
+                since: now,
+                held: Vec::new(),
+            });
+        }
+    }
+
+    /// True while Joins are held for the other nodes' answers.
+    pub fn is_syncing(&self) -> bool {
+        self.syncing.is_some()
+    }
+
+    /// `node` answered (or is gone): once all have, the held Joins go through.
+    fn synced_from(&mut self, now: Timestamp, node: NodeId) {
+        if let Some(s) = &mut self.syncing {
+            s.waiting_for.remove(&node);
+            if s.waiting_for.is_empty() {
+                self.finish_sync(now);
+            }
+        }
+    }
+
+    /// Lets the held Joins through if the other nodes took too long.
+    pub fn finish_sync_if_due(&mut self, now: Timestamp) {
+        if self
+            .syncing
+            .as_ref()
+            .is_some_and(|s| now.saturating_since(s.since) >= SYNC_TIMEOUT)
+        {
+            self.finish_sync(now);
+        }
+    }
+
+    /// Answers every held Join as it would have been answered on arrival.
+    fn finish_sync(&mut self, now: Timestamp) {
+        let Some(s) = self.syncing.take() else {
+            return;
+        };
+        for w in s.held {
+            let pid = w.info.participant_id;
+            let outbox = w.outbox.clone();
+            match self.enter(now, w.info, w.subscribe_all, w.outbox) {
+                Ok(JoinOutcome::Joined(joined)) => {
+                    // Joined goes first into the newcomer's queue.
+                    outbox.admit(frame(Msg::Joined(joined)));
+                    self.tell_waiters_to(pid);
+                }
+                Ok(JoinOutcome::Held) => outbox.settle(Admission::Held),
+                Ok(JoinOutcome::Syncing) => {}
+                Err(e) => outbox.settle(Admission::Refused(e)),
+            }
+        }
     }
 
     /// Number of participants on all nodes.
@@ -218,6 +306,14 @@ impl Room {
         subscribe_all: bool,
         outbox: Arc<Outbox>,
     ) -> Result<JoinOutcome, ProtocolError> {
+        if let Some(s) = &mut self.syncing {
+            s.held.push(Waiter {
+                info,
+                subscribe_all,
+                outbox,
+            });
+            return Ok(JoinOutcome::Syncing);
+        }
         self.check_entry()?;
         if self.waiting_room && info.role != Role::Moderator as i32 {
             let request = frame(Msg::AdmissionRequest(v1::AdmissionRequest {
@@ -226,6 +322,11 @@ impl Room {
             for m in self.local_moderators() {
                 m.push_control(request.clone());
             }
+            self.bus.publish(BusMessage::Waiting {
+                meeting: self.id.clone(),
+                node: self.bus.node(),
+                participant: info.clone(),
+            });
             self.waiting.insert(
                 info.participant_id,
                 Waiter {
@@ -253,9 +354,11 @@ impl Room {
         let (Some(o), true) = (&m.outbox, m.info.role == Role::Moderator as i32) else {
             return;
         };
-        for w in self.waiting.values() {
+        let here = self.waiting.values().map(|w| &w.info);
+        let elsewhere = self.remote_waiting.values().map(|(_, p)| p);
+        for info in here.chain(elsewhere) {
             o.push_control(frame(Msg::AdmissionRequest(v1::AdmissionRequest {
-                participant: Some(w.info.clone()),
+                participant: Some(info.clone()),
             })));
         }
     }
@@ -347,7 +450,14 @@ impl Room {
     /// and tells the others (PROTOCOL.md §5.3, §9.3).
     pub fn leave(&mut self, pid: u32) {
         if self.waiting.remove(&pid).is_some() {
+            self.bus.publish(BusMessage::WaitingGone {
+                meeting: self.id.clone(),
+                participant_id: pid,
+            });
             return;
+        }
+        if let Some(s) = &mut self.syncing {
+            s.held.retain(|w| w.info.participant_id != pid);
         }
         if self.members.get(&pid).is_some_and(|m| m.outbox.is_some()) {
             self.bus.publish(BusMessage::Leave {
@@ -441,6 +551,14 @@ impl Room {
                     format!("you publish no track {track}"),
                 )
             })
+    }
+
+    /// The node where `pid` waits, when that is not this one.
+    fn waits_elsewhere(&self, pid: u32) -> Option<NodeId> {
+        if self.waiting.contains_key(&pid) {
+            return None;
+        }
+        self.remote_waiting.get(&pid).map(|(n, _)| *n)
     }
 
     fn require_moderator(&self, pid: u32) -> Result<(), ProtocolError> {
@@ -686,6 +804,19 @@ impl Room {
             }
             RoomRequest::Admit(a) => {
                 self.require_moderator(pid)?;
+                if let Some(node) = self.waits_elsewhere(a.participant_id) {
+                    // The newcomer waits on another node: that node lets it in.
+                    self.bus.send_to(
+                        node,
+                        BusMessage::Request {
+                            meeting: self.id.clone(),
+                            participant_id: pid,
+                            request: RoomRequest::Admit(a),
+                            server_time_us: 0,
+                        },
+                    );
+                    return Ok(());
+                }
                 if !self.waiting.contains_key(&a.participant_id) {
                     return Err(nobody_waiting(a.participant_id));
                 }
@@ -702,11 +833,27 @@ impl Room {
             }
             RoomRequest::Deny(d) => {
                 self.require_moderator(pid)?;
+                if let Some(node) = self.waits_elsewhere(d.participant_id) {
+                    self.bus.send_to(
+                        node,
+                        BusMessage::Request {
+                            meeting: self.id.clone(),
+                            participant_id: pid,
+                            request: RoomRequest::Deny(d),
+                            server_time_us: 0,
+                        },
+                    );
+                    return Ok(());
+                }
                 let w = self
                     .waiting
                     .remove(&d.participant_id)
                     .ok_or_else(|| nobody_waiting(d.participant_id))?;
                 w.outbox.deny();
+                self.bus.publish(BusMessage::WaitingGone {
+                    meeting: self.id.clone(),
+                    participant_id: d.participant_id,
+                });
             }
             RoomRequest::EndMeeting(_) => {
                 self.require_moderator(pid)?;
@@ -794,6 +941,7 @@ impl Room {
         subscribe_all: bool,
     ) {
         let pid = info.participant_id;
+        self.remote_waiting.remove(&pid);
         if self.members.contains_key(&pid) {
             return;
         }
@@ -839,6 +987,8 @@ impl Room {
         BusMessage::Roster {
             meeting: self.id.clone(),
             node: self.bus.node(),
+            locked: self.locked,
+            waiting: self.waiting.values().map(|w| w.info.clone()).collect(),
             members: self
                 .members
                 .values()
@@ -863,6 +1013,7 @@ impl Room {
 
     /// Removes every participant of `node` (it stopped answering).
     pub fn drop_node(&mut self, node: NodeId) {
+        self.remote_waiting.retain(|_, (n, _)| *n != node);
         let gone: Vec<u32> = self
             .members
             .iter()
@@ -1021,17 +1172,46 @@ impl Room {
                     self.request_key_frame(now, publisher, track, requester, force);
                 }
             }
-            BusMessage::SyncRequest { .. } => {
-                if self.local > 0 {
-                    self.bus.publish(self.roster());
-                }
-            }
-            BusMessage::Roster { node, members, .. } => {
+            BusMessage::SyncRequest { .. } => self.bus.publish(self.roster()),
+            BusMessage::Roster {
+                node,
+                members,
+                locked,
+                waiting,
+                ..
+            } => {
                 if node != self.bus.node() {
+                    self.remote_waiting.retain(|_, (n, _)| *n != node);
+                    for p in waiting {
+                        self.remote_waiting.insert(p.participant_id, (node, p));
+                    }
+                    // A room opening here takes the meeting's state from the others.
+                    if self.syncing.is_some() && locked {
+                        self.locked = true;
+                    }
                     self.apply_roster(now, node, members);
+                    self.synced_from(now, node);
                 }
             }
-            BusMessage::NodeDown { node } => self.drop_node(node),
+            BusMessage::Waiting {
+                node, participant, ..
+            } => {
+                let request = frame(Msg::AdmissionRequest(v1::AdmissionRequest {
+                    participant: Some(participant.clone()),
+                }));
+                for m in self.local_moderators() {
+                    m.push_control(request.clone());
+                }
+                self.remote_waiting
+                    .insert(participant.participant_id, (node, participant));
+            }
+            BusMessage::WaitingGone { participant_id, .. } => {
+                self.remote_waiting.remove(&participant_id);
+            }
+            BusMessage::NodeDown { node } => {
+                self.drop_node(node);
+                self.synced_from(now, node);
+            }
             BusMessage::Resync => self.resync(),
         }
     }
@@ -1142,7 +1322,7 @@ impl Router {
     /// Applies a message from another node to the room it is about, if this
     /// node has one (a node without participants in a meeting ignores it).
     pub fn apply(&self, now: Timestamp, msg: BusMessage) {
-        let rooms: Vec<Arc<Mutex<Room>>> = {
+        let targets: Vec<Arc<Mutex<Room>>> = {
             let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
             match msg.meeting() {
                 Some(m) => rooms.get(m).cloned().into_iter().collect(),
@@ -1150,8 +1330,57 @@ impl Router {
                 None => rooms.values().cloned().collect(),
             }
         };
-        for room in rooms {
-            lock(&room).apply_bus(now, msg.clone());
+        if targets.is_empty()
+            && let BusMessage::SyncRequest { meeting, node } = &msg
+        {
+            // Nobody here: say so, so a room opening there need not wait for us.
+            self.bus.send_to(
+                *node,
+                BusMessage::Roster {
+                    meeting: meeting.clone(),
+                    node: self.bus.node(),
+                    members: Vec::new(),
+                    locked: false,
+                    waiting: Vec::new(),
+                },
+            );
+        }
+        for room in targets {
+            let emptied = {
+                let mut guard = lock(&room);
+                guard.apply_bus(now, msg.clone());
+                guard.is_empty()
+            };
+            // Held Joins that were all refused leave an empty room behind.
+            if emptied {
+                let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+                let guard = lock(&room);
+                let id = guard.id().to_string();
+                if guard.is_empty() && rooms.get(&id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
+                    rooms.remove(&id);
+                    self.bus.interest(&id, false);
+                }
+            }
+        }
+    }
+
+    /// Lets through Joins held too long for other nodes' answers; called a
+    /// few times a second on a node with a bus.
+    pub fn tick(&self, now: Timestamp) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut emptied = Vec::new();
+        for (id, room) in rooms.iter() {
+            let mut guard = lock(room);
+            if guard.is_syncing() {
+                guard.finish_sync_if_due(now);
+                if guard.is_empty() {
+                    emptied.push(id.clone());
+                }
+            }
+        }
+        for id in emptied {
+            rooms.remove(&id);
+            self.bus.interest(&id, false);
         }
     }
 
@@ -1182,6 +1411,7 @@ impl Router {
                 }
                 let mut room = Room::with_bus(meeting, self.limits, self.bus.clone());
                 room.set_waiting_room(self.has_waiting_room(meeting));
+                room.start_sync(now, self.bus.peers());
                 let r = Arc::new(Mutex::new(room));
                 rooms.insert(meeting.to_string(), r.clone());
                 // Hear this meeting from now on, and ask who is already in it.

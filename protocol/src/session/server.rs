@@ -670,15 +670,21 @@ impl ServerSession {
         }
     }
 
-    /// A moderator admitted the waiting session and the room has already
-    /// queued its `Joined` (ahead of anything else the room sends it, which is
-    /// why the room and not the session sends it): the session is now joined
-    /// and sends nothing itself.
+    /// The room has already queued this session's `Joined` (ahead of
+    /// anything else the room sends it, which is why the room and not the
+    /// session sends it): after a moderator admitted the waiting session, or
+    /// once a room just opened on one node of a cluster has heard who is in
+    /// the meeting on the others. The session is now joined and sends nothing.
     pub fn admitted_by_room(&mut self) {
         if self.state == State::Waiting
             && let Ok(s) = sm::next(self.state, SmEvent::Admitted)
         {
             self.state = s;
+        } else if self.join_pending
+            && let Ok(s) = sm::next(self.state, SmEvent::Join)
+        {
+            self.state = s;
+            self.join_pending = false;
         }
     }
 
