@@ -39,6 +39,17 @@ async fn run(
     step_timeout_ms: u64,
     secret: Option<&str>,
 ) -> Report {
+    run_on(server, &[], filter, step_timeout_ms, secret).await
+}
+
+/// Runs the cases with clients spread over `server` and the `more` nodes.
+async fn run_on(
+    server: &convene_server::Server,
+    more: &[&convene_server::Server],
+    filter: Option<&str>,
+    step_timeout_ms: u64,
+    secret: Option<&str>,
+) -> Report {
     let capabilities = match secret {
         Some(_) => vec![
             "auth".to_string(),
@@ -54,7 +65,10 @@ async fn run(
         token: None,
         transport: if wt { Transport::Wt } else { Transport::Ws },
         cert_sha256: server.cert_sha256.clone(),
-        more_urls: Vec::new(),
+        more_urls: more
+            .iter()
+            .map(|s| format!("ws://{}/convene/ws", s.addr))
+            .collect(),
         url: if wt {
             format!("https://127.0.0.1:{}/convene/wt", server.addr.port())
         } else {
@@ -80,6 +94,38 @@ async fn the_reference_server_passes_every_server_case_over_webtransport() {
     passes_every_case(s).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_of_one_cluster_pass_every_server_case_together() {
+    // Each case's clients alternate between the nodes, so every
+    // multi-client case crosses the bus (in-process here; over NATS in
+    // `cargo xtask conformance`).
+    let hub = convene_server::bus::InProcessHub::new();
+    let mut nodes = Vec::new();
+    for id in [1, 2] {
+        let (bus, inbound) = hub.attach(id);
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            handshake_timeout_ms: 2_000,
+            heartbeat_interval_ms: 1_000,
+            idle_timeout_ms: 3_000,
+            auth_secret: Some(SECRET.to_string()),
+            waiting_rooms: vec!["conf-wait*".into()],
+            ..Config::default()
+        };
+        nodes.push(
+            convene_server::start_node(config, bus, Some(inbound))
+                .await
+                .expect("node starts"),
+        );
+    }
+    let report = run_on(&nodes[0], &[&nodes[1]], None, 10_000, Some(SECRET)).await;
+    println!("{}", report.summary());
+    check_every_case(&report, Transport::Ws);
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
 async fn passes_every_case(s: convene_server::Server) {
     let transport = if s.cert_sha256.is_some() {
         Transport::Wt
@@ -88,6 +134,13 @@ async fn passes_every_case(s: convene_server::Server) {
     };
     let report = run(&s, None, 10_000, Some(SECRET)).await;
     println!("{}", report.summary());
+    check_every_case(&report, transport);
+    s.shutdown().await;
+}
+
+/// Every server case reported, and each passed or was skipped for a reason
+/// the runner could not help.
+fn check_every_case(report: &Report, transport: Transport) {
     let server_cases = CASES.iter().filter(|c| c.target == Target::Server).count();
     assert_eq!(
         report.results.len(),
@@ -119,7 +172,6 @@ async fn passes_every_case(s: convene_server::Server) {
             }
         }
     }
-    s.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

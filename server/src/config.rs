@@ -120,16 +120,11 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus_token: Option<String>,
     /// NATS user (with --bus-password).
-    #[arg(long, env = "CONVENE_BUS_USER", requires = "bus_password")]
+    #[arg(long, env = "CONVENE_BUS_USER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus_user: Option<String>,
     /// NATS password. Prefer the environment.
-    #[arg(
-        long,
-        env = "CONVENE_BUS_PASSWORD",
-        hide_env_values = true,
-        requires = "bus_user"
-    )]
+    #[arg(long, env = "CONVENE_BUS_PASSWORD", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus_password: Option<String>,
     /// CA certificates (PEM) to verify the NATS server with; turns TLS on.
@@ -137,11 +132,11 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus_tls_ca: Option<PathBuf>,
     /// Client certificate (PEM) for NATS servers that verify clients.
-    #[arg(long, env = "CONVENE_BUS_TLS_CERT", requires = "bus_tls_key")]
+    #[arg(long, env = "CONVENE_BUS_TLS_CERT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus_tls_cert: Option<PathBuf>,
     /// Client key (PEM), with --bus-tls-cert.
-    #[arg(long, env = "CONVENE_BUS_TLS_KEY", requires = "bus_tls_cert")]
+    #[arg(long, env = "CONVENE_BUS_TLS_KEY")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus_tls_key: Option<PathBuf>,
     /// Directory with the browser client's files [default: browser-client/dist].
@@ -560,6 +555,17 @@ impl Config {
                         "bus {url}: give a NATS URL, nats://host:4222 or tls://host:4222"
                     )));
                 }
+            }
+            if self.bus_tls_cert.is_some() != self.bus_tls_key.is_some() {
+                return Err(ConfigError::Invalid(
+                    "bus_tls_cert and bus_tls_key go together".into(),
+                ));
+            }
+            if self.bus_user.is_some() != self.bus_password.is_some() {
+                return Err(ConfigError::Invalid(
+                    "bus_user and bus_password go together (the password best in CONVENE_BUS_PASSWORD)"
+                        .into(),
+                ));
             }
             if self.bus_token.is_some() && (self.bus_user.is_some() || self.bus_creds.is_some()) {
                 return Err(ConfigError::Invalid(

@@ -77,6 +77,33 @@ fn the_example_configuration_loads() {
     );
 }
 
+#[test]
+fn the_example_cluster_node_configuration_loads() {
+    let out = Command::new(env!("CARGO_BIN_EXE_convene-server"))
+        .arg("--config")
+        .arg(repo("deploy/cluster/convene-node.toml"))
+        .arg("--print-config")
+        .env("CONVENE_NODE_ID", "2")
+        .env("CONVENE_BUS_PASSWORD", "from-the-environment")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("bus = \"nats://nats-1.internal:4222,nats://nats-2.internal:4222\""),
+        "{printed}"
+    );
+    assert!(printed.contains("node_id = 2"), "{printed}");
+    assert!(
+        !printed.contains("from-the-environment"),
+        "the NATS password is never printed: {printed}"
+    );
+}
+
 /// Metric names a Prometheus query may use for what the server exports:
 /// counters with `_total`, histograms with `_bucket`, `_sum`, `_count`.
 fn exported(metrics: &str) -> BTreeSet<String> {

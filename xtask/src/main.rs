@@ -343,6 +343,7 @@ fn conformance() -> Result<(), String> {
     let _ = server.wait();
     result?;
     conformance_webtransport(&bin, &secret)?;
+    conformance_cluster(&bin, &secret)?;
     println!(
         "\n$ convene-conformance client --capability reconnect --capability publishes_video -- convene-reference-client {{url}}"
     );
@@ -483,6 +484,94 @@ fn conformance_webtransport(bin: &std::path::Path, secret: &str) -> Result<(), S
     let _ = server.kill();
     let _ = server.wait();
     result
+}
+
+/// The server cases once more, with each case's clients spread over two
+/// nodes of one cluster joined by a real nats-server (started with the
+/// example configuration in deploy/cluster/).
+fn conformance_cluster(bin: &std::path::Path, secret: &str) -> Result<(), String> {
+    let nats_port = free_port()?;
+    let conf = root().join("deploy/cluster/nats-server.conf");
+    let nats_bin = ["nats-server", "/usr/sbin/nats-server"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok())
+        .ok_or("nats-server is not installed (apt-get install -y nats-server)")?;
+    let mut nats = Command::new(nats_bin)
+        .arg("-c")
+        .arg(&conf)
+        .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start nats-server: {e}"))?;
+    let bus = format!("nats://127.0.0.1:{nats_port}");
+    let mut nodes = Vec::new();
+    let mut urls = Vec::new();
+    for id in ["1", "2"] {
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        match Command::new(bin.join("convene-server"))
+            .args(CONFORMANCE_SERVER)
+            .env("CONVENE_AUTH_SECRET", secret)
+            .args(["--listen", &listen, "--log", "warn"])
+            .args(["--bus", &bus, "--node-id", id])
+            .spawn()
+        {
+            Ok(c) => nodes.push(c),
+            Err(e) => {
+                let _ = nats.kill();
+                return Err(format!("cannot start convene-server: {e}"));
+            }
+        }
+        urls.push((port, format!("http://{listen}")));
+    }
+    println!(
+        "\n$ nats-server -c deploy/cluster/nats-server.conf -p {nats_port} & convene-server --bus {bus} --node-id 1 & … --node-id 2 & convene-conformance server --url {} --url {}",
+        urls[0].1, urls[1].1
+    );
+    let result = if !urls
+        .iter()
+        .all(|(port, _)| wait_ready(*port, std::time::Duration::from_secs(30)))
+    {
+        Err("the cluster nodes did not report ready within 30 s".to_string())
+    } else {
+        let status = Command::new(bin.join("convene-conformance"))
+            .args(["server", "--url", &urls[0].1, "--url", &urls[1].1])
+            .args(["--capability", "waiting_room"])
+            .env("CONVENE_AUTH_SECRET", secret)
+            .status()
+            .map_err(|e| format!("cannot start convene-conformance: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err("conformance cases failed over two cluster nodes".to_string())
+        }
+    };
+    for mut n in nodes {
+        let _ = n.kill();
+        let _ = n.wait();
+    }
+    let _ = nats.kill();
+    let _ = nats.wait();
+    result
+}
+
+/// Waits until the server on `port` answers `/readyz` with 200.
+fn wait_ready(port: u16, limit: std::time::Duration) -> bool {
+    use std::io::{Read, Write};
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+            if reply.starts_with("HTTP/1.1 200") {
+                return true;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
 }
 
 fn target_dir() -> PathBuf {

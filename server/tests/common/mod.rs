@@ -269,7 +269,13 @@ pub mod nats {
             let child = BINARIES
                 .iter()
                 .find_map(|b| {
+                    // The example configuration, on a loopback port.
                     Command::new(b)
+                        .arg("-c")
+                        .arg(concat!(
+                            env!("CARGO_MANIFEST_DIR"),
+                            "/../deploy/cluster/nats-server.conf"
+                        ))
                         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
