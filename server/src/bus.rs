@@ -150,6 +150,13 @@ pub struct RosterEntry {
 }
 
 impl BusMessage {
+    /// True for what every node must hear, not only those with participants
+    /// in the meeting: a roster request, which nodes without the meeting
+    /// answer too (with "nobody here"), so the asking node need not wait.
+    pub fn to_every_node(&self) -> bool {
+        matches!(self, BusMessage::SyncRequest { .. })
+    }
+
     /// The meeting this message is about; `None` for what concerns every room.
     pub fn meeting(&self) -> Option<&str> {
         match self {
@@ -261,10 +268,19 @@ impl Bus for InProcessBus {
 
     fn publish(&self, msg: BusMessage) {
         let mut inner = self.hub.lock();
-        let Some(nodes) = msg.meeting().and_then(|m| inner.interest.get(m)) else {
-            return;
+        let targets: Vec<NodeId> = if msg.to_every_node() {
+            inner
+                .nodes
+                .keys()
+                .copied()
+                .filter(|n| *n != self.node)
+                .collect()
+        } else {
+            let Some(nodes) = msg.meeting().and_then(|m| inner.interest.get(m)) else {
+                return;
+            };
+            nodes.iter().copied().filter(|n| *n != self.node).collect()
         };
-        let targets: Vec<NodeId> = nodes.iter().copied().filter(|n| *n != self.node).collect();
         for n in targets {
             inner.deliver(n, msg.clone());
         }

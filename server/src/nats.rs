@@ -9,7 +9,8 @@
 //! - `convene.m.<meeting>.ctl`: everything else about the meeting, as an
 //!   [`Envelope`];
 //! - `convene.m.<meeting>.n<node>`: the same, meant for one node only;
-//! - `convene.nodes`: every node's heartbeat.
+//! - `convene.nodes.alive`: every node's heartbeat;
+//! - `convene.nodes.sync`: roster requests, which every node answers.
 //!
 //! A node subscribes to `convene.m.<meeting>.*` once for each meeting it has
 //! participants in, so everything another node says about a meeting arrives
@@ -36,7 +37,11 @@ use tracing::{debug, info, warn};
 use crate::bus::{Bus, BusMessage, INBOUND_QUEUE, MAX_NODES, NodeId, RosterEntry};
 
 /// Subject every node's heartbeat goes to.
-pub const NODES_SUBJECT: &str = "convene.nodes";
+pub const NODES_SUBJECT: &str = "convene.nodes.alive";
+
+/// Subject of roster requests, which every node hears (those without the
+/// meeting answer that they have nobody in it).
+pub const SYNC_SUBJECT: &str = "convene.nodes.sync";
 
 /// Commands waiting for the NATS connection before newer ones are dropped.
 const OUTBOUND_QUEUE: usize = 8192;
@@ -386,6 +391,10 @@ impl Bus for NatsBus {
         let Some(meeting) = msg.meeting() else {
             return;
         };
+        if msg.to_every_node() {
+            self.send(SYNC_SUBJECT.to_string(), &msg);
+            return;
+        }
         let kind = if matches!(msg, BusMessage::Media { .. }) {
             "media"
         } else {
@@ -535,7 +544,7 @@ async fn heartbeats(
         let client = client.clone();
         async move {
             let mut sub = loop {
-                match client.subscribe(NODES_SUBJECT).await {
+                match client.subscribe("convene.nodes.*").await {
                     Ok(s) => break s,
                     Err(e) => {
                         warn!(error = %e, "bus: cannot subscribe to heartbeats; retrying");
@@ -544,6 +553,19 @@ async fn heartbeats(
                 }
             };
             while let Some(m) = sub.next().await {
+                if m.subject.as_str() == SYNC_SUBJECT {
+                    match decode(&m.payload) {
+                        Some((from, epoch, msg)) if from != shared.node => {
+                            shared.heard(from, epoch);
+                            shared.deliver(msg);
+                        }
+                        Some(_) => {}
+                        None => {
+                            shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    continue;
+                }
                 match decode_heartbeat(&m.payload) {
                     Some((node, epoch)) => shared.heard(node, epoch),
                     None => {

@@ -217,7 +217,9 @@ async fn a_second_bidirectional_stream_is_wrong_stream() {
     let server = server(|c| c.dev_tls = true).await;
     let wt = joined_wt(&server).await;
     let (mut s, _r) = wt.session.open_bi().await.unwrap();
-    s.write_all(b"x").await.unwrap();
+    // The server may close the session as soon as it sees the stream, before
+    // this byte goes out: only the close code matters.
+    let _ = s.write_all(b"x").await;
     assert_eq!(
         close_code(&wt).await,
         Some(convene_protocol::ErrorCode::WrongStream as u32)
@@ -230,8 +232,9 @@ async fn a_unidirectional_stream_without_a_media_frame_is_wrong_stream() {
     let server = server(|c| c.dev_tls = true).await;
     let wt = joined_wt(&server).await;
     let mut s = wt.session.open_uni().await.unwrap();
-    s.write_all(&[0x01, 0x62, 0x00]).await.unwrap();
-    s.finish().unwrap();
+    // As above: the server may close the session before the stream ends.
+    let _ = s.write_all(&[0x01, 0x62, 0x00]).await;
+    let _ = s.finish();
     assert_eq!(
         close_code(&wt).await,
         Some(convene_protocol::ErrorCode::WrongStream as u32)

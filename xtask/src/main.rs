@@ -17,6 +17,9 @@ Commands:
   test               run every check and test: codegen staleness, fmt, clippy,
                      the wasm32 build of convene-protocol, and the workspace tests
   test --quick       only the workspace tests
+  conformance        only the conformance runs: the server over WebSocket, over
+                     WebTransport and as two NATS nodes; the reference client and
+                     `convene stream` as clients
   serve [ARGS...]    build and run the server on http://127.0.0.1:8080 (ARGS go to convene-server;
                      see `cargo xtask serve --help`)
   fuzz --seconds N   run each cargo-fuzz target for N seconds (needs nightly; installs cargo-fuzz)
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("codegen") => codegen(args.iter().any(|a| a == "--check")),
         Some("test") => test(args.iter().any(|a| a == "--quick")),
+        Some("conformance") => build_prerequisites().and_then(|()| conformance()),
         Some("fuzz") => fuzz(&args[1..]),
         Some("serve") => serve(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
