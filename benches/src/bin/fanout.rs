@@ -100,6 +100,16 @@ enum Mode {
         #[command(flatten)]
         load: Load,
     },
+    /// One meeting over two nodes joined by a real nats-server: the publisher
+    /// on node A, subscribers alternating between A and B; compared with the
+    /// same load on one node.
+    Cluster {
+        /// The nats-server binary (Debian package `nats-server`).
+        #[arg(long, default_value = "nats-server")]
+        nats_bin: String,
+        #[command(flatten)]
+        load: Load,
+    },
     /// Server memory per idle, joined participant (`--subscribers` of them).
     Idle(Load),
     /// (internal) the floor's writer process.
@@ -284,6 +294,11 @@ async fn join(
 
 /// Starts the server binary on a free port with limits that do not get in the way.
 fn spawn_server(load: &Load) -> anyhow::Result<(Killed, u16)> {
+    spawn_server_with(load, &[])
+}
+
+/// [`spawn_server`] with more flags (e.g. `--bus`).
+fn spawn_server_with(load: &Load, extra: &[&str]) -> anyhow::Result<(Killed, u16)> {
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let child = Command::new(&load.server_bin)
@@ -301,6 +316,7 @@ fn spawn_server(load: &Load) -> anyhow::Result<(Killed, u16)> {
             "--coalesce-ms",
             &load.coalesce_ms.to_string(),
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| {
@@ -315,14 +331,32 @@ fn spawn_server(load: &Load) -> anyhow::Result<(Killed, u16)> {
 }
 
 async fn run_ws(load: &Load) -> anyhow::Result<Result> {
-    let (server, port) = spawn_server(load)?;
-    let listen = format!("127.0.0.1:{port}");
-    let url = format!("ws://{listen}/convene/ws");
+    let node = spawn_server(load)?;
+    run_ws_on(load, vec![node]).await
+}
+
+/// The `ws` run with subscribers spread over `nodes` in turn and the
+/// publisher on the first; CPU is the sum over the nodes.
+async fn run_ws_on(load: &Load, nodes: Vec<(Killed, u16)>) -> anyhow::Result<Result> {
+    let port = nodes[0].1;
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|(_, p)| format!("ws://127.0.0.1:{p}/convene/ws"))
+        .collect();
+    let url = urls[0].clone();
+    let cpu_of = |nodes: &[(Killed, u16)]| -> anyhow::Result<(f64, u64)> {
+        let mut total = (0.0, 0);
+        for (k, _) in nodes {
+            let (c, r) = proc_cpu(k.0.id())?;
+            total = (total.0 + c, total.1 + r);
+        }
+        Ok(total)
+    };
     let rx = Arc::new(Rx::default());
 
     let mut tasks = Vec::new();
-    for _ in 0..load.subscribers {
-        let ws = join(&url, true).await?;
+    for i in 0..load.subscribers {
+        let ws = join(&urls[i % urls.len()], true).await?;
         let rx = rx.clone();
         tasks.push(tokio::spawn(async move {
             let (mut sink, mut stream) = ws.split();
@@ -397,7 +431,7 @@ async fn run_ws(load: &Load) -> anyhow::Result<Result> {
         }
         if t >= warmup && cpu0.is_none() {
             rx.measuring.store(true, Ordering::Relaxed);
-            cpu0 = Some(proc_cpu(server.0.id())?.0);
+            cpu0 = Some(cpu_of(&nodes)?.0);
             buckets0 = queue_delay_buckets(port)?;
             measure_start = Instant::now();
         }
@@ -444,11 +478,11 @@ async fn run_ws(load: &Load) -> anyhow::Result<Result> {
     }
     // Frames sent in the window may still be in flight: give them a moment, then stop counting.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (cpu1, rss) = proc_cpu(server.0.id())?;
+    let (cpu1, rss) = cpu_of(&nodes)?;
     rx.measuring.store(false, Ordering::Relaxed);
     let buckets1 = queue_delay_buckets(port)?;
     let seconds = measure_start.elapsed().as_secs_f64() - 0.2;
-    drop(server);
+    drop(nodes);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
@@ -889,6 +923,82 @@ fn json(r: &Result) -> serde_json::Value {
     })
 }
 
+/// Waits until a server says it is ready (a cluster node has heard the others).
+fn wait_ready(port: u16) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+            if reply.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the server on port {port} did not report ready within 30 s")
+}
+
+/// nats-server's message and byte counters, from its monitoring port.
+fn nats_varz(port: u16) -> anyhow::Result<serde_json::Value> {
+    use std::io::Read as _;
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.write_all(b"GET /varz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let body = text.split("\r\n\r\n").nth(1).context("no /varz body")?;
+    Ok(serde_json::from_str(body)?)
+}
+
+/// What crossed NATS during a cluster run.
+struct NatsUse {
+    /// Messages published to NATS.
+    in_msgs: f64,
+    /// Payload bytes published.
+    in_bytes: f64,
+    /// Messages NATS delivered.
+    out_msgs: f64,
+    /// nats-server CPU seconds.
+    cpu_seconds: f64,
+}
+
+async fn run_cluster(load: &Load, nats_bin: &str) -> anyhow::Result<(Result, NatsUse)> {
+    let (port, monitor) = (free_port()?, free_port()?);
+    let nats = Killed(
+        Command::new(nats_bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {nats_bin} (apt-get install -y nats-server)"))?,
+    );
+    wait_port(port)?;
+    wait_port(monitor)?;
+    let bus = format!("nats://127.0.0.1:{port}");
+    let a = spawn_server_with(load, &["--bus", &bus, "--node-id", "1"])?;
+    let b = spawn_server_with(load, &["--bus", &bus, "--node-id", "2"])?;
+    wait_ready(a.1)?;
+    wait_ready(b.1)?;
+    let v0 = nats_varz(monitor)?;
+    let c0 = proc_cpu(nats.0.id())?.0;
+    let r = run_ws_on(load, vec![a, b]).await?;
+    let v1 = nats_varz(monitor)?;
+    let c1 = proc_cpu(nats.0.id())?.0;
+    let d = |k: &str| v1[k].as_f64().unwrap_or(0.0) - v0[k].as_f64().unwrap_or(0.0);
+    Ok((
+        r,
+        NatsUse {
+            in_msgs: d("in_msgs"),
+            in_bytes: d("in_bytes"),
+            out_msgs: d("out_msgs"),
+            cpu_seconds: c1 - c0,
+        },
+    ))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -931,6 +1041,41 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", json(&r))
             } else {
                 print("meeting", &load, &r)
+            }
+            Ok(())
+        }
+        Mode::Cluster { nats_bin, load } => {
+            let one = run_ws(&load).await?;
+            let (two, nats) = run_cluster(&load, &nats_bin).await?;
+            let frames_per_sub = two.delivered as f64 / load.subscribers.max(1) as f64;
+            if load.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "one_node": json(&one), "two_nodes": json(&two),
+                        "cpu_ratio": two.us_per_frame() / one.us_per_frame(),
+                        "nats_in_msgs": nats.in_msgs, "nats_in_bytes": nats.in_bytes,
+                        "nats_out_msgs": nats.out_msgs, "nats_cpu_seconds": nats.cpu_seconds,
+                    })
+                );
+            } else {
+                print("one node", &load, &one);
+                print("two nodes", &load, &two);
+                println!(
+                    "server CPU per delivered frame, both nodes together: {:.1} µs vs {:.1} µs on one node ({:.2}x)",
+                    two.us_per_frame(),
+                    one.us_per_frame(),
+                    two.us_per_frame() / one.us_per_frame()
+                );
+                println!(
+                    "NATS: {:.0} messages in ({:.0} B each), {:.2} deliveries per message; \
+                     ~{:.0} frames delivered per subscriber; nats-server CPU {:.2} µs per delivered frame",
+                    nats.in_msgs,
+                    nats.in_bytes / nats.in_msgs.max(1.0),
+                    nats.out_msgs / nats.in_msgs.max(1.0),
+                    frames_per_sub,
+                    nats.cpu_seconds * 1e6 / two.delivered.max(1) as f64
+                );
             }
             Ok(())
         }
