@@ -311,6 +311,10 @@ pub async fn connect(
                 async_nats::Event::SlowConsumer(_) => {
                     shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 }
+                // E.g. an authorization violation: the operator must see it.
+                async_nats::Event::ServerError(e) => {
+                    warn!(%urls, error = %e, "bus: NATS refused this node; check --bus-creds, --bus-token or --bus-user")
+                }
                 other => debug!(event = %other, "bus: NATS event"),
             }
         }

@@ -371,3 +371,34 @@ async fn a_nats_outage_leaves_nodes_serving_locally_and_rosters_resync() {
     n1.shutdown().await;
     n2.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_log_in_to_nats_and_a_wrong_token_is_never_ready() {
+    let nats = NatsServer::start_args(&["--auth", "bus-token-0123"]);
+    let node = |token: &str| Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        bus: Some(nats.url()),
+        node_id: Some(if token.starts_with("bus") { 1 } else { 2 }),
+        bus_token: Some(token.to_string()),
+        node_timeout_ms: 1_500,
+        ..Config::default()
+    };
+    let wrong = convene_server::start(node("not-the-token"))
+        .await
+        .expect("a node starts even when NATS refuses it, and serves locally");
+    let right = convene_server::start(node("bus-token-0123"))
+        .await
+        .expect("node starts");
+    ready(right.addr, true).await;
+    // Longer than the right node needed to become ready after connecting.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let (status, body) = http_get_addr(wrong.addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("bus"), "{body}");
+    // It still serves its own participants.
+    let (mut a, _) = join(wrong.addr, "local").await;
+    let (b, _) = join(wrong.addr, "local").await;
+    hears_joined(&mut a, &[b.id]).await;
+    right.shutdown().await;
+    wrong.shutdown().await;
+}

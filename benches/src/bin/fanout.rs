@@ -929,7 +929,8 @@ fn wait_ready(port: u16) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+            let _ =
+                s.write_all(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
             let mut reply = String::new();
             let _ = s.read_to_string(&mut reply);
             if reply.starts_with("HTTP/1.1 200") {

@@ -266,6 +266,20 @@ pub mod nats {
 
         /// Starts one on `port` (again, after [`NatsServer::stop`]).
         pub fn start_on(port: u16) -> NatsServer {
+            NatsServer::start_with(port, &[])
+        }
+
+        /// Starts one on a free port with more flags (e.g. `--auth TOKEN`).
+        pub fn start_args(extra: &[&str]) -> NatsServer {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            NatsServer::start_with(port, extra)
+        }
+
+        fn start_with(port: u16, extra: &[&str]) -> NatsServer {
             let child = BINARIES
                 .iter()
                 .find_map(|b| {
@@ -277,6 +291,7 @@ pub mod nats {
                             "/../deploy/cluster/nats-server.conf"
                         ))
                         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                        .args(extra)
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .spawn()
