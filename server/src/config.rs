@@ -101,7 +101,7 @@ pub struct Cli {
     #[arg(long, env = "CONVENE_BUS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus: Option<String>,
-    /// This node's id in the cluster, 1 to 4095, unique per node (participant
+    /// This node's id in the cluster, 0 to 4095, unique per node (participant
     /// ids carry it) [default: random, with --bus].
     #[arg(long, env = "CONVENE_NODE_ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -579,10 +579,10 @@ impl Config {
             ));
         }
         if let Some(n) = self.node_id
-            && (n == 0 || u32::from(n) >= crate::bus::MAX_NODES)
+            && u32::from(n) >= crate::bus::MAX_NODES
         {
             return Err(ConfigError::Invalid(format!(
-                "node_id = {n}: must be between 1 and {}",
+                "node_id = {n}: must be between 0 and {}",
                 crate::bus::MAX_NODES - 1
             )));
         }
@@ -756,7 +756,7 @@ mod tests {
         let e = Config::load(&cli(&["--bus", "redis://x"])).unwrap_err();
         assert!(e.to_string().contains("nats://"), "{e}");
         let e = Config::load(&cli(&["--bus", "nats://x:1", "--node-id", "4096"])).unwrap_err();
-        assert!(e.to_string().contains("between 1 and 4095"), "{e}");
+        assert!(e.to_string().contains("between 0 and 4095"), "{e}");
         let e = Config::load(&cli(&["--node-id", "3"])).unwrap_err();
         assert!(e.to_string().contains("--bus"), "{e}");
         // Without --node-id each start draws one in range.

@@ -56,7 +56,7 @@ const SUBSCRIPTION_CAPACITY: usize = 4096;
 pub struct NatsOptions {
     /// Server URLs (`nats://host:port` or `tls://host:port`).
     pub urls: Vec<String>,
-    /// This node's id, 1 to 4095, unique in the cluster.
+    /// This node's id, 0 to 4095, unique in the cluster.
     pub node: NodeId,
     /// A credentials file (JWT and NKey seed).
     pub creds: Option<PathBuf>,
@@ -97,8 +97,8 @@ impl NatsOptions {
 /// Why the NATS bus could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
-    /// The node id is outside 1..4096.
-    #[error("node id {0} is out of range: give --node-id between 1 and {max}", max = MAX_NODES - 1)]
+    /// The node id is 4096 or more.
+    #[error("node id {0} is out of range: give --node-id between 0 and {max}", max = MAX_NODES - 1)]
     NodeId(NodeId),
     /// The credentials file could not be read.
     #[error("cannot read NATS credentials file {path}: {source}")]
@@ -235,7 +235,7 @@ impl std::fmt::Debug for Command {
 pub async fn connect(
     opts: NatsOptions,
 ) -> Result<(Arc<NatsBus>, mpsc::Receiver<BusMessage>), NatsError> {
-    if opts.node == 0 || u32::from(opts.node) >= MAX_NODES {
+    if u32::from(opts.node) >= MAX_NODES {
         return Err(NatsError::NodeId(opts.node));
     }
     let urls = opts.urls.join(",");
@@ -885,7 +885,7 @@ pub fn decode(bytes: &[u8]) -> Option<(NodeId, u64, BusMessage)> {
     let env = Envelope::decode(bytes).ok()?;
     let node = NodeId::try_from(env.from)
         .ok()
-        .filter(|n| u32::from(*n) < MAX_NODES && *n != 0)?;
+        .filter(|n| u32::from(*n) < MAX_NODES)?;
     let meeting = env.meeting;
     convene_protocol::validate::meeting_id(&meeting).ok()?;
     let msg = match env.op? {
@@ -947,7 +947,7 @@ fn decode_heartbeat(bytes: &[u8]) -> Option<(NodeId, u64)> {
     let env = Envelope::decode(bytes).ok()?;
     let node = NodeId::try_from(env.from)
         .ok()
-        .filter(|n| u32::from(*n) < MAX_NODES && *n != 0)?;
+        .filter(|n| u32::from(*n) < MAX_NODES)?;
     matches!(env.op, Some(Op::Alive(_))).then_some((node, env.epoch))
 }
 

@@ -204,3 +204,62 @@ async fn the_dashboard_names_only_metrics_the_server_exports() {
     }
     s.shutdown().await;
 }
+
+#[test]
+fn the_kubernetes_kustomization_lists_every_manifest_and_its_files_exist() {
+    let dir = repo("deploy/k8s");
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    // The entries of `resources:` and the `files:` of the generators.
+    let listed: BTreeSet<String> = kustomization
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .filter(|e| !e.contains(':'))
+        .map(|e| e.split('=').next_back().unwrap_or(e).trim().to_string())
+        .collect();
+    for entry in &listed {
+        assert!(
+            dir.join(entry).exists(),
+            "kustomization.yaml names {entry}, which is not in deploy/k8s"
+        );
+    }
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let name = f.unwrap().file_name().to_string_lossy().into_owned();
+        if name != "kustomization.yaml" {
+            assert!(
+                listed.contains(&name),
+                "deploy/k8s/{name} is not in kustomization.yaml, so `kubectl apply -k` would leave it out"
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("nats-server.conf")).unwrap(),
+        std::fs::read_to_string(repo("deploy/cluster/nats-server.conf")).unwrap(),
+        "deploy/k8s/nats-server.conf is a copy of deploy/cluster/nats-server.conf"
+    );
+}
+
+#[test]
+fn the_kubernetes_node_configuration_loads_with_a_pod_index_as_node_id() {
+    let out = Command::new(env!("CARGO_BIN_EXE_convene-server"))
+        .arg("--config")
+        .arg(repo("deploy/k8s/convene.toml"))
+        .arg("--print-config")
+        // The first pod of the StatefulSet.
+        .env("CONVENE_NODE_ID", "0")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("node_id = 0"), "{printed}");
+    assert!(printed.contains("bus = \"nats://nats:4222\""), "{printed}");
+    // The drain deadline fits in the pod's termination grace period (30 s)
+    // after the preStop pause (5 s).
+    let manifest = std::fs::read_to_string(repo("deploy/k8s/convene.yaml")).unwrap();
+    assert!(manifest.contains("terminationGracePeriodSeconds: 30"));
+    assert!(manifest.contains("seconds: 5"));
+    assert!(printed.contains("shutdown_grace_ms = 20000"), "{printed}");
+}
