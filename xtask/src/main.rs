@@ -22,6 +22,7 @@ Commands:
                      `convene stream` as clients
   serve [ARGS...]    build and run the server on http://127.0.0.1:8080 (ARGS go to convene-server;
                      see `cargo xtask serve --help`)
+  k8s                validate deploy/k8s strictly against the Kubernetes schemas (kubernetes-validate)
   fuzz --seconds N   run each cargo-fuzz target for N seconds (needs nightly; installs cargo-fuzz)
   help               this text
 ";
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         Some("codegen") => codegen(args.iter().any(|a| a == "--check")),
         Some("test") => test(args.iter().any(|a| a == "--quick")),
         Some("conformance") => build_prerequisites().and_then(|()| conformance()),
+        Some("k8s") => kubernetes_manifests(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("serve") => serve(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
