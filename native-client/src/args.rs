@@ -6,7 +6,9 @@ use convene_client::{Endpoint, TransportChoice};
 /// Where the server is and how to reach it.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ServerArgs {
-    /// The server's base URL. `https://` allows WebTransport; `http://` is WebSocket only.
+    /// The server's base URL. `https://` allows WebTransport; `http://` is
+    /// WebSocket only. `convene stream` takes several, separated by commas:
+    /// it moves to the next when one is busy (SERVER_BUSY) or unreachable.
     #[arg(long, env = "CONVENE_SERVER", default_value = "http://127.0.0.1:8080")]
     pub(crate) server: String,
     /// Trust exactly the certificate with this SHA-256 (hex), as printed by a
@@ -24,7 +26,32 @@ pub(crate) struct ServerArgs {
 impl ServerArgs {
     /// The endpoint these flags describe.
     pub(crate) fn endpoint(&self) -> anyhow::Result<Endpoint> {
-        let mut e = Endpoint::new(&self.server).context("--server")?;
+        let urls = self.urls();
+        if urls.len() > 1 {
+            anyhow::bail!("--server: this command talks to one server; give one URL");
+        }
+        self.endpoint_of(urls[0])
+    }
+
+    /// Every server given, in order.
+    pub(crate) fn urls(&self) -> Vec<&str> {
+        self.server
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// The endpoints of every server given, in order.
+    pub(crate) fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {
+        self.urls()
+            .into_iter()
+            .map(|u| self.endpoint_of(u))
+            .collect()
+    }
+
+    fn endpoint_of(&self, url: &str) -> anyhow::Result<Endpoint> {
+        let mut e = Endpoint::new(url).with_context(|| format!("--server {url}"))?;
         if let Some(h) = &self.cert_sha256 {
             e = e.with_cert_sha256_hex(h).context("--cert-sha256")?;
         }

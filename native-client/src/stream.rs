@@ -138,6 +138,8 @@ struct EncodeStats {
 #[derive(Debug, Default, serde::Serialize)]
 struct Summary {
     transport: Option<String>,
+    /// The server streamed to last (of those given with --server).
+    server: Option<String>,
     participant_id: u32,
     width: usize,
     height: usize,
@@ -153,7 +155,8 @@ struct Summary {
 }
 
 pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCode> {
-    let endpoint = args.server.endpoint()?;
+    let endpoints = args.server.endpoints()?;
+    let urls: Vec<String> = args.server.urls().iter().map(|u| u.to_string()).collect();
     let (width, height) = args.resolution;
     let spec = SourceSpec {
         kind: args.source,
@@ -227,14 +230,25 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
     let (mut video, mut audio) = (OutTrack::new(VIDEO_TRACK), OutTrack::new(AUDIO_TRACK));
     let mut backoff = BACKOFF_MIN;
     let mut ever_connected = false;
+    // Which server we try, and how many in a row failed since one worked.
+    let (mut at, mut failed_in_turn) = (0usize, 0usize);
     let outcome: anyhow::Result<()> = 'sessions: loop {
         let joined = tokio::select! {
-            r = connect(&args, &endpoint, width, height, &status) => r,
+            r = connect(&args, &endpoints[at], width, height, &status) => r,
             _ = tokio::signal::ctrl_c() => break 'sessions Ok(()),
             _ = sleep_until(deadline) => break 'sessions Ok(()),
         };
         let (mut client, mut peers) = match joined {
             Ok(c) => c,
+            // Another server may take us: try the next one at once, until
+            // every one has failed in turn.
+            Err(Failure::Busy(e) | Failure::Unreachable(e)) if failed_in_turn + 1 < urls.len() => {
+                failed_in_turn += 1;
+                let next = (at + 1) % urls.len();
+                status.note(&format!("{e} at {}; trying {}", urls[at], urls[next]));
+                at = next;
+                continue;
+            }
             Err(Failure::Refused(e)) => break 'sessions Err(anyhow::anyhow!(e)),
             Err(Failure::Unreachable(e)) if !ever_connected => {
                 break 'sessions Err(anyhow::anyhow!(
@@ -249,8 +263,11 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                 ));
             }
             Err(f) => {
+                failed_in_turn = 0;
+                at = (at + 1) % urls.len();
                 let why = match f {
                     Failure::Later(e) => format!("the server asked us to come back later ({e})"),
+                    Failure::Busy(e) => e,
                     Failure::Unreachable(e) => format!("cannot reconnect: {e}"),
                     Failure::TimedOut => "reconnect timed out".to_string(),
                     // Handled above; listed so a new kind of failure is not missed.
@@ -265,17 +282,20 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
             }
         };
         ever_connected = true;
+        failed_in_turn = 0;
         backoff = BACKOFF_MIN;
         summary.connects += 1;
         summary.transport = Some(format!("{:?}", client.transport()));
+        summary.server = Some(urls[at].clone());
         summary.participant_id = client.participant_id();
         status.note(&format!(
-            "streaming {width}x{height}@{} {} kbps into `{}` as participant {} over {:?}",
+            "streaming {width}x{height}@{} {} kbps into `{}` as participant {} over {:?} at {}",
             args.fps,
             args.bitrate_kbps,
             args.meeting_id,
             client.participant_id(),
-            client.transport()
+            client.transport(),
+            urls[at]
         ));
         // Whoever is already there needs a picture to start from.
         key_wanted.store(true, Ordering::Relaxed);
@@ -418,6 +438,9 @@ enum Failure {
     Unreachable(String),
     /// The server said no (bad token, bad meeting id, room full): retrying will not help.
     Refused(String),
+    /// The server is too loaded to take us (SERVER_BUSY, TOO_MANY_CONNECTIONS):
+    /// another server, or this one later, may.
+    Busy(String),
     /// The server asked us to come back later (it is shutting down).
     Later(String),
     /// No answer within [`JOIN_TIMEOUT`] (time in a waiting room not counted).
@@ -474,7 +497,15 @@ async fn connect(
                 ));
             }
             Some(ClientEvent::JoinRefused(e)) | Some(ClientEvent::Error(e)) => {
-                return Err(Failure::Refused(crate::args::refusal(&e, &args.meeting_id)));
+                use convene_protocol::ErrorCode as E;
+                let text = crate::args::refusal(&e, &args.meeting_id);
+                if matches!(
+                    E::try_from(e.code),
+                    Ok(E::ServerBusy | E::TooManyConnections)
+                ) {
+                    return Err(Failure::Busy(text));
+                }
+                return Err(Failure::Refused(text));
             }
             Some(_) => {}
             None => return Err(closed(&c)),

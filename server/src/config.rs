@@ -162,6 +162,25 @@ pub struct Cli {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_rooms: Option<Vec<String>>,
+    /// Threads that run the server's work [default: one per core].
+    #[arg(long, env = "CONVENE_WORKER_THREADS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
+    /// Refuse new joins with SERVER_BUSY while the process uses more than
+    /// this share of its worker threads' CPU, in percent (0: off) [default: 0].
+    #[arg(long, env = "CONVENE_BUSY_CPU_PERCENT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy_cpu_percent: Option<u32>,
+    /// Refuse new joins while frames wait longer than this in subscribers'
+    /// queues, in ms (0: off) [default: 0].
+    #[arg(long, env = "CONVENE_BUSY_QUEUE_DELAY_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy_queue_delay_ms: Option<u32>,
+    /// Refuse new joins while sending more than this to clients, in Mbit/s
+    /// (0: off) [default: 0].
+    #[arg(long, env = "CONVENE_BUSY_EGRESS_MBPS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy_egress_mbps: Option<u32>,
     /// Most simultaneous connections [default: 10000].
     #[arg(long, env = "CONVENE_MAX_CONNECTIONS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -297,6 +316,14 @@ pub struct Config {
     pub log: String,
     /// Meetings with a waiting room (ids or `prefix*`).
     pub waiting_rooms: Vec<String>,
+    /// Worker threads (None: one per core).
+    pub worker_threads: Option<usize>,
+    /// CPU admission threshold, percent (0: off).
+    pub busy_cpu_percent: u32,
+    /// Queue-delay admission threshold, ms (0: off).
+    pub busy_queue_delay_ms: u32,
+    /// Egress admission threshold, Mbit/s (0: off).
+    pub busy_egress_mbps: u32,
     /// Connection limit.
     pub max_connections: usize,
     /// Per-IP connection limit.
@@ -362,6 +389,10 @@ impl Default for Config {
             log_format: LogFormat::Human,
             log: "info".into(),
             waiting_rooms: Vec::new(),
+            worker_threads: None,
+            busy_cpu_percent: 0,
+            busy_queue_delay_ms: 0,
+            busy_egress_mbps: 0,
             max_connections: 10_000,
             max_connections_per_ip: 2_000,
             max_rooms: 10_000,
@@ -584,6 +615,17 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "node_id = {n}: must be between 0 and {}",
                 crate::bus::MAX_NODES - 1
+            )));
+        }
+        if self.worker_threads == Some(0) {
+            return Err(ConfigError::Invalid(
+                "worker_threads = 0: give at least 1, or leave it out for one per core".into(),
+            ));
+        }
+        if self.busy_cpu_percent > 100 {
+            return Err(ConfigError::Invalid(format!(
+                "busy_cpu_percent = {}: a percentage of the worker threads, at most 100 (0: off)",
+                self.busy_cpu_percent
             )));
         }
         if !(500..=60_000).contains(&self.node_timeout_ms) {

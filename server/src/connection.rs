@@ -412,6 +412,19 @@ impl Connection {
     fn join(&mut self, now: Timestamp, request_id: u32, join: convene_protocol::v1::Join) {
         self.join_request_id = request_id;
         let pid = self.session.participant_id();
+        // Admission control: a loaded node takes no newcomers (those already
+        // in keep their place); they try another node.
+        if let Some(why) = self.state.load.busy() {
+            self.state.metrics.error(false, "SERVER_BUSY");
+            self.session.refuse(
+                request_id,
+                ProtocolError::new(
+                    ErrorCode::ServerBusy,
+                    format!("this server is busy ({why}); try another server or later"),
+                ),
+            );
+            return;
+        }
         if let Some(claims) = &self.claims {
             if !claims.admits(&join.meeting_id) {
                 self.session.refuse(
@@ -627,6 +640,7 @@ pub(crate) async fn drive<S, I>(
                     }
                     if let Some(w) = lanes.waited {
                         state.metrics.queue_delay_seconds.observe(w.as_secs_f64());
+                        state.load.note_queue_delay(w);
                     }
                     state.metrics.queue_depth.observe(batch.len() as f64);
                     state.metrics.frames_out.inc_by(batch.len() as u64);

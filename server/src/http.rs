@@ -21,6 +21,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/load", get(load))
         .route("/.well-known/convene.json", get(discovery))
         .route("/", get(index))
         .route("/meeting/{name}/{id}", get(index))
@@ -54,6 +55,37 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         "ready\n".into_response()
     }
+}
+
+/// This node's load, for load balancers and clients choosing a node.
+async fn load(State(state): State<Arc<AppState>>) -> Response {
+    let (rooms, participants) = state.router.counts();
+    let s = state.load.sample();
+    let t = state.load.thresholds();
+    let busy = state.load.busy();
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(serde_json::json!({
+            "node": state.router.bus().node(),
+            "ready": !state.is_shutting_down() && state.router.bus().ready(),
+            "accepting": busy.is_none() && !state.is_shutting_down(),
+            "busy": busy,
+            "rooms": rooms,
+            "participants": participants,
+            "connections": state.open_connections(),
+            "cpu_percent": (s.cpu_percent * 10.0).round() / 10.0,
+            "queue_delay_ms": (s.queue_delay_ms * 10.0).round() / 10.0,
+            "egress_mbps": (s.egress_mbps * 100.0).round() / 100.0,
+            "worker_threads": state.cores(),
+            "limits": {
+                "busy_cpu_percent": t.cpu_percent,
+                "busy_queue_delay_ms": t.queue_delay_ms,
+                "busy_egress_mbps": t.egress_mbps,
+                "max_connections": state.config.max_connections,
+            },
+        })),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

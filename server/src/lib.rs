@@ -11,6 +11,7 @@ pub mod config;
 pub mod connection;
 pub mod fetch;
 pub mod http;
+pub mod load;
 pub mod metrics;
 pub mod nats;
 pub mod outbox;
@@ -139,6 +140,43 @@ pub async fn start_node(
             tokio::select! {
                 _ = auth::refresh_jwks(jwks, jwks_refresh, Duration::from_secs(2)) => {}
                 _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
+    {
+        // Samples the node's load once a second for admission control and /load.
+        let state = state.clone();
+        let mut stop = state.shutdown_signal();
+        tokio::spawn(async move {
+            let cores = state.cores() as f64;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = (
+                std::time::Instant::now(),
+                load::process_cpu(),
+                state.metrics.bytes_out.get(),
+            );
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                let now = (
+                    std::time::Instant::now(),
+                    load::process_cpu(),
+                    state.metrics.bytes_out.get(),
+                );
+                let wall = now.0.duration_since(last.0).as_secs_f64().max(1e-3);
+                let cpu = match (last.1, now.1) {
+                    (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() / wall / cores * 100.0,
+                    _ => 0.0,
+                };
+                state.load.record(load::Sample {
+                    cpu_percent: cpu,
+                    queue_delay_ms: state.load.take_queue_delay_ms(),
+                    egress_mbps: (now.2.saturating_sub(last.2)) as f64 * 8.0 / wall / 1e6,
+                });
+                last = now;
             }
         });
     }

@@ -4,9 +4,18 @@ use clap::Parser;
 use convene_server::config::{Cli, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let threads = Config::load(&cli).ok().and_then(|c| c.worker_threads);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = threads {
+        runtime.worker_threads(n);
+    }
+    runtime.build()?.block_on(serve(cli))
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {

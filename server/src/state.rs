@@ -35,6 +35,8 @@ pub struct AppState {
     pub verifier: Option<crate::auth::Verifier>,
     /// The WebTransport address, once bound.
     wt_addr: Mutex<Option<std::net::SocketAddr>>,
+    /// This node's load, and whether it takes new joins.
+    pub load: crate::load::Load,
 }
 
 impl AppState {
@@ -54,6 +56,11 @@ impl AppState {
             bus,
         )
         .with_waiting_rooms(config.waiting_rooms.clone());
+        let thresholds = crate::load::Thresholds {
+            cpu_percent: config.busy_cpu_percent,
+            queue_delay_ms: config.busy_queue_delay_ms,
+            egress_mbps: config.busy_egress_mbps,
+        };
         AppState {
             config,
             router,
@@ -65,7 +72,17 @@ impl AppState {
             cert_sha256,
             verifier,
             wt_addr: Mutex::new(None),
+            load: crate::load::Load::new(thresholds),
         }
+    }
+
+    /// Cores the server's work runs on: its worker threads.
+    pub fn cores(&self) -> usize {
+        self.config.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1)
+        })
     }
 
     /// Records where WebTransport listens, for discovery.
