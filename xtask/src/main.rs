@@ -22,6 +22,9 @@ Commands:
                      `convene stream` as clients
   serve [ARGS...]    build and run the server on http://127.0.0.1:8080 (ARGS go to convene-server;
                      see `cargo xtask serve --help`)
+  image              build the container image (deploy/Containerfile) with podman, from a
+                     static musl build of the server, and check it: export its filesystem,
+                     start the server from it, check /readyz and a meeting with media
   k8s                validate deploy/k8s strictly against the Kubernetes schemas (kubernetes-validate)
   fuzz --seconds N   run each cargo-fuzz target for N seconds (needs nightly; installs cargo-fuzz)
   help               this text
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Some("test") => test(args.iter().any(|a| a == "--quick")),
         Some("conformance") => build_prerequisites().and_then(|()| conformance()),
         Some("k8s") => kubernetes_manifests(),
+        Some("image") => image(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("serve") => serve(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
@@ -230,6 +234,188 @@ fn kubernetes_manifests() -> Result<(), String> {
         files.len()
     );
     Ok(())
+}
+
+/// The static target the image's server is built for.
+const MUSL: &str = "x86_64-unknown-linux-musl";
+
+/// The image's name.
+fn image_name() -> String {
+    format!("localhost/convene-server:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Builds the container image from files we produce (no registry pulls),
+/// then checks it the way this sandbox allows: containers cannot run here,
+/// so its filesystem is exported and the server started from that root.
+fn image() -> Result<(), String> {
+    let missing: Vec<&str> = ["podman", "musl-tools"]
+        .into_iter()
+        .filter(|p| {
+            Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        install_debian_packages(&missing)?;
+    }
+    run("rustup", &["target", "add", MUSL])?;
+    run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--target",
+            MUSL,
+            "-p",
+            "convene-server",
+        ],
+    )?;
+    let binary = target_dir().join(MUSL).join("release/convene-server");
+    // The build context: exactly what the image holds.
+    let ctx = target_dir().join("image-context");
+    let _ = std::fs::remove_dir_all(&ctx);
+    let io = |e: std::io::Error| format!("preparing {}: {e}", ctx.display());
+    std::fs::create_dir_all(ctx.join("etc/ssl/certs")).map_err(io)?;
+    std::fs::create_dir_all(ctx.join("web")).map_err(io)?;
+    std::fs::copy(&binary, ctx.join("convene-server")).map_err(io)?;
+    std::fs::write(
+        ctx.join("etc/passwd"),
+        "root:x:0:0:root:/:/sbin/nologin\nconvene:x:65532:65532:convene:/:/sbin/nologin\n",
+    )
+    .map_err(io)?;
+    std::fs::write(ctx.join("etc/group"), "root:x:0:\nconvene:x:65532:\n").map_err(io)?;
+    std::fs::copy(
+        "/etc/ssl/certs/ca-certificates.crt",
+        ctx.join("etc/ssl/certs/ca-certificates.crt"),
+    )
+    .map_err(|e| format!("the CA roots (Debian package ca-certificates): {e}"))?;
+    let dist = root().join("browser-client/dist");
+    if dist.is_dir() {
+        run(
+            "cp",
+            &[
+                "-r",
+                &format!("{}/.", dist.display()),
+                &ctx.join("web").to_string_lossy(),
+            ],
+        )?;
+    } else {
+        std::fs::write(ctx.join("web/.keep"), "").map_err(io)?;
+    }
+    let name = image_name();
+    run(
+        "podman",
+        &[
+            "build",
+            "--quiet",
+            "--tag",
+            &name,
+            "--file",
+            &root().join("deploy/Containerfile").to_string_lossy(),
+            &ctx.to_string_lossy(),
+        ],
+    )?;
+    check_image(&name)
+}
+
+/// Exports the image's filesystem and runs its server from there on
+/// loopback: `/healthz`, then `convene load` joining and exchanging media.
+fn check_image(name: &str) -> Result<(), String> {
+    let rootfs = target_dir().join("image-rootfs");
+    let _ = std::fs::remove_dir_all(&rootfs);
+    std::fs::create_dir_all(&rootfs).map_err(|e| e.to_string())?;
+    let container = format!("convene-image-check-{}", std::process::id());
+    run("podman", &["create", "--name", &container, name])?;
+    let tar = target_dir().join("image-rootfs.tar");
+    let exported = run(
+        "podman",
+        &["export", "--output", &tar.to_string_lossy(), &container],
+    );
+    let _ = Command::new("podman").args(["rm", &container]).output();
+    exported?;
+    run(
+        "tar",
+        &[
+            "-xf",
+            &tar.to_string_lossy(),
+            "-C",
+            &rootfs.to_string_lossy(),
+        ],
+    )?;
+    let files: Vec<String> = walk(&rootfs)
+        .into_iter()
+        .map(|p| {
+            p.strip_prefix(&rootfs)
+                .map(|r| r.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    println!(
+        "image filesystem: {} files: {}",
+        files.len(),
+        files.join(", ")
+    );
+    let server = rootfs.join("usr/local/bin/convene-server");
+    let ldd = Command::new("file").arg(&server).output();
+    if let Ok(o) = ldd {
+        print!("{}", String::from_utf8_lossy(&o.stdout));
+    }
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(&server)
+        .args(["--listen", &listen, "--log", "warn"])
+        .arg("--web-dir")
+        .arg(rootfs.join("web"))
+        .spawn()
+        .map_err(|e| format!("cannot start the image's server: {e}"))?;
+    let result = (|| {
+        if !wait_ready(port, std::time::Duration::from_secs(30)) {
+            return Err("the image's server did not become ready within 30 s".to_string());
+        }
+        run("cargo", &["build", "--quiet", "-p", "convene-cli"])?;
+        let convene = target_dir().join("debug/convene");
+        run(
+            &convene.to_string_lossy(),
+            &[
+                "load",
+                "--server",
+                &format!("http://{listen}"),
+                "-n",
+                "4",
+                "--duration",
+                "1",
+                "--ramp-up",
+                "0.2",
+                "--max-loss",
+                "0",
+            ],
+        )
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result?;
+    println!(
+        "image {name}: built, exported, served /readyz and a meeting with media from its own files"
+    );
+    Ok(())
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Debian's Chromium, which Playwright drives; never a downloaded browser.
