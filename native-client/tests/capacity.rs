@@ -127,3 +127,60 @@ async fn a_busy_node_turns_newcomers_away_to_the_next_server_and_keeps_its_own()
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_past_its_cpu_threshold_refuses_joins_with_server_busy() {
+    // A threshold any real load passes: 1 % of the worker threads.
+    let a = server(|c| c.busy_cpu_percent = 1).await;
+    let mut args = common::server_args(&a);
+    args.extend(
+        "load -n 10 --video-bytes 8000 --ramp-up 0.5 --duration 6 --json"
+            .split(' ')
+            .map(String::from),
+    );
+    args.rotate_left(2);
+    let load = convene(&args).spawn().expect("convene load starts");
+    let until = Instant::now() + DEADLINE;
+    let report = loop {
+        let r = load_of(&a).await;
+        if r["busy"].as_str().is_some_and(|b| b.contains("CPU")) {
+            break r;
+        }
+        assert!(Instant::now() < until, "A never became busy: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(report["cpu_percent"].as_f64().unwrap() > 1.0, "{report}");
+    // A newcomer with only this server is told why and keeps trying.
+    let out = convene(
+        &[
+            "stream",
+            "--server",
+            &format!("http://{}", a.addr),
+            "--meeting-id",
+            "late",
+            "--source",
+            "test-pattern",
+            "--resolution",
+            "160x96",
+            "--duration",
+            "1.5",
+        ]
+        .map(String::from),
+    )
+    .output()
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SERVER_BUSY") && stderr.contains("CPU at"),
+        "{stderr}"
+    );
+    let out = load.wait_with_output().await.unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Joins during the ramp-up may already have met the threshold; whoever
+    // got in receives everything.
+    assert!(r["joined"].as_u64().unwrap() >= 2, "{r}");
+    assert_eq!(r["lost"], 0, "those already in lose nothing: {r}");
+    assert_eq!(r["received"], r["expected"], "{r}");
+    a.shutdown().await;
+}
