@@ -383,12 +383,32 @@ fn ed_key(kid: &'static str) -> IssuerKey {
     }
 }
 
+/// An RSA key pair made once with `openssl genpkey` and kept for tests only
+/// (ring, our crypto provider, does not generate RSA keys), with its JWK.
+fn rsa_key() -> IssuerKey {
+    use base64::Engine as _;
+    // PKCS#1 PEM: its body is the DER jsonwebtoken signs with.
+    let body: String = include_str!("data/rs256-test-key.pem")
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    IssuerKey {
+        kid: "rsa-1",
+        alg: Algorithm::RS256,
+        jwk: serde_json::from_str(include_str!("data/rs256-test-key.jwk.json")).unwrap(),
+        der: base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap(),
+    }
+}
+
 impl IssuerKey {
     fn sign(&self, c: &Claims) -> String {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.to_string());
         let key = match self.alg {
             Algorithm::EdDSA => EncodingKey::from_ed_der(&self.der),
+            Algorithm::RS256 => EncodingKey::from_rsa_der(&self.der),
             _ => EncodingKey::from_ec_der(&self.der),
         };
         jsonwebtoken::encode(&header, c, &key).unwrap()
@@ -403,8 +423,8 @@ fn publish(issuer: &Issuer, keys: &[&IssuerKey]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_signed_with_an_issuers_published_keys_and_a_key_rotation() {
     let idp = issuer().await;
-    let (ec1, ed1, ec2) = (ec_key("ec-1"), ed_key("ed-1"), ec_key("ec-2"));
-    publish(&idp, &[&ec1, &ed1]);
+    let (ec1, ed1, ec2, rsa) = (ec_key("ec-1"), ed_key("ed-1"), ec_key("ec-2"), rsa_key());
+    publish(&idp, &[&ec1, &ed1, &rsa]);
     let s = server(|c| {
         c.auth_jwks_url = Some(idp.url.clone());
         c.auth_issuer = Some("test-idp".into());
@@ -416,8 +436,8 @@ async fn tokens_signed_with_an_issuers_published_keys_and_a_key_rotation() {
     let mut good = claims("m", &["subscribe"]);
     good.iss = Some("test-idp".into());
 
-    // ES256 and EdDSA keys from the JWKS both verify.
-    for key in [&ec1, &ed1] {
+    // ES256, EdDSA and RS256 keys from the JWKS all verify.
+    for key in [&ec1, &ed1, &rsa] {
         let (_c, first) = hello(&s, &key.sign(&good)).await;
         assert!(matches!(first, S::Welcome(_)), "{}: {first:?}", key.kid);
     }
