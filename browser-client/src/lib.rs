@@ -1,1 +1,404 @@
-//! The Convene browser client, compiled to `wasm32-unknown-unknown` and served by the server.
+//! The Convene browser client, compiled to `wasm32-unknown-unknown` and served
+//! by the server.
+//!
+//! This first slice joins a meeting over WebSocket with the same sans-IO
+//! session machine as every other client (`convene-protocol`), and shows the
+//! participants and the chat. The page is plain DOM built from Rust; camera,
+//! microphone and WebTransport come next.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use convene_protocol::v1::{self, client_message::Msg as C, server_message::Msg as S};
+use convene_protocol::{ClientEvent, ClientSession, ClientSessionConfig, Timestamp};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+
+/// The meeting a page URL names: `/meeting/<name>/<meeting-id>` gives the
+/// display name and the meeting id (percent-escapes decoded).
+pub fn meeting_from_path(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix("/meeting/")?;
+    let mut parts = rest.trim_end_matches('/').splitn(2, '/');
+    let name = decode(parts.next()?);
+    let id = decode(parts.next()?);
+    (!name.is_empty() && !id.is_empty() && !id.contains('/')).then_some((name, id))
+}
+
+/// Decodes `%XX` escapes (and leaves anything malformed as it is).
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+/// The WebSocket endpoint of the server that served the page.
+pub fn ws_url(protocol: &str, host: &str) -> String {
+    let scheme = if protocol == "https:" { "wss" } else { "ws" };
+    format!("{scheme}://{host}/convene/ws")
+}
+
+/// What the page shows and the session behind it.
+struct App {
+    session: ClientSession,
+    socket: web_sys::WebSocket,
+    meeting: String,
+    name: String,
+    roster: BTreeMap<u32, String>,
+}
+
+fn now() -> Timestamp {
+    let ms = web_sys::window()
+        .and_then(|w| w.performance())
+        .map_or(0.0, |p| p.now());
+    Timestamp((ms * 1000.0) as u64)
+}
+
+fn document() -> web_sys::Document {
+    web_sys::window()
+        .and_then(|w| w.document())
+        .expect("a page has a document")
+}
+
+fn by_id(id: &str) -> Option<web_sys::Element> {
+    document().get_element_by_id(id)
+}
+
+fn input_value(id: &str) -> String {
+    by_id(id)
+        .and_then(|e| e.dyn_into::<web_sys::HtmlInputElement>().ok())
+        .map(|i| i.value())
+        .unwrap_or_default()
+}
+
+fn set_text(id: &str, text: &str) {
+    if let Some(e) = by_id(id) {
+        e.set_text_content(Some(text));
+    }
+}
+
+/// Creates `<tag id=… class=…>text</tag>` under `parent`.
+fn add(
+    parent: &web_sys::Element,
+    tag: &str,
+    id: &str,
+    text: &str,
+) -> Result<web_sys::Element, JsValue> {
+    let e = document().create_element(tag)?;
+    if !id.is_empty() {
+        e.set_id(id);
+    }
+    if !text.is_empty() {
+        e.set_text_content(Some(text));
+    }
+    parent.append_child(&e)?;
+    Ok(e)
+}
+
+/// Builds the join screen, prefilled from the URL.
+#[wasm_bindgen(start)]
+pub fn start() -> Result<(), JsValue> {
+    let window = web_sys::window().ok_or("no window")?;
+    let path = window.location().pathname()?;
+    let (name, meeting) = meeting_from_path(&path).unwrap_or_default();
+    let root = by_id("app").ok_or("the page has no #app")?;
+    root.set_inner_html("");
+    add(&root, "h1", "", "Convene")?;
+    let form = add(&root, "form", "join", "")?;
+    for (id, label, value) in [
+        ("name", "Your name", name.as_str()),
+        ("meeting", "Meeting", meeting.as_str()),
+    ] {
+        let l = add(&form, "label", "", label)?;
+        let i = add(&l, "input", id, "")?.dyn_into::<web_sys::HtmlInputElement>()?;
+        i.set_value(value);
+        i.set_required(true);
+    }
+    let button = add(&form, "button", "connect", "Connect")?;
+    button.set_attribute("type", "submit")?;
+    set_text("status", "");
+    let on_submit = Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
+        e.prevent_default();
+        if let Err(err) = connect(input_value("name"), input_value("meeting")) {
+            set_text("status", &format!("cannot connect: {err:?}"));
+        }
+    });
+    form.add_event_listener_with_callback("submit", on_submit.as_ref().unchecked_ref())?;
+    on_submit.forget();
+    Ok(())
+}
+
+/// Opens the WebSocket, runs the session, and swaps in the meeting screen.
+fn connect(name: String, meeting: String) -> Result<(), JsValue> {
+    let location = web_sys::window().ok_or("no window")?.location();
+    let url = ws_url(&location.protocol()?, &location.host()?);
+    let token = location
+        .search()?
+        .trim_start_matches('?')
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(decode)
+        .unwrap_or_default();
+    let socket = web_sys::WebSocket::new(&url)?;
+    socket.set_binary_type(web_sys::BinaryType::Arraybuffer);
+    let config = ClientSessionConfig {
+        client_kind: v1::ClientKind::Browser,
+        client_version: concat!("convene-web/", env!("CARGO_PKG_VERSION")).into(),
+        auth_token: token,
+        ..ClientSessionConfig::default()
+    };
+    let app = Rc::new(RefCell::new(App {
+        session: ClientSession::new(now(), config),
+        socket: socket.clone(),
+        meeting,
+        name,
+        roster: BTreeMap::new(),
+    }));
+    meeting_screen()?;
+    set_text("status", &format!("Connecting to {url}…"));
+
+    let a = app.clone();
+    let on_open = Closure::<dyn FnMut()>::new(move || {
+        let mut app = a.borrow_mut();
+        app.session.connected(now());
+        pump(&mut app);
+    });
+    socket.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+    on_open.forget();
+
+    let a = app.clone();
+    let on_message =
+        Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
+            if let Ok(buf) = e.data().dyn_into::<js_sys::ArrayBuffer>() {
+                let bytes = Bytes::from(js_sys::Uint8Array::new(&buf).to_vec());
+                let mut app = a.borrow_mut();
+                app.session.handle_frame(now(), bytes);
+                pump(&mut app);
+            }
+        });
+    socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    on_message.forget();
+
+    let a = app.clone();
+    let on_close = Closure::<dyn FnMut()>::new(move || {
+        let mut app = a.borrow_mut();
+        app.session.handle_transport_closed();
+        pump(&mut app);
+    });
+    socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+    on_close.forget();
+
+    // The session's timers (heartbeat, handshake timeout).
+    let a = app.clone();
+    let tick = Closure::<dyn FnMut()>::new(move || {
+        let mut app = a.borrow_mut();
+        app.session.handle_timeout(now());
+        pump(&mut app);
+    });
+    web_sys::window()
+        .ok_or("no window")?
+        .set_interval_with_callback_and_timeout_and_arguments_0(
+            tick.as_ref().unchecked_ref(),
+            250,
+        )?;
+    tick.forget();
+
+    let a = app.clone();
+    let send_chat = Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
+        e.prevent_default();
+        let text = input_value("chat-input");
+        if text.is_empty() {
+            return;
+        }
+        let mut app = a.borrow_mut();
+        let sent = app.session.send(
+            now(),
+            C::Chat(v1::ChatSend {
+                text,
+                ..Default::default()
+            }),
+        );
+        if sent.is_ok()
+            && let Some(i) =
+                by_id("chat-input").and_then(|e| e.dyn_into::<web_sys::HtmlInputElement>().ok())
+        {
+            i.set_value("");
+        }
+        pump(&mut app);
+    });
+    if let Some(f) = by_id("chat-form") {
+        f.add_event_listener_with_callback("submit", send_chat.as_ref().unchecked_ref())?;
+    }
+    send_chat.forget();
+
+    let a = app;
+    let leave = Closure::<dyn FnMut()>::new(move || {
+        let mut app = a.borrow_mut();
+        let _ = app.session.leave(now());
+        pump(&mut app);
+    });
+    if let Some(b) = by_id("leave") {
+        b.add_event_listener_with_callback("click", leave.as_ref().unchecked_ref())?;
+    }
+    leave.forget();
+    Ok(())
+}
+
+/// Replaces the join form with the meeting screen.
+fn meeting_screen() -> Result<(), JsValue> {
+    let root = by_id("app").ok_or("the page has no #app")?;
+    root.set_inner_html("");
+    add(&root, "h1", "", "Convene")?;
+    add(&root, "p", "transport", "")?;
+    let main = add(&root, "div", "meeting", "")?;
+    let people = add(&main, "section", "people", "")?;
+    add(&people, "h2", "", "Participants")?;
+    add(&people, "ul", "participants", "")?;
+    let chat = add(&main, "section", "chat", "")?;
+    add(&chat, "h2", "", "Chat")?;
+    add(&chat, "ol", "messages", "")?;
+    let form = add(&chat, "form", "chat-form", "")?;
+    add(&form, "input", "chat-input", "")?.set_attribute("placeholder", "Say something")?;
+    add(&form, "button", "chat-send", "Send")?.set_attribute("type", "submit")?;
+    add(&root, "button", "leave", "Leave")?;
+    Ok(())
+}
+
+/// Sends what the session has queued and shows what happened.
+fn pump(app: &mut App) {
+    while let Some(frame) = app.session.poll_transmit() {
+        let _ = app.socket.send_with_u8_array(&frame);
+    }
+    while let Some(ev) = app.session.poll_event() {
+        match ev {
+            ClientEvent::Welcome(_) => {
+                let (meeting, name) = (app.meeting.clone(), app.name.clone());
+                if let Err(e) = app.session.join(now(), &meeting, &name, true) {
+                    set_text("status", &format!("cannot join: {e}"));
+                }
+            }
+            ClientEvent::Joined(j) => {
+                app.roster = j
+                    .participants
+                    .iter()
+                    .map(|p| (p.participant_id, p.display_name.clone()))
+                    .collect();
+                set_text(
+                    "status",
+                    &format!(
+                        "In `{}` as participant {}",
+                        j.meeting_id,
+                        app.session.participant_id()
+                    ),
+                );
+                set_text("transport", "Connected over WebSocket");
+                show_roster(app);
+            }
+            ClientEvent::Waiting(_) => {
+                set_text("status", "Waiting for a moderator to let you in…");
+            }
+            ClientEvent::Room(S::ParticipantJoined(j)) => {
+                if let Some(p) = j.participant {
+                    app.roster.insert(p.participant_id, p.display_name);
+                    show_roster(app);
+                }
+            }
+            ClientEvent::Room(S::ParticipantLeft(l)) => {
+                app.roster.remove(&l.participant_id);
+                show_roster(app);
+            }
+            ClientEvent::Room(S::Chat(c)) => {
+                let who = app
+                    .roster
+                    .get(&c.from_participant_id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("participant {}", c.from_participant_id));
+                if let Some(list) = by_id("messages") {
+                    let _ = add(&list, "li", "", &format!("{who}: {}", c.text));
+                }
+            }
+            ClientEvent::Left(_) => {
+                set_text("status", "You left the meeting.");
+                app.roster.clear();
+                show_roster(app);
+                app.session.goodbye(now(), "left");
+            }
+            ClientEvent::JoinRefused(e) | ClientEvent::Error(e) => {
+                set_text("status", &format!("The server said: {}", e.text));
+            }
+            ClientEvent::Closed => {
+                let why = app
+                    .session
+                    .close_reason()
+                    .map(|r| format!("{r:?}"))
+                    .unwrap_or_default();
+                set_text("status", &format!("Disconnected {why}"));
+            }
+            _ => {}
+        }
+    }
+    while let Some(frame) = app.session.poll_transmit() {
+        let _ = app.socket.send_with_u8_array(&frame);
+    }
+}
+
+fn show_roster(app: &App) {
+    let Some(list) = by_id("participants") else {
+        return;
+    };
+    list.set_inner_html("");
+    for (pid, name) in &app.roster {
+        let me = *pid == app.session.participant_id();
+        let text = if me {
+            format!("{name} (you)")
+        } else {
+            name.clone()
+        };
+        if let Ok(li) = add(&list, "li", "", &text) {
+            let _ = li.set_attribute("data-pid", &pid.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_names_the_person_and_the_meeting() {
+        assert_eq!(
+            meeting_from_path("/meeting/Ann%20Lee/team.standup"),
+            Some(("Ann Lee".into(), "team.standup".into()))
+        );
+        assert_eq!(meeting_from_path("/meeting/ann/"), None);
+        assert_eq!(meeting_from_path("/"), None);
+        assert_eq!(meeting_from_path("/meeting/a/b/c"), None);
+    }
+
+    #[test]
+    fn the_websocket_follows_the_page_scheme() {
+        assert_eq!(ws_url("https:", "x:443"), "wss://x:443/convene/ws");
+        assert_eq!(
+            ws_url("http:", "127.0.0.1:8080"),
+            "ws://127.0.0.1:8080/convene/ws"
+        );
+    }
+}

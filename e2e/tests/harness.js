@@ -87,6 +87,40 @@ async function startServer(extraArgs = []) {
   };
 }
 
+// convene-server on plain http at 127.0.0.1 (a secure context for the
+// browser) serving the built browser client from browser-client/dist.
+async function startWebServer(extraArgs = []) {
+  const port = await freePort();
+  const logs = [];
+  const webDir = path.join(ROOT, 'browser-client', 'dist');
+  if (!fs.existsSync(path.join(webDir, 'index.html'))) {
+    throw new Error(`${webDir}/index.html is missing: build the browser client with 'cargo xtask web'`);
+  }
+  const child = spawn(bin('convene-server'), ['--listen', `127.0.0.1:${port}`, '--web-dir', webDir, '--log', 'info', ...extraArgs], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  child.stdout.on('data', (d) => logs.push(String(d)));
+  child.stderr.on('data', (d) => logs.push(String(d)));
+  const base = `http://127.0.0.1:${port}`;
+  try {
+    await until('convene-server answers /readyz', () => new Promise((resolve, reject) => {
+      http.get(`${base}/readyz`, (res) => { res.resume(); res.statusCode === 200 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`)); })
+        .on('error', reject);
+    }));
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw new Error(`${e}\nserver log:\n${logs.join('')}`);
+  }
+  return {
+    base, port, logs,
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.kill('SIGTERM');
+      await new Promise((r) => { child.once('exit', r); setTimeout(r, 10_000); });
+    },
+  };
+}
+
 // Serves e2e/pages on plain http at 127.0.0.1, which browsers treat as a secure context.
 async function startPages() {
   const dir = path.join(__dirname, '..', 'pages');
@@ -132,4 +166,4 @@ function convene(args) {
   });
 }
 
-module.exports = { startServer, startPages, launchChromium, convene };
+module.exports = { startServer, startWebServer, startPages, launchChromium, convene };

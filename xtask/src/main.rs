@@ -25,6 +25,8 @@ Commands:
   image              build the container image (deploy/Containerfile) with podman, from a
                      static musl build of the server, and check it: export its filesystem,
                      start the server from it, check /readyz and a meeting with media
+  web                build the browser client into browser-client/dist (wasm32 build,
+                     then the pinned wasm-bindgen-cli, installed when missing)
   k8s                validate deploy/k8s strictly against the Kubernetes schemas (kubernetes-validate)
   fuzz --seconds N   run each cargo-fuzz target for N seconds (needs nightly; installs cargo-fuzz)
   help               this text
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Some("test") => test(args.iter().any(|a| a == "--quick")),
         Some("conformance") => build_prerequisites().and_then(|()| conformance()),
         Some("k8s") => kubernetes_manifests(),
+        Some("web") => web(),
         Some("image") => image(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("serve") => serve(&args[1..]),
@@ -239,6 +242,90 @@ fn kubernetes_manifests() -> Result<(), String> {
     Ok(())
 }
 
+/// The wasm-bindgen-cli release matching the `wasm-bindgen` crate (they must agree).
+const WASM_BINDGEN_VERSION: &str = "0.2.130";
+
+/// Builds the browser client: the crate for wasm32 (size-optimised profile),
+/// its JavaScript bindings with wasm-bindgen, and the static files, into
+/// browser-client/dist, which the server serves.
+fn web() -> Result<(), String> {
+    run("rustup", &["target", "add", "wasm32-unknown-unknown"])?;
+    run(
+        "cargo",
+        &[
+            "build",
+            "-p",
+            "convene-web",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--profile",
+            "wasm-release",
+        ],
+    )?;
+    let tools = target_dir().join("tools");
+    let bindgen = tools.join("bin/wasm-bindgen");
+    let current = Command::new(&bindgen)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(WASM_BINDGEN_VERSION));
+    if !current {
+        let root = tools.to_string_lossy().into_owned();
+        let args = [
+            "install",
+            "wasm-bindgen-cli",
+            "--version",
+            WASM_BINDGEN_VERSION,
+            "--root",
+            &root,
+        ];
+        // With its own lock file when the registry has every version it
+        // pins; otherwise with the newest compatible dependencies.
+        let mut locked = args.to_vec();
+        locked.push("--locked");
+        if run("cargo", &locked).is_err() {
+            run("cargo", &args)?;
+        }
+    }
+    let wasm = target_dir().join("wasm32-unknown-unknown/wasm-release/convene_web.wasm");
+    let dist = root().join("browser-client/dist");
+    let _ = std::fs::remove_dir_all(&dist);
+    run(
+        &bindgen.to_string_lossy(),
+        &[
+            "--target",
+            "web",
+            "--no-typescript",
+            "--out-name",
+            "convene_web",
+            "--out-dir",
+            &dist.to_string_lossy(),
+            &wasm.to_string_lossy(),
+        ],
+    )?;
+    let statics = root().join("browser-client/static");
+    for entry in std::fs::read_dir(&statics).map_err(|e| format!("{}: {e}", statics.display()))? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        std::fs::copy(entry.path(), dist.join(entry.file_name()))
+            .map_err(|e| format!("copying {}: {e}", entry.path().display()))?;
+    }
+    let raw = std::fs::metadata(dist.join("convene_web_bg.wasm"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let gz = Command::new("gzip")
+        .args(["-9", "-c"])
+        .arg(dist.join("convene_web_bg.wasm"))
+        .output()
+        .map(|o| o.stdout.len())
+        .unwrap_or(0);
+    println!(
+        "browser client: {} ({} KiB of wasm, {} KiB gzipped)",
+        dist.display(),
+        raw / 1024,
+        gz / 1024
+    );
+    Ok(())
+}
+
 /// The static target the image's server is built for.
 const MUSL: &str = "x86_64-unknown-linux-musl";
 
@@ -263,6 +350,8 @@ fn image() -> Result<(), String> {
     if !missing.is_empty() {
         install_debian_packages(&missing)?;
     }
+    // The image serves the browser client too.
+    web()?;
     run("rustup", &["target", "add", MUSL])?;
     // Stripped: the image carries the program, not its debug tables.
     println!(
@@ -441,6 +530,7 @@ fn browser_tests() -> Result<(), String> {
     if !std::path::Path::new(CHROMIUM).exists() {
         install_debian_packages(&["chromium"])?;
     }
+    web()?;
     let e2e = root().join("e2e");
     run_in(&e2e, "npm", &["ci", "--no-audit", "--no-fund"])?;
     run(
@@ -522,6 +612,7 @@ fn run_in(dir: &std::path::Path, program: &str, args: &[&str]) -> Result<(), Str
 
 /// Builds the server in release mode and runs it in the foreground.
 fn serve(args: &[String]) -> Result<(), String> {
+    web()?;
     run("cargo", &["build", "--release", "-p", "convene-server"])?;
     let bin = target_dir().join("release").join("convene-server");
     let status = Command::new(&bin)
