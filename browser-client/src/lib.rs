@@ -132,6 +132,13 @@ pub fn start() -> Result<(), JsValue> {
         i.set_value(value);
         i.set_required(true);
     }
+    // Camera preview: what the others will see (the fake camera in tests).
+    let video = add(&form, "video", "preview", "")?;
+    video.set_attribute("autoplay", "")?;
+    video.set_attribute("muted", "")?;
+    video.set_attribute("playsinline", "")?;
+    add(&form, "p", "preview-status", "")?;
+    preview(&window);
     let button = add(&form, "button", "connect", "Connect")?;
     button.set_attribute("type", "submit")?;
     set_text("status", "");
@@ -144,6 +151,51 @@ pub fn start() -> Result<(), JsValue> {
     form.add_event_listener_with_callback("submit", on_submit.as_ref().unchecked_ref())?;
     on_submit.forget();
     Ok(())
+}
+
+/// Asks for the camera and microphone and shows the camera in `#preview`;
+/// says so in `#preview-status` when there is none or permission is refused.
+fn preview(window: &web_sys::Window) {
+    let Ok(devices) = window.navigator().media_devices() else {
+        set_text(
+            "preview-status",
+            "This browser cannot capture here (a secure context is needed).",
+        );
+        return;
+    };
+    let constraints = web_sys::MediaStreamConstraints::new();
+    constraints.set_video(&JsValue::TRUE);
+    constraints.set_audio(&JsValue::TRUE);
+    let Ok(promise) = devices.get_user_media_with_constraints(&constraints) else {
+        set_text("preview-status", "No camera or microphone access.");
+        return;
+    };
+    let shown = Closure::<dyn FnMut(JsValue)>::new(|stream: JsValue| {
+        if let (Some(video), Ok(stream)) = (
+            by_id("preview").and_then(|e| e.dyn_into::<web_sys::HtmlVideoElement>().ok()),
+            stream.dyn_into::<web_sys::MediaStream>(),
+        ) {
+            video.set_muted(true);
+            video.set_src_object(Some(&stream));
+            let tracks = stream.get_tracks().length();
+            set_text(
+                "preview-status",
+                &format!("Camera and microphone ready ({tracks} tracks)"),
+            );
+        }
+    });
+    let failed = Closure::<dyn FnMut(JsValue)>::new(|e: JsValue| {
+        set_text(
+            "preview-status",
+            &format!(
+                "No camera or microphone: {}",
+                e.as_string().unwrap_or_else(|| format!("{e:?}"))
+            ),
+        );
+    });
+    let _ = promise.then2(&shown, &failed);
+    shown.forget();
+    failed.forget();
 }
 
 /// Opens the WebSocket, runs the session, and swaps in the meeting screen.

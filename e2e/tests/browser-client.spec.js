@@ -26,6 +26,9 @@ test('two browsers meet from a meeting link: roster, chat, leaving', async () =>
   await expect(ann.locator('#name')).toHaveValue('Ann');
   await expect(bob.locator('#name')).toHaveValue('Bob B');
   await expect(ann.locator('#meeting')).toHaveValue('e2e-room');
+  // The camera preview plays (Chromium's fake camera) before joining.
+  await expect(ann.locator('#preview-status')).toContainText('ready (2 tracks)');
+  await expect.poll(() => ann.evaluate(() => document.getElementById('preview').videoWidth)).toBeGreaterThan(0);
 
   await ann.click('#connect');
   await expect(ann.locator('#participants li')).toHaveCount(1);
