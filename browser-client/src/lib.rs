@@ -1,10 +1,14 @@
 //! The Convene browser client, compiled to `wasm32-unknown-unknown` and served
 //! by the server.
 //!
-//! This first slice joins a meeting over WebSocket with the same sans-IO
-//! session machine as every other client (`convene-protocol`), and shows the
-//! participants and the chat. The page is plain DOM built from Rust; camera,
-//! microphone and WebTransport come next.
+//! It joins a meeting over WebSocket with the same sans-IO session machine as
+//! every other client (`convene-protocol`), shows the participants, the chat
+//! and a tile per remote video track (decoded with WebCodecs), and previews
+//! the local camera. The page is plain DOM built from Rust; sending camera
+//! and microphone, and WebTransport, come next.
+
+#[cfg(target_arch = "wasm32")]
+mod video;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -63,6 +67,9 @@ struct App {
     meeting: String,
     name: String,
     roster: BTreeMap<u32, String>,
+    /// Remote video on screen, by (participant, track).
+    #[cfg(target_arch = "wasm32")]
+    tiles: BTreeMap<(u32, u32), video::Tile>,
 }
 
 fn now() -> Timestamp {
@@ -223,6 +230,8 @@ fn connect(name: String, meeting: String) -> Result<(), JsValue> {
         meeting,
         name,
         roster: BTreeMap::new(),
+        #[cfg(target_arch = "wasm32")]
+        tiles: BTreeMap::new(),
     }));
     meeting_screen()?;
     set_text("status", &format!("Connecting to {url}…"));
@@ -320,6 +329,7 @@ fn meeting_screen() -> Result<(), JsValue> {
     root.set_inner_html("");
     add(&root, "h1", "", "Convene")?;
     add(&root, "p", "transport", "")?;
+    add(&root, "div", "tiles", "")?;
     let main = add(&root, "div", "meeting", "")?;
     let people = add(&main, "section", "people", "")?;
     add(&people, "h2", "", "Participants")?;
@@ -363,6 +373,44 @@ fn pump(app: &mut App) {
                 );
                 set_text("transport", "Connected over WebSocket");
                 show_roster(app);
+                let me = app.session.participant_id();
+                for p in j.participants.iter().filter(|p| p.participant_id != me) {
+                    for t in &p.tracks {
+                        add_tile(app, p.participant_id, t);
+                    }
+                }
+            }
+            ClientEvent::Room(S::TrackPublished(t)) => {
+                if let Some(track) = t.track
+                    && t.participant_id != app.session.participant_id()
+                {
+                    add_tile(app, t.participant_id, &track);
+                }
+            }
+            ClientEvent::Room(S::TrackUnpublished(_u)) => {
+                #[cfg(target_arch = "wasm32")]
+                app.tiles.remove(&(_u.participant_id, _u.track_id));
+            }
+            ClientEvent::Media(_m) => {
+                #[cfg(target_arch = "wasm32")]
+                {
+                    let h = *_m.header();
+                    let now_ms = now().0 as f64 / 1000.0;
+                    if let Some(tile) = app.tiles.get_mut(&(h.sender, h.track_id))
+                        && tile.decode(&_m)
+                        && now_ms - tile.last_key_request_ms > 1000.0
+                    {
+                        // Ask the publisher for a picture to start from, at most once a second.
+                        tile.last_key_request_ms = now_ms;
+                        let _ = app.session.send(
+                            now(),
+                            C::KeyFrameRequest(v1::KeyFrameRequest {
+                                participant_id: h.sender,
+                                track_id: h.track_id,
+                            }),
+                        );
+                    }
+                }
             }
             ClientEvent::Waiting(_) => {
                 set_text("status", "Waiting for a moderator to let you in…");
@@ -375,6 +423,8 @@ fn pump(app: &mut App) {
             }
             ClientEvent::Room(S::ParticipantLeft(l)) => {
                 app.roster.remove(&l.participant_id);
+                #[cfg(target_arch = "wasm32")]
+                app.tiles.retain(|(pid, _), _| *pid != l.participant_id);
                 show_roster(app);
             }
             ClientEvent::Room(S::Chat(c)) => {
@@ -409,6 +459,29 @@ fn pump(app: &mut App) {
     }
     while let Some(frame) = app.session.poll_transmit() {
         let _ = app.socket.send_with_u8_array(&frame);
+    }
+}
+
+/// Puts a remote video track on screen (audio is not played yet).
+fn add_tile(_app: &mut App, _participant: u32, _track: &v1::TrackInfo) {
+    #[cfg(target_arch = "wasm32")]
+    {
+        if _track.kind == v1::TrackKind::Audio as i32
+            || _app.tiles.contains_key(&(_participant, _track.track_id))
+        {
+            return;
+        }
+        let name = _app
+            .roster
+            .get(&_participant)
+            .cloned()
+            .unwrap_or_else(|| format!("participant {_participant}"));
+        match video::Tile::new(_participant, _track.track_id, &name, &_track.codec) {
+            Ok(t) => {
+                _app.tiles.insert((_participant, _track.track_id), t);
+            }
+            Err(e) => web_sys::console::warn_2(&"cannot show a video track".into(), &e),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 // in Debian's Chromium: two people open a meeting link, join, see each
 // other, chat, and one leaves.
 const { test, expect } = require('@playwright/test');
-const { startWebServer, launchChromium } = require('./harness');
+const { startWebServer, launchChromium, spawnConvene } = require('./harness');
 
 let server, browser;
 
@@ -51,4 +51,40 @@ test('two browsers meet from a meeting link: roster, chat, leaving', async () =>
   await bob.click('#leave');
   await expect(ann.locator('#participants li')).toHaveCount(1);
   await expect(bob.locator('#status')).toContainText('left');
+});
+
+test('convene stream appears in the browser as a tile that keeps drawing', async () => {
+  // The native CLI's moving test pattern, H.264 from OpenH264.
+  const stream = spawnConvene(['stream', '--server', server.base, '--meeting-id', 'e2e-tile',
+    '--user-id', 'streamer', '--source', 'test-pattern', '--resolution', '320x240', '--fps', '15',
+    '--duration', '90']);
+  try {
+    const page = await browser.context.newPage();
+    await page.goto(`${server.base}/meeting/Viewer/e2e-tile`);
+    await page.click('#connect');
+    const tile = page.locator('#tiles .tile');
+    await expect(tile).toHaveCount(1);
+    await expect(tile.locator('figcaption')).toHaveText('streamer');
+    // Decoded with WebCodecs and drawn, again and again.
+    await expect.poll(async () => Number(await tile.getAttribute('data-frames')),
+      { message: `frames drawn (stream output: ${stream.output})` }).toBeGreaterThan(15);
+    const sample = () => page.evaluate(() => {
+      const c = document.querySelector('#tiles canvas');
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let sum = 0, lit = 0;
+      for (let i = 0; i < d.length; i += 4 * 61) {
+        sum += d[i] + 3 * d[i + 1] + 7 * d[i + 2];
+        if (d[i] + d[i + 1] + d[i + 2] > 30) lit += 1;
+      }
+      return { sum, lit, width: c.width, height: c.height };
+    });
+    const first = await sample();
+    expect(first.width).toBe(320);
+    expect(first.height).toBe(240);
+    expect(first.lit).toBeGreaterThan(100);
+    // The pattern moves: the picture changes.
+    await expect.poll(async () => (await sample()).sum).not.toBe(first.sum);
+  } finally {
+    stream.kill('SIGINT');
+  }
 });

@@ -166,4 +166,13 @@ function convene(args) {
   });
 }
 
-module.exports = { startServer, startWebServer, startPages, launchChromium, convene };
+// Starts `convene ARGS` in the background; returns the child (kill it when done).
+function spawnConvene(args) {
+  const child = spawn(bin('convene'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.output = '';
+  child.stdout.on('data', (d) => { child.output += d; });
+  child.stderr.on('data', (d) => { child.output += d; });
+  return child;
+}
+
+module.exports = { startServer, startWebServer, startPages, launchChromium, convene, spawnConvene };
