@@ -14,8 +14,10 @@ cargo xtask <command>
 Commands:
   codegen            regenerate protocol/src/generated/ and the generated parts of spec/PROTOCOL.md
   codegen --check    fail if any generated file is stale
-  test               run every check and test: codegen staleness, fmt, clippy,
-                     the wasm32 build of convene-protocol, and the workspace tests
+  test               run every check and test: codegen staleness, the container image,
+                     fmt, clippy (the browser client's also for wasm32), the wasm32 build of
+                     convene-protocol, the Kubernetes manifests, the workspace tests, the
+                     browser tests and the conformance runs
   test --quick       only the workspace tests
   conformance        only the conformance runs: the server over WebSocket, over
                      WebTransport and as two NATS nodes; the reference client and
@@ -140,6 +142,20 @@ fn test(quick: bool) -> Result<(), String> {
                 "convene-protocol",
                 "--target",
                 "wasm32-unknown-unknown",
+            ],
+        )?;
+        // The browser client's WebCodecs code exists only in its wasm32 build.
+        run(
+            "cargo",
+            &[
+                "clippy",
+                "-p",
+                "convene-web",
+                "--target",
+                "wasm32-unknown-unknown",
+                "--",
+                "-D",
+                "warnings",
             ],
         )?;
         kubernetes_manifests()?;
