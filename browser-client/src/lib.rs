@@ -8,7 +8,19 @@
 //! and microphone, and WebTransport, come next.
 
 #[cfg(target_arch = "wasm32")]
+mod camera;
+#[cfg(target_arch = "wasm32")]
 mod video;
+
+/// The browser client's camera track id.
+#[cfg(target_arch = "wasm32")]
+const VIDEO_TRACK: u32 = 1;
+
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    /// The camera and microphone the join screen opened, sent once joined.
+    static LOCAL_MEDIA: RefCell<Option<web_sys::MediaStream>> = const { RefCell::new(None) };
+}
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -70,6 +82,14 @@ struct App {
     /// Remote video on screen, by (participant, track).
     #[cfg(target_arch = "wasm32")]
     tiles: BTreeMap<(u32, u32), video::Tile>,
+    /// The camera being sent, once joined.
+    #[cfg(target_arch = "wasm32")]
+    camera: Option<camera::Camera>,
+    /// Joined and not sending yet: the caller starts the camera.
+    want_camera: bool,
+    /// The next video frame's sequence number.
+    #[cfg(target_arch = "wasm32")]
+    video_sequence: u32,
 }
 
 fn now() -> Timestamp {
@@ -184,6 +204,8 @@ fn preview(window: &web_sys::Window) {
         ) {
             video.set_muted(true);
             video.set_src_object(Some(&stream));
+            #[cfg(target_arch = "wasm32")]
+            LOCAL_MEDIA.with(|m| *m.borrow_mut() = Some(stream.clone()));
             let tracks = stream.get_tracks().length();
             set_text(
                 "preview-status",
@@ -232,6 +254,11 @@ fn connect(name: String, meeting: String) -> Result<(), JsValue> {
         roster: BTreeMap::new(),
         #[cfg(target_arch = "wasm32")]
         tiles: BTreeMap::new(),
+        #[cfg(target_arch = "wasm32")]
+        camera: None,
+        want_camera: false,
+        #[cfg(target_arch = "wasm32")]
+        video_sequence: 0,
     }));
     meeting_screen()?;
     set_text("status", &format!("Connecting to {url}…"));
@@ -253,6 +280,10 @@ fn connect(name: String, meeting: String) -> Result<(), JsValue> {
                 let mut app = a.borrow_mut();
                 app.session.handle_frame(now(), bytes);
                 pump(&mut app);
+                if std::mem::take(&mut app.want_camera) {
+                    drop(app);
+                    send_camera(&a);
+                }
             }
         });
     socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
@@ -373,6 +404,7 @@ fn pump(app: &mut App) {
                 );
                 set_text("transport", "Connected over WebSocket");
                 show_roster(app);
+                app.want_camera = true;
                 let me = app.session.participant_id();
                 for p in j.participants.iter().filter(|p| p.participant_id != me) {
                     for t in &p.tracks {
@@ -385,6 +417,14 @@ fn pump(app: &mut App) {
                     && t.participant_id != app.session.participant_id()
                 {
                     add_tile(app, t.participant_id, &track);
+                }
+            }
+            ClientEvent::Room(S::KeyFrameRequest(_k)) => {
+                #[cfg(target_arch = "wasm32")]
+                if _k.track_id == VIDEO_TRACK
+                    && let Some(c) = &app.camera
+                {
+                    c.key_wanted.set(true);
                 }
             }
             ClientEvent::Room(S::TrackUnpublished(_u)) => {
@@ -459,6 +499,61 @@ fn pump(app: &mut App) {
     }
     while let Some(frame) = app.session.poll_transmit() {
         let _ = app.socket.send_with_u8_array(&frame);
+    }
+}
+
+/// Publishes the camera the join screen opened and starts sending it.
+fn send_camera(_app: &Rc<RefCell<App>>) {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let Some(track) = LOCAL_MEDIA.with(|m| m.borrow().clone()).and_then(|s| {
+            s.get_video_tracks()
+                .get(0)
+                .dyn_into::<web_sys::MediaStreamTrack>()
+                .ok()
+        }) else {
+            return;
+        };
+        let rc = _app.clone();
+        let sink = move |e: camera::Encoded| {
+            let mut app = rc.borrow_mut();
+            let frame = convene_protocol::MediaFrame::build(
+                &convene_protocol::MediaHeader {
+                    key: e.key,
+                    sender: 0,
+                    track_id: VIDEO_TRACK,
+                    sequence: app.video_sequence,
+                    capture_timestamp_us: (js_sys::Date::now() * 1000.0) as u64,
+                },
+                None,
+                &e.data,
+            );
+            app.video_sequence = app.video_sequence.wrapping_add(1);
+            let _ = app.session.send_media(now(), frame);
+            pump(&mut app);
+        };
+        let mut app = _app.borrow_mut();
+        let published = app.session.send(
+            now(),
+            C::Publish(v1::Publish {
+                track: Some(v1::TrackInfo {
+                    track_id: VIDEO_TRACK,
+                    kind: v1::TrackKind::Video as i32,
+                    codec: camera::CODEC.into(),
+                    frame_rate: 30,
+                    ..Default::default()
+                }),
+            }),
+        );
+        pump(&mut app);
+        if published.is_err() {
+            return;
+        }
+        drop(app);
+        match camera::start(&track, sink) {
+            Ok(c) => _app.borrow_mut().camera = Some(c),
+            Err(e) => web_sys::console::warn_2(&"cannot send the camera".into(), &e),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 // in Debian's Chromium: two people open a meeting link, join, see each
 // other, chat, and one leaves.
 const { test, expect } = require('@playwright/test');
-const { startWebServer, launchChromium, spawnConvene } = require('./harness');
+const { startWebServer, launchChromium, spawnConvene, convene } = require('./harness');
 
 let server, browser;
 
@@ -41,6 +41,14 @@ test('two browsers meet from a meeting link: roster, chat, leaving', async () =>
   await expect(bob.locator('#participants')).toContainText('Bob B (you)');
   await expect(ann.locator('#transport')).toHaveText(/WebSocket/);
 
+  // Each sends its (fake) camera as H.264; the other sees it as a tile that keeps drawing.
+  for (const [page, other] of [[ann, 'Bob B'], [bob, 'Ann']]) {
+    const tile = page.locator('#tiles .tile');
+    await expect(tile).toHaveCount(1);
+    await expect(tile.locator('figcaption')).toHaveText(other);
+    await expect.poll(async () => Number(await tile.getAttribute('data-frames'))).toBeGreaterThan(10);
+  }
+
   // Chat crosses, with the sender's name.
   await ann.fill('#chat-input', 'hello Bob');
   await ann.press('#chat-input', 'Enter');
@@ -50,6 +58,7 @@ test('two browsers meet from a meeting link: roster, chat, leaving', async () =>
   // Leaving removes Bob from Ann's list.
   await bob.click('#leave');
   await expect(ann.locator('#participants li')).toHaveCount(1);
+  await expect(ann.locator('#tiles .tile')).toHaveCount(0);
   await expect(bob.locator('#status')).toContainText('left');
 });
 
@@ -87,4 +96,24 @@ test('convene stream appears in the browser as a tile that keeps drawing', async
   } finally {
     stream.kill('SIGINT');
   }
+});
+
+test("the browser's camera decodes in convene receive", async () => {
+  const page = await browser.context.newPage();
+  await page.goto(`${server.base}/meeting/Cam/e2e-receive`);
+  await expect(page.locator('#preview-status')).toContainText('ready');
+  await page.click('#connect');
+  await expect(page.locator('#participants li')).toHaveCount(1);
+  const r = await convene(['receive', '--server', server.base, '--meeting-id', 'e2e-receive',
+    '--frames', '20', '--duration', '60', '--json']);
+  expect(r.code, r.stderr).toBe(0);
+  const report = JSON.parse(r.stdout);
+  const video = report.tracks.find((t) => t.kind === 'video');
+  expect(video, r.stdout).toBeTruthy();
+  expect(video.display_name).toBe('Cam');
+  expect(video.codec).toBe('avc1.42E01F');
+  expect(video.frames_decoded).toBeGreaterThanOrEqual(20);
+  expect(video.decode_errors).toBe(0);
+  expect(video.width).toBeGreaterThan(0);
+  await page.close();
 });

@@ -1,0 +1,120 @@
+//! Sending the camera: frames from a MediaStreamTrackProcessor, H.264 from a
+//! WebCodecs VideoEncoder (Annex B, what every Convene client decodes),
+//! handed to a callback as encoded pictures. wasm32 only.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+
+/// The codec string the browser client publishes (H.264 constrained baseline, level 3.1).
+pub(crate) const CODEC: &str = "avc1.42E01F";
+
+/// A key frame at least this often, in pictures.
+const KEY_EVERY: u32 = 60;
+
+/// What runs when a read of the camera's frames completes.
+type ReadCallback = Closure<dyn FnMut(JsValue)>;
+
+/// One encoded picture.
+pub(crate) struct Encoded {
+    /// A key frame.
+    pub(crate) key: bool,
+    /// Annex B bytes.
+    pub(crate) data: Vec<u8>,
+}
+
+/// A running camera encoder; dropping it does not stop it (the page keeps
+/// sending until it leaves).
+pub(crate) struct Camera {
+    /// Set to make the next picture a key frame.
+    pub(crate) key_wanted: Rc<Cell<bool>>,
+}
+
+/// Starts encoding `track` and calls `sink` with every encoded picture.
+pub(crate) fn start(
+    track: &web_sys::MediaStreamTrack,
+    sink: impl FnMut(Encoded) + 'static,
+) -> Result<Camera, JsValue> {
+    let processor = web_sys::MediaStreamTrackProcessor::new(
+        &web_sys::MediaStreamTrackProcessorInit::new(track),
+    )?;
+    let reader = processor
+        .readable()
+        .get_reader()
+        .dyn_into::<web_sys::ReadableStreamDefaultReader>()?;
+    let sink = Rc::new(RefCell::new(sink));
+    let output = Closure::<dyn FnMut(web_sys::EncodedVideoChunk)>::new(
+        move |chunk: web_sys::EncodedVideoChunk| {
+            let mut data = vec![0u8; chunk.byte_length() as usize];
+            if chunk.copy_to_with_u8_slice(&mut data).is_ok() {
+                let key = chunk.type_() == web_sys::EncodedVideoChunkType::Key;
+                (sink.borrow_mut())(Encoded { key, data });
+            }
+        },
+    );
+    let error = Closure::<dyn FnMut(JsValue)>::new(|e: JsValue| {
+        web_sys::console::warn_2(&"video encoder error".into(), &e);
+    });
+    let encoder = web_sys::VideoEncoder::new(&web_sys::VideoEncoderInit::new(
+        error.as_ref().unchecked_ref(),
+        output.as_ref().unchecked_ref(),
+    ))?;
+    output.forget();
+    error.forget();
+
+    let key_wanted = Rc::new(Cell::new(true));
+    let configured = Rc::new(Cell::new(false));
+    let count = Rc::new(Cell::new(0u32));
+    // One callback for every read, which asks for the next: no per-frame closures.
+    let next: Rc<RefCell<Option<ReadCallback>>> = Rc::new(RefCell::new(None));
+    let (n, r, kw) = (next.clone(), reader.clone(), key_wanted.clone());
+    *next.borrow_mut() = Some(Closure::new(move |result: JsValue| {
+        let done = js_sys::Reflect::get(&result, &"done".into())
+            .map(|d| d.is_truthy())
+            .unwrap_or(true);
+        if done {
+            return;
+        }
+        if let Ok(frame) = js_sys::Reflect::get(&result, &"value".into())
+            .and_then(|v| v.dyn_into::<web_sys::VideoFrame>())
+        {
+            if !configured.get() {
+                let config = web_sys::VideoEncoderConfig::new(
+                    CODEC,
+                    frame.display_height(),
+                    frame.display_width(),
+                );
+                config.set_bitrate(800_000);
+                config.set_framerate(30.0);
+                let avc = js_sys::Object::new();
+                let _ = js_sys::Reflect::set(&avc, &"format".into(), &"annexb".into());
+                let _ = js_sys::Reflect::set(&config, &"avc".into(), &avc);
+                configured.set(encoder.configure(&config).is_ok());
+            }
+            // A slow encoder skips pictures instead of queueing them.
+            if configured.get() && encoder.encode_queue_size() < 3 {
+                let key = kw.get() || count.get().is_multiple_of(KEY_EVERY);
+                let options = web_sys::VideoEncoderEncodeOptions::new();
+                options.set_key_frame(key);
+                if encoder.encode_with_options(&frame, &options).is_ok() {
+                    count.set(count.get() + 1);
+                    if key {
+                        kw.set(false);
+                    }
+                }
+            }
+            frame.close();
+        }
+        if let Some(cb) = n.borrow().as_ref() {
+            let _ = r.read().then(cb);
+        }
+    }));
+    if let Some(cb) = next.borrow().as_ref() {
+        let _ = reader.read().then(cb);
+    }
+    // The callback lives as long as the page.
+    std::mem::forget(next);
+    Ok(Camera { key_wanted })
+}
