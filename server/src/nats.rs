@@ -883,9 +883,7 @@ pub fn encode(from: NodeId, epoch: u64, msg: &BusMessage) -> Option<Bytes> {
 /// `None` for anything malformed, which the caller counts and ignores.
 pub fn decode(bytes: &[u8]) -> Option<(NodeId, u64, BusMessage)> {
     let env = Envelope::decode(bytes).ok()?;
-    let node = NodeId::try_from(env.from)
-        .ok()
-        .filter(|n| u32::from(*n) < MAX_NODES)?;
+    let node = node_of(env.from)?;
     let meeting = env.meeting;
     convene_protocol::validate::meeting_id(&meeting).ok()?;
     let msg = match env.op? {
@@ -943,11 +941,16 @@ pub fn decode(bytes: &[u8]) -> Option<(NodeId, u64, BusMessage)> {
     Some((node, env.epoch, msg))
 }
 
+/// A sender's node id, if it is one.
+fn node_of(from: u32) -> Option<NodeId> {
+    NodeId::try_from(from)
+        .ok()
+        .filter(|n| u32::from(*n) < MAX_NODES)
+}
+
 fn decode_heartbeat(bytes: &[u8]) -> Option<(NodeId, u64)> {
     let env = Envelope::decode(bytes).ok()?;
-    let node = NodeId::try_from(env.from)
-        .ok()
-        .filter(|n| u32::from(*n) < MAX_NODES)?;
+    let node = node_of(env.from)?;
     matches!(env.op, Some(Op::Alive(_))).then_some((node, env.epoch))
 }
 

@@ -965,20 +965,44 @@ impl Room {
         // A snapshot carries the tracks already published: as if published
         // now, and (unlike a fresh publication, which starts with a key
         // frame) our subscribers need a key frame to start from.
-        let watching = self
-            .members
-            .values()
-            .any(|m| m.outbox.is_some() && m.subscribe_all);
+        let watching = self.someone_watches_everything();
         for t in tracks {
-            let (tid, video) = (t.track_id, t.kind != TrackKind::Audio as i32);
-            if self
-                .apply_request(now, pid, RoomRequest::Publish(t), 0)
-                .is_ok()
-                && video
-                && watching
-            {
-                self.request_key_frame(now, pid, tid, 0, true);
-            }
+            self.publish_remote_track(now, pid, t, watching);
+        }
+    }
+
+    /// True when a participant of this node receives every track.
+    fn someone_watches_everything(&self) -> bool {
+        self.members
+            .values()
+            .any(|m| m.outbox.is_some() && m.subscribe_all)
+    }
+
+    /// Adds a track a remote participant already publishes (from a snapshot
+    /// or a roster). Unlike a fresh publication, which starts with a key
+    /// frame, our subscribers need one asked for when `watching`.
+    fn publish_remote_track(&mut self, now: Timestamp, pid: u32, t: TrackInfo, watching: bool) {
+        let (tid, video) = (t.track_id, t.kind != TrackKind::Audio as i32);
+        if self
+            .apply_request(now, pid, RoomRequest::Publish(t), 0)
+            .is_ok()
+            && video
+            && watching
+        {
+            self.request_key_frame(now, pid, tid, 0, true);
+        }
+    }
+
+    /// Removes the participants of `node` that `keep` does not keep.
+    fn remove_remote_members(&mut self, node: NodeId, keep: impl Fn(u32) -> bool) {
+        let gone: Vec<u32> = self
+            .members
+            .iter()
+            .filter(|(pid, m)| m.outbox.is_none() && m.node == node && !keep(**pid))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            self.remove_member(pid);
         }
     }
 
@@ -1014,15 +1038,7 @@ impl Room {
     /// Removes every participant of `node` (it stopped answering).
     pub fn drop_node(&mut self, node: NodeId) {
         self.remote_waiting.retain(|_, (n, _)| *n != node);
-        let gone: Vec<u32> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.outbox.is_none() && m.node == node)
-            .map(|(pid, _)| *pid)
-            .collect();
-        for pid in gone {
-            self.remove_member(pid);
-        }
+        self.remove_remote_members(node, |_| false);
     }
 
     /// Makes our copy of `node`'s participants what its roster says.
@@ -1031,15 +1047,7 @@ impl Room {
             .iter()
             .map(|e| e.participant.participant_id)
             .collect();
-        let gone: Vec<u32> = self
-            .members
-            .iter()
-            .filter(|(pid, m)| m.outbox.is_none() && m.node == node && !listed.contains(pid))
-            .map(|(pid, _)| *pid)
-            .collect();
-        for pid in gone {
-            self.remove_member(pid);
-        }
+        self.remove_remote_members(node, |pid| listed.contains(&pid));
         for e in members {
             let pid = e.participant.participant_id;
             // A participant id's top bits name its node: a roster speaks
@@ -1071,10 +1079,7 @@ impl Room {
                 );
             }
         }
-        let watching = self
-            .members
-            .values()
-            .any(|m| m.outbox.is_some() && m.subscribe_all);
+        let watching = self.someone_watches_everything();
         for t in tracks {
             match have.iter().find(|(tid, _)| *tid == t.track_id) {
                 Some((_, muted)) if *muted != t.muted => {
@@ -1089,17 +1094,7 @@ impl Room {
                     );
                 }
                 Some(_) => {}
-                None => {
-                    let (tid, video) = (t.track_id, t.kind != TrackKind::Audio as i32);
-                    if self
-                        .apply_request(now, pid, RoomRequest::Publish(t), 0)
-                        .is_ok()
-                        && video
-                        && watching
-                    {
-                        self.request_key_frame(now, pid, tid, 0, true);
-                    }
-                }
+                None => self.publish_remote_track(now, pid, t, watching),
             }
         }
     }
@@ -1301,6 +1296,13 @@ impl Router {
             })
     }
 
+    /// Forgets a room and stops hearing its meeting from the other nodes
+    /// (the two go together: a node hears a meeting while it has its room).
+    fn close_room(&self, rooms: &mut HashMap<String, Arc<Mutex<Room>>>, id: &str) {
+        rooms.remove(id);
+        self.bus.interest(id, false);
+    }
+
     /// The bus to the other nodes.
     pub fn bus(&self) -> &Arc<dyn Bus> {
         &self.bus
@@ -1357,8 +1359,7 @@ impl Router {
                 let guard = lock(&room);
                 let id = guard.id().to_string();
                 if guard.is_empty() && rooms.get(&id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
-                    rooms.remove(&id);
-                    self.bus.interest(&id, false);
+                    self.close_room(&mut rooms, &id);
                 }
             }
         }
@@ -1379,8 +1380,7 @@ impl Router {
             }
         }
         for id in emptied {
-            rooms.remove(&id);
-            self.bus.interest(&id, false);
+            self.close_room(&mut rooms, &id);
         }
     }
 
@@ -1435,8 +1435,7 @@ impl Router {
             }
             Err(e) => {
                 if guard.is_empty() {
-                    rooms.remove(meeting);
-                    self.bus.interest(meeting, false);
+                    self.close_room(&mut rooms, meeting);
                 }
                 Err(e)
             }
@@ -1451,8 +1450,7 @@ impl Router {
         if guard.is_empty() {
             let id = guard.id().to_string();
             if rooms.get(&id).is_some_and(|r| Arc::ptr_eq(r, room)) {
-                rooms.remove(&id);
-                self.bus.interest(&id, false);
+                self.close_room(&mut rooms, &id);
             }
         }
     }

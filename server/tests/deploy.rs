@@ -58,18 +58,7 @@ fn the_systemd_unit_verifies_without_a_warning() {
 
 #[test]
 fn the_example_configuration_loads() {
-    let out = Command::new(env!("CARGO_BIN_EXE_convene-server"))
-        .arg("--config")
-        .arg(repo("deploy/convene.toml"))
-        .arg("--print-config")
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let printed = print_config("deploy/convene.toml", &[]);
     assert!(printed.contains("listen = \"0.0.0.0:443\""), "{printed}");
     assert!(
         printed.contains("max_participants_per_room = 500"),
@@ -79,19 +68,12 @@ fn the_example_configuration_loads() {
 
 #[test]
 fn the_example_cluster_node_configuration_loads() {
-    let out = Command::new(env!("CARGO_BIN_EXE_convene-server"))
-        .arg("--config")
-        .arg(repo("deploy/cluster/convene-node.toml"))
-        .arg("--print-config")
-        .env("CONVENE_NODE_ID", "2")
-        .env("CONVENE_BUS_PASSWORD", "from-the-environment")
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let printed = print_config(
+        "deploy/cluster/convene-node.toml",
+        &[
+            ("CONVENE_NODE_ID", "2"),
+            ("CONVENE_BUS_PASSWORD", "from-the-environment"),
+        ],
     );
     assert!(
         printed.contains("bus = \"nats://nats-1.internal:4222,nats://nats-2.internal:4222\""),
@@ -102,6 +84,24 @@ fn the_example_cluster_node_configuration_loads() {
         !printed.contains("from-the-environment"),
         "the NATS password is never printed: {printed}"
     );
+}
+
+/// What `convene-server --config <path> --print-config` prints, with `env`
+/// set; fails the test when the server refuses the file.
+fn print_config(path: &str, env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_convene-server"))
+        .arg("--config")
+        .arg(repo(path))
+        .arg("--print-config")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Metric names a Prometheus query may use for what the server exports:
@@ -240,20 +240,8 @@ fn the_kubernetes_kustomization_lists_every_manifest_and_its_files_exist() {
 
 #[test]
 fn the_kubernetes_node_configuration_loads_with_a_pod_index_as_node_id() {
-    let out = Command::new(env!("CARGO_BIN_EXE_convene-server"))
-        .arg("--config")
-        .arg(repo("deploy/k8s/convene.toml"))
-        .arg("--print-config")
-        // The first pod of the StatefulSet.
-        .env("CONVENE_NODE_ID", "0")
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The first pod of the StatefulSet.
+    let printed = print_config("deploy/k8s/convene.toml", &[("CONVENE_NODE_ID", "0")]);
     assert!(printed.contains("node_id = 0"), "{printed}");
     assert!(printed.contains("bus = \"nats://nats:4222\""), "{printed}");
     // The drain deadline fits in the pod's termination grace period (30 s)

@@ -196,7 +196,13 @@ const BUILD_PACKAGES: &[&str] = &["libclang-dev", "systemd", "nats-server"];
 /// Installs [`BUILD_PACKAGES`] when dpkg says they are missing. On a system
 /// without dpkg it does nothing: the build's own error then names what is missing.
 fn build_prerequisites() -> Result<(), String> {
-    let missing: Vec<&str> = BUILD_PACKAGES
+    ensure_debian_packages(BUILD_PACKAGES)
+}
+
+/// Installs those of `packages` that dpkg says are missing (nothing on a
+/// system without dpkg).
+fn ensure_debian_packages(packages: &[&str]) -> Result<(), String> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -354,18 +360,7 @@ fn image_name() -> String {
 /// then checks it the way this sandbox allows: containers cannot run here,
 /// so its filesystem is exported and the server started from that root.
 fn image() -> Result<(), String> {
-    let missing: Vec<&str> = ["podman", "musl-tools"]
-        .into_iter()
-        .filter(|p| {
-            Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output()
-                .is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        })
-        .collect();
-    if !missing.is_empty() {
-        install_debian_packages(&missing)?;
-    }
+    ensure_debian_packages(&["podman", "musl-tools"])?;
     // The image serves the browser client too.
     web()?;
     run("rustup", &["target", "add", MUSL])?;
