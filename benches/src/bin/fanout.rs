@@ -187,13 +187,22 @@ impl Drop for Killed {
     }
 }
 
-/// The cumulative buckets of the server's queue-delay histogram: (upper bound in s, count).
-fn queue_delay_buckets(port: u16) -> anyhow::Result<Vec<(f64, f64)>> {
+/// The whole reply (status line, headers, body) to a GET on loopback.
+fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     use std::io::Read as _;
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The cumulative buckets of the server's queue-delay histogram: (upper bound in s, count).
+fn queue_delay_buckets(port: u16) -> anyhow::Result<Vec<(f64, f64)>> {
+    let text = http_get(port, "/metrics")?;
     let mut out = Vec::new();
     for line in text
         .lines()
@@ -925,17 +934,10 @@ fn json(r: &Result) -> serde_json::Value {
 
 /// Waits until a server says it is ready (a cluster node has heard the others).
 fn wait_ready(port: u16) -> anyhow::Result<()> {
-    use std::io::Read as _;
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ =
-                s.write_all(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
-            let mut reply = String::new();
-            let _ = s.read_to_string(&mut reply);
-            if reply.starts_with("HTTP/1.1 200") {
-                return Ok(());
-            }
+        if http_get(port, "/readyz").is_ok_and(|r| r.starts_with("HTTP/1.1 200")) {
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -944,11 +946,7 @@ fn wait_ready(port: u16) -> anyhow::Result<()> {
 
 /// nats-server's message and byte counters, from its monitoring port.
 fn nats_varz(port: u16) -> anyhow::Result<serde_json::Value> {
-    use std::io::Read as _;
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.write_all(b"GET /varz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
+    let text = http_get(port, "/varz")?;
     let body = text.split("\r\n\r\n").nth(1).context("no /varz body")?;
     Ok(serde_json::from_str(body)?)
 }
