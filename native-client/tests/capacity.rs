@@ -1,7 +1,8 @@
-//! Capacity governance with real servers: a node driven past its egress
-//! ceiling by `convene load` refuses newcomers with SERVER_BUSY while every
-//! participant already in keeps receiving, reports it on `/load`, and
-//! `convene stream` given two servers moves on to the one that takes it.
+//! Capacity governance with real servers: a node driven past its egress,
+//! CPU or fan-out delay threshold by `convene load` refuses newcomers with
+//! SERVER_BUSY while every participant already in keeps receiving, reports it
+//! on `/load`, and `convene stream` given several servers moves on to one
+//! that takes it (or that it can reach at all).
 
 mod common;
 
@@ -131,7 +132,29 @@ async fn a_busy_node_turns_newcomers_away_to_the_next_server_and_keeps_its_own()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_past_its_cpu_threshold_refuses_joins_with_server_busy() {
     // A threshold any real load passes: 1 % of the worker threads.
-    let a = server(|c| c.busy_cpu_percent = 1).await;
+    refuses_newcomers_once_busy(|c| c.busy_cpu_percent = 1, "CPU at").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_frames_wait_in_queues_refuses_joins_with_server_busy() {
+    // Writes coalesced for 5 ms make every frame wait at least that long in its
+    // subscriber's queue: past a 1 ms fan-out delay threshold under any load.
+    refuses_newcomers_once_busy(
+        |c| {
+            c.coalesce_ms = 5;
+            c.busy_queue_delay_ms = 1;
+        },
+        "frames waiting",
+    )
+    .await;
+}
+
+/// Drives a server configured by `tweak` with `convene load` until `/load`
+/// reports a busy reason containing `reason`, then checks a newcomer is
+/// refused with it and that nobody already in lost a frame.
+async fn refuses_newcomers_once_busy(tweak: impl FnOnce(&mut Config), reason: &str) {
+    let a = server(tweak).await;
+    assert_eq!(load_of(&a).await["accepting"], true, "idle is not busy");
     let mut args = common::server_args(&a);
     args.extend(
         "load -n 10 --video-bytes 8000 --ramp-up 0.5 --duration 6 --json"
@@ -141,15 +164,15 @@ async fn a_node_past_its_cpu_threshold_refuses_joins_with_server_busy() {
     args.rotate_left(2);
     let load = convene(&args).spawn().expect("convene load starts");
     let until = Instant::now() + DEADLINE;
-    let report = loop {
+    loop {
         let r = load_of(&a).await;
-        if r["busy"].as_str().is_some_and(|b| b.contains("CPU")) {
-            break r;
+        if r["busy"].as_str().is_some_and(|b| b.contains(reason)) {
+            assert_eq!(r["accepting"], false, "{r}");
+            break;
         }
-        assert!(Instant::now() < until, "A never became busy: {r}");
+        assert!(Instant::now() < until, "never busy for {reason:?}: {r}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(report["cpu_percent"].as_f64().unwrap() > 1.0, "{report}");
+    }
     // A newcomer with only this server is told why and keeps trying.
     let out = convene(
         &[
@@ -172,7 +195,7 @@ async fn a_node_past_its_cpu_threshold_refuses_joins_with_server_busy() {
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("SERVER_BUSY") && stderr.contains("CPU at"),
+        stderr.contains("SERVER_BUSY") && stderr.contains(reason),
         "{stderr}"
     );
     let out = load.wait_with_output().await.unwrap();
@@ -183,4 +206,49 @@ async fn a_node_past_its_cpu_threshold_refuses_joins_with_server_busy() {
     assert_eq!(r["lost"], 0, "those already in lose nothing: {r}");
     assert_eq!(r["received"], r["expected"], "{r}");
     a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_moves_past_a_server_it_cannot_reach() {
+    // A port nothing listens on: bound, then released.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let b = server(|_| {}).await;
+    let b_url = format!("http://{}", b.addr);
+    let out = convene(
+        &[
+            "stream",
+            "--server",
+            &format!("{dead_url},{b_url}"),
+            "--meeting-id",
+            "failover",
+            "--source",
+            "test-pattern",
+            "--resolution",
+            "160x96",
+            "--fps",
+            "10",
+            "--duration",
+            "1",
+            "--json",
+        ]
+        .map(String::from),
+    )
+    .output()
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect") && stderr.contains(&format!("trying {b_url}")),
+        "{stderr}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["server"], b_url.as_str(), "{summary}");
+    assert!(
+        summary["video_frames_sent"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    b.shutdown().await;
 }

@@ -416,7 +416,10 @@ fn image() -> Result<(), String> {
             ],
         )?;
     } else {
-        std::fs::write(ctx.join("web/.keep"), "").map_err(io)?;
+        return Err(format!(
+            "{} is missing: `cargo xtask web` builds it",
+            dist.display()
+        ));
     }
     let name = image_name();
     run(
@@ -488,6 +491,19 @@ fn check_image(name: &str) -> Result<(), String> {
         if !wait_ready(port, std::time::Duration::from_secs(30)) {
             return Err("the image's server did not become ready within 30 s".to_string());
         }
+        // The browser client comes from the image's own /web.
+        for (path, needle) in [
+            ("/meeting/image/check", "convene_web.js"),
+            ("/convene_web_bg.wasm", "application/wasm"),
+        ] {
+            let reply = http_get(port, path).unwrap_or_default();
+            if !reply.starts_with("HTTP/1.1 200") || !reply.contains(needle) {
+                let head: String = reply.chars().take(300).collect();
+                return Err(format!(
+                    "the image does not serve the browser client: GET {path} answered {head:?}"
+                ));
+            }
+        }
         run("cargo", &["build", "--quiet", "-p", "convene-cli"])?;
         let convene = target_dir().join("debug/convene");
         run(
@@ -511,7 +527,7 @@ fn check_image(name: &str) -> Result<(), String> {
     let _ = child.wait();
     result?;
     println!(
-        "image {name}: built, exported, served /readyz and a meeting with media from its own files"
+        "image {name}: built, exported, served /readyz, the browser client and a meeting with media from its own files"
     );
     Ok(())
 }
@@ -913,20 +929,25 @@ fn conformance_cluster(bin: &std::path::Path, secret: &str) -> Result<(), String
 
 /// Waits until the server on `port` answers `/readyz` with 200.
 fn wait_ready(port: u16, limit: std::time::Duration) -> bool {
-    use std::io::{Read, Write};
     let until = Instant::now() + limit;
     while Instant::now() < until {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut reply = String::new();
-            let _ = s.read_to_string(&mut reply);
-            if reply.starts_with("HTTP/1.1 200") {
-                return true;
-            }
+        if http_get(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            return true;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     false
+}
+
+/// The whole reply (status line, headers, body) to `GET path` on loopback.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).ok()?;
+    Some(String::from_utf8_lossy(&reply).into_owned())
 }
 
 fn target_dir() -> PathBuf {
