@@ -1,5 +1,5 @@
-//! Reads `spec/` and writes the generated parts of `convene-protocol` and of
-//! `spec/PROTOCOL.md`.
+//! Reads `spec/` and writes the generated parts of `convene-protocol`, of
+//! `convene-admin` and of `spec/PROTOCOL.md`.
 //!
 //! Each kind of output has its own `generate` function; [`run`] calls them all.
 //! In [`Mode::Check`] nothing is written and every difference is reported, so
@@ -97,6 +97,11 @@ impl Layout {
         self.root.join("spec/PROTOCOL.md")
     }
 
+    /// `admin/src/generated/`.
+    pub fn admin_generated(&self) -> PathBuf {
+        self.root.join("admin/src/generated")
+    }
+
     /// `protocol/src/generated/`.
     pub fn generated(&self) -> PathBuf {
         self.root.join("protocol/src/generated")
@@ -161,6 +166,10 @@ pub fn run(layout: &Layout, mode: Mode) -> Result<Vec<String>, CodegenError> {
     out.add(
         generated.join("descriptor.bin"),
         spec.descriptor_set.clone(),
+    );
+    out.add(
+        layout.admin_generated().join("convene.admin.v1.rs"),
+        proto::generate_admin(layout)?,
     );
     let errors = proto::error_codes(&spec)?;
     out.add(

@@ -34,7 +34,7 @@ pub(crate) fn compile(layout: &Layout) -> Result<Spec, CodegenError> {
         })?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".proto"))
+        .filter(|n| n.ends_with(".proto") && n != ADMIN_PROTO)
         .collect();
     files.sort();
     let mut compiler =
@@ -55,6 +55,41 @@ pub(crate) fn compile(layout: &Layout) -> Result<Spec, CodegenError> {
         descriptor_set: bare.encode_file_descriptor_set(),
         files,
     })
+}
+
+/// The operator's API: its own package, not part of the client protocol.
+pub(crate) const ADMIN_PROTO: &str = "admin.proto";
+
+/// The admin API's messages, server trait and client, through tonic-prost-build.
+pub(crate) fn generate_admin(layout: &Layout) -> Result<String, CodegenError> {
+    use prost::Message as _;
+    let dir = layout.spec_v1();
+    let mut compiler =
+        protox::Compiler::new([&dir]).map_err(|e| CodegenError::Proto(e.to_string()))?;
+    compiler.include_source_info(true).include_imports(false);
+    compiler
+        .open_files([ADMIN_PROTO])
+        .map_err(|e| CodegenError::Proto(format!("{e:?}")))?;
+    let fds =
+        prost_types::FileDescriptorSet::decode(compiler.encode_file_descriptor_set().as_slice())
+            .map_err(|e| CodegenError::Proto(e.to_string()))?;
+    let out = std::env::temp_dir().join(format!("convene-codegen-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&out).map_err(|source| CodegenError::Io {
+        path: out.clone(),
+        source,
+    })?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .build_transport(true)
+        .out_dir(&out)
+        .compile_fds(fds)
+        .map_err(|e| CodegenError::Proto(format!("{ADMIN_PROTO}: {e}")))?;
+    let path = out.join("convene.admin.v1.rs");
+    let body = read(&path)?;
+    let _ = std::fs::remove_dir_all(&out);
+    let code = format!("{}{}", header(&format!("spec/v1/{ADMIN_PROTO}")), body);
+    rustfmt("admin API", &code)
 }
 
 pub(crate) fn generate_rust(spec: &Spec) -> Result<String, CodegenError> {

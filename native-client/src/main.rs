@@ -4,10 +4,11 @@
 //! `convene receive` watches a meeting and reports what arrives;
 //! `convene load` simulates many participants against a server and reports
 //! connect times, loss, end-to-end latency and throughput; `convene token`
-//! mints development tokens.
+//! mints development tokens; `convene admin` talks to a node's admin API.
 
 use clap::{Parser, Subcommand};
 
+mod admin;
 mod args;
 mod audio;
 mod frame;
@@ -50,6 +51,9 @@ enum Command {
     Load(load::LoadArgs),
     /// Mint a development token (HS256) from a server's shared secret.
     Token(token::TokenArgs),
+    /// Operate a server node through its admin API: list meetings, remove a
+    /// participant, end a meeting, mint a token, show stats.
+    Admin(admin::AdminArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,6 +81,7 @@ fn main() -> std::process::ExitCode {
             Command::Receive(args) => receive::run(args).await,
             Command::Load(args) => load::run(args).await,
             Command::Token(args) => token::run(args),
+            Command::Admin(args) => admin::run(args).await,
         }
     });
     match result {

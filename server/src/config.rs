@@ -95,6 +95,25 @@ pub struct Cli {
     #[arg(long, env = "CONVENE_AUTH_AUDIENCE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_audience: Option<String>,
+    /// Turn on the admin API (gRPC, spec/v1/admin.proto) with this bearer
+    /// token, at least 16 bytes. Prefer the environment or --admin-token-file.
+    #[arg(
+        long,
+        env = "CONVENE_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+    /// Read the admin API's bearer token from this file (whitespace ignored).
+    #[arg(long, env = "CONVENE_ADMIN_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Where the admin API listens: plain HTTP/2, so loopback only (reach it
+    /// through an SSH tunnel or `kubectl port-forward`) [default: 127.0.0.1:9444].
+    #[arg(long, env = "CONVENE_ADMIN_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
     /// Share meetings with other nodes through NATS: `nats://host:4222` (or
     /// `tls://`); several servers of one NATS cluster separated by commas.
     /// Without it the server is a single node.
@@ -286,6 +305,13 @@ pub struct Config {
     pub auth_issuer: Option<String>,
     /// Required token audience.
     pub auth_audience: Option<String>,
+    /// Admin API bearer token; never printed.
+    #[serde(skip_serializing)]
+    pub admin_token: Option<String>,
+    /// File holding the admin API token.
+    pub admin_token_file: Option<PathBuf>,
+    /// Admin API listen address (loopback).
+    pub admin_listen: SocketAddr,
     /// NATS URLs, comma-separated; none for a single node.
     pub bus: Option<String>,
     /// Node id in the cluster.
@@ -375,6 +401,9 @@ impl Default for Config {
             auth_jwks_refresh_s: 300,
             auth_issuer: None,
             auth_audience: None,
+            admin_token: None,
+            admin_token_file: None,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9444)),
             bus: None,
             node_id: None,
             node_timeout_ms: 3_000,
@@ -436,6 +465,15 @@ pub enum ConfigError {
     /// A value is outside what the protocol allows.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Shortest admin API token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+fn admin_token_too_short(len: usize) -> ConfigError {
+    ConfigError::Invalid(format!(
+        "the admin token has {len} bytes; use at least {MIN_ADMIN_TOKEN} (e.g. `openssl rand -hex 24`)"
+    ))
 }
 
 impl Config {
@@ -555,6 +593,23 @@ impl Config {
                 self.listen
             )));
         }
+        if self.admin_token.is_some() && self.admin_token_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "use either admin_token or admin_token_file, not both".into(),
+            ));
+        }
+        if let Some(t) = &self.admin_token
+            && t.trim().len() < MIN_ADMIN_TOKEN
+        {
+            return Err(admin_token_too_short(t.trim().len()));
+        }
+        if self.admin() && !self.admin_listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "admin_listen {}: the admin API speaks plain HTTP/2 and listens on loopback only; \
+                 reach it through an SSH tunnel or `kubectl port-forward`",
+                self.admin_listen
+            )));
+        }
         if self.auth_secret.is_some() && self.auth_secret_file.is_some() {
             return Err(ConfigError::Invalid(
                 "use either auth_secret or auth_secret_file, not both".into(),
@@ -649,6 +704,30 @@ impl Config {
         self.auth_secret.is_some()
             || self.auth_secret_file.is_some()
             || self.auth_jwks_url.is_some()
+    }
+
+    /// True when the admin API is on (a token is configured).
+    pub fn admin(&self) -> bool {
+        self.admin_token.is_some() || self.admin_token_file.is_some()
+    }
+
+    /// The admin API's bearer token, read from its file if need be.
+    pub fn load_admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let token = match (&self.admin_token, &self.admin_token_file) {
+            (Some(t), _) => t.trim().to_string(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+            (None, None) => return Ok(None),
+        };
+        if token.len() < MIN_ADMIN_TOKEN {
+            return Err(admin_token_too_short(token.len()));
+        }
+        Ok(Some(token))
     }
 
     /// The token secret, from the setting or its file.

@@ -5,6 +5,7 @@
 //! is the tokio shell: [`start`] binds and serves, returning a [`Server`]
 //! handle that tests and `main` use alike.
 
+pub mod admin;
 pub mod auth;
 pub mod bus;
 pub mod config;
@@ -73,6 +74,8 @@ pub struct Server {
     pub cert_sha256: Option<String>,
     /// The bound WebTransport (UDP) address, when TLS is on.
     pub wt_addr: Option<SocketAddr>,
+    /// The bound admin API address, when it is on.
+    pub admin_addr: Option<SocketAddr>,
     serving: JoinHandle<()>,
 }
 
@@ -97,6 +100,11 @@ pub async fn start_node(
     inbound: Option<tokio::sync::mpsc::Receiver<bus::BusMessage>>,
 ) -> Result<Server, StartError> {
     let secret = config.load_auth_secret()?;
+    let admin_token = config.load_admin_token()?;
+    let admin_listener = match &admin_token {
+        Some(_) => Some(admin::bind(config.admin_listen).await?),
+        None => None,
+    };
     let jwks = config.auth_jwks_url.as_deref().map(auth::Jwks::new);
     let verifier = (secret.is_some() || jwks.is_some()).then(|| {
         auth::Verifier::new(
@@ -134,6 +142,10 @@ pub async fn start_node(
         );
     }
     let state = Arc::new(AppState::new(config, cert_sha256.clone(), verifier, bus));
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let (Some(listener), Some(token)) = (admin_listener, admin_token) {
+        tokio::spawn(admin::serve(state.clone(), listener, token, secret.clone()));
+    }
     if let Some(jwks) = jwks {
         let mut stop = state.shutdown_signal();
         tokio::spawn(async move {
@@ -267,6 +279,7 @@ pub async fn start_node(
         state,
         cert_sha256,
         wt_addr,
+        admin_addr,
         serving,
     })
 }

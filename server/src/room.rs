@@ -128,6 +128,24 @@ struct Syncing {
     held: Vec<Waiter>,
 }
 
+/// The participant id moderation requests carry when they come from the
+/// node's operator (the admin API) rather than from a participant: never a
+/// participant's id, and allowed every moderator action.
+pub const OPERATOR: u32 = 0;
+
+/// One meeting as the admin API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeetingSummary {
+    /// The meeting id.
+    pub meeting_id: String,
+    /// Locked meetings refuse joins.
+    pub locked: bool,
+    /// Participants waiting on this node.
+    pub waiting: usize,
+    /// Everyone in the meeting, on every node, by participant id, with their node.
+    pub members: Vec<(Participant, NodeId)>,
+}
+
 /// A participant in the waiting room.
 #[derive(Debug)]
 struct Waiter {
@@ -562,6 +580,9 @@ impl Room {
     }
 
     fn require_moderator(&self, pid: u32) -> Result<(), ProtocolError> {
+        if pid == OPERATOR {
+            return Ok(());
+        }
         match self.members.get(&pid) {
             Some(m) if m.info.role == Role::Moderator as i32 => Ok(()),
             _ => Err(ProtocolError::new(
@@ -579,6 +600,20 @@ impl Room {
                 ErrorCode::UnknownParticipant,
                 format!("participant {pid} is not in your room"),
             ))
+        }
+    }
+
+    /// The meeting as the admin API shows it.
+    pub fn summary(&self) -> MeetingSummary {
+        MeetingSummary {
+            meeting_id: self.id.clone(),
+            locked: self.locked,
+            waiting: self.waiting.len(),
+            members: self
+                .members
+                .values()
+                .map(|m| (m.participant(), m.node))
+                .collect(),
         }
     }
 
@@ -1138,10 +1173,11 @@ impl Room {
                 server_time_us,
                 ..
             } => {
-                if self
-                    .members
-                    .get(&participant_id)
-                    .is_some_and(|m| m.outbox.is_none())
+                if participant_id == OPERATOR
+                    || self
+                        .members
+                        .get(&participant_id)
+                        .is_some_and(|m| m.outbox.is_none())
                 {
                     // Accepted on its own node already; here it only updates our copy.
                     let _ = self.apply_request(now, participant_id, request, server_time_us);
@@ -1453,6 +1489,44 @@ impl Router {
                 self.close_room(&mut rooms, &id);
             }
         }
+    }
+
+    /// Every meeting this node serves, sorted by id.
+    pub fn meetings(&self) -> Vec<MeetingSummary> {
+        let rooms: Vec<Arc<Mutex<Room>>> = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out: Vec<MeetingSummary> = rooms.iter().map(|r| lock(r).summary()).collect();
+        out.sort_by(|a, b| a.meeting_id.cmp(&b.meeting_id));
+        out
+    }
+
+    /// Carries out a moderator action of the node's operator in `meeting`,
+    /// on every node; `None` when this node has no such meeting.
+    pub fn moderate(
+        &self,
+        now: Timestamp,
+        meeting: &str,
+        req: RoomRequest,
+        server_time_us: u64,
+    ) -> Option<Result<MeetingSummary, ProtocolError>> {
+        let room = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(meeting)
+            .cloned()?;
+        let mut guard = lock(&room);
+        let before = guard.summary();
+        Some(
+            guard
+                .handle(now, OPERATOR, req, server_time_us)
+                .map(|()| before),
+        )
     }
 
     /// (rooms, participants) now.

@@ -12,7 +12,7 @@ const HELP: &str = "\
 cargo xtask <command>
 
 Commands:
-  codegen            regenerate protocol/src/generated/ and the generated parts of spec/PROTOCOL.md
+  codegen            regenerate protocol/src/generated/, admin/src/generated/ and the generated parts of spec/PROTOCOL.md
   codegen --check    fail if any generated file is stale
   test               run every check and test: codegen staleness, the container image,
                      fmt, clippy (the browser client's also for wasm32), the wasm32 build of

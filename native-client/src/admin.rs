@@ -1,0 +1,241 @@
+//! `convene admin`: the operator's side of a server node's admin API (gRPC,
+//! `spec/v1/admin.proto`): list meetings, remove a participant, end a
+//! meeting, mint a token, show the node's stats.
+
+use anyhow::Context;
+use convene_admin::admin_client::AdminClient;
+use convene_admin::{
+    EndMeetingRequest, GetStatsRequest, ListMeetingsRequest, MintTokenRequest,
+    RemoveParticipantRequest,
+};
+use tonic::metadata::MetadataValue;
+
+/// `convene admin` flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AdminArgs {
+    /// The node's admin API (its --admin-listen).
+    #[arg(
+        long,
+        env = "CONVENE_ADMIN_URL",
+        default_value = "http://127.0.0.1:9444"
+    )]
+    url: String,
+    /// The admin token the server was given; prefer the environment.
+    #[arg(long, env = "CONVENE_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// The meetings on this node, with their participants.
+    Meetings,
+    /// Remove a participant from a meeting (they see Goodbye REMOVED).
+    Remove {
+        /// The meeting id.
+        meeting: String,
+        /// The participant id (from `convene admin meetings`).
+        participant: u32,
+        /// Shown to the removed participant.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// End a meeting for everyone in it.
+    End {
+        /// The meeting id.
+        meeting: String,
+    },
+    /// Mint a token with the node's HS256 secret.
+    MintToken {
+        /// The meeting: an id, or a prefix ending in `*`.
+        #[arg(long)]
+        meeting: String,
+        /// The user id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// The display name others see (default: the user id).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Grants, comma-separated (default: all but moderate).
+        #[arg(long, value_delimiter = ',')]
+        grants: Vec<String>,
+        /// Lifetime in seconds, at most 86400.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u32,
+    },
+    /// The node's counters and load.
+    Stats,
+}
+
+pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
+    let channel = tonic::transport::Endpoint::from_shared(args.url.clone())
+        .with_context(|| format!("--url {}: not a URL", args.url))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the admin API at {} (is the server running with --admin-token-file?)",
+                args.url
+            )
+        })?;
+    let bearer: MetadataValue<_> = format!("Bearer {}", args.token)
+        .parse()
+        .context("the admin token has characters a header cannot carry")?;
+    let mut client = AdminClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut()
+            .insert(convene_admin::AUTHORIZATION, bearer.clone());
+        Ok(req)
+    });
+    let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
+    match args.action {
+        Action::Meetings => {
+            let r = client
+                .list_meetings(ListMeetingsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            if args.json {
+                let v: Vec<serde_json::Value> = r
+                    .meetings
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "meeting_id": m.meeting_id,
+                            "locked": m.locked,
+                            "waiting": m.waiting,
+                            "participants": m.participants.iter().map(|p| serde_json::json!({
+                                "participant_id": p.participant_id,
+                                "display_name": p.display_name,
+                                "user_id": p.user_id,
+                                "moderator": p.moderator,
+                                "tracks": p.tracks,
+                                "node_id": p.node_id,
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else if r.meetings.is_empty() {
+                println!("no meetings");
+            } else {
+                for m in &r.meetings {
+                    println!(
+                        "{}  {} participant(s){}{}",
+                        m.meeting_id,
+                        m.participants.len(),
+                        if m.locked { ", locked" } else { "" },
+                        if m.waiting > 0 {
+                            format!(", {} waiting", m.waiting)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    for p in &m.participants {
+                        println!(
+                            "  {:>10}  {}{}  {} track(s)  node {}{}",
+                            p.participant_id,
+                            p.display_name,
+                            if p.user_id.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ({})", p.user_id)
+                            },
+                            p.tracks,
+                            p.node_id,
+                            if p.moderator { "  moderator" } else { "" }
+                        );
+                    }
+                }
+            }
+        }
+        Action::Remove {
+            meeting,
+            participant,
+            reason,
+        } => {
+            client
+                .remove_participant(RemoveParticipantRequest {
+                    meeting_id: meeting.clone(),
+                    participant_id: participant,
+                    reason,
+                })
+                .await
+                .map_err(status)?;
+            println!("removed participant {participant} from {meeting}");
+        }
+        Action::End { meeting } => {
+            let r = client
+                .end_meeting(EndMeetingRequest {
+                    meeting_id: meeting.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("ended {meeting} for {} participant(s)", r.participants);
+        }
+        Action::MintToken {
+            meeting,
+            user,
+            name,
+            grants,
+            ttl,
+        } => {
+            let r = client
+                .mint_token(MintTokenRequest {
+                    meeting,
+                    user_id: user,
+                    display_name: name,
+                    grants,
+                    ttl_seconds: ttl,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"token": r.token, "expires_at": r.expires_at})
+                );
+            } else {
+                println!("{}", r.token);
+            }
+        }
+        Action::Stats => {
+            let s = client
+                .get_stats(GetStatsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            let v = serde_json::json!({
+                "version": s.version,
+                "node_id": s.node_id,
+                "uptime_seconds": s.uptime_seconds,
+                "meetings": s.meetings,
+                "participants": s.participants,
+                "connections": s.connections,
+                "frames_in": s.frames_in,
+                "frames_out": s.frames_out,
+                "bytes_out": s.bytes_out,
+                "cpu_percent": s.cpu_percent,
+                "egress_mbps": s.egress_mbps,
+                "queue_delay_ms": s.queue_delay_ms,
+                "accepting": s.accepting,
+                "busy_reason": s.busy_reason,
+            });
+            if args.json {
+                println!("{v}");
+            } else if let serde_json::Value::Object(map) = v {
+                for (k, val) in map {
+                    println!("{k:>16}  {val}");
+                }
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,302 @@
+//! The admin API (`spec/v1/admin.proto`, PROTOCOL.md §13): gRPC on its own
+//! loopback listener, every call authorised by the operator's bearer token.
+//! Moderation from here goes through the rooms like a moderator's request
+//! (participant id [`crate::room::OPERATOR`]), so it reaches the other nodes the same way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use convene_admin::admin_server::{Admin, AdminServer};
+use convene_admin::{
+    EndMeetingRequest, EndMeetingResponse, GetStatsRequest, ListMeetingsRequest,
+    ListMeetingsResponse, Meeting, MintTokenRequest, MintTokenResponse, Participant,
+    RemoveParticipantRequest, RemoveParticipantResponse, Stats,
+};
+use convene_protocol::ErrorCode;
+use convene_protocol::auth::{Claims, Grant};
+use convene_protocol::v1::{self, Role};
+use convene_protocol::{RoomRequest, limits};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::room::MeetingSummary;
+use crate::state::AppState;
+
+/// Longest lifetime of a minted token, in seconds.
+pub const MAX_TOKEN_TTL_S: u32 = 86_400;
+
+/// Largest request message the admin API reads, in bytes.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The admin service of one node.
+#[derive(Debug)]
+pub struct AdminService {
+    state: Arc<AppState>,
+    /// The HS256 secret tokens are minted with, when the node has one.
+    secret: Option<Vec<u8>>,
+    started: SystemTime,
+}
+
+/// Serves the admin API on `listener` until the server shuts down; every
+/// call must carry `authorization: Bearer <token>`.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    token: String,
+    secret: Option<Vec<u8>>,
+) {
+    let addr = listener.local_addr().ok();
+    let mut stop = state.shutdown_signal();
+    let service = AdminService {
+        state,
+        secret,
+        started: SystemTime::now(),
+    };
+    let expected = format!("Bearer {token}");
+    let check = move |req: Request<()>| authorise(&req, &expected).map(|()| req);
+    let svc = tonic::service::interceptor::InterceptedService::new(
+        AdminServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+        check,
+    );
+    if let Some(a) = addr {
+        info!(addr = %a, "admin API (gRPC) on http://{a}");
+    }
+    let incoming = tokio_stream_of(listener);
+    let _ = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+}
+
+/// Accepted connections of `listener`, as tonic wants them.
+fn tokio_stream_of(
+    listener: TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    })
+}
+
+/// Checks the bearer token in constant time.
+fn authorise<T>(req: &Request<T>, expected: &str) -> Result<(), Status> {
+    let Some(given) = req.metadata().get(convene_admin::AUTHORIZATION) else {
+        return Err(Status::unauthenticated(
+            "the admin API needs `authorization: Bearer <admin token>` (the server's --admin-token)",
+        ));
+    };
+    let given = given.as_bytes();
+    let expected = expected.as_bytes();
+    let same = given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(Status::permission_denied("wrong admin token"))
+    }
+}
+
+fn meeting(m: MeetingSummary) -> Meeting {
+    Meeting {
+        meeting_id: m.meeting_id,
+        locked: m.locked,
+        waiting: m.waiting as u32,
+        participants: m
+            .members
+            .into_iter()
+            .map(|(p, node)| Participant {
+                participant_id: p.participant_id,
+                display_name: p.display_name,
+                user_id: p.user_id,
+                moderator: p.role == Role::Moderator as i32,
+                tracks: p.tracks.len() as u32,
+                node_id: u32::from(node),
+            })
+            .collect(),
+    }
+}
+
+fn no_meeting(id: &str) -> Status {
+    Status::not_found(format!("no meeting {id:?} on this node"))
+}
+
+impl AdminService {
+    /// Carries out a moderator action in `meeting` as the operator.
+    fn moderate(&self, meeting: &str, req: RoomRequest) -> Result<MeetingSummary, Status> {
+        let now = self.state.now();
+        match self.state.router.moderate(now, meeting, req, 0) {
+            None => Err(no_meeting(meeting)),
+            Some(Ok(before)) => Ok(before),
+            Some(Err(e)) if e.code == ErrorCode::UnknownParticipant => {
+                Err(Status::not_found(e.text))
+            }
+            Some(Err(e)) => Err(Status::failed_precondition(e.text)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_meetings(
+        &self,
+        _: Request<ListMeetingsRequest>,
+    ) -> Result<Response<ListMeetingsResponse>, Status> {
+        let meetings = self
+            .state
+            .router
+            .meetings()
+            .into_iter()
+            .map(meeting)
+            .collect();
+        Ok(Response::new(ListMeetingsResponse { meetings }))
+    }
+
+    async fn remove_participant(
+        &self,
+        req: Request<RemoveParticipantRequest>,
+    ) -> Result<Response<RemoveParticipantResponse>, Status> {
+        let r = req.into_inner();
+        if r.reason.len() > limits::max::MAX_TEXT_BYTES as usize {
+            return Err(Status::invalid_argument(format!(
+                "reason: at most {} bytes",
+                limits::max::MAX_TEXT_BYTES
+            )));
+        }
+        self.moderate(
+            &r.meeting_id,
+            RoomRequest::RemoveParticipant(v1::RemoveParticipant {
+                participant_id: r.participant_id,
+                reason: r.reason,
+            }),
+        )?;
+        info!(meeting = %r.meeting_id, participant = r.participant_id, "admin API: participant removed");
+        Ok(Response::new(RemoveParticipantResponse {}))
+    }
+
+    async fn end_meeting(
+        &self,
+        req: Request<EndMeetingRequest>,
+    ) -> Result<Response<EndMeetingResponse>, Status> {
+        let r = req.into_inner();
+        let before = self.moderate(&r.meeting_id, RoomRequest::EndMeeting(v1::EndMeeting {}))?;
+        info!(meeting = %r.meeting_id, participants = before.members.len(), "admin API: meeting ended");
+        Ok(Response::new(EndMeetingResponse {
+            participants: before.members.len() as u32,
+        }))
+    }
+
+    async fn mint_token(
+        &self,
+        req: Request<MintTokenRequest>,
+    ) -> Result<Response<MintTokenResponse>, Status> {
+        let Some(secret) = &self.secret else {
+            return Err(Status::failed_precondition(
+                "this node has no HS256 secret (--auth-secret-file): tokens come from your identity provider",
+            ));
+        };
+        let r = req.into_inner();
+        if r.meeting.is_empty() || r.user_id.is_empty() {
+            return Err(Status::invalid_argument("meeting and user_id are required"));
+        }
+        if r.ttl_seconds > MAX_TOKEN_TTL_S {
+            return Err(Status::invalid_argument(format!(
+                "ttl_seconds: at most {MAX_TOKEN_TTL_S}"
+            )));
+        }
+        let grants: Vec<String> = if r.grants.is_empty() {
+            Grant::ALL
+                .iter()
+                .filter(|g| **g != Grant::Moderate)
+                .map(|g| g.name().to_string())
+                .collect()
+        } else {
+            r.grants
+                .iter()
+                .map(|g| {
+                    Grant::from_name(g)
+                        .map(|g| g.name().to_string())
+                        .ok_or_else(|| {
+                            let names: Vec<&str> = Grant::ALL.iter().map(|g| g.name()).collect();
+                            Status::invalid_argument(format!(
+                                "`{g}` is not a grant; one of {}",
+                                names.join(", ")
+                            ))
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| Status::internal("the clock is before 1970"))?
+            .as_secs();
+        let ttl = if r.ttl_seconds == 0 {
+            3600
+        } else {
+            r.ttl_seconds
+        };
+        let claims = Claims {
+            name: if r.display_name.is_empty() {
+                r.user_id.clone()
+            } else {
+                r.display_name
+            },
+            sub: r.user_id,
+            meeting: r.meeting,
+            grants,
+            exp: now + u64::from(ttl),
+            nbf: None,
+            iat: Some(now),
+            iss: self.state.config.auth_issuer.clone(),
+            aud: self.state.config.auth_audience.clone(),
+        };
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .map_err(|e| Status::internal(format!("cannot sign: {e}")))?;
+        Ok(Response::new(MintTokenResponse {
+            token,
+            expires_at: claims.exp,
+        }))
+    }
+
+    async fn get_stats(&self, _: Request<GetStatsRequest>) -> Result<Response<Stats>, Status> {
+        let s = &self.state;
+        let (meetings, participants) = s.router.counts();
+        let sample = s.load.sample();
+        let busy = s.load.busy();
+        Ok(Response::new(Stats {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            node_id: u32::from(s.router.bus().node()),
+            uptime_seconds: self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+            meetings: meetings as u32,
+            participants: participants as u32,
+            connections: s.open_connections() as u32,
+            frames_in: s.metrics.frames_in.get(),
+            frames_out: s.metrics.frames_out.get(),
+            bytes_out: s.metrics.bytes_out.get(),
+            cpu_percent: sample.cpu_percent,
+            egress_mbps: sample.egress_mbps,
+            queue_delay_ms: sample.queue_delay_ms,
+            accepting: busy.is_none() && !s.is_shutting_down(),
+            busy_reason: busy.unwrap_or_default(),
+        }))
+    }
+}
+
+/// Binds the admin listener; fails with a clear message when the port is taken.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| crate::StartError::Bind { addr, source })
+}
