@@ -242,6 +242,11 @@ impl<'a> Run<'a> {
     }
 
     async fn case(&mut self, case: &Case) -> Result<(), String> {
+        if let Some(secret) = &self.target.auth_secret {
+            for (name, token) in crate::token::variants(secret, self.suffix)? {
+                self.vars.insert(name, Var::Str(token));
+            }
+        }
         for (i, step) in case.steps.iter().enumerate() {
             self.step(step)
                 .await

@@ -1496,6 +1496,480 @@ pub static CASES: &[Case] = &[
         ],
     },
     Case {
+        id: "auth.expired",
+        title: "An expired token gets AUTH_EXPIRED and a close",
+        section: "11.3",
+        file: "handshake.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["auth"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "auth_token",
+                                value: Value::Var("token.expired"),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectClose {
+                    code: Some(ErrorCode::AuthExpired),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "auth.not-yet-valid",
+        title: "A token used before its nbf gets AUTH_EXPIRED and a close",
+        section: "11.3",
+        file: "handshake.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["auth"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "auth_token",
+                                value: Value::Var("token.not-yet-valid"),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectClose {
+                    code: Some(ErrorCode::AuthExpired),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "auth.wrong-key",
+        title: "A well-formed token signed with another key gets AUTH_INVALID and a close",
+        section: "11.3",
+        file: "handshake.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["auth"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "auth_token",
+                                value: Value::Var("token.wrong-key"),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectClose {
+                    code: Some(ErrorCode::AuthInvalid),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "auth.other-meeting",
+        title: "A token for another meeting gets PERMISSION_DENIED on Join; the session may still join its own",
+        section: "11.3",
+        file: "handshake.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["auth"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "auth_token",
+                                value: Value::Var("token.other-meeting"),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "welcome",
+                        fields: &[],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "join",
+                        fields: &[
+                            Field {
+                                name: "display_name",
+                                value: Value::Str("A"),
+                            },
+                            Field {
+                                name: "meeting_id",
+                                value: Value::Str("conf-auth-meeting"),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::PermissionDenied,
+                    request_id: None,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "join",
+                        fields: &[
+                            Field {
+                                name: "display_name",
+                                value: Value::Str("A"),
+                            },
+                            Field {
+                                name: "meeting_id",
+                                value: Value::Str("conf-auth-other"),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "joined",
+                        fields: &[Field {
+                            name: "meeting_id",
+                            value: Value::Str("conf-auth-other"),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
+    Case {
+        id: "auth.missing-grant",
+        title: "Without the publish and chat grants, Publish and Chat get PERMISSION_DENIED and the session continues",
+        section: "11.3",
+        file: "handshake.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["auth"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "auth_token",
+                                value: Value::Var("token.subscribe-only"),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "welcome",
+                        fields: &[],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "join",
+                        fields: &[
+                            Field {
+                                name: "display_name",
+                                value: Value::Str("A"),
+                            },
+                            Field {
+                                name: "meeting_id",
+                                value: Value::Str("conf-auth-grant"),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "joined",
+                        fields: &[Field {
+                            name: "meeting_id",
+                            value: Value::Str("conf-auth-grant"),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(480),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(1),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(640),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::PermissionDenied,
+                    request_id: None,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "chat",
+                        fields: &[Field {
+                            name: "text",
+                            value: Value::Str("hello"),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::PermissionDenied,
+                    request_id: None,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "ping",
+                        fields: &[Field {
+                            name: "timestamp_us",
+                            value: Value::Int(7),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "pong",
+                        fields: &[Field {
+                            name: "timestamp_us",
+                            value: Value::Int(7),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
+    Case {
+        id: "auth.name-from-token",
+        title: "With authentication the name others see is the token's, not the one in Join",
+        section: "11.3",
+        file: "handshake.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["auth"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "auth_token",
+                                value: Value::Var("token.named"),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "welcome",
+                        fields: &[],
+                    },
+                    capture: &[("a.id", "welcome.participant_id")],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "join",
+                        fields: &[
+                            Field {
+                                name: "display_name",
+                                value: Value::Str("Impostor"),
+                            },
+                            Field {
+                                name: "meeting_id",
+                                value: Value::Str("conf-auth-name"),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "joined",
+                        fields: &[Field {
+                            name: "participants",
+                            value: Value::List(&[Value::Msg(&[
+                                Field {
+                                    name: "display_name",
+                                    value: Value::Str("Grace Hopper"),
+                                },
+                                Field {
+                                    name: "participant_id",
+                                    value: Value::Var("a.id"),
+                                },
+                            ])]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
+    Case {
         id: "hostile.unknown-frame-type",
         title: "A reserved frame type gets UNKNOWN_FRAME_TYPE and the session goes on",
         section: "3.1",
