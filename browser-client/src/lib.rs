@@ -66,6 +66,17 @@ fn hex(c: u8) -> Option<u8> {
     (c as char).to_digit(16).map(|d| d as u8)
 }
 
+/// The token a meeting link carries: `#token=…` (kept out of server logs and
+/// Referer headers, so preferred) or `?token=…`.
+pub fn token_from(search: &str, hash: &str) -> Option<String> {
+    [hash.trim_start_matches('#'), search.trim_start_matches('?')]
+        .iter()
+        .flat_map(|part| part.split('&'))
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(decode)
+        .filter(|t| !t.is_empty())
+}
+
 /// The WebSocket endpoint of the server that served the page.
 pub fn ws_url(protocol: &str, host: &str) -> String {
     let scheme = if protocol == "https:" { "wss" } else { "ws" };
@@ -78,7 +89,12 @@ struct App {
     socket: web_sys::WebSocket,
     meeting: String,
     name: String,
-    roster: BTreeMap<u32, String>,
+    /// Who is in the room: name and whether a moderator.
+    roster: BTreeMap<u32, (String, bool)>,
+    /// This participant may moderate.
+    moderator: bool,
+    /// The room is locked.
+    locked: bool,
     /// Remote video on screen, by (participant, track).
     #[cfg(target_arch = "wasm32")]
     tiles: BTreeMap<(u32, u32), video::Tile>,
@@ -90,6 +106,16 @@ struct App {
     /// The next video frame's sequence number.
     #[cfg(target_arch = "wasm32")]
     video_sequence: u32,
+}
+
+impl App {
+    /// The name to show for `pid`.
+    fn name_of(&self, pid: u32) -> String {
+        self.roster
+            .get(&pid)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| format!("participant {pid}"))
+    }
 }
 
 fn now() -> Timestamp {
@@ -171,9 +197,7 @@ pub fn start() -> Result<(), JsValue> {
     set_text("status", "");
     let on_submit = Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
         e.prevent_default();
-        if let Err(err) = connect(input_value("name"), input_value("meeting")) {
-            set_text("status", &format!("cannot connect: {err:?}"));
-        }
+        begin(input_value("name"), input_value("meeting"));
     });
     form.add_event_listener_with_callback("submit", on_submit.as_ref().unchecked_ref())?;
     on_submit.forget();
@@ -227,17 +251,99 @@ fn preview(window: &web_sys::Window) {
     failed.forget();
 }
 
+/// Finds the token (the link's, or the sign-in service's) and connects.
+fn begin(name: String, meeting: String) {
+    let Some(location) = web_sys::window().map(|w| w.location()) else {
+        return;
+    };
+    let given = token_from(
+        &location.search().unwrap_or_default(),
+        &location.hash().unwrap_or_default(),
+    );
+    wasm_bindgen_futures::spawn_local(async move {
+        let token = match given {
+            Some(t) => t,
+            None => match login_token(&meeting).await {
+                Ok(t) => t.unwrap_or_default(),
+                // login_token has said why on the page.
+                Err(_) => return,
+            },
+        };
+        if let Err(err) = connect(name, meeting, token) {
+            set_text("status", &format!("cannot connect: {err:?}"));
+        }
+    });
+}
+
+/// Asks the sign-in service the server names in its discovery document for
+/// a token; `None` when the server names none. On failure it says why on the
+/// page, and when the service refuses (not signed in) links to it.
+async fn login_token(meeting: &str) -> Result<Option<String>, String> {
+    let d = fetch_json("/.well-known/convene.json", false)
+        .await
+        .inspect_err(|e| set_text("status", &format!("cannot reach the server: {e}")))?;
+    let Some(login) = js_sys::Reflect::get(&d, &"login_url".into())
+        .ok()
+        .and_then(|v| v.as_string())
+    else {
+        return Ok(None);
+    };
+    set_text("status", "Getting a token from the sign-in service…");
+    let sep = if login.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{login}{sep}meeting={}",
+        String::from(js_sys::encode_uri_component(meeting))
+    );
+    match fetch_json(&url, true).await {
+        Ok(v) => js_sys::Reflect::get(&v, &"token".into())
+            .ok()
+            .and_then(|t| t.as_string())
+            .filter(|t| !t.is_empty())
+            .map(Some)
+            .ok_or_else(|| format!("{login} answered without a token")),
+        Err(e) => {
+            if let Some(status) = by_id("status") {
+                status.set_text_content(Some(&format!("Sign in first ({e}): ")));
+                if let Ok(a) = add(&status, "a", "login-link", "sign in") {
+                    let _ = a.set_attribute("href", &login);
+                }
+            }
+            Err(format!("Sign in first ({e})"))
+        }
+    }
+}
+
+/// GETs `url` and parses its JSON body; `credentials` sends cookies to
+/// another origin too.
+async fn fetch_json(url: &str, credentials: bool) -> Result<JsValue, String> {
+    use wasm_bindgen_futures::JsFuture;
+    let window = web_sys::window().ok_or("no window")?;
+    let init = web_sys::RequestInit::new();
+    if credentials {
+        init.set_credentials(web_sys::RequestCredentials::Include);
+    }
+    let failed = |e: JsValue| {
+        format!(
+            "{url}: {}",
+            e.as_string().unwrap_or_else(|| format!("{e:?}"))
+        )
+    };
+    let resp = JsFuture::from(window.fetch_with_str_and_init(url, &init))
+        .await
+        .map_err(failed)?;
+    let resp: web_sys::Response = resp.dyn_into().map_err(failed)?;
+    if !resp.ok() {
+        return Err(format!("{url} answered HTTP {}", resp.status()));
+    }
+    JsFuture::from(resp.json().map_err(failed)?)
+        .await
+        .map_err(failed)
+}
+
 /// Opens the WebSocket, runs the session, and swaps in the meeting screen.
-fn connect(name: String, meeting: String) -> Result<(), JsValue> {
+fn connect(name: String, meeting: String, token: String) -> Result<(), JsValue> {
     let location = web_sys::window().ok_or("no window")?.location();
     let url = ws_url(&location.protocol()?, &location.host()?);
-    let token = location
-        .search()?
-        .trim_start_matches('?')
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("token="))
-        .map(decode)
-        .unwrap_or_default();
     let socket = web_sys::WebSocket::new(&url)?;
     socket.set_binary_type(web_sys::BinaryType::Arraybuffer);
     let config = ClientSessionConfig {
@@ -252,6 +358,8 @@ fn connect(name: String, meeting: String) -> Result<(), JsValue> {
         meeting,
         name,
         roster: BTreeMap::new(),
+        moderator: false,
+        locked: false,
         #[cfg(target_arch = "wasm32")]
         tiles: BTreeMap::new(),
         #[cfg(target_arch = "wasm32")]
@@ -341,16 +449,66 @@ fn connect(name: String, meeting: String) -> Result<(), JsValue> {
     }
     send_chat.forget();
 
+    // Every button of the meeting screen says what it does in data-action
+    // (and whom in data-pid): one listener serves them all, including the
+    // ones the roster and the waiting list add later.
     let a = app;
-    let leave = Closure::<dyn FnMut()>::new(move || {
+    let clicked = Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
+        let Some(button) = e
+            .target()
+            .and_then(|t| t.dyn_into::<web_sys::Element>().ok())
+            .and_then(|t| t.closest("[data-action]").ok().flatten())
+        else {
+            return;
+        };
+        let action = button.get_attribute("data-action").unwrap_or_default();
+        let pid: u32 = button
+            .get_attribute("data-pid")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         let mut app = a.borrow_mut();
-        let _ = app.session.leave(now());
+        let msg = match action.as_str() {
+            "leave" => {
+                let _ = app.session.leave(now());
+                None
+            }
+            "lock" => Some(C::LockRoom(v1::LockRoom {
+                locked: !app.locked,
+            })),
+            "end" => Some(C::EndMeeting(v1::EndMeeting {})),
+            "mute" => Some(C::MuteRequest(v1::MuteRequest {
+                participant_id: pid,
+                kind: v1::TrackKind::Unspecified as i32,
+            })),
+            "remove" => Some(C::RemoveParticipant(v1::RemoveParticipant {
+                participant_id: pid,
+                reason: String::new(),
+            })),
+            "admit" | "deny" => {
+                if let Some(li) = button.closest("li").ok().flatten() {
+                    li.remove();
+                }
+                Some(if action == "admit" {
+                    C::Admit(v1::Admit {
+                        participant_id: pid,
+                    })
+                } else {
+                    C::Deny(v1::Deny {
+                        participant_id: pid,
+                    })
+                })
+            }
+            _ => None,
+        };
+        if let Some(m) = msg {
+            let _ = app.session.send(now(), m);
+        }
         pump(&mut app);
     });
-    if let Some(b) = by_id("leave") {
-        b.add_event_listener_with_callback("click", leave.as_ref().unchecked_ref())?;
+    if let Some(root) = by_id("app") {
+        root.add_event_listener_with_callback("click", clicked.as_ref().unchecked_ref())?;
     }
-    leave.forget();
+    clicked.forget();
     Ok(())
 }
 
@@ -360,6 +518,7 @@ fn meeting_screen() -> Result<(), JsValue> {
     root.set_inner_html("");
     add(&root, "h1", "", "Convene")?;
     add(&root, "p", "transport", "")?;
+    add(&root, "p", "room-state", "")?;
     add(&root, "div", "tiles", "")?;
     let main = add(&root, "div", "meeting", "")?;
     let people = add(&main, "section", "people", "")?;
@@ -371,7 +530,16 @@ fn meeting_screen() -> Result<(), JsValue> {
     let form = add(&chat, "form", "chat-form", "")?;
     add(&form, "input", "chat-input", "")?.set_attribute("placeholder", "Say something")?;
     add(&form, "button", "chat-send", "Send")?.set_attribute("type", "submit")?;
-    add(&root, "button", "leave", "Leave")?;
+    // Shown to moderators only.
+    let moderation = add(&root, "section", "moderation", "")?;
+    moderation.set_attribute("hidden", "")?;
+    add(&moderation, "h2", "", "Moderation")?;
+    add(&moderation, "button", "lock", "Lock room")?.set_attribute("data-action", "lock")?;
+    add(&moderation, "button", "end-meeting", "End meeting for all")?
+        .set_attribute("data-action", "end")?;
+    add(&moderation, "h2", "", "Waiting to join")?;
+    add(&moderation, "ul", "admissions", "")?;
+    add(&root, "button", "leave", "Leave")?.set_attribute("data-action", "leave")?;
     Ok(())
 }
 
@@ -392,8 +560,17 @@ fn pump(app: &mut App) {
                 app.roster = j
                     .participants
                     .iter()
-                    .map(|p| (p.participant_id, p.display_name.clone()))
+                    .map(|p| (p.participant_id, person(p)))
                     .collect();
+                let me = app.session.participant_id();
+                app.moderator = app.roster.get(&me).is_some_and(|(_, m)| *m);
+                app.locked = j.locked;
+                if app.moderator
+                    && let Some(m) = by_id("moderation")
+                {
+                    let _ = m.remove_attribute("hidden");
+                }
+                show_lock(app);
                 set_text(
                     "status",
                     &format!(
@@ -457,7 +634,11 @@ fn pump(app: &mut App) {
             }
             ClientEvent::Room(S::ParticipantJoined(j)) => {
                 if let Some(p) = j.participant {
-                    app.roster.insert(p.participant_id, p.display_name);
+                    // Admitted from the waiting room: no longer waiting.
+                    if let Some(w) = by_id(&format!("waiting-{}", p.participant_id)) {
+                        w.remove();
+                    }
+                    app.roster.insert(p.participant_id, person(&p));
                     show_roster(app);
                 }
             }
@@ -468,11 +649,7 @@ fn pump(app: &mut App) {
                 show_roster(app);
             }
             ClientEvent::Room(S::Chat(c)) => {
-                let who = app
-                    .roster
-                    .get(&c.from_participant_id)
-                    .cloned()
-                    .unwrap_or_else(|| format!("participant {}", c.from_participant_id));
+                let who = app.name_of(c.from_participant_id);
                 if let Some(list) = by_id("messages") {
                     let _ = add(&list, "li", "", &format!("{who}: {}", c.text));
                 }
@@ -483,16 +660,51 @@ fn pump(app: &mut App) {
                 show_roster(app);
                 app.session.goodbye(now(), "left");
             }
+            ClientEvent::Room(S::RoomLocked(l)) => {
+                app.locked = l.locked;
+                show_lock(app);
+            }
+            ClientEvent::Room(S::AdmissionRequest(r)) => {
+                if let (Some(p), Some(list)) = (r.participant, by_id("admissions")) {
+                    let pid = p.participant_id.to_string();
+                    if let Ok(li) = add(&list, "li", &format!("waiting-{pid}"), &p.display_name) {
+                        for (action, label) in [("admit", "Admit"), ("deny", "Deny")] {
+                            if let Ok(b) = add(&li, "button", "", label) {
+                                let _ = b.set_attribute("data-action", action);
+                                let _ = b.set_attribute("data-pid", &pid);
+                            }
+                        }
+                    }
+                }
+            }
+            ClientEvent::Room(S::MuteRequested(m)) => {
+                let by = app.name_of(m.by_participant_id);
+                set_text("notice", &format!("{by} asked you to mute."));
+            }
+            ClientEvent::JoinRefused(e) | ClientEvent::Error(e)
+                if e.code == v1::ErrorCode::AdmissionDenied as i32 =>
+            {
+                set_text("status", "A moderator did not let you in.");
+            }
             ClientEvent::JoinRefused(e) | ClientEvent::Error(e) => {
                 set_text("status", &format!("The server said: {}", e.text));
             }
             ClientEvent::Closed => {
-                let why = app
-                    .session
-                    .close_reason()
-                    .map(|r| format!("{r:?}"))
-                    .unwrap_or_default();
-                set_text("status", &format!("Disconnected {why}"));
+                let text = match app.session.close_reason() {
+                    Some(r) if r.goodbye == Some(v1::GoodbyeReason::Removed) => {
+                        "A moderator removed you from the meeting.".to_string()
+                    }
+                    Some(r) if r.goodbye == Some(v1::GoodbyeReason::MeetingEnded) => {
+                        "The meeting has ended.".to_string()
+                    }
+                    Some(r) => format!("Disconnected: {}", r.text),
+                    None => "Disconnected.".to_string(),
+                };
+                set_text("status", &text);
+                app.roster.clear();
+                show_roster(app);
+                #[cfg(target_arch = "wasm32")]
+                app.tiles.clear();
             }
             _ => {}
         }
@@ -566,11 +778,7 @@ fn add_tile(_app: &mut App, _participant: u32, _track: &v1::TrackInfo) {
         {
             return;
         }
-        let name = _app
-            .roster
-            .get(&_participant)
-            .cloned()
-            .unwrap_or_else(|| format!("participant {_participant}"));
+        let name = _app.name_of(_participant);
         match video::Tile::new(_participant, _track.track_id, &name, &_track.codec) {
             Ok(t) => {
                 _app.tiles.insert((_participant, _track.track_id), t);
@@ -585,17 +793,47 @@ fn show_roster(app: &App) {
         return;
     };
     list.set_inner_html("");
-    for (pid, name) in &app.roster {
+    for (pid, (name, moderator)) in &app.roster {
         let me = *pid == app.session.participant_id();
-        let text = if me {
-            format!("{name} (you)")
-        } else {
-            name.clone()
+        let mut text = name.clone();
+        if *moderator {
+            text.push_str(" · moderator");
+        }
+        if me {
+            text.push_str(" (you)");
+        }
+        let Ok(li) = add(&list, "li", "", "") else {
+            continue;
         };
-        if let Ok(li) = add(&list, "li", "", &text) {
-            let _ = li.set_attribute("data-pid", &pid.to_string());
+        let _ = li.set_attribute("data-pid", &pid.to_string());
+        let _ = add(&li, "span", "", &text);
+        if app.moderator && !me {
+            for (action, label) in [("mute", "Mute"), ("remove", "Remove")] {
+                if let Ok(b) = add(&li, "button", "", label) {
+                    let _ = b.set_attribute("data-action", action);
+                    let _ = b.set_attribute("data-pid", &pid.to_string());
+                }
+            }
         }
     }
+}
+
+/// A roster entry: the name to show and whether a moderator.
+fn person(p: &v1::Participant) -> (String, bool) {
+    (p.display_name.clone(), p.role == v1::Role::Moderator as i32)
+}
+
+/// Shows whether the room is locked, and what the lock button would do.
+fn show_lock(app: &App) {
+    set_text("room-state", if app.locked { "Room locked" } else { "" });
+    set_text(
+        "lock",
+        if app.locked {
+            "Unlock room"
+        } else {
+            "Lock room"
+        },
+    );
 }
 
 #[cfg(test)]
@@ -611,6 +849,19 @@ mod tests {
         assert_eq!(meeting_from_path("/meeting/ann/"), None);
         assert_eq!(meeting_from_path("/"), None);
         assert_eq!(meeting_from_path("/meeting/a/b/c"), None);
+    }
+
+    #[test]
+    fn a_link_carries_its_token_in_the_fragment_or_the_query() {
+        assert_eq!(token_from("", "#token=a.b.c"), Some("a.b.c".into()));
+        assert_eq!(token_from("?x=1&token=q%2Eb", ""), Some("q.b".into()));
+        assert_eq!(
+            token_from("?token=query", "#token=fragment"),
+            Some("fragment".into()),
+            "the fragment wins"
+        );
+        assert_eq!(token_from("?token=", ""), None);
+        assert_eq!(token_from("", ""), None);
     }
 
     #[test]

@@ -34,8 +34,23 @@ pub fn variants(secret: &str, suffix: &str) -> Result<Vec<(String, String)>, Str
         out.push((format!("token.{kind}"), sign(&c, key)?));
         Ok(())
     };
-    add("expired", Claims { exp: now - 3600, iat: Some(now - 7200), ..base() }, secret)?;
-    add("not-yet-valid", Claims { nbf: Some(now + 3600), ..base() }, secret)?;
+    add(
+        "expired",
+        Claims {
+            exp: now - 3600,
+            iat: Some(now - 7200),
+            ..base()
+        },
+        secret,
+    )?;
+    add(
+        "not-yet-valid",
+        Claims {
+            nbf: Some(now + 3600),
+            ..base()
+        },
+        secret,
+    )?;
     add("wrong-key", base(), &format!("{secret}-but-another-key"))?;
     add(
         "other-meeting",

@@ -162,6 +162,12 @@ pub struct Cli {
     #[arg(long, env = "CONVENE_WEB_DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub web_dir: Option<PathBuf>,
+    /// Where the browser client gets a token when its link carries none: a
+    /// URL of your sign-in service that answers `GET ?meeting=<id>` (with
+    /// the user's cookies) with `{"token": "<JWT>"}`, or 401 and a sign-in page.
+    #[arg(long, env = "CONVENE_LOGIN_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_url: Option<String>,
     /// Log format [default: human].
     #[arg(long, env = "CONVENE_LOG_FORMAT", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -336,6 +342,8 @@ pub struct Config {
     pub bus_tls_key: Option<PathBuf>,
     /// Browser client directory.
     pub web_dir: PathBuf,
+    /// The browser client's sign-in service, published in discovery.
+    pub login_url: Option<String>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -415,6 +423,7 @@ impl Default for Config {
             bus_tls_cert: None,
             bus_tls_key: None,
             web_dir: PathBuf::from("browser-client/dist"),
+            login_url: None,
             log_format: LogFormat::Human,
             log: "info".into(),
             waiting_rooms: Vec::new(),
@@ -591,6 +600,13 @@ impl Config {
                 "refusing to serve plain text on {}: give --tls-cert/--tls-key or --dev-tls, \
                  or --insecure if you really mean it",
                 self.listen
+            )));
+        }
+        if let Some(u) = &self.login_url
+            && !(u.starts_with("https://") || u.starts_with("http://") || u.starts_with('/'))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "login_url {u}: an https:// URL (or a path on this server)"
             )));
         }
         if self.admin_token.is_some() && self.admin_token_file.is_some() {

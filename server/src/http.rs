@@ -120,6 +120,8 @@ async fn discovery(State(state): State<Arc<AppState>>, headers: axum::http::Head
             Some(a) => serde_json::Value::String(format!("https://{}:{}{}", host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h), a.port(), crate::wt::PATH)),
             None => serde_json::Value::Null,
         },
+        "auth": state.verifier.is_some(),
+        "login_url": state.config.login_url,
         "certificate_hashes": state.cert_sha256.iter().map(|h| serde_json::json!({"algorithm": "sha-256", "value": h})).collect::<Vec<_>>(),
     });
     axum::Json(body).into_response()
