@@ -30,6 +30,9 @@ pub(crate) struct Encoded {
 pub(crate) struct Camera {
     /// Set to make the next picture a key frame.
     pub(crate) key_wanted: Rc<Cell<bool>>,
+    /// Cleared while the camera is off: pictures are read and dropped, and
+    /// what the encoder still returns is not sent.
+    pub(crate) on: Rc<Cell<bool>>,
 }
 
 /// Starts encoding `track` and calls `sink` with every encoded picture.
@@ -45,10 +48,12 @@ pub(crate) fn start(
         .get_reader()
         .dyn_into::<web_sys::ReadableStreamDefaultReader>()?;
     let sink = Rc::new(RefCell::new(sink));
+    let on = Rc::new(Cell::new(true));
+    let o = on.clone();
     let output = Closure::<dyn FnMut(web_sys::EncodedVideoChunk)>::new(
         move |chunk: web_sys::EncodedVideoChunk| {
             let mut data = vec![0u8; chunk.byte_length() as usize];
-            if chunk.copy_to_with_u8_slice(&mut data).is_ok() {
+            if o.get() && chunk.copy_to_with_u8_slice(&mut data).is_ok() {
                 let key = chunk.type_() == web_sys::EncodedVideoChunkType::Key;
                 (sink.borrow_mut())(Encoded { key, data });
             }
@@ -69,7 +74,7 @@ pub(crate) fn start(
     let count = Rc::new(Cell::new(0u32));
     // One callback for every read, which asks for the next: no per-frame closures.
     let next: Rc<RefCell<Option<ReadCallback>>> = Rc::new(RefCell::new(None));
-    let (n, r, kw) = (next.clone(), reader.clone(), key_wanted.clone());
+    let (n, r, kw, o) = (next.clone(), reader.clone(), key_wanted.clone(), on.clone());
     *next.borrow_mut() = Some(Closure::new(move |result: JsValue| {
         let done = js_sys::Reflect::get(&result, &"done".into())
             .map(|d| d.is_truthy())
@@ -94,7 +99,7 @@ pub(crate) fn start(
                 configured.set(encoder.configure(&config).is_ok());
             }
             // A slow encoder skips pictures instead of queueing them.
-            if configured.get() && encoder.encode_queue_size() < 3 {
+            if o.get() && configured.get() && encoder.encode_queue_size() < 3 {
                 let key = kw.get() || count.get().is_multiple_of(KEY_EVERY);
                 let options = web_sys::VideoEncoderEncodeOptions::new();
                 options.set_key_frame(key);
@@ -116,5 +121,5 @@ pub(crate) fn start(
     }
     // The callback lives as long as the page.
     std::mem::forget(next);
-    Ok(Camera { key_wanted })
+    Ok(Camera { key_wanted, on })
 }

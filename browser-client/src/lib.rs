@@ -8,6 +8,8 @@
 //! and microphone, and WebTransport, come next.
 
 #[cfg(target_arch = "wasm32")]
+mod audio;
+#[cfg(target_arch = "wasm32")]
 mod camera;
 #[cfg(target_arch = "wasm32")]
 mod video;
@@ -15,6 +17,9 @@ mod video;
 /// The browser client's camera track id.
 #[cfg(target_arch = "wasm32")]
 const VIDEO_TRACK: u32 = 1;
+/// The browser client's microphone track id.
+#[cfg(target_arch = "wasm32")]
+const AUDIO_TRACK: u32 = 2;
 
 #[cfg(target_arch = "wasm32")]
 thread_local! {
@@ -101,6 +106,17 @@ struct App {
     /// The camera being sent, once joined.
     #[cfg(target_arch = "wasm32")]
     camera: Option<camera::Camera>,
+    /// The microphone being sent, once joined.
+    #[cfg(target_arch = "wasm32")]
+    mic: Option<audio::Mic>,
+    /// Remote audio being played, by (participant, track).
+    #[cfg(target_arch = "wasm32")]
+    players: BTreeMap<(u32, u32), audio::Player>,
+    /// The next audio frame's sequence number.
+    #[cfg(target_arch = "wasm32")]
+    audio_sequence: u32,
+    /// Participants whose microphone is muted.
+    mic_muted: std::collections::BTreeSet<u32>,
     /// Joined and not sending yet: the caller starts the camera.
     want_camera: bool,
     /// The next video frame's sequence number.
@@ -256,6 +272,9 @@ fn begin(name: String, meeting: String) {
     let Some(location) = web_sys::window().map(|w| w.location()) else {
         return;
     };
+    // Still inside the click: the one moment a page may start sound.
+    #[cfg(target_arch = "wasm32")]
+    audio::open_output();
     let given = token_from(
         &location.search().unwrap_or_default(),
         &location.hash().unwrap_or_default(),
@@ -364,6 +383,13 @@ fn connect(name: String, meeting: String, token: String) -> Result<(), JsValue> 
         tiles: BTreeMap::new(),
         #[cfg(target_arch = "wasm32")]
         camera: None,
+        #[cfg(target_arch = "wasm32")]
+        mic: None,
+        #[cfg(target_arch = "wasm32")]
+        players: BTreeMap::new(),
+        #[cfg(target_arch = "wasm32")]
+        audio_sequence: 0,
+        mic_muted: Default::default(),
         want_camera: false,
         #[cfg(target_arch = "wasm32")]
         video_sequence: 0,
@@ -412,6 +438,8 @@ fn connect(name: String, meeting: String, token: String) -> Result<(), JsValue> 
         let mut app = a.borrow_mut();
         app.session.handle_timeout(now());
         pump(&mut app);
+        #[cfg(target_arch = "wasm32")]
+        show_audio(&app);
     });
     web_sys::window()
         .ok_or("no window")?
@@ -476,6 +504,7 @@ fn connect(name: String, meeting: String, token: String) -> Result<(), JsValue> 
                 locked: !app.locked,
             })),
             "end" => Some(C::EndMeeting(v1::EndMeeting {})),
+            "mic" | "camera" => toggle(&mut app, action == "mic"),
             "mute" => Some(C::MuteRequest(v1::MuteRequest {
                 participant_id: pid,
                 kind: v1::TrackKind::Unspecified as i32,
@@ -519,6 +548,10 @@ fn meeting_screen() -> Result<(), JsValue> {
     add(&root, "h1", "", "Convene")?;
     add(&root, "p", "transport", "")?;
     add(&root, "p", "room-state", "")?;
+    let controls = add(&root, "div", "controls", "")?;
+    add(&controls, "button", "toggle-mic", "Mute")?.set_attribute("data-action", "mic")?;
+    add(&controls, "button", "toggle-camera", "Stop camera")?
+        .set_attribute("data-action", "camera")?;
     add(&root, "div", "tiles", "")?;
     let main = add(&root, "div", "meeting", "")?;
     let people = add(&main, "section", "people", "")?;
@@ -606,14 +639,38 @@ fn pump(app: &mut App) {
             }
             ClientEvent::Room(S::TrackUnpublished(_u)) => {
                 #[cfg(target_arch = "wasm32")]
-                app.tiles.remove(&(_u.participant_id, _u.track_id));
+                {
+                    app.tiles.remove(&(_u.participant_id, _u.track_id));
+                    app.players.remove(&(_u.participant_id, _u.track_id));
+                }
+            }
+            ClientEvent::Room(S::TrackMuted(m)) => {
+                if let Some(tile) = document()
+                    .query_selector(&format!(
+                        ".tile[data-pid=\"{}\"][data-track=\"{}\"]",
+                        m.participant_id, m.track_id
+                    ))
+                    .ok()
+                    .flatten()
+                {
+                    let _ =
+                        tile.set_attribute("data-muted", if m.muted { "true" } else { "false" });
+                } else if m.muted {
+                    app.mic_muted.insert(m.participant_id);
+                    show_roster(app);
+                } else {
+                    app.mic_muted.remove(&m.participant_id);
+                    show_roster(app);
+                }
             }
             ClientEvent::Media(_m) => {
                 #[cfg(target_arch = "wasm32")]
                 {
                     let h = *_m.header();
                     let now_ms = now().0 as f64 / 1000.0;
-                    if let Some(tile) = app.tiles.get_mut(&(h.sender, h.track_id))
+                    if let Some(p) = app.players.get_mut(&(h.sender, h.track_id)) {
+                        p.play(&_m);
+                    } else if let Some(tile) = app.tiles.get_mut(&(h.sender, h.track_id))
                         && tile.decode(&_m)
                         && now_ms - tile.last_key_request_ms > 1000.0
                     {
@@ -644,8 +701,12 @@ fn pump(app: &mut App) {
             }
             ClientEvent::Room(S::ParticipantLeft(l)) => {
                 app.roster.remove(&l.participant_id);
+                app.mic_muted.remove(&l.participant_id);
                 #[cfg(target_arch = "wasm32")]
-                app.tiles.retain(|(pid, _), _| *pid != l.participant_id);
+                {
+                    app.tiles.retain(|(pid, _), _| *pid != l.participant_id);
+                    app.players.retain(|(pid, _), _| *pid != l.participant_id);
+                }
                 show_roster(app);
             }
             ClientEvent::Room(S::Chat(c)) => {
@@ -704,7 +765,10 @@ fn pump(app: &mut App) {
                 app.roster.clear();
                 show_roster(app);
                 #[cfg(target_arch = "wasm32")]
-                app.tiles.clear();
+                {
+                    app.tiles.clear();
+                    app.players.clear();
+                }
             }
             _ => {}
         }
@@ -714,68 +778,191 @@ fn pump(app: &mut App) {
     }
 }
 
-/// Publishes the camera the join screen opened and starts sending it.
+/// Publishes the camera and microphone the join screen opened and starts
+/// sending them.
 fn send_camera(_app: &Rc<RefCell<App>>) {
     #[cfg(target_arch = "wasm32")]
     {
-        let Some(track) = LOCAL_MEDIA.with(|m| m.borrow().clone()).and_then(|s| {
-            s.get_video_tracks()
-                .get(0)
-                .dyn_into::<web_sys::MediaStreamTrack>()
-                .ok()
-        }) else {
+        let Some(stream) = LOCAL_MEDIA.with(|m| m.borrow().clone()) else {
             return;
         };
-        let rc = _app.clone();
-        let sink = move |e: camera::Encoded| {
-            let mut app = rc.borrow_mut();
-            let frame = convene_protocol::MediaFrame::build(
-                &convene_protocol::MediaHeader {
-                    key: e.key,
-                    sender: 0,
-                    track_id: VIDEO_TRACK,
-                    sequence: app.video_sequence,
-                    capture_timestamp_us: (js_sys::Date::now() * 1000.0) as u64,
-                },
-                None,
-                &e.data,
-            );
-            app.video_sequence = app.video_sequence.wrapping_add(1);
-            let _ = app.session.send_media(now(), frame);
-            pump(&mut app);
-        };
-        let mut app = _app.borrow_mut();
-        let published = app.session.send(
-            now(),
-            C::Publish(v1::Publish {
-                track: Some(v1::TrackInfo {
-                    track_id: VIDEO_TRACK,
-                    kind: v1::TrackKind::Video as i32,
-                    codec: camera::CODEC.into(),
-                    frame_rate: 30,
-                    ..Default::default()
-                }),
-            }),
-        );
-        pump(&mut app);
-        if published.is_err() {
-            return;
+        let first =
+            |tracks: js_sys::Array| tracks.get(0).dyn_into::<web_sys::MediaStreamTrack>().ok();
+        if let Some(track) = first(stream.get_video_tracks()) {
+            let rc = _app.clone();
+            let sink = move |e: camera::Encoded| {
+                let mut app = rc.borrow_mut();
+                let seq = app.video_sequence;
+                app.video_sequence = seq.wrapping_add(1);
+                send_frame(&mut app, VIDEO_TRACK, seq, e.key, &e.data);
+            };
+            let info = v1::TrackInfo {
+                track_id: VIDEO_TRACK,
+                kind: v1::TrackKind::Video as i32,
+                codec: camera::CODEC.into(),
+                frame_rate: 30,
+                ..Default::default()
+            };
+            if publish(_app, info) {
+                match camera::start(&track, sink) {
+                    Ok(c) => _app.borrow_mut().camera = Some(c),
+                    Err(e) => web_sys::console::warn_2(&"cannot send the camera".into(), &e),
+                }
+            }
         }
-        drop(app);
-        match camera::start(&track, sink) {
-            Ok(c) => _app.borrow_mut().camera = Some(c),
-            Err(e) => web_sys::console::warn_2(&"cannot send the camera".into(), &e),
+        if let Some(track) = first(stream.get_audio_tracks()) {
+            let rc = _app.clone();
+            let sink = move |data: Vec<u8>| {
+                let mut app = rc.borrow_mut();
+                let seq = app.audio_sequence;
+                app.audio_sequence = seq.wrapping_add(1);
+                send_frame(&mut app, AUDIO_TRACK, seq, true, &data);
+            };
+            let info = v1::TrackInfo {
+                track_id: AUDIO_TRACK,
+                kind: v1::TrackKind::Audio as i32,
+                codec: audio::CODEC.into(),
+                sample_rate: 48_000,
+                channels: 1,
+                ..Default::default()
+            };
+            if publish(_app, info) {
+                match audio::start_mic(&track, sink) {
+                    Ok(m) => _app.borrow_mut().mic = Some(m),
+                    Err(e) => web_sys::console::warn_2(&"cannot send the microphone".into(), &e),
+                }
+            }
         }
     }
 }
 
-/// Puts a remote video track on screen (audio is not played yet).
+/// Announces a track; false when the server will not have it.
+#[cfg(target_arch = "wasm32")]
+fn publish(app: &Rc<RefCell<App>>, track: v1::TrackInfo) -> bool {
+    let mut app = app.borrow_mut();
+    let sent = app
+        .session
+        .send(now(), C::Publish(v1::Publish { track: Some(track) }));
+    pump(&mut app);
+    sent.is_ok()
+}
+
+/// Sends one encoded frame of our own track.
+#[cfg(target_arch = "wasm32")]
+fn send_frame(app: &mut App, track_id: u32, sequence: u32, key: bool, data: &[u8]) {
+    let frame = convene_protocol::MediaFrame::build(
+        &convene_protocol::MediaHeader {
+            key,
+            sender: 0,
+            track_id,
+            sequence,
+            capture_timestamp_us: (js_sys::Date::now() * 1000.0) as u64,
+        },
+        None,
+        data,
+    );
+    let _ = app.session.send_media(now(), frame);
+    pump(app);
+}
+
+/// Turns the microphone (or the camera) off or on, tells the room, and
+/// relabels the button.
+fn toggle(app: &mut App, mic: bool) -> Option<C> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let (on, track, button, labels) = if mic {
+            (
+                app.mic.as_ref().map(|m| m.on.clone()),
+                AUDIO_TRACK,
+                "toggle-mic",
+                ["Unmute", "Mute"],
+            )
+        } else {
+            if let Some(c) = &app.camera {
+                // Start again from a picture the others can decode.
+                c.key_wanted.set(true);
+            }
+            (
+                app.camera.as_ref().map(|c| c.on.clone()),
+                VIDEO_TRACK,
+                "toggle-camera",
+                ["Start camera", "Stop camera"],
+            )
+        };
+        let on = on?;
+        on.set(!on.get());
+        set_text(button, labels[usize::from(on.get())]);
+        Some(C::SetTrackMuted(v1::SetTrackMuted {
+            track_id: track,
+            muted: !on.get(),
+        }))
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = (app, mic);
+        None
+    }
+}
+
+/// Marks who is speaking (the loudest remote audio above a floor) and
+/// counts decoded audio frames and played samples in `#app[data-audio-frames]`
+/// and `#app[data-audio-played]`.
+#[cfg(target_arch = "wasm32")]
+fn show_audio(app: &App) {
+    let decoded: u32 = app.players.values().map(|p| p.decoded.get()).sum();
+    let played: u32 = app.players.values().map(|p| p.played.get()).sum();
+    let loudest = app
+        .players
+        .iter()
+        .map(|((pid, _), p)| (*pid, p.level.get()))
+        .filter(|(_, l)| *l > 0.01)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(pid, _)| pid);
+    if let Some(root) = by_id("app") {
+        let _ = root.set_attribute("data-audio-frames", &decoded.to_string());
+        let _ = root.set_attribute("data-audio-played", &played.to_string());
+        let _ = root.set_attribute(
+            "data-speaker",
+            &loudest.map(|p| p.to_string()).unwrap_or_default(),
+        );
+    }
+    if let Ok(all) = document().query_selector_all("[data-pid]") {
+        for i in 0..all.length() {
+            if let Some(e) = all
+                .get(i)
+                .and_then(|n| n.dyn_into::<web_sys::Element>().ok())
+            {
+                let speaking = e
+                    .get_attribute("data-pid")
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .is_some_and(|p| Some(p) == loudest)
+                    && e.get_attribute("data-action").is_none();
+                let _ = e.class_list().toggle_with_force("speaking", speaking);
+            }
+        }
+    }
+}
+
+/// Puts a remote video track on screen, or plays a remote audio track.
 fn add_tile(_app: &mut App, _participant: u32, _track: &v1::TrackInfo) {
     #[cfg(target_arch = "wasm32")]
     {
-        if _track.kind == v1::TrackKind::Audio as i32
-            || _app.tiles.contains_key(&(_participant, _track.track_id))
-        {
+        let key = (_participant, _track.track_id);
+        if _track.kind == v1::TrackKind::Audio as i32 {
+            if let std::collections::btree_map::Entry::Vacant(slot) = _app.players.entry(key) {
+                match audio::Player::new(&_track.codec) {
+                    Ok(p) => {
+                        slot.insert(p);
+                    }
+                    Err(e) => web_sys::console::warn_2(&"cannot play an audio track".into(), &e),
+                }
+            }
+            if _track.muted {
+                _app.mic_muted.insert(_participant);
+            }
+            return;
+        }
+        if _app.tiles.contains_key(&key) {
             return;
         }
         let name = _app.name_of(_participant);
@@ -798,6 +985,9 @@ fn show_roster(app: &App) {
         let mut text = name.clone();
         if *moderator {
             text.push_str(" · moderator");
+        }
+        if app.mic_muted.contains(pid) {
+            text.push_str(" · muted");
         }
         if me {
             text.push_str(" (you)");

@@ -49,6 +49,33 @@ test('two browsers meet from a meeting link: roster, chat, leaving', async () =>
     await expect.poll(async () => Number(await tile.getAttribute('data-frames'))).toBeGreaterThan(10);
   }
 
+  // Each sends its (fake) microphone as Opus; the other decodes it and
+  // feeds it to the audio worklet.
+  for (const page of [ann, bob]) {
+    await expect.poll(async () => Number(await page.locator('#app').getAttribute('data-audio-frames')),
+      { message: 'audio frames decoded' }).toBeGreaterThan(25);
+    // ... and the worklet plays it: a second of samples at 48 kHz.
+    await expect.poll(async () => Number(await page.locator('#app').getAttribute('data-audio-played')),
+      { message: 'samples played by the audio worklet' }).toBeGreaterThan(48000);
+  }
+
+  // Muting the microphone shows on the other side; stopping the camera stops
+  // its pictures there.
+  await ann.click('#toggle-mic');
+  await expect(ann.locator('#toggle-mic')).toHaveText('Unmute');
+  await expect(bob.locator('#participants')).toContainText('Ann · muted');
+  await ann.click('#toggle-mic');
+  await expect(bob.locator('#participants')).not.toContainText('muted');
+  await ann.click('#toggle-camera');
+  const annTile = bob.locator('#tiles .tile');
+  await expect(annTile).toHaveAttribute('data-muted', 'true');
+  const stopped = Number(await annTile.getAttribute('data-frames'));
+  await bob.waitForTimeout(1500);
+  expect(Number(await annTile.getAttribute('data-frames'))).toBe(stopped);
+  await ann.click('#toggle-camera');
+  await expect(annTile).toHaveAttribute('data-muted', 'false');
+  await expect.poll(async () => Number(await annTile.getAttribute('data-frames'))).toBeGreaterThan(stopped + 5);
+
   // Chat crosses, with the sender's name.
   await ann.fill('#chat-input', 'hello Bob');
   await ann.press('#chat-input', 'Enter');
@@ -66,7 +93,7 @@ test('convene stream appears in the browser as a tile that keeps drawing', async
   // The native CLI's moving test pattern, H.264 from OpenH264.
   const stream = spawnConvene(['stream', '--server', server.base, '--meeting-id', 'e2e-tile',
     '--user-id', 'streamer', '--source', 'test-pattern', '--resolution', '320x240', '--fps', '15',
-    '--duration', '90']);
+    '--audio', 'tone', '--duration', '90']);
   try {
     const page = await browser.context.newPage();
     await page.goto(`${server.base}/meeting/Viewer/e2e-tile`);
@@ -93,6 +120,12 @@ test('convene stream appears in the browser as a tile that keeps drawing', async
     expect(first.lit).toBeGreaterThan(100);
     // The pattern moves: the picture changes.
     await expect.poll(async () => (await sample()).sum).not.toBe(first.sum);
+    // Its tone (G.711 µ-law) is decoded and heard: the streamer is the active speaker.
+    await expect.poll(async () => Number(await page.locator('#app').getAttribute('data-audio-frames')))
+      .toBeGreaterThan(25);
+    const speaker = await page.locator('#participants li', { hasText: 'streamer' }).getAttribute('data-pid');
+    await expect(page.locator('#app')).toHaveAttribute('data-speaker', speaker);
+    await expect(page.locator('#participants li.speaking')).toHaveText(/streamer/);
   } finally {
     stream.kill('SIGINT');
   }
@@ -115,5 +148,9 @@ test("the browser's camera decodes in convene receive", async () => {
   expect(video.frames_decoded).toBeGreaterThanOrEqual(20);
   expect(video.decode_errors).toBe(0);
   expect(video.width).toBeGreaterThan(0);
+  const audio = report.tracks.find((t) => t.kind === 'audio');
+  expect(audio, r.stdout).toBeTruthy();
+  expect(audio.codec).toBe('opus');
+  expect(audio.frames_received).toBeGreaterThan(0);
   await page.close();
 });
