@@ -54,7 +54,8 @@ pub(crate) fn open_output() {
 
 /// The microphone being sent.
 pub(crate) struct Mic {
-    /// Cleared while muted: samples are read and dropped, nothing is sent.
+    /// Cleared while muted (and until the server has accepted the track):
+    /// samples are read and dropped, nothing is sent.
     pub(crate) on: Rc<Cell<bool>>,
 }
 
@@ -71,7 +72,8 @@ pub(crate) fn start_mic(
         .readable()
         .get_reader()
         .dyn_into::<web_sys::ReadableStreamDefaultReader>()?;
-    let on = Rc::new(Cell::new(true));
+    // Off until the server confirms the track (TrackPublished).
+    let on = Rc::new(Cell::new(false));
     let sink = Rc::new(RefCell::new(sink));
     let o = on.clone();
     let output = Closure::<dyn FnMut(web_sys::EncodedAudioChunk)>::new(

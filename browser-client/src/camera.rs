@@ -30,8 +30,9 @@ pub(crate) struct Encoded {
 pub(crate) struct Camera {
     /// Set to make the next picture a key frame.
     pub(crate) key_wanted: Rc<Cell<bool>>,
-    /// Cleared while the camera is off: pictures are read and dropped, and
-    /// what the encoder still returns is not sent.
+    /// Cleared while the camera is off (and until the server has accepted
+    /// the track): pictures are read and dropped, and what the encoder still
+    /// returns is not sent.
     pub(crate) on: Rc<Cell<bool>>,
 }
 
@@ -48,7 +49,8 @@ pub(crate) fn start(
         .get_reader()
         .dyn_into::<web_sys::ReadableStreamDefaultReader>()?;
     let sink = Rc::new(RefCell::new(sink));
-    let on = Rc::new(Cell::new(true));
+    // Off until the server confirms the track (TrackPublished).
+    let on = Rc::new(Cell::new(false));
     let o = on.clone();
     let output = Closure::<dyn FnMut(web_sys::EncodedVideoChunk)>::new(
         move |chunk: web_sys::EncodedVideoChunk| {

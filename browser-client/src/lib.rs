@@ -12,6 +12,8 @@ mod audio;
 #[cfg(target_arch = "wasm32")]
 mod camera;
 #[cfg(target_arch = "wasm32")]
+mod transport;
+#[cfg(target_arch = "wasm32")]
 mod video;
 
 /// The browser client's camera track id.
@@ -25,6 +27,9 @@ const AUDIO_TRACK: u32 = 2;
 thread_local! {
     /// The camera and microphone the join screen opened, sent once joined.
     static LOCAL_MEDIA: RefCell<Option<web_sys::MediaStream>> = const { RefCell::new(None) };
+    /// A meeting joined before the camera and microphone were ready: they
+    /// are sent as soon as they are.
+    static WAITING_FOR_MEDIA: RefCell<Option<Rc<RefCell<App>>>> = const { RefCell::new(None) };
 }
 
 use std::cell::RefCell;
@@ -88,10 +93,55 @@ pub fn ws_url(protocol: &str, host: &str) -> String {
     format!("{scheme}://{host}/convene/ws")
 }
 
+/// The link to the server.
+enum Link {
+    /// A WebSocket: one frame per binary message.
+    WebSocket(web_sys::WebSocket),
+    /// A WebTransport session (PROTOCOL.md §3.3).
+    #[cfg(target_arch = "wasm32")]
+    WebTransport(transport::Wt),
+}
+
+impl Link {
+    /// What the page calls it.
+    fn label(&self) -> &'static str {
+        match self {
+            Link::WebSocket(_) => "WebSocket",
+            #[cfg(target_arch = "wasm32")]
+            Link::WebTransport(_) => "WebTransport",
+        }
+    }
+
+    /// Sends one frame the way its transport carries frames.
+    fn send(&self, frame: &Bytes) {
+        match self {
+            Link::WebSocket(s) => {
+                let _ = s.send_with_u8_array(frame);
+            }
+            #[cfg(target_arch = "wasm32")]
+            Link::WebTransport(w) => w.send(frame),
+        }
+    }
+
+    /// Closes it.
+    fn close(&self) {
+        match self {
+            Link::WebSocket(s) => {
+                let _ = s.close();
+            }
+            #[cfg(target_arch = "wasm32")]
+            Link::WebTransport(w) => w.close(),
+        }
+    }
+}
+
 /// What the page shows and the session behind it.
 struct App {
     session: ClientSession,
-    socket: web_sys::WebSocket,
+    /// The transport, once open.
+    link: Option<Link>,
+    /// Why WebTransport was not used, when it was offered and failed.
+    fallback: Option<String>,
     meeting: String,
     name: String,
     /// Who is in the room: name and whether a moderator.
@@ -115,6 +165,8 @@ struct App {
     /// The next audio frame's sequence number.
     #[cfg(target_arch = "wasm32")]
     audio_sequence: u32,
+    /// Our Publish requests awaiting an answer: request id to track id.
+    pending_publish: BTreeMap<u32, u32>,
     /// Participants whose microphone is muted.
     mic_muted: std::collections::BTreeSet<u32>,
     /// Joined and not sending yet: the caller starts the camera.
@@ -238,14 +290,23 @@ fn preview(window: &web_sys::Window) {
         return;
     };
     let shown = Closure::<dyn FnMut(JsValue)>::new(|stream: JsValue| {
-        if let (Some(video), Ok(stream)) = (
-            by_id("preview").and_then(|e| e.dyn_into::<web_sys::HtmlVideoElement>().ok()),
-            stream.dyn_into::<web_sys::MediaStream>(),
-        ) {
+        let Ok(stream) = stream.dyn_into::<web_sys::MediaStream>() else {
+            return;
+        };
+        // Kept even when the join screen is gone already (Connect pressed
+        // before the devices answered): the meeting sends it from here.
+        #[cfg(target_arch = "wasm32")]
+        {
+            LOCAL_MEDIA.with(|m| *m.borrow_mut() = Some(stream.clone()));
+            if let Some(app) = WAITING_FOR_MEDIA.with(|w| w.borrow_mut().take()) {
+                send_camera(&app);
+            }
+        }
+        if let Some(video) =
+            by_id("preview").and_then(|e| e.dyn_into::<web_sys::HtmlVideoElement>().ok())
+        {
             video.set_muted(true);
             video.set_src_object(Some(&stream));
-            #[cfg(target_arch = "wasm32")]
-            LOCAL_MEDIA.with(|m| *m.borrow_mut() = Some(stream.clone()));
             let tracks = stream.get_tracks().length();
             set_text(
                 "preview-status",
@@ -288,7 +349,7 @@ fn begin(name: String, meeting: String) {
                 Err(_) => return,
             },
         };
-        if let Err(err) = connect(name, meeting, token) {
+        if let Err(err) = connect(name, meeting, token).await {
             set_text("status", &format!("cannot connect: {err:?}"));
         }
     });
@@ -359,12 +420,11 @@ async fn fetch_json(url: &str, credentials: bool) -> Result<JsValue, String> {
         .map_err(failed)
 }
 
-/// Opens the WebSocket, runs the session, and swaps in the meeting screen.
-fn connect(name: String, meeting: String, token: String) -> Result<(), JsValue> {
+/// Swaps in the meeting screen, opens WebTransport when the server offers
+/// it (WebSocket otherwise, or when WebTransport fails) and runs the session.
+async fn connect(name: String, meeting: String, token: String) -> Result<(), JsValue> {
     let location = web_sys::window().ok_or("no window")?.location();
-    let url = ws_url(&location.protocol()?, &location.host()?);
-    let socket = web_sys::WebSocket::new(&url)?;
-    socket.set_binary_type(web_sys::BinaryType::Arraybuffer);
+    let ws = ws_url(&location.protocol()?, &location.host()?);
     let config = ClientSessionConfig {
         client_kind: v1::ClientKind::Browser,
         client_version: concat!("convene-web/", env!("CARGO_PKG_VERSION")).into(),
@@ -373,7 +433,8 @@ fn connect(name: String, meeting: String, token: String) -> Result<(), JsValue> 
     };
     let app = Rc::new(RefCell::new(App {
         session: ClientSession::new(now(), config),
-        socket: socket.clone(),
+        link: None,
+        fallback: None,
         meeting,
         name,
         roster: BTreeMap::new(),
@@ -389,14 +450,47 @@ fn connect(name: String, meeting: String, token: String) -> Result<(), JsValue> 
         players: BTreeMap::new(),
         #[cfg(target_arch = "wasm32")]
         audio_sequence: 0,
+        pending_publish: BTreeMap::new(),
         mic_muted: Default::default(),
         want_camera: false,
         #[cfg(target_arch = "wasm32")]
         video_sequence: 0,
     }));
     meeting_screen()?;
-    set_text("status", &format!("Connecting to {url}…"));
+    controls(&app)?;
 
+    #[cfg(target_arch = "wasm32")]
+    {
+        let forced_ws = location.search()?.contains("transport=websocket");
+        if let Some((url, hashes)) = webtransport_offer().await
+            && !forced_ws
+        {
+            set_text("status", &format!("Connecting to {url}…"));
+            let (a, b) = (app.clone(), app.clone());
+            let handlers = transport::Handlers {
+                frame: Box::new(move |bytes| on_frame(&a, bytes)),
+                closed: Box::new(move || on_closed(&b)),
+            };
+            match transport::open_webtransport(&url, &hashes, AUDIO_TRACK, handlers).await {
+                Ok(wt) => {
+                    let mut a = app.borrow_mut();
+                    a.link = Some(Link::WebTransport(wt));
+                    a.session.connected(now());
+                    pump(&mut a);
+                    return Ok(());
+                }
+                Err(e) => {
+                    web_sys::console::warn_1(&format!("WebTransport failed: {e}").into());
+                    app.borrow_mut().fallback = Some(e);
+                }
+            }
+        }
+    }
+
+    set_text("status", &format!("Connecting to {ws}…"));
+    let socket = web_sys::WebSocket::new(&ws)?;
+    socket.set_binary_type(web_sys::BinaryType::Arraybuffer);
+    app.borrow_mut().link = Some(Link::WebSocket(socket.clone()));
     let a = app.clone();
     let on_open = Closure::<dyn FnMut()>::new(move || {
         let mut app = a.borrow_mut();
@@ -410,28 +504,75 @@ fn connect(name: String, meeting: String, token: String) -> Result<(), JsValue> 
     let on_message =
         Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
             if let Ok(buf) = e.data().dyn_into::<js_sys::ArrayBuffer>() {
-                let bytes = Bytes::from(js_sys::Uint8Array::new(&buf).to_vec());
-                let mut app = a.borrow_mut();
-                app.session.handle_frame(now(), bytes);
-                pump(&mut app);
-                if std::mem::take(&mut app.want_camera) {
-                    drop(app);
-                    send_camera(&a);
-                }
+                on_frame(&a, Bytes::from(js_sys::Uint8Array::new(&buf).to_vec()));
             }
         });
     socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     on_message.forget();
 
-    let a = app.clone();
-    let on_close = Closure::<dyn FnMut()>::new(move || {
-        let mut app = a.borrow_mut();
-        app.session.handle_transport_closed();
-        pump(&mut app);
-    });
+    let a = app;
+    let on_close = Closure::<dyn FnMut()>::new(move || on_closed(&a));
     socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
     on_close.forget();
+    Ok(())
+}
 
+/// A frame from the server, whichever way it came.
+fn on_frame(a: &Rc<RefCell<App>>, bytes: Bytes) {
+    let mut app = a.borrow_mut();
+    app.session.handle_frame(now(), bytes);
+    pump(&mut app);
+    if std::mem::take(&mut app.want_camera) {
+        drop(app);
+        send_camera(a);
+    }
+}
+
+/// The transport is gone.
+fn on_closed(a: &Rc<RefCell<App>>) {
+    let mut app = a.borrow_mut();
+    app.session.handle_transport_closed();
+    pump(&mut app);
+}
+
+/// The WebTransport URL and certificate hashes the server's discovery
+/// document offers, when this browser has WebTransport.
+#[cfg(target_arch = "wasm32")]
+async fn webtransport_offer() -> Option<(String, Vec<Vec<u8>>)> {
+    let window = web_sys::window()?;
+    if !js_sys::Reflect::has(&window, &"WebTransport".into()).unwrap_or(false) {
+        return None;
+    }
+    let d = fetch_json("/.well-known/convene.json", false).await.ok()?;
+    let url = js_sys::Reflect::get(&d, &"webtransport".into())
+        .ok()?
+        .as_string()?;
+    let hashes = js_sys::Reflect::get(&d, &"certificate_hashes".into())
+        .ok()
+        .and_then(|h| h.dyn_into::<js_sys::Array>().ok())
+        .map(|list| {
+            list.iter()
+                .filter_map(|h| js_sys::Reflect::get(&h, &"value".into()).ok()?.as_string())
+                .filter_map(|hex| hex_bytes(&hex))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((url, hashes))
+}
+
+/// Bytes from hexadecimal.
+pub fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| Some(hex(*s.as_bytes().get(i)?)? << 4 | hex(*s.as_bytes().get(i + 1)?)?))
+        .collect()
+}
+
+/// The meeting screen's timers, chat and buttons.
+fn controls(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
     // The session's timers (heartbeat, handshake timeout).
     let a = app.clone();
     let tick = Closure::<dyn FnMut()>::new(move || {
@@ -480,7 +621,7 @@ fn connect(name: String, meeting: String, token: String) -> Result<(), JsValue> 
     // Every button of the meeting screen says what it does in data-action
     // (and whom in data-pid): one listener serves them all, including the
     // ones the roster and the waiting list add later.
-    let a = app;
+    let a = app.clone();
     let clicked = Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
         let Some(button) = e
             .target()
@@ -579,7 +720,9 @@ fn meeting_screen() -> Result<(), JsValue> {
 /// Sends what the session has queued and shows what happened.
 fn pump(app: &mut App) {
     while let Some(frame) = app.session.poll_transmit() {
-        let _ = app.socket.send_with_u8_array(&frame);
+        if let Some(link) = &app.link {
+            link.send(&frame);
+        }
     }
     while let Some(ev) = app.session.poll_event() {
         match ev {
@@ -612,7 +755,15 @@ fn pump(app: &mut App) {
                         app.session.participant_id()
                     ),
                 );
-                set_text("transport", "Connected over WebSocket");
+                let label = app.link.as_ref().map_or("?", Link::label);
+                let text = match &app.fallback {
+                    Some(why) => format!("Connected over {label} (WebTransport failed: {why})"),
+                    None => format!("Connected over {label}"),
+                };
+                set_text("transport", &text);
+                if let Some(root) = by_id("app") {
+                    let _ = root.set_attribute("data-transport", label);
+                }
                 show_roster(app);
                 app.want_camera = true;
                 let me = app.session.participant_id();
@@ -623,10 +774,27 @@ fn pump(app: &mut App) {
                 }
             }
             ClientEvent::Room(S::TrackPublished(t)) => {
-                if let Some(track) = t.track
-                    && t.participant_id != app.session.participant_id()
-                {
-                    add_tile(app, t.participant_id, &track);
+                if let Some(track) = t.track {
+                    if t.participant_id != app.session.participant_id() {
+                        add_tile(app, t.participant_id, &track);
+                    } else {
+                        // The server has our track: start sending it.
+                        app.pending_publish.retain(|_, id| *id != track.track_id);
+                        #[cfg(target_arch = "wasm32")]
+                        {
+                            if track.track_id == VIDEO_TRACK
+                                && let Some(c) = &app.camera
+                            {
+                                c.key_wanted.set(true);
+                                c.on.set(true);
+                            }
+                            if track.track_id == AUDIO_TRACK
+                                && let Some(m) = &app.mic
+                            {
+                                m.on.set(true);
+                            }
+                        }
+                    }
                 }
             }
             ClientEvent::Room(S::KeyFrameRequest(_k)) => {
@@ -747,8 +915,25 @@ fn pump(app: &mut App) {
             {
                 set_text("status", "A moderator did not let you in.");
             }
-            ClientEvent::JoinRefused(e) | ClientEvent::Error(e) => {
+            ClientEvent::Error(e) if app.pending_publish.contains_key(&e.request_id) => {
+                // A track the server will not take (the token's grants): say
+                // so and leave its button off.
+                let track = app.pending_publish.remove(&e.request_id).unwrap_or(0);
+                let (what, button) = if track == 1 {
+                    ("camera", "toggle-camera")
+                } else {
+                    ("microphone", "toggle-mic")
+                };
+                set_text("notice", &format!("Not sending your {what}: {}", e.text));
+                if let Some(b) = by_id(button) {
+                    let _ = b.set_attribute("disabled", "");
+                }
+            }
+            ClientEvent::JoinRefused(e) => {
                 set_text("status", &format!("The server said: {}", e.text));
+            }
+            ClientEvent::Error(e) => {
+                set_text("notice", &format!("The server said: {}", e.text));
             }
             ClientEvent::Closed => {
                 let text = match app.session.close_reason() {
@@ -774,7 +959,16 @@ fn pump(app: &mut App) {
         }
     }
     while let Some(frame) = app.session.poll_transmit() {
-        let _ = app.socket.send_with_u8_array(&frame);
+        if let Some(link) = &app.link {
+            link.send(&frame);
+        }
+    }
+    // The session is over (left, removed, refused): the last words are
+    // sent, so the transport can go.
+    if app.session.close_reason().is_some()
+        && let Some(link) = app.link.take()
+    {
+        link.close();
     }
 }
 
@@ -784,6 +978,7 @@ fn send_camera(_app: &Rc<RefCell<App>>) {
     #[cfg(target_arch = "wasm32")]
     {
         let Some(stream) = LOCAL_MEDIA.with(|m| m.borrow().clone()) else {
+            WAITING_FOR_MEDIA.with(|w| *w.borrow_mut() = Some(_app.clone()));
             return;
         };
         let first =
@@ -840,9 +1035,13 @@ fn send_camera(_app: &Rc<RefCell<App>>) {
 #[cfg(target_arch = "wasm32")]
 fn publish(app: &Rc<RefCell<App>>, track: v1::TrackInfo) -> bool {
     let mut app = app.borrow_mut();
+    let id = track.track_id;
     let sent = app
         .session
         .send(now(), C::Publish(v1::Publish { track: Some(track) }));
+    if let Ok(request) = sent {
+        app.pending_publish.insert(request, id);
+    }
     pump(&mut app);
     sent.is_ok()
 }

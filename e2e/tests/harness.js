@@ -87,8 +87,11 @@ async function startServer(extraArgs = []) {
   };
 }
 
-// convene-server on plain http at 127.0.0.1 (a secure context for the
-// browser) serving the built browser client from browser-client/dist.
+// convene-server at 127.0.0.1 serving the built browser client from
+// browser-client/dist: plain http (a secure context for the browser, no
+// WebTransport), or https with '--dev-tls' among the arguments (WebTransport
+// on, the page trusting the development certificate by its hash; the browser
+// must then ignore certificate errors for the page itself).
 async function startWebServer(extraArgs = []) {
   const port = await freePort();
   const logs = [];
@@ -101,10 +104,11 @@ async function startWebServer(extraArgs = []) {
   });
   child.stdout.on('data', (d) => logs.push(String(d)));
   child.stderr.on('data', (d) => logs.push(String(d)));
-  const base = `http://127.0.0.1:${port}`;
+  const tls = extraArgs.includes('--dev-tls');
+  const base = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   try {
     await until('convene-server answers /readyz', () => new Promise((resolve, reject) => {
-      http.get(`${base}/readyz`, (res) => { res.resume(); res.statusCode === 200 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`)); })
+      (tls ? https : http).get(`${base}/readyz`, { rejectUnauthorized: false }, (res) => { res.resume(); res.statusCode === 200 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`)); })
         .on('error', reject);
     }));
   } catch (e) {
@@ -136,15 +140,19 @@ async function startPages() {
   return { base: `http://127.0.0.1:${server.address().port}`, stop: () => new Promise((r) => server.close(r)) };
 }
 
-async function launchChromium() {
+// Debian's Chromium with fake camera and microphone; `extraArgs` are added
+// to its command line, and `ignoreHTTPSErrors` lets pages come from a
+// --dev-tls server.
+async function launchChromium({ extraArgs = [], ignoreHTTPSErrors = false } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'convene-chromium-'));
   const context = await chromium.launchPersistentContext(dir, {
     executablePath: '/usr/bin/chromium',
     headless: true,
-    // Never --disable-quic: WebTransport runs over QUIC.
+    ignoreHTTPSErrors,
+    // Never --disable-quic by default: WebTransport runs over QUIC.
     args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
       '--disable-component-update', '--disable-sync',
-      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'],
+      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', ...extraArgs],
   });
   const console = [];
   context.on('console', (m) => console.push(`${m.type()}: ${m.text()}`));

@@ -88,6 +88,11 @@ test('a moderator runs the waiting room and the meeting from the page', async ()
   await expect(mo.locator('#participants')).toContainText('Gus');
   await expect(mo.locator('#participants')).not.toContainText('Impostor');
   await expect(mo.locator('#admissions li')).toHaveCount(0);
+  // Gus's token has no publish_audio: the page says it will not send the
+  // microphone and sends the camera only.
+  await expect(gus.locator('#notice')).toContainText('Not sending your microphone');
+  await expect(gus.locator('#toggle-mic')).toBeDisabled();
+  await expect.poll(() => mo.locator('#tiles .tile').getAttribute('data-frames').then(Number)).toBeGreaterThan(5);
 
   // Asking to mute reaches the guest.
   await mo.locator('#participants li', { hasText: 'Gus' }).locator('button[data-action=mute]').click();

@@ -1,0 +1,233 @@
+//! How frames travel: WebTransport when the server offers it and the
+//! browser has it, WebSocket otherwise (PROTOCOL.md §3). Over WebTransport
+//! (§3.3) control frames go length-prefixed on one bidirectional stream, our
+//! audio as datagrams, video one unidirectional stream per frame; frames
+//! arrive the same three ways. wasm32 only.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use convene_protocol::{MediaFrame, StreamDecoder, limits};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{JsFuture, spawn_local};
+
+/// Longest wait for a WebTransport session before falling back.
+const WT_TIMEOUT_MS: i32 = 5_000;
+
+/// What to do with each frame that arrives, and once the link is gone.
+pub(crate) struct Handlers {
+    /// Called with every whole frame.
+    pub(crate) frame: Box<dyn Fn(Bytes)>,
+    /// Called once when the link closes.
+    pub(crate) closed: Box<dyn Fn()>,
+}
+
+/// A WebTransport session and its writers.
+pub(crate) struct Wt {
+    session: web_sys::WebTransport,
+    control: web_sys::WritableStreamDefaultWriter,
+    datagrams: web_sys::WritableStreamDefaultWriter,
+    /// The track whose frames go as datagrams (our microphone).
+    audio_track: u32,
+}
+
+impl Wt {
+    /// Closes the session.
+    pub(crate) fn close(&self) {
+        self.session.close();
+    }
+
+    /// Sends one frame: control on the control stream, our audio as a
+    /// datagram when it fits, anything else on a stream of its own.
+    pub(crate) fn send(&self, frame: &Bytes) {
+        if frame.first() != Some(&convene_protocol::frame::FRAME_MEDIA) {
+            let mut out = Vec::with_capacity(4 + frame.len());
+            out.extend_from_slice(&convene_protocol::frame::length_prefix(frame.len()));
+            out.extend_from_slice(frame);
+            let _ = self
+                .control
+                .write_with_chunk(&js_sys::Uint8Array::from(out.as_slice()));
+            return;
+        }
+        let audio =
+            MediaFrame::parse(frame.clone()).is_ok_and(|m| m.header().track_id == self.audio_track);
+        let fits = frame.len() as u32 <= self.session.datagrams().max_datagram_size();
+        let chunk = js_sys::Uint8Array::from(frame.as_ref());
+        if audio && fits {
+            let _ = self.datagrams.write_with_chunk(&chunk);
+            return;
+        }
+        let promise = self.session.create_unidirectional_stream();
+        spawn_local(async move {
+            let Ok(stream) = JsFuture::from(promise).await else {
+                return;
+            };
+            let Ok(stream) = stream.dyn_into::<web_sys::WritableStream>() else {
+                return;
+            };
+            if let Ok(w) = stream.get_writer() {
+                let _ = JsFuture::from(w.write_with_chunk(&chunk)).await;
+                let _ = JsFuture::from(w.close()).await;
+            }
+        });
+    }
+}
+
+/// Opens a WebTransport session to `url`, trusting a certificate with one of
+/// `hashes` (SHA-256) when given, and its control stream; starts reading
+/// what arrives into `handlers`. Fails after [`WT_TIMEOUT_MS`].
+pub(crate) async fn open_webtransport(
+    url: &str,
+    hashes: &[Vec<u8>],
+    audio_track: u32,
+    handlers: Handlers,
+) -> Result<Wt, String> {
+    let text = |e: JsValue| {
+        e.as_string()
+            .or_else(|| {
+                js_sys::Reflect::get(&e, &"message".into())
+                    .ok()
+                    .and_then(|m| m.as_string())
+            })
+            .unwrap_or_else(|| format!("{e:?}"))
+    };
+    let options = web_sys::WebTransportOptions::new();
+    if !hashes.is_empty() {
+        let list: Vec<web_sys::WebTransportHash> = hashes
+            .iter()
+            .map(|h| {
+                let hash = web_sys::WebTransportHash::new();
+                hash.set_algorithm("sha-256");
+                hash.set_value(&js_sys::Uint8Array::from(h.as_slice()));
+                hash
+            })
+            .collect();
+        options.set_server_certificate_hashes(&list);
+    }
+    let session = web_sys::WebTransport::new_with_options(url, &options).map_err(text)?;
+    let timeout = js_sys::Promise::new(&mut |_, reject| {
+        if let Some(w) = web_sys::window() {
+            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&reject, WT_TIMEOUT_MS);
+        }
+    });
+    let ready: js_sys::Promise = session.ready().unchecked_into();
+    if let Err(e) =
+        JsFuture::from(js_sys::Promise::race(&js_sys::Array::of2(&ready, &timeout))).await
+    {
+        session.close();
+        return Err(if e.is_undefined() {
+            format!("no session within {} s", WT_TIMEOUT_MS / 1000)
+        } else {
+            text(e)
+        });
+    }
+    let bidi = JsFuture::from(session.create_bidirectional_stream())
+        .await
+        .map_err(text)?;
+    let writable: web_sys::WritableStream = bidi.writable().unchecked_into();
+    let control = writable.get_writer().map_err(text)?;
+    let datagram_out: web_sys::WritableStream = session.datagrams().writable();
+    let datagrams = datagram_out.get_writer().map_err(text)?;
+
+    let handlers = Rc::new(handlers);
+    // The control stream: length-prefixed frames.
+    let control_in: web_sys::ReadableStream = bidi.readable().unchecked_into();
+    let h = handlers.clone();
+    spawn_local(async move {
+        let mut decoder = StreamDecoder::new(limits::max::MAX_FRAME_BYTES as usize);
+        read_chunks(&control_in, |chunk| {
+            decoder.push(&chunk);
+            while let Ok(Some(frame)) = decoder.next_frame() {
+                (h.frame)(frame);
+            }
+        })
+        .await;
+    });
+    // Media on unidirectional streams, one frame each.
+    let streams = session.incoming_unidirectional_streams();
+    let h = handlers.clone();
+    spawn_local(async move {
+        let Ok(reader) = streams
+            .get_reader()
+            .dyn_into::<web_sys::ReadableStreamDefaultReader>()
+        else {
+            return;
+        };
+        loop {
+            let Ok(result) = JsFuture::from(reader.read()).await else {
+                break;
+            };
+            if done(&result) {
+                break;
+            }
+            let Ok(stream) = js_sys::Reflect::get(&result, &"value".into())
+                .and_then(|v| v.dyn_into::<web_sys::ReadableStream>())
+            else {
+                continue;
+            };
+            let h = h.clone();
+            spawn_local(async move {
+                let mut whole = Vec::new();
+                let max = limits::max::MAX_FRAME_BYTES as usize;
+                read_chunks(&stream, |chunk| {
+                    if whole.len() + chunk.len() <= max {
+                        whole.extend_from_slice(&chunk);
+                    }
+                })
+                .await;
+                if !whole.is_empty() {
+                    (h.frame)(Bytes::from(whole));
+                }
+            });
+        }
+    });
+    // Media in datagrams.
+    let datagram_in = session.datagrams().readable();
+    let h = handlers.clone();
+    spawn_local(async move {
+        read_chunks(&datagram_in, |chunk| (h.frame)(Bytes::from(chunk))).await;
+    });
+    // The end of the session.
+    let closed: js_sys::Promise = session.closed().unchecked_into();
+    let h = handlers;
+    spawn_local(async move {
+        let _ = JsFuture::from(closed).await;
+        (h.closed)();
+    });
+    Ok(Wt {
+        session,
+        control,
+        datagrams,
+        audio_track,
+    })
+}
+
+/// Reads `stream` to its end, handing each chunk of bytes to `each`.
+async fn read_chunks(stream: &web_sys::ReadableStream, mut each: impl FnMut(Vec<u8>)) {
+    let Ok(reader) = stream
+        .get_reader()
+        .dyn_into::<web_sys::ReadableStreamDefaultReader>()
+    else {
+        return;
+    };
+    loop {
+        let Ok(result) = JsFuture::from(reader.read()).await else {
+            return;
+        };
+        if done(&result) {
+            return;
+        }
+        if let Ok(bytes) = js_sys::Reflect::get(&result, &"value".into())
+            .and_then(|v| v.dyn_into::<js_sys::Uint8Array>())
+        {
+            each(bytes.to_vec());
+        }
+    }
+}
+
+fn done(result: &JsValue) -> bool {
+    js_sys::Reflect::get(result, &"done".into())
+        .map(|d| d.is_truthy())
+        .unwrap_or(true)
+}

@@ -1,0 +1,93 @@
+// The browser client over WebTransport: served by a --dev-tls server, it
+// finds the WebTransport URL and certificate hash in discovery, opens the
+// session, and two people see and hear each other through it; one forced to
+// WebSocket shares the meeting with one on WebTransport; and when the
+// WebTransport session cannot be set up the client falls back to WebSocket
+// by itself and says why.
+const dgram = require('node:dgram');
+const { test, expect } = require('@playwright/test');
+const { startWebServer, launchChromium } = require('./harness');
+
+let server, browser;
+
+test.beforeAll(async () => {
+  server = await startWebServer(['--dev-tls']);
+  browser = await launchChromium({ ignoreHTTPSErrors: true });
+});
+
+test.afterAll(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+const frames = (tile) => tile.getAttribute('data-frames').then(Number);
+const audioFrames = (page) => page.locator('#app').getAttribute('data-audio-frames').then(Number);
+
+test('two browsers meet over WebTransport: video, audio and chat', async () => {
+  const ann = await browser.context.newPage();
+  const bob = await browser.context.newPage();
+  await ann.goto(`${server.base}/meeting/Ann/wt-room`);
+  await bob.goto(`${server.base}/meeting/Bob/wt-room`);
+  await ann.click('#connect');
+  await expect(ann.locator('#participants li')).toHaveCount(1);
+  await bob.click('#connect');
+  for (const [page, other] of [[ann, 'Bob'], [bob, 'Ann']]) {
+    await expect(page.locator('#app')).toHaveAttribute('data-transport', 'WebTransport');
+    await expect(page.locator('#transport')).toHaveText('Connected over WebTransport');
+    await expect(page.locator('#participants')).toContainText(other);
+    const tile = page.locator('#tiles .tile');
+    await expect(tile.locator('figcaption')).toHaveText(other);
+    // Pictures arrive on streams of their own, audio as datagrams.
+    await expect.poll(() => frames(tile), { message: `${other}'s pictures` }).toBeGreaterThan(10);
+    await expect.poll(() => audioFrames(page), { message: `${other}'s sound` }).toBeGreaterThan(25);
+  }
+  await ann.fill('#chat-input', 'over QUIC');
+  await ann.press('#chat-input', 'Enter');
+  await expect(bob.locator('#messages')).toContainText('Ann: over QUIC');
+  await bob.click('#leave');
+  await expect(ann.locator('#participants li')).toHaveCount(1);
+  await expect(ann.locator('#tiles .tile')).toHaveCount(0);
+  await ann.close();
+  await bob.close();
+});
+
+test('WebSocket and WebTransport participants share a meeting', async () => {
+  const wt = await browser.context.newPage();
+  const ws = await browser.context.newPage();
+  await wt.goto(`${server.base}/meeting/Quic/mixed-room`);
+  await ws.goto(`${server.base}/meeting/Tcp/mixed-room?transport=websocket`);
+  await wt.click('#connect');
+  await ws.click('#connect');
+  await expect(wt.locator('#app')).toHaveAttribute('data-transport', 'WebTransport');
+  await expect(ws.locator('#app')).toHaveAttribute('data-transport', 'WebSocket');
+  for (const page of [wt, ws]) {
+    await expect.poll(() => frames(page.locator('#tiles .tile'))).toBeGreaterThan(10);
+    await expect.poll(() => audioFrames(page)).toBeGreaterThan(25);
+  }
+  await wt.close();
+  await ws.close();
+});
+
+test('when WebTransport cannot connect the client falls back to WebSocket and says so', async () => {
+  // UDP that goes nowhere: discovery is rewritten to point WebTransport at a
+  // bound UDP port that never answers, as behind a firewall that drops UDP.
+  const hole = dgram.createSocket('udp4');
+  await new Promise((r) => hole.bind(0, '127.0.0.1', r));
+  const page = await browser.context.newPage();
+  try {
+    await page.route('**/.well-known/convene.json', async (route) => {
+      const response = await route.fetch();
+      const d = await response.json();
+      d.webtransport = d.webtransport.replace(/:\d+\//, `:${hole.address().port}/`);
+      await route.fulfill({ response, json: d });
+    });
+    await page.goto(`${server.base}/meeting/Walled/fallback-room`);
+    await page.click('#connect');
+    await expect(page.locator('#app')).toHaveAttribute('data-transport', 'WebSocket', { timeout: 20_000 });
+    await expect(page.locator('#transport')).toContainText('Connected over WebSocket (WebTransport failed');
+    await expect(page.locator('#participants li')).toHaveCount(1);
+  } finally {
+    await page.close();
+    hole.close();
+  }
+});
