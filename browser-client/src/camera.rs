@@ -23,6 +23,8 @@ pub(crate) struct Encoded {
     pub(crate) key: bool,
     /// Annex B bytes.
     pub(crate) data: Vec<u8>,
+    /// When the picture was taken from the camera, µs since the Unix epoch.
+    pub(crate) captured_us: u64,
 }
 
 /// A running camera encoder; dropping it does not stop it (the page keeps
@@ -49,6 +51,10 @@ pub(crate) fn start(
         .get_reader()
         .dyn_into::<web_sys::ReadableStreamDefaultReader>()?;
     let sink = Rc::new(RefCell::new(sink));
+    // Wall-clock capture time by the picture's own timestamp, so the encoded
+    // picture can carry when it was taken (for glass-to-glass latency).
+    let captured: Rc<RefCell<std::collections::VecDeque<(i64, u64)>>> = Rc::default();
+    let cap = captured.clone();
     // Off until the server confirms the track (TrackPublished).
     let on = Rc::new(Cell::new(false));
     let o = on.clone();
@@ -57,7 +63,20 @@ pub(crate) fn start(
             let mut data = vec![0u8; chunk.byte_length() as usize];
             if o.get() && chunk.copy_to_with_u8_slice(&mut data).is_ok() {
                 let key = chunk.type_() == web_sys::EncodedVideoChunkType::Key;
-                (sink.borrow_mut())(Encoded { key, data });
+                let ts = chunk.timestamp() as i64;
+                let mut c = cap.borrow_mut();
+                while c.front().is_some_and(|(t, _)| *t < ts) {
+                    c.pop_front();
+                }
+                let captured_us = match c.front() {
+                    Some((t, wall)) if *t == ts => *wall,
+                    _ => (js_sys::Date::now() * 1000.0) as u64,
+                };
+                (sink.borrow_mut())(Encoded {
+                    key,
+                    data,
+                    captured_us,
+                });
             }
         },
     );
@@ -105,6 +124,15 @@ pub(crate) fn start(
                 let key = kw.get() || count.get().is_multiple_of(KEY_EVERY);
                 let options = web_sys::VideoEncoderEncodeOptions::new();
                 options.set_key_frame(key);
+                let mut c = captured.borrow_mut();
+                c.push_back((
+                    frame.timestamp() as i64,
+                    (js_sys::Date::now() * 1000.0) as u64,
+                ));
+                if c.len() > 64 {
+                    c.pop_front();
+                }
+                drop(c);
                 if encoder.encode_with_options(&frame, &options).is_ok() {
                     count.set(count.get() + 1);
                     if key {

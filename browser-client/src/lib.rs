@@ -302,6 +302,8 @@ fn preview(window: &web_sys::Window) {
                 send_camera(&app);
             }
         }
+        #[cfg(target_arch = "wasm32")]
+        show_self();
         if let Some(video) =
             by_id("preview").and_then(|e| e.dyn_into::<web_sys::HtmlVideoElement>().ok())
         {
@@ -333,6 +335,9 @@ fn begin(name: String, meeting: String) {
     let Some(location) = web_sys::window().map(|w| w.location()) else {
         return;
     };
+    if let Some(root) = by_id("app") {
+        let _ = root.set_attribute("data-connect-at", &js_sys::Date::now().to_string());
+    }
     // Still inside the click: the one moment a page may start sound.
     #[cfg(target_arch = "wasm32")]
     audio::open_output();
@@ -693,7 +698,19 @@ fn meeting_screen() -> Result<(), JsValue> {
     add(&controls, "button", "toggle-mic", "Mute")?.set_attribute("data-action", "mic")?;
     add(&controls, "button", "toggle-camera", "Stop camera")?
         .set_attribute("data-action", "camera")?;
-    add(&root, "div", "tiles", "")?;
+    let tiles = add(&root, "div", "tiles", "")?;
+    // Self view: what the others see, first in the grid.
+    let me = add(&tiles, "figure", "self", "")?;
+    me.set_class_name("self");
+    let video = add(&me, "video", "self-view", "")?;
+    video.set_attribute("autoplay", "")?;
+    video.set_attribute("playsinline", "")?;
+    if let Ok(v) = video.dyn_into::<web_sys::HtmlVideoElement>() {
+        v.set_muted(true);
+    }
+    add(&me, "figcaption", "", "You")?;
+    #[cfg(target_arch = "wasm32")]
+    show_self();
     let main = add(&root, "div", "meeting", "")?;
     let people = add(&main, "section", "people", "")?;
     add(&people, "h2", "", "Participants")?;
@@ -989,7 +1006,7 @@ fn send_camera(_app: &Rc<RefCell<App>>) {
                 let mut app = rc.borrow_mut();
                 let seq = app.video_sequence;
                 app.video_sequence = seq.wrapping_add(1);
-                send_frame(&mut app, VIDEO_TRACK, seq, e.key, &e.data);
+                send_frame(&mut app, VIDEO_TRACK, seq, e.key, &e.data, e.captured_us);
             };
             let info = v1::TrackInfo {
                 track_id: VIDEO_TRACK,
@@ -1011,7 +1028,8 @@ fn send_camera(_app: &Rc<RefCell<App>>) {
                 let mut app = rc.borrow_mut();
                 let seq = app.audio_sequence;
                 app.audio_sequence = seq.wrapping_add(1);
-                send_frame(&mut app, AUDIO_TRACK, seq, true, &data);
+                let now_us = (js_sys::Date::now() * 1000.0) as u64;
+                send_frame(&mut app, AUDIO_TRACK, seq, true, &data, now_us);
             };
             let info = v1::TrackInfo {
                 track_id: AUDIO_TRACK,
@@ -1046,16 +1064,35 @@ fn publish(app: &Rc<RefCell<App>>, track: v1::TrackInfo) -> bool {
     sent.is_ok()
 }
 
+/// Shows the local camera in the self view, when both exist.
+#[cfg(target_arch = "wasm32")]
+fn show_self() {
+    if let (Some(stream), Some(video)) = (
+        LOCAL_MEDIA.with(|m| m.borrow().clone()),
+        by_id("self-view").and_then(|e| e.dyn_into::<web_sys::HtmlVideoElement>().ok()),
+    ) {
+        video.set_muted(true);
+        video.set_src_object(Some(&stream));
+    }
+}
+
 /// Sends one encoded frame of our own track.
 #[cfg(target_arch = "wasm32")]
-fn send_frame(app: &mut App, track_id: u32, sequence: u32, key: bool, data: &[u8]) {
+fn send_frame(
+    app: &mut App,
+    track_id: u32,
+    sequence: u32,
+    key: bool,
+    data: &[u8],
+    captured_us: u64,
+) {
     let frame = convene_protocol::MediaFrame::build(
         &convene_protocol::MediaHeader {
             key,
             sender: 0,
             track_id,
             sequence,
-            capture_timestamp_us: (js_sys::Date::now() * 1000.0) as u64,
+            capture_timestamp_us: captured_us,
         },
         None,
         data,

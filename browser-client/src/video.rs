@@ -45,8 +45,10 @@ impl Tile {
         figure.append_child(&caption)?;
         tiles.append_child(&figure)?;
 
-        // Pictures drawn, shown in `data-frames` (tests read it).
+        // Pictures drawn, shown in `data-frames` (tests read it), and
+        // capture-to-screen latency, in `data-latency-p50`/`-p95` (ms).
         let drawn = Rc::new(Cell::new(0u32));
+        let mut latencies: Vec<f64> = Vec::new();
         let (c, d, f) = (canvas.clone(), drawn.clone(), figure.clone());
         let output =
             Closure::<dyn FnMut(web_sys::VideoFrame)>::new(move |frame: web_sys::VideoFrame| {
@@ -61,6 +63,32 @@ impl Tile {
                     let _ = ctx.draw_image_with_video_frame(&frame, 0.0, 0.0);
                     d.set(d.get() + 1);
                     let _ = f.set_attribute("data-frames", &d.get().to_string());
+                    let now = js_sys::Date::now();
+                    if d.get() == 1 {
+                        first_picture(now);
+                    }
+                    // The chunk carried the sender's capture time in µs, on
+                    // 31 bits: compare on the same 31 bits.
+                    let wrap = f64::from(1u32 << 31);
+                    let lat_us = ((now * 1000.0) % wrap - frame.timestamp()).rem_euclid(wrap);
+                    latencies.push(lat_us / 1000.0);
+                    if latencies.len() > 300 {
+                        latencies.remove(0);
+                    }
+                    if d.get().is_multiple_of(15) {
+                        let mut sorted = latencies.clone();
+                        sorted.sort_by(f64::total_cmp);
+                        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q) as usize];
+                        // Number formatting by JS keeps float formatting out of the wasm.
+                        let fixed = |x: f64| {
+                            js_sys::Number::from(x)
+                                .to_fixed(1)
+                                .map(String::from)
+                                .unwrap_or_default()
+                        };
+                        let _ = f.set_attribute("data-latency-p50", &fixed(at(0.5)));
+                        let _ = f.set_attribute("data-latency-p95", &fixed(at(0.95)));
+                    }
                 }
                 frame.close();
             });
@@ -113,6 +141,27 @@ impl Tile {
                 true
             }
         }
+    }
+}
+
+/// Notes, once per page, how long after Connect the first remote picture
+/// was drawn, in `#app[data-first-frame-ms]`.
+fn first_picture(now_ms: f64) {
+    let Some(app) = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.get_element_by_id("app"))
+    else {
+        return;
+    };
+    if app.has_attribute("data-first-frame-ms") {
+        return;
+    }
+    if let Some(at) = app
+        .get_attribute("data-connect-at")
+        .and_then(|a| a.parse::<f64>().ok())
+    {
+        let ms = (now_ms - at).round() as i64;
+        let _ = app.set_attribute("data-first-frame-ms", &ms.to_string());
     }
 }
 

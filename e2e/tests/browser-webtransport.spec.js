@@ -6,7 +6,7 @@
 // by itself and says why.
 const dgram = require('node:dgram');
 const { test, expect } = require('@playwright/test');
-const { startWebServer, launchChromium } = require('./harness');
+const { startWebServer, launchChromium, spawnConvene } = require('./harness');
 
 let server, browser;
 
@@ -49,6 +49,45 @@ test('two browsers meet over WebTransport: video, audio and chat', async () => {
   await expect(ann.locator('#tiles .tile')).toHaveCount(0);
   await ann.close();
   await bob.close();
+});
+
+test('three in a meeting over WebTransport: a screenshot, and the latency measured', async ({}, testInfo) => {
+  // Two browsers and the CLI's moving test pattern with its tone.
+  const stream = spawnConvene(['stream', '--server', server.base, '--cert-sha256', server.sha256,
+    '--meeting-id', 'three-room', '--user-id', 'cli-pattern', '--source', 'test-pattern',
+    '--resolution', '320x240', '--fps', '15', '--audio', 'tone', '--duration', '90']);
+  const ann = await browser.context.newPage();
+  const bob = await browser.context.newPage();
+  try {
+    await ann.setViewportSize({ width: 1280, height: 800 });
+    await ann.goto(`${server.base}/meeting/Ann/three-room`);
+    await bob.goto(`${server.base}/meeting/Bob/three-room`);
+    await ann.click('#connect');
+    await bob.click('#connect');
+    for (const page of [ann, bob]) {
+      await expect(page.locator('#participants li')).toHaveCount(3);
+      await expect(page.locator('#tiles .tile')).toHaveCount(2);
+      for (const tile of await page.locator('#tiles .tile').all()) {
+        await expect.poll(() => frames(tile), { message: `pictures (stream: ${stream.output})` }).toBeGreaterThan(30);
+      }
+    }
+    // Glass to glass between the two browsers: camera capture to canvas.
+    const bobOnAnn = ann.locator('#tiles .tile', { hasText: 'Bob' });
+    await expect(bobOnAnn).toHaveAttribute('data-latency-p95', /\d/);
+    const p50 = Number(await bobOnAnn.getAttribute('data-latency-p50'));
+    const p95 = Number(await bobOnAnn.getAttribute('data-latency-p95'));
+    const first = Number(await ann.locator('#app').getAttribute('data-first-frame-ms'));
+    console.log(`browser to browser over WebTransport: capture to screen p50 ${p50} ms, p95 ${p95} ms; Connect to first remote picture ${first} ms`);
+    expect(p50).toBeGreaterThan(0);
+    expect(first).toBeGreaterThan(0);
+    const shot = testInfo.outputPath('three-participants.png');
+    await ann.screenshot({ path: shot, fullPage: true });
+    console.log(`screenshot of a three-participant meeting: ${shot}`);
+  } finally {
+    stream.kill('SIGINT');
+    await ann.close();
+    await bob.close();
+  }
 });
 
 test('WebSocket and WebTransport participants share a meeting', async () => {

@@ -115,8 +115,10 @@ async function startWebServer(extraArgs = []) {
     child.kill('SIGKILL');
     throw new Error(`${e}\nserver log:\n${logs.join('')}`);
   }
+  // With TLS, the development certificate's hash, for the CLI's --cert-sha256.
+  const sha256 = tls ? (await getJson(`${base}/.well-known/convene.json`)).certificate_hashes[0].value : null;
   return {
-    base, port, logs,
+    base, port, logs, sha256,
     async stop() {
       if (child.exitCode !== null) return;
       child.kill('SIGTERM');
