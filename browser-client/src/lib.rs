@@ -140,6 +140,12 @@ struct App {
     session: ClientSession,
     /// The transport, once open.
     link: Option<Link>,
+    /// Which link attempt is current; events of older links are ignored.
+    generation: u32,
+    /// Reconnect attempts since the last successful join.
+    reconnects: u32,
+    /// The settings every session of this page starts with.
+    session_config: ClientSessionConfig,
     /// Why WebTransport was not used, when it was offered and failed.
     fallback: Option<String>,
     meeting: String,
@@ -428,8 +434,6 @@ async fn fetch_json(url: &str, credentials: bool) -> Result<JsValue, String> {
 /// Swaps in the meeting screen, opens WebTransport when the server offers
 /// it (WebSocket otherwise, or when WebTransport fails) and runs the session.
 async fn connect(name: String, meeting: String, token: String) -> Result<(), JsValue> {
-    let location = web_sys::window().ok_or("no window")?.location();
-    let ws = ws_url(&location.protocol()?, &location.host()?);
     let config = ClientSessionConfig {
         client_kind: v1::ClientKind::Browser,
         client_version: concat!("convene-web/", env!("CARGO_PKG_VERSION")).into(),
@@ -437,8 +441,11 @@ async fn connect(name: String, meeting: String, token: String) -> Result<(), JsV
         ..ClientSessionConfig::default()
     };
     let app = Rc::new(RefCell::new(App {
-        session: ClientSession::new(now(), config),
+        session: ClientSession::new(now(), config.clone()),
         link: None,
+        generation: 0,
+        reconnects: 0,
+        session_config: config,
         fallback: None,
         meeting,
         name,
@@ -463,7 +470,22 @@ async fn connect(name: String, meeting: String, token: String) -> Result<(), JsV
     }));
     meeting_screen()?;
     controls(&app)?;
+    open_link(&app).await
+}
 
+/// Opens the transport for the app's session: WebTransport when offered
+/// (WebSocket when it fails or `?transport=websocket`), WebSocket otherwise.
+/// The link's events are tied to this attempt, so a late event of an older
+/// link never reaches a newer session.
+async fn open_link(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
+    let location = web_sys::window().ok_or("no window")?.location();
+    let ws = ws_url(&location.protocol()?, &location.host()?);
+    let generation = {
+        let mut a = app.borrow_mut();
+        a.generation += 1;
+        a.fallback = None;
+        a.generation
+    };
     #[cfg(target_arch = "wasm32")]
     {
         let forced_ws = location.search()?.contains("transport=websocket");
@@ -473,8 +495,8 @@ async fn connect(name: String, meeting: String, token: String) -> Result<(), JsV
             set_text("status", &format!("Connecting to {url}…"));
             let (a, b) = (app.clone(), app.clone());
             let handlers = transport::Handlers {
-                frame: Box::new(move |bytes| on_frame(&a, bytes)),
-                closed: Box::new(move || on_closed(&b)),
+                frame: Box::new(move |bytes| on_frame(&a, generation, bytes)),
+                closed: Box::new(move || on_closed(&b, generation)),
             };
             match transport::open_webtransport(&url, &hashes, AUDIO_TRACK, handlers).await {
                 Ok(wt) => {
@@ -499,8 +521,10 @@ async fn connect(name: String, meeting: String, token: String) -> Result<(), JsV
     let a = app.clone();
     let on_open = Closure::<dyn FnMut()>::new(move || {
         let mut app = a.borrow_mut();
-        app.session.connected(now());
-        pump(&mut app);
+        if app.generation == generation {
+            app.session.connected(now());
+            pump(&mut app);
+        }
     });
     socket.set_onopen(Some(on_open.as_ref().unchecked_ref()));
     on_open.forget();
@@ -509,22 +533,104 @@ async fn connect(name: String, meeting: String, token: String) -> Result<(), JsV
     let on_message =
         Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
             if let Ok(buf) = e.data().dyn_into::<js_sys::ArrayBuffer>() {
-                on_frame(&a, Bytes::from(js_sys::Uint8Array::new(&buf).to_vec()));
+                on_frame(
+                    &a,
+                    generation,
+                    Bytes::from(js_sys::Uint8Array::new(&buf).to_vec()),
+                );
             }
         });
     socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     on_message.forget();
 
-    let a = app;
-    let on_close = Closure::<dyn FnMut()>::new(move || on_closed(&a));
+    let a = app.clone();
+    let on_close = Closure::<dyn FnMut()>::new(move || on_closed(&a, generation));
     socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
     on_close.forget();
     Ok(())
 }
 
+/// Whether a session that ended this way is worth opening again: a lost
+/// connection or a server going down is; leaving, removal, the end of the
+/// meeting and refusals are not.
+pub fn worth_reconnecting(r: &convene_protocol::CloseReason) -> bool {
+    use v1::{ErrorCode as E, GoodbyeReason as G};
+    match (r.goodbye, r.error) {
+        (Some(g), _) => g == G::Shutdown,
+        (None, None) => true,
+        (None, Some(code)) => matches!(code, E::IdleTimeout | E::HandshakeTimeout | E::ServerBusy),
+    }
+}
+
+/// After a lost connection: waits (1, 2, 4 … 10 s), then starts a new
+/// session on a new link; the page keeps its camera and microphone and
+/// publishes them again once joined.
+fn reconnect(a: &Rc<RefCell<App>>) {
+    let attempt = {
+        let mut app = a.borrow_mut();
+        app.reconnects += 1;
+        app.reconnects
+    };
+    let delay_ms = (1000 * (1 << (attempt - 1).min(4))).min(10_000);
+    show_banner(&format!(
+        "Connection lost. Reconnecting in {} s (attempt {attempt})…",
+        delay_ms / 1000
+    ));
+    let a = a.clone();
+    wasm_bindgen_futures::spawn_local(async move {
+        let timer = js_sys::Promise::new(&mut |resolve, _| {
+            if let Some(w) = web_sys::window() {
+                let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, delay_ms);
+            }
+        });
+        let _ = wasm_bindgen_futures::JsFuture::from(timer).await;
+        {
+            let mut app = a.borrow_mut();
+            let config = app.session_config.clone();
+            app.session = ClientSession::new(now(), config);
+            app.link = None;
+            app.pending_publish.clear();
+            app.roster.clear();
+            app.mic_muted.clear();
+            #[cfg(target_arch = "wasm32")]
+            {
+                app.tiles.clear();
+                app.players.clear();
+                // Quiet until the server has the tracks again.
+                if let Some(c) = &app.camera {
+                    c.on.set(false);
+                }
+                if let Some(m) = &app.mic {
+                    m.on.set(false);
+                }
+            }
+            show_roster(&app);
+        }
+        if let Err(e) = open_link(&a).await {
+            web_sys::console::warn_2(&"reconnect failed".into(), &e);
+            reconnect(&a);
+        }
+    });
+}
+
+/// Shows (or with an empty text hides) the connection banner.
+fn show_banner(text: &str) {
+    if let Some(b) = by_id("banner") {
+        b.set_text_content(Some(text));
+        if text.is_empty() {
+            let _ = b.set_attribute("hidden", "");
+        } else {
+            let _ = b.remove_attribute("hidden");
+        }
+    }
+}
+
 /// A frame from the server, whichever way it came.
-fn on_frame(a: &Rc<RefCell<App>>, bytes: Bytes) {
+fn on_frame(a: &Rc<RefCell<App>>, generation: u32, bytes: Bytes) {
     let mut app = a.borrow_mut();
+    if app.generation != generation {
+        return;
+    }
     app.session.handle_frame(now(), bytes);
     pump(&mut app);
     if std::mem::take(&mut app.want_camera) {
@@ -533,11 +639,19 @@ fn on_frame(a: &Rc<RefCell<App>>, bytes: Bytes) {
     }
 }
 
-/// The transport is gone.
-fn on_closed(a: &Rc<RefCell<App>>) {
+/// The transport is gone: reconnects when that is worth it.
+fn on_closed(a: &Rc<RefCell<App>>, generation: u32) {
     let mut app = a.borrow_mut();
+    if app.generation != generation {
+        return;
+    }
     app.session.handle_transport_closed();
     pump(&mut app);
+    let again = app.session.close_reason().is_some_and(worth_reconnecting);
+    drop(app);
+    if again {
+        reconnect(a);
+    }
 }
 
 /// The WebTransport URL and certificate hashes the server's discovery
@@ -692,6 +806,7 @@ fn meeting_screen() -> Result<(), JsValue> {
     let root = by_id("app").ok_or("the page has no #app")?;
     root.set_inner_html("");
     add(&root, "h1", "", "Convene")?;
+    add(&root, "p", "banner", "")?.set_attribute("hidden", "")?;
     add(&root, "p", "transport", "")?;
     add(&root, "p", "room-state", "")?;
     let controls = add(&root, "div", "controls", "")?;
@@ -764,6 +879,8 @@ fn pump(app: &mut App) {
                     let _ = m.remove_attribute("hidden");
                 }
                 show_lock(app);
+                app.reconnects = 0;
+                show_banner("");
                 set_text(
                     "status",
                     &format!(
@@ -990,7 +1107,7 @@ fn pump(app: &mut App) {
 }
 
 /// Publishes the camera and microphone the join screen opened and starts
-/// sending them.
+/// sending them (after a reconnect: publishes them again).
 fn send_camera(_app: &Rc<RefCell<App>>) {
     #[cfg(target_arch = "wasm32")]
     {
@@ -1015,7 +1132,8 @@ fn send_camera(_app: &Rc<RefCell<App>>) {
                 frame_rate: 30,
                 ..Default::default()
             };
-            if publish(_app, info) {
+            // After a reconnect the encoder runs already: publishing again is enough.
+            if publish(_app, info) && _app.borrow().camera.is_none() {
                 match camera::start(&track, sink) {
                     Ok(c) => _app.borrow_mut().camera = Some(c),
                     Err(e) => web_sys::console::warn_2(&"cannot send the camera".into(), &e),
@@ -1039,7 +1157,7 @@ fn send_camera(_app: &Rc<RefCell<App>>) {
                 channels: 1,
                 ..Default::default()
             };
-            if publish(_app, info) {
+            if publish(_app, info) && _app.borrow().mic.is_none() {
                 match audio::start_mic(&track, sink) {
                     Ok(m) => _app.borrow_mut().mic = Some(m),
                     Err(e) => web_sys::console::warn_2(&"cannot send the microphone".into(), &e),

@@ -154,3 +154,40 @@ test("the browser's camera decodes in convene receive", async () => {
   expect(audio.frames_received).toBeGreaterThan(0);
   await page.close();
 });
+
+test('when the server goes away the page says so, reconnects and restores its tracks', async () => {
+  // A server of its own, restarted on the same port.
+  let own = await startWebServer();
+  const ann = await browser.context.newPage();
+  const bob = await browser.context.newPage();
+  try {
+    await ann.goto(`${own.base}/meeting/Ann/e2e-reconnect`);
+    await bob.goto(`${own.base}/meeting/Bob/e2e-reconnect`);
+    await ann.click('#connect');
+    await expect(ann.locator('#participants li')).toHaveCount(1);
+    await bob.click('#connect');
+    await expect(ann.locator('#participants li')).toHaveCount(2);
+    await expect.poll(() => ann.locator('#tiles .tile').getAttribute('data-frames').then(Number)).toBeGreaterThan(5);
+
+    await own.stop();
+    for (const page of [ann, bob]) {
+      await expect(page.locator('#banner')).toBeVisible();
+      await expect(page.locator('#banner')).toContainText('Reconnecting');
+    }
+    own = await own.restart();
+    for (const [page, other] of [[ann, 'Bob'], [bob, 'Ann']]) {
+      await expect(page.locator('#banner')).toBeHidden({ timeout: 30_000 });
+      await expect(page.locator('#participants li')).toHaveCount(2);
+      await expect(page.locator('#participants')).toContainText(other);
+      // The other's camera comes back as a fresh tile that draws.
+      const tile = page.locator('#tiles .tile');
+      await expect(tile.locator('figcaption')).toHaveText(other);
+      await expect.poll(() => tile.getAttribute('data-frames').then(Number)).toBeGreaterThan(5);
+      await expect.poll(() => page.locator('#app').getAttribute('data-audio-frames').then(Number)).toBeGreaterThan(10);
+    }
+  } finally {
+    await ann.close();
+    await bob.close();
+    await own.stop();
+  }
+});

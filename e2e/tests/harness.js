@@ -92,8 +92,8 @@ async function startServer(extraArgs = []) {
 // WebTransport), or https with '--dev-tls' among the arguments (WebTransport
 // on, the page trusting the development certificate by its hash; the browser
 // must then ignore certificate errors for the page itself).
-async function startWebServer(extraArgs = []) {
-  const port = await freePort();
+async function startWebServer(extraArgs = [], fixedPort = null) {
+  const port = fixedPort || await freePort();
   const logs = [];
   const webDir = path.join(ROOT, 'browser-client', 'dist');
   if (!fs.existsSync(path.join(webDir, 'index.html'))) {
@@ -124,6 +124,8 @@ async function startWebServer(extraArgs = []) {
       child.kill('SIGTERM');
       await new Promise((r) => { child.once('exit', r); setTimeout(r, 10_000); });
     },
+    // A new server process on the same port (after stop()).
+    restart() { return startWebServer(extraArgs, port); },
   };
 }
 
