@@ -1409,6 +1409,34 @@ mod tests {
     }
 
     #[test]
+    fn only_a_lost_connection_or_a_shutdown_is_worth_reconnecting() {
+        use convene_protocol::{CloseReason, ProtocolError};
+        use v1::{ErrorCode as E, GoodbyeReason as G};
+        assert!(worth_reconnecting(&CloseReason::transport_lost()));
+        assert!(worth_reconnecting(&CloseReason::goodbye(G::Shutdown, "")));
+        assert!(worth_reconnecting(&CloseReason::error(ProtocolError::new(
+            E::IdleTimeout,
+            ""
+        ))));
+        for g in [G::Normal, G::Removed, G::MeetingEnded] {
+            assert!(!worth_reconnecting(&CloseReason::goodbye(g, "")), "{g:?}");
+        }
+        for e in [E::AuthInvalid, E::AuthExpired, E::MalformedFrame] {
+            assert!(
+                !worth_reconnecting(&CloseReason::error(ProtocolError::new(e, ""))),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hex_hashes_become_bytes() {
+        assert_eq!(hex_bytes("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(hex_bytes("abc"), None);
+        assert_eq!(hex_bytes("zz"), None);
+    }
+
+    #[test]
     fn the_websocket_follows_the_page_scheme() {
         assert_eq!(ws_url("https:", "x:443"), "wss://x:443/convene/ws");
         assert_eq!(
