@@ -22,6 +22,9 @@ const VIDEO_TRACK: u32 = 1;
 /// The browser client's microphone track id.
 #[cfg(target_arch = "wasm32")]
 const AUDIO_TRACK: u32 = 2;
+/// The browser client's screen-share track id.
+#[cfg(target_arch = "wasm32")]
+const SCREEN_TRACK: u32 = 3;
 
 #[cfg(target_arch = "wasm32")]
 thread_local! {
@@ -165,6 +168,12 @@ struct App {
     /// The microphone being sent, once joined.
     #[cfg(target_arch = "wasm32")]
     mic: Option<audio::Mic>,
+    /// The screen being shared, and its capture track.
+    #[cfg(target_arch = "wasm32")]
+    screen: Option<(camera::Camera, web_sys::MediaStreamTrack)>,
+    /// The next screen frame's sequence number.
+    #[cfg(target_arch = "wasm32")]
+    screen_sequence: u32,
     /// Remote audio being played, by (participant, track).
     #[cfg(target_arch = "wasm32")]
     players: BTreeMap<(u32, u32), audio::Player>,
@@ -459,6 +468,10 @@ async fn connect(name: String, meeting: String, token: String) -> Result<(), JsV
         #[cfg(target_arch = "wasm32")]
         mic: None,
         #[cfg(target_arch = "wasm32")]
+        screen: None,
+        #[cfg(target_arch = "wasm32")]
+        screen_sequence: 0,
+        #[cfg(target_arch = "wasm32")]
         players: BTreeMap::new(),
         #[cfg(target_arch = "wasm32")]
         audio_sequence: 0,
@@ -602,6 +615,13 @@ fn reconnect(a: &Rc<RefCell<App>>) {
                 }
                 if let Some(m) = &app.mic {
                     m.on.set(false);
+                }
+                // Screen sharing does not survive a reconnect: it is asked for again.
+                if let Some((c, track)) = app.screen.take() {
+                    c.on.set(false);
+                    track.set_onended(None);
+                    track.stop();
+                    set_text("toggle-screen", "Share screen");
                 }
             }
             show_roster(&app);
@@ -750,6 +770,12 @@ fn controls(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
             return;
         };
         let action = button.get_attribute("data-action").unwrap_or_default();
+        if action == "screen" {
+            // Still inside the click: browsers let getDisplayMedia run only here.
+            #[cfg(target_arch = "wasm32")]
+            toggle_screen(&a);
+            return;
+        }
         let pid: u32 = button
             .get_attribute("data-pid")
             .and_then(|p| p.parse().ok())
@@ -813,6 +839,8 @@ fn meeting_screen() -> Result<(), JsValue> {
     add(&controls, "button", "toggle-mic", "Mute")?.set_attribute("data-action", "mic")?;
     add(&controls, "button", "toggle-camera", "Stop camera")?
         .set_attribute("data-action", "camera")?;
+    add(&controls, "button", "toggle-screen", "Share screen")?
+        .set_attribute("data-action", "screen")?;
     let tiles = add(&root, "div", "tiles", "")?;
     // Self view: what the others see, first in the grid.
     let me = add(&tiles, "figure", "self", "")?;
@@ -927,6 +955,12 @@ fn pump(app: &mut App) {
                             {
                                 m.on.set(true);
                             }
+                            if track.track_id == SCREEN_TRACK
+                                && let Some((c, _)) = &app.screen
+                            {
+                                c.key_wanted.set(true);
+                                c.on.set(true);
+                            }
                         }
                     }
                 }
@@ -935,6 +969,12 @@ fn pump(app: &mut App) {
                 #[cfg(target_arch = "wasm32")]
                 if _k.track_id == VIDEO_TRACK
                     && let Some(c) = &app.camera
+                {
+                    c.key_wanted.set(true);
+                }
+                #[cfg(target_arch = "wasm32")]
+                if _k.track_id == SCREEN_TRACK
+                    && let Some((c, _)) = &app.screen
                 {
                     c.key_wanted.set(true);
                 }
@@ -1182,6 +1222,91 @@ fn publish(app: &Rc<RefCell<App>>, track: v1::TrackInfo) -> bool {
     sent.is_ok()
 }
 
+/// Starts sharing the screen (asking the browser which one), or stops.
+#[cfg(target_arch = "wasm32")]
+fn toggle_screen(a: &Rc<RefCell<App>>) {
+    let sharing = a.borrow_mut().screen.take();
+    if let Some((c, track)) = sharing {
+        stop_screen(a, c, track);
+        return;
+    }
+    let Some(devices) = web_sys::window().and_then(|w| w.navigator().media_devices().ok()) else {
+        return;
+    };
+    let Ok(promise) = devices.get_display_media() else {
+        return;
+    };
+    let a = a.clone();
+    wasm_bindgen_futures::spawn_local(async move {
+        let stream = match wasm_bindgen_futures::JsFuture::from(promise).await {
+            Ok(s) => s.unchecked_into::<web_sys::MediaStream>(),
+            Err(e) => {
+                set_text("notice", &format!("Not sharing the screen: {e:?}"));
+                return;
+            }
+        };
+        let Ok(track) = stream
+            .get_video_tracks()
+            .get(0)
+            .dyn_into::<web_sys::MediaStreamTrack>()
+        else {
+            return;
+        };
+        let info = v1::TrackInfo {
+            track_id: SCREEN_TRACK,
+            kind: v1::TrackKind::Screen as i32,
+            codec: camera::CODEC.into(),
+            frame_rate: 30,
+            ..Default::default()
+        };
+        if !publish(&a, info) {
+            track.stop();
+            return;
+        }
+        let rc = a.clone();
+        let sink = move |e: camera::Encoded| {
+            let mut app = rc.borrow_mut();
+            let seq = app.screen_sequence;
+            app.screen_sequence = seq.wrapping_add(1);
+            send_frame(&mut app, SCREEN_TRACK, seq, e.key, &e.data, e.captured_us);
+        };
+        match camera::start(&track, sink) {
+            Ok(c) => {
+                // The browser's own "stop sharing" ends the track: stop too.
+                let rc = a.clone();
+                let ended = Closure::<dyn FnMut()>::new(move || {
+                    let taken = rc.borrow_mut().screen.take();
+                    if let Some((c, t)) = taken {
+                        stop_screen(&rc, c, t);
+                    }
+                });
+                track.set_onended(Some(ended.as_ref().unchecked_ref()));
+                ended.forget();
+                a.borrow_mut().screen = Some((c, track));
+                set_text("toggle-screen", "Stop sharing");
+            }
+            Err(e) => web_sys::console::warn_2(&"cannot share the screen".into(), &e),
+        }
+    });
+}
+
+/// Stops sending the screen and tells the room.
+#[cfg(target_arch = "wasm32")]
+fn stop_screen(a: &Rc<RefCell<App>>, c: camera::Camera, track: web_sys::MediaStreamTrack) {
+    c.on.set(false);
+    track.set_onended(None);
+    track.stop();
+    let mut app = a.borrow_mut();
+    let _ = app.session.send(
+        now(),
+        C::Unpublish(v1::Unpublish {
+            track_id: SCREEN_TRACK,
+        }),
+    );
+    pump(&mut app);
+    set_text("toggle-screen", "Share screen");
+}
+
 /// Shows the local camera in the self view, when both exist.
 #[cfg(target_arch = "wasm32")]
 fn show_self() {
@@ -1319,7 +1444,10 @@ fn add_tile(_app: &mut App, _participant: u32, _track: &v1::TrackInfo) {
         if _app.tiles.contains_key(&key) {
             return;
         }
-        let name = _app.name_of(_participant);
+        let mut name = _app.name_of(_participant);
+        if _track.kind == v1::TrackKind::Screen as i32 {
+            name.push_str(" · screen");
+        }
         match video::Tile::new(_participant, _track.track_id, &name, &_track.codec) {
             Ok(t) => {
                 _app.tiles.insert((_participant, _track.track_id), t);

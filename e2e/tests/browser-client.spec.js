@@ -76,6 +76,17 @@ test('two browsers meet from a meeting link: roster, chat, leaving', async () =>
   await expect(annTile).toHaveAttribute('data-muted', 'false');
   await expect.poll(async () => Number(await annTile.getAttribute('data-frames'))).toBeGreaterThan(stopped + 5);
 
+  // Sharing the screen adds a tile of its own on the other side, which goes
+  // when the sharing stops.
+  await ann.click('#toggle-screen');
+  await expect(ann.locator('#toggle-screen')).toHaveText('Stop sharing');
+  const screen = bob.locator('#tiles .tile[data-track="3"]');
+  await expect(screen.locator('figcaption')).toHaveText('Ann · screen');
+  await expect.poll(() => screen.getAttribute('data-frames').then(Number), { message: 'screen pictures' }).toBeGreaterThan(5);
+  await expect(bob.locator('#tiles .tile')).toHaveCount(2);
+  await ann.click('#toggle-screen');
+  await expect(bob.locator('#tiles .tile')).toHaveCount(1);
+
   // Chat crosses, with the sender's name.
   await ann.fill('#chat-input', 'hello Bob');
   await ann.press('#chat-input', 'Enter');
