@@ -90,6 +90,30 @@ pub fn token_from(search: &str, hash: &str) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// A WebSocket URL given in the page's query (`?server=ws://…`), honoured
+/// only when the page and that server are both on loopback: for local
+/// development and the conformance runner, never a way for a link to send
+/// someone's token elsewhere.
+pub fn server_override(page_host: &str, search: &str) -> Option<String> {
+    let loopback = |host: &str| {
+        let h = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        matches!(h, "127.0.0.1" | "localhost" | "[::1]")
+    };
+    if !loopback(page_host) {
+        return None;
+    }
+    let url = search
+        .trim_start_matches('?')
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("server="))
+        .map(decode)?;
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))?;
+    let host = rest.split('/').next()?;
+    loopback(host).then_some(url)
+}
+
 /// The WebSocket endpoint of the server that served the page.
 pub fn ws_url(protocol: &str, host: &str) -> String {
     let scheme = if protocol == "https:" { "wss" } else { "ws" };
@@ -145,6 +169,8 @@ struct App {
     link: Option<Link>,
     /// Which link attempt is current; events of older links are ignored.
     generation: u32,
+    /// Set when the page has just closed its link because the session ended.
+    closed_here: bool,
     /// Reconnect attempts since the last successful join.
     reconnects: u32,
     /// The settings every session of this page starts with.
@@ -284,6 +310,16 @@ pub fn start() -> Result<(), JsValue> {
     });
     form.add_event_listener_with_callback("submit", on_submit.as_ref().unchecked_ref())?;
     on_submit.forget();
+    // `?join=1`: connect at once (for kiosks and the conformance runner).
+    if window
+        .location()
+        .search()?
+        .trim_start_matches('?')
+        .split('&')
+        .any(|kv| kv == "join=1")
+    {
+        begin(name, meeting);
+    }
     Ok(())
 }
 
@@ -356,13 +392,14 @@ fn begin(name: String, meeting: String) {
     // Still inside the click: the one moment a page may start sound.
     #[cfg(target_arch = "wasm32")]
     audio::open_output();
-    let given = token_from(
-        &location.search().unwrap_or_default(),
-        &location.hash().unwrap_or_default(),
-    );
+    let search = location.search().unwrap_or_default();
+    let given = token_from(&search, &location.hash().unwrap_or_default());
+    // A server named in the link (loopback only) has no sign-in service to ask.
+    let elsewhere = server_override(&location.host().unwrap_or_default(), &search).is_some();
     wasm_bindgen_futures::spawn_local(async move {
         let token = match given {
             Some(t) => t,
+            None if elsewhere => String::new(),
             None => match login_token(&meeting).await {
                 Ok(t) => t.unwrap_or_default(),
                 // login_token has said why on the page.
@@ -453,6 +490,7 @@ async fn connect(name: String, meeting: String, token: String) -> Result<(), JsV
         session: ClientSession::new(now(), config.clone()),
         link: None,
         generation: 0,
+        closed_here: false,
         reconnects: 0,
         session_config: config,
         fallback: None,
@@ -492,7 +530,10 @@ async fn connect(name: String, meeting: String, token: String) -> Result<(), JsV
 /// link never reaches a newer session.
 async fn open_link(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
     let location = web_sys::window().ok_or("no window")?.location();
-    let ws = ws_url(&location.protocol()?, &location.host()?);
+    let given = server_override(&location.host()?, &location.search()?);
+    let ws = given
+        .clone()
+        .unwrap_or(ws_url(&location.protocol()?, &location.host()?));
     let generation = {
         let mut a = app.borrow_mut();
         a.generation += 1;
@@ -501,7 +542,7 @@ async fn open_link(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
     };
     #[cfg(target_arch = "wasm32")]
     {
-        let forced_ws = location.search()?.contains("transport=websocket");
+        let forced_ws = location.search()?.contains("transport=websocket") || given.is_some();
         if let Some((url, hashes)) = webtransport_offer().await
             && !forced_ws
         {
@@ -653,10 +694,12 @@ fn on_frame(a: &Rc<RefCell<App>>, generation: u32, bytes: Bytes) {
     }
     app.session.handle_frame(now(), bytes);
     pump(&mut app);
-    if std::mem::take(&mut app.want_camera) {
-        drop(app);
+    let camera = std::mem::take(&mut app.want_camera);
+    drop(app);
+    if camera {
         send_camera(a);
     }
+    after_close(a);
 }
 
 /// The transport is gone: reconnects when that is worth it.
@@ -667,6 +710,7 @@ fn on_closed(a: &Rc<RefCell<App>>, generation: u32) {
     }
     app.session.handle_transport_closed();
     pump(&mut app);
+    app.closed_here = false;
     let again = app.session.close_reason().is_some_and(worth_reconnecting);
     drop(app);
     if again {
@@ -720,6 +764,8 @@ fn controls(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
         pump(&mut app);
         #[cfg(target_arch = "wasm32")]
         show_audio(&app);
+        drop(app);
+        after_close(&a);
     });
     web_sys::window()
         .ok_or("no window")?
@@ -1143,6 +1189,24 @@ fn pump(app: &mut App) {
         && let Some(link) = app.link.take()
     {
         link.close();
+        app.closed_here = true;
+    }
+}
+
+/// After the page closed the link itself (the session ended): reconnects
+/// when that is worth it, without waiting for the transport's close event,
+/// which a peer that never finishes the closing handshake would hold back.
+fn after_close(a: &Rc<RefCell<App>>) {
+    let mut app = a.borrow_mut();
+    if !std::mem::take(&mut app.closed_here) {
+        return;
+    }
+    // The old link's late events belong to no session now.
+    app.generation += 1;
+    let again = app.session.close_reason().is_some_and(worth_reconnecting);
+    drop(app);
+    if again {
+        reconnect(a);
     }
 }
 
@@ -1555,6 +1619,30 @@ mod tests {
                 "{e:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_server_in_the_link_is_honoured_only_on_loopback() {
+        let ws = "?server=ws%3A%2F%2F127.0.0.1%3A9%2Fconvene%2Fws";
+        assert_eq!(
+            server_override("127.0.0.1:8080", ws),
+            Some("ws://127.0.0.1:9/convene/ws".into())
+        );
+        assert_eq!(
+            server_override("meet.example.com", ws),
+            None,
+            "a public page"
+        );
+        assert_eq!(
+            server_override("localhost:8080", "?server=wss://evil.example/convene/ws"),
+            None,
+            "a public target"
+        );
+        assert_eq!(
+            server_override("127.0.0.1:8080", "?server=http://127.0.0.1:9"),
+            None
+        );
+        assert_eq!(server_override("127.0.0.1:8080", ""), None);
     }
 
     #[test]

@@ -571,6 +571,28 @@ fn browser_tests() -> Result<(), String> {
             "convene-cli",
         ],
     )?;
+    // The browser client is a client too: the same client cases, in Chromium.
+    run("cargo", &["build", "--quiet", "-p", "convene-conformance"])?;
+    println!(
+        "\n$ convene-conformance client --capability reconnect --capability publishes_video -- node e2e/conformance-client.js {{url}}"
+    );
+    let status = Command::new(target_dir().join("debug/convene-conformance"))
+        .args([
+            "client",
+            "--capability",
+            "reconnect",
+            "--capability",
+            "publishes_video",
+            "--",
+            "node",
+        ])
+        .arg(e2e.join("conformance-client.js"))
+        .arg("{url}")
+        .status()
+        .map_err(|e| format!("cannot start convene-conformance: {e}"))?;
+    if !status.success() {
+        return Err("client conformance cases failed for the browser client".to_string());
+    }
     println!("\n$ npx playwright test   (Chromium {CHROMIUM})");
     let status = Command::new("npx")
         .args(["playwright", "test"])
