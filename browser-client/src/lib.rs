@@ -300,7 +300,22 @@ pub fn start() -> Result<(), JsValue> {
     video.set_attribute("muted", "")?;
     video.set_attribute("playsinline", "")?;
     add(&form, "p", "preview-status", "")?;
-    preview(&window);
+    // Device pickers, filled once the browser has said yes (labels need it).
+    for (id, label) in [("camera-select", "Camera"), ("mic-select", "Microphone")] {
+        let l = add(&form, "label", "", label)?;
+        let select = add(&l, "select", id, "")?;
+        let on_change = Closure::<dyn FnMut()>::new(move || {
+            if let Some(w) = web_sys::window() {
+                preview(
+                    &w,
+                    Some((select_value("camera-select"), select_value("mic-select"))),
+                );
+            }
+        });
+        select.add_event_listener_with_callback("change", on_change.as_ref().unchecked_ref())?;
+        on_change.forget();
+    }
+    preview(&window, None);
     let button = add(&form, "button", "connect", "Connect")?;
     button.set_attribute("type", "submit")?;
     set_text("status", "");
@@ -325,7 +340,7 @@ pub fn start() -> Result<(), JsValue> {
 
 /// Asks for the camera and microphone and shows the camera in `#preview`;
 /// says so in `#preview-status` when there is none or permission is refused.
-fn preview(window: &web_sys::Window) {
+fn preview(window: &web_sys::Window, chosen: Option<(String, String)>) {
     let Ok(devices) = window.navigator().media_devices() else {
         set_text(
             "preview-status",
@@ -333,9 +348,33 @@ fn preview(window: &web_sys::Window) {
         );
         return;
     };
+    set_text("preview-status", "Opening the camera and microphone…");
     let constraints = web_sys::MediaStreamConstraints::new();
-    constraints.set_video(&JsValue::TRUE);
-    constraints.set_audio(&JsValue::TRUE);
+    // A chosen device: `{deviceId: {exact: id}}`; otherwise any.
+    let pick = |id: &str| -> JsValue {
+        if id.is_empty() {
+            return JsValue::TRUE;
+        }
+        let exact = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&exact, &"exact".into(), &id.into());
+        let c = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&c, &"deviceId".into(), &exact);
+        c.into()
+    };
+    let (camera, mic) = chosen.unwrap_or_default();
+    constraints.set_video(&pick(&camera));
+    constraints.set_audio(&pick(&mic));
+    // The previous preview's devices are released when a new pick replaces them.
+    #[cfg(target_arch = "wasm32")]
+    if (!camera.is_empty() || !mic.is_empty())
+        && let Some(old) = LOCAL_MEDIA.with(|m| m.borrow_mut().take())
+    {
+        for t in old.get_tracks().iter() {
+            if let Ok(t) = t.dyn_into::<web_sys::MediaStreamTrack>() {
+                t.stop();
+            }
+        }
+    }
     let Ok(promise) = devices.get_user_media_with_constraints(&constraints) else {
         set_text("preview-status", "No camera or microphone access.");
         return;
@@ -365,6 +404,7 @@ fn preview(window: &web_sys::Window) {
                 "preview-status",
                 &format!("Camera and microphone ready ({tracks} tracks)"),
             );
+            fill_device_pickers(&stream);
         }
     });
     let failed = Closure::<dyn FnMut(JsValue)>::new(|e: JsValue| {
@@ -475,6 +515,83 @@ async fn fetch_json(url: &str, credentials: bool) -> Result<JsValue, String> {
     JsFuture::from(resp.json().map_err(failed)?)
         .await
         .map_err(failed)
+}
+
+/// The value of a `<select>`, or empty.
+fn select_value(id: &str) -> String {
+    by_id(id)
+        .and_then(|e| e.dyn_into::<web_sys::HtmlSelectElement>().ok())
+        .map(|s| s.value())
+        .unwrap_or_default()
+}
+
+/// Lists the cameras and microphones in the pickers, the ones in `stream`
+/// selected.
+fn fill_device_pickers(stream: &web_sys::MediaStream) {
+    let Some(devices) = web_sys::window().and_then(|w| w.navigator().media_devices().ok()) else {
+        return;
+    };
+    let Ok(listed) = devices.enumerate_devices() else {
+        return;
+    };
+    let in_use = |tracks: js_sys::Array| {
+        tracks
+            .get(0)
+            .dyn_into::<web_sys::MediaStreamTrack>()
+            .ok()
+            .and_then(|t| {
+                let s = t.get_settings();
+                js_sys::Reflect::get(&s, &"deviceId".into())
+                    .ok()?
+                    .as_string()
+            })
+            .unwrap_or_default()
+    };
+    let current = [
+        (
+            "camera-select",
+            "videoinput",
+            in_use(stream.get_video_tracks()),
+        ),
+        (
+            "mic-select",
+            "audioinput",
+            in_use(stream.get_audio_tracks()),
+        ),
+    ];
+    let fill = Closure::<dyn FnMut(JsValue)>::new(move |list: JsValue| {
+        let Ok(list) = list.dyn_into::<js_sys::Array>() else {
+            return;
+        };
+        for (id, kind, using) in &current {
+            let Some(select) = by_id(id) else {
+                continue;
+            };
+            select.set_inner_html("");
+            for d in list.iter() {
+                let get = |k: &str| {
+                    js_sys::Reflect::get(&d, &k.into())
+                        .ok()
+                        .and_then(|v| v.as_string())
+                        .unwrap_or_default()
+                };
+                if get("kind") != *kind {
+                    continue;
+                }
+                let device = get("deviceId");
+                let label = get("label");
+                let shown = if label.is_empty() { &device } else { &label };
+                if let Ok(o) = add(&select, "option", "", shown) {
+                    let _ = o.set_attribute("value", &device);
+                    if device == *using {
+                        let _ = o.set_attribute("selected", "");
+                    }
+                }
+            }
+        }
+    });
+    let _ = listed.then(&fill);
+    fill.forget();
 }
 
 /// Swaps in the meeting screen, opens WebTransport when the server offers

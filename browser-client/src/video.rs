@@ -45,10 +45,13 @@ impl Tile {
         figure.append_child(&caption)?;
         tiles.append_child(&figure)?;
 
-        // Pictures drawn, shown in `data-frames` (tests read it), and
-        // capture-to-screen latency, in `data-latency-p50`/`-p95` (ms).
+        // Pictures drawn, shown in `data-frames` (tests read it),
+        // capture-to-screen latency in `data-latency-p50`/`-p95` (ms), the
+        // frame rate in `data-fps` and a connection quality in `data-quality`.
         let drawn = Rc::new(Cell::new(0u32));
         let mut latencies: Vec<f64> = Vec::new();
+        // Draw times of the last two seconds, for the frame rate.
+        let mut recent: std::collections::VecDeque<f64> = std::collections::VecDeque::new();
         let (c, d, f) = (canvas.clone(), drawn.clone(), figure.clone());
         let output =
             Closure::<dyn FnMut(web_sys::VideoFrame)>::new(move |frame: web_sys::VideoFrame| {
@@ -66,6 +69,10 @@ impl Tile {
                     let now = js_sys::Date::now();
                     if d.get() == 1 {
                         first_picture(now);
+                    }
+                    recent.push_back(now);
+                    while recent.front().is_some_and(|t| now - t > 2000.0) {
+                        recent.pop_front();
                     }
                     // The chunk carried the sender's capture time in µs, on
                     // 31 bits: compare on the same 31 bits.
@@ -88,6 +95,18 @@ impl Tile {
                         };
                         let _ = f.set_attribute("data-latency-p50", &fixed(at(0.5)));
                         let _ = f.set_attribute("data-latency-p95", &fixed(at(0.95)));
+                        // Pictures a second over the last two seconds, and
+                        // what the viewer would call the connection.
+                        let fps = recent.len() as f64 / 2.0;
+                        let _ = f.set_attribute("data-fps", &fixed(fps));
+                        let quality = if fps >= 15.0 && at(0.95) < 250.0 {
+                            "good"
+                        } else if fps >= 5.0 {
+                            "fair"
+                        } else {
+                            "poor"
+                        };
+                        let _ = f.set_attribute("data-quality", quality);
                     }
                 }
                 frame.close();

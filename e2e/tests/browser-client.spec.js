@@ -29,6 +29,14 @@ test('two browsers meet from a meeting link: roster, chat, leaving', async () =>
   // The camera preview plays (Chromium's fake camera) before joining.
   await expect(ann.locator('#preview-status')).toContainText('ready (2 tracks)');
   await expect.poll(() => ann.evaluate(() => document.getElementById('preview').videoWidth)).toBeGreaterThan(0);
+  // Device pickers list the (fake) camera and microphone in use.
+  await expect(ann.locator('#camera-select option')).not.toHaveCount(0);
+  await expect(ann.locator('#mic-select option')).not.toHaveCount(0);
+  const camera = await ann.locator('#camera-select').inputValue();
+  expect(camera).not.toBe('');
+  // Choosing a device opens it again for the preview.
+  await ann.selectOption('#camera-select', camera);
+  await expect(ann.locator('#preview-status')).toContainText('ready (2 tracks)');
 
   await ann.click('#connect');
   await expect(ann.locator('#participants li')).toHaveCount(1);

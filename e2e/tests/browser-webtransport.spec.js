@@ -40,6 +40,8 @@ test('two browsers meet over WebTransport: video, audio and chat', async () => {
     // Pictures arrive on streams of their own, audio as datagrams.
     await expect.poll(() => frames(tile), { message: `${other}'s pictures` }).toBeGreaterThan(10);
     await expect.poll(() => audioFrames(page), { message: `${other}'s sound` }).toBeGreaterThan(25);
+    // Received at more than 10 pictures a second (the fake camera sends 30).
+    await expect.poll(() => tile.getAttribute('data-fps').then(Number), { message: `${other}'s frame rate` }).toBeGreaterThan(10);
   }
   await ann.fill('#chat-input', 'over QUIC');
   await ann.press('#chat-input', 'Enter');

@@ -153,8 +153,9 @@ async fn a_node_whose_frames_wait_in_queues_refuses_joins_with_server_busy() {
 /// reports a busy reason containing `reason`, then checks a newcomer is
 /// refused with it and that nobody already in lost a frame.
 async fn refuses_newcomers_once_busy(tweak: impl FnOnce(&mut Config), reason: &str) {
+    // (No "idle is not busy" check: at a 1 % CPU threshold the test
+    // process's own start-up can already count as load.)
     let a = server(tweak).await;
-    assert_eq!(load_of(&a).await["accepting"], true, "idle is not busy");
     let mut args = common::server_args(&a);
     args.extend(
         "load -n 10 --video-bytes 8000 --ramp-up 0.5 --duration 6 --json"
