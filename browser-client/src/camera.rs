@@ -11,6 +11,9 @@ use wasm_bindgen::prelude::*;
 /// The codec string the browser client publishes (H.264 constrained baseline, level 3.1).
 pub(crate) const CODEC: &str = "avc1.42E01F";
 
+/// The bitrate the camera starts at, bit/s (also what it announces).
+pub(crate) const START_BITRATE: u32 = 800_000;
+
 /// A key frame at least this often, in pictures.
 const KEY_EVERY: u32 = 60;
 
@@ -36,6 +39,9 @@ pub(crate) struct Camera {
     /// the track): pictures are read and dropped, and what the encoder still
     /// returns is not sent.
     pub(crate) on: Rc<Cell<bool>>,
+    /// The bitrate to encode at, bit/s; a change reconfigures the encoder
+    /// (congestion hints set it).
+    pub(crate) bitrate: Rc<Cell<u32>>,
 }
 
 /// Starts encoding `track` and calls `sink` with every encoded picture.
@@ -91,7 +97,10 @@ pub(crate) fn start(
     error.forget();
 
     let key_wanted = Rc::new(Cell::new(true));
-    let configured = Rc::new(Cell::new(false));
+    // The bitrate the encoder is configured with; 0 until configured.
+    let configured_at = Rc::new(Cell::new(0u32));
+    let bitrate = Rc::new(Cell::new(START_BITRATE));
+    let br = bitrate.clone();
     let count = Rc::new(Cell::new(0u32));
     // One callback for every read, which asks for the next: no per-frame closures.
     let next: Rc<RefCell<Option<ReadCallback>>> = Rc::new(RefCell::new(None));
@@ -106,21 +115,27 @@ pub(crate) fn start(
         if let Ok(frame) = js_sys::Reflect::get(&result, &"value".into())
             .and_then(|v| v.dyn_into::<web_sys::VideoFrame>())
         {
-            if !configured.get() {
+            if configured_at.get() != br.get() {
                 let config = web_sys::VideoEncoderConfig::new(
                     CODEC,
                     frame.display_height(),
                     frame.display_width(),
                 );
-                config.set_bitrate(800_000);
+                config.set_bitrate(br.get());
                 config.set_framerate(30.0);
                 let avc = js_sys::Object::new();
                 let _ = js_sys::Reflect::set(&avc, &"format".into(), &"annexb".into());
                 let _ = js_sys::Reflect::set(&config, &"avc".into(), &avc);
-                configured.set(encoder.configure(&config).is_ok());
+                if encoder.configure(&config).is_ok() {
+                    // A reconfigured encoder starts again from a key frame.
+                    if configured_at.get() != 0 {
+                        kw.set(true);
+                    }
+                    configured_at.set(br.get());
+                }
             }
             // A slow encoder skips pictures instead of queueing them.
-            if o.get() && configured.get() && encoder.encode_queue_size() < 3 {
+            if o.get() && configured_at.get() != 0 && encoder.encode_queue_size() < 3 {
                 let key = kw.get() || count.get().is_multiple_of(KEY_EVERY);
                 let options = web_sys::VideoEncoderEncodeOptions::new();
                 options.set_key_frame(key);
@@ -151,5 +166,9 @@ pub(crate) fn start(
     }
     // The callback lives as long as the page.
     std::mem::forget(next);
-    Ok(Camera { key_wanted, on })
+    Ok(Camera {
+        key_wanted,
+        on,
+        bitrate,
+    })
 }

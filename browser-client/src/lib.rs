@@ -1142,6 +1142,27 @@ fn pump(app: &mut App) {
                     c.key_wanted.set(true);
                 }
             }
+            ClientEvent::Room(S::CongestionHint(_h)) => {
+                // Move the encoder toward the server's suggestion (§6.5),
+                // within what the camera started at.
+                #[cfg(target_arch = "wasm32")]
+                {
+                    let target = (_h.target_bitrate_kbps.saturating_mul(1000))
+                        .clamp(100_000, camera::START_BITRATE);
+                    let encoder = match _h.track_id {
+                        VIDEO_TRACK => app.camera.as_ref(),
+                        SCREEN_TRACK => app.screen.as_ref().map(|(c, _)| c),
+                        _ => None,
+                    };
+                    if let Some(c) = encoder {
+                        c.bitrate.set(target);
+                        if let Some(root) = by_id("app") {
+                            let _ =
+                                root.set_attribute("data-video-kbps", &(target / 1000).to_string());
+                        }
+                    }
+                }
+            }
             ClientEvent::Room(S::TrackUnpublished(_u)) => {
                 #[cfg(target_arch = "wasm32")]
                 {
@@ -1351,6 +1372,7 @@ fn send_camera(_app: &Rc<RefCell<App>>) {
                 kind: v1::TrackKind::Video as i32,
                 codec: camera::CODEC.into(),
                 frame_rate: 30,
+                target_bitrate_kbps: camera::START_BITRATE / 1000,
                 ..Default::default()
             };
             // After a reconnect the encoder runs already: publishing again is enough.

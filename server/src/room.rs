@@ -63,6 +63,82 @@ struct Publication {
     subscribers: Vec<(u32, Arc<Outbox>)>,
     /// When the server last asked for a key frame on subscribers' behalf.
     last_key_request: Option<Timestamp>,
+    /// How fast the track arrives, and what the publisher was told about it.
+    congestion: Congestion,
+}
+
+/// Congestion hints for one track (PROTOCOL.md §6.5): while subscribers'
+/// queues drop its frames the publisher is asked, at most once a
+/// [`HINT_INTERVAL`], for 70 % of the rate it sends; after [`RECOVERY`]
+/// without drops, for its announced rate again.
+#[derive(Debug, Default)]
+struct Congestion {
+    /// Start of the current measuring window and the bytes seen in it.
+    window: Option<(Timestamp, u64)>,
+    /// The rate measured over the last whole window, kbit/s.
+    kbps: u32,
+    /// The last frame a subscriber's queue dropped.
+    last_drop: Option<Timestamp>,
+    /// The last hint sent.
+    last_hint: Option<Timestamp>,
+    /// Set while the publisher has been asked to go lower.
+    lowered: bool,
+}
+
+/// Shortest time between two congestion hints for one track.
+pub const HINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Time without drops after which a lowered track is told it may go back up.
+pub const RECOVERY: Duration = Duration::from_secs(5);
+/// Lowest bitrate a hint asks for, kbit/s.
+pub const MIN_HINT_KBPS: u32 = 64;
+
+impl Congestion {
+    /// Counts a frame of `bytes`; the rate is measured over windows of a second.
+    fn measure(&mut self, now: Timestamp, bytes: usize) {
+        let (since, total) = self.window.get_or_insert((now, 0));
+        *total += bytes as u64;
+        let elapsed = now.saturating_since(*since);
+        if elapsed >= Duration::from_secs(1) {
+            self.kbps = (*total * 8 / elapsed.as_millis().max(1) as u64) as u32;
+            self.window = Some((now, 0));
+        }
+    }
+
+    /// The hint to send now, if any: `dropped` says whether this frame was
+    /// dropped for some subscriber; `announced` is the track's own target.
+    fn hint(
+        &mut self,
+        now: Timestamp,
+        dropped: bool,
+        announced: u32,
+    ) -> Option<(u32, v1::CongestionReason)> {
+        let due = |t: Option<Timestamp>| t.is_none_or(|t| now.saturating_since(t) >= HINT_INTERVAL);
+        if dropped {
+            self.last_drop = Some(now);
+            if self.kbps > 0 && due(self.last_hint) {
+                self.last_hint = Some(now);
+                self.lowered = true;
+                return Some((
+                    (self.kbps * 7 / 10).max(MIN_HINT_KBPS),
+                    v1::CongestionReason::SubscriberLoss,
+                ));
+            }
+        } else if self.lowered
+            && self
+                .last_drop
+                .is_some_and(|t| now.saturating_since(t) >= RECOVERY)
+        {
+            self.lowered = false;
+            self.last_hint = Some(now);
+            let back = if announced > 0 {
+                announced
+            } else {
+                (self.kbps * 13 / 10).max(MIN_HINT_KBPS)
+            };
+            return Some((back, v1::CongestionReason::Recovered));
+        }
+        None
+    }
 }
 
 /// One participant in a room.
@@ -690,6 +766,7 @@ impl Room {
                         audio,
                         subscribers,
                         last_key_request: None,
+                        congestion: Congestion::default(),
                     },
                 );
                 self.broadcast(
@@ -952,6 +1029,8 @@ impl Room {
         if need_key {
             self.request_key_frame(now, h.sender, h.track_id, 0, false);
         }
+        let dropped = stats.dropped.iter().any(|d| *d > 0);
+        self.congestion(now, h.sender, h.track_id, dropped, frame.as_bytes().len());
         // One copy per frame for the other nodes, only while someone is there.
         if self.members.len() > self.local
             && self
@@ -965,6 +1044,35 @@ impl Room {
             });
         }
         Ok(stats)
+    }
+
+    /// Measures a track's rate and sends its publisher, if connected here,
+    /// the congestion hint due (a publisher elsewhere is hinted by its node).
+    fn congestion(
+        &mut self,
+        now: Timestamp,
+        publisher: u32,
+        track: u32,
+        dropped: bool,
+        bytes: usize,
+    ) {
+        let Some(m) = self.members.get_mut(&publisher) else {
+            return;
+        };
+        let Some(outbox) = m.outbox.clone() else {
+            return;
+        };
+        let Some(p) = m.tracks.get_mut(&track) else {
+            return;
+        };
+        p.congestion.measure(now, bytes);
+        if let Some((kbps, reason)) = p.congestion.hint(now, dropped, p.info.target_bitrate_kbps) {
+            outbox.push_control(frame(Msg::CongestionHint(v1::CongestionHint {
+                track_id: track,
+                target_bitrate_kbps: kbps,
+                reason: reason as i32,
+            })));
+        }
     }
 
     /// Adds a participant connected to another node.

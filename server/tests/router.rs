@@ -496,3 +496,67 @@ fn moderation_needs_the_role() {
     assert_eq!(e.code, ErrorCode::PermissionDenied);
     let _ = Mutex::new(());
 }
+
+#[test]
+fn a_publisher_is_hinted_down_while_subscribers_drop_its_video_and_back_up_after() {
+    let mut room = Room::new("r", LIMITS);
+    let publisher = outbox();
+    room.join(t(0), person(1), false, publisher.clone())
+        .unwrap();
+    let slow = small_outbox(4);
+    room.join(t(0), person(2), true, slow.clone()).unwrap();
+    let mut announced = track(1, TrackKind::Video);
+    announced.target_bitrate_kbps = 800;
+    req(&mut room, 1, RoomRequest::Publish(announced)).unwrap();
+    drain(&publisher);
+    let hints = |o: &Outbox| -> Vec<v1::CongestionHint> {
+        control_of(&drain(o))
+            .into_iter()
+            .filter_map(|m| match m {
+                Msg::CongestionHint(h) => Some(h),
+                _ => None,
+            })
+            .collect()
+    };
+    // 25 frames a second of 100-byte payloads (about 25 kbit/s); the slow
+    // subscriber never drains for 3 s, so its queue drops from the 5th frame.
+    let mut seen = Vec::new();
+    for i in 0..75u32 {
+        room.route(t(u64::from(i) * 40), 1, &media(1, 1, i, i % 25 == 0))
+            .unwrap();
+        seen.extend(hints(&publisher));
+    }
+    assert!(
+        !seen.is_empty(),
+        "no congestion hint while frames were dropped"
+    );
+    assert!(
+        seen.len() <= 3,
+        "at most one hint a second, got {} in 3 s",
+        seen.len()
+    );
+    let down = &seen[0];
+    assert_eq!(down.track_id, 1);
+    assert_eq!(down.reason, v1::CongestionReason::SubscriberLoss as i32);
+    assert_eq!(
+        down.target_bitrate_kbps,
+        convene_server::room::MIN_HINT_KBPS,
+        "70 % of ~25 kbit/s, floored"
+    );
+
+    // The subscriber catches up and keeps up: after RECOVERY without drops
+    // the publisher may go back to its announced rate, said once.
+    let mut later = Vec::new();
+    for i in 75..300u32 {
+        drain(&slow);
+        room.route(t(u64::from(i) * 40), 1, &media(1, 1, i, i % 25 == 0))
+            .unwrap();
+        later.extend(hints(&publisher));
+    }
+    assert_eq!(later.len(), 1, "{later:?}");
+    assert_eq!(later[0].reason, v1::CongestionReason::Recovered as i32);
+    assert_eq!(
+        later[0].target_bitrate_kbps, 800,
+        "back to the announced rate"
+    );
+}
