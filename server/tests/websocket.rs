@@ -1,6 +1,6 @@
 //! The server over real WebSocket connections on loopback: what the
-//! conformance cases do not cover (slow readers, abrupt disconnects, limits on
-//! connections, shutdown, TLS, metrics).
+//! conformance cases do not cover (slow readers and the congestion hints they
+//! cause, abrupt disconnects, limits on connections, shutdown, TLS, metrics).
 
 mod common;
 
@@ -101,6 +101,19 @@ async fn a_subscriber_that_stops_reading_costs_the_others_nothing() {
             .lines()
             .any(|l| l.starts_with("convene_frames_dropped_total{reason=\"slow_consumer\"} 1")),
         "slow consumer not counted:\n{metrics}"
+    );
+    // The publisher was asked to lower its video bitrate while the stalled
+    // subscriber's queue dropped its frames (PROTOCOL.md §6.5).
+    let hint = publisher
+        .expect(|m| matches!(m, S::CongestionHint(h) if h.track_id == 2))
+        .await;
+    let S::CongestionHint(hint) = hint else {
+        unreachable!()
+    };
+    assert_eq!(hint.reason, v1::CongestionReason::SubscriberLoss as i32);
+    assert!(
+        (64..40_000).contains(&hint.target_bitrate_kbps),
+        "70 % of ~40 Mbit/s of video, or the floor: {hint:?}"
     );
     // The publisher is still served.
     publisher.send(C::Ping(v1::Ping { timestamp_us: 77 })).await;
