@@ -7,7 +7,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -138,6 +138,8 @@ struct EncodeStats {
 #[derive(Debug, Default, serde::Serialize)]
 struct Summary {
     transport: Option<String>,
+    /// Congestion hints received for the video track.
+    congestion_hints: u64,
     /// The server streamed to last (of those given with --server).
     server: Option<String>,
     participant_id: u32,
@@ -177,8 +179,12 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
     // the source and says whether that worked before anything connects: a
     // missing camera should say so at once.
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+    // The bitrate to encode at: --bitrate-kbps, lowered and raised again by
+    // the server's congestion hints (never above --bitrate-kbps).
+    let target_kbps = Arc::new(AtomicU32::new(args.bitrate_kbps));
     let media = {
         let (key_wanted, stop, stats) = (key_wanted.clone(), stop.clone(), stats.clone());
+        let target = target_kbps.clone();
         let settings = EncoderSettings {
             bitrate_kbps: args.bitrate_kbps,
             fps: args.fps,
@@ -203,7 +209,8 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                 };
                 let _ = ready_tx.send(Ok(()));
                 media_thread(
-                    source, encoder, spec, interval, key_wanted, stop, stats, video_tx,
+                    source, encoder, settings, target, spec, interval, key_wanted, stop, stats,
+                    video_tx,
                 )
             })
             .context("cannot start the capture thread")?
@@ -317,8 +324,11 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                     }
                     Some(ClientEvent::Room(S::ParticipantJoined(_))) => peers += 1,
                     Some(ClientEvent::Room(S::ParticipantLeft(_))) => peers = peers.saturating_sub(1),
-                    Some(ClientEvent::Room(S::CongestionHint(h))) => {
-                        tracing::info!(track = h.track_id, kbps = h.target_bitrate_kbps, "congestion hint");
+                    Some(ClientEvent::Room(S::CongestionHint(h))) if h.track_id == VIDEO_TRACK => {
+                        let kbps = h.target_bitrate_kbps.clamp(50, args.bitrate_kbps);
+                        tracing::info!(kbps, reason = h.reason, "congestion hint");
+                        summary.congestion_hints += 1;
+                        target_kbps.store(kbps, Ordering::Relaxed);
                     }
                     Some(ClientEvent::Closed) | None => {
                         match after_close(client.close_reason()) {
@@ -671,6 +681,8 @@ async fn wait_or_stop_draining(
 fn media_thread(
     mut source: Source,
     mut encoder: H264Encoder,
+    mut settings: EncoderSettings,
+    target_kbps: Arc<AtomicU32>,
     spec: SourceSpec,
     key_interval: Duration,
     key_wanted: Arc<AtomicBool>,
@@ -690,6 +702,19 @@ fn media_thread(
                 continue;
             }
         };
+        // A new target bitrate (a congestion hint): OpenH264 takes it through
+        // a fresh encoder, which starts from a key frame.
+        let target = target_kbps.load(Ordering::Relaxed);
+        if target != settings.bitrate_kbps {
+            settings.bitrate_kbps = target;
+            match H264Encoder::new(settings) {
+                Ok(e) => {
+                    encoder = e;
+                    key_wanted.store(true, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!("cannot change the bitrate to {target} kbit/s: {e}"),
+            }
+        }
         let key = key_wanted.swap(false, Ordering::Relaxed) || last_key.elapsed() >= key_interval;
         let encoded = encoder.encode(&picture, key)?;
         stats
