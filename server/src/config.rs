@@ -226,6 +226,11 @@ pub struct Cli {
     #[arg(long, env = "CONVENE_MAX_TRACKS_PER_PARTICIPANT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tracks_per_participant: Option<u32>,
+    /// Most concurrent client-opened WebTransport streams per session; one
+    /// more is TOO_MANY_STREAMS [default: 100].
+    #[arg(long, env = "CONVENE_MAX_CONCURRENT_STREAMS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<u32>,
     /// Largest frame in bytes [default: 262144].
     #[arg(long, env = "CONVENE_MAX_FRAME_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -368,6 +373,8 @@ pub struct Config {
     pub max_participants_per_room: u32,
     /// Tracks per participant.
     pub max_tracks_per_participant: u32,
+    /// Concurrent client-opened WebTransport streams per session.
+    pub max_concurrent_streams: u32,
     /// Frame size limit.
     pub max_frame_bytes: u32,
     /// Ingress bitrate limit.
@@ -436,6 +443,7 @@ impl Default for Config {
             max_rooms: 10_000,
             max_participants_per_room: default::MAX_PARTICIPANTS_PER_ROOM,
             max_tracks_per_participant: default::MAX_TRACKS_PER_PARTICIPANT,
+            max_concurrent_streams: default::MAX_CONCURRENT_STREAMS,
             max_frame_bytes: default::MAX_FRAME_BYTES,
             max_ingress_kbps: default::MAX_INGRESS_KBPS,
             control_messages_per_second: default::CONTROL_MESSAGES_PER_SECOND,
@@ -541,6 +549,11 @@ impl Config {
             "max_tracks_per_participant",
             self.max_tracks_per_participant,
             max::MAX_TRACKS_PER_PARTICIPANT,
+        )?;
+        over(
+            "max_concurrent_streams",
+            self.max_concurrent_streams,
+            max::MAX_CONCURRENT_STREAMS,
         )?;
         over(
             "max_ingress_kbps",

@@ -85,6 +85,7 @@ impl Connection {
         let mut limits = convene_protocol::session::server::default_limits();
         limits.max_frame_bytes = c.max_frame_bytes;
         limits.max_tracks_per_participant = c.max_tracks_per_participant;
+        limits.max_concurrent_streams = c.max_concurrent_streams;
         limits.max_participants_per_room = c.max_participants_per_room;
         limits.max_ingress_kbps = c.max_ingress_kbps;
         limits.control_messages_per_second = c.control_messages_per_second;

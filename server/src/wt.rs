@@ -115,6 +115,7 @@ async fn run(state: Arc<AppState>, session: Session, peer: IpAddr) {
         tx,
         control.clone(),
         state.config.max_frame_bytes as usize,
+        state.config.max_concurrent_streams as usize,
     ));
     let incoming = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let sink = WtSink {
@@ -241,6 +242,7 @@ async fn read_all(
     tx: mpsc::Sender<Incoming>,
     control_send: Arc<tokio::sync::Mutex<Option<SendStream>>>,
     max_frame: usize,
+    max_streams: usize,
 ) {
     // The first bidirectional stream is the control stream.
     let (send, recv) = match session.accept_bi().await {
@@ -282,8 +284,24 @@ async fn read_all(
             }
         })
     };
+    // Each media stream holds a permit until it has been read: one stream
+    // more than `max_streams` at once is TOO_MANY_STREAMS (PROTOCOL.md §3.3).
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_streams));
     while let Ok(stream) = session.accept_uni().await {
-        tokio::spawn(read_uni(stream, tx.clone(), max_frame));
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let _ = tx
+                .send(Incoming::Violation(ProtocolError::new(
+                    ErrorCode::TooManyStreams,
+                    format!("more than {max_streams} streams open at once"),
+                )))
+                .await;
+            break;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            read_uni(stream, tx, max_frame).await;
+            drop(permit);
+        });
     }
     control.abort();
     extra_bi.abort();

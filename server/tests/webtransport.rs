@@ -241,3 +241,60 @@ async fn a_unidirectional_stream_without_a_media_frame_is_wrong_stream() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_more_than_the_limit_is_too_many_streams() {
+    let server = server(|c| {
+        c.dev_tls = true;
+        c.max_concurrent_streams = 10;
+    })
+    .await;
+    let wt = joined_wt(&server).await;
+    // Eleven streams opened and left unfinished: the eleventh is one too many.
+    let mut open = Vec::new();
+    for _ in 0..11 {
+        let Ok(mut s) = wt.session.open_uni().await else {
+            break;
+        };
+        // A stream reaches the server with its first byte.
+        let _ = s.write_all(&[0x02]).await;
+        open.push(s);
+    }
+    assert_eq!(
+        close_code(&wt).await,
+        Some(convene_protocol::ErrorCode::TooManyStreams as u32)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_within_the_limit_are_fine_however_many_in_all() {
+    let server = server(|c| {
+        c.dev_tls = true;
+        c.max_concurrent_streams = 10;
+    })
+    .await;
+    let mut wt = joined_wt(&server).await;
+    wt.send(C::Join(v1::Join {
+        meeting_id: "streams".into(),
+        display_name: "s".into(),
+        subscribe_all: false,
+    }))
+    .await;
+    wt.expect(|m| matches!(m, S::Joined(_))).await;
+    // Fifty frames one after another, each on a finished stream: never more
+    // than one open at a time, so never too many.
+    for seq in 0..50 {
+        let mut s = wt.session.open_uni().await.unwrap();
+        s.write_all(&audio(seq)).await.unwrap();
+        s.finish().unwrap();
+        // Wait until the server has read it (its permit is back) by a round trip.
+        wt.send(C::Ping(v1::Ping {
+            timestamp_us: u64::from(seq) + 1,
+        }))
+        .await;
+        wt.expect(|m| matches!(m, S::Pong(p) if p.timestamp_us == u64::from(seq) + 1))
+            .await;
+    }
+    server.shutdown().await;
+}
