@@ -1,7 +1,8 @@
 //! WebTransport over a bad link: 5% loss, 50 ms delay and some reordering in
 //! each direction, made by a seeded user-space UDP relay (the kernel here has
 //! no netem). Audio keeps flowing, video starts and recovers through
-//! key-frame requests, and a participant on a good link loses nothing.
+//! key-frame requests, the publisher is hinted to lower its video bitrate,
+//! and a participant on a good link loses nothing.
 //!
 //! Replay a failure with `CONVENE_RELAY_SEED=<seed printed by the run>`.
 
@@ -185,6 +186,7 @@ async fn a_lossy_link_keeps_audio_flowing_and_video_recovers_through_key_frame_r
     let (mut audio_seq, mut video_seq) = (0u32, 0u32);
     let mut key_wanted = false;
     let mut key_requests_seen = 0;
+    let mut hints = Vec::new();
     let mut keys_sent = 0;
     let mut lossy_rx = Receiver::default();
     let mut healthy_rx = Receiver::default();
@@ -212,6 +214,7 @@ async fn a_lossy_link_keeps_audio_flowing_and_video_recovers_through_key_frame_r
                     key_requests_seen += 1;
                     key_wanted = true;
                 }
+                Some(ClientEvent::Room(S::CongestionHint(h))) => hints.push(h),
                 Some(_) => {}
                 None => panic!("publisher closed: {:?}", publisher.close_reason()),
             },
@@ -256,12 +259,20 @@ async fn a_lossy_link_keeps_audio_flowing_and_video_recovers_through_key_frame_r
         lossy_rx.losses,
         lossy_rx.key_requests_sent
     );
+    println!("congestion hints to the publisher: {hints:?}");
     println!(
         "healthy: {} audio, {} video",
         healthy_rx.audio.len(),
         healthy_rx.video.len()
     );
     assert!(lost > 0 && reordered > 0, "the link really was impaired");
+    // QUIC saw the losses on the lossy subscriber's path, and the server
+    // asked the publisher to lower its video bitrate (PROTOCOL.md §6.5).
+    assert!(
+        hints.iter().any(|h| h.track_id == VIDEO
+            && h.reason == convene_protocol::v1::CongestionReason::SubscriberLoss as i32),
+        "no congestion hint for the video: {hints:?}"
+    );
 
     // Audio keeps flowing: most frames arrive, and never a long silence.
     assert!(

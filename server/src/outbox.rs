@@ -164,6 +164,9 @@ pub struct Outbox {
     limits: OutboxLimits,
     inner: Mutex<Inner>,
     waker: Box<dyn Wake>,
+    /// Set by the transport while its path to the subscriber is congested
+    /// (QUIC losses or RTT): the room hints publishers down as for drops.
+    congested: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -181,6 +184,7 @@ impl Outbox {
             limits,
             inner: Mutex::new(Inner::default()),
             waker,
+            congested: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -391,6 +395,17 @@ impl Outbox {
     /// True once closed.
     pub fn is_closed(&self) -> bool {
         self.lock().closed
+    }
+
+    /// Says whether the transport's path to the subscriber is congested.
+    pub fn set_congested(&self, congested: bool) {
+        self.congested
+            .store(congested, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// True while the transport reports its path congested.
+    pub fn is_congested(&self) -> bool {
+        self.congested.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True if closed because the subscriber was too slow.

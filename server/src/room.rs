@@ -1012,7 +1012,9 @@ impl Room {
             MediaClass::Delta
         };
         let mut need_key = false;
+        let mut congested = false;
         for (_, outbox) in &p.subscribers {
+            congested |= outbox.is_congested();
             let out =
                 outbox.push_media(now, class, (h.sender, h.track_id), frame.as_bytes().clone());
             stats.delivered += out.queued as u32;
@@ -1029,7 +1031,8 @@ impl Room {
         if need_key {
             self.request_key_frame(now, h.sender, h.track_id, 0, false);
         }
-        let dropped = stats.dropped.iter().any(|d| *d > 0);
+        // A frame dropped for a subscriber, or one whose path is congested.
+        let dropped = congested || stats.dropped.iter().any(|d| *d > 0);
         self.congestion(now, h.sender, h.track_id, dropped, frame.as_bytes().len());
         // One copy per frame for the other nodes, only while someone is there.
         if self.members.len() > self.local
@@ -1062,7 +1065,9 @@ impl Room {
         let Some(outbox) = m.outbox.clone() else {
             return;
         };
-        let Some(p) = m.tracks.get_mut(&track) else {
+        // Audio is small and already first in every queue: lowering it helps
+        // nobody, so only video and screen tracks are hinted.
+        let Some(p) = m.tracks.get_mut(&track).filter(|p| !p.audio) else {
             return;
         };
         p.congestion.measure(now, bytes);

@@ -123,6 +123,8 @@ async fn run(state: Arc<AppState>, session: Session, peer: IpAddr) {
         control,
         in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_MEDIA_IN_FLIGHT)),
         opened: 0,
+        outbox: conn.outbox(),
+        sampled: None,
     };
     drive(conn, sink, incoming, state, peer).await;
     readers.abort();
@@ -142,9 +144,43 @@ struct WtSink {
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Media streams opened so far: older frames are sent first.
     opened: u32,
+    /// The subscriber's queue, told when the path is congested.
+    outbox: Arc<crate::outbox::Outbox>,
+    /// The last path sample: when, packets sent, packets lost.
+    sampled: Option<(std::time::Instant, u64, u64)>,
 }
 
+/// How often the path statistics are looked at.
+const PATH_SAMPLE: std::time::Duration = std::time::Duration::from_millis(500);
+/// Share of packets lost over a sample beyond which the path counts as congested.
+const CONGESTED_LOSS: f64 = 0.02;
+/// Round-trip time beyond which the path counts as congested.
+const CONGESTED_RTT: std::time::Duration = std::time::Duration::from_millis(400);
+
 impl WtSink {
+    /// QUIC's view of the path to the subscriber (PROTOCOL.md §6.5): losses
+    /// over the last sample, or a long round trip, mark it congested, which
+    /// the room turns into congestion hints for the publishers it receives.
+    fn sample_path(&mut self) {
+        let now = std::time::Instant::now();
+        if self
+            .sampled
+            .is_some_and(|(at, _, _)| now.duration_since(at) < PATH_SAMPLE)
+        {
+            return;
+        }
+        // The QUIC connection under the session (the session's own stats are fewer).
+        let stats = std::ops::Deref::deref(&self.session).stats();
+        let (sent, lost) = (stats.path.sent_packets, stats.path.lost_packets);
+        if let Some((_, sent0, lost0)) = self.sampled {
+            let (sent_d, lost_d) = (sent.saturating_sub(sent0), lost.saturating_sub(lost0));
+            let lossy = sent_d >= 20 && lost_d as f64 / sent_d as f64 >= CONGESTED_LOSS;
+            self.outbox
+                .set_congested(lossy || stats.path.rtt >= CONGESTED_RTT);
+        }
+        self.sampled = Some((now, sent, lost));
+    }
+
     async fn write_control(&mut self, chunks: &mut Vec<Bytes>) -> Result<(), ()> {
         if chunks.is_empty() {
             return Ok(());
@@ -159,6 +195,7 @@ impl WtSink {
 
 impl FrameSink for WtSink {
     async fn write_batch(&mut self, batch: &mut Vec<Bytes>, lanes: Drained) -> Result<(), ()> {
+        self.sample_path();
         let mut control = Vec::new();
         for (i, f) in batch.drain(..).enumerate() {
             let audio = i >= lanes.control && i < lanes.control + lanes.audio;
