@@ -14,9 +14,6 @@ use wasm_bindgen::prelude::*;
 /// The codec string the browser client publishes.
 pub(crate) const CODEC: &str = "opus";
 
-/// What runs when a read of the microphone's samples completes.
-type ReadCallback = Closure<dyn FnMut(JsValue)>;
-
 thread_local! {
     /// The page's one AudioContext, made on the Connect click (browsers let
     /// a page play sound after a gesture), and whether its worklet is loaded.
@@ -65,13 +62,6 @@ pub(crate) fn start_mic(
     track: &web_sys::MediaStreamTrack,
     sink: impl FnMut(Vec<u8>) + 'static,
 ) -> Result<Mic, JsValue> {
-    let processor = web_sys::MediaStreamTrackProcessor::new(
-        &web_sys::MediaStreamTrackProcessorInit::new(track),
-    )?;
-    let reader = processor
-        .readable()
-        .get_reader()
-        .dyn_into::<web_sys::ReadableStreamDefaultReader>()?;
     // Off until the server confirms the track (TrackPublished).
     let on = Rc::new(Cell::new(false));
     let sink = Rc::new(RefCell::new(sink));
@@ -94,18 +84,9 @@ pub(crate) fn start_mic(
     output.forget();
     error.forget();
     let configured = Rc::new(Cell::new(false));
-    let next: Rc<RefCell<Option<ReadCallback>>> = Rc::new(RefCell::new(None));
-    let (n, r, o) = (next.clone(), reader.clone(), on.clone());
-    *next.borrow_mut() = Some(Closure::new(move |result: JsValue| {
-        let done = js_sys::Reflect::get(&result, &"done".into())
-            .map(|d| d.is_truthy())
-            .unwrap_or(true);
-        if done {
-            return;
-        }
-        if let Ok(data) = js_sys::Reflect::get(&result, &"value".into())
-            .and_then(|v| v.dyn_into::<web_sys::AudioData>())
-        {
+    let o = on.clone();
+    crate::capture::each_frame(track, move |data: JsValue| {
+        if let Ok(data) = data.dyn_into::<web_sys::AudioData>() {
             if !configured.get() {
                 let config = web_sys::AudioEncoderConfig::new(
                     CODEC,
@@ -120,14 +101,7 @@ pub(crate) fn start_mic(
             }
             data.close();
         }
-        if let Some(cb) = n.borrow().as_ref() {
-            let _ = r.read().then(cb);
-        }
-    }));
-    if let Some(cb) = next.borrow().as_ref() {
-        let _ = reader.read().then(cb);
-    }
-    std::mem::forget(next);
+    })?;
     Ok(Mic { on })
 }
 

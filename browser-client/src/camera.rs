@@ -17,9 +17,6 @@ pub(crate) const START_BITRATE: u32 = 800_000;
 /// A key frame at least this often, in pictures.
 const KEY_EVERY: u32 = 60;
 
-/// What runs when a read of the camera's frames completes.
-type ReadCallback = Closure<dyn FnMut(JsValue)>;
-
 /// One encoded picture.
 pub(crate) struct Encoded {
     /// A key frame.
@@ -49,13 +46,6 @@ pub(crate) fn start(
     track: &web_sys::MediaStreamTrack,
     sink: impl FnMut(Encoded) + 'static,
 ) -> Result<Camera, JsValue> {
-    let processor = web_sys::MediaStreamTrackProcessor::new(
-        &web_sys::MediaStreamTrackProcessorInit::new(track),
-    )?;
-    let reader = processor
-        .readable()
-        .get_reader()
-        .dyn_into::<web_sys::ReadableStreamDefaultReader>()?;
     let sink = Rc::new(RefCell::new(sink));
     // Wall-clock capture time by the picture's own timestamp, so the encoded
     // picture can carry when it was taken (for glass-to-glass latency).
@@ -102,19 +92,9 @@ pub(crate) fn start(
     let bitrate = Rc::new(Cell::new(START_BITRATE));
     let br = bitrate.clone();
     let count = Rc::new(Cell::new(0u32));
-    // One callback for every read, which asks for the next: no per-frame closures.
-    let next: Rc<RefCell<Option<ReadCallback>>> = Rc::new(RefCell::new(None));
-    let (n, r, kw, o) = (next.clone(), reader.clone(), key_wanted.clone(), on.clone());
-    *next.borrow_mut() = Some(Closure::new(move |result: JsValue| {
-        let done = js_sys::Reflect::get(&result, &"done".into())
-            .map(|d| d.is_truthy())
-            .unwrap_or(true);
-        if done {
-            return;
-        }
-        if let Ok(frame) = js_sys::Reflect::get(&result, &"value".into())
-            .and_then(|v| v.dyn_into::<web_sys::VideoFrame>())
-        {
+    let (kw, o) = (key_wanted.clone(), on.clone());
+    crate::capture::each_frame(track, move |frame: JsValue| {
+        if let Ok(frame) = frame.dyn_into::<web_sys::VideoFrame>() {
             if configured_at.get() != br.get() {
                 let config = web_sys::VideoEncoderConfig::new(
                     CODEC,
@@ -157,15 +137,7 @@ pub(crate) fn start(
             }
             frame.close();
         }
-        if let Some(cb) = n.borrow().as_ref() {
-            let _ = r.read().then(cb);
-        }
-    }));
-    if let Some(cb) = next.borrow().as_ref() {
-        let _ = reader.read().then(cb);
-    }
-    // The callback lives as long as the page.
-    std::mem::forget(next);
+    })?;
     Ok(Camera {
         key_wanted,
         on,

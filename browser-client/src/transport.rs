@@ -148,23 +148,9 @@ pub(crate) async fn open_webtransport(
     let streams = session.incoming_unidirectional_streams();
     let h = handlers.clone();
     spawn_local(async move {
-        let Ok(reader) = streams
-            .get_reader()
-            .dyn_into::<web_sys::ReadableStreamDefaultReader>()
-        else {
-            return;
-        };
-        loop {
-            let Ok(result) = JsFuture::from(reader.read()).await else {
-                break;
-            };
-            if done(&result) {
-                break;
-            }
-            let Ok(stream) = js_sys::Reflect::get(&result, &"value".into())
-                .and_then(|v| v.dyn_into::<web_sys::ReadableStream>())
-            else {
-                continue;
+        read_values(&streams, |value| {
+            let Ok(stream) = value.dyn_into::<web_sys::ReadableStream>() else {
+                return;
             };
             let h = h.clone();
             spawn_local(async move {
@@ -180,7 +166,8 @@ pub(crate) async fn open_webtransport(
                     (h.frame)(Bytes::from(whole));
                 }
             });
-        }
+        })
+        .await;
     });
     // Media in datagrams.
     let datagram_in = session.datagrams().readable();
@@ -205,6 +192,16 @@ pub(crate) async fn open_webtransport(
 
 /// Reads `stream` to its end, handing each chunk of bytes to `each`.
 async fn read_chunks(stream: &web_sys::ReadableStream, mut each: impl FnMut(Vec<u8>)) {
+    read_values(stream, |v| {
+        if let Ok(bytes) = v.dyn_into::<js_sys::Uint8Array>() {
+            each(bytes.to_vec());
+        }
+    })
+    .await;
+}
+
+/// Reads `stream` to its end, handing each value to `each`.
+async fn read_values(stream: &web_sys::ReadableStream, mut each: impl FnMut(JsValue)) {
     let Ok(reader) = stream
         .get_reader()
         .dyn_into::<web_sys::ReadableStreamDefaultReader>()
@@ -218,10 +215,8 @@ async fn read_chunks(stream: &web_sys::ReadableStream, mut each: impl FnMut(Vec<
         if done(&result) {
             return;
         }
-        if let Ok(bytes) = js_sys::Reflect::get(&result, &"value".into())
-            .and_then(|v| v.dyn_into::<js_sys::Uint8Array>())
-        {
-            each(bytes.to_vec());
+        if let Ok(value) = js_sys::Reflect::get(&result, &"value".into()) {
+            each(value);
         }
     }
 }

@@ -573,26 +573,11 @@ fn browser_tests() -> Result<(), String> {
     )?;
     // The browser client is a client too: the same client cases, in Chromium.
     run("cargo", &["build", "--quiet", "-p", "convene-conformance"])?;
-    println!(
-        "\n$ convene-conformance client --capability reconnect --capability publishes_video -- node e2e/conformance-client.js {{url}}"
-    );
-    let status = Command::new(target_dir().join("debug/convene-conformance"))
-        .args([
-            "client",
-            "--capability",
-            "reconnect",
-            "--capability",
-            "publishes_video",
-            "--",
-            "node",
-        ])
-        .arg(e2e.join("conformance-client.js"))
-        .arg("{url}")
-        .status()
-        .map_err(|e| format!("cannot start convene-conformance: {e}"))?;
-    if !status.success() {
-        return Err("client conformance cases failed for the browser client".to_string());
-    }
+    let launcher = e2e.join("conformance-client.js");
+    conformance_client(
+        "the browser client",
+        &["node", &launcher.to_string_lossy(), "{url}"],
+    )?;
     println!("\n$ npx playwright test   (Chromium {CHROMIUM})");
     let status = Command::new("npx")
         .args(["playwright", "test"])
@@ -737,41 +722,18 @@ fn conformance() -> Result<(), String> {
     result?;
     conformance_webtransport(&bin, &secret)?;
     conformance_cluster(&bin, &secret)?;
-    println!(
-        "\n$ convene-conformance client --capability reconnect --capability publishes_video -- convene-reference-client {{url}}"
-    );
-    let status = Command::new(bin.join("convene-conformance"))
-        .args([
-            "client",
-            "--capability",
-            "reconnect",
-            "--capability",
-            "publishes_video",
-            "--",
-        ])
-        .arg(bin.join("convene-reference-client"))
-        .arg("{url}")
-        .status()
-        .map_err(|e| format!("cannot start convene-conformance: {e}"))?;
-    if !status.success() {
-        return Err("client conformance cases failed".to_string());
-    }
+    let reference = bin.join("convene-reference-client");
+    conformance_client(
+        "the reference client",
+        &[&reference.to_string_lossy(), "{url}"],
+    )?;
     // The native CLI is a client too: `convene stream` must pass the same cases.
     run("cargo", &["build", "--quiet", "-p", "convene-cli"])?;
-    println!(
-        "\n$ convene-conformance client --capability reconnect --capability publishes_video -- convene stream --server {{url}} --source test-pattern …"
-    );
-    let status = Command::new(bin.join("convene-conformance"))
-        .args([
-            "client",
-            "--capability",
-            "reconnect",
-            "--capability",
-            "publishes_video",
-            "--",
-        ])
-        .arg(bin.join("convene"))
-        .args([
+    let cli = bin.join("convene");
+    conformance_client(
+        "convene stream",
+        &[
+            &cli.to_string_lossy(),
             "stream",
             "--server",
             "{url}",
@@ -783,13 +745,33 @@ fn conformance() -> Result<(), String> {
             "160x96",
             "--fps",
             "10",
+        ],
+    )
+}
+
+/// Runs the client conformance cases against the client `command` starts
+/// (`{url}` in it is the runner's URL), which reconnects and publishes video.
+fn conformance_client(name: &str, command: &[&str]) -> Result<(), String> {
+    println!(
+        "\n$ convene-conformance client --capability reconnect --capability publishes_video -- {}",
+        command.join(" ")
+    );
+    let status = Command::new(target_dir().join("debug/convene-conformance"))
+        .args([
+            "client",
+            "--capability",
+            "reconnect",
+            "--capability",
+            "publishes_video",
+            "--",
         ])
+        .args(command)
         .status()
         .map_err(|e| format!("cannot start convene-conformance: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err("client conformance cases failed for convene stream".to_string())
+        Err(format!("client conformance cases failed for {name}"))
     }
 }
 
