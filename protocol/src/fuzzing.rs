@@ -91,3 +91,17 @@ pub fn client_session(data: &[u8]) {
         let _ = c.poll_timeout();
     }
 }
+
+/// Parses `data` as an SFrame header (RFC 9605 §4.3); a header that parses
+/// must encode to bytes that parse back to it.
+pub fn sframe_header(data: &[u8]) {
+    if let Ok((h, len)) = crate::sframe::Header::parse(data) {
+        assert!(len <= 17, "an SFrame header is at most 17 bytes");
+        let again = h.encode();
+        assert_eq!(
+            crate::sframe::Header::parse(&again),
+            Ok((h, again.len())),
+            "re-encoded header"
+        );
+    }
+}

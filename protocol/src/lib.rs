@@ -43,6 +43,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod media;
 pub mod session;
+pub mod sframe;
 pub mod time;
 pub mod validate;
 

@@ -31,3 +31,8 @@ fn server_session_corpus() {
 fn client_session_corpus() {
     replay("client_session", convene_protocol::fuzzing::client_session);
 }
+
+#[test]
+fn sframe_header_corpus() {
+    replay("sframe_header", convene_protocol::fuzzing::sframe_header);
+}
