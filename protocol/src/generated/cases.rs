@@ -4790,6 +4790,22 @@ pub static CASES: &[Case] = &[
             },
             Step {
                 actor: "m",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "participant_joined",
+                        fields: &[Field {
+                            name: "participant",
+                            value: Value::Msg(&[Field {
+                                name: "participant_id",
+                                value: Value::Var("b.id"),
+                            }]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "m",
                 action: Action::Send {
                     msg: Msg {
                         name: "remove_participant",
@@ -4858,6 +4874,22 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-end"),
                     name: "b",
                     subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "participant_joined",
+                        fields: &[Field {
+                            name: "participant",
+                            value: Value::Msg(&[Field {
+                                name: "participant_id",
+                                value: Value::Var("b.id"),
+                            }]),
+                        }],
+                    },
+                    capture: &[],
                 },
             },
             Step {
