@@ -100,18 +100,7 @@ async fn a_busy_node_turns_newcomers_away_to_the_next_server_and_keeps_its_own()
     .map(|s| s.to_string())
     .collect();
     let out = convene(&stream_args).output().await.unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("SERVER_BUSY") && stderr.contains(&format!("trying {b_url}")),
-        "{stderr}"
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["server"], b_url.as_str(), "{summary}");
-    assert!(
-        summary["video_frames_sent"].as_u64().unwrap() > 0,
-        "{summary}"
-    );
+    moved_on(&out, "SERVER_BUSY", &b_url);
 
     // Nobody already on A was dropped for it: the load run lost nothing.
     let out = load.wait_with_output().await.unwrap();
@@ -239,17 +228,23 @@ async fn a_client_moves_past_a_server_it_cannot_reach() {
     .output()
     .await
     .unwrap();
+    moved_on(&out, "cannot connect", &b_url);
+    b.shutdown().await;
+}
+
+/// Checks a `convene stream --json` run left its first server for `why`,
+/// said it was trying `b_url`, and streamed there.
+fn moved_on(out: &std::process::Output, why: &str, b_url: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("cannot connect") && stderr.contains(&format!("trying {b_url}")),
+        stderr.contains(why) && stderr.contains(&format!("trying {b_url}")),
         "{stderr}"
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["server"], b_url.as_str(), "{summary}");
+    assert_eq!(summary["server"], b_url, "{summary}");
     assert!(
         summary["video_frames_sent"].as_u64().unwrap() > 0,
         "{summary}"
     );
-    b.shutdown().await;
 }
