@@ -142,8 +142,6 @@ async fn a_node_whose_frames_wait_in_queues_refuses_joins_with_server_busy() {
 /// reports a busy reason containing `reason`, then checks a newcomer is
 /// refused with it and that nobody already in lost a frame.
 async fn refuses_newcomers_once_busy(tweak: impl FnOnce(&mut Config), reason: &str) {
-    // (No "idle is not busy" check: at a 1 % CPU threshold the test
-    // process's own start-up can already count as load.)
     let a = server(tweak).await;
     let mut args = common::server_args(&a);
     args.extend(
@@ -189,7 +187,12 @@ async fn refuses_newcomers_once_busy(tweak: impl FnOnce(&mut Config), reason: &s
         "{stderr}"
     );
     let out = load.wait_with_output().await.unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "convene load printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     // Joins during the ramp-up may already have met the threshold; whoever
     // got in receives everything.
     assert!(r["joined"].as_u64().unwrap() >= 2, "{r}");

@@ -163,6 +163,11 @@ pub async fn start_node(
             let cores = state.cores() as f64;
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // An interval's first tick is immediate: taken here, so the first
+            // sample spans a whole second. (Over a few microseconds, one clock
+            // tick of CPU read as hundreds of percent and made a node that had
+            // just started refuse joins.)
+            tick.tick().await;
             let mut last = (
                 std::time::Instant::now(),
                 load::process_cpu(),
