@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod cases;
+pub mod e2ee;
 
 /// The protobuf messages of `spec/v1/*.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
