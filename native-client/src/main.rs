@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod admin;
 mod args;
 mod audio;
+mod e2ee;
 mod frame;
 mod h264;
 mod load;

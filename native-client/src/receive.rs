@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::args::ServerArgs;
 use crate::audio;
+use crate::e2ee::E2ee;
 use crate::frame::I420;
 use crate::h264::H264Decoder;
 use crate::media::{sleep_until, unix_micros};
@@ -65,6 +66,11 @@ pub(crate) struct ReceiveArgs {
     /// Print a JSON report on stdout when done.
     #[arg(long)]
     json: bool,
+    /// The meeting is end-to-end encrypted (`convene stream --e2ee`, the
+    /// browser's E2EE toggle): take part in the key exchange and decrypt.
+    /// Frames that do not decrypt are counted and never decoded.
+    #[arg(long)]
+    e2ee: bool,
 }
 
 /// What was seen of one track.
@@ -124,6 +130,8 @@ struct Report {
     participant_id: u32,
     seconds: f64,
     tracks: Vec<TrackReport>,
+    /// With --e2ee: the safety code at the end and what the keyring did.
+    e2ee: Option<crate::stream::E2eeSummary>,
 }
 
 type Key = (u32, u32);
@@ -202,6 +210,17 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
         client.transport()
     ));
 
+    let mut e2ee = if args.e2ee {
+        let e = E2ee::start(&mut client, &args.meeting_id)?;
+        status.note(&format!(
+            "end-to-end encrypted; safety code {} (compare it with the others')",
+            e.safety_code()
+        ));
+        Some(e)
+    } else {
+        None
+    };
+
     let shared: Shared = Arc::new(Mutex::new(HashMap::new()));
     let mut names: HashMap<u32, String> = HashMap::new();
     let mut tracks: HashMap<Key, TrackInfo> = HashMap::new();
@@ -239,13 +258,32 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
     let mut window_start = Instant::now();
     let ended: Option<String> = loop {
         tokio::select! {
-            ev = client.next_event() => match ev {
+            ev = client.next_event() => {
+            if let (Some(e), Some(ev)) = (e2ee.as_mut(), ev.as_ref()) {
+                let r = e.on_event(&mut client, ev);
+                if let Some(code) = r.code_changed {
+                    status.note(&format!("safety code now {code}"));
+                }
+                // Frames of this sender were dropped while its key was on the way.
+                if let Some(sender) = r.want_key_frames_from {
+                    for (p, t) in tracks.keys().filter(|(p, _)| *p == sender) {
+                        let _ = client.send(C::KeyFrameRequest(v1::KeyFrameRequest { participant_id: *p, track_id: *t }));
+                    }
+                }
+            }
+            match ev {
                 Some(ClientEvent::Media(m)) => {
                     let h = m.header();
                     let key = (h.sender, h.track_id);
                     let Some(info) = tracks.get(&key) else { continue };
                     let now = unix_micros();
-                    let payload = m.payload();
+                    let payload = match e2ee.as_mut() {
+                        None => m.payload(),
+                        Some(e) => match e.open(&m) {
+                            Some(p) => p,
+                            None => continue,
+                        },
+                    };
                     let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
                     let r = guard.entry(key).or_insert_with(|| new_report(key, info, &names));
                     r.frames_received += 1;
@@ -300,7 +338,7 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                     break Some(client.close_reason().map_or("the connection ended".into(), |r| format!("{} {}", r.transport_reason(), r.text)));
                 }
                 Some(_) => {}
-            },
+            }},
             Some(key) = want_key_rx.recv() => {
                 let _ = client.send(C::KeyFrameRequest(v1::KeyFrameRequest { participant_id: key.0, track_id: key.1 }));
             }
@@ -353,6 +391,10 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
         participant_id: me,
         seconds: started.elapsed().as_secs_f64(),
         tracks: reports,
+        e2ee: e2ee.map(|e| crate::stream::E2eeSummary {
+            safety_code: e.safety_code().to_owned(),
+            stats: e.stats(),
+        }),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -463,6 +505,12 @@ fn print_table(report: &Report) {
     }
     if report.tracks.is_empty() {
         println!("(nobody published anything)");
+    }
+    if let Some(e) = &report.e2ee {
+        println!(
+            "end-to-end encrypted, safety code {}: {} frames decrypted, {} refused, {} without a key yet",
+            e.safety_code, e.stats.decrypted, e.stats.rejected, e.stats.no_key
+        );
     }
 }
 

@@ -14,11 +14,12 @@ use anyhow::Context;
 use bytes::Bytes;
 use convene_client::Client;
 use convene_protocol::v1::{ClientKind, TrackInfo, TrackKind, server_message::Msg as S};
-use convene_protocol::{ClientEvent, ClientSessionConfig};
+use convene_protocol::{ClientEvent, ClientSessionConfig, MediaFrame};
 use tokio::sync::mpsc;
 
 use crate::args::ServerArgs;
 use crate::audio;
+use crate::e2ee::E2ee;
 use crate::frame::{FrameFormat, I420};
 use crate::h264::{self, EncoderSettings, H264Encoder};
 use crate::media::{OutTrack, sleep_until, unix_micros};
@@ -78,6 +79,11 @@ pub(crate) struct StreamArgs {
     /// Print a JSON summary on stdout when done.
     #[arg(long)]
     json: bool,
+    /// Encrypt media end to end (SFrame, keys exchanged with HPKE; the
+    /// server cannot decrypt). Receivers need --e2ee too; compare the safety
+    /// code printed here with theirs.
+    #[arg(long)]
+    e2ee: bool,
 }
 
 /// Audio to send.
@@ -154,6 +160,18 @@ struct Summary {
     bytes_sent: u64,
     mean_encode_ms: f64,
     connects: u32,
+    /// With --e2ee: the last safety code and what the keyring did.
+    e2ee: Option<E2eeSummary>,
+}
+
+/// The E2EE part of a JSON summary.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct E2eeSummary {
+    /// The safety code when the session ended.
+    pub(crate) safety_code: String,
+    /// Frames encrypted, decrypted, refused; keys drawn and received.
+    #[serde(flatten)]
+    pub(crate) stats: convene_protocol::e2ee::E2eeStats,
 }
 
 pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -239,6 +257,8 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
     let mut ever_connected = false;
     // Which server we try, and how many in a row failed since one worked.
     let (mut at, mut failed_in_turn) = (0usize, 0usize);
+    // The session's end-to-end encryption, with --e2ee (new keys per session).
+    let mut e2ee: Option<E2ee> = None;
     let outcome: anyhow::Result<()> = 'sessions: loop {
         let joined = tokio::select! {
             r = connect(&args, &endpoints[at], width, height, &status) => r,
@@ -304,6 +324,16 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
             client.transport(),
             urls[at]
         ));
+        e2ee = if args.e2ee {
+            let e = E2ee::start(&mut client, &args.meeting_id)?;
+            status.note(&format!(
+                "end-to-end encrypted; safety code {} (compare it with the others')",
+                e.safety_code()
+            ));
+            Some(e)
+        } else {
+            None
+        };
         // Whoever is already there needs a picture to start from.
         key_wanted.store(true, Ordering::Relaxed);
         let mut audio_tick = tokio::time::interval(Duration::from_millis(
@@ -317,7 +347,13 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
         let mut window = Window::default();
         let lost = loop {
             tokio::select! {
-                ev = client.next_event() => match ev {
+                ev = client.next_event() => {
+                if let (Some(e), Some(ev)) = (e2ee.as_mut(), ev.as_ref())
+                    && let Some(code) = e.on_event(&mut client, ev).code_changed
+                {
+                    status.note(&format!("safety code now {code}"));
+                }
+                match ev {
                     Some(ClientEvent::Room(S::KeyFrameRequest(k))) if k.track_id == VIDEO_TRACK => {
                         summary.key_frame_requests += 1;
                         key_wanted.store(true, Ordering::Relaxed);
@@ -341,10 +377,11 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                         }
                     }
                     Some(_) => {}
-                },
+                }},
                 v = video_rx.recv() => {
                     let Some(v) = v else { break 'sessions Err(anyhow::anyhow!("the capture thread stopped")); };
-                    if client.send_media(video.frame(v.key, v.capture_us, &v.data)).is_ok() {
+                    let frame = seal(&mut e2ee, video.frame(v.key, v.capture_us, &v.data));
+                    if client.send_media(frame).is_ok() {
                         summary.video_frames_sent += 1;
                         summary.bytes_sent += v.data.len() as u64;
                         window.frames += 1;
@@ -353,7 +390,8 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                 }
                 _ = audio_tick.tick(), if args.audio == AudioSource::Tone => {
                     let payload = tone.next_frame();
-                    if client.send_media(audio.frame(true, unix_micros(), &payload)).is_ok() {
+                    let frame = seal(&mut e2ee, audio.frame(true, unix_micros(), &payload));
+                    if client.send_media(frame).is_ok() {
                         summary.audio_frames_sent += 1;
                         summary.bytes_sent += payload.len() as u64;
                         window.bytes += payload.len() as u64;
@@ -401,6 +439,10 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
     if let Err(e) = outcome {
         return Err(media_error.unwrap_or(e));
     }
+    summary.e2ee = e2ee.map(|e| E2eeSummary {
+        safety_code: e.safety_code().to_owned(),
+        stats: e.stats(),
+    });
     summary.frames_encoded = stats.frames.load(Ordering::Relaxed);
     summary.key_frames = stats.key_frames.load(Ordering::Relaxed);
     summary.frames_skipped_by_rate_control = stats.skipped.load(Ordering::Relaxed);
@@ -421,6 +463,14 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
         );
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Encrypts a frame when E2EE is on.
+fn seal(e2ee: &mut Option<E2ee>, frame: MediaFrame) -> MediaFrame {
+    match e2ee {
+        Some(e) => e.seal(frame),
+        None => frame,
+    }
 }
 
 /// Frames and bytes over the last status period.

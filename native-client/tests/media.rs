@@ -2,132 +2,13 @@
 //! binaries against a real server on loopback, H.264 through OpenH264, the
 //! test pattern's counter and clock read back out of decoded pictures.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{server_args, server_on};
+use common::{DEADLINE, Running, json, n, server_args, server_on, track, words};
 use convene_server::config::Config;
-
-/// Generous: two cores may be busy with other tests.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn words(s: &str) -> Vec<String> {
-    s.split_whitespace().map(String::from).collect()
-}
-
-/// A running `convene` whose stderr lines are collected as they come.
-struct Running {
-    child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Running {
-    fn start(sub: &str, args: &[String]) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_convene"))
-            .arg(sub)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("convene starts");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let lines = stderr.clone();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        Running { child, stderr }
-    }
-
-    /// Waits (off the runtime) until a stderr line contains `needle`.
-    async fn wait_for_line(&self, needle: &str) {
-        let lines = self.stderr.clone();
-        let needle = needle.to_string();
-        tokio::task::spawn_blocking(move || {
-            let until = Instant::now() + DEADLINE;
-            loop {
-                if lines.lock().unwrap().iter().any(|l| l.contains(&needle)) {
-                    return;
-                }
-                assert!(
-                    Instant::now() < until,
-                    "no line with `{needle}` on stderr within {DEADLINE:?}: {:?}",
-                    lines.lock().unwrap()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-        .await
-        .unwrap();
-    }
-
-    fn count_lines(&self, needle: &str) -> usize {
-        self.stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    /// Waits for exit; returns success, stdout and the stderr lines.
-    async fn finish(mut self) -> (bool, String, Vec<String>) {
-        let stderr = self.stderr.clone();
-        let (ok, out) = tokio::task::spawn_blocking(move || {
-            let until = Instant::now() + DEADLINE;
-            loop {
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    let mut out = String::new();
-                    std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out)
-                        .unwrap();
-                    return (status.success(), out);
-                }
-                if Instant::now() > until {
-                    let _ = self.child.kill();
-                    panic!("convene did not exit within {DEADLINE:?}");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-        .await
-        .unwrap();
-        // The reader thread may still be draining the pipe.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let lines = stderr.lock().unwrap().clone();
-        (ok, out, lines)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn json(ok: bool, out: &str, err: &[String]) -> serde_json::Value {
-    assert!(ok, "convene failed: {err:?}\n{out}");
-    serde_json::from_str(out).unwrap_or_else(|e| panic!("--json prints JSON ({e}): {out}"))
-}
-
-fn track<'a>(report: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
-    report["tracks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} track in {report}"))
-}
-
-fn n(v: &serde_json::Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_pattern_streamed_over_webtransport_decodes_with_its_counter_rising() {

@@ -287,6 +287,9 @@ pub struct Cli {
 pub enum Fault {
     /// Forward media with sender 0 instead of the publisher's participant id.
     ForgetSenderStamp,
+    /// Flip the last payload bit of every tenth media frame (sequence 5, 15, …):
+    /// end-to-end encrypted receivers must refuse those frames.
+    TamperMedia,
 }
 
 /// The settings in force.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use convene_protocol::auth::{Claims, Grant};
 use convene_protocol::v1::{GoodbyeReason, Participant, Role, TrackKind};
 use convene_protocol::{
-    CloseReason, ErrorCode, ProtocolError, RoomRequest, ServerEvent, ServerSession,
+    CloseReason, ErrorCode, MediaFrame, ProtocolError, RoomRequest, ServerEvent, ServerSession,
     ServerSessionConfig, Timestamp,
 };
 use tokio::sync::Notify;
@@ -23,7 +23,7 @@ use crate::auth::VerifyError;
 use crate::outbox::Admission;
 use crate::outbox::{Drained, Kick, Outbox, OutboxLimits, Wake};
 use crate::room::{JoinOutcome, Room, lock};
-use crate::state::AppState;
+use crate::state::{AppState, Tapped};
 
 /// Wakes a connection's writer when frames are queued, and its reader when
 /// the outbox is closed from outside.
@@ -273,6 +273,13 @@ impl Connection {
                     if let Err(e) = self.permitted(&msg) {
                         self.session.refuse(request_id, e);
                     } else if let Some(room) = &self.room {
+                        if let RoomRequest::E2ee(e) = &msg {
+                            let from = self.session.participant_id();
+                            self.state.tapped(|| Tapped::E2ee {
+                                from,
+                                payload: e.payload.clone(),
+                            });
+                        }
                         let result = lock(room).handle(
                             now,
                             self.session.participant_id(),
@@ -285,12 +292,17 @@ impl Connection {
                     }
                 }
                 ServerEvent::Media(frame) => {
-                    let frame = if self.state.config.test_fault
-                        == Some(crate::config::Fault::ForgetSenderStamp)
-                    {
-                        frame.stamp_sender(0)
-                    } else {
-                        frame
+                    let frame = match self.state.config.test_fault {
+                        Some(crate::config::Fault::ForgetSenderStamp) => frame.stamp_sender(0),
+                        Some(crate::config::Fault::TamperMedia)
+                            if frame.header().sequence % 10 == 5 && !frame.payload().is_empty() =>
+                        {
+                            let mut bytes = bytes::BytesMut::from(frame.into_bytes());
+                            let last = bytes.len() - 1;
+                            bytes[last] ^= 0x01;
+                            MediaFrame::parse(bytes.freeze()).expect("only the payload changed")
+                        }
+                        _ => frame,
                     };
                     if let Some(room) = &self.room {
                         let started = std::time::Instant::now();
@@ -301,6 +313,14 @@ impl Connection {
                             .observe(started.elapsed().as_secs_f64());
                         match result {
                             Ok(stats) => {
+                                self.state.tapped(|| {
+                                    Tapped::Media(
+                                        frame
+                                            .clone()
+                                            .stamp_sender(self.session.participant_id())
+                                            .into_bytes(),
+                                    )
+                                });
                                 let m = &self.state.metrics;
                                 m.media_deliveries.inc_by(stats.delivered as u64);
                                 m.drop("video_delta", stats.dropped[0] as u64);

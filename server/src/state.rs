@@ -37,6 +37,22 @@ pub struct AppState {
     wt_addr: Mutex<Option<std::net::SocketAddr>>,
     /// This node's load, and whether it takes new joins.
     pub load: crate::load::Load,
+    /// Where routed payloads are copied once a test asks (see [`AppState::tap`]).
+    tap: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Tapped>>,
+}
+
+/// A payload the server routed, as a test's tap records it.
+#[derive(Debug, Clone)]
+pub enum Tapped {
+    /// A media frame as forwarded (header stamped, payload untouched).
+    Media(bytes::Bytes),
+    /// An E2EE payload and who sent it.
+    E2ee {
+        /// The sender's participant id.
+        from: u32,
+        /// The payload, as routed.
+        payload: bytes::Bytes,
+    },
 }
 
 impl AppState {
@@ -73,6 +89,23 @@ impl AppState {
             verifier,
             wt_addr: Mutex::new(None),
             load: crate::load::Load::new(thresholds),
+            tap: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A test hook: from now on every media frame and E2EE payload this node
+    /// routes is also copied here, to check what a server could see. Only
+    /// the first call gets a receiver. Off by default; when off it costs one
+    /// atomic load per frame.
+    pub fn tap(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Tapped>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.tap.set(tx).ok().map(|()| rx)
+    }
+
+    /// Copies a routed payload to the tap, if a test installed one.
+    pub fn tapped(&self, what: impl FnOnce() -> Tapped) {
+        if let Some(tap) = self.tap.get() {
+            let _ = tap.send(what());
         }
     }
 

@@ -3,6 +3,11 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use convene_server::config::Config;
 
 /// A server on `127.0.0.1:port` (0: any free port), with `--dev-tls` when `tls`.
@@ -26,4 +31,121 @@ pub fn server_args(s: &convene_server::Server) -> Vec<String> {
         ],
         None => vec!["--server".into(), format!("http://{}", s.addr)],
     }
+}
+
+/// Generous: two cores may be busy with other tests.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
+}
+
+/// A running `convene` whose stderr lines are collected as they come.
+pub struct Running {
+    pub child: Child,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    pub fn start(sub: &str, args: &[String]) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_convene"))
+            .arg(sub)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("convene starts");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Running { child, stderr }
+    }
+
+    /// Waits (off the runtime) until a stderr line contains `needle`.
+    pub async fn wait_for_line(&self, needle: &str) {
+        let lines = self.stderr.clone();
+        let needle = needle.to_string();
+        tokio::task::spawn_blocking(move || {
+            let until = Instant::now() + DEADLINE;
+            loop {
+                if lines.lock().unwrap().iter().any(|l| l.contains(&needle)) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "no line with `{needle}` on stderr within {DEADLINE:?}: {:?}",
+                    lines.lock().unwrap()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits for exit; returns success, stdout and the stderr lines.
+    pub async fn finish(mut self) -> (bool, String, Vec<String>) {
+        let stderr = self.stderr.clone();
+        let (ok, out) = tokio::task::spawn_blocking(move || {
+            let until = Instant::now() + DEADLINE;
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    let mut out = String::new();
+                    std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out)
+                        .unwrap();
+                    return (status.success(), out);
+                }
+                if Instant::now() > until {
+                    let _ = self.child.kill();
+                    panic!("convene did not exit within {DEADLINE:?}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .unwrap();
+        // The reader thread may still be draining the pipe.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let lines = stderr.lock().unwrap().clone();
+        (ok, out, lines)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn json(ok: bool, out: &str, err: &[String]) -> serde_json::Value {
+    assert!(ok, "convene failed: {err:?}\n{out}");
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("--json prints JSON ({e}): {out}"))
+}
+
+pub fn track<'a>(report: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    report["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} track in {report}"))
+}
+
+pub fn n(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"))
 }
