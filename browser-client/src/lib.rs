@@ -92,6 +92,14 @@ pub fn token_from(search: &str, hash: &str) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether a meeting link asks for end-to-end encryption (`#e2ee=1` or `?e2ee=1`).
+pub fn e2ee_in_link(search: &str, hash: &str) -> bool {
+    [hash.trim_start_matches('#'), search.trim_start_matches('?')]
+        .iter()
+        .flat_map(|part| part.split('&'))
+        .any(|kv| kv == "e2ee=1")
+}
+
 /// A WebSocket URL given in the page's query (`?server=ws://…`), honoured
 /// only when the page and that server are both on loopback: for local
 /// development and the conformance runner, never a way for a link to send
@@ -217,6 +225,12 @@ struct App {
     /// The next video frame's sequence number.
     #[cfg(target_arch = "wasm32")]
     video_sequence: u32,
+    /// The user asked for end-to-end encryption in this meeting.
+    e2ee_wanted: bool,
+    /// The session's end-to-end encryption, once joined with it on.
+    keyring: Option<convene_protocol::e2ee::Keyring>,
+    /// The safety code last shown.
+    safety_code: String,
 }
 
 impl App {
@@ -318,6 +332,15 @@ pub fn start() -> Result<(), JsValue> {
         on_change.forget();
     }
     preview(&window, None);
+    // End-to-end encryption for this meeting: everyone in it must turn it on.
+    let l = add(&form, "label", "e2ee-label", "")?;
+    let check = add(&l, "input", "e2ee", "")?.dyn_into::<web_sys::HtmlInputElement>()?;
+    check.set_type("checkbox");
+    check.set_checked(e2ee_in_link(
+        &window.location().search()?,
+        &window.location().hash()?,
+    ));
+    l.append_with_str_1(" End-to-end encrypt (everyone in the meeting must turn this on)")?;
     let button = add(&form, "button", "connect", "Connect")?;
     button.set_attribute("type", "submit")?;
     set_text("status", "");
@@ -436,6 +459,10 @@ fn begin(name: String, meeting: String) {
     audio::open_output();
     let search = location.search().unwrap_or_default();
     let given = token_from(&search, &location.hash().unwrap_or_default());
+    let e2ee = by_id("e2ee")
+        .and_then(|e| e.dyn_into::<web_sys::HtmlInputElement>().ok())
+        .is_some_and(|i| i.checked())
+        || e2ee_in_link(&search, &location.hash().unwrap_or_default());
     // A server named in the link (loopback only) has no sign-in service to ask.
     let elsewhere = server_override(&location.host().unwrap_or_default(), &search).is_some();
     wasm_bindgen_futures::spawn_local(async move {
@@ -448,7 +475,7 @@ fn begin(name: String, meeting: String) {
                 Err(_) => return,
             },
         };
-        if let Err(err) = connect(name, meeting, token).await {
+        if let Err(err) = connect(name, meeting, token, e2ee).await {
             set_text("status", &format!("cannot connect: {err:?}"));
         }
     });
@@ -598,7 +625,7 @@ fn fill_device_pickers(stream: &web_sys::MediaStream) {
 
 /// Swaps in the meeting screen, opens WebTransport when the server offers
 /// it (WebSocket otherwise, or when WebTransport fails) and runs the session.
-async fn connect(name: String, meeting: String, token: String) -> Result<(), JsValue> {
+async fn connect(name: String, meeting: String, token: String, e2ee: bool) -> Result<(), JsValue> {
     let config = ClientSessionConfig {
         client_kind: v1::ClientKind::Browser,
         client_version: concat!("convene-web/", env!("CARGO_PKG_VERSION")).into(),
@@ -637,6 +664,9 @@ async fn connect(name: String, meeting: String, token: String) -> Result<(), JsV
         want_camera: false,
         #[cfg(target_arch = "wasm32")]
         video_sequence: 0,
+        e2ee_wanted: e2ee,
+        keyring: None,
+        safety_code: String::new(),
     }));
     meeting_screen()?;
     controls(&app)?;
@@ -999,6 +1029,7 @@ fn meeting_screen() -> Result<(), JsValue> {
     add(&root, "h1", "", "Convene")?;
     add(&root, "p", "banner", "")?.set_attribute("hidden", "")?;
     add(&root, "p", "transport", "")?;
+    add(&root, "p", "e2ee-state", "")?;
     add(&root, "p", "room-state", "")?;
     let controls = add(&root, "div", "controls", "")?;
     add(&controls, "button", "toggle-mic", "Mute")?.set_attribute("data-action", "mic")?;
@@ -1092,6 +1123,7 @@ fn pump(app: &mut App) {
                     let _ = root.set_attribute("data-transport", label);
                 }
                 show_roster(app);
+                start_e2ee(app);
                 app.want_camera = true;
                 let me = app.session.participant_id();
                 for p in j.participants.iter().filter(|p| p.participant_id != me) {
@@ -1195,6 +1227,10 @@ fn pump(app: &mut App) {
                 #[cfg(target_arch = "wasm32")]
                 {
                     let h = *_m.header();
+                    let _m = match open_media(app, _m) {
+                        Some(m) => m,
+                        None => continue,
+                    };
                     let now_ms = now().0 as f64 / 1000.0;
                     if let Some(p) = app.players.get_mut(&(h.sender, h.track_id)) {
                         p.play(&_m);
@@ -1227,7 +1263,19 @@ fn pump(app: &mut App) {
                     show_roster(app);
                 }
             }
+            ClientEvent::Room(S::E2ee(m)) => {
+                if let Some(ring) = app.keyring.as_mut() {
+                    match ring.receive(m.from_participant_id, &m.payload) {
+                        Ok(out) => e2ee_outcome(app, out),
+                        Err(e) => web_sys::console::warn_1(&format!("E2EE: {e}").into()),
+                    }
+                }
+            }
             ClientEvent::Room(S::ParticipantLeft(l)) => {
+                if let Some(ring) = app.keyring.as_mut() {
+                    let out = ring.participant_left(l.participant_id);
+                    e2ee_outcome(app, out);
+                }
                 app.roster.remove(&l.participant_id);
                 app.mic_muted.remove(&l.participant_id);
                 #[cfg(target_arch = "wasm32")]
@@ -1512,6 +1560,172 @@ fn stop_screen(a: &Rc<RefCell<App>>, c: camera::Camera, track: web_sys::MediaStr
     set_text("toggle-screen", "Share screen");
 }
 
+/// Starts end-to-end encryption for a session just joined, when asked for:
+/// a keyring with fresh keys from the browser's secure random source, and
+/// our identity key announced to the room.
+fn start_e2ee(app: &mut App) {
+    app.keyring = None;
+    if !app.e2ee_wanted {
+        set_text("e2ee-state", "Not end-to-end encrypted");
+        return;
+    }
+    let mut seed = [0u8; 32];
+    let random = web_sys::window()
+        .and_then(|w| w.crypto().ok())
+        .map(|c| c.get_random_values_with_u8_array(&mut seed));
+    if !matches!(random, Some(Ok(_))) {
+        set_text(
+            "e2ee-state",
+            "Cannot encrypt: this browser gave no secure random numbers",
+        );
+        return;
+    }
+    let ring =
+        convene_protocol::e2ee::Keyring::new(&app.meeting, app.session.participant_id(), seed);
+    let _ = app.session.send(now(), C::E2ee(ring.start()));
+    app.keyring = Some(ring);
+    show_e2ee(app);
+}
+
+/// Sends what the keyring answered, asks for key frames it says are
+/// needed, and shows the (possibly new) safety code.
+fn e2ee_outcome(app: &mut App, out: convene_protocol::e2ee::Outcome) {
+    for m in out.send {
+        let _ = app.session.send(now(), C::E2ee(m));
+    }
+    #[cfg(target_arch = "wasm32")]
+    if let Some(sender) = out.new_key_from {
+        let tracks: Vec<u32> = app
+            .tiles
+            .keys()
+            .filter(|(pid, _)| *pid == sender)
+            .map(|(_, t)| *t)
+            .collect();
+        for track_id in tracks {
+            let _ = app.session.send(
+                now(),
+                C::KeyFrameRequest(v1::KeyFrameRequest {
+                    participant_id: sender,
+                    track_id,
+                }),
+            );
+        }
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = out.new_key_from;
+    show_e2ee(app);
+}
+
+/// Shows the encryption state and safety code, and puts the counters on
+/// `#app` for tests and curious users.
+fn show_e2ee(app: &mut App) {
+    let Some(ring) = &app.keyring else {
+        return;
+    };
+    let code = ring.safety_code();
+    if code != app.safety_code {
+        let members = ring.members().len() + 1;
+        set_text(
+            "e2ee-state",
+            &format!(
+                "🔒 End-to-end encrypted · safety code {code} · {members} with keys; compare the code with the others"
+            ),
+        );
+        app.safety_code = code;
+    }
+    if let Some(root) = by_id("app") {
+        let s = ring.stats();
+        let _ = root.set_attribute("data-e2ee", "on");
+        let _ = root.set_attribute("data-safety-code", &app.safety_code);
+        let _ = root.set_attribute("data-e2ee-decrypted", &s.decrypted.to_string());
+        let _ = root.set_attribute("data-e2ee-rejected", &s.rejected.to_string());
+        let _ = root.set_attribute("data-e2ee-members", &ring.members().len().to_string());
+    }
+}
+
+/// A received frame with its payload decrypted, when E2EE is on; `None`
+/// (counted, never decoded) when it does not decrypt.
+#[cfg(target_arch = "wasm32")]
+fn open_media(
+    app: &mut App,
+    m: convene_protocol::MediaFrame,
+) -> Option<convene_protocol::MediaFrame> {
+    let Some(ring) = app.keyring.as_mut() else {
+        return Some(m);
+    };
+    let h = *m.header();
+    let meta = convene_protocol::e2ee::media_metadata(&h, m.config());
+    let opened = ring.decrypt(h.sender, &meta, &m.payload());
+    let s = ring.stats();
+    // The counters on the page: at every refusal, and now and then otherwise.
+    if opened.is_err() || s.decrypted % 30 == 1 {
+        show_e2ee(app);
+    }
+    opened
+        .ok()
+        .map(|plain| convene_protocol::MediaFrame::build(&h, m.config(), &plain))
+}
+
+/// Runs the RFC 9605 vectors (`spec/v1/vectors/sframe/sframe.json` and
+/// `aes_ctr_hmac.json`, as text) through this build's SFrame; returns how
+/// many passed, or what failed. For checking the wasm build in a browser.
+#[wasm_bindgen(js_name = sframeVectors)]
+pub fn sframe_vectors(sframe_json: &str, aead_json: &str) -> Result<u32, JsValue> {
+    use convene_protocol::sframe::{AeadKey, CipherSuite, Header, KeyContext};
+    let parse = |s: &str| -> Result<js_sys::Array, JsValue> {
+        let v = js_sys::JSON::parse(s)?;
+        let list = js_sys::Object::values(&v.dyn_into::<js_sys::Object>()?).get(0);
+        list.dyn_into::<js_sys::Array>()
+            .map_err(|_| JsValue::from_str("no vector list"))
+    };
+    let field =
+        |v: &JsValue, k: &str| -> Result<JsValue, JsValue> { js_sys::Reflect::get(v, &k.into()) };
+    let bytes = |v: &JsValue, k: &str| -> Result<Vec<u8>, JsValue> {
+        let s = field(v, k)?.as_string().ok_or(format!("{k} is not text"))?;
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<_, _>>()
+            .map_err(|e| JsValue::from_str(&format!("{k}: {e}")))
+    };
+    let number = |v: &JsValue, k: &str| -> Result<u64, JsValue> {
+        field(v, k)?
+            .as_f64()
+            .map(|f| f as u64)
+            .ok_or_else(|| format!("{k} is not a number").into())
+    };
+    let suite_of = |v: &JsValue| -> Result<CipherSuite, JsValue> {
+        CipherSuite::from_u16(number(v, "cipher_suite")? as u16)
+            .ok_or_else(|| "unknown suite".into())
+    };
+    let mut passed = 0;
+    for v in parse(sframe_json)?.iter() {
+        let suite = suite_of(&v)?;
+        let (kid, ctr) = (number(&v, "kid")?, number(&v, "ctr")?);
+        let ctx = KeyContext::derive(suite, kid, &bytes(&v, "base_key")?);
+        let (meta, pt, ct) = (bytes(&v, "metadata")?, bytes(&v, "pt")?, bytes(&v, "ct")?);
+        if ctx.encrypt(ctr, &meta, &pt) != ct {
+            return Err(format!("suite {suite:?}: ciphertext differs").into());
+        }
+        let (h, len) = Header::parse(&ct).map_err(|e| e.to_string())?;
+        if ctx.decrypt(&ct, h, len, &meta).ok() != Some(pt) {
+            return Err(format!("suite {suite:?}: decryption differs").into());
+        }
+        passed += 1;
+    }
+    for v in parse(aead_json)?.iter() {
+        let suite = suite_of(&v)?;
+        let key = AeadKey::new(suite, &bytes(&v, "key")?).map_err(|e| e.to_string())?;
+        let nonce: [u8; 12] = bytes(&v, "nonce")?.try_into().map_err(|_| "nonce length")?;
+        let (aad, pt, ct) = (bytes(&v, "aad")?, bytes(&v, "pt")?, bytes(&v, "ct")?);
+        if key.seal(&nonce, &aad, &pt) != ct || key.open(&nonce, &aad, &ct).ok() != Some(pt) {
+            return Err(format!("AEAD suite {suite:?} differs").into());
+        }
+        passed += 1;
+    }
+    Ok(passed)
+}
+
 /// Shows the local camera in the self view, when both exist.
 #[cfg(target_arch = "wasm32")]
 fn show_self() {
@@ -1534,17 +1748,20 @@ fn send_frame(
     data: &[u8],
     captured_us: u64,
 ) {
-    let frame = convene_protocol::MediaFrame::build(
-        &convene_protocol::MediaHeader {
-            key,
-            sender: 0,
-            track_id,
-            sequence,
-            capture_timestamp_us: captured_us,
-        },
-        None,
-        data,
-    );
+    let header = convene_protocol::MediaHeader {
+        key,
+        sender: 0,
+        track_id,
+        sequence,
+        capture_timestamp_us: captured_us,
+    };
+    let frame = match app.keyring.as_mut() {
+        Some(ring) => {
+            let meta = convene_protocol::e2ee::media_metadata(&header, None);
+            convene_protocol::MediaFrame::build(&header, None, &ring.encrypt(&meta, data))
+        }
+        None => convene_protocol::MediaFrame::build(&header, None, data),
+    };
     let _ = app.session.send_media(now(), frame);
     pump(app);
 }
