@@ -105,3 +105,53 @@ pub fn sframe_header(data: &[u8]) {
         );
     }
 }
+
+/// Two members with each other's keys, as after an honest exchange.
+fn keyed_pair() -> (crate::e2ee::Keyring, crate::e2ee::Keyring) {
+    use crate::e2ee::Keyring;
+    let mut rings = [Keyring::new("fuzz", 1, [1; 32]), Keyring::new("fuzz", 2, [2; 32])];
+    let mut queue = std::collections::VecDeque::from([(1u32, rings[0].start())]);
+    // In order, as the server delivers one sender's messages.
+    while let Some((from, m)) = queue.pop_front() {
+        let to = if from == 1 { 2 } else { 1 };
+        let out = rings[to as usize - 1]
+            .receive(from, &m.payload)
+            .expect("honest key messages are accepted");
+        queue.extend(out.send.into_iter().map(|s| (to, s)));
+    }
+    let [a, b] = rings;
+    (a, b)
+}
+
+/// Feeds `data` to an E2EE member: the first byte picks an E2EE payload from
+/// participant 1 (0), an encrypted media payload from it (1), or (2) an
+/// alteration XORed into a real encrypted frame, which must be refused
+/// unless it changes nothing.
+pub fn sframe_frame(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let (mut a, mut b) = keyed_pair();
+    match mode % 3 {
+        0 => {
+            let _ = b.receive(1, rest);
+        }
+        1 => {
+            let _ = b.decrypt(1, b"", rest);
+        }
+        _ => {
+            let meta = b"media header";
+            let ct = a.encrypt(meta, b"an encoded frame");
+            let mut bad = ct.clone();
+            for (x, d) in bad.iter_mut().zip(rest) {
+                *x ^= d;
+            }
+            let r = b.decrypt(1, meta, &bad);
+            if bad == ct {
+                assert_eq!(r.as_deref(), Ok(&b"an encoded frame"[..]));
+            } else {
+                assert!(r.is_err(), "an altered frame decrypted");
+            }
+        }
+    }
+}

@@ -36,3 +36,8 @@ fn client_session_corpus() {
 fn sframe_header_corpus() {
     replay("sframe_header", convene_protocol::fuzzing::sframe_header);
 }
+
+#[test]
+fn sframe_frame_corpus() {
+    replay("sframe_frame", convene_protocol::fuzzing::sframe_frame);
+}
