@@ -211,7 +211,19 @@ impl Keyring {
     /// generator seeded with 32 bytes of the platform's secure randomness.
     pub fn new(meeting: &str, me: u32, seed: [u8; 32]) -> Self {
         let mut rng = rand::rngs::StdRng::from_seed(seed);
-        let (secret, public) = Kem::gen_keypair(&mut rng);
+        let (secret, _) = Kem::gen_keypair(&mut rng);
+        Self::with_rng(meeting, me, secret, rng)
+    }
+
+    /// A keyring whose identity key is the X25519 private key `identity`
+    /// (for test vectors, and clients that keep one identity across sessions).
+    pub fn with_identity(meeting: &str, me: u32, identity: [u8; 32], seed: [u8; 32]) -> Self {
+        let secret = PrivateKey::from_bytes(&identity).expect("any 32 bytes are an X25519 key");
+        Self::with_rng(meeting, me, secret, rand::rngs::StdRng::from_seed(seed))
+    }
+
+    fn with_rng(meeting: &str, me: u32, secret: PrivateKey, mut rng: rand::rngs::StdRng) -> Self {
+        let public = Kem::sk_to_pk(&secret);
         let public_bytes: [u8; PUBLIC_KEY_LEN] = public.to_bytes().into();
         let mut base = [0u8; BASE_KEY_LEN];
         rand_core::RngCore::fill_bytes(&mut rng, &mut base);

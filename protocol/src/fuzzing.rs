@@ -109,7 +109,10 @@ pub fn sframe_header(data: &[u8]) {
 /// Two members with each other's keys, as after an honest exchange.
 fn keyed_pair() -> (crate::e2ee::Keyring, crate::e2ee::Keyring) {
     use crate::e2ee::Keyring;
-    let mut rings = [Keyring::new("fuzz", 1, [1; 32]), Keyring::new("fuzz", 2, [2; 32])];
+    let mut rings = [
+        Keyring::new("fuzz", 1, [1; 32]),
+        Keyring::new("fuzz", 2, [2; 32]),
+    ];
     let mut queue = std::collections::VecDeque::from([(1u32, rings[0].start())]);
     // In order, as the server delivers one sender's messages.
     while let Some((from, m)) = queue.pop_front() {

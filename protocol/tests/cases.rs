@@ -96,6 +96,10 @@ const SECTIONS_WITHOUT_CASES: &[(&str, &str)] = &[
         "needs control of the server's shutdown; covered by the server's integration tests",
     ),
     ("12", "requirements on the runner itself"),
+    (
+        "14.4",
+        "end-to-end encryption happens between clients that opt in; checked by the vectors in spec/v1/vectors/e2ee and sframe, and the clients' E2EE tests",
+    ),
 ];
 
 #[test]
