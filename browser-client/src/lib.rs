@@ -1726,6 +1726,46 @@ pub fn sframe_vectors(sframe_json: &str, aead_json: &str) -> Result<u32, JsValue
     Ok(passed)
 }
 
+/// Times SFrame in this build: `frames` frames of `size` bytes encrypted,
+/// then decrypted, by the clients' keyring. Returns
+/// `{encrypt_mb_s, decrypt_mb_s, encrypt_us, decrypt_us}` (per frame); used
+/// to report wasm throughput, never asserted.
+#[wasm_bindgen(js_name = sframeBench)]
+pub fn sframe_bench(size: usize, frames: usize) -> Result<JsValue, JsValue> {
+    use convene_protocol::e2ee::Keyring;
+    let clock = web_sys::window()
+        .and_then(|w| w.performance())
+        .ok_or("no performance clock")?;
+    let mut a = Keyring::new("bench", 1, [1; 32]);
+    let mut b = Keyring::new("bench", 2, [2; 32]);
+    let mut queue = std::collections::VecDeque::from([(1u32, a.start())]);
+    while let Some((from, m)) = queue.pop_front() {
+        let (to, ring) = if from == 1 { (2, &mut b) } else { (1, &mut a) };
+        let out = ring.receive(from, &m.payload).map_err(|e| e.to_string())?;
+        queue.extend(out.send.into_iter().map(|s| (to, s)));
+    }
+    let meta = [0u8; 19];
+    let payload = vec![0x5au8; size];
+    let t0 = clock.now();
+    let sealed: Vec<Vec<u8>> = (0..frames).map(|_| a.encrypt(&meta, &payload)).collect();
+    let t1 = clock.now();
+    for ct in &sealed {
+        b.decrypt(1, &meta, ct).map_err(|e| e.to_string())?;
+    }
+    let t2 = clock.now();
+    let mb = (size * frames) as f64 / 1e6;
+    let out = js_sys::Object::new();
+    for (k, v) in [
+        ("encrypt_mb_s", mb / ((t1 - t0) / 1e3)),
+        ("decrypt_mb_s", mb / ((t2 - t1) / 1e3)),
+        ("encrypt_us", (t1 - t0) * 1e3 / frames as f64),
+        ("decrypt_us", (t2 - t1) * 1e3 / frames as f64),
+    ] {
+        js_sys::Reflect::set(&out, &k.into(), &v.into())?;
+    }
+    Ok(out.into())
+}
+
 /// Shows the local camera in the self view, when both exist.
 #[cfg(target_arch = "wasm32")]
 fn show_self() {

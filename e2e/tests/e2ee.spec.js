@@ -39,6 +39,15 @@ test('the wasm build passes every RFC 9605 SFrame vector', async () => {
     try { m.sframeVectors(s, a); return 'passed'; } catch (e) { return String(e); }
   }, [bad, aead]);
   expect(err).toContain('differs');
+  // Throughput of this build (reported, not asserted).
+  for (const size of [100, 2000, 20000]) {
+    const r = await page.evaluate(async (n) => {
+      const m = await import('/convene_web.js');
+      return m.sframeBench(n, Math.max(50, Math.floor(4e6 / n)));
+    }, size);
+    expect(r.decrypt_us).toBeGreaterThan(0);
+    console.log(`SFrame in wasm (Chromium), ${size}-byte frames: encrypt ${r.encrypt_mb_s.toFixed(0)} MB/s (${r.encrypt_us.toFixed(1)} µs), decrypt ${r.decrypt_mb_s.toFixed(0)} MB/s (${r.decrypt_us.toFixed(1)} µs)`);
+  }
   await page.close();
 });
 

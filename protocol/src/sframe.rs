@@ -181,6 +181,30 @@ fn hkdf(suite: CipherSuite, ikm: &[u8], info: &[u8], out: &mut [u8]) {
 pub struct AeadKey {
     suite: CipherSuite,
     key: Vec<u8>,
+    /// The GCM cipher with its key schedule done once, not per frame.
+    gcm: Gcm,
+}
+
+/// An expanded AES-GCM key, or none for the CTR + HMAC suites.
+#[derive(Clone)]
+enum Gcm {
+    None,
+    Aes128(Box<aes_gcm::Aes128Gcm>),
+    Aes256(Box<aes_gcm::Aes256Gcm>),
+}
+
+impl Gcm {
+    fn new(suite: CipherSuite, key: &[u8]) -> Gcm {
+        match suite {
+            CipherSuite::Aes128GcmSha256_128 => Gcm::Aes128(Box::new(
+                aes_gcm::Aes128Gcm::new_from_slice(key).expect("key length checked"),
+            )),
+            CipherSuite::Aes256GcmSha512_128 => Gcm::Aes256(Box::new(
+                aes_gcm::Aes256Gcm::new_from_slice(key).expect("key length checked"),
+            )),
+            _ => Gcm::None,
+        }
+    }
 }
 
 impl AeadKey {
@@ -195,21 +219,20 @@ impl AeadKey {
         Ok(Self {
             suite,
             key: key.to_vec(),
+            gcm: Gcm::new(suite, key),
         })
     }
 
     /// AEAD.Encrypt: ciphertext followed by the tag.
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], pt: &[u8]) -> Vec<u8> {
-        match self.suite {
-            CipherSuite::Aes128GcmSha256_128 => aes_gcm::Aes128Gcm::new_from_slice(&self.key)
-                .expect("key length checked")
+        match &self.gcm {
+            Gcm::Aes128(c) => c
                 .encrypt(nonce.into(), Payload { msg: pt, aad })
                 .expect("AES-GCM encrypts any frame size we allow"),
-            CipherSuite::Aes256GcmSha512_128 => aes_gcm::Aes256Gcm::new_from_slice(&self.key)
-                .expect("key length checked")
+            Gcm::Aes256(c) => c
                 .encrypt(nonce.into(), Payload { msg: pt, aad })
                 .expect("AES-GCM encrypts any frame size we allow"),
-            _ => {
+            Gcm::None => {
                 let mut out = pt.to_vec();
                 self.ctr(nonce, &mut out);
                 let tag = self.ctr_tag(nonce, aad, &out);
@@ -226,16 +249,14 @@ impl AeadKey {
         aad: &[u8],
         ct: &[u8],
     ) -> Result<Vec<u8>, SframeError> {
-        match self.suite {
-            CipherSuite::Aes128GcmSha256_128 => aes_gcm::Aes128Gcm::new_from_slice(&self.key)
-                .expect("key length checked")
+        match &self.gcm {
+            Gcm::Aes128(c) => c
                 .decrypt(nonce.into(), Payload { msg: ct, aad })
                 .map_err(|_| SframeError::Authentication),
-            CipherSuite::Aes256GcmSha512_128 => aes_gcm::Aes256Gcm::new_from_slice(&self.key)
-                .expect("key length checked")
+            Gcm::Aes256(c) => c
                 .decrypt(nonce.into(), Payload { msg: ct, aad })
                 .map_err(|_| SframeError::Authentication),
-            _ => {
+            Gcm::None => {
                 let nt = self.suite.tag_len();
                 if ct.len() < nt {
                     return Err(SframeError::Authentication);
@@ -300,7 +321,11 @@ impl KeyContext {
         hkdf(suite, base_key, &label("salt"), &mut salt);
         Self {
             kid,
-            aead: AeadKey { suite, key },
+            aead: AeadKey {
+                suite,
+                gcm: Gcm::new(suite, &key),
+                key,
+            },
             salt,
         }
     }
