@@ -12,6 +12,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 fn pair() -> (Keyring, Keyring) {
     let mut a = Keyring::new("bench", 1, [1; 32]);
     let mut b = Keyring::new("bench", 2, [2; 32]);
+    a.participant_joined(2);
+    b.participant_joined(1);
     let mut queue = std::collections::VecDeque::from([(1u32, a.start())]);
     while let Some((from, m)) = queue.pop_front() {
         let (to, ring) = if from == 1 { (2, &mut b) } else { (1, &mut a) };

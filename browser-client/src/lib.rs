@@ -1259,6 +1259,9 @@ fn pump(app: &mut App) {
                     if let Some(w) = by_id(&format!("waiting-{}", p.participant_id)) {
                         w.remove();
                     }
+                    if let Some(ring) = app.keyring.as_mut() {
+                        ring.participant_joined(p.participant_id);
+                    }
                     app.roster.insert(p.participant_id, person(&p));
                     show_roster(app);
                 }
@@ -1580,8 +1583,11 @@ fn start_e2ee(app: &mut App) {
         );
         return;
     }
-    let ring =
+    let mut ring =
         convene_protocol::e2ee::Keyring::new(&app.meeting, app.session.participant_id(), seed);
+    for id in app.roster.keys() {
+        ring.participant_joined(*id);
+    }
     let _ = app.session.send(now(), C::E2ee(ring.start()));
     app.keyring = Some(ring);
     show_e2ee(app);
@@ -1738,6 +1744,8 @@ pub fn sframe_bench(size: usize, frames: usize) -> Result<JsValue, JsValue> {
         .ok_or("no performance clock")?;
     let mut a = Keyring::new("bench", 1, [1; 32]);
     let mut b = Keyring::new("bench", 2, [2; 32]);
+    a.participant_joined(2);
+    b.participant_joined(1);
     let mut queue = std::collections::VecDeque::from([(1u32, a.start())]);
     while let Some((from, m)) = queue.pop_front() {
         let (to, ring) = if from == 1 { (2, &mut b) } else { (1, &mut a) };

@@ -23,12 +23,20 @@ pub(crate) struct Reaction {
 }
 
 impl E2ee {
-    /// Starts E2EE for the session `client` just joined: announces our key.
-    pub(crate) fn start(client: &mut Client, meeting: &str) -> anyhow::Result<E2ee> {
+    /// Starts E2EE for the session `client` just joined, with `present` in
+    /// the room: announces our key.
+    pub(crate) fn start(
+        client: &mut Client,
+        meeting: &str,
+        present: &[u32],
+    ) -> anyhow::Result<E2ee> {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed)
             .map_err(|e| anyhow::anyhow!("no secure randomness for E2EE keys: {e}"))?;
-        let ring = Keyring::new(meeting, client.participant_id(), seed);
+        let mut ring = Keyring::new(meeting, client.participant_id(), seed);
+        for id in present {
+            ring.participant_joined(*id);
+        }
         client.send(C::E2ee(ring.start()))?;
         let code = ring.safety_code();
         Ok(E2ee { ring, code })
@@ -55,6 +63,12 @@ impl E2ee {
                         return Reaction::default();
                     }
                 }
+            }
+            ClientEvent::Room(S::ParticipantJoined(j)) => {
+                if let Some(p) = &j.participant {
+                    self.ring.participant_joined(p.participant_id);
+                }
+                return Reaction::default();
             }
             ClientEvent::Room(S::ParticipantLeft(l)) => {
                 self.ring.participant_left(l.participant_id)

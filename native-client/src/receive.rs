@@ -211,7 +211,12 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
     ));
 
     let mut e2ee = if args.e2ee {
-        let e = E2ee::start(&mut client, &args.meeting_id)?;
+        let present: Vec<u32> = joined
+            .participants
+            .iter()
+            .map(|p| p.participant_id)
+            .collect();
+        let e = E2ee::start(&mut client, &args.meeting_id, &present)?;
         status.note(&format!(
             "end-to-end encrypted; safety code {} (compare it with the others')",
             e.safety_code()

@@ -265,7 +265,7 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
             _ = tokio::signal::ctrl_c() => break 'sessions Ok(()),
             _ = sleep_until(deadline) => break 'sessions Ok(()),
         };
-        let (mut client, mut peers) = match joined {
+        let (mut client, present) = match joined {
             Ok(c) => c,
             // Another server may take us: try the next one at once, until
             // every one has failed in turn.
@@ -308,6 +308,7 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                 continue;
             }
         };
+        let mut peers = present.len().saturating_sub(1);
         ever_connected = true;
         failed_in_turn = 0;
         backoff = BACKOFF_MIN;
@@ -325,7 +326,7 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
             urls[at]
         ));
         e2ee = if args.e2ee {
-            let e = E2ee::start(&mut client, &args.meeting_id)?;
+            let e = E2ee::start(&mut client, &args.meeting_id, &present)?;
             status.note(&format!(
                 "end-to-end encrypted; safety code {} (compare it with the others')",
                 e.safety_code()
@@ -514,7 +515,7 @@ async fn connect(
     width: usize,
     height: usize,
     status: &StatusLine,
-) -> Result<(Client, usize), Failure> {
+) -> Result<(Client, Vec<u32>), Failure> {
     let mut until = tokio::time::Instant::now() + JOIN_TIMEOUT;
     let config = ClientSessionConfig {
         client_kind: ClientKind::Native,
@@ -529,7 +530,8 @@ async fn connect(
     .await
     .map_err(|_| Failure::TimedOut)?
     .map_err(|e| Failure::Unreachable(format!("cannot connect: {e}")))?;
-    let peers;
+    // Who is in the room (us included), kept up to date until we return.
+    let mut present: Vec<u32>;
     let mut waiting = false;
     loop {
         // A waiting room may hold us as long as the moderator takes.
@@ -546,7 +548,7 @@ async fn connect(
                     .map_err(|e| Failure::Refused(e.to_string()))?;
             }
             Some(ClientEvent::Joined(j)) => {
-                peers = j.participants.len().saturating_sub(1);
+                present = j.participants.iter().map(|p| p.participant_id).collect();
                 break;
             }
             Some(ClientEvent::Waiting(_)) => {
@@ -605,6 +607,12 @@ async fn connect(
                 {
                     break;
                 }
+                Some(ClientEvent::Room(S::ParticipantJoined(j))) => {
+                    present.extend(j.participant.map(|p| p.participant_id));
+                }
+                Some(ClientEvent::Room(S::ParticipantLeft(l))) => {
+                    present.retain(|p| *p != l.participant_id);
+                }
                 Some(ClientEvent::Error(e)) => {
                     return Err(Failure::Refused(format!(
                         "the server refused track {id}: {}",
@@ -616,7 +624,7 @@ async fn connect(
             }
         }
     }
-    Ok((c, peers))
+    Ok((c, present))
 }
 
 /// The reason a session closed, sorted into retry or give up.

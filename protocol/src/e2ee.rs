@@ -83,6 +83,10 @@ pub enum E2eeError {
     /// A key older than one already installed (a replay).
     #[error("stale sender key from participant {0}")]
     Stale(u32),
+    /// An announcement from someone the roster does not list: a member
+    /// everyone would give keys to without seeing it in the meeting.
+    #[error("announcement from participant {0}, who is not in the room's roster")]
+    NotInRoom(u32),
 }
 
 /// Counters of what the keyring did, for reports and tests.
@@ -172,6 +176,8 @@ pub struct Keyring {
     public: PublicKey,
     public_bytes: [u8; PUBLIC_KEY_LEN],
     members: BTreeMap<u32, Member>,
+    /// Who the roster says is in the room: only they may become members.
+    present: std::collections::BTreeSet<u32>,
     generation: u32,
     key: KeyContext,
     ctr: u64,
@@ -234,6 +240,7 @@ impl Keyring {
             public,
             public_bytes,
             members: BTreeMap::new(),
+            present: std::collections::BTreeSet::new(),
             generation: 1,
             key: KeyContext::derive(SUITE, kid(me, 1), &base),
             ctr: 0,
@@ -329,8 +336,17 @@ impl Keyring {
             .collect()
     }
 
+    /// The roster lists participant `id` (from `Joined` or
+    /// `ParticipantJoined`). Announcements are accepted only from
+    /// participants the roster lists, so a member the server slipped in
+    /// shows in everyone's participant list.
+    pub fn participant_joined(&mut self, id: u32) {
+        self.present.insert(id);
+    }
+
     /// A participant left the room: forget its keys and draw a new key it never sees.
     pub fn participant_left(&mut self, id: u32) -> Outcome {
+        self.present.remove(&id);
         if self.members.remove(&id).is_none() {
             return Outcome::default();
         }
@@ -357,6 +373,9 @@ impl Keyring {
             Some(&ANNOUNCE) => {
                 if payload.len() != ANNOUNCE_LEN {
                     return Err(E2eeError::Malformed("announcement length"));
+                }
+                if !self.present.contains(&from) {
+                    return Err(E2eeError::NotInRoom(from));
                 }
                 let flags = payload[1];
                 let bytes: [u8; PUBLIC_KEY_LEN] = payload[2..].try_into().expect("length checked");

@@ -113,6 +113,8 @@ fn keyed_pair() -> (crate::e2ee::Keyring, crate::e2ee::Keyring) {
         Keyring::new("fuzz", 1, [1; 32]),
         Keyring::new("fuzz", 2, [2; 32]),
     ];
+    rings[0].participant_joined(2);
+    rings[1].participant_joined(1);
     let mut queue = std::collections::VecDeque::from([(1u32, rings[0].start())]);
     // In order, as the server delivers one sender's messages.
     while let Some((from, m)) = queue.pop_front() {

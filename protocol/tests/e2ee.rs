@@ -56,7 +56,12 @@ impl Room {
     }
 
     fn join(&mut self, id: u32) {
-        let ring = Keyring::new("meeting-1", id, seed(id, 7));
+        let mut ring = Keyring::new("meeting-1", id, seed(id, 7));
+        // The roster: the newcomer's Joined lists the others, they get ParticipantJoined.
+        for (other, r) in self.rings.iter_mut() {
+            ring.participant_joined(*other);
+            r.participant_joined(id);
+        }
         self.queue.push_back((id, ring.start()));
         self.rings.insert(id, ring);
         self.deliver();
@@ -264,6 +269,7 @@ fn a_server_in_the_middle_changes_the_safety_code_and_cannot_forge_keys() {
     let mallory = Keyring::new("meeting-1", 2, seed(2, 99));
     let start = mallory.start();
     let mut victim = Keyring::new("meeting-1", 1, seed(1, 7));
+    victim.participant_joined(2);
     victim.receive(2, &start.payload).unwrap();
     let honest = room.ring(2).safety_code();
     assert_ne!(
@@ -279,6 +285,9 @@ fn a_server_in_the_middle_changes_the_safety_code_and_cannot_forge_keys() {
     let mut forger = Keyring::new("meeting-1", 2, seed(2, 42));
     // The forger knows 1's public key (it was announced through the server).
     let announce_of_1 = room2.ring(1).start();
+    for id in [1, 5, 6, 7] {
+        forger.participant_joined(id);
+    }
     forger.receive(1, &announce_of_1.payload).unwrap();
     // A few rotations, so its key is newer than the honest 2's.
     for other in [5, 6, 7] {
@@ -297,6 +306,32 @@ fn a_server_in_the_middle_changes_the_safety_code_and_cannot_forge_keys() {
         Err(e2ee::E2eeError::ForeignKid { .. })
     ));
     assert_eq!(room2.ring(1).stats().bad_messages, 2);
+}
+
+#[test]
+fn a_member_the_roster_does_not_list_gets_no_keys() {
+    // The server announces a ghost (participant 9) without a ParticipantJoined:
+    // were it accepted, everyone would seal keys to it and, all seeing the
+    // same ghost, still agree on the safety code.
+    let mut room = Room::new();
+    room.join(1);
+    room.join(2);
+    let ghost = Keyring::new("meeting-1", 9, seed(9, 3));
+    let before = room.ring(1).safety_code();
+    assert_eq!(
+        room.ring(1).receive(9, &ghost.start().payload).unwrap_err(),
+        e2ee::E2eeError::NotInRoom(9)
+    );
+    assert_eq!(room.ring(1).members(), vec![2]);
+    assert_eq!(room.ring(1).safety_code(), before);
+    // Once listed (so everyone sees it in the meeting), it is a member like any other.
+    room.ring(1).participant_joined(9);
+    let out = room.ring(1).receive(9, &ghost.start().payload).unwrap();
+    assert!(
+        out.send
+            .iter()
+            .any(|m| m.to_participant_id == 9 && m.payload[0] == e2ee::SENDER_KEY)
+    );
 }
 
 #[test]

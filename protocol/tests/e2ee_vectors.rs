@@ -116,6 +116,7 @@ fn generate() -> Value {
 fn safety_code_of_all(ids: &[u32]) -> String {
     let mut ring = Keyring::with_identity(MEETING, ids[0], identity(ids[0]), [0; 32]);
     for id in &ids[1..] {
+        ring.participant_joined(*id);
         let other = Keyring::with_identity(MEETING, *id, identity(*id), [0; 32]);
         ring.receive(*id, &other.start().payload).unwrap();
     }
@@ -166,6 +167,7 @@ fn the_e2ee_vectors_hold() {
     let sk = &v["sender_key"];
     let mut seven = Keyring::with_identity(meeting, 7, identity(7), [2; 32]);
     let three = Keyring::with_identity(meeting, 3, identity(3), [3; 32]);
+    seven.participant_joined(3);
     seven.receive(3, &three.start().payload).unwrap();
     let message = h(sk, "message");
     assert_eq!(message.len(), 73);
@@ -202,6 +204,7 @@ fn the_e2ee_vectors_hold() {
     );
     // Only 7 can open it: 12, with its own identity, cannot.
     let mut twelve = Keyring::with_identity(meeting, 12, identity(12), [4; 32]);
+    twelve.participant_joined(3);
     twelve.receive(3, &three.start().payload).unwrap();
     assert!(twelve.receive(3, &message).is_err());
 }
