@@ -55,3 +55,36 @@ class ConvenePlayer extends AudioWorkletProcessor {
 }
 
 registerProcessor('convene-player', ConvenePlayer);
+
+// Captures the microphone where the browser has no MediaStreamTrackProcessor
+// (Firefox): posts 20 ms of mono samples at a time to the page, which makes
+// AudioData of them for the Opus encoder. Writes silence to its output.
+class ConveneCapture extends AudioWorkletProcessor {
+  constructor() {
+    super();
+    this.size = Math.round(sampleRate / 50);
+    this.chunk = new Float32Array(this.size);
+    this.filled = 0;
+  }
+
+  process(inputs) {
+    const input = inputs[0] && inputs[0][0];
+    if (input) {
+      let at = 0;
+      while (at < input.length) {
+        const n = Math.min(input.length - at, this.size - this.filled);
+        this.chunk.set(input.subarray(at, at + n), this.filled);
+        this.filled += n;
+        at += n;
+        if (this.filled === this.size) {
+          this.port.postMessage(this.chunk, [this.chunk.buffer]);
+          this.chunk = new Float32Array(this.size);
+          this.filled = 0;
+        }
+      }
+    }
+    return true;
+  }
+}
+
+registerProcessor('convene-capture', ConveneCapture);

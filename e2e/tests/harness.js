@@ -166,6 +166,59 @@ async function launchChromium({ extraArgs = [], ignoreHTTPSErrors = false } = {}
   };
 }
 
+// Debian's Firefox ESR, driven by puppeteer-core over WebDriver BiDi (Playwright
+// cannot drive a stock Firefox), with fake camera and microphone and no
+// permission prompts; `acceptInsecureCerts` lets pages come from a --dev-tls
+// server. Returns {browser, newPage(), console, close()}.
+async function launchFirefox({ acceptInsecureCerts = false } = {}) {
+  const puppeteer = require('puppeteer-core');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'convene-firefox-'));
+  // Firefox's Web Audio needs a sound server to run at all (without one,
+  // resuming an AudioContext ends the page): a PulseAudio of its own with a
+  // null sink, reached through a socket in the temporary directory.
+  const socket = path.join(dir, 'pulse.sock');
+  const pulse = spawn('pulseaudio', ['-n', '--daemonize=no', '--exit-idle-time=-1', '--use-pid-file=no',
+    '--disable-shm=yes', '-L', 'module-null-sink',
+    '-L', `module-native-protocol-unix socket=${socket} auth-anonymous=1`],
+  { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, HOME: dir, XDG_RUNTIME_DIR: dir } });
+  let pulseLog = '';
+  pulse.stderr.on('data', (d) => { pulseLog += d; });
+  try {
+    await until('PulseAudio listens', async () => { if (!fs.existsSync(socket)) throw new Error(`no ${socket}: ${pulseLog}`); });
+  } catch (e) {
+    pulse.kill('SIGKILL');
+    throw e;
+  }
+  const browser = await puppeteer.launch({
+    browser: 'firefox',
+    executablePath: '/usr/bin/firefox-esr',
+    headless: true,
+    userDataDir: path.join(dir, 'profile'),
+    env: { ...process.env, PULSE_SERVER: `unix:${socket}` },
+    acceptInsecureCerts,
+    extraPrefsFirefox: {
+      'media.navigator.streams.fake': true,
+      'media.navigator.permission.disabled': true,
+      'media.autoplay.default': 0,
+      'media.autoplay.block-webaudio': false,
+    },
+  });
+  const console = [];
+  return {
+    browser, console,
+    async newPage() {
+      const page = await browser.newPage();
+      page.on('console', (m) => console.push(`${m.type()}: ${m.text()}`));
+      return page;
+    },
+    async close() {
+      await browser.close();
+      pulse.kill('SIGTERM');
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 // Runs `convene ARGS`, resolving to {code, stdout, stderr}.
 function convene(args) {
   return new Promise((resolve, reject) => {
@@ -187,4 +240,4 @@ function spawnConvene(args) {
   return child;
 }
 
-module.exports = { startServer, startWebServer, startPages, launchChromium, convene, spawnConvene };
+module.exports = { startServer, startWebServer, startPages, launchChromium, launchFirefox, convene, spawnConvene };

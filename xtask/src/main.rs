@@ -550,12 +550,25 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
 
 /// Debian's Chromium, which Playwright drives; never a downloaded browser.
 const CHROMIUM: &str = "/usr/bin/chromium";
+/// Debian's Firefox ESR, which puppeteer-core drives over WebDriver BiDi.
+const FIREFOX: &str = "/usr/bin/firefox-esr";
 
-/// Installs Chromium (Debian package) and the pinned npm packages when
-/// missing, builds the binaries the pages talk to, and runs Playwright.
+/// Installs Chromium and Firefox ESR (Debian packages) and the pinned npm
+/// packages when missing, builds the binaries the pages talk to, and runs
+/// Playwright.
 fn browser_tests() -> Result<(), String> {
-    if !std::path::Path::new(CHROMIUM).exists() {
-        install_debian_packages(&["chromium"])?;
+    // PulseAudio: Firefox's Web Audio needs a sound server (the tests start one with a null sink).
+    let missing: Vec<&str> = [
+        (CHROMIUM, "chromium"),
+        (FIREFOX, "firefox-esr"),
+        ("/usr/bin/pulseaudio", "pulseaudio"),
+    ]
+    .iter()
+    .filter(|(path, _)| !std::path::Path::new(path).exists())
+    .map(|(_, package)| *package)
+    .collect();
+    if !missing.is_empty() {
+        install_debian_packages(&missing)?;
     }
     web()?;
     let e2e = root().join("e2e");
@@ -578,7 +591,7 @@ fn browser_tests() -> Result<(), String> {
         "the browser client",
         &["node", &launcher.to_string_lossy(), "{url}"],
     )?;
-    println!("\n$ npx playwright test   (Chromium {CHROMIUM})");
+    println!("\n$ npx playwright test   (Chromium {CHROMIUM}, Firefox {FIREFOX})");
     let status = Command::new("npx")
         .args(["playwright", "test"])
         .current_dir(&e2e)
