@@ -3,7 +3,8 @@
 // MediaStreamTrackProcessor, so the client captures the camera through
 // `new VideoFrame(video)` and the microphone through an AudioWorklet. A
 // Firefox participant and a Chromium participant meet over WebTransport and
-// each sees the other's picture move and decodes the other's sound.
+// each sees the other's picture move and decodes the other's sound; and
+// again with WebTransport turned off, over WebSocket.
 const { test, expect } = require('@playwright/test');
 const { startWebServer, launchChromium, launchFirefox } = require('./harness');
 
@@ -35,20 +36,34 @@ async function until(page, what, fn, ok, arg) {
 
 const attr = (name) => document.querySelector('#app')?.getAttribute(name);
 
-test('a Firefox participant and a Chromium participant meet over WebTransport', async () => {
+const sample = () => {
+  const c = document.querySelector('#tiles canvas');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let sum = 0, lit = 0;
+  for (let i = 0; i < d.length; i += 4 * 61) {
+    sum += d[i] + 3 * d[i + 1] + 7 * d[i + 2];
+    if (d[i] + d[i + 1] + d[i + 2] > 30) lit += 1;
+  }
+  return { sum, lit };
+};
+
+for (const transport of ['WebTransport', 'WebSocket']) test(`a Firefox participant and a Chromium participant meet over ${transport}`, async () => {
+  const room = `ff-${transport.toLowerCase()}`;
+  const query = transport === 'WebSocket' ? '?transport=websocket' : '';
   const fox = await firefox.newPage();
-  await fox.goto(`${server.base}/meeting/Fox/ff-room`);
+  await fox.goto(`${server.base}/meeting/Fox/${room}${query}`);
   expect(await fox.evaluate(() => typeof MediaStreamTrackProcessor)).toBe('undefined');
   await until(fox, 'camera preview', () => document.getElementById('preview-status')?.textContent, (t) => /ready/.test(t || ''));
   await fox.click('#connect');
   await until(fox, 'joined', () => document.querySelectorAll('#participants li').length, (n) => n === 1);
 
   const chrome = await chromium.context.newPage();
-  await chrome.goto(`${server.base}/meeting/Chrome/ff-room`);
+  await chrome.goto(`${server.base}/meeting/Chrome/${room}${query}`);
   await chrome.click('#connect');
   await expect(chrome.locator('#participants li')).toHaveCount(2);
-  await expect(chrome.locator('#app')).toHaveAttribute('data-transport', 'WebTransport');
-  expect(await until(fox, 'transport', attr, (t) => !!t, 'data-transport')).toBe('WebTransport');
+  await expect(chrome.locator('#app')).toHaveAttribute('data-transport', transport);
+  expect(await until(fox, 'transport', attr, (t) => !!t, 'data-transport')).toBe(transport);
+  expect(await fox.evaluate(() => document.getElementById('transport').textContent)).toBe(`Connected over ${transport}`);
 
   // Chromium sees Firefox's camera (captured from a <video>, H.264 from
   // Firefox's WebCodecs) drawing at more than 10 frames a second.
@@ -56,6 +71,9 @@ test('a Firefox participant and a Chromium participant meet over WebTransport', 
   await expect(tile.locator('figcaption')).toHaveText('Fox');
   await expect.poll(() => tile.getAttribute('data-frames').then(Number), { message: `frames from Firefox (${firefox.console.slice(-10).join(' | ')})` }).toBeGreaterThan(30);
   await expect.poll(() => tile.getAttribute('data-fps').then(Number)).toBeGreaterThan(10);
+  const fromFox = await chrome.evaluate(sample);
+  expect(fromFox.lit).toBeGreaterThan(100);
+  await expect.poll(async () => (await chrome.evaluate(sample)).sum, { message: "Firefox's picture changes" }).not.toBe(fromFox.sum);
   // ... and its microphone (AudioWorklet capture, Opus) decoded.
   await expect.poll(() => chrome.locator('#app').getAttribute('data-audio-frames').then(Number), { message: 'audio from Firefox' }).toBeGreaterThan(25)
     .catch((e) => { throw new Error(`${e.message}\nFirefox console: ${firefox.console.join('\n')}`); });
@@ -64,16 +82,6 @@ test('a Firefox participant and a Chromium participant meet over WebTransport', 
   await until(fox, 'a tile from Chromium', () => document.querySelector('#tiles .tile figcaption')?.textContent, (t) => t === 'Chrome');
   await until(fox, 'frames from Chromium', () => Number(document.querySelector('#tiles .tile')?.getAttribute('data-frames')), (n) => n > 30);
   await until(fox, 'over 10 fps', () => Number(document.querySelector('#tiles .tile')?.getAttribute('data-fps')), (n) => n > 10);
-  const sample = () => {
-    const c = document.querySelector('#tiles canvas');
-    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-    let sum = 0, lit = 0;
-    for (let i = 0; i < d.length; i += 4 * 61) {
-      sum += d[i] + 3 * d[i + 1] + 7 * d[i + 2];
-      if (d[i] + d[i + 1] + d[i + 2] > 30) lit += 1;
-    }
-    return { sum, lit };
-  };
   const first = await fox.evaluate(sample);
   expect(first.lit).toBeGreaterThan(100);
   await until(fox, 'the picture changes', sample, (s) => s.sum !== first.sum);
