@@ -446,6 +446,14 @@ fn preview(window: &web_sys::Window, chosen: Option<(String, String)>) {
     failed.forget();
 }
 
+/// The server's discovery document (PROTOCOL.md §3.3).
+const DISCOVERY_URL: &str = "/.well-known/convene.json";
+
+thread_local! {
+    /// The discovery document, when the sign-in step has just read it.
+    static FRESH_DISCOVERY: RefCell<Option<JsValue>> = const { RefCell::new(None) };
+}
+
 /// Finds the token (the link's, or the sign-in service's) and connects.
 fn begin(name: String, meeting: String) {
     let Some(location) = web_sys::window().map(|w| w.location()) else {
@@ -485,9 +493,11 @@ fn begin(name: String, meeting: String) {
 /// a token; `None` when the server names none. On failure it says why on the
 /// page, and when the service refuses (not signed in) links to it.
 async fn login_token(meeting: &str) -> Result<Option<String>, String> {
-    let d = fetch_json("/.well-known/convene.json", false)
+    let d = fetch_json(DISCOVERY_URL, false)
         .await
         .inspect_err(|e| set_text("status", &format!("cannot reach the server: {e}")))?;
+    // Connecting reads it next: once is enough.
+    FRESH_DISCOVERY.with(|f| *f.borrow_mut() = Some(d.clone()));
     let Some(login) = js_sys::Reflect::get(&d, &"login_url".into())
         .ok()
         .and_then(|v| v.as_string())
@@ -875,7 +885,12 @@ async fn webtransport_offer() -> Option<(String, Vec<Vec<u8>>)> {
     if !js_sys::Reflect::has(&window, &"WebTransport".into()).unwrap_or(false) {
         return None;
     }
-    let d = fetch_json("/.well-known/convene.json", false).await.ok()?;
+    // The copy the sign-in step just read, if any; otherwise (and on every
+    // reconnect, where a restarted server may have a new certificate) fetched.
+    let d = match FRESH_DISCOVERY.with(|f| f.borrow_mut().take()) {
+        Some(d) => d,
+        None => fetch_json(DISCOVERY_URL, false).await.ok()?,
+    };
     let url = js_sys::Reflect::get(&d, &"webtransport".into())
         .ok()?
         .as_string()?;

@@ -19,6 +19,10 @@ test.afterAll(async () => {
 test('two browsers meet from a meeting link: roster, chat, leaving', async () => {
   const ann = await browser.context.newPage();
   const bob = await browser.context.newPage();
+  // The discovery document is read once per connection, even when the
+  // sign-in step reads it first.
+  const discovery = [];
+  ann.on('request', (r) => { if (r.url().endsWith('/.well-known/convene.json')) discovery.push(r.url()); });
   await ann.goto(`${server.base}/meeting/Ann/e2e-room`);
   await bob.goto(`${server.base}/meeting/Bob%20B/e2e-room`);
 
@@ -48,6 +52,7 @@ test('two browsers meet from a meeting link: roster, chat, leaving', async () =>
   await expect(bob.locator('#participants')).toContainText('Ann');
   await expect(bob.locator('#participants')).toContainText('Bob B (you)');
   await expect(ann.locator('#transport')).toHaveText(/WebSocket/);
+  expect(discovery.length).toBe(1);
 
   // Each sends its (fake) camera as H.264; the other sees it as a tile that keeps drawing.
   for (const [page, other] of [[ann, 'Bob B'], [bob, 'Ann']]) {
