@@ -112,6 +112,14 @@ pub(crate) fn start(
                         kw.set(true);
                     }
                     configured_at.set(br.get());
+                    // What the encoder now aims at, for the curious and the tests.
+                    if let Some(app) = web_sys::window()
+                        .and_then(|w| w.document())
+                        .and_then(|d| d.get_element_by_id("app"))
+                    {
+                        let _ =
+                            app.set_attribute("data-encoder-kbps", &(br.get() / 1000).to_string());
+                    }
                 }
             }
             // A slow encoder skips pictures instead of queueing them.

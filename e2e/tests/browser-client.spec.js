@@ -215,3 +215,30 @@ test('when the server goes away the page says so, reconnects and restores its tr
     await own.stop();
   }
 });
+
+test("the camera's encoder follows the server's congestion hints", async () => {
+  // Subscriber queues of 1,500 bytes: nearly every video frame is dropped
+  // for the subscriber, so the server asks the publisher to slow down.
+  const own = await startWebServer(['--max-queue-bytes', '1500']);
+  const ann = await browser.context.newPage();
+  const bob = await browser.context.newPage();
+  try {
+    await ann.goto(`${own.base}/meeting/Ann/e2e-congested`);
+    await ann.click('#connect');
+    await expect(ann.locator('#participants li')).toHaveCount(1);
+    await expect.poll(() => ann.locator('#app').getAttribute('data-encoder-kbps').then(Number),
+      { message: 'the encoder starts at 800 kbit/s' }).toBe(800);
+    await bob.goto(`${own.base}/meeting/Bob/e2e-congested`);
+    await bob.click('#connect');
+    await expect(ann.locator('#participants li')).toHaveCount(2);
+    // A hint arrives and the encoder is configured again, lower.
+    await expect.poll(() => ann.locator('#app').getAttribute('data-video-kbps').then(Number),
+      { message: 'a congestion hint' }).toBeLessThan(800);
+    await expect.poll(() => ann.locator('#app').getAttribute('data-encoder-kbps').then(Number),
+      { message: 'the encoder reconfigured' }).toBeLessThan(800);
+  } finally {
+    await ann.close();
+    await bob.close();
+    await own.stop();
+  }
+});
