@@ -22,6 +22,37 @@ use crate::tls::Identity;
 /// The WebTransport endpoint path.
 pub const PATH: &str = "/convene/wt";
 
+/// Unidirectional streams an HTTP/3 client opens for itself: control, QPACK encoder and decoder.
+const H3_UNI_STREAMS: u32 = 3;
+
+/// The QUIC server configuration: TLS 1.3 with the HTTP/3 ALPN, and room
+/// for one client stream more than `--max-concurrent-streams` besides
+/// HTTP/3's own (control and the two QPACK streams), so that one too many
+/// reaches us and gets TOO_MANY_STREAMS (PROTOCOL.md §7) instead of waiting
+/// for credit the transport never gives.
+fn quic_config(
+    identity: &Identity,
+    max_streams: u32,
+) -> Result<web_transport_quinn::quinn::ServerConfig, String> {
+    use web_transport_quinn::quinn;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .and_then(|b| {
+            b.with_no_client_auth()
+                .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        })
+        .map_err(|e| format!("cannot set up TLS for WebTransport: {e}"))?;
+    tls.alpn_protocols = vec![web_transport_quinn::ALPN.as_bytes().to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| format!("cannot set up QUIC: {e}"))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(max_streams + H3_UNI_STREAMS + 1));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
 /// Binds the UDP endpoint and accepts sessions until shutdown.
 pub fn start(
     state: Arc<AppState>,
@@ -38,6 +69,12 @@ pub fn start(
     server
         .rebind(socket)
         .map_err(|e| format!("cannot start WebTransport on {addr}: {e}"))?;
+    // Our own transport settings in place of the builder's defaults: quinn's
+    // stream limit (100) would otherwise cap --max-concurrent-streams.
+    server.set_server_config(Some(quic_config(
+        identity,
+        state.config.max_concurrent_streams,
+    )?));
     let bound = server.local_addr().map_err(|e| e.to_string())?;
     let mut stop = state.shutdown_signal();
     let handle = tokio::spawn(async move {

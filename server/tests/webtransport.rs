@@ -268,6 +268,37 @@ async fn a_stream_more_than_the_limit_is_too_many_streams() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_above_quics_default_of_100_is_the_one_enforced() {
+    let server = server(|c| {
+        c.dev_tls = true;
+        c.max_concurrent_streams = 150;
+    })
+    .await;
+    let wt = joined_wt(&server).await;
+    // 151 unfinished streams: the transport lets all of them open (it does
+    // not stop at 100), and the 151st is one too many.
+    let mut open = Vec::new();
+    for i in 0..151 {
+        let opened =
+            tokio::time::timeout(std::time::Duration::from_secs(10), wt.session.open_uni()).await;
+        let Ok(Ok(mut s)) = opened else {
+            assert!(
+                i > 150,
+                "stream {i} could not be opened: the transport's limit binds first"
+            );
+            break;
+        };
+        let _ = s.write_all(&[0x02]).await;
+        open.push(s);
+    }
+    assert_eq!(
+        close_code(&wt).await,
+        Some(convene_protocol::ErrorCode::TooManyStreams as u32)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_within_the_limit_are_fine_however_many_in_all() {
     let server = server(|c| {
         c.dev_tls = true;
