@@ -231,6 +231,8 @@ struct App {
     keyring: Option<convene_protocol::e2ee::Keyring>,
     /// The safety code last shown.
     safety_code: String,
+    /// The encryption state last shown.
+    e2ee_text: String,
 }
 
 impl App {
@@ -677,6 +679,7 @@ async fn connect(name: String, meeting: String, token: String, e2ee: bool) -> Re
         e2ee_wanted: e2ee,
         keyring: None,
         safety_code: String::new(),
+        e2ee_text: String::new(),
     }));
     meeting_screen()?;
     controls(&app)?;
@@ -1279,6 +1282,7 @@ fn pump(app: &mut App) {
                     }
                     app.roster.insert(p.participant_id, person(&p));
                     show_roster(app);
+                    show_e2ee(app);
                 }
             }
             ClientEvent::Room(S::E2ee(m)) => {
@@ -1302,6 +1306,7 @@ fn pump(app: &mut App) {
                     app.players.retain(|(pid, _), _| *pid != l.participant_id);
                 }
                 show_roster(app);
+                show_e2ee(app);
             }
             ClientEvent::Room(S::Chat(c)) => {
                 let who = app.name_of(c.from_participant_id);
@@ -1643,16 +1648,31 @@ fn show_e2ee(app: &mut App) {
     let Some(ring) = &app.keyring else {
         return;
     };
-    let code = ring.safety_code();
-    if code != app.safety_code {
-        let members = ring.members().len() + 1;
-        set_text(
-            "e2ee-state",
-            &format!(
-                "🔒 End-to-end encrypted · safety code {code} · {members} with keys; compare the code with the others"
-            ),
-        );
-        app.safety_code = code;
+    app.safety_code = ring.safety_code();
+    let members = ring.members();
+    // Participants in the room without keys: they cannot see or hear us,
+    // nor we them (for a moment after someone joins, until their key comes).
+    let me = app.session.participant_id();
+    let outside: Vec<String> = app
+        .roster
+        .iter()
+        .filter(|(id, _)| **id != me && !members.contains(id))
+        .map(|(_, (name, _))| name.clone())
+        .collect();
+    let mut text = format!(
+        "🔒 End-to-end encrypted · safety code {} · {} with keys; compare the code with the others",
+        app.safety_code,
+        members.len() + 1
+    );
+    if !outside.is_empty() {
+        text.push_str(&format!(
+            " · not encrypted with you (they cannot see or hear you): {}",
+            outside.join(", ")
+        ));
+    }
+    if text != app.e2ee_text {
+        set_text("e2ee-state", &text);
+        app.e2ee_text = text;
     }
     if let Some(root) = by_id("app") {
         let s = ring.stats();

@@ -102,8 +102,12 @@ test('two browsers and convene stream meet end-to-end encrypted', async () => {
     await expect(ann.locator('#e2ee-state')).toContainText(shared);
 
     // Without the keys, nothing decodes: frames arrive and stay ciphertext.
-    const outsider = await convene(['receive', '--server', server.base, '--meeting-id', meeting,
-      '--duration', '4', '--json']);
+    // The pages name whoever is in the meeting without encryption.
+    const outsiderRun = convene(['receive', '--server', server.base, '--meeting-id', meeting,
+      '--user-id', 'plain-viewer', '--duration', '4', '--json']);
+    await expect(ann.locator('#e2ee-state')).toContainText('not encrypted with you (they cannot see or hear you): plain-viewer');
+    const outsider = await outsiderRun;
+    await expect(ann.locator('#e2ee-state')).not.toContainText('plain-viewer');
     expect(outsider.code, outsider.stderr).toBe(0);
     const seen = JSON.parse(outsider.stdout).tracks.filter((t) => t.kind === 'video');
     expect(seen.length).toBe(3);
