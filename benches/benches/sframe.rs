@@ -4,24 +4,10 @@
 
 use std::hint::black_box;
 
-use convene_protocol::e2ee::{Keyring, media_metadata};
+use convene_protocol::e2ee::media_metadata;
+use convene_protocol::fuzzing::keyed_pair;
 use convene_protocol::media::MediaHeader;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-
-/// Two members with each other's keys.
-fn pair() -> (Keyring, Keyring) {
-    let mut a = Keyring::new("bench", 1, [1; 32]);
-    let mut b = Keyring::new("bench", 2, [2; 32]);
-    a.participant_joined(2);
-    b.participant_joined(1);
-    let mut queue = std::collections::VecDeque::from([(1u32, a.start())]);
-    while let Some((from, m)) = queue.pop_front() {
-        let (to, ring) = if from == 1 { (2, &mut b) } else { (1, &mut a) };
-        let out = ring.receive(from, &m.payload).unwrap();
-        queue.extend(out.send.into_iter().map(|s| (to, s)));
-    }
-    (a, b)
-}
 
 fn sframe(c: &mut Criterion) {
     let header = MediaHeader {
@@ -37,7 +23,7 @@ fn sframe(c: &mut Criterion) {
     for size in [100usize, 2_000, 20_000, 100_000] {
         let payload = vec![0x5a; size];
         g.throughput(Throughput::Bytes(size as u64));
-        let (mut a, mut b) = pair();
+        let (mut a, mut b) = keyed_pair();
         g.bench_with_input(BenchmarkId::new("encrypt", size), &payload, |bench, p| {
             bench.iter(|| a.encrypt(black_box(&meta), black_box(p)))
         });
@@ -53,7 +39,7 @@ fn sframe(c: &mut Criterion) {
     }
     g.finish();
     // A join in a meeting of two: both announce, both draw and seal a key.
-    c.bench_function("e2ee_join_pair", |bench| bench.iter(pair));
+    c.bench_function("e2ee_join_pair", |bench| bench.iter(keyed_pair));
 }
 
 criterion_group!(benches, sframe);

@@ -1694,17 +1694,12 @@ fn open_media(
     let Some(ring) = app.keyring.as_mut() else {
         return Some(m);
     };
-    let h = *m.header();
-    let meta = convene_protocol::e2ee::media_metadata(&h, m.config());
-    let opened = ring.decrypt(h.sender, &meta, &m.payload());
-    let s = ring.stats();
+    let opened = ring.open_media(&m);
     // The counters on the page: at every refusal, and now and then otherwise.
-    if opened.is_err() || s.decrypted % 30 == 1 {
+    if opened.is_err() || ring.stats().decrypted % 30 == 1 {
         show_e2ee(app);
     }
-    opened
-        .ok()
-        .map(|plain| convene_protocol::MediaFrame::build(&h, m.config(), &plain))
+    opened.ok()
 }
 
 /// Runs the RFC 9605 vectors (`spec/v1/vectors/sframe/sframe.json` and
@@ -1773,20 +1768,10 @@ pub fn sframe_vectors(sframe_json: &str, aead_json: &str) -> Result<u32, JsValue
 /// to report wasm throughput, never asserted.
 #[wasm_bindgen(js_name = sframeBench)]
 pub fn sframe_bench(size: usize, frames: usize) -> Result<JsValue, JsValue> {
-    use convene_protocol::e2ee::Keyring;
     let clock = web_sys::window()
         .and_then(|w| w.performance())
         .ok_or("no performance clock")?;
-    let mut a = Keyring::new("bench", 1, [1; 32]);
-    let mut b = Keyring::new("bench", 2, [2; 32]);
-    a.participant_joined(2);
-    b.participant_joined(1);
-    let mut queue = std::collections::VecDeque::from([(1u32, a.start())]);
-    while let Some((from, m)) = queue.pop_front() {
-        let (to, ring) = if from == 1 { (2, &mut b) } else { (1, &mut a) };
-        let out = ring.receive(from, &m.payload).map_err(|e| e.to_string())?;
-        queue.extend(out.send.into_iter().map(|s| (to, s)));
-    }
+    let (mut a, mut b) = convene_protocol::fuzzing::keyed_pair();
     let meta = [0u8; 19];
     let payload = vec![0x5au8; size];
     let t0 = clock.now();
@@ -1839,10 +1824,7 @@ fn send_frame(
         capture_timestamp_us: captured_us,
     };
     let frame = match app.keyring.as_mut() {
-        Some(ring) => {
-            let meta = convene_protocol::e2ee::media_metadata(&header, None);
-            convene_protocol::MediaFrame::build(&header, None, &ring.encrypt(&meta, data))
-        }
+        Some(ring) => ring.seal_media(&header, None, data),
         None => convene_protocol::MediaFrame::build(&header, None, data),
     };
     let _ = app.session.send_media(now(), frame);

@@ -131,7 +131,7 @@ struct Report {
     seconds: f64,
     tracks: Vec<TrackReport>,
     /// With --e2ee: the safety code at the end and what the keyring did.
-    e2ee: Option<crate::stream::E2eeSummary>,
+    e2ee: Option<crate::e2ee::E2eeSummary>,
 }
 
 type Key = (u32, u32);
@@ -216,12 +216,12 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
             .iter()
             .map(|p| p.participant_id)
             .collect();
-        let e = E2ee::start(&mut client, &args.meeting_id, &present)?;
-        status.note(&format!(
-            "end-to-end encrypted; safety code {} (compare it with the others')",
-            e.safety_code()
-        ));
-        Some(e)
+        Some(E2ee::start(
+            &mut client,
+            &args.meeting_id,
+            &present,
+            &status,
+        )?)
     } else {
         None
     };
@@ -265,12 +265,8 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
         tokio::select! {
             ev = client.next_event() => {
             if let (Some(e), Some(ev)) = (e2ee.as_mut(), ev.as_ref()) {
-                let r = e.on_event(&mut client, ev);
-                if let Some(code) = r.code_changed {
-                    status.note(&format!("safety code now {code}"));
-                }
                 // Frames of this sender were dropped while its key was on the way.
-                if let Some(sender) = r.want_key_frames_from {
+                if let Some(sender) = e.on_event(&mut client, ev, &status) {
                     for (p, t) in tracks.keys().filter(|(p, _)| *p == sender) {
                         let _ = client.send(C::KeyFrameRequest(v1::KeyFrameRequest { participant_id: *p, track_id: *t }));
                     }
@@ -396,10 +392,7 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
         participant_id: me,
         seconds: started.elapsed().as_secs_f64(),
         tracks: reports,
-        e2ee: e2ee.map(|e| crate::stream::E2eeSummary {
-            safety_code: e.safety_code().to_owned(),
-            stats: e.stats(),
-        }),
+        e2ee: e2ee.as_ref().map(E2ee::summary),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::args::ServerArgs;
 use crate::audio;
-use crate::e2ee::E2ee;
+use crate::e2ee::{E2ee, E2eeSummary};
 use crate::frame::{FrameFormat, I420};
 use crate::h264::{self, EncoderSettings, H264Encoder};
 use crate::media::{OutTrack, sleep_until, unix_micros};
@@ -162,16 +162,6 @@ struct Summary {
     connects: u32,
     /// With --e2ee: the last safety code and what the keyring did.
     e2ee: Option<E2eeSummary>,
-}
-
-/// The E2EE part of a JSON summary.
-#[derive(Debug, serde::Serialize)]
-pub(crate) struct E2eeSummary {
-    /// The safety code when the session ended.
-    pub(crate) safety_code: String,
-    /// Frames encrypted, decrypted, refused; keys drawn and received.
-    #[serde(flatten)]
-    pub(crate) stats: convene_protocol::e2ee::E2eeStats,
 }
 
 pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -326,12 +316,12 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
             urls[at]
         ));
         e2ee = if args.e2ee {
-            let e = E2ee::start(&mut client, &args.meeting_id, &present)?;
-            status.note(&format!(
-                "end-to-end encrypted; safety code {} (compare it with the others')",
-                e.safety_code()
-            ));
-            Some(e)
+            Some(E2ee::start(
+                &mut client,
+                &args.meeting_id,
+                &present,
+                &status,
+            )?)
         } else {
             None
         };
@@ -349,10 +339,9 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
         let lost = loop {
             tokio::select! {
                 ev = client.next_event() => {
-                if let (Some(e), Some(ev)) = (e2ee.as_mut(), ev.as_ref())
-                    && let Some(code) = e.on_event(&mut client, ev).code_changed
-                {
-                    status.note(&format!("safety code now {code}"));
+                if let (Some(e), Some(ev)) = (e2ee.as_mut(), ev.as_ref()) {
+                    // A stream only sends: frames it would ask for do not concern it.
+                    let _ = e.on_event(&mut client, ev, &status);
                 }
                 match ev {
                     Some(ClientEvent::Room(S::KeyFrameRequest(k))) if k.track_id == VIDEO_TRACK => {
@@ -440,10 +429,7 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
     if let Err(e) = outcome {
         return Err(media_error.unwrap_or(e));
     }
-    summary.e2ee = e2ee.map(|e| E2eeSummary {
-        safety_code: e.safety_code().to_owned(),
-        stats: e.stats(),
-    });
+    summary.e2ee = e2ee.as_ref().map(E2ee::summary);
     summary.frames_encoded = stats.frames.load(Ordering::Relaxed);
     summary.key_frames = stats.key_frames.load(Ordering::Relaxed);
     summary.frames_skipped_by_rate_control = stats.skipped.load(Ordering::Relaxed);

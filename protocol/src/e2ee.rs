@@ -23,7 +23,7 @@ use hpke::{Deserializable as _, Kem as _, OpModeR, OpModeS, Serializable as _};
 use rand::SeedableRng as _;
 use sha2::Digest as _;
 
-use crate::media::MediaHeader;
+use crate::media::{MediaFrame, MediaHeader};
 use crate::sframe::{CipherSuite, Header, KeyContext, SframeError};
 use crate::v1;
 
@@ -461,6 +461,30 @@ impl Keyring {
         self.ctr += 1;
         self.stats.encrypted += 1;
         ct
+    }
+
+    /// One of our media frames with its payload encrypted (§14.4): the header
+    /// and decoder configuration are the SFrame metadata.
+    pub fn seal_media(
+        &mut self,
+        header: &MediaHeader,
+        config: Option<&[u8]>,
+        payload: &[u8],
+    ) -> MediaFrame {
+        let sealed = self.encrypt(&media_metadata(header, config), payload);
+        MediaFrame::build(header, config, &sealed)
+    }
+
+    /// A received media frame with its payload decrypted (§14.4); refused
+    /// frames are counted.
+    pub fn open_media(&mut self, frame: &MediaFrame) -> Result<MediaFrame, SframeError> {
+        let h = frame.header();
+        let plain = self.decrypt(
+            h.sender,
+            &media_metadata(h, frame.config()),
+            &frame.payload(),
+        )?;
+        Ok(MediaFrame::build(h, frame.config(), &plain))
     }
 
     /// Decrypts a media payload from `sender`; refused frames are counted.

@@ -106,8 +106,9 @@ pub fn sframe_header(data: &[u8]) {
     }
 }
 
-/// Two members with each other's keys, as after an honest exchange.
-fn keyed_pair() -> (crate::e2ee::Keyring, crate::e2ee::Keyring) {
+/// Two E2EE members (participants 1 and 2) with each other's keys, as after
+/// an honest exchange: the starting point of the fuzz target and the benches.
+pub fn keyed_pair() -> (crate::e2ee::Keyring, crate::e2ee::Keyring) {
     use crate::e2ee::Keyring;
     let mut rings = [
         Keyring::new("fuzz", 1, [1; 32]),
