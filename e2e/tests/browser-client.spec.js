@@ -2,7 +2,7 @@
 // in Debian's Chromium: two people open a meeting link, join, see each
 // other, chat, and one leaves.
 const { test, expect } = require('@playwright/test');
-const { startWebServer, launchChromium, spawnConvene, convene } = require('./harness');
+const { startWebServer, launchChromium, spawnConvene, convene, canvasSample } = require('./harness');
 
 let server, browser;
 
@@ -128,16 +128,7 @@ test('convene stream appears in the browser as a tile that keeps drawing', async
     // Decoded with WebCodecs and drawn, again and again.
     await expect.poll(async () => Number(await tile.getAttribute('data-frames')),
       { message: `frames drawn (stream output: ${stream.output})` }).toBeGreaterThan(15);
-    const sample = () => page.evaluate(() => {
-      const c = document.querySelector('#tiles canvas');
-      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-      let sum = 0, lit = 0;
-      for (let i = 0; i < d.length; i += 4 * 61) {
-        sum += d[i] + 3 * d[i + 1] + 7 * d[i + 2];
-        if (d[i] + d[i + 1] + d[i + 2] > 30) lit += 1;
-      }
-      return { sum, lit, width: c.width, height: c.height };
-    });
+    const sample = () => page.evaluate(canvasSample);
     const first = await sample();
     expect(first.width).toBe(320);
     expect(first.height).toBe(240);

@@ -6,7 +6,7 @@
 // each sees the other's picture move and decodes the other's sound; and
 // again with WebTransport turned off, over WebSocket.
 const { test, expect } = require('@playwright/test');
-const { startWebServer, launchChromium, launchFirefox } = require('./harness');
+const { startWebServer, launchChromium, launchFirefox, canvasSample } = require('./harness');
 
 let server, chromium, firefox;
 
@@ -36,16 +36,7 @@ async function until(page, what, fn, ok, arg) {
 
 const attr = (name) => document.querySelector('#app')?.getAttribute(name);
 
-const sample = () => {
-  const c = document.querySelector('#tiles canvas');
-  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  let sum = 0, lit = 0;
-  for (let i = 0; i < d.length; i += 4 * 61) {
-    sum += d[i] + 3 * d[i + 1] + 7 * d[i + 2];
-    if (d[i] + d[i + 1] + d[i + 2] > 30) lit += 1;
-  }
-  return { sum, lit };
-};
+const sample = canvasSample;
 
 for (const transport of ['WebTransport', 'WebSocket']) test(`a Firefox participant and a Chromium participant meet over ${transport}`, async () => {
   const room = `ff-${transport.toLowerCase()}`;

@@ -219,6 +219,20 @@ async function launchFirefox({ acceptInsecureCerts = false } = {}) {
   };
 }
 
+// Runs in a page (pass it to evaluate): a sample of the first tile's canvas,
+// its size, a checksum that changes when the picture does, and how many
+// sampled pixels are not black.
+function canvasSample() {
+  const c = document.querySelector('#tiles canvas');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let sum = 0, lit = 0;
+  for (let i = 0; i < d.length; i += 4 * 61) {
+    sum += d[i] + 3 * d[i + 1] + 7 * d[i + 2];
+    if (d[i] + d[i + 1] + d[i + 2] > 30) lit += 1;
+  }
+  return { sum, lit, width: c.width, height: c.height };
+}
+
 // Runs `convene ARGS`, resolving to {code, stdout, stderr}.
 function convene(args) {
   return new Promise((resolve, reject) => {
@@ -240,4 +254,4 @@ function spawnConvene(args) {
   return child;
 }
 
-module.exports = { startServer, startWebServer, startPages, launchChromium, launchFirefox, convene, spawnConvene };
+module.exports = { startServer, startWebServer, startPages, launchChromium, launchFirefox, convene, spawnConvene, canvasSample };

@@ -242,6 +242,23 @@ async fn a_unidirectional_stream_without_a_media_frame_is_wrong_stream() {
     server.shutdown().await;
 }
 
+/// Opens up to `n` unidirectional streams and leaves them unfinished; stops
+/// at the first that cannot be opened within 10 s.
+async fn open_unfinished(wt: &WtClient, n: usize) -> Vec<web_transport_quinn::SendStream> {
+    let mut open = Vec::new();
+    for _ in 0..n {
+        let opened =
+            tokio::time::timeout(std::time::Duration::from_secs(10), wt.session.open_uni()).await;
+        let Ok(Ok(mut s)) = opened else {
+            break;
+        };
+        // A stream reaches the server with its first byte.
+        let _ = s.write_all(&[0x02]).await;
+        open.push(s);
+    }
+    open
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_more_than_the_limit_is_too_many_streams() {
     let server = server(|c| {
@@ -251,15 +268,7 @@ async fn a_stream_more_than_the_limit_is_too_many_streams() {
     .await;
     let wt = joined_wt(&server).await;
     // Eleven streams opened and left unfinished: the eleventh is one too many.
-    let mut open = Vec::new();
-    for _ in 0..11 {
-        let Ok(mut s) = wt.session.open_uni().await else {
-            break;
-        };
-        // A stream reaches the server with its first byte.
-        let _ = s.write_all(&[0x02]).await;
-        open.push(s);
-    }
+    let _open = open_unfinished(&wt, 11).await;
     assert_eq!(
         close_code(&wt).await,
         Some(convene_protocol::ErrorCode::TooManyStreams as u32)
@@ -277,20 +286,13 @@ async fn a_limit_above_quics_default_of_100_is_the_one_enforced() {
     let wt = joined_wt(&server).await;
     // 151 unfinished streams: the transport lets all of them open (it does
     // not stop at 100), and the 151st is one too many.
-    let mut open = Vec::new();
-    for i in 0..151 {
-        let opened =
-            tokio::time::timeout(std::time::Duration::from_secs(10), wt.session.open_uni()).await;
-        let Ok(Ok(mut s)) = opened else {
-            assert!(
-                i > 150,
-                "stream {i} could not be opened: the transport's limit binds first"
-            );
-            break;
-        };
-        let _ = s.write_all(&[0x02]).await;
-        open.push(s);
-    }
+    let open = open_unfinished(&wt, 151).await;
+    assert_eq!(
+        open.len(),
+        151,
+        "stream {} could not be opened: the transport's limit binds first",
+        open.len()
+    );
     assert_eq!(
         close_code(&wt).await,
         Some(convene_protocol::ErrorCode::TooManyStreams as u32)
