@@ -25,6 +25,9 @@ test.afterAll(async () => {
 test('the wasm build passes every RFC 9605 SFrame vector', async () => {
   const page = await browser.context.newPage();
   await page.goto(`${server.base}/`);
+  // The join screen is built once the module has instantiated its wasm:
+  // only then may its exports be called.
+  await expect(page.locator('#connect')).toBeVisible();
   const sframe = fs.readFileSync(path.join(VECTORS, 'sframe.json'), 'utf8');
   const aead = fs.readFileSync(path.join(VECTORS, 'aes_ctr_hmac.json'), 'utf8');
   const passed = await page.evaluate(async ([s, a]) => {
