@@ -1,11 +1,12 @@
 //! The Convene browser client, compiled to `wasm32-unknown-unknown` and served
 //! by the server.
 //!
-//! It joins a meeting over WebSocket with the same sans-IO session machine as
-//! every other client (`convene-protocol`), shows the participants, the chat
-//! and a tile per remote video track (decoded with WebCodecs), and previews
-//! the local camera. The page is plain DOM built from Rust; sending camera
-//! and microphone, and WebTransport, come next.
+//! It joins a meeting over WebTransport (WebSocket when that is not there or
+//! fails) with the same sans-IO session machine as every other client
+//! (`convene-protocol`), sends the camera and microphone (WebCodecs), shows
+//! a tile per remote video track and plays remote sound. The screens are Yew
+//! components ([`ui`]) drawn from one view model that this module's session
+//! code updates.
 
 #[cfg(target_arch = "wasm32")]
 mod audio;
@@ -15,6 +16,7 @@ mod camera;
 mod capture;
 #[cfg(target_arch = "wasm32")]
 mod transport;
+pub mod ui;
 #[cfg(target_arch = "wasm32")]
 mod video;
 
@@ -28,13 +30,14 @@ const AUDIO_TRACK: u32 = 2;
 #[cfg(target_arch = "wasm32")]
 const SCREEN_TRACK: u32 = 3;
 
-#[cfg(target_arch = "wasm32")]
 thread_local! {
     /// The camera and microphone the join screen opened, sent once joined.
     static LOCAL_MEDIA: RefCell<Option<web_sys::MediaStream>> = const { RefCell::new(None) };
     /// A meeting joined before the camera and microphone were ready: they
     /// are sent as soon as they are.
     static WAITING_FOR_MEDIA: RefCell<Option<Rc<RefCell<App>>>> = const { RefCell::new(None) };
+    /// The meeting this page is in, for the screens' buttons.
+    static CURRENT: RefCell<Option<Rc<RefCell<App>>>> = const { RefCell::new(None) };
 }
 
 use std::cell::RefCell;
@@ -252,106 +255,44 @@ fn now() -> Timestamp {
     Timestamp((ms * 1000.0) as u64)
 }
 
-fn document() -> web_sys::Document {
-    web_sys::window()
-        .and_then(|w| w.document())
-        .expect("a page has a document")
-}
-
 fn by_id(id: &str) -> Option<web_sys::Element> {
-    document().get_element_by_id(id)
+    web_sys::window()?.document()?.get_element_by_id(id)
 }
 
-fn input_value(id: &str) -> String {
-    by_id(id)
-        .and_then(|e| e.dyn_into::<web_sys::HtmlInputElement>().ok())
-        .map(|i| i.value())
+/// The name and meeting this page's URL names, or empty ones.
+pub fn page_meeting() -> (String, String) {
+    web_sys::window()
+        .and_then(|w| w.location().pathname().ok())
+        .and_then(|p| meeting_from_path(&p))
         .unwrap_or_default()
 }
 
-fn set_text(id: &str, text: &str) {
-    if let Some(e) = by_id(id) {
-        e.set_text_content(Some(text));
-    }
+/// Whether this page's link asks for end-to-end encryption.
+pub fn e2ee_from_link() -> bool {
+    web_sys::window().is_some_and(|w| {
+        let l = w.location();
+        e2ee_in_link(
+            &l.search().unwrap_or_default(),
+            &l.hash().unwrap_or_default(),
+        )
+    })
 }
 
-/// Creates `<tag id=… class=…>text</tag>` under `parent`.
-fn add(
-    parent: &web_sys::Element,
-    tag: &str,
-    id: &str,
-    text: &str,
-) -> Result<web_sys::Element, JsValue> {
-    let e = document().create_element(tag)?;
-    if !id.is_empty() {
-        e.set_id(id);
-    }
-    if !text.is_empty() {
-        e.set_text_content(Some(text));
-    }
-    parent.append_child(&e)?;
-    Ok(e)
+/// The camera and microphone the join screen opened, once it has.
+pub fn local_media() -> Option<web_sys::MediaStream> {
+    LOCAL_MEDIA.with(|m| m.borrow().clone())
 }
 
-/// Builds the join screen, prefilled from the URL.
+/// Mounts the screens in `#app` and opens the camera and microphone for the
+/// join screen's preview; with `?join=1` connects at once.
 #[wasm_bindgen(start)]
 pub fn start() -> Result<(), JsValue> {
     let window = web_sys::window().ok_or("no window")?;
-    let path = window.location().pathname()?;
-    let (name, meeting) = meeting_from_path(&path).unwrap_or_default();
     let root = by_id("app").ok_or("the page has no #app")?;
+    // The "Loading…" line goes; Yew adds to what the root holds.
     root.set_inner_html("");
-    add(&root, "h1", "", "Convene")?;
-    let form = add(&root, "form", "join", "")?;
-    for (id, label, value) in [
-        ("name", "Your name", name.as_str()),
-        ("meeting", "Meeting", meeting.as_str()),
-    ] {
-        let l = add(&form, "label", "", label)?;
-        let i = add(&l, "input", id, "")?.dyn_into::<web_sys::HtmlInputElement>()?;
-        i.set_value(value);
-        i.set_required(true);
-    }
-    // Camera preview: what the others will see (the fake camera in tests).
-    let video = add(&form, "video", "preview", "")?;
-    video.set_attribute("autoplay", "")?;
-    video.set_attribute("muted", "")?;
-    video.set_attribute("playsinline", "")?;
-    add(&form, "p", "preview-status", "")?;
-    // Device pickers, filled once the browser has said yes (labels need it).
-    for (id, label) in [("camera-select", "Camera"), ("mic-select", "Microphone")] {
-        let l = add(&form, "label", "", label)?;
-        let select = add(&l, "select", id, "")?;
-        let on_change = Closure::<dyn FnMut()>::new(move || {
-            if let Some(w) = web_sys::window() {
-                preview(
-                    &w,
-                    Some((select_value("camera-select"), select_value("mic-select"))),
-                );
-            }
-        });
-        select.add_event_listener_with_callback("change", on_change.as_ref().unchecked_ref())?;
-        on_change.forget();
-    }
-    preview(&window, None);
-    // End-to-end encryption for this meeting: everyone in it must turn it on.
-    let l = add(&form, "label", "e2ee-label", "")?;
-    let check = add(&l, "input", "e2ee", "")?.dyn_into::<web_sys::HtmlInputElement>()?;
-    check.set_type("checkbox");
-    check.set_checked(e2ee_in_link(
-        &window.location().search()?,
-        &window.location().hash()?,
-    ));
-    l.append_with_str_1(" End-to-end encrypt (everyone in the meeting must turn this on)")?;
-    let button = add(&form, "button", "connect", "Connect")?;
-    button.set_attribute("type", "submit")?;
-    set_text("status", "");
-    let on_submit = Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
-        e.prevent_default();
-        begin(input_value("name"), input_value("meeting"));
-    });
-    form.add_event_listener_with_callback("submit", on_submit.as_ref().unchecked_ref())?;
-    on_submit.forget();
+    yew::Renderer::<ui::Page>::with_root(root).render();
+    preview(None);
     // `?join=1`: connect at once (for kiosks and the conformance runner).
     if window
         .location()
@@ -360,22 +301,57 @@ pub fn start() -> Result<(), JsValue> {
         .split('&')
         .any(|kv| kv == "join=1")
     {
-        begin(name, meeting);
+        let (name, meeting) = page_meeting();
+        begin(name, meeting, e2ee_from_link());
     }
     Ok(())
 }
 
-/// Asks for the camera and microphone and shows the camera in `#preview`;
-/// says so in `#preview-status` when there is none or permission is refused.
-fn preview(window: &web_sys::Window, chosen: Option<(String, String)>) {
-    let Ok(devices) = window.navigator().media_devices() else {
-        set_text(
-            "preview-status",
-            "This browser cannot capture here (a secure context is needed).",
-        );
-        return;
-    };
-    set_text("preview-status", "Opening the camera and microphone…");
+/// Asks for the camera and microphone (the chosen devices, or any) for the
+/// preview and the meeting, and lists the devices to choose from; says in
+/// the preview line when there are none or permission is refused.
+pub fn preview(chosen: Option<(String, String)>) {
+    wasm_bindgen_futures::spawn_local(async move {
+        ui::update(|v| v.preview = "Opening the camera and microphone…".into());
+        let (camera, mic) = chosen.clone().unwrap_or_default();
+        // The previous devices are released when a new pick replaces them.
+        if chosen.is_some()
+            && let Some(old) = LOCAL_MEDIA.with(|m| m.borrow_mut().take())
+        {
+            for t in old.get_tracks().iter() {
+                if let Ok(t) = t.dyn_into::<web_sys::MediaStreamTrack>() {
+                    t.stop();
+                }
+            }
+        }
+        match open_devices(&camera, &mic).await {
+            Ok(stream) => {
+                let tracks = stream.get_tracks().length();
+                // Kept even when the join screen is gone already (Connect
+                // pressed before the devices answered): the meeting sends it.
+                LOCAL_MEDIA.with(|m| *m.borrow_mut() = Some(stream.clone()));
+                ui::update(|v| {
+                    v.media += 1;
+                    v.preview = format!("Camera and microphone ready ({tracks} tracks)");
+                });
+                #[cfg(target_arch = "wasm32")]
+                if let Some(app) = WAITING_FOR_MEDIA.with(|w| w.borrow_mut().take()) {
+                    send_camera(&app);
+                }
+                let devices = list_devices(&stream).await;
+                ui::update(|v| v.devices = devices);
+            }
+            Err(e) => ui::update(|v| v.preview = e),
+        }
+    });
+}
+
+/// Opens the camera and microphone: the devices with these ids, or any
+/// where an id is empty.
+async fn open_devices(camera: &str, mic: &str) -> Result<web_sys::MediaStream, String> {
+    let devices = web_sys::window()
+        .and_then(|w| w.navigator().media_devices().ok())
+        .ok_or("This browser cannot capture here (a secure context is needed).")?;
     let constraints = web_sys::MediaStreamConstraints::new();
     // A chosen device: `{deviceId: {exact: id}}`; otherwise any.
     let pick = |id: &str| -> JsValue {
@@ -388,64 +364,79 @@ fn preview(window: &web_sys::Window, chosen: Option<(String, String)>) {
         let _ = js_sys::Reflect::set(&c, &"deviceId".into(), &exact);
         c.into()
     };
-    let (camera, mic) = chosen.unwrap_or_default();
-    constraints.set_video(&pick(&camera));
-    constraints.set_audio(&pick(&mic));
-    // The previous preview's devices are released when a new pick replaces them.
-    #[cfg(target_arch = "wasm32")]
-    if (!camera.is_empty() || !mic.is_empty())
-        && let Some(old) = LOCAL_MEDIA.with(|m| m.borrow_mut().take())
-    {
-        for t in old.get_tracks().iter() {
-            if let Ok(t) = t.dyn_into::<web_sys::MediaStreamTrack>() {
-                t.stop();
-            }
-        }
-    }
-    let Ok(promise) = devices.get_user_media_with_constraints(&constraints) else {
-        set_text("preview-status", "No camera or microphone access.");
-        return;
-    };
-    let shown = Closure::<dyn FnMut(JsValue)>::new(|stream: JsValue| {
-        let Ok(stream) = stream.dyn_into::<web_sys::MediaStream>() else {
-            return;
-        };
-        // Kept even when the join screen is gone already (Connect pressed
-        // before the devices answered): the meeting sends it from here.
-        #[cfg(target_arch = "wasm32")]
-        {
-            LOCAL_MEDIA.with(|m| *m.borrow_mut() = Some(stream.clone()));
-            if let Some(app) = WAITING_FOR_MEDIA.with(|w| w.borrow_mut().take()) {
-                send_camera(&app);
-            }
-        }
-        #[cfg(target_arch = "wasm32")]
-        show_self();
-        if let Some(video) =
-            by_id("preview").and_then(|e| e.dyn_into::<web_sys::HtmlVideoElement>().ok())
-        {
-            video.set_muted(true);
-            video.set_src_object(Some(&stream));
-            let tracks = stream.get_tracks().length();
-            set_text(
-                "preview-status",
-                &format!("Camera and microphone ready ({tracks} tracks)"),
-            );
-            fill_device_pickers(&stream);
-        }
-    });
-    let failed = Closure::<dyn FnMut(JsValue)>::new(|e: JsValue| {
-        set_text(
-            "preview-status",
-            &format!(
+    constraints.set_video(&pick(camera));
+    constraints.set_audio(&pick(mic));
+    let promise = devices
+        .get_user_media_with_constraints(&constraints)
+        .map_err(|_| "No camera or microphone access.")?;
+    let stream = wasm_bindgen_futures::JsFuture::from(promise)
+        .await
+        .map_err(|e| {
+            format!(
                 "No camera or microphone: {}",
                 e.as_string().unwrap_or_else(|| format!("{e:?}"))
-            ),
-        );
-    });
-    let _ = promise.then2(&shown, &failed);
-    shown.forget();
-    failed.forget();
+            )
+        })?;
+    stream
+        .dyn_into::<web_sys::MediaStream>()
+        .map_err(|_| "The browser gave no media stream.".into())
+}
+
+/// The cameras and microphones the browser lists, the ones `stream` uses
+/// marked.
+async fn list_devices(stream: &web_sys::MediaStream) -> Vec<ui::Device> {
+    let Some(devices) = web_sys::window().and_then(|w| w.navigator().media_devices().ok()) else {
+        return Vec::new();
+    };
+    let in_use = |tracks: js_sys::Array| {
+        tracks
+            .get(0)
+            .dyn_into::<web_sys::MediaStreamTrack>()
+            .ok()
+            .and_then(|t| {
+                let s = t.get_settings();
+                js_sys::Reflect::get(&s, &"deviceId".into())
+                    .ok()?
+                    .as_string()
+            })
+            .unwrap_or_default()
+    };
+    let using = [
+        in_use(stream.get_video_tracks()),
+        in_use(stream.get_audio_tracks()),
+    ];
+    let Ok(listed) = devices.enumerate_devices() else {
+        return Vec::new();
+    };
+    let Ok(list) = wasm_bindgen_futures::JsFuture::from(listed).await else {
+        return Vec::new();
+    };
+    let Ok(list) = list.dyn_into::<js_sys::Array>() else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|d| {
+            let get = |k: &str| {
+                js_sys::Reflect::get(&d, &k.into())
+                    .ok()
+                    .and_then(|v| v.as_string())
+                    .unwrap_or_default()
+            };
+            let kind = get("kind");
+            let id = get("deviceId");
+            let in_use = match kind.as_str() {
+                "videoinput" => id == using[0],
+                "audioinput" => id == using[1],
+                _ => return None,
+            };
+            Some(ui::Device {
+                kind,
+                label: get("label"),
+                id,
+                in_use,
+            })
+        })
+        .collect()
 }
 
 /// The server's discovery document (PROTOCOL.md §3.3).
@@ -457,7 +448,7 @@ thread_local! {
 }
 
 /// Finds the token (the link's, or the sign-in service's) and connects.
-fn begin(name: String, meeting: String) {
+pub fn begin(name: String, meeting: String, e2ee: bool) {
     let Some(location) = web_sys::window().map(|w| w.location()) else {
         return;
     };
@@ -469,10 +460,7 @@ fn begin(name: String, meeting: String) {
     audio::open_output();
     let search = location.search().unwrap_or_default();
     let given = token_from(&search, &location.hash().unwrap_or_default());
-    let e2ee = by_id("e2ee")
-        .and_then(|e| e.dyn_into::<web_sys::HtmlInputElement>().ok())
-        .is_some_and(|i| i.checked())
-        || e2ee_in_link(&search, &location.hash().unwrap_or_default());
+    let e2ee = e2ee || e2ee_in_link(&search, &location.hash().unwrap_or_default());
     // A server named in the link (loopback only) has no sign-in service to ask.
     let elsewhere = server_override(&location.host().unwrap_or_default(), &search).is_some();
     wasm_bindgen_futures::spawn_local(async move {
@@ -486,7 +474,7 @@ fn begin(name: String, meeting: String) {
             },
         };
         if let Err(err) = connect(name, meeting, token, e2ee).await {
-            set_text("status", &format!("cannot connect: {err:?}"));
+            ui::status(format!("cannot connect: {err:?}"));
         }
     });
 }
@@ -497,7 +485,7 @@ fn begin(name: String, meeting: String) {
 async fn login_token(meeting: &str) -> Result<Option<String>, String> {
     let d = fetch_json(DISCOVERY_URL, false)
         .await
-        .inspect_err(|e| set_text("status", &format!("cannot reach the server: {e}")))?;
+        .inspect_err(|e| ui::status(format!("cannot reach the server: {e}")))?;
     // Connecting reads it next: once is enough.
     FRESH_DISCOVERY.with(|f| *f.borrow_mut() = Some(d.clone()));
     let Some(login) = js_sys::Reflect::get(&d, &"login_url".into())
@@ -506,7 +494,7 @@ async fn login_token(meeting: &str) -> Result<Option<String>, String> {
     else {
         return Ok(None);
     };
-    set_text("status", "Getting a token from the sign-in service…");
+    ui::status("Getting a token from the sign-in service…");
     let sep = if login.contains('?') { '&' } else { '?' };
     let url = format!(
         "{login}{sep}meeting={}",
@@ -520,12 +508,11 @@ async fn login_token(meeting: &str) -> Result<Option<String>, String> {
             .map(Some)
             .ok_or_else(|| format!("{login} answered without a token")),
         Err(e) => {
-            if let Some(status) = by_id("status") {
-                status.set_text_content(Some(&format!("Sign in first ({e}): ")));
-                if let Ok(a) = add(&status, "a", "login-link", "sign in") {
-                    let _ = a.set_attribute("href", &login);
-                }
-            }
+            let text = format!("Sign in first ({e}): ");
+            ui::update(|v| {
+                v.status = text;
+                v.login_url = Some(login);
+            });
             Err(format!("Sign in first ({e})"))
         }
     }
@@ -556,83 +543,6 @@ async fn fetch_json(url: &str, credentials: bool) -> Result<JsValue, String> {
     JsFuture::from(resp.json().map_err(failed)?)
         .await
         .map_err(failed)
-}
-
-/// The value of a `<select>`, or empty.
-fn select_value(id: &str) -> String {
-    by_id(id)
-        .and_then(|e| e.dyn_into::<web_sys::HtmlSelectElement>().ok())
-        .map(|s| s.value())
-        .unwrap_or_default()
-}
-
-/// Lists the cameras and microphones in the pickers, the ones in `stream`
-/// selected.
-fn fill_device_pickers(stream: &web_sys::MediaStream) {
-    let Some(devices) = web_sys::window().and_then(|w| w.navigator().media_devices().ok()) else {
-        return;
-    };
-    let Ok(listed) = devices.enumerate_devices() else {
-        return;
-    };
-    let in_use = |tracks: js_sys::Array| {
-        tracks
-            .get(0)
-            .dyn_into::<web_sys::MediaStreamTrack>()
-            .ok()
-            .and_then(|t| {
-                let s = t.get_settings();
-                js_sys::Reflect::get(&s, &"deviceId".into())
-                    .ok()?
-                    .as_string()
-            })
-            .unwrap_or_default()
-    };
-    let current = [
-        (
-            "camera-select",
-            "videoinput",
-            in_use(stream.get_video_tracks()),
-        ),
-        (
-            "mic-select",
-            "audioinput",
-            in_use(stream.get_audio_tracks()),
-        ),
-    ];
-    let fill = Closure::<dyn FnMut(JsValue)>::new(move |list: JsValue| {
-        let Ok(list) = list.dyn_into::<js_sys::Array>() else {
-            return;
-        };
-        for (id, kind, using) in &current {
-            let Some(select) = by_id(id) else {
-                continue;
-            };
-            select.set_inner_html("");
-            for d in list.iter() {
-                let get = |k: &str| {
-                    js_sys::Reflect::get(&d, &k.into())
-                        .ok()
-                        .and_then(|v| v.as_string())
-                        .unwrap_or_default()
-                };
-                if get("kind") != *kind {
-                    continue;
-                }
-                let device = get("deviceId");
-                let label = get("label");
-                let shown = if label.is_empty() { &device } else { &label };
-                if let Ok(o) = add(&select, "option", "", shown) {
-                    let _ = o.set_attribute("value", &device);
-                    if device == *using {
-                        let _ = o.set_attribute("selected", "");
-                    }
-                }
-            }
-        }
-    });
-    let _ = listed.then(&fill);
-    fill.forget();
 }
 
 /// Swaps in the meeting screen, opens WebTransport when the server offers
@@ -681,8 +591,9 @@ async fn connect(name: String, meeting: String, token: String, e2ee: bool) -> Re
         safety_code: String::new(),
         e2ee_text: String::new(),
     }));
-    meeting_screen()?;
-    controls(&app)?;
+    CURRENT.with(|c| *c.borrow_mut() = Some(app.clone()));
+    ui::update(|v| v.screen = ui::Screen::Meeting);
+    timers(&app)?;
     open_link(&app).await
 }
 
@@ -708,7 +619,7 @@ async fn open_link(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
         if let Some((url, hashes)) = webtransport_offer().await
             && !forced_ws
         {
-            set_text("status", &format!("Connecting to {url}…"));
+            ui::status(format!("Connecting to {url}…"));
             let (a, b) = (app.clone(), app.clone());
             let handlers = transport::Handlers {
                 frame: Box::new(move |bytes| on_frame(&a, generation, bytes)),
@@ -730,7 +641,7 @@ async fn open_link(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
         }
     }
 
-    set_text("status", &format!("Connecting to {ws}…"));
+    ui::status(format!("Connecting to {ws}…"));
     let socket = web_sys::WebSocket::new(&ws)?;
     socket.set_binary_type(web_sys::BinaryType::Arraybuffer);
     app.borrow_mut().link = Some(Link::WebSocket(socket.clone()));
@@ -788,10 +699,11 @@ fn reconnect(a: &Rc<RefCell<App>>) {
         app.reconnects
     };
     let delay_ms = (1000 * (1 << (attempt - 1).min(4))).min(10_000);
-    show_banner(&format!(
+    let banner = format!(
         "Connection lost. Reconnecting in {} s (attempt {attempt})…",
         delay_ms / 1000
-    ));
+    );
+    ui::update(|v| v.banner = banner);
     let a = a.clone();
     wasm_bindgen_futures::spawn_local(async move {
         let timer = js_sys::Promise::new(&mut |resolve, _| {
@@ -812,6 +724,7 @@ fn reconnect(a: &Rc<RefCell<App>>) {
             {
                 app.tiles.clear();
                 app.players.clear();
+                show_tiles(&app);
                 // Quiet until the server has the tracks again.
                 if let Some(c) = &app.camera {
                     c.on.set(false);
@@ -824,7 +737,7 @@ fn reconnect(a: &Rc<RefCell<App>>) {
                     c.on.set(false);
                     track.set_onended(None);
                     track.stop();
-                    set_text("toggle-screen", "Share screen");
+                    ui::update(|v| v.sharing = false);
                 }
             }
             show_roster(&app);
@@ -834,18 +747,6 @@ fn reconnect(a: &Rc<RefCell<App>>) {
             reconnect(&a);
         }
     });
-}
-
-/// Shows (or with an empty text hides) the connection banner.
-fn show_banner(text: &str) {
-    if let Some(b) = by_id("banner") {
-        b.set_text_content(Some(text));
-        if text.is_empty() {
-            let _ = b.set_attribute("hidden", "");
-        } else {
-            let _ = b.remove_attribute("hidden");
-        }
-    }
 }
 
 /// A frame from the server, whichever way it came.
@@ -921,9 +822,9 @@ pub fn hex_bytes(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The meeting screen's timers, chat and buttons.
-fn controls(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
-    // The session's timers (heartbeat, handshake timeout).
+/// The session's timers (heartbeat, handshake timeout), and the audio
+/// levels and counters shown four times a second.
+fn timers(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
     let a = app.clone();
     let tick = Closure::<dyn FnMut()>::new(move || {
         let mut app = a.borrow_mut();
@@ -941,154 +842,78 @@ fn controls(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
             250,
         )?;
     tick.forget();
-
-    let a = app.clone();
-    let send_chat = Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
-        e.prevent_default();
-        let text = input_value("chat-input");
-        if text.is_empty() {
-            return;
-        }
-        let mut app = a.borrow_mut();
-        let sent = app.session.send(
-            now(),
-            C::Chat(v1::ChatSend {
-                text,
-                ..Default::default()
-            }),
-        );
-        if sent.is_ok()
-            && let Some(i) =
-                by_id("chat-input").and_then(|e| e.dyn_into::<web_sys::HtmlInputElement>().ok())
-        {
-            i.set_value("");
-        }
-        pump(&mut app);
-    });
-    if let Some(f) = by_id("chat-form") {
-        f.add_event_listener_with_callback("submit", send_chat.as_ref().unchecked_ref())?;
-    }
-    send_chat.forget();
-
-    // Every button of the meeting screen says what it does in data-action
-    // (and whom in data-pid): one listener serves them all, including the
-    // ones the roster and the waiting list add later.
-    let a = app.clone();
-    let clicked = Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
-        let Some(button) = e
-            .target()
-            .and_then(|t| t.dyn_into::<web_sys::Element>().ok())
-            .and_then(|t| t.closest("[data-action]").ok().flatten())
-        else {
-            return;
-        };
-        let action = button.get_attribute("data-action").unwrap_or_default();
-        if action == "screen" {
-            // Still inside the click: browsers let getDisplayMedia run only here.
-            #[cfg(target_arch = "wasm32")]
-            toggle_screen(&a);
-            return;
-        }
-        let pid: u32 = button
-            .get_attribute("data-pid")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        let mut app = a.borrow_mut();
-        let msg = match action.as_str() {
-            "leave" => {
-                let _ = app.session.leave(now());
-                None
-            }
-            "lock" => Some(C::LockRoom(v1::LockRoom {
-                locked: !app.locked,
-            })),
-            "end" => Some(C::EndMeeting(v1::EndMeeting {})),
-            "mic" | "camera" => toggle(&mut app, action == "mic"),
-            "mute" => Some(C::MuteRequest(v1::MuteRequest {
-                participant_id: pid,
-                kind: v1::TrackKind::Unspecified as i32,
-            })),
-            "remove" => Some(C::RemoveParticipant(v1::RemoveParticipant {
-                participant_id: pid,
-                reason: String::new(),
-            })),
-            "admit" | "deny" => {
-                if let Some(li) = button.closest("li").ok().flatten() {
-                    li.remove();
-                }
-                Some(if action == "admit" {
-                    C::Admit(v1::Admit {
-                        participant_id: pid,
-                    })
-                } else {
-                    C::Deny(v1::Deny {
-                        participant_id: pid,
-                    })
-                })
-            }
-            _ => None,
-        };
-        if let Some(m) = msg {
-            let _ = app.session.send(now(), m);
-        }
-        pump(&mut app);
-    });
-    if let Some(root) = by_id("app") {
-        root.add_event_listener_with_callback("click", clicked.as_ref().unchecked_ref())?;
-    }
-    clicked.forget();
     Ok(())
 }
 
-/// Replaces the join form with the meeting screen.
-fn meeting_screen() -> Result<(), JsValue> {
-    let root = by_id("app").ok_or("the page has no #app")?;
-    root.set_inner_html("");
-    add(&root, "h1", "", "Convene")?;
-    add(&root, "p", "banner", "")?.set_attribute("hidden", "")?;
-    add(&root, "p", "transport", "")?;
-    add(&root, "p", "e2ee-state", "")?;
-    add(&root, "p", "room-state", "")?;
-    let controls = add(&root, "div", "controls", "")?;
-    add(&controls, "button", "toggle-mic", "Mute")?.set_attribute("data-action", "mic")?;
-    add(&controls, "button", "toggle-camera", "Stop camera")?
-        .set_attribute("data-action", "camera")?;
-    add(&controls, "button", "toggle-screen", "Share screen")?
-        .set_attribute("data-action", "screen")?;
-    let tiles = add(&root, "div", "tiles", "")?;
-    // Self view: what the others see, first in the grid.
-    let me = add(&tiles, "figure", "self", "")?;
-    me.set_class_name("self");
-    let video = add(&me, "video", "self-view", "")?;
-    video.set_attribute("autoplay", "")?;
-    video.set_attribute("playsinline", "")?;
-    if let Ok(v) = video.dyn_into::<web_sys::HtmlVideoElement>() {
-        v.set_muted(true);
+/// Sends a chat message; false when the session would not take it (not
+/// joined, too long).
+pub fn send_chat(text: String) -> bool {
+    let Some(a) = CURRENT.with(|c| c.borrow().clone()) else {
+        return false;
+    };
+    let mut app = a.borrow_mut();
+    let sent = app.session.send(
+        now(),
+        C::Chat(v1::ChatSend {
+            text,
+            ..Default::default()
+        }),
+    );
+    pump(&mut app);
+    sent.is_ok()
+}
+
+/// Does what a button of the meeting screen says.
+pub fn act(action: ui::Action) {
+    use ui::Action as A;
+    let Some(a) = CURRENT.with(|c| c.borrow().clone()) else {
+        return;
+    };
+    if action == A::Screen {
+        // Still inside the click: browsers let getDisplayMedia run only here.
+        #[cfg(target_arch = "wasm32")]
+        toggle_screen(&a);
+        return;
     }
-    add(&me, "figcaption", "", "You")?;
-    #[cfg(target_arch = "wasm32")]
-    show_self();
-    let main = add(&root, "div", "meeting", "")?;
-    let people = add(&main, "section", "people", "")?;
-    add(&people, "h2", "", "Participants")?;
-    add(&people, "ul", "participants", "")?;
-    let chat = add(&main, "section", "chat", "")?;
-    add(&chat, "h2", "", "Chat")?;
-    add(&chat, "ol", "messages", "")?;
-    let form = add(&chat, "form", "chat-form", "")?;
-    add(&form, "input", "chat-input", "")?.set_attribute("placeholder", "Say something")?;
-    add(&form, "button", "chat-send", "Send")?.set_attribute("type", "submit")?;
-    // Shown to moderators only.
-    let moderation = add(&root, "section", "moderation", "")?;
-    moderation.set_attribute("hidden", "")?;
-    add(&moderation, "h2", "", "Moderation")?;
-    add(&moderation, "button", "lock", "Lock room")?.set_attribute("data-action", "lock")?;
-    add(&moderation, "button", "end-meeting", "End meeting for all")?
-        .set_attribute("data-action", "end")?;
-    add(&moderation, "h2", "", "Waiting to join")?;
-    add(&moderation, "ul", "admissions", "")?;
-    add(&root, "button", "leave", "Leave")?.set_attribute("data-action", "leave")?;
-    Ok(())
+    let mut app = a.borrow_mut();
+    let msg = match action {
+        A::Leave => {
+            let _ = app.session.leave(now());
+            None
+        }
+        A::Lock => Some(C::LockRoom(v1::LockRoom {
+            locked: !app.locked,
+        })),
+        A::End => Some(C::EndMeeting(v1::EndMeeting {})),
+        A::Mic | A::Camera => toggle(&mut app, action == A::Mic),
+        A::Mute(pid) => Some(C::MuteRequest(v1::MuteRequest {
+            participant_id: pid,
+            kind: v1::TrackKind::Unspecified as i32,
+        })),
+        A::Remove(pid) => Some(C::RemoveParticipant(v1::RemoveParticipant {
+            participant_id: pid,
+            reason: String::new(),
+        })),
+        A::Admit(pid) | A::Deny(pid) => {
+            ui::update(|v| v.waiting.retain(|(w, _)| *w != pid));
+            Some(if matches!(action, A::Admit(_)) {
+                C::Admit(v1::Admit {
+                    participant_id: pid,
+                })
+            } else {
+                C::Deny(v1::Deny {
+                    participant_id: pid,
+                })
+            })
+        }
+        A::Screen => None,
+    };
+    if let Some(m) = msg {
+        let _ = app.session.send(now(), m);
+    }
+    pump(&mut app);
+    drop(app);
+    after_close(&a);
 }
 
 /// Sends what the session has queued and shows what happened.
@@ -1103,7 +928,7 @@ fn pump(app: &mut App) {
             ClientEvent::Welcome(_) => {
                 let (meeting, name) = (app.meeting.clone(), app.name.clone());
                 if let Err(e) = app.session.join(now(), &meeting, &name, true) {
-                    set_text("status", &format!("cannot join: {e}"));
+                    ui::status(format!("cannot join: {e}"));
                 }
             }
             ClientEvent::Joined(j) => {
@@ -1115,28 +940,25 @@ fn pump(app: &mut App) {
                 let me = app.session.participant_id();
                 app.moderator = app.roster.get(&me).is_some_and(|(_, m)| *m);
                 app.locked = j.locked;
-                if app.moderator
-                    && let Some(m) = by_id("moderation")
-                {
-                    let _ = m.remove_attribute("hidden");
-                }
-                show_lock(app);
                 app.reconnects = 0;
-                show_banner("");
-                set_text(
-                    "status",
-                    &format!(
-                        "In `{}` as participant {}",
-                        j.meeting_id,
-                        app.session.participant_id()
-                    ),
+                let status = format!(
+                    "In `{}` as participant {}",
+                    j.meeting_id,
+                    app.session.participant_id()
                 );
                 let label = app.link.as_ref().map_or("?", Link::label);
                 let text = match &app.fallback {
                     Some(why) => format!("Connected over {label} (WebTransport failed: {why})"),
                     None => format!("Connected over {label}"),
                 };
-                set_text("transport", &text);
+                let locked = app.locked;
+                ui::update(|v| {
+                    v.locked = locked;
+                    v.banner.clear();
+                    v.status = status;
+                    v.login_url = None;
+                    v.transport = text;
+                });
                 if let Some(root) = by_id("app") {
                     let _ = root.set_attribute("data-transport", label);
                 }
@@ -1220,17 +1042,18 @@ fn pump(app: &mut App) {
                 {
                     app.tiles.remove(&(_u.participant_id, _u.track_id));
                     app.players.remove(&(_u.participant_id, _u.track_id));
+                    show_tiles(app);
                 }
             }
             ClientEvent::Room(S::TrackMuted(m)) => {
-                if let Some(tile) = document()
-                    .query_selector(&format!(
-                        ".tile[data-pid=\"{}\"][data-track=\"{}\"]",
-                        m.participant_id, m.track_id
-                    ))
-                    .ok()
-                    .flatten()
-                {
+                #[cfg(target_arch = "wasm32")]
+                let tile = app
+                    .tiles
+                    .get(&(m.participant_id, m.track_id))
+                    .map(|t| t.element().clone());
+                #[cfg(not(target_arch = "wasm32"))]
+                let tile: Option<web_sys::Element> = None;
+                if let Some(tile) = tile {
                     let _ =
                         tile.set_attribute("data-muted", if m.muted { "true" } else { "false" });
                 } else if m.muted {
@@ -1269,14 +1092,12 @@ fn pump(app: &mut App) {
                 }
             }
             ClientEvent::Waiting(_) => {
-                set_text("status", "Waiting for a moderator to let you in…");
+                ui::status("Waiting for a moderator to let you in…");
             }
             ClientEvent::Room(S::ParticipantJoined(j)) => {
                 if let Some(p) = j.participant {
                     // Admitted from the waiting room: no longer waiting.
-                    if let Some(w) = by_id(&format!("waiting-{}", p.participant_id)) {
-                        w.remove();
-                    }
+                    ui::update(|v| v.waiting.retain(|(w, _)| *w != p.participant_id));
                     if let Some(ring) = app.keyring.as_mut() {
                         ring.participant_joined(p.participant_id);
                     }
@@ -1304,67 +1125,60 @@ fn pump(app: &mut App) {
                 {
                     app.tiles.retain(|(pid, _), _| *pid != l.participant_id);
                     app.players.retain(|(pid, _), _| *pid != l.participant_id);
+                    show_tiles(app);
                 }
                 show_roster(app);
                 show_e2ee(app);
             }
             ClientEvent::Room(S::Chat(c)) => {
                 let who = app.name_of(c.from_participant_id);
-                if let Some(list) = by_id("messages") {
-                    let _ = add(&list, "li", "", &format!("{who}: {}", c.text));
-                }
+                ui::update(|v| v.chat_line(format!("{who}: {}", c.text)));
             }
             ClientEvent::Left(_) => {
-                set_text("status", "You left the meeting.");
+                ui::status("You left the meeting.");
                 app.roster.clear();
                 show_roster(app);
                 app.session.goodbye(now(), "left");
             }
             ClientEvent::Room(S::RoomLocked(l)) => {
                 app.locked = l.locked;
-                show_lock(app);
+                ui::update(|v| v.locked = l.locked);
             }
             ClientEvent::Room(S::AdmissionRequest(r)) => {
-                if let (Some(p), Some(list)) = (r.participant, by_id("admissions")) {
-                    let pid = p.participant_id.to_string();
-                    if let Ok(li) = add(&list, "li", &format!("waiting-{pid}"), &p.display_name) {
-                        for (action, label) in [("admit", "Admit"), ("deny", "Deny")] {
-                            if let Ok(b) = add(&li, "button", "", label) {
-                                let _ = b.set_attribute("data-action", action);
-                                let _ = b.set_attribute("data-pid", &pid);
-                            }
-                        }
-                    }
+                if let Some(p) = r.participant {
+                    ui::update(|v| v.waiting_add(p.participant_id, p.display_name));
                 }
             }
             ClientEvent::Room(S::MuteRequested(m)) => {
                 let by = app.name_of(m.by_participant_id);
-                set_text("notice", &format!("{by} asked you to mute."));
+                ui::notice(format!("{by} asked you to mute."));
             }
             ClientEvent::JoinRefused(e) | ClientEvent::Error(e)
                 if e.code == v1::ErrorCode::AdmissionDenied as i32 =>
             {
-                set_text("status", "A moderator did not let you in.");
+                ui::status("A moderator did not let you in.");
             }
             ClientEvent::Error(e) if app.pending_publish.contains_key(&e.request_id) => {
                 // A track the server will not take (the token's grants): say
                 // so and leave its button off.
                 let track = app.pending_publish.remove(&e.request_id).unwrap_or(0);
-                let (what, button) = if track == 1 {
-                    ("camera", "toggle-camera")
-                } else {
-                    ("microphone", "toggle-mic")
-                };
-                set_text("notice", &format!("Not sending your {what}: {}", e.text));
-                if let Some(b) = by_id(button) {
-                    let _ = b.set_attribute("disabled", "");
-                }
+                let camera = track == 1;
+                let what = if camera { "camera" } else { "microphone" };
+                let text = format!("Not sending your {what}: {}", e.text);
+                ui::update(|v| {
+                    v.notice = text;
+                    if camera {
+                        v.camera_refused = true;
+                    } else {
+                        v.mic_refused = true;
+                    }
+                });
             }
             ClientEvent::JoinRefused(e) => {
-                set_text("status", &format!("The server said: {}", e.text));
+                ui::status(format!("The server said: {}", e.text));
             }
             ClientEvent::Error(e) => {
-                set_text("notice", &format!("The server said: {}", e.text));
+                ui::notice(format!("The server said: {}", e.text));
             }
             ClientEvent::Closed => {
                 let text = match app.session.close_reason() {
@@ -1377,13 +1191,14 @@ fn pump(app: &mut App) {
                     Some(r) => format!("Disconnected: {}", r.text),
                     None => "Disconnected.".to_string(),
                 };
-                set_text("status", &text);
+                ui::status(text);
                 app.roster.clear();
                 show_roster(app);
                 #[cfg(target_arch = "wasm32")]
                 {
                     app.tiles.clear();
                     app.players.clear();
+                    show_tiles(app);
                 }
             }
             _ => {}
@@ -1517,7 +1332,7 @@ fn toggle_screen(a: &Rc<RefCell<App>>) {
         let stream = match wasm_bindgen_futures::JsFuture::from(promise).await {
             Ok(s) => s.unchecked_into::<web_sys::MediaStream>(),
             Err(e) => {
-                set_text("notice", &format!("Not sharing the screen: {e:?}"));
+                ui::notice(format!("Not sharing the screen: {e:?}"));
                 return;
             }
         };
@@ -1559,7 +1374,7 @@ fn toggle_screen(a: &Rc<RefCell<App>>) {
                 track.set_onended(Some(ended.as_ref().unchecked_ref()));
                 ended.forget();
                 a.borrow_mut().screen = Some((c, track));
-                set_text("toggle-screen", "Stop sharing");
+                ui::update(|v| v.sharing = true);
             }
             Err(e) => web_sys::console::warn_2(&"cannot share the screen".into(), &e),
         }
@@ -1580,7 +1395,7 @@ fn stop_screen(a: &Rc<RefCell<App>>, c: camera::Camera, track: web_sys::MediaStr
         }),
     );
     pump(&mut app);
-    set_text("toggle-screen", "Share screen");
+    ui::update(|v| v.sharing = false);
 }
 
 /// Starts end-to-end encryption for a session just joined, when asked for:
@@ -1589,7 +1404,7 @@ fn stop_screen(a: &Rc<RefCell<App>>, c: camera::Camera, track: web_sys::MediaStr
 fn start_e2ee(app: &mut App) {
     app.keyring = None;
     if !app.e2ee_wanted {
-        set_text("e2ee-state", "Not end-to-end encrypted");
+        ui::update(|v| v.e2ee = "Not end-to-end encrypted".into());
         return;
     }
     let mut seed = [0u8; 32];
@@ -1597,10 +1412,9 @@ fn start_e2ee(app: &mut App) {
         .and_then(|w| w.crypto().ok())
         .map(|c| c.get_random_values_with_u8_array(&mut seed));
     if !matches!(random, Some(Ok(_))) {
-        set_text(
-            "e2ee-state",
-            "Cannot encrypt: this browser gave no secure random numbers",
-        );
+        ui::update(|v| {
+            v.e2ee = "Cannot encrypt: this browser gave no secure random numbers".into()
+        });
         return;
     }
     let mut ring =
@@ -1671,8 +1485,8 @@ fn show_e2ee(app: &mut App) {
         ));
     }
     if text != app.e2ee_text {
-        set_text("e2ee-state", &text);
-        app.e2ee_text = text;
+        app.e2ee_text = text.clone();
+        ui::update(|v| v.e2ee = text);
     }
     if let Some(root) = by_id("app") {
         let s = ring.stats();
@@ -1794,18 +1608,6 @@ pub fn sframe_bench(size: usize, frames: usize) -> Result<JsValue, JsValue> {
     Ok(out.into())
 }
 
-/// Shows the local camera in the self view, when both exist.
-#[cfg(target_arch = "wasm32")]
-fn show_self() {
-    if let (Some(stream), Some(video)) = (
-        LOCAL_MEDIA.with(|m| m.borrow().clone()),
-        by_id("self-view").and_then(|e| e.dyn_into::<web_sys::HtmlVideoElement>().ok()),
-    ) {
-        video.set_muted(true);
-        video.set_src_object(Some(&stream));
-    }
-}
-
 /// Sends one encoded frame of our own track.
 #[cfg(target_arch = "wasm32")]
 fn send_frame(
@@ -1832,32 +1634,29 @@ fn send_frame(
 }
 
 /// Turns the microphone (or the camera) off or on, tells the room, and
-/// relabels the button.
+/// relabels its button.
 fn toggle(app: &mut App, mic: bool) -> Option<C> {
     #[cfg(target_arch = "wasm32")]
     {
-        let (on, track, button, labels) = if mic {
-            (
-                app.mic.as_ref().map(|m| m.on.clone()),
-                AUDIO_TRACK,
-                "toggle-mic",
-                ["Unmute", "Mute"],
-            )
+        let (on, track) = if mic {
+            (app.mic.as_ref().map(|m| m.on.clone()), AUDIO_TRACK)
         } else {
             if let Some(c) = &app.camera {
                 // Start again from a picture the others can decode.
                 c.key_wanted.set(true);
             }
-            (
-                app.camera.as_ref().map(|c| c.on.clone()),
-                VIDEO_TRACK,
-                "toggle-camera",
-                ["Start camera", "Stop camera"],
-            )
+            (app.camera.as_ref().map(|c| c.on.clone()), VIDEO_TRACK)
         };
         let on = on?;
         on.set(!on.get());
-        set_text(button, labels[usize::from(on.get())]);
+        let off = !on.get();
+        ui::update(|v| {
+            if mic {
+                v.mic_off = off;
+            } else {
+                v.camera_off = off;
+            }
+        });
         Some(C::SetTrackMuted(v1::SetTrackMuted {
             track_id: track,
             muted: !on.get(),
@@ -1870,7 +1669,8 @@ fn toggle(app: &mut App, mic: bool) -> Option<C> {
     }
 }
 
-/// Marks who is speaking (the loudest remote audio above a floor) and
+/// Marks who is speaking (the loudest remote audio above a floor: their
+/// tiles and their row in the participant list) and
 /// counts decoded audio frames and played samples in `#app[data-audio-frames]`
 /// and `#app[data-audio-played]`.
 #[cfg(target_arch = "wasm32")]
@@ -1892,20 +1692,14 @@ fn show_audio(app: &App) {
             &loudest.map(|p| p.to_string()).unwrap_or_default(),
         );
     }
-    if let Ok(all) = document().query_selector_all("[data-pid]") {
-        for i in 0..all.length() {
-            if let Some(e) = all
-                .get(i)
-                .and_then(|n| n.dyn_into::<web_sys::Element>().ok())
-            {
-                let speaking = e
-                    .get_attribute("data-pid")
-                    .and_then(|p| p.parse::<u32>().ok())
-                    .is_some_and(|p| Some(p) == loudest)
-                    && e.get_attribute("data-action").is_none();
-                let _ = e.class_list().toggle_with_force("speaking", speaking);
-            }
-        }
+    for ((pid, _), tile) in &app.tiles {
+        let _ = tile
+            .element()
+            .class_list()
+            .toggle_with_force("speaking", Some(*pid) == loudest);
+    }
+    if ui::current().speaker != loudest {
+        ui::update(|v| v.speaker = loudest);
     }
 }
 
@@ -1938,61 +1732,52 @@ fn add_tile(_app: &mut App, _participant: u32, _track: &v1::TrackInfo) {
         match video::Tile::new(_participant, _track.track_id, &name, &_track.codec) {
             Ok(t) => {
                 _app.tiles.insert((_participant, _track.track_id), t);
+                show_tiles(_app);
             }
             Err(e) => web_sys::console::warn_2(&"cannot show a video track".into(), &e),
         }
     }
 }
 
+/// Puts the remote video tiles in the meeting screen's grid.
+#[cfg(target_arch = "wasm32")]
+fn show_tiles(app: &App) {
+    let tiles: Vec<ui::TileNode> = app
+        .tiles
+        .iter()
+        .map(|((participant, track), t)| ui::TileNode {
+            participant: *participant,
+            track: *track,
+            node: t.element().clone(),
+        })
+        .collect();
+    ui::update(|v| v.tiles = tiles);
+}
+
+/// Shows who is in the room, and the moderator's controls to a moderator.
 fn show_roster(app: &App) {
-    let Some(list) = by_id("participants") else {
-        return;
-    };
-    list.set_inner_html("");
-    for (pid, (name, moderator)) in &app.roster {
-        let me = *pid == app.session.participant_id();
-        let mut text = name.clone();
-        if *moderator {
-            text.push_str(" · moderator");
-        }
-        if app.mic_muted.contains(pid) {
-            text.push_str(" · muted");
-        }
-        if me {
-            text.push_str(" (you)");
-        }
-        let Ok(li) = add(&list, "li", "", "") else {
-            continue;
-        };
-        let _ = li.set_attribute("data-pid", &pid.to_string());
-        let _ = add(&li, "span", "", &text);
-        if app.moderator && !me {
-            for (action, label) in [("mute", "Mute"), ("remove", "Remove")] {
-                if let Ok(b) = add(&li, "button", "", label) {
-                    let _ = b.set_attribute("data-action", action);
-                    let _ = b.set_attribute("data-pid", &pid.to_string());
-                }
-            }
-        }
-    }
+    let me = app.session.participant_id();
+    let people: Vec<ui::Person> = app
+        .roster
+        .iter()
+        .map(|(id, (name, moderator))| ui::Person {
+            id: *id,
+            name: name.clone(),
+            moderator: *moderator,
+            muted: app.mic_muted.contains(id),
+            me: *id == me,
+        })
+        .collect();
+    let moderator = app.moderator;
+    ui::update(|v| {
+        v.people = people;
+        v.moderator = moderator;
+    });
 }
 
 /// A roster entry: the name to show and whether a moderator.
 fn person(p: &v1::Participant) -> (String, bool) {
     (p.display_name.clone(), p.role == v1::Role::Moderator as i32)
-}
-
-/// Shows whether the room is locked, and what the lock button would do.
-fn show_lock(app: &App) {
-    set_text("room-state", if app.locked { "Room locked" } else { "" });
-    set_text(
-        "lock",
-        if app.locked {
-            "Unlock room"
-        } else {
-            "Lock room"
-        },
-    );
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@ pub(crate) struct Tile {
 }
 
 impl Tile {
-    /// A tile for `participant`'s track `track` under `#tiles`, decoding `codec`.
+    /// A tile for `participant`'s track `track`, decoding `codec`; the
+    /// meeting screen places its element in the grid.
     pub(crate) fn new(
         participant: u32,
         track: u32,
@@ -30,7 +31,6 @@ impl Tile {
         let document = web_sys::window()
             .and_then(|w| w.document())
             .ok_or("no document")?;
-        let tiles = document.get_element_by_id("tiles").ok_or("no #tiles")?;
         let figure = document.create_element("figure")?;
         figure.set_class_name("tile");
         figure.set_attribute("data-pid", &participant.to_string())?;
@@ -43,7 +43,6 @@ impl Tile {
         let caption = document.create_element("figcaption")?;
         caption.set_text_content(Some(name));
         figure.append_child(&caption)?;
-        tiles.append_child(&figure)?;
 
         // Pictures drawn, shown in `data-frames` (tests read it),
         // capture-to-screen latency in `data-latency-p50`/`-p95` (ms), the
@@ -129,6 +128,11 @@ impl Tile {
         })
     }
 
+    /// The tile's `<figure>`.
+    pub(crate) fn element(&self) -> &web_sys::Element {
+        &self.element
+    }
+
     /// Decodes one frame; says whether a key frame is needed to go on.
     pub(crate) fn decode(&mut self, frame: &MediaFrame) -> bool {
         let h = frame.header();
@@ -186,7 +190,7 @@ fn first_picture(now_ms: f64) {
 
 impl Drop for Tile {
     fn drop(&mut self) {
+        // The element leaves the page with the next render of the grid.
         let _ = self.decoder.close();
-        self.element.remove();
     }
 }
