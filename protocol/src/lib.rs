@@ -43,6 +43,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod media;
+pub mod rate;
 pub mod session;
 pub mod sframe;
 pub mod time;
