@@ -12,7 +12,7 @@ use wasm_bindgen::prelude::*;
 pub(crate) const CODEC: &str = "avc1.42E01F";
 
 /// The bitrate the camera starts at, bit/s (also what it announces).
-pub(crate) const START_BITRATE: u32 = 800_000;
+pub(crate) const START_BITRATE: u32 = crate::CAMERA_START_BPS;
 
 /// A key frame at least this often, in pictures.
 const KEY_EVERY: u32 = 60;

@@ -21,11 +21,14 @@ pub mod ui;
 mod video;
 
 /// The browser client's camera track id.
-#[cfg(target_arch = "wasm32")]
 const VIDEO_TRACK: u32 = 1;
 /// The browser client's microphone track id.
 #[cfg(target_arch = "wasm32")]
 const AUDIO_TRACK: u32 = 2;
+/// The bitrate the camera starts at, bit/s (also what it announces).
+const CAMERA_START_BPS: u32 = 800_000;
+/// The lowest bitrate the camera goes down to, bit/s.
+const CAMERA_FLOOR_BPS: u32 = 100_000;
 /// The browser client's screen-share track id.
 #[cfg(target_arch = "wasm32")]
 const SCREEN_TRACK: u32 = 3;
@@ -108,6 +111,20 @@ pub fn e2ee_in_link(search: &str, hash: &str) -> bool {
 /// development and the conformance runner, never a way for a link to send
 /// someone's token elsewhere.
 pub fn server_override(page_host: &str, search: &str) -> Option<String> {
+    loopback_override(page_host, search, "server=", &["ws://", "wss://"])
+}
+
+/// A WebTransport URL given in the page's query (`?wt=https://…`), on the
+/// same loopback-only terms as [`server_override`]: the tests put an
+/// impairing relay between the browser and the server this way. The
+/// server's certificate hashes still come from the page's own server.
+pub fn webtransport_override(page_host: &str, search: &str) -> Option<String> {
+    loopback_override(page_host, search, "wt=", &["https://"])
+}
+
+/// The URL after `key` in `search`, when it has one of `schemes` and both
+/// it and the page are on loopback.
+fn loopback_override(page_host: &str, search: &str, key: &str, schemes: &[&str]) -> Option<String> {
     let loopback = |host: &str| {
         let h = host.rsplit_once(':').map_or(host, |(h, _)| h);
         matches!(h, "127.0.0.1" | "localhost" | "[::1]")
@@ -118,11 +135,9 @@ pub fn server_override(page_host: &str, search: &str) -> Option<String> {
     let url = search
         .trim_start_matches('?')
         .split('&')
-        .find_map(|kv| kv.strip_prefix("server="))
+        .find_map(|kv| kv.strip_prefix(key))
         .map(decode)?;
-    let rest = url
-        .strip_prefix("ws://")
-        .or_else(|| url.strip_prefix("wss://"))?;
+    let rest = schemes.iter().find_map(|s| url.strip_prefix(s))?;
     let host = rest.split('/').next()?;
     loopback(host).then_some(url)
 }
@@ -236,6 +251,13 @@ struct App {
     safety_code: String,
     /// The encryption state last shown.
     e2ee_text: String,
+    /// The camera's bitrate, from the path and the server's hints.
+    rate: convene_protocol::rate::RateController,
+    /// WebTransport's packet counters at the last path sample: sent, lost.
+    #[cfg(target_arch = "wasm32")]
+    path_counters: Option<(f64, f64)>,
+    /// Timer ticks since the meeting screen came up.
+    ticks: u32,
 }
 
 impl App {
@@ -590,6 +612,10 @@ async fn connect(name: String, meeting: String, token: String, e2ee: bool) -> Re
         keyring: None,
         safety_code: String::new(),
         e2ee_text: String::new(),
+        rate: convene_protocol::rate::RateController::new(CAMERA_START_BPS, CAMERA_FLOOR_BPS),
+        #[cfg(target_arch = "wasm32")]
+        path_counters: None,
+        ticks: 0,
     }));
     CURRENT.with(|c| *c.borrow_mut() = Some(app.clone()));
     ui::update(|v| v.screen = ui::Screen::Meeting);
@@ -616,9 +642,11 @@ async fn open_link(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
     #[cfg(target_arch = "wasm32")]
     {
         let forced_ws = location.search()?.contains("transport=websocket") || given.is_some();
-        if let Some((url, hashes)) = webtransport_offer().await
+        let wt_given = webtransport_override(&location.host()?, &location.search()?);
+        if let Some((offered, hashes)) = webtransport_offer().await
             && !forced_ws
         {
+            let url = wt_given.unwrap_or(offered);
             ui::status(format!("Connecting to {url}…"));
             let (a, b) = (app.clone(), app.clone());
             let handlers = transport::Handlers {
@@ -832,8 +860,16 @@ fn timers(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
         pump(&mut app);
         #[cfg(target_arch = "wasm32")]
         show_audio(&app);
+        app.ticks = app.ticks.wrapping_add(1);
+        let sample = app.ticks.is_multiple_of(4);
         drop(app);
         after_close(&a);
+        #[cfg(target_arch = "wasm32")]
+        if sample {
+            sample_path(&a);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = sample;
     });
     web_sys::window()
         .ok_or("no window")?
@@ -1019,22 +1055,18 @@ fn pump(app: &mut App) {
             ClientEvent::Room(S::CongestionHint(_h)) => {
                 // Move the encoder toward the server's suggestion (§6.5),
                 // within what the camera started at.
+                let bps = _h.target_bitrate_kbps.saturating_mul(1000);
+                if _h.track_id == VIDEO_TRACK {
+                    app.rate.on_hint(bps);
+                    #[cfg(target_arch = "wasm32")]
+                    apply_rate(app);
+                }
                 #[cfg(target_arch = "wasm32")]
+                if _h.track_id == SCREEN_TRACK
+                    && let Some((c, _)) = &app.screen
                 {
-                    let target = (_h.target_bitrate_kbps.saturating_mul(1000))
-                        .clamp(100_000, camera::START_BITRATE);
-                    let encoder = match _h.track_id {
-                        VIDEO_TRACK => app.camera.as_ref(),
-                        SCREEN_TRACK => app.screen.as_ref().map(|(c, _)| c),
-                        _ => None,
-                    };
-                    if let Some(c) = encoder {
-                        c.bitrate.set(target);
-                        if let Some(root) = by_id("app") {
-                            let _ =
-                                root.set_attribute("data-video-kbps", &(target / 1000).to_string());
-                        }
-                    }
+                    c.bitrate
+                        .set(bps.clamp(CAMERA_FLOOR_BPS, camera::START_BITRATE));
                 }
             }
             ClientEvent::Room(S::TrackUnpublished(_u)) => {
@@ -1739,6 +1771,102 @@ fn add_tile(_app: &mut App, _participant: u32, _track: &v1::TrackInfo) {
     }
 }
 
+/// Looks at the path once a second: the round trip (the browser's
+/// WebTransport statistics where it has them, `getStats()`; otherwise our
+/// own Ping, sent here, answered ahead of media), the share of packets lost
+/// since the last look (`getStats()` only) and the media the transport has
+/// not sent yet; the camera's bitrate follows (PROTOCOL.md §6.5, §9.2).
+#[cfg(target_arch = "wasm32")]
+fn sample_path(a: &Rc<RefCell<App>>) {
+    let (stats, ping_rtt, backlog) = {
+        let mut app = a.borrow_mut();
+        let stats = match &app.link {
+            Some(Link::WebTransport(wt)) => wt.stats(),
+            _ => None,
+        };
+        let backlog = match &app.link {
+            Some(Link::WebTransport(wt)) => wt.unsent(),
+            Some(Link::WebSocket(ws)) => u64::from(ws.buffered_amount()),
+            None => 0,
+        };
+        let t = now();
+        let _ = app.session.send(
+            t,
+            C::Ping(v1::Ping {
+                timestamp_us: t.as_micros(),
+            }),
+        );
+        pump(&mut app);
+        (stats, app.session.rtt(), backlog)
+    };
+    let a = a.clone();
+    wasm_bindgen_futures::spawn_local(async move {
+        let read = match stats {
+            Some(p) => wasm_bindgen_futures::JsFuture::from(p).await.ok(),
+            None => None,
+        };
+        let number = |s: &JsValue, k: &str| {
+            js_sys::Reflect::get(s, &k.into())
+                .ok()
+                .and_then(|v| v.as_f64())
+        };
+        let mut app = a.borrow_mut();
+        let mut rtt = ping_rtt;
+        let mut loss = None;
+        if let Some(s) = &read {
+            if let Some(ms) = number(s, "smoothedRtt").filter(|ms| *ms > 0.0) {
+                rtt = Some(std::time::Duration::from_secs_f64(ms / 1000.0));
+            }
+            if let (Some(sent), Some(lost)) = (number(s, "packetsSent"), number(s, "packetsLost")) {
+                if let Some((sent0, lost0)) = app.path_counters
+                    && sent > sent0
+                {
+                    loss = Some(((lost - lost0) / (sent - sent0)).clamp(0.0, 1.0));
+                }
+                app.path_counters = Some((sent, lost));
+            }
+        }
+        app.rate.on_path(now(), rtt, loss, backlog);
+        if let Some(root) = by_id("app") {
+            let fixed = |x: f64| {
+                js_sys::Number::from(x)
+                    .to_fixed(1)
+                    .map(String::from)
+                    .unwrap_or_default()
+            };
+            if let Some(r) = rtt {
+                let _ = root.set_attribute("data-rtt-ms", &fixed(r.as_secs_f64() * 1000.0));
+            }
+            if let Some(l) = loss {
+                let _ = root.set_attribute("data-loss-pct", &fixed(l * 100.0));
+            }
+            let _ = root.set_attribute("data-backlog-bytes", &backlog.to_string());
+            let state = match app.rate.path_state() {
+                Some(convene_protocol::rate::PathState::Congested) => "congested",
+                Some(convene_protocol::rate::PathState::Hold) => "hold",
+                _ => "clean",
+            };
+            let _ = root.set_attribute("data-path", state);
+        }
+        apply_rate(&mut app);
+    });
+}
+
+/// Gives the camera's encoder the controller's bitrate and shows it in
+/// `#app[data-video-kbps]`.
+#[cfg(target_arch = "wasm32")]
+fn apply_rate(app: &mut App) {
+    let target = app.rate.target();
+    if let Some(c) = &app.camera
+        && c.bitrate.get() != target
+    {
+        c.bitrate.set(target);
+    }
+    if let Some(root) = by_id("app") {
+        let _ = root.set_attribute("data-video-kbps", &(target / 1000).to_string());
+    }
+}
+
 /// Puts the remote video tiles in the meeting screen's grid.
 #[cfg(target_arch = "wasm32")]
 fn show_tiles(app: &App) {
@@ -1851,6 +1979,26 @@ mod tests {
             None
         );
         assert_eq!(server_override("127.0.0.1:8080", ""), None);
+    }
+
+    #[test]
+    fn a_webtransport_url_in_the_link_is_honoured_only_on_loopback() {
+        let wt = "?join=1&wt=https://127.0.0.1:9/convene/wt";
+        assert_eq!(
+            webtransport_override("127.0.0.1:8080", wt),
+            Some("https://127.0.0.1:9/convene/wt".into())
+        );
+        assert_eq!(webtransport_override("meet.example.com", wt), None);
+        assert_eq!(
+            webtransport_override("127.0.0.1:8080", "?wt=https://evil.example/convene/wt"),
+            None
+        );
+        // Each key takes its own schemes only.
+        assert_eq!(
+            webtransport_override("127.0.0.1:8080", "?wt=ws://127.0.0.1:9/convene/ws"),
+            None
+        );
+        assert_eq!(server_override("127.0.0.1:8080", wt), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! audio as datagrams, video one unidirectional stream per frame; frames
 //! arrive the same three ways. wasm32 only.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -30,9 +31,27 @@ pub(crate) struct Wt {
     datagrams: web_sys::WritableStreamDefaultWriter,
     /// The track whose frames go as datagrams (our microphone).
     audio_track: u32,
+    /// Bytes given to media streams whose writing has not finished.
+    unsent: Rc<Cell<u64>>,
 }
 
 impl Wt {
+    /// Bytes of media frames handed to streams and not yet written out.
+    pub(crate) fn unsent(&self) -> u64 {
+        self.unsent.get()
+    }
+
+    /// The browser's statistics of the connection (`getStats()`, a promise
+    /// of smoothedRtt, packetsSent, packetsLost …), where it has them.
+    pub(crate) fn stats(&self) -> Option<js_sys::Promise> {
+        let get = js_sys::Reflect::get(&self.session, &"getStats".into()).ok()?;
+        let get = get.dyn_into::<js_sys::Function>().ok()?;
+        get.call0(&self.session)
+            .ok()?
+            .dyn_into::<js_sys::Promise>()
+            .ok()
+    }
+
     /// Closes the session.
     pub(crate) fn close(&self) {
         self.session.close();
@@ -59,7 +78,11 @@ impl Wt {
             return;
         }
         let promise = self.session.create_unidirectional_stream();
+        let (unsent, len) = (self.unsent.clone(), frame.len() as u64);
+        unsent.set(unsent.get() + len);
         spawn_local(async move {
+            // However the write ends, the frame no longer waits.
+            let _done = Settle(unsent, len);
             let Ok(stream) = JsFuture::from(promise).await else {
                 return;
             };
@@ -71,6 +94,15 @@ impl Wt {
                 let _ = JsFuture::from(w.close()).await;
             }
         });
+    }
+}
+
+/// Takes a frame's bytes off the unsent count when dropped.
+struct Settle(Rc<Cell<u64>>, u64);
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(self.1));
     }
 }
 
@@ -187,6 +219,7 @@ pub(crate) async fn open_webtransport(
         control,
         datagrams,
         audio_track,
+        unsent: Rc::new(Cell::new(0)),
     })
 }
 

@@ -19,7 +19,7 @@ const DEADLINE_MS = 30_000;
 function bin(name) {
   const p = path.join(BIN_DIR, name);
   if (!fs.existsSync(p)) {
-    throw new Error(`${p} is missing: build it with 'cargo build -p convene-server -p convene-cli' (or run 'cargo xtask test')`);
+    throw new Error(`${p} is missing: build it with 'cargo build -p convene-server -p convene-cli -p convene-testkit' (or run 'cargo xtask test')`);
   }
   return p;
 }
@@ -254,4 +254,25 @@ function spawnConvene(args) {
   return child;
 }
 
-module.exports = { startServer, startWebServer, startPages, launchChromium, launchFirefox, convene, spawnConvene, canvasSample };
+// convene-relay (the seeded impairing UDP relay) in front of the UDP port
+// `to`; `args` are its options (--delay-ms, --up-loss, --down-loss, --seed).
+async function startRelay(to, args = []) {
+  const child = spawn(bin('convene-relay'), ['--to', to, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const logs = [];
+  child.stderr.on('data', (d) => logs.push(String(d)));
+  const addr = await new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += String(d);
+      const m = out.match(/^relay (\S+) -> /m);
+      if (m) resolve(m[1]);
+    });
+    child.once('exit', (code) => reject(new Error(`convene-relay exited (${code}): ${logs.join('')}`)));
+  });
+  return {
+    addr,
+    stop() { child.kill('SIGKILL'); },
+  };
+}
+
+module.exports = { startServer, startWebServer, startRelay, startPages, launchChromium, launchFirefox, convene, spawnConvene, canvasSample };

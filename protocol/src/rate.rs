@@ -6,9 +6,10 @@
 //! The rules are those the server applies to a subscriber's path, so both
 //! ends call the same path congested: 2 % loss or more holds the rate, 10 %
 //! or more, a round trip of 400 ms or more, or 150 ms of queueing (the round
-//! trip above the smallest seen) lowers it by 15 % a report; two seconds of
-//! a clean path raise it by 8 % a report, up to the ceiling (the last hint,
-//! or the starting rate).
+//! trip above the smallest seen, or the sender's own unsent backlog at the
+//! current rate) lowers it by 15 % a report; two seconds of a clean path
+//! raise it by 8 % a report, up to the ceiling (the last hint, or the
+//! starting rate).
 
 use std::time::Duration;
 
@@ -93,17 +94,28 @@ impl RateController {
         self.target = bps;
     }
 
-    /// A report of the path over the last interval: the smoothed round trip
-    /// and the share of packets lost (either may be unknown). Returns the
-    /// (possibly new) target.
-    pub fn on_path(&mut self, now: Timestamp, rtt: Option<Duration>, loss: Option<f64>) -> u32 {
+    /// A report of the path over the last interval: the round trip, the
+    /// share of packets lost (either may be unknown) and the bytes the
+    /// transport has been given and not sent yet. Returns the (possibly new)
+    /// target.
+    pub fn on_path(
+        &mut self,
+        now: Timestamp,
+        rtt: Option<Duration>,
+        loss: Option<f64>,
+        backlog_bytes: u64,
+    ) -> u32 {
         if let Some(r) = rtt {
             self.min_rtt = Some(self.min_rtt.map_or(r, |m| m.min(r)));
         }
-        let queueing = match (rtt, self.min_rtt) {
+        let in_network = match (rtt, self.min_rtt) {
             (Some(r), Some(m)) => r.saturating_sub(m),
             _ => Duration::ZERO,
         };
+        // What is still waiting to leave, at the rate it leaves at.
+        let at_sender =
+            Duration::from_secs_f64(backlog_bytes as f64 * 8.0 / f64::from(self.target.max(1)));
+        let queueing = in_network.max(at_sender);
         let loss = loss.filter(|l| l.is_finite()).unwrap_or(0.0);
         let state = if loss >= LOSS_DECREASE
             || rtt.is_some_and(|r| r >= RTT_HIGH)
@@ -154,7 +166,7 @@ mod tests {
         loss: Option<f64>,
     ) -> u32 {
         for s in from..to {
-            c.on_path(Timestamp::from_millis(s * 1000), rtt, loss);
+            c.on_path(Timestamp::from_millis(s * 1000), rtt, loss, 0);
         }
         c.target()
     }
@@ -199,6 +211,22 @@ mod tests {
         reports(&mut c, 0, 3, Some(ms(50)), Some(0.0));
         assert_eq!(c.target(), START);
         assert!(reports(&mut c, 3, 4, Some(ms(250)), Some(0.0)) < START);
+    }
+
+    #[test]
+    fn a_backlog_at_the_sender_is_queueing_too() {
+        let mut c = RateController::new(START, FLOOR);
+        // 10 kB waiting at 1 Mbit/s: 80 ms, fine; 25 kB: 200 ms, too much.
+        c.on_path(Timestamp::from_millis(0), Some(ms(20)), Some(0.0), 10_000);
+        assert_eq!(c.target(), START);
+        c.on_path(
+            Timestamp::from_millis(1000),
+            Some(ms(20)),
+            Some(0.0),
+            25_000,
+        );
+        assert!(c.target() < START);
+        assert_eq!(c.path_state(), Some(PathState::Congested));
     }
 
     #[test]
