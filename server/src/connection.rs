@@ -608,8 +608,9 @@ pub fn log_close(transport: &str, peer: IpAddr, reason: Option<&CloseReason>) {
     }
 }
 
-/// Where a connection's writer puts frames: one implementation per transport.
-pub(crate) trait FrameSink: Send + 'static {
+/// Where a connection's writer puts frames: one implementation per transport
+/// (public so that a program embedding the server can add a transport).
+pub trait FrameSink: Send + 'static {
     /// Writes a batch of frames in order (`lanes` says which are control and
     /// audio); `Err` when the transport is gone.
     fn write_batch(
@@ -624,7 +625,7 @@ pub(crate) trait FrameSink: Send + 'static {
 /// Runs a connection to its end: a writer task drains the outbox into
 /// `sink`, batch by batch, and this task feeds `incoming`, timers, outbox
 /// closure and shutdown into the session until it ends.
-pub(crate) async fn drive<S, I>(
+pub async fn drive<S, I>(
     mut conn: Connection,
     mut sink: S,
     mut incoming: I,

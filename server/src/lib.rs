@@ -76,6 +76,9 @@ pub struct Server {
     pub wt_addr: Option<SocketAddr>,
     /// The bound admin API address, when it is on.
     pub admin_addr: Option<SocketAddr>,
+    /// The TLS certificate and key in use, for a program that embeds the
+    /// server and serves more on the same certificate.
+    pub identity: Option<Identity>,
     serving: JoinHandle<()>,
 }
 
@@ -227,6 +230,7 @@ pub async fn start_node(
         None => None,
     };
     let app = http::app(state.clone());
+    let kept_identity = identity.clone();
     let serving = match identity {
         None => {
             let mut stop = state.shutdown_signal();
@@ -285,6 +289,7 @@ pub async fn start_node(
         cert_sha256,
         wt_addr,
         admin_addr,
+        identity: kept_identity,
         serving,
     })
 }

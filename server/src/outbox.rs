@@ -6,7 +6,11 @@
 //! full it drops video deltas first (and the rest of that track's deltas until
 //! its next key frame, which it asks the publisher for), then video key
 //! frames, and audio last. A queue that keeps overflowing for
-//! `slow_consumer` is marked slow and its connection is closed.
+//! `slow_consumer` is marked slow and its connection is closed. While the
+//! transport reports its path congested (QUIC's losses, round trip and
+//! congestion window), the media lanes hold half as much, so frames that
+//! would only arrive late are dropped sooner and the queue's delay stays
+//! short.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -165,7 +169,8 @@ pub struct Outbox {
     inner: Mutex<Inner>,
     waker: Box<dyn Wake>,
     /// Set by the transport while its path to the subscriber is congested
-    /// (QUIC losses or RTT): the room hints publishers down as for drops.
+    /// (QUIC losses, RTT or a full window): the room hints publishers down
+    /// as for drops, and the media lanes hold half as much.
     congested: std::sync::atomic::AtomicBool,
 }
 
@@ -240,9 +245,8 @@ impl Outbox {
             _ => {}
         }
         let len = frame.len();
-        while q.media_bytes + len > self.limits.max_media_bytes
-            || q.audio.len() + q.video.len() >= self.limits.max_media_frames
-        {
+        let (max_bytes, max_frames) = self.media_limits();
+        while q.media_bytes + len > max_bytes || q.audio.len() + q.video.len() >= max_frames {
             match evict(&mut q, class) {
                 Some((reason, lost_track)) => {
                     out.dropped.push(reason);
@@ -253,8 +257,7 @@ impl Outbox {
                 None => break,
             }
         }
-        let fits = q.media_bytes + len <= self.limits.max_media_bytes
-            && q.audio.len() + q.video.len() < self.limits.max_media_frames;
+        let fits = q.media_bytes + len <= max_bytes && q.audio.len() + q.video.len() < max_frames;
         if !out.dropped.is_empty() || !fits {
             let since = *q.overflow_since.get_or_insert(now);
             if now.saturating_since(since) >= self.limits.slow_consumer {
@@ -406,6 +409,16 @@ impl Outbox {
     /// True while the transport reports its path congested.
     pub fn is_congested(&self) -> bool {
         self.congested.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The media lanes' limits now, bytes and frames: half while congested.
+    fn media_limits(&self) -> (usize, usize) {
+        let (bytes, frames) = (self.limits.max_media_bytes, self.limits.max_media_frames);
+        if self.is_congested() {
+            (bytes / 2, (frames / 2).max(1))
+        } else {
+            (bytes, frames)
+        }
     }
 
     /// True if closed because the subscriber was too slow.
@@ -578,6 +591,42 @@ mod tests {
         o.push_media(Timestamp::from_millis(6_000), MediaClass::Audio, A, f(3));
         let out = o.push_media(Timestamp::from_millis(6_001), MediaClass::Audio, A, f(4));
         assert!(!out.slow);
+    }
+
+    #[test]
+    fn a_congested_path_halves_what_the_media_lanes_hold() {
+        let push_eight = |o: &Outbox| {
+            for i in 0..8u8 {
+                let class = if i == 0 {
+                    MediaClass::Key
+                } else {
+                    MediaClass::Delta
+                };
+                o.push_media(Timestamp(0), class, T, f(i));
+            }
+        };
+        let (o, _) = outbox(8);
+        push_eight(&o);
+        assert_eq!(drained(&o), (0..8).collect::<Vec<u8>>());
+        let (o, _) = outbox(8);
+        o.set_congested(true);
+        push_eight(&o);
+        // Four frames fit; the deltas beyond them went, and the track waits
+        // for its next key frame.
+        let kept = drained(&o);
+        assert!(kept.len() <= 4, "{kept:?}");
+        assert_eq!(kept.first(), Some(&0), "the key frame stays: {kept:?}");
+        // The path clears: the whole queue is usable again.
+        o.set_congested(false);
+        for i in 0..8u8 {
+            let class = if i == 0 {
+                MediaClass::Key
+            } else {
+                MediaClass::Delta
+            };
+            o.push_media(Timestamp(0), class, T, f(10 + i));
+        }
+        assert_eq!(drained(&o).len(), 8);
     }
 
     #[test]
