@@ -1,0 +1,69 @@
+// The screens fit the window they are in: on a phone-sized window nothing
+// runs off the side and the meeting's buttons stay reachable; on a large
+// screen the video grid puts tiles side by side. Screenshots of both are
+// written for a person to look at.
+const { test, expect } = require('@playwright/test');
+const { startWebServer, launchChromium } = require('./harness');
+
+let server, browser;
+
+test.beforeAll(async () => {
+  server = await startWebServer();
+  browser = await launchChromium();
+});
+
+test.afterAll(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+// How far the page is wider than its window, in CSS pixels.
+const overflow = (page) => page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+
+test('the join and meeting screens fit a phone and use a large screen', async ({}, testInfo) => {
+  const phone = await browser.context.newPage();
+  await phone.setViewportSize({ width: 360, height: 740 });
+  const desk = await browser.context.newPage();
+  await desk.setViewportSize({ width: 1440, height: 900 });
+  const third = await browser.context.newPage();
+  try {
+    await phone.goto(`${server.base}/meeting/Pia/layout-room`);
+    await expect(phone.locator('#preview-status')).toContainText('ready');
+    expect(await overflow(phone), 'the join screen runs off a phone').toBeLessThanOrEqual(0);
+    await expect(phone.locator('#connect')).toBeInViewport();
+
+    await phone.click('#connect');
+    for (const [page, who] of [[desk, 'Dan'], [third, 'Tess']]) {
+      await page.goto(`${server.base}/meeting/${who}/layout-room`);
+      await page.click('#connect');
+    }
+    for (const page of [phone, desk]) {
+      await expect(page.locator('#participants li')).toHaveCount(3);
+      await expect(page.locator('#tiles .tile')).toHaveCount(2);
+    }
+    await phone.locator('#tiles .tile').first().scrollIntoViewIfNeeded();
+    expect(await overflow(phone), 'the meeting screen runs off a phone').toBeLessThanOrEqual(0);
+    // Every control is within the phone's width.
+    for (const id of ['#toggle-mic', '#toggle-camera', '#toggle-screen', '#leave', '#chat-send']) {
+      const box = await phone.locator(id).boundingBox();
+      expect(box.x, `${id} starts on screen`).toBeGreaterThanOrEqual(0);
+      expect(box.x + box.width, `${id} ends on screen`).toBeLessThanOrEqual(360);
+    }
+    // On the phone the tiles stack; on the large screen they sit side by side.
+    const boxes = async (page) => Promise.all((await page.locator('#tiles figure').all()).map((f) => f.boundingBox()));
+    const onPhone = await boxes(phone);
+    expect(new Set(onPhone.map((b) => Math.round(b.y))).size, 'phone: one tile a row').toBe(onPhone.length);
+    const onDesk = await boxes(desk);
+    expect(new Set(onDesk.map((b) => Math.round(b.y))).size, 'large screen: the three in one row').toBe(1);
+    expect(await overflow(desk)).toBeLessThanOrEqual(0);
+
+    const dir = testInfo.outputDir;
+    await phone.screenshot({ path: `${dir}/phone.png`, fullPage: true });
+    await desk.screenshot({ path: `${dir}/large-screen.png` });
+    console.log(`layout screenshots: ${dir}/phone.png, ${dir}/large-screen.png`);
+  } finally {
+    await phone.close();
+    await desk.close();
+    await third.close();
+  }
+});
