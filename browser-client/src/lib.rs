@@ -1564,11 +1564,7 @@ pub fn sframe_vectors(sframe_json: &str, aead_json: &str) -> Result<u32, JsValue
         |v: &JsValue, k: &str| -> Result<JsValue, JsValue> { js_sys::Reflect::get(v, &k.into()) };
     let bytes = |v: &JsValue, k: &str| -> Result<Vec<u8>, JsValue> {
         let s = field(v, k)?.as_string().ok_or(format!("{k} is not text"))?;
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16))
-            .collect::<Result<_, _>>()
-            .map_err(|e| JsValue::from_str(&format!("{k}: {e}")))
+        hex_bytes(&s).ok_or_else(|| format!("{k} is not hexadecimal").into())
     };
     let number = |v: &JsValue, k: &str| -> Result<u64, JsValue> {
         field(v, k)?
