@@ -3,13 +3,13 @@
 //! round-trip time and loss its transport measures, and the server's
 //! `CongestionHint`s, and reads [`RateController::target`] for its encoder.
 //!
-//! The rules are those the server applies to a subscriber's path, so both
-//! ends call the same path congested: 2 % loss or more holds the rate, 10 %
-//! or more, a round trip of 400 ms or more, or 150 ms of queueing (the round
-//! trip above the smallest seen, or the sender's own unsent backlog at the
-//! current rate) lowers it by 15 % a report; two seconds of a clean path
-//! raise it by 8 % a report, up to the ceiling (the last hint, or the
-//! starting rate).
+//! The thresholds are shared with the server, which calls a subscriber's
+//! path congested from [`LOSS_CLEAN`] of loss or an [`RTT_HIGH`] round trip:
+//! here 2 % loss or more holds the rate, and 10 % or more, a round trip of
+//! 400 ms or more, or 150 ms of queueing (the round trip above the smallest
+//! seen, or the sender's own unsent backlog at the current rate) lowers it
+//! by 15 % a report; two seconds of a clean path raise it by 8 % a report,
+//! up to the ceiling (the last hint, or the starting rate).
 
 use std::time::Duration;
 
@@ -135,9 +135,10 @@ impl RateController {
             PathState::Hold => self.clean_since = None,
             PathState::Clean => {
                 let since = *self.clean_since.get_or_insert(now);
+                // The target never exceeds the ceiling: a hint sets both.
                 if now.saturating_since(since) >= CLEAN_BEFORE_INCREASE {
                     let up = (f64::from(self.target) * INCREASE) as u32;
-                    self.target = up.min(self.ceiling).max(self.target.min(self.ceiling));
+                    self.target = up.min(self.ceiling);
                 }
             }
         }

@@ -225,10 +225,12 @@ fn path_congested(before: &PathSample, now: &PathSample) -> bool {
 
 /// How often the path statistics are looked at.
 const PATH_SAMPLE: std::time::Duration = std::time::Duration::from_millis(500);
-/// Share of packets lost over a sample beyond which the path counts as congested.
-const CONGESTED_LOSS: f64 = 0.02;
-/// Round-trip time beyond which the path counts as congested.
-const CONGESTED_RTT: std::time::Duration = std::time::Duration::from_millis(400);
+/// Share of packets lost over a sample beyond which the path counts as
+/// congested: where a publisher's own controller stops raising its rate.
+const CONGESTED_LOSS: f64 = convene_protocol::rate::LOSS_CLEAN;
+/// Round-trip time beyond which the path counts as congested (the same a
+/// publisher's controller lowers its rate at).
+const CONGESTED_RTT: std::time::Duration = convene_protocol::rate::RTT_HIGH;
 /// Share of the congestion window's rate (window / round trip) in use
 /// beyond which the path counts as congested.
 const WINDOW_FULL: f64 = 0.8;
