@@ -11,9 +11,6 @@ use wasm_bindgen::prelude::*;
 /// The codec string the browser client publishes (H.264 constrained baseline, level 3.1).
 pub(crate) const CODEC: &str = "avc1.42E01F";
 
-/// The bitrate the camera starts at, bit/s (also what it announces).
-pub(crate) const START_BITRATE: u32 = crate::CAMERA_START_BPS;
-
 /// A key frame at least this often, in pictures.
 const KEY_EVERY: u32 = 60;
 
@@ -89,7 +86,7 @@ pub(crate) fn start(
     let key_wanted = Rc::new(Cell::new(true));
     // The bitrate the encoder is configured with; 0 until configured.
     let configured_at = Rc::new(Cell::new(0u32));
-    let bitrate = Rc::new(Cell::new(START_BITRATE));
+    let bitrate = Rc::new(Cell::new(crate::CAMERA_START_BPS));
     let br = bitrate.clone();
     let count = Rc::new(Cell::new(0u32));
     let (kw, o) = (key_wanted.clone(), on.clone());

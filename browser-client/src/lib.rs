@@ -277,6 +277,16 @@ fn now() -> Timestamp {
     Timestamp((ms * 1000.0) as u64)
 }
 
+/// `x` with one decimal, formatted by JS (which keeps float formatting
+/// out of the wasm), for the counters the page shows in data attributes.
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn fixed1(x: f64) -> String {
+    js_sys::Number::from(x)
+        .to_fixed(1)
+        .map(String::from)
+        .unwrap_or_default()
+}
+
 fn by_id(id: &str) -> Option<web_sys::Element> {
     web_sys::window()?.document()?.get_element_by_id(id)
 }
@@ -1065,8 +1075,7 @@ fn pump(app: &mut App) {
                 if _h.track_id == SCREEN_TRACK
                     && let Some((c, _)) = &app.screen
                 {
-                    c.bitrate
-                        .set(bps.clamp(CAMERA_FLOOR_BPS, camera::START_BITRATE));
+                    c.bitrate.set(bps.clamp(CAMERA_FLOOR_BPS, CAMERA_START_BPS));
                 }
             }
             ClientEvent::Room(S::TrackUnpublished(_u)) => {
@@ -1292,7 +1301,7 @@ fn send_camera(_app: &Rc<RefCell<App>>) {
                 kind: v1::TrackKind::Video as i32,
                 codec: camera::CODEC.into(),
                 frame_rate: 30,
-                target_bitrate_kbps: camera::START_BITRATE / 1000,
+                target_bitrate_kbps: CAMERA_START_BPS / 1000,
                 ..Default::default()
             };
             // After a reconnect the encoder runs already: publishing again is enough.
@@ -1726,7 +1735,7 @@ fn show_audio(app: &App) {
             .class_list()
             .toggle_with_force("speaking", Some(*pid) == loudest);
     }
-    if ui::current().speaker != loudest {
+    if ui::read(|v| v.speaker) != loudest {
         ui::update(|v| v.speaker = loudest);
     }
 }
@@ -1776,14 +1785,10 @@ fn add_tile(_app: &mut App, _participant: u32, _track: &v1::TrackInfo) {
 fn sample_path(a: &Rc<RefCell<App>>) {
     let (stats, ping_rtt, backlog) = {
         let mut app = a.borrow_mut();
-        let stats = match &app.link {
-            Some(Link::WebTransport(wt)) => wt.stats(),
-            _ => None,
-        };
-        let backlog = match &app.link {
-            Some(Link::WebTransport(wt)) => wt.unsent(),
-            Some(Link::WebSocket(ws)) => u64::from(ws.buffered_amount()),
-            None => 0,
+        let (stats, backlog) = match &app.link {
+            Some(Link::WebTransport(wt)) => (wt.stats(), wt.unsent()),
+            Some(Link::WebSocket(ws)) => (None, u64::from(ws.buffered_amount())),
+            None => (None, 0),
         };
         let t = now();
         let _ = app.session.send(
@@ -1824,17 +1829,11 @@ fn sample_path(a: &Rc<RefCell<App>>) {
         }
         app.rate.on_path(now(), rtt, loss, backlog);
         if let Some(root) = by_id("app") {
-            let fixed = |x: f64| {
-                js_sys::Number::from(x)
-                    .to_fixed(1)
-                    .map(String::from)
-                    .unwrap_or_default()
-            };
             if let Some(r) = rtt {
-                let _ = root.set_attribute("data-rtt-ms", &fixed(r.as_secs_f64() * 1000.0));
+                let _ = root.set_attribute("data-rtt-ms", &fixed1(r.as_secs_f64() * 1000.0));
             }
             if let Some(l) = loss {
-                let _ = root.set_attribute("data-loss-pct", &fixed(l * 100.0));
+                let _ = root.set_attribute("data-loss-pct", &fixed1(l * 100.0));
             }
             let _ = root.set_attribute("data-backlog-bytes", &backlog.to_string());
             let state = match app.rate.path_state() {

@@ -153,7 +153,12 @@ pub fn update(change: impl FnOnce(&mut View)) {
 
 /// A copy of what the page shows.
 pub fn current() -> View {
-    VIEW.with(|v| v.borrow().clone())
+    read(View::clone)
+}
+
+/// Reads something of what the page shows, without copying the rest.
+pub fn read<R>(f: impl FnOnce(&View) -> R) -> R {
+    VIEW.with(|v| f(&v.borrow()))
 }
 
 /// Sets the status line.

@@ -85,19 +85,12 @@ impl Tile {
                         let mut sorted = latencies.clone();
                         sorted.sort_by(f64::total_cmp);
                         let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q) as usize];
-                        // Number formatting by JS keeps float formatting out of the wasm.
-                        let fixed = |x: f64| {
-                            js_sys::Number::from(x)
-                                .to_fixed(1)
-                                .map(String::from)
-                                .unwrap_or_default()
-                        };
-                        let _ = f.set_attribute("data-latency-p50", &fixed(at(0.5)));
-                        let _ = f.set_attribute("data-latency-p95", &fixed(at(0.95)));
+                        let _ = f.set_attribute("data-latency-p50", &crate::fixed1(at(0.5)));
+                        let _ = f.set_attribute("data-latency-p95", &crate::fixed1(at(0.95)));
                         // Pictures a second over the last two seconds, and
                         // what the viewer would call the connection.
                         let fps = recent.len() as f64 / 2.0;
-                        let _ = f.set_attribute("data-fps", &fixed(fps));
+                        let _ = f.set_attribute("data-fps", &crate::fixed1(fps));
                         let quality = if fps >= 15.0 && at(0.95) < 250.0 {
                             "good"
                         } else if fps >= 5.0 {

@@ -6,7 +6,7 @@
 const fs = require('fs');
 const path = require('path');
 const { test, expect } = require('@playwright/test');
-const { startWebServer, launchChromium, spawnConvene, convene } = require('./harness');
+const { startWebServer, launchChromium, spawnConvene, convene, appNumber: num } = require('./harness');
 
 const VECTORS = path.join(__dirname, '..', '..', 'spec', 'v1', 'vectors', 'sframe');
 
@@ -75,7 +75,6 @@ async function encryptedPair(base, meeting) {
 }
 
 const code = (page) => page.locator('#app').getAttribute('data-safety-code');
-const num = (page, attr) => page.locator('#app').getAttribute(attr).then(Number);
 
 test('two browsers and convene stream meet end-to-end encrypted', async () => {
   const meeting = 'e2ee-room';

@@ -275,4 +275,10 @@ async function startRelay(to, args = []) {
   };
 }
 
-module.exports = { startServer, startWebServer, startRelay, startPages, launchChromium, launchFirefox, convene, spawnConvene, canvasSample };
+// A number the browser client shows on #app (data-…), NaN while it has not
+// set it, so that no comparison passes on a missing attribute.
+function appNumber(page, name) {
+  return page.locator('#app').getAttribute(name).then((v) => (v === null ? NaN : Number(v)));
+}
+
+module.exports = { startServer, startWebServer, startRelay, appNumber, startPages, launchChromium, launchFirefox, convene, spawnConvene, canvasSample };

@@ -7,7 +7,7 @@
 // quarter of its datagrams (which shows as a growing round trip and
 // backlog), it lowers the encoder's bitrate.
 const { test, expect } = require('@playwright/test');
-const { startWebServer, startRelay, launchChromium } = require('./harness');
+const { startWebServer, startRelay, launchChromium, appNumber: attr } = require('./harness');
 
 let server, browser;
 
@@ -21,7 +21,6 @@ test.afterAll(async () => {
   await server?.stop();
 });
 
-const attr = (page, name) => page.locator('#app').getAttribute(name).then((v) => (v === null ? NaN : Number(v)));
 
 // Joins `meeting` alone over WebTransport, through `relay` when given.
 async function join(meeting, relay) {
