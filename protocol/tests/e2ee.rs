@@ -342,6 +342,11 @@ fn garbage_never_panics() {
     room.join(2);
     let cell = std::cell::RefCell::new(room.rings.remove(&1).unwrap());
     proptest!(ProptestConfig::with_cases(2000), |(bytes in proptest::collection::vec(any::<u8>(), 0..120), from in 0u32..4)| {
+        // Any 32 bytes are an X25519 key, so a random announcement-sized
+        // payload from member 2 is a well-formed new identity for it, which
+        // by design drops its keys (a_server_in_the_middle_… covers that):
+        // not garbage, and it would leave the check below without 2's key.
+        prop_assume!(!(from == 2 && bytes.len() == 2 + e2ee::PUBLIC_KEY_LEN && bytes[0] == e2ee::ANNOUNCE));
         let mut ring = cell.borrow_mut();
         let _ = ring.receive(from, &bytes);
         let _ = ring.decrypt(from, &bytes, &bytes);
