@@ -653,7 +653,7 @@ impl<'a> Run<'a> {
                 if matches(&m, msg, &ctx)? {
                     return Ok(m);
                 }
-                skipped.push(message_name(&m).unwrap_or_else(|| "?".into()));
+                skipped.push(describe_received(&m));
             }
             if !a.pump(until).await && a.control.is_empty() {
                 return Err(format!(
@@ -772,6 +772,22 @@ fn closed_note(a: &Actor) -> String {
         Some(Some(code)) => format!("; the connection closed with code {code}"),
         Some(None) => "; the connection closed".into(),
         None => String::new(),
+    }
+}
+
+/// A received message's name for a failure report; an Error also says its
+/// code and text, which is what a reader of the report needs first.
+fn describe_received(m: &DynamicMessage) -> String {
+    let name = message_name(m).unwrap_or_else(|| "?".into());
+    match error_code_of(m) {
+        Some(c) => {
+            let code = ErrorCode::try_from(c).map(|e| e.name()).unwrap_or("?");
+            match capture(m, "error.text") {
+                Some(Var::Str(text)) if !text.is_empty() => format!("{name} {code} \"{text}\""),
+                _ => format!("{name} {code}"),
+            }
+        }
+        None => name,
     }
 }
 

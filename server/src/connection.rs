@@ -168,6 +168,10 @@ impl Connection {
         let now = self.state.now();
         match incoming {
             Incoming::Frame(f) => {
+                // The room may have let a held Join in a moment ago and the
+                // client already be answering its Joined: the session must
+                // know it joined before it reads that answer.
+                self.settle_admission();
                 self.state.metrics.frames_in.inc();
                 self.state.metrics.bytes_in.inc_by(f.len() as u64);
                 self.session.handle_frame(now, f);
@@ -188,6 +192,28 @@ impl Connection {
     /// Reacts to the outbox being closed from outside (slowness, removal).
     pub fn handle_outbox_closed(&mut self) {
         let now = self.state.now();
+        self.settle_admission();
+        if let Some(kick) = self.outbox.kicked() {
+            let (reason, text) = match kick {
+                Kick::Removed => (GoodbyeReason::Removed, "a moderator removed you"),
+                Kick::MeetingEnded => {
+                    (GoodbyeReason::MeetingEnded, "a moderator ended the meeting")
+                }
+            };
+            self.session.goodbye(reason, text);
+        } else if self.outbox.is_slow() {
+            self.state.metrics.drop("slow_consumer", 1);
+            self.session.close_with(ProtocolError::new(
+                ErrorCode::SlowConsumer,
+                "you did not read your frames for too long",
+            ));
+        }
+        self.process(now);
+    }
+
+    /// Applies a decision the room made on a held Join (sync over, admitted,
+    /// denied, refused), once.
+    fn settle_admission(&mut self) {
         match self.outbox.take_admission() {
             // The room queued Joined already, first in line.
             Some(Admission::Admitted) => self.session.admitted_by_room(),
@@ -208,22 +234,6 @@ impl Connection {
             }
             None => {}
         }
-        if let Some(kick) = self.outbox.kicked() {
-            let (reason, text) = match kick {
-                Kick::Removed => (GoodbyeReason::Removed, "a moderator removed you"),
-                Kick::MeetingEnded => {
-                    (GoodbyeReason::MeetingEnded, "a moderator ended the meeting")
-                }
-            };
-            self.session.goodbye(reason, text);
-        } else if self.outbox.is_slow() {
-            self.state.metrics.drop("slow_consumer", 1);
-            self.session.close_with(ProtocolError::new(
-                ErrorCode::SlowConsumer,
-                "you did not read your frames for too long",
-            ));
-        }
-        self.process(now);
     }
 
     /// Server shutdown: Goodbye(SHUTDOWN).
@@ -721,5 +731,85 @@ pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::InProcessHub;
+    use crate::config::Config;
+    use convene_protocol::session::client::{ClientEvent, ClientSession, ClientSessionConfig};
+    use convene_protocol::v1::{self, client_message};
+
+    /// Moves everything the server queued for the client into the client.
+    fn deliver(server: &Connection, client: &mut ClientSession, now: Timestamp) {
+        let mut out = Vec::new();
+        server.outbox().drain(&mut out, usize::MAX);
+        for f in out {
+            client.handle_frame(now, f);
+        }
+    }
+
+    fn send(server: &mut Connection, client: &mut ClientSession) {
+        while let Some(f) = client.poll_transmit() {
+            server.handle(Incoming::Frame(f));
+        }
+    }
+
+    /// On a cluster a Join can be held while the room learns who is on the
+    /// other nodes; the room then queues Joined itself. A client that answers
+    /// Joined at once must find its session joined, even before the
+    /// connection's reader got round to the room's wake-up.
+    #[test]
+    fn a_request_right_after_a_held_joins_joined_is_served() {
+        let hub = InProcessHub::new();
+        let (bus, _rx1) = hub.attach(1);
+        // Node 2 exists and never answers, so the room waits for it.
+        let (_bus2, _rx2) = hub.attach(2);
+        let state = Arc::new(AppState::new(Config::default(), None, None, bus));
+        let mut server = Connection::new(state.clone(), "test", IpAddr::from([127, 0, 0, 1]));
+        let now = state.now();
+        let mut client = ClientSession::new(now, ClientSessionConfig::default());
+        client.connected(now);
+        send(&mut server, &mut client);
+        deliver(&server, &mut client, now);
+        client.join(now, "held", "ada", false).unwrap();
+        send(&mut server, &mut client);
+        deliver(&server, &mut client, now);
+        let mut events = std::iter::from_fn(|| client.poll_event()).collect::<Vec<_>>();
+        assert!(
+            !events.iter().any(|e| matches!(e, ClientEvent::Joined(_))),
+            "the Join should be held while node 2 is asked: {events:?}"
+        );
+
+        // Node 2 never answers: the room lets the held Join in on its own.
+        // (The room's clock started a moment after `now`.)
+        state.router.tick(now + crate::room::SYNC_TIMEOUT * 2);
+        deliver(&server, &mut client, now);
+        events = std::iter::from_fn(|| client.poll_event()).collect();
+        assert!(
+            events.iter().any(|e| matches!(e, ClientEvent::Joined(_))),
+            "{events:?}"
+        );
+        // The client answers before the connection handled the room's wake-up.
+        client
+            .send(
+                now,
+                client_message::Msg::Chat(v1::ChatSend {
+                    text: "hello".into(),
+                    ..Default::default()
+                }),
+            )
+            .unwrap();
+        send(&mut server, &mut client);
+        deliver(&server, &mut client, now);
+        let errors: Vec<_> = std::iter::from_fn(|| client.poll_event())
+            .filter_map(|e| match e {
+                ClientEvent::Error(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert!(errors.is_empty(), "the chat was refused: {errors:?}");
     }
 }

@@ -369,8 +369,10 @@ impl Outbox {
     /// Admits the waiting participant: queues its `Joined` (first, before
     /// anything the room sends it next) and tells its connection.
     pub fn admit(&self, joined: Bytes) {
-        self.push_control(joined);
+        // The decision is recorded before Joined can be written: whatever
+        // the client sends after reading it finds the decision there.
         self.lock().admission = Some(Admission::Admitted);
+        self.push_control(joined);
         self.waker.wake_closed();
     }
 
