@@ -6,8 +6,8 @@ pub mod session;
 pub mod tls;
 pub mod transport;
 
-pub use session::{Client, ClientError};
+pub use session::{Client, ClientError, PathReport};
 pub use transport::{
-    ConnectError, Endpoint, Received, SendClass, SendError, Transport, TransportChoice,
-    TransportKind,
+    ConnectError, Endpoint, PathCounters, Received, SendClass, SendError, Transport,
+    TransportChoice, TransportKind,
 };

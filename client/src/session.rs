@@ -17,8 +17,8 @@ use convene_protocol::{
 };
 
 use crate::transport::{
-    ConnectError, Endpoint, Received, SendClass, SendError, Transport, TransportChoice,
-    TransportKind,
+    ConnectError, Endpoint, PathCounters, Received, SendClass, SendError, Transport,
+    TransportChoice, TransportKind,
 };
 
 /// Why a call on a [`Client`] failed.
@@ -44,7 +44,25 @@ pub struct Client {
     finished: bool,
     /// Media frames the transport dropped because it was behind.
     congested_drops: u64,
+    /// The QUIC path's counters at the last [`Client::path_report`].
+    reported: Option<PathCounters>,
 }
+
+/// What a publisher's rate controller (`convene_protocol::rate`) needs to
+/// know of its own path, since the last report.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PathReport {
+    /// The round trip now (QUIC's on WebTransport, else Ping/Pong's).
+    pub rtt: Option<Duration>,
+    /// The share of packets lost since the last report, on WebTransport
+    /// once enough were sent to say.
+    pub loss: Option<f64>,
+    /// Bytes queued here that the connection has not taken yet.
+    pub backlog_bytes: u64,
+}
+
+/// Fewer packets than this since the last report say nothing about loss.
+const LOSS_SAMPLE_MIN_PACKETS: u64 = 20;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,6 +93,7 @@ impl Client {
             tracks: HashMap::new(),
             finished: false,
             congested_drops: 0,
+            reported: None,
         };
         c.flush();
         Ok(c)
@@ -107,6 +126,31 @@ impl Client {
         self.transport
             .as_ref()
             .map_or((0, 0), Transport::media_counts)
+    }
+
+    /// The path since the last call: round trip, loss and local backlog.
+    pub fn path_report(&mut self) -> PathReport {
+        let Some(t) = &self.transport else {
+            return PathReport::default();
+        };
+        let now = t.path_counters();
+        let loss = match (self.reported, now) {
+            (Some(before), Some(now)) => {
+                let sent = now.sent_packets.saturating_sub(before.sent_packets);
+                let lost = now.lost_packets.saturating_sub(before.lost_packets);
+                (sent >= LOSS_SAMPLE_MIN_PACKETS).then(|| lost as f64 / sent as f64)
+            }
+            _ => None,
+        };
+        // A sample too small to judge carries over to the next one.
+        if loss.is_some() || self.reported.is_none() {
+            self.reported = now;
+        }
+        PathReport {
+            rtt: self.rtt(),
+            loss,
+            backlog_bytes: t.backlog_bytes(),
+        }
     }
 
     /// Media frames dropped locally because the connection could not keep up.

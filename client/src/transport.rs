@@ -262,10 +262,22 @@ pub struct MediaCounts {
     pub streams: AtomicU64,
 }
 
+/// The QUIC path's packet counters so far (WebTransport only), for a
+/// publisher's own loss estimate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathCounters {
+    /// Packets sent.
+    pub sent_packets: u64,
+    /// Packets declared lost.
+    pub lost_packets: u64,
+}
+
 /// One connection to a server: frames in, frames out.
 pub struct Transport {
     kind: TransportKind,
     counts: Arc<MediaCounts>,
+    /// Bytes of frames given to [`Transport::send`] that the writer has not taken yet.
+    queued: Arc<AtomicU64>,
     tx: mpsc::Sender<Outgoing>,
     rx: mpsc::Receiver<Received>,
     wt: Option<web_transport_quinn::Session>,
@@ -343,14 +355,37 @@ impl Transport {
         self.wt.as_ref().map(|s| s.rtt())
     }
 
+    /// The QUIC path's packet counters, on WebTransport.
+    pub fn path_counters(&self) -> Option<PathCounters> {
+        self.wt.as_ref().map(|s| {
+            // The QUIC connection under the session (the session's own stats are fewer).
+            let stats = std::ops::Deref::deref(s).stats();
+            PathCounters {
+                sent_packets: stats.path.sent_packets,
+                lost_packets: stats.path.lost_packets,
+            }
+        })
+    }
+
+    /// Bytes of frames queued here that the connection has not taken yet:
+    /// a WebSocket whose TCP connection is full, or a writer that is behind.
+    pub fn backlog_bytes(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// Queues a frame for sending without waiting. Control frames are
     /// never dropped here; media frames are, when the writer is behind.
     pub fn send(&self, frame: Bytes, class: SendClass) -> Result<(), SendError> {
+        let len = frame.len() as u64;
         match self.tx.try_send(Outgoing::Frame(frame, class)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.queued.fetch_add(len, Ordering::Relaxed);
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
             Err(mpsc::error::TrySendError::Full(Outgoing::Frame(f, SendClass::Control))) => {
                 // Control must arrive: wait for room, off the caller's path.
+                self.queued.fetch_add(len, Ordering::Relaxed);
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let _ = tx.send(Outgoing::Frame(f, SendClass::Control)).await;
@@ -407,6 +442,8 @@ impl Transport {
         let (mut sink, mut stream) = ws.split();
         let (tx, mut out_rx) = mpsc::channel::<Outgoing>(OUTGOING_QUEUE);
         let (in_tx, rx) = mpsc::channel::<Received>(OUTGOING_QUEUE);
+        let queued = Arc::new(AtomicU64::new(0));
+        let writer_queued = queued.clone();
         let writer = tokio::spawn(async move {
             while let Some(first) = out_rx.recv().await {
                 let mut next = Some(first);
@@ -414,6 +451,7 @@ impl Transport {
                 while let Some(o) = next.take() {
                     match o {
                         Outgoing::Frame(f, _) => {
+                            writer_queued.fetch_sub(f.len() as u64, Ordering::Relaxed);
                             if sink.feed(Message::Binary(f)).await.is_err() {
                                 return;
                             }
@@ -460,6 +498,7 @@ impl Transport {
         Ok(Transport {
             kind: TransportKind::WebSocket,
             counts,
+            queued,
             tx,
             rx,
             wt: None,
@@ -488,7 +527,13 @@ impl Transport {
             session.open_bi().await.map_err(|e| fail(e.to_string()))?;
         let (tx, out_rx) = mpsc::channel::<Outgoing>(OUTGOING_QUEUE);
         let (in_tx, rx) = mpsc::channel::<Received>(OUTGOING_QUEUE);
-        let writer = tokio::spawn(wt_writer(session.clone(), control_send, out_rx));
+        let queued = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn(wt_writer(
+            session.clone(),
+            control_send,
+            out_rx,
+            queued.clone(),
+        ));
         let counts = Arc::new(MediaCounts::default());
         let reader = tokio::spawn(wt_reader(
             session.clone(),
@@ -499,6 +544,7 @@ impl Transport {
         Ok(Transport {
             kind: TransportKind::WebTransport,
             counts,
+            queued,
             tx,
             rx,
             wt: Some(session),
@@ -532,6 +578,7 @@ async fn wt_writer(
     session: web_transport_quinn::Session,
     mut control: web_transport_quinn::SendStream,
     mut out_rx: mpsc::Receiver<Outgoing>,
+    queued: Arc<AtomicU64>,
 ) {
     let _ = control.set_priority(stream_priority(rank(SendClass::Control), 0));
     let mut opened = 0u32;
@@ -539,6 +586,9 @@ async fn wt_writer(
     while let Some(first) = out_rx.recv().await {
         let mut next = Some(first);
         while let Some(o) = next.take() {
+            if let Outgoing::Frame(f, _) = &o {
+                queued.fetch_sub(f.len() as u64, Ordering::Relaxed);
+            }
             match o {
                 Outgoing::Frame(f, SendClass::Control) => {
                     chunks.push(Bytes::copy_from_slice(&length_prefix(f.len())));

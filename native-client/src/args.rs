@@ -21,6 +21,11 @@ pub(crate) struct ServerArgs {
     /// Bearer token for servers that require one.
     #[arg(long, env = "CONVENE_TOKEN")]
     pub(crate) token: Option<String>,
+    /// The UDP port of the server's WebTransport endpoint, when something in
+    /// between (a port mapping, a UDP relay) puts it elsewhere than the
+    /// URL's port, where the server itself listens.
+    #[arg(long, env = "CONVENE_WEBTRANSPORT_PORT", value_name = "PORT")]
+    pub(crate) webtransport_port: Option<u16>,
 }
 
 impl ServerArgs {
@@ -55,6 +60,7 @@ impl ServerArgs {
         if let Some(h) = &self.cert_sha256 {
             e = e.with_cert_sha256_hex(h).context("--cert-sha256")?;
         }
+        e.wt_port = self.webtransport_port;
         Ok(e)
     }
 }

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use convene_client::Client;
+use convene_protocol::rate::RateController;
 use convene_protocol::v1::{ClientKind, TrackInfo, TrackKind, server_message::Msg as S};
-use convene_protocol::{ClientEvent, ClientSessionConfig, MediaFrame};
+use convene_protocol::{ClientEvent, ClientSessionConfig, MediaFrame, Timestamp};
 use tokio::sync::mpsc;
 
 use crate::args::ServerArgs;
@@ -32,6 +33,13 @@ const VIDEO_TRACK: u32 = 1;
 const AUDIO_TRACK: u32 = 2;
 /// How long connecting, the handshake and joining may take.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The lowest bitrate the path may take the camera to, in bit/s (a hint may
+/// go lower: it is the server's word).
+const RATE_FLOOR_BPS: u32 = 100_000;
+/// A new target from the path reaches the encoder only when it differs this
+/// much from the encoder's: OpenH264 changes its rate through a new encoder,
+/// which starts with a key frame, so small steps would cost more than they save.
+const RATE_STEP: f64 = 0.2;
 /// First and longest wait between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -146,6 +154,13 @@ struct Summary {
     transport: Option<String>,
     /// Congestion hints received for the video track.
     congestion_hints: u64,
+    /// The lowest video bitrate the encoder was set to, in kbit/s (hints and
+    /// the publisher's own path: round trip, loss, backlog).
+    min_bitrate_kbps: u32,
+    /// Times the encoder's bitrate changed.
+    bitrate_changes: u32,
+    /// What the last path report made of the path: `clean`, `hold` or `congested`.
+    path: Option<String>,
     /// The server streamed to last (of those given with --server).
     server: Option<String>,
     participant_id: u32,
@@ -188,8 +203,11 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
     // missing camera should say so at once.
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
     // The bitrate to encode at: --bitrate-kbps, lowered and raised again by
-    // the server's congestion hints (never above --bitrate-kbps).
+    // the server's congestion hints and by what this publisher sees of its
+    // own path (never above --bitrate-kbps).
     let target_kbps = Arc::new(AtomicU32::new(args.bitrate_kbps));
+    let mut rate = RateController::new(args.bitrate_kbps.saturating_mul(1000), RATE_FLOOR_BPS);
+    let clock = Instant::now();
     let media = {
         let (key_wanted, stop, stats) = (key_wanted.clone(), stop.clone(), stats.clone());
         let target = target_kbps.clone();
@@ -239,6 +257,7 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
     let mut summary = Summary {
         width,
         height,
+        min_bitrate_kbps: args.bitrate_kbps,
         ..Summary::default()
     };
     let mut tone = audio::Tone::new(440.0);
@@ -351,10 +370,13 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                     Some(ClientEvent::Room(S::ParticipantJoined(_))) => peers += 1,
                     Some(ClientEvent::Room(S::ParticipantLeft(_))) => peers = peers.saturating_sub(1),
                     Some(ClientEvent::Room(S::CongestionHint(h))) if h.track_id == VIDEO_TRACK => {
-                        let kbps = h.target_bitrate_kbps.clamp(50, args.bitrate_kbps);
-                        tracing::info!(kbps, reason = h.reason, "congestion hint");
                         summary.congestion_hints += 1;
-                        target_kbps.store(kbps, Ordering::Relaxed);
+                        // The server's word goes to the encoder at once
+                        // (within the floor and --bitrate-kbps).
+                        rate.on_hint(h.target_bitrate_kbps.saturating_mul(1000));
+                        let kbps = rate.target() / 1000;
+                        tracing::info!(kbps, reason = h.reason, "congestion hint");
+                        set_bitrate(&target_kbps, kbps, &mut summary);
                     }
                     Some(ClientEvent::Closed) | None => {
                         match after_close(client.close_reason()) {
@@ -388,12 +410,25 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                     }
                 }
                 _ = status_tick.tick() => {
+                    let path = client.path_report();
+                    let now = Timestamp(clock.elapsed().as_micros() as u64);
+                    let bps = rate.on_path(now, path.rtt, path.loss, path.backlog_bytes);
+                    summary.path = rate.path_state().map(|p| format!("{p:?}").to_lowercase());
+                    let current = target_kbps.load(Ordering::Relaxed);
+                    let kbps = bps / 1000;
+                    if f64::from(kbps.abs_diff(current)) >= RATE_STEP * f64::from(current)
+                        || (kbps != current && (bps == rate.floor() || kbps == args.bitrate_kbps))
+                    {
+                        tracing::info!(kbps, ?path, "bitrate from the path");
+                        set_bitrate(&target_kbps, kbps, &mut summary);
+                    }
                     let secs = window.since.elapsed().as_secs_f64().max(0.001);
                     let rtt = client.rtt().map_or("-".into(), |r| format!("{:.1} ms", r.as_secs_f64() * 1e3));
                     status.show(&format!(
-                        "{:.1} fps  {:.0} kbps  rtt {rtt}  peers {peers}  key frames {}  dropped {}",
+                        "{:.1} fps  {:.0} kbps (target {})  rtt {rtt}  peers {peers}  key frames {}  dropped {}",
                         window.frames as f64 / secs,
                         window.bytes as f64 * 8.0 / secs / 1000.0,
+                        target_kbps.load(Ordering::Relaxed),
                         stats.key_frames.load(Ordering::Relaxed),
                         stats.dropped.load(Ordering::Relaxed) + client.congested_drops(),
                     ));
@@ -453,6 +488,14 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
 }
 
 /// Encrypts a frame when E2EE is on.
+/// Tells the encoder thread a new bitrate, in kbit/s.
+fn set_bitrate(target: &AtomicU32, kbps: u32, summary: &mut Summary) {
+    if target.swap(kbps, Ordering::Relaxed) != kbps {
+        summary.bitrate_changes += 1;
+        summary.min_bitrate_kbps = summary.min_bitrate_kbps.min(kbps);
+    }
+}
+
 fn seal(e2ee: &mut Option<E2ee>, frame: MediaFrame) -> MediaFrame {
     match e2ee {
         Some(e) => e.seal(frame),

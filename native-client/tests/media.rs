@@ -9,6 +9,7 @@ mod common;
 
 use common::{DEADLINE, Running, json, n, server_args, server_on, track, words};
 use convene_server::config::Config;
+use convene_testkit::{Impairment, UdpRelay};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_pattern_streamed_over_webtransport_decodes_with_its_counter_rising() {
@@ -88,6 +89,37 @@ async fn a_test_pattern_streamed_over_webtransport_decodes_with_its_counter_risi
     );
     let _ = std::fs::remove_dir_all(&dump);
     drop(stream);
+    s.shutdown().await;
+}
+
+/// A publisher whose own path is slow (250 ms each way through a relay)
+/// takes its camera's bitrate down by itself: it is alone in the meeting,
+/// so no congestion hint from the server can be the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_lowers_its_bitrate_on_a_slow_path_by_itself() {
+    let s = server_on(0, true).await;
+    let slow = Impairment {
+        delay: Duration::from_millis(250),
+        ..Impairment::NONE
+    };
+    let relay = UdpRelay::start(s.wt_addr.unwrap(), slow, slow, 7)
+        .await
+        .unwrap();
+    let mut args = server_args(&s);
+    args.extend(words(&format!(
+        "--webtransport-port {} --transport wt --meeting-id slow-path --source test-pattern \
+         --resolution 160x96 --fps 10 --bitrate-kbps 800 --duration 12 --json",
+        relay.addr().port()
+    )));
+    let (ok, out, err) = Running::start("stream", &args).finish().await;
+    let summary = json(ok, &out, &err);
+    // The relay carried the session: WebTransport, at the relay's port.
+    assert_eq!(summary["transport"], "WebTransport", "{summary}");
+    assert!(relay.stats().forwarded.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert_eq!(n(&summary, "congestion_hints"), 0, "{summary}");
+    assert!(n(&summary, "min_bitrate_kbps") < 800, "{summary}");
+    assert!(n(&summary, "bitrate_changes") >= 1, "{summary}");
+    assert_eq!(summary["path"], "congested", "{summary}");
     s.shutdown().await;
 }
 

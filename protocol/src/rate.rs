@@ -80,6 +80,11 @@ impl RateController {
         self.target
     }
 
+    /// The lowest rate the path may take it to, in bits per second.
+    pub fn floor(&self) -> u32 {
+        self.floor
+    }
+
     /// What the last path report made of the path.
     pub fn path_state(&self) -> Option<PathState> {
         self.last
