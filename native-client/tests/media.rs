@@ -108,7 +108,7 @@ async fn the_stream_lowers_its_bitrate_on_a_slow_path_by_itself() {
     let mut args = server_args(&s);
     args.extend(words(&format!(
         "--webtransport-port {} --transport wt --meeting-id slow-path --source test-pattern \
-         --resolution 160x96 --fps 10 --bitrate-kbps 800 --duration 12 --json",
+         --resolution 160x96 --fps 10 --bitrate-kbps 800 --duration 20 --json",
         relay.addr().port()
     )));
     let (ok, out, err) = Running::start("stream", &args).finish().await;
