@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{joined, wait_for};
+use common::{DEADLINE, joined, wait_for};
 use convene_client::{Endpoint, TransportChoice};
 use convene_protocol::v1::{
     KeyFrameRequest, TrackInfo, TrackKind, client_message::Msg as C, server_message::Msg as S,
@@ -342,5 +342,143 @@ async fn a_lossy_link_keeps_audio_flowing_and_video_recovers_through_key_frame_r
         seqs.len()
     );
     assert!(healthy_rx.audio.len() as u32 + 3 >= audio_seq);
+    server.shutdown().await;
+}
+
+/// A subscriber whose acknowledgements stop arriving (the relay cuts its
+/// path to the server; the server still reaches it) costs the server at most
+/// QUIC's send window: then its frames wait in its queue, the queue
+/// overflows, and the slow-subscriber rule ends its session, while a healthy
+/// subscriber of the same publisher keeps getting every frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_acknowledging_is_cut_off_as_slow_and_harms_nobody() {
+    let server = convene_server::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dev_tls: true,
+        slow_consumer_ms: 1000,
+        max_queue_bytes: 256 * 1024,
+        // Only the slow-subscriber rule may end the session within the test.
+        heartbeat_interval_ms: 30_000,
+        idle_timeout_ms: 90_000,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let hash = server.cert_sha256.clone().unwrap();
+    let direct = Endpoint::new(&format!("https://127.0.0.1:{}", server.addr.port()))
+        .unwrap()
+        .with_cert_sha256_hex(&hash)
+        .unwrap();
+    let relay = UdpRelay::start(
+        server.wt_addr.unwrap(),
+        Impairment::NONE,
+        Impairment::NONE,
+        1,
+    )
+    .await
+    .unwrap();
+    let mut via_relay = direct.clone();
+    via_relay.wt_port = Some(relay.addr().port());
+
+    let meeting = "stops-acking";
+    let mut publisher = joined(&direct, TransportChoice::WebTransport, meeting).await;
+    let mut healthy = joined(&direct, TransportChoice::WebSocket, meeting).await;
+    let mut silent = joined(&via_relay, TransportChoice::WebTransport, meeting).await;
+    let silent_id = silent.participant_id();
+    publisher
+        .publish(TrackInfo {
+            track_id: VIDEO,
+            kind: TrackKind::Video as i32,
+            codec: "avc1.42E01F".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    // 60 kB key frames at 10 a second: 600 kB/s, under the ingress limit.
+    const BIG: usize = 60_000;
+    let mut seq = 0u32;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // Frames flow to the subscriber through the relay first.
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    seq += 1;
+                    let _ = publisher.send_media(frame(VIDEO, seq, true, BIG));
+                }
+                ev = silent.next_event() => {
+                    if matches!(ev, Some(ClientEvent::Media(_))) {
+                        break;
+                    }
+                    assert!(ev.is_some(), "the subscriber's session ended early");
+                }
+                _ = healthy.next_event() => {}
+                _ = publisher.next_event() => {}
+            }
+        }
+    })
+    .await
+    .expect("a frame reaches the subscriber behind the relay");
+
+    relay.cut_up(true);
+    let cut_at = seq;
+    let mut healthy_seen = Vec::new();
+    let left = tokio::time::timeout(Duration::from_secs(45), async {
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    seq += 1;
+                    let _ = publisher.send_media(frame(VIDEO, seq, true, BIG));
+                }
+                ev = publisher.next_event() => match ev {
+                    Some(ClientEvent::Room(S::ParticipantLeft(l))) if l.participant_id == silent_id => {
+                        return seq;
+                    }
+                    None => panic!("the publisher's session ended: {:?}", publisher.close_reason()),
+                    _ => {}
+                },
+                ev = healthy.next_event() => match ev {
+                    Some(ClientEvent::Media(m)) => healthy_seen.push(m.header().sequence),
+                    None => panic!("the healthy subscriber's session ended: {:?}", healthy.close_reason()),
+                    _ => {}
+                },
+                // The silent one's own client keeps running; what it hears does not matter.
+                _ = silent.next_event() => {}
+            }
+        }
+    })
+    .await
+    .expect("the subscriber that stopped acknowledging is removed");
+    let slow = server
+        .state
+        .metrics
+        .drops
+        .get_or_create(&convene_server::metrics::ReasonLabel {
+            reason: "slow_consumer".into(),
+        })
+        .get();
+    println!(
+        "cut after frame {cut_at}, removed after frame {left}; the healthy subscriber got {} frames",
+        healthy_seen.len()
+    );
+    assert_eq!(slow, 1, "ended as a slow consumer");
+    // What it could pile up is bounded by QUIC's send window (1 MiB), the
+    // frames being written (32), its queue (256 KiB) and one second of
+    // overflow: about 60 frames here. With quinn's default window (10 MB)
+    // it took about 150.
+    assert!(
+        left - cut_at <= 110,
+        "{} frames of 60 kB were sent before it was cut off",
+        left - cut_at
+    );
+    // The healthy subscriber got every frame sent meanwhile, in order
+    // (the last ones may still be on their way).
+    let after_cut: Vec<u32> = healthy_seen.into_iter().filter(|s| *s > cut_at).collect();
+    assert!(
+        after_cut.len() as u32 + 3 >= left - cut_at,
+        "{} of {} frames",
+        after_cut.len(),
+        left - cut_at
+    );
+    assert!(after_cut.windows(2).all(|w| w[0] < w[1]));
     server.shutdown().await;
 }

@@ -115,7 +115,13 @@ async fn the_stream_lowers_its_bitrate_on_a_slow_path_by_itself() {
     let summary = json(ok, &out, &err);
     // The relay carried the session: WebTransport, at the relay's port.
     assert_eq!(summary["transport"], "WebTransport", "{summary}");
-    assert!(relay.stats().forwarded.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(
+        relay
+            .stats()
+            .forwarded
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
     assert_eq!(n(&summary, "congestion_hints"), 0, "{summary}");
     assert!(n(&summary, "min_bitrate_kbps") < 800, "{summary}");
     assert!(n(&summary, "bitrate_changes") >= 1, "{summary}");

@@ -49,9 +49,23 @@ fn quic_config(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(max_streams + H3_UNI_STREAMS + 1));
+    transport.send_window(SEND_WINDOW);
+    transport.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
+
+/// Bytes QUIC may hold for a session that the subscriber has not
+/// acknowledged (quinn's default is 10 MB). A subscriber that stops
+/// acknowledging costs at most this much here; after that its frames wait in
+/// its queue, which overflows, and the slow-subscriber rule (PROTOCOL.md
+/// §6.4) ends the session. Ample for media: 1 MiB in flight is 80 Mbit/s at
+/// a 100 ms round trip.
+const SEND_WINDOW: u64 = 1024 * 1024;
+
+/// Bytes of audio datagrams QUIC holds for a session before it drops the
+/// oldest (quinn's default is 1 MiB, minutes of audio nobody wants late).
+const DATAGRAM_SEND_BUFFER: usize = 64 * 1024;
 
 /// Binds the UDP endpoint and accepts sessions until shutdown.
 pub fn start(

@@ -108,6 +108,8 @@ pub struct UdpRelay {
     addr: SocketAddr,
     seed: u64,
     stats: Arc<RelayStats>,
+    /// Set: every client→server datagram is dropped.
+    up_cut: Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -133,6 +135,7 @@ impl UdpRelay {
         back.connect(server).await?;
         let addr = front.local_addr()?;
         let stats = Arc::new(RelayStats::default());
+        let up_cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
         let up_link = Link {
             impairment: up,
@@ -145,13 +148,22 @@ impl UdpRelay {
             next_free: Instant::now(),
         };
         let upstream = {
-            let (front, back, stats, client) =
-                (front.clone(), back.clone(), stats.clone(), client.clone());
+            let (front, back, stats, client, cut) = (
+                front.clone(),
+                back.clone(),
+                stats.clone(),
+                client.clone(),
+                up_cut.clone(),
+            );
             tokio::spawn(async move {
                 let mut link = up_link;
                 let mut buf = vec![0u8; 65_536];
                 while let Ok((n, from)) = front.recv_from(&mut buf).await {
                     stats.received.fetch_add(1, Ordering::Relaxed);
+                    if cut.load(Ordering::Relaxed) {
+                        stats.lost.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     *client.lock().await = Some(from);
                     if let Some(at) = link.schedule(Instant::now(), n, &stats) {
                         let (back, stats, data) = (back.clone(), stats.clone(), buf[..n].to_vec());
@@ -193,6 +205,7 @@ impl UdpRelay {
             addr,
             seed,
             stats,
+            up_cut,
             tasks: vec![upstream, downstream],
         })
     }
@@ -210,6 +223,13 @@ impl UdpRelay {
     /// What the relay has done so far.
     pub fn stats(&self) -> &RelayStats {
         &self.stats
+    }
+
+    /// Cuts (or restores) the client→server direction: with it cut, the
+    /// server still reaches the client but hears nothing back, not even
+    /// acknowledgements.
+    pub fn cut_up(&self, cut: bool) {
+        self.up_cut.store(cut, Ordering::Relaxed);
     }
 }
 
