@@ -229,6 +229,21 @@ impl Client {
         Ok(rid)
     }
 
+    /// Sends a Ping stamped with the session's clock; its Pong updates
+    /// [`Client::rtt`] where QUIC does not say (WebSocket). PROTOCOL.md §9.2
+    /// lets a client do this at most once a second.
+    pub fn ping(&mut self) -> Result<u32, ClientError> {
+        let now = self.now();
+        let rid = self.session.send(
+            now,
+            C::Ping(v1::Ping {
+                timestamp_us: now.as_micros(),
+            }),
+        )?;
+        self.flush();
+        Ok(rid)
+    }
+
     /// Sends a room message (Subscribe, ChatSend, KeyFrameRequest, …).
     pub fn send(&mut self, msg: C) -> Result<u32, ClientError> {
         let now = self.now();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use convene_client::Client;
+use convene_client::{Client, TransportKind};
 use convene_protocol::rate::RateController;
 use convene_protocol::v1::{ClientKind, TrackInfo, TrackKind, server_message::Msg as S};
 use convene_protocol::{ClientEvent, ClientSessionConfig, MediaFrame, Timestamp};
@@ -161,6 +161,8 @@ struct Summary {
     bitrate_changes: u32,
     /// What the last path report made of the path: `clean`, `hold` or `congested`.
     path: Option<String>,
+    /// The last round trip measured (QUIC's, or a Ping's over WebSocket), in ms.
+    rtt_ms: Option<f64>,
     /// The server streamed to last (of those given with --server).
     server: Option<String>,
     participant_id: u32,
@@ -410,7 +412,13 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                     }
                 }
                 _ = status_tick.tick() => {
+                    if client.transport() == TransportKind::WebSocket {
+                        // A publisher always has something to send, so the
+                        // session never pings by itself: ask for a round trip.
+                        let _ = client.ping();
+                    }
                     let path = client.path_report();
+                    summary.rtt_ms = path.rtt.map(|r| r.as_secs_f64() * 1e3);
                     let now = Timestamp(clock.elapsed().as_micros() as u64);
                     let bps = rate.on_path(now, path.rtt, path.loss, path.backlog_bytes);
                     summary.path = rate.path_state().map(|p| format!("{p:?}").to_lowercase());

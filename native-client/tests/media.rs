@@ -186,6 +186,9 @@ async fn the_stream_counts_key_frame_requests_in_its_summary() {
     let (ok, out, err) = stream.finish().await;
     let summary = json(ok, &out, &err);
     assert!(n(&summary, "key_frame_requests") >= 1, "{summary}");
+    // Over WebSocket the stream pings for its round trip (QUIC gives it on WebTransport).
+    assert_eq!(summary["transport"], "WebSocket");
+    assert!(summary["rtt_ms"].as_f64().is_some(), "{summary}");
     // The opening key frame, and at least one more for the receiver.
     assert!(n(&summary, "key_frames") >= 2, "{summary}");
     assert!(n(&summary, "video_frames_sent") > 0);
