@@ -2,6 +2,8 @@
 //! the end-to-end fan-out benchmark with its raw-write floor in `src/bin/`.
 //! Results and the machine they came from are in `benches/README.md`.
 
+pub mod quic_core;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -112,6 +112,10 @@ enum Mode {
     },
     /// Server memory per idle, joined participant (`--subscribers` of them).
     Idle(Load),
+    /// QUIC's own cost per delivered frame (quinn-proto, in memory, virtual
+    /// clock, no sockets or tasks): what WebTransport fan-out pays on top of
+    /// the raw-UDP floor at the least.
+    QuicCore(Load),
     /// (internal) the floor's writer process.
     FloorWriter {
         #[arg(long)]
@@ -1004,6 +1008,44 @@ async fn main() -> anyhow::Result<()> {
     match cli.mode {
         Mode::FloorWriter { port, load } => floor_writer(port, &load),
         Mode::UdpFloorWriter { targets, load } => udp_floor_writer(&targets, &load),
+        Mode::QuicCore(load) => {
+            let r = convene_benches::quic_core::run(&convene_benches::quic_core::QuicLoad {
+                subscribers: load.subscribers,
+                seconds: load.seconds,
+                video_fps: load.video_fps,
+                video_bytes: load.video_bytes,
+                audio_fps: load.audio_fps,
+                audio_bytes: load.audio_bytes,
+            })
+            .map_err(anyhow::Error::msg)?;
+            let line = format!(
+                "quic core: {} subscribers, {} of {} frames delivered, {:.2} us of server QUIC time per delivered frame ({} packets in {} transmits out, {} packets back)",
+                load.subscribers,
+                r.delivered,
+                r.expected,
+                r.us_per_frame(),
+                r.server_packets,
+                r.server_transmits,
+                r.client_packets
+            );
+            if load.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "subscribers": load.subscribers,
+                        "delivered": r.delivered,
+                        "expected": r.expected,
+                        "us_per_frame": r.us_per_frame(),
+                        "server_packets": r.server_packets,
+                        "server_transmits": r.server_transmits,
+                        "client_packets": r.client_packets,
+                    })
+                );
+            } else {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Mode::UdpFloor(load) => {
             let r = run_udp_floor(&load).await?;
             if load.json {
