@@ -33,8 +33,8 @@ const VIDEO_TRACK: u32 = 1;
 const AUDIO_TRACK: u32 = 2;
 /// How long connecting, the handshake and joining may take.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// The lowest bitrate the path may take the camera to, in bit/s (a hint may
-/// go lower: it is the server's word).
+/// The lowest bitrate the path or a hint may take the camera to, in bit/s
+/// (the browser client's floor too; lower, a picture is not worth sending).
 const RATE_FLOOR_BPS: u32 = 100_000;
 /// A new target from the path reaches the encoder only when it differs this
 /// much from the encoder's: OpenH264 changes its rate through a new encoder,
@@ -495,7 +495,6 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// Encrypts a frame when E2EE is on.
 /// Tells the encoder thread a new bitrate, in kbit/s.
 fn set_bitrate(target: &AtomicU32, kbps: u32, summary: &mut Summary) {
     if target.swap(kbps, Ordering::Relaxed) != kbps {
@@ -504,6 +503,7 @@ fn set_bitrate(target: &AtomicU32, kbps: u32, summary: &mut Summary) {
     }
 }
 
+/// Encrypts a frame when E2EE is on.
 fn seal(e2ee: &mut Option<E2ee>, frame: MediaFrame) -> MediaFrame {
     match e2ee {
         Some(e) => e.seal(frame),
