@@ -144,6 +144,12 @@ struct Report {
     megabits_per_second: f64,
     server_cpu_s: Option<f64>,
     server_cpu_us_per_frame: Option<f64>,
+    /// The server's resident memory before anyone connected, KiB.
+    server_rss_kib_before: Option<u64>,
+    /// The server's resident memory with everyone still connected, after sending, KiB.
+    server_rss_kib_after: Option<u64>,
+    /// The difference per joined participant, KiB.
+    server_kib_per_connection: Option<f64>,
     errors: Vec<String>,
 }
 
@@ -190,6 +196,7 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<std::process::ExitCode
         "--key-interval must be a positive number of seconds"
     );
     let endpoint = args.server.endpoint()?;
+    let rss_before = args.server_pid.map(server_rss_kib).transpose()?;
     let args = Arc::new(args);
     let progress = Arc::new(Progress::default());
     let (go_tx, go_rx) = watch::channel::<Option<Schedule>>(None);
@@ -275,13 +282,21 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<std::process::ExitCode
         ));
     }
     let cpu_after = args.server_pid.map(server_cpu_seconds).transpose()?;
+    // Everyone is still connected: what they cost the server now.
+    let rss_after = args.server_pid.map(server_rss_kib).transpose()?;
     let mut outcomes = Vec::with_capacity(n);
     for t in tasks {
         outcomes.push(t.await.context("a participant task failed")?);
     }
     status.done();
     let cpu = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
-    let report = report(&args, outcomes, cpu);
+    let mut report = report(&args, outcomes, cpu);
+    report.server_rss_kib_before = rss_before;
+    report.server_rss_kib_after = rss_after;
+    report.server_kib_per_connection = rss_before
+        .zip(rss_after)
+        .filter(|_| report.joined > 0)
+        .map(|(b, a)| (a as f64 - b as f64) / report.joined as f64);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -590,6 +605,20 @@ async fn until(c: &mut Client, pred: impl Fn(&ClientEvent) -> bool) -> Result<()
     }
 }
 
+/// A process's resident memory in KiB, from `/proc/PID/status`.
+fn server_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| {
+        format!("cannot read {path}: is --server-pid {pid} a running process on this machine?")
+    })?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .with_context(|| format!("no VmRSS line in {path}"))
+}
+
 /// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
 fn server_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let path = format!("/proc/{pid}/stat");
@@ -676,6 +705,9 @@ fn report(args: &LoadArgs, outcomes: Vec<Outcome>, cpu: Option<f64>) -> Report {
         server_cpu_us_per_frame: cpu
             .filter(|_| received > 0)
             .map(|c| c * 1e6 / received as f64),
+        server_rss_kib_before: None,
+        server_rss_kib_after: None,
+        server_kib_per_connection: None,
         errors,
     }
 }
@@ -728,6 +760,15 @@ fn print_table(r: &Report) {
             per.map_or(String::new(), |p| format!(
                 "  ({p:.2} µs per delivered frame)"
             ))
+        );
+    }
+    if let (Some(before), Some(after)) = (r.server_rss_kib_before, r.server_rss_kib_after) {
+        println!(
+            "  server RSS   {:.1} MiB before, {:.1} MiB connected{}",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            r.server_kib_per_connection
+                .map_or(String::new(), |k| format!("  ({k:.0} KiB per connection)"))
         );
     }
     for e in &r.errors {

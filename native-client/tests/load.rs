@@ -70,6 +70,35 @@ async fn fifty_participants_over_websocket_lose_nothing_and_the_counts_add_up() 
     s.shutdown().await;
 }
 
+/// With `--server-pid`, the report says what the server spent: CPU per
+/// delivered frame and memory per connection (here the server is this test
+/// process, which holds the 20 connections while `convene load` runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_cpu_and_memory_per_connection_are_reported() {
+    let s = server(false).await;
+    let mut args = server_args(&s);
+    args.extend(
+        format!(
+            "-n 20 --duration 1 --ramp-up 0.2 --json --server-pid {}",
+            std::process::id()
+        )
+        .split(' ')
+        .map(String::from),
+    );
+    let r = json(&load(args).await);
+    assert_eq!(n(&r, "joined"), 20);
+    assert!(r["server_cpu_us_per_frame"].as_f64().unwrap() > 0.0, "{r}");
+    let before = n(&r, "server_rss_kib_before");
+    let after = n(&r, "server_rss_kib_after");
+    assert!(before > 0 && after > 0, "{r}");
+    let per = r["server_kib_per_connection"].as_f64().unwrap();
+    assert!(
+        (per - (after as f64 - before as f64) / 20.0).abs() < 1e-6,
+        "{r}"
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_over_webtransport_delivers_every_video_frame() {
     let s = server(true).await;
