@@ -61,9 +61,6 @@ pub struct PathReport {
     pub backlog_bytes: u64,
 }
 
-/// Fewer packets than this since the last report say nothing about loss.
-const LOSS_SAMPLE_MIN_PACKETS: u64 = 20;
-
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
@@ -138,7 +135,7 @@ impl Client {
             (Some(before), Some(now)) => {
                 let sent = now.sent_packets.saturating_sub(before.sent_packets);
                 let lost = now.lost_packets.saturating_sub(before.lost_packets);
-                (sent >= LOSS_SAMPLE_MIN_PACKETS).then(|| lost as f64 / sent as f64)
+                convene_protocol::rate::loss_share(sent, lost)
             }
             _ => None,
         };

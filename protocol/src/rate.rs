@@ -30,6 +30,15 @@ pub const DECREASE: f64 = 0.85;
 /// Factor applied per report on a path clean for long enough.
 pub const INCREASE: f64 = 1.08;
 
+/// Fewer packets than this over an interval say nothing about its loss.
+pub const LOSS_SAMPLE_MIN_PACKETS: u64 = 20;
+
+/// The share of packets lost over an interval in which `sent` packets went
+/// out and `lost` were declared lost, once there are enough to judge.
+pub fn loss_share(sent: u64, lost: u64) -> Option<f64> {
+    (sent >= LOSS_SAMPLE_MIN_PACKETS).then(|| lost as f64 / sent as f64)
+}
+
 /// What a path report made of the path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathState {
@@ -175,6 +184,13 @@ mod tests {
             c.on_path(Timestamp::from_millis(s * 1000), rtt, loss, 0);
         }
         c.target()
+    }
+
+    #[test]
+    fn loss_needs_enough_packets_to_say() {
+        assert_eq!(loss_share(19, 1), None);
+        assert_eq!(loss_share(20, 1), Some(0.05));
+        assert_eq!(loss_share(100, 0), Some(0.0));
     }
 
     #[test]

@@ -226,7 +226,7 @@ struct PathSample {
 fn path_congested(before: &PathSample, now: &PathSample) -> bool {
     let sent = now.sent_packets.saturating_sub(before.sent_packets);
     let lost = now.lost_packets.saturating_sub(before.lost_packets);
-    let lossy = sent >= 20 && lost as f64 / sent as f64 >= CONGESTED_LOSS;
+    let lossy = convene_protocol::rate::loss_share(sent, lost).is_some_and(|l| l >= CONGESTED_LOSS);
     let elapsed = now.at.saturating_duration_since(before.at).as_secs_f64();
     let window_bound = elapsed > 0.0 && {
         let rate = now.sent_bytes.saturating_sub(before.sent_bytes) as f64 / elapsed;
