@@ -45,6 +45,24 @@ fn frame(track: u32, seq: u32, key: bool, len: usize) -> MediaFrame {
     )
 }
 
+/// A `--dev-tls` server on a free loopback port with `config`'s other
+/// settings, and the endpoint that reaches it directly (its certificate pinned).
+async fn tls_server(config: Config) -> (convene_server::Server, Endpoint) {
+    let server = convene_server::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dev_tls: true,
+        ..config
+    })
+    .await
+    .unwrap();
+    let hash = server.cert_sha256.clone().unwrap();
+    let direct = Endpoint::new(&format!("https://127.0.0.1:{}", server.addr.port()))
+        .unwrap()
+        .with_cert_sha256_hex(&hash)
+        .unwrap();
+    (server, direct)
+}
+
 /// How long a missing video frame is waited for before it counts as lost:
 /// frames travel on streams of their own and may overtake each other.
 const REORDER_WINDOW: Duration = Duration::from_millis(500);
@@ -127,18 +145,7 @@ async fn a_lossy_link_keeps_audio_flowing_and_video_recovers_through_key_frame_r
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5EED);
     println!("relay seed {seed} (set CONVENE_RELAY_SEED to replay)");
-    let server = convene_server::start(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dev_tls: true,
-        ..Config::default()
-    })
-    .await
-    .unwrap();
-    let hash = server.cert_sha256.clone().unwrap();
-    let direct = Endpoint::new(&format!("https://127.0.0.1:{}", server.addr.port()))
-        .unwrap()
-        .with_cert_sha256_hex(&hash)
-        .unwrap();
+    let (server, direct) = tls_server(Config::default()).await;
     // 5% loss, 50 ms (±5 ms) one-way delay, 3% of datagrams overtaken, each way.
     let bad = Impairment {
         loss: 0.05,
@@ -352,9 +359,7 @@ async fn a_lossy_link_keeps_audio_flowing_and_video_recovers_through_key_frame_r
 /// subscriber of the same publisher keeps getting every frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_stops_acknowledging_is_cut_off_as_slow_and_harms_nobody() {
-    let server = convene_server::start(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dev_tls: true,
+    let (server, direct) = tls_server(Config {
         slow_consumer_ms: 1000,
         max_queue_bytes: 256 * 1024,
         // Only the slow-subscriber rule may end the session within the test.
@@ -362,13 +367,7 @@ async fn a_subscriber_that_stops_acknowledging_is_cut_off_as_slow_and_harms_nobo
         idle_timeout_ms: 90_000,
         ..Config::default()
     })
-    .await
-    .unwrap();
-    let hash = server.cert_sha256.clone().unwrap();
-    let direct = Endpoint::new(&format!("https://127.0.0.1:{}", server.addr.port()))
-        .unwrap()
-        .with_cert_sha256_hex(&hash)
-        .unwrap();
+    .await;
     let relay = UdpRelay::start(
         server.wt_addr.unwrap(),
         Impairment::NONE,
