@@ -60,6 +60,8 @@ impl QuicCost {
 }
 
 const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4433);
+/// Client i's (virtual) address is this port plus i.
+const FIRST_CLIENT_PORT: u16 = 10_000;
 /// Datagrams per transmit, as quinn's driver asks for with GSO.
 const MAX_DATAGRAMS: usize = 10;
 
@@ -100,23 +102,28 @@ pub fn run(load: &QuicLoad) -> Result<QuicCost, String> {
         Arc::new(QuicClientConfig::try_from(client_tls).map_err(|e| format!("QUIC client: {e}"))?);
 
     let endpoint_config = Arc::new(EndpointConfig::default());
-    let mut server = Endpoint::new(
-        endpoint_config.clone(),
-        Some(server_config),
-        // Packets of at most 1200 bytes, as the raw-UDP floor sends.
-        false,
-        Some([1; 32]),
-    );
-    let mut server_conns: HashMap<ConnectionHandle, quinn_proto::Connection> = HashMap::new();
-    let mut clients: Vec<Client> = Vec::new();
-    let mut by_addr: HashMap<SocketAddr, usize> = HashMap::new();
-    let start = Instant::now();
-    let mut now = start;
+    let mut w = World {
+        server: Endpoint::new(
+            endpoint_config.clone(),
+            Some(server_config),
+            // Packets of at most 1200 bytes, as the raw-UDP floor sends.
+            false,
+            Some([1; 32]),
+        ),
+        server_conns: HashMap::new(),
+        clients: Vec::new(),
+        to_server: VecDeque::new(),
+        to_clients: VecDeque::new(),
+    };
+    let mut now = Instant::now();
     for i in 0..load.subscribers {
         let mut endpoint = Endpoint::new(endpoint_config.clone(), None, false, Some([2; 32]));
         let addr = SocketAddr::new(
             IpAddr::V4(Ipv4Addr::LOCALHOST),
-            10_000 + u16::try_from(i).map_err(|_| "too many subscribers")?,
+            u16::try_from(i)
+                .ok()
+                .and_then(|i| FIRST_CLIENT_PORT.checked_add(i))
+                .ok_or("too many subscribers")?,
         );
         let (handle, conn) = endpoint
             .connect(
@@ -126,8 +133,7 @@ pub fn run(load: &QuicLoad) -> Result<QuicCost, String> {
                 "localhost",
             )
             .map_err(|e| format!("connect: {e}"))?;
-        by_addr.insert(addr, i);
-        clients.push(Client {
+        w.clients.push(Client {
             endpoint,
             addr,
             handle,
@@ -136,24 +142,16 @@ pub fn run(load: &QuicLoad) -> Result<QuicCost, String> {
         });
     }
 
-    let mut net = Net::default();
     let mut cost = QuicCost::default();
     // Handshakes, not counted.
     for _ in 0..50 {
-        net.pump(
-            now,
-            &mut server,
-            &mut server_conns,
-            &mut clients,
-            &by_addr,
-            &mut cost,
-        );
+        w.pump(now, &mut cost);
         now += Duration::from_millis(1);
     }
-    if server_conns.len() != load.subscribers {
+    if w.server_conns.len() != load.subscribers {
         return Err(format!(
             "{} of {} connections established",
-            server_conns.len(),
+            w.server_conns.len(),
             load.subscribers
         ));
     }
@@ -170,63 +168,41 @@ pub fn run(load: &QuicLoad) -> Result<QuicCost, String> {
     let (mut audio_k, mut video_k) = (0u64, 0u64);
     let mut next_audio = at(load.audio_fps, 0);
     let mut next_video = at(load.video_fps, 0);
-    let handles: Vec<ConnectionHandle> = server_conns.keys().copied().collect();
     while let Some(due) = [next_audio, next_video].into_iter().flatten().min() {
         // Timers that fall before the next frame (delayed acknowledgements, loss detection).
-        while let Some(t) = net
-            .next_timer(&mut server_conns, &mut clients)
-            .filter(|t| *t <= due)
-        {
+        while let Some(t) = w.next_timer().filter(|t| *t <= due) {
             now = t.max(now);
-            net.fire_timers(now, &mut server_conns, &mut clients, &mut cost);
-            net.pump(
-                now,
-                &mut server,
-                &mut server_conns,
-                &mut clients,
-                &by_addr,
-                &mut cost,
-            );
+            w.fire_timers(now, &mut cost);
+            w.pump(now, &mut cost);
         }
         now = due.max(now);
         if next_audio == Some(due) {
             let t0 = Instant::now();
-            for h in &handles {
-                if let Some(c) = server_conns.get_mut(h) {
-                    let _ = c.datagrams().send(audio.clone(), true);
-                }
+            for c in w.server_conns.values_mut() {
+                let _ = c.datagrams().send(audio.clone(), true);
             }
             cost.server_seconds += t0.elapsed().as_secs_f64();
-            cost.expected += handles.len() as u64;
+            cost.expected += w.server_conns.len() as u64;
             audio_k += 1;
             next_audio = at(load.audio_fps, audio_k);
         }
         if next_video == Some(due) {
             let t0 = Instant::now();
-            for h in &handles {
-                if let Some(c) = server_conns.get_mut(h)
-                    && let Some(id) = c.streams().open(Dir::Uni)
-                {
+            for c in w.server_conns.values_mut() {
+                if let Some(id) = c.streams().open(Dir::Uni) {
                     let mut s = c.send_stream(id);
                     let _ = s.write(&video);
                     let _ = s.finish();
                 }
             }
             cost.server_seconds += t0.elapsed().as_secs_f64();
-            cost.expected += handles.len() as u64;
+            cost.expected += w.server_conns.len() as u64;
             video_k += 1;
             next_video = at(load.video_fps, video_k);
         }
-        net.pump(
-            now,
-            &mut server,
-            &mut server_conns,
-            &mut clients,
-            &by_addr,
-            &mut cost,
-        );
+        w.pump(now, &mut cost);
         // Frames arrive whole or not at all: count them.
-        for c in clients.iter_mut() {
+        for c in w.clients.iter_mut() {
             cost.delivered += drain_client(c, load.video_bytes);
         }
     }
@@ -267,41 +243,49 @@ fn drain_client(c: &mut Client, video_bytes: usize) -> u64 {
     done
 }
 
-/// Packets in flight, delivered at once (loopback), in order.
-#[derive(Default)]
-struct Net {
+/// The server, its clients, and the packets in flight between them
+/// (delivered at once, as on loopback, in order).
+struct World {
+    server: Endpoint,
+    server_conns: HashMap<ConnectionHandle, quinn_proto::Connection>,
+    clients: Vec<Client>,
     to_server: VecDeque<(SocketAddr, BytesMut)>,
     to_clients: VecDeque<(SocketAddr, BytesMut)>,
 }
 
-impl Net {
-    fn next_timer(
-        &self,
-        server: &mut HashMap<ConnectionHandle, quinn_proto::Connection>,
-        clients: &mut [Client],
-    ) -> Option<Instant> {
-        server
+/// The datagrams of one transmit (several with GSO), each with its destination.
+fn datagrams(
+    t: &quinn_proto::Transmit,
+    buf: &[u8],
+    to: SocketAddr,
+) -> impl Iterator<Item = (SocketAddr, BytesMut)> {
+    buf[..t.size]
+        .chunks(t.segment_size.unwrap_or(t.size))
+        .map(move |p| (to, BytesMut::from(p)))
+}
+
+impl World {
+    fn next_timer(&mut self) -> Option<Instant> {
+        self.server_conns
             .values_mut()
             .filter_map(|c| c.poll_timeout())
-            .chain(clients.iter_mut().filter_map(|c| c.conn.poll_timeout()))
+            .chain(
+                self.clients
+                    .iter_mut()
+                    .filter_map(|c| c.conn.poll_timeout()),
+            )
             .min()
     }
 
-    fn fire_timers(
-        &mut self,
-        now: Instant,
-        server: &mut HashMap<ConnectionHandle, quinn_proto::Connection>,
-        clients: &mut [Client],
-        cost: &mut QuicCost,
-    ) {
+    fn fire_timers(&mut self, now: Instant, cost: &mut QuicCost) {
         let t0 = Instant::now();
-        for c in server.values_mut() {
+        for c in self.server_conns.values_mut() {
             if c.poll_timeout().is_some_and(|t| t <= now) {
                 c.handle_timeout(now);
             }
         }
         cost.server_seconds += t0.elapsed().as_secs_f64();
-        for c in clients.iter_mut() {
+        for c in self.clients.iter_mut() {
             if c.conn.poll_timeout().is_some_and(|t| t <= now) {
                 c.conn.handle_timeout(now);
             }
@@ -309,38 +293,27 @@ impl Net {
     }
 
     /// Moves packets until nobody has anything more to send.
-    fn pump(
-        &mut self,
-        now: Instant,
-        server: &mut Endpoint,
-        server_conns: &mut HashMap<ConnectionHandle, quinn_proto::Connection>,
-        clients: &mut [Client],
-        by_addr: &HashMap<SocketAddr, usize>,
-        cost: &mut QuicCost,
-    ) {
+    fn pump(&mut self, now: Instant, cost: &mut QuicCost) {
         let mut buf = Vec::with_capacity(64 * 1024);
         loop {
             // The server: its connections' packets and endpoint events.
             let t0 = Instant::now();
             let mut events = Vec::new();
-            for (h, c) in server_conns.iter_mut() {
+            for (h, c) in self.server_conns.iter_mut() {
                 while let Some(ev) = c.poll_endpoint_events() {
                     events.push((*h, ev));
                 }
                 while let Some(t) = c.poll_transmit(now, MAX_DATAGRAMS, &mut buf) {
                     cost.server_transmits += 1;
-                    let seg = t.segment_size.unwrap_or(t.size);
-                    for p in buf[..t.size].chunks(seg) {
-                        cost.server_packets += 1;
-                        self.to_clients
-                            .push_back((t.destination, BytesMut::from(p)));
-                    }
+                    let before = self.to_clients.len();
+                    self.to_clients.extend(datagrams(&t, &buf, t.destination));
+                    cost.server_packets += (self.to_clients.len() - before) as u64;
                     buf.clear();
                 }
             }
             for (h, ev) in events {
-                if let Some(back) = server.handle_event(h, ev)
-                    && let Some(c) = server_conns.get_mut(&h)
+                if let Some(back) = self.server.handle_event(h, ev)
+                    && let Some(c) = self.server_conns.get_mut(&h)
                 {
                     c.handle_event(back);
                 }
@@ -349,8 +322,10 @@ impl Net {
 
             // The clients: what reached them, and what they answer.
             while let Some((to, data)) = self.to_clients.pop_front() {
-                let Some(&i) = by_addr.get(&to) else { continue };
-                let c = &mut clients[i];
+                let i = usize::from(to.port().wrapping_sub(FIRST_CLIENT_PORT));
+                let Some(c) = self.clients.get_mut(i) else {
+                    continue;
+                };
                 if let Some(DatagramEvent::ConnectionEvent(_, ev)) =
                     c.endpoint.handle(now, SERVER, None, None, data, &mut buf)
                 {
@@ -358,18 +333,16 @@ impl Net {
                 }
                 buf.clear();
             }
-            for c in clients.iter_mut() {
+            for c in self.clients.iter_mut() {
                 while let Some(ev) = c.conn.poll_endpoint_events() {
                     if let Some(back) = c.endpoint.handle_event(c.handle, ev) {
                         c.conn.handle_event(back);
                     }
                 }
                 while let Some(t) = c.conn.poll_transmit(now, MAX_DATAGRAMS, &mut buf) {
-                    let seg = t.segment_size.unwrap_or(t.size);
-                    for p in buf[..t.size].chunks(seg) {
-                        cost.client_packets += 1;
-                        self.to_server.push_back((c.addr, BytesMut::from(p)));
-                    }
+                    let before = self.to_server.len();
+                    self.to_server.extend(datagrams(&t, &buf, c.addr));
+                    cost.client_packets += (self.to_server.len() - before) as u64;
                     buf.clear();
                 }
                 while c.conn.poll().is_some() {}
@@ -381,15 +354,15 @@ impl Net {
             // The server receives.
             let t0 = Instant::now();
             while let Some((from, data)) = self.to_server.pop_front() {
-                match server.handle(now, from, None, None, data, &mut buf) {
+                match self.server.handle(now, from, None, None, data, &mut buf) {
                     Some(DatagramEvent::NewConnection(incoming)) => {
                         let mut out = Vec::new();
-                        if let Ok((h, c)) = server.accept(incoming, now, &mut out, None) {
-                            server_conns.insert(h, c);
+                        if let Ok((h, c)) = self.server.accept(incoming, now, &mut out, None) {
+                            self.server_conns.insert(h, c);
                         }
                     }
                     Some(DatagramEvent::ConnectionEvent(h, ev)) => {
-                        if let Some(c) = server_conns.get_mut(&h) {
+                        if let Some(c) = self.server_conns.get_mut(&h) {
                             c.handle_event(ev);
                         }
                     }
@@ -397,7 +370,7 @@ impl Net {
                 }
                 buf.clear();
             }
-            for c in server_conns.values_mut() {
+            for c in self.server_conns.values_mut() {
                 while c.poll().is_some() {}
             }
             cost.server_seconds += t0.elapsed().as_secs_f64();
