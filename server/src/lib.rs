@@ -16,6 +16,7 @@ pub mod load;
 pub mod metrics;
 pub mod nats;
 pub mod outbox;
+pub mod quic;
 pub mod room;
 pub mod state;
 pub mod tls;

@@ -1,21 +1,22 @@
-//! The WebTransport transport (PROTOCOL.md §3.3), on web-transport-quinn:
-//! one client-opened bidirectional control stream with u32 length-prefixed
-//! frames; media frames each on their own unidirectional stream, or in a
-//! datagram.
+//! The WebTransport transport (PROTOCOL.md §3.3): one client-opened
+//! bidirectional control stream with u32 length-prefixed frames; media
+//! frames each on their own unidirectional stream, or in a datagram. QUIC
+//! and HTTP/3 run in one engine task for the whole endpoint
+//! ([`crate::quic`]); each session's protocol runs in a task of its own.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use convene_protocol::frame::{FRAME_CONTROL, FRAME_MEDIA, length_prefix, stream_priority};
-use convene_protocol::{CloseReason, ErrorCode, MediaFrame, ProtocolError, StreamDecoder};
+use convene_protocol::CloseReason;
+use convene_protocol::frame::{FRAME_MEDIA, length_prefix, stream_priority};
 use tokio::sync::mpsc;
 use tracing::debug;
-use web_transport_quinn::{RecvStream, SendStream, Session};
 
-use crate::connection::{Connection, FrameSink, Incoming, drive};
+use crate::connection::{Connection, FrameSink, drive};
 use crate::outbox::Drained;
+use crate::quic::{Command, EngineConfig, NewSession, SessionKey};
 use crate::state::AppState;
 use crate::tls::Identity;
 
@@ -30,11 +31,7 @@ const H3_UNI_STREAMS: u32 = 3;
 /// HTTP/3's own (control and the two QPACK streams), so that one too many
 /// reaches us and gets TOO_MANY_STREAMS (PROTOCOL.md §7) instead of waiting
 /// for credit the transport never gives.
-fn quic_config(
-    identity: &Identity,
-    max_streams: u32,
-) -> Result<web_transport_quinn::quinn::ServerConfig, String> {
-    use web_transport_quinn::quinn;
+fn quic_config(identity: &Identity, max_streams: u32) -> Result<quinn_proto::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -43,12 +40,14 @@ fn quic_config(
                 .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         })
         .map_err(|e| format!("cannot set up TLS for WebTransport: {e}"))?;
-    tls.alpn_protocols = vec![web_transport_quinn::ALPN.as_bytes().to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| format!("cannot set up QUIC: {e}"))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(max_streams + H3_UNI_STREAMS + 1));
+    let mut config = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn_proto::TransportConfig::default();
+    transport.max_concurrent_uni_streams(quinn_proto::VarInt::from_u32(
+        max_streams + H3_UNI_STREAMS + 1,
+    ));
     transport.send_window(SEND_WINDOW);
     transport.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     config.transport_config(Arc::new(transport));
@@ -67,52 +66,30 @@ const SEND_WINDOW: u64 = 1024 * 1024;
 /// oldest (quinn's default is 1 MiB, minutes of audio nobody wants late).
 const DATAGRAM_SEND_BUFFER: usize = 64 * 1024;
 
-/// Binds the UDP endpoint and accepts sessions until shutdown.
+/// Binds the UDP endpoint and runs the engine until shutdown.
 pub fn start(
     state: Arc<AppState>,
     identity: &Identity,
     addr: SocketAddr,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
     let socket = udp_socket(addr).map_err(|e| format!("cannot bind UDP {addr}: {e}"))?;
-    // The builder binds its own socket; start it on a throwaway port and move
-    // it onto ours, whose buffers are sized.
-    let mut server = web_transport_quinn::ServerBuilder::new()
-        .with_addr(SocketAddr::new(addr.ip(), 0))
-        .with_certificate(identity.chain.clone(), identity.key.clone_key())
-        .map_err(|e| format!("cannot start WebTransport on {addr}: {e}"))?;
-    server
-        .rebind(socket)
-        .map_err(|e| format!("cannot start WebTransport on {addr}: {e}"))?;
-    // Our own transport settings in place of the builder's defaults: quinn's
-    // stream limit (100) would otherwise cap --max-concurrent-streams.
-    server.set_server_config(Some(quic_config(
-        identity,
-        state.config.max_concurrent_streams,
-    )?));
-    let bound = server.local_addr().map_err(|e| e.to_string())?;
-    let mut stop = state.shutdown_signal();
-    let handle = tokio::spawn(async move {
-        loop {
-            let request = tokio::select! {
-                r = server.accept() => match r { Some(r) => r, None => break },
-                _ = stop.wait_for(|s| *s) => break,
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let peer = request.conn().remote_address().ip();
-                if request.url.path() != PATH {
-                    let _ = request
-                        .reject(web_transport_quinn::http::StatusCode::NOT_FOUND)
-                        .await;
-                    return;
-                }
-                match request.ok().await {
-                    Ok(session) => run(state, session, peer).await,
-                    Err(e) => debug!(%peer, error = %e, "WebTransport session refused"),
-                }
-            });
-        }
-    });
+    let bound = socket.local_addr().map_err(|e| e.to_string())?;
+    let server_config = Arc::new(quic_config(identity, state.config.max_concurrent_streams)?);
+    let config = EngineConfig {
+        path: PATH.to_string(),
+        max_frame: state.config.max_frame_bytes as usize,
+        max_streams: state.config.max_concurrent_streams as usize,
+    };
+    let stop = state.shutdown_signal();
+    let handle = tokio::spawn(crate::quic::run(
+        socket,
+        server_config,
+        config,
+        stop,
+        move |session: NewSession| {
+            tokio::spawn(run(state.clone(), session));
+        },
+    ));
     Ok((bound, handle))
 }
 
@@ -148,74 +125,71 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-async fn run(state: Arc<AppState>, session: Session, peer: IpAddr) {
+async fn run(state: Arc<AppState>, session: NewSession) {
+    let NewSession {
+        key,
+        peer,
+        incoming: mut rx,
+        commands,
+    } = session;
+    let peer: IpAddr = peer.ip();
     if let Err(e) = state.acquire_connection(peer) {
         let reason = CloseReason::error(e);
-        session.close(
-            reason.webtransport_code(),
-            reason.transport_reason().as_bytes(),
-        );
+        let _ = commands.send(Command::Close {
+            key,
+            code: reason.webtransport_code(),
+            reason: reason.transport_reason().to_string(),
+        });
         return;
     }
     let conn = Connection::new(state.clone(), "wt", peer);
-    let (tx, mut rx) = mpsc::channel::<Incoming>(256);
-    let control: Arc<tokio::sync::Mutex<Option<SendStream>>> =
-        Arc::new(tokio::sync::Mutex::new(None));
-    let readers = tokio::spawn(read_all(
-        session.clone(),
-        tx,
-        control.clone(),
-        state.config.max_frame_bytes as usize,
-        state.config.max_concurrent_streams as usize,
-    ));
+    let _ = commands.send(Command::Attach {
+        key,
+        outbox: conn.outbox(),
+    });
     let incoming = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let sink = WtSink {
-        session: session.clone(),
-        control,
+        key,
+        commands,
         in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_MEDIA_IN_FLIGHT)),
         opened: 0,
-        outbox: conn.outbox(),
-        sampled: None,
     };
     drive(conn, sink, incoming, state, peer).await;
-    readers.abort();
 }
 
-/// Media frames being written to QUIC at once per session. Beyond this the
-/// writer waits, so frames stay in the outbox, where the spec's drop order
-/// (video deltas first) and the slow-subscriber rule apply, instead of
-/// piling up inside QUIC without bound.
+/// Media frames (and control batches) handed to QUIC and not yet taken by
+/// it, per session. Beyond this the writer waits, so frames stay in the
+/// outbox, where the spec's drop order (video deltas first) and the
+/// slow-subscriber rule apply, instead of piling up inside QUIC without
+/// bound.
 const MAX_MEDIA_IN_FLIGHT: usize = 32;
 
 /// The writing side of a WebTransport session: control frames length-prefixed
-/// on the control stream, media frames each on a unidirectional stream.
+/// on the control stream, media frames each on a unidirectional stream or a
+/// datagram, all handed to the engine.
 struct WtSink {
-    session: Session,
-    control: Arc<tokio::sync::Mutex<Option<SendStream>>>,
+    key: SessionKey,
+    commands: mpsc::UnboundedSender<Command>,
     in_flight: Arc<tokio::sync::Semaphore>,
-    /// Media streams opened so far: older frames are sent first.
+    /// Media frames sent so far: older frames are sent first.
     opened: u32,
-    /// The subscriber's queue, told when the path is congested.
-    outbox: Arc<crate::outbox::Outbox>,
-    /// The last path sample.
-    sampled: Option<PathSample>,
 }
 
 /// QUIC's counters for the path to a subscriber at one moment.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct PathSample {
+pub(crate) struct PathSample {
     /// When the counters were read.
-    at: std::time::Instant,
+    pub(crate) at: std::time::Instant,
     /// Packets sent so far.
-    sent_packets: u64,
+    pub(crate) sent_packets: u64,
     /// Packets declared lost so far.
-    lost_packets: u64,
+    pub(crate) lost_packets: u64,
     /// UDP payload bytes sent so far.
-    sent_bytes: u64,
+    pub(crate) sent_bytes: u64,
     /// The smoothed round-trip time.
-    rtt: Duration,
+    pub(crate) rtt: Duration,
     /// The congestion window, in bytes.
-    cwnd: u64,
+    pub(crate) cwnd: u64,
 }
 
 /// Whether the path between two samples looks congested (PROTOCOL.md §6.5):
@@ -223,7 +197,7 @@ struct PathSample {
 /// [`CONGESTED_RTT`], or what we sent used [`WINDOW_FULL`] of what the
 /// congestion window lets through in a round trip (the window, not the
 /// media, sets the pace: the next burst waits).
-fn path_congested(before: &PathSample, now: &PathSample) -> bool {
+pub(crate) fn path_congested(before: &PathSample, now: &PathSample) -> bool {
     let sent = now.sent_packets.saturating_sub(before.sent_packets);
     let lost = now.lost_packets.saturating_sub(before.lost_packets);
     let lossy = convene_protocol::rate::loss_share(sent, lost).is_some_and(|l| l >= CONGESTED_LOSS);
@@ -238,7 +212,7 @@ fn path_congested(before: &PathSample, now: &PathSample) -> bool {
 }
 
 /// How often the path statistics are looked at.
-const PATH_SAMPLE: std::time::Duration = std::time::Duration::from_millis(500);
+pub(crate) const PATH_SAMPLE: std::time::Duration = std::time::Duration::from_millis(500);
 /// Share of packets lost over a sample beyond which the path counts as
 /// congested: where a publisher's own controller stops raising its rate.
 const CONGESTED_LOSS: f64 = convene_protocol::rate::LOSS_CLEAN;
@@ -250,66 +224,45 @@ const CONGESTED_RTT: std::time::Duration = convene_protocol::rate::RTT_HIGH;
 const WINDOW_FULL: f64 = 0.8;
 
 impl WtSink {
-    /// QUIC's view of the path to the subscriber (PROTOCOL.md §6.5): losses,
-    /// a long round trip or a full congestion window over the last sample
-    /// mark it congested, which the room turns into congestion hints for the
-    /// publishers it receives.
-    fn sample_path(&mut self) {
-        let at = std::time::Instant::now();
-        if self
-            .sampled
-            .is_some_and(|s| at.duration_since(s.at) < PATH_SAMPLE)
-        {
-            return;
-        }
-        // The QUIC connection under the session (the session's own stats are fewer).
-        let stats = std::ops::Deref::deref(&self.session).stats();
-        let now = PathSample {
-            at,
-            sent_packets: stats.path.sent_packets,
-            lost_packets: stats.path.lost_packets,
-            sent_bytes: stats.udp_tx.bytes,
-            rtt: stats.path.rtt,
-            cwnd: stats.path.cwnd,
-        };
-        if let Some(before) = &self.sampled {
-            self.outbox.set_congested(path_congested(before, &now));
-        }
-        self.sampled = Some(now);
+    async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ()> {
+        self.in_flight.clone().acquire_owned().await.map_err(|_| ())
     }
 
     async fn write_control(&mut self, chunks: &mut Vec<Bytes>) -> Result<(), ()> {
         if chunks.is_empty() {
             return Ok(());
         }
-        if let Some(s) = self.control.lock().await.as_mut() {
-            s.write_all_chunks(chunks).await.map_err(|_| ())?;
-        }
-        chunks.clear();
-        Ok(())
+        let permit = self.permit().await?;
+        self.commands
+            .send(Command::Control {
+                key: self.key,
+                chunks: std::mem::take(chunks),
+                permit,
+            })
+            .map_err(|_| ())
     }
 }
 
 impl FrameSink for WtSink {
     async fn write_batch(&mut self, batch: &mut Vec<Bytes>, lanes: Drained) -> Result<(), ()> {
-        self.sample_path();
         let mut control = Vec::new();
         for (i, f) in batch.drain(..).enumerate() {
             let audio = i >= lanes.control && i < lanes.control + lanes.audio;
             match f.first() {
                 Some(&FRAME_MEDIA) => {
-                    // Control frames come first in a batch: send them before waiting on media.
-                    if !control.is_empty() {
-                        self.write_control(&mut control).await?;
-                    }
-                    let permit = self
-                        .in_flight
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| ())?;
+                    // Control frames come first in a batch: send them before media.
+                    self.write_control(&mut control).await?;
+                    let permit = self.permit().await?;
                     self.opened = self.opened.wrapping_add(1);
-                    send_media(&self.session, f, audio, self.opened, permit);
+                    self.commands
+                        .send(Command::Media {
+                            key: self.key,
+                            priority: media_priority(&f, audio, self.opened),
+                            frame: f,
+                            audio,
+                            permit,
+                        })
+                        .map_err(|_| ())?;
                 }
                 _ => {
                     control.push(Bytes::copy_from_slice(&length_prefix(f.len())));
@@ -321,34 +274,19 @@ impl FrameSink for WtSink {
     }
 
     async fn close(&mut self, reason: &CloseReason) {
-        if let Some(s) = self.control.lock().await.as_mut() {
-            let _ = s.finish();
-        }
         // Give the last frames a moment to leave before the session closes under them.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        self.session.close(
-            reason.webtransport_code(),
-            reason.transport_reason().as_bytes(),
-        );
+        let _ = self.commands.send(Command::Close {
+            key: self.key,
+            code: reason.webtransport_code(),
+            reason: reason.transport_reason().to_string(),
+        });
     }
 }
 
-/// Sends one media frame (PROTOCOL.md §3.3): audio as a datagram when it
-/// fits, anything else on a unidirectional stream of its own, audio streams
-/// first, then video key frames, then deltas.
-fn send_media(
-    session: &Session,
-    frame: Bytes,
-    audio: bool,
-    order: u32,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    if audio && frame.len() <= session.max_datagram_size() {
-        // Refused only when the peer takes no datagrams: then a stream carries it.
-        if session.send_datagram(frame.clone()).is_ok() {
-            return;
-        }
-    }
+/// A media frame's stream priority (PROTOCOL.md §3.3): audio streams first,
+/// then video key frames, then deltas; older frames first within each.
+fn media_priority(frame: &Bytes, audio: bool, order: u32) -> i32 {
     let rank = if audio {
         2
     } else if frame.get(1).is_some_and(|flags| flags & 0x01 != 0) {
@@ -356,156 +294,7 @@ fn send_media(
     } else {
         0
     };
-    let priority = stream_priority(rank, order);
-    let session = session.clone();
-    tokio::spawn(async move {
-        if let Ok(mut s) = session.open_uni().await {
-            let _ = s.set_priority(priority);
-            if s.write_chunk(frame).await.is_ok() {
-                let _ = s.finish();
-            }
-        }
-        drop(permit);
-    });
-}
-
-/// Reads the control stream, unidirectional streams and datagrams, and hands
-/// every frame to the connection.
-async fn read_all(
-    session: Session,
-    tx: mpsc::Sender<Incoming>,
-    control_send: Arc<tokio::sync::Mutex<Option<SendStream>>>,
-    max_frame: usize,
-    max_streams: usize,
-) {
-    // The first bidirectional stream is the control stream.
-    let (send, recv) = match session.accept_bi().await {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tx.send(Incoming::Closed).await;
-            return;
-        }
-    };
-    // Control goes ahead of every media stream.
-    let _ = send.set_priority(stream_priority(3, 0));
-    *control_send.lock().await = Some(send);
-    let control = tokio::spawn(read_control(recv, tx.clone(), max_frame));
-    let extra_bi = {
-        let (session, tx) = (session.clone(), tx.clone());
-        tokio::spawn(async move {
-            if session.accept_bi().await.is_ok() {
-                let _ = tx
-                    .send(Incoming::Violation(ProtocolError::new(
-                        ErrorCode::WrongStream,
-                        "only one bidirectional stream, the control stream, is allowed",
-                    )))
-                    .await;
-            }
-        })
-    };
-    let datagrams = {
-        let (session, tx) = (session.clone(), tx.clone());
-        tokio::spawn(async move {
-            while let Ok(d) = session.read_datagram().await {
-                // A datagram that is not a media frame is discarded: datagrams are too
-                // unreliable to tie the session's fate to (PROTOCOL.md §3.3).
-                if d.first() == Some(&FRAME_MEDIA)
-                    && MediaFrame::parse(d.clone()).is_ok()
-                    && tx.send(Incoming::Frame(d)).await.is_err()
-                {
-                    return;
-                }
-            }
-        })
-    };
-    // Each media stream holds a permit until it has been read: one stream
-    // more than `max_streams` at once is TOO_MANY_STREAMS (PROTOCOL.md §3.3).
-    let permits = Arc::new(tokio::sync::Semaphore::new(max_streams));
-    while let Ok(stream) = session.accept_uni().await {
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            let _ = tx
-                .send(Incoming::Violation(ProtocolError::new(
-                    ErrorCode::TooManyStreams,
-                    format!("more than {max_streams} streams open at once"),
-                )))
-                .await;
-            break;
-        };
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            read_uni(stream, tx, max_frame).await;
-            drop(permit);
-        });
-    }
-    control.abort();
-    extra_bi.abort();
-    datagrams.abort();
-    let _ = tx.send(Incoming::Closed).await;
-}
-
-async fn read_control(mut recv: RecvStream, tx: mpsc::Sender<Incoming>, max_frame: usize) {
-    let mut decoder = StreamDecoder::new(max_frame);
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match recv.read(&mut buf).await {
-            Ok(Some(n)) => decoder.push(&buf[..n]),
-            Ok(None) | Err(_) => {
-                let _ = tx.send(Incoming::Closed).await;
-                return;
-            }
-        }
-        loop {
-            match decoder.next_frame() {
-                Ok(Some(f)) => {
-                    let incoming = if f.first() == Some(&FRAME_CONTROL) {
-                        Incoming::Frame(f)
-                    } else if f.first() == Some(&FRAME_MEDIA) {
-                        Incoming::Violation(ProtocolError::new(
-                            ErrorCode::WrongStream,
-                            "media frames do not travel on the control stream",
-                        ))
-                    } else {
-                        Incoming::Frame(f)
-                    };
-                    if tx.send(incoming).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tx.send(Incoming::Violation(e)).await;
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn read_uni(mut recv: RecvStream, tx: mpsc::Sender<Incoming>, max_frame: usize) {
-    match recv.read_to_end(max_frame).await {
-        Ok(bytes) if bytes.first() == Some(&FRAME_MEDIA) => {
-            let _ = tx.send(Incoming::Frame(Bytes::from(bytes))).await;
-        }
-        Ok(bytes) if bytes.is_empty() => {}
-        Ok(_) => {
-            let _ = tx
-                .send(Incoming::Violation(ProtocolError::new(
-                    ErrorCode::WrongStream,
-                    "a unidirectional stream must carry one media frame",
-                )))
-                .await;
-        }
-        Err(web_transport_quinn::ReadToEndError::TooLong) => {
-            let _ = tx
-                .send(Incoming::Violation(ProtocolError::new(
-                    ErrorCode::FrameTooLarge,
-                    "a media stream is longer than the maximum frame size",
-                )))
-                .await;
-        }
-        // A reset stream is not an error: the partial frame is discarded.
-        Err(e) => debug!(error = %e, "media stream ended early"),
-    }
+    stream_priority(rank, order)
 }
 
 #[cfg(test)]

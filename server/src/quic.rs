@@ -1,0 +1,1279 @@
+//! The WebTransport engine: one task drives every QUIC connection of the
+//! endpoint through `quinn-proto`'s state machines, with HTTP/3's few
+//! WebTransport pieces (SETTINGS, the CONNECT request, stream and datagram
+//! headers, the close capsule) on top.
+//!
+//! Why not a QUIC library's own driver: a room delivers each frame to every
+//! subscriber at once, and a driver task per connection pays a wake-up, a
+//! lock and a system call per subscriber per frame, plus the same again for
+//! each acknowledgement, which cost more than QUIC itself (benches/README.md).
+//! Here a frame routed to 200 subscribers wakes this task once; it writes
+//! the 200 streams or datagrams, then builds and sends every connection's
+//! packets in one pass, and acknowledgements arrive in batches
+//! (`recvmmsg`) and are handled in line.
+//!
+//! Each session's protocol logic stays in its own task
+//! ([`crate::connection::drive`]), which talks to the engine through
+//! [`Command`]s and receives [`Incoming`] frames.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use convene_protocol::frame::{FRAME_MEDIA, stream_priority};
+use convene_protocol::{ErrorCode, MediaFrame, ProtocolError, StreamDecoder};
+use quinn_proto::{
+    ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event, ServerConfig, StreamEvent,
+    StreamId, VarInt,
+};
+use tokio::io::Interest;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tracing::debug;
+use web_transport_proto as wtp;
+
+use crate::connection::Incoming;
+use crate::outbox::Outbox;
+
+/// Names one session for its task and the engine: the connection's slot and
+/// a number never reused, so a late command cannot reach a newer connection
+/// in the same slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionKey {
+    slot: usize,
+    generation: u64,
+}
+
+/// What a session's task asks of the engine.
+pub enum Command {
+    /// The session's outbox, told when QUIC sees the path congested.
+    Attach {
+        /// Which session.
+        key: SessionKey,
+        /// Its outbox.
+        outbox: Arc<Outbox>,
+    },
+    /// Bytes for the control stream, in order; the permit is released once
+    /// QUIC has taken them.
+    Control {
+        /// Which session.
+        key: SessionKey,
+        /// Length-prefixed control frames.
+        chunks: Vec<Bytes>,
+        /// Held until written.
+        permit: OwnedSemaphorePermit,
+    },
+    /// One media frame: a datagram if `audio` and it fits, else a stream of its own.
+    Media {
+        /// Which session.
+        key: SessionKey,
+        /// The whole media frame.
+        frame: Bytes,
+        /// Whether it is audio (may go as a datagram).
+        audio: bool,
+        /// The QUIC stream priority if it goes on a stream.
+        priority: i32,
+        /// Held until written.
+        permit: OwnedSemaphorePermit,
+    },
+    /// Ends the session: the control stream is finished, the close capsule
+    /// sent, and the connection closed with `code` shortly after.
+    Close {
+        /// Which session.
+        key: SessionKey,
+        /// The WebTransport application error code.
+        code: u32,
+        /// Why, for the peer.
+        reason: String,
+    },
+}
+
+/// A session the engine has accepted, for the caller to run.
+pub struct NewSession {
+    /// Its name in commands.
+    pub key: SessionKey,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Frames, violations and the end of the session, in order.
+    pub incoming: mpsc::Receiver<Incoming>,
+    /// Where to send commands.
+    pub commands: mpsc::UnboundedSender<Command>,
+}
+
+/// The engine's limits and settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The only path a CONNECT request may ask for; others get 404.
+    pub path: String,
+    /// Largest frame accepted on a stream, in bytes.
+    pub max_frame: usize,
+    /// Media streams a peer may have open at once (one more is TOO_MANY_STREAMS).
+    pub max_streams: usize,
+}
+
+/// Frames queued for a session's task beyond its channel before the engine
+/// stops reading that session's streams (QUIC's flow control then holds the
+/// peer back). Datagrams that find the queue non-empty are dropped.
+const MAX_PENDING_INCOMING: usize = 64;
+/// The channel from the engine to a session's task.
+const INCOMING_CHANNEL: usize = 256;
+/// Bytes of a CONNECT request or of a stream header before giving up on it.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// HTTP/3's H3_STREAM_CREATION_ERROR, for streams of a type we do not take.
+const H3_STREAM_CREATION_ERROR: u32 = 0x103;
+/// The WebTransport bidirectional stream signal (a frame type on request streams).
+const WT_BIDI_SIGNAL: u64 = 0x41;
+/// How long a closing session waits for its last bytes and the close
+/// capsule to be acknowledged before the connection is closed under them.
+const CLOSE_LINGER: Duration = Duration::from_millis(100);
+/// How long the engine keeps running after shutdown for sessions to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often a session whose queue to its task is full is retried.
+const RETRY_PENDING: Duration = Duration::from_millis(2);
+
+/// Runs the engine on `socket` until `stop` turns true and the sessions are
+/// gone (or [`SHUTDOWN_GRACE`] passes); `on_session` is called for every
+/// accepted WebTransport session.
+pub async fn run(
+    socket: std::net::UdpSocket,
+    server_config: Arc<ServerConfig>,
+    config: EngineConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    on_session: impl Fn(NewSession) + Send + 'static,
+) {
+    let socket = match tokio::net::UdpSocket::from_std(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the WebTransport socket");
+            return;
+        }
+    };
+    let udp = match quinn_udp::UdpSocketState::new((&socket).into()) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up the WebTransport socket");
+            return;
+        }
+    };
+    let (commands_tx, mut commands) = mpsc::unbounded_channel();
+    let endpoint = quinn_proto::Endpoint::new(
+        Arc::new(EndpointConfig::default()),
+        Some(server_config),
+        !udp.may_fragment(),
+        None,
+    );
+    let mut engine = Engine {
+        endpoint,
+        conns: HashMap::new(),
+        timers: BinaryHeap::new(),
+        dirty: Vec::new(),
+        blocked: Vec::new(),
+        next_generation: 1,
+        config,
+        commands_tx,
+        on_session: Box::new(on_session),
+        send_buf: Vec::with_capacity(64 * 1024),
+        stopping: false,
+        udp,
+        socket,
+    };
+    let gro = engine.udp.gro_segments().max(1);
+    let mut recv_bufs: Vec<Vec<u8>> = (0..quinn_udp::BATCH_SIZE)
+        .map(|_| vec![0u8; 1500 * gro])
+        .collect();
+    let mut stop_at: Option<Instant> = None;
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    loop {
+        let now = Instant::now();
+        let mut wake = engine.next_timer();
+        if !engine.blocked.is_empty() {
+            wake = Some(wake.map_or(now + RETRY_PENDING, |w| w.min(now + RETRY_PENDING)));
+        }
+        if let Some(s) = stop_at {
+            if now >= s || engine.conns.is_empty() {
+                break;
+            }
+            wake = Some(wake.map_or(s, |w| w.min(s)));
+        }
+        let wake = wake.unwrap_or(now + Duration::from_secs(3600));
+        if sleep.deadline() != wake.into() {
+            sleep.as_mut().reset(wake.into());
+        }
+        tokio::select! {
+            biased;
+            r = engine.socket.readable() => {
+                if r.is_ok() {
+                    engine.receive(&mut recv_bufs);
+                }
+            }
+            c = commands.recv() => {
+                // The engine holds a sender itself, so the channel never closes.
+                if let Some(c) = c {
+                    engine.command(c);
+                    // Take what else is queued before building packets.
+                    let mut n = 0;
+                    while n < 4096 {
+                        match commands.try_recv() {
+                            Ok(c) => engine.command(c),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+            }
+            _ = &mut sleep => engine.expire(Instant::now()),
+            r = stop.changed(), if stop_at.is_none() => {
+                if r.is_err() || *stop.borrow() {
+                    engine.stopping = true;
+                    stop_at = Some(Instant::now() + SHUTDOWN_GRACE);
+                }
+            }
+        }
+        engine.flush_pending();
+        engine.process_dirty();
+    }
+}
+
+/// Everything the engine owns.
+struct Engine {
+    endpoint: quinn_proto::Endpoint,
+    conns: HashMap<usize, Conn>,
+    /// Deadlines: (when, slot, generation); stale entries are skipped.
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Connections to poll for events and packets.
+    dirty: Vec<usize>,
+    /// Connections whose queue to their task is not empty.
+    blocked: Vec<usize>,
+    next_generation: u64,
+    config: EngineConfig,
+    commands_tx: mpsc::UnboundedSender<Command>,
+    on_session: Box<dyn Fn(NewSession) + Send>,
+    send_buf: Vec<u8>,
+    stopping: bool,
+    udp: quinn_udp::UdpSocketState,
+    socket: tokio::net::UdpSocket,
+}
+
+/// One QUIC connection and what HTTP/3 and WebTransport need of it.
+struct Conn {
+    generation: u64,
+    q: quinn_proto::Connection,
+    /// Whether it is in `dirty`.
+    is_dirty: bool,
+    /// Whether it is in `blocked`.
+    is_blocked: bool,
+    /// The deadline last put on the timer heap.
+    timer: Option<Instant>,
+    /// Our HTTP/3 control stream, once the handshake is done.
+    h3_control: Option<StreamId>,
+    /// Streams the peer opened, by what they turned out to carry.
+    inbound: HashMap<StreamId, Inbound>,
+    /// The WebTransport session, once a CONNECT was accepted.
+    session: Option<Session>,
+    /// When to close the connection (a session closing, or a refused request).
+    close_at: Option<(Instant, VarInt, Bytes)>,
+}
+
+/// A stream the peer opened.
+enum Inbound {
+    /// Its first bytes, until they say what it is.
+    Header { bytes: Vec<u8>, bidi: bool },
+    /// HTTP/3 control, QPACK or anything else we read and ignore.
+    Ignored,
+    /// The CONNECT request stream after the request: capsules, ignored
+    /// until it ends, which ends the session.
+    Connect,
+    /// A media frame on a unidirectional stream, being collected.
+    Media { bytes: BytesMut },
+    /// The session's control stream.
+    Control { decoder: StreamDecoder },
+}
+
+/// An established WebTransport session on a connection.
+struct Session {
+    /// The CONNECT stream: its id is the session id.
+    connect: StreamId,
+    tx: mpsc::Sender<Incoming>,
+    /// What could not go into `tx` yet.
+    pending: VecDeque<Incoming>,
+    /// Streams left unread while `pending` is full.
+    stalled: Vec<StreamId>,
+    /// The stream type and session id in front of every stream we open.
+    uni_header: Bytes,
+    /// The quarter stream id in front of every datagram.
+    datagram_header: Bytes,
+    /// Our side of the control stream, once the peer opened it.
+    control: Option<StreamId>,
+    /// Control bytes waiting for the control stream or for credit.
+    control_queue: VecDeque<Write>,
+    /// Media frames waiting for the peer to allow another stream.
+    media_queue: VecDeque<QueuedMedia>,
+    /// Streams whose bytes QUIC has not all taken yet.
+    writing: HashMap<StreamId, Write>,
+    /// Media streams the peer has open now.
+    media_streams_open: usize,
+    /// Whether a second bidirectional stream was already refused.
+    extra_bidi_refused: bool,
+    /// Whether the control stream was given its priority.
+    control_prioritized: bool,
+    outbox: Option<Arc<Outbox>>,
+    sampled: Option<crate::wt::PathSample>,
+    closing: bool,
+}
+
+/// Bytes on their way into a stream, with the permit they hold.
+struct Write {
+    chunks: Vec<Bytes>,
+    finish: bool,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Engine {
+    fn next_timer(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, slot, generation))) = self.timers.peek().copied() {
+            let live = self
+                .conns
+                .get(&slot)
+                .is_some_and(|c| c.generation == generation && c.timer == Some(at));
+            if live {
+                return Some(at);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    fn mark_dirty(&mut self, slot: usize) {
+        if let Some(c) = self.conns.get_mut(&slot)
+            && !c.is_dirty
+        {
+            c.is_dirty = true;
+            self.dirty.push(slot);
+        }
+    }
+
+    /// Reads every datagram the socket has and hands them to QUIC.
+    fn receive(&mut self, bufs: &mut [Vec<u8>]) {
+        let mut metas = [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
+        let mut response = Vec::new();
+        loop {
+            let n = {
+                let mut slices: Vec<IoSliceMut<'_>> = bufs
+                    .iter_mut()
+                    .map(|b| IoSliceMut::new(&mut b[..]))
+                    .collect();
+                let (socket, udp) = (&self.socket, &self.udp);
+                match socket.try_io(Interest::READABLE, || {
+                    udp.recv(socket.into(), &mut slices, &mut metas)
+                }) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                    Err(e) => {
+                        // ICMP errors from one peer show up here; the next read goes on.
+                        debug!(error = %e, "WebTransport socket receive error");
+                        continue;
+                    }
+                }
+            };
+            let now = Instant::now();
+            for (meta, buf) in metas.iter().zip(bufs.iter()).take(n) {
+                let mut data: BytesMut = buf[..meta.len].into();
+                let stride = meta.stride.max(1);
+                while !data.is_empty() {
+                    let datagram = data.split_to(stride.min(data.len()));
+                    let ecn = meta
+                        .ecn
+                        .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+                    match self.endpoint.handle(
+                        now,
+                        meta.addr,
+                        meta.dst_ip,
+                        ecn,
+                        datagram,
+                        &mut response,
+                    ) {
+                        Some(DatagramEvent::ConnectionEvent(ch, event)) => {
+                            if let Some(c) = self.conns.get_mut(&ch.0) {
+                                c.q.handle_event(event);
+                                self.mark_dirty(ch.0);
+                            }
+                        }
+                        Some(DatagramEvent::NewConnection(incoming)) => {
+                            if self.stopping {
+                                let t = self.endpoint.refuse(incoming, &mut response);
+                                self.send_transmit(&t, &response);
+                            } else {
+                                match self.endpoint.accept(incoming, now, &mut response, None) {
+                                    Ok((ch, q)) => self.add(ch, q),
+                                    Err(e) => {
+                                        if let Some(t) = e.response {
+                                            self.send_transmit(&t, &response);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        Some(DatagramEvent::Response(t)) => self.send_transmit(&t, &response),
+                        None => {}
+                    }
+                    response.clear();
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, ch: ConnectionHandle, q: quinn_proto::Connection) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.conns.insert(
+            ch.0,
+            Conn {
+                generation,
+                q,
+                is_dirty: false,
+                is_blocked: false,
+                timer: None,
+                h3_control: None,
+                inbound: HashMap::new(),
+                session: None,
+                close_at: None,
+            },
+        );
+        self.mark_dirty(ch.0);
+    }
+
+    fn send_transmit(&self, t: &quinn_proto::Transmit, buf: &[u8]) {
+        let transmit = quinn_udp::Transmit {
+            destination: t.destination,
+            ecn: t
+                .ecn
+                .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+            contents: &buf[..t.size],
+            segment_size: t.segment_size,
+            src_ip: t.src_ip,
+        };
+        // A full socket buffer loses the packet, which QUIC recovers like any loss.
+        if let Err(e) = self.udp.send((&self.socket).into(), &transmit) {
+            debug!(error = %e, "WebTransport send failed");
+        }
+    }
+
+    /// Handles timers that are due.
+    fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((at, slot, generation))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(c) = self.conns.get_mut(&slot) else {
+                continue;
+            };
+            if c.generation != generation || c.timer != Some(at) {
+                continue;
+            }
+            c.timer = None;
+            if let Some((when, code, reason)) = c.close_at.clone()
+                && when <= now
+            {
+                c.close_at = None;
+                c.q.close(now, code, reason);
+            }
+            if c.q.poll_timeout().is_some_and(|t| t <= now) {
+                c.q.handle_timeout(now);
+            }
+            self.mark_dirty(slot);
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let key = match &command {
+            Command::Attach { key, .. }
+            | Command::Control { key, .. }
+            | Command::Media { key, .. }
+            | Command::Close { key, .. } => *key,
+        };
+        let Some(c) = self.conns.get_mut(&key.slot) else {
+            return;
+        };
+        if c.generation != key.generation {
+            return;
+        }
+        let Some(s) = c.session.as_mut() else {
+            return;
+        };
+        match command {
+            Command::Attach { outbox, .. } => s.outbox = Some(outbox),
+            Command::Control { chunks, permit, .. } => {
+                s.control_queue.push_back(Write {
+                    chunks,
+                    finish: false,
+                    _permit: Some(permit),
+                });
+                write_control(&mut c.q, s);
+            }
+            Command::Media {
+                frame,
+                audio,
+                priority,
+                permit,
+                ..
+            } => send_media(&mut c.q, s, frame, audio, priority, permit),
+            Command::Close { code, reason, .. } => {
+                if !s.closing {
+                    s.closing = true;
+                    s.control_queue.push_back(Write {
+                        chunks: Vec::new(),
+                        finish: true,
+                        _permit: None,
+                    });
+                    write_control(&mut c.q, s);
+                    // The close capsule in a DATA frame on the CONNECT stream.
+                    let mut capsule = Vec::new();
+                    wtp::Capsule::CloseWebTransportSession {
+                        code,
+                        reason: reason.clone(),
+                    }
+                    .encode(&mut capsule);
+                    let mut frame = Vec::new();
+                    wtp::Frame::DATA.encode(&mut frame);
+                    wtp::VarInt::from_u32(capsule.len() as u32).encode(&mut frame);
+                    frame.extend_from_slice(&capsule);
+                    let mut st = c.q.send_stream(s.connect);
+                    let _ = st.write(&frame);
+                    let _ = st.finish();
+                    let linger = (c.q.rtt() * 3).max(CLOSE_LINGER);
+                    let code = VarInt::from_u64(wtp::error_to_http3(code)).unwrap_or(VarInt::MAX);
+                    c.close_at = Some((Instant::now() + linger, code, Bytes::from(reason)));
+                }
+            }
+        }
+        self.mark_dirty(key.slot);
+    }
+
+    /// Moves queued frames into the sessions' channels as room frees up.
+    fn flush_pending(&mut self) {
+        if self.blocked.is_empty() {
+            return;
+        }
+        let blocked = std::mem::take(&mut self.blocked);
+        for slot in blocked {
+            let Some(c) = self.conns.get_mut(&slot) else {
+                continue;
+            };
+            c.is_blocked = false;
+            let Some(s) = c.session.as_mut() else {
+                continue;
+            };
+            while let Some(item) = s.pending.pop_front() {
+                match s.tx.try_send(item) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(item)) => {
+                        s.pending.push_front(item);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        s.pending.clear();
+                        break;
+                    }
+                }
+            }
+            let stalled = if s.pending.len() < MAX_PENDING_INCOMING {
+                std::mem::take(&mut s.stalled)
+            } else {
+                Vec::new()
+            };
+            for id in stalled {
+                read_stream(c, id, &self.config);
+            }
+            if c.session.as_ref().is_some_and(|s| !s.pending.is_empty()) {
+                c.is_blocked = true;
+                self.blocked.push(slot);
+            }
+            if !c.is_dirty {
+                c.is_dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// Polls every connection that had something happen: its endpoint and
+    /// application events, then its packets.
+    fn process_dirty(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        // Handling events may dirty more connections (never others here, but
+        // the loop does not rely on it).
+        while i < self.dirty.len() {
+            let slot = self.dirty[i];
+            i += 1;
+            self.process(slot, now);
+        }
+        self.dirty.clear();
+    }
+
+    fn process(&mut self, slot: usize, now: Instant) {
+        let max_segments = self.udp.max_gso_segments();
+        let Some(c) = self.conns.get_mut(&slot) else {
+            return;
+        };
+        c.is_dirty = false;
+        let ch = ConnectionHandle(slot);
+        loop {
+            let mut progressed = false;
+            while let Some(ev) = c.q.poll_endpoint_events() {
+                progressed = true;
+                if let Some(back) = self.endpoint.handle_event(ch, ev) {
+                    c.q.handle_event(back);
+                }
+            }
+            while let Some(ev) = c.q.poll() {
+                progressed = true;
+                if let Some(new) = handle_event(c, ev, &self.config, slot, &self.commands_tx) {
+                    (self.on_session)(new);
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if let Some(s) = c.session.as_mut() {
+            sample_path(&c.q, s, now);
+            if !s.pending.is_empty() && !c.is_blocked {
+                c.is_blocked = true;
+                self.blocked.push(slot);
+            }
+        }
+        loop {
+            self.send_buf.clear();
+            match c.q.poll_transmit(now, max_segments, &mut self.send_buf) {
+                Some(t) => {
+                    let transmit = quinn_udp::Transmit {
+                        destination: t.destination,
+                        ecn: t
+                            .ecn
+                            .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+                        contents: &self.send_buf[..t.size],
+                        segment_size: t.segment_size,
+                        src_ip: t.src_ip,
+                    };
+                    if let Err(e) = self.udp.send((&self.socket).into(), &transmit) {
+                        debug!(error = %e, "WebTransport send failed");
+                    }
+                }
+                None => break,
+            }
+        }
+        if c.q.is_drained() {
+            self.conns.remove(&slot);
+            return;
+        }
+        let deadline = match (c.q.poll_timeout(), c.close_at.as_ref().map(|x| x.0)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if deadline != c.timer {
+            c.timer = deadline;
+            if let Some(at) = deadline {
+                self.timers.push(Reverse((at, slot, c.generation)));
+            }
+        }
+    }
+}
+
+/// Reacts to one QUIC event; returns a session to start when a CONNECT was accepted.
+fn handle_event(
+    c: &mut Conn,
+    ev: Event,
+    config: &EngineConfig,
+    slot: usize,
+    commands: &mpsc::UnboundedSender<Command>,
+) -> Option<NewSession> {
+    match ev {
+        Event::Connected => {
+            // Our HTTP/3 SETTINGS say WebTransport, datagrams and extended CONNECT are on.
+            if let Some(id) = c.q.streams().open(Dir::Uni) {
+                let mut settings = wtp::Settings::default();
+                settings.enable_webtransport(1);
+                let mut buf = Vec::new();
+                settings.encode(&mut buf);
+                let _ = c.q.send_stream(id).write(&buf);
+                c.h3_control = Some(id);
+            }
+            None
+        }
+        Event::ConnectionLost { reason } => {
+            debug!(%reason, "WebTransport connection lost");
+            if let Some(s) = c.session.as_mut() {
+                s.pending.push_back(Incoming::Closed);
+                s.media_queue.clear();
+                s.writing.clear();
+                s.control_queue.clear();
+            }
+            None
+        }
+        Event::Stream(StreamEvent::Opened { dir }) => {
+            let mut new = None;
+            while let Some(id) = c.q.streams().accept(dir) {
+                c.inbound.insert(
+                    id,
+                    Inbound::Header {
+                        bytes: Vec::new(),
+                        bidi: dir == Dir::Bi,
+                    },
+                );
+                if let Some(n) = read_stream_accepting(c, id, config, slot, commands) {
+                    new = Some(n);
+                }
+            }
+            new
+        }
+        Event::Stream(StreamEvent::Readable { id }) => {
+            read_stream_accepting(c, id, config, slot, commands)
+        }
+        Event::Stream(StreamEvent::Writable { id }) => {
+            if let Some(s) = c.session.as_mut() {
+                if Some(id) == s.control {
+                    write_control(&mut c.q, s);
+                } else if let Some(mut w) = s.writing.remove(&id)
+                    && !write_chunks(&mut c.q, id, &mut w)
+                {
+                    s.writing.insert(id, w);
+                }
+            }
+            None
+        }
+        Event::Stream(StreamEvent::Available { dir: Dir::Uni }) => {
+            if let Some(s) = c.session.as_mut() {
+                while let Some((frame, priority, permit)) = s.media_queue.pop_front() {
+                    if let Err(back) = open_media_stream(&mut c.q, s, frame, priority, permit) {
+                        s.media_queue.push_front(back);
+                        break;
+                    }
+                }
+            }
+            None
+        }
+        Event::Stream(StreamEvent::Stopped { id, .. }) => {
+            if let Some(s) = c.session.as_mut() {
+                s.writing.remove(&id);
+            }
+            None
+        }
+        Event::DatagramReceived => {
+            while let Some(d) = c.q.datagrams().recv() {
+                let Some(s) = c.session.as_mut() else {
+                    continue;
+                };
+                let mut rest = d.clone();
+                let Ok(quarter) = wtp::VarInt::decode(&mut rest) else {
+                    continue;
+                };
+                // A datagram that is not a media frame is discarded: datagrams are too
+                // unreliable to tie the session's fate to (PROTOCOL.md §3.3).
+                let frame = d.slice(d.len() - rest.remaining()..);
+                if quarter.into_inner() == quarter_id(s.connect)
+                    && frame.first() == Some(&FRAME_MEDIA)
+                    && MediaFrame::parse(frame.clone()).is_ok()
+                    && s.pending.is_empty()
+                {
+                    match s.tx.try_send(Incoming::Frame(frame)) {
+                        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        // Datagrams may be lost; a task that is behind loses them.
+                        Err(mpsc::error::TrySendError::Full(_)) => {}
+                    }
+                }
+            }
+            None
+        }
+        Event::Stream(_) | Event::HandshakeDataReady | Event::DatagramsUnblocked => None,
+    }
+}
+
+/// The quarter stream id of a session (RFC 9297): its CONNECT stream's id over four.
+fn quarter_id(connect: StreamId) -> u64 {
+    VarInt::from(connect).into_inner() / 4
+}
+
+fn read_stream_accepting(
+    c: &mut Conn,
+    id: StreamId,
+    config: &EngineConfig,
+    slot: usize,
+    commands: &mpsc::UnboundedSender<Command>,
+) -> Option<NewSession> {
+    let connect = read_stream(c, id, config);
+    let request = connect?;
+    // A CONNECT request arrived complete on `id`.
+    let accepted =
+        c.session.is_none() && request.url.path() == config.path && request.url.scheme() == "https";
+    let status = if accepted {
+        wtp::http::StatusCode::OK
+    } else if c.session.is_some() {
+        wtp::http::StatusCode::TOO_MANY_REQUESTS
+    } else {
+        wtp::http::StatusCode::NOT_FOUND
+    };
+    let mut buf = Vec::new();
+    if wtp::ConnectResponse::new(status).encode(&mut buf).is_err() {
+        return None;
+    }
+    let mut st = c.q.send_stream(id);
+    let _ = st.write(&buf);
+    if !accepted {
+        let _ = st.finish();
+        c.inbound.insert(id, Inbound::Ignored);
+        return None;
+    }
+    c.inbound.insert(id, Inbound::Connect);
+    let generation = c.generation;
+    let key = SessionKey { slot, generation };
+    let (tx, rx) = mpsc::channel(INCOMING_CHANNEL);
+    let session_id = VarInt::from(id).into_inner();
+    let mut uni_header = Vec::new();
+    wtp::StreamUni::WEBTRANSPORT.encode(&mut uni_header);
+    wtp::VarInt::from_u64(session_id)
+        .unwrap_or(wtp::VarInt::MAX)
+        .encode(&mut uni_header);
+    let mut datagram_header = Vec::new();
+    wtp::VarInt::from_u64(quarter_id(id))
+        .unwrap_or(wtp::VarInt::MAX)
+        .encode(&mut datagram_header);
+    c.session = Some(Session {
+        connect: id,
+        tx,
+        pending: VecDeque::new(),
+        stalled: Vec::new(),
+        uni_header: Bytes::from(uni_header),
+        datagram_header: Bytes::from(datagram_header),
+        control: None,
+        control_queue: VecDeque::new(),
+        media_queue: VecDeque::new(),
+        writing: HashMap::new(),
+        media_streams_open: 0,
+        extra_bidi_refused: false,
+        control_prioritized: false,
+        outbox: None,
+        sampled: None,
+        closing: false,
+    });
+    // Streams that arrived before the response (none from well-behaved
+    // peers) are read now that the session exists.
+    let waiting: Vec<StreamId> = c
+        .inbound
+        .iter()
+        .filter(|(_, s)| matches!(s, Inbound::Header { .. }))
+        .map(|(id, _)| *id)
+        .collect();
+    for w in waiting {
+        read_stream(c, w, config);
+    }
+    Some(NewSession {
+        key,
+        peer: c.q.remote_address(),
+        incoming: rx,
+        commands: commands.clone(),
+    })
+}
+
+/// Reads what a peer's stream has; returns a CONNECT request when one is complete.
+fn read_stream(c: &mut Conn, id: StreamId, config: &EngineConfig) -> Option<wtp::ConnectRequest> {
+    if let Some(s) = c.session.as_mut()
+        && s.pending.len() >= MAX_PENDING_INCOMING
+    {
+        if !s.stalled.contains(&id) {
+            s.stalled.push(id);
+        }
+        return None;
+    }
+    let mut state = c.inbound.remove(&id)?;
+    let mut request = None;
+    let mut ended = false;
+    let mut keep = true;
+    {
+        let mut rs = c.q.recv_stream(id);
+        let mut chunks = match rs.read(true) {
+            Ok(ch) => ch,
+            Err(_) => return None,
+        };
+        loop {
+            match chunks.next(usize::MAX) {
+                Ok(Some(chunk)) => {
+                    match feed(&mut state, chunk.bytes, c.session.as_mut(), config, id) {
+                        Fed::More => {}
+                        Fed::Request(r) => request = Some(r),
+                        Fed::Drop => {
+                            keep = false;
+                            break;
+                        }
+                    }
+                    if c.session
+                        .as_ref()
+                        .is_some_and(|s| s.pending.len() >= MAX_PENDING_INCOMING)
+                    {
+                        if let Some(s) = c.session.as_mut()
+                            && !s.stalled.contains(&id)
+                        {
+                            s.stalled.push(id);
+                        }
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    ended = true;
+                    break;
+                }
+                Err(quinn_proto::ReadError::Blocked) => break,
+                Err(quinn_proto::ReadError::Reset(_)) => {
+                    ended = true;
+                    // A reset media stream is not an error: the partial frame is discarded.
+                    if let Inbound::Media { .. } = state {
+                        state = Inbound::Ignored;
+                        if let Some(s) = c.session.as_mut() {
+                            s.media_streams_open = s.media_streams_open.saturating_sub(1);
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        let _ = chunks.finalize();
+    }
+    if !keep {
+        let _ =
+            c.q.recv_stream(id)
+                .stop(VarInt::from_u32(H3_STREAM_CREATION_ERROR));
+        return request;
+    }
+    if ended {
+        finish_inbound(c, state);
+        return request;
+    }
+    c.inbound.insert(id, state);
+    request
+}
+
+/// What feeding bytes to a stream's reader gave.
+enum Fed {
+    More,
+    Request(wtp::ConnectRequest),
+    /// The stream is of no use: stop it.
+    Drop,
+}
+
+fn push(s: &mut Session, item: Incoming) {
+    if s.pending.is_empty() {
+        match s.tx.try_send(item) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(item)) => s.pending.push_back(item),
+        }
+    } else {
+        s.pending.push_back(item);
+    }
+}
+
+fn violation(s: &mut Session, code: ErrorCode, text: &str) {
+    push(
+        s,
+        Incoming::Violation(ProtocolError::new(code, text.to_string())),
+    );
+}
+
+fn feed(
+    state: &mut Inbound,
+    bytes: Bytes,
+    session: Option<&mut Session>,
+    config: &EngineConfig,
+    id: StreamId,
+) -> Fed {
+    match state {
+        Inbound::Ignored | Inbound::Connect => Fed::More,
+        Inbound::Media { bytes: buf } => {
+            if buf.len() + bytes.len() > config.max_frame {
+                if let Some(s) = session {
+                    s.media_streams_open = s.media_streams_open.saturating_sub(1);
+                    violation(
+                        s,
+                        ErrorCode::FrameTooLarge,
+                        "a media stream is longer than the maximum frame size",
+                    );
+                }
+                *state = Inbound::Ignored;
+                return Fed::Drop;
+            }
+            buf.extend_from_slice(&bytes);
+            Fed::More
+        }
+        Inbound::Control { decoder } => {
+            let Some(s) = session else {
+                return Fed::More;
+            };
+            decoder.push(&bytes);
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(f)) => {
+                        if f.first() == Some(&FRAME_MEDIA) {
+                            violation(
+                                s,
+                                ErrorCode::WrongStream,
+                                "media frames do not travel on the control stream",
+                            );
+                        } else {
+                            push(s, Incoming::Frame(f));
+                        }
+                    }
+                    Ok(None) => return Fed::More,
+                    Err(e) => {
+                        push(s, Incoming::Violation(e));
+                        *state = Inbound::Ignored;
+                        return Fed::More;
+                    }
+                }
+            }
+        }
+        Inbound::Header { bytes: head, bidi } => {
+            head.extend_from_slice(&bytes);
+            let bidi = *bidi;
+            let mut view = &head[..];
+            let Ok(kind) = wtp::VarInt::decode(&mut view) else {
+                return Fed::More;
+            };
+            let kind = kind.into_inner();
+            if bidi && kind == wtp::Frame::HEADERS.0.into_inner() {
+                // An HTTP/3 request: wait for the whole HEADERS frame.
+                let mut all = &head[..];
+                return match wtp::ConnectRequest::decode(&mut all) {
+                    Ok(r) => {
+                        *state = Inbound::Connect;
+                        Fed::Request(r)
+                    }
+                    Err(wtp::ConnectError::UnexpectedEnd) if head.len() < MAX_HEADER_BYTES => {
+                        Fed::More
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "bad HTTP/3 request");
+                        Fed::Drop
+                    }
+                };
+            }
+            let wt = (bidi && kind == WT_BIDI_SIGNAL)
+                || (!bidi && kind == wtp::StreamUni::WEBTRANSPORT.0.into_inner());
+            if !wt {
+                // HTTP/3 control and QPACK streams are read and ignored (we
+                // never use QPACK's dynamic table); anything else is refused.
+                let h3 = !bidi
+                    && (kind == wtp::StreamUni::CONTROL.0.into_inner()
+                        || kind == wtp::StreamUni::QPACK_ENCODER.0.into_inner()
+                        || kind == wtp::StreamUni::QPACK_DECODER.0.into_inner());
+                *state = Inbound::Ignored;
+                return if h3 { Fed::More } else { Fed::Drop };
+            }
+            let Ok(session_id) = wtp::VarInt::decode(&mut view) else {
+                return Fed::More;
+            };
+            let Some(s) = session else {
+                return Fed::Drop;
+            };
+            if session_id.into_inner() != VarInt::from(s.connect).into_inner() {
+                return Fed::Drop;
+            }
+            let rest = Bytes::copy_from_slice(view);
+            if bidi {
+                if s.control.is_some() {
+                    if !s.extra_bidi_refused {
+                        s.extra_bidi_refused = true;
+                        violation(
+                            s,
+                            ErrorCode::WrongStream,
+                            "only one bidirectional stream, the control stream, is allowed",
+                        );
+                    }
+                    *state = Inbound::Ignored;
+                    return Fed::Drop;
+                }
+                // The first bidirectional stream is the control stream; it goes
+                // ahead of every media stream.
+                s.control = Some(id);
+                *state = Inbound::Control {
+                    decoder: StreamDecoder::new(config.max_frame),
+                };
+            } else {
+                if s.media_streams_open >= config.max_streams {
+                    violation(
+                        s,
+                        ErrorCode::TooManyStreams,
+                        &format!("more than {} streams open at once", config.max_streams),
+                    );
+                    *state = Inbound::Ignored;
+                    return Fed::Drop;
+                }
+                s.media_streams_open += 1;
+                *state = Inbound::Media {
+                    bytes: BytesMut::new(),
+                };
+            }
+            if rest.is_empty() {
+                Fed::More
+            } else {
+                feed(state, rest, Some(s), config, id)
+            }
+        }
+    }
+}
+
+/// A peer's stream ended (finished or reset): what it held is delivered.
+fn finish_inbound(c: &mut Conn, state: Inbound) {
+    let Some(s) = c.session.as_mut() else {
+        return;
+    };
+    match state {
+        Inbound::Media { bytes } => {
+            s.media_streams_open = s.media_streams_open.saturating_sub(1);
+            if bytes.first() == Some(&FRAME_MEDIA) {
+                push(s, Incoming::Frame(bytes.freeze()));
+            } else if !bytes.is_empty() {
+                violation(
+                    s,
+                    ErrorCode::WrongStream,
+                    "a unidirectional stream must carry one media frame",
+                );
+            }
+        }
+        Inbound::Control { .. } | Inbound::Connect => push(s, Incoming::Closed),
+        Inbound::Header { .. } | Inbound::Ignored => {}
+    }
+}
+
+/// Writes what the control stream has queued, as far as QUIC takes it.
+fn write_control(q: &mut quinn_proto::Connection, s: &mut Session) {
+    let Some(id) = s.control else {
+        return;
+    };
+    if !s.control_prioritized {
+        // Control goes ahead of every media stream.
+        let _ = q.send_stream(id).set_priority(stream_priority(3, 0));
+        s.control_prioritized = true;
+    }
+    while let Some(mut w) = s.control_queue.pop_front() {
+        if !write_chunks(q, id, &mut w) {
+            s.control_queue.push_front(w);
+            return;
+        }
+    }
+}
+
+/// Writes `w` into stream `id`; true when all of it went (and the stream is
+/// finished if asked), false when QUIC is out of credit.
+fn write_chunks(q: &mut quinn_proto::Connection, id: StreamId, w: &mut Write) -> bool {
+    let mut st = q.send_stream(id);
+    while !w.chunks.is_empty() {
+        match st.write_chunks(&mut w.chunks) {
+            Ok(written) => {
+                w.chunks.drain(..written.chunks);
+                if written.bytes == 0 {
+                    return false;
+                }
+            }
+            Err(quinn_proto::WriteError::Blocked) => return false,
+            // The stream is gone (stopped by the peer, or closed): nothing to wait for.
+            Err(_) => {
+                w.chunks.clear();
+                return true;
+            }
+        }
+    }
+    if w.finish {
+        let _ = st.finish();
+    }
+    true
+}
+
+/// Sends one media frame (PROTOCOL.md §3.3): audio as a datagram when it
+/// fits, anything else on a unidirectional stream of its own.
+fn send_media(
+    q: &mut quinn_proto::Connection,
+    s: &mut Session,
+    frame: Bytes,
+    audio: bool,
+    priority: i32,
+    permit: OwnedSemaphorePermit,
+) {
+    if s.closing {
+        return;
+    }
+    if audio
+        && q.datagrams()
+            .max_size()
+            .is_some_and(|m| frame.len() + s.datagram_header.len() <= m)
+    {
+        let mut d = BytesMut::with_capacity(s.datagram_header.len() + frame.len());
+        d.extend_from_slice(&s.datagram_header);
+        d.extend_from_slice(&frame);
+        // Refused only when the peer takes no datagrams: then a stream carries it.
+        if q.datagrams().send(d.freeze(), true).is_ok() {
+            return;
+        }
+    }
+    if !s.media_queue.is_empty() {
+        s.media_queue.push_back((frame, priority, permit));
+    } else if let Err(back) = open_media_stream(q, s, frame, priority, permit) {
+        s.media_queue.push_back(back);
+    }
+}
+
+/// A media frame waiting for a stream: the frame, its priority, its permit.
+type QueuedMedia = (Bytes, i32, OwnedSemaphorePermit);
+
+/// Opens a stream for one frame and writes it; gives the frame back when
+/// the peer allows no more streams now.
+fn open_media_stream(
+    q: &mut quinn_proto::Connection,
+    s: &mut Session,
+    frame: Bytes,
+    priority: i32,
+    permit: OwnedSemaphorePermit,
+) -> Result<(), QueuedMedia> {
+    let Some(id) = q.streams().open(Dir::Uni) else {
+        return Err((frame, priority, permit));
+    };
+    let _ = q.send_stream(id).set_priority(priority);
+    let mut w = Write {
+        chunks: vec![s.uni_header.clone(), frame],
+        finish: true,
+        _permit: Some(permit),
+    };
+    if !write_chunks(q, id, &mut w) {
+        // Rare: the send window is full. The rest waits for credit; the
+        // permit stays with the frame so the writer keeps its bound.
+        s.writing.insert(id, w);
+    }
+    Ok(())
+}
+
+/// QUIC's view of the path, sampled for the slow-subscriber rule.
+fn sample_path(q: &quinn_proto::Connection, s: &mut Session, now: Instant) {
+    let Some(outbox) = s.outbox.as_ref() else {
+        return;
+    };
+    if s.sampled
+        .is_some_and(|p| now.duration_since(p.at) < crate::wt::PATH_SAMPLE)
+    {
+        return;
+    }
+    let stats = q.stats();
+    let sample = crate::wt::PathSample {
+        at: now,
+        sent_packets: stats.path.sent_packets,
+        lost_packets: stats.path.lost_packets,
+        sent_bytes: stats.udp_tx.bytes,
+        rtt: stats.path.rtt,
+        cwnd: stats.path.cwnd,
+    };
+    if let Some(before) = &s.sampled {
+        outbox.set_congested(crate::wt::path_congested(before, &sample));
+    }
+    s.sampled = Some(sample);
+}
