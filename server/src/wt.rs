@@ -48,11 +48,18 @@ fn quic_config(identity: &Identity, max_streams: u32) -> Result<quinn_proto::Ser
     transport.max_concurrent_uni_streams(quinn_proto::VarInt::from_u32(
         max_streams + H3_UNI_STREAMS + 1,
     ));
+    // The CONNECT request, the control stream, and one more that gets WRONG_STREAM.
+    transport.max_concurrent_bidi_streams(quinn_proto::VarInt::from_u32(BIDI_STREAMS));
     transport.send_window(SEND_WINDOW);
     transport.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
+
+/// Bidirectional streams a client may have open: the CONNECT request, the
+/// control stream and one more, which is refused as WRONG_STREAM (quinn's
+/// default of 100 would let a client hold 100 request buffers).
+const BIDI_STREAMS: u32 = 4;
 
 /// Bytes QUIC may hold for a session that the subscriber has not
 /// acknowledged (quinn's default is 10 MB). A subscriber that stops

@@ -213,6 +213,28 @@ async fn close_code(wt: &WtClient) -> Option<u32> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_another_path_is_refused_with_404() {
+    let server = server(|c| c.dev_tls = true).await;
+    let hash = hex::decode(server.cert_sha256.as_ref().unwrap()).unwrap();
+    let client = web_transport_quinn::ClientBuilder::new()
+        .with_server_certificate_hashes(vec![hash])
+        .unwrap();
+    let port = server.wt_addr.unwrap().port();
+    let url = url::Url::parse(&format!("https://127.0.0.1:{port}/elsewhere")).unwrap();
+    let err = match tokio::time::timeout(DEADLINE, client.connect(url))
+        .await
+        .expect("the server answers")
+    {
+        Ok(_) => panic!("a session on /elsewhere was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("404"), "refused otherwise: {err}");
+    // The endpoint still takes sessions on its own path.
+    joined_wt(&server).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_bidirectional_stream_is_wrong_stream() {
     let server = server(|c| c.dev_tls = true).await;
     let wt = joined_wt(&server).await;
