@@ -35,15 +35,23 @@ pub struct Wakers {
     pub reader: Notify,
 }
 
-struct ArcWake(Arc<Wakers>);
+/// The outbox's waker: the writer task's `Notify`, or a writer outside the
+/// connection's tasks (the WebTransport engine) that drains the outbox itself.
+struct ArcWake {
+    wakers: Arc<Wakers>,
+    external: Option<Arc<dyn Wake>>,
+}
 
 impl Wake for ArcWake {
     fn wake(&self) {
-        self.0.writer.notify_one();
+        match &self.external {
+            Some(w) => w.wake(),
+            None => self.wakers.writer.notify_one(),
+        }
     }
     fn wake_closed(&self) {
-        self.0.writer.notify_one();
-        self.0.reader.notify_one();
+        self.wake();
+        self.wakers.reader.notify_one();
     }
 }
 
@@ -81,6 +89,27 @@ pub struct Connection {
 impl Connection {
     /// A connection from `peer` over `transport` (`ws` or `wt`).
     pub fn new(state: Arc<AppState>, transport: &'static str, peer: IpAddr) -> Self {
+        Self::with_writer(state, transport, peer, None)
+    }
+
+    /// A connection whose outbox is drained by `writer` (woken when frames
+    /// are queued) instead of a writer task of its own; run it with
+    /// [`drive_external`].
+    pub fn with_external_writer(
+        state: Arc<AppState>,
+        transport: &'static str,
+        peer: IpAddr,
+        writer: Arc<dyn Wake>,
+    ) -> Self {
+        Self::with_writer(state, transport, peer, Some(writer))
+    }
+
+    fn with_writer(
+        state: Arc<AppState>,
+        transport: &'static str,
+        peer: IpAddr,
+        external: Option<Arc<dyn Wake>>,
+    ) -> Self {
         let c = &state.config;
         let mut limits = convene_protocol::session::server::default_limits();
         limits.max_frame_bytes = c.max_frame_bytes;
@@ -104,7 +133,10 @@ impl Connection {
                 slow_consumer: Duration::from_millis(c.slow_consumer_ms as u64),
                 ..OutboxLimits::default()
             },
-            Box::new(ArcWake(wakers.clone())),
+            Box::new(ArcWake {
+                wakers: wakers.clone(),
+                external,
+            }),
         ));
         let session = ServerSession::new(state.now(), config);
         let keys = state
@@ -645,7 +677,6 @@ pub async fn drive<S, I>(
     S: FrameSink,
     I: futures_util::Stream<Item = Incoming> + Unpin,
 {
-    use futures_util::StreamExt;
     let outbox = conn.outbox();
     let wakers = conn.wakers();
     let close: Arc<Mutex<Option<CloseReason>>> = Arc::new(Mutex::new(None));
@@ -666,20 +697,10 @@ pub async fn drive<S, I>(
                 // after the drain, a Goodbye queued in between was lost.)
                 let closing = close.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 loop {
-                    let lanes = outbox.drain_timed(&mut batch, 256 * 1024);
+                    let lanes = drain_batch(&outbox, &mut batch, &state);
                     if batch.is_empty() {
                         break;
                     }
-                    if let Some(w) = lanes.waited {
-                        state.metrics.queue_delay_seconds.observe(w.as_secs_f64());
-                        state.load.note_queue_delay(w);
-                    }
-                    state.metrics.queue_depth.observe(batch.len() as f64);
-                    state.metrics.frames_out.inc_by(batch.len() as u64);
-                    state
-                        .metrics
-                        .bytes_out
-                        .inc_by(batch.iter().map(|f| f.len() as u64).sum());
                     if sink.write_batch(&mut batch, lanes).await.is_err() {
                         return;
                     }
@@ -696,6 +717,72 @@ pub async fn drive<S, I>(
         })
     };
 
+    read_until_closed(&mut conn, &mut incoming, &state, &close, || {
+        wakers.writer.notify_one()
+    })
+    .await;
+    log_close(conn.transport, peer, conn.close_reason());
+    // Let the writer flush what the session said last, within the drain
+    // deadline; a writer stuck on a peer that does not read is cut off.
+    let grace = Duration::from_millis(state.config.shutdown_grace_ms as u64);
+    let mut writer = writer;
+    if tokio::time::timeout(grace, &mut writer).await.is_err() {
+        writer.abort();
+    }
+    drop(conn);
+}
+
+/// How a connection drained by an outside writer ends: the reason is set
+/// here when the session ends, the writer then sends what is left and
+/// closes the transport, and notifies `done`.
+#[derive(Debug, Default)]
+pub struct ExternalClose {
+    /// The reason, once the session has ended.
+    pub reason: Mutex<Option<CloseReason>>,
+    /// Notified by the writer once it has closed the transport (or found it gone).
+    pub done: Notify,
+}
+
+/// [`drive`] for a connection made with [`Connection::with_external_writer`]:
+/// feeds `incoming`, timers, outbox closure and shutdown into the session
+/// until it ends, then hands the close to the writer through `close`.
+pub async fn drive_external<I>(
+    mut conn: Connection,
+    mut incoming: I,
+    state: Arc<AppState>,
+    peer: IpAddr,
+    close: Arc<ExternalClose>,
+    writer: Arc<dyn Wake>,
+) where
+    I: futures_util::Stream<Item = Incoming> + Unpin,
+{
+    let done = close.done.notified();
+    tokio::pin!(done);
+    // Registered before the close is asked for, so the writer's notice is not missed.
+    done.as_mut().enable();
+    read_until_closed(&mut conn, &mut incoming, &state, &close.reason, || {
+        writer.wake()
+    })
+    .await;
+    log_close(conn.transport, peer, conn.close_reason());
+    let grace = Duration::from_millis(state.config.shutdown_grace_ms as u64);
+    let _ = tokio::time::timeout(grace, done).await;
+    drop(conn);
+}
+
+/// Runs the session's side of a connection until it has a close reason,
+/// which it stores in `close` before calling `wake_writer`.
+async fn read_until_closed<I>(
+    conn: &mut Connection,
+    incoming: &mut I,
+    state: &AppState,
+    close: &Mutex<Option<CloseReason>>,
+    wake_writer: impl Fn(),
+) where
+    I: futures_util::Stream<Item = Incoming> + Unpin,
+{
+    use futures_util::StreamExt;
+    let wakers = conn.wakers();
     let mut shutdown = state.shutdown_signal();
     if *shutdown.borrow() {
         conn.shutdown();
@@ -703,7 +790,7 @@ pub async fn drive<S, I>(
     loop {
         if let Some(reason) = conn.close_reason() {
             *close.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
-            wakers.writer.notify_one();
+            wake_writer();
             break;
         }
         let deadline = conn.deadline();
@@ -715,15 +802,26 @@ pub async fn drive<S, I>(
             _ = conn.keys_fetched() => conn.retry_hello(),
         }
     }
-    log_close(conn.transport, peer, conn.close_reason());
-    // Let the writer flush what the session said last, within the drain
-    // deadline; a writer stuck on a peer that does not read is cut off.
-    let grace = Duration::from_millis(state.config.shutdown_grace_ms as u64);
-    let mut writer = writer;
-    if tokio::time::timeout(grace, &mut writer).await.is_err() {
-        writer.abort();
+}
+
+/// Takes the next batch from `outbox` (at most 256 KiB) and records it in
+/// the metrics: what every writer, task or not, does before writing.
+pub fn drain_batch(outbox: &Outbox, batch: &mut Vec<Bytes>, state: &AppState) -> Drained {
+    let lanes = outbox.drain_timed(batch, 256 * 1024);
+    if batch.is_empty() {
+        return lanes;
     }
-    drop(conn);
+    if let Some(w) = lanes.waited {
+        state.metrics.queue_delay_seconds.observe(w.as_secs_f64());
+        state.load.note_queue_delay(w);
+    }
+    state.metrics.queue_depth.observe(batch.len() as f64);
+    state.metrics.frames_out.inc_by(batch.len() as u64);
+    state
+        .metrics
+        .bytes_out
+        .inc_by(batch.iter().map(|f| f.len() as u64).sum());
+    lanes
 }
 
 /// Sleeps until `deadline`, or forever when there is none.

@@ -24,22 +24,24 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use convene_protocol::frame::{FRAME_MEDIA, stream_priority};
+use convene_protocol::frame::{FRAME_MEDIA, length_prefix, stream_priority};
 use convene_protocol::{ErrorCode, MediaFrame, ProtocolError, StreamDecoder};
 use quinn_proto::{
     ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event, ServerConfig, StreamEvent,
     StreamId, VarInt,
 };
 use tokio::io::Interest;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tracing::debug;
 use web_transport_proto as wtp;
 
-use crate::connection::Incoming;
-use crate::outbox::Outbox;
+use crate::connection::{ExternalClose, Incoming, drain_batch};
+use crate::outbox::{Outbox, Wake};
+use crate::state::AppState;
 
 /// Names one session for its task and the engine: the connection's slot and
 /// a number never reused, so a late command cannot reach a newer connection
@@ -52,38 +54,19 @@ pub struct SessionKey {
 
 /// What a session's task asks of the engine.
 pub enum Command {
-    /// The session's outbox, told when QUIC sees the path congested.
+    /// The session's outbox, which the engine drains itself when the
+    /// session's writer (from [`NewSession`]) is woken, and how the session
+    /// tells it to close.
     Attach {
         /// Which session.
         key: SessionKey,
         /// Its outbox.
         outbox: Arc<Outbox>,
+        /// Its close reason, once it has one, and the notice of the close.
+        close: Arc<ExternalClose>,
     },
-    /// Bytes for the control stream, in order; the permit is released once
-    /// QUIC has taken them.
-    Control {
-        /// Which session.
-        key: SessionKey,
-        /// Length-prefixed control frames.
-        chunks: Vec<Bytes>,
-        /// Held until written.
-        permit: OwnedSemaphorePermit,
-    },
-    /// One media frame: a datagram if `audio` and it fits, else a stream of its own.
-    Media {
-        /// Which session.
-        key: SessionKey,
-        /// The whole media frame.
-        frame: Bytes,
-        /// Whether it is audio (may go as a datagram).
-        audio: bool,
-        /// The QUIC stream priority if it goes on a stream.
-        priority: i32,
-        /// Held until written.
-        permit: OwnedSemaphorePermit,
-    },
-    /// Ends the session: the control stream is finished, the close capsule
-    /// sent, and the connection closed with `code` shortly after.
+    /// Ends a session that never got an outbox (refused before it started):
+    /// the close capsule is sent and the connection closed shortly after.
     Close {
         /// Which session.
         key: SessionKey,
@@ -92,6 +75,34 @@ pub enum Command {
         /// Why, for the peer.
         reason: String,
     },
+}
+
+/// Wakes the engine to drain one session's outbox.
+struct SessionWake {
+    key: SessionKey,
+    /// Set while the session waits in `ready`, so it is queued once.
+    queued: Arc<AtomicBool>,
+    ready: Arc<Ready>,
+}
+
+impl Wake for SessionWake {
+    fn wake(&self) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.ready
+                .keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(self.key);
+            self.ready.notify.notify_one();
+        }
+    }
+}
+
+/// Sessions with frames to drain.
+#[derive(Default)]
+struct Ready {
+    keys: std::sync::Mutex<Vec<SessionKey>>,
+    notify: tokio::sync::Notify,
 }
 
 /// A session the engine has accepted, for the caller to run.
@@ -104,6 +115,8 @@ pub struct NewSession {
     pub incoming: mpsc::Receiver<Incoming>,
     /// Where to send commands.
     pub commands: mpsc::UnboundedSender<Command>,
+    /// The session's writer: the outbox's waker, which has the engine drain it.
+    pub writer: Arc<dyn Wake>,
 }
 
 /// The engine's limits and settings.
@@ -134,6 +147,12 @@ const WT_BIDI_SIGNAL: u64 = 0x41;
 const CLOSE_LINGER: Duration = Duration::from_millis(100);
 /// How long the engine keeps running after shutdown for sessions to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Media frames handed to QUIC and not yet taken by it (waiting for stream
+/// credit or send window), per session. Beyond this the engine leaves
+/// frames in the outbox, where the spec's drop order (video deltas first)
+/// and the slow-subscriber rule apply, instead of piling them up inside
+/// QUIC without bound.
+const MAX_MEDIA_IN_FLIGHT: usize = 32;
 /// How often a session whose queue to its task is full is retried.
 const RETRY_PENDING: Duration = Duration::from_millis(2);
 
@@ -141,6 +160,7 @@ const RETRY_PENDING: Duration = Duration::from_millis(2);
 /// gone (or [`SHUTDOWN_GRACE`] passes); `on_session` is called for every
 /// accepted WebTransport session.
 pub async fn run(
+    state: Arc<AppState>,
     socket: std::net::UdpSocket,
     server_config: Arc<ServerConfig>,
     config: EngineConfig,
@@ -178,6 +198,9 @@ pub async fn run(
         config,
         commands_tx,
         on_session: Box::new(on_session),
+        ready: Arc::new(Ready::default()),
+        state,
+        batch: Vec::with_capacity(64),
         send_buf: Vec::with_capacity(64 * 1024),
         stopping: false,
         udp,
@@ -188,6 +211,8 @@ pub async fn run(
         .map(|_| vec![0u8; 1500 * gro])
         .collect();
     let mut stop_at: Option<Instant> = None;
+    let ready_notify = engine.ready.clone();
+    let ready_notify = &ready_notify.notify;
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
     loop {
@@ -229,6 +254,7 @@ pub async fn run(
                 }
             }
             _ = &mut sleep => engine.expire(Instant::now()),
+            _ = ready_notify.notified() => {}
             r = stop.changed(), if stop_at.is_none() => {
                 if r.is_err() || *stop.borrow() {
                     engine.stopping = true;
@@ -237,6 +263,7 @@ pub async fn run(
             }
         }
         engine.flush_pending();
+        engine.drain_ready();
         engine.process_dirty();
     }
 }
@@ -255,6 +282,11 @@ struct Engine {
     config: EngineConfig,
     commands_tx: mpsc::UnboundedSender<Command>,
     on_session: Box<dyn Fn(NewSession) + Send>,
+    /// Sessions whose outbox has frames.
+    ready: Arc<Ready>,
+    state: Arc<AppState>,
+    /// Frames taken from an outbox, reused.
+    batch: Vec<Bytes>,
     send_buf: Vec<u8>,
     stopping: bool,
     udp: quinn_udp::UdpSocketState,
@@ -314,7 +346,7 @@ struct Session {
     /// Control bytes waiting for the control stream or for credit.
     control_queue: VecDeque<Write>,
     /// Media frames waiting for the peer to allow another stream.
-    media_queue: VecDeque<QueuedMedia>,
+    media_queue: VecDeque<(Bytes, i32)>,
     /// Streams whose bytes QUIC has not all taken yet.
     writing: HashMap<StreamId, Write>,
     /// Media streams the peer has open now.
@@ -324,15 +356,23 @@ struct Session {
     /// Whether the control stream was given its priority.
     control_prioritized: bool,
     outbox: Option<Arc<Outbox>>,
+    /// The session's close reason and notice (from its task).
+    close: Option<Arc<ExternalClose>>,
+    /// Whether the session's waker has it queued in `ready`.
+    queued: Arc<AtomicBool>,
+    /// Frames in the outbox were left there because QUIC holds
+    /// [`MAX_MEDIA_IN_FLIGHT`] already.
+    backlogged: bool,
+    /// Media frames sent so far: older frames first among equals.
+    sent: u32,
     sampled: Option<crate::wt::PathSample>,
     closing: bool,
 }
 
-/// Bytes on their way into a stream, with the permit they hold.
+/// Bytes on their way into a stream.
 struct Write {
     chunks: Vec<Bytes>,
     finish: bool,
-    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Engine {
@@ -494,67 +534,54 @@ impl Engine {
 
     fn command(&mut self, command: Command) {
         let key = match &command {
-            Command::Attach { key, .. }
-            | Command::Control { key, .. }
-            | Command::Media { key, .. }
-            | Command::Close { key, .. } => *key,
+            Command::Attach { key, .. } | Command::Close { key, .. } => *key,
         };
         let Some(c) = self.conns.get_mut(&key.slot) else {
+            if let Command::Attach { close, .. } = command {
+                close.done.notify_one();
+            }
             return;
         };
         if c.generation != key.generation {
+            if let Command::Attach { close, .. } = command {
+                close.done.notify_one();
+            }
             return;
         }
-        let Some(s) = c.session.as_mut() else {
-            return;
-        };
         match command {
-            Command::Attach { outbox, .. } => s.outbox = Some(outbox),
-            Command::Control { chunks, permit, .. } => {
-                s.control_queue.push_back(Write {
-                    chunks,
-                    finish: false,
-                    _permit: Some(permit),
-                });
-                write_control(&mut c.q, s);
+            Command::Attach { outbox, close, .. } => {
+                let Some(s) = c.session.as_mut() else {
+                    return;
+                };
+                s.outbox = Some(outbox);
+                s.close = Some(close);
+                // Frames queued before the engine knew the outbox.
+                write_from_outbox(c, &self.state, &mut self.batch);
             }
-            Command::Media {
-                frame,
-                audio,
-                priority,
-                permit,
-                ..
-            } => send_media(&mut c.q, s, frame, audio, priority, permit),
-            Command::Close { code, reason, .. } => {
-                if !s.closing {
-                    s.closing = true;
-                    s.control_queue.push_back(Write {
-                        chunks: Vec::new(),
-                        finish: true,
-                        _permit: None,
-                    });
-                    write_control(&mut c.q, s);
-                    // The close capsule in a DATA frame on the CONNECT stream.
-                    let mut capsule = Vec::new();
-                    wtp::Capsule::CloseWebTransportSession {
-                        code,
-                        reason: reason.clone(),
-                    }
-                    .encode(&mut capsule);
-                    let mut frame = Vec::new();
-                    wtp::Frame::DATA.encode(&mut frame);
-                    wtp::VarInt::from_u32(capsule.len() as u32).encode(&mut frame);
-                    frame.extend_from_slice(&capsule);
-                    let mut st = c.q.send_stream(s.connect);
-                    let _ = st.write(&frame);
-                    let _ = st.finish();
-                    let linger = (c.q.rtt() * 3).max(CLOSE_LINGER);
-                    let code = VarInt::from_u64(wtp::error_to_http3(code)).unwrap_or(VarInt::MAX);
-                    c.close_at = Some((Instant::now() + linger, code, Bytes::from(reason)));
-                }
-            }
+            Command::Close { code, reason, .. } => close_session(c, code, reason),
         }
         self.mark_dirty(key.slot);
+    }
+
+    /// Drains the outboxes of the sessions whose writer was woken.
+    fn drain_ready(&mut self) {
+        let keys = std::mem::take(&mut *self.ready.keys.lock().unwrap_or_else(|p| p.into_inner()));
+        for key in keys {
+            let Some(c) = self.conns.get_mut(&key.slot) else {
+                continue;
+            };
+            if c.generation != key.generation {
+                continue;
+            }
+            if let Some(s) = c.session.as_ref() {
+                s.queued.store(false, Ordering::Release);
+            }
+            write_from_outbox(c, &self.state, &mut self.batch);
+            if !c.is_dirty {
+                c.is_dirty = true;
+                self.dirty.push(key.slot);
+            }
+        }
     }
 
     /// Moves queued frames into the sessions' channels as room frees up.
@@ -635,13 +662,20 @@ impl Engine {
             }
             while let Some(ev) = c.q.poll() {
                 progressed = true;
-                if let Some(new) = handle_event(c, ev, &self.config, slot, &self.commands_tx) {
+                if let Some(new) =
+                    handle_event(c, ev, &self.config, slot, &self.commands_tx, &self.ready)
+                {
                     (self.on_session)(new);
                 }
             }
             if !progressed {
                 break;
             }
+        }
+        if c.session.as_ref().is_some_and(|s| {
+            s.backlogged && s.media_queue.len() + s.writing.len() < MAX_MEDIA_IN_FLIGHT
+        }) {
+            write_from_outbox(c, &self.state, &mut self.batch);
         }
         if let Some(s) = c.session.as_mut() {
             sample_path(&c.q, s, now);
@@ -671,6 +705,9 @@ impl Engine {
             }
         }
         if c.q.is_drained() {
+            if let Some(close) = c.session.as_ref().and_then(|s| s.close.as_ref()) {
+                close.done.notify_one();
+            }
             self.conns.remove(&slot);
             return;
         }
@@ -694,6 +731,7 @@ fn handle_event(
     config: &EngineConfig,
     slot: usize,
     commands: &mpsc::UnboundedSender<Command>,
+    ready: &Arc<Ready>,
 ) -> Option<NewSession> {
     match ev {
         Event::Connected => {
@@ -715,6 +753,11 @@ fn handle_event(
                 s.media_queue.clear();
                 s.writing.clear();
                 s.control_queue.clear();
+                s.closing = true;
+                // Nothing more can be written: the session's task need not wait.
+                if let Some(close) = &s.close {
+                    close.done.notify_one();
+                }
             }
             None
         }
@@ -728,14 +771,14 @@ fn handle_event(
                         bidi: dir == Dir::Bi,
                     },
                 );
-                if let Some(n) = read_stream_accepting(c, id, config, slot, commands) {
+                if let Some(n) = read_stream_accepting(c, id, config, slot, commands, ready) {
                     new = Some(n);
                 }
             }
             new
         }
         Event::Stream(StreamEvent::Readable { id }) => {
-            read_stream_accepting(c, id, config, slot, commands)
+            read_stream_accepting(c, id, config, slot, commands, ready)
         }
         Event::Stream(StreamEvent::Writable { id }) => {
             if let Some(s) = c.session.as_mut() {
@@ -751,11 +794,11 @@ fn handle_event(
         }
         Event::Stream(StreamEvent::Available { dir: Dir::Uni }) => {
             if let Some(s) = c.session.as_mut() {
-                while let Some((frame, priority, permit)) = s.media_queue.pop_front() {
-                    if let Err(back) = open_media_stream(&mut c.q, s, frame, priority, permit) {
-                        s.media_queue.push_front(back);
+                while let Some((frame, priority)) = s.media_queue.front() {
+                    if !open_media_stream(&mut c.q, s, &frame.clone(), *priority) {
                         break;
                     }
+                    s.media_queue.pop_front();
                 }
             }
             None
@@ -807,6 +850,7 @@ fn read_stream_accepting(
     config: &EngineConfig,
     slot: usize,
     commands: &mpsc::UnboundedSender<Command>,
+    ready: &Arc<Ready>,
 ) -> Option<NewSession> {
     let connect = read_stream(c, id, config);
     let request = connect?;
@@ -841,6 +885,12 @@ fn read_stream_accepting(
     wtp::VarInt::from_u64(session_id)
         .unwrap_or(wtp::VarInt::MAX)
         .encode(&mut uni_header);
+    let queued = Arc::new(AtomicBool::new(false));
+    let writer: Arc<dyn Wake> = Arc::new(SessionWake {
+        key,
+        queued: queued.clone(),
+        ready: ready.clone(),
+    });
     let mut datagram_header = Vec::new();
     wtp::VarInt::from_u64(quarter_id(id))
         .unwrap_or(wtp::VarInt::MAX)
@@ -860,6 +910,10 @@ fn read_stream_accepting(
         extra_bidi_refused: false,
         control_prioritized: false,
         outbox: None,
+        close: None,
+        queued,
+        backlogged: false,
+        sent: 0,
         sampled: None,
         closing: false,
     });
@@ -879,6 +933,7 @@ fn read_stream_accepting(
         peer: c.q.remote_address(),
         incoming: rx,
         commands: commands.clone(),
+        writer,
     })
 }
 
@@ -1198,6 +1253,116 @@ fn write_chunks(q: &mut quinn_proto::Connection, id: StreamId, w: &mut Write) ->
     true
 }
 
+/// Takes what the session's outbox holds and hands it to QUIC: control
+/// frames to the control stream, media as datagrams or streams; then, if
+/// the session has ended, closes it. Leaves frames in the outbox while QUIC
+/// holds [`MAX_MEDIA_IN_FLIGHT`] of this session's frames already.
+fn write_from_outbox(c: &mut Conn, state: &AppState, batch: &mut Vec<Bytes>) {
+    let Some(s) = c.session.as_mut() else {
+        return;
+    };
+    let (Some(outbox), Some(close)) = (s.outbox.clone(), s.close.clone()) else {
+        return;
+    };
+    if s.closing {
+        return;
+    }
+    // Read the close reason before draining: the session queues its last
+    // words (Goodbye, Error) before setting the reason, so a drain after
+    // this read sends them before the close.
+    let closing = close
+        .reason
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    s.backlogged = false;
+    loop {
+        if s.media_queue.len() + s.writing.len() >= MAX_MEDIA_IN_FLIGHT {
+            s.backlogged = true;
+            break;
+        }
+        let lanes = drain_batch(&outbox, batch, state);
+        if batch.is_empty() {
+            break;
+        }
+        for (i, f) in batch.drain(..).enumerate() {
+            let audio = i >= lanes.control && i < lanes.control + lanes.audio;
+            if f.first() == Some(&FRAME_MEDIA) {
+                s.sent = s.sent.wrapping_add(1);
+                let priority = media_priority(&f, audio, s.sent);
+                send_media(&mut c.q, s, f, audio, priority);
+            } else {
+                s.control_queue.push_back(Write {
+                    chunks: vec![Bytes::copy_from_slice(&length_prefix(f.len())), f],
+                    finish: false,
+                });
+            }
+        }
+        write_control(&mut c.q, s);
+        if !lanes.more {
+            break;
+        }
+    }
+    if let Some(reason) = closing {
+        close_session(
+            c,
+            reason.webtransport_code(),
+            reason.transport_reason().to_string(),
+        );
+    }
+}
+
+/// Ends the session: finishes the control stream, sends the close capsule
+/// on the CONNECT stream, and closes the connection once they have had
+/// [`CLOSE_LINGER`] (or three round trips) to arrive.
+fn close_session(c: &mut Conn, code: u32, reason: String) {
+    let Some(s) = c.session.as_mut() else {
+        return;
+    };
+    if s.closing {
+        return;
+    }
+    s.closing = true;
+    s.control_queue.push_back(Write {
+        chunks: Vec::new(),
+        finish: true,
+    });
+    write_control(&mut c.q, s);
+    // The close capsule in a DATA frame on the CONNECT stream.
+    let mut capsule = Vec::new();
+    wtp::Capsule::CloseWebTransportSession {
+        code,
+        reason: reason.clone(),
+    }
+    .encode(&mut capsule);
+    let mut frame = Vec::new();
+    wtp::Frame::DATA.encode(&mut frame);
+    wtp::VarInt::from_u32(capsule.len() as u32).encode(&mut frame);
+    frame.extend_from_slice(&capsule);
+    let mut st = c.q.send_stream(s.connect);
+    let _ = st.write(&frame);
+    let _ = st.finish();
+    if let Some(close) = &s.close {
+        close.done.notify_one();
+    }
+    let linger = (c.q.rtt() * 3).max(CLOSE_LINGER);
+    let code = VarInt::from_u64(wtp::error_to_http3(code)).unwrap_or(VarInt::MAX);
+    c.close_at = Some((Instant::now() + linger, code, Bytes::from(reason)));
+}
+
+/// A media frame's stream priority (PROTOCOL.md §3.3): audio streams first,
+/// then video key frames, then deltas; older frames first within each.
+fn media_priority(frame: &Bytes, audio: bool, order: u32) -> i32 {
+    let rank = if audio {
+        2
+    } else if frame.get(1).is_some_and(|flags| flags & 0x01 != 0) {
+        1
+    } else {
+        0
+    };
+    stream_priority(rank, order)
+}
+
 /// Sends one media frame (PROTOCOL.md §3.3): audio as a datagram when it
 /// fits, anything else on a unidirectional stream of its own.
 fn send_media(
@@ -1206,11 +1371,7 @@ fn send_media(
     frame: Bytes,
     audio: bool,
     priority: i32,
-    permit: OwnedSemaphorePermit,
 ) {
-    if s.closing {
-        return;
-    }
     if audio
         && q.datagrams()
             .max_size()
@@ -1224,40 +1385,32 @@ fn send_media(
             return;
         }
     }
-    if !s.media_queue.is_empty() {
-        s.media_queue.push_back((frame, priority, permit));
-    } else if let Err(back) = open_media_stream(q, s, frame, priority, permit) {
-        s.media_queue.push_back(back);
+    if !s.media_queue.is_empty() || !open_media_stream(q, s, &frame, priority) {
+        s.media_queue.push_back((frame, priority));
     }
 }
 
-/// A media frame waiting for a stream: the frame, its priority, its permit.
-type QueuedMedia = (Bytes, i32, OwnedSemaphorePermit);
-
-/// Opens a stream for one frame and writes it; gives the frame back when
-/// the peer allows no more streams now.
+/// Opens a stream for one frame and writes it; false when the peer allows
+/// no more streams now.
 fn open_media_stream(
     q: &mut quinn_proto::Connection,
     s: &mut Session,
-    frame: Bytes,
+    frame: &Bytes,
     priority: i32,
-    permit: OwnedSemaphorePermit,
-) -> Result<(), QueuedMedia> {
+) -> bool {
     let Some(id) = q.streams().open(Dir::Uni) else {
-        return Err((frame, priority, permit));
+        return false;
     };
     let _ = q.send_stream(id).set_priority(priority);
     let mut w = Write {
-        chunks: vec![s.uni_header.clone(), frame],
+        chunks: vec![s.uni_header.clone(), frame.clone()],
         finish: true,
-        _permit: Some(permit),
     };
     if !write_chunks(q, id, &mut w) {
-        // Rare: the send window is full. The rest waits for credit; the
-        // permit stays with the frame so the writer keeps its bound.
+        // Rare: the send window is full; the rest waits for credit.
         s.writing.insert(id, w);
     }
-    Ok(())
+    true
 }
 
 /// QUIC's view of the path, sampled for the slow-subscriber rule.

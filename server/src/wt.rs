@@ -8,15 +8,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use convene_protocol::CloseReason;
-use convene_protocol::frame::{FRAME_MEDIA, length_prefix, stream_priority};
-use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::connection::{Connection, FrameSink, drive};
-use crate::outbox::Drained;
-use crate::quic::{Command, EngineConfig, NewSession, SessionKey};
+use crate::connection::{Connection, ExternalClose, drive_external};
+use crate::quic::{Command, EngineConfig, NewSession};
 use crate::state::AppState;
 use crate::tls::Identity;
 
@@ -89,6 +85,7 @@ pub fn start(
     };
     let stop = state.shutdown_signal();
     let handle = tokio::spawn(crate::quic::run(
+        state.clone(),
         socket,
         server_config,
         config,
@@ -138,6 +135,7 @@ async fn run(state: Arc<AppState>, session: NewSession) {
         peer,
         incoming: mut rx,
         commands,
+        writer,
     } = session;
     let peer: IpAddr = peer.ip();
     if let Err(e) = state.acquire_connection(peer) {
@@ -149,37 +147,16 @@ async fn run(state: Arc<AppState>, session: NewSession) {
         });
         return;
     }
-    let conn = Connection::new(state.clone(), "wt", peer);
+    // The engine drains this connection's outbox itself: no writer task.
+    let conn = Connection::with_external_writer(state.clone(), "wt", peer, writer.clone());
+    let close = Arc::new(ExternalClose::default());
     let _ = commands.send(Command::Attach {
         key,
         outbox: conn.outbox(),
+        close: close.clone(),
     });
     let incoming = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let sink = WtSink {
-        key,
-        commands,
-        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_MEDIA_IN_FLIGHT)),
-        opened: 0,
-    };
-    drive(conn, sink, incoming, state, peer).await;
-}
-
-/// Media frames (and control batches) handed to QUIC and not yet taken by
-/// it, per session. Beyond this the writer waits, so frames stay in the
-/// outbox, where the spec's drop order (video deltas first) and the
-/// slow-subscriber rule apply, instead of piling up inside QUIC without
-/// bound.
-const MAX_MEDIA_IN_FLIGHT: usize = 32;
-
-/// The writing side of a WebTransport session: control frames length-prefixed
-/// on the control stream, media frames each on a unidirectional stream or a
-/// datagram, all handed to the engine.
-struct WtSink {
-    key: SessionKey,
-    commands: mpsc::UnboundedSender<Command>,
-    in_flight: Arc<tokio::sync::Semaphore>,
-    /// Media frames sent so far: older frames are sent first.
-    opened: u32,
+    drive_external(conn, incoming, state, peer, close, writer).await;
 }
 
 /// QUIC's counters for the path to a subscriber at one moment.
@@ -229,80 +206,6 @@ const CONGESTED_RTT: std::time::Duration = convene_protocol::rate::RTT_HIGH;
 /// Share of the congestion window's rate (window / round trip) in use
 /// beyond which the path counts as congested.
 const WINDOW_FULL: f64 = 0.8;
-
-impl WtSink {
-    async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ()> {
-        self.in_flight.clone().acquire_owned().await.map_err(|_| ())
-    }
-
-    async fn write_control(&mut self, chunks: &mut Vec<Bytes>) -> Result<(), ()> {
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        let permit = self.permit().await?;
-        self.commands
-            .send(Command::Control {
-                key: self.key,
-                chunks: std::mem::take(chunks),
-                permit,
-            })
-            .map_err(|_| ())
-    }
-}
-
-impl FrameSink for WtSink {
-    async fn write_batch(&mut self, batch: &mut Vec<Bytes>, lanes: Drained) -> Result<(), ()> {
-        let mut control = Vec::new();
-        for (i, f) in batch.drain(..).enumerate() {
-            let audio = i >= lanes.control && i < lanes.control + lanes.audio;
-            match f.first() {
-                Some(&FRAME_MEDIA) => {
-                    // Control frames come first in a batch: send them before media.
-                    self.write_control(&mut control).await?;
-                    let permit = self.permit().await?;
-                    self.opened = self.opened.wrapping_add(1);
-                    self.commands
-                        .send(Command::Media {
-                            key: self.key,
-                            priority: media_priority(&f, audio, self.opened),
-                            frame: f,
-                            audio,
-                            permit,
-                        })
-                        .map_err(|_| ())?;
-                }
-                _ => {
-                    control.push(Bytes::copy_from_slice(&length_prefix(f.len())));
-                    control.push(f);
-                }
-            }
-        }
-        self.write_control(&mut control).await
-    }
-
-    async fn close(&mut self, reason: &CloseReason) {
-        // Give the last frames a moment to leave before the session closes under them.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let _ = self.commands.send(Command::Close {
-            key: self.key,
-            code: reason.webtransport_code(),
-            reason: reason.transport_reason().to_string(),
-        });
-    }
-}
-
-/// A media frame's stream priority (PROTOCOL.md §3.3): audio streams first,
-/// then video key frames, then deltas; older frames first within each.
-fn media_priority(frame: &Bytes, audio: bool, order: u32) -> i32 {
-    let rank = if audio {
-        2
-    } else if frame.get(1).is_some_and(|flags| flags & 0x01 != 0) {
-        1
-    } else {
-        0
-    };
-    stream_priority(rank, order)
-}
 
 #[cfg(test)]
 mod tests {
