@@ -145,6 +145,9 @@ const WT_BIDI_SIGNAL: u64 = 0x41;
 /// How long a closing session waits for its last bytes and the close
 /// capsule to be acknowledged before the connection is closed under them.
 const CLOSE_LINGER: Duration = Duration::from_millis(100);
+/// How long a closing session waits for the peer to acknowledge the end of
+/// its control stream before the close capsule goes anyway.
+const CAPSULE_WAIT: Duration = Duration::from_millis(500);
 /// How long the engine keeps running after shutdown for sessions to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Media frames handed to QUIC and not yet taken by it (waiting for stream
@@ -367,6 +370,9 @@ struct Session {
     sent: u32,
     sampled: Option<crate::wt::PathSample>,
     closing: bool,
+    /// The close capsule waiting for the control stream to be acknowledged:
+    /// code, reason, and when it goes anyway.
+    capsule: Option<(u32, String, Instant)>,
 }
 
 /// Bytes on their way into a stream.
@@ -519,6 +525,13 @@ impl Engine {
                 continue;
             }
             c.timer = None;
+            if c.session
+                .as_ref()
+                .and_then(|s| s.capsule.as_ref())
+                .is_some_and(|(_, _, at)| *at <= now)
+            {
+                send_capsule(c);
+            }
             if let Some((when, code, reason)) = c.close_at.clone()
                 && when <= now
             {
@@ -711,10 +724,17 @@ impl Engine {
             self.conns.remove(&slot);
             return;
         }
-        let deadline = match (c.q.poll_timeout(), c.close_at.as_ref().map(|x| x.0)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = [
+            c.q.poll_timeout(),
+            c.close_at.as_ref().map(|x| x.0),
+            c.session
+                .as_ref()
+                .and_then(|s| s.capsule.as_ref())
+                .map(|x| x.2),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         if deadline != c.timer {
             c.timer = deadline;
             if let Some(at) = deadline {
@@ -800,6 +820,16 @@ fn handle_event(
                     }
                     s.media_queue.pop_front();
                 }
+            }
+            None
+        }
+        Event::Stream(StreamEvent::Finished { id }) => {
+            // The peer has all of the control stream: the close capsule may go.
+            if c.session
+                .as_ref()
+                .is_some_and(|s| s.control == Some(id) && s.capsule.is_some())
+            {
+                send_capsule(c);
             }
             None
         }
@@ -914,6 +944,7 @@ fn read_stream_accepting(
         queued,
         backlogged: false,
         sent: 0,
+        capsule: None,
         sampled: None,
         closing: false,
     });
@@ -1312,9 +1343,11 @@ fn write_from_outbox(c: &mut Conn, state: &AppState, batch: &mut Vec<Bytes>) {
     }
 }
 
-/// Ends the session: finishes the control stream, sends the close capsule
-/// on the CONNECT stream, and closes the connection once they have had
-/// [`CLOSE_LINGER`] (or three round trips) to arrive.
+/// Ends the session: finishes the control stream and, once the peer has
+/// everything on it (or after [`CAPSULE_WAIT`]), sends the close capsule.
+/// The capsule waits because a peer that sees the session closed may stop
+/// reading the control stream, and the session's last words (Goodbye, an
+/// Error) are on it.
 fn close_session(c: &mut Conn, code: u32, reason: String) {
     let Some(s) = c.session.as_mut() else {
         return;
@@ -1323,12 +1356,31 @@ fn close_session(c: &mut Conn, code: u32, reason: String) {
         return;
     }
     s.closing = true;
-    s.control_queue.push_back(Write {
-        chunks: Vec::new(),
-        finish: true,
-    });
-    write_control(&mut c.q, s);
-    // The close capsule in a DATA frame on the CONNECT stream.
+    if let Some(close) = &s.close {
+        close.done.notify_one();
+    }
+    s.capsule = Some((code, reason, Instant::now() + CAPSULE_WAIT));
+    if s.control.is_some() {
+        s.control_queue.push_back(Write {
+            chunks: Vec::new(),
+            finish: true,
+        });
+        write_control(&mut c.q, s);
+    } else {
+        send_capsule(c);
+    }
+}
+
+/// Sends the close capsule in a DATA frame on the CONNECT stream, and
+/// closes the connection once it has had [`CLOSE_LINGER`] (or three round
+/// trips) to arrive.
+fn send_capsule(c: &mut Conn) {
+    let Some((code, reason, _)) = c.session.as_mut().and_then(|s| s.capsule.take()) else {
+        return;
+    };
+    let Some(connect) = c.session.as_ref().map(|s| s.connect) else {
+        return;
+    };
     let mut capsule = Vec::new();
     wtp::Capsule::CloseWebTransportSession {
         code,
@@ -1339,12 +1391,9 @@ fn close_session(c: &mut Conn, code: u32, reason: String) {
     wtp::Frame::DATA.encode(&mut frame);
     wtp::VarInt::from_u32(capsule.len() as u32).encode(&mut frame);
     frame.extend_from_slice(&capsule);
-    let mut st = c.q.send_stream(s.connect);
+    let mut st = c.q.send_stream(connect);
     let _ = st.write(&frame);
     let _ = st.finish();
-    if let Some(close) = &s.close {
-        close.done.notify_one();
-    }
     let linger = (c.q.rtt() * 3).max(CLOSE_LINGER);
     let code = VarInt::from_u64(wtp::error_to_http3(code)).unwrap_or(VarInt::MAX);
     c.close_at = Some((Instant::now() + linger, code, Bytes::from(reason)));
