@@ -735,11 +735,14 @@ impl Engine {
         .into_iter()
         .flatten()
         .min();
-        if deadline != c.timer {
-            c.timer = deadline;
-            if let Some(at) = deadline {
-                self.timers.push(Reverse((at, slot, c.generation)));
-            }
+        // Deadlines mostly move later (every packet pushes the idle timeout
+        // out); an earlier registered one just fires early and is renewed,
+        // so the heap only grows when a deadline moves earlier.
+        if let Some(at) = deadline
+            && c.timer.is_none_or(|t| at < t)
+        {
+            c.timer = Some(at);
+            self.timers.push(Reverse((at, slot, c.generation)));
         }
     }
 }
