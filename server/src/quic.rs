@@ -5,19 +5,18 @@
 //!
 //! Why an engine of our own instead of quinn's driver (a task per
 //! connection, each sending its own packets): a room delivers each frame to
-//! every subscriber at once, and here one wake-up of this task writes the
-//! frame to every subscriber's stream or datagram queue and then builds and
-//! sends every connection's packets in one pass, with acknowledgements read
-//! in batches (`recvmmsg`) and handled in line. Measured against quinn's
-//! driver at 1 -> 200 (benches/README.md): the same CPU per delivered frame
-//! within noise (QUIC's own per-packet work and the kernel's per-datagram
-//! cost dominate, not the driver), about a quarter less memory per
-//! connection, and the packets of many connections in one place, which is
-//! what sending them with fewer system calls needs.
+//! every subscriber at once. Here the subscribers' outboxes wake this task,
+//! not a writer task each; one wake-up takes the frame from every
+//! subscriber's outbox, writes it to their streams or datagram queues, and
+//! then builds and sends every connection's packets in one pass, with
+//! acknowledgements read in batches (`recvmmsg`) and handled in line.
+//! Measured against quinn's driver at 1 -> 200 (benches/README.md): about a
+//! fifth less CPU per delivered frame and half the memory per connection.
 //!
 //! Each session's protocol logic stays in its own task
-//! ([`crate::connection::drive`]), which talks to the engine through
-//! [`Command`]s and receives [`Incoming`] frames.
+//! ([`crate::connection::drive_external`]), which receives [`Incoming`]
+//! frames, queues what it sends in its outbox, and tells the engine of its
+//! outbox and its end through [`Command`]s.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
