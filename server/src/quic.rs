@@ -374,6 +374,44 @@ struct Session {
     capsule: Option<(u32, String, Instant)>,
 }
 
+impl Session {
+    /// A session on the CONNECT stream `connect`, delivering to `tx`.
+    fn new(connect: StreamId, tx: mpsc::Sender<Incoming>, queued: Arc<AtomicBool>) -> Self {
+        let mut uni_header = Vec::new();
+        wtp::StreamUni::WEBTRANSPORT.encode(&mut uni_header);
+        wtp::VarInt::from_u64(VarInt::from(connect).into_inner())
+            .unwrap_or(wtp::VarInt::MAX)
+            .encode(&mut uni_header);
+        let mut datagram_header = Vec::new();
+        wtp::VarInt::from_u64(quarter_id(connect))
+            .unwrap_or(wtp::VarInt::MAX)
+            .encode(&mut datagram_header);
+        Session {
+            connect,
+            tx,
+            pending: VecDeque::new(),
+            stalled: Vec::new(),
+            uni_header: Bytes::from(uni_header),
+            datagram_header: Bytes::from(datagram_header),
+            control: None,
+            control_queue: VecDeque::new(),
+            media_queue: VecDeque::new(),
+            writing: HashMap::new(),
+            media_streams_open: 0,
+            extra_bidi_refused: false,
+            control_prioritized: false,
+            outbox: None,
+            close: None,
+            queued,
+            backlogged: false,
+            sent: 0,
+            capsule: None,
+            sampled: None,
+            closing: false,
+        }
+    }
+}
+
 /// Bytes on their way into a stream.
 struct Write {
     chunks: Vec<Bytes>,
@@ -911,45 +949,13 @@ fn read_stream_accepting(
     let generation = c.generation;
     let key = SessionKey { slot, generation };
     let (tx, rx) = mpsc::channel(INCOMING_CHANNEL);
-    let session_id = VarInt::from(id).into_inner();
-    let mut uni_header = Vec::new();
-    wtp::StreamUni::WEBTRANSPORT.encode(&mut uni_header);
-    wtp::VarInt::from_u64(session_id)
-        .unwrap_or(wtp::VarInt::MAX)
-        .encode(&mut uni_header);
     let queued = Arc::new(AtomicBool::new(false));
     let writer: Arc<dyn Wake> = Arc::new(SessionWake {
         key,
         queued: queued.clone(),
         ready: ready.clone(),
     });
-    let mut datagram_header = Vec::new();
-    wtp::VarInt::from_u64(quarter_id(id))
-        .unwrap_or(wtp::VarInt::MAX)
-        .encode(&mut datagram_header);
-    c.session = Some(Session {
-        connect: id,
-        tx,
-        pending: VecDeque::new(),
-        stalled: Vec::new(),
-        uni_header: Bytes::from(uni_header),
-        datagram_header: Bytes::from(datagram_header),
-        control: None,
-        control_queue: VecDeque::new(),
-        media_queue: VecDeque::new(),
-        writing: HashMap::new(),
-        media_streams_open: 0,
-        extra_bidi_refused: false,
-        control_prioritized: false,
-        outbox: None,
-        close: None,
-        queued,
-        backlogged: false,
-        sent: 0,
-        capsule: None,
-        sampled: None,
-        closing: false,
-    });
+    c.session = Some(Session::new(id, tx, queued));
     // Streams that arrived before the response (none from well-behaved
     // peers) are read now that the session exists.
     let waiting: Vec<StreamId> = c
@@ -1487,4 +1493,217 @@ fn sample_path(q: &quinn_proto::Connection, s: &mut Session, now: Instant) {
         outbox.set_congested(crate::wt::path_congested(before, &sample));
     }
     s.sampled = Some(sample);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quinn_proto::Side;
+
+    const CONFIG: fn() -> EngineConfig = || EngineConfig {
+        path: "/convene/wt".into(),
+        max_frame: 1000,
+        max_streams: 2,
+    };
+
+    /// A session on CONNECT stream 0 whose task's channel holds `capacity`.
+    fn session(capacity: usize) -> (Session, mpsc::Receiver<Incoming>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let connect = StreamId::new(Side::Client, Dir::Bi, 0);
+        (
+            Session::new(connect, tx, Arc::new(AtomicBool::new(false))),
+            rx,
+        )
+    }
+
+    fn uni(i: u64) -> StreamId {
+        StreamId::new(Side::Client, Dir::Uni, i)
+    }
+
+    /// A media stream's opening bytes: the WebTransport type and session 0.
+    fn wt_uni_header() -> Vec<u8> {
+        vec![0x40, 0x54, 0x00]
+    }
+
+    fn header(bidi: bool) -> Inbound {
+        Inbound::Header {
+            bytes: Vec::new(),
+            bidi,
+        }
+    }
+
+    #[test]
+    fn a_media_stream_is_recognised_and_its_frame_collected_across_chunks() {
+        let (mut s, _rx) = session(8);
+        let mut state = header(false);
+        let mut first = wt_uni_header();
+        first.extend_from_slice(&[FRAME_MEDIA, 1, 2]);
+        // The header split over two chunks, the frame over two more.
+        assert!(matches!(
+            feed(
+                &mut state,
+                Bytes::from(first[..2].to_vec()),
+                Some(&mut s),
+                &CONFIG(),
+                uni(0)
+            ),
+            Fed::More
+        ));
+        feed(
+            &mut state,
+            Bytes::from(first[2..].to_vec()),
+            Some(&mut s),
+            &CONFIG(),
+            uni(0),
+        );
+        feed(
+            &mut state,
+            Bytes::from_static(&[3, 4]),
+            Some(&mut s),
+            &CONFIG(),
+            uni(0),
+        );
+        match &state {
+            Inbound::Media { bytes } => assert_eq!(&bytes[..], &[FRAME_MEDIA, 1, 2, 3, 4]),
+            _ => panic!("not read as a media stream"),
+        }
+        assert_eq!(s.media_streams_open, 1);
+    }
+
+    #[test]
+    fn an_oversized_media_stream_is_frame_too_large_and_frees_its_place() {
+        let (mut s, mut rx) = session(8);
+        let mut state = header(false);
+        feed(
+            &mut state,
+            Bytes::from(wt_uni_header()),
+            Some(&mut s),
+            &CONFIG(),
+            uni(0),
+        );
+        assert_eq!(s.media_streams_open, 1);
+        let fed = feed(
+            &mut state,
+            Bytes::from(vec![FRAME_MEDIA; 1001]),
+            Some(&mut s),
+            &CONFIG(),
+            uni(0),
+        );
+        assert!(matches!(fed, Fed::Drop));
+        match rx.try_recv() {
+            Ok(Incoming::Violation(e)) => assert_eq!(e.code, ErrorCode::FrameTooLarge),
+            other => panic!("expected FRAME_TOO_LARGE, got {other:?}"),
+        }
+        // Otherwise every oversized stream would count against the limit forever.
+        assert_eq!(s.media_streams_open, 0);
+    }
+
+    #[test]
+    fn one_stream_more_than_the_limit_is_too_many_streams() {
+        let (mut s, mut rx) = session(8);
+        for i in 0..2 {
+            let mut st = header(false);
+            feed(
+                &mut st,
+                Bytes::from(wt_uni_header()),
+                Some(&mut s),
+                &CONFIG(),
+                uni(i),
+            );
+        }
+        let mut third = header(false);
+        let fed = feed(
+            &mut third,
+            Bytes::from(wt_uni_header()),
+            Some(&mut s),
+            &CONFIG(),
+            uni(2),
+        );
+        assert!(matches!(fed, Fed::Drop));
+        match rx.try_recv() {
+            Ok(Incoming::Violation(e)) => assert_eq!(e.code, ErrorCode::TooManyStreams),
+            other => panic!("expected TOO_MANY_STREAMS, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn http3_control_and_qpack_streams_are_ignored_and_unknown_ones_stopped() {
+        let (mut s, mut rx) = session(8);
+        for kind in [0x00u8, 0x02, 0x03] {
+            let mut st = header(false);
+            assert!(matches!(
+                feed(
+                    &mut st,
+                    Bytes::from(vec![kind, 4, 0]),
+                    Some(&mut s),
+                    &CONFIG(),
+                    uni(0)
+                ),
+                Fed::More
+            ));
+            assert!(matches!(st, Inbound::Ignored));
+        }
+        let mut st = header(false);
+        assert!(matches!(
+            feed(
+                &mut st,
+                Bytes::from(vec![0x21]),
+                Some(&mut s),
+                &CONFIG(),
+                uni(0)
+            ),
+            Fed::Drop
+        ));
+        assert!(rx.try_recv().is_err(), "ignoring a stream is no violation");
+    }
+
+    #[test]
+    fn control_frames_wait_in_order_while_the_sessions_task_is_behind() {
+        let (mut s, mut rx) = session(1);
+        let mut state = header(true);
+        // The control stream: the bidirectional signal and session 0, then three frames.
+        let mut bytes = vec![0x40, 0x41, 0x00];
+        for n in 1..=3u8 {
+            bytes.extend_from_slice(&length_prefix(2));
+            bytes.extend_from_slice(&[convene_protocol::frame::FRAME_CONTROL, n]);
+        }
+        feed(
+            &mut state,
+            Bytes::from(bytes),
+            Some(&mut s),
+            &CONFIG(),
+            StreamId::new(Side::Client, Dir::Bi, 1),
+        );
+        assert_eq!(s.control, Some(StreamId::new(Side::Client, Dir::Bi, 1)));
+        // One fits the channel; two wait, nothing is lost or reordered.
+        assert_eq!(s.pending.len(), 2);
+        let mut seen = Vec::new();
+        while let Ok(Incoming::Frame(f)) = rx.try_recv() {
+            seen.push(f[1]);
+        }
+        while let Some(Incoming::Frame(f)) = s.pending.pop_front() {
+            seen.push(f[1]);
+        }
+        assert_eq!(seen, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_media_frame_on_the_control_stream_is_wrong_stream() {
+        let (mut s, mut rx) = session(8);
+        let mut state = header(true);
+        let mut bytes = vec![0x40, 0x41, 0x00];
+        bytes.extend_from_slice(&length_prefix(2));
+        bytes.extend_from_slice(&[FRAME_MEDIA, 0]);
+        feed(
+            &mut state,
+            Bytes::from(bytes),
+            Some(&mut s),
+            &CONFIG(),
+            StreamId::new(Side::Client, Dir::Bi, 1),
+        );
+        match rx.try_recv() {
+            Ok(Incoming::Violation(e)) => assert_eq!(e.code, ErrorCode::WrongStream),
+            other => panic!("expected WRONG_STREAM, got {other:?}"),
+        }
+    }
 }
