@@ -28,6 +28,9 @@ pub struct Impairment {
     pub rate_bytes_per_sec: Option<u64>,
     /// With a rate: datagrams that would wait longer than this for the link are tail-dropped.
     pub max_queue_delay: Duration,
+    /// No datagram is lost this long after the relay starts (a path that
+    /// degrades once a session is up, not during its handshake).
+    pub loss_after: Duration,
 }
 
 impl Impairment {
@@ -40,6 +43,7 @@ impl Impairment {
         reorder_by: Duration::ZERO,
         rate_bytes_per_sec: None,
         max_queue_delay: Duration::from_millis(200),
+        loss_after: Duration::ZERO,
     };
 }
 
@@ -62,6 +66,8 @@ pub struct RelayStats {
 struct Link {
     impairment: Impairment,
     rng: StdRng,
+    /// When the relay started.
+    started: Instant,
     /// When the rate-limited link is next free.
     next_free: Instant,
 }
@@ -78,7 +84,7 @@ impl Link {
             i.jitter.mul_f64(self.rng.random::<f64>())
         };
         let reorder = self.rng.random_bool(i.reorder.clamp(0.0, 1.0));
-        if lose {
+        if lose && now.saturating_duration_since(self.started) >= i.loss_after {
             stats.lost.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -140,11 +146,13 @@ impl UdpRelay {
         let up_link = Link {
             impairment: up,
             rng: StdRng::seed_from_u64(seed),
+            started: Instant::now(),
             next_free: Instant::now(),
         };
         let down_link = Link {
             impairment: down,
             rng: StdRng::seed_from_u64(seed ^ 0x9E37_79B9_7F4A_7C15),
+            started: Instant::now(),
             next_free: Instant::now(),
         };
         let upstream = {
@@ -238,16 +246,45 @@ mod tests {
     use super::*;
 
     fn decisions(seed: u64, i: Impairment) -> Vec<Option<Duration>> {
+        decisions_at(seed, i, Duration::ZERO)
+    }
+
+    /// 1000 datagrams' fates, all sent `since` after the link started.
+    fn decisions_at(seed: u64, i: Impairment, since: Duration) -> Vec<Option<Duration>> {
         let t0 = Instant::now();
         let mut link = Link {
             impairment: i,
             rng: StdRng::seed_from_u64(seed),
+            started: t0,
             next_free: t0,
         };
         let stats = RelayStats::default();
         (0..1000)
-            .map(|_| link.schedule(t0, 1200, &stats).map(|t| t - t0))
+            .map(|_| {
+                link.schedule(t0 + since, 1200, &stats)
+                    .map(|t| t - t0 - since)
+            })
             .collect()
+    }
+
+    #[test]
+    fn no_datagram_is_lost_before_loss_after() {
+        let i = Impairment {
+            loss: 0.25,
+            loss_after: Duration::from_secs(2),
+            ..Impairment::NONE
+        };
+        assert!(
+            decisions_at(3, i, Duration::from_secs(1))
+                .iter()
+                .all(Option::is_some)
+        );
+        let later = decisions_at(3, i, Duration::from_secs(2));
+        let lost = later.iter().filter(|x| x.is_none()).count();
+        assert!(
+            (200..=300).contains(&lost),
+            "about 25% of 1000 lost, got {lost}"
+        );
     }
 
     #[test]

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use convene_testkit::{Impairment, UdpRelay};
 
-const USAGE: &str = "usage: convene-relay --to <server udp address> [--delay-ms N] [--up-loss P] [--down-loss P] [--seed N]
+const USAGE: &str = "usage: convene-relay --to <server udp address> [--delay-ms N] [--up-loss P] [--down-loss P] [--loss-after-ms N] [--seed N]
 
   --to         the server's UDP address, e.g. 127.0.0.1:4433
   --delay-ms   one-way delay added in each direction (default 0)
   --up-loss    share of client-to-server datagrams dropped, 0.0-1.0 (default 0)
   --down-loss  share of server-to-client datagrams dropped, 0.0-1.0 (default 0)
+  --loss-after-ms  drop nothing for this long after starting, so a session
+               can be set up before the path degrades (default 0)
   --seed       seed of the random drops, so a run can be replayed (default 1)";
 
 /// The relay's settings from the command line.
@@ -23,12 +25,14 @@ struct Args {
     delay: Duration,
     up_loss: f64,
     down_loss: f64,
+    loss_after: Duration,
     seed: u64,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut to = None;
     let (mut delay, mut up_loss, mut down_loss, mut seed) = (Duration::ZERO, 0.0, 0.0, 1);
+    let mut loss_after = Duration::ZERO;
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
             return Err(String::new());
@@ -51,6 +55,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     down_loss = p;
                 }
             }
+            "--loss-after-ms" => {
+                loss_after = Duration::from_millis(value.parse().map_err(|_| bad("a number"))?)
+            }
             "--seed" => seed = value.parse().map_err(|_| bad("a number"))?,
             _ => return Err(format!("unknown option {flag}")),
         }
@@ -60,6 +67,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         delay,
         up_loss,
         down_loss,
+        loss_after,
         seed,
     })
 }
@@ -90,6 +98,7 @@ fn main() {
         let link = |loss| Impairment {
             loss,
             delay: args.delay,
+            loss_after: args.loss_after,
             ..Impairment::NONE
         };
         let relay =
@@ -117,7 +126,9 @@ mod tests {
 
     #[test]
     fn options_are_read_and_checked() {
-        let a = args("--to 127.0.0.1:9 --delay-ms 150 --up-loss 0.2 --seed 7").unwrap();
+        let a = args("--to 127.0.0.1:9 --delay-ms 150 --up-loss 0.2 --loss-after-ms 900 --seed 7")
+            .unwrap();
+        assert_eq!(a.loss_after, Duration::from_millis(900));
         assert_eq!(a.to, "127.0.0.1:9".parse().unwrap());
         assert_eq!(a.delay, Duration::from_millis(150));
         assert_eq!((a.up_loss, a.down_loss, a.seed), (0.2, 0.0, 7));
