@@ -533,19 +533,7 @@ impl Engine {
     }
 
     fn send_transmit(&self, t: &quinn_proto::Transmit, buf: &[u8]) {
-        let transmit = quinn_udp::Transmit {
-            destination: t.destination,
-            ecn: t
-                .ecn
-                .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
-            contents: &buf[..t.size],
-            segment_size: t.segment_size,
-            src_ip: t.src_ip,
-        };
-        // A full socket buffer loses the packet, which QUIC recovers like any loss.
-        if let Err(e) = self.udp.send((&self.socket).into(), &transmit) {
-            debug!(error = %e, "WebTransport send failed");
-        }
+        send(&self.udp, &self.socket, t, buf);
     }
 
     /// Handles timers that are due.
@@ -737,20 +725,7 @@ impl Engine {
         loop {
             self.send_buf.clear();
             match c.q.poll_transmit(now, max_segments, &mut self.send_buf) {
-                Some(t) => {
-                    let transmit = quinn_udp::Transmit {
-                        destination: t.destination,
-                        ecn: t
-                            .ecn
-                            .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
-                        contents: &self.send_buf[..t.size],
-                        segment_size: t.segment_size,
-                        src_ip: t.src_ip,
-                    };
-                    if let Err(e) = self.udp.send((&self.socket).into(), &transmit) {
-                        debug!(error = %e, "WebTransport send failed");
-                    }
-                }
+                Some(t) => send(&self.udp, &self.socket, &t, &self.send_buf),
                 None => break,
             }
         }
@@ -781,6 +756,29 @@ impl Engine {
             c.timer = Some(at);
             self.timers.push(Reverse((at, slot, c.generation)));
         }
+    }
+}
+
+/// Sends what QUIC built into `buf` (one datagram, or several of
+/// `segment_size` each with GSO).
+fn send(
+    udp: &quinn_udp::UdpSocketState,
+    socket: &tokio::net::UdpSocket,
+    t: &quinn_proto::Transmit,
+    buf: &[u8],
+) {
+    let transmit = quinn_udp::Transmit {
+        destination: t.destination,
+        ecn: t
+            .ecn
+            .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+        contents: &buf[..t.size],
+        segment_size: t.segment_size,
+        src_ip: t.src_ip,
+    };
+    // A full socket buffer loses the packet, which QUIC recovers like any loss.
+    if let Err(e) = udp.send(socket.into(), &transmit) {
+        debug!(error = %e, "WebTransport send failed");
     }
 }
 
@@ -1516,6 +1514,19 @@ mod tests {
         )
     }
 
+    /// Feeds `bytes` to a stream of session `s`.
+    fn fed(state: &mut Inbound, s: &mut Session, bytes: Vec<u8>, id: StreamId) -> Fed {
+        feed(state, Bytes::from(bytes), Some(s), &CONFIG(), id)
+    }
+
+    /// The code of the violation the session's task was told of next.
+    fn next_violation(rx: &mut mpsc::Receiver<Incoming>) -> ErrorCode {
+        match rx.try_recv() {
+            Ok(Incoming::Violation(e)) => e.code,
+            other => panic!("expected a violation, got {other:?}"),
+        }
+    }
+
     fn uni(i: u64) -> StreamId {
         StreamId::new(Side::Client, Dir::Uni, i)
     }
@@ -1540,29 +1551,11 @@ mod tests {
         first.extend_from_slice(&[FRAME_MEDIA, 1, 2]);
         // The header split over two chunks, the frame over two more.
         assert!(matches!(
-            feed(
-                &mut state,
-                Bytes::from(first[..2].to_vec()),
-                Some(&mut s),
-                &CONFIG(),
-                uni(0)
-            ),
+            fed(&mut state, &mut s, first[..2].to_vec(), uni(0)),
             Fed::More
         ));
-        feed(
-            &mut state,
-            Bytes::from(first[2..].to_vec()),
-            Some(&mut s),
-            &CONFIG(),
-            uni(0),
-        );
-        feed(
-            &mut state,
-            Bytes::from_static(&[3, 4]),
-            Some(&mut s),
-            &CONFIG(),
-            uni(0),
-        );
+        fed(&mut state, &mut s, first[2..].to_vec(), uni(0));
+        fed(&mut state, &mut s, vec![3, 4], uni(0));
         match &state {
             Inbound::Media { bytes } => assert_eq!(&bytes[..], &[FRAME_MEDIA, 1, 2, 3, 4]),
             _ => panic!("not read as a media stream"),
@@ -1574,26 +1567,11 @@ mod tests {
     fn an_oversized_media_stream_is_frame_too_large_and_frees_its_place() {
         let (mut s, mut rx) = session(8);
         let mut state = header(false);
-        feed(
-            &mut state,
-            Bytes::from(wt_uni_header()),
-            Some(&mut s),
-            &CONFIG(),
-            uni(0),
-        );
+        fed(&mut state, &mut s, wt_uni_header(), uni(0));
         assert_eq!(s.media_streams_open, 1);
-        let fed = feed(
-            &mut state,
-            Bytes::from(vec![FRAME_MEDIA; 1001]),
-            Some(&mut s),
-            &CONFIG(),
-            uni(0),
-        );
-        assert!(matches!(fed, Fed::Drop));
-        match rx.try_recv() {
-            Ok(Incoming::Violation(e)) => assert_eq!(e.code, ErrorCode::FrameTooLarge),
-            other => panic!("expected FRAME_TOO_LARGE, got {other:?}"),
-        }
+        let got = fed(&mut state, &mut s, vec![FRAME_MEDIA; 1001], uni(0));
+        assert!(matches!(got, Fed::Drop));
+        assert_eq!(next_violation(&mut rx), ErrorCode::FrameTooLarge);
         // Otherwise every oversized stream would count against the limit forever.
         assert_eq!(s.media_streams_open, 0);
     }
@@ -1603,27 +1581,12 @@ mod tests {
         let (mut s, mut rx) = session(8);
         for i in 0..2 {
             let mut st = header(false);
-            feed(
-                &mut st,
-                Bytes::from(wt_uni_header()),
-                Some(&mut s),
-                &CONFIG(),
-                uni(i),
-            );
+            fed(&mut st, &mut s, wt_uni_header(), uni(i));
         }
         let mut third = header(false);
-        let fed = feed(
-            &mut third,
-            Bytes::from(wt_uni_header()),
-            Some(&mut s),
-            &CONFIG(),
-            uni(2),
-        );
-        assert!(matches!(fed, Fed::Drop));
-        match rx.try_recv() {
-            Ok(Incoming::Violation(e)) => assert_eq!(e.code, ErrorCode::TooManyStreams),
-            other => panic!("expected TOO_MANY_STREAMS, got {other:?}"),
-        }
+        let got = fed(&mut third, &mut s, wt_uni_header(), uni(2));
+        assert!(matches!(got, Fed::Drop));
+        assert_eq!(next_violation(&mut rx), ErrorCode::TooManyStreams);
     }
 
     #[test]
@@ -1632,26 +1595,14 @@ mod tests {
         for kind in [0x00u8, 0x02, 0x03] {
             let mut st = header(false);
             assert!(matches!(
-                feed(
-                    &mut st,
-                    Bytes::from(vec![kind, 4, 0]),
-                    Some(&mut s),
-                    &CONFIG(),
-                    uni(0)
-                ),
+                fed(&mut st, &mut s, vec![kind, 4, 0], uni(0)),
                 Fed::More
             ));
             assert!(matches!(st, Inbound::Ignored));
         }
         let mut st = header(false);
         assert!(matches!(
-            feed(
-                &mut st,
-                Bytes::from(vec![0x21]),
-                Some(&mut s),
-                &CONFIG(),
-                uni(0)
-            ),
+            fed(&mut st, &mut s, vec![0x21], uni(0)),
             Fed::Drop
         ));
         assert!(rx.try_recv().is_err(), "ignoring a stream is no violation");
@@ -1667,11 +1618,10 @@ mod tests {
             bytes.extend_from_slice(&length_prefix(2));
             bytes.extend_from_slice(&[convene_protocol::frame::FRAME_CONTROL, n]);
         }
-        feed(
+        fed(
             &mut state,
-            Bytes::from(bytes),
-            Some(&mut s),
-            &CONFIG(),
+            &mut s,
+            bytes,
             StreamId::new(Side::Client, Dir::Bi, 1),
         );
         assert_eq!(s.control, Some(StreamId::new(Side::Client, Dir::Bi, 1)));
@@ -1694,16 +1644,12 @@ mod tests {
         let mut bytes = vec![0x40, 0x41, 0x00];
         bytes.extend_from_slice(&length_prefix(2));
         bytes.extend_from_slice(&[FRAME_MEDIA, 0]);
-        feed(
+        fed(
             &mut state,
-            Bytes::from(bytes),
-            Some(&mut s),
-            &CONFIG(),
+            &mut s,
+            bytes,
             StreamId::new(Side::Client, Dir::Bi, 1),
         );
-        match rx.try_recv() {
-            Ok(Incoming::Violation(e)) => assert_eq!(e.code, ErrorCode::WrongStream),
-            other => panic!("expected WRONG_STREAM, got {other:?}"),
-        }
+        assert_eq!(next_violation(&mut rx), ErrorCode::WrongStream);
     }
 }
