@@ -147,6 +147,11 @@ const CLOSE_LINGER: Duration = Duration::from_millis(100);
 /// How long a closing session waits for the peer to acknowledge the end of
 /// its control stream before the close capsule goes anyway.
 const CAPSULE_WAIT: Duration = Duration::from_millis(500);
+/// The least a closing session waits before the close capsule, even once
+/// the control stream is acknowledged: a peer acknowledges data before its
+/// application has read it, and one that sees the session end first may
+/// never read it (the conformance runner lost an Error that way).
+const CAPSULE_READ: Duration = Duration::from_millis(50);
 /// How long the engine keeps running after shutdown for sessions to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Media frames handed to QUIC and not yet taken by it (waiting for stream
@@ -370,8 +375,8 @@ struct Session {
     sampled: Option<crate::wt::PathSample>,
     closing: bool,
     /// The close capsule waiting for the control stream to be acknowledged:
-    /// code, reason, and when it goes anyway.
-    capsule: Option<(u32, String, Instant)>,
+    /// code, reason, when it goes anyway, and the earliest it may go.
+    capsule: Option<(u32, String, Instant, Instant)>,
 }
 
 impl Session {
@@ -553,7 +558,7 @@ impl Engine {
             if c.session
                 .as_ref()
                 .and_then(|s| s.capsule.as_ref())
-                .is_some_and(|(_, _, at)| *at <= now)
+                .is_some_and(|(_, _, at, _)| *at <= now)
             {
                 send_capsule(c);
             }
@@ -862,12 +867,13 @@ fn handle_event(
             None
         }
         Event::Stream(StreamEvent::Finished { id }) => {
-            // The peer has all of the control stream: the close capsule may go.
-            if c.session
-                .as_ref()
-                .is_some_and(|s| s.control == Some(id) && s.capsule.is_some())
+            // The peer has all of the control stream: the close capsule may
+            // go, once its application has had a moment to read it.
+            if let Some(s) = c.session.as_mut()
+                && s.control == Some(id)
+                && let Some((_, _, at, earliest)) = s.capsule.as_mut()
             {
-                send_capsule(c);
+                *at = (*at).min(*earliest);
             }
             None
         }
@@ -1365,7 +1371,8 @@ fn close_session(c: &mut Conn, code: u32, reason: String) {
     if let Some(close) = &s.close {
         close.done.notify_one();
     }
-    s.capsule = Some((code, reason, Instant::now() + CAPSULE_WAIT));
+    let now = Instant::now();
+    s.capsule = Some((code, reason, now + CAPSULE_WAIT, now + CAPSULE_READ));
     if s.control.is_some() {
         s.control_queue.push_back(Write {
             chunks: Vec::new(),
@@ -1381,7 +1388,7 @@ fn close_session(c: &mut Conn, code: u32, reason: String) {
 /// closes the connection once it has had [`CLOSE_LINGER`] (or three round
 /// trips) to arrive.
 fn send_capsule(c: &mut Conn) {
-    let Some((code, reason, _)) = c.session.as_mut().and_then(|s| s.capsule.take()) else {
+    let Some((code, reason, _, _)) = c.session.as_mut().and_then(|s| s.capsule.take()) else {
         return;
     };
     let Some(connect) = c.session.as_ref().map(|s| s.connect) else {
