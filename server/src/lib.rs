@@ -18,6 +18,7 @@ pub mod nats;
 pub mod outbox;
 pub mod quic;
 pub mod room;
+mod sendmmsg;
 pub mod state;
 pub mod tls;
 pub mod ws;

@@ -87,12 +87,15 @@ struct SessionWake {
 impl Wake for SessionWake {
     fn wake(&self) {
         if !self.queued.swap(true, Ordering::AcqRel) {
-            self.ready
-                .keys
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(self.key);
-            self.ready.notify.notify_one();
+            let mut keys = self.ready.keys.lock().unwrap_or_else(|p| p.into_inner());
+            // The engine takes the whole list when notified: only the first
+            // key into an empty list needs to wake it.
+            let first = keys.is_empty();
+            keys.push(self.key);
+            drop(keys);
+            if first {
+                self.ready.notify.notify_one();
+            }
         }
     }
 }
@@ -207,8 +210,8 @@ pub async fn run(
         on_session: Box::new(on_session),
         ready: Arc::new(Ready::default()),
         state,
-        batch: Vec::with_capacity(64),
-        send_buf: Vec::with_capacity(64 * 1024),
+        scratch: Scratch::default(),
+        out: crate::sendmmsg::Batch::default(),
         stopping: false,
         udp,
         socket,
@@ -292,12 +295,23 @@ struct Engine {
     /// Sessions whose outbox has frames.
     ready: Arc<Ready>,
     state: Arc<AppState>,
-    /// Frames taken from an outbox, reused.
-    batch: Vec<Bytes>,
-    send_buf: Vec<u8>,
+    scratch: Scratch,
+    /// Packets built and not yet sent.
+    out: crate::sendmmsg::Batch,
     stopping: bool,
     udp: quinn_udp::UdpSocketState,
     socket: tokio::net::UdpSocket,
+}
+
+/// What writing frames reuses from one session to the next.
+#[derive(Default)]
+struct Scratch {
+    /// Frames taken from an outbox.
+    frames: Vec<Bytes>,
+    /// The last datagram built: (frame, header, datagram). A frame routed to
+    /// many subscribers is one datagram for all of those whose session has
+    /// the same header (nearly all: browsers open the session on stream 0).
+    datagram: Option<(Bytes, Bytes, Bytes)>,
 }
 
 /// One QUIC connection and what HTTP/3 and WebTransport need of it.
@@ -451,12 +465,12 @@ impl Engine {
     fn receive(&mut self, bufs: &mut [Vec<u8>]) {
         let mut metas = [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
         let mut response = Vec::new();
+        let mut slices: Vec<IoSliceMut<'_>> = bufs
+            .iter_mut()
+            .map(|b| IoSliceMut::new(&mut b[..]))
+            .collect();
         loop {
             let n = {
-                let mut slices: Vec<IoSliceMut<'_>> = bufs
-                    .iter_mut()
-                    .map(|b| IoSliceMut::new(&mut b[..]))
-                    .collect();
                 let (socket, udp) = (&self.socket, &self.udp);
                 match socket.try_io(Interest::READABLE, || {
                     udp.recv(socket.into(), &mut slices, &mut metas)
@@ -471,7 +485,7 @@ impl Engine {
                 }
             };
             let now = Instant::now();
-            for (meta, buf) in metas.iter().zip(bufs.iter()).take(n) {
+            for (meta, buf) in metas.iter().zip(slices.iter()).take(n) {
                 let mut data: BytesMut = buf[..meta.len].into();
                 let stride = meta.stride.max(1);
                 while !data.is_empty() {
@@ -599,7 +613,7 @@ impl Engine {
                 s.outbox = Some(outbox);
                 s.close = Some(close);
                 // Frames queued before the engine knew the outbox.
-                write_from_outbox(c, &self.state, &mut self.batch);
+                write_from_outbox(c, &self.state, &mut self.scratch);
             }
             Command::Close { code, reason, .. } => close_session(c, code, reason),
         }
@@ -619,7 +633,7 @@ impl Engine {
             if let Some(s) = c.session.as_ref() {
                 s.queued.store(false, Ordering::Release);
             }
-            write_from_outbox(c, &self.state, &mut self.batch);
+            write_from_outbox(c, &self.state, &mut self.scratch);
             if !c.is_dirty {
                 c.is_dirty = true;
                 self.dirty.push(key.slot);
@@ -686,10 +700,11 @@ impl Engine {
             self.process(slot, now);
         }
         self.dirty.clear();
+        self.out.flush(&self.socket, &self.udp);
     }
 
     fn process(&mut self, slot: usize, now: Instant) {
-        let max_segments = self.udp.max_gso_segments();
+        let max_segments = self.out.max_segments(&self.udp);
         let Some(c) = self.conns.get_mut(&slot) else {
             return;
         };
@@ -718,7 +733,7 @@ impl Engine {
         if c.session.as_ref().is_some_and(|s| {
             s.backlogged && s.media_queue.len() + s.writing.len() < MAX_MEDIA_IN_FLIGHT
         }) {
-            write_from_outbox(c, &self.state, &mut self.batch);
+            write_from_outbox(c, &self.state, &mut self.scratch);
         }
         if let Some(s) = c.session.as_mut() {
             sample_path(&c.q, s, now);
@@ -727,11 +742,20 @@ impl Engine {
                 self.blocked.push(slot);
             }
         }
+        // Sent together with the other connections' packets, after the pass
+        // (or once a batch is full).
         loop {
-            self.send_buf.clear();
-            match c.q.poll_transmit(now, max_segments, &mut self.send_buf) {
-                Some(t) => send(&self.udp, &self.socket, &t, &self.send_buf),
-                None => break,
+            let mut buf = self.out.buffer();
+            match c.q.poll_transmit(now, max_segments, &mut buf) {
+                Some(t) => {
+                    if self.out.push(crate::sendmmsg::Queued::new(&t, buf)) {
+                        self.out.flush(&self.socket, &self.udp);
+                    }
+                }
+                None => {
+                    self.out.unused(buf);
+                    break;
+                }
             }
         }
         if c.q.is_drained() {
@@ -1300,7 +1324,11 @@ fn write_chunks(q: &mut quinn_proto::Connection, id: StreamId, w: &mut Write) ->
 /// frames to the control stream, media as datagrams or streams; then, if
 /// the session has ended, closes it. Leaves frames in the outbox while QUIC
 /// holds [`MAX_MEDIA_IN_FLIGHT`] of this session's frames already.
-fn write_from_outbox(c: &mut Conn, state: &AppState, batch: &mut Vec<Bytes>) {
+fn write_from_outbox(c: &mut Conn, state: &AppState, scratch: &mut Scratch) {
+    let Scratch {
+        frames: batch,
+        datagram,
+    } = scratch;
     let Some(s) = c.session.as_mut() else {
         return;
     };
@@ -1333,7 +1361,7 @@ fn write_from_outbox(c: &mut Conn, state: &AppState, batch: &mut Vec<Bytes>) {
             if f.first() == Some(&FRAME_MEDIA) {
                 s.sent = s.sent.wrapping_add(1);
                 let priority = media_priority(&f, audio, s.sent);
-                send_media(&mut c.q, s, f, audio, priority);
+                send_media(&mut c.q, s, f, audio, priority, datagram);
             } else {
                 s.control_queue.push_back(Write {
                     chunks: vec![Bytes::copy_from_slice(&length_prefix(f.len())), f],
@@ -1433,17 +1461,32 @@ fn send_media(
     frame: Bytes,
     audio: bool,
     priority: i32,
+    last: &mut Option<(Bytes, Bytes, Bytes)>,
 ) {
     if audio
         && q.datagrams()
             .max_size()
             .is_some_and(|m| frame.len() + s.datagram_header.len() <= m)
     {
-        let mut d = BytesMut::with_capacity(s.datagram_header.len() + frame.len());
-        d.extend_from_slice(&s.datagram_header);
-        d.extend_from_slice(&frame);
+        let d = match last {
+            Some((f, h, d))
+                if f.as_ptr() == frame.as_ptr()
+                    && f.len() == frame.len()
+                    && *h == s.datagram_header =>
+            {
+                d.clone()
+            }
+            _ => {
+                let mut d = BytesMut::with_capacity(s.datagram_header.len() + frame.len());
+                d.extend_from_slice(&s.datagram_header);
+                d.extend_from_slice(&frame);
+                let d = d.freeze();
+                *last = Some((frame.clone(), s.datagram_header.clone(), d.clone()));
+                d
+            }
+        };
         // Refused only when the peer takes no datagrams: then a stream carries it.
-        if q.datagrams().send(d.freeze(), true).is_ok() {
+        if q.datagrams().send(d, true).is_ok() {
             return;
         }
     }
