@@ -48,6 +48,49 @@ impl Queued {
     }
 }
 
+/// Room for one message's control data: IP_TOS or IPV6_TCLASS, UDP_SEGMENT
+/// and IP_PKTINFO or IPV6_PKTINFO take at most 88 bytes.
+#[cfg(target_os = "linux")]
+const CONTROL_BYTES: usize = 96;
+
+/// One message's control buffer, aligned as `cmsghdr` needs.
+#[cfg(target_os = "linux")]
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Control([u8; CONTROL_BYTES]);
+
+/// Appends control messages to a [`Control`] buffer.
+#[cfg(target_os = "linux")]
+struct ControlWriter {
+    base: *mut u8,
+    used: usize,
+}
+
+#[cfg(target_os = "linux")]
+impl ControlWriter {
+    /// Appends one message; one that would not fit is left out (none can:
+    /// the buffer is sized for every message put here).
+    fn put(&mut self, level: libc::c_int, ty: libc::c_int, data: &[u8]) {
+        let len = data.len() as u32;
+        // SAFETY: CMSG_SPACE is arithmetic on its argument.
+        let space = unsafe { libc::CMSG_SPACE(len) } as usize;
+        if self.used + space > CONTROL_BYTES {
+            return;
+        }
+        // SAFETY: `base` points at CONTROL_BYTES bytes aligned to 8, and
+        // `used` is a multiple of CMSG_ALIGN's 8, so the header at
+        // `base + used` is aligned and it and its data fit (checked above).
+        unsafe {
+            let cmsg = self.base.add(self.used) as *mut libc::cmsghdr;
+            (*cmsg).cmsg_level = level;
+            (*cmsg).cmsg_type = ty;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(len) as _;
+            std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(cmsg), data.len());
+        }
+        self.used += space;
+    }
+}
+
 /// Transmits waiting to be sent, and buffers to build the next ones in.
 #[derive(Default)]
 pub(crate) struct Batch {
@@ -143,11 +186,6 @@ impl Batch {
         to: usize,
     ) -> std::io::Result<usize> {
         use std::os::fd::AsRawFd;
-        // Room for IP_TOS / IPV6_TCLASS, UDP_SEGMENT and IP(V6)_PKTINFO.
-        const CMSG_BYTES: usize = 96;
-        #[derive(Clone, Copy)]
-        #[repr(C, align(8))]
-        struct Control([u8; CMSG_BYTES]);
 
         let queue = &self.queue[from..to];
         let addrs: Vec<socket2::SockAddr> = queue
@@ -161,90 +199,59 @@ impl Batch {
                 iov_len: q.buf.len(),
             })
             .collect();
-        let mut controls = vec![Control([0; CMSG_BYTES]); queue.len()];
+        let mut controls = vec![Control([0; CONTROL_BYTES]); queue.len()];
+        // Pointers into the two vectors are taken once, from `as_mut_ptr`,
+        // so that none of them is invalidated by a later borrow.
+        let iov_base = iovs.as_mut_ptr();
+        let control_base = controls.as_mut_ptr();
         let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(queue.len());
         for (i, q) in queue.iter().enumerate() {
+            // SAFETY: `i` is below the length of both vectors.
+            let (iov, control) = unsafe { (iov_base.add(i), control_base.add(i) as *mut u8) };
+            let mut w = ControlWriter {
+                base: control,
+                used: 0,
+            };
+            let ecn = libc::c_int::from(q.ecn.unwrap_or(0)).to_ne_bytes();
+            let v4 = q.destination.is_ipv4()
+                || matches!(q.destination.ip(), IpAddr::V6(a) if a.to_ipv4_mapped().is_some());
+            if !v4 {
+                w.put(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &ecn);
+            } else if !self.tos_off {
+                w.put(libc::IPPROTO_IP, libc::IP_TOS, &ecn);
+            }
+            if let Some(seg) = q.segment_size.filter(|s| *s < q.buf.len()) {
+                w.put(
+                    libc::SOL_UDP,
+                    libc::UDP_SEGMENT,
+                    &(seg as u16).to_ne_bytes(),
+                );
+            }
+            match q.src_ip {
+                Some(IpAddr::V4(ip)) => {
+                    // in_pktinfo: ifindex (0: any), the source address, and
+                    // the destination (unused when sending).
+                    let mut info = [0u8; std::mem::size_of::<libc::in_pktinfo>()];
+                    info[4..8].copy_from_slice(&ip.octets());
+                    w.put(libc::IPPROTO_IP, libc::IP_PKTINFO, &info);
+                }
+                Some(IpAddr::V6(ip)) => {
+                    // in6_pktinfo: the source address, then ifindex (0: any).
+                    let mut info = [0u8; std::mem::size_of::<libc::in6_pktinfo>()];
+                    info[..16].copy_from_slice(&ip.octets());
+                    w.put(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &info);
+                }
+                None => {}
+            }
             // SAFETY: all-zero is a valid (empty) msghdr.
             let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
             hdr.msg_name = addrs[i].as_ptr() as *mut libc::c_void;
             hdr.msg_namelen = addrs[i].len();
-            hdr.msg_iov = &mut iovs[i];
+            hdr.msg_iov = iov;
             hdr.msg_iovlen = 1;
-            hdr.msg_control = controls[i].0.as_mut_ptr() as *mut libc::c_void;
-            hdr.msg_controllen = CMSG_BYTES as _;
-            let mut used = 0;
-            {
-                let mut put = |level: libc::c_int, ty: libc::c_int, data: &[u8]| {
-                    // SAFETY: `hdr` describes `controls[i]`, CMSG_BYTES bytes,
-                    // 8-aligned, which holds the three messages at most that
-                    // are put here; CMSG_NXTHDR-style stepping is done by
-                    // `used`, which stays below CMSG_BYTES.
-                    unsafe {
-                        let space = libc::CMSG_SPACE(data.len() as u32) as usize;
-                        debug_assert!(used + space <= CMSG_BYTES);
-                        let cmsg = controls[i].0.as_mut_ptr().add(used) as *mut libc::cmsghdr;
-                        (*cmsg).cmsg_level = level;
-                        (*cmsg).cmsg_type = ty;
-                        (*cmsg).cmsg_len = libc::CMSG_LEN(data.len() as u32) as _;
-                        std::ptr::copy_nonoverlapping(
-                            data.as_ptr(),
-                            libc::CMSG_DATA(cmsg),
-                            data.len(),
-                        );
-                        used += space;
-                    }
-                };
-                let ecn = libc::c_int::from(q.ecn.unwrap_or(0));
-                let v4 = q.destination.is_ipv4()
-                    || matches!(q.destination.ip(), IpAddr::V6(a) if a.to_ipv4_mapped().is_some());
-                if !v4 {
-                    put(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &ecn.to_ne_bytes());
-                } else if !self.tos_off {
-                    put(libc::IPPROTO_IP, libc::IP_TOS, &ecn.to_ne_bytes());
-                }
-                if let Some(s) = q.segment_size.filter(|s| *s < q.buf.len()) {
-                    put(libc::SOL_UDP, libc::UDP_SEGMENT, &(s as u16).to_ne_bytes());
-                }
-                match q.src_ip {
-                    Some(IpAddr::V4(ip)) => {
-                        let info = libc::in_pktinfo {
-                            ipi_ifindex: 0,
-                            ipi_spec_dst: libc::in_addr {
-                                s_addr: u32::from_ne_bytes(ip.octets()),
-                            },
-                            ipi_addr: libc::in_addr { s_addr: 0 },
-                        };
-                        // SAFETY: in_pktinfo is plain old data.
-                        let bytes = unsafe {
-                            std::slice::from_raw_parts(
-                                &info as *const libc::in_pktinfo as *const u8,
-                                std::mem::size_of::<libc::in_pktinfo>(),
-                            )
-                        };
-                        put(libc::IPPROTO_IP, libc::IP_PKTINFO, bytes);
-                    }
-                    Some(IpAddr::V6(ip)) => {
-                        let info = libc::in6_pktinfo {
-                            ipi6_ifindex: 0,
-                            ipi6_addr: libc::in6_addr {
-                                s6_addr: ip.octets(),
-                            },
-                        };
-                        // SAFETY: in6_pktinfo is plain old data.
-                        let bytes = unsafe {
-                            std::slice::from_raw_parts(
-                                &info as *const libc::in6_pktinfo as *const u8,
-                                std::mem::size_of::<libc::in6_pktinfo>(),
-                            )
-                        };
-                        put(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, bytes);
-                    }
-                    None => {}
-                }
-            }
-            hdr.msg_controllen = used as _;
-            if used == 0 {
-                hdr.msg_control = std::ptr::null_mut();
+            if w.used > 0 {
+                hdr.msg_control = control as *mut libc::c_void;
+                hdr.msg_controllen = w.used as _;
             }
             hdrs.push(libc::mmsghdr {
                 msg_hdr: hdr,
@@ -252,7 +259,8 @@ impl Batch {
             });
         }
         // SAFETY: `hdrs` holds `queue.len()` headers whose names, iovecs,
-        // buffers and control messages all live until this returns.
+        // packet buffers and control messages all live until this returns;
+        // the kernel only reads them (and writes `msg_len`).
         let n = unsafe {
             libc::sendmmsg(
                 socket.as_raw_fd(),
@@ -267,7 +275,6 @@ impl Batch {
             Ok(n as usize)
         }
     }
-
     #[cfg(not(target_os = "linux"))]
     fn send(
         &self,
@@ -363,6 +370,52 @@ mod tests {
         }
         assert!(batch.queue.is_empty());
         assert!(!batch.spare.is_empty(), "buffers come back for reuse");
+    }
+
+    /// Receives one datagram with what `quinn-udp` reads of it.
+    fn recv_meta(s: &std::net::UdpSocket) -> (Vec<u8>, quinn_udp::RecvMeta) {
+        let state = quinn_udp::UdpSocketState::new(s.into()).unwrap();
+        let mut buf = vec![0u8; 2048];
+        let mut meta = [quinn_udp::RecvMeta::default()];
+        let n = {
+            let mut slices = [std::io::IoSliceMut::new(&mut buf)];
+            state
+                .recv(s.into(), &mut slices, &mut meta)
+                .expect("a datagram within 10 s")
+        };
+        assert_eq!(n, 1);
+        buf.truncate(meta[0].len);
+        (buf, meta[0])
+    }
+
+    #[tokio::test]
+    async fn ecn_and_the_source_address_are_sent_as_asked() {
+        // Bound to every address, so the source address comes from the
+        // control message: 127.0.0.2 is as local as 127.0.0.1.
+        let std = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        std.set_nonblocking(true).unwrap();
+        let socket = tokio::net::UdpSocket::from_std(std).unwrap();
+        let udp = quinn_udp::UdpSocketState::new((&socket).into()).unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let to = peer.local_addr().unwrap();
+        let mut batch = Batch::default();
+        let mut q = queued(vec![7; 10], to, None);
+        q.src_ip = Some(IpAddr::from([127, 0, 0, 2]));
+        batch.push(q);
+        let mut q = queued(vec![8; 10], to, None);
+        q.ecn = Some(0b01);
+        batch.push(q);
+        batch.flush(&socket, &udp);
+        let (data, meta) = recv_meta(&peer);
+        assert_eq!(data, vec![7; 10]);
+        assert_eq!(meta.ecn, Some(quinn_udp::EcnCodepoint::Ect0));
+        assert_eq!(meta.addr.ip(), IpAddr::from([127, 0, 0, 2]));
+        let (data, meta) = recv_meta(&peer);
+        assert_eq!(data, vec![8; 10]);
+        assert_eq!(meta.ecn, Some(quinn_udp::EcnCodepoint::Ect1));
+        assert_eq!(meta.addr.ip(), IpAddr::from([127, 0, 0, 1]));
     }
 
     #[tokio::test]
