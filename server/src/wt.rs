@@ -48,9 +48,6 @@ fn quic_config(identity: &Identity, max_streams: u32) -> Result<quinn_proto::Ser
     transport.max_concurrent_bidi_streams(quinn_proto::VarInt::from_u32(BIDI_STREAMS));
     transport.send_window(SEND_WINDOW);
     transport.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
-    let mut ack = quinn_proto::AckFrequencyConfig::default();
-    ack.ack_eliciting_threshold(quinn_proto::VarInt::from_u32(10));
-    transport.ack_frequency_config(Some(ack));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
