@@ -35,6 +35,15 @@ pub(crate) struct Queued {
 }
 
 impl Queued {
+    /// Whether it goes to an IPv4 peer (IPv4-mapped IPv6 included), whose
+    /// ECN bits go in IP_TOS rather than IPV6_TCLASS.
+    fn is_ipv4(&self) -> bool {
+        match self.destination.ip() {
+            IpAddr::V4(_) => true,
+            IpAddr::V6(a) => a.to_ipv4_mapped().is_some(),
+        }
+    }
+
     /// The transmit `t` whose bytes QUIC wrote into `buf`.
     pub(crate) fn new(t: &quinn_proto::Transmit, mut buf: Vec<u8>) -> Self {
         buf.truncate(t.size);
@@ -160,7 +169,7 @@ impl Batch {
                     {
                         info!(error = %e, "the kernel refused a GSO send; sending single datagrams from now on");
                         self.gso_off = true;
-                    } else if code == Some(libc::EINVAL) && q.ecn.is_some() && !self.tos_off {
+                    } else if code == Some(libc::EINVAL) && q.is_ipv4() && !self.tos_off {
                         info!(error = %e, "the kernel refused the TOS control message; sending without it");
                         self.tos_off = true;
                         continue;
@@ -213,9 +222,7 @@ impl Batch {
                 used: 0,
             };
             let ecn = libc::c_int::from(q.ecn.unwrap_or(0)).to_ne_bytes();
-            let v4 = q.destination.is_ipv4()
-                || matches!(q.destination.ip(), IpAddr::V6(a) if a.to_ipv4_mapped().is_some());
-            if !v4 {
+            if !q.is_ipv4() {
                 w.put(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &ecn);
             } else if !self.tos_off {
                 w.put(libc::IPPROTO_IP, libc::IP_TOS, &ecn);
