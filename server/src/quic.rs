@@ -510,19 +510,19 @@ impl Engine {
                         Some(DatagramEvent::NewConnection(incoming)) => {
                             if self.stopping {
                                 let t = self.endpoint.refuse(incoming, &mut response);
-                                self.send_transmit(&t, &response);
+                                self.send_transmit(&t, &mut response);
                             } else {
                                 match self.endpoint.accept(incoming, now, &mut response, None) {
                                     Ok((ch, q)) => self.add(ch, q),
                                     Err(e) => {
                                         if let Some(t) = e.response {
-                                            self.send_transmit(&t, &response);
+                                            self.send_transmit(&t, &mut response);
                                         }
                                     }
                                 }
                             }
                         }
-                        Some(DatagramEvent::Response(t)) => self.send_transmit(&t, &response),
+                        Some(DatagramEvent::Response(t)) => self.send_transmit(&t, &mut response),
                         None => {}
                     }
                     response.clear();
@@ -551,8 +551,13 @@ impl Engine {
         self.mark_dirty(ch.0);
     }
 
-    fn send_transmit(&self, t: &quinn_proto::Transmit, buf: &[u8]) {
-        send(&self.udp, &self.socket, t, buf);
+    /// Sends a packet the endpoint built outside any connection (a refusal,
+    /// a stateless reset, a version negotiation) right away, through the
+    /// same path as the connections' packets.
+    fn send_transmit(&mut self, t: &quinn_proto::Transmit, buf: &mut Vec<u8>) {
+        let buf = std::mem::replace(buf, self.out.buffer());
+        self.out.push(crate::sendmmsg::Queued::new(t, buf));
+        self.out.flush(&self.socket, &self.udp);
     }
 
     /// Handles timers that are due.
@@ -785,29 +790,6 @@ impl Engine {
             c.timer = Some(at);
             self.timers.push(Reverse((at, slot, c.generation)));
         }
-    }
-}
-
-/// Sends what QUIC built into `buf` (one datagram, or several of
-/// `segment_size` each with GSO).
-fn send(
-    udp: &quinn_udp::UdpSocketState,
-    socket: &tokio::net::UdpSocket,
-    t: &quinn_proto::Transmit,
-    buf: &[u8],
-) {
-    let transmit = quinn_udp::Transmit {
-        destination: t.destination,
-        ecn: t
-            .ecn
-            .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
-        contents: &buf[..t.size],
-        segment_size: t.segment_size,
-        src_ip: t.src_ip,
-    };
-    // A full socket buffer loses the packet, which QUIC recovers like any loss.
-    if let Err(e) = udp.send(socket.into(), &transmit) {
-        debug!(error = %e, "WebTransport send failed");
     }
 }
 

@@ -321,6 +321,15 @@ mod tests {
         }
     }
 
+    /// The sending socket, bound to `addr`, and its `quinn-udp` state.
+    fn sender(addr: &str) -> (tokio::net::UdpSocket, quinn_udp::UdpSocketState) {
+        let std = std::net::UdpSocket::bind(addr).unwrap();
+        std.set_nonblocking(true).unwrap();
+        let socket = tokio::net::UdpSocket::from_std(std).unwrap();
+        let udp = quinn_udp::UdpSocketState::new((&socket).into()).unwrap();
+        (socket, udp)
+    }
+
     async fn recv(s: &tokio::net::UdpSocket) -> Vec<u8> {
         let mut buf = vec![0u8; 4096];
         let n = tokio::time::timeout(Duration::from_secs(10), s.recv(&mut buf))
@@ -333,10 +342,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_flush_delivers_every_peers_packets_with_gso_segments_split() {
-        let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        std.set_nonblocking(true).unwrap();
-        let socket = tokio::net::UdpSocket::from_std(std).unwrap();
-        let udp = quinn_udp::UdpSocketState::new((&socket).into()).unwrap();
+        let (socket, udp) = sender("127.0.0.1:0");
         let mut peers = Vec::new();
         for _ in 0..3 {
             peers.push(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
@@ -347,19 +353,17 @@ mod tests {
         for r in 0..rounds {
             for (i, p) in peers.iter().enumerate() {
                 let to = p.local_addr().unwrap();
-                if i == 0 && udp.max_gso_segments() > 1 {
+                let q = if i == 0 && udp.max_gso_segments() > 1 {
                     // Two segments of 100 bytes and a short third.
                     let mut b = vec![r as u8; 100];
                     b.extend(vec![r as u8 + 100; 100]);
                     b.extend(vec![r as u8 + 200; 30]);
-                    if batch.push(queued(b, to, Some(100))) {
-                        batch.flush(&socket, &udp);
-                    }
+                    queued(b, to, Some(100))
                 } else {
-                    let full = batch.push(queued(vec![i as u8, r as u8], to, None));
-                    if full {
-                        batch.flush(&socket, &udp);
-                    }
+                    queued(vec![i as u8, r as u8], to, None)
+                };
+                if batch.push(q) {
+                    batch.flush(&socket, &udp);
                 }
             }
         }
@@ -399,10 +403,7 @@ mod tests {
     async fn ecn_and_the_source_address_are_sent_as_asked() {
         // Bound to every address, so the source address comes from the
         // control message: 127.0.0.2 is as local as 127.0.0.1.
-        let std = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-        std.set_nonblocking(true).unwrap();
-        let socket = tokio::net::UdpSocket::from_std(std).unwrap();
-        let udp = quinn_udp::UdpSocketState::new((&socket).into()).unwrap();
+        let (socket, udp) = sender("0.0.0.0:0");
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -427,10 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_packet_is_dropped_and_the_rest_still_go() {
-        let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        std.set_nonblocking(true).unwrap();
-        let socket = tokio::net::UdpSocket::from_std(std).unwrap();
-        let udp = quinn_udp::UdpSocketState::new((&socket).into()).unwrap();
+        let (socket, udp) = sender("127.0.0.1:0");
         let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let to = peer.local_addr().unwrap();
         let mut batch = Batch::default();
