@@ -185,6 +185,11 @@ async fn webtransport_and_websocket_participants_share_a_room() {
     let m = wt.next_media().await;
     assert_eq!(m.header().sender, ws_w.participant_id);
     assert_eq!(m.header().sequence, 2);
+    // The server asked this (quinn) subscriber to acknowledge less often.
+    assert!(
+        (*wt.session).stats().frame_rx.ack_frequency >= 1,
+        "no ACK_FREQUENCY frame from the server"
+    );
     server.shutdown().await;
 }
 
