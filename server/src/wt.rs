@@ -54,9 +54,9 @@ fn quic_config(identity: &Identity, max_streams: u32) -> Result<quinn_proto::Ser
 }
 
 /// What the server asks of subscribers that support the QUIC ACK-frequency
-/// extension (quinn does; browsers keep their own policy): acknowledge every
-/// [`ACK_ELICITING_THRESHOLD`]th packet, within the usual 25 ms, but at once
-/// when a packet arrives out of order, as RFC 9000 has it. Acknowledgements
+/// extension (quinn does; a browser that does not keeps its own policy):
+/// acknowledge every [`ACK_ELICITING_THRESHOLD`]th packet, within the usual
+/// 25 ms, but at once when a packet arrives out of order, as RFC 9000 has it. Acknowledgements
 /// are most of what a subscriber sends, and each costs the server a decrypt
 /// and its loss bookkeeping.
 fn ack_frequency() -> quinn_proto::AckFrequencyConfig {
