@@ -38,10 +38,7 @@ impl Queued {
     /// Whether it goes to an IPv4 peer (IPv4-mapped IPv6 included), whose
     /// ECN bits go in IP_TOS rather than IPV6_TCLASS.
     fn is_ipv4(&self) -> bool {
-        match self.destination.ip() {
-            IpAddr::V4(_) => true,
-            IpAddr::V6(a) => a.to_ipv4_mapped().is_some(),
-        }
+        self.destination.ip().to_canonical().is_ipv4()
     }
 
     /// The transmit `t` whose bytes QUIC wrote into `buf`.
