@@ -55,10 +55,11 @@ fn quic_config(identity: &Identity, max_streams: u32) -> Result<quinn_proto::Ser
 
 /// What the server asks of subscribers that support the QUIC ACK-frequency
 /// extension (quinn does; a browser that does not keeps its own policy):
-/// acknowledge every [`ACK_ELICITING_THRESHOLD`]th packet, within the usual
-/// 25 ms, but at once when a packet arrives out of order, as RFC 9000 has it. Acknowledgements
-/// are most of what a subscriber sends, and each costs the server a decrypt
-/// and its loss bookkeeping.
+/// leave up to [`ACK_ELICITING_THRESHOLD`] packets unacknowledged, for at
+/// most the usual 25 ms, but acknowledge at once when a packet arrives out
+/// of order, as RFC 9000 has it. Acknowledgements are most of what a
+/// subscriber sends, and each costs the server a decrypt and its loss
+/// bookkeeping.
 fn ack_frequency() -> quinn_proto::AckFrequencyConfig {
     let mut ack = quinn_proto::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(quinn_proto::VarInt::from_u32(ACK_ELICITING_THRESHOLD));
