@@ -200,7 +200,7 @@ pub async fn run(
     );
     let mut engine = Engine {
         endpoint,
-        conns: HashMap::new(),
+        conns: Conns::default(),
         timers: BinaryHeap::new(),
         dirty: Vec::new(),
         blocked: Vec::new(),
@@ -281,7 +281,7 @@ pub async fn run(
 /// Everything the engine owns.
 struct Engine {
     endpoint: quinn_proto::Endpoint,
-    conns: HashMap<usize, Conn>,
+    conns: Conns,
     /// Deadlines: (when, slot, generation); stale entries are skipped.
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     /// Connections to poll for events and packets.
@@ -301,6 +301,55 @@ struct Engine {
     stopping: bool,
     udp: quinn_udp::UdpSocketState,
     socket: tokio::net::UdpSocket,
+}
+
+/// The connections by slot. quinn-proto's connection handles are indices
+/// into its own slab (small, dense, reused), so a vector indexed by them
+/// finds a connection without hashing, which the engine does several
+/// times per connection for every frame routed.
+struct Slots<T> {
+    slots: Vec<Option<T>>,
+    len: usize,
+}
+
+type Conns = Slots<Conn>;
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Slots {
+            slots: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Slots<T> {
+    fn get(&self, slot: &usize) -> Option<&T> {
+        self.slots.get(*slot).and_then(Option::as_ref)
+    }
+
+    fn get_mut(&mut self, slot: &usize) -> Option<&mut T> {
+        self.slots.get_mut(*slot).and_then(Option::as_mut)
+    }
+
+    fn insert(&mut self, slot: usize, c: T) {
+        if self.slots.len() <= slot {
+            self.slots.resize_with(slot + 1, || None);
+        }
+        if self.slots[slot].replace(c).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, slot: &usize) {
+        if self.slots.get_mut(*slot).and_then(Option::take).is_some() {
+            self.len -= 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// What writing frames reuses from one session to the next.
@@ -574,20 +623,31 @@ impl Engine {
                 continue;
             }
             c.timer = None;
-            if c.session
+            let capsule_due = c
+                .session
                 .as_ref()
                 .and_then(|s| s.capsule.as_ref())
-                .is_some_and(|(_, _, at, _)| *at <= now)
-            {
+                .is_some_and(|(_, _, at, _)| *at <= now);
+            let close_due = c.close_at.as_ref().is_some_and(|(when, _, _)| *when <= now);
+            let quic_due = c.q.poll_timeout().is_some_and(|t| t <= now);
+            if !(capsule_due || close_due || quic_due) {
+                // Nearly every expiry: the deadline registered earlier has
+                // since moved later (each packet sent pushes the loss and
+                // idle timers out). Registering it anew is all there is to
+                // do; polling the connection would find nothing.
+                if let Some(at) = deadline(c) {
+                    c.timer = Some(at);
+                    self.timers.push(Reverse((at, slot, generation)));
+                }
+                continue;
+            }
+            if capsule_due {
                 send_capsule(c);
             }
-            if let Some((when, code, reason)) = c.close_at.clone()
-                && when <= now
-            {
-                c.close_at = None;
+            if close_due && let Some((_, code, reason)) = c.close_at.take() {
                 c.q.close(now, code, reason);
             }
-            if c.q.poll_timeout().is_some_and(|t| t <= now) {
+            if quic_due {
                 c.q.handle_timeout(now);
             }
             self.mark_dirty(slot);
@@ -770,17 +830,7 @@ impl Engine {
             self.conns.remove(&slot);
             return;
         }
-        let deadline = [
-            c.q.poll_timeout(),
-            c.close_at.as_ref().map(|x| x.0),
-            c.session
-                .as_ref()
-                .and_then(|s| s.capsule.as_ref())
-                .map(|x| x.2),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let deadline = deadline(c);
         // Deadlines mostly move later (every packet pushes the idle timeout
         // out); an earlier registered one just fires early and is renewed,
         // so the heap only grows when a deadline moves earlier.
@@ -791,6 +841,22 @@ impl Engine {
             self.timers.push(Reverse((at, slot, c.generation)));
         }
     }
+}
+
+/// The connection's next deadline: QUIC's own timers, the connection's
+/// close, or the session's close capsule, whichever comes first.
+fn deadline(c: &mut Conn) -> Option<Instant> {
+    [
+        c.q.poll_timeout(),
+        c.close_at.as_ref().map(|x| x.0),
+        c.session
+            .as_ref()
+            .and_then(|s| s.capsule.as_ref())
+            .map(|x| x.2),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
 }
 
 /// Reacts to one QUIC event; returns a session to start when a CONNECT was accepted.
@@ -1314,12 +1380,12 @@ fn write_from_outbox(c: &mut Conn, state: &AppState, scratch: &mut Scratch) {
     let Some(s) = c.session.as_mut() else {
         return;
     };
-    let (Some(outbox), Some(close)) = (s.outbox.clone(), s.close.clone()) else {
-        return;
-    };
-    if s.closing {
+    if s.closing || s.outbox.is_none() {
         return;
     }
+    let Some(close) = s.close.as_ref() else {
+        return;
+    };
     // Read the close reason before draining: the session queues its last
     // words (Goodbye, Error) before setting the reason, so a drain after
     // this read sends them before the close.
@@ -1328,6 +1394,11 @@ fn write_from_outbox(c: &mut Conn, state: &AppState, scratch: &mut Scratch) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    // Taken out while frames are written (the writes borrow the session),
+    // and put back below: no reference count traffic per drain.
+    let Some(outbox) = s.outbox.take() else {
+        return;
+    };
     s.backlogged = false;
     loop {
         if s.media_queue.len() + s.writing.len() >= MAX_MEDIA_IN_FLIGHT {
@@ -1356,6 +1427,7 @@ fn write_from_outbox(c: &mut Conn, state: &AppState, scratch: &mut Scratch) {
             break;
         }
     }
+    s.outbox = Some(outbox);
     if let Some(reason) = closing {
         close_session(
             c,
@@ -1676,6 +1748,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn slots_count_what_they_hold_and_forget_what_is_removed() {
+        let mut slots: Slots<u32> = Slots::default();
+        assert!(slots.is_empty());
+        slots.insert(3, 30);
+        slots.insert(0, 1);
+        assert_eq!(slots.get(&3), Some(&30));
+        assert_eq!(slots.get(&1), None);
+        assert_eq!(slots.get(&99), None);
+        slots.insert(3, 31);
+        *slots.get_mut(&0).unwrap() += 1;
+        assert_eq!((slots.get(&3), slots.get(&0)), (Some(&31), Some(&2)));
+        slots.remove(&3);
+        slots.remove(&3);
+        slots.remove(&50);
+        assert!(!slots.is_empty());
+        assert_eq!(slots.get(&3), None);
+        slots.remove(&0);
+        assert!(slots.is_empty());
     }
 
     #[test]
