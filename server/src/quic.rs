@@ -209,6 +209,7 @@ pub async fn run(
         commands_tx,
         on_session: Box::new(on_session),
         ready: Arc::new(Ready::default()),
+        ready_spare: Vec::new(),
         state,
         scratch: Scratch::default(),
         out: crate::sendmmsg::Batch::default(),
@@ -294,6 +295,8 @@ struct Engine {
     on_session: Box<dyn Fn(NewSession) + Send>,
     /// Sessions whose outbox has frames.
     ready: Arc<Ready>,
+    /// The other half of `ready`'s list, empty between drains.
+    ready_spare: Vec<SessionKey>,
     state: Arc<AppState>,
     scratch: Scratch,
     /// Packets built and not yet sent.
@@ -687,8 +690,14 @@ impl Engine {
 
     /// Drains the outboxes of the sessions whose writer was woken.
     fn drain_ready(&mut self) {
-        let keys = std::mem::take(&mut *self.ready.keys.lock().unwrap_or_else(|p| p.into_inner()));
-        for key in keys {
+        // Swapped with a list kept for the purpose, so neither side
+        // allocates again once both have grown to the room's size.
+        let mut keys = std::mem::take(&mut self.ready_spare);
+        std::mem::swap(
+            &mut keys,
+            &mut *self.ready.keys.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        for key in keys.drain(..) {
             let Some(c) = self.conns.get_mut(&key.slot) else {
                 continue;
             };
@@ -704,6 +713,7 @@ impl Engine {
                 self.dirty.push(key.slot);
             }
         }
+        self.ready_spare = keys;
     }
 
     /// Moves queued frames into the sessions' channels as room frees up.
