@@ -626,6 +626,19 @@ impl Engine {
                 continue;
             }
             c.timer = None;
+            match deadline(c) {
+                // Nearly every expiry: the deadline registered earlier has
+                // since moved later (each packet sent pushes the loss and
+                // idle timers out). Registering it anew is all there is to
+                // do; polling the connection would find nothing.
+                Some(at) if at > now => {
+                    c.timer = Some(at);
+                    self.timers.push(Reverse((at, slot, generation)));
+                    continue;
+                }
+                None => continue,
+                Some(_) => {}
+            }
             let capsule_due = c
                 .session
                 .as_ref()
@@ -633,17 +646,6 @@ impl Engine {
                 .is_some_and(|(_, _, at, _)| *at <= now);
             let close_due = c.close_at.as_ref().is_some_and(|(when, _, _)| *when <= now);
             let quic_due = c.q.poll_timeout().is_some_and(|t| t <= now);
-            if !(capsule_due || close_due || quic_due) {
-                // Nearly every expiry: the deadline registered earlier has
-                // since moved later (each packet sent pushes the loss and
-                // idle timers out). Registering it anew is all there is to
-                // do; polling the connection would find nothing.
-                if let Some(at) = deadline(c) {
-                    c.timer = Some(at);
-                    self.timers.push(Reverse((at, slot, generation)));
-                }
-                continue;
-            }
             if capsule_due {
                 send_capsule(c);
             }
@@ -692,12 +694,11 @@ impl Engine {
     fn drain_ready(&mut self) {
         // Swapped with a list kept for the purpose, so neither side
         // allocates again once both have grown to the room's size.
-        let mut keys = std::mem::take(&mut self.ready_spare);
         std::mem::swap(
-            &mut keys,
+            &mut self.ready_spare,
             &mut *self.ready.keys.lock().unwrap_or_else(|p| p.into_inner()),
         );
-        for key in keys.drain(..) {
+        for key in self.ready_spare.drain(..) {
             let Some(c) = self.conns.get_mut(&key.slot) else {
                 continue;
             };
@@ -713,7 +714,6 @@ impl Engine {
                 self.dirty.push(key.slot);
             }
         }
-        self.ready_spare = keys;
     }
 
     /// Moves queued frames into the sessions' channels as room frees up.
@@ -1390,7 +1390,7 @@ fn write_from_outbox(c: &mut Conn, state: &AppState, scratch: &mut Scratch) {
     let Some(s) = c.session.as_mut() else {
         return;
     };
-    if s.closing || s.outbox.is_none() {
+    if s.closing {
         return;
     }
     let Some(close) = s.close.as_ref() else {
