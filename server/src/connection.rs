@@ -696,11 +696,14 @@ pub async fn drive<S, I>(
                 // drain after this read sends them before the close. (Read
                 // after the drain, a Goodbye queued in between was lost.)
                 let closing = close.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let mut tally = DrainTally::default();
                 loop {
-                    let lanes = drain_batch(&outbox, &mut batch, &state);
+                    let now = std::time::Instant::now();
+                    let lanes = drain_batch(&outbox, &mut batch, &state, now, &mut tally);
                     if batch.is_empty() {
                         break;
                     }
+                    tally.record(&state);
                     if sink.write_batch(&mut batch, lanes).await.is_err() {
                         return;
                     }
@@ -804,24 +807,51 @@ async fn read_until_closed<I>(
     }
 }
 
-/// Takes the next batch from `outbox` (at most 256 KiB) and records it in
-/// the metrics: what every writer, task or not, does before writing.
-pub fn drain_batch(outbox: &Outbox, batch: &mut Vec<Bytes>, state: &AppState) -> Drained {
-    let lanes = outbox.drain_timed(batch, 256 * 1024);
+/// Takes the next batch from `outbox` (at most 256 KiB) as of `now`, and
+/// records it in `tally` and the metrics: what every writer, task or not,
+/// does before writing.
+pub fn drain_batch(
+    outbox: &Outbox,
+    batch: &mut Vec<Bytes>,
+    state: &AppState,
+    now: std::time::Instant,
+    tally: &mut DrainTally,
+) -> Drained {
+    let lanes = outbox.drain_at(batch, 256 * 1024, now);
     if batch.is_empty() {
         return lanes;
     }
     if let Some(w) = lanes.waited {
         state.metrics.queue_delay_seconds.observe(w.as_secs_f64());
-        state.load.note_queue_delay(w);
+        tally.longest_wait = tally.longest_wait.max(w);
     }
     state.metrics.queue_depth.observe(batch.len() as f64);
-    state.metrics.frames_out.inc_by(batch.len() as u64);
-    state
-        .metrics
-        .bytes_out
-        .inc_by(batch.iter().map(|f| f.len() as u64).sum());
+    tally.frames += batch.len() as u64;
+    tally.bytes += batch.iter().map(|f| f.len() as u64).sum::<u64>();
     lanes
+}
+
+/// What a writer drained since it last told the metrics: counted locally
+/// and recorded once per pass, because the counters are shared by every
+/// writer and one update per delivered frame made them a contended line.
+#[derive(Debug, Default)]
+pub struct DrainTally {
+    frames: u64,
+    bytes: u64,
+    longest_wait: std::time::Duration,
+}
+
+impl DrainTally {
+    /// Adds the tally to the metrics and starts again from zero.
+    pub fn record(&mut self, state: &AppState) {
+        if self.frames == 0 {
+            return;
+        }
+        state.metrics.frames_out.inc_by(self.frames);
+        state.metrics.bytes_out.inc_by(self.bytes);
+        state.load.note_queue_delay(self.longest_wait);
+        *self = DrainTally::default();
+    }
 }
 
 /// Sleeps until `deadline`, or forever when there is none.

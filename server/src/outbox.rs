@@ -231,6 +231,19 @@ impl Outbox {
         track: (u32, u32),
         frame: Bytes,
     ) -> PushOutcome {
+        self.push_media_at(now, std::time::Instant::now(), class, track, frame)
+    }
+
+    /// [`Outbox::push_media`] with the wall-clock instant given, so that a
+    /// frame routed to many outboxes reads the clock once, not per outbox.
+    pub fn push_media_at(
+        &self,
+        now: Timestamp,
+        at: std::time::Instant,
+        class: MediaClass,
+        track: (u32, u32),
+        frame: Bytes,
+    ) -> PushOutcome {
         let mut out = PushOutcome::default();
         let mut q = self.lock();
         if q.closed {
@@ -285,7 +298,7 @@ impl Outbox {
             return out;
         }
         q.media_bytes += len;
-        q.nonempty_since.get_or_insert_with(std::time::Instant::now);
+        q.nonempty_since.get_or_insert(at);
         match class {
             MediaClass::Audio => q.audio.push_back(frame),
             MediaClass::Key | MediaClass::Delta => q.video.push_back(VideoEntry {
@@ -311,8 +324,19 @@ impl Outbox {
     /// of the frames taken are control and audio: they come first, in that
     /// order, so a transport can send each lane its own way.
     pub fn drain_timed(&self, out: &mut Vec<Bytes>, max_bytes: usize) -> Drained {
+        self.drain_at(out, max_bytes, std::time::Instant::now())
+    }
+
+    /// [`Outbox::drain_timed`] as of `now`, so that a writer draining many
+    /// outboxes in one pass reads the clock once.
+    pub fn drain_at(
+        &self,
+        out: &mut Vec<Bytes>,
+        max_bytes: usize,
+        now: std::time::Instant,
+    ) -> Drained {
         let mut q = self.lock();
-        let waited = q.nonempty_since.map(|t| t.elapsed());
+        let waited = q.nonempty_since.map(|t| now.saturating_duration_since(t));
         let start = out.len();
         let (mut control, mut audio) = (0, 0);
         let mut taken = 0;
@@ -340,7 +364,7 @@ impl Outbox {
             q.overflow_since = None;
             q.nonempty_since = None;
         } else {
-            q.nonempty_since = Some(std::time::Instant::now());
+            q.nonempty_since = Some(now);
         }
         debug_assert!(out.len() - start >= control + audio);
         Drained {

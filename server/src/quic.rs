@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 use web_transport_proto as wtp;
 
-use crate::connection::{ExternalClose, Incoming, drain_batch};
+use crate::connection::{DrainTally, ExternalClose, Incoming, drain_batch};
 use crate::outbox::{Outbox, Wake};
 use crate::state::AppState;
 
@@ -273,9 +273,12 @@ pub async fn run(
                 }
             }
         }
+        engine.scratch.now = Some(Instant::now());
         engine.flush_pending();
         engine.drain_ready();
         engine.process_dirty();
+        engine.scratch.tally.record(&engine.state);
+        engine.scratch.now = None;
     }
 }
 
@@ -360,6 +363,10 @@ impl<T> Slots<T> {
 struct Scratch {
     /// Frames taken from an outbox.
     frames: Vec<Bytes>,
+    /// The time of this pass: read once, not per outbox drained.
+    now: Option<Instant>,
+    /// What this pass drained, for the metrics once the pass is over.
+    tally: DrainTally,
     /// The last datagram built: (frame, header, datagram). A frame routed to
     /// many subscribers is one datagram for all of those whose session has
     /// the same header (nearly all: browsers open the session on stream 0).
@@ -765,7 +772,7 @@ impl Engine {
     /// Polls every connection that had something happen: its endpoint and
     /// application events, then its packets.
     fn process_dirty(&mut self) {
-        let now = Instant::now();
+        let now = *self.scratch.now.get_or_insert_with(Instant::now);
         let mut i = 0;
         // Handling events may dirty more connections (never others here, but
         // the loop does not rely on it).
@@ -834,6 +841,17 @@ impl Engine {
             }
         }
         if c.q.is_drained() {
+            // What an operator needs to see whether a path was the trouble.
+            let st = c.q.stats();
+            debug!(
+                sent_packets = st.udp_tx.datagrams,
+                send_calls = st.udp_tx.ios,
+                received_packets = st.udp_rx.datagrams,
+                acks_received = st.frame_rx.acks,
+                lost_packets = st.path.lost_packets,
+                rtt_ms = st.path.rtt.as_secs_f64() * 1000.0,
+                "QUIC connection closed"
+            );
             if let Some(close) = c.session.as_ref().and_then(|s| s.close.as_ref()) {
                 close.done.notify_one();
             }
@@ -1386,7 +1404,10 @@ fn write_from_outbox(c: &mut Conn, state: &AppState, scratch: &mut Scratch) {
     let Scratch {
         frames: batch,
         datagram,
+        now,
+        tally,
     } = scratch;
+    let now = *now.get_or_insert_with(Instant::now);
     let Some(s) = c.session.as_mut() else {
         return;
     };
@@ -1415,7 +1436,7 @@ fn write_from_outbox(c: &mut Conn, state: &AppState, scratch: &mut Scratch) {
             s.backlogged = true;
             break;
         }
-        let lanes = drain_batch(&outbox, batch, state);
+        let lanes = drain_batch(&outbox, batch, state, now, tally);
         if batch.is_empty() {
             break;
         }
