@@ -452,6 +452,23 @@ struct Session {
     capsule: Option<(u32, String, Instant, Instant)>,
 }
 
+/// The unidirectional stream header of a session on CONNECT stream 0
+/// (every browser's first session): stream type 0x54, session 0.
+const UNI_HEADER_STREAM_0: [u8; 3] = [0x40, 0x54, 0x00];
+
+/// The datagram header of a session on CONNECT stream 0: quarter stream id 0.
+const DATAGRAM_HEADER_STREAM_0: [u8; 1] = [0x00];
+
+/// `header` as bytes, static when it is the common one: cloned for every
+/// frame sent, a static header costs no reference counting.
+fn shared_header(header: Vec<u8>, common: &'static [u8]) -> Bytes {
+    if header == common {
+        Bytes::from_static(common)
+    } else {
+        Bytes::from(header)
+    }
+}
+
 impl Session {
     /// A session on the CONNECT stream `connect`, delivering to `tx`.
     fn new(connect: StreamId, tx: mpsc::Sender<Incoming>, queued: Arc<AtomicBool>) -> Self {
@@ -469,8 +486,8 @@ impl Session {
             tx,
             pending: VecDeque::new(),
             stalled: Vec::new(),
-            uni_header: Bytes::from(uni_header),
-            datagram_header: Bytes::from(datagram_header),
+            uni_header: shared_header(uni_header, &UNI_HEADER_STREAM_0),
+            datagram_header: shared_header(datagram_header, &DATAGRAM_HEADER_STREAM_0),
             control: None,
             control_queue: VecDeque::new(),
             media_queue: VecDeque::new(),
@@ -1591,14 +1608,28 @@ fn open_media_stream(
     let Some(id) = q.streams().open(Dir::Uni) else {
         return false;
     };
-    let _ = q.send_stream(id).set_priority(priority);
-    let mut w = Write {
-        chunks: vec![s.uni_header.clone(), frame.clone()],
-        finish: true,
+    let mut st = q.send_stream(id);
+    let _ = st.set_priority(priority);
+    // On the stack: nearly every frame goes in whole, and then nothing
+    // outlives this call.
+    let mut chunks = [s.uni_header.clone(), frame.clone()];
+    let written = match st.write_chunks(&mut chunks) {
+        Ok(w) => w.chunks,
+        Err(quinn_proto::WriteError::Blocked) => 0,
+        // The stream is gone (stopped by the peer): nothing to wait for.
+        Err(_) => return true,
     };
-    if !write_chunks(q, id, &mut w) {
+    if written == chunks.len() {
+        let _ = st.finish();
+    } else {
         // Rare: the send window is full; the rest waits for credit.
-        s.writing.insert(id, w);
+        s.writing.insert(
+            id,
+            Write {
+                chunks: chunks[written..].to_vec(),
+                finish: true,
+            },
+        );
     }
     true
 }
@@ -1779,6 +1810,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_session_on_stream_0_shares_the_static_headers_and_others_get_their_own() {
+        let (tx, _rx) = mpsc::channel(1);
+        let queued = Arc::new(AtomicBool::new(false));
+        let first = Session::new(
+            StreamId::new(Side::Client, Dir::Bi, 0),
+            tx.clone(),
+            queued.clone(),
+        );
+        assert_eq!(&first.uni_header[..], &wt_uni_header()[..]);
+        assert_eq!(first.uni_header.as_ptr(), UNI_HEADER_STREAM_0.as_ptr());
+        assert_eq!(&first.datagram_header[..], &[0x00]);
+        assert_eq!(
+            first.datagram_header.as_ptr(),
+            DATAGRAM_HEADER_STREAM_0.as_ptr()
+        );
+        // Client bidirectional stream 1 is stream id 4: quarter id 1.
+        let second = Session::new(StreamId::new(Side::Client, Dir::Bi, 1), tx, queued);
+        assert_eq!(&second.uni_header[..], &[0x40, 0x54, 0x04]);
+        assert_eq!(&second.datagram_header[..], &[0x01]);
+        assert_ne!(second.uni_header.as_ptr(), UNI_HEADER_STREAM_0.as_ptr());
     }
 
     #[test]
