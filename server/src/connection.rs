@@ -6,7 +6,7 @@
 //! which a writer task drains in priority order, several frames per write.
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -679,7 +679,7 @@ pub async fn drive<S, I>(
 {
     let outbox = conn.outbox();
     let wakers = conn.wakers();
-    let close: Arc<Mutex<Option<CloseReason>>> = Arc::new(Mutex::new(None));
+    let close: Arc<OnceLock<CloseReason>> = Arc::new(OnceLock::new());
     let coalesce = Duration::from_millis(state.config.coalesce_ms as u64);
     let writer = {
         let (outbox, wakers, close, state) =
@@ -695,7 +695,7 @@ pub async fn drive<S, I>(
                 // last words (Goodbye, Error) before setting the reason, so a
                 // drain after this read sends them before the close. (Read
                 // after the drain, a Goodbye queued in between was lost.)
-                let closing = close.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let closing = close.get().cloned();
                 let mut tally = DrainTally::default();
                 loop {
                     let now = std::time::Instant::now();
@@ -741,7 +741,7 @@ pub async fn drive<S, I>(
 #[derive(Debug, Default)]
 pub struct ExternalClose {
     /// The reason, once the session has ended.
-    pub reason: Mutex<Option<CloseReason>>,
+    pub reason: OnceLock<CloseReason>,
     /// Notified by the writer once it has closed the transport (or found it gone).
     pub done: Notify,
 }
@@ -779,7 +779,7 @@ async fn read_until_closed<I>(
     conn: &mut Connection,
     incoming: &mut I,
     state: &AppState,
-    close: &Mutex<Option<CloseReason>>,
+    close: &OnceLock<CloseReason>,
     wake_writer: impl Fn(),
 ) where
     I: futures_util::Stream<Item = Incoming> + Unpin,
@@ -792,7 +792,8 @@ async fn read_until_closed<I>(
     }
     loop {
         if let Some(reason) = conn.close_reason() {
-            *close.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+            // Set once: the session ends once.
+            let _ = close.set(reason.clone());
             wake_writer();
             break;
         }

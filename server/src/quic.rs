@@ -1437,11 +1437,8 @@ fn write_from_outbox(c: &mut Conn, state: &AppState, scratch: &mut Scratch) {
     // Read the close reason before draining: the session queues its last
     // words (Goodbye, Error) before setting the reason, so a drain after
     // this read sends them before the close.
-    let closing = close
-        .reason
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    // Lock-free: read for every drain, set once when the session ends.
+    let closing = close.reason.get().cloned();
     // Taken out while frames are written (the writes borrow the session),
     // and put back below: no reference count traffic per drain.
     let Some(outbox) = s.outbox.take() else {
