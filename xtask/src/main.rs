@@ -31,6 +31,11 @@ Commands:
                      then the pinned wasm-bindgen-cli, installed when missing)
   k8s                validate deploy/k8s strictly against the Kubernetes schemas (kubernetes-validate)
   fuzz --seconds N   run each cargo-fuzz target for N seconds (needs nightly; installs cargo-fuzz)
+  bench [--subscribers N] [--seconds S] [--rounds R]
+                     the end-to-end fan-out benchmark, WebSocket and WebTransport side by
+                     side with their floors (TCP and UDP), R rounds alternated, release
+                     builds; prints server CPU per delivered frame, latency and memory per
+                     connection (defaults: 200 subscribers, 10 s, 3 rounds)
   help               this text
 ";
 
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
         Some("image") => image(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("serve") => serve(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{HELP}");
             Ok(())
@@ -808,30 +814,56 @@ const CONFORMANCE_SERVER: &[&str] = &[
 /// The server cases again over WebTransport: a `--dev-tls` server, whose
 /// certificate hash the runner pins (read from the server's log).
 fn conformance_webtransport(bin: &std::path::Path, secret: &str) -> Result<(), String> {
-    use std::io::BufRead;
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
     println!(
         "\n$ convene-server --listen {listen} --dev-tls (short timers, tokens required) & convene-conformance server --transport wt --url https://{listen} --cert-sha256 …"
     );
-    let mut server = Command::new(bin.join("convene-server"))
+    let mut command = Command::new(bin.join("convene-server"));
+    command
         .args(CONFORMANCE_SERVER)
         .env("CONVENE_AUTH_SECRET", secret)
+        .args(["--listen", &listen]);
+    let (mut server, hash) = start_dev_tls(command)?;
+    let status = Command::new(bin.join("convene-conformance"))
         .args([
-            "--listen",
-            &listen,
-            "--dev-tls",
-            "--log",
-            "info",
-            "--log-format",
-            "human",
+            "server",
+            "--transport",
+            "wt",
+            "--url",
+            &format!("https://{listen}"),
+            "--cert-sha256",
+            &hash,
+            "--capability",
+            "waiting_room",
         ])
+        .env("CONVENE_AUTH_SECRET", secret)
+        .status();
+    let _ = server.kill();
+    let _ = server.wait();
+    match status {
+        Err(e) => Err(format!("cannot start convene-conformance: {e}")),
+        Ok(s) if s.success() => Ok(()),
+        Ok(_) => Err("conformance cases failed over WebTransport".to_string()),
+    }
+}
+
+/// Starts `command` (a convene-server) with `--dev-tls` and its log on
+/// stdout, and returns it with the certificate hash it prints, which a
+/// WebTransport client pins. The log goes on being drained in a thread.
+fn start_dev_tls(mut command: Command) -> Result<(std::process::Child, String), String> {
+    use std::io::BufRead;
+    let mut server = command
+        .args(["--dev-tls", "--log", "info", "--log-format", "human"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start convene-server: {e}"))?;
-    let stdout = server.stdout.take().ok_or("no server stdout")?;
+    let Some(stdout) = server.stdout.take() else {
+        let _ = server.kill();
+        let _ = server.wait();
+        return Err("no stdout from convene-server".to_string());
+    };
     let (hash_tx, hash_rx) = std::sync::mpsc::channel::<String>();
-    // Read the log until the certificate hash shows, then keep draining it.
     std::thread::spawn(move || {
         let mut sent = false;
         for line in std::io::BufReader::new(stdout)
@@ -845,36 +877,17 @@ fn conformance_webtransport(bin: &std::path::Path, secret: &str) -> Result<(), S
             }
         }
     });
-    let result = match hash_rx.recv_timeout(std::time::Duration::from_secs(30)) {
-        Err(_) => Err(
-            "convene-server --dev-tls did not print its certificate hash within 30 s".to_string(),
-        ),
-        Ok(hash) => {
-            let status = Command::new(bin.join("convene-conformance"))
-                .args([
-                    "server",
-                    "--transport",
-                    "wt",
-                    "--url",
-                    &format!("https://{listen}"),
-                    "--cert-sha256",
-                    &hash,
-                    "--capability",
-                    "waiting_room",
-                ])
-                .env("CONVENE_AUTH_SECRET", secret)
-                .status()
-                .map_err(|e| format!("cannot start convene-conformance: {e}"))?;
-            if status.success() {
-                Ok(())
-            } else {
-                Err("conformance cases failed over WebTransport".to_string())
-            }
+    match hash_rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(hash) => Ok((server, hash)),
+        Err(_) => {
+            let _ = server.kill();
+            let _ = server.wait();
+            Err(
+                "convene-server --dev-tls did not print its certificate hash within 30 s"
+                    .to_string(),
+            )
         }
-    };
-    let _ = server.kill();
-    let _ = server.wait();
-    result
+    }
 }
 
 /// The server cases once more, with each case's clients spread over two
@@ -968,6 +981,200 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     let mut reply = Vec::new();
     s.read_to_end(&mut reply).ok()?;
     Some(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// What `cargo xtask bench --help` prints.
+const BENCH_HELP: &str = "\
+cargo xtask bench [--subscribers N] [--seconds S] [--rounds R]
+
+The end-to-end fan-out benchmark: one publisher (30 fps video of 2,000 bytes,
+50 fps audio of 100 bytes) to N subscribers on loopback, through a release
+convene-server with --dev-tls, over WebSocket and over WebTransport, each
+next to its floor measured in the same round: the same frames written to N
+plain TCP connections (`fanout floor`) and sent as UDP datagrams of at most
+1,200 bytes (`fanout udp-floor`). Rounds alternate floor, WebSocket and
+WebTransport, because a shared host drifts; compare means, not single runs.
+
+  --subscribers N   subscribers (default 200)
+  --seconds S       seconds measured per run (default 10)
+  --rounds R        rounds (default 3)
+";
+
+/// One transport's figures from one `convene load --json` run.
+#[derive(Debug, Default, Clone, Copy)]
+struct LoadRun {
+    us_per_frame: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    kib_per_connection: f64,
+    loss_percent: f64,
+}
+
+/// Runs the fan-out benchmark over both transports with their floors and
+/// prints a summary (see [`BENCH_HELP`]).
+fn bench(args: &[String]) -> Result<(), String> {
+    let (mut subscribers, mut seconds, mut rounds) = (200u32, 10u32, 3u32);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let target = match flag.as_str() {
+            "--subscribers" => &mut subscribers,
+            "--seconds" => &mut seconds,
+            "--rounds" => &mut rounds,
+            "--help" | "-h" => {
+                print!("{BENCH_HELP}");
+                return Ok(());
+            }
+            other => {
+                return Err(format!(
+                    "unknown option `{other}` for bench; see `cargo xtask bench --help`"
+                ));
+            }
+        };
+        let value = it.next().ok_or_else(|| format!("{flag} takes a number"))?;
+        *target = value
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{flag} takes a positive whole number, not `{value}`"))?;
+    }
+    println!("building release binaries (fat LTO: about 11 minutes from scratch on 2 cores)");
+    run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "convene-server",
+            "-p",
+            "convene-cli",
+            "-p",
+            "convene-benches",
+        ],
+    )?;
+    let bin = target_dir().join("release");
+    let (n, secs) = (subscribers.to_string(), seconds.to_string());
+    let mut floors = Vec::new();
+    let mut runs: Vec<(LoadRun, LoadRun)> = Vec::new();
+    for round in 1..=rounds {
+        println!("\nround {round} of {rounds}: 1 -> {subscribers}, {seconds} s per run");
+        let floor = |mode: &str| -> Result<f64, String> {
+            let out = Command::new(bin.join("fanout"))
+                .args([mode, "--subscribers", &n, "--seconds", &secs, "--json"])
+                .current_dir(root())
+                .output()
+                .map_err(|e| format!("cannot start fanout: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "fanout {mode} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            let v = last_json(&out.stdout).ok_or(format!("fanout {mode} printed no JSON"))?;
+            v["us_per_frame"]
+                .as_f64()
+                .ok_or(format!("fanout {mode}: no us_per_frame in its JSON"))
+        };
+        let tcp = floor("floor")?;
+        println!("  TCP floor      {tcp:6.2} µs per delivered frame");
+        let udp = floor("udp-floor")?;
+        println!("  UDP floor      {udp:6.2} µs per delivered frame");
+        floors.push((tcp, udp));
+        let ws = bench_load(&bin, "ws", subscribers, seconds)?;
+        println!(
+            "  WebSocket      {:6.2} µs per delivered frame ({:.1}x TCP floor), p50 {:.1} ms, p99 {:.1} ms, {:.0} KiB per connection, loss {:.3} %",
+            ws.us_per_frame,
+            ws.us_per_frame / tcp,
+            ws.p50_ms,
+            ws.p99_ms,
+            ws.kib_per_connection,
+            ws.loss_percent
+        );
+        let wt = bench_load(&bin, "wt", subscribers, seconds)?;
+        println!(
+            "  WebTransport   {:6.2} µs per delivered frame ({:.1}x UDP floor), p50 {:.1} ms, p99 {:.1} ms, {:.0} KiB per connection, loss {:.3} %",
+            wt.us_per_frame,
+            wt.us_per_frame / udp,
+            wt.p50_ms,
+            wt.p99_ms,
+            wt.kib_per_connection,
+            wt.loss_percent
+        );
+        runs.push((ws, wt));
+    }
+    let mean = |xs: &mut dyn Iterator<Item = f64>| {
+        let v: Vec<f64> = xs.collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let tcp = mean(&mut floors.iter().map(|f| f.0));
+    let udp = mean(&mut floors.iter().map(|f| f.1));
+    let ws = mean(&mut runs.iter().map(|r| r.0.us_per_frame));
+    let wt = mean(&mut runs.iter().map(|r| r.1.us_per_frame));
+    println!(
+        "\nmeans over {rounds} rounds, 1 -> {subscribers}:\n  WebSocket      {ws:6.2} µs per delivered frame, TCP floor {tcp:.2} µs: {:.2}x\n  WebTransport   {wt:6.2} µs per delivered frame, UDP floor {udp:.2} µs: {:.2}x",
+        ws / tcp,
+        wt / udp
+    );
+    Ok(())
+}
+
+/// One `convene load --json` run against a fresh `--dev-tls` server.
+fn bench_load(
+    bin: &std::path::Path,
+    transport: &str,
+    subscribers: u32,
+    seconds: u32,
+) -> Result<LoadRun, String> {
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let mut command = Command::new(bin.join("convene-server"));
+    command.args(["--listen", &listen]);
+    let (mut server, hash) = start_dev_tls(command)?;
+    let out = Command::new(bin.join("convene"))
+        .args([
+            "load",
+            "--server",
+            &format!("https://{listen}"),
+            "--cert-sha256",
+            &hash,
+            "--transport",
+            transport,
+            "-n",
+            &(subscribers + 1).to_string(),
+            "--ramp-up",
+            "5",
+            "--duration",
+            &seconds.to_string(),
+            "--server-pid",
+            &server.id().to_string(),
+            "--json",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output();
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out.map_err(|e| format!("cannot start convene load: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "convene load over {transport} failed ({})",
+            out.status
+        ));
+    }
+    let v =
+        last_json(&out.stdout).ok_or(format!("convene load over {transport} printed no JSON"))?;
+    let num = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
+    Ok(LoadRun {
+        us_per_frame: num(&v["server_cpu_us_per_frame"]),
+        p50_ms: num(&v["latency_ms"]["p50"]),
+        p99_ms: num(&v["latency_ms"]["p99"]),
+        kib_per_connection: num(&v["server_kib_per_connection"]),
+        loss_percent: num(&v["loss_percent"]),
+    })
+}
+
+/// The JSON object a tool printed on stdout (after any other lines).
+fn last_json(stdout: &[u8]) -> Option<serde_json::Value> {
+    let text = String::from_utf8_lossy(stdout);
+    let start = text.find('{')?;
+    serde_json::from_str(&text[start..]).ok()
 }
 
 fn target_dir() -> PathBuf {
