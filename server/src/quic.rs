@@ -965,7 +965,7 @@ fn handle_event(
                 if Some(id) == s.control {
                     write_control(&mut c.q, s);
                 } else if let Some(mut w) = s.writing.remove(&id)
-                    && !write_chunks(&mut c.q, id, &mut w)
+                    && !write_pending(&mut c.q, id, &mut w)
                 {
                     s.writing.insert(id, w);
                 }
@@ -1380,7 +1380,7 @@ fn write_control(q: &mut quinn_proto::Connection, s: &mut Session) {
         s.control_prioritized = true;
     }
     while let Some(mut w) = s.control_queue.pop_front() {
-        if !write_chunks(q, id, &mut w) {
+        if !write_pending(q, id, &mut w) {
             s.control_queue.push_front(w);
             return;
         }
@@ -1389,28 +1389,42 @@ fn write_control(q: &mut quinn_proto::Connection, s: &mut Session) {
 
 /// Writes `w` into stream `id`; true when all of it went (and the stream is
 /// finished if asked), false when QUIC is out of credit.
-fn write_chunks(q: &mut quinn_proto::Connection, id: StreamId, w: &mut Write) -> bool {
+fn write_pending(q: &mut quinn_proto::Connection, id: StreamId, w: &mut Write) -> bool {
+    let written = write_chunks(q, id, &mut w.chunks, w.finish);
+    w.chunks.drain(..written);
+    w.chunks.is_empty()
+}
+
+/// Writes `chunks` into stream `id` until they are all in or QUIC takes no
+/// more, and finishes the stream if asked once they are all in. Returns how
+/// many chunks went in whole; the next one may have been advanced past what
+/// went in. A stream that is gone takes them all: nothing is left to wait
+/// for. Writing on until QUIC says `Blocked` matters: only that registers
+/// the stream for the `Writable` event that resumes it.
+fn write_chunks(
+    q: &mut quinn_proto::Connection,
+    id: StreamId,
+    chunks: &mut [Bytes],
+    finish: bool,
+) -> usize {
     let mut st = q.send_stream(id);
-    while !w.chunks.is_empty() {
-        match st.write_chunks(&mut w.chunks) {
+    let mut done = 0;
+    while done < chunks.len() {
+        match st.write_chunks(&mut chunks[done..]) {
             Ok(written) => {
-                w.chunks.drain(..written.chunks);
+                done += written.chunks;
                 if written.bytes == 0 {
-                    return false;
+                    return done;
                 }
             }
-            Err(quinn_proto::WriteError::Blocked) => return false,
-            // The stream is gone (stopped by the peer, or closed): nothing to wait for.
-            Err(_) => {
-                w.chunks.clear();
-                return true;
-            }
+            Err(quinn_proto::WriteError::Blocked) => return done,
+            Err(_) => return chunks.len(),
         }
     }
-    if w.finish {
+    if finish {
         let _ = st.finish();
     }
-    true
+    done
 }
 
 /// Takes what the session's outbox holds and hands it to QUIC: control
@@ -1605,20 +1619,12 @@ fn open_media_stream(
     let Some(id) = q.streams().open(Dir::Uni) else {
         return false;
     };
-    let mut st = q.send_stream(id);
-    let _ = st.set_priority(priority);
+    let _ = q.send_stream(id).set_priority(priority);
     // On the stack: nearly every frame goes in whole, and then nothing
     // outlives this call.
     let mut chunks = [s.uni_header.clone(), frame.clone()];
-    let written = match st.write_chunks(&mut chunks) {
-        Ok(w) => w.chunks,
-        Err(quinn_proto::WriteError::Blocked) => 0,
-        // The stream is gone (stopped by the peer): nothing to wait for.
-        Err(_) => return true,
-    };
-    if written == chunks.len() {
-        let _ = st.finish();
-    } else {
+    let written = write_chunks(q, id, &mut chunks, true);
+    if written < chunks.len() {
         // Rare: the send window is full; the rest waits for credit.
         s.writing.insert(
             id,
