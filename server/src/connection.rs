@@ -818,7 +818,7 @@ pub fn drain_batch(
     now: std::time::Instant,
     tally: &mut DrainTally,
 ) -> Drained {
-    let lanes = outbox.drain_at(batch, 256 * 1024, now);
+    let lanes = outbox.drain_timed(batch, 256 * 1024, now);
     if batch.is_empty() {
         return lanes;
     }

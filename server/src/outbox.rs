@@ -316,20 +316,17 @@ impl Outbox {
     /// Moves queued frames into `out`, control first, then audio, then video,
     /// up to about `max_bytes`. Returns true if frames remain.
     pub fn drain(&self, out: &mut Vec<Bytes>, max_bytes: usize) -> bool {
-        self.drain_timed(out, max_bytes).more
+        self.drain_timed(out, max_bytes, std::time::Instant::now())
+            .more
     }
 
-    /// Like [`Outbox::drain`], and also says how long the oldest frame taken
-    /// had waited (an upper bound when the queue never emptied) and how many
-    /// of the frames taken are control and audio: they come first, in that
-    /// order, so a transport can send each lane its own way.
-    pub fn drain_timed(&self, out: &mut Vec<Bytes>, max_bytes: usize) -> Drained {
-        self.drain_at(out, max_bytes, std::time::Instant::now())
-    }
-
-    /// [`Outbox::drain_timed`] as of `now`, so that a writer draining many
-    /// outboxes in one pass reads the clock once.
-    pub fn drain_at(
+    /// Like [`Outbox::drain`] as of `now`, and also says how long the oldest
+    /// frame taken had waited (an upper bound when the queue never emptied)
+    /// and how many of the frames taken are control and audio: they come
+    /// first, in that order, so a transport can send each lane its own way.
+    /// `now` is the caller's, so that a writer draining many outboxes in one
+    /// pass reads the clock once.
+    pub fn drain_timed(
         &self,
         out: &mut Vec<Bytes>,
         max_bytes: usize,
