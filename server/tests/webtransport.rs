@@ -1,6 +1,7 @@
 //! WebTransport (PROTOCOL.md §3.3) with a Rust client pinning the published
 //! certificate hash: a WebTransport participant and a WebSocket participant
-//! in one room exchange media both ways.
+//! in one room exchange media both ways; frames larger than the
+//! subscriber's flow-control window arrive whole; stream limits hold.
 
 mod common;
 
@@ -28,6 +29,29 @@ impl WtClient {
         let client = web_transport_quinn::ClientBuilder::new()
             .with_server_certificate_hashes(vec![hash])
             .unwrap();
+        WtClient::connect_with(server, client).await
+    }
+
+    /// Connects with a QUIC connection that lets the server send at most
+    /// `window` bytes of stream data beyond what this client has read.
+    async fn connect_with_receive_window(server: &convene_server::Server, window: u32) -> WtClient {
+        use web_transport_quinn::quinn;
+        let hash = hex::decode(server.cert_sha256.as_ref().unwrap()).unwrap();
+        let mut tls = convene_client::tls::client_config(Some(hash)).unwrap();
+        tls.alpn_protocols = vec![web_transport_quinn::ALPN.as_bytes().to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.receive_window(quinn::VarInt::from_u32(window));
+        config.transport_config(std::sync::Arc::new(transport));
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        WtClient::connect_with(server, web_transport_quinn::Client::new(endpoint, config)).await
+    }
+
+    async fn connect_with(
+        server: &convene_server::Server,
+        client: web_transport_quinn::Client,
+    ) -> WtClient {
         let port = server.wt_addr.expect("WebTransport is on with TLS").port();
         let url = url::Url::parse(&format!("https://127.0.0.1:{port}/convene/wt")).unwrap();
         let session = client.connect(url).await.expect("WebTransport session");
@@ -356,5 +380,113 @@ async fn streams_within_the_limit_are_fine_however_many_in_all() {
         wt.expect(|m| matches!(m, S::Pong(p) if p.timestamp_us == u64::from(seq) + 1))
             .await;
     }
+    server.shutdown().await;
+}
+
+/// Video frames larger than what the subscriber's QUIC connection lets the
+/// server send ahead (its connection-level receive window): every frame
+/// stops part-way on the peer's credit and must resume when the subscriber
+/// reads and grants more. QUIC only wakes a stream for that if the write
+/// that stopped was answered "blocked", so a frame left half-written without
+/// that answer would never finish and this test would time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_larger_than_the_subscribers_window_arrive_whole() {
+    const WINDOW: u32 = 64 * 1024;
+    const FRAMES: u32 = 6;
+    const PAYLOAD: usize = 200_000;
+    let server = server(|c| {
+        c.dev_tls = true;
+        // Six 200 kB frames at once are well above the default ingress rate.
+        c.max_ingress_kbps = 100_000;
+    })
+    .await;
+    let mut wt = WtClient::connect_with_receive_window(&server, WINDOW).await;
+    wt.send(C::Hello(v1::Hello {
+        versions: vec![1],
+        ..Default::default()
+    }))
+    .await;
+    wt.expect(|m| matches!(m, S::Welcome(_))).await;
+    wt.send(C::Join(v1::Join {
+        meeting_id: "window".into(),
+        display_name: "sub".into(),
+        subscribe_all: true,
+    }))
+    .await;
+    wt.expect(|m| matches!(m, S::Joined(_))).await;
+
+    let mut publisher = common::Client::connect_tls(&server).await;
+    publisher
+        .send(C::Hello(v1::Hello {
+            versions: vec![1],
+            ..Default::default()
+        }))
+        .await;
+    let S::Welcome(pw) = publisher.expect(|m| matches!(m, S::Welcome(_))).await else {
+        unreachable!()
+    };
+    publisher
+        .send(C::Join(v1::Join {
+            meeting_id: "window".into(),
+            display_name: "pub".into(),
+            subscribe_all: false,
+        }))
+        .await;
+    publisher.expect(|m| matches!(m, S::Joined(_))).await;
+    publisher.send(publish(1, TrackKind::Video)).await;
+    wt.expect(|m| matches!(m, S::TrackPublished(t) if t.participant_id == pw.participant_id))
+        .await;
+
+    // Every stream read as it comes, as a browser does: a reader that took
+    // them one after another could leave the window filled by a later
+    // frame while it waits for the rest of an earlier one.
+    let (tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
+    let session = wt.session.clone();
+    tokio::spawn(async move {
+        while let Ok(mut stream) = session.accept_uni().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Ok(bytes) = stream.read_to_end(1 << 20).await {
+                    let _ = tx.send(MediaFrame::parse(Bytes::from(bytes)));
+                }
+            });
+        }
+    });
+
+    // All at once, so they queue behind one another at the server.
+    for seq in 0..FRAMES {
+        let frame = MediaFrame::build(
+            &MediaHeader {
+                key: true,
+                sender: 0,
+                track_id: 1,
+                sequence: seq,
+                capture_timestamp_us: 0,
+            },
+            None,
+            &vec![seq as u8; PAYLOAD],
+        );
+        publisher.feed_raw(frame.into_bytes()).await;
+    }
+    publisher.flush().await;
+
+    let mut seen = Vec::new();
+    for _ in 0..FRAMES {
+        let m = tokio::time::timeout(DEADLINE, frames.recv())
+            .await
+            .expect("a frame stayed stuck at the server")
+            .expect("the session ended before every frame arrived")
+            .expect("a well-formed media frame");
+        assert_eq!(m.header().sender, pw.participant_id);
+        let seq = m.header().sequence;
+        assert_eq!(m.payload().len(), PAYLOAD, "frame {seq} arrived cut");
+        assert!(
+            m.payload().iter().all(|b| *b == seq as u8),
+            "frame {seq} arrived with another frame's bytes"
+        );
+        seen.push(seq);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..FRAMES).collect::<Vec<_>>());
     server.shutdown().await;
 }
