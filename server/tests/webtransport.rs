@@ -100,6 +100,32 @@ impl WtClient {
         }
     }
 
+    /// Says Hello; returns the participant id the Welcome gives.
+    async fn hello(&mut self) -> u32 {
+        self.send(C::Hello(v1::Hello {
+            versions: vec![1],
+            ..Default::default()
+        }))
+        .await;
+        let S::Welcome(w) = self.expect(|m| matches!(m, S::Welcome(_))).await else {
+            unreachable!()
+        };
+        w.participant_id
+    }
+
+    /// Says Hello and joins `meeting`; returns the participant id.
+    async fn join(&mut self, meeting: &str, subscribe_all: bool) -> u32 {
+        let id = self.hello().await;
+        self.send(C::Join(v1::Join {
+            meeting_id: meeting.into(),
+            display_name: "wt".into(),
+            subscribe_all,
+        }))
+        .await;
+        self.expect(|m| matches!(m, S::Joined(_))).await;
+        id
+    }
+
     async fn send_media(&self, frame: Bytes) {
         let mut s = self.session.open_uni().await.unwrap();
         s.write_all(&frame).await.unwrap();
@@ -142,39 +168,9 @@ fn audio(seq: u32) -> Bytes {
 async fn webtransport_and_websocket_participants_share_a_room() {
     let server = server(|c| c.dev_tls = true).await;
     let mut wt = WtClient::connect(&server).await;
-    wt.send(C::Hello(v1::Hello {
-        versions: vec![1],
-        ..Default::default()
-    }))
-    .await;
-    let S::Welcome(w) = wt.expect(|m| matches!(m, S::Welcome(_))).await else {
-        unreachable!()
-    };
-    wt.send(C::Join(v1::Join {
-        meeting_id: "mixed".into(),
-        display_name: "wt".into(),
-        subscribe_all: true,
-    }))
-    .await;
-    wt.expect(|m| matches!(m, S::Joined(_))).await;
-
+    let wt_id = wt.join("mixed", true).await;
     // With TLS on, the WebSocket side is wss on the same port number (TCP).
-    let mut ws = common::Client::connect_tls(&server).await;
-    ws.send(C::Hello(v1::Hello {
-        versions: vec![1],
-        ..Default::default()
-    }))
-    .await;
-    let S::Welcome(ws_w) = ws.expect(|m| matches!(m, S::Welcome(_))).await else {
-        unreachable!()
-    };
-    ws.send(C::Join(v1::Join {
-        meeting_id: "mixed".into(),
-        display_name: "ws".into(),
-        subscribe_all: true,
-    }))
-    .await;
-    ws.expect(|m| matches!(m, S::Joined(_))).await;
+    let mut ws = common::Client::joined_tls(&server, "mixed", true).await;
 
     let track = |kind: TrackKind| TrackInfo {
         track_id: 1,
@@ -186,20 +182,20 @@ async fn webtransport_and_websocket_participants_share_a_room() {
         track: Some(track(TrackKind::Audio)),
     }))
     .await;
-    ws.expect(|m| matches!(m, S::TrackPublished(t) if t.participant_id == w.participant_id))
+    ws.expect(|m| matches!(m, S::TrackPublished(t) if t.participant_id == wt_id))
         .await;
     ws.send(C::Publish(v1::Publish {
         track: Some(track(TrackKind::Audio)),
     }))
     .await;
-    wt.expect(|m| matches!(m, S::TrackPublished(t) if t.participant_id == ws_w.participant_id))
+    wt.expect(|m| matches!(m, S::TrackPublished(t) if t.participant_id == ws.id))
         .await;
 
     // WebTransport → WebSocket, on a unidirectional stream.
     wt.send_media(audio(1)).await;
     loop {
         if let Some(Seen::Media(m)) = ws.next().await {
-            assert_eq!(m.header().sender, w.participant_id);
+            assert_eq!(m.header().sender, wt_id);
             assert_eq!(&m.payload()[..], b"opus");
             break;
         }
@@ -207,7 +203,7 @@ async fn webtransport_and_websocket_participants_share_a_room() {
     // WebSocket → WebTransport.
     ws.send_raw(audio(2)).await;
     let m = wt.next_media().await;
-    assert_eq!(m.header().sender, ws_w.participant_id);
+    assert_eq!(m.header().sender, ws.id);
     assert_eq!(m.header().sequence, 2);
     // The server asked this (quinn) subscriber to acknowledge less often.
     assert!(
@@ -219,12 +215,7 @@ async fn webtransport_and_websocket_participants_share_a_room() {
 
 async fn joined_wt(server: &convene_server::Server) -> WtClient {
     let mut wt = WtClient::connect(server).await;
-    wt.send(C::Hello(v1::Hello {
-        versions: vec![1],
-        ..Default::default()
-    }))
-    .await;
-    wt.expect(|m| matches!(m, S::Welcome(_))).await;
+    wt.hello().await;
     wt
 }
 
@@ -401,40 +392,10 @@ async fn frames_larger_than_the_subscribers_window_arrive_whole() {
     })
     .await;
     let mut wt = WtClient::connect_with_receive_window(&server, WINDOW).await;
-    wt.send(C::Hello(v1::Hello {
-        versions: vec![1],
-        ..Default::default()
-    }))
-    .await;
-    wt.expect(|m| matches!(m, S::Welcome(_))).await;
-    wt.send(C::Join(v1::Join {
-        meeting_id: "window".into(),
-        display_name: "sub".into(),
-        subscribe_all: true,
-    }))
-    .await;
-    wt.expect(|m| matches!(m, S::Joined(_))).await;
-
-    let mut publisher = common::Client::connect_tls(&server).await;
-    publisher
-        .send(C::Hello(v1::Hello {
-            versions: vec![1],
-            ..Default::default()
-        }))
-        .await;
-    let S::Welcome(pw) = publisher.expect(|m| matches!(m, S::Welcome(_))).await else {
-        unreachable!()
-    };
-    publisher
-        .send(C::Join(v1::Join {
-            meeting_id: "window".into(),
-            display_name: "pub".into(),
-            subscribe_all: false,
-        }))
-        .await;
-    publisher.expect(|m| matches!(m, S::Joined(_))).await;
+    wt.join("window", true).await;
+    let mut publisher = common::Client::joined_tls(&server, "window", false).await;
     publisher.send(publish(1, TrackKind::Video)).await;
-    wt.expect(|m| matches!(m, S::TrackPublished(t) if t.participant_id == pw.participant_id))
+    wt.expect(|m| matches!(m, S::TrackPublished(t) if t.participant_id == publisher.id))
         .await;
 
     // Every stream read as it comes, as a browser does: a reader that took
@@ -477,7 +438,7 @@ async fn frames_larger_than_the_subscribers_window_arrive_whole() {
             .expect("a frame stayed stuck at the server")
             .expect("the session ended before every frame arrived")
             .expect("a well-formed media frame");
-        assert_eq!(m.header().sender, pw.participant_id);
+        assert_eq!(m.header().sender, publisher.id);
         let seq = m.header().sequence;
         assert_eq!(m.payload().len(), PAYLOAD, "frame {seq} arrived cut");
         assert!(

@@ -86,7 +86,27 @@ impl Client {
         meeting: &str,
         subscribe_all: bool,
     ) -> Client {
-        let mut c = Client::connect(server).await;
+        Client::connect(server)
+            .await
+            .hello_join(meeting, subscribe_all)
+            .await
+    }
+
+    /// Connects over TLS (wss), says Hello and joins `meeting`.
+    pub async fn joined_tls(
+        server: &convene_server::Server,
+        meeting: &str,
+        subscribe_all: bool,
+    ) -> Client {
+        Client::connect_tls(server)
+            .await
+            .hello_join(meeting, subscribe_all)
+            .await
+    }
+
+    /// Says Hello, notes the participant id, and joins `meeting`.
+    async fn hello_join(mut self, meeting: &str, subscribe_all: bool) -> Client {
+        let c = &mut self;
         c.send(C::Hello(v1::Hello {
             versions: vec![1],
             ..Default::default()
@@ -102,7 +122,7 @@ impl Client {
         }))
         .await;
         c.expect(|m| matches!(m, S::Joined(_))).await;
-        c
+        self
     }
 
     pub async fn send(&mut self, msg: C) {
