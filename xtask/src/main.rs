@@ -1010,6 +1010,21 @@ struct LoadRun {
     loss_percent: f64,
 }
 
+impl LoadRun {
+    /// The run as one line of the summary, against the floor named `floor_name`.
+    fn line(&self, transport: &str, floor: f64, floor_name: &str) -> String {
+        format!(
+            "  {transport:<14} {:6.2} µs per delivered frame ({:.1}x {floor_name} floor), p50 {:.1} ms, p99 {:.1} ms, {:.0} KiB per connection, loss {:.3} %",
+            self.us_per_frame,
+            self.us_per_frame / floor,
+            self.p50_ms,
+            self.p99_ms,
+            self.kib_per_connection,
+            self.loss_percent
+        )
+    }
+}
+
 /// Runs the fan-out benchmark over both transports with their floors and
 /// prints a summary (see [`BENCH_HELP`]).
 fn bench(args: &[String]) -> Result<(), String> {
@@ -1080,25 +1095,9 @@ fn bench(args: &[String]) -> Result<(), String> {
         println!("  UDP floor      {udp:6.2} µs per delivered frame");
         floors.push((tcp, udp));
         let ws = bench_load(&bin, "ws", subscribers, seconds)?;
-        println!(
-            "  WebSocket      {:6.2} µs per delivered frame ({:.1}x TCP floor), p50 {:.1} ms, p99 {:.1} ms, {:.0} KiB per connection, loss {:.3} %",
-            ws.us_per_frame,
-            ws.us_per_frame / tcp,
-            ws.p50_ms,
-            ws.p99_ms,
-            ws.kib_per_connection,
-            ws.loss_percent
-        );
+        println!("{}", ws.line("WebSocket", tcp, "TCP"));
         let wt = bench_load(&bin, "wt", subscribers, seconds)?;
-        println!(
-            "  WebTransport   {:6.2} µs per delivered frame ({:.1}x UDP floor), p50 {:.1} ms, p99 {:.1} ms, {:.0} KiB per connection, loss {:.3} %",
-            wt.us_per_frame,
-            wt.us_per_frame / udp,
-            wt.p50_ms,
-            wt.p99_ms,
-            wt.kib_per_connection,
-            wt.loss_percent
-        );
+        println!("{}", wt.line("WebTransport", udp, "UDP"));
         runs.push((ws, wt));
     }
     let mean = |xs: &mut dyn Iterator<Item = f64>| {
