@@ -21,9 +21,9 @@ pub(crate) struct ServerArgs {
     /// Bearer token for servers that require one.
     #[arg(long, env = "CONVENE_TOKEN")]
     pub(crate) token: Option<String>,
-    /// The UDP port of the server's WebTransport endpoint, when something in
-    /// between (a port mapping, a UDP relay) puts it elsewhere than the
-    /// URL's port, where the server itself listens.
+    /// The UDP port of the server's WebTransport endpoint, when it is not
+    /// the URL's port: the server runs with `--webtransport-listen`, or
+    /// something in between (a port mapping, a UDP relay) puts it elsewhere.
     #[arg(long, env = "CONVENE_WEBTRANSPORT_PORT", value_name = "PORT")]
     pub(crate) webtransport_port: Option<u16>,
 }

@@ -45,6 +45,12 @@ pub struct Cli {
     #[arg(long, env = "CONVENE_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// UDP address for WebTransport (HTTP/3), which needs TLS [default: the
+    /// --listen address: the same port number as HTTPS, on UDP]. Set it when
+    /// that UDP port is taken or a firewall opens another one.
+    #[arg(long, env = "CONVENE_WEBTRANSPORT_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webtransport_listen: Option<SocketAddr>,
     /// Allow a non-loopback address without TLS (not for production).
     #[arg(long, env = "CONVENE_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -298,6 +304,8 @@ pub enum Fault {
 pub struct Config {
     /// Listen address.
     pub listen: SocketAddr,
+    /// WebTransport's UDP address; none: the listen address.
+    pub webtransport_listen: Option<SocketAddr>,
     /// Allow plain text on a non-loopback address.
     pub insecure: bool,
     /// TLS certificate chain.
@@ -409,6 +417,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
+            webtransport_listen: None,
             insecure: false,
             tls_cert: None,
             tls_key: None,
@@ -616,6 +625,14 @@ impl Config {
                 "refusing to serve plain text on {}: give --tls-cert/--tls-key or --dev-tls, \
                  or --insecure if you really mean it",
                 self.listen
+            )));
+        }
+        if let Some(wt) = self.webtransport_listen
+            && !self.tls()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "webtransport_listen {wt}: WebTransport runs only with TLS; give --tls-cert/--tls-key \
+                 or --dev-tls, or drop webtransport_listen"
             )));
         }
         if let Some(u) = &self.login_url
@@ -856,6 +873,31 @@ mod tests {
         assert!(Config::load(&cli(&["--config", file.to_str().unwrap()])).is_err());
         let e = Config::load(&cli(&["--max-frame-bytes", "2000000"])).unwrap_err();
         assert!(e.to_string().contains("protocol maximum"), "{e}");
+    }
+
+    #[test]
+    fn webtransport_listen_is_taken_with_tls_and_refused_without() {
+        let c = Config::load(&cli(&[
+            "--dev-tls",
+            "--webtransport-listen",
+            "127.0.0.1:4433",
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.webtransport_listen,
+            Some("127.0.0.1:4433".parse().unwrap())
+        );
+        assert_eq!(
+            Config::load(&cli(&["--dev-tls"]))
+                .unwrap()
+                .webtransport_listen,
+            None
+        );
+        let e = Config::load(&cli(&["--webtransport-listen", "127.0.0.1:4433"])).unwrap_err();
+        assert!(
+            e.to_string().contains("WebTransport runs only with TLS"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -220,11 +220,16 @@ pub async fn start_node(
             }
         });
     }
-    // WebTransport needs TLS: it runs on UDP, on the same port number as HTTPS.
+    // WebTransport needs TLS: it runs on UDP, by default on the same port
+    // number as HTTPS.
     let wt_addr = match &identity {
         Some(id) => {
-            let (bound, _task) =
-                wt::start(state.clone(), id, addr).map_err(StartError::WebTransport)?;
+            let (bound, _task) = wt::start(
+                state.clone(),
+                id,
+                state.config.webtransport_listen.unwrap_or(addr),
+            )
+            .map_err(StartError::WebTransport)?;
             info!(addr = %bound, "WebTransport on https://{bound}{}", wt::PATH);
             state.set_wt_addr(bound);
             Some(bound)

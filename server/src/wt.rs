@@ -97,7 +97,9 @@ pub fn start(
     identity: &Identity,
     addr: SocketAddr,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
-    let socket = udp_socket(addr).map_err(|e| format!("cannot bind UDP {addr}: {e}"))?;
+    let socket = udp_socket(addr).map_err(|e| {
+        format!("cannot bind UDP {addr} for WebTransport: {e}; give it another with --webtransport-listen")
+    })?;
     let bound = socket.local_addr().map_err(|e| e.to_string())?;
     let server_config = Arc::new(quic_config(identity, state.config.max_concurrent_streams)?);
     let config = EngineConfig {

@@ -66,16 +66,9 @@ async fn dev_tls_serves_websocket_to_a_client_pinning_the_published_hash() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_responses_advertise_webtransport_with_alt_svc_and_discovery() {
+/// The discovery document over HTTPS, headers included.
+async fn discovery_response(server: &convene_server::Server) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = convene_server::start(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dev_tls: true,
-        ..Config::default()
-    })
-    .await
-    .unwrap();
     let hash = hex::decode(server.cert_sha256.as_ref().unwrap()).unwrap();
     let mut tls = tls_connect(server.addr, hash).await.unwrap();
     tls.write_all(
@@ -85,7 +78,11 @@ async fn https_responses_advertise_webtransport_with_alt_svc_and_discovery() {
     .unwrap();
     let mut response = String::new();
     let _ = tls.read_to_string(&mut response).await;
-    let port = server.wt_addr.unwrap().port();
+    response
+}
+
+/// Checks that `response` sends WebTransport clients to UDP `port`.
+fn assert_advertises(response: &str, port: u16) {
     assert!(
         response
             .to_ascii_lowercase()
@@ -96,6 +93,55 @@ async fn https_responses_advertise_webtransport_with_alt_svc_and_discovery() {
         response.contains(&format!("https://127.0.0.1:{port}/convene/wt")),
         "{response}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_responses_advertise_webtransport_with_alt_svc_and_discovery() {
+    let server = convene_server::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dev_tls: true,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let response = discovery_response(&server).await;
+    // By default on the same port number as HTTPS.
+    assert_eq!(server.wt_addr.unwrap().port(), server.addr.port());
+    assert_advertises(&response, server.addr.port());
     assert!(response.contains(server.cert_sha256.as_ref().unwrap().as_str()));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webtransport_on_a_port_of_its_own_is_the_one_advertised_and_served() {
+    // A UDP port free a moment ago (the kernel hands out ephemeral ports at
+    // random, so it is still free when the server binds it).
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = convene_server::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dev_tls: true,
+        webtransport_listen: Some(listen),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(server.wt_addr, Some(listen));
+    assert_advertises(&discovery_response(&server).await, port);
+    // And a WebTransport session opens there.
+    let hash = hex::decode(server.cert_sha256.as_ref().unwrap()).unwrap();
+    let client = web_transport_quinn::ClientBuilder::new()
+        .with_server_certificate_hashes(vec![hash])
+        .unwrap();
+    let url = url::Url::parse(&format!("https://127.0.0.1:{port}/convene/wt")).unwrap();
+    let session = tokio::time::timeout(common::DEADLINE, client.connect(url))
+        .await
+        .expect("the WebTransport session did not open in time")
+        .expect("a WebTransport session on the --webtransport-listen port");
+    drop(session);
     server.shutdown().await;
 }
