@@ -125,7 +125,8 @@ impl Endpoint {
         }
     }
 
-    fn secure(&self) -> bool {
+    /// Whether the server is reached over TLS (WebTransport needs it).
+    pub fn secure(&self) -> bool {
         matches!(self.server.scheme(), "https" | "wss")
     }
 
@@ -159,6 +160,56 @@ impl Endpoint {
             )
         })
     }
+}
+
+impl Endpoint {
+    /// Asks the server which UDP port its WebTransport is on: the `h3`
+    /// entry of the `Alt-Svc` header it sends with every HTTPS response
+    /// (PROTOCOL.md §3.3), read from a request for the discovery document.
+    /// `None` when the server is not reached over TLS or names no port.
+    pub async fn advertised_webtransport_port(&self) -> std::io::Result<Option<u16>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if !self.secure() {
+            return Ok(None);
+        }
+        let addr = resolve(self.host(), self.port()).await?;
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut tls = tls::connect(tcp, self.host(), self.cert_sha256.clone()).await?;
+        let request = format!(
+            "GET /.well-known/convene.json HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\n\r\n",
+            host_for_url(&self.server),
+            self.port()
+        );
+        tls.write_all(request.as_bytes()).await?;
+        // Only the response's head is needed; it is small.
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_RESPONSE_HEAD {
+            let n = tls.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok(alt_svc_h3_port(&String::from_utf8_lossy(&head)))
+    }
+}
+
+/// The most of a discovery response read while looking for its headers.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
+/// The port of the first `h3` alternative in an HTTP response head's
+/// `Alt-Svc` header (`h3=":4433"` or `h3="host:4433"`).
+fn alt_svc_h3_port(head: &str) -> Option<u16> {
+    head.lines()
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("alt-svc"))
+        .flat_map(|(_, value)| value.split(','))
+        .find_map(|alt| {
+            let authority = alt.trim().strip_prefix("h3=\"")?.split('"').next()?;
+            authority.rsplit_once(':')?.1.parse().ok()
+        })
 }
 
 fn host_for_url(url: &Url) -> String {
@@ -716,4 +767,33 @@ async fn wt_reader(
 /// Builds a shared client TLS config for secure WebSocket.
 pub(crate) fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alt_svc_h3_port;
+
+    #[test]
+    fn the_h3_port_is_read_from_alt_svc_and_nothing_else() {
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nAlt-Svc: h2=\":443\", h3=\":4433\"; ma=86400\r\n\r\n";
+        assert_eq!(alt_svc_h3_port(head), Some(4433));
+        assert_eq!(
+            alt_svc_h3_port("HTTP/1.1 200 OK\r\nalt-svc: h3=\"example.org:8443\"\r\n\r\n"),
+            Some(8443)
+        );
+        // No header, another protocol only, or the header after the head.
+        assert_eq!(alt_svc_h3_port("HTTP/1.1 200 OK\r\n\r\n"), None);
+        assert_eq!(
+            alt_svc_h3_port("HTTP/1.1 200 OK\r\nalt-svc: h2=\":443\"\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            alt_svc_h3_port("HTTP/1.1 200 OK\r\n\r\nalt-svc: h3=\":1\"\r\n"),
+            None
+        );
+        assert_eq!(
+            alt_svc_h3_port("HTTP/1.1 200 OK\r\nalt-svc: h3=\":x\"\r\n\r\n"),
+            None
+        );
+    }
 }

@@ -21,12 +21,17 @@ pub(crate) struct ServerArgs {
     /// Bearer token for servers that require one.
     #[arg(long, env = "CONVENE_TOKEN")]
     pub(crate) token: Option<String>,
-    /// The UDP port of the server's WebTransport endpoint, when it is not
-    /// the URL's port: the server runs with `--webtransport-listen`, or
-    /// something in between (a port mapping, a UDP relay) puts it elsewhere.
+    /// The UDP port of the server's WebTransport endpoint, when something in
+    /// between (a port mapping, a UDP relay) puts it elsewhere than the
+    /// server says. Without it, the port the server advertises in its
+    /// `Alt-Svc` header is used (another than the URL's when the server
+    /// runs with `--webtransport-listen`).
     #[arg(long, env = "CONVENE_WEBTRANSPORT_PORT", value_name = "PORT")]
     pub(crate) webtransport_port: Option<u16>,
 }
+
+/// How long `discover` waits for the server's answer.
+const DISCOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl ServerArgs {
     /// The endpoint these flags describe.
@@ -53,6 +58,28 @@ impl ServerArgs {
             .into_iter()
             .map(|u| self.endpoint_of(u))
             .collect()
+    }
+
+    /// Fills in the WebTransport port the server advertises (its
+    /// `Alt-Svc` header) when `--webtransport-port` is not given and it
+    /// differs from the URL's: a server run with `--webtransport-listen`.
+    /// A server that cannot be asked is left to the connection to report.
+    pub(crate) async fn discover(endpoint: &mut Endpoint) {
+        if endpoint.wt_port.is_some() || !endpoint.secure() {
+            return;
+        }
+        match tokio::time::timeout(DISCOVERY_TIMEOUT, endpoint.advertised_webtransport_port()).await
+        {
+            Ok(Ok(Some(port)))
+                if port != endpoint.server.port_or_known_default().unwrap_or(443) =>
+            {
+                tracing::info!(port, "the server advertises WebTransport on another port");
+                endpoint.wt_port = Some(port);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the server's Alt-Svc"),
+            Err(_) => tracing::debug!("no answer for the server's Alt-Svc in time"),
+        }
     }
 
     fn endpoint_of(&self, url: &str) -> anyhow::Result<Endpoint> {

@@ -195,7 +195,8 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<std::process::ExitCode
         args.key_interval > 0.0 && args.key_interval.is_finite(),
         "--key-interval must be a positive number of seconds"
     );
-    let endpoint = args.server.endpoint()?;
+    let mut endpoint = args.server.endpoint()?;
+    crate::args::ServerArgs::discover(&mut endpoint).await;
     let rss_before = args.server_pid.map(server_rss_kib).transpose()?;
     let args = Arc::new(args);
     let progress = Arc::new(Progress::default());

@@ -122,6 +122,31 @@ async fn load_over_webtransport_delivers_every_video_frame() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webtransport_on_another_port_is_found_from_the_servers_alt_svc() {
+    let s = convene_server::start(convene_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dev_tls: true,
+        // Another UDP port than the HTTPS one (both picked by the kernel).
+        webtransport_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..convene_server::Config::default()
+    })
+    .await
+    .expect("server starts");
+    // No --webtransport-port: the client has to ask.
+    let mut args = server_args(&s);
+    args.extend(
+        "-n 3 --duration 1 --ramp-up 0.2 --transport wt --json"
+            .split(' ')
+            .map(String::from),
+    );
+    let r = json(&load(args).await);
+    assert_eq!(r["transports"][0][0], "WebTransport");
+    assert_eq!(n(&r, "joined"), 3);
+    assert!(n(&r, "received") > 0);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thresholds_fail_the_run_and_errors_say_what_to_do() {
     let s = server(false).await;
     let mut args = server_args(&s);
