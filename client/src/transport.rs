@@ -160,9 +160,7 @@ impl Endpoint {
             )
         })
     }
-}
 
-impl Endpoint {
     /// Asks the server which UDP port its WebTransport is on: the `h3`
     /// entry of the `Alt-Svc` header it sends with every HTTPS response
     /// (PROTOCOL.md §3.3), read from a request for the discovery document.

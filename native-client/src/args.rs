@@ -30,17 +30,17 @@ pub(crate) struct ServerArgs {
     pub(crate) webtransport_port: Option<u16>,
 }
 
-/// How long `discover` waits for the server's answer.
+/// How long asking the server for its WebTransport port may take.
 const DISCOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl ServerArgs {
     /// The endpoint these flags describe.
-    pub(crate) fn endpoint(&self) -> anyhow::Result<Endpoint> {
+    pub(crate) async fn endpoint(&self) -> anyhow::Result<Endpoint> {
         let urls = self.urls();
         if urls.len() > 1 {
             anyhow::bail!("--server: this command talks to one server; give one URL");
         }
-        self.endpoint_of(urls[0])
+        self.endpoint_of(urls[0]).await
     }
 
     /// Every server given, in order.
@@ -53,41 +53,42 @@ impl ServerArgs {
     }
 
     /// The endpoints of every server given, in order.
-    pub(crate) fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {
-        self.urls()
-            .into_iter()
-            .map(|u| self.endpoint_of(u))
-            .collect()
+    pub(crate) async fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {
+        let mut endpoints = Vec::new();
+        for u in self.urls() {
+            endpoints.push(self.endpoint_of(u).await?);
+        }
+        Ok(endpoints)
     }
 
-    /// Fills in the WebTransport port the server advertises (its
-    /// `Alt-Svc` header) when `--webtransport-port` is not given and it
-    /// differs from the URL's: a server run with `--webtransport-listen`.
-    /// A server that cannot be asked is left to the connection to report.
-    pub(crate) async fn discover(endpoint: &mut Endpoint) {
-        if endpoint.wt_port.is_some() || !endpoint.secure() {
-            return;
-        }
-        match tokio::time::timeout(DISCOVERY_TIMEOUT, endpoint.advertised_webtransport_port()).await
-        {
-            Ok(Ok(Some(port)))
-                if port != endpoint.server.port_or_known_default().unwrap_or(443) =>
-            {
-                tracing::info!(port, "the server advertises WebTransport on another port");
-                endpoint.wt_port = Some(port);
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the server's Alt-Svc"),
-            Err(_) => tracing::debug!("no answer for the server's Alt-Svc in time"),
-        }
-    }
-
-    fn endpoint_of(&self, url: &str) -> anyhow::Result<Endpoint> {
+    /// The endpoint of `url`. Its WebTransport port is `--webtransport-port`,
+    /// or else the one the server advertises in its `Alt-Svc` header (another
+    /// than the URL's when the server runs with `--webtransport-listen`); a
+    /// server that cannot be asked is left to the connection to report.
+    async fn endpoint_of(&self, url: &str) -> anyhow::Result<Endpoint> {
         let mut e = Endpoint::new(url).with_context(|| format!("--server {url}"))?;
         if let Some(h) = &self.cert_sha256 {
             e = e.with_cert_sha256_hex(h).context("--cert-sha256")?;
         }
-        e.wt_port = self.webtransport_port;
+        e.wt_port = match self.webtransport_port {
+            Some(port) => Some(port),
+            None if e.secure() => {
+                match tokio::time::timeout(DISCOVERY_TIMEOUT, e.advertised_webtransport_port())
+                    .await
+                {
+                    Ok(Ok(port)) => port,
+                    Ok(Err(err)) => {
+                        tracing::debug!(error = %err, "cannot read the server's Alt-Svc");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!("no answer for the server's Alt-Svc in time");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         Ok(e)
     }
 }

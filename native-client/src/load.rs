@@ -195,8 +195,7 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<std::process::ExitCode
         args.key_interval > 0.0 && args.key_interval.is_finite(),
         "--key-interval must be a positive number of seconds"
     );
-    let mut endpoint = args.server.endpoint()?;
-    crate::args::ServerArgs::discover(&mut endpoint).await;
+    let endpoint = args.server.endpoint().await?;
     let rss_before = args.server_pid.map(server_rss_kib).transpose()?;
     let args = Arc::new(args);
     let progress = Arc::new(Progress::default());

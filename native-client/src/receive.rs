@@ -149,8 +149,7 @@ enum Job {
 }
 
 pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitCode> {
-    let mut endpoint = args.server.endpoint()?;
-    crate::args::ServerArgs::discover(&mut endpoint).await;
+    let endpoint = args.server.endpoint().await?;
     if let Some(dir) = &args.dump_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create --dump-dir {}", dir.display()))?;

@@ -182,10 +182,7 @@ struct Summary {
 }
 
 pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCode> {
-    let mut endpoints = args.server.endpoints()?;
-    for e in &mut endpoints {
-        crate::args::ServerArgs::discover(e).await;
-    }
+    let endpoints = args.server.endpoints().await?;
     let urls: Vec<String> = args.server.urls().iter().map(|u| u.to_string()).collect();
     let (width, height) = args.resolution;
     let spec = SourceSpec {
