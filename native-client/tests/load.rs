@@ -5,7 +5,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{server_args, server_on};
+use common::{server_args, server_on, words};
 
 async fn server(tls: bool) -> convene_server::Server {
     server_on(0, tls).await
@@ -103,11 +103,9 @@ async fn the_servers_cpu_and_memory_per_connection_are_reported() {
 async fn load_over_webtransport_delivers_every_video_frame() {
     let s = server(true).await;
     let mut args = server_args(&s);
-    args.extend(
-        "-n 10 --duration 2 --ramp-up 0.2 --transport wt --json"
-            .split(' ')
-            .map(String::from),
-    );
+    args.extend(words(
+        "-n 10 --duration 2 --ramp-up 0.2 --transport wt --json",
+    ));
     let r = json(&load(args).await);
     assert_eq!(r["transports"][0][0], "WebTransport");
     assert_eq!(n(&r, "joined"), 10);
@@ -134,11 +132,9 @@ async fn webtransport_on_another_port_is_found_from_the_servers_alt_svc() {
     .expect("server starts");
     // No --webtransport-port: the client has to ask.
     let mut args = server_args(&s);
-    args.extend(
-        "-n 3 --duration 1 --ramp-up 0.2 --transport wt --json"
-            .split(' ')
-            .map(String::from),
-    );
+    args.extend(words(
+        "-n 3 --duration 1 --ramp-up 0.2 --transport wt --json",
+    ));
     let r = json(&load(args).await);
     assert_eq!(r["transports"][0][0], "WebTransport");
     assert_eq!(n(&r, "joined"), 3);

@@ -9,19 +9,12 @@ use convene_protocol::v1::{
     self, ClientMessage, ServerMessage, client_message::Msg as C, server_message::Msg as S,
 };
 use convene_protocol::{Frame, decode_frame, encode_control};
-use convene_server::config::Config;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_tls_serves_websocket_to_a_client_pinning_the_published_hash() {
-    let server = convene_server::start(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dev_tls: true,
-        ..Config::default()
-    })
-    .await
-    .unwrap();
+    let server = common::server(|c| c.dev_tls = true).await;
     let hash = hex::decode(
         server
             .cert_sha256
@@ -97,13 +90,7 @@ fn assert_advertises(response: &str, port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_responses_advertise_webtransport_with_alt_svc_and_discovery() {
-    let server = convene_server::start(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dev_tls: true,
-        ..Config::default()
-    })
-    .await
-    .unwrap();
+    let server = common::server(|c| c.dev_tls = true).await;
     let response = discovery_response(&server).await;
     // By default on the same port number as HTTPS.
     assert_eq!(server.wt_addr.unwrap().port(), server.addr.port());
@@ -122,14 +109,11 @@ async fn webtransport_on_a_port_of_its_own_is_the_one_advertised_and_served() {
         .unwrap()
         .port();
     let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let server = convene_server::start(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dev_tls: true,
-        webtransport_listen: Some(listen),
-        ..Config::default()
+    let server = common::server(|c| {
+        c.dev_tls = true;
+        c.webtransport_listen = Some(listen);
     })
-    .await
-    .unwrap();
+    .await;
     assert_eq!(server.wt_addr, Some(listen));
     assert_advertises(&discovery_response(&server).await, port);
     // And a WebTransport session opens there.

@@ -150,6 +150,11 @@ impl WtClient {
 }
 
 fn audio(seq: u32) -> Bytes {
+    key_frame(seq, b"opus")
+}
+
+/// A key frame of track 1 carrying `payload`.
+fn key_frame(seq: u32, payload: &[u8]) -> Bytes {
     MediaFrame::build(
         &MediaHeader {
             key: true,
@@ -159,7 +164,7 @@ fn audio(seq: u32) -> Bytes {
             capture_timestamp_us: 0,
         },
         None,
-        b"opus",
+        payload,
     )
     .into_bytes()
 }
@@ -416,18 +421,9 @@ async fn frames_larger_than_the_subscribers_window_arrive_whole() {
 
     // All at once, so they queue behind one another at the server.
     for seq in 0..FRAMES {
-        let frame = MediaFrame::build(
-            &MediaHeader {
-                key: true,
-                sender: 0,
-                track_id: 1,
-                sequence: seq,
-                capture_timestamp_us: 0,
-            },
-            None,
-            &vec![seq as u8; PAYLOAD],
-        );
-        publisher.feed_raw(frame.into_bytes()).await;
+        publisher
+            .feed_raw(key_frame(seq, &vec![seq as u8; PAYLOAD]))
+            .await;
     }
     publisher.flush().await;
 
