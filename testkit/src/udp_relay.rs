@@ -1,14 +1,14 @@
 //! A seeded, impairing UDP relay.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// What happens to datagrams in one direction.
@@ -107,9 +107,11 @@ impl Link {
     }
 }
 
-/// A relay between one client and a UDP server: the client sends to
+/// A relay between clients and a UDP server: a client sends to
 /// [`UdpRelay::addr`], the relay forwards to the server from a socket of its
-/// own, and the server's answers come back the same way.
+/// own for that client (so the server sees each client at an address of its
+/// own), and the server's answers come back the same way. One impairment per
+/// direction is shared by all clients, as on a shared link.
 pub struct UdpRelay {
     addr: SocketAddr,
     seed: u64,
@@ -128,6 +130,10 @@ impl Drop for UdpRelay {
 }
 
 impl UdpRelay {
+    /// Clients a relay serves at once; datagrams from more are dropped (and
+    /// counted as lost), so a stray sender cannot make it open sockets without end.
+    pub const MAX_CLIENTS: usize = 4096;
+
     /// Starts a relay on a free loopback port in front of `server`:
     /// `up` impairs client→server datagrams, `down` server→client.
     pub async fn start(
@@ -137,71 +143,63 @@ impl UdpRelay {
         seed: u64,
     ) -> std::io::Result<UdpRelay> {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-        back.connect(server).await?;
         let addr = front.local_addr()?;
         let stats = Arc::new(RelayStats::default());
         let up_cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
         let up_link = Link {
             impairment: up,
             rng: StdRng::seed_from_u64(seed),
             started: Instant::now(),
             next_free: Instant::now(),
         };
-        let down_link = Link {
+        let down_link = Arc::new(Mutex::new(Link {
             impairment: down,
             rng: StdRng::seed_from_u64(seed ^ 0x9E37_79B9_7F4A_7C15),
             started: Instant::now(),
             next_free: Instant::now(),
-        };
+        }));
         let upstream = {
-            let (front, back, stats, client, cut) = (
-                front.clone(),
-                back.clone(),
-                stats.clone(),
-                client.clone(),
-                up_cut.clone(),
-            );
+            let (stats, cut) = (stats.clone(), up_cut.clone());
             tokio::spawn(async move {
                 let mut link = up_link;
                 let mut buf = vec![0u8; 65_536];
+                let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+                // Dropped with this task, which aborts every client's downstream task.
+                let mut downstreams = tokio::task::JoinSet::new();
                 while let Ok((n, from)) = front.recv_from(&mut buf).await {
                     stats.received.fetch_add(1, Ordering::Relaxed);
                     if cut.load(Ordering::Relaxed) {
                         stats.lost.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    *client.lock().await = Some(from);
+                    let back = match backs.get(&from) {
+                        Some(back) => back.clone(),
+                        None if backs.len() >= Self::MAX_CLIENTS => {
+                            stats.lost.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        None => {
+                            let Ok(back) = connected(server).await else {
+                                stats.lost.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            };
+                            let back = Arc::new(back);
+                            backs.insert(from, back.clone());
+                            downstreams.spawn(downstream(
+                                back.clone(),
+                                front.clone(),
+                                from,
+                                down_link.clone(),
+                                stats.clone(),
+                            ));
+                            back
+                        }
+                    };
                     if let Some(at) = link.schedule(Instant::now(), n, &stats) {
-                        let (back, stats, data) = (back.clone(), stats.clone(), buf[..n].to_vec());
+                        let (stats, data) = (stats.clone(), buf[..n].to_vec());
                         tokio::spawn(async move {
                             tokio::time::sleep_until(at).await;
                             if back.send(&data).await.is_ok() {
-                                stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                            }
-                        });
-                    }
-                }
-            })
-        };
-        let downstream = {
-            let (front, back, stats, client) =
-                (front.clone(), back.clone(), stats.clone(), client.clone());
-            tokio::spawn(async move {
-                let mut link = down_link;
-                let mut buf = vec![0u8; 65_536];
-                while let Ok(n) = back.recv(&mut buf).await {
-                    stats.received.fetch_add(1, Ordering::Relaxed);
-                    let Some(to) = *client.lock().await else {
-                        continue;
-                    };
-                    if let Some(at) = link.schedule(Instant::now(), n, &stats) {
-                        let (front, stats, data) =
-                            (front.clone(), stats.clone(), buf[..n].to_vec());
-                        tokio::spawn(async move {
-                            tokio::time::sleep_until(at).await;
-                            if front.send_to(&data, to).await.is_ok() {
                                 stats.forwarded.fetch_add(1, Ordering::Relaxed);
                             }
                         });
@@ -214,7 +212,7 @@ impl UdpRelay {
             seed,
             stats,
             up_cut,
-            tasks: vec![upstream, downstream],
+            tasks: vec![upstream],
         })
     }
 
@@ -238,6 +236,41 @@ impl UdpRelay {
     /// acknowledgements.
     pub fn cut_up(&self, cut: bool) {
         self.up_cut.store(cut, Ordering::Relaxed);
+    }
+}
+
+/// A socket of the relay's own for one client, connected to the server.
+async fn connected(server: SocketAddr) -> std::io::Result<UdpSocket> {
+    let back = UdpSocket::bind("127.0.0.1:0").await?;
+    back.connect(server).await?;
+    Ok(back)
+}
+
+/// Carries the server's datagrams for one client back to it, through the
+/// shared server→client link.
+async fn downstream(
+    back: Arc<UdpSocket>,
+    front: Arc<UdpSocket>,
+    client: SocketAddr,
+    link: Arc<Mutex<Link>>,
+    stats: Arc<RelayStats>,
+) {
+    let mut buf = vec![0u8; 65_536];
+    while let Ok(n) = back.recv(&mut buf).await {
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        let at = link
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .schedule(Instant::now(), n, &stats);
+        if let Some(at) = at {
+            let (front, stats, data) = (front.clone(), stats.clone(), buf[..n].to_vec());
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                if front.send_to(&data, client).await.is_ok() {
+                    stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
     }
 }
 
@@ -285,6 +318,50 @@ mod tests {
             (200..=300).contains(&lost),
             "about 25% of 1000 lost, got {lost}"
         );
+    }
+
+    /// Two clients through one relay reach the server from two addresses,
+    /// and each gets only its own answers back.
+    #[tokio::test]
+    async fn each_client_has_its_own_path_through_the_relay() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let delay = Impairment {
+            delay: Duration::from_millis(5),
+            ..Impairment::NONE
+        };
+        let relay = UdpRelay::start(server.local_addr().unwrap(), delay, delay, 1)
+            .await
+            .unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        a.send_to(b"from a", relay.addr()).await.unwrap();
+        b.send_to(b"from b", relay.addr()).await.unwrap();
+        let mut seen = HashMap::new();
+        let mut buf = [0u8; 64];
+        let deadline = Duration::from_secs(20);
+        for _ in 0..2 {
+            let (n, from) = tokio::time::timeout(deadline, server.recv_from(&mut buf))
+                .await
+                .expect("the relay forwards both")
+                .unwrap();
+            seen.insert(buf[..n].to_vec(), from);
+        }
+        assert_ne!(seen[&b"from a"[..]], seen[&b"from b"[..]]);
+        // The server answers each at the address it came from; the answers
+        // must not cross.
+        for (what, from) in &seen {
+            let mut answer = b"to ".to_vec();
+            answer.extend_from_slice(&what[5..]);
+            server.send_to(&answer, from).await.unwrap();
+        }
+        for (client, want) in [(&a, &b"to a"[..]), (&b, &b"to b"[..])] {
+            let (n, from) = tokio::time::timeout(deadline, client.recv_from(&mut buf))
+                .await
+                .expect("the answer comes back")
+                .unwrap();
+            assert_eq!((&buf[..n], from), (want, relay.addr()));
+        }
+        assert_eq!(relay.stats().forwarded.load(Ordering::Relaxed), 4);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `convene-relay`: the seeded impairing UDP relay as a program, for tests
-//! that put it in front of a server for a client that is not Rust (a
-//! browser). Prints `relay <listen address> -> <server address>` once it
-//! listens, then relays until killed.
+//! that put it in front of a server for clients that are not Rust (a
+//! browser), and for measuring the server on a longer path (`convene load`
+//! with `--webtransport-port`); each client gets a path of its own. Prints
+//! `relay <listen address> -> <server address>` once it listens, then
+//! relays until killed.
 
 use std::net::SocketAddr;
 use std::time::Duration;
