@@ -985,7 +985,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 
 /// What `cargo xtask bench --help` prints.
 const BENCH_HELP: &str = "\
-cargo xtask bench [--subscribers N] [--seconds S] [--rounds R]
+cargo xtask bench [--subscribers N] [--seconds S] [--rounds R] [--path-delay-ms D]
 
 The end-to-end fan-out benchmark: one publisher (30 fps video of 2,000 bytes,
 50 fps audio of 100 bytes) to N subscribers on loopback, through a release
@@ -998,6 +998,10 @@ WebTransport, because a shared host drifts; compare means, not single runs.
   --subscribers N   subscribers (default 200)
   --seconds S       seconds measured per run (default 10)
   --rounds R        rounds (default 3)
+  --path-delay-ms D WebTransport through `convene-relay --delay-ms D` (D ms
+                    added each way, so a round trip of about 2 x D ms, as on a
+                    real path; the relay's own CPU is not counted). WebSocket
+                    stays direct: there is no TCP relay. Default: no relay.
 ";
 
 /// One transport's figures from one `convene load --json` run.
@@ -1029,12 +1033,14 @@ impl LoadRun {
 /// prints a summary (see [`BENCH_HELP`]).
 fn bench(args: &[String]) -> Result<(), String> {
     let (mut subscribers, mut seconds, mut rounds) = (200u32, 10u32, 3u32);
+    let mut delay_ms = 0u32;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let target = match flag.as_str() {
             "--subscribers" => &mut subscribers,
             "--seconds" => &mut seconds,
             "--rounds" => &mut rounds,
+            "--path-delay-ms" => &mut delay_ms,
             "--help" | "-h" => {
                 print!("{BENCH_HELP}");
                 return Ok(());
@@ -1046,10 +1052,11 @@ fn bench(args: &[String]) -> Result<(), String> {
             }
         };
         let value = it.next().ok_or_else(|| format!("{flag} takes a number"))?;
+        let zero_ok = flag == "--path-delay-ms";
         *target = value
             .parse()
             .ok()
-            .filter(|n| *n > 0)
+            .filter(|n| *n > 0 || zero_ok)
             .ok_or_else(|| format!("{flag} takes a positive whole number, not `{value}`"))?;
     }
     println!("building release binaries (fat LTO: about 11 minutes from scratch on 2 cores)");
@@ -1064,9 +1071,16 @@ fn bench(args: &[String]) -> Result<(), String> {
             "convene-cli",
             "-p",
             "convene-benches",
+            "-p",
+            "convene-testkit",
         ],
     )?;
     let bin = target_dir().join("release");
+    if delay_ms > 0 {
+        println!(
+            "WebTransport through convene-relay adding {delay_ms} ms each way; WebSocket direct"
+        );
+    }
     let (n, secs) = (subscribers.to_string(), seconds.to_string());
     let mut floors = Vec::new();
     let mut runs: Vec<(LoadRun, LoadRun)> = Vec::new();
@@ -1094,9 +1108,9 @@ fn bench(args: &[String]) -> Result<(), String> {
         let udp = floor("udp-floor")?;
         println!("  UDP floor      {udp:6.2} µs per delivered frame");
         floors.push((tcp, udp));
-        let ws = bench_load(&bin, "ws", subscribers, seconds)?;
+        let ws = bench_load(&bin, "ws", subscribers, seconds, 0)?;
         println!("{}", ws.line("WebSocket", tcp, "TCP"));
-        let wt = bench_load(&bin, "wt", subscribers, seconds)?;
+        let wt = bench_load(&bin, "wt", subscribers, seconds, delay_ms)?;
         println!("{}", wt.line("WebTransport", udp, "UDP"));
         runs.push((ws, wt));
     }
@@ -1116,40 +1130,58 @@ fn bench(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// One `convene load --json` run against a fresh `--dev-tls` server.
+/// One `convene load --json` run against a fresh `--dev-tls` server, through
+/// a relay adding `delay_ms` each way when it is not 0.
 fn bench_load(
     bin: &std::path::Path,
     transport: &str,
     subscribers: u32,
     seconds: u32,
+    delay_ms: u32,
 ) -> Result<LoadRun, String> {
     let listen = format!("127.0.0.1:{}", free_port()?);
     let mut command = Command::new(bin.join("convene-server"));
     command.args(["--listen", &listen]);
     let (mut server, hash) = start_dev_tls(command)?;
-    let out = Command::new(bin.join("convene"))
-        .args([
-            "load",
-            "--server",
-            &format!("https://{listen}"),
-            "--cert-sha256",
-            &hash,
-            "--transport",
-            transport,
-            "-n",
-            &(subscribers + 1).to_string(),
-            "--ramp-up",
-            "5",
-            "--duration",
-            &seconds.to_string(),
-            "--server-pid",
-            &server.id().to_string(),
-            "--json",
-        ])
-        .stderr(std::process::Stdio::inherit())
-        .output();
-    let _ = server.kill();
-    let _ = server.wait();
+    let mut load = Command::new(bin.join("convene"));
+    load.args([
+        "load",
+        "--server",
+        &format!("https://{listen}"),
+        "--cert-sha256",
+        &hash,
+        "--transport",
+        transport,
+        "-n",
+        &(subscribers + 1).to_string(),
+        "--ramp-up",
+        "5",
+        "--duration",
+        &seconds.to_string(),
+        "--server-pid",
+        &server.id().to_string(),
+        "--json",
+    ])
+    .stderr(std::process::Stdio::inherit());
+    let mut relay = None;
+    if delay_ms > 0 {
+        match start_relay(bin, &listen, delay_ms) {
+            Ok((child, port)) => {
+                relay = Some(child);
+                load.args(["--webtransport-port", &port.to_string()]);
+            }
+            Err(e) => {
+                let _ = server.kill();
+                let _ = server.wait();
+                return Err(e);
+            }
+        }
+    }
+    let out = load.output();
+    for child in [Some(&mut server), relay.as_mut()].into_iter().flatten() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let out = out.map_err(|e| format!("cannot start convene load: {e}"))?;
     if !out.status.success() {
         return Err(format!(
@@ -1167,6 +1199,47 @@ fn bench_load(
         kib_per_connection: num(&v["server_kib_per_connection"]),
         loss_percent: num(&v["loss_percent"]),
     })
+}
+
+/// Starts `convene-relay` in front of the server's UDP port `server` (the
+/// same address as its HTTPS listener); returns it and the port it listens on.
+fn start_relay(
+    bin: &std::path::Path,
+    server: &str,
+    delay_ms: u32,
+) -> Result<(std::process::Child, u16), String> {
+    use std::io::BufRead;
+    let mut relay = Command::new(bin.join("convene-relay"))
+        .args(["--to", server, "--delay-ms", &delay_ms.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start convene-relay: {e}"))?;
+    let first = relay.stdout.take().and_then(|out| {
+        std::io::BufReader::new(out)
+            .lines()
+            .next()
+            .and_then(Result::ok)
+    });
+    // "relay 127.0.0.1:PORT -> SERVER"
+    let port = first.as_deref().and_then(|l| {
+        l.strip_prefix("relay ")?
+            .split_whitespace()
+            .next()?
+            .rsplit(':')
+            .next()?
+            .parse()
+            .ok()
+    });
+    match port {
+        Some(port) => Ok((relay, port)),
+        None => {
+            let _ = relay.kill();
+            let _ = relay.wait();
+            Err(format!(
+                "convene-relay did not say where it listens (it printed {first:?})"
+            ))
+        }
+    }
 }
 
 /// The JSON object a tool printed on stdout (after any other lines).
