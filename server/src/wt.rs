@@ -56,18 +56,18 @@ fn quic_config(identity: &Identity, max_streams: u32) -> Result<quinn_proto::Ser
 /// What the server asks of subscribers that support the QUIC ACK-frequency
 /// extension (quinn does; a browser that does not keeps its own policy):
 /// leave up to [`ACK_ELICITING_THRESHOLD`] packets unacknowledged, for at
-/// most one round trip (25 ms on a shorter path, [`MAX_ACK_DELAY`] on a
-/// longer one), but acknowledge at once when a packet arrives out of order,
-/// as RFC 9000 has it. Acknowledgements are most of what a subscriber sends,
-/// and each costs the server a decrypt and its loss bookkeeping.
+/// most the usual 25 ms, but acknowledge at once when a packet arrives out
+/// of order, as RFC 9000 has it. Acknowledgements are most of what a
+/// subscriber sends, and each costs the server a decrypt and its loss
+/// bookkeeping.
 fn ack_frequency() -> quinn_proto::AckFrequencyConfig {
     let mut ack = quinn_proto::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(quinn_proto::VarInt::from_u32(ACK_ELICITING_THRESHOLD));
-    // quinn asks for at most the round-trip time (never less than 25 ms), as
-    // the ACK-frequency draft advises; without a value of ours it would ask
-    // for the peer's own 25 ms on every path, and a subscriber 80 ms away
-    // would acknowledge three times a round trip for nothing.
-    ack.max_ack_delay(Some(MAX_ACK_DELAY));
+    // No max_ack_delay of ours, so quinn asks for the peer's 25 ms on every
+    // path. Up to a round trip on long paths saved 12 % of the server's CPU
+    // at 80 ms, but on the lossy link (100 ms) video then fell behind at the
+    // end of a run and the first frames after a join waited for the initial
+    // congestion window (benches/README.md, 2026-11-27, evening).
     // quinn's default of 2 holds back the acknowledgement that reveals a gap
     // until two packets are missing; on a lossy path that delays every
     // retransmission by up to max_ack_delay, and the lossy-link test then
@@ -78,12 +78,6 @@ fn ack_frequency() -> quinn_proto::AckFrequencyConfig {
 
 /// Ack-eliciting packets a subscriber may receive before it must acknowledge.
 const ACK_ELICITING_THRESHOLD: u32 = 10;
-
-/// The longest acknowledgement delay asked of a subscriber, reached only on
-/// paths with at least this round-trip time. The probe timeout waits for it,
-/// so it bounds how late a packet lost at the very end of a burst (with no
-/// later packet to reveal the gap) is sent again.
-const MAX_ACK_DELAY: Duration = Duration::from_millis(100);
 
 /// Bidirectional streams a client may have open: the CONNECT request, the
 /// control stream and one more, which is refused as WRONG_STREAM (quinn's

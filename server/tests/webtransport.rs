@@ -1,8 +1,7 @@
 //! WebTransport (PROTOCOL.md §3.3) with a Rust client pinning the published
 //! certificate hash: a WebTransport participant and a WebSocket participant
 //! in one room exchange media both ways; frames larger than the
-//! subscriber's flow-control window arrive whole; stream limits hold; a
-//! subscriber on a long path acknowledges about once a round trip.
+//! subscriber's flow-control window arrive whole; stream limits hold.
 
 mod common;
 
@@ -54,19 +53,6 @@ impl WtClient {
         client: web_transport_quinn::Client,
     ) -> WtClient {
         let port = server.wt_addr.expect("WebTransport is on with TLS").port();
-        WtClient::connect_to_port(client, port).await
-    }
-
-    /// Connects through a relay on `port` of the loopback address.
-    async fn connect_via(server: &convene_server::Server, port: u16) -> WtClient {
-        let hash = hex::decode(server.cert_sha256.as_ref().unwrap()).unwrap();
-        let client = web_transport_quinn::ClientBuilder::new()
-            .with_server_certificate_hashes(vec![hash])
-            .unwrap();
-        WtClient::connect_to_port(client, port).await
-    }
-
-    async fn connect_to_port(client: web_transport_quinn::Client, port: u16) -> WtClient {
         let url = url::Url::parse(&format!("https://127.0.0.1:{port}/convene/wt")).unwrap();
         let session = client.connect(url).await.expect("WebTransport session");
         let (send, recv) = session.open_bi().await.unwrap();
@@ -228,65 +214,6 @@ async fn webtransport_and_websocket_participants_share_a_room() {
     assert!(
         (*wt.session).stats().frame_rx.ack_frequency >= 1,
         "no ACK_FREQUENCY frame from the server"
-    );
-    server.shutdown().await;
-}
-
-/// On a path whose round trip is longer than 25 ms, the server asks a quinn
-/// subscriber to acknowledge about once a round trip rather than every
-/// 25 ms: audio at 50 frames a second over an 80 ms round trip draws under
-/// ten acknowledgements a second, not twenty-five.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_far_away_acknowledges_about_once_a_round_trip() {
-    let server = server(|c| c.dev_tls = true).await;
-    let path = convene_testkit::Impairment {
-        delay: std::time::Duration::from_millis(40),
-        ..convene_testkit::Impairment::NONE
-    };
-    let relay = convene_testkit::UdpRelay::start(server.wt_addr.unwrap(), path, path, 1)
-        .await
-        .unwrap();
-    let mut far = WtClient::connect_via(&server, relay.addr().port()).await;
-    far.join("far", true).await;
-    let mut publisher = common::Client::joined_tls(&server, "far", true).await;
-    publisher
-        .send(C::Publish(v1::Publish {
-            track: Some(TrackInfo {
-                track_id: 1,
-                kind: TrackKind::Audio as i32,
-                codec: "opus".into(),
-                ..Default::default()
-            }),
-        }))
-        .await;
-    far.expect(|m| matches!(m, S::TrackPublished(_))).await;
-
-    let acks = || (*far.session).stats().frame_tx.acks;
-    let before = acks();
-    const FRAMES: u32 = 100;
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
-    let started = tokio::time::Instant::now();
-    let receiving = async {
-        for seq in 0..FRAMES {
-            assert_eq!(far.next_media().await.header().sequence, seq);
-        }
-    };
-    let sending = async {
-        for seq in 0..FRAMES {
-            tick.tick().await;
-            publisher.send_raw(audio(seq)).await;
-        }
-    };
-    tokio::join!(receiving, sending);
-    let (sent, took) = (acks() - before, started.elapsed());
-    println!("{sent} acknowledgements for {FRAMES} frames in {took:?}");
-    // Asked for 25 ms (quinn's choice without a delay of ours), the
-    // subscriber acknowledged every second frame: 51 and 52 in two runs.
-    // Asked for the round trip: 17 or 18. A stalled machine only makes the
-    // delayed acknowledgements later, so fewer.
-    assert!(
-        sent < 35,
-        "{sent} acknowledgements for {FRAMES} frames in {took:?} over an 80 ms round trip"
     );
     server.shutdown().await;
 }
