@@ -24,6 +24,13 @@ async fn load(args: Vec<String>) -> std::process::Output {
     .unwrap()
 }
 
+/// Runs `convene load` against `s` with the options in `options`.
+async fn load_on(s: &convene_server::Server, options: &str) -> std::process::Output {
+    let mut args = server_args(s);
+    args.extend(words(options));
+    load(args).await
+}
+
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(
         out.status.success(),
@@ -41,13 +48,13 @@ fn n(v: &serde_json::Value, k: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_participants_over_websocket_lose_nothing_and_the_counts_add_up() {
     let s = server(false).await;
-    let mut args = server_args(&s);
-    args.extend(
-        "-n 50 --rooms 2 --publishers 2 --duration 2 --ramp-up 0.5 --json"
-            .split(' ')
-            .map(String::from),
+    let r = json(
+        &load_on(
+            &s,
+            "-n 50 --rooms 2 --publishers 2 --duration 2 --ramp-up 0.5 --json",
+        )
+        .await,
     );
-    let r = json(&load(args).await);
     assert_eq!(n(&r, "joined"), 50);
     assert_eq!(n(&r, "failed"), 0);
     assert_eq!(r["transports"][0][0], "WebSocket");
@@ -76,16 +83,11 @@ async fn fifty_participants_over_websocket_lose_nothing_and_the_counts_add_up() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_servers_cpu_and_memory_per_connection_are_reported() {
     let s = server(false).await;
-    let mut args = server_args(&s);
-    args.extend(
-        format!(
-            "-n 20 --duration 1 --ramp-up 0.2 --json --server-pid {}",
-            std::process::id()
-        )
-        .split(' ')
-        .map(String::from),
+    let options = format!(
+        "-n 20 --duration 1 --ramp-up 0.2 --json --server-pid {}",
+        std::process::id()
     );
-    let r = json(&load(args).await);
+    let r = json(&load_on(&s, &options).await);
     assert_eq!(n(&r, "joined"), 20);
     assert!(r["server_cpu_us_per_frame"].as_f64().unwrap() > 0.0, "{r}");
     let before = n(&r, "server_rss_kib_before");
@@ -102,11 +104,7 @@ async fn the_servers_cpu_and_memory_per_connection_are_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_over_webtransport_delivers_every_video_frame() {
     let s = server(true).await;
-    let mut args = server_args(&s);
-    args.extend(words(
-        "-n 10 --duration 2 --ramp-up 0.2 --transport wt --json",
-    ));
-    let r = json(&load(args).await);
+    let r = json(&load_on(&s, "-n 10 --duration 2 --ramp-up 0.2 --transport wt --json").await);
     assert_eq!(r["transports"][0][0], "WebTransport");
     assert_eq!(n(&r, "joined"), 10);
     // Video travels on streams, which QUIC makes reliable: all of it arrives.
@@ -131,11 +129,7 @@ async fn webtransport_on_another_port_is_found_from_the_servers_alt_svc() {
     .await
     .expect("server starts");
     // No --webtransport-port: the client has to ask.
-    let mut args = server_args(&s);
-    args.extend(words(
-        "-n 3 --duration 1 --ramp-up 0.2 --transport wt --json",
-    ));
-    let r = json(&load(args).await);
+    let r = json(&load_on(&s, "-n 3 --duration 1 --ramp-up 0.2 --transport wt --json").await);
     assert_eq!(r["transports"][0][0], "WebTransport");
     assert_eq!(n(&r, "joined"), 3);
     assert!(n(&r, "received") > 0);
@@ -145,13 +139,7 @@ async fn webtransport_on_another_port_is_found_from_the_servers_alt_svc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thresholds_fail_the_run_and_errors_say_what_to_do() {
     let s = server(false).await;
-    let mut args = server_args(&s);
-    args.extend(
-        "-n 2 --duration 0.5 --ramp-up 0 --max-p99-ms 0.000001"
-            .split(' ')
-            .map(String::from),
-    );
-    let out = load(args).await;
+    let out = load_on(&s, "-n 2 --duration 0.5 --ramp-up 0 --max-p99-ms 0.000001").await;
     assert_eq!(
         out.status.code(),
         Some(1),
