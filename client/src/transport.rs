@@ -125,8 +125,7 @@ impl Endpoint {
         }
     }
 
-    /// Whether the server is reached over TLS (WebTransport needs it).
-    pub fn secure(&self) -> bool {
+    fn secure(&self) -> bool {
         matches!(self.server.scheme(), "https" | "wss")
     }
 

@@ -70,24 +70,22 @@ impl ServerArgs {
         if let Some(h) = &self.cert_sha256 {
             e = e.with_cert_sha256_hex(h).context("--cert-sha256")?;
         }
+        // Without TLS the lookup answers None at once: no WebTransport.
         e.wt_port = match self.webtransport_port {
             Some(port) => Some(port),
-            None if e.secure() => {
-                match tokio::time::timeout(DISCOVERY_TIMEOUT, e.advertised_webtransport_port())
-                    .await
-                {
-                    Ok(Ok(port)) => port,
-                    Ok(Err(err)) => {
-                        tracing::debug!(error = %err, "cannot read the server's Alt-Svc");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::debug!("no answer for the server's Alt-Svc in time");
-                        None
-                    }
+            None => match tokio::time::timeout(DISCOVERY_TIMEOUT, e.advertised_webtransport_port())
+                .await
+            {
+                Ok(Ok(port)) => port,
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "cannot read the server's Alt-Svc");
+                    None
                 }
-            }
-            None => None,
+                Err(_) => {
+                    tracing::debug!("no answer for the server's Alt-Svc in time");
+                    None
+                }
+            },
         };
         Ok(e)
     }
