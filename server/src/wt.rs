@@ -63,16 +63,16 @@ fn quic_config(identity: &Identity, max_streams: u32) -> Result<quinn_proto::Ser
 fn ack_frequency() -> quinn_proto::AckFrequencyConfig {
     let mut ack = quinn_proto::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(quinn_proto::VarInt::from_u32(ACK_ELICITING_THRESHOLD));
-    // No max_ack_delay of ours, so quinn asks for the peer's 25 ms on every
-    // path. Up to a round trip on long paths saved 12 % of the server's CPU
-    // at 80 ms, but on the lossy link (100 ms) video then fell behind at the
-    // end of a run and the first frames after a join waited for the initial
-    // congestion window (benches/README.md, 2026-11-27, evening).
     // quinn's default of 2 holds back the acknowledgement that reveals a gap
     // until two packets are missing; on a lossy path that delays every
     // retransmission by up to max_ack_delay, and the lossy-link test then
     // misses the last frames (it failed 2 runs of 4, and 5 of 6 before).
     ack.reordering_threshold(quinn_proto::VarInt::from_u32(1));
+    // No max_ack_delay of ours, so quinn asks for the peer's 25 ms on every
+    // path. Up to a round trip on long paths saved 12 % of the server's CPU
+    // at 80 ms, but on the lossy link (100 ms) video then fell behind at the
+    // end of a run and the first frames after a join waited for the initial
+    // congestion window (benches/README.md, 2026-11-27, evening).
     ack
 }
 
