@@ -196,13 +196,8 @@ impl UdpRelay {
                         }
                     };
                     if let Some(at) = link.schedule(Instant::now(), n, &stats) {
-                        let (stats, data) = (stats.clone(), buf[..n].to_vec());
-                        tokio::spawn(async move {
-                            tokio::time::sleep_until(at).await;
-                            if back.send(&data).await.is_ok() {
-                                stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                            }
-                        });
+                        let data = buf[..n].to_vec();
+                        forward_at(at, stats.clone(), async move { back.send(&data).await });
                     }
                 }
             })
@@ -263,15 +258,26 @@ async fn downstream(
             .unwrap_or_else(|e| e.into_inner())
             .schedule(Instant::now(), n, &stats);
         if let Some(at) = at {
-            let (front, stats, data) = (front.clone(), stats.clone(), buf[..n].to_vec());
-            tokio::spawn(async move {
-                tokio::time::sleep_until(at).await;
-                if front.send_to(&data, client).await.is_ok() {
-                    stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                }
+            let (front, data) = (front.clone(), buf[..n].to_vec());
+            forward_at(at, stats.clone(), async move {
+                front.send_to(&data, client).await
             });
         }
     }
+}
+
+/// Sends a datagram at `at` (`send` does it), counting it as forwarded.
+fn forward_at(
+    at: Instant,
+    stats: Arc<RelayStats>,
+    send: impl std::future::Future<Output = std::io::Result<usize>> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(at).await;
+        if send.await.is_ok() {
+            stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+    });
 }
 
 #[cfg(test)]
