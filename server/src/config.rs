@@ -212,14 +212,32 @@ pub struct Cli {
     #[arg(long, env = "CONVENE_BUSY_EGRESS_MBPS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub busy_egress_mbps: Option<u32>,
-    /// Most simultaneous connections [default: 10000].
+    /// Most established sessions (Hello accepted); one more Hello is
+    /// answered TOO_MANY_CONNECTIONS [default: 10000].
     #[arg(long, env = "CONVENE_MAX_CONNECTIONS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
-    /// Most simultaneous connections from one IP address [default: 2000].
+    /// Most established sessions from one address (an IPv4 address or an
+    /// IPv6 /64) [default: 500].
     #[arg(long, env = "CONVENE_MAX_CONNECTIONS_PER_IP")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_per_ip: Option<usize>,
+    /// Most connections still in their handshake (TCP, TLS, HTTP, QUIC, up
+    /// to an accepted Hello); when full, the oldest is closed to make room
+    /// [default: 1000].
+    #[arg(long, env = "CONVENE_MAX_HANDSHAKING_CONNECTIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_handshaking_connections: Option<usize>,
+    /// Most connections in their handshake from one address; more are
+    /// closed at once [default: 32].
+    #[arg(long, env = "CONVENE_MAX_HANDSHAKING_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_handshaking_per_ip: Option<usize>,
+    /// Time allowed for an HTTP request's headers, and for the next request
+    /// on a kept-alive connection, in ms [default: 10000].
+    #[arg(long, env = "CONVENE_HTTP_HEADER_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_header_timeout_ms: Option<u32>,
     /// Most rooms [default: 10000].
     #[arg(long, env = "CONVENE_MAX_ROOMS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -376,8 +394,14 @@ pub struct Config {
     pub busy_egress_mbps: u32,
     /// Connection limit.
     pub max_connections: usize,
-    /// Per-IP connection limit.
+    /// Per-address session limit.
     pub max_connections_per_ip: usize,
+    /// Connections in their handshake, in all.
+    pub max_handshaking_connections: usize,
+    /// Connections in their handshake, per address.
+    pub max_handshaking_per_ip: usize,
+    /// HTTP header (and keep-alive) timer.
+    pub http_header_timeout_ms: u32,
     /// Room limit.
     pub max_rooms: usize,
     /// Participants per room.
@@ -451,7 +475,10 @@ impl Default for Config {
             busy_queue_delay_ms: 0,
             busy_egress_mbps: 0,
             max_connections: 10_000,
-            max_connections_per_ip: 2_000,
+            max_connections_per_ip: 500,
+            max_handshaking_connections: 1_000,
+            max_handshaking_per_ip: 32,
+            http_header_timeout_ms: 10_000,
             max_rooms: 10_000,
             max_participants_per_room: default::MAX_PARTICIPANTS_PER_ROOM,
             max_tracks_per_participant: default::MAX_TRACKS_PER_PARTICIPANT,
@@ -603,6 +630,22 @@ impl Config {
                 "idle_timeout_ms ({}) must be at least twice heartbeat_interval_ms ({})",
                 self.idle_timeout_ms, self.heartbeat_interval_ms
             )));
+        }
+        for (name, v) in [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            (
+                "max_handshaking_connections",
+                self.max_handshaking_connections,
+            ),
+            ("max_handshaking_per_ip", self.max_handshaking_per_ip),
+            ("http_header_timeout_ms", self.http_header_timeout_ms as usize),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} = 0: must be at least 1"
+                )));
+            }
         }
         if self.coalesce_ms > 5 {
             return Err(ConfigError::Invalid(format!(

@@ -19,10 +19,12 @@ use convene_protocol::{
 use tokio::sync::Notify;
 use tracing::{debug, info};
 
+use crate::accept::EvictSignal;
 use crate::auth::VerifyError;
 use crate::outbox::Admission;
 use crate::outbox::{Drained, Kick, Outbox, OutboxLimits, Wake};
 use crate::room::{JoinOutcome, Room, lock};
+use crate::slots::{Handshake, SessionSlot};
 use crate::state::{AppState, Tapped};
 
 /// Wakes a connection's writer when frames are queued, and its reader when
@@ -84,6 +86,12 @@ pub struct Connection {
     pending_hello: Option<String>,
     /// Changes when the issuer's keys were fetched (JWKS configured).
     keys: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The connection's place among those still in their handshake, until Hello is accepted.
+    handshake: Option<Handshake>,
+    /// Fires if a newer connection takes the handshaking place.
+    evicted: Option<Arc<EvictSignal>>,
+    /// The session's place, once Hello is accepted.
+    session_slot: Option<SessionSlot>,
 }
 
 impl Connection {
@@ -144,6 +152,7 @@ impl Connection {
             .as_ref()
             .and_then(|v| v.jwks())
             .map(|j| j.changes());
+        state.connection_opened();
         state
             .metrics
             .connections
@@ -167,7 +176,36 @@ impl Connection {
             claims: None,
             pending_hello: None,
             keys,
+            handshake: None,
+            evicted: None,
+            session_slot: None,
         }
+    }
+
+    /// Gives the connection its handshaking slot (taken at accept) and the
+    /// signal that closes it if a newer connection needs the slot first.
+    pub fn with_handshake(mut self, slot: Option<Handshake>, evicted: Arc<EvictSignal>) -> Self {
+        self.handshake = slot;
+        self.evicted = Some(evicted);
+        self
+    }
+
+    /// The signal that fires if the connection loses its handshaking slot;
+    /// none once Hello is accepted.
+    pub(crate) fn eviction(&self) -> Option<Arc<EvictSignal>> {
+        self.evicted.clone().filter(|_| !self.handshake_done)
+    }
+
+    /// Closes a connection that lost its handshaking slot to a newer one.
+    pub(crate) fn evict(&mut self) {
+        let now = self.state.now();
+        self.evicted = None;
+        self.state.metrics.refused("handshaking_evicted");
+        self.session.close_with(ProtocolError::new(
+            ErrorCode::TooManyConnections,
+            "the server has its most connections in their handshake and closed the oldest; connect again",
+        ));
+        self.process(now);
     }
 
     /// The outbox the writer drains.
@@ -402,8 +440,30 @@ impl Connection {
             debug!(transport = self.transport, peer = %self.peer, code = e.code.name(), "token refused");
             self.session.refuse(0, e);
         } else {
+            // A session slot, leaving the handshaking pool either way.
+            let slot = match self.handshake.take() {
+                Some(h) => h.establish(),
+                None => self.state.slots.session(self.peer),
+            };
+            match slot {
+                Ok(s) => self.session_slot = Some(s),
+                Err(e) => {
+                    self.state.metrics.refused("sessions");
+                    self.session.refuse(0, e);
+                    return;
+                }
+            }
+            let Some(pid) = self.state.router.allocate_participant_id() else {
+                self.session.refuse(
+                    0,
+                    ProtocolError::new(
+                        ErrorCode::ServerBusy,
+                        "this server has no participant ids left; try another server or later",
+                    ),
+                );
+                return;
+            };
             self.claims = verified.ok().flatten();
-            let pid = self.state.router.allocate_participant_id();
             let session_id = format!("{:016x}", session_id_for(pid));
             self.session
                 .accept_hello(now, pid, session_id, Bytes::new());
@@ -610,12 +670,17 @@ fn error_code_of(frame: &Bytes) -> Option<ErrorCode> {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.leave_room();
+        // Only now, with the session gone from its room, may its id be reissued.
+        let pid = self.session.participant_id();
+        if pid != 0 {
+            self.state.router.release_participant_id(pid);
+        }
         self.state
             .metrics
             .connections
             .get_or_create(&label(self.transport))
             .dec();
-        self.state.release_connection(self.peer);
+        self.state.connection_closed();
         self.outbox.close();
     }
 }
@@ -666,14 +731,17 @@ pub trait FrameSink: Send + 'static {
 
 /// Runs a connection to its end: a writer task drains the outbox into
 /// `sink`, batch by batch, and this task feeds `incoming`, timers, outbox
-/// closure and shutdown into the session until it ends.
+/// closure and shutdown into the session until it ends. Gives both back
+/// (the sink unless its writer had to be cut off), for a transport that
+/// finishes its close itself.
 pub async fn drive<S, I>(
     mut conn: Connection,
     mut sink: S,
     mut incoming: I,
     state: Arc<AppState>,
     peer: IpAddr,
-) where
+) -> (Option<S>, I)
+where
     S: FrameSink,
     I: futures_util::Stream<Item = Incoming> + Unpin,
 {
@@ -705,7 +773,7 @@ pub async fn drive<S, I>(
                     }
                     tally.record(&state);
                     if sink.write_batch(&mut batch, lanes).await.is_err() {
-                        return;
+                        return Some(sink);
                     }
                     batch.clear();
                     if !lanes.more {
@@ -714,7 +782,7 @@ pub async fn drive<S, I>(
                 }
                 if let Some(reason) = closing {
                     sink.close(&reason).await;
-                    return;
+                    return Some(sink);
                 }
             }
         })
@@ -729,10 +797,15 @@ pub async fn drive<S, I>(
     // deadline; a writer stuck on a peer that does not read is cut off.
     let grace = Duration::from_millis(state.config.shutdown_grace_ms as u64);
     let mut writer = writer;
-    if tokio::time::timeout(grace, &mut writer).await.is_err() {
-        writer.abort();
-    }
+    let sink = match tokio::time::timeout(grace, &mut writer).await {
+        Ok(done) => done.ok().flatten(),
+        Err(_) => {
+            writer.abort();
+            None
+        }
+    };
     drop(conn);
+    (sink, incoming)
 }
 
 /// How a connection drained by an outside writer ends: the reason is set
@@ -798,12 +871,19 @@ async fn read_until_closed<I>(
             break;
         }
         let deadline = conn.deadline();
+        let eviction = conn.eviction();
         tokio::select! {
-            next = incoming.next() => conn.handle(next.unwrap_or(Incoming::Closed)),
+            // While a Hello waits for the issuer's keys, nothing more is read:
+            // a client may send nothing before Welcome (§4.1), and an
+            // unauthenticated connection gets no more buffered than its Hello.
+            next = incoming.next(), if conn.pending_hello.is_none() => {
+                conn.handle(next.unwrap_or(Incoming::Closed))
+            }
             _ = sleep_until(deadline) => conn.handle_timeout(),
             _ = wakers.reader.notified() => conn.handle_outbox_closed(),
             _ = shutdown.changed() => conn.shutdown(),
             _ = conn.keys_fetched() => conn.retry_hello(),
+            _ = evicted(eviction) => conn.evict(),
         }
     }
 }
@@ -852,6 +932,14 @@ impl DrainTally {
         state.metrics.bytes_out.inc_by(self.bytes);
         state.load.note_queue_delay(self.longest_wait);
         *self = DrainTally::default();
+    }
+}
+
+/// Resolves when `signal` fires; never without one.
+async fn evicted(signal: Option<Arc<EvictSignal>>) {
+    match signal {
+        Some(s) => s.evicted().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -5,6 +5,7 @@
 //! is the tokio shell: [`start`] binds and serves, returning a [`Server`]
 //! handle that tests and `main` use alike.
 
+pub mod accept;
 pub mod admin;
 pub mod auth;
 pub mod bus;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod connection;
 pub mod fetch;
 pub mod http;
+pub mod ids;
 pub mod load;
 pub mod metrics;
 pub mod nats;
@@ -19,6 +21,7 @@ pub mod outbox;
 pub mod quic;
 pub mod room;
 mod sendmmsg;
+pub mod slots;
 pub mod state;
 pub mod tls;
 pub mod ws;
@@ -28,8 +31,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -238,49 +239,13 @@ pub async fn start_node(
     };
     let app = http::app(state.clone());
     let kept_identity = identity.clone();
-    let serving = match identity {
-        None => {
-            let mut stop = state.shutdown_signal();
-            tokio::spawn(async move {
-                let service = app.into_make_service_with_connect_info::<SocketAddr>();
-                let _ = axum::serve(listener, service)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await;
-            })
-        }
-        Some(id) => {
-            let tls = Arc::new(id.server_config(&[b"http/1.1"])?);
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            let mut stop = state.shutdown_signal();
-            tokio::spawn(async move {
-                loop {
-                    let (tcp, peer) = tokio::select! {
-                        r = listener.accept() => match r {
-                            Ok(x) => x,
-                            Err(e) => { warn!(error = %e, "accept failed"); continue; }
-                        },
-                        _ = stop.wait_for(|s| *s) => break,
-                    };
-                    let acceptor = acceptor.clone();
-                    let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
-                    tokio::spawn(async move {
-                        let Ok(Ok(stream)) =
-                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                                .await
-                        else {
-                            return;
-                        };
-                        let service = hyper_util::service::TowerToHyperService::new(app);
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            })
-        }
+    let tls = match identity {
+        Some(id) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            id.server_config(&[b"http/1.1"])?,
+        ))),
+        None => None,
     };
+    let serving = tokio::spawn(accept::serve(state.clone(), listener, app, tls));
     let scheme = if cert_sha256.is_some() {
         "https"
     } else {

@@ -66,6 +66,14 @@ pub struct Metrics {
     pub fanout_seconds: Histogram,
     /// How long the oldest frame of a batch waited in its subscriber's queue before the write, in seconds.
     pub queue_delay_seconds: Histogram,
+    /// Accepts that failed, by kind (`exhausted`: out of descriptors or memory).
+    pub accept_errors: Family<ReasonLabel, Counter>,
+    /// Connections refused or closed by a limit before their session, by reason.
+    pub refused: Family<ReasonLabel, Counter>,
+    /// Connections not yet past Hello (set at scrape time).
+    pub handshaking: Gauge,
+    /// Established sessions (set at scrape time).
+    pub sessions: Gauge,
 }
 
 impl Default for Metrics {
@@ -100,6 +108,10 @@ impl Metrics {
             queue_delay_seconds: Histogram::new([
                 1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25,
             ]),
+            accept_errors: Family::default(),
+            refused: Family::default(),
+            handshaking: Gauge::default(),
+            sessions: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open connections", m.connections.clone());
@@ -175,6 +187,26 @@ impl Metrics {
             "How long the oldest frame of a write batch waited in its subscriber's queue",
             m.queue_delay_seconds.clone(),
         );
+        registry.register(
+            "accept_errors",
+            "Failed accepts, by kind (exhausted: out of descriptors or memory, the listener backs off)",
+            m.accept_errors.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused or closed by a limit before their session, by reason",
+            m.refused.clone(),
+        );
+        registry.register(
+            "handshaking_connections",
+            "Connections not yet past Hello (TCP, TLS, HTTP, QUIC, WebTransport CONNECT, Hello)",
+            m.handshaking.clone(),
+        );
+        registry.register(
+            "sessions",
+            "Established sessions (Hello accepted)",
+            m.sessions.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -194,6 +226,24 @@ impl Metrics {
                 })
                 .inc_by(n);
         }
+    }
+
+    /// Counts a failed accept.
+    pub fn accept_error(&self, kind: &str) {
+        self.accept_errors
+            .get_or_create(&ReasonLabel {
+                reason: kind.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection refused or closed by a limit.
+    pub fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// Counts an error sent to a client.

@@ -8,7 +8,6 @@
 //! same way.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use convene_protocol::{
 };
 
 use crate::bus::{Bus, BusMessage, NoBus, NodeId, PARTICIPANT_BITS, RosterEntry};
+use crate::ids::IdAllocator;
 use crate::outbox::{Admission, DropReason, Kick, MediaClass, Outbox};
 
 /// Longest a Join waits while a room just opened on one node of a cluster
@@ -1406,8 +1406,8 @@ pub struct Router {
     rooms: Mutex<HashMap<String, Arc<Mutex<Room>>>>,
     /// Capacity.
     limits: RoomLimits,
-    /// The next participant id to hand out (its low bits).
-    next_participant: AtomicU32,
+    /// Participant ids in use on this node.
+    ids: Mutex<IdAllocator>,
     /// The other nodes.
     bus: Arc<dyn Bus>,
     /// Meetings with a waiting room: ids, or prefixes ending in `*`.
@@ -1430,7 +1430,7 @@ impl Router {
         Router {
             rooms: Mutex::new(HashMap::new()),
             limits,
-            next_participant: AtomicU32::new(1),
+            ids: Mutex::new(IdAllocator::new(u32::from(bus.node()), PARTICIPANT_BITS)),
             bus,
             waiting_rooms: Vec::new(),
         }
@@ -1463,17 +1463,16 @@ impl Router {
         &self.bus
     }
 
-    /// A fresh participant id, never 0: the node id in the top bits, so ids
-    /// from different nodes never collide.
-    pub fn allocate_participant_id(&self) -> u32 {
-        let low_mask = (1u32 << PARTICIPANT_BITS) - 1;
-        let node = u32::from(self.bus.node()) << PARTICIPANT_BITS;
-        loop {
-            let low = self.next_participant.fetch_add(1, Ordering::Relaxed) & low_mask;
-            if low != 0 {
-                return node | low;
-            }
-        }
+    /// A fresh participant id, never 0 and never one in use (see
+    /// [`IdAllocator`]); `None` when the node's id space is half used.
+    /// Give it back with [`Router::release_participant_id`] when the session ends.
+    pub fn allocate_participant_id(&self) -> Option<u32> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).allocate()
+    }
+
+    /// Returns a participant id to the pool once its session has ended.
+    pub fn release_participant_id(&self, id: u32) {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).release(id);
     }
 
     /// Applies a message from another node to the room it is about, if this

@@ -1,16 +1,15 @@
 //! State shared by every connection of a server.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use convene_protocol::{ErrorCode, ProtocolError, Timestamp};
+use convene_protocol::Timestamp;
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::room::{RoomLimits, Router};
+use crate::slots::{SlotLimits, Slots};
 
 /// Everything connections share.
 #[derive(Debug)]
@@ -25,10 +24,10 @@ pub struct AppState {
     start: tokio::time::Instant,
     /// Flips to true when shutdown begins.
     shutdown: watch::Sender<bool>,
-    /// Open connections in total.
+    /// Open connections with a session object (before or after Hello).
     connections: AtomicUsize,
-    /// Open connections per peer address.
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Handshaking and session slots: who may hold a connection open.
+    pub slots: Arc<Slots>,
     /// SHA-256 of the TLS certificate, hex, when TLS is on.
     pub cert_sha256: Option<String>,
     /// Checks tokens, when the server requires them.
@@ -77,6 +76,12 @@ impl AppState {
             queue_delay_ms: config.busy_queue_delay_ms,
             egress_mbps: config.busy_egress_mbps,
         };
+        let slots = Slots::new(SlotLimits {
+            max_handshaking: config.max_handshaking_connections,
+            max_handshaking_per_addr: config.max_handshaking_per_ip,
+            max_sessions: config.max_connections,
+            max_sessions_per_addr: config.max_connections_per_ip,
+        });
         AppState {
             config,
             router,
@@ -84,7 +89,7 @@ impl AppState {
             start: tokio::time::Instant::now(),
             shutdown: watch::channel(false).0,
             connections: AtomicUsize::new(0),
-            per_ip: Mutex::new(HashMap::new()),
+            slots,
             cert_sha256,
             verifier,
             wt_addr: Mutex::new(None),
@@ -153,47 +158,18 @@ impl AppState {
         self.shutdown.subscribe()
     }
 
-    /// Open connections.
+    /// Open connections with a session object, before or after Hello.
     pub fn open_connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
     }
 
-    /// Counts a new connection from `peer`, or refuses it over a limit.
-    pub fn acquire_connection(&self, peer: IpAddr) -> Result<(), ProtocolError> {
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if self.connections.load(Ordering::Relaxed) >= self.config.max_connections {
-            return Err(ProtocolError::new(
-                ErrorCode::TooManyConnections,
-                format!(
-                    "the server has its maximum of {} connections",
-                    self.config.max_connections
-                ),
-            ));
-        }
-        let n = per_ip.entry(peer).or_insert(0);
-        if *n >= self.config.max_connections_per_ip {
-            return Err(ProtocolError::new(
-                ErrorCode::TooManyConnections,
-                format!(
-                    "at most {} connections per address",
-                    self.config.max_connections_per_ip
-                ),
-            ));
-        }
-        *n += 1;
+    /// Counts a connection object into [`AppState::open_connections`].
+    pub(crate) fn connection_opened(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 
-    /// Forgets a connection counted by [`AppState::acquire_connection`].
-    pub fn release_connection(&self, peer: IpAddr) {
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_ip.get_mut(&peer) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&peer);
-            }
-            self.connections.fetch_sub(1, Ordering::Relaxed);
-        }
+    /// Counts a connection object out of [`AppState::open_connections`].
+    pub(crate) fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -8,7 +8,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use convene_protocol::CloseReason;
 use tracing::debug;
 
 use crate::connection::{Connection, ExternalClose, drive_external};
@@ -167,15 +166,6 @@ async fn run(state: Arc<AppState>, session: NewSession) {
         writer,
     } = session;
     let peer: IpAddr = peer.ip();
-    if let Err(e) = state.acquire_connection(peer) {
-        let reason = CloseReason::error(e);
-        let _ = commands.send(Command::Close {
-            key,
-            code: reason.webtransport_code(),
-            reason: reason.transport_reason().to_string(),
-        });
-        return;
-    }
     // The engine drains this connection's outbox itself: no writer task.
     let conn = Connection::with_external_writer(state.clone(), "wt", peer, writer.clone());
     let close = Arc::new(ExternalClose::default());

@@ -138,19 +138,15 @@ async fn an_abrupt_disconnect_leaves_the_room() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_address_are_limited() {
     let server = server(|c| c.max_connections_per_ip = 2).await;
-    let _a = Client::connect(&server).await;
-    let _b = Client::connect(&server).await;
-    // The two above are counted once their upgrade completes; wait until both are.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while server.state.open_connections() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "connections were not counted"
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let _a = Client::joined(&server, "per-ip", false).await;
+    let _b = Client::joined(&server, "per-ip", false).await;
+    // A third session from the same address is refused in answer to its Hello.
     let mut c = Client::connect(&server).await;
+    c.send(C::Hello(v1::Hello {
+        versions: vec![1],
+        ..Default::default()
+    }))
+    .await;
     let e = c.expect(|m| matches!(m, S::Error(_))).await;
     let S::Error(e) = e else { unreachable!() };
     assert_eq!(
@@ -269,6 +265,11 @@ async fn the_total_connection_limit_refuses_with_too_many_connections() {
     let server = server(|c| c.max_connections = 1).await;
     let _a = Client::joined(&server, "one", false).await;
     let mut b = Client::connect(&server).await;
+    b.send(C::Hello(v1::Hello {
+        versions: vec![1],
+        ..Default::default()
+    }))
+    .await;
     let S::Error(e) = b.expect(|m| matches!(m, S::Error(_))).await else {
         unreachable!()
     };
