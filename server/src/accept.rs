@@ -95,7 +95,9 @@ impl AcceptErrors {
     /// Notes a failed accept; returns how long to wait before the next.
     fn failed(&mut self, e: &std::io::Error, state: &AppState) -> Duration {
         let exhausted = is_exhaustion(e);
-        state.metrics.accept_error(if exhausted { "exhausted" } else { "other" });
+        state
+            .metrics
+            .accept_error(if exhausted { "exhausted" } else { "other" });
         let now = Instant::now();
         if self
             .last_warning
@@ -202,7 +204,9 @@ pub async fn serve(
                     None => serve_connection(&state, &h1, tcp, app, peer).await,
                     Some(acceptor) => {
                         match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => serve_connection(&state, &h1, stream, app, peer).await,
+                            Ok(Ok(stream)) => {
+                                serve_connection(&state, &h1, stream, app, peer).await
+                            }
                             Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => debug!(%peer, "TLS handshake timed out"),
                         }
@@ -230,7 +234,9 @@ async fn serve_connection<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper_util::service::TowerToHyperService::new(app);
-    let conn = h1.serve_connection(TokioIo::new(io), service).with_upgrades();
+    let conn = h1
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(conn);
     let mut stop = state.shutdown_signal();
     let stopping = tokio::select! {

@@ -639,7 +639,10 @@ impl Config {
                 self.max_handshaking_connections,
             ),
             ("max_handshaking_per_ip", self.max_handshaking_per_ip),
-            ("http_header_timeout_ms", self.http_header_timeout_ms as usize),
+            (
+                "http_header_timeout_ms",
+                self.http_header_timeout_ms as usize,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!(

@@ -49,7 +49,10 @@ impl IdAllocator {
     }
 
     fn with_rng(node: u32, bits: u32, rng: StdRng) -> Self {
-        assert!((1..32).contains(&bits), "ids need 1 to 31 bits of their own");
+        assert!(
+            (1..32).contains(&bits),
+            "ids need 1 to 31 bits of their own"
+        );
         IdAllocator {
             prefix: node << bits,
             bits,
@@ -119,7 +122,10 @@ mod tests {
         // (the attack opened and closed sessions in a loop).
         for _ in 0..(5usize << bits) / 4 {
             let id = ids.allocate().unwrap();
-            assert!(!unique.contains(&id), "id {id:#x} was reissued while in use");
+            assert!(
+                !unique.contains(&id),
+                "id {id:#x} was reissued while in use"
+            );
             assert_eq!(id >> bits, 3, "the node's prefix is kept");
             assert_ne!(id & ((1 << bits) - 1), 0, "the low part is never 0");
             ids.release(id);

@@ -1467,12 +1467,18 @@ impl Router {
     /// [`IdAllocator`]); `None` when the node's id space is half used.
     /// Give it back with [`Router::release_participant_id`] when the session ends.
     pub fn allocate_participant_id(&self) -> Option<u32> {
-        self.ids.lock().unwrap_or_else(|p| p.into_inner()).allocate()
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allocate()
     }
 
     /// Returns a participant id to the pool once its session has ended.
     pub fn release_participant_id(&self, id: u32) {
-        self.ids.lock().unwrap_or_else(|p| p.into_inner()).release(id);
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(id);
     }
 
     /// Applies a message from another node to the room it is about, if this

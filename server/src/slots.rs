@@ -193,7 +193,10 @@ impl Slots {
                 q.counts(old_key).handshaking -= 1;
                 q.forget_if_empty(old_key);
                 q.evicted += 1;
-                tracing::debug!(seq, "closing the oldest handshaking connection to make room");
+                tracing::debug!(
+                    seq,
+                    "closing the oldest handshaking connection to make room"
+                );
                 victims.push(who);
             }
             let seq = q.next;
@@ -346,7 +349,10 @@ mod tests {
             .collect();
         assert_eq!(slots.counts(), (4, 0));
         let newest = slots.handshake(ip(9), flags[4].clone()).unwrap();
-        assert!(flags[0].0.load(Ordering::SeqCst), "the oldest was not closed");
+        assert!(
+            flags[0].0.load(Ordering::SeqCst),
+            "the oldest was not closed"
+        );
         assert!(flags[1..].iter().all(|f| !f.0.load(Ordering::SeqCst)));
         assert_eq!(slots.counts(), (4, 0));
         // The evicted connection's guard going away later changes nothing.
@@ -384,7 +390,9 @@ mod tests {
         let _y = slots.handshake(b, f.clone()).unwrap();
         assert!(slots.handshake(c, f.clone()).is_some());
         assert!(
-            slots.handshake("2001:db8:1:2::77".parse().unwrap(), f).is_none(),
+            slots
+                .handshake("2001:db8:1:2::77".parse().unwrap(), f)
+                .is_none(),
             "a third address of the same /64 is over its share"
         );
     }
@@ -393,8 +401,16 @@ mod tests {
     fn sessions_have_their_own_limits_and_leave_the_handshaking_pool() {
         let slots = Slots::new(limits());
         let f = Arc::new(Flag::default());
-        let s1 = slots.handshake(ip(1), f.clone()).unwrap().establish().unwrap();
-        let _s2 = slots.handshake(ip(1), f.clone()).unwrap().establish().unwrap();
+        let s1 = slots
+            .handshake(ip(1), f.clone())
+            .unwrap()
+            .establish()
+            .unwrap();
+        let _s2 = slots
+            .handshake(ip(1), f.clone())
+            .unwrap()
+            .establish()
+            .unwrap();
         assert_eq!(slots.counts(), (0, 2));
         let e = slots
             .handshake(ip(1), f.clone())
@@ -402,7 +418,11 @@ mod tests {
             .establish()
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::TooManyConnections);
-        let _s3 = slots.handshake(ip(2), f.clone()).unwrap().establish().unwrap();
+        let _s3 = slots
+            .handshake(ip(2), f.clone())
+            .unwrap()
+            .establish()
+            .unwrap();
         let e = slots
             .handshake(ip(3), f.clone())
             .unwrap()
@@ -411,7 +431,11 @@ mod tests {
         assert_eq!(e.code, ErrorCode::TooManyConnections);
         assert_eq!(slots.counts(), (0, 3));
         drop(s1);
-        let _s4 = slots.handshake(ip(3), f.clone()).unwrap().establish().unwrap();
+        let _s4 = slots
+            .handshake(ip(3), f.clone())
+            .unwrap()
+            .establish()
+            .unwrap();
         // Sessions are never evicted by handshakes, however many come.
         for n in 0..100 {
             let _h = slots.handshake(ip(n), f.clone());

@@ -91,10 +91,8 @@ pub async fn upgrade(
 fn check_upgrade(h: &HeaderMap) -> Result<(String, Option<HeaderValue>), Response> {
     let has_token = |name: header::HeaderName, token: &str| {
         h.get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
     let bad = |text: &'static str| (StatusCode::BAD_REQUEST, text).into_response();
@@ -417,7 +415,10 @@ mod tests {
     #[test]
     fn a_frame_over_the_limit_is_refused_from_its_header_alone() {
         // Only the 14-byte header of a 1 MiB frame has arrived.
-        assert_eq!(scan(&header(2, true, 1 << 20), 8192), Scan::TooLarge(1 << 20));
+        assert_eq!(
+            scan(&header(2, true, 1 << 20), 8192),
+            Scan::TooLarge(1 << 20)
+        );
         assert_eq!(scan(&header(2, true, 8193), 8192), Scan::TooLarge(8193));
         assert_eq!(scan(&header(2, true, 8192), 8192), Scan::More);
         // Fragments add up.
@@ -450,12 +451,18 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
         client.write_all(&header(2, true, 1 << 20)).await.unwrap();
         client.write_all(&[0; 4096]).await.unwrap();
-        assert_eq!(first_message(&mut server, 8192).await, First::TooLarge(1 << 20));
+        assert_eq!(
+            first_message(&mut server, 8192).await,
+            First::TooLarge(1 << 20)
+        );
         // A flood of pings with no message is cut at the slack.
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
         for _ in 0..200 {
             client.write_all(&frame(9, true, &[0; 100])).await.unwrap();
         }
-        assert!(matches!(first_message(&mut server, 8192).await, First::TooLarge(_)));
+        assert!(matches!(
+            first_message(&mut server, 8192).await,
+            First::TooLarge(_)
+        ));
     }
 }

@@ -355,22 +355,40 @@ pub mod nats {
     }
 }
 
-/// `convene-server` as its own process, so a test can kill it outright.
+/// `convene-server` as its own process, so a test can kill it outright,
+/// read its memory or starve it of descriptors.
 pub mod process {
     use std::io::{BufRead, BufReader};
     use std::net::SocketAddr;
     use std::process::{Child, Command, Stdio};
+    use std::sync::{Arc, Mutex};
 
     pub struct Node {
         child: Child,
         pub addr: SocketAddr,
+        /// Every line it logged (the first 100,000) and how many in all.
+        log: Arc<Mutex<(Vec<String>, usize)>>,
     }
 
     impl Node {
         /// Starts the binary with `args` on a free loopback port and reads
         /// the bound address from its log.
         pub fn start(args: &[&str]) -> Node {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_convene-server"))
+            Node::start_limited(args, None)
+        }
+
+        /// [`Node::start`] with at most `nofile` open descriptors (via util-linux's `prlimit`).
+        pub fn start_limited(args: &[&str], nofile: Option<u32>) -> Node {
+            let bin = env!("CARGO_BIN_EXE_convene-server");
+            let mut cmd = match nofile {
+                Some(n) => {
+                    let mut c = Command::new("prlimit");
+                    c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
+                    c
+                }
+                None => Command::new(bin),
+            };
+            let mut child = cmd
                 .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
                 .args(args)
                 .stdout(Stdio::piped())
@@ -379,24 +397,56 @@ pub mod process {
                 .expect("convene-server starts");
             let out = child.stdout.take().unwrap();
             let (tx, rx) = std::sync::mpsc::channel();
+            let log = Arc::new(Mutex::new((Vec::new(), 0usize)));
+            let kept = log.clone();
             std::thread::spawn(move || {
                 let mut tx = Some(tx);
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
                     if let Some(addr) = line
-                        .split("serving on http://")
+                        .split("serving on http")
                         .nth(1)
+                        .map(|r| r.trim_start_matches('s').trim_start_matches("://"))
                         .and_then(|r| r.split([' ', '"']).next())
                         .and_then(|a| a.parse::<SocketAddr>().ok())
                         && let Some(tx) = tx.take()
                     {
                         let _ = tx.send(addr);
                     }
+                    let mut log = kept.lock().unwrap();
+                    log.1 += 1;
+                    if log.0.len() < 100_000 {
+                        log.0.push(line);
+                    }
                 }
             });
             let addr = rx
                 .recv_timeout(super::DEADLINE)
                 .expect("convene-server logs its address");
-            Node { child, addr }
+            Node { child, addr, log }
+        }
+
+        /// The first line logged so far that contains `needle`.
+        pub fn log_find(&self, needle: &str) -> Option<String> {
+            let log = self.log.lock().unwrap();
+            log.0.iter().find(|l| l.contains(needle)).cloned()
+        }
+
+        /// Lines logged so far that contain `needle`, and lines logged in all.
+        pub fn log_lines(&self, needle: &str) -> (usize, usize) {
+            let log = self.log.lock().unwrap();
+            (log.0.iter().filter(|l| l.contains(needle)).count(), log.1)
+        }
+
+        /// The server's resident memory now, in KiB (the process itself,
+        /// not `prlimit`, which execs it).
+        pub fn rss_kib(&self) -> u64 {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+                .expect("the server is running");
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .expect("VmRSS in /proc/PID/status")
         }
 
         /// SIGKILL: no goodbyes, no leave messages.
@@ -409,6 +459,124 @@ pub mod process {
     impl Drop for Node {
         fn drop(&mut self) {
             self.kill();
+        }
+    }
+}
+
+/// Raw sockets for attacks: many source addresses on loopback (Linux
+/// routes all of 127.0.0.0/8 to itself), a WebSocket upgrade by hand, and
+/// client frames built byte by byte.
+pub mod raw {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
+
+    /// The `n`th attacker address, 127.0.0.(n+2) (127.0.0.1 is for honest clients).
+    pub fn source(n: usize) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, 0, (n / 250) as u8, (n % 250 + 2) as u8))
+    }
+
+    /// A TCP connection to `to` from address `from`.
+    pub async fn tcp_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+        let s = TcpSocket::new_v4()?;
+        s.bind(SocketAddr::new(from, 0))?;
+        s.connect(to).await
+    }
+
+    /// Upgrades `tcp` to WebSocket at /convene/ws; false if the server refused.
+    pub async fn upgrade(tcp: &mut TcpStream, host: SocketAddr) -> bool {
+        let req = format!(
+            "GET /convene/ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        if tcp.write_all(req.as_bytes()).await.is_err() {
+            return false;
+        }
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match tcp.read(&mut b).await {
+                Ok(1) => head.push(b[0]),
+                _ => return false,
+            }
+        }
+        head.starts_with(b"HTTP/1.1 101")
+    }
+
+    /// A client frame header (masked with a zero key, so the body goes as is).
+    pub fn frame_header(opcode: u8, len: u64) -> Vec<u8> {
+        let mut h = vec![0x80 | opcode];
+        match len {
+            0..=125 => h.push(0x80 | len as u8),
+            126..=0xffff => {
+                h.push(0x80 | 126);
+                h.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                h.push(0x80 | 127);
+                h.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        h.extend_from_slice(&[0; 4]);
+        h
+    }
+
+    /// Reads server frames until a close frame; returns the error codes of
+    /// the Error frames seen and the close code, or None if the connection
+    /// ended without a close frame.
+    pub async fn read_until_close<R: tokio::io::AsyncRead + Unpin>(
+        tcp: &mut R,
+    ) -> (Vec<i32>, Option<u16>) {
+        use convene_protocol::v1::server_message::Msg as S;
+        let mut errors = Vec::new();
+        loop {
+            let mut h = [0u8; 2];
+            if tcp.read_exact(&mut h).await.is_err() {
+                return (errors, None);
+            }
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut l = [0u8; 2];
+                    if tcp.read_exact(&mut l).await.is_err() {
+                        return (errors, None);
+                    }
+                    u16::from_be_bytes(l) as usize
+                }
+                127 => {
+                    let mut l = [0u8; 8];
+                    if tcp.read_exact(&mut l).await.is_err() {
+                        return (errors, None);
+                    }
+                    u64::from_be_bytes(l) as usize
+                }
+                n => n as usize,
+            };
+            let mut body = vec![0u8; len];
+            if tcp.read_exact(&mut body).await.is_err() {
+                return (errors, None);
+            }
+            match h[0] & 0x0f {
+                8 => {
+                    return (
+                        errors,
+                        (body.len() >= 2).then(|| u16::from_be_bytes([body[0], body[1]])),
+                    );
+                }
+                2 => {
+                    if let Ok(convene_protocol::Frame::Control(m)) =
+                        convene_protocol::decode_frame::<convene_protocol::v1::ServerMessage>(
+                            bytes::Bytes::from(body),
+                            usize::MAX,
+                        )
+                        && let Some(S::Error(e)) = m.msg
+                    {
+                        errors.push(e.code);
+                    }
+                }
+                _ => {}
+            }
         }
     }
 }
