@@ -92,6 +92,9 @@ pub struct Connection {
     evicted: Option<Arc<EvictSignal>>,
     /// The session's place, once Hello is accepted.
     session_slot: Option<SessionSlot>,
+    /// Where the transport reads the largest frame accepted now (the
+    /// WebTransport engine parses frames outside this task).
+    frame_limit: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl Connection {
@@ -179,7 +182,20 @@ impl Connection {
             handshake: None,
             evicted: None,
             session_slot: None,
+            frame_limit: None,
         }
+    }
+
+    /// Keeps `limit` at the largest frame the session accepts now, for a
+    /// transport that parses frames outside this task. It changes before
+    /// Welcome is queued, so no frame sent after Welcome meets the old limit.
+    pub fn with_frame_limit(mut self, limit: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        limit.store(
+            self.session.max_frame_bytes(),
+            std::sync::atomic::Ordering::Release,
+        );
+        self.frame_limit = Some(limit);
+        self
     }
 
     /// Gives the connection its handshaking slot (taken at accept) and the
@@ -636,6 +652,12 @@ impl Connection {
     }
 
     fn flush(&mut self) {
+        if let Some(limit) = &self.frame_limit {
+            limit.store(
+                self.session.max_frame_bytes(),
+                std::sync::atomic::Ordering::Release,
+            );
+        }
         flush_session(&mut self.session, &self.outbox, &self.state);
         if self.session.is_closed() {
             // Wake the writer so it sees the end and closes the transport.

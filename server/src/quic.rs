@@ -23,7 +23,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -74,6 +74,12 @@ pub enum Command {
         /// Why, for the peer.
         reason: String,
     },
+    /// The connection lost its handshaking slot to a newer one: closed at
+    /// once if it has no session yet (a session's task closes its own).
+    Evict {
+        /// Which connection.
+        key: SessionKey,
+    },
 }
 
 /// Wakes the engine to drain one session's outbox.
@@ -119,6 +125,15 @@ pub struct NewSession {
     pub commands: mpsc::UnboundedSender<Command>,
     /// The session's writer: the outbox's waker, which has the engine drain it.
     pub writer: Arc<dyn Wake>,
+    /// The largest frame the session accepts now, for the task to keep up
+    /// to date (the Hello limit until Welcome).
+    pub frame_limit: Arc<AtomicUsize>,
+    /// Bytes of frames on their way to the task: the task subtracts what it takes.
+    pub queued_bytes: Arc<AtomicUsize>,
+    /// The connection's place among connections in their handshake.
+    pub handshake: Option<crate::slots::Handshake>,
+    /// Fires if that place goes to a newer connection.
+    pub evicted: Arc<crate::accept::EvictSignal>,
 }
 
 /// The engine's limits and settings.
@@ -142,6 +157,8 @@ const INCOMING_CHANNEL: usize = 256;
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// HTTP/3's H3_STREAM_CREATION_ERROR, for streams of a type we do not take.
 const H3_STREAM_CREATION_ERROR: u32 = 0x103;
+/// HTTP/3's H3_NO_ERROR, closing a connection that never opened a session.
+const H3_NO_ERROR: u32 = 0x100;
 /// The WebTransport bidirectional stream signal (a frame type on request streams).
 const WT_BIDI_SIGNAL: u64 = 0x41;
 /// How long a closing session waits for its last bytes and the close
@@ -391,6 +408,32 @@ struct Conn {
     session: Option<Session>,
     /// When to close the connection (a session closing, or a refused request).
     close_at: Option<(Instant, VarInt, Bytes)>,
+    /// Until its WebTransport session is accepted: when the connection is
+    /// closed if none has been (the handshake timeout, from the QUIC accept).
+    connect_by: Option<Instant>,
+    /// Its place among connections in their handshake, handed to the
+    /// session's task with the session.
+    handshake: Option<crate::slots::Handshake>,
+    /// Fires if that place goes to a newer connection.
+    evicted: Arc<crate::accept::EvictSignal>,
+}
+
+/// Closes a QUIC connection whose handshaking slot went to a newer one:
+/// through the engine before its session exists, through the session's
+/// task after.
+struct QuicEvict {
+    signal: Arc<crate::accept::EvictSignal>,
+    commands: mpsc::UnboundedSender<Command>,
+    key: std::sync::OnceLock<SessionKey>,
+}
+
+impl crate::slots::Evict for QuicEvict {
+    fn evict(&self) {
+        crate::slots::Evict::evict(&*self.signal);
+        if let Some(key) = self.key.get() {
+            let _ = self.commands.send(Command::Evict { key: *key });
+        }
+    }
 }
 
 /// A stream the peer opened.
@@ -450,6 +493,38 @@ struct Session {
     /// The close capsule waiting for the control stream to be acknowledged:
     /// code, reason, when it goes anyway, and the earliest it may go.
     capsule: Option<(u32, String, Instant, Instant)>,
+    /// The largest frame the session accepts now: the Hello limit until its
+    /// Welcome is queued, then `max_frame_bytes` (set by the session's task).
+    frame_limit: Arc<AtomicUsize>,
+    /// The limit QUIC's receive window was last sized for.
+    window_for: usize,
+    /// Bytes held in media streams not yet complete.
+    partial: usize,
+    /// Bytes of frames handed towards the session's task and not yet taken by it.
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// What a session may hold of media frames still arriving, and of frames
+/// waiting for its task, in frames of the size in force: 32 KiB before Hello,
+/// 1 MiB after with the default 256 KiB frames (PROTOCOL.md §11.5).
+pub const BUDGET_FRAMES: usize = 4;
+
+impl Session {
+    /// The largest frame accepted now.
+    fn limit(&self) -> usize {
+        self.frame_limit.load(Ordering::Acquire)
+    }
+
+    /// What partial media streams, and frames queued for the task, may hold now.
+    fn budget(&self) -> usize {
+        BUDGET_FRAMES * self.limit()
+    }
+
+    /// True while the session's task has more waiting than it may.
+    fn task_behind(&self) -> bool {
+        self.pending.len() >= MAX_PENDING_INCOMING
+            || self.queued_bytes.load(Ordering::Acquire) >= self.budget()
+    }
 }
 
 /// The unidirectional stream header of a session on CONNECT stream 0
@@ -471,7 +546,13 @@ fn shared_header(header: Vec<u8>, common: &'static [u8]) -> Bytes {
 
 impl Session {
     /// A session on the CONNECT stream `connect`, delivering to `tx`.
-    fn new(connect: StreamId, tx: mpsc::Sender<Incoming>, queued: Arc<AtomicBool>) -> Self {
+    fn new(
+        connect: StreamId,
+        tx: mpsc::Sender<Incoming>,
+        queued: Arc<AtomicBool>,
+        frame_limit: Arc<AtomicUsize>,
+        queued_bytes: Arc<AtomicUsize>,
+    ) -> Self {
         let mut uni_header = Vec::new();
         wtp::StreamUni::WEBTRANSPORT.encode(&mut uni_header);
         wtp::VarInt::from_u64(VarInt::from(connect).into_inner())
@@ -503,6 +584,10 @@ impl Session {
             capsule: None,
             sampled: None,
             closing: false,
+            window_for: 0,
+            partial: 0,
+            frame_limit,
+            queued_bytes,
         }
     }
 }
@@ -584,15 +669,33 @@ impl Engine {
                             }
                         }
                         Some(DatagramEvent::NewConnection(incoming)) => {
-                            if self.stopping {
-                                let t = self.endpoint.refuse(incoming, &mut response);
-                                self.send_transmit(&t, &mut response);
+                            let evict = Arc::new(QuicEvict {
+                                signal: crate::accept::EvictSignal::new(),
+                                commands: self.commands_tx.clone(),
+                                key: std::sync::OnceLock::new(),
+                            });
+                            let slot = if self.stopping {
+                                None
                             } else {
-                                match self.endpoint.accept(incoming, now, &mut response, None) {
-                                    Ok((ch, q)) => self.add(ch, q),
-                                    Err(e) => {
-                                        if let Some(t) = e.response {
-                                            self.send_transmit(&t, &mut response);
+                                let ip = incoming.remote_address().ip();
+                                let slot = self.state.slots.handshake(ip, evict.clone());
+                                if slot.is_none() {
+                                    self.state.metrics.refused("handshaking_per_address");
+                                }
+                                slot
+                            };
+                            match slot {
+                                None => {
+                                    let t = self.endpoint.refuse(incoming, &mut response);
+                                    self.send_transmit(&t, &mut response);
+                                }
+                                Some(slot) => {
+                                    match self.endpoint.accept(incoming, now, &mut response, None) {
+                                        Ok((ch, q)) => self.add(ch, q, slot, evict),
+                                        Err(e) => {
+                                            if let Some(t) = e.response {
+                                                self.send_transmit(&t, &mut response);
+                                            }
                                         }
                                     }
                                 }
@@ -607,9 +710,21 @@ impl Engine {
         }
     }
 
-    fn add(&mut self, ch: ConnectionHandle, q: quinn_proto::Connection) {
+    fn add(
+        &mut self,
+        ch: ConnectionHandle,
+        q: quinn_proto::Connection,
+        handshake: crate::slots::Handshake,
+        evict: Arc<QuicEvict>,
+    ) {
         let generation = self.next_generation;
         self.next_generation += 1;
+        let _ = evict.key.set(SessionKey {
+            slot: ch.0,
+            generation,
+        });
+        let connect_by =
+            Instant::now() + Duration::from_millis(self.state.config.handshake_timeout_ms as u64);
         self.conns.insert(
             ch.0,
             Conn {
@@ -622,6 +737,9 @@ impl Engine {
                 inbound: HashMap::new(),
                 session: None,
                 close_at: None,
+                connect_by: Some(connect_by),
+                handshake: Some(handshake),
+                evicted: evict.signal.clone(),
             },
         );
         self.mark_dirty(ch.0);
@@ -668,6 +786,15 @@ impl Engine {
                 .as_ref()
                 .and_then(|s| s.capsule.as_ref())
                 .is_some_and(|(_, _, at, _)| *at <= now);
+            if c.connect_by.is_some_and(|at| at <= now) && c.session.is_none() {
+                c.connect_by = None;
+                self.state.metrics.refused("webtransport_no_session");
+                c.q.close(
+                    now,
+                    VarInt::from_u32(H3_NO_ERROR),
+                    Bytes::from_static(b"no WebTransport session within the handshake timeout"),
+                );
+            }
             let close_due = c.close_at.as_ref().is_some_and(|(when, _, _)| *when <= now);
             let quic_due = c.q.poll_timeout().is_some_and(|t| t <= now);
             if capsule_due {
@@ -685,7 +812,9 @@ impl Engine {
 
     fn command(&mut self, command: Command) {
         let key = match &command {
-            Command::Attach { key, .. } | Command::Close { key, .. } => *key,
+            Command::Attach { key, .. } | Command::Close { key, .. } | Command::Evict { key } => {
+                *key
+            }
         };
         let Some(c) = self.conns.get_mut(&key.slot) else {
             if let Command::Attach { close, .. } = command {
@@ -710,6 +839,19 @@ impl Engine {
                 write_from_outbox(c, &self.state, &mut self.scratch);
             }
             Command::Close { code, reason, .. } => close_session(c, code, reason),
+            Command::Evict { .. } => {
+                if c.session.is_none() {
+                    c.connect_by = None;
+                    self.state.metrics.refused("handshaking_evicted");
+                    c.q.close(
+                        Instant::now(),
+                        VarInt::from_u32(H3_NO_ERROR),
+                        Bytes::from_static(
+                            b"the server has its most connections in their handshake; connect again",
+                        ),
+                    );
+                }
+            }
         }
         self.mark_dirty(key.slot);
     }
@@ -767,7 +909,7 @@ impl Engine {
                     }
                 }
             }
-            let stalled = if s.pending.len() < MAX_PENDING_INCOMING {
+            let stalled = if !s.task_behind() {
                 std::mem::take(&mut s.stalled)
             } else {
                 Vec::new()
@@ -898,6 +1040,7 @@ fn deadline(c: &mut Conn) -> Option<Instant> {
             .as_ref()
             .and_then(|s| s.capsule.as_ref())
             .map(|x| x.2),
+        c.connect_by.filter(|_| c.session.is_none()),
     ]
     .into_iter()
     .flatten()
@@ -1016,11 +1159,13 @@ fn handle_event(
                     && frame.first() == Some(&FRAME_MEDIA)
                     && MediaFrame::parse(frame.clone()).is_ok()
                     && s.pending.is_empty()
+                    && !s.task_behind()
                 {
-                    match s.tx.try_send(Incoming::Frame(frame)) {
-                        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-                        // Datagrams may be lost; a task that is behind loses them.
-                        Err(mpsc::error::TrySendError::Full(_)) => {}
+                    let len = frame.len();
+                    s.queued_bytes.fetch_add(len, Ordering::AcqRel);
+                    // Datagrams may be lost; a task that is behind loses them.
+                    if s.tx.try_send(Incoming::Frame(frame)).is_err() {
+                        s.queued_bytes.fetch_sub(len, Ordering::AcqRel);
                     }
                 }
             }
@@ -1076,7 +1221,18 @@ fn read_stream_accepting(
         queued: queued.clone(),
         ready: ready.clone(),
     });
-    c.session = Some(Session::new(id, tx, queued));
+    let frame_limit = Arc::new(AtomicUsize::new(
+        convene_protocol::limits::max::MAX_HELLO_FRAME_BYTES as usize,
+    ));
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    c.session = Some(Session::new(
+        id,
+        tx,
+        queued,
+        frame_limit.clone(),
+        queued_bytes.clone(),
+    ));
+    c.connect_by = None;
     // Streams that arrived before the response (none from well-behaved
     // peers) are read now that the session exists.
     let waiting: Vec<StreamId> = c
@@ -1094,6 +1250,10 @@ fn read_stream_accepting(
         incoming: rx,
         commands: commands.clone(),
         writer,
+        frame_limit,
+        queued_bytes,
+        handshake: c.handshake.take(),
+        evicted: c.evicted.clone(),
     })
 }
 
@@ -1104,7 +1264,7 @@ fn read_stream(
     config: &EngineConfig,
 ) -> Option<Box<wtp::ConnectRequest>> {
     if let Some(s) = c.session.as_mut()
-        && s.pending.len() >= MAX_PENDING_INCOMING
+        && s.task_behind()
     {
         if !s.stalled.contains(&id) {
             s.stalled.push(id);
@@ -1115,11 +1275,16 @@ fn read_stream(
     let mut request = None;
     let mut ended = false;
     let mut keep = true;
+    let mut stop_code = VarInt::from_u32(H3_STREAM_CREATION_ERROR);
     {
         let mut rs = c.q.recv_stream(id);
         let mut chunks = match rs.read(true) {
             Ok(ch) => ch,
-            Err(_) => return None,
+            Err(_) => {
+                // The stream is gone: what it held is let go.
+                forget_inbound(c.session.as_mut(), state);
+                return None;
+            }
         };
         loop {
             match chunks.next(usize::MAX) {
@@ -1131,11 +1296,14 @@ fn read_stream(
                             keep = false;
                             break;
                         }
+                        Fed::Shed => {
+                            stop_code = VarInt::from_u64(wtp::error_to_http3(0))
+                                .unwrap_or(VarInt::from_u32(H3_STREAM_CREATION_ERROR));
+                            keep = false;
+                            break;
+                        }
                     }
-                    if c.session
-                        .as_ref()
-                        .is_some_and(|s| s.pending.len() >= MAX_PENDING_INCOMING)
-                    {
+                    if c.session.as_ref().is_some_and(Session::task_behind) {
                         if let Some(s) = c.session.as_mut()
                             && !s.stalled.contains(&id)
                         {
@@ -1153,10 +1321,8 @@ fn read_stream(
                     ended = true;
                     // A reset media stream is not an error: the partial frame is discarded.
                     if let Inbound::Media { .. } = state {
+                        forget_inbound(c.session.as_mut(), state);
                         state = Inbound::Ignored;
-                        if let Some(s) = c.session.as_mut() {
-                            s.media_streams_open = s.media_streams_open.saturating_sub(1);
-                        }
                     }
                     break;
                 }
@@ -1165,9 +1331,7 @@ fn read_stream(
         let _ = chunks.finalize();
     }
     if !keep {
-        let _ =
-            c.q.recv_stream(id)
-                .stop(VarInt::from_u32(H3_STREAM_CREATION_ERROR));
+        let _ = c.q.recv_stream(id).stop(stop_code);
         return request;
     }
     if ended {
@@ -1184,9 +1348,24 @@ enum Fed {
     Request(Box<wtp::ConnectRequest>),
     /// The stream is of no use: stop it.
     Drop,
+    /// The session's partial media streams hold their budget: this one's
+    /// frame is discarded and the stream stopped, as if its sender had
+    /// reset it (PROTOCOL.md §3.3).
+    Shed,
+}
+
+/// Lets go of what a stream that will not complete held.
+fn forget_inbound(session: Option<&mut Session>, state: Inbound) {
+    if let (Some(s), Inbound::Media { bytes }) = (session, state) {
+        s.media_streams_open = s.media_streams_open.saturating_sub(1);
+        s.partial -= bytes.len();
+    }
 }
 
 fn push(s: &mut Session, item: Incoming) {
+    if let Incoming::Frame(f) = &item {
+        s.queued_bytes.fetch_add(f.len(), Ordering::AcqRel);
+    }
     if s.pending.is_empty() {
         match s.tx.try_send(item) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -1214,18 +1393,33 @@ fn feed(
     match state {
         Inbound::Ignored | Inbound::Connect => Fed::More,
         Inbound::Media { bytes: buf } => {
-            if buf.len() + bytes.len() > config.max_frame {
-                if let Some(s) = session {
-                    s.media_streams_open = s.media_streams_open.saturating_sub(1);
-                    violation(
-                        s,
-                        ErrorCode::FrameTooLarge,
-                        "a media stream is longer than the maximum frame size",
-                    );
-                }
+            let Some(s) = session else {
+                *state = Inbound::Ignored;
+                return Fed::Drop;
+            };
+            let limit = s.limit();
+            if buf.len() + bytes.len() > limit {
+                s.media_streams_open = s.media_streams_open.saturating_sub(1);
+                s.partial -= buf.len();
+                violation(
+                    s,
+                    ErrorCode::FrameTooLarge,
+                    &format!("a media stream is longer than the maximum frame size ({limit})"),
+                );
                 *state = Inbound::Ignored;
                 return Fed::Drop;
             }
+            if s.partial + bytes.len() > s.budget() {
+                s.media_streams_open = s.media_streams_open.saturating_sub(1);
+                s.partial -= buf.len();
+                debug!(
+                    held = s.partial,
+                    "media streams hold their budget: one is stopped and its frame discarded"
+                );
+                *state = Inbound::Ignored;
+                return Fed::Shed;
+            }
+            s.partial += bytes.len();
             buf.extend_from_slice(&bytes);
             Fed::More
         }
@@ -1233,6 +1427,7 @@ fn feed(
             let Some(s) = session else {
                 return Fed::More;
             };
+            decoder.set_max_frame_bytes(s.limit());
             decoder.push(&bytes);
             loop {
                 match decoder.next_frame() {
@@ -1320,7 +1515,7 @@ fn feed(
                 // ahead of every media stream.
                 s.control = Some(id);
                 *state = Inbound::Control {
-                    decoder: StreamDecoder::new(config.max_frame),
+                    decoder: StreamDecoder::new(s.limit()),
                 };
             } else {
                 if s.media_streams_open >= config.max_streams {
@@ -1354,6 +1549,7 @@ fn finish_inbound(session: Option<&mut Session>, state: Inbound) {
     match state {
         Inbound::Media { bytes } => {
             s.media_streams_open = s.media_streams_open.saturating_sub(1);
+            s.partial -= bytes.len();
             if bytes.first() == Some(&FRAME_MEDIA) {
                 push(s, Incoming::Frame(bytes.freeze()));
             } else if !bytes.is_empty() {
@@ -1487,6 +1683,15 @@ fn write_from_outbox(c: &mut Conn, state: &AppState, scratch: &mut Scratch) {
         }
     }
     s.outbox = Some(outbox);
+    // Once the session's limit is raised (its Welcome is queued), QUIC's
+    // receive window grows with it; the credit goes out with the Welcome.
+    let limit = s.limit();
+    if limit != s.window_for {
+        s.window_for = limit;
+        c.q.set_receive_window(
+            VarInt::from_u64((BUDGET_FRAMES * limit) as u64).unwrap_or(VarInt::MAX),
+        );
+    }
     if let Some(reason) = closing {
         close_session(
             c,
@@ -1678,7 +1883,13 @@ mod tests {
         let (tx, rx) = mpsc::channel(capacity);
         let connect = StreamId::new(Side::Client, Dir::Bi, 0);
         (
-            Session::new(connect, tx, Arc::new(AtomicBool::new(false))),
+            Session::new(
+                connect,
+                tx,
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicUsize::new(CONFIG().max_frame)),
+                Arc::new(AtomicUsize::new(0)),
+            ),
             rx,
         )
     }
@@ -1784,10 +1995,12 @@ mod tests {
                     assert!(bytes.len() <= config.max_frame, "seed {seed}");
                 }
                 assert!(s.media_streams_open <= config.max_streams, "seed {seed}");
-                let ended = matches!(fed, Fed::Drop) || *at == bytes.len();
+                assert!(s.partial <= s.budget(), "seed {seed}: {} held", s.partial);
+                let dropped = matches!(fed, Fed::Drop | Fed::Shed);
+                let ended = dropped || *at == bytes.len();
                 if ended {
                     let (_, state, _, _) = streams.swap_remove(k);
-                    if !matches!(fed, Fed::Drop) {
+                    if !dropped {
                         finish_inbound(Some(&mut s), state);
                     }
                 }
@@ -1796,6 +2009,7 @@ mod tests {
                 s.media_streams_open, 0,
                 "seed {seed}: a stream place leaked"
             );
+            assert_eq!(s.partial, 0, "seed {seed}: partial bytes leaked");
             while let Ok(item) = rx.try_recv() {
                 match item {
                     Incoming::Frame(f) => assert_eq!(f.first(), Some(&FRAME_MEDIA), "seed {seed}"),
@@ -1815,14 +2029,69 @@ mod tests {
         }
     }
 
+    /// Many media streams that each stop short of their frame's end hold at
+    /// most the session's budget: the stream that would go over it is shed
+    /// (stopped, its bytes let go), not buffered. The budget follows the
+    /// frame limit in force: small before Hello.
+    #[test]
+    fn partial_media_streams_hold_at_most_the_budget() {
+        let (mut s, _rx) = session(16);
+        s.frame_limit.store(100, Ordering::Release);
+        let mut config = CONFIG();
+        config.max_streams = 100;
+        let mut open = Vec::new();
+        let mut shed = 0;
+        for i in 0..20 {
+            let mut state = header(false);
+            let mut bytes = wt_uni_header();
+            bytes.push(FRAME_MEDIA);
+            bytes.extend_from_slice(&[0; 89]);
+            match feed(
+                &mut state,
+                Bytes::from(bytes),
+                Some(&mut s),
+                &config,
+                uni(i),
+            ) {
+                Fed::More => open.push(state),
+                Fed::Shed => shed += 1,
+                _ => panic!("stream {i}"),
+            }
+            assert!(s.partial <= 400, "{} held", s.partial);
+        }
+        assert_eq!((open.len(), shed), (4, 16));
+        assert_eq!(s.media_streams_open, 4);
+        // The limit is raised (Welcome): the budget with it.
+        s.frame_limit.store(1000, Ordering::Release);
+        let mut more = header(false);
+        let mut bytes = wt_uni_header();
+        bytes.push(FRAME_MEDIA);
+        bytes.extend_from_slice(&[0; 899]);
+        assert!(matches!(
+            feed(
+                &mut more,
+                Bytes::from(bytes),
+                Some(&mut s),
+                &config,
+                uni(99)
+            ),
+            Fed::More
+        ));
+        assert_eq!(s.partial, 360 + 900);
+    }
+
     #[test]
     fn a_session_on_stream_0_shares_the_static_headers_and_others_get_their_own() {
         let (tx, _rx) = mpsc::channel(1);
         let queued = Arc::new(AtomicBool::new(false));
+        let limit = Arc::new(AtomicUsize::new(1000));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let first = Session::new(
             StreamId::new(Side::Client, Dir::Bi, 0),
             tx.clone(),
             queued.clone(),
+            limit.clone(),
+            queued_bytes.clone(),
         );
         assert_eq!(&first.uni_header[..], &wt_uni_header()[..]);
         assert_eq!(first.uni_header.as_ptr(), UNI_HEADER_STREAM_0.as_ptr());
@@ -1832,7 +2101,13 @@ mod tests {
             DATAGRAM_HEADER_STREAM_0.as_ptr()
         );
         // Client bidirectional stream 1 is stream id 4: quarter id 1.
-        let second = Session::new(StreamId::new(Side::Client, Dir::Bi, 1), tx, queued);
+        let second = Session::new(
+            StreamId::new(Side::Client, Dir::Bi, 1),
+            tx,
+            queued,
+            limit,
+            queued_bytes,
+        );
         assert_eq!(&second.uni_header[..], &[0x40, 0x54, 0x04]);
         assert_eq!(&second.datagram_header[..], &[0x01]);
         assert_ne!(second.uni_header.as_ptr(), UNI_HEADER_STREAM_0.as_ptr());

@@ -26,7 +26,11 @@ const H3_UNI_STREAMS: u32 = 3;
 /// HTTP/3's own (control and the two QPACK streams), so that one too many
 /// reaches us and gets TOO_MANY_STREAMS (PROTOCOL.md §7) instead of waiting
 /// for credit the transport never gives.
-fn quic_config(identity: &Identity, max_streams: u32) -> Result<quinn_proto::ServerConfig, String> {
+fn quic_config(
+    identity: &Identity,
+    max_streams: u32,
+    max_frame: u32,
+) -> Result<quinn_proto::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -46,6 +50,12 @@ fn quic_config(identity: &Identity, max_streams: u32) -> Result<quinn_proto::Ser
     // The CONNECT request, the control stream, and one more that gets WRONG_STREAM.
     transport.max_concurrent_bidi_streams(quinn_proto::VarInt::from_u32(BIDI_STREAMS));
     transport.send_window(SEND_WINDOW);
+    // What a client may send ahead of what the engine has read: small until
+    // its Hello is accepted, when the engine raises it to the session's
+    // budget (quic.rs, BUDGET_FRAMES); one frame per stream.
+    transport.receive_window(quinn_proto::VarInt::from_u32(INITIAL_RECEIVE_WINDOW));
+    transport.stream_receive_window(quinn_proto::VarInt::from_u32(max_frame + 64));
+    transport.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
     transport.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     transport.ack_frequency_config(Some(ack_frequency()));
     config.transport_config(Arc::new(transport));
@@ -91,6 +101,14 @@ const BIDI_STREAMS: u32 = 4;
 /// a 100 ms round trip.
 const SEND_WINDOW: u64 = 1024 * 1024;
 
+/// QUIC's connection receive window before Hello: the CONNECT request,
+/// HTTP/3's streams and a Hello, with room to spare.
+const INITIAL_RECEIVE_WINDOW: u32 = 64 * 1024;
+
+/// Datagrams QUIC holds before the engine reads them (quinn's default is
+/// 1.25 MB per connection); the engine reads them as they come.
+const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
+
 /// Bytes of audio datagrams QUIC holds for a session before it drops the
 /// oldest (quinn's default is 1 MiB, minutes of audio nobody wants late).
 const DATAGRAM_SEND_BUFFER: usize = 64 * 1024;
@@ -105,7 +123,11 @@ pub fn start(
         format!("cannot bind UDP {addr} for WebTransport: {e}; give it another with --webtransport-listen")
     })?;
     let bound = socket.local_addr().map_err(|e| e.to_string())?;
-    let server_config = Arc::new(quic_config(identity, state.config.max_concurrent_streams)?);
+    let server_config = Arc::new(quic_config(
+        identity,
+        state.config.max_concurrent_streams,
+        state.config.max_frame_bytes,
+    )?);
     let config = EngineConfig {
         path: PATH.to_string(),
         max_frame: state.config.max_frame_bytes as usize,
@@ -164,17 +186,29 @@ async fn run(state: Arc<AppState>, session: NewSession) {
         incoming: mut rx,
         commands,
         writer,
+        frame_limit,
+        queued_bytes,
+        handshake,
+        evicted,
     } = session;
     let peer: IpAddr = peer.ip();
     // The engine drains this connection's outbox itself: no writer task.
-    let conn = Connection::with_external_writer(state.clone(), "wt", peer, writer.clone());
+    let conn = Connection::with_external_writer(state.clone(), "wt", peer, writer.clone())
+        .with_handshake(handshake, evicted)
+        .with_frame_limit(frame_limit);
     let close = Arc::new(ExternalClose::default());
     let _ = commands.send(Command::Attach {
         key,
         outbox: conn.outbox(),
         close: close.clone(),
     });
-    let incoming = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let incoming = futures_util::stream::poll_fn(move |cx| {
+        let next = rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(crate::connection::Incoming::Frame(f))) = &next {
+            queued_bytes.fetch_sub(f.len(), std::sync::atomic::Ordering::AcqRel);
+        }
+        next
+    });
     drive_external(conn, incoming, state, peer, close, writer).await;
 }
 

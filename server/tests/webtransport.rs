@@ -48,11 +48,24 @@ impl WtClient {
         WtClient::connect_with(server, web_transport_quinn::Client::new(endpoint, config)).await
     }
 
+    /// Connects to a server running as its own process, at WebTransport
+    /// `port`, trusting certificate `hash`.
+    async fn connect_to(port: u16, hash: Vec<u8>) -> WtClient {
+        let client = web_transport_quinn::ClientBuilder::new()
+            .with_server_certificate_hashes(vec![hash])
+            .unwrap();
+        WtClient::connect_port(port, client).await
+    }
+
     async fn connect_with(
         server: &convene_server::Server,
         client: web_transport_quinn::Client,
     ) -> WtClient {
         let port = server.wt_addr.expect("WebTransport is on with TLS").port();
+        WtClient::connect_port(port, client).await
+    }
+
+    async fn connect_port(port: u16, client: web_transport_quinn::Client) -> WtClient {
         let url = url::Url::parse(&format!("https://127.0.0.1:{port}/convene/wt")).unwrap();
         let session = client.connect(url).await.expect("WebTransport session");
         let (send, recv) = session.open_bi().await.unwrap();
@@ -445,5 +458,180 @@ async fn frames_larger_than_the_subscribers_window_arrive_whole() {
     }
     seen.sort_unstable();
     assert_eq!(seen, (0..FRAMES).collect::<Vec<_>>());
+    server.shutdown().await;
+}
+
+/// The WebTransport port and certificate hash of a server running as its own process.
+fn wt_of(node: &common::process::Node) -> (u16, Vec<u8>) {
+    // Both lines follow the one Node::start waits for, within moments.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while node.log_find("\"sha256\":\"").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificate hash logged"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let line = node
+        .log_find("WebTransport on https://")
+        .expect("WebTransport is on");
+    let port = line
+        .split("WebTransport on https://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .expect("the WebTransport address is logged")
+        .port();
+    let hash = node
+        .log_find("\"sha256\":\"")
+        .and_then(|l| l.split("\"sha256\":\"").nth(1).map(|r| r[..64].to_string()))
+        .expect("the certificate hash is logged");
+    (port, hex::decode(hash).unwrap())
+}
+
+/// Opens `n` unidirectional streams on `wt` and writes `len` bytes of an
+/// unfinished media frame on each, in the background.
+fn write_partial_streams(wt: &WtClient, n: usize, len: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let session = wt.session.clone();
+            tokio::spawn(async move {
+                let Ok(Ok(mut s)) =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), session.open_uni())
+                        .await
+                else {
+                    return;
+                };
+                let mut frame = vec![0u8; len];
+                frame[0] = 0x02;
+                // Blocks for good once flow control stops it, or fails once stopped.
+                let _ = s.write_all(&frame).await;
+                std::future::pending::<()>().await;
+            })
+        })
+        .collect()
+}
+
+/// The largest RSS of `node` over `samples` readings 50 ms apart.
+async fn peak_rss(node: &common::process::Node, samples: usize) -> u64 {
+    let mut peak = 0;
+    for _ in 0..samples {
+        peak = peak.max(node.rss_kib());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    peak
+}
+
+/// Four sessions each open 100 media streams and send 200 KiB of a frame on
+/// each without finishing it. Before: every byte was kept, 26 MB a session
+/// (106 MB for four). Now a session holds its budget (4 frames of partial
+/// media, as much queued for its task and QUIC's window of the same size,
+/// PROTOCOL.md §11.5), sheds the streams beyond it, and stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_media_streams_cannot_make_a_session_hold_more_than_its_budget() {
+    let node = common::process::Node::start(&["--dev-tls"]);
+    let (port, hash) = wt_of(&node);
+    let base = node.rss_kib();
+    let mut sessions = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let mut wt = WtClient::connect_to(port, hash.clone()).await;
+        wt.hello().await;
+        writers.extend(write_partial_streams(&wt, 100, 200 << 10));
+        sessions.push(wt);
+    }
+    let peak = peak_rss(&node, 60).await;
+    let grew = peak.saturating_sub(base);
+    println!(
+        "RSS {base} KiB before, {peak} KiB at most: +{} KiB a session",
+        grew / 4
+    );
+    assert!(
+        grew < 4 * 6 * 1024,
+        "4 sessions grew the server by {grew} KiB"
+    );
+    // Each session still answers.
+    for wt in &mut sessions {
+        wt.send(C::Ping(v1::Ping { timestamp_us: 7 })).await;
+        wt.expect(|m| matches!(m, S::Pong(p) if p.timestamp_us == 7))
+            .await;
+    }
+    for w in writers {
+        w.abort();
+    }
+}
+
+/// The same before Hello: the budget is then that of the 8 KiB Hello
+/// limit, so sessions that never authenticate hold almost nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_hello_a_session_holds_almost_nothing() {
+    let node = common::process::Node::start(&["--dev-tls", "--handshake-timeout-ms", "30000"]);
+    let (port, hash) = wt_of(&node);
+    let base = node.rss_kib();
+    let mut sessions = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..16 {
+        let wt = WtClient::connect_to(port, hash.clone()).await;
+        writers.extend(write_partial_streams(&wt, 50, 200 << 10));
+        sessions.push(wt);
+    }
+    let peak = peak_rss(&node, 40).await;
+    let grew = peak.saturating_sub(base);
+    println!(
+        "RSS {base} KiB before, {peak} KiB at most: +{} KiB a session before Hello",
+        grew / 16
+    );
+    assert!(
+        grew < 16 * 512,
+        "16 sessions before Hello grew the server by {grew} KiB"
+    );
+    for w in writers {
+        w.abort();
+    }
+}
+
+/// A QUIC connection that never opens a WebTransport session holds a
+/// handshaking slot, and is closed at the handshake timeout (before: kept
+/// for good and not counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_connection_without_a_session_is_counted_and_timed_out() {
+    use web_transport_quinn::quinn;
+    let server = server(|c| {
+        c.dev_tls = true;
+        c.handshake_timeout_ms = 500;
+    })
+    .await;
+    let hash = hex::decode(server.cert_sha256.as_ref().unwrap()).unwrap();
+    let mut tls = convene_client::tls::client_config(Some(hash)).unwrap();
+    tls.alpn_protocols = vec![web_transport_quinn::ALPN.as_bytes().to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    // Keep-alives: the connection is never idle, only sessionless.
+    transport.keep_alive_interval(Some(std::time::Duration::from_millis(100)));
+    config.transport_config(std::sync::Arc::new(transport));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(config, server.wt_addr.unwrap(), "localhost")
+        .unwrap()
+        .await
+        .expect("QUIC handshake");
+    assert_eq!(
+        server.state.slots.counts().0,
+        1,
+        "the connection holds a handshaking slot"
+    );
+    let closed = tokio::time::timeout(DEADLINE, conn.closed())
+        .await
+        .expect("the server closes a connection with no session");
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(_)),
+        "{closed:?}"
+    );
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while server.state.slots.counts().0 != 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     server.shutdown().await;
 }

@@ -247,12 +247,13 @@ impl ServerSession {
         &self.config.limits
     }
 
-    /// The largest frame accepted in the current state.
+    /// The largest frame accepted in the current state: the Hello limit
+    /// before Hello, none once closed (a transport then buffers nothing more).
     pub fn max_frame_bytes(&self) -> usize {
-        if self.state == State::AwaitingHello {
-            max::MAX_HELLO_FRAME_BYTES as usize
-        } else {
-            self.config.limits.max_frame_bytes as usize
+        match self.state {
+            State::AwaitingHello => max::MAX_HELLO_FRAME_BYTES as usize,
+            State::Closed => 0,
+            _ => self.config.limits.max_frame_bytes as usize,
         }
     }
 
