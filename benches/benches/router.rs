@@ -27,6 +27,7 @@ fn room(subscribers: u32, kind: TrackKind) -> (Room, Vec<Arc<Outbox>>) {
         max_participants: 100_000,
         max_tracks: 8,
         max_rooms: 1,
+        ..RoomLimits::default()
     };
     let mut room = Room::new("bench", limits);
     let new_outbox = || {

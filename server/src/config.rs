@@ -271,6 +271,16 @@ pub struct Cli {
     #[arg(long, env = "CONVENE_CONTROL_BURST")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control_burst: Option<u32>,
+    /// Bytes of chat text and E2EE payload one participant may send per
+    /// second [default: 16384].
+    #[arg(long, env = "CONVENE_RELAY_BYTES_PER_SECOND")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_bytes_per_second: Option<u32>,
+    /// Bytes of chat text and E2EE payload sent to a whole room per second,
+    /// all senders together [default: 65536].
+    #[arg(long, env = "CONVENE_ROOM_RELAY_BYTES_PER_SECOND")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_relay_bytes_per_second: Option<u32>,
     /// Time allowed from connection to Hello, in ms [default: 10000].
     #[arg(long, env = "CONVENE_HANDSHAKE_TIMEOUT_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -418,6 +428,10 @@ pub struct Config {
     pub control_messages_per_second: u32,
     /// Control message burst.
     pub control_burst: u32,
+    /// Chat and E2EE bytes per second per participant.
+    pub relay_bytes_per_second: u32,
+    /// Chat and E2EE bytes per second to a whole room.
+    pub room_relay_bytes_per_second: u32,
     /// Handshake timer.
     pub handshake_timeout_ms: u32,
     /// Heartbeat interval.
@@ -487,6 +501,8 @@ impl Default for Config {
             max_ingress_kbps: default::MAX_INGRESS_KBPS,
             control_messages_per_second: default::CONTROL_MESSAGES_PER_SECOND,
             control_burst: default::CONTROL_BURST,
+            relay_bytes_per_second: default::RELAY_BYTES_PER_SECOND,
+            room_relay_bytes_per_second: default::ROOM_RELAY_BYTES_PER_SECOND,
             handshake_timeout_ms: default::HANDSHAKE_TIMEOUT_MS,
             heartbeat_interval_ms: default::HEARTBEAT_INTERVAL_MS,
             idle_timeout_ms: default::IDLE_TIMEOUT_MS,
@@ -605,6 +621,16 @@ impl Config {
             max::CONTROL_MESSAGES_PER_SECOND,
         )?;
         over("control_burst", self.control_burst, max::CONTROL_BURST)?;
+        over(
+            "relay_bytes_per_second",
+            self.relay_bytes_per_second,
+            max::RELAY_BYTES_PER_SECOND,
+        )?;
+        over(
+            "room_relay_bytes_per_second",
+            self.room_relay_bytes_per_second,
+            max::ROOM_RELAY_BYTES_PER_SECOND,
+        )?;
         over(
             "handshake_timeout_ms",
             self.handshake_timeout_ms,

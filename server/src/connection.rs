@@ -130,6 +130,8 @@ impl Connection {
         limits.max_ingress_kbps = c.max_ingress_kbps;
         limits.control_messages_per_second = c.control_messages_per_second;
         limits.control_burst = c.control_burst;
+        limits.relay_bytes_per_second = c.relay_bytes_per_second;
+        limits.room_relay_bytes_per_second = c.room_relay_bytes_per_second;
         let config = ServerSessionConfig {
             limits,
             handshake_timeout: Duration::from_millis(c.handshake_timeout_ms as u64),
@@ -672,7 +674,11 @@ fn flush_session(session: &mut ServerSession, outbox: &Outbox, state: &AppState)
         if let Some(code) = error_code_of(&f) {
             state.metrics.error(handshake, code.name());
         }
-        outbox.push_control(f);
+        // A queue closed for slowness was emptied; the session's last words
+        // (SLOW_CONSUMER) still go out.
+        if !outbox.push_control(f.clone()) && session.is_closed() {
+            outbox.push_last(f);
+        }
     }
 }
 

@@ -1,8 +1,11 @@
 //! A subscriber's bounded priority queue (PROTOCOL.md §6.4), shared between
 //! the router, which fills it, and the connection's writer, which drains it.
 //!
-//! Three lanes: control (never dropped), audio, and video (key and delta
-//! frames in one FIFO, so a track's frames stay in order). When the queue is
+//! Four lanes, drained in this order: control (the session's own answers
+//! and the room's announcements, never dropped), audio, relay (chat and
+//! E2EE messages from other members: bounded, so that what others send can
+//! never hold this subscriber's audio back or grow without end), and video
+//! (key and delta frames in one FIFO, so a track's frames stay in order). When the queue is
 //! full it drops video deltas first (and the rest of that track's deltas until
 //! its next key frame, which it asks the publisher for), then video key
 //! frames, and audio last. A queue that keeps overflowing for
@@ -71,6 +74,9 @@ pub struct OutboxLimits {
     pub max_media_frames: usize,
     /// Most control bytes queued before the subscriber counts as slow.
     pub max_control_bytes: usize,
+    /// Most bytes of chat and E2EE messages from others queued; one more
+    /// marks the subscriber slow.
+    pub max_relay_bytes: usize,
     /// Continuous overflow after which the subscriber is disconnected.
     pub slow_consumer: Duration,
 }
@@ -80,13 +86,19 @@ impl Default for OutboxLimits {
         OutboxLimits {
             max_media_bytes: 2 << 20,
             max_media_frames: 1024,
-            max_control_bytes: 4 << 20,
+            max_control_bytes: 1 << 20,
+            max_relay_bytes: MAX_RELAY_BYTES,
             slow_consumer: Duration::from_millis(
                 convene_protocol::limits::default::SLOW_CONSUMER_MS as u64,
             ),
         }
     }
 }
+
+/// Bytes of chat and E2EE messages from other members a subscriber's queue
+/// holds (PROTOCOL.md §11.5): sixteen seconds of the room's whole relay
+/// budget at its default.
+pub const MAX_RELAY_BYTES: usize = 1 << 20;
 
 /// What happened to a pushed media frame.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -105,6 +117,8 @@ pub struct PushOutcome {
 struct Inner {
     control: VecDeque<Bytes>,
     control_bytes: usize,
+    relay: VecDeque<Bytes>,
+    relay_bytes: usize,
     audio: VecDeque<Bytes>,
     video: VecDeque<VideoEntry>,
     media_bytes: usize,
@@ -210,8 +224,7 @@ impl Outbox {
         q.control.push_back(frame);
         let became_slow = q.control_bytes > self.limits.max_control_bytes;
         if became_slow {
-            q.closed = true;
-            q.slow = true;
+            mark_slow(&mut q);
         }
         drop(q);
         if became_slow {
@@ -220,6 +233,45 @@ impl Outbox {
             self.waker.wake();
         }
         true
+    }
+
+    /// Queues a chat or E2EE message from another member. These wait behind
+    /// audio; a subscriber that lets them pile up past their limit is marked
+    /// slow and closed (the room's relay budget keeps honest members far from it).
+    pub fn push_relay(&self, frame: Bytes) -> bool {
+        let mut q = self.lock();
+        if q.closed {
+            return false;
+        }
+        if q.relay_bytes + frame.len() > self.limits.max_relay_bytes {
+            mark_slow(&mut q);
+            drop(q);
+            self.waker.wake_closed();
+            return false;
+        }
+        q.relay_bytes += frame.len();
+        q.nonempty_since.get_or_insert_with(std::time::Instant::now);
+        q.relay.push_back(frame);
+        drop(q);
+        self.waker.wake();
+        true
+    }
+
+    /// Queues the session's last words (its Error or Goodbye) on an outbox
+    /// already closed: a subscriber cut off for slowness must still learn
+    /// why (SLOW_CONSUMER), ahead of nothing, since its queue was emptied.
+    pub fn push_last(&self, frame: Bytes) {
+        let mut q = self.lock();
+        if !q.closed {
+            drop(q);
+            self.push_control(frame);
+            return;
+        }
+        q.control_bytes += frame.len();
+        q.nonempty_since.get_or_insert_with(std::time::Instant::now);
+        q.control.push_back(frame);
+        drop(q);
+        self.waker.wake();
     }
 
     /// Queues a media frame of `track` (publisher, track id), dropping by the
@@ -274,8 +326,7 @@ impl Outbox {
         if !out.dropped.is_empty() || !fits {
             let since = *q.overflow_since.get_or_insert(now);
             if now.saturating_since(since) >= self.limits.slow_consumer {
-                q.closed = true;
-                q.slow = true;
+                mark_slow(&mut q);
                 out.slow = true;
                 drop(q);
                 self.waker.wake_closed();
@@ -313,8 +364,9 @@ impl Outbox {
         out
     }
 
-    /// Moves queued frames into `out`, control first, then audio, then video,
-    /// up to about `max_bytes`. Returns true if frames remain.
+    /// Moves queued frames into `out`, control first, then audio, then chat
+    /// and E2EE messages from others, then video, up to about `max_bytes`.
+    /// Returns true if frames remain.
     pub fn drain(&self, out: &mut Vec<Bytes>, max_bytes: usize) -> bool {
         self.drain_timed(out, max_bytes, std::time::Instant::now())
             .more
@@ -348,6 +400,10 @@ impl Outbox {
                 taken += f.len();
                 audio += 1;
                 out.push(f);
+            } else if let Some(f) = q.relay.pop_front() {
+                q.relay_bytes -= f.len();
+                taken += f.len();
+                out.push(f);
             } else if let Some(v) = q.video.pop_front() {
                 q.media_bytes -= v.frame.len();
                 taken += v.frame.len();
@@ -356,7 +412,8 @@ impl Outbox {
                 break;
             }
         }
-        let empty = q.control.is_empty() && q.audio.is_empty() && q.video.is_empty();
+        let empty =
+            q.control.is_empty() && q.audio.is_empty() && q.relay.is_empty() && q.video.is_empty();
         if empty {
             q.overflow_since = None;
             q.nonempty_since = None;
@@ -452,8 +509,29 @@ impl Outbox {
     /// Frames queued now, for the queue-depth metric.
     pub fn depth(&self) -> usize {
         let q = self.lock();
-        q.control.len() + q.audio.len() + q.video.len()
+        q.control.len() + q.audio.len() + q.relay.len() + q.video.len()
     }
+
+    /// Bytes queued now in all lanes.
+    pub fn bytes(&self) -> usize {
+        let q = self.lock();
+        q.control_bytes + q.relay_bytes + q.media_bytes
+    }
+}
+
+/// Closes a queue whose subscriber is too slow and lets go of everything in
+/// it: the subscriber is leaving, and only its last words are sent
+/// ([`Outbox::push_last`]), without waiting behind what it did not read.
+fn mark_slow(q: &mut Inner) {
+    q.closed = true;
+    q.slow = true;
+    q.control.clear();
+    q.control_bytes = 0;
+    q.relay.clear();
+    q.relay_bytes = 0;
+    q.audio.clear();
+    q.video.clear();
+    q.media_bytes = 0;
 }
 
 /// Removes one frame to make room for a frame of `incoming` class. Returns the
@@ -521,6 +599,7 @@ mod tests {
             max_media_bytes: usize::MAX,
             max_media_frames: frames,
             max_control_bytes: 1000,
+            max_relay_bytes: 100,
             slow_consumer: Duration::from_secs(5),
         };
         (Outbox::new(limits, Box::new(Count(wakes.clone()))), wakes)

@@ -16,7 +16,8 @@ use convene_protocol::v1::{
     self, Participant, Role, ServerMessage, TrackInfo, TrackKind, server_message::Msg,
 };
 use convene_protocol::{
-    ErrorCode, MediaFrame, MediaHeader, ProtocolError, RoomRequest, Timestamp, encode_control,
+    ErrorCode, MediaFrame, MediaHeader, ProtocolError, RoomRequest, Timestamp, TokenBucket,
+    encode_control,
 };
 
 use crate::bus::{Bus, BusMessage, NoBus, NodeId, PARTICIPANT_BITS, RosterEntry};
@@ -29,6 +30,12 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Key-frame requests the server makes on subscribers' behalf, at most one per track per this long.
 const KEY_FRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
+/// Subscribers' key-frame requests for one track reach its publisher at most
+/// once per this interval (PROTOCOL.md §6.5); one arriving sooner waits for
+/// the end of the interval, and is dropped if a key frame passes meanwhile.
+/// Each key frame costs every subscriber a burst; one member asking in a
+/// loop once had 240 a second forwarded.
+pub const KEY_FRAME_COALESCE: Duration = Duration::from_millis(500);
 
 /// Capacity settings of rooms.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +46,20 @@ pub struct RoomLimits {
     pub max_tracks: u32,
     /// Most rooms on this server.
     pub max_rooms: usize,
+    /// Bytes of chat text and E2EE payload a room relays to everyone per second.
+    pub room_relay_bytes_per_second: u32,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        use convene_protocol::limits::default;
+        RoomLimits {
+            max_participants: default::MAX_PARTICIPANTS_PER_ROOM,
+            max_tracks: default::MAX_TRACKS_PER_PARTICIPANT,
+            max_rooms: 10_000,
+            room_relay_bytes_per_second: default::ROOM_RELAY_BYTES_PER_SECOND,
+        }
+    }
 }
 
 /// Counts from routing one media frame, for metrics.
@@ -63,6 +84,10 @@ struct Publication {
     subscribers: Vec<(u32, Arc<Outbox>)>,
     /// When the server last asked for a key frame on subscribers' behalf.
     last_key_request: Option<Timestamp>,
+    /// A subscriber's request arrived within [`KEY_FRAME_COALESCE`] of the
+    /// last one: it goes out when the interval is over, unless a key frame
+    /// passes first.
+    key_wanted: bool,
     /// How fast the track arrives, and what the publisher was told about it.
     congestion: Congestion,
 }
@@ -191,6 +216,8 @@ pub struct Room {
     /// Set while the room, just opened here, waits for the other nodes to
     /// say who is in the meeting: Joins are held until then.
     syncing: Option<Syncing>,
+    /// Chat and E2EE bytes the room may still relay to everyone (made at first use).
+    relay_budget: Option<TokenBucket>,
 }
 
 /// A room learning who is in its meeting on the other nodes.
@@ -272,6 +299,7 @@ impl Room {
             waiting: BTreeMap::new(),
             remote_waiting: BTreeMap::new(),
             syncing: None,
+            relay_budget: None,
         }
     }
 
@@ -374,6 +402,48 @@ impl Room {
     fn send_to(&self, pid: u32, msg: Msg) {
         if let Some(o) = self.members.get(&pid).and_then(|m| m.outbox.as_ref()) {
             o.push_control(frame(msg));
+        }
+    }
+
+    /// Relays a chat or E2EE message to `to` (everyone but `except` when
+    /// None): in the recipients' relay lanes, behind their audio.
+    fn relay(&self, msg: Msg, to: Option<u32>, except: Option<u32>) {
+        let f = frame(msg);
+        match to {
+            Some(pid) => {
+                if let Some(o) = self.members.get(&pid).and_then(|m| m.outbox.as_ref()) {
+                    o.push_relay(f);
+                }
+            }
+            None => {
+                for (pid, m) in &self.members {
+                    if let (true, Some(o)) = (Some(*pid) != except, &m.outbox) {
+                        o.push_relay(f.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes `bytes` from the room's budget for messages to everyone, or
+    /// says RATE_LIMITED: what all members together make the room relay to
+    /// each member is bounded (PROTOCOL.md §7), so no group of senders can
+    /// fill someone's link.
+    fn spend_relay_budget(&mut self, now: Timestamp, bytes: usize) -> Result<(), ProtocolError> {
+        let rate = self.limits.room_relay_bytes_per_second as f64;
+        let budget = self
+            .relay_budget
+            .get_or_insert_with(|| TokenBucket::new(now, rate, rate * 4.0));
+        if budget.try_take(now, bytes as f64) {
+            Ok(())
+        } else {
+            Err(ProtocolError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "this room relays at most {} bytes of chat and E2EE messages to everyone per second; try again shortly",
+                    self.limits.room_relay_bytes_per_second
+                ),
+            ))
         }
     }
 
@@ -607,13 +677,23 @@ impl Room {
         let Some(p) = m.tracks.get_mut(&track) else {
             return;
         };
-        if !force
-            && p.last_key_request
-                .is_some_and(|t| now.saturating_since(t) < KEY_FRAME_REQUEST_INTERVAL)
+        // `force`: a subscriber asked, or a new subscriber needs a picture
+        // to start from: coalesced within KEY_FRAME_COALESCE and sent when
+        // it is over. Otherwise a queue dropped frames: at most one a
+        // second, and never deferred (more drops will ask again).
+        let interval = if force {
+            KEY_FRAME_COALESCE
+        } else {
+            KEY_FRAME_REQUEST_INTERVAL
+        };
+        if p.last_key_request
+            .is_some_and(|t| now.saturating_since(t) < interval)
         {
+            p.key_wanted |= force;
             return;
         }
         p.last_key_request = Some(now);
+        p.key_wanted = false;
         match &m.outbox {
             Some(o) => {
                 o.push_control(frame(Msg::KeyFrameRequest(v1::KeyFrameRequest {
@@ -702,6 +782,17 @@ impl Room {
         req: RoomRequest,
         server_time_us: u64,
     ) -> Result<(), ProtocolError> {
+        // Messages to everyone spend the room's relay budget where they are
+        // sent from; other nodes trust that node's count.
+        match &req {
+            RoomRequest::Chat(c) if c.to_participant_id == 0 => {
+                self.spend_relay_budget(now, c.text.len())?
+            }
+            RoomRequest::E2ee(e) if e.to_participant_id == 0 => {
+                self.spend_relay_budget(now, e.payload.len())?
+            }
+            _ => {}
+        }
         let copy = replicated(&req).then(|| req.clone());
         self.apply_request(now, pid, req, server_time_us)?;
         if let Some(request) = copy {
@@ -766,6 +857,7 @@ impl Room {
                         audio,
                         subscribers,
                         last_key_request: None,
+                        key_wanted: false,
                         congestion: Congestion::default(),
                     },
                 );
@@ -843,13 +935,20 @@ impl Room {
                 p.subscribers.retain(|(x, _)| *x != pid);
             }
             RoomRequest::KeyFrameRequest(k) => {
-                let exists = k.participant_id != pid
-                    && self
-                        .members
-                        .get(&k.participant_id)
-                        .is_some_and(|m| m.tracks.contains_key(&k.track_id));
-                if !exists {
-                    return Err(unknown_track(k.participant_id, k.track_id));
+                let p = (k.participant_id != pid)
+                    .then(|| self.members.get(&k.participant_id))
+                    .flatten()
+                    .and_then(|m| m.tracks.get(&k.track_id))
+                    .ok_or_else(|| unknown_track(k.participant_id, k.track_id))?;
+                // Only a subscriber needs the track's key frames (§6.5).
+                if !p.subscribers.iter().any(|(s, _)| *s == pid) {
+                    return Err(ProtocolError::new(
+                        ErrorCode::UnknownTrack,
+                        format!(
+                            "you are not subscribed to track {} of participant {}",
+                            k.track_id, k.participant_id
+                        ),
+                    ));
                 }
                 self.request_key_frame(now, k.participant_id, k.track_id, pid, true);
             }
@@ -862,14 +961,14 @@ impl Room {
                     server_timestamp_us: server_time_us,
                 });
                 if c.to_participant_id == 0 {
-                    self.broadcast(msg, None);
+                    self.relay(msg, None, None);
                 } else {
                     self.require_member(c.to_participant_id)?;
                     let f = frame(msg);
                     let sender_too = (c.to_participant_id != pid).then_some(pid);
                     for to in std::iter::once(c.to_participant_id).chain(sender_too) {
                         if let Some(o) = self.members.get(&to).and_then(|m| m.outbox.as_ref()) {
-                            o.push_control(f.clone());
+                            o.push_relay(f.clone());
                         }
                     }
                 }
@@ -881,10 +980,10 @@ impl Room {
                     payload: e.payload,
                 });
                 if e.to_participant_id == 0 {
-                    self.broadcast(msg, Some(pid));
+                    self.relay(msg, None, Some(pid));
                 } else {
                     self.require_member(e.to_participant_id)?;
-                    self.send_to(e.to_participant_id, msg);
+                    self.relay(msg, Some(e.to_participant_id), None);
                 }
             }
             RoomRequest::MuteRequest(m) => {
@@ -1004,6 +1103,17 @@ impl Room {
         if p.info.muted {
             return Ok(stats);
         }
+        // A subscriber's request held back by the coalescing interval: a key
+        // frame answers it; once the interval is over, it goes out.
+        let mut deferred_key = false;
+        if h.key {
+            p.key_wanted = false;
+        } else if p.key_wanted
+            && p.last_key_request
+                .is_none_or(|t| now.saturating_since(t) >= KEY_FRAME_COALESCE)
+        {
+            deferred_key = true;
+        }
         let class = if p.audio {
             MediaClass::Audio
         } else if h.key {
@@ -1034,7 +1144,9 @@ impl Room {
             need_key |= out.needs_key_frame.is_some();
             stats.slow += out.slow as u32;
         }
-        if need_key {
+        if deferred_key {
+            self.request_key_frame(now, h.sender, h.track_id, 0, true);
+        } else if need_key {
             self.request_key_frame(now, h.sender, h.track_id, 0, false);
         }
         // A frame dropped for a subscriber, or one whose path is congested.

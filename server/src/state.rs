@@ -67,6 +67,7 @@ impl AppState {
                 max_participants: config.max_participants_per_room,
                 max_tracks: config.max_tracks_per_participant,
                 max_rooms: config.max_rooms,
+                room_relay_bytes_per_second: config.room_relay_bytes_per_second,
             },
             bus,
         )

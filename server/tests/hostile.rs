@@ -457,3 +457,192 @@ async fn out_of_descriptors_the_listener_backs_off_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+fn media(track: u32, seq: u32, key: bool, size: usize) -> bytes::Bytes {
+    convene_protocol::MediaFrame::build(
+        &convene_protocol::MediaHeader {
+            key,
+            sender: 0,
+            track_id: track,
+            sequence: seq,
+            capture_timestamp_us: 0,
+        },
+        None,
+        &vec![0u8; size],
+    )
+    .into_bytes()
+}
+
+/// Five members flood the room with E2EE messages of 16 KiB, as fast as
+/// they may, while a quiet member on a 2 Mbit/s downlink (a reader that
+/// takes 250 KB a second) listens to a publisher's audio. Before: the
+/// messages went ahead of audio, were never dropped, and the quiet member
+/// got a 7 s audio gap, then a reset. Now each sender is held to
+/// `relay_bytes_per_second` and the room to `room_relay_bytes_per_second`,
+/// relayed messages wait behind audio, and the quiet member hears every
+/// audio frame and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_flood_does_not_cost_a_quiet_member_its_audio_or_its_connection() {
+    let server = std::sync::Arc::new(server(|c| c.slow_consumer_ms = 2_000).await);
+    let mut publisher = Client::joined(&server, "flood", false).await;
+    let mut quiet = Client::joined(&server, "flood", true).await;
+    publisher
+        .send(common::publish(1, v1::TrackKind::Audio))
+        .await;
+    quiet
+        .expect(|m| matches!(m, S::TrackPublished(t) if t.track.as_ref().is_some_and(|t| t.track_id == 1)))
+        .await;
+    let mut attackers = Vec::new();
+    for _ in 0..5 {
+        attackers.push(Client::joined(&server, "flood", false).await);
+    }
+    const AUDIO_FRAMES: u32 = 150; // 3 s at 50 a second
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut floods = Vec::new();
+    for mut a in attackers {
+        let flooding = flooding.clone();
+        floods.push(tokio::spawn(async move {
+            let mut rate_limited = false;
+            let payload = bytes::Bytes::from(vec![0x55u8; 16 << 10]);
+            while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                a.send(C::E2ee(v1::E2eeSend {
+                    to_participant_id: 0,
+                    payload: payload.clone(),
+                }))
+                .await;
+                // 50 a second: within the control message rate.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while let Ok(Some(seen)) =
+                    tokio::time::timeout(Duration::from_millis(1), a.next()).await
+                {
+                    if let common::Seen::Control(S::Error(e)) = seen {
+                        rate_limited |= e.code == ErrorCode::RateLimited as i32;
+                    }
+                }
+            }
+            rate_limited
+        }));
+    }
+    let sending = tokio::spawn(async move {
+        for seq in 0..AUDIO_FRAMES {
+            publisher.send_raw(media(1, seq, true, 80)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        publisher
+    });
+    // The quiet member's link: 250 KB a second.
+    let mut audio = Vec::new();
+    let mut relayed = 0usize;
+    let started = tokio::time::Instant::now();
+    while audio.last() != Some(&(AUDIO_FRAMES - 1)) {
+        let seen = quiet
+            .next()
+            .await
+            .expect("the quiet member hears something");
+        let size = match &seen {
+            common::Seen::Media(m) => {
+                audio.push(m.header().sequence);
+                m.as_bytes().len()
+            }
+            common::Seen::Control(S::E2ee(e)) => {
+                relayed += e.payload.len();
+                e.payload.len() + 16
+            }
+            common::Seen::Control(_) => 32,
+            common::Seen::Closed(code) => panic!("the quiet member was disconnected ({code:?})"),
+        };
+        tokio::time::sleep(Duration::from_micros(size as u64 * 4)).await;
+    }
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(
+        audio,
+        (0..AUDIO_FRAMES).collect::<Vec<_>>(),
+        "every audio frame, in order"
+    );
+    let mut limited = 0;
+    for f in floods {
+        limited += usize::from(f.await.unwrap());
+    }
+    assert_eq!(limited, 5, "every flooding sender was told RATE_LIMITED");
+    // What reached the quiet member is within the room's budget (4 s of
+    // burst, then 64 KiB a second), far below the 4 MB a second sent.
+    let budget = (65536.0 * (4.5 + elapsed)) as usize;
+    println!("relayed {relayed} bytes in {elapsed:.1} s to the quiet member (budget {budget})");
+    assert!(
+        relayed <= budget,
+        "{relayed} bytes relayed in {elapsed:.1} s"
+    );
+    let _publisher = sending.await.unwrap();
+}
+
+/// A member asks for key frames in a loop (50 a second, within the control
+/// rate) while the publisher's video flows. Before: every request reached
+/// the publisher (2,405 in 10 s). Now they are coalesced to at most one per
+/// 500 ms, and a member that does not subscribe is refused UNKNOWN_TRACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_frame_requests_are_coalesced_and_need_a_subscription() {
+    let server = server(|_| {}).await;
+    let mut subscriber = Client::joined(&server, "kfr", true).await;
+    let mut stranger = Client::joined(&server, "kfr", false).await;
+    let mut publisher = Client::joined(&server, "kfr", false).await;
+    publisher
+        .send(common::publish(1, v1::TrackKind::Video))
+        .await;
+    let pid = publisher.id;
+    subscriber
+        .expect(|m| matches!(m, S::TrackPublished(t) if t.participant_id == pid))
+        .await;
+    stranger
+        .expect(|m| matches!(m, S::TrackPublished(t) if t.participant_id == pid))
+        .await;
+    stranger
+        .send(C::KeyFrameRequest(v1::KeyFrameRequest {
+            participant_id: pid,
+            track_id: 1,
+        }))
+        .await;
+    let S::Error(e) = stranger.expect(|m| matches!(m, S::Error(_))).await else {
+        unreachable!()
+    };
+    assert_eq!(e.code, ErrorCode::UnknownTrack as i32);
+    // Two seconds of requests, 50 a second, while video flows at 25 a second.
+    let asking = tokio::spawn(async move {
+        for _ in 0..100 {
+            subscriber
+                .send(C::KeyFrameRequest(v1::KeyFrameRequest {
+                    participant_id: pid,
+                    track_id: 1,
+                }))
+                .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        subscriber
+    });
+    let mut requests = Vec::new();
+    let started = tokio::time::Instant::now();
+    let mut seq = 0;
+    while !asking.is_finished() {
+        publisher.send_raw(media(1, seq, seq == 0, 500)).await;
+        seq += 1;
+        let until = tokio::time::Instant::now() + Duration::from_millis(40);
+        while let Ok(Some(seen)) = tokio::time::timeout_at(until, publisher.next()).await {
+            if let common::Seen::Control(S::KeyFrameRequest(k)) = seen {
+                requests.push((started.elapsed(), k.participant_id));
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let _subscriber = asking.await.unwrap();
+    let allowed = (elapsed.as_millis() / 500) as usize + 1;
+    println!(
+        "{} requests reached the publisher in {elapsed:?}: {requests:?}",
+        requests.len()
+    );
+    assert!(!requests.is_empty(), "requests must still get through");
+    assert!(
+        requests.len() <= allowed,
+        "{} requests reached the publisher in {elapsed:?}",
+        requests.len()
+    );
+}

@@ -22,6 +22,7 @@ const LIMITS: RoomLimits = RoomLimits {
     max_participants: 100,
     max_tracks: 4,
     max_rooms: 2,
+    room_relay_bytes_per_second: 65536,
 };
 
 fn outbox() -> Arc<Outbox> {
@@ -445,6 +446,7 @@ fn capacity_limits_give_their_errors() {
         max_participants: 2,
         max_tracks: 1,
         max_rooms: 1,
+        ..RoomLimits::default()
     });
     let room = router
         .join(t(0), "a", person(1), false, outbox(), |_| {})

@@ -55,7 +55,7 @@ proptest! {
     #[test]
     fn the_router_follows_the_publication_and_subscription_machines(ops in proptest::collection::vec(op(), 1..50)) {
         let t = Timestamp(0);
-        let mut room = Room::new("model", RoomLimits { max_participants: 10, max_tracks: 8, max_rooms: 1 });
+        let mut room = Room::new("model", RoomLimits { max_participants: 10, max_tracks: 8, max_rooms: 1, ..RoomLimits::default() });
         let new = || Arc::new(Outbox::new(OutboxLimits::default(), Box::new(NoWake)));
         let (p_out, s_out) = (new(), new());
         room.join(t, Participant { participant_id: 1, display_name: "p".into(), ..Default::default() }, false, p_out).unwrap();
@@ -70,10 +70,16 @@ proptest! {
                 Op::Unpublish => (publication::Event::Unpublish, room.handle(t, 1, RoomRequest::Unpublish(v1::Unpublish { track_id: 7 }), 0)),
                 Op::Mute => (publication::Event::Mute, room.handle(t, 1, RoomRequest::SetTrackMuted(v1::SetTrackMuted { track_id: 7, muted: true }), 0)),
                 Op::Unmute => (publication::Event::Unmute, room.handle(t, 1, RoomRequest::SetTrackMuted(v1::SetTrackMuted { track_id: 7, muted: false }), 0)),
-                Op::KeyFrameRequest => (
-                    publication::Event::KeyFrameRequest,
-                    room.handle(t, 2, RoomRequest::KeyFrameRequest(v1::KeyFrameRequest { participant_id: 1, track_id: 7 }), 0),
-                ),
+                Op::KeyFrameRequest => {
+                    let r = room.handle(t, 2, RoomRequest::KeyFrameRequest(v1::KeyFrameRequest { participant_id: 1, track_id: 7 }), 0);
+                    // Only a subscriber may ask (§6.5): anyone else gets
+                    // UNKNOWN_TRACK, as for a track that is not published.
+                    if pubs != publication::State::Unpublished && subs == subscription::State::Idle {
+                        prop_assert_eq!(r.map_err(|e| e.code), Err(convene_protocol::ErrorCode::UnknownTrack));
+                        continue;
+                    }
+                    (publication::Event::KeyFrameRequest, r)
+                }
                 Op::Media => {
                     let f = MediaFrame::build(&MediaHeader { key: true, sender: 1, track_id: 7, sequence: 0, capture_timestamp_us: 0 }, None, b"x");
                     let r = room.route(t, 1, &f);

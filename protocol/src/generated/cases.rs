@@ -4396,7 +4396,7 @@ pub static CASES: &[Case] = &[
                 action: Action::Handshake {
                     join: Some("conf-kfr"),
                     name: "b",
-                    subscribe_all: false,
+                    subscribe_all: true,
                 },
             },
             Step {

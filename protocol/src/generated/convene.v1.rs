@@ -388,6 +388,12 @@ pub struct ServerLimits {
     /// Most concurrent client-opened WebTransport streams.
     #[prost(uint32, tag = "10")]
     pub max_concurrent_streams: u32,
+    /// Sustained bytes of chat text and E2EE payload this participant may send per second.
+    #[prost(uint32, tag = "11")]
+    pub relay_bytes_per_second: u32,
+    /// Sustained bytes of chat text and E2EE payload sent to the whole room per second, all senders together.
+    #[prost(uint32, tag = "12")]
+    pub room_relay_bytes_per_second: u32,
 }
 /// The server's answer to a valid Hello (§4.2).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

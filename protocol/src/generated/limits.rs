@@ -27,6 +27,10 @@ pub mod max {
     pub const CONTROL_MESSAGES_PER_SECOND: u32 = 1000;
     /// Control messages allowed in a burst above the sustained rate.
     pub const CONTROL_BURST: u32 = 2000;
+    /// Sustained bytes of chat text and E2EE payload one participant may send, to anyone (token bucket holding four seconds).
+    pub const RELAY_BYTES_PER_SECOND: u32 = 65536;
+    /// Sustained bytes of chat text and E2EE payload sent to a whole room (recipient 0), all senders together (token bucket holding four seconds).
+    pub const ROOM_RELAY_BYTES_PER_SECOND: u32 = 1048576;
     /// Sustained media ingress per connection (token bucket holding one second).
     pub const MAX_INGRESS_KBPS: u32 = 100000;
     /// Most concurrent client-opened WebTransport streams per session.
@@ -71,6 +75,10 @@ pub mod default {
     pub const CONTROL_MESSAGES_PER_SECOND: u32 = 50;
     /// Control messages allowed in a burst above the sustained rate.
     pub const CONTROL_BURST: u32 = 100;
+    /// Sustained bytes of chat text and E2EE payload one participant may send, to anyone (token bucket holding four seconds).
+    pub const RELAY_BYTES_PER_SECOND: u32 = 16384;
+    /// Sustained bytes of chat text and E2EE payload sent to a whole room (recipient 0), all senders together (token bucket holding four seconds).
+    pub const ROOM_RELAY_BYTES_PER_SECOND: u32 = 65536;
     /// Sustained media ingress per connection (token bucket holding one second).
     pub const MAX_INGRESS_KBPS: u32 = 8000;
     /// Most concurrent client-opened WebTransport streams per session.
@@ -116,6 +124,10 @@ pub mod error {
     pub const CONTROL_MESSAGES_PER_SECOND: ErrorCode = ErrorCode::RateLimited;
     /// Raised when `control_burst` is exceeded.
     pub const CONTROL_BURST: ErrorCode = ErrorCode::RateLimited;
+    /// Raised when `relay_bytes_per_second` is exceeded.
+    pub const RELAY_BYTES_PER_SECOND: ErrorCode = ErrorCode::RateLimited;
+    /// Raised when `room_relay_bytes_per_second` is exceeded.
+    pub const ROOM_RELAY_BYTES_PER_SECOND: ErrorCode = ErrorCode::RateLimited;
     /// Raised when `max_ingress_kbps` is exceeded.
     pub const MAX_INGRESS_KBPS: ErrorCode = ErrorCode::BitrateExceeded;
     /// Raised when `max_concurrent_streams` is exceeded.
@@ -173,6 +185,18 @@ pub const TABLE: &[(&str, u32, u32, ErrorCode)] = &[
         ErrorCode::RateLimited,
     ),
     ("control_burst", 100, 2000, ErrorCode::RateLimited),
+    (
+        "relay_bytes_per_second",
+        16384,
+        65536,
+        ErrorCode::RateLimited,
+    ),
+    (
+        "room_relay_bytes_per_second",
+        65536,
+        1048576,
+        ErrorCode::RateLimited,
+    ),
     ("max_ingress_kbps", 8000, 100000, ErrorCode::BitrateExceeded),
     (
         "max_concurrent_streams",

@@ -293,7 +293,7 @@ pub mod publication {
         Unmute,
         /// A media frame on this track.
         Media,
-        /// A key-frame request for this track.
+        /// A key-frame request for this track from one of its subscribers (anyone else gets UNKNOWN_TRACK, §6.5).
         KeyFrameRequest,
     }
 

@@ -78,6 +78,8 @@ pub fn default_limits() -> ServerLimits {
         control_burst: default::CONTROL_BURST,
         max_ingress_kbps: default::MAX_INGRESS_KBPS,
         max_concurrent_streams: default::MAX_CONCURRENT_STREAMS,
+        relay_bytes_per_second: default::RELAY_BYTES_PER_SECOND,
+        room_relay_bytes_per_second: default::ROOM_RELAY_BYTES_PER_SECOND,
     }
 }
 
@@ -189,6 +191,8 @@ pub struct ServerSession {
     control_bucket: TokenBucket,
     /// Media bits allowed (PROTOCOL.md §7).
     media_bucket: TokenBucket,
+    /// Chat and E2EE payload bytes allowed (PROTOCOL.md §7).
+    relay_bucket: TokenBucket,
     /// When a RATE_LIMITED error was last sent, so at most one goes out per second.
     last_rate_error: Option<Timestamp>,
     /// When a BITRATE_EXCEEDED error was last sent.
@@ -212,6 +216,13 @@ impl ServerSession {
         );
         let bits = l.max_ingress_kbps as f64 * 1000.0;
         let media_bucket = TokenBucket::new(now, bits, bits);
+        // Four seconds' worth, and never less than one message of the largest size.
+        let relay_rate = l.relay_bytes_per_second as f64;
+        let relay_bucket = TokenBucket::new(
+            now,
+            relay_rate,
+            (relay_rate * 4.0).max(l.max_chat_bytes.max(l.max_e2ee_bytes) as f64),
+        );
         ServerSession {
             config,
             state: sm::INITIAL,
@@ -224,6 +235,7 @@ impl ServerSession {
             next_ping: None,
             control_bucket,
             media_bucket,
+            relay_bucket,
             last_rate_error: None,
             last_bitrate_error: None,
             transmit: VecDeque::new(),
@@ -518,7 +530,7 @@ impl ServerSession {
                 self.events.push_back(ServerEvent::Left);
             }
             other => {
-                if let Some(req) = self.room_request(other, rid) {
+                if let Some(req) = self.room_request(now, other, rid) {
                     self.events.push_back(ServerEvent::Room {
                         request_id: rid,
                         msg: req,
@@ -528,7 +540,7 @@ impl ServerSession {
         }
     }
 
-    fn room_request(&mut self, msg: Msg, rid: u32) -> Option<RoomRequest> {
+    fn room_request(&mut self, now: Timestamp, msg: Msg, rid: u32) -> Option<RoomRequest> {
         let l = &self.config.limits;
         let checked = match msg {
             Msg::UpdateSelf(u) => validate::display_name(&u.display_name, l.max_display_name_bytes)
@@ -575,6 +587,30 @@ impl ServerSession {
                 unreachable!("handled by handle_control")
             }
         };
+        let relayed = match &checked {
+            Ok(RoomRequest::Chat(c)) => c.text.len(),
+            Ok(RoomRequest::E2ee(e)) => e.payload.len(),
+            _ => 0,
+        };
+        if relayed > 0 && !self.relay_bucket.try_take(now, relayed as f64) {
+            // What one participant makes the server relay to others is
+            // bounded in bytes too, not only in messages (§7).
+            if self
+                .last_rate_error
+                .is_none_or(|t| now.saturating_since(t) >= Duration::from_secs(1))
+            {
+                self.last_rate_error = Some(now);
+                let rate = self.config.limits.relay_bytes_per_second;
+                self.error(
+                    ProtocolError::new(
+                        ErrorCode::RateLimited,
+                        format!("more than {rate} bytes of chat and E2EE payload per second"),
+                    ),
+                    rid,
+                );
+            }
+            return None;
+        }
         match checked {
             Ok(r) => Some(r),
             Err(e) => {
