@@ -90,7 +90,7 @@ pub(crate) fn run(args: TokenArgs) -> anyhow::Result<std::process::ExitCode> {
         nbf: None,
         iat: Some(now),
         iss: args.issuer.clone(),
-        aud: args.audience.clone(),
+        aud: args.audience.as_deref().map(Into::into),
     };
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

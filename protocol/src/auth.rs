@@ -30,9 +30,36 @@ pub struct Claims {
     /// Issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
-    /// Audience.
+    /// Audience: one, or several (RFC 7519 §4.1.3 allows an array, and
+    /// identity providers send one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+/// The `aud` claim: a string or an array of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "convene"`.
+    One(String),
+    /// `"aud": ["convene", "other"]`.
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// True when `name` is among the audiences.
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Audience::One(a) => a == name,
+            Audience::Many(v) => v.iter().any(|a| a == name),
+        }
+    }
+}
+
+impl From<&str> for Audience {
+    fn from(a: &str) -> Self {
+        Audience::One(a.to_string())
+    }
 }
 
 /// One permission a token can grant.

@@ -256,7 +256,7 @@ impl Admin for AdminService {
             nbf: None,
             iat: Some(now),
             iss: self.state.config.auth_issuer.clone(),
-            aud: self.state.config.auth_audience.clone(),
+            aud: self.state.config.auth_audience.as_deref().map(Into::into),
         };
         let token = jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

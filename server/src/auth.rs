@@ -4,6 +4,8 @@
 //! and not-before checked; its claims decide which meetings the holder may
 //! join and what they may do there. Tokens are never logged.
 
+#[cfg(test)]
+use convene_protocol::auth::Audience;
 use convene_protocol::auth::{Claims, Grant};
 use convene_protocol::{ErrorCode, ProtocolError};
 use std::collections::HashMap;
@@ -160,7 +162,12 @@ impl Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECONDS;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // An issuer or audience the operator pins must be present: a token
+        // without `iss` or `aud` does not pass for lack of the claim.
+        let mut required = vec!["exp"];
+        required.extend(issuer.map(|_| "iss"));
+        required.extend(audience.map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         match issuer {
             Some(i) => validation.set_issuer(&[i]),
             None => validation.iss = None,
@@ -206,6 +213,14 @@ impl Verifier {
                 "the token is malformed",
             ))
         })?;
+        if has_critical_extensions(token) {
+            // RFC 7515 §4.1.11: a header naming extensions the recipient must
+            // understand, and this server understands none, is refused.
+            return Err(refused(ProtocolError::new(
+                ErrorCode::AuthInvalid,
+                "the token's header has a `crit` parameter, and this server understands no JWS extensions",
+            )));
+        }
         let (key, alg) = if header.alg == Algorithm::HS256 {
             match &self.key {
                 Some(k) => (k.clone(), Algorithm::HS256),
@@ -272,6 +287,22 @@ impl Verifier {
                 _ => ProtocolError::new(ErrorCode::AuthInvalid, "the token is malformed"),
             }),
         }
+    }
+}
+
+/// True when the token's JOSE header has a `crit` parameter (or cannot be
+/// read as a JSON object, which `decode_header` has already refused).
+fn has_critical_extensions(token: &str) -> bool {
+    use base64::Engine;
+    let Some(head) = token.split('.').next() else {
+        return true;
+    };
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(head) else {
+        return true;
+    };
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json) {
+        Ok(map) => map.contains_key("crit"),
+        Err(_) => true,
     }
 }
 
@@ -397,6 +428,76 @@ mod tests {
             code(v.verify(&token(&other_aud, SECRET))),
             ErrorCode::AuthInvalid
         );
+    }
+
+    /// A pinned issuer or audience must be in the token: leaving the claim
+    /// out used to pass.
+    #[test]
+    fn a_pinned_issuer_or_audience_cannot_be_left_out() {
+        let v = Verifier::hs256(SECRET, Some("idp"), Some("convene"));
+        let mut c = good();
+        c.iss = Some("idp".into());
+        c.aud = Some("convene".into());
+        assert!(v.verify(&token(&c, SECRET)).is_ok());
+        let no_iss = Claims {
+            iss: None,
+            ..c.clone()
+        };
+        assert_eq!(
+            code(v.verify(&token(&no_iss, SECRET))),
+            ErrorCode::AuthInvalid
+        );
+        let no_aud = Claims {
+            aud: None,
+            ..c.clone()
+        };
+        assert_eq!(
+            code(v.verify(&token(&no_aud, SECRET))),
+            ErrorCode::AuthInvalid
+        );
+        // Without pins, neither claim is needed.
+        assert!(
+            Verifier::hs256(SECRET, None, None)
+                .verify(&token(&good(), SECRET))
+                .is_ok()
+        );
+    }
+
+    /// `"aud": ["convene", …]`, as identity providers send it, is read.
+    #[test]
+    fn an_audience_array_is_accepted_when_it_names_us() {
+        let v = Verifier::hs256(SECRET, None, Some("convene"));
+        let mut c = good();
+        c.aud = Some(Audience::Many(vec!["other".into(), "convene".into()]));
+        assert_eq!(v.verify(&token(&c, SECRET)).unwrap().sub, "u1");
+        c.aud = Some(Audience::Many(vec!["other".into()]));
+        assert_eq!(code(v.verify(&token(&c, SECRET))), ErrorCode::AuthInvalid);
+    }
+
+    /// A header naming critical extensions is refused (RFC 7515 §4.1.11).
+    #[test]
+    fn a_critical_header_extension_is_refused() {
+        let v = Verifier::hs256(SECRET, None, None);
+        let mut header = Header::new(Algorithm::HS256);
+        let plain =
+            jsonwebtoken::encode(&header, &good(), &EncodingKey::from_secret(SECRET)).unwrap();
+        assert!(v.verify(&plain).is_ok());
+        // jsonwebtoken's Header has no `crit`: sign a header of our own.
+        header.kid = Some("k".into());
+        let head =
+            serde_json::json!({"alg": "HS256", "typ": "JWT", "crit": ["exp-ext"], "exp-ext": 1});
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let body = b64(&serde_json::to_vec(&good()).unwrap());
+        let signing_input = format!("{}.{}", b64(&serde_json::to_vec(&head).unwrap()), body);
+        let sig = jsonwebtoken::crypto::sign(
+            signing_input.as_bytes(),
+            &EncodingKey::from_secret(SECRET),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        let crit = format!("{signing_input}.{sig}");
+        assert_eq!(code(v.verify(&crit)), ErrorCode::AuthInvalid);
     }
 
     #[test]

@@ -122,6 +122,17 @@ async fn every_wrong_token_is_refused_with_its_code_and_the_connection_closes() 
             ),
             ErrorCode::AuthInvalid,
         ),
+        // The server pins an issuer: a token without one does not pass.
+        (
+            sign(
+                &Claims {
+                    iss: None,
+                    ..good.clone()
+                },
+                SECRET,
+            ),
+            ErrorCode::AuthInvalid,
+        ),
     ];
     for (token, want) in cases {
         let (mut c, first) = hello(&s, &token).await;
@@ -560,5 +571,27 @@ async fn a_waiting_room_holds_newcomers_until_a_moderator_admits_or_denies() {
         error_code(&early.expect(|m| matches!(m, S::Error(_))).await),
         ErrorCode::PermissionDenied
     );
+    s.shutdown().await;
+}
+
+/// An audience array, as identity providers send it, is read; a pinned
+/// audience left out of the token is refused.
+#[tokio::test]
+async fn a_pinned_audience_is_required_and_may_come_as_an_array() {
+    let s = server(|c| {
+        c.auth_secret = Some(SECRET.into());
+        c.auth_audience = Some("convene".into());
+    })
+    .await;
+    let mut c = claims("m", &["subscribe"]);
+    c.aud = Some(convene_protocol::auth::Audience::Many(vec![
+        "account".into(),
+        "convene".into(),
+    ]));
+    let (_ok, first) = hello(&s, &sign(&c, SECRET)).await;
+    assert!(matches!(first, S::Welcome(_)), "{first:?}");
+    c.aud = None;
+    let (_refused, first) = hello(&s, &sign(&c, SECRET)).await;
+    assert_eq!(error_code(&first), ErrorCode::AuthInvalid);
     s.shutdown().await;
 }
