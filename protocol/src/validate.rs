@@ -31,13 +31,34 @@ pub fn display_name(name: &str, max_bytes: u32) -> Result<(), ProtocolError> {
             format!("display name must be 1 to {max_bytes} bytes"),
         ));
     }
-    if name.chars().any(char::is_control) {
+    if name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
         return Err(ProtocolError::new(
             ErrorCode::InvalidDisplayName,
-            "display name contains a control character",
+            "display name contains a control or bidirectional-formatting character",
         ));
     }
     Ok(())
+}
+
+/// Unicode's bidirectional formatting characters (marks, embeddings,
+/// overrides, isolates): in a name or a chat line they can make text read
+/// backwards or swallow what follows it on screen.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// Chat text as relayed: without control characters other than line breaks
+/// and tabs, and without bidirectional formatting characters (§5.6).
+pub fn clean_chat_text(text: &str) -> std::borrow::Cow<'_, str> {
+    let unwanted = |c: char| (c.is_control() && c != '\n' && c != '\t') || is_bidi_control(c);
+    if text.chars().any(unwanted) {
+        std::borrow::Cow::Owned(text.chars().filter(|&c| !unwanted(c)).collect())
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
 
 /// A text field of at most `max_bytes`.
@@ -145,5 +166,30 @@ mod tests {
         ] {
             assert_eq!(track(&bad).unwrap_err().code, ErrorCode::InvalidTrack);
         }
+    }
+}
+
+#[cfg(test)]
+mod bidi_tests {
+    use super::*;
+
+    #[test]
+    fn names_with_bidi_overrides_are_refused_and_chat_is_cleaned() {
+        assert!(display_name("Ada", 64).is_ok());
+        assert!(display_name("\u{202E}gnp.exe", 64).is_err());
+        assert!(display_name("a\u{2066}b", 64).is_err());
+        assert!(
+            display_name("عربي", 64).is_ok(),
+            "right-to-left text itself is fine"
+        );
+        assert_eq!(clean_chat_text("hi\u{202E}there\u{7}"), "hithere");
+        assert_eq!(
+            clean_chat_text("two\nlines\tand a tab"),
+            "two\nlines\tand a tab"
+        );
+        assert!(matches!(
+            clean_chat_text("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -1103,6 +1103,19 @@ impl Room {
         if p.info.muted {
             return Ok(stats);
         }
+        // Audio goes ahead of everything in every subscriber's queue: a frame
+        // no audio encoder makes is refused, so an audio grant cannot carry video.
+        let max_audio = convene_protocol::limits::max::MAX_AUDIO_FRAME_BYTES as usize;
+        if p.audio && frame.as_bytes().len() > max_audio {
+            return Err(ProtocolError::new(
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "a frame of {} bytes on audio track {}: audio frames are at most {max_audio}",
+                    frame.as_bytes().len(),
+                    h.track_id
+                ),
+            ));
+        }
         // A subscriber's request held back by the coalescing interval: a key
         // frame answers it; once the interval is over, it goes out.
         let mut deferred_key = false;

@@ -5,6 +5,8 @@ use crate::ErrorCode;
 pub mod max {
     /// Largest frame, type byte and headers included. A WebTransport length prefix is not counted.
     pub const MAX_FRAME_BYTES: u32 = 1048576;
+    /// Largest media frame on an audio track, header included: Opus packets are at most a few kilobytes, and audio goes first in every queue (§6.4).
+    pub const MAX_AUDIO_FRAME_BYTES: u32 = 8192;
     /// Largest first frame of a connection, before limits are negotiated.
     pub const MAX_HELLO_FRAME_BYTES: u32 = 8192;
     /// Longest meeting id.
@@ -53,6 +55,8 @@ pub mod max {
 pub mod default {
     /// Largest frame, type byte and headers included. A WebTransport length prefix is not counted.
     pub const MAX_FRAME_BYTES: u32 = 262144;
+    /// Largest media frame on an audio track, header included: Opus packets are at most a few kilobytes, and audio goes first in every queue (§6.4).
+    pub const MAX_AUDIO_FRAME_BYTES: u32 = 8192;
     /// Largest first frame of a connection, before limits are negotiated.
     pub const MAX_HELLO_FRAME_BYTES: u32 = 8192;
     /// Longest meeting id.
@@ -102,6 +106,8 @@ pub mod error {
     use super::ErrorCode;
     /// Raised when `max_frame_bytes` is exceeded.
     pub const MAX_FRAME_BYTES: ErrorCode = ErrorCode::FrameTooLarge;
+    /// Raised when `max_audio_frame_bytes` is exceeded.
+    pub const MAX_AUDIO_FRAME_BYTES: ErrorCode = ErrorCode::FrameTooLarge;
     /// Raised when `max_hello_frame_bytes` is exceeded.
     pub const MAX_HELLO_FRAME_BYTES: ErrorCode = ErrorCode::FrameTooLarge;
     /// Raised when `max_meeting_id_bytes` is exceeded.
@@ -149,6 +155,12 @@ pub mod error {
 /// Name, default, maximum and error of every limit and timer, for reports and documentation.
 pub const TABLE: &[(&str, u32, u32, ErrorCode)] = &[
     ("max_frame_bytes", 262144, 1048576, ErrorCode::FrameTooLarge),
+    (
+        "max_audio_frame_bytes",
+        8192,
+        8192,
+        ErrorCode::FrameTooLarge,
+    ),
     (
         "max_hello_frame_bytes",
         8192,

@@ -65,6 +65,11 @@ impl Default for ServerSessionConfig {
     }
 }
 
+/// Media frames a session may send per second, whatever their size
+/// (BITRATE_EXCEEDED beyond, §7): video at 60 fps and audio at 50 on
+/// several tracks stay far below it.
+pub const MAX_MEDIA_FRAMES_PER_SECOND: u32 = 1000;
+
 /// The limits of `spec/v1/limits.toml` at their default values.
 pub fn default_limits() -> ServerLimits {
     ServerLimits {
@@ -193,6 +198,8 @@ pub struct ServerSession {
     media_bucket: TokenBucket,
     /// Chat and E2EE payload bytes allowed (PROTOCOL.md §7).
     relay_bucket: TokenBucket,
+    /// Media frames allowed, whatever their size (PROTOCOL.md §7).
+    frame_bucket: TokenBucket,
     /// When a RATE_LIMITED error was last sent, so at most one goes out per second.
     last_rate_error: Option<Timestamp>,
     /// When a BITRATE_EXCEEDED error was last sent.
@@ -236,6 +243,11 @@ impl ServerSession {
             control_bucket,
             media_bucket,
             relay_bucket,
+            frame_bucket: TokenBucket::new(
+                now,
+                MAX_MEDIA_FRAMES_PER_SECOND as f64,
+                MAX_MEDIA_FRAMES_PER_SECOND as f64,
+            ),
             last_rate_error: None,
             last_bitrate_error: None,
             transmit: VecDeque::new(),
@@ -363,6 +375,15 @@ impl ServerSession {
         let decoded = match decode_frame::<ClientMessage>(frame, self.max_frame_bytes()) {
             Ok(f) => f,
             Err(e) => {
+                // Each reserved frame type is answered with an error: such
+                // frames spend the control rate, so they cannot make the
+                // server send errors faster than it answers messages.
+                if e.code == ErrorCode::UnknownFrameType
+                    && self.state != State::AwaitingHello
+                    && !self.control_bucket.try_take(now, 1.0)
+                {
+                    return;
+                }
                 // Before Hello, anything that is not a control frame is HELLO_REQUIRED.
                 let e = if self.state == State::AwaitingHello
                     && e.code == ErrorCode::UnknownFrameType
@@ -413,6 +434,25 @@ impl ServerSession {
                 ),
                 0,
             );
+        }
+        if !self.frame_bucket.try_take(now, 1.0) {
+            // Tiny frames cost the server per frame, not per bit.
+            if self
+                .last_bitrate_error
+                .is_none_or(|t| now.saturating_since(t) >= Duration::from_secs(1))
+            {
+                self.last_bitrate_error = Some(now);
+                self.error(
+                    ProtocolError::new(
+                        ErrorCode::BitrateExceeded,
+                        format!(
+                            "more than {MAX_MEDIA_FRAMES_PER_SECOND} media frames per second are discarded"
+                        ),
+                    ),
+                    0,
+                );
+            }
+            return;
         }
         let bits = m.as_bytes().len() as f64 * 8.0;
         if !self.media_bucket.try_take(now, bits) {
@@ -555,7 +595,10 @@ impl ServerSession {
             Msg::Unsubscribe(u) => Ok(RoomRequest::Unsubscribe(u)),
             Msg::KeyFrameRequest(k) => Ok(RoomRequest::KeyFrameRequest(k)),
             Msg::ReceiverReport(r) => Ok(RoomRequest::ReceiverReport(r)),
-            Msg::Chat(c) => {
+            Msg::Chat(mut c) => {
+                if let std::borrow::Cow::Owned(clean) = validate::clean_chat_text(&c.text) {
+                    c.text = clean;
+                }
                 if c.text.is_empty() {
                     Err(ProtocolError::new(
                         ErrorCode::FieldTooLong,
