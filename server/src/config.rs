@@ -120,6 +120,11 @@ pub struct Cli {
     #[arg(long, env = "CONVENE_ADMIN_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<SocketAddr>,
+    /// Serve /metrics and /load on this address only (plain HTTP, e.g.
+    /// 127.0.0.1:9090 or an internal interface), not on the public port.
+    #[arg(long, env = "CONVENE_METRICS_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Share meetings with other nodes through NATS: `nats://host:4222` (or
     /// `tls://`); several servers of one NATS cluster separated by commas.
     /// Without it the server is a single node.
@@ -404,6 +409,8 @@ pub struct Config {
     pub busy_egress_mbps: u32,
     /// Connection limit.
     pub max_connections: usize,
+    /// Where /metrics and /load are served instead of the public port.
+    pub metrics_listen: Option<SocketAddr>,
     /// Per-address session limit.
     pub max_connections_per_ip: usize,
     /// Connections in their handshake, in all.
@@ -489,6 +496,7 @@ impl Default for Config {
             busy_queue_delay_ms: 0,
             busy_egress_mbps: 0,
             max_connections: 10_000,
+            metrics_listen: None,
             max_connections_per_ip: 500,
             max_handshaking_connections: 1_000,
             max_handshaking_per_ip: 32,

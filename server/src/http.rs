@@ -16,12 +16,17 @@ use crate::state::AppState;
 /// Builds the HTTP application.
 pub fn app(state: Arc<AppState>) -> Router {
     let web_dir = state.config.web_dir.clone();
-    Router::new()
+    let mut router = Router::new()
         .route("/convene/ws", get(crate::ws::upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/load", get(load))
+        .route("/readyz", get(readyz));
+    // With --metrics-listen, metrics and load are served there only.
+    if state.config.metrics_listen.is_none() {
+        router = router
+            .route("/metrics", get(metrics))
+            .route("/load", get(load));
+    }
+    router
         .route("/.well-known/convene.json", get(discovery))
         .route("/", get(index))
         .route("/meeting/{name}/{id}", get(index))
@@ -30,6 +35,17 @@ pub fn app(state: Arc<AppState>) -> Router {
             state.clone(),
             alt_svc,
         ))
+        .with_state(state)
+}
+
+/// The operator's endpoints on an address of their own (`--metrics-listen`):
+/// `/metrics`, `/load` and the health checks, never the public ones.
+pub fn operator_app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/load", get(load))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .with_state(state)
 }
 
@@ -95,6 +111,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let bus = state.router.bus();
     state.metrics.bus_up.set(i64::from(bus.ready()));
     state.metrics.bus_dropped.set(bus.dropped() as i64);
+    let slots = state.slots.stats();
+    state.metrics.handshaking.set(slots.handshaking as i64);
+    state.metrics.sessions.set(slots.sessions as i64);
+    state.metrics.evicted.set(slots.evicted as i64);
+    state
+        .metrics
+        .queued_bytes
+        .set(state.router.queued_bytes() as i64);
     (
         [(
             header::CONTENT_TYPE,
@@ -107,9 +131,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 /// What a client needs to connect: endpoints, versions, certificate hash.
 async fn discovery(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    // The Host header names where the client reached us; anything that is
+    // not a host name or address (and port) is not echoed back.
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .filter(|h| is_host(h))
         .map(str::to_string)
         .unwrap_or_else(|| state.config.listen.to_string());
     let ws = if state.config.tls() { "wss" } else { "ws" };
@@ -124,7 +151,16 @@ async fn discovery(State(state): State<Arc<AppState>>, headers: axum::http::Head
         "login_url": state.config.login_url,
         "certificate_hashes": state.cert_sha256.iter().map(|h| serde_json::json!({"algorithm": "sha-256", "value": h})).collect::<Vec<_>>(),
     });
-    axum::Json(body).into_response()
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// True for `name`, `name:port`, `1.2.3.4:port` or `[v6]:port`: what a Host
+/// header should hold, and nothing a response should not repeat.
+fn is_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 async fn index(State(state): State<Arc<AppState>>) -> Response {

@@ -79,6 +79,8 @@ pub struct Server {
     pub wt_addr: Option<SocketAddr>,
     /// The bound admin API address, when it is on.
     pub admin_addr: Option<SocketAddr>,
+    /// Where /metrics and /load are served, when not on the public port.
+    pub metrics_addr: Option<SocketAddr>,
     /// The TLS certificate and key in use, for a program that embeds the
     /// server and serves more on the same certificate.
     pub identity: Option<Identity>,
@@ -237,6 +239,26 @@ pub async fn start_node(
         }
         None => None,
     };
+    let metrics_addr = match state.config.metrics_listen {
+        Some(at) => {
+            let l = TcpListener::bind(at)
+                .await
+                .map_err(|source| StartError::Bind { addr: at, source })?;
+            let bound = l.local_addr().ok();
+            let mut stop = state.shutdown_signal();
+            let app = http::operator_app(state.clone());
+            tokio::spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+            });
+            info!(addr = ?bound, "metrics and load on their own address");
+            bound
+        }
+        None => None,
+    };
     let app = http::app(state.clone());
     let kept_identity = identity.clone();
     let tls = match identity {
@@ -261,6 +283,7 @@ pub async fn start_node(
         cert_sha256,
         wt_addr,
         admin_addr,
+        metrics_addr,
         identity: kept_identity,
         serving,
     })

@@ -74,6 +74,10 @@ pub struct Metrics {
     pub handshaking: Gauge,
     /// Established sessions (set at scrape time).
     pub sessions: Gauge,
+    /// Bytes queued for subscribers in all their queues (set at scrape time).
+    pub queued_bytes: Gauge,
+    /// Handshaking connections closed to make room, since start (set at scrape time).
+    pub evicted: Gauge,
 }
 
 impl Default for Metrics {
@@ -112,6 +116,8 @@ impl Metrics {
             refused: Family::default(),
             handshaking: Gauge::default(),
             sessions: Gauge::default(),
+            queued_bytes: Gauge::default(),
+            evicted: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open connections", m.connections.clone());
@@ -206,6 +212,16 @@ impl Metrics {
             "sessions",
             "Established sessions (Hello accepted)",
             m.sessions.clone(),
+        );
+        registry.register(
+            "queued_bytes",
+            "Bytes queued for subscribers now, all queues of this node together",
+            m.queued_bytes.clone(),
+        );
+        registry.register(
+            "handshaking_evicted",
+            "Connections in their handshake closed to make room for newer ones, since start",
+            m.evicted.clone(),
         );
         Metrics { registry, ..m }
     }

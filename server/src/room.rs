@@ -385,6 +385,15 @@ impl Room {
         }
     }
 
+    /// Bytes queued for this node's members now.
+    pub fn queued_bytes(&self) -> usize {
+        self.members
+            .values()
+            .filter_map(|m| m.outbox.as_ref())
+            .map(|o| o.bytes())
+            .sum()
+    }
+
     /// Number of participants on all nodes.
     pub fn total(&self) -> usize {
         self.members.len()
@@ -1783,5 +1792,12 @@ impl Router {
         let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let participants = rooms.values().map(|r| lock(r).len()).sum();
         (rooms.len(), participants)
+    }
+
+    /// Bytes queued for this node's participants now, in all their queues
+    /// (for `/metrics`: what the server holds for subscribers, §11.5).
+    pub fn queued_bytes(&self) -> usize {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.values().map(|r| lock(r).queued_bytes()).sum()
     }
 }

@@ -735,3 +735,53 @@ async fn reserved_frame_types_and_tiny_media_frames_are_rate_limited() {
     assert!(got <= allowed, "{got} tiny frames got through");
     assert!(got >= 900, "the first thousand are within the limit: {got}");
 }
+
+/// `/metrics` and `/load` can leave the public port (`--metrics-listen`);
+/// the metrics show what the budget counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_leave_the_public_port_and_show_the_budget() {
+    let server = server(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let _c = Client::joined(&server, "m", false).await;
+    let _idle = tcp_from(source(3), server.addr).await.unwrap();
+    let (status, _) = common::http_get(&server, "/metrics").await;
+    assert_eq!(status, 404, "not on the public port");
+    let (status, _) = common::http_get(&server, "/load").await;
+    assert_eq!(status, 404);
+    let at = server.metrics_addr.expect("a metrics address");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = common::http_get_addr(at, "/metrics").await;
+        assert_eq!(status, 200);
+        if body.contains("convene_sessions 1") && body.contains("convene_handshaking_connections 1")
+        {
+            assert!(body.contains("convene_queued_bytes"), "{body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.shutdown().await;
+}
+
+/// The discovery document does not repeat a Host header that is not a host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_does_not_echo_a_hostile_host_header() {
+    let server = server(|_| {}).await;
+    let mut tcp = tcp_from(source(0), server.addr).await.unwrap();
+    tcp.write_all(
+        b"GET /.well-known/convene.json HTTP/1.1\r\nHost: evil.example/<script>\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tcp.read_to_end(&mut got).await.unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.contains("evil"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("cache-control: no-store"),
+        "{text}"
+    );
+    server.shutdown().await;
+}
