@@ -51,6 +51,7 @@ const ACTIONS: &[&str] = &[
     "flood",
     "send_media",
     "send_raw",
+    "send_prefix",
     "send_text",
     "expect",
     "expect_error",
@@ -63,6 +64,7 @@ const ACTIONS: &[&str] = &[
 ];
 
 const PARAMS: &[&str] = &[
+    "length",
     "msg",
     "request_id",
     "capture",
@@ -223,6 +225,7 @@ fn step(
         "flood" => &["msg", "count"],
         "send_media" => &["track", "seq", "key", "sender", "size", "count"],
         "send_raw" => &["hex"],
+        "send_prefix" => &["length"],
         "expect" => &["msg", "capture"],
         "expect_error" => &["code", "request_id"],
         "expect_media" => &["from", "track", "key", "size"],
@@ -313,6 +316,10 @@ fn step(
             }
             format!("Action::SendRaw {{ hex: {} }}", lit(h))
         }
+        "send_prefix" => format!(
+            "Action::SendPrefix {{ length: {} }}",
+            int_param("length")?.ok_or("`length` is required")?
+        ),
         "send_text" => format!(
             "Action::SendText {{ text: {} }}",
             lit(str_param("text").ok_or("`text` is required")?)

@@ -46,19 +46,142 @@ pub trait SinkLike: Send {
     fn feed_msg(&mut self, m: Message) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
     /// Flushes queued messages.
     fn flush_all(&mut self) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
+    /// Sends only the transport's header of a frame of `length` bytes.
+    fn send_prefix(
+        &mut self,
+        length: u32,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> SinkLike
-    for SplitSink<WebSocketStream<S>, Message>
-{
+/// Bytes to write to a connection ahead of what the WebSocket layer writes:
+/// how the runner sends a frame header that no WebSocket library would.
+pub type Injected = Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// A stream whose writes are preceded by whatever was [`Injected`].
+pub struct Injectable<S> {
+    inner: S,
+    injected: Injected,
+}
+
+impl<S> Injectable<S> {
+    /// Wraps `inner`; returns the wrapper and the handle to inject through.
+    pub fn new(inner: S) -> (Self, Injected) {
+        let injected: Injected = Arc::default();
+        (
+            Injectable {
+                inner,
+                injected: injected.clone(),
+            },
+            injected,
+        )
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Injectable<S> {
+    /// Writes out what was injected; Ready once none is left.
+    fn poll_injected(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        loop {
+            let pending =
+                std::mem::take(&mut *self.injected.lock().unwrap_or_else(|p| p.into_inner()));
+            if pending.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            match std::pin::Pin::new(&mut self.inner).poll_write(cx, &pending) {
+                Poll::Ready(Ok(n)) => {
+                    if n < pending.len() {
+                        let mut q = self.injected.lock().unwrap_or_else(|p| p.into_inner());
+                        let rest = [&pending[n..], &q[..]].concat();
+                        *q = rest;
+                    }
+                }
+                other => {
+                    let mut q = self.injected.lock().unwrap_or_else(|p| p.into_inner());
+                    let rest = [&pending[..], &q[..]].concat();
+                    *q = rest;
+                    return other.map(|r| r.map(|_| ()));
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Injectable<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Injectable<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_injected(cx))?;
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_injected(cx))?;
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The sending half of a WebSocket, and where to inject raw bytes, if the
+/// runner made the connection.
+struct WsSink<S> {
+    sink: SplitSink<WebSocketStream<S>, Message>,
+    injected: Option<Injected>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> SinkLike for WsSink<S> {
     fn send_msg(&mut self, m: Message) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move { self.send(m).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { self.sink.send(m).await.map_err(|e| e.to_string()) })
     }
     fn feed_msg(&mut self, m: Message) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move { self.feed(m).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { self.sink.feed(m).await.map_err(|e| e.to_string()) })
     }
     fn flush_all(&mut self) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move { self.flush().await.map_err(|e| e.to_string()) })
+        Box::pin(async move { self.sink.flush().await.map_err(|e| e.to_string()) })
+    }
+    fn send_prefix(
+        &mut self,
+        length: u32,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let injected = self
+                .injected
+                .as_ref()
+                .ok_or("this connection cannot send a bare frame header")?;
+            // FIN, binary; masked (a client's frames are), 64-bit length, zero mask.
+            let mut header = vec![0x82, 0x80 | 127];
+            header.extend_from_slice(&u64::from(length).to_be_bytes());
+            header.extend_from_slice(&[0; 4]);
+            injected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(&header);
+            // A flush makes the stream write what was injected.
+            self.sink.flush().await.map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -92,11 +215,25 @@ impl Actor {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        Actor::with_injection(ws, None, incoming, pong_env)
+    }
+
+    /// [`Actor::new`] for a connection whose stream is [`Injectable`], so
+    /// that `send_prefix` can write a bare frame header.
+    pub fn with_injection<S>(
+        ws: WebSocketStream<S>,
+        injected: Option<Injected>,
+        incoming: MessageDescriptor,
+        pong_env: MessageDescriptor,
+    ) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (sink, stream): (
             SplitSink<WebSocketStream<S>, Message>,
             SplitStream<WebSocketStream<S>>,
         ) = ws.split();
-        let sink: Sink = Arc::new(Mutex::new(Box::new(sink)));
+        let sink: Sink = Arc::new(Mutex::new(Box::new(WsSink { sink, injected })));
         let (tx, rx) = mpsc::unbounded_channel();
         let silenced = Arc::new(AtomicBool::new(false));
         tokio::spawn(read_loop(
@@ -140,6 +277,11 @@ impl Actor {
             s.feed_msg(Message::Binary(f)).await?;
         }
         s.flush_all().await
+    }
+
+    /// Sends only the transport's header of a frame of `length` bytes.
+    pub async fn send_prefix(&self, length: u32) -> Result<(), String> {
+        self.sink.lock().await.send_prefix(length).await
     }
 
     /// Sends a WebSocket text message.
@@ -294,8 +436,14 @@ impl WtSink {
         match m {
             Message::Binary(f) if f.first() == Some(&FRAME_MEDIA) => {
                 let mut s = self.session.open_uni().await.map_err(|e| e.to_string())?;
-                s.write_all(&f).await.map_err(|e| e.to_string())?;
-                s.finish().map_err(|e| e.to_string())
+                // A server may stop a media stream whose frame it will not
+                // take (too large, over its budget; PROTOCOL.md §3.3): the
+                // frame is lost, not the session. What the server makes of
+                // it is for the case's expectations to check.
+                if s.write_all(&f).await.is_ok() {
+                    let _ = s.finish();
+                }
+                Ok(())
             }
             Message::Binary(f) => {
                 self.control
@@ -323,6 +471,17 @@ impl SinkLike for WtSink {
     }
     fn flush_all(&mut self) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
+    }
+    fn send_prefix(
+        &mut self,
+        length: u32,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.control
+                .write_all(&length_prefix(length as usize))
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

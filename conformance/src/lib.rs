@@ -278,18 +278,28 @@ impl<'a> Run<'a> {
                 .await
                 .map_err(|_| format!("connecting to {} timed out", url))?;
         }
-        let (ws, _) = tokio::time::timeout(
-            self.target.step_timeout,
-            tokio_tungstenite::connect_async(url.as_str()),
-        )
-        .await
-        .map_err(|_| format!("connecting to {} timed out", url))?
-        .map_err(|e| format!("cannot connect to {}: {e}", url))?;
-        Ok(Actor::new(
-            ws,
-            self.schema.server.clone(),
-            self.schema.client.clone(),
-        ))
+        let connecting = async {
+            let fail = |e: String| format!("cannot connect to {}: {e}", url);
+            let parsed = url::Url::parse(&url).map_err(|e| fail(e.to_string()))?;
+            let host = parsed.host_str().ok_or_else(|| fail("no host".into()))?;
+            let port = parsed.port_or_known_default().unwrap_or(80);
+            let tcp = tokio::net::TcpStream::connect((host, port))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let (io, injected) = crate::actor::Injectable::new(tcp);
+            let (ws, _) = tokio_tungstenite::client_async(url.as_str(), io)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            Ok::<_, String>(Actor::with_injection(
+                ws,
+                Some(injected),
+                self.schema.server.clone(),
+                self.schema.client.clone(),
+            ))
+        };
+        tokio::time::timeout(self.target.step_timeout, connecting)
+            .await
+            .map_err(|_| format!("connecting to {} timed out", url))?
     }
 
     /// WebSocket over TLS: the certificate pinned by `cert_sha256`, or the
@@ -312,11 +322,13 @@ impl<'a> Run<'a> {
         let tls = convene_client::tls::connect(tcp, &host, hash)
             .await
             .map_err(|e| fail(format!("TLS: {e}")))?;
-        let (ws, _) = tokio_tungstenite::client_async(url, tls)
+        let (io, injected) = crate::actor::Injectable::new(tls);
+        let (ws, _) = tokio_tungstenite::client_async(url, io)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        Ok(Actor::new(
+        Ok(Actor::with_injection(
             ws,
+            Some(injected),
             self.schema.server.clone(),
             self.schema.client.clone(),
         ))
@@ -505,6 +517,7 @@ impl<'a> Run<'a> {
                 let bytes = hex::decode(hex).map_err(|e| e.to_string())?;
                 self.actor(who)?.send(bytes.into()).await?;
             }
+            Action::SendPrefix { length } => self.actor(who)?.send_prefix(*length).await?,
             Action::SendText { text } => self.actor(who)?.send_text(text).await?,
             Action::Expect { msg, capture: caps } => {
                 let got = self.expect(who, msg).await?;
@@ -843,6 +856,7 @@ fn describe(step: &Step) -> String {
         Action::SendRaw { hex } => {
             format!("send raw {}", if hex.len() > 16 { &hex[..16] } else { hex })
         }
+        Action::SendPrefix { length } => format!("send the header of a {length}-byte frame"),
         Action::SendText { .. } => "send text".to_string(),
         Action::Expect { msg, .. } => format!("expect {}", msg.name),
         Action::ExpectError { code, .. } => format!("expect error {}", code.name()),

@@ -104,6 +104,13 @@ pub enum Action {
         /// The frame, in hex.
         hex: &'static str,
     },
+    /// Send only the transport's header of a frame of `length` bytes (the
+    /// WebSocket frame header, or the control stream's length prefix) and
+    /// none of its body: a server must judge the frame from its length.
+    SendPrefix {
+        /// The length announced.
+        length: u32,
+    },
     /// Send a WebSocket text message.
     SendText {
         /// The text.

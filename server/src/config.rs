@@ -234,7 +234,7 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_handshaking_connections: Option<usize>,
     /// Most connections in their handshake from one address; more are
-    /// closed at once [default: 32].
+    /// closed at once [default: 256].
     #[arg(long, env = "CONVENE_MAX_HANDSHAKING_PER_IP")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_handshaking_per_ip: Option<usize>,
@@ -499,7 +499,7 @@ impl Default for Config {
             metrics_listen: None,
             max_connections_per_ip: 500,
             max_handshaking_connections: 1_000,
-            max_handshaking_per_ip: 32,
+            max_handshaking_per_ip: 256,
             http_header_timeout_ms: 10_000,
             max_rooms: 10_000,
             max_participants_per_room: default::MAX_PARTICIPANTS_PER_ROOM,

@@ -307,7 +307,7 @@ struct Engine {
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     /// Connections to poll for events and packets.
     dirty: Vec<usize>,
-    /// Connections whose queue to their task is not empty.
+    /// Connections whose task is behind: frames wait in its queue, or streams wait unread.
     blocked: Vec<usize>,
     next_generation: u64,
     config: EngineConfig,
@@ -917,7 +917,13 @@ impl Engine {
             for id in stalled {
                 read_stream(c, id, &self.config);
             }
-            if c.session.as_ref().is_some_and(|s| !s.pending.is_empty()) {
+            // Retried while the task is behind: frames wait in `pending`, or
+            // streams were left unread because what the task has queued
+            // reached its budget (it drains without telling the engine).
+            if c.session
+                .as_ref()
+                .is_some_and(|s| !s.pending.is_empty() || !s.stalled.is_empty())
+            {
                 c.is_blocked = true;
                 self.blocked.push(slot);
             }
@@ -978,7 +984,7 @@ impl Engine {
         }
         if let Some(s) = c.session.as_mut() {
             sample_path(&c.q, s, now);
-            if !s.pending.is_empty() && !c.is_blocked {
+            if (!s.pending.is_empty() || !s.stalled.is_empty()) && !c.is_blocked {
                 c.is_blocked = true;
                 self.blocked.push(slot);
             }

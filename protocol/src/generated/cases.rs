@@ -2531,6 +2531,249 @@ pub static CASES: &[Case] = &[
         ],
     },
     Case {
+        id: "hostile.oversized-first-frame-header",
+        title: "A first frame announced over max_hello_frame_bytes is refused from its header, before its body arrives",
+        section: "11.5",
+        file: "hostile.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &[],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::SendPrefix { length: 1048576 },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectClose {
+                    code: Some(ErrorCode::FrameTooLarge),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "hostile.oversized-frame-header",
+        title: "After Hello, a frame announced over max_frame_bytes is refused from its header, before its body arrives",
+        section: "11.5",
+        file: "hostile.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &[],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: None,
+                    name: "a",
+                    subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendPrefix { length: 1048577 },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectClose {
+                    code: Some(ErrorCode::FrameTooLarge),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "hostile.key-frame-request-unsubscribed",
+        title: "A KeyFrameRequest for a track the sender does not receive gets UNKNOWN_TRACK and never reaches the publisher",
+        section: "6.5",
+        file: "hostile.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &[],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-kfr-unsub"),
+                    name: "a",
+                    subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Handshake {
+                    join: Some("conf-kfr-unsub"),
+                    name: "b",
+                    subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("avc1.42E01F"),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(240),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(1),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(320),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[Field {
+                            name: "participant_id",
+                            value: Value::Var("a.id"),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "key_frame_request",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(1),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::ExpectError {
+                    code: ErrorCode::UnknownTrack,
+                    request_id: None,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectNo {
+                    what: "key_frame_request",
+                },
+            },
+        ],
+    },
+    Case {
+        id: "hostile.relay-flood",
+        title: "A member sending E2EE messages beyond the relay budget gets RATE_LIMITED; a quiet member stays connected and answered",
+        section: "7",
+        file: "hostile.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &[],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-relay-flood"),
+                    name: "a",
+                    subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Handshake {
+                    join: Some("conf-relay-flood"),
+                    name: "b",
+                    subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Flood {
+                    msg: Msg {
+                        name: "e2ee",
+                        fields: &[
+                            Field {
+                                name: "payload",
+                                value: Value::Repeat("55", 8000),
+                            },
+                            Field {
+                                name: "to_participant_id",
+                                value: Value::Int(0),
+                            },
+                        ],
+                    },
+                    count: 40,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::RateLimited,
+                    request_id: None,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "ping",
+                        fields: &[Field {
+                            name: "timestamp_us",
+                            value: Value::Int(12),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "pong",
+                        fields: &[Field {
+                            name: "timestamp_us",
+                            value: Value::Int(12),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
+    Case {
         id: "tracks.publish-announced",
         title: "Publish is announced with TrackPublished to everyone, the publisher included",
         section: "5.4",
