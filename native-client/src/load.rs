@@ -138,6 +138,8 @@ struct Report {
     received_video: u64,
     lost: u64,
     loss_percent: f64,
+    /// Audio frames owed to members and not delivered, in percent.
+    audio_loss_percent: f64,
     sequence_gaps: u64,
     latency_ms: Percentiles,
     frames_per_second: f64,
@@ -645,10 +647,15 @@ fn server_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 fn report(args: &LoadArgs, outcomes: Vec<Outcome>, cpu: Option<f64>) -> Report {
     let mut members = vec![0u64; args.rooms];
     let mut sent_in_room = vec![0u64; args.rooms];
+    let mut audio_in_room = vec![0u64; args.rooms];
     for o in outcomes.iter().filter(|o| o.joined) {
         members[o.room] += 1;
         sent_in_room[o.room] += o.sent_audio + o.sent_video;
+        audio_in_room[o.room] += o.sent_audio;
     }
+    let expected_audio: u64 = (0..args.rooms)
+        .map(|r| audio_in_room[r] * members[r].saturating_sub(1))
+        .sum();
     // Every frame sent is owed to every other member of its room.
     let expected: u64 = (0..args.rooms)
         .map(|r| sent_in_room[r] * members[r].saturating_sub(1))
@@ -696,6 +703,11 @@ fn report(args: &LoadArgs, outcomes: Vec<Outcome>, cpu: Option<f64>) -> Report {
             0.0
         } else {
             lost as f64 * 100.0 / expected as f64
+        },
+        audio_loss_percent: if expected_audio == 0 {
+            0.0
+        } else {
+            expected_audio.saturating_sub(received_audio) as f64 * 100.0 / expected_audio as f64
         },
         sequence_gaps: outcomes.iter().map(|o| o.gaps).sum(),
         latency_ms: Percentiles::of_us(latencies),

@@ -60,7 +60,7 @@ pub async fn upgrade(
 ) -> Response {
     let (accept, protocol) = match check_upgrade(req.headers()) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (slot, signal) = match req.extensions().get::<PendingSlot>() {
         Some(p) => p.take(),
@@ -88,26 +88,28 @@ pub async fn upgrade(
 
 /// Checks an upgrade request (RFC 6455 §4.2.1); returns the accept key and
 /// the subprotocol to select, or the answer to a bad request.
-fn check_upgrade(h: &HeaderMap) -> Result<(String, Option<HeaderValue>), Response> {
+fn check_upgrade(h: &HeaderMap) -> Result<(String, Option<HeaderValue>), Box<Response>> {
     let has_token = |name: header::HeaderName, token: &str| {
         h.get_all(name).iter().any(|v| {
             v.to_str()
                 .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
-    let bad = |text: &'static str| (StatusCode::BAD_REQUEST, text).into_response();
+    let bad = |text: &'static str| Box::new((StatusCode::BAD_REQUEST, text).into_response());
     if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
         return Err(bad(
             "this is the Convene WebSocket endpoint: connect with a WebSocket client\n",
         ));
     }
     if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return Err((
-            StatusCode::UPGRADE_REQUIRED,
-            [(header::SEC_WEBSOCKET_VERSION, "13")],
-            "only WebSocket version 13 is spoken\n",
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::UPGRADE_REQUIRED,
+                [(header::SEC_WEBSOCKET_VERSION, "13")],
+                "only WebSocket version 13 is spoken\n",
+            )
+                .into_response(),
+        ));
     }
     let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
         return Err(bad("Sec-WebSocket-Key is missing\n"));

@@ -30,7 +30,9 @@ Commands:
   web                build the browser client into browser-client/dist (wasm32 build,
                      then the pinned wasm-bindgen-cli, installed when missing)
   k8s                validate deploy/k8s strictly against the Kubernetes schemas (kubernetes-validate)
-  fuzz --seconds N   run each cargo-fuzz target for N seconds (needs nightly; installs cargo-fuzz)
+  fuzz [--seconds N] [--only T,…]
+                     run each cargo-fuzz target (or those named) for N seconds (default 60),
+                     then print executions per target (needs nightly; installs cargo-fuzz)
   bench [--subscribers N] [--seconds S] [--rounds R]
                      the end-to-end fan-out benchmark, WebSocket and WebTransport side by
                      side with their floors (TCP and UDP), R rounds alternated, release
@@ -1002,7 +1004,192 @@ WebTransport, because a shared host drifts; compare means, not single runs.
                     added each way, so a round trip of about 2 x D ms, as on a
                     real path; the relay's own CPU is not counted). WebSocket
                     stays direct: there is no TCP relay. Default: no relay.
+
+cargo xtask bench --soak [--seconds S] [--members N]
+
+The soak: a meeting of N members (default 50, 5 of them publishing audio and
+video) on a release server that requires tokens, over WebSocket, for S
+seconds (default 60), while `convene-attack` runs the attacks of the
+security review from many loopback addresses (connections that never say
+Hello, slowloris heads, first frames that claim a megabyte, members flooding
+E2EE messages and key-frame requests) and joins a fresh member with a token
+every second. Reports the members' audio loss (target: zero), the server's
+peak memory, and how many of the fresh members got in.
 ";
+
+/// `cargo xtask bench --soak`: a meeting under attack (see BENCH_HELP).
+fn soak(args: &[String]) -> Result<(), String> {
+    let (mut seconds, mut members) = (60u32, 50u32);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let target = match flag.as_str() {
+            "--seconds" => &mut seconds,
+            "--members" => &mut members,
+            other => {
+                return Err(format!(
+                    "unknown option `{other}` for bench --soak; see `cargo xtask bench --help`"
+                ));
+            }
+        };
+        let value = it.next().ok_or_else(|| format!("{flag} takes a number"))?;
+        *target = value
+            .parse()
+            .ok()
+            .filter(|n| *n >= 2)
+            .ok_or_else(|| format!("{flag} takes a whole number from 2, not `{value}`"))?;
+    }
+    println!("building release binaries (fat LTO: about 11 minutes from scratch on 2 cores)");
+    run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "convene-server",
+            "-p",
+            "convene-cli",
+            "-p",
+            "convene-testkit",
+        ],
+    )?;
+    let bin = target_dir().join("release");
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let secret = format!(
+        "soak-secret-{:016x}-padding-to-32-bytes",
+        std::process::id()
+    );
+    let mut server = Command::new(bin.join("convene-server"))
+        .args(["--listen", &listen, "--log", "error"])
+        .env("CONVENE_AUTH_SECRET", &secret)
+        .spawn()
+        .map_err(|e| format!("cannot start convene-server: {e}"))?;
+    if !wait_for_port(port, std::time::Duration::from_secs(30)) {
+        let _ = server.kill();
+        return Err("convene-server did not start listening within 30 s".into());
+    }
+    let token = Command::new(bin.join("convene"))
+        .args(["token", "--meeting", "*", "--user", "soak", "--ttl", "7200"])
+        .env("CONVENE_AUTH_SECRET", &secret)
+        .output()
+        .map_err(|e| format!("cannot run convene token: {e}"))?;
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    if token.is_empty() {
+        let _ = server.kill();
+        return Err("convene token printed no token".into());
+    }
+    let pid = server.id();
+    let rss = move || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let rss_before = rss();
+    println!(
+        "soak: {members} members (5 publishing) for {seconds} s on {listen}, attacks from 24 loopback addresses"
+    );
+    // The attacks start as the members do, and last as long.
+    let mut load = Command::new(bin.join("convene"))
+        .args([
+            "load",
+            "--server",
+            &format!("http://{listen}"),
+            "--token",
+            &token,
+            "--meeting",
+            "soak",
+            "-n",
+            &members.to_string(),
+            "--publishers",
+            "5",
+            "--ramp-up",
+            "5",
+            "--duration",
+            &seconds.to_string(),
+            "--server-pid",
+            &pid.to_string(),
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start convene load: {e}"))?;
+    let attack = Command::new(bin.join("convene-attack"))
+        .args([
+            "--server",
+            &listen,
+            "--token",
+            &token,
+            "--meeting",
+            "soak",
+            "--seconds",
+            &(seconds + 10).to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start convene-attack: {e}"))?;
+    let mut peak = rss_before;
+    let load_out = loop {
+        peak = peak.max(rss());
+        if let Ok(Some(_)) = load.try_wait() {
+            break load.wait_with_output().map_err(|e| e.to_string())?;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let attack_out = attack.wait_with_output().map_err(|e| e.to_string())?;
+    peak = peak.max(rss());
+    let metrics = Command::new("curl")
+        .args(["-s", &format!("http://{listen}/metrics")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let _ = server.kill();
+    let _ = server.wait();
+    let report = last_json(&load_out.stdout).ok_or("convene load printed no report")?;
+    let attacks = last_json(&attack_out.stdout).ok_or("convene-attack printed no summary")?;
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .map(|l| l.rsplit(' ').next().unwrap_or("?").to_string())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    println!("\nsoak results ({seconds} s, {members} members under attack)");
+    println!(
+        "  members      joined {} of {}, ended early {}",
+        report["joined"], report["participants"], report["ended_early"]
+    );
+    println!(
+        "  audio loss   {:.3} % (all media {:.3} %), latency p50 {} / p99 {} ms",
+        report["audio_loss_percent"].as_f64().unwrap_or(f64::NAN),
+        report["loss_percent"].as_f64().unwrap_or(f64::NAN),
+        report["latency_ms"]["p50"],
+        report["latency_ms"]["p99"]
+    );
+    println!(
+        "  newcomers    {} of {} joined with a valid token during the attack (slowest {} ms)",
+        attacks["probes_joined"], attacks["probes"], attacks["probe_join_ms_max"]
+    );
+    println!(
+        "  attacks      {} connections opened, {} refused at once; {} E2EE messages and {} key-frame requests sent",
+        attacks["attack_connections_opened"],
+        attacks["attack_connections_refused"],
+        attacks["relay_messages_sent"],
+        attacks["key_frame_requests_sent"]
+    );
+    println!(
+        "  server       RSS {} MiB before, {} MiB at most; {} handshaking connections closed to make room",
+        rss_before / 1024,
+        peak / 1024,
+        metric("convene_handshaking_evicted")
+    );
+    Ok(())
+}
 
 /// One transport's figures from one `convene load --json` run.
 #[derive(Debug, Default, Clone, Copy)]
@@ -1032,6 +1219,9 @@ impl LoadRun {
 /// Runs the fan-out benchmark over both transports with their floors and
 /// prints a summary (see [`BENCH_HELP`]).
 fn bench(args: &[String]) -> Result<(), String> {
+    if args.first().is_some_and(|a| a == "--soak") {
+        return soak(&args[1..]);
+    }
     let (mut subscribers, mut seconds, mut rounds) = (200u32, 10u32, 3u32);
     let mut delay_ms = 0u32;
     let mut it = args.iter();
@@ -1273,13 +1463,28 @@ fn wait_for_port(port: u16, limit: std::time::Duration) -> bool {
 }
 
 fn fuzz(args: &[String]) -> Result<(), String> {
-    let seconds = match args {
-        [flag, n] if flag == "--seconds" => n
-            .parse::<u64>()
-            .map_err(|_| format!("--seconds takes a number, not `{n}`"))?,
-        [] => 60,
-        _ => return Err("usage: cargo xtask fuzz [--seconds N]".into()),
-    };
+    let usage = "usage: cargo xtask fuzz [--seconds N] [--only TARGET[,TARGET…]]";
+    let mut seconds = 60u64;
+    let mut only: Option<Vec<String>> = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value; {usage}"))?;
+        match flag.as_str() {
+            "--seconds" => {
+                seconds = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| {
+                        format!("--seconds takes a whole number of seconds above 0, not `{value}`")
+                    })?
+            }
+            "--only" => only = Some(value.split(',').map(str::to_string).collect()),
+            _ => return Err(format!("unknown option `{flag}`; {usage}")),
+        }
+    }
     if !have_cargo("fuzz") {
         println!("installing cargo-fuzz {CARGO_FUZZ_VERSION} (once)");
         run(
@@ -1305,8 +1510,22 @@ fn fuzz(args: &[String]) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let targets = String::from_utf8_lossy(&out.stdout).into_owned();
-    for target in targets.lines().filter(|l| !l.trim().is_empty()) {
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all: Vec<&str> = listed.lines().filter(|l| !l.trim().is_empty()).collect();
+    if let Some(only) = &only
+        && let Some(unknown) = only.iter().find(|o| !all.contains(&o.as_str()))
+    {
+        return Err(format!(
+            "no fuzz target `{unknown}`; the targets are: {}",
+            all.join(", ")
+        ));
+    }
+    let targets: Vec<&str> = all
+        .into_iter()
+        .filter(|t| only.as_ref().is_none_or(|o| o.iter().any(|x| x == t)))
+        .collect();
+    let mut report = Vec::new();
+    for target in targets {
         // New inputs go to a scratch corpus; the committed seeds stay small
         // and are read as a second corpus directory.
         let scratch = format!("target/corpus/{target}");
@@ -1315,7 +1534,10 @@ fn fuzz(args: &[String]) -> Result<(), String> {
         let seeds = format!("corpus/{target}");
         let max_time = format!("-max_total_time={seconds}");
         println!("\n== fuzzing {target} for {seconds} s");
-        let status = Command::new("cargo")
+        let started = Instant::now();
+        // libFuzzer reports on stderr; it is shown as it comes and kept for
+        // the final statistics.
+        let mut child = Command::new("cargo")
             .args([
                 "+nightly",
                 "fuzz",
@@ -1328,13 +1550,44 @@ fn fuzz(args: &[String]) -> Result<(), String> {
                 "-print_final_stats=1",
             ])
             .current_dir(&fuzz_dir)
-            .status()
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
+        let mut stats = Vec::new();
+        if let Some(err) = child.stderr.take() {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if line.starts_with("stat::") {
+                    stats.push(line);
+                }
+            }
+        }
+        let status = child
+            .wait()
             .map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
         if !status.success() {
             return Err(format!(
                 "fuzz target {target} found a failure; see fuzz/artifacts/{target}"
             ));
         }
+        let stat = |name: &str| {
+            stats
+                .iter()
+                .find_map(|l| l.strip_prefix(&format!("stat::{name}:")))
+                .map_or("?".to_string(), |v| v.trim().to_string())
+        };
+        report.push(format!(
+            "{target:<16} {:>6.0} s  {:>12} executions  {:>8} per second  peak {} MB",
+            started.elapsed().as_secs_f64(),
+            stat("number_of_executed_units"),
+            stat("average_exec_per_sec"),
+            stat("peak_rss_mb"),
+        ));
+    }
+    println!("\n== fuzzing done, no failure found");
+    for line in report {
+        println!("{line}");
     }
     Ok(())
 }
