@@ -1970,6 +1970,96 @@ pub static CASES: &[Case] = &[
         ],
     },
     Case {
+        id: "handshake.long-client-version",
+        title: "A Hello whose client_version is over max_text_bytes is MALFORMED_MESSAGE, with no Welcome",
+        section: "4.1",
+        file: "handshake.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &[],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "client_version",
+                                value: Value::Repeat("v", 300),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectClose {
+                    code: Some(ErrorCode::MalformedMessage),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "handshake.type-zero-first",
+        title: "A first frame of type 0x00 is HELLO_REQUIRED: before Hello any type but CONTROL is",
+        section: "4.1",
+        file: "handshake.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &[],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::SendRaw { hex: "00" },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectClose {
+                    code: Some(ErrorCode::HelloRequired),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "handshake.extension-type-first",
+        title: "A first frame of an extension type is HELLO_REQUIRED, not silently discarded",
+        section: "4.1",
+        file: "handshake.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &[],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::SendRaw { hex: "80aabb" },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectClose {
+                    code: Some(ErrorCode::HelloRequired),
+                },
+            },
+        ],
+    },
+    Case {
         id: "hostile.unknown-frame-type",
         title: "A reserved frame type gets UNKNOWN_FRAME_TYPE and the session goes on",
         section: "3.1",
@@ -2770,6 +2860,46 @@ pub static CASES: &[Case] = &[
                     },
                     capture: &[],
                 },
+            },
+        ],
+    },
+    Case {
+        id: "hostile.pong-flood",
+        title: "Pongs over the control rate are dropped without a RATE_LIMITED answer",
+        section: "7",
+        file: "hostile.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &[],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: None,
+                    name: "a",
+                    subscribe_all: false,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Flood {
+                    msg: Msg {
+                        name: "pong",
+                        fields: &[Field {
+                            name: "timestamp_us",
+                            value: Value::Int(1),
+                        }],
+                    },
+                    count: 300,
+                },
+            },
+            Step {
+                actor: "",
+                action: Action::SleepMs(3000),
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectNo { what: "error" },
             },
         ],
     },

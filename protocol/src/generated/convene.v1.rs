@@ -341,7 +341,8 @@ pub struct Hello {
     /// What kind of client this is.
     #[prost(enumeration = "ClientKind", tag = "2")]
     pub client_kind: i32,
-    /// Software name and version, e.g. "convene-cli/0.1.0". At most 64 bytes.
+    /// Software name and version, e.g. "convene-cli/0.1.0". At most max_text_bytes
+    /// (256) bytes; a longer one makes the Hello MALFORMED_MESSAGE (§4.1).
     #[prost(string, tag = "3")]
     pub client_version: ::prost::alloc::string::String,
     /// Optional bearer token (a JWT, §11.3). Empty when none.
@@ -413,7 +414,8 @@ pub struct Welcome {
     /// How often the server sends Ping, in milliseconds.
     #[prost(uint32, tag = "5")]
     pub heartbeat_interval_ms: u32,
-    /// Silence after which either side may close the connection, in milliseconds.
+    /// Silence after which a side considers the connection dead, in milliseconds;
+    /// the server then closes it with IDLE_TIMEOUT (§9.2).
     #[prost(uint32, tag = "6")]
     pub idle_timeout_ms: u32,
     /// Optional features the server enables for this session.

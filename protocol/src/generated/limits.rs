@@ -15,7 +15,7 @@ pub mod max {
     pub const MAX_DISPLAY_NAME_BYTES: u32 = 256;
     /// Longest codec string.
     pub const MAX_CODEC_BYTES: u32 = 64;
-    /// Longest client_version, Goodbye text, Error text or removal reason.
+    /// Longest Goodbye text, Error text or removal reason (FIELD_TOO_LONG), and client_version (a longer one makes the Hello MALFORMED_MESSAGE, §4.1).
     pub const MAX_TEXT_BYTES: u32 = 256;
     /// Most tracks one participant publishes at once.
     pub const MAX_TRACKS_PER_PARTICIPANT: u32 = 32;
@@ -65,7 +65,7 @@ pub mod default {
     pub const MAX_DISPLAY_NAME_BYTES: u32 = 64;
     /// Longest codec string.
     pub const MAX_CODEC_BYTES: u32 = 64;
-    /// Longest client_version, Goodbye text, Error text or removal reason.
+    /// Longest Goodbye text, Error text or removal reason (FIELD_TOO_LONG), and client_version (a longer one makes the Hello MALFORMED_MESSAGE, §4.1).
     pub const MAX_TEXT_BYTES: u32 = 256;
     /// Most tracks one participant publishes at once.
     pub const MAX_TRACKS_PER_PARTICIPANT: u32 = 8;

@@ -490,6 +490,11 @@ impl ServerSession {
             return self.error(e, rid);
         };
         if self.state != State::AwaitingHello && !self.control_bucket.try_take(now, 1.0) {
+            // A Pong is itself an answer: over the rate it is dropped without
+            // one (the idle timer has counted its frame already, §9.2).
+            if matches!(msg, Msg::Pong(_)) {
+                return;
+            }
             if self
                 .last_rate_error
                 .is_none_or(|t| now.saturating_since(t) >= Duration::from_secs(1))
