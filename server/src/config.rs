@@ -515,7 +515,7 @@ impl Default for Config {
             heartbeat_interval_ms: default::HEARTBEAT_INTERVAL_MS,
             idle_timeout_ms: default::IDLE_TIMEOUT_MS,
             slow_consumer_ms: default::SLOW_CONSUMER_MS,
-            max_queue_bytes: 2 << 20,
+            max_queue_bytes: default::SUBSCRIBER_QUEUE_BYTES as usize,
             coalesce_ms: 0,
             shutdown_grace_ms: 5_000,
             test_fault: None,
@@ -683,6 +683,15 @@ impl Config {
                     "{name} = 0: must be at least 1"
                 )));
             }
+        }
+        if self.max_queue_bytes == 0
+            || self.max_queue_bytes > max::SUBSCRIBER_QUEUE_BYTES as usize
+        {
+            return Err(ConfigError::Invalid(format!(
+                "max_queue_bytes = {}: must be between 1 and the protocol maximum {}",
+                self.max_queue_bytes,
+                max::SUBSCRIBER_QUEUE_BYTES
+            )));
         }
         if self.coalesce_ms > 5 {
             return Err(ConfigError::Invalid(format!(

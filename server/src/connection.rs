@@ -132,6 +132,7 @@ impl Connection {
         limits.control_burst = c.control_burst;
         limits.relay_bytes_per_second = c.relay_bytes_per_second;
         limits.room_relay_bytes_per_second = c.room_relay_bytes_per_second;
+        limits.subscriber_queue_bytes = c.max_queue_bytes.min(u32::MAX as usize) as u32;
         let config = ServerSessionConfig {
             limits,
             handshake_timeout: Duration::from_millis(c.handshake_timeout_ms as u64),

@@ -395,6 +395,9 @@ pub struct ServerLimits {
     /// Sustained bytes of chat text and E2EE payload sent to the whole room per second, all senders together.
     #[prost(uint32, tag = "12")]
     pub room_relay_bytes_per_second: u32,
+    /// Media bytes the server queues for one subscriber before it drops frames (§6.4).
+    #[prost(uint32, tag = "13")]
+    pub subscriber_queue_bytes: u32,
 }
 /// The server's answer to a valid Hello (§4.2).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -33,6 +33,8 @@ pub mod max {
     pub const RELAY_BYTES_PER_SECOND: u32 = 65536;
     /// Sustained bytes of chat text and E2EE payload sent to a whole room (recipient 0), all senders together (token bucket holding four seconds).
     pub const ROOM_RELAY_BYTES_PER_SECOND: u32 = 1048576;
+    /// Media bytes queued for one subscriber before the server drops frames (§6.4); a queue that overflows for slow_consumer_ms ends the session. A publisher's bursts should fit in it.
+    pub const SUBSCRIBER_QUEUE_BYTES: u32 = 16777216;
     /// Sustained media ingress per connection (token bucket holding one second).
     pub const MAX_INGRESS_KBPS: u32 = 100000;
     /// Most concurrent client-opened WebTransport streams per session.
@@ -83,6 +85,8 @@ pub mod default {
     pub const RELAY_BYTES_PER_SECOND: u32 = 16384;
     /// Sustained bytes of chat text and E2EE payload sent to a whole room (recipient 0), all senders together (token bucket holding four seconds).
     pub const ROOM_RELAY_BYTES_PER_SECOND: u32 = 65536;
+    /// Media bytes queued for one subscriber before the server drops frames (§6.4); a queue that overflows for slow_consumer_ms ends the session. A publisher's bursts should fit in it.
+    pub const SUBSCRIBER_QUEUE_BYTES: u32 = 2097152;
     /// Sustained media ingress per connection (token bucket holding one second).
     pub const MAX_INGRESS_KBPS: u32 = 8000;
     /// Most concurrent client-opened WebTransport streams per session.
@@ -134,6 +138,8 @@ pub mod error {
     pub const RELAY_BYTES_PER_SECOND: ErrorCode = ErrorCode::RateLimited;
     /// Raised when `room_relay_bytes_per_second` is exceeded.
     pub const ROOM_RELAY_BYTES_PER_SECOND: ErrorCode = ErrorCode::RateLimited;
+    /// Raised when `subscriber_queue_bytes` is exceeded.
+    pub const SUBSCRIBER_QUEUE_BYTES: ErrorCode = ErrorCode::SlowConsumer;
     /// Raised when `max_ingress_kbps` is exceeded.
     pub const MAX_INGRESS_KBPS: ErrorCode = ErrorCode::BitrateExceeded;
     /// Raised when `max_concurrent_streams` is exceeded.
@@ -208,6 +214,12 @@ pub const TABLE: &[(&str, u32, u32, ErrorCode)] = &[
         65536,
         1048576,
         ErrorCode::RateLimited,
+    ),
+    (
+        "subscriber_queue_bytes",
+        2097152,
+        16777216,
+        ErrorCode::SlowConsumer,
     ),
     ("max_ingress_kbps", 8000, 100000, ErrorCode::BitrateExceeded),
     (

@@ -85,6 +85,7 @@ pub fn default_limits() -> ServerLimits {
         max_concurrent_streams: default::MAX_CONCURRENT_STREAMS,
         relay_bytes_per_second: default::RELAY_BYTES_PER_SECOND,
         room_relay_bytes_per_second: default::ROOM_RELAY_BYTES_PER_SECOND,
+        subscriber_queue_bytes: default::SUBSCRIBER_QUEUE_BYTES,
     }
 }
 
