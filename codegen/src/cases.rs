@@ -43,46 +43,144 @@ pub(crate) struct Case {
     steps: Vec<String>,
 }
 
-const ACTIONS: &[&str] = &[
-    "connect",
-    "accept",
-    "handshake",
-    "send",
-    "flood",
-    "send_media",
-    "send_raw",
-    "send_prefix",
-    "send_text",
-    "expect",
-    "expect_error",
-    "expect_media",
-    "expect_no",
-    "expect_close",
-    "sleep_ms",
-    "silence",
-    "exceed_track_limit",
+/// Every step a case may use: its name, the parameters it takes, and what
+/// it means. The table in PROTOCOL.md §12 is written from this list, and a
+/// case file that uses anything else is refused.
+const STEPS: &[(&str, &[&str], &str)] = &[
+    ("connect", &[], "Open a transport connection; send nothing"),
+    (
+        "accept",
+        &[],
+        "(client cases) Wait for the client under test to connect",
+    ),
+    (
+        "handshake",
+        &["join", "name", "subscribe_all"],
+        "Connect, send `Hello{versions=[1]}`, expect `Welcome` and capture `$<actor>.id`; with `join`, send `Join` (display name `name`, default the actor's name; `subscribe_all`, default false) and expect `Joined`",
+    ),
+    ("send", &["msg", "request_id"], "Send one control message"),
+    (
+        "flood",
+        &["msg", "count"],
+        "Send the same control message `count` times without waiting",
+    ),
+    (
+        "send_media",
+        &["track", "seq", "key", "sender", "size", "count"],
+        "Send `count` media frames (default 1) with consecutive sequence numbers from `seq` and a `size`-byte payload; `sender` sets the header's sender field",
+    ),
+    (
+        "send_raw",
+        &["hex"],
+        "Send the given bytes as one frame (one WebSocket message, or one length-prefixed frame on the control stream)",
+    ),
+    (
+        "send_prefix",
+        &["length"],
+        "Send only the header of a frame of `length` bytes (the WebSocket frame header, or the control stream's length prefix), none of its body",
+    ),
+    (
+        "send_text",
+        &["text"],
+        "Send a WebSocket text message (WebSocket only)",
+    ),
+    (
+        "expect",
+        &["msg", "capture"],
+        "Wait for a control message matching every field given; other messages are skipped; `capture` stores fields in variables",
+    ),
+    (
+        "expect_error",
+        &["code", "request_id"],
+        "Wait for an `Error` with that code",
+    ),
+    (
+        "expect_media",
+        &["from", "track", "key", "size"],
+        "Wait for a media frame matching the fields given",
+    ),
+    (
+        "expect_no",
+        &["what"],
+        "After a `Ping`/`Pong` round trip on the actor's connection and on every other actor's, the actor has received no `media` or no message of that name since its previous expectation",
+    ),
+    (
+        "expect_close",
+        &["code"],
+        "Wait for the connection to close, after an `Error` with `code` when given",
+    ),
+    (
+        "sleep_ms",
+        &[],
+        "Wait that many milliseconds, for timer cases (takes a number, not an actor)",
+    ),
+    (
+        "silence",
+        &[],
+        "The actor stops sending anything, `Pong` included",
+    ),
+    (
+        "exceed_track_limit",
+        &[],
+        "Publish one track more than the server's `max_tracks_per_participant` (read from `Welcome`), expecting `TrackPublished` for each but the last, and `TOO_MANY_TRACKS` for the last",
+    ),
 ];
 
-const PARAMS: &[&str] = &[
-    "length",
-    "msg",
-    "request_id",
-    "capture",
-    "code",
-    "hex",
-    "text",
-    "track",
-    "seq",
-    "key",
-    "sender",
-    "size",
-    "from",
-    "what",
-    "count",
-    "join",
-    "name",
-    "subscribe_all",
+/// The keys of a case, for the table in PROTOCOL.md §12.
+const CASE_KEYS: &[(&str, &str)] = &[
+    ("id", "Unique name, `<file>.<what>`"),
+    ("title", "What the case shows, in a sentence"),
+    ("section", "The PROTOCOL.md section it checks"),
+    (
+        "target",
+        "`server` (the runner plays clients) or `client` (the runner plays the server)",
+    ),
+    (
+        "transports",
+        "Optional: the transports it applies to (`ws`, `wt`); default all",
+    ),
+    (
+        "requires",
+        "Optional: capabilities the implementation under test must declare (e.g. `auth`, `waiting_room`, `reconnect`, `publishes_video`); without them the case is skipped",
+    ),
+    (
+        "steps",
+        "The steps, in order, each a table with exactly one step name (below)",
+    ),
 ];
+
+fn is_action(k: &str) -> bool {
+    STEPS.iter().any(|(a, _, _)| *a == k)
+}
+
+fn is_param(k: &str) -> bool {
+    STEPS.iter().any(|(_, ps, _)| ps.contains(&k))
+}
+
+/// The tables of PROTOCOL.md §12: a case's keys and every step.
+pub(crate) fn steps_table() -> String {
+    let mut s = String::from("| Case key | Meaning |\n|---|---|\n");
+    for (k, doc) in CASE_KEYS {
+        let _ = writeln!(s, "| `{k}` | {doc} |");
+    }
+    s.push_str("\n| Step | Meaning |\n|---|---|\n");
+    for (a, params, doc) in STEPS {
+        let params = if params.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (+ {})",
+                params
+                    .iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let _ = writeln!(s, "| `{a}`{params} | {doc} |");
+    }
+    s
+}
 
 /// Capabilities a case may require of the implementation under test.
 const REQUIREMENTS: &[&str] = &[
@@ -196,10 +294,10 @@ fn step(
     let actions: Vec<&str> = t
         .keys()
         .map(String::as_str)
-        .filter(|k| ACTIONS.contains(k))
+        .filter(|k| is_action(k))
         .collect();
     for k in t.keys() {
-        if !ACTIONS.contains(&k.as_str()) && !PARAMS.contains(&k.as_str()) {
+        if !is_action(k) && !is_param(k) {
             return Err(format!("unknown key `{k}`"));
         }
     }
@@ -217,22 +315,10 @@ fn step(
             .ok_or_else(|| format!("`{action}` names an actor, a string"))?
             .to_string()
     };
-    let allowed: &[&str] = match action {
-        "connect" | "accept" | "sleep_ms" | "silence" | "exceed_track_limit" => &[],
-        "send_text" => &["text"],
-        "handshake" => &["join", "name", "subscribe_all"],
-        "send" => &["msg", "request_id"],
-        "flood" => &["msg", "count"],
-        "send_media" => &["track", "seq", "key", "sender", "size", "count"],
-        "send_raw" => &["hex"],
-        "send_prefix" => &["length"],
-        "expect" => &["msg", "capture"],
-        "expect_error" => &["code", "request_id"],
-        "expect_media" => &["from", "track", "key", "size"],
-        "expect_no" => &["what"],
-        "expect_close" => &["code"],
-        _ => &[],
-    };
+    let allowed: &[&str] = STEPS
+        .iter()
+        .find(|(a, _, _)| *a == action)
+        .map_or(&[], |(_, ps, _)| ps);
     for k in t.keys() {
         if k != action && !allowed.contains(&k.as_str()) {
             return Err(format!("`{k}` does not apply to `{action}`"));
@@ -531,4 +617,26 @@ pub(crate) fn index(cases: &[Case]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_steps_and_parameters_are_known_and_all_are_documented() {
+        assert!(is_action("send_prefix") && is_param("length"));
+        assert!(is_action("exceed_track_limit") && is_param("count"));
+        assert!(!is_action("teleport") && !is_param("teleport"));
+        let table = steps_table();
+        for (action, params, _) in STEPS {
+            assert!(table.contains(&format!("| `{action}`")), "{action}");
+            for p in *params {
+                assert!(table.contains(&format!("`{p}`")), "{action} {p}");
+            }
+        }
+        for (key, _) in CASE_KEYS {
+            assert!(table.contains(&format!("| `{key}` |")), "{key}");
+        }
+    }
 }

@@ -211,6 +211,8 @@ pub fn run(layout: &Layout, mode: Mode) -> Result<Vec<String>, CodegenError> {
         md = docs::replace_block(&md, &format!("state-{}", m.name), &states::mermaid(m))
             .map_err(|msg| spec_err(&md_path, msg))?;
     }
+    md = docs::replace_block(&md, "conformance-steps", &cases::steps_table())
+        .map_err(|m| spec_err(&md_path, m))?;
     md = docs::replace_block(&md, "conformance-index", &cases::index(&case_list))
         .map_err(|m| spec_err(&md_path, m))?;
     out.add(md_path, md);

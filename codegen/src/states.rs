@@ -32,6 +32,10 @@ struct MachineFile {
 struct Named {
     name: String,
     doc: String,
+    /// An event from the implementation itself (a timer, the room, its own
+    /// action), never from the peer: it is never answered on the wire.
+    #[serde(default)]
+    internal: bool,
 }
 
 #[derive(Deserialize)]
@@ -251,10 +255,13 @@ pub(crate) fn mermaid(m: &Machine) -> String {
     for (from, label, to) in &m.edges {
         let _ = writeln!(s, "    {from} --> {to}: {label}");
     }
-    s.push_str("```\n\nIllegal events and the error each raises:\n\n| State | Events | Error |\n|---|---|---|\n");
+    s.push_str("```\n\nWhat the peer may send that is illegal in a state, and the error it is answered with:\n\n| State | Events | Error |\n|---|---|---|\n");
     for (si, st) in m.states.iter().enumerate() {
         let mut by_err: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (ei, ev) in m.events.iter().enumerate() {
+            if ev.internal {
+                continue;
+            }
             if let Some(Outcome::Error(e)) = m.table.get(&(si, ei)) {
                 by_err.entry(e).or_default().push(&ev.name);
             }
@@ -262,6 +269,19 @@ pub(crate) fn mermaid(m: &Machine) -> String {
         for (err, evs) in by_err {
             let _ = writeln!(s, "| `{}` | {} | `{}` |", st.name, evs.join(", "), err);
         }
+    }
+    let internal: Vec<String> = m
+        .events
+        .iter()
+        .filter(|e| e.internal)
+        .map(|e| format!("`{}`", e.name))
+        .collect();
+    if !internal.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nThe events {} come from the implementation itself (its timers, its room, its own actions), never from the peer, so nothing is ever answered for them; in a state without a transition for one, it cannot happen.",
+            internal.join(", ")
+        );
     }
     s
 }

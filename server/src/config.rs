@@ -684,8 +684,7 @@ impl Config {
                 )));
             }
         }
-        if self.max_queue_bytes == 0
-            || self.max_queue_bytes > max::SUBSCRIBER_QUEUE_BYTES as usize
+        if self.max_queue_bytes == 0 || self.max_queue_bytes > max::SUBSCRIBER_QUEUE_BYTES as usize
         {
             return Err(ConfigError::Invalid(format!(
                 "max_queue_bytes = {}: must be between 1 and the protocol maximum {}",
