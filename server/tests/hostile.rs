@@ -785,3 +785,28 @@ async fn discovery_does_not_echo_a_hostile_host_header() {
     );
     server.shutdown().await;
 }
+
+/// Only HTTP/1.1 is spoken: cleartext HTTP/2 with prior knowledge (h2c),
+/// which the server used to accept, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleartext_http2_is_not_spoken() {
+    let server = server(|_| {}).await;
+    let mut tcp = tcp_from(source(0), server.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // An HTTP/2 server answers with a SETTINGS frame (type 0x04 in the
+    // fourth byte); this one answers in HTTP/1.1 or closes.
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut got)).await;
+    assert!(
+        !(got.len() >= 9 && got[3] == 0x04),
+        "the server spoke HTTP/2: {got:02x?}"
+    );
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 4"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    server.shutdown().await;
+}
