@@ -1,0 +1,377 @@
+//! The room's side of a cluster: replicating members, tracks and requests
+//! to and from the other nodes (PROTOCOL.md §10), and holding Joins while a
+//! room just opened here learns who is in the meeting elsewhere.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use convene_protocol::v1::{self, Participant, TrackInfo, TrackKind, server_message::Msg};
+use convene_protocol::{MediaFrame, RoomRequest, Timestamp};
+
+use crate::bus::{BusMessage, NodeId, PARTICIPANT_BITS, RosterEntry};
+use crate::outbox::Admission;
+
+use super::{JoinOutcome, Member, OPERATOR, Room, Waiter, frame};
+
+/// Longest a Join waits while a room just opened on one node of a cluster
+/// hears from the other nodes who is in the meeting.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A room learning who is in its meeting on the other nodes.
+#[derive(Debug)]
+pub(super) struct Syncing {
+    /// Nodes that have not answered yet.
+    pub(super) waiting_for: std::collections::HashSet<NodeId>,
+    /// When the room opened.
+    pub(super) since: Timestamp,
+    /// Joins held until then, in arrival order.
+    pub(super) held: Vec<Waiter>,
+}
+
+impl Room {
+    /// Holds Joins until every node in `peers` has said who it has in the
+    /// meeting (or [`SYNC_TIMEOUT`] passed), so a newcomer's `Joined` lists
+    /// everyone, as on a single node.
+    pub fn start_sync(&mut self, now: Timestamp, peers: Vec<NodeId>) {
+        if !peers.is_empty() {
+            self.syncing = Some(Syncing {
+                waiting_for: peers.into_iter().collect(),
+                since: now,
+                held: Vec::new(),
+            });
+        }
+    }
+
+    /// True while Joins are held for the other nodes' answers.
+    pub fn is_syncing(&self) -> bool {
+        self.syncing.is_some()
+    }
+
+    /// `node` answered (or is gone): once all have, the held Joins go through.
+    pub(super) fn synced_from(&mut self, now: Timestamp, node: NodeId) {
+        if let Some(s) = &mut self.syncing {
+            s.waiting_for.remove(&node);
+            if s.waiting_for.is_empty() {
+                self.finish_sync(now);
+            }
+        }
+    }
+
+    /// Lets the held Joins through if the other nodes took too long.
+    pub fn finish_sync_if_due(&mut self, now: Timestamp) {
+        if self
+            .syncing
+            .as_ref()
+            .is_some_and(|s| now.saturating_since(s.since) >= SYNC_TIMEOUT)
+        {
+            self.finish_sync(now);
+        }
+    }
+
+    /// Answers every held Join as it would have been answered on arrival.
+    pub(super) fn finish_sync(&mut self, now: Timestamp) {
+        let Some(s) = self.syncing.take() else {
+            return;
+        };
+        for w in s.held {
+            let pid = w.info.participant_id;
+            let outbox = w.outbox.clone();
+            match self.enter(now, w.info, w.subscribe_all, w.outbox) {
+                Ok(JoinOutcome::Joined(joined)) => {
+                    // Joined goes first into the newcomer's queue.
+                    outbox.admit(frame(Msg::Joined(joined)));
+                    self.tell_waiters_to(pid);
+                }
+                Ok(JoinOutcome::Held) => outbox.settle(Admission::Held),
+                Ok(JoinOutcome::Syncing) => {}
+                Err(e) => outbox.settle(Admission::Refused(e)),
+            }
+        }
+    }
+
+    /// Adds a participant connected to another node.
+    pub(super) fn join_remote(
+        &mut self,
+        now: Timestamp,
+        node: NodeId,
+        mut info: Participant,
+        subscribe_all: bool,
+    ) {
+        let pid = info.participant_id;
+        self.remote_waiting.remove(&pid);
+        if self.members.contains_key(&pid) {
+            return;
+        }
+        let tracks = std::mem::take(&mut info.tracks);
+        self.broadcast(
+            Msg::ParticipantJoined(v1::ParticipantJoined {
+                participant: Some(info.clone()),
+            }),
+            None,
+        );
+        self.members.insert(
+            pid,
+            Member {
+                info,
+                outbox: None,
+                node,
+                subscribe_all,
+                tracks: BTreeMap::new(),
+            },
+        );
+        // A snapshot carries the tracks already published: as if published
+        // now, and (unlike a fresh publication, which starts with a key
+        // frame) our subscribers need a key frame to start from.
+        let watching = self.someone_watches_everything();
+        for t in tracks {
+            self.publish_remote_track(now, pid, t, watching);
+        }
+    }
+
+    /// True when a participant of this node receives every track.
+    pub(super) fn someone_watches_everything(&self) -> bool {
+        self.members
+            .values()
+            .any(|m| m.outbox.is_some() && m.subscribe_all)
+    }
+
+    /// Adds a track a remote participant already publishes (from a snapshot
+    /// or a roster). Unlike a fresh publication, which starts with a key
+    /// frame, our subscribers need one asked for when `watching`.
+    pub(super) fn publish_remote_track(
+        &mut self,
+        now: Timestamp,
+        pid: u32,
+        t: TrackInfo,
+        watching: bool,
+    ) {
+        let (tid, video) = (t.track_id, t.kind != TrackKind::Audio as i32);
+        if self
+            .apply_request(now, pid, RoomRequest::Publish(t), 0)
+            .is_ok()
+            && video
+            && watching
+        {
+            self.request_key_frame(now, pid, tid, 0, true);
+        }
+    }
+
+    /// Removes the participants of `node` that `keep` does not keep.
+    pub(super) fn remove_remote_members(&mut self, node: NodeId, keep: impl Fn(u32) -> bool) {
+        let gone: Vec<u32> = self
+            .members
+            .iter()
+            .filter(|(pid, m)| m.outbox.is_none() && m.node == node && !keep(**pid))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            self.remove_member(pid);
+        }
+    }
+
+    /// Everyone this node has in the room, for the other nodes.
+    pub(super) fn roster(&self) -> BusMessage {
+        BusMessage::Roster {
+            meeting: self.id.clone(),
+            node: self.bus.node(),
+            locked: self.locked,
+            waiting: self.waiting.values().map(|w| w.info.clone()).collect(),
+            members: self
+                .members
+                .values()
+                .filter(|m| m.outbox.is_some())
+                .map(|m| RosterEntry {
+                    participant: m.participant(),
+                    subscribe_all: m.subscribe_all,
+                })
+                .collect(),
+        }
+    }
+
+    /// Tells the other nodes who is here and asks who is there (after the
+    /// bus was down, when messages may have been lost both ways).
+    pub fn resync(&self) {
+        self.bus.publish(self.roster());
+        self.bus.publish(BusMessage::SyncRequest {
+            meeting: self.id.clone(),
+            node: self.bus.node(),
+        });
+    }
+
+    /// Removes every participant of `node` (it stopped answering).
+    pub fn drop_node(&mut self, node: NodeId) {
+        self.remote_waiting.retain(|_, (n, _)| *n != node);
+        self.remove_remote_members(node, |_| false);
+    }
+
+    /// Makes our copy of `node`'s participants what its roster says.
+    pub(super) fn apply_roster(&mut self, now: Timestamp, node: NodeId, members: Vec<RosterEntry>) {
+        let listed: std::collections::HashSet<u32> = members
+            .iter()
+            .map(|e| e.participant.participant_id)
+            .collect();
+        self.remove_remote_members(node, |pid| listed.contains(&pid));
+        for e in members {
+            let pid = e.participant.participant_id;
+            // A participant id's top bits name its node: a roster speaks
+            // only for its own node's participants.
+            if pid >> PARTICIPANT_BITS != u32::from(node) {
+                continue;
+            }
+            match self.members.get(&pid) {
+                None => self.join_remote(now, node, e.participant, e.subscribe_all),
+                Some(m) if m.outbox.is_none() => self.sync_tracks(now, pid, e.participant.tracks),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Brings a remote participant's tracks to `tracks`.
+    pub(super) fn sync_tracks(&mut self, now: Timestamp, pid: u32, tracks: Vec<TrackInfo>) {
+        let Some(m) = self.members.get(&pid) else {
+            return;
+        };
+        let have: Vec<(u32, bool)> = m.tracks.iter().map(|(t, p)| (*t, p.info.muted)).collect();
+        for (tid, _) in &have {
+            if !tracks.iter().any(|t| t.track_id == *tid) {
+                let _ = self.apply_request(
+                    now,
+                    pid,
+                    RoomRequest::Unpublish(v1::Unpublish { track_id: *tid }),
+                    0,
+                );
+            }
+        }
+        let watching = self.someone_watches_everything();
+        for t in tracks {
+            match have.iter().find(|(tid, _)| *tid == t.track_id) {
+                Some((_, muted)) if *muted != t.muted => {
+                    let _ = self.apply_request(
+                        now,
+                        pid,
+                        RoomRequest::SetTrackMuted(v1::SetTrackMuted {
+                            track_id: t.track_id,
+                            muted: t.muted,
+                        }),
+                        0,
+                    );
+                }
+                Some(_) => {}
+                None => self.publish_remote_track(now, pid, t, watching),
+            }
+        }
+    }
+
+    /// Delivers a media frame another node received from its publisher.
+    pub(super) fn route_remote(&mut self, now: Timestamp, frame: &MediaFrame) {
+        let h = *frame.header();
+        if self
+            .members
+            .get(&h.sender)
+            .is_none_or(|m| m.outbox.is_some())
+        {
+            return; // unknown, or one of ours echoed back
+        }
+        if let Ok(stats) = self.route(now, h.sender, frame) {
+            let _ = stats;
+        }
+    }
+
+    /// Applies what another node says.
+    pub(super) fn apply_bus(&mut self, now: Timestamp, msg: BusMessage) {
+        match msg {
+            BusMessage::Join {
+                node,
+                participant,
+                subscribe_all,
+                ..
+            } => self.join_remote(now, node, participant, subscribe_all),
+            BusMessage::Leave { participant_id, .. } => {
+                if self
+                    .members
+                    .get(&participant_id)
+                    .is_some_and(|m| m.outbox.is_none())
+                {
+                    self.remove_member(participant_id);
+                }
+            }
+            BusMessage::Request {
+                participant_id,
+                request,
+                server_time_us,
+                ..
+            } => {
+                if participant_id == OPERATOR
+                    || self
+                        .members
+                        .get(&participant_id)
+                        .is_some_and(|m| m.outbox.is_none())
+                {
+                    // Accepted on its own node already; here it only updates our copy.
+                    let _ = self.apply_request(now, participant_id, request, server_time_us);
+                }
+            }
+            BusMessage::Media { frame, .. } => {
+                if let Ok(f) = MediaFrame::parse(frame) {
+                    self.route_remote(now, &f);
+                }
+            }
+            BusMessage::KeyFrameRequest {
+                publisher,
+                track,
+                requester,
+                force,
+                ..
+            } => {
+                if self
+                    .members
+                    .get(&publisher)
+                    .is_some_and(|m| m.outbox.is_some())
+                {
+                    self.request_key_frame(now, publisher, track, requester, force);
+                }
+            }
+            BusMessage::SyncRequest { .. } => self.bus.publish(self.roster()),
+            BusMessage::Roster {
+                node,
+                members,
+                locked,
+                waiting,
+                ..
+            } => {
+                if node != self.bus.node() {
+                    self.remote_waiting.retain(|_, (n, _)| *n != node);
+                    for p in waiting {
+                        self.remote_waiting.insert(p.participant_id, (node, p));
+                    }
+                    // A room opening here takes the meeting's state from the others.
+                    if self.syncing.is_some() && locked {
+                        self.locked = true;
+                    }
+                    self.apply_roster(now, node, members);
+                    self.synced_from(now, node);
+                }
+            }
+            BusMessage::Waiting {
+                node, participant, ..
+            } => {
+                let request = frame(Msg::AdmissionRequest(v1::AdmissionRequest {
+                    participant: Some(participant.clone()),
+                }));
+                for m in self.local_moderators() {
+                    m.push_control(request.clone());
+                }
+                self.remote_waiting
+                    .insert(participant.participant_id, (node, participant));
+            }
+            BusMessage::WaitingGone { participant_id, .. } => {
+                self.remote_waiting.remove(&participant_id);
+            }
+            BusMessage::NodeDown { node } => {
+                self.drop_node(node);
+                self.synced_from(now, node);
+            }
+            BusMessage::Resync => self.resync(),
+        }
+    }
+}

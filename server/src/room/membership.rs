@@ -1,0 +1,228 @@
+//! Joining a room, its waiting room (PROTOCOL.md §5.8) and leaving (§5.3).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use convene_protocol::v1::{self, Participant, Role, server_message::Msg};
+use convene_protocol::{ErrorCode, ProtocolError, Timestamp};
+
+use crate::bus::BusMessage;
+use crate::outbox::Outbox;
+
+use super::{JoinOutcome, Member, Room, Waiter, frame};
+
+impl Room {
+    /// Adds a participant and tells the others. Returns the `Joined` answer,
+    /// which the caller must queue for the newcomer before releasing the room.
+    pub fn join(
+        &mut self,
+        now: Timestamp,
+        info: Participant,
+        subscribe_all: bool,
+        outbox: Arc<Outbox>,
+    ) -> Result<v1::Joined, ProtocolError> {
+        self.check_entry()?;
+        Ok(self.admit_member(now, info, subscribe_all, outbox))
+    }
+
+    /// A Join: into the room, or, when the room has a waiting room and the
+    /// newcomer is not a moderator, into the waiting room; its moderators are
+    /// asked with `AdmissionRequest`.
+    pub fn enter(
+        &mut self,
+        now: Timestamp,
+        info: Participant,
+        subscribe_all: bool,
+        outbox: Arc<Outbox>,
+    ) -> Result<JoinOutcome, ProtocolError> {
+        if let Some(s) = &mut self.syncing {
+            s.held.push(Waiter {
+                info,
+                subscribe_all,
+                outbox,
+            });
+            return Ok(JoinOutcome::Syncing);
+        }
+        self.check_entry()?;
+        if self.waiting_room && info.role != Role::Moderator as i32 {
+            let request = frame(Msg::AdmissionRequest(v1::AdmissionRequest {
+                participant: Some(info.clone()),
+            }));
+            for m in self.local_moderators() {
+                m.push_control(request.clone());
+            }
+            self.bus.publish(BusMessage::Waiting {
+                meeting: self.id.clone(),
+                node: self.bus.node(),
+                participant: info.clone(),
+            });
+            self.waiting.insert(
+                info.participant_id,
+                Waiter {
+                    info,
+                    subscribe_all,
+                    outbox,
+                },
+            );
+            return Ok(JoinOutcome::Held);
+        }
+        Ok(JoinOutcome::Joined(self.admit_member(
+            now,
+            info,
+            subscribe_all,
+            outbox,
+        )))
+    }
+
+    /// Tells a moderator who just joined who is waiting (called once its
+    /// `Joined` is queued, so that comes first).
+    pub fn tell_waiters_to(&self, pid: u32) {
+        let Some(m) = self.members.get(&pid) else {
+            return;
+        };
+        let (Some(o), true) = (&m.outbox, m.info.role == Role::Moderator as i32) else {
+            return;
+        };
+        let here = self.waiting.values().map(|w| &w.info);
+        let elsewhere = self.remote_waiting.values().map(|(_, p)| p);
+        for info in here.chain(elsewhere) {
+            o.push_control(frame(Msg::AdmissionRequest(v1::AdmissionRequest {
+                participant: Some(info.clone()),
+            })));
+        }
+    }
+
+    pub(super) fn local_moderators(&self) -> Vec<Arc<Outbox>> {
+        self.members
+            .values()
+            .filter(|m| m.info.role == Role::Moderator as i32)
+            .filter_map(|m| m.outbox.clone())
+            .collect()
+    }
+
+    pub(super) fn check_entry(&self) -> Result<(), ProtocolError> {
+        if self.locked {
+            return Err(ProtocolError::new(
+                ErrorCode::RoomLocked,
+                "the room is locked",
+            ));
+        }
+        if self.members.len() >= self.limits.max_participants as usize {
+            return Err(ProtocolError::new(
+                ErrorCode::RoomFull,
+                format!(
+                    "the room has its maximum of {} participants",
+                    self.limits.max_participants
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Puts a participant of this node in the room and tells everyone.
+    pub(super) fn admit_member(
+        &mut self,
+        now: Timestamp,
+        info: Participant,
+        subscribe_all: bool,
+        outbox: Arc<Outbox>,
+    ) -> v1::Joined {
+        let pid = info.participant_id;
+        self.broadcast(
+            Msg::ParticipantJoined(v1::ParticipantJoined {
+                participant: Some(info.clone()),
+            }),
+            None,
+        );
+        self.bus.publish(BusMessage::Join {
+            meeting: self.id.clone(),
+            node: self.bus.node(),
+            participant: info.clone(),
+            subscribe_all,
+        });
+        self.local += 1;
+        self.members.insert(
+            pid,
+            Member {
+                info,
+                outbox: Some(outbox.clone()),
+                node: self.bus.node(),
+                subscribe_all,
+                tracks: BTreeMap::new(),
+            },
+        );
+        if subscribe_all {
+            let mut requests = Vec::new();
+            for (ppid, m) in self.members.iter_mut() {
+                if *ppid == pid {
+                    continue;
+                }
+                for (tid, p) in m.tracks.iter_mut() {
+                    p.subscribers.push((pid, outbox.clone()));
+                    if !p.audio {
+                        requests.push((*ppid, *tid));
+                    }
+                }
+            }
+            for (ppid, tid) in requests {
+                self.request_key_frame(now, ppid, tid, 0, true);
+            }
+        }
+        v1::Joined {
+            meeting_id: self.id.clone(),
+            participants: self.members.values().map(Member::participant).collect(),
+            locked: self.locked,
+        }
+    }
+
+    /// Removes a participant: unpublishes its tracks, drops its subscriptions,
+    /// and tells the others (PROTOCOL.md §5.3, §9.3).
+    pub fn leave(&mut self, pid: u32) {
+        if self.waiting.remove(&pid).is_some() {
+            self.bus.publish(BusMessage::WaitingGone {
+                meeting: self.id.clone(),
+                participant_id: pid,
+            });
+            return;
+        }
+        if let Some(s) = &mut self.syncing {
+            s.held.retain(|w| w.info.participant_id != pid);
+        }
+        if self.members.get(&pid).is_some_and(|m| m.outbox.is_some()) {
+            self.bus.publish(BusMessage::Leave {
+                meeting: self.id.clone(),
+                participant_id: pid,
+            });
+        }
+        self.remove_member(pid);
+    }
+
+    pub(super) fn remove_member(&mut self, pid: u32) {
+        let Some(member) = self.members.remove(&pid) else {
+            return;
+        };
+        if member.outbox.is_some() {
+            self.local -= 1;
+        }
+        for tid in member.tracks.keys() {
+            self.broadcast(
+                Msg::TrackUnpublished(v1::TrackUnpublished {
+                    participant_id: pid,
+                    track_id: *tid,
+                }),
+                None,
+            );
+        }
+        for m in self.members.values_mut() {
+            for p in m.tracks.values_mut() {
+                p.subscribers.retain(|(s, _)| *s != pid);
+            }
+        }
+        self.broadcast(
+            Msg::ParticipantLeft(v1::ParticipantLeft {
+                participant_id: pid,
+            }),
+            None,
+        );
+    }
+}

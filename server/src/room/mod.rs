@@ -1,0 +1,324 @@
+//! Rooms (PROTOCOL.md §5.3–§5.8, §6.3–§6.5), sans-IO: a room never touches
+//! a socket or a clock; every call that depends on time is given `now`.
+//!
+//! The room is split by concern, each part an `impl Room` block of its own:
+//!
+//! - this file: the room's state and what every part uses (sending to members);
+//! - [`membership`]: joining, the waiting room, leaving;
+//! - [`requests`]: one function per room request kind (§5.4–§5.8);
+//! - [`media`]: routing media frames to subscribers, key-frame requests and
+//!   congestion hints (§6.3–§6.5), where per-subscriber forwarding grows;
+//! - [`cluster`]: what the other nodes of a cluster say and are told;
+//! - [`router`]: every room of the node, and participant ids.
+//!
+//! A media frame is routed by one lookup of its track and a walk over that
+//! track's subscriber list, pushing the same reference-counted `Bytes` into
+//! each subscriber's [`Outbox`]: one serialization per frame, no allocation
+//! per delivery. Control messages to a room are encoded once and shared the
+//! same way.
+
+mod cluster;
+mod media;
+mod membership;
+mod requests;
+mod router;
+
+pub use cluster::SYNC_TIMEOUT;
+pub use media::{HINT_INTERVAL, KEY_FRAME_COALESCE, MIN_HINT_KBPS, RECOVERY, RouteStats};
+pub use router::{Router, lock};
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use convene_protocol::v1::{self, Participant, Role, ServerMessage, server_message::Msg};
+use convene_protocol::{ErrorCode, ProtocolError, TokenBucket, encode_control};
+
+use crate::bus::{Bus, NoBus, NodeId};
+use crate::outbox::Outbox;
+
+use cluster::Syncing;
+use media::Publication;
+
+/// The participant id moderation requests carry when they come from the
+/// node's operator (the admin API) rather than from a participant: never a
+/// participant's id, and allowed every moderator action.
+pub const OPERATOR: u32 = 0;
+
+/// Capacity settings of rooms.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomLimits {
+    /// Most participants per room.
+    pub max_participants: u32,
+    /// Most tracks per participant.
+    pub max_tracks: u32,
+    /// Most rooms on this server.
+    pub max_rooms: usize,
+    /// Bytes of chat text and E2EE payload a room relays to everyone per second.
+    pub room_relay_bytes_per_second: u32,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        use convene_protocol::limits::default;
+        RoomLimits {
+            max_participants: default::MAX_PARTICIPANTS_PER_ROOM,
+            max_tracks: default::MAX_TRACKS_PER_PARTICIPANT,
+            max_rooms: 10_000,
+            room_relay_bytes_per_second: default::ROOM_RELAY_BYTES_PER_SECOND,
+        }
+    }
+}
+
+/// One participant in a room.
+#[derive(Debug)]
+struct Member {
+    /// As others see it (tracks are filled in when sent).
+    info: Participant,
+    /// Where frames for this participant go; `None` for a participant
+    /// connected to another node.
+    outbox: Option<Arc<Outbox>>,
+    /// The node the participant is connected to.
+    node: NodeId,
+    /// Subscribed to everything, now and later.
+    subscribe_all: bool,
+    /// Published tracks by id.
+    tracks: BTreeMap<u32, Publication>,
+}
+
+impl Member {
+    fn participant(&self) -> Participant {
+        Participant {
+            tracks: self.tracks.values().map(|p| p.info.clone()).collect(),
+            ..self.info.clone()
+        }
+    }
+}
+
+/// A room: the participants of one meeting on this server.
+#[derive(Debug)]
+pub struct Room {
+    /// The meeting id.
+    id: String,
+    /// Participants by id.
+    members: BTreeMap<u32, Member>,
+    /// Locked rooms refuse joins.
+    locked: bool,
+    /// Capacity.
+    limits: RoomLimits,
+    /// The other nodes.
+    bus: Arc<dyn Bus>,
+    /// Members connected to this node.
+    local: usize,
+    /// Joins wait for a moderator (PROTOCOL.md §5.8).
+    waiting_room: bool,
+    /// Who waits, on this node.
+    waiting: BTreeMap<u32, Waiter>,
+    /// Who waits on other nodes, and where: moderators here hear of them
+    /// and can admit or deny them.
+    remote_waiting: BTreeMap<u32, (NodeId, Participant)>,
+    /// Set while the room, just opened here, waits for the other nodes to
+    /// say who is in the meeting: Joins are held until then.
+    syncing: Option<Syncing>,
+    /// Chat and E2EE bytes the room may still relay to everyone (made at first use).
+    relay_budget: Option<TokenBucket>,
+}
+
+/// One meeting as the admin API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeetingSummary {
+    /// The meeting id.
+    pub meeting_id: String,
+    /// Locked meetings refuse joins.
+    pub locked: bool,
+    /// Participants waiting on this node.
+    pub waiting: usize,
+    /// Everyone in the meeting, on every node, by participant id, with their node.
+    pub members: Vec<(Participant, NodeId)>,
+}
+
+/// A participant in the waiting room.
+#[derive(Debug)]
+struct Waiter {
+    info: Participant,
+    subscribe_all: bool,
+    outbox: Arc<Outbox>,
+}
+
+/// What a Join led to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JoinOutcome {
+    /// In the room: queue this `Joined` for the newcomer.
+    Joined(v1::Joined),
+    /// In the waiting room until a moderator decides.
+    Held,
+    /// Held while the room learns who is in the meeting on other nodes;
+    /// answered through the outbox ([`crate::outbox::Admission`]).
+    Syncing,
+}
+
+fn frame(msg: Msg) -> Bytes {
+    encode_control(&ServerMessage { msg: Some(msg) })
+}
+
+fn unknown_track(pid: u32, track: u32) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::UnknownTrack,
+        format!("participant {pid} publishes no track {track} in your room"),
+    )
+}
+
+fn nobody_waiting(pid: u32) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::UnknownParticipant,
+        format!("participant {pid} is not in this room's waiting room"),
+    )
+}
+
+fn self_gone(pid: u32) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::NotJoined,
+        format!("participant {pid} is not in the room"),
+    )
+}
+
+impl Room {
+    /// An empty room on a single node.
+    pub fn new(id: &str, limits: RoomLimits) -> Self {
+        Room::with_bus(id, limits, Arc::new(NoBus))
+    }
+
+    /// An empty room whose changes are shared with other nodes over `bus`.
+    pub fn with_bus(id: &str, limits: RoomLimits, bus: Arc<dyn Bus>) -> Self {
+        Room {
+            id: id.to_string(),
+            members: BTreeMap::new(),
+            locked: false,
+            limits,
+            bus,
+            local: 0,
+            waiting_room: false,
+            waiting: BTreeMap::new(),
+            remote_waiting: BTreeMap::new(),
+            syncing: None,
+            relay_budget: None,
+        }
+    }
+
+    /// Gives the room a waiting room (or takes it away).
+    pub fn set_waiting_room(&mut self, on: bool) {
+        self.waiting_room = on;
+    }
+
+    /// The meeting id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Number of participants connected to this node.
+    pub fn len(&self) -> usize {
+        self.local
+    }
+
+    /// True when nobody connected to this node is in the room or waits for it.
+    pub fn is_empty(&self) -> bool {
+        self.local == 0
+            && self.waiting.is_empty()
+            && self.syncing.as_ref().is_none_or(|s| s.held.is_empty())
+    }
+
+    /// Bytes queued for this node's members now.
+    pub fn queued_bytes(&self) -> usize {
+        self.members
+            .values()
+            .filter_map(|m| m.outbox.as_ref())
+            .map(|o| o.bytes())
+            .sum()
+    }
+
+    /// Number of participants on all nodes.
+    pub fn total(&self) -> usize {
+        self.members.len()
+    }
+
+    pub(super) fn broadcast(&self, msg: Msg, except: Option<u32>) {
+        let f = frame(msg);
+        for (pid, m) in &self.members {
+            if let (true, Some(o)) = (Some(*pid) != except, &m.outbox) {
+                o.push_control(f.clone());
+            }
+        }
+    }
+
+    pub(super) fn send_to(&self, pid: u32, msg: Msg) {
+        if let Some(o) = self.members.get(&pid).and_then(|m| m.outbox.as_ref()) {
+            o.push_control(frame(msg));
+        }
+    }
+
+    /// Relays a chat or E2EE message to `to` (everyone but `except` when
+    /// None): in the recipients' relay lanes, behind their audio.
+    pub(super) fn relay(&self, msg: Msg, to: Option<u32>, except: Option<u32>) {
+        let f = frame(msg);
+        match to {
+            Some(pid) => {
+                if let Some(o) = self.members.get(&pid).and_then(|m| m.outbox.as_ref()) {
+                    o.push_relay(f);
+                }
+            }
+            None => {
+                for (pid, m) in &self.members {
+                    if let (true, Some(o)) = (Some(*pid) != except, &m.outbox) {
+                        o.push_relay(f.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The meeting as the admin API shows it.
+    pub fn summary(&self) -> MeetingSummary {
+        MeetingSummary {
+            meeting_id: self.id.clone(),
+            locked: self.locked,
+            waiting: self.waiting.len(),
+            members: self
+                .members
+                .values()
+                .map(|m| (m.participant(), m.node))
+                .collect(),
+        }
+    }
+
+    pub(super) fn require_moderator(&self, pid: u32) -> Result<(), ProtocolError> {
+        if pid == OPERATOR {
+            return Ok(());
+        }
+        match self.members.get(&pid) {
+            Some(m) if m.info.role == Role::Moderator as i32 => Ok(()),
+            _ => Err(ProtocolError::new(
+                ErrorCode::PermissionDenied,
+                "moderation needs the moderator role, which comes from your token",
+            )),
+        }
+    }
+
+    pub(super) fn require_member(&self, pid: u32) -> Result<(), ProtocolError> {
+        if self.members.contains_key(&pid) {
+            Ok(())
+        } else {
+            Err(ProtocolError::new(
+                ErrorCode::UnknownParticipant,
+                format!("participant {pid} is not in your room"),
+            ))
+        }
+    }
+
+    /// The node where `pid` waits, when that is not this one.
+    pub(super) fn waits_elsewhere(&self, pid: u32) -> Option<NodeId> {
+        if self.waiting.contains_key(&pid) {
+            return None;
+        }
+        self.remote_waiting.get(&pid).map(|(n, _)| *n)
+    }
+}

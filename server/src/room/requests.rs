@@ -1,0 +1,457 @@
+//! Room requests (PROTOCOL.md §5.4–§5.8): [`Room::handle`] checks the room's
+//! relay budget, hands each kind to a function of its own, and tells the
+//! other nodes of what they must apply too.
+
+use convene_protocol::v1::{self, TrackKind, server_message::Msg};
+use convene_protocol::{ErrorCode, ProtocolError, RoomRequest, Timestamp, TokenBucket};
+
+use crate::bus::BusMessage;
+use crate::outbox::Kick;
+
+use super::media::{Congestion, Publication};
+use super::{Room, frame, nobody_waiting, self_gone, unknown_track};
+
+/// Room requests other nodes must apply too (subscriptions stay local:
+/// every node already receives the meeting's media).
+pub(super) fn replicated(req: &RoomRequest) -> bool {
+    matches!(
+        req,
+        RoomRequest::UpdateSelf(_)
+            | RoomRequest::Publish(_)
+            | RoomRequest::Unpublish(_)
+            | RoomRequest::SetTrackMuted(_)
+            | RoomRequest::Chat(_)
+            | RoomRequest::E2ee(_)
+            | RoomRequest::MuteRequest(_)
+            | RoomRequest::RemoveParticipant(_)
+            | RoomRequest::LockRoom(_)
+            | RoomRequest::EndMeeting(_)
+    )
+}
+
+impl Room {
+    /// Handles a room message from `pid`, a participant on this node, and
+    /// tells the other nodes when it changes what they must know.
+    pub fn handle(
+        &mut self,
+        now: Timestamp,
+        pid: u32,
+        req: RoomRequest,
+        server_time_us: u64,
+    ) -> Result<(), ProtocolError> {
+        // Messages to everyone spend the room's relay budget where they are
+        // sent from; other nodes trust that node's count.
+        match &req {
+            RoomRequest::Chat(c) if c.to_participant_id == 0 => {
+                self.spend_relay_budget(now, c.text.len())?
+            }
+            RoomRequest::E2ee(e) if e.to_participant_id == 0 => {
+                self.spend_relay_budget(now, e.payload.len())?
+            }
+            _ => {}
+        }
+        let copy = replicated(&req).then(|| req.clone());
+        self.apply_request(now, pid, req, server_time_us)?;
+        if let Some(request) = copy {
+            self.bus.publish(BusMessage::Request {
+                meeting: self.id.clone(),
+                participant_id: pid,
+                request,
+                server_time_us,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies a room message from `pid`, wherever `pid` is connected.
+    pub(super) fn apply_request(
+        &mut self,
+        now: Timestamp,
+        pid: u32,
+        req: RoomRequest,
+        server_time_us: u64,
+    ) -> Result<(), ProtocolError> {
+        match req {
+            RoomRequest::UpdateSelf(u) => self.update_self(pid, u),
+            RoomRequest::Publish(track) => self.publish(pid, track),
+            RoomRequest::Unpublish(u) => self.unpublish(pid, u),
+            RoomRequest::SetTrackMuted(s) => self.set_track_muted(pid, s),
+            RoomRequest::Subscribe(s) => self.subscribe(now, pid, s),
+            RoomRequest::Unsubscribe(u) => self.unsubscribe(pid, u),
+            RoomRequest::KeyFrameRequest(k) => self.key_frame_request(now, pid, k),
+            // Reports inform the sender's own congestion control; the room keeps no state from them.
+            RoomRequest::ReceiverReport(_) => Ok(()),
+            RoomRequest::Chat(c) => self.chat(pid, c, server_time_us),
+            RoomRequest::E2ee(e) => self.e2ee(pid, e),
+            RoomRequest::MuteRequest(m) => self.mute_request(pid, m),
+            RoomRequest::RemoveParticipant(r) => self.remove_participant(pid, r),
+            RoomRequest::LockRoom(l) => self.lock_room(pid, l),
+            RoomRequest::Admit(a) => self.admit(now, pid, a),
+            RoomRequest::Deny(d) => self.deny(pid, d),
+            RoomRequest::EndMeeting(_) => self.end_meeting(pid),
+            _ => Ok(()),
+        }
+    }
+
+    /// UpdateSelf: a new display name, told to everyone (§5.4).
+    fn update_self(&mut self, pid: u32, u: v1::UpdateSelf) -> Result<(), ProtocolError> {
+        let m = self.members.get_mut(&pid).ok_or_else(|| self_gone(pid))?;
+        m.info.display_name = u.display_name;
+        let p = m.participant();
+        self.broadcast(
+            Msg::ParticipantUpdated(v1::ParticipantUpdated {
+                participant: Some(p),
+            }),
+            None,
+        );
+        Ok(())
+    }
+
+    /// Publish: a new track, subscribed at once by members who take everything (§5.5).
+    fn publish(&mut self, pid: u32, track: v1::TrackInfo) -> Result<(), ProtocolError> {
+        let max = self.limits.max_tracks;
+        let m = self.members.get_mut(&pid).ok_or_else(|| self_gone(pid))?;
+        if m.tracks.contains_key(&track.track_id) {
+            return Err(ProtocolError::new(
+                ErrorCode::DuplicateTrack,
+                format!("you already publish track {}", track.track_id),
+            ));
+        }
+        if m.tracks.len() >= max as usize {
+            return Err(ProtocolError::new(
+                ErrorCode::TooManyTracks,
+                format!("you already publish the maximum of {max} tracks"),
+            ));
+        }
+        let subscribers = self
+            .members
+            .iter()
+            .filter(|(other, m)| **other != pid && m.subscribe_all)
+            .filter_map(|(other, m)| Some((*other, m.outbox.clone()?)))
+            .collect();
+        let audio = track.kind == TrackKind::Audio as i32;
+        let tid = track.track_id;
+        let m = self.members.get_mut(&pid).ok_or_else(|| self_gone(pid))?;
+        m.tracks.insert(
+            tid,
+            Publication {
+                info: track.clone(),
+                audio,
+                subscribers,
+                last_key_request: None,
+                key_wanted: false,
+                congestion: Congestion::default(),
+            },
+        );
+        self.broadcast(
+            Msg::TrackPublished(v1::TrackPublished {
+                participant_id: pid,
+                track: Some(track),
+            }),
+            None,
+        );
+        Ok(())
+    }
+
+    /// Unpublish: the track goes, with its subscriptions (§5.5).
+    fn unpublish(&mut self, pid: u32, u: v1::Unpublish) -> Result<(), ProtocolError> {
+        self.own_track(pid, u.track_id)?;
+        if let Some(m) = self.members.get_mut(&pid) {
+            m.tracks.remove(&u.track_id);
+        }
+        self.broadcast(
+            Msg::TrackUnpublished(v1::TrackUnpublished {
+                participant_id: pid,
+                track_id: u.track_id,
+            }),
+            None,
+        );
+        Ok(())
+    }
+
+    /// SetTrackMuted: muted tracks are not routed (§5.5).
+    fn set_track_muted(&mut self, pid: u32, s: v1::SetTrackMuted) -> Result<(), ProtocolError> {
+        let p = self.own_track(pid, s.track_id)?;
+        p.info.muted = s.muted;
+        self.broadcast(
+            Msg::TrackMuted(v1::TrackMuted {
+                participant_id: pid,
+                track_id: s.track_id,
+                muted: s.muted,
+            }),
+            None,
+        );
+        Ok(())
+    }
+
+    /// Subscribe: one track of another member; a video track is asked for a key frame (§5.6).
+    fn subscribe(
+        &mut self,
+        now: Timestamp,
+        pid: u32,
+        s: v1::Subscribe,
+    ) -> Result<(), ProtocolError> {
+        if s.participant_id == pid {
+            return Err(ProtocolError::new(
+                ErrorCode::UnknownTrack,
+                "you cannot subscribe to your own track",
+            ));
+        }
+        let outbox = self
+            .members
+            .get(&pid)
+            .and_then(|m| m.outbox.clone())
+            .ok_or_else(|| self_gone(pid))?;
+        let p = self
+            .members
+            .get_mut(&s.participant_id)
+            .and_then(|m| m.tracks.get_mut(&s.track_id))
+            .ok_or_else(|| unknown_track(s.participant_id, s.track_id))?;
+        let audio = p.audio;
+        if !p.subscribers.iter().any(|(x, _)| *x == pid) {
+            p.subscribers.push((pid, outbox));
+        }
+        self.send_to(
+            pid,
+            Msg::Subscribed(v1::Subscribed {
+                participant_id: s.participant_id,
+                track_id: s.track_id,
+            }),
+        );
+        if !audio {
+            self.request_key_frame(now, s.participant_id, s.track_id, 0, true);
+        }
+        Ok(())
+    }
+
+    /// Unsubscribe (§5.6).
+    fn unsubscribe(&mut self, pid: u32, u: v1::Unsubscribe) -> Result<(), ProtocolError> {
+        let p = self
+            .members
+            .get_mut(&u.participant_id)
+            .and_then(|m| m.tracks.get_mut(&u.track_id))
+            .ok_or_else(|| unknown_track(u.participant_id, u.track_id))?;
+        p.subscribers.retain(|(x, _)| *x != pid);
+        Ok(())
+    }
+
+    /// KeyFrameRequest: only a subscriber may ask, coalesced per track (§6.5).
+    fn key_frame_request(
+        &mut self,
+        now: Timestamp,
+        pid: u32,
+        k: v1::KeyFrameRequest,
+    ) -> Result<(), ProtocolError> {
+        let p = (k.participant_id != pid)
+            .then(|| self.members.get(&k.participant_id))
+            .flatten()
+            .and_then(|m| m.tracks.get(&k.track_id))
+            .ok_or_else(|| unknown_track(k.participant_id, k.track_id))?;
+        // Only a subscriber needs the track's key frames (§6.5).
+        if !p.subscribers.iter().any(|(s, _)| *s == pid) {
+            return Err(ProtocolError::new(
+                ErrorCode::UnknownTrack,
+                format!(
+                    "you are not subscribed to track {} of participant {}",
+                    k.track_id, k.participant_id
+                ),
+            ));
+        }
+        self.request_key_frame(now, k.participant_id, k.track_id, pid, true);
+        Ok(())
+    }
+
+    /// Chat: to everyone or to one member (and back to its sender), behind audio (§5.7).
+    fn chat(
+        &mut self,
+        pid: u32,
+        c: v1::ChatSend,
+        server_time_us: u64,
+    ) -> Result<(), ProtocolError> {
+        let msg = Msg::Chat(v1::ChatMessage {
+            from_participant_id: pid,
+            to_participant_id: c.to_participant_id,
+            text: c.text,
+            server_timestamp_us: server_time_us,
+        });
+        if c.to_participant_id == 0 {
+            self.relay(msg, None, None);
+        } else {
+            self.require_member(c.to_participant_id)?;
+            let f = frame(msg);
+            let sender_too = (c.to_participant_id != pid).then_some(pid);
+            for to in std::iter::once(c.to_participant_id).chain(sender_too) {
+                if let Some(o) = self.members.get(&to).and_then(|m| m.outbox.as_ref()) {
+                    o.push_relay(f.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// E2ee: key exchange, relayed as is to everyone else or to one member (§5.7).
+    fn e2ee(&mut self, pid: u32, e: v1::E2eeSend) -> Result<(), ProtocolError> {
+        let msg = Msg::E2ee(v1::E2eeMessage {
+            from_participant_id: pid,
+            to_participant_id: e.to_participant_id,
+            payload: e.payload,
+        });
+        if e.to_participant_id == 0 {
+            self.relay(msg, None, Some(pid));
+        } else {
+            self.require_member(e.to_participant_id)?;
+            self.relay(msg, Some(e.to_participant_id), None);
+        }
+        Ok(())
+    }
+
+    /// MuteRequest: a moderator asks a member to mute (§5.8).
+    fn mute_request(&mut self, pid: u32, m: v1::MuteRequest) -> Result<(), ProtocolError> {
+        self.require_moderator(pid)?;
+        self.require_member(m.participant_id)?;
+        self.send_to(
+            m.participant_id,
+            Msg::MuteRequested(v1::MuteRequested {
+                by_participant_id: pid,
+                kind: m.kind,
+            }),
+        );
+        Ok(())
+    }
+
+    /// RemoveParticipant: a moderator removes a member (§5.8).
+    fn remove_participant(
+        &mut self,
+        pid: u32,
+        r: v1::RemoveParticipant,
+    ) -> Result<(), ProtocolError> {
+        self.require_moderator(pid)?;
+        self.require_member(r.participant_id)?;
+        if let Some(o) = self
+            .members
+            .get(&r.participant_id)
+            .and_then(|m| m.outbox.as_ref())
+        {
+            o.kick(Kick::Removed);
+        }
+        Ok(())
+    }
+
+    /// LockRoom: a locked room refuses joins (§5.8).
+    fn lock_room(&mut self, pid: u32, l: v1::LockRoom) -> Result<(), ProtocolError> {
+        self.require_moderator(pid)?;
+        self.locked = l.locked;
+        self.broadcast(Msg::RoomLocked(v1::RoomLocked { locked: l.locked }), None);
+        Ok(())
+    }
+
+    /// Admit: a moderator lets someone in from the waiting room, wherever it waits (§5.8).
+    fn admit(&mut self, now: Timestamp, pid: u32, a: v1::Admit) -> Result<(), ProtocolError> {
+        self.require_moderator(pid)?;
+        if let Some(node) = self.waits_elsewhere(a.participant_id) {
+            // The newcomer waits on another node: that node lets it in.
+            self.bus.send_to(
+                node,
+                BusMessage::Request {
+                    meeting: self.id.clone(),
+                    participant_id: pid,
+                    request: RoomRequest::Admit(a),
+                    server_time_us: 0,
+                },
+            );
+            return Ok(());
+        }
+        if !self.waiting.contains_key(&a.participant_id) {
+            return Err(nobody_waiting(a.participant_id));
+        }
+        self.check_entry()?;
+        let w = self
+            .waiting
+            .remove(&a.participant_id)
+            .ok_or_else(|| nobody_waiting(a.participant_id))?;
+        let outbox = w.outbox.clone();
+        let joined = self.admit_member(now, w.info, w.subscribe_all, w.outbox);
+        // Joined goes first into the newcomer's queue: nothing the
+        // room sends it can overtake it.
+        outbox.admit(frame(Msg::Joined(joined)));
+        Ok(())
+    }
+
+    /// Deny: a moderator turns someone in the waiting room away (§5.8).
+    fn deny(&mut self, pid: u32, d: v1::Deny) -> Result<(), ProtocolError> {
+        self.require_moderator(pid)?;
+        if let Some(node) = self.waits_elsewhere(d.participant_id) {
+            self.bus.send_to(
+                node,
+                BusMessage::Request {
+                    meeting: self.id.clone(),
+                    participant_id: pid,
+                    request: RoomRequest::Deny(d),
+                    server_time_us: 0,
+                },
+            );
+            return Ok(());
+        }
+        let w = self
+            .waiting
+            .remove(&d.participant_id)
+            .ok_or_else(|| nobody_waiting(d.participant_id))?;
+        w.outbox.deny();
+        self.bus.publish(BusMessage::WaitingGone {
+            meeting: self.id.clone(),
+            participant_id: d.participant_id,
+        });
+        Ok(())
+    }
+
+    /// EndMeeting: every member on this node is told the meeting ended (§5.8).
+    fn end_meeting(&mut self, pid: u32) -> Result<(), ProtocolError> {
+        self.require_moderator(pid)?;
+        for o in self.members.values().filter_map(|m| m.outbox.as_ref()) {
+            o.kick(Kick::MeetingEnded);
+        }
+        Ok(())
+    }
+
+    /// Takes `bytes` from the room's budget for messages to everyone, or
+    /// says RATE_LIMITED: what all members together make the room relay to
+    /// each member is bounded (PROTOCOL.md §7), so no group of senders can
+    /// fill someone's link.
+    pub(super) fn spend_relay_budget(
+        &mut self,
+        now: Timestamp,
+        bytes: usize,
+    ) -> Result<(), ProtocolError> {
+        let rate = self.limits.room_relay_bytes_per_second as f64;
+        let budget = self
+            .relay_budget
+            .get_or_insert_with(|| TokenBucket::new(now, rate, rate * 4.0));
+        if budget.try_take(now, bytes as f64) {
+            Ok(())
+        } else {
+            Err(ProtocolError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "this room relays at most {} bytes of chat and E2EE messages to everyone per second; try again shortly",
+                    self.limits.room_relay_bytes_per_second
+                ),
+            ))
+        }
+    }
+
+    pub(super) fn own_track(
+        &mut self,
+        pid: u32,
+        track: u32,
+    ) -> Result<&mut Publication, ProtocolError> {
+        self.members
+            .get_mut(&pid)
+            .and_then(|m| m.tracks.get_mut(&track))
+            .ok_or_else(|| {
+                ProtocolError::new(
+                    ErrorCode::UnknownTrack,
+                    format!("you publish no track {track}"),
+                )
+            })
+    }
+}

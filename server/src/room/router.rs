@@ -1,0 +1,283 @@
+//! The router: every room of this node, by meeting id, and the participant
+//! ids in use. Lock order: the room map, then one room.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use convene_protocol::v1::Participant;
+use convene_protocol::{ErrorCode, ProtocolError, RoomRequest, Timestamp};
+
+use crate::bus::{Bus, BusMessage, NoBus, PARTICIPANT_BITS};
+use crate::ids::IdAllocator;
+use crate::outbox::Outbox;
+
+use super::{JoinOutcome, MeetingSummary, OPERATOR, Room, RoomLimits};
+
+/// All rooms of this server.
+#[derive(Debug)]
+pub struct Router {
+    /// Rooms by meeting id. Lock order: this map, then a room.
+    rooms: Mutex<HashMap<String, Arc<Mutex<Room>>>>,
+    /// Capacity.
+    limits: RoomLimits,
+    /// Participant ids in use on this node.
+    ids: Mutex<IdAllocator>,
+    /// The other nodes.
+    bus: Arc<dyn Bus>,
+    /// Meetings with a waiting room: ids, or prefixes ending in `*`.
+    waiting_rooms: Vec<String>,
+}
+
+/// Locks a room, recovering from a panic elsewhere rather than spreading it.
+pub fn lock(room: &Mutex<Room>) -> MutexGuard<'_, Room> {
+    room.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Router {
+    /// An empty router for a single node.
+    pub fn new(limits: RoomLimits) -> Self {
+        Router::with_bus(limits, Arc::new(NoBus))
+    }
+
+    /// An empty router whose rooms span the nodes on `bus`.
+    pub fn with_bus(limits: RoomLimits, bus: Arc<dyn Bus>) -> Self {
+        Router {
+            rooms: Mutex::new(HashMap::new()),
+            limits,
+            ids: Mutex::new(IdAllocator::new(u32::from(bus.node()), PARTICIPANT_BITS)),
+            bus,
+            waiting_rooms: Vec::new(),
+        }
+    }
+
+    /// Meetings that get a waiting room: ids, or prefixes ending in `*`.
+    pub fn with_waiting_rooms(mut self, patterns: Vec<String>) -> Self {
+        self.waiting_rooms = patterns;
+        self
+    }
+
+    fn has_waiting_room(&self, meeting: &str) -> bool {
+        self.waiting_rooms
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => meeting.starts_with(prefix),
+                None => p == meeting,
+            })
+    }
+
+    /// Forgets a room and stops hearing its meeting from the other nodes
+    /// (the two go together: a node hears a meeting while it has its room).
+    fn close_room(&self, rooms: &mut HashMap<String, Arc<Mutex<Room>>>, id: &str) {
+        rooms.remove(id);
+        self.bus.interest(id, false);
+    }
+
+    /// The bus to the other nodes.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
+    /// A fresh participant id, never 0 and never one in use (see
+    /// [`IdAllocator`]); `None` when the node's id space is half used.
+    /// Give it back with [`Router::release_participant_id`] when the session ends.
+    pub fn allocate_participant_id(&self) -> Option<u32> {
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allocate()
+    }
+
+    /// Returns a participant id to the pool once its session has ended.
+    pub fn release_participant_id(&self, id: u32) {
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(id);
+    }
+
+    /// Applies a message from another node to the room it is about, if this
+    /// node has one (a node without participants in a meeting ignores it).
+    pub fn apply(&self, now: Timestamp, msg: BusMessage) {
+        let targets: Vec<Arc<Mutex<Room>>> = {
+            let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            match msg.meeting() {
+                Some(m) => rooms.get(m).cloned().into_iter().collect(),
+                // About every room: a node that went silent, or the bus coming back.
+                None => rooms.values().cloned().collect(),
+            }
+        };
+        if targets.is_empty()
+            && let BusMessage::SyncRequest { meeting, node } = &msg
+        {
+            // Nobody here: say so, so a room opening there need not wait for us.
+            self.bus.send_to(
+                *node,
+                BusMessage::Roster {
+                    meeting: meeting.clone(),
+                    node: self.bus.node(),
+                    members: Vec::new(),
+                    locked: false,
+                    waiting: Vec::new(),
+                },
+            );
+        }
+        for room in targets {
+            let emptied = {
+                let mut guard = lock(&room);
+                guard.apply_bus(now, msg.clone());
+                guard.is_empty()
+            };
+            // Held Joins that were all refused leave an empty room behind.
+            if emptied {
+                let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+                let guard = lock(&room);
+                let id = guard.id().to_string();
+                if guard.is_empty() && rooms.get(&id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
+                    self.close_room(&mut rooms, &id);
+                }
+            }
+        }
+    }
+
+    /// Lets through Joins held too long for other nodes' answers; called a
+    /// few times a second on a node with a bus.
+    pub fn tick(&self, now: Timestamp) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut emptied = Vec::new();
+        for (id, room) in rooms.iter() {
+            let mut guard = lock(room);
+            if guard.is_syncing() {
+                guard.finish_sync_if_due(now);
+                if guard.is_empty() {
+                    emptied.push(id.clone());
+                }
+            }
+        }
+        for id in emptied {
+            self.close_room(&mut rooms, &id);
+        }
+    }
+
+    /// Joins `meeting`, creating the room if needed. `on_joined` runs with
+    /// the room locked, so the caller can queue `Joined` before anything else
+    /// reaches the newcomer.
+    pub fn join(
+        &self,
+        now: Timestamp,
+        meeting: &str,
+        info: Participant,
+        subscribe_all: bool,
+        outbox: Arc<Outbox>,
+        on_joined: impl FnOnce(JoinOutcome),
+    ) -> Result<Arc<Mutex<Room>>, ProtocolError> {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let room = match rooms.get(meeting) {
+            Some(r) => r.clone(),
+            None => {
+                if rooms.len() >= self.limits.max_rooms {
+                    return Err(ProtocolError::new(
+                        ErrorCode::TooManyRooms,
+                        format!(
+                            "the server has its maximum of {} rooms",
+                            self.limits.max_rooms
+                        ),
+                    ));
+                }
+                let mut room = Room::with_bus(meeting, self.limits, self.bus.clone());
+                room.set_waiting_room(self.has_waiting_room(meeting));
+                room.start_sync(now, self.bus.peers());
+                let r = Arc::new(Mutex::new(room));
+                rooms.insert(meeting.to_string(), r.clone());
+                // Hear this meeting from now on, and ask who is already in it.
+                self.bus.interest(meeting, true);
+                self.bus.publish(BusMessage::SyncRequest {
+                    meeting: meeting.to_string(),
+                    node: self.bus.node(),
+                });
+                r
+            }
+        };
+        let mut guard = lock(&room);
+        let pid = info.participant_id;
+        let joined = guard.enter(now, info, subscribe_all, outbox);
+        match joined {
+            Ok(j) => {
+                on_joined(j);
+                guard.tell_waiters_to(pid);
+                drop(guard);
+                Ok(room)
+            }
+            Err(e) => {
+                if guard.is_empty() {
+                    self.close_room(&mut rooms, meeting);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes `pid` out of `room`, and drops the room when it is empty.
+    pub fn leave(&self, room: &Arc<Mutex<Room>>, pid: u32) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(room);
+        guard.leave(pid);
+        if guard.is_empty() {
+            let id = guard.id().to_string();
+            if rooms.get(&id).is_some_and(|r| Arc::ptr_eq(r, room)) {
+                self.close_room(&mut rooms, &id);
+            }
+        }
+    }
+
+    /// Every meeting this node serves, sorted by id.
+    pub fn meetings(&self) -> Vec<MeetingSummary> {
+        let rooms: Vec<Arc<Mutex<Room>>> = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out: Vec<MeetingSummary> = rooms.iter().map(|r| lock(r).summary()).collect();
+        out.sort_by(|a, b| a.meeting_id.cmp(&b.meeting_id));
+        out
+    }
+
+    /// Carries out a moderator action of the node's operator in `meeting`,
+    /// on every node; `None` when this node has no such meeting.
+    pub fn moderate(
+        &self,
+        now: Timestamp,
+        meeting: &str,
+        req: RoomRequest,
+        server_time_us: u64,
+    ) -> Option<Result<MeetingSummary, ProtocolError>> {
+        let room = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(meeting)
+            .cloned()?;
+        let mut guard = lock(&room);
+        let before = guard.summary();
+        Some(
+            guard
+                .handle(now, OPERATOR, req, server_time_us)
+                .map(|()| before),
+        )
+    }
+
+    /// (rooms, participants) now.
+    pub fn counts(&self) -> (usize, usize) {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let participants = rooms.values().map(|r| lock(r).len()).sum();
+        (rooms.len(), participants)
+    }
+
+    /// Bytes queued for this node's participants now, in all their queues
+    /// (for `/metrics`: what the server holds for subscribers, §11.5).
+    pub fn queued_bytes(&self) -> usize {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.values().map(|r| lock(r).queued_bytes()).sum()
+    }
+}
