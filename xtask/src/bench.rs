@@ -1,75 +1,125 @@
-//! `cargo xtask bench`: the end-to-end fan-out benchmark, WebSocket and WebTransport next to their floors.
+//! `cargo xtask bench`: the end-to-end fan-out benchmark, each transport next to its floor.
 
 use std::path::Path;
 use std::process::Command;
 
+use clap::value_parser;
+
 use crate::process::{self, free_port, last_json, root, start_dev_tls, target_dir};
 
-/// What `cargo xtask bench --help` prints.
-const BENCH_HELP: &str = "\
-cargo xtask bench [--subscribers N] [--seconds S] [--rounds R] [--path-delay-ms D]
+/// Flags of `cargo xtask bench`, and of `cargo xtask bench --soak`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub(crate) struct Args {
+    /// Run the soak instead (takes only --seconds and --members)
+    #[arg(long, conflicts_with_all = ["subscribers", "rounds", "path_delay_ms"])]
+    pub(crate) soak: bool,
+    /// Subscribers
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 200,
+        value_parser = value_parser!(u32).range(1..)
+    )]
+    pub(crate) subscribers: u32,
+    /// Seconds measured per run [default: 10];
+    /// with --soak, seconds the soak lasts, from 2 [default: 60]
+    // No default_value: the two modes differ (see `Args::plan`).
+    #[arg(
+        long,
+        value_name = "S",
+        value_parser = value_parser!(u32).range(1..),
+        verbatim_doc_comment
+    )]
+    pub(crate) seconds: Option<u32>,
+    /// Rounds
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 3,
+        value_parser = value_parser!(u32).range(1..)
+    )]
+    pub(crate) rounds: u32,
+    /// WebTransport through `convene-relay --delay-ms D` (D ms
+    /// added each way, so a round trip of about 2 x D ms, as on a
+    /// real path; the relay's own CPU is not counted). WebSocket
+    /// stays direct: there is no TCP relay. 0: no relay
+    #[arg(long, value_name = "D", default_value_t = 0, verbatim_doc_comment)]
+    pub(crate) path_delay_ms: u32,
+    /// With --soak: members, 5 of them publishing, from 2
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 50,
+        requires = "soak",
+        value_parser = value_parser!(u32).range(2..)
+    )]
+    pub(crate) members: u32,
+}
 
-The end-to-end fan-out benchmark: one publisher (30 fps video of 2,000 bytes,
-50 fps audio of 100 bytes) to N subscribers on loopback, through a release
-convene-server with --dev-tls, over WebSocket and over WebTransport, each
-next to its floor measured in the same round: the same frames written to N
-plain TCP connections (`fanout floor`) and sent as UDP datagrams of at most
-1,200 bytes (`fanout udp-floor`). Rounds alternate floor, WebSocket and
-WebTransport, because a shared host drifts; compare means, not single runs.
+/// What `cargo xtask bench` is to run, with every default filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// The fan-out benchmark.
+    Fanout {
+        /// Subscribers to the one publisher.
+        subscribers: u32,
+        /// Seconds measured per run.
+        seconds: u32,
+        /// Rounds of floor, WebSocket and WebTransport.
+        rounds: u32,
+        /// Milliseconds the relay adds each way on the WebTransport path (0: no relay).
+        delay_ms: u32,
+    },
+    /// The soak: a meeting under attack.
+    Soak {
+        /// Seconds the soak lasts.
+        seconds: u32,
+        /// Members of the meeting.
+        members: u32,
+    },
+}
 
-  --subscribers N   subscribers (default 200)
-  --seconds S       seconds measured per run (default 10)
-  --rounds R        rounds (default 3)
-  --path-delay-ms D WebTransport through `convene-relay --delay-ms D` (D ms
-                    added each way, so a round trip of about 2 x D ms, as on a
-                    real path; the relay's own CPU is not counted). WebSocket
-                    stays direct: there is no TCP relay. Default: no relay.
-
-cargo xtask bench --soak [--seconds S] [--members N]
-
-The soak: a meeting of N members (default 50, 5 of them publishing audio and
-video) on a release server that requires tokens, over WebSocket, for S
-seconds (default 60), while `convene-attack` runs the attacks of the
-security review from many loopback addresses (connections that never say
-Hello, slowloris heads, first frames that claim a megabyte, members flooding
-E2EE messages and key-frame requests) and joins a fresh member with a token
-every second. Reports the members' audio loss (target: zero), the server's
-peak memory, and how many of the fresh members got in.
-";
-
-/// Runs the fan-out benchmark over both transports with their floors and
-/// prints a summary (see [`BENCH_HELP`]), or the soak with `--soak` first.
-pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    if args.first().is_some_and(|a| a == "--soak") {
-        return crate::soak::run(&args[1..]);
-    }
-    let (mut subscribers, mut seconds, mut rounds) = (200u32, 10u32, 3u32);
-    let mut delay_ms = 0u32;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let target = match flag.as_str() {
-            "--subscribers" => &mut subscribers,
-            "--seconds" => &mut seconds,
-            "--rounds" => &mut rounds,
-            "--path-delay-ms" => &mut delay_ms,
-            "--help" | "-h" => {
-                print!("{BENCH_HELP}");
-                return Ok(());
-            }
-            other => {
+impl Args {
+    /// The run these flags ask for; the two modes default `--seconds` differently.
+    pub(crate) fn plan(&self) -> Result<Plan, String> {
+        if self.soak {
+            let seconds = self.seconds.unwrap_or(60);
+            if seconds < 2 {
                 return Err(format!(
-                    "unknown option `{other}` for bench; see `cargo xtask bench --help`"
+                    "--seconds takes a whole number from 2 with --soak, not `{seconds}`"
                 ));
             }
-        };
-        let value = it.next().ok_or_else(|| format!("{flag} takes a number"))?;
-        // A delay of 0 means no relay; the counts must be at least 1.
-        let least = u32::from(flag != "--path-delay-ms");
-        *target =
-            value.parse().ok().filter(|n| *n >= least).ok_or_else(|| {
-                format!("{flag} takes a whole number from {least}, not `{value}`")
-            })?;
+            Ok(Plan::Soak {
+                seconds,
+                members: self.members,
+            })
+        } else {
+            Ok(Plan::Fanout {
+                subscribers: self.subscribers,
+                seconds: self.seconds.unwrap_or(10),
+                rounds: self.rounds,
+                delay_ms: self.path_delay_ms,
+            })
+        }
     }
+}
+
+/// Runs the fan-out benchmark, or the soak when `--soak` is given.
+pub(crate) fn run(args: &Args) -> Result<(), String> {
+    match args.plan()? {
+        Plan::Soak { seconds, members } => crate::soak::run(seconds, members),
+        Plan::Fanout {
+            subscribers,
+            seconds,
+            rounds,
+            delay_ms,
+        } => fanout(subscribers, seconds, rounds, delay_ms),
+    }
+}
+
+/// Runs the fan-out benchmark over both transports with their floors and
+/// prints a summary.
+fn fanout(subscribers: u32, seconds: u32, rounds: u32, delay_ms: u32) -> Result<(), String> {
     println!("building release binaries (fat LTO: about 11 minutes from scratch on 2 cores)");
     process::run(
         "cargo",

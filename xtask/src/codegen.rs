@@ -2,6 +2,14 @@
 
 use crate::process::root;
 
+/// Flags of `cargo xtask codegen`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub(crate) struct Args {
+    /// Write nothing; fail if any generated file is stale
+    #[arg(long)]
+    pub(crate) check: bool,
+}
+
 /// Regenerates every generated file, or with `check` only reports stale ones.
 pub(crate) fn run(check: bool) -> Result<(), String> {
     let layout = convene_codegen::Layout { root: root() };

@@ -3,36 +3,41 @@
 use std::process::Command;
 use std::time::Instant;
 
+use clap::{ArgAction, value_parser};
+
 use crate::process::{self, have_cargo, root};
 
 /// The cargo-fuzz version `cargo xtask fuzz` installs when it is missing.
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
-/// Runs each fuzz target (or those `--only` names) for `--seconds`,
-/// installing cargo-fuzz first when missing, and prints executions per target.
-pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    let usage = "usage: cargo xtask fuzz [--seconds N] [--only TARGET[,TARGET…]]";
-    let mut seconds = 60u64;
-    let mut only: Option<Vec<String>> = None;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value; {usage}"))?;
-        match flag.as_str() {
-            "--seconds" => {
-                seconds = value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|s| *s > 0)
-                    .ok_or_else(|| {
-                        format!("--seconds takes a whole number of seconds above 0, not `{value}`")
-                    })?
-            }
-            "--only" => only = Some(value.split(',').map(str::to_string).collect()),
-            _ => return Err(format!("unknown option `{flag}`; {usage}")),
-        }
-    }
+/// Flags of `cargo xtask fuzz`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub(crate) struct Args {
+    /// Seconds each target runs, from 1
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 60,
+        value_parser = value_parser!(u64).range(1..)
+    )]
+    pub(crate) seconds: u64,
+    /// Only these targets, comma-separated, named as
+    /// `cargo +nightly fuzz list` names them [default: all]
+    // Set, not Append: given twice, the last list counts, as it always has.
+    #[arg(
+        long,
+        value_name = "T,…",
+        value_delimiter = ',',
+        action = ArgAction::Set,
+        verbatim_doc_comment
+    )]
+    pub(crate) only: Option<Vec<String>>,
+}
+
+/// Runs each fuzz target (or those in `only`) for `seconds`, installing
+/// cargo-fuzz first when missing, and prints executions per target.
+pub(crate) fn run(args: &Args) -> Result<(), String> {
+    let (seconds, only) = (args.seconds, &args.only);
     if !have_cargo("fuzz") {
         println!("installing cargo-fuzz {CARGO_FUZZ_VERSION} (once)");
         process::run(
@@ -60,7 +65,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     let listed = String::from_utf8_lossy(&out.stdout).into_owned();
     let all: Vec<&str> = listed.lines().filter(|l| !l.trim().is_empty()).collect();
-    if let Some(only) = &only
+    if let Some(only) = only
         && let Some(unknown) = only.iter().find(|o| !all.contains(&o.as_str()))
     {
         return Err(format!(

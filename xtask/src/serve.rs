@@ -4,6 +4,21 @@ use std::process::Command;
 
 use crate::process::{self, root, target_dir};
 
+/// Arguments of `cargo xtask serve`: all of them belong to convene-server.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+// No help flag of our own: `cargo xtask serve --help` has always shown the
+// server's options, which README.md points to.
+#[command(disable_help_flag = true)]
+pub(crate) struct Args {
+    /// Arguments for convene-server, passed on unchanged
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub(crate) args: Vec<String>,
+}
+
 /// Builds the browser client and the server in release mode and runs the
 /// server in the foreground with `args`.
 pub(crate) fn run(args: &[String]) -> Result<(), String> {

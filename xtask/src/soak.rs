@@ -4,28 +4,9 @@ use std::process::Command;
 
 use crate::process::{self, free_port, last_json, target_dir, wait_for_port};
 
-/// `cargo xtask bench --soak`: holds a meeting on a release server while
+/// Holds a meeting of `members` on a release server for `seconds` while
 /// convene-attack attacks it, and prints loss, peak memory and newcomers let in.
-pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    let (mut seconds, mut members) = (60u32, 50u32);
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let target = match flag.as_str() {
-            "--seconds" => &mut seconds,
-            "--members" => &mut members,
-            other => {
-                return Err(format!(
-                    "unknown option `{other}` for bench --soak; see `cargo xtask bench --help`"
-                ));
-            }
-        };
-        let value = it.next().ok_or_else(|| format!("{flag} takes a number"))?;
-        *target = value
-            .parse()
-            .ok()
-            .filter(|n| *n >= 2)
-            .ok_or_else(|| format!("{flag} takes a whole number from 2, not `{value}`"))?;
-    }
+pub(crate) fn run(seconds: u32, members: u32) -> Result<(), String> {
     println!("building release binaries (fat LTO: about 11 minutes from scratch on 2 cores)");
     process::run(
         "cargo",

@@ -5,6 +5,15 @@ use std::process::Command;
 use crate::apt::{build_prerequisites, install_debian_packages};
 use crate::process::{self, have_cargo, root, run_in, target_dir};
 
+/// Flags of `cargo xtask test`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub(crate) struct Args {
+    /// Skip the checks (codegen, image, fmt, clippy, wasm32
+    /// builds, k8s): start at the workspace tests
+    #[arg(long, verbatim_doc_comment)]
+    pub(crate) quick: bool,
+}
+
 /// Runs the checks (unless `quick`), then the tests, in the order CI relies on.
 pub(crate) fn run(quick: bool) -> Result<(), String> {
     build_prerequisites()?;
