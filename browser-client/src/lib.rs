@@ -715,16 +715,10 @@ async fn open_link(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
     Ok(())
 }
 
-/// Whether a session that ended this way is worth opening again: a lost
-/// connection or a server going down is; leaving, removal, the end of the
-/// meeting and refusals are not.
+/// Whether a session that ended this way is worth opening again: the
+/// protocol's rule (PROTOCOL.md §8.2), shared with the native client.
 pub fn worth_reconnecting(r: &convene_protocol::CloseReason) -> bool {
-    use v1::{ErrorCode as E, GoodbyeReason as G};
-    match (r.goodbye, r.error) {
-        (Some(g), _) => g == G::Shutdown,
-        (None, None) => true,
-        (None, Some(code)) => matches!(code, E::IdleTimeout | E::HandshakeTimeout | E::ServerBusy),
-    }
+    r.worth_reconnecting()
 }
 
 /// After a lost connection: waits (1, 2, 4 … 10 s), then starts a new
@@ -1932,7 +1926,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_lost_connection_or_a_shutdown_is_worth_reconnecting() {
+    fn a_lost_connection_a_shutdown_or_a_transient_error_is_worth_reconnecting() {
         use convene_protocol::{CloseReason, ProtocolError};
         use v1::{ErrorCode as E, GoodbyeReason as G};
         assert!(worth_reconnecting(&CloseReason::transport_lost()));

@@ -21,6 +21,8 @@ pub(crate) struct ErrorCodeInfo {
     pub(crate) name: String,
     pub(crate) number: i32,
     pub(crate) fatal: bool,
+    /// Transient: a client may open a new session after a backoff (§8.2).
+    pub(crate) retry: bool,
     pub(crate) section: String,
     pub(crate) doc: String,
 }
@@ -152,6 +154,10 @@ pub(crate) fn error_codes(spec: &Spec) -> Result<Vec<ErrorCodeInfo>, CodegenErro
         .pool
         .get_extension_by_name("convene.v1.fatal")
         .ok_or_else(|| CodegenError::Proto("extension convene.v1.fatal is missing".into()))?;
+    let retry_ext = spec
+        .pool
+        .get_extension_by_name("convene.v1.retry")
+        .ok_or_else(|| CodegenError::Proto("extension convene.v1.retry is missing".into()))?;
     let section_ext = spec
         .pool
         .get_extension_by_name("convene.v1.section")
@@ -161,6 +167,7 @@ pub(crate) fn error_codes(spec: &Spec) -> Result<Vec<ErrorCodeInfo>, CodegenErro
     for v in en.values() {
         let opts = v.options();
         let fatal = matches!(opts.get_extension(&fatal_ext).as_ref(), Value::Bool(true));
+        let retry = matches!(opts.get_extension(&retry_ext).as_ref(), Value::Bool(true));
         let section = match opts.get_extension(&section_ext).as_ref() {
             Value::String(s) => s.clone(),
             _ => String::new(),
@@ -172,6 +179,11 @@ pub(crate) fn error_codes(spec: &Spec) -> Result<Vec<ErrorCodeInfo>, CodegenErro
                 CodegenError::Proto(format!("{} lacks the ERROR_CODE_ prefix", v.name()))
             })?
             .to_string();
+        if retry && !fatal {
+            return Err(CodegenError::Proto(format!(
+                "error code {name} is marked (retry) but not (fatal): a non-fatal error ends no session"
+            )));
+        }
         if v.number() != 0 && section.is_empty() {
             return Err(CodegenError::Proto(format!(
                 "error code {name} has no (section) option"
@@ -181,6 +193,7 @@ pub(crate) fn error_codes(spec: &Spec) -> Result<Vec<ErrorCodeInfo>, CodegenErro
             name,
             number: v.number(),
             fatal,
+            retry,
             section,
             doc: comment(&file, v.path()),
         });
@@ -204,6 +217,13 @@ pub(crate) fn generate_errors(codes: &[ErrorCodeInfo]) -> String {
         .map(|c| format!("ErrorCode::{}", camel(&c.name)))
         .collect();
     s.push_str(&fatal.join(" | "));
+    s.push_str(")\n}\n\n/// True when this fatal error is transient: a client whose session it\n/// ended may open a new one after a backoff (PROTOCOL.md §8.2).\npub const fn is_retryable(self) -> bool {\nmatches!(self,\n");
+    let retry: Vec<String> = codes
+        .iter()
+        .filter(|c| c.retry)
+        .map(|c| format!("ErrorCode::{}", camel(&c.name)))
+        .collect();
+    s.push_str(&retry.join(" | "));
     s.push_str(")\n}\n\n/// The PROTOCOL.md section that defines when this error is raised.\npub const fn section(self) -> &'static str {\nmatch self {\n");
     for c in codes {
         let _ = writeln!(s, "ErrorCode::{} => {},", camel(&c.name), lit(&c.section));
@@ -230,15 +250,17 @@ pub(crate) fn generate_errors(codes: &[ErrorCodeInfo]) -> String {
 }
 
 pub(crate) fn error_table(codes: &[ErrorCodeInfo]) -> String {
-    let mut s =
-        String::from("| Code | Name | Fatal | Section | Meaning |\n|---:|---|---|---|---|\n");
+    let mut s = String::from(
+        "| Code | Name | Fatal | Retry | Section | Meaning |\n|---:|---|---|---|---|---|\n",
+    );
     for c in codes.iter().filter(|c| c.number != 0) {
         let _ = writeln!(
             s,
-            "| {} | `{}` | {} | §{} | {} |",
+            "| {} | `{}` | {} | {} | §{} | {} |",
             c.number,
             c.name,
             if c.fatal { "yes" } else { "no" },
+            if c.retry { "yes" } else { "no" },
             c.section,
             c.doc
         );

@@ -718,7 +718,7 @@ fn after_close(reason: Option<&convene_protocol::CloseReason>) -> AfterClose {
         }
         _ => {}
     }
-    if is_refusal(r.transport_reason()) {
+    if !r.worth_reconnecting() {
         let hint = if r.transport_reason().starts_with("AUTH_") {
             "; pass a valid token with --token (or CONVENE_TOKEN)"
         } else {
@@ -731,19 +731,6 @@ fn after_close(reason: Option<&convene_protocol::CloseReason>) -> AfterClose {
         ));
     }
     AfterClose::Reconnect(format!("{} {}", r.transport_reason(), r.text))
-}
-
-/// Close reasons that mean "do not come back with the same settings".
-fn is_refusal(reason: &str) -> bool {
-    [
-        "AUTH_",
-        "UNSUPPORTED_VERSION",
-        "PERMISSION_DENIED",
-        "REMOVED",
-        "ADMISSION_DENIED",
-    ]
-    .iter()
-    .any(|k| reason.contains(k))
 }
 
 /// Sleeps; true when the run should end instead (Ctrl-C or `--duration`).
@@ -940,10 +927,26 @@ mod tests {
     }
 
     #[test]
-    fn refusals_are_not_retried() {
-        assert!(is_refusal("AUTH_INVALID"));
-        assert!(is_refusal("UNSUPPORTED_VERSION"));
-        assert!(!is_refusal("SHUTTING_DOWN"));
-        assert!(!is_refusal("IDLE_TIMEOUT"));
+    fn refusals_are_not_retried_transient_errors_are() {
+        use convene_protocol::ErrorCode as E;
+        use convene_protocol::{CloseReason, ProtocolError};
+        let after = |e| after_close(Some(&CloseReason::error(ProtocolError::new(e, "x"))));
+        for e in [
+            E::AuthInvalid,
+            E::UnsupportedVersion,
+            E::PermissionDenied,
+            E::AdmissionDenied,
+            E::RoomFull,
+        ] {
+            assert!(matches!(after(e), AfterClose::Fail(_)), "{e:?}");
+        }
+        for e in [
+            E::ShuttingDown,
+            E::IdleTimeout,
+            E::ServerBusy,
+            E::SlowConsumer,
+        ] {
+            assert!(matches!(after(e), AfterClose::Reconnect(_)), "{e:?}");
+        }
     }
 }

@@ -63,7 +63,9 @@ pub struct Error {
     pub request_id: u32,
 }
 /// Every error a Convene peer can report. The number is the wire value; a
-/// fatal error is followed by closing the connection (PROTOCOL.md §8.1).
+/// fatal error is followed by closing the connection (PROTOCOL.md §8.1); a
+/// fatal error marked retry is transient, and a client may come back after a
+/// backoff (§8.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum ErrorCode {

@@ -71,6 +71,21 @@ impl ErrorCode {
         )
     }
 
+    /// True when this fatal error is transient: a client whose session it
+    /// ended may open a new one after a backoff (PROTOCOL.md §8.2).
+    pub const fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::HandshakeTimeout
+                | ErrorCode::IdleTimeout
+                | ErrorCode::ServerBusy
+                | ErrorCode::ShuttingDown
+                | ErrorCode::TooManyConnections
+                | ErrorCode::SlowConsumer
+                | ErrorCode::InternalError
+        )
+    }
+
     /// The PROTOCOL.md section that defines when this error is raised.
     pub const fn section(self) -> &'static str {
         match self {

@@ -46,6 +46,18 @@ impl CloseReason {
         }
     }
 
+    /// Whether a client may open a new session on its own after this one
+    /// ended (PROTOCOL.md §8.2): after a lost transport, `Goodbye(SHUTDOWN)`
+    /// or a fatal error marked retryable; not after any other Goodbye or
+    /// fatal error, which would recur or was meant to end the session.
+    pub fn worth_reconnecting(&self) -> bool {
+        match (self.goodbye, self.error) {
+            (Some(g), _) => g == GoodbyeReason::Shutdown,
+            (None, Some(code)) => code.is_retryable(),
+            (None, None) => true,
+        }
+    }
+
     /// The WebSocket close status (PROTOCOL.md §3.2): `4000 + code` for an
     /// error, 1000 otherwise.
     pub fn websocket_code(&self) -> u16 {
@@ -66,6 +78,48 @@ impl CloseReason {
         match self.error {
             Some(code) => code.name(),
             None => "goodbye",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_ends_are_worth_reconnecting_and_refusals_are_not() {
+        use ErrorCode as E;
+        use GoodbyeReason as G;
+        let after = |code| CloseReason::error(ProtocolError::new(code, "")).worth_reconnecting();
+        assert!(CloseReason::transport_lost().worth_reconnecting());
+        assert!(CloseReason::goodbye(G::Shutdown, "").worth_reconnecting());
+        for g in [G::Normal, G::Removed, G::MeetingEnded, G::Replaced] {
+            assert!(!CloseReason::goodbye(g, "").worth_reconnecting(), "{g:?}");
+        }
+        for e in [
+            E::IdleTimeout,
+            E::HandshakeTimeout,
+            E::ServerBusy,
+            E::ShuttingDown,
+            E::TooManyConnections,
+            E::SlowConsumer,
+            E::InternalError,
+        ] {
+            assert!(after(e), "{e:?}");
+        }
+        for e in [
+            E::AuthInvalid,
+            E::AuthExpired,
+            E::AuthRequired,
+            E::MalformedFrame,
+            E::UnsupportedVersion,
+            E::FrameTooLarge,
+        ] {
+            assert!(!after(e), "{e:?}");
+        }
+        // The spec marks only fatal errors retryable: a non-fatal one ends no session.
+        for e in ErrorCode::ALL {
+            assert!(!e.is_retryable() || e.is_fatal(), "{e:?}");
         }
     }
 }
