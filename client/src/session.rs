@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use convene_protocol::frame::FRAME_MEDIA;
 use convene_protocol::v1::{self, TrackInfo, TrackKind, client_message::Msg as C};
 use convene_protocol::{
     ClientEvent, ClientSession, ClientSessionConfig, CloseReason, MediaFrame, ProtocolError,
@@ -284,14 +283,12 @@ impl Client {
     }
 
     fn class_of(&self, f: &Bytes) -> SendClass {
-        if f.first() != Some(&FRAME_MEDIA) || f.len() < 12 {
+        let Some(h) = convene_protocol::MediaHeader::peek(f) else {
             return SendClass::Control;
-        }
-        let track = u32::from_be_bytes([f[8], f[9], f[10], f[11]]);
-        let key = f[1] & 0x01 != 0;
-        match self.tracks.get(&track) {
+        };
+        match self.tracks.get(&h.track_id) {
             Some(true) => SendClass::Audio,
-            _ if key => SendClass::VideoKey,
+            _ if h.key => SendClass::VideoKey,
             _ => SendClass::VideoDelta,
         }
     }

@@ -51,7 +51,7 @@ pub mod validate;
 
 pub use error::ProtocolError;
 pub use frame::{Frame, StreamDecoder, decode_frame, encode_control};
-pub use media::{MediaFrame, MediaHeader};
+pub use media::{MediaFrame, MediaHeader, MediaPeek};
 pub use session::CloseReason;
 pub use session::client::{ClientEvent, ClientSession, ClientSessionConfig};
 pub use session::server::{RoomRequest, ServerEvent, ServerSession, ServerSessionConfig};

@@ -34,6 +34,32 @@ pub struct MediaHeader {
     pub capture_timestamp_us: u64,
 }
 
+impl MediaHeader {
+    /// The track and KEY flag of an encoded frame (type byte first), read
+    /// without validating the rest: for shells that only sort frames into
+    /// queues. `None` when `frame` is not a media frame with a whole header.
+    /// Frames from the network are still validated by [`MediaFrame::parse`]
+    /// before anything relies on them.
+    pub fn peek(frame: &[u8]) -> Option<MediaPeek> {
+        if frame.len() < MEDIA_HEADER_LEN || frame[0] != FRAME_MEDIA {
+            return None;
+        }
+        Some(MediaPeek {
+            key: frame[1] & FLAG_KEY != 0,
+            track_id: u32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]),
+        })
+    }
+}
+
+/// What [`MediaHeader::peek`] reads of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaPeek {
+    /// The KEY flag.
+    pub key: bool,
+    /// The track id.
+    pub track_id: u32,
+}
+
 /// A validated media frame: the whole frame's bytes, shared, with parsed offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaFrame {
@@ -194,6 +220,43 @@ mod tests {
             sequence: 0x0102_0304,
             capture_timestamp_us: 0x1122_3344_5566_7788,
         }
+    }
+
+    #[test]
+    fn peek_reads_the_track_and_key_flag_of_whole_headers_only() {
+        let key = MediaFrame::build(&header(), None, &[1]);
+        let peek = MediaHeader::peek(key.as_bytes());
+        assert_eq!(
+            peek,
+            Some(MediaPeek {
+                key: true,
+                track_id: 3
+            })
+        );
+        let delta = MediaFrame::build(
+            &MediaHeader {
+                key: false,
+                track_id: 9,
+                ..header()
+            },
+            None,
+            &[],
+        );
+        let peek = MediaHeader::peek(delta.as_bytes());
+        assert_eq!(
+            peek,
+            Some(MediaPeek {
+                key: false,
+                track_id: 9
+            })
+        );
+        assert_eq!(
+            MediaHeader::peek(&key.as_bytes()[..MEDIA_HEADER_LEN - 1]),
+            None
+        );
+        let mut control = key.as_bytes().to_vec();
+        control[0] = crate::frame::FRAME_CONTROL;
+        assert_eq!(MediaHeader::peek(&control), None);
     }
 
     #[test]
