@@ -433,6 +433,10 @@ impl Connection {
                 ServerEvent::PeerError(e) => {
                     debug!(pid = self.session.participant_id(), code = e.code, text = %e.text, "client reported an error")
                 }
+                ServerEvent::ErrorSent(code) => {
+                    let handshake = self.session.participant_id() == 0;
+                    self.state.metrics.error(handshake, code.name());
+                }
                 ServerEvent::Rtt(_) => {}
                 ServerEvent::Closed => {
                     self.leave_room();
@@ -619,7 +623,6 @@ impl Connection {
         };
         let session = &mut self.session;
         let outbox = &self.outbox;
-        let state = &self.state;
         let result = self.state.router.join(
             now,
             &join.meeting_id,
@@ -634,7 +637,7 @@ impl Connection {
                     JoinOutcome::Syncing => {}
                 }
                 // Queue Joined before releasing the room, so nothing else reaches the newcomer first.
-                flush_session(session, outbox, state);
+                flush_session(session, outbox);
             },
         );
         match result {
@@ -661,7 +664,7 @@ impl Connection {
                 std::sync::atomic::Ordering::Release,
             );
         }
-        flush_session(&mut self.session, &self.outbox, &self.state);
+        flush_session(&mut self.session, &self.outbox);
         if self.session.is_closed() {
             // Wake the writer so it sees the end and closes the transport.
             self.wakers.writer.notify_one();
@@ -669,31 +672,14 @@ impl Connection {
     }
 }
 
-fn flush_session(session: &mut ServerSession, outbox: &Outbox, state: &AppState) {
-    let handshake = session.participant_id() == 0;
+fn flush_session(session: &mut ServerSession, outbox: &Outbox) {
     while let Some(f) = session.poll_transmit() {
-        if let Some(code) = error_code_of(&f) {
-            state.metrics.error(handshake, code.name());
-        }
         // A queue closed for slowness was emptied; the session's last words
         // (SLOW_CONSUMER) still go out.
         if !outbox.push_control(f.clone()) && session.is_closed() {
             outbox.push_last(f);
         }
     }
-}
-
-/// The code of an Error frame, cheaply: only frames that are errors are decoded.
-fn error_code_of(frame: &Bytes) -> Option<ErrorCode> {
-    use prost::Message;
-    // ServerMessage field 90 (error), length-delimited: tag 0xd2 0x05.
-    if frame.len() > 3 && frame[0] == 0x01 && frame[1] == 0xd2 && frame[2] == 0x05 {
-        let m = convene_protocol::v1::ServerMessage::decode(&frame[1..]).ok()?;
-        if let Some(convene_protocol::v1::server_message::Msg::Error(e)) = m.msg {
-            return ErrorCode::try_from(e.code).ok();
-        }
-    }
-    None
 }
 
 impl Drop for Connection {
@@ -927,7 +913,9 @@ pub fn drain_batch(
     now: std::time::Instant,
     tally: &mut DrainTally,
 ) -> Drained {
-    let lanes = outbox.drain_timed(batch, 256 * 1024, now);
+    // The outbox is sans-IO: the writer's clock reading becomes its time here.
+    let at = tokio::time::Instant::from_std(now);
+    let lanes = outbox.drain_timed(batch, 256 * 1024, state.timestamp_at(at));
     if batch.is_empty() {
         return lanes;
     }

@@ -126,9 +126,11 @@ struct Inner {
     starved: Vec<(u32, u32)>,
     /// Since when the queue has been overflowing without draining empty.
     overflow_since: Option<Timestamp>,
-    /// When the queue last went from empty to non-empty: the oldest frame's
-    /// wait, for the queue-delay metric. A measurement only; no decision uses it.
-    nonempty_since: Option<std::time::Instant>,
+    /// When media was first queued since the queue last drained empty: the
+    /// oldest frame's wait, for the queue-delay metric and the load signal
+    /// (`--max-queue-delay-ms`). Only media pushes carry a time; control and
+    /// relay frames are few and go first, so media's wait is what matters.
+    nonempty_since: Option<Timestamp>,
     /// Set when the subscriber must be disconnected; nothing more is queued.
     closed: bool,
     /// Set when the closure is for slowness.
@@ -220,7 +222,6 @@ impl Outbox {
             return false;
         }
         q.control_bytes += frame.len();
-        q.nonempty_since.get_or_insert_with(std::time::Instant::now);
         q.control.push_back(frame);
         let became_slow = q.control_bytes > self.limits.max_control_bytes;
         if became_slow {
@@ -250,7 +251,6 @@ impl Outbox {
             return false;
         }
         q.relay_bytes += frame.len();
-        q.nonempty_since.get_or_insert_with(std::time::Instant::now);
         q.relay.push_back(frame);
         drop(q);
         self.waker.wake();
@@ -268,30 +268,16 @@ impl Outbox {
             return;
         }
         q.control_bytes += frame.len();
-        q.nonempty_since.get_or_insert_with(std::time::Instant::now);
         q.control.push_back(frame);
         drop(q);
         self.waker.wake();
     }
 
-    /// Queues a media frame of `track` (publisher, track id), dropping by the
-    /// spec's priorities when full.
+    /// Queues a media frame of `track` (publisher, track id) as of `now`,
+    /// dropping by the spec's priorities when full.
     pub fn push_media(
         &self,
         now: Timestamp,
-        class: MediaClass,
-        track: (u32, u32),
-        frame: Bytes,
-    ) -> PushOutcome {
-        self.push_media_at(now, std::time::Instant::now(), class, track, frame)
-    }
-
-    /// [`Outbox::push_media`] with the wall-clock instant given, so that a
-    /// frame routed to many outboxes reads the clock once, not per outbox.
-    pub fn push_media_at(
-        &self,
-        now: Timestamp,
-        at: std::time::Instant,
         class: MediaClass,
         track: (u32, u32),
         frame: Bytes,
@@ -349,7 +335,7 @@ impl Outbox {
             return out;
         }
         q.media_bytes += len;
-        q.nonempty_since.get_or_insert(at);
+        q.nonempty_since.get_or_insert(now);
         match class {
             MediaClass::Audio => q.audio.push_back(frame),
             MediaClass::Key | MediaClass::Delta => q.video.push_back(VideoEntry {
@@ -368,24 +354,23 @@ impl Outbox {
     /// and E2EE messages from others, then video, up to about `max_bytes`.
     /// Returns true if frames remain.
     pub fn drain(&self, out: &mut Vec<Bytes>, max_bytes: usize) -> bool {
-        self.drain_timed(out, max_bytes, std::time::Instant::now())
-            .more
+        self.take(out, max_bytes, None).more
     }
 
     /// Like [`Outbox::drain`] as of `now`, and also says how long the oldest
     /// frame taken had waited (an upper bound when the queue never emptied)
     /// and how many of the frames taken are control and audio: they come
     /// first, in that order, so a transport can send each lane its own way.
-    /// `now` is the caller's, so that a writer draining many outboxes in one
-    /// pass reads the clock once.
-    pub fn drain_timed(
-        &self,
-        out: &mut Vec<Bytes>,
-        max_bytes: usize,
-        now: std::time::Instant,
-    ) -> Drained {
+    /// `now` is on the clock the media was pushed with.
+    pub fn drain_timed(&self, out: &mut Vec<Bytes>, max_bytes: usize, now: Timestamp) -> Drained {
+        self.take(out, max_bytes, Some(now))
+    }
+
+    fn take(&self, out: &mut Vec<Bytes>, max_bytes: usize, now: Option<Timestamp>) -> Drained {
         let mut q = self.lock();
-        let waited = q.nonempty_since.map(|t| now.saturating_duration_since(t));
+        let waited = now
+            .zip(q.nonempty_since)
+            .map(|(now, t)| now.saturating_since(t));
         let start = out.len();
         let (mut control, mut audio) = (0, 0);
         let mut taken = 0;
@@ -417,8 +402,9 @@ impl Outbox {
         if empty {
             q.overflow_since = None;
             q.nonempty_since = None;
-        } else {
-            q.nonempty_since = Some(now);
+        } else if now.is_some() {
+            // What stays has waited at most since now: an upper bound from here on.
+            q.nonempty_since = now;
         }
         debug_assert!(out.len() - start >= control + audio);
         Drained {

@@ -139,6 +139,11 @@ impl AppState {
         Timestamp(self.start.elapsed().as_micros() as u64)
     }
 
+    /// A tokio instant as a sans-IO timestamp (the inverse of [`AppState::instant`]).
+    pub fn timestamp_at(&self, at: tokio::time::Instant) -> Timestamp {
+        Timestamp(at.saturating_duration_since(self.start).as_micros() as u64)
+    }
+
     /// A sans-IO timestamp as a tokio instant.
     pub fn instant(&self, t: Timestamp) -> tokio::time::Instant {
         self.start + std::time::Duration::from_micros(t.0)

@@ -127,6 +127,9 @@ pub enum ServerEvent {
     // ----- session -----
     /// The peer reported an error.
     PeerError(v1::Error),
+    /// This session sent the peer an Error with this code (for metrics and
+    /// logs); [`ServerEvent::Closed`] follows when it is fatal.
+    ErrorSent(ErrorCode),
     /// A round-trip time was measured from a Pong.
     Rtt(Duration),
     /// The session ended; [`ServerSession::close_reason`] says why. If it was
@@ -848,6 +851,7 @@ impl ServerSession {
             self.fail(SmEvent::FatalError, err, request_id);
         } else {
             self.send(server_message::Msg::Error(err.to_message(request_id)));
+            self.events.push_back(ServerEvent::ErrorSent(err.code));
         }
     }
 
@@ -856,6 +860,7 @@ impl ServerSession {
             return;
         }
         self.send(server_message::Msg::Error(err.to_message(request_id)));
+        self.events.push_back(ServerEvent::ErrorSent(err.code));
         self.state = sm::next(self.state, ev).unwrap_or(State::Closed);
         self.close = Some(CloseReason::error(err));
         self.events.push_back(ServerEvent::Closed);

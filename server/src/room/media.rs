@@ -190,16 +190,10 @@ impl Room {
         };
         let mut need_key = false;
         let mut congested = false;
-        let at = std::time::Instant::now();
         for (_, outbox) in &p.subscribers {
             congested |= outbox.is_congested();
-            let out = outbox.push_media_at(
-                now,
-                at,
-                class,
-                (h.sender, h.track_id),
-                frame.as_bytes().clone(),
-            );
+            let out =
+                outbox.push_media(now, class, (h.sender, h.track_id), frame.as_bytes().clone());
             stats.delivered += out.queued as u32;
             for d in &out.dropped {
                 stats.dropped[match d {
