@@ -18,7 +18,6 @@ pub mod load;
 pub mod metrics;
 pub mod nats;
 pub mod outbox;
-pub mod quic;
 pub mod room;
 mod sendmmsg;
 pub mod slots;
