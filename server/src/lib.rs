@@ -19,7 +19,6 @@ pub mod metrics;
 pub mod nats;
 pub mod outbox;
 pub mod room;
-mod sendmmsg;
 pub mod slots;
 pub mod state;
 pub mod tls;

@@ -112,7 +112,7 @@ pub async fn run(
         ready_spare: Vec::new(),
         state,
         scratch: Scratch::default(),
-        out: crate::sendmmsg::Batch::default(),
+        out: super::udp::Batch::default(),
         stopping: false,
         udp,
         socket,
@@ -203,7 +203,7 @@ struct Engine {
     state: Arc<AppState>,
     scratch: Scratch,
     /// Packets built and not yet sent.
-    out: crate::sendmmsg::Batch,
+    out: super::udp::Batch,
     stopping: bool,
     udp: quinn_udp::UdpSocketState,
     socket: tokio::net::UdpSocket,
@@ -428,7 +428,7 @@ impl Engine {
     /// same path as the connections' packets.
     fn send_transmit(&mut self, t: &quinn_proto::Transmit, buf: &mut Vec<u8>) {
         let buf = std::mem::replace(buf, self.out.buffer());
-        self.out.push(crate::sendmmsg::Queued::new(t, buf));
+        self.out.push(super::udp::Queued::new(t, buf));
         self.out.flush(&self.socket, &self.udp);
     }
 
@@ -673,7 +673,7 @@ impl Engine {
             let mut buf = self.out.buffer();
             match c.q.poll_transmit(now, max_segments, &mut buf) {
                 Some(t) => {
-                    if self.out.push(crate::sendmmsg::Queued::new(&t, buf)) {
+                    if self.out.push(super::udp::Queued::new(&t, buf)) {
                         self.out.flush(&self.socket, &self.udp);
                     }
                 }

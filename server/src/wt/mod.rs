@@ -36,6 +36,7 @@
 //!   CONNECT answered, outbox drained, session closed. No socket; it reads
 //!   the clock only for a closing session's deadlines.
 //! - `engine`: the I/O side: the socket, the timers, the run loop.
+//! - `udp`: sending many connections' packets in one system call. I/O.
 //! - `endpoint`: binding the endpoint and running each session's task. I/O.
 
 use std::net::SocketAddr;
@@ -53,6 +54,7 @@ mod engine;
 mod h3;
 mod path;
 mod session;
+mod udp;
 
 pub use endpoint::{PATH, start};
 pub use engine::run;
