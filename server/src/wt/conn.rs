@@ -21,7 +21,8 @@ use web_transport_proto as wtp;
 
 use super::engine::{Ready, SessionWake};
 use super::h3::{
-    Fed, H3_STREAM_CREATION_ERROR, Inbound, feed, finish_inbound, forget_inbound, quarter_id,
+    Fed, H3_STREAM_CREATION_ERROR, Inbound, close_capsule, connect_response, feed, finish_inbound,
+    forget_inbound, quarter_id, settings,
 };
 use super::session::{
     BUDGET_FRAMES, MAX_MEDIA_IN_FLIGHT, Session, Write, media_priority, open_media_stream,
@@ -107,11 +108,7 @@ pub(super) fn handle_event(
         Event::Connected => {
             // Our HTTP/3 SETTINGS say WebTransport, datagrams and extended CONNECT are on.
             if let Some(id) = c.q.streams().open(Dir::Uni) {
-                let mut settings = wtp::Settings::default();
-                settings.enable_webtransport(1);
-                let mut buf = Vec::new();
-                settings.encode(&mut buf);
-                let _ = c.q.send_stream(id).write(&buf);
+                let _ = c.q.send_stream(id).write(&settings());
                 c.h3_control = Some(id);
             }
             None
@@ -243,10 +240,7 @@ fn read_stream_accepting(
     } else {
         wtp::http::StatusCode::NOT_FOUND
     };
-    let mut buf = Vec::new();
-    if wtp::ConnectResponse::new(status).encode(&mut buf).is_err() {
-        return None;
-    }
+    let buf = connect_response(status)?;
     let mut st = c.q.send_stream(id);
     let _ = st.write(&buf);
     if !accepted {
@@ -502,16 +496,7 @@ pub(super) fn send_capsule(c: &mut Conn) {
     let Some(connect) = c.session.as_ref().map(|s| s.connect) else {
         return;
     };
-    let mut capsule = Vec::new();
-    wtp::Capsule::CloseWebTransportSession {
-        code,
-        reason: reason.clone(),
-    }
-    .encode(&mut capsule);
-    let mut frame = Vec::new();
-    wtp::Frame::DATA.encode(&mut frame);
-    wtp::VarInt::from_u32(capsule.len() as u32).encode(&mut frame);
-    frame.extend_from_slice(&capsule);
+    let frame = close_capsule(code, &reason);
     let mut st = c.q.send_stream(connect);
     let _ = st.write(&frame);
     let _ = st.finish();

@@ -66,6 +66,41 @@ pub(super) fn quarter_id(connect: StreamId) -> u64 {
     VarInt::from(connect).into_inner() / 4
 }
 
+/// What opens our HTTP/3 control stream: its stream type and our SETTINGS,
+/// which say WebTransport, datagrams and extended CONNECT are on.
+pub(super) fn settings() -> Vec<u8> {
+    let mut settings = wtp::Settings::default();
+    settings.enable_webtransport(1);
+    let mut buf = Vec::new();
+    settings.encode(&mut buf);
+    buf
+}
+
+/// The HTTP/3 response to a CONNECT request; `None` if it cannot be encoded.
+pub(super) fn connect_response(status: wtp::http::StatusCode) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    if wtp::ConnectResponse::new(status).encode(&mut buf).is_err() {
+        return None;
+    }
+    Some(buf)
+}
+
+/// The CLOSE_WEBTRANSPORT_SESSION capsule in an HTTP/3 DATA frame, as it
+/// goes on the CONNECT stream.
+pub(super) fn close_capsule(code: u32, reason: &str) -> Vec<u8> {
+    let mut capsule = Vec::new();
+    wtp::Capsule::CloseWebTransportSession {
+        code,
+        reason: reason.to_string(),
+    }
+    .encode(&mut capsule);
+    let mut frame = Vec::new();
+    wtp::Frame::DATA.encode(&mut frame);
+    wtp::VarInt::from_u32(capsule.len() as u32).encode(&mut frame);
+    frame.extend_from_slice(&capsule);
+    frame
+}
+
 /// What feeding bytes to a stream's reader gave.
 pub(super) enum Fed {
     More,
@@ -594,5 +629,33 @@ mod tests {
             StreamId::new(Side::Client, Dir::Bi, 1),
         );
         assert_eq!(next_violation(&mut rx), ErrorCode::WrongStream);
+    }
+
+    #[test]
+    fn our_settings_response_and_close_capsule_decode_as_meant() {
+        let buf = settings();
+        let mut rest = &buf[..];
+        let decoded = wtp::Settings::decode(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(decoded.supports_webtransport(), 1);
+
+        let buf = connect_response(wtp::http::StatusCode::OK).unwrap();
+        let response = wtp::ConnectResponse::decode(&mut &buf[..]).unwrap();
+        assert_eq!(response.status, wtp::http::StatusCode::OK);
+        // The decoder (a client's) takes only 200; a refusal still encodes.
+        assert!(connect_response(wtp::http::StatusCode::NOT_FOUND).is_some());
+
+        let frame = close_capsule(7, "bye");
+        let mut rest = &frame[..];
+        assert_eq!(wtp::Frame::decode(&mut rest).unwrap(), wtp::Frame::DATA);
+        let len = wtp::VarInt::decode(&mut rest).unwrap().into_inner();
+        assert_eq!(len as usize, rest.len());
+        assert_eq!(
+            wtp::Capsule::decode(&mut rest).unwrap(),
+            wtp::Capsule::CloseWebTransportSession {
+                code: 7,
+                reason: "bye".to_string(),
+            }
+        );
     }
 }
