@@ -103,7 +103,9 @@ pub(super) fn close_capsule(code: u32, reason: &str) -> Vec<u8> {
 
 /// What feeding bytes to a stream's reader gave.
 pub(super) enum Fed {
+    /// Read on.
     More,
+    /// A CONNECT request, complete.
     Request(Box<wtp::ConnectRequest>),
     /// The stream is of no use: stop it.
     Drop,

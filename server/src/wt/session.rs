@@ -166,7 +166,9 @@ impl Session {
 
 /// Bytes on their way into a stream.
 pub(super) struct Write {
+    /// What is left to write, in order.
     pub(super) chunks: Vec<Bytes>,
+    /// Whether the stream is finished once they are all in.
     pub(super) finish: bool,
 }
 
