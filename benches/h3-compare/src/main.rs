@@ -2,7 +2,7 @@
 //! h3 + h3-webtransport instead of web-transport-quinn, for measuring the
 //! two stacks against each other (benches/README.md, "Choosing the
 //! WebTransport stack"). Measurement only: it skips the per-session stream
-//! limits and checks of `server/src/wt.rs`.
+//! limits and checks of `server/src/wt/`.
 //!
 //! It starts the server as usual (`--dev-tls`, its own WebTransport on the
 //! HTTPS port number), opens the h3 endpoint on another UDP port with the

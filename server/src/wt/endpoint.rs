@@ -1,17 +1,17 @@
-//! The WebTransport transport (PROTOCOL.md §3.3): one client-opened
-//! bidirectional control stream with u32 length-prefixed frames; media
-//! frames each on their own unidirectional stream, or in a datagram. QUIC
-//! and HTTP/3 run in one engine task for the whole endpoint
-//! ([`crate::quic`]); each session's protocol runs in a task of its own.
+//! The WebTransport endpoint: the QUIC and TLS configuration, the UDP
+//! socket with its kernel buffers, and the task that runs each accepted
+//! session's protocol ([`crate::connection::drive_external`]).
+//!
+//! The I/O side: it binds the socket, starts the engine ([`super::run`])
+//! and spawns a task per session.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::debug;
 
+use super::{Command, EngineConfig, NewSession};
 use crate::connection::{Connection, ExternalClose, drive_external};
-use crate::quic::{Command, EngineConfig, NewSession};
 use crate::state::AppState;
 use crate::tls::Identity;
 
@@ -52,7 +52,7 @@ fn quic_config(
     transport.send_window(SEND_WINDOW);
     // What a client may send ahead of what the engine has read: small until
     // its Hello is accepted, when the engine raises it to the session's
-    // budget (quic.rs, BUDGET_FRAMES); one frame per stream.
+    // budget (session.rs, BUDGET_FRAMES); one frame per stream.
     transport.receive_window(quinn_proto::VarInt::from_u32(INITIAL_RECEIVE_WINDOW));
     transport.stream_receive_window(quinn_proto::VarInt::from_u32(max_frame + 64));
     transport.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
@@ -134,7 +134,7 @@ pub fn start(
         max_streams: state.config.max_concurrent_streams as usize,
     };
     let stop = state.shutdown_signal();
-    let handle = tokio::spawn(crate::quic::run(
+    let handle = tokio::spawn(super::run(
         state.clone(),
         socket,
         server_config,
@@ -210,123 +210,4 @@ async fn run(state: Arc<AppState>, session: NewSession) {
         next
     });
     drive_external(conn, incoming, state, peer, close, writer).await;
-}
-
-/// QUIC's counters for the path to a subscriber at one moment.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct PathSample {
-    /// When the counters were read.
-    pub(crate) at: std::time::Instant,
-    /// Packets sent so far.
-    pub(crate) sent_packets: u64,
-    /// Packets declared lost so far.
-    pub(crate) lost_packets: u64,
-    /// UDP payload bytes sent so far.
-    pub(crate) sent_bytes: u64,
-    /// The smoothed round-trip time.
-    pub(crate) rtt: Duration,
-    /// The congestion window, in bytes.
-    pub(crate) cwnd: u64,
-}
-
-/// Whether the path between two samples looks congested (PROTOCOL.md §6.5):
-/// it lost [`CONGESTED_LOSS`] of its packets, its round trip reached
-/// [`CONGESTED_RTT`], or what we sent used [`WINDOW_FULL`] of what the
-/// congestion window lets through in a round trip (the window, not the
-/// media, sets the pace: the next burst waits).
-pub(crate) fn path_congested(before: &PathSample, now: &PathSample) -> bool {
-    let sent = now.sent_packets.saturating_sub(before.sent_packets);
-    let lost = now.lost_packets.saturating_sub(before.lost_packets);
-    let lossy = convene_protocol::rate::loss_share(sent, lost).is_some_and(|l| l >= CONGESTED_LOSS);
-    let elapsed = now.at.saturating_duration_since(before.at).as_secs_f64();
-    let window_bound = elapsed > 0.0 && {
-        let rate = now.sent_bytes.saturating_sub(before.sent_bytes) as f64 / elapsed;
-        // Round trips below a millisecond (loopback) say nothing about the window.
-        let allowed = now.cwnd as f64 / now.rtt.as_secs_f64().max(0.001);
-        rate >= WINDOW_FULL * allowed
-    };
-    lossy || now.rtt >= CONGESTED_RTT || window_bound
-}
-
-/// How often the path statistics are looked at.
-pub(crate) const PATH_SAMPLE: std::time::Duration = std::time::Duration::from_millis(500);
-/// Share of packets lost over a sample beyond which the path counts as
-/// congested: where a publisher's own controller stops raising its rate.
-const CONGESTED_LOSS: f64 = convene_protocol::rate::LOSS_CLEAN;
-/// Round-trip time beyond which the path counts as congested (the same a
-/// publisher's controller lowers its rate at).
-const CONGESTED_RTT: std::time::Duration = convene_protocol::rate::RTT_HIGH;
-/// Share of the congestion window's rate (window / round trip) in use
-/// beyond which the path counts as congested.
-const WINDOW_FULL: f64 = 0.8;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A sample `ms` after `base` with these counters.
-    fn sample(
-        base: std::time::Instant,
-        ms: u64,
-        (sent_packets, lost_packets, sent_bytes): (u64, u64, u64),
-        rtt_ms: u64,
-        cwnd: u64,
-    ) -> PathSample {
-        PathSample {
-            at: base + Duration::from_millis(ms),
-            sent_packets,
-            lost_packets,
-            sent_bytes,
-            rtt: Duration::from_millis(rtt_ms),
-            cwnd,
-        }
-    }
-
-    #[test]
-    fn a_clean_fast_path_is_not_congested() {
-        let t = std::time::Instant::now();
-        let a = sample(t, 0, (0, 0, 0), 20, 100_000);
-        // 40 kB in 500 ms = 80 kB/s, against 100 kB per 20 ms = 5 MB/s allowed.
-        let b = sample(t, 500, (60, 0, 40_000), 20, 100_000);
-        assert!(!path_congested(&a, &b));
-    }
-
-    #[test]
-    fn losses_a_long_round_trip_or_a_full_window_are_congestion() {
-        let t = std::time::Instant::now();
-        let a = sample(t, 0, (0, 0, 0), 20, 100_000);
-        // 2 of 60 packets lost: 3.3 %.
-        assert!(path_congested(
-            &a,
-            &sample(t, 500, (60, 2, 40_000), 20, 100_000)
-        ));
-        // Few packets: one loss says little.
-        assert!(!path_congested(
-            &a,
-            &sample(t, 500, (10, 1, 8_000), 20, 100_000)
-        ));
-        assert!(path_congested(
-            &a,
-            &sample(t, 500, (60, 0, 40_000), 450, 100_000)
-        ));
-        // A 12 kB window over 100 ms allows 120 kB/s; 100 kB/s is 83 % of it.
-        assert!(path_congested(
-            &a,
-            &sample(t, 500, (60, 0, 50_000), 100, 12_000)
-        ));
-        // The same window with half the traffic is fine.
-        assert!(!path_congested(
-            &a,
-            &sample(t, 500, (60, 0, 25_000), 100, 12_000)
-        ));
-    }
-
-    #[test]
-    fn loopback_round_trips_do_not_make_the_window_look_full() {
-        let t = std::time::Instant::now();
-        let a = sample(t, 0, (0, 0, 0), 0, 12_000);
-        // 50 µs round trips would allow 240 MB/s; counted as 1 ms: 12 MB/s.
-        let b = sample(t, 500, (600, 0, 400_000), 0, 12_000);
-        assert!(!path_congested(&a, &b));
-    }
 }

@@ -8,6 +8,9 @@
 //! encoded as `quinn-udp` encodes them. Elsewhere the transmits go through
 //! `quinn-udp` one by one.
 //!
+//! The I/O side: the engine ([`super::engine`]) queues its transmits here
+//! and this makes the system calls.
+//!
 //! This is the server's only `unsafe` code: the `msghdr` structures the
 //! kernel reads. Every pointer in them points into `Queued` buffers or
 //! locals that outlive the call.
