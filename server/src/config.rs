@@ -831,6 +831,7 @@ fn check_secret(secret: &[u8]) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn cli(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("convene-server").chain(args.iter().copied())).unwrap()
@@ -959,5 +960,145 @@ mod tests {
         let c = Config::default();
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+    }
+
+    /// The `[default: …]` parts of a flag's help.
+    fn shown_defaults(help: &str) -> Vec<&str> {
+        help.split("[default: ")
+            .skip(1)
+            .map(|rest| rest.split_once(']').expect("`[default: …]` is closed").0)
+            .collect()
+    }
+
+    #[test]
+    fn help_shows_the_real_defaults() {
+        let defaults = Config::default();
+        assert_eq!(Config::load(&cli(&[])).unwrap(), defaults);
+        let printed: toml::Table = toml::from_str(&defaults.to_toml()).unwrap();
+        let mut command = Cli::command();
+        let help = command.render_long_help().to_string();
+        let (mut values, mut described) = (0, 0);
+        for arg in command.get_arguments() {
+            let (id, Some(long)) = (arg.get_id().as_str(), arg.get_long()) else {
+                continue;
+            };
+            let text = (arg.get_long_help().or(arg.get_help()))
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                arg.is_hide_set() || help.contains(&text),
+                "--{long}: --help shows {text:?}"
+            );
+            let shown = shown_defaults(&text);
+            assert!(shown.len() <= 1, "--{long} shows defaults {shown:?}");
+            match (shown.first(), printed.get(id)) {
+                (Some(shown), Some(value)) => {
+                    // A value: as --print-config shows it, and giving it
+                    // changes nothing.
+                    let printed = match value {
+                        toml::Value::String(s) => s.clone(),
+                        v => v.to_string(),
+                    };
+                    assert_eq!(*shown, printed, "--{long}: help and --print-config");
+                    let given = Config::load(&cli(&[&format!("--{long}"), shown]))
+                        .unwrap_or_else(|e| panic!("--{long} {shown}: {e}"));
+                    assert_eq!(given, defaults, "--{long} {shown} is not the default");
+                    values += 1;
+                }
+                (Some(shown), None) => {
+                    // Unset by default, and the words say what that means:
+                    // they must not read as a value of the flag.
+                    let as_value = ["convene-server", &format!("--{long}"), shown];
+                    assert!(
+                        Cli::try_parse_from(as_value).is_err(),
+                        "--{long} is unset by default, yet shows the value {shown:?}"
+                    );
+                    described += 1;
+                }
+                (None, Some(value)) => assert!(
+                    *value == toml::Value::Boolean(false)
+                        || value.as_array().is_some_and(|a| a.is_empty()),
+                    "--{long} shows no default, but it is {value}"
+                ),
+                (None, None) => {}
+            }
+        }
+        assert!(
+            values >= 30 && described >= 3,
+            "{values} values, {described} described"
+        );
+        // Every key --print-config shows is a flag.
+        for key in printed.keys() {
+            assert!(
+                command.get_arguments().any(|a| a.get_id() == key.as_str()),
+                "{key} has no flag"
+            );
+        }
+    }
+
+    #[test]
+    fn printed_settings_load_back_as_the_file() {
+        let given = Config::load(&cli(&[
+            "--listen=127.0.0.1:8443",
+            "--webtransport-listen=127.0.0.1:4433",
+            "--dev-tls",
+            "--auth-secret-file=/run/secret",
+            "--auth-jwks-url=https://issuer.example/jwks",
+            "--auth-jwks-refresh-s=60",
+            "--auth-issuer=issuer",
+            "--auth-audience=audience",
+            "--admin-token-file=/run/admin-token",
+            "--admin-listen=127.0.0.1:9555",
+            "--metrics-listen=127.0.0.1:9090",
+            "--bus=nats://a:4222,nats://b:4222",
+            "--node-id=9",
+            "--node-timeout-ms=4000",
+            "--bus-creds=/run/nats.creds",
+            "--bus-tls-ca=ca.pem",
+            "--bus-tls-cert=cert.pem",
+            "--bus-tls-key=key.pem",
+            "--web-dir=web",
+            "--login-url=https://login.example/",
+            "--log-format=json",
+            "--log=debug",
+            "--waiting-room=lobby",
+            "--waiting-room=vip-*,team",
+            "--worker-threads=3",
+            "--busy-cpu-percent=80",
+            "--busy-queue-delay-ms=200",
+            "--busy-egress-mbps=900",
+            "--max-connections=99",
+            "--max-connections-per-ip=9",
+            "--max-handshaking-connections=77",
+            "--max-handshaking-per-ip=7",
+            "--http-header-timeout-ms=1234",
+            "--max-rooms=5",
+            "--max-participants-per-room=50",
+            "--max-tracks-per-participant=4",
+            "--max-concurrent-streams=20",
+            "--max-frame-bytes=100000",
+            "--max-ingress-kbps=4000",
+            "--control-messages-per-second=20",
+            "--control-burst=40",
+            "--relay-bytes-per-second=1000",
+            "--room-relay-bytes-per-second=4000",
+            "--handshake-timeout-ms=3000",
+            "--heartbeat-interval-ms=4000",
+            "--idle-timeout-ms=12000",
+            "--slow-consumer-ms=3000",
+            "--max-queue-bytes=100000",
+            "--coalesce-ms=2",
+            "--shutdown-grace-ms=1000",
+            "--test-fault=tamper-media",
+        ]))
+        .unwrap();
+        assert_ne!(given, Config::default());
+        let dir = std::env::temp_dir().join(format!("convene-config-back-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("printed.toml");
+        std::fs::write(&file, given.to_toml()).unwrap();
+        let back = Config::load(&cli(&["--config", file.to_str().unwrap()])).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(back, given, "{}", given.to_toml());
     }
 }
