@@ -1,5 +1,9 @@
 //! Configuration: command-line flags, then `CONVENE_*` environment variables,
 //! then an optional TOML file, then defaults, in that order of precedence.
+//!
+//! Every setting is declared once, in the `settings!` table below: its flag
+//! and environment variable, its field of [`Config`] with its default, and its
+//! help text, whose `[default: …]` is rendered from that default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,9 +22,21 @@ pub enum LogFormat {
     Json,
 }
 
-/// The command line. Every setting is optional here so that the environment,
-/// the file and the defaults can fill what is not given.
-#[derive(Debug, Parser, Serialize)]
+/// A deliberate defect, for checking that the conformance suite notices it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// Forward media with sender 0 instead of the publisher's participant id.
+    ForgetSenderStamp,
+    /// Flip the last payload bit of every tenth media frame (sequence 5, 15, …):
+    /// end-to-end encrypted receivers must refuse those frames.
+    TamperMedia,
+}
+
+/// The command line: the file to read, `--print-config`, and every setting
+/// as an optional flag, so that the environment, the file and the defaults
+/// can fill what is not given.
+#[derive(Debug, Parser)]
 #[command(
     name = "convene-server",
     version,
@@ -34,39 +50,177 @@ pub enum LogFormat {
 pub struct Cli {
     /// TOML file with settings (keys as in --print-config).
     #[arg(long, env = "CONVENE_CONFIG")]
-    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Print the effective settings as TOML and exit.
     #[arg(long)]
-    #[serde(skip)]
     pub print_config: bool,
+    /// The settings given as flags or in the environment.
+    #[command(flatten)]
+    pub settings: Flags,
+}
 
-    /// Address to listen on for HTTP(S) and WebSocket [default: 127.0.0.1:8080].
+/// Declares the settings from one table: the optional flags of [`Flags`],
+/// the fields of [`Config`] and `Default for Config`.
+///
+/// An entry is a doc comment (the flag's help and the field's doc), the
+/// flag's `#[arg(...)]` (its name, environment variable and any other clap
+/// attribute), any `#[serde(...)]` for the field of [`Config`], then one of:
+///
+/// - `name: Type = default`: a value; the help ends with `[default: …]`,
+///   the default as `--print-config` shows it.
+/// - `name: Option<Type>`: unset unless given. When unset means something,
+///   the doc comment says what, in words, as `[default: …]`.
+/// - `name: Vec<Type>`: a list, empty unless given.
+/// - `name: bool`: a switch, off unless given (give the flag
+///   `num_args = 0..=1, default_missing_value = "true"`).
+///
+/// The help is the doc comment with its lines joined into one.
+macro_rules! settings {
+    // Each entry is first put in one shape, `{ [docs] [clap] [serde] name:
+    // config type, flag type, default, shown default }`; then all are emitted.
+    (@entry [$($done:tt)*]) => { settings!(@emit $($done)*); };
+    (@entry [$($done:tt)*]
+        $(#[doc = $doc:literal])+
+        #[arg($($arg:tt)*)]
+        $(#[serde($($serde:tt)*)])*
+        $name:ident: Option<$t:ty>
+        $(, $($rest:tt)*)?
+    ) => {
+        settings!(@entry [$($done)* {
+            [$($doc)+] [$($arg)*] [$(#[serde($($serde)*)])*]
+            $name: Option<$t>, $t, None, None
+        }] $($($rest)*)?);
+    };
+    (@entry [$($done:tt)*]
+        $(#[doc = $doc:literal])+
+        #[arg($($arg:tt)*)]
+        $(#[serde($($serde:tt)*)])*
+        $name:ident: Vec<$t:ty>
+        $(, $($rest:tt)*)?
+    ) => {
+        settings!(@entry [$($done)* {
+            [$($doc)+] [$($arg)*] [$(#[serde($($serde)*)])*]
+            $name: Vec<$t>, Vec<$t>, Vec::new(), None
+        }] $($($rest)*)?);
+    };
+    (@entry [$($done:tt)*]
+        $(#[doc = $doc:literal])+
+        #[arg($($arg:tt)*)]
+        $(#[serde($($serde:tt)*)])*
+        $name:ident: bool
+        $(, $($rest:tt)*)?
+    ) => {
+        settings!(@entry [$($done)* {
+            [$($doc)+] [$($arg)*] [$(#[serde($($serde)*)])*]
+            $name: bool, bool, false, None
+        }] $($($rest)*)?);
+    };
+    (@entry [$($done:tt)*]
+        $(#[doc = $doc:literal])+
+        #[arg($($arg:tt)*)]
+        $(#[serde($($serde:tt)*)])*
+        $name:ident: $t:ty = $default:expr
+        $(, $($rest:tt)*)?
+    ) => {
+        settings!(@entry [$($done)* {
+            [$($doc)+] [$($arg)*] [$(#[serde($($serde)*)])*]
+            $name: $t, $t, $default, Some(shown(&Config::default().$name))
+        }] $($($rest)*)?);
+    };
+    (@entry [$($done:tt)*] $($bad:tt)*) => {
+        compile_error!(concat!(
+            "settings!: expected `/// doc`, `#[arg(...)]`, optional `#[serde(...)]`, then ",
+            "`name: Type = default`, `name: Option<Type>`, `name: Vec<Type>` or `name: bool`, at: ",
+            stringify!($($bad)*)
+        ));
+    };
+    (@emit $({
+        [$($doc:literal)+] [$($arg:tt)*] [$($serde:tt)*]
+        $name:ident: $type:ty, $flag:ty, $default:expr, $shown:expr
+    })*) => {
+        /// Every setting as an optional flag, with its environment variable;
+        /// serialized, the ones given, as keys of [`Config`].
+        #[derive(Debug, clap::Args, Serialize)]
+        pub struct Flags {
+            $(
+                #[doc = concat!("`", stringify!($name), "`, when given: see [`Config`].")]
+                #[arg($($arg)*)]
+                #[arg(help = flag_help(&[$($doc),+], $shown))]
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $name: Option<$flag>,
+            )*
+        }
+
+        /// The settings in force.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Config {
+            $(
+                $(#[doc = $doc])+
+                $($serde)*
+                pub $name: $type,
+            )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config {
+                    $($name: $default,)*
+                }
+            }
+        }
+    };
+    ($($entries:tt)*) => { settings!(@entry [] $($entries)*); };
+}
+
+/// A flag's help: its doc comment's lines joined as clap joins them, without
+/// the final period, then `[default: …]` when the default is a value.
+fn flag_help(doc: &[&str], default: Option<String>) -> String {
+    let lines: Vec<&str> = doc
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut help = lines.join(" ");
+    if help.ends_with('.') && !help.ends_with("..") {
+        help.pop();
+    }
+    if let Some(default) = default {
+        help.push_str(&format!(" [default: {default}]"));
+    }
+    help
+}
+
+/// A default as `--print-config` shows it, without a string's quotes.
+fn shown<T: Serialize>(value: &T) -> String {
+    match toml::Value::try_from(value) {
+        Ok(toml::Value::String(s)) => s,
+        Ok(v) => v.to_string(),
+        Err(e) => format!("({e})"),
+    }
+}
+
+settings! {
+    /// Address to listen on for HTTP(S) and WebSocket.
     #[arg(long, env = "CONVENE_LISTEN")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<SocketAddr>,
+    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)),
     /// UDP address for WebTransport (HTTP/3), which needs TLS [default: the
     /// --listen address: the same port number as HTTPS, on UDP]. Set it when
     /// that UDP port is taken or a firewall opens another one.
     #[arg(long, env = "CONVENE_WEBTRANSPORT_LISTEN")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub webtransport_listen: Option<SocketAddr>,
+    webtransport_listen: Option<SocketAddr>,
     /// Allow a non-loopback address without TLS (not for production).
     #[arg(long, env = "CONVENE_INSECURE", num_args = 0..=1, default_missing_value = "true")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub insecure: Option<bool>,
+    insecure: bool,
     /// TLS certificate chain (PEM).
     #[arg(long, env = "CONVENE_TLS_CERT", requires = "tls_key")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_cert: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     #[arg(long, env = "CONVENE_TLS_KEY", requires = "tls_cert")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_key: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     /// Serve TLS with a fresh self-signed ECDSA P-256 certificate valid 13 days, and publish its SHA-256 hash.
     #[arg(long, env = "CONVENE_DEV_TLS", conflicts_with = "tls_cert", num_args = 0..=1, default_missing_value = "true")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dev_tls: Option<bool>,
+    dev_tls: bool,
     /// Require a token (PROTOCOL.md §11.3): HS256 JWTs signed with this shared
     /// secret, at least 32 bytes. Prefer the environment or --auth-secret-file:
     /// a flag shows in the process list.
@@ -76,31 +230,26 @@ pub struct Cli {
         hide_env_values = true,
         conflicts_with = "auth_secret_file"
     )]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub auth_secret: Option<String>,
+    #[serde(skip_serializing)]
+    auth_secret: Option<String>,
     /// Read the token secret from this file (surrounding whitespace ignored).
     #[arg(long, env = "CONVENE_AUTH_SECRET_FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub auth_secret_file: Option<PathBuf>,
+    auth_secret_file: Option<PathBuf>,
     /// Require a token signed with one of the issuer's published keys (ES256,
     /// RS256, EdDSA), fetched from this JWKS URL (https://, or http:// on
     /// loopback) and refreshed; a token naming an unknown key id makes the
     /// server fetch again before it answers.
     #[arg(long, env = "CONVENE_AUTH_JWKS_URL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub auth_jwks_url: Option<String>,
-    /// Seconds between fetches of the JWKS [default: 300].
+    auth_jwks_url: Option<String>,
+    /// Seconds between fetches of the JWKS.
     #[arg(long, env = "CONVENE_AUTH_JWKS_REFRESH_S")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub auth_jwks_refresh_s: Option<u32>,
+    auth_jwks_refresh_s: u32 = 300,
     /// Accept only tokens whose `iss` is this.
     #[arg(long, env = "CONVENE_AUTH_ISSUER")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub auth_issuer: Option<String>,
+    auth_issuer: Option<String>,
     /// Accept only tokens whose `aud` is this.
     #[arg(long, env = "CONVENE_AUTH_AUDIENCE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub auth_audience: Option<String>,
+    auth_audience: Option<String>,
     /// Turn on the admin API (gRPC, spec/v1/admin.proto) with this bearer
     /// token, at least 16 bytes. Prefer the environment or --admin-token-file.
     #[arg(
@@ -109,85 +258,65 @@ pub struct Cli {
         hide_env_values = true,
         conflicts_with = "admin_token_file"
     )]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin_token: Option<String>,
+    #[serde(skip_serializing)]
+    admin_token: Option<String>,
     /// Read the admin API's bearer token from this file (whitespace ignored).
     #[arg(long, env = "CONVENE_ADMIN_TOKEN_FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin_token_file: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
     /// Where the admin API listens: plain HTTP/2, so loopback only (reach it
-    /// through an SSH tunnel or `kubectl port-forward`) [default: 127.0.0.1:9444].
+    /// through an SSH tunnel or `kubectl port-forward`).
     #[arg(long, env = "CONVENE_ADMIN_LISTEN")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin_listen: Option<SocketAddr>,
-    /// Serve /metrics and /load on this address only (plain HTTP, e.g.
-    /// 127.0.0.1:9090 or an internal interface), not on the public port.
-    #[arg(long, env = "CONVENE_METRICS_LISTEN")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metrics_listen: Option<SocketAddr>,
+    admin_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9444)),
     /// Share meetings with other nodes through NATS: `nats://host:4222` (or
     /// `tls://`); several servers of one NATS cluster separated by commas.
     /// Without it the server is a single node.
     #[arg(long, env = "CONVENE_BUS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bus: Option<String>,
+    bus: Option<String>,
     /// This node's id in the cluster, 0 to 4095, unique per node (participant
     /// ids carry it) [default: random, with --bus].
     #[arg(long, env = "CONVENE_NODE_ID")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_id: Option<u16>,
+    node_id: Option<u16>,
     /// Silence after which another node counts as gone and its participants
-    /// leave, in ms [default: 3000].
+    /// leave, in ms.
     #[arg(long, env = "CONVENE_NODE_TIMEOUT_MS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_timeout_ms: Option<u32>,
+    node_timeout_ms: u32 = 3_000,
     /// NATS credentials file (JWT and NKey seed, as `nsc` writes them).
     #[arg(long, env = "CONVENE_BUS_CREDS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bus_creds: Option<PathBuf>,
+    bus_creds: Option<PathBuf>,
     /// NATS token. Prefer the environment: a flag shows in the process list.
     #[arg(long, env = "CONVENE_BUS_TOKEN", hide_env_values = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bus_token: Option<String>,
+    #[serde(skip_serializing)]
+    bus_token: Option<String>,
     /// NATS user (with --bus-password).
     #[arg(long, env = "CONVENE_BUS_USER")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bus_user: Option<String>,
+    bus_user: Option<String>,
     /// NATS password. Prefer the environment.
     #[arg(long, env = "CONVENE_BUS_PASSWORD", hide_env_values = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bus_password: Option<String>,
+    #[serde(skip_serializing)]
+    bus_password: Option<String>,
     /// CA certificates (PEM) to verify the NATS server with; turns TLS on.
     #[arg(long, env = "CONVENE_BUS_TLS_CA")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bus_tls_ca: Option<PathBuf>,
+    bus_tls_ca: Option<PathBuf>,
     /// Client certificate (PEM) for NATS servers that verify clients.
     #[arg(long, env = "CONVENE_BUS_TLS_CERT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bus_tls_cert: Option<PathBuf>,
+    bus_tls_cert: Option<PathBuf>,
     /// Client key (PEM), with --bus-tls-cert.
     #[arg(long, env = "CONVENE_BUS_TLS_KEY")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bus_tls_key: Option<PathBuf>,
-    /// Directory with the browser client's files [default: browser-client/dist].
+    bus_tls_key: Option<PathBuf>,
+    /// Directory with the browser client's files.
     #[arg(long, env = "CONVENE_WEB_DIR")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub web_dir: Option<PathBuf>,
+    web_dir: PathBuf = PathBuf::from("browser-client/dist"),
     /// Where the browser client gets a token when its link carries none: a
     /// URL of your sign-in service that answers `GET ?meeting=<id>` (with
     /// the user's cookies) with `{"token": "<JWT>"}`, or 401 and a sign-in page.
     #[arg(long, env = "CONVENE_LOGIN_URL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub login_url: Option<String>,
-    /// Log format [default: human].
+    login_url: Option<String>,
+    /// Log format.
     #[arg(long, env = "CONVENE_LOG_FORMAT", value_enum)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `convene_server=debug` [default: info].
+    log_format: LogFormat = LogFormat::Human,
+    /// Log filter, e.g. `info` or `convene_server=debug`.
     #[arg(long, env = "CONVENE_LOG")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log: Option<String>,
-
+    log: String = "info".into(),
     /// Meetings with a waiting room, where a moderator admits or denies each
     /// newcomer (PROTOCOL.md §5.8): a meeting id, or a prefix ending in `*`.
     /// Repeat the flag, or separate with commas.
@@ -196,331 +325,104 @@ pub struct Cli {
         env = "CONVENE_WAITING_ROOMS",
         value_delimiter = ','
     )]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub waiting_rooms: Option<Vec<String>>,
+    waiting_rooms: Vec<String>,
     /// Threads that run the server's work [default: one per core].
     #[arg(long, env = "CONVENE_WORKER_THREADS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub worker_threads: Option<usize>,
+    worker_threads: Option<usize>,
     /// Refuse new joins with SERVER_BUSY while the process uses more than
-    /// this share of its worker threads' CPU, in percent (0: off) [default: 0].
+    /// this share of its worker threads' CPU, in percent (0: off).
     #[arg(long, env = "CONVENE_BUSY_CPU_PERCENT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub busy_cpu_percent: Option<u32>,
+    busy_cpu_percent: u32 = 0,
     /// Refuse new joins while frames wait longer than this in subscribers'
-    /// queues, in ms (0: off) [default: 0].
+    /// queues, in ms (0: off).
     #[arg(long, env = "CONVENE_BUSY_QUEUE_DELAY_MS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub busy_queue_delay_ms: Option<u32>,
+    busy_queue_delay_ms: u32 = 0,
     /// Refuse new joins while sending more than this to clients, in Mbit/s
-    /// (0: off) [default: 0].
+    /// (0: off).
     #[arg(long, env = "CONVENE_BUSY_EGRESS_MBPS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub busy_egress_mbps: Option<u32>,
+    busy_egress_mbps: u32 = 0,
     /// Most established sessions (Hello accepted); one more Hello is
-    /// answered TOO_MANY_CONNECTIONS [default: 10000].
+    /// answered TOO_MANY_CONNECTIONS.
     #[arg(long, env = "CONVENE_MAX_CONNECTIONS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<usize>,
+    max_connections: usize = 10_000,
+    /// Serve /metrics and /load on this address only (plain HTTP, e.g.
+    /// 127.0.0.1:9090 or an internal interface), not on the public port.
+    #[arg(long, env = "CONVENE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Most established sessions from one address (an IPv4 address or an
-    /// IPv6 /64) [default: 500].
+    /// IPv6 /64).
     #[arg(long, env = "CONVENE_MAX_CONNECTIONS_PER_IP")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections_per_ip: Option<usize>,
+    max_connections_per_ip: usize = 500,
     /// Most connections still in their handshake (TCP, TLS, HTTP, QUIC, up
-    /// to an accepted Hello); when full, the oldest is closed to make room
-    /// [default: 1000].
+    /// to an accepted Hello); when full, the oldest is closed to make room.
     #[arg(long, env = "CONVENE_MAX_HANDSHAKING_CONNECTIONS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_handshaking_connections: Option<usize>,
+    max_handshaking_connections: usize = 1_000,
     /// Most connections in their handshake from one address; more are
-    /// closed at once [default: 256].
+    /// closed at once.
     #[arg(long, env = "CONVENE_MAX_HANDSHAKING_PER_IP")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_handshaking_per_ip: Option<usize>,
+    max_handshaking_per_ip: usize = 256,
     /// Time allowed for an HTTP request's headers, and for the next request
-    /// on a kept-alive connection, in ms [default: 10000].
+    /// on a kept-alive connection, in ms.
     #[arg(long, env = "CONVENE_HTTP_HEADER_TIMEOUT_MS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http_header_timeout_ms: Option<u32>,
-    /// Most rooms [default: 10000].
+    http_header_timeout_ms: u32 = 10_000,
+    /// Most rooms.
     #[arg(long, env = "CONVENE_MAX_ROOMS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_rooms: Option<usize>,
-    /// Most participants per room [default: 1000].
+    max_rooms: usize = 10_000,
+    /// Most participants per room.
     #[arg(long, env = "CONVENE_MAX_PARTICIPANTS_PER_ROOM")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_participants_per_room: Option<u32>,
-    /// Most tracks per participant [default: 8].
+    max_participants_per_room: u32 = default::MAX_PARTICIPANTS_PER_ROOM,
+    /// Most tracks per participant.
     #[arg(long, env = "CONVENE_MAX_TRACKS_PER_PARTICIPANT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_tracks_per_participant: Option<u32>,
+    max_tracks_per_participant: u32 = default::MAX_TRACKS_PER_PARTICIPANT,
     /// Most concurrent client-opened WebTransport streams per session; one
-    /// more is TOO_MANY_STREAMS [default: 100].
+    /// more is TOO_MANY_STREAMS.
     #[arg(long, env = "CONVENE_MAX_CONCURRENT_STREAMS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_concurrent_streams: Option<u32>,
-    /// Largest frame in bytes [default: 262144].
+    max_concurrent_streams: u32 = default::MAX_CONCURRENT_STREAMS,
+    /// Largest frame in bytes.
     #[arg(long, env = "CONVENE_MAX_FRAME_BYTES")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_frame_bytes: Option<u32>,
-    /// Media ingress per connection in kbit/s [default: 8000].
+    max_frame_bytes: u32 = default::MAX_FRAME_BYTES,
+    /// Media ingress per connection in kbit/s.
     #[arg(long, env = "CONVENE_MAX_INGRESS_KBPS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_ingress_kbps: Option<u32>,
-    /// Control messages per second per connection [default: 50].
+    max_ingress_kbps: u32 = default::MAX_INGRESS_KBPS,
+    /// Control messages per second per connection.
     #[arg(long, env = "CONVENE_CONTROL_MESSAGES_PER_SECOND")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub control_messages_per_second: Option<u32>,
-    /// Control message burst per connection [default: 100].
+    control_messages_per_second: u32 = default::CONTROL_MESSAGES_PER_SECOND,
+    /// Control message burst per connection.
     #[arg(long, env = "CONVENE_CONTROL_BURST")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub control_burst: Option<u32>,
+    control_burst: u32 = default::CONTROL_BURST,
     /// Bytes of chat text and E2EE payload one participant may send per
-    /// second [default: 16384].
+    /// second.
     #[arg(long, env = "CONVENE_RELAY_BYTES_PER_SECOND")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub relay_bytes_per_second: Option<u32>,
+    relay_bytes_per_second: u32 = default::RELAY_BYTES_PER_SECOND,
     /// Bytes of chat text and E2EE payload sent to a whole room per second,
-    /// all senders together [default: 65536].
+    /// all senders together.
     #[arg(long, env = "CONVENE_ROOM_RELAY_BYTES_PER_SECOND")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub room_relay_bytes_per_second: Option<u32>,
-    /// Time allowed from connection to Hello, in ms [default: 10000].
+    room_relay_bytes_per_second: u32 = default::ROOM_RELAY_BYTES_PER_SECOND,
+    /// Time allowed from connection to Hello, in ms.
     #[arg(long, env = "CONVENE_HANDSHAKE_TIMEOUT_MS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub handshake_timeout_ms: Option<u32>,
-    /// Interval between server Pings, in ms [default: 5000].
+    handshake_timeout_ms: u32 = default::HANDSHAKE_TIMEOUT_MS,
+    /// Interval between server Pings, in ms.
     #[arg(long, env = "CONVENE_HEARTBEAT_INTERVAL_MS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub heartbeat_interval_ms: Option<u32>,
-    /// Silence after which a connection is closed, in ms [default: 15000].
+    heartbeat_interval_ms: u32 = default::HEARTBEAT_INTERVAL_MS,
+    /// Silence after which a connection is closed, in ms.
     #[arg(long, env = "CONVENE_IDLE_TIMEOUT_MS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_timeout_ms: Option<u32>,
-    /// Continuous queue overflow after which a subscriber is disconnected, in ms [default: 5000].
+    idle_timeout_ms: u32 = default::IDLE_TIMEOUT_MS,
+    /// Continuous queue overflow after which a subscriber is disconnected, in ms.
     #[arg(long, env = "CONVENE_SLOW_CONSUMER_MS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub slow_consumer_ms: Option<u32>,
-    /// Most media bytes queued per subscriber [default: 2097152].
+    slow_consumer_ms: u32 = default::SLOW_CONSUMER_MS,
+    /// Most media bytes queued per subscriber.
     #[arg(long, env = "CONVENE_MAX_QUEUE_BYTES")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_queue_bytes: Option<usize>,
-    /// Wait this long after the first queued frame before writing, to send several in one write, in ms (0 to 5) [default: 0].
+    max_queue_bytes: usize = default::SUBSCRIBER_QUEUE_BYTES as usize,
+    /// Wait this long after the first queued frame before writing, to send several in one write, in ms (0 to 5).
     #[arg(long, env = "CONVENE_COALESCE_MS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub coalesce_ms: Option<u32>,
-    /// Time given to sessions to drain on shutdown, in ms [default: 5000].
+    coalesce_ms: u32 = 0,
+    /// Time given to sessions to drain on shutdown, in ms.
     #[arg(long, env = "CONVENE_SHUTDOWN_GRACE_MS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shutdown_grace_ms: Option<u32>,
+    shutdown_grace_ms: u32 = 5_000,
     /// Deliberately break the server, to show the conformance suite catches it (tests only).
     #[arg(long, hide = true, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub test_fault: Option<Fault>,
-}
-
-/// A deliberate defect, for checking that the conformance suite notices it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Fault {
-    /// Forward media with sender 0 instead of the publisher's participant id.
-    ForgetSenderStamp,
-    /// Flip the last payload bit of every tenth media frame (sequence 5, 15, …):
-    /// end-to-end encrypted receivers must refuse those frames.
-    TamperMedia,
-}
-
-/// The settings in force.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Listen address.
-    pub listen: SocketAddr,
-    /// WebTransport's UDP address; none: the listen address.
-    pub webtransport_listen: Option<SocketAddr>,
-    /// Allow plain text on a non-loopback address.
-    pub insecure: bool,
-    /// TLS certificate chain.
-    pub tls_cert: Option<PathBuf>,
-    /// TLS key.
-    pub tls_key: Option<PathBuf>,
-    /// Self-signed development TLS.
-    pub dev_tls: bool,
-    /// HS256 token secret; never printed.
-    #[serde(skip_serializing)]
-    pub auth_secret: Option<String>,
-    /// File holding the token secret.
-    pub auth_secret_file: Option<PathBuf>,
-    /// Issuer keys (JWKS) URL.
-    pub auth_jwks_url: Option<String>,
-    /// JWKS refresh interval.
-    pub auth_jwks_refresh_s: u32,
-    /// Required token issuer.
-    pub auth_issuer: Option<String>,
-    /// Required token audience.
-    pub auth_audience: Option<String>,
-    /// Admin API bearer token; never printed.
-    #[serde(skip_serializing)]
-    pub admin_token: Option<String>,
-    /// File holding the admin API token.
-    pub admin_token_file: Option<PathBuf>,
-    /// Admin API listen address (loopback).
-    pub admin_listen: SocketAddr,
-    /// NATS URLs, comma-separated; none for a single node.
-    pub bus: Option<String>,
-    /// Node id in the cluster.
-    pub node_id: Option<u16>,
-    /// Node silence timeout.
-    pub node_timeout_ms: u32,
-    /// NATS credentials file.
-    pub bus_creds: Option<PathBuf>,
-    /// NATS token; never printed.
-    #[serde(skip_serializing)]
-    pub bus_token: Option<String>,
-    /// NATS user.
-    pub bus_user: Option<String>,
-    /// NATS password; never printed.
-    #[serde(skip_serializing)]
-    pub bus_password: Option<String>,
-    /// NATS CA certificates.
-    pub bus_tls_ca: Option<PathBuf>,
-    /// NATS client certificate.
-    pub bus_tls_cert: Option<PathBuf>,
-    /// NATS client key.
-    pub bus_tls_key: Option<PathBuf>,
-    /// Browser client directory.
-    pub web_dir: PathBuf,
-    /// The browser client's sign-in service, published in discovery.
-    pub login_url: Option<String>,
-    /// Log format.
-    pub log_format: LogFormat,
-    /// Log filter.
-    pub log: String,
-    /// Meetings with a waiting room (ids or `prefix*`).
-    pub waiting_rooms: Vec<String>,
-    /// Worker threads (None: one per core).
-    pub worker_threads: Option<usize>,
-    /// CPU admission threshold, percent (0: off).
-    pub busy_cpu_percent: u32,
-    /// Queue-delay admission threshold, ms (0: off).
-    pub busy_queue_delay_ms: u32,
-    /// Egress admission threshold, Mbit/s (0: off).
-    pub busy_egress_mbps: u32,
-    /// Connection limit.
-    pub max_connections: usize,
-    /// Where /metrics and /load are served instead of the public port.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Per-address session limit.
-    pub max_connections_per_ip: usize,
-    /// Connections in their handshake, in all.
-    pub max_handshaking_connections: usize,
-    /// Connections in their handshake, per address.
-    pub max_handshaking_per_ip: usize,
-    /// HTTP header (and keep-alive) timer.
-    pub http_header_timeout_ms: u32,
-    /// Room limit.
-    pub max_rooms: usize,
-    /// Participants per room.
-    pub max_participants_per_room: u32,
-    /// Tracks per participant.
-    pub max_tracks_per_participant: u32,
-    /// Concurrent client-opened WebTransport streams per session.
-    pub max_concurrent_streams: u32,
-    /// Frame size limit.
-    pub max_frame_bytes: u32,
-    /// Ingress bitrate limit.
-    pub max_ingress_kbps: u32,
-    /// Control message rate.
-    pub control_messages_per_second: u32,
-    /// Control message burst.
-    pub control_burst: u32,
-    /// Chat and E2EE bytes per second per participant.
-    pub relay_bytes_per_second: u32,
-    /// Chat and E2EE bytes per second to a whole room.
-    pub room_relay_bytes_per_second: u32,
-    /// Handshake timer.
-    pub handshake_timeout_ms: u32,
-    /// Heartbeat interval.
-    pub heartbeat_interval_ms: u32,
-    /// Idle timer.
-    pub idle_timeout_ms: u32,
-    /// Slow-consumer timer.
-    pub slow_consumer_ms: u32,
-    /// Queue size per subscriber.
-    pub max_queue_bytes: usize,
-    /// Write coalescing delay.
-    pub coalesce_ms: u32,
-    /// Shutdown drain deadline.
-    pub shutdown_grace_ms: u32,
-    /// A deliberate defect (tests only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub test_fault: Option<Fault>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: "127.0.0.1:8080".parse().expect("valid address"),
-            webtransport_listen: None,
-            insecure: false,
-            tls_cert: None,
-            tls_key: None,
-            dev_tls: false,
-            auth_secret: None,
-            auth_secret_file: None,
-            auth_jwks_url: None,
-            auth_jwks_refresh_s: 300,
-            auth_issuer: None,
-            auth_audience: None,
-            admin_token: None,
-            admin_token_file: None,
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9444)),
-            bus: None,
-            node_id: None,
-            node_timeout_ms: 3_000,
-            bus_creds: None,
-            bus_token: None,
-            bus_user: None,
-            bus_password: None,
-            bus_tls_ca: None,
-            bus_tls_cert: None,
-            bus_tls_key: None,
-            web_dir: PathBuf::from("browser-client/dist"),
-            login_url: None,
-            log_format: LogFormat::Human,
-            log: "info".into(),
-            waiting_rooms: Vec::new(),
-            worker_threads: None,
-            busy_cpu_percent: 0,
-            busy_queue_delay_ms: 0,
-            busy_egress_mbps: 0,
-            max_connections: 10_000,
-            metrics_listen: None,
-            max_connections_per_ip: 500,
-            max_handshaking_connections: 1_000,
-            max_handshaking_per_ip: 256,
-            http_header_timeout_ms: 10_000,
-            max_rooms: 10_000,
-            max_participants_per_room: default::MAX_PARTICIPANTS_PER_ROOM,
-            max_tracks_per_participant: default::MAX_TRACKS_PER_PARTICIPANT,
-            max_concurrent_streams: default::MAX_CONCURRENT_STREAMS,
-            max_frame_bytes: default::MAX_FRAME_BYTES,
-            max_ingress_kbps: default::MAX_INGRESS_KBPS,
-            control_messages_per_second: default::CONTROL_MESSAGES_PER_SECOND,
-            control_burst: default::CONTROL_BURST,
-            relay_bytes_per_second: default::RELAY_BYTES_PER_SECOND,
-            room_relay_bytes_per_second: default::ROOM_RELAY_BYTES_PER_SECOND,
-            handshake_timeout_ms: default::HANDSHAKE_TIMEOUT_MS,
-            heartbeat_interval_ms: default::HEARTBEAT_INTERVAL_MS,
-            idle_timeout_ms: default::IDLE_TIMEOUT_MS,
-            slow_consumer_ms: default::SLOW_CONSUMER_MS,
-            max_queue_bytes: default::SUBSCRIBER_QUEUE_BYTES as usize,
-            coalesce_ms: 0,
-            shutdown_grace_ms: 5_000,
-            test_fault: None,
-        }
-    }
+    test_fault: Option<Fault>,
 }
 
 /// A setting that cannot work.
@@ -572,7 +474,7 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        let given = toml::Table::try_from(cli).map_err(|e| ConfigError::Parse {
+        let given = toml::Table::try_from(&cli.settings).map_err(|e| ConfigError::Parse {
             path: None,
             message: e.to_string(),
         })?;
@@ -929,6 +831,7 @@ fn check_secret(secret: &[u8]) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn cli(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("convene-server").chain(args.iter().copied())).unwrap()
@@ -1057,5 +960,145 @@ mod tests {
         let c = Config::default();
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+    }
+
+    /// The `[default: …]` parts of a flag's help.
+    fn shown_defaults(help: &str) -> Vec<&str> {
+        help.split("[default: ")
+            .skip(1)
+            .map(|rest| rest.split_once(']').expect("`[default: …]` is closed").0)
+            .collect()
+    }
+
+    #[test]
+    fn help_shows_the_real_defaults() {
+        let defaults = Config::default();
+        assert_eq!(Config::load(&cli(&[])).unwrap(), defaults);
+        let printed: toml::Table = toml::from_str(&defaults.to_toml()).unwrap();
+        let mut command = Cli::command();
+        let help = command.render_long_help().to_string();
+        let (mut values, mut described) = (0, 0);
+        for arg in command.get_arguments() {
+            let (id, Some(long)) = (arg.get_id().as_str(), arg.get_long()) else {
+                continue;
+            };
+            let text = (arg.get_long_help().or(arg.get_help()))
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                arg.is_hide_set() || help.contains(&text),
+                "--{long}: --help shows {text:?}"
+            );
+            let shown = shown_defaults(&text);
+            assert!(shown.len() <= 1, "--{long} shows defaults {shown:?}");
+            match (shown.first(), printed.get(id)) {
+                (Some(shown), Some(value)) => {
+                    // A value: as --print-config shows it, and giving it
+                    // changes nothing.
+                    let printed = match value {
+                        toml::Value::String(s) => s.clone(),
+                        v => v.to_string(),
+                    };
+                    assert_eq!(*shown, printed, "--{long}: help and --print-config");
+                    let given = Config::load(&cli(&[&format!("--{long}"), shown]))
+                        .unwrap_or_else(|e| panic!("--{long} {shown}: {e}"));
+                    assert_eq!(given, defaults, "--{long} {shown} is not the default");
+                    values += 1;
+                }
+                (Some(shown), None) => {
+                    // Unset by default, and the words say what that means:
+                    // they must not read as a value of the flag.
+                    let as_value = ["convene-server", &format!("--{long}"), shown];
+                    assert!(
+                        Cli::try_parse_from(as_value).is_err(),
+                        "--{long} is unset by default, yet shows the value {shown:?}"
+                    );
+                    described += 1;
+                }
+                (None, Some(value)) => assert!(
+                    *value == toml::Value::Boolean(false)
+                        || value.as_array().is_some_and(|a| a.is_empty()),
+                    "--{long} shows no default, but it is {value}"
+                ),
+                (None, None) => {}
+            }
+        }
+        assert!(
+            values >= 30 && described >= 3,
+            "{values} values, {described} described"
+        );
+        // Every key --print-config shows is a flag.
+        for key in printed.keys() {
+            assert!(
+                command.get_arguments().any(|a| a.get_id() == key.as_str()),
+                "{key} has no flag"
+            );
+        }
+    }
+
+    #[test]
+    fn printed_settings_load_back_as_the_file() {
+        let given = Config::load(&cli(&[
+            "--listen=127.0.0.1:8443",
+            "--webtransport-listen=127.0.0.1:4433",
+            "--dev-tls",
+            "--auth-secret-file=/run/secret",
+            "--auth-jwks-url=https://issuer.example/jwks",
+            "--auth-jwks-refresh-s=60",
+            "--auth-issuer=issuer",
+            "--auth-audience=audience",
+            "--admin-token-file=/run/admin-token",
+            "--admin-listen=127.0.0.1:9555",
+            "--metrics-listen=127.0.0.1:9090",
+            "--bus=nats://a:4222,nats://b:4222",
+            "--node-id=9",
+            "--node-timeout-ms=4000",
+            "--bus-creds=/run/nats.creds",
+            "--bus-tls-ca=ca.pem",
+            "--bus-tls-cert=cert.pem",
+            "--bus-tls-key=key.pem",
+            "--web-dir=web",
+            "--login-url=https://login.example/",
+            "--log-format=json",
+            "--log=debug",
+            "--waiting-room=lobby",
+            "--waiting-room=vip-*,team",
+            "--worker-threads=3",
+            "--busy-cpu-percent=80",
+            "--busy-queue-delay-ms=200",
+            "--busy-egress-mbps=900",
+            "--max-connections=99",
+            "--max-connections-per-ip=9",
+            "--max-handshaking-connections=77",
+            "--max-handshaking-per-ip=7",
+            "--http-header-timeout-ms=1234",
+            "--max-rooms=5",
+            "--max-participants-per-room=50",
+            "--max-tracks-per-participant=4",
+            "--max-concurrent-streams=20",
+            "--max-frame-bytes=100000",
+            "--max-ingress-kbps=4000",
+            "--control-messages-per-second=20",
+            "--control-burst=40",
+            "--relay-bytes-per-second=1000",
+            "--room-relay-bytes-per-second=4000",
+            "--handshake-timeout-ms=3000",
+            "--heartbeat-interval-ms=4000",
+            "--idle-timeout-ms=12000",
+            "--slow-consumer-ms=3000",
+            "--max-queue-bytes=100000",
+            "--coalesce-ms=2",
+            "--shutdown-grace-ms=1000",
+            "--test-fault=tamper-media",
+        ]))
+        .unwrap();
+        assert_ne!(given, Config::default());
+        let dir = std::env::temp_dir().join(format!("convene-config-back-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("printed.toml");
+        std::fs::write(&file, given.to_toml()).unwrap();
+        let back = Config::load(&cli(&["--config", file.to_str().unwrap()])).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(back, given, "{}", given.to_toml());
     }
 }
