@@ -258,7 +258,7 @@ fn write_chunks(
 pub(super) fn media_priority(frame: &Bytes, audio: bool, order: u32) -> i32 {
     let rank = if audio {
         2
-    } else if frame.get(1).is_some_and(|flags| flags & 0x01 != 0) {
+    } else if convene_protocol::MediaHeader::peek(frame).is_some_and(|h| h.key) {
         1
     } else {
         0
