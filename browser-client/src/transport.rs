@@ -187,9 +187,15 @@ pub(crate) async fn open_webtransport(
             let h = h.clone();
             spawn_local(async move {
                 let mut whole = Vec::new();
+                let mut too_long = false;
                 let max = limits::max::MAX_FRAME_BYTES as usize;
                 read_chunks(&stream, |chunk| {
-                    if whole.len() + chunk.len() <= max {
+                    // A frame longer than any allowed is dropped whole: keeping
+                    // the chunks that fit would hand on a frame with a gap.
+                    too_long |= whole.len() + chunk.len() > max;
+                    if too_long {
+                        whole = Vec::new();
+                    } else {
                         whole.extend_from_slice(&chunk);
                     }
                 })
@@ -205,7 +211,14 @@ pub(crate) async fn open_webtransport(
     let datagram_in = session.datagrams().readable();
     let h = handlers.clone();
     spawn_local(async move {
-        read_chunks(&datagram_in, |chunk| (h.frame)(Bytes::from(chunk))).await;
+        read_chunks(&datagram_in, |chunk| {
+            // A bad datagram is discarded, never fatal (PROTOCOL.md §3.3).
+            let frame = Bytes::from(chunk);
+            if convene_protocol::MediaFrame::parse(frame.clone()).is_ok() {
+                (h.frame)(frame);
+            }
+        })
+        .await;
     });
     // The end of the session.
     let closed: js_sys::Promise = session.closed().unchecked_into();
