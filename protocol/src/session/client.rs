@@ -178,11 +178,13 @@ impl ClientSession {
     }
 
     /// The next frame to send.
+    #[must_use = "what the session has to transmit, report or wait for is lost if not used"]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.transmit.pop_front()
     }
 
     /// The next event for the application.
+    #[must_use = "what the session has to transmit, report or wait for is lost if not used"]
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
     }
@@ -212,6 +214,7 @@ impl ClientSession {
     }
 
     /// When [`ClientSession::handle_timeout`] must next be called.
+    #[must_use = "what the session has to transmit, report or wait for is lost if not used"]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         match self.state {
             State::Closed | State::Connecting => None,

@@ -296,16 +296,19 @@ impl ServerSession {
     }
 
     /// The next frame to send.
+    #[must_use = "what the session has to transmit, report or wait for is lost if not used"]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.transmit.pop_front()
     }
 
     /// The next event for the room layer.
+    #[must_use = "what the session has to transmit, report or wait for is lost if not used"]
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
         self.events.pop_front()
     }
 
     /// When [`ServerSession::handle_timeout`] must next be called.
+    #[must_use = "what the session has to transmit, report or wait for is lost if not used"]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         match self.state {
             State::Closed => None,
