@@ -55,12 +55,17 @@ pub fn server_session(data: &[u8]) {
         }
         while let Some(ev) = s.poll_event() {
             match ev {
-                ServerEvent::Hello { .. } => s.accept_hello(now, 1, "fuzz".into(), Bytes::new()),
-                ServerEvent::Join { join, .. } => s.joined(Joined {
-                    meeting_id: join.meeting_id,
-                    participants: Vec::new(),
-                    locked: false,
-                }),
+                // The session asked: answering it right away is never misuse.
+                ServerEvent::Hello { .. } => s
+                    .accept_hello(now, 1, "fuzz".into(), Bytes::new())
+                    .expect("a Hello event is answerable"),
+                ServerEvent::Join { join, .. } => s
+                    .joined(Joined {
+                        meeting_id: join.meeting_id,
+                        participants: Vec::new(),
+                        locked: false,
+                    })
+                    .expect("a Join event is answerable"),
                 _ => {}
             }
         }

@@ -54,5 +54,7 @@ pub use frame::{Frame, StreamDecoder, decode_frame, encode_control};
 pub use media::{MediaFrame, MediaHeader, MediaPeek};
 pub use session::CloseReason;
 pub use session::client::{ClientEvent, ClientSession, ClientSessionConfig};
-pub use session::server::{RoomRequest, ServerEvent, ServerSession, ServerSessionConfig};
+pub use session::server::{
+    ApiMisuse, RoomRequest, ServerEvent, ServerSession, ServerSessionConfig,
+};
 pub use time::{Timestamp, TokenBucket};

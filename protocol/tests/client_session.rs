@@ -186,12 +186,16 @@ fn client_and_server_sessions_complete_a_handshake_and_join() {
         }
         while let Some(ev) = srv.poll_event() {
             match ev {
-                ServerEvent::Hello { .. } => srv.accept_hello(now, 42, "sess".into(), Bytes::new()),
-                ServerEvent::Join { join, .. } => srv.joined(v1::Joined {
-                    meeting_id: join.meeting_id,
-                    participants: vec![],
-                    locked: false,
-                }),
+                ServerEvent::Hello { .. } => srv
+                    .accept_hello(now, 42, "sess".into(), Bytes::new())
+                    .unwrap(),
+                ServerEvent::Join { join, .. } => srv
+                    .joined(v1::Joined {
+                        meeting_id: join.meeting_id,
+                        participants: vec![],
+                        locked: false,
+                    })
+                    .unwrap(),
                 ServerEvent::Media(m) => {
                     // Echo it back as a room would deliver another participant's frame.
                     srv.send_frame(m.into_bytes());

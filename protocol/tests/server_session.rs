@@ -291,3 +291,38 @@ fn unknown_message_is_reported_and_harmless() {
     assert_eq!(error_codes(&out), vec![ErrorCode::UnknownMessage]);
     assert_eq!(d.session.state(), State::Established);
 }
+
+/// Answers the session did not ask for are reported, and change nothing:
+/// a Welcome, Joined or Waiting never goes out on the room layer's mistake.
+#[test]
+fn answers_given_out_of_turn_are_reported_not_applied() {
+    use convene_protocol::{ServerSession, Timestamp};
+    let t = Timestamp(0);
+    let mut s = ServerSession::new(t, ServerSessionConfig::default());
+    let early = s.accept_hello(t, 7, "s".into(), Bytes::new()).unwrap_err();
+    assert_eq!(early.call, "accept_hello");
+    assert!(early.to_string().contains("awaiting_hello"), "{early}");
+    assert!(s.joined(v1::Joined::default()).is_err());
+    assert!(s.held().is_err());
+    assert!(s.admitted_by_room().is_err());
+    assert!(
+        drain_server(&mut s).is_empty(),
+        "nothing may have been sent"
+    );
+    assert_eq!(s.state(), State::AwaitingHello);
+
+    // Established, with no Join pending: joined, held and a second Welcome are refused.
+    let mut d = Driver::new(ServerSessionConfig::default());
+    d.feed(client(hello()));
+    assert_eq!(d.session.state(), State::Established);
+    assert!(
+        d.session
+            .accept_hello(t, 8, "again".into(), Bytes::new())
+            .is_err()
+    );
+    assert!(d.session.joined(v1::Joined::default()).is_err());
+    assert!(d.session.held().is_err());
+    assert!(drain_server(&mut d.session).is_empty());
+    assert_eq!(d.session.state(), State::Established);
+    assert_eq!(d.session.participant_id(), 7);
+}

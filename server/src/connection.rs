@@ -305,7 +305,10 @@ impl Connection {
     fn settle_admission(&mut self) {
         match self.outbox.take_admission() {
             // The room queued Joined already, first in line.
-            Some(Admission::Admitted) => self.session.admitted_by_room(),
+            Some(Admission::Admitted) => {
+                let answered = self.session.admitted_by_room();
+                self.report_misuse(answered);
+            }
             Some(Admission::Denied) => {
                 self.room = None;
                 self.session.refuse(
@@ -316,7 +319,10 @@ impl Connection {
                     ),
                 );
             }
-            Some(Admission::Held) => self.session.held(),
+            Some(Admission::Held) => {
+                let answered = self.session.held();
+                self.report_misuse(answered);
+            }
             Some(Admission::Refused(e)) => {
                 self.room = None;
                 self.session.refuse(self.join_request_id, e);
@@ -488,8 +494,10 @@ impl Connection {
             };
             self.claims = verified.ok().flatten();
             let session_id = format!("{:016x}", session_id_for(pid));
-            self.session
+            let answered = self
+                .session
                 .accept_hello(now, pid, session_id, Bytes::new());
+            self.report_misuse(answered);
             self.handshake_done = true;
             debug!(pid, transport = self.transport, peer = %self.peer, "session established");
         }
@@ -623,6 +631,7 @@ impl Connection {
         };
         let session = &mut self.session;
         let outbox = &self.outbox;
+        let mut answered = Ok(());
         let result = self.state.router.join(
             now,
             &join.meeting_id,
@@ -630,22 +639,33 @@ impl Connection {
             join.subscribe_all,
             outbox.clone(),
             |outcome| {
-                match outcome {
+                answered = match outcome {
                     JoinOutcome::Joined(joined) => session.joined(joined),
                     JoinOutcome::Held => session.held(),
                     // Answered later, through the outbox.
-                    JoinOutcome::Syncing => {}
-                }
+                    JoinOutcome::Syncing => Ok(()),
+                };
                 // Queue Joined before releasing the room, so nothing else reaches the newcomer first.
                 flush_session(session, outbox);
             },
         );
+        self.report_misuse(answered);
         match result {
             Ok(room) => {
                 info!(pid, meeting = %join.meeting_id, "joined");
                 self.room = Some(room);
             }
             Err(e) => self.session.refuse(request_id, e),
+        }
+    }
+
+    /// An answer the session had not asked for. The one way it happens is a
+    /// race the session already settled (e.g. a moderator's admission
+    /// arriving after the client left the waiting room), so it is logged,
+    /// not treated as a failure.
+    fn report_misuse(&self, answered: Result<(), convene_protocol::ApiMisuse>) {
+        if let Err(e) = answered {
+            debug!(pid = self.session.participant_id(), error = %e, "answer not applied");
         }
     }
 

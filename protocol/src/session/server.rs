@@ -175,6 +175,31 @@ pub enum RoomRequest {
     EndMeeting(v1::EndMeeting),
 }
 
+/// What the session waits for the room layer to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// Nothing: the session answers by itself.
+    Nothing,
+    /// A valid Hello: [`ServerSession::accept_hello`] or [`ServerSession::refuse`].
+    Hello,
+    /// A Join: [`ServerSession::joined`], [`ServerSession::held`],
+    /// [`ServerSession::admitted_by_room`] or [`ServerSession::refuse`].
+    Join,
+}
+
+/// An answer given when the session had not asked for it (a bug in the
+/// caller): reported instead of ignored; the session is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{call} called while the session (in state {state}) waited for no answer to {expected}")]
+pub struct ApiMisuse {
+    /// The call made.
+    pub call: &'static str,
+    /// What it answers.
+    pub expected: &'static str,
+    /// The session's state then.
+    pub state: &'static str,
+}
+
 /// The server's sans-IO state for one connection.
 #[derive(Debug)]
 pub struct ServerSession {
@@ -182,10 +207,8 @@ pub struct ServerSession {
     config: ServerSessionConfig,
     /// Where the session is in the spec's machine.
     state: State,
-    /// Set after a valid Hello until the room layer accepts or refuses it.
-    hello_pending: bool,
-    /// Set after a Join until the room layer answers it.
-    join_pending: bool,
+    /// The question the room layer has yet to answer, if any.
+    pending: Pending,
     /// Participant id given in Welcome; 0 before.
     participant_id: u32,
     /// The meeting joined or waited for, for `Left`.
@@ -237,8 +260,7 @@ impl ServerSession {
         ServerSession {
             config,
             state: sm::INITIAL,
-            hello_pending: false,
-            join_pending: false,
+            pending: Pending::Nothing,
             participant_id: 0,
             meeting_id: String::new(),
             created: now,
@@ -530,12 +552,12 @@ impl ServerSession {
                 return self.error(ProtocolError::new(code, text), rid);
             }
         };
-        if self.hello_pending || (self.join_pending && matches!(msg, Msg::Join(_))) {
-            let code = if self.hello_pending {
-                ErrorCode::HelloRequired
-            } else {
-                ErrorCode::AlreadyJoined
-            };
+        let busy = match self.pending {
+            Pending::Hello => Some(ErrorCode::HelloRequired),
+            Pending::Join if matches!(msg, Msg::Join(_)) => Some(ErrorCode::AlreadyJoined),
+            _ => None,
+        };
+        if let Some(code) = busy {
             return self.error(
                 ProtocolError::new(code, "the previous request is still being answered"),
                 rid,
@@ -568,7 +590,7 @@ impl ServerSession {
                 }) {
                     return self.error(e, rid);
                 }
-                self.join_pending = true;
+                self.pending = Pending::Join;
                 self.meeting_id = j.meeting_id.clone();
                 self.events.push_back(ServerEvent::Join {
                     request_id: rid,
@@ -710,24 +732,28 @@ impl ServerSession {
                 0,
             );
         };
-        self.hello_pending = true;
+        self.pending = Pending::Hello;
         self.events
             .push_back(ServerEvent::Hello { version, hello: h });
     }
 
     /// Accepts the Hello: sends Welcome with this participant id and starts the heartbeat.
+    /// Only an answer to [`ServerEvent::Hello`]; otherwise [`ApiMisuse`].
     pub fn accept_hello(
         &mut self,
         now: Timestamp,
         participant_id: u32,
         session_id: String,
         resume_token: Bytes,
-    ) {
-        if !self.hello_pending || self.state != State::AwaitingHello {
-            return;
+    ) -> Result<(), ApiMisuse> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        if self.pending != Pending::Hello || self.state != State::AwaitingHello {
+            return Err(self.misuse("accept_hello", "a Hello"));
         }
         debug_assert_ne!(participant_id, 0, "participant id 0 is reserved");
-        self.hello_pending = false;
+        self.pending = Pending::Nothing;
         self.state = sm::next(self.state, SmEvent::Hello).unwrap_or(State::Established);
         self.participant_id = participant_id;
         self.next_ping = Some(now + self.config.heartbeat_interval);
@@ -743,22 +769,29 @@ impl ServerSession {
             server_version: self.config.server_version.clone(),
         };
         self.send(server_message::Msg::Welcome(welcome));
+        Ok(())
     }
 
-    /// Answers a pending Join: the session is in the room; sends `Joined`.
-    pub fn joined(&mut self, joined: v1::Joined) {
+    /// Answers a pending Join (or a wait in the waiting room): the session
+    /// is in the room; sends `Joined`.
+    pub fn joined(&mut self, joined: v1::Joined) -> Result<(), ApiMisuse> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
         let from_waiting = self.state == State::Waiting;
         let ev = if from_waiting {
             SmEvent::Admitted
         } else {
             SmEvent::Join
         };
-        if let Ok(s) = sm::next(self.state, ev)
-            && (from_waiting || self.join_pending)
-        {
-            self.state = s;
-            self.join_pending = false;
-            self.send(server_message::Msg::Joined(joined));
+        match sm::next(self.state, ev) {
+            Ok(s) if from_waiting || self.pending == Pending::Join => {
+                self.state = s;
+                self.pending = Pending::Nothing;
+                self.send(server_message::Msg::Joined(joined));
+                Ok(())
+            }
+            _ => Err(self.misuse("joined", "a Join")),
         }
     }
 
@@ -767,26 +800,48 @@ impl ServerSession {
     /// session sends it): after a moderator admitted the waiting session, or
     /// once a room just opened on one node of a cluster has heard who is in
     /// the meeting on the others. The session is now joined and sends nothing.
-    pub fn admitted_by_room(&mut self) {
+    pub fn admitted_by_room(&mut self) -> Result<(), ApiMisuse> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
         if self.state == State::Waiting
             && let Ok(s) = sm::next(self.state, SmEvent::Admitted)
         {
             self.state = s;
-        } else if self.join_pending
+            Ok(())
+        } else if self.pending == Pending::Join
             && let Ok(s) = sm::next(self.state, SmEvent::Join)
         {
             self.state = s;
-            self.join_pending = false;
+            self.pending = Pending::Nothing;
+            Ok(())
+        } else {
+            Err(self.misuse("admitted_by_room", "a Join or an admission"))
         }
     }
 
     /// Answers a pending Join: the session waits for a moderator; sends `Waiting`.
-    pub fn held(&mut self) {
-        if let (true, Ok(s)) = (self.join_pending, sm::next(self.state, SmEvent::JoinHeld)) {
-            self.state = s;
-            self.join_pending = false;
-            let meeting_id = self.meeting_id.clone();
-            self.send(server_message::Msg::Waiting(v1::Waiting { meeting_id }));
+    pub fn held(&mut self) -> Result<(), ApiMisuse> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        match sm::next(self.state, SmEvent::JoinHeld) {
+            Ok(s) if self.pending == Pending::Join => {
+                self.state = s;
+                self.pending = Pending::Nothing;
+                let meeting_id = self.meeting_id.clone();
+                self.send(server_message::Msg::Waiting(v1::Waiting { meeting_id }));
+                Ok(())
+            }
+            _ => Err(self.misuse("held", "a Join")),
+        }
+    }
+
+    fn misuse(&self, call: &'static str, expected: &'static str) -> ApiMisuse {
+        ApiMisuse {
+            call,
+            expected,
+            state: self.state.name(),
         }
     }
 
@@ -794,15 +849,14 @@ impl ServerSession {
     /// error closes the session; a refused Join returns it to `established`,
     /// and a denied admission takes it out of the waiting room.
     pub fn refuse(&mut self, request_id: u32, err: ProtocolError) {
-        if self.join_pending {
-            self.join_pending = false;
+        if self.pending == Pending::Join {
             self.meeting_id.clear();
         }
         if self.state == State::Waiting && err.code == ErrorCode::AdmissionDenied {
             self.state = sm::next(self.state, SmEvent::Denied).unwrap_or(State::Established);
             self.meeting_id.clear();
         }
-        self.hello_pending = false;
+        self.pending = Pending::Nothing;
         self.error(err, request_id);
     }
 

@@ -109,15 +109,18 @@ impl Driver {
     fn pump(&mut self) -> Vec<server_message::Msg> {
         while let Some(ev) = self.session.poll_event() {
             match &ev {
-                ServerEvent::Hello { .. } => {
-                    self.session
-                        .accept_hello(self.now, 7, "s".into(), Bytes::new())
-                }
-                ServerEvent::Join { join, .. } => self.session.joined(v1::Joined {
-                    meeting_id: join.meeting_id.clone(),
-                    participants: vec![],
-                    locked: false,
-                }),
+                ServerEvent::Hello { .. } => self
+                    .session
+                    .accept_hello(self.now, 7, "s".into(), Bytes::new())
+                    .unwrap(),
+                ServerEvent::Join { join, .. } => self
+                    .session
+                    .joined(v1::Joined {
+                        meeting_id: join.meeting_id.clone(),
+                        participants: vec![],
+                        locked: false,
+                    })
+                    .unwrap(),
                 _ => {}
             }
             self.events.push(ev);
