@@ -280,3 +280,43 @@ async fn the_total_connection_limit_refuses_with_too_many_connections() {
     assert_eq!(b.expect_close().await, Some(4222));
     server.shutdown().await;
 }
+
+/// WebSocket pings are not traffic (PROTOCOL.md §3.2, §9.2): a client that
+/// sends only WebSocket pings, and never answers the protocol's Ping, is
+/// closed with IDLE_TIMEOUT like a silent one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_pings_do_not_keep_a_session_alive() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = server(|c| {
+        c.heartbeat_interval_ms = 300;
+        c.idle_timeout_ms = 1_000;
+    })
+    .await;
+    let mut c = Client::joined(&server, "ws-pings", false).await;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let closed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if c.ws.send(Message::Ping(vec![1, 2, 3].into())).await.is_err() {
+                        return None;
+                    }
+                }
+                m = c.ws.next() => match m {
+                    // The protocol's Pings stay unanswered: only WebSocket pings go out.
+                    Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return None,
+                },
+            }
+        }
+    })
+    .await
+    .expect("a session kept up only by WebSocket pings must be closed for idleness");
+    assert_eq!(
+        closed,
+        Some(4000 + convene_protocol::ErrorCode::IdleTimeout as u16)
+    );
+    server.shutdown().await;
+}
