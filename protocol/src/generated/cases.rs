@@ -4963,10 +4963,16 @@ pub static CASES: &[Case] = &[
                 action: Action::Expect {
                     msg: Msg {
                         name: "key_frame_request",
-                        fields: &[Field {
-                            name: "track_id",
-                            value: Value::Int(2),
-                        }],
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Int(0),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
                     },
                     capture: &[],
                 },
