@@ -25,7 +25,7 @@ use crate::outbox::Admission;
 use crate::outbox::{Drained, Kick, Outbox, OutboxLimits, Wake};
 use crate::room::{JoinOutcome, Room, lock};
 use crate::slots::{Handshake, SessionSlot};
-use crate::state::{AppState, Tapped};
+use crate::state::{AppState, ConnectionGuard, Tapped};
 
 /// Wakes a connection's writer when frames are queued, and its reader when
 /// the outbox is closed from outside.
@@ -95,6 +95,9 @@ pub struct Connection {
     /// Where the transport reads the largest frame accepted now (the
     /// WebTransport engine parses frames outside this task).
     frame_limit: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// Counts this connection among the open ones until it drops (after
+    /// `Drop::drop` left the room and gave back the participant id).
+    _counted: ConnectionGuard,
 }
 
 impl Connection {
@@ -158,7 +161,7 @@ impl Connection {
             .as_ref()
             .and_then(|v| v.jwks())
             .map(|j| j.changes());
-        state.connection_opened();
+        let counted = state.count_connection();
         state
             .metrics
             .connections
@@ -186,6 +189,7 @@ impl Connection {
             evicted: None,
             session_slot: None,
             frame_limit: None,
+            _counted: counted,
         }
     }
 
@@ -715,7 +719,6 @@ impl Drop for Connection {
             .connections
             .get_or_create(&label(self.transport))
             .dec();
-        self.state.connection_closed();
         self.outbox.close();
     }
 }

@@ -294,10 +294,7 @@ impl Server {
         self.state.begin_shutdown();
         let grace = Duration::from_millis(self.state.config.shutdown_grace_ms as u64);
         let deadline = tokio::time::Instant::now() + grace;
-        while self.state.open_connections() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let left = self.state.open_connections();
+        let left = self.state.connections_closed(deadline).await;
         if left > 0 {
             warn!(
                 left,

@@ -25,7 +25,7 @@ pub struct AppState {
     /// Flips to true when shutdown begins.
     shutdown: watch::Sender<bool>,
     /// Open connections with a session object (before or after Hello).
-    connections: AtomicUsize,
+    connections: Arc<OpenConnections>,
     /// Handshaking and session slots: who may hold a connection open.
     pub slots: Arc<Slots>,
     /// SHA-256 of the TLS certificate, hex, when TLS is on.
@@ -89,7 +89,7 @@ impl AppState {
             metrics: Metrics::new(),
             start: tokio::time::Instant::now(),
             shutdown: watch::channel(false).0,
-            connections: AtomicUsize::new(0),
+            connections: Arc::new(OpenConnections::default()),
             slots,
             cert_sha256,
             verifier,
@@ -166,16 +166,51 @@ impl AppState {
 
     /// Open connections with a session object, before or after Hello.
     pub fn open_connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
+        self.connections.count.load(Ordering::Acquire)
     }
 
-    /// Counts a connection object into [`AppState::open_connections`].
-    pub(crate) fn connection_opened(&self) {
-        self.connections.fetch_add(1, Ordering::Relaxed);
+    /// Counts a connection object into [`AppState::open_connections`] for
+    /// as long as the returned guard lives.
+    pub(crate) fn count_connection(&self) -> ConnectionGuard {
+        self.connections.count.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.connections.clone())
     }
 
-    /// Counts a connection object out of [`AppState::open_connections`].
-    pub(crate) fn connection_closed(&self) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
+    /// Waits until no connection is open, or `deadline`; returns how many
+    /// are still open. Woken by the last guard's drop, not by polling.
+    pub async fn connections_closed(&self, deadline: tokio::time::Instant) -> usize {
+        loop {
+            let closed = self.connections.closed.notified();
+            tokio::pin!(closed);
+            // Registered before the count is read, so a drop in between still wakes it.
+            closed.as_mut().enable();
+            let open = self.open_connections();
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return self.open_connections();
+            }
+        }
+    }
+}
+
+/// The count of open connections, and a signal when it reaches zero.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    count: AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+/// One open connection, counted while this lives (a drop guard, so that no
+/// path out of a connection can forget to count it out).
+#[derive(Debug)]
+pub(crate) struct ConnectionGuard(Arc<OpenConnections>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
     }
 }

@@ -320,3 +320,23 @@ async fn websocket_pings_do_not_keep_a_session_alive() {
     );
     server.shutdown().await;
 }
+
+/// Shutdown ends as soon as the last connection has gone (its drop guard
+/// wakes it), not when the grace period runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_when_the_last_connection_closes_not_at_the_grace_deadline() {
+    let server = server(|c| c.shutdown_grace_ms = 120_000).await;
+    let mut c = Client::joined(&server, "bye", false).await;
+    let state = server.state.clone();
+    let started = tokio::time::Instant::now();
+    let shutting = tokio::spawn(server.shutdown());
+    // The client reads its Goodbye and the close, and goes.
+    assert_eq!(c.expect_close().await, Some(1000));
+    drop(c);
+    tokio::time::timeout(std::time::Duration::from_secs(60), shutting)
+        .await
+        .expect("shutdown waited for the grace period although every connection had closed")
+        .unwrap();
+    assert_eq!(state.open_connections(), 0);
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
