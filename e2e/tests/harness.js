@@ -19,7 +19,7 @@ const DEADLINE_MS = 30_000;
 function bin(name) {
   const p = path.join(BIN_DIR, name);
   if (!fs.existsSync(p)) {
-    throw new Error(`${p} is missing: build it with 'cargo build -p convene-server -p convene-cli -p convene-testkit' (or run 'cargo xtask test')`);
+    throw new Error(`${p} is missing: build it with 'cargo build -p convene-server -p convene-cli -p convene-testkit --features convene-server/test-hooks' (or run 'cargo xtask test')`);
   }
   return p;
 }

@@ -491,6 +491,13 @@ impl Config {
 
     /// Checks values against the protocol's maximums and each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.test_fault.is_some() && !cfg!(feature = "test-hooks") {
+            return Err(ConfigError::Invalid(
+                "test_fault works only in a server built with the test-hooks feature (tests build it so); \
+                 this build has no test hooks"
+                    .into(),
+            ));
+        }
         let over = |name: &str, v: u32, m: u32| {
             if v > m || v == 0 {
                 Err(ConfigError::Invalid(format!(
@@ -835,6 +842,22 @@ mod tests {
 
     fn cli(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("convene-server").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn test_faults_exist_only_in_builds_with_test_hooks() {
+        let faulty = Config {
+            test_fault: Some(Fault::TamperMedia),
+            ..Config::default()
+        };
+        let checked = faulty.validate();
+        if cfg!(feature = "test-hooks") {
+            assert!(checked.is_ok(), "{checked:?}");
+        } else {
+            let e = checked.expect_err("a release build must refuse --test-fault");
+            assert!(e.to_string().contains("test-hooks"), "{e}");
+        }
+        assert!(Config::default().validate().is_ok());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use convene_protocol::auth::{Claims, Grant};
 use convene_protocol::v1::{GoodbyeReason, Participant, Role, TrackKind};
 use convene_protocol::{
-    CloseReason, ErrorCode, MediaFrame, ProtocolError, RoomRequest, ServerEvent, ServerSession,
+    CloseReason, ErrorCode, ProtocolError, RoomRequest, ServerEvent, ServerSession,
     ServerSessionConfig, Timestamp,
 };
 use tokio::sync::Notify;
@@ -25,7 +25,9 @@ use crate::outbox::Admission;
 use crate::outbox::{Drained, Kick, Outbox, OutboxLimits, Wake};
 use crate::room::{JoinOutcome, Room, lock};
 use crate::slots::{Handshake, SessionSlot};
-use crate::state::{AppState, ConnectionGuard, Tapped};
+#[cfg(feature = "test-hooks")]
+use crate::state::Tapped;
+use crate::state::{AppState, ConnectionGuard};
 
 /// Wakes a connection's writer when frames are queued, and its reader when
 /// the outbox is closed from outside.
@@ -382,6 +384,7 @@ impl Connection {
                     if let Err(e) = self.permitted(&msg) {
                         self.session.refuse(request_id, e);
                     } else if let Some(room) = &self.room {
+                        #[cfg(feature = "test-hooks")]
                         if let RoomRequest::E2ee(e) = &msg {
                             let from = self.session.participant_id();
                             self.state.tapped(|| Tapped::E2ee {
@@ -401,18 +404,8 @@ impl Connection {
                     }
                 }
                 ServerEvent::Media(frame) => {
-                    let frame = match self.state.config.test_fault {
-                        Some(crate::config::Fault::ForgetSenderStamp) => frame.stamp_sender(0),
-                        Some(crate::config::Fault::TamperMedia)
-                            if frame.header().sequence % 10 == 5 && !frame.payload().is_empty() =>
-                        {
-                            let mut bytes = bytes::BytesMut::from(frame.into_bytes());
-                            let last = bytes.len() - 1;
-                            bytes[last] ^= 0x01;
-                            MediaFrame::parse(bytes.freeze()).expect("only the payload changed")
-                        }
-                        _ => frame,
-                    };
+                    #[cfg(feature = "test-hooks")]
+                    let frame = test_fault(self.state.config.test_fault, frame);
                     if let Some(room) = &self.room {
                         let started = std::time::Instant::now();
                         let result = lock(room).route(now, self.session.participant_id(), &frame);
@@ -422,6 +415,7 @@ impl Connection {
                             .observe(started.elapsed().as_secs_f64());
                         match result {
                             Ok(stats) => {
+                                #[cfg(feature = "test-hooks")]
                                 self.state.tapped(|| {
                                     Tapped::Media(
                                         frame
@@ -703,6 +697,29 @@ fn flush_session(session: &mut ServerSession, outbox: &Outbox) {
         if !outbox.push_control(f.clone()) && session.is_closed() {
             outbox.push_last(f);
         }
+    }
+}
+
+/// Applies a deliberate defect to a media frame (test builds only), so that
+/// tests can show the conformance suite and the clients notice it.
+#[cfg(feature = "test-hooks")]
+fn test_fault(
+    fault: Option<crate::config::Fault>,
+    frame: convene_protocol::MediaFrame,
+) -> convene_protocol::MediaFrame {
+    use crate::config::Fault;
+    use convene_protocol::MediaFrame;
+    match fault {
+        Some(Fault::ForgetSenderStamp) => frame.stamp_sender(0),
+        Some(Fault::TamperMedia)
+            if frame.header().sequence % 10 == 5 && !frame.payload().is_empty() =>
+        {
+            let mut bytes = bytes::BytesMut::from(frame.into_bytes());
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x01;
+            MediaFrame::parse(bytes.freeze()).expect("only the payload changed")
+        }
+        _ => frame,
     }
 }
 

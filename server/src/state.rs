@@ -37,10 +37,12 @@ pub struct AppState {
     /// This node's load, and whether it takes new joins.
     pub load: crate::load::Load,
     /// Where routed payloads are copied once a test asks (see [`AppState::tap`]).
+    #[cfg(feature = "test-hooks")]
     tap: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Tapped>>,
 }
 
 /// A payload the server routed, as a test's tap records it.
+#[cfg(feature = "test-hooks")]
 #[derive(Debug, Clone)]
 pub enum Tapped {
     /// A media frame as forwarded (header stamped, payload untouched).
@@ -95,20 +97,23 @@ impl AppState {
             verifier,
             wt_addr: Mutex::new(None),
             load: crate::load::Load::new(thresholds),
+            #[cfg(feature = "test-hooks")]
             tap: std::sync::OnceLock::new(),
         }
     }
 
     /// A test hook: from now on every media frame and E2EE payload this node
     /// routes is also copied here, to check what a server could see. Only
-    /// the first call gets a receiver. Off by default; when off it costs one
-    /// atomic load per frame.
+    /// the first call gets a receiver. Only in builds with the `test-hooks`
+    /// feature; even there, off until asked for (one atomic load per frame).
+    #[cfg(feature = "test-hooks")]
     pub fn tap(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Tapped>> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.tap.set(tx).ok().map(|()| rx)
     }
 
     /// Copies a routed payload to the tap, if a test installed one.
+    #[cfg(feature = "test-hooks")]
     pub fn tapped(&self, what: impl FnOnce() -> Tapped) {
         if let Some(tap) = self.tap.get() {
             let _ = tap.send(what());

@@ -138,6 +138,9 @@ fn browser_tests() -> Result<(), String> {
             // convene-relay, which impairs a browser's path in the path tests.
             "-p",
             "convene-testkit",
+            // The E2EE spec starts a server with --test-fault.
+            "--features",
+            "convene-server/test-hooks",
         ],
     )?;
     // The browser client is a client too: the same client cases, in Chromium.
