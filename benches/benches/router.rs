@@ -10,8 +10,9 @@ use bytes::Bytes;
 use convene_benches::{CountingAlloc, allocations};
 use convene_protocol::v1::{Participant, TrackInfo, TrackKind};
 use convene_protocol::{MediaFrame, MediaHeader, RoomRequest, Timestamp};
+use convene_server::mailbox::Mailbox;
 use convene_server::outbox::{Outbox, OutboxLimits, Wake};
-use convene_server::room::{Room, RoomLimits};
+use convene_server::room::{Local, Room, RoomLimits};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 #[global_allocator]
@@ -20,6 +21,14 @@ static ALLOC: CountingAlloc = CountingAlloc;
 struct NoWake;
 impl Wake for NoWake {
     fn wake(&self) {}
+}
+
+/// A member of this node reached through `outbox`; nothing here reads its mailbox.
+fn local(outbox: Arc<Outbox>) -> Local {
+    Local {
+        outbox,
+        mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
+    }
 }
 
 fn room(subscribers: u32, kind: TrackKind) -> (Room, Vec<Arc<Outbox>>) {
@@ -49,7 +58,7 @@ fn room(subscribers: u32, kind: TrackKind) -> (Room, Vec<Arc<Outbox>>) {
             ..Default::default()
         },
         false,
-        new_outbox(),
+        local(new_outbox()),
     )
     .unwrap();
     let mut outs = Vec::new();
@@ -63,7 +72,7 @@ fn room(subscribers: u32, kind: TrackKind) -> (Room, Vec<Arc<Outbox>>) {
                 ..Default::default()
             },
             true,
-            o.clone(),
+            local(o.clone()),
         )
         .unwrap();
         outs.push(o);

@@ -21,21 +21,21 @@ use tracing::{debug, info};
 
 use crate::accept::EvictSignal;
 use crate::auth::VerifyError;
-use crate::outbox::Admission;
-use crate::outbox::{Drained, Kick, Outbox, OutboxLimits, Wake};
-use crate::room::{JoinOutcome, Room, lock};
+use crate::mailbox::{Admission, Kick, Mailbox};
+use crate::outbox::{Drained, Outbox, OutboxLimits, Wake};
+use crate::room::{JoinOutcome, Local, Room, lock};
 use crate::slots::{Handshake, SessionSlot};
 #[cfg(feature = "test-hooks")]
 use crate::state::Tapped;
 use crate::state::{AppState, ConnectionGuard};
 
 /// Wakes a connection's writer when frames are queued, and its reader when
-/// the outbox is closed from outside.
+/// the outbox is closed from outside or the room decides on its session.
 #[derive(Debug, Default)]
 pub struct Wakers {
     /// The writer waits on this.
     pub writer: Notify,
-    /// The reader waits on this for kicks and slowness.
+    /// The reader waits on this for the room's decisions and slowness.
     pub reader: Notify,
 }
 
@@ -59,6 +59,15 @@ impl Wake for ArcWake {
     }
 }
 
+/// The mailbox's waker: the room's decisions are the reader's to act on.
+struct ReaderWake(Arc<Wakers>);
+
+impl Wake for ReaderWake {
+    fn wake(&self) {
+        self.0.reader.notify_one();
+    }
+}
+
 /// What the reader gets from the transport.
 #[derive(Debug)]
 pub enum Incoming {
@@ -75,6 +84,8 @@ pub struct Connection {
     state: Arc<AppState>,
     session: ServerSession,
     outbox: Arc<Outbox>,
+    /// The room's decisions on this session (removal, a held Join's answer).
+    mailbox: Arc<Mailbox>,
     wakers: Arc<Wakers>,
     room: Option<Arc<Mutex<Room>>>,
     /// The request id of the last Join, for answering it later.
@@ -157,6 +168,7 @@ impl Connection {
                 external,
             }),
         ));
+        let mailbox = Arc::new(Mailbox::new(Box::new(ReaderWake(wakers.clone()))));
         let session = ServerSession::new(state.now(), config);
         let keys = state
             .verifier
@@ -178,6 +190,7 @@ impl Connection {
             state,
             session,
             outbox,
+            mailbox,
             wakers,
             room: None,
             join_request_id: 0,
@@ -284,11 +297,13 @@ impl Connection {
         self.process(now);
     }
 
-    /// Reacts to the outbox being closed from outside (slowness, removal).
-    pub fn handle_outbox_closed(&mut self) {
+    /// Reacts to what happened outside the connection's tasks: the room's
+    /// decisions in the mailbox (removal, a held Join's answer), or the
+    /// outbox closed for slowness.
+    pub fn handle_outside(&mut self) {
         let now = self.state.now();
         self.settle_admission();
-        if let Some(kick) = self.outbox.kicked() {
+        if let Some(kick) = self.mailbox.kicked() {
             let (reason, text) = match kick {
                 Kick::Removed => (GoodbyeReason::Removed, "a moderator removed you"),
                 Kick::MeetingEnded => {
@@ -309,7 +324,7 @@ impl Connection {
     /// Applies a decision the room made on a held Join (sync over, admitted,
     /// denied, refused), once.
     fn settle_admission(&mut self) {
-        match self.outbox.take_admission() {
+        match self.mailbox.take_admission() {
             // The room queued Joined already, first in line.
             Some(Admission::Admitted) => {
                 let answered = self.session.admitted_by_room();
@@ -629,18 +644,22 @@ impl Connection {
         };
         let session = &mut self.session;
         let outbox = &self.outbox;
+        let local = Local {
+            outbox: outbox.clone(),
+            mailbox: self.mailbox.clone(),
+        };
         let mut answered = Ok(());
         let result = self.state.router.join(
             now,
             &join.meeting_id,
             info,
             join.subscribe_all,
-            outbox.clone(),
+            local,
             |outcome| {
                 answered = match outcome {
                     JoinOutcome::Joined(joined) => session.joined(joined),
                     JoinOutcome::Held => session.held(),
-                    // Answered later, through the outbox.
+                    // Answered later, through the mailbox.
                     JoinOutcome::Syncing => Ok(()),
                 };
                 // Queue Joined before releasing the room, so nothing else reaches the newcomer first.
@@ -935,7 +954,7 @@ async fn read_until_closed<I>(
                 conn.handle(next.unwrap_or(Incoming::Closed))
             }
             _ = sleep_until(deadline) => conn.handle_timeout(),
-            _ = wakers.reader.notified() => conn.handle_outbox_closed(),
+            _ = wakers.reader.notified() => conn.handle_outside(),
             _ = shutdown.changed() => conn.shutdown(),
             _ = conn.keys_fetched() => conn.retry_hello(),
             _ = evicted(eviction) => conn.evict(),

@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod http;
 pub mod ids;
 pub mod load;
+pub mod mailbox;
 pub mod metrics;
 pub mod nats;
 pub mod outbox;

@@ -26,7 +26,8 @@ use convene_protocol::Timestamp;
 pub trait Wake: Send + Sync {
     /// Frames were queued.
     fn wake(&self);
-    /// The outbox was closed or kicked from outside its connection.
+    /// The outbox was closed from outside its connection (slowness,
+    /// shutdown): its drainer must also stop, and its session learn why.
     fn wake_closed(&self) {
         self.wake();
     }
@@ -135,35 +136,6 @@ struct Inner {
     closed: bool,
     /// Set when the closure is for slowness.
     slow: bool,
-    /// Set when the room ended the session (removal, end of meeting).
-    kicked: Option<Kick>,
-    /// Set when a moderator decided on a participant in the waiting room.
-    admission: Option<Admission>,
-}
-
-/// How the room answered a Join it could not answer at once: a moderator's
-/// decision on a participant in the waiting room, or the outcome of a Join
-/// held while a room opened on one node of a cluster learned who is in the
-/// meeting.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Admission {
-    /// Admitted: `Joined` is already queued.
-    Admitted,
-    /// Denied: the session answers ADMISSION_DENIED.
-    Denied,
-    /// The held Join goes to the waiting room: the session sends `Waiting`.
-    Held,
-    /// The held Join is refused (locked, full): the session answers this.
-    Refused(convene_protocol::ProtocolError),
-}
-
-/// Why the room ended a subscriber's session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kick {
-    /// A moderator removed the participant.
-    Removed,
-    /// A moderator ended the meeting.
-    MeetingEnded,
 }
 
 /// What one [`Outbox::drain_timed`] took.
@@ -419,46 +391,6 @@ impl Outbox {
     pub fn close(&self) {
         self.lock().closed = true;
         self.waker.wake_closed();
-    }
-
-    /// Ends the subscriber's session on the room's behalf; its connection says Goodbye.
-    pub fn kick(&self, why: Kick) {
-        {
-            let mut q = self.lock();
-            q.kicked = Some(why);
-        }
-        self.waker.wake_closed();
-    }
-
-    /// Admits the waiting participant: queues its `Joined` (first, before
-    /// anything the room sends it next) and tells its connection.
-    pub fn admit(&self, joined: Bytes) {
-        // The decision is recorded before Joined can be written: whatever
-        // the client sends after reading it finds the decision there.
-        self.lock().admission = Some(Admission::Admitted);
-        self.push_control(joined);
-        self.waker.wake_closed();
-    }
-
-    /// Denies the waiting participant; its connection answers ADMISSION_DENIED.
-    pub fn deny(&self) {
-        self.settle(Admission::Denied);
-    }
-
-    /// Answers a held Join otherwise (waiting room, refusal).
-    pub fn settle(&self, how: Admission) {
-        self.lock().admission = Some(how);
-        self.waker.wake_closed();
-    }
-
-    /// A moderator's decision, once (taken by the connection).
-    pub fn take_admission(&self) -> Option<Admission> {
-        self.lock().admission.take()
-    }
-
-    /// Why the room ended the session, if it did.
-    pub fn kicked(&self) -> Option<Kick> {
-        self.lock().kicked
     }
 
     /// True once closed.

@@ -10,8 +10,9 @@ use convene_protocol::v1::{
 use convene_protocol::{
     ErrorCode, Frame, MediaFrame, MediaHeader, RoomRequest, Timestamp, decode_frame,
 };
+use convene_server::mailbox::Mailbox;
 use convene_server::outbox::{Outbox, OutboxLimits, Wake};
-use convene_server::room::{Room, RoomLimits, Router, lock};
+use convene_server::room::{Local, Room, RoomLimits, Router, lock};
 
 struct NoWake;
 impl Wake for NoWake {
@@ -27,6 +28,14 @@ const LIMITS: RoomLimits = RoomLimits {
 
 fn outbox() -> Arc<Outbox> {
     Arc::new(Outbox::new(OutboxLimits::default(), Box::new(NoWake)))
+}
+
+/// A member of this node reached through `o`; nothing here reads its mailbox.
+fn local(o: &Arc<Outbox>) -> Local {
+    Local {
+        outbox: o.clone(),
+        mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
+    }
 }
 
 fn small_outbox(frames: usize) -> Arc<Outbox> {
@@ -116,11 +125,11 @@ fn req(room: &mut Room, pid: u32, r: RoomRequest) -> Result<(), convene_protocol
 #[test]
 fn one_publisher_many_subscribers_share_one_buffer() {
     let mut room = Room::new("r", LIMITS);
-    room.join(t(0), person(1), false, outbox()).unwrap();
+    room.join(t(0), person(1), false, local(&outbox())).unwrap();
     let subs: Vec<_> = (2..12)
         .map(|pid| {
             let o = outbox();
-            room.join(t(0), person(pid), true, o.clone()).unwrap();
+            room.join(t(0), person(pid), true, local(&o)).unwrap();
             o
         })
         .collect();
@@ -150,16 +159,16 @@ fn only_subscribers_receive_and_never_the_publisher_or_another_room() {
     let router = Router::new(LIMITS);
     let (a, b, c, x) = (outbox(), outbox(), outbox(), outbox());
     let room = router
-        .join(t(0), "one", person(1), true, a.clone(), |_| {})
+        .join(t(0), "one", person(1), true, local(&a), |_| {})
         .unwrap();
     router
-        .join(t(0), "one", person(2), true, b.clone(), |_| {})
+        .join(t(0), "one", person(2), true, local(&b), |_| {})
         .unwrap();
     router
-        .join(t(0), "one", person(3), false, c.clone(), |_| {})
+        .join(t(0), "one", person(3), false, local(&c), |_| {})
         .unwrap();
     router
-        .join(t(0), "two", person(4), true, x.clone(), |_| {})
+        .join(t(0), "two", person(4), true, local(&x), |_| {})
         .unwrap();
     let mut r = lock(&room);
     req(&mut r, 1, RoomRequest::Publish(track(1, TrackKind::Audio))).unwrap();
@@ -189,13 +198,13 @@ fn subscribe_checks_the_room_and_asks_for_a_key_frame() {
     let router = Router::new(LIMITS);
     let (a, b, c) = (outbox(), outbox(), outbox());
     let one = router
-        .join(t(0), "one", person(1), false, a.clone(), |_| {})
+        .join(t(0), "one", person(1), false, local(&a), |_| {})
         .unwrap();
     router
-        .join(t(0), "one", person(2), false, b.clone(), |_| {})
+        .join(t(0), "one", person(2), false, local(&b), |_| {})
         .unwrap();
     let two = router
-        .join(t(0), "two", person(3), false, c.clone(), |_| {})
+        .join(t(0), "two", person(3), false, local(&c), |_| {})
         .unwrap();
     req(
         &mut lock(&one),
@@ -246,12 +255,12 @@ fn subscribe_checks_the_room_and_asks_for_a_key_frame() {
 fn a_slow_subscriber_loses_its_own_video_and_nobody_elses_audio() {
     let mut room = Room::new("r", LIMITS);
     let publisher = outbox();
-    room.join(t(0), person(1), false, publisher.clone())
+    room.join(t(0), person(1), false, local(&publisher))
         .unwrap();
     let fast = outbox();
     let slow = small_outbox(8);
-    room.join(t(0), person(2), true, fast.clone()).unwrap();
-    room.join(t(0), person(3), true, slow.clone()).unwrap();
+    room.join(t(0), person(2), true, local(&fast)).unwrap();
+    room.join(t(0), person(3), true, local(&slow)).unwrap();
     req(
         &mut room,
         1,
@@ -305,9 +314,9 @@ fn a_slow_subscriber_loses_its_own_video_and_nobody_elses_audio() {
 #[test]
 fn a_subscriber_that_never_drains_is_eventually_declared_slow() {
     let mut room = Room::new("r", LIMITS);
-    room.join(t(0), person(1), false, outbox()).unwrap();
+    room.join(t(0), person(1), false, local(&outbox())).unwrap();
     let slow = small_outbox(4);
-    room.join(t(0), person(2), true, slow.clone()).unwrap();
+    room.join(t(0), person(2), true, local(&slow)).unwrap();
     req(
         &mut room,
         1,
@@ -334,8 +343,8 @@ fn a_subscriber_that_never_drains_is_eventually_declared_slow() {
 fn leaving_unpublishes_before_announcing_the_departure() {
     let mut room = Room::new("r", LIMITS);
     let watcher = outbox();
-    room.join(t(0), person(1), false, outbox()).unwrap();
-    room.join(t(0), person(2), false, watcher.clone()).unwrap();
+    room.join(t(0), person(1), false, local(&outbox())).unwrap();
+    room.join(t(0), person(2), false, local(&watcher)).unwrap();
     req(
         &mut room,
         1,
@@ -359,9 +368,9 @@ fn leaving_unpublishes_before_announcing_the_departure() {
 #[test]
 fn muted_tracks_are_not_routed() {
     let mut room = Room::new("r", LIMITS);
-    room.join(t(0), person(1), false, outbox()).unwrap();
+    room.join(t(0), person(1), false, local(&outbox())).unwrap();
     let sub = outbox();
-    room.join(t(0), person(2), true, sub.clone()).unwrap();
+    room.join(t(0), person(2), true, local(&sub)).unwrap();
     req(
         &mut room,
         1,
@@ -395,7 +404,7 @@ fn chat_and_e2ee_reach_exactly_their_recipients() {
     let o: Vec<_> = (1..=3)
         .map(|pid| {
             let o = outbox();
-            room.join(t(0), person(pid), false, o.clone()).unwrap();
+            room.join(t(0), person(pid), false, local(&o)).unwrap();
             o
         })
         .collect();
@@ -449,17 +458,17 @@ fn capacity_limits_give_their_errors() {
         ..RoomLimits::default()
     });
     let room = router
-        .join(t(0), "a", person(1), false, outbox(), |_| {})
+        .join(t(0), "a", person(1), false, local(&outbox()), |_| {})
         .unwrap();
     router
-        .join(t(0), "a", person(2), false, outbox(), |_| {})
+        .join(t(0), "a", person(2), false, local(&outbox()), |_| {})
         .unwrap();
     let full = router
-        .join(t(0), "a", person(3), false, outbox(), |_| {})
+        .join(t(0), "a", person(3), false, local(&outbox()), |_| {})
         .unwrap_err();
     assert_eq!(full.code, ErrorCode::RoomFull);
     let rooms = router
-        .join(t(0), "b", person(4), false, outbox(), |_| {})
+        .join(t(0), "b", person(4), false, local(&outbox()), |_| {})
         .unwrap_err();
     assert_eq!(rooms.code, ErrorCode::TooManyRooms);
     let mut r = lock(&room);
@@ -481,14 +490,14 @@ fn capacity_limits_give_their_errors() {
     router.leave(&room, 2);
     assert_eq!(router.counts(), (0, 0));
     router
-        .join(t(0), "b", person(5), false, outbox(), |_| {})
+        .join(t(0), "b", person(5), false, local(&outbox()), |_| {})
         .unwrap();
 }
 
 #[test]
 fn moderation_needs_the_role() {
     let mut room = Room::new("r", LIMITS);
-    room.join(t(0), person(1), false, outbox()).unwrap();
+    room.join(t(0), person(1), false, local(&outbox())).unwrap();
     let e = req(
         &mut room,
         1,
@@ -503,10 +512,10 @@ fn moderation_needs_the_role() {
 fn a_publisher_is_hinted_down_while_subscribers_drop_its_video_and_back_up_after() {
     let mut room = Room::new("r", LIMITS);
     let publisher = outbox();
-    room.join(t(0), person(1), false, publisher.clone())
+    room.join(t(0), person(1), false, local(&publisher))
         .unwrap();
     let slow = small_outbox(4);
-    room.join(t(0), person(2), true, slow.clone()).unwrap();
+    room.join(t(0), person(2), true, local(&slow)).unwrap();
     let mut announced = track(1, TrackKind::Video);
     announced.target_bitrate_kbps = 800;
     req(&mut room, 1, RoomRequest::Publish(announced)).unwrap();

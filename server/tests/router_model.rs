@@ -9,8 +9,9 @@ use bytes::Bytes;
 use convene_protocol::states::{publication, subscription};
 use convene_protocol::v1::{self, Participant, TrackInfo, TrackKind};
 use convene_protocol::{MediaFrame, MediaHeader, RoomRequest, Timestamp};
+use convene_server::mailbox::Mailbox;
 use convene_server::outbox::{Outbox, OutboxLimits, Wake};
-use convene_server::room::{Room, RoomLimits};
+use convene_server::room::{Local, Room, RoomLimits};
 use proptest::prelude::*;
 
 struct NoWake;
@@ -43,6 +44,14 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A member of this node reached through `o`; nothing here reads its mailbox.
+fn local(o: &Arc<Outbox>) -> Local {
+    Local {
+        outbox: o.clone(),
+        mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
+    }
+}
+
 fn media_count(o: &Outbox) -> usize {
     let mut v: Vec<Bytes> = Vec::new();
     o.drain(&mut v, usize::MAX);
@@ -58,8 +67,8 @@ proptest! {
         let mut room = Room::new("model", RoomLimits { max_participants: 10, max_tracks: 8, max_rooms: 1, ..RoomLimits::default() });
         let new = || Arc::new(Outbox::new(OutboxLimits::default(), Box::new(NoWake)));
         let (p_out, s_out) = (new(), new());
-        room.join(t, Participant { participant_id: 1, display_name: "p".into(), ..Default::default() }, false, p_out).unwrap();
-        room.join(t, Participant { participant_id: 2, display_name: "s".into(), ..Default::default() }, false, s_out.clone()).unwrap();
+        room.join(t, Participant { participant_id: 1, display_name: "p".into(), ..Default::default() }, false, local(&p_out)).unwrap();
+        room.join(t, Participant { participant_id: 2, display_name: "s".into(), ..Default::default() }, false, local(&s_out)).unwrap();
         let mut pubs = publication::INITIAL;
         let mut subs = subscription::INITIAL;
         let track = TrackInfo { track_id: 7, kind: TrackKind::Audio as i32, codec: "opus".into(), ..Default::default() };

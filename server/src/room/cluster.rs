@@ -9,7 +9,7 @@ use convene_protocol::v1::{self, Participant, TrackInfo, TrackKind, server_messa
 use convene_protocol::{MediaFrame, RoomRequest, Timestamp};
 
 use crate::bus::{BusMessage, NodeId, PARTICIPANT_BITS, RosterEntry};
-use crate::outbox::Admission;
+use crate::mailbox::Admission;
 
 use super::{JoinOutcome, Member, OPERATOR, Room, Waiter, frame};
 
@@ -75,16 +75,16 @@ impl Room {
         };
         for w in s.held {
             let pid = w.info.participant_id;
-            let outbox = w.outbox.clone();
-            match self.enter(now, w.info, w.subscribe_all, w.outbox) {
+            let local = w.local.clone();
+            match self.enter(now, w.info, w.subscribe_all, w.local) {
                 Ok(JoinOutcome::Joined(joined)) => {
                     // Joined goes first into the newcomer's queue.
-                    outbox.admit(frame(Msg::Joined(joined)));
+                    local.admit(frame(Msg::Joined(joined)));
                     self.tell_waiters_to(pid);
                 }
-                Ok(JoinOutcome::Held) => outbox.settle(Admission::Held),
+                Ok(JoinOutcome::Held) => local.mailbox.settle(Admission::Held),
                 Ok(JoinOutcome::Syncing) => {}
-                Err(e) => outbox.settle(Admission::Refused(e)),
+                Err(e) => local.mailbox.settle(Admission::Refused(e)),
             }
         }
     }
@@ -113,7 +113,7 @@ impl Room {
             pid,
             Member {
                 info,
-                outbox: None,
+                local: None,
                 node,
                 subscribe_all,
                 tracks: BTreeMap::new(),
@@ -132,7 +132,7 @@ impl Room {
     pub(super) fn someone_watches_everything(&self) -> bool {
         self.members
             .values()
-            .any(|m| m.outbox.is_some() && m.subscribe_all)
+            .any(|m| m.is_local() && m.subscribe_all)
     }
 
     /// Adds a track a remote participant already publishes (from a snapshot
@@ -161,7 +161,7 @@ impl Room {
         let gone: Vec<u32> = self
             .members
             .iter()
-            .filter(|(pid, m)| m.outbox.is_none() && m.node == node && !keep(**pid))
+            .filter(|(pid, m)| !m.is_local() && m.node == node && !keep(**pid))
             .map(|(pid, _)| *pid)
             .collect();
         for pid in gone {
@@ -179,7 +179,7 @@ impl Room {
             members: self
                 .members
                 .values()
-                .filter(|m| m.outbox.is_some())
+                .filter(|m| m.is_local())
                 .map(|m| RosterEntry {
                     participant: m.participant(),
                     subscribe_all: m.subscribe_all,
@@ -220,7 +220,7 @@ impl Room {
             }
             match self.members.get(&pid) {
                 None => self.join_remote(now, node, e.participant, e.subscribe_all),
-                Some(m) if m.outbox.is_none() => self.sync_tracks(now, pid, e.participant.tracks),
+                Some(m) if !m.is_local() => self.sync_tracks(now, pid, e.participant.tracks),
                 Some(_) => {}
             }
         }
@@ -265,11 +265,7 @@ impl Room {
     /// Delivers a media frame another node received from its publisher.
     pub(super) fn route_remote(&mut self, now: Timestamp, frame: &MediaFrame) {
         let h = *frame.header();
-        if self
-            .members
-            .get(&h.sender)
-            .is_none_or(|m| m.outbox.is_some())
-        {
+        if self.members.get(&h.sender).is_none_or(|m| m.is_local()) {
             return; // unknown, or one of ours echoed back
         }
         if let Ok(stats) = self.route(now, h.sender, frame) {
@@ -290,7 +286,7 @@ impl Room {
                 if self
                     .members
                     .get(&participant_id)
-                    .is_some_and(|m| m.outbox.is_none())
+                    .is_some_and(|m| !m.is_local())
                 {
                     self.remove_member(participant_id);
                 }
@@ -305,7 +301,7 @@ impl Room {
                     || self
                         .members
                         .get(&participant_id)
-                        .is_some_and(|m| m.outbox.is_none())
+                        .is_some_and(|m| !m.is_local())
                 {
                     // Accepted on its own node already; here it only updates our copy.
                     let _ = self.apply_request(now, participant_id, request, server_time_us);
@@ -323,11 +319,7 @@ impl Room {
                 force,
                 ..
             } => {
-                if self
-                    .members
-                    .get(&publisher)
-                    .is_some_and(|m| m.outbox.is_some())
-                {
+                if self.members.get(&publisher).is_some_and(|m| m.is_local()) {
                     self.request_key_frame(now, publisher, track, requester, force);
                 }
             }

@@ -215,10 +215,7 @@ impl Room {
         self.congestion(now, h.sender, h.track_id, dropped, frame.as_bytes().len());
         // One copy per frame for the other nodes, only while someone is there.
         if self.members.len() > self.local
-            && self
-                .members
-                .get(&h.sender)
-                .is_some_and(|m| m.outbox.is_some())
+            && self.members.get(&h.sender).is_some_and(|m| m.is_local())
         {
             self.bus.publish(BusMessage::Media {
                 meeting: self.id.clone(),
@@ -241,7 +238,7 @@ impl Room {
         let Some(m) = self.members.get_mut(&publisher) else {
             return;
         };
-        let Some(outbox) = m.outbox.clone() else {
+        let Some(outbox) = m.outbox().cloned() else {
             return;
         };
         // Audio is small and already first in every queue: lowering it helps
@@ -292,7 +289,7 @@ impl Room {
         }
         p.last_key_request = Some(now);
         p.key_wanted = false;
-        match &m.outbox {
+        match m.outbox() {
             Some(o) => {
                 o.push_control(frame(Msg::KeyFrameRequest(v1::KeyFrameRequest {
                     participant_id: requester,

@@ -7,9 +7,8 @@ use convene_protocol::v1::{self, Participant, Role, server_message::Msg};
 use convene_protocol::{ErrorCode, ProtocolError, Timestamp};
 
 use crate::bus::BusMessage;
-use crate::outbox::Outbox;
 
-use super::{JoinOutcome, Member, Room, Waiter, frame};
+use super::{JoinOutcome, Local, Member, Room, Waiter, frame};
 
 impl Room {
     /// Adds a participant and tells the others. Returns the `Joined` answer,
@@ -19,10 +18,10 @@ impl Room {
         now: Timestamp,
         info: Participant,
         subscribe_all: bool,
-        outbox: Arc<Outbox>,
+        local: Local,
     ) -> Result<v1::Joined, ProtocolError> {
         self.check_entry()?;
-        Ok(self.admit_member(now, info, subscribe_all, outbox))
+        Ok(self.admit_member(now, info, subscribe_all, local))
     }
 
     /// A Join: into the room, or, when the room has a waiting room and the
@@ -33,13 +32,13 @@ impl Room {
         now: Timestamp,
         info: Participant,
         subscribe_all: bool,
-        outbox: Arc<Outbox>,
+        local: Local,
     ) -> Result<JoinOutcome, ProtocolError> {
         if let Some(s) = &mut self.syncing {
             s.held.push(Waiter {
                 info,
                 subscribe_all,
-                outbox,
+                local,
             });
             return Ok(JoinOutcome::Syncing);
         }
@@ -61,7 +60,7 @@ impl Room {
                 Waiter {
                     info,
                     subscribe_all,
-                    outbox,
+                    local,
                 },
             );
             return Ok(JoinOutcome::Held);
@@ -70,7 +69,7 @@ impl Room {
             now,
             info,
             subscribe_all,
-            outbox,
+            local,
         )))
     }
 
@@ -80,7 +79,7 @@ impl Room {
         let Some(m) = self.members.get(&pid) else {
             return;
         };
-        let (Some(o), true) = (&m.outbox, m.info.role == Role::Moderator as i32) else {
+        let (Some(o), true) = (m.outbox(), m.info.role == Role::Moderator as i32) else {
             return;
         };
         let here = self.waiting.values().map(|w| &w.info);
@@ -92,11 +91,11 @@ impl Room {
         }
     }
 
-    pub(super) fn local_moderators(&self) -> Vec<Arc<Outbox>> {
+    pub(super) fn local_moderators(&self) -> Vec<Arc<crate::outbox::Outbox>> {
         self.members
             .values()
             .filter(|m| m.info.role == Role::Moderator as i32)
-            .filter_map(|m| m.outbox.clone())
+            .filter_map(|m| m.outbox().cloned())
             .collect()
     }
 
@@ -125,7 +124,7 @@ impl Room {
         now: Timestamp,
         info: Participant,
         subscribe_all: bool,
-        outbox: Arc<Outbox>,
+        local: Local,
     ) -> v1::Joined {
         let pid = info.participant_id;
         self.broadcast(
@@ -145,7 +144,7 @@ impl Room {
             pid,
             Member {
                 info,
-                outbox: Some(outbox.clone()),
+                local: Some(local.clone()),
                 node: self.bus.node(),
                 subscribe_all,
                 tracks: BTreeMap::new(),
@@ -158,7 +157,7 @@ impl Room {
                     continue;
                 }
                 for (tid, p) in m.tracks.iter_mut() {
-                    p.subscribers.push((pid, outbox.clone()));
+                    p.subscribers.push((pid, local.outbox.clone()));
                     if !p.audio {
                         requests.push((*ppid, *tid));
                     }
@@ -188,7 +187,7 @@ impl Room {
         if let Some(s) = &mut self.syncing {
             s.held.retain(|w| w.info.participant_id != pid);
         }
-        if self.members.get(&pid).is_some_and(|m| m.outbox.is_some()) {
+        if self.members.get(&pid).is_some_and(Member::is_local) {
             self.bus.publish(BusMessage::Leave {
                 meeting: self.id.clone(),
                 participant_id: pid,
@@ -201,7 +200,7 @@ impl Room {
         let Some(member) = self.members.remove(&pid) else {
             return;
         };
-        if member.outbox.is_some() {
+        if member.is_local() {
             self.local -= 1;
         }
         for tid in member.tracks.keys() {

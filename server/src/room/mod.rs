@@ -35,6 +35,7 @@ use convene_protocol::v1::{self, Participant, Role, ServerMessage, server_messag
 use convene_protocol::{ErrorCode, ProtocolError, TokenBucket, encode_control};
 
 use crate::bus::{Bus, NoBus, NodeId};
+use crate::mailbox::{Admission, Mailbox};
 use crate::outbox::Outbox;
 
 use cluster::Syncing;
@@ -75,9 +76,9 @@ impl Default for RoomLimits {
 struct Member {
     /// As others see it (tracks are filled in when sent).
     info: Participant,
-    /// Where frames for this participant go; `None` for a participant
+    /// How the room reaches the participant; `None` for a participant
     /// connected to another node.
-    outbox: Option<Arc<Outbox>>,
+    local: Option<Local>,
     /// The node the participant is connected to.
     node: NodeId,
     /// Subscribed to everything, now and later.
@@ -87,6 +88,16 @@ struct Member {
 }
 
 impl Member {
+    /// Where frames for this participant go, if it is connected to this node.
+    fn outbox(&self) -> Option<&Arc<Outbox>> {
+        self.local.as_ref().map(|l| &l.outbox)
+    }
+
+    /// Whether the participant is connected to this node.
+    fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
     fn participant(&self) -> Participant {
         Participant {
             tracks: self.tracks.values().map(|p| p.info.clone()).collect(),
@@ -142,7 +153,28 @@ pub struct MeetingSummary {
 struct Waiter {
     info: Participant,
     subscribe_all: bool,
-    outbox: Arc<Outbox>,
+    local: Local,
+}
+
+/// How the room reaches a participant connected to this node: the queue its
+/// frames go to, and the mailbox for the room's decisions on its session.
+#[derive(Debug, Clone)]
+pub struct Local {
+    /// Frames for the participant, drained by its connection's writer.
+    pub outbox: Arc<Outbox>,
+    /// Removal, end of meeting and answers to a held Join, read by its connection.
+    pub mailbox: Arc<Mailbox>,
+}
+
+impl Local {
+    /// Admits a participant whose Join was held: `joined` goes first in its
+    /// queue, and the decision is recorded before that frame can be written,
+    /// so whatever the client sends after reading it finds the session admitted.
+    fn admit(&self, joined: Bytes) {
+        self.mailbox.settle_then(Admission::Admitted, || {
+            self.outbox.push_control(joined);
+        });
+    }
 }
 
 /// What a Join led to.
@@ -153,7 +185,7 @@ pub enum JoinOutcome {
     /// In the waiting room until a moderator decides.
     Held,
     /// Held while the room learns who is in the meeting on other nodes;
-    /// answered through the outbox ([`crate::outbox::Admission`]).
+    /// answered through the mailbox ([`Admission`]).
     Syncing,
 }
 
@@ -231,7 +263,7 @@ impl Room {
     pub fn queued_bytes(&self) -> usize {
         self.members
             .values()
-            .filter_map(|m| m.outbox.as_ref())
+            .filter_map(Member::outbox)
             .map(|o| o.bytes())
             .sum()
     }
@@ -244,14 +276,14 @@ impl Room {
     pub(super) fn broadcast(&self, msg: Msg, except: Option<u32>) {
         let f = frame(msg);
         for (pid, m) in &self.members {
-            if let (true, Some(o)) = (Some(*pid) != except, &m.outbox) {
+            if let (true, Some(o)) = (Some(*pid) != except, m.outbox()) {
                 o.push_control(f.clone());
             }
         }
     }
 
     pub(super) fn send_to(&self, pid: u32, msg: Msg) {
-        if let Some(o) = self.members.get(&pid).and_then(|m| m.outbox.as_ref()) {
+        if let Some(o) = self.members.get(&pid).and_then(Member::outbox) {
             o.push_control(frame(msg));
         }
     }
@@ -262,13 +294,13 @@ impl Room {
         let f = frame(msg);
         match to {
             Some(pid) => {
-                if let Some(o) = self.members.get(&pid).and_then(|m| m.outbox.as_ref()) {
+                if let Some(o) = self.members.get(&pid).and_then(Member::outbox) {
                     o.push_relay(f);
                 }
             }
             None => {
                 for (pid, m) in &self.members {
-                    if let (true, Some(o)) = (Some(*pid) != except, &m.outbox) {
+                    if let (true, Some(o)) = (Some(*pid) != except, m.outbox()) {
                         o.push_relay(f.clone());
                     }
                 }

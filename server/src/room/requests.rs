@@ -5,11 +5,11 @@
 use convene_protocol::v1::{self, TrackKind, server_message::Msg};
 use convene_protocol::{ErrorCode, ProtocolError, RoomRequest, Timestamp, TokenBucket};
 
-use crate::bus::BusMessage;
-use crate::outbox::Kick;
+use crate::bus::{BusMessage, NodeId};
+use crate::mailbox::{Admission, Kick};
 
 use super::media::{Congestion, Publication};
-use super::{Room, frame, nobody_waiting, self_gone, unknown_track};
+use super::{Member, Room, frame, nobody_waiting, self_gone, unknown_track};
 
 /// Room requests other nodes must apply too (subscriptions stay local:
 /// every node already receives the meeting's media).
@@ -127,7 +127,7 @@ impl Room {
             .members
             .iter()
             .filter(|(other, m)| **other != pid && m.subscribe_all)
-            .filter_map(|(other, m)| Some((*other, m.outbox.clone()?)))
+            .filter_map(|(other, m)| Some((*other, m.outbox()?.clone())))
             .collect();
         let audio = track.kind == TrackKind::Audio as i32;
         let tid = track.track_id;
@@ -200,7 +200,7 @@ impl Room {
         let outbox = self
             .members
             .get(&pid)
-            .and_then(|m| m.outbox.clone())
+            .and_then(|m| m.outbox().cloned())
             .ok_or_else(|| self_gone(pid))?;
         let p = self
             .members
@@ -281,7 +281,7 @@ impl Room {
             let f = frame(msg);
             let sender_too = (c.to_participant_id != pid).then_some(pid);
             for to in std::iter::once(c.to_participant_id).chain(sender_too) {
-                if let Some(o) = self.members.get(&to).and_then(|m| m.outbox.as_ref()) {
+                if let Some(o) = self.members.get(&to).and_then(Member::outbox) {
                     o.push_relay(f.clone());
                 }
             }
@@ -327,12 +327,12 @@ impl Room {
     ) -> Result<(), ProtocolError> {
         self.require_moderator(pid)?;
         self.require_member(r.participant_id)?;
-        if let Some(o) = self
+        if let Some(l) = self
             .members
             .get(&r.participant_id)
-            .and_then(|m| m.outbox.as_ref())
+            .and_then(|m| m.local.as_ref())
         {
-            o.kick(Kick::Removed);
+            l.mailbox.kick(Kick::Removed);
         }
         Ok(())
     }
@@ -349,16 +349,7 @@ impl Room {
     fn admit(&mut self, now: Timestamp, pid: u32, a: v1::Admit) -> Result<(), ProtocolError> {
         self.require_moderator(pid)?;
         if let Some(node) = self.waits_elsewhere(a.participant_id) {
-            // The newcomer waits on another node: that node lets it in.
-            self.bus.send_to(
-                node,
-                BusMessage::Request {
-                    meeting: self.id.clone(),
-                    participant_id: pid,
-                    request: RoomRequest::Admit(a),
-                    server_time_us: 0,
-                },
-            );
+            self.forward_to(node, pid, RoomRequest::Admit(a));
             return Ok(());
         }
         if !self.waiting.contains_key(&a.participant_id) {
@@ -369,34 +360,40 @@ impl Room {
             .waiting
             .remove(&a.participant_id)
             .ok_or_else(|| nobody_waiting(a.participant_id))?;
-        let outbox = w.outbox.clone();
-        let joined = self.admit_member(now, w.info, w.subscribe_all, w.outbox);
+        let local = w.local.clone();
+        let joined = self.admit_member(now, w.info, w.subscribe_all, w.local);
         // Joined goes first into the newcomer's queue: nothing the
         // room sends it can overtake it.
-        outbox.admit(frame(Msg::Joined(joined)));
+        local.admit(frame(Msg::Joined(joined)));
         Ok(())
+    }
+
+    /// Hands a moderator's decision to the node where the newcomer waits:
+    /// that node lets it in or turns it away.
+    fn forward_to(&self, node: NodeId, moderator: u32, request: RoomRequest) {
+        self.bus.send_to(
+            node,
+            BusMessage::Request {
+                meeting: self.id.clone(),
+                participant_id: moderator,
+                request,
+                server_time_us: 0,
+            },
+        );
     }
 
     /// Deny: a moderator turns someone in the waiting room away (§5.8).
     fn deny(&mut self, pid: u32, d: v1::Deny) -> Result<(), ProtocolError> {
         self.require_moderator(pid)?;
         if let Some(node) = self.waits_elsewhere(d.participant_id) {
-            self.bus.send_to(
-                node,
-                BusMessage::Request {
-                    meeting: self.id.clone(),
-                    participant_id: pid,
-                    request: RoomRequest::Deny(d),
-                    server_time_us: 0,
-                },
-            );
+            self.forward_to(node, pid, RoomRequest::Deny(d));
             return Ok(());
         }
         let w = self
             .waiting
             .remove(&d.participant_id)
             .ok_or_else(|| nobody_waiting(d.participant_id))?;
-        w.outbox.deny();
+        w.local.mailbox.settle(Admission::Denied);
         self.bus.publish(BusMessage::WaitingGone {
             meeting: self.id.clone(),
             participant_id: d.participant_id,
@@ -407,8 +404,8 @@ impl Room {
     /// EndMeeting: every member on this node is told the meeting ended (§5.8).
     fn end_meeting(&mut self, pid: u32) -> Result<(), ProtocolError> {
         self.require_moderator(pid)?;
-        for o in self.members.values().filter_map(|m| m.outbox.as_ref()) {
-            o.kick(Kick::MeetingEnded);
+        for l in self.members.values().filter_map(|m| m.local.as_ref()) {
+            l.mailbox.kick(Kick::MeetingEnded);
         }
         Ok(())
     }

@@ -9,9 +9,8 @@ use convene_protocol::{ErrorCode, ProtocolError, RoomRequest, Timestamp};
 
 use crate::bus::{Bus, BusMessage, NoBus, PARTICIPANT_BITS};
 use crate::ids::IdAllocator;
-use crate::outbox::Outbox;
 
-use super::{JoinOutcome, MeetingSummary, OPERATOR, Room, RoomLimits};
+use super::{JoinOutcome, Local, MeetingSummary, OPERATOR, Room, RoomLimits};
 
 /// All rooms of this server.
 #[derive(Debug)]
@@ -167,7 +166,7 @@ impl Router {
         meeting: &str,
         info: Participant,
         subscribe_all: bool,
-        outbox: Arc<Outbox>,
+        local: Local,
         on_joined: impl FnOnce(JoinOutcome),
     ) -> Result<Arc<Mutex<Room>>, ProtocolError> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
@@ -199,7 +198,7 @@ impl Router {
         };
         let mut guard = lock(&room);
         let pid = info.participant_id;
-        let joined = guard.enter(now, info, subscribe_all, outbox);
+        let joined = guard.enter(now, info, subscribe_all, local);
         match joined {
             Ok(j) => {
                 on_joined(j);
