@@ -4,9 +4,10 @@
 //! control stream (length-prefixed, cut at random points). Media frames too.
 
 use bytes::Bytes;
-use convene_protocol::v1::{ClientMessage, ServerMessage};
+use convene_protocol::v1::{self, ClientMessage, ServerMessage, client_message::Msg};
 use convene_protocol::{
-    DESCRIPTOR_SET, Frame, MediaFrame, MediaHeader, StreamDecoder, decode_frame, encode_control,
+    DESCRIPTOR_SET, Frame, MediaFrame, MediaHeader, RoomRequest, StreamDecoder, decode_frame,
+    encode_control,
 };
 use proptest::prelude::*;
 use prost::Message;
@@ -169,6 +170,28 @@ proptest! {
     fn client_messages_round_trip(variant in 0usize..64, seed in any::<u64>(), cuts in proptest::collection::vec(1usize..40, 0..12)) {
         let pool = pool();
         check::<ClientMessage>(&pool.get_message_by_name("convene.v1.ClientMessage").unwrap(), variant, seed, &cuts);
+    }
+
+    /// A room request travels between the nodes of a cluster as the client
+    /// message that made it: every kind must come back as it left.
+    #[test]
+    fn room_requests_cross_between_nodes_unchanged(variant in 0usize..64, seed in any::<u64>()) {
+        let pool = pool();
+        let desc = pool.get_message_by_name("convene.v1.ClientMessage").unwrap();
+        let mut rng = Rng(seed | 1);
+        let wire = message(&desc, &mut rng, 0, Some(variant)).encode_to_vec();
+        let msg = ClientMessage::decode(&wire[..]).unwrap().msg.unwrap();
+        let Some(request) = RoomRequest::from_message(msg.clone()) else {
+            // Session messages are the session's own, never the room's.
+            prop_assert!(matches!(msg, Msg::Hello(_) | Msg::Goodbye(_) | Msg::Ping(_) | Msg::Pong(_) | Msg::Join(_) | Msg::Leave(_) | Msg::Error(_)), "{msg:?} is not a room request");
+            return Ok(());
+        };
+        prop_assert_eq!(RoomRequest::from_message(request.clone().into_message()), Some(request.clone()));
+        match msg {
+            // A Publish without a track is read as an empty one (which the session refuses).
+            Msg::Publish(v1::Publish { track: None }) => prop_assert_eq!(request, RoomRequest::Publish(Default::default())),
+            msg => prop_assert_eq!(request.into_message(), msg),
+        }
     }
 
     #[test]

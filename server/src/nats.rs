@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use convene_protocol::RoomRequest;
-use convene_protocol::v1::{self, client_message::Msg};
+use convene_protocol::v1;
 use futures_util::StreamExt;
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -739,51 +739,6 @@ pub struct Roster {
     pub waiting: Vec<v1::Participant>,
 }
 
-fn request_message(req: RoomRequest) -> Option<Msg> {
-    Some(match req {
-        RoomRequest::UpdateSelf(m) => Msg::UpdateSelf(m),
-        RoomRequest::Publish(t) => Msg::Publish(v1::Publish { track: Some(t) }),
-        RoomRequest::Unpublish(m) => Msg::Unpublish(m),
-        RoomRequest::SetTrackMuted(m) => Msg::SetTrackMuted(m),
-        RoomRequest::Subscribe(m) => Msg::Subscribe(m),
-        RoomRequest::Unsubscribe(m) => Msg::Unsubscribe(m),
-        RoomRequest::KeyFrameRequest(m) => Msg::KeyFrameRequest(m),
-        RoomRequest::ReceiverReport(m) => Msg::ReceiverReport(m),
-        RoomRequest::Chat(m) => Msg::Chat(m),
-        RoomRequest::E2ee(m) => Msg::E2ee(m),
-        RoomRequest::MuteRequest(m) => Msg::MuteRequest(m),
-        RoomRequest::RemoveParticipant(m) => Msg::RemoveParticipant(m),
-        RoomRequest::LockRoom(m) => Msg::LockRoom(m),
-        RoomRequest::Admit(m) => Msg::Admit(m),
-        RoomRequest::Deny(m) => Msg::Deny(m),
-        RoomRequest::EndMeeting(m) => Msg::EndMeeting(m),
-        // A request kind added later and not yet carried between nodes.
-        _ => return None,
-    })
-}
-
-fn room_request(msg: Msg) -> Option<RoomRequest> {
-    Some(match msg {
-        Msg::UpdateSelf(m) => RoomRequest::UpdateSelf(m),
-        Msg::Publish(p) => RoomRequest::Publish(p.track?),
-        Msg::Unpublish(m) => RoomRequest::Unpublish(m),
-        Msg::SetTrackMuted(m) => RoomRequest::SetTrackMuted(m),
-        Msg::Subscribe(m) => RoomRequest::Subscribe(m),
-        Msg::Unsubscribe(m) => RoomRequest::Unsubscribe(m),
-        Msg::KeyFrameRequest(m) => RoomRequest::KeyFrameRequest(m),
-        Msg::ReceiverReport(m) => RoomRequest::ReceiverReport(m),
-        Msg::Chat(m) => RoomRequest::Chat(m),
-        Msg::E2ee(m) => RoomRequest::E2ee(m),
-        Msg::MuteRequest(m) => RoomRequest::MuteRequest(m),
-        Msg::RemoveParticipant(m) => RoomRequest::RemoveParticipant(m),
-        Msg::LockRoom(m) => RoomRequest::LockRoom(m),
-        Msg::Admit(m) => RoomRequest::Admit(m),
-        Msg::Deny(m) => RoomRequest::Deny(m),
-        Msg::EndMeeting(m) => RoomRequest::EndMeeting(m),
-        _ => return None,
-    })
-}
-
 /// A control message as it goes on the wire (media frames go as they are).
 pub fn encode(from: NodeId, epoch: u64, msg: &BusMessage) -> Option<Bytes> {
     let (meeting, op) = match msg.clone() {
@@ -814,7 +769,7 @@ pub fn encode(from: NodeId, epoch: u64, msg: &BusMessage) -> Option<Bytes> {
                 participant_id,
                 message: Some(v1::ClientMessage {
                     request_id: 0,
-                    msg: Some(request_message(request)?),
+                    msg: Some(request.into_message()),
                 }),
                 server_time_us,
             }),
@@ -900,7 +855,7 @@ pub fn decode(bytes: &[u8]) -> Option<(NodeId, u64, BusMessage)> {
         Op::Request(r) => BusMessage::Request {
             meeting,
             participant_id: r.participant_id,
-            request: room_request(r.message?.msg?)?,
+            request: RoomRequest::from_message(r.message?.msg?)?,
             server_time_us: r.server_time_us,
         },
         Op::KeyFrame(k) => BusMessage::KeyFrameRequest {

@@ -175,6 +175,63 @@ pub enum RoomRequest {
     EndMeeting(v1::EndMeeting),
 }
 
+impl RoomRequest {
+    /// The room request a client message makes, unchecked (the session
+    /// checks it; a cluster node trusts the node that did), or `None` when
+    /// the message is not a room request. A Publish without a track becomes
+    /// an empty track, which the checks refuse.
+    pub fn from_message(msg: Msg) -> Option<Self> {
+        Some(match msg {
+            Msg::UpdateSelf(m) => RoomRequest::UpdateSelf(m),
+            Msg::Publish(p) => RoomRequest::Publish(p.track.unwrap_or_default()),
+            Msg::Unpublish(m) => RoomRequest::Unpublish(m),
+            Msg::SetTrackMuted(m) => RoomRequest::SetTrackMuted(m),
+            Msg::Subscribe(m) => RoomRequest::Subscribe(m),
+            Msg::Unsubscribe(m) => RoomRequest::Unsubscribe(m),
+            Msg::KeyFrameRequest(m) => RoomRequest::KeyFrameRequest(m),
+            Msg::ReceiverReport(m) => RoomRequest::ReceiverReport(m),
+            Msg::Chat(m) => RoomRequest::Chat(m),
+            Msg::E2ee(m) => RoomRequest::E2ee(m),
+            Msg::MuteRequest(m) => RoomRequest::MuteRequest(m),
+            Msg::RemoveParticipant(m) => RoomRequest::RemoveParticipant(m),
+            Msg::LockRoom(m) => RoomRequest::LockRoom(m),
+            Msg::Admit(m) => RoomRequest::Admit(m),
+            Msg::Deny(m) => RoomRequest::Deny(m),
+            Msg::EndMeeting(m) => RoomRequest::EndMeeting(m),
+            Msg::Hello(_)
+            | Msg::Goodbye(_)
+            | Msg::Ping(_)
+            | Msg::Pong(_)
+            | Msg::Join(_)
+            | Msg::Leave(_)
+            | Msg::Error(_) => return None,
+        })
+    }
+
+    /// The client message that makes this request: how a request travels
+    /// to the node that answers it.
+    pub fn into_message(self) -> Msg {
+        match self {
+            RoomRequest::UpdateSelf(m) => Msg::UpdateSelf(m),
+            RoomRequest::Publish(t) => Msg::Publish(v1::Publish { track: Some(t) }),
+            RoomRequest::Unpublish(m) => Msg::Unpublish(m),
+            RoomRequest::SetTrackMuted(m) => Msg::SetTrackMuted(m),
+            RoomRequest::Subscribe(m) => Msg::Subscribe(m),
+            RoomRequest::Unsubscribe(m) => Msg::Unsubscribe(m),
+            RoomRequest::KeyFrameRequest(m) => Msg::KeyFrameRequest(m),
+            RoomRequest::ReceiverReport(m) => Msg::ReceiverReport(m),
+            RoomRequest::Chat(m) => Msg::Chat(m),
+            RoomRequest::E2ee(m) => Msg::E2ee(m),
+            RoomRequest::MuteRequest(m) => Msg::MuteRequest(m),
+            RoomRequest::RemoveParticipant(m) => Msg::RemoveParticipant(m),
+            RoomRequest::LockRoom(m) => Msg::LockRoom(m),
+            RoomRequest::Admit(m) => Msg::Admit(m),
+            RoomRequest::Deny(m) => Msg::Deny(m),
+            RoomRequest::EndMeeting(m) => Msg::EndMeeting(m),
+        }
+    }
+}
+
 /// What the session waits for the room layer to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
@@ -615,54 +672,9 @@ impl ServerSession {
     }
 
     fn room_request(&mut self, now: Timestamp, msg: Msg, rid: u32) -> Option<RoomRequest> {
-        let l = &self.config.limits;
-        let checked = match msg {
-            Msg::UpdateSelf(u) => validate::display_name(&u.display_name, l.max_display_name_bytes)
-                .map(|_| RoomRequest::UpdateSelf(u)),
-            Msg::Publish(p) => {
-                let t = p.track.unwrap_or_default();
-                validate::track(&t).map(|_| RoomRequest::Publish(t))
-            }
-            Msg::Unpublish(u) => Ok(RoomRequest::Unpublish(u)),
-            Msg::SetTrackMuted(m) => Ok(RoomRequest::SetTrackMuted(m)),
-            Msg::Subscribe(s) => Ok(RoomRequest::Subscribe(s)),
-            Msg::Unsubscribe(u) => Ok(RoomRequest::Unsubscribe(u)),
-            Msg::KeyFrameRequest(k) => Ok(RoomRequest::KeyFrameRequest(k)),
-            Msg::ReceiverReport(r) => Ok(RoomRequest::ReceiverReport(r)),
-            Msg::Chat(mut c) => {
-                if let std::borrow::Cow::Owned(clean) = validate::clean_chat_text(&c.text) {
-                    c.text = clean;
-                }
-                if c.text.is_empty() {
-                    Err(ProtocolError::new(
-                        ErrorCode::FieldTooLong,
-                        "chat text is empty",
-                    ))
-                } else {
-                    validate::text_len("chat text", c.text.len(), l.max_chat_bytes)
-                        .map(|_| RoomRequest::Chat(c))
-                }
-            }
-            Msg::E2ee(e) => validate::text_len("E2EE payload", e.payload.len(), l.max_e2ee_bytes)
-                .map(|_| RoomRequest::E2ee(e)),
-            Msg::MuteRequest(m) => Ok(RoomRequest::MuteRequest(m)),
-            Msg::RemoveParticipant(r) => {
-                validate::text_len("removal reason", r.reason.len(), max::MAX_TEXT_BYTES)
-                    .map(|_| RoomRequest::RemoveParticipant(r))
-            }
-            Msg::LockRoom(r) => Ok(RoomRequest::LockRoom(r)),
-            Msg::Admit(a) => Ok(RoomRequest::Admit(a)),
-            Msg::Deny(d) => Ok(RoomRequest::Deny(d)),
-            Msg::EndMeeting(e) => Ok(RoomRequest::EndMeeting(e)),
-            Msg::Hello(_)
-            | Msg::Goodbye(_)
-            | Msg::Ping(_)
-            | Msg::Pong(_)
-            | Msg::Join(_)
-            | Msg::Leave(_)
-            | Msg::Error(_) => {
-                unreachable!("handled by handle_control")
-            }
+        let checked = match RoomRequest::from_message(msg) {
+            Some(req) => self.check(req),
+            None => unreachable!("handled by handle_control"),
         };
         let relayed = match &checked {
             Ok(RoomRequest::Chat(c)) => c.text.len(),
@@ -694,6 +706,41 @@ impl ServerSession {
                 self.error(e, rid);
                 None
             }
+        }
+    }
+
+    /// Holds a room request to the limits and rules of §5 before the room sees it.
+    fn check(&self, req: RoomRequest) -> Result<RoomRequest, ProtocolError> {
+        let l = &self.config.limits;
+        match req {
+            RoomRequest::UpdateSelf(u) => {
+                validate::display_name(&u.display_name, l.max_display_name_bytes)
+                    .map(|_| RoomRequest::UpdateSelf(u))
+            }
+            RoomRequest::Publish(t) => validate::track(&t).map(|_| RoomRequest::Publish(t)),
+            RoomRequest::Chat(mut c) => {
+                if let std::borrow::Cow::Owned(clean) = validate::clean_chat_text(&c.text) {
+                    c.text = clean;
+                }
+                if c.text.is_empty() {
+                    Err(ProtocolError::new(
+                        ErrorCode::FieldTooLong,
+                        "chat text is empty",
+                    ))
+                } else {
+                    validate::text_len("chat text", c.text.len(), l.max_chat_bytes)
+                        .map(|_| RoomRequest::Chat(c))
+                }
+            }
+            RoomRequest::E2ee(e) => {
+                validate::text_len("E2EE payload", e.payload.len(), l.max_e2ee_bytes)
+                    .map(|_| RoomRequest::E2ee(e))
+            }
+            RoomRequest::RemoveParticipant(r) => {
+                validate::text_len("removal reason", r.reason.len(), max::MAX_TEXT_BYTES)
+                    .map(|_| RoomRequest::RemoveParticipant(r))
+            }
+            other => Ok(other),
         }
     }
 
