@@ -5,7 +5,7 @@ use std::process::Command;
 
 use clap::value_parser;
 
-use crate::process::{self, free_port, last_json, root, start_dev_tls, target_dir};
+use crate::process::{self, free_port, last_json, root, start_dev_tls};
 
 /// Flags of `cargo xtask bench`, and of `cargo xtask bench --soak`.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -120,23 +120,12 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
 /// Runs the fan-out benchmark over both transports with their floors and
 /// prints a summary.
 fn fanout(subscribers: u32, seconds: u32, rounds: u32, delay_ms: u32) -> Result<(), String> {
-    println!("building release binaries (fat LTO: about 11 minutes from scratch on 2 cores)");
-    process::run(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "-p",
-            "convene-server",
-            "-p",
-            "convene-cli",
-            "-p",
-            "convene-benches",
-            "-p",
-            "convene-testkit",
-        ],
-    )?;
-    let bin = target_dir().join("release");
+    let bin = process::build_release(&[
+        "convene-server",
+        "convene-cli",
+        "convene-benches",
+        "convene-testkit",
+    ])?;
     if delay_ms > 0 {
         println!(
             "WebTransport through convene-relay adding {delay_ms} ms each way; WebSocket direct"

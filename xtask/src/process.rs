@@ -20,6 +20,18 @@ pub(crate) fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
+/// Builds `packages` with the release profile (fat LTO) and returns the
+/// directory their binaries are in: what the benchmark and the soak measure.
+pub(crate) fn build_release(packages: &[&str]) -> Result<PathBuf, String> {
+    println!("building release binaries (fat LTO: about 11 minutes from scratch on 2 cores)");
+    let mut args = vec!["build", "--release"];
+    for p in packages {
+        args.extend(["-p", p]);
+    }
+    run("cargo", &args)?;
+    Ok(target_dir().join("release"))
+}
+
 /// Runs a command in the workspace root, echoing it, and fails on a non-zero exit.
 pub(crate) fn run(program: &str, args: &[&str]) -> Result<(), String> {
     run_in(&root(), program, args)

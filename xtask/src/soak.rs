@@ -2,26 +2,12 @@
 
 use std::process::Command;
 
-use crate::process::{self, free_port, last_json, target_dir, wait_for_port};
+use crate::process::{self, free_port, last_json, wait_for_port};
 
 /// Holds a meeting of `members` on a release server for `seconds` while
 /// convene-attack attacks it, and prints loss, peak memory and newcomers let in.
 pub(crate) fn run(seconds: u32, members: u32) -> Result<(), String> {
-    println!("building release binaries (fat LTO: about 11 minutes from scratch on 2 cores)");
-    process::run(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "-p",
-            "convene-server",
-            "-p",
-            "convene-cli",
-            "-p",
-            "convene-testkit",
-        ],
-    )?;
-    let bin = target_dir().join("release");
+    let bin = process::build_release(&["convene-server", "convene-cli", "convene-testkit"])?;
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let secret = format!(
