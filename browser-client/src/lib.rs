@@ -14,6 +14,8 @@ mod audio;
 mod camera;
 #[cfg(target_arch = "wasm32")]
 mod capture;
+pub mod links;
+pub mod retry;
 #[cfg(target_arch = "wasm32")]
 mod transport;
 pub mod ui;
@@ -53,100 +55,11 @@ use convene_protocol::{ClientEvent, ClientSession, ClientSessionConfig, Timestam
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
-/// The meeting a page URL names: `/meeting/<name>/<meeting-id>` gives the
-/// display name and the meeting id (percent-escapes decoded).
-pub fn meeting_from_path(path: &str) -> Option<(String, String)> {
-    let rest = path.strip_prefix("/meeting/")?;
-    let mut parts = rest.trim_end_matches('/').splitn(2, '/');
-    let name = decode(parts.next()?);
-    let id = decode(parts.next()?);
-    (!name.is_empty() && !id.is_empty() && !id.contains('/')).then_some((name, id))
-}
-
-/// Decodes `%XX` escapes (and leaves anything malformed as it is).
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push(h << 4 | l);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
-}
-
-/// The token a meeting link carries: `#token=…` (kept out of server logs and
-/// Referer headers, so preferred) or `?token=…`.
-pub fn token_from(search: &str, hash: &str) -> Option<String> {
-    [hash.trim_start_matches('#'), search.trim_start_matches('?')]
-        .iter()
-        .flat_map(|part| part.split('&'))
-        .find_map(|kv| kv.strip_prefix("token="))
-        .map(decode)
-        .filter(|t| !t.is_empty())
-}
-
-/// Whether a meeting link asks for end-to-end encryption (`#e2ee=1` or `?e2ee=1`).
-pub fn e2ee_in_link(search: &str, hash: &str) -> bool {
-    [hash.trim_start_matches('#'), search.trim_start_matches('?')]
-        .iter()
-        .flat_map(|part| part.split('&'))
-        .any(|kv| kv == "e2ee=1")
-}
-
-/// A WebSocket URL given in the page's query (`?server=ws://…`), honoured
-/// only when the page and that server are both on loopback: for local
-/// development and the conformance runner, never a way for a link to send
-/// someone's token elsewhere.
-pub fn server_override(page_host: &str, search: &str) -> Option<String> {
-    loopback_override(page_host, search, "server=", &["ws://", "wss://"])
-}
-
-/// A WebTransport URL given in the page's query (`?wt=https://…`), on the
-/// same loopback-only terms as [`server_override`]: the tests put an
-/// impairing relay between the browser and the server this way. The
-/// server's certificate hashes still come from the page's own server.
-pub fn webtransport_override(page_host: &str, search: &str) -> Option<String> {
-    loopback_override(page_host, search, "wt=", &["https://"])
-}
-
-/// The URL after `key` in `search`, when it has one of `schemes` and both
-/// it and the page are on loopback.
-fn loopback_override(page_host: &str, search: &str, key: &str, schemes: &[&str]) -> Option<String> {
-    let loopback = |host: &str| {
-        let h = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        matches!(h, "127.0.0.1" | "localhost" | "[::1]")
-    };
-    if !loopback(page_host) {
-        return None;
-    }
-    let url = search
-        .trim_start_matches('?')
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(key))
-        .map(decode)?;
-    let rest = schemes.iter().find_map(|s| url.strip_prefix(s))?;
-    let host = rest.split('/').next()?;
-    loopback(host).then_some(url)
-}
-
-/// The WebSocket endpoint of the server that served the page.
-pub fn ws_url(protocol: &str, host: &str) -> String {
-    let scheme = if protocol == "https:" { "wss" } else { "ws" };
-    format!("{scheme}://{host}/convene/ws")
-}
+#[cfg(target_arch = "wasm32")]
+use links::webtransport_override;
+pub use links::{e2ee_from_link, page_meeting};
+use links::{e2ee_in_link, hex_bytes, server_override, token_from, ws_url};
+use retry::{delay_ms, worth_reconnecting};
 
 /// The link to the server.
 enum Link {
@@ -289,25 +202,6 @@ pub(crate) fn fixed1(x: f64) -> String {
 
 fn by_id(id: &str) -> Option<web_sys::Element> {
     web_sys::window()?.document()?.get_element_by_id(id)
-}
-
-/// The name and meeting this page's URL names, or empty ones.
-pub fn page_meeting() -> (String, String) {
-    web_sys::window()
-        .and_then(|w| w.location().pathname().ok())
-        .and_then(|p| meeting_from_path(&p))
-        .unwrap_or_default()
-}
-
-/// Whether this page's link asks for end-to-end encryption.
-pub fn e2ee_from_link() -> bool {
-    web_sys::window().is_some_and(|w| {
-        let l = w.location();
-        e2ee_in_link(
-            &l.search().unwrap_or_default(),
-            &l.hash().unwrap_or_default(),
-        )
-    })
 }
 
 /// The camera and microphone the join screen opened, once it has.
@@ -715,12 +609,6 @@ async fn open_link(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
     Ok(())
 }
 
-/// Whether a session that ended this way is worth opening again: the
-/// protocol's rule (PROTOCOL.md §8.2), shared with the native client.
-pub fn worth_reconnecting(r: &convene_protocol::CloseReason) -> bool {
-    r.worth_reconnecting()
-}
-
 /// After a lost connection: waits (1, 2, 4 … 10 s), then starts a new
 /// session on a new link; the page keeps its camera and microphone and
 /// publishes them again once joined.
@@ -730,7 +618,7 @@ fn reconnect(a: &Rc<RefCell<App>>) {
         app.reconnects += 1;
         app.reconnects
     };
-    let delay_ms = (1000 * (1 << (attempt - 1).min(4))).min(10_000);
+    let delay_ms = delay_ms(attempt);
     let banner = format!(
         "Connection lost. Reconnecting in {} s (attempt {attempt})…",
         delay_ms / 1000
@@ -841,17 +729,6 @@ async fn webtransport_offer() -> Option<(String, Vec<Vec<u8>>)> {
         })
         .unwrap_or_default();
     Some((url, hashes))
-}
-
-/// Bytes from hexadecimal.
-pub fn hex_bytes(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| Some(hex(*s.as_bytes().get(i)?)? << 4 | hex(*s.as_bytes().get(i + 1)?)?))
-        .collect()
 }
 
 /// The session's timers (heartbeat, handshake timeout), and the audio
@@ -1895,114 +1772,4 @@ fn show_roster(app: &App) {
 /// A roster entry: the name to show and whether a moderator.
 fn person(p: &v1::Participant) -> (String, bool) {
     (p.display_name.clone(), p.role == v1::Role::Moderator as i32)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_url_names_the_person_and_the_meeting() {
-        assert_eq!(
-            meeting_from_path("/meeting/Ann%20Lee/team.standup"),
-            Some(("Ann Lee".into(), "team.standup".into()))
-        );
-        assert_eq!(meeting_from_path("/meeting/ann/"), None);
-        assert_eq!(meeting_from_path("/"), None);
-        assert_eq!(meeting_from_path("/meeting/a/b/c"), None);
-    }
-
-    #[test]
-    fn a_link_carries_its_token_in_the_fragment_or_the_query() {
-        assert_eq!(token_from("", "#token=a.b.c"), Some("a.b.c".into()));
-        assert_eq!(token_from("?x=1&token=q%2Eb", ""), Some("q.b".into()));
-        assert_eq!(
-            token_from("?token=query", "#token=fragment"),
-            Some("fragment".into()),
-            "the fragment wins"
-        );
-        assert_eq!(token_from("?token=", ""), None);
-        assert_eq!(token_from("", ""), None);
-    }
-
-    #[test]
-    fn a_lost_connection_a_shutdown_or_a_transient_error_is_worth_reconnecting() {
-        use convene_protocol::{CloseReason, ProtocolError};
-        use v1::{ErrorCode as E, GoodbyeReason as G};
-        assert!(worth_reconnecting(&CloseReason::transport_lost()));
-        assert!(worth_reconnecting(&CloseReason::goodbye(G::Shutdown, "")));
-        assert!(worth_reconnecting(&CloseReason::error(ProtocolError::new(
-            E::IdleTimeout,
-            ""
-        ))));
-        for g in [G::Normal, G::Removed, G::MeetingEnded] {
-            assert!(!worth_reconnecting(&CloseReason::goodbye(g, "")), "{g:?}");
-        }
-        for e in [E::AuthInvalid, E::AuthExpired, E::MalformedFrame] {
-            assert!(
-                !worth_reconnecting(&CloseReason::error(ProtocolError::new(e, ""))),
-                "{e:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_server_in_the_link_is_honoured_only_on_loopback() {
-        let ws = "?server=ws%3A%2F%2F127.0.0.1%3A9%2Fconvene%2Fws";
-        assert_eq!(
-            server_override("127.0.0.1:8080", ws),
-            Some("ws://127.0.0.1:9/convene/ws".into())
-        );
-        assert_eq!(
-            server_override("meet.example.com", ws),
-            None,
-            "a public page"
-        );
-        assert_eq!(
-            server_override("localhost:8080", "?server=wss://evil.example/convene/ws"),
-            None,
-            "a public target"
-        );
-        assert_eq!(
-            server_override("127.0.0.1:8080", "?server=http://127.0.0.1:9"),
-            None
-        );
-        assert_eq!(server_override("127.0.0.1:8080", ""), None);
-    }
-
-    #[test]
-    fn a_webtransport_url_in_the_link_is_honoured_only_on_loopback() {
-        let wt = "?join=1&wt=https://127.0.0.1:9/convene/wt";
-        assert_eq!(
-            webtransport_override("127.0.0.1:8080", wt),
-            Some("https://127.0.0.1:9/convene/wt".into())
-        );
-        assert_eq!(webtransport_override("meet.example.com", wt), None);
-        assert_eq!(
-            webtransport_override("127.0.0.1:8080", "?wt=https://evil.example/convene/wt"),
-            None
-        );
-        // Each key takes its own schemes only.
-        assert_eq!(
-            webtransport_override("127.0.0.1:8080", "?wt=ws://127.0.0.1:9/convene/ws"),
-            None
-        );
-        assert_eq!(server_override("127.0.0.1:8080", wt), None);
-    }
-
-    #[test]
-    fn hex_hashes_become_bytes() {
-        assert_eq!(hex_bytes("00ff10"), Some(vec![0, 255, 16]));
-        assert_eq!(hex_bytes("abc"), None);
-        assert_eq!(hex_bytes("zz"), None);
-    }
-
-    #[test]
-    fn the_websocket_follows_the_page_scheme() {
-        assert_eq!(ws_url("https:", "x:443"), "wss://x:443/convene/ws");
-        assert_eq!(
-            ws_url("http:", "127.0.0.1:8080"),
-            "ws://127.0.0.1:8080/convene/ws"
-        );
-    }
 }
