@@ -260,13 +260,13 @@ pub fn join(props: &JoinProps) -> Html {
     let camera_ref = use_node_ref();
     let mic_ref = use_node_ref();
     let video_ref = use_node_ref();
-    let e2ee = use_state(crate::e2ee_from_link);
+    let e2ee = use_state(crate::links::e2ee_from_link);
     use_local_media(&video_ref, props.media);
     // Prefilled from the URL once, then the user's to change.
     {
         let (name_ref, meeting_ref) = (name_ref.clone(), meeting_ref.clone());
         use_effect_with((), move |_| {
-            let (name, meeting) = crate::page_meeting();
+            let (name, meeting) = crate::links::page_meeting();
             for (input, value) in [(name_ref, name), (meeting_ref, meeting)] {
                 if let Some(i) = input.cast::<web_sys::HtmlInputElement>() {
                     i.set_value(&value);
