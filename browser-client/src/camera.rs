@@ -86,7 +86,7 @@ pub(crate) fn start(
     let key_wanted = Rc::new(Cell::new(true));
     // The bitrate the encoder is configured with; 0 until configured.
     let configured_at = Rc::new(Cell::new(0u32));
-    let bitrate = Rc::new(Cell::new(crate::CAMERA_START_BPS));
+    let bitrate = Rc::new(Cell::new(crate::publish::CAMERA_START_BPS));
     let br = bitrate.clone();
     let count = Rc::new(Cell::new(0u32));
     let (kw, o) = (key_wanted.clone(), on.clone());

@@ -7,7 +7,7 @@
 //! second per tile and should not cost a re-render, so the meeting screen
 //! places those figures in its grid as they are ([`TileNode`]).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use yew::prelude::*;
@@ -132,21 +132,41 @@ impl View {
     }
 }
 
-thread_local! {
-    static VIEW: RefCell<View> = RefCell::new(View::default());
+/// The screens' state: what they show and how to have them drawn again.
+/// A thread-local, because the session code changes it from the browser's
+/// callbacks, which have no handle to pass it in; it is apart from the
+/// session's state (`state::Page`) so the screens build and test without it.
+struct Screens {
+    /// What the page shows.
+    view: View,
     /// Re-renders the page; set by the page's first render.
-    static REDRAW: RefCell<Option<UseForceUpdateHandle>> = const { RefCell::new(None) };
+    redraw: Option<UseForceUpdateHandle>,
     /// A re-render is asked for and has not happened yet.
-    static PENDING: Cell<bool> = const { Cell::new(false) };
+    pending: bool,
+}
+
+thread_local! {
+    static SCREENS: RefCell<Screens> = RefCell::new(Screens {
+        view: View::default(),
+        redraw: None,
+        pending: false,
+    });
 }
 
 /// Changes what the page shows; it re-renders once for any number of
 /// changes made before the browser gets to it.
 pub fn update(change: impl FnOnce(&mut View)) {
-    VIEW.with(|v| change(&mut v.borrow_mut()));
-    if !PENDING.replace(true)
-        && let Some(redraw) = REDRAW.with(|r| r.borrow().clone())
-    {
+    let redraw = SCREENS.with(|s| {
+        let mut s = s.borrow_mut();
+        change(&mut s.view);
+        if std::mem::replace(&mut s.pending, true) {
+            None
+        } else {
+            s.redraw.clone()
+        }
+    });
+    // Outside the borrow: a render reads the view.
+    if let Some(redraw) = redraw {
         redraw.force_update();
     }
 }
@@ -158,7 +178,7 @@ pub fn current() -> View {
 
 /// Reads something of what the page shows, without copying the rest.
 pub fn read<R>(f: impl FnOnce(&View) -> R) -> R {
-    VIEW.with(|v| f(&v.borrow()))
+    SCREENS.with(|s| f(&s.borrow().view))
 }
 
 /// Sets the status line.
@@ -210,9 +230,12 @@ fn on(action: Action) -> Callback<MouseEvent> {
 #[function_component(Page)]
 pub fn page() -> Html {
     let redraw = use_force_update();
-    REDRAW.with(|r| *r.borrow_mut() = Some(redraw));
-    PENDING.set(false);
-    let v = current();
+    let v = SCREENS.with(|s| {
+        let mut s = s.borrow_mut();
+        s.redraw = Some(redraw);
+        s.pending = false;
+        s.view.clone()
+    });
     html! {
         <>
             <header class="top">
@@ -260,13 +283,13 @@ pub fn join(props: &JoinProps) -> Html {
     let camera_ref = use_node_ref();
     let mic_ref = use_node_ref();
     let video_ref = use_node_ref();
-    let e2ee = use_state(crate::e2ee_from_link);
+    let e2ee = use_state(crate::links::e2ee_from_link);
     use_local_media(&video_ref, props.media);
     // Prefilled from the URL once, then the user's to change.
     {
         let (name_ref, meeting_ref) = (name_ref.clone(), meeting_ref.clone());
         use_effect_with((), move |_| {
-            let (name, meeting) = crate::page_meeting();
+            let (name, meeting) = crate::links::page_meeting();
             for (input, value) in [(name_ref, name), (meeting_ref, meeting)] {
                 if let Some(i) = input.cast::<web_sys::HtmlInputElement>() {
                     i.set_value(&value);

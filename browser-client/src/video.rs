@@ -85,12 +85,12 @@ impl Tile {
                         let mut sorted = latencies.clone();
                         sorted.sort_by(f64::total_cmp);
                         let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q) as usize];
-                        let _ = f.set_attribute("data-latency-p50", &crate::fixed1(at(0.5)));
-                        let _ = f.set_attribute("data-latency-p95", &crate::fixed1(at(0.95)));
+                        let _ = f.set_attribute("data-latency-p50", &crate::dom::fixed1(at(0.5)));
+                        let _ = f.set_attribute("data-latency-p95", &crate::dom::fixed1(at(0.95)));
                         // Pictures a second over the last two seconds, and
                         // what the viewer would call the connection.
                         let fps = recent.len() as f64 / 2.0;
-                        let _ = f.set_attribute("data-fps", &crate::fixed1(fps));
+                        let _ = f.set_attribute("data-fps", &crate::dom::fixed1(fps));
                         let quality = if fps >= 15.0 && at(0.95) < 250.0 {
                             "good"
                         } else if fps >= 5.0 {

@@ -1,0 +1,145 @@
+//! The join screen's camera and microphone: opening them (the chosen
+//! devices, or any) for the preview, listing the devices to choose from,
+//! and keeping the stream for the meeting to send once joined.
+
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+
+use crate::state::page;
+use crate::{publish, ui};
+
+/// The camera and microphone the join screen opened, once it has.
+pub(crate) fn local_media() -> Option<web_sys::MediaStream> {
+    page(|p| p.local_media.clone())
+}
+
+/// Asks for the camera and microphone (the chosen devices, or any) for the
+/// preview and the meeting, and lists the devices to choose from; says in
+/// the preview line when there are none or permission is refused.
+pub(crate) fn preview(chosen: Option<(String, String)>) {
+    wasm_bindgen_futures::spawn_local(async move {
+        ui::update(|v| v.preview = "Opening the camera and microphone…".into());
+        let (camera, mic) = chosen.clone().unwrap_or_default();
+        // The previous devices are released when a new pick replaces them.
+        if chosen.is_some()
+            && let Some(old) = page(|p| p.local_media.take())
+        {
+            for t in old.get_tracks().iter() {
+                if let Ok(t) = t.dyn_into::<web_sys::MediaStreamTrack>() {
+                    t.stop();
+                }
+            }
+        }
+        match open_devices(&camera, &mic).await {
+            Ok(stream) => {
+                let tracks = stream.get_tracks().length();
+                // Kept even when the join screen is gone already (Connect
+                // pressed before the devices answered): the meeting sends it.
+                page(|p| p.local_media = Some(stream.clone()));
+                ui::update(|v| {
+                    v.media += 1;
+                    v.preview = format!("Camera and microphone ready ({tracks} tracks)");
+                });
+                if let Some(app) = page(|p| p.waiting_for_media.take()) {
+                    publish::send_camera(&app);
+                }
+                let devices = list_devices(&stream).await;
+                ui::update(|v| v.devices = devices);
+            }
+            Err(e) => ui::update(|v| v.preview = e),
+        }
+    });
+}
+
+/// Opens the camera and microphone: the devices with these ids, or any
+/// where an id is empty.
+async fn open_devices(camera: &str, mic: &str) -> Result<web_sys::MediaStream, String> {
+    let devices = web_sys::window()
+        .and_then(|w| w.navigator().media_devices().ok())
+        .ok_or("This browser cannot capture here (a secure context is needed).")?;
+    let constraints = web_sys::MediaStreamConstraints::new();
+    // A chosen device: `{deviceId: {exact: id}}`; otherwise any.
+    let pick = |id: &str| -> JsValue {
+        if id.is_empty() {
+            return JsValue::TRUE;
+        }
+        let exact = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&exact, &"exact".into(), &id.into());
+        let c = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&c, &"deviceId".into(), &exact);
+        c.into()
+    };
+    constraints.set_video(&pick(camera));
+    constraints.set_audio(&pick(mic));
+    let promise = devices
+        .get_user_media_with_constraints(&constraints)
+        .map_err(|_| "No camera or microphone access.")?;
+    let stream = wasm_bindgen_futures::JsFuture::from(promise)
+        .await
+        .map_err(|e| {
+            format!(
+                "No camera or microphone: {}",
+                e.as_string().unwrap_or_else(|| format!("{e:?}"))
+            )
+        })?;
+    stream
+        .dyn_into::<web_sys::MediaStream>()
+        .map_err(|_| "The browser gave no media stream.".into())
+}
+
+/// The cameras and microphones the browser lists, the ones `stream` uses
+/// marked.
+async fn list_devices(stream: &web_sys::MediaStream) -> Vec<ui::Device> {
+    let Some(devices) = web_sys::window().and_then(|w| w.navigator().media_devices().ok()) else {
+        return Vec::new();
+    };
+    let in_use = |tracks: js_sys::Array| {
+        tracks
+            .get(0)
+            .dyn_into::<web_sys::MediaStreamTrack>()
+            .ok()
+            .and_then(|t| {
+                let s = t.get_settings();
+                js_sys::Reflect::get(&s, &"deviceId".into())
+                    .ok()?
+                    .as_string()
+            })
+            .unwrap_or_default()
+    };
+    let using = [
+        in_use(stream.get_video_tracks()),
+        in_use(stream.get_audio_tracks()),
+    ];
+    let Ok(listed) = devices.enumerate_devices() else {
+        return Vec::new();
+    };
+    let Ok(list) = wasm_bindgen_futures::JsFuture::from(listed).await else {
+        return Vec::new();
+    };
+    let Ok(list) = list.dyn_into::<js_sys::Array>() else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|d| {
+            let get = |k: &str| {
+                js_sys::Reflect::get(&d, &k.into())
+                    .ok()
+                    .and_then(|v| v.as_string())
+                    .unwrap_or_default()
+            };
+            let kind = get("kind");
+            let id = get("deviceId");
+            let in_use = match kind.as_str() {
+                "videoinput" => id == using[0],
+                "audioinput" => id == using[1],
+                _ => return None,
+            };
+            Some(ui::Device {
+                kind,
+                label: get("label"),
+                id,
+                in_use,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,302 @@
+//! Our own media: publishing the camera and microphone the join screen
+//! opened and the shared screen, sending their encoded frames (sealed when
+//! E2EE is on), muting them, and what the server says about them (accepted,
+//! refused, a key frame wanted, a bitrate hinted).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use convene_protocol::v1::{self, client_message::Msg as C};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+
+use crate::dom::now;
+use crate::events::pump;
+use crate::state::{App, page};
+use crate::{audio, camera, path, ui};
+
+/// The browser client's camera track id.
+pub(crate) const VIDEO_TRACK: u32 = 1;
+/// The browser client's microphone track id.
+pub(crate) const AUDIO_TRACK: u32 = 2;
+/// The browser client's screen-share track id.
+pub(crate) const SCREEN_TRACK: u32 = 3;
+/// The bitrate the camera starts at, bit/s (also what it announces).
+pub(crate) const CAMERA_START_BPS: u32 = 800_000;
+/// The lowest bitrate the camera goes down to, bit/s.
+pub(crate) const CAMERA_FLOOR_BPS: u32 = 100_000;
+
+/// Publishes the camera and microphone the join screen opened and starts
+/// sending them (after a reconnect: publishes them again).
+pub(crate) fn send_camera(app: &Rc<RefCell<App>>) {
+    let Some(stream) = page(|p| p.local_media.clone()) else {
+        page(|p| p.waiting_for_media = Some(app.clone()));
+        return;
+    };
+    let first = |tracks: js_sys::Array| tracks.get(0).dyn_into::<web_sys::MediaStreamTrack>().ok();
+    if let Some(track) = first(stream.get_video_tracks()) {
+        let rc = app.clone();
+        let sink = move |e: camera::Encoded| {
+            let mut app = rc.borrow_mut();
+            let seq = app.video_sequence;
+            app.video_sequence = seq.wrapping_add(1);
+            send_frame(&mut app, VIDEO_TRACK, seq, e.key, &e.data, e.captured_us);
+        };
+        let info = v1::TrackInfo {
+            track_id: VIDEO_TRACK,
+            kind: v1::TrackKind::Video as i32,
+            codec: camera::CODEC.into(),
+            frame_rate: 30,
+            target_bitrate_kbps: CAMERA_START_BPS / 1000,
+            ..Default::default()
+        };
+        // After a reconnect the encoder runs already: publishing again is enough.
+        if publish(app, info) && app.borrow().camera.is_none() {
+            match camera::start(&track, sink) {
+                Ok(c) => app.borrow_mut().camera = Some(c),
+                Err(e) => web_sys::console::warn_2(&"cannot send the camera".into(), &e),
+            }
+        }
+    }
+    if let Some(track) = first(stream.get_audio_tracks()) {
+        let rc = app.clone();
+        let sink = move |data: Vec<u8>| {
+            let mut app = rc.borrow_mut();
+            let seq = app.audio_sequence;
+            app.audio_sequence = seq.wrapping_add(1);
+            let now_us = (js_sys::Date::now() * 1000.0) as u64;
+            send_frame(&mut app, AUDIO_TRACK, seq, true, &data, now_us);
+        };
+        let info = v1::TrackInfo {
+            track_id: AUDIO_TRACK,
+            kind: v1::TrackKind::Audio as i32,
+            codec: audio::CODEC.into(),
+            sample_rate: 48_000,
+            channels: 1,
+            ..Default::default()
+        };
+        if publish(app, info) && app.borrow().mic.is_none() {
+            match audio::start_mic(&track, sink) {
+                Ok(m) => app.borrow_mut().mic = Some(m),
+                Err(e) => web_sys::console::warn_2(&"cannot send the microphone".into(), &e),
+            }
+        }
+    }
+}
+
+/// Announces a track; false when the server will not have it.
+fn publish(app: &Rc<RefCell<App>>, track: v1::TrackInfo) -> bool {
+    let mut app = app.borrow_mut();
+    let id = track.track_id;
+    let sent = app
+        .session
+        .send(now(), C::Publish(v1::Publish { track: Some(track) }));
+    if let Ok(request) = sent {
+        app.pending_publish.insert(request, id);
+    }
+    pump(&mut app);
+    sent.is_ok()
+}
+
+/// Starts sharing the screen (asking the browser which one), or stops.
+pub(crate) fn toggle_screen(a: &Rc<RefCell<App>>) {
+    let sharing = a.borrow_mut().screen.take();
+    if let Some((c, track)) = sharing {
+        stop_screen(a, c, track);
+        return;
+    }
+    let Some(devices) = web_sys::window().and_then(|w| w.navigator().media_devices().ok()) else {
+        return;
+    };
+    let Ok(promise) = devices.get_display_media() else {
+        return;
+    };
+    let a = a.clone();
+    wasm_bindgen_futures::spawn_local(async move {
+        let stream = match wasm_bindgen_futures::JsFuture::from(promise).await {
+            Ok(s) => s.unchecked_into::<web_sys::MediaStream>(),
+            Err(e) => {
+                ui::notice(format!("Not sharing the screen: {e:?}"));
+                return;
+            }
+        };
+        let Ok(track) = stream
+            .get_video_tracks()
+            .get(0)
+            .dyn_into::<web_sys::MediaStreamTrack>()
+        else {
+            return;
+        };
+        let info = v1::TrackInfo {
+            track_id: SCREEN_TRACK,
+            kind: v1::TrackKind::Screen as i32,
+            codec: camera::CODEC.into(),
+            frame_rate: 30,
+            ..Default::default()
+        };
+        if !publish(&a, info) {
+            track.stop();
+            return;
+        }
+        let rc = a.clone();
+        let sink = move |e: camera::Encoded| {
+            let mut app = rc.borrow_mut();
+            let seq = app.screen_sequence;
+            app.screen_sequence = seq.wrapping_add(1);
+            send_frame(&mut app, SCREEN_TRACK, seq, e.key, &e.data, e.captured_us);
+        };
+        match camera::start(&track, sink) {
+            Ok(c) => {
+                // The browser's own "stop sharing" ends the track: stop too.
+                let rc = a.clone();
+                let ended = Closure::<dyn FnMut()>::new(move || {
+                    let taken = rc.borrow_mut().screen.take();
+                    if let Some((c, t)) = taken {
+                        stop_screen(&rc, c, t);
+                    }
+                });
+                track.set_onended(Some(ended.as_ref().unchecked_ref()));
+                ended.forget();
+                a.borrow_mut().screen = Some((c, track));
+                ui::update(|v| v.sharing = true);
+            }
+            Err(e) => web_sys::console::warn_2(&"cannot share the screen".into(), &e),
+        }
+    });
+}
+
+/// Stops sending the screen and tells the room.
+fn stop_screen(a: &Rc<RefCell<App>>, c: camera::Camera, track: web_sys::MediaStreamTrack) {
+    c.on.set(false);
+    track.set_onended(None);
+    track.stop();
+    let mut app = a.borrow_mut();
+    let _ = app.session.send(
+        now(),
+        C::Unpublish(v1::Unpublish {
+            track_id: SCREEN_TRACK,
+        }),
+    );
+    pump(&mut app);
+    ui::update(|v| v.sharing = false);
+}
+
+/// Sends one encoded frame of our own track.
+fn send_frame(
+    app: &mut App,
+    track_id: u32,
+    sequence: u32,
+    key: bool,
+    data: &[u8],
+    captured_us: u64,
+) {
+    let header = convene_protocol::MediaHeader {
+        key,
+        sender: 0,
+        track_id,
+        sequence,
+        capture_timestamp_us: captured_us,
+    };
+    let frame = match app.keyring.as_mut() {
+        Some(ring) => ring.seal_media(&header, None, data),
+        None => convene_protocol::MediaFrame::build(&header, None, data),
+    };
+    let _ = app.session.send_media(now(), frame);
+    pump(app);
+}
+
+/// Turns the microphone (or the camera) off or on, tells the room, and
+/// relabels its button.
+pub(crate) fn toggle(app: &mut App, mic: bool) -> Option<C> {
+    let (on, track) = if mic {
+        (app.mic.as_ref().map(|m| m.on.clone()), AUDIO_TRACK)
+    } else {
+        if let Some(c) = &app.camera {
+            // Start again from a picture the others can decode.
+            c.key_wanted.set(true);
+        }
+        (app.camera.as_ref().map(|c| c.on.clone()), VIDEO_TRACK)
+    };
+    let on = on?;
+    on.set(!on.get());
+    let off = !on.get();
+    ui::update(|v| {
+        if mic {
+            v.mic_off = off;
+        } else {
+            v.camera_off = off;
+        }
+    });
+    Some(C::SetTrackMuted(v1::SetTrackMuted {
+        track_id: track,
+        muted: !on.get(),
+    }))
+}
+
+/// The server has our track: starts sending it.
+pub(crate) fn on_accepted(app: &mut App, track_id: u32) {
+    app.pending_publish.retain(|_, id| *id != track_id);
+    if track_id == VIDEO_TRACK
+        && let Some(c) = &app.camera
+    {
+        c.key_wanted.set(true);
+        c.on.set(true);
+    }
+    if track_id == AUDIO_TRACK
+        && let Some(m) = &app.mic
+    {
+        m.on.set(true);
+    }
+    if track_id == SCREEN_TRACK
+        && let Some((c, _)) = &app.screen
+    {
+        c.key_wanted.set(true);
+        c.on.set(true);
+    }
+}
+
+/// A track the server will not take (the token's grants): says so and
+/// leaves its button off.
+pub(crate) fn on_refused(app: &mut App, e: v1::Error) {
+    let track = app.pending_publish.remove(&e.request_id).unwrap_or(0);
+    let camera = track == 1;
+    let what = if camera { "camera" } else { "microphone" };
+    let text = format!("Not sending your {what}: {}", e.text);
+    ui::update(|v| {
+        v.notice = text;
+        if camera {
+            v.camera_refused = true;
+        } else {
+            v.mic_refused = true;
+        }
+    });
+}
+
+/// Someone needs a key frame of our camera or screen to start decoding.
+pub(crate) fn on_key_frame_request(app: &mut App, k: v1::KeyFrameRequest) {
+    if k.track_id == VIDEO_TRACK
+        && let Some(c) = &app.camera
+    {
+        c.key_wanted.set(true);
+    }
+    if k.track_id == SCREEN_TRACK
+        && let Some((c, _)) = &app.screen
+    {
+        c.key_wanted.set(true);
+    }
+}
+
+/// Moves the encoder toward the server's suggestion (§6.5), within what
+/// the camera started at.
+pub(crate) fn on_congestion_hint(app: &mut App, h: v1::CongestionHint) {
+    let bps = h.target_bitrate_kbps.saturating_mul(1000);
+    if h.track_id == VIDEO_TRACK {
+        app.rate.on_hint(bps);
+        path::apply_rate(app);
+    }
+    if h.track_id == SCREEN_TRACK
+        && let Some((c, _)) = &app.screen
+    {
+        c.bitrate.set(bps.clamp(CAMERA_FLOOR_BPS, CAMERA_START_BPS));
+    }
+}

@@ -1,0 +1,89 @@
+//! The others' media: a video tile per remote video track (decoded onto its
+//! canvas), a player per remote audio track, and what arrives for them.
+
+use convene_protocol::MediaFrame;
+use convene_protocol::v1::{self, client_message::Msg as C};
+
+use crate::dom::now;
+use crate::state::App;
+use crate::{audio, e2ee, screens, video};
+
+/// Puts a remote video track on screen, or plays a remote audio track.
+pub(crate) fn add_track(app: &mut App, participant: u32, track: &v1::TrackInfo) {
+    let key = (participant, track.track_id);
+    if track.kind == v1::TrackKind::Audio as i32 {
+        if let std::collections::btree_map::Entry::Vacant(slot) = app.players.entry(key) {
+            match audio::Player::new(&track.codec) {
+                Ok(p) => {
+                    slot.insert(p);
+                }
+                Err(e) => web_sys::console::warn_2(&"cannot play an audio track".into(), &e),
+            }
+        }
+        if track.muted {
+            app.mic_muted.insert(participant);
+        }
+        return;
+    }
+    if app.tiles.contains_key(&key) {
+        return;
+    }
+    let mut name = app.name_of(participant);
+    if track.kind == v1::TrackKind::Screen as i32 {
+        name.push_str(" · screen");
+    }
+    match video::Tile::new(participant, track.track_id, &name, &track.codec) {
+        Ok(t) => {
+            app.tiles.insert((participant, track.track_id), t);
+            screens::show_tiles(app);
+        }
+        Err(e) => web_sys::console::warn_2(&"cannot show a video track".into(), &e),
+    }
+}
+
+/// A media frame from the server: decrypted when E2EE is on, then played or
+/// decoded onto its tile.
+pub(crate) fn on_media(app: &mut App, m: MediaFrame) {
+    let h = *m.header();
+    let Some(m) = e2ee::open_media(app, m) else {
+        return;
+    };
+    let now_ms = now().0 as f64 / 1000.0;
+    if let Some(p) = app.players.get_mut(&(h.sender, h.track_id)) {
+        p.play(&m);
+    } else if let Some(tile) = app.tiles.get_mut(&(h.sender, h.track_id))
+        && tile.decode(&m)
+        && now_ms - tile.last_key_request_ms > 1000.0
+    {
+        // Ask the publisher for a picture to start from, at most once a second.
+        tile.last_key_request_ms = now_ms;
+        let _ = app.session.send(
+            now(),
+            C::KeyFrameRequest(v1::KeyFrameRequest {
+                participant_id: h.sender,
+                track_id: h.track_id,
+            }),
+        );
+    }
+}
+
+/// A remote track was unpublished: its tile or player goes.
+pub(crate) fn on_track_unpublished(app: &mut App, u: v1::TrackUnpublished) {
+    app.tiles.remove(&(u.participant_id, u.track_id));
+    app.players.remove(&(u.participant_id, u.track_id));
+    screens::show_tiles(app);
+}
+
+/// Someone left: all their tiles and players go.
+pub(crate) fn remove_participant(app: &mut App, participant: u32) {
+    app.tiles.retain(|(pid, _), _| *pid != participant);
+    app.players.retain(|(pid, _), _| *pid != participant);
+    screens::show_tiles(app);
+}
+
+/// The session ended: every tile and player goes.
+pub(crate) fn clear(app: &mut App) {
+    app.tiles.clear();
+    app.players.clear();
+    screens::show_tiles(app);
+}

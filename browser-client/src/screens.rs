@@ -1,0 +1,154 @@
+//! Between the meeting and its screens: what the meeting screen shows of
+//! the session (roster, tiles, who speaks), put into the view model of
+//! [`ui`], and what its buttons and chat box do.
+
+use convene_protocol::v1::{self, client_message::Msg as C};
+
+use crate::dom::{by_id, now};
+use crate::events::pump;
+use crate::session::after_close;
+use crate::state::{self, App};
+use crate::{publish, ui};
+
+/// Sends a chat message; false when the session would not take it (not
+/// joined, too long).
+pub(crate) fn send_chat(text: String) -> bool {
+    let Some(a) = state::current() else {
+        return false;
+    };
+    let mut app = a.borrow_mut();
+    let sent = app.session.send(
+        now(),
+        C::Chat(v1::ChatSend {
+            text,
+            ..Default::default()
+        }),
+    );
+    pump(&mut app);
+    sent.is_ok()
+}
+
+/// Does what a button of the meeting screen says.
+pub(crate) fn act(action: ui::Action) {
+    use ui::Action as A;
+    let Some(a) = state::current() else {
+        return;
+    };
+    if action == A::Screen {
+        // Still inside the click: browsers let getDisplayMedia run only here.
+        publish::toggle_screen(&a);
+        return;
+    }
+    let mut app = a.borrow_mut();
+    let msg = match action {
+        A::Leave => {
+            let _ = app.session.leave(now());
+            None
+        }
+        A::Lock => Some(C::LockRoom(v1::LockRoom {
+            locked: !app.locked,
+        })),
+        A::End => Some(C::EndMeeting(v1::EndMeeting {})),
+        A::Mic | A::Camera => publish::toggle(&mut app, action == A::Mic),
+        A::Mute(pid) => Some(C::MuteRequest(v1::MuteRequest {
+            participant_id: pid,
+            kind: v1::TrackKind::Unspecified as i32,
+        })),
+        A::Remove(pid) => Some(C::RemoveParticipant(v1::RemoveParticipant {
+            participant_id: pid,
+            reason: String::new(),
+        })),
+        A::Admit(pid) | A::Deny(pid) => {
+            ui::update(|v| v.waiting.retain(|(w, _)| *w != pid));
+            Some(if matches!(action, A::Admit(_)) {
+                C::Admit(v1::Admit {
+                    participant_id: pid,
+                })
+            } else {
+                C::Deny(v1::Deny {
+                    participant_id: pid,
+                })
+            })
+        }
+        A::Screen => None,
+    };
+    if let Some(m) = msg {
+        let _ = app.session.send(now(), m);
+    }
+    pump(&mut app);
+    drop(app);
+    after_close(&a);
+}
+
+/// Marks who is speaking (the loudest remote audio above a floor: their
+/// tiles and their row in the participant list) and
+/// counts decoded audio frames and played samples in `#app[data-audio-frames]`
+/// and `#app[data-audio-played]`.
+pub(crate) fn show_audio(app: &App) {
+    let decoded: u32 = app.players.values().map(|p| p.decoded.get()).sum();
+    let played: u32 = app.players.values().map(|p| p.played.get()).sum();
+    let loudest = app
+        .players
+        .iter()
+        .map(|((pid, _), p)| (*pid, p.level.get()))
+        .filter(|(_, l)| *l > 0.01)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(pid, _)| pid);
+    if let Some(root) = by_id("app") {
+        let _ = root.set_attribute("data-audio-frames", &decoded.to_string());
+        let _ = root.set_attribute("data-audio-played", &played.to_string());
+        let _ = root.set_attribute(
+            "data-speaker",
+            &loudest.map(|p| p.to_string()).unwrap_or_default(),
+        );
+    }
+    for ((pid, _), tile) in &app.tiles {
+        let _ = tile
+            .element()
+            .class_list()
+            .toggle_with_force("speaking", Some(*pid) == loudest);
+    }
+    if ui::read(|v| v.speaker) != loudest {
+        ui::update(|v| v.speaker = loudest);
+    }
+}
+
+/// Puts the remote video tiles in the meeting screen's grid.
+pub(crate) fn show_tiles(app: &App) {
+    let tiles: Vec<ui::TileNode> = app
+        .tiles
+        .iter()
+        .map(|((participant, track), t)| ui::TileNode {
+            participant: *participant,
+            track: *track,
+            node: t.element().clone(),
+        })
+        .collect();
+    ui::update(|v| v.tiles = tiles);
+}
+
+/// Shows who is in the room, and the moderator's controls to a moderator.
+pub(crate) fn show_roster(app: &App) {
+    let me = app.session.participant_id();
+    let people: Vec<ui::Person> = app
+        .roster
+        .iter()
+        .map(|(id, (name, moderator))| ui::Person {
+            id: *id,
+            name: name.clone(),
+            moderator: *moderator,
+            muted: app.mic_muted.contains(id),
+            me: *id == me,
+        })
+        .collect();
+    let moderator = app.moderator;
+    ui::update(|v| {
+        v.people = people;
+        v.moderator = moderator;
+    });
+}
+
+/// A roster entry: the name to show and whether a moderator.
+pub(crate) fn person(p: &v1::Participant) -> (String, bool) {
+    (p.display_name.clone(), p.role == v1::Role::Moderator as i32)
+}
