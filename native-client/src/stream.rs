@@ -6,6 +6,7 @@
 //! the async side owns the session and never waits for the encoder.
 
 use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -181,128 +182,567 @@ struct Summary {
     e2ee: Option<E2eeSummary>,
 }
 
+/// Starts the capture thread, then streams, one session after another, until
+/// Ctrl-C, `--duration` or a close not worth reconnecting after.
 pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCode> {
     let endpoints = args.server.endpoints().await?;
-    let urls: Vec<String> = args.server.urls().iter().map(|u| u.to_string()).collect();
-    let (width, height) = args.resolution;
-    let spec = SourceSpec {
-        kind: args.source,
-        device_index: args.video_device_index,
-        width,
-        height,
-        fps: args.fps,
-        format: args.frame_format,
-    };
     if args.key_interval.is_nan() || args.key_interval <= 0.0 {
         anyhow::bail!("--key-interval must be a positive number of seconds");
     }
-    let key_wanted = Arc::new(AtomicBool::new(true));
-    let stop = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(EncodeStats::default());
-    let (video_tx, mut video_rx) = mpsc::channel::<VideoOut>(4);
-    // A camera handle stays on the thread that opened it, so the thread opens
-    // the source and says whether that worked before anything connects: a
-    // missing camera should say so at once.
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
-    // The bitrate to encode at: --bitrate-kbps, lowered and raised again by
-    // the server's congestion hints and by what this publisher sees of its
-    // own path (never above --bitrate-kbps).
-    let target_kbps = Arc::new(AtomicU32::new(args.bitrate_kbps));
-    let mut rate = RateController::new(args.bitrate_kbps.saturating_mul(1000), RATE_FLOOR_BPS);
     let clock = Instant::now();
-    let media = {
-        let (key_wanted, stop, stats) = (key_wanted.clone(), stop.clone(), stats.clone());
-        let target = target_kbps.clone();
-        let settings = EncoderSettings {
-            bitrate_kbps: args.bitrate_kbps,
-            fps: args.fps,
+    let (media, video_rx) = Media::start(&args).await?;
+    let mut stream = Stream::new(&args, endpoints, clock, &media, video_rx);
+    let outcome = loop {
+        let joined = tokio::select! {
+            r = stream.connect() => r,
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = sleep_until(stream.deadline) => break Ok(()),
         };
-        let interval = Duration::from_secs_f64(args.key_interval);
-        std::thread::Builder::new()
-            .name("capture-encode".into())
-            .spawn(move || {
-                let source = match Source::open(spec) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("{e:#}")));
-                        return Ok(());
-                    }
-                };
-                let encoder = match H264Encoder::new(settings) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("cannot start the H.264 encoder: {e}")));
-                        return Ok(());
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                media_thread(
-                    source, encoder, settings, target, spec, interval, key_wanted, stop, stats,
-                    video_tx,
-                )
-            })
-            .context("cannot start the capture thread")?
+        let next = match joined {
+            Ok((client, present)) => {
+                let session = stream.start_session(client, present)?;
+                stream.publish(session).await
+            }
+            Err(failure) => stream.connect_failed(failure).await,
+        };
+        if let ControlFlow::Break(outcome) = next {
+            break outcome;
+        }
     };
-    let ready = tokio::task::spawn_blocking(move || ready_rx.recv())
-        .await
-        .context("the capture thread failed")?;
-    match ready {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => anyhow::bail!(e),
-        Err(_) => anyhow::bail!("the capture thread stopped before it started"),
+    let media_error = media.finish(stream.video_rx).await;
+    stream.status.done();
+    if let Err(e) = outcome {
+        return Err(media_error.unwrap_or(e));
+    }
+    stream.summary.e2ee = stream.e2ee.as_ref().map(E2ee::summary);
+    print_summary(stream.summary, &stream.stats, args.json)?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The capture-and-encode thread, and what the async side shares with it.
+#[derive(Debug)]
+struct Media {
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    /// Tells the thread to end.
+    stop: Arc<AtomicBool>,
+    /// Set when the next picture should be a key frame.
+    key_wanted: Arc<AtomicBool>,
+    stats: Arc<EncodeStats>,
+    /// The bitrate to encode at: --bitrate-kbps, lowered and raised again by
+    /// the server's congestion hints and by what this publisher sees of its
+    /// own path (never above --bitrate-kbps).
+    target_kbps: Arc<AtomicU32>,
+}
+
+impl Media {
+    /// Starts the thread; returns once it has opened the source and the
+    /// encoder, with the channel the encoded pictures come out of.
+    async fn start(args: &StreamArgs) -> anyhow::Result<(Media, mpsc::Receiver<VideoOut>)> {
+        let (width, height) = args.resolution;
+        let spec = SourceSpec {
+            kind: args.source,
+            device_index: args.video_device_index,
+            width,
+            height,
+            fps: args.fps,
+            format: args.frame_format,
+        };
+        let key_wanted = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(EncodeStats::default());
+        let (video_tx, video_rx) = mpsc::channel::<VideoOut>(4);
+        // A camera handle stays on the thread that opened it, so the thread opens
+        // the source and says whether that worked before anything connects: a
+        // missing camera should say so at once.
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+        let target_kbps = Arc::new(AtomicU32::new(args.bitrate_kbps));
+        let thread = {
+            let (key_wanted, stop, stats) = (key_wanted.clone(), stop.clone(), stats.clone());
+            let target = target_kbps.clone();
+            let settings = EncoderSettings {
+                bitrate_kbps: args.bitrate_kbps,
+                fps: args.fps,
+            };
+            let interval = Duration::from_secs_f64(args.key_interval);
+            std::thread::Builder::new()
+                .name("capture-encode".into())
+                .spawn(move || {
+                    let source = match Source::open(spec) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("{e:#}")));
+                            return Ok(());
+                        }
+                    };
+                    let encoder = match H264Encoder::new(settings) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let _ =
+                                ready_tx.send(Err(format!("cannot start the H.264 encoder: {e}")));
+                            return Ok(());
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    media_thread(
+                        source, encoder, settings, target, spec, interval, key_wanted, stop, stats,
+                        video_tx,
+                    )
+                })
+                .context("cannot start the capture thread")?
+        };
+        let ready = tokio::task::spawn_blocking(move || ready_rx.recv())
+            .await
+            .context("the capture thread failed")?;
+        match ready {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!(e),
+            Err(_) => anyhow::bail!("the capture thread stopped before it started"),
+        }
+        let media = Media {
+            thread,
+            stop,
+            key_wanted,
+            stats,
+            target_kbps,
+        };
+        Ok((media, video_rx))
     }
 
-    let status = StatusLine::new();
-    let deadline = args
-        .duration
-        .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
-    let mut summary = Summary {
-        width,
-        height,
-        min_bitrate_kbps: args.bitrate_kbps,
-        ..Summary::default()
-    };
-    let mut tone = audio::Tone::new(440.0);
-    let (mut video, mut audio) = (OutTrack::new(VIDEO_TRACK), OutTrack::new(AUDIO_TRACK));
-    let mut backoff = BACKOFF_MIN;
-    let mut ever_connected = false;
-    // Which server we try, and how many in a row failed since one worked.
-    let (mut at, mut failed_in_turn) = (0usize, 0usize);
-    // The session's end-to-end encryption, with --e2ee (new keys per session).
-    let mut e2ee: Option<E2ee> = None;
-    let outcome: anyhow::Result<()> = 'sessions: loop {
-        let joined = tokio::select! {
-            r = connect(&args, &endpoints[at], width, height, &status) => r,
-            _ = tokio::signal::ctrl_c() => break 'sessions Ok(()),
-            _ = sleep_until(deadline) => break 'sessions Ok(()),
+    /// Stops the thread and waits for it; the error it ended with, if any.
+    async fn finish(self, video_rx: mpsc::Receiver<VideoOut>) -> Option<anyhow::Error> {
+        self.stop.store(true, Ordering::Relaxed);
+        drop(video_rx);
+        match tokio::task::spawn_blocking(move || self.thread.join()).await {
+            Ok(Ok(Err(e))) => Some(e.context("capture or encoding failed")),
+            Ok(Err(_)) => Some(anyhow::anyhow!("the capture thread panicked")),
+            _ => None,
+        }
+    }
+}
+
+/// What `convene stream` carries from one session to the next.
+struct Stream<'a> {
+    args: &'a StreamArgs,
+    /// The servers given with --server, in the same order as the URLs in
+    /// `reconnect`.
+    endpoints: Vec<convene_client::Endpoint>,
+    reconnect: Reconnect,
+    status: StatusLine,
+    /// When --duration is up, if it was given.
+    deadline: Option<tokio::time::Instant>,
+    /// Encoded pictures from the capture thread.
+    video_rx: mpsc::Receiver<VideoOut>,
+    /// Shared with the capture thread: see [`Media`].
+    key_wanted: Arc<AtomicBool>,
+    stats: Arc<EncodeStats>,
+    target_kbps: Arc<AtomicU32>,
+    /// Turns congestion hints and path reports into `target_kbps`.
+    rate: RateController,
+    /// The zero of the timestamps `rate` is given.
+    clock: Instant,
+    tone: audio::Tone,
+    /// Our tracks, whose sequence numbers go on from one session to the next.
+    video: OutTrack,
+    audio: OutTrack,
+    /// The session's end-to-end encryption, with --e2ee (new keys per session).
+    e2ee: Option<E2ee>,
+    summary: Summary,
+}
+
+/// What the stream does after an event of its session.
+#[derive(Debug)]
+enum Next {
+    /// Goes on with this session.
+    Continue,
+    /// Reconnects, after losing the session for this reason.
+    Reconnect(String),
+    /// Ends the run.
+    End(anyhow::Result<()>),
+}
+
+/// One joined session, and what lives as long as it does.
+struct Session {
+    client: Client,
+    /// How many others are in the room, for the status line.
+    peers: usize,
+    /// When the tone's next frame is due.
+    audio_tick: tokio::time::Interval,
+    /// When the path is checked and the status line redrawn.
+    status_tick: tokio::time::Interval,
+    /// Frames and bytes since the status line was last drawn.
+    window: Window,
+}
+
+impl<'a> Stream<'a> {
+    fn new(
+        args: &'a StreamArgs,
+        endpoints: Vec<convene_client::Endpoint>,
+        clock: Instant,
+        media: &Media,
+        video_rx: mpsc::Receiver<VideoOut>,
+    ) -> Stream<'a> {
+        let (width, height) = args.resolution;
+        Stream {
+            args,
+            endpoints,
+            reconnect: Reconnect::new(args.server.urls().iter().map(|u| u.to_string()).collect()),
+            status: StatusLine::new(),
+            deadline: args
+                .duration
+                .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0))),
+            video_rx,
+            key_wanted: media.key_wanted.clone(),
+            stats: media.stats.clone(),
+            target_kbps: media.target_kbps.clone(),
+            rate: RateController::new(args.bitrate_kbps.saturating_mul(1000), RATE_FLOOR_BPS),
+            clock,
+            tone: audio::Tone::new(440.0),
+            video: OutTrack::new(VIDEO_TRACK),
+            audio: OutTrack::new(AUDIO_TRACK),
+            e2ee: None,
+            summary: Summary {
+                width,
+                height,
+                min_bitrate_kbps: args.bitrate_kbps,
+                ..Summary::default()
+            },
+        }
+    }
+
+    /// Connects to the server whose turn it is, joins and publishes.
+    async fn connect(&self) -> Result<(Client, Vec<u32>), Failure> {
+        let (width, height) = self.args.resolution;
+        let endpoint = &self.endpoints[self.reconnect.at];
+        connect(self.args, endpoint, width, height, &self.status).await
+    }
+
+    /// An attempt to join failed: goes on at once, after a wait, or not at all.
+    async fn connect_failed(&mut self, failure: Failure) -> ControlFlow<anyhow::Result<()>> {
+        match self.reconnect.failed(failure, &self.args.server.server) {
+            Retry::Now(note) => self.status.note(&note),
+            Retry::After(wait, why) => {
+                self.status.note(&format!("{why}; retrying in {wait:?}"));
+                if wait_or_stop(wait, self.deadline).await {
+                    return ControlFlow::Break(Ok(()));
+                }
+            }
+            Retry::GiveUp(why) => return ControlFlow::Break(Err(anyhow::anyhow!(why))),
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A session joined: notes it, starts E2EE with --e2ee and asks for a key frame.
+    fn start_session(&mut self, mut client: Client, present: Vec<u32>) -> anyhow::Result<Session> {
+        let peers = present.len().saturating_sub(1);
+        self.reconnect.connected();
+        self.summary.connects += 1;
+        self.summary.transport = Some(format!("{:?}", client.transport()));
+        self.summary.server = Some(self.reconnect.url().to_string());
+        self.summary.participant_id = client.participant_id();
+        let (width, height) = self.args.resolution;
+        self.status.note(&format!(
+            "streaming {width}x{height}@{} {} kbps into `{}` as participant {} over {:?} at {}",
+            self.args.fps,
+            self.args.bitrate_kbps,
+            self.args.meeting_id,
+            client.participant_id(),
+            client.transport(),
+            self.reconnect.url()
+        ));
+        self.e2ee = if self.args.e2ee {
+            Some(E2ee::start(
+                &mut client,
+                &self.args.meeting_id,
+                &present,
+                &self.status,
+            )?)
+        } else {
+            None
         };
-        let (mut client, present) = match joined {
-            Ok(c) => c,
+        // Whoever is already there needs a picture to start from.
+        self.key_wanted.store(true, Ordering::Relaxed);
+        let mut audio_tick = tokio::time::interval(Duration::from_millis(
+            1000 / u64::from(audio::FRAMES_PER_SECOND),
+        ));
+        audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let status_tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        Ok(Session {
+            client,
+            peers,
+            audio_tick,
+            status_tick,
+            window: Window::default(),
+        })
+    }
+
+    /// Publishes over `s` until the run ends or the session is lost; after a
+    /// loss, waits before the next attempt.
+    async fn publish(&mut self, mut s: Session) -> ControlFlow<anyhow::Result<()>> {
+        let tone = self.args.audio == AudioSource::Tone;
+        let lost = loop {
+            let next = tokio::select! {
+                ev = s.client.next_event() => self.on_event(&mut s, ev),
+                v = self.video_rx.recv() => self.send_video(&mut s, v),
+                _ = s.audio_tick.tick(), if tone => self.send_audio(&mut s),
+                _ = s.status_tick.tick() => self.on_status_tick(&mut s),
+                _ = tokio::signal::ctrl_c() => s.stop().await,
+                _ = sleep_until(self.deadline) => s.finish().await,
+            };
+            match next {
+                Next::Continue => {}
+                Next::Reconnect(why) => break why,
+                Next::End(outcome) => return ControlFlow::Break(outcome),
+            }
+        };
+        self.lost(&lost).await
+    }
+
+    /// Something from the server: a key frame request, a peer coming or
+    /// going, a congestion hint, or the end of the session.
+    fn on_event(&mut self, s: &mut Session, ev: Option<ClientEvent>) -> Next {
+        if let (Some(e), Some(ev)) = (self.e2ee.as_mut(), ev.as_ref()) {
+            // A stream only sends: frames it would ask for do not concern it.
+            let _ = e.on_event(&mut s.client, ev, &self.status);
+        }
+        match ev {
+            Some(ClientEvent::Room(S::KeyFrameRequest(k))) if k.track_id == VIDEO_TRACK => {
+                self.summary.key_frame_requests += 1;
+                self.key_wanted.store(true, Ordering::Relaxed);
+            }
+            Some(ClientEvent::Room(S::ParticipantJoined(_))) => s.peers += 1,
+            Some(ClientEvent::Room(S::ParticipantLeft(_))) => s.peers = s.peers.saturating_sub(1),
+            Some(ClientEvent::Room(S::CongestionHint(h))) if h.track_id == VIDEO_TRACK => {
+                self.summary.congestion_hints += 1;
+                // The server's word goes to the encoder at once
+                // (within the floor and --bitrate-kbps).
+                self.rate
+                    .on_hint(h.target_bitrate_kbps.saturating_mul(1000));
+                let kbps = self.rate.target() / 1000;
+                tracing::info!(kbps, reason = h.reason, "congestion hint");
+                set_bitrate(&self.target_kbps, kbps, &mut self.summary);
+            }
+            Some(ClientEvent::Closed) | None => return self.on_close(s.client.close_reason()),
+            Some(_) => {}
+        }
+        Next::Continue
+    }
+
+    /// The session ended: reconnect, or end the run, as [`after_close`] decides.
+    fn on_close(&self, reason: Option<&convene_protocol::CloseReason>) -> Next {
+        match after_close(reason) {
+            AfterClose::Reconnect(why) => Next::Reconnect(why),
+            AfterClose::Stop(note) => {
+                self.status.note(&note);
+                Next::End(Ok(()))
+            }
+            AfterClose::Fail(why) => Next::End(Err(anyhow::anyhow!(why))),
+        }
+    }
+
+    /// Sends an encoded picture; `None` means the capture thread is gone.
+    fn send_video(&mut self, s: &mut Session, v: Option<VideoOut>) -> Next {
+        let Some(v) = v else {
+            return Next::End(Err(anyhow::anyhow!("the capture thread stopped")));
+        };
+        let frame = seal(
+            &mut self.e2ee,
+            self.video.frame(v.key, v.capture_us, &v.data),
+        );
+        if s.client.send_media(frame).is_ok() {
+            self.summary.video_frames_sent += 1;
+            self.summary.bytes_sent += v.data.len() as u64;
+            s.window.frames += 1;
+            s.window.bytes += v.data.len() as u64;
+        }
+        Next::Continue
+    }
+
+    /// Sends the tone's next frame.
+    fn send_audio(&mut self, s: &mut Session) -> Next {
+        let payload = self.tone.next_frame();
+        let frame = seal(
+            &mut self.e2ee,
+            self.audio.frame(true, unix_micros(), &payload),
+        );
+        if s.client.send_media(frame).is_ok() {
+            self.summary.audio_frames_sent += 1;
+            self.summary.bytes_sent += payload.len() as u64;
+            s.window.bytes += payload.len() as u64;
+        }
+        Next::Continue
+    }
+
+    /// Once a second: the bitrate follows the path, and the status line is redrawn.
+    fn on_status_tick(&mut self, s: &mut Session) -> Next {
+        self.follow_path(s);
+        self.show_status(s);
+        Next::Continue
+    }
+
+    /// Sets the encoder's bitrate from what the path looks like (round trip,
+    /// loss, backlog), in steps of at least [`RATE_STEP`] except to the
+    /// floor or back to --bitrate-kbps.
+    fn follow_path(&mut self, s: &mut Session) {
+        if s.client.transport() == TransportKind::WebSocket {
+            // A publisher always has something to send, so the
+            // session never pings by itself: ask for a round trip.
+            let _ = s.client.ping();
+        }
+        let path = s.client.path_report();
+        self.summary.rtt_ms = path.rtt.map(|r| r.as_secs_f64() * 1e3);
+        let now = Timestamp(self.clock.elapsed().as_micros() as u64);
+        let bps = self
+            .rate
+            .on_path(now, path.rtt, path.loss, path.backlog_bytes);
+        self.summary.path = self
+            .rate
+            .path_state()
+            .map(|p| format!("{p:?}").to_lowercase());
+        let current = self.target_kbps.load(Ordering::Relaxed);
+        let kbps = bps / 1000;
+        if f64::from(kbps.abs_diff(current)) >= RATE_STEP * f64::from(current)
+            || (kbps != current && (bps == self.rate.floor() || kbps == self.args.bitrate_kbps))
+        {
+            tracing::info!(kbps, ?path, "bitrate from the path");
+            set_bitrate(&self.target_kbps, kbps, &mut self.summary);
+        }
+    }
+
+    /// Redraws the status line and starts a new window.
+    fn show_status(&self, s: &mut Session) {
+        let secs = s.window.since.elapsed().as_secs_f64().max(0.001);
+        let rtt = s
+            .client
+            .rtt()
+            .map_or("-".into(), |r| format!("{:.1} ms", r.as_secs_f64() * 1e3));
+        self.status.show(&format!(
+            "{:.1} fps  {:.0} kbps (target {})  rtt {rtt}  peers {}  key frames {}  dropped {}",
+            s.window.frames as f64 / secs,
+            s.window.bytes as f64 * 8.0 / secs / 1000.0,
+            self.target_kbps.load(Ordering::Relaxed),
+            s.peers,
+            self.stats.key_frames.load(Ordering::Relaxed),
+            self.stats.dropped.load(Ordering::Relaxed) + s.client.congested_drops(),
+        ));
+        s.window = Window::default();
+    }
+
+    /// The session was lost: waits before reconnecting; breaks when the run
+    /// should end instead.
+    async fn lost(&mut self, why: &str) -> ControlFlow<anyhow::Result<()>> {
+        let wait = self.reconnect.next_backoff();
+        self.status.note(&format!(
+            "lost the server ({why}); reconnecting in {wait:?}"
+        ));
+        // Pictures made while away are stale: let them go.
+        if wait_or_stop_draining(wait, self.deadline, &mut self.video_rx).await {
+            return ControlFlow::Break(Ok(()));
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl Session {
+    /// Ctrl-C: says goodbye and ends the run.
+    async fn stop(&mut self) -> Next {
+        self.client.close("stream stopped").await;
+        Next::End(Ok(()))
+    }
+
+    /// --duration is up: says goodbye, waiting at most 5 s, and ends the run.
+    async fn finish(&mut self) -> Next {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), self.client.close("stream done")).await;
+        Next::End(Ok(()))
+    }
+}
+
+/// Which server to try next, and how long to wait first.
+#[derive(Debug)]
+struct Reconnect {
+    /// The servers given with --server, tried in turn.
+    urls: Vec<String>,
+    /// The one whose turn it is.
+    at: usize,
+    /// How many failed in a row since one worked: until all have, the next
+    /// is tried at once.
+    failed_in_turn: usize,
+    /// The next wait, doubled after each up to [`BACKOFF_MAX`].
+    backoff: Duration,
+    /// Whether any session was made: until then, an unreachable server or
+    /// one that does not let us in ends the run.
+    ever_connected: bool,
+}
+
+/// What to do after an attempt to join failed.
+#[derive(Debug)]
+enum Retry {
+    /// Try the next server at once, noting this.
+    Now(String),
+    /// Wait this long for this reason, then try the next server.
+    After(Duration, String),
+    /// End the run with this error.
+    GiveUp(String),
+}
+
+impl Reconnect {
+    fn new(urls: Vec<String>) -> Reconnect {
+        Reconnect {
+            urls,
+            at: 0,
+            failed_in_turn: 0,
+            backoff: BACKOFF_MIN,
+            ever_connected: false,
+        }
+    }
+
+    /// The URL of the server whose turn it is.
+    fn url(&self) -> &str {
+        &self.urls[self.at]
+    }
+
+    /// A session joined: the next failure starts over from the shortest wait.
+    fn connected(&mut self) {
+        self.ever_connected = true;
+        self.failed_in_turn = 0;
+        self.backoff = BACKOFF_MIN;
+    }
+
+    /// The wait before the next attempt; the one after is twice as long.
+    fn next_backoff(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        wait
+    }
+
+    /// The policy for a failed attempt to join; `server` is --server, for
+    /// the message when nothing ever worked.
+    fn failed(&mut self, failure: Failure, server: &str) -> Retry {
+        match failure {
             // Another server may take us: try the next one at once, until
             // every one has failed in turn.
-            Err(Failure::Busy(e) | Failure::Unreachable(e)) if failed_in_turn + 1 < urls.len() => {
-                failed_in_turn += 1;
-                let next = (at + 1) % urls.len();
-                status.note(&format!("{e} at {}; trying {}", urls[at], urls[next]));
-                at = next;
-                continue;
+            Failure::Busy(e) | Failure::Unreachable(e)
+                if self.failed_in_turn + 1 < self.urls.len() =>
+            {
+                self.failed_in_turn += 1;
+                let next = (self.at + 1) % self.urls.len();
+                let note = format!("{e} at {}; trying {}", self.urls[self.at], self.urls[next]);
+                self.at = next;
+                Retry::Now(note)
             }
-            Err(Failure::Refused(e)) => break 'sessions Err(anyhow::anyhow!(e)),
-            Err(Failure::Unreachable(e)) if !ever_connected => {
-                break 'sessions Err(anyhow::anyhow!(
-                    "{e}; is the server running at {}? (set it with --server)",
-                    args.server.server
-                ));
-            }
-            Err(Failure::TimedOut) if !ever_connected => {
-                break 'sessions Err(anyhow::anyhow!(
-                    "the server at {} did not let us join within {JOIN_TIMEOUT:?}",
-                    args.server.server
-                ));
-            }
-            Err(f) => {
-                failed_in_turn = 0;
-                at = (at + 1) % urls.len();
+            Failure::Refused(e) => Retry::GiveUp(e),
+            Failure::Unreachable(e) if !self.ever_connected => Retry::GiveUp(format!(
+                "{e}; is the server running at {server}? (set it with --server)"
+            )),
+            Failure::TimedOut if !self.ever_connected => Retry::GiveUp(format!(
+                "the server at {server} did not let us join within {JOIN_TIMEOUT:?}"
+            )),
+            f => {
+                self.failed_in_turn = 0;
+                self.at = (self.at + 1) % self.urls.len();
                 let why = match f {
                     Failure::Later(e) => format!("the server asked us to come back later ({e})"),
                     Failure::Busy(e) => e,
@@ -311,175 +751,21 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
                     // Handled above; listed so a new kind of failure is not missed.
                     Failure::Refused(e) => e,
                 };
-                status.note(&format!("{why}; retrying in {backoff:?}"));
-                if wait_or_stop(backoff, deadline).await {
-                    break 'sessions Ok(());
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
+                Retry::After(self.next_backoff(), why)
             }
-        };
-        let mut peers = present.len().saturating_sub(1);
-        ever_connected = true;
-        failed_in_turn = 0;
-        backoff = BACKOFF_MIN;
-        summary.connects += 1;
-        summary.transport = Some(format!("{:?}", client.transport()));
-        summary.server = Some(urls[at].clone());
-        summary.participant_id = client.participant_id();
-        status.note(&format!(
-            "streaming {width}x{height}@{} {} kbps into `{}` as participant {} over {:?} at {}",
-            args.fps,
-            args.bitrate_kbps,
-            args.meeting_id,
-            client.participant_id(),
-            client.transport(),
-            urls[at]
-        ));
-        e2ee = if args.e2ee {
-            Some(E2ee::start(
-                &mut client,
-                &args.meeting_id,
-                &present,
-                &status,
-            )?)
-        } else {
-            None
-        };
-        // Whoever is already there needs a picture to start from.
-        key_wanted.store(true, Ordering::Relaxed);
-        let mut audio_tick = tokio::time::interval(Duration::from_millis(
-            1000 / u64::from(audio::FRAMES_PER_SECOND),
-        ));
-        audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut status_tick = tokio::time::interval_at(
-            tokio::time::Instant::now() + Duration::from_secs(1),
-            Duration::from_secs(1),
-        );
-        let mut window = Window::default();
-        let lost = loop {
-            tokio::select! {
-                ev = client.next_event() => {
-                if let (Some(e), Some(ev)) = (e2ee.as_mut(), ev.as_ref()) {
-                    // A stream only sends: frames it would ask for do not concern it.
-                    let _ = e.on_event(&mut client, ev, &status);
-                }
-                match ev {
-                    Some(ClientEvent::Room(S::KeyFrameRequest(k))) if k.track_id == VIDEO_TRACK => {
-                        summary.key_frame_requests += 1;
-                        key_wanted.store(true, Ordering::Relaxed);
-                    }
-                    Some(ClientEvent::Room(S::ParticipantJoined(_))) => peers += 1,
-                    Some(ClientEvent::Room(S::ParticipantLeft(_))) => peers = peers.saturating_sub(1),
-                    Some(ClientEvent::Room(S::CongestionHint(h))) if h.track_id == VIDEO_TRACK => {
-                        summary.congestion_hints += 1;
-                        // The server's word goes to the encoder at once
-                        // (within the floor and --bitrate-kbps).
-                        rate.on_hint(h.target_bitrate_kbps.saturating_mul(1000));
-                        let kbps = rate.target() / 1000;
-                        tracing::info!(kbps, reason = h.reason, "congestion hint");
-                        set_bitrate(&target_kbps, kbps, &mut summary);
-                    }
-                    Some(ClientEvent::Closed) | None => {
-                        match after_close(client.close_reason()) {
-                            AfterClose::Reconnect(why) => break why,
-                            AfterClose::Stop(note) => {
-                                status.note(&note);
-                                break 'sessions Ok(());
-                            }
-                            AfterClose::Fail(why) => break 'sessions Err(anyhow::anyhow!(why)),
-                        }
-                    }
-                    Some(_) => {}
-                }},
-                v = video_rx.recv() => {
-                    let Some(v) = v else { break 'sessions Err(anyhow::anyhow!("the capture thread stopped")); };
-                    let frame = seal(&mut e2ee, video.frame(v.key, v.capture_us, &v.data));
-                    if client.send_media(frame).is_ok() {
-                        summary.video_frames_sent += 1;
-                        summary.bytes_sent += v.data.len() as u64;
-                        window.frames += 1;
-                        window.bytes += v.data.len() as u64;
-                    }
-                }
-                _ = audio_tick.tick(), if args.audio == AudioSource::Tone => {
-                    let payload = tone.next_frame();
-                    let frame = seal(&mut e2ee, audio.frame(true, unix_micros(), &payload));
-                    if client.send_media(frame).is_ok() {
-                        summary.audio_frames_sent += 1;
-                        summary.bytes_sent += payload.len() as u64;
-                        window.bytes += payload.len() as u64;
-                    }
-                }
-                _ = status_tick.tick() => {
-                    if client.transport() == TransportKind::WebSocket {
-                        // A publisher always has something to send, so the
-                        // session never pings by itself: ask for a round trip.
-                        let _ = client.ping();
-                    }
-                    let path = client.path_report();
-                    summary.rtt_ms = path.rtt.map(|r| r.as_secs_f64() * 1e3);
-                    let now = Timestamp(clock.elapsed().as_micros() as u64);
-                    let bps = rate.on_path(now, path.rtt, path.loss, path.backlog_bytes);
-                    summary.path = rate.path_state().map(|p| format!("{p:?}").to_lowercase());
-                    let current = target_kbps.load(Ordering::Relaxed);
-                    let kbps = bps / 1000;
-                    if f64::from(kbps.abs_diff(current)) >= RATE_STEP * f64::from(current)
-                        || (kbps != current && (bps == rate.floor() || kbps == args.bitrate_kbps))
-                    {
-                        tracing::info!(kbps, ?path, "bitrate from the path");
-                        set_bitrate(&target_kbps, kbps, &mut summary);
-                    }
-                    let secs = window.since.elapsed().as_secs_f64().max(0.001);
-                    let rtt = client.rtt().map_or("-".into(), |r| format!("{:.1} ms", r.as_secs_f64() * 1e3));
-                    status.show(&format!(
-                        "{:.1} fps  {:.0} kbps (target {})  rtt {rtt}  peers {peers}  key frames {}  dropped {}",
-                        window.frames as f64 / secs,
-                        window.bytes as f64 * 8.0 / secs / 1000.0,
-                        target_kbps.load(Ordering::Relaxed),
-                        stats.key_frames.load(Ordering::Relaxed),
-                        stats.dropped.load(Ordering::Relaxed) + client.congested_drops(),
-                    ));
-                    window = Window::default();
-                }
-                _ = tokio::signal::ctrl_c() => {
-                    client.close("stream stopped").await;
-                    break 'sessions Ok(());
-                }
-                _ = sleep_until(deadline) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), client.close("stream done")).await;
-                    break 'sessions Ok(());
-                }
-            }
-        };
-        status.note(&format!(
-            "lost the server ({lost}); reconnecting in {backoff:?}"
-        ));
-        // Pictures made while away are stale: let them go.
-        if wait_or_stop_draining(backoff, deadline, &mut video_rx).await {
-            break 'sessions Ok(());
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-    };
-    stop.store(true, Ordering::Relaxed);
-    drop(video_rx);
-    let media_error = match tokio::task::spawn_blocking(move || media.join()).await {
-        Ok(Ok(Err(e))) => Some(e.context("capture or encoding failed")),
-        Ok(Err(_)) => Some(anyhow::anyhow!("the capture thread panicked")),
-        _ => None,
-    };
-    status.done();
-    if let Err(e) = outcome {
-        return Err(media_error.unwrap_or(e));
     }
-    summary.e2ee = e2ee.as_ref().map(E2ee::summary);
+}
+
+/// Prints what was sent: JSON with --json, a line on stderr otherwise.
+fn print_summary(mut summary: Summary, stats: &EncodeStats, json: bool) -> anyhow::Result<()> {
     summary.frames_encoded = stats.frames.load(Ordering::Relaxed);
     summary.key_frames = stats.key_frames.load(Ordering::Relaxed);
     summary.frames_skipped_by_rate_control = stats.skipped.load(Ordering::Relaxed);
     summary.mean_encode_ms = stats.encode_us.load(Ordering::Relaxed) as f64
         / 1000.0
         / summary.frames_encoded.max(1) as f64;
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         eprintln!(
@@ -492,7 +778,7 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
             summary.mean_encode_ms
         );
     }
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Tells the encoder thread a new bitrate, in kbit/s.
