@@ -5,14 +5,15 @@
 //! Capture and encoding run on their own thread (they block and burn CPU);
 //! the async side owns the session and never waits for the encoder.
 
+mod capture;
+mod reconnect;
+
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use bytes::Bytes;
 use convene_client::{Client, TransportKind};
 use convene_protocol::rate::RateController;
 use convene_protocol::v1::{ClientKind, TrackInfo, TrackKind, server_message::Msg as S};
@@ -22,11 +23,14 @@ use tokio::sync::mpsc;
 use crate::args::ServerArgs;
 use crate::audio;
 use crate::e2ee::{E2ee, E2eeSummary};
-use crate::frame::{FrameFormat, I420};
-use crate::h264::{self, EncoderSettings, H264Encoder};
+use crate::frame::FrameFormat;
+use crate::h264;
 use crate::media::{OutTrack, sleep_until, unix_micros};
 use crate::pattern;
-use crate::source::{Source, SourceKind, SourceSpec};
+use crate::source::SourceKind;
+
+use capture::{EncodeStats, Media, VideoOut};
+use reconnect::{AfterClose, Failure, Reconnect, Retry, after_close, closed};
 
 /// The video track's id.
 const VIDEO_TRACK: u32 = 1;
@@ -129,26 +133,6 @@ fn parse_resolution(s: &str) -> Result<(usize, usize), String> {
     Ok((w, h))
 }
 
-/// One encoded picture on its way to the network.
-#[derive(Debug)]
-struct VideoOut {
-    data: Bytes,
-    key: bool,
-    capture_us: u64,
-}
-
-/// Counters the media thread keeps.
-#[derive(Debug, Default)]
-struct EncodeStats {
-    frames: AtomicU64,
-    key_frames: AtomicU64,
-    encode_us: AtomicU64,
-    /// Pictures dropped because the network side was behind.
-    dropped: AtomicU64,
-    /// Pictures the encoder's rate control skipped.
-    skipped: AtomicU64,
-}
-
 /// The summary `--json` prints.
 #[derive(Debug, Default, serde::Serialize)]
 struct Summary {
@@ -217,107 +201,6 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
     stream.summary.e2ee = stream.e2ee.as_ref().map(E2ee::summary);
     print_summary(stream.summary, &stream.stats, args.json)?;
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// The capture-and-encode thread, and what the async side shares with it.
-#[derive(Debug)]
-struct Media {
-    thread: std::thread::JoinHandle<anyhow::Result<()>>,
-    /// Tells the thread to end.
-    stop: Arc<AtomicBool>,
-    /// Set when the next picture should be a key frame.
-    key_wanted: Arc<AtomicBool>,
-    stats: Arc<EncodeStats>,
-    /// The bitrate to encode at: --bitrate-kbps, lowered and raised again by
-    /// the server's congestion hints and by what this publisher sees of its
-    /// own path (never above --bitrate-kbps).
-    target_kbps: Arc<AtomicU32>,
-}
-
-impl Media {
-    /// Starts the thread; returns once it has opened the source and the
-    /// encoder, with the channel the encoded pictures come out of.
-    async fn start(args: &StreamArgs) -> anyhow::Result<(Media, mpsc::Receiver<VideoOut>)> {
-        let (width, height) = args.resolution;
-        let spec = SourceSpec {
-            kind: args.source,
-            device_index: args.video_device_index,
-            width,
-            height,
-            fps: args.fps,
-            format: args.frame_format,
-        };
-        let key_wanted = Arc::new(AtomicBool::new(true));
-        let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(EncodeStats::default());
-        let (video_tx, video_rx) = mpsc::channel::<VideoOut>(4);
-        // A camera handle stays on the thread that opened it, so the thread opens
-        // the source and says whether that worked before anything connects: a
-        // missing camera should say so at once.
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
-        let target_kbps = Arc::new(AtomicU32::new(args.bitrate_kbps));
-        let thread = {
-            let (key_wanted, stop, stats) = (key_wanted.clone(), stop.clone(), stats.clone());
-            let target = target_kbps.clone();
-            let settings = EncoderSettings {
-                bitrate_kbps: args.bitrate_kbps,
-                fps: args.fps,
-            };
-            let interval = Duration::from_secs_f64(args.key_interval);
-            std::thread::Builder::new()
-                .name("capture-encode".into())
-                .spawn(move || {
-                    let source = match Source::open(spec) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(format!("{e:#}")));
-                            return Ok(());
-                        }
-                    };
-                    let encoder = match H264Encoder::new(settings) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            let _ =
-                                ready_tx.send(Err(format!("cannot start the H.264 encoder: {e}")));
-                            return Ok(());
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    media_thread(
-                        source, encoder, settings, target, spec, interval, key_wanted, stop, stats,
-                        video_tx,
-                    )
-                })
-                .context("cannot start the capture thread")?
-        };
-        let ready = tokio::task::spawn_blocking(move || ready_rx.recv())
-            .await
-            .context("the capture thread failed")?;
-        match ready {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => anyhow::bail!(e),
-            Err(_) => anyhow::bail!("the capture thread stopped before it started"),
-        }
-        let media = Media {
-            thread,
-            stop,
-            key_wanted,
-            stats,
-            target_kbps,
-        };
-        Ok((media, video_rx))
-    }
-
-    /// Stops the thread and waits for it; the error it ended with, if any.
-    async fn finish(self, video_rx: mpsc::Receiver<VideoOut>) -> Option<anyhow::Error> {
-        self.stop.store(true, Ordering::Relaxed);
-        drop(video_rx);
-        match tokio::task::spawn_blocking(move || self.thread.join()).await {
-            Ok(Ok(Err(e))) => Some(e.context("capture or encoding failed")),
-            Ok(Err(_)) => Some(anyhow::anyhow!("the capture thread panicked")),
-            _ => None,
-        }
-    }
 }
 
 /// What `convene stream` carries from one session to the next.
@@ -660,103 +543,6 @@ impl Session {
     }
 }
 
-/// Which server to try next, and how long to wait first.
-#[derive(Debug)]
-struct Reconnect {
-    /// The servers given with --server, tried in turn.
-    urls: Vec<String>,
-    /// The one whose turn it is.
-    at: usize,
-    /// How many failed in a row since one worked: until all have, the next
-    /// is tried at once.
-    failed_in_turn: usize,
-    /// The next wait, doubled after each up to [`BACKOFF_MAX`].
-    backoff: Duration,
-    /// Whether any session was made: until then, an unreachable server or
-    /// one that does not let us in ends the run.
-    ever_connected: bool,
-}
-
-/// What to do after an attempt to join failed.
-#[derive(Debug)]
-enum Retry {
-    /// Try the next server at once, noting this.
-    Now(String),
-    /// Wait this long for this reason, then try the next server.
-    After(Duration, String),
-    /// End the run with this error.
-    GiveUp(String),
-}
-
-impl Reconnect {
-    fn new(urls: Vec<String>) -> Reconnect {
-        Reconnect {
-            urls,
-            at: 0,
-            failed_in_turn: 0,
-            backoff: BACKOFF_MIN,
-            ever_connected: false,
-        }
-    }
-
-    /// The URL of the server whose turn it is.
-    fn url(&self) -> &str {
-        &self.urls[self.at]
-    }
-
-    /// A session joined: the next failure starts over from the shortest wait.
-    fn connected(&mut self) {
-        self.ever_connected = true;
-        self.failed_in_turn = 0;
-        self.backoff = BACKOFF_MIN;
-    }
-
-    /// The wait before the next attempt; the one after is twice as long.
-    fn next_backoff(&mut self) -> Duration {
-        let wait = self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        wait
-    }
-
-    /// The policy for a failed attempt to join; `server` is --server, for
-    /// the message when nothing ever worked.
-    fn failed(&mut self, failure: Failure, server: &str) -> Retry {
-        match failure {
-            // Another server may take us: try the next one at once, until
-            // every one has failed in turn.
-            Failure::Busy(e) | Failure::Unreachable(e)
-                if self.failed_in_turn + 1 < self.urls.len() =>
-            {
-                self.failed_in_turn += 1;
-                let next = (self.at + 1) % self.urls.len();
-                let note = format!("{e} at {}; trying {}", self.urls[self.at], self.urls[next]);
-                self.at = next;
-                Retry::Now(note)
-            }
-            Failure::Refused(e) => Retry::GiveUp(e),
-            Failure::Unreachable(e) if !self.ever_connected => Retry::GiveUp(format!(
-                "{e}; is the server running at {server}? (set it with --server)"
-            )),
-            Failure::TimedOut if !self.ever_connected => Retry::GiveUp(format!(
-                "the server at {server} did not let us join within {JOIN_TIMEOUT:?}"
-            )),
-            f => {
-                self.failed_in_turn = 0;
-                self.at = (self.at + 1) % self.urls.len();
-                let why = match f {
-                    Failure::Later(e) => format!("the server asked us to come back later ({e})"),
-                    Failure::Busy(e) => e,
-                    Failure::Unreachable(e) => format!("cannot reconnect: {e}"),
-                    Failure::TimedOut => "reconnect timed out".to_string(),
-                    // Handled above; listed so a new kind of failure is not missed.
-                    Failure::Refused(e) => e,
-                };
-                Retry::After(self.next_backoff(), why)
-            }
-        }
-    }
-}
-
 /// Prints what was sent: JSON with --json, a line on stderr otherwise.
 fn print_summary(mut summary: Summary, stats: &EncodeStats, json: bool) -> anyhow::Result<()> {
     summary.frames_encoded = stats.frames.load(Ordering::Relaxed);
@@ -813,22 +599,6 @@ impl Default for Window {
             bytes: 0,
         }
     }
-}
-
-/// Why a connection attempt failed.
-#[derive(Debug)]
-enum Failure {
-    /// Network or TLS: worth retrying.
-    Unreachable(String),
-    /// The server said no (bad token, bad meeting id, room full): retrying will not help.
-    Refused(String),
-    /// The server is too loaded to take us (SERVER_BUSY, TOO_MANY_CONNECTIONS):
-    /// another server, or this one later, may.
-    Busy(String),
-    /// The server asked us to come back later (it is shutting down).
-    Later(String),
-    /// No answer within [`JOIN_TIMEOUT`] (time in a waiting room not counted).
-    TimedOut,
 }
 
 /// Connects, joins and publishes; returns the client and how many others are in the room.
@@ -950,75 +720,6 @@ async fn connect(
     Ok((c, present))
 }
 
-/// The reason a session closed, sorted into retry or give up.
-fn closed(c: &Client) -> Failure {
-    match after_close(c.close_reason()) {
-        AfterClose::Stop(why) | AfterClose::Fail(why) => return Failure::Refused(why),
-        AfterClose::Reconnect(why)
-            if c.close_reason().is_some_and(|r| {
-                r.goodbye == Some(convene_protocol::v1::GoodbyeReason::Shutdown)
-            }) =>
-        {
-            return Failure::Later(why);
-        }
-        AfterClose::Reconnect(_) => {}
-    }
-    match c.close_reason() {
-        Some(r) => Failure::Unreachable(format!(
-            "the server closed the session: {} {}",
-            r.transport_reason(),
-            r.text
-        )),
-        None => Failure::Unreachable("the server closed the connection".into()),
-    }
-}
-
-/// What to do when a session ends (PROTOCOL.md §4.3, §9).
-#[derive(Debug, PartialEq, Eq)]
-enum AfterClose {
-    /// Come back after a backoff (server shutdown, network loss).
-    Reconnect(String),
-    /// Done, and that is fine (the meeting ended).
-    Stop(String),
-    /// Done, and the user should know why (removed, refused).
-    Fail(String),
-}
-
-fn after_close(reason: Option<&convene_protocol::CloseReason>) -> AfterClose {
-    use convene_protocol::v1::GoodbyeReason as G;
-    let Some(r) = reason else {
-        return AfterClose::Reconnect("the connection ended".into());
-    };
-    match r.goodbye {
-        Some(G::MeetingEnded) => {
-            return AfterClose::Stop(format!("a moderator ended the meeting ({})", r.text));
-        }
-        Some(G::Removed) => {
-            return AfterClose::Fail(format!(
-                "a moderator removed us from the meeting ({}); not reconnecting",
-                r.text
-            ));
-        }
-        Some(G::Replaced) => {
-            return AfterClose::Fail("another session took over this one; not reconnecting".into());
-        }
-        _ => {}
-    }
-    if !r.worth_reconnecting() {
-        let hint = if r.transport_reason().starts_with("AUTH_") {
-            "; pass a valid token with --token (or CONVENE_TOKEN)"
-        } else {
-            ""
-        };
-        return AfterClose::Fail(format!(
-            "the server refused the session: {} {}{hint}",
-            r.transport_reason(),
-            r.text
-        ));
-    }
-    AfterClose::Reconnect(format!("{} {}", r.transport_reason(), r.text))
-}
-
 /// Sleeps; true when the run should end instead (Ctrl-C or `--duration`).
 async fn wait_or_stop(d: Duration, deadline: Option<tokio::time::Instant>) -> bool {
     tokio::select! {
@@ -1042,83 +743,6 @@ async fn wait_or_stop_draining(
             v = rx.recv() => if v.is_none() { return true },
         }
     }
-}
-
-/// Capture, convert, encode, hand over; until told to stop.
-#[allow(clippy::too_many_arguments)]
-fn media_thread(
-    mut source: Source,
-    mut encoder: H264Encoder,
-    mut settings: EncoderSettings,
-    target_kbps: Arc<AtomicU32>,
-    spec: SourceSpec,
-    key_interval: Duration,
-    key_wanted: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    stats: Arc<EncodeStats>,
-    out: mpsc::Sender<VideoOut>,
-) -> anyhow::Result<()> {
-    let mut last_key = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        let captured = source.capture()?;
-        let t0 = Instant::now();
-        let picture = match I420::decode_from(spec.format, &captured.data, spec.width, spec.height)
-        {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!("skipping a frame: {e}");
-                continue;
-            }
-        };
-        // A new target bitrate (a congestion hint): OpenH264 takes it through
-        // a fresh encoder, which starts from a key frame.
-        let target = target_kbps.load(Ordering::Relaxed);
-        if target != settings.bitrate_kbps {
-            settings.bitrate_kbps = target;
-            match H264Encoder::new(settings) {
-                Ok(e) => {
-                    encoder = e;
-                    key_wanted.store(true, Ordering::Relaxed);
-                }
-                Err(e) => tracing::warn!("cannot change the bitrate to {target} kbit/s: {e}"),
-            }
-        }
-        let key = key_wanted.swap(false, Ordering::Relaxed) || last_key.elapsed() >= key_interval;
-        let encoded = encoder.encode(&picture, key)?;
-        stats
-            .encode_us
-            .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
-        stats.frames.fetch_add(1, Ordering::Relaxed);
-        if encoded.data.is_empty() {
-            stats.skipped.fetch_add(1, Ordering::Relaxed);
-            // A skipped key frame is still owed.
-            if key {
-                key_wanted.store(true, Ordering::Relaxed);
-            }
-            continue;
-        }
-        if encoded.key {
-            last_key = Instant::now();
-            stats.key_frames.fetch_add(1, Ordering::Relaxed);
-        }
-        let v = VideoOut {
-            data: Bytes::from(encoded.data),
-            key: encoded.key,
-            capture_us: captured.capture_us,
-        };
-        match out.try_send(v) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(v)) => {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                // A dropped key frame would leave receivers waiting: ask again.
-                if v.key {
-                    key_wanted.store(true, Ordering::Relaxed);
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => break,
-        }
-    }
-    Ok(())
 }
 
 /// The live status line on stderr: redrawn in place on a terminal, a plain
@@ -1185,54 +809,5 @@ mod tests {
                 .unwrap_err()
                 .contains("out of range")
         );
-    }
-
-    #[test]
-    fn removal_and_the_end_of_the_meeting_are_final_shutdown_is_not() {
-        use convene_protocol::CloseReason;
-        use convene_protocol::v1::GoodbyeReason as G;
-        let bye = |g| CloseReason::goodbye(g, "x");
-        assert!(matches!(
-            after_close(Some(&bye(G::Shutdown))),
-            AfterClose::Reconnect(_)
-        ));
-        assert!(matches!(
-            after_close(Some(&bye(G::Removed))),
-            AfterClose::Fail(_)
-        ));
-        assert!(matches!(
-            after_close(Some(&bye(G::MeetingEnded))),
-            AfterClose::Stop(_)
-        ));
-        assert!(matches!(after_close(None), AfterClose::Reconnect(_)));
-        let auth = CloseReason::error(convene_protocol::ProtocolError::new(
-            convene_protocol::ErrorCode::AuthExpired,
-            "old",
-        ));
-        assert!(matches!(after_close(Some(&auth)), AfterClose::Fail(_)));
-    }
-
-    #[test]
-    fn refusals_are_not_retried_transient_errors_are() {
-        use convene_protocol::ErrorCode as E;
-        use convene_protocol::{CloseReason, ProtocolError};
-        let after = |e| after_close(Some(&CloseReason::error(ProtocolError::new(e, "x"))));
-        for e in [
-            E::AuthInvalid,
-            E::UnsupportedVersion,
-            E::PermissionDenied,
-            E::AdmissionDenied,
-            E::RoomFull,
-        ] {
-            assert!(matches!(after(e), AfterClose::Fail(_)), "{e:?}");
-        }
-        for e in [
-            E::ShuttingDown,
-            E::IdleTimeout,
-            E::ServerBusy,
-            E::SlowConsumer,
-        ] {
-            assert!(matches!(after(e), AfterClose::Reconnect(_)), "{e:?}");
-        }
     }
 }
