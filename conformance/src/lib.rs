@@ -10,17 +10,18 @@
 pub mod actor;
 pub mod dynamic;
 pub mod report;
+mod steps;
 pub mod token;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use convene_protocol::ErrorCode;
 use convene_protocol::cases::{
     Action, CASES, Case, Msg, Step, Target, Transport, Value as CaseValue,
 };
 use convene_protocol::limits::max;
-use convene_protocol::{ErrorCode, MediaFrame, MediaHeader};
 use prost_reflect::{DynamicMessage, Value};
 use tokio::time::Instant;
 
@@ -382,112 +383,19 @@ impl<'a> Run<'a> {
         self.actor(actor)?.send(frame).await
     }
 
+    /// Plays one step, with the function in [`steps`] named after its action.
     async fn step(&mut self, step: &Step) -> Result<(), String> {
         let who = step.actor;
         match &step.action {
-            Action::Connect => {
-                let a = self.connect(who).await?;
-                self.actors.insert(who.to_string(), a);
-            }
-            Action::Accept => {
-                let listener = self
-                    .listener
-                    .as_ref()
-                    .ok_or("`accept` belongs to client cases")?;
-                let (tcp, _) = tokio::time::timeout(self.target.step_timeout, listener.accept())
-                    .await
-                    .map_err(|_| "the client under test did not connect".to_string())?
-                    .map_err(|e| format!("accept failed: {e}"))?;
-                let ws = tokio_tungstenite::accept_async(tcp)
-                    .await
-                    .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
-                let actor = Actor::new(ws, self.receives.clone(), self.sends.clone());
-                // A reconnecting client replaces its earlier connection.
-                self.actors.insert(who.to_string(), actor);
-            }
+            Action::Connect => steps::connect(self, who).await,
+            Action::Accept => steps::accept(self, who).await,
             Action::Handshake {
                 join,
                 name,
                 subscribe_all,
-            } => {
-                let a = self.connect(who).await?;
-                self.actors.insert(who.to_string(), a);
-                let hello = Msg {
-                    name: "hello",
-                    fields: &[
-                        convene_protocol::cases::Field {
-                            name: "versions",
-                            value: CaseValue::List(&[CaseValue::Int(1)]),
-                        },
-                        convene_protocol::cases::Field {
-                            name: "client_kind",
-                            value: CaseValue::Enum("CLIENT_KIND_CONFORMANCE"),
-                        },
-                    ],
-                };
-                self.send_msg(who, &hello, 0).await?;
-                let welcome = self
-                    .expect(
-                        who,
-                        &Msg {
-                            name: "welcome",
-                            fields: &[],
-                        },
-                    )
-                    .await?;
-                let id = capture(&welcome, "welcome.participant_id")
-                    .ok_or("Welcome without participant_id")?;
-                self.vars.insert(format!("{who}.id"), id);
-                if let Some(Var::Int(ms)) = capture(&welcome, "welcome.idle_timeout_ms")
-                    && ms > 0
-                {
-                    self.idle_ms = ms;
-                }
-                if let Some(Value::Message(limits)) =
-                    welcome
-                        .get_field_by_name("welcome")
-                        .and_then(|w| match w.into_owned() {
-                            Value::Message(w) => {
-                                w.get_field_by_name("limits").map(|l| l.into_owned())
-                            }
-                            _ => None,
-                        })
-                {
-                    self.limits.insert(who.to_string(), limits);
-                }
-                if let Some(meeting) = join {
-                    let meeting = format!("{meeting}{}", self.suffix);
-                    let mut join = DynamicMessage::new(
-                        self.schema
-                            .client
-                            .get_field_by_name("join")
-                            .and_then(|f| f.kind().as_message().cloned())
-                            .ok_or("no Join")?,
-                    );
-                    join.set_field_by_name("meeting_id", Value::String(meeting));
-                    join.set_field_by_name("display_name", Value::String(name.to_string()));
-                    join.set_field_by_name("subscribe_all", Value::Bool(*subscribe_all));
-                    let mut env = DynamicMessage::new(self.schema.client.clone());
-                    env.set_field_by_name("join", Value::Message(join));
-                    let mut bytes = vec![0x01];
-                    prost::Message::encode(&env, &mut bytes).map_err(|e| e.to_string())?;
-                    self.actor(who)?.send(bytes.into()).await?;
-                    self.expect(
-                        who,
-                        &Msg {
-                            name: "joined",
-                            fields: &[],
-                        },
-                    )
-                    .await?;
-                }
-            }
-            Action::Send { msg, request_id } => self.send_msg(who, msg, *request_id).await?,
-            Action::Flood { msg, count } => {
-                let frame = build(&self.sends, msg, 0, &self.ctx())?;
-                let frames: Vec<Bytes> = (0..*count).map(|_| frame.clone()).collect();
-                self.actor(who)?.send_many(frames).await?;
-            }
+            } => steps::handshake(self, who, *join, name, *subscribe_all).await,
+            Action::Send { msg, request_id } => steps::send(self, who, msg, *request_id).await,
+            Action::Flood { msg, count } => steps::flood(self, who, msg, *count).await,
             Action::SendMedia {
                 track,
                 seq,
@@ -496,39 +404,15 @@ impl<'a> Run<'a> {
                 size,
                 count,
             } => {
-                let track = self.int(track.as_ref())?.unwrap_or(1) as u32;
-                let sender = self.int(sender.as_ref())?.unwrap_or(0) as u32;
-                let payload = vec![0x5a; *size as usize];
-                let frames: Vec<Bytes> = (0..*count)
-                    .map(|i| {
-                        let h = MediaHeader {
-                            key: *key,
-                            sender,
-                            track_id: track,
-                            sequence: seq.wrapping_add(i),
-                            capture_timestamp_us: 1,
-                        };
-                        MediaFrame::build(&h, None, &payload).into_bytes()
-                    })
-                    .collect();
-                self.actor(who)?.send_many(frames).await?;
+                let (track, sender) = (track.as_ref(), sender.as_ref());
+                steps::send_media(self, who, track, *seq, *key, sender, *size, *count).await
             }
-            Action::SendRaw { hex } => {
-                let bytes = hex::decode(hex).map_err(|e| e.to_string())?;
-                self.actor(who)?.send(bytes.into()).await?;
-            }
-            Action::SendPrefix { length } => self.actor(who)?.send_prefix(*length).await?,
-            Action::SendText { text } => self.actor(who)?.send_text(text).await?,
-            Action::Expect { msg, capture: caps } => {
-                let got = self.expect(who, msg).await?;
-                for (var, path) in caps.iter() {
-                    let v = capture(&got, path)
-                        .ok_or_else(|| format!("nothing at {path} to capture"))?;
-                    self.vars.insert(var.to_string(), v);
-                }
-            }
+            Action::SendRaw { hex } => steps::send_raw(self, who, hex).await,
+            Action::SendPrefix { length } => steps::send_prefix(self, who, *length).await,
+            Action::SendText { text } => steps::send_text(self, who, text).await,
+            Action::Expect { msg, capture } => steps::expect(self, who, msg, capture).await,
             Action::ExpectError { code, request_id } => {
-                self.expect_error(who, *code, *request_id).await?
+                steps::expect_error(self, who, *code, *request_id).await
             }
             Action::ExpectMedia {
                 from,
@@ -536,103 +420,15 @@ impl<'a> Run<'a> {
                 key,
                 size,
             } => {
-                let from = self.int(from.as_ref())?;
-                let track = self.int(track.as_ref())?;
-                let until = deadline(self.target.step_timeout);
-                loop {
-                    let a = self.actor(who)?;
-                    while let Some(m) = a.media.pop_front() {
-                        let h = m.header();
-                        if from.is_none_or(|f| f as u32 == h.sender)
-                            && track.is_none_or(|t| t as u32 == h.track_id)
-                            && key.is_none_or(|k| k == h.key)
-                            && size.is_none_or(|s| s as usize == m.payload().len())
-                        {
-                            return Ok(());
-                        }
-                    }
-                    if !a.pump(until).await {
-                        return Err(format!("no matching media frame arrived{}", closed_note(a)));
-                    }
-                }
+                let (from, track) = (from.as_ref(), track.as_ref());
+                steps::expect_media(self, who, from, track, *key, *size).await
             }
-            Action::ExpectNo { what } => {
-                self.sync_all(who).await?;
-                let a = self.actor(who)?;
-                a.pump_ready().await;
-                if *what == "media" {
-                    if let Some(m) = a.media.front() {
-                        return Err(format!(
-                            "received a media frame from {} on track {}",
-                            m.header().sender,
-                            m.header().track_id
-                        ));
-                    }
-                } else if let Some(m) = a
-                    .control
-                    .iter()
-                    .find(|m| message_name(m).as_deref() == Some(*what))
-                {
-                    return Err(format!("received {what}: {m:?}"));
-                }
-            }
-            Action::ExpectClose { code } => {
-                let wait = Duration::from_millis(
-                    max::HANDSHAKE_TIMEOUT_MS.max(self.idle_ms as u32) as u64,
-                ) + self.target.step_timeout;
-                let until = deadline(wait);
-                let a = self.actor(who)?;
-                while a.closed.is_none() {
-                    if !a.pump(until).await && a.closed.is_none() {
-                        return Err("the connection did not close".into());
-                    }
-                }
-                a.pump_ready().await;
-                if let Some(code) = code {
-                    let got: Vec<i32> = a.control.iter().filter_map(error_code_of).collect();
-                    if !got.contains(&(*code as i32)) {
-                        return Err(format!(
-                            "closed without an Error {} first (errors seen: {got:?})",
-                            code.name()
-                        ));
-                    }
-                    let ws_code = a.closed.flatten();
-                    if ws_code != Some(4000 + *code as u16) {
-                        return Err(format!(
-                            "WebSocket close code {ws_code:?}, expected {}",
-                            4000 + *code as u16
-                        ));
-                    }
-                }
-            }
-            Action::Silence => self.actor(who)?.silence(),
-            Action::ExceedTrackLimit => {
-                let n = self
-                    .limits
-                    .get(who)
-                    .and_then(|l| l.get_field_by_name("max_tracks_per_participant"))
-                    .and_then(|v| v.as_u32())
-                    .ok_or("no max_tracks_per_participant in Welcome")?;
-                for id in 1..=n + 1 {
-                    let frame = publish_frame(id)?;
-                    self.actor(who)?.send(frame).await?;
-                    if id <= n {
-                        self.expect(
-                            who,
-                            &Msg {
-                                name: "track_published",
-                                fields: &[],
-                            },
-                        )
-                        .await?;
-                    }
-                }
-                self.expect_error(who, ErrorCode::TooManyTracks, None)
-                    .await?;
-            }
-            Action::SleepMs(ms) => tokio::time::sleep(Duration::from_millis(*ms as u64)).await,
+            Action::ExpectNo { what } => steps::expect_no(self, who, what).await,
+            Action::ExpectClose { code } => steps::expect_close(self, who, *code).await,
+            Action::Silence => steps::silence(self, who),
+            Action::ExceedTrackLimit => steps::exceed_track_limit(self, who).await,
+            Action::SleepMs(ms) => steps::sleep_ms(*ms).await,
         }
-        Ok(())
     }
 
     fn int(&self, v: Option<&CaseValue>) -> Result<Option<u64>, String> {

@@ -1,0 +1,813 @@
+//! `convene stream`: capture (camera or test pattern), encode H.264, publish
+//! into a meeting; optionally a tone as audio. Reconnects with backoff when
+//! the server goes away.
+//!
+//! Capture and encoding run on their own thread (they block and burn CPU);
+//! the async side owns the session and never waits for the encoder.
+
+mod capture;
+mod reconnect;
+
+use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use convene_client::{Client, TransportKind};
+use convene_protocol::rate::RateController;
+use convene_protocol::v1::{ClientKind, TrackInfo, TrackKind, server_message::Msg as S};
+use convene_protocol::{ClientEvent, ClientSessionConfig, MediaFrame, Timestamp};
+use tokio::sync::mpsc;
+
+use crate::args::ServerArgs;
+use crate::audio;
+use crate::e2ee::{E2ee, E2eeSummary};
+use crate::frame::FrameFormat;
+use crate::h264;
+use crate::media::{OutTrack, sleep_until, unix_micros};
+use crate::pattern;
+use crate::source::SourceKind;
+
+use capture::{EncodeStats, Media, VideoOut};
+use reconnect::{AfterClose, Failure, Reconnect, Retry, after_close, closed};
+
+/// The video track's id.
+const VIDEO_TRACK: u32 = 1;
+/// The audio track's id.
+const AUDIO_TRACK: u32 = 2;
+/// How long connecting, the handshake and joining may take.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The lowest bitrate the path or a hint may take the camera to, in bit/s
+/// (the browser client's floor too; lower, a picture is not worth sending).
+const RATE_FLOOR_BPS: u32 = 100_000;
+/// A new target from the path reaches the encoder only when it differs this
+/// much from the encoder's: OpenH264 changes its rate through a new encoder,
+/// which starts with a key frame, so small steps would cost more than they save.
+const RATE_STEP: f64 = 0.2;
+/// First and longest wait between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// `convene stream` flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StreamArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The name others see.
+    #[arg(long, default_value = "convene-stream")]
+    user_id: String,
+    /// The meeting to publish into (1 to 64 of A-Z a-z 0-9 . _ -).
+    #[arg(long)]
+    meeting_id: String,
+    /// `camera` (a local camera) or `test-pattern` (no camera needed; the
+    /// picture carries a frame counter and its capture time).
+    #[arg(long, value_enum, default_value = "camera")]
+    source: SourceKind,
+    /// Which camera: N opens /dev/videoN.
+    #[arg(long, default_value_t = 0)]
+    video_device_index: u32,
+    /// Picture size, WIDTHxHEIGHT (even numbers, at least 128x96).
+    #[arg(long, default_value = "1280x720", value_parser = parse_resolution)]
+    resolution: (usize, usize),
+    /// Frames a second (1 to 60).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=60))]
+    fps: u32,
+    /// The raw layout asked of the camera (the test pattern is drawn in it too).
+    #[arg(long, value_enum, default_value = "NV12")]
+    frame_format: FrameFormat,
+    /// H.264 target bitrate (50 to 20000).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(50..=20_000))]
+    bitrate_kbps: u32,
+    /// Seconds between key frames when nobody asks for one (key frames are
+    /// also sent whenever a receiver asks).
+    #[arg(long, default_value_t = 10.0)]
+    key_interval: f64,
+    /// `tone`: a 440 Hz sine as G.711 µ-law audio; `none`: video only.
+    #[arg(long, value_enum, default_value = "none")]
+    audio: AudioSource,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Print a JSON summary on stdout when done.
+    #[arg(long)]
+    json: bool,
+    /// Encrypt media end to end (SFrame, keys exchanged with HPKE; the
+    /// server cannot decrypt). Receivers need --e2ee too; compare the safety
+    /// code printed here with theirs.
+    #[arg(long)]
+    e2ee: bool,
+}
+
+/// Audio to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AudioSource {
+    /// No audio track.
+    None,
+    /// A 440 Hz tone.
+    Tone,
+}
+
+fn parse_resolution(s: &str) -> Result<(usize, usize), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("`{s}` is not WIDTHxHEIGHT, e.g. 1280x720"))?;
+    let w: usize = w
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad width in `{s}`"))?;
+    let h: usize = h
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad height in `{s}`"))?;
+    if !w.is_multiple_of(2) || !h.is_multiple_of(2) {
+        return Err(format!("{w}x{h}: width and height must be even"));
+    }
+    if w < pattern::MIN_WIDTH || h < pattern::MIN_HEIGHT || w > 3840 || h > 2160 {
+        return Err(format!(
+            "{w}x{h} is out of range: {}x{} to 3840x2160",
+            pattern::MIN_WIDTH,
+            pattern::MIN_HEIGHT
+        ));
+    }
+    Ok((w, h))
+}
+
+/// The summary `--json` prints.
+#[derive(Debug, Default, serde::Serialize)]
+struct Summary {
+    transport: Option<String>,
+    /// Congestion hints received for the video track.
+    congestion_hints: u64,
+    /// The lowest video bitrate the encoder was set to, in kbit/s (hints and
+    /// the publisher's own path: round trip, loss, backlog).
+    min_bitrate_kbps: u32,
+    /// Times the encoder's bitrate changed.
+    bitrate_changes: u32,
+    /// What the last path report made of the path: `clean`, `hold` or `congested`.
+    path: Option<String>,
+    /// The last round trip measured (QUIC's, or a Ping's over WebSocket), in ms.
+    rtt_ms: Option<f64>,
+    /// The server streamed to last (of those given with --server).
+    server: Option<String>,
+    participant_id: u32,
+    width: usize,
+    height: usize,
+    frames_encoded: u64,
+    frames_skipped_by_rate_control: u64,
+    key_frames: u64,
+    key_frame_requests: u64,
+    video_frames_sent: u64,
+    audio_frames_sent: u64,
+    bytes_sent: u64,
+    mean_encode_ms: f64,
+    connects: u32,
+    /// With --e2ee: the last safety code and what the keyring did.
+    e2ee: Option<E2eeSummary>,
+}
+
+/// Starts the capture thread, then streams, one session after another, until
+/// Ctrl-C, `--duration` or a close not worth reconnecting after.
+pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCode> {
+    let endpoints = args.server.endpoints().await?;
+    if args.key_interval.is_nan() || args.key_interval <= 0.0 {
+        anyhow::bail!("--key-interval must be a positive number of seconds");
+    }
+    let clock = Instant::now();
+    let (media, video_rx) = Media::start(&args).await?;
+    let mut stream = Stream::new(&args, endpoints, clock, &media, video_rx);
+    let outcome = loop {
+        let joined = tokio::select! {
+            r = stream.connect() => r,
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = sleep_until(stream.deadline) => break Ok(()),
+        };
+        let next = match joined {
+            Ok((client, present)) => {
+                let session = stream.start_session(client, present)?;
+                stream.publish(session).await
+            }
+            Err(failure) => stream.connect_failed(failure).await,
+        };
+        if let ControlFlow::Break(outcome) = next {
+            break outcome;
+        }
+    };
+    let media_error = media.finish(stream.video_rx).await;
+    stream.status.done();
+    if let Err(e) = outcome {
+        return Err(media_error.unwrap_or(e));
+    }
+    stream.summary.e2ee = stream.e2ee.as_ref().map(E2ee::summary);
+    print_summary(stream.summary, &stream.stats, args.json)?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// What `convene stream` carries from one session to the next.
+struct Stream<'a> {
+    args: &'a StreamArgs,
+    /// The servers given with --server, in the same order as the URLs in
+    /// `reconnect`.
+    endpoints: Vec<convene_client::Endpoint>,
+    reconnect: Reconnect,
+    status: StatusLine,
+    /// When --duration is up, if it was given.
+    deadline: Option<tokio::time::Instant>,
+    /// Encoded pictures from the capture thread.
+    video_rx: mpsc::Receiver<VideoOut>,
+    /// Shared with the capture thread: see [`Media`].
+    key_wanted: Arc<AtomicBool>,
+    stats: Arc<EncodeStats>,
+    target_kbps: Arc<AtomicU32>,
+    /// Turns congestion hints and path reports into `target_kbps`.
+    rate: RateController,
+    /// The zero of the timestamps `rate` is given.
+    clock: Instant,
+    tone: audio::Tone,
+    /// Our tracks, whose sequence numbers go on from one session to the next.
+    video: OutTrack,
+    audio: OutTrack,
+    /// The session's end-to-end encryption, with --e2ee (new keys per session).
+    e2ee: Option<E2ee>,
+    summary: Summary,
+}
+
+/// What the stream does after an event of its session.
+#[derive(Debug)]
+enum Next {
+    /// Goes on with this session.
+    Continue,
+    /// Reconnects, after losing the session for this reason.
+    Reconnect(String),
+    /// Ends the run.
+    End(anyhow::Result<()>),
+}
+
+/// One joined session, and what lives as long as it does.
+struct Session {
+    client: Client,
+    /// How many others are in the room, for the status line.
+    peers: usize,
+    /// When the tone's next frame is due.
+    audio_tick: tokio::time::Interval,
+    /// When the path is checked and the status line redrawn.
+    status_tick: tokio::time::Interval,
+    /// Frames and bytes since the status line was last drawn.
+    window: Window,
+}
+
+impl<'a> Stream<'a> {
+    fn new(
+        args: &'a StreamArgs,
+        endpoints: Vec<convene_client::Endpoint>,
+        clock: Instant,
+        media: &Media,
+        video_rx: mpsc::Receiver<VideoOut>,
+    ) -> Stream<'a> {
+        let (width, height) = args.resolution;
+        Stream {
+            args,
+            endpoints,
+            reconnect: Reconnect::new(args.server.urls().iter().map(|u| u.to_string()).collect()),
+            status: StatusLine::new(),
+            deadline: args
+                .duration
+                .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0))),
+            video_rx,
+            key_wanted: media.key_wanted.clone(),
+            stats: media.stats.clone(),
+            target_kbps: media.target_kbps.clone(),
+            rate: RateController::new(args.bitrate_kbps.saturating_mul(1000), RATE_FLOOR_BPS),
+            clock,
+            tone: audio::Tone::new(440.0),
+            video: OutTrack::new(VIDEO_TRACK),
+            audio: OutTrack::new(AUDIO_TRACK),
+            e2ee: None,
+            summary: Summary {
+                width,
+                height,
+                min_bitrate_kbps: args.bitrate_kbps,
+                ..Summary::default()
+            },
+        }
+    }
+
+    /// Connects to the server whose turn it is, joins and publishes.
+    async fn connect(&self) -> Result<(Client, Vec<u32>), Failure> {
+        let (width, height) = self.args.resolution;
+        let endpoint = &self.endpoints[self.reconnect.at];
+        connect(self.args, endpoint, width, height, &self.status).await
+    }
+
+    /// An attempt to join failed: goes on at once, after a wait, or not at all.
+    async fn connect_failed(&mut self, failure: Failure) -> ControlFlow<anyhow::Result<()>> {
+        match self.reconnect.failed(failure, &self.args.server.server) {
+            Retry::Now(note) => self.status.note(&note),
+            Retry::After(wait, why) => {
+                self.status.note(&format!("{why}; retrying in {wait:?}"));
+                if wait_or_stop(wait, self.deadline).await {
+                    return ControlFlow::Break(Ok(()));
+                }
+            }
+            Retry::GiveUp(why) => return ControlFlow::Break(Err(anyhow::anyhow!(why))),
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A session joined: notes it, starts E2EE with --e2ee and asks for a key frame.
+    fn start_session(&mut self, mut client: Client, present: Vec<u32>) -> anyhow::Result<Session> {
+        let peers = present.len().saturating_sub(1);
+        self.reconnect.connected();
+        self.summary.connects += 1;
+        self.summary.transport = Some(format!("{:?}", client.transport()));
+        self.summary.server = Some(self.reconnect.url().to_string());
+        self.summary.participant_id = client.participant_id();
+        let (width, height) = self.args.resolution;
+        self.status.note(&format!(
+            "streaming {width}x{height}@{} {} kbps into `{}` as participant {} over {:?} at {}",
+            self.args.fps,
+            self.args.bitrate_kbps,
+            self.args.meeting_id,
+            client.participant_id(),
+            client.transport(),
+            self.reconnect.url()
+        ));
+        self.e2ee = if self.args.e2ee {
+            Some(E2ee::start(
+                &mut client,
+                &self.args.meeting_id,
+                &present,
+                &self.status,
+            )?)
+        } else {
+            None
+        };
+        // Whoever is already there needs a picture to start from.
+        self.key_wanted.store(true, Ordering::Relaxed);
+        let mut audio_tick = tokio::time::interval(Duration::from_millis(
+            1000 / u64::from(audio::FRAMES_PER_SECOND),
+        ));
+        audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let status_tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        Ok(Session {
+            client,
+            peers,
+            audio_tick,
+            status_tick,
+            window: Window::default(),
+        })
+    }
+
+    /// Publishes over `s` until the run ends or the session is lost; after a
+    /// loss, waits before the next attempt.
+    async fn publish(&mut self, mut s: Session) -> ControlFlow<anyhow::Result<()>> {
+        let tone = self.args.audio == AudioSource::Tone;
+        let lost = loop {
+            let next = tokio::select! {
+                ev = s.client.next_event() => self.on_event(&mut s, ev),
+                v = self.video_rx.recv() => self.send_video(&mut s, v),
+                _ = s.audio_tick.tick(), if tone => self.send_audio(&mut s),
+                _ = s.status_tick.tick() => self.on_status_tick(&mut s),
+                _ = tokio::signal::ctrl_c() => s.stop().await,
+                _ = sleep_until(self.deadline) => s.finish().await,
+            };
+            match next {
+                Next::Continue => {}
+                Next::Reconnect(why) => break why,
+                Next::End(outcome) => return ControlFlow::Break(outcome),
+            }
+        };
+        self.lost(&lost).await
+    }
+
+    /// Something from the server: a key frame request, a peer coming or
+    /// going, a congestion hint, or the end of the session.
+    fn on_event(&mut self, s: &mut Session, ev: Option<ClientEvent>) -> Next {
+        if let (Some(e), Some(ev)) = (self.e2ee.as_mut(), ev.as_ref()) {
+            // A stream only sends: frames it would ask for do not concern it.
+            let _ = e.on_event(&mut s.client, ev, &self.status);
+        }
+        match ev {
+            Some(ClientEvent::Room(S::KeyFrameRequest(k))) if k.track_id == VIDEO_TRACK => {
+                self.summary.key_frame_requests += 1;
+                self.key_wanted.store(true, Ordering::Relaxed);
+            }
+            Some(ClientEvent::Room(S::ParticipantJoined(_))) => s.peers += 1,
+            Some(ClientEvent::Room(S::ParticipantLeft(_))) => s.peers = s.peers.saturating_sub(1),
+            Some(ClientEvent::Room(S::CongestionHint(h))) if h.track_id == VIDEO_TRACK => {
+                self.summary.congestion_hints += 1;
+                // The server's word goes to the encoder at once
+                // (within the floor and --bitrate-kbps).
+                self.rate
+                    .on_hint(h.target_bitrate_kbps.saturating_mul(1000));
+                let kbps = self.rate.target() / 1000;
+                tracing::info!(kbps, reason = h.reason, "congestion hint");
+                set_bitrate(&self.target_kbps, kbps, &mut self.summary);
+            }
+            Some(ClientEvent::Closed) | None => return self.on_close(s.client.close_reason()),
+            Some(_) => {}
+        }
+        Next::Continue
+    }
+
+    /// The session ended: reconnect, or end the run, as [`after_close`] decides.
+    fn on_close(&self, reason: Option<&convene_protocol::CloseReason>) -> Next {
+        match after_close(reason) {
+            AfterClose::Reconnect(why) => Next::Reconnect(why),
+            AfterClose::Stop(note) => {
+                self.status.note(&note);
+                Next::End(Ok(()))
+            }
+            AfterClose::Fail(why) => Next::End(Err(anyhow::anyhow!(why))),
+        }
+    }
+
+    /// Sends an encoded picture; `None` means the capture thread is gone.
+    fn send_video(&mut self, s: &mut Session, v: Option<VideoOut>) -> Next {
+        let Some(v) = v else {
+            return Next::End(Err(anyhow::anyhow!("the capture thread stopped")));
+        };
+        let frame = seal(
+            &mut self.e2ee,
+            self.video.frame(v.key, v.capture_us, &v.data),
+        );
+        if s.client.send_media(frame).is_ok() {
+            self.summary.video_frames_sent += 1;
+            self.summary.bytes_sent += v.data.len() as u64;
+            s.window.frames += 1;
+            s.window.bytes += v.data.len() as u64;
+        }
+        Next::Continue
+    }
+
+    /// Sends the tone's next frame.
+    fn send_audio(&mut self, s: &mut Session) -> Next {
+        let payload = self.tone.next_frame();
+        let frame = seal(
+            &mut self.e2ee,
+            self.audio.frame(true, unix_micros(), &payload),
+        );
+        if s.client.send_media(frame).is_ok() {
+            self.summary.audio_frames_sent += 1;
+            self.summary.bytes_sent += payload.len() as u64;
+            s.window.bytes += payload.len() as u64;
+        }
+        Next::Continue
+    }
+
+    /// Once a second: the bitrate follows the path, and the status line is redrawn.
+    fn on_status_tick(&mut self, s: &mut Session) -> Next {
+        self.follow_path(s);
+        self.show_status(s);
+        Next::Continue
+    }
+
+    /// Sets the encoder's bitrate from what the path looks like (round trip,
+    /// loss, backlog), in steps of at least [`RATE_STEP`] except to the
+    /// floor or back to --bitrate-kbps.
+    fn follow_path(&mut self, s: &mut Session) {
+        if s.client.transport() == TransportKind::WebSocket {
+            // A publisher always has something to send, so the
+            // session never pings by itself: ask for a round trip.
+            let _ = s.client.ping();
+        }
+        let path = s.client.path_report();
+        self.summary.rtt_ms = path.rtt.map(|r| r.as_secs_f64() * 1e3);
+        let now = Timestamp(self.clock.elapsed().as_micros() as u64);
+        let bps = self
+            .rate
+            .on_path(now, path.rtt, path.loss, path.backlog_bytes);
+        self.summary.path = self
+            .rate
+            .path_state()
+            .map(|p| format!("{p:?}").to_lowercase());
+        let current = self.target_kbps.load(Ordering::Relaxed);
+        let kbps = bps / 1000;
+        if f64::from(kbps.abs_diff(current)) >= RATE_STEP * f64::from(current)
+            || (kbps != current && (bps == self.rate.floor() || kbps == self.args.bitrate_kbps))
+        {
+            tracing::info!(kbps, ?path, "bitrate from the path");
+            set_bitrate(&self.target_kbps, kbps, &mut self.summary);
+        }
+    }
+
+    /// Redraws the status line and starts a new window.
+    fn show_status(&self, s: &mut Session) {
+        let secs = s.window.since.elapsed().as_secs_f64().max(0.001);
+        let rtt = s
+            .client
+            .rtt()
+            .map_or("-".into(), |r| format!("{:.1} ms", r.as_secs_f64() * 1e3));
+        self.status.show(&format!(
+            "{:.1} fps  {:.0} kbps (target {})  rtt {rtt}  peers {}  key frames {}  dropped {}",
+            s.window.frames as f64 / secs,
+            s.window.bytes as f64 * 8.0 / secs / 1000.0,
+            self.target_kbps.load(Ordering::Relaxed),
+            s.peers,
+            self.stats.key_frames.load(Ordering::Relaxed),
+            self.stats.dropped.load(Ordering::Relaxed) + s.client.congested_drops(),
+        ));
+        s.window = Window::default();
+    }
+
+    /// The session was lost: waits before reconnecting; breaks when the run
+    /// should end instead.
+    async fn lost(&mut self, why: &str) -> ControlFlow<anyhow::Result<()>> {
+        let wait = self.reconnect.next_backoff();
+        self.status.note(&format!(
+            "lost the server ({why}); reconnecting in {wait:?}"
+        ));
+        // Pictures made while away are stale: let them go.
+        if wait_or_stop_draining(wait, self.deadline, &mut self.video_rx).await {
+            return ControlFlow::Break(Ok(()));
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl Session {
+    /// Ctrl-C: says goodbye and ends the run.
+    async fn stop(&mut self) -> Next {
+        self.client.close("stream stopped").await;
+        Next::End(Ok(()))
+    }
+
+    /// --duration is up: says goodbye, waiting at most 5 s, and ends the run.
+    async fn finish(&mut self) -> Next {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), self.client.close("stream done")).await;
+        Next::End(Ok(()))
+    }
+}
+
+/// Prints what was sent: JSON with --json, a line on stderr otherwise.
+fn print_summary(mut summary: Summary, stats: &EncodeStats, json: bool) -> anyhow::Result<()> {
+    summary.frames_encoded = stats.frames.load(Ordering::Relaxed);
+    summary.key_frames = stats.key_frames.load(Ordering::Relaxed);
+    summary.frames_skipped_by_rate_control = stats.skipped.load(Ordering::Relaxed);
+    summary.mean_encode_ms = stats.encode_us.load(Ordering::Relaxed) as f64
+        / 1000.0
+        / summary.frames_encoded.max(1) as f64;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!(
+            "sent {} video frames ({} key, {} asked for) and {} audio frames, {:.1} MB; encode {:.2} ms a frame",
+            summary.video_frames_sent,
+            summary.key_frames,
+            summary.key_frame_requests,
+            summary.audio_frames_sent,
+            summary.bytes_sent as f64 / 1e6,
+            summary.mean_encode_ms
+        );
+    }
+    Ok(())
+}
+
+/// Tells the encoder thread a new bitrate, in kbit/s.
+fn set_bitrate(target: &AtomicU32, kbps: u32, summary: &mut Summary) {
+    if target.swap(kbps, Ordering::Relaxed) != kbps {
+        summary.bitrate_changes += 1;
+        summary.min_bitrate_kbps = summary.min_bitrate_kbps.min(kbps);
+    }
+}
+
+/// Encrypts a frame when E2EE is on.
+fn seal(e2ee: &mut Option<E2ee>, frame: MediaFrame) -> MediaFrame {
+    match e2ee {
+        Some(e) => e.seal(frame),
+        None => frame,
+    }
+}
+
+/// Frames and bytes over the last status period.
+#[derive(Debug)]
+struct Window {
+    since: Instant,
+    frames: u64,
+    bytes: u64,
+}
+
+impl Default for Window {
+    fn default() -> Window {
+        Window {
+            since: Instant::now(),
+            frames: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// Connects, joins and publishes; returns the client and how many others are in the room.
+async fn connect(
+    args: &StreamArgs,
+    endpoint: &convene_client::Endpoint,
+    width: usize,
+    height: usize,
+    status: &StatusLine,
+) -> Result<(Client, Vec<u32>), Failure> {
+    let mut until = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    let config = ClientSessionConfig {
+        client_kind: ClientKind::Native,
+        client_version: concat!("convene-stream/", env!("CARGO_PKG_VERSION")).into(),
+        auth_token: args.server.token.clone().unwrap_or_default(),
+        ..ClientSessionConfig::default()
+    };
+    let mut c = tokio::time::timeout_at(
+        until,
+        Client::connect(endpoint, args.server.transport, config),
+    )
+    .await
+    .map_err(|_| Failure::TimedOut)?
+    .map_err(|e| Failure::Unreachable(format!("cannot connect: {e}")))?;
+    // Who is in the room (us included), kept up to date until we return.
+    let mut present: Vec<u32>;
+    let mut waiting = false;
+    loop {
+        // A waiting room may hold us as long as the moderator takes.
+        let ev = if waiting {
+            c.next_event().await
+        } else {
+            tokio::time::timeout_at(until, c.next_event())
+                .await
+                .map_err(|_| Failure::TimedOut)?
+        };
+        match ev {
+            Some(ClientEvent::Welcome(_)) => {
+                c.join(&args.meeting_id, &args.user_id, false)
+                    .map_err(|e| Failure::Refused(e.to_string()))?;
+            }
+            Some(ClientEvent::Joined(j)) => {
+                present = j.participants.iter().map(|p| p.participant_id).collect();
+                break;
+            }
+            Some(ClientEvent::Waiting(_)) => {
+                waiting = true;
+                status.note(&format!(
+                    "waiting for a moderator to admit us to `{}`",
+                    args.meeting_id
+                ));
+            }
+            Some(ClientEvent::JoinRefused(e)) | Some(ClientEvent::Error(e)) => {
+                use convene_protocol::ErrorCode as E;
+                let text = crate::args::refusal(&e, &args.meeting_id);
+                if matches!(
+                    E::try_from(e.code),
+                    Ok(E::ServerBusy | E::TooManyConnections)
+                ) {
+                    return Err(Failure::Busy(text));
+                }
+                return Err(Failure::Refused(text));
+            }
+            Some(_) => {}
+            None => return Err(closed(&c)),
+        }
+    }
+    let me = c.participant_id();
+    let mut tracks = vec![TrackInfo {
+        track_id: VIDEO_TRACK,
+        kind: TrackKind::Video as i32,
+        codec: h264::codec_string(width as u32, height as u32, args.fps).into(),
+        width: width as u32,
+        height: height as u32,
+        frame_rate: args.fps,
+        target_bitrate_kbps: args.bitrate_kbps,
+        ..Default::default()
+    }];
+    if args.audio == AudioSource::Tone {
+        tracks.push(TrackInfo {
+            track_id: AUDIO_TRACK,
+            kind: TrackKind::Audio as i32,
+            codec: audio::CODEC.into(),
+            ..Default::default()
+        });
+    }
+    until = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    for t in tracks {
+        let id = t.track_id;
+        c.publish(t).map_err(|e| Failure::Refused(e.to_string()))?;
+        loop {
+            let ev = tokio::time::timeout_at(until, c.next_event())
+                .await
+                .map_err(|_| Failure::TimedOut)?;
+            match ev {
+                Some(ClientEvent::Room(S::TrackPublished(p)))
+                    if p.participant_id == me
+                        && p.track.as_ref().is_some_and(|t| t.track_id == id) =>
+                {
+                    break;
+                }
+                Some(ClientEvent::Room(S::ParticipantJoined(j))) => {
+                    present.extend(j.participant.map(|p| p.participant_id));
+                }
+                Some(ClientEvent::Room(S::ParticipantLeft(l))) => {
+                    present.retain(|p| *p != l.participant_id);
+                }
+                Some(ClientEvent::Error(e)) => {
+                    return Err(Failure::Refused(format!(
+                        "the server refused track {id}: {}",
+                        crate::args::describe(&e)
+                    )));
+                }
+                Some(_) => {}
+                None => return Err(closed(&c)),
+            }
+        }
+    }
+    Ok((c, present))
+}
+
+/// Sleeps; true when the run should end instead (Ctrl-C or `--duration`).
+async fn wait_or_stop(d: Duration, deadline: Option<tokio::time::Instant>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = tokio::signal::ctrl_c() => true,
+        _ = sleep_until(deadline) => true,
+    }
+}
+
+async fn wait_or_stop_draining(
+    d: Duration,
+    deadline: Option<tokio::time::Instant>,
+    rx: &mut mpsc::Receiver<VideoOut>,
+) -> bool {
+    let until = tokio::time::Instant::now() + d;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return false,
+            _ = tokio::signal::ctrl_c() => return true,
+            _ = sleep_until(deadline) => return true,
+            v = rx.recv() => if v.is_none() { return true },
+        }
+    }
+}
+
+/// The live status line on stderr: redrawn in place on a terminal, a plain
+/// line every few seconds otherwise (logs, pipes).
+#[derive(Debug)]
+pub(crate) struct StatusLine {
+    tty: bool,
+    printed: std::sync::atomic::AtomicU32,
+}
+
+impl StatusLine {
+    pub(crate) fn new() -> StatusLine {
+        StatusLine {
+            tty: std::io::stderr().is_terminal(),
+            printed: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Updates the live line.
+    pub(crate) fn show(&self, line: &str) {
+        let n = self.printed.fetch_add(1, Ordering::Relaxed);
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K{line}");
+        } else if n.is_multiple_of(5) {
+            let _ = writeln!(err, "{line}");
+        }
+        let _ = err.flush();
+    }
+
+    /// A message that stays (connected, reconnecting, …).
+    pub(crate) fn note(&self, line: &str) {
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K");
+        }
+        let _ = writeln!(err, "{line}");
+    }
+
+    /// Ends the live line.
+    pub(crate) fn done(&self) {
+        if self.tty {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolutions_parse_and_are_checked() {
+        assert_eq!(parse_resolution("1280x720"), Ok((1280, 720)));
+        assert_eq!(parse_resolution("320X240"), Ok((320, 240)));
+        assert!(
+            parse_resolution("1280")
+                .unwrap_err()
+                .contains("WIDTHxHEIGHT")
+        );
+        assert!(parse_resolution("321x240").unwrap_err().contains("even"));
+        assert!(
+            parse_resolution("64x48")
+                .unwrap_err()
+                .contains("out of range")
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! When `convene stream` tries again: which server after a failed join, how
+//! long to wait, and what the end of a session means (PROTOCOL.md §4.3, §9).
+
+use std::time::Duration;
+
+use convene_client::Client;
+
+use super::{BACKOFF_MAX, BACKOFF_MIN, JOIN_TIMEOUT};
+
+/// Which server to try next, and how long to wait first.
+#[derive(Debug)]
+pub(super) struct Reconnect {
+    /// The servers given with --server, tried in turn.
+    urls: Vec<String>,
+    /// The one whose turn it is.
+    pub(super) at: usize,
+    /// How many failed in a row since one worked: until all have, the next
+    /// is tried at once.
+    failed_in_turn: usize,
+    /// The next wait, doubled after each up to [`BACKOFF_MAX`].
+    backoff: Duration,
+    /// Whether any session was made: until then, an unreachable server or
+    /// one that does not let us in ends the run.
+    ever_connected: bool,
+}
+
+/// What to do after an attempt to join failed.
+#[derive(Debug)]
+pub(super) enum Retry {
+    /// Try the next server at once, noting this.
+    Now(String),
+    /// Wait this long for this reason, then try the next server.
+    After(Duration, String),
+    /// End the run with this error.
+    GiveUp(String),
+}
+
+impl Reconnect {
+    pub(super) fn new(urls: Vec<String>) -> Reconnect {
+        Reconnect {
+            urls,
+            at: 0,
+            failed_in_turn: 0,
+            backoff: BACKOFF_MIN,
+            ever_connected: false,
+        }
+    }
+
+    /// The URL of the server whose turn it is.
+    pub(super) fn url(&self) -> &str {
+        &self.urls[self.at]
+    }
+
+    /// A session joined: the next failure starts over from the shortest wait.
+    pub(super) fn connected(&mut self) {
+        self.ever_connected = true;
+        self.failed_in_turn = 0;
+        self.backoff = BACKOFF_MIN;
+    }
+
+    /// The wait before the next attempt; the one after is twice as long.
+    pub(super) fn next_backoff(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        wait
+    }
+
+    /// The policy for a failed attempt to join; `server` is --server, for
+    /// the message when nothing ever worked.
+    pub(super) fn failed(&mut self, failure: Failure, server: &str) -> Retry {
+        match failure {
+            // Another server may take us: try the next one at once, until
+            // every one has failed in turn.
+            Failure::Busy(e) | Failure::Unreachable(e)
+                if self.failed_in_turn + 1 < self.urls.len() =>
+            {
+                self.failed_in_turn += 1;
+                let next = (self.at + 1) % self.urls.len();
+                let note = format!("{e} at {}; trying {}", self.urls[self.at], self.urls[next]);
+                self.at = next;
+                Retry::Now(note)
+            }
+            Failure::Refused(e) => Retry::GiveUp(e),
+            Failure::Unreachable(e) if !self.ever_connected => Retry::GiveUp(format!(
+                "{e}; is the server running at {server}? (set it with --server)"
+            )),
+            Failure::TimedOut if !self.ever_connected => Retry::GiveUp(format!(
+                "the server at {server} did not let us join within {JOIN_TIMEOUT:?}"
+            )),
+            f => {
+                self.failed_in_turn = 0;
+                self.at = (self.at + 1) % self.urls.len();
+                let why = match f {
+                    Failure::Later(e) => format!("the server asked us to come back later ({e})"),
+                    Failure::Busy(e) => e,
+                    Failure::Unreachable(e) => format!("cannot reconnect: {e}"),
+                    Failure::TimedOut => "reconnect timed out".to_string(),
+                    // Handled above; listed so a new kind of failure is not missed.
+                    Failure::Refused(e) => e,
+                };
+                Retry::After(self.next_backoff(), why)
+            }
+        }
+    }
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// Network or TLS: worth retrying.
+    Unreachable(String),
+    /// The server said no (bad token, bad meeting id, room full): retrying will not help.
+    Refused(String),
+    /// The server is too loaded to take us (SERVER_BUSY, TOO_MANY_CONNECTIONS):
+    /// another server, or this one later, may.
+    Busy(String),
+    /// The server asked us to come back later (it is shutting down).
+    Later(String),
+    /// No answer within [`JOIN_TIMEOUT`] (time in a waiting room not counted).
+    TimedOut,
+}
+
+/// The reason a session closed, sorted into retry or give up.
+pub(super) fn closed(c: &Client) -> Failure {
+    match after_close(c.close_reason()) {
+        AfterClose::Stop(why) | AfterClose::Fail(why) => return Failure::Refused(why),
+        AfterClose::Reconnect(why)
+            if c.close_reason().is_some_and(|r| {
+                r.goodbye == Some(convene_protocol::v1::GoodbyeReason::Shutdown)
+            }) =>
+        {
+            return Failure::Later(why);
+        }
+        AfterClose::Reconnect(_) => {}
+    }
+    match c.close_reason() {
+        Some(r) => Failure::Unreachable(format!(
+            "the server closed the session: {} {}",
+            r.transport_reason(),
+            r.text
+        )),
+        None => Failure::Unreachable("the server closed the connection".into()),
+    }
+}
+
+/// What to do when a session ends (PROTOCOL.md §4.3, §9).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum AfterClose {
+    /// Come back after a backoff (server shutdown, network loss).
+    Reconnect(String),
+    /// Done, and that is fine (the meeting ended).
+    Stop(String),
+    /// Done, and the user should know why (removed, refused).
+    Fail(String),
+}
+
+/// Sorts the end of a session into reconnect, stop or fail; what the
+/// protocol deems not worth reconnecting after fails.
+pub(super) fn after_close(reason: Option<&convene_protocol::CloseReason>) -> AfterClose {
+    use convene_protocol::v1::GoodbyeReason as G;
+    let Some(r) = reason else {
+        return AfterClose::Reconnect("the connection ended".into());
+    };
+    match r.goodbye {
+        Some(G::MeetingEnded) => {
+            return AfterClose::Stop(format!("a moderator ended the meeting ({})", r.text));
+        }
+        Some(G::Removed) => {
+            return AfterClose::Fail(format!(
+                "a moderator removed us from the meeting ({}); not reconnecting",
+                r.text
+            ));
+        }
+        Some(G::Replaced) => {
+            return AfterClose::Fail("another session took over this one; not reconnecting".into());
+        }
+        _ => {}
+    }
+    if !r.worth_reconnecting() {
+        let hint = if r.transport_reason().starts_with("AUTH_") {
+            "; pass a valid token with --token (or CONVENE_TOKEN)"
+        } else {
+            ""
+        };
+        return AfterClose::Fail(format!(
+            "the server refused the session: {} {}{hint}",
+            r.transport_reason(),
+            r.text
+        ));
+    }
+    AfterClose::Reconnect(format!("{} {}", r.transport_reason(), r.text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_and_the_end_of_the_meeting_are_final_shutdown_is_not() {
+        use convene_protocol::CloseReason;
+        use convene_protocol::v1::GoodbyeReason as G;
+        let bye = |g| CloseReason::goodbye(g, "x");
+        assert!(matches!(
+            after_close(Some(&bye(G::Shutdown))),
+            AfterClose::Reconnect(_)
+        ));
+        assert!(matches!(
+            after_close(Some(&bye(G::Removed))),
+            AfterClose::Fail(_)
+        ));
+        assert!(matches!(
+            after_close(Some(&bye(G::MeetingEnded))),
+            AfterClose::Stop(_)
+        ));
+        assert!(matches!(after_close(None), AfterClose::Reconnect(_)));
+        let auth = CloseReason::error(convene_protocol::ProtocolError::new(
+            convene_protocol::ErrorCode::AuthExpired,
+            "old",
+        ));
+        assert!(matches!(after_close(Some(&auth)), AfterClose::Fail(_)));
+    }
+
+    #[test]
+    fn refusals_are_not_retried_transient_errors_are() {
+        use convene_protocol::ErrorCode as E;
+        use convene_protocol::{CloseReason, ProtocolError};
+        let after = |e| after_close(Some(&CloseReason::error(ProtocolError::new(e, "x"))));
+        for e in [
+            E::AuthInvalid,
+            E::UnsupportedVersion,
+            E::PermissionDenied,
+            E::AdmissionDenied,
+            E::RoomFull,
+        ] {
+            assert!(matches!(after(e), AfterClose::Fail(_)), "{e:?}");
+        }
+        for e in [
+            E::ShuttingDown,
+            E::IdleTimeout,
+            E::ServerBusy,
+            E::SlowConsumer,
+        ] {
+            assert!(matches!(after(e), AfterClose::Reconnect(_)), "{e:?}");
+        }
+    }
+}
