@@ -195,6 +195,73 @@ pub(super) fn after_close(reason: Option<&convene_protocol::CloseReason>) -> Aft
 mod tests {
     use super::*;
 
+    fn servers(n: usize) -> Reconnect {
+        Reconnect::new((1..=n).map(|i| format!("https://s{i}")).collect())
+    }
+
+    #[test]
+    fn before_any_session_an_unreachable_server_passes_the_turn_then_ends_the_run() {
+        let mut r = servers(2);
+        match r.failed(Failure::Unreachable("refused".into()), "https://s1") {
+            Retry::Now(note) => assert_eq!(note, "refused at https://s1; trying https://s2"),
+            other => panic!("expected the next server at once, got {other:?}"),
+        }
+        assert_eq!(r.url(), "https://s2");
+        match r.failed(Failure::Unreachable("refused".into()), "https://s1") {
+            Retry::GiveUp(e) => assert!(e.contains("is the server running at https://s1"), "{e}"),
+            other => panic!("expected the run to end, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn after_a_session_failures_wait_twice_as_long_each_time_up_to_the_cap_and_a_session_resets_it()
+    {
+        let mut r = servers(1);
+        r.connected();
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            match r.failed(Failure::Unreachable("down".into()), "https://s1") {
+                Retry::After(wait, why) => {
+                    assert_eq!(why, "cannot reconnect: down");
+                    waits.push(wait);
+                }
+                other => panic!("expected a wait, got {other:?}"),
+            }
+        }
+        assert_eq!(waits[0], BACKOFF_MIN);
+        assert_eq!(waits[1], BACKOFF_MIN * 2);
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+        assert_eq!(*waits.last().unwrap(), BACKOFF_MAX);
+        r.connected();
+        match r.failed(Failure::TimedOut, "https://s1") {
+            Retry::After(wait, why) => {
+                assert_eq!(wait, BACKOFF_MIN, "a session starts the waits over");
+                assert_eq!(why, "reconnect timed out");
+            }
+            other => panic!("expected a wait, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refusal_ends_the_run_and_a_busy_server_hands_over_to_the_next() {
+        let mut r = servers(2);
+        r.connected();
+        match r.failed(Failure::Busy("SERVER_BUSY".into()), "https://s1") {
+            Retry::Now(_) => assert_eq!(r.url(), "https://s2"),
+            other => panic!("expected the next server at once, got {other:?}"),
+        }
+        // Both busy in turn: wait, then start again from the first.
+        match r.failed(Failure::Busy("SERVER_BUSY".into()), "https://s1") {
+            Retry::After(wait, _) => assert_eq!(wait, BACKOFF_MIN),
+            other => panic!("expected a wait, got {other:?}"),
+        }
+        assert_eq!(r.url(), "https://s1");
+        match r.failed(Failure::Refused("bad token".into()), "https://s1") {
+            Retry::GiveUp(e) => assert_eq!(e, "bad token"),
+            other => panic!("expected the run to end, got {other:?}"),
+        }
+    }
+
     #[test]
     fn removal_and_the_end_of_the_meeting_are_final_shutdown_is_not() {
         use convene_protocol::CloseReason;
