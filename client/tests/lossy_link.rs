@@ -237,6 +237,7 @@ async fn a_lossy_link_keeps_audio_flowing_and_video_recovers_through_key_frame_r
                         lossy.send(C::KeyFrameRequest(KeyFrameRequest {
                             participant_id: pid,
                             track_id: VIDEO,
+                            ..Default::default()
                         })).unwrap();
                     }
                 }

@@ -268,7 +268,7 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                 // Frames of this sender were dropped while its key was on the way.
                 if let Some(sender) = e.on_event(&mut client, ev, &status) {
                     for (p, t) in tracks.keys().filter(|(p, _)| *p == sender) {
-                        let _ = client.send(C::KeyFrameRequest(v1::KeyFrameRequest { participant_id: *p, track_id: *t }));
+                        let _ = client.send(C::KeyFrameRequest(v1::KeyFrameRequest { participant_id: *p, track_id: *t, ..Default::default() }));
                     }
                 }
             }
@@ -341,7 +341,7 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                 Some(_) => {}
             }},
             Some(key) = want_key_rx.recv() => {
-                let _ = client.send(C::KeyFrameRequest(v1::KeyFrameRequest { participant_id: key.0, track_id: key.1 }));
+                let _ = client.send(C::KeyFrameRequest(v1::KeyFrameRequest { participant_id: key.0, track_id: key.1, ..Default::default() }));
             }
             Some(()) = decoded_rx.recv() => {
                 decoded_total += 1;

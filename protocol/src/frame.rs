@@ -14,6 +14,10 @@ pub const FRAME_CONTROL: u8 = 0x01;
 pub const FRAME_MEDIA: u8 = 0x02;
 /// First frame type of the extension range, ignored when unknown.
 pub const FRAME_EXTENSION_START: u8 = 0x80;
+/// Frame type of a LAYERED media frame (extension `sfu.1`, PROTOCOL.md §6.6.2).
+pub const FRAME_LAYERED: u8 = 0x80;
+/// The feature name of the selective-forwarding extension (PROTOCOL.md §6.6).
+pub const FEATURE_SFU: &str = "sfu.1";
 
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +38,17 @@ pub enum Frame<M> {
 pub fn decode_frame<M: Message + Default>(
     bytes: Bytes,
     max_frame_bytes: usize,
+) -> Result<Frame<M>, ProtocolError> {
+    decode_frame_with(bytes, max_frame_bytes, false)
+}
+
+/// Decodes one whole frame as [`decode_frame`] does; with `layered` (the
+/// session negotiated `sfu.1`) a LAYERED frame is parsed as media instead of
+/// being left for the caller to discard.
+pub fn decode_frame_with<M: Message + Default>(
+    bytes: Bytes,
+    max_frame_bytes: usize,
+    layered: bool,
 ) -> Result<Frame<M>, ProtocolError> {
     if bytes.len() > max_frame_bytes {
         return Err(ProtocolError::new(
@@ -57,6 +72,7 @@ pub fn decode_frame<M: Message + Default>(
                 )
             }),
         FRAME_MEDIA => MediaFrame::parse(bytes).map(Frame::Media),
+        FRAME_LAYERED if layered => MediaFrame::parse_layered(bytes).map(Frame::Media),
         0 => Err(ProtocolError::new(
             ErrorCode::MalformedFrame,
             "frame type 0",

@@ -50,8 +50,10 @@ pub mod time;
 pub mod validate;
 
 pub use error::ProtocolError;
-pub use frame::{Frame, StreamDecoder, decode_frame, encode_control};
-pub use media::{MediaFrame, MediaHeader, MediaPeek};
+pub use frame::{
+    FEATURE_SFU, Frame, StreamDecoder, decode_frame, decode_frame_with, encode_control,
+};
+pub use media::{AudioLevel, Layer, MediaFrame, MediaHeader, MediaPeek};
 pub use session::CloseReason;
 pub use session::client::{ClientEvent, ClientSession, ClientSessionConfig};
 pub use session::server::{

@@ -8,7 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::ErrorCode;
 use crate::error::ProtocolError;
-use crate::frame::FRAME_MEDIA;
+use crate::frame::{FRAME_LAYERED, FRAME_MEDIA};
 
 /// Length of the fixed media header, type byte included.
 pub const MEDIA_HEADER_LEN: usize = 24;
@@ -41,6 +41,10 @@ impl MediaHeader {
     /// Frames from the network are still validated by [`MediaFrame::parse`]
     /// before anything relies on them.
     pub fn peek(frame: &[u8]) -> Option<MediaPeek> {
+        let frame = match frame.first() {
+            Some(&FRAME_LAYERED) => frame.get(LAYERED_PREFIX_LEN..)?,
+            _ => frame,
+        };
         if frame.len() < MEDIA_HEADER_LEN || frame[0] != FRAME_MEDIA {
             return None;
         }
@@ -60,15 +64,102 @@ pub struct MediaPeek {
     pub track_id: u32,
 }
 
+/// Length of the LAYERED prefix before the MEDIA frame (PROTOCOL.md §6.6.2).
+pub const LAYERED_PREFIX_LEN: usize = 4;
+/// LAYERED flag bit: byte 3 carries an audio level.
+pub const LAYERED_FLAG_LEVEL: u8 = 0x01;
+/// LAYERED flag bit: a temporal switch point (§6.6.1).
+pub const LAYERED_FLAG_SWITCH_POINT: u8 = 0x02;
+/// Most spatial encodings of one track (§6.6.1).
+pub const MAX_ENCODINGS: usize = 3;
+/// Most temporal layers of one encoding (§6.6.1).
+pub const MAX_TEMPORAL_LAYERS: u8 = 4;
+
+/// An audio level as RFC 6464 carries it: voice activity and loudness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioLevel {
+    /// The sender's voice-activity flag (V).
+    pub voice: bool,
+    /// Level in −dBov: 0 is the loudest, 127 silence.
+    pub dbov: u8,
+}
+
+/// The LAYERED prefix of a media frame (PROTOCOL.md §6.6.2): which encoding
+/// and temporal layer it belongs to, and an audio frame's level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Layer {
+    /// Spatial encoding index, 0 (lowest) to 2.
+    pub encoding: u8,
+    /// Temporal layer id, 0 to 3.
+    pub temporal: u8,
+    /// Later frames of a layer up to this one's depend on nothing before it above layer 0.
+    pub switch_point: bool,
+    /// The sender's audio level, on audio tracks that announce levels.
+    pub level: Option<AudioLevel>,
+}
+
+impl Layer {
+    /// The 4-byte prefix that carries this layer.
+    pub fn prefix(&self) -> [u8; LAYERED_PREFIX_LEN] {
+        let mut flags = 0;
+        if self.level.is_some() {
+            flags |= LAYERED_FLAG_LEVEL;
+        }
+        if self.switch_point {
+            flags |= LAYERED_FLAG_SWITCH_POINT;
+        }
+        let level = self
+            .level
+            .map_or(0, |l| (u8::from(l.voice) << 7) | (l.dbov & 0x7f));
+        [
+            FRAME_LAYERED,
+            flags,
+            (self.encoding & 0x03) | ((self.temporal & 0x03) << 2),
+            level,
+        ]
+    }
+
+    /// Reads a LAYERED prefix, checking its reserved bits.
+    pub fn parse(prefix: &[u8]) -> Result<Self, ProtocolError> {
+        let malformed = |why: &str| ProtocolError::new(ErrorCode::MalformedFrame, why);
+        if prefix.len() < LAYERED_PREFIX_LEN || prefix[0] != FRAME_LAYERED {
+            return Err(malformed("not a LAYERED frame"));
+        }
+        let (flags, layer, level) = (prefix[1], prefix[2], prefix[3]);
+        if flags & !(LAYERED_FLAG_LEVEL | LAYERED_FLAG_SWITCH_POINT) != 0 || layer & 0xf0 != 0 {
+            return Err(malformed("reserved LAYERED bits set"));
+        }
+        let encoding = layer & 0x03;
+        if encoding as usize >= MAX_ENCODINGS {
+            return Err(malformed("encoding index 3 does not exist (0 to 2)"));
+        }
+        let has_level = flags & LAYERED_FLAG_LEVEL != 0;
+        if !has_level && level != 0 {
+            return Err(malformed("a level byte without the LEVEL flag"));
+        }
+        Ok(Layer {
+            encoding,
+            temporal: (layer >> 2) & 0x03,
+            switch_point: flags & LAYERED_FLAG_SWITCH_POINT != 0,
+            level: has_level.then_some(AudioLevel {
+                voice: level & 0x80 != 0,
+                dbov: level & 0x7f,
+            }),
+        })
+    }
+}
+
 /// A validated media frame: the whole frame's bytes, shared, with parsed offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaFrame {
-    /// The frame, type byte first.
+    /// The MEDIA frame, type byte first (inside the LAYERED wrapper, if any).
     bytes: Bytes,
     /// The parsed header.
     header: MediaHeader,
     /// Length of the decoder configuration.
     config_len: usize,
+    /// For a LAYERED frame: its prefix, and the whole frame as received.
+    layered: Option<(Layer, Bytes)>,
 }
 
 impl MediaFrame {
@@ -118,7 +209,56 @@ impl MediaFrame {
             bytes,
             header,
             config_len,
+            layered: None,
         })
+    }
+
+    /// Validates `bytes` (a whole frame, type byte first) as a LAYERED
+    /// frame (PROTOCOL.md §6.6.2): the prefix, then a valid MEDIA frame.
+    /// Whether the layer exists on the track is for the room to check.
+    pub fn parse_layered(bytes: Bytes) -> Result<Self, ProtocolError> {
+        if bytes.len() < LAYERED_PREFIX_LEN + MEDIA_HEADER_LEN {
+            return Err(ProtocolError::new(
+                ErrorCode::MalformedFrame,
+                "LAYERED frame shorter than its 28-byte headers",
+            ));
+        }
+        let layer = Layer::parse(&bytes)?;
+        let inner = MediaFrame::parse(bytes.slice(LAYERED_PREFIX_LEN..))?;
+        Ok(MediaFrame {
+            layered: Some((layer, bytes)),
+            ..inner
+        })
+    }
+
+    /// Builds a LAYERED frame from its parts.
+    pub fn build_layered(
+        layer: Layer,
+        header: &MediaHeader,
+        config: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Self {
+        let inner = MediaFrame::build(header, config, payload);
+        let mut b = BytesMut::with_capacity(LAYERED_PREFIX_LEN + inner.bytes.len());
+        b.put_slice(&layer.prefix());
+        b.put_slice(&inner.bytes);
+        let whole = b.freeze();
+        MediaFrame {
+            bytes: whole.slice(LAYERED_PREFIX_LEN..),
+            layered: Some((layer, whole)),
+            ..inner
+        }
+    }
+
+    /// The LAYERED prefix, for a frame that came or goes as LAYERED.
+    pub fn layer(&self) -> Option<Layer> {
+        self.layered.as_ref().map(|(l, _)| *l)
+    }
+
+    /// The frame as it travels to a peer that negotiated `sfu.1`: LAYERED
+    /// when it came so, else the MEDIA frame.
+    pub fn as_wire(&self) -> &Bytes {
+        self.layered.as_ref().map_or(&self.bytes, |(_, w)| w)
     }
 
     /// Builds a frame from its parts.
@@ -150,6 +290,7 @@ impl MediaFrame {
             bytes: b.freeze(),
             header,
             config_len,
+            layered: None,
         }
     }
 
@@ -169,12 +310,12 @@ impl MediaFrame {
         self.bytes.slice(MEDIA_HEADER_LEN + self.config_len..)
     }
 
-    /// The whole frame, as sent on the wire.
+    /// The MEDIA frame (without a LAYERED prefix): what a v1 peer receives.
     pub fn as_bytes(&self) -> &Bytes {
         &self.bytes
     }
 
-    /// The whole frame, as sent on the wire.
+    /// The MEDIA frame (without a LAYERED prefix).
     pub fn into_bytes(self) -> Bytes {
         self.bytes
     }
@@ -189,11 +330,28 @@ impl MediaFrame {
             bytes,
             header,
             config_len,
+            layered,
         } = self;
-        MediaFrame {
-            bytes: stamp_sender(bytes, sender),
-            header: MediaHeader { sender, ..header },
-            config_len,
+        let header = MediaHeader { sender, ..header };
+        match layered {
+            // The MEDIA frame is a view of the LAYERED one: dropped first so
+            // that the buffer is not shared and is stamped in place.
+            Some((layer, whole)) => {
+                drop(bytes);
+                let whole = stamp_at(whole, LAYERED_PREFIX_LEN + SENDER_OFFSET, sender);
+                MediaFrame {
+                    bytes: whole.slice(LAYERED_PREFIX_LEN..),
+                    header,
+                    config_len,
+                    layered: Some((layer, whole)),
+                }
+            }
+            None => MediaFrame {
+                bytes: stamp_sender(bytes, sender),
+                header,
+                config_len,
+                layered: None,
+            },
         }
     }
 }
@@ -201,10 +359,15 @@ impl MediaFrame {
 /// Writes `sender` at the sender offset of a media frame's bytes, in place
 /// when the buffer is not shared. The frame must be at least a header long.
 pub fn stamp_sender(bytes: Bytes, sender: u32) -> Bytes {
+    stamp_at(bytes, SENDER_OFFSET, sender)
+}
+
+/// Writes `sender` at `offset`, in place when the buffer is not shared.
+fn stamp_at(bytes: Bytes, offset: usize, sender: u32) -> Bytes {
     let mut m = bytes
         .try_into_mut()
         .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-    m[SENDER_OFFSET..SENDER_OFFSET + 4].copy_from_slice(&sender.to_be_bytes());
+    m[offset..offset + 4].copy_from_slice(&sender.to_be_bytes());
     m.freeze()
 }
 

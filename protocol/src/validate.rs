@@ -97,6 +97,55 @@ pub fn track(t: &TrackInfo) -> Result<(), ProtocolError> {
             t.width, t.height, t.frame_rate
         ));
     }
+    encodings(t, kind)
+}
+
+/// The simulcast encodings of a track (PROTOCOL.md §6.6.1): at most three,
+/// growing strictly, in range, the last one the track's own size; video only.
+fn encodings(t: &TrackInfo, kind: TrackKind) -> Result<(), ProtocolError> {
+    let bad = |why: String| Err(ProtocolError::new(ErrorCode::InvalidTrack, why));
+    if t.audio_levels && kind != TrackKind::Audio {
+        return bad("audio_levels is for audio tracks only".into());
+    }
+    if t.encodings.is_empty() {
+        return Ok(());
+    }
+    if kind == TrackKind::Audio {
+        return bad("an audio track has no encodings".into());
+    }
+    if t.encodings.len() > crate::media::MAX_ENCODINGS {
+        return bad(format!(
+            "{} encodings: a track has at most 3",
+            t.encodings.len()
+        ));
+    }
+    let mut last = (0, 0);
+    for (i, e) in t.encodings.iter().enumerate() {
+        if !(16..=7680).contains(&e.width)
+            || !(16..=4320).contains(&e.height)
+            || e.frame_rate > 240
+            || e.temporal_layers > crate::media::MAX_TEMPORAL_LAYERS as u32
+        {
+            return bad(format!(
+                "encoding {i}: {}x{} at {} fps with {} temporal layers is out of range \
+                 (16x16 to 7680x4320, at most 240 fps and 4 layers)",
+                e.width, e.height, e.frame_rate, e.temporal_layers
+            ));
+        }
+        if e.width <= last.0 || e.height <= last.1 {
+            return bad(format!(
+                "encoding {i} ({}x{}) is not larger than the one before it: list encodings lowest first",
+                e.width, e.height
+            ));
+        }
+        last = (e.width, e.height);
+    }
+    if last != (t.width, t.height) {
+        return bad(format!(
+            "the top encoding is {}x{} but the track is {}x{}: they must be equal",
+            last.0, last.1, t.width, t.height
+        ));
+    }
     Ok(())
 }
 

@@ -184,6 +184,7 @@ fn client_msg(i: u8) -> (C, server_session::Event) {
             C::Subscribe(v1::Subscribe {
                 participant_id: 3,
                 track_id: 1,
+                ..Default::default()
             }),
             E::RoomMessage,
         ),
@@ -205,6 +206,7 @@ fn client_msg(i: u8) -> (C, server_session::Event) {
             C::KeyFrameRequest(v1::KeyFrameRequest {
                 participant_id: 3,
                 track_id: 1,
+                ..Default::default()
             }),
             E::RoomMessage,
         ),
@@ -325,7 +327,7 @@ proptest! {
                     while c.poll_transmit().is_some() {}
                     continue;
                 }
-                _ => (S::KeyFrameRequest(v1::KeyFrameRequest { participant_id: 0, track_id: 1 }), E::RoomMessage),
+                _ => (S::KeyFrameRequest(v1::KeyFrameRequest { participant_id: 0, track_id: 1, ..Default::default() }), E::RoomMessage),
             };
             let before = c.state();
             c.handle_frame(now, server(msg));

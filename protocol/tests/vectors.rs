@@ -8,8 +8,8 @@ use bytes::Bytes;
 use convene_protocol::limits::max;
 use convene_protocol::v1::{ClientMessage, ServerMessage};
 use convene_protocol::{
-    DESCRIPTOR_SET, ErrorCode, Frame, MediaFrame, MediaHeader, StreamDecoder, decode_frame,
-    encode_control,
+    AudioLevel, DESCRIPTOR_SET, ErrorCode, Frame, Layer, MediaFrame, MediaHeader, StreamDecoder,
+    decode_frame_with, encode_control,
 };
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value as RValue};
@@ -62,10 +62,11 @@ enum Decoded {
 
 fn check_frame(name: &str, direction: &str, bytes: Bytes, v: &Value, pool: &DescriptorPool) {
     let max = max::MAX_FRAME_BYTES as usize;
+    let sfu = v.get("sfu").and_then(Value::as_bool).unwrap_or(false);
     let decoded = if direction == "client_to_server" {
-        Decoded::Client(decode_frame::<ClientMessage>(bytes.clone(), max))
+        Decoded::Client(decode_frame_with::<ClientMessage>(bytes.clone(), max, sfu))
     } else {
-        Decoded::Server(decode_frame::<ServerMessage>(bytes.clone(), max))
+        Decoded::Server(decode_frame_with::<ServerMessage>(bytes.clone(), max, sfu))
     };
     let env = pool
         .get_message_by_name(if direction == "client_to_server" {
@@ -125,12 +126,31 @@ fn check_frame(name: &str, direction: &str, bytes: Bytes, v: &Value, pool: &Desc
         let payload = hex::decode(media["payload"].as_str().unwrap()).unwrap();
         assert_eq!(m.config().unwrap_or(&[]), &config[..], "{name}: config");
         assert_eq!(&m.payload()[..], &payload[..], "{name}: payload");
-        let built = MediaFrame::build(&want, (!config.is_empty()).then_some(&config[..]), &payload);
+        let config = (!config.is_empty()).then_some(&config[..]);
+        let built = match media.get("layer") {
+            Some(l) => {
+                let layer = Layer {
+                    encoding: l["encoding"].as_u64().unwrap() as u8,
+                    temporal: l["temporal"].as_u64().unwrap() as u8,
+                    switch_point: l["switch_point"].as_bool().unwrap(),
+                    level: l.get("level").map(|v| AudioLevel {
+                        voice: v["voice"].as_bool().unwrap(),
+                        dbov: v["dbov"].as_u64().unwrap() as u8,
+                    }),
+                };
+                assert_eq!(m.layer(), Some(layer), "{name}: layer");
+                MediaFrame::build_layered(layer, &want, config, &payload)
+            }
+            None => {
+                assert_eq!(m.layer(), None, "{name}: not a LAYERED frame");
+                MediaFrame::build(&want, config, &payload)
+            }
+        };
         if reencodes {
-            assert_eq!(built.as_bytes(), &bytes, "{name}: re-encoding differs");
+            assert_eq!(built.as_wire(), &bytes, "{name}: re-encoding differs");
         } else {
             assert_ne!(
-                built.as_bytes(),
+                built.as_wire(),
                 &bytes,
                 "{name}: says it does not re-encode, but does"
             );

@@ -167,6 +167,7 @@ async fn spans_two_nodes(n1: SocketAddr, n2: SocketAddr, ids: (u32, u32)) {
     bob.send(C::KeyFrameRequest(v1::KeyFrameRequest {
         participant_id: alice.id,
         track_id: 1,
+        ..Default::default()
     }))
     .await;
     alice

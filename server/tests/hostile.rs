@@ -600,6 +600,7 @@ async fn key_frame_requests_are_coalesced_and_need_a_subscription() {
         .send(C::KeyFrameRequest(v1::KeyFrameRequest {
             participant_id: pid,
             track_id: 1,
+            ..Default::default()
         }))
         .await;
     let S::Error(e) = stranger.expect(|m| matches!(m, S::Error(_))).await else {
@@ -613,6 +614,7 @@ async fn key_frame_requests_are_coalesced_and_need_a_subscription() {
                 .send(C::KeyFrameRequest(v1::KeyFrameRequest {
                     participant_id: pid,
                     track_id: 1,
+                    ..Default::default()
                 }))
                 .await;
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -219,6 +219,7 @@ fn subscribe_checks_the_room_and_asks_for_a_key_frame() {
         RoomRequest::Subscribe(v1::Subscribe {
             participant_id: 1,
             track_id: 5,
+            ..Default::default()
         }),
     )
     .unwrap_err();
@@ -233,6 +234,7 @@ fn subscribe_checks_the_room_and_asks_for_a_key_frame() {
         RoomRequest::Subscribe(v1::Subscribe {
             participant_id: 1,
             track_id: 5,
+            ..Default::default()
         }),
     )
     .unwrap();
@@ -246,7 +248,8 @@ fn subscribe_checks_the_room_and_asks_for_a_key_frame() {
         control_of(&drain(&a)),
         vec![Msg::KeyFrameRequest(v1::KeyFrameRequest {
             participant_id: 0,
-            track_id: 5
+            track_id: 5,
+            ..Default::default()
         })]
     );
 }

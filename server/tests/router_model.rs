@@ -80,7 +80,7 @@ proptest! {
                 Op::Mute => (publication::Event::Mute, room.handle(t, 1, RoomRequest::SetTrackMuted(v1::SetTrackMuted { track_id: 7, muted: true }), 0)),
                 Op::Unmute => (publication::Event::Unmute, room.handle(t, 1, RoomRequest::SetTrackMuted(v1::SetTrackMuted { track_id: 7, muted: false }), 0)),
                 Op::KeyFrameRequest => {
-                    let r = room.handle(t, 2, RoomRequest::KeyFrameRequest(v1::KeyFrameRequest { participant_id: 1, track_id: 7 }), 0);
+                    let r = room.handle(t, 2, RoomRequest::KeyFrameRequest(v1::KeyFrameRequest { participant_id: 1, track_id: 7, ..Default::default() }), 0);
                     // Only a subscriber may ask (§6.5): anyone else gets
                     // UNKNOWN_TRACK, as for a track that is not published.
                     if pubs != publication::State::Unpublished && subs == subscription::State::Idle {
@@ -100,7 +100,7 @@ proptest! {
                 }
                 Op::Subscribe | Op::Unsubscribe => {
                     let (ev, req) = if matches!(op, Op::Subscribe) {
-                        (subscription::Event::Subscribe, RoomRequest::Subscribe(v1::Subscribe { participant_id: 1, track_id: 7 }))
+                        (subscription::Event::Subscribe, RoomRequest::Subscribe(v1::Subscribe { participant_id: 1, track_id: 7, ..Default::default() }))
                     } else {
                         (subscription::Event::Unsubscribe, RoomRequest::Unsubscribe(v1::Unsubscribe { participant_id: 1, track_id: 7 }))
                     };

@@ -257,6 +257,9 @@ pub struct KeyFrameRequest {
     /// The publisher's track id.
     #[prost(uint32, tag = "2")]
     pub track_id: u32,
+    /// Extension sfu.1 (§6.6.3): bit i asks for a key frame of encoding i; 0 means every encoding.
+    #[prost(uint32, tag = "3")]
+    pub encoding_mask: u32,
 }
 /// What a subscriber observes of one received track.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -292,6 +295,9 @@ pub struct CongestionHint {
     /// Why.
     #[prost(enumeration = "CongestionReason", tag = "3")]
     pub reason: i32,
+    /// Extension sfu.1 (§6.6.3): the encoding the hint is for.
+    #[prost(uint32, tag = "4")]
+    pub encoding: u32,
 }
 /// Why the server sent a CongestionHint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -400,6 +406,12 @@ pub struct ServerLimits {
     /// Media bytes the server queues for one subscriber before it drops frames (§6.4).
     #[prost(uint32, tag = "13")]
     pub subscriber_queue_bytes: u32,
+    /// Extension sfu.1: most recent speakers whose video a subscriber may ask for (ReceiverSettings.video_n).
+    #[prost(uint32, tag = "14")]
+    pub max_last_n: u32,
+    /// Extension sfu.1: most loudest speakers whose audio a subscriber may ask for (ReceiverSettings.audio_n).
+    #[prost(uint32, tag = "15")]
+    pub max_loudest_audio: u32,
 }
 /// The server's answer to a valid Hello (§4.2).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -542,7 +554,7 @@ impl GoodbyeReason {
     }
 }
 /// A published track as others see it.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TrackInfo {
     /// Publisher-chosen id, unique among that participant's tracks, never 0.
     #[prost(uint32, tag = "1")]
@@ -574,16 +586,114 @@ pub struct TrackInfo {
     /// True while the publisher has muted the track.
     #[prost(bool, tag = "10")]
     pub muted: bool,
+    /// Extension sfu.1 (§6.6.1): the spatial encodings of a video or screen
+    /// track, lowest first, at most 3; empty means one encoding.
+    #[prost(message, repeated, tag = "11")]
+    pub encodings: ::prost::alloc::vec::Vec<Encoding>,
+    /// Extension sfu.1 (§6.6.2): an audio track whose frames carry the sender's audio level.
+    #[prost(bool, tag = "12")]
+    pub audio_levels: bool,
+}
+/// One spatial encoding of a simulcast track (§6.6.1).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Encoding {
+    /// Width in pixels, 16 to 7680.
+    #[prost(uint32, tag = "1")]
+    pub width: u32,
+    /// Height in pixels, 16 to 4320.
+    #[prost(uint32, tag = "2")]
+    pub height: u32,
+    /// Frames per second of the whole encoding (all temporal layers), at most 240.
+    #[prost(uint32, tag = "3")]
+    pub frame_rate: u32,
+    /// Target bitrate in kilobits per second, 0 when unknown.
+    #[prost(uint32, tag = "4")]
+    pub target_bitrate_kbps: u32,
+    /// Temporal layers, 1 to 4; 0 is taken as 1.
+    #[prost(uint32, tag = "5")]
+    pub temporal_layers: u32,
+}
+/// What a subscriber wants of one subscription (§6.6.3). Zero means no limit.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubscriptionPreferences {
+    /// Widest picture wanted, in pixels; 0 for no limit.
+    #[prost(uint32, tag = "1")]
+    pub max_width: u32,
+    /// Tallest picture wanted, in pixels; 0 for no limit.
+    #[prost(uint32, tag = "2")]
+    pub max_height: u32,
+    /// Highest frame rate wanted; 0 for no limit.
+    #[prost(uint32, tag = "3")]
+    pub max_frame_rate: u32,
+    /// True to receive nothing of the track for now, keeping the subscription.
+    #[prost(bool, tag = "4")]
+    pub paused: bool,
+}
+/// Extension sfu.1: changes the preferences of a subscription (§6.6.3).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UpdateSubscription {
+    /// The publisher.
+    #[prost(uint32, tag = "1")]
+    pub participant_id: u32,
+    /// The publisher's track id.
+    #[prost(uint32, tag = "2")]
+    pub track_id: u32,
+    /// The new preferences, replacing the old ones.
+    #[prost(message, optional, tag = "3")]
+    pub preferences: ::core::option::Option<SubscriptionPreferences>,
+}
+/// Extension sfu.1: what a subscriber wants of the whole room (§6.6.4). Settings last until changed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReceiverSettings {
+    /// Camera video of only the N most recent speakers, 0 for all; at most max_last_n.
+    #[prost(uint32, tag = "1")]
+    pub video_n: u32,
+    /// Audio of only the N loudest speakers, 0 for all; at most max_loudest_audio.
+    #[prost(uint32, tag = "2")]
+    pub audio_n: u32,
+    /// Most media the subscriber wants to receive, kilobits per second; 0 for no cap.
+    #[prost(uint32, tag = "3")]
+    pub max_receive_kbps: u32,
+}
+/// Extension sfu.1: the encodings of a track that someone receives (§6.6.5).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EncodingDemand {
+    /// The publisher's own track id.
+    #[prost(uint32, tag = "1")]
+    pub track_id: u32,
+    /// Bit i set: encoding i is wanted.
+    #[prost(uint32, tag = "2")]
+    pub active_mask: u32,
+}
+/// One speaker in ActiveSpeakers.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Speaker {
+    /// The participant.
+    #[prost(uint32, tag = "1")]
+    pub participant_id: u32,
+    /// How loud, 0 (silent) to 127 (loudest), from the levels of the last moments.
+    #[prost(uint32, tag = "2")]
+    pub level: u32,
+    /// True for the one the server considers the main speaker.
+    #[prost(bool, tag = "3")]
+    pub dominant: bool,
+}
+/// Extension sfu.1: who speaks now (§6.6.4), loudest first, at most 16 entries.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ActiveSpeakers {
+    /// The speakers; empty when nobody speaks.
+    #[prost(message, repeated, tag = "1")]
+    pub speakers: ::prost::alloc::vec::Vec<Speaker>,
 }
 /// Starts publishing a track (§5.4).
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Publish {
     /// The track to publish; muted is taken as its initial state.
     #[prost(message, optional, tag = "1")]
     pub track: ::core::option::Option<TrackInfo>,
 }
 /// Sent to everyone in the room, the publisher included, when a track is published.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TrackPublished {
     /// The publisher.
     #[prost(uint32, tag = "1")]
@@ -641,6 +751,9 @@ pub struct Subscribe {
     /// The publisher's track id.
     #[prost(uint32, tag = "2")]
     pub track_id: u32,
+    /// Extension sfu.1 (§6.6.3): what the subscriber wants of the track.
+    #[prost(message, optional, tag = "3")]
+    pub preferences: ::core::option::Option<SubscriptionPreferences>,
 }
 /// Confirms a Subscribe.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -887,7 +1000,7 @@ pub struct Deny {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct EndMeeting {}
 /// A control message from client to server.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ClientMessage {
     /// Chosen by the client, echoed in any Error this message causes; 0 when unused.
     #[prost(uint32, tag = "1")]
@@ -895,14 +1008,14 @@ pub struct ClientMessage {
     /// The message.
     #[prost(
         oneof = "client_message::Msg",
-        tags = "10, 11, 12, 13, 20, 21, 22, 30, 31, 32, 33, 34, 40, 41, 50, 60, 70, 71, 72, 73, 74, 75, 90"
+        tags = "10, 11, 12, 13, 20, 21, 22, 30, 31, 32, 33, 34, 40, 41, 50, 60, 70, 71, 72, 73, 74, 75, 90, 100, 101"
     )]
     pub msg: ::core::option::Option<client_message::Msg>,
 }
 /// Nested message and enum types in `ClientMessage`.
 pub mod client_message {
     /// The message.
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Msg {
         /// §4.1
         #[prost(message, tag = "10")]
@@ -973,6 +1086,12 @@ pub mod client_message {
         /// §8
         #[prost(message, tag = "90")]
         Error(super::Error),
+        /// §6.6.3, extension sfu.1
+        #[prost(message, tag = "100")]
+        UpdateSubscription(super::UpdateSubscription),
+        /// §6.6.4, extension sfu.1
+        #[prost(message, tag = "101")]
+        ReceiverSettings(super::ReceiverSettings),
     }
 }
 /// A control message from server to client.
@@ -981,7 +1100,7 @@ pub struct ServerMessage {
     /// The message.
     #[prost(
         oneof = "server_message::Msg",
-        tags = "10, 11, 12, 13, 20, 21, 22, 23, 24, 25, 30, 31, 32, 33, 40, 42, 50, 60, 70, 72, 73, 90"
+        tags = "10, 11, 12, 13, 20, 21, 22, 23, 24, 25, 30, 31, 32, 33, 40, 42, 50, 60, 70, 72, 73, 90, 100, 101"
     )]
     pub msg: ::core::option::Option<server_message::Msg>,
 }
@@ -1056,5 +1175,11 @@ pub mod server_message {
         /// §8
         #[prost(message, tag = "90")]
         Error(super::Error),
+        /// §6.6.5, extension sfu.1
+        #[prost(message, tag = "100")]
+        EncodingDemand(super::EncodingDemand),
+        /// §6.6.4, extension sfu.1
+        #[prost(message, tag = "101")]
+        ActiveSpeakers(super::ActiveSpeakers),
     }
 }

@@ -35,6 +35,10 @@ pub mod max {
     pub const ROOM_RELAY_BYTES_PER_SECOND: u32 = 1048576;
     /// Media bytes queued for one subscriber before the server drops frames (§6.4); a queue that overflows for slow_consumer_ms ends the session. A publisher's bursts should fit in it.
     pub const SUBSCRIBER_QUEUE_BYTES: u32 = 16777216;
+    /// Extension sfu.1: most recent speakers whose camera video a subscriber may ask for in ReceiverSettings.video_n (§6.6.4).
+    pub const MAX_LAST_N: u32 = 32;
+    /// Extension sfu.1: most loudest speakers whose audio a subscriber may ask for in ReceiverSettings.audio_n (§6.6.4).
+    pub const MAX_LOUDEST_AUDIO: u32 = 16;
     /// Sustained media ingress per connection (token bucket holding one second).
     pub const MAX_INGRESS_KBPS: u32 = 100000;
     /// Most concurrent client-opened WebTransport streams per session.
@@ -87,6 +91,10 @@ pub mod default {
     pub const ROOM_RELAY_BYTES_PER_SECOND: u32 = 65536;
     /// Media bytes queued for one subscriber before the server drops frames (§6.4); a queue that overflows for slow_consumer_ms ends the session. A publisher's bursts should fit in it.
     pub const SUBSCRIBER_QUEUE_BYTES: u32 = 2097152;
+    /// Extension sfu.1: most recent speakers whose camera video a subscriber may ask for in ReceiverSettings.video_n (§6.6.4).
+    pub const MAX_LAST_N: u32 = 16;
+    /// Extension sfu.1: most loudest speakers whose audio a subscriber may ask for in ReceiverSettings.audio_n (§6.6.4).
+    pub const MAX_LOUDEST_AUDIO: u32 = 3;
     /// Sustained media ingress per connection (token bucket holding one second).
     pub const MAX_INGRESS_KBPS: u32 = 8000;
     /// Most concurrent client-opened WebTransport streams per session.
@@ -140,6 +148,10 @@ pub mod error {
     pub const ROOM_RELAY_BYTES_PER_SECOND: ErrorCode = ErrorCode::RateLimited;
     /// Raised when `subscriber_queue_bytes` is exceeded.
     pub const SUBSCRIBER_QUEUE_BYTES: ErrorCode = ErrorCode::SlowConsumer;
+    /// Raised when `max_last_n` is exceeded.
+    pub const MAX_LAST_N: ErrorCode = ErrorCode::FieldTooLong;
+    /// Raised when `max_loudest_audio` is exceeded.
+    pub const MAX_LOUDEST_AUDIO: ErrorCode = ErrorCode::FieldTooLong;
     /// Raised when `max_ingress_kbps` is exceeded.
     pub const MAX_INGRESS_KBPS: ErrorCode = ErrorCode::BitrateExceeded;
     /// Raised when `max_concurrent_streams` is exceeded.
@@ -221,6 +233,8 @@ pub const TABLE: &[(&str, u32, u32, ErrorCode)] = &[
         16777216,
         ErrorCode::SlowConsumer,
     ),
+    ("max_last_n", 16, 32, ErrorCode::FieldTooLong),
+    ("max_loudest_audio", 3, 16, ErrorCode::FieldTooLong),
     ("max_ingress_kbps", 8000, 100000, ErrorCode::BitrateExceeded),
     (
         "max_concurrent_streams",

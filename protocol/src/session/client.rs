@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::ErrorCode;
 use crate::error::ProtocolError;
-use crate::frame::{Frame, decode_frame, encode_control};
+use crate::frame::{FEATURE_SFU, Frame, decode_frame_with, encode_control};
 use crate::limits::{default, max};
 use crate::media::MediaFrame;
 use crate::session::CloseReason;
@@ -157,6 +157,16 @@ impl ClientSession {
         self.welcome.as_ref()
     }
 
+    /// True when the session negotiated the selective-forwarding extension
+    /// (PROTOCOL.md §6.6): we offered `sfu.1` and Welcome lists it.
+    pub fn sfu(&self) -> bool {
+        self.config.features.iter().any(|f| f == FEATURE_SFU)
+            && self
+                .welcome
+                .as_ref()
+                .is_some_and(|w| w.features.iter().any(|f| f == FEATURE_SFU))
+    }
+
     /// Our participant id, 0 before Welcome.
     pub fn participant_id(&self) -> u32 {
         self.welcome.as_ref().map_or(0, |w| w.participant_id)
@@ -278,7 +288,8 @@ impl ClientSession {
         }
         self.last_rx = now;
         // A client accepts the protocol maximum: the server's limits bind what it sends, not us.
-        match decode_frame::<ServerMessage>(frame, max::MAX_FRAME_BYTES as usize) {
+        let layered = self.sfu();
+        match decode_frame_with::<ServerMessage>(frame, max::MAX_FRAME_BYTES as usize, layered) {
             Err(e) => {
                 let fatal = e.is_fatal();
                 if fatal {

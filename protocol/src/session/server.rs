@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use crate::ErrorCode;
 use crate::error::ProtocolError;
-use crate::frame::{Frame, decode_frame, encode_control};
+use crate::frame::{FEATURE_SFU, Frame, decode_frame_with, encode_control};
 use crate::limits::{default, max};
 use crate::media::MediaFrame;
 use crate::session::CloseReason;
@@ -86,6 +86,8 @@ pub fn default_limits() -> ServerLimits {
         relay_bytes_per_second: default::RELAY_BYTES_PER_SECOND,
         room_relay_bytes_per_second: default::ROOM_RELAY_BYTES_PER_SECOND,
         subscriber_queue_bytes: default::SUBSCRIBER_QUEUE_BYTES,
+        max_last_n: default::MAX_LAST_N,
+        max_loudest_audio: default::MAX_LOUDEST_AUDIO,
     }
 }
 
@@ -173,6 +175,10 @@ pub enum RoomRequest {
     Deny(v1::Deny),
     /// EndMeeting (moderation).
     EndMeeting(v1::EndMeeting),
+    /// UpdateSubscription (extension sfu.1).
+    UpdateSubscription(v1::UpdateSubscription),
+    /// ReceiverSettings (extension sfu.1), within the limits.
+    ReceiverSettings(v1::ReceiverSettings),
 }
 
 impl RoomRequest {
@@ -198,6 +204,8 @@ impl RoomRequest {
             Msg::Admit(m) => RoomRequest::Admit(m),
             Msg::Deny(m) => RoomRequest::Deny(m),
             Msg::EndMeeting(m) => RoomRequest::EndMeeting(m),
+            Msg::UpdateSubscription(m) => RoomRequest::UpdateSubscription(m),
+            Msg::ReceiverSettings(m) => RoomRequest::ReceiverSettings(m),
             Msg::Hello(_)
             | Msg::Goodbye(_)
             | Msg::Ping(_)
@@ -228,6 +236,8 @@ impl RoomRequest {
             RoomRequest::Admit(m) => Msg::Admit(m),
             RoomRequest::Deny(m) => Msg::Deny(m),
             RoomRequest::EndMeeting(m) => Msg::EndMeeting(m),
+            RoomRequest::UpdateSubscription(m) => Msg::UpdateSubscription(m),
+            RoomRequest::ReceiverSettings(m) => Msg::ReceiverSettings(m),
         }
     }
 }
@@ -294,6 +304,10 @@ pub struct ServerSession {
     events: VecDeque<ServerEvent>,
     /// Why the session ended, once it has.
     close: Option<CloseReason>,
+    /// The client listed `sfu.1` in its Hello.
+    sfu_offered: bool,
+    /// `sfu.1` is negotiated (§6.6): Welcome listed it.
+    sfu: bool,
 }
 
 impl ServerSession {
@@ -336,7 +350,16 @@ impl ServerSession {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             close: None,
+            sfu_offered: false,
+            sfu: false,
         }
+    }
+
+    /// True when the session negotiated the selective-forwarding extension
+    /// `sfu.1` (PROTOCOL.md §6.6): it may receive LAYERED frames and the
+    /// extension's messages.
+    pub fn sfu(&self) -> bool {
+        self.sfu
     }
 
     /// The state in the spec's machine.
@@ -458,32 +481,35 @@ impl ServerSession {
                 0,
             );
         }
-        let decoded = match decode_frame::<ClientMessage>(frame, self.max_frame_bytes()) {
-            Ok(f) => f,
-            Err(e) => {
-                // Each reserved frame type is answered with an error: such
-                // frames spend the control rate, so they cannot make the
-                // server send errors faster than it answers messages.
-                if e.code == ErrorCode::UnknownFrameType
-                    && self.state != State::AwaitingHello
-                    && !self.control_bucket.try_take(now, 1.0)
-                {
-                    return;
+        // A LAYERED frame from a session that did not negotiate sfu.1 is an
+        // unknown extension frame to it: discarded silently (§3.1, §6.6).
+        let decoded =
+            match decode_frame_with::<ClientMessage>(frame, self.max_frame_bytes(), self.sfu) {
+                Ok(f) => f,
+                Err(e) => {
+                    // Each reserved frame type is answered with an error: such
+                    // frames spend the control rate, so they cannot make the
+                    // server send errors faster than it answers messages.
+                    if e.code == ErrorCode::UnknownFrameType
+                        && self.state != State::AwaitingHello
+                        && !self.control_bucket.try_take(now, 1.0)
+                    {
+                        return;
+                    }
+                    // Before Hello, anything that is not a control frame is HELLO_REQUIRED.
+                    let e = if self.state == State::AwaitingHello
+                        && e.code == ErrorCode::UnknownFrameType
+                    {
+                        ProtocolError::new(
+                            ErrorCode::HelloRequired,
+                            "the first frame must be a control frame carrying Hello",
+                        )
+                    } else {
+                        e
+                    };
+                    return self.error(e, 0);
                 }
-                // Before Hello, anything that is not a control frame is HELLO_REQUIRED.
-                let e = if self.state == State::AwaitingHello
-                    && e.code == ErrorCode::UnknownFrameType
-                {
-                    ProtocolError::new(
-                        ErrorCode::HelloRequired,
-                        "the first frame must be a control frame carrying Hello",
-                    )
-                } else {
-                    e
-                };
-                return self.error(e, 0);
-            }
-        };
+            };
         match decoded {
             Frame::Extension(_) if self.state != State::AwaitingHello => {}
             Frame::Extension(_) => self.error(
@@ -672,6 +698,19 @@ impl ServerSession {
     }
 
     fn room_request(&mut self, now: Timestamp, msg: Msg, rid: u32) -> Option<RoomRequest> {
+        if !self.sfu && matches!(msg, Msg::UpdateSubscription(_) | Msg::ReceiverSettings(_)) {
+            self.error(
+                ProtocolError::new(
+                    ErrorCode::UnexpectedMessage,
+                    format!(
+                        "{} belongs to the {FEATURE_SFU} extension, which this session did not negotiate",
+                        msg_name(&msg)
+                    ),
+                ),
+                rid,
+            );
+            return None;
+        }
         let checked = match RoomRequest::from_message(msg) {
             Some(req) => self.check(req),
             None => unreachable!("handled by handle_control"),
@@ -717,7 +756,46 @@ impl ServerSession {
                 validate::display_name(&u.display_name, l.max_display_name_bytes)
                     .map(|_| RoomRequest::UpdateSelf(u))
             }
-            RoomRequest::Publish(t) => validate::track(&t).map(|_| RoomRequest::Publish(t)),
+            RoomRequest::Publish(mut t) => {
+                // The extension's fields mean nothing to a session without it (§6.6).
+                if !self.sfu {
+                    t.encodings.clear();
+                    t.audio_levels = false;
+                }
+                validate::track(&t).map(|_| RoomRequest::Publish(t))
+            }
+            RoomRequest::Subscribe(mut s) => {
+                if !self.sfu {
+                    s.preferences = None;
+                }
+                Ok(RoomRequest::Subscribe(s))
+            }
+            RoomRequest::KeyFrameRequest(mut k) => {
+                if !self.sfu {
+                    k.encoding_mask = 0;
+                }
+                Ok(RoomRequest::KeyFrameRequest(k))
+            }
+            RoomRequest::ReceiverSettings(r) => {
+                let n = |limit: u32, default: u32| if limit == 0 { default } else { limit };
+                let video = n(l.max_last_n, crate::limits::default::MAX_LAST_N);
+                let audio = n(
+                    l.max_loudest_audio,
+                    crate::limits::default::MAX_LOUDEST_AUDIO,
+                );
+                if r.video_n > video || r.audio_n > audio {
+                    Err(ProtocolError::new(
+                        ErrorCode::FieldTooLong,
+                        format!(
+                            "ReceiverSettings asks for video of {} and audio of {} speakers; \
+                             this server allows at most {video} and {audio}",
+                            r.video_n, r.audio_n
+                        ),
+                    ))
+                } else {
+                    Ok(RoomRequest::ReceiverSettings(r))
+                }
+            }
             RoomRequest::Chat(mut c) => {
                 if let std::borrow::Cow::Owned(clean) = validate::clean_chat_text(&c.text) {
                     c.text = clean;
@@ -779,6 +857,7 @@ impl ServerSession {
                 0,
             );
         };
+        self.sfu_offered = h.features.iter().any(|f| f == FEATURE_SFU);
         self.pending = Pending::Hello;
         self.events
             .push_back(ServerEvent::Hello { version, hello: h });
@@ -804,6 +883,7 @@ impl ServerSession {
         self.state = sm::next(self.state, SmEvent::Hello).unwrap_or(State::Established);
         self.participant_id = participant_id;
         self.next_ping = Some(now + self.config.heartbeat_interval);
+        self.sfu = self.sfu_offered && self.config.features.iter().any(|f| f == FEATURE_SFU);
         let welcome = v1::Welcome {
             version: 1,
             session_id,
@@ -811,12 +891,23 @@ impl ServerSession {
             limits: Some(self.config.limits),
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
             idle_timeout_ms: self.config.idle_timeout.as_millis() as u32,
-            features: self.config.features.clone(),
+            features: self.features(),
             resume_token,
             server_version: self.config.server_version.clone(),
         };
         self.send(server_message::Msg::Welcome(welcome));
         Ok(())
+    }
+
+    /// The features Welcome lists: the server's own, with `sfu.1` only when
+    /// the client offered it (§6.6 is negotiated, not announced).
+    fn features(&self) -> Vec<String> {
+        self.config
+            .features
+            .iter()
+            .filter(|f| *f != FEATURE_SFU || self.sfu)
+            .cloned()
+            .collect()
     }
 
     /// Answers a pending Join (or a wait in the waiting room): the session
@@ -995,7 +1086,9 @@ fn sm_event(msg: &Msg) -> SmEvent {
         | Msg::KeyFrameRequest(_)
         | Msg::ReceiverReport(_)
         | Msg::Chat(_)
-        | Msg::E2ee(_) => SmEvent::RoomMessage,
+        | Msg::E2ee(_)
+        | Msg::UpdateSubscription(_)
+        | Msg::ReceiverSettings(_) => SmEvent::RoomMessage,
     }
 }
 
@@ -1025,5 +1118,7 @@ pub(crate) fn msg_name(msg: &Msg) -> &'static str {
         Msg::Admit(_) => "Admit",
         Msg::Deny(_) => "Deny",
         Msg::EndMeeting(_) => "EndMeeting",
+        Msg::UpdateSubscription(_) => "UpdateSubscription",
+        Msg::ReceiverSettings(_) => "ReceiverSettings",
     }
 }

@@ -252,6 +252,7 @@ impl Room {
                 track_id: track,
                 target_bitrate_kbps: kbps,
                 reason: reason as i32,
+                ..Default::default()
             })));
         }
     }
@@ -294,6 +295,7 @@ impl Room {
                 o.push_control(frame(Msg::KeyFrameRequest(v1::KeyFrameRequest {
                     participant_id: requester,
                     track_id: track,
+                    ..Default::default()
                 })));
             }
             // The publisher is on another node: ask there.

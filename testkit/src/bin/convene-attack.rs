@@ -335,6 +335,7 @@ async fn key_frame_flood(
                 .send(control(C::KeyFrameRequest(v1::KeyFrameRequest {
                     participant_id,
                     track_id,
+                    ..Default::default()
                 })))
                 .await
                 .is_err()
