@@ -16,6 +16,13 @@ pub const FRAME_MEDIA: u8 = 0x02;
 pub const FRAME_EXTENSION_START: u8 = 0x80;
 /// Frame type of a LAYERED media frame (extension `sfu.1`, PROTOCOL.md §6.6.2).
 pub const FRAME_LAYERED: u8 = 0x80;
+/// True for a frame that travels as media (PROTOCOL.md §3.3): MEDIA, or
+/// LAYERED (§6.6.2), whatever the session negotiated; the session discards
+/// a LAYERED frame it did not negotiate.
+pub fn is_media_frame(frame: &[u8]) -> bool {
+    matches!(frame.first(), Some(&FRAME_MEDIA) | Some(&FRAME_LAYERED))
+}
+
 /// The feature name of the selective-forwarding extension (PROTOCOL.md §6.6).
 pub const FEATURE_SFU: &str = "sfu.1";
 

@@ -154,6 +154,8 @@ impl Connection {
             handshake_timeout: Duration::from_millis(c.handshake_timeout_ms as u64),
             heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms as u64),
             idle_timeout: Duration::from_millis(c.idle_timeout_ms as u64),
+            // Selective forwarding (PROTOCOL.md §6.6), for clients that offer it.
+            features: vec![convene_protocol::FEATURE_SFU.to_string()],
             ..ServerSessionConfig::default()
         };
         let wakers = Arc::new(Wakers::default());
@@ -647,6 +649,7 @@ impl Connection {
         let local = Local {
             outbox: outbox.clone(),
             mailbox: self.mailbox.clone(),
+            sfu: session.sfu(),
         };
         let mut answered = Ok(());
         let result = self.state.router.join(

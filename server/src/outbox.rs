@@ -112,6 +112,9 @@ pub struct PushOutcome {
     pub needs_key_frame: Option<(u32, u32)>,
     /// The queue has overflowed for too long: disconnect the subscriber.
     pub slow: bool,
+    /// How long the oldest media already queued has waited: a path that
+    /// does not keep up shows here before anything is dropped.
+    pub waited: std::time::Duration,
 }
 
 #[derive(Debug, Default)]
@@ -267,6 +270,9 @@ impl Outbox {
             }
             _ => {}
         }
+        out.waited = q
+            .nonempty_since
+            .map_or(std::time::Duration::ZERO, |t| now.saturating_since(t));
         let len = frame.len();
         let (max_bytes, max_frames) = self.media_limits();
         while q.media_bytes + len > max_bytes || q.audio.len() + q.video.len() >= max_frames {

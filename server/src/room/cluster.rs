@@ -117,6 +117,7 @@ impl Room {
                 node,
                 subscribe_all,
                 tracks: BTreeMap::new(),
+                settings: Default::default(),
             },
         );
         // A snapshot carries the tracks already published: as if published
@@ -152,7 +153,7 @@ impl Room {
             && video
             && watching
         {
-            self.request_key_frame(now, pid, tid, 0, true);
+            self.request_key_frame(now, pid, tid, 0, true, 0);
         }
     }
 
@@ -308,7 +309,12 @@ impl Room {
                 }
             }
             BusMessage::Media { frame, .. } => {
-                if let Ok(f) = MediaFrame::parse(frame) {
+                if let Ok(f) = match frame.first() {
+                    Some(&convene_protocol::frame::FRAME_LAYERED) => {
+                        MediaFrame::parse_layered(frame)
+                    }
+                    _ => MediaFrame::parse(frame),
+                } {
                     self.route_remote(now, &f);
                 }
             }
@@ -320,7 +326,7 @@ impl Room {
                 ..
             } => {
                 if self.members.get(&publisher).is_some_and(|m| m.is_local()) {
-                    self.request_key_frame(now, publisher, track, requester, force);
+                    self.request_key_frame(now, publisher, track, requester, force, 0);
                 }
             }
             BusMessage::SyncRequest { .. } => self.bus.publish(self.roster()),

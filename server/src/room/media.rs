@@ -6,13 +6,47 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use convene_protocol::v1::{self, TrackInfo, server_message::Msg};
-use convene_protocol::{ErrorCode, MediaFrame, MediaHeader, ProtocolError, Timestamp};
+use convene_protocol::v1::{self, TrackInfo, TrackKind, server_message::Msg};
+use convene_protocol::{ErrorCode, Layer, MediaFrame, MediaHeader, ProtocolError, Timestamp};
 
 use crate::bus::BusMessage;
 use crate::outbox::{DropReason, MediaClass, Outbox};
 
+use super::forward::speakers::Activity;
+use super::forward::{Demand, Layers, Prefs, Selector, Verdict};
 use super::{Room, frame};
+
+/// A subscriber's queue whose oldest media has waited this long is behind
+/// its path: a selective track moves it one encoding down (§6.6.3).
+pub(super) const BEHIND_AFTER: Duration = Duration::from_millis(400);
+
+/// One subscriber of a track.
+#[derive(Debug)]
+pub(super) struct Subscription {
+    /// The subscriber.
+    pub(super) pid: u32,
+    /// Its queue.
+    pub(super) outbox: Arc<Outbox>,
+    /// It negotiated `sfu.1`: it gets frames as the publisher sent them.
+    pub(super) sfu: bool,
+    /// Its loudest-N (§6.6.4), 0 for all: audio tracks only.
+    pub(super) audio_n: u8,
+    /// What it gets of a selective track (several encodings or layers).
+    pub(super) sel: Selector,
+}
+
+impl Subscription {
+    /// A new subscription of `pid` through `local`, with its preferences.
+    pub(super) fn new(pid: u32, local: &super::Local, prefs: Prefs, audio_n: u32) -> Self {
+        Subscription {
+            pid,
+            outbox: local.outbox.clone(),
+            sfu: local.sfu,
+            audio_n: audio_n.min(u8::MAX as u32) as u8,
+            sel: Selector::new(local.sfu, prefs),
+        }
+    }
+}
 
 /// Key-frame requests the server makes on subscribers' behalf, at most one per track per this long.
 pub(super) const KEY_FRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
@@ -35,15 +69,65 @@ pub struct RouteStats {
     pub slow: u32,
 }
 
+/// Checks a frame's layer against what its track announced (§6.6.2).
+fn check_layer(p: &Publication, layer: Option<Layer>, track: u32) -> Result<(), ProtocolError> {
+    let Some(l) = layer else {
+        return Ok(());
+    };
+    let why = if l.level.is_some() && !(p.audio && p.info.audio_levels) {
+        "an audio level on a track that did not announce audio_levels"
+    } else if !p.layers.has(l) {
+        "an encoding or temporal layer the track did not announce"
+    } else {
+        return Ok(());
+    };
+    Err(ProtocolError::new(
+        ErrorCode::MalformedFrame,
+        format!("LAYERED frame on track {track}: {why}"),
+    ))
+}
+
+impl Publication {
+    /// A new publication of `info` at `now`.
+    pub(super) fn new(now: Timestamp, info: TrackInfo, subscribers: Vec<Subscription>) -> Self {
+        let layers = Layers::of(&info);
+        let audio = info.kind == TrackKind::Audio as i32;
+        Publication {
+            key_mask: 0,
+            audio,
+            camera: info.kind == TrackKind::Video as i32,
+            demand: (layers.count > 1).then(|| Demand::new(now, layers.count)),
+            layers,
+            info,
+            subscribers,
+            activity: Activity::default(),
+            last_key_request: None,
+            key_wanted: false,
+            congestion: Congestion::default(),
+        }
+    }
+}
+
 /// One published track.
 #[derive(Debug)]
 pub(super) struct Publication {
+    /// The encodings the publisher was asked for in key-frame requests
+    /// still held back by the coalescing interval (bit per encoding).
+    pub(super) key_mask: u8,
     /// As announced.
     pub(super) info: TrackInfo,
     /// Audio or video, for queue priorities.
     pub(super) audio: bool,
-    /// Who receives it: (participant id, their outbox).
-    pub(super) subscribers: Vec<(u32, Arc<Outbox>)>,
+    /// Who receives it.
+    pub(super) subscribers: Vec<Subscription>,
+    /// Its encodings and temporal layers (§6.6.1).
+    pub(super) layers: Layers,
+    /// Video: which encodings anyone wants (§6.6.5), for several encodings.
+    pub(super) demand: Option<Demand>,
+    /// Audio: the last second's speech (§6.6.4).
+    pub(super) activity: Activity,
+    /// Camera video, the kind last-N applies to (§6.6.4).
+    pub(super) camera: bool,
     /// When the server last asked for a key frame on subscribers' behalf.
     pub(super) last_key_request: Option<Timestamp>,
     /// A subscriber's request arrived within [`KEY_FRAME_COALESCE`] of the
@@ -132,7 +216,7 @@ impl Congestion {
 
 impl Room {
     /// Routes a media frame of `publisher`, already stamped, to the track's
-    /// subscribers (PROTOCOL.md §6.3, §6.4).
+    /// subscribers (PROTOCOL.md §6.3, §6.4, §6.6).
     pub fn route(
         &mut self,
         now: Timestamp,
@@ -144,6 +228,7 @@ impl Room {
             ..*frame.header()
         };
         let mut stats = RouteStats::default();
+        let remote_nodes = self.members.len() > self.local;
         let Some(p) = self
             .members
             .get_mut(&h.sender)
@@ -160,21 +245,24 @@ impl Room {
         // Audio goes ahead of everything in every subscriber's queue: a frame
         // no audio encoder makes is refused, so an audio grant cannot carry video.
         let max_audio = convene_protocol::limits::max::MAX_AUDIO_FRAME_BYTES as usize;
-        if p.audio && frame.as_bytes().len() > max_audio {
+        if p.audio && frame.as_wire().len() > max_audio {
             return Err(ProtocolError::new(
                 ErrorCode::FrameTooLarge,
                 format!(
                     "a frame of {} bytes on audio track {}: audio frames are at most {max_audio}",
-                    frame.as_bytes().len(),
+                    frame.as_wire().len(),
                     h.track_id
                 ),
             ));
         }
+        let layer = frame.layer().unwrap_or_default();
+        check_layer(p, frame.layer(), h.track_id)?;
         // A subscriber's request held back by the coalescing interval: a key
         // frame answers it; once the interval is over, it goes out.
         let mut deferred_key = false;
         if h.key {
-            p.key_wanted = false;
+            p.key_mask &= !(1 << layer.encoding);
+            p.key_wanted &= p.key_mask != 0;
         } else if p.key_wanted
             && p.last_key_request
                 .is_none_or(|t| now.saturating_since(t) >= KEY_FRAME_COALESCE)
@@ -188,12 +276,52 @@ impl Room {
         } else {
             MediaClass::Delta
         };
-        let mut need_key = false;
-        let mut congested = false;
-        for (_, outbox) in &p.subscribers {
-            congested |= outbox.is_congested();
-            let out =
-                outbox.push_media(now, class, (h.sender, h.track_id), frame.as_bytes().clone());
+        // Loudest-N: this frame's rank among the room's audio right now.
+        let rank = if p.audio {
+            p.activity.observe(now, layer.level);
+            self.loudest
+                .observe(now, (h.sender, h.track_id), p.activity.loudness)
+        } else {
+            0
+        };
+        let selective = p.layers.selective();
+        let (mut need_key, mut key_mask) = (false, 0u8);
+        let (mut congested, mut wanted) = (false, 0u8);
+        for sub in p.subscribers.iter_mut() {
+            if p.audio && sub.audio_n > 0 && rank >= sub.audio_n {
+                continue;
+            }
+            if selective {
+                if let Some(t) = sub.sel.target(&p.layers) {
+                    wanted |= 1 << t;
+                }
+                match sub.sel.decide(
+                    now,
+                    &p.layers,
+                    layer,
+                    h.key,
+                    h.sequence,
+                    h.capture_timestamp_us,
+                ) {
+                    Verdict::Forward => {}
+                    Verdict::Drop => continue,
+                    Verdict::NeedKey(e) => {
+                        key_mask |= 1 << e;
+                        continue;
+                    }
+                }
+            } else if sub.sel.last_n_out || sub.sel.prefs.paused {
+                continue;
+            }
+            let path_congested = sub.outbox.is_congested();
+            let bytes = if sub.sfu {
+                frame.as_wire()
+            } else {
+                frame.as_bytes()
+            };
+            let out = sub
+                .outbox
+                .push_media(now, class, (h.sender, h.track_id), bytes.clone());
             stats.delivered += out.queued as u32;
             for d in &out.dropped {
                 stats.dropped[match d {
@@ -202,27 +330,143 @@ impl Room {
                     DropReason::Audio => 2,
                 }] += 1;
             }
+            let behind = !out.dropped.is_empty() || path_congested || out.waited >= BEHIND_AFTER;
+            if selective && behind && !p.audio {
+                // The path does not carry this encoding: a lower one for
+                // this subscriber instead of a lower picture for everyone.
+                sub.sel.congested(now);
+                congested |= sub.sel.current() == Some(0);
+            } else {
+                congested |= path_congested || !out.dropped.is_empty();
+            }
             need_key |= out.needs_key_frame.is_some();
             stats.slow += out.slow as u32;
         }
+        // Dynacast: only what someone here wants, while nobody elsewhere
+        // might want more (§6.6.5).
+        let demand = match &mut p.demand {
+            Some(d) if !remote_nodes => d.update(now, wanted | u8::from(!p.subscribers.is_empty())),
+            _ => None,
+        };
+        if let Some(mask) = demand {
+            self.send_demand(now, h.sender, h.track_id, mask);
+        }
         if deferred_key {
-            self.request_key_frame(now, h.sender, h.track_id, 0, true);
-        } else if need_key {
-            self.request_key_frame(now, h.sender, h.track_id, 0, false);
+            self.request_key_frame(now, h.sender, h.track_id, 0, true, key_mask);
+        } else if need_key || key_mask != 0 {
+            self.request_key_frame(now, h.sender, h.track_id, 0, key_mask != 0, key_mask);
         }
         // A frame dropped for a subscriber, or one whose path is congested.
-        let dropped = congested || stats.dropped.iter().any(|d| *d > 0);
-        self.congestion(now, h.sender, h.track_id, dropped, frame.as_bytes().len());
+        let dropped = congested;
+        self.congestion(now, h.sender, h.track_id, dropped, frame.as_wire().len());
+        if class == MediaClass::Audio && self.board.due(now) {
+            self.evaluate_speakers(now);
+        }
         // One copy per frame for the other nodes, only while someone is there.
-        if self.members.len() > self.local
-            && self.members.get(&h.sender).is_some_and(|m| m.is_local())
-        {
+        if remote_nodes && self.members.get(&h.sender).is_some_and(|m| m.is_local()) {
             self.bus.publish(BusMessage::Media {
                 meeting: self.id.clone(),
-                frame: frame.as_bytes().clone(),
+                frame: frame.as_wire().clone(),
             });
         }
         Ok(stats)
+    }
+
+    /// Tells a publisher connected here which encodings anyone wants, and
+    /// asks for a key frame of those that start again.
+    fn send_demand(&mut self, now: Timestamp, publisher: u32, track: u32, mask: u8) {
+        let Some(m) = self.members.get(&publisher) else {
+            return;
+        };
+        let Some(local) = m.local.as_ref().filter(|l| l.sfu) else {
+            return;
+        };
+        local
+            .outbox
+            .push_control(frame(Msg::EncodingDemand(v1::EncodingDemand {
+                track_id: track,
+                active_mask: mask as u32,
+            })));
+        let _ = now;
+    }
+
+    /// Finds who speaks, announces it to those who negotiated `sfu.1`, and
+    /// moves last-N when the floor changed hands (§6.6.4).
+    pub(super) fn evaluate_speakers(&mut self, now: Timestamp) {
+        let candidates: Vec<(u32, u32, u8)> = self
+            .members
+            .iter()
+            .filter_map(|(pid, m)| {
+                m.tracks
+                    .values()
+                    .filter(|p| p.audio && !p.info.muted)
+                    .map(|p| (p.activity.score(now), p.activity.loudness))
+                    .max()
+                    .map(|(score, loud)| (*pid, score, loud))
+            })
+            .collect();
+        let mut moved = false;
+        let Some(change) = self.board.evaluate(now, &candidates, &mut moved) else {
+            return;
+        };
+        let msg = frame(Msg::ActiveSpeakers(v1::ActiveSpeakers {
+            speakers: change
+                .speakers
+                .iter()
+                .map(|&(pid, loud)| v1::Speaker {
+                    participant_id: pid,
+                    level: loud as u32,
+                    dominant: change.dominant == Some(pid),
+                })
+                .collect(),
+        }));
+        for m in self.members.values() {
+            if let Some(l) = m.local.as_ref().filter(|l| l.sfu) {
+                l.outbox.push_control(msg.clone());
+            }
+        }
+        if moved {
+            self.apply_last_n();
+        }
+    }
+
+    /// Marks each camera subscription of a member with a last-N in or out
+    /// of it: the `video_n` most recent speakers, then by participant id.
+    pub(super) fn apply_last_n(&mut self) {
+        let recent: Vec<u32> = self.board.recent().to_vec();
+        let limits: Vec<(u32, usize)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.local.as_ref().is_some_and(|l| l.sfu))
+            .map(|(pid, m)| (*pid, m.settings.video_n as usize))
+            .collect();
+        let publishers: Vec<u32> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.tracks.values().any(|p| p.camera))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for (sub, n) in limits {
+            // Who this subscriber sees: recent speakers first, itself aside.
+            let mut order: Vec<u32> = recent
+                .iter()
+                .copied()
+                .filter(|p| *p != sub && publishers.contains(p))
+                .collect();
+            for p in &publishers {
+                if *p != sub && !order.contains(p) {
+                    order.push(*p);
+                }
+            }
+            for (pid, m) in self.members.iter_mut() {
+                let out = n > 0 && !order.iter().take(n).any(|p| p == pid);
+                for p in m.tracks.values_mut().filter(|p| p.camera) {
+                    for s in p.subscribers.iter_mut().filter(|s| s.pid == sub) {
+                        s.sel.last_n_out = out;
+                    }
+                }
+            }
+        }
     }
 
     /// Measures a track's rate and sends its publisher, if connected here,
@@ -266,6 +510,7 @@ impl Room {
         track: u32,
         requester: u32,
         force: bool,
+        mask: u8,
     ) {
         let Some(m) = self.members.get_mut(&publisher) else {
             return;
@@ -286,16 +531,25 @@ impl Room {
             .is_some_and(|t| now.saturating_since(t) < interval)
         {
             p.key_wanted |= force;
+            if force {
+                p.key_mask |= if mask == 0 { 0b111 } else { mask };
+            }
             return;
         }
+        // Encodings asked for meanwhile go out with this one (0: all).
+        let all = (1u8 << p.layers.count) - 1;
+        let asked = if mask == 0 { all } else { mask | p.key_mask };
+        let encoding_mask = if asked & all == all { 0 } else { asked & all };
         p.last_key_request = Some(now);
         p.key_wanted = false;
+        p.key_mask = 0;
+        let sfu = m.local.as_ref().is_some_and(|l| l.sfu);
         match m.outbox() {
             Some(o) => {
                 o.push_control(frame(Msg::KeyFrameRequest(v1::KeyFrameRequest {
                     participant_id: requester,
                     track_id: track,
-                    ..Default::default()
+                    encoding_mask: if sfu { encoding_mask as u32 } else { 0 },
                 })));
             }
             // The publisher is on another node: ask there.

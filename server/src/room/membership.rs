@@ -8,6 +8,8 @@ use convene_protocol::{ErrorCode, ProtocolError, Timestamp};
 
 use crate::bus::BusMessage;
 
+use super::forward::Prefs;
+use super::media::Subscription;
 use super::{JoinOutcome, Local, Member, Room, Waiter, frame};
 
 impl Room {
@@ -148,6 +150,7 @@ impl Room {
                 node: self.bus.node(),
                 subscribe_all,
                 tracks: BTreeMap::new(),
+                settings: Default::default(),
             },
         );
         if subscribe_all {
@@ -157,14 +160,15 @@ impl Room {
                     continue;
                 }
                 for (tid, p) in m.tracks.iter_mut() {
-                    p.subscribers.push((pid, local.outbox.clone()));
+                    p.subscribers
+                        .push(Subscription::new(pid, &local, Prefs::default(), 0));
                     if !p.audio {
                         requests.push((*ppid, *tid));
                     }
                 }
             }
             for (ppid, tid) in requests {
-                self.request_key_frame(now, ppid, tid, 0, true);
+                self.request_key_frame(now, ppid, tid, 0, true, 0);
             }
         }
         v1::Joined {
@@ -203,6 +207,7 @@ impl Room {
         if member.is_local() {
             self.local -= 1;
         }
+        self.board.forget(pid);
         for tid in member.tracks.keys() {
             self.broadcast(
                 Msg::TrackUnpublished(v1::TrackUnpublished {
@@ -214,7 +219,7 @@ impl Room {
         }
         for m in self.members.values_mut() {
             for p in m.tracks.values_mut() {
-                p.subscribers.retain(|(s, _)| *s != pid);
+                p.subscribers.retain(|s| s.pid != pid);
             }
         }
         self.broadcast(

@@ -18,6 +18,7 @@
 //! same way.
 
 mod cluster;
+pub mod forward;
 mod media;
 mod membership;
 mod requests;
@@ -85,6 +86,8 @@ struct Member {
     subscribe_all: bool,
     /// Published tracks by id.
     tracks: BTreeMap<u32, Publication>,
+    /// What the participant wants of the whole room (§6.6.4).
+    settings: v1::ReceiverSettings,
 }
 
 impl Member {
@@ -133,6 +136,10 @@ pub struct Room {
     syncing: Option<Syncing>,
     /// Chat and E2EE bytes the room may still relay to everyone (made at first use).
     relay_budget: Option<TokenBucket>,
+    /// The loudest audio tracks right now (§6.6.4).
+    loudest: forward::speakers::Loudest,
+    /// The dominant speaker and who last took the floor (§6.6.4).
+    board: forward::speakers::Board,
 }
 
 /// One meeting as the admin API shows it.
@@ -164,6 +171,9 @@ pub struct Local {
     pub outbox: Arc<Outbox>,
     /// Removal, end of meeting and answers to a held Join, read by its connection.
     pub mailbox: Arc<Mailbox>,
+    /// The session negotiated `sfu.1` (§6.6): it gets LAYERED frames and
+    /// the extension's messages.
+    pub sfu: bool,
 }
 
 impl Local {
@@ -234,6 +244,8 @@ impl Room {
             remote_waiting: BTreeMap::new(),
             syncing: None,
             relay_budget: None,
+            loudest: Default::default(),
+            board: Default::default(),
         }
     }
 

@@ -8,7 +8,8 @@ use convene_protocol::{ErrorCode, ProtocolError, RoomRequest, Timestamp, TokenBu
 use crate::bus::{BusMessage, NodeId};
 use crate::mailbox::{Admission, Kick};
 
-use super::media::{Congestion, Publication};
+use super::forward::Prefs;
+use super::media::{Publication, Subscription};
 use super::{Member, Room, frame, nobody_waiting, self_gone, unknown_track};
 
 /// Room requests other nodes must apply too (subscriptions stay local:
@@ -73,7 +74,7 @@ impl Room {
     ) -> Result<(), ProtocolError> {
         match req {
             RoomRequest::UpdateSelf(u) => self.update_self(pid, u),
-            RoomRequest::Publish(track) => self.publish(pid, track),
+            RoomRequest::Publish(track) => self.publish(now, pid, track),
             RoomRequest::Unpublish(u) => self.unpublish(pid, u),
             RoomRequest::SetTrackMuted(s) => self.set_track_muted(pid, s),
             RoomRequest::Subscribe(s) => self.subscribe(now, pid, s),
@@ -89,6 +90,8 @@ impl Room {
             RoomRequest::Admit(a) => self.admit(now, pid, a),
             RoomRequest::Deny(d) => self.deny(pid, d),
             RoomRequest::EndMeeting(_) => self.end_meeting(pid),
+            RoomRequest::UpdateSubscription(u) => self.update_subscription(pid, u),
+            RoomRequest::ReceiverSettings(r) => self.receiver_settings(pid, r),
             _ => Ok(()),
         }
     }
@@ -108,7 +111,12 @@ impl Room {
     }
 
     /// Publish: a new track, subscribed at once by members who take everything (§5.5).
-    fn publish(&mut self, pid: u32, track: v1::TrackInfo) -> Result<(), ProtocolError> {
+    fn publish(
+        &mut self,
+        now: Timestamp,
+        pid: u32,
+        track: v1::TrackInfo,
+    ) -> Result<(), ProtocolError> {
         let max = self.limits.max_tracks;
         let m = self.members.get_mut(&pid).ok_or_else(|| self_gone(pid))?;
         if m.tracks.contains_key(&track.track_id) {
@@ -123,26 +131,25 @@ impl Room {
                 format!("you already publish the maximum of {max} tracks"),
             ));
         }
+        let audio = track.kind == TrackKind::Audio as i32;
         let subscribers = self
             .members
             .iter()
             .filter(|(other, m)| **other != pid && m.subscribe_all)
-            .filter_map(|(other, m)| Some((*other, m.outbox()?.clone())))
+            .filter_map(|(other, m)| {
+                let audio_n = if audio { m.settings.audio_n } else { 0 };
+                Some(Subscription::new(
+                    *other,
+                    m.local.as_ref()?,
+                    Prefs::default(),
+                    audio_n,
+                ))
+            })
             .collect();
-        let audio = track.kind == TrackKind::Audio as i32;
         let tid = track.track_id;
         let m = self.members.get_mut(&pid).ok_or_else(|| self_gone(pid))?;
-        m.tracks.insert(
-            tid,
-            Publication {
-                info: track.clone(),
-                audio,
-                subscribers,
-                last_key_request: None,
-                key_wanted: false,
-                congestion: Congestion::default(),
-            },
-        );
+        m.tracks
+            .insert(tid, Publication::new(now, track.clone(), subscribers));
         self.broadcast(
             Msg::TrackPublished(v1::TrackPublished {
                 participant_id: pid,
@@ -197,19 +204,26 @@ impl Room {
                 "you cannot subscribe to your own track",
             ));
         }
-        let outbox = self
+        let (local, audio_n) = self
             .members
             .get(&pid)
-            .and_then(|m| m.outbox().cloned())
+            .and_then(|m| Some((m.local.clone()?, m.settings.audio_n)))
             .ok_or_else(|| self_gone(pid))?;
+        let prefs = s.preferences.as_ref().map(Prefs::from).unwrap_or_default();
         let p = self
             .members
             .get_mut(&s.participant_id)
             .and_then(|m| m.tracks.get_mut(&s.track_id))
             .ok_or_else(|| unknown_track(s.participant_id, s.track_id))?;
         let audio = p.audio;
-        if !p.subscribers.iter().any(|(x, _)| *x == pid) {
-            p.subscribers.push((pid, outbox));
+        match p.subscribers.iter_mut().find(|x| x.pid == pid) {
+            // Subscribing twice changes nothing but the preferences given.
+            Some(x) => x.sel.prefs = prefs,
+            None => {
+                let audio_n = if audio { audio_n } else { 0 };
+                p.subscribers
+                    .push(Subscription::new(pid, &local, prefs, audio_n));
+            }
         }
         self.send_to(
             pid,
@@ -219,8 +233,53 @@ impl Room {
             }),
         );
         if !audio {
-            self.request_key_frame(now, s.participant_id, s.track_id, 0, true);
+            self.request_key_frame(now, s.participant_id, s.track_id, 0, true, 0);
         }
+        Ok(())
+    }
+
+    /// UpdateSubscription: new preferences for a track the sender receives (§6.6.3).
+    fn update_subscription(
+        &mut self,
+        pid: u32,
+        u: v1::UpdateSubscription,
+    ) -> Result<(), ProtocolError> {
+        let prefs = u.preferences.as_ref().map(Prefs::from).unwrap_or_default();
+        let s = self
+            .members
+            .get_mut(&u.participant_id)
+            .and_then(|m| m.tracks.get_mut(&u.track_id))
+            .and_then(|p| p.subscribers.iter_mut().find(|s| s.pid == pid))
+            .ok_or_else(|| {
+                ProtocolError::new(
+                    ErrorCode::UnknownTrack,
+                    format!(
+                        "you are not subscribed to track {} of participant {}",
+                        u.track_id, u.participant_id
+                    ),
+                )
+            })?;
+        s.sel.prefs = prefs;
+        Ok(())
+    }
+
+    /// ReceiverSettings: loudest-N audio and last-N video for the sender (§6.6.4).
+    fn receiver_settings(
+        &mut self,
+        pid: u32,
+        r: v1::ReceiverSettings,
+    ) -> Result<(), ProtocolError> {
+        let m = self.members.get_mut(&pid).ok_or_else(|| self_gone(pid))?;
+        let audio_n = r.audio_n.min(u8::MAX as u32) as u8;
+        m.settings = r;
+        for m in self.members.values_mut() {
+            for p in m.tracks.values_mut().filter(|p| p.audio) {
+                for s in p.subscribers.iter_mut().filter(|s| s.pid == pid) {
+                    s.audio_n = audio_n;
+                }
+            }
+        }
+        self.apply_last_n();
         Ok(())
     }
 
@@ -231,7 +290,7 @@ impl Room {
             .get_mut(&u.participant_id)
             .and_then(|m| m.tracks.get_mut(&u.track_id))
             .ok_or_else(|| unknown_track(u.participant_id, u.track_id))?;
-        p.subscribers.retain(|(x, _)| *x != pid);
+        p.subscribers.retain(|x| x.pid != pid);
         Ok(())
     }
 
@@ -248,7 +307,7 @@ impl Room {
             .and_then(|m| m.tracks.get(&k.track_id))
             .ok_or_else(|| unknown_track(k.participant_id, k.track_id))?;
         // Only a subscriber needs the track's key frames (§6.5).
-        if !p.subscribers.iter().any(|(s, _)| *s == pid) {
+        if !p.subscribers.iter().any(|s| s.pid == pid) {
             return Err(ProtocolError::new(
                 ErrorCode::UnknownTrack,
                 format!(
@@ -257,7 +316,14 @@ impl Room {
                 ),
             ));
         }
-        self.request_key_frame(now, k.participant_id, k.track_id, pid, true);
+        self.request_key_frame(
+            now,
+            k.participant_id,
+            k.track_id,
+            pid,
+            true,
+            k.encoding_mask as u8,
+        );
         Ok(())
     }
 

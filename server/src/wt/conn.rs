@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use convene_protocol::MediaFrame;
-use convene_protocol::frame::{FRAME_MEDIA, length_prefix};
+use convene_protocol::frame::{is_media_frame, length_prefix};
 use quinn_proto::{Dir, Event, StreamEvent, StreamId, VarInt};
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -200,8 +200,10 @@ pub(super) fn handle_event(
                 // unreliable to tie the session's fate to (PROTOCOL.md §3.3).
                 let frame = d.slice(d.len() - rest.remaining()..);
                 if quarter.into_inner() == quarter_id(s.connect)
-                    && frame.first() == Some(&FRAME_MEDIA)
-                    && MediaFrame::parse(frame.clone()).is_ok()
+                    && is_media_frame(&frame)
+                    && MediaFrame::parse(frame.clone())
+                        .or_else(|_| MediaFrame::parse_layered(frame.clone()))
+                        .is_ok()
                     && s.pending.is_empty()
                     && !s.task_behind()
                 {
@@ -422,7 +424,7 @@ pub(super) fn write_from_outbox(c: &mut Conn, state: &AppState, scratch: &mut Sc
         }
         for (i, f) in batch.drain(..).enumerate() {
             let audio = i >= lanes.control && i < lanes.control + lanes.audio;
-            if f.first() == Some(&FRAME_MEDIA) {
+            if is_media_frame(&f) {
                 s.sent = s.sent.wrapping_add(1);
                 let priority = media_priority(&f, audio, s.sent);
                 send_media(&mut c.q, s, f, audio, priority, datagram);

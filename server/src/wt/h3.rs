@@ -7,7 +7,7 @@
 //! session ([`super::session`]), which queues it for the session's task.
 
 use bytes::{Bytes, BytesMut};
-use convene_protocol::frame::FRAME_MEDIA;
+use convene_protocol::frame::{FRAME_MEDIA, is_media_frame};
 use convene_protocol::{ErrorCode, StreamDecoder};
 use quinn_proto::{StreamId, VarInt};
 use tracing::debug;
@@ -291,7 +291,7 @@ pub(super) fn finish_inbound(session: Option<&mut Session>, state: Inbound) {
         Inbound::Media { bytes } => {
             s.media_streams_open = s.media_streams_open.saturating_sub(1);
             s.partial -= bytes.len();
-            if bytes.first() == Some(&FRAME_MEDIA) {
+            if is_media_frame(&bytes) {
                 push(s, Incoming::Frame(bytes.freeze()));
             } else if !bytes.is_empty() {
                 violation(
@@ -455,7 +455,7 @@ mod tests {
             assert_eq!(s.partial, 0, "seed {seed}: partial bytes leaked");
             while let Ok(item) = rx.try_recv() {
                 match item {
-                    Incoming::Frame(f) => assert_eq!(f.first(), Some(&FRAME_MEDIA), "seed {seed}"),
+                    Incoming::Frame(f) => assert!(is_media_frame(&f), "seed {seed}"),
                     Incoming::Violation(e) => assert!(
                         matches!(
                             e.code,
