@@ -28,6 +28,7 @@ fn local(outbox: Arc<Outbox>) -> Local {
     Local {
         outbox,
         mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
+        sfu: false,
     }
 }
 

@@ -55,8 +55,8 @@ const STEPS: &[(&str, &[&str], &str)] = &[
     ),
     (
         "handshake",
-        &["join", "name", "subscribe_all"],
-        "Connect, send `Hello{versions=[1]}`, expect `Welcome` and capture `$<actor>.id`; with `join`, send `Join` (display name `name`, default the actor's name; `subscribe_all`, default false) and expect `Joined`",
+        &["join", "name", "subscribe_all", "features"],
+        "Connect, send `Hello{versions=[1]}` (with `features`, a list of feature names, in `Hello.features`), expect `Welcome` and capture `$<actor>.id`; with `join`, send `Join` (display name `name`, default the actor's name; `subscribe_all`, default false) and expect `Joined`",
     ),
     ("send", &["msg", "request_id"], "Send one control message"),
     (
@@ -66,8 +66,20 @@ const STEPS: &[(&str, &[&str], &str)] = &[
     ),
     (
         "send_media",
-        &["track", "seq", "key", "sender", "size", "count"],
-        "Send `count` media frames (default 1) with consecutive sequence numbers from `seq` and a `size`-byte payload; `sender` sets the header's sender field",
+        &[
+            "track",
+            "seq",
+            "key",
+            "sender",
+            "size",
+            "count",
+            "interval_ms",
+            "encoding",
+            "temporal",
+            "level",
+            "switch_point",
+        ],
+        "Send `count` media frames (default 1) with consecutive sequence numbers from `seq` and a `size`-byte payload, `interval_ms` apart (default 0); `sender` sets the header's sender field; with `encoding`, `temporal`, `level` (−dBov, voice set) or `switch_point`, each is a LAYERED frame (§6.6.2)",
     ),
     (
         "send_raw",
@@ -96,8 +108,8 @@ const STEPS: &[(&str, &[&str], &str)] = &[
     ),
     (
         "expect_media",
-        &["from", "track", "key", "size"],
-        "Wait for a media frame matching the fields given",
+        &["from", "track", "key", "size", "encoding", "layered"],
+        "Wait for a media frame matching the fields given; `encoding` (a LAYERED frame of that encoding) and `layered` (true: LAYERED, false: MEDIA) check the wrapper of §6.6.2",
     ),
     (
         "expect_no",
@@ -190,6 +202,8 @@ const REQUIREMENTS: &[&str] = &[
     "shutdown",
     "reconnect",
     "publishes_video",
+    "sfu",
+    "dynacast",
 ];
 
 pub(crate) fn load(
@@ -364,14 +378,25 @@ fn step(
                 .as_integer()
                 .ok_or("`sleep_ms` takes milliseconds")?
         ),
-        "handshake" => format!(
-            "Action::Handshake {{ join: {}, name: {}, subscribe_all: {} }}",
-            str_param("join").map_or("None".into(), |j| format!("Some({})", lit(j))),
-            lit(str_param("name").unwrap_or(&actor)),
-            t.get("subscribe_all")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false)
-        ),
+        "handshake" => {
+            let features = match t.get("features") {
+                None => Vec::new(),
+                Some(toml::Value::Array(a)) => a
+                    .iter()
+                    .map(|v| v.as_str().map(lit).ok_or("`features` lists strings"))
+                    .collect::<Result<_, _>>()?,
+                Some(_) => return Err("`features` is a list of feature names".into()),
+            };
+            format!(
+                "Action::Handshake {{ join: {}, name: {}, subscribe_all: {}, features: &[{}] }}",
+                str_param("join").map_or("None".into(), |j| format!("Some({})", lit(j))),
+                lit(str_param("name").unwrap_or(&actor)),
+                t.get("subscribe_all")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false),
+                features.join(", ")
+            )
+        }
         "send" | "flood" => {
             let msg = envelope(t.get("msg").ok_or("`msg` is required")?, sends)?;
             if action == "send" {
@@ -386,15 +411,36 @@ fn step(
                 )
             }
         }
-        "send_media" => format!(
-            "Action::SendMedia {{ track: {}, seq: {}, key: {}, sender: {}, size: {}, count: {} }}",
-            var_or_int("track")?.replace("None", "Some(Value::Int(1))"),
-            int_param("seq")?.unwrap_or(1),
-            t.get("key").and_then(|v| v.as_bool()).unwrap_or(false),
-            var_or_int("sender")?,
-            int_param("size")?.unwrap_or(100),
-            int_param("count")?.unwrap_or(1)
-        ),
+        "send_media" => {
+            let layered = ["encoding", "temporal", "level", "switch_point"]
+                .iter()
+                .any(|k| t.contains_key(*k));
+            let layer = if layered {
+                format!(
+                    "Some(Layer {{ encoding: {}, temporal: {}, switch_point: {}, level: {} }})",
+                    int_param("encoding")?.unwrap_or(0),
+                    int_param("temporal")?.unwrap_or(0),
+                    t.get("switch_point")
+                        .and_then(|v| v.as_bool())
+                        .unwrap_or(false),
+                    int_param("level")?.map_or("None".into(), |l| format!(
+                        "Some(AudioLevel {{ voice: true, dbov: {l} }})"
+                    ))
+                )
+            } else {
+                "None".into()
+            };
+            format!(
+                "Action::SendMedia {{ track: {}, seq: {}, key: {}, sender: {}, size: {}, count: {}, interval_ms: {}, layer: {layer} }}",
+                var_or_int("track")?.replace("None", "Some(Value::Int(1))"),
+                int_param("seq")?.unwrap_or(1),
+                t.get("key").and_then(|v| v.as_bool()).unwrap_or(false),
+                var_or_int("sender")?,
+                int_param("size")?.unwrap_or(100),
+                int_param("count")?.unwrap_or(1),
+                int_param("interval_ms")?.unwrap_or(0)
+            )
+        }
         "send_raw" => {
             let h = str_param("hex").ok_or("`hex` is required")?;
             if h.len() % 2 != 0 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -434,13 +480,17 @@ fn step(
             int_param("request_id")?.map_or("None".into(), |r| format!("Some({r})"))
         ),
         "expect_media" => format!(
-            "Action::ExpectMedia {{ from: {}, track: {}, key: {}, size: {} }}",
+            "Action::ExpectMedia {{ from: {}, track: {}, key: {}, size: {}, encoding: {}, layered: {} }}",
             var_or_int("from")?,
             var_or_int("track")?,
             t.get("key")
                 .and_then(|v| v.as_bool())
                 .map_or("None".into(), |k| format!("Some({k})")),
-            int_param("size")?.map_or("None".into(), |s| format!("Some({s})"))
+            int_param("size")?.map_or("None".into(), |s| format!("Some({s})")),
+            int_param("encoding")?.map_or("None".into(), |s| format!("Some({s})")),
+            t.get("layered")
+                .and_then(|v| v.as_bool())
+                .map_or("None".into(), |k| format!("Some({k})"))
         ),
         "expect_no" => {
             let what = str_param("what").ok_or("`what` is required")?;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use convene_protocol::frame::{FRAME_MEDIA, length_prefix};
+use convene_protocol::frame::length_prefix;
 use convene_protocol::{MediaFrame, StreamDecoder};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -344,6 +344,11 @@ fn decode(env: &MessageDescriptor, f: Bytes) -> Received {
             Ok(m) => Received::Media(m),
             Err(e) => Received::Garbage(e.to_string()),
         },
+        // Only a session that offered sfu.1 is sent LAYERED frames (§6.6).
+        Some(0x80) => match MediaFrame::parse_layered(f) {
+            Ok(m) => Received::Media(m),
+            Err(e) => Received::Garbage(e.to_string()),
+        },
         other => Received::Garbage(format!("frame type {other:?}")),
     }
 }
@@ -434,7 +439,7 @@ struct WtSink {
 impl WtSink {
     async fn send_frame(&mut self, m: Message) -> Result<(), String> {
         match m {
-            Message::Binary(f) if f.first() == Some(&FRAME_MEDIA) => {
+            Message::Binary(f) if convene_protocol::frame::is_media_frame(&f) => {
                 let mut s = self.session.open_uni().await.map_err(|e| e.to_string())?;
                 // A server may stop a media stream whose frame it will not
                 // take (too large, over its budget; PROTOCOL.md §3.3): the

@@ -182,6 +182,12 @@ pub fn not_applicable(
                 }
                 "auth" => "needs a server with authentication and a token secret",
                 "shutdown" => "needs control over the server's shutdown",
+                "sfu" => {
+                    "needs a server that speaks the selective-forwarding extension sfu.1 (--capability sfu)"
+                }
+                "dynacast" => {
+                    "needs a single-node server that sends EncodingDemand (--capability dynacast)"
+                }
                 "reconnect" => {
                     "the client under test does not reconnect (pass --capability reconnect if it does)"
                 }
@@ -393,7 +399,8 @@ impl<'a> Run<'a> {
                 join,
                 name,
                 subscribe_all,
-            } => steps::handshake(self, who, *join, name, *subscribe_all).await,
+                features,
+            } => steps::handshake(self, who, *join, name, *subscribe_all, features).await,
             Action::Send { msg, request_id } => steps::send(self, who, msg, *request_id).await,
             Action::Flood { msg, count } => steps::flood(self, who, msg, *count).await,
             Action::SendMedia {
@@ -403,9 +410,19 @@ impl<'a> Run<'a> {
                 sender,
                 size,
                 count,
+                interval_ms,
+                layer,
             } => {
                 let (track, sender) = (track.as_ref(), sender.as_ref());
-                steps::send_media(self, who, track, *seq, *key, sender, *size, *count).await
+                let frames = steps::MediaSpec {
+                    seq: *seq,
+                    key: *key,
+                    size: *size,
+                    count: *count,
+                    interval_ms: *interval_ms,
+                    layer: *layer,
+                };
+                steps::send_media(self, who, track, sender, frames).await
             }
             Action::SendRaw { hex } => steps::send_raw(self, who, hex).await,
             Action::SendPrefix { length } => steps::send_prefix(self, who, *length).await,
@@ -419,9 +436,17 @@ impl<'a> Run<'a> {
                 track,
                 key,
                 size,
+                encoding,
+                layered,
             } => {
                 let (from, track) = (from.as_ref(), track.as_ref());
-                steps::expect_media(self, who, from, track, *key, *size).await
+                let want = steps::MediaWanted {
+                    key: *key,
+                    size: *size,
+                    encoding: *encoding,
+                    layered: *layered,
+                };
+                steps::expect_media(self, who, from, track, want).await
             }
             Action::ExpectNo { what } => steps::expect_no(self, who, what).await,
             Action::ExpectClose { code } => steps::expect_close(self, who, *code).await,
@@ -570,6 +595,7 @@ impl<'a> Run<'a> {
                 join: Some("conf-health"),
                 name: "health",
                 subscribe_all: false,
+                features: &[],
             },
         };
         self.step(&step).await

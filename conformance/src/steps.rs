@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use convene_protocol::cases::{Field, Msg, Value as CaseValue};
 use convene_protocol::limits::max;
-use convene_protocol::{ErrorCode, MediaFrame, MediaHeader};
+use convene_protocol::{ErrorCode, Layer, MediaFrame, MediaHeader};
 use prost_reflect::{DynamicMessage, Value};
 
 use crate::actor::{Actor, deadline};
@@ -49,12 +49,16 @@ pub(super) async fn handshake(
     join: Option<&str>,
     name: &str,
     subscribe_all: bool,
+    features: &'static [&'static str],
 ) -> Result<(), String> {
     let a = run.connect(who).await?;
     run.actors.insert(who.to_string(), a);
+    // Feature names as case values: leaked once per step, a few bytes.
+    let names: &'static [CaseValue] =
+        Vec::leak(features.iter().map(|f| CaseValue::Str(f)).collect());
     let hello = Msg {
         name: "hello",
-        fields: &[
+        fields: Vec::leak(vec![
             Field {
                 name: "versions",
                 value: CaseValue::List(&[CaseValue::Int(1)]),
@@ -63,7 +67,11 @@ pub(super) async fn handshake(
                 name: "client_kind",
                 value: CaseValue::Enum("CLIENT_KIND_CONFORMANCE"),
             },
-        ],
+            Field {
+                name: "features",
+                value: CaseValue::List(names),
+            },
+        ]),
     };
     run.send_msg(who, &hello, 0).await?;
     let welcome = run
@@ -141,36 +149,71 @@ pub(super) async fn flood(
     run.actor(who)?.send_many(frames).await
 }
 
+/// The frames of one `send_media` step.
+pub(super) struct MediaSpec {
+    /// The first sequence number.
+    pub seq: u32,
+    /// The KEY flag.
+    pub key: bool,
+    /// Payload bytes.
+    pub size: u32,
+    /// How many frames.
+    pub count: u32,
+    /// Milliseconds between frames; 0 sends them at once.
+    pub interval_ms: u32,
+    /// Sent as LAYERED frames with this prefix.
+    pub layer: Option<Layer>,
+}
+
 /// `Action::SendMedia`: sends `count` media frames with consecutive
-/// sequence numbers from `seq`.
-// The arguments are the action's fields, as the spec names them.
-#[allow(clippy::too_many_arguments)]
+/// sequence numbers from `seq`, as LAYERED frames when a layer is given.
 pub(super) async fn send_media(
     run: &mut Run<'_>,
     who: &str,
     track: Option<&CaseValue>,
-    seq: u32,
-    key: bool,
     sender: Option<&CaseValue>,
-    size: u32,
-    count: u32,
+    spec: MediaSpec,
 ) -> Result<(), String> {
     let track = run.int(track)?.unwrap_or(1) as u32;
     let sender = run.int(sender)?.unwrap_or(0) as u32;
-    let payload = vec![0x5a; size as usize];
-    let frames: Vec<Bytes> = (0..count)
+    let payload = vec![0x5a; spec.size as usize];
+    let frames: Vec<Bytes> = (0..spec.count)
         .map(|i| {
             let h = MediaHeader {
-                key,
+                key: spec.key,
                 sender,
                 track_id: track,
-                sequence: seq.wrapping_add(i),
+                sequence: spec.seq.wrapping_add(i),
                 capture_timestamp_us: 1,
             };
-            MediaFrame::build(&h, None, &payload).into_bytes()
+            match spec.layer {
+                Some(l) => MediaFrame::build_layered(l, &h, None, &payload)
+                    .as_wire()
+                    .clone(),
+                None => MediaFrame::build(&h, None, &payload).into_bytes(),
+            }
         })
         .collect();
-    run.actor(who)?.send_many(frames).await
+    if spec.interval_ms == 0 {
+        return run.actor(who)?.send_many(frames).await;
+    }
+    for f in frames {
+        run.actor(who)?.send(f).await?;
+        tokio::time::sleep(Duration::from_millis(spec.interval_ms as u64)).await;
+    }
+    Ok(())
+}
+
+/// What an `expect_media` step looks for besides sender and track.
+pub(super) struct MediaWanted {
+    /// The KEY flag.
+    pub key: Option<bool>,
+    /// Payload bytes.
+    pub size: Option<u32>,
+    /// A LAYERED frame of this encoding.
+    pub encoding: Option<u8>,
+    /// LAYERED (true) or MEDIA (false).
+    pub layered: Option<bool>,
 }
 
 /// `Action::SendRaw`: sends the bytes, given in hex, as one frame.
@@ -224,11 +267,16 @@ pub(super) async fn expect_media(
     who: &str,
     from: Option<&CaseValue>,
     track: Option<&CaseValue>,
-    key: Option<bool>,
-    size: Option<u32>,
+    want: MediaWanted,
 ) -> Result<(), String> {
     let from = run.int(from)?;
     let track = run.int(track)?;
+    let MediaWanted {
+        key,
+        size,
+        encoding,
+        layered,
+    } = want;
     let until = deadline(run.target.step_timeout);
     loop {
         let a = run.actor(who)?;
@@ -238,6 +286,8 @@ pub(super) async fn expect_media(
                 && track.is_none_or(|t| t as u32 == h.track_id)
                 && key.is_none_or(|k| k == h.key)
                 && size.is_none_or(|s| s as usize == m.payload().len())
+                && encoding.is_none_or(|e| m.layer().is_some_and(|l| l.encoding == e))
+                && layered.is_none_or(|l| l == m.layer().is_some())
             {
                 return Ok(());
             }

@@ -3,6 +3,7 @@
 //! `convene-conformance` executes them; the data is in [`CASES`].
 
 use crate::ErrorCode;
+pub use crate::media::{AudioLevel, Layer};
 
 pub use crate::generated_cases::CASES;
 
@@ -69,6 +70,8 @@ pub enum Action {
         name: &'static str,
         /// Whether to join with `subscribe_all`.
         subscribe_all: bool,
+        /// Feature names for `Hello.features`.
+        features: &'static [&'static str],
     },
     /// Send one control message.
     Send {
@@ -98,6 +101,10 @@ pub enum Action {
         size: u32,
         /// How many frames, with consecutive sequence numbers.
         count: u32,
+        /// Milliseconds between frames.
+        interval_ms: u32,
+        /// Sent as LAYERED frames with this prefix (§6.6.2).
+        layer: Option<Layer>,
     },
     /// Send the bytes as one frame.
     SendRaw {
@@ -140,6 +147,10 @@ pub enum Action {
         key: Option<bool>,
         /// The payload length.
         size: Option<u32>,
+        /// A LAYERED frame of this encoding.
+        encoding: Option<u8>,
+        /// LAYERED (true) or MEDIA (false).
+        layered: Option<bool>,
     },
     /// After a round trip on every connection, nothing of this kind has arrived.
     ExpectNo {

@@ -35,6 +35,7 @@ fn local(o: &Arc<Outbox>) -> Local {
     Local {
         outbox: o.clone(),
         mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
+        sfu: false,
     }
 }
 

@@ -51,6 +51,10 @@ pub(crate) fn run() -> Result<(), String> {
                 &format!("http://{listen}"),
                 "--capability",
                 "waiting_room",
+                "--capability",
+                "sfu",
+                "--capability",
+                "dynacast",
             ])
             .env("CONVENE_AUTH_SECRET", &secret)
             .status()
@@ -158,6 +162,10 @@ fn webtransport(bin: &Path, secret: &str) -> Result<(), String> {
             &hash,
             "--capability",
             "waiting_room",
+            "--capability",
+            "sfu",
+            "--capability",
+            "dynacast",
         ])
         .env("CONVENE_AUTH_SECRET", secret)
         .status();
@@ -221,7 +229,7 @@ fn cluster(bin: &Path, secret: &str) -> Result<(), String> {
     } else {
         let status = Command::new(bin.join("convene-conformance"))
             .args(["server", "--url", &urls[0].1, "--url", &urls[1].1])
-            .args(["--capability", "waiting_room"])
+            .args(["--capability", "waiting_room", "--capability", "sfu"])
             .env("CONVENE_AUTH_SECRET", secret)
             .status()
             .map_err(|e| format!("cannot start convene-conformance: {e}"))?;

@@ -714,6 +714,8 @@ pub static CASES: &[Case] = &[
                     track: Some(Value::Var("track")),
                     key: Some(false),
                     size: None,
+                    encoding: None,
+                    layered: None,
                 },
             },
             Step {
@@ -742,6 +744,8 @@ pub static CASES: &[Case] = &[
                     track: Some(Value::Var("track")),
                     key: Some(true),
                     size: None,
+                    encoding: None,
+                    layered: None,
                 },
             },
         ],
@@ -1074,6 +1078,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 10,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -1164,6 +1170,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -1250,6 +1257,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -1339,6 +1347,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-nonfatal"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -1347,6 +1356,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-nonfatal"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2074,6 +2084,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2130,6 +2141,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2157,6 +2169,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2213,6 +2226,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2251,6 +2265,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2282,6 +2297,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2311,6 +2327,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-short-media"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2342,6 +2359,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-config-len"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2373,6 +2391,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2404,6 +2423,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-huge"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2466,6 +2486,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 1048577,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -2491,6 +2513,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2530,6 +2553,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-media-flood"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2538,6 +2562,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-media-flood"),
                     name: "b",
                     subscribe_all: true,
+                    features: &[],
                 },
             },
             Step {
@@ -2600,6 +2625,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 200000,
                     count: 80,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -2616,6 +2643,8 @@ pub static CASES: &[Case] = &[
                     track: None,
                     key: None,
                     size: None,
+                    encoding: None,
+                    layered: None,
                 },
             },
         ],
@@ -2660,6 +2689,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2689,6 +2719,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-kfr-unsub"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2697,6 +2728,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-kfr-unsub"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2799,6 +2831,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-relay-flood"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2807,6 +2840,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-relay-flood"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2878,6 +2912,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2918,6 +2953,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-publish"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -2926,6 +2962,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-publish"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3047,6 +3084,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-dup"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3141,6 +3179,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-invalid-track"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3251,6 +3290,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-many-tracks"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3274,6 +3314,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-unpublish"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3282,6 +3323,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-unpublish"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3372,6 +3414,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-leave-tracks"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3380,6 +3423,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-leave-tracks"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3480,6 +3524,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-route"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3488,6 +3533,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-route"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3576,6 +3622,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 120,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -3585,6 +3633,8 @@ pub static CASES: &[Case] = &[
                     track: Some(Value::Int(1)),
                     key: Some(true),
                     size: Some(120),
+                    encoding: None,
+                    layered: None,
                 },
             },
         ],
@@ -3604,6 +3654,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-own-id"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3612,6 +3663,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-own-id"),
                     name: "b",
                     subscribe_all: true,
+                    features: &[],
                 },
             },
             Step {
@@ -3662,6 +3714,8 @@ pub static CASES: &[Case] = &[
                     sender: Some(Value::Var("a.id")),
                     size: 50,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -3671,6 +3725,8 @@ pub static CASES: &[Case] = &[
                     track: Some(Value::Int(1)),
                     key: None,
                     size: None,
+                    encoding: None,
+                    layered: None,
                 },
             },
         ],
@@ -3690,6 +3746,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-spoof"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3698,6 +3755,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-spoof"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3706,6 +3764,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-spoof"),
                     name: "c",
                     subscribe_all: true,
+                    features: &[],
                 },
             },
             Step {
@@ -3756,6 +3815,8 @@ pub static CASES: &[Case] = &[
                     sender: Some(Value::Var("b.id")),
                     size: 40,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -3778,6 +3839,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 41,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -3787,6 +3850,8 @@ pub static CASES: &[Case] = &[
                     track: None,
                     key: None,
                     size: Some(41),
+                    encoding: None,
+                    layered: None,
                 },
             },
         ],
@@ -3806,6 +3871,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-only-subs"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3814,6 +3880,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-only-subs"),
                     name: "b",
                     subscribe_all: true,
+                    features: &[],
                 },
             },
             Step {
@@ -3822,6 +3889,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-only-subs"),
                     name: "c",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -3885,6 +3953,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 100,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -3894,6 +3964,8 @@ pub static CASES: &[Case] = &[
                     track: None,
                     key: None,
                     size: None,
+                    encoding: None,
+                    layered: None,
                 },
             },
             Step {
@@ -3917,6 +3989,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-not-self"),
                     name: "a",
                     subscribe_all: true,
+                    features: &[],
                 },
             },
             Step {
@@ -3925,6 +3998,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-not-self"),
                     name: "b",
                     subscribe_all: true,
+                    features: &[],
                 },
             },
             Step {
@@ -3975,6 +4049,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 100,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -3984,6 +4060,8 @@ pub static CASES: &[Case] = &[
                     track: None,
                     key: None,
                     size: None,
+                    encoding: None,
+                    layered: None,
                 },
             },
             Step {
@@ -4007,6 +4085,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-iso-x"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -4015,6 +4094,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-iso-x"),
                     name: "b",
                     subscribe_all: true,
+                    features: &[],
                 },
             },
             Step {
@@ -4023,6 +4103,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-iso-y"),
                     name: "c",
                     subscribe_all: true,
+                    features: &[],
                 },
             },
             Step {
@@ -4073,6 +4154,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 100,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -4082,6 +4165,8 @@ pub static CASES: &[Case] = &[
                     track: None,
                     key: None,
                     size: None,
+                    encoding: None,
+                    layered: None,
                 },
             },
             Step {
@@ -4111,6 +4196,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-cross-x"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -4170,6 +4256,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-cross-y"),
                     name: "c",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -4207,6 +4294,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 100,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -4236,6 +4325,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-unknown-track"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -4247,6 +4337,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 100,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -4273,6 +4365,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-suball"),
                     name: "b",
                     subscribe_all: true,
+                    features: &[],
                 },
             },
             Step {
@@ -4281,6 +4374,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-suball"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -4340,6 +4434,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 100,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -4349,6 +4445,8 @@ pub static CASES: &[Case] = &[
                     track: Some(Value::Int(4)),
                     key: None,
                     size: None,
+                    encoding: None,
+                    layered: None,
                 },
             },
         ],
@@ -4368,6 +4466,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-mute"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -4376,6 +4475,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-mute"),
                     name: "b",
                     subscribe_all: true,
+                    features: &[],
                 },
             },
             Step {
@@ -4468,6 +4568,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 100,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -4525,6 +4627,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 100,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -4534,6 +4638,8 @@ pub static CASES: &[Case] = &[
                     track: None,
                     key: None,
                     size: None,
+                    encoding: None,
+                    layered: None,
                 },
             },
         ],
@@ -4553,6 +4659,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-unsub"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -4561,6 +4668,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-unsub"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -4643,6 +4751,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 100,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -4652,6 +4762,8 @@ pub static CASES: &[Case] = &[
                     track: None,
                     key: None,
                     size: None,
+                    encoding: None,
+                    layered: None,
                 },
             },
             Step {
@@ -4708,6 +4820,8 @@ pub static CASES: &[Case] = &[
                     sender: None,
                     size: 100,
                     count: 1,
+                    interval_ms: 0,
+                    layer: None,
                 },
             },
             Step {
@@ -4731,6 +4845,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-bad-header"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -4762,6 +4877,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-kfr"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -4770,6 +4886,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-kfr"),
                     name: "b",
                     subscribe_all: true,
+                    features: &[],
                 },
             },
             Step {
@@ -4878,6 +4995,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-sub-kf"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -4886,6 +5004,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-sub-kf"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -4994,6 +5113,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-kfr-unknown"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5039,6 +5159,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-mod-role"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5078,6 +5199,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-lock"),
                     name: "m",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5112,6 +5234,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5157,6 +5280,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-remove"),
                     name: "m",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5165,6 +5289,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-remove"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5245,6 +5370,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-end"),
                     name: "m",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5253,6 +5379,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-end"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5324,6 +5451,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-wait"),
                     name: "m",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5332,6 +5460,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5435,6 +5564,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-wait-deny"),
                     name: "m",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5443,6 +5573,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5527,6 +5658,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5593,6 +5725,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-roster"),
                     name: "Alice",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5601,6 +5734,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5695,6 +5829,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-leave"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5703,6 +5838,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-leave"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5758,6 +5894,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-disconnect"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5766,6 +5903,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-disconnect"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5808,6 +5946,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5853,6 +5992,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5898,6 +6038,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5943,6 +6084,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -5982,6 +6124,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6027,6 +6170,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-twice"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6095,6 +6239,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6155,6 +6300,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-rename"),
                     name: "Alice",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6163,6 +6309,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-rename"),
                     name: "Bob",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6217,6 +6364,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6262,6 +6410,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6291,6 +6440,7 @@ pub static CASES: &[Case] = &[
                     join: None,
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6320,6 +6470,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-chat"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6328,6 +6479,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-chat"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6402,6 +6554,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-dm"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6410,6 +6563,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-dm"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6418,6 +6572,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-dm"),
                     name: "c",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6496,6 +6651,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-dm-unknown"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6541,6 +6697,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-chat-long"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6580,6 +6737,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-e2ee"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6588,6 +6746,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-e2ee"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6647,6 +6806,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-e2ee-dm"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6655,6 +6815,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-e2ee-dm"),
                     name: "b",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6663,6 +6824,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-e2ee-dm"),
                     name: "c",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6724,6 +6886,7 @@ pub static CASES: &[Case] = &[
                     join: Some("conf-e2ee-big"),
                     name: "a",
                     subscribe_all: false,
+                    features: &[],
                 },
             },
             Step {
@@ -6744,6 +6907,2881 @@ pub static CASES: &[Case] = &[
                 action: Action::ExpectError {
                     code: ErrorCode::FieldTooLong,
                     request_id: None,
+                },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.negotiated",
+        title: "A server that speaks sfu.1 lists it in Welcome when the Hello offered it",
+        section: "6.6",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "features",
+                                value: Value::List(&[Value::Str("sfu.1")]),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "welcome",
+                        fields: &[Field {
+                            name: "features",
+                            value: Value::List(&[Value::Str("sfu.1")]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.not-negotiated",
+        title: "The extension's messages from a session that did not negotiate sfu.1 get UNEXPECTED_MESSAGE",
+        section: "6.6",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-plain"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "receiver_settings",
+                        fields: &[Field {
+                            name: "video_n",
+                            value: Value::Int(2),
+                        }],
+                    },
+                    request_id: 4,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::UnexpectedMessage,
+                    request_id: Some(4),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.layered-ignored-without-feature",
+        title: "LAYERED frames from a session that did not negotiate sfu.1 are discarded silently",
+        section: "6.6",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-ignored"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &[],
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-ignored"),
+                    name: "b",
+                    subscribe_all: false,
+                    features: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(180),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(1),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(320),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[Field {
+                            name: "participant_id",
+                            value: Value::Var("a.id"),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "subscribe",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(1),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "subscribed",
+                        fields: &[Field {
+                            name: "track_id",
+                            value: Value::Int(1),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(1)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 33,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::ExpectNo { what: "media" },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectNo { what: "error" },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(1)),
+                    seq: 2,
+                    key: true,
+                    sender: None,
+                    size: 34,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: None,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::ExpectMedia {
+                    from: Some(Value::Var("a.id")),
+                    track: Some(Value::Int(1)),
+                    key: None,
+                    size: Some(34),
+                    encoding: None,
+                    layered: Some(false),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.v1-subscriber-one-encoding",
+        title: "A subscriber without sfu.1 receives one encoding of a simulcast track, the top one, as plain MEDIA frames",
+        section: "6.6",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-v1"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-v1"),
+                    name: "b",
+                    subscribe_all: false,
+                    features: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "encodings",
+                                    value: Value::List(&[
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(180),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(320),
+                                            },
+                                        ]),
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(360),
+                                            },
+                                            Field {
+                                                name: "temporal_layers",
+                                                value: Value::Int(2),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(640),
+                                            },
+                                        ]),
+                                    ]),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(360),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(640),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "track",
+                                value: Value::Msg(&[Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                }]),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "subscribe",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "subscribed",
+                        fields: &[Field {
+                            name: "track_id",
+                            value: Value::Int(2),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 150,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 1,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 50,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::ExpectMedia {
+                    from: Some(Value::Var("a.id")),
+                    track: Some(Value::Int(2)),
+                    key: None,
+                    size: Some(150),
+                    encoding: None,
+                    layered: Some(false),
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::ExpectNo { what: "media" },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 2,
+                    key: false,
+                    sender: None,
+                    size: 151,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 1,
+                        temporal: 1,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::ExpectMedia {
+                    from: Some(Value::Var("a.id")),
+                    track: Some(Value::Int(2)),
+                    key: None,
+                    size: Some(151),
+                    encoding: None,
+                    layered: Some(false),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.preferences-choose-encoding",
+        title: "A subscription's preferred size picks the smallest encoding that covers it, sent as LAYERED frames",
+        section: "6.6",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-prefs"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-prefs"),
+                    name: "c",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "encodings",
+                                    value: Value::List(&[
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(180),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(320),
+                                            },
+                                        ]),
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(360),
+                                            },
+                                            Field {
+                                                name: "temporal_layers",
+                                                value: Value::Int(2),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(640),
+                                            },
+                                        ]),
+                                    ]),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(360),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(640),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "track",
+                                value: Value::Msg(&[Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                }]),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "subscribe",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "preferences",
+                                value: Value::Msg(&[Field {
+                                    name: "max_height",
+                                    value: Value::Int(180),
+                                }]),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "subscribed",
+                        fields: &[Field {
+                            name: "track_id",
+                            value: Value::Int(2),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 150,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 1,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 50,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectMedia {
+                    from: Some(Value::Var("a.id")),
+                    track: Some(Value::Int(2)),
+                    key: None,
+                    size: Some(50),
+                    encoding: Some(0),
+                    layered: Some(true),
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectNo { what: "media" },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.switch-at-key-frame",
+        title: "A subscriber moves to another encoding only at that encoding's key frame, keeping the old one until then, and the publisher is asked for that key frame",
+        section: "6.6",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-switch"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-switch"),
+                    name: "c",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "encodings",
+                                    value: Value::List(&[
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(180),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(320),
+                                            },
+                                        ]),
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(360),
+                                            },
+                                            Field {
+                                                name: "temporal_layers",
+                                                value: Value::Int(2),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(640),
+                                            },
+                                        ]),
+                                    ]),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(360),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(640),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "track",
+                                value: Value::Msg(&[Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                }]),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "subscribe",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "subscribed",
+                        fields: &[Field {
+                            name: "track_id",
+                            value: Value::Int(2),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 150,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 1,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectMedia {
+                    from: None,
+                    track: Some(Value::Int(2)),
+                    key: Some(true),
+                    size: Some(150),
+                    encoding: Some(1),
+                    layered: None,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "update_subscription",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "preferences",
+                                value: Value::Msg(&[Field {
+                                    name: "max_height",
+                                    value: Value::Int(180),
+                                }]),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectNo { what: "media" },
+            },
+            Step {
+                actor: "",
+                action: Action::SleepMs(600),
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 2,
+                    key: false,
+                    sender: None,
+                    size: 50,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectNo { what: "media" },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "key_frame_request",
+                        fields: &[
+                            Field {
+                                name: "encoding_mask",
+                                value: Value::Int(1),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 2,
+                    key: false,
+                    sender: None,
+                    size: 151,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 1,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectMedia {
+                    from: None,
+                    track: Some(Value::Int(2)),
+                    key: None,
+                    size: Some(151),
+                    encoding: Some(1),
+                    layered: None,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 3,
+                    key: true,
+                    sender: None,
+                    size: 52,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectMedia {
+                    from: None,
+                    track: Some(Value::Int(2)),
+                    key: Some(true),
+                    size: Some(52),
+                    encoding: Some(0),
+                    layered: None,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 3,
+                    key: false,
+                    sender: None,
+                    size: 153,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 1,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectNo { what: "media" },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.paused",
+        title: "A paused subscription receives nothing, and after it resumes it starts at a key frame",
+        section: "6.6",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-pause"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-pause"),
+                    name: "c",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "encodings",
+                                    value: Value::List(&[
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(180),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(320),
+                                            },
+                                        ]),
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(360),
+                                            },
+                                            Field {
+                                                name: "temporal_layers",
+                                                value: Value::Int(2),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(640),
+                                            },
+                                        ]),
+                                    ]),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(360),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(640),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "track",
+                                value: Value::Msg(&[Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                }]),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "subscribe",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "preferences",
+                                value: Value::Msg(&[Field {
+                                    name: "paused",
+                                    value: Value::Bool(true),
+                                }]),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "subscribed",
+                        fields: &[Field {
+                            name: "track_id",
+                            value: Value::Int(2),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 100,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 1,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectNo { what: "media" },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "update_subscription",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "preferences",
+                                value: Value::Msg(&[Field {
+                                    name: "paused",
+                                    value: Value::Bool(false),
+                                }]),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectNo { what: "media" },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 2,
+                    key: false,
+                    sender: None,
+                    size: 100,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 1,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectNo { what: "media" },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 3,
+                    key: true,
+                    sender: None,
+                    size: 77,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 1,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectMedia {
+                    from: None,
+                    track: Some(Value::Int(2)),
+                    key: Some(true),
+                    size: Some(77),
+                    encoding: Some(1),
+                    layered: None,
+                },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.update-not-subscribed",
+        title: "UpdateSubscription for a track the sender does not receive gets UNKNOWN_TRACK",
+        section: "6.6",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-unsub"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-unsub"),
+                    name: "c",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(360),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(640),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "track",
+                                value: Value::Msg(&[Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                }]),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "update_subscription",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "preferences",
+                                value: Value::Msg(&[Field {
+                                    name: "paused",
+                                    value: Value::Bool(true),
+                                }]),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    request_id: 9,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectError {
+                    code: ErrorCode::UnknownTrack,
+                    request_id: Some(9),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.encodings-invalid",
+        title: "Encodings that do not grow, or whose top is not the track's size, get INVALID_TRACK",
+        section: "6.6.1",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-invalid"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "encodings",
+                                    value: Value::List(&[
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(360),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(640),
+                                            },
+                                        ]),
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(180),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(320),
+                                            },
+                                        ]),
+                                    ]),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(360),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(640),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 1,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::InvalidTrack,
+                    request_id: Some(1),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "encodings",
+                                    value: Value::List(&[
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(180),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(320),
+                                            },
+                                        ]),
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(270),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(480),
+                                            },
+                                        ]),
+                                    ]),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(360),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(640),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 2,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::InvalidTrack,
+                    request_id: Some(2),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("opus"),
+                                },
+                                Field {
+                                    name: "encodings",
+                                    value: Value::List(&[Value::Msg(&[
+                                        Field {
+                                            name: "height",
+                                            value: Value::Int(180),
+                                        },
+                                        Field {
+                                            name: "width",
+                                            value: Value::Int(320),
+                                        },
+                                    ])]),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_AUDIO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(3),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 3,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::InvalidTrack,
+                    request_id: Some(3),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.malformed-layer",
+        title: "A LAYERED frame naming an encoding the track did not announce is MALFORMED_FRAME",
+        section: "6.6.2",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-bad-layer"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "encodings",
+                                    value: Value::List(&[
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(180),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(320),
+                                            },
+                                        ]),
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(360),
+                                            },
+                                            Field {
+                                                name: "temporal_layers",
+                                                value: Value::Int(2),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(640),
+                                            },
+                                        ]),
+                                    ]),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(360),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(640),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            }]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 100,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 2,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectClose {
+                    code: Some(ErrorCode::MalformedFrame),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.level-on-video",
+        title: "A LAYERED frame carrying an audio level on a video track is MALFORMED_FRAME",
+        section: "6.6.2",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-level-video"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(360),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(640),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            }]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 100,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: Some(AudioLevel {
+                            voice: true,
+                            dbov: 30,
+                        }),
+                    }),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectClose {
+                    code: Some(ErrorCode::MalformedFrame),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.receiver-settings-limits",
+        title: "ReceiverSettings beyond max_last_n or max_loudest_audio gets FIELD_TOO_LONG",
+        section: "6.6.4",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-settings"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "receiver_settings",
+                        fields: &[Field {
+                            name: "video_n",
+                            value: Value::Int(33),
+                        }],
+                    },
+                    request_id: 1,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::FieldTooLong,
+                    request_id: Some(1),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "receiver_settings",
+                        fields: &[Field {
+                            name: "audio_n",
+                            value: Value::Int(17),
+                        }],
+                    },
+                    request_id: 2,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::FieldTooLong,
+                    request_id: Some(2),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.active-speakers",
+        title: "Someone speaking for a while is announced in ActiveSpeakers as the dominant speaker",
+        section: "6.6.4",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-speakers"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-speakers"),
+                    name: "b",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "audio_levels",
+                                    value: Value::Bool(true),
+                                },
+                                Field {
+                                    name: "channels",
+                                    value: Value::Int(1),
+                                },
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("opus"),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_AUDIO"),
+                                },
+                                Field {
+                                    name: "sample_rate",
+                                    value: Value::Int(48000),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(1),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[Field {
+                                name: "track_id",
+                                value: Value::Int(1),
+                            }]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(1)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 40,
+                    count: 40,
+                    interval_ms: 20,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: Some(AudioLevel {
+                            voice: true,
+                            dbov: 20,
+                        }),
+                    }),
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "active_speakers",
+                        fields: &[Field {
+                            name: "speakers",
+                            value: Value::List(&[Value::Msg(&[
+                                Field {
+                                    name: "dominant",
+                                    value: Value::Bool(true),
+                                },
+                                Field {
+                                    name: "participant_id",
+                                    value: Value::Var("a.id"),
+                                },
+                            ])]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.loudest-audio",
+        title: "A subscriber asking for the loudest speaker's audio receives only that speaker's frames",
+        section: "6.6.4",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-loudest"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-loudest"),
+                    name: "b",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "l",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-loudest"),
+                    name: "l",
+                    subscribe_all: true,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "l",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "receiver_settings",
+                        fields: &[Field {
+                            name: "audio_n",
+                            value: Value::Int(1),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "l",
+                action: Action::ExpectNo { what: "media" },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "audio_levels",
+                                    value: Value::Bool(true),
+                                },
+                                Field {
+                                    name: "channels",
+                                    value: Value::Int(1),
+                                },
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("opus"),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_AUDIO"),
+                                },
+                                Field {
+                                    name: "sample_rate",
+                                    value: Value::Int(48000),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(1),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[Field {
+                                name: "track_id",
+                                value: Value::Int(1),
+                            }]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "audio_levels",
+                                    value: Value::Bool(true),
+                                },
+                                Field {
+                                    name: "channels",
+                                    value: Value::Int(1),
+                                },
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("opus"),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_AUDIO"),
+                                },
+                                Field {
+                                    name: "sample_rate",
+                                    value: Value::Int(48000),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(1),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[Field {
+                                name: "track_id",
+                                value: Value::Int(1),
+                            }]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(1)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 40,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: Some(AudioLevel {
+                            voice: true,
+                            dbov: 10,
+                        }),
+                    }),
+                },
+            },
+            Step {
+                actor: "l",
+                action: Action::ExpectMedia {
+                    from: Some(Value::Var("a.id")),
+                    track: Some(Value::Int(1)),
+                    key: None,
+                    size: None,
+                    encoding: None,
+                    layered: None,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(1)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 41,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: Some(AudioLevel {
+                            voice: true,
+                            dbov: 70,
+                        }),
+                    }),
+                },
+            },
+            Step {
+                actor: "l",
+                action: Action::ExpectNo { what: "media" },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.last-n-video",
+        title: "A subscriber asking for the camera of the most recent speaker receives that speaker's video only",
+        section: "6.6.4",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-last-n"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-last-n"),
+                    name: "b",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "l",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-last-n"),
+                    name: "l",
+                    subscribe_all: true,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "l",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "receiver_settings",
+                        fields: &[Field {
+                            name: "video_n",
+                            value: Value::Int(1),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "l",
+                action: Action::ExpectNo { what: "media" },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "audio_levels",
+                                    value: Value::Bool(true),
+                                },
+                                Field {
+                                    name: "channels",
+                                    value: Value::Int(1),
+                                },
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("opus"),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_AUDIO"),
+                                },
+                                Field {
+                                    name: "sample_rate",
+                                    value: Value::Int(48000),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(1),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[Field {
+                                name: "track_id",
+                                value: Value::Int(1),
+                            }]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(180),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(320),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            }]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(180),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(320),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            }]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(1)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 40,
+                    count: 40,
+                    interval_ms: 20,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: Some(AudioLevel {
+                            voice: true,
+                            dbov: 20,
+                        }),
+                    }),
+                },
+            },
+            Step {
+                actor: "l",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "active_speakers",
+                        fields: &[Field {
+                            name: "speakers",
+                            value: Value::List(&[Value::Msg(&[
+                                Field {
+                                    name: "dominant",
+                                    value: Value::Bool(true),
+                                },
+                                Field {
+                                    name: "participant_id",
+                                    value: Value::Var("a.id"),
+                                },
+                            ])]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 62,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: None,
+                },
+            },
+            Step {
+                actor: "l",
+                action: Action::ExpectMedia {
+                    from: Some(Value::Var("a.id")),
+                    track: Some(Value::Int(2)),
+                    key: None,
+                    size: Some(62),
+                    encoding: None,
+                    layered: None,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 61,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: None,
+                },
+            },
+            Step {
+                actor: "l",
+                action: Action::ExpectNo { what: "media" },
+            },
+        ],
+    },
+    Case {
+        id: "sfu.encoding-demand",
+        title: "A publisher is told when nobody has wanted its top encoding for five seconds, and at once when someone does again",
+        section: "6.6.5",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu", "dynacast"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-demand"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-demand"),
+                    name: "c",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "encodings",
+                                    value: Value::List(&[
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(180),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(320),
+                                            },
+                                        ]),
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(360),
+                                            },
+                                            Field {
+                                                name: "temporal_layers",
+                                                value: Value::Int(2),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(640),
+                                            },
+                                        ]),
+                                    ]),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(360),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(640),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "track",
+                                value: Value::Msg(&[Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                }]),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "subscribe",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "preferences",
+                                value: Value::Msg(&[Field {
+                                    name: "max_height",
+                                    value: Value::Int(180),
+                                }]),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "subscribed",
+                        fields: &[Field {
+                            name: "track_id",
+                            value: Value::Int(2),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 100,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "",
+                action: Action::SleepMs(5300),
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 2,
+                    key: false,
+                    sender: None,
+                    size: 100,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "encoding_demand",
+                        fields: &[
+                            Field {
+                                name: "active_mask",
+                                value: Value::Int(1),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "update_subscription",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "preferences",
+                                value: Value::Msg(&[Field {
+                                    name: "max_height",
+                                    value: Value::Int(360),
+                                }]),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectNo { what: "media" },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 3,
+                    key: false,
+                    sender: None,
+                    size: 100,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "encoding_demand",
+                        fields: &[
+                            Field {
+                                name: "active_mask",
+                                value: Value::Int(3),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    capture: &[],
                 },
             },
         ],

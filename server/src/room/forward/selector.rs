@@ -234,9 +234,7 @@ impl Selector {
         }
         // Temporal layers: down at any frame, up at a key frame or switch point.
         let tt = self.temporal_target(layers, e);
-        if key {
-            self.temporal = tt;
-        } else if tt < self.temporal {
+        if key || tt < self.temporal {
             self.temporal = tt;
         } else if layer.temporal > self.temporal && layer.temporal <= tt && layer.switch_point {
             self.temporal = layer.temporal;

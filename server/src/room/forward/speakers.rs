@@ -163,13 +163,13 @@ impl Board {
         };
         *recent_changed = false;
         if next != self.dominant {
-            if let Some(n) = next {
-                if self.recent.first() != Some(&n) {
-                    self.recent.retain(|p| *p != n);
-                    self.recent.insert(0, n);
-                    self.recent.truncate(LIST_LEN * 4);
-                    *recent_changed = true;
-                }
+            if let Some(n) = next
+                && self.recent.first() != Some(&n)
+            {
+                self.recent.retain(|p| *p != n);
+                self.recent.insert(0, n);
+                self.recent.truncate(LIST_LEN * 4);
+                *recent_changed = true;
             }
             self.dominant = next;
         }
