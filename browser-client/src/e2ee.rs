@@ -72,6 +72,7 @@ pub(crate) fn outcome(app: &mut App, out: Outcome) {
                 C::KeyFrameRequest(v1::KeyFrameRequest {
                     participant_id: sender,
                     track_id,
+                    ..Default::default()
                 }),
             );
         }

@@ -62,6 +62,7 @@ pub(crate) fn on_media(app: &mut App, m: MediaFrame) {
             C::KeyFrameRequest(v1::KeyFrameRequest {
                 participant_id: h.sender,
                 track_id: h.track_id,
+                ..Default::default()
             }),
         );
     }

@@ -9677,6 +9677,17 @@ pub static CASES: &[Case] = &[
                 },
             },
             Step {
+                actor: "c",
+                action: Action::ExpectMedia {
+                    from: None,
+                    track: Some(Value::Int(2)),
+                    key: Some(true),
+                    size: None,
+                    encoding: Some(0),
+                    layered: None,
+                },
+            },
+            Step {
                 actor: "",
                 action: Action::SleepMs(5300),
             },
@@ -9696,6 +9707,17 @@ pub static CASES: &[Case] = &[
                         switch_point: false,
                         level: None,
                     }),
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectMedia {
+                    from: None,
+                    track: Some(Value::Int(2)),
+                    key: None,
+                    size: None,
+                    encoding: Some(0),
+                    layered: None,
                 },
             },
             Step {
