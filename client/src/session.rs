@@ -104,6 +104,12 @@ impl Client {
         self.kind
     }
 
+    /// True when the session negotiated the selective-forwarding extension
+    /// `sfu.1` (offered through `ClientSessionConfig::features`).
+    pub fn sfu(&self) -> bool {
+        self.session.sfu()
+    }
+
     /// Our participant id, once welcomed.
     pub fn participant_id(&self) -> u32 {
         self.session.participant_id()

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use convene_protocol::frame::{FRAME_CONTROL, FRAME_MEDIA, length_prefix, stream_priority};
+use convene_protocol::frame::{FRAME_CONTROL, is_media_frame, length_prefix, stream_priority};
 use convene_protocol::{CloseReason, MediaFrame, StreamDecoder};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -527,7 +527,7 @@ impl Transport {
             while let Some(msg) = stream.next().await {
                 let r = match msg {
                     Ok(Message::Binary(b)) => {
-                        if b.first() == Some(&FRAME_MEDIA) {
+                        if is_media_frame(&b) {
                             reader_counts.streams.fetch_add(1, Ordering::Relaxed);
                         }
                         Received::Frame(b)
@@ -706,7 +706,7 @@ async fn wt_reader(
                 }
                 loop {
                     let r = match decoder.next_frame() {
-                        Ok(Some(f)) if f.first() == Some(&FRAME_MEDIA) => {
+                        Ok(Some(f)) if is_media_frame(&f) => {
                             Received::Violation("a media frame on the control stream".into())
                         }
                         Ok(Some(f)) => Received::Frame(f),
@@ -726,7 +726,10 @@ async fn wt_reader(
         tokio::spawn(async move {
             while let Ok(d) = session.read_datagram().await {
                 // A bad datagram is discarded, never fatal (PROTOCOL.md §3.3).
-                if MediaFrame::parse(d.clone()).is_err() {
+                if MediaFrame::parse(d.clone())
+                    .or_else(|_| MediaFrame::parse_layered(d.clone()))
+                    .is_err()
+                {
                     continue;
                 }
                 counts.datagrams.fetch_add(1, Ordering::Relaxed);
@@ -740,7 +743,7 @@ async fn wt_reader(
         let (in_tx, counts) = (in_tx.clone(), counts.clone());
         tokio::spawn(async move {
             match s.read_to_end(MAX_TRANSPORT_FRAME).await {
-                Ok(b) if b.first() == Some(&FRAME_MEDIA) => {
+                Ok(b) if is_media_frame(&b) => {
                     counts.streams.fetch_add(1, Ordering::Relaxed);
                     let _ = in_tx.send(Received::Frame(Bytes::from(b))).await;
                 }

@@ -110,6 +110,33 @@ impl I420 {
         out
     }
 
+    /// The picture at half its width and height (each 2×2 block averaged),
+    /// rounded down to even sizes: a simulcast encoding's input.
+    pub(crate) fn half(&self) -> I420 {
+        let (w, h) = ((self.width / 2) & !1, (self.height / 2) & !1);
+        let mut out = I420::black(w.max(2), h.max(2));
+        let (sy, su, sv) = self.planes();
+        let (sw, cw) = (self.width, self.width / 2);
+        let (oy, ou, ov) = out.planes_mut();
+        let avg = |p: &[u8], stride: usize, x: usize, y: usize| {
+            let a = p[y * stride + x] as u16 + p[y * stride + x + 1] as u16;
+            let b = p[(y + 1) * stride + x] as u16 + p[(y + 1) * stride + x + 1] as u16;
+            ((a + b + 2) / 4) as u8
+        };
+        for y in 0..h {
+            for x in 0..w {
+                oy[y * w + x] = avg(sy, sw, 2 * x, 2 * y);
+            }
+        }
+        for y in 0..h / 2 {
+            for x in 0..w / 2 {
+                ou[y * (w / 2) + x] = avg(su, cw, 2 * x, 2 * y);
+                ov[y * (w / 2) + x] = avg(sv, cw, 2 * x, 2 * y);
+            }
+        }
+        out
+    }
+
     /// Pixels across.
     pub(crate) fn width(&self) -> usize {
         self.width
@@ -335,6 +362,24 @@ impl openh264::formats::YUVSource for I420 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn half_averages_blocks_and_keeps_even_sizes() {
+        let mut p = I420::black(8, 6);
+        {
+            let (y, u, _) = p.planes_mut();
+            for (i, v) in y.iter_mut().enumerate() {
+                *v = (i % 8) as u8 * 10; // columns 0, 10, 20, ...
+            }
+            u.fill(200);
+        }
+        let h = p.half();
+        assert_eq!((h.width(), h.height()), (4, 2), "6/2 = 3 rounds down to 2");
+        // Each output column averages two input columns: 5, 25, 45, 65.
+        assert_eq!(&h.y()[..4], &[5, 25, 45, 65]);
+        let (_, u, v) = h.planes();
+        assert!(u.iter().all(|&x| x == 200) && v.iter().all(|&x| x == 128));
+    }
 
     fn sample(w: usize, h: usize) -> I420 {
         let mut f = I420::black(w, h);

@@ -71,6 +71,25 @@ pub(crate) struct ReceiveArgs {
     /// Frames that do not decrypt are counted and never decoded.
     #[arg(long)]
     e2ee: bool,
+    /// Ask for each camera and screen at most this tall (pixels): from a
+    /// simulcast publisher the server then sends the smallest encoding at
+    /// least this size (PROTOCOL.md §6.6.3).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4320))]
+    max_height: Option<u32>,
+    /// Receive the cameras of only the N most recent speakers (last-N,
+    /// PROTOCOL.md §6.6.4); screens always come.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=32))]
+    last_n: Option<u32>,
+    /// Receive the audio of only the N loudest speakers.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
+    loudest_audio: Option<u32>,
+}
+
+impl ReceiveArgs {
+    /// True when a flag needs the selective-forwarding extension.
+    fn selective(&self) -> bool {
+        self.max_height.is_some() || self.last_n.is_some() || self.loudest_audio.is_some()
+    }
 }
 
 /// What was seen of one track.
@@ -92,6 +111,12 @@ struct TrackReport {
     dropped: u64,
     width: usize,
     height: usize,
+    /// Frames received of each simulcast encoding, smallest first (§6.6).
+    frames_by_encoding: [u64; 3],
+    /// Times the server moved us to another encoding.
+    encoding_switches: u64,
+    /// The encoding of the last frame received, if the track has several.
+    encoding: Option<u8>,
     /// Decoded pictures whose drawn stamp could be read.
     stamps_read: u64,
     first_counter: Option<u32>,
@@ -158,6 +183,11 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
         client_kind: ClientKind::Native,
         client_version: concat!("convene-receive/", env!("CARGO_PKG_VERSION")).into(),
         auth_token: args.server.token.clone().unwrap_or_default(),
+        features: if args.selective() {
+            vec![convene_protocol::FEATURE_SFU.to_string()]
+        } else {
+            Vec::new()
+        },
         ..ClientSessionConfig::default()
     };
     let server = args.server.server.clone();
@@ -202,6 +232,42 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
     })??;
     let (mut client, joined) = joined;
     let started = Instant::now();
+    if args.selective() {
+        if !client.sfu() {
+            anyhow::bail!(
+                "the server does not offer selective forwarding (sfu.1), which --max-height, --last-n and --loudest-audio need"
+            );
+        }
+        if args.last_n.is_some() || args.loudest_audio.is_some() {
+            client.send(C::ReceiverSettings(v1::ReceiverSettings {
+                video_n: args.last_n.unwrap_or(0),
+                audio_n: args.loudest_audio.unwrap_or(0),
+                max_receive_kbps: 0,
+            }))?;
+        }
+    }
+    // With --max-height each picture track is subscribed again with it (a
+    // second Subscribe only changes the preferences).
+    let prefer = |client: &mut Client, pid: u32, t: &TrackInfo| {
+        if let Some(h) = args.max_height
+            && t.kind != TrackKind::Audio as i32
+        {
+            let _ = client.send(C::Subscribe(v1::Subscribe {
+                participant_id: pid,
+                track_id: t.track_id,
+                preferences: Some(v1::SubscriptionPreferences {
+                    max_height: h,
+                    ..Default::default()
+                }),
+            }));
+        }
+    };
+    let me_id = client.participant_id();
+    for p in joined.participants.iter().filter(|p| p.participant_id != me_id) {
+        for t in &p.tracks {
+            prefer(&mut client, p.participant_id, t);
+        }
+    }
     let me = client.participant_id();
     let status = StatusLine::new();
     status.note(&format!(
@@ -291,13 +357,24 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                     r.bytes_received += payload.len() as u64;
                     r.window_bytes += payload.len() as u64;
                     r.arrival_us.push(now.saturating_sub(h.capture_timestamp_us));
+                    let encoding = m.layer().map(|l| l.encoding);
+                    // A switch to another encoding may repeat the last
+                    // picture's number, in the new encoding (§6.6.3).
+                    let switched = encoding.is_some() && r.encoding.is_some() && encoding != r.encoding;
+                    if switched {
+                        r.encoding_switches += 1;
+                    }
+                    if let Some(e) = encoding {
+                        r.frames_by_encoding[usize::from(e).min(2)] += 1;
+                        r.encoding = Some(e);
+                    }
                     let gap = match r.highest_seq {
                         Some(prev) => {
                             let d = h.sequence.wrapping_sub(prev);
-                            if d == 0 || d > u32::MAX / 2 {
+                            if (d == 0 && !switched) || d > u32::MAX / 2 {
                                 continue; // late or duplicate
                             }
-                            r.lost += u64::from(d - 1);
+                            r.lost += u64::from(d.saturating_sub(1));
                             d > 1
                         }
                         None => false,
@@ -320,6 +397,9 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                 }
                 Some(ClientEvent::Room(S::TrackPublished(p))) => {
                     if let Some(t) = p.track {
+                        if p.participant_id != me {
+                            prefer(&mut client, p.participant_id, &t);
+                        }
                         tracks.insert((p.participant_id, t.track_id), t);
                     }
                 }
@@ -436,8 +516,9 @@ fn live_line(r: &TrackReport, secs: f64) -> String {
             format!("{:.0} ms (arrival)", *us as f64 / 1000.0)
         }),
     };
+    let encoding = r.encoding.map_or(String::new(), |e| format!(" enc {e}"));
     format!(
-        "p{} {}x{} {:.1} fps {kbps:.0} kbps loss {loss:.1}% latency {latency}",
+        "p{} {}x{}{encoding} {:.1} fps {kbps:.0} kbps loss {loss:.1}% latency {latency}",
         r.participant_id,
         r.width,
         r.height,

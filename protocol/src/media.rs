@@ -250,6 +250,21 @@ impl MediaFrame {
         }
     }
 
+    /// The same frame wrapped in a LAYERED prefix (a copy), e.g. after a
+    /// sender has encrypted the MEDIA frame inside.
+    pub fn with_layer(&self, layer: Layer) -> Self {
+        let mut b = BytesMut::with_capacity(LAYERED_PREFIX_LEN + self.bytes.len());
+        b.put_slice(&layer.prefix());
+        b.put_slice(&self.bytes);
+        let whole = b.freeze();
+        MediaFrame {
+            bytes: whole.slice(LAYERED_PREFIX_LEN..),
+            header: self.header,
+            config_len: self.config_len,
+            layered: Some((layer, whole)),
+        }
+    }
+
     /// The LAYERED prefix, for a frame that came or goes as LAYERED.
     pub fn layer(&self) -> Option<Layer> {
         self.layered.as_ref().map(|(l, _)| *l)

@@ -3,7 +3,7 @@
 //! which takes its pictures from a channel and never waits for it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,6 +21,48 @@ pub(super) struct VideoOut {
     pub(super) data: Bytes,
     pub(super) key: bool,
     pub(super) capture_us: u64,
+    /// With --simulcast: the encoding (0 the smallest), else `None`.
+    pub(super) encoding: Option<u8>,
+    /// The captured picture's number, the same in every encoding (§6.6.1).
+    pub(super) picture: u32,
+}
+
+/// One encoding of the picture: its size and bitrate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Rung {
+    pub(super) width: usize,
+    pub(super) height: usize,
+    pub(super) kbps: u32,
+}
+
+/// The encodings `--simulcast` sends for a picture of `width`x`height` at
+/// `kbps`: the picture itself, then halved while it stays at least 160x90
+/// wide (up to three, lowest first), at about a third and a tenth of the
+/// rate: the proportions of the area, less what small pictures lose.
+pub(super) fn ladder(width: usize, height: usize, kbps: u32, simulcast: bool) -> Vec<Rung> {
+    let mut rungs = vec![Rung {
+        width,
+        height,
+        kbps,
+    }];
+    if simulcast {
+        for share in [3, 10] {
+            let last = rungs[0];
+            let (w, h) = ((last.width / 2) & !1, (last.height / 2) & !1);
+            if w < 160 || h < 90 {
+                break;
+            }
+            rungs.insert(
+                0,
+                Rung {
+                    width: w,
+                    height: h,
+                    kbps: (kbps / share).max(50),
+                },
+            );
+        }
+    }
+    rungs
 }
 
 /// Counters the media thread keeps.
@@ -33,6 +75,8 @@ pub(super) struct EncodeStats {
     pub(super) dropped: AtomicU64,
     /// Pictures the encoder's rate control skipped.
     pub(super) skipped: AtomicU64,
+    /// Per encoding (lowest first): pictures encoded and microseconds spent.
+    pub(super) per_encoding: [(AtomicU64, AtomicU64); 3],
 }
 
 /// The capture-and-encode thread, and what the async side shares with it.
@@ -41,8 +85,12 @@ pub(super) struct Media {
     thread: std::thread::JoinHandle<anyhow::Result<()>>,
     /// Tells the thread to end.
     stop: Arc<AtomicBool>,
-    /// Set when the next picture should be a key frame.
+    /// Set when the next picture should be a key frame (of every encoding).
     pub(super) key_wanted: Arc<AtomicBool>,
+    /// Encodings whose next picture should be a key frame (bit per encoding).
+    pub(super) key_mask: Arc<AtomicU8>,
+    /// Encodings anyone receives (the server's EncodingDemand, §6.6.5).
+    pub(super) demand: Arc<AtomicU8>,
     pub(super) stats: Arc<EncodeStats>,
     /// The bitrate to encode at: --bitrate-kbps, lowered and raised again by
     /// the server's congestion hints and by what this publisher sees of its
@@ -66,6 +114,9 @@ impl Media {
             format: args.frame_format,
         };
         let key_wanted = Arc::new(AtomicBool::new(true));
+        let key_mask = Arc::new(AtomicU8::new(0));
+        let demand = Arc::new(AtomicU8::new(0b111));
+        let rungs = ladder(width, height, args.bitrate_kbps, args.simulcast);
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(EncodeStats::default());
         let (video_tx, video_rx) = mpsc::channel::<VideoOut>(4);
@@ -75,12 +126,15 @@ impl Media {
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
         let target_kbps = Arc::new(AtomicU32::new(args.bitrate_kbps));
         let thread = {
-            let (key_wanted, stop, stats) = (key_wanted.clone(), stop.clone(), stats.clone());
-            let target = target_kbps.clone();
-            let settings = EncoderSettings {
-                bitrate_kbps: args.bitrate_kbps,
-                fps: args.fps,
+            let shared = Shared {
+                target_kbps: target_kbps.clone(),
+                key_wanted: key_wanted.clone(),
+                key_mask: key_mask.clone(),
+                demand: demand.clone(),
+                stop: stop.clone(),
+                stats: stats.clone(),
             };
+            let fps = args.fps;
             let interval = Duration::from_secs_f64(args.key_interval);
             std::thread::Builder::new()
                 .name("capture-encode".into())
@@ -92,19 +146,23 @@ impl Media {
                             return Ok(());
                         }
                     };
-                    let encoder = match H264Encoder::new(settings) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            let _ =
-                                ready_tx.send(Err(format!("cannot start the H.264 encoder: {e}")));
-                            return Ok(());
+                    let mut encoders = Vec::new();
+                    for r in &rungs {
+                        let settings = EncoderSettings {
+                            bitrate_kbps: r.kbps,
+                            fps,
+                        };
+                        match H264Encoder::new(settings) {
+                            Ok(e) => encoders.push((e, settings)),
+                            Err(e) => {
+                                let _ = ready_tx
+                                    .send(Err(format!("cannot start the H.264 encoder: {e}")));
+                                return Ok(());
+                            }
                         }
-                    };
+                    }
                     let _ = ready_tx.send(Ok(()));
-                    media_thread(
-                        source, encoder, settings, target, spec, interval, key_wanted, stop, stats,
-                        video_tx,
-                    )
+                    media_thread(source, encoders, spec, interval, shared, video_tx)
                 })
                 .context("cannot start the capture thread")?
         };
@@ -120,6 +178,8 @@ impl Media {
             thread,
             stop,
             key_wanted,
+            key_mask,
+            demand,
             stats,
             target_kbps,
         };
@@ -138,79 +198,148 @@ impl Media {
     }
 }
 
-/// Capture, convert, encode, hand over; until told to stop.
-#[allow(clippy::too_many_arguments)]
-fn media_thread(
-    mut source: Source,
-    mut encoder: H264Encoder,
-    mut settings: EncoderSettings,
+/// What the capture thread shares with the async side.
+struct Shared {
     target_kbps: Arc<AtomicU32>,
-    spec: SourceSpec,
-    key_interval: Duration,
     key_wanted: Arc<AtomicBool>,
+    key_mask: Arc<AtomicU8>,
+    demand: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
     stats: Arc<EncodeStats>,
+}
+
+/// Capture, convert, encode each encoding anyone wants, hand over; until
+/// told to stop.
+fn media_thread(
+    mut source: Source,
+    mut encoders: Vec<(H264Encoder, EncoderSettings)>,
+    spec: SourceSpec,
+    key_interval: Duration,
+    shared: Shared,
     out: mpsc::Sender<VideoOut>,
 ) -> anyhow::Result<()> {
+    let Shared {
+        target_kbps,
+        key_wanted,
+        key_mask,
+        demand,
+        stop,
+        stats,
+    } = shared;
+    let simulcast = encoders.len() > 1;
+    let top = encoders.len() - 1;
     let mut last_key = Instant::now();
+    // Encodings that were off: each starts again at a key frame (§6.6.5).
+    let mut was_on = u8::MAX;
+    let mut picture = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let captured = source.capture()?;
         let t0 = Instant::now();
-        let picture = match I420::decode_from(spec.format, &captured.data, spec.width, spec.height)
-        {
+        let full = match I420::decode_from(spec.format, &captured.data, spec.width, spec.height) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("skipping a frame: {e}");
                 continue;
             }
         };
-        // A new target bitrate (a congestion hint): OpenH264 takes it through
-        // a fresh encoder, which starts from a key frame.
+        picture = picture.wrapping_add(1);
+        // A new target bitrate (a congestion hint or the path) is the top
+        // encoding's: OpenH264 takes it through a fresh encoder, which
+        // starts from a key frame.
         let target = target_kbps.load(Ordering::Relaxed);
-        if target != settings.bitrate_kbps {
+        let (_, settings) = &mut encoders[top];
+        if target != settings.bitrate_kbps && !simulcast {
             settings.bitrate_kbps = target;
-            match H264Encoder::new(settings) {
+            match H264Encoder::new(*settings) {
                 Ok(e) => {
-                    encoder = e;
+                    encoders[top].0 = e;
                     key_wanted.store(true, Ordering::Relaxed);
                 }
                 Err(e) => tracing::warn!("cannot change the bitrate to {target} kbit/s: {e}"),
             }
         }
-        let key = key_wanted.swap(false, Ordering::Relaxed) || last_key.elapsed() >= key_interval;
-        let encoded = encoder.encode(&picture, key)?;
+        let on = if simulcast {
+            demand.load(Ordering::Relaxed)
+        } else {
+            1
+        };
+        let mut keys = key_mask.swap(0, Ordering::Relaxed) | (on & !was_on);
+        if key_wanted.swap(false, Ordering::Relaxed) || last_key.elapsed() >= key_interval {
+            keys = u8::MAX;
+        }
+        was_on = on;
+        let mut owed = 0u8;
+        // Smallest first: each encoding's picture is half the next one's.
+        let mut pictures = vec![full];
+        for _ in 1..encoders.len() {
+            let smaller = pictures[0].half();
+            pictures.insert(0, smaller);
+        }
+        let mut any_key = false;
+        for (i, ((encoder, _), pic)) in encoders.iter_mut().zip(&pictures).enumerate() {
+            if on & (1 << i) == 0 {
+                continue;
+            }
+            let started = Instant::now();
+            let key = keys & (1 << i) != 0;
+            let encoded = encoder.encode(pic, key)?;
+            let (n, us) = &stats.per_encoding[i];
+            n.fetch_add(1, Ordering::Relaxed);
+            us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            if encoded.data.is_empty() {
+                stats.skipped.fetch_add(1, Ordering::Relaxed);
+                // A skipped key frame is still owed.
+                if key {
+                    owed |= 1 << i;
+                }
+                continue;
+            }
+            if encoded.key {
+                any_key = true;
+                stats.key_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            let v = VideoOut {
+                data: Bytes::from(encoded.data),
+                key: encoded.key,
+                capture_us: captured.capture_us,
+                encoding: simulcast.then_some(i as u8),
+                picture,
+            };
+            match out.try_send(v) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(v)) => {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    // A dropped key frame would leave receivers waiting: ask again.
+                    if v.key {
+                        owed |= 1 << i;
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            }
+        }
+        if any_key && keys == u8::MAX {
+            last_key = Instant::now();
+        }
+        key_mask.fetch_or(owed, Ordering::Relaxed);
         stats
             .encode_us
             .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
         stats.frames.fetch_add(1, Ordering::Relaxed);
-        if encoded.data.is_empty() {
-            stats.skipped.fetch_add(1, Ordering::Relaxed);
-            // A skipped key frame is still owed.
-            if key {
-                key_wanted.store(true, Ordering::Relaxed);
-            }
-            continue;
-        }
-        if encoded.key {
-            last_key = Instant::now();
-            stats.key_frames.fetch_add(1, Ordering::Relaxed);
-        }
-        let v = VideoOut {
-            data: Bytes::from(encoded.data),
-            key: encoded.key,
-            capture_us: captured.capture_us,
-        };
-        match out.try_send(v) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(v)) => {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                // A dropped key frame would leave receivers waiting: ask again.
-                if v.key {
-                    key_wanted.store(true, Ordering::Relaxed);
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => break,
-        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ladder_halves_down_to_small_pictures() {
+        let l = ladder(1280, 720, 1500, true);
+        let sizes: Vec<_> = l.iter().map(|r| (r.width, r.height, r.kbps)).collect();
+        assert_eq!(sizes, vec![(320, 180, 150), (640, 360, 500), (1280, 720, 1500)]);
+        assert_eq!(ladder(318, 178, 300, true).len(), 1, "160x90 is the smallest rung");
+        assert_eq!(ladder(640, 360, 300, true)[0].width, 160);
+        assert_eq!(ladder(1280, 720, 300, false).len(), 1);
+    }
 }

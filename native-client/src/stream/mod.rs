@@ -11,13 +11,15 @@ mod reconnect;
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use convene_client::{Client, TransportKind};
 use convene_protocol::rate::RateController;
-use convene_protocol::v1::{ClientKind, TrackInfo, TrackKind, server_message::Msg as S};
-use convene_protocol::{ClientEvent, ClientSessionConfig, MediaFrame, Timestamp};
+use convene_protocol::v1::{self, ClientKind, TrackInfo, TrackKind, server_message::Msg as S};
+use convene_protocol::{
+    ClientEvent, ClientSessionConfig, FEATURE_SFU, Layer, MediaFrame, MediaHeader, Timestamp,
+};
 use tokio::sync::mpsc;
 
 use crate::args::ServerArgs;
@@ -29,7 +31,7 @@ use crate::media::{OutTrack, sleep_until, unix_micros};
 use crate::pattern;
 use crate::source::SourceKind;
 
-use capture::{EncodeStats, Media, VideoOut};
+use capture::{EncodeStats, Media, Rung, VideoOut, ladder};
 use reconnect::{AfterClose, Failure, Reconnect, Retry, after_close, closed};
 
 /// The video track's id.
@@ -97,6 +99,14 @@ pub(crate) struct StreamArgs {
     /// code printed here with theirs.
     #[arg(long)]
     e2ee: bool,
+    /// Send the picture as up to three encodings (full, half and quarter
+    /// size, at about 1, 1/3 and 1/10 of --bitrate-kbps), one OpenH264
+    /// encoder each, so the server gives each receiver the one that suits
+    /// its tile and its path (PROTOCOL.md §6.6). Encodings nobody receives
+    /// are not encoded. A server without selective forwarding gets the
+    /// full-size one only.
+    #[arg(long)]
+    simulcast: bool,
 }
 
 /// Audio to send.
@@ -157,6 +167,11 @@ struct Summary {
     frames_skipped_by_rate_control: u64,
     key_frames: u64,
     key_frame_requests: u64,
+    /// With --simulcast: per encoding (smallest first), its size, the
+    /// pictures encoded and the mean encoding time, and the last demand.
+    encodings: Vec<EncodingSummary>,
+    /// The server's last EncodingDemand mask (§6.6.5), with --simulcast.
+    demand_mask: Option<u32>,
     video_frames_sent: u64,
     audio_frames_sent: u64,
     bytes_sent: u64,
@@ -164,6 +179,34 @@ struct Summary {
     connects: u32,
     /// With --e2ee: the last safety code and what the keyring did.
     e2ee: Option<E2eeSummary>,
+}
+
+/// The encodings announced with --simulcast (§6.6.1), or none.
+fn simulcast_encodings(args: &StreamArgs, width: usize, height: usize) -> Vec<v1::Encoding> {
+    let rungs = ladder(width, height, args.bitrate_kbps, args.simulcast);
+    if rungs.len() < 2 {
+        return Vec::new();
+    }
+    rungs
+        .iter()
+        .map(|r| v1::Encoding {
+            width: r.width as u32,
+            height: r.height as u32,
+            frame_rate: args.fps,
+            target_bitrate_kbps: r.kbps,
+            temporal_layers: 1,
+        })
+        .collect()
+}
+
+/// One simulcast encoding in the summary.
+#[derive(Debug, Default, serde::Serialize)]
+struct EncodingSummary {
+    width: usize,
+    height: usize,
+    kbps: u32,
+    frames_encoded: u64,
+    mean_encode_ms: f64,
 }
 
 /// Starts the capture thread, then streams, one session after another, until
@@ -199,6 +242,23 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
         return Err(media_error.unwrap_or(e));
     }
     stream.summary.e2ee = stream.e2ee.as_ref().map(E2ee::summary);
+    if stream.rungs.len() > 1 {
+        stream.summary.encodings = stream
+            .rungs
+            .iter()
+            .zip(&stream.stats.per_encoding)
+            .map(|(r, (n, us))| {
+                let n = n.load(Ordering::Relaxed);
+                EncodingSummary {
+                    width: r.width,
+                    height: r.height,
+                    kbps: r.kbps,
+                    frames_encoded: n,
+                    mean_encode_ms: us.load(Ordering::Relaxed) as f64 / 1000.0 / n.max(1) as f64,
+                }
+            })
+            .collect();
+    }
     print_summary(stream.summary, &stream.stats, args.json)?;
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -217,6 +277,10 @@ struct Stream<'a> {
     video_rx: mpsc::Receiver<VideoOut>,
     /// Shared with the capture thread: see [`Media`].
     key_wanted: Arc<AtomicBool>,
+    key_mask: Arc<AtomicU8>,
+    demand: Arc<AtomicU8>,
+    /// The encodings of the picture, smallest first (one without --simulcast).
+    rungs: Vec<Rung>,
     stats: Arc<EncodeStats>,
     target_kbps: Arc<AtomicU32>,
     /// Turns congestion hints and path reports into `target_kbps`.
@@ -248,6 +312,9 @@ struct Session {
     client: Client,
     /// How many others are in the room, for the status line.
     peers: usize,
+    /// The session negotiated sfu.1 and the track was published with its
+    /// encodings: pictures go out as LAYERED frames.
+    layered: bool,
     /// When the tone's next frame is due.
     audio_tick: tokio::time::Interval,
     /// When the path is checked and the status line redrawn.
@@ -275,6 +342,9 @@ impl<'a> Stream<'a> {
                 .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0))),
             video_rx,
             key_wanted: media.key_wanted.clone(),
+            key_mask: media.key_mask.clone(),
+            demand: media.demand.clone(),
+            rungs: ladder(width, height, args.bitrate_kbps, args.simulcast),
             stats: media.stats.clone(),
             target_kbps: media.target_kbps.clone(),
             rate: RateController::new(args.bitrate_kbps.saturating_mul(1000), RATE_FLOOR_BPS),
@@ -352,8 +422,22 @@ impl<'a> Stream<'a> {
             tokio::time::Instant::now() + Duration::from_secs(1),
             Duration::from_secs(1),
         );
+        // Each session starts with every encoding on (a new server has said
+        // nothing yet), or only the full picture for a server without sfu.1.
+        let layered = client.sfu() && self.rungs.len() > 1;
+        let all = if layered || self.rungs.len() == 1 {
+            0b111
+        } else {
+            1 << (self.rungs.len() - 1)
+        };
+        self.demand.store(all, Ordering::Relaxed);
+        if self.rungs.len() > 1 && !layered {
+            self.status
+                .note("the server does not offer selective forwarding (sfu.1): sending the full-size encoding only");
+        }
         Ok(Session {
             client,
+            layered,
             peers,
             audio_tick,
             status_tick,
@@ -393,7 +477,22 @@ impl<'a> Stream<'a> {
         match ev {
             Some(ClientEvent::Room(S::KeyFrameRequest(k))) if k.track_id == VIDEO_TRACK => {
                 self.summary.key_frame_requests += 1;
-                self.key_wanted.store(true, Ordering::Relaxed);
+                // A mask names the encodings that need one (§6.6.3); 0 is all.
+                match k.encoding_mask {
+                    0 => self.key_wanted.store(true, Ordering::Relaxed),
+                    m => {
+                        self.key_mask.fetch_or(m as u8, Ordering::Relaxed);
+                    }
+                }
+            }
+            Some(ClientEvent::Room(S::EncodingDemand(d))) if d.track_id == VIDEO_TRACK => {
+                // Encodings nobody receives are not encoded (§6.6.5); the
+                // capture thread starts one that comes back at a key frame.
+                self.summary.demand_mask = Some(d.active_mask);
+                if s.layered {
+                    self.demand.store(d.active_mask as u8, Ordering::Relaxed);
+                }
+                tracing::info!(mask = d.active_mask, "encoding demand");
             }
             Some(ClientEvent::Room(S::ParticipantJoined(_))) => s.peers += 1,
             Some(ClientEvent::Room(S::ParticipantLeft(_))) => s.peers = s.peers.saturating_sub(1),
@@ -430,10 +529,30 @@ impl<'a> Stream<'a> {
         let Some(v) = v else {
             return Next::End(Err(anyhow::anyhow!("the capture thread stopped")));
         };
-        let frame = seal(
-            &mut self.e2ee,
-            self.video.frame(v.key, v.capture_us, &v.data),
-        );
+        let frame = match v.encoding {
+            // Every encoding of a picture carries the picture's number (§6.6.1).
+            Some(encoding) if s.layered => {
+                let h = MediaHeader {
+                    key: v.key,
+                    sender: 0,
+                    track_id: VIDEO_TRACK,
+                    sequence: v.picture,
+                    capture_timestamp_us: v.capture_us,
+                };
+                let layer = Layer {
+                    encoding,
+                    ..Layer::default()
+                };
+                let sealed = seal(&mut self.e2ee, MediaFrame::build(&h, None, &v.data));
+                sealed.with_layer(layer)
+            }
+            // A server without sfu.1 gets the full picture only.
+            Some(encoding) if usize::from(encoding) + 1 != self.rungs.len() => return Next::Continue,
+            _ => seal(
+                &mut self.e2ee,
+                self.video.frame(v.key, v.capture_us, &v.data),
+            ),
+        };
         if s.client.send_media(frame).is_ok() {
             self.summary.video_frames_sent += 1;
             self.summary.bytes_sent += v.data.len() as u64;
@@ -563,6 +682,12 @@ fn print_summary(mut summary: Summary, stats: &EncodeStats, json: bool) -> anyho
             summary.bytes_sent as f64 / 1e6,
             summary.mean_encode_ms
         );
+        for e in &summary.encodings {
+            eprintln!(
+                "  encoding {}x{} at {} kbps: {} pictures, {:.2} ms each",
+                e.width, e.height, e.kbps, e.frames_encoded, e.mean_encode_ms
+            );
+        }
     }
     Ok(())
 }
@@ -614,6 +739,11 @@ async fn connect(
         client_kind: ClientKind::Native,
         client_version: concat!("convene-stream/", env!("CARGO_PKG_VERSION")).into(),
         auth_token: args.server.token.clone().unwrap_or_default(),
+        features: if args.simulcast {
+            vec![FEATURE_SFU.to_string()]
+        } else {
+            Vec::new()
+        },
         ..ClientSessionConfig::default()
     };
     let mut c = tokio::time::timeout_at(
@@ -675,6 +805,11 @@ async fn connect(
         height: height as u32,
         frame_rate: args.fps,
         target_bitrate_kbps: args.bitrate_kbps,
+        encodings: if c.sfu() {
+            simulcast_encodings(args, width, height)
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     }];
     if args.audio == AudioSource::Tone {

@@ -460,7 +460,13 @@ impl ClientSession {
             ));
         }
         self.last_tx = now;
-        self.transmit.push_back(frame.into_bytes());
+        // LAYERED only where sfu.1 was negotiated; elsewhere the MEDIA frame inside (§6.6).
+        let bytes = if self.sfu() {
+            frame.as_wire().clone()
+        } else {
+            frame.into_bytes()
+        };
+        self.transmit.push_back(bytes);
         Ok(())
     }
 

@@ -18,6 +18,12 @@ pub const MAX_RAISE_WAIT: Duration = Duration::from_secs(30);
 const RAISE_FAILED_WITHIN: Duration = Duration::from_secs(5);
 /// Congestion signals closer than this lower the encoding only once.
 const LOWER_AT_MOST_EVERY: Duration = Duration::from_secs(1);
+/// A v1 subscriber waiting to switch gets nothing of its old encoding for
+/// up to this long, so that the new encoding's key frame is a later picture
+/// than anything it received (it would discard a repeated sequence number).
+const V1_HOLD: Duration = Duration::from_secs(1);
+/// A hold that found no key frame is tried again after this long.
+const V1_HOLD_RETRY: Duration = Duration::from_secs(3);
 
 /// The layers a track announced (§6.6.1), in the form routing reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +133,8 @@ pub struct Selector {
     raised_at: Option<Timestamp>,
     /// How long after lowering before a higher encoding is tried.
     raise_wait: Duration,
+    /// A v1 subscriber's switch is waiting for a key frame since then.
+    hold_since: Option<Timestamp>,
 }
 
 /// True when sequence number `a` comes after `b` (wrapping, §6.1).
@@ -149,6 +157,7 @@ impl Selector {
             lowered_at: None,
             raised_at: None,
             raise_wait: RAISE_WAIT,
+            hold_since: None,
         }
     }
 
@@ -214,23 +223,45 @@ impl Selector {
             // of everything forwarded so far (§6.6.3 rule 2).
             let toward = match self.current {
                 None => e <= target,
+                // A v1 receiver goes straight to the target: every switch
+                // costs it a held-back moment.
+                Some(_) if !self.sfu => e == target,
                 Some(c) if c < target => c < e && e <= target,
                 Some(c) => target <= e && e < c,
             };
-            // The same picture in another encoding counts: a publisher may
-            // send a picture's encodings in any order.
-            let ahead = self
-                .last
-                .is_none_or(|(s, t)| (seq == s || seq_after(seq, s)) && ts >= t);
+            // For a subscriber that negotiated sfu.1 the same picture in
+            // another encoding counts (a publisher may send a picture's
+            // encodings in any order); a v1 receiver would discard it.
+            let ahead = self.last.is_none_or(|(s, t)| {
+                (seq_after(seq, s) || (self.sfu && seq == s)) && ts >= t
+            });
             if !(toward && key && ahead) {
                 return if e == target && self.current != Some(target) {
+                    if !self.sfu && self.current.is_some() {
+                        let renew = self
+                            .hold_since
+                            .is_none_or(|t| now.saturating_since(t) >= V1_HOLD_RETRY);
+                        if renew {
+                            self.hold_since = Some(now);
+                        }
+                    }
                     Verdict::NeedKey(target)
                 } else {
                     Verdict::Drop
                 };
             }
+            self.hold_since = None;
             self.current = Some(e);
             self.temporal = self.temporal_target(layers, e);
+        }
+        // A v1 subscriber about to switch: its old encoding pauses briefly
+        // so the new one's key frame comes after everything it has.
+        if self.current != Some(target)
+            && self
+                .hold_since
+                .is_some_and(|t| now.saturating_since(t) < V1_HOLD)
+        {
+            return Verdict::Drop;
         }
         // Temporal layers: down at any frame, up at a key frame or switch point.
         let tt = self.temporal_target(layers, e);
@@ -422,6 +453,28 @@ mod tests {
     }
 
     #[test]
+    fn a_v1_subscriber_switches_at_a_later_picture_after_a_short_hold() {
+        let l = simulcast(1);
+        let mut s = Selector::new(false, Prefs::default());
+        use Verdict::*;
+        // Smallest first, as a publisher may send them: the same picture's
+        // key frame of a higher encoding does not count for a v1 receiver.
+        assert_eq!(picture(&mut s, &l, t(0), 1, true), [Forward, Drop, NeedKey(2)]);
+        assert_eq!(s.current(), Some(0));
+        // While the key frame of 2 is awaited, 0 is held back...
+        assert_eq!(picture(&mut s, &l, t(33), 2, false), [Drop, Drop, NeedKey(2)]);
+        // ...so the next key frame of 2 is ahead of what was forwarded.
+        assert_eq!(picture(&mut s, &l, t(66), 3, true), [Drop, Drop, Forward]);
+        assert_eq!(s.current(), Some(2));
+        // The path cannot carry it: the hold starts again, and without a
+        // key frame within it the old encoding flows again.
+        s.congested(t(100));
+        assert_eq!(picture(&mut s, &l, t(133), 4, false), [Drop, NeedKey(1), Drop]);
+        assert_eq!(picture(&mut s, &l, t(200), 5, false), [Drop, NeedKey(1), Drop]);
+        assert_eq!(picture(&mut s, &l, t(1200), 6, false), [Drop, NeedKey(1), Forward]);
+    }
+
+    #[test]
     fn a_v1_subscriber_gets_every_temporal_layer() {
         let l = simulcast(2);
         let mut s = Selector::new(
@@ -478,7 +531,8 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        let mut s = Selector::new(true, Prefs::default());
+        for sfu in [true, false] {
+        let mut s = Selector::new(sfu, Prefs::default());
         let mut last: Option<(u32, u64, u8)> = None;
         for n in 1..5000u32 {
             if next() % 50 == 0 {
@@ -505,6 +559,7 @@ mod tests {
                     if let Some((ls, lt, le)) = last {
                         assert!(n >= ls && ts >= lt, "frame {n} after {ls}");
                         assert!(n > ls || e != le, "frame {n} of encoding {e} twice");
+                        assert!(sfu || n > ls, "a v1 subscriber got picture {n} twice");
                         assert!(le == e || key, "switched {le}->{e} at a delta frame {n}");
                     } else {
                         assert!(key, "started at a delta frame");
@@ -514,5 +569,6 @@ mod tests {
             }
         }
         assert!(last.is_some());
+        }
     }
 }
