@@ -147,7 +147,7 @@ impl Bucket {
         self.last = self.last.max(now);
     }
 
-    /// How many bytes (1..=`want`) may be read now; or else how long until
+    /// How many bytes (1..=`want`) may pass now; or else how long until
     /// half a burst (or `want`, if smaller) may, `None` for a stalled link.
     /// Half, not all: a wake-up that comes late then still finds room in the
     /// bucket for what it earned meanwhile, where a full bucket would have
@@ -217,7 +217,7 @@ impl Link {
         self.bucket.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits until some bytes, at most `want`, may be read, and says how many.
+    /// Waits until some bytes, at most `want`, may go onto the link, and says how many.
     async fn allowance(&self, want: usize) -> usize {
         loop {
             let changed = self.changed.notified();
@@ -297,7 +297,8 @@ impl Drop for TcpRelay {
 }
 
 impl TcpRelay {
-    /// Most bytes read from a socket at once.
+    /// Most bytes read at once, and most read ahead of the link in one
+    /// direction of a connection.
     pub const CHUNK: usize = 16 * 1024;
     /// Kernel send and receive buffers asked for on the relay's sockets
     /// (Linux doubles it for bookkeeping).
@@ -346,7 +347,8 @@ impl TcpRelay {
                             // Each connection and direction draws its own jitter.
                             let seed = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
                             index += 1;
-                            connections.spawn(serve(client, upstream, up.clone(), down.clone(), stats.clone(), seed));
+                            let (up, down, stats) = (up.clone(), down.clone(), stats.clone());
+                            connections.spawn(serve(client, upstream, up, down, stats, seed));
                         }
                         Some(_) = connections.join_next() => {}
                     }
