@@ -1,30 +1,50 @@
 //! `convene-relay`: the seeded impairing UDP relay as a program, for tests
 //! that put it in front of a server for clients that are not Rust (a
 //! browser), and for measuring the server on a longer path (`convene load`
-//! with `--webtransport-port`); each client gets a path of its own. Prints
+//! with `--webtransport-port`); each client gets a path of its own. With
+//! `--tcp` it is the TCP relay instead, for WebSocket paths with a rate
+//! limit the server feels as backpressure. Prints
 //! `relay <listen address> -> <server address>` once it listens, then
 //! relays until killed.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use convene_testkit::{Impairment, UdpRelay};
+use convene_testkit::{Impairment, TcpImpairment, TcpRelay, UdpRelay};
 
-const USAGE: &str = "usage: convene-relay --to <server udp address> [--delay-ms N] [--up-loss P] [--down-loss P] [--loss-after-ms N] [--seed N]
+const USAGE: &str = "usage: convene-relay --to <server address> [--tcp] [--delay-ms N] [--up-kbps N] [--down-kbps N] [--up-loss P] [--down-loss P] [--loss-after-ms N] [--seed N]
 
-  --to         the server's UDP address, e.g. 127.0.0.1:4433
+Listens on a free loopback port and relays to the server, impairing the path.
+Without --tcp it relays UDP (WebTransport), each client from a socket of its
+own; with --tcp it relays TCP connections (WebSocket), reading from each side
+only as fast as the rate allows, so a sender into a slow path finds its socket
+writes blocking within about a second instead of filling buffers.
+
+  --to         the server's address, e.g. 127.0.0.1:4433
+  --tcp        relay TCP instead of UDP
   --delay-ms   one-way delay added in each direction (default 0)
-  --up-loss    share of client-to-server datagrams dropped, 0.0-1.0 (default 0)
-  --down-loss  share of server-to-client datagrams dropped, 0.0-1.0 (default 0)
+  --up-kbps    client-to-server rate limit in kbit/s (default none); over UDP
+               datagrams that would queue over 200 ms are dropped
+  --down-kbps  server-to-client rate limit in kbit/s (default none)
+  --up-loss    share of client-to-server datagrams dropped, 0.0-1.0 (default
+               0; UDP only, TCP would retransmit them)
+  --down-loss  share of server-to-client datagrams dropped, 0.0-1.0 (default 0;
+               UDP only)
   --loss-after-ms  drop nothing for this long after starting, so a session
-               can be set up before the path degrades (default 0)
-  --seed       seed of the random drops, so a run can be replayed (default 1)";
+               can be set up before the path degrades (default 0; UDP only)
+  --seed       seed of the random drops, so a run can be replayed (default 1)
+
+Each direction's limits are shared by every client, as on a shared link.";
 
 /// The relay's settings from the command line.
 #[derive(Debug)]
 struct Args {
     to: SocketAddr,
+    tcp: bool,
     delay: Duration,
+    /// Rate limits in bytes per second.
+    up_rate: Option<u64>,
+    down_rate: Option<u64>,
     up_loss: f64,
     down_loss: f64,
     loss_after: Duration,
@@ -35,9 +55,14 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut to = None;
     let (mut delay, mut up_loss, mut down_loss, mut seed) = (Duration::ZERO, 0.0, 0.0, 1);
     let mut loss_after = Duration::ZERO;
+    let (mut tcp, mut up_rate, mut down_rate) = (false, None, None);
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
             return Err(String::new());
+        }
+        if flag == "--tcp" {
+            tcp = true;
+            continue;
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let bad = |what: &str| format!("{flag}: `{value}` is not {what}");
@@ -60,13 +85,32 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--loss-after-ms" => {
                 loss_after = Duration::from_millis(value.parse().map_err(|_| bad("a number"))?)
             }
+            "--up-kbps" | "--down-kbps" => {
+                let kbps: u64 = value.parse().map_err(|_| bad("a number"))?;
+                let rate = Some(kbps.saturating_mul(1000) / 8);
+                if flag == "--up-kbps" {
+                    up_rate = rate;
+                } else {
+                    down_rate = rate;
+                }
+            }
             "--seed" => seed = value.parse().map_err(|_| bad("a number"))?,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
+    if tcp && (up_loss > 0.0 || down_loss > 0.0 || !loss_after.is_zero()) {
+        return Err(
+            "--up-loss, --down-loss and --loss-after-ms are for UDP; TCP would \
+                    retransmit what is lost"
+                .into(),
+        );
+    }
     Ok(Args {
         to: to.ok_or("--to is required")?,
+        tcp,
         delay,
+        up_rate,
+        down_rate,
         up_loss,
         down_loss,
         loss_after,
@@ -97,25 +141,43 @@ fn main() {
         }
     };
     runtime.block_on(async move {
-        let link = |loss| Impairment {
-            loss,
-            delay: args.delay,
-            loss_after: args.loss_after,
-            ..Impairment::NONE
-        };
-        let relay =
-            match UdpRelay::start(args.to, link(args.up_loss), link(args.down_loss), args.seed)
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("convene-relay: cannot listen: {e}");
-                    std::process::exit(1);
-                }
+        // Kept until the process is killed.
+        let (_udp, _tcp, addr) = if args.tcp {
+            let link = |rate| TcpImpairment {
+                rate_bytes_per_sec: rate,
+                delay: args.delay,
+                ..TcpImpairment::NONE
             };
-        println!("relay {} -> {}", relay.addr(), args.to);
+            let relay =
+                TcpRelay::start(args.to, link(args.up_rate), link(args.down_rate), args.seed).await;
+            let relay = relay.unwrap_or_else(|e| cannot_listen(e));
+            let addr = relay.local_addr();
+            (None, Some(relay), addr)
+        } else {
+            let link = |loss, rate| Impairment {
+                loss,
+                delay: args.delay,
+                loss_after: args.loss_after,
+                rate_bytes_per_sec: rate,
+                ..Impairment::NONE
+            };
+            let (up, down) = (
+                link(args.up_loss, args.up_rate),
+                link(args.down_loss, args.down_rate),
+            );
+            let relay = UdpRelay::start(args.to, up, down, args.seed).await;
+            let relay = relay.unwrap_or_else(|e| cannot_listen(e));
+            let addr = relay.addr();
+            (Some(relay), None, addr)
+        };
+        println!("relay {addr} -> {}", args.to);
         std::future::pending::<()>().await;
     });
+}
+
+fn cannot_listen(e: std::io::Error) -> ! {
+    eprintln!("convene-relay: cannot listen: {e}");
+    std::process::exit(1);
 }
 
 #[cfg(test)]
@@ -145,6 +207,23 @@ mod tests {
             args("--to 127.0.0.1:9 --bogus 1")
                 .unwrap_err()
                 .contains("unknown option")
+        );
+        assert!(!a.tcp);
+        assert_eq!((a.up_rate, a.down_rate), (None, None));
+    }
+
+    #[test]
+    fn tcp_mode_takes_rates_in_kbit_and_refuses_loss() {
+        let a =
+            args("--tcp --to 127.0.0.1:9 --down-kbps 400 --up-kbps 1000 --delay-ms 20").unwrap();
+        assert!(a.tcp);
+        // 400 kbit/s is 50 000 bytes a second.
+        assert_eq!((a.up_rate, a.down_rate), (Some(125_000), Some(50_000)));
+        assert_eq!(a.delay, Duration::from_millis(20));
+        assert!(
+            args("--tcp --to 127.0.0.1:9 --down-loss 0.1")
+                .unwrap_err()
+                .contains("for UDP")
         );
     }
 }
