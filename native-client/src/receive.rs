@@ -263,7 +263,11 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
         }
     };
     let me_id = client.participant_id();
-    for p in joined.participants.iter().filter(|p| p.participant_id != me_id) {
+    for p in joined
+        .participants
+        .iter()
+        .filter(|p| p.participant_id != me_id)
+    {
         for t in &p.tracks {
             prefer(&mut client, p.participant_id, t);
         }

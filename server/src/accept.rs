@@ -26,6 +26,10 @@ use tracing::{debug, warn};
 use crate::slots::{Evict, Handshake};
 use crate::state::AppState;
 
+/// Unsent bytes the kernel holds for one TCP connection before a write
+/// waits: about a quarter second at 4 Mbit/s.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
+
 /// Largest request head (request line and headers) read into memory.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Most header lines in a request.
@@ -186,6 +190,10 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        // What a subscriber's path cannot carry waits in its outbox, where
+        // the room sees it and sends a smaller encoding (PROTOCOL.md §6.6.3),
+        // rather than in a kernel send buffer that grows to megabytes.
+        let _ = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT);
         let pending = PendingSlot {
             slot: Arc::new(Mutex::new(Some(slot))),
             signal: signal.clone(),

@@ -337,8 +337,15 @@ mod tests {
     fn the_ladder_halves_down_to_small_pictures() {
         let l = ladder(1280, 720, 1500, true);
         let sizes: Vec<_> = l.iter().map(|r| (r.width, r.height, r.kbps)).collect();
-        assert_eq!(sizes, vec![(320, 180, 150), (640, 360, 500), (1280, 720, 1500)]);
-        assert_eq!(ladder(318, 178, 300, true).len(), 1, "160x90 is the smallest rung");
+        assert_eq!(
+            sizes,
+            vec![(320, 180, 150), (640, 360, 500), (1280, 720, 1500)]
+        );
+        assert_eq!(
+            ladder(318, 178, 300, true).len(),
+            1,
+            "160x90 is the smallest rung"
+        );
         assert_eq!(ladder(640, 360, 300, true)[0].width, 160);
         assert_eq!(ladder(1280, 720, 300, false).len(), 1);
     }

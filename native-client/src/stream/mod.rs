@@ -547,7 +547,9 @@ impl<'a> Stream<'a> {
                 sealed.with_layer(layer)
             }
             // A server without sfu.1 gets the full picture only.
-            Some(encoding) if usize::from(encoding) + 1 != self.rungs.len() => return Next::Continue,
+            Some(encoding) if usize::from(encoding) + 1 != self.rungs.len() => {
+                return Next::Continue;
+            }
             _ => seal(
                 &mut self.e2ee,
                 self.video.frame(v.key, v.capture_us, &v.data),

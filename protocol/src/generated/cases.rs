@@ -7163,7 +7163,7 @@ pub static CASES: &[Case] = &[
     Case {
         id: "sfu.v1-subscriber-one-encoding",
         title: "A subscriber without sfu.1 receives one encoding of a simulcast track, the top one, as plain MEDIA frames",
-        section: "6.6",
+        section: "6.6.3",
         file: "sfu.toml",
         target: Target::Server,
         transports: &[Transport::Ws, Transport::Wt],
@@ -7401,7 +7401,7 @@ pub static CASES: &[Case] = &[
     Case {
         id: "sfu.preferences-choose-encoding",
         title: "A subscription's preferred size picks the smallest encoding that covers it, sent as LAYERED frames",
-        section: "6.6",
+        section: "6.6.3",
         file: "sfu.toml",
         target: Target::Server,
         transports: &[Transport::Ws, Transport::Wt],
@@ -7617,7 +7617,7 @@ pub static CASES: &[Case] = &[
     Case {
         id: "sfu.switch-at-key-frame",
         title: "A subscriber moves to another encoding only at that encoding's key frame, keeping the old one until then, and the publisher is asked for that key frame",
-        section: "6.6",
+        section: "6.6.3",
         file: "sfu.toml",
         target: Target::Server,
         transports: &[Transport::Ws, Transport::Wt],
@@ -7959,7 +7959,7 @@ pub static CASES: &[Case] = &[
     Case {
         id: "sfu.paused",
         title: "A paused subscription receives nothing, and after it resumes it starts at a key frame",
-        section: "6.6",
+        section: "6.6.3",
         file: "sfu.toml",
         target: Target::Server,
         transports: &[Transport::Ws, Transport::Wt],
@@ -8227,7 +8227,7 @@ pub static CASES: &[Case] = &[
     Case {
         id: "sfu.update-not-subscribed",
         title: "UpdateSubscription for a track the sender does not receive gets UNKNOWN_TRACK",
-        section: "6.6",
+        section: "6.6.3",
         file: "sfu.toml",
         target: Target::Server,
         transports: &[Transport::Ws, Transport::Wt],

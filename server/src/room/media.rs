@@ -331,11 +331,14 @@ impl Room {
                 }] += 1;
             }
             let behind = !out.dropped.is_empty() || path_congested || out.waited >= BEHIND_AFTER;
-            if selective && behind && !p.audio {
+            if selective {
                 // The path does not carry this encoding: a lower one for
                 // this subscriber instead of a lower picture for everyone.
-                sub.sel.congested(now);
-                congested |= sub.sel.current() == Some(0);
+                // The publisher is not hinted: the lowest encoding is the
+                // floor, and the others are what subscribers choose among.
+                if behind {
+                    sub.sel.congested(now);
+                }
             } else {
                 congested |= path_congested || !out.dropped.is_empty();
             }

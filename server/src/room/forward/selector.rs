@@ -232,9 +232,9 @@ impl Selector {
             // For a subscriber that negotiated sfu.1 the same picture in
             // another encoding counts (a publisher may send a picture's
             // encodings in any order); a v1 receiver would discard it.
-            let ahead = self.last.is_none_or(|(s, t)| {
-                (seq_after(seq, s) || (self.sfu && seq == s)) && ts >= t
-            });
+            let ahead = self
+                .last
+                .is_none_or(|(s, t)| (seq_after(seq, s) || (self.sfu && seq == s)) && ts >= t);
             if !(toward && key && ahead) {
                 return if e == target && self.current != Some(target) {
                     if !self.sfu && self.current.is_some() {
@@ -459,19 +459,34 @@ mod tests {
         use Verdict::*;
         // Smallest first, as a publisher may send them: the same picture's
         // key frame of a higher encoding does not count for a v1 receiver.
-        assert_eq!(picture(&mut s, &l, t(0), 1, true), [Forward, Drop, NeedKey(2)]);
+        assert_eq!(
+            picture(&mut s, &l, t(0), 1, true),
+            [Forward, Drop, NeedKey(2)]
+        );
         assert_eq!(s.current(), Some(0));
         // While the key frame of 2 is awaited, 0 is held back...
-        assert_eq!(picture(&mut s, &l, t(33), 2, false), [Drop, Drop, NeedKey(2)]);
+        assert_eq!(
+            picture(&mut s, &l, t(33), 2, false),
+            [Drop, Drop, NeedKey(2)]
+        );
         // ...so the next key frame of 2 is ahead of what was forwarded.
         assert_eq!(picture(&mut s, &l, t(66), 3, true), [Drop, Drop, Forward]);
         assert_eq!(s.current(), Some(2));
         // The path cannot carry it: the hold starts again, and without a
         // key frame within it the old encoding flows again.
         s.congested(t(100));
-        assert_eq!(picture(&mut s, &l, t(133), 4, false), [Drop, NeedKey(1), Drop]);
-        assert_eq!(picture(&mut s, &l, t(200), 5, false), [Drop, NeedKey(1), Drop]);
-        assert_eq!(picture(&mut s, &l, t(1200), 6, false), [Drop, NeedKey(1), Forward]);
+        assert_eq!(
+            picture(&mut s, &l, t(133), 4, false),
+            [Drop, NeedKey(1), Drop]
+        );
+        assert_eq!(
+            picture(&mut s, &l, t(200), 5, false),
+            [Drop, NeedKey(1), Drop]
+        );
+        assert_eq!(
+            picture(&mut s, &l, t(1200), 6, false),
+            [Drop, NeedKey(1), Forward]
+        );
     }
 
     #[test]
@@ -532,43 +547,43 @@ mod tests {
             rng
         };
         for sfu in [true, false] {
-        let mut s = Selector::new(sfu, Prefs::default());
-        let mut last: Option<(u32, u64, u8)> = None;
-        for n in 1..5000u32 {
-            if next() % 50 == 0 {
-                s.prefs.max_height = [0, 180, 360, 720][(next() % 4) as usize];
-            }
-            if next() % 200 == 0 {
-                s.congested(t(n as u64 * 33));
-            }
-            for e in 0..3u8 {
-                let key = next() % 20 == 0;
-                let lay = Layer {
-                    encoding: e,
-                    temporal: (next() % 2) as u8,
-                    switch_point: next() % 4 == 0,
-                    level: None,
-                };
-                let lay = if key {
-                    Layer { temporal: 0, ..lay }
-                } else {
-                    lay
-                };
-                let ts = n as u64 * 33_333;
-                if s.decide(t(n as u64 * 33), &l, lay, key, n, ts) == Verdict::Forward {
-                    if let Some((ls, lt, le)) = last {
-                        assert!(n >= ls && ts >= lt, "frame {n} after {ls}");
-                        assert!(n > ls || e != le, "frame {n} of encoding {e} twice");
-                        assert!(sfu || n > ls, "a v1 subscriber got picture {n} twice");
-                        assert!(le == e || key, "switched {le}->{e} at a delta frame {n}");
+            let mut s = Selector::new(sfu, Prefs::default());
+            let mut last: Option<(u32, u64, u8)> = None;
+            for n in 1..5000u32 {
+                if next() % 50 == 0 {
+                    s.prefs.max_height = [0, 180, 360, 720][(next() % 4) as usize];
+                }
+                if next() % 200 == 0 {
+                    s.congested(t(n as u64 * 33));
+                }
+                for e in 0..3u8 {
+                    let key = next() % 20 == 0;
+                    let lay = Layer {
+                        encoding: e,
+                        temporal: (next() % 2) as u8,
+                        switch_point: next() % 4 == 0,
+                        level: None,
+                    };
+                    let lay = if key {
+                        Layer { temporal: 0, ..lay }
                     } else {
-                        assert!(key, "started at a delta frame");
+                        lay
+                    };
+                    let ts = n as u64 * 33_333;
+                    if s.decide(t(n as u64 * 33), &l, lay, key, n, ts) == Verdict::Forward {
+                        if let Some((ls, lt, le)) = last {
+                            assert!(n >= ls && ts >= lt, "frame {n} after {ls}");
+                            assert!(n > ls || e != le, "frame {n} of encoding {e} twice");
+                            assert!(sfu || n > ls, "a v1 subscriber got picture {n} twice");
+                            assert!(le == e || key, "switched {le}->{e} at a delta frame {n}");
+                        } else {
+                            assert!(key, "started at a delta frame");
+                        }
+                        last = Some((n, ts, e));
                     }
-                    last = Some((n, ts, e));
                 }
             }
-        }
-        assert!(last.is_some());
+            assert!(last.is_some());
         }
     }
 }
