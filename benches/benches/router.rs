@@ -1,6 +1,8 @@
 //! The room router: one publisher to 10, 100 and 1000 subscribers. Reports
 //! time per delivered frame (criterion's throughput is per delivery) and
-//! prints allocations per delivered frame.
+//! prints allocations per delivered frame; once with one encoding to
+//! everyone, once with a simulcast track of three encodings whose
+//! subscribers each choose one (PROTOCOL.md §6.6).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -8,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use convene_benches::{CountingAlloc, allocations};
-use convene_protocol::v1::{Participant, TrackInfo, TrackKind};
-use convene_protocol::{MediaFrame, MediaHeader, RoomRequest, Timestamp};
+use convene_protocol::v1::{
+    Encoding, Participant, Subscribe, SubscriptionPreferences, TrackInfo, TrackKind,
+};
+use convene_protocol::{Layer, MediaFrame, MediaHeader, RoomRequest, Timestamp};
 use convene_server::mailbox::Mailbox;
 use convene_server::outbox::{Outbox, OutboxLimits, Wake};
 use convene_server::room::{Local, Room, RoomLimits};
@@ -24,15 +28,22 @@ impl Wake for NoWake {
 }
 
 /// A member of this node reached through `outbox`; nothing here reads its mailbox.
-fn local(outbox: Arc<Outbox>) -> Local {
+fn local(outbox: Arc<Outbox>, sfu: bool) -> Local {
     Local {
         outbox,
         mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
-        sfu: false,
+        sfu,
     }
 }
 
 fn room(subscribers: u32, kind: TrackKind) -> (Room, Vec<Arc<Outbox>>) {
+    room_with(subscribers, kind, false)
+}
+
+/// A room of one publisher and `subscribers` who take everything; with
+/// `simulcast` everyone speaks sfu.1, the track has three encodings, and
+/// every other subscriber asks for the smallest.
+fn room_with(subscribers: u32, kind: TrackKind, simulcast: bool) -> (Room, Vec<Arc<Outbox>>) {
     let limits = RoomLimits {
         max_participants: 100_000,
         max_tracks: 8,
@@ -59,7 +70,7 @@ fn room(subscribers: u32, kind: TrackKind) -> (Room, Vec<Arc<Outbox>>) {
             ..Default::default()
         },
         false,
-        local(new_outbox()),
+        local(new_outbox(), simulcast),
     )
     .unwrap();
     let mut outs = Vec::new();
@@ -73,18 +84,46 @@ fn room(subscribers: u32, kind: TrackKind) -> (Room, Vec<Arc<Outbox>>) {
                 ..Default::default()
             },
             true,
-            local(o.clone()),
+            local(o.clone(), simulcast),
         )
         .unwrap();
         outs.push(o);
     }
-    let track = TrackInfo {
+    let mut track = TrackInfo {
         track_id: 1,
         kind: kind as i32,
         codec: "avc1.42E01F".into(),
         ..Default::default()
     };
+    if simulcast {
+        track.width = 1280;
+        track.height = 720;
+        track.encodings = [(320, 180), (640, 360), (1280, 720)]
+            .iter()
+            .map(|&(width, height)| Encoding {
+                width,
+                height,
+                frame_rate: 30,
+                temporal_layers: 1,
+                ..Default::default()
+            })
+            .collect();
+    }
     room.handle(t0, 1, RoomRequest::Publish(track), 0).unwrap();
+    if simulcast {
+        for pid in (2..2 + subscribers).step_by(2) {
+            let prefs = SubscriptionPreferences {
+                max_height: 180,
+                ..Default::default()
+            };
+            let s = Subscribe {
+                participant_id: 1,
+                track_id: 1,
+                preferences: Some(prefs),
+            };
+            room.handle(t0, pid, RoomRequest::Subscribe(s), 0).unwrap();
+        }
+    }
     let mut sink = Vec::new();
     for o in &outs {
         o.drain(&mut sink, usize::MAX);
@@ -147,5 +186,68 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fanout);
+/// A picture of a simulcast track, in each of its three encodings.
+fn picture(seq: u32, key: bool) -> [MediaFrame; 3] {
+    [0u8, 1, 2].map(|encoding| {
+        let h = MediaHeader {
+            key,
+            sender: 1,
+            track_id: 1,
+            sequence: seq,
+            capture_timestamp_us: seq as u64 * 33_333,
+        };
+        let layer = Layer {
+            encoding,
+            ..Layer::default()
+        };
+        MediaFrame::build_layered(layer, &h, None, &[0u8; 2000])
+    })
+}
+
+fn fanout_layered(c: &mut Criterion) {
+    let mut group = c.benchmark_group("router_fanout_simulcast_2kB");
+    for n in [10u32, 100, 1000] {
+        let (mut room, outs) = room_with(n, TrackKind::Video, true);
+        let mut sink = Vec::with_capacity(64);
+        // A key picture starts every subscriber on its encoding.
+        // (Later pictures repeat one delta picture: subscribers stay on
+        // their encoding, which is the steady state measured.)
+        let seq = 1u32;
+        for f in picture(seq, true) {
+            room.route(Timestamp(0), 1, &f).unwrap();
+        }
+        drain_all(&outs, &mut sink);
+        let frames = picture(seq + 1, false);
+        // One picture (three frames, one per encoding) reaches each
+        // subscriber once: throughput counts those deliveries.
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    for f in &frames {
+                        black_box(room.route(Timestamp(0), 1, f).unwrap());
+                    }
+                    total += start.elapsed();
+                    drain_all(&outs, &mut sink);
+                }
+                total
+            })
+        });
+        let before = allocations();
+        let rounds = 100u64;
+        for _ in 0..rounds {
+            for f in &frames {
+                room.route(Timestamp(0), 1, f).unwrap();
+            }
+            drain_all(&outs, &mut sink);
+        }
+        let per = (allocations() - before) as f64 / (rounds * n as u64) as f64;
+        println!("router_fanout_simulcast_2kB/{n}: {per:.4} allocations per delivered frame");
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fanout, fanout_layered);
 criterion_main!(benches);
