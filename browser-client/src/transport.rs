@@ -117,8 +117,11 @@ pub(crate) async fn open_webtransport(
     audio_track: u32,
     handlers: Handlers,
 ) -> Result<Wt, String> {
-    // An error's message, else its name (WebKit's often have no message).
+    // An error's message, else its name; WebKit rejects with no error at all.
     let text = |e: JsValue| {
+        if e.is_undefined() || e.is_null() {
+            return "refused, with no reason given".to_string();
+        }
         let field = |k: &str| {
             js_sys::Reflect::get(&e, &k.into())
                 .ok()

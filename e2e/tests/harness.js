@@ -249,8 +249,10 @@ async function startXvfb() {
 // Debian's WebKitGTK MiniBrowser driven through WebKitWebDriver (the W3C
 // WebDriver protocol, with the pinned selenium-webdriver client) on its own
 // Xvfb, with WebKit's mock camera and microphone and autoplay allowed.
+// `extraArgs` are added to MiniBrowser's command line; `acceptInsecureCerts`
+// lets pages come from a --dev-tls server.
 // Returns {driver, display, log(), close()}; `driver` is a selenium WebDriver.
-async function launchWebKit() {
+async function launchWebKit({ extraArgs = [], acceptInsecureCerts = false } = {}) {
   for (const p of [WEBKIT_DRIVER, MINIBROWSER]) {
     if (!fs.existsSync(p)) throw new Error(`${p} is missing: install Debian's webkit2gtk-driver and xvfb (or run 'cargo xtask test')`);
   }
@@ -285,10 +287,11 @@ ${logs.join('')}`);
       .usingServer(`http://127.0.0.1:${port}`)
       .withCapabilities({
         browserName: 'MiniBrowser',
+        acceptInsecureCerts,
         'webkitgtk:browserOptions': {
           binary: MINIBROWSER,
           args: ['--automation', '--enable-mock-capture-devices=true', '--autoplay-policy=allow',
-            '--enable-media-stream=true', '--enable-write-console-messages-to-stdout=true'],
+            '--enable-media-stream=true', '--enable-write-console-messages-to-stdout=true', ...extraArgs],
         },
       })
       .build();

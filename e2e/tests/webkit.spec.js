@@ -3,7 +3,9 @@
 // WebKit's mock camera and microphone. A WebKit page, a Chromium page
 // (Playwright) and `convene stream` meet: each page draws changing pictures
 // from both others and decodes both others' sound, and `convene receive`
-// decodes the WebKit page's camera without a single decode error.
+// decodes the WebKit page's camera without a single decode error; Chromium
+// draws the WebKit page's shared screen. Then two WebKit pages (two
+// MiniBrowsers) see and hear each other.
 //
 // What WebKit does differently, and what the client does about it (each
 // checked here): its VideoEncoder ignores `avc: { format: "annexb" }` and
@@ -57,11 +59,16 @@ async function check(name, fn) {
 }
 
 /// Polls `fn(arg)` in the WebKit page until `ok(value)`, or fails naming `what`.
-async function inWebKit(what, fn, ok, arg) {
+function inWebKit(what, fn, ok, arg) {
+  return inWebKitOf(webkit.driver, what, fn, ok, arg);
+}
+
+/// Polls `fn(arg)` in the page of WebDriver session `driver` until `ok(value)`.
+async function inWebKitOf(driver, what, fn, ok, arg) {
   const deadline = Date.now() + DEADLINE_MS;
   let value;
   while (Date.now() < deadline) {
-    value = await webkit.driver.executeScript(fn, arg);
+    value = await driver.executeScript(fn, arg);
     if (ok(value)) return value;
     await new Promise((r) => setTimeout(r, 250));
   }
@@ -97,6 +104,14 @@ function tile(name) {
     fps: Number(fig.getAttribute('data-fps')),
     width: c.width, height: c.height, sum, lit,
   };
+}
+
+// In a page: the frames and frame rate of the tile captioned `name`, or
+// null (cheap: no canvas read, for the rate measurements).
+function count(name) {
+  const fig = [...document.querySelectorAll('#tiles .tile')]
+    .find((f) => f.querySelector('figcaption')?.textContent === name);
+  return fig ? { frames: Number(fig.getAttribute('data-frames')), fps: Number(fig.getAttribute('data-fps')) } : null;
 }
 
 // In a page: audio frames decoded from the participant named `name`
@@ -162,17 +177,17 @@ test('a WebKit page, a Chromium page and convene stream meet; convene receive de
   for (const [viewer, name] of [['WebKit', 'Chrome'], ['WebKit', 'streamer'], ['Chromium', 'Safari'], ['Chromium', 'streamer']]) {
     await check(`${viewer} draws changing pictures from ${name}`, async () => {
       const poll = viewer === 'WebKit'
-        ? (what, ok) => inWebKit(what, tile, ok, name)
-        : (what, ok) => inChromium(chrome, what, tile, ok, name);
+        ? (what, ok, fn = tile) => inWebKit(what, fn, ok, name)
+        : (what, ok, fn = tile) => inChromium(chrome, what, fn, ok, name);
       const first = await poll(`over 30 pictures from ${name}`, (t) => t && t.frames > 30 && t.lit > 100);
       expect(first.width).toBeGreaterThan(0);
       await poll(`${name}'s picture changes`, (t) => t && t.sum !== first.sum);
       // Pictures keep coming: 5 a second or more by the tile's own count
       // (a busy machine may start slower), then the rate over 4 s is noted.
-      await poll(`5 pictures a second from ${name}`, (t) => t && t.fps >= 5);
-      const a = await poll('a count', (t) => !!t);
+      await poll(`5 pictures a second from ${name}`, (t) => t && t.fps >= 5, count);
+      const a = await poll('a count', (t) => !!t, count);
       const started = Date.now();
-      const b = await poll('4 s of pictures', (t) => t && Date.now() - started >= 4000);
+      const b = await poll('4 s of pictures', (t) => t && Date.now() - started >= 4000, count);
       measured[`${name}→${viewer}`] = `${((b.frames - a.frames) * 1000 / (Date.now() - started)).toFixed(1)} fps`;
     });
   }
@@ -200,5 +215,45 @@ test('a WebKit page, a Chromium page and convene stream meet; convene receive de
     expect(video.width).toBeGreaterThan(0);
     measured['WebKit→receive'] = `${video.frames_decoded} pictures ${video.width}x${video.height}, ${video.decode_errors} errors`;
   });
+
+  await check("Chromium draws the WebKit page's shared screen", async () => {
+    await wk.findElement(By.css('#toggle-screen')).click();
+    await inWebKit('sharing', () => document.getElementById('toggle-screen')?.textContent, (t) => t === 'Stop sharing');
+    const first = await inChromium(chrome, 'pictures of the screen', tile, (t) => t && t.frames > 5 && t.lit > 100, 'Safari · screen');
+    await inChromium(chrome, 'the screen picture changes', tile, (t) => t && t.sum !== first.sum, 'Safari · screen');
+    await wk.findElement(By.css('#toggle-screen')).click();
+    await inChromium(chrome, 'the screen tile goes', tile, (t) => t === null, 'Safari · screen');
+  });
+  stream.kill('SIGINT');
   await chrome.close();
+});
+
+test('two WebKit pages see and hear each other @webkit', async () => {
+  test.setTimeout(600_000);
+  // A second MiniBrowser: WebKit lets one page of a browser capture at a
+  // time (a second tab's getUserMedia never answers).
+  const other = await launchWebKit();
+  try {
+    const room = 'webkit-pair';
+    const pages = [['Safari', webkit.driver], ['Safari2', other.driver]];
+    for (const [name, d] of pages) {
+      await d.get(`${server.base}/meeting/${name}/${room}`);
+      await inWebKitOf(d, 'camera preview', () => document.getElementById('preview-status')?.textContent,
+        (t) => /ready \(2 tracks\)/.test(t || ''));
+      await d.findElement(By.css('#connect')).click();
+    }
+    for (const [[name, d], [from]] of [[pages[0], pages[1]], [pages[1], pages[0]]]) {
+      await check(`${name} draws changing pictures from ${from} and decodes its sound`, async () => {
+        const first = await inWebKitOf(d, `over 30 pictures from ${from}`, tile, (t) => t && t.frames > 30 && t.lit > 100, from);
+        await inWebKitOf(d, `${from}'s picture changes`, tile, (t) => t && t.sum !== first.sum, from);
+        await inWebKitOf(d, `${from}'s Opus`, audioFrom, (n) => n > 25, from);
+        const a = await inWebKitOf(d, 'a count', count, (t) => !!t, from);
+        const started = Date.now();
+        const b = await inWebKitOf(d, '4 s of pictures', count, (t) => t && Date.now() - started >= 4000, from);
+        measured[`${from}→${name}`] = `${((b.frames - a.frames) * 1000 / (Date.now() - started)).toFixed(1)} fps`;
+      });
+    }
+  } finally {
+    await other.close();
+  }
 });
