@@ -5,7 +5,7 @@
 // from both others and decodes both others' sound, and `convene receive`
 // decodes the WebKit page's camera without a single decode error; Chromium
 // draws the WebKit page's shared screen. Then two WebKit pages (two
-// MiniBrowsers) see and hear each other.
+// MiniBrowsers) see and hear each other through end-to-end encryption.
 //
 // What WebKit does differently, and what the client does about it (each
 // checked here): its VideoEncoder ignores `avc: { format: "annexb" }` and
@@ -228,7 +228,7 @@ test('a WebKit page, a Chromium page and convene stream meet; convene receive de
   await chrome.close();
 });
 
-test('two WebKit pages see and hear each other @webkit', async () => {
+test('two WebKit pages see and hear each other, end-to-end encrypted @webkit', async () => {
   test.setTimeout(600_000);
   // A second MiniBrowser: WebKit lets one page of a browser capture at a
   // time (a second tab's getUserMedia never answers).
@@ -237,7 +237,7 @@ test('two WebKit pages see and hear each other @webkit', async () => {
     const room = 'webkit-pair';
     const pages = [['Safari', webkit.driver], ['Safari2', other.driver]];
     for (const [name, d] of pages) {
-      await d.get(`${server.base}/meeting/${name}/${room}`);
+      await d.get(`${server.base}/meeting/${name}/${room}#e2ee=1`);
       await inWebKitOf(d, 'camera preview', () => document.getElementById('preview-status')?.textContent,
         (t) => /ready \(2 tracks\)/.test(t || ''));
       await d.findElement(By.css('#connect')).click();
@@ -253,6 +253,17 @@ test('two WebKit pages see and hear each other @webkit', async () => {
         measured[`${from}→${name}`] = `${((b.frames - a.frames) * 1000 / (Date.now() - started)).toFixed(1)} fps`;
       });
     }
+    await check('both WebKit pages decrypt (SFrame) and show the same safety code', async () => {
+      const codes = [];
+      for (const [name, d] of pages) {
+        expect(await d.executeScript(appAttr, 'data-e2ee')).toBe('on');
+        await inWebKitOf(d, `${name} decrypts`, appAttr, (n) => Number(n) > 50, 'data-e2ee-decrypted');
+        expect(Number(await d.executeScript(appAttr, 'data-e2ee-rejected'))).toBe(0);
+        codes.push(await d.executeScript(appAttr, 'data-safety-code'));
+      }
+      expect(codes[0]).toMatch(/^\d{5} \d{5} \d{5} \d{5}$/);
+      expect(codes[1]).toBe(codes[0]);
+    });
   } finally {
     await other.close();
   }
