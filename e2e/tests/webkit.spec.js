@@ -230,8 +230,8 @@ test('a WebKit page, a Chromium page and convene stream meet; convene receive de
 
 test('two WebKit pages see and hear each other, end-to-end encrypted @webkit', async () => {
   test.setTimeout(600_000);
-  // A second MiniBrowser: WebKit lets one page of a browser capture at a
-  // time (a second tab's getUserMedia never answers).
+  // A second MiniBrowser: in a second tab of the same one, getUserMedia
+  // did not answer while the first tab captured.
   const other = await launchWebKit();
   try {
     const room = 'webkit-pair';
@@ -266,5 +266,39 @@ test('two WebKit pages see and hear each other, end-to-end encrypted @webkit', a
     });
   } finally {
     await other.close();
+  }
+});
+
+test("WebKit with its experimental WebTransport: the refusal is reported at once, nothing unhandled @webkit", async () => {
+  test.setTimeout(300_000);
+  // WebKit's WebTransport is off unless this flag is set; with it, sessions
+  // are refused at once (without an error value).
+  const tls = await startWebServer(['--dev-tls']);
+  const flagged = await launchWebKit({ extraArgs: ['--features=+WebTransport'], acceptInsecureCerts: true });
+  try {
+    const d = flagged.driver;
+    await d.get(`${tls.base}/meeting/Safari/webkit-wt`);
+    await check('WebKit reports its refused WebTransport session at once and joins over WebSocket', async () => {
+      expect(await d.executeScript('return typeof WebTransport')).toBe('function');
+      await inWebKitOf(d, 'camera preview', () => document.getElementById('preview-status')?.textContent,
+        (t) => /ready/.test(t || ''));
+      // Registered before Connect, so it sees whatever connecting leaves unhandled.
+      await d.executeScript(() => {
+        window.unhandled = [];
+        window.addEventListener('unhandledrejection', (e) => window.unhandled.push(String(e.reason)));
+      });
+      await d.findElement(By.css('#connect')).click();
+      await inWebKitOf(d, 'joined', () => document.querySelectorAll('#participants li').length, (n) => n === 1);
+      const text = await d.executeScript(() => document.getElementById('transport').textContent);
+      measured['WebKit WebTransport'] = JSON.stringify(text);
+      const m = text.match(/^Connected over WebSocket \(WebTransport failed after (\d+\.\d) s: (.+)\)$/);
+      expect(m, text).toBeTruthy();
+      expect(Number(m[1]), text).toBeLessThan(4);
+      expect(m[2]).not.toContain('no session within');
+      expect(await d.executeScript(() => window.unhandled)).toEqual([]);
+    });
+  } finally {
+    await flagged.close();
+    await tls.stop();
   }
 });

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::apt::{build_prerequisites, install_debian_packages};
+use crate::apt::{build_prerequisites, ensure_debian_packages, install_debian_packages};
 use crate::process::{self, have_cargo, root, run_in, target_dir};
 
 /// Flags of `cargo xtask test`.
@@ -130,6 +130,10 @@ fn browser_tests() -> Result<(), String> {
     if !missing.is_empty() {
         install_debian_packages(&missing)?;
     }
+    // WebKitGTK's WebCodecs are GStreamer's: H.264 encoding through
+    // openh264enc (plugins-bad) and decoding through avdec_h264 (libav).
+    // apt brings both as recommendations of WebKitGTK, unless told not to.
+    ensure_debian_packages(&["gstreamer1.0-plugins-bad", "gstreamer1.0-libav"])?;
     crate::web::run()?;
     let e2e = root().join("e2e");
     run_in(&e2e, "npm", &["ci", "--no-audit", "--no-fund"])?;
