@@ -5,7 +5,9 @@
 // from both others and decodes both others' sound, and `convene receive`
 // decodes the WebKit page's camera without a single decode error; Chromium
 // draws the WebKit page's shared screen. Then two WebKit pages (two
-// MiniBrowsers) see and hear each other through end-to-end encryption.
+// MiniBrowsers) see and hear each other through end-to-end encryption. Last,
+// with WebKit's experimental WebTransport turned on, the session it refuses
+// is reported at once and leaves no unhandled rejection.
 //
 // What WebKit does differently, and what the client does about it (each
 // checked here): its VideoEncoder ignores `avc: { format: "annexb" }` and
