@@ -1,6 +1,8 @@
-//! Sending the camera: frames from a MediaStreamTrackProcessor, H.264 from a
-//! WebCodecs VideoEncoder (Annex B, what every Convene client decodes),
-//! handed to a callback as encoded pictures. wasm32 only.
+//! Sending the camera: frames from a MediaStreamTrackProcessor (or a
+//! `<video>`, see `capture`), encoded by a WebCodecs VideoEncoder in the
+//! codec `codecs` chose, handed to a callback as encoded pictures. H.264
+//! leaves here as Annex B with in-band SPS/PPS, what every Convene client
+//! decodes, whatever form the encoder emitted (`h264`). wasm32 only.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -8,8 +10,7 @@ use std::rc::Rc;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
-/// The codec string the browser client publishes (H.264 constrained baseline, level 3.1).
-pub(crate) const CODEC: &str = "avc1.42E01F";
+use crate::h264;
 
 /// A key frame at least this often, in pictures.
 const KEY_EVERY: u32 = 60;
@@ -18,7 +19,7 @@ const KEY_EVERY: u32 = 60;
 pub(crate) struct Encoded {
     /// A key frame.
     pub(crate) key: bool,
-    /// Annex B bytes.
+    /// The picture (for H.264, Annex B bytes).
     pub(crate) data: Vec<u8>,
     /// When the picture was taken from the camera, µs since the Unix epoch.
     pub(crate) captured_us: u64,
@@ -36,11 +37,15 @@ pub(crate) struct Camera {
     /// The bitrate to encode at, bit/s; a change reconfigures the encoder
     /// (congestion hints set it).
     pub(crate) bitrate: Rc<Cell<u32>>,
+    /// The codec it encodes in (what the track is published as).
+    pub(crate) codec: &'static str,
 }
 
-/// Starts encoding `track` and calls `sink` with every encoded picture.
+/// Starts encoding `track` in `codec` and calls `sink` with every encoded
+/// picture.
 pub(crate) fn start(
     track: &web_sys::MediaStreamTrack,
+    codec: &'static str,
     sink: impl FnMut(Encoded) + 'static,
 ) -> Result<Camera, JsValue> {
     let sink = Rc::new(RefCell::new(sink));
@@ -51,11 +56,45 @@ pub(crate) fn start(
     // Off until the server confirms the track (TrackPublished).
     let on = Rc::new(Cell::new(false));
     let o = on.clone();
-    let output = Closure::<dyn FnMut(web_sys::EncodedVideoChunk)>::new(
-        move |chunk: web_sys::EncodedVideoChunk| {
+    // The form of the encoder's H.264, from its decoderConfig (and failing
+    // that, its first chunk).
+    let mut form = codec.starts_with("avc1").then(h264::Form::default);
+    let output = Closure::<dyn FnMut(web_sys::EncodedVideoChunk, JsValue)>::new(
+        move |chunk: web_sys::EncodedVideoChunk, metadata: JsValue| {
+            if let Some(form) = form.as_mut()
+                && let Some(config) = decoder_config(&metadata)
+            {
+                match h264::Form::from_description(description(&config).as_deref()) {
+                    Ok(f) => {
+                        let name = if f == h264::Form::AnnexB {
+                            "annexb"
+                        } else {
+                            "avcc"
+                        };
+                        if let Some(app) = crate::dom::by_id("app") {
+                            let _ = app.set_attribute("data-encoder-form", name);
+                        }
+                        *form = f;
+                    }
+                    Err(e) => web_sys::console::warn_1(
+                        &format!("the encoder's avcC record is unreadable: {}", e.0).into(),
+                    ),
+                }
+            }
             let mut data = vec![0u8; chunk.byte_length() as usize];
             if o.get() && chunk.copy_to_with_u8_slice(&mut data).is_ok() {
                 let key = chunk.type_() == web_sys::EncodedVideoChunkType::Key;
+                if let Some(form) = form.as_mut() {
+                    match form.to_annex_b(&data, key) {
+                        Some(annex_b) => data = annex_b,
+                        None => {
+                            web_sys::console::warn_1(
+                                &"an H.264 chunk in no known form, not sent".into(),
+                            );
+                            return;
+                        }
+                    }
+                }
                 let ts = chunk.timestamp() as i64;
                 let mut c = cap.borrow_mut();
                 while c.front().is_some_and(|(t, _)| *t < ts) {
@@ -93,16 +132,12 @@ pub(crate) fn start(
     crate::capture::each_frame(track, move |frame: JsValue| {
         if let Ok(frame) = frame.dyn_into::<web_sys::VideoFrame>() {
             if configured_at.get() != br.get() {
-                let config = web_sys::VideoEncoderConfig::new(
-                    CODEC,
-                    frame.display_height(),
+                let config = crate::codecs::encoder_config(
+                    codec,
                     frame.display_width(),
+                    frame.display_height(),
+                    br.get(),
                 );
-                config.set_bitrate(br.get());
-                config.set_framerate(30.0);
-                let avc = js_sys::Object::new();
-                let _ = js_sys::Reflect::set(&avc, &"format".into(), &"annexb".into());
-                let _ = js_sys::Reflect::set(&config, &"avc".into(), &avc);
                 if encoder.configure(&config).is_ok() {
                     // A reconfigured encoder starts again from a key frame.
                     if configured_at.get() != 0 {
@@ -147,5 +182,38 @@ pub(crate) fn start(
         key_wanted,
         on,
         bitrate,
+        codec,
     })
+}
+
+/// The `decoderConfig` of an output's metadata, when it has one (the first
+/// output after a configure, and whenever the configuration changes).
+fn decoder_config(metadata: &JsValue) -> Option<JsValue> {
+    if !metadata.is_object() {
+        return None;
+    }
+    js_sys::Reflect::get(metadata, &"decoderConfig".into())
+        .ok()
+        .filter(JsValue::is_object)
+}
+
+/// The bytes of a `decoderConfig`'s `description` (an `ArrayBuffer` or a
+/// view of one), when it has one.
+fn description(config: &JsValue) -> Option<Vec<u8>> {
+    let d = js_sys::Reflect::get(config, &"description".into()).ok()?;
+    if let Some(buffer) = d.dyn_ref::<js_sys::ArrayBuffer>() {
+        return Some(js_sys::Uint8Array::new(buffer).to_vec());
+    }
+    let view = d.dyn_ref::<js_sys::Object>()?;
+    let buffer = js_sys::Reflect::get(view, &"buffer".into())
+        .ok()?
+        .dyn_into::<js_sys::ArrayBuffer>()
+        .ok()?;
+    let at = |k: &str| js_sys::Reflect::get(view, &k.into()).ok()?.as_f64();
+    let bytes = js_sys::Uint8Array::new_with_byte_offset_and_length(
+        &buffer,
+        at("byteOffset")? as u32,
+        at("byteLength")? as u32,
+    );
+    Some(bytes.to_vec())
 }

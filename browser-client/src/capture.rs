@@ -1,9 +1,11 @@
 //! Reading a capture track frame by frame: what the camera, the microphone
 //! and the screen share all start from. Through a MediaStreamTrackProcessor
-//! where the browser has one (Chromium); elsewhere (Firefox), pictures are
-//! taken from a `<video>` playing the track (`new VideoFrame(video)`, at the
-//! track's frame rate) and sound from an AudioWorklet (20 ms chunks made into
-//! `AudioData`). Chosen by feature detection. wasm32 only.
+//! where the page has one (Chromium); elsewhere (Firefox, and WebKit, whose
+//! MediaStreamTrackProcessor exists only in workers), pictures are taken
+//! from a `<video>` playing the track (`new VideoFrame(video)`, at the
+//! track's frame rate) and sound from an AudioWorklet (20 ms chunks made
+//! into `AudioData`). Chosen by feature detection on the page's own global,
+//! so a worker-only processor is never tried. wasm32 only.
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -104,7 +104,7 @@ fn on_joined(app: &mut App, j: v1::Joined) {
     );
     let label = app.link.as_ref().map_or("?", Link::label);
     let text = match &app.fallback {
-        Some(why) => format!("Connected over {label} (WebTransport failed: {why})"),
+        Some(why) => format!("Connected over {label} ({why})"),
         None => format!("Connected over {label}"),
     };
     let locked = app.locked;

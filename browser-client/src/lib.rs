@@ -17,6 +17,7 @@
 //! buttons; `state` is where all of it is kept. [`links`] reads meeting
 //! links and [`retry`] decides about reconnecting.
 
+pub mod h264;
 pub mod links;
 pub mod retry;
 pub mod ui;
@@ -31,6 +32,8 @@ mod audio;
 mod camera;
 #[cfg(target_arch = "wasm32")]
 mod capture;
+#[cfg(target_arch = "wasm32")]
+mod codecs;
 #[cfg(target_arch = "wasm32")]
 mod devices;
 #[cfg(target_arch = "wasm32")]
@@ -83,6 +86,8 @@ pub fn start() -> Result<(), wasm_bindgen::JsValue> {
     // The "Loading…" line goes; Yew adds to what the root holds.
     root.set_inner_html("");
     yew::Renderer::<ui::Page>::with_root(root).render();
+    // Before the camera opens and long before any encoder exists (see codecs).
+    codecs::start_probe();
     preview(None);
     // `?join=1`: connect at once (for kiosks and the conformance runner).
     if window

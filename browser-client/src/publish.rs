@@ -13,7 +13,7 @@ use wasm_bindgen::prelude::*;
 use crate::dom::now;
 use crate::events::pump;
 use crate::state::{App, page};
-use crate::{audio, camera, path, ui};
+use crate::{audio, camera, codecs, path, ui};
 
 /// The browser client's camera track id.
 pub(crate) const VIDEO_TRACK: u32 = 1;
@@ -35,28 +35,13 @@ pub(crate) fn send_camera(app: &Rc<RefCell<App>>) {
     };
     let first = |tracks: js_sys::Array| tracks.get(0).dyn_into::<web_sys::MediaStreamTrack>().ok();
     if let Some(track) = first(stream.get_video_tracks()) {
-        let rc = app.clone();
-        let sink = move |e: camera::Encoded| {
-            let mut app = rc.borrow_mut();
-            let seq = app.video_sequence;
-            app.video_sequence = seq.wrapping_add(1);
-            send_frame(&mut app, VIDEO_TRACK, seq, e.key, &e.data, e.captured_us);
-        };
-        let info = v1::TrackInfo {
-            track_id: VIDEO_TRACK,
-            kind: v1::TrackKind::Video as i32,
-            codec: camera::CODEC.into(),
-            frame_rate: 30,
-            target_bitrate_kbps: CAMERA_START_BPS / 1000,
-            ..Default::default()
-        };
-        // After a reconnect the encoder runs already: publishing again is enough.
-        if publish(app, info) && app.borrow().camera.is_none() {
-            match camera::start(&track, sink) {
-                Ok(c) => app.borrow_mut().camera = Some(c),
-                Err(e) => web_sys::console::warn_2(&"cannot send the camera".into(), &e),
-            }
-        }
+        // The codec is the page's probe's answer, which the first call
+        // waits for (it was started when the page loaded).
+        let app = app.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let support = codecs::probed().await;
+            send_video(&app, &track, support.send);
+        });
     }
     if let Some(track) = first(stream.get_audio_tracks()) {
         let rc = app.clone();
@@ -80,6 +65,42 @@ pub(crate) fn send_camera(app: &Rc<RefCell<App>>) {
                 Ok(m) => app.borrow_mut().mic = Some(m),
                 Err(e) => web_sys::console::warn_2(&"cannot send the microphone".into(), &e),
             }
+        }
+    }
+}
+
+/// Publishes the camera in `codec` (after a reconnect, in the codec its
+/// encoder runs already) and starts its encoder.
+fn send_video(
+    app: &Rc<RefCell<App>>,
+    track: &web_sys::MediaStreamTrack,
+    codec: Option<&'static str>,
+) {
+    let running = app.borrow().camera.as_ref().map(|c| c.codec);
+    let Some(codec) = running.or(codec) else {
+        ui::notice("Not sending your camera: this browser can encode no video codec Convene uses");
+        return;
+    };
+    let rc = app.clone();
+    let sink = move |e: camera::Encoded| {
+        let mut app = rc.borrow_mut();
+        let seq = app.video_sequence;
+        app.video_sequence = seq.wrapping_add(1);
+        send_frame(&mut app, VIDEO_TRACK, seq, e.key, &e.data, e.captured_us);
+    };
+    let info = v1::TrackInfo {
+        track_id: VIDEO_TRACK,
+        kind: v1::TrackKind::Video as i32,
+        codec: codec.into(),
+        frame_rate: 30,
+        target_bitrate_kbps: CAMERA_START_BPS / 1000,
+        ..Default::default()
+    };
+    // After a reconnect the encoder runs already: publishing again is enough.
+    if publish(app, info) && running.is_none() {
+        match camera::start(track, codec, sink) {
+            Ok(c) => app.borrow_mut().camera = Some(c),
+            Err(e) => web_sys::console::warn_2(&"cannot send the camera".into(), &e),
         }
     }
 }
@@ -127,10 +148,17 @@ pub(crate) fn toggle_screen(a: &Rc<RefCell<App>>) {
         else {
             return;
         };
+        let Some(codec) = codecs::probed().await.send else {
+            track.stop();
+            ui::notice(
+                "Not sharing the screen: this browser can encode no video codec Convene uses",
+            );
+            return;
+        };
         let info = v1::TrackInfo {
             track_id: SCREEN_TRACK,
             kind: v1::TrackKind::Screen as i32,
-            codec: camera::CODEC.into(),
+            codec: codec.into(),
             frame_rate: 30,
             ..Default::default()
         };
@@ -145,7 +173,7 @@ pub(crate) fn toggle_screen(a: &Rc<RefCell<App>>) {
             app.screen_sequence = seq.wrapping_add(1);
             send_frame(&mut app, SCREEN_TRACK, seq, e.key, &e.data, e.captured_us);
         };
-        match camera::start(&track, sink) {
+        match camera::start(&track, codec, sink) {
             Ok(c) => {
                 // The browser's own "stop sharing" ends the track: stop too.
                 let rc = a.clone();

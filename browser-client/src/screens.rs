@@ -83,7 +83,8 @@ pub(crate) fn act(action: ui::Action) {
 /// Marks who is speaking (the loudest remote audio above a floor: their
 /// tiles and their row in the participant list) and
 /// counts decoded audio frames and played samples in `#app[data-audio-frames]`
-/// and `#app[data-audio-played]`.
+/// and `#app[data-audio-played]`, and decoded frames per participant in
+/// `#app[data-audio-by]` (`pid=frames pid=frames`).
 pub(crate) fn show_audio(app: &App) {
     let decoded: u32 = app.players.values().map(|p| p.decoded.get()).sum();
     let played: u32 = app.players.values().map(|p| p.played.get()).sum();
@@ -97,6 +98,12 @@ pub(crate) fn show_audio(app: &App) {
     if let Some(root) = by_id("app") {
         let _ = root.set_attribute("data-audio-frames", &decoded.to_string());
         let _ = root.set_attribute("data-audio-played", &played.to_string());
+        let by: Vec<String> = app
+            .players
+            .iter()
+            .map(|((pid, _), p)| format!("{pid}={}", p.decoded.get()))
+            .collect();
+        let _ = root.set_attribute("data-audio-by", &by.join(" "));
         let _ = root.set_attribute(
             "data-speaker",
             &loudest.map(|p| p.to_string()).unwrap_or_default(),

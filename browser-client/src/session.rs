@@ -214,10 +214,13 @@ async fn open_link(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
                 return Ok(());
             }
             Err(e) => {
-                web_sys::console::warn_1(&format!("WebTransport failed: {e}").into());
+                web_sys::console::warn_1(&e.clone().into());
                 app.borrow_mut().fallback = Some(e);
             }
         }
+    } else if !forced_ws && !has_webtransport() {
+        // Nothing to wait for: straight to WebSocket, and said so.
+        app.borrow_mut().fallback = Some("this browser has no WebTransport".into());
     }
 
     ui::status(format!("Connecting to {ws}…"));
@@ -343,11 +346,16 @@ fn on_closed(a: &Rc<RefCell<App>>, generation: u32) {
     }
 }
 
+/// Whether this browser has the WebTransport API (WebKit's is off by default).
+fn has_webtransport() -> bool {
+    web_sys::window()
+        .is_some_and(|w| js_sys::Reflect::has(&w, &"WebTransport".into()).unwrap_or(false))
+}
+
 /// The WebTransport URL and certificate hashes the server's discovery
 /// document offers, when this browser has WebTransport.
 async fn webtransport_offer() -> Option<(String, Vec<Vec<u8>>)> {
-    let window = web_sys::window()?;
-    if !js_sys::Reflect::has(&window, &"WebTransport".into()).unwrap_or(false) {
+    if !has_webtransport() {
         return None;
     }
     // The copy the sign-in step just read, if any; otherwise (and on every

@@ -74,7 +74,8 @@ pub(crate) struct App {
     pub(crate) reconnects: u32,
     /// The settings every session of this page starts with.
     pub(crate) session_config: ClientSessionConfig,
-    /// Why WebTransport was not used, when it was offered and failed.
+    /// Why WebTransport was not used, when the browser has none or it was
+    /// offered and failed ("WebTransport failed after 0.2 s: …").
     pub(crate) fallback: Option<String>,
     /// The meeting id, joined again after each Welcome.
     pub(crate) meeting: String,

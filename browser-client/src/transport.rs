@@ -4,7 +4,7 @@
 //! audio as datagrams, video one unidirectional stream per frame; frames
 //! arrive the same three ways. wasm32 only.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -108,20 +108,30 @@ impl Drop for Settle {
 
 /// Opens a WebTransport session to `url`, trusting a certificate with one of
 /// `hashes` (SHA-256) when given, and its control stream; starts reading
-/// what arrives into `handlers`. Fails after [`WT_TIMEOUT_MS`].
+/// what arrives into `handlers`. Fails after [`WT_TIMEOUT_MS`], or as soon as
+/// the browser refuses, saying why and how soon
+/// ("WebTransport failed after 0.2 s: …").
 pub(crate) async fn open_webtransport(
     url: &str,
     hashes: &[Vec<u8>],
     audio_track: u32,
     handlers: Handlers,
 ) -> Result<Wt, String> {
+    // An error's message, else its name; WebKit rejects with no error at all.
     let text = |e: JsValue| {
+        if e.is_undefined() || e.is_null() {
+            return "refused, with no reason given".to_string();
+        }
+        let field = |k: &str| {
+            js_sys::Reflect::get(&e, &k.into())
+                .ok()
+                .and_then(|m| m.as_string())
+                .filter(|m| !m.is_empty())
+        };
         e.as_string()
-            .or_else(|| {
-                js_sys::Reflect::get(&e, &"message".into())
-                    .ok()
-                    .and_then(|m| m.as_string())
-            })
+            .filter(|m| !m.is_empty())
+            .or_else(|| field("message"))
+            .or_else(|| field("name"))
             .unwrap_or_else(|| format!("{e:?}"))
     };
     let options = web_sys::WebTransportOptions::new();
@@ -137,30 +147,37 @@ pub(crate) async fn open_webtransport(
             .collect();
         options.set_server_certificate_hashes(&list);
     }
-    let session = web_sys::WebTransport::new_with_options(url, &options).map_err(text)?;
-    let timeout = js_sys::Promise::new(&mut |_, reject| {
-        if let Some(w) = web_sys::window() {
-            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&reject, WT_TIMEOUT_MS);
-        }
-    });
-    let ready: js_sys::Promise = session.ready().unchecked_into();
-    if let Err(e) =
-        JsFuture::from(js_sys::Promise::race(&js_sys::Array::of2(&ready, &timeout))).await
-    {
+    let started = js_sys::Date::now();
+    let failed = |why: String| {
+        let secs = (js_sys::Date::now() - started) / 1000.0;
+        format!(
+            "WebTransport failed after {} s: {why}",
+            crate::dom::fixed1(secs)
+        )
+    };
+    let session =
+        web_sys::WebTransport::new_with_options(url, &options).map_err(|e| failed(text(e)))?;
+    // Whichever comes first: the session, its end, or the deadline. A
+    // browser may end a session it never opened without settling `ready`
+    // (WebKit does), so `closed` is watched too; and both get a handler
+    // from the start, so neither rejection goes unhandled.
+    let why = match opening(&session).await {
+        Opening::Ready => None,
+        Opening::TimedOut => Some(format!("no session within {} s", WT_TIMEOUT_MS / 1000)),
+        Opening::Closed => Some("the session closed before it opened".to_string()),
+        Opening::Failed(e) => Some(text(e)),
+    };
+    if let Some(why) = why {
         session.close();
-        return Err(if e.is_undefined() {
-            format!("no session within {} s", WT_TIMEOUT_MS / 1000)
-        } else {
-            text(e)
-        });
+        return Err(failed(why));
     }
     let bidi = JsFuture::from(session.create_bidirectional_stream())
         .await
-        .map_err(text)?;
+        .map_err(|e| failed(text(e)))?;
     let writable: web_sys::WritableStream = bidi.writable().unchecked_into();
-    let control = writable.get_writer().map_err(text)?;
+    let control = writable.get_writer().map_err(|e| failed(text(e)))?;
     let datagram_out: web_sys::WritableStream = session.datagrams().writable();
-    let datagrams = datagram_out.get_writer().map_err(text)?;
+    let datagrams = datagram_out.get_writer().map_err(|e| failed(text(e)))?;
 
     let handlers = Rc::new(handlers);
     // The control stream: length-prefixed frames.
@@ -234,6 +251,64 @@ pub(crate) async fn open_webtransport(
         audio_track,
         unsent: Rc::new(Cell::new(0)),
     })
+}
+
+/// How opening a session ended.
+enum Opening {
+    /// `ready` resolved: the session is open.
+    Ready,
+    /// `closed` resolved first: ended cleanly before it opened.
+    Closed,
+    /// `ready` or `closed` rejected first, with this error.
+    Failed(JsValue),
+    /// Neither within [`WT_TIMEOUT_MS`].
+    TimedOut,
+}
+
+/// Waits for the first of `session.ready`, `session.closed` and the
+/// deadline.
+async fn opening(session: &web_sys::WebTransport) -> Opening {
+    let outcome: Rc<RefCell<Option<Opening>>> = Rc::default();
+    let mut wake: Option<js_sys::Function> = None;
+    let first = js_sys::Promise::new(&mut |resolve, _| wake = Some(resolve));
+    let settle: Rc<dyn Fn(Opening)> = {
+        let outcome = outcome.clone();
+        Rc::new(move |o: Opening| {
+            let mut slot = outcome.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(o);
+                if let Some(w) = &wake {
+                    let _ = w.call0(&JsValue::NULL);
+                }
+            }
+        })
+    };
+    let watch = |promise: js_sys::Promise, ok: Opening| {
+        let settle = settle.clone();
+        spawn_local(async move {
+            settle(match JsFuture::from(promise).await {
+                Ok(_) => ok,
+                Err(e) => Opening::Failed(e),
+            });
+        });
+    };
+    watch(session.ready().unchecked_into(), Opening::Ready);
+    watch(session.closed().unchecked_into(), Opening::Closed);
+    let s = settle.clone();
+    let expire = Closure::once_into_js(move || s(Opening::TimedOut));
+    let window = web_sys::window();
+    let timer = window.as_ref().and_then(|w| {
+        w.set_timeout_with_callback_and_timeout_and_arguments_0(
+            expire.unchecked_ref(),
+            WT_TIMEOUT_MS,
+        )
+        .ok()
+    });
+    let _ = JsFuture::from(first).await;
+    if let (Some(w), Some(id)) = (window, timer) {
+        w.clear_timeout_with_handle(id);
+    }
+    outcome.borrow_mut().take().unwrap_or(Opening::TimedOut)
 }
 
 /// Reads `stream` to its end, handing each chunk of bytes to `each`.

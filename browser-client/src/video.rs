@@ -112,7 +112,14 @@ impl Tile {
         ))?;
         output.forget();
         error.forget();
-        decoder.configure(&web_sys::VideoDecoderConfig::new(codec))?;
+        // A codec the browser said it cannot decode is not configured (that
+        // would only close the decoder); the tile says so instead.
+        if crate::codecs::known().is_none_or(|s| s.can_show(codec)) {
+            decoder.configure(&web_sys::VideoDecoderConfig::new(codec))?;
+        } else {
+            caption.set_text_content(Some(&format!("{name} ({codec}: not decodable here)")));
+            figure.set_attribute("data-undecodable", codec)?;
+        }
         Ok(Tile {
             decoder,
             element: figure,
@@ -132,7 +139,8 @@ impl Tile {
         if !h.key && !self.has_key {
             return true;
         }
-        if self.decoder.state() == web_sys::CodecState::Closed {
+        // Closed after an error, or never configured (not decodable here).
+        if self.decoder.state() != web_sys::CodecState::Configured {
             return false;
         }
         let payload = frame.payload();

@@ -132,3 +132,51 @@ test('when WebTransport cannot connect the client falls back to WebSocket and sa
     hole.close();
   }
 });
+
+test('a WebTransport session the browser refuses is reported at once, with its reason', async () => {
+  // A certificate hash that is not the server's: the browser refuses the
+  // session as soon as the handshake shows the certificate.
+  const page = await browser.context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  try {
+    await page.route('**/.well-known/convene.json', async (route) => {
+      const response = await route.fetch();
+      const d = await response.json();
+      d.certificate_hashes = [{ algorithm: 'sha-256', value: '00'.repeat(32) }];
+      await route.fulfill({ response, json: d });
+    });
+    await page.goto(`${server.base}/meeting/Refused/refused-room`);
+    await page.click('#connect');
+    await expect(page.locator('#app')).toHaveAttribute('data-transport', 'WebSocket', { timeout: 20_000 });
+    const text = await page.locator('#transport').textContent();
+    // How long it took is said, and it is not the deadline's story.
+    const m = text.match(/^Connected over WebSocket \(WebTransport failed after (\d+\.\d) s: (.+)\)$/);
+    expect(m, text).toBeTruthy();
+    expect(Number(m[1]), text).toBeLessThan(4);
+    expect(m[2]).not.toContain('no session within');
+    await expect(page.locator('#participants li')).toHaveCount(1);
+    expect(errors, 'no unhandled errors or rejections').toEqual([]);
+  } finally {
+    await page.close();
+  }
+});
+
+test('a browser without the WebTransport API goes straight to WebSocket and says so', async () => {
+  // As in WebKit, where WebTransport is off by default.
+  const page = await browser.context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  try {
+    await page.addInitScript(() => { delete window.WebTransport; });
+    await page.goto(`${server.base}/meeting/Plain/no-wt-room`);
+    expect(await page.evaluate(() => typeof WebTransport)).toBe('undefined');
+    await page.click('#connect');
+    await expect(page.locator('#app')).toHaveAttribute('data-transport', 'WebSocket');
+    await expect(page.locator('#transport')).toHaveText('Connected over WebSocket (this browser has no WebTransport)');
+    await expect(page.locator('#participants li')).toHaveCount(1);
+    expect(errors, 'no unhandled errors or rejections').toEqual([]);
+  } finally {
+    await page.close();
+  }
+});

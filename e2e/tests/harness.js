@@ -219,6 +219,99 @@ async function launchFirefox({ acceptInsecureCerts = false } = {}) {
   };
 }
 
+// Where Debian's WebKitGTK (webkit2gtk-driver, libwebkit2gtk-4.1-0) puts
+// its driver and its MiniBrowser.
+const WEBKIT_DRIVER = '/usr/bin/WebKitWebDriver';
+const MINIBROWSER = '/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser';
+
+// An Xvfb of our own on a display it picks itself (-displayfd), so it never
+// meets another X server; resolves to {display, stop()}.
+async function startXvfb() {
+  const child = spawn('Xvfb', ['-displayfd', '3', '-screen', '0', '1280x1024x24', '-nolisten', 'tcp'],
+    { stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stderr.on('data', (d) => { log += d; });
+  const display = await new Promise((resolve, reject) => {
+    let out = '';
+    child.stdio[3].on('data', (d) => {
+      out += d;
+      if (out.includes('\n')) resolve(`:${out.trim()}`);
+    });
+    child.once('exit', (code) => reject(new Error(`Xvfb exited (${code}): ${log}`)));
+    setTimeout(() => reject(new Error(`Xvfb chose no display within ${DEADLINE_MS} ms: ${log}`)), DEADLINE_MS);
+  });
+  return {
+    display,
+    stop() { child.kill('SIGTERM'); },
+  };
+}
+
+// Debian's WebKitGTK MiniBrowser driven through WebKitWebDriver (the W3C
+// WebDriver protocol, with the pinned selenium-webdriver client) on its own
+// Xvfb, with WebKit's mock camera and microphone and autoplay allowed.
+// `extraArgs` are added to MiniBrowser's command line; `acceptInsecureCerts`
+// lets pages come from a --dev-tls server.
+// Returns {driver, display, log(), close()}; `driver` is a selenium WebDriver.
+async function launchWebKit({ extraArgs = [], acceptInsecureCerts = false } = {}) {
+  for (const p of [WEBKIT_DRIVER, MINIBROWSER]) {
+    if (!fs.existsSync(p)) throw new Error(`${p} is missing: install Debian's webkit2gtk-driver and xvfb (or run 'cargo xtask test')`);
+  }
+  const { Builder } = require('selenium-webdriver');
+  const xvfb = await startXvfb();
+  const port = await freePort();
+  const logs = [];
+  // The driver starts MiniBrowser with its own environment. GStreamer's GL
+  // elements cannot scale GL memory, which makes every VideoEncoder fail
+  // ("Encoding failed") when gstreamer1.0-gl is installed: no GL sink.
+  const driver = spawn(WEBKIT_DRIVER, [`--port=${port}`], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, DISPLAY: xvfb.display, WEBKIT_GST_DISABLE_GL_SINK: '1' },
+  });
+  driver.stdout.on('data', (d) => logs.push(String(d)));
+  driver.stderr.on('data', (d) => logs.push(String(d)));
+  const stopAll = () => { driver.kill('SIGTERM'); xvfb.stop(); };
+  try {
+    await until('WebKitWebDriver answers', () => new Promise((resolve, reject) => {
+      http.get(`http://127.0.0.1:${port}/status`, (res) => { res.resume(); res.statusCode === 200 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`)); })
+        .on('error', reject);
+    }));
+  } catch (e) {
+    stopAll();
+    throw new Error(`${e}
+WebKitWebDriver log:
+${logs.join('')}`);
+  }
+  let session;
+  try {
+    session = await new Builder()
+      .usingServer(`http://127.0.0.1:${port}`)
+      .withCapabilities({
+        browserName: 'MiniBrowser',
+        acceptInsecureCerts,
+        'webkitgtk:browserOptions': {
+          binary: MINIBROWSER,
+          args: ['--automation', '--enable-mock-capture-devices=true', '--autoplay-policy=allow',
+            '--enable-media-stream=true', '--enable-write-console-messages-to-stdout=true', ...extraArgs],
+        },
+      })
+      .build();
+  } catch (e) {
+    stopAll();
+    throw new Error(`cannot start MiniBrowser: ${e}
+WebKitWebDriver log:
+${logs.join('')}`);
+  }
+  return {
+    driver: session,
+    display: xvfb.display,
+    log: () => logs.join(''),
+    async close() {
+      try { await session.quit(); } catch { /* the browser may be gone already */ }
+      stopAll();
+    },
+  };
+}
+
 // Runs in a page (pass it to evaluate): a sample of the first tile's canvas,
 // its size, a checksum that changes when the picture does, and how many
 // sampled pixels are not black.
@@ -281,4 +374,4 @@ function appNumber(page, name) {
   return page.locator('#app').getAttribute(name).then((v) => (v === null ? NaN : Number(v)));
 }
 
-module.exports = { startServer, startWebServer, startRelay, appNumber, startPages, launchChromium, launchFirefox, convene, spawnConvene, canvasSample };
+module.exports = { startServer, startWebServer, startRelay, appNumber, startPages, launchChromium, launchFirefox, launchWebKit, convene, spawnConvene, canvasSample };

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::apt::{build_prerequisites, install_debian_packages};
+use crate::apt::{build_prerequisites, ensure_debian_packages, install_debian_packages};
 use crate::process::{self, have_cargo, root, run_in, target_dir};
 
 /// Flags of `cargo xtask test`.
@@ -105,16 +105,23 @@ pub(crate) fn run(quick: bool) -> Result<(), String> {
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Debian's Firefox ESR, which puppeteer-core drives over WebDriver BiDi.
 const FIREFOX: &str = "/usr/bin/firefox-esr";
+/// Debian's WebKitGTK driver (package webkit2gtk-driver, which brings
+/// MiniBrowser); selenium-webdriver drives it.
+const WEBKIT_DRIVER: &str = "/usr/bin/WebKitWebDriver";
 
-/// Installs Chromium and Firefox ESR (Debian packages) and the pinned npm
-/// packages when missing, builds the binaries the pages talk to, and runs
-/// Playwright.
+/// Installs Chromium, Firefox ESR and WebKitGTK's driver (Debian packages)
+/// and the pinned npm packages when missing, builds the binaries the pages
+/// talk to, and runs Playwright: the WebKit test on its own, last.
 fn browser_tests() -> Result<(), String> {
-    // PulseAudio: Firefox's Web Audio needs a sound server (the tests start one with a null sink).
+    // PulseAudio: Firefox's Web Audio needs a sound server (the tests start
+    // one with a null sink). Xvfb: MiniBrowser needs an X display (the WebKit
+    // test starts its own).
     let missing: Vec<&str> = [
         (CHROMIUM, "chromium"),
         (FIREFOX, "firefox-esr"),
         ("/usr/bin/pulseaudio", "pulseaudio"),
+        (WEBKIT_DRIVER, "webkit2gtk-driver"),
+        ("/usr/bin/Xvfb", "xvfb"),
     ]
     .iter()
     .filter(|(path, _)| !std::path::Path::new(path).exists())
@@ -123,6 +130,10 @@ fn browser_tests() -> Result<(), String> {
     if !missing.is_empty() {
         install_debian_packages(&missing)?;
     }
+    // WebKitGTK's WebCodecs are GStreamer's: H.264 encoding through
+    // openh264enc (plugins-bad) and decoding through avdec_h264 (libav).
+    // apt brings both as recommendations of WebKitGTK, unless told not to.
+    ensure_debian_packages(&["gstreamer1.0-plugins-bad", "gstreamer1.0-libav"])?;
     crate::web::run()?;
     let e2e = root().join("e2e");
     run_in(&e2e, "npm", &["ci", "--no-audit", "--no-fund"])?;
@@ -150,17 +161,31 @@ fn browser_tests() -> Result<(), String> {
         "the browser client",
         &["node", &launcher.to_string_lossy(), "{url}"],
     )?;
-    println!("\n$ npx playwright test   (Chromium {CHROMIUM}, Firefox {FIREFOX})");
+    println!(
+        "\n$ npx playwright test --grep-invert @webkit   (Chromium {CHROMIUM}, Firefox {FIREFOX})"
+    );
+    let others = playwright(&e2e, &["--grep-invert", "@webkit"])?;
+    println!(
+        "\n$ npx playwright test --grep @webkit   (WebKit: MiniBrowser through {WEBKIT_DRIVER})"
+    );
+    let webkit = playwright(&e2e, &["--grep", "@webkit"])?;
+    match (others, webkit) {
+        (true, true) => Ok(()),
+        (false, true) => Err("browser tests failed (Chromium/Firefox)".to_string()),
+        (true, false) => Err("browser tests failed (WebKit)".to_string()),
+        (false, false) => Err("browser tests failed (Chromium/Firefox and WebKit)".to_string()),
+    }
+}
+
+/// Runs `npx playwright test ARGS` in `e2e`; whether every test passed.
+fn playwright(e2e: &std::path::Path, args: &[&str]) -> Result<bool, String> {
     let status = Command::new("npx")
         .args(["playwright", "test"])
-        .current_dir(&e2e)
+        .args(args)
+        .current_dir(e2e)
         .env("CONVENE_BIN_DIR", target_dir().join("debug"))
         .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
         .status()
         .map_err(|e| format!("cannot run npx (is Node.js installed?): {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err("browser tests failed".to_string())
-    }
+    Ok(status.success())
 }
