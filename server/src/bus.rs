@@ -88,6 +88,8 @@ pub enum BusMessage {
         /// Ask even if the publisher was asked within the last second (a
         /// new subscriber must not wait for the rate limit).
         force: bool,
+        /// The encodings that need one, a bit each (0: all; PROTOCOL.md §6.6.3).
+        encodings: u8,
     },
     /// A node opened a room for the meeting (or came back after an outage):
     /// every node answers with its [`BusMessage::Roster`].

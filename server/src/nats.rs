@@ -723,6 +723,9 @@ pub struct KeyFrame {
     /// Skip the rate limit.
     #[prost(bool, tag = "4")]
     pub force: bool,
+    /// The encodings that need one, a bit each (0: all; PROTOCOL.md §6.6.3).
+    #[prost(uint32, tag = "5")]
+    pub encodings: u32,
 }
 
 /// One node's participants in a meeting.
@@ -780,6 +783,7 @@ pub fn encode(from: NodeId, epoch: u64, msg: &BusMessage) -> Option<Bytes> {
             track,
             requester,
             force,
+            encodings,
         } => (
             meeting,
             Op::KeyFrame(KeyFrame {
@@ -787,6 +791,7 @@ pub fn encode(from: NodeId, epoch: u64, msg: &BusMessage) -> Option<Bytes> {
                 track,
                 requester,
                 force,
+                encodings: encodings as u32,
             }),
         ),
         BusMessage::SyncRequest { meeting, .. } => (meeting, Op::Sync(true)),
@@ -864,6 +869,7 @@ pub fn decode(bytes: &[u8]) -> Option<(NodeId, u64, BusMessage)> {
             track: k.track,
             requester: k.requester,
             force: k.force,
+            encodings: k.encodings.min(0b111) as u8,
         },
         Op::Sync(_) => BusMessage::SyncRequest { meeting, node },
         Op::Waiting(participant) => BusMessage::Waiting {
@@ -961,6 +967,7 @@ mod tests {
                 track: 1,
                 requester: 0,
                 force: true,
+                encodings: 0b010,
             },
             BusMessage::SyncRequest {
                 meeting: "a.b".into(),

@@ -323,10 +323,11 @@ impl Room {
                 track,
                 requester,
                 force,
+                encodings,
                 ..
             } => {
                 if self.members.get(&publisher).is_some_and(|m| m.is_local()) {
-                    self.request_key_frame(now, publisher, track, requester, force, 0);
+                    self.request_key_frame(now, publisher, track, requester, force, encodings);
                 }
             }
             BusMessage::SyncRequest { .. } => self.bus.publish(self.roster()),

@@ -564,6 +564,7 @@ impl Room {
                     track,
                     requester,
                     force,
+                    encodings: encoding_mask,
                 },
             ),
         }
