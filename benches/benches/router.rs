@@ -154,36 +154,62 @@ fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("router_fanout_video_2kB");
     for n in [10u32, 100, 1000] {
         let (mut room, outs) = room(n, TrackKind::Video);
-        let mut sink = Vec::with_capacity(64);
-        // Warm the queues so their buffers exist, as in steady state.
-        for _ in 0..4 {
-            room.route(Timestamp(0), 1, &frame).unwrap();
-        }
-        drain_all(&outs, &mut sink);
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(BenchmarkId::from_parameter(n), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    black_box(room.route(Timestamp(0), 1, &frame).unwrap());
-                    total += start.elapsed();
-                    drain_all(&outs, &mut sink);
-                }
-                total
-            })
-        });
-        // Allocations per delivered frame, in steady state.
-        let before = allocations();
-        let rounds = 100u64;
-        for _ in 0..rounds {
-            room.route(Timestamp(0), 1, &frame).unwrap();
-            drain_all(&outs, &mut sink);
-        }
-        let per = (allocations() - before) as f64 / (rounds * n as u64) as f64;
-        println!("router_fanout_video_2kB/{n}: {per:.4} allocations per delivered frame");
+        measure(
+            &mut group,
+            "router_fanout_video_2kB",
+            n,
+            &mut room,
+            &outs,
+            std::slice::from_ref(&frame),
+        );
     }
     group.finish();
+}
+
+/// Times routing `frames` (one publisher's, each subscriber receiving one of
+/// them) to `n` subscribers whose queues are drained between rounds, per
+/// delivery; then prints the allocations per delivered frame in steady state.
+fn measure(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    n: u32,
+    room: &mut Room,
+    outs: &[Arc<Outbox>],
+    frames: &[MediaFrame],
+) {
+    let mut sink = Vec::with_capacity(64);
+    // Warm the queues so their buffers exist, as in steady state.
+    for _ in 0..4 {
+        for f in frames {
+            room.route(Timestamp(0), 1, f).unwrap();
+        }
+    }
+    drain_all(outs, &mut sink);
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_function(BenchmarkId::from_parameter(n), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                for f in frames {
+                    black_box(room.route(Timestamp(0), 1, f).unwrap());
+                }
+                total += start.elapsed();
+                drain_all(outs, &mut sink);
+            }
+            total
+        })
+    });
+    let before = allocations();
+    let rounds = 100u64;
+    for _ in 0..rounds {
+        for f in frames {
+            room.route(Timestamp(0), 1, f).unwrap();
+        }
+        drain_all(outs, &mut sink);
+    }
+    let per = (allocations() - before) as f64 / (rounds * n as u64) as f64;
+    println!("{name}/{n}: {per:.4} allocations per delivered frame");
 }
 
 /// A picture of a simulcast track, in each of its three encodings.
@@ -220,31 +246,14 @@ fn fanout_layered(c: &mut Criterion) {
         let frames = picture(seq + 1, false);
         // One picture (three frames, one per encoding) reaches each
         // subscriber once: throughput counts those deliveries.
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(BenchmarkId::from_parameter(n), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    for f in &frames {
-                        black_box(room.route(Timestamp(0), 1, f).unwrap());
-                    }
-                    total += start.elapsed();
-                    drain_all(&outs, &mut sink);
-                }
-                total
-            })
-        });
-        let before = allocations();
-        let rounds = 100u64;
-        for _ in 0..rounds {
-            for f in &frames {
-                room.route(Timestamp(0), 1, f).unwrap();
-            }
-            drain_all(&outs, &mut sink);
-        }
-        let per = (allocations() - before) as f64 / (rounds * n as u64) as f64;
-        println!("router_fanout_simulcast_2kB/{n}: {per:.4} allocations per delivered frame");
+        measure(
+            &mut group,
+            "router_fanout_simulcast_2kB",
+            n,
+            &mut room,
+            &outs,
+            &frames,
+        );
     }
     group.finish();
 }

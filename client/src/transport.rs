@@ -726,10 +726,7 @@ async fn wt_reader(
         tokio::spawn(async move {
             while let Ok(d) = session.read_datagram().await {
                 // A bad datagram is discarded, never fatal (PROTOCOL.md §3.3).
-                if MediaFrame::parse(d.clone())
-                    .or_else(|_| MediaFrame::parse_layered(d.clone()))
-                    .is_err()
-                {
+                if MediaFrame::parse_any(d.clone()).is_err() {
                     continue;
                 }
                 counts.datagrams.fetch_add(1, Ordering::Relaxed);

@@ -34,14 +34,27 @@ impl OutTrack {
 
     /// The track's next frame; the sender field is left 0 for the server to stamp.
     pub(crate) fn frame(&mut self, key: bool, capture_us: u64, payload: &[u8]) -> MediaFrame {
+        let f = self.frame_at(self.next, key, capture_us, payload);
+        self.next = self.next.wrapping_add(1);
+        f
+    }
+
+    /// A frame of the track with the given sequence number, e.g. a
+    /// picture's number shared by its simulcast encodings (PROTOCOL.md §6.6.1).
+    pub(crate) fn frame_at(
+        &self,
+        sequence: u32,
+        key: bool,
+        capture_us: u64,
+        payload: &[u8],
+    ) -> MediaFrame {
         let h = MediaHeader {
             key,
             sender: 0,
             track_id: self.id,
-            sequence: self.next,
+            sequence,
             capture_timestamp_us: capture_us,
         };
-        self.next = self.next.wrapping_add(1);
         MediaFrame::build(&h, None, payload)
     }
 }

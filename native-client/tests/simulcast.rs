@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Running, json, n, server_args, server_on, words};
+use common::{Running, json, n, server_args, server_on, track, words};
 use convene_testkit::{Impairment, TcpImpairment, TcpRelay, UdpRelay};
 
 /// 400 kbit/s, in bytes a second.
@@ -13,17 +13,7 @@ const NARROW: u64 = 50_000;
 
 /// The video and audio tracks of a receive report.
 fn tracks(report: &serde_json::Value) -> (&serde_json::Value, &serde_json::Value) {
-    (find(report, "video"), find(report, "audio"))
-}
-
-/// The track of `kind` in a receive report.
-fn find<'a>(report: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
-    report["tracks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} track in {report}"))
+    (track(report, "video"), track(report, "audio"))
 }
 
 /// Frames received of each encoding, smallest first.
@@ -186,7 +176,7 @@ async fn encodings_nobody_wants_are_not_encoded() {
     let small = json(ok, &out, &err);
     let (ok, out, err) = stream.finish().await;
     let published = json(ok, &out, &err);
-    let video = find(&small, "video");
+    let video = track(&small, "video");
     assert_eq!(
         (n(video, "width"), n(video, "height")),
         (160, 90),

@@ -238,15 +238,15 @@ impl MediaFrame {
         config: Option<&[u8]>,
         payload: &[u8],
     ) -> Self {
-        let inner = MediaFrame::build(header, config, payload);
-        let mut b = BytesMut::with_capacity(LAYERED_PREFIX_LEN + inner.bytes.len());
-        b.put_slice(&layer.prefix());
-        b.put_slice(&inner.bytes);
-        let whole = b.freeze();
-        MediaFrame {
-            bytes: whole.slice(LAYERED_PREFIX_LEN..),
-            layered: Some((layer, whole)),
-            ..inner
+        MediaFrame::build(header, config, payload).with_layer(layer)
+    }
+
+    /// Validates a frame that travels as media (PROTOCOL.md §3.3): a MEDIA
+    /// frame, or a LAYERED one (§6.6.2), told apart by the type byte.
+    pub fn parse_any(bytes: Bytes) -> Result<Self, ProtocolError> {
+        match bytes.first() {
+            Some(&FRAME_LAYERED) => MediaFrame::parse_layered(bytes),
+            _ => MediaFrame::parse(bytes),
         }
     }
 

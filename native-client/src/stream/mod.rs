@@ -18,7 +18,7 @@ use convene_client::{Client, TransportKind};
 use convene_protocol::rate::RateController;
 use convene_protocol::v1::{self, ClientKind, TrackInfo, TrackKind, server_message::Msg as S};
 use convene_protocol::{
-    ClientEvent, ClientSessionConfig, FEATURE_SFU, Layer, MediaFrame, MediaHeader, Timestamp,
+    ClientEvent, ClientSessionConfig, FEATURE_SFU, Layer, MediaFrame, Timestamp,
 };
 use tokio::sync::mpsc;
 
@@ -532,19 +532,12 @@ impl<'a> Stream<'a> {
         let frame = match v.encoding {
             // Every encoding of a picture carries the picture's number (§6.6.1).
             Some(encoding) if s.layered => {
-                let h = MediaHeader {
-                    key: v.key,
-                    sender: 0,
-                    track_id: VIDEO_TRACK,
-                    sequence: v.picture,
-                    capture_timestamp_us: v.capture_us,
-                };
                 let layer = Layer {
                     encoding,
                     ..Layer::default()
                 };
-                let sealed = seal(&mut self.e2ee, MediaFrame::build(&h, None, &v.data));
-                sealed.with_layer(layer)
+                let frame = self.video.frame_at(v.picture, v.key, v.capture_us, &v.data);
+                seal(&mut self.e2ee, frame).with_layer(layer)
             }
             // A server without sfu.1 gets the full picture only.
             Some(encoding) if usize::from(encoding) + 1 != self.rungs.len() => {

@@ -309,12 +309,7 @@ impl Room {
                 }
             }
             BusMessage::Media { frame, .. } => {
-                if let Ok(f) = match frame.first() {
-                    Some(&convene_protocol::frame::FRAME_LAYERED) => {
-                        MediaFrame::parse_layered(frame)
-                    }
-                    _ => MediaFrame::parse(frame),
-                } {
+                if let Ok(f) = MediaFrame::parse_any(frame) {
                     self.route_remote(now, &f);
                 }
             }

@@ -292,17 +292,18 @@ impl Room {
                 continue;
             }
             if selective {
-                if let Some(t) = sub.sel.target(&p.layers) {
-                    wanted |= 1 << t;
-                }
-                match sub.sel.decide(
+                let verdict = sub.sel.decide(
                     now,
                     &p.layers,
                     layer,
                     h.key,
                     h.sequence,
                     h.capture_timestamp_us,
-                ) {
+                );
+                if let Some(t) = sub.sel.wanted() {
+                    wanted |= 1 << t;
+                }
+                match verdict {
                     Verdict::Forward => {}
                     Verdict::Drop => continue,
                     Verdict::NeedKey(e) => {
@@ -352,7 +353,7 @@ impl Room {
             _ => None,
         };
         if let Some(mask) = demand {
-            self.send_demand(now, h.sender, h.track_id, mask);
+            self.send_demand(h.sender, h.track_id, mask);
         }
         if deferred_key {
             self.request_key_frame(now, h.sender, h.track_id, 0, true, key_mask);
@@ -360,8 +361,7 @@ impl Room {
             self.request_key_frame(now, h.sender, h.track_id, 0, key_mask != 0, key_mask);
         }
         // A frame dropped for a subscriber, or one whose path is congested.
-        let dropped = congested;
-        self.congestion(now, h.sender, h.track_id, dropped, frame.as_wire().len());
+        self.congestion(now, h.sender, h.track_id, congested, frame.as_wire().len());
         if class == MediaClass::Audio && self.board.due(now) {
             self.evaluate_speakers(now);
         }
@@ -375,9 +375,9 @@ impl Room {
         Ok(stats)
     }
 
-    /// Tells a publisher connected here which encodings anyone wants, and
-    /// asks for a key frame of those that start again.
-    fn send_demand(&mut self, now: Timestamp, publisher: u32, track: u32, mask: u8) {
+    /// Tells a publisher connected here which encodings anyone wants (it
+    /// starts an encoding that comes back with a key frame, §6.6.5).
+    fn send_demand(&self, publisher: u32, track: u32, mask: u8) {
         let Some(m) = self.members.get(&publisher) else {
             return;
         };
@@ -390,7 +390,6 @@ impl Room {
                 track_id: track,
                 active_mask: mask as u32,
             })));
-        let _ = now;
     }
 
     /// Finds who speaks, announces it to those who negotiated `sfu.1`, and
@@ -436,37 +435,36 @@ impl Room {
     /// Marks each camera subscription of a member with a last-N in or out
     /// of it: the `video_n` most recent speakers, then by participant id.
     pub(super) fn apply_last_n(&mut self) {
-        let recent: Vec<u32> = self.board.recent().to_vec();
-        let limits: Vec<(u32, usize)> = self
+        use std::collections::BTreeMap;
+        let limits: BTreeMap<u32, usize> = self
             .members
             .iter()
             .filter(|(_, m)| m.local.as_ref().is_some_and(|l| l.sfu))
             .map(|(pid, m)| (*pid, m.settings.video_n as usize))
             .collect();
-        let publishers: Vec<u32> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.tracks.values().any(|p| p.camera))
-            .map(|(pid, _)| *pid)
-            .collect();
-        for (sub, n) in limits {
-            // Who this subscriber sees: recent speakers first, itself aside.
-            let mut order: Vec<u32> = recent
-                .iter()
-                .copied()
-                .filter(|p| *p != sub && publishers.contains(p))
-                .collect();
-            for p in &publishers {
-                if *p != sub && !order.contains(p) {
-                    order.push(*p);
-                }
+        // Every camera publisher's place: recent speakers first, then by id.
+        let cameras = |m: &super::Member| m.tracks.values().any(|p| p.camera);
+        let mut rank: BTreeMap<u32, usize> = BTreeMap::new();
+        let recent = self.board.recent().iter().copied();
+        let by_id = self.members.keys().copied();
+        for pid in recent.chain(by_id) {
+            if !rank.contains_key(&pid) && self.members.get(&pid).is_some_and(cameras) {
+                rank.insert(pid, rank.len());
             }
-            for (pid, m) in self.members.iter_mut() {
-                let out = n > 0 && !order.iter().take(n).any(|p| p == pid);
-                for p in m.tracks.values_mut().filter(|p| p.camera) {
-                    for s in p.subscribers.iter_mut().filter(|s| s.pid == sub) {
-                        s.sel.last_n_out = out;
-                    }
+        }
+        // A subscriber sees the first `n` of that order, itself aside: one
+        // place fewer for those after it.
+        for (pid, m) in self.members.iter_mut() {
+            let Some(&at) = rank.get(pid) else {
+                continue;
+            };
+            for p in m.tracks.values_mut().filter(|p| p.camera) {
+                for s in p.subscribers.iter_mut() {
+                    let Some(&n) = limits.get(&s.pid) else {
+                        continue;
+                    };
+                    let ahead = at - rank.get(&s.pid).is_some_and(|&r| r < at) as usize;
+                    s.sel.last_n_out = n > 0 && ahead >= n;
                 }
             }
         }

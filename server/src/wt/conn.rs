@@ -201,9 +201,7 @@ pub(super) fn handle_event(
                 let frame = d.slice(d.len() - rest.remaining()..);
                 if quarter.into_inner() == quarter_id(s.connect)
                     && is_media_frame(&frame)
-                    && MediaFrame::parse(frame.clone())
-                        .or_else(|_| MediaFrame::parse_layered(frame.clone()))
-                        .is_ok()
+                    && MediaFrame::parse_any(frame.clone()).is_ok()
                     && s.pending.is_empty()
                     && !s.task_behind()
                 {

@@ -135,6 +135,8 @@ pub struct Selector {
     raise_wait: Duration,
     /// A v1 subscriber's switch is waiting for a key frame since then.
     hold_since: Option<Timestamp>,
+    /// The target the last decision aimed at, for the track's demand.
+    wanted: Option<u8>,
 }
 
 /// True when sequence number `a` comes after `b` (wrapping, §6.1).
@@ -158,7 +160,14 @@ impl Selector {
             raised_at: None,
             raise_wait: RAISE_WAIT,
             hold_since: None,
+            wanted: None,
         }
+    }
+
+    /// The encoding the last [`Selector::decide`] aimed at (`None`: nothing
+    /// wanted): what the subscriber asks of the publisher (§6.6.5).
+    pub fn wanted(&self) -> Option<u8> {
+        self.wanted
     }
 
     /// The encoding being forwarded, if any.
@@ -212,7 +221,8 @@ impl Selector {
         ts: u64,
     ) -> Verdict {
         self.maybe_raise(now, layers);
-        let Some(target) = self.target(layers) else {
+        self.wanted = self.target(layers);
+        let Some(target) = self.wanted else {
             // Paused: whatever comes next starts at a key frame.
             self.current = None;
             return Verdict::Drop;
