@@ -46,6 +46,7 @@ pub mod media;
 pub mod rate;
 pub mod session;
 pub mod sframe;
+pub mod simulcast;
 pub mod time;
 pub mod validate;
 

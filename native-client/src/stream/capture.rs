@@ -27,42 +27,12 @@ pub(super) struct VideoOut {
     pub(super) picture: u32,
 }
 
-/// One encoding of the picture: its size and bitrate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Rung {
-    pub(super) width: usize,
-    pub(super) height: usize,
-    pub(super) kbps: u32,
-}
+pub(super) use convene_protocol::simulcast::Rung;
 
 /// The encodings `--simulcast` sends for a picture of `width`x`height` at
-/// `kbps`: the picture itself, then halved while it stays at least 160x90
-/// wide (up to three, lowest first), at about a third and a tenth of the
-/// rate: the proportions of the area, less what small pictures lose.
+/// `kbps` (the ladder every Convene publisher uses, PROTOCOL.md §6.6.1).
 pub(super) fn ladder(width: usize, height: usize, kbps: u32, simulcast: bool) -> Vec<Rung> {
-    let mut rungs = vec![Rung {
-        width,
-        height,
-        kbps,
-    }];
-    if simulcast {
-        for share in [3, 10] {
-            let last = rungs[0];
-            let (w, h) = ((last.width / 2) & !1, (last.height / 2) & !1);
-            if w < 160 || h < 90 {
-                break;
-            }
-            rungs.insert(
-                0,
-                Rung {
-                    width: w,
-                    height: h,
-                    kbps: (kbps / share).max(50),
-                },
-            );
-        }
-    }
-    rungs
+    convene_protocol::simulcast::ladder(width as u32, height as u32, kbps, simulcast)
 }
 
 /// Counters the media thread keeps.
@@ -327,26 +297,4 @@ fn media_thread(
         stats.frames.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_ladder_halves_down_to_small_pictures() {
-        let l = ladder(1280, 720, 1500, true);
-        let sizes: Vec<_> = l.iter().map(|r| (r.width, r.height, r.kbps)).collect();
-        assert_eq!(
-            sizes,
-            vec![(320, 180, 150), (640, 360, 500), (1280, 720, 1500)]
-        );
-        assert_eq!(
-            ladder(318, 178, 300, true).len(),
-            1,
-            "160x90 is the smallest rung"
-        );
-        assert_eq!(ladder(640, 360, 300, true)[0].width, 160);
-        assert_eq!(ladder(1280, 720, 300, false).len(), 1);
-    }
 }

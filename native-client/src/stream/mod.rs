@@ -184,26 +184,14 @@ struct Summary {
 /// The encodings announced with --simulcast (§6.6.1), or none.
 fn simulcast_encodings(args: &StreamArgs, width: usize, height: usize) -> Vec<v1::Encoding> {
     let rungs = ladder(width, height, args.bitrate_kbps, args.simulcast);
-    if rungs.len() < 2 {
-        return Vec::new();
-    }
-    rungs
-        .iter()
-        .map(|r| v1::Encoding {
-            width: r.width as u32,
-            height: r.height as u32,
-            frame_rate: args.fps,
-            target_bitrate_kbps: r.kbps,
-            temporal_layers: 1,
-        })
-        .collect()
+    convene_protocol::simulcast::encodings(&rungs, args.fps, 1)
 }
 
 /// One simulcast encoding in the summary.
 #[derive(Debug, Default, serde::Serialize)]
 struct EncodingSummary {
-    width: usize,
-    height: usize,
+    width: u32,
+    height: u32,
     kbps: u32,
     frames_encoded: u64,
     mean_encode_ms: f64,
