@@ -9808,4 +9808,224 @@ pub static CASES: &[Case] = &[
             },
         ],
     },
+    Case {
+        id: "sfu.encoding-demand-from-nothing",
+        title: "A publisher told that nobody wants any encoding is told at once when someone subscribes, without sending a frame first",
+        section: "6.6.5",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu", "dynacast"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-demand-zero"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "encodings",
+                                    value: Value::List(&[
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(180),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(320),
+                                            },
+                                        ]),
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(360),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(640),
+                                            },
+                                        ]),
+                                    ]),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(360),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(640),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            }]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 100,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "",
+                action: Action::SleepMs(5300),
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 2,
+                    key: false,
+                    sender: None,
+                    size: 100,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "encoding_demand",
+                        fields: &[
+                            Field {
+                                name: "active_mask",
+                                value: Value::Int(0),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-demand-zero"),
+                    name: "c",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "subscribe",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "preferences",
+                                value: Value::Msg(&[Field {
+                                    name: "max_height",
+                                    value: Value::Int(180),
+                                }]),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "encoding_demand",
+                        fields: &[
+                            Field {
+                                name: "active_mask",
+                                value: Value::Int(1),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
 ];

@@ -375,6 +375,36 @@ impl Room {
         Ok(stats)
     }
 
+    /// Re-evaluates which encodings of `publisher`'s `track` anyone wants,
+    /// outside the frame path (§6.6.5): after a subscription or its
+    /// preferences change. A publisher whose encodings are all out of demand
+    /// (nobody subscribed) sends no frame that would bring them back.
+    pub(super) fn refresh_demand(&mut self, now: Timestamp, publisher: u32, track: u32) {
+        let remote_nodes = self.members.len() > self.local;
+        let Some(p) = self
+            .members
+            .get_mut(&publisher)
+            .and_then(|m| m.tracks.get_mut(&track))
+        else {
+            return;
+        };
+        let Some(d) = p.demand.as_mut() else {
+            return;
+        };
+        let wanted = if remote_nodes {
+            // Someone elsewhere may want anything: everything.
+            u8::MAX
+        } else {
+            p.subscribers
+                .iter()
+                .filter_map(|s| s.sel.target(&p.layers))
+                .fold(u8::from(!p.subscribers.is_empty()), |w, t| w | (1 << t))
+        };
+        if let Some(mask) = d.update(now, wanted) {
+            self.send_demand(publisher, track, mask);
+        }
+    }
+
     /// Tells a publisher connected here which encodings anyone wants (it
     /// starts an encoding that comes back with a key frame, §6.6.5).
     fn send_demand(&self, publisher: u32, track: u32, mask: u8) {

@@ -168,6 +168,7 @@ impl Room {
                 }
             }
             for (ppid, tid) in requests {
+                self.refresh_demand(now, ppid, tid);
                 self.request_key_frame(now, ppid, tid, 0, true, 0);
             }
         }

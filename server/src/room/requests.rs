@@ -90,7 +90,7 @@ impl Room {
             RoomRequest::Admit(a) => self.admit(now, pid, a),
             RoomRequest::Deny(d) => self.deny(pid, d),
             RoomRequest::EndMeeting(_) => self.end_meeting(pid),
-            RoomRequest::UpdateSubscription(u) => self.update_subscription(pid, u),
+            RoomRequest::UpdateSubscription(u) => self.update_subscription(now, pid, u),
             RoomRequest::ReceiverSettings(r) => self.receiver_settings(pid, r),
             _ => Ok(()),
         }
@@ -233,6 +233,7 @@ impl Room {
             }),
         );
         if !audio {
+            self.refresh_demand(now, s.participant_id, s.track_id);
             self.request_key_frame(now, s.participant_id, s.track_id, 0, true, 0);
         }
         Ok(())
@@ -241,6 +242,7 @@ impl Room {
     /// UpdateSubscription: new preferences for a track the sender receives (§6.6.3).
     fn update_subscription(
         &mut self,
+        now: Timestamp,
         pid: u32,
         u: v1::UpdateSubscription,
     ) -> Result<(), ProtocolError> {
@@ -260,6 +262,7 @@ impl Room {
                 )
             })?;
         s.sel.prefs = prefs;
+        self.refresh_demand(now, u.participant_id, u.track_id);
         Ok(())
     }
 
