@@ -84,6 +84,50 @@ pub struct AudioLevel {
     pub dbov: u8,
 }
 
+impl AudioLevel {
+    /// Quiet: what a level is said to be when nothing was measured.
+    pub const SILENT: AudioLevel = AudioLevel {
+        voice: false,
+        dbov: 127,
+    };
+
+    /// The level of `samples` (linear, full scale ±1.0), in −dBov from
+    /// their RMS as RFC 6464 §3 defines it, in steps of 4 dB (rounded
+    /// toward quiet; PROTOCOL.md §6.6.6 asks publishers to send no finer levels
+    /// where media is end-to-end encrypted; they serve speaker detection
+    /// everywhere alike). V stays clear: this is a level, not voice
+    /// activity detection.
+    pub fn measure(samples: &[f32]) -> AudioLevel {
+        if samples.is_empty() {
+            return AudioLevel::SILENT;
+        }
+        let power = samples
+            .iter()
+            .map(|s| {
+                let s = if s.is_finite() {
+                    s.clamp(-1.0, 1.0)
+                } else {
+                    0.0
+                };
+                f64::from(s) * f64::from(s)
+            })
+            .sum::<f64>()
+            / samples.len() as f64;
+        // Full-scale sine has an RMS of 1/√2: RFC 6464 counts dBov from a
+        // full-scale square wave, RMS 1.
+        let db = if power > 0.0 {
+            -10.0 * power.log10()
+        } else {
+            127.0
+        };
+        let dbov = (db.clamp(0.0, 127.0) as u8).div_ceil(4) * 4;
+        AudioLevel {
+            voice: false,
+            dbov: dbov.min(127),
+        }
+    }
+}
+
 /// The LAYERED prefix of a media frame (PROTOCOL.md §6.6.2): which encoding
 /// and temporal layer it belongs to, and an audio frame's level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -389,6 +433,28 @@ fn stamp_at(bytes: Bytes, offset: usize, sender: u32) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn levels_are_measured_in_4_db_steps() {
+        assert_eq!(AudioLevel::measure(&[]), AudioLevel::SILENT);
+        assert_eq!(AudioLevel::measure(&[0.0; 960]).dbov, 127);
+        // A full-scale square wave is 0 dBov.
+        let square: Vec<f32> = (0..960)
+            .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        assert_eq!(AudioLevel::measure(&square).dbov, 0);
+        // A sine at a tenth of full scale: RMS 0.0707, 23 dB down, said as 24.
+        let sine: Vec<f32> = (0..960)
+            .map(|i| 0.1 * (i as f32 * std::f32::consts::TAU * 440.0 / 48_000.0).sin())
+            .collect();
+        assert_eq!(AudioLevel::measure(&sine).dbov, 24);
+        assert!(!AudioLevel::measure(&sine).voice);
+        // Out-of-range and broken samples do not panic or exceed the scale.
+        assert_eq!(
+            AudioLevel::measure(&[f32::NAN, f32::INFINITY, 5.0, -5.0]).dbov,
+            4
+        );
+    }
 
     fn header() -> MediaHeader {
         MediaHeader {
