@@ -7,7 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use convene_protocol::MediaFrame;
+use convene_protocol::{AudioLevel, MediaFrame};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
@@ -57,20 +57,28 @@ pub(crate) struct Mic {
 }
 
 /// Starts encoding the microphone `track` as Opus and calls `sink` with
-/// every encoded packet (20 ms each).
+/// every encoded packet (20 ms each) and the loudest level of the sound
+/// that went into it since the packet before (PROTOCOL.md §6.6.2).
 pub(crate) fn start_mic(
     track: &web_sys::MediaStreamTrack,
-    sink: impl FnMut(Vec<u8>) + 'static,
+    sink: impl FnMut(Vec<u8>, AudioLevel) + 'static,
 ) -> Result<Mic, JsValue> {
     // Off until the server confirms the track (TrackPublished).
     let on = Rc::new(Cell::new(false));
     let sink = Rc::new(RefCell::new(sink));
     let o = on.clone();
+    // The loudest level measured since the last packet went out, in −dBov.
+    let loudest = Rc::new(Cell::new(AudioLevel::SILENT.dbov));
+    let l = loudest.clone();
     let output = Closure::<dyn FnMut(web_sys::EncodedAudioChunk)>::new(
         move |chunk: web_sys::EncodedAudioChunk| {
             let mut data = vec![0u8; chunk.byte_length() as usize];
             if o.get() && chunk.copy_to_with_u8_slice(&mut data).is_ok() {
-                (sink.borrow_mut())(data);
+                let level = AudioLevel {
+                    voice: false,
+                    dbov: l.replace(AudioLevel::SILENT.dbov),
+                };
+                (sink.borrow_mut())(data, level);
             }
         },
     );
@@ -97,12 +105,25 @@ pub(crate) fn start_mic(
                 configured.set(encoder.configure(&config).is_ok());
             }
             if o.get() && configured.get() && encoder.encode_queue_size() < 10 {
+                let level = level_of(&data);
+                loudest.set(loudest.get().min(level.dbov));
                 let _ = encoder.encode(&data);
             }
             data.close();
         }
     })?;
     Ok(Mic { on })
+}
+
+/// The level of the first channel of `data`.
+fn level_of(data: &web_sys::AudioData) -> AudioLevel {
+    let plane = js_sys::Float32Array::new_with_length(data.number_of_frames());
+    let options = web_sys::AudioDataCopyToOptions::new(0);
+    options.set_format(web_sys::AudioSampleFormat::F32Planar);
+    if data.copy_to_with_buffer_source(&plane, &options).is_err() {
+        return AudioLevel::SILENT;
+    }
+    AudioLevel::measure(&plane.to_vec())
 }
 
 /// One remote audio track being played.

@@ -1,11 +1,16 @@
 //! Sending the camera: frames from a MediaStreamTrackProcessor (or a
-//! `<video>`, see `capture`), encoded by a WebCodecs VideoEncoder in the
-//! codec `codecs` chose, handed to a callback as encoded pictures. H.264
+//! `<video>`, see `capture`), encoded by WebCodecs VideoEncoders in the
+//! codec `codecs` chose (one per simulcast encoding, each picture scaled
+//! down on a canvas for the smaller ones, and only the encodings the server
+//! says anyone receives), handed to a callback as encoded pictures. H.264
 //! leaves here as Annex B with in-band SPS/PPS, what every Convene client
 //! decodes, whatever form the encoder emitted (`h264`). wasm32 only.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
+
+use convene_protocol::simulcast::Rung;
 
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -14,6 +19,11 @@ use crate::h264;
 
 /// A key frame at least this often, in pictures.
 const KEY_EVERY: u32 = 60;
+/// Every encoding of a picture, as a bit mask.
+const ALL: u8 = 0b111;
+/// Pictures remembered for their sequence number and capture time until
+/// their encoded form comes out (encoders run a few pictures behind).
+const REMEMBERED: usize = 64;
 
 /// One encoded picture.
 pub(crate) struct Encoded {
@@ -23,39 +33,241 @@ pub(crate) struct Encoded {
     pub(crate) data: Vec<u8>,
     /// When the picture was taken from the camera, µs since the Unix epoch.
     pub(crate) captured_us: u64,
+    /// The picture's number, shared by its simulcast encodings (§6.6.1).
+    pub(crate) sequence: u32,
+    /// The simulcast encoding (0 the smallest); `None` for a plain track.
+    pub(crate) encoding: Option<u8>,
 }
 
 /// A running camera encoder; dropping it does not stop it (the page keeps
 /// sending until it leaves).
 pub(crate) struct Camera {
-    /// Set to make the next picture a key frame.
-    pub(crate) key_wanted: Rc<Cell<bool>>,
+    /// Encodings whose next picture should be a key frame (bit per encoding).
+    key_wanted: Rc<Cell<u8>>,
     /// Cleared while the camera is off (and until the server has accepted
     /// the track): pictures are read and dropped, and what the encoder still
     /// returns is not sent.
     pub(crate) on: Rc<Cell<bool>>,
-    /// The bitrate to encode at, bit/s; a change reconfigures the encoder
-    /// (congestion hints set it).
+    /// The bitrate to encode the top encoding at, bit/s (the others in the
+    /// ladder's proportions); a change reconfigures the encoders (the path
+    /// and congestion hints set it).
     pub(crate) bitrate: Rc<Cell<u32>>,
+    /// Encodings anyone receives (the server's EncodingDemand, §6.6.5):
+    /// the others are not encoded.
+    pub(crate) active: Rc<Cell<u8>>,
     /// The codec it encodes in (what the track is published as).
     pub(crate) codec: &'static str,
+    /// The simulcast encodings, smallest first; empty for one encoding at
+    /// the picture's own size.
+    pub(crate) rungs: Vec<Rung>,
 }
 
-/// Starts encoding `track` in `codec` and calls `sink` with every encoded
-/// picture.
+impl Camera {
+    /// Makes the next picture of the encodings in `mask` a key frame (0:
+    /// all of them, as a KeyFrameRequest without a mask means).
+    pub(crate) fn want_key(&self, mask: u8) {
+        let mask = if mask == 0 { ALL } else { mask };
+        self.key_wanted.set(self.key_wanted.get() | mask);
+    }
+}
+
+/// One encoder of the camera: one simulcast encoding, or the only one.
+struct Encoder {
+    encoder: web_sys::VideoEncoder,
+    /// Size and bitrate it is configured with; `None` before the first.
+    configured: Option<(u32, u32, u32)>,
+    /// Pictures encoded.
+    count: u32,
+    /// Out of the demand at the last picture: it starts again with a key frame.
+    paused: bool,
+    /// Where a picture is scaled to this encoding's size (when it differs).
+    scaler: Option<(
+        web_sys::HtmlCanvasElement,
+        web_sys::CanvasRenderingContext2d,
+    )>,
+}
+
+/// Starts encoding `track` in `codec`, as the simulcast encodings `rungs`
+/// (smallest first; empty or one: a single encoding at the picture's own
+/// size), and calls `sink` with every encoded picture.
 pub(crate) fn start(
     track: &web_sys::MediaStreamTrack,
     codec: &'static str,
+    rungs: Vec<Rung>,
     sink: impl FnMut(Encoded) + 'static,
 ) -> Result<Camera, JsValue> {
-    let sink = Rc::new(RefCell::new(sink));
-    // Wall-clock capture time by the picture's own timestamp, so the encoded
-    // picture can carry when it was taken (for glass-to-glass latency).
-    let captured: Rc<RefCell<std::collections::VecDeque<(i64, u64)>>> = Rc::default();
-    let cap = captured.clone();
+    let sink: Rc<RefCell<dyn FnMut(Encoded)>> = Rc::new(RefCell::new(sink));
+    // Each picture's number and wall-clock capture time by its own
+    // timestamp, so every encoding of it carries the same ones.
+    let pictures: Rc<RefCell<VecDeque<(i64, u32, u64)>>> = Rc::default();
     // Off until the server confirms the track (TrackPublished).
     let on = Rc::new(Cell::new(false));
-    let o = on.clone();
+    let simulcast = rungs.len() > 1;
+    let mut encoders = Vec::new();
+    for i in 0..rungs.len().max(1) {
+        let encoding = simulcast.then_some(i as u8);
+        encoders.push(Encoder {
+            encoder: encoder(codec, encoding, sink.clone(), pictures.clone(), on.clone())?,
+            configured: None,
+            count: 0,
+            paused: false,
+            scaler: None,
+        });
+    }
+
+    let key_wanted = Rc::new(Cell::new(ALL));
+    let bitrate = Rc::new(Cell::new(crate::publish::CAMERA_START_BPS));
+    let active = Rc::new(Cell::new(ALL));
+    let (kw, o, br, act) = (
+        key_wanted.clone(),
+        on.clone(),
+        bitrate.clone(),
+        active.clone(),
+    );
+    let ladder = rungs.clone();
+    let mut sequence = 0u32;
+    crate::capture::each_frame(track, move |frame: JsValue| {
+        let Ok(frame) = frame.dyn_into::<web_sys::VideoFrame>() else {
+            return;
+        };
+        let seq = sequence;
+        sequence = sequence.wrapping_add(1);
+        {
+            let mut p = pictures.borrow_mut();
+            p.push_back((
+                frame.timestamp() as i64,
+                seq,
+                (js_sys::Date::now() * 1000.0) as u64,
+            ));
+            if p.len() > REMEMBERED {
+                p.pop_front();
+            }
+        }
+        let own = (frame.display_width(), frame.display_height());
+        let demand = if simulcast { act.get() } else { ALL };
+        let top_kbps = ladder.last().map_or(1, |r| r.kbps.max(1));
+        for (i, enc) in encoders.iter_mut().enumerate() {
+            let bit = 1u8 << i;
+            if demand & bit == 0 {
+                enc.paused = true;
+                continue;
+            }
+            if std::mem::take(&mut enc.paused) {
+                // Back in demand: starts with a key frame (§6.6.5).
+                kw.set(kw.get() | bit);
+            }
+            let (w, h, bps) = match ladder.get(i) {
+                Some(r) if simulcast => (
+                    r.width,
+                    r.height,
+                    (u64::from(br.get()) * u64::from(r.kbps) / u64::from(top_kbps)) as u32,
+                ),
+                _ => (own.0, own.1, br.get()),
+            };
+            if enc.configured != Some((w, h, bps)) {
+                let config = crate::codecs::encoder_config(codec, w, h, bps);
+                if enc.encoder.configure(&config).is_ok() {
+                    // A reconfigured encoder starts again from a key frame.
+                    if enc.configured.is_some() {
+                        kw.set(kw.get() | bit);
+                    }
+                    enc.configured = Some((w, h, bps));
+                    if i + 1 == ladder.len().max(1) {
+                        // What the top encoder now aims at, for the curious and the tests.
+                        if let Some(app) = crate::dom::by_id("app") {
+                            let _ =
+                                app.set_attribute("data-encoder-kbps", &(bps / 1000).to_string());
+                        }
+                    }
+                }
+            }
+            // A slow encoder skips pictures instead of queueing them.
+            if !o.get() || enc.configured.is_none() || enc.encoder.encode_queue_size() >= 3 {
+                continue;
+            }
+            let key = kw.get() & bit != 0 || enc.count.is_multiple_of(KEY_EVERY);
+            let options = web_sys::VideoEncoderEncodeOptions::new();
+            options.set_key_frame(key);
+            let encoded = if (w, h) == own {
+                enc.encoder.encode_with_options(&frame, &options)
+            } else {
+                match scaled(&mut enc.scaler, &frame, w, h) {
+                    Ok(small) => {
+                        let r = enc.encoder.encode_with_options(&small, &options);
+                        small.close();
+                        r
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            if encoded.is_ok() {
+                enc.count += 1;
+                if key {
+                    kw.set(kw.get() & !bit);
+                }
+            }
+        }
+        frame.close();
+    })?;
+    Ok(Camera {
+        key_wanted,
+        on,
+        bitrate,
+        active,
+        codec,
+        rungs,
+    })
+}
+
+/// `frame` drawn at `width`×`height` on the encoder's own canvas, as a
+/// new picture with the same timestamp (the caller closes it).
+fn scaled(
+    scaler: &mut Option<(
+        web_sys::HtmlCanvasElement,
+        web_sys::CanvasRenderingContext2d,
+    )>,
+    frame: &web_sys::VideoFrame,
+    width: u32,
+    height: u32,
+) -> Result<web_sys::VideoFrame, JsValue> {
+    if scaler.is_none() {
+        let canvas: web_sys::HtmlCanvasElement = web_sys::window()
+            .and_then(|w| w.document())
+            .ok_or("no document")?
+            .create_element("canvas")?
+            .dyn_into()?;
+        let ctx: web_sys::CanvasRenderingContext2d = canvas
+            .get_context("2d")?
+            .ok_or("no 2d context")?
+            .dyn_into()?;
+        *scaler = Some((canvas, ctx));
+    }
+    let (canvas, ctx) = scaler.as_ref().ok_or("no canvas")?;
+    if canvas.width() != width || canvas.height() != height {
+        canvas.set_width(width);
+        canvas.set_height(height);
+    }
+    ctx.draw_image_with_video_frame_and_dw_and_dh(
+        frame,
+        0.0,
+        0.0,
+        f64::from(width),
+        f64::from(height),
+    )?;
+    let init = web_sys::VideoFrameInit::new();
+    init.set_timestamp_f64(frame.timestamp());
+    web_sys::VideoFrame::new_with_html_canvas_element_and_video_frame_init(canvas, &init)
+}
+
+/// A WebCodecs encoder whose pictures go to `sink` as encoding `encoding`,
+/// each with the number and capture time `pictures` recorded for it.
+fn encoder(
+    codec: &'static str,
+    encoding: Option<u8>,
+    sink: Rc<RefCell<dyn FnMut(Encoded)>>,
+    pictures: Rc<RefCell<VecDeque<(i64, u32, u64)>>>,
+    on: Rc<Cell<bool>>,
+) -> Result<web_sys::VideoEncoder, JsValue> {
     // The form of the encoder's H.264, from its decoderConfig (and failing
     // that, its first chunk).
     let mut form = codec.starts_with("avc1").then(h264::Form::default);
@@ -82,34 +294,39 @@ pub(crate) fn start(
                 }
             }
             let mut data = vec![0u8; chunk.byte_length() as usize];
-            if o.get() && chunk.copy_to_with_u8_slice(&mut data).is_ok() {
-                let key = chunk.type_() == web_sys::EncodedVideoChunkType::Key;
-                if let Some(form) = form.as_mut() {
-                    match form.to_annex_b(&data, key) {
-                        Some(annex_b) => data = annex_b,
-                        None => {
-                            web_sys::console::warn_1(
-                                &"an H.264 chunk in no known form, not sent".into(),
-                            );
-                            return;
-                        }
+            if !on.get() || chunk.copy_to_with_u8_slice(&mut data).is_err() {
+                return;
+            }
+            let key = chunk.type_() == web_sys::EncodedVideoChunkType::Key;
+            if let Some(form) = form.as_mut() {
+                match form.to_annex_b(&data, key) {
+                    Some(annex_b) => data = annex_b,
+                    None => {
+                        web_sys::console::warn_1(
+                            &"an H.264 chunk in no known form, not sent".into(),
+                        );
+                        return;
                     }
                 }
-                let ts = chunk.timestamp() as i64;
-                let mut c = cap.borrow_mut();
-                while c.front().is_some_and(|(t, _)| *t < ts) {
-                    c.pop_front();
-                }
-                let captured_us = match c.front() {
-                    Some((t, wall)) if *t == ts => *wall,
-                    _ => (js_sys::Date::now() * 1000.0) as u64,
-                };
-                (sink.borrow_mut())(Encoded {
-                    key,
-                    data,
-                    captured_us,
-                });
             }
+            let ts = chunk.timestamp() as i64;
+            let found = pictures
+                .borrow()
+                .iter()
+                .rev()
+                .find(|(t, _, _)| *t == ts)
+                .map(|(_, seq, wall)| (*seq, *wall));
+            // A picture older than what is remembered is too late to send.
+            let Some((sequence, captured_us)) = found else {
+                return;
+            };
+            (sink.borrow_mut())(Encoded {
+                key,
+                data,
+                captured_us,
+                sequence,
+                encoding,
+            });
         },
     );
     let error = Closure::<dyn FnMut(JsValue)>::new(|e: JsValue| {
@@ -121,69 +338,7 @@ pub(crate) fn start(
     ))?;
     output.forget();
     error.forget();
-
-    let key_wanted = Rc::new(Cell::new(true));
-    // The bitrate the encoder is configured with; 0 until configured.
-    let configured_at = Rc::new(Cell::new(0u32));
-    let bitrate = Rc::new(Cell::new(crate::publish::CAMERA_START_BPS));
-    let br = bitrate.clone();
-    let count = Rc::new(Cell::new(0u32));
-    let (kw, o) = (key_wanted.clone(), on.clone());
-    crate::capture::each_frame(track, move |frame: JsValue| {
-        if let Ok(frame) = frame.dyn_into::<web_sys::VideoFrame>() {
-            if configured_at.get() != br.get() {
-                let config = crate::codecs::encoder_config(
-                    codec,
-                    frame.display_width(),
-                    frame.display_height(),
-                    br.get(),
-                );
-                if encoder.configure(&config).is_ok() {
-                    // A reconfigured encoder starts again from a key frame.
-                    if configured_at.get() != 0 {
-                        kw.set(true);
-                    }
-                    configured_at.set(br.get());
-                    // What the encoder now aims at, for the curious and the tests.
-                    if let Some(app) = web_sys::window()
-                        .and_then(|w| w.document())
-                        .and_then(|d| d.get_element_by_id("app"))
-                    {
-                        let _ =
-                            app.set_attribute("data-encoder-kbps", &(br.get() / 1000).to_string());
-                    }
-                }
-            }
-            // A slow encoder skips pictures instead of queueing them.
-            if o.get() && configured_at.get() != 0 && encoder.encode_queue_size() < 3 {
-                let key = kw.get() || count.get().is_multiple_of(KEY_EVERY);
-                let options = web_sys::VideoEncoderEncodeOptions::new();
-                options.set_key_frame(key);
-                let mut c = captured.borrow_mut();
-                c.push_back((
-                    frame.timestamp() as i64,
-                    (js_sys::Date::now() * 1000.0) as u64,
-                ));
-                if c.len() > 64 {
-                    c.pop_front();
-                }
-                drop(c);
-                if encoder.encode_with_options(&frame, &options).is_ok() {
-                    count.set(count.get() + 1);
-                    if key {
-                        kw.set(false);
-                    }
-                }
-            }
-            frame.close();
-        }
-    })?;
-    Ok(Camera {
-        key_wanted,
-        on,
-        bitrate,
-        codec,
-    })
+    Ok(encoder)
 }
 
 /// The `decoderConfig` of an output's metadata, when it has one (the first

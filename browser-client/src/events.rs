@@ -65,6 +65,8 @@ fn on_room(app: &mut App, msg: S) {
         S::TrackMuted(m) => on_track_muted(app, m),
         S::KeyFrameRequest(k) => publish::on_key_frame_request(app, k),
         S::CongestionHint(h) => publish::on_congestion_hint(app, h),
+        S::EncodingDemand(d) => publish::on_encoding_demand(app, d),
+        S::ActiveSpeakers(a) => on_active_speakers(app, a),
         S::ParticipantJoined(j) => on_participant_joined(app, j),
         S::ParticipantLeft(l) => on_participant_left(app, l),
         S::E2ee(m) => e2ee::on_message(app, m),
@@ -157,6 +159,31 @@ fn on_track_muted(app: &mut App, m: v1::TrackMuted) {
     } else {
         app.mic_muted.remove(&m.participant_id);
         screens::show_roster(app);
+    }
+}
+
+/// Who speaks, as the server hears it (PROTOCOL.md §6.6.4): their tiles get
+/// `data-active-speaker`, the main speaker's the class `dominant`, and
+/// `#app[data-dominant]` names them (empty when nobody speaks).
+fn on_active_speakers(app: &mut App, a: v1::ActiveSpeakers) {
+    let dominant = a
+        .speakers
+        .iter()
+        .find(|s| s.dominant)
+        .map(|s| s.participant_id);
+    for ((pid, _), tile) in &app.tiles {
+        let e = tile.element();
+        let active = a.speakers.iter().any(|s| s.participant_id == *pid);
+        let _ = e.set_attribute("data-active-speaker", if active { "true" } else { "false" });
+        let _ = e
+            .class_list()
+            .toggle_with_force("dominant", Some(*pid) == dominant);
+    }
+    if let Some(root) = by_id("app") {
+        let _ = root.set_attribute(
+            "data-dominant",
+            &dominant.map(|p| p.to_string()).unwrap_or_default(),
+        );
     }
 }
 

@@ -19,6 +19,7 @@
 
 pub mod h264;
 pub mod links;
+pub mod quality;
 pub mod retry;
 pub mod ui;
 

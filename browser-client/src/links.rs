@@ -56,6 +56,15 @@ pub fn e2ee_in_link(search: &str, hash: &str) -> bool {
         .any(|kv| kv == "e2ee=1")
 }
 
+/// False when the page's query turns simulcast off (`?simulcast=0`): the
+/// camera is then sent as one encoding, as to a server without `sfu.1`.
+pub fn simulcast_in_link(search: &str) -> bool {
+    !search
+        .trim_start_matches('?')
+        .split('&')
+        .any(|kv| kv == "simulcast=0")
+}
+
 /// A WebSocket URL given in the page's query (`?server=ws://…`), honoured
 /// only when the page and that server are both on loopback: for local
 /// development and the conformance runner, never a way for a link to send
@@ -131,6 +140,15 @@ pub fn e2ee_from_link() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn simulcast_is_on_unless_the_link_turns_it_off() {
+        assert!(simulcast_in_link(""));
+        assert!(simulcast_in_link("?transport=websocket"));
+        assert!(simulcast_in_link("?simulcast=1"));
+        assert!(!simulcast_in_link("?simulcast=0"));
+        assert!(!simulcast_in_link("?transport=websocket&simulcast=0"));
+    }
 
     #[test]
     fn the_url_names_the_person_and_the_meeting() {

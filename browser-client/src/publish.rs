@@ -10,7 +10,9 @@ use convene_protocol::v1::{self, client_message::Msg as C};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
-use crate::dom::now;
+use convene_protocol::{AudioLevel, simulcast};
+
+use crate::dom::{by_id, now};
 use crate::events::pump;
 use crate::state::{App, page};
 use crate::{audio, camera, codecs, path, ui};
@@ -45,19 +47,23 @@ pub(crate) fn send_camera(app: &Rc<RefCell<App>>) {
     }
     if let Some(track) = first(stream.get_audio_tracks()) {
         let rc = app.clone();
-        let sink = move |data: Vec<u8>| {
+        let sink = move |data: Vec<u8>, level: AudioLevel| {
             let mut app = rc.borrow_mut();
             let seq = app.audio_sequence;
             app.audio_sequence = seq.wrapping_add(1);
             let now_us = (js_sys::Date::now() * 1000.0) as u64;
-            send_frame(&mut app, AUDIO_TRACK, seq, true, &data, now_us);
+            send_audio(&mut app, seq, &data, now_us, level);
         };
+        // Levels beside the sound, for the server's speaker detection
+        // (§6.6.4), where the server forwards selectively.
+        let levels = app.borrow().session.sfu();
         let info = v1::TrackInfo {
             track_id: AUDIO_TRACK,
             kind: v1::TrackKind::Audio as i32,
             codec: audio::CODEC.into(),
             sample_rate: 48_000,
             channels: 1,
+            audio_levels: levels,
             ..Default::default()
         };
         if publish(app, info) && app.borrow().mic.is_none() {
@@ -70,39 +76,90 @@ pub(crate) fn send_camera(app: &Rc<RefCell<App>>) {
 }
 
 /// Publishes the camera in `codec` (after a reconnect, in the codec its
-/// encoder runs already) and starts its encoder.
+/// encoder runs already) and starts its encoder: as three simulcast
+/// encodings when the server forwards selectively (`sfu.1`) and the link
+/// does not say `simulcast=0`, else as one.
 fn send_video(
     app: &Rc<RefCell<App>>,
     track: &web_sys::MediaStreamTrack,
     codec: Option<&'static str>,
 ) {
-    let running = app.borrow().camera.as_ref().map(|c| c.codec);
-    let Some(codec) = running.or(codec) else {
+    let running = app
+        .borrow()
+        .camera
+        .as_ref()
+        .map(|c| (c.codec, c.rungs.clone()));
+    let Some(codec) = running.as_ref().map(|r| r.0).or(codec) else {
         ui::notice("Not sending your camera: this browser can encode no video codec Convene uses");
         return;
     };
+    let rungs = match &running {
+        Some((_, rungs)) => rungs.clone(),
+        None => {
+            let settings = track.get_settings();
+            let size = |v: Option<i32>| v.filter(|v| *v > 0).unwrap_or(0) as u32;
+            let (w, h) = (size(settings.get_width()), size(settings.get_height()));
+            let wanted = app.borrow().session.sfu() && simulcast_in_link() && w > 0 && h > 0;
+            let rungs = simulcast::ladder(w & !1, h & !1, CAMERA_START_BPS / 1000, wanted);
+            if rungs.len() > 1 { rungs } else { Vec::new() }
+        }
+    };
     let rc = app.clone();
+    let layered = rungs.len() > 1;
     let sink = move |e: camera::Encoded| {
         let mut app = rc.borrow_mut();
-        let seq = app.video_sequence;
-        app.video_sequence = seq.wrapping_add(1);
-        send_frame(&mut app, VIDEO_TRACK, seq, e.key, &e.data, e.captured_us);
+        // A session without sfu.1 (a reconnect to an older server) gets the
+        // top encoding alone, as a plain track.
+        let encoding = match e.encoding {
+            Some(i) if !app.session.sfu() => {
+                if usize::from(i) + 1 != app.camera.as_ref().map_or(1, |c| c.rungs.len()) {
+                    return;
+                }
+                None
+            }
+            other => other,
+        };
+        send_frame(&mut app, VIDEO_TRACK, &e, encoding);
     };
+    let announced = if layered && app.borrow().session.sfu() {
+        simulcast::encodings(&rungs, 30, 1)
+    } else {
+        Vec::new()
+    };
+    let top = rungs.last();
     let info = v1::TrackInfo {
         track_id: VIDEO_TRACK,
         kind: v1::TrackKind::Video as i32,
         codec: codec.into(),
+        width: top.map_or(0, |r| r.width),
+        height: top.map_or(0, |r| r.height),
         frame_rate: 30,
         target_bitrate_kbps: CAMERA_START_BPS / 1000,
+        encodings: announced,
         ..Default::default()
     };
+    if let Some(root) = by_id("app") {
+        let sizes: Vec<String> = rungs
+            .iter()
+            .map(|r| format!("{}x{}", r.width, r.height))
+            .collect();
+        let _ = root.set_attribute("data-simulcast", &sizes.join(" "));
+    }
     // After a reconnect the encoder runs already: publishing again is enough.
     if publish(app, info) && running.is_none() {
-        match camera::start(track, codec, sink) {
+        match camera::start(track, codec, rungs, sink) {
             Ok(c) => app.borrow_mut().camera = Some(c),
             Err(e) => web_sys::console::warn_2(&"cannot send the camera".into(), &e),
         }
     }
+}
+
+/// False when the page's link turns simulcast off (`simulcast=0`).
+fn simulcast_in_link() -> bool {
+    let search = web_sys::window()
+        .and_then(|w| w.location().search().ok())
+        .unwrap_or_default();
+    crate::links::simulcast_in_link(&search)
 }
 
 /// Announces a track; false when the server will not have it.
@@ -168,12 +225,9 @@ pub(crate) fn toggle_screen(a: &Rc<RefCell<App>>) {
         }
         let rc = a.clone();
         let sink = move |e: camera::Encoded| {
-            let mut app = rc.borrow_mut();
-            let seq = app.screen_sequence;
-            app.screen_sequence = seq.wrapping_add(1);
-            send_frame(&mut app, SCREEN_TRACK, seq, e.key, &e.data, e.captured_us);
+            send_frame(&mut rc.borrow_mut(), SCREEN_TRACK, &e, None);
         };
-        match camera::start(&track, codec, sink) {
+        match camera::start(&track, codec, Vec::new(), sink) {
             Ok(c) => {
                 // The browser's own "stop sharing" ends the track: stop too.
                 let rc = a.clone();
@@ -209,26 +263,50 @@ fn stop_screen(a: &Rc<RefCell<App>>, c: camera::Camera, track: web_sys::MediaStr
     ui::update(|v| v.sharing = false);
 }
 
-/// Sends one encoded frame of our own track.
-fn send_frame(
-    app: &mut App,
-    track_id: u32,
-    sequence: u32,
-    key: bool,
-    data: &[u8],
-    captured_us: u64,
-) {
+/// Sends one encoded picture of our own camera or screen, as LAYERED when
+/// it is one of several encodings.
+fn send_frame(app: &mut App, track_id: u32, e: &camera::Encoded, encoding: Option<u8>) {
     let header = convene_protocol::MediaHeader {
-        key,
+        key: e.key,
         sender: 0,
         track_id,
+        sequence: e.sequence,
+        capture_timestamp_us: e.captured_us,
+    };
+    let mut frame = match app.keyring.as_mut() {
+        Some(ring) => ring.seal_media(&header, None, &e.data),
+        None => convene_protocol::MediaFrame::build(&header, None, &e.data),
+    };
+    if let Some(encoding) = encoding {
+        frame = frame.with_layer(convene_protocol::Layer {
+            encoding,
+            ..Default::default()
+        });
+    }
+    let _ = app.session.send_media(now(), frame);
+    pump(app);
+}
+
+/// Sends one encoded frame of our microphone, with its level where the
+/// session forwards selectively (the track then announced levels).
+fn send_audio(app: &mut App, sequence: u32, data: &[u8], captured_us: u64, level: AudioLevel) {
+    let header = convene_protocol::MediaHeader {
+        key: true,
+        sender: 0,
+        track_id: AUDIO_TRACK,
         sequence,
         capture_timestamp_us: captured_us,
     };
-    let frame = match app.keyring.as_mut() {
+    let mut frame = match app.keyring.as_mut() {
         Some(ring) => ring.seal_media(&header, None, data),
         None => convene_protocol::MediaFrame::build(&header, None, data),
     };
+    if app.session.sfu() {
+        frame = frame.with_layer(convene_protocol::Layer {
+            level: Some(level),
+            ..Default::default()
+        });
+    }
     let _ = app.session.send_media(now(), frame);
     pump(app);
 }
@@ -241,7 +319,7 @@ pub(crate) fn toggle(app: &mut App, mic: bool) -> Option<C> {
     } else {
         if let Some(c) = &app.camera {
             // Start again from a picture the others can decode.
-            c.key_wanted.set(true);
+            c.want_key(0);
         }
         (app.camera.as_ref().map(|c| c.on.clone()), VIDEO_TRACK)
     };
@@ -267,7 +345,7 @@ pub(crate) fn on_accepted(app: &mut App, track_id: u32) {
     if track_id == VIDEO_TRACK
         && let Some(c) = &app.camera
     {
-        c.key_wanted.set(true);
+        c.want_key(0);
         c.on.set(true);
     }
     if track_id == AUDIO_TRACK
@@ -278,7 +356,7 @@ pub(crate) fn on_accepted(app: &mut App, track_id: u32) {
     if track_id == SCREEN_TRACK
         && let Some((c, _)) = &app.screen
     {
-        c.key_wanted.set(true);
+        c.want_key(0);
         c.on.set(true);
     }
 }
@@ -305,12 +383,27 @@ pub(crate) fn on_key_frame_request(app: &mut App, k: v1::KeyFrameRequest) {
     if k.track_id == VIDEO_TRACK
         && let Some(c) = &app.camera
     {
-        c.key_wanted.set(true);
+        c.want_key(k.encoding_mask as u8);
     }
     if k.track_id == SCREEN_TRACK
         && let Some((c, _)) = &app.screen
     {
-        c.key_wanted.set(true);
+        c.want_key(0);
+    }
+}
+
+/// Which of our camera's encodings anyone receives (§6.6.5): the others
+/// stop, and one that comes back starts with a key frame. Shown in
+/// `#app[data-encodings-active]` (a bit mask).
+pub(crate) fn on_encoding_demand(app: &mut App, d: v1::EncodingDemand) {
+    if d.track_id != VIDEO_TRACK {
+        return;
+    }
+    if let Some(c) = &app.camera {
+        c.active.set(d.active_mask as u8);
+    }
+    if let Some(root) = by_id("app") {
+        let _ = root.set_attribute("data-encodings-active", &d.active_mask.to_string());
     }
 }
 

@@ -5,8 +5,9 @@ use convene_protocol::MediaFrame;
 use convene_protocol::v1::{self, client_message::Msg as C};
 
 use crate::dom::now;
+use crate::events::pump;
 use crate::state::App;
-use crate::{audio, e2ee, screens, video};
+use crate::{audio, e2ee, quality, screens, video};
 
 /// Puts a remote video track on screen, or plays a remote audio track.
 pub(crate) fn add_track(app: &mut App, participant: u32, track: &v1::TrackInfo) {
@@ -32,7 +33,8 @@ pub(crate) fn add_track(app: &mut App, participant: u32, track: &v1::TrackInfo) 
     if track.kind == v1::TrackKind::Screen as i32 {
         name.push_str(" · screen");
     }
-    match video::Tile::new(participant, track.track_id, &name, &track.codec) {
+    let selective = !track.encodings.is_empty();
+    match video::Tile::new(participant, track.track_id, &name, &track.codec, selective) {
         Ok(t) => {
             app.tiles.insert((participant, track.track_id), t);
             screens::show_tiles(app);
@@ -45,6 +47,11 @@ pub(crate) fn add_track(app: &mut App, participant: u32, track: &v1::TrackInfo) 
 /// decoded onto its tile.
 pub(crate) fn on_media(app: &mut App, m: MediaFrame) {
     let h = *m.header();
+    if let Some(layer) = m.layer()
+        && let Some(tile) = app.tiles.get_mut(&(h.sender, h.track_id))
+    {
+        tile.note_encoding(layer.encoding);
+    }
     let Some(m) = e2ee::open_media(app, m) else {
         return;
     };
@@ -66,6 +73,61 @@ pub(crate) fn on_media(app: &mut App, m: MediaFrame) {
             }),
         );
     }
+}
+
+/// Tells the server the size each selective track is shown at, or that
+/// it is not shown (PROTOCOL.md §6.6.3): called four times a second, it
+/// sends at most one UpdateSubscription a call, for the tile whose wish
+/// changed and was asked about longest ago.
+pub(crate) fn ask_for_sizes(app: &mut App) {
+    if !app.session.sfu() {
+        return;
+    }
+    let ratio = web_sys::window().map_or(1.0, |w| w.device_pixel_ratio());
+    let changed: Vec<((u32, u32), quality::Wanted, Option<f64>)> = app
+        .tiles
+        .iter()
+        .filter(|(_, t)| t.selective)
+        .filter_map(|(k, t)| {
+            let (w, h) = t.shown_size();
+            let wanted = quality::wanted(w, h, ratio);
+            match t.asked {
+                Some((asked, _)) if asked == wanted => None,
+                asked => Some((*k, wanted, asked.map(|(_, at)| at))),
+            }
+        })
+        .collect();
+    let Some(key) = quality::next_to_send(changed.iter().map(|(k, _, at)| (*k, *at))) else {
+        return;
+    };
+    let Some((_, wanted, _)) = changed.into_iter().find(|(k, _, _)| *k == key) else {
+        return;
+    };
+    let sent = app.session.send(
+        now(),
+        C::UpdateSubscription(v1::UpdateSubscription {
+            participant_id: key.0,
+            track_id: key.1,
+            preferences: Some(v1::SubscriptionPreferences {
+                max_width: wanted.max_width,
+                max_height: wanted.max_height,
+                max_frame_rate: 0,
+                paused: wanted.paused,
+            }),
+        }),
+    );
+    if sent.is_ok()
+        && let Some(t) = app.tiles.get_mut(&key)
+    {
+        t.asked = Some((wanted, now().0 as f64 / 1000.0));
+        let size = if wanted.paused {
+            "paused".to_string()
+        } else {
+            format!("{}x{}", wanted.max_width, wanted.max_height)
+        };
+        let _ = t.element().set_attribute("data-asked", &size);
+    }
+    pump(app);
 }
 
 /// A remote track was unpublished: its tile or player goes.

@@ -168,6 +168,9 @@ async fn connect(name: String, meeting: String, token: String, e2ee: bool) -> Re
         client_kind: v1::ClientKind::Browser,
         client_version: concat!("convene-web/", env!("CARGO_PKG_VERSION")).into(),
         auth_token: token,
+        // Selective forwarding (PROTOCOL.md §6.6): simulcast out, the
+        // size each tile needs in.
+        features: vec![convene_protocol::FEATURE_SFU.into()],
         ..ClientSessionConfig::default()
     };
     let app = Rc::new(RefCell::new(App::new(name, meeting, config, e2ee)));
@@ -388,6 +391,7 @@ fn timers(app: &Rc<RefCell<App>>) -> Result<(), JsValue> {
         let mut app = a.borrow_mut();
         app.session.handle_timeout(now());
         pump(&mut app);
+        remote::ask_for_sizes(&mut app);
         screens::show_audio(&app);
         app.ticks = app.ticks.wrapping_add(1);
         let sample = app.ticks.is_multiple_of(4);

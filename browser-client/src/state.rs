@@ -95,8 +95,6 @@ pub(crate) struct App {
     pub(crate) mic: Option<audio::Mic>,
     /// The screen being shared, and its capture track.
     pub(crate) screen: Option<(camera::Camera, web_sys::MediaStreamTrack)>,
-    /// The next screen frame's sequence number.
-    pub(crate) screen_sequence: u32,
     /// Remote audio being played, by (participant, track).
     pub(crate) players: BTreeMap<(u32, u32), audio::Player>,
     /// The next audio frame's sequence number.
@@ -107,8 +105,6 @@ pub(crate) struct App {
     pub(crate) mic_muted: BTreeSet<u32>,
     /// Joined and not sending yet: the caller starts the camera.
     pub(crate) want_camera: bool,
-    /// The next video frame's sequence number.
-    pub(crate) video_sequence: u32,
     /// The user asked for end-to-end encryption in this meeting.
     pub(crate) e2ee_wanted: bool,
     /// The session's end-to-end encryption, once joined with it on.
@@ -150,13 +146,11 @@ impl App {
             camera: None,
             mic: None,
             screen: None,
-            screen_sequence: 0,
             players: BTreeMap::new(),
             audio_sequence: 0,
             pending_publish: BTreeMap::new(),
             mic_muted: BTreeSet::new(),
             want_camera: false,
-            video_sequence: 0,
             e2ee_wanted,
             keyring: None,
             safety_code: String::new(),

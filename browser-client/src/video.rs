@@ -17,6 +17,13 @@ pub(crate) struct Tile {
     has_key: bool,
     /// When a key frame was last asked for, in ms on the page clock.
     pub(crate) last_key_request_ms: f64,
+    /// The track has several encodings: the server sends the one the
+    /// tile's size asks for (PROTOCOL.md §6.6.3).
+    pub(crate) selective: bool,
+    /// The encoding the last frame came in, shown in `data-encoding`.
+    encoding: Option<u8>,
+    /// What was last asked of the server for this tile, and when (ms).
+    pub(crate) asked: Option<(crate::quality::Wanted, f64)>,
 }
 
 impl Tile {
@@ -27,6 +34,7 @@ impl Tile {
         track: u32,
         name: &str,
         codec: &str,
+        selective: bool,
     ) -> Result<Tile, JsValue> {
         let document = web_sys::window()
             .and_then(|w| w.document())
@@ -125,12 +133,33 @@ impl Tile {
             element: figure,
             has_key: false,
             last_key_request_ms: f64::NEG_INFINITY,
+            selective,
+            encoding: None,
+            asked: None,
         })
     }
 
     /// The tile's `<figure>`.
     pub(crate) fn element(&self) -> &web_sys::Element {
         &self.element
+    }
+
+    /// Notes the simulcast encoding frames now come in (`data-encoding`).
+    pub(crate) fn note_encoding(&mut self, encoding: u8) {
+        if self.encoding != Some(encoding) {
+            self.encoding = Some(encoding);
+            let _ = self
+                .element
+                .set_attribute("data-encoding", &encoding.to_string());
+        }
+    }
+
+    /// The tile's size on screen, CSS pixels.
+    pub(crate) fn shown_size(&self) -> (f64, f64) {
+        (
+            f64::from(self.element.client_width()),
+            f64::from(self.element.client_height()),
+        )
     }
 
     /// Decodes one frame; says whether a key frame is needed to go on.

@@ -22,11 +22,13 @@ test.afterAll(async () => {
 });
 
 
-// Joins `meeting` alone over WebTransport, through `relay` when given.
+// Joins `meeting` alone over WebTransport, through `relay` when given. One
+// encoding (simulcast=0): alone in a meeting, a simulcast camera would stop
+// encoding for want of receivers (§6.6.5), and the path would carry nothing.
 async function join(meeting, relay) {
   const page = await browser.context.newPage();
-  const wt = relay ? `?wt=${encodeURIComponent(`https://${relay.addr}/convene/wt`)}` : '';
-  await page.goto(`${server.base}/meeting/Solo/${meeting}${wt}`);
+  const wt = relay ? `&wt=${encodeURIComponent(`https://${relay.addr}/convene/wt`)}` : '';
+  await page.goto(`${server.base}/meeting/Solo/${meeting}?simulcast=0${wt}`);
   await page.click('#connect');
   await expect(page.locator('#app')).toHaveAttribute('data-transport', 'WebTransport', { timeout: 20_000 });
   await expect(page.locator('#participants li')).toHaveCount(1);
