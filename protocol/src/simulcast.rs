@@ -1,6 +1,5 @@
 //! The simulcast ladder every Convene publisher uses (PROTOCOL.md §6.6.1):
-//! which encodings a picture is sent in, and how a total bitrate is shared
-//! between them. One place, so the native and the browser client announce
+//! which encodings a picture is sent in, at what size and bitrate. One place, so the native and the browser client announce
 //! and encode the same ladder.
 
 use crate::v1;
@@ -69,30 +68,6 @@ pub fn encodings(rungs: &[Rung], fps: u32, temporal_layers: u32) -> Vec<v1::Enco
         .collect()
 }
 
-/// Shares `total` bit/s (what the uplink carries for the whole track)
-/// between `rungs` in the proportions of their announced rates, for the
-/// encodings in `active` (bit `i` for rung `i`); the others get 0.
-pub fn split_bps(rungs: &[Rung], active: u8, total: u32) -> Vec<u32> {
-    let on = |i: usize| active & (1 << i) != 0;
-    let sum: u64 = rungs
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| on(*i))
-        .map(|(_, r)| u64::from(r.kbps))
-        .sum();
-    rungs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            if !on(i) || sum == 0 {
-                0
-            } else {
-                (u64::from(total) * u64::from(r.kbps) / sum) as u32
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,18 +106,5 @@ mod tests {
             e.iter()
                 .all(|e| e.temporal_layers == 2 && e.frame_rate == 30)
         );
-    }
-
-    #[test]
-    fn the_total_is_shared_in_proportion_among_active_rungs() {
-        let l = ladder(1280, 720, 1500, true); // 150, 500, 1500
-        let s = split_bps(&l, 0b111, 2_150_000);
-        assert_eq!(s, vec![150_000, 500_000, 1_500_000]);
-        // Nobody wants the top: its share goes to the others.
-        let s = split_bps(&l, 0b011, 650_000);
-        assert_eq!(s, vec![150_000, 500_000, 0]);
-        assert_eq!(split_bps(&l, 0, 1_000_000), vec![0, 0, 0]);
-        let total: u32 = split_bps(&l, 0b101, 1_000_000).iter().sum();
-        assert!(total <= 1_000_000 && total > 999_000);
     }
 }
