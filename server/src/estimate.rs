@@ -1,0 +1,228 @@
+//! What a subscriber's path carries, in kbit/s, from the transport's own
+//! counters (PROTOCOL.md §6.6.3): the budget the room shares among the
+//! subscriber's tracks ([`crate::room::forward::budget`]).
+//!
+//! Sans-IO: the shells read the counters (`TCP_INFO` for WebSocket,
+//! [`crate::tcp_info`]; quinn's path statistics for WebTransport,
+//! `wt::path`) every [`SAMPLE_EVERY`] and hand them here; nothing here
+//! reads a socket or a clock.
+//!
+//! Conservative on purpose: an estimate comes down within a sample or two
+//! and climbs back over several, and where the transport shows the path
+//! (not the sender) setting the pace, a tenth is kept in reserve so the
+//! media does not fill the bottleneck's queue.
+
+use std::time::Duration;
+
+/// How often a connection's counters are read.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+
+/// Unsent bytes in the kernel beyond which a TCP connection is taken as
+/// limited by its path rather than by what the server had to send.
+pub const TCP_BACKLOG_BYTES: u32 = 16 * 1024;
+
+/// Round trips below this (loopback) say nothing about a window's rate.
+const MIN_RTT: Duration = Duration::from_millis(1);
+
+/// The kernel's view of a TCP connection at one moment (`TCP_INFO`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpSample {
+    /// The rate of the most recent delivered flight, bytes per second
+    /// (`tcpi_delivery_rate`).
+    pub delivery_rate: u64,
+    /// The congestion window in bytes (`tcpi_snd_cwnd` × `tcpi_snd_mss`).
+    pub cwnd_bytes: u64,
+    /// The smoothed round-trip time (`tcpi_rtt`).
+    pub rtt: Duration,
+    /// Bytes written but not yet sent (`tcpi_notsent_bytes`).
+    pub notsent_bytes: u32,
+    /// Time so far the receiver's window held sending back
+    /// (`tcpi_rwnd_limited`, µs in the kernel).
+    pub rwnd_limited: Duration,
+}
+
+/// Kbit/s a window of `bytes` lets through per round trip `rtt`.
+fn window_kbps(bytes: u64, rtt: Duration) -> u64 {
+    let us = rtt.max(MIN_RTT).as_micros().max(1) as u64;
+    bytes.saturating_mul(8_000) / us
+}
+
+/// What a TCP connection carries, from two samples `before` and `now`
+/// (kbit/s). When it is behind (unsent bytes pile up in the kernel, or the
+/// receiver's window held it back since `before`) the path sets the pace
+/// and its delivery rate, less a tenth, is the answer. Otherwise the
+/// server sent all it had: the path carries at least the delivery rate,
+/// and the congestion window allows its rate per round trip; the larger
+/// of the window's rate and twice the delivery rate is the answer, so a
+/// subscriber getting a small encoding is not held there.
+pub fn tcp_kbps(before: &TcpSample, now: &TcpSample) -> u32 {
+    let delivery = now.delivery_rate.saturating_mul(8) / 1000;
+    let behind = now.notsent_bytes >= TCP_BACKLOG_BYTES || now.rwnd_limited > before.rwnd_limited;
+    let kbps = if behind && delivery > 0 {
+        delivery * 9 / 10
+    } else {
+        window_kbps(now.cwnd_bytes, now.rtt).max(delivery.saturating_mul(2))
+    };
+    kbps.clamp(1, u32::MAX as u64) as u32
+}
+
+/// QUIC's view of a connection over one sample interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QuicInterval {
+    /// How long the interval was.
+    pub elapsed: Duration,
+    /// UDP payload bytes sent in it.
+    pub sent_bytes: u64,
+    /// Share of the packets sent in it that were declared lost, when
+    /// enough were sent to say.
+    pub loss: Option<f64>,
+    /// The congestion window at its end, bytes.
+    pub cwnd: u64,
+    /// The smoothed round trip at its end.
+    pub rtt: Duration,
+}
+
+/// Share of the window's rate in use beyond which the window, not the
+/// media, sets QUIC's pace.
+const WINDOW_FULL: f64 = 0.8;
+
+/// What a QUIC connection carries over `i` (kbit/s): the congestion
+/// window's rate per round trip, less a tenth where it lost `lossy` or more
+/// of its packets or the window was nearly full (the window, not the
+/// media, set the pace). Where both, no more than what got through of what
+/// it sent: the sender pushed past the path. Losses while sending little
+/// say the path is lossy, not how much it carries, so they do not bound it
+/// by the little sent.
+pub fn quic_kbps(i: &QuicInterval, lossy: f64) -> u32 {
+    let window = window_kbps(i.cwnd, i.rtt);
+    let ms = i.elapsed.as_millis().max(1) as u64;
+    let sent = i.sent_bytes.saturating_mul(8) / ms;
+    let bound = sent as f64 >= WINDOW_FULL * window as f64;
+    let loss = i.loss.filter(|l| *l >= lossy);
+    let kbps = match (loss, bound) {
+        (Some(l), true) => window.min((sent as f64 * (1.0 - l)) as u64) * 9 / 10,
+        (Some(_), false) | (None, true) => window * 9 / 10,
+        (None, false) => window,
+    };
+    kbps.clamp(1, u32::MAX as u64) as u32
+}
+
+/// One connection's estimate, smoothed: down fast, up slowly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Smoothed {
+    /// The estimate so far, kbit/s.
+    kbps: Option<u32>,
+}
+
+impl Smoothed {
+    /// Takes a new raw estimate and returns the smoothed one: three
+    /// quarters of the way to a lower value at once, an eighth of the way
+    /// to a higher one per sample.
+    pub fn update(&mut self, raw: u32) -> u32 {
+        let raw64 = u64::from(raw);
+        let next = match self.kbps.map(u64::from) {
+            None => raw64,
+            Some(k) if raw64 < k => (k + 3 * raw64) / 4,
+            Some(k) => (7 * k + raw64) / 8,
+        };
+        let next = next.clamp(1, u32::MAX as u64) as u32;
+        self.kbps = Some(next);
+        next
+    }
+
+    /// The estimate so far.
+    pub fn get(&self) -> Option<u32> {
+        self.kbps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(delivery_kbps: u64, cwnd: u64, rtt_ms: u64, notsent: u32, rwnd_ms: u64) -> TcpSample {
+        TcpSample {
+            delivery_rate: delivery_kbps * 1000 / 8,
+            cwnd_bytes: cwnd,
+            rtt: Duration::from_millis(rtt_ms),
+            notsent_bytes: notsent,
+            rwnd_limited: Duration::from_millis(rwnd_ms),
+        }
+    }
+
+    #[test]
+    fn a_tcp_connection_with_nothing_waiting_is_bounded_by_its_window() {
+        let a = tcp(0, 14_480, 40, 0, 0);
+        // 14 480 bytes per 40 ms: 2 896 kbit/s; the media took 500.
+        assert_eq!(tcp_kbps(&a, &tcp(500, 14_480, 40, 0, 0)), 2896);
+        // A larger share of what it took than the window allows: twice that.
+        assert_eq!(tcp_kbps(&a, &tcp(2000, 14_480, 40, 0, 0)), 4000);
+        // Loopback: round trips of microseconds count as a millisecond.
+        let lo = tcp(8000, 10 * 65_483, 0, 0, 0);
+        assert_eq!(tcp_kbps(&a, &lo), 5_238_640);
+    }
+
+    #[test]
+    fn a_tcp_connection_behind_is_its_delivery_rate_less_a_tenth() {
+        let a = tcp(0, 200_000, 20, 0, 100);
+        // Bytes waiting in the kernel: the path sets the pace.
+        assert_eq!(tcp_kbps(&a, &tcp(400, 200_000, 20, 64 * 1024, 100)), 360);
+        // The receiver's window held it back since the last sample.
+        assert_eq!(tcp_kbps(&a, &tcp(400, 200_000, 20, 0, 350)), 360);
+    }
+
+    #[test]
+    fn quic_is_its_window_unless_losing_or_window_bound() {
+        let clean = QuicInterval {
+            elapsed: Duration::from_millis(500),
+            sent_bytes: 25_000,
+            loss: Some(0.0),
+            cwnd: 100_000,
+            rtt: Duration::from_millis(20),
+        };
+        // 100 kB per 20 ms: 40 Mbit/s; 400 kbit/s sent.
+        assert_eq!(quic_kbps(&clean, 0.02), 40_000);
+        // 10 % lost while sending little: the window, less a tenth.
+        let lossy = QuicInterval {
+            loss: Some(0.1),
+            ..clean
+        };
+        assert_eq!(quic_kbps(&lossy, 0.02), 36_000);
+        // 10 % lost of 2 Mbit/s sent against a 2.4 Mbit/s window: what got
+        // through (1.8 Mbit/s), less a tenth.
+        let pushed = QuicInterval {
+            sent_bytes: 125_000,
+            loss: Some(0.1),
+            cwnd: 12_000,
+            rtt: Duration::from_millis(40),
+            ..clean
+        };
+        assert_eq!(quic_kbps(&pushed, 0.02), 1620);
+        // Sending at the window's rate: the window less a tenth.
+        let full = QuicInterval {
+            sent_bytes: 1_000_000,
+            cwnd: 12_000,
+            rtt: Duration::from_millis(40),
+            ..clean
+        };
+        assert_eq!(quic_kbps(&full, 0.02), 2160);
+    }
+
+    #[test]
+    fn the_smoothed_estimate_drops_fast_and_climbs_slowly() {
+        let mut s = Smoothed::default();
+        assert_eq!(s.update(4000), 4000);
+        assert_eq!(s.update(400), 1300);
+        assert_eq!(s.update(400), 625);
+        // Back to 4000: an eighth of the way per sample.
+        let mut k = 0;
+        for _ in 0..4 {
+            k = s.update(4000);
+        }
+        assert!(k > 2000 && k < 3000, "{k}");
+        for _ in 0..30 {
+            k = s.update(4000);
+        }
+        assert!(k > 3900, "{k}");
+    }
+}
