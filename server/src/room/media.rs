@@ -228,6 +228,11 @@ impl Room {
             ..*frame.header()
         };
         let mut stats = RouteStats::default();
+        // Now and then, not per frame: each subscriber's bandwidth shared
+        // among its subscriptions, so this frame's decisions see it.
+        if self.budget_due(now) {
+            self.allocate_budgets(now);
+        }
         let remote_nodes = self.members.len() > self.local;
         let Some(p) = self
             .members
@@ -436,6 +441,8 @@ impl Room {
     /// of it: the `video_n` most recent speakers, then by participant id.
     pub(super) fn apply_last_n(&mut self) {
         use std::collections::BTreeMap;
+        // Who is shown changed, and so does what the budgets are spent on.
+        self.budget_dirty = true;
         let limits: BTreeMap<u32, usize> = self
             .members
             .iter()
