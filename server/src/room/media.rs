@@ -434,6 +434,8 @@ impl Room {
         }
         if moved {
             self.apply_last_n();
+            // Who is shown, and who comes first, changed for everyone.
+            self.budget_stale.all();
         }
     }
 
@@ -441,8 +443,6 @@ impl Room {
     /// of it: the `video_n` most recent speakers, then by participant id.
     pub(super) fn apply_last_n(&mut self) {
         use std::collections::BTreeMap;
-        // Who is shown changed, and so does what the budgets are spent on.
-        self.budget_dirty = true;
         let limits: BTreeMap<u32, usize> = self
             .members
             .iter()

@@ -154,7 +154,7 @@ impl Room {
                 budget: Default::default(),
             },
         );
-        self.budget_dirty = true;
+        self.budget_stale.add(pid);
         if subscribe_all {
             let mut requests = Vec::new();
             for (ppid, m) in self.members.iter_mut() {
@@ -211,7 +211,7 @@ impl Room {
         }
         self.board.forget(pid);
         // Its tracks and subscriptions go: what others receive is shared anew.
-        self.budget_dirty = true;
+        self.budget_stale.all();
         for tid in member.tracks.keys() {
             self.broadcast(
                 Msg::TrackUnpublished(v1::TrackUnpublished {

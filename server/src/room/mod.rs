@@ -42,6 +42,7 @@ use crate::bus::{Bus, NoBus, NodeId};
 use crate::mailbox::{Admission, Mailbox};
 use crate::outbox::Outbox;
 
+use bandwidth::Stale;
 use cluster::Syncing;
 use media::Publication;
 
@@ -145,9 +146,10 @@ pub struct Room {
     loudest: forward::speakers::Loudest,
     /// The dominant speaker and who last took the floor (§6.6.4).
     board: forward::speakers::Board,
-    /// Something the budgets depend on changed (settings, subscriptions,
-    /// preferences, speakers): the next frame shares them out again.
-    budget_dirty: bool,
+    /// Whose budgets something they depend on changed for (settings,
+    /// subscriptions, preferences, speakers): the next frame shares them
+    /// out again.
+    budget_stale: Stale,
     /// When the budgets were last shared out.
     budget_at: Option<Timestamp>,
 }
@@ -256,7 +258,7 @@ impl Room {
             relay_budget: None,
             loudest: Default::default(),
             board: Default::default(),
-            budget_dirty: false,
+            budget_stale: Stale::default(),
             budget_at: None,
         }
     }

@@ -73,17 +73,18 @@ impl Room {
         server_time_us: u64,
     ) -> Result<(), ProtocolError> {
         // What subscribers receive, or want, changes: their budgets are
-        // shared out again at the next frame (§6.6.3).
-        self.budget_dirty |= matches!(
-            req,
-            RoomRequest::Publish(_)
-                | RoomRequest::Unpublish(_)
-                | RoomRequest::SetTrackMuted(_)
-                | RoomRequest::Subscribe(_)
-                | RoomRequest::Unsubscribe(_)
-                | RoomRequest::UpdateSubscription(_)
-                | RoomRequest::ReceiverSettings(_)
-        );
+        // shared out again at the next frame (§6.6.3), only the sender's
+        // when only its own subscriptions changed.
+        match &req {
+            RoomRequest::Subscribe(_)
+            | RoomRequest::Unsubscribe(_)
+            | RoomRequest::UpdateSubscription(_)
+            | RoomRequest::ReceiverSettings(_) => self.budget_stale.add(pid),
+            RoomRequest::Publish(_) | RoomRequest::Unpublish(_) | RoomRequest::SetTrackMuted(_) => {
+                self.budget_stale.all()
+            }
+            _ => {}
+        }
         match req {
             RoomRequest::UpdateSelf(u) => self.update_self(pid, u),
             RoomRequest::Publish(track) => self.publish(now, pid, track),
