@@ -181,7 +181,7 @@ mod tests {
     fn the_estimate_is_the_window_unless_the_path_loses() {
         let t = std::time::Instant::now();
         let a = sample(t, 0, (0, 0, 0), 20, 100_000);
-        // 100 kB per 20 ms.
+        // 100 kB per 20 ms; 640 kbit/s sent.
         assert_eq!(
             path_kbps(&a, &sample(t, 500, (60, 0, 40_000), 20, 100_000)),
             40_000
