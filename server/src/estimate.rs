@@ -39,6 +39,8 @@ pub struct TcpSample {
     /// Time so far the receiver's window held sending back
     /// (`tcpi_rwnd_limited`, µs in the kernel).
     pub rwnd_limited: Duration,
+    /// Bytes the peer acknowledged so far (`tcpi_bytes_acked`).
+    pub bytes_acked: u64,
 }
 
 /// Kbit/s a window of `bytes` lets through per round trip `rtt`.
@@ -48,20 +50,29 @@ fn window_kbps(bytes: u64, rtt: Duration) -> u64 {
 }
 
 /// What a TCP connection carries, from two samples `before` and `now`
-/// (kbit/s). When it is behind (unsent bytes pile up in the kernel, or the
-/// receiver's window held it back since `before`) the path sets the pace
-/// and its delivery rate, less a tenth, is the answer. Otherwise the
-/// server sent all it had: the path carries at least the delivery rate,
-/// and the congestion window allows its rate per round trip; the larger
-/// of the window's rate and twice the delivery rate is the answer, so a
-/// subscriber getting a small encoding is not held there.
-pub fn tcp_kbps(before: &TcpSample, now: &TcpSample) -> u32 {
-    let delivery = now.delivery_rate.saturating_mul(8) / 1000;
+/// `elapsed` apart (kbit/s). When it is behind (unsent bytes pile up in the
+/// kernel, or the receiver's window held it back since `before`) the path
+/// sets the pace, and what the peer acknowledged over the interval, less a
+/// tenth, is the answer. Otherwise the server sent all it had: the path
+/// carries at least that, and the congestion window allows its rate per
+/// round trip; the larger of the window's rate and twice the acknowledged
+/// rate is the answer, so a subscriber getting a small encoding is not held
+/// there. (The kernel's `tcpi_delivery_rate` is one flight's rate: behind a
+/// proxy that reads ahead in bursts, it swings between a few hundred
+/// kbit/s and a gigabit from one sample to the next, where the bytes
+/// acknowledged over half a second do not.)
+pub fn tcp_kbps(before: &TcpSample, now: &TcpSample, elapsed: Duration) -> u32 {
+    let ms = elapsed.as_millis().max(1) as u64;
+    let acked = now
+        .bytes_acked
+        .saturating_sub(before.bytes_acked)
+        .saturating_mul(8)
+        / ms;
     let behind = now.notsent_bytes >= TCP_BACKLOG_BYTES || now.rwnd_limited > before.rwnd_limited;
-    let kbps = if behind && delivery > 0 {
-        delivery * 9 / 10
+    let kbps = if behind && acked > 0 {
+        acked * 9 / 10
     } else {
-        window_kbps(now.cwnd_bytes, now.rtt).max(delivery.saturating_mul(2))
+        window_kbps(now.cwnd_bytes, now.rtt).max(acked.saturating_mul(2))
     };
     kbps.clamp(1, u32::MAX as u64) as u32
 }
@@ -80,7 +91,14 @@ pub struct QuicInterval {
     pub cwnd: u64,
     /// The smoothed round trip at its end.
     pub rtt: Duration,
+    /// The lowest smoothed round trip seen on the connection: what the
+    /// path takes without a queue.
+    pub min_rtt: Duration,
 }
+
+/// Round trip beyond the lowest seen that shows a queue building on the
+/// path (and at least twice the lowest): the sender is ahead of the path.
+const QUEUE_DELAY: Duration = Duration::from_millis(20);
 
 /// Share of the window's rate in use beyond which the window, not the
 /// media, sets QUIC's pace.
@@ -91,18 +109,21 @@ const WINDOW_FULL: f64 = 0.8;
 /// window's rate per round trip less a tenth, and where the window was
 /// nearly full too (the sender pushed past the path), no more than what
 /// got through of what it sent. Losses while sending little say the path
-/// is lossy, not how much it carries. Without losses, the window's rate,
-/// and at least twice what it sent: a window grows only while it is used,
-/// so an estimate held to it would hold a subscriber getting a small
-/// encoding there.
+/// is lossy, not how much it carries. While the round trip shows a queue
+/// building on the path, no more than what it sent, less a tenth. Else the
+/// window's rate, and at least twice what it sent: a window grows only
+/// while it is used, so an estimate held to it would hold a subscriber
+/// getting a small encoding there.
 pub fn quic_kbps(i: &QuicInterval, lossy: f64) -> u32 {
     let window = window_kbps(i.cwnd, i.rtt);
     let ms = i.elapsed.as_millis().max(1) as u64;
     let sent = i.sent_bytes.saturating_mul(8) / ms;
     let bound = sent as f64 >= WINDOW_FULL * window as f64;
+    let queue = !i.min_rtt.is_zero() && i.rtt >= i.min_rtt * 2 && i.rtt >= i.min_rtt + QUEUE_DELAY;
     let kbps = match i.loss.filter(|l| *l >= lossy) {
         Some(l) if bound => window.min((sent as f64 * (1.0 - l)) as u64) * 9 / 10,
         Some(_) => window * 9 / 10,
+        None if queue && sent > 0 => window.min(sent) * 9 / 10,
         None => window.max(sent.saturating_mul(2)),
     };
     kbps.clamp(1, u32::MAX as u64) as u32
@@ -141,35 +162,44 @@ impl Smoothed {
 mod tests {
     use super::*;
 
-    fn tcp(delivery_kbps: u64, cwnd: u64, rtt_ms: u64, notsent: u32, rwnd_ms: u64) -> TcpSample {
+    /// A sample: `acked` bytes acknowledged so far, a window of `cwnd`
+    /// bytes, a round trip of `rtt_ms`, `notsent` bytes waiting and `rwnd_ms`
+    /// held back by the receiver so far.
+    fn tcp(acked: u64, cwnd: u64, rtt_ms: u64, notsent: u32, rwnd_ms: u64) -> TcpSample {
         TcpSample {
-            delivery_rate: delivery_kbps * 1000 / 8,
+            delivery_rate: 0,
             cwnd_bytes: cwnd,
             rtt: Duration::from_millis(rtt_ms),
             notsent_bytes: notsent,
             rwnd_limited: Duration::from_millis(rwnd_ms),
+            bytes_acked: acked,
         }
     }
 
+    const HALF: Duration = Duration::from_millis(500);
+
     #[test]
     fn a_tcp_connection_with_nothing_waiting_is_bounded_by_its_window() {
-        let a = tcp(0, 14_480, 40, 0, 0);
+        let a = tcp(1_000_000, 14_480, 40, 0, 0);
         // 14 480 bytes per 40 ms: 2 896 kbit/s; the media took 500.
-        assert_eq!(tcp_kbps(&a, &tcp(500, 14_480, 40, 0, 0)), 2896);
-        // A larger share of what it took than the window allows: twice that.
-        assert_eq!(tcp_kbps(&a, &tcp(2000, 14_480, 40, 0, 0)), 4000);
+        assert_eq!(tcp_kbps(&a, &tcp(1_031_250, 14_480, 40, 0, 0), HALF), 2896);
+        // A larger share of what it allows, 2 Mbit/s: twice that.
+        assert_eq!(tcp_kbps(&a, &tcp(1_125_000, 14_480, 40, 0, 0), HALF), 4000);
         // Loopback: round trips of microseconds count as a millisecond.
-        let lo = tcp(8000, 10 * 65_483, 0, 0, 0);
-        assert_eq!(tcp_kbps(&a, &lo), 5_238_640);
+        let lo = tcp(1_000_000, 10 * 65_483, 0, 0, 0);
+        assert_eq!(tcp_kbps(&a, &lo, HALF), 5_238_640);
     }
 
     #[test]
-    fn a_tcp_connection_behind_is_its_delivery_rate_less_a_tenth() {
-        let a = tcp(0, 200_000, 20, 0, 100);
-        // Bytes waiting in the kernel: the path sets the pace.
-        assert_eq!(tcp_kbps(&a, &tcp(400, 200_000, 20, 64 * 1024, 100)), 360);
+    fn a_tcp_connection_behind_is_what_was_acknowledged_less_a_tenth() {
+        let a = tcp(1_000_000, 200_000, 20, 0, 100);
+        // 25 000 bytes acknowledged in 500 ms (400 kbit/s), bytes waiting
+        // in the kernel: the path sets the pace.
+        let waiting = tcp(1_025_000, 200_000, 20, 64 * 1024, 100);
+        assert_eq!(tcp_kbps(&a, &waiting, HALF), 360);
         // The receiver's window held it back since the last sample.
-        assert_eq!(tcp_kbps(&a, &tcp(400, 200_000, 20, 0, 350)), 360);
+        let held = tcp(1_025_000, 200_000, 20, 0, 350);
+        assert_eq!(tcp_kbps(&a, &held, HALF), 360);
     }
 
     #[test]
@@ -180,6 +210,7 @@ mod tests {
             loss: Some(0.0),
             cwnd: 100_000,
             rtt: Duration::from_millis(20),
+            min_rtt: Duration::from_millis(20),
         };
         // 100 kB per 20 ms: 40 Mbit/s; 400 kbit/s sent.
         assert_eq!(quic_kbps(&clean, 0.02), 40_000);
@@ -205,9 +236,27 @@ mod tests {
             sent_bytes: 1_000_000,
             cwnd: 12_000,
             rtt: Duration::from_millis(40),
+            min_rtt: Duration::from_millis(40),
             ..clean
         };
         assert_eq!(quic_kbps(&full, 0.02), 32_000);
+        // A queue on the path: the round trip went from 50 ms to 200 ms
+        // while 1.2 Mbit/s went out: less than that.
+        let queued = QuicInterval {
+            sent_bytes: 75_000,
+            cwnd: 30_000,
+            rtt: Duration::from_millis(200),
+            min_rtt: Duration::from_millis(50),
+            ..clean
+        };
+        assert_eq!(quic_kbps(&queued, 0.02), 1080);
+        // Loopback jitter, 1 ms to 3 ms, is no queue.
+        let jitter = QuicInterval {
+            rtt: Duration::from_millis(3),
+            min_rtt: Duration::from_millis(1),
+            ..queued
+        };
+        assert_eq!(quic_kbps(&jitter, 0.02), 80_000);
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub fn read(fd: RawFd) -> Option<TcpSample> {
         rtt: Duration::from_micros(u64::from(info.tcpi_rtt)),
         notsent_bytes: info.tcpi_notsent_bytes,
         rwnd_limited: Duration::from_micros(info.tcpi_rwnd_limited),
+        bytes_acked: info.tcpi_bytes_acked,
     })
 }
 
@@ -66,6 +67,7 @@ mod tests {
         let s = super::read(server.as_raw_fd()).expect("TCP_INFO on Linux");
         assert!(s.cwnd_bytes > 0, "{s:?}");
         assert!(s.delivery_rate > 0, "{s:?}");
+        assert!(s.bytes_acked >= 100_000, "{s:?}");
         // Not a socket: no answer, no harm.
         assert_eq!(super::read(-1), None);
     }

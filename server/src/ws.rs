@@ -389,13 +389,14 @@ impl TcpPath {
             return None;
         }
         let sample = crate::tcp_info::read(self.fd)?;
-        let before = self.last.replace((now, sample))?.1;
-        let raw = tcp_kbps(&before, &sample);
+        let (at, before) = self.last.replace((now, sample))?;
+        let raw = tcp_kbps(&before, &sample, now.saturating_duration_since(at));
         let kbps = self.estimate.update(raw);
         tracing::trace!(
             raw_kbps = raw,
             kbps,
             delivery_kbps = sample.delivery_rate * 8 / 1000,
+            acked = sample.bytes_acked.saturating_sub(before.bytes_acked),
             cwnd_bytes = sample.cwnd_bytes,
             rtt_us = sample.rtt.as_micros() as u64,
             notsent = sample.notsent_bytes,

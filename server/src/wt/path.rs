@@ -82,7 +82,11 @@ pub(super) fn sample_path(
     let mut estimate = None;
     if let Some(before) = &s.sampled {
         outbox.set_congested(path_congested(before, &sample));
-        let raw = path_kbps(before, &sample);
+        // The first samples' round trip is quinn's guess until it measures one.
+        if !sample.rtt.is_zero() && before.sent_packets > 0 {
+            s.min_rtt = Some(s.min_rtt.map_or(sample.rtt, |m| m.min(sample.rtt)));
+        }
+        let raw = path_kbps(before, &sample, s.min_rtt.unwrap_or_default());
         let kbps = s.estimate.update(raw);
         outbox.set_path_kbps(kbps);
         tracing::trace!(
@@ -99,9 +103,9 @@ pub(super) fn sample_path(
     estimate
 }
 
-/// What the path carries between two samples, kbit/s
-/// ([`crate::estimate::quic_kbps`]).
-fn path_kbps(before: &PathSample, now: &PathSample) -> u32 {
+/// What the path carries between two samples, kbit/s, given the lowest
+/// round trip seen ([`crate::estimate::quic_kbps`]).
+fn path_kbps(before: &PathSample, now: &PathSample, min_rtt: Duration) -> u32 {
     let sent = now.sent_packets.saturating_sub(before.sent_packets);
     let lost = now.lost_packets.saturating_sub(before.lost_packets);
     crate::estimate::quic_kbps(
@@ -111,6 +115,7 @@ fn path_kbps(before: &PathSample, now: &PathSample) -> u32 {
             loss: convene_protocol::rate::loss_share(sent, lost),
             cwnd: now.cwnd,
             rtt: now.rtt,
+            min_rtt,
         },
         CONGESTED_LOSS,
     )
@@ -177,24 +182,26 @@ mod tests {
         ));
     }
 
+    const MS20: Duration = Duration::from_millis(20);
+
     #[test]
     fn the_estimate_is_the_window_unless_the_path_loses() {
         let t = std::time::Instant::now();
         let a = sample(t, 0, (0, 0, 0), 20, 100_000);
         // 100 kB per 20 ms; 640 kbit/s sent.
         assert_eq!(
-            path_kbps(&a, &sample(t, 500, (60, 0, 40_000), 20, 100_000)),
+            path_kbps(&a, &sample(t, 500, (60, 0, 40_000), 20, 100_000), MS20),
             40_000
         );
         // 6 of 60 lost while sending little: the window, less a tenth.
         assert_eq!(
-            path_kbps(&a, &sample(t, 500, (60, 6, 40_000), 20, 100_000)),
+            path_kbps(&a, &sample(t, 500, (60, 6, 40_000), 20, 100_000), MS20),
             36_000
         );
         // The same losses with the window full (12 kB per 100 ms allows 960
         // kbit/s, 800 sent): what got through, less a tenth.
         assert_eq!(
-            path_kbps(&a, &sample(t, 500, (60, 6, 50_000), 100, 12_000)),
+            path_kbps(&a, &sample(t, 500, (60, 6, 50_000), 100, 12_000), MS20),
             648
         );
     }
