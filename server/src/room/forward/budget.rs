@@ -26,7 +26,11 @@
 //!
 //! Against flapping: keeping an encoding needs its cost to fit, moving
 //! above the encoding held before needs [`RAISE_HEADROOM_PERCENT`] more,
-//! and no track is raised within [`RAISE_HOLD`] of one being lowered.
+//! and no track is raised within a hold after one was lowered:
+//! [`RAISE_HOLD`], doubled (up to [`MAX_RAISE_HOLD`]) each time a raise is
+//! undone within [`RAISE_FAILED_WITHIN`], since a path whose estimate swings
+//! with what is sent on it (a queue that fills and drains) would otherwise
+//! move pictures up and down every few seconds.
 
 use std::time::Duration;
 
@@ -41,6 +45,10 @@ pub const RAISE_HEADROOM_PERCENT: u32 = 25;
 /// No track is raised within this long of one being lowered: an estimate
 /// that dips and recovers moves pictures once, not back and forth.
 pub const RAISE_HOLD: Duration = Duration::from_secs(3);
+/// The longest hold after raises kept failing.
+pub const MAX_RAISE_HOLD: Duration = Duration::from_secs(30);
+/// A lowering this soon after a raise means the raise failed.
+pub const RAISE_FAILED_WITHIN: Duration = Duration::from_secs(5);
 /// An audio track that announced no bitrate is counted at this (Opus
 /// speech with some room).
 pub const DEFAULT_AUDIO_KBPS: u32 = 40;
@@ -81,6 +89,11 @@ pub struct Item {
 pub struct Budget {
     /// When a track of this subscriber was last moved down for the budget.
     lowered_at: Option<Timestamp>,
+    /// When a track of this subscriber was last moved up.
+    raised_at: Option<Timestamp>,
+    /// How long after a lowering nothing is raised; zero until a raise
+    /// failed (then [`RAISE_HOLD`] applies).
+    hold: Duration,
     /// The last allocation had a budget: caps may be below the top.
     active: bool,
 }
@@ -96,6 +109,7 @@ impl Budget {
     /// (`max_receive_kbps`), so a higher cap applies at once.
     pub fn reset(&mut self) {
         self.lowered_at = None;
+        self.hold = Duration::ZERO;
     }
 
     /// The cap of each of `items` (same order) within `kbps` at `now`;
@@ -145,18 +159,27 @@ impl Budget {
             // preferences is not taken for a raise.
             caps[i] = if level == wanted { 2 } else { level };
         }
-        let lowered = order
-            .iter()
-            .any(|&i| items[i].wanted.is_some() && caps[i] < items[i].cap);
+        let shown = |i: usize| items[i].wanted.is_some();
+        let lowered = (0..items.len()).any(|i| shown(i) && caps[i] < items[i].cap);
+        let since = |t: Option<Timestamp>| t.map(|t| now.saturating_since(t));
+        let hold = self.hold.max(RAISE_HOLD);
         if lowered {
+            if since(self.raised_at).is_some_and(|d| d < RAISE_FAILED_WITHIN) {
+                self.hold = (hold * 2).min(MAX_RAISE_HOLD);
+            }
             self.lowered_at = Some(now);
-        } else if self
-            .lowered_at
-            .is_some_and(|t| now.saturating_since(t) < RAISE_HOLD)
-        {
+        } else if since(self.lowered_at).is_some_and(|d| d < hold) {
             // Too soon after a lowering: nothing goes up yet.
             for (c, it) in caps.iter_mut().zip(items) {
                 *c = (*c).min(it.cap);
+            }
+        } else {
+            if (0..items.len()).any(|i| shown(i) && caps[i] > items[i].cap) {
+                self.raised_at = Some(now);
+            }
+            // Long enough without trouble: the hold is short again.
+            if since(self.lowered_at).is_none_or(|d| d >= MAX_RAISE_HOLD * 2) {
+                self.hold = Duration::ZERO;
             }
         }
         caps
@@ -346,6 +369,33 @@ mod tests {
         // Recovered: after the hold both climb back, the speaker first.
         assert_eq!(run(&mut b, t(1000), Some(3000), &mut items), vec![1, 0]);
         assert_eq!(run(&mut b, t(3500), Some(3000), &mut items), vec![2, 2]);
+    }
+
+    #[test]
+    fn raises_undone_at_once_make_the_hold_grow() {
+        // A path whose estimate swings with what is sent on it: plenty
+        // while the subscriber is low, too little once it is raised.
+        let mut b = Budget::default();
+        let mut items = [camera(Priority::Other(2))];
+        let mut raises = Vec::new();
+        let mut ms = 0;
+        run(&mut b, t(ms), Some(500), &mut items);
+        while ms < 120_000 {
+            ms += 500;
+            let kbps = if items[0].cap == 2 { 500 } else { 5000 };
+            let before = items[0].cap;
+            run(&mut b, t(ms), Some(kbps), &mut items);
+            if items[0].cap > before {
+                raises.push(ms);
+            }
+        }
+        // Each failed raise doubles the wait before the next: 3, 6, 12,
+        // 24, then 30 s, instead of one every 3.5 s.
+        let gaps: Vec<u64> = raises.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(raises[0], 3000, "{raises:?}");
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
+        assert!(raises.len() <= 7, "{raises:?}");
+        assert!(gaps.last().is_some_and(|g| *g >= 30_000), "{gaps:?}");
     }
 
     #[test]
