@@ -258,5 +258,106 @@ fn fanout_layered(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fanout, fanout_layered);
+/// Sharing out every subscriber's bandwidth (PROTOCOL.md §6.6.3) in a room
+/// of `n` members who each publish a three-encoding camera and receive
+/// everyone else's with a `max_receive_kbps`: what one allocation costs,
+/// timed as a routed frame whose time forces one against the same frame
+/// without.
+fn budget_allocation(c: &mut Criterion) {
+    use convene_protocol::v1::ReceiverSettings;
+    let mut group = c.benchmark_group("router_budget_allocation");
+    for n in [10u32, 100] {
+        let limits = RoomLimits {
+            max_participants: 100_000,
+            max_tracks: 8,
+            max_rooms: 1,
+            ..RoomLimits::default()
+        };
+        let mut room = Room::new("bench", limits);
+        let mut outs = Vec::new();
+        for pid in 1..=n {
+            let o = Arc::new(Outbox::new(
+                OutboxLimits {
+                    max_media_frames: 1 << 20,
+                    max_media_bytes: usize::MAX,
+                    ..OutboxLimits::default()
+                },
+                Box::new(NoWake),
+            ));
+            let p = Participant {
+                participant_id: pid,
+                display_name: "p".into(),
+                ..Default::default()
+            };
+            room.join(Timestamp(0), p, true, local(o.clone(), true))
+                .unwrap();
+            outs.push(o);
+        }
+        for pid in 1..=n {
+            let track = TrackInfo {
+                track_id: 1,
+                kind: TrackKind::Video as i32,
+                codec: "avc1.42E01F".into(),
+                width: 1280,
+                height: 720,
+                encodings: [(320, 180), (640, 360), (1280, 720)]
+                    .iter()
+                    .map(|&(width, height)| Encoding {
+                        width,
+                        height,
+                        frame_rate: 30,
+                        temporal_layers: 1,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            room.handle(Timestamp(0), pid, RoomRequest::Publish(track), 0)
+                .unwrap();
+            let settings = ReceiverSettings {
+                max_receive_kbps: 4000,
+                ..Default::default()
+            };
+            room.handle(
+                Timestamp(0),
+                pid,
+                RoomRequest::ReceiverSettings(settings),
+                0,
+            )
+            .unwrap();
+        }
+        let mut sink = Vec::new();
+        let [frame, ..] = picture(1, true);
+        let mut t = 0u64;
+        group.bench_function(BenchmarkId::new("with_allocation", n), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    // A second later each time: the periodic allocation is due.
+                    t += 1_000_000;
+                    let start = Instant::now();
+                    black_box(room.route(Timestamp(t), 1, &frame).unwrap());
+                    total += start.elapsed();
+                    drain_all(&outs, &mut sink);
+                }
+                total
+            })
+        });
+        group.bench_function(BenchmarkId::new("without", n), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    black_box(room.route(Timestamp(t), 1, &frame).unwrap());
+                    total += start.elapsed();
+                    drain_all(&outs, &mut sink);
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fanout, fanout_layered, budget_allocation);
 criterion_main!(benches);

@@ -60,7 +60,9 @@ impl Wt {
     /// Sends one frame: control on the control stream, our audio as a
     /// datagram when it fits, anything else on a stream of its own.
     pub(crate) fn send(&self, frame: &Bytes) {
-        if frame.first() != Some(&convene_protocol::frame::FRAME_MEDIA) {
+        use convene_protocol::frame::{FRAME_LAYERED, FRAME_MEDIA};
+        // MEDIA and LAYERED frames (§6.6.2) travel alike; anything else is control.
+        if !matches!(frame.first(), Some(&FRAME_MEDIA | &FRAME_LAYERED)) {
             let mut out = Vec::with_capacity(4 + frame.len());
             out.extend_from_slice(&convene_protocol::frame::length_prefix(frame.len()));
             out.extend_from_slice(frame);
@@ -70,7 +72,7 @@ impl Wt {
             return;
         }
         let audio =
-            MediaFrame::parse(frame.clone()).is_ok_and(|m| m.header().track_id == self.audio_track);
+            MediaFrame::parse_any(frame.clone()).is_ok_and(|m| m.header().track_id == self.audio_track);
         let fits = frame.len() as u32 <= self.session.datagrams().max_datagram_size();
         let chunk = js_sys::Uint8Array::from(frame.as_ref());
         if audio && fits {
@@ -231,7 +233,7 @@ pub(crate) async fn open_webtransport(
         read_chunks(&datagram_in, |chunk| {
             // A bad datagram is discarded, never fatal (PROTOCOL.md §3.3).
             let frame = Bytes::from(chunk);
-            if convene_protocol::MediaFrame::parse(frame.clone()).is_ok() {
+            if convene_protocol::MediaFrame::parse_any(frame.clone()).is_ok() {
                 (h.frame)(frame);
             }
         })

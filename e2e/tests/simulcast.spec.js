@@ -2,15 +2,17 @@
 // its camera in three sizes, each viewer receives the one its tile needs
 // (the tile's size, told to the server with UpdateSubscription), the native
 // client asks for a size of its own or gets the largest, and the publisher
-// stops encoding sizes nobody receives (EncodingDemand).
+// stops encoding sizes nobody receives (EncodingDemand). The publisher
+// sends over WebTransport (its pictures on streams, its sound with levels in
+// datagrams), the viewer receives over WebSocket.
 const { test, expect } = require('@playwright/test');
 const { startWebServer, launchChromium, convene, spawnConvene, canvasSample } = require('./harness');
 
 let server, browser;
 
 test.beforeAll(async () => {
-  server = await startWebServer();
-  browser = await launchChromium();
+  server = await startWebServer(['--dev-tls']);
+  browser = await launchChromium({ ignoreHTTPSErrors: true });
 });
 
 test.afterAll(async () => {
@@ -42,15 +44,17 @@ test("a browser's camera goes out in three sizes; each viewer gets the size its 
     await ann.goto(`${server.base}/meeting/Ann/${room}`);
     await ann.click('#connect');
     await expect(ann.locator('#participants li')).toHaveCount(1);
+    await expect(ann.locator('#app')).toHaveAttribute('data-transport', 'WebTransport');
     // Chromium's fake camera is 640x480: halved twice.
     await expect(ann.locator('#app')).toHaveAttribute('data-simulcast', '160x120 320x240 640x480');
     // Alone, nobody receives anything: after the grace the encoders stop.
     await expect.poll(() => attr(ann.locator('#app'), 'data-encodings-active'),
       { message: 'nothing in demand with nobody there', timeout: 20_000 }).toBe('0');
 
-    await bob.goto(`${server.base}/meeting/Bob/${room}`);
+    await bob.goto(`${server.base}/meeting/Bob/${room}?transport=websocket`);
     await tileWidth(bob, 100);
     await bob.click('#connect');
+    await expect(bob.locator('#app')).toHaveAttribute('data-transport', 'WebSocket');
     const tile = bob.locator('#tiles .tile');
     await expect(tile).toHaveCount(1);
     // A 100x75 tile asks for 128x96: the smallest encoding carries that.
@@ -86,9 +90,9 @@ test("a browser's camera goes out in three sizes; each viewer gets the size its 
     // preferences it gets the largest encoding,
     // with --max-height 120 the smallest.
     const [full, small] = await Promise.all([
-      convene(['receive', '--server', server.base, '--meeting-id', room,
+      convene(['receive', '--server', server.base, '--cert-sha256', server.sha256, '--meeting-id', room,
         '--frames', '80', '--duration', '60', '--json']),
-      convene(['receive', '--server', server.base, '--meeting-id', room,
+      convene(['receive', '--server', server.base, '--cert-sha256', server.sha256, '--meeting-id', room,
         '--frames', '80', '--duration', '60', '--json', '--max-height', '120']),
     ]);
     for (const [r, w, what] of [[full, 640, 'no preference'], [small, 160, '--max-height 120']]) {
@@ -137,7 +141,7 @@ test('with simulcast=0 in the link the camera goes out as one encoding', async (
 test('the server says who speaks, and the page marks their tile', async () => {
   const room = 'e2e-speakers';
   // A tone on every frame: the streamer speaks all the time.
-  const stream = spawnConvene(['stream', '--server', server.base, '--meeting-id', room,
+  const stream = spawnConvene(['stream', '--server', server.base, '--cert-sha256', server.sha256, '--meeting-id', room,
     '--user-id', 'talker', '--source', 'test-pattern', '--resolution', '320x240', '--fps', '10',
     '--audio', 'tone', '--duration', '90']);
   const page = await browser.context.newPage();

@@ -69,6 +69,9 @@ impl Evict for EvictSignal {
 pub struct PendingSlot {
     slot: Arc<Mutex<Option<Handshake>>>,
     signal: Arc<EvictSignal>,
+    /// The TCP socket under the connection, for reading `TCP_INFO` while
+    /// the connection (which owns the socket) lives.
+    fd: std::os::fd::RawFd,
 }
 
 impl PendingSlot {
@@ -76,6 +79,12 @@ impl PendingSlot {
     pub fn take(&self) -> (Option<Handshake>, Arc<EvictSignal>) {
         let slot = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         (slot, self.signal.clone())
+    }
+
+    /// The descriptor of the TCP socket under the connection: valid only
+    /// while whoever owns the connection's stream keeps it.
+    pub fn tcp_fd(&self) -> std::os::fd::RawFd {
+        self.fd
     }
 }
 
@@ -197,6 +206,7 @@ pub async fn serve(
         let pending = PendingSlot {
             slot: Arc::new(Mutex::new(Some(slot))),
             signal: signal.clone(),
+            fd: std::os::fd::AsRawFd::as_raw_fd(&tcp),
         };
         let app = app
             .clone()

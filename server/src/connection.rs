@@ -804,6 +804,13 @@ pub trait FrameSink: Send + 'static {
     ) -> impl std::future::Future<Output = Result<(), ()>> + Send;
     /// Closes the transport with `reason`, after the last batch.
     fn close(&mut self, reason: &CloseReason) -> impl std::future::Future<Output = ()> + Send;
+    /// A new estimate of what the path to the client carries, kbit/s, when
+    /// one is due at `now` (the sink reads its transport's counters every
+    /// [`crate::estimate::SAMPLE_EVERY`], not per batch); `None` otherwise.
+    fn path_kbps(&mut self, now: std::time::Instant) -> Option<u32> {
+        let _ = now;
+        None
+    }
 }
 
 /// Runs a connection to its end: a writer task drains the outbox into
@@ -853,6 +860,12 @@ where
                         return Some(sink);
                     }
                     batch.clear();
+                    // The room shares this estimate among the client's
+                    // subscriptions (PROTOCOL.md §6.6.3).
+                    if let Some(kbps) = sink.path_kbps(now) {
+                        outbox.set_path_kbps(kbps);
+                        state.metrics.path_estimate_kbps.observe(kbps as f64);
+                    }
                     if !lanes.more {
                         break;
                     }

@@ -66,6 +66,9 @@ pub struct Metrics {
     pub fanout_seconds: Histogram,
     /// How long the oldest frame of a batch waited in its subscriber's queue before the write, in seconds.
     pub queue_delay_seconds: Histogram,
+    /// Transports' estimates of what subscribers' paths carry, kbit/s, one
+    /// per connection every 500 ms (PROTOCOL.md §6.6.3).
+    pub path_estimate_kbps: Histogram,
     /// Accepts that failed, by kind (`exhausted`: out of descriptors or memory).
     pub accept_errors: Family<ReasonLabel, Counter>,
     /// Connections refused or closed by a limit before their session, by reason.
@@ -111,6 +114,9 @@ impl Metrics {
             fanout_seconds: Histogram::new([1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]),
             queue_delay_seconds: Histogram::new([
                 1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25,
+            ]),
+            path_estimate_kbps: Histogram::new([
+                64.0, 128.0, 256.0, 512.0, 1e3, 2e3, 4e3, 8e3, 16e3, 64e3, 1e6,
             ]),
             accept_errors: Family::default(),
             refused: Family::default(),
@@ -192,6 +198,11 @@ impl Metrics {
             "queue_delay_seconds",
             "How long the oldest frame of a write batch waited in its subscriber's queue",
             m.queue_delay_seconds.clone(),
+        );
+        registry.register(
+            "path_estimate_kbps",
+            "What the transport estimates a subscriber's path carries, kbit/s, sampled every 500 ms per connection",
+            m.path_estimate_kbps.clone(),
         );
         registry.register(
             "accept_errors",

@@ -163,6 +163,10 @@ pub struct Outbox {
     /// (QUIC losses, RTT or a full window): the room hints publishers down
     /// as for drops, and the media lanes hold half as much.
     congested: std::sync::atomic::AtomicBool,
+    /// What the transport estimates its path to the subscriber carries,
+    /// kbit/s (0: no estimate yet): the room's budget for the subscriber
+    /// (PROTOCOL.md §6.6.3) reads it now and then.
+    path_kbps: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -181,6 +185,7 @@ impl Outbox {
             inner: Mutex::new(Inner::default()),
             waker,
             congested: std::sync::atomic::AtomicBool::new(false),
+            path_kbps: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -413,6 +418,21 @@ impl Outbox {
     /// True while the transport reports its path congested.
     pub fn is_congested(&self) -> bool {
         self.congested.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records the transport's estimate of what its path carries, kbit/s.
+    pub fn set_path_kbps(&self, kbps: u32) {
+        self.path_kbps
+            .store(kbps, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The transport's estimate of what its path carries, kbit/s; `None`
+    /// before it has one.
+    pub fn path_kbps(&self) -> Option<u32> {
+        match self.path_kbps.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            k => Some(k),
+        }
     }
 
     /// The media lanes' limits now, bytes and frames: half while congested.

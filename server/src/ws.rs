@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::accept::{EvictSignal, PendingSlot};
 use crate::connection::{Connection, FrameSink, Incoming, drive};
+use crate::estimate::{SAMPLE_EVERY, Smoothed, TcpSample, tcp_kbps};
 use crate::slots::Handshake;
 use crate::state::AppState;
 
@@ -62,14 +63,20 @@ pub async fn upgrade(
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let (slot, signal) = match req.extensions().get::<PendingSlot>() {
-        Some(p) => p.take(),
-        None => (None, EvictSignal::new()),
+    let (slot, signal, fd) = match req.extensions().get::<PendingSlot>() {
+        Some(p) => {
+            let (slot, signal) = p.take();
+            (slot, signal, Some(p.tcp_fd()))
+        }
+        None => (None, EvictSignal::new(), None),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run(state, TokioIo::new(upgraded), peer.ip(), slot, signal).await,
+            Ok(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                run(state, io, peer.ip(), slot, signal, fd.map(TcpPath::new)).await
+            }
             Err(e) => tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"),
         }
     });
@@ -219,6 +226,7 @@ async fn run(
     peer: IpAddr,
     slot: Option<Handshake>,
     signal: Arc<EvictSignal>,
+    path: Option<TcpPath>,
 ) {
     let limit = convene_protocol::limits::max::MAX_HELLO_FRAME_BYTES as usize;
     let timeout = Duration::from_millis(state.config.handshake_timeout_ms as u64);
@@ -275,10 +283,11 @@ async fn run(
         WebSocketStream::from_partially_read(io, part, Role::Server, Some(config(&state))).await;
     let conn = Connection::new(state.clone(), "ws", peer).with_handshake(slot, signal);
     let (sink, stream) = socket.split();
-    let (sink, incoming) = drive(conn, WsSink(sink), WsIncoming(stream), state, peer).await;
+    let sink = WsSink { sink, path };
+    let (sink, incoming) = drive(conn, sink, WsIncoming(stream), state, peer).await;
     // Both halves back: stop writing, and read what the client still sends
     // until it closes, so the close frame is not lost to a reset.
-    if let Some(WsSink(sink)) = sink
+    if let Some(WsSink { sink, .. }) = sink
         && let Ok(socket) = incoming.0.reunite(sink)
     {
         linger(socket.into_inner()).await;
@@ -341,7 +350,61 @@ impl Stream for WsIncoming {
 }
 
 /// The writing half of a WebSocket: one binary message per frame.
-struct WsSink(SplitSink<WebSocketStream<Io>, Message>);
+struct WsSink {
+    /// The WebSocket's writing half; it keeps the TCP socket open.
+    sink: SplitSink<WebSocketStream<Io>, Message>,
+    /// The TCP socket's counters, when the connection came through the
+    /// listener (which knows the socket under TLS and HTTP).
+    path: Option<TcpPath>,
+}
+
+/// What the kernel says of the TCP socket under a WebSocket, sampled for
+/// the subscriber's path estimate (PROTOCOL.md §6.6.3).
+struct TcpPath {
+    /// The socket; the [`WsSink`] holding this owns it (through the
+    /// stream), so it stays this socket while it is read.
+    fd: std::os::fd::RawFd,
+    /// The last sample and when it was read.
+    last: Option<(std::time::Instant, TcpSample)>,
+    /// The estimate so far.
+    estimate: Smoothed,
+}
+
+impl TcpPath {
+    fn new(fd: std::os::fd::RawFd) -> Self {
+        TcpPath {
+            fd,
+            last: None,
+            estimate: Smoothed::default(),
+        }
+    }
+
+    /// Reads the counters if [`SAMPLE_EVERY`] passed, and returns the new
+    /// estimate once there are two samples to compare.
+    fn sample(&mut self, now: std::time::Instant) -> Option<u32> {
+        if self
+            .last
+            .is_some_and(|(at, _)| now.saturating_duration_since(at) < SAMPLE_EVERY)
+        {
+            return None;
+        }
+        let sample = crate::tcp_info::read(self.fd)?;
+        let (at, before) = self.last.replace((now, sample))?;
+        let raw = tcp_kbps(&before, &sample, now.saturating_duration_since(at));
+        let kbps = self.estimate.update(raw);
+        tracing::trace!(
+            raw_kbps = raw,
+            kbps,
+            delivery_kbps = sample.delivery_rate * 8 / 1000,
+            acked = sample.bytes_acked.saturating_sub(before.bytes_acked),
+            cwnd_bytes = sample.cwnd_bytes,
+            rtt_us = sample.rtt.as_micros() as u64,
+            notsent = sample.notsent_bytes,
+            "TCP path estimate"
+        );
+        Some(kbps)
+    }
+}
 
 impl FrameSink for WsSink {
     async fn write_batch(
@@ -350,9 +413,9 @@ impl FrameSink for WsSink {
         _lanes: crate::outbox::Drained,
     ) -> Result<(), ()> {
         for f in batch.drain(..) {
-            self.0.feed(Message::Binary(f)).await.map_err(|_| ())?;
+            self.sink.feed(Message::Binary(f)).await.map_err(|_| ())?;
         }
-        self.0.flush().await.map_err(|_| ())
+        self.sink.flush().await.map_err(|_| ())
     }
 
     async fn close(&mut self, reason: &CloseReason) {
@@ -360,8 +423,12 @@ impl FrameSink for WsSink {
             code: reason.websocket_code().into(),
             reason: reason.transport_reason().into(),
         };
-        let _ = self.0.send(Message::Close(Some(frame))).await;
-        let _ = self.0.flush().await;
+        let _ = self.sink.send(Message::Close(Some(frame))).await;
+        let _ = self.sink.flush().await;
+    }
+
+    fn path_kbps(&mut self, now: std::time::Instant) -> Option<u32> {
+        self.path.as_mut()?.sample(now)
     }
 }
 

@@ -10028,4 +10028,340 @@ pub static CASES: &[Case] = &[
             },
         ],
     },
+    Case {
+        id: "sfu.max-receive-kbps",
+        title: "A subscriber whose max_receive_kbps covers only the lowest encoding receives that one, and a higher cap lets it move up at the next key frame",
+        section: "6.6.3",
+        file: "sfu.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["sfu"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-max-kbps"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Handshake {
+                    join: Some("conf-sfu-max-kbps"),
+                    name: "c",
+                    subscribe_all: false,
+                    features: &["sfu.1"],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "receiver_settings",
+                        fields: &[Field {
+                            name: "max_receive_kbps",
+                            value: Value::Int(200),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("vp8"),
+                                },
+                                Field {
+                                    name: "encodings",
+                                    value: Value::List(&[
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(180),
+                                            },
+                                            Field {
+                                                name: "target_bitrate_kbps",
+                                                value: Value::Int(80),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(320),
+                                            },
+                                        ]),
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(360),
+                                            },
+                                            Field {
+                                                name: "target_bitrate_kbps",
+                                                value: Value::Int(300),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(640),
+                                            },
+                                        ]),
+                                        Value::Msg(&[
+                                            Field {
+                                                name: "frame_rate",
+                                                value: Value::Int(30),
+                                            },
+                                            Field {
+                                                name: "height",
+                                                value: Value::Int(720),
+                                            },
+                                            Field {
+                                                name: "target_bitrate_kbps",
+                                                value: Value::Int(900),
+                                            },
+                                            Field {
+                                                name: "width",
+                                                value: Value::Int(1280),
+                                            },
+                                        ]),
+                                    ]),
+                                },
+                                Field {
+                                    name: "frame_rate",
+                                    value: Value::Int(30),
+                                },
+                                Field {
+                                    name: "height",
+                                    value: Value::Int(720),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_VIDEO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                },
+                                Field {
+                                    name: "width",
+                                    value: Value::Int(1280),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "track_published",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "track",
+                                value: Value::Msg(&[Field {
+                                    name: "track_id",
+                                    value: Value::Int(2),
+                                }]),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "subscribe",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "subscribed",
+                        fields: &[Field {
+                            name: "track_id",
+                            value: Value::Int(2),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 250,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 2,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 150,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 1,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 1,
+                    key: true,
+                    sender: None,
+                    size: 50,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 0,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectMedia {
+                    from: Some(Value::Var("a.id")),
+                    track: Some(Value::Int(2)),
+                    key: None,
+                    size: Some(50),
+                    encoding: Some(0),
+                    layered: Some(true),
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectNo { what: "media" },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "receiver_settings",
+                        fields: &[Field {
+                            name: "max_receive_kbps",
+                            value: Value::Int(2000),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "subscribe",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "track_id",
+                                value: Value::Int(2),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "subscribed",
+                        fields: &[Field {
+                            name: "track_id",
+                            value: Value::Int(2),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::SendMedia {
+                    track: Some(Value::Int(2)),
+                    seq: 2,
+                    key: true,
+                    sender: None,
+                    size: 252,
+                    count: 1,
+                    interval_ms: 0,
+                    layer: Some(Layer {
+                        encoding: 2,
+                        temporal: 0,
+                        switch_point: false,
+                        level: None,
+                    }),
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::ExpectMedia {
+                    from: Some(Value::Var("a.id")),
+                    track: Some(Value::Int(2)),
+                    key: Some(true),
+                    size: Some(252),
+                    encoding: Some(2),
+                    layered: Some(true),
+                },
+            },
+        ],
+    },
 ];

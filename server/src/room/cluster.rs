@@ -118,6 +118,7 @@ impl Room {
                 subscribe_all,
                 tracks: BTreeMap::new(),
                 settings: Default::default(),
+                budget: Default::default(),
             },
         );
         // A snapshot carries the tracks already published: as if published

@@ -228,6 +228,11 @@ impl Room {
             ..*frame.header()
         };
         let mut stats = RouteStats::default();
+        // Now and then, not per frame: each subscriber's bandwidth shared
+        // among its subscriptions, so this frame's decisions see it.
+        if self.budget_due(now) {
+            self.allocate_budgets(now);
+        }
         let remote_nodes = self.members.len() > self.local;
         let Some(p) = self
             .members
@@ -459,6 +464,8 @@ impl Room {
         }
         if moved {
             self.apply_last_n();
+            // Who is shown, and who comes first, changed for everyone.
+            self.budget_stale.all();
         }
     }
 

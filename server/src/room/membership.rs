@@ -151,8 +151,10 @@ impl Room {
                 subscribe_all,
                 tracks: BTreeMap::new(),
                 settings: Default::default(),
+                budget: Default::default(),
             },
         );
+        self.budget_stale.add(pid);
         if subscribe_all {
             let mut requests = Vec::new();
             for (ppid, m) in self.members.iter_mut() {
@@ -209,6 +211,8 @@ impl Room {
             self.local -= 1;
         }
         self.board.forget(pid);
+        // Its tracks and subscriptions go: what others receive is shared anew.
+        self.budget_stale.all();
         for tid in member.tracks.keys() {
             self.broadcast(
                 Msg::TrackUnpublished(v1::TrackUnpublished {

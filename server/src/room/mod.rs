@@ -8,6 +8,8 @@
 //! - [`requests`]: one function per room request kind (§5.4–§5.8);
 //! - [`media`]: routing media frames to subscribers, key-frame requests and
 //!   congestion hints (§6.3–§6.5), where per-subscriber forwarding grows;
+//! - [`bandwidth`]: sharing each subscriber's bandwidth among its
+//!   subscriptions (§6.6.3), now and then rather than per frame;
 //! - [`cluster`]: what the other nodes of a cluster say and are told;
 //! - [`router`]: every room of the node, and participant ids.
 //!
@@ -17,6 +19,7 @@
 //! per delivery. Control messages to a room are encoded once and shared the
 //! same way.
 
+mod bandwidth;
 mod cluster;
 pub mod forward;
 mod media;
@@ -33,12 +36,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use convene_protocol::v1::{self, Participant, Role, ServerMessage, server_message::Msg};
-use convene_protocol::{ErrorCode, ProtocolError, TokenBucket, encode_control};
+use convene_protocol::{ErrorCode, ProtocolError, Timestamp, TokenBucket, encode_control};
 
 use crate::bus::{Bus, NoBus, NodeId};
 use crate::mailbox::{Admission, Mailbox};
 use crate::outbox::Outbox;
 
+use bandwidth::Stale;
 use cluster::Syncing;
 use media::Publication;
 
@@ -88,6 +92,8 @@ struct Member {
     tracks: BTreeMap<u32, Publication>,
     /// What the participant wants of the whole room (§6.6.4).
     settings: v1::ReceiverSettings,
+    /// How its bandwidth was last shared among its subscriptions (§6.6.3).
+    budget: forward::budget::Budget,
 }
 
 impl Member {
@@ -140,6 +146,12 @@ pub struct Room {
     loudest: forward::speakers::Loudest,
     /// The dominant speaker and who last took the floor (§6.6.4).
     board: forward::speakers::Board,
+    /// Whose budgets something they depend on changed for (settings,
+    /// subscriptions, preferences, speakers): the next frame shares them
+    /// out again.
+    budget_stale: Stale,
+    /// When the budgets were last shared out.
+    budget_at: Option<Timestamp>,
 }
 
 /// One meeting as the admin API shows it.
@@ -246,6 +258,8 @@ impl Room {
             relay_budget: None,
             loudest: Default::default(),
             board: Default::default(),
+            budget_stale: Stale::default(),
+            budget_at: None,
         }
     }
 

@@ -72,6 +72,19 @@ impl Room {
         req: RoomRequest,
         server_time_us: u64,
     ) -> Result<(), ProtocolError> {
+        // What subscribers receive, or want, changes: their budgets are
+        // shared out again at the next frame (§6.6.3), only the sender's
+        // when only its own subscriptions changed.
+        match &req {
+            RoomRequest::Subscribe(_)
+            | RoomRequest::Unsubscribe(_)
+            | RoomRequest::UpdateSubscription(_)
+            | RoomRequest::ReceiverSettings(_) => self.budget_stale.add(pid),
+            RoomRequest::Publish(_) | RoomRequest::Unpublish(_) | RoomRequest::SetTrackMuted(_) => {
+                self.budget_stale.all()
+            }
+            _ => {}
+        }
         match req {
             RoomRequest::UpdateSelf(u) => self.update_self(pid, u),
             RoomRequest::Publish(track) => self.publish(now, pid, track),
@@ -266,7 +279,8 @@ impl Room {
         Ok(())
     }
 
-    /// ReceiverSettings: loudest-N audio and last-N video for the sender (§6.6.4).
+    /// ReceiverSettings: loudest-N audio, last-N video and the most it
+    /// wants received, for the sender (§6.6.4).
     fn receiver_settings(
         &mut self,
         pid: u32,
@@ -274,6 +288,11 @@ impl Room {
     ) -> Result<(), ProtocolError> {
         let m = self.members.get_mut(&pid).ok_or_else(|| self_gone(pid))?;
         let audio_n = r.audio_n.min(u8::MAX as u32) as u8;
+        if r.max_receive_kbps != m.settings.max_receive_kbps {
+            // The subscriber's own choice: a higher cap applies at once,
+            // without the hold that keeps estimates from flapping.
+            m.budget.reset();
+        }
         m.settings = r;
         for m in self.members.values_mut() {
             for p in m.tracks.values_mut().filter(|p| p.audio) {

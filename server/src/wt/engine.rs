@@ -661,7 +661,9 @@ impl Engine {
             write_from_outbox(c, &self.state, &mut self.scratch);
         }
         if let Some(s) = c.session.as_mut() {
-            sample_path(&c.q, s, now);
+            if let Some(kbps) = sample_path(&c.q, s, now) {
+                self.state.metrics.path_estimate_kbps.observe(kbps as f64);
+            }
             if (!s.pending.is_empty() || !s.stalled.is_empty()) && !c.is_blocked {
                 c.is_blocked = true;
                 self.blocked.push(slot);

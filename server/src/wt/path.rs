@@ -1,6 +1,7 @@
 //! The slow-subscriber rule's view of a subscriber's path (PROTOCOL.md
-//! §6.5): QUIC's counters sampled now and then, and whether the path
-//! between two samples looks congested.
+//! §6.5): QUIC's counters sampled now and then, whether the path between
+//! two samples looks congested, and what it carries (the budget the room
+//! shares among the subscriber's tracks, §6.6.3).
 //!
 //! Sans-IO: no sockets, no clock; the caller says what time it is.
 
@@ -45,7 +46,7 @@ fn path_congested(before: &PathSample, now: &PathSample) -> bool {
 }
 
 /// How often the path statistics are looked at.
-const PATH_SAMPLE: std::time::Duration = std::time::Duration::from_millis(500);
+const PATH_SAMPLE: std::time::Duration = crate::estimate::SAMPLE_EVERY;
 /// Share of packets lost over a sample beyond which the path counts as
 /// congested: where a publisher's own controller stops raising its rate.
 const CONGESTED_LOSS: f64 = convene_protocol::rate::LOSS_CLEAN;
@@ -56,15 +57,18 @@ const CONGESTED_RTT: std::time::Duration = convene_protocol::rate::RTT_HIGH;
 /// beyond which the path counts as congested.
 const WINDOW_FULL: f64 = 0.8;
 
-/// QUIC's view of the path, sampled for the slow-subscriber rule.
-pub(super) fn sample_path(q: &quinn_proto::Connection, s: &mut Session, now: Instant) {
-    let Some(outbox) = s.outbox.as_ref() else {
-        return;
-    };
+/// QUIC's view of the path, sampled for the slow-subscriber rule and the
+/// subscriber's budget; returns the new estimate, kbit/s, when it made one.
+pub(super) fn sample_path(
+    q: &quinn_proto::Connection,
+    s: &mut Session,
+    now: Instant,
+) -> Option<u32> {
+    let outbox = s.outbox.as_ref()?;
     if s.sampled
         .is_some_and(|p| now.duration_since(p.at) < PATH_SAMPLE)
     {
-        return;
+        return None;
     }
     let stats = q.stats();
     let sample = PathSample {
@@ -75,10 +79,46 @@ pub(super) fn sample_path(q: &quinn_proto::Connection, s: &mut Session, now: Ins
         rtt: stats.path.rtt,
         cwnd: stats.path.cwnd,
     };
+    let mut estimate = None;
     if let Some(before) = &s.sampled {
         outbox.set_congested(path_congested(before, &sample));
+        // The first samples' round trip is quinn's guess until it measures one.
+        if !sample.rtt.is_zero() && before.sent_packets > 0 {
+            s.min_rtt = Some(s.min_rtt.map_or(sample.rtt, |m| m.min(sample.rtt)));
+        }
+        let raw = path_kbps(before, &sample, s.min_rtt.unwrap_or_default());
+        let kbps = s.estimate.update(raw);
+        outbox.set_path_kbps(kbps);
+        tracing::trace!(
+            raw_kbps = raw,
+            kbps,
+            cwnd = sample.cwnd,
+            rtt_us = sample.rtt.as_micros() as u64,
+            lost = sample.lost_packets.saturating_sub(before.lost_packets),
+            "QUIC path estimate"
+        );
+        estimate = Some(kbps);
     }
     s.sampled = Some(sample);
+    estimate
+}
+
+/// What the path carries between two samples, kbit/s, given the lowest
+/// round trip seen ([`crate::estimate::quic_kbps`]).
+fn path_kbps(before: &PathSample, now: &PathSample, min_rtt: Duration) -> u32 {
+    let sent = now.sent_packets.saturating_sub(before.sent_packets);
+    let lost = now.lost_packets.saturating_sub(before.lost_packets);
+    crate::estimate::quic_kbps(
+        &crate::estimate::QuicInterval {
+            elapsed: now.at.saturating_duration_since(before.at),
+            sent_bytes: now.sent_bytes.saturating_sub(before.sent_bytes),
+            loss: convene_protocol::rate::loss_share(sent, lost),
+            cwnd: now.cwnd,
+            rtt: now.rtt,
+            min_rtt,
+        },
+        CONGESTED_LOSS,
+    )
 }
 
 #[cfg(test)]
@@ -140,6 +180,30 @@ mod tests {
             &a,
             &sample(t, 500, (60, 0, 25_000), 100, 12_000)
         ));
+    }
+
+    const MS20: Duration = Duration::from_millis(20);
+
+    #[test]
+    fn the_estimate_is_the_window_unless_the_path_loses() {
+        let t = std::time::Instant::now();
+        let a = sample(t, 0, (0, 0, 0), 20, 100_000);
+        // 100 kB per 20 ms; 640 kbit/s sent.
+        assert_eq!(
+            path_kbps(&a, &sample(t, 500, (60, 0, 40_000), 20, 100_000), MS20),
+            40_000
+        );
+        // 6 of 60 lost while sending little: the window, less a tenth.
+        assert_eq!(
+            path_kbps(&a, &sample(t, 500, (60, 6, 40_000), 20, 100_000), MS20),
+            36_000
+        );
+        // The same losses with the window full (12 kB per 100 ms allows 960
+        // kbit/s, 800 sent): what got through, less a tenth.
+        assert_eq!(
+            path_kbps(&a, &sample(t, 500, (60, 6, 50_000), 100, 12_000), MS20),
+            648
+        );
     }
 
     #[test]

@@ -77,6 +77,10 @@ pub(super) struct Session {
     pub(super) sent: u32,
     /// QUIC's path statistics when last sampled.
     pub(super) sampled: Option<PathSample>,
+    /// What the path carries, smoothed over the samples.
+    pub(super) estimate: crate::estimate::Smoothed,
+    /// The lowest round trip sampled: the path without a queue.
+    pub(super) min_rtt: Option<std::time::Duration>,
     /// Whether the session is closing (or its connection is lost): nothing more is taken from its outbox.
     pub(super) closing: bool,
     /// The close capsule waiting for the control stream to be acknowledged:
@@ -155,6 +159,8 @@ impl Session {
             sent: 0,
             capsule: None,
             sampled: None,
+            estimate: Default::default(),
+            min_rtt: None,
             closing: false,
             window_for: 0,
             partial: 0,

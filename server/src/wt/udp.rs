@@ -11,8 +11,8 @@
 //! The I/O side: the engine ([`super::engine`]) queues its transmits here
 //! and this makes the system calls.
 //!
-//! This is the server's only `unsafe` code: the `msghdr` structures the
-//! kernel reads. Every pointer in them points into `Queued` buffers or
+//! With `tcp_info.rs`, the server's only `unsafe` code: the `msghdr`
+//! structures the kernel reads. Every pointer in them points into `Queued` buffers or
 //! locals that outlive the call.
 #![allow(unsafe_code)]
 

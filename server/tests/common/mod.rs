@@ -104,11 +104,35 @@ impl Client {
             .await
     }
 
+    /// Connects, says Hello offering selective forwarding (`sfu.1`,
+    /// PROTOCOL.md §6.6) and joins `meeting`.
+    pub async fn joined_sfu(
+        server: &convene_server::Server,
+        meeting: &str,
+        subscribe_all: bool,
+    ) -> Client {
+        Client::connect(server)
+            .await
+            .hello_join_with(meeting, subscribe_all, &["sfu.1"])
+            .await
+    }
+
     /// Says Hello, notes the participant id, and joins `meeting`.
-    async fn hello_join(mut self, meeting: &str, subscribe_all: bool) -> Client {
+    async fn hello_join(self, meeting: &str, subscribe_all: bool) -> Client {
+        self.hello_join_with(meeting, subscribe_all, &[]).await
+    }
+
+    /// Says Hello offering `features`, notes the participant id, and joins `meeting`.
+    async fn hello_join_with(
+        mut self,
+        meeting: &str,
+        subscribe_all: bool,
+        features: &[&str],
+    ) -> Client {
         let c = &mut self;
         c.send(C::Hello(v1::Hello {
             versions: vec![1],
+            features: features.iter().map(|f| f.to_string()).collect(),
             ..Default::default()
         }))
         .await;
@@ -151,6 +175,7 @@ impl Client {
             let msg = tokio::time::timeout(DEADLINE, self.ws.next()).await.ok()?;
             match msg {
                 Some(Ok(Message::Binary(b))) => {
+                    let whole = b.clone();
                     match decode_frame::<ServerMessage>(b, 1 << 21).expect("server frames decode") {
                         Frame::Control(ServerMessage {
                             msg: Some(S::Ping(p)),
@@ -162,6 +187,11 @@ impl Client {
                         }
                         Frame::Control(m) => return m.msg.map(Seen::Control),
                         Frame::Media(m) => return Some(Seen::Media(m)),
+                        // LAYERED (§6.6.2), sent only to sessions that offered sfu.1.
+                        Frame::Extension(0x80) => {
+                            let m = MediaFrame::parse_any(whole).expect("LAYERED frames parse");
+                            return Some(Seen::Media(m));
+                        }
                         Frame::Extension(_) => {}
                     }
                 }

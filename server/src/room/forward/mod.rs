@@ -1,11 +1,15 @@
 //! Selective forwarding (PROTOCOL.md §6.6), sans-IO: what each subscriber
 //! receives of a track with several encodings or temporal layers
 //! ([`selector`]), who speaks and whose audio is among the loudest
-//! ([`speakers`]), and which encodings anyone wants ([`Demand`], "dynacast").
+//! ([`speakers`]), which encodings anyone wants ([`Demand`], "dynacast"),
+//! and how much of each track a subscriber's bandwidth allows ([`budget`]).
 //!
 //! Everything here is decided per frame in O(1) without allocating, or on
-//! the room's speaker evaluation (at most every [`speakers::EVALUATE_EVERY`]).
+//! the room's speaker evaluation (at most every [`speakers::EVALUATE_EVERY`])
+//! and budget allocation (at most every [`budget::ALLOCATE_EVERY`] unless
+//! something it depends on changed).
 
+pub mod budget;
 pub mod selector;
 pub mod speakers;
 

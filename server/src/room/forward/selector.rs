@@ -36,16 +36,32 @@ pub struct Layers {
     pub sizes: [(u32, u32); 3],
     /// Frame rate per encoding, all temporal layers together.
     pub fps: [u32; 3],
+    /// Kbit/s per encoding: as announced, or guessed from its size (for
+    /// the subscriber's budget, [`super::budget`]).
+    pub kbps: [u32; 3],
 }
 
 impl Layers {
     /// The layers of a published track: its encodings, or one encoding.
     pub fn of(info: &TrackInfo) -> Self {
+        let announced = |kbps: u32, w, h, fps| {
+            if kbps > 0 {
+                kbps
+            } else {
+                super::budget::guess_kbps(w, h, fps)
+            }
+        };
         let mut l = Layers {
             count: 1,
             temporal: [1; 3],
             sizes: [(info.width, info.height); 3],
             fps: [info.frame_rate; 3],
+            kbps: [announced(
+                info.target_bitrate_kbps,
+                info.width,
+                info.height,
+                info.frame_rate,
+            ); 3],
         };
         if !info.encodings.is_empty() {
             l.count = info.encodings.len().min(3) as u8;
@@ -53,6 +69,7 @@ impl Layers {
                 l.temporal[i] = e.temporal_layers.clamp(1, 4) as u8;
                 l.sizes[i] = (e.width, e.height);
                 l.fps[i] = e.frame_rate;
+                l.kbps[i] = announced(e.target_bitrate_kbps, e.width, e.height, e.frame_rate);
             }
         }
         l
@@ -125,8 +142,12 @@ pub struct Selector {
     temporal: u8,
     /// Sequence number and capture time of the last frame forwarded.
     last: Option<(u32, u64)>,
-    /// The highest encoding the subscriber's path is thought to carry.
+    /// The highest encoding the subscriber's path is thought to carry,
+    /// from its queue's drops and waits.
     cap: u8,
+    /// The highest encoding the subscriber's budget allows (its transport
+    /// estimate and `max_receive_kbps`), set by [`super::budget`].
+    pub budget_cap: u8,
     /// When the path last made the cap go down.
     lowered_at: Option<Timestamp>,
     /// When the cap was last raised.
@@ -156,6 +177,7 @@ impl Selector {
             temporal: 0,
             last: None,
             cap: 2,
+            budget_cap: 2,
             lowered_at: None,
             raised_at: None,
             raise_wait: RAISE_WAIT,
@@ -177,11 +199,18 @@ impl Selector {
 
     /// The encoding the subscriber should get now; `None` while it wants nothing.
     pub fn target(&self, layers: &Layers) -> Option<u8> {
+        let wanted = self.preferred(layers)?;
+        Some(wanted.min(self.cap).min(self.budget_cap))
+    }
+
+    /// The encoding the subscriber's preferences and last-N ask for, whatever
+    /// its path carries; `None` while it wants nothing.
+    pub fn preferred(&self, layers: &Layers) -> Option<u8> {
         if self.prefs.paused || self.last_n_out {
             return None;
         }
         let p = &self.prefs;
-        let wanted = if p.max_width == 0 && p.max_height == 0 {
+        Some(if p.max_width == 0 && p.max_height == 0 {
             layers.top()
         } else {
             (0..layers.count)
@@ -191,8 +220,7 @@ impl Selector {
                         && (p.max_height == 0 || h >= p.max_height)
                 })
                 .unwrap_or(layers.top())
-        };
-        Some(wanted.min(self.cap))
+        })
     }
 
     /// The highest temporal layer of encoding `e` to forward: all of them
