@@ -7335,6 +7335,17 @@ pub static CASES: &[Case] = &[
                 },
             },
             Step {
+                actor: "b",
+                action: Action::ExpectMedia {
+                    from: Some(Value::Var("a.id")),
+                    track: Some(Value::Int(2)),
+                    key: None,
+                    size: Some(150),
+                    encoding: None,
+                    layered: Some(false),
+                },
+            },
+            Step {
                 actor: "a",
                 action: Action::SendMedia {
                     track: Some(Value::Int(2)),
@@ -7350,17 +7361,6 @@ pub static CASES: &[Case] = &[
                         switch_point: false,
                         level: None,
                     }),
-                },
-            },
-            Step {
-                actor: "b",
-                action: Action::ExpectMedia {
-                    from: Some(Value::Var("a.id")),
-                    track: Some(Value::Int(2)),
-                    key: None,
-                    size: Some(150),
-                    encoding: None,
-                    layered: Some(false),
                 },
             },
             Step {
