@@ -71,8 +71,8 @@ impl Wt {
                 .write_with_chunk(&js_sys::Uint8Array::from(out.as_slice()));
             return;
         }
-        let audio =
-            MediaFrame::parse_any(frame.clone()).is_ok_and(|m| m.header().track_id == self.audio_track);
+        let audio = MediaFrame::parse_any(frame.clone())
+            .is_ok_and(|m| m.header().track_id == self.audio_track);
         let fits = frame.len() as u32 <= self.session.datagrams().max_datagram_size();
         let chunk = js_sys::Uint8Array::from(frame.as_ref());
         if audio && fits {
