@@ -181,3 +181,67 @@ async fn thresholds_fail_the_run_and_errors_say_what_to_do() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad server URL"));
     s.shutdown().await;
 }
+
+/// The meeting section of a report.
+fn meeting(r: &serde_json::Value) -> &serde_json::Value {
+    let m = &r["meeting"];
+    assert!(m.is_object(), "a meeting report: {r}");
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meeting_forwards_every_speakers_audio_and_only_the_last_n_cameras() {
+    let s = server(false).await;
+    let shape = "-n 14 --shape meeting --speakers 2 --cameras 6 --last-n 3 --loudest-audio 3 \
+                 --video-fps 15 --duration 3 --ramp-up 0.5 --json";
+    let r = json(&load_on(&s, shape).await);
+    assert_eq!(n(&r, "joined"), 14);
+    assert_eq!(r["selective_forwarding"], true);
+    let m = meeting(&r);
+    // The speakers' audio is owed to all 13 others, whatever is selected.
+    assert!(n(m, "sent_speech") >= 2 * 10, "two speakers spoke: {m}");
+    assert_eq!(n(&r, "expected"), n(m, "sent_speech") * 13);
+    assert_eq!(
+        n(m, "received_speech"),
+        n(&r, "expected"),
+        "no speech lost: {m}"
+    );
+    assert_eq!(n(&r, "sequence_gaps"), 0);
+    // Loudest three: the two speakers and at most one of the twelve quiet
+    // microphones reach a member, never all of them.
+    assert!(n(m, "sent_comfort") > 0, "{m}");
+    assert!(
+        n(m, "received_comfort") < n(m, "comfort_owed"),
+        "comfort noise is selected away: {m}"
+    );
+    // Last-3 video: no member receives more than three cameras (of six),
+    // and each receives some.
+    assert!(n(m, "cameras_received_max") <= 3, "last-N holds: {m}");
+    assert!(
+        n(m, "cameras_received_min") >= 1,
+        "everyone sees someone: {m}"
+    );
+    // Small tiles ask for 180 lines: the smallest encoding flows.
+    assert!(m["video_by_encoding"][0].as_u64().unwrap() > 0, "{m}");
+
+    // The same meeting without selective forwarding: every camera reaches
+    // every member in its one encoding, and all comfort noise too.
+    let r = json(&load_on(&s, &format!("{shape} --meeting plain --without-sfu")).await);
+    assert_eq!(r["selective_forwarding"], false);
+    let m = meeting(&r);
+    assert_eq!(n(m, "received_speech"), n(&r, "expected"), "{m}");
+    assert_eq!(n(m, "received_comfort"), n(m, "comfort_owed"), "{m}");
+    assert_eq!(n(m, "cameras_received_max"), 6, "{m}");
+    assert_eq!(
+        n(m, "cameras_received_min"),
+        5,
+        "a camera sees the five others: {m}"
+    );
+    let by_encoding = &m["video_by_encoding"];
+    assert_eq!(by_encoding[0], 0, "{m}");
+    assert_eq!(
+        by_encoding[2].as_u64(),
+        Some(n(&r, "received_video")),
+        "{m}"
+    );
+}
