@@ -428,7 +428,7 @@ impl Room {
     }
 
     /// Finds who speaks, announces it to those who negotiated `sfu.1`, and
-    /// moves last-N when the floor changed hands (§6.6.4).
+    /// moves last-N when the order of recent speakers changed (§6.6.4).
     pub(super) fn evaluate_speakers(&mut self, now: Timestamp) {
         let candidates: Vec<(u32, u32, u8)> = self
             .members
@@ -437,13 +437,19 @@ impl Room {
                 m.tracks
                     .values()
                     .filter(|p| p.audio && !p.info.muted)
-                    .map(|p| (p.activity.score(now), p.activity.loudness))
+                    .map(|p| (p.activity.score(now), p.activity.loudness_at(now)))
                     .max()
                     .map(|(score, loud)| (*pid, score, loud))
             })
             .collect();
         let mut moved = false;
-        let Some(change) = self.board.evaluate(now, &candidates, &mut moved) else {
+        let change = self.board.evaluate(now, &candidates, &mut moved);
+        if moved {
+            self.apply_last_n();
+            // Who is shown, and who comes first, changed for everyone.
+            self.budget_stale.all();
+        }
+        let Some(change) = change else {
             return;
         };
         let msg = frame(Msg::ActiveSpeakers(v1::ActiveSpeakers {
@@ -462,15 +468,11 @@ impl Room {
                 l.outbox.push_control(msg.clone());
             }
         }
-        if moved {
-            self.apply_last_n();
-            // Who is shown, and who comes first, changed for everyone.
-            self.budget_stale.all();
-        }
     }
 
     /// Marks each camera subscription of a member with a last-N in or out
-    /// of it: the `video_n` most recent speakers, then by participant id.
+    /// of it: the `video_n` most recent speakers (those speaking now first,
+    /// the dominant one ahead), then by participant id.
     pub(super) fn apply_last_n(&mut self) {
         use std::collections::BTreeMap;
         let limits: BTreeMap<u32, usize> = self
@@ -602,6 +604,200 @@ impl Room {
                     encodings: encoding_mask,
                 },
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use convene_protocol::v1::{
+        Participant, ReceiverSettings, ServerMessage, TrackInfo, TrackKind,
+        server_message::Msg as S,
+    };
+    use convene_protocol::{
+        AudioLevel, Layer, MediaFrame, MediaHeader, RoomRequest, Timestamp, frame::FRAME_CONTROL,
+    };
+    use prost::Message;
+
+    use crate::mailbox::Mailbox;
+    use crate::outbox::{Outbox, OutboxLimits, Wake};
+    use crate::room::{Local, Room, RoomLimits};
+
+    struct NoWake;
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+
+    fn t(ms: u64) -> Timestamp {
+        Timestamp(1_000_000_000 + ms * 1000)
+    }
+
+    const AUDIO: u32 = 1;
+    const CAMERA: u32 = 2;
+    const VIEWER: u32 = 13;
+
+    /// Twelve members (1–12) who each publish a microphone with levels and
+    /// a camera, and a viewer (13) who receives the camera of the last 4.
+    fn meeting() -> (Room, Vec<Arc<Outbox>>) {
+        let mut room = Room::new("last-n", RoomLimits::default());
+        let mut outs = Vec::new();
+        for pid in 1..=VIEWER {
+            let o = Arc::new(Outbox::new(OutboxLimits::default(), Box::new(NoWake)));
+            let local = Local {
+                outbox: o.clone(),
+                mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
+                sfu: true,
+            };
+            let p = Participant {
+                participant_id: pid,
+                display_name: format!("p{pid}"),
+                ..Default::default()
+            };
+            room.join(t(0), p, pid == VIEWER, local).unwrap();
+            outs.push(o);
+        }
+        for pid in 1..VIEWER {
+            let mic = TrackInfo {
+                track_id: AUDIO,
+                kind: TrackKind::Audio as i32,
+                codec: "opus".into(),
+                audio_levels: true,
+                ..Default::default()
+            };
+            let camera = TrackInfo {
+                track_id: CAMERA,
+                kind: TrackKind::Video as i32,
+                codec: "vp8".into(),
+                width: 640,
+                height: 360,
+                frame_rate: 25,
+                ..Default::default()
+            };
+            room.handle(t(0), pid, RoomRequest::Publish(mic), 0)
+                .unwrap();
+            room.handle(t(0), pid, RoomRequest::Publish(camera), 0)
+                .unwrap();
+        }
+        let settings = RoomRequest::ReceiverSettings(ReceiverSettings {
+            video_n: 4,
+            ..Default::default()
+        });
+        room.handle(t(0), VIEWER, settings, 0).unwrap();
+        (room, outs)
+    }
+
+    /// 40 ms of the meeting from `ms`: each member in `voices` speaks at its
+    /// level (−dBov), the others send nothing; every camera sends a picture,
+    /// a key picture when its publisher was asked for one (or every 50th).
+    /// Returns the publishers whose video the viewer received.
+    fn step(
+        room: &mut Room,
+        outs: &[Arc<Outbox>],
+        ms: u64,
+        picture: u32,
+        voices: &[(u32, u8)],
+    ) -> BTreeSet<u32> {
+        for half in [0, 20] {
+            for &(pid, dbov) in voices {
+                let h = MediaHeader {
+                    key: true,
+                    sender: 0,
+                    track_id: AUDIO,
+                    sequence: picture * 2 + half as u32 / 20,
+                    capture_timestamp_us: (ms + half) * 1000,
+                };
+                let layer = Layer {
+                    level: Some(AudioLevel { voice: true, dbov }),
+                    ..Layer::default()
+                };
+                let f = MediaFrame::build_layered(layer, &h, None, &[0; 40]).stamp_sender(pid);
+                room.route(t(ms + half), pid, &f).unwrap();
+            }
+        }
+        for pid in 1..VIEWER {
+            let mut got = Vec::new();
+            outs[pid as usize - 1].drain(&mut got, usize::MAX);
+            let asked = got.iter().any(|b| {
+                b[0] == FRAME_CONTROL
+                    && matches!(
+                        ServerMessage::decode(b.slice(1..)).map(|m| m.msg),
+                        Ok(Some(S::KeyFrameRequest(_)))
+                    )
+            });
+            let h = MediaHeader {
+                key: asked || picture.is_multiple_of(50),
+                sender: 0,
+                track_id: CAMERA,
+                sequence: picture,
+                capture_timestamp_us: ms * 1000,
+            };
+            // The connection stamps the sender before the room sees a frame.
+            let f = MediaFrame::build(&h, None, &[pid as u8; 200]).stamp_sender(pid);
+            room.route(t(ms + 30), pid, &f).unwrap();
+        }
+        let mut got: Vec<Bytes> = Vec::new();
+        outs[VIEWER as usize - 1].drain(&mut got, usize::MAX);
+        got.iter()
+            .filter_map(|b| MediaFrame::parse_any(b.clone()).ok())
+            .filter(|m| m.header().track_id == CAMERA)
+            .map(|m| m.header().sender)
+            .collect()
+    }
+
+    #[test]
+    fn last_n_shows_the_four_loudest_of_twelve_and_follows_a_new_speaker_within_a_second() {
+        let (mut room, outs) = meeting();
+        // Everyone speaks, each at another level: 12 the loudest (−4 dBov),
+        // 1 the quietest (−48).
+        let mut voices: Vec<(u32, u8)> = (1..VIEWER).map(|p| (p, 52 - 4 * p as u8)).collect();
+        let mut ms = 0;
+        let mut picture = 0;
+        let mut shown = BTreeSet::new();
+        for _ in 0..75 {
+            shown = step(&mut room, &outs, ms, picture, &voices);
+            ms += 40;
+            picture += 1;
+        }
+        assert_eq!(
+            shown,
+            BTreeSet::from([9, 10, 11, 12]),
+            "the four loudest: {:?}",
+            room.board
+        );
+        // A second and a half with only those four's video, nobody else's.
+        for _ in 0..38 {
+            let got = step(&mut room, &outs, ms, picture, &voices);
+            assert!(got.is_subset(&BTreeSet::from([9, 10, 11, 12])), "{got:?}");
+            ms += 40;
+            picture += 1;
+        }
+        // 12 falls silent and 1 speaks up loudest of all: within a second 1
+        // is shown and 12 is not.
+        voices.retain(|v| v.0 != 12);
+        voices[0].1 = 2;
+        let changed = ms;
+        let mut followed = None;
+        for _ in 0..100 {
+            let got = step(&mut room, &outs, ms, picture, &voices);
+            ms += 40;
+            picture += 1;
+            if got == BTreeSet::from([1, 9, 10, 11]) {
+                followed = Some(ms - changed);
+                break;
+            }
+        }
+        let followed = followed.expect("last-N never showed the new speaker");
+        assert!(followed <= 1000, "followed after {followed} ms");
+        // And it holds.
+        for _ in 0..50 {
+            let got = step(&mut room, &outs, ms, picture, &voices);
+            assert!(got.is_subset(&BTreeSet::from([1, 9, 10, 11])), "{got:?}");
+            ms += 40;
+            picture += 1;
         }
     }
 }

@@ -28,6 +28,9 @@ pub const TAKEOVER_MARGIN: u32 = 15;
 pub const EVALUATE_EVERY: Duration = Duration::from_millis(300);
 /// Entries of the loudest list and of the recent-speaker list.
 pub const LIST_LEN: usize = 16;
+/// A track that sent nothing for this long has no loudness now (longer
+/// than the pauses between words, which silence suppression does not send).
+const QUIET_AFTER: Duration = Duration::from_millis(400);
 /// A track silent for this long leaves the loudest list.
 const LOUDEST_EXPIRY: Duration = Duration::from_millis(400);
 
@@ -64,6 +67,19 @@ impl Activity {
             let shift = slot - self.head;
             self.bits = if shift >= 64 { 0 } else { self.bits << shift };
             self.head = slot;
+        }
+    }
+
+    /// The smoothed loudness, or 0 when the track has sent nothing for
+    /// [`QUIET_AFTER`]: a voice that stopped is not loud now, and a level
+    /// is only updated by frames.
+    pub fn loudness_at(&self, now: Timestamp) -> u8 {
+        let slot = now.0 / SLOT.as_micros() as u64;
+        if slot.saturating_sub(self.head) > QUIET_AFTER.as_micros() as u64 / SLOT.as_micros() as u64
+        {
+            0
+        } else {
+            self.loudness
         }
     }
 
@@ -117,12 +133,27 @@ pub struct Speakers {
     pub dominant: Option<u32>,
 }
 
-/// The room's speakers: the dominant one, and who last took the floor.
+/// A challenger as active as the dominant speaker takes the place when it is
+/// this much louder (0–127 scale, about dB): two people talking at once, one
+/// clearly the main voice.
+pub const LOUDER_MARGIN: u8 = 12;
+/// Slots of speech two speakers may differ by and still count as equally
+/// active (a count taken in the middle of a slot sees some frames of it).
+pub const SCORE_SLACK: u32 = 2;
+/// Two current speakers trade places in the recent order only when the one
+/// behind is this much louder, so voices of about one level do not make
+/// last-N flicker.
+pub const REORDER_MARGIN: u8 = 6;
+
+/// The room's speakers: the dominant one, and the order of recency last-N
+/// follows.
 #[derive(Debug, Clone, Default)]
 pub struct Board {
     /// The dominant speaker.
     dominant: Option<u32>,
-    /// Participants in the order they last became dominant, newest first.
+    /// Participants by how recently they spoke: the dominant speaker, the
+    /// others speaking now (louder first, with hysteresis), then those who
+    /// spoke before, latest first.
     recent: Vec<u32>,
     /// When the board was last evaluated.
     evaluated: Option<Timestamp>,
@@ -147,32 +178,72 @@ impl Board {
         recent_changed: &mut bool,
     ) -> Option<Speakers> {
         self.evaluated = Some(now);
-        let score_of = |pid: u32| candidates.iter().find(|c| c.0 == pid).map_or(0, |c| c.1);
-        let best = candidates
-            .iter()
-            .filter(|c| c.1 >= MIN_ACTIVE_SLOTS)
-            .max_by_key(|c| (c.1, c.2, std::cmp::Reverse(c.0)));
-        let held = self.dominant.map_or(0, score_of);
-        let next = match (self.dominant, best) {
-            (_, None) => self.dominant.filter(|_| held > 0),
-            (None, Some(b)) => Some(b.0),
-            (Some(d), Some(b)) if b.0 != d && (held == 0 || b.1 >= held + TAKEOVER_MARGIN) => {
-                Some(b.0)
-            }
-            (d, _) => d,
+        let of = |pid: u32| {
+            candidates
+                .iter()
+                .find(|c| c.0 == pid)
+                .map_or((0, 0), |c| (c.1, c.2))
         };
-        *recent_changed = false;
-        if next != self.dominant {
-            if let Some(n) = next
-                && self.recent.first() != Some(&n)
-            {
-                self.recent.retain(|p| *p != n);
-                self.recent.insert(0, n);
-                self.recent.truncate(LIST_LEN * 4);
-                *recent_changed = true;
+        let (held, held_loud) = self.dominant.map_or((0, 0), of);
+        let next = match self.dominant {
+            Some(d) if held > 0 => {
+                // A challenger needs clearly more speech, or as much (a slot
+                // or two either way is where in a slot the count fell) and a
+                // clearly louder voice.
+                let challenger = candidates
+                    .iter()
+                    .filter(|c| c.0 != d && c.1 >= MIN_ACTIVE_SLOTS)
+                    .filter(|c| {
+                        c.1 >= held + TAKEOVER_MARGIN
+                            || (c.1 + SCORE_SLACK >= held
+                                && c.2 >= held_loud.saturating_add(LOUDER_MARGIN))
+                    })
+                    .max_by_key(|c| (c.1 / (SCORE_SLACK + 1), c.2, std::cmp::Reverse(c.0)));
+                Some(challenger.map_or(d, |c| c.0))
             }
-            self.dominant = next;
+            _ => candidates
+                .iter()
+                .filter(|c| c.1 >= MIN_ACTIVE_SLOTS)
+                .max_by_key(|c| (c.1, c.2, std::cmp::Reverse(c.0)))
+                .map(|c| c.0),
+        };
+        self.dominant = next;
+        let speaking = |pid: u32| of(pid).0 >= MIN_ACTIVE_SLOTS || Some(pid) == self.dominant;
+        // Those speaking now, in their previous order, newcomers by loudness;
+        // then adjacent pairs swapped only past the margin.
+        let mut now_speaking: Vec<u32> = self
+            .recent
+            .iter()
+            .copied()
+            .filter(|p| speaking(*p) && Some(*p) != self.dominant)
+            .collect();
+        let mut newcomers: Vec<(u32, u8)> = candidates
+            .iter()
+            .filter(|c| speaking(c.0) && Some(c.0) != self.dominant && !self.recent.contains(&c.0))
+            .map(|c| (c.0, c.2))
+            .collect();
+        newcomers.sort_by_key(|c| (std::cmp::Reverse(c.1), c.0));
+        now_speaking.extend(newcomers.iter().map(|c| c.0));
+        for i in 1..now_speaking.len() {
+            let mut j = i;
+            while j > 0
+                && of(now_speaking[j]).1 >= of(now_speaking[j - 1]).1.saturating_add(REORDER_MARGIN)
+            {
+                now_speaking.swap(j, j - 1);
+                j -= 1;
+            }
         }
+        let mut recent: Vec<u32> = self.dominant.into_iter().chain(now_speaking).collect();
+        let before: Vec<u32> = self
+            .recent
+            .iter()
+            .copied()
+            .filter(|p| !recent.contains(p))
+            .collect();
+        recent.extend(before);
+        recent.truncate(LIST_LEN * 4);
+        *recent_changed = recent != self.recent;
+        self.recent = recent;
         let mut speakers: Vec<(u32, u8)> = candidates
             .iter()
             .filter(|c| c.1 >= MIN_ACTIVE_SLOTS || Some(c.0) == self.dominant)
@@ -200,7 +271,7 @@ impl Board {
         Some(announce)
     }
 
-    /// Participants by when they last took the floor, newest first.
+    /// Participants by how recently they spoke, the dominant speaker first.
     pub fn recent(&self) -> &[u32] {
         &self.recent
     }
@@ -320,5 +391,36 @@ mod tests {
         assert!(when - 4200 <= 1000, "took {} ms", when - 4200);
         assert_eq!(who, Some(2));
         assert_eq!(b.recent(), &[2, 1]);
+    }
+
+    #[test]
+    fn voices_of_about_one_level_keep_their_order_and_a_clearly_louder_one_moves_ahead() {
+        let mut b = Board::default();
+        let mut moved = false;
+        // 1 leads; 2 and 3 speak too, 3 a little louder than 2.
+        b.evaluate(t(0), &[(1, 50, 100), (2, 50, 80), (3, 50, 83)], &mut moved);
+        assert!(moved);
+        assert_eq!(b.recent(), &[1, 3, 2]);
+        // 2 is now a little louder: within the margin, nothing moves.
+        b.evaluate(
+            t(300),
+            &[(1, 50, 100), (2, 50, 86), (3, 50, 83)],
+            &mut moved,
+        );
+        assert!(!moved);
+        assert_eq!(b.recent(), &[1, 3, 2]);
+        // Clearly louder: 2 moves ahead of 3 (not of the dominant 1).
+        b.evaluate(
+            t(600),
+            &[(1, 50, 100), (2, 50, 95), (3, 50, 83)],
+            &mut moved,
+        );
+        assert!(moved);
+        assert_eq!(b.recent(), &[1, 2, 3]);
+        // As active and clearly louder than the dominant: 2 leads; 3, who
+        // stopped, stays behind those speaking.
+        b.evaluate(t(900), &[(1, 49, 90), (2, 50, 110), (3, 5, 0)], &mut moved);
+        assert!(moved);
+        assert_eq!(b.recent(), &[2, 1, 3]);
     }
 }
