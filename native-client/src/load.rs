@@ -187,6 +187,8 @@ const CAMERA: (u32, u32, u32) = (1280, 720, 1200);
 /// When to send and when to stop, shared once everyone is in.
 #[derive(Debug, Clone, Copy)]
 struct Schedule {
+    /// Halfway through sending.
+    settled: tokio::time::Instant,
     send_until: tokio::time::Instant,
     stop_at: tokio::time::Instant,
 }
@@ -225,7 +227,7 @@ struct Outcome {
     received_comfort: u64,
     /// Video frames received of each encoding (one without simulcast counts as the top).
     video_by_encoding: [u64; 3],
-    /// Distinct cameras video was received from.
+    /// Distinct cameras video was received from in the second half of sending.
     cameras_received: usize,
 }
 
@@ -291,7 +293,8 @@ struct MeetingReport {
     received_comfort: u64,
     /// Video frames received of each encoding, smallest first.
     video_by_encoding: [u64; 3],
-    /// Distinct cameras each member received video from.
+    /// Distinct cameras each member received video from in the second
+    /// half of sending (who is shown first settles when speakers are known).
     cameras_received_min: usize,
     cameras_received_max: usize,
     /// What each member received, kbit/s over the sending window.
@@ -435,6 +438,7 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<std::process::ExitCode
     let send_for = Duration::from_secs_f64(args.duration);
     let now = tokio::time::Instant::now();
     let schedule = Schedule {
+        settled: now + send_for / 2,
         send_until: now + send_for,
         stop_at: now + send_for + DRAIN,
     };
@@ -670,7 +674,11 @@ async fn participant(
                             }
                         } else {
                             out.received_video += 1;
-                            senders.insert(h.sender);
+                            // Who is shown settles once the speakers are
+                            // known: count cameras over the second half.
+                            if schedule.is_some_and(|s| tokio::time::Instant::now() >= s.settled) {
+                                senders.insert(h.sender);
+                            }
                             // One encoding alone is the top one.
                             let e = m.layer().map_or(2, |l| usize::from(l.encoding));
                             out.video_by_encoding[e.min(2)] += 1;
@@ -1250,7 +1258,7 @@ fn print_table(r: &Report) {
                 m.received_comfort, m.comfort_owed
             );
             println!(
-                "  video        {} frames by encoding (small, medium, top) {:?}; cameras per member {}-{}",
+                "  video        {} frames by encoding (small, medium, top) {:?}; cameras per member {}-{} (second half)",
                 r.received_video,
                 m.video_by_encoding,
                 m.cameras_received_min,
