@@ -101,37 +101,100 @@ impl Room {
             .collect();
         let mut items: BTreeMap<u32, Vec<Item>> =
             budgets.keys().map(|p| (*p, Vec::new())).collect();
-        // Audio tracks counted per subscriber, for its loudest-N.
-        let mut audio_seen: BTreeMap<u32, u8> = BTreeMap::new();
+        // Audio first: each subscriber's sound is one item, what it may
+        // receive at once. Audio is most of a large room's subscriptions
+        // (every member hears every other), so it is counted from the
+        // publications, not walked subscription by subscription, except for
+        // members who chose their subscriptions one by one.
+        let mut audio: Vec<(u32, u32)> = self
+            .members
+            .iter()
+            .flat_map(|(pid, m)| {
+                m.tracks
+                    .values()
+                    .filter(|p| p.audio && !p.info.muted)
+                    .map(move |p| (*pid, audio_kbps(p)))
+            })
+            .collect();
+        audio.sort_by_key(|a| std::cmp::Reverse(a.1));
+        let total: u64 = audio.iter().map(|a| u64::from(a.1)).sum();
+        let chosen: Vec<u32> = budgets
+            .keys()
+            .copied()
+            .filter(|pid| self.members.get(pid).is_some_and(|m| !m.subscribe_all))
+            .collect();
+        let mut chosen_kbps: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        if !chosen.is_empty() {
+            for m in self.members.values() {
+                for p in m.tracks.values().filter(|p| p.audio && !p.info.muted) {
+                    for s in p.subscribers.iter().filter(|s| chosen.contains(&s.pid)) {
+                        chosen_kbps.entry(s.pid).or_default().push(audio_kbps(p));
+                    }
+                }
+            }
+        }
+        for (pid, list) in items.iter_mut() {
+            let Some(m) = self.members.get(pid) else {
+                continue;
+            };
+            let n = match m.settings.audio_n {
+                0 => usize::MAX,
+                n => n as usize,
+            };
+            let kbps: u64 = if let Some(mut own) = chosen_kbps.remove(pid) {
+                own.sort_unstable_by(|a, b| b.cmp(a));
+                own.iter().take(n).map(|k| u64::from(*k)).sum()
+            } else if !m.subscribe_all {
+                0
+            } else if n == usize::MAX {
+                let mine: u64 = audio
+                    .iter()
+                    .filter(|a| a.0 == *pid)
+                    .map(|a| u64::from(a.1))
+                    .sum();
+                total - mine
+            } else {
+                // The loudest may be anyone's: the dearest n, ours aside.
+                audio
+                    .iter()
+                    .filter(|a| a.0 != *pid)
+                    .take(n)
+                    .map(|a| u64::from(a.1))
+                    .sum()
+            };
+            if kbps > 0 {
+                list.push(Item {
+                    priority: Priority::Audio,
+                    kbps: [u32::try_from(kbps).unwrap_or(u32::MAX), 0, 0],
+                    count: 1,
+                    wanted: Some(0),
+                    cap: 2,
+                });
+            }
+        }
+        let audio_items: BTreeMap<u32, usize> = items.iter().map(|(p, l)| (*p, l.len())).collect();
         for (publisher, m) in &self.members {
-            for p in m.tracks.values() {
+            for p in m.tracks.values().filter(|p| !p.audio) {
                 let priority = priority(p, *publisher, &recent);
                 for s in &p.subscribers {
-                    let Some(list) = items.get_mut(&s.pid) else {
-                        continue;
-                    };
-                    let mut it = item(p, s, priority);
-                    if p.audio && s.audio_n > 0 {
-                        let seen = audio_seen.entry(s.pid).or_default();
-                        if *seen >= s.audio_n {
-                            it.wanted = None;
-                        }
-                        *seen = seen.saturating_add(1);
+                    if let Some(list) = items.get_mut(&s.pid) {
+                        list.push(item(p, s, priority));
                     }
-                    list.push(it);
                 }
             }
         }
         let mut caps: BTreeMap<u32, std::vec::IntoIter<u8>> = BTreeMap::new();
         for (pid, list) in &items {
             if let Some(m) = self.members.get_mut(pid) {
-                let c = m.budget.allocate(now, budgets[pid], list);
+                let mut c = m.budget.allocate(now, budgets[pid], list);
+                // The audio item's cap is no selector's.
+                c.drain(..audio_items[pid]);
                 caps.insert(*pid, c.into_iter());
             }
         }
         // The same walk in the same order: each subscription takes its cap.
         for m in self.members.values_mut() {
-            for p in m.tracks.values_mut() {
+            for p in m.tracks.values_mut().filter(|p| !p.audio) {
                 for s in p.subscribers.iter_mut() {
                     if let Some(c) = caps.get_mut(&s.pid).and_then(Iterator::next) {
                         s.sel.budget_cap = c;
@@ -156,21 +219,16 @@ fn priority(p: &Publication, publisher: u32, recent: &BTreeMap<u32, u32>) -> Pri
     }
 }
 
-/// One subscription as the budget sees it.
-fn item(p: &Publication, s: &Subscription, priority: Priority) -> Item {
-    if p.audio {
-        let kbps = match p.info.target_bitrate_kbps {
-            0 => DEFAULT_AUDIO_KBPS,
-            k => k,
-        };
-        return Item {
-            priority,
-            kbps: [kbps, 0, 0],
-            count: 1,
-            wanted: (!p.info.muted).then_some(0),
-            cap: s.sel.budget_cap,
-        };
+/// What an audio track costs a subscriber, kbit/s.
+fn audio_kbps(p: &Publication) -> u32 {
+    match p.info.target_bitrate_kbps {
+        0 => DEFAULT_AUDIO_KBPS,
+        k => k,
     }
+}
+
+/// One video or screen subscription as the budget sees it.
+fn item(p: &Publication, s: &Subscription, priority: Priority) -> Item {
     Item {
         priority,
         kbps: p.layers.kbps,
@@ -341,5 +399,42 @@ mod tests {
             ms += 33;
         }
         assert!(top);
+    }
+
+    #[test]
+    fn sound_is_paid_for_first_and_loudest_n_pays_only_for_what_it_hears() {
+        let (mut room, narrow, wide) = room();
+        wide.set_path_kbps(50_000);
+        for pid in [1, 3] {
+            let mic = TrackInfo {
+                track_id: 9,
+                kind: TrackKind::Audio as i32,
+                codec: "opus".into(),
+                target_bitrate_kbps: 64,
+                ..Default::default()
+            };
+            room.handle(t(0), pid, RoomRequest::Publish(mic), 0)
+                .unwrap();
+        }
+        // 420 kbit/s: the camera's 100 + 200 would fit, but two microphones
+        // at 64 come first: the smallest encoding only.
+        narrow.set_path_kbps(420);
+        let mut last = [None; 2];
+        for n in 1..=30 {
+            last = picture(&mut room, t(n as u64 * 33), n, [&narrow, &wide]);
+        }
+        assert_eq!(last, [Some(0), Some(2)]);
+        // Hearing only the loudest one, one microphone is paid for: the
+        // middle encoding fits, with the headroom a raise needs (once the
+        // hold after the lowering is over).
+        let settings = RoomRequest::ReceiverSettings(ReceiverSettings {
+            audio_n: 1,
+            ..Default::default()
+        });
+        room.handle(t(1000), 2, settings, 0).unwrap();
+        for n in 31..=300 {
+            last = picture(&mut room, t(n as u64 * 33), n, [&narrow, &wide]);
+        }
+        assert_eq!(last, [Some(1), Some(2)]);
     }
 }
