@@ -179,6 +179,9 @@ fn on_active_speakers(app: &mut App, a: v1::ActiveSpeakers) {
             .class_list()
             .toggle_with_force("dominant", Some(*pid) == dominant);
     }
+    if crate::ui::read(|v| v.dominant) != dominant {
+        crate::ui::update(|v| v.dominant = dominant);
+    }
     if let Some(root) = by_id("app") {
         let _ = root.set_attribute(
             "data-dominant",

@@ -14,13 +14,14 @@
 //! camera's bitrate, `remote` shows and plays the others, `e2ee` holds the
 //! SFrame keys; `devices` opens the join screen's camera and microphone;
 //! `screens` turns the meeting into what [`ui`] shows and carries out its
-//! buttons; `state` is where all of it is kept. [`links`] reads meeting
+//! buttons, [`stage`] decides where tiles go (paged grid, speaker view, pin); `state` is where all of it is kept. [`links`] reads meeting
 //! links and [`retry`] decides about reconnecting.
 
 pub mod h264;
 pub mod links;
 pub mod quality;
 pub mod retry;
+pub mod stage;
 pub mod ui;
 
 // The rest runs only in a browser. The media modules use WebCodecs and
@@ -87,6 +88,14 @@ pub fn start() -> Result<(), wasm_bindgen::JsValue> {
     // The "Loading…" line goes; Yew adds to what the root holds.
     root.set_inner_html("");
     yew::Renderer::<ui::Page>::with_root(root).render();
+    // How many tiles a page holds follows the window.
+    let resized = wasm_bindgen::closure::Closure::<dyn FnMut()>::new(|| ui::update(|_| {}));
+    window.add_event_listener_with_callback(
+        "resize",
+        wasm_bindgen::JsCast::unchecked_ref(resized.as_ref()),
+    )?;
+    // Listens for the page's life.
+    resized.forget();
     // Before the camera opens and long before any encoder exists (see codecs).
     codecs::start_probe();
     preview(None);

@@ -65,6 +65,17 @@ pub fn simulcast_in_link(search: &str) -> bool {
         .any(|kv| kv == "simulcast=0")
 }
 
+/// The number of remote tiles a page of the grid holds when the link says
+/// (`?page_size=N`, 1 to 100); otherwise as many as fit the window.
+pub fn page_size_in_link(search: &str) -> Option<usize> {
+    search
+        .trim_start_matches('?')
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("page_size="))
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| (1..=100).contains(n))
+}
+
 /// A WebSocket URL given in the page's query (`?server=ws://…`), honoured
 /// only when the page and that server are both on loopback: for local
 /// development and the conformance runner, never a way for a link to send
@@ -231,5 +242,14 @@ mod tests {
             ws_url("http:", "127.0.0.1:8080"),
             "ws://127.0.0.1:8080/convene/ws"
         );
+    }
+
+    #[test]
+    fn a_link_may_set_the_page_size() {
+        assert_eq!(page_size_in_link("?page_size=3"), Some(3));
+        assert_eq!(page_size_in_link("?join=1&page_size=12"), Some(12));
+        assert_eq!(page_size_in_link("?page_size=0"), None);
+        assert_eq!(page_size_in_link("?page_size=x"), None);
+        assert_eq!(page_size_in_link(""), None);
     }
 }

@@ -35,7 +35,8 @@ pub(crate) fn add_track(app: &mut App, participant: u32, track: &v1::TrackInfo) 
     }
     let selective = !track.encodings.is_empty();
     match video::Tile::new(participant, track.track_id, &name, &track.codec, selective) {
-        Ok(t) => {
+        Ok(mut t) => {
+            t.picture = Some((track.width, track.height));
             app.tiles.insert((participant, track.track_id), t);
             screens::show_tiles(app);
         }
@@ -90,7 +91,7 @@ pub(crate) fn ask_for_sizes(app: &mut App) {
         .filter(|(_, t)| t.selective)
         .filter_map(|(k, t)| {
             let (w, h) = t.shown_size();
-            let wanted = quality::wanted(w, h, ratio);
+            let wanted = quality::wanted(w, h, ratio, t.picture);
             match t.asked {
                 Some((asked, _)) if asked == wanted => None,
                 asked => Some((*k, wanted, asked.map(|(_, at)| at))),

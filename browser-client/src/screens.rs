@@ -31,6 +31,12 @@ pub(crate) fn send_chat(text: String) -> bool {
 /// Does what a button of the meeting screen says.
 pub(crate) fn act(action: ui::Action) {
     use ui::Action as A;
+    if matches!(action, A::Pin(..) | A::Layout | A::Page(_)) {
+        ui::update(|v| {
+            v.arrange(action);
+        });
+        return;
+    }
     let Some(a) = state::current() else {
         return;
     };
@@ -70,7 +76,7 @@ pub(crate) fn act(action: ui::Action) {
                 })
             })
         }
-        A::Screen => None,
+        A::Screen | A::Pin(..) | A::Layout | A::Page(_) => None,
     };
     if let Some(m) = msg {
         let _ = app.session.send(now(), m);

@@ -113,6 +113,14 @@ pub struct View {
     pub camera_refused: bool,
     /// Who is speaking.
     pub speaker: Option<u32>,
+    /// The main speaker, as the server says (PROTOCOL.md §6.6.4).
+    pub dominant: Option<u32>,
+    /// Grid or speaker view.
+    pub mode: crate::stage::Mode,
+    /// The tile pinned large, (participant, track).
+    pub pinned: Option<(u32, u32)>,
+    /// The page of tiles shown, from 0.
+    pub page: usize,
 }
 
 impl View {
@@ -219,6 +227,57 @@ pub enum Action {
     Admit(u32),
     /// Turn a waiting participant away (moderators).
     Deny(u32),
+    /// Pin a tile large, or unpin it: (participant, track).
+    Pin(u32, u32),
+    /// Switch between the grid and the speaker view.
+    Layout,
+    /// Show the next (true) or the previous page of tiles.
+    Page(bool),
+}
+
+impl View {
+    /// Carries out an action that only changes what the page shows; false
+    /// for one the session must carry out.
+    pub fn arrange(&mut self, action: Action) -> bool {
+        match action {
+            Action::Pin(p, t) => {
+                if self.pinned == Some((p, t)) {
+                    self.pinned = None;
+                } else {
+                    self.pinned = Some((p, t));
+                    self.mode = crate::stage::Mode::Speaker;
+                }
+                self.page = 0;
+            }
+            Action::Layout => {
+                self.mode = match self.mode {
+                    crate::stage::Mode::Grid => crate::stage::Mode::Speaker,
+                    crate::stage::Mode::Speaker => crate::stage::Mode::Grid,
+                };
+                self.page = 0;
+            }
+            Action::Page(next) => {
+                self.page = if next {
+                    self.page.saturating_add(1)
+                } else {
+                    self.page.saturating_sub(1)
+                };
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Where each remote tile goes for a page of `per_page` tiles.
+    pub fn arrangement(&self, per_page: usize) -> crate::stage::Arrangement {
+        let who: Vec<u32> = self.tiles.iter().map(|t| t.participant).collect();
+        let pinned = self.pinned.and_then(|k| {
+            self.tiles
+                .iter()
+                .position(|t| (t.participant, t.track) == k)
+        });
+        crate::stage::arrange(&who, pinned, self.dominant, self.mode, self.page, per_page)
+    }
 }
 
 /// A click handler doing `action`.
@@ -405,14 +464,7 @@ fn meeting(v: &View) -> Html {
                 </button>
                 <button id="leave" data-action="leave" onclick={on(Action::Leave)}>{ "Leave" }</button>
             </div>
-            <div id="tiles">
-                <SelfView media={v.media} />
-                {
-                    for v.tiles.iter().map(|t| html! {
-                        <Embed key={format!("{}-{}", t.participant, t.track)} node={t.node.clone()} />
-                    })
-                }
-            </div>
+            { stage(v) }
             <div id="meeting">
                 <section id="people">
                     <h2>{ format!("Participants ({})", v.people.len()) }</h2>
@@ -448,6 +500,75 @@ fn meeting(v: &View) -> Html {
                 </section>
             }
         </div>
+    }
+}
+
+/// Remote tiles a page holds: as the link says (`?page_size=N`), else as
+/// many as fit the window beside the self view.
+fn per_page() -> usize {
+    let Some(w) = web_sys::window() else {
+        return 1;
+    };
+    let search = w.location().search().unwrap_or_default();
+    if let Some(n) = crate::links::page_size_in_link(&search) {
+        return n;
+    }
+    let px = |v: Result<wasm_bindgen::JsValue, _>| v.ok().and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let (width, height) = (px(w.inner_width()), px(w.inner_height()));
+    // The page is at most 80rem wide with 1rem margins; header and
+    // controls take about 200 px above the stage.
+    let stage = crate::stage::capacity(width.min(1280.0) - 32.0, height - 200.0);
+    stage.saturating_sub(1).max(1)
+}
+
+/// The video stage: the self view and the remote tiles, as a paged grid
+/// or a speaker view, with its layout and page buttons.
+fn stage(v: &View) -> Html {
+    use crate::stage::{Mode, Place};
+    let a = v.arrangement(per_page());
+    for (t, place) in v.tiles.iter().zip(&a.places) {
+        let n = &t.node;
+        let _ = n.set_attribute("data-place", place.name());
+        let _ = n.toggle_attribute_with_force("hidden", *place == Place::Hidden);
+        let pinned = v.pinned == Some((t.participant, t.track));
+        let _ = n.set_attribute("data-pinned", if pinned { "true" } else { "false" });
+        if let Ok(Some(b)) = n.query_selector("button.pin") {
+            b.set_text_content(Some(if pinned { "Unpin" } else { "Pin" }));
+            let _ = b.set_attribute("aria-pressed", if pinned { "true" } else { "false" });
+        }
+    }
+    let tile = |i: usize| {
+        let t = &v.tiles[i];
+        html! { <Embed key={format!("{}-{}", t.participant, t.track)} node={t.node.clone()} /> }
+    };
+    let speaker = v.mode == Mode::Speaker;
+    // In the speaker view the large tile comes first, before the self view.
+    let (lead, rest) = match (speaker, a.order.split_first()) {
+        (true, Some((first, rest))) => (Some(*first), rest),
+        _ => (None, &a.order[..]),
+    };
+    html! {
+        <>
+            <div id="stage-bar">
+                <button id="toggle-layout" data-action="layout" aria-pressed={if speaker { "true" } else { "false" }} onclick={on(Action::Layout)}>
+                    { if speaker { "Grid view" } else { "Speaker view" } }
+                </button>
+                if a.pages > 1 {
+                    <nav id="pager" aria-label="Pages of video">
+                        <button id="page-prev" disabled={a.page == 0} onclick={on(Action::Page(false))}>{ "Previous" }</button>
+                        <span id="page-of" data-page={a.page.to_string()} data-pages={a.pages.to_string()}>
+                            { format!("Page {} of {}", a.page + 1, a.pages) }
+                        </span>
+                        <button id="page-next" disabled={a.page + 1 >= a.pages} onclick={on(Action::Page(true))}>{ "Next" }</button>
+                    </nav>
+                }
+            </div>
+            <div id="tiles" data-mode={if speaker { "speaker" } else { "grid" }}>
+                { for lead.map(tile) }
+                <SelfView media={v.media} />
+                { for rest.iter().map(|i| tile(*i)) }
+            </div>
+        </>
     }
 }
 
@@ -576,6 +697,25 @@ mod tests {
             v.chat.back().map(String::as_str),
             Some(format!("line {}", CHAT_KEPT + 49).as_str())
         );
+    }
+
+    #[test]
+    fn pinning_shows_the_speaker_view_and_pages_start_again() {
+        let mut v = View {
+            page: 2,
+            ..View::default()
+        };
+        assert!(v.arrange(Action::Pin(7, 2)));
+        assert_eq!(v.pinned, Some((7, 2)));
+        assert_eq!(v.mode, crate::stage::Mode::Speaker);
+        assert_eq!(v.page, 0);
+        assert!(v.arrange(Action::Page(true)));
+        assert_eq!(v.page, 1);
+        assert!(v.arrange(Action::Pin(7, 2)));
+        assert_eq!(v.pinned, None, "a second click unpins");
+        assert!(v.arrange(Action::Layout));
+        assert_eq!(v.mode, crate::stage::Mode::Grid);
+        assert!(!v.arrange(Action::Mic), "the session's to do");
     }
 
     #[test]

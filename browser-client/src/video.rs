@@ -24,6 +24,11 @@ pub(crate) struct Tile {
     encoding: Option<u8>,
     /// What was last asked of the server for this tile, and when (ms).
     pub(crate) asked: Option<(crate::quality::Wanted, f64)>,
+    /// The picture's size as published (its top encoding), to ask for no
+    /// more than it fills of the tile.
+    pub(crate) picture: Option<(u32, u32)>,
+    /// The pin button's click handler, alive as long as the tile.
+    _pin: Closure<dyn FnMut()>,
 }
 
 impl Tile {
@@ -51,6 +56,18 @@ impl Tile {
         let caption = document.create_element("figcaption")?;
         caption.set_text_content(Some(name));
         figure.append_child(&caption)?;
+        // Pinning makes the tile the large one of the speaker view.
+        let pin_button = document.create_element("button")?;
+        pin_button.set_class_name("pin");
+        pin_button.set_attribute("type", "button")?;
+        pin_button.set_attribute("aria-label", &format!("Pin {name}"))?;
+        pin_button.set_attribute("aria-pressed", "false")?;
+        pin_button.set_text_content(Some("Pin"));
+        let pin = Closure::<dyn FnMut()>::new(move || {
+            crate::act(crate::ui::Action::Pin(participant, track));
+        });
+        pin_button.add_event_listener_with_callback("click", pin.as_ref().unchecked_ref())?;
+        figure.append_child(&pin_button)?;
 
         // Pictures drawn, shown in `data-frames` (tests read it),
         // capture-to-screen latency in `data-latency-p50`/`-p95` (ms), the
@@ -136,6 +153,8 @@ impl Tile {
             selective,
             encoding: None,
             asked: None,
+            picture: None,
+            _pin: pin,
         })
     }
 

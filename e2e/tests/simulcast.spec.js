@@ -57,8 +57,9 @@ test("a browser's camera goes out in three sizes; each viewer gets the size its 
     await expect(bob.locator('#app')).toHaveAttribute('data-transport', 'WebSocket');
     const tile = bob.locator('#tiles .tile');
     await expect(tile).toHaveCount(1);
-    // A 100x75 tile asks for 128x96: the smallest encoding carries that.
-    await expect(tile).toHaveAttribute('data-asked', '128x96');
+    // A 100x75 tile asks for 96x64 (rounded down to 32 device pixels):
+    // the smallest encoding carries that.
+    await expect(tile).toHaveAttribute('data-asked', '96x64');
     await expect(tile).toHaveAttribute('data-encoding', '0');
     await expect.poll(() => attr(tile, 'data-frames').then(Number)).toBeGreaterThan(10);
     await expect.poll(() => width(bob), { message: 'the picture drawn is the small one' }).toBe(160);
@@ -69,7 +70,7 @@ test("a browser's camera goes out in three sizes; each viewer gets the size its 
     // Bob's tile grows: the server moves him up at a key frame, and Ann
     // starts the top encoding again.
     await tileWidth(bob, 700);
-    await expect(tile).toHaveAttribute('data-asked', '704x544');
+    await expect(tile).toHaveAttribute('data-asked', '672x512');
     await expect(tile).toHaveAttribute('data-encoding', '2');
     await expect.poll(() => width(bob), { message: 'the picture drawn is the large one' }).toBe(640);
     await expect.poll(() => attr(ann.locator('#app'), 'data-encodings-active').then(Number))
