@@ -37,6 +37,9 @@ pub(crate) struct Encoded {
     pub(crate) sequence: u32,
     /// The simulcast encoding (0 the smallest); `None` for a plain track.
     pub(crate) encoding: Option<u8>,
+    /// The temporal layer, when the encoder makes several (L1T2: every
+    /// picture of layer 1 refers to layer 0 only).
+    pub(crate) temporal: Option<u8>,
 }
 
 /// A running camera encoder; dropping it does not stop it (the page keeps
@@ -60,6 +63,8 @@ pub(crate) struct Camera {
     /// The simulcast encodings, smallest first; empty for one encoding at
     /// the picture's own size.
     pub(crate) rungs: Vec<Rung>,
+    /// Temporal layers each encoding is made of (1: none).
+    pub(crate) temporal_layers: u32,
 }
 
 impl Camera {
@@ -94,6 +99,7 @@ pub(crate) fn start(
     track: &web_sys::MediaStreamTrack,
     codec: &'static str,
     rungs: Vec<Rung>,
+    temporal_layers: u32,
     sink: impl FnMut(Encoded) + 'static,
 ) -> Result<Camera, JsValue> {
     let sink: Rc<RefCell<dyn FnMut(Encoded)>> = Rc::new(RefCell::new(sink));
@@ -107,7 +113,14 @@ pub(crate) fn start(
     for i in 0..rungs.len().max(1) {
         let encoding = simulcast.then_some(i as u8);
         encoders.push(Encoder {
-            encoder: encoder(codec, encoding, sink.clone(), pictures.clone(), on.clone())?,
+            encoder: encoder(
+                codec,
+                encoding,
+                temporal_layers > 1,
+                sink.clone(),
+                pictures.clone(),
+                on.clone(),
+            )?,
             configured: None,
             count: 0,
             paused: false,
@@ -165,7 +178,7 @@ pub(crate) fn start(
                 _ => (own.0, own.1, br.get()),
             };
             if enc.configured != Some((w, h, bps)) {
-                let config = crate::codecs::encoder_config(codec, w, h, bps);
+                let config = crate::codecs::encoder_config(codec, w, h, bps, temporal_layers);
                 if enc.encoder.configure(&config).is_ok() {
                     // A reconfigured encoder starts again from a key frame.
                     if enc.configured.is_some() {
@@ -216,6 +229,7 @@ pub(crate) fn start(
         active,
         codec,
         rungs,
+        temporal_layers,
     })
 }
 
@@ -264,6 +278,7 @@ fn scaled(
 fn encoder(
     codec: &'static str,
     encoding: Option<u8>,
+    temporal: bool,
     sink: Rc<RefCell<dyn FnMut(Encoded)>>,
     pictures: Rc<RefCell<VecDeque<(i64, u32, u64)>>>,
     on: Rc<Cell<bool>>,
@@ -320,12 +335,14 @@ fn encoder(
             let Some((sequence, captured_us)) = found else {
                 return;
             };
+            let temporal = temporal.then(|| temporal_layer(&metadata));
             (sink.borrow_mut())(Encoded {
                 key,
                 data,
                 captured_us,
                 sequence,
                 encoding,
+                temporal,
             });
         },
     );
@@ -339,6 +356,17 @@ fn encoder(
     output.forget();
     error.forget();
     Ok(encoder)
+}
+
+/// The temporal layer an output belongs to (`metadata.svc.temporalLayerId`;
+/// 0 when the encoder does not say).
+fn temporal_layer(metadata: &JsValue) -> u8 {
+    js_sys::Reflect::get(metadata, &"svc".into())
+        .ok()
+        .filter(JsValue::is_object)
+        .and_then(|svc| js_sys::Reflect::get(&svc, &"temporalLayerId".into()).ok())
+        .and_then(|t| t.as_f64())
+        .map_or(0, |t| t.clamp(0.0, 3.0) as u8)
 }
 
 /// The `decoderConfig` of an output's metadata, when it has one (the first

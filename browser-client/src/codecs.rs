@@ -40,6 +40,9 @@ pub(crate) struct Support {
     pub(crate) send: Option<&'static str>,
     /// The remote codecs it can decode.
     pub(crate) shown: Vec<&'static str>,
+    /// The encoder of `send` makes two temporal layers (`scalabilityMode`
+    /// L1T2), so the server can halve a frame rate by itself (§6.6.1).
+    pub(crate) temporal: bool,
 }
 
 impl Support {
@@ -87,6 +90,7 @@ pub(crate) async fn probed() -> Rc<Support> {
         Rc::new(Support {
             send: None,
             shown: Vec::new(),
+            temporal: false,
         })
     })
 }
@@ -105,30 +109,43 @@ async fn probe() -> Support {
         }
     }
     let mut send = None;
+    let mut temporal = false;
     if has("VideoEncoder") {
         for codec in SEND {
-            let config = encoder_config(codec, 640, 480, 800_000);
+            let config = encoder_config(codec, 640, 480, 800_000, 1);
             if supported(&global, "VideoEncoder", &config).await {
                 send = Some(*codec);
+                let layered = encoder_config(codec, 640, 480, 800_000, 2);
+                temporal = supported(&global, "VideoEncoder", &layered).await;
                 break;
             }
         }
     }
-    Support { send, shown }
+    Support {
+        send,
+        shown,
+        temporal,
+    }
 }
 
-/// An encoder configuration for `codec` at `width`×`height`, `bps` bit/s
-/// and 30 pictures a second; H.264 asks for Annex B (which WebKit ignores:
-/// see `crate::h264`).
+/// An encoder configuration for `codec` at `width`×`height`, `bps` bit/s,
+/// 30 pictures a second and `temporal_layers` temporal layers (more than
+/// one: `scalabilityMode` L1T*n*); H.264 asks for Annex B (which WebKit
+/// ignores: see `crate::h264`).
 pub(crate) fn encoder_config(
     codec: &str,
     width: u32,
     height: u32,
     bps: u32,
+    temporal_layers: u32,
 ) -> web_sys::VideoEncoderConfig {
     let config = web_sys::VideoEncoderConfig::new(codec, height, width);
     config.set_bitrate(bps);
     config.set_framerate(30.0);
+    if temporal_layers > 1 {
+        let mode = format!("L1T{temporal_layers}");
+        let _ = js_sys::Reflect::set(&config, &"scalabilityMode".into(), &mode.into());
+    }
     if codec.starts_with("avc1") {
         let avc = js_sys::Object::new();
         let _ = js_sys::Reflect::set(&avc, &"format".into(), &"annexb".into());
@@ -156,10 +173,11 @@ async fn supported(global: &JsValue, class: &str, config: &JsValue) -> bool {
         .is_some_and(|s| s.is_truthy())
 }
 
-/// Puts the answer on `#app` (`data-video-codec`, `data-video-decoders`),
-/// for the curious and the tests.
+/// Puts the answer on `#app` (`data-video-codec`, `data-video-decoders`,
+/// `data-temporal-layers`), for the curious and the tests.
 fn show(s: &Support) {
     if let Some(app) = crate::dom::by_id("app") {
+        let _ = app.set_attribute("data-temporal-layers", if s.temporal { "2" } else { "1" });
         let _ = app.set_attribute("data-video-codec", s.send.unwrap_or("none"));
         let _ = app.set_attribute("data-video-decoders", &s.shown.join(" "));
     }

@@ -42,7 +42,7 @@ pub(crate) fn send_camera(app: &Rc<RefCell<App>>) {
         let app = app.clone();
         wasm_bindgen_futures::spawn_local(async move {
             let support = codecs::probed().await;
-            send_video(&app, &track, support.send);
+            send_video(&app, &track, support.send, support.temporal);
         });
     }
     if let Some(track) = first(stream.get_audio_tracks()) {
@@ -83,18 +83,19 @@ fn send_video(
     app: &Rc<RefCell<App>>,
     track: &web_sys::MediaStreamTrack,
     codec: Option<&'static str>,
+    temporal: bool,
 ) {
     let running = app
         .borrow()
         .camera
         .as_ref()
-        .map(|c| (c.codec, c.rungs.clone()));
+        .map(|c| (c.codec, c.rungs.clone(), c.temporal_layers));
     let Some(codec) = running.as_ref().map(|r| r.0).or(codec) else {
         ui::notice("Not sending your camera: this browser can encode no video codec Convene uses");
         return;
     };
     let rungs = match &running {
-        Some((_, rungs)) => rungs.clone(),
+        Some((_, rungs, _)) => rungs.clone(),
         None => {
             let settings = track.get_settings();
             let size = |v: Option<i32>| v.filter(|v| *v > 0).unwrap_or(0) as u32;
@@ -106,6 +107,13 @@ fn send_video(
     };
     let rc = app.clone();
     let layered = rungs.len() > 1;
+    // Two temporal layers where the browser's encoder makes them: a
+    // subscriber's frame-rate cap is then the server's to apply (§6.6.3).
+    let temporal_layers = match &running {
+        Some((_, _, layers)) => *layers,
+        None if layered && temporal => 2,
+        None => 1,
+    };
     let sink = move |e: camera::Encoded| {
         let mut app = rc.borrow_mut();
         // A session without sfu.1 (a reconnect to an older server) gets the
@@ -122,7 +130,7 @@ fn send_video(
         send_frame(&mut app, VIDEO_TRACK, &e, encoding);
     };
     let announced = if layered && app.borrow().session.sfu() {
-        simulcast::encodings(&rungs, 30, 1)
+        simulcast::encodings(&rungs, 30, temporal_layers)
     } else {
         Vec::new()
     };
@@ -147,7 +155,7 @@ fn send_video(
     }
     // After a reconnect the encoder runs already: publishing again is enough.
     if publish(app, info) && running.is_none() {
-        match camera::start(track, codec, rungs, sink) {
+        match camera::start(track, codec, rungs, temporal_layers, sink) {
             Ok(c) => app.borrow_mut().camera = Some(c),
             Err(e) => web_sys::console::warn_2(&"cannot send the camera".into(), &e),
         }
@@ -227,7 +235,7 @@ pub(crate) fn toggle_screen(a: &Rc<RefCell<App>>) {
         let sink = move |e: camera::Encoded| {
             send_frame(&mut rc.borrow_mut(), SCREEN_TRACK, &e, None);
         };
-        match camera::start(&track, codec, Vec::new(), sink) {
+        match camera::start(&track, codec, Vec::new(), 1, sink) {
             Ok(c) => {
                 // The browser's own "stop sharing" ends the track: stop too.
                 let rc = a.clone();
@@ -278,8 +286,12 @@ fn send_frame(app: &mut App, track_id: u32, e: &camera::Encoded, encoding: Optio
         None => convene_protocol::MediaFrame::build(&header, None, &e.data),
     };
     if let Some(encoding) = encoding {
+        // In L1T2 a picture of layer 1 refers to layer 0 only: each is a
+        // place to start forwarding layer 1 from.
         frame = frame.with_layer(convene_protocol::Layer {
             encoding,
+            temporal: e.temporal.unwrap_or(0),
+            switch_point: e.temporal.is_some(),
             ..Default::default()
         });
     }

@@ -115,6 +115,40 @@ test("a browser's camera goes out in three sizes; each viewer gets the size its 
   }
 });
 
+test('the camera goes out in two temporal layers; a viewer capped at 15 pictures a second gets every other one', async () => {
+  const room = 'e2e-temporal';
+  const ann = await browser.context.newPage();
+  try {
+    await ann.goto(`${server.base}/meeting/Ann/${room}`);
+    await ann.click('#connect');
+    await expect(ann.locator('#participants li')).toHaveCount(1);
+    // Chromium's encoders make L1T2 (VideoEncoder.isConfigSupported says so).
+    await expect(ann.locator('#app')).toHaveAttribute('data-temporal-layers', '2');
+    // Two native viewers of the smallest encoding at once, one with a
+    // frame-rate cap: the server drops layer 1 for it alone, and what it
+    // gets still decodes.
+    const watch = (extra) => convene(['receive', '--server', server.base, '--cert-sha256', server.sha256,
+      '--meeting-id', room, '--duration', '8', '--json', '--max-height', '120', ...extra]);
+    const [full, capped] = await Promise.all([watch([]), watch(['--max-fps', '15'])]);
+    const video = (r) => {
+      expect(r.code, r.stderr).toBe(0);
+      const v = JSON.parse(r.stdout).tracks.find((t) => t.kind === 'video' && t.display_name === 'Ann');
+      expect(v, r.stdout).toBeTruthy();
+      expect(v.decode_errors).toBe(0);
+      return v;
+    };
+    const [f, c] = [video(full), video(capped)];
+    console.log(`temporal layers: ${f.frames_decoded} pictures without a cap, ${c.frames_decoded} with --max-fps 15`);
+    expect(f.frames_decoded).toBeGreaterThanOrEqual(20);
+    // About half: not all (nothing dropped), nor only the key pictures
+    // (layer 1's absence taken for loss, the decoder waiting for a key).
+    expect(c.frames_decoded, 'about half the pictures').toBeLessThanOrEqual(f.frames_decoded * 0.7);
+    expect(c.frames_decoded, 'about half the pictures').toBeGreaterThanOrEqual(f.frames_decoded * 0.3);
+  } finally {
+    await ann.close();
+  }
+});
+
 test('with simulcast=0 in the link the camera goes out as one encoding', async () => {
   const room = 'e2e-simulcast-off';
   const ann = await browser.context.newPage();

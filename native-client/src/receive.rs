@@ -76,6 +76,11 @@ pub(crate) struct ReceiveArgs {
     /// least this size (PROTOCOL.md §6.6.3).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4320))]
     max_height: Option<u32>,
+    /// Ask for each camera and screen at most this many pictures a second:
+    /// from a publisher that sends temporal layers the server drops the
+    /// layers above it (PROTOCOL.md §6.6.3).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=120))]
+    max_fps: Option<u32>,
     /// Receive the cameras of only the N most recent speakers (last-N,
     /// PROTOCOL.md §6.6.4); screens always come.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=32))]
@@ -88,7 +93,10 @@ pub(crate) struct ReceiveArgs {
 impl ReceiveArgs {
     /// True when a flag needs the selective-forwarding extension.
     fn selective(&self) -> bool {
-        self.max_height.is_some() || self.last_n.is_some() || self.loudest_audio.is_some()
+        self.max_height.is_some()
+            || self.max_fps.is_some()
+            || self.last_n.is_some()
+            || self.loudest_audio.is_some()
     }
 }
 
@@ -235,7 +243,7 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
     if args.selective() {
         if !client.sfu() {
             anyhow::bail!(
-                "the server does not offer selective forwarding (sfu.1), which --max-height, --last-n and --loudest-audio need"
+                "the server does not offer selective forwarding (sfu.1), which --max-height, --max-fps, --last-n and --loudest-audio need"
             );
         }
         if args.last_n.is_some() || args.loudest_audio.is_some() {
@@ -249,14 +257,15 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
     // With --max-height each picture track is subscribed again with it (a
     // second Subscribe only changes the preferences).
     let prefer = |client: &mut Client, pid: u32, t: &TrackInfo| {
-        if let Some(h) = args.max_height
+        if (args.max_height.is_some() || args.max_fps.is_some())
             && t.kind != TrackKind::Audio as i32
         {
             let _ = client.send(C::Subscribe(v1::Subscribe {
                 participant_id: pid,
                 track_id: t.track_id,
                 preferences: Some(v1::SubscriptionPreferences {
-                    max_height: h,
+                    max_height: args.max_height.unwrap_or(0),
+                    max_frame_rate: args.max_fps.unwrap_or(0),
                     ..Default::default()
                 }),
             }));
@@ -372,14 +381,23 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                         r.frames_by_encoding[usize::from(e).min(2)] += 1;
                         r.encoding = Some(e);
                     }
+                    // With --max-fps the server leaves out the upper
+                    // temporal layers of a track that has them (§6.6.3):
+                    // the numbers they took are skipped, not lost, and a
+                    // picture of layer 0 (or a switch point) needs none of them.
+                    let skipped_by_design = args.max_fps.is_some()
+                        && info.encodings.iter().any(|e| e.temporal_layers > 1)
+                        && m.layer().is_some_and(|l| l.temporal == 0 || l.switch_point);
                     let gap = match r.highest_seq {
                         Some(prev) => {
                             let d = h.sequence.wrapping_sub(prev);
                             if (d == 0 && !switched) || d > u32::MAX / 2 {
                                 continue; // late or duplicate
                             }
-                            r.lost += u64::from(d.saturating_sub(1));
-                            d > 1
+                            if !skipped_by_design {
+                                r.lost += u64::from(d.saturating_sub(1));
+                            }
+                            d > 1 && !skipped_by_design
                         }
                         None => false,
                     };
