@@ -53,11 +53,17 @@ pub(crate) struct Tone {
 
 impl Tone {
     /// A tone of `hz` at a quarter of full scale (about -12 dBFS).
+    #[cfg(test)]
     pub(crate) fn new(hz: f64) -> Tone {
+        Tone::at(hz, -12.04)
+    }
+
+    /// A tone of `hz` whose peaks are `dbfs` below full scale.
+    pub(crate) fn at(hz: f64, dbfs: f64) -> Tone {
         Tone {
             phase: 0.0,
             step: std::f64::consts::TAU * hz / f64::from(SAMPLE_RATE),
-            amplitude: 8_192.0,
+            amplitude: 32_768.0 * 10f64.powf(dbfs.min(0.0) / 20.0),
         }
     }
 

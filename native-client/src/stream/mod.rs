@@ -18,7 +18,7 @@ use convene_client::{Client, TransportKind};
 use convene_protocol::rate::RateController;
 use convene_protocol::v1::{self, ClientKind, TrackInfo, TrackKind, server_message::Msg as S};
 use convene_protocol::{
-    ClientEvent, ClientSessionConfig, FEATURE_SFU, Layer, MediaFrame, Timestamp,
+    AudioLevel, ClientEvent, ClientSessionConfig, FEATURE_SFU, Layer, MediaFrame, Timestamp,
 };
 use tokio::sync::mpsc;
 
@@ -88,6 +88,12 @@ pub(crate) struct StreamArgs {
     /// `tone`: a 440 Hz sine as G.711 µ-law audio; `none`: video only.
     #[arg(long, value_enum, default_value = "none")]
     audio: AudioSource,
+    /// The tone's level in dBFS (its peaks against full scale), -60 to 0.
+    /// A server with selective forwarding hears who speaks from the levels
+    /// sent beside the sound (PROTOCOL.md §6.6.4): louder tones take the
+    /// floor.
+    #[arg(long, default_value_t = -12.0, allow_negative_numbers = true, value_parser = tone_level)]
+    tone_dbfs: f64,
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long)]
     duration: Option<f64>,
@@ -116,6 +122,18 @@ enum AudioSource {
     None,
     /// A 440 Hz tone.
     Tone,
+}
+
+fn tone_level(s: &str) -> Result<f64, String> {
+    let db: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of dBFS, e.g. -12"))?;
+    if (-60.0..=0.0).contains(&db) {
+        Ok(db)
+    } else {
+        Err(format!("{db} dBFS is outside -60 to 0"))
+    }
 }
 
 fn parse_resolution(s: &str) -> Result<(usize, usize), String> {
@@ -303,6 +321,9 @@ struct Session {
     /// The session negotiated sfu.1 and the track was published with its
     /// encodings: pictures go out as LAYERED frames.
     layered: bool,
+    /// The session negotiated sfu.1: the tone goes out with its level
+    /// beside it (LAYERED, §6.6.2).
+    levels: bool,
     /// When the tone's next frame is due.
     audio_tick: tokio::time::Interval,
     /// When the path is checked and the status line redrawn.
@@ -337,7 +358,7 @@ impl<'a> Stream<'a> {
             target_kbps: media.target_kbps.clone(),
             rate: RateController::new(args.bitrate_kbps.saturating_mul(1000), RATE_FLOOR_BPS),
             clock,
-            tone: audio::Tone::new(440.0),
+            tone: audio::Tone::at(440.0, args.tone_dbfs),
             video: OutTrack::new(VIDEO_TRACK),
             audio: OutTrack::new(AUDIO_TRACK),
             e2ee: None,
@@ -424,6 +445,7 @@ impl<'a> Stream<'a> {
                 .note("the server does not offer selective forwarding (sfu.1): sending the full-size encoding only");
         }
         Ok(Session {
+            levels: client.sfu(),
             client,
             layered,
             peers,
@@ -548,10 +570,20 @@ impl<'a> Stream<'a> {
     /// Sends the tone's next frame.
     fn send_audio(&mut self, s: &mut Session) -> Next {
         let payload = self.tone.next_frame();
-        let frame = seal(
+        let mut frame = seal(
             &mut self.e2ee,
             self.audio.frame(true, unix_micros(), &payload),
         );
+        if s.levels {
+            let samples: Vec<f32> = payload
+                .iter()
+                .map(|b| f32::from(audio::decode(*b)) / 32_768.0)
+                .collect();
+            frame = frame.with_layer(Layer {
+                level: Some(AudioLevel::measure(&samples)),
+                ..Layer::default()
+            });
+        }
         if s.client.send_media(frame).is_ok() {
             self.summary.audio_frames_sent += 1;
             self.summary.bytes_sent += payload.len() as u64;
@@ -722,7 +754,8 @@ async fn connect(
         client_kind: ClientKind::Native,
         client_version: concat!("convene-stream/", env!("CARGO_PKG_VERSION")).into(),
         auth_token: args.server.token.clone().unwrap_or_default(),
-        features: if args.simulcast {
+        // Simulcast needs the extension, and so does a tone's level.
+        features: if args.simulcast || args.audio == AudioSource::Tone {
             vec![FEATURE_SFU.to_string()]
         } else {
             Vec::new()
@@ -800,6 +833,7 @@ async fn connect(
             track_id: AUDIO_TRACK,
             kind: TrackKind::Audio as i32,
             codec: audio::CODEC.into(),
+            audio_levels: c.sfu(),
             ..Default::default()
         });
     }

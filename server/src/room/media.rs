@@ -800,4 +800,95 @@ mod tests {
             picture += 1;
         }
     }
+
+    #[test]
+    fn a_camera_published_after_the_settings_has_its_place_in_last_n_at_once() {
+        let mut room = Room::new("late", RoomLimits::default());
+        let mut outs = Vec::new();
+        for pid in 1..=4u32 {
+            let o = Arc::new(Outbox::new(OutboxLimits::default(), Box::new(NoWake)));
+            let local = Local {
+                outbox: o.clone(),
+                mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
+                sfu: true,
+            };
+            let p = Participant {
+                participant_id: pid,
+                ..Default::default()
+            };
+            room.join(t(0), p, pid == 4, local).unwrap();
+            outs.push(o);
+        }
+        // The viewer (4) wants one camera before anyone publishes one.
+        let one = RoomRequest::ReceiverSettings(ReceiverSettings {
+            video_n: 1,
+            ..Default::default()
+        });
+        room.handle(t(0), 4, one, 0).unwrap();
+        for pid in 1..=3 {
+            let camera = TrackInfo {
+                track_id: CAMERA,
+                kind: TrackKind::Video as i32,
+                codec: "vp8".into(),
+                ..Default::default()
+            };
+            room.handle(t(0), pid, RoomRequest::Publish(camera), 0)
+                .unwrap();
+        }
+        let mut got = BTreeSet::new();
+        for picture in 0..10u32 {
+            for pid in 1..=3 {
+                let h = MediaHeader {
+                    key: picture == 0,
+                    sender: 0,
+                    track_id: CAMERA,
+                    sequence: picture,
+                    capture_timestamp_us: u64::from(picture) * 40_000,
+                };
+                let f = MediaFrame::build(&h, None, &[1; 50]).stamp_sender(pid);
+                room.route(t(u64::from(picture) * 40), pid, &f).unwrap();
+            }
+            let mut frames: Vec<Bytes> = Vec::new();
+            outs[3].drain(&mut frames, usize::MAX);
+            got.extend(
+                frames
+                    .iter()
+                    .filter_map(|b| MediaFrame::parse_any(b.clone()).ok())
+                    .map(|m| m.header().sender),
+            );
+        }
+        // Nobody has spoken: the first camera by participant id.
+        assert_eq!(got, BTreeSet::from([1]));
+        // It goes: the next takes its place.
+        room.handle(
+            t(500),
+            1,
+            RoomRequest::Unpublish(convene_protocol::v1::Unpublish { track_id: CAMERA }),
+            0,
+        )
+        .unwrap();
+        let mut got = BTreeSet::new();
+        for picture in 10..20u32 {
+            for pid in 2..=3 {
+                let h = MediaHeader {
+                    key: picture == 10,
+                    sender: 0,
+                    track_id: CAMERA,
+                    sequence: picture,
+                    capture_timestamp_us: u64::from(picture) * 40_000,
+                };
+                let f = MediaFrame::build(&h, None, &[1; 50]).stamp_sender(pid);
+                room.route(t(u64::from(picture) * 40), pid, &f).unwrap();
+            }
+            let mut frames: Vec<Bytes> = Vec::new();
+            outs[3].drain(&mut frames, usize::MAX);
+            got.extend(
+                frames
+                    .iter()
+                    .filter_map(|b| MediaFrame::parse_any(b.clone()).ok())
+                    .map(|m| m.header().sender),
+            );
+        }
+        assert_eq!(got, BTreeSet::from([2]));
+    }
 }

@@ -227,6 +227,8 @@ impl Room {
                 p.subscribers.retain(|s| s.pid != pid);
             }
         }
+        // Its place in everyone's last-N goes to the next.
+        self.apply_last_n();
         self.broadcast(
             Msg::ParticipantLeft(v1::ParticipantLeft {
                 participant_id: pid,

@@ -160,9 +160,14 @@ impl Room {
             })
             .collect();
         let tid = track.track_id;
+        let camera = track.kind == TrackKind::Video as i32;
         let m = self.members.get_mut(&pid).ok_or_else(|| self_gone(pid))?;
         m.tracks
             .insert(tid, Publication::new(now, track.clone(), subscribers));
+        if camera {
+            // A new camera has its place in everyone's last-N at once.
+            self.apply_last_n();
+        }
         self.broadcast(
             Msg::TrackPublished(v1::TrackPublished {
                 participant_id: pid,
@@ -179,6 +184,8 @@ impl Room {
         if let Some(m) = self.members.get_mut(&pid) {
             m.tracks.remove(&u.track_id);
         }
+        // A camera gone leaves a place in last-N to the next.
+        self.apply_last_n();
         self.broadcast(
             Msg::TrackUnpublished(v1::TrackUnpublished {
                 participant_id: pid,
@@ -236,6 +243,9 @@ impl Room {
                 let audio_n = if audio { audio_n } else { 0 };
                 p.subscribers
                     .push(Subscription::new(pid, &local, prefs, audio_n));
+                if !audio {
+                    self.apply_last_n();
+                }
             }
         }
         self.send_to(
