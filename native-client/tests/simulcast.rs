@@ -195,3 +195,67 @@ async fn encodings_nobody_wants_are_not_encoded() {
     );
     s.shutdown().await;
 }
+
+/// Last-N and loudest-N over real sockets (§6.6.4): six `convene stream`s
+/// with tones 10 dB apart (the quietest two below speech), a receiver with
+/// `--last-n 2 --loudest-audio 2`: it decodes the cameras and hears the
+/// sound of the two loudest, and of the others nothing once its settings
+/// are in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_n_and_loudest_audio_follow_the_loudest_tones() {
+    let s = server_on(0, false).await;
+    let levels = [-26, -6, -46, -16, -56, -36];
+    let mut streams = Vec::new();
+    for db in levels {
+        let mut a = server_args(&s);
+        a.extend(words(&format!(
+            "--meeting-id last-n --user-id tone{} --source test-pattern --resolution 160x120 \
+             --fps 10 --key-interval 2 --audio tone --tone-dbfs {db} --duration 60",
+            -db
+        )));
+        let stream = Running::start("stream", &a);
+        stream.wait_for_line("streaming 160x120@10").await;
+        streams.push(stream);
+    }
+    let mut args = server_args(&s);
+    args.extend(words(
+        "--meeting-id last-n --last-n 2 --loudest-audio 2 --duration 8 --json",
+    ));
+    let (ok, out, err) = Running::start("receive", &args).finish().await;
+    let report = json(ok, &out, &err);
+    let of = |name: &str, kind: &str, field: &str| -> u64 {
+        report["tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["display_name"] == name && t["kind"] == kind)
+            .map_or(0, |t| n(t, field))
+    };
+    for loud in ["tone6", "tone16"] {
+        assert!(
+            of(loud, "video", "frames_decoded") >= 30,
+            "{loud}'s camera: {report}"
+        );
+        assert_eq!(of(loud, "video", "decode_errors"), 0, "{report}");
+        assert!(
+            of(loud, "audio", "frames_received") >= 200,
+            "{loud}'s sound: {report}"
+        );
+    }
+    // The others: no sound, and of their cameras only the first pictures
+    // that answer the key-frame requests of joining, before the receiver's
+    // settings (sent after Joined) reach the server.
+    for quiet in ["tone26", "tone36", "tone46", "tone56"] {
+        assert!(
+            of(quiet, "video", "frames_received") <= 5,
+            "{quiet}'s camera: {report}"
+        );
+        assert_eq!(
+            of(quiet, "audio", "frames_received"),
+            0,
+            "{quiet}'s sound: {report}"
+        );
+    }
+    drop(streams);
+    s.shutdown().await;
+}
