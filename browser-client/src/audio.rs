@@ -115,15 +115,49 @@ pub(crate) fn start_mic(
     Ok(Mic { on })
 }
 
-/// The level of the first channel of `data`.
+/// The level of `data`: as measured when the worklet's samples were made
+/// into it (`capture`), else read from its first plane in the browser's own
+/// sample format. `AudioData.copyTo` is avoided where the worklet feeds us:
+/// in WebKitGTK any call of it corrupts the web process, which then aborts
+/// ("double free or corruption").
 fn level_of(data: &web_sys::AudioData) -> AudioLevel {
-    let plane = js_sys::Float32Array::new_with_length(data.number_of_frames());
-    let options = web_sys::AudioDataCopyToOptions::new(0);
-    options.set_format(web_sys::AudioSampleFormat::F32Planar);
-    if data.copy_to_with_buffer_source(&plane, &options).is_err() {
-        return AudioLevel::SILENT;
+    use web_sys::AudioSampleFormat as F;
+    if let Some(dbov) = js_sys::Reflect::get(data, &crate::capture::LEVEL_PROPERTY.into())
+        .ok()
+        .and_then(|v| v.as_f64())
+    {
+        return AudioLevel {
+            voice: false,
+            dbov: dbov.clamp(0.0, 127.0) as u8,
+        };
     }
-    AudioLevel::measure(&plane.to_vec())
+    let options = web_sys::AudioDataCopyToOptions::new(0);
+    let Ok(bytes) = data.allocation_size(&options) else {
+        return AudioLevel::SILENT;
+    };
+    match data.format() {
+        Some(F::F32 | F::F32Planar) => {
+            let samples = js_sys::Float32Array::new_with_length(bytes / 4);
+            if data.copy_to_with_buffer_source(&samples, &options).is_err() {
+                return AudioLevel::SILENT;
+            }
+            AudioLevel::measure(&samples.to_vec())
+        }
+        Some(F::S16 | F::S16Planar) => {
+            let samples = js_sys::Int16Array::new_with_length(bytes / 2);
+            if data.copy_to_with_buffer_source(&samples, &options).is_err() {
+                return AudioLevel::SILENT;
+            }
+            let floats: Vec<f32> = samples
+                .to_vec()
+                .into_iter()
+                .map(|s| f32::from(s) / 32_768.0)
+                .collect();
+            AudioLevel::measure(&floats)
+        }
+        // Other formats are rare; no level is better than a wrong one.
+        _ => AudioLevel::SILENT,
+    }
 }
 
 /// One remote audio track being played.

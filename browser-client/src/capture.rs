@@ -13,6 +13,11 @@ use std::rc::Rc;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
+/// The property of an `AudioData` made from the worklet's samples that
+/// holds their level in −dBov (PROTOCOL.md §6.6.2), measured before they
+/// were wrapped, so nothing has to copy them out again.
+pub(crate) const LEVEL_PROPERTY: &str = "conveneLevelDbov";
+
 /// What runs when a read completes.
 type ReadCallback = Closure<dyn FnMut(JsValue)>;
 
@@ -144,6 +149,12 @@ async fn start_worklet(
             );
             let _ = js_sys::Reflect::set(&init, &"timestamp".into(), &now_us().into());
             if let Ok(data) = web_sys::AudioData::new(&init) {
+                let level = convene_protocol::AudioLevel::measure(&samples.to_vec());
+                let _ = js_sys::Reflect::set(
+                    &data,
+                    &LEVEL_PROPERTY.into(),
+                    &f64::from(level.dbov).into(),
+                );
                 each(data.into());
             }
         });

@@ -65,6 +65,17 @@ pub fn simulcast_in_link(search: &str) -> bool {
         .any(|kv| kv == "simulcast=0")
 }
 
+/// True for the browser engine whose camera goes out as one encoding, as
+/// with `?simulcast=0`: WebKit (not Chromium, whose user agent also names
+/// AppleWebKit). With three camera encoders running, WebKitGTK's page
+/// stopped sending its shared screen (the Playwright WebKit test); until
+/// that is understood, WebKit sends one.
+pub fn one_encoder_only(user_agent: &str) -> bool {
+    user_agent.contains("AppleWebKit")
+        && !user_agent.contains("Chrome/")
+        && !user_agent.contains("Chromium/")
+}
+
 /// The number of remote tiles a page of the grid holds when the link says
 /// (`?page_size=N`, 1 to 100); otherwise as many as fit the window.
 pub fn page_size_in_link(search: &str) -> Option<usize> {
@@ -251,5 +262,15 @@ mod tests {
         assert_eq!(page_size_in_link("?page_size=0"), None);
         assert_eq!(page_size_in_link("?page_size=x"), None);
         assert_eq!(page_size_in_link(""), None);
+    }
+
+    #[test]
+    fn webkit_alone_sends_one_encoding() {
+        let minibrowser = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.0 Safari/605.1.15";
+        let chromium = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+        let firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Firefox/115.0";
+        assert!(one_encoder_only(minibrowser));
+        assert!(!one_encoder_only(chromium));
+        assert!(!one_encoder_only(firefox));
     }
 }

@@ -164,10 +164,12 @@ fn send_video(
 
 /// False when the page's link turns simulcast off (`simulcast=0`).
 fn simulcast_in_link() -> bool {
-    let search = web_sys::window()
-        .and_then(|w| w.location().search().ok())
-        .unwrap_or_default();
-    crate::links::simulcast_in_link(&search)
+    let Some(window) = web_sys::window() else {
+        return false;
+    };
+    let search = window.location().search().unwrap_or_default();
+    let agent = window.navigator().user_agent().unwrap_or_default();
+    crate::links::simulcast_in_link(&search) && !crate::links::one_encoder_only(&agent)
 }
 
 /// Announces a track; false when the server will not have it.
