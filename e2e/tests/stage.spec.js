@@ -6,9 +6,9 @@
 // a client without the extension (`convene receive`, v1 only) in the same
 // room still receives every camera, in one encoding.
 const { test, expect } = require('@playwright/test');
-const { startWebServer, launchChromium, convene, spawnConvene } = require('./harness');
+const { startWebServer, launchChromium, launchFirefox, convene, spawnConvene } = require('./harness');
 
-let server, browser;
+let server, browser, firefox;
 const room = 'e2e-stage';
 const streams = [];
 
@@ -24,6 +24,7 @@ test.beforeAll(async () => {
 
 test.afterAll(async () => {
   for (const s of streams) s.kill('SIGINT');
+  await firefox?.close();
   await browser?.close();
   await server?.stop();
 });
@@ -137,5 +138,62 @@ test('six in a meeting: the grid pages, a pinned tile gets the top encoding, the
     await expect(page.locator('#tiles .tile[data-place="grid"]')).toHaveCount(3);
   } finally {
     await page.close();
+  }
+});
+
+test('the same stage in Firefox: paging pauses, a pinned tile gets the top encoding', async () => {
+  firefox = await launchFirefox();
+  const fox = await firefox.newPage();
+  // Polls `fn` in the Firefox page until `ok(value)`.
+  const until = async (what, fn, ok, arg) => {
+    const deadline = Date.now() + 30_000;
+    let value;
+    while (Date.now() < deadline) {
+      value = await fox.evaluate(fn, arg);
+      if (ok(value)) return value;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    throw new Error(`Firefox: ${what} (last: ${JSON.stringify(value)}; console: ${firefox.console.slice(-15).join(' | ')})`);
+  };
+  const places = () => Object.fromEntries([...document.querySelectorAll('#tiles .tile')]
+    .map((t) => [t.dataset.pid, { place: t.dataset.place, asked: t.dataset.asked, encoding: t.dataset.encoding,
+      frames: Number(t.dataset.frames), width: t.querySelector('canvas')?.width }]));
+  try {
+    await fox.goto(`${server.base}/meeting/Fox/${room}?page_size=3`);
+    await until('camera preview', () => document.getElementById('preview-status')?.textContent, (t) => /ready/.test(t || ''));
+    await fox.click('#connect');
+    await until('five tiles', () => document.querySelectorAll('#tiles .tile').length, (n) => n === 5);
+    await until('two pages', () => document.getElementById('page-of')?.textContent, (t) => t === 'Page 1 of 2');
+    // Three drawn, two paused.
+    const paged = await until('three shown and two paused', places, (p) => {
+      const v = Object.values(p);
+      return v.filter((t) => t.place === 'grid' && t.frames > 10).length === 3
+        && v.filter((t) => t.place === 'hidden' && t.asked === 'paused').length === 2;
+    });
+    const hidden = Object.keys(paged).filter((pid) => paged[pid].place === 'hidden');
+    // Pin the first shown tile: it is large and gets the top encoding, the
+    // strip the small one.
+    const pid = Object.keys(paged).find((p) => paged[p].place === 'grid');
+    await fox.click(`#tiles .tile[data-pid="${pid}"] button.pin`);
+    await until('the pinned tile large, in the top encoding, drawn 320 wide', places,
+      (p) => p[pid].place === 'main' && p[pid].encoding === '1' && p[pid].width === 320);
+    await until('the strip in the small encoding, drawn 160 wide', places, (p) => {
+      const strip = Object.values(p).filter((t) => t.place === 'strip');
+      return strip.length === 2 && strip.every((t) => t.encoding === '0' && t.width === 160);
+    });
+    // What is on another page still receives nothing (once it has asked
+    // for nothing and what was on its way has been drawn).
+    const settle = await until('the others paused', places,
+      (p) => Object.values(p).filter((t) => t.place === 'hidden').every((t) => t.asked === 'paused'));
+    await until('a moment', places, (p) => p[pid].frames >= settle[pid].frames + 5);
+    const before = await fox.evaluate(places);
+    const off = Object.keys(before).filter((p) => before[p].place === 'hidden');
+    expect(off).toHaveLength(2);
+    await until('the shown tiles draw on', places, (p) => p[pid].frames >= before[pid].frames + 10);
+    const after = await fox.evaluate(places);
+    for (const p of off) expect(after[p].frames, `tile ${p} is not shown`).toBe(before[p].frames);
+    expect(hidden.length).toBe(2);
+  } finally {
+    await fox.close();
   }
 });
