@@ -163,6 +163,14 @@ impl Tile {
         &self.element
     }
 
+    /// True for a delta frame of another encoding than the one the tile
+    /// decodes: the server switches only at a key frame of the new one
+    /// (PROTOCOL.md §6.6.3), so it is a late frame of the encoding left
+    /// (WebTransport streams can overtake each other), not decodable now.
+    pub(crate) fn is_stale(&self, encoding: u8, key: bool) -> bool {
+        !key && self.encoding.is_some_and(|e| e != encoding)
+    }
+
     /// Notes the simulcast encoding frames now come in (`data-encoding`).
     pub(crate) fn note_encoding(&mut self, encoding: u8) {
         if self.encoding != Some(encoding) {

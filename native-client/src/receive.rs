@@ -123,6 +123,9 @@ struct TrackReport {
     frames_by_encoding: [u64; 3],
     /// Times the server moved us to another encoding.
     encoding_switches: u64,
+    /// Delta frames of an encoding left behind that arrived after the
+    /// switch, dropped undecoded.
+    stale_encoding: u64,
     /// The encoding of the last frame received, if the track has several.
     encoding: Option<u8>,
     /// Decoded pictures whose drawn stamp could be read.
@@ -371,6 +374,19 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                     r.window_bytes += payload.len() as u64;
                     r.arrival_us.push(now.saturating_sub(h.capture_timestamp_us));
                     let encoding = m.layer().map(|l| l.encoding);
+                    // The server moves a subscriber to another encoding only
+                    // at that encoding's key frame (§6.6.3): a delta frame of
+                    // another encoding than the current one is a late frame
+                    // of the one left (frames on WebTransport streams of
+                    // their own can overtake each other), and no longer
+                    // decodable.
+                    if let (Some(e), Some(current)) = (encoding, r.encoding)
+                        && e != current
+                        && !h.key
+                    {
+                        r.stale_encoding += 1;
+                        continue;
+                    }
                     // A switch to another encoding may repeat the last
                     // picture's number, in the new encoding (§6.6.3).
                     let switched = encoding.is_some() && r.encoding.is_some() && encoding != r.encoding;

@@ -145,7 +145,7 @@ async fn refuses_newcomers_once_busy(tweak: impl FnOnce(&mut Config), reason: &s
     let a = server(tweak).await;
     let mut args = common::server_args(&a);
     args.extend(
-        "load -n 10 --video-bytes 8000 --ramp-up 0.5 --duration 6 --json"
+        "load -n 20 --publishers 2 --video-bytes 8000 --ramp-up 0.5 --duration 6 --json"
             .split(' ')
             .map(String::from),
     );
