@@ -51,9 +51,6 @@ pub(crate) fn on_media(app: &mut App, m: MediaFrame) {
     if let Some(layer) = m.layer()
         && let Some(tile) = app.tiles.get_mut(&(h.sender, h.track_id))
     {
-        if tile.is_stale(layer.encoding, h.key) {
-            return;
-        }
         tile.note_encoding(layer.encoding);
     }
     let Some(m) = e2ee::open_media(app, m) else {

@@ -12,6 +12,10 @@ use wasm_bindgen::prelude::*;
 /// A remote video track on screen.
 pub(crate) struct Tile {
     decoder: web_sys::VideoDecoder,
+    /// The decoder's error and output callbacks, for a new decoder.
+    callbacks: (js_sys::Function, js_sys::Function),
+    /// The codec, when this browser decodes it.
+    codec: Option<String>,
     element: web_sys::Element,
     /// Nothing decodes until a key frame arrives.
     has_key: bool,
@@ -131,15 +135,20 @@ impl Tile {
         let error = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
             web_sys::console::warn_2(&"video decoder error".into(), &e);
         });
+        let callbacks: (js_sys::Function, js_sys::Function) = (
+            error.as_ref().unchecked_ref::<js_sys::Function>().clone(),
+            output.as_ref().unchecked_ref::<js_sys::Function>().clone(),
+        );
         let decoder = web_sys::VideoDecoder::new(&web_sys::VideoDecoderInit::new(
-            error.as_ref().unchecked_ref(),
-            output.as_ref().unchecked_ref(),
+            &callbacks.0,
+            &callbacks.1,
         ))?;
         output.forget();
         error.forget();
         // A codec the browser said it cannot decode is not configured (that
         // would only close the decoder); the tile says so instead.
-        if crate::codecs::known().is_none_or(|s| s.can_show(codec)) {
+        let decodable = crate::codecs::known().is_none_or(|s| s.can_show(codec));
+        if decodable {
             decoder.configure(&web_sys::VideoDecoderConfig::new(codec))?;
         } else {
             caption.set_text_content(Some(&format!("{name} ({codec}: not decodable here)")));
@@ -147,6 +156,8 @@ impl Tile {
         }
         Ok(Tile {
             decoder,
+            callbacks,
+            codec: decodable.then(|| codec.to_string()),
             element: figure,
             has_key: false,
             last_key_request_ms: f64::NEG_INFINITY,
@@ -161,14 +172,6 @@ impl Tile {
     /// The tile's `<figure>`.
     pub(crate) fn element(&self) -> &web_sys::Element {
         &self.element
-    }
-
-    /// True for a delta frame of another encoding than the one the tile
-    /// decodes: the server switches only at a key frame of the new one
-    /// (PROTOCOL.md §6.6.3), so it is a late frame of the encoding left
-    /// (WebTransport streams can overtake each other), not decodable now.
-    pub(crate) fn is_stale(&self, encoding: u8, key: bool) -> bool {
-        !key && self.encoding.is_some_and(|e| e != encoding)
     }
 
     /// Notes the simulcast encoding frames now come in (`data-encoding`).
@@ -195,7 +198,24 @@ impl Tile {
         if !h.key && !self.has_key {
             return true;
         }
-        // Closed after an error, or never configured (not decodable here).
+        // An error closes a decoder (a picture whose reference was refused
+        // or lost, say): a new one starts again from a key frame.
+        if self.decoder.state() == web_sys::CodecState::Closed
+            && let Some(codec) = &self.codec
+            && let Ok(d) = web_sys::VideoDecoder::new(&web_sys::VideoDecoderInit::new(
+                &self.callbacks.0,
+                &self.callbacks.1,
+            ))
+            && d.configure(&web_sys::VideoDecoderConfig::new(codec))
+                .is_ok()
+        {
+            self.decoder = d;
+            self.has_key = false;
+            if !h.key {
+                return true;
+            }
+        }
+        // Never configured (not decodable here).
         if self.decoder.state() != web_sys::CodecState::Configured {
             return false;
         }

@@ -34,6 +34,10 @@ use crate::stream::StatusLine;
 
 /// How long connecting and joining may take.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Late frames of a left encoding taken as such before a switch whose key
+/// frame was lost is assumed.
+const STALE_RUN: u32 = 3;
+
 /// Encoded frames waiting for the decoder before newer ones are dropped.
 const DECODE_QUEUE: usize = 64;
 
@@ -126,6 +130,9 @@ struct TrackReport {
     /// Delta frames of an encoding left behind that arrived after the
     /// switch, dropped undecoded.
     stale_encoding: u64,
+    /// Such frames in a row.
+    #[serde(skip)]
+    stale_run: u32,
     /// The encoding of the last frame received, if the track has several.
     encoding: Option<u8>,
     /// Decoded pictures whose drawn stamp could be read.
@@ -380,13 +387,21 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                     // of the one left (frames on WebTransport streams of
                     // their own can overtake each other), and no longer
                     // decodable.
+                    // Several in a row mean the switch's key frame was
+                    // lost: the new encoding is taken, from its next key frame.
+                    let mut adopted = false;
                     if let (Some(e), Some(current)) = (encoding, r.encoding)
                         && e != current
                         && !h.key
                     {
-                        r.stale_encoding += 1;
-                        continue;
+                        r.stale_run += 1;
+                        if r.stale_run <= STALE_RUN {
+                            r.stale_encoding += 1;
+                            continue;
+                        }
+                        adopted = true;
                     }
+                    r.stale_run = 0;
                     // A switch to another encoding may repeat the last
                     // picture's number, in the new encoding (§6.6.3).
                     let switched = encoding.is_some() && r.encoding.is_some() && encoding != r.encoding;
@@ -413,7 +428,7 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                             if !skipped_by_design {
                                 r.lost += u64::from(d.saturating_sub(1));
                             }
-                            d > 1 && !skipped_by_design
+                            (d > 1 && !skipped_by_design) || adopted
                         }
                         None => false,
                     };

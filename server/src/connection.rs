@@ -736,10 +736,18 @@ fn test_fault(
         Some(Fault::TamperMedia)
             if frame.header().sequence % 10 == 5 && !frame.payload().is_empty() =>
         {
+            // Only the payload changes: a LAYERED frame keeps its prefix
+            // (without it, a simulcast track's frame would reach the room as
+            // a plain one, and the fault would test selection, not clients).
+            let layer = frame.layer();
             let mut bytes = bytes::BytesMut::from(frame.into_bytes());
             let last = bytes.len() - 1;
             bytes[last] ^= 0x01;
-            MediaFrame::parse(bytes.freeze()).expect("only the payload changed")
+            let tampered = MediaFrame::parse(bytes.freeze()).expect("only the payload changed");
+            match layer {
+                Some(l) => tampered.with_layer(l),
+                None => tampered,
+            }
         }
         _ => frame,
     }
