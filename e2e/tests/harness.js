@@ -19,7 +19,7 @@ const DEADLINE_MS = 30_000;
 function bin(name) {
   const p = path.join(BIN_DIR, name);
   if (!fs.existsSync(p)) {
-    throw new Error(`${p} is missing: build it with 'cargo build -p convene-server -p convene-cli -p convene-testkit --features convene-server/test-hooks' (or run 'cargo xtask test')`);
+    throw new Error(`${p} is missing: build it with 'cargo build -p convene-server -p convene-cli -p convene-testkit -p convene-conformance --features convene-server/test-hooks' (or run 'cargo xtask test')`);
   }
   return p;
 }
@@ -328,8 +328,14 @@ function canvasSample() {
 
 // Runs `convene ARGS`, resolving to {code, stdout, stderr}.
 function convene(args) {
+  return runBin('convene', args);
+}
+
+// Runs one of the built binaries (`convene-reference-client`, ...) to its
+// end; resolves with its exit code and output.
+function runBin(name, args) {
   return new Promise((resolve, reject) => {
-    const child = spawn(bin('convene'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(bin(name), args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '', stderr = '';
     child.stdout.on('data', (d) => { stdout += d; });
     child.stderr.on('data', (d) => { stderr += d; });
@@ -374,4 +380,4 @@ function appNumber(page, name) {
   return page.locator('#app').getAttribute(name).then((v) => (v === null ? NaN : Number(v)));
 }
 
-module.exports = { startServer, startWebServer, startRelay, appNumber, startPages, launchChromium, launchFirefox, launchWebKit, convene, spawnConvene, canvasSample };
+module.exports = { startServer, startWebServer, startRelay, appNumber, startPages, launchChromium, launchFirefox, launchWebKit, convene, runBin, spawnConvene, canvasSample };

@@ -3,10 +3,11 @@
 // grid pages, and a tile on another page asks for nothing and receives
 // nothing; a pinned tile is the large one of the speaker view and receives
 // the top encoding while the strip's small tiles receive the small one; and
-// a client without the extension (`convene receive`, v1 only) in the same
-// room still receives every camera, in one encoding.
+// clients without the extension (`convene receive` without sfu flags, and
+// the conformance suite's reference client, v1 only) in the same room still
+// receive every camera, in one encoding.
 const { test, expect } = require('@playwright/test');
-const { startWebServer, launchChromium, launchFirefox, convene, spawnConvene } = require('./harness');
+const { startWebServer, launchChromium, launchFirefox, convene, runBin, spawnConvene } = require('./harness');
 
 let server, browser, firefox;
 const room = 'e2e-stage';
@@ -129,6 +130,24 @@ test('six in a meeting: the grid pages, a pinned tile gets the top encoding, the
       expect(v.width, v.display_name).toBe(320);
     }
     expect(report.tracks.filter((t) => t.kind === 'audio' && t.frames_received > 0).length).toBeGreaterThanOrEqual(5);
+
+    // The reference client, written from the v1 spec alone: v1 frames of
+    // every camera and microphone, key frames among them, and never a
+    // sequence number that does not move forward (which a second encoding
+    // of the same picture would be).
+    const ws = `${server.base.replace(/^http/, 'ws')}/convene/ws`;
+    const ref = await runBin('convene-reference-client', [ws, room, '--no-publish', '--seconds', '6']);
+    expect(ref.code, ref.stderr).toBe(0);
+    const got = Object.values(JSON.parse(ref.stdout).tracks);
+    const refVideo = got.filter((t) => t.kind === 'video');
+    // Five cameras and the page's own.
+    expect(refVideo, ref.stdout).toHaveLength(6);
+    for (const t of refVideo) {
+      expect(t.frames, ref.stdout).toBeGreaterThanOrEqual(20);
+      expect(t.keys, ref.stdout).toBeGreaterThanOrEqual(1);
+      expect(t.not_ahead, ref.stdout).toBe(0);
+    }
+    expect(got.filter((t) => t.kind === 'audio' && t.frames >= 100), ref.stdout).toHaveLength(6);
 
     // Unpin: back to the speaker view's own choice, the grid one click away.
     await pinned.locator('button.pin').click();

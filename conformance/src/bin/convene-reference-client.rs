@@ -4,9 +4,17 @@
 //! Goodbye(SHUTDOWN). It is the client the conformance suite's client mode is
 //! checked against until the native client exists.
 //!
-//! Usage: `convene-reference-client URL [MEETING] [--ignore-key-frame-requests]`
-//! (the flag breaks it on purpose, to show the suite notices).
+//! It speaks v1 only (no extension), so it also stands for a client written
+//! from the v1 spec alone in rooms where others use extensions: with
+//! `--seconds N` it leaves after N seconds and prints, as JSON, what it
+//! received per track (frames, key frames, sequence numbers that did not
+//! move forward).
+//!
+//! Usage: `convene-reference-client URL [MEETING] [--ignore-key-frame-requests]
+//! [--no-publish] [--seconds N]` (the first flag breaks it on purpose, to show
+//! the suite notices).
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,19 +30,90 @@ use tokio_tungstenite::tungstenite::Message;
 
 const TRACK: u32 = 1;
 
+const USAGE: &str = "usage: convene-reference-client URL [MEETING] [--ignore-key-frame-requests] [--no-publish] [--seconds N]";
+
+/// What the command line asked for.
+struct Options {
+    /// Ignore key-frame requests (a broken client, on purpose).
+    broken: bool,
+    /// Publish the synthetic video track.
+    publish: bool,
+    /// Leave after this long and print what was received.
+    seconds: Option<u64>,
+}
+
+/// What arrived on one track.
+#[derive(Default)]
+struct Received {
+    /// Audio or video, from the roster; empty for a track never announced.
+    kind: &'static str,
+    /// Media frames.
+    frames: u64,
+    /// Of which key frames.
+    keys: u64,
+    /// Frames whose sequence number was not after the previous one's: a v1
+    /// receiver discards them, so a server must not send them (§6.4).
+    not_ahead: u64,
+    /// The last sequence number.
+    last: Option<u32>,
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
-    let broken = std::env::args().any(|a| a == "--ignore-key-frame-requests");
-    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
-    let Some(url) = args.next() else {
-        eprintln!("usage: convene-reference-client URL [MEETING]");
+    let mut opts = Options {
+        broken: false,
+        publish: true,
+        seconds: None,
+    };
+    let mut positional = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--ignore-key-frame-requests" => opts.broken = true,
+            "--no-publish" => opts.publish = false,
+            "--seconds" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) => opts.seconds = Some(n),
+                None => {
+                    eprintln!("--seconds needs a whole number of seconds\n{USAGE}");
+                    return std::process::ExitCode::from(2);
+                }
+            },
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return std::process::ExitCode::SUCCESS;
+            }
+            f if f.starts_with("--") => {
+                eprintln!("unknown option {f}\n{USAGE}");
+                return std::process::ExitCode::from(2);
+            }
+            _ => positional.push(a),
+        }
+    }
+    let mut positional = positional.into_iter();
+    let Some(url) = positional.next() else {
+        eprintln!("{USAGE}");
         return std::process::ExitCode::from(2);
     };
-    let meeting = args.next().unwrap_or_else(|| "reference".into());
+    let meeting = positional.next().unwrap_or_else(|| "reference".into());
     let start = Instant::now();
     let mut backoff = Duration::from_millis(100);
+    let mut received = HashMap::new();
     loop {
-        match session(&url, &meeting, start, broken).await {
+        let run = session(&url, &meeting, start, &opts, &mut received);
+        let result = match opts.seconds {
+            Some(n) => {
+                let end = tokio::time::Instant::from_std(start + Duration::from_secs(n));
+                match tokio::time::timeout_at(end, run).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        report(&received);
+                        return std::process::ExitCode::SUCCESS;
+                    }
+                }
+            }
+            None => run.await,
+        };
+        match result {
             Ok(true) => {
                 // Told to go away for good, or closed normally.
                 return std::process::ExitCode::SUCCESS;
@@ -57,8 +136,44 @@ fn now(start: Instant) -> Timestamp {
     Timestamp(start.elapsed().as_micros() as u64)
 }
 
+/// Prints what arrived, one entry per `sender/track`.
+fn report(received: &HashMap<(u32, u32), Received>) {
+    let tracks: BTreeMap<String, serde_json::Value> = received
+        .iter()
+        .map(|((sender, track), r)| {
+            (
+                format!("{sender}/{track}"),
+                serde_json::json!({
+                    "kind": r.kind,
+                    "frames": r.frames,
+                    "keys": r.keys,
+                    "not_ahead": r.not_ahead,
+                }),
+            )
+        })
+        .collect();
+    println!("{}", serde_json::json!({ "tracks": tracks }));
+}
+
+/// Notes the kind of a track announced in the roster.
+fn announce(received: &mut HashMap<(u32, u32), Received>, sender: u32, t: &TrackInfo) {
+    let kind = if t.kind == TrackKind::Audio as i32 {
+        "audio"
+    } else {
+        "video"
+    };
+    received.entry((sender, t.track_id)).or_default().kind = kind;
+}
+
 /// One connection. Ok(true): done for good; Ok(false): reconnect.
-async fn session(url: &str, meeting: &str, start: Instant, broken: bool) -> Result<bool, String> {
+async fn session(
+    url: &str,
+    meeting: &str,
+    start: Instant,
+    opts: &Options,
+    received: &mut HashMap<(u32, u32), Received>,
+) -> Result<bool, String> {
+    let broken = opts.broken;
     let (ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .map_err(|e| format!("cannot connect to {url}: {e}"))?;
@@ -82,7 +197,15 @@ async fn session(url: &str, meeting: &str, start: Instant, broken: bool) -> Resu
                     s.join(now(start), meeting, "reference client", true)
                         .map_err(|e| e.to_string())?;
                 }
-                ClientEvent::Joined(_) => {
+                ClientEvent::Joined(j) => {
+                    for p in &j.participants {
+                        for t in &p.tracks {
+                            announce(received, p.participant_id, t);
+                        }
+                    }
+                    if !opts.publish {
+                        continue;
+                    }
                     let track = TrackInfo {
                         track_id: TRACK,
                         kind: TrackKind::Video as i32,
@@ -95,6 +218,23 @@ async fn session(url: &str, meeting: &str, start: Instant, broken: bool) -> Resu
                     s.send(now(start), C::Publish(v1::Publish { track: Some(track) }))
                         .map_err(|e| e.to_string())?;
                     publishing = true;
+                }
+                ClientEvent::Room(S::TrackPublished(p)) => {
+                    if let Some(t) = &p.track {
+                        announce(received, p.participant_id, t);
+                    }
+                }
+                ClientEvent::Media(m) => {
+                    let h = m.header();
+                    let r = received.entry((h.sender, h.track_id)).or_default();
+                    r.frames += 1;
+                    r.keys += u64::from(h.key);
+                    let d = r.last.map(|l| h.sequence.wrapping_sub(l));
+                    if d.is_some_and(|d| d == 0 || d >= 1 << 31) {
+                        r.not_ahead += 1;
+                    } else {
+                        r.last = Some(h.sequence);
+                    }
                 }
                 ClientEvent::Room(S::KeyFrameRequest(k)) if k.track_id == TRACK && !broken => {
                     key_wanted = true
