@@ -1,18 +1,31 @@
-//! `cargo xtask bench`: the end-to-end fan-out benchmark, each transport next to its floor.
+//! `cargo xtask bench`: the end-to-end fan-out benchmark, each transport next
+//! to its floor; the large meeting (`--meeting`) with and without selective
+//! forwarding, next to its floor; the soak (`--soak`).
 
 use std::path::Path;
 use std::process::Command;
 
 use clap::value_parser;
 
-use crate::process::{self, free_port, last_json, root, start_dev_tls};
+use crate::process::{self, free_port, http_get, last_json, root, start_dev_tls, wait_ready};
 
 /// Flags of `cargo xtask bench`, and of `cargo xtask bench --soak`.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub(crate) struct Args {
     /// Run the soak instead (takes only --seconds and --members)
-    #[arg(long, conflicts_with_all = ["subscribers", "rounds", "path_delay_ms"])]
+    #[arg(
+        long,
+        group = "with_members",
+        conflicts_with_all = ["subscribers", "rounds", "path_delay_ms"]
+    )]
     pub(crate) soak: bool,
+    /// Run the large meeting instead (takes --members, --seconds, --rounds)
+    #[arg(
+        long,
+        group = "with_members",
+        conflicts_with_all = ["subscribers", "path_delay_ms", "soak"]
+    )]
+    pub(crate) meeting: bool,
     /// Subscribers
     #[arg(
         long,
@@ -45,15 +58,16 @@ pub(crate) struct Args {
     /// stays direct: there is no TCP relay. 0: no relay
     #[arg(long, value_name = "D", default_value_t = 0, verbatim_doc_comment)]
     pub(crate) path_delay_ms: u32,
-    /// With --soak: members, 5 of them publishing, from 2
+    /// With --soak: members, 5 of them publishing, from 2 [default: 50];
+    /// with --meeting: members, 25 of them with cameras [default: 1000]
     #[arg(
         long,
         value_name = "N",
-        default_value_t = 50,
-        requires = "soak",
-        value_parser = value_parser!(u32).range(2..)
+        requires = "with_members",
+        value_parser = value_parser!(u32).range(2..),
+        verbatim_doc_comment
     )]
-    pub(crate) members: u32,
+    pub(crate) members: Option<u32>,
 }
 
 /// What `cargo xtask bench` is to run, with every default filled in.
@@ -69,6 +83,15 @@ pub(crate) enum Plan {
         rounds: u32,
         /// Milliseconds the relay adds each way on the WebTransport path (0: no relay).
         delay_ms: u32,
+    },
+    /// The large meeting, with and without selective forwarding.
+    Meeting {
+        /// Members of the meeting.
+        members: u32,
+        /// Seconds measured per run.
+        seconds: u32,
+        /// Rounds of floor, selective and plain forwarding.
+        rounds: u32,
     },
     /// The soak: a meeting under attack.
     Soak {
@@ -91,7 +114,13 @@ impl Args {
             }
             Ok(Plan::Soak {
                 seconds,
-                members: self.members,
+                members: self.members.unwrap_or(50),
+            })
+        } else if self.meeting {
+            Ok(Plan::Meeting {
+                members: self.members.unwrap_or(1000),
+                seconds: self.seconds.unwrap_or(10),
+                rounds: self.rounds,
             })
         } else {
             Ok(Plan::Fanout {
@@ -108,6 +137,11 @@ impl Args {
 pub(crate) fn run(args: &Args) -> Result<(), String> {
     match args.plan()? {
         Plan::Soak { seconds, members } => crate::soak::run(seconds, members),
+        Plan::Meeting {
+            members,
+            seconds,
+            rounds,
+        } => meeting(members, seconds, rounds),
         Plan::Fanout {
             subscribers,
             seconds,
@@ -178,6 +212,187 @@ fn fanout(subscribers: u32, seconds: u32, rounds: u32, delay_ms: u32) -> Result<
         wt / udp
     );
     Ok(())
+}
+
+/// The large meeting of `convene load --shape meeting`: per round, the TCP
+/// floor for as many connections, the meeting with selective forwarding and
+/// the same meeting without; prints each next to the floor, and what members
+/// received against what the server's transport estimated their paths carry.
+fn meeting(members: u32, seconds: u32, rounds: u32) -> Result<(), String> {
+    let bin = process::build_release(&["convene-server", "convene-cli", "convene-benches"])?;
+    let (n, secs) = (members.to_string(), seconds.to_string());
+    let mut floors = Vec::new();
+    let mut runs: Vec<(MeetingRun, MeetingRun)> = Vec::new();
+    for round in 1..=rounds {
+        println!("\nround {round} of {rounds}: a meeting of {members}, {seconds} s per run");
+        let out = Command::new(bin.join("fanout"))
+            .args(["floor", "--subscribers", &n, "--seconds", &secs, "--json"])
+            .current_dir(root())
+            .output()
+            .map_err(|e| format!("cannot start fanout: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "fanout floor failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let floor = last_json(&out.stdout)
+            .and_then(|v| v["us_per_frame"].as_f64())
+            .ok_or("fanout floor printed no us_per_frame")?;
+        println!("  TCP floor      {floor:6.2} µs per delivered frame");
+        floors.push(floor);
+        let selective = meeting_run(&bin, members, seconds, true)?;
+        println!("{}", selective.line("selective", floor));
+        let plain = meeting_run(&bin, members, seconds, false)?;
+        println!("{}", plain.line("everything", floor));
+        runs.push((selective, plain));
+    }
+    let mean = |xs: &mut dyn Iterator<Item = f64>| {
+        let v: Vec<f64> = xs.collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let floor = mean(&mut floors.iter().copied());
+    let sel = mean(&mut runs.iter().map(|r| r.0.us_per_frame));
+    let all = mean(&mut runs.iter().map(|r| r.1.us_per_frame));
+    println!(
+        "\nmeans over {rounds} rounds, a meeting of {members}:\n  selective      {sel:6.2} µs per delivered frame, TCP floor {floor:.2} µs: {:.2}x\n  everything     {all:6.2} µs per delivered frame: {:.2}x",
+        sel / floor,
+        all / floor
+    );
+    Ok(())
+}
+
+/// One meeting's figures from one `convene load --shape meeting --json` run.
+#[derive(Debug, Clone)]
+struct MeetingRun {
+    us_per_frame: f64,
+    frames_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    speech_loss_percent: f64,
+    /// What a member received, kbit/s: median and highest.
+    receive_kbps: (f64, f64),
+    /// The server's path estimates (sampled every 500 ms per connection),
+    /// as the histogram's buckets: the median's and the lowest one used.
+    estimate: (String, String),
+}
+
+impl MeetingRun {
+    fn line(&self, forwarding: &str, floor: f64) -> String {
+        format!(
+            "  {forwarding:<14} {:6.2} µs per delivered frame ({:.2}x floor), {:.0} frames/s, p50 {:.1} ms, p99 {:.1} ms, speech lost {:.3} %,\n                 per member {:.2} Mbit/s (max {:.2}) against path estimates of {} (median), {} (lowest)",
+            self.us_per_frame,
+            self.us_per_frame / floor,
+            self.frames_per_second,
+            self.p50_ms,
+            self.p99_ms,
+            self.speech_loss_percent,
+            self.receive_kbps.0 / 1000.0,
+            self.receive_kbps.1 / 1000.0,
+            self.estimate.0,
+            self.estimate.1
+        )
+    }
+}
+
+/// One large meeting against a fresh server (plain WebSocket on loopback).
+fn meeting_run(
+    bin: &Path,
+    members: u32,
+    seconds: u32,
+    selective: bool,
+) -> Result<MeetingRun, String> {
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = Command::new(bin.join("convene-server"))
+        .args(["--listen", &listen, "--log", "error"])
+        // Every member comes from 127.0.0.1.
+        .args(["--max-connections-per-ip", &(members + 16).to_string()])
+        .spawn()
+        .map_err(|e| format!("cannot start convene-server: {e}"))?;
+    let stop = |server: &mut std::process::Child| {
+        let _ = server.kill();
+        let _ = server.wait();
+    };
+    if !wait_ready(port, std::time::Duration::from_secs(30)) {
+        stop(&mut server);
+        return Err("convene-server did not answer /readyz within 30 s".into());
+    }
+    let mut load = Command::new(bin.join("convene"));
+    load.args([
+        "load",
+        "--server",
+        &format!("http://{listen}"),
+        "--shape",
+        "meeting",
+    ])
+    .args(["-n", &members.to_string(), "--ramp-up", "5"])
+    .args(["--duration", &seconds.to_string()])
+    .args(["--server-pid", &server.id().to_string(), "--json"])
+    .stderr(std::process::Stdio::inherit());
+    if !selective {
+        load.arg("--without-sfu");
+    }
+    let out = load.output();
+    let metrics = http_get(port, "/metrics").unwrap_or_default();
+    stop(&mut server);
+    let out = out.map_err(|e| format!("cannot start convene load: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "convene load --shape meeting failed ({})",
+            out.status
+        ));
+    }
+    let v = last_json(&out.stdout).ok_or("convene load --shape meeting printed no JSON")?;
+    let num = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
+    Ok(MeetingRun {
+        us_per_frame: num(&v["server_cpu_us_per_frame"]),
+        frames_per_second: num(&v["frames_per_second"]),
+        p50_ms: num(&v["latency_ms"]["p50"]),
+        p99_ms: num(&v["latency_ms"]["p99"]),
+        speech_loss_percent: num(&v["meeting"]["speech_loss_percent"]),
+        receive_kbps: (
+            num(&v["meeting"]["receive_kbps"]["p50"]),
+            num(&v["meeting"]["receive_kbps"]["max"]),
+        ),
+        estimate: estimates(&metrics, "convene_path_estimate_kbps_bucket"),
+    })
+}
+
+/// The median's bucket and the lowest bucket used of a Prometheus
+/// histogram of kbit/s in `metrics`, in words ("16–64 Mbit/s").
+fn estimates(metrics: &str, name: &str) -> (String, String) {
+    // (upper bound, cumulative count), in order.
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total == 0.0 {
+        let none = "none sampled".to_string();
+        return (none.clone(), none);
+    }
+    let range = |i: usize| {
+        let mbit = |k: f64| format!("{}", k / 1000.0);
+        let lo = if i == 0 { 0.0 } else { buckets[i - 1].0 };
+        if buckets[i].0.is_infinite() {
+            format!("over {} Mbit/s", mbit(lo))
+        } else {
+            format!("{}–{} Mbit/s", mbit(lo), mbit(buckets[i].0))
+        }
+    };
+    let median = buckets.iter().position(|b| b.1 >= total / 2.0).unwrap_or(0);
+    let lowest = buckets.iter().position(|b| b.1 > 0.0).unwrap_or(0);
+    (range(median), range(lowest))
 }
 
 /// One transport's figures from one `convene load --json` run.

@@ -123,6 +123,7 @@ enum Command {
     /// side with their floors (TCP and UDP), R rounds alternated, release
     /// builds; prints server CPU per delivered frame, latency and memory per
     /// connection (defaults: 200 subscribers, 10 s, 3 rounds);
+    /// --meeting: a large meeting with and without selective forwarding;
     /// --soak: a meeting under attack
     ///
     /// The fan-out benchmark: one publisher (30 fps video of 2,000 bytes,
@@ -132,6 +133,14 @@ enum Command {
     /// plain TCP connections (`fanout floor`) and sent as UDP datagrams of at most
     /// 1,200 bytes (`fanout udp-floor`). Rounds alternate floor, WebSocket and
     /// WebTransport, because a shared host drifts; compare means, not single runs.
+    ///
+    /// The large meeting (--meeting): `convene load --shape meeting` with N
+    /// members (default 1000; 3 speakers, everyone else comfort noise, 25
+    /// three-encoding cameras, everyone last-7 and loudest-3) on a release
+    /// server over WebSocket, with selective forwarding and again without,
+    /// each round next to the TCP floor for N connections; prints server CPU
+    /// per delivered frame against the floor, latency, the speakers' loss, and
+    /// each member's received bitrate against the server's path estimates.
     ///
     /// The soak (--soak): a meeting of N members (default 50, 5 of them
     /// publishing audio and video) on a release server that requires tokens,
@@ -145,6 +154,7 @@ enum Command {
     #[command(
         verbatim_doc_comment,
         override_usage = "cargo xtask bench [--subscribers N] [--seconds S] [--rounds R] [--path-delay-ms D]\n       \
+                          cargo xtask bench --meeting [--members N] [--seconds S] [--rounds R]\n       \
                           cargo xtask bench --soak [--seconds S] [--members N]"
     )]
     Bench(bench::Args),
@@ -408,6 +418,40 @@ mod tests {
         assert!(refused(&["bench", "--soak", "--rounds", "2"]));
         assert!(refused(&["bench", "--soak", "--path-delay-ms", "5"]));
         assert!(refused(&["bench", "--members", "10"]));
+    }
+
+    #[test]
+    fn bench_meeting_defaults() {
+        assert_eq!(
+            plan(&["bench", "--meeting"]),
+            Ok(Plan::Meeting {
+                members: 1000,
+                seconds: 10,
+                rounds: 3
+            })
+        );
+        assert_eq!(
+            plan(&[
+                "bench",
+                "--meeting",
+                "--members",
+                "200",
+                "--seconds",
+                "5",
+                "--rounds",
+                "1"
+            ]),
+            Ok(Plan::Meeting {
+                members: 200,
+                seconds: 5,
+                rounds: 1
+            })
+        );
+        // The fan-out's flags are not the meeting's, and it is not the soak.
+        assert!(refused(&["bench", "--meeting", "--subscribers", "5"]));
+        assert!(refused(&["bench", "--meeting", "--path-delay-ms", "5"]));
+        assert!(refused(&["bench", "--meeting", "--soak"]));
+        assert!(refused(&["bench", "--meeting", "--members", "1"]));
     }
 
     #[test]
