@@ -91,6 +91,23 @@ pub enum BusMessage {
         /// The encodings that need one, a bit each (0: all; PROTOCOL.md §6.6.3).
         encodings: u8,
     },
+    /// Which encodings of a publisher's track the subscribers on `node`
+    /// want (PROTOCOL.md §6.6.5), for the publisher's node: it tells its
+    /// publisher what anyone on any node wants. Said when it changes, and
+    /// again every [`crate::room::DEMAND_REPEAT`] after it first did, so a
+    /// lost message is put right; a node that never said wants everything.
+    Demand {
+        /// The meeting.
+        meeting: String,
+        /// The node whose subscribers these are.
+        node: NodeId,
+        /// The publisher.
+        publisher: u32,
+        /// The track.
+        track: u32,
+        /// The encodings wanted, a bit each.
+        encodings: u8,
+    },
     /// A node opened a room for the meeting (or came back after an outage):
     /// every node answers with its [`BusMessage::Roster`].
     SyncRequest {
@@ -167,6 +184,7 @@ impl BusMessage {
             | BusMessage::Request { meeting, .. }
             | BusMessage::Media { meeting, .. }
             | BusMessage::KeyFrameRequest { meeting, .. }
+            | BusMessage::Demand { meeting, .. }
             | BusMessage::SyncRequest { meeting, .. }
             | BusMessage::Roster { meeting, .. }
             | BusMessage::Waiting { meeting, .. }

@@ -647,7 +647,7 @@ pub struct Envelope {
     #[prost(string, tag = "3")]
     pub meeting: String,
     /// What happened.
-    #[prost(oneof = "Op", tags = "4, 5, 6, 7, 8, 9, 10, 11, 12")]
+    #[prost(oneof = "Op", tags = "4, 5, 6, 7, 8, 9, 10, 11, 12, 13")]
     pub op: Option<Op>,
 }
 
@@ -681,6 +681,23 @@ pub enum Op {
     /// [`BusMessage::WaitingGone`]: the participant id.
     #[prost(uint32, tag = "12")]
     WaitingGone(u32),
+    /// [`BusMessage::Demand`].
+    #[prost(message, tag = "13")]
+    Demand(Demand),
+}
+
+/// The encodings of a track wanted by the sending node's subscribers.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Demand {
+    /// The publisher.
+    #[prost(uint32, tag = "1")]
+    pub publisher: u32,
+    /// The track.
+    #[prost(uint32, tag = "2")]
+    pub track: u32,
+    /// The encodings wanted, a bit each.
+    #[prost(uint32, tag = "3")]
+    pub encodings: u32,
 }
 
 /// A participant with its node's view of it.
@@ -794,6 +811,20 @@ pub fn encode(from: NodeId, epoch: u64, msg: &BusMessage) -> Option<Bytes> {
                 encodings: encodings as u32,
             }),
         ),
+        BusMessage::Demand {
+            meeting,
+            publisher,
+            track,
+            encodings,
+            ..
+        } => (
+            meeting,
+            Op::Demand(Demand {
+                publisher,
+                track,
+                encodings: encodings as u32,
+            }),
+        ),
         BusMessage::SyncRequest { meeting, .. } => (meeting, Op::Sync(true)),
         BusMessage::Waiting {
             meeting,
@@ -870,6 +901,13 @@ pub fn decode(bytes: &[u8]) -> Option<(NodeId, u64, BusMessage)> {
             requester: k.requester,
             force: k.force,
             encodings: k.encodings.min(0b111) as u8,
+        },
+        Op::Demand(d) => BusMessage::Demand {
+            meeting,
+            node,
+            publisher: d.publisher,
+            track: d.track,
+            encodings: d.encodings.min(0b111) as u8,
         },
         Op::Sync(_) => BusMessage::SyncRequest { meeting, node },
         Op::Waiting(participant) => BusMessage::Waiting {
@@ -968,6 +1006,13 @@ mod tests {
                 requester: 0,
                 force: true,
                 encodings: 0b010,
+            },
+            BusMessage::Demand {
+                meeting: "a.b".into(),
+                node: 3,
+                publisher: 7,
+                track: 1,
+                encodings: 0b001,
             },
             BusMessage::SyncRequest {
                 meeting: "a.b".into(),

@@ -3,7 +3,9 @@
 //! cross, exactly as on one node; over the in-process bus and over a real
 //! `nats-server`. Over NATS also: a node killed outright leaves the others'
 //! rosters, and a NATS outage leaves each node serving its own participants
-//! (not ready) until NATS is back and the rosters are resynchronised.
+//! (not ready) until NATS is back and the rosters are resynchronised. And
+//! dynacast across nodes: a simulcast publisher on one node hears which of
+//! its encodings the subscribers on another node want (PROTOCOL.md §6.6.5).
 
 mod common;
 
@@ -15,7 +17,7 @@ use common::nats::NatsServer;
 use common::process::Node;
 use common::{Client, DEADLINE, Seen, http_get_addr};
 use convene_protocol::v1::{self, client_message::Msg as C, server_message::Msg as S};
-use convene_protocol::{MediaFrame, MediaHeader};
+use convene_protocol::{Layer, MediaFrame, MediaHeader};
 use convene_server::bus::{InProcessHub, NodeId, PARTICIPANT_BITS};
 use convene_server::config::Config;
 
@@ -435,4 +437,146 @@ async fn nodes_log_in_to_nats_and_a_wrong_token_is_never_ready() {
     hears_joined(&mut a, &[b.id]).await;
     right.shutdown().await;
     wrong.shutdown().await;
+}
+
+/// Picture `seq` of a three-encoding camera (160x90, 320x180, 640x360), lowest first.
+fn simulcast_picture(seq: u32) -> [Bytes; 3] {
+    [0u8, 1, 2].map(|encoding| {
+        let h = MediaHeader {
+            key: seq % 30 == 1,
+            sender: 0,
+            track_id: 1,
+            sequence: seq,
+            capture_timestamp_us: 1_000_000 + seq as u64 * 33_333,
+        };
+        let layer = Layer {
+            encoding,
+            ..Layer::default()
+        };
+        MediaFrame::build_layered(layer, &h, None, &[encoding; 100])
+            .as_wire()
+            .clone()
+    })
+}
+
+/// Sends pictures every 33 ms from `p` until it is sent an `EncodingDemand`
+/// with exactly `mask`; fails after the deadline.
+async fn publish_until_demand(p: &mut Client, seq: &mut u32, mask: u32) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut tick = tokio::time::interval(Duration::from_millis(33));
+    let mut seen = Vec::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                *seq += 1;
+                for f in simulcast_picture(*seq) {
+                    p.feed_raw(f).await;
+                }
+                p.flush().await;
+            }
+            m = p.next() => match m {
+                Some(Seen::Control(S::EncodingDemand(d))) => {
+                    seen.push(d.active_mask);
+                    if d.active_mask == mask {
+                        return;
+                    }
+                }
+                Some(Seen::Closed(code)) => panic!("publisher closed ({code:?})"),
+                _ => {}
+            },
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no EncodingDemand {mask:#05b} within {DEADLINE:?}; saw {seen:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_hears_the_demand_of_subscribers_on_another_node_over_nats() {
+    let nats = NatsServer::start();
+    let n1 = nats_node(&nats, 1).await;
+    let n2 = nats_node(&nats, 2).await;
+    let mut publisher = Client::joined_sfu_addr(n1.addr, "dyn", false).await;
+    let mut viewer = Client::joined_sfu_addr(n2.addr, "dyn", false).await;
+    // The grace starts when the track is published, after this.
+    let started = Instant::now();
+    publisher
+        .send(C::Publish(v1::Publish {
+            track: Some(v1::TrackInfo {
+                track_id: 1,
+                kind: v1::TrackKind::Video as i32,
+                codec: "vp8".into(),
+                width: 640,
+                height: 360,
+                frame_rate: 30,
+                encodings: [(160, 90), (320, 180), (640, 360)]
+                    .iter()
+                    .map(|&(width, height)| v1::Encoding {
+                        width,
+                        height,
+                        frame_rate: 30,
+                        temporal_layers: 1,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+        }))
+        .await;
+    let pid = publisher.id;
+    viewer
+        .expect(|m| matches!(m, S::TrackPublished(p) if p.participant_id == pid))
+        .await;
+    // The viewer, on the other node, wants the smallest picture only.
+    let prefs = |max_height| {
+        Some(v1::SubscriptionPreferences {
+            max_height,
+            ..Default::default()
+        })
+    };
+    viewer
+        .send(C::Subscribe(v1::Subscribe {
+            participant_id: pid,
+            track_id: 1,
+            preferences: prefs(90),
+        }))
+        .await;
+    // Without the demand crossing, the publisher's node would keep every
+    // encoding on for the subscriber it cannot see: after the grace of five
+    // seconds it asks for the smallest only.
+    let mut seq = 0;
+    publish_until_demand(&mut publisher, &mut seq, 0b001).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "an encoding went off before the grace was over ({:?})",
+        started.elapsed()
+    );
+    // The viewer receives the smallest encoding meanwhile.
+    let got = loop {
+        match viewer.next().await {
+            Some(Seen::Media(m)) => break m,
+            Some(Seen::Closed(code)) => panic!("viewer closed ({code:?})"),
+            None => panic!("the viewer received nothing"),
+            _ => {}
+        }
+    };
+    assert_eq!(got.layer().map(|l| l.encoding), Some(0));
+    // The viewer asks for the top picture: the publisher hears it at once.
+    viewer
+        .send(C::UpdateSubscription(v1::UpdateSubscription {
+            participant_id: pid,
+            track_id: 1,
+            preferences: prefs(0),
+        }))
+        .await;
+    let asked = Instant::now();
+    publish_until_demand(&mut publisher, &mut seq, 0b101).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "the top encoding came back only after {:?}",
+        asked.elapsed()
+    );
+    n1.shutdown().await;
+    n2.shutdown().await;
 }

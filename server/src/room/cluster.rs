@@ -103,6 +103,7 @@ impl Room {
             return;
         }
         let tracks = std::mem::take(&mut info.tracks);
+        *self.nodes.entry(node).or_default() += 1;
         self.broadcast(
             Msg::ParticipantJoined(v1::ParticipantJoined {
                 participant: Some(info.clone()),
@@ -326,6 +327,13 @@ impl Room {
                     self.request_key_frame(now, publisher, track, requester, force, encodings);
                 }
             }
+            BusMessage::Demand {
+                node,
+                publisher,
+                track,
+                encodings,
+                ..
+            } => self.demand_from(now, node, publisher, track, encodings),
             BusMessage::SyncRequest { .. } => self.bus.publish(self.roster()),
             BusMessage::Roster {
                 node,
@@ -368,5 +376,223 @@ impl Room {
             }
             BusMessage::Resync => self.resync(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use convene_protocol::v1::{
+        Encoding, Participant, ServerMessage, Subscribe, SubscriptionPreferences, TrackInfo,
+        TrackKind, UpdateSubscription, server_message::Msg as S,
+    };
+    use convene_protocol::{Layer, MediaFrame, MediaHeader, RoomRequest, Timestamp};
+    use prost::Message;
+    use tokio::sync::mpsc;
+
+    use crate::bus::{BusMessage, InProcessHub};
+    use crate::mailbox::Mailbox;
+    use crate::outbox::{Outbox, OutboxLimits, Wake};
+    use crate::room::{DEMAND_REPEAT, Local, Room, RoomLimits};
+
+    struct NoWake;
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+
+    fn t(ms: u64) -> Timestamp {
+        Timestamp(1_000_000_000 + ms * 1000)
+    }
+
+    const PUBLISHER: u32 = 1;
+    const VIEWER: u32 = 2;
+
+    fn member(room: &mut Room, pid: u32) -> Arc<Outbox> {
+        let o = Arc::new(Outbox::new(OutboxLimits::default(), Box::new(NoWake)));
+        let local = Local {
+            outbox: o.clone(),
+            mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
+            sfu: true,
+        };
+        let p = Participant {
+            participant_id: pid,
+            display_name: format!("p{pid}"),
+            ..Default::default()
+        };
+        room.join(t(0), p, false, local).unwrap();
+        o
+    }
+
+    /// Hands every message waiting on the bus to its room; returns the
+    /// `Demand` messages among them.
+    fn pump(now: Timestamp, rooms: &mut [(&mut Room, &mut mpsc::Receiver<BusMessage>)]) -> Vec<u8> {
+        let mut demands = Vec::new();
+        loop {
+            let mut any = false;
+            for (room, rx) in rooms.iter_mut() {
+                while let Ok(msg) = rx.try_recv() {
+                    if let BusMessage::Demand { encodings, .. } = &msg {
+                        demands.push(*encodings);
+                    }
+                    room.apply_bus(now, msg);
+                    any = true;
+                }
+            }
+            if !any {
+                return demands;
+            }
+        }
+    }
+
+    /// The `EncodingDemand` masks in a member's queue.
+    fn demands(out: &Outbox) -> Vec<u32> {
+        let mut got: Vec<Bytes> = Vec::new();
+        out.drain(&mut got, usize::MAX);
+        got.iter()
+            .filter_map(|b| ServerMessage::decode(b.slice(1..)).ok()?.msg)
+            .filter_map(|m| match m {
+                S::EncodingDemand(d) => Some(d.active_mask),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn prefs(max_height: u32) -> Option<SubscriptionPreferences> {
+        Some(SubscriptionPreferences {
+            max_height,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_publisher_hears_what_subscribers_on_another_node_want() {
+        let hub = InProcessHub::new();
+        let (bus1, mut rx1) = hub.attach(1);
+        let (bus2, mut rx2) = hub.attach(2);
+        bus1.interest("m", true);
+        bus2.interest("m", true);
+        let mut n1 = Room::with_bus("m", RoomLimits::default(), bus1);
+        let mut n2 = Room::with_bus("m", RoomLimits::default(), bus2);
+        // The publisher on node 1, the viewer on node 2.
+        let publisher = member(&mut n1, PUBLISHER);
+        pump(t(0), &mut [(&mut n1, &mut rx1), (&mut n2, &mut rx2)]);
+        let _viewer = member(&mut n2, VIEWER);
+        pump(t(0), &mut [(&mut n1, &mut rx1), (&mut n2, &mut rx2)]);
+        let camera = TrackInfo {
+            track_id: 1,
+            kind: TrackKind::Video as i32,
+            codec: "vp8".into(),
+            width: 640,
+            height: 360,
+            frame_rate: 30,
+            encodings: [(160, 90), (320, 180), (640, 360)]
+                .iter()
+                .map(|&(width, height)| Encoding {
+                    width,
+                    height,
+                    frame_rate: 30,
+                    temporal_layers: 1,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        n1.handle(t(0), PUBLISHER, RoomRequest::Publish(camera), 0)
+            .unwrap();
+        pump(t(0), &mut [(&mut n1, &mut rx1), (&mut n2, &mut rx2)]);
+        // The viewer wants the smallest picture only.
+        let subscribe = Subscribe {
+            participant_id: PUBLISHER,
+            track_id: 1,
+            preferences: prefs(90),
+        };
+        n2.handle(t(0), VIEWER, RoomRequest::Subscribe(subscribe), 0)
+            .unwrap();
+        pump(t(0), &mut [(&mut n1, &mut rx1), (&mut n2, &mut rx2)]);
+
+        // Pictures every 40 ms: node 2 routes its copies, and after the
+        // grace of five seconds says it wants only the smallest; node 1
+        // then tells the publisher so, its own grace running meanwhile.
+        let mut told = None;
+        let mut said = Vec::new();
+        let mut seq = 0u32;
+        let mut picture = |n1: &mut Room, ms: u64| {
+            seq += 1;
+            for encoding in 0..3u8 {
+                let h = MediaHeader {
+                    key: seq % 25 == 1,
+                    sender: 0,
+                    track_id: 1,
+                    sequence: seq,
+                    capture_timestamp_us: ms * 1000,
+                };
+                let layer = Layer {
+                    encoding,
+                    ..Layer::default()
+                };
+                let f = MediaFrame::build_layered(layer, &h, None, &[encoding; 100])
+                    .stamp_sender(PUBLISHER);
+                n1.route(t(ms), PUBLISHER, &f).unwrap();
+            }
+        };
+        for ms in (40..=16_000).step_by(40) {
+            picture(&mut n1, ms);
+            said.extend(pump(t(ms), &mut [(&mut n1, &mut rx1), (&mut n2, &mut rx2)]));
+            if told.is_none() && demands(&publisher).contains(&0b001) {
+                told = Some(ms);
+            }
+        }
+        let told = told.expect("the publisher is told only the smallest encoding is wanted");
+        assert!(
+            (5_000..=5_200).contains(&told),
+            "told at {told} ms, once both nodes' grace of five seconds was over"
+        );
+        // Node 2 said it when it changed, and again every two seconds after.
+        assert!(said.iter().all(|&m| m == 0b001), "{said:?}");
+        let expected = (16_000 - 5_000) / DEMAND_REPEAT.as_millis() as usize;
+        assert!(
+            said.len() >= expected,
+            "{} Demand messages, at least {expected} expected",
+            said.len()
+        );
+
+        // The viewer wants the top encoding: the publisher hears it at once.
+        let update = UpdateSubscription {
+            participant_id: PUBLISHER,
+            track_id: 1,
+            preferences: prefs(0),
+        };
+        n2.handle(
+            t(16_020),
+            VIEWER,
+            RoomRequest::UpdateSubscription(update),
+            0,
+        )
+        .unwrap();
+        pump(t(16_020), &mut [(&mut n1, &mut rx1), (&mut n2, &mut rx2)]);
+        let now = demands(&publisher);
+        assert!(
+            now.last().is_some_and(|m| m & 0b100 != 0),
+            "the top encoding is back in demand at once: {now:?}"
+        );
+
+        // The viewer leaves: node 2 has nobody in the meeting, and with no
+        // subscriber anywhere the publisher may stop everything.
+        n2.leave(VIEWER);
+        pump(t(16_040), &mut [(&mut n1, &mut rx1), (&mut n2, &mut rx2)]);
+        let mut off = None;
+        for ms in (16_080..=24_000).step_by(40) {
+            picture(&mut n1, ms);
+            pump(t(ms), &mut [(&mut n1, &mut rx1), (&mut n2, &mut rx2)]);
+            if off.is_none() && demands(&publisher).contains(&0) {
+                off = Some(ms);
+            }
+        }
+        assert!(
+            off.is_some(),
+            "nobody anywhere wants the track: it goes off"
+        );
     }
 }

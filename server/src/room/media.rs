@@ -9,7 +9,7 @@ use std::time::Duration;
 use convene_protocol::v1::{self, TrackInfo, TrackKind, server_message::Msg};
 use convene_protocol::{ErrorCode, Layer, MediaFrame, MediaHeader, ProtocolError, Timestamp};
 
-use crate::bus::BusMessage;
+use crate::bus::{BusMessage, NodeId};
 use crate::outbox::{DropReason, MediaClass, Outbox};
 
 use super::forward::speakers::Activity;
@@ -47,6 +47,12 @@ impl Subscription {
         }
     }
 }
+
+/// A node that told a publisher's node what its subscribers want of a track
+/// says it again this often while frames of the track arrive (the bus may
+/// lose a message; the publisher's node must not keep an encoding off that
+/// someone here wants).
+pub const DEMAND_REPEAT: Duration = Duration::from_secs(2);
 
 /// Key-frame requests the server makes on subscribers' behalf, at most one per track per this long.
 pub(super) const KEY_FRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
@@ -104,7 +110,22 @@ impl Publication {
             last_key_request: None,
             key_wanted: false,
             congestion: Congestion::default(),
+            remote_demand: Vec::new(),
+            demand_said: None,
         }
+    }
+
+    /// The encodings subscribers on other nodes want, for a track published
+    /// here: what each node with members in the meeting said, everything for
+    /// a node that has not said (§6.6.5).
+    fn wanted_elsewhere(&self, nodes: &std::collections::BTreeMap<NodeId, u32>) -> u8 {
+        nodes.keys().fold(0, |w, n| {
+            w | self
+                .remote_demand
+                .iter()
+                .find(|(m, _)| m == n)
+                .map_or(u8::MAX, |&(_, mask)| mask)
+        })
     }
 }
 
@@ -136,6 +157,12 @@ pub(super) struct Publication {
     pub(super) key_wanted: bool,
     /// How fast the track arrives, and what the publisher was told about it.
     pub(super) congestion: Congestion,
+    /// A track published here: the encodings each other node's subscribers
+    /// want, as those nodes said (§6.6.5); at most one entry per node.
+    pub(super) remote_demand: Vec<(NodeId, u8)>,
+    /// A track published on another node: when this node last told that
+    /// node what its subscribers want.
+    pub(super) demand_said: Option<Timestamp>,
 }
 
 /// Congestion hints for one track (PROTOCOL.md §6.5): while subscribers'
@@ -234,10 +261,10 @@ impl Room {
             self.allocate_budgets(now);
         }
         let remote_nodes = self.members.len() > self.local;
-        let Some(p) = self
+        let Some((local_publisher, p)) = self
             .members
             .get_mut(&h.sender)
-            .and_then(|m| m.tracks.get_mut(&h.track_id))
+            .and_then(|m| Some((m.is_local(), m.tracks.get_mut(&h.track_id)?)))
         else {
             return Err(ProtocolError::new(
                 ErrorCode::UnknownTrack,
@@ -351,14 +378,26 @@ impl Room {
             need_key |= out.needs_key_frame.is_some();
             stats.slow += out.slow as u32;
         }
-        // Dynacast: only what someone here wants, while nobody elsewhere
-        // might want more (§6.6.5).
+        // Dynacast (§6.6.5): what anyone here wants, and for a track
+        // published here what the other nodes said their subscribers want;
+        // a track published elsewhere tells its node what is wanted here.
+        let wanted = wanted | u8::from(!p.subscribers.is_empty());
+        let elsewhere = if local_publisher && remote_nodes {
+            p.wanted_elsewhere(&self.nodes)
+        } else {
+            0
+        };
         let demand = match &mut p.demand {
-            Some(d) if !remote_nodes => d.update(now, wanted | u8::from(!p.subscribers.is_empty())),
-            _ => None,
+            Some(d) => d.update_with(now, wanted, elsewhere).or_else(|| {
+                let repeat = !local_publisher
+                    && p.demand_said
+                        .is_some_and(|t| now.saturating_since(t) >= DEMAND_REPEAT);
+                repeat.then(|| d.mask())
+            }),
+            None => None,
         };
         if let Some(mask) = demand {
-            self.send_demand(h.sender, h.track_id, mask);
+            self.send_demand(now, h.sender, h.track_id, mask);
         }
         if deferred_key {
             self.request_key_frame(now, h.sender, h.track_id, 0, true, key_mask);
@@ -385,37 +424,84 @@ impl Room {
     /// preferences change. A publisher whose encodings are all out of demand
     /// (nobody subscribed) sends no frame that would bring them back.
     pub(super) fn refresh_demand(&mut self, now: Timestamp, publisher: u32, track: u32) {
-        let remote_nodes = self.members.len() > self.local;
-        let Some(p) = self
+        let Some((local_publisher, p)) = self
             .members
             .get_mut(&publisher)
-            .and_then(|m| m.tracks.get_mut(&track))
+            .and_then(|m| Some((m.is_local(), m.tracks.get_mut(&track)?)))
         else {
             return;
+        };
+        let wanted = p
+            .subscribers
+            .iter()
+            .filter_map(|s| s.sel.target(&p.layers))
+            .fold(u8::from(!p.subscribers.is_empty()), |w, t| w | (1 << t));
+        let elsewhere = if local_publisher {
+            p.wanted_elsewhere(&self.nodes)
+        } else {
+            0
         };
         let Some(d) = p.demand.as_mut() else {
             return;
         };
-        let wanted = if remote_nodes {
-            // Someone elsewhere may want anything: everything.
-            u8::MAX
-        } else {
-            p.subscribers
-                .iter()
-                .filter_map(|s| s.sel.target(&p.layers))
-                .fold(u8::from(!p.subscribers.is_empty()), |w, t| w | (1 << t))
-        };
-        if let Some(mask) = d.update(now, wanted) {
-            self.send_demand(publisher, track, mask);
+        if let Some(mask) = d.update_with(now, wanted, elsewhere) {
+            self.send_demand(now, publisher, track, mask);
         }
     }
 
-    /// Tells a publisher connected here which encodings anyone wants (it
-    /// starts an encoding that comes back with a key frame, §6.6.5).
-    fn send_demand(&self, publisher: u32, track: u32, mask: u8) {
-        let Some(m) = self.members.get(&publisher) else {
+    /// What another node said its subscribers want of a track published
+    /// here (§6.6.5); a node without members in the meeting is not heard.
+    pub(super) fn demand_from(
+        &mut self,
+        now: Timestamp,
+        node: NodeId,
+        publisher: u32,
+        track: u32,
+        mask: u8,
+    ) {
+        if !self.nodes.contains_key(&node) {
+            return;
+        }
+        let Some(p) = self
+            .members
+            .get_mut(&publisher)
+            .filter(|m| m.is_local())
+            .and_then(|m| m.tracks.get_mut(&track))
+        else {
             return;
         };
+        match p.remote_demand.iter_mut().find(|(n, _)| *n == node) {
+            Some(e) => e.1 = mask,
+            None => p.remote_demand.push((node, mask)),
+        }
+        self.refresh_demand(now, publisher, track);
+    }
+
+    /// Tells a publisher which encodings anyone wants (it starts an encoding
+    /// that comes back with a key frame, §6.6.5): directly when it is
+    /// connected here, else through its node, which adds what the other
+    /// nodes want.
+    fn send_demand(&mut self, now: Timestamp, publisher: u32, track: u32, mask: u8) {
+        let Some(m) = self.members.get_mut(&publisher) else {
+            return;
+        };
+        if !m.is_local() {
+            let node = m.node;
+            if let Some(p) = m.tracks.get_mut(&track) {
+                p.demand_said = Some(now);
+            }
+            self.bus.send_to(
+                node,
+                BusMessage::Demand {
+                    meeting: self.id.clone(),
+                    node: self.bus.node(),
+                    publisher,
+                    track,
+                    encodings: mask,
+                },
+            );
+            return;
+        }
         let Some(local) = m.local.as_ref().filter(|l| l.sfu) else {
             return;
         };

@@ -209,6 +209,18 @@ impl Room {
         };
         if member.is_local() {
             self.local -= 1;
+        } else if let Some(n) = self.nodes.get_mut(&member.node) {
+            *n -= 1;
+            if *n == 0 {
+                // Its node has nobody left here: what it wanted goes too,
+                // and if it comes back it wants everything until it says.
+                self.nodes.remove(&member.node);
+                for m in self.members.values_mut().filter(|m| m.is_local()) {
+                    for p in m.tracks.values_mut() {
+                        p.remote_demand.retain(|(n, _)| *n != member.node);
+                    }
+                }
+            }
         }
         self.board.forget(pid);
         // Its tracks and subscriptions go: what others receive is shared anew.

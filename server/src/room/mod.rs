@@ -28,7 +28,9 @@ mod requests;
 mod router;
 
 pub use cluster::SYNC_TIMEOUT;
-pub use media::{HINT_INTERVAL, KEY_FRAME_COALESCE, MIN_HINT_KBPS, RECOVERY, RouteStats};
+pub use media::{
+    DEMAND_REPEAT, HINT_INTERVAL, KEY_FRAME_COALESCE, MIN_HINT_KBPS, RECOVERY, RouteStats,
+};
 pub use router::{Router, lock};
 
 use std::collections::BTreeMap;
@@ -130,6 +132,8 @@ pub struct Room {
     bus: Arc<dyn Bus>,
     /// Members connected to this node.
     local: usize,
+    /// Members connected to each other node (nodes without any are absent).
+    nodes: BTreeMap<NodeId, u32>,
     /// Joins wait for a moderator (PROTOCOL.md §5.8).
     waiting_room: bool,
     /// Who waits, on this node.
@@ -251,6 +255,7 @@ impl Room {
             limits,
             bus,
             local: 0,
+            nodes: BTreeMap::new(),
             waiting_room: false,
             waiting: BTreeMap::new(),
             remote_waiting: BTreeMap::new(),

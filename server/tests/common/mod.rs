@@ -117,6 +117,18 @@ impl Client {
             .await
     }
 
+    /// As [`Client::joined_sfu`], to a server at `addr` (a node of a cluster).
+    pub async fn joined_sfu_addr(
+        addr: std::net::SocketAddr,
+        meeting: &str,
+        subscribe_all: bool,
+    ) -> Client {
+        Client::connect_addr(addr)
+            .await
+            .hello_join_with(meeting, subscribe_all, &["sfu.1"])
+            .await
+    }
+
     /// Says Hello, notes the participant id, and joins `meeting`.
     async fn hello_join(self, meeting: &str, subscribe_all: bool) -> Client {
         self.hello_join_with(meeting, subscribe_all, &[]).await

@@ -50,7 +50,14 @@ impl Demand {
     /// the mask to send the publisher when it changed: an encoding enters at
     /// once, leaves after [`DEMAND_OFF_AFTER`] without being wanted.
     pub fn update(&mut self, now: Timestamp, wanted: u8) -> Option<u8> {
-        let mut mask = 0u8;
+        self.update_with(now, wanted, 0)
+    }
+
+    /// As [`Demand::update`], with `settled` encodings wanted as they are,
+    /// without a grace of their own: what other nodes said their subscribers
+    /// want, which those nodes' own grace already smoothed.
+    pub fn update_with(&mut self, now: Timestamp, wanted: u8, settled: u8) -> Option<u8> {
+        let mut mask = settled & ((1 << self.count) - 1);
         for i in 0..self.count as usize {
             if wanted & (1 << i) != 0 {
                 self.wanted_at[i] = now;
@@ -97,6 +104,20 @@ mod tests {
         assert_eq!(d.update(t(7000), 0b001), None);
         assert_eq!(d.update(t(11_099), 0b001), None);
         assert_eq!(d.update(t(11_100), 0b001), Some(0b001));
+    }
+
+    #[test]
+    fn what_other_nodes_settled_counts_without_a_second_grace() {
+        let mut d = Demand::new(t(0), 3);
+        // Another node wants everything until it says otherwise.
+        assert_eq!(d.update_with(t(4000), 0, 0b111), None);
+        // At five seconds it says the smallest: nobody here wants more,
+        // and the grace here is over, so that is what the publisher hears.
+        assert_eq!(d.update_with(t(5000), 0, 0b001), Some(0b001));
+        // Back to the top: at once; and a local want still has its grace.
+        assert_eq!(d.update_with(t(6000), 0b010, 0b101), Some(0b111));
+        assert_eq!(d.update_with(t(7000), 0, 0b101), None);
+        assert_eq!(d.update_with(t(11_000), 0, 0b101), Some(0b101));
     }
 
     #[test]
