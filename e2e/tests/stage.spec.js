@@ -181,6 +181,11 @@ test('the same stage in Firefox: paging pauses, a pinned tile gets the top encod
     await fox.goto(`${server.base}/meeting/Fox/${room}?page_size=3`);
     await until('camera preview', () => document.getElementById('preview-status')?.textContent, (t) => /ready/.test(t || ''));
     await fox.click('#connect');
+    // Whether this Firefox's encoders make temporal layers (L1T2), as its
+    // isConfigSupported answers: reported, not required.
+    const layers = await until('the encoder probe', () => document.getElementById('app')?.dataset.temporalLayers,
+      (v) => v === '1' || v === '2');
+    console.log(`Firefox temporal layers: ${layers}`);
     await until('five tiles', () => document.querySelectorAll('#tiles .tile').length, (n) => n === 5);
     await until('two pages', () => document.getElementById('page-of')?.textContent, (t) => t === 'Page 1 of 2');
     // Three drawn, two paused.
