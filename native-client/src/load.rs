@@ -590,7 +590,7 @@ async fn participant(
     };
     let t0 = Instant::now();
     let joined = tokio::time::timeout(JOIN_TIMEOUT, join(index, room, role, args, endpoint)).await;
-    let (mut client, cameras) = match joined {
+    let (mut client, cameras, mut camera) = match joined {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             out.error = Some(e);
@@ -635,7 +635,6 @@ async fn participant(
     } else {
         COMFORT_LEVEL
     };
-    let mut camera = Camera::new(args, selective);
     let key_interval = Duration::from_secs_f64(args.key_interval);
     let mut schedule: Option<Schedule> = None;
     let mut sending = false;
@@ -777,6 +776,8 @@ async fn participant(
 /// per encoding in demand (§6.6), key frames where asked.
 struct Camera {
     track: OutTrack,
+    /// Its simulcast encodings (one without selective forwarding), smallest first.
+    rungs: Vec<convene_protocol::simulcast::Rung>,
     /// Payload per encoding, smallest first.
     payloads: Vec<Bytes>,
     /// The encodings someone receives (EncodingDemand), a bit each.
@@ -790,11 +791,7 @@ struct Camera {
 
 impl Camera {
     fn new(args: &LoadArgs, selective: bool) -> Camera {
-        let rungs = if selective {
-            convene_protocol::simulcast::ladder(CAMERA.0, CAMERA.1, CAMERA.2, true)
-        } else {
-            convene_protocol::simulcast::ladder(CAMERA.0, CAMERA.1, CAMERA.2, false)
-        };
+        let rungs = convene_protocol::simulcast::ladder(CAMERA.0, CAMERA.1, CAMERA.2, selective);
         let top = rungs.last().map_or(1, |r| r.kbps.max(1));
         let payloads = rungs
             .iter()
@@ -806,6 +803,7 @@ impl Camera {
         let all = (1u32 << payloads.len()) - 1;
         Camera {
             track: OutTrack::new(VIDEO_TRACK),
+            rungs,
             payloads,
             active: all,
             key: all,
@@ -901,14 +899,15 @@ impl Tiles {
 }
 
 /// Connects, joins, and publishes what `role` sends, waiting for each
-/// answer; returns the client and the cameras already in the room.
+/// answer; returns the client, the cameras already in the room and the
+/// camera whose encodings were announced.
 async fn join(
     index: usize,
     room: usize,
     role: Role,
     args: &LoadArgs,
     endpoint: &convene_client::Endpoint,
-) -> Result<(Client, Vec<(u32, u32)>), String> {
+) -> Result<(Client, Vec<(u32, u32)>, Camera), String> {
     let config = ClientSessionConfig {
         client_kind: ClientKind::Load,
         client_version: concat!("convene-load/", env!("CARGO_PKG_VERSION")).into(),
@@ -951,6 +950,7 @@ async fn join(
     }
     let me = c.participant_id();
     let selective = c.sfu();
+    let camera = Camera::new(args, selective);
     let mut tracks = Vec::new();
     if role.audio {
         tracks.push(TrackInfo {
@@ -962,7 +962,6 @@ async fn join(
         });
     }
     if role.video {
-        let rungs = convene_protocol::simulcast::ladder(CAMERA.0, CAMERA.1, CAMERA.2, selective);
         tracks.push(TrackInfo {
             track_id: VIDEO_TRACK,
             kind: TrackKind::Video as i32,
@@ -971,7 +970,7 @@ async fn join(
             height: CAMERA.1,
             target_bitrate_kbps: CAMERA.2,
             frame_rate: args.video_fps,
-            encodings: convene_protocol::simulcast::encodings(&rungs, args.video_fps, 1),
+            encodings: convene_protocol::simulcast::encodings(&camera.rungs, args.video_fps, 1),
             ..Default::default()
         });
     }
@@ -985,7 +984,7 @@ async fn join(
         })
         .await?;
     }
-    Ok((c, cameras))
+    Ok((c, cameras, camera))
 }
 
 /// Waits for an event and returns it; a refusal or the end of the session

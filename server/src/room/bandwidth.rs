@@ -249,43 +249,21 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use convene_protocol::v1::{Encoding, Participant, ReceiverSettings, TrackInfo, TrackKind};
+    use convene_protocol::v1::{Encoding, ReceiverSettings, TrackInfo, TrackKind};
     use convene_protocol::{Layer, MediaFrame, MediaHeader, RoomRequest, Timestamp};
 
-    use crate::mailbox::Mailbox;
-    use crate::outbox::{Outbox, OutboxLimits, Wake};
+    use crate::outbox::Outbox;
     use crate::room::forward::budget::RAISE_HOLD;
-    use crate::room::{Local, Room, RoomLimits};
-
-    struct NoWake;
-    impl Wake for NoWake {
-        fn wake(&self) {}
-    }
-
-    fn t(ms: u64) -> Timestamp {
-        Timestamp(1_000_000_000 + ms * 1000)
-    }
+    use crate::room::test_util::{join_sfu, t};
+    use crate::room::{Room, RoomLimits};
 
     /// A room where member 1 publishes a camera as 100, 300 and 900 kbit/s
     /// encodings and members 2 and 3 (sfu.1) receive it; their queues.
     fn room() -> (Room, Arc<Outbox>, Arc<Outbox>) {
         let mut room = Room::new("budget", RoomLimits::default());
-        let mut outs = Vec::new();
-        for pid in 1..=3u32 {
-            let o = Arc::new(Outbox::new(OutboxLimits::default(), Box::new(NoWake)));
-            let local = Local {
-                outbox: o.clone(),
-                mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
-                sfu: true,
-            };
-            let p = Participant {
-                participant_id: pid,
-                display_name: format!("p{pid}"),
-                ..Default::default()
-            };
-            room.join(t(0), p, pid != 1, local).unwrap();
-            outs.push(o);
-        }
+        let outs: Vec<_> = (1..=3)
+            .map(|pid| join_sfu(&mut room, pid, pid != 1))
+            .collect();
         let track = TrackInfo {
             track_id: 1,
             kind: TrackKind::Video as i32,

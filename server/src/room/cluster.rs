@@ -381,49 +381,22 @@ impl Room {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use bytes::Bytes;
     use convene_protocol::v1::{
-        Encoding, Participant, ServerMessage, Subscribe, SubscriptionPreferences, TrackInfo,
-        TrackKind, UpdateSubscription, server_message::Msg as S,
+        Encoding, ServerMessage, Subscribe, SubscriptionPreferences, TrackInfo, TrackKind,
+        UpdateSubscription, server_message::Msg as S,
     };
     use convene_protocol::{Layer, MediaFrame, MediaHeader, RoomRequest, Timestamp};
     use prost::Message;
     use tokio::sync::mpsc;
 
     use crate::bus::{BusMessage, InProcessHub};
-    use crate::mailbox::Mailbox;
-    use crate::outbox::{Outbox, OutboxLimits, Wake};
-    use crate::room::{DEMAND_REPEAT, Local, Room, RoomLimits};
-
-    struct NoWake;
-    impl Wake for NoWake {
-        fn wake(&self) {}
-    }
-
-    fn t(ms: u64) -> Timestamp {
-        Timestamp(1_000_000_000 + ms * 1000)
-    }
+    use crate::outbox::Outbox;
+    use crate::room::test_util::{join_sfu, t};
+    use crate::room::{DEMAND_REPEAT, Room, RoomLimits};
 
     const PUBLISHER: u32 = 1;
     const VIEWER: u32 = 2;
-
-    fn member(room: &mut Room, pid: u32) -> Arc<Outbox> {
-        let o = Arc::new(Outbox::new(OutboxLimits::default(), Box::new(NoWake)));
-        let local = Local {
-            outbox: o.clone(),
-            mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
-            sfu: true,
-        };
-        let p = Participant {
-            participant_id: pid,
-            display_name: format!("p{pid}"),
-            ..Default::default()
-        };
-        room.join(t(0), p, false, local).unwrap();
-        o
-    }
 
     /// Hands every message waiting on the bus to its room; returns the
     /// `Demand` messages among them.
@@ -476,9 +449,9 @@ mod tests {
         let mut n1 = Room::with_bus("m", RoomLimits::default(), bus1);
         let mut n2 = Room::with_bus("m", RoomLimits::default(), bus2);
         // The publisher on node 1, the viewer on node 2.
-        let publisher = member(&mut n1, PUBLISHER);
+        let publisher = join_sfu(&mut n1, PUBLISHER, false);
         pump(t(0), &mut [(&mut n1, &mut rx1), (&mut n2, &mut rx2)]);
-        let _viewer = member(&mut n2, VIEWER);
+        let _viewer = join_sfu(&mut n2, VIEWER, false);
         pump(t(0), &mut [(&mut n1, &mut rx1), (&mut n2, &mut rx2)]);
         let camera = TrackInfo {
             track_id: 1,

@@ -697,30 +697,21 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+    use std::ops::Range;
     use std::sync::Arc;
 
     use bytes::Bytes;
     use convene_protocol::v1::{
-        Participant, ReceiverSettings, ServerMessage, TrackInfo, TrackKind,
-        server_message::Msg as S,
+        ReceiverSettings, ServerMessage, TrackInfo, TrackKind, server_message::Msg as S,
     };
     use convene_protocol::{
-        AudioLevel, Layer, MediaFrame, MediaHeader, RoomRequest, Timestamp, frame::FRAME_CONTROL,
+        AudioLevel, Layer, MediaFrame, MediaHeader, RoomRequest, frame::FRAME_CONTROL,
     };
     use prost::Message;
 
-    use crate::mailbox::Mailbox;
-    use crate::outbox::{Outbox, OutboxLimits, Wake};
-    use crate::room::{Local, Room, RoomLimits};
-
-    struct NoWake;
-    impl Wake for NoWake {
-        fn wake(&self) {}
-    }
-
-    fn t(ms: u64) -> Timestamp {
-        Timestamp(1_000_000_000 + ms * 1000)
-    }
+    use crate::outbox::Outbox;
+    use crate::room::test_util::{join_sfu, t};
+    use crate::room::{Room, RoomLimits};
 
     const AUDIO: u32 = 1;
     const CAMERA: u32 = 2;
@@ -730,22 +721,9 @@ mod tests {
     /// a camera, and a viewer (13) who receives the camera of the last 4.
     fn meeting() -> (Room, Vec<Arc<Outbox>>) {
         let mut room = Room::new("last-n", RoomLimits::default());
-        let mut outs = Vec::new();
-        for pid in 1..=VIEWER {
-            let o = Arc::new(Outbox::new(OutboxLimits::default(), Box::new(NoWake)));
-            let local = Local {
-                outbox: o.clone(),
-                mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
-                sfu: true,
-            };
-            let p = Participant {
-                participant_id: pid,
-                display_name: format!("p{pid}"),
-                ..Default::default()
-            };
-            room.join(t(0), p, pid == VIEWER, local).unwrap();
-            outs.push(o);
-        }
+        let outs: Vec<_> = (1..=VIEWER)
+            .map(|pid| join_sfu(&mut room, pid, pid == VIEWER))
+            .collect();
         for pid in 1..VIEWER {
             let mic = TrackInfo {
                 track_id: AUDIO,
@@ -887,24 +865,47 @@ mod tests {
         }
     }
 
+    /// Routes the pictures numbered `numbers` (one every 40 ms, the first a
+    /// key picture) of each camera of `publishers`; returns the publishers
+    /// whose video `viewer` received.
+    fn pictures(
+        room: &mut Room,
+        viewer: &Outbox,
+        publishers: &[u32],
+        numbers: Range<u32>,
+    ) -> BTreeSet<u32> {
+        let first = numbers.start;
+        let mut got = BTreeSet::new();
+        for picture in numbers {
+            for &pid in publishers {
+                let h = MediaHeader {
+                    key: picture == first,
+                    sender: 0,
+                    track_id: CAMERA,
+                    sequence: picture,
+                    capture_timestamp_us: u64::from(picture) * 40_000,
+                };
+                let f = MediaFrame::build(&h, None, &[1; 50]).stamp_sender(pid);
+                room.route(t(u64::from(picture) * 40), pid, &f).unwrap();
+            }
+            let mut frames: Vec<Bytes> = Vec::new();
+            viewer.drain(&mut frames, usize::MAX);
+            got.extend(
+                frames
+                    .iter()
+                    .filter_map(|b| MediaFrame::parse_any(b.clone()).ok())
+                    .map(|m| m.header().sender),
+            );
+        }
+        got
+    }
+
     #[test]
     fn a_camera_published_after_the_settings_has_its_place_in_last_n_at_once() {
         let mut room = Room::new("late", RoomLimits::default());
-        let mut outs = Vec::new();
-        for pid in 1..=4u32 {
-            let o = Arc::new(Outbox::new(OutboxLimits::default(), Box::new(NoWake)));
-            let local = Local {
-                outbox: o.clone(),
-                mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
-                sfu: true,
-            };
-            let p = Participant {
-                participant_id: pid,
-                ..Default::default()
-            };
-            room.join(t(0), p, pid == 4, local).unwrap();
-            outs.push(o);
-        }
+        let outs: Vec<_> = (1..=4)
+            .map(|pid| join_sfu(&mut room, pid, pid == 4))
+            .collect();
         // The viewer (4) wants one camera before anyone publishes one.
         let one = RoomRequest::ReceiverSettings(ReceiverSettings {
             video_n: 1,
@@ -921,29 +922,8 @@ mod tests {
             room.handle(t(0), pid, RoomRequest::Publish(camera), 0)
                 .unwrap();
         }
-        let mut got = BTreeSet::new();
-        for picture in 0..10u32 {
-            for pid in 1..=3 {
-                let h = MediaHeader {
-                    key: picture == 0,
-                    sender: 0,
-                    track_id: CAMERA,
-                    sequence: picture,
-                    capture_timestamp_us: u64::from(picture) * 40_000,
-                };
-                let f = MediaFrame::build(&h, None, &[1; 50]).stamp_sender(pid);
-                room.route(t(u64::from(picture) * 40), pid, &f).unwrap();
-            }
-            let mut frames: Vec<Bytes> = Vec::new();
-            outs[3].drain(&mut frames, usize::MAX);
-            got.extend(
-                frames
-                    .iter()
-                    .filter_map(|b| MediaFrame::parse_any(b.clone()).ok())
-                    .map(|m| m.header().sender),
-            );
-        }
         // Nobody has spoken: the first camera by participant id.
+        let got = pictures(&mut room, &outs[3], &[1, 2, 3], 0..10);
         assert_eq!(got, BTreeSet::from([1]));
         // It goes: the next takes its place.
         room.handle(
@@ -953,28 +933,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let mut got = BTreeSet::new();
-        for picture in 10..20u32 {
-            for pid in 2..=3 {
-                let h = MediaHeader {
-                    key: picture == 10,
-                    sender: 0,
-                    track_id: CAMERA,
-                    sequence: picture,
-                    capture_timestamp_us: u64::from(picture) * 40_000,
-                };
-                let f = MediaFrame::build(&h, None, &[1; 50]).stamp_sender(pid);
-                room.route(t(u64::from(picture) * 40), pid, &f).unwrap();
-            }
-            let mut frames: Vec<Bytes> = Vec::new();
-            outs[3].drain(&mut frames, usize::MAX);
-            got.extend(
-                frames
-                    .iter()
-                    .filter_map(|b| MediaFrame::parse_any(b.clone()).ok())
-                    .map(|m| m.header().sender),
-            );
-        }
+        let got = pictures(&mut room, &outs[3], &[2, 3], 10..20);
         assert_eq!(got, BTreeSet::from([2]));
     }
 }

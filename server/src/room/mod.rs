@@ -26,6 +26,8 @@ mod media;
 mod membership;
 mod requests;
 mod router;
+#[cfg(test)]
+mod test_util;
 
 pub use cluster::SYNC_TIMEOUT;
 pub use media::{

@@ -181,11 +181,15 @@ impl Room {
     /// Unpublish: the track goes, with its subscriptions (§5.5).
     fn unpublish(&mut self, pid: u32, u: v1::Unpublish) -> Result<(), ProtocolError> {
         self.own_track(pid, u.track_id)?;
-        if let Some(m) = self.members.get_mut(&pid) {
-            m.tracks.remove(&u.track_id);
+        let camera = self
+            .members
+            .get_mut(&pid)
+            .and_then(|m| m.tracks.remove(&u.track_id))
+            .is_some_and(|p| p.camera);
+        if camera {
+            // A camera gone leaves a place in last-N to the next.
+            self.apply_last_n();
         }
-        // A camera gone leaves a place in last-N to the next.
-        self.apply_last_n();
         self.broadcast(
             Msg::TrackUnpublished(v1::TrackUnpublished {
                 participant_id: pid,

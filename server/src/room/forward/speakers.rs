@@ -17,6 +17,8 @@ use convene_protocol::{AudioLevel, Timestamp};
 const SLOT: Duration = Duration::from_millis(20);
 /// Slots in the window (one second).
 const WINDOW: u64 = 50;
+/// Slots a track may send nothing in and still be loud ([`QUIET_AFTER`]).
+const QUIET_SLOTS: u64 = QUIET_AFTER.as_micros() as u64 / SLOT.as_micros() as u64;
 /// A level at or below this many −dBov counts as speech even without V.
 const SPEECH_DBOV: u8 = 50;
 /// Active slots in the window that make a speaker (200 ms of the last second).
@@ -75,8 +77,7 @@ impl Activity {
     /// is only updated by frames.
     pub fn loudness_at(&self, now: Timestamp) -> u8 {
         let slot = now.0 / SLOT.as_micros() as u64;
-        if slot.saturating_sub(self.head) > QUIET_AFTER.as_micros() as u64 / SLOT.as_micros() as u64
-        {
+        if slot.saturating_sub(self.head) > QUIET_SLOTS {
             0
         } else {
             self.loudness
