@@ -25,3 +25,19 @@ pub(crate) fn fixed1(x: f64) -> String {
 pub(crate) fn by_id(id: &str) -> Option<web_sys::Element> {
     web_sys::window()?.document()?.get_element_by_id(id)
 }
+
+/// True when a key event goes to something the user types in (a field, a
+/// list box, an editable element), where letters are text, not shortcuts.
+pub(crate) fn typing(e: &web_sys::KeyboardEvent) -> bool {
+    use wasm_bindgen::JsCast;
+    let Some(el) = e
+        .target()
+        .and_then(|t| t.dyn_into::<web_sys::Element>().ok())
+    else {
+        return false;
+    };
+    matches!(el.tag_name().as_str(), "INPUT" | "TEXTAREA" | "SELECT")
+        || el
+            .get_attribute("contenteditable")
+            .is_some_and(|v| v != "false")
+}

@@ -99,11 +99,7 @@ fn on_joined(app: &mut App, j: v1::Joined) {
     app.moderator = app.roster.get(&me).is_some_and(|(_, m)| *m);
     app.locked = j.locked;
     app.reconnects = 0;
-    let status = format!(
-        "In `{}` as participant {}",
-        j.meeting_id,
-        app.session.participant_id()
-    );
+    let meeting = j.meeting_id.clone();
     let label = app.link.as_ref().map_or("?", Link::label);
     let text = match &app.fallback {
         Some(why) => format!("Connected over {label} ({why})"),
@@ -113,7 +109,8 @@ fn on_joined(app: &mut App, j: v1::Joined) {
     ui::update(|v| {
         v.locked = locked;
         v.banner.clear();
-        v.status = status;
+        v.status.clear();
+        v.meeting = meeting;
         v.login_url = None;
         v.transport = text;
     });

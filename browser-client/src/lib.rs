@@ -96,6 +96,26 @@ pub fn start() -> Result<(), wasm_bindgen::JsValue> {
     )?;
     // Listens for the page's life.
     resized.forget();
+    // The meeting screen's keyboard shortcuts (ui::SHORTCUTS).
+    let keys = wasm_bindgen::closure::Closure::<dyn FnMut(web_sys::KeyboardEvent)>::new(
+        |e: web_sys::KeyboardEvent| {
+            if e.ctrl_key() || e.meta_key() || e.alt_key() || e.repeat() {
+                return;
+            }
+            if ui::read(|v| v.screen) != ui::Screen::Meeting || dom::typing(&e) {
+                return;
+            }
+            if let Some(action) = ui::shortcut(&e.key()) {
+                e.prevent_default();
+                screens::act(action);
+            }
+        },
+    );
+    window.add_event_listener_with_callback(
+        "keydown",
+        wasm_bindgen::JsCast::unchecked_ref(keys.as_ref()),
+    )?;
+    keys.forget();
     // Before the camera opens and long before any encoder exists (see codecs).
     codecs::start_probe();
     preview(None);

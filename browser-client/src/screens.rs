@@ -31,7 +31,7 @@ pub(crate) fn send_chat(text: String) -> bool {
 /// Does what a button of the meeting screen says.
 pub(crate) fn act(action: ui::Action) {
     use ui::Action as A;
-    if matches!(action, A::Pin(..) | A::Layout | A::Page(_)) {
+    if action.view_only() {
         ui::update(|v| {
             v.arrange(action);
         });
@@ -76,7 +76,7 @@ pub(crate) fn act(action: ui::Action) {
                 })
             })
         }
-        A::Screen | A::Pin(..) | A::Layout | A::Page(_) => None,
+        _ => None,
     };
     if let Some(m) = msg {
         let _ = app.session.send(now(), m);

@@ -5,8 +5,9 @@
 //! (`quality`): paging is also what keeps a large meeting affordable. Pure,
 //! so it is tested natively.
 
-/// The narrowest tile worth drawing, CSS pixels (16:9).
-pub const MIN_TILE_WIDTH: f64 = 240.0;
+/// The narrowest tile worth drawing, CSS pixels (16:9): a face is still
+/// a face at 160×90.
+pub const MIN_TILE_WIDTH: f64 = 160.0;
 /// Space between tiles, CSS pixels.
 pub const GAP: f64 = 12.0;
 
@@ -73,6 +74,65 @@ pub fn capacity(width: f64, height: f64) -> usize {
     fit(width, MIN_TILE_WIDTH) * fit(height, MIN_TILE_WIDTH * 9.0 / 16.0)
 }
 
+/// Widest tile shape: the pictures cameras and screens mostly send.
+pub const WIDEST: f64 = 16.0 / 9.0;
+/// Narrowest tile shape: a 4:3 camera, letterboxed a little if 16:9.
+pub const NARROWEST: f64 = 4.0 / 3.0;
+
+/// The grid that shows `n` equal tiles largest in a stage of
+/// `width`×`height`: columns and rows, and each tile's size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fit {
+    /// Tiles a row.
+    pub cols: usize,
+    /// Rows.
+    pub rows: usize,
+    /// A tile's width, CSS pixels.
+    pub width: f64,
+    /// A tile's height, CSS pixels.
+    pub height: f64,
+}
+
+/// The columns, rows and tile size that give `n` tiles the most of a stage
+/// of `width`×`height`, with tiles between [`NARROWEST`] and [`WIDEST`] in
+/// shape (a cell of another shape gives up its excess): every column count
+/// is tried, which for the tiles of one page is a handful.
+pub fn fit(n: usize, width: f64, height: f64) -> Fit {
+    let n = n.max(1);
+    let (width, height) = (width.max(1.0), height.max(1.0));
+    let mut best = Fit {
+        cols: 1,
+        rows: n,
+        width: 0.0,
+        height: 0.0,
+    };
+    for cols in 1..=n {
+        let rows = n.div_ceil(cols);
+        let cell_w = (width - GAP * (cols - 1) as f64) / cols as f64;
+        let cell_h = (height - GAP * (rows - 1) as f64) / rows as f64;
+        if cell_w <= 0.0 || cell_h <= 0.0 {
+            continue;
+        }
+        // The cell's shape, brought within the range by trimming a side.
+        let (w, h) = if cell_w / cell_h > WIDEST {
+            (cell_h * WIDEST, cell_h)
+        } else if cell_w / cell_h < NARROWEST {
+            (cell_w, cell_w / NARROWEST)
+        } else {
+            (cell_w, cell_h)
+        };
+        if w * h > best.width * best.height {
+            best = Fit {
+                cols,
+                rows,
+                width: w.floor(),
+                height: h.floor(),
+            };
+        }
+    }
+    best
+}
+
 /// Lays out `tiles` (each its participant) for a page of `per_page` tiles:
 /// the pinned tile, else (in speaker mode) the dominant speaker's, else
 /// the first, is the large one in speaker mode and first in the grid.
@@ -132,11 +192,53 @@ mod tests {
 
     #[test]
     fn capacity_counts_legible_tiles() {
-        // 3 columns of 240 (+ gaps) and 2 rows of 135 in 800x300.
-        assert_eq!(capacity(800.0, 300.0), 6);
+        // 4 columns of 160 (+ gaps) and 3 rows of 90 in 800x300.
+        assert_eq!(capacity(800.0, 300.0), 12);
         assert_eq!(capacity(100.0, 50.0), 1);
         assert_eq!(capacity(f64::NAN, 0.0), 1);
-        assert_eq!(capacity(1408.0, 700.0), 5 * 4);
+        assert_eq!(capacity(1408.0, 700.0), 8 * 6);
+    }
+
+    /// The share of a `width`×`height` stage that `n` tiles of `f` cover.
+    fn covered(f: Fit, n: usize, width: f64, height: f64) -> f64 {
+        n as f64 * f.width * f.height / (width * height)
+    }
+
+    #[test]
+    fn the_grid_fills_a_large_stage_for_any_count() {
+        // A 1440x900 window less its bars.
+        let (w, h) = (1424.0, 772.0);
+        for n in 2..=9 {
+            let f = fit(n, w, h);
+            assert!(f.cols * f.rows >= n, "{n}: {f:?}");
+            assert!(
+                covered(f, n, w, h) >= 0.6,
+                "{n}: {:.2} {f:?}",
+                covered(f, n, w, h)
+            );
+            // It fits.
+            assert!(f.cols as f64 * f.width + (f.cols - 1) as f64 * GAP <= w);
+            assert!(f.rows as f64 * f.height + (f.rows - 1) as f64 * GAP <= h);
+            let shape = f.width / f.height;
+            assert!(
+                (NARROWEST - 0.01..=WIDEST + 0.01).contains(&shape),
+                "{n}: {shape}"
+            );
+        }
+        // One alone is as large as the stage allows at 16:9.
+        let one = fit(1, w, h);
+        assert_eq!((one.cols, one.rows), (1, 1));
+        assert_eq!(one.height, h);
+        // Four make two rows of two; sixteen four of four, none under 160 wide.
+        assert_eq!((fit(4, w, h).cols, fit(4, w, h).rows), (2, 2));
+        let many = fit(16, w, h);
+        assert_eq!((many.cols, many.rows), (4, 4));
+        assert!(many.width >= 160.0);
+        // A phone stacks them.
+        let phone = fit(3, 344.0, 600.0);
+        assert_eq!(phone.cols, 1);
+        // Nonsense sizes still give a grid.
+        assert_eq!(fit(0, f64::NAN, -5.0).cols, 1);
     }
 
     #[test]

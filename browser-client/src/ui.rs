@@ -121,11 +121,39 @@ pub struct View {
     pub pinned: Option<(u32, u32)>,
     /// The page of tiles shown, from 0.
     pub page: usize,
+    /// The meeting's name, as joined.
+    pub meeting: String,
+    /// The side panel open, if any.
+    pub panel: Panel,
+    /// Chat messages that arrived while the chat was closed.
+    pub unread: u32,
+    /// The meeting information (link, encryption, connection) is open.
+    pub info_open: bool,
+    /// The "More" menu is open.
+    pub more_open: bool,
+    /// The keyboard shortcuts are shown.
+    pub help_open: bool,
+}
+
+/// The side panel beside the stage.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+pub enum Panel {
+    /// None: the stage has the window.
+    #[default]
+    Closed,
+    /// Who is here (and, for moderators, their actions).
+    People,
+    /// The chat.
+    Chat,
 }
 
 impl View {
-    /// Adds a chat line, forgetting the oldest past [`CHAT_KEPT`].
+    /// Adds a chat line, forgetting the oldest past [`CHAT_KEPT`]; counted
+    /// as unread while the chat is closed.
     pub fn chat_line(&mut self, line: String) {
+        if self.panel != Panel::Chat {
+            self.unread = self.unread.saturating_add(1);
+        }
         self.chat.push_back(line);
         while self.chat.len() > CHAT_KEPT {
             self.chat.pop_front();
@@ -233,6 +261,58 @@ pub enum Action {
     Layout,
     /// Show the next (true) or the previous page of tiles.
     Page(bool),
+    /// Open this side panel, or close it if it is open.
+    Panel(Panel),
+    /// Open or close the meeting information.
+    Info,
+    /// Open or close the "More" menu.
+    More,
+    /// Show or hide the keyboard shortcuts.
+    Help,
+    /// Close whatever is open over the stage (Escape).
+    Dismiss,
+}
+
+impl Action {
+    /// True for what only changes what the page shows ([`View::arrange`]).
+    pub fn view_only(self) -> bool {
+        matches!(
+            self,
+            Action::Pin(..)
+                | Action::Layout
+                | Action::Page(_)
+                | Action::Panel(_)
+                | Action::Info
+                | Action::More
+                | Action::Help
+                | Action::Dismiss
+        )
+    }
+}
+
+/// The keyboard shortcuts of the meeting screen: key, what it does, and the
+/// action. Letters alone, as in the meeting products people know; ignored
+/// while typing in a field.
+pub const SHORTCUTS: [(&str, &str, Action); 7] = [
+    ("m", "Mute or unmute the microphone", Action::Mic),
+    ("v", "Turn the camera off or on", Action::Camera),
+    ("c", "Open or close the chat", Action::Panel(Panel::Chat)),
+    (
+        "p",
+        "Open or close the participants",
+        Action::Panel(Panel::People),
+    ),
+    ("g", "Switch between grid and speaker view", Action::Layout),
+    ("?", "Show these shortcuts", Action::Help),
+    ("Escape", "Close what is open", Action::Dismiss),
+];
+
+/// The action of a key pressed on the meeting screen, if any.
+pub fn shortcut(key: &str) -> Option<Action> {
+    SHORTCUTS
+        .iter()
+        .find(|(k, _, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, _, a)| *a)
 }
 
 impl View {
@@ -263,6 +343,32 @@ impl View {
                     self.page.saturating_sub(1)
                 };
             }
+            Action::Panel(p) => {
+                self.panel = if self.panel == p { Panel::Closed } else { p };
+                if self.panel == Panel::Chat {
+                    self.unread = 0;
+                }
+                self.more_open = false;
+            }
+            Action::Info => {
+                self.info_open = !self.info_open;
+                self.more_open = false;
+            }
+            Action::More => self.more_open = !self.more_open,
+            Action::Help => {
+                self.help_open = !self.help_open;
+                self.more_open = false;
+            }
+            Action::Dismiss => {
+                // The innermost first: a menu or overlay, then the panel.
+                if self.more_open || self.help_open || self.info_open {
+                    self.more_open = false;
+                    self.help_open = false;
+                    self.info_open = false;
+                } else {
+                    self.panel = Panel::Closed;
+                }
+            }
             _ => return false,
         }
         true
@@ -285,7 +391,7 @@ fn on(action: Action) -> Callback<MouseEvent> {
     Callback::from(move |_: MouseEvent| crate::act(action))
 }
 
-/// The whole page: header, status lines and the current screen.
+/// The whole page: the status lines and the current screen.
 #[function_component(Page)]
 pub fn page() -> Html {
     let redraw = use_force_update();
@@ -295,14 +401,17 @@ pub fn page() -> Html {
         s.pending = false;
         s.view.clone()
     });
-    html! {
-        <>
-            <header class="top">
-                <h1>{ "Convene" }</h1>
-                if v.screen == Screen::Meeting {
-                    <p id="transport">{ &v.transport }</p>
-                }
-            </header>
+    // The stage's size decides the tiles' size, and the stage is only
+    // measured once drawn: when it changed, draw again.
+    use_effect(|| {
+        if let Some(size) = measure_stage()
+            && STAGE.with(|s| s.replace(size)) != size
+        {
+            update(|_| {});
+        }
+    });
+    let status = html! {
+        <div id="toasts">
             <p id="status" role="status">
                 { &v.status }
                 if let Some(url) = &v.login_url {
@@ -310,16 +419,49 @@ pub fn page() -> Html {
                 }
             </p>
             <p id="notice" role="alert">{ &v.notice }</p>
-            {
-                match v.screen {
-                    Screen::Join => html! {
-                        <Join preview={v.preview.clone()} devices={v.devices.clone()} media={v.media} />
-                    },
-                    Screen::Meeting => meeting(&v),
-                }
-            }
-        </>
+        </div>
+    };
+    match v.screen {
+        Screen::Join => html! {
+            <div id="join-screen">
+                <header class="top"><h1>{ "Convene" }</h1></header>
+                { status }
+                <Join preview={v.preview.clone()} devices={v.devices.clone()} media={v.media} />
+            </div>
+        },
+        Screen::Meeting => html! {
+            <>
+                { status }
+                { meeting(&v) }
+            </>
+        },
     }
+}
+
+thread_local! {
+    /// The stage's size when last measured, CSS pixels.
+    static STAGE: std::cell::Cell<(i32, i32)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// The stage's size now, if it is on the page.
+fn measure_stage() -> Option<(i32, i32)> {
+    let stage = web_sys::window()?.document()?.get_element_by_id("stage")?;
+    Some((stage.client_width(), stage.client_height()))
+}
+
+/// The stage's size for laying tiles out: as last measured, or before the
+/// first measurement the window less the bars.
+fn stage_size() -> (f64, f64) {
+    let (w, h) = STAGE.with(|s| s.get());
+    if w > 0 && h > 0 {
+        // Less the stage's own padding.
+        return (f64::from(w) - 16.0, f64::from(h) - 16.0);
+    }
+    let px = |v: Option<wasm_bindgen::JsValue>| v.and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let w = web_sys::window();
+    let width = px(w.as_ref().and_then(|w| w.inner_width().ok()));
+    let height = px(w.as_ref().and_then(|w| w.inner_height().ok()));
+    (width - 16.0, height - 150.0)
 }
 
 /// What the join screen shows.
@@ -439,102 +581,344 @@ fn selected(select: &NodeRef) -> String {
         .unwrap_or_default()
 }
 
-/// The meeting screen: banner, state lines, controls, the video grid, the
-/// participant list, the chat and (for moderators) moderation.
+/// The meeting screen: a bar of meeting information on top, the stage
+/// filling the window, a side panel (participants or chat) when open, and
+/// the controls in a bar at the bottom.
 fn meeting(v: &View) -> Html {
-    let label = |off: bool, when_off: &'static str, when_on: &'static str| {
-        if off { when_off } else { when_on }
+    let others = v.people.len();
+    let here = if others == 1 {
+        "1 here".to_string()
+    } else {
+        format!("{others} here")
     };
+    let encrypted = v.e2ee.starts_with('🔒');
+    let panel = v.panel;
+    let (arrangement, style) = layout(v);
     html! {
-        <div id="meeting-screen">
+        <div id="meeting-screen" data-panel={match panel { Panel::Closed => "none", Panel::People => "people", Panel::Chat => "chat" }}>
+            <header id="topbar">
+                <h1 id="meeting-name">{ &v.meeting }</h1>
+                <span id="count" aria-label={format!("{here} in the meeting")}>{ icon("people") }{ here }</span>
+                <button id="toggle-info" class={classes!("chip", encrypted.then_some("secure"))}
+                    aria-expanded={bool_str(v.info_open)} aria-controls="info"
+                    title={if encrypted { "End-to-end encrypted: open for the safety code" } else { "Encrypted to the server only: open for details" }}
+                    onclick={on(Action::Info)}>
+                    { icon(if encrypted { "lock" } else { "shield" }) }
+                    <span>{ if encrypted { "End-to-end encrypted" } else { "Meeting info" } }</span>
+                </button>
+                if v.locked {
+                    <span id="room-state" class="chip">{ icon("lock") }{ "Room locked" }</span>
+                } else {
+                    <span id="room-state" hidden=true></span>
+                }
+                { stage_bar(v, &arrangement) }
+            </header>
             if !v.banner.is_empty() {
                 <p id="banner" role="alert">{ &v.banner }</p>
             }
-            <p id="e2ee-state">{ &v.e2ee }</p>
-            <p id="room-state">{ if v.locked { "Room locked" } else { "" } }</p>
-            <div id="controls">
-                <button id="toggle-mic" data-action="mic" disabled={v.mic_refused} onclick={on(Action::Mic)}>
-                    { label(v.mic_off, "Unmute", "Mute") }
-                </button>
-                <button id="toggle-camera" data-action="camera" disabled={v.camera_refused} onclick={on(Action::Camera)}>
-                    { label(v.camera_off, "Start camera", "Stop camera") }
-                </button>
-                <button id="toggle-screen" data-action="screen" onclick={on(Action::Screen)}>
-                    { label(!v.sharing, "Share screen", "Stop sharing") }
-                </button>
-                <button id="leave" data-action="leave" onclick={on(Action::Leave)}>{ "Leave" }</button>
-            </div>
-            { stage(v) }
-            <div id="meeting">
-                <section id="people">
-                    <h2>{ format!("Participants ({})", v.people.len()) }</h2>
-                    <ul id="participants">
-                        { for v.people.iter().map(|p| person(v, p)) }
-                    </ul>
-                </section>
-                <Chat lines={v.chat.clone()} />
-            </div>
-            if v.moderator {
-                <section id="moderation">
-                    <h2>{ "Moderation" }</h2>
-                    <div class="row">
-                        <button id="lock" data-action="lock" onclick={on(Action::Lock)}>
-                            { if v.locked { "Unlock room" } else { "Lock room" } }
-                        </button>
-                        <button id="end-meeting" data-action="end" onclick={on(Action::End)}>
-                            { "End meeting for all" }
-                        </button>
-                    </div>
-                    <h2>{ "Waiting to join" }</h2>
+            if v.info_open {
+                <InfoPanel meeting={v.meeting.clone()} transport={v.transport.clone()} e2ee={v.e2ee.clone()} />
+            } else {
+                <div hidden=true>
+                    <p id="transport">{ &v.transport }</p>
+                    <p id="e2ee-state">{ &v.e2ee }</p>
+                </div>
+            }
+            if v.moderator && !v.waiting.is_empty() {
+                <section id="waiting" aria-label="Waiting to join">
                     <ul id="admissions">
                         {
                             for v.waiting.iter().map(|(id, name)| html! {
                                 <li key={*id} id={format!("waiting-{id}")} data-pid={id.to_string()}>
-                                    <span>{ name }</span>
+                                    <span>{ format!("{name} wants to join") }</span>
                                     <button data-action="admit" onclick={on(Action::Admit(*id))}>{ "Admit" }</button>
-                                    <button data-action="deny" onclick={on(Action::Deny(*id))}>{ "Deny" }</button>
+                                    <button data-action="deny" class="quiet" onclick={on(Action::Deny(*id))}>{ "Deny" }</button>
                                 </li>
                             })
                         }
                     </ul>
                 </section>
             }
+            <main id="stage" aria-label="Video">
+                { stage(v, &arrangement, style) }
+            </main>
+            <aside id="side" hidden={panel == Panel::Closed} aria-label={match panel { Panel::Chat => "Chat", _ => "Participants" }}>
+                <section id="people" hidden={panel != Panel::People} aria-labelledby="people-title">
+                    <header class="panel-head">
+                        <h2 id="people-title">{ format!("Participants ({others})") }</h2>
+                        <button class="close" aria-label="Close participants" onclick={on(Action::Panel(Panel::People))}>{ icon("close") }</button>
+                    </header>
+                    <ul id="participants">
+                        { for v.people.iter().map(|p| person(v, p)) }
+                    </ul>
+                    if v.moderator {
+                        <div id="moderation">
+                            <h3>{ "Moderation" }</h3>
+                            <button id="lock" data-action="lock" onclick={on(Action::Lock)}>
+                                { if v.locked { "Unlock room" } else { "Lock room" } }
+                            </button>
+                            <button id="end-meeting" data-action="end" class="danger" onclick={on(Action::End)}>
+                                { "End meeting for all" }
+                            </button>
+                        </div>
+                    }
+                </section>
+                <Chat lines={v.chat.clone()} open={panel == Panel::Chat} />
+            </aside>
+            { controls(v) }
+            if v.more_open {
+                <div id="more-menu" role="menu" aria-label="More">
+                    <button role="menuitem" id="menu-layout" onclick={on(Action::Layout)}>
+                        { icon("grid") }{ if v.mode == crate::stage::Mode::Speaker { "Grid view" } else { "Speaker view" } }
+                    </button>
+                    <button role="menuitem" id="menu-info" onclick={on(Action::Info)}>{ icon("shield") }{ "Meeting info" }</button>
+                    <button role="menuitem" id="menu-help" onclick={on(Action::Help)}>{ icon("keyboard") }{ "Keyboard shortcuts" }</button>
+                </div>
+            }
+            if v.help_open {
+                <div id="help" role="dialog" aria-modal="false" aria-labelledby="help-title">
+                    <header class="panel-head">
+                        <h2 id="help-title">{ "Keyboard shortcuts" }</h2>
+                        <button class="close" aria-label="Close shortcuts" onclick={on(Action::Help)}>{ icon("close") }</button>
+                    </header>
+                    <dl>
+                        { for SHORTCUTS.iter().map(|(k, what, _)| html! { <><dt><kbd>{ *k }</kbd></dt><dd>{ *what }</dd></> }) }
+                    </dl>
+                </div>
+            }
         </div>
     }
 }
 
-/// Remote tiles a page holds: as the link says (`?page_size=N`), else as
-/// many as fit the window beside the self view.
-fn per_page() -> usize {
-    let Some(w) = web_sys::window() else {
-        return 1;
-    };
-    let search = w.location().search().unwrap_or_default();
-    if let Some(n) = crate::links::page_size_in_link(&search) {
-        return n;
-    }
-    let px = |v: Result<wasm_bindgen::JsValue, _>| v.ok().and_then(|v| v.as_f64()).unwrap_or(0.0);
-    let (width, height) = (px(w.inner_width()), px(w.inner_height()));
-    // The page is at most 80rem wide with 1rem margins; header and
-    // controls take about 200 px above the stage.
-    let stage = crate::stage::capacity(width.min(1280.0) - 32.0, height - 200.0);
-    stage.saturating_sub(1).max(1)
+/// "true" or "false", for ARIA attributes.
+fn bool_str(b: bool) -> &'static str {
+    if b { "true" } else { "false" }
 }
 
-/// The video stage: the self view and the remote tiles, as a paged grid
-/// or a speaker view, with its layout and page buttons.
-fn stage(v: &View) -> Html {
+/// The control bar: microphone, camera, screen, chat, participants, more,
+/// leave; each with an icon and a label that says its state.
+fn controls(v: &View) -> Html {
+    let toggle = |id: &'static str,
+                  action: Action,
+                  on_now: bool,
+                  (icon_on, icon_off): (&'static str, &'static str),
+                  (label_on, label_off): (&'static str, &'static str),
+                  disabled: bool| {
+        html! {
+            <button id={id} class={classes!("ctl", (!on_now).then_some("off"))} data-action={id.trim_start_matches("toggle-").to_string()}
+                aria-pressed={bool_str(!on_now)} title={if on_now { label_on } else { label_off }} disabled={disabled} onclick={on(action)}>
+                { icon(if on_now { icon_on } else { icon_off }) }
+                <span class="label">{ if on_now { label_on } else { label_off } }</span>
+            </button>
+        }
+    };
+    let panel_button = |id: &'static str,
+                        panel: Panel,
+                        icon_name: &'static str,
+                        label: &'static str,
+                        badge: u32| {
+        let open = v.panel == panel;
+        html! {
+            <button id={id} class={classes!("ctl", open.then_some("active"))} title={label} aria-expanded={bool_str(open)} aria-controls="side" onclick={on(Action::Panel(panel))}>
+                { icon(icon_name) }
+                <span class="label">{ label }</span>
+                if badge > 0 {
+                    <span id="chat-unread" class="badge" aria-label={format!("{badge} unread")}>{ badge.min(99) }</span>
+                }
+            </button>
+        }
+    };
+    html! {
+        <footer id="controls" aria-label="Meeting controls">
+            { toggle("toggle-mic", Action::Mic, !v.mic_off, ("mic", "mic-off"), ("Mute", "Unmute"), v.mic_refused) }
+            { toggle("toggle-camera", Action::Camera, !v.camera_off, ("camera", "camera-off"), ("Stop camera", "Start camera"), v.camera_refused) }
+            <button id="toggle-screen" class={classes!("ctl", v.sharing.then_some("active"))} data-action="screen"
+                aria-pressed={bool_str(v.sharing)} title={if v.sharing { "Stop sharing" } else { "Share screen" }} onclick={on(Action::Screen)}>
+                { icon("screen") }
+                <span class="label">{ if v.sharing { "Stop sharing" } else { "Share screen" } }</span>
+            </button>
+            { panel_button("toggle-chat", Panel::Chat, "chat", "Chat", v.unread) }
+            { panel_button("toggle-people", Panel::People, "people", "People", 0) }
+            <button id="toggle-more" class="ctl" title="More" aria-haspopup="menu" aria-expanded={bool_str(v.more_open)} onclick={on(Action::More)}>
+                { icon("more") }
+                <span class="label">{ "More" }</span>
+            </button>
+            <button id="leave" class="ctl leave" data-action="leave" title="Leave the meeting" onclick={on(Action::Leave)}>
+                { icon("leave") }
+                <span class="label">{ "Leave" }</span>
+            </button>
+        </footer>
+    }
+}
+
+/// What the meeting information shows.
+#[derive(Properties, PartialEq)]
+pub struct InfoProps {
+    /// The meeting's name.
+    pub meeting: String,
+    /// How the page is connected.
+    pub transport: String,
+    /// The encryption state and safety code.
+    pub e2ee: String,
+}
+
+/// The meeting information: its link (with a copy button), how the page
+/// is connected, and the encryption state with the safety code to compare.
+#[function_component(InfoPanel)]
+pub fn info_panel(props: &InfoProps) -> Html {
+    let copied = use_state(|| false);
+    let link = web_sys::window()
+        .and_then(|w| w.location().href().ok())
+        .map(|href| meeting_link(&href))
+        .unwrap_or_default();
+    let copy = {
+        let (copied, link) = (copied.clone(), link.clone());
+        Callback::from(move |_: MouseEvent| {
+            if let Some(w) = web_sys::window() {
+                let _ = w.navigator().clipboard().write_text(&link);
+                copied.set(true);
+            }
+        })
+    };
+    let e2ee = if props.e2ee.is_empty() {
+        "Encrypted between your browser and the server (TLS), not end to end."
+    } else {
+        props.e2ee.as_str()
+    };
+    html! {
+        <section id="info" role="dialog" aria-labelledby="info-title">
+            <header class="panel-head">
+                <h2 id="info-title">{ &props.meeting }</h2>
+                <button class="close" aria-label="Close meeting info" onclick={on(Action::Info)}>{ icon("close") }</button>
+            </header>
+            <label for="meeting-link">{ "Link to this meeting" }</label>
+            <div class="row">
+                <input id="meeting-link" readonly=true value={link} />
+                <button id="copy-link" onclick={copy}>{ if *copied { "Copied" } else { "Copy link" } }</button>
+            </div>
+            <p id="e2ee-state">{ e2ee }</p>
+            <p id="transport">{ &props.transport }</p>
+        </section>
+    }
+}
+
+/// The link others open to join: the page's address without anything
+/// that is only this visitor's (the query: a name, a token).
+pub fn meeting_link(href: &str) -> String {
+    let cut = href.find(['?', '#']).unwrap_or(href.len());
+    let base = &href[..cut];
+    // `/meeting/NAME/ROOM` names the visitor: others get `/meeting/ROOM`.
+    match base.find("/meeting/") {
+        Some(at) => {
+            let (head, rest) = base.split_at(at + "/meeting/".len());
+            let room = rest.rsplit('/').next().unwrap_or(rest);
+            format!("{head}{room}")
+        }
+        None => base.to_string(),
+    }
+}
+
+/// An icon (inline SVG, decorative: the button's label says what it is).
+fn icon(name: &str) -> Html {
+    // 24x24 strokes, drawn here so no icon font or image is fetched.
+    let d = match name {
+        "mic" | "mic-off" => {
+            "M12 3a3 3 0 0 1 3 3v6a3 3 0 0 1-6 0V6a3 3 0 0 1 3-3zM5 11a7 7 0 0 0 14 0M12 18v3M8 21h8"
+        }
+        "camera" | "camera-off" => "M3 7h12v10H3zM15 10l6-3v10l-6-3",
+        "screen" => "M3 4h18v12H3zM8 20h8M12 16v4",
+        "chat" => "M4 5h16v11H9l-5 4z",
+        "people" => {
+            "M9 11a3 3 0 1 0 0-6 3 3 0 0 0 0 6zM3 20c0-3 3-5 6-5s6 2 6 5M17 11a2.5 2.5 0 1 0 0-5M17 14c2 .4 4 2 4 5"
+        }
+        "more" => "M5 12h.01M12 12h.01M19 12h.01",
+        "leave" => "M4 14c5-4 11-4 16 0l-2 3-3-1v-2c-2-.6-4-.6-6 0v2l-3 1z",
+        "lock" => "M6 11h12v9H6zM8 11V8a4 4 0 0 1 8 0v3",
+        "shield" => "M12 3l8 3v6c0 5-4 8-8 9-4-1-8-4-8-9V6z",
+        "grid" => "M4 4h7v7H4zM13 4h7v7h-7zM4 13h7v7H4zM13 13h7v7h-7z",
+        "keyboard" => "M3 7h18v10H3zM7 11h.01M11 11h.01M15 11h.01M8 14h8",
+        "close" => "M6 6l12 12M18 6L6 18",
+        _ => "",
+    };
+    let slash = name.ends_with("-off");
+    html! {
+        <svg class="icon" viewBox="0 0 24 24" aria-hidden="true" focusable="false">
+            <path d={d} />
+            if slash {
+                <path class="slash" d="M4 4l16 16" />
+            }
+        </svg>
+    }
+}
+
+/// The stage's layout now: where each tile goes, and the `#tiles` style
+/// that sizes them to fill the stage.
+fn layout(v: &View) -> (crate::stage::Arrangement, String) {
+    use crate::stage::{GAP, Mode, Place};
+    let (width, height) = stage_size();
+    let a = v.arrangement(per_page(width, height));
+    let shown = a
+        .places
+        .iter()
+        .filter(|p| matches!(p, Place::Grid | Place::Strip))
+        .count()
+        + 1;
+    let style = if v.mode == Mode::Speaker {
+        // The strip: a row of small tiles under the large one, small
+        // enough that they receive a publisher's smallest encoding.
+        let strip_h = 90.0;
+        let strip_w = ((width - GAP * (shown - 1) as f64) / shown as f64).min(160.0);
+        format!(
+            "--cols:{shown};--tile-w:{:.0}px;--tile-h:{:.0}px;--main-h:{:.0}px",
+            strip_w.max(80.0),
+            strip_h,
+            (height - strip_h - GAP).max(90.0)
+        )
+    } else {
+        let f = crate::stage::fit(shown, width, height);
+        format!(
+            "--cols:{};--tile-w:{}px;--tile-h:{}px",
+            f.cols, f.width, f.height
+        )
+    };
+    (a, style)
+}
+
+/// The stage's buttons, in the top bar: grid or speaker view, and the
+/// pages when there are several.
+fn stage_bar(v: &View, a: &crate::stage::Arrangement) -> Html {
+    let speaker = v.mode == crate::stage::Mode::Speaker;
+    html! {
+        <div id="stage-bar">
+            <button id="toggle-layout" class="chip" data-action="layout" aria-pressed={bool_str(speaker)} onclick={on(Action::Layout)}>
+                { icon("grid") }<span>{ if speaker { "Grid view" } else { "Speaker view" } }</span>
+            </button>
+            if a.pages > 1 {
+                <nav id="pager" aria-label="Pages of video">
+                    <button id="page-prev" class="chip" aria-label="Previous page" disabled={a.page == 0} onclick={on(Action::Page(false))}>{ "‹" }</button>
+                    <span id="page-of" data-page={a.page.to_string()} data-pages={a.pages.to_string()}>
+                        { format!("Page {} of {}", a.page + 1, a.pages) }
+                    </span>
+                    <button id="page-next" class="chip" aria-label="Next page" disabled={a.page + 1 >= a.pages} onclick={on(Action::Page(true))}>{ "›" }</button>
+                </nav>
+            }
+        </div>
+    }
+}
+
+/// The video tiles: the self view and the remote tiles, as a paged grid
+/// or a speaker view, sized to fill the stage.
+fn stage(v: &View, a: &crate::stage::Arrangement, style: String) -> Html {
     use crate::stage::{Mode, Place};
-    let a = v.arrangement(per_page());
     for (t, place) in v.tiles.iter().zip(&a.places) {
         let n = &t.node;
         let _ = n.set_attribute("data-place", place.name());
         let _ = n.toggle_attribute_with_force("hidden", *place == Place::Hidden);
         let pinned = v.pinned == Some((t.participant, t.track));
-        let _ = n.set_attribute("data-pinned", if pinned { "true" } else { "false" });
+        let _ = n.set_attribute("data-pinned", bool_str(pinned));
         if let Ok(Some(b)) = n.query_selector("button.pin") {
             b.set_text_content(Some(if pinned { "Unpin" } else { "Pin" }));
-            let _ = b.set_attribute("aria-pressed", if pinned { "true" } else { "false" });
+            let _ = b.set_attribute("aria-pressed", bool_str(pinned));
         }
     }
     let tile = |i: usize| {
@@ -548,31 +932,30 @@ fn stage(v: &View) -> Html {
         _ => (None, &a.order[..]),
     };
     html! {
-        <>
-            <div id="stage-bar">
-                <button id="toggle-layout" data-action="layout" aria-pressed={if speaker { "true" } else { "false" }} onclick={on(Action::Layout)}>
-                    { if speaker { "Grid view" } else { "Speaker view" } }
-                </button>
-                if a.pages > 1 {
-                    <nav id="pager" aria-label="Pages of video">
-                        <button id="page-prev" disabled={a.page == 0} onclick={on(Action::Page(false))}>{ "Previous" }</button>
-                        <span id="page-of" data-page={a.page.to_string()} data-pages={a.pages.to_string()}>
-                            { format!("Page {} of {}", a.page + 1, a.pages) }
-                        </span>
-                        <button id="page-next" disabled={a.page + 1 >= a.pages} onclick={on(Action::Page(true))}>{ "Next" }</button>
-                    </nav>
-                }
-            </div>
-            <div id="tiles" data-mode={if speaker { "speaker" } else { "grid" }}>
-                { for lead.map(tile) }
-                <SelfView media={v.media} />
-                { for rest.iter().map(|i| tile(*i)) }
-            </div>
-        </>
+        <div id="tiles" data-mode={if speaker { "speaker" } else { "grid" }} style={style}>
+            { for lead.map(tile) }
+            <SelfView key="self" media={v.media} />
+            { for rest.iter().map(|i| tile(*i)) }
+        </div>
     }
 }
 
-/// A row of the participant list, with moderator buttons for others.
+/// Remote tiles a page holds: as the link says (`?page_size=N`), else as
+/// many as fit a stage of `width`×`height` beside the self view.
+fn per_page(width: f64, height: f64) -> usize {
+    let search = web_sys::window()
+        .and_then(|w| w.location().search().ok())
+        .unwrap_or_default();
+    if let Some(n) = crate::links::page_size_in_link(&search) {
+        return n;
+    }
+    crate::stage::capacity(width, height)
+        .saturating_sub(1)
+        .max(1)
+}
+
+/// A row of the participant list: name, role, microphone, whether speaking,
+/// and moderator buttons for others.
 fn person(v: &View, p: &Person) -> Html {
     let mut text = p.name.clone();
     if p.moderator {
@@ -584,13 +967,19 @@ fn person(v: &View, p: &Person) -> Html {
     if p.me {
         text.push_str(" (you)");
     }
-    let speaking = (v.speaker == Some(p.id)).then_some("speaking");
+    let speaking = v.speaker == Some(p.id) || v.dominant == Some(p.id);
     html! {
-        <li key={p.id} data-pid={p.id.to_string()} class={classes!(speaking)}>
-            <span>{ text }</span>
+        <li key={p.id} data-pid={p.id.to_string()} class={classes!(speaking.then_some("speaking"))}>
+            <span class="name">{ text }</span>
+            if speaking {
+                <span class="tag">{ "speaking" }</span>
+            }
+            <span class="mic" title={if p.muted { "Microphone off" } else { "Microphone on" }}>
+                { icon(if p.muted { "mic-off" } else { "mic" }) }
+            </span>
             if v.moderator && !p.me {
-                <button data-action="mute" onclick={on(Action::Mute(p.id))}>{ "Mute" }</button>
-                <button data-action="remove" onclick={on(Action::Remove(p.id))}>{ "Remove" }</button>
+                <button data-action="mute" class="quiet" aria-label={format!("Ask {} to mute", p.name)} onclick={on(Action::Mute(p.id))}>{ "Mute" }</button>
+                <button data-action="remove" class="quiet danger" aria-label={format!("Remove {}", p.name)} onclick={on(Action::Remove(p.id))}>{ "Remove" }</button>
             }
         </li>
     }
@@ -608,6 +997,17 @@ pub struct SelfViewProps {
 pub fn self_view(props: &SelfViewProps) -> Html {
     let video = use_node_ref();
     use_local_media(&video, props.media);
+    // Moved in the grid, a video element can be left paused: play on.
+    {
+        let video = video.clone();
+        use_effect(move || {
+            if let Some(v) = video.cast::<web_sys::HtmlVideoElement>()
+                && v.paused()
+            {
+                let _ = v.play();
+            }
+        });
+    }
     html! {
         <figure id="self" class="self">
             <video id="self-view" ref={video} autoplay=true playsinline=true muted=true />
@@ -634,6 +1034,8 @@ pub fn embed(props: &EmbedProps) -> Html {
 pub struct ChatProps {
     /// The messages, oldest first.
     pub lines: VecDeque<String>,
+    /// The panel is open.
+    pub open: bool,
 }
 
 /// The chat panel: messages and a line to send one.
@@ -667,14 +1069,26 @@ pub fn chat(props: &ChatProps) -> Html {
             }
         })
     };
+    // Opening the chat puts the cursor in its box.
+    {
+        let input = input.clone();
+        use_effect_with(props.open, move |open| {
+            if *open && let Some(i) = input.cast::<web_sys::HtmlElement>() {
+                let _ = i.focus();
+            }
+        });
+    }
     html! {
-        <section id="chat">
-            <h2>{ "Chat" }</h2>
-            <ol id="messages" ref={list}>
+        <section id="chat" hidden={!props.open} aria-labelledby="chat-title">
+            <header class="panel-head">
+                <h2 id="chat-title">{ "Chat" }</h2>
+                <button class="close" aria-label="Close chat" onclick={on(Action::Panel(Panel::Chat))}>{ icon("close") }</button>
+            </header>
+            <ol id="messages" ref={list} aria-live="polite" aria-label="Messages">
                 { for props.lines.iter().map(|l| html! { <li>{ l }</li> }) }
             </ol>
             <form id="chat-form" onsubmit={submit}>
-                <input id="chat-input" ref={input} placeholder="Say something" maxlength="2000" autocomplete="off" />
+                <input id="chat-input" ref={input} placeholder="Message everyone" aria-label="Message everyone" maxlength="2000" autocomplete="off" />
                 <button id="chat-send" type="submit">{ "Send" }</button>
             </form>
         </section>

@@ -100,11 +100,19 @@ test('two browsers meet from a meeting link: roster, chat, leaving', async () =>
   await ann.click('#toggle-screen');
   await expect(bob.locator('#tiles .tile')).toHaveCount(1);
 
-  // Chat crosses, with the sender's name.
+  // Chat crosses, with the sender's name; with his chat closed, Bob sees
+  // an unread count on the chat button until he opens it.
+  await ann.click('#toggle-chat');
+  await expect(ann.locator('#chat')).toBeVisible();
   await ann.fill('#chat-input', 'hello Bob');
   await ann.press('#chat-input', 'Enter');
   await expect(bob.locator('#messages')).toContainText('Ann: hello Bob');
   await expect(ann.locator('#messages')).toContainText('Ann: hello Bob');
+  await expect(bob.locator('#chat-unread')).toHaveText('1');
+  await expect(ann.locator('#chat-unread')).toHaveCount(0);
+  await bob.click('#toggle-chat');
+  await expect(bob.locator('#chat')).toBeVisible();
+  await expect(bob.locator('#chat-unread')).toHaveCount(0);
 
   // Leaving removes Bob from Ann's list.
   await bob.click('#leave');

@@ -43,6 +43,7 @@ test('two browsers meet over WebTransport: video, audio and chat', async () => {
     // Received at more than 10 pictures a second (the fake camera sends 30).
     await expect.poll(() => tile.getAttribute('data-fps').then(Number), { message: `${other}'s frame rate` }).toBeGreaterThan(10);
   }
+  await ann.click('#toggle-chat');
   await ann.fill('#chat-input', 'over QUIC');
   await ann.press('#chat-input', 'Enter');
   await expect(bob.locator('#messages')).toContainText('Ann: over QUIC');

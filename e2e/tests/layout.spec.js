@@ -44,7 +44,7 @@ test('the join and meeting screens fit a phone and use a large screen', async ({
     await phone.locator('#tiles .tile').first().scrollIntoViewIfNeeded();
     expect(await overflow(phone), 'the meeting screen runs off a phone').toBeLessThanOrEqual(0);
     // Every control is within the phone's width.
-    for (const id of ['#toggle-mic', '#toggle-camera', '#toggle-screen', '#leave', '#chat-send']) {
+    for (const id of ['#toggle-mic', '#toggle-camera', '#toggle-screen', '#toggle-chat', '#toggle-people', '#toggle-more', '#leave']) {
       const box = await phone.locator(id).boundingBox();
       expect(box.x, `${id} starts on screen`).toBeGreaterThanOrEqual(0);
       expect(box.x + box.width, `${id} ends on screen`).toBeLessThanOrEqual(360);
@@ -54,7 +54,23 @@ test('the join and meeting screens fit a phone and use a large screen', async ({
     const onPhone = await boxes(phone);
     expect(new Set(onPhone.map((b) => Math.round(b.y))).size, 'phone: one tile a row').toBe(onPhone.length);
     const onDesk = await boxes(desk);
-    expect(new Set(onDesk.map((b) => Math.round(b.y))).size, 'large screen: the three in one row').toBe(1);
+    expect(new Set(onDesk.map((b) => Math.round(b.y))).size, 'large screen: tiles side by side').toBeLessThan(onDesk.length);
+    // The chat opens beside the stage on the large screen and over it on the phone, and closes again.
+    await desk.click('#toggle-chat');
+    await expect(desk.locator('#chat')).toBeVisible();
+    const side = await desk.locator('#side').boundingBox();
+    const stage = await desk.locator('#stage').boundingBox();
+    expect(side.x, 'large screen: the chat is beside the stage').toBeGreaterThanOrEqual(stage.x + stage.width - 1);
+    await desk.click('#chat .close');
+    await expect(desk.locator('#side')).toBeHidden();
+    await phone.click('#toggle-people');
+    await expect(phone.locator('#people')).toBeVisible();
+    await expect(phone.locator('#participants li')).toHaveCount(3);
+    const sheet = await phone.locator('#side').boundingBox();
+    expect(sheet.width, 'phone: the participants cover the width').toBeGreaterThanOrEqual(359);
+    await phone.screenshot({ path: `${testInfo.outputDir}/phone-participants.png` });
+    await phone.keyboard.press('Escape');
+    await expect(phone.locator('#side')).toBeHidden();
     expect(await overflow(desk)).toBeLessThanOrEqual(0);
 
     const dir = testInfo.outputDir;

@@ -71,6 +71,8 @@ test('a moderator runs the waiting room and the meeting from the page', async ()
   await mo.click('#connect');
   await expect(mo.locator('#participants li')).toHaveCount(1);
   await expect(mo.locator('#participants')).toContainText('Mo · moderator (you)');
+  // The moderator's actions are in the participant list.
+  await mo.click('#toggle-people');
   await expect(mo.locator('#moderation')).toBeVisible();
 
   // The guest's link says "Impostor"; the token says Gus, and Gus it is.
@@ -84,7 +86,7 @@ test('a moderator runs the waiting room and the meeting from the page', async ()
   await expect(waiting).toContainText('Gus');
   await waiting.locator('button[data-action=admit]').click();
   await expect(gus.locator('#participants li')).toHaveCount(2);
-  await expect(gus.locator('#status')).toHaveText(/In `lobby-1`/);
+  await expect(gus.locator('#meeting-name')).toHaveText('lobby-1');
   await expect(mo.locator('#participants')).toContainText('Gus');
   await expect(mo.locator('#participants')).not.toContainText('Impostor');
   await expect(mo.locator('#admissions li')).toHaveCount(0);
@@ -94,7 +96,7 @@ test('a moderator runs the waiting room and the meeting from the page', async ()
   await expect(gus.locator('#toggle-mic')).toBeDisabled();
   await expect.poll(() => mo.locator('#tiles .tile').getAttribute('data-frames').then(Number)).toBeGreaterThan(5);
 
-  // Asking to mute reaches the guest.
+  // Asking to mute reaches the guest (from the participant list).
   await mo.locator('#participants li', { hasText: 'Gus' }).locator('button[data-action=mute]').click();
   await expect(gus.locator('#notice')).toHaveText('Mo asked you to mute.');
 

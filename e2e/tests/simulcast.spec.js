@@ -29,7 +29,7 @@ async function tileWidth(page, px) {
       s.id = 'test-tile-width';
       document.head.appendChild(s);
     }
-    s.textContent = `#tiles { grid-template-columns: ${w}px !important; }`;
+    s.textContent = `#tiles { grid-template-columns: ${w}px !important; grid-auto-rows: ${w * 3 / 4}px !important; }`;
   }, px);
 }
 

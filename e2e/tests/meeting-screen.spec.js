@@ -1,0 +1,95 @@
+// The meeting screen as people see it: the stage fills the window for any
+// number of participants (a Chromium page and `convene stream` test
+// patterns), no tile overlaps another or is too small to see, and the
+// screenshots at a phone's, a tablet's and a laptop's size are kept as test
+// artifacts for a person to look at.
+const { test, expect } = require('@playwright/test');
+const { startWebServer, launchChromium, spawnConvene } = require('./harness');
+
+let server, browser;
+const room = 'team-standup';
+const streams = [];
+
+test.beforeAll(async () => {
+  server = await startWebServer();
+  browser = await launchChromium();
+});
+
+test.afterAll(async () => {
+  for (const s of streams) s.kill('SIGINT');
+  await browser?.close();
+  await server?.stop();
+});
+
+const SIZES = [[360, 740], [768, 1024], [1440, 900]];
+
+// The stage's box and every shown tile's, from the page.
+async function geometry(page) {
+  return page.evaluate(() => {
+    const box = (e) => { const r = e.getBoundingClientRect(); return { x: r.x, y: r.y, w: r.width, h: r.height }; };
+    const stage = box(document.getElementById('stage'));
+    const tiles = [...document.querySelectorAll('#tiles > figure')].filter((f) => !f.hidden).map(box);
+    return { stage, tiles };
+  });
+}
+
+function overlaps(a, b) {
+  return a.x < b.x + b.w - 1 && b.x < a.x + a.w - 1 && a.y < b.y + b.h - 1 && b.y < a.y + a.h - 1;
+}
+
+test('the stage fills the window for 1, 2, 4, 9 and 16 participants', async ({}, testInfo) => {
+  test.setTimeout(240_000);
+  const page = await browser.context.newPage();
+  await page.setViewportSize({ width: 1440, height: 900 });
+  const dir = testInfo.outputDir;
+  try {
+    await page.goto(`${server.base}/meeting/Maya/${room}`);
+    await page.click('#connect');
+    await expect(page.locator('#meeting-name')).toHaveText(room);
+    // Words people use: no backticks, no participant numbers.
+    await expect(page.locator('#meeting-screen')).not.toContainText('`');
+    await expect(page.locator('#meeting-screen')).not.toContainText('participant ');
+    let others = 0;
+    for (const n of [1, 2, 4, 9, 16]) {
+      while (others < n - 1) {
+        others += 1;
+        streams.push(spawnConvene(['stream', '--server', server.base, '--meeting-id', room,
+          '--user-id', `Guest ${others}`, '--source', 'test-pattern', '--resolution', '320x180', '--fps', '5',
+          '--audio', 'none', '--duration', '230']));
+      }
+      await expect(page.locator('#count')).toHaveText(`${n} here`, { timeout: 30_000 });
+      await expect(page.locator('#tiles .tile')).toHaveCount(n - 1, { timeout: 30_000 });
+      for (const [w, h] of SIZES) {
+        await page.setViewportSize({ width: w, height: h });
+        // The layout follows the window: wait until the tiles fit the stage.
+        await expect.poll(async () => {
+          const g = await geometry(page);
+          return g.tiles.length > 0 && g.tiles.every((t) => t.x >= g.stage.x - 1 && t.x + t.w <= g.stage.x + g.stage.w + 1
+            && t.y >= g.stage.y - 1 && t.y + t.h <= g.stage.y + g.stage.h + 1);
+        }, { message: `${n} at ${w}x${h}: every tile inside the stage`, timeout: 15_000 }).toBe(true);
+        const g = await geometry(page);
+        for (let i = 0; i < g.tiles.length; i++) {
+          expect(g.tiles[i].w, `${n} at ${w}x${h}: tile ${i} is legible`).toBeGreaterThanOrEqual(160);
+          for (let j = i + 1; j < g.tiles.length; j++) {
+            expect(overlaps(g.tiles[i], g.tiles[j]), `${n} at ${w}x${h}: tiles ${i} and ${j} overlap`).toBe(false);
+          }
+        }
+        if (w === 1440 && n >= 2 && n <= 9) {
+          // Every participant on one page, and together most of the stage.
+          expect(g.tiles).toHaveLength(n);
+          const covered = g.tiles.reduce((s, t) => s + t.w * t.h, 0) / (g.stage.w * g.stage.h);
+          console.log(`${n} participants at 1440x900: tiles cover ${(covered * 100).toFixed(0)} % of the stage`);
+          expect(covered, `${n} participants at 1440x900`).toBeGreaterThanOrEqual(0.6);
+        }
+        // Nothing runs off the side.
+        const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+        expect(overflow, `${n} at ${w}x${h}: the page is wider than the window`).toBeLessThanOrEqual(0);
+        await page.screenshot({ path: `${dir}/meeting-${n}-${w}x${h}.png` });
+      }
+      await page.setViewportSize({ width: 1440, height: 900 });
+    }
+    console.log(`meeting screenshots: ${dir}`);
+  } finally {
+    await page.close();
+  }
+});
