@@ -77,9 +77,18 @@ async fn open_devices(camera: &str, mic: &str) -> Result<web_sys::MediaStream, S
     let stream = wasm_bindgen_futures::JsFuture::from(promise)
         .await
         .map_err(|e| {
-            format!(
-                "No camera or microphone: {}",
-                e.as_string().unwrap_or_else(|| format!("{e:?}"))
+            let name = js_sys::Reflect::get(&e, &"name".into())
+                .ok()
+                .and_then(|n| n.as_string())
+                .unwrap_or_default();
+            refusal(&name).map_or_else(
+                || {
+                    format!(
+                        "No camera or microphone: {}",
+                        e.as_string().unwrap_or_else(|| format!("{e:?}"))
+                    )
+                },
+                str::to_string,
             )
         })?;
     stream
@@ -142,4 +151,21 @@ async fn list_devices(stream: &web_sys::MediaStream) -> Vec<ui::Device> {
             })
         })
         .collect()
+}
+
+/// What to tell someone whose camera and microphone the browser refused,
+/// by the error's name, and what they can do.
+fn refusal(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "NotAllowedError" | "SecurityError" => {
+            "The browser was not allowed to use the camera and microphone. Allow them for this site (the camera icon in the address bar), then reload; or join without them."
+        }
+        "NotFoundError" | "OverconstrainedError" => {
+            "No camera or microphone was found. Connect one and reload, or join without them."
+        }
+        "NotReadableError" | "AbortError" => {
+            "The camera or microphone is busy (another program may be using it). Close that program and reload, or join without them."
+        }
+        _ => return None,
+    })
 }

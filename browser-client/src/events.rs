@@ -98,6 +98,9 @@ fn on_joined(app: &mut App, j: v1::Joined) {
     let me = app.session.participant_id();
     app.moderator = app.roster.get(&me).is_some_and(|(_, m)| *m);
     app.locked = j.locked;
+    if app.reconnects > 0 {
+        screens::toast("Reconnected");
+    }
     app.reconnects = 0;
     let meeting = j.meeting_id.clone();
     let label = app.link.as_ref().map_or("?", Link::label);
@@ -197,6 +200,7 @@ fn on_participant_joined(app: &mut App, j: v1::ParticipantJoined) {
     if let Some(ring) = app.keyring.as_mut() {
         ring.participant_joined(p.participant_id);
     }
+    screens::toast(format!("{} joined", p.display_name));
     app.roster.insert(p.participant_id, screens::person(&p));
     screens::show_roster(app);
     e2ee::show(app);
@@ -208,7 +212,9 @@ fn on_participant_left(app: &mut App, l: v1::ParticipantLeft) {
         let out = ring.participant_left(l.participant_id);
         e2ee::outcome(app, out);
     }
-    app.roster.remove(&l.participant_id);
+    if let Some((name, _)) = app.roster.remove(&l.participant_id) {
+        screens::toast(format!("{name} left"));
+    }
     app.mic_muted.remove(&l.participant_id);
     remote::remove_participant(app, l.participant_id);
     screens::show_roster(app);
@@ -223,6 +229,13 @@ fn on_chat(app: &mut App, c: v1::ChatMessage) {
 
 /// The room was locked or unlocked.
 fn on_room_locked(app: &mut App, l: v1::RoomLocked) {
+    if app.locked != l.locked {
+        screens::toast(if l.locked {
+            "A moderator locked the room: nobody new can join"
+        } else {
+            "A moderator unlocked the room"
+        });
+    }
     app.locked = l.locked;
     ui::update(|v| v.locked = l.locked);
 }
@@ -230,6 +243,7 @@ fn on_room_locked(app: &mut App, l: v1::RoomLocked) {
 /// Someone waits to be let in (we are a moderator).
 fn on_admission_request(r: v1::AdmissionRequest) {
     if let Some(p) = r.participant {
+        screens::toast(format!("{} is waiting to join", p.display_name));
         ui::update(|v| v.waiting_add(p.participant_id, p.display_name));
     }
 }

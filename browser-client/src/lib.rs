@@ -102,7 +102,10 @@ pub fn start() -> Result<(), wasm_bindgen::JsValue> {
             if e.ctrl_key() || e.meta_key() || e.alt_key() || e.repeat() {
                 return;
             }
-            if ui::read(|v| v.screen) != ui::Screen::Meeting || dom::typing(&e) {
+            // Escape closes a panel even from the chat's box.
+            if ui::read(|v| v.screen) != ui::Screen::Meeting
+                || (dom::typing(&e) && e.key() != "Escape")
+            {
                 return;
             }
             if let Some(action) = ui::shortcut(&e.key()) {

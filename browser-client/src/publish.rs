@@ -64,6 +64,8 @@ pub(crate) fn send_camera(app: &Rc<RefCell<App>>) {
             sample_rate: 48_000,
             channels: 1,
             audio_levels: levels,
+            // Off from the start when the join screen said so.
+            muted: ui::read(|v| v.mic_off),
             ..Default::default()
         };
         if publish(app, info) && app.borrow().mic.is_none() {
@@ -144,6 +146,7 @@ fn send_video(
         frame_rate: 30,
         target_bitrate_kbps: CAMERA_START_BPS / 1000,
         encodings: announced,
+        muted: ui::read(|v| v.camera_off),
         ..Default::default()
     };
     if let Some(root) = by_id("app") {
@@ -328,18 +331,10 @@ fn send_audio(app: &mut App, sequence: u32, data: &[u8], captured_us: u64, level
 /// Turns the microphone (or the camera) off or on, tells the room, and
 /// relabels its button.
 pub(crate) fn toggle(app: &mut App, mic: bool) -> Option<C> {
-    let (on, track) = if mic {
-        (app.mic.as_ref().map(|m| m.on.clone()), AUDIO_TRACK)
-    } else {
-        if let Some(c) = &app.camera {
-            // Start again from a picture the others can decode.
-            c.want_key(0);
-        }
-        (app.camera.as_ref().map(|c| c.on.clone()), VIDEO_TRACK)
-    };
-    let on = on?;
-    on.set(!on.get());
-    let off = !on.get();
+    // The screen's state is the choice: it holds before the track exists
+    // (publishing uses it) and while the server has not taken it yet
+    // (`on_accepted` applies it).
+    let off = !ui::read(|v| if mic { v.mic_off } else { v.camera_off });
     ui::update(|v| {
         if mic {
             v.mic_off = off;
@@ -347,25 +342,55 @@ pub(crate) fn toggle(app: &mut App, mic: bool) -> Option<C> {
             v.camera_off = off;
         }
     });
+    let (on, track) = if mic {
+        (app.mic.as_ref().map(|m| m.on.clone()), AUDIO_TRACK)
+    } else {
+        (app.camera.as_ref().map(|c| c.on.clone()), VIDEO_TRACK)
+    };
+    let on = on?;
+    if app.pending_publish.values().any(|t| *t == track) {
+        return None;
+    }
+    if !mic
+        && !off
+        && let Some(c) = &app.camera
+    {
+        // Start again from a picture the others can decode.
+        c.want_key(0);
+    }
+    on.set(!off);
     Some(C::SetTrackMuted(v1::SetTrackMuted {
         track_id: track,
-        muted: !on.get(),
+        muted: off,
     }))
 }
 
 /// The server has our track: starts sending it.
 pub(crate) fn on_accepted(app: &mut App, track_id: u32) {
     app.pending_publish.retain(|_, id| *id != track_id);
+    // Sending starts unless it was turned off (on the join screen, before
+    // a reconnect, or while the server took the track): the server is told
+    // in case the track went out unmuted.
+    let off = |mic: bool| ui::read(|v| if mic { v.mic_off } else { v.camera_off });
     if track_id == VIDEO_TRACK
         && let Some(c) = &app.camera
     {
         c.want_key(0);
-        c.on.set(true);
+        c.on.set(!off(false));
     }
     if track_id == AUDIO_TRACK
         && let Some(m) = &app.mic
     {
-        m.on.set(true);
+        m.on.set(!off(true));
+    }
+    if (track_id == VIDEO_TRACK || track_id == AUDIO_TRACK) && off(track_id == AUDIO_TRACK) {
+        let _ = app.session.send(
+            now(),
+            C::SetTrackMuted(v1::SetTrackMuted {
+                track_id,
+                muted: true,
+            }),
+        );
     }
     if track_id == SCREEN_TRACK
         && let Some((c, _)) = &app.screen

@@ -23,6 +23,7 @@ pub(crate) fn add_track(app: &mut App, participant: u32, track: &v1::TrackInfo) 
         }
         if track.muted {
             app.mic_muted.insert(participant);
+            screens::show_roster(app);
         }
         return;
     }
@@ -37,6 +38,9 @@ pub(crate) fn add_track(app: &mut App, participant: u32, track: &v1::TrackInfo) 
     match video::Tile::new(participant, track.track_id, &name, &track.codec, selective) {
         Ok(mut t) => {
             t.picture = Some((track.width, track.height));
+            // Published off (its owner joined with the camera off).
+            let muted = if track.muted { "true" } else { "false" };
+            let _ = t.element().set_attribute("data-muted", muted);
             app.tiles.insert((participant, track.track_id), t);
             screens::show_tiles(app);
         }

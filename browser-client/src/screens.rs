@@ -32,9 +32,13 @@ pub(crate) fn send_chat(text: String) -> bool {
 pub(crate) fn act(action: ui::Action) {
     use ui::Action as A;
     if action.view_only() {
+        let before = ui::read(|v| v.panel);
         ui::update(|v| {
             v.arrange(action);
         });
+        if before != ui::Panel::Closed && ui::read(|v| v.panel) != before {
+            focus_back_from_panel(before);
+        }
         return;
     }
     let Some(a) = state::current() else {
@@ -164,4 +168,48 @@ pub(crate) fn show_roster(app: &App) {
 /// A roster entry: the name to show and whether a moderator.
 pub(crate) fn person(p: &v1::Participant) -> (String, bool) {
     (p.display_name.clone(), p.role == v1::Role::Moderator as i32)
+}
+
+/// Shows a piece of passing news for a few seconds (and to screen readers,
+/// through the toasts' live region).
+pub(crate) fn toast(text: impl Into<String>) {
+    let text = text.into();
+    let mut id = 0;
+    ui::update(|v| id = v.toast(text));
+    let gone = wasm_bindgen::closure::Closure::once_into_js(move || {
+        ui::update(|v| v.toast_gone(id));
+    });
+    if let Some(w) = web_sys::window() {
+        let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(
+            wasm_bindgen::JsCast::unchecked_ref(&gone),
+            TOAST_MS,
+        );
+    }
+}
+
+/// How long a toast stays, milliseconds.
+const TOAST_MS: i32 = 5000;
+
+/// A panel closed while the focus was in it (its chat box): the focus goes
+/// back to the button that opens it, not to nowhere, so the keys go on
+/// working and a screen reader stays in place.
+fn focus_back_from_panel(panel: ui::Panel) {
+    use wasm_bindgen::JsCast;
+    let Some(doc) = web_sys::window().and_then(|w| w.document()) else {
+        return;
+    };
+    let inside = doc
+        .active_element()
+        .zip(by_id("side"))
+        .is_some_and(|(a, side)| side.contains(Some(&a)));
+    if !inside {
+        return;
+    }
+    let id = match panel {
+        ui::Panel::Chat => "toggle-chat",
+        _ => "toggle-people",
+    };
+    if let Some(b) = by_id(id).and_then(|b| b.dyn_into::<web_sys::HtmlElement>().ok()) {
+        let _ = b.focus();
+    }
 }

@@ -133,7 +133,18 @@ pub struct View {
     pub more_open: bool,
     /// The keyboard shortcuts are shown.
     pub help_open: bool,
+    /// Passing news (joins, leaves, moderators' actions), newest last:
+    /// each with its number, for taking it away again.
+    pub toasts: VecDeque<(u32, String)>,
+    /// The number the next toast gets.
+    pub next_toast: u32,
+    /// The latest toast, kept after it goes (`#events[data-last]`, for
+    /// tests and the curious).
+    pub last_toast: String,
 }
+
+/// Toasts shown at once; an older one makes way.
+pub const TOASTS_KEPT: usize = 3;
 
 /// The side panel beside the stage.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
@@ -158,6 +169,24 @@ impl View {
         while self.chat.len() > CHAT_KEPT {
             self.chat.pop_front();
         }
+    }
+
+    /// Shows a piece of passing news; returns its number, for
+    /// [`View::toast_gone`] once it has been read.
+    pub fn toast(&mut self, text: String) -> u32 {
+        let id = self.next_toast;
+        self.next_toast = self.next_toast.wrapping_add(1);
+        self.last_toast.clone_from(&text);
+        self.toasts.push_back((id, text));
+        while self.toasts.len() > TOASTS_KEPT {
+            self.toasts.pop_front();
+        }
+        id
+    }
+
+    /// Takes toast `id` away.
+    pub fn toast_gone(&mut self, id: u32) {
+        self.toasts.retain(|(t, _)| *t != id);
     }
 
     /// Adds a participant to the waiting list, once.
@@ -419,6 +448,9 @@ pub fn page() -> Html {
                 }
             </p>
             <p id="notice" role="alert">{ &v.notice }</p>
+            <ul id="events" aria-live="polite" aria-label="What happens in the meeting" data-last={v.last_toast.clone()}>
+                { for v.toasts.iter().map(|(id, text)| html! { <li key={*id}>{ text }</li> }) }
+            </ul>
         </div>
     };
     match v.screen {
@@ -426,7 +458,7 @@ pub fn page() -> Html {
             <div id="join-screen">
                 <header class="top"><h1>{ "Convene" }</h1></header>
                 { status }
-                <Join preview={v.preview.clone()} devices={v.devices.clone()} media={v.media} />
+                <Join preview={v.preview.clone()} devices={v.devices.clone()} media={v.media} mic_off={v.mic_off} camera_off={v.camera_off} />
             </div>
         },
         Screen::Meeting => html! {
@@ -473,6 +505,16 @@ pub struct JoinProps {
     pub devices: Vec<Device>,
     /// The local media's version.
     pub media: u32,
+    /// Join with the microphone off.
+    pub mic_off: bool,
+    /// Join with the camera off.
+    pub camera_off: bool,
+}
+
+/// Whether the checkbox an event came from is checked.
+fn checked(e: &Event) -> bool {
+    e.target_dyn_into::<web_sys::HtmlInputElement>()
+        .is_some_and(|i| i.checked())
 }
 
 /// The join screen, prefilled from the URL: name, meeting, camera preview
@@ -541,6 +583,19 @@ pub fn join(props: &JoinProps) -> Html {
             <label>{ "Microphone" }
                 <select id="mic-select" ref={mic_ref} onchange={picked}>{ options("audioinput") }</select>
             </label>
+            <fieldset id="join-media">
+                <legend>{ "When I join" }</legend>
+                <label class="check">
+                    <input id="join-mic-off" type="checkbox" checked={props.mic_off}
+                        onchange={Callback::from(|e: Event| { let off = checked(&e); update(|v| v.mic_off = off) })} />
+                    { "Microphone off" }
+                </label>
+                <label class="check">
+                    <input id="join-camera-off" type="checkbox" checked={props.camera_off}
+                        onchange={Callback::from(|e: Event| { let off = checked(&e); update(|v| v.camera_off = off) })} />
+                    { "Camera off" }
+                </label>
+            </fieldset>
             <label id="e2ee-label" class="check">
                 <input id="e2ee" type="checkbox" checked={*e2ee} onchange={toggled} />
                 { " End-to-end encrypt (everyone in the meeting must turn this on)" }
@@ -598,9 +653,9 @@ fn meeting(v: &View) -> Html {
         <div id="meeting-screen" data-panel={match panel { Panel::Closed => "none", Panel::People => "people", Panel::Chat => "chat" }}>
             <header id="topbar">
                 <h1 id="meeting-name">{ &v.meeting }</h1>
-                <span id="count" aria-label={format!("{here} in the meeting")}>{ icon("people") }{ here }</span>
+                <span id="count">{ icon("people") }{ here }</span>
                 <button id="toggle-info" class={classes!("chip", encrypted.then_some("secure"))}
-                    aria-expanded={bool_str(v.info_open)} aria-controls="info"
+                    aria-expanded={bool_str(v.info_open)}
                     title={if encrypted { "End-to-end encrypted: open for the safety code" } else { "Encrypted to the server only: open for details" }}
                     onclick={on(Action::Info)}>
                     { icon(if encrypted { "lock" } else { "shield" }) }
@@ -729,7 +784,7 @@ fn controls(v: &View) -> Html {
         }
     };
     html! {
-        <footer id="controls" aria-label="Meeting controls">
+        <footer id="controls" role="region" aria-label="Meeting controls">
             { toggle("toggle-mic", Action::Mic, !v.mic_off, ("mic", "mic-off"), ("Mute", "Unmute"), v.mic_refused) }
             { toggle("toggle-camera", Action::Camera, !v.camera_off, ("camera", "camera-off"), ("Stop camera", "Start camera"), v.camera_refused) }
             <button id="toggle-screen" class={classes!("ctl", v.sharing.then_some("active"))} data-action="screen"
@@ -1130,6 +1185,65 @@ mod tests {
         assert!(v.arrange(Action::Layout));
         assert_eq!(v.mode, crate::stage::Mode::Grid);
         assert!(!v.arrange(Action::Mic), "the session's to do");
+    }
+
+    #[test]
+    fn toasts_go_when_read_and_make_way_for_newer_ones() {
+        let mut v = View::default();
+        let first = v.toast("Ann joined".into());
+        for n in 0..TOASTS_KEPT {
+            v.toast(format!("news {n}"));
+        }
+        assert_eq!(v.toasts.len(), TOASTS_KEPT);
+        assert!(
+            v.toasts.iter().all(|(id, _)| *id != first),
+            "the oldest made way"
+        );
+        let last = v.toasts.back().unwrap().0;
+        v.toast_gone(last);
+        assert_eq!(v.toasts.len(), TOASTS_KEPT - 1);
+    }
+
+    #[test]
+    fn the_chat_counts_what_arrives_while_it_is_closed() {
+        let mut v = View::default();
+        v.chat_line("Ann: hi".into());
+        v.chat_line("Ann: there?".into());
+        assert_eq!(v.unread, 2);
+        assert!(v.arrange(Action::Panel(Panel::Chat)));
+        assert_eq!(v.unread, 0);
+        v.chat_line("Ann: yes".into());
+        assert_eq!(v.unread, 0, "read as it arrives");
+        assert!(v.arrange(Action::Dismiss));
+        assert_eq!(v.panel, Panel::Closed);
+    }
+
+    #[test]
+    fn escape_closes_a_card_before_the_panel() {
+        let mut v = View::default();
+        v.arrange(Action::Panel(Panel::People));
+        v.arrange(Action::Help);
+        v.arrange(Action::Dismiss);
+        assert!(!v.help_open);
+        assert_eq!(v.panel, Panel::People);
+        v.arrange(Action::Dismiss);
+        assert_eq!(v.panel, Panel::Closed);
+        assert_eq!(shortcut("M"), Some(Action::Mic));
+        assert_eq!(shortcut("Escape"), Some(Action::Dismiss));
+        assert_eq!(shortcut("x"), None);
+    }
+
+    #[test]
+    fn the_link_to_share_names_the_meeting_not_the_visitor() {
+        assert_eq!(
+            meeting_link("https://meet.example/meeting/Ann/standup?token=x#e2ee=1"),
+            "https://meet.example/meeting/standup"
+        );
+        assert_eq!(
+            meeting_link("http://127.0.0.1:8080/meeting/standup"),
+            "http://127.0.0.1:8080/meeting/standup"
+        );
+        assert_eq!(meeting_link("http://h/?m=1"), "http://h/");
     }
 
     #[test]

@@ -48,6 +48,8 @@ test('two browsers meet from a meeting link: roster, chat, leaving', async () =>
 
   // Each sees both, themselves marked, and the transport in use.
   await expect(ann.locator('#participants li')).toHaveCount(2);
+  // A toast says so (and to screen readers, through its live region).
+  await expect(ann.locator('#events')).toHaveAttribute('data-last', 'Bob B joined');
   await expect(ann.locator('#participants')).toContainText('Bob B');
   await expect(bob.locator('#participants')).toContainText('Ann');
   await expect(bob.locator('#participants')).toContainText('Bob B (you)');
@@ -117,6 +119,7 @@ test('two browsers meet from a meeting link: roster, chat, leaving', async () =>
   // Leaving removes Bob from Ann's list.
   await bob.click('#leave');
   await expect(ann.locator('#participants li')).toHaveCount(1);
+  await expect(ann.locator('#events')).toHaveAttribute('data-last', 'Bob B left');
   await expect(ann.locator('#tiles .tile')).toHaveCount(0);
   await expect(bob.locator('#status')).toContainText('left');
 });

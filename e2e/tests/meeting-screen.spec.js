@@ -93,3 +93,33 @@ test('the stage fills the window for 1, 2, 4, 9 and 16 participants', async ({},
     await page.close();
   }
 });
+
+test('joining with the microphone and camera off: the others see both off until turned on', async () => {
+  const meeting = 'quiet-start';
+  const rae = await browser.context.newPage();
+  const sol = await browser.context.newPage();
+  try {
+    await rae.goto(`${server.base}/meeting/Rae/${meeting}`);
+    await expect(rae.locator('#preview-status')).toContainText('ready');
+    await rae.check('#join-mic-off');
+    await rae.check('#join-camera-off');
+    await rae.click('#connect');
+    await expect(rae.locator('#toggle-mic')).toContainText('Unmute');
+    await expect(rae.locator('#toggle-camera')).toContainText('Start camera');
+    await sol.goto(`${server.base}/meeting/Sol/${meeting}`);
+    await sol.click('#connect');
+    const raeRow = sol.locator('#participants li', { hasText: 'Rae' });
+    await expect(raeRow).toContainText('muted');
+    const raeTile = sol.locator('#tiles .tile', { hasText: 'Rae' });
+    await expect(raeTile).toHaveAttribute('data-muted', 'true');
+    // Turned on from the bar: the others hear and see Rae.
+    await rae.click('#toggle-mic');
+    await rae.click('#toggle-camera');
+    await expect(raeRow).not.toContainText('muted');
+    await expect(raeTile).toHaveAttribute('data-muted', 'false');
+    await expect.poll(() => raeTile.getAttribute('data-frames').then(Number)).toBeGreaterThan(10);
+  } finally {
+    await rae.close();
+    await sol.close();
+  }
+});
