@@ -33,6 +33,7 @@ fn local(outbox: Arc<Outbox>, sfu: bool) -> Local {
         outbox,
         mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
         sfu,
+        reactions: false,
     }
 }
 

@@ -67,6 +67,8 @@ fn on_room(app: &mut App, msg: S) {
         S::CongestionHint(h) => publish::on_congestion_hint(app, h),
         S::EncodingDemand(d) => publish::on_encoding_demand(app, d),
         S::ActiveSpeakers(a) => on_active_speakers(app, a),
+        S::HandRaised(h) => on_hand_raised(app, h),
+        S::Reaction(r) => on_reaction(app, r),
         S::ParticipantJoined(j) => on_participant_joined(app, j),
         S::ParticipantLeft(l) => on_participant_left(app, l),
         S::E2ee(m) => e2ee::on_message(app, m),
@@ -103,6 +105,13 @@ fn on_joined(app: &mut App, j: v1::Joined) {
     }
     app.reconnects = 0;
     let meeting = j.meeting_id.clone();
+    let hands: std::collections::BTreeSet<u32> = j
+        .participants
+        .iter()
+        .filter(|p| p.hand_raised)
+        .map(|p| p.participant_id)
+        .collect();
+    let me = app.session.participant_id();
     let label = app.link.as_ref().map_or("?", Link::label);
     let text = match &app.fallback {
         Some(why) => format!("Connected over {label} ({why})"),
@@ -114,6 +123,8 @@ fn on_joined(app: &mut App, j: v1::Joined) {
         v.banner.clear();
         v.status.clear();
         v.meeting = meeting;
+        v.hands = hands;
+        v.me = me;
         v.login_url = None;
         v.transport = text;
     });
@@ -216,9 +227,38 @@ fn on_participant_left(app: &mut App, l: v1::ParticipantLeft) {
         screens::toast(format!("{name} left"));
     }
     app.mic_muted.remove(&l.participant_id);
+    ui::update(|v| {
+        v.hands.remove(&l.participant_id);
+    });
     remote::remove_participant(app, l.participant_id);
     screens::show_roster(app);
     e2ee::show(app);
+}
+
+/// Someone's hand went up or down (PROTOCOL.md §5.9).
+fn on_hand_raised(app: &mut App, h: v1::HandRaised) {
+    let me = app.session.participant_id();
+    if h.participant_id != me && h.raised {
+        screens::toast(format!(
+            "✋ {} raised a hand",
+            app.name_of(h.participant_id)
+        ));
+    }
+    ui::update(|v| {
+        if h.raised {
+            v.hands.insert(h.participant_id);
+        } else {
+            v.hands.remove(&h.participant_id);
+        }
+    });
+}
+
+/// Someone reacted: shown for a moment, and ignored if of a kind this page
+/// does not know (§5.9).
+fn on_reaction(app: &mut App, r: v1::Reaction) {
+    if let Some((symbol, _)) = ui::reaction_symbol(r.kind) {
+        screens::toast(format!("{symbol} {}", app.name_of(r.participant_id)));
+    }
 }
 
 /// A chat line, shown with its sender's name.

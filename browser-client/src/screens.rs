@@ -59,6 +59,19 @@ pub(crate) fn act(action: ui::Action) {
             locked: !app.locked,
         })),
         A::End => Some(C::EndMeeting(v1::EndMeeting {})),
+        A::Hand | A::React(_) if !app.session.reactions() => {
+            ui::notice("This server does not pass on raised hands and reactions.");
+            None
+        }
+        A::Hand => {
+            let raised = !ui::read(|v| v.hands.contains(&v.me));
+            ui::update(|v| v.reactions_open = false);
+            Some(C::RaiseHand(v1::RaiseHand { raised }))
+        }
+        A::React(kind) => {
+            ui::update(|v| v.reactions_open = false);
+            Some(C::SendReaction(v1::SendReaction { kind }))
+        }
         A::Mic | A::Camera => publish::toggle(&mut app, action == A::Mic),
         A::Mute(pid) => Some(C::MuteRequest(v1::MuteRequest {
             participant_id: pid,

@@ -170,7 +170,10 @@ async fn connect(name: String, meeting: String, token: String, e2ee: bool) -> Re
         auth_token: token,
         // Selective forwarding (PROTOCOL.md §6.6): simulcast out, the
         // size each tile needs in.
-        features: vec![convene_protocol::FEATURE_SFU.into()],
+        features: vec![
+            convene_protocol::FEATURE_SFU.into(),
+            convene_protocol::FEATURE_REACTIONS.into(),
+        ],
         ..ClientSessionConfig::default()
     };
     let app = Rc::new(RefCell::new(App::new(name, meeting, config, e2ee)));

@@ -141,6 +141,30 @@ pub struct View {
     /// The latest toast, kept after it goes (`#events[data-last]`, for
     /// tests and the curious).
     pub last_toast: String,
+    /// Whose hands are up (PROTOCOL.md §5.9), ours included.
+    pub hands: std::collections::BTreeSet<u32>,
+    /// Our participant id, to know our own hand.
+    pub me: u32,
+    /// The reactions palette is open.
+    pub reactions_open: bool,
+}
+
+/// The reactions offered, with what they show and their names.
+pub const REACTIONS: [(i32, &str, &str); 6] = [
+    (1, "👍", "Thumbs up"),
+    (2, "👏", "Applause"),
+    (3, "❤️", "Heart"),
+    (4, "😂", "Laughter"),
+    (5, "😮", "Surprise"),
+    (6, "🎉", "Celebration"),
+];
+
+/// What a reaction kind shows, or `None` for a kind this page does not know.
+pub fn reaction_symbol(kind: i32) -> Option<(&'static str, &'static str)> {
+    REACTIONS
+        .iter()
+        .find(|(k, _, _)| *k == kind)
+        .map(|(_, s, n)| (*s, *n))
 }
 
 /// Toasts shown at once; an older one makes way.
@@ -300,6 +324,12 @@ pub enum Action {
     Help,
     /// Close whatever is open over the stage (Escape).
     Dismiss,
+    /// Open or close the reactions palette.
+    Reactions,
+    /// Raise our hand, or lower it.
+    Hand,
+    /// Send a reaction of this kind.
+    React(i32),
 }
 
 impl Action {
@@ -315,6 +345,7 @@ impl Action {
                 | Action::More
                 | Action::Help
                 | Action::Dismiss
+                | Action::Reactions
         )
     }
 }
@@ -322,9 +353,10 @@ impl Action {
 /// The keyboard shortcuts of the meeting screen: key, what it does, and the
 /// action. Letters alone, as in the meeting products people know; ignored
 /// while typing in a field.
-pub const SHORTCUTS: [(&str, &str, Action); 7] = [
+pub const SHORTCUTS: [(&str, &str, Action); 8] = [
     ("m", "Mute or unmute the microphone", Action::Mic),
     ("v", "Turn the camera off or on", Action::Camera),
+    ("h", "Raise or lower your hand", Action::Hand),
     ("c", "Open or close the chat", Action::Panel(Panel::Chat)),
     (
         "p",
@@ -383,15 +415,23 @@ impl View {
                 self.info_open = !self.info_open;
                 self.more_open = false;
             }
-            Action::More => self.more_open = !self.more_open,
+            Action::More => {
+                self.more_open = !self.more_open;
+                self.reactions_open = false;
+            }
+            Action::Reactions => {
+                self.reactions_open = !self.reactions_open;
+                self.more_open = false;
+            }
             Action::Help => {
                 self.help_open = !self.help_open;
                 self.more_open = false;
             }
             Action::Dismiss => {
                 // The innermost first: a menu or overlay, then the panel.
-                if self.more_open || self.help_open || self.info_open {
+                if self.more_open || self.help_open || self.info_open || self.reactions_open {
                     self.more_open = false;
+                    self.reactions_open = false;
                     self.help_open = false;
                     self.info_open = false;
                 } else {
@@ -730,6 +770,22 @@ fn meeting(v: &View) -> Html {
                     <button role="menuitem" id="menu-help" onclick={on(Action::Help)}>{ icon("keyboard") }{ "Keyboard shortcuts" }</button>
                 </div>
             }
+            if v.reactions_open {
+                <div id="reactions-menu" role="menu" aria-label="Raise a hand or react">
+                    <button role="menuitemcheckbox" id="raise-hand" aria-checked={bool_str(v.hands.contains(&v.me))} onclick={on(Action::Hand)}>
+                        { icon("hand") }{ if v.hands.contains(&v.me) { "Lower hand" } else { "Raise hand" } }
+                    </button>
+                    <div class="row">
+                        {
+                            for REACTIONS.iter().map(|(kind, symbol, name)| html! {
+                                <button role="menuitem" class="reaction" data-kind={kind.to_string()} aria-label={*name} title={*name} onclick={on(Action::React(*kind))}>
+                                    <span aria-hidden="true">{ *symbol }</span>
+                                </button>
+                            })
+                        }
+                    </div>
+                </div>
+            }
             if v.help_open {
                 <div id="help" role="dialog" aria-modal="false" aria-labelledby="help-title">
                     <header class="panel-head">
@@ -753,6 +809,7 @@ fn bool_str(b: bool) -> &'static str {
 /// The control bar: microphone, camera, screen, chat, participants, more,
 /// leave; each with an icon and a label that says its state.
 fn controls(v: &View) -> Html {
+    let hand_up = v.hands.contains(&v.me);
     let toggle = |id: &'static str,
                   action: Action,
                   on_now: bool,
@@ -794,6 +851,11 @@ fn controls(v: &View) -> Html {
             </button>
             { panel_button("toggle-chat", Panel::Chat, "chat", "Chat", v.unread) }
             { panel_button("toggle-people", Panel::People, "people", "People", 0) }
+            <button id="toggle-reactions" class={classes!("ctl", hand_up.then_some("active"))} title="Raise a hand or react" aria-haspopup="menu"
+                aria-expanded={bool_str(v.reactions_open)} onclick={on(Action::Reactions)}>
+                { icon("hand") }
+                <span class="label">{ if hand_up { "Hand raised" } else { "React" } }</span>
+            </button>
             <button id="toggle-more" class="ctl" title="More" aria-haspopup="menu" aria-expanded={bool_str(v.more_open)} onclick={on(Action::More)}>
                 { icon("more") }
                 <span class="label">{ "More" }</span>
@@ -893,6 +955,9 @@ fn icon(name: &str) -> Html {
         "grid" => "M4 4h7v7H4zM13 4h7v7h-7zM4 13h7v7H4zM13 13h7v7h-7z",
         "keyboard" => "M3 7h18v10H3zM7 11h.01M11 11h.01M15 11h.01M8 14h8",
         "close" => "M6 6l12 12M18 6L6 18",
+        "hand" => {
+            "M8 13V6a1.5 1.5 0 0 1 3 0v5M11 11V4.5a1.5 1.5 0 0 1 3 0V11M14 11V6a1.5 1.5 0 0 1 3 0v7c0 4-2.5 7-6 7-2.5 0-4-1.5-5.5-4L4 13a1.5 1.5 0 0 1 2.5-1.5L8 13"
+        }
         _ => "",
     };
     let slash = name.ends_with("-off");
@@ -971,6 +1036,7 @@ fn stage(v: &View, a: &crate::stage::Arrangement, style: String) -> Html {
         let _ = n.toggle_attribute_with_force("hidden", *place == Place::Hidden);
         let pinned = v.pinned == Some((t.participant, t.track));
         let _ = n.set_attribute("data-pinned", bool_str(pinned));
+        let _ = n.set_attribute("data-hand", bool_str(v.hands.contains(&t.participant)));
         if let Ok(Some(b)) = n.query_selector("button.pin") {
             b.set_text_content(Some(if pinned { "Unpin" } else { "Pin" }));
             let _ = b.set_attribute("aria-pressed", bool_str(pinned));
@@ -1026,6 +1092,9 @@ fn person(v: &View, p: &Person) -> Html {
     html! {
         <li key={p.id} data-pid={p.id.to_string()} class={classes!(speaking.then_some("speaking"))}>
             <span class="name">{ text }</span>
+            if v.hands.contains(&p.id) {
+                <span class="tag hand" title="Hand raised">{ icon("hand") }{ "hand raised" }</span>
+            }
             if speaking {
                 <span class="tag">{ "speaking" }</span>
             }

@@ -204,6 +204,7 @@ const REQUIREMENTS: &[&str] = &[
     "publishes_video",
     "sfu",
     "dynacast",
+    "reactions",
 ];
 
 pub(crate) fn load(

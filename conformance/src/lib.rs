@@ -185,6 +185,9 @@ pub fn not_applicable(
                 "sfu" => {
                     "needs a server that speaks the selective-forwarding extension sfu.1 (--capability sfu)"
                 }
+                "reactions" => {
+                    "needs a server that speaks raised hands and reactions, reactions.1 (--capability reactions)"
+                }
                 "dynacast" => {
                     "needs a single-node server that sends EncodingDemand (--capability dynacast)"
                 }

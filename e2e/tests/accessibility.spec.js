@@ -95,6 +95,13 @@ test('no serious or critical accessibility violations, joining or in a meeting, 
     await mo.click('#menu-help');
     await expect(mo.locator('#help')).toBeVisible();
     expect(await violations(mo, 'the shortcuts open')).toEqual([]);
+    await mo.keyboard.press('Escape');
+    await mo.click('#toggle-reactions');
+    await mo.click('#raise-hand');
+    await expect(gus.locator('#participants li', { hasText: 'Mo' })).toContainText('hand raised');
+    await mo.click('#toggle-reactions');
+    await expect(mo.locator('#reactions-menu')).toBeVisible();
+    expect(await violations(mo, 'the reactions open, a hand raised')).toEqual([]);
     expect(await violations(gus, "a guest's meeting screen")).toEqual([]);
   } finally {
     await mo.close();

@@ -4,7 +4,7 @@
 // screenshots at a phone's, a tablet's and a laptop's size are kept as test
 // artifacts for a person to look at.
 const { test, expect } = require('@playwright/test');
-const { startWebServer, launchChromium, spawnConvene } = require('./harness');
+const { startWebServer, launchChromium, convene, spawnConvene } = require('./harness');
 
 let server, browser;
 const room = 'team-standup';
@@ -121,5 +121,50 @@ test('joining with the microphone and camera off: the others see both off until 
   } finally {
     await rae.close();
     await sol.close();
+  }
+});
+
+test('a raised hand and a reaction reach the others: pages, and convene receive', async () => {
+  const meeting = 'hands-up';
+  const ann = await browser.context.newPage();
+  const ben = await browser.context.newPage();
+  try {
+    for (const [page, name] of [[ann, 'Ann'], [ben, 'Ben']]) {
+      await page.goto(`${server.base}/meeting/${name}/${meeting}`);
+      await page.click('#connect');
+      await expect(page.locator('#meeting-name')).toHaveText(meeting);
+    }
+    await expect(ben.locator('#participants li')).toHaveCount(2);
+    // Ann raises her hand from the reactions palette.
+    await ann.click('#toggle-reactions');
+    await ann.click('#raise-hand');
+    await expect(ann.locator('#toggle-reactions')).toContainText('Hand raised');
+    const annRow = ben.locator('#participants li', { hasText: 'Ann' });
+    await expect(annRow).toContainText('hand raised');
+    await expect(ben.locator('#tiles .tile', { hasText: 'Ann' })).toHaveAttribute('data-hand', 'true');
+    await expect(ben.locator('#events')).toHaveAttribute('data-last', '✋ Ann raised a hand');
+
+    // A native client joining now learns of the hand from Joined, and of a
+    // reaction sent while it is there.
+    const receiving = convene(['receive', '--server', server.base, '--meeting-id', meeting,
+      '--user-id', 'watcher', '--duration', '6', '--json']);
+    await expect(ben.locator('#participants li')).toHaveCount(3, { timeout: 30_000 });
+    await ann.click('#toggle-reactions');
+    await ann.click('#reactions-menu button[data-kind="2"]');
+    await expect(ben.locator('#events')).toHaveAttribute('data-last', '👏 Ann');
+    await expect(ann.locator('#events')).toHaveAttribute('data-last', '👏 Ann');
+    const r = await receiving;
+    expect(r.code, r.stderr).toBe(0);
+    const report = JSON.parse(r.stdout);
+    expect(report.hands_raised, r.stdout).toEqual(['Ann']);
+    expect(report.reactions, r.stdout).toEqual([{ from: 'Ann', kind: 'clap' }]);
+
+    // h lowers it again.
+    await ann.keyboard.press('h');
+    await expect(annRow).not.toContainText('hand raised');
+    await expect(ann.locator('#toggle-reactions')).toContainText('React');
+  } finally {
+    await ann.close();
+    await ben.close();
   }
 });

@@ -175,6 +175,33 @@ struct Report {
     tracks: Vec<TrackReport>,
     /// With --e2ee: the safety code at the end and what the keyring did.
     e2ee: Option<crate::e2ee::E2eeSummary>,
+    /// Whose hands are up at the end, by name (PROTOCOL.md §5.9).
+    hands_raised: Vec<String>,
+    /// The reactions seen, oldest first (at most [`REACTIONS_KEPT`]).
+    reactions: Vec<ReactionReport>,
+}
+
+/// One reaction as the report shows it.
+#[derive(Debug, serde::Serialize)]
+struct ReactionReport {
+    /// Who reacted.
+    from: String,
+    /// What: `thumbs_up`, `clap`, … or the number of a kind not known here.
+    kind: String,
+}
+
+/// Reactions kept for the report; older ones are forgotten.
+const REACTIONS_KEPT: usize = 1000;
+
+/// A reaction kind in words.
+fn reaction_name(kind: i32) -> String {
+    match v1::ReactionKind::try_from(kind) {
+        Ok(k) if k != v1::ReactionKind::Unspecified => k
+            .as_str_name()
+            .trim_start_matches("REACTION_KIND_")
+            .to_ascii_lowercase(),
+        _ => kind.to_string(),
+    }
 }
 
 type Key = (u32, u32);
@@ -201,10 +228,14 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
         client_kind: ClientKind::Native,
         client_version: concat!("convene-receive/", env!("CARGO_PKG_VERSION")).into(),
         auth_token: args.server.token.clone().unwrap_or_default(),
+        // Raised hands and reactions are shown whatever else is asked for.
         features: if args.selective() {
-            vec![convene_protocol::FEATURE_SFU.to_string()]
+            vec![
+                convene_protocol::FEATURE_SFU.to_string(),
+                convene_protocol::FEATURE_REACTIONS.to_string(),
+            ]
         } else {
-            Vec::new()
+            vec![convene_protocol::FEATURE_REACTIONS.to_string()]
         },
         ..ClientSessionConfig::default()
     };
@@ -318,7 +349,12 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
     let shared: Shared = Arc::new(Mutex::new(HashMap::new()));
     let mut names: HashMap<u32, String> = HashMap::new();
     let mut tracks: HashMap<Key, TrackInfo> = HashMap::new();
+    let mut hands: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    let mut reactions: std::collections::VecDeque<ReactionReport> = Default::default();
     for p in &joined.participants {
+        if p.hand_raised {
+            hands.insert(p.participant_id);
+        }
         names.insert(p.participant_id, p.display_name.clone());
         for t in &p.tracks {
             tracks.insert((p.participant_id, t.track_id), t.clone());
@@ -466,7 +502,27 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                     }
                 }
                 Some(ClientEvent::Room(S::ParticipantLeft(l))) => {
+                    hands.remove(&l.participant_id);
                     status.note(&format!("participant {} left", l.participant_id));
+                }
+                Some(ClientEvent::Room(S::HandRaised(h))) => {
+                    let who = names.get(&h.participant_id).cloned().unwrap_or_else(|| h.participant_id.to_string());
+                    if h.raised {
+                        hands.insert(h.participant_id);
+                        status.note(&format!("{who} raised a hand"));
+                    } else {
+                        hands.remove(&h.participant_id);
+                        status.note(&format!("{who} lowered their hand"));
+                    }
+                }
+                Some(ClientEvent::Room(S::Reaction(r))) => {
+                    let from = names.get(&r.participant_id).cloned().unwrap_or_else(|| r.participant_id.to_string());
+                    let kind = reaction_name(r.kind);
+                    status.note(&format!("{from} reacted: {kind}"));
+                    if reactions.len() == REACTIONS_KEPT {
+                        reactions.pop_front();
+                    }
+                    reactions.push_back(ReactionReport { from, kind });
                 }
                 Some(ClientEvent::Closed) | None => {
                     break Some(client.close_reason().map_or("the connection ended".into(), |r| format!("{} {}", r.transport_reason(), r.text)));
@@ -526,6 +582,11 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
         seconds: started.elapsed().as_secs_f64(),
         tracks: reports,
         e2ee: e2ee.as_ref().map(E2ee::summary),
+        hands_raised: hands
+            .iter()
+            .map(|p| names.get(p).cloned().unwrap_or_else(|| p.to_string()))
+            .collect(),
+        reactions: reactions.into(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -643,6 +704,17 @@ fn print_table(report: &Report) {
             "end-to-end encrypted, safety code {}: {} frames decrypted, {} refused, {} without a key yet",
             e.safety_code, e.stats.decrypted, e.stats.rejected, e.stats.no_key
         );
+    }
+    if !report.hands_raised.is_empty() {
+        println!("hands raised: {}", report.hands_raised.join(", "));
+    }
+    if !report.reactions.is_empty() {
+        let seen: Vec<String> = report
+            .reactions
+            .iter()
+            .map(|r| format!("{} ({})", r.kind, r.from))
+            .collect();
+        println!("reactions: {}", seen.join(", "));
     }
 }
 

@@ -26,6 +26,9 @@ pub fn is_media_frame(frame: &[u8]) -> bool {
 /// The feature name of the selective-forwarding extension (PROTOCOL.md §6.6).
 pub const FEATURE_SFU: &str = "sfu.1";
 
+/// The feature name of the raised hands and reactions extension (PROTOCOL.md §5.9).
+pub const FEATURE_REACTIONS: &str = "reactions.1";
+
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame<M> {

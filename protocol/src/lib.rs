@@ -52,12 +52,13 @@ pub mod validate;
 
 pub use error::ProtocolError;
 pub use frame::{
-    FEATURE_SFU, Frame, StreamDecoder, decode_frame, decode_frame_with, encode_control,
+    FEATURE_REACTIONS, FEATURE_SFU, Frame, StreamDecoder, decode_frame, decode_frame_with,
+    encode_control,
 };
 pub use media::{AudioLevel, Layer, MediaFrame, MediaHeader, MediaPeek};
 pub use session::CloseReason;
 pub use session::client::{ClientEvent, ClientSession, ClientSessionConfig};
 pub use session::server::{
-    ApiMisuse, RoomRequest, ServerEvent, ServerSession, ServerSessionConfig,
+    ApiMisuse, REACTION_RELAY_BYTES, RoomRequest, ServerEvent, ServerSession, ServerSessionConfig,
 };
 pub use time::{Timestamp, TokenBucket};

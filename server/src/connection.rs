@@ -155,7 +155,10 @@ impl Connection {
             heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms as u64),
             idle_timeout: Duration::from_millis(c.idle_timeout_ms as u64),
             // Selective forwarding (PROTOCOL.md §6.6), for clients that offer it.
-            features: vec![convene_protocol::FEATURE_SFU.to_string()],
+            features: vec![
+                convene_protocol::FEATURE_SFU.to_string(),
+                convene_protocol::FEATURE_REACTIONS.to_string(),
+            ],
             ..ServerSessionConfig::default()
         };
         let wakers = Arc::new(Wakers::default());
@@ -643,6 +646,7 @@ impl Connection {
                 Role::Participant as i32
             },
             tracks: Vec::new(),
+            hand_raised: false,
         };
         let session = &mut self.session;
         let outbox = &self.outbox;
@@ -650,6 +654,7 @@ impl Connection {
             outbox: outbox.clone(),
             mailbox: self.mailbox.clone(),
             sfu: session.sfu(),
+            reactions: session.reactions(),
         };
         let mut answered = Ok(());
         let result = self.state.router.join(

@@ -36,6 +36,7 @@ fn local(o: &Arc<Outbox>) -> Local {
         outbox: o.clone(),
         mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
         sfu: false,
+        reactions: false,
     }
 }
 

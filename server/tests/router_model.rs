@@ -50,6 +50,7 @@ fn local(o: &Arc<Outbox>) -> Local {
         outbox: o.clone(),
         mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
         sfu: false,
+        reactions: false,
     }
 }
 

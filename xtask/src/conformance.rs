@@ -55,6 +55,8 @@ pub(crate) fn run() -> Result<(), String> {
                 "sfu",
                 "--capability",
                 "dynacast",
+                "--capability",
+                "reactions",
             ])
             .env("CONVENE_AUTH_SECRET", &secret)
             .status()
@@ -166,6 +168,8 @@ fn webtransport(bin: &Path, secret: &str) -> Result<(), String> {
             "sfu",
             "--capability",
             "dynacast",
+            "--capability",
+            "reactions",
         ])
         .env("CONVENE_AUTH_SECRET", secret)
         .status();
@@ -230,6 +234,7 @@ fn cluster(bin: &Path, secret: &str) -> Result<(), String> {
         let status = Command::new(bin.join("convene-conformance"))
             .args(["server", "--url", &urls[0].1, "--url", &urls[1].1])
             .args(["--capability", "waiting_room", "--capability", "sfu"])
+            .args(["--capability", "reactions"])
             .env("CONVENE_AUTH_SECRET", secret)
             .status()
             .map_err(|e| format!("cannot start convene-conformance: {e}"))?;

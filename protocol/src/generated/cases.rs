@@ -5644,6 +5644,493 @@ pub static CASES: &[Case] = &[
         ],
     },
     Case {
+        id: "reactions.negotiated",
+        title: "A server that speaks reactions.1 lists it in Welcome when the Hello offered it",
+        section: "5.9",
+        file: "reactions.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["reactions"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "features",
+                                value: Value::List(&[Value::Str("reactions.1")]),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "welcome",
+                        fields: &[Field {
+                            name: "features",
+                            value: Value::List(&[Value::Str("reactions.1")]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
+    Case {
+        id: "reactions.not-negotiated",
+        title: "RaiseHand and SendReaction from a session that did not negotiate reactions.1 get UNEXPECTED_MESSAGE",
+        section: "5.9",
+        file: "reactions.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["reactions"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-react-plain"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "raise_hand",
+                        fields: &[Field {
+                            name: "raised",
+                            value: Value::Bool(true),
+                        }],
+                    },
+                    request_id: 4,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::UnexpectedMessage,
+                    request_id: Some(4),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "send_reaction",
+                        fields: &[Field {
+                            name: "kind",
+                            value: Value::Enum("REACTION_KIND_CLAP"),
+                        }],
+                    },
+                    request_id: 5,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::UnexpectedMessage,
+                    request_id: Some(5),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "reactions.hand-raised",
+        title: "A raised hand reaches every negotiated session, is kept for later arrivals, and a RaiseHand that changes nothing sends nothing",
+        section: "5.9",
+        file: "reactions.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["reactions"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-react-hand"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["reactions.1"],
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Handshake {
+                    join: Some("conf-react-hand"),
+                    name: "b",
+                    subscribe_all: false,
+                    features: &["reactions.1"],
+                },
+            },
+            Step {
+                actor: "p",
+                action: Action::Handshake {
+                    join: Some("conf-react-hand"),
+                    name: "p",
+                    subscribe_all: false,
+                    features: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "raise_hand",
+                        fields: &[Field {
+                            name: "raised",
+                            value: Value::Bool(true),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "hand_raised",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "raised",
+                                value: Value::Bool(true),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "hand_raised",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "raised",
+                                value: Value::Bool(true),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "p",
+                action: Action::ExpectNo {
+                    what: "hand_raised",
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "raise_hand",
+                        fields: &[Field {
+                            name: "raised",
+                            value: Value::Bool(true),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::ExpectNo {
+                    what: "hand_raised",
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "features",
+                                value: Value::List(&[Value::Str("reactions.1")]),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "welcome",
+                        fields: &[Field {
+                            name: "features",
+                            value: Value::List(&[Value::Str("reactions.1")]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "join",
+                        fields: &[
+                            Field {
+                                name: "display_name",
+                                value: Value::Str("C"),
+                            },
+                            Field {
+                                name: "meeting_id",
+                                value: Value::Str("conf-react-hand"),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "joined",
+                        fields: &[Field {
+                            name: "participants",
+                            value: Value::List(&[Value::Msg(&[
+                                Field {
+                                    name: "hand_raised",
+                                    value: Value::Bool(true),
+                                },
+                                Field {
+                                    name: "participant_id",
+                                    value: Value::Var("a.id"),
+                                },
+                            ])]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "raise_hand",
+                        fields: &[Field {
+                            name: "raised",
+                            value: Value::Bool(false),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "c",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "hand_raised",
+                        fields: &[
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                            Field {
+                                name: "raised",
+                                value: Value::Bool(false),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
+    Case {
+        id: "reactions.relayed",
+        title: "A reaction reaches every negotiated session, the sender's included, stamped with the sender; kind 0 gets UNEXPECTED_MESSAGE",
+        section: "5.9",
+        file: "reactions.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["reactions"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-react-relay"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["reactions.1"],
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Handshake {
+                    join: Some("conf-react-relay"),
+                    name: "b",
+                    subscribe_all: false,
+                    features: &["reactions.1"],
+                },
+            },
+            Step {
+                actor: "p",
+                action: Action::Handshake {
+                    join: Some("conf-react-relay"),
+                    name: "p",
+                    subscribe_all: false,
+                    features: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "send_reaction",
+                        fields: &[Field {
+                            name: "kind",
+                            value: Value::Enum("REACTION_KIND_CLAP"),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "reaction",
+                        fields: &[
+                            Field {
+                                name: "kind",
+                                value: Value::Enum("REACTION_KIND_CLAP"),
+                            },
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "reaction",
+                        fields: &[
+                            Field {
+                                name: "kind",
+                                value: Value::Enum("REACTION_KIND_CLAP"),
+                            },
+                            Field {
+                                name: "participant_id",
+                                value: Value::Var("a.id"),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "p",
+                action: Action::ExpectNo { what: "reaction" },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "send_reaction",
+                        fields: &[Field {
+                            name: "kind",
+                            value: Value::Enum("REACTION_KIND_UNSPECIFIED"),
+                        }],
+                    },
+                    request_id: 9,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::UnexpectedMessage,
+                    request_id: Some(9),
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::ExpectNo { what: "reaction" },
+            },
+        ],
+    },
+    Case {
+        id: "reactions.rate-limited",
+        title: "Reactions beyond the sender's relay budget get RATE_LIMITED and are not relayed",
+        section: "5.9",
+        file: "reactions.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["reactions"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-react-flood"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["reactions.1"],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Flood {
+                    msg: Msg {
+                        name: "send_reaction",
+                        fields: &[Field {
+                            name: "kind",
+                            value: Value::Enum("REACTION_KIND_HEART"),
+                        }],
+                    },
+                    count: 80,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::RateLimited,
+                    request_id: None,
+                },
+            },
+        ],
+    },
+    Case {
         id: "room.join",
         title: "Join is answered with Joined listing the newcomer",
         section: "5.3",

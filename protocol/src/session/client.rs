@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::ErrorCode;
 use crate::error::ProtocolError;
-use crate::frame::{FEATURE_SFU, Frame, decode_frame_with, encode_control};
+use crate::frame::{FEATURE_REACTIONS, FEATURE_SFU, Frame, decode_frame_with, encode_control};
 use crate::limits::{default, max};
 use crate::media::MediaFrame;
 use crate::session::CloseReason;
@@ -165,6 +165,13 @@ impl ClientSession {
                 .welcome
                 .as_ref()
                 .is_some_and(|w| w.features.iter().any(|f| f == FEATURE_SFU))
+    }
+
+    /// True when the session negotiated raised hands and reactions
+    /// (PROTOCOL.md §5.9): we offered `reactions.1` and Welcome lists it.
+    pub fn reactions(&self) -> bool {
+        let named = |fs: &[String]| fs.iter().any(|f| f == FEATURE_REACTIONS);
+        named(&self.config.features) && self.welcome.as_ref().is_some_and(|w| named(&w.features))
     }
 
     /// Our participant id, 0 before Welcome.

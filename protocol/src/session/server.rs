@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use crate::ErrorCode;
 use crate::error::ProtocolError;
-use crate::frame::{FEATURE_SFU, Frame, decode_frame_with, encode_control};
+use crate::frame::{FEATURE_REACTIONS, FEATURE_SFU, Frame, decode_frame_with, encode_control};
 use crate::limits::{default, max};
 use crate::media::MediaFrame;
 use crate::session::CloseReason;
@@ -179,7 +179,15 @@ pub enum RoomRequest {
     UpdateSubscription(v1::UpdateSubscription),
     /// ReceiverSettings (extension sfu.1), within the limits.
     ReceiverSettings(v1::ReceiverSettings),
+    /// RaiseHand (extension reactions.1).
+    RaiseHand(v1::RaiseHand),
+    /// SendReaction (extension reactions.1), of a kind other than 0.
+    SendReaction(v1::SendReaction),
 }
+
+/// What one RaiseHand or SendReaction costs of the relay budgets, bytes
+/// (PROTOCOL.md §5.9): every member receives it, as with chat.
+pub const REACTION_RELAY_BYTES: u32 = 1024;
 
 impl RoomRequest {
     /// The room request a client message makes, unchecked (the session
@@ -206,6 +214,8 @@ impl RoomRequest {
             Msg::EndMeeting(m) => RoomRequest::EndMeeting(m),
             Msg::UpdateSubscription(m) => RoomRequest::UpdateSubscription(m),
             Msg::ReceiverSettings(m) => RoomRequest::ReceiverSettings(m),
+            Msg::RaiseHand(m) => RoomRequest::RaiseHand(m),
+            Msg::SendReaction(m) => RoomRequest::SendReaction(m),
             Msg::Hello(_)
             | Msg::Goodbye(_)
             | Msg::Ping(_)
@@ -238,6 +248,8 @@ impl RoomRequest {
             RoomRequest::EndMeeting(m) => Msg::EndMeeting(m),
             RoomRequest::UpdateSubscription(m) => Msg::UpdateSubscription(m),
             RoomRequest::ReceiverSettings(m) => Msg::ReceiverSettings(m),
+            RoomRequest::RaiseHand(m) => Msg::RaiseHand(m),
+            RoomRequest::SendReaction(m) => Msg::SendReaction(m),
         }
     }
 }
@@ -308,6 +320,10 @@ pub struct ServerSession {
     sfu_offered: bool,
     /// `sfu.1` is negotiated (§6.6): Welcome listed it.
     sfu: bool,
+    /// The client listed `reactions.1` in its Hello.
+    reactions_offered: bool,
+    /// `reactions.1` is negotiated (§5.9): Welcome listed it.
+    reactions: bool,
 }
 
 impl ServerSession {
@@ -352,7 +368,15 @@ impl ServerSession {
             close: None,
             sfu_offered: false,
             sfu: false,
+            reactions_offered: false,
+            reactions: false,
         }
+    }
+
+    /// True when the session negotiated raised hands and reactions,
+    /// `reactions.1` (PROTOCOL.md §5.9): it may receive their messages.
+    pub fn reactions(&self) -> bool {
+        self.reactions
     }
 
     /// True when the session negotiated the selective-forwarding extension
@@ -698,12 +722,17 @@ impl ServerSession {
     }
 
     fn room_request(&mut self, now: Timestamp, msg: Msg, rid: u32) -> Option<RoomRequest> {
-        if !self.sfu && matches!(msg, Msg::UpdateSubscription(_) | Msg::ReceiverSettings(_)) {
+        let extension = match msg {
+            Msg::UpdateSubscription(_) | Msg::ReceiverSettings(_) if !self.sfu => Some(FEATURE_SFU),
+            Msg::RaiseHand(_) | Msg::SendReaction(_) if !self.reactions => Some(FEATURE_REACTIONS),
+            _ => None,
+        };
+        if let Some(feature) = extension {
             self.error(
                 ProtocolError::new(
                     ErrorCode::UnexpectedMessage,
                     format!(
-                        "{} belongs to the {FEATURE_SFU} extension, which this session did not negotiate",
+                        "{} belongs to the {feature} extension, which this session did not negotiate",
                         msg_name(&msg)
                     ),
                 ),
@@ -718,6 +747,9 @@ impl ServerSession {
         let relayed = match &checked {
             Ok(RoomRequest::Chat(c)) => c.text.len(),
             Ok(RoomRequest::E2ee(e)) => e.payload.len(),
+            Ok(RoomRequest::RaiseHand(_) | RoomRequest::SendReaction(_)) => {
+                REACTION_RELAY_BYTES as usize
+            }
             _ => 0,
         };
         if relayed > 0 && !self.relay_bucket.try_take(now, relayed as f64) {
@@ -818,6 +850,10 @@ impl ServerSession {
                 validate::text_len("removal reason", r.reason.len(), max::MAX_TEXT_BYTES)
                     .map(|_| RoomRequest::RemoveParticipant(r))
             }
+            RoomRequest::SendReaction(r) if r.kind == 0 => Err(ProtocolError::new(
+                ErrorCode::UnexpectedMessage,
+                "SendReaction of kind 0 (REACTION_KIND_UNSPECIFIED) is not a reaction",
+            )),
             other => Ok(other),
         }
     }
@@ -858,6 +894,7 @@ impl ServerSession {
             );
         };
         self.sfu_offered = h.features.iter().any(|f| f == FEATURE_SFU);
+        self.reactions_offered = h.features.iter().any(|f| f == FEATURE_REACTIONS);
         self.pending = Pending::Hello;
         self.events
             .push_back(ServerEvent::Hello { version, hello: h });
@@ -884,6 +921,8 @@ impl ServerSession {
         self.participant_id = participant_id;
         self.next_ping = Some(now + self.config.heartbeat_interval);
         self.sfu = self.sfu_offered && self.config.features.iter().any(|f| f == FEATURE_SFU);
+        self.reactions =
+            self.reactions_offered && self.config.features.iter().any(|f| f == FEATURE_REACTIONS);
         let welcome = v1::Welcome {
             version: 1,
             session_id,
@@ -905,7 +944,9 @@ impl ServerSession {
         self.config
             .features
             .iter()
-            .filter(|f| *f != FEATURE_SFU || self.sfu)
+            .filter(|f| {
+                (*f != FEATURE_SFU || self.sfu) && (*f != FEATURE_REACTIONS || self.reactions)
+            })
             .cloned()
             .collect()
     }
@@ -1088,7 +1129,9 @@ fn sm_event(msg: &Msg) -> SmEvent {
         | Msg::Chat(_)
         | Msg::E2ee(_)
         | Msg::UpdateSubscription(_)
-        | Msg::ReceiverSettings(_) => SmEvent::RoomMessage,
+        | Msg::ReceiverSettings(_)
+        | Msg::RaiseHand(_)
+        | Msg::SendReaction(_) => SmEvent::RoomMessage,
     }
 }
 
@@ -1120,5 +1163,7 @@ pub(crate) fn msg_name(msg: &Msg) -> &'static str {
         Msg::EndMeeting(_) => "EndMeeting",
         Msg::UpdateSubscription(_) => "UpdateSubscription",
         Msg::ReceiverSettings(_) => "ReceiverSettings",
+        Msg::RaiseHand(_) => "RaiseHand",
+        Msg::SendReaction(_) => "SendReaction",
     }
 }

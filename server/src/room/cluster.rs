@@ -104,12 +104,23 @@ impl Room {
         }
         let tracks = std::mem::take(&mut info.tracks);
         *self.nodes.entry(node).or_default() += 1;
+        // A snapshot may carry a raised hand: kept, but told only to those
+        // that negotiated reactions.1 (§5.9).
         self.broadcast(
             Msg::ParticipantJoined(v1::ParticipantJoined {
-                participant: Some(info.clone()),
+                participant: Some(v1::Participant {
+                    hand_raised: false,
+                    ..info.clone()
+                }),
             }),
             None,
         );
+        if info.hand_raised {
+            self.tell_reactions(Msg::HandRaised(v1::HandRaised {
+                participant_id: pid,
+                raised: true,
+            }));
+        }
         self.members.insert(
             pid,
             Member {

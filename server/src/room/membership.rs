@@ -174,9 +174,15 @@ impl Room {
                 self.request_key_frame(now, ppid, tid, 0, true, 0);
             }
         }
+        // Raised hands only for a newcomer that negotiated reactions.1 (§5.9).
+        let view = if local.reactions {
+            Member::participant
+        } else {
+            Member::public
+        };
         v1::Joined {
             meeting_id: self.id.clone(),
-            participants: self.members.values().map(Member::participant).collect(),
+            participants: self.members.values().map(view).collect(),
             locked: self.locked,
         }
     }

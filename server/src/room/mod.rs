@@ -117,6 +117,15 @@ impl Member {
             ..self.info.clone()
         }
     }
+
+    /// As told to sessions that may not have negotiated `reactions.1`
+    /// (PROTOCOL.md §5.9): without the raised hand.
+    fn public(&self) -> Participant {
+        Participant {
+            hand_raised: false,
+            ..self.participant()
+        }
+    }
 }
 
 /// A room: the participants of one meeting on this server.
@@ -192,6 +201,9 @@ pub struct Local {
     /// The session negotiated `sfu.1` (§6.6): it gets LAYERED frames and
     /// the extension's messages.
     pub sfu: bool,
+    /// The session negotiated `reactions.1` (§5.9): it hears of raised
+    /// hands and reactions.
+    pub reactions: bool,
 }
 
 impl Local {

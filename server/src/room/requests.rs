@@ -27,6 +27,8 @@ pub(super) fn replicated(req: &RoomRequest) -> bool {
             | RoomRequest::RemoveParticipant(_)
             | RoomRequest::LockRoom(_)
             | RoomRequest::EndMeeting(_)
+            | RoomRequest::RaiseHand(_)
+            | RoomRequest::SendReaction(_)
     )
 }
 
@@ -48,6 +50,9 @@ impl Room {
             }
             RoomRequest::E2ee(e) if e.to_participant_id == 0 => {
                 self.spend_relay_budget(now, e.payload.len())?
+            }
+            RoomRequest::RaiseHand(_) | RoomRequest::SendReaction(_) => {
+                self.spend_relay_budget(now, convene_protocol::REACTION_RELAY_BYTES as usize)?
             }
             _ => {}
         }
@@ -105,7 +110,47 @@ impl Room {
             RoomRequest::EndMeeting(_) => self.end_meeting(pid),
             RoomRequest::UpdateSubscription(u) => self.update_subscription(now, pid, u),
             RoomRequest::ReceiverSettings(r) => self.receiver_settings(pid, r),
+            RoomRequest::RaiseHand(r) => self.raise_hand(pid, r),
+            RoomRequest::SendReaction(r) => self.send_reaction(pid, r),
             _ => Ok(()),
+        }
+    }
+
+    /// RaiseHand: the sender's hand up or down, told to the sessions that
+    /// negotiated `reactions.1` when it changes (§5.9).
+    fn raise_hand(&mut self, pid: u32, r: v1::RaiseHand) -> Result<(), ProtocolError> {
+        let m = self.members.get_mut(&pid).ok_or_else(|| self_gone(pid))?;
+        if m.info.hand_raised == r.raised {
+            return Ok(());
+        }
+        m.info.hand_raised = r.raised;
+        self.tell_reactions(Msg::HandRaised(v1::HandRaised {
+            participant_id: pid,
+            raised: r.raised,
+        }));
+        Ok(())
+    }
+
+    /// SendReaction: relayed to the sessions that negotiated `reactions.1`,
+    /// the sender's included, and not kept (§5.9).
+    fn send_reaction(&mut self, pid: u32, r: v1::SendReaction) -> Result<(), ProtocolError> {
+        if !self.members.contains_key(&pid) {
+            return Err(self_gone(pid));
+        }
+        self.tell_reactions(Msg::Reaction(v1::Reaction {
+            participant_id: pid,
+            kind: r.kind,
+        }));
+        Ok(())
+    }
+
+    /// Sends `msg` to every member of this node that negotiated `reactions.1`.
+    pub(super) fn tell_reactions(&self, msg: Msg) {
+        let f = frame(msg);
+        for m in self.members.values() {
+            if let Some(l) = m.local.as_ref().filter(|l| l.reactions) {
+                l.outbox.push_control(f.clone());
+            }
         }
     }
 
@@ -113,7 +158,7 @@ impl Room {
     fn update_self(&mut self, pid: u32, u: v1::UpdateSelf) -> Result<(), ProtocolError> {
         let m = self.members.get_mut(&pid).ok_or_else(|| self_gone(pid))?;
         m.info.display_name = u.display_name;
-        let p = m.participant();
+        let p = m.public();
         self.broadcast(
             Msg::ParticipantUpdated(v1::ParticipantUpdated {
                 participant: Some(p),

@@ -29,6 +29,7 @@ pub(super) fn join_sfu(room: &mut Room, pid: u32, subscribe_all: bool) -> Arc<Ou
         outbox: o.clone(),
         mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
         sfu: true,
+        reactions: true,
     };
     let p = Participant {
         participant_id: pid,
