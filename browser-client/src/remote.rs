@@ -41,6 +41,9 @@ pub(crate) fn add_track(app: &mut App, participant: u32, track: &v1::TrackInfo) 
             // Published off (its owner joined with the camera off).
             let muted = if track.muted { "true" } else { "false" };
             let _ = t.element().set_attribute("data-muted", muted);
+            if track.kind == v1::TrackKind::Screen as i32 {
+                let _ = t.element().set_attribute("data-kind", "screen");
+            }
             app.tiles.insert((participant, track.track_id), t);
             screens::show_tiles(app);
         }

@@ -152,9 +152,10 @@ pub(crate) fn show_tiles(app: &App) {
             participant: *participant,
             track: *track,
             node: t.element().clone(),
+            screen: t.element().get_attribute("data-kind").as_deref() == Some("screen"),
         })
         .collect();
-    ui::update(|v| v.tiles = tiles);
+    ui::update(|v| v.set_tiles(tiles));
 }
 
 /// Shows who is in the room, and the moderator's controls to a moderator.

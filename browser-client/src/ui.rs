@@ -63,6 +63,8 @@ pub struct TileNode {
     pub track: u32,
     /// The `<figure class="tile">`.
     pub node: web_sys::Element,
+    /// A shared screen, which takes the stage by default.
+    pub screen: bool,
 }
 
 /// Everything the screens show.
@@ -211,6 +213,23 @@ impl View {
     /// Takes toast `id` away.
     pub fn toast_gone(&mut self, id: u32) {
         self.toasts.retain(|(t, _)| *t != id);
+    }
+
+    /// Takes the remote tiles as they are now: a shared screen that was not
+    /// there before takes the stage (the speaker view, the screen large).
+    pub fn set_tiles(&mut self, tiles: Vec<TileNode>) {
+        let new_screen = tiles.iter().any(|t| {
+            t.screen
+                && !self
+                    .tiles
+                    .iter()
+                    .any(|o| (o.participant, o.track) == (t.participant, t.track))
+        });
+        if new_screen && self.pinned.is_none() {
+            self.mode = crate::stage::Mode::Speaker;
+            self.page = 0;
+        }
+        self.tiles = tiles;
     }
 
     /// Adds a participant to the waiting list, once.
@@ -446,11 +465,15 @@ impl View {
     /// Where each remote tile goes for a page of `per_page` tiles.
     pub fn arrangement(&self, per_page: usize) -> crate::stage::Arrangement {
         let who: Vec<u32> = self.tiles.iter().map(|t| t.participant).collect();
-        let pinned = self.pinned.and_then(|k| {
-            self.tiles
-                .iter()
-                .position(|t| (t.participant, t.track) == k)
-        });
+        // A pinned tile leads; else a shared screen (§ the stage).
+        let pinned = self
+            .pinned
+            .and_then(|k| {
+                self.tiles
+                    .iter()
+                    .position(|t| (t.participant, t.track) == k)
+            })
+            .or_else(|| self.tiles.iter().position(|t| t.screen));
         crate::stage::arrange(&who, pinned, self.dominant, self.mode, self.page, per_page)
     }
 }

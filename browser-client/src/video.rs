@@ -81,6 +81,7 @@ impl Tile {
         // Draw times of the last two seconds, for the frame rate.
         let mut recent: std::collections::VecDeque<f64> = std::collections::VecDeque::new();
         let (c, d, f) = (canvas.clone(), drawn.clone(), figure.clone());
+        let who = name.to_string();
         let output =
             Closure::<dyn FnMut(web_sys::VideoFrame)>::new(move |frame: web_sys::VideoFrame| {
                 let (w, h) = (frame.display_width(), frame.display_height());
@@ -127,7 +128,12 @@ impl Tile {
                         } else {
                             "poor"
                         };
-                        let _ = f.set_attribute("data-quality", quality);
+                        // The dot's colour says it to the eye; words to everyone.
+                        if f.get_attribute("data-quality").as_deref() != Some(quality) {
+                            let _ = f.set_attribute("data-quality", quality);
+                            let _ =
+                                f.set_attribute("title", &format!("{who}: {quality} connection"));
+                        }
                     }
                 }
                 frame.close();

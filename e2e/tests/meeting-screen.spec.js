@@ -168,3 +168,33 @@ test('a raised hand and a reaction reach the others: pages, and convene receive'
     await ben.close();
   }
 });
+
+test('a shared screen takes the stage, and the grid is one click away', async () => {
+  const meeting = 'screen-first';
+  const ann = await browser.context.newPage();
+  const ben = await browser.context.newPage();
+  try {
+    for (const [page, name] of [[ann, 'Ann'], [ben, 'Ben']]) {
+      await page.goto(`${server.base}/meeting/${name}/${meeting}`);
+      await page.click('#connect');
+      await expect(page.locator('#meeting-name')).toHaveText(meeting);
+    }
+    await expect(ben.locator('#tiles .tile')).toHaveCount(1);
+    await expect(ben.locator('#tiles')).toHaveAttribute('data-mode', 'grid');
+    await ann.click('#toggle-screen');
+    const screen = ben.locator('#tiles .tile[data-kind="screen"]');
+    await expect(screen).toHaveCount(1);
+    await expect(ben.locator('#tiles')).toHaveAttribute('data-mode', 'speaker');
+    await expect(screen).toHaveAttribute('data-place', 'main');
+    await expect.poll(() => screen.getAttribute('data-frames').then(Number)).toBeGreaterThan(5);
+    // Back to the grid: the screen stays first.
+    await ben.click('#toggle-layout');
+    await expect(ben.locator('#tiles')).toHaveAttribute('data-mode', 'grid');
+    await expect(screen).toHaveAttribute('data-place', 'grid');
+    await ann.click('#toggle-screen');
+    await expect(screen).toHaveCount(0);
+  } finally {
+    await ann.close();
+    await ben.close();
+  }
+});
