@@ -7,7 +7,7 @@ use convene_protocol::v1::{self, client_message::Msg as C};
 use crate::dom::now;
 use crate::events::pump;
 use crate::state::App;
-use crate::{audio, e2ee, quality, screens, video};
+use crate::{audio, e2ee, quality, screens, ui, video};
 
 /// Puts a remote video track on screen, or plays a remote audio track.
 pub(crate) fn add_track(app: &mut App, participant: u32, track: &v1::TrackInfo) {
@@ -65,7 +65,10 @@ pub(crate) fn on_media(app: &mut App, m: MediaFrame) {
     };
     let now_ms = now().0 as f64 / 1000.0;
     if let Some(p) = app.players.get_mut(&(h.sender, h.track_id)) {
-        p.play(&m);
+        // Muted for me: not played here (the others still hear them).
+        if !ui::read(|v| v.muted_for_me.contains(&h.sender)) {
+            p.play(&m);
+        }
     } else if let Some(tile) = app.tiles.get_mut(&(h.sender, h.track_id))
         && tile.decode(&m)
         && now_ms - tile.last_key_request_ms > 1000.0

@@ -49,6 +49,10 @@ pub(crate) fn act(action: ui::Action) {
         publish::toggle_screen(&a);
         return;
     }
+    // A tile's menu closes once one of its actions is done.
+    if matches!(action, A::Mute(_) | A::Remove(_)) {
+        ui::update(|v| v.tile_menu = None);
+    }
     let mut app = a.borrow_mut();
     let msg = match action {
         A::Leave => {

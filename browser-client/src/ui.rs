@@ -149,6 +149,10 @@ pub struct View {
     pub me: u32,
     /// The reactions palette is open.
     pub reactions_open: bool,
+    /// The tile whose menu is open, (participant, track).
+    pub tile_menu: Option<(u32, u32)>,
+    /// Participants whose sound this page does not play ("mute for me").
+    pub muted_for_me: std::collections::BTreeSet<u32>,
 }
 
 /// The reactions offered, with what they show and their names.
@@ -349,6 +353,10 @@ pub enum Action {
     Hand,
     /// Send a reaction of this kind.
     React(i32),
+    /// Open or close a tile's menu: (participant, track).
+    TileMenu(u32, u32),
+    /// Stop or start playing a participant's sound here only.
+    MuteForMe(u32),
 }
 
 impl Action {
@@ -365,6 +373,8 @@ impl Action {
                 | Action::Help
                 | Action::Dismiss
                 | Action::Reactions
+                | Action::TileMenu(..)
+                | Action::MuteForMe(_)
         )
     }
 }
@@ -400,7 +410,21 @@ impl View {
     /// for one the session must carry out.
     pub fn arrange(&mut self, action: Action) -> bool {
         match action {
+            Action::TileMenu(p, t) => {
+                self.tile_menu = if self.tile_menu == Some((p, t)) {
+                    None
+                } else {
+                    Some((p, t))
+                };
+            }
+            Action::MuteForMe(p) => {
+                if !self.muted_for_me.remove(&p) {
+                    self.muted_for_me.insert(p);
+                }
+                self.tile_menu = None;
+            }
             Action::Pin(p, t) => {
+                self.tile_menu = None;
                 if self.pinned == Some((p, t)) {
                     self.pinned = None;
                 } else {
@@ -448,9 +472,15 @@ impl View {
             }
             Action::Dismiss => {
                 // The innermost first: a menu or overlay, then the panel.
-                if self.more_open || self.help_open || self.info_open || self.reactions_open {
+                if self.more_open
+                    || self.help_open
+                    || self.info_open
+                    || self.reactions_open
+                    || self.tile_menu.is_some()
+                {
                     self.more_open = false;
                     self.reactions_open = false;
+                    self.tile_menu = None;
                     self.help_open = false;
                     self.info_open = false;
                 } else {
@@ -809,6 +839,9 @@ fn meeting(v: &View) -> Html {
                     </div>
                 </div>
             }
+            if let Some((pid, track)) = v.tile_menu {
+                { tile_menu(v, pid, track) }
+            }
             if v.help_open {
                 <div id="help" role="dialog" aria-modal="false" aria-labelledby="help-title">
                     <header class="panel-head">
@@ -819,6 +852,50 @@ fn meeting(v: &View) -> Html {
                         { for SHORTCUTS.iter().map(|(k, what, _)| html! { <><dt><kbd>{ *k }</kbd></dt><dd>{ *what }</dd></> }) }
                     </dl>
                 </div>
+            }
+        </div>
+    }
+}
+
+/// A tile's menu, beside the tile: pin, mute for me, and for moderators
+/// ask to mute and remove.
+fn tile_menu(v: &View, pid: u32, track: u32) -> Html {
+    let name = v
+        .people
+        .iter()
+        .find(|p| p.id == pid)
+        .map_or_else(|| "this participant".to_string(), |p| p.name.clone());
+    // Placed at the tile's top right corner, kept on screen.
+    let rect = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| {
+            d.query_selector(&format!(
+                "#tiles .tile[data-pid=\"{pid}\"][data-track=\"{track}\"]"
+            ))
+            .ok()
+            .flatten()
+        })
+        .map(|e| e.get_bounding_client_rect());
+    let style = rect.map_or_else(String::new, |r| {
+        format!(
+            "top:{:.0}px;left:{:.0}px",
+            r.top() + 44.0,
+            (r.right() - 232.0).max(8.0)
+        )
+    });
+    let pinned = v.pinned == Some((pid, track));
+    let muted = v.muted_for_me.contains(&pid);
+    html! {
+        <div id="tile-menu" role="menu" aria-label={format!("{name}'s tile")} style={style}>
+            <button role="menuitem" id="tile-pin" onclick={on(Action::Pin(pid, track))}>
+                { if pinned { "Unpin" } else { "Pin to the stage" } }
+            </button>
+            <button role="menuitemcheckbox" id="tile-mute-for-me" aria-checked={bool_str(muted)} onclick={on(Action::MuteForMe(pid))}>
+                { if muted { "Unmute for me" } else { "Mute for me" } }
+            </button>
+            if v.moderator && pid != v.me {
+                <button role="menuitem" id="tile-ask-mute" onclick={on(Action::Mute(pid))}>{ format!("Ask {name} to mute") }</button>
+                <button role="menuitem" id="tile-remove" class="danger-text" onclick={on(Action::Remove(pid))}>{ "Remove from the meeting" }</button>
             }
         </div>
     }

@@ -33,6 +33,8 @@ pub(crate) struct Tile {
     pub(crate) picture: Option<(u32, u32)>,
     /// The pin button's click handler, alive as long as the tile.
     _pin: Closure<dyn FnMut()>,
+    /// The menu button's click handler, alive as long as the tile.
+    _menu: Closure<dyn FnMut()>,
 }
 
 impl Tile {
@@ -72,6 +74,18 @@ impl Tile {
         });
         pin_button.add_event_listener_with_callback("click", pin.as_ref().unchecked_ref())?;
         figure.append_child(&pin_button)?;
+        // The tile's menu: pin, mute for me, a moderator's actions.
+        let menu_button = document.create_element("button")?;
+        menu_button.set_class_name("tile-menu");
+        menu_button.set_attribute("type", "button")?;
+        menu_button.set_attribute("aria-label", &format!("More for {name}"))?;
+        menu_button.set_attribute("aria-haspopup", "menu")?;
+        menu_button.set_text_content(Some("⋯"));
+        let menu = Closure::<dyn FnMut()>::new(move || {
+            crate::act(crate::ui::Action::TileMenu(participant, track));
+        });
+        menu_button.add_event_listener_with_callback("click", menu.as_ref().unchecked_ref())?;
+        figure.append_child(&menu_button)?;
 
         // Pictures drawn, shown in `data-frames` (tests read it),
         // capture-to-screen latency in `data-latency-p50`/`-p95` (ms), the
@@ -172,6 +186,7 @@ impl Tile {
             asked: None,
             picture: None,
             _pin: pin,
+            _menu: menu,
         })
     }
 

@@ -102,6 +102,10 @@ test('no serious or critical accessibility violations, joining or in a meeting, 
     await mo.click('#toggle-reactions');
     await expect(mo.locator('#reactions-menu')).toBeVisible();
     expect(await violations(mo, 'the reactions open, a hand raised')).toEqual([]);
+    await mo.keyboard.press('Escape');
+    await mo.locator('#tiles .tile', { hasText: 'Gus' }).locator('button.tile-menu').click();
+    await expect(mo.locator('#tile-remove')).toBeVisible();
+    expect(await violations(mo, "a tile's menu, as a moderator")).toEqual([]);
     expect(await violations(gus, "a guest's meeting screen")).toEqual([]);
   } finally {
     await mo.close();

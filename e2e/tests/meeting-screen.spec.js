@@ -198,3 +198,47 @@ test('a shared screen takes the stage, and the grid is one click away', async ()
     await ben.close();
   }
 });
+
+test("a tile's menu: mute for me stops that participant's sound here only", async () => {
+  const meeting = 'tile-menu';
+  const ann = await browser.context.newPage();
+  const ben = await browser.context.newPage();
+  try {
+    for (const [page, name] of [[ann, 'Ann'], [ben, 'Ben']]) {
+      await page.goto(`${server.base}/meeting/${name}/${meeting}`);
+      await page.click('#connect');
+      await expect(page.locator('#meeting-name')).toHaveText(meeting);
+    }
+    const annTile = ben.locator('#tiles .tile', { hasText: 'Ann' });
+    await expect(annTile).toHaveCount(1);
+    const annPid = await annTile.getAttribute('data-pid');
+    const heard = () => ben.evaluate((pid) => {
+      const by = (document.querySelector('#app')?.getAttribute('data-audio-by') || '').split(' ');
+      const e = by.find((x) => x.startsWith(`${pid}=`));
+      return e ? Number(e.split('=')[1]) : 0;
+    }, annPid);
+    const pictures = () => annTile.getAttribute('data-frames').then(Number);
+    await expect.poll(heard, { message: "Ann's sound plays" }).toBeGreaterThan(25);
+    await annTile.locator('button.tile-menu').click();
+    await expect(ben.locator('#tile-menu')).toBeVisible();
+    await ben.click('#tile-mute-for-me');
+    await expect(ben.locator('#tile-menu')).toBeHidden();
+    // What was on its way is played (up to a second of it, on a busy
+    // machine); then nothing while three seconds of pictures go on, which
+    // unmuted would be some 150 frames of sound.
+    const settled = (await heard()) + 50;
+    const from = await pictures();
+    await expect.poll(pictures, { message: "Ann's picture goes on" }).toBeGreaterThan(from + 90);
+    expect(await heard(), 'no sound of Ann played while muted for me').toBeLessThanOrEqual(settled);
+    // Ann's own page and the server know nothing of it: she is not muted.
+    await expect(ann.locator('#toggle-mic')).toHaveAttribute('aria-pressed', 'false');
+    await annTile.locator('button.tile-menu').click();
+    await expect(ben.locator('#tile-mute-for-me')).toHaveText('Unmute for me');
+    await ben.click('#tile-mute-for-me');
+    const back = await heard();
+    await expect.poll(heard, { message: "Ann's sound plays again" }).toBeGreaterThan(back + 25);
+  } finally {
+    await ann.close();
+    await ben.close();
+  }
+});
