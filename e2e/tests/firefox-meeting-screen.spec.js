@@ -1,0 +1,109 @@
+// The meeting screen in Firefox (Debian's firefox-esr through puppeteer-core,
+// whose WebDriver BiDi cannot resize the window here, so at Firefox's own
+// window size): with four participants the tiles fill the stage without
+// overlapping; axe-core finds no serious or critical violation with the
+// panels closed and open; and from the keyboard alone Firefox raises a hand
+// (a Chromium page sees it), sends a reaction and a chat message, and mutes.
+const { test, expect } = require('@playwright/test');
+const { startWebServer, launchChromium, launchFirefox, spawnConvene } = require('./harness');
+
+let server, chromium, firefox;
+const room = 'fox-screen';
+const streams = [];
+
+test.beforeAll(async () => {
+  server = await startWebServer();
+  chromium = await launchChromium();
+  firefox = await launchFirefox();
+  for (const n of [1, 2]) {
+    streams.push(spawnConvene(['stream', '--server', server.base, '--meeting-id', room,
+      '--user-id', `Guest ${n}`, '--source', 'test-pattern', '--resolution', '320x180', '--fps', '5',
+      '--audio', 'none', '--duration', '120']));
+  }
+});
+
+test.afterAll(async () => {
+  for (const s of streams) s.kill('SIGINT');
+  await firefox?.close();
+  await chromium?.close();
+  await server?.stop();
+});
+
+// Polls `fn` in a puppeteer page until `ok(value)`, or fails with `what`.
+async function until(page, what, fn, ok, arg) {
+  const deadline = Date.now() + 30_000;
+  let value;
+  while (Date.now() < deadline) {
+    value = await page.evaluate(fn, arg);
+    if (ok(value)) return value;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`Firefox: ${what} (last: ${JSON.stringify(value)}; console: ${firefox.console.slice(-15).join(' | ')})`);
+}
+
+function geometry() {
+  const box = (e) => { const r = e.getBoundingClientRect(); return { x: r.x, y: r.y, w: r.width, h: r.height }; };
+  const stage = box(document.getElementById('stage'));
+  const tiles = [...document.querySelectorAll('#tiles > figure')].filter((f) => !f.hidden).map(box);
+  return { stage, tiles };
+}
+
+async function axe(page, where) {
+  await page.addScriptTag({ path: require.resolve('axe-core/axe.min.js') });
+  const found = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { resultTypes: ['violations'] });
+    return r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical')
+      .map((v) => ({ id: v.id, nodes: v.nodes.slice(0, 4).map((n) => n.target.join(' ')) }));
+  });
+  console.log(`axe in Firefox, ${where}: ${found.length} serious or critical`);
+  return found;
+}
+
+test('Firefox: the stage fills the window, no serious accessibility violation, and the keyboard runs the meeting', async () => {
+  const chrome = await chromium.context.newPage();
+  const fox = await firefox.newPage();
+  try {
+    await chrome.goto(`${server.base}/meeting/Cleo/${room}`);
+    await chrome.click('#connect');
+    await fox.goto(`${server.base}/meeting/Fox/${room}`);
+    await until(fox, 'camera preview', () => document.getElementById('preview-status')?.textContent, (t) => /ready/.test(t || ''));
+    expect(await axe(fox, 'the join screen')).toEqual([]);
+    await fox.click('#connect');
+    await until(fox, 'four here', () => document.getElementById('count')?.textContent, (t) => t === '4 here');
+    const g = await until(fox, 'four tiles inside the stage', geometry, (v) => v.tiles.length === 4
+      && v.tiles.every((t) => t.x >= v.stage.x - 1 && t.x + t.w <= v.stage.x + v.stage.w + 1
+        && t.y >= v.stage.y - 1 && t.y + t.h <= v.stage.y + v.stage.h + 1));
+    const covered = g.tiles.reduce((s, t) => s + t.w * t.h, 0) / (g.stage.w * g.stage.h);
+    const size = await fox.evaluate(() => `${window.innerWidth}x${window.innerHeight}`);
+    console.log(`Firefox, 4 participants at ${size}: tiles cover ${(covered * 100).toFixed(0)} % of the stage`);
+    expect(covered).toBeGreaterThanOrEqual(0.6);
+    for (let i = 0; i < g.tiles.length; i++) {
+      expect(g.tiles[i].w).toBeGreaterThanOrEqual(160);
+      for (let j = i + 1; j < g.tiles.length; j++) {
+        const [a, b] = [g.tiles[i], g.tiles[j]];
+        const overlap = a.x < b.x + b.w - 1 && b.x < a.x + a.w - 1 && a.y < b.y + b.h - 1 && b.y < a.y + a.h - 1;
+        expect(overlap, `tiles ${i} and ${j} overlap`).toBe(false);
+      }
+    }
+    expect(await axe(fox, 'the meeting screen')).toEqual([]);
+
+    // The keyboard: h raises the hand, which Chromium sees.
+    await fox.keyboard.press('h');
+    await expect(chrome.locator('#participants li', { hasText: 'Fox' })).toContainText('hand raised');
+    // c opens the chat with the cursor in its box.
+    await fox.keyboard.press('c');
+    await until(fox, 'the chat box focused', () => document.activeElement?.id, (id) => id === 'chat-input');
+    await fox.keyboard.type('from Firefox');
+    await fox.keyboard.press('Enter');
+    await expect(chrome.locator('#messages')).toContainText('Fox: from Firefox');
+    expect(await axe(fox, 'the chat open')).toEqual([]);
+    await fox.keyboard.press('Escape');
+    await until(fox, 'the chat closed', () => document.getElementById('side')?.hidden, (h) => h === true);
+    // m mutes.
+    await fox.keyboard.press('m');
+    await expect(chrome.locator('#participants li', { hasText: 'Fox' })).toContainText('muted');
+  } finally {
+    await fox.close();
+    await chrome.close();
+  }
+});
