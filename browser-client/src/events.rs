@@ -164,6 +164,8 @@ fn on_track_muted(app: &mut App, m: v1::TrackMuted) {
         .map(|t| t.element().clone());
     if let Some(tile) = tile {
         let _ = tile.set_attribute("data-muted", if m.muted { "true" } else { "false" });
+        // The participant list shows cameras too.
+        screens::show_roster(app);
     } else if m.muted {
         app.mic_muted.insert(m.participant_id);
         screens::show_roster(app);

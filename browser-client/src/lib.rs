@@ -96,6 +96,15 @@ pub fn start() -> Result<(), wasm_bindgen::JsValue> {
     )?;
     // Listens for the page's life.
     resized.forget();
+    // The bars fade on a large stage while nothing moves (screens::activity).
+    let moved = wasm_bindgen::closure::Closure::<dyn FnMut()>::new(screens::activity);
+    for event in ["pointermove", "pointerdown", "keydown", "focusin"] {
+        window.add_event_listener_with_callback(
+            event,
+            wasm_bindgen::JsCast::unchecked_ref(moved.as_ref()),
+        )?;
+    }
+    moved.forget();
     // The meeting screen's keyboard shortcuts (ui::SHORTCUTS).
     let keys = wasm_bindgen::closure::Closure::<dyn FnMut(web_sys::KeyboardEvent)>::new(
         |e: web_sys::KeyboardEvent| {

@@ -160,6 +160,67 @@ pub(crate) fn show_tiles(app: &App) {
         })
         .collect();
     ui::update(|v| v.set_tiles(tiles));
+    // Cameras come and go with tiles: the participant list shows them.
+    show_roster(app);
+}
+
+/// How long without a pointer move or a key before the bars fade on a
+/// large stage, milliseconds.
+const IDLE_MS: i32 = 4000;
+
+thread_local! {
+    /// The pending timeout that fades the bars.
+    static IDLE_TIMER: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
+}
+
+/// The person moved the pointer or pressed a key: the bars show, and fade
+/// again after [`IDLE_MS`] of nothing, unless something is open or the
+/// focus is on them (`#meeting-screen[data-idle]`; the fading itself is the
+/// stylesheet's, on large windows only).
+pub(crate) fn activity() {
+    use wasm_bindgen::JsCast;
+    let Some(w) = web_sys::window() else {
+        return;
+    };
+    if let Some(screen) = by_id("meeting-screen")
+        && screen.get_attribute("data-idle").as_deref() != Some("false")
+    {
+        let _ = screen.set_attribute("data-idle", "false");
+    }
+    if let Some(t) = IDLE_TIMER.with(|c| c.take()) {
+        w.clear_timeout_with_handle(t);
+    }
+    let fade = wasm_bindgen::closure::Closure::once_into_js(|| {
+        IDLE_TIMER.with(|c| c.set(None));
+        let open = ui::read(|v| {
+            v.panel != ui::Panel::Closed
+                || v.more_open
+                || v.reactions_open
+                || v.help_open
+                || v.info_open
+                || v.tile_menu.is_some()
+        });
+        let focus_on_bars = web_sys::window()
+            .and_then(|w| w.document())
+            .and_then(|d| d.active_element())
+            .is_some_and(|a| {
+                ["controls", "topbar"]
+                    .iter()
+                    .filter_map(|id| by_id(id))
+                    .any(|bar| bar.contains(Some(&a)))
+            });
+        if !open
+            && !focus_on_bars
+            && let Some(screen) = by_id("meeting-screen")
+        {
+            let _ = screen.set_attribute("data-idle", "true");
+        }
+    });
+    if let Ok(t) =
+        w.set_timeout_with_callback_and_timeout_and_arguments_0(fade.unchecked_ref(), IDLE_MS)
+    {
+        IDLE_TIMER.with(|c| c.set(Some(t)));
+    }
 }
 
 /// Shows who is in the room, and the moderator's controls to a moderator.
@@ -173,6 +234,14 @@ pub(crate) fn show_roster(app: &App) {
             name: name.clone(),
             moderator: *moderator,
             muted: app.mic_muted.contains(id),
+            // A camera tile of theirs, not a screen: on unless muted.
+            camera: app
+                .tiles
+                .iter()
+                .find(|((p, _), t)| {
+                    p == id && t.element().get_attribute("data-kind").as_deref() != Some("screen")
+                })
+                .map(|(_, t)| t.element().get_attribute("data-muted").as_deref() != Some("true")),
             me: *id == me,
         })
         .collect();

@@ -37,6 +37,9 @@ pub struct Person {
     pub moderator: bool,
     /// Whether the microphone is muted.
     pub muted: bool,
+    /// The camera: `Some(true)` sending, `Some(false)` turned off, `None`
+    /// none published (or us: the bar says it).
+    pub camera: Option<bool>,
     /// Whether this is us.
     pub me: bool,
 }
@@ -1197,6 +1200,11 @@ fn person(v: &View, p: &Person) -> Html {
             }
             if speaking {
                 <span class="tag">{ "speaking" }</span>
+            }
+            if let Some(on) = p.camera {
+                <span class="mic" title={if on { "Camera on" } else { "Camera off" }}>
+                    { icon(if on { "camera" } else { "camera-off" }) }
+                </span>
             }
             <span class="mic" title={if p.muted { "Microphone off" } else { "Microphone on" }}>
                 { icon(if p.muted { "mic-off" } else { "mic" }) }

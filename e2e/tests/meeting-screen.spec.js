@@ -84,7 +84,9 @@ test('the stage fills the window for 1, 2, 4, 9 and 16 participants', async ({},
         // Nothing runs off the side.
         const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
         expect(overflow, `${n} at ${w}x${h}: the page is wider than the window`).toBeLessThanOrEqual(0);
-        await page.screenshot({ path: `${dir}/meeting-${n}-${w}x${h}.png` });
+        // The bars showing (they fade on a large stage while nothing moves).
+        await page.mouse.move(w / 2, h / 2);
+        await page.screenshot({ path: `${dir}/meeting-${n}-${w}x${h}.png`, animations: 'disabled' });
       }
       await page.setViewportSize({ width: 1440, height: 900 });
     }
@@ -240,5 +242,23 @@ test("a tile's menu: mute for me stops that participant's sound here only", asyn
   } finally {
     await ann.close();
     await ben.close();
+  }
+});
+
+test('on a large stage the bars fade while nothing moves, and come back at a touch', async () => {
+  const page = await browser.context.newPage();
+  await page.setViewportSize({ width: 1440, height: 900 });
+  try {
+    await page.goto(`${server.base}/meeting/Ida/quiet-bars`);
+    await page.click('#connect');
+    await expect(page.locator('#meeting-name')).toHaveText('quiet-bars');
+    const screen = page.locator('#meeting-screen');
+    await expect(screen).toHaveAttribute('data-idle', 'true', { timeout: 20_000 });
+    await expect.poll(() => page.locator('#controls').evaluate((e) => getComputedStyle(e).opacity)).toBe('0');
+    await page.mouse.move(700, 400);
+    await expect(screen).toHaveAttribute('data-idle', 'false');
+    await expect.poll(() => page.locator('#controls').evaluate((e) => getComputedStyle(e).opacity)).toBe('1');
+  } finally {
+    await page.close();
   }
 });
