@@ -673,12 +673,14 @@ pub fn join(props: &JoinProps) -> Html {
             </label>
             <video id="preview" ref={video_ref} autoplay=true playsinline=true muted=true />
             <p id="preview-status">{ &props.preview }</p>
-            <label>{ "Camera" }
-                <select id="camera-select" ref={camera_ref} onchange={picked.clone()}>{ options("videoinput") }</select>
-            </label>
-            <label>{ "Microphone" }
-                <select id="mic-select" ref={mic_ref} onchange={picked}>{ options("audioinput") }</select>
-            </label>
+            <div id="join-devices">
+                <label>{ "Camera" }
+                    <select id="camera-select" ref={camera_ref} onchange={picked.clone()}>{ options("videoinput") }</select>
+                </label>
+                <label>{ "Microphone" }
+                    <select id="mic-select" ref={mic_ref} onchange={picked}>{ options("audioinput") }</select>
+                </label>
+            </div>
             <fieldset id="join-media">
                 <legend>{ "When I join" }</legend>
                 <label class="check">
