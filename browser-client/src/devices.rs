@@ -36,6 +36,7 @@ pub(crate) fn preview(chosen: Option<(String, String)>) {
                 // Kept even when the join screen is gone already (Connect
                 // pressed before the devices answered): the meeting sends it.
                 page(|p| p.local_media = Some(stream.clone()));
+                meter(&stream);
                 ui::update(|v| {
                     v.media += 1;
                     v.preview = format!("Camera and microphone ready ({tracks} tracks)");
@@ -168,4 +169,85 @@ fn refusal(name: &str) -> Option<&'static str> {
         }
         _ => return None,
     })
+}
+
+thread_local! {
+    /// The join screen's microphone meter: its audio context and the
+    /// interval that reads it, while the join screen shows.
+    static METER: std::cell::RefCell<Option<(web_sys::AudioContext, i32)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// How often the join screen's microphone meter is read, milliseconds.
+const METER_EVERY_MS: i32 = 100;
+
+/// Shows the level of `stream`'s microphone in the join screen's
+/// `#mic-level` while that screen is there (so people see they are heard
+/// before they join); stops when the screen goes.
+fn meter(stream: &web_sys::MediaStream) {
+    stop_meter();
+    if stream.get_audio_tracks().length() == 0 {
+        return;
+    }
+    let Ok(ctx) = web_sys::AudioContext::new() else {
+        return;
+    };
+    let Ok(source) = ctx.create_media_stream_source(stream) else {
+        return;
+    };
+    let Ok(analyser) = ctx.create_analyser() else {
+        return;
+    };
+    analyser.set_fft_size(1024);
+    if source.connect_with_audio_node(&analyser).is_err() {
+        return;
+    }
+    let mut samples = vec![0f32; 1024];
+    let read = Closure::<dyn FnMut()>::new(move || {
+        let Some(meter) = crate::dom::by_id("mic-level")
+            .and_then(|m| m.dyn_into::<web_sys::HtmlMeterElement>().ok())
+        else {
+            // The join screen is gone: so is the meter.
+            stop_meter();
+            return;
+        };
+        analyser.get_float_time_domain_data(&mut samples);
+        let rms = (samples.iter().map(|s| s * s).sum::<f32>() / samples.len() as f32).sqrt();
+        // -60 dBFS to 0 dBFS across the meter.
+        let db = 20.0 * f64::from(rms.max(1e-6)).log10();
+        meter.set_value(((db + 60.0) / 60.0).clamp(0.0, 1.0));
+    });
+    let Some(w) = web_sys::window() else {
+        return;
+    };
+    if let Ok(id) = w.set_interval_with_callback_and_timeout_and_arguments_0(
+        read.as_ref().unchecked_ref(),
+        METER_EVERY_MS,
+    ) {
+        // Lives until stop_meter clears the interval.
+        read.forget();
+        METER.with(|m| *m.borrow_mut() = Some((ctx, id)));
+    }
+}
+
+/// Stops the join screen's microphone meter, if it runs.
+pub(crate) fn stop_meter() {
+    if let Some((ctx, id)) = METER.with(|m| m.borrow_mut().take()) {
+        if let Some(w) = web_sys::window() {
+            w.clear_interval_with_handle(id);
+        }
+        let _ = ctx.close();
+    }
+}
+
+/// Lets the meter's audio context run once the person has touched the page
+/// (browsers start audio only after a gesture).
+pub(crate) fn wake_meter() {
+    METER.with(|m| {
+        if let Some((ctx, _)) = m.borrow().as_ref()
+            && ctx.state() == web_sys::AudioContextState::Suspended
+        {
+            let _ = ctx.resume();
+        }
+    });
 }

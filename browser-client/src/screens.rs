@@ -179,6 +179,7 @@ thread_local! {
 /// stylesheet's, on large windows only).
 pub(crate) fn activity() {
     use wasm_bindgen::JsCast;
+    crate::devices::wake_meter();
     let Some(w) = web_sys::window() else {
         return;
     };

@@ -673,6 +673,9 @@ pub fn join(props: &JoinProps) -> Html {
             </label>
             <video id="preview" ref={video_ref} autoplay=true playsinline=true muted=true />
             <p id="preview-status">{ &props.preview }</p>
+            <label id="mic-level-label" class="meter">{ "Microphone" }
+                <meter id="mic-level" min="0" max="1" low="0.2" high="0.9" optimum="0.6" />
+            </label>
             <div id="join-devices">
                 <label>{ "Camera" }
                     <select id="camera-select" ref={camera_ref} onchange={picked.clone()}>{ options("videoinput") }</select>

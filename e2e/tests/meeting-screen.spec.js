@@ -262,3 +262,20 @@ test('on a large stage the bars fade while nothing moves, and come back at a tou
     await page.close();
   }
 });
+
+test('the join screen shows the microphone level before joining', async () => {
+  const page = await browser.context.newPage();
+  try {
+    await page.goto(`${server.base}/meeting/Mel/level-check`);
+    await expect(page.locator('#preview-status')).toContainText('ready');
+    // Browsers start sound after a gesture: a click in the name field.
+    await page.click('#name');
+    const level = () => page.locator('#mic-level').evaluate((m) => m.value);
+    await expect.poll(level, { message: 'the fake microphone moves the meter', timeout: 20_000 }).toBeGreaterThan(0.2);
+    await page.click('#connect');
+    await expect(page.locator('#meeting-name')).toHaveText('level-check');
+    await expect(page.locator('#mic-level')).toHaveCount(0);
+  } finally {
+    await page.close();
+  }
+});
