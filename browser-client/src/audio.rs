@@ -54,6 +54,16 @@ pub(crate) struct Mic {
     /// Cleared while muted (and until the server has accepted the track):
     /// samples are read and dropped, nothing is sent.
     pub(crate) on: Rc<Cell<bool>>,
+    /// Takes sound to the encoder, from whichever microphone is in use.
+    feed: crate::camera::Feed,
+}
+
+impl Mic {
+    /// Sends another microphone's `track` through the same encoder (the
+    /// old track must be stopped first).
+    pub(crate) fn switch(&self, track: &web_sys::MediaStreamTrack) -> Result<(), JsValue> {
+        crate::camera::attach(track, &self.feed)
+    }
 }
 
 /// Starts encoding the microphone `track` as Opus and calls `sink` with
@@ -91,28 +101,28 @@ pub(crate) fn start_mic(
     ))?;
     output.forget();
     error.forget();
-    let configured = Rc::new(Cell::new(false));
+    // The channels and rate the encoder is configured for: another
+    // microphone may differ, and then it is configured again.
+    let mut configured: Option<(u32, u32)> = None;
     let o = on.clone();
-    crate::capture::each_frame(track, move |data: JsValue| {
+    let feed: crate::camera::Feed = Rc::new(RefCell::new(move |data: JsValue| {
         if let Ok(data) = data.dyn_into::<web_sys::AudioData>() {
-            if !configured.get() {
-                let config = web_sys::AudioEncoderConfig::new(
-                    CODEC,
-                    data.number_of_channels().min(2),
-                    data.sample_rate() as u32,
-                );
+            let form = (data.number_of_channels().min(2), data.sample_rate() as u32);
+            if configured != Some(form) {
+                let config = web_sys::AudioEncoderConfig::new(CODEC, form.0, form.1);
                 config.set_bitrate(32_000);
-                configured.set(encoder.configure(&config).is_ok());
+                configured = encoder.configure(&config).is_ok().then_some(form);
             }
-            if o.get() && configured.get() && encoder.encode_queue_size() < 10 {
+            if o.get() && configured.is_some() && encoder.encode_queue_size() < 10 {
                 let level = level_of(&data);
                 loudest.set(loudest.get().min(level.dbov));
                 let _ = encoder.encode(&data);
             }
             data.close();
         }
-    })?;
-    Ok(Mic { on })
+    }));
+    crate::camera::attach(track, &feed)?;
+    Ok(Mic { on, feed })
 }
 
 /// The level of `data`: as measured when the worklet's samples were made

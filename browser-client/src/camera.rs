@@ -65,9 +65,19 @@ pub(crate) struct Camera {
     pub(crate) rungs: Vec<Rung>,
     /// Temporal layers each encoding is made of (1: none).
     pub(crate) temporal_layers: u32,
+    /// Takes pictures to the encoders, from whichever camera is in use.
+    feed: Feed,
 }
 
 impl Camera {
+    /// Sends another camera's `track` through the same encoders, from a
+    /// key frame (the old track must be stopped first, or both would feed
+    /// them): the others see the new camera in the same tile.
+    pub(crate) fn switch(&self, track: &web_sys::MediaStreamTrack) -> Result<(), JsValue> {
+        self.want_key(0);
+        attach(track, &self.feed)
+    }
+
     /// Makes the next picture of the encodings in `mask` a key frame (0:
     /// all of them, as a KeyFrameRequest without a mask means).
     pub(crate) fn want_key(&self, mask: u8) {
@@ -139,7 +149,7 @@ pub(crate) fn start(
     );
     let ladder = rungs.clone();
     let mut sequence = 0u32;
-    crate::capture::each_frame(track, move |frame: JsValue| {
+    let feed: Feed = Rc::new(RefCell::new(move |frame: JsValue| {
         let Ok(frame) = frame.dyn_into::<web_sys::VideoFrame>() else {
             return;
         };
@@ -221,7 +231,8 @@ pub(crate) fn start(
             }
         }
         frame.close();
-    })?;
+    }));
+    attach(track, &feed)?;
     Ok(Camera {
         key_wanted,
         on,
@@ -230,7 +241,18 @@ pub(crate) fn start(
         codec,
         rungs,
         temporal_layers,
+        feed,
     })
+}
+
+/// What takes each picture of the camera (or sound of the microphone) to
+/// its encoders, shared so another device's track can feed the same ones.
+pub(crate) type Feed = Rc<RefCell<dyn FnMut(JsValue)>>;
+
+/// Feeds `track`'s pictures (or sound) to `feed` until the track ends.
+pub(crate) fn attach(track: &web_sys::MediaStreamTrack, feed: &Feed) -> Result<(), JsValue> {
+    let feed = feed.clone();
+    crate::capture::each_frame(track, move |frame: JsValue| (feed.borrow_mut())(frame))
 }
 
 /// `frame` drawn at `width`×`height` on the encoder's own canvas, as a

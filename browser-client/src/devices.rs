@@ -251,3 +251,54 @@ pub(crate) fn wake_meter() {
         }
     });
 }
+
+/// Opens the chosen camera and microphone in the meeting and sends them in
+/// place of the ones in use, through the same encoders and tracks: the
+/// others see and hear the new devices without anyone leaving or joining.
+pub(crate) fn switch(camera: String, mic: String) {
+    wasm_bindgen_futures::spawn_local(async move {
+        let stream = match open_devices(&camera, &mic).await {
+            Ok(s) => s,
+            Err(e) => {
+                ui::notice(format!("Could not switch devices: {e}"));
+                return;
+            }
+        };
+        // The old ones stop first: their capture ends, so only the new
+        // devices feed the encoders.
+        if let Some(old) = page(|p| p.local_media.replace(stream.clone())) {
+            for t in old.get_tracks().iter() {
+                if let Ok(t) = t.dyn_into::<web_sys::MediaStreamTrack>() {
+                    t.stop();
+                }
+            }
+        }
+        let first =
+            |tracks: js_sys::Array| tracks.get(0).dyn_into::<web_sys::MediaStreamTrack>().ok();
+        if let Some(a) = crate::state::current() {
+            let app = a.borrow();
+            if let (Some(c), Some(t)) = (&app.camera, first(stream.get_video_tracks()))
+                && let Err(e) = c.switch(&t)
+            {
+                web_sys::console::warn_2(&"cannot switch the camera".into(), &e);
+            }
+            if let (Some(m), Some(t)) = (&app.mic, first(stream.get_audio_tracks()))
+                && let Err(e) = m.switch(&t)
+            {
+                web_sys::console::warn_2(&"cannot switch the microphone".into(), &e);
+            }
+        }
+        if let Some(root) = crate::dom::by_id("app") {
+            let n = root
+                .get_attribute("data-device-switches")
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0);
+            let _ = root.set_attribute("data-device-switches", &(n + 1).to_string());
+        }
+        let devices = list_devices(&stream).await;
+        ui::update(|v| {
+            v.media += 1;
+            v.devices = devices;
+        });
+    });
+}

@@ -67,10 +67,10 @@ mod native;
 // What the screens call on the page: the real thing in a browser, inert
 // stand-ins natively.
 #[cfg(not(target_arch = "wasm32"))]
-use native::{act, begin, local_media, preview, send_chat};
+use native::{act, begin, local_media, preview, send_chat, switch_devices};
 #[cfg(target_arch = "wasm32")]
 use {
-    devices::{local_media, preview},
+    devices::{local_media, preview, switch as switch_devices},
     screens::{act, send_chat},
     session::begin,
 };

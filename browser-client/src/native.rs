@@ -22,3 +22,6 @@ pub(crate) fn local_media() -> Option<web_sys::MediaStream> {
 pub(crate) fn send_chat(_text: String) -> bool {
     false
 }
+
+/// Does nothing: there are no devices natively.
+pub(crate) fn switch_devices(_camera: String, _mic: String) {}

@@ -200,6 +200,7 @@ pub(crate) fn activity() {
                 || v.help_open
                 || v.info_open
                 || v.tile_menu.is_some()
+                || v.devices_open
         });
         let focus_on_bars = web_sys::window()
             .and_then(|w| w.document())

@@ -156,6 +156,8 @@ pub struct View {
     pub tile_menu: Option<(u32, u32)>,
     /// Participants whose sound this page does not play ("mute for me").
     pub muted_for_me: std::collections::BTreeSet<u32>,
+    /// The card to change camera and microphone mid-meeting is open.
+    pub devices_open: bool,
 }
 
 /// The reactions offered, with what they show and their names.
@@ -360,6 +362,8 @@ pub enum Action {
     TileMenu(u32, u32),
     /// Stop or start playing a participant's sound here only.
     MuteForMe(u32),
+    /// Open or close the camera and microphone card.
+    Devices,
 }
 
 impl Action {
@@ -378,6 +382,7 @@ impl Action {
                 | Action::Reactions
                 | Action::TileMenu(..)
                 | Action::MuteForMe(_)
+                | Action::Devices
         )
     }
 }
@@ -461,6 +466,10 @@ impl View {
                 self.info_open = !self.info_open;
                 self.more_open = false;
             }
+            Action::Devices => {
+                self.devices_open = !self.devices_open;
+                self.more_open = false;
+            }
             Action::More => {
                 self.more_open = !self.more_open;
                 self.reactions_open = false;
@@ -480,8 +489,10 @@ impl View {
                     || self.info_open
                     || self.reactions_open
                     || self.tile_menu.is_some()
+                    || self.devices_open
                 {
                     self.more_open = false;
+                    self.devices_open = false;
                     self.reactions_open = false;
                     self.tile_menu = None;
                     self.help_open = false;
@@ -828,6 +839,7 @@ fn meeting(v: &View) -> Html {
                         { icon("grid") }{ if v.mode == crate::stage::Mode::Speaker { "Grid view" } else { "Speaker view" } }
                     </button>
                     <button role="menuitem" id="menu-info" onclick={on(Action::Info)}>{ icon("shield") }{ "Meeting info" }</button>
+                    <button role="menuitem" id="menu-devices" onclick={on(Action::Devices)}>{ icon("camera") }{ "Camera and microphone" }</button>
                     <button role="menuitem" id="menu-help" onclick={on(Action::Help)}>{ icon("keyboard") }{ "Keyboard shortcuts" }</button>
                 </div>
             }
@@ -846,6 +858,9 @@ fn meeting(v: &View) -> Html {
                         }
                     </div>
                 </div>
+            }
+            if v.devices_open {
+                <DevicesCard devices={v.devices.clone()} />
             }
             if let Some((pid, track)) = v.tile_menu {
                 { tile_menu(v, pid, track) }
@@ -973,6 +988,50 @@ fn controls(v: &View) -> Html {
                 <span class="label">{ "Leave" }</span>
             </button>
         </footer>
+    }
+}
+
+/// What the camera and microphone card offers.
+#[derive(Properties, PartialEq)]
+pub struct DevicesProps {
+    /// The devices to pick from.
+    pub devices: Vec<Device>,
+}
+
+/// Changing camera and microphone mid-meeting: the same pickers as on the
+/// join screen; a choice takes effect at once, without leaving.
+#[function_component(DevicesCard)]
+pub fn devices_card(props: &DevicesProps) -> Html {
+    let camera_ref = use_node_ref();
+    let mic_ref = use_node_ref();
+    let picked = {
+        let (camera, mic) = (camera_ref.clone(), mic_ref.clone());
+        Callback::from(move |_: Event| crate::switch_devices(selected(&camera), selected(&mic)))
+    };
+    let options = |kind: &str| -> Html {
+        props
+            .devices
+            .iter()
+            .filter(|d| d.kind == kind)
+            .map(|d| {
+                let label = if d.label.is_empty() { &d.id } else { &d.label };
+                html! { <option value={d.id.clone()} selected={d.in_use}>{ label }</option> }
+            })
+            .collect()
+    };
+    html! {
+        <section id="devices-card" role="dialog" aria-labelledby="devices-title">
+            <header class="panel-head">
+                <h2 id="devices-title">{ "Camera and microphone" }</h2>
+                <button class="close" aria-label="Close camera and microphone" onclick={on(Action::Devices)}>{ icon("close") }</button>
+            </header>
+            <label>{ "Camera" }
+                <select id="meeting-camera-select" ref={camera_ref} onchange={picked.clone()}>{ options("videoinput") }</select>
+            </label>
+            <label>{ "Microphone" }
+                <select id="meeting-mic-select" ref={mic_ref} onchange={picked}>{ options("audioinput") }</select>
+            </label>
+        </section>
     }
 }
 

@@ -279,3 +279,48 @@ test('the join screen shows the microphone level before joining', async () => {
     await page.close();
   }
 });
+
+test('camera and microphone switched mid-meeting: the others keep seeing and hearing, nobody leaves', async () => {
+  const meeting = 'switch-devices';
+  const ann = await browser.context.newPage();
+  const ben = await browser.context.newPage();
+  try {
+    for (const [page, name] of [[ann, 'Ann'], [ben, 'Ben']]) {
+      await page.goto(`${server.base}/meeting/${name}/${meeting}`);
+      await page.click('#connect');
+      await expect(page.locator('#meeting-name')).toHaveText(meeting);
+    }
+    const annTile = ben.locator('#tiles .tile', { hasText: 'Ann' });
+    await expect(annTile).toHaveCount(1);
+    const annPid = await annTile.getAttribute('data-pid');
+    const heard = () => ben.evaluate((pid) => {
+      const by = (document.querySelector('#app')?.getAttribute('data-audio-by') || '').split(' ');
+      const e = by.find((x) => x.startsWith(`${pid}=`));
+      return e ? Number(e.split('=')[1]) : 0;
+    }, annPid);
+    const pictures = () => annTile.getAttribute('data-frames').then(Number);
+    await expect.poll(pictures).toBeGreaterThan(10);
+    await expect.poll(heard).toBeGreaterThan(25);
+
+    await ann.click('#toggle-more');
+    await ann.click('#menu-devices');
+    await expect(ann.locator('#devices-card')).toBeVisible();
+    // Another microphone where the browser lists one (Chromium's fake
+    // devices list several), the camera there is.
+    const mics = await ann.locator('#meeting-mic-select option').evaluateAll((os) => os.map((o) => o.value));
+    expect(mics.length).toBeGreaterThan(0);
+    await ann.selectOption('#meeting-mic-select', mics[mics.length - 1]);
+    await expect(ann.locator('#app')).toHaveAttribute('data-device-switches', '1');
+    // The old devices were stopped: pictures and sound that go on come
+    // from the new ones, through the same tracks.
+    const [p0, h0] = [await pictures(), await heard()];
+    await expect.poll(pictures, { message: "Ann's picture after the switch" }).toBeGreaterThan(p0 + 30);
+    await expect.poll(heard, { message: "Ann's sound after the switch" }).toBeGreaterThan(h0 + 50);
+    await expect(ben.locator('#participants li')).toHaveCount(2);
+    await ann.keyboard.press('Escape');
+    await expect(ann.locator('#devices-card')).toBeHidden();
+  } finally {
+    await ann.close();
+    await ben.close();
+  }
+});
