@@ -231,6 +231,7 @@ fn on_participant_left(app: &mut App, l: v1::ParticipantLeft) {
     app.mic_muted.remove(&l.participant_id);
     ui::update(|v| {
         v.hands.remove(&l.participant_id);
+        v.quality.remove(&l.participant_id);
     });
     remote::remove_participant(app, l.participant_id);
     screens::show_roster(app);

@@ -158,6 +158,9 @@ pub struct View {
     pub muted_for_me: std::collections::BTreeSet<u32>,
     /// The card to change camera and microphone mid-meeting is open.
     pub devices_open: bool,
+    /// Each participant's connection as their pictures arrive here (good,
+    /// fair or poor), for the participant list.
+    pub quality: std::collections::BTreeMap<u32, &'static str>,
 }
 
 /// The reactions offered, with what they show and their names.
@@ -1264,6 +1267,9 @@ fn person(v: &View, p: &Person) -> Html {
             }
             if speaking {
                 <span class="tag">{ "speaking" }</span>
+            }
+            if let Some(q) = v.quality.get(&p.id) {
+                <span class={classes!("quality", *q)} title={format!("Connection: {q}")}>{ format!("{q} connection") }</span>
             }
             if let Some(on) = p.camera {
                 <span class="mic" title={if on { "Camera on" } else { "Camera off" }}>

@@ -147,6 +147,11 @@ impl Tile {
                             let _ = f.set_attribute("data-quality", quality);
                             let _ =
                                 f.set_attribute("title", &format!("{who}: {quality} connection"));
+                            // The participant list says it too; rare enough
+                            // (a change) to redraw for.
+                            crate::ui::update(|v| {
+                                v.quality.insert(participant, quality);
+                            });
                         }
                     }
                 }

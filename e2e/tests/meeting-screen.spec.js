@@ -37,7 +37,7 @@ function overlaps(a, b) {
   return a.x < b.x + b.w - 1 && b.x < a.x + a.w - 1 && a.y < b.y + b.h - 1 && b.y < a.y + a.h - 1;
 }
 
-test('the stage fills the window for 1, 2, 4, 9 and 16 participants', async ({}, testInfo) => {
+test('the stage fills the window for 1, 2, 3, 4, 6, 9 and 16 participants', async ({}, testInfo) => {
   test.setTimeout(240_000);
   const page = await browser.context.newPage();
   await page.setViewportSize({ width: 1440, height: 900 });
@@ -50,7 +50,7 @@ test('the stage fills the window for 1, 2, 4, 9 and 16 participants', async ({},
     await expect(page.locator('#meeting-screen')).not.toContainText('`');
     await expect(page.locator('#meeting-screen')).not.toContainText('participant ');
     let others = 0;
-    for (const n of [1, 2, 4, 9, 16]) {
+    for (const n of [1, 2, 3, 4, 6, 9, 16]) {
       while (others < n - 1) {
         others += 1;
         streams.push(spawnConvene(['stream', '--server', server.base, '--meeting-id', room,
@@ -221,6 +221,9 @@ test("a tile's menu: mute for me stops that participant's sound here only", asyn
     }, annPid);
     const pictures = () => annTile.getAttribute('data-frames').then(Number);
     await expect.poll(heard, { message: "Ann's sound plays" }).toBeGreaterThan(25);
+    // The participant list says how Ann's connection looks from here, in words.
+    await expect(ben.locator('#participants li', { hasText: 'Ann' })).toContainText(/(good|fair|poor) connection/);
+    await expect(annTile).toHaveAttribute('title', /Ann: (good|fair|poor) connection/);
     await annTile.locator('button.tile-menu').click();
     await expect(ben.locator('#tile-menu')).toBeVisible();
     await ben.click('#tile-mute-for-me');
