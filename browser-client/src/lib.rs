@@ -89,7 +89,7 @@ pub fn start() -> Result<(), wasm_bindgen::JsValue> {
     root.set_inner_html("");
     yew::Renderer::<ui::Page>::with_root(root).render();
     // How many tiles a page holds follows the window.
-    let resized = wasm_bindgen::closure::Closure::<dyn FnMut()>::new(|| ui::update(|_| {}));
+    let resized = wasm_bindgen::closure::Closure::<dyn FnMut()>::new(ui::resized);
     window.add_event_listener_with_callback(
         "resize",
         wasm_bindgen::JsCast::unchecked_ref(resized.as_ref()),

@@ -585,6 +585,16 @@ thread_local! {
     static STAGE: std::cell::Cell<(i32, i32)> = const { std::cell::Cell::new((0, 0)) };
 }
 
+/// The window changed size: the stage has its new size already (the
+/// layout is CSS's), so it is measured before drawing, which then sizes the
+/// tiles for it at once.
+pub fn resized() {
+    if let Some(size) = measure_stage() {
+        STAGE.with(|s| s.set(size));
+    }
+    update(|_| {});
+}
+
 /// The stage's size now, if it is on the page.
 fn measure_stage() -> Option<(i32, i32)> {
     let stage = web_sys::window()?.document()?.get_element_by_id("stage")?;

@@ -70,9 +70,16 @@ test('Firefox: the stage fills the window, no serious accessibility violation, a
     expect(await axe(fox, 'the join screen')).toEqual([]);
     await fox.click('#connect');
     await until(fox, 'four here', () => document.getElementById('count')?.textContent, (t) => t === '4 here');
-    const g = await until(fox, 'four tiles inside the stage', geometry, (v) => v.tiles.length === 4
-      && v.tiles.every((t) => t.x >= v.stage.x - 1 && t.x + t.w <= v.stage.x + v.stage.w + 1
-        && t.y >= v.stage.y - 1 && t.y + t.h <= v.stage.y + v.stage.h + 1));
+    // Four tiles inside the stage, and settled (the same in two readings).
+    let last = '';
+    const g = await until(fox, 'four tiles inside the stage, settled', geometry, (v) => {
+      const now = JSON.stringify(v);
+      const settled = now === last;
+      last = now;
+      return settled && v.tiles.length === 4
+        && v.tiles.every((t) => t.x >= v.stage.x - 1 && t.x + t.w <= v.stage.x + v.stage.w + 1
+          && t.y >= v.stage.y - 1 && t.y + t.h <= v.stage.y + v.stage.h + 1);
+    });
     const covered = g.tiles.reduce((s, t) => s + t.w * t.h, 0) / (g.stage.w * g.stage.h);
     const size = await fox.evaluate(() => `${window.innerWidth}x${window.innerHeight}`);
     console.log(`Firefox, 4 participants at ${size}: tiles cover ${(covered * 100).toFixed(0)} % of the stage`);

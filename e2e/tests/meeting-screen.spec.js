@@ -61,12 +61,18 @@ test('the stage fills the window for 1, 2, 3, 4, 6, 9 and 16 participants', asyn
       await expect(page.locator('#tiles .tile')).toHaveCount(n - 1, { timeout: 30_000 });
       for (const [w, h] of SIZES) {
         await page.setViewportSize({ width: w, height: h });
-        // The layout follows the window: wait until the tiles fit the stage.
+        // The layout follows the window: wait until it has settled (the
+        // same in two readings) with every tile inside the stage.
+        let last = '';
         await expect.poll(async () => {
           const g = await geometry(page);
-          return g.tiles.length > 0 && g.tiles.every((t) => t.x >= g.stage.x - 1 && t.x + t.w <= g.stage.x + g.stage.w + 1
+          const inside = g.tiles.length > 0 && g.tiles.every((t) => t.x >= g.stage.x - 1 && t.x + t.w <= g.stage.x + g.stage.w + 1
             && t.y >= g.stage.y - 1 && t.y + t.h <= g.stage.y + g.stage.h + 1);
-        }, { message: `${n} at ${w}x${h}: every tile inside the stage`, timeout: 15_000 }).toBe(true);
+          const now = JSON.stringify(g);
+          const settled = now === last;
+          last = now;
+          return inside && settled;
+        }, { message: `${n} at ${w}x${h}: every tile inside the stage, settled`, timeout: 15_000 }).toBe(true);
         const g = await geometry(page);
         for (let i = 0; i < g.tiles.length; i++) {
           expect(g.tiles[i].w, `${n} at ${w}x${h}: tile ${i} is legible`).toBeGreaterThanOrEqual(160);
