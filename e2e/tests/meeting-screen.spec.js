@@ -333,3 +333,21 @@ test('camera and microphone switched mid-meeting: the others keep seeing and hea
     await ben.close();
   }
 });
+
+test('a refused camera and microphone: the join screen says what to do, and joining without them works', async () => {
+  const page = await browser.context.newPage();
+  try {
+    // The browser refuses, as it does when the person said no.
+    await page.addInitScript(() => {
+      navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));
+    });
+    await page.goto(`${server.base}/meeting/Noor/no-devices`);
+    await expect(page.locator('#preview-status')).toContainText('not allowed to use the camera and microphone');
+    await expect(page.locator('#preview-status')).toContainText('join without them');
+    await page.click('#connect');
+    await expect(page.locator('#meeting-name')).toHaveText('no-devices');
+    await expect(page.locator('#participants li')).toHaveCount(1);
+  } finally {
+    await page.close();
+  }
+});
