@@ -1,9 +1,10 @@
-// The meeting screen in Firefox (Debian's firefox-esr through puppeteer-core,
-// whose WebDriver BiDi cannot resize the window here, so at Firefox's own
-// window size): with four participants the tiles fill the stage without
+// The meeting screen in Firefox (Debian's firefox-esr through puppeteer-core;
+// its pages open at 1440x900, as this WebDriver BiDi cannot resize a page
+// that runs): with four participants the tiles fill the stage without
 // overlapping; axe-core finds no serious or critical violation with the
-// panels closed and open; and from the keyboard alone Firefox raises a hand
-// (a Chromium page sees it), sends a reaction and a chat message, and mutes.
+// panels closed and open; and from the keyboard Firefox raises a hand (a
+// Chromium page sees it), chats, mutes, turns the camera off, opens the
+// participants and leaves; a reaction from its palette reaches Chromium.
 const { test, expect } = require('@playwright/test');
 const { startWebServer, launchChromium, launchFirefox, spawnConvene } = require('./harness');
 
@@ -14,7 +15,7 @@ const streams = [];
 test.beforeAll(async () => {
   server = await startWebServer();
   chromium = await launchChromium();
-  firefox = await launchFirefox();
+  firefox = await launchFirefox({ viewport: { width: 1440, height: 900 } });
   for (const n of [1, 2]) {
     streams.push(spawnConvene(['stream', '--server', server.base, '--meeting-id', room,
       '--user-id', `Guest ${n}`, '--source', 'test-pattern', '--resolution', '320x180', '--fps', '5',
@@ -59,7 +60,7 @@ async function axe(page, where) {
   return found;
 }
 
-test('Firefox: the stage fills the window, no serious accessibility violation, and the keyboard runs the meeting', async () => {
+test('Firefox: the stage fills the window, no serious accessibility violation, and the keyboard runs the meeting', async ({}, testInfo) => {
   const chrome = await chromium.context.newPage();
   const fox = await firefox.newPage();
   try {
@@ -106,9 +107,28 @@ test('Firefox: the stage fills the window, no serious accessibility violation, a
     expect(await axe(fox, 'the chat open')).toEqual([]);
     await fox.keyboard.press('Escape');
     await until(fox, 'the chat closed', () => document.getElementById('side')?.hidden, (h) => h === true);
-    // m mutes.
+    // m mutes, v turns the camera off.
     await fox.keyboard.press('m');
     await expect(chrome.locator('#participants li', { hasText: 'Fox' })).toContainText('muted');
+    await fox.keyboard.press('v');
+    await expect(chrome.locator('#tiles .tile', { hasText: 'Fox' })).toHaveAttribute('data-muted', 'true');
+    // A reaction from the palette reaches Chromium.
+    await fox.click('#toggle-reactions');
+    await fox.click('#reactions-menu button[data-kind="1"]');
+    await expect(chrome.locator('#events')).toHaveAttribute('data-last', '👍 Fox');
+    // p opens the participants; a screenshot of it.
+    await fox.keyboard.press('p');
+    await until(fox, 'the participants open', () => document.getElementById('people')?.hidden, (h) => h === false);
+    await fox.screenshot({ path: testInfo.outputPath('firefox-4-1440x900-participants.png') });
+    // Tab to Leave, and Enter: Fox leaves.
+    let focused = '';
+    for (let i = 0; i < 60 && focused !== 'leave'; i++) {
+      await fox.keyboard.press('Tab');
+      focused = await fox.evaluate(() => document.activeElement?.id || '');
+    }
+    expect(focused, 'Leave is reachable with Tab in Firefox').toBe('leave');
+    await fox.keyboard.press('Enter');
+    await expect(chrome.locator('#participants li')).toHaveCount(3);
   } finally {
     await fox.close();
     await chrome.close();

@@ -170,7 +170,7 @@ async function launchChromium({ extraArgs = [], ignoreHTTPSErrors = false } = {}
 // cannot drive a stock Firefox), with fake camera and microphone and no
 // permission prompts; `acceptInsecureCerts` lets pages come from a --dev-tls
 // server. Returns {browser, newPage(), console, close()}.
-async function launchFirefox({ acceptInsecureCerts = false } = {}) {
+async function launchFirefox({ acceptInsecureCerts = false, viewport = undefined } = {}) {
   const puppeteer = require('puppeteer-core');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'convene-firefox-'));
   // Firefox's Web Audio needs a sound server to run at all (without one,
@@ -194,6 +194,9 @@ async function launchFirefox({ acceptInsecureCerts = false } = {}) {
     executablePath: '/usr/bin/firefox-esr',
     headless: true,
     userDataDir: path.join(dir, 'profile'),
+    // The pages' size, set as each page opens (this Firefox's WebDriver
+    // BiDi cannot resize a page that runs: puppeteer's setViewport fails).
+    ...(viewport ? { defaultViewport: viewport } : {}),
     env: { ...process.env, PULSE_SERVER: `unix:${socket}` },
     acceptInsecureCerts,
     extraPrefsFirefox: {
