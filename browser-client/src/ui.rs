@@ -1235,7 +1235,7 @@ fn stage(v: &View, a: &crate::stage::Arrangement, style: String) -> Html {
     html! {
         <div id="tiles" data-mode={if speaker { "speaker" } else { "grid" }} style={style}>
             { for lead.map(tile) }
-            <SelfView key="self" media={v.media} />
+            <SelfView key="self" media={v.media} off={v.camera_off} />
             { for rest.iter().map(|i| tile(*i)) }
         </div>
     }
@@ -1302,6 +1302,8 @@ fn person(v: &View, p: &Person) -> Html {
 pub struct SelfViewProps {
     /// The local media's version.
     pub media: u32,
+    /// Our camera is off: the picture is dimmed, as the others see none.
+    pub off: bool,
 }
 
 /// Our own camera, first in the grid: what the others see.
@@ -1321,7 +1323,7 @@ pub fn self_view(props: &SelfViewProps) -> Html {
         });
     }
     html! {
-        <figure id="self" class="self">
+        <figure id="self" class="self" data-muted={bool_str(props.off)}>
             <video id="self-view" ref={video} autoplay=true playsinline=true muted=true />
             <figcaption>{ "You" }</figcaption>
         </figure>

@@ -140,6 +140,7 @@ test('join, mute, turn the camera off, chat, open the participants and leave wit
     await page.keyboard.press('v');
     await expect(page.locator('#toggle-camera')).toHaveAttribute('aria-pressed', 'true');
     await expect(page.locator('#toggle-camera')).toContainText('Start camera');
+    await expect(page.locator('#self')).toHaveAttribute('data-muted', 'true');
 
     // c opens the chat with the cursor in its box; Enter sends.
     await page.keyboard.press('c');
