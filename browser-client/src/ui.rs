@@ -795,6 +795,11 @@ fn meeting(v: &View) -> Html {
             </header>
             if !v.banner.is_empty() {
                 <p id="banner" role="alert">{ &v.banner }</p>
+            } else if v.sharing {
+                <p id="sharing" role="status">
+                    { icon("screen") }{ "You are sharing your screen with everyone" }
+                    <button id="stop-sharing" class="chip" onclick={on(Action::Screen)}>{ "Stop sharing" }</button>
+                </p>
             }
             if v.info_open {
                 <InfoPanel meeting={v.meeting.clone()} transport={v.transport.clone()} e2ee={v.e2ee.clone()} />

@@ -190,6 +190,8 @@ test('a shared screen takes the stage, and the grid is one click away', async ()
     await expect(ben.locator('#tiles .tile')).toHaveCount(1);
     await expect(ben.locator('#tiles')).toHaveAttribute('data-mode', 'grid');
     await ann.click('#toggle-screen');
+    // The sharer is told, with a way to stop.
+    await expect(ann.locator('#sharing')).toContainText('You are sharing your screen');
     const screen = ben.locator('#tiles .tile[data-kind="screen"]');
     await expect(screen).toHaveCount(1);
     await expect(ben.locator('#tiles')).toHaveAttribute('data-mode', 'speaker');
@@ -199,8 +201,9 @@ test('a shared screen takes the stage, and the grid is one click away', async ()
     await ben.click('#toggle-layout');
     await expect(ben.locator('#tiles')).toHaveAttribute('data-mode', 'grid');
     await expect(screen).toHaveAttribute('data-place', 'grid');
-    await ann.click('#toggle-screen');
+    await ann.click('#stop-sharing');
     await expect(screen).toHaveCount(0);
+    await expect(ann.locator('#sharing')).toHaveCount(0);
   } finally {
     await ann.close();
     await ben.close();
