@@ -193,15 +193,7 @@ pub(crate) fn activity() {
     }
     let fade = wasm_bindgen::closure::Closure::once_into_js(|| {
         IDLE_TIMER.with(|c| c.set(None));
-        let open = ui::read(|v| {
-            v.panel != ui::Panel::Closed
-                || v.more_open
-                || v.reactions_open
-                || v.help_open
-                || v.info_open
-                || v.tile_menu.is_some()
-                || v.devices_open
-        });
+        let open = ui::read(|v| v.panel != ui::Panel::Closed || v.card_open());
         let focus_on_bars = web_sys::window()
             .and_then(|w| w.document())
             .and_then(|d| d.active_element())
@@ -237,13 +229,13 @@ pub(crate) fn show_roster(app: &App) {
             moderator: *moderator,
             muted: app.mic_muted.contains(id),
             // A camera tile of theirs, not a screen: on unless muted.
+            // (Their tiles only: a range of the map, not a walk of every tile.)
             camera: app
                 .tiles
-                .iter()
-                .find(|((p, _), t)| {
-                    p == id && t.element().get_attribute("data-kind").as_deref() != Some("screen")
-                })
-                .map(|(_, t)| t.element().get_attribute("data-muted").as_deref() != Some("true")),
+                .range((*id, 0)..=(*id, u32::MAX))
+                .map(|(_, t)| t.element())
+                .find(|e| e.get_attribute("data-kind").as_deref() != Some("screen"))
+                .map(|e| e.get_attribute("data-muted").as_deref() != Some("true")),
             me: *id == me,
         })
         .collect();

@@ -487,13 +487,7 @@ impl View {
             }
             Action::Dismiss => {
                 // The innermost first: a menu or overlay, then the panel.
-                if self.more_open
-                    || self.help_open
-                    || self.info_open
-                    || self.reactions_open
-                    || self.tile_menu.is_some()
-                    || self.devices_open
-                {
+                if self.card_open() {
                     self.more_open = false;
                     self.devices_open = false;
                     self.reactions_open = false;
@@ -507,6 +501,16 @@ impl View {
             _ => return false,
         }
         true
+    }
+
+    /// True while a menu or card is open over the stage (not the panel).
+    pub fn card_open(&self) -> bool {
+        self.more_open
+            || self.help_open
+            || self.info_open
+            || self.reactions_open
+            || self.tile_menu.is_some()
+            || self.devices_open
     }
 
     /// Where each remote tile goes for a page of `per_page` tiles.
@@ -676,17 +680,7 @@ pub fn join(props: &JoinProps) -> Html {
             crate::begin(typed(&name), typed(&meeting), *e2ee);
         })
     };
-    let options = |kind: &str| -> Html {
-        props
-            .devices
-            .iter()
-            .filter(|d| d.kind == kind)
-            .map(|d| {
-                let label = if d.label.is_empty() { &d.id } else { &d.label };
-                html! { <option value={d.id.clone()} selected={d.in_use}>{ label }</option> }
-            })
-            .collect()
-    };
+    let options = |kind: &str| device_options(&props.devices, kind);
     html! {
         <form id="join" onsubmit={submit}>
             <label>{ "Your name" }
@@ -728,6 +722,19 @@ pub fn join(props: &JoinProps) -> Html {
             <button id="connect" type="submit">{ "Connect" }</button>
         </form>
     }
+}
+
+/// The `<option>`s of a device picker: the devices of `kind` (`videoinput`
+/// or `audioinput`), the one in use selected.
+fn device_options(devices: &[Device], kind: &str) -> Html {
+    devices
+        .iter()
+        .filter(|d| d.kind == kind)
+        .map(|d| {
+            let label = if d.label.is_empty() { &d.id } else { &d.label };
+            html! { <option value={d.id.clone()} selected={d.in_use}>{ label }</option> }
+        })
+        .collect()
 }
 
 /// Shows the local camera in `video` whenever it changes.
@@ -1026,17 +1033,7 @@ pub fn devices_card(props: &DevicesProps) -> Html {
         let (camera, mic) = (camera_ref.clone(), mic_ref.clone());
         Callback::from(move |_: Event| crate::switch_devices(selected(&camera), selected(&mic)))
     };
-    let options = |kind: &str| -> Html {
-        props
-            .devices
-            .iter()
-            .filter(|d| d.kind == kind)
-            .map(|d| {
-                let label = if d.label.is_empty() { &d.id } else { &d.label };
-                html! { <option value={d.id.clone()} selected={d.in_use}>{ label }</option> }
-            })
-            .collect()
-    };
+    let options = |kind: &str| device_options(&props.devices, kind);
     html! {
         <section id="devices-card" role="dialog" aria-labelledby="devices-title">
             <header class="panel-head">

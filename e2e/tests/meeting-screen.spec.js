@@ -23,6 +23,22 @@ test.afterAll(async () => {
 
 const SIZES = [[360, 740], [768, 1024], [1440, 900]];
 
+// Joins `meeting` as `name` from `page`, and waits until the page is in it.
+async function join(page, name, meeting) {
+  await page.goto(`${server.base}/meeting/${name}/${meeting}`);
+  await page.click('#connect');
+  await expect(page.locator('#meeting-name')).toHaveText(meeting);
+}
+
+// Sound frames `page` has decoded from participant `pid` (#app[data-audio-by]).
+function heardFrom(page, pid) {
+  return page.evaluate((p) => {
+    const by = (document.querySelector('#app')?.getAttribute('data-audio-by') || '').split(' ');
+    const e = by.find((x) => x.startsWith(`${p}=`));
+    return e ? Number(e.split('=')[1]) : 0;
+  }, pid);
+}
+
 // The stage's box and every shown tile's, from the page.
 async function geometry(page) {
   return page.evaluate(() => {
@@ -137,11 +153,8 @@ test('a raised hand and a reaction reach the others: pages, and convene receive'
   const ann = await browser.context.newPage();
   const ben = await browser.context.newPage();
   try {
-    for (const [page, name] of [[ann, 'Ann'], [ben, 'Ben']]) {
-      await page.goto(`${server.base}/meeting/${name}/${meeting}`);
-      await page.click('#connect');
-      await expect(page.locator('#meeting-name')).toHaveText(meeting);
-    }
+    await join(ann, 'Ann', meeting);
+    await join(ben, 'Ben', meeting);
     await expect(ben.locator('#participants li')).toHaveCount(2);
     // Ann raises her hand from the reactions palette.
     await ann.click('#toggle-reactions');
@@ -182,11 +195,8 @@ test('a shared screen takes the stage, and the grid is one click away', async ()
   const ann = await browser.context.newPage();
   const ben = await browser.context.newPage();
   try {
-    for (const [page, name] of [[ann, 'Ann'], [ben, 'Ben']]) {
-      await page.goto(`${server.base}/meeting/${name}/${meeting}`);
-      await page.click('#connect');
-      await expect(page.locator('#meeting-name')).toHaveText(meeting);
-    }
+    await join(ann, 'Ann', meeting);
+    await join(ben, 'Ben', meeting);
     await expect(ben.locator('#tiles .tile')).toHaveCount(1);
     await expect(ben.locator('#tiles')).toHaveAttribute('data-mode', 'grid');
     await ann.click('#toggle-screen');
@@ -215,19 +225,12 @@ test("a tile's menu: mute for me stops that participant's sound here only", asyn
   const ann = await browser.context.newPage();
   const ben = await browser.context.newPage();
   try {
-    for (const [page, name] of [[ann, 'Ann'], [ben, 'Ben']]) {
-      await page.goto(`${server.base}/meeting/${name}/${meeting}`);
-      await page.click('#connect');
-      await expect(page.locator('#meeting-name')).toHaveText(meeting);
-    }
+    await join(ann, 'Ann', meeting);
+    await join(ben, 'Ben', meeting);
     const annTile = ben.locator('#tiles .tile', { hasText: 'Ann' });
     await expect(annTile).toHaveCount(1);
     const annPid = await annTile.getAttribute('data-pid');
-    const heard = () => ben.evaluate((pid) => {
-      const by = (document.querySelector('#app')?.getAttribute('data-audio-by') || '').split(' ');
-      const e = by.find((x) => x.startsWith(`${pid}=`));
-      return e ? Number(e.split('=')[1]) : 0;
-    }, annPid);
+    const heard = () => heardFrom(ben, annPid);
     const pictures = () => annTile.getAttribute('data-frames').then(Number);
     await expect.poll(heard, { message: "Ann's sound plays" }).toBeGreaterThan(25);
     // The participant list says how Ann's connection looks from here, in words.
@@ -297,19 +300,12 @@ test('camera and microphone switched mid-meeting: the others keep seeing and hea
   const ann = await browser.context.newPage();
   const ben = await browser.context.newPage();
   try {
-    for (const [page, name] of [[ann, 'Ann'], [ben, 'Ben']]) {
-      await page.goto(`${server.base}/meeting/${name}/${meeting}`);
-      await page.click('#connect');
-      await expect(page.locator('#meeting-name')).toHaveText(meeting);
-    }
+    await join(ann, 'Ann', meeting);
+    await join(ben, 'Ben', meeting);
     const annTile = ben.locator('#tiles .tile', { hasText: 'Ann' });
     await expect(annTile).toHaveCount(1);
     const annPid = await annTile.getAttribute('data-pid');
-    const heard = () => ben.evaluate((pid) => {
-      const by = (document.querySelector('#app')?.getAttribute('data-audio-by') || '').split(' ');
-      const e = by.find((x) => x.startsWith(`${pid}=`));
-      return e ? Number(e.split('=')[1]) : 0;
-    }, annPid);
+    const heard = () => heardFrom(ben, annPid);
     const pictures = () => annTile.getAttribute('data-frames').then(Number);
     await expect.poll(pictures).toBeGreaterThan(10);
     await expect.poll(heard).toBeGreaterThan(25);
