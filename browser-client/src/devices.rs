@@ -181,6 +181,10 @@ thread_local! {
 /// How often the join screen's microphone meter is read, milliseconds.
 const METER_EVERY_MS: i32 = 100;
 
+/// Samples the meter looks at each reading (a power of two, as the
+/// analyser wants): about a third of a second at 48 kHz.
+const METER_SAMPLES: u32 = 16_384;
+
 /// Shows the level of `stream`'s microphone in the join screen's
 /// `#mic-level` while that screen is there (so people see they are heard
 /// before they join); stops when the screen goes.
@@ -192,17 +196,22 @@ fn meter(stream: &web_sys::MediaStream) {
     let Ok(ctx) = web_sys::AudioContext::new() else {
         return;
     };
+    // Runs at once if the page was touched already (the devices can answer
+    // after the first click); otherwise at the next touch (`wake_meter`).
+    let _ = ctx.resume();
     let Ok(source) = ctx.create_media_stream_source(stream) else {
         return;
     };
     let Ok(analyser) = ctx.create_analyser() else {
         return;
     };
-    analyser.set_fft_size(1024);
+    // A third of a second of sound at each reading (three readings' worth),
+    // so a short sound between two readings still shows.
+    analyser.set_fft_size(METER_SAMPLES);
     if source.connect_with_audio_node(&analyser).is_err() {
         return;
     }
-    let mut samples = vec![0f32; 1024];
+    let mut samples = vec![0f32; METER_SAMPLES as usize];
     let read = Closure::<dyn FnMut()>::new(move || {
         let Some(meter) = crate::dom::by_id("mic-level")
             .and_then(|m| m.dyn_into::<web_sys::HtmlMeterElement>().ok())
@@ -212,7 +221,11 @@ fn meter(stream: &web_sys::MediaStream) {
             return;
         };
         analyser.get_float_time_domain_data(&mut samples);
-        let rms = (samples.iter().map(|s| s * s).sum::<f32>() / samples.len() as f32).sqrt();
+        // The loudest 20 ms or so of it, as a level meter shows.
+        let rms = samples
+            .chunks(1024)
+            .map(|c| (c.iter().map(|s| s * s).sum::<f32>() / c.len() as f32).sqrt())
+            .fold(0f32, f32::max);
         // -60 dBFS to 0 dBFS across the meter.
         let db = 20.0 * f64::from(rms.max(1e-6)).log10();
         meter.set_value(((db + 60.0) / 60.0).clamp(0.0, 1.0));
