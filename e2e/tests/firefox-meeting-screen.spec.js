@@ -30,17 +30,8 @@ test.afterAll(async () => {
   await server?.stop();
 });
 
-// Polls `fn` in a puppeteer page until `ok(value)`, or fails with `what`.
-async function until(page, what, fn, ok, arg) {
-  const deadline = Date.now() + 30_000;
-  let value;
-  while (Date.now() < deadline) {
-    value = await page.evaluate(fn, arg);
-    if (ok(value)) return value;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  throw new Error(`Firefox: ${what} (last: ${JSON.stringify(value)}; console: ${firefox.console.slice(-15).join(' | ')})`);
-}
+// Polls a Firefox page until a condition holds (harness: `firefox.until`).
+const until = (...args) => firefox.until(...args);
 
 function geometry() {
   const box = (e) => { const r = e.getBoundingClientRect(); return { x: r.x, y: r.y, w: r.width, h: r.height }; };

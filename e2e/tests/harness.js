@@ -209,6 +209,18 @@ async function launchFirefox({ acceptInsecureCerts = false, viewport = undefined
   const console = [];
   return {
     browser, console,
+    // Polls `fn` in a page of this Firefox until `ok(value)`; fails with
+    // `what`, the last value and the end of the console.
+    async until(page, what, fn, ok, arg) {
+      const deadline = Date.now() + 30_000;
+      let value;
+      while (Date.now() < deadline) {
+        value = await page.evaluate(fn, arg);
+        if (ok(value)) return value;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      throw new Error(`Firefox: ${what} (last: ${JSON.stringify(value)}; console: ${console.slice(-15).join(' | ')})`);
+    },
     async newPage() {
       const page = await browser.newPage();
       page.on('console', (m) => console.push(`${m.type()}: ${m.text()}`));
