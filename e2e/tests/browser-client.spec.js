@@ -124,14 +124,15 @@ test('two browsers meet from a meeting link: roster, chat, leaving', async () =>
   await expect(bob.locator('#status')).toContainText('left');
 });
 
-test('convene stream appears in the browser as a tile that keeps drawing', async () => {
+for (const codec of ['opus', 'pcmu']) {
+test(`convene stream appears in the browser as a tile that keeps drawing, its sound in ${codec}`, async () => {
   // The native CLI's moving test pattern, H.264 from OpenH264.
-  const stream = spawnConvene(['stream', '--server', server.base, '--meeting-id', 'e2e-tile',
+  const stream = spawnConvene(['stream', '--server', server.base, '--meeting-id', `e2e-tile-${codec}`,
     '--user-id', 'streamer', '--source', 'test-pattern', '--resolution', '320x240', '--fps', '15',
-    '--audio', 'tone', '--duration', '90']);
+    '--audio', 'tone', '--audio-codec', codec, '--duration', '90']);
   try {
     const page = await browser.context.newPage();
-    await page.goto(`${server.base}/meeting/Viewer/e2e-tile`);
+    await page.goto(`${server.base}/meeting/Viewer/e2e-tile-${codec}`);
     await page.click('#connect');
     const tile = page.locator('#tiles .tile');
     await expect(tile).toHaveCount(1);
@@ -146,7 +147,7 @@ test('convene stream appears in the browser as a tile that keeps drawing', async
     expect(first.lit).toBeGreaterThan(100);
     // The pattern moves: the picture changes.
     await expect.poll(async () => (await sample()).sum).not.toBe(first.sum);
-    // Its tone (G.711 µ-law) is decoded and heard: the streamer is the active speaker.
+    // Its tone (Opus, or G.711 µ-law for old streams) is decoded and heard: the streamer is the active speaker.
     await expect.poll(async () => Number(await page.locator('#app').getAttribute('data-audio-frames')))
       .toBeGreaterThan(25);
     const speaker = await page.locator('#participants li', { hasText: 'streamer' }).getAttribute('data-pid');
@@ -156,6 +157,7 @@ test('convene stream appears in the browser as a tile that keeps drawing', async
     stream.kill('SIGINT');
   }
 });
+}
 
 test("the browser's camera decodes in convene receive", async () => {
   const page = await browser.context.newPage();
@@ -176,8 +178,11 @@ test("the browser's camera decodes in convene receive", async () => {
   expect(video.width).toBeGreaterThan(0);
   const audio = report.tracks.find((t) => t.kind === 'audio');
   expect(audio, r.stdout).toBeTruthy();
+  // The browser's Opus decodes in the CLI: every frame that came, no errors.
   expect(audio.codec).toBe('opus');
   expect(audio.frames_received).toBeGreaterThan(0);
+  expect(audio.frames_decoded).toBe(audio.frames_received);
+  expect(audio.decode_errors).toBe(0);
   await page.close();
 });
 

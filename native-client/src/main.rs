@@ -16,6 +16,7 @@ mod frame;
 mod h264;
 mod load;
 mod media;
+mod mic;
 mod pattern;
 mod receive;
 mod source;

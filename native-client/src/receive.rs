@@ -52,7 +52,9 @@ pub(crate) struct ReceiveArgs {
     /// The name others see.
     #[arg(long, default_value = "convene-receive")]
     user_id: String,
-    /// Write decoded pictures here (created if missing).
+    /// Write decoded pictures here (created if missing), and the sound of
+    /// each audio track as a WAV file (`pPARTICIPANT-tTRACK.wav`, silence
+    /// where the sender sent none).
     #[arg(long)]
     dump_dir: Option<PathBuf>,
     /// Write every Nth decoded picture of each track.
@@ -151,6 +153,8 @@ struct TrackReport {
     arrival_latency_ms_p95: Option<f64>,
     /// Mean level of audio, dBFS.
     audio_level_dbfs: Option<f64>,
+    /// The pitch of the sound heard (from its zero crossings), Hz.
+    audio_hz: Option<f64>,
     pictures_written: u64,
     #[serde(skip)]
     glass_ms: Vec<u64>,
@@ -360,6 +364,8 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
             tracks.insert((p.participant_id, t.track_id), t.clone());
         }
     }
+    // Sound is decoded here: 20 ms of Opus takes microseconds.
+    let mut listeners: HashMap<Key, audio::Listener> = HashMap::new();
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(DECODE_QUEUE);
     let (want_key_tx, mut want_key_rx) = mpsc::channel::<Key>(64);
     let (decoded_tx, mut decoded_rx) = mpsc::unbounded_channel::<()>();
@@ -473,9 +479,15 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                         r.key_frames_received += 1;
                     }
                     if info.kind == TrackKind::Audio as i32 {
-                        if info.codec.eq_ignore_ascii_case(audio::CODEC) {
-                            r.level_sum += audio::level_dbfs(&payload);
-                        }
+                        let l = listeners.entry(key).or_insert_with(|| {
+                            let wav = args.dump_dir.as_ref().map(|d| d.join(format!("p{}-t{}.wav", key.0, key.1)));
+                            audio::Listener::new(&info.codec, wav.as_deref())
+                        });
+                        l.frame(&payload, h.capture_timestamp_us);
+                        r.frames_decoded = l.decoded;
+                        r.decode_errors = l.errors;
+                        r.level_sum = l.level_sum;
+                        r.audio_hz = l.hz();
                         r.window_frames += 1;
                     } else if info.codec.starts_with("avc1") {
                         let job = Job::Frame { key, data: payload, is_key: h.key, gap };
@@ -494,6 +506,11 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                 }
                 Some(ClientEvent::Room(S::TrackUnpublished(u))) => {
                     tracks.remove(&(u.participant_id, u.track_id));
+                    if let Some(l) = listeners.remove(&(u.participant_id, u.track_id))
+                        && let Err(e) = l.finish()
+                    {
+                        status.note(&format!("{e}"));
+                    }
                     let _ = job_tx.try_send(Job::Forget((u.participant_id, u.track_id)));
                 }
                 Some(ClientEvent::Room(S::ParticipantJoined(j))) => {
@@ -564,6 +581,11 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
     };
     drop(job_tx);
     let _ = tokio::task::spawn_blocking(move || decoder.join()).await;
+    for (_, l) in listeners.drain() {
+        if let Err(e) = l.finish() {
+            status.note(&format!("{e}"));
+        }
+    }
     status.done();
     if ended.is_none() {
         let _ = tokio::time::timeout(Duration::from_secs(5), client.close("receive done")).await;
@@ -649,7 +671,7 @@ fn finish(mut r: TrackReport) -> TrackReport {
     r.arrival_latency_ms_p50 = percentile(&r.arrival_us, 50.0).map(|us| us as f64 / 1000.0);
     r.arrival_latency_ms_p95 = percentile(&r.arrival_us, 95.0).map(|us| us as f64 / 1000.0);
     if r.kind == "audio" && r.frames_received > 0 {
-        r.audio_level_dbfs = Some(r.level_sum / r.frames_received as f64);
+        r.audio_level_dbfs = Some(r.level_sum / r.frames_decoded.max(1) as f64);
     }
     r
 }

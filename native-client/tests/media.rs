@@ -53,13 +53,37 @@ async fn a_test_pattern_streamed_over_webtransport_decodes_with_its_counter_risi
         "a glass-to-glass latency of {glass} ms is not a reading"
     );
 
+    // The tone, in Opus: decoded at its level and pitch, and written out.
     let audio = track(&report, "audio");
-    assert_eq!(audio["codec"], "PCMU");
-    assert!(n(audio, "frames_received") > 0);
+    assert_eq!(audio["codec"], "opus");
+    let frames = n(audio, "frames_received");
+    assert!(frames > 0);
+    assert_eq!(n(audio, "frames_decoded"), frames);
+    assert_eq!(n(audio, "decode_errors"), 0);
     let level = audio["audio_level_dbfs"].as_f64().unwrap();
     assert!(
         (level + 15.0).abs() < 1.5,
         "the tone arrived at {level} dBFS"
+    );
+    let hz = audio["audio_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 440.0).abs() < 4.4,
+        "the 440 Hz tone was heard at {hz} Hz"
+    );
+    let wav = dump.join(format!(
+        "p{}-t{}.wav",
+        n(audio, "participant_id"),
+        n(audio, "track_id")
+    ));
+    let wav = std::fs::read(&wav).unwrap_or_else(|e| panic!("{}: {e}", wav.display()));
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(u32::from_le_bytes(wav[24..28].try_into().unwrap()), 48_000);
+    // 20 ms of 16-bit samples a frame, a frame of silence at most for the
+    // odd late one.
+    let samples = (wav.len() as u64 - 44) / 2;
+    assert!(
+        (frames * 960..=(frames + 2) * 960).contains(&samples),
+        "{samples} samples for {frames} frames"
     );
 
     // Pictures a person can open: PNGs of the stream's size, and a Y4M file.

@@ -85,9 +85,20 @@ pub(crate) struct StreamArgs {
     /// also sent whenever a receiver asks).
     #[arg(long, default_value_t = 10.0)]
     key_interval: f64,
-    /// `tone`: a 440 Hz sine as G.711 µ-law audio; `none`: video only.
+    /// `tone`: a 440 Hz sine; `mic`: a microphone (ALSA, see
+    /// --audio-device); `none`: video only.
     #[arg(long, value_enum, default_value = "none")]
     audio: AudioSource,
+    /// How the sound is sent: `opus` (48 kHz, DTX: nothing is sent while
+    /// the microphone is silent) or `pcmu` (G.711 µ-law, 8 kHz, for
+    /// receivers that know nothing else).
+    #[arg(long, value_enum, default_value = "opus")]
+    audio_codec: audio::Codec,
+    /// With --audio mic: the ALSA capture device (`arecord -L` lists them;
+    /// `plughw:1,0` is the first device of card 1, e.g. a USB microphone on
+    /// a Raspberry Pi).
+    #[arg(long, default_value = "default")]
+    audio_device: String,
     /// The tone's level in dBFS (its peaks against full scale), -60 to 0.
     /// A server with selective forwarding hears who speaks from the levels
     /// sent beside the sound (PROTOCOL.md §6.6.4): louder tones take the
@@ -122,6 +133,28 @@ enum AudioSource {
     None,
     /// A 440 Hz tone.
     Tone,
+    /// A microphone.
+    Mic,
+}
+
+/// Where the sound being sent comes from.
+enum SoundIn {
+    /// No sound.
+    None,
+    /// The tone, a frame each tick.
+    Tone(audio::Tone),
+    /// A microphone's frames, paced by its device.
+    Mic(mpsc::Receiver<Vec<i16>>),
+}
+
+impl SoundIn {
+    /// The microphone's next frame; never, for the other sources.
+    async fn mic_frame(&mut self) -> Option<Vec<i16>> {
+        match self {
+            SoundIn::Mic(rx) => rx.recv().await,
+            _ => std::future::pending().await,
+        }
+    }
 }
 
 fn tone_level(s: &str) -> Result<f64, String> {
@@ -192,6 +225,10 @@ struct Summary {
     demand_mask: Option<u32>,
     video_frames_sent: u64,
     audio_frames_sent: u64,
+    /// Silent frames the Opus encoder left out (DTX).
+    audio_frames_silent: u64,
+    /// The codec of the sound sent, if any.
+    audio_codec: Option<&'static str>,
     bytes_sent: u64,
     mean_encode_ms: f64,
     connects: u32,
@@ -223,8 +260,27 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
         anyhow::bail!("--key-interval must be a positive number of seconds");
     }
     let clock = Instant::now();
+    let codec = args.audio_codec;
+    let sound = match args.audio {
+        AudioSource::None => SoundIn::None,
+        AudioSource::Tone => {
+            SoundIn::Tone(audio::Tone::at(440.0, args.tone_dbfs, codec.sample_rate()))
+        }
+        AudioSource::Mic => SoundIn::Mic(crate::mic::open(
+            &args.audio_device,
+            codec.sample_rate(),
+            codec.samples_per_frame(),
+        )?),
+    };
+    let encoder = match args.audio {
+        AudioSource::None => None,
+        _ => Some(anyhow::Context::context(
+            audio::Encoder::new(codec),
+            "cannot start the audio encoder",
+        )?),
+    };
     let (media, video_rx) = Media::start(&args).await?;
-    let mut stream = Stream::new(&args, endpoints, clock, &media, video_rx);
+    let mut stream = Stream::new(&args, endpoints, clock, &media, video_rx, sound, encoder);
     let outcome = loop {
         let joined = tokio::select! {
             r = stream.connect() => r,
@@ -293,7 +349,9 @@ struct Stream<'a> {
     rate: RateController,
     /// The zero of the timestamps `rate` is given.
     clock: Instant,
-    tone: audio::Tone,
+    sound: SoundIn,
+    /// Encodes the sound (None without sound).
+    encoder: Option<audio::Encoder>,
     /// Our tracks, whose sequence numbers go on from one session to the next.
     video: OutTrack,
     audio: OutTrack,
@@ -339,6 +397,8 @@ impl<'a> Stream<'a> {
         clock: Instant,
         media: &Media,
         video_rx: mpsc::Receiver<VideoOut>,
+        sound: SoundIn,
+        encoder: Option<audio::Encoder>,
     ) -> Stream<'a> {
         let (width, height) = args.resolution;
         Stream {
@@ -358,7 +418,8 @@ impl<'a> Stream<'a> {
             target_kbps: media.target_kbps.clone(),
             rate: RateController::new(args.bitrate_kbps.saturating_mul(1000), RATE_FLOOR_BPS),
             clock,
-            tone: audio::Tone::at(440.0, args.tone_dbfs),
+            sound,
+            encoder,
             video: OutTrack::new(VIDEO_TRACK),
             audio: OutTrack::new(AUDIO_TRACK),
             e2ee: None,
@@ -366,6 +427,7 @@ impl<'a> Stream<'a> {
                 width,
                 height,
                 min_bitrate_kbps: args.bitrate_kbps,
+                audio_codec: (args.audio != AudioSource::None).then(|| args.audio_codec.name()),
                 ..Summary::default()
             },
         }
@@ -459,11 +521,26 @@ impl<'a> Stream<'a> {
     /// loss, waits before the next attempt.
     async fn publish(&mut self, mut s: Session) -> ControlFlow<anyhow::Result<()>> {
         let tone = self.args.audio == AudioSource::Tone;
+        let mic = self.args.audio == AudioSource::Mic;
+        // What the microphone said while we were away is not sent late.
+        if let SoundIn::Mic(rx) = &mut self.sound {
+            while rx.try_recv().is_ok() {}
+        }
         let lost = loop {
             let next = tokio::select! {
                 ev = s.client.next_event() => self.on_event(&mut s, ev),
                 v = self.video_rx.recv() => self.send_video(&mut s, v),
-                _ = s.audio_tick.tick(), if tone => self.send_audio(&mut s),
+                _ = s.audio_tick.tick(), if tone => {
+                    let pcm = match &mut self.sound {
+                        SoundIn::Tone(t) => t.next_samples(self.args.audio_codec.samples_per_frame()),
+                        _ => Vec::new(),
+                    };
+                    self.send_audio(&mut s, &pcm)
+                }
+                pcm = self.sound.mic_frame(), if mic => match pcm {
+                    Some(pcm) => self.send_audio(&mut s, &pcm),
+                    None => Next::End(Err(anyhow::anyhow!("the microphone stopped (see the log above)"))),
+                },
                 _ = s.status_tick.tick() => self.on_status_tick(&mut s),
                 _ = tokio::signal::ctrl_c() => s.stop().await,
                 _ = sleep_until(self.deadline) => s.finish().await,
@@ -567,20 +644,28 @@ impl<'a> Stream<'a> {
         Next::Continue
     }
 
-    /// Sends the tone's next frame.
-    fn send_audio(&mut self, s: &mut Session) -> Next {
-        let payload = self.tone.next_frame();
+    /// Encodes and sends 20 ms of sound.
+    fn send_audio(&mut self, s: &mut Session, pcm: &[i16]) -> Next {
+        let Some(encoder) = self.encoder.as_mut() else {
+            return Next::Continue;
+        };
+        let payload = match encoder.encode(pcm) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                self.summary.audio_frames_silent += 1;
+                return Next::Continue;
+            }
+            Err(e) => {
+                return Next::End(Err(anyhow::Error::new(e).context("cannot encode the sound")));
+            }
+        };
         let mut frame = seal(
             &mut self.e2ee,
             self.audio.frame(true, unix_micros(), &payload),
         );
         if s.levels {
-            let samples: Vec<f32> = payload
-                .iter()
-                .map(|b| f32::from(audio::decode(*b)) / 32_768.0)
-                .collect();
             frame = frame.with_layer(Layer {
-                level: Some(AudioLevel::measure(&samples)),
+                level: Some(AudioLevel::measure(&audio::to_float(pcm))),
                 ..Layer::default()
             });
         }
@@ -754,8 +839,8 @@ async fn connect(
         client_kind: ClientKind::Native,
         client_version: concat!("convene-stream/", env!("CARGO_PKG_VERSION")).into(),
         auth_token: args.server.token.clone().unwrap_or_default(),
-        // Simulcast needs the extension, and so does a tone's level.
-        features: if args.simulcast || args.audio == AudioSource::Tone {
+        // Simulcast needs the extension, and so does the sound's level.
+        features: if args.simulcast || args.audio != AudioSource::None {
             vec![FEATURE_SFU.to_string()]
         } else {
             Vec::new()
@@ -828,11 +913,11 @@ async fn connect(
         },
         ..Default::default()
     }];
-    if args.audio == AudioSource::Tone {
+    if args.audio != AudioSource::None {
         tracks.push(TrackInfo {
             track_id: AUDIO_TRACK,
             kind: TrackKind::Audio as i32,
-            codec: audio::CODEC.into(),
+            codec: args.audio_codec.name().into(),
             audio_levels: c.sfu(),
             ..Default::default()
         });

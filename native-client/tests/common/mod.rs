@@ -48,7 +48,13 @@ pub struct Running {
 
 impl Running {
     pub fn start(sub: &str, args: &[String]) -> Running {
+        Running::start_with_env(sub, args, &[])
+    }
+
+    /// Starts `convene SUB ARGS` with these environment variables set.
+    pub fn start_with_env(sub: &str, args: &[String], env: &[(&str, &str)]) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_convene"))
+            .envs(env.iter().copied())
             .arg(sub)
             .args(args)
             .stdout(Stdio::piped())
