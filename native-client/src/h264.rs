@@ -121,6 +121,15 @@ impl H264Decoder {
         Ok(H264Decoder { inner })
     }
 
+    /// A decoder for files, whose pictures may come out of order (B
+    /// frames): it is never flushed between pictures, which would end the
+    /// stream's reordering, only with [`H264Decoder::flush`] at the end.
+    pub(crate) fn reordering() -> Result<H264Decoder, CodecError> {
+        let config = DecoderConfig::new().flush_after_decode(openh264::decoder::Flush::NoFlush);
+        let inner = Decoder::with_api_config(OpenH264API::from_source(), config)?;
+        Ok(H264Decoder { inner })
+    }
+
     /// Decodes one access unit; `None` when it completes no picture.
     pub(crate) fn decode(&mut self, data: &[u8]) -> Result<Option<I420>, CodecError> {
         let Some(pic) = self.inner.decode(data)? else {
@@ -136,6 +145,21 @@ impl H264Decoder {
             (pic.y(), pic.u(), pic.v()),
             pic.strides(),
         )))
+    }
+
+    /// The pictures the decoder still holds (for reordering) at the end of
+    /// a stream.
+    pub(crate) fn flush(&mut self) -> Result<Vec<I420>, CodecError> {
+        Ok(self
+            .inner
+            .flush_remaining()?
+            .iter()
+            .filter_map(|pic| {
+                let (w, h) = pic.dimensions();
+                (w > 0 && h > 0 && w % 2 == 0 && h % 2 == 0)
+                    .then(|| I420::from_planes(w, h, (pic.y(), pic.u(), pic.v()), pic.strides()))
+            })
+            .collect())
     }
 }
 

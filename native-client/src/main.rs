@@ -12,6 +12,7 @@ mod admin;
 mod args;
 mod audio;
 mod e2ee;
+mod file;
 mod frame;
 mod h264;
 mod load;

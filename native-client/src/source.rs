@@ -1,27 +1,55 @@
 //! Where `convene stream` gets pictures: a camera (through nokhwa, with the
-//! `camera` feature) or the test pattern. Both hand out raw bytes in the
-//! requested frame format, so the same conversion runs either way.
+//! `camera` feature), the test pattern, or a file. The camera and the
+//! pattern hand out raw bytes in the requested frame format, so the same
+//! conversion runs either way; a file's pictures are decoded already.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::file::{FilePictures, Playback};
 use crate::frame::{FrameFormat, I420};
 use crate::media::unix_micros;
 use crate::pattern::{self, Stamp};
 
-/// Which source, from the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Which source, from the command line (`--source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SourceKind {
     /// A local camera (V4L2 on Linux).
     Camera,
     /// A generated moving picture with a frame counter and timestamp in it.
     TestPattern,
+    /// A video file (Y4M, or MP4 with H.264).
+    File(PathBuf),
+}
+
+/// `--source`: the keywords `camera` and `test-pattern`, anything else a
+/// file, which must exist (a typo of a keyword says so rather than "no such file").
+pub(crate) fn parse_source(s: &str) -> Result<SourceKind, String> {
+    match s {
+        "camera" => return Ok(SourceKind::Camera),
+        "test-pattern" => return Ok(SourceKind::TestPattern),
+        "" => return Err("give camera, test-pattern or a file".into()),
+        _ => {}
+    }
+    let path = PathBuf::from(s);
+    if path.is_file() {
+        Ok(SourceKind::File(path))
+    } else if path.exists() {
+        Err(format!("{s} is not a file"))
+    } else {
+        Err(format!(
+            "{s} is neither `camera`, `test-pattern` nor a file that exists"
+        ))
+    }
 }
 
 /// What to open.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct SourceSpec {
-    /// Camera or pattern.
+    /// Camera, pattern or file.
     pub(crate) kind: SourceKind,
+    /// With a file: how it is played.
+    pub(crate) file: Option<Playback>,
     /// Camera index (`/dev/videoN`).
     pub(crate) device_index: u32,
     /// Pixels across.
@@ -34,21 +62,34 @@ pub(crate) struct SourceSpec {
     pub(crate) format: FrameFormat,
 }
 
-/// One captured picture, raw.
+/// One captured picture.
 #[derive(Debug)]
 pub(crate) struct Captured {
-    /// Bytes in the spec's format.
-    pub(crate) data: Vec<u8>,
+    /// The picture.
+    pub(crate) picture: Picture,
     /// When it was captured, µs since the Unix epoch.
     pub(crate) capture_us: u64,
 }
 
+/// A picture as a source gives it.
+#[derive(Debug)]
+pub(crate) enum Picture {
+    /// Bytes in the spec's frame format (camera, pattern).
+    Raw(Vec<u8>),
+    /// Decoded already, at the spec's size (file).
+    I420(I420),
+}
+
 /// An open source.
 pub(crate) enum Source {
+    /// A file, paced by its timestamps.
+    File(Box<FilePictures>),
     /// The test pattern, paced by the clock.
     Pattern {
-        /// Settings.
-        spec: SourceSpec,
+        /// Frames a second.
+        fps: u32,
+        /// The layout the picture is handed out in.
+        format: FrameFormat,
         /// Pictures made so far.
         counter: u32,
         /// When picture 0 was due.
@@ -64,7 +105,8 @@ pub(crate) enum Source {
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Source::Pattern { spec, .. } => write!(f, "TestPattern({spec:?})"),
+            Source::Pattern { fps, format, .. } => write!(f, "TestPattern({fps} fps, {format})"),
+            Source::File(p) => write!(f, "{p:?}"),
             #[cfg(feature = "camera")]
             Source::Camera(_) => f.write_str("Camera"),
         }
@@ -75,26 +117,44 @@ impl Source {
     /// Opens the source; for a camera this is where a missing device shows.
     pub(crate) fn open(spec: SourceSpec) -> anyhow::Result<Source> {
         match spec.kind {
+            SourceKind::File(_) => {
+                let playback = spec
+                    .file
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("a file source needs its playback"))?;
+                Ok(Source::File(Box::new(FilePictures::open(
+                    playback,
+                    spec.width,
+                    spec.height,
+                )?)))
+            }
             SourceKind::TestPattern => Ok(Source::Pattern {
-                spec,
+                picture: I420::black(spec.width, spec.height),
+                fps: spec.fps,
+                format: spec.format,
                 counter: 0,
                 started: Instant::now(),
-                picture: I420::black(spec.width, spec.height),
             }),
             SourceKind::Camera => open_camera(spec),
         }
     }
 
-    /// The next picture; blocks until it is due (pattern) or delivered (camera).
-    pub(crate) fn capture(&mut self) -> anyhow::Result<Captured> {
+    /// The next picture; blocks until it is due (pattern, file) or
+    /// delivered (camera). `None`: the file is over (or its clock stopped).
+    pub(crate) fn capture(&mut self) -> anyhow::Result<Option<Captured>> {
         match self {
+            Source::File(f) => Ok(f.next()?.map(|p| Captured {
+                picture: Picture::I420(p),
+                capture_us: unix_micros(),
+            })),
             Source::Pattern {
-                spec,
+                fps,
+                format,
                 counter,
                 started,
                 picture,
             } => {
-                let period = Duration::from_secs_f64(1.0 / f64::from(spec.fps.max(1)));
+                let period = Duration::from_secs_f64(1.0 / f64::from((*fps).max(1)));
                 let due = *started + period * *counter;
                 let now = Instant::now();
                 if due > now {
@@ -113,13 +173,13 @@ impl Source {
                     },
                 );
                 *counter += 1;
-                Ok(Captured {
-                    data: picture.encode_as(spec.format),
+                Ok(Some(Captured {
+                    picture: Picture::Raw(picture.encode_as(*format)),
                     capture_us,
-                })
+                }))
             }
             #[cfg(feature = "camera")]
-            Source::Camera(c) => c.capture(),
+            Source::Camera(c) => c.capture().map(Some),
         }
     }
 }
@@ -147,7 +207,7 @@ mod camera {
         Resolution,
     };
 
-    use super::{Captured, SourceSpec};
+    use super::{Captured, Picture, SourceSpec};
     use crate::frame::FrameFormat;
     use crate::media::unix_micros;
 
@@ -204,7 +264,7 @@ mod camera {
                 .context("the camera stopped delivering frames")?;
             Ok(Captured {
                 capture_us: unix_micros(),
-                data: frame.buffer().to_vec(),
+                picture: Picture::Raw(frame.buffer().to_vec()),
             })
         }
     }

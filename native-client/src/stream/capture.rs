@@ -11,9 +11,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::StreamArgs;
+use crate::file::PlayClock;
 use crate::frame::I420;
 use crate::h264::{EncoderSettings, H264Encoder};
-use crate::source::{Source, SourceSpec};
+use crate::source::{Picture, Source, SourceSpec};
 
 /// One encoded picture on its way to the network.
 #[derive(Debug)]
@@ -66,6 +67,11 @@ pub(super) struct Media {
     /// the server's congestion hints and by what this publisher sees of its
     /// own path (never above --bitrate-kbps).
     pub(super) target_kbps: Arc<AtomicU32>,
+    /// Set when the source came to its end (a file without --loop): the
+    /// pictures stopping is then the end of the run, not a failure.
+    pub(super) ended: Arc<AtomicBool>,
+    /// With a file: the clock its pictures and sound are played by.
+    pub(super) clock: Option<Arc<PlayClock>>,
 }
 
 impl Media {
@@ -74,15 +80,18 @@ impl Media {
     pub(super) async fn start(
         args: &StreamArgs,
     ) -> anyhow::Result<(Media, mpsc::Receiver<VideoOut>)> {
-        let (width, height) = args.resolution;
+        let (width, height) = (args.plan.width, args.plan.height);
         let spec = SourceSpec {
-            kind: args.source,
+            kind: args.source.clone(),
+            file: args.plan.file.clone(),
             device_index: args.video_device_index,
             width,
             height,
-            fps: args.fps,
+            fps: args.plan.fps,
             format: args.frame_format,
         };
+        let clock = args.plan.file.as_ref().map(|p| p.clock.clone());
+        let ended = Arc::new(AtomicBool::new(false));
         let key_wanted = Arc::new(AtomicBool::new(true));
         let key_mask = Arc::new(AtomicU8::new(0));
         let demand = Arc::new(AtomicU8::new(0b111));
@@ -103,13 +112,14 @@ impl Media {
                 demand: demand.clone(),
                 stop: stop.clone(),
                 stats: stats.clone(),
+                ended: ended.clone(),
             };
-            let fps = args.fps;
+            let fps = args.plan.fps;
             let interval = Duration::from_secs_f64(args.key_interval);
             std::thread::Builder::new()
                 .name("capture-encode".into())
                 .spawn(move || {
-                    let source = match Source::open(spec) {
+                    let source = match Source::open(spec.clone()) {
                         Ok(s) => s,
                         Err(e) => {
                             let _ = ready_tx.send(Err(format!("{e:#}")));
@@ -152,6 +162,8 @@ impl Media {
             demand,
             stats,
             target_kbps,
+            ended,
+            clock,
         };
         Ok((media, video_rx))
     }
@@ -159,6 +171,9 @@ impl Media {
     /// Stops the thread and waits for it; the error it ended with, if any.
     pub(super) async fn finish(self, video_rx: mpsc::Receiver<VideoOut>) -> Option<anyhow::Error> {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(clock) = &self.clock {
+            clock.stop();
+        }
         drop(video_rx);
         match tokio::task::spawn_blocking(move || self.thread.join()).await {
             Ok(Ok(Err(e))) => Some(e.context("capture or encoding failed")),
@@ -176,6 +191,7 @@ struct Shared {
     demand: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
     stats: Arc<EncodeStats>,
+    ended: Arc<AtomicBool>,
 }
 
 /// Capture, convert, encode each encoding anyone wants, hand over; until
@@ -195,6 +211,7 @@ fn media_thread(
         demand,
         stop,
         stats,
+        ended,
     } = shared;
     let simulcast = encoders.len() > 1;
     let top = encoders.len() - 1;
@@ -203,13 +220,21 @@ fn media_thread(
     let mut was_on = u8::MAX;
     let mut picture = 0u32;
     while !stop.load(Ordering::Relaxed) {
-        let captured = source.capture()?;
+        let Some(captured) = source.capture()? else {
+            ended.store(true, Ordering::Relaxed);
+            return Ok(());
+        };
         let t0 = Instant::now();
-        let full = match I420::decode_from(spec.format, &captured.data, spec.width, spec.height) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!("skipping a frame: {e}");
-                continue;
+        let full = match captured.picture {
+            Picture::I420(p) => p,
+            Picture::Raw(data) => {
+                match I420::decode_from(spec.format, &data, spec.width, spec.height) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!("skipping a frame: {e}");
+                        continue;
+                    }
+                }
             }
         };
         picture = picture.wrapping_add(1);

@@ -1,6 +1,6 @@
-//! `convene stream`: capture (camera or test pattern), encode H.264, publish
-//! into a meeting; optionally a tone as audio. Reconnects with backoff when
-//! the server goes away.
+//! `convene stream`: capture (camera, test pattern or a file), encode
+//! H.264, publish into a meeting; optionally sound (a tone, a microphone or
+//! the file's). Reconnects with backoff when the server goes away.
 //!
 //! Capture and encoding run on their own thread (they block and burn CPU);
 //! the async side owns the session and never waits for the encoder.
@@ -25,11 +25,12 @@ use tokio::sync::mpsc;
 use crate::args::ServerArgs;
 use crate::audio;
 use crate::e2ee::{E2ee, E2eeSummary};
+use crate::file::{self, PlayClock, Playback};
 use crate::frame::FrameFormat;
 use crate::h264;
 use crate::media::{OutTrack, sleep_until, unix_micros};
 use crate::pattern;
-use crate::source::SourceKind;
+use crate::source::{SourceKind, parse_source};
 
 use capture::{EncodeStats, Media, Rung, VideoOut, ladder};
 use reconnect::{AfterClose, Failure, Reconnect, Retry, after_close, closed};
@@ -62,19 +63,29 @@ pub(crate) struct StreamArgs {
     /// The meeting to publish into (1 to 64 of A-Z a-z 0-9 . _ -).
     #[arg(long)]
     meeting_id: String,
-    /// `camera` (a local camera) or `test-pattern` (no camera needed; the
-    /// picture carries a frame counter and its capture time).
-    #[arg(long, value_enum, default_value = "camera")]
+    /// `camera` (a local camera), `test-pattern` (no camera needed; the
+    /// picture carries a frame counter and its capture time), or a video
+    /// file: Y4M (8-bit 4:2:0), or MP4 with H.264 and Opus sound, played
+    /// at its own frame rate and size, with its sound, and ended at its end
+    /// (see --loop). Anything but the two keywords is a file (write
+    /// `./camera` for a file named so).
+    #[arg(long, default_value = "camera", value_parser = parse_source, value_name = "camera|test-pattern|FILE")]
     source: SourceKind,
+    /// With --source FILE: start over at the end, until Ctrl-C or
+    /// --duration (pictures and sound together).
+    #[arg(long = "loop")]
+    looping: bool,
     /// Which camera: N opens /dev/videoN.
     #[arg(long, default_value_t = 0)]
     video_device_index: u32,
-    /// Picture size, WIDTHxHEIGHT (even numbers, at least 128x96).
-    #[arg(long, default_value = "1280x720", value_parser = parse_resolution)]
-    resolution: (usize, usize),
-    /// Frames a second (1 to 60).
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=60))]
-    fps: u32,
+    /// Picture size, WIDTHxHEIGHT (even numbers, at least 128x96; default
+    /// 1280x720). A file plays at its own size unless this is given: then
+    /// its pictures are scaled to it.
+    #[arg(long, value_parser = parse_resolution)]
+    resolution: Option<(usize, usize)>,
+    /// Frames a second (1 to 60; default 30). A file plays at its own rate.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=60))]
+    fps: Option<u32>,
     /// The raw layout asked of the camera (the test pattern is drawn in it too).
     #[arg(long, value_enum, default_value = "NV12")]
     frame_format: FrameFormat,
@@ -86,9 +97,11 @@ pub(crate) struct StreamArgs {
     #[arg(long, default_value_t = 10.0)]
     key_interval: f64,
     /// `tone`: a 440 Hz sine; `mic`: a microphone (ALSA, see
-    /// --audio-device); `none`: video only.
-    #[arg(long, value_enum, default_value = "none")]
-    audio: AudioSource,
+    /// --audio-device); `file`: the sound of --source FILE (MP4 with Opus;
+    /// the default with a file that has sound); `none`: video only (the
+    /// default otherwise; with a file, it leaves the file's sound out).
+    #[arg(long, value_enum)]
+    audio: Option<AudioSource>,
     /// How the sound is sent: `opus` (48 kHz, DTX: nothing is sent while
     /// the microphone is silent) or `pcmu` (G.711 µ-law, 8 kHz, for
     /// receivers that know nothing else).
@@ -124,17 +137,34 @@ pub(crate) struct StreamArgs {
     /// full-size one only.
     #[arg(long)]
     simulcast: bool,
+    /// What the flags above come to once the source is known.
+    #[arg(skip)]
+    plan: Plan,
+}
+
+/// The picture and sound a run sends, from the flags and the source.
+#[derive(Debug, Clone, Default)]
+struct Plan {
+    width: usize,
+    height: usize,
+    fps: u32,
+    audio: AudioSource,
+    /// With --source FILE: how it is played.
+    file: Option<Playback>,
 }
 
 /// Audio to send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 enum AudioSource {
     /// No audio track.
+    #[default]
     None,
     /// A 440 Hz tone.
     Tone,
     /// A microphone.
     Mic,
+    /// The sound of the file given with --source.
+    File,
 }
 
 /// Where the sound being sent comes from.
@@ -145,16 +175,91 @@ enum SoundIn {
     Tone(audio::Tone),
     /// A microphone's frames, paced by its device.
     Mic(mpsc::Receiver<Vec<i16>>),
+    /// A file's sound, decoded and paced by the file's clock.
+    File(mpsc::Receiver<Vec<i16>>),
 }
 
 impl SoundIn {
-    /// The microphone's next frame; never, for the other sources.
-    async fn mic_frame(&mut self) -> Option<Vec<i16>> {
+    /// Frames come from a thread at their own pace (microphone, file).
+    fn paced(&self) -> bool {
+        matches!(self, SoundIn::Mic(_) | SoundIn::File(_))
+    }
+
+    /// The microphone's or the file's next frame; never, for the other sources.
+    async fn paced_frame(&mut self) -> Option<Vec<i16>> {
         match self {
-            SoundIn::Mic(rx) => rx.recv().await,
+            SoundIn::Mic(rx) | SoundIn::File(rx) => rx.recv().await,
             _ => std::future::pending().await,
         }
     }
+}
+
+/// Resolves size, rate and sound from the flags and, with a file, what it holds.
+fn plan(args: &StreamArgs) -> anyhow::Result<Plan> {
+    let SourceKind::File(path) = &args.source else {
+        if args.looping {
+            anyhow::bail!("--loop starts a file over at its end: it needs --source FILE");
+        }
+        if args.audio == Some(AudioSource::File) {
+            anyhow::bail!(
+                "--audio file plays the sound of --source FILE; give a file, or another --audio"
+            );
+        }
+        let (width, height) = args.resolution.unwrap_or((1280, 720));
+        return Ok(Plan {
+            width,
+            height,
+            fps: args.fps.unwrap_or(30),
+            audio: args.audio.unwrap_or_default(),
+            file: None,
+        });
+    };
+    let info = file::probe(path)?;
+    let name = path.display();
+    if let Some(fps) = args.fps {
+        anyhow::bail!(
+            "{name} plays at its own frame rate ({:.2} fps); leave out --fps {fps}",
+            info.rate.fps()
+        );
+    }
+    let (width, height) = match args.resolution {
+        Some(size) => size,
+        None => {
+            let (w, h) = (info.width, info.height);
+            if w < 16 || h < 16 || w > 3840 || h > 2160 {
+                anyhow::bail!(
+                    "{name} is {w}x{h}; the encoder takes 16x16 to 3840x2160: scale it with --resolution, e.g. --resolution 1280x720"
+                );
+            }
+            (w, h)
+        }
+    };
+    let convert = format!("ffmpeg -i {name} -c:v copy -c:a libopus out.mp4");
+    let audio = match (args.audio, &info.sound) {
+        (None | Some(AudioSource::File), file::mp4::Sound::Opus { .. }) => AudioSource::File,
+        (None, file::mp4::Sound::None) => AudioSource::None,
+        (Some(AudioSource::File), file::mp4::Sound::None) => {
+            anyhow::bail!(
+                "{name} has no sound; leave out --audio file, or send a tone: --audio tone"
+            )
+        }
+        (None | Some(AudioSource::File), file::mp4::Sound::Other(codec)) => anyhow::bail!(
+            "the sound of {name} is {codec}; convene plays Opus sound from files: convert it with `{convert}`, or leave it out with --audio none"
+        ),
+        (Some(other), _) => other,
+    };
+    let rate = info.rate;
+    Ok(Plan {
+        width,
+        height,
+        fps: rate.whole(),
+        audio,
+        file: Some(Playback {
+            info,
+            looping: args.looping,
+            clock: Arc::new(PlayClock::default()),
+        }),
+    })
 }
 
 fn tone_level(s: &str) -> Result<f64, String> {
@@ -239,7 +344,7 @@ struct Summary {
 /// The encodings announced with --simulcast (§6.6.1), or none.
 fn simulcast_encodings(args: &StreamArgs, width: usize, height: usize) -> Vec<v1::Encoding> {
     let rungs = ladder(width, height, args.bitrate_kbps, args.simulcast);
-    convene_protocol::simulcast::encodings(&rungs, args.fps, 1)
+    convene_protocol::simulcast::encodings(&rungs, args.plan.fps, 1)
 }
 
 /// One simulcast encoding in the summary.
@@ -254,15 +359,22 @@ struct EncodingSummary {
 
 /// Starts the capture thread, then streams, one session after another, until
 /// Ctrl-C, `--duration` or a close not worth reconnecting after.
-pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCode> {
+pub(crate) async fn run(mut args: StreamArgs) -> anyhow::Result<std::process::ExitCode> {
     let endpoints = args.server.endpoints().await?;
     if args.key_interval.is_nan() || args.key_interval <= 0.0 {
         anyhow::bail!("--key-interval must be a positive number of seconds");
     }
+    args.plan = plan(&args)?;
+    let args = args;
     let clock = Instant::now();
     let codec = args.audio_codec;
-    let sound = match args.audio {
+    let sound = match args.plan.audio {
         AudioSource::None => SoundIn::None,
+        AudioSource::File => SoundIn::File(file::play_sound(
+            args.plan.file.clone().expect("a file plan"),
+            codec.sample_rate(),
+            codec.samples_per_frame(),
+        )?),
         AudioSource::Tone => {
             SoundIn::Tone(audio::Tone::at(440.0, args.tone_dbfs, codec.sample_rate()))
         }
@@ -272,7 +384,7 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
             codec.samples_per_frame(),
         )?),
     };
-    let encoder = match args.audio {
+    let encoder = match args.plan.audio {
         AudioSource::None => None,
         _ => Some(anyhow::Context::context(
             audio::Encoder::new(codec),
@@ -280,6 +392,31 @@ pub(crate) async fn run(args: StreamArgs) -> anyhow::Result<std::process::ExitCo
         )?),
     };
     let (media, video_rx) = Media::start(&args).await?;
+    if let Some(p) = &args.plan.file {
+        let info = &p.info;
+        let sound = match args.plan.audio {
+            AudioSource::File => "with its sound",
+            AudioSource::None => "without sound",
+            AudioSource::Tone => "with a tone instead of its sound",
+            AudioSource::Mic => "with the microphone",
+        };
+        let size = if (info.width, info.height) == (args.plan.width, args.plan.height) {
+            String::new()
+        } else {
+            format!(" scaled to {}x{}", args.plan.width, args.plan.height)
+        };
+        let length = info
+            .duration
+            .map_or(String::new(), |d| format!(", {:.1} s", d.as_secs_f64()));
+        let looping = if p.looping { ", looping" } else { "" };
+        eprintln!(
+            "playing {} ({}x{}{size} at {:.2} fps{length}{looping}) {sound}",
+            info.path.display(),
+            info.width,
+            info.height,
+            info.rate.fps(),
+        );
+    }
     let mut stream = Stream::new(&args, endpoints, clock, &media, video_rx, sound, encoder);
     let outcome = loop {
         let joined = tokio::select! {
@@ -345,6 +482,10 @@ struct Stream<'a> {
     rungs: Vec<Rung>,
     stats: Arc<EncodeStats>,
     target_kbps: Arc<AtomicU32>,
+    /// Set when the source came to its end: see [`Media`].
+    ended: Arc<AtomicBool>,
+    /// With a file: the clock it plays by, started at the first join.
+    play: Option<Arc<PlayClock>>,
     /// Turns congestion hints and path reports into `target_kbps`.
     rate: RateController,
     /// The zero of the timestamps `rate` is given.
@@ -400,7 +541,7 @@ impl<'a> Stream<'a> {
         sound: SoundIn,
         encoder: Option<audio::Encoder>,
     ) -> Stream<'a> {
-        let (width, height) = args.resolution;
+        let (width, height) = (args.plan.width, args.plan.height);
         Stream {
             args,
             endpoints,
@@ -416,6 +557,8 @@ impl<'a> Stream<'a> {
             rungs: ladder(width, height, args.bitrate_kbps, args.simulcast),
             stats: media.stats.clone(),
             target_kbps: media.target_kbps.clone(),
+            ended: media.ended.clone(),
+            play: media.clock.clone(),
             rate: RateController::new(args.bitrate_kbps.saturating_mul(1000), RATE_FLOOR_BPS),
             clock,
             sound,
@@ -427,7 +570,8 @@ impl<'a> Stream<'a> {
                 width,
                 height,
                 min_bitrate_kbps: args.bitrate_kbps,
-                audio_codec: (args.audio != AudioSource::None).then(|| args.audio_codec.name()),
+                audio_codec: (args.plan.audio != AudioSource::None)
+                    .then(|| args.audio_codec.name()),
                 ..Summary::default()
             },
         }
@@ -435,7 +579,7 @@ impl<'a> Stream<'a> {
 
     /// Connects to the server whose turn it is, joins and publishes.
     async fn connect(&self) -> Result<(Client, Vec<u32>), Failure> {
-        let (width, height) = self.args.resolution;
+        let (width, height) = (self.args.plan.width, self.args.plan.height);
         let endpoint = &self.endpoints[self.reconnect.at];
         connect(self.args, endpoint, width, height, &self.status).await
     }
@@ -463,10 +607,10 @@ impl<'a> Stream<'a> {
         self.summary.transport = Some(format!("{:?}", client.transport()));
         self.summary.server = Some(self.reconnect.url().to_string());
         self.summary.participant_id = client.participant_id();
-        let (width, height) = self.args.resolution;
+        let (width, height) = (self.args.plan.width, self.args.plan.height);
         self.status.note(&format!(
             "streaming {width}x{height}@{} {} kbps into `{}` as participant {} over {:?} at {}",
-            self.args.fps,
+            self.args.plan.fps,
             self.args.bitrate_kbps,
             self.args.meeting_id,
             client.participant_id(),
@@ -485,6 +629,11 @@ impl<'a> Stream<'a> {
         };
         // Whoever is already there needs a picture to start from.
         self.key_wanted.store(true, Ordering::Relaxed);
+        // A file starts playing when the stream first joins (later calls
+        // change nothing: a reconnect goes on where the file is).
+        if let Some(play) = &self.play {
+            play.start();
+        }
         let mut audio_tick = tokio::time::interval(Duration::from_millis(
             1000 / u64::from(audio::FRAMES_PER_SECOND),
         ));
@@ -520,16 +669,20 @@ impl<'a> Stream<'a> {
     /// Publishes over `s` until the run ends or the session is lost; after a
     /// loss, waits before the next attempt.
     async fn publish(&mut self, mut s: Session) -> ControlFlow<anyhow::Result<()>> {
-        let tone = self.args.audio == AudioSource::Tone;
-        let mic = self.args.audio == AudioSource::Mic;
-        // What the microphone said while we were away is not sent late.
-        if let SoundIn::Mic(rx) = &mut self.sound {
+        let tone = self.args.plan.audio == AudioSource::Tone;
+        // What the microphone or the file said while we were away is not sent late.
+        if let SoundIn::Mic(rx) | SoundIn::File(rx) = &mut self.sound {
             while rx.try_recv().is_ok() {}
         }
         let lost = loop {
+            let paced = self.sound.paced();
             let next = tokio::select! {
                 ev = s.client.next_event() => self.on_event(&mut s, ev),
-                v = self.video_rx.recv() => self.send_video(&mut s, v),
+                v = self.video_rx.recv() => match v {
+                    // The file is over: say goodbye and end the run.
+                    None if self.ended.load(Ordering::Relaxed) => s.finish().await,
+                    v => self.send_video(&mut s, v),
+                },
                 _ = s.audio_tick.tick(), if tone => {
                     let pcm = match &mut self.sound {
                         SoundIn::Tone(t) => t.next_samples(self.args.audio_codec.samples_per_frame()),
@@ -537,8 +690,13 @@ impl<'a> Stream<'a> {
                     };
                     self.send_audio(&mut s, &pcm)
                 }
-                pcm = self.sound.mic_frame(), if mic => match pcm {
+                pcm = self.sound.paced_frame(), if paced => match pcm {
                     Some(pcm) => self.send_audio(&mut s, &pcm),
+                    // The file's sound is over (the pictures may go on a little).
+                    None if matches!(self.sound, SoundIn::File(_)) => {
+                        self.sound = SoundIn::None;
+                        Next::Continue
+                    }
                     None => Next::End(Err(anyhow::anyhow!("the microphone stopped (see the log above)"))),
                 },
                 _ = s.status_tick.tick() => self.on_status_tick(&mut s),
@@ -840,7 +998,7 @@ async fn connect(
         client_version: concat!("convene-stream/", env!("CARGO_PKG_VERSION")).into(),
         auth_token: args.server.token.clone().unwrap_or_default(),
         // Simulcast needs the extension, and so does the sound's level.
-        features: if args.simulcast || args.audio != AudioSource::None {
+        features: if args.simulcast || args.plan.audio != AudioSource::None {
             vec![FEATURE_SFU.to_string()]
         } else {
             Vec::new()
@@ -901,10 +1059,10 @@ async fn connect(
     let mut tracks = vec![TrackInfo {
         track_id: VIDEO_TRACK,
         kind: TrackKind::Video as i32,
-        codec: h264::codec_string(width as u32, height as u32, args.fps).into(),
+        codec: h264::codec_string(width as u32, height as u32, args.plan.fps).into(),
         width: width as u32,
         height: height as u32,
-        frame_rate: args.fps,
+        frame_rate: args.plan.fps,
         target_bitrate_kbps: args.bitrate_kbps,
         encodings: if c.sfu() {
             simulcast_encodings(args, width, height)
@@ -913,7 +1071,7 @@ async fn connect(
         },
         ..Default::default()
     }];
-    if args.audio != AudioSource::None {
+    if args.plan.audio != AudioSource::None {
         tracks.push(TrackInfo {
             track_id: AUDIO_TRACK,
             kind: TrackKind::Audio as i32,
