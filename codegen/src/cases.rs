@@ -205,6 +205,7 @@ const REQUIREMENTS: &[&str] = &[
     "sfu",
     "dynacast",
     "reactions",
+    "recording",
 ];
 
 pub(crate) fn load(

@@ -188,6 +188,9 @@ pub fn not_applicable(
                 "reactions" => {
                     "needs a server that speaks raised hands and reactions, reactions.1 (--capability reactions)"
                 }
+                "recording" => {
+                    "needs a server that knows recorders and speaks recording.1 (--capability recording)"
+                }
                 "dynacast" => {
                     "needs a single-node server that sends EncodingDemand (--capability dynacast)"
                 }

@@ -27,7 +27,7 @@ struct Cli {
     #[arg(long, global = true)]
     junit: Option<PathBuf>,
     /// Capabilities of the implementation under test that cases may require
-    /// (moderation, waiting_room, auth, shutdown, reconnect, publishes_video, sfu, dynacast, reactions).
+    /// (moderation, waiting_room, auth, shutdown, reconnect, publishes_video, sfu, dynacast, reactions, recording).
     #[arg(long = "capability", global = true)]
     capabilities: Vec<String>,
     /// How long a waiting step waits before failing, in milliseconds.

@@ -8,12 +8,16 @@ use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
 
 /// A token for `actor`: every meeting, every grant but `moderate`, which
-/// only actor `m` (the moderator of the moderation cases) gets.
+/// only actor `m` (the moderator of the moderation cases) gets, and
+/// `record`, which only actor `r` (the recorder of the recording cases) gets.
 pub fn mint(secret: &str, actor: &str, suffix: &str) -> Result<String, String> {
     let mut c = base_claims(now()?);
     c.sub = format!("conformance-{actor}{suffix}");
     if actor == "m" {
         c.grants.push(Grant::Moderate.name().to_string());
+    }
+    if actor == "r" {
+        c.grants.push(Grant::Record.name().to_string());
     }
     sign(&c, secret)
 }
@@ -87,13 +91,13 @@ fn now() -> Result<u64, String> {
         .as_secs())
 }
 
-/// Any meeting, every grant but `moderate`, ten minutes.
+/// Any meeting, every grant but `moderate` and `record`, ten minutes.
 fn base_claims(now: u64) -> Claims {
     Claims {
         meeting: "*".into(),
         grants: Grant::ALL
             .iter()
-            .filter(|g| **g != Grant::Moderate)
+            .filter(|g| !matches!(g, Grant::Moderate | Grant::Record))
             .map(|g| g.name().to_string())
             .collect(),
         exp: now + 600,

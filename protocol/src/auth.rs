@@ -75,19 +75,22 @@ pub enum Grant {
     Subscribe,
     /// Send chat messages.
     Chat,
-    /// Mute, remove, lock, admit, deny, end the meeting.
+    /// Mute, remove, lock, admit, deny, end the meeting, start and stop a recorder.
     Moderate,
+    /// Join as a recorder (PROTOCOL.md §5.10).
+    Record,
 }
 
 impl Grant {
     /// Every grant, in the spec's order.
-    pub const ALL: [Grant; 6] = [
+    pub const ALL: [Grant; 7] = [
         Grant::PublishAudio,
         Grant::PublishVideo,
         Grant::PublishScreen,
         Grant::Subscribe,
         Grant::Chat,
         Grant::Moderate,
+        Grant::Record,
     ];
 
     /// The claim string, e.g. `publish_audio`.
@@ -99,6 +102,7 @@ impl Grant {
             Grant::Subscribe => "subscribe",
             Grant::Chat => "chat",
             Grant::Moderate => "moderate",
+            Grant::Record => "record",
         }
     }
 

@@ -29,6 +29,9 @@ pub const FEATURE_SFU: &str = "sfu.1";
 /// The feature name of the raised hands and reactions extension (PROTOCOL.md §5.9).
 pub const FEATURE_REACTIONS: &str = "reactions.1";
 
+/// The feature name of the recording extension (PROTOCOL.md §5.10).
+pub const FEATURE_RECORDING: &str = "recording.1";
+
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame<M> {

@@ -52,8 +52,8 @@ pub mod validate;
 
 pub use error::ProtocolError;
 pub use frame::{
-    FEATURE_REACTIONS, FEATURE_SFU, Frame, StreamDecoder, decode_frame, decode_frame_with,
-    encode_control,
+    FEATURE_REACTIONS, FEATURE_RECORDING, FEATURE_SFU, Frame, StreamDecoder, decode_frame,
+    decode_frame_with, encode_control,
 };
 pub use media::{AudioLevel, Layer, MediaFrame, MediaHeader, MediaPeek};
 pub use session::CloseReason;

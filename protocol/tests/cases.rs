@@ -68,6 +68,10 @@ fn every_non_fatal_error_a_client_can_cause_is_expected_by_some_case() {
         ErrorCode::RoomFull,
         ErrorCode::TooManyRooms,
         ErrorCode::AdmissionDenied,
+        // A recorder configured or not, and how many the server runs (§5.10):
+        // the server's tests cause them.
+        ErrorCode::RecordingUnavailable,
+        ErrorCode::TooManyRecorders,
         ErrorCode::SlowConsumer,
         ErrorCode::TooManyStreams,
         ErrorCode::InternalError,

@@ -11,7 +11,8 @@ use convene_admin::admin_server::{Admin, AdminServer};
 use convene_admin::{
     EndMeetingRequest, EndMeetingResponse, GetStatsRequest, ListMeetingsRequest,
     ListMeetingsResponse, Meeting, MintTokenRequest, MintTokenResponse, Participant,
-    RemoveParticipantRequest, RemoveParticipantResponse, Stats,
+    RemoveParticipantRequest, RemoveParticipantResponse, StartRecordingRequest,
+    StartRecordingResponse, Stats, StopRecordingRequest, StopRecordingResponse,
 };
 use convene_protocol::ErrorCode;
 use convene_protocol::auth::{Claims, Grant};
@@ -120,6 +121,7 @@ fn meeting(m: MeetingSummary) -> Meeting {
                 moderator: p.role == Role::Moderator as i32,
                 tracks: p.tracks.len() as u32,
                 node_id: u32::from(node),
+                recording: p.recording,
             })
             .collect(),
     }
@@ -144,8 +146,47 @@ impl AdminService {
     }
 }
 
+/// The gRPC status of a refused StartRecording or StopRecording.
+fn recording_status(e: convene_protocol::ProtocolError) -> Status {
+    match e.code {
+        ErrorCode::RecordingUnavailable => Status::failed_precondition(e.text),
+        ErrorCode::AlreadyRecording => Status::already_exists(e.text),
+        ErrorCode::NotRecording => Status::not_found(e.text),
+        ErrorCode::TooManyRecorders | ErrorCode::RateLimited => Status::resource_exhausted(e.text),
+        ErrorCode::InvalidMeetingId => Status::invalid_argument(e.text),
+        _ => Status::internal(e.text),
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn start_recording(
+        &self,
+        req: Request<StartRecordingRequest>,
+    ) -> Result<Response<StartRecordingResponse>, Status> {
+        let r = req.into_inner();
+        if self.state.router.meeting(&r.meeting_id).is_none() {
+            return Err(no_meeting(&r.meeting_id));
+        }
+        let started =
+            crate::recording::start_in(&self.state, &r.meeting_id).map_err(recording_status)?;
+        info!(meeting = %r.meeting_id, name = %started.name, "admin API: recording started");
+        Ok(Response::new(StartRecordingResponse {
+            name: started.name,
+            out_dir: started.out_dir.display().to_string(),
+        }))
+    }
+
+    async fn stop_recording(
+        &self,
+        req: Request<StopRecordingRequest>,
+    ) -> Result<Response<StopRecordingResponse>, Status> {
+        let r = req.into_inner();
+        crate::recording::stop_in(&self.state, &r.meeting_id).map_err(recording_status)?;
+        info!(meeting = %r.meeting_id, "admin API: recording stopped");
+        Ok(Response::new(StopRecordingResponse {}))
+    }
+
     async fn list_meetings(
         &self,
         _: Request<ListMeetingsRequest>,
@@ -215,7 +256,7 @@ impl Admin for AdminService {
         let grants: Vec<String> = if r.grants.is_empty() {
             Grant::ALL
                 .iter()
-                .filter(|g| **g != Grant::Moderate)
+                .filter(|g| !matches!(g, Grant::Moderate | Grant::Record))
                 .map(|g| g.name().to_string())
                 .collect()
         } else {

@@ -311,6 +311,24 @@ settings! {
     /// the user's cookies) with `{"token": "<JWT>"}`, or 401 and a sign-in page.
     #[arg(long, env = "CONVENE_LOGIN_URL")]
     login_url: Option<String>,
+    /// The `convene` program this server runs as `convene record` when a
+    /// moderator or the admin API starts a recording (PROTOCOL.md §5.10);
+    /// recording is unavailable without it and --recordings-dir.
+    #[arg(long, env = "CONVENE_RECORDER_COMMAND")]
+    recorder_command: Option<PathBuf>,
+    /// Where recorders write: DIR/<meeting id>/<UTC start time>/.
+    #[arg(long, env = "CONVENE_RECORDINGS_DIR")]
+    recordings_dir: Option<PathBuf>,
+    /// The URL a recorder connects to; without it, this server's own
+    /// listener on loopback. Set it when the certificate does not name 127.0.0.1.
+    #[arg(long, env = "CONVENE_RECORDER_SERVER_URL")]
+    recorder_server_url: Option<String>,
+    /// Most recorders this server runs at once, those still stopping included.
+    #[arg(long, env = "CONVENE_MAX_RECORDERS")]
+    max_recorders: u32 = default::MAX_RECORDERS_PER_NODE,
+    /// Most recorders this server starts a minute, all meetings together.
+    #[arg(long, env = "CONVENE_RECORDER_STARTS_PER_MINUTE")]
+    recorder_starts_per_minute: u32 = default::RECORDER_STARTS_PER_MINUTE,
     /// Log format.
     #[arg(long, env = "CONVENE_LOG_FORMAT", value_enum)]
     log_format: LogFormat = LogFormat::Human,
@@ -548,6 +566,21 @@ impl Config {
             self.room_relay_bytes_per_second,
             max::ROOM_RELAY_BYTES_PER_SECOND,
         )?;
+        over(
+            "max_recorders",
+            self.max_recorders,
+            max::MAX_RECORDERS_PER_NODE,
+        )?;
+        over(
+            "recorder_starts_per_minute",
+            self.recorder_starts_per_minute,
+            max::RECORDER_STARTS_PER_MINUTE,
+        )?;
+        if self.recorder_command.is_some() != self.recordings_dir.is_some() {
+            return Err(ConfigError::Invalid(
+                "recording needs both --recorder-command and --recordings-dir".into(),
+            ));
+        }
         over(
             "handshake_timeout_ms",
             self.handshake_timeout_ms,

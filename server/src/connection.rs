@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use convene_protocol::auth::{Claims, Grant};
-use convene_protocol::v1::{GoodbyeReason, Participant, Role, TrackKind};
+use convene_protocol::v1::server_message::Msg as ServerMsg;
+use convene_protocol::v1::{self, ClientKind, GoodbyeReason, Participant, Role, TrackKind};
 use convene_protocol::{
     CloseReason, ErrorCode, ProtocolError, RoomRequest, ServerEvent, ServerSession,
     ServerSessionConfig, Timestamp,
@@ -95,6 +96,9 @@ pub struct Connection {
     handshake_done: bool,
     /// The verified token's claims, when the server requires tokens.
     claims: Option<Claims>,
+    /// The client said CLIENT_KIND_RECORDER in Hello (§5.10): everyone sees
+    /// it as recording, and it may not publish.
+    recorder: bool,
     /// A Hello's token waiting for the issuer's keys to be fetched again.
     pending_hello: Option<String>,
     /// Changes when the issuer's keys were fetched (JWKS configured).
@@ -158,6 +162,7 @@ impl Connection {
             features: vec![
                 convene_protocol::FEATURE_SFU.to_string(),
                 convene_protocol::FEATURE_REACTIONS.to_string(),
+                convene_protocol::FEATURE_RECORDING.to_string(),
             ],
             ..ServerSessionConfig::default()
         };
@@ -203,6 +208,7 @@ impl Connection {
             peer,
             handshake_done: false,
             claims: None,
+            recorder: false,
             pending_hello: None,
             keys,
             handshake: None,
@@ -376,6 +382,7 @@ impl Connection {
         while let Some(ev) = self.session.poll_event() {
             match ev {
                 ServerEvent::Hello { hello, .. } => {
+                    self.recorder = hello.client_kind == ClientKind::Recorder as i32;
                     let verified = match &self.state.verifier {
                         Some(v) => match v.check(&hello.auth_token) {
                             Ok(c) => Ok(Some(c)),
@@ -403,6 +410,11 @@ impl Connection {
                 ServerEvent::Room { request_id, msg } => {
                     if let Err(e) = self.permitted(&msg) {
                         self.session.refuse(request_id, e);
+                    } else if matches!(
+                        msg,
+                        RoomRequest::StartRecording(_) | RoomRequest::StopRecording(_)
+                    ) {
+                        self.recording(request_id, &msg);
                     } else if let Some(room) = &self.room {
                         #[cfg(feature = "test-hooks")]
                         if let RoomRequest::E2ee(e) = &msg {
@@ -548,12 +560,65 @@ impl Connection {
         self.process(now);
     }
 
+    /// StartRecording or StopRecording from a moderator (§5.10): this node
+    /// starts or stops the recorder, and answers with RecordingAnswer.
+    fn recording(&mut self, request_id: u32, msg: &RoomRequest) {
+        let Some(room) = &self.room else {
+            return;
+        };
+        let meeting = lock(room).id().to_string();
+        let pid = self.session.participant_id();
+        let answer = match msg {
+            RoomRequest::StartRecording(_) => crate::recording::start_in(&self.state, &meeting)
+                .map(|s| {
+                    info!(pid, meeting = %meeting, name = %s.name, "recording started by a moderator");
+                    v1::RecordingAnswer {
+                        request_id,
+                        recording: true,
+                        name: s.name,
+                    }
+                }),
+            _ => crate::recording::stop_in(&self.state, &meeting).map(|_| {
+                info!(pid, meeting = %meeting, "recording stopped by a moderator");
+                v1::RecordingAnswer {
+                    request_id,
+                    recording: false,
+                    name: String::new(),
+                }
+            }),
+        };
+        match answer {
+            Ok(a) => self.session.send(ServerMsg::RecordingAnswer(a)),
+            Err(e) => self.session.refuse(request_id, e),
+        }
+    }
+
     /// Whether the token (if tokens are required) grants a room request.
     fn permitted(&self, msg: &RoomRequest) -> Result<(), ProtocolError> {
+        if self.recorder && matches!(msg, RoomRequest::Publish(_)) {
+            return Err(recorder_publishes());
+        }
+        if matches!(
+            msg,
+            RoomRequest::StartRecording(_) | RoomRequest::StopRecording(_)
+        ) && !self
+            .claims
+            .as_ref()
+            .is_some_and(|c| c.grants(Grant::Moderate))
+        {
+            // Moderators only; without tokens nobody moderates (§5.8).
+            return Err(ProtocolError::new(
+                ErrorCode::PermissionDenied,
+                "starting and stopping a recording needs the moderator role, which comes from your token",
+            ));
+        }
         let Some(claims) = &self.claims else {
             return Ok(());
         };
         let need = match msg {
+            RoomRequest::Publish(_) if self.recorder => {
+                return Err(recorder_publishes());
+            }
             RoomRequest::Publish(t) => match TrackKind::try_from(t.kind) {
                 Ok(TrackKind::Audio) => Some((Grant::PublishAudio, "publish an audio track")),
                 Ok(TrackKind::Screen) => Some((Grant::PublishScreen, "share a screen")),
@@ -611,6 +676,13 @@ impl Connection {
                 );
                 return;
             }
+            if self.recorder && !claims.grants(Grant::Record) {
+                self.session.refuse(
+                    request_id,
+                    crate::auth::denied("join as a recorder", Grant::Record),
+                );
+                return;
+            }
             if join.subscribe_all && !claims.grants(Grant::Subscribe) {
                 self.session.refuse(
                     request_id,
@@ -647,6 +719,7 @@ impl Connection {
             },
             tracks: Vec::new(),
             hand_raised: false,
+            recording: self.recorder,
         };
         let session = &mut self.session;
         let outbox = &self.outbox;
@@ -715,6 +788,14 @@ impl Connection {
             self.wakers.writer.notify_one();
         }
     }
+}
+
+/// The refusal of a recorder's Publish (§5.10).
+fn recorder_publishes() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::PermissionDenied,
+        "a recorder does not publish (it said CLIENT_KIND_RECORDER in Hello)",
+    )
 }
 
 fn flush_session(session: &mut ServerSession, outbox: &Outbox) {

@@ -20,6 +20,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod nats;
 pub mod outbox;
+pub mod recording;
 pub mod room;
 pub mod slots;
 pub mod state;
@@ -150,7 +151,37 @@ pub async fn start_node(
             "no token required (no --auth-secret): anyone who can reach this server may join any meeting"
         );
     }
+    let auth = verifier.is_some();
     let state = Arc::new(AppState::new(config, cert_sha256.clone(), verifier, bus));
+    // Recorders connect back to this node: to --recorder-server-url, or to
+    // the listener itself on loopback.
+    let recorder_url = state.config.recorder_server_url.clone().unwrap_or_else(|| {
+        let host = match addr.ip() {
+            std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        };
+        let scheme = if cert_sha256.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!(
+            "{scheme}://{}",
+            std::net::SocketAddr::new(host, addr.port())
+        )
+    });
+    state.recorders.set_target(recording::Target {
+        url: recorder_url,
+        // Only a --dev-tls certificate needs its hash given.
+        cert_sha256: if state.config.dev_tls {
+            cert_sha256.clone()
+        } else {
+            None
+        },
+        secret: secret.clone(),
+        auth,
+    });
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     if let (Some(listener), Some(token)) = (admin_listener, admin_token) {
         tokio::spawn(admin::serve(state.clone(), listener, token, secret.clone()));
@@ -297,7 +328,11 @@ impl Server {
         self.state.begin_shutdown();
         let grace = Duration::from_millis(self.state.config.shutdown_grace_ms as u64);
         let deadline = tokio::time::Instant::now() + grace;
+        // Recorders finish their files while the sessions drain.
+        let recorders = self.state.recorders.clone();
+        let stopping = tokio::spawn(async move { recorders.stop_all(deadline).await });
         let left = self.state.connections_closed(deadline).await;
+        let _ = stopping.await;
         if left > 0 {
             warn!(
                 left,

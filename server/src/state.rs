@@ -36,6 +36,8 @@ pub struct AppState {
     wt_addr: Mutex<Option<std::net::SocketAddr>>,
     /// This node's load, and whether it takes new joins.
     pub load: crate::load::Load,
+    /// The recorders this node runs (PROTOCOL.md §5.10).
+    pub recorders: Arc<crate::recording::Recorders>,
     /// Where routed payloads are copied once a test asks (see [`AppState::tap`]).
     #[cfg(feature = "test-hooks")]
     tap: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Tapped>>,
@@ -85,6 +87,14 @@ impl AppState {
             max_sessions: config.max_connections,
             max_sessions_per_addr: config.max_connections_per_ip,
         });
+        // The sans-IO clock starts at 0 now.
+        let recorders = Arc::new(crate::recording::Recorders::new(
+            Timestamp(0),
+            config.recorder_command.clone(),
+            config.recordings_dir.clone(),
+            config.max_recorders,
+            config.recorder_starts_per_minute,
+        ));
         AppState {
             config,
             router,
@@ -97,6 +107,7 @@ impl AppState {
             verifier,
             wt_addr: Mutex::new(None),
             load: crate::load::Load::new(thresholds),
+            recorders,
             #[cfg(feature = "test-hooks")]
             tap: std::sync::OnceLock::new(),
         }

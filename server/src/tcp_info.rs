@@ -1,7 +1,7 @@
 //! The kernel's view of a TCP connection (`TCP_INFO`), read for the
 //! subscriber's path estimate ([`crate::estimate::tcp_kbps`]).
 //!
-//! Besides `wt/udp.rs`, the one module with `unsafe` code: `getsockopt`
+//! Besides `wt/udp.rs` and two calls in `recording.rs` (kill, prctl), the one module with `unsafe` code: `getsockopt`
 //! has no safe wrapper for `TCP_INFO` in the crates the server uses.
 #![allow(unsafe_code)]
 

@@ -57,6 +57,8 @@ pub(crate) fn run() -> Result<(), String> {
                 "dynacast",
                 "--capability",
                 "reactions",
+                "--capability",
+                "recording",
             ])
             .env("CONVENE_AUTH_SECRET", &secret)
             .status()
@@ -170,6 +172,8 @@ fn webtransport(bin: &Path, secret: &str) -> Result<(), String> {
             "dynacast",
             "--capability",
             "reactions",
+            "--capability",
+            "recording",
         ])
         .env("CONVENE_AUTH_SECRET", secret)
         .status();
@@ -234,7 +238,7 @@ fn cluster(bin: &Path, secret: &str) -> Result<(), String> {
         let status = Command::new(bin.join("convene-conformance"))
             .args(["server", "--url", &urls[0].1, "--url", &urls[1].1])
             .args(["--capability", "waiting_room", "--capability", "sfu"])
-            .args(["--capability", "reactions"])
+            .args(["--capability", "reactions", "--capability", "recording"])
             .env("CONVENE_AUTH_SECRET", secret)
             .status()
             .map_err(|e| format!("cannot start convene-conformance: {e}"))?;

@@ -47,6 +47,9 @@ pub struct Participant {
     /// The node the participant is connected to.
     #[prost(uint32, tag = "6")]
     pub node_id: u32,
+    /// True for a recorder (PROTOCOL.md §5.10).
+    #[prost(bool, tag = "7")]
+    pub recording: bool,
 }
 /// Asks for one participant to go.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -91,7 +94,7 @@ pub struct MintTokenRequest {
     #[prost(string, tag = "3")]
     pub display_name: ::prost::alloc::string::String,
     /// Grant names: publish_audio, publish_video, publish_screen, subscribe,
-    /// chat, moderate. Empty means every grant but moderate.
+    /// chat, moderate, record. Empty means every grant but moderate and record.
     #[prost(string, repeated, tag = "4")]
     pub grants: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// Lifetime in seconds, 1 to 86400; 0 means 3600.
@@ -157,6 +160,33 @@ pub struct Stats {
     #[prost(string, tag = "14")]
     pub busy_reason: ::prost::alloc::string::String,
 }
+/// Asks for a recorder in a meeting.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StartRecordingRequest {
+    /// The meeting to record.
+    #[prost(string, tag = "1")]
+    pub meeting_id: ::prost::alloc::string::String,
+}
+/// A recorder process was started; it joins the meeting shortly.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StartRecordingResponse {
+    /// The recording's name: the UTC time it started, YYYYmmddTHHMMSSZ.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Where its files go, on this node.
+    #[prost(string, tag = "2")]
+    pub out_dir: ::prost::alloc::string::String,
+}
+/// Asks for a meeting's recorder to stop.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StopRecordingRequest {
+    /// The meeting.
+    #[prost(string, tag = "1")]
+    pub meeting_id: ::prost::alloc::string::String,
+}
+/// The recorder has been told to stop; it finishes its files and leaves.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StopRecordingResponse {}
 /// Generated client implementations.
 pub mod admin_client {
     #![allow(
@@ -334,6 +364,45 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("convene.admin.v1.Admin", "GetStats"));
             self.inner.unary(req, path, codec).await
         }
+        /// Starts a recorder in a meeting on this node (PROTOCOL.md §5.10), as a
+        /// moderator's StartRecording does. FAILED_PRECONDITION when the node has
+        /// no recorder configured, ALREADY_EXISTS when the meeting already has one,
+        /// RESOURCE_EXHAUSTED beyond the node's limits, INVALID_ARGUMENT for a bad
+        /// meeting id.
+        pub async fn start_recording(
+            &mut self,
+            request: impl tonic::IntoRequest<super::StartRecordingRequest>,
+        ) -> std::result::Result<tonic::Response<super::StartRecordingResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/convene.admin.v1.Admin/StartRecording");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("convene.admin.v1.Admin", "StartRecording"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Stops the recorder of a meeting: SIGTERM to one this node started, a
+        /// removal for one elsewhere. NOT_FOUND when the meeting has none.
+        pub async fn stop_recording(
+            &mut self,
+            request: impl tonic::IntoRequest<super::StopRecordingRequest>,
+        ) -> std::result::Result<tonic::Response<super::StopRecordingResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/convene.admin.v1.Admin/StopRecording");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("convene.admin.v1.Admin", "StopRecording"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -377,6 +446,21 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::GetStatsRequest>,
         ) -> std::result::Result<tonic::Response<super::Stats>, tonic::Status>;
+        /// Starts a recorder in a meeting on this node (PROTOCOL.md §5.10), as a
+        /// moderator's StartRecording does. FAILED_PRECONDITION when the node has
+        /// no recorder configured, ALREADY_EXISTS when the meeting already has one,
+        /// RESOURCE_EXHAUSTED beyond the node's limits, INVALID_ARGUMENT for a bad
+        /// meeting id.
+        async fn start_recording(
+            &self,
+            request: tonic::Request<super::StartRecordingRequest>,
+        ) -> std::result::Result<tonic::Response<super::StartRecordingResponse>, tonic::Status>;
+        /// Stops the recorder of a meeting: SIGTERM to one this node started, a
+        /// removal for one elsewhere. NOT_FOUND when the meeting has none.
+        async fn stop_recording(
+            &self,
+            request: tonic::Request<super::StopRecordingRequest>,
+        ) -> std::result::Result<tonic::Response<super::StopRecordingResponse>, tonic::Status>;
     }
     /// What an operator can see and do on one node. In a cluster each node
     /// answers for the meetings it has participants in, and sees their members on
@@ -631,6 +715,82 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetStatsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/convene.admin.v1.Admin/StartRecording" => {
+                    #[allow(non_camel_case_types)]
+                    struct StartRecordingSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::StartRecordingRequest> for StartRecordingSvc<T> {
+                        type Response = super::StartRecordingResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::StartRecordingRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as Admin>::start_recording(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = StartRecordingSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/convene.admin.v1.Admin/StopRecording" => {
+                    #[allow(non_camel_case_types)]
+                    struct StopRecordingSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::StopRecordingRequest> for StopRecordingSvc<T> {
+                        type Response = super::StopRecordingResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::StopRecordingRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as Admin>::stop_recording(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = StopRecordingSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -6131,6 +6131,719 @@ pub static CASES: &[Case] = &[
         ],
     },
     Case {
+        id: "recording.negotiated",
+        title: "A server that speaks recording.1 lists it in Welcome when the Hello offered it",
+        section: "5.10",
+        file: "recording.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["recording"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "features",
+                                value: Value::List(&[Value::Str("recording.1")]),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "welcome",
+                        fields: &[Field {
+                            name: "features",
+                            value: Value::List(&[Value::Str("recording.1")]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
+    Case {
+        id: "recording.recorder-seen-by-everyone",
+        title: "A recorder's Participant.recording is true for every session, negotiated or not, in ParticipantJoined and in a later Joined",
+        section: "5.10",
+        file: "recording.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["recording"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-rec-seen"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &[],
+                },
+            },
+            Step {
+                actor: "r",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "r",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "client_kind",
+                                value: Value::Enum("CLIENT_KIND_RECORDER"),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "r",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "welcome",
+                        fields: &[],
+                    },
+                    capture: &[("r.id", "welcome.participant_id")],
+                },
+            },
+            Step {
+                actor: "r",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "join",
+                        fields: &[
+                            Field {
+                                name: "display_name",
+                                value: Value::Str("Recorder"),
+                            },
+                            Field {
+                                name: "meeting_id",
+                                value: Value::Str("conf-rec-seen"),
+                            },
+                            Field {
+                                name: "subscribe_all",
+                                value: Value::Bool(true),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "r",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "joined",
+                        fields: &[Field {
+                            name: "meeting_id",
+                            value: Value::Str("conf-rec-seen"),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "participant_joined",
+                        fields: &[Field {
+                            name: "participant",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "participant_id",
+                                    value: Value::Var("r.id"),
+                                },
+                                Field {
+                                    name: "recording",
+                                    value: Value::Bool(true),
+                                },
+                            ]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "b",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[Field {
+                            name: "versions",
+                            value: Value::List(&[Value::Int(1)]),
+                        }],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "welcome",
+                        fields: &[],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "join",
+                        fields: &[
+                            Field {
+                                name: "display_name",
+                                value: Value::Str("B"),
+                            },
+                            Field {
+                                name: "meeting_id",
+                                value: Value::Str("conf-rec-seen"),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "b",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "joined",
+                        fields: &[Field {
+                            name: "participants",
+                            value: Value::List(&[Value::Msg(&[
+                                Field {
+                                    name: "participant_id",
+                                    value: Value::Var("r.id"),
+                                },
+                                Field {
+                                    name: "recording",
+                                    value: Value::Bool(true),
+                                },
+                            ])]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+        ],
+    },
+    Case {
+        id: "recording.recorder-cannot-publish",
+        title: "A recorder's Publish gets PERMISSION_DENIED",
+        section: "5.10",
+        file: "recording.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["recording"],
+        steps: &[
+            Step {
+                actor: "r",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "r",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "client_kind",
+                                value: Value::Enum("CLIENT_KIND_RECORDER"),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "r",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "welcome",
+                        fields: &[],
+                    },
+                    capture: &[("r.id", "welcome.participant_id")],
+                },
+            },
+            Step {
+                actor: "r",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "join",
+                        fields: &[
+                            Field {
+                                name: "display_name",
+                                value: Value::Str("Recorder"),
+                            },
+                            Field {
+                                name: "meeting_id",
+                                value: Value::Str("conf-rec-publish"),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "r",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "joined",
+                        fields: &[Field {
+                            name: "meeting_id",
+                            value: Value::Str("conf-rec-publish"),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "r",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "publish",
+                        fields: &[Field {
+                            name: "track",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "codec",
+                                    value: Value::Str("opus"),
+                                },
+                                Field {
+                                    name: "kind",
+                                    value: Value::Enum("TRACK_KIND_AUDIO"),
+                                },
+                                Field {
+                                    name: "track_id",
+                                    value: Value::Int(1),
+                                },
+                            ]),
+                        }],
+                    },
+                    request_id: 7,
+                },
+            },
+            Step {
+                actor: "r",
+                action: Action::ExpectError {
+                    code: ErrorCode::PermissionDenied,
+                    request_id: Some(7),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "recording.needs-record-grant",
+        title: "With tokens, a recorder whose token does not grant record gets PERMISSION_DENIED for Join",
+        section: "5.10",
+        file: "recording.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["recording", "auth"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "auth_token",
+                                value: Value::Var("token.subscribe-only"),
+                            },
+                            Field {
+                                name: "client_kind",
+                                value: Value::Enum("CLIENT_KIND_RECORDER"),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "welcome",
+                        fields: &[],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "join",
+                        fields: &[
+                            Field {
+                                name: "display_name",
+                                value: Value::Str("Recorder"),
+                            },
+                            Field {
+                                name: "meeting_id",
+                                value: Value::Str("conf-rec-grant"),
+                            },
+                        ],
+                    },
+                    request_id: 3,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::PermissionDenied,
+                    request_id: Some(3),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "recording.not-negotiated",
+        title: "StartRecording and StopRecording from a session that did not negotiate recording.1 get UNEXPECTED_MESSAGE",
+        section: "5.10",
+        file: "recording.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["recording"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-rec-plain"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &[],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "start_recording",
+                        fields: &[],
+                    },
+                    request_id: 4,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::UnexpectedMessage,
+                    request_id: Some(4),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "stop_recording",
+                        fields: &[],
+                    },
+                    request_id: 5,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::UnexpectedMessage,
+                    request_id: Some(5),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "recording.needs-moderator",
+        title: "StartRecording and StopRecording from a participant without the moderator role get PERMISSION_DENIED",
+        section: "5.10",
+        file: "recording.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["recording"],
+        steps: &[
+            Step {
+                actor: "a",
+                action: Action::Handshake {
+                    join: Some("conf-rec-role"),
+                    name: "a",
+                    subscribe_all: false,
+                    features: &["recording.1"],
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "start_recording",
+                        fields: &[],
+                    },
+                    request_id: 4,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::PermissionDenied,
+                    request_id: Some(4),
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "stop_recording",
+                        fields: &[],
+                    },
+                    request_id: 5,
+                },
+            },
+            Step {
+                actor: "a",
+                action: Action::ExpectError {
+                    code: ErrorCode::PermissionDenied,
+                    request_id: Some(5),
+                },
+            },
+        ],
+    },
+    Case {
+        id: "recording.one-per-meeting",
+        title: "StartRecording in a meeting with a recorder gets ALREADY_RECORDING; StopRecording removes it and is answered; then StopRecording gets NOT_RECORDING",
+        section: "5.10",
+        file: "recording.toml",
+        target: Target::Server,
+        transports: &[Transport::Ws, Transport::Wt],
+        requires: &["recording", "moderation"],
+        steps: &[
+            Step {
+                actor: "m",
+                action: Action::Handshake {
+                    join: Some("conf-rec-one"),
+                    name: "m",
+                    subscribe_all: false,
+                    features: &["recording.1"],
+                },
+            },
+            Step {
+                actor: "r",
+                action: Action::Connect,
+            },
+            Step {
+                actor: "r",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "hello",
+                        fields: &[
+                            Field {
+                                name: "client_kind",
+                                value: Value::Enum("CLIENT_KIND_RECORDER"),
+                            },
+                            Field {
+                                name: "versions",
+                                value: Value::List(&[Value::Int(1)]),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "r",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "welcome",
+                        fields: &[],
+                    },
+                    capture: &[("r.id", "welcome.participant_id")],
+                },
+            },
+            Step {
+                actor: "r",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "join",
+                        fields: &[
+                            Field {
+                                name: "display_name",
+                                value: Value::Str("Recorder"),
+                            },
+                            Field {
+                                name: "meeting_id",
+                                value: Value::Str("conf-rec-one"),
+                            },
+                        ],
+                    },
+                    request_id: 0,
+                },
+            },
+            Step {
+                actor: "r",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "joined",
+                        fields: &[Field {
+                            name: "meeting_id",
+                            value: Value::Str("conf-rec-one"),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "participant_joined",
+                        fields: &[Field {
+                            name: "participant",
+                            value: Value::Msg(&[
+                                Field {
+                                    name: "participant_id",
+                                    value: Value::Var("r.id"),
+                                },
+                                Field {
+                                    name: "recording",
+                                    value: Value::Bool(true),
+                                },
+                            ]),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "start_recording",
+                        fields: &[],
+                    },
+                    request_id: 4,
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::ExpectError {
+                    code: ErrorCode::AlreadyRecording,
+                    request_id: Some(4),
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "stop_recording",
+                        fields: &[],
+                    },
+                    request_id: 5,
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "recording_answer",
+                        fields: &[
+                            Field {
+                                name: "recording",
+                                value: Value::Bool(false),
+                            },
+                            Field {
+                                name: "request_id",
+                                value: Value::Int(5),
+                            },
+                        ],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "r",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "goodbye",
+                        fields: &[Field {
+                            name: "reason",
+                            value: Value::Enum("GOODBYE_REASON_REMOVED"),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::Expect {
+                    msg: Msg {
+                        name: "participant_left",
+                        fields: &[Field {
+                            name: "participant_id",
+                            value: Value::Var("r.id"),
+                        }],
+                    },
+                    capture: &[],
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::Send {
+                    msg: Msg {
+                        name: "stop_recording",
+                        fields: &[],
+                    },
+                    request_id: 6,
+                },
+            },
+            Step {
+                actor: "m",
+                action: Action::ExpectError {
+                    code: ErrorCode::NotRecording,
+                    request_id: Some(6),
+                },
+            },
+        ],
+    },
+    Case {
         id: "room.join",
         title: "Join is answered with Joined listing the newcomer",
         section: "5.3",

@@ -33,6 +33,10 @@ impl ErrorCode {
         ErrorCode::RoomLocked,
         ErrorCode::AdmissionDenied,
         ErrorCode::UnknownParticipant,
+        ErrorCode::RecordingUnavailable,
+        ErrorCode::AlreadyRecording,
+        ErrorCode::NotRecording,
+        ErrorCode::TooManyRecorders,
         ErrorCode::TooManyTracks,
         ErrorCode::DuplicateTrack,
         ErrorCode::UnknownTrack,
@@ -118,6 +122,10 @@ impl ErrorCode {
             ErrorCode::RoomLocked => "5.8",
             ErrorCode::AdmissionDenied => "5.8",
             ErrorCode::UnknownParticipant => "5.5",
+            ErrorCode::RecordingUnavailable => "5.10",
+            ErrorCode::AlreadyRecording => "5.10",
+            ErrorCode::NotRecording => "5.10",
+            ErrorCode::TooManyRecorders => "7",
             ErrorCode::TooManyTracks => "7",
             ErrorCode::DuplicateTrack => "5.4",
             ErrorCode::UnknownTrack => "5.4",
@@ -164,6 +172,10 @@ impl ErrorCode {
             ErrorCode::RoomLocked => "ROOM_LOCKED",
             ErrorCode::AdmissionDenied => "ADMISSION_DENIED",
             ErrorCode::UnknownParticipant => "UNKNOWN_PARTICIPANT",
+            ErrorCode::RecordingUnavailable => "RECORDING_UNAVAILABLE",
+            ErrorCode::AlreadyRecording => "ALREADY_RECORDING",
+            ErrorCode::NotRecording => "NOT_RECORDING",
+            ErrorCode::TooManyRecorders => "TOO_MANY_RECORDERS",
             ErrorCode::TooManyTracks => "TOO_MANY_TRACKS",
             ErrorCode::DuplicateTrack => "DUPLICATE_TRACK",
             ErrorCode::UnknownTrack => "UNKNOWN_TRACK",
@@ -248,6 +260,16 @@ impl ErrorCode {
             ErrorCode::UnknownParticipant => {
                 "The message names a participant that is not in the sender's room."
             }
+            ErrorCode::RecordingUnavailable => {
+                "The server cannot start a recorder: none is configured, or it cannot give one a token."
+            }
+            ErrorCode::AlreadyRecording => {
+                "The meeting already has a recorder, running or still stopping."
+            }
+            ErrorCode::NotRecording => "StopRecording, but no recorder is in the meeting.",
+            ErrorCode::TooManyRecorders => {
+                "The server already runs its maximum of recorders (max_recorders_per_node)."
+            }
             ErrorCode::TooManyTracks => {
                 "The participant already publishes the maximum number of tracks."
             }
@@ -312,6 +334,10 @@ impl ErrorCode {
             "ROOM_LOCKED" => Some(ErrorCode::RoomLocked),
             "ADMISSION_DENIED" => Some(ErrorCode::AdmissionDenied),
             "UNKNOWN_PARTICIPANT" => Some(ErrorCode::UnknownParticipant),
+            "RECORDING_UNAVAILABLE" => Some(ErrorCode::RecordingUnavailable),
+            "ALREADY_RECORDING" => Some(ErrorCode::AlreadyRecording),
+            "NOT_RECORDING" => Some(ErrorCode::NotRecording),
+            "TOO_MANY_RECORDERS" => Some(ErrorCode::TooManyRecorders),
             "TOO_MANY_TRACKS" => Some(ErrorCode::TooManyTracks),
             "DUPLICATE_TRACK" => Some(ErrorCode::DuplicateTrack),
             "UNKNOWN_TRACK" => Some(ErrorCode::UnknownTrack),

@@ -47,6 +47,10 @@ pub mod max {
     pub const MAX_VERSIONS_IN_HELLO: u32 = 16;
     /// Most entries in a features list; each name is at most 64 bytes.
     pub const MAX_FEATURES: u32 = 32;
+    /// Extension recording.1: most recorder processes one server runs at once, those still stopping included (§5.10).
+    pub const MAX_RECORDERS_PER_NODE: u32 = 256;
+    /// Extension recording.1: most recorders one server starts a minute, all meetings together, with a burst of as many (§5.10).
+    pub const RECORDER_STARTS_PER_MINUTE: u32 = 600;
     /// From transport establishment to a valid Hello, measured by the server; and from sending Hello to Welcome, measured by the client.
     pub const HANDSHAKE_TIMEOUT_MS: u32 = 30000;
     /// The server sends Ping at this interval; a client sends Ping when it has sent nothing for this long.
@@ -103,6 +107,10 @@ pub mod default {
     pub const MAX_VERSIONS_IN_HELLO: u32 = 16;
     /// Most entries in a features list; each name is at most 64 bytes.
     pub const MAX_FEATURES: u32 = 32;
+    /// Extension recording.1: most recorder processes one server runs at once, those still stopping included (§5.10).
+    pub const MAX_RECORDERS_PER_NODE: u32 = 4;
+    /// Extension recording.1: most recorders one server starts a minute, all meetings together, with a burst of as many (§5.10).
+    pub const RECORDER_STARTS_PER_MINUTE: u32 = 12;
     /// From transport establishment to a valid Hello, measured by the server; and from sending Hello to Welcome, measured by the client.
     pub const HANDSHAKE_TIMEOUT_MS: u32 = 10000;
     /// The server sends Ping at this interval; a client sends Ping when it has sent nothing for this long.
@@ -160,6 +168,10 @@ pub mod error {
     pub const MAX_VERSIONS_IN_HELLO: ErrorCode = ErrorCode::MalformedMessage;
     /// Raised when `max_features` is exceeded.
     pub const MAX_FEATURES: ErrorCode = ErrorCode::MalformedMessage;
+    /// Raised when `max_recorders_per_node` is exceeded.
+    pub const MAX_RECORDERS_PER_NODE: ErrorCode = ErrorCode::TooManyRecorders;
+    /// Raised when `recorder_starts_per_minute` is exceeded.
+    pub const RECORDER_STARTS_PER_MINUTE: ErrorCode = ErrorCode::RateLimited;
     /// Raised when `handshake_timeout_ms` is exceeded.
     pub const HANDSHAKE_TIMEOUT_MS: ErrorCode = ErrorCode::HandshakeTimeout;
     /// Raised when `heartbeat_interval_ms` is exceeded.
@@ -244,6 +256,18 @@ pub const TABLE: &[(&str, u32, u32, ErrorCode)] = &[
     ),
     ("max_versions_in_hello", 16, 16, ErrorCode::MalformedMessage),
     ("max_features", 32, 32, ErrorCode::MalformedMessage),
+    (
+        "max_recorders_per_node",
+        4,
+        256,
+        ErrorCode::TooManyRecorders,
+    ),
+    (
+        "recorder_starts_per_minute",
+        12,
+        600,
+        ErrorCode::RateLimited,
+    ),
     (
         "handshake_timeout_ms",
         10000,

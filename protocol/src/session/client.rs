@@ -13,7 +13,9 @@ use bytes::Bytes;
 
 use crate::ErrorCode;
 use crate::error::ProtocolError;
-use crate::frame::{FEATURE_REACTIONS, FEATURE_SFU, Frame, decode_frame_with, encode_control};
+use crate::frame::{
+    FEATURE_REACTIONS, FEATURE_RECORDING, FEATURE_SFU, Frame, decode_frame_with, encode_control,
+};
 use crate::limits::{default, max};
 use crate::media::MediaFrame;
 use crate::session::CloseReason;
@@ -171,6 +173,13 @@ impl ClientSession {
     /// (PROTOCOL.md §5.9): we offered `reactions.1` and Welcome lists it.
     pub fn reactions(&self) -> bool {
         let named = |fs: &[String]| fs.iter().any(|f| f == FEATURE_REACTIONS);
+        named(&self.config.features) && self.welcome.as_ref().is_some_and(|w| named(&w.features))
+    }
+
+    /// True when the session negotiated recording (PROTOCOL.md §5.10): we
+    /// offered `recording.1` and Welcome lists it.
+    pub fn recording(&self) -> bool {
+        let named = |fs: &[String]| fs.iter().any(|f| f == FEATURE_RECORDING);
         named(&self.config.features) && self.welcome.as_ref().is_some_and(|w| named(&w.features))
     }
 

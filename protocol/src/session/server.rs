@@ -20,7 +20,9 @@ use bytes::Bytes;
 
 use crate::ErrorCode;
 use crate::error::ProtocolError;
-use crate::frame::{FEATURE_REACTIONS, FEATURE_SFU, Frame, decode_frame_with, encode_control};
+use crate::frame::{
+    FEATURE_REACTIONS, FEATURE_RECORDING, FEATURE_SFU, Frame, decode_frame_with, encode_control,
+};
 use crate::limits::{default, max};
 use crate::media::MediaFrame;
 use crate::session::CloseReason;
@@ -183,6 +185,10 @@ pub enum RoomRequest {
     RaiseHand(v1::RaiseHand),
     /// SendReaction (extension reactions.1), of a kind other than 0.
     SendReaction(v1::SendReaction),
+    /// StartRecording (extension recording.1).
+    StartRecording(v1::StartRecording),
+    /// StopRecording (extension recording.1).
+    StopRecording(v1::StopRecording),
 }
 
 /// What one RaiseHand or SendReaction costs of the relay budgets, bytes
@@ -216,6 +222,8 @@ impl RoomRequest {
             Msg::ReceiverSettings(m) => RoomRequest::ReceiverSettings(m),
             Msg::RaiseHand(m) => RoomRequest::RaiseHand(m),
             Msg::SendReaction(m) => RoomRequest::SendReaction(m),
+            Msg::StartRecording(m) => RoomRequest::StartRecording(m),
+            Msg::StopRecording(m) => RoomRequest::StopRecording(m),
             Msg::Hello(_)
             | Msg::Goodbye(_)
             | Msg::Ping(_)
@@ -250,6 +258,8 @@ impl RoomRequest {
             RoomRequest::ReceiverSettings(m) => Msg::ReceiverSettings(m),
             RoomRequest::RaiseHand(m) => Msg::RaiseHand(m),
             RoomRequest::SendReaction(m) => Msg::SendReaction(m),
+            RoomRequest::StartRecording(m) => Msg::StartRecording(m),
+            RoomRequest::StopRecording(m) => Msg::StopRecording(m),
         }
     }
 }
@@ -324,6 +334,10 @@ pub struct ServerSession {
     reactions_offered: bool,
     /// `reactions.1` is negotiated (§5.9): Welcome listed it.
     reactions: bool,
+    /// The client listed `recording.1` in its Hello.
+    recording_offered: bool,
+    /// `recording.1` is negotiated (§5.10): Welcome listed it.
+    recording: bool,
 }
 
 impl ServerSession {
@@ -370,6 +384,8 @@ impl ServerSession {
             sfu: false,
             reactions_offered: false,
             reactions: false,
+            recording_offered: false,
+            recording: false,
         }
     }
 
@@ -377,6 +393,12 @@ impl ServerSession {
     /// `reactions.1` (PROTOCOL.md §5.9): it may receive their messages.
     pub fn reactions(&self) -> bool {
         self.reactions
+    }
+
+    /// True when the session negotiated recording, `recording.1`
+    /// (PROTOCOL.md §5.10): it may ask to start and stop a recorder.
+    pub fn recording(&self) -> bool {
+        self.recording
     }
 
     /// True when the session negotiated the selective-forwarding extension
@@ -725,6 +747,9 @@ impl ServerSession {
         let extension = match msg {
             Msg::UpdateSubscription(_) | Msg::ReceiverSettings(_) if !self.sfu => Some(FEATURE_SFU),
             Msg::RaiseHand(_) | Msg::SendReaction(_) if !self.reactions => Some(FEATURE_REACTIONS),
+            Msg::StartRecording(_) | Msg::StopRecording(_) if !self.recording => {
+                Some(FEATURE_RECORDING)
+            }
             _ => None,
         };
         if let Some(feature) = extension {
@@ -895,6 +920,7 @@ impl ServerSession {
         };
         self.sfu_offered = h.features.iter().any(|f| f == FEATURE_SFU);
         self.reactions_offered = h.features.iter().any(|f| f == FEATURE_REACTIONS);
+        self.recording_offered = h.features.iter().any(|f| f == FEATURE_RECORDING);
         self.pending = Pending::Hello;
         self.events
             .push_back(ServerEvent::Hello { version, hello: h });
@@ -923,6 +949,8 @@ impl ServerSession {
         self.sfu = self.sfu_offered && self.config.features.iter().any(|f| f == FEATURE_SFU);
         self.reactions =
             self.reactions_offered && self.config.features.iter().any(|f| f == FEATURE_REACTIONS);
+        self.recording =
+            self.recording_offered && self.config.features.iter().any(|f| f == FEATURE_RECORDING);
         let welcome = v1::Welcome {
             version: 1,
             session_id,
@@ -945,7 +973,9 @@ impl ServerSession {
             .features
             .iter()
             .filter(|f| {
-                (*f != FEATURE_SFU || self.sfu) && (*f != FEATURE_REACTIONS || self.reactions)
+                (*f != FEATURE_SFU || self.sfu)
+                    && (*f != FEATURE_REACTIONS || self.reactions)
+                    && (*f != FEATURE_RECORDING || self.recording)
             })
             .cloned()
             .collect()
@@ -1131,7 +1161,9 @@ fn sm_event(msg: &Msg) -> SmEvent {
         | Msg::UpdateSubscription(_)
         | Msg::ReceiverSettings(_)
         | Msg::RaiseHand(_)
-        | Msg::SendReaction(_) => SmEvent::RoomMessage,
+        | Msg::SendReaction(_)
+        | Msg::StartRecording(_)
+        | Msg::StopRecording(_) => SmEvent::RoomMessage,
     }
 }
 
@@ -1165,5 +1197,7 @@ pub(crate) fn msg_name(msg: &Msg) -> &'static str {
         Msg::ReceiverSettings(_) => "ReceiverSettings",
         Msg::RaiseHand(_) => "RaiseHand",
         Msg::SendReaction(_) => "SendReaction",
+        Msg::StartRecording(_) => "StartRecording",
+        Msg::StopRecording(_) => "StopRecording",
     }
 }

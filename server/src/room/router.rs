@@ -242,6 +242,17 @@ impl Router {
         out
     }
 
+    /// One meeting as the admin API shows it, when this node serves it.
+    pub fn meeting(&self, meeting: &str) -> Option<MeetingSummary> {
+        let room = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(meeting)
+            .cloned()?;
+        Some(lock(&room).summary())
+    }
+
     /// Carries out a moderator action of the node's operator in `meeting`,
     /// on every node; `None` when this node has no such meeting.
     pub fn moderate(
