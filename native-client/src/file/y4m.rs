@@ -152,30 +152,18 @@ impl Y4mReader {
     }
 
     /// The next picture, `None` at the end. A last frame cut short ends the
-    /// file (with a warning); a file whose first frame is cut short is an error.
+    /// file; a file without one complete frame is an error.
     pub(crate) fn next(&mut self) -> Result<Option<I420>, FileError> {
         let (w, h) = (self.width, self.height);
-        let (fw, fh) = (self.decoder.get_width(), self.decoder.get_height());
+        let fw = self.decoder.get_width();
         let frame = match self.decoder.read_frame() {
             Ok(f) => f,
+            // A frame cut short is the end too (the crate says EOF for both).
             Err(y4m::Error::EOF) if self.frames > 0 => return Ok(None),
-            Err(y4m::Error::IoError(e))
-                if e.kind() == std::io::ErrorKind::UnexpectedEof && self.frames > 0 =>
-            {
-                tracing::warn!(
-                    file = %self.path.display(),
-                    "the file ends inside frame {}; playing the {} complete frames",
-                    self.frames + 1,
-                    self.frames
-                );
-                return Ok(None);
-            }
             Err(e) => {
                 let why = match e {
-                    y4m::Error::EOF => "it holds no frame".to_string(),
-                    y4m::Error::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        "its first frame is cut short (a truncated file)".to_string()
-                    }
+                    // The crate reports a frame cut short as the end of the file.
+                    y4m::Error::EOF => "it holds no complete frame (an empty or cut file)".into(),
                     e => format!("frame {} does not parse: {e}", self.frames + 1),
                 };
                 return Err(FileError::Bad {
@@ -186,7 +174,6 @@ impl Y4mReader {
         };
         self.frames += 1;
         let cw = fw.div_ceil(2);
-        let _ = fh;
         Ok(Some(I420::from_planes(
             w,
             h,
@@ -306,14 +293,14 @@ mod tests {
         let e = error(&write(&d, "nosize.y4m", "F15:1", 0, 0, 0));
         assert!(e.contains("W (width)"), "{e}");
         let e = error(&write(&d, "empty.y4m", "W16 H8 F15:1", 16, 8, 0));
-        assert!(e.contains("no frame"), "{e}");
+        assert!(e.contains("no complete frame"), "{e}");
         let garbage = d.join("garbage.y4m");
         std::fs::write(&garbage, [0xFFu8; 4096]).unwrap();
         assert!(error(&garbage).contains("not a Y4M file"));
         let cut = write(&d, "first-cut.y4m", "W16 H8 F15:1", 16, 8, 1);
         let bytes = std::fs::read(&cut).unwrap();
         std::fs::write(&cut, &bytes[..bytes.len() - 1]).unwrap();
-        assert!(error(&cut).contains("cut short"));
+        assert!(error(&cut).contains("no complete frame"));
         let _ = std::fs::remove_dir_all(d);
     }
 }
