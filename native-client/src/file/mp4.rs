@@ -425,6 +425,12 @@ pub(crate) mod tests {
     /// OpenH264, luma rising by 8 a picture) and, with `tone`, Opus packets of
     /// a 440 Hz tone (pre-skip 312) as long as the pictures.
     pub(crate) fn write(path: &Path, frames: u32, fps: u32, tone: bool) {
+        write_with(path, frames, fps, tone, 1, None);
+    }
+
+    /// [`write`] with each picture lasting `ticks` of 1/`fps` s, and the
+    /// sample entry claiming `width` pixels across if given.
+    fn write_with(path: &Path, frames: u32, fps: u32, tone: bool, ticks: u32, width: Option<u16>) {
         use shiguredo_mp4::bitstream::h264::{
             H264SampleEntryConfig, LengthSize, build_avc1_box_from_annexb,
         };
@@ -446,21 +452,23 @@ pub(crate) mod tests {
         while v < frames || (tone && a < audio_frames) {
             // Interleave by time, as a muxer would.
             let video_first = v < frames && (!tone || a >= audio_frames || v * 50 <= a * fps);
-            let (kind, entry, key, timescale, data) = if video_first {
+            let (kind, entry, key, timescale, duration, data) = if video_first {
                 let mut p = I420::black(160, 120);
                 p.planes_mut().0.fill((16 + 8 * v) as u8);
                 let e = encoder.encode(&p, false).unwrap();
                 assert!(!e.data.is_empty());
                 let entry = (v == 0).then(|| {
-                    SampleEntry::Avc1(
-                        build_avc1_box_from_annexb(
-                            &e.data,
-                            &H264SampleEntryConfig {
-                                length_size: LengthSize::FourBytes,
-                            },
-                        )
-                        .unwrap(),
+                    let mut avc1 = build_avc1_box_from_annexb(
+                        &e.data,
+                        &H264SampleEntryConfig {
+                            length_size: LengthSize::FourBytes,
+                        },
                     )
+                    .unwrap();
+                    if let Some(w) = width {
+                        avc1.visual.width = w;
+                    }
+                    SampleEntry::Avc1(avc1)
                 });
                 let mut data = Vec::new();
                 for nal in shiguredo_mp4::bitstream::h264::parse_annexb_nal_units(&e.data).unwrap()
@@ -470,7 +478,7 @@ pub(crate) mod tests {
                     data.extend_from_slice(nal);
                 }
                 v += 1;
-                (TrackKind::Video, entry, e.key, fps, data)
+                (TrackKind::Video, entry, e.key, fps, ticks, data)
             } else {
                 let packet = loop {
                     // DTX leaves out silence; a tone is never silent.
@@ -487,7 +495,7 @@ pub(crate) mod tests {
                     }))
                 });
                 a += 1;
-                (TrackKind::Audio, entry, true, 50, packet)
+                (TrackKind::Audio, entry, true, 50, 1, packet)
             };
             muxer
                 .append_sample(&MuxSample {
@@ -495,7 +503,7 @@ pub(crate) mod tests {
                     sample_entry: entry,
                     keyframe: key,
                     timescale: NonZeroU32::new(timescale).unwrap(),
-                    duration: 1,
+                    duration,
                     composition_time_offset: None,
                     data_offset: out.len() as u64,
                     data_size: data.len(),
@@ -561,6 +569,19 @@ pub(crate) mod tests {
         assert_eq!(packets, 100);
         r.rewind();
         assert_eq!(r.next_video().unwrap().unwrap().pts, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_file_without_a_frame_rate_or_with_huge_pictures_is_refused() {
+        let d = dir();
+        let still = d.join("still.mp4");
+        write_with(&still, 5, 10, false, 0, None);
+        let e = Mp4Reader::open(&still).unwrap_err().to_string();
+        assert!(e.contains("no frame rate"), "{e}");
+        let huge = d.join("huge-pictures.mp4");
+        write_with(&huge, 5, 10, false, 1, Some(20_000));
+        let e = Mp4Reader::open(&huge).unwrap_err().to_string();
+        assert!(e.contains("20000x120"), "{e}");
     }
 
     #[test]
