@@ -286,8 +286,6 @@ pub(crate) struct FilePictures {
     last_pts: Duration,
     /// Frames of the current Y4M pass.
     frame: u64,
-    /// Pictures left out because they were late.
-    pub(crate) late: u64,
 }
 
 impl std::fmt::Debug for FilePictures {
@@ -322,7 +320,6 @@ impl FilePictures {
             pass_start: Duration::ZERO,
             last_pts: Duration::ZERO,
             frame: 0,
-            late: 0,
         })
     }
 
@@ -357,7 +354,7 @@ impl FilePictures {
                 return Ok(None);
             };
             if late > period * LATE_FRAMES {
-                self.late += 1;
+                tracing::debug!(?late, "leaving out a late picture to catch up");
                 continue;
             }
             if (picture.width(), picture.height()) == (self.width, self.height) {
