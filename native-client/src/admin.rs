@@ -1,12 +1,12 @@
 //! `convene admin`: the operator's side of a server node's admin API (gRPC,
 //! `spec/v1/admin.proto`): list meetings, remove a participant, end a
-//! meeting, mint a token, show the node's stats.
+//! meeting, mint a token, show the node's stats, start and stop a recorder.
 
 use anyhow::Context;
 use convene_admin::admin_client::AdminClient;
 use convene_admin::{
     EndMeetingRequest, GetStatsRequest, ListMeetingsRequest, MintTokenRequest,
-    RemoveParticipantRequest,
+    RemoveParticipantRequest, StartRecordingRequest, StopRecordingRequest,
 };
 use tonic::metadata::MetadataValue;
 
@@ -69,6 +69,28 @@ enum Action {
     },
     /// The node's counters and load.
     Stats,
+    /// Start or stop a recorder in a meeting (PROTOCOL.md §5.10); the node
+    /// runs it with its --recorder-command.
+    Record {
+        #[command(subcommand)]
+        action: RecordAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum RecordAction {
+    /// Start a recorder in a meeting this node serves.
+    Start {
+        /// The meeting id.
+        #[arg(long)]
+        meeting_id: String,
+    },
+    /// Stop the meeting's recorder (it finishes its files and leaves).
+    Stop {
+        /// The meeting id.
+        #[arg(long)]
+        meeting_id: String,
+    },
 }
 
 pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -116,6 +138,7 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCod
                                 "moderator": p.moderator,
                                 "tracks": p.tracks,
                                 "node_id": p.node_id,
+                                "recording": p.recording,
                             })).collect::<Vec<_>>(),
                         })
                     })
@@ -138,7 +161,7 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCod
                     );
                     for p in &m.participants {
                         println!(
-                            "  {:>10}  {}{}  {} track(s)  node {}{}",
+                            "  {:>10}  {}{}  {} track(s)  node {}{}{}",
                             p.participant_id,
                             p.display_name,
                             if p.user_id.is_empty() {
@@ -148,7 +171,8 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCod
                             },
                             p.tracks,
                             p.node_id,
-                            if p.moderator { "  moderator" } else { "" }
+                            if p.moderator { "  moderator" } else { "" },
+                            if p.recording { "  recording" } else { "" }
                         );
                     }
                 }
@@ -205,6 +229,39 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCod
             } else {
                 println!("{}", r.token);
             }
+        }
+        Action::Record {
+            action: RecordAction::Start { meeting_id },
+        } => {
+            let r = client
+                .start_recording(StartRecordingRequest {
+                    meeting_id: meeting_id.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"meeting_id": meeting_id, "name": r.name, "out_dir": r.out_dir})
+                );
+            } else {
+                println!(
+                    "recording {meeting_id} as {} into {} (on the server's machine)",
+                    r.name, r.out_dir
+                );
+            }
+        }
+        Action::Record {
+            action: RecordAction::Stop { meeting_id },
+        } => {
+            client
+                .stop_recording(StopRecordingRequest {
+                    meeting_id: meeting_id.clone(),
+                })
+                .await
+                .map_err(status)?;
+            println!("the recorder of {meeting_id} was told to stop");
         }
         Action::Stats => {
             let s = client

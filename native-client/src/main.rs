@@ -55,7 +55,7 @@ enum Command {
     /// Mint a development token (HS256) from a server's shared secret.
     Token(token::TokenArgs),
     /// Operate a server node through its admin API: list meetings, remove a
-    /// participant, end a meeting, mint a token, show stats.
+    /// participant, end a meeting, mint a token, show stats, start and stop a recorder.
     Admin(admin::AdminArgs),
 }
 

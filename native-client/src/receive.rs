@@ -183,6 +183,8 @@ struct Report {
     hands_raised: Vec<String>,
     /// The reactions seen, oldest first (at most [`REACTIONS_KEPT`]).
     reactions: Vec<ReactionReport>,
+    /// Who recorded while we were in the room, by name (PROTOCOL.md §5.10).
+    recording: Vec<String>,
 }
 
 /// One reaction as the report shows it.
@@ -192,6 +194,14 @@ struct ReactionReport {
     from: String,
     /// What: `thumbs_up`, `clap`, … or the number of a kind not known here.
     kind: String,
+}
+
+/// The status line for a recorder in the room (PROTOCOL.md §5.10).
+fn recording_line(p: &convene_protocol::v1::Participant) -> String {
+    format!(
+        "participant {} ({}) is recording",
+        p.participant_id, p.display_name
+    )
 }
 
 /// Reactions kept for the report; older ones are forgotten.
@@ -355,9 +365,15 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
     let mut tracks: HashMap<Key, TrackInfo> = HashMap::new();
     let mut hands: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
     let mut reactions: std::collections::VecDeque<ReactionReport> = Default::default();
+    // Recorders seen in the room, in the order they were seen (§5.10).
+    let mut recorders: Vec<(u32, String)> = Vec::new();
     for p in &joined.participants {
         if p.hand_raised {
             hands.insert(p.participant_id);
+        }
+        if p.recording && p.participant_id != me {
+            status.note(&recording_line(p));
+            recorders.push((p.participant_id, p.display_name.clone()));
         }
         names.insert(p.participant_id, p.display_name.clone());
         for t in &p.tracks {
@@ -515,12 +531,21 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
                 }
                 Some(ClientEvent::Room(S::ParticipantJoined(j))) => {
                     if let Some(p) = j.participant {
+                        if p.recording && !recorders.iter().any(|(id, _)| *id == p.participant_id) {
+                            status.note(&recording_line(&p));
+                            recorders.push((p.participant_id, p.display_name.clone()));
+                        }
                         names.insert(p.participant_id, p.display_name);
                     }
                 }
                 Some(ClientEvent::Room(S::ParticipantLeft(l))) => {
                     hands.remove(&l.participant_id);
-                    status.note(&format!("participant {} left", l.participant_id));
+                    if recorders.iter().any(|(id, _)| *id == l.participant_id) {
+                        let who = names.get(&l.participant_id).cloned().unwrap_or_default();
+                        status.note(&format!("participant {} ({who}) stopped recording and left", l.participant_id));
+                    } else {
+                        status.note(&format!("participant {} left", l.participant_id));
+                    }
                 }
                 Some(ClientEvent::Room(S::HandRaised(h))) => {
                     let who = names.get(&h.participant_id).cloned().unwrap_or_else(|| h.participant_id.to_string());
@@ -609,6 +634,7 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
             .map(|p| names.get(p).cloned().unwrap_or_else(|| p.to_string()))
             .collect(),
         reactions: reactions.into(),
+        recording: recorders.into_iter().map(|(_, name)| name).collect(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -726,6 +752,9 @@ fn print_table(report: &Report) {
             "end-to-end encrypted, safety code {}: {} frames decrypted, {} refused, {} without a key yet",
             e.safety_code, e.stats.decrypted, e.stats.rejected, e.stats.no_key
         );
+    }
+    if !report.recording.is_empty() {
+        println!("recorded by: {}", report.recording.join(", "));
     }
     if !report.hands_raised.is_empty() {
         println!("hands raised: {}", report.hands_raised.join(", "));
