@@ -220,9 +220,18 @@ async fn a_clip_with_aac_sound_is_refused_in_one_line_that_says_how_to_convert()
             && ours[0].contains("--audio none"),
         "{err:?}"
     );
-    // Without its sound, or with a tone instead, the same clip plays.
-    args.extend(words("--audio tone --duration 1"));
-    let (ok, _, err) = Running::start("stream", &args).finish().await;
-    assert!(ok, "{err:?}");
+    // With a tone instead of its sound the same clip plays, here scaled.
+    args.extend(words(
+        "--audio tone --duration 1 --resolution 160x120 --json",
+    ));
+    let (ok, out, err) = Running::start("stream", &args).finish().await;
+    let summary = json(ok, &out, &err);
+    assert_eq!((n(&summary, "width"), n(&summary, "height")), (160, 120));
+    assert!(n(&summary, "frames_encoded") > 0, "{summary}");
+    assert!(
+        err.iter()
+            .any(|l| l.contains("scaled to 160x120") && l.contains("with a tone")),
+        "{err:?}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -33,6 +33,9 @@ const LATE_FRAMES: u32 = 2;
 const LATE_SOUND: Duration = Duration::from_millis(200);
 /// Sound frames waiting for the sender before newer ones are dropped.
 const SOUND_QUEUE: usize = 16;
+/// The highest frame rate played: above it a picture's time is too short to
+/// wait for (and a garbled header may claim millions).
+const MAX_FPS: f64 = 240.0;
 /// Pictures in a row OpenH264 may refuse before the file is given up on.
 const MAX_DECODE_ERRORS: u32 = 30;
 
@@ -140,6 +143,21 @@ pub(crate) struct FileInfo {
 /// Opens `path` to see what it holds: the container by its first bytes (so
 /// the extension does not matter), then the header and index, checked.
 pub(crate) fn probe(path: &Path) -> Result<FileInfo, FileError> {
+    let info = probe_container(path)?;
+    let fps = info.rate.fps();
+    if fps > MAX_FPS {
+        return Err(FileError::Bad {
+            file: path.display().to_string(),
+            why: format!(
+                "its frame rate is {fps:.0} fps; convene plays files at up to {MAX_FPS} fps: \
+                 convert with `ffmpeg -i IN -r 30 -c:v libx264 -pix_fmt yuv420p -c:a libopus out.mp4`"
+            ),
+        });
+    }
+    Ok(info)
+}
+
+fn probe_container(path: &Path) -> Result<FileInfo, FileError> {
     let mut head = [0u8; 12];
     let n = {
         use std::io::Read;
@@ -637,6 +655,10 @@ mod tests {
             e.contains("neither a Y4M file") && e.contains("ffmpeg"),
             "{e}"
         );
+        let fast = d.join("fast.y4m");
+        std::fs::write(&fast, b"YUV4MPEG2 W16 H16 F1000000:1\nFRAME\n").unwrap();
+        let e = probe(&fast).unwrap_err().to_string();
+        assert!(e.contains("1000000 fps"), "{e}");
         let missing = probe(&d.join("missing.mp4")).unwrap_err().to_string();
         assert!(missing.contains("missing.mp4"), "{missing}");
         let _ = std::fs::remove_dir_all(d);
