@@ -1,6 +1,6 @@
 //! `convene`: the Convene command-line client.
 //!
-//! `convene stream` publishes a camera or a test pattern as H.264;
+//! `convene stream` publishes a camera, a test pattern or a video file as H.264;
 //! `convene receive` watches a meeting and reports what arrives;
 //! `convene load` simulates many participants against a server and reports
 //! connect times, loss, end-to-end latency and throughput; `convene token`
@@ -43,8 +43,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Publish a camera (or a test pattern) as H.264 video, with an optional
-    /// tone as audio, into a meeting. Reconnects when the server goes away.
+    /// Publish a camera, a test pattern or a video file (Y4M, MP4) as H.264
+    /// video, with sound from a tone, a microphone or the file, into a
+    /// meeting. Reconnects when the server goes away.
     Stream(stream::StreamArgs),
     /// Watch a meeting: decode everyone's video and report frame rate,
     /// resolution, bitrate, loss and latency; optionally save pictures.
