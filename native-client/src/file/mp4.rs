@@ -415,8 +415,9 @@ pub(crate) mod tests {
     use crate::h264::{EncoderSettings, H264Encoder};
     use shiguredo_mp4::mux::{Mp4FileMuxer, Sample as MuxSample};
 
-    fn dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("convene-mp4-{}", std::process::id()));
+    /// A directory of the test's own (tests run in parallel).
+    fn dir(test: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("convene-mp4-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
@@ -527,7 +528,7 @@ pub(crate) mod tests {
 
     #[test]
     fn an_mp4_gives_its_pictures_in_order_and_its_opus_packets() {
-        let d = dir();
+        let d = dir("an_mp4_gives_its_pictures_in_order_and_its_opus_packets");
         let path = d.join("clip.mp4");
         write(&path, 20, 10, true);
         let mut r = Mp4Reader::open(&path).unwrap();
@@ -569,11 +570,12 @@ pub(crate) mod tests {
         assert_eq!(packets, 100);
         r.rewind();
         assert_eq!(r.next_video().unwrap().unwrap().pts, Duration::ZERO);
+        let _ = std::fs::remove_dir_all(d);
     }
 
     #[test]
     fn a_file_without_a_frame_rate_or_with_huge_pictures_is_refused() {
-        let d = dir();
+        let d = dir("a_file_without_a_frame_rate_or_with_huge_pictures_is_refused");
         let still = d.join("still.mp4");
         write_with(&still, 5, 10, false, 0, None);
         let e = Mp4Reader::open(&still).unwrap_err().to_string();
@@ -582,11 +584,12 @@ pub(crate) mod tests {
         write_with(&huge, 5, 10, false, 1, Some(20_000));
         let e = Mp4Reader::open(&huge).unwrap_err().to_string();
         assert!(e.contains("20000x120"), "{e}");
+        let _ = std::fs::remove_dir_all(d);
     }
 
     #[test]
     fn a_file_cut_in_its_samples_is_refused_on_opening() {
-        let d = dir();
+        let d = dir("a_file_cut_in_its_samples_is_refused_on_opening");
         let path = d.join("moov-first.mp4");
         write(&path, 10, 10, false);
         // The muxer writes the index first (it reserves room for it), so
@@ -596,6 +599,7 @@ pub(crate) mod tests {
         std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
         let e = Mp4Reader::open(&cut).unwrap_err().to_string();
         assert!(e.contains("cut short"), "{e}");
+        let _ = std::fs::remove_dir_all(d);
     }
 
     #[test]
@@ -609,7 +613,7 @@ pub(crate) mod tests {
 
     #[test]
     fn garbage_and_cut_files_say_what_is_wrong() {
-        let d = dir();
+        let d = dir("garbage_and_cut_files_say_what_is_wrong");
         let garbage = d.join("garbage.mp4");
         std::fs::write(&garbage, [0xA5u8; 10_000]).unwrap();
         let e = Mp4Reader::open(&garbage).unwrap_err().to_string();
@@ -632,5 +636,6 @@ pub(crate) mod tests {
         let path = d.join("huge.mp4");
         std::fs::write(&path, &huge).unwrap();
         assert!(Mp4Reader::open(&path).is_err());
+        let _ = std::fs::remove_dir_all(d);
     }
 }

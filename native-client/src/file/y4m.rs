@@ -210,8 +210,9 @@ mod tests {
         path
     }
 
-    fn dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("convene-y4m-{}", std::process::id()));
+    /// A directory of the test's own (tests run in parallel).
+    fn dir(test: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("convene-y4m-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
@@ -225,7 +226,7 @@ mod tests {
 
     #[test]
     fn frames_come_out_in_order_at_the_header_rate_and_rewind() {
-        let d = dir();
+        let d = dir("frames_come_out_in_order_at_the_header_rate_and_rewind");
         let path = write(
             &d,
             "ok.y4m",
@@ -245,22 +246,24 @@ mod tests {
         assert_eq!(lumas, [0, 1, 2]);
         r.rewind().unwrap();
         assert_eq!(r.next().unwrap().unwrap().y()[0], 0);
+        let _ = std::fs::remove_dir_all(d);
     }
 
     #[test]
     fn odd_sizes_are_cropped_to_even() {
-        let d = dir();
+        let d = dir("odd_sizes_are_cropped_to_even");
         let path = write(&d, "odd.y4m", "W17 H9 F15:1", 17, 9, 2);
         let mut r = Y4mReader::open(&path).unwrap();
         assert_eq!(r.size(), (16, 8));
         assert_eq!(r.next().unwrap().unwrap().y()[0], 0);
         assert_eq!(r.next().unwrap().unwrap().y()[0], 1);
         assert!(r.next().unwrap().is_none());
+        let _ = std::fs::remove_dir_all(d);
     }
 
     #[test]
     fn a_last_frame_cut_short_ends_the_file() {
-        let d = dir();
+        let d = dir("a_last_frame_cut_short_ends_the_file");
         let path = write(&d, "cut.y4m", "W16 H8 F15:1", 16, 8, 3);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
@@ -268,11 +271,12 @@ mod tests {
         assert!(r.next().unwrap().is_some());
         assert!(r.next().unwrap().is_some());
         assert!(r.next().unwrap().is_none());
+        let _ = std::fs::remove_dir_all(d);
     }
 
     #[test]
     fn bad_files_say_what_is_wrong() {
-        let d = dir();
+        let d = dir("bad_files_say_what_is_wrong");
         let e = error(&write(&d, "444.y4m", "W16 H8 F15:1 C444", 16, 8, 1));
         assert!(e.contains("C444") && e.contains("-pix_fmt yuv420p"), "{e}");
         let e = error(&write(&d, "p10.y4m", "W16 H8 F15:1 C420p10", 16, 8, 1));
