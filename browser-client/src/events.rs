@@ -31,6 +31,12 @@ pub(crate) fn pump(app: &mut App) {
             ClientEvent::Error(e) if app.pending_publish.contains_key(&e.request_id) => {
                 publish::on_refused(app, e);
             }
+            ClientEvent::Error(e)
+                if e.request_id != 0 && app.recording_request == Some(e.request_id) =>
+            {
+                app.recording_request = None;
+                screens::toast(format!("Recording: {}", e.text));
+            }
             ClientEvent::JoinRefused(e) => ui::status(format!("The server said: {}", e.text)),
             ClientEvent::Error(e) => ui::notice(format!("The server said: {}", e.text)),
             ClientEvent::Closed => on_closed(app),
@@ -69,6 +75,7 @@ fn on_room(app: &mut App, msg: S) {
         S::ActiveSpeakers(a) => on_active_speakers(app, a),
         S::HandRaised(h) => on_hand_raised(app, h),
         S::Reaction(r) => on_reaction(app, r),
+        S::RecordingAnswer(a) => on_recording_answer(app, a),
         S::ParticipantJoined(j) => on_participant_joined(app, j),
         S::ParticipantLeft(l) => on_participant_left(app, l),
         S::E2ee(m) => e2ee::on_message(app, m),
@@ -96,6 +103,12 @@ fn on_joined(app: &mut App, j: v1::Joined) {
         .participants
         .iter()
         .map(|p| (p.participant_id, screens::person(p)))
+        .collect();
+    app.recorders = j
+        .participants
+        .iter()
+        .filter(|p| p.recording)
+        .map(|p| p.participant_id)
         .collect();
     let me = app.session.participant_id();
     app.moderator = app.roster.get(&me).is_some_and(|(_, m)| *m);
@@ -213,7 +226,12 @@ fn on_participant_joined(app: &mut App, j: v1::ParticipantJoined) {
     if let Some(ring) = app.keyring.as_mut() {
         ring.participant_joined(p.participant_id);
     }
-    screens::toast(format!("{} joined", p.display_name));
+    if p.recording {
+        app.recorders.insert(p.participant_id);
+        screens::toast("This meeting is being recorded");
+    } else {
+        screens::toast(format!("{} joined", p.display_name));
+    }
     app.roster.insert(p.participant_id, screens::person(&p));
     screens::show_roster(app);
     e2ee::show(app);
@@ -225,8 +243,13 @@ fn on_participant_left(app: &mut App, l: v1::ParticipantLeft) {
         let out = ring.participant_left(l.participant_id);
         e2ee::outcome(app, out);
     }
+    let recorder = app.recorders.remove(&l.participant_id);
     if let Some((name, _)) = app.roster.remove(&l.participant_id) {
-        screens::toast(format!("{name} left"));
+        screens::toast(if recorder {
+            "Recording stopped".to_string()
+        } else {
+            format!("{name} left")
+        });
     }
     app.mic_muted.remove(&l.participant_id);
     ui::update(|v| {
@@ -236,6 +259,19 @@ fn on_participant_left(app: &mut App, l: v1::ParticipantLeft) {
     remote::remove_participant(app, l.participant_id);
     screens::show_roster(app);
     e2ee::show(app);
+}
+
+/// The server started or stopped a recorder at our request (§5.10); the
+/// badge follows the recorder itself as it joins and leaves.
+fn on_recording_answer(app: &mut App, a: v1::RecordingAnswer) {
+    if app.recording_request == Some(a.request_id) {
+        app.recording_request = None;
+    }
+    screens::toast(if a.recording {
+        "Recording requested: the recorder is joining"
+    } else {
+        "Recording will stop"
+    });
 }
 
 /// Someone's hand went up or down (PROTOCOL.md §5.9).

@@ -76,6 +76,18 @@ pub(crate) fn act(action: ui::Action) {
             ui::update(|v| v.reactions_open = false);
             Some(C::SendReaction(v1::SendReaction { kind }))
         }
+        A::Record if !app.session.recording() => {
+            ui::notice("This server does not record.");
+            None
+        }
+        A::Record => {
+            ui::update(|v| v.more_open = false);
+            Some(if app.recorders.is_empty() {
+                C::StartRecording(v1::StartRecording {})
+            } else {
+                C::StopRecording(v1::StopRecording {})
+            })
+        }
         A::Mic | A::Camera => publish::toggle(&mut app, action == A::Mic),
         A::Mute(pid) => Some(C::MuteRequest(v1::MuteRequest {
             participant_id: pid,
@@ -100,7 +112,11 @@ pub(crate) fn act(action: ui::Action) {
         _ => None,
     };
     if let Some(m) = msg {
-        let _ = app.session.send(now(), m);
+        let recording = matches!(m, C::StartRecording(_) | C::StopRecording(_));
+        let sent = app.session.send(now(), m);
+        if recording {
+            app.recording_request = sent.ok();
+        }
     }
     pump(&mut app);
     drop(app);
@@ -237,12 +253,17 @@ pub(crate) fn show_roster(app: &App) {
                 .find(|e| e.get_attribute("data-kind").as_deref() != Some("screen"))
                 .map(|e| e.get_attribute("data-muted").as_deref() != Some("true")),
             me: *id == me,
+            recorder: app.recorders.contains(id),
         })
         .collect();
     let moderator = app.moderator;
+    let recording = !app.recorders.is_empty();
+    let can_record = app.session.recording();
     ui::update(|v| {
         v.people = people;
         v.moderator = moderator;
+        v.recording = recording;
+        v.can_record = can_record;
     });
 }
 

@@ -173,6 +173,7 @@ async fn connect(name: String, meeting: String, token: String, e2ee: bool) -> Re
         features: vec![
             convene_protocol::FEATURE_SFU.into(),
             convene_protocol::FEATURE_REACTIONS.into(),
+            convene_protocol::FEATURE_RECORDING.into(),
         ],
         ..ClientSessionConfig::default()
     };

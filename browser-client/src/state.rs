@@ -85,6 +85,11 @@ pub(crate) struct App {
     pub(crate) roster: BTreeMap<u32, (String, bool)>,
     /// This participant may moderate.
     pub(crate) moderator: bool,
+    /// The recorders in the room (PROTOCOL.md §5.10).
+    pub(crate) recorders: std::collections::BTreeSet<u32>,
+    /// The request id of our last StartRecording or StopRecording, to tell
+    /// its refusal from others.
+    pub(crate) recording_request: Option<u32>,
     /// The room is locked.
     pub(crate) locked: bool,
     /// Remote video on screen, by (participant, track).
@@ -141,6 +146,8 @@ impl App {
             name,
             roster: BTreeMap::new(),
             moderator: false,
+            recorders: Default::default(),
+            recording_request: None,
             locked: false,
             tiles: BTreeMap::new(),
             camera: None,

@@ -42,6 +42,8 @@ pub struct Person {
     pub camera: Option<bool>,
     /// Whether this is us.
     pub me: bool,
+    /// Whether a recorder (PROTOCOL.md §5.10).
+    pub recorder: bool,
 }
 
 /// A camera or microphone the browser lists, for the join screen's pickers.
@@ -161,6 +163,11 @@ pub struct View {
     /// Each participant's connection as their pictures arrive here (good,
     /// fair or poor), for the participant list.
     pub quality: std::collections::BTreeMap<u32, &'static str>,
+    /// A recorder is in the room (PROTOCOL.md §5.10): the badge shows.
+    pub recording: bool,
+    /// We may start and stop recording: a moderator on a server that
+    /// negotiated `recording.1`.
+    pub can_record: bool,
 }
 
 /// The reactions offered, with what they show and their names.
@@ -367,6 +374,8 @@ pub enum Action {
     MuteForMe(u32),
     /// Open or close the camera and microphone card.
     Devices,
+    /// Start recording, or stop it (moderators).
+    Record,
 }
 
 impl Action {
@@ -793,6 +802,11 @@ fn meeting(v: &View) -> Html {
                     { icon(if encrypted { "lock" } else { "shield" }) }
                     <span>{ if encrypted { "End-to-end encrypted" } else { "Meeting info" } }</span>
                 </button>
+                <span id="recording" role="status" class="chip recording" hidden={!v.recording}>
+                    if v.recording {
+                        <span class="rec-dot" aria-hidden="true"></span>{ "Recording" }
+                    }
+                </span>
                 if v.locked {
                     <span id="room-state" class="chip">{ icon("lock") }{ "Room locked" }</span>
                 } else {
@@ -866,6 +880,11 @@ fn meeting(v: &View) -> Html {
                     <button role="menuitem" id="menu-info" onclick={on(Action::Info)}>{ icon("shield") }{ "Meeting info" }</button>
                     <button role="menuitem" id="menu-devices" onclick={on(Action::Devices)}>{ icon("camera") }{ "Camera and microphone" }</button>
                     <button role="menuitem" id="menu-help" onclick={on(Action::Help)}>{ icon("keyboard") }{ "Keyboard shortcuts" }</button>
+                    if v.moderator && v.can_record {
+                        <button role="menuitem" id="menu-record" onclick={on(Action::Record)}>
+                            <span class="rec-dot" aria-hidden="true"></span>{ if v.recording { "Stop recording" } else { "Record" } }
+                        </button>
+                    }
                 </div>
             }
             if v.reactions_open {
@@ -1274,6 +1293,9 @@ fn person(v: &View, p: &Person) -> Html {
     html! {
         <li key={p.id} data-pid={p.id.to_string()} class={classes!(speaking.then_some("speaking"))}>
             <span class="name">{ text }</span>
+            if p.recorder {
+                <span class="tag recorder" title="Recording this meeting"><span class="rec-dot" aria-hidden="true"></span>{ "recording" }</span>
+            }
             if v.hands.contains(&p.id) {
                 <span class="tag hand" title="Hand raised">{ icon("hand") }{ "hand raised" }</span>
             }

@@ -91,6 +91,8 @@ test('no serious or critical accessibility violations, joining or in a meeting, 
     expect(await violations(mo, 'the meeting information open')).toEqual([]);
     await mo.click('#toggle-more');
     await expect(mo.locator('#more-menu')).toBeVisible();
+    // A moderator's menu has Record (recording.1, PROTOCOL.md §5.10).
+    await expect(mo.locator('#menu-record')).toHaveText('Record');
     expect(await violations(mo, 'the More menu open')).toEqual([]);
     await mo.click('#menu-help');
     await expect(mo.locator('#help')).toBeVisible();
