@@ -423,7 +423,10 @@ fn sigterm(pid: u32) {
 }
 
 /// On Linux, the child gets SIGTERM if the server dies without reaping it
-/// (a crash or SIGKILL, where `kill_on_drop` never runs).
+/// (a crash or SIGKILL, where `kill_on_drop` never runs). The signal comes
+/// when the spawning *thread* ends: recorders are spawned from the
+/// runtime's worker threads (a connection's task or an admin call), which
+/// live as long as the server.
 #[allow(unsafe_code)]
 fn die_with_parent(cmd: &mut Command) {
     #[cfg(target_os = "linux")]
