@@ -117,6 +117,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.evicted.set(slots.evicted as i64);
     state
         .metrics
+        .recorders
+        .set(state.recorders.running() as i64);
+    state
+        .metrics
         .queued_bytes
         .set(state.router.queued_bytes() as i64);
     (

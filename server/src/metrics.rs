@@ -81,6 +81,8 @@ pub struct Metrics {
     pub queued_bytes: Gauge,
     /// Handshaking connections closed to make room, since start (set at scrape time).
     pub evicted: Gauge,
+    /// Recorder processes this node runs, stopping ones included (set at scrape time).
+    pub recorders: Gauge,
 }
 
 impl Default for Metrics {
@@ -124,6 +126,7 @@ impl Metrics {
             sessions: Gauge::default(),
             queued_bytes: Gauge::default(),
             evicted: Gauge::default(),
+            recorders: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open connections", m.connections.clone());
@@ -223,6 +226,11 @@ impl Metrics {
             "sessions",
             "Established sessions (Hello accepted)",
             m.sessions.clone(),
+        );
+        registry.register(
+            "recorders",
+            "Recorder processes this node runs now (PROTOCOL.md §5.10), stopping ones included",
+            m.recorders.clone(),
         );
         registry.register(
             "queued_bytes",

@@ -226,6 +226,9 @@ async fn starting_a_recording_needs_the_extension_and_a_moderator() {
     let e = request(&mut m, 5, C::StopRecording(v1::StopRecording {})).await;
     assert_eq!(code(&e), ErrorCode::NotRecording);
     assert_eq!(s.state.recorders.running(), 0);
+    let (status, body) = common::http_get(&s, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("convene_recorders 0"), "{body}");
     s.shutdown().await;
 }
 
