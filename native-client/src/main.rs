@@ -20,6 +20,7 @@ mod media;
 mod mic;
 mod pattern;
 mod receive;
+mod record;
 mod source;
 mod stats;
 mod stream;
@@ -50,6 +51,10 @@ enum Command {
     /// Watch a meeting: decode everyone's video and report frame rate,
     /// resolution, bitrate, loss and latency; optionally save pictures.
     Receive(receive::ReceiveArgs),
+    /// Record a meeting, as a participant everyone sees: one MP4 file per
+    /// participant and track kind (H.264, Opus), playable while written and
+    /// after a crash; optionally a live HLS stream of one participant.
+    Record(record::RecordArgs),
     /// Simulate participants (synthetic media, no codec cost) and measure
     /// connect time, loss, latency and throughput.
     Load(load::LoadArgs),
@@ -83,6 +88,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Stream(args) => stream::run(args).await,
             Command::Receive(args) => receive::run(args).await,
+            Command::Record(args) => record::run(args).await,
             Command::Load(args) => load::run(args).await,
             Command::Token(args) => token::run(args),
             Command::Admin(args) => admin::run(args).await,

@@ -637,7 +637,10 @@ impl<'a> Stream<'a> {
         let mut audio_tick = tokio::time::interval(Duration::from_millis(
             1000 / u64::from(audio::FRAMES_PER_SECOND),
         ));
-        audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A late tick is made up at once, and each frame is stamped with
+        // the time it was due: the tone's timeline has no holes a busy
+        // machine made (a recorder would fill them with silence).
+        audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let status_tick = tokio::time::interval_at(
             tokio::time::Instant::now() + Duration::from_secs(1),
             Duration::from_secs(1),
@@ -683,15 +686,16 @@ impl<'a> Stream<'a> {
                     None if self.ended.load(Ordering::Relaxed) => s.finish().await,
                     v => self.send_video(&mut s, v),
                 },
-                _ = s.audio_tick.tick(), if tone => {
+                due = s.audio_tick.tick(), if tone => {
                     let pcm = match &mut self.sound {
                         SoundIn::Tone(t) => t.next_samples(self.args.audio_codec.samples_per_frame()),
                         _ => Vec::new(),
                     };
-                    self.send_audio(&mut s, &pcm)
+                    let late = tokio::time::Instant::now().saturating_duration_since(due);
+                    self.send_audio(&mut s, &pcm, unix_micros().saturating_sub(late.as_micros() as u64))
                 }
                 pcm = self.sound.paced_frame(), if paced => match pcm {
-                    Some(pcm) => self.send_audio(&mut s, &pcm),
+                    Some(pcm) => self.send_audio(&mut s, &pcm, unix_micros()),
                     // The file's sound is over (the pictures may go on a little).
                     None if matches!(self.sound, SoundIn::File(_)) => {
                         self.sound = SoundIn::None;
@@ -803,7 +807,8 @@ impl<'a> Stream<'a> {
     }
 
     /// Encodes and sends 20 ms of sound.
-    fn send_audio(&mut self, s: &mut Session, pcm: &[i16]) -> Next {
+    /// `captured_us` is when the sound was due (Unix µs).
+    fn send_audio(&mut self, s: &mut Session, pcm: &[i16], captured_us: u64) -> Next {
         let Some(encoder) = self.encoder.as_mut() else {
             return Next::Continue;
         };
@@ -819,7 +824,7 @@ impl<'a> Stream<'a> {
         };
         let mut frame = seal(
             &mut self.e2ee,
-            self.audio.frame(true, unix_micros(), &payload),
+            self.audio.frame(true, captured_us, &payload),
         );
         if s.levels {
             frame = frame.with_layer(Layer {

@@ -1,0 +1,766 @@
+//! `convene record`: joins a meeting as its recorder, which everyone sees,
+//! and writes each participant's sound and pictures to fragmented MP4
+//! files (`fmp4.rs`) that play while they grow and survive a crash up to
+//! their last fragment; optionally a live HLS stream of one participant
+//! from the same fragments (`hls.rs`).
+
+mod fmp4;
+mod hls;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use convene_client::Client;
+use convene_protocol::v1::{
+    self, ClientKind, TrackInfo, TrackKind, client_message::Msg as C, server_message::Msg as S,
+};
+use convene_protocol::{ClientEvent, ClientSessionConfig};
+
+use crate::args::ServerArgs;
+use crate::audio;
+use crate::e2ee::E2ee;
+use crate::media::{sleep_until, unix_micros};
+use crate::stream::StatusLine;
+use fmp4::{AUDIO_TIMESCALE, Media, TrackFile, VIDEO_TIMESCALE};
+
+/// How long connecting and joining may take.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Samples of one 20 ms Opus frame at 48 kHz.
+const OPUS_FRAME: u64 = 960;
+/// A 20 ms Opus frame of silence (CELT, full band, mono): what fills the
+/// gaps a sender's DTX leaves, so the file's timeline stays whole.
+const OPUS_SILENCE: [u8; 3] = [0xF8, 0xFF, 0xFE];
+/// The longest gap in a track's sound that is filled with silence (10 min);
+/// a longer one is a jump of the sender's clock, not a pause.
+const MAX_SILENCE_FILL: u64 = 10 * 60 * 50;
+/// Tracks recorded at once; more are refused (each holds a file and up to
+/// a fragment of media in memory).
+const MAX_TRACKS: usize = 512;
+/// With --hls, how often the live participant is asked for a key frame:
+/// HLS segments start at one.
+const HLS_KEY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// `convene record` flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RecordArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The meeting to record.
+    #[arg(long)]
+    meeting_id: String,
+    /// Where the files go (created if missing): one MP4 file per
+    /// participant and track kind (`pID-NAME-video.mp4`, `-audio.mp4`,
+    /// `-screen.mp4`), and `recording.json` listing them.
+    #[arg(long)]
+    out: PathBuf,
+    /// The name others see.
+    #[arg(long, default_value = "Recorder")]
+    user_id: String,
+    /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Print a JSON summary of the files on stdout when done.
+    #[arg(long)]
+    json: bool,
+    /// The meeting is end-to-end encrypted: take part in the key exchange
+    /// (the others see the recorder in their safety code) and record what
+    /// decrypts. Without it, an encrypted participant is not recorded.
+    #[arg(long)]
+    e2ee: bool,
+    /// Also write a live HLS stream of this participant (display name or
+    /// id): `live.m3u8` in --out, whose segments are byte ranges of the
+    /// recording's own files. Serve --out with any web server.
+    #[arg(long, value_name = "PARTICIPANT")]
+    hls: Option<String>,
+}
+
+/// What one recorded file holds, for the summary and `recording.json`.
+#[derive(Debug, Clone, serde::Serialize)]
+struct FileReport {
+    path: String,
+    participant_id: u32,
+    display_name: String,
+    track_id: u32,
+    kind: &'static str,
+    codec: String,
+    samples: u64,
+    bytes: u64,
+    /// Where the file starts on the recording's timeline, seconds.
+    start_seconds: f64,
+    /// Its length, seconds.
+    seconds: f64,
+    /// Sound frames of silence written where the sender sent none (DTX).
+    silence_frames: u64,
+    /// Frames left out: late, before the first key frame, or after a loss
+    /// until the next key frame.
+    frames_skipped: u64,
+}
+
+/// The JSON summary.
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    meeting_id: String,
+    out: String,
+    transport: String,
+    participant_id: u32,
+    seconds: f64,
+    files: Vec<FileReport>,
+    /// Participants whose media could not be read (end-to-end encrypted
+    /// without --e2ee, or no key for us).
+    not_recorded: Vec<String>,
+    hls: Option<String>,
+}
+
+/// One track being recorded.
+struct Recording {
+    participant_id: u32,
+    display_name: String,
+    track_id: u32,
+    kind: TrackKind,
+    codec: String,
+    frame_rate: u32,
+    channels: u8,
+    path: PathBuf,
+    file: Option<TrackFile>,
+    /// Pictures are skipped until a key frame (at the start, after a loss).
+    waiting_key: bool,
+    last_sequence: Option<u32>,
+    /// µ-law sound is re-encoded as Opus (MP4 players know Opus).
+    transcode: Option<(audio::Decoder, audio::Encoder)>,
+    silence_frames: u64,
+    frames_skipped: u64,
+    /// The file could not be written: nothing more is tried.
+    failed: bool,
+}
+
+impl Recording {
+    fn report(&self, file: Option<&TrackFile>) -> FileReport {
+        let scale = f64::from(if self.kind == TrackKind::Audio {
+            AUDIO_TIMESCALE
+        } else {
+            VIDEO_TIMESCALE
+        });
+        let (samples, bytes, start, seconds) = match file.or(self.file.as_ref()) {
+            Some(f) => {
+                let first = f.first_dts().unwrap_or(0);
+                let end = f
+                    .fragments()
+                    .last()
+                    .map_or(first, |fr| fr.start + fr.duration);
+                // The sample still held lasts as long as the file's last one will.
+                let end = end.max(f.last_dts().map_or(0, |d| d + self.last_duration()));
+                (
+                    f.samples(),
+                    f.len(),
+                    first as f64 / scale,
+                    (end - first) as f64 / scale,
+                )
+            }
+            None => (0, 0, 0.0, 0.0),
+        };
+        FileReport {
+            path: self.path.display().to_string(),
+            participant_id: self.participant_id,
+            display_name: self.display_name.clone(),
+            track_id: self.track_id,
+            kind: kind_name(self.kind),
+            codec: if self.kind == TrackKind::Audio {
+                "opus".into()
+            } else {
+                self.codec.clone()
+            },
+            samples,
+            bytes,
+            start_seconds: start,
+            seconds,
+            silence_frames: self.silence_frames,
+            frames_skipped: self.frames_skipped,
+        }
+    }
+
+    /// How long the last sample lasts when the file is closed.
+    fn last_duration(&self) -> u64 {
+        if self.kind == TrackKind::Audio {
+            OPUS_FRAME
+        } else {
+            u64::from(VIDEO_TIMESCALE) / u64::from(self.frame_rate.clamp(1, 120))
+        }
+    }
+}
+
+fn kind_name(kind: TrackKind) -> &'static str {
+    match kind {
+        TrackKind::Audio => "audio",
+        TrackKind::Screen => "screen",
+        _ => "video",
+    }
+}
+
+/// A name fit for a file: letters, digits, `-` and `_`, at most 32.
+fn file_safe(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(32)
+        .collect();
+    if s.is_empty() { "unnamed".into() } else { s }
+}
+
+/// The whole recorder.
+struct Recorder<'a> {
+    args: &'a RecordArgs,
+    status: StatusLine,
+    /// Unix µs the recording's timeline starts at.
+    start_us: u64,
+    /// Per participant: their clock against ours (arrival − capture at
+    /// their first frame), so their sound and pictures keep their own
+    /// alignment on our timeline.
+    offsets: HashMap<u32, i64>,
+    names: HashMap<u32, String>,
+    tracks: HashMap<(u32, u32), TrackInfo>,
+    recordings: HashMap<(u32, u32), Recording>,
+    finished: Vec<FileReport>,
+    /// File names taken, so a second track of a kind gets its own.
+    taken: std::collections::HashSet<PathBuf>,
+    /// Participants that announced end-to-end encryption we cannot read.
+    encrypted: std::collections::BTreeSet<u32>,
+    e2ee: Option<E2ee>,
+    live: Option<hls::Live>,
+}
+
+pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCode> {
+    let endpoint = args.server.endpoint().await?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create --out {}", args.out.display()))?;
+    let config = ClientSessionConfig {
+        client_kind: ClientKind::Native,
+        client_version: concat!("convene-record/", env!("CARGO_PKG_VERSION")).into(),
+        auth_token: args.server.token.clone().unwrap_or_default(),
+        // Active speakers and the encodings of a simulcast track.
+        features: vec![convene_protocol::FEATURE_SFU.to_string()],
+        ..ClientSessionConfig::default()
+    };
+    let server = args.server.server.clone();
+    let (mut client, joined) = tokio::time::timeout(JOIN_TIMEOUT, async {
+        let mut c = Client::connect(&endpoint, args.server.transport, config)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot connect: {e}; is the server running at {server}? (set it with --server)"
+                )
+            })?;
+        loop {
+            match c.next_event().await {
+                Some(ClientEvent::Welcome(_)) => {
+                    c.join(&args.meeting_id, &args.user_id, true)?;
+                }
+                Some(ClientEvent::Joined(j)) => return Ok::<_, anyhow::Error>((c, j)),
+                Some(ClientEvent::Waiting(_)) => {
+                    eprintln!("in the waiting room until a host admits the recorder")
+                }
+                Some(ClientEvent::JoinRefused(e)) | Some(ClientEvent::Error(e)) => {
+                    anyhow::bail!(crate::args::refusal(&e, &args.meeting_id))
+                }
+                Some(_) => {}
+                None => anyhow::bail!(
+                    "the server closed the session: {}",
+                    c.close_reason().map_or("no reason".into(), |r| format!(
+                        "{} {}",
+                        r.transport_reason(),
+                        r.text
+                    ))
+                ),
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "the server at {} did not let us join within {JOIN_TIMEOUT:?}",
+            args.server.server
+        )
+    })??;
+
+    let status = StatusLine::new();
+    let me = client.participant_id();
+    status.note(&format!(
+        "recording `{}` into {} as participant {me} over {:?}",
+        args.meeting_id,
+        args.out.display(),
+        client.transport()
+    ));
+    let e2ee = if args.e2ee {
+        let present: Vec<u32> = joined
+            .participants
+            .iter()
+            .map(|p| p.participant_id)
+            .collect();
+        Some(E2ee::start(
+            &mut client,
+            &args.meeting_id,
+            &present,
+            &status,
+        )?)
+    } else {
+        None
+    };
+    let mut rec = Recorder {
+        args: &args,
+        status,
+        start_us: unix_micros(),
+        offsets: HashMap::new(),
+        names: HashMap::new(),
+        tracks: HashMap::new(),
+        recordings: HashMap::new(),
+        finished: Vec::new(),
+        taken: Default::default(),
+        encrypted: Default::default(),
+        e2ee,
+        live: args.hls.as_ref().map(|who| hls::Live::new(&args.out, who)),
+    };
+    for p in &joined.participants {
+        rec.names.insert(p.participant_id, p.display_name.clone());
+        for t in &p.tracks {
+            rec.tracks.insert((p.participant_id, t.track_id), t.clone());
+            if p.participant_id != me && t.kind != TrackKind::Audio as i32 {
+                ask_key(&mut client, p.participant_id, t.track_id);
+            }
+        }
+    }
+    let started = Instant::now();
+    let deadline = args
+        .duration
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let mut status_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    let mut key_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + HLS_KEY_INTERVAL,
+        HLS_KEY_INTERVAL,
+    );
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
+    let ended: Option<String> = loop {
+        tokio::select! {
+            ev = client.next_event() => {
+                let Some(ev) = ev else {
+                    break Some(client.close_reason().map_or("connection lost".into(), |r| format!("{} {}", r.transport_reason(), r.text)));
+                };
+                rec.on_event(&mut client, ev, me);
+            }
+            _ = status_tick.tick() => rec.show(started),
+            _ = key_tick.tick(), if rec.live.is_some() => {
+                if let Some(key) = rec.live_video() {
+                    ask_key(&mut client, key.0, key.1);
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break None,
+            _ = sigterm.recv() => break None,
+            _ = sleep_until(deadline) => break None,
+        }
+    };
+    rec.status.done();
+    let keys: Vec<(u32, u32)> = rec.recordings.keys().copied().collect();
+    for key in keys {
+        rec.close(key);
+    }
+    if let Some(live) = rec.live.as_mut() {
+        live.end();
+    }
+    if ended.is_none() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.close("recording done")).await;
+    }
+    let summary = rec.summary(&client, me, started);
+    write_manifest(&args.out, &summary)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        for f in &summary.files {
+            eprintln!(
+                "{}: {} {} {:.1} s, {:.1} MB",
+                f.path,
+                f.kind,
+                f.codec,
+                f.seconds,
+                f.bytes as f64 / 1e6
+            );
+        }
+    }
+    if let Some(why) = ended {
+        anyhow::bail!("the server ended the session: {why}; the files so far are complete");
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn ask_key(client: &mut Client, participant_id: u32, track_id: u32) {
+    let _ = client.send(C::KeyFrameRequest(v1::KeyFrameRequest {
+        participant_id,
+        track_id,
+        ..Default::default()
+    }));
+}
+
+/// `recording.json` beside the files, written whole then renamed into place.
+fn write_manifest(out: &std::path::Path, summary: &Summary) -> anyhow::Result<()> {
+    let path = out.join("recording.json");
+    let tmp = out.join(".recording.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(summary)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+impl Recorder<'_> {
+    fn on_event(&mut self, client: &mut Client, ev: ClientEvent, me: u32) {
+        if let Some(e) = self.e2ee.as_mut()
+            && let Some(sender) = e.on_event(client, &ev, &self.status)
+        {
+            for (p, t) in self.tracks.keys().filter(|(p, _)| *p == sender) {
+                ask_key(client, *p, *t);
+            }
+        }
+        match ev {
+            ClientEvent::Media(m) => self.on_media(client, &m),
+            ClientEvent::Room(S::TrackPublished(p)) => {
+                if let Some(t) = p.track {
+                    if p.participant_id != me && t.kind != TrackKind::Audio as i32 {
+                        ask_key(client, p.participant_id, t.track_id);
+                    }
+                    self.tracks.insert((p.participant_id, t.track_id), t);
+                }
+            }
+            ClientEvent::Room(S::TrackUnpublished(u)) => {
+                self.tracks.remove(&(u.participant_id, u.track_id));
+                self.close((u.participant_id, u.track_id));
+            }
+            ClientEvent::Room(S::ParticipantJoined(j)) => {
+                if let Some(p) = j.participant {
+                    self.names.insert(p.participant_id, p.display_name);
+                }
+            }
+            ClientEvent::Room(S::ParticipantLeft(l)) => {
+                let keys: Vec<(u32, u32)> = self
+                    .recordings
+                    .keys()
+                    .filter(|k| k.0 == l.participant_id)
+                    .copied()
+                    .collect();
+                for key in keys {
+                    self.close(key);
+                }
+                self.tracks.retain(|k, _| k.0 != l.participant_id);
+            }
+            ClientEvent::Room(S::E2ee(m))
+                if self.e2ee.is_none() && self.encrypted.insert(m.from_participant_id) =>
+            {
+                let who = self
+                    .names
+                    .get(&m.from_participant_id)
+                    .cloned()
+                    .unwrap_or_default();
+                self.status.note(&format!(
+                        "participant {} ({who}) encrypts end to end: not recorded (record with --e2ee, and the members admit the recorder to their keys)",
+                        m.from_participant_id
+                    ));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_media(&mut self, client: &mut Client, m: &convene_protocol::MediaFrame) {
+        let h = *m.header();
+        let key = (h.sender, h.track_id);
+        if !self.tracks.contains_key(&key) || self.encrypted.contains(&h.sender) {
+            return;
+        }
+        let payload = match self.e2ee.as_mut() {
+            None => m.payload(),
+            Some(e) => match e.open(m) {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let arrival = unix_micros();
+        let offset = *self
+            .offsets
+            .entry(h.sender)
+            .or_insert(arrival as i64 - h.capture_timestamp_us as i64);
+        let t_us = (h.capture_timestamp_us as i64 + offset - self.start_us as i64).max(0) as u64;
+        if !self.recordings.contains_key(&key) {
+            if self.recordings.len() >= MAX_TRACKS {
+                return;
+            }
+            let Some(info) = self.tracks.get(&key).cloned() else {
+                return;
+            };
+            let r = self.new_recording(key, &info);
+            self.recordings.insert(key, r);
+        }
+        let Some(r) = self.recordings.get_mut(&key) else {
+            return;
+        };
+        if r.failed {
+            return;
+        }
+        let outcome = if r.kind == TrackKind::Audio {
+            record_sound(r, &payload, t_us)
+        } else {
+            let gap = r
+                .last_sequence
+                .is_some_and(|s| h.sequence.wrapping_sub(s) != 1 && h.sequence != s);
+            r.last_sequence = Some(h.sequence);
+            if gap && !h.key && !r.waiting_key {
+                r.waiting_key = true;
+                ask_key(client, key.0, key.1);
+            }
+            record_picture(r, &payload, h.key, t_us)
+        };
+        match outcome {
+            Ok(Some(fragment)) => {
+                if let (Some(live), Some(file)) = (self.live.as_mut(), r.file.as_ref()) {
+                    live.fragment_written(&self.names, key.0, r.kind, file, fragment);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.status.note(&format!(
+                    "cannot write {}: {e}; that track is no longer recorded",
+                    r.path.display()
+                ));
+                r.failed = true;
+            }
+        }
+    }
+
+    fn new_recording(&mut self, key: (u32, u32), info: &TrackInfo) -> Recording {
+        let kind = TrackKind::try_from(info.kind).unwrap_or(TrackKind::Video);
+        let name = self.names.get(&key.0).cloned().unwrap_or_default();
+        let base = format!("p{}-{}-{}", key.0, file_safe(&name), kind_name(kind));
+        let mut path = self.args.out.join(format!("{base}.mp4"));
+        let mut n = 2;
+        while self.taken.contains(&path) {
+            path = self.args.out.join(format!("{base}-{n}.mp4"));
+            n += 1;
+        }
+        self.taken.insert(path.clone());
+        let transcode = match audio::Codec::from_name(&info.codec) {
+            Some(audio::Codec::Pcmu) if kind == TrackKind::Audio => {
+                match (
+                    audio::Decoder::for_codec("PCMU"),
+                    audio::Encoder::new(audio::Codec::Opus),
+                ) {
+                    (Ok(d), Ok(e)) => Some((d, e)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        self.status.note(&format!(
+            "recording {} of participant {} ({name}) into {}",
+            kind_name(kind),
+            key.0,
+            path.display()
+        ));
+        Recording {
+            participant_id: key.0,
+            display_name: name,
+            track_id: key.1,
+            kind,
+            codec: info.codec.clone(),
+            frame_rate: info.frame_rate,
+            channels: info.channels.clamp(1, 2) as u8,
+            path,
+            file: None,
+            waiting_key: true,
+            last_sequence: None,
+            transcode,
+            silence_frames: 0,
+            frames_skipped: 0,
+            failed: false,
+        }
+    }
+
+    /// Finishes a track's file.
+    fn close(&mut self, key: (u32, u32)) {
+        let Some(mut r) = self.recordings.remove(&key) else {
+            return;
+        };
+        let Some(file) = r.file.take() else { return };
+        let report = r.report(Some(&file));
+        let kind = r.kind;
+        match file.finish(r.last_duration()) {
+            Ok((_, last)) => {
+                if let (Some(live), Some(fragment)) = (self.live.as_mut(), last) {
+                    live.last_fragment(key.0, kind, fragment);
+                }
+            }
+            Err(e) => self
+                .status
+                .note(&format!("cannot finish {}: {e}", r.path.display())),
+        }
+        self.finished.push(report);
+    }
+
+    /// The video track of the participant the live stream shows.
+    fn live_video(&self) -> Option<(u32, u32)> {
+        let live = self.live.as_ref()?;
+        let pid = live.participant(&self.names)?;
+        self.tracks
+            .iter()
+            .find(|((p, _), t)| *p == pid && t.kind == TrackKind::Video as i32)
+            .map(|(k, _)| *k)
+    }
+
+    fn show(&self, started: Instant) {
+        let bytes: u64 = self
+            .recordings
+            .values()
+            .filter_map(|r| r.file.as_ref())
+            .map(TrackFile::len)
+            .sum::<u64>()
+            + self.finished.iter().map(|f| f.bytes).sum::<u64>();
+        let people: std::collections::BTreeSet<u32> = self.recordings.keys().map(|k| k.0).collect();
+        let secs = started.elapsed().as_secs();
+        self.status.show(&format!(
+            "recording {:02}:{:02}:{:02}  {} participants  {} tracks  {:.1} MB",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60,
+            people.len(),
+            self.recordings.len(),
+            bytes as f64 / 1e6
+        ));
+    }
+
+    fn summary(&self, client: &Client, me: u32, started: Instant) -> Summary {
+        let mut files = self.finished.clone();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Summary {
+            meeting_id: self.args.meeting_id.clone(),
+            out: self.args.out.display().to_string(),
+            transport: format!("{:?}", client.transport()),
+            participant_id: me,
+            seconds: started.elapsed().as_secs_f64(),
+            files,
+            not_recorded: self
+                .encrypted
+                .iter()
+                .map(|p| self.names.get(p).cloned().unwrap_or_else(|| p.to_string()))
+                .collect(),
+            hls: self.live.as_ref().map(|l| l.playlist_path()),
+        }
+    }
+}
+
+/// Adds one frame of sound, its gap before it filled with silence.
+fn record_sound(
+    r: &mut Recording,
+    payload: &[u8],
+    t_us: u64,
+) -> std::io::Result<Option<fmp4::Fragment>> {
+    let packet = match r.transcode.as_mut() {
+        None => payload.to_vec(),
+        Some((dec, enc)) => {
+            let Ok(pcm) = dec.decode(payload) else {
+                r.frames_skipped += 1;
+                return Ok(None);
+            };
+            let wide: Vec<i16> = pcm
+                .iter()
+                .flat_map(|&s| std::iter::repeat_n(s, 6))
+                .collect();
+            match enc.encode(&wide) {
+                Ok(Some(p)) => p,
+                Ok(None) => OPUS_SILENCE.to_vec(),
+                Err(_) => {
+                    r.frames_skipped += 1;
+                    return Ok(None);
+                }
+            }
+        }
+    };
+    let dts = t_us * u64::from(AUDIO_TIMESCALE) / 1_000_000;
+    if r.file.is_none() {
+        r.file = Some(TrackFile::create(
+            &r.path,
+            &Media::Opus {
+                channels: r.channels,
+            },
+        )?);
+    }
+    let Some(file) = r.file.as_mut() else {
+        return Ok(None);
+    };
+    let mut written = None;
+    // DTX: the sender sent nothing while silent; the file gets silence.
+    if let Some(last) = file.last_dts()
+        && dts > last + OPUS_FRAME * 3 / 2
+    {
+        let missing = (dts - last) / OPUS_FRAME - 1;
+        if missing <= MAX_SILENCE_FILL {
+            for i in 1..=missing {
+                let (_, f) = file.push(last + i * OPUS_FRAME, OPUS_SILENCE.to_vec(), true)?;
+                written = written.or(f);
+                r.silence_frames += 1;
+            }
+        }
+    }
+    let (taken, f) = file.push(dts, packet, true)?;
+    if !taken {
+        r.frames_skipped += 1;
+    }
+    Ok(f.or(written))
+}
+
+/// Adds one picture, from the first key frame on and not across a loss.
+fn record_picture(
+    r: &mut Recording,
+    payload: &[u8],
+    key: bool,
+    t_us: u64,
+) -> std::io::Result<Option<fmp4::Fragment>> {
+    if r.waiting_key && !key {
+        r.frames_skipped += 1;
+        return Ok(None);
+    }
+    let (data, sps, pps) = fmp4::annexb_to_avcc(payload);
+    if data.is_empty() {
+        r.frames_skipped += 1;
+        return Ok(None);
+    }
+    if r.file.is_none() {
+        let (Some(sps), Some(pps)) = (sps, pps) else {
+            r.frames_skipped += 1;
+            return Ok(None);
+        };
+        let (width, height) = fmp4::sps_size(&sps).unwrap_or((0, 0));
+        r.file = Some(TrackFile::create(
+            &r.path,
+            &Media::H264 {
+                width,
+                height,
+                sps,
+                pps,
+            },
+        )?);
+    }
+    r.waiting_key = false;
+    let dts = t_us * u64::from(VIDEO_TIMESCALE) / 1_000_000;
+    let Some(file) = r.file.as_mut() else {
+        return Ok(None);
+    };
+    let (taken, f) = file.push(dts, data, key)?;
+    if !taken {
+        r.frames_skipped += 1;
+    }
+    Ok(f)
+}

@@ -1,0 +1,311 @@
+//! `convene record` as an operator runs it: a real server on loopback, a
+//! real `convene stream` (H.264 and an Opus tone), and the files read back
+//! by Debian's `ffprobe` and `ffmpeg` (which `cargo xtask test` installs),
+//! the way a person would open them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{DEADLINE, Running, json, server_args, server_on, words};
+
+/// `ffprobe` on `path`: its streams, packets counted.
+fn probe(path: &Path) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_packets",
+            "-show_streams",
+            "-show_format",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs (Debian's ffmpeg; `cargo xtask test` installs it)");
+    assert!(
+        out.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The one stream of a recorded file, with its codec, start and length.
+fn stream_of(path: &Path) -> (String, f64, f64, u64) {
+    let p = probe(path);
+    let streams = p["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 1, "one track a file: {p}");
+    let s = &streams[0];
+    let f = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|x| x.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (
+        s["codec_name"].as_str().unwrap().to_string(),
+        f(&s["start_time"]),
+        // ffprobe's duration of a fragmented track counts from 0, not from its start.
+        f(&s["duration"]) - f(&s["start_time"]),
+        s["nb_read_packets"].as_str().unwrap().parse().unwrap(),
+    )
+}
+
+/// The pitch of a file's sound, decoded by ffmpeg: rises through zero a
+/// second, over its 20 ms stretches of sound (not the silence between).
+fn pitch_of(path: &Path) -> f64 {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples: Vec<i16> = out
+        .stdout
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let (mut rises, mut seconds) = (0, 0.0);
+    for frame in samples.chunks_exact(960) {
+        let power = frame.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / 960.0;
+        if power.sqrt() < 300.0 {
+            continue;
+        }
+        rises += frame.windows(2).filter(|w| w[0] < 0 && w[1] >= 0).count();
+        seconds += 959.0 / 48_000.0;
+    }
+    rises as f64 / seconds
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("convene-record-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// The recorded files of `kind` in `dir`.
+fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_holds_h264_and_opus_in_step_at_their_lengths() {
+    let s = server_on(0, false).await;
+    let out = out_dir("sync");
+    let mut rec_args = server_args(&s);
+    rec_args.extend(words("--meeting-id rec --json --hls alice --out"));
+    rec_args.push(out.display().to_string());
+    let recorder = Running::start("record", &rec_args);
+    recorder.wait_for_line("recording `rec`").await;
+
+    let mut stream_args = server_args(&s);
+    stream_args.extend(words(
+        "--meeting-id rec --user-id alice --source test-pattern --resolution 320x240 --fps 15 \
+         --key-interval 1 --audio tone --duration 4 --json",
+    ));
+    let (ok, sent, err) = Running::start("stream", &stream_args).finish().await;
+    let sent = json(ok, &sent, &err);
+    let audio_sent = sent["audio_frames_sent"].as_u64().unwrap();
+    let video_sent = sent["video_frames_sent"].as_u64().unwrap();
+    // The publisher left: its files are finished; the recorder stops on SIGTERM.
+    recorder.wait_for_line("participant").await;
+    let pid = recorder.child.id();
+    let until = Instant::now() + DEADLINE;
+    while files(&out, "-video.mp4").is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let (ok, report, err) = recorder.finish().await;
+    let report = json(ok, &report, &err);
+
+    let video = files(&out, "-alice-video.mp4");
+    let audio = files(&out, "-alice-audio.mp4");
+    assert_eq!((video.len(), audio.len()), (1, 1), "{report}");
+    let (vcodec, vstart, vlen, vpackets) = stream_of(&video[0]);
+    let (acodec, astart, alen, apackets) = stream_of(&audio[0]);
+    assert_eq!((vcodec.as_str(), acodec.as_str()), ("h264", "opus"));
+    // Every frame sent is in the files: each picture, each sound frame,
+    // and silence where the sender's timer let more than a frame go by;
+    // the frames sent as the publisher left may come after its leaving.
+    let silence = listed_silence(&report);
+    assert!(
+        (video_sent - 1..=video_sent).contains(&vpackets),
+        "{vpackets} of {video_sent} pictures: {report}"
+    );
+    let sound = audio_sent + silence;
+    assert!(
+        (sound - 1..=sound).contains(&apackets),
+        "{apackets} of {sound} sound frames: {report}"
+    );
+    // The sound is as long as what was sent (20 ms a frame), and the
+    // pictures cover the same time on the sender's clock: within 2 %.
+    let sent_seconds = audio_sent as f64 * 0.02;
+    assert!(
+        (alen - sent_seconds).abs() <= sent_seconds * 0.02,
+        "sound {alen} s, sent {sent_seconds} s: {report}"
+    );
+    assert!(
+        (3.0..=4.2).contains(&alen),
+        "sound {alen} s of a 4 s stream"
+    );
+    assert!(
+        (vlen - alen).abs() <= alen * 0.02 + 1.0 / 15.0,
+        "pictures {vlen} s, sound {alen} s"
+    );
+    // Sound and pictures start together on the recording's timeline.
+    assert!(
+        (vstart - astart).abs() <= 0.040,
+        "video starts at {vstart} s, audio at {astart} s"
+    );
+    // The tone is in the sound.
+    let hz = pitch_of(&audio[0]);
+    assert!((hz - 440.0).abs() < 4.4, "the recording's tone is {hz} Hz");
+    // The pictures decode from the first.
+    let decode = Command::new("ffmpeg")
+        .args(["-v", "error", "-xerror", "-i"])
+        .arg(&video[0])
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        decode.status.success(),
+        "{}",
+        String::from_utf8_lossy(&decode.stderr)
+    );
+    // The summary and recording.json list both files.
+    let listed = report["files"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{report}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("recording.json")).unwrap()).unwrap();
+    assert_eq!(manifest["files"], report["files"]);
+
+    // The HLS stream of alice: both tracks, whole, ended.
+    let live = probe(&out.join("live.m3u8"));
+    let mut codecs: Vec<&str> = live["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["codec_name"].as_str().unwrap())
+        .collect();
+    codecs.sort();
+    assert_eq!(codecs, ["h264", "opus"], "{live}");
+    let length: f64 = live["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (length - alen).abs() <= 0.1 * alen,
+        "HLS {length} s, recorded {alen} s"
+    );
+    let video_playlist = std::fs::read_to_string(out.join("live-video.m3u8")).unwrap();
+    assert!(
+        video_playlist.contains("#EXT-X-ENDLIST"),
+        "{video_playlist}"
+    );
+    assert!(
+        video_playlist.matches("#EXTINF").count() >= 2,
+        "{video_playlist}"
+    );
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorder_killed_mid_meeting_leaves_files_that_play_up_to_its_last_fragment() {
+    let s = server_on(0, false).await;
+    let out = out_dir("kill");
+    let mut stream_args = server_args(&s);
+    stream_args.extend(words(
+        "--meeting-id kill --user-id bob --source test-pattern --resolution 320x240 --fps 15 \
+         --audio tone --duration 120",
+    ));
+    let stream = Running::start("stream", &stream_args);
+    stream.wait_for_line("streaming 320x240@15").await;
+    let mut rec_args = server_args(&s);
+    rec_args.extend(words("--meeting-id kill --out"));
+    rec_args.push(out.display().to_string());
+    let mut recorder = Running::start("record", &rec_args);
+    recorder.wait_for_line("recording audio").await;
+
+    // Wait until the sound file holds 3 s of fragments (a second each),
+    // copy both files as they are, and kill the recorder without warning.
+    let until = Instant::now() + DEADLINE;
+    let audio = loop {
+        if let Some(a) = files(&out, "-audio.mp4").first()
+            && stream_of_len(a) >= 3.0
+        {
+            break a.clone();
+        }
+        assert!(
+            Instant::now() < until,
+            "no 3 s of sound recorded in {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let video = files(&out, "-video.mp4")[0].clone();
+    let before_audio = out.join("before-audio.mp4.snapshot");
+    let before_video = out.join("before-video.mp4.snapshot");
+    std::fs::copy(&audio, &before_audio).unwrap();
+    std::fs::copy(&video, &before_video).unwrap();
+    recorder.child.kill().unwrap();
+    recorder.child.wait().unwrap();
+    drop(stream);
+
+    for (after, before) in [(&audio, &before_audio), (&video, &before_video)] {
+        let (_, _, _, had) = stream_of(before);
+        let (codec, _, length, has) = stream_of(after);
+        assert!(
+            has >= had && had > 0,
+            "{codec}: {has} packets after the kill, {had} before it"
+        );
+        assert!(length >= 2.0, "{codec}: {length} s");
+    }
+    let _ = std::fs::remove_dir_all(out);
+}
+
+/// Silence frames the recorder wrote, from its summary.
+fn listed_silence(report: &serde_json::Value) -> u64 {
+    report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["silence_frames"].as_u64())
+        .sum()
+}
+
+/// The length ffprobe gives a file, 0 when it cannot read one yet.
+fn stream_of_len(path: &Path) -> f64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0)
+}
