@@ -20,10 +20,12 @@ fn home_with_a_microphone(name: &str, hz: f64, seconds: u32) -> PathBuf {
     let amplitude = 32_767.0 * 10f64.powf(-12.0 / 20.0);
     let samples: Vec<u8> = (0..48_000 * seconds)
         .flat_map(|i| {
-            let t = f64::from(i) / 48_000.0;
-            ((std::f64::consts::TAU * hz * t).sin() * amplitude) as i16
-        }
-        .to_le_bytes())
+            {
+                let t = f64::from(i) / 48_000.0;
+                ((std::f64::consts::TAU * hz * t).sin() * amplitude) as i16
+            }
+            .to_le_bytes()
+        })
         .collect();
     std::fs::write(&raw, samples).unwrap();
     std::fs::write(
@@ -67,9 +69,15 @@ async fn a_microphone_goes_out_in_opus_and_is_heard_at_its_pitch() {
     assert_eq!(n(audio, "frames_decoded"), frames);
     assert_eq!(n(audio, "decode_errors"), 0);
     let hz = audio["audio_hz"].as_f64().unwrap();
-    assert!((hz - 660.0).abs() < 6.6, "the 660 Hz voice was heard at {hz} Hz");
+    assert!(
+        (hz - 660.0).abs() < 6.6,
+        "the 660 Hz voice was heard at {hz} Hz"
+    );
     let level = audio["audio_level_dbfs"].as_f64().unwrap();
-    assert!((level + 15.0).abs() < 1.5, "the voice arrived at {level} dBFS");
+    assert!(
+        (level + 15.0).abs() < 1.5,
+        "the voice arrived at {level} dBFS"
+    );
     drop(stream);
     let _ = std::fs::remove_dir_all(home);
 }
