@@ -241,7 +241,8 @@ pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCo
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create --out {}", args.out.display()))?;
     let config = ClientSessionConfig {
-        client_kind: ClientKind::Native,
+        // Everyone in the meeting is told a recorder is there (§5.10).
+        client_kind: ClientKind::Recorder,
         client_version: concat!("convene-record/", env!("CARGO_PKG_VERSION")).into(),
         auth_token: args.server.token.clone().unwrap_or_default(),
         // Active speakers and the encodings of a simulcast track.
@@ -596,6 +597,12 @@ impl Recorder<'_> {
         };
         let Some(file) = r.file.take() else { return };
         let report = r.report(Some(&file));
+        self.status.note(&format!(
+            "finished {}: {:.1} s, {:.1} MB",
+            report.path,
+            report.seconds,
+            report.bytes as f64 / 1e6
+        ));
         let kind = r.kind;
         match file.finish(r.last_duration()) {
             Ok((_, last)) => {
