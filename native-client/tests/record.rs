@@ -318,3 +318,97 @@ fn stream_of_len(path: &Path) -> f64 {
         .parse()
         .unwrap_or(0.0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_meeting_is_recorded_by_a_recorder_that_takes_the_keys_and_by_no_other() {
+    let s = server_on(0, false).await;
+    let (keyed, keyless) = (out_dir("keyed"), out_dir("keyless"));
+    let start = |out: &Path, extra: &str| {
+        let mut a = server_args(&s);
+        a.extend(words(&format!("--meeting-id secret --json {extra} --out")));
+        a.push(out.display().to_string());
+        Running::start("record", &a)
+    };
+    let recorder = start(&keyed, "");
+    let outsider = start(&keyless, "--user-id Outsider --e2ee off");
+    recorder.wait_for_line("recording `secret`").await;
+    outsider.wait_for_line("recording `secret`").await;
+    let mut stream_args = server_args(&s);
+    stream_args.extend(words(
+        "--meeting-id secret --user-id alice --source test-pattern --resolution 320x240 --fps 15 \
+         --audio tone --e2ee --duration 4",
+    ));
+    let stream = Running::start("stream", &stream_args);
+    let until = Instant::now() + DEADLINE;
+    while recorder.count_lines("finished ") < 2 {
+        assert!(
+            Instant::now() < until,
+            "the recorder did not finish both files: {:?}",
+            recorder.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, _, stream_err) = stream.finish().await;
+    assert!(ok, "{stream_err:?}");
+    for r in [&recorder, &outsider] {
+        let _ = Command::new("kill")
+            .args(["-TERM", &r.child.id().to_string()])
+            .status();
+    }
+    let (ok, out, err) = recorder.finish().await;
+    let report = json(ok, &out, &err);
+    let (ok, out, outsider_err) = outsider.finish().await;
+    let refused = json(ok, &out, &outsider_err);
+
+    // The recorder that took part in the key exchange recorded the
+    // decrypted sound and pictures.
+    let audio = files(&keyed, "-alice-audio.mp4");
+    let video = files(&keyed, "-alice-video.mp4");
+    assert_eq!((audio.len(), video.len()), (1, 1), "{report}");
+    let hz = pitch_of(&audio[0]);
+    assert!((hz - 440.0).abs() < 4.4, "the recording's tone is {hz} Hz");
+    let (codec, _, _, pictures) = stream_of(&video[0]);
+    assert_eq!(codec, "h264");
+    assert!(pictures >= 30, "{pictures} pictures");
+    // It was a member like any other: the streamer's last safety code (the
+    // members it held keys for) is one the recorder showed too.
+    let code_in = |l: &String| {
+        l.split("safety code").nth(1).map(|c| {
+            c.trim_start_matches(" now")
+                .trim()
+                .chars()
+                .take(23)
+                .collect::<String>()
+        })
+    };
+    let streamer_code = stream_err
+        .iter()
+        .filter_map(code_in)
+        .last()
+        .expect("the streamer showed a safety code");
+    assert!(report["e2ee"]["safety_code"].is_string(), "{report}");
+    assert!(
+        err.iter().filter_map(code_in).any(|c| c == streamer_code),
+        "the recorder never showed the streamer's code {streamer_code}: {err:?}"
+    );
+    // The one without keys recorded nothing, and said who and why.
+    assert!(files(&keyless, ".mp4").is_empty(), "{refused}");
+    assert!(
+        outsider_err
+            .iter()
+            .any(|l| l.contains("(alice) encrypts end to end: not recorded")),
+        "{outsider_err:?}"
+    );
+    assert_eq!(
+        refused["not_recorded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| *n == "alice")
+            .count(),
+        1,
+        "{refused}"
+    );
+    let _ = std::fs::remove_dir_all(keyed);
+    let _ = std::fs::remove_dir_all(keyless);
+}

@@ -64,16 +64,30 @@ pub(crate) struct RecordArgs {
     /// Print a JSON summary of the files on stdout when done.
     #[arg(long)]
     json: bool,
-    /// The meeting is end-to-end encrypted: take part in the key exchange
-    /// (the others see the recorder in their safety code) and record what
-    /// decrypts. Without it, an encrypted participant is not recorded.
-    #[arg(long)]
-    e2ee: bool,
+    /// End-to-end encryption (SFrame, §14). `auto`: take part in the key
+    /// exchange as soon as a member uses it; `on`: from the start; `off`:
+    /// never, and record nobody who encrypts. Taking part makes the
+    /// recorder a member whose key the others hold: their safety code
+    /// counts it, like any member's. Frames that do not decrypt are not
+    /// recorded.
+    #[arg(long, value_enum, default_value = "auto", num_args = 0..=1, default_missing_value = "on")]
+    e2ee: E2eeMode,
     /// Also write a live HLS stream of this participant (display name or
     /// id): `live.m3u8` in --out, whose segments are byte ranges of the
     /// recording's own files. Serve --out with any web server.
     #[arg(long, value_name = "PARTICIPANT")]
     hls: Option<String>,
+}
+
+/// When the recorder takes part in end-to-end encryption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum E2eeMode {
+    /// As soon as a member of the meeting uses it.
+    Auto,
+    /// From the start.
+    On,
+    /// Never: encrypted participants are not recorded.
+    Off,
 }
 
 /// What one recorded file holds, for the summary and `recording.json`.
@@ -111,6 +125,9 @@ struct Summary {
     /// without --e2ee, or no key for us).
     not_recorded: Vec<String>,
     hls: Option<String>,
+    /// When the recorder took part in end-to-end encryption: its last
+    /// safety code (the members' codes count it) and what its keyring did.
+    e2ee: Option<crate::e2ee::E2eeSummary>,
 }
 
 /// One track being recorded.
@@ -225,6 +242,8 @@ struct Recorder<'a> {
     /// alignment on our timeline.
     offsets: HashMap<u32, i64>,
     names: HashMap<u32, String>,
+    /// Who is in the room now, the recorder included.
+    present: std::collections::BTreeSet<u32>,
     tracks: HashMap<(u32, u32), TrackInfo>,
     recordings: HashMap<(u32, u32), Recording>,
     finished: Vec<FileReport>,
@@ -298,7 +317,7 @@ pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCo
         args.out.display(),
         client.transport()
     ));
-    let e2ee = if args.e2ee {
+    let e2ee = if args.e2ee == E2eeMode::On {
         let present: Vec<u32> = joined
             .participants
             .iter()
@@ -319,6 +338,7 @@ pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCo
         start_us: unix_micros(),
         offsets: HashMap::new(),
         names: HashMap::new(),
+        present: Default::default(),
         tracks: HashMap::new(),
         recordings: HashMap::new(),
         finished: Vec::new(),
@@ -329,6 +349,7 @@ pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCo
     };
     for p in &joined.participants {
         rec.names.insert(p.participant_id, p.display_name.clone());
+        rec.present.insert(p.participant_id);
         for t in &p.tracks {
             rec.tracks.insert((p.participant_id, t.track_id), t.clone());
             if p.participant_id != me && t.kind != TrackKind::Audio as i32 {
@@ -422,6 +443,21 @@ fn write_manifest(out: &std::path::Path, summary: &Summary) -> anyhow::Result<()
 
 impl Recorder<'_> {
     fn on_event(&mut self, client: &mut Client, ev: ClientEvent, me: u32) {
+        // A member encrypts: with --e2ee auto the recorder joins the key
+        // exchange now, like a member who turns encryption on.
+        if self.e2ee.is_none()
+            && self.args.e2ee == E2eeMode::Auto
+            && matches!(ev, ClientEvent::Room(S::E2ee(_)))
+        {
+            self.present.insert(me);
+            let present: Vec<u32> = self.present.iter().copied().collect();
+            match E2ee::start(client, &self.args.meeting_id, &present, &self.status) {
+                Ok(e) => self.e2ee = Some(e),
+                Err(e) => self
+                    .status
+                    .note(&format!("cannot take part in end-to-end encryption: {e:#}")),
+            }
+        }
         if let Some(e) = self.e2ee.as_mut()
             && let Some(sender) = e.on_event(client, &ev, &self.status)
         {
@@ -445,10 +481,12 @@ impl Recorder<'_> {
             }
             ClientEvent::Room(S::ParticipantJoined(j)) => {
                 if let Some(p) = j.participant {
+                    self.present.insert(p.participant_id);
                     self.names.insert(p.participant_id, p.display_name);
                 }
             }
             ClientEvent::Room(S::ParticipantLeft(l)) => {
+                self.present.remove(&l.participant_id);
                 let keys: Vec<(u32, u32)> = self
                     .recordings
                     .keys()
@@ -469,7 +507,7 @@ impl Recorder<'_> {
                     .cloned()
                     .unwrap_or_default();
                 self.status.note(&format!(
-                        "participant {} ({who}) encrypts end to end: not recorded (record with --e2ee, and the members admit the recorder to their keys)",
+                        "participant {} ({who}) encrypts end to end: not recorded (the recorder runs with --e2ee off)",
                         m.from_participant_id
                     ));
             }
@@ -664,6 +702,7 @@ impl Recorder<'_> {
                 .map(|p| self.names.get(p).cloned().unwrap_or_else(|| p.to_string()))
                 .collect(),
             hls: self.live.as_ref().map(|l| l.playlist_path()),
+            e2ee: self.e2ee.as_ref().map(E2ee::summary),
         }
     }
 }
