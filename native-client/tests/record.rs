@@ -383,8 +383,8 @@ async fn an_encrypted_meeting_is_recorded_by_a_recorder_that_takes_the_keys_and_
     };
     let streamer_code = stream_err
         .iter()
-        .filter_map(code_in)
-        .last()
+        .rev()
+        .find_map(code_in)
         .expect("the streamer showed a safety code");
     assert!(report["e2ee"]["safety_code"].is_string(), "{report}");
     assert!(
