@@ -346,3 +346,75 @@ async fn the_admin_api_lists_recorders_and_says_when_it_cannot_record() {
     assert_eq!(bye.reason, v1::GoodbyeReason::Removed as i32);
     s.shutdown().await;
 }
+
+/// Two nodes sharing a meeting: a recorder on one is seen recording on the
+/// other, a moderator on the other is refused a second one, and the
+/// moderator's Stop removes the recorder from the node it is connected to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_the_recorder_is_seen_and_stopped_from_another_node() {
+    let hub = convene_server::bus::InProcessHub::new();
+    let start = |id| {
+        let (bus, inbound) = hub.attach(id);
+        let config = convene_server::config::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            auth_secret: Some(SECRET.into()),
+            ..convene_server::config::Config::default()
+        };
+        convene_server::start_node(config, bus, Some(inbound))
+    };
+    let n1 = start(1).await.unwrap();
+    let n2 = start(2).await.unwrap();
+    let mut r = hello(
+        &n1,
+        v1::ClientKind::Recorder,
+        &token("rec-cluster", &["record", "subscribe"]),
+        &[],
+    )
+    .await;
+    assert!(matches!(join(&mut r, "rec-cluster").await, S::Joined(_)));
+    let rid = r.id;
+    let mut m = hello(
+        &n2,
+        v1::ClientKind::Browser,
+        &token("rec-cluster", &["moderate", "subscribe"]),
+        &["recording.1"],
+    )
+    .await;
+    // The roster crosses nodes: the newcomer on node 2 sees the recorder,
+    // in Joined or, if it was not there yet, as it arrives.
+    m.send(C::Join(v1::Join {
+        meeting_id: "rec-cluster".into(),
+        display_name: "Mo".into(),
+        subscribe_all: true,
+    }))
+    .await;
+    let first = m
+        .expect(move |x| match x {
+            S::Joined(j) => j
+                .participants
+                .iter()
+                .any(|p| p.participant_id == rid && p.recording),
+            S::ParticipantJoined(p) => p
+                .participant
+                .as_ref()
+                .is_some_and(|p| p.participant_id == rid && p.recording),
+            _ => false,
+        })
+        .await;
+    assert!(matches!(first, S::Joined(_) | S::ParticipantJoined(_)));
+    let e = request(&mut m, 1, C::StartRecording(v1::StartRecording {})).await;
+    assert_eq!(code(&e), ErrorCode::AlreadyRecording);
+    let a = request(&mut m, 2, C::StopRecording(v1::StopRecording {})).await;
+    assert!(
+        matches!(a, S::RecordingAnswer(ref a) if !a.recording),
+        "{a:?}"
+    );
+    let S::Goodbye(bye) = r.expect(|x| matches!(x, S::Goodbye(_))).await else {
+        unreachable!()
+    };
+    assert_eq!(bye.reason, v1::GoodbyeReason::Removed as i32);
+    m.expect(move |x| matches!(x, S::ParticipantLeft(l) if l.participant_id == rid))
+        .await;
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
