@@ -2,8 +2,10 @@
 //! `StartRecording`, or the admin API's, makes the node that received it
 //! start `convene record` as a child process: it joins the meeting over
 //! loopback as a recorder, subscribes to everything and writes files under
-//! `<recordings dir>/<meeting id>/<UTC start time>/`. `StopRecording` sends it
-//! SIGTERM (it finishes its files and exits), and SIGKILL after
+//! `<recordings dir>/<meeting id>/<UTC start time>/`, with the token it
+//! needs (when the node requires tokens) in its environment as
+//! `CONVENE_TOKEN`, which `convene record --token` reads. `StopRecording`
+//! sends it SIGTERM (it finishes its files and exits), and SIGKILL after
 //! [`STOP_GRACE`]. Children are reaped here, their output goes to the log,
 //! and they die with the server.
 //!
@@ -30,6 +32,15 @@ use crate::state::AppState;
 
 /// How long a recorder has to finish its files after SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Environment variables of the server that its recorders do not inherit.
+pub const INHERITED_SECRETS: [&str; 5] = [
+    "CONVENE_AUTH_SECRET",
+    "CONVENE_ADMIN_TOKEN",
+    "CONVENE_BUS_TOKEN",
+    "CONVENE_BUS_PASSWORD",
+    "CONVENE_BUS_USER",
+];
 
 /// Lifetime of the token a recorder is given, in seconds: a day of recording.
 pub const RECORDER_TOKEN_TTL_S: u64 = 86_400;
@@ -223,12 +234,19 @@ impl Recorders {
             .arg(meeting)
             .arg("--out")
             .arg(&started.out_dir);
+        // The server's own secrets are not the recorder's business.
+        for secret in INHERITED_SECRETS {
+            cmd.env_remove(secret);
+        }
+        cmd.env_remove("CONVENE_TOKEN");
         if let Some(secret) = &target.secret
             && target.auth
         {
             let token = recorder_token(secret, meeting)
                 .map_err(|e| unavailable(&format!("cannot sign the recorder's token: {e}")))?;
-            cmd.arg("--token").arg(token);
+            // `convene record --token` reads it from here: the environment,
+            // unlike the command line, is not shown to other users by `ps`.
+            cmd.env("CONVENE_TOKEN", token);
         }
         if let Some(h) = &target.cert_sha256 {
             cmd.arg("--cert-sha256").arg(h);
@@ -569,8 +587,9 @@ mod tests {
         std::fs::write(
             &path,
             format!(
-                "#!/bin/sh\ntrap {on_term} TERM\nout=\nwhile [ $# -gt 0 ]; do [ \"$1\" = --out ] && out=$2; shift; done\n\
-                 echo \"$0 $*\" > /dev/null\nprintf '%s\\n' \"$out\" > \"$out/args.tmp\" && mv \"$out/args.tmp\" \"$out/args\"\n\
+                "#!/bin/sh\ntrap {on_term} TERM\nall=\"$*\"\nout=\n\
+                 while [ $# -gt 0 ]; do [ \"$1\" = --out ] && out=$2; shift; done\n\
+                 printf 'args=%s\\ntoken=%s\\n' \"$all\" \"$CONVENE_TOKEN\" > \"$out/args.tmp\" && mv \"$out/args.tmp\" \"$out/args\"\n\
                  echo recorder says hello\nwhile :; do sleep 0.05; done\n"
             ),
         )
@@ -716,6 +735,42 @@ mod tests {
         assert!(c.grants(Grant::Record) && c.grants(Grant::Subscribe));
         assert!(!c.grants(Grant::Moderate) && !c.grants(Grant::PublishAudio));
         assert!(c.admits("m") && !c.admits("other"));
+        // Tokens on: the recorder gets its token in the environment, not
+        // on the command line.
+        let r = recorders(tmp.path(), double(tmp.path(), false), 4, 600);
+        r.set_target(Target {
+            url: "http://127.0.0.1:1".into(),
+            cert_sha256: Some("ab".repeat(32)),
+            secret: Some(secret.clone()),
+            auth: true,
+        });
+        let s = r.start(Timestamp(0), "m", false).unwrap();
+        appears(&s.out_dir.join("args")).await;
+        let seen = std::fs::read_to_string(s.out_dir.join("args")).unwrap();
+        let line = |k: &str| {
+            seen.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let given = line("token=");
+        assert!(!given.is_empty(), "{seen}");
+        assert!(v.verify(&given).unwrap().grants(Grant::Record));
+        let argv = line("args=");
+        assert!(
+            !argv.contains(&given),
+            "the token is not on the command line: {argv}"
+        );
+        assert!(
+            argv.starts_with("record --server http://127.0.0.1:1 --meeting-id m --out "),
+            "{argv}"
+        );
+        assert!(
+            argv.ends_with(&format!("--cert-sha256 {}", "ab".repeat(32))),
+            "{argv}"
+        );
+        r.stop_all(tokio::time::Instant::now() + Duration::from_secs(30))
+            .await;
         // Tokens on, but no secret to sign with: unavailable, nothing spawned.
         let r = Arc::new(Recorders::new(
             Timestamp(0),
