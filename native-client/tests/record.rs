@@ -200,9 +200,11 @@ async fn a_recorded_clip_holds_its_h264_and_opus_in_step_at_their_lengths() {
         "{}",
         String::from_utf8_lossy(&decode.stderr)
     );
-    // The summary and recording.json list both files.
+    // The summary and recording.json list both files, and the meeting's
+    // sound mixed.
     let listed = report["files"].as_array().unwrap();
-    assert_eq!(listed.len(), 2, "{report}");
+    assert_eq!(listed.len(), 3, "{report}");
+    assert!(out.join("meeting-audio.mp4").exists());
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("recording.json")).unwrap()).unwrap();
     assert_eq!(manifest["files"], report["files"]);
@@ -411,4 +413,134 @@ async fn an_encrypted_meeting_is_recorded_by_a_recorder_that_takes_the_keys_and_
     );
     let _ = std::fs::remove_dir_all(keyed);
     let _ = std::fs::remove_dir_all(keyless);
+}
+
+/// Goertzel power of `hz` in 48 kHz samples, normalised by their number.
+fn power(pcm: &[i16], hz: f64) -> f64 {
+    let c = 2.0 * (std::f64::consts::TAU * hz / 48_000.0).cos();
+    let (mut a, mut b) = (0.0, 0.0);
+    for &x in pcm {
+        let n = f64::from(x) + c * a - b;
+        b = a;
+        a = n;
+    }
+    (a * a + b * b - c * a * b) / (pcm.len() as f64).powi(2)
+}
+
+/// A file's sound decoded by ffmpeg, 48 kHz mono, from its own start.
+fn decoded(path: &Path) -> Vec<i16> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_speaker_stream_follows_who_speaks_and_carries_everyones_sound() {
+    let s = server_on(0, false).await;
+    let out = out_dir("speaker");
+    let mut rec_args = server_args(&s);
+    rec_args.extend(words("--meeting-id talk --json --hls active-speaker --out"));
+    rec_args.push(out.display().to_string());
+    let recorder = Running::start("record", &rec_args);
+    recorder.wait_for_line("recording `talk`").await;
+    let stream = |name: &str, extra: &str| {
+        let mut a = server_args(&s);
+        a.extend(words(&format!(
+            "--meeting-id talk --user-id {name} --source test-pattern --resolution 320x240 --fps 15 \
+             --key-interval 1 --audio tone {extra}"
+        )));
+        Running::start("stream", &a)
+    };
+    // A quiet 440 Hz voice all along; a loud 660 Hz one for 6 s of it.
+    let quiet = stream("quiet", "--tone-dbfs -30 --duration 11");
+    quiet.wait_for_line("streaming").await;
+    let loud = stream("loud", "--tone-hz 660 --tone-dbfs -6 --duration 6");
+    let (ok, _, err) = loud.finish().await;
+    assert!(ok, "{err:?}");
+    let (ok, _, err) = quiet.finish().await;
+    assert!(ok, "{err:?}");
+    let until = Instant::now() + DEADLINE;
+    while recorder.count_lines("finished ") < 4 {
+        assert!(
+            Instant::now() < until,
+            "the recorder did not finish the four files: {:?}",
+            recorder.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &recorder.child.id().to_string()])
+        .status();
+    let (ok, report, err) = recorder.finish().await;
+    let report = json(ok, &report, &err);
+
+    // The pictures: the quiet one's or the first, then the loud one's while
+    // they speak, then the quiet one's again, with a discontinuity at each
+    // change of file.
+    let playlist = std::fs::read_to_string(out.join("live-video.m3u8")).unwrap();
+    let files_in_order: Vec<&str> = playlist.lines().filter(|l| l.ends_with(".mp4")).collect();
+    let loud_at = files_in_order
+        .iter()
+        .position(|f| f.contains("-loud-"))
+        .expect(&playlist);
+    assert!(
+        files_in_order[loud_at..]
+            .iter()
+            .any(|f| f.contains("-quiet-")),
+        "{playlist}"
+    );
+    assert!(
+        files_in_order.last().unwrap().contains("-quiet-"),
+        "{playlist}"
+    );
+    assert!(playlist.contains("#EXT-X-DISCONTINUITY"), "{playlist}");
+    assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
+    let live = probe(&out.join("live.m3u8"));
+    let mut codecs: Vec<&str> = live["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["codec_name"].as_str().unwrap())
+        .collect();
+    codecs.sort();
+    assert_eq!(codecs, ["h264", "opus"], "{live}");
+
+    // The meeting's sound holds both voices while both speak, then the
+    // quiet one alone.
+    let listed = report["files"].as_array().unwrap();
+    let file = |needle: &str| {
+        listed
+            .iter()
+            .find(|f| f["path"].as_str().unwrap().contains(needle))
+            .expect(needle)
+    };
+    let (mix, loud) = (file("meeting-audio.mp4"), file("-loud-audio.mp4"));
+    let at = |f: &serde_json::Value, k: &str| f[k].as_f64().unwrap();
+    let pcm = decoded(&out.join("meeting-audio.mp4"));
+    let window = |from: f64| {
+        let i = ((from - at(mix, "start_seconds")) * 48_000.0) as usize;
+        &pcm[i..i + 24_000]
+    };
+    let both = window(at(loud, "start_seconds") + 1.0);
+    let after = window(at(loud, "start_seconds") + at(loud, "seconds") + 1.0);
+    let (a, b, none) = (power(both, 440.0), power(both, 660.0), power(both, 550.0));
+    assert!(
+        a > 100.0 * none && b > 100.0 * none,
+        "together: 440 {a}, 660 {b}, 550 {none}"
+    );
+    let (a, b) = (power(after, 440.0), power(after, 660.0));
+    assert!(a > 100.0 * b, "after: 440 {a}, 660 {b}");
+    let _ = std::fs::remove_dir_all(out);
 }

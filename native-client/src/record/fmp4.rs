@@ -227,11 +227,7 @@ impl TrackFile {
         mut self,
         last_duration: u64,
     ) -> std::io::Result<(PathBuf, Option<Fragment>)> {
-        let mut written = None;
-        if let Some(last) = self.pending.last() {
-            let end = last.dts + last_duration.max(1);
-            written = Some(self.write_fragment(end)?);
-        }
+        let written = self.flush(last_duration)?;
         if let (Some(first), Some(fragment)) = (self.first_dts, self.fragments.last()) {
             let end = fragment.start + fragment.duration;
             let ms = (end - first) * u64::from(MOVIE_TIMESCALE) / u64::from(self.timescale);
@@ -240,6 +236,18 @@ impl TrackFile {
             self.file.sync_data()?;
         }
         Ok((self.path, written))
+    }
+
+    /// Writes what is held as a fragment now, its last sample lasting
+    /// `last_duration` ticks (the next sample must start after that).
+    pub(crate) fn flush(&mut self, last_duration: u64) -> std::io::Result<Option<Fragment>> {
+        let Some(last) = self.pending.last() else {
+            return Ok(None);
+        };
+        let end = last.dts + last_duration.max(1);
+        let fragment = self.write_fragment(end)?;
+        self.last_dts = Some(end - 1);
+        Ok(Some(fragment))
     }
 
     /// Writes the held samples as one fragment, the last one ending at `end`.

@@ -6,6 +6,7 @@
 
 mod fmp4;
 mod hls;
+mod mix;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -52,7 +53,8 @@ pub(crate) struct RecordArgs {
     meeting_id: String,
     /// Where the files go (created if missing): one MP4 file per
     /// participant and track kind (`pID-NAME-video.mp4`, `-audio.mp4`,
-    /// `-screen.mp4`), and `recording.json` listing them.
+    /// `-screen.mp4`), everyone's sound mixed in `meeting-audio.mp4`, and
+    /// `recording.json` listing them.
     #[arg(long)]
     out: PathBuf,
     /// The name others see.
@@ -72,9 +74,11 @@ pub(crate) struct RecordArgs {
     /// recorded.
     #[arg(long, value_enum, default_value = "auto", num_args = 0..=1, default_missing_value = "on")]
     e2ee: E2eeMode,
-    /// Also write a live HLS stream of this participant (display name or
-    /// id): `live.m3u8` in --out, whose segments are byte ranges of the
-    /// recording's own files. Serve --out with any web server.
+    /// Also write a live HLS stream (`live.m3u8` in --out, whose segments
+    /// are byte ranges of the recording's own files; serve --out with any
+    /// web server): of one participant (display name or id), or
+    /// `active-speaker`: the pictures of whoever speaks now, with the sound
+    /// of the whole meeting.
     #[arg(long, value_name = "PARTICIPANT")]
     hls: Option<String>,
 }
@@ -253,6 +257,8 @@ struct Recorder<'a> {
     encrypted: std::collections::BTreeSet<u32>,
     e2ee: Option<E2ee>,
     live: Option<hls::Live>,
+    /// The meeting's sound in one file (None if it cannot be written).
+    mixer: Option<mix::Mixer>,
 }
 
 pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -346,6 +352,9 @@ pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCo
         encrypted: Default::default(),
         e2ee,
         live: args.hls.as_ref().map(|who| hls::Live::new(&args.out, who)),
+        mixer: mix::Mixer::new(&args.out)
+            .inspect_err(|e| eprintln!("the meeting's sound will not be mixed: {e}"))
+            .ok(),
     };
     for p in &joined.participants {
         rec.names.insert(p.participant_id, p.display_name.clone());
@@ -395,6 +404,7 @@ pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCo
     for key in keys {
         rec.close(key);
     }
+    rec.finish_mix();
     if let Some(live) = rec.live.as_mut() {
         live.end();
     }
@@ -477,7 +487,12 @@ impl Recorder<'_> {
             }
             ClientEvent::Room(S::TrackUnpublished(u)) => {
                 self.tracks.remove(&(u.participant_id, u.track_id));
-                self.close((u.participant_id, u.track_id));
+                if let Some(m) = self.mixer.as_mut() {
+                    m.forget((u.participant_id, u.track_id));
+                }
+                if let Some(next) = self.close((u.participant_id, u.track_id)) {
+                    ask_key(client, next.0, next.1);
+                }
             }
             ClientEvent::Room(S::ParticipantJoined(j)) => {
                 if let Some(p) = j.participant {
@@ -494,9 +509,32 @@ impl Recorder<'_> {
                     .copied()
                     .collect();
                 for key in keys {
-                    self.close(key);
+                    if let Some(m) = self.mixer.as_mut() {
+                        m.forget(key);
+                    }
+                    if let Some(next) = self.close(key) {
+                        ask_key(client, next.0, next.1);
+                    }
                 }
                 self.tracks.retain(|k, _| k.0 != l.participant_id);
+            }
+            ClientEvent::Room(S::ActiveSpeakers(a)) => {
+                let dominant = a
+                    .speakers
+                    .iter()
+                    .find(|s| s.dominant)
+                    .map(|s| s.participant_id);
+                if let (Some(live), Some(d)) = (self.live.as_mut(), dominant)
+                    && d != me
+                    && self
+                        .tracks
+                        .iter()
+                        .any(|((p, _), t)| *p == d && t.kind == TrackKind::Video as i32)
+                    && live.follow(d)
+                    && let Some(k) = self.live_video()
+                {
+                    ask_key(client, k.0, k.1);
+                }
             }
             ClientEvent::Room(S::E2ee(m))
                 if self.e2ee.is_none() && self.encrypted.insert(m.from_participant_id) =>
@@ -551,6 +589,26 @@ impl Recorder<'_> {
             return;
         }
         let outcome = if r.kind == TrackKind::Audio {
+            let mut broken = None;
+            if let Some(m) = self.mixer.as_mut() {
+                let now = unix_micros().saturating_sub(self.start_us) * 48 / 1000;
+                match m.add(key, &r.codec, &payload, t_us * 48 / 1000, now) {
+                    Ok(fragments) => {
+                        if let (Some(live), Some(file)) = (self.live.as_mut(), m.file()) {
+                            for f in fragments {
+                                live.mix_written(file, f);
+                            }
+                        }
+                    }
+                    Err(e) => broken = Some(e),
+                }
+            }
+            if let Some(e) = broken {
+                self.status.note(&format!(
+                    "cannot write the meeting's sound: {e}; it is no longer mixed"
+                ));
+                self.mixer = None;
+            }
             record_sound(r, &payload, t_us)
         } else {
             let gap = r
@@ -628,12 +686,11 @@ impl Recorder<'_> {
         }
     }
 
-    /// Finishes a track's file.
-    fn close(&mut self, key: (u32, u32)) {
-        let Some(mut r) = self.recordings.remove(&key) else {
-            return;
-        };
-        let Some(file) = r.file.take() else { return };
+    /// Finishes a track's file. Returns the video track the live stream
+    /// moves to, when it showed this one (ask it for a key frame).
+    fn close(&mut self, key: (u32, u32)) -> Option<(u32, u32)> {
+        let mut r = self.recordings.remove(&key)?;
+        let mut file = r.file.take()?;
         let report = r.report(Some(&file));
         self.status.note(&format!(
             "finished {}: {:.1} s, {:.1} MB",
@@ -642,17 +699,77 @@ impl Recorder<'_> {
             report.bytes as f64 / 1e6
         ));
         let kind = r.kind;
-        match file.finish(r.last_duration()) {
-            Ok((_, last)) => {
-                if let (Some(live), Some(fragment)) = (self.live.as_mut(), last) {
-                    live.last_fragment(key.0, kind, fragment);
+        let done = file.flush(r.last_duration()).and_then(|last| {
+            if let (Some(live), Some(fragment)) = (self.live.as_mut(), last) {
+                live.last_fragment(key.0, kind, &file, fragment);
+            }
+            file.finish(r.last_duration())
+        });
+        if let Err(e) = done {
+            self.status
+                .note(&format!("cannot finish {}: {e}", r.path.display()));
+        }
+        self.finished.push(report);
+        // The active-speaker stream loses its pictures: someone else's.
+        if kind != TrackKind::Video {
+            return None;
+        }
+        let other = self
+            .recordings
+            .iter()
+            .filter(|(k, r)| k.0 != key.0 && r.kind == TrackKind::Video)
+            .map(|(k, _)| *k)
+            .min();
+        let live = self.live.as_mut()?;
+        if live.lost(key.0, other.map(|k| k.0)) {
+            other
+        } else {
+            None
+        }
+    }
+
+    /// Writes the rest of the meeting's sound and closes its file.
+    fn finish_mix(&mut self) {
+        let Some(mut m) = self.mixer.take() else {
+            return;
+        };
+        match m.flush() {
+            Ok(fragments) => {
+                if let (Some(live), Some(file)) = (self.live.as_mut(), m.file()) {
+                    for f in fragments {
+                        live.mix_written(file, f);
+                    }
                 }
             }
             Err(e) => self
                 .status
-                .note(&format!("cannot finish {}: {e}", r.path.display())),
+                .note(&format!("cannot write the meeting's sound: {e}")),
         }
-        self.finished.push(report);
+        let path = m.path().display().to_string();
+        match m.finish() {
+            Ok(Some((samples, bytes, start_seconds, seconds))) => {
+                self.status.note(&format!(
+                    "finished {path}: {seconds:.1} s, {:.1} MB",
+                    bytes as f64 / 1e6
+                ));
+                self.finished.push(FileReport {
+                    path,
+                    participant_id: 0,
+                    display_name: "everyone".into(),
+                    track_id: 0,
+                    kind: "audio",
+                    codec: "opus".into(),
+                    samples,
+                    bytes,
+                    start_seconds,
+                    seconds,
+                    silence_frames: 0,
+                    frames_skipped: 0,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => self.status.note(&format!("cannot finish {path}: {e}")),
+        }
     }
 
     /// The video track of the participant the live stream shows.

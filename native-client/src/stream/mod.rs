@@ -118,6 +118,9 @@ pub(crate) struct StreamArgs {
     /// floor.
     #[arg(long, default_value_t = -12.0, allow_negative_numbers = true, value_parser = tone_level)]
     tone_dbfs: f64,
+    /// The tone's pitch in Hz (20 to 20000).
+    #[arg(long, default_value_t = 440.0, value_parser = tone_pitch)]
+    tone_hz: f64,
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long)]
     duration: Option<f64>,
@@ -262,6 +265,18 @@ fn plan(args: &StreamArgs) -> anyhow::Result<Plan> {
     })
 }
 
+fn tone_pitch(s: &str) -> Result<f64, String> {
+    let hz: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of Hz, e.g. 440"))?;
+    if (20.0..=20_000.0).contains(&hz) {
+        Ok(hz)
+    } else {
+        Err(format!("{hz} Hz is outside 20 to 20000"))
+    }
+}
+
 fn tone_level(s: &str) -> Result<f64, String> {
     let db: f64 = s
         .trim()
@@ -375,9 +390,11 @@ pub(crate) async fn run(mut args: StreamArgs) -> anyhow::Result<std::process::Ex
             codec.sample_rate(),
             codec.samples_per_frame(),
         )?),
-        AudioSource::Tone => {
-            SoundIn::Tone(audio::Tone::at(440.0, args.tone_dbfs, codec.sample_rate()))
-        }
+        AudioSource::Tone => SoundIn::Tone(audio::Tone::at(
+            args.tone_hz,
+            args.tone_dbfs,
+            codec.sample_rate(),
+        )),
         AudioSource::Mic => SoundIn::Mic(crate::mic::open(
             &args.audio_device,
             codec.sample_rate(),
