@@ -50,14 +50,11 @@ async fn run_on(
     step_timeout_ms: u64,
     secret: Option<&str>,
 ) -> Report {
-    let capabilities = match secret {
-        Some(_) => vec![
-            "auth".to_string(),
-            "moderation".to_string(),
-            "waiting_room".to_string(),
-        ],
-        None => vec![],
-    };
+    // The reference server always knows recorders (PROTOCOL.md §5.10).
+    let mut capabilities = vec!["recording".to_string()];
+    if secret.is_some() {
+        capabilities.extend(["auth", "moderation", "waiting_room"].map(String::from));
+    }
     let wt = server.cert_sha256.is_some();
     let target = ServerTarget {
         step_timeout: std::time::Duration::from_millis(step_timeout_ms),
