@@ -544,3 +544,76 @@ async fn the_active_speaker_stream_follows_who_speaks_and_carries_everyones_soun
     assert!(a > 100.0 * b, "after: 440 {a}, 660 {b}");
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorder_stopped_through_the_admin_api_finishes_its_files_and_exits_cleanly() {
+    const ADMIN: &str = "admin-token-for-the-record-test";
+    let s = convene_server::start(convene_server::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: Some(ADMIN.into()),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let out = out_dir("stopped");
+    let mut stream_args = server_args(&s);
+    stream_args.extend(words(
+        "--meeting-id stop-me --user-id ann --source test-pattern --resolution 160x120 --fps 10 \
+         --audio tone --duration 60",
+    ));
+    let stream = Running::start("stream", &stream_args);
+    stream.wait_for_line("streaming").await;
+    let mut rec_args = server_args(&s);
+    rec_args.extend(words("--meeting-id stop-me --json --out"));
+    rec_args.push(out.display().to_string());
+    let recorder = Running::start("record", &rec_args);
+    recorder.wait_for_line("recording video").await;
+    recorder.wait_for_line("recording audio").await;
+
+    // The operator stops it on a node that did not start it: the node
+    // removes it from the meeting.
+    let url = format!("http://{}", s.admin_addr.unwrap());
+    let stop = Command::new(env!("CARGO_BIN_EXE_convene"))
+        .args([
+            "admin",
+            "--url",
+            &url,
+            "--token",
+            ADMIN,
+            "record",
+            "stop",
+            "--meeting-id",
+            "stop-me",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    let (ok, report, err) = recorder.finish().await;
+    let report = json(ok, &report, &err);
+    assert!(
+        err.iter().any(|l| l.starts_with("recording stopped")),
+        "{err:?}"
+    );
+    // Its files are whole and listed.
+    let listed: Vec<&str> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.contains(&"video") && listed.contains(&"audio"),
+        "{report}"
+    );
+    assert!(out.join("recording.json").exists());
+    let (codec, _, length, _) = stream_of(&files(&out, "-ann-audio.mp4")[0]);
+    assert_eq!(codec, "opus");
+    assert!(length > 0.0);
+    drop(stream);
+    let _ = std::fs::remove_dir_all(out);
+}

@@ -428,6 +428,16 @@ pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCo
         }
     }
     if let Some(why) = ended {
+        use convene_protocol::v1::GoodbyeReason as G;
+        // A moderator who ends the meeting, or stops the recording by
+        // removing the recorder (from another node), ends it normally.
+        if matches!(
+            client.close_reason().and_then(|r| r.goodbye),
+            Some(G::MeetingEnded | G::Removed)
+        ) {
+            eprintln!("recording stopped: {why}");
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
         anyhow::bail!("the server ended the session: {why}; the files so far are complete");
     }
     Ok(std::process::ExitCode::SUCCESS)
