@@ -205,6 +205,8 @@ async fn a_recorded_clip_holds_its_h264_and_opus_in_step_at_their_lengths() {
     let listed = report["files"].as_array().unwrap();
     assert_eq!(listed.len(), 3, "{report}");
     assert!(out.join("meeting-audio.mp4").exists());
+    assert!(n_of(&report, "mix_frames") >= audio_sent - 1, "{report}");
+    assert_eq!(n_of(&report, "mix_left_out"), 0, "{report}");
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("recording.json")).unwrap()).unwrap();
     assert_eq!(manifest["files"], report["files"]);
@@ -289,6 +291,10 @@ async fn a_recorder_killed_mid_meeting_leaves_files_that_play_up_to_its_last_fra
         assert!(length >= 2.0, "{codec}: {length} s");
     }
     let _ = std::fs::remove_dir_all(out);
+}
+
+fn n_of(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
 }
 
 /// Silence frames the recorder wrote, from its summary.

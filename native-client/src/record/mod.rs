@@ -132,6 +132,11 @@ struct Summary {
     /// When the recorder took part in end-to-end encryption: its last
     /// safety code (the members' codes count it) and what its keyring did.
     e2ee: Option<crate::e2ee::E2eeSummary>,
+    /// Sound frames mixed into `meeting-audio.mp4`, and those left out
+    /// because they came more than 300 ms late (or claimed to be from the
+    /// future); each participant's own file has them all.
+    mix_frames: u64,
+    mix_left_out: u64,
 }
 
 /// One track being recorded.
@@ -259,6 +264,8 @@ struct Recorder<'a> {
     live: Option<hls::Live>,
     /// The meeting's sound in one file (None if it cannot be written).
     mixer: Option<mix::Mixer>,
+    /// The mixer's frames mixed and left out, once it is finished.
+    mix_counts: (u64, u64),
 }
 
 pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -355,6 +362,7 @@ pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCo
         mixer: mix::Mixer::new(&args.out)
             .inspect_err(|e| eprintln!("the meeting's sound will not be mixed: {e}"))
             .ok(),
+        mix_counts: (0, 0),
     };
     for p in &joined.participants {
         rec.names.insert(p.participant_id, p.display_name.clone());
@@ -743,6 +751,7 @@ impl Recorder<'_> {
         let Some(mut m) = self.mixer.take() else {
             return;
         };
+        self.mix_counts = (m.mixed, m.left_out);
         match m.flush() {
             Ok(fragments) => {
                 if let (Some(live), Some(file)) = (self.live.as_mut(), m.file()) {
@@ -830,6 +839,8 @@ impl Recorder<'_> {
                 .collect(),
             hls: self.live.as_ref().map(|l| l.playlist_path()),
             e2ee: self.e2ee.as_ref().map(E2ee::summary),
+            mix_frames: self.mix_counts.0,
+            mix_left_out: self.mix_counts.1,
         }
     }
 }
