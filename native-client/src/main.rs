@@ -53,7 +53,8 @@ enum Command {
     Receive(receive::ReceiveArgs),
     /// Record a meeting, as a participant everyone sees: one MP4 file per
     /// participant and track kind (H.264, Opus), playable while written and
-    /// after a crash; optionally a live HLS stream of one participant.
+    /// after a crash; everyone's sound mixed; optionally a live HLS stream
+    /// of one participant or of whoever speaks.
     Record(record::RecordArgs),
     /// Simulate participants (synthetic media, no codec cost) and measure
     /// connect time, loss, latency and throughput.
