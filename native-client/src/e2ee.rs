@@ -17,7 +17,7 @@ pub(crate) struct E2ee {
 }
 
 /// The E2EE part of a JSON summary.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct E2eeSummary {
     /// The safety code when the session ended.
     pub(crate) safety_code: String,

@@ -623,3 +623,54 @@ async fn a_recorder_stopped_through_the_admin_api_finishes_its_files_and_exits_c
     drop(stream);
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorder_that_loses_its_server_finishes_its_files_and_goes_on_in_new_ones() {
+    let s = server_on(0, false).await;
+    let port = s.addr.port();
+    let out = out_dir("comeback");
+    let mut stream_args = server_args(&s);
+    stream_args.extend(words(
+        "--meeting-id comeback --user-id ann --source test-pattern --resolution 160x96 --fps 10 \
+         --audio tone --duration 120",
+    ));
+    let stream = Running::start("stream", &stream_args);
+    stream.wait_for_line("streaming").await;
+    let mut rec_args = server_args(&s);
+    rec_args.extend(words("--meeting-id comeback --json --out"));
+    rec_args.push(out.display().to_string());
+    let recorder = Running::start("record", &rec_args);
+    recorder.wait_for_line("recording video").await;
+    s.shutdown().await;
+    recorder.wait_for_line("lost the server").await;
+    // The same address again, as a restarted server would be; the stream
+    // and the recorder both come back.
+    let s = server_on(port, false).await;
+    let until = Instant::now() + DEADLINE;
+    while recorder.count_lines("recording video") < 2 || recorder.count_lines("recording audio") < 2
+    {
+        assert!(
+            Instant::now() < until,
+            "{:?}",
+            recorder.stderr.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &recorder.child.id().to_string()])
+        .status();
+    let (ok, report, err) = recorder.finish().await;
+    let report = json(ok, &report, &err);
+    // Two files of each kind, the first finished when the server went.
+    let videos = files(&out, "-ann-video.mp4");
+    assert_eq!(videos.len(), 2, "{report}");
+    for v in &videos {
+        let (codec, _, _, pictures) = stream_of(v);
+        assert_eq!(codec, "h264");
+        assert!(pictures >= 1, "{}: {pictures}", v.display());
+    }
+    assert_eq!(files(&out, "-ann-audio.mp4").len(), 2, "{report}");
+    drop(stream);
+    s.shutdown().await;
+    let _ = std::fs::remove_dir_all(out);
+}

@@ -333,18 +333,27 @@ impl Live {
         };
         if shown && kind != TrackKind::Screen {
             let audio = kind == TrackKind::Audio;
-            let mixing = self.uses_mix();
             let side = if audio {
                 &mut self.audio
             } else {
                 &mut self.video
             };
             side.fragment(&Source::of(file), fragment, !audio);
-            // One participant's stream ends with them; the speaker's goes on.
-            if !mixing {
-                side.close();
-            }
+            // The stream itself goes on (they may come back, the recorder
+            // may reconnect): its playlists end when the recording does.
             self.write();
+        }
+    }
+
+    /// The recorder's session ended: in the next one everybody has a new
+    /// id, so whom to show is found again (by name, or by who speaks).
+    pub(crate) fn session_ended(&mut self) {
+        match &mut self.subject {
+            Subject::One(_, chosen) => *chosen = None,
+            Subject::Speaker { current, next } => {
+                *current = None;
+                *next = None;
+            }
         }
     }
 

@@ -266,12 +266,32 @@ struct Recorder<'a> {
     mixer: Option<mix::Mixer>,
     /// The mixer's frames mixed and left out, once it is finished.
     mix_counts: (u64, u64),
+    /// The transport of the session now (or the last one).
+    transport: String,
+    /// Our participant id in the session now (or the last one).
+    me: u32,
+    /// Who was not recorded for encrypting without us, by name.
+    not_recorded: std::collections::BTreeSet<String>,
+    /// The last session's end-to-end encryption, for the summary.
+    e2ee_summary: Option<crate::e2ee::E2eeSummary>,
 }
 
-pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCode> {
-    let endpoint = args.server.endpoint().await?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create --out {}", args.out.display()))?;
+/// How a session of the recorder ended.
+enum Ended {
+    /// Ctrl-C, SIGTERM or --duration: the recording is over.
+    Asked,
+    /// The server closed the session for this reason.
+    Closed(String),
+}
+
+/// The longest wait between attempts to get back to the server.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Connects to `endpoint` and joins the meeting as its recorder.
+async fn join(
+    args: &RecordArgs,
+    endpoint: &convene_client::Endpoint,
+) -> anyhow::Result<(Client, v1::Joined)> {
     let config = ClientSessionConfig {
         // Everyone in the meeting is told a recorder is there (§5.10).
         client_kind: ClientKind::Recorder,
@@ -281,9 +301,9 @@ pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCo
         features: vec![convene_protocol::FEATURE_SFU.to_string()],
         ..ClientSessionConfig::default()
     };
-    let server = args.server.server.clone();
-    let (mut client, joined) = tokio::time::timeout(JOIN_TIMEOUT, async {
-        let mut c = Client::connect(&endpoint, args.server.transport, config)
+    let server = &args.server.server;
+    tokio::time::timeout(JOIN_TIMEOUT, async {
+        let mut c = Client::connect(endpoint, args.server.transport, config)
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
@@ -316,38 +336,19 @@ pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCo
     })
     .await
     .map_err(|_| {
-        anyhow::anyhow!(
-            "the server at {} did not let us join within {JOIN_TIMEOUT:?}",
-            args.server.server
-        )
-    })??;
+        anyhow::anyhow!("the server at {server} did not let us join within {JOIN_TIMEOUT:?}")
+    })?
+}
 
-    let status = StatusLine::new();
-    let me = client.participant_id();
-    status.note(&format!(
-        "recording `{}` into {} as participant {me} over {:?}",
-        args.meeting_id,
-        args.out.display(),
-        client.transport()
-    ));
-    let e2ee = if args.e2ee == E2eeMode::On {
-        let present: Vec<u32> = joined
-            .participants
-            .iter()
-            .map(|p| p.participant_id)
-            .collect();
-        Some(E2ee::start(
-            &mut client,
-            &args.meeting_id,
-            &present,
-            &status,
-        )?)
-    } else {
-        None
-    };
+pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCode> {
+    let endpoint = args.server.endpoint().await?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create --out {}", args.out.display()))?;
+    // The first join's failure is the user's to see at once.
+    let first = join(&args, &endpoint).await?;
     let mut rec = Recorder {
         args: &args,
-        status,
+        status: StatusLine::new(),
         start_us: unix_micros(),
         offsets: HashMap::new(),
         names: HashMap::new(),
@@ -357,69 +358,125 @@ pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCo
         finished: Vec::new(),
         taken: Default::default(),
         encrypted: Default::default(),
-        e2ee,
+        e2ee: None,
         live: args.hls.as_ref().map(|who| hls::Live::new(&args.out, who)),
         mixer: mix::Mixer::new(&args.out)
             .inspect_err(|e| eprintln!("the meeting's sound will not be mixed: {e}"))
             .ok(),
         mix_counts: (0, 0),
+        transport: String::new(),
+        me: 0,
+        not_recorded: Default::default(),
+        e2ee_summary: None,
     };
-    for p in &joined.participants {
-        rec.names.insert(p.participant_id, p.display_name.clone());
-        rec.present.insert(p.participant_id);
-        for t in &p.tracks {
-            rec.tracks.insert((p.participant_id, t.track_id), t.clone());
-            if p.participant_id != me && t.kind != TrackKind::Audio as i32 {
-                ask_key(&mut client, p.participant_id, t.track_id);
-            }
-        }
-    }
     let started = Instant::now();
     let deadline = args
         .duration
         .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
-    let mut status_tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + Duration::from_secs(1),
-        Duration::from_secs(1),
-    );
-    let mut key_tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + HLS_KEY_INTERVAL,
-        HLS_KEY_INTERVAL,
-    );
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
-    let ended: Option<String> = loop {
-        tokio::select! {
-            ev = client.next_event() => {
-                let Some(ev) = ev else {
-                    break Some(client.close_reason().map_or("connection lost".into(), |r| format!("{} {}", r.transport_reason(), r.text)));
+    let mut next = Some(first);
+    let mut backoff = Duration::from_secs(1);
+    // Why the recording ended, when the server ended it, and whether
+    // that is a normal end (a moderator's doing).
+    let ended: Option<(String, bool)> = loop {
+        let (mut client, joined) = match next.take() {
+            Some(session) => session,
+            None => {
+                let attempt = tokio::select! {
+                    r = join(&args, &endpoint) => Some(r),
+                    _ = tokio::signal::ctrl_c() => None,
+                    _ = sigterm.recv() => None,
+                    _ = sleep_until(deadline) => None,
                 };
-                rec.on_event(&mut client, ev, me);
-            }
-            _ = status_tick.tick() => rec.show(started),
-            _ = key_tick.tick(), if rec.live.is_some() => {
-                if let Some(key) = rec.live_video() {
-                    ask_key(&mut client, key.0, key.1);
+                match attempt {
+                    None => break None,
+                    Some(Ok(session)) => {
+                        backoff = Duration::from_secs(1);
+                        session
+                    }
+                    Some(Err(e)) => {
+                        rec.status
+                            .note(&format!("{e:#}; trying again in {backoff:?}"));
+                        let stop = tokio::select! {
+                            _ = tokio::time::sleep(backoff) => false,
+                            _ = tokio::signal::ctrl_c() => true,
+                            _ = sigterm.recv() => true,
+                            _ = sleep_until(deadline) => true,
+                        };
+                        if stop {
+                            break None;
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
                 }
             }
-            _ = tokio::signal::ctrl_c() => break None,
-            _ = sigterm.recv() => break None,
-            _ = sleep_until(deadline) => break None,
+        };
+        rec.begin(&mut client, &joined)?;
+        let mut status_tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        let mut key_tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + HLS_KEY_INTERVAL,
+            HLS_KEY_INTERVAL,
+        );
+        let how = loop {
+            tokio::select! {
+                ev = client.next_event() => {
+                    let Some(ev) = ev else {
+                        break Ended::Closed(client.close_reason().map_or("connection lost".into(), |r| format!("{} {}", r.transport_reason(), r.text)));
+                    };
+                    rec.on_event(&mut client, ev, rec.me);
+                }
+                _ = status_tick.tick() => rec.show(started),
+                _ = key_tick.tick(), if rec.live.is_some() => {
+                    if let Some(key) = rec.live_video() {
+                        ask_key(&mut client, key.0, key.1);
+                    }
+                }
+                _ = tokio::signal::ctrl_c() => break Ended::Asked,
+                _ = sigterm.recv() => break Ended::Asked,
+                _ = sleep_until(deadline) => break Ended::Asked,
+            }
+        };
+        match how {
+            Ended::Asked => {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), client.close("recording done"))
+                        .await;
+                break None;
+            }
+            Ended::Closed(why) => {
+                use convene_protocol::v1::GoodbyeReason as G;
+                let reason = client.close_reason();
+                // Removed (how a node that did not start the recorder stops
+                // it), the meeting ended, or a refusal that would come again:
+                // the recording is over. A server that went away: the files
+                // so far are finished and the recording goes on in new ones
+                // when the server (or its successor) is back.
+                let normal = matches!(
+                    reason.and_then(|r| r.goodbye),
+                    Some(G::MeetingEnded | G::Removed)
+                );
+                if normal || reason.is_some_and(|r| !r.worth_reconnecting()) {
+                    break Some((why, normal));
+                }
+                rec.status.note(&format!(
+                    "lost the server: {why}; the files so far are finished, reconnecting"
+                ));
+                rec.end_session();
+            }
         }
     };
     rec.status.done();
-    let keys: Vec<(u32, u32)> = rec.recordings.keys().copied().collect();
-    for key in keys {
-        rec.close(key);
-    }
+    rec.end_session();
     rec.finish_mix();
     if let Some(live) = rec.live.as_mut() {
         live.end();
     }
-    if ended.is_none() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), client.close("recording done")).await;
-    }
-    let summary = rec.summary(&client, me, started);
+    let summary = rec.summary(started);
     write_manifest(&args.out, &summary)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -435,20 +492,18 @@ pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCo
             );
         }
     }
-    if let Some(why) = ended {
-        use convene_protocol::v1::GoodbyeReason as G;
+    match ended {
         // A moderator who ends the meeting, or stops the recording by
-        // removing the recorder (from another node), ends it normally.
-        if matches!(
-            client.close_reason().and_then(|r| r.goodbye),
-            Some(G::MeetingEnded | G::Removed)
-        ) {
+        // removing the recorder, ends it normally.
+        Some((why, true)) => {
             eprintln!("recording stopped: {why}");
-            return Ok(std::process::ExitCode::SUCCESS);
+            Ok(std::process::ExitCode::SUCCESS)
         }
-        anyhow::bail!("the server ended the session: {why}; the files so far are complete");
+        Some((why, false)) => {
+            anyhow::bail!("the server ended the session: {why}; the files so far are complete")
+        }
+        None => Ok(std::process::ExitCode::SUCCESS),
     }
-    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn ask_key(client: &mut Client, participant_id: u32, track_id: u32) {
@@ -470,6 +525,64 @@ fn write_manifest(out: &std::path::Path, summary: &Summary) -> anyhow::Result<()
 }
 
 impl Recorder<'_> {
+    /// A session joined: who is there, what they publish, and with
+    /// `--e2ee on` our keys.
+    fn begin(&mut self, client: &mut Client, joined: &v1::Joined) -> anyhow::Result<()> {
+        self.me = client.participant_id();
+        self.transport = format!("{:?}", client.transport());
+        self.status.note(&format!(
+            "recording `{}` into {} as participant {} over {:?}",
+            self.args.meeting_id,
+            self.args.out.display(),
+            self.me,
+            client.transport()
+        ));
+        for p in &joined.participants {
+            self.names.insert(p.participant_id, p.display_name.clone());
+            self.present.insert(p.participant_id);
+            for t in &p.tracks {
+                self.tracks
+                    .insert((p.participant_id, t.track_id), t.clone());
+                if p.participant_id != self.me && t.kind != TrackKind::Audio as i32 {
+                    ask_key(client, p.participant_id, t.track_id);
+                }
+            }
+        }
+        if self.args.e2ee == E2eeMode::On {
+            let present: Vec<u32> = self.present.iter().copied().collect();
+            self.e2ee = Some(E2ee::start(
+                client,
+                &self.args.meeting_id,
+                &present,
+                &self.status,
+            )?);
+        }
+        Ok(())
+    }
+
+    /// The session is over: every file of it is finished (a new session
+    /// gives everyone new ids, and new files).
+    fn end_session(&mut self) {
+        let keys: Vec<(u32, u32)> = self.recordings.keys().copied().collect();
+        for key in keys {
+            if let Some(m) = self.mixer.as_mut() {
+                m.forget(key);
+            }
+            self.close(key);
+        }
+        self.offsets.clear();
+        self.names.clear();
+        self.present.clear();
+        self.tracks.clear();
+        self.encrypted.clear();
+        if let Some(e) = self.e2ee.take() {
+            self.e2ee_summary = Some(e.summary());
+        }
+        if let Some(live) = self.live.as_mut() {
+            live.session_ended();
+        }
+    }
+
     fn on_event(&mut self, client: &mut Client, ev: ClientEvent, me: u32) {
         // A member encrypts: with --e2ee auto the recorder joins the key
         // exchange now, like a member who turns encryption on.
@@ -562,6 +675,11 @@ impl Recorder<'_> {
                     .get(&m.from_participant_id)
                     .cloned()
                     .unwrap_or_default();
+                self.not_recorded.insert(if who.is_empty() {
+                    m.from_participant_id.to_string()
+                } else {
+                    who.clone()
+                });
                 self.status.note(&format!(
                         "participant {} ({who}) encrypts end to end: not recorded (the recorder runs with --e2ee off)",
                         m.from_participant_id
@@ -822,23 +940,23 @@ impl Recorder<'_> {
         ));
     }
 
-    fn summary(&self, client: &Client, me: u32, started: Instant) -> Summary {
+    fn summary(&self, started: Instant) -> Summary {
         let mut files = self.finished.clone();
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Summary {
             meeting_id: self.args.meeting_id.clone(),
             out: self.args.out.display().to_string(),
-            transport: format!("{:?}", client.transport()),
-            participant_id: me,
+            transport: self.transport.clone(),
+            participant_id: self.me,
             seconds: started.elapsed().as_secs_f64(),
             files,
-            not_recorded: self
-                .encrypted
-                .iter()
-                .map(|p| self.names.get(p).cloned().unwrap_or_else(|| p.to_string()))
-                .collect(),
+            not_recorded: self.not_recorded.iter().cloned().collect(),
             hls: self.live.as_ref().map(|l| l.playlist_path()),
-            e2ee: self.e2ee.as_ref().map(E2ee::summary),
+            e2ee: self
+                .e2ee
+                .as_ref()
+                .map(E2ee::summary)
+                .or_else(|| self.e2ee_summary.clone()),
             mix_frames: self.mix_counts.0,
             mix_left_out: self.mix_counts.1,
         }
