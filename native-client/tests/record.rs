@@ -674,3 +674,92 @@ async fn a_recorder_that_loses_its_server_finishes_its_files_and_goes_on_in_new_
     s.shutdown().await;
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_screen_is_recorded_and_takes_the_active_speaker_stream_while_shared() {
+    let s = server_on(0, false).await;
+    let out = out_dir("screen");
+    let mut rec_args = server_args(&s);
+    rec_args.extend(words(
+        "--meeting-id slides --json --hls active-speaker --out",
+    ));
+    rec_args.push(out.display().to_string());
+    let recorder = Running::start("record", &rec_args);
+    recorder.wait_for_line("recording `slides`").await;
+    let mut a = server_args(&s);
+    a.extend(words(
+        "--meeting-id slides --user-id host --source test-pattern --resolution 320x240 --fps 15 \
+         --key-interval 1 --audio tone --duration 10",
+    ));
+    let host = Running::start("stream", &a);
+    host.wait_for_line("streaming").await;
+    // The live stream shows the host's camera (a first segment is out)...
+    let until = Instant::now() + DEADLINE;
+    while !out.join("live-video.m3u8").exists() {
+        assert!(
+            Instant::now() < until,
+            "{:?}",
+            recorder.stderr.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...when slides are shared for 4 s.
+    let mut a = server_args(&s);
+    a.extend(words(
+        "--meeting-id slides --user-id slides --screen --source test-pattern --resolution 640x360 \
+         --fps 5 --key-interval 1 --duration 4",
+    ));
+    let (ok, _, err) = Running::start("stream", &a).finish().await;
+    assert!(ok, "{err:?}");
+    let (ok, _, err) = host.finish().await;
+    assert!(ok, "{err:?}");
+    let until = Instant::now() + DEADLINE;
+    while recorder.count_lines("finished ") < 3 {
+        assert!(
+            Instant::now() < until,
+            "{:?}",
+            recorder.stderr.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &recorder.child.id().to_string()])
+        .status();
+    let (ok, report, err) = recorder.finish().await;
+    let report = json(ok, &report, &err);
+
+    // The screen has a file of its own, at its size.
+    let screen = files(&out, "-slides-screen.mp4");
+    assert_eq!(screen.len(), 1, "{report}");
+    let p = probe(&screen[0]);
+    assert_eq!(p["streams"][0]["codec_name"], "h264", "{p}");
+    assert_eq!(
+        (
+            p["streams"][0]["width"].as_u64(),
+            p["streams"][0]["height"].as_u64()
+        ),
+        (Some(640), Some(360)),
+        "{p}"
+    );
+    // The live pictures: the host's camera, the slides while shared, then
+    // the camera again.
+    let playlist = std::fs::read_to_string(out.join("live-video.m3u8")).unwrap();
+    let order: Vec<&str> = playlist
+        .lines()
+        .filter(|l| l.ends_with(".mp4"))
+        .map(|l| {
+            if l.contains("-screen") {
+                "screen"
+            } else {
+                "camera"
+            }
+        })
+        .fold(Vec::new(), |mut v, k| {
+            if v.last() != Some(&k) {
+                v.push(k);
+            }
+            v
+        });
+    assert_eq!(order, ["camera", "screen", "camera"], "{playlist}");
+    let _ = std::fs::remove_dir_all(out);
+}

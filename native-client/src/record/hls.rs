@@ -151,15 +151,24 @@ impl Side {
     }
 }
 
+/// A participant's picture track: a camera (`Video`) or a shared screen.
+type Picture = (u32, TrackKind);
+
 /// Whom the stream shows.
 enum Subject {
-    /// One participant, by display name or id; the id once seen.
+    /// One participant's camera, by display name or id; the id once seen.
     One(String, Option<u32>),
-    /// Whoever speaks: the participant whose pictures are shown, and the
-    /// one to switch to at their next key frame.
+    /// A shared screen while there is one, else the camera of whoever
+    /// speaks.
     Speaker {
-        current: Option<u32>,
-        next: Option<u32>,
+        /// The pictures shown now.
+        shown: Option<Picture>,
+        /// The pictures to switch to at their next key frame.
+        next: Option<Picture>,
+        /// Who speaks, as the server last said.
+        speaker: Option<u32>,
+        /// Who shares a screen.
+        screen: Option<u32>,
     },
 }
 
@@ -180,8 +189,10 @@ impl Live {
             dir: dir.to_path_buf(),
             subject: if who == ACTIVE_SPEAKER {
                 Subject::Speaker {
-                    current: None,
+                    shown: None,
                     next: None,
+                    speaker: None,
+                    screen: None,
                 }
             } else {
                 Subject::One(who.to_string(), None)
@@ -202,64 +213,95 @@ impl Live {
         matches!(self.subject, Subject::Speaker { .. })
     }
 
-    /// The participant whose pictures the stream shows (or will next).
-    pub(crate) fn participant(&self, names: &HashMap<u32, String>) -> Option<u32> {
+    /// The picture track the stream shows, or will next (ask it for key
+    /// frames).
+    pub(crate) fn pictures(&self, names: &HashMap<u32, String>) -> Option<Picture> {
         match &self.subject {
-            Subject::One(_, Some(p)) => Some(*p),
+            Subject::One(_, Some(p)) => Some((*p, TrackKind::Video)),
             Subject::One(who, None) => {
                 if let Ok(id) = who.parse::<u32>()
                     && names.contains_key(&id)
                 {
-                    return Some(id);
+                    return Some((id, TrackKind::Video));
                 }
                 names
                     .iter()
                     .filter(|(_, n)| *n == who)
-                    .map(|(p, _)| *p)
+                    .map(|(p, _)| (*p, TrackKind::Video))
                     .min()
             }
-            Subject::Speaker { current, next } => next.or(*current),
+            Subject::Speaker { shown, next, .. } => next.or(*shown),
         }
     }
 
-    /// The server says `speaker` speaks now: with the active-speaker stream,
-    /// switch to them at their next key frame. True when that is a change
-    /// (ask them for a key frame).
-    pub(crate) fn follow(&mut self, speaker: u32) -> bool {
-        match &mut self.subject {
-            Subject::Speaker { current, next }
-                if *current != Some(speaker) && *next != Some(speaker) =>
-            {
-                *next = Some(speaker);
-                true
-            }
-            Subject::Speaker { current, next } if *current == Some(speaker) => {
-                *next = None;
-                false
-            }
-            _ => false,
+    /// The active-speaker stream's next pictures, from who shares and who
+    /// speaks; true when they change (ask them for a key frame).
+    fn retarget(&mut self) -> bool {
+        let Subject::Speaker {
+            shown,
+            next,
+            speaker,
+            screen,
+        } = &mut self.subject
+        else {
+            return false;
+        };
+        let want = screen
+            .map(|p| (p, TrackKind::Screen))
+            .or(speaker.map(|p| (p, TrackKind::Video)));
+        if want.is_none() || want == *shown {
+            *next = None;
+            return false;
         }
+        let changed = *next != want;
+        *next = want;
+        changed
     }
 
-    /// The participant shown has gone: the active-speaker stream moves to
-    /// `other` (another participant with pictures), if any. True when that
-    /// is a change.
-    pub(crate) fn lost(&mut self, gone: u32, other: Option<u32>) -> bool {
-        match &mut self.subject {
-            Subject::Speaker { current, next } if *current == Some(gone) || *next == Some(gone) => {
-                if *next == Some(gone) {
-                    *next = None;
-                }
-                match other {
-                    Some(o) if *current == Some(gone) => {
-                        *next = Some(o);
-                        true
-                    }
-                    _ => false,
-                }
-            }
-            _ => false,
+    /// The server says `speaker` speaks now. True when the stream is to
+    /// switch to their camera (ask it for a key frame).
+    pub(crate) fn follow(&mut self, who: u32) -> bool {
+        if let Subject::Speaker { speaker, .. } = &mut self.subject {
+            *speaker = Some(who);
         }
+        self.retarget()
+    }
+
+    /// `who` started sharing a screen: the active-speaker stream shows it.
+    /// True when that is a change (ask the screen for a key frame).
+    pub(crate) fn screen_started(&mut self, who: u32) -> bool {
+        if let Subject::Speaker { screen, .. } = &mut self.subject {
+            *screen = Some(who);
+        }
+        self.retarget()
+    }
+
+    /// A track's pictures ended: a screen gives the stream back to the
+    /// speaker; a shown camera to `other` (another camera), if any. True
+    /// when the stream is to switch (ask for a key frame).
+    pub(crate) fn pictures_ended(&mut self, gone: Picture, other: Option<u32>) -> bool {
+        let Subject::Speaker {
+            shown,
+            next,
+            speaker,
+            screen,
+        } = &mut self.subject
+        else {
+            return false;
+        };
+        if gone.1 == TrackKind::Screen && *screen == Some(gone.0) {
+            *screen = None;
+        }
+        if gone.1 == TrackKind::Video && *speaker == Some(gone.0) {
+            *speaker = other;
+        }
+        if *next == Some(gone) {
+            *next = None;
+        }
+        if *shown == Some(gone) && speaker.is_none() && screen.is_none() {
+            *speaker = other;
+        }
+        self.retarget()
     }
 
     /// A fragment was written to `file`, a track of `participant`.
@@ -271,28 +313,26 @@ impl Live {
         file: &TrackFile,
         fragment: Fragment,
     ) {
-        if kind == TrackKind::Screen {
-            return;
-        }
         let audio = kind == TrackKind::Audio;
-        let target = self.participant(names);
+        let target = self.pictures(names).map(|p| p.0);
         match &mut self.subject {
             Subject::One(_, chosen) => {
-                if target != Some(participant) {
+                if kind == TrackKind::Screen || target != Some(participant) {
                     return;
                 }
                 *chosen = Some(participant);
             }
-            // The mix is the sound; pictures are the speaker's.
+            // The mix is the sound; pictures are the speaker's or a screen.
             Subject::Speaker { .. } if audio => return,
-            Subject::Speaker { current, next } => {
-                if *next == Some(participant) && fragment.starts_with_key {
-                    *current = Some(participant);
+            Subject::Speaker { shown, next, .. } => {
+                let this = Some((participant, kind));
+                if *next == this && fragment.starts_with_key {
+                    *shown = this;
                     *next = None;
-                } else if current.is_none() && fragment.starts_with_key {
+                } else if shown.is_none() && next.is_none() && fragment.starts_with_key {
                     // Nobody has spoken yet: the first pictures will do.
-                    *current = Some(participant);
-                } else if *current != Some(participant) {
+                    *shown = this;
+                } else if *shown != this {
                     return;
                 }
             }
@@ -326,12 +366,10 @@ impl Live {
         fragment: Fragment,
     ) {
         let shown = match &self.subject {
-            Subject::One(_, c) => *c == Some(participant),
-            Subject::Speaker { current, .. } => {
-                kind != TrackKind::Audio && *current == Some(participant)
-            }
+            Subject::One(_, c) => *c == Some(participant) && kind != TrackKind::Screen,
+            Subject::Speaker { shown, .. } => *shown == Some((participant, kind)),
         };
-        if shown && kind != TrackKind::Screen {
+        if shown {
             let audio = kind == TrackKind::Audio;
             let side = if audio {
                 &mut self.audio
@@ -350,9 +388,16 @@ impl Live {
     pub(crate) fn session_ended(&mut self) {
         match &mut self.subject {
             Subject::One(_, chosen) => *chosen = None,
-            Subject::Speaker { current, next } => {
-                *current = None;
+            Subject::Speaker {
+                shown,
+                next,
+                speaker,
+                screen,
+            } => {
+                *shown = None;
                 *next = None;
+                *speaker = None;
+                *screen = None;
             }
         }
     }

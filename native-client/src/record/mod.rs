@@ -613,7 +613,15 @@ impl Recorder<'_> {
                     if p.participant_id != me && t.kind != TrackKind::Audio as i32 {
                         ask_key(client, p.participant_id, t.track_id);
                     }
+                    let screen = t.kind == TrackKind::Screen as i32;
                     self.tracks.insert((p.participant_id, t.track_id), t);
+                    // A shared screen takes the active-speaker stream.
+                    if screen
+                        && p.participant_id != me
+                        && let Some(live) = self.live.as_mut()
+                    {
+                        live.screen_started(p.participant_id);
+                    }
                 }
             }
             ClientEvent::Room(S::TrackUnpublished(u)) => {
@@ -846,19 +854,20 @@ impl Recorder<'_> {
                 .note(&format!("cannot finish {}: {e}", r.path.display()));
         }
         self.finished.push(report);
-        // The active-speaker stream loses its pictures: someone else's.
-        if kind != TrackKind::Video {
+        // The active-speaker stream loses its pictures: a screen gives
+        // way to the speaker's camera, a camera to someone else's.
+        if kind == TrackKind::Audio {
             return None;
         }
         let other = self
             .recordings
             .iter()
             .filter(|(k, r)| k.0 != key.0 && r.kind == TrackKind::Video)
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k.0)
             .min();
         let live = self.live.as_mut()?;
-        if live.lost(key.0, other.map(|k| k.0)) {
-            other
+        if live.pictures_ended((key.0, kind), other) {
+            self.live_video()
         } else {
             None
         }
@@ -912,10 +921,10 @@ impl Recorder<'_> {
     /// The video track of the participant the live stream shows.
     fn live_video(&self) -> Option<(u32, u32)> {
         let live = self.live.as_ref()?;
-        let pid = live.participant(&self.names)?;
+        let (pid, kind) = live.pictures(&self.names)?;
         self.tracks
             .iter()
-            .find(|((p, _), t)| *p == pid && t.kind == TrackKind::Video as i32)
+            .find(|((p, _), t)| *p == pid && t.kind == kind as i32)
             .map(|(k, _)| *k)
     }
 

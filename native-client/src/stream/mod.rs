@@ -140,6 +140,12 @@ pub(crate) struct StreamArgs {
     /// full-size one only.
     #[arg(long)]
     simulcast: bool,
+    /// Publish the pictures as a shared screen (track kind SCREEN) rather
+    /// than a camera: receivers show it large, recorders write it to
+    /// `-screen.mp4`, and an active-speaker live stream shows it while it
+    /// is shared.
+    #[arg(long)]
+    screen: bool,
     /// What the flags above come to once the source is known.
     #[arg(skip)]
     plan: Plan,
@@ -1080,7 +1086,11 @@ async fn connect(
     let me = c.participant_id();
     let mut tracks = vec![TrackInfo {
         track_id: VIDEO_TRACK,
-        kind: TrackKind::Video as i32,
+        kind: if args.screen {
+            TrackKind::Screen as i32
+        } else {
+            TrackKind::Video as i32
+        },
         codec: h264::codec_string(width as u32, height as u32, args.plan.fps).into(),
         width: width as u32,
         height: height as u32,
