@@ -9,10 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use convene_admin::admin_server::{Admin, AdminServer};
 use convene_admin::{
-    EndMeetingRequest, EndMeetingResponse, GetStatsRequest, ListMeetingsRequest,
-    ListMeetingsResponse, Meeting, MintTokenRequest, MintTokenResponse, Participant,
-    RemoveParticipantRequest, RemoveParticipantResponse, StartRecordingRequest,
-    StartRecordingResponse, Stats, StopRecordingRequest, StopRecordingResponse,
+    CreateMeetingRequest, DeleteMeetingRequest, DeleteMeetingResponse, EndMeetingRequest,
+    EndMeetingResponse, GetMeetingRequest, GetStatsRequest, ListMeetingSettingsRequest,
+    ListMeetingSettingsResponse, ListMeetingsRequest, ListMeetingsResponse, ManagedMeeting,
+    Meeting, MintTokenRequest, MintTokenResponse, Participant, RemoveParticipantRequest,
+    RemoveParticipantResponse, StartRecordingRequest, StartRecordingResponse, Stats,
+    StopRecordingRequest, StopRecordingResponse, UpdateMeetingRequest,
 };
 use convene_protocol::ErrorCode;
 use convene_protocol::auth::{Claims, Grant};
@@ -22,6 +24,7 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use crate::meetings::{self, MeetingsError};
 use crate::room::MeetingSummary;
 use crate::state::AppState;
 
@@ -158,8 +161,128 @@ fn recording_status(e: convene_protocol::ProtocolError) -> Status {
     }
 }
 
+/// The gRPC status of a refused change to managed meetings.
+fn meetings_status(e: MeetingsError) -> Status {
+    match &e {
+        MeetingsError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        MeetingsError::NotFound(_) => Status::not_found(e.to_string()),
+        MeetingsError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        MeetingsError::TooMany => Status::resource_exhausted(e.to_string()),
+        MeetingsError::Store(_) | MeetingsError::Task(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+/// Settings as the API carries them, into the server's type.
+fn settings_in(s: Option<convene_admin::MeetingSettings>) -> meetings::MeetingSettings {
+    let s = s.unwrap_or_default();
+    meetings::MeetingSettings {
+        waiting_room: s.waiting_room,
+        locked: s.locked,
+        max_participants: s.max_participants,
+        e2ee_required: s.e2ee_required,
+        recording_allowed: s.recording_allowed,
+        empty_timeout_s: s.empty_timeout_seconds,
+        expires_at: s.expires_at,
+        metadata: s.metadata,
+    }
+}
+
+/// A managed meeting as the API carries it.
+fn managed_out(m: meetings::ManagedMeeting) -> ManagedMeeting {
+    let s = m.settings;
+    ManagedMeeting {
+        meeting_id: m.meeting_id,
+        settings: Some(convene_admin::MeetingSettings {
+            waiting_room: s.waiting_room,
+            locked: s.locked,
+            max_participants: s.max_participants,
+            e2ee_required: s.e2ee_required,
+            recording_allowed: s.recording_allowed,
+            empty_timeout_seconds: s.empty_timeout_s,
+            expires_at: s.expires_at,
+            metadata: s.metadata,
+        }),
+        created_at: m.created_at,
+        updated_at: m.updated_at,
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn create_meeting(
+        &self,
+        req: Request<CreateMeetingRequest>,
+    ) -> Result<Response<ManagedMeeting>, Status> {
+        let r = req.into_inner();
+        let m = self
+            .state
+            .meetings
+            .create(&r.meeting_id, settings_in(r.settings))
+            .await
+            .map_err(meetings_status)?;
+        // A room opened ad hoc before the meeting was created follows it from now on.
+        self.state.router.apply_settings(&m.meeting_id);
+        info!(meeting = %m.meeting_id, "admin API: meeting created");
+        Ok(Response::new(managed_out(m)))
+    }
+
+    async fn get_meeting(
+        &self,
+        req: Request<GetMeetingRequest>,
+    ) -> Result<Response<ManagedMeeting>, Status> {
+        let r = req.into_inner();
+        let m = self
+            .state
+            .meetings
+            .get(&r.meeting_id)
+            .map_err(meetings_status)?;
+        Ok(Response::new(managed_out(m)))
+    }
+
+    async fn update_meeting(
+        &self,
+        req: Request<UpdateMeetingRequest>,
+    ) -> Result<Response<ManagedMeeting>, Status> {
+        let r = req.into_inner();
+        let m = self
+            .state
+            .meetings
+            .update(&r.meeting_id, settings_in(r.settings))
+            .await
+            .map_err(meetings_status)?;
+        self.state.router.apply_settings(&m.meeting_id);
+        info!(meeting = %m.meeting_id, "admin API: meeting updated");
+        Ok(Response::new(managed_out(m)))
+    }
+
+    async fn delete_meeting(
+        &self,
+        req: Request<DeleteMeetingRequest>,
+    ) -> Result<Response<DeleteMeetingResponse>, Status> {
+        let r = req.into_inner();
+        self.state
+            .meetings
+            .delete(&r.meeting_id)
+            .await
+            .map_err(meetings_status)?;
+        info!(meeting = %r.meeting_id, "admin API: meeting deleted");
+        Ok(Response::new(DeleteMeetingResponse {}))
+    }
+
+    async fn list_meeting_settings(
+        &self,
+        _: Request<ListMeetingSettingsRequest>,
+    ) -> Result<Response<ListMeetingSettingsResponse>, Status> {
+        let meetings = self
+            .state
+            .meetings
+            .list()
+            .into_iter()
+            .map(managed_out)
+            .collect();
+        Ok(Response::new(ListMeetingSettingsResponse { meetings }))
+    }
+
     async fn start_recording(
         &self,
         req: Request<StartRecordingRequest>,

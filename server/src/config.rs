@@ -335,15 +335,26 @@ settings! {
     /// Log filter, e.g. `info` or `convene_server=debug`.
     #[arg(long, env = "CONVENE_LOG")]
     log: String = "info".into(),
-    /// Meetings with a waiting room, where a moderator admits or denies each
-    /// newcomer (PROTOCOL.md §5.8): a meeting id, or a prefix ending in `*`.
-    /// Repeat the flag, or separate with commas.
+    /// Ad-hoc meetings (ones nobody created through the admin API) with a
+    /// waiting room, where a moderator admits or denies each newcomer
+    /// (PROTOCOL.md §5.8): a meeting id, or a prefix ending in `*`. Repeat
+    /// the flag, or separate with commas. A created meeting has its own setting.
     #[arg(
         long = "waiting-room",
         env = "CONVENE_WAITING_ROOMS",
         value_delimiter = ','
     )]
     waiting_rooms: Vec<String>,
+    /// Let participants join meetings nobody created through the admin API
+    /// (ad-hoc meetings). With false, such a join is refused with
+    /// UNKNOWN_MEETING.
+    #[arg(long, env = "CONVENE_AD_HOC_MEETINGS", num_args = 0..=1, default_missing_value = "true")]
+    ad_hoc_meetings: bool = true,
+    /// Directory of the embedded store (SQLite, convene.sqlite3) that keeps
+    /// managed meetings across restarts; created if missing. Without it they
+    /// live in memory and are lost when the server stops.
+    #[arg(long, env = "CONVENE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Threads that run the server's work [default: one per core].
     #[arg(long, env = "CONVENE_WORKER_THREADS")]
     worker_threads: Option<usize>,

@@ -1170,7 +1170,9 @@ mod tests {
         let (bus, _rx1) = hub.attach(1);
         // Node 2 exists and never answers, so the room waits for it.
         let (_bus2, _rx2) = hub.attach(2);
-        let state = Arc::new(AppState::new(Config::default(), None, None, bus));
+        let cache = Arc::new(crate::meetings::MeetingCache::ad_hoc(Vec::new()));
+        let meetings = crate::meetings::Meetings::open(None, cache).unwrap();
+        let state = Arc::new(AppState::new(Config::default(), None, None, bus, meetings));
         let mut server = Connection::new(state.clone(), "test", IpAddr::from([127, 0, 0, 1]));
         let now = state.now();
         let mut client = ClientSession::new(now, ClientSessionConfig::default());

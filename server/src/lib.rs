@@ -17,6 +17,7 @@ pub mod http;
 pub mod ids;
 pub mod load;
 pub mod mailbox;
+pub mod meetings;
 pub mod metrics;
 pub mod nats;
 pub mod outbox;
@@ -66,6 +67,9 @@ pub enum StartError {
     /// The NATS bus could not be set up.
     #[error(transparent)]
     Bus(#[from] nats::NatsError),
+    /// The store of managed meetings (--data-dir) could not be opened.
+    #[error(transparent)]
+    Store(#[from] meetings::StoreError),
 }
 
 /// A running server.
@@ -152,7 +156,26 @@ pub async fn start_node(
         );
     }
     let auth = verifier.is_some();
-    let state = Arc::new(AppState::new(config, cert_sha256.clone(), verifier, bus));
+    // Opening the store reads a file and may migrate it: a blocking thread's work.
+    let cache = Arc::new(meetings::MeetingCache::new(
+        config.ad_hoc_meetings,
+        config.waiting_rooms.clone(),
+    ));
+    let data_dir = config.data_dir.clone();
+    let meetings =
+        tokio::task::spawn_blocking(move || meetings::Meetings::open(data_dir.as_deref(), cache))
+            .await
+            .map_err(|e| StartError::Store(meetings::StoreError::Task(e.to_string())))??;
+    if let Some(d) = &config.data_dir {
+        info!(dir = %d.display(), meetings = meetings.list().len(), "managed meetings stored in {}", d.join(crate::meetings::store::FILE_NAME).display());
+    }
+    let state = Arc::new(AppState::new(
+        config,
+        cert_sha256.clone(),
+        verifier,
+        bus,
+        meetings,
+    ));
     // Recorders connect back to this node: to --recorder-server-url, or to
     // the listener itself on loopback.
     let recorder_url = state.config.recorder_server_url.clone().unwrap_or_else(|| {

@@ -38,6 +38,8 @@ pub struct AppState {
     pub load: crate::load::Load,
     /// The recorders this node runs (PROTOCOL.md §5.10).
     pub recorders: Arc<crate::recording::Recorders>,
+    /// Managed meetings: their settings, stored and cached for joins.
+    pub meetings: crate::meetings::Meetings,
     /// Where routed payloads are copied once a test asks (see [`AppState::tap`]).
     #[cfg(feature = "test-hooks")]
     tap: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Tapped>>,
@@ -59,12 +61,14 @@ pub enum Tapped {
 }
 
 impl AppState {
-    /// State for a server with `config`.
+    /// State for a server with `config`, whose managed meetings are `meetings`
+    /// (opened with [`crate::meetings::Meetings::open`]).
     pub fn new(
         config: Config,
         cert_sha256: Option<String>,
         verifier: Option<crate::auth::Verifier>,
         bus: Arc<dyn crate::bus::Bus>,
+        meetings: crate::meetings::Meetings,
     ) -> Self {
         let router = Router::with_bus(
             RoomLimits {
@@ -75,7 +79,7 @@ impl AppState {
             },
             bus,
         )
-        .with_waiting_rooms(config.waiting_rooms.clone());
+        .with_meetings(meetings.cache().clone());
         let thresholds = crate::load::Thresholds {
             cpu_percent: config.busy_cpu_percent,
             queue_delay_ms: config.busy_queue_delay_ms,
@@ -108,6 +112,7 @@ impl AppState {
             wt_addr: Mutex::new(None),
             load: crate::load::Load::new(thresholds),
             recorders,
+            meetings,
             #[cfg(feature = "test-hooks")]
             tap: std::sync::OnceLock::new(),
         }

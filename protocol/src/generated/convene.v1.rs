@@ -135,6 +135,8 @@ pub enum ErrorCode {
     NotRecording = 309,
     /// The server already runs its maximum of recorders (max_recorders_per_node).
     TooManyRecorders = 310,
+    /// The server accepts joins only to meetings its operator created, and nobody created this one.
+    UnknownMeeting = 311,
     /// The participant already publishes the maximum number of tracks.
     TooManyTracks = 400,
     /// Publish used a track id the participant already publishes.
@@ -198,6 +200,7 @@ impl ErrorCode {
             Self::AlreadyRecording => "ERROR_CODE_ALREADY_RECORDING",
             Self::NotRecording => "ERROR_CODE_NOT_RECORDING",
             Self::TooManyRecorders => "ERROR_CODE_TOO_MANY_RECORDERS",
+            Self::UnknownMeeting => "ERROR_CODE_UNKNOWN_MEETING",
             Self::TooManyTracks => "ERROR_CODE_TOO_MANY_TRACKS",
             Self::DuplicateTrack => "ERROR_CODE_DUPLICATE_TRACK",
             Self::UnknownTrack => "ERROR_CODE_UNKNOWN_TRACK",
@@ -247,6 +250,7 @@ impl ErrorCode {
             "ERROR_CODE_ALREADY_RECORDING" => Some(Self::AlreadyRecording),
             "ERROR_CODE_NOT_RECORDING" => Some(Self::NotRecording),
             "ERROR_CODE_TOO_MANY_RECORDERS" => Some(Self::TooManyRecorders),
+            "ERROR_CODE_UNKNOWN_MEETING" => Some(Self::UnknownMeeting),
             "ERROR_CODE_TOO_MANY_TRACKS" => Some(Self::TooManyTracks),
             "ERROR_CODE_DUPLICATE_TRACK" => Some(Self::DuplicateTrack),
             "ERROR_CODE_UNKNOWN_TRACK" => Some(Self::UnknownTrack),

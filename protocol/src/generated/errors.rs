@@ -37,6 +37,7 @@ impl ErrorCode {
         ErrorCode::AlreadyRecording,
         ErrorCode::NotRecording,
         ErrorCode::TooManyRecorders,
+        ErrorCode::UnknownMeeting,
         ErrorCode::TooManyTracks,
         ErrorCode::DuplicateTrack,
         ErrorCode::UnknownTrack,
@@ -126,6 +127,7 @@ impl ErrorCode {
             ErrorCode::AlreadyRecording => "5.10",
             ErrorCode::NotRecording => "5.10",
             ErrorCode::TooManyRecorders => "7",
+            ErrorCode::UnknownMeeting => "5.3",
             ErrorCode::TooManyTracks => "7",
             ErrorCode::DuplicateTrack => "5.4",
             ErrorCode::UnknownTrack => "5.4",
@@ -176,6 +178,7 @@ impl ErrorCode {
             ErrorCode::AlreadyRecording => "ALREADY_RECORDING",
             ErrorCode::NotRecording => "NOT_RECORDING",
             ErrorCode::TooManyRecorders => "TOO_MANY_RECORDERS",
+            ErrorCode::UnknownMeeting => "UNKNOWN_MEETING",
             ErrorCode::TooManyTracks => "TOO_MANY_TRACKS",
             ErrorCode::DuplicateTrack => "DUPLICATE_TRACK",
             ErrorCode::UnknownTrack => "UNKNOWN_TRACK",
@@ -270,6 +273,9 @@ impl ErrorCode {
             ErrorCode::TooManyRecorders => {
                 "The server already runs its maximum of recorders (max_recorders_per_node)."
             }
+            ErrorCode::UnknownMeeting => {
+                "The server accepts joins only to meetings its operator created, and nobody created this one."
+            }
             ErrorCode::TooManyTracks => {
                 "The participant already publishes the maximum number of tracks."
             }
@@ -338,6 +344,7 @@ impl ErrorCode {
             "ALREADY_RECORDING" => Some(ErrorCode::AlreadyRecording),
             "NOT_RECORDING" => Some(ErrorCode::NotRecording),
             "TOO_MANY_RECORDERS" => Some(ErrorCode::TooManyRecorders),
+            "UNKNOWN_MEETING" => Some(ErrorCode::UnknownMeeting),
             "TOO_MANY_TRACKS" => Some(ErrorCode::TooManyTracks),
             "DUPLICATE_TRACK" => Some(ErrorCode::DuplicateTrack),
             "UNKNOWN_TRACK" => Some(ErrorCode::UnknownTrack),

@@ -287,6 +287,19 @@ impl Room {
         self.waiting_room = on;
     }
 
+    /// Follows a managed meeting's settings (server limit `server_max`
+    /// participants): the waiting room and the limit hold from the next
+    /// join; a change of lock is told to everyone in the room, as a
+    /// moderator's LockRoom is (§5.8). Nobody in the room is removed.
+    pub fn apply_settings(&mut self, s: &crate::meetings::MeetingSettings, server_max: u32) {
+        self.waiting_room = s.waiting_room;
+        self.limits.max_participants = s.room_limit(server_max);
+        if self.locked != s.locked {
+            self.locked = s.locked;
+            self.broadcast(Msg::RoomLocked(v1::RoomLocked { locked: s.locked }), None);
+        }
+    }
+
     /// The meeting id.
     pub fn id(&self) -> &str {
         &self.id

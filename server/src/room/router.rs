@@ -9,6 +9,7 @@ use convene_protocol::{ErrorCode, ProtocolError, RoomRequest, Timestamp};
 
 use crate::bus::{Bus, BusMessage, NoBus, PARTICIPANT_BITS};
 use crate::ids::IdAllocator;
+use crate::meetings::{MeetingCache, Policy};
 
 use super::{JoinOutcome, Local, MeetingSummary, OPERATOR, Room, RoomLimits};
 
@@ -23,8 +24,8 @@ pub struct Router {
     ids: Mutex<IdAllocator>,
     /// The other nodes.
     bus: Arc<dyn Bus>,
-    /// Meetings with a waiting room: ids, or prefixes ending in `*`.
-    waiting_rooms: Vec<String>,
+    /// What each meeting asks of its room: managed settings, or the ad-hoc defaults.
+    meetings: Arc<MeetingCache>,
 }
 
 /// Locks a room, recovering from a panic elsewhere rather than spreading it.
@@ -45,23 +46,40 @@ impl Router {
             limits,
             ids: Mutex::new(IdAllocator::new(u32::from(bus.node()), PARTICIPANT_BITS)),
             bus,
-            waiting_rooms: Vec::new(),
+            meetings: Arc::new(MeetingCache::ad_hoc(Vec::new())),
         }
     }
 
-    /// Meetings that get a waiting room: ids, or prefixes ending in `*`.
+    /// Ad-hoc meetings that get a waiting room: ids, or prefixes ending in `*`.
     pub fn with_waiting_rooms(mut self, patterns: Vec<String>) -> Self {
-        self.waiting_rooms = patterns;
+        self.meetings = Arc::new(MeetingCache::ad_hoc(patterns));
         self
     }
 
-    fn has_waiting_room(&self, meeting: &str) -> bool {
-        self.waiting_rooms
-            .iter()
-            .any(|p| match p.strip_suffix('*') {
-                Some(prefix) => meeting.starts_with(prefix),
-                None => p == meeting,
-            })
+    /// Rooms follow the managed meetings in `meetings`, and its ad-hoc defaults otherwise.
+    pub fn with_meetings(mut self, meetings: Arc<MeetingCache>) -> Self {
+        self.meetings = meetings;
+        self
+    }
+
+    /// Applies `meeting`'s managed settings, as the cache holds them now, to
+    /// its live room at once, if this node has one: the lock (told to
+    /// everyone in it), the waiting room and the participant limit, for the
+    /// next join. Reading the cache here, rather than taking the settings,
+    /// means two updates racing each other leave the room with the later one.
+    pub fn apply_settings(&self, meeting: &str) {
+        let Policy::Managed(settings) = self.meetings.policy(meeting) else {
+            return;
+        };
+        let room = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(meeting)
+            .cloned();
+        if let Some(room) = room {
+            lock(&room).apply_settings(&settings, self.limits.max_participants);
+        }
     }
 
     /// Forgets a room and stops hearing its meeting from the other nodes
@@ -169,6 +187,15 @@ impl Router {
         local: Local,
         on_joined: impl FnOnce(JoinOutcome),
     ) -> Result<Arc<Mutex<Room>>, ProtocolError> {
+        let policy = self.meetings.policy(meeting);
+        if policy == Policy::Refused {
+            return Err(ProtocolError::new(
+                ErrorCode::UnknownMeeting,
+                format!(
+                    "meeting {meeting:?} was not created, and this server serves only created meetings"
+                ),
+            ));
+        }
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let room = match rooms.get(meeting) {
             Some(r) => r.clone(),
@@ -183,7 +210,11 @@ impl Router {
                     ));
                 }
                 let mut room = Room::with_bus(meeting, self.limits, self.bus.clone());
-                room.set_waiting_room(self.has_waiting_room(meeting));
+                match &policy {
+                    Policy::Managed(s) => room.apply_settings(s, self.limits.max_participants),
+                    Policy::AdHoc { waiting_room } => room.set_waiting_room(*waiting_room),
+                    Policy::Refused => {}
+                }
                 room.start_sync(now, self.bus.peers());
                 let r = Arc::new(Mutex::new(room));
                 rooms.insert(meeting.to_string(), r.clone());

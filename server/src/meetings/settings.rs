@@ -1,0 +1,219 @@
+//! The settings of a managed meeting and their validation: pure data, no
+//! I/O, so the admin API, the store and the rooms agree on one set of rules.
+
+use convene_protocol::limits::max;
+
+/// Largest application metadata of one meeting, in bytes of UTF-8.
+pub const MAX_METADATA_BYTES: usize = 4096;
+/// Longest empty-room timeout, in seconds (one week).
+pub const MAX_EMPTY_TIMEOUT_S: u32 = 7 * 24 * 3600;
+/// Most meetings the admin API may create on one server; beyond it,
+/// CreateMeeting fails with RESOURCE_EXHAUSTED, so an application with a bug
+/// (or a stolen admin token) cannot fill the disk.
+pub const MAX_MANAGED_MEETINGS: usize = 10_000;
+
+/// What a meeting created through the admin API asks of its room.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeetingSettings {
+    /// Joins wait for a moderator (PROTOCOL.md §5.8).
+    pub waiting_room: bool,
+    /// A locked meeting refuses joins (ROOM_LOCKED).
+    pub locked: bool,
+    /// Most participants in the room, on every node; 0 means the server's
+    /// `--max-participants-per-room`, and a larger number is capped by it.
+    pub max_participants: u32,
+    /// Participants must encrypt end to end (PROTOCOL.md §14). Stored and
+    /// returned; not enforced yet.
+    pub e2ee_required: bool,
+    /// Recording may be started in this meeting. Stored and returned; not
+    /// enforced yet.
+    pub recording_allowed: bool,
+    /// Seconds an empty room is kept before it closes; 0 closes it at once.
+    /// Stored and returned; not enforced yet.
+    pub empty_timeout_s: u32,
+    /// When the meeting expires, seconds since the Unix epoch; 0 never.
+    /// Stored and returned; not enforced yet.
+    pub expires_at: u64,
+    /// Free text for the application (often JSON), at most
+    /// [`MAX_METADATA_BYTES`]; the server never reads it.
+    pub metadata: String,
+}
+
+/// Why settings were refused; each names the limit and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// The meeting id breaks the protocol's rule (§5.3).
+    #[error("meeting id must be 1 to 64 characters of A-Z a-z 0-9 . _ -")]
+    MeetingId,
+    /// The metadata is over [`MAX_METADATA_BYTES`].
+    #[error(
+        "metadata is {len} bytes; at most {MAX_METADATA_BYTES} are kept: store a reference to larger data instead"
+    )]
+    MetadataTooLarge {
+        /// Its size.
+        len: usize,
+    },
+    /// The participant limit is over the protocol's maximum.
+    #[error(
+        "max_participants is {given}; at most {} (or 0 for the server's default)",
+        max::MAX_PARTICIPANTS_PER_ROOM
+    )]
+    TooManyParticipants {
+        /// What was asked.
+        given: u32,
+    },
+    /// The empty-room timeout is over [`MAX_EMPTY_TIMEOUT_S`].
+    #[error("empty_timeout_seconds is {given}; at most {MAX_EMPTY_TIMEOUT_S} (one week)")]
+    EmptyTimeoutTooLong {
+        /// What was asked.
+        given: u32,
+    },
+    /// The expiry is already past.
+    #[error("expires_at {given} is in the past (now {now}); give a later time, or 0 for never")]
+    ExpiryInPast {
+        /// What was asked.
+        given: u64,
+        /// The server's clock.
+        now: u64,
+    },
+}
+
+impl SettingsError {
+    /// A stable name for logs and tests, one per limit.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SettingsError::MeetingId => "INVALID_MEETING_ID",
+            SettingsError::MetadataTooLarge { .. } => "METADATA_TOO_LARGE",
+            SettingsError::TooManyParticipants { .. } => "MAX_PARTICIPANTS_TOO_HIGH",
+            SettingsError::EmptyTimeoutTooLong { .. } => "EMPTY_TIMEOUT_TOO_LONG",
+            SettingsError::ExpiryInPast { .. } => "EXPIRY_IN_PAST",
+        }
+    }
+}
+
+impl MeetingSettings {
+    /// Checks the settings of `meeting_id` at wall-clock time `now_unix_s`.
+    pub fn validate(&self, meeting_id: &str, now_unix_s: u64) -> Result<(), SettingsError> {
+        convene_protocol::validate::meeting_id(meeting_id).map_err(|_| SettingsError::MeetingId)?;
+        if self.metadata.len() > MAX_METADATA_BYTES {
+            return Err(SettingsError::MetadataTooLarge {
+                len: self.metadata.len(),
+            });
+        }
+        if self.max_participants > max::MAX_PARTICIPANTS_PER_ROOM {
+            return Err(SettingsError::TooManyParticipants {
+                given: self.max_participants,
+            });
+        }
+        if self.empty_timeout_s > MAX_EMPTY_TIMEOUT_S {
+            return Err(SettingsError::EmptyTimeoutTooLong {
+                given: self.empty_timeout_s,
+            });
+        }
+        if self.expires_at != 0 && self.expires_at <= now_unix_s {
+            return Err(SettingsError::ExpiryInPast {
+                given: self.expires_at,
+                now: now_unix_s,
+            });
+        }
+        Ok(())
+    }
+
+    /// The participant limit of the room, given the server's own.
+    pub fn room_limit(&self, server_max: u32) -> u32 {
+        match self.max_participants {
+            0 => server_max,
+            n => n.min(server_max),
+        }
+    }
+}
+
+/// A managed meeting: its id, settings and when they were written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedMeeting {
+    /// The meeting id.
+    pub meeting_id: String,
+    /// Its settings.
+    pub settings: MeetingSettings,
+    /// When it was created, seconds since the Unix epoch.
+    pub created_at: u64,
+    /// When its settings last changed, seconds since the Unix epoch.
+    pub updated_at: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(MeetingSettings::default().validate("standup", NOW), Ok(()));
+    }
+
+    #[test]
+    fn metadata_up_to_the_limit_is_kept_and_one_byte_more_is_refused() {
+        let mut s = MeetingSettings {
+            metadata: "x".repeat(MAX_METADATA_BYTES),
+            ..Default::default()
+        };
+        assert_eq!(s.validate("m", NOW), Ok(()));
+        s.metadata.push('x');
+        let e = s.validate("m", NOW).unwrap_err();
+        assert_eq!(
+            e,
+            SettingsError::MetadataTooLarge {
+                len: MAX_METADATA_BYTES + 1
+            }
+        );
+        assert_eq!(e.code(), "METADATA_TOO_LARGE");
+        assert!(e.to_string().contains("4096"), "{e}");
+    }
+
+    #[test]
+    fn each_bad_field_has_its_own_error() {
+        let bad = |f: fn(&mut MeetingSettings)| {
+            let mut s = MeetingSettings::default();
+            f(&mut s);
+            s.validate("m", NOW).unwrap_err().code()
+        };
+        assert_eq!(
+            bad(|s| s.max_participants = max::MAX_PARTICIPANTS_PER_ROOM + 1),
+            "MAX_PARTICIPANTS_TOO_HIGH"
+        );
+        assert_eq!(
+            bad(|s| s.empty_timeout_s = MAX_EMPTY_TIMEOUT_S + 1),
+            "EMPTY_TIMEOUT_TOO_LONG"
+        );
+        assert_eq!(bad(|s| s.expires_at = NOW), "EXPIRY_IN_PAST");
+        let ok = MeetingSettings {
+            expires_at: NOW + 1,
+            ..Default::default()
+        };
+        assert_eq!(ok.validate("m", NOW), Ok(()));
+    }
+
+    #[test]
+    fn meeting_ids_follow_the_protocol() {
+        let s = MeetingSettings::default();
+        assert_eq!(s.validate("", NOW), Err(SettingsError::MeetingId));
+        assert_eq!(s.validate("a b", NOW), Err(SettingsError::MeetingId));
+        assert_eq!(
+            s.validate(&"a".repeat(65), NOW),
+            Err(SettingsError::MeetingId)
+        );
+    }
+
+    #[test]
+    fn the_room_limit_never_exceeds_the_servers() {
+        let s = |n| MeetingSettings {
+            max_participants: n,
+            ..Default::default()
+        };
+        assert_eq!(s(0).room_limit(100), 100);
+        assert_eq!(s(2).room_limit(100), 2);
+        assert_eq!(s(500).room_limit(100), 100);
+    }
+}

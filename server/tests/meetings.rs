@@ -1,0 +1,428 @@
+//! Managed meetings through the real admin API (gRPC on loopback) and real
+//! WebSocket clients: a created meeting's waiting room and participant
+//! limit hold in its room, an update reaches the live room at once, the
+//! settings outlive a restart on the same --data-dir, and bad requests get
+//! their status and change nothing.
+
+mod common;
+
+use common::{Client, server};
+use convene_admin::admin_client::AdminClient;
+use convene_admin::{
+    CreateMeetingRequest, DeleteMeetingRequest, GetMeetingRequest, ListMeetingSettingsRequest,
+    MeetingSettings, MintTokenRequest, UpdateMeetingRequest,
+};
+use convene_protocol::ErrorCode;
+use convene_protocol::v1::{self, client_message::Msg as C, server_message::Msg as S};
+use convene_server::config::Config;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+const SECRET: &str = "a-test-secret-of-at-least-32-bytes!";
+const ADMIN: &str = "admin-token-0123456789";
+
+type Admin = AdminClient<
+    InterceptedService<
+        Channel,
+        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
+    >,
+>;
+
+/// A client of `s`'s admin API sending `token` (none when `None`).
+async fn admin(s: &convene_server::Server, token: Option<&str>) -> Admin {
+    let addr = s.admin_addr.expect("the admin API is on");
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("the admin API accepts connections");
+    let header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        token.map(|t| format!("Bearer {t}").parse().unwrap());
+    AdminClient::with_interceptor(
+        channel,
+        Box::new(move |mut req: tonic::Request<()>| {
+            if let Some(h) = &header {
+                req.metadata_mut().insert("authorization", h.clone());
+            }
+            Ok(req)
+        }),
+    )
+}
+
+/// A server with the admin API, tokens, and its store in `dir`.
+async fn node(dir: &std::path::Path, ad_hoc: bool) -> convene_server::Server {
+    let dir = dir.to_path_buf();
+    server(move |c: &mut Config| {
+        c.admin_token = Some(ADMIN.into());
+        c.admin_listen = "127.0.0.1:0".parse().unwrap();
+        c.auth_secret = Some(SECRET.into());
+        c.data_dir = Some(dir);
+        c.ad_hoc_meetings = ad_hoc;
+    })
+    .await
+}
+
+/// A token for `user` minted by the admin API, with `grants`.
+async fn token(a: &mut Admin, user: &str, grants: &[&str]) -> String {
+    a.mint_token(MintTokenRequest {
+        meeting: "*".into(),
+        user_id: user.into(),
+        grants: grants.iter().map(|g| g.to_string()).collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("tokens are minted")
+    .into_inner()
+    .token
+}
+
+/// Hello with `token`, then Join `meeting`: the client and the first answer
+/// (Joined, Waiting or Error).
+async fn join(s: &convene_server::Server, token: &str, meeting: &str) -> (Client, S) {
+    let mut c = Client::connect(s).await;
+    c.send(C::Hello(v1::Hello {
+        versions: vec![1],
+        auth_token: token.into(),
+        ..Default::default()
+    }))
+    .await;
+    let S::Welcome(w) = c.expect(|m| matches!(m, S::Welcome(_))).await else {
+        unreachable!()
+    };
+    c.id = w.participant_id;
+    c.send(C::Join(v1::Join {
+        meeting_id: meeting.into(),
+        display_name: "anyone".into(),
+        subscribe_all: true,
+    }))
+    .await;
+    let first = c
+        .expect(|m| matches!(m, S::Joined(_) | S::Waiting(_) | S::Error(_)))
+        .await;
+    (c, first)
+}
+
+fn error_code(m: &S) -> ErrorCode {
+    match m {
+        S::Error(e) => ErrorCode::try_from(e.code).unwrap(),
+        other => panic!("expected an Error, got {other:?}"),
+    }
+}
+
+/// A directory of its own, emptied.
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("convene-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A moderator and a guest in `meeting` (the guest admitted from the
+/// waiting room); a third participant is refused with ROOM_FULL.
+async fn fill_to_two(s: &convene_server::Server, a: &mut Admin, meeting: &str) -> (Client, Client) {
+    let host_token = token(a, "host", &["moderate", "subscribe"]).await;
+    let guest_token = token(a, "guest", &["subscribe"]).await;
+    let (mut host, first) = join(s, &host_token, meeting).await;
+    assert!(
+        matches!(first, S::Joined(_)),
+        "a moderator walks in: {first:?}"
+    );
+    let (mut guest, first) = join(s, &guest_token, meeting).await;
+    assert!(
+        matches!(first, S::Waiting(_)),
+        "the waiting room holds a guest: {first:?}"
+    );
+    let guest_id = guest.id;
+    host.expect(|m| matches!(m, S::AdmissionRequest(r) if r.participant.as_ref().is_some_and(|p| p.participant_id == guest_id)))
+        .await;
+    host.send(C::Admit(v1::Admit {
+        participant_id: guest_id,
+    }))
+    .await;
+    guest.expect(|m| matches!(m, S::Joined(_))).await;
+    let (_third, first) = join(s, &guest_token, meeting).await;
+    assert_eq!(
+        error_code(&first),
+        ErrorCode::RoomFull,
+        "a third join over the limit of 2"
+    );
+    (host, guest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_meeting_rules_its_room_and_outlives_a_restart() {
+    let dir = temp_dir("meetings");
+    let s = node(&dir, true).await;
+    let mut a = admin(&s, Some(ADMIN)).await;
+    let wanted = MeetingSettings {
+        waiting_room: true,
+        max_participants: 2,
+        e2ee_required: true,
+        recording_allowed: true,
+        empty_timeout_seconds: 300,
+        metadata: r#"{"appointment":"42"}"#.into(),
+        ..Default::default()
+    };
+    let created = a
+        .create_meeting(CreateMeetingRequest {
+            meeting_id: "clinic-7".into(),
+            settings: Some(wanted.clone()),
+        })
+        .await
+        .expect("created")
+        .into_inner();
+    assert_eq!(created.settings.as_ref(), Some(&wanted));
+    assert!(created.created_at > 0);
+
+    let (mut host, _guest) = fill_to_two(&s, &mut a, "clinic-7").await;
+
+    // Locked through the API: the room hears it at once, and the next join,
+    // with the limit raised, is refused for the lock.
+    let mut locked = wanted.clone();
+    locked.locked = true;
+    locked.max_participants = 3;
+    a.update_meeting(UpdateMeetingRequest {
+        meeting_id: "clinic-7".into(),
+        settings: Some(locked.clone()),
+    })
+    .await
+    .expect("updated");
+    host.expect(|m| matches!(m, S::RoomLocked(l) if l.locked))
+        .await;
+    let guest_token = token(&mut a, "late", &["subscribe"]).await;
+    let (_late, first) = join(&s, &guest_token, "clinic-7").await;
+    assert_eq!(error_code(&first), ErrorCode::RoomLocked);
+
+    // An ad-hoc meeting still works while ad-hoc meetings are allowed.
+    let (_adhoc, first) = join(&s, &guest_token, "somewhere-else").await;
+    assert!(matches!(first, S::Joined(_)), "{first:?}");
+
+    drop(host);
+    drop(_guest);
+    s.shutdown().await;
+
+    // The same --data-dir, a new server, ad-hoc meetings off.
+    let s = node(&dir, false).await;
+    let mut a = admin(&s, Some(ADMIN)).await;
+    let got = a
+        .get_meeting(GetMeetingRequest {
+            meeting_id: "clinic-7".into(),
+        })
+        .await
+        .expect("still there after a restart")
+        .into_inner();
+    assert_eq!(got.settings.as_ref(), Some(&locked));
+    assert_eq!(got.created_at, created.created_at);
+    let list = a
+        .list_meeting_settings(ListMeetingSettingsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.meetings, vec![got]);
+    // Still locked: even a moderator is refused.
+    let host_token = token(&mut a, "host", &["moderate", "subscribe"]).await;
+    let (_h, first) = join(&s, &host_token, "clinic-7").await;
+    assert_eq!(error_code(&first), ErrorCode::RoomLocked);
+    // Unlocked with the limit of 2: the waiting room and the limit hold again.
+    a.update_meeting(UpdateMeetingRequest {
+        meeting_id: "clinic-7".into(),
+        settings: Some(wanted.clone()),
+    })
+    .await
+    .expect("updated");
+    let (_host, _guest) = fill_to_two(&s, &mut a, "clinic-7").await;
+    // Nobody created this one, and ad-hoc meetings are off.
+    let (_c, first) = join(&s, &host_token, "uncreated").await;
+    assert_eq!(error_code(&first), ErrorCode::UnknownMeeting);
+
+    // Deleted: gone from the API, and (ad hoc off) no longer joinable anew.
+    a.delete_meeting(DeleteMeetingRequest {
+        meeting_id: "clinic-7".into(),
+    })
+    .await
+    .expect("deleted");
+    let e = a
+        .get_meeting(GetMeetingRequest {
+            meeting_id: "clinic-7".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    s.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_their_status_and_change_nothing() {
+    let dir = temp_dir("meetings-bad");
+    let s = node(&dir, true).await;
+    let mut a = admin(&s, Some(ADMIN)).await;
+    let good = MeetingSettings {
+        max_participants: 5,
+        metadata: "keep me".into(),
+        ..Default::default()
+    };
+    let before = a
+        .create_meeting(CreateMeetingRequest {
+            meeting_id: "m".into(),
+            settings: Some(good.clone()),
+        })
+        .await
+        .expect("created")
+        .into_inner();
+    let unchanged = |a: Admin| async move {
+        let mut a = a;
+        let now = a
+            .get_meeting(GetMeetingRequest {
+                meeting_id: "m".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let all = a
+            .list_meeting_settings(ListMeetingSettingsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        (now, all.meetings.len())
+    };
+
+    // Unknown meetings.
+    let e = a
+        .get_meeting(GetMeetingRequest {
+            meeting_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = a
+        .update_meeting(UpdateMeetingRequest {
+            meeting_id: "nope".into(),
+            settings: Some(good.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = a
+        .delete_meeting(DeleteMeetingRequest {
+            meeting_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Oversized metadata, on create and on update.
+    let big = MeetingSettings {
+        metadata: "x".repeat(4097),
+        ..Default::default()
+    };
+    let e = a
+        .create_meeting(CreateMeetingRequest {
+            meeting_id: "big".into(),
+            settings: Some(big.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("4096"), "{}", e.message());
+    let e = a
+        .update_meeting(UpdateMeetingRequest {
+            meeting_id: "m".into(),
+            settings: Some(big),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // Invalid settings and ids.
+    for (id, bad) in [
+        (
+            "m",
+            MeetingSettings {
+                max_participants: 100_001,
+                ..Default::default()
+            },
+        ),
+        (
+            "m",
+            MeetingSettings {
+                expires_at: 1,
+                ..Default::default()
+            },
+        ),
+        (
+            "m",
+            MeetingSettings {
+                empty_timeout_seconds: 604_801,
+                ..Default::default()
+            },
+        ),
+        ("not a meeting id", MeetingSettings::default()),
+    ] {
+        let e = a
+            .update_meeting(UpdateMeetingRequest {
+                meeting_id: id.into(),
+                settings: Some(bad.clone()),
+            })
+            .await
+            .unwrap_err();
+        let want = if id == "m" {
+            Code::InvalidArgument
+        } else {
+            Code::NotFound
+        };
+        assert_eq!(e.code(), want, "update {id:?} {bad:?}: {}", e.message());
+        let e = a
+            .create_meeting(CreateMeetingRequest {
+                meeting_id: id.replace('m', "n"),
+                settings: Some(bad.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "create {bad:?}");
+    }
+    // A second create of the same id.
+    let e = a
+        .create_meeting(CreateMeetingRequest {
+            meeting_id: "m".into(),
+            settings: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+
+    // Without the token, or with a wrong one.
+    let e = admin(&s, None)
+        .await
+        .update_meeting(UpdateMeetingRequest {
+            meeting_id: "m".into(),
+            settings: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    for call in 0..2 {
+        let mut wrong = admin(&s, Some("not-the-admin-token-at-all")).await;
+        let e = if call == 0 {
+            wrong
+                .delete_meeting(DeleteMeetingRequest {
+                    meeting_id: "m".into(),
+                })
+                .await
+                .unwrap_err()
+        } else {
+            wrong
+                .create_meeting(CreateMeetingRequest {
+                    meeting_id: "other".into(),
+                    settings: None,
+                })
+                .await
+                .unwrap_err()
+        };
+        assert_eq!(e.code(), Code::PermissionDenied);
+    }
+
+    assert_eq!(unchanged(a).await, (before, 1), "nothing changed");
+    s.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
