@@ -1,12 +1,15 @@
 //! `convene admin`: the operator's side of a server node's admin API (gRPC,
 //! `spec/v1/admin.proto`): list meetings, remove a participant, end a
-//! meeting, mint a token, show the node's stats, start and stop a recorder.
+//! meeting, mint a token, show the node's stats, start and stop a recorder,
+//! create, show, change and delete managed meetings.
 
 use anyhow::Context;
 use convene_admin::admin_client::AdminClient;
 use convene_admin::{
-    EndMeetingRequest, GetStatsRequest, ListMeetingsRequest, MintTokenRequest,
-    RemoveParticipantRequest, StartRecordingRequest, StopRecordingRequest,
+    CreateMeetingRequest, DeleteMeetingRequest, EndMeetingRequest, GetMeetingRequest,
+    GetStatsRequest, ListMeetingSettingsRequest, ListMeetingsRequest, ManagedMeeting,
+    MeetingSettings, MintTokenRequest, RemoveParticipantRequest, StartRecordingRequest,
+    StopRecordingRequest, UpdateMeetingRequest,
 };
 use tonic::metadata::MetadataValue;
 
@@ -75,6 +78,140 @@ enum Action {
         #[command(subcommand)]
         action: RecordAction,
     },
+    /// Managed meetings: created with their settings before anyone joins,
+    /// kept by the server (across restarts with its --data-dir), and obeyed
+    /// by their rooms. A meeting nobody created works with the server's
+    /// defaults, unless it runs with --ad-hoc-meetings=false.
+    Meeting {
+        #[command(subcommand)]
+        action: MeetingAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum MeetingAction {
+    /// Create a meeting with its settings (the ones not given are off, or
+    /// the server's defaults).
+    Create {
+        /// The meeting id: 1 to 64 characters of A-Z a-z 0-9 . _ -
+        meeting_id: String,
+        #[command(flatten)]
+        settings: SettingsFlags,
+    },
+    /// Show a meeting's settings.
+    Get {
+        /// The meeting id.
+        meeting_id: String,
+    },
+    /// Change the settings given, keep the others; the live room follows at
+    /// once (a lock refuses the next join; nobody in the room is removed).
+    Update {
+        /// The meeting id.
+        meeting_id: String,
+        #[command(flatten)]
+        settings: SettingsFlags,
+    },
+    /// Delete a meeting; its live room keeps its settings until it empties.
+    Delete {
+        /// The meeting id.
+        meeting_id: String,
+    },
+    /// Every managed meeting with its settings.
+    List,
+}
+
+/// Settings of a managed meeting, each optional: what is not given is left
+/// as it is (update) or off (create). Switches take `true` or `false`, and
+/// alone mean `true`.
+#[derive(Debug, clap::Args)]
+struct SettingsFlags {
+    /// Joins wait until a moderator admits them.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    waiting_room: Option<bool>,
+    /// Refuse every join (ROOM_LOCKED); participants in the room hear it.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    locked: Option<bool>,
+    /// Most participants; 0 for the server's --max-participants-per-room,
+    /// which also caps it. A join over it gets ROOM_FULL.
+    #[arg(long)]
+    max_participants: Option<u32>,
+    /// Participants must encrypt end to end (stored; not yet enforced).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    e2ee_required: Option<bool>,
+    /// Recording may be started (stored; not yet enforced).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    recording_allowed: Option<bool>,
+    /// Seconds an empty room is kept, at most 604800 (stored; not yet enforced).
+    #[arg(long)]
+    empty_timeout: Option<u32>,
+    /// When the meeting expires, seconds since the Unix epoch; 0 for never
+    /// (stored; not yet enforced).
+    #[arg(long)]
+    expires_at: Option<u64>,
+    /// Text for your application, at most 4096 bytes; the server never reads it.
+    #[arg(long)]
+    metadata: Option<String>,
+}
+
+impl SettingsFlags {
+    /// `s` with the flags given applied.
+    fn apply(self, mut s: MeetingSettings) -> MeetingSettings {
+        if let Some(v) = self.waiting_room {
+            s.waiting_room = v;
+        }
+        if let Some(v) = self.locked {
+            s.locked = v;
+        }
+        if let Some(v) = self.max_participants {
+            s.max_participants = v;
+        }
+        if let Some(v) = self.e2ee_required {
+            s.e2ee_required = v;
+        }
+        if let Some(v) = self.recording_allowed {
+            s.recording_allowed = v;
+        }
+        if let Some(v) = self.empty_timeout {
+            s.empty_timeout_seconds = v;
+        }
+        if let Some(v) = self.expires_at {
+            s.expires_at = v;
+        }
+        if let Some(v) = self.metadata {
+            s.metadata = v;
+        }
+        s
+    }
+}
+
+/// A managed meeting as JSON.
+fn meeting_json(m: &ManagedMeeting) -> serde_json::Value {
+    let s = m.settings.clone().unwrap_or_default();
+    serde_json::json!({
+        "meeting_id": m.meeting_id,
+        "waiting_room": s.waiting_room,
+        "locked": s.locked,
+        "max_participants": s.max_participants,
+        "e2ee_required": s.e2ee_required,
+        "recording_allowed": s.recording_allowed,
+        "empty_timeout_seconds": s.empty_timeout_seconds,
+        "expires_at": s.expires_at,
+        "metadata": s.metadata,
+        "created_at": m.created_at,
+        "updated_at": m.updated_at,
+    })
+}
+
+/// Prints a managed meeting, as JSON or as one `key value` line per field.
+fn print_meeting(m: &ManagedMeeting, json: bool) {
+    let v = meeting_json(m);
+    if json {
+        println!("{v}");
+    } else if let serde_json::Value::Object(map) = v {
+        for (k, val) in map {
+            println!("{k:>22}  {val}");
+        }
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -263,6 +400,78 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCod
                 .map_err(status)?;
             println!("the recorder of {meeting_id} was told to stop");
         }
+        Action::Meeting { action } => match action {
+            MeetingAction::Create {
+                meeting_id,
+                settings,
+            } => {
+                let m = client
+                    .create_meeting(CreateMeetingRequest {
+                        meeting_id,
+                        settings: Some(settings.apply(MeetingSettings::default())),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                print_meeting(&m, args.json);
+            }
+            MeetingAction::Get { meeting_id } => {
+                let m = client
+                    .get_meeting(GetMeetingRequest { meeting_id })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                print_meeting(&m, args.json);
+            }
+            MeetingAction::Update {
+                meeting_id,
+                settings,
+            } => {
+                // The API replaces all settings: start from the stored ones.
+                let now = client
+                    .get_meeting(GetMeetingRequest {
+                        meeting_id: meeting_id.clone(),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                let m = client
+                    .update_meeting(UpdateMeetingRequest {
+                        meeting_id,
+                        settings: Some(settings.apply(now.settings.unwrap_or_default())),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                print_meeting(&m, args.json);
+            }
+            MeetingAction::Delete { meeting_id } => {
+                client
+                    .delete_meeting(DeleteMeetingRequest {
+                        meeting_id: meeting_id.clone(),
+                    })
+                    .await
+                    .map_err(status)?;
+                println!("deleted meeting {meeting_id}");
+            }
+            MeetingAction::List => {
+                let r = client
+                    .list_meeting_settings(ListMeetingSettingsRequest {})
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                if args.json {
+                    let v: Vec<_> = r.meetings.iter().map(meeting_json).collect();
+                    println!("{}", serde_json::Value::Array(v));
+                } else if r.meetings.is_empty() {
+                    println!("no managed meetings");
+                } else {
+                    for m in &r.meetings {
+                        println!("{}", meeting_json(m));
+                    }
+                }
+            }
+        },
         Action::Stats => {
             let s = client
                 .get_stats(GetStatsRequest {})

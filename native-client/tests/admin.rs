@@ -1,5 +1,6 @@
 //! `convene admin` against a real server's admin API: stats and the meeting
-//! list with the right token; a clear refusal with a wrong one.
+//! list with the right token; a clear refusal with a wrong one; managed
+//! meetings created, changed, listed and deleted.
 
 use std::process::Stdio;
 
@@ -61,6 +62,78 @@ async fn convene_admin_reads_a_nodes_stats_and_meetings() {
     );
 
     let (ok, _, err) = convene(&["admin", "--url", &url, "--token", ADMIN, "end", "nope"]).await;
+    assert!(!ok);
+    assert!(err.contains("NotFound"), "{err}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convene_admin_meeting_creates_changes_and_deletes_a_managed_meeting() {
+    let s = convene_server::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: Some(ADMIN.into()),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{}", s.admin_addr.unwrap());
+    let admin = |rest: &[&str]| {
+        let mut args = vec![
+            "admin", "--url", &url, "--token", ADMIN, "--json", "meeting",
+        ];
+        args.extend_from_slice(rest);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        convene(&refs).await
+    };
+    let (ok, out, err) = run(admin(&[
+        "create",
+        "class-3b",
+        "--waiting-room",
+        "--max-participants",
+        "30",
+        "--metadata",
+        "{\"teacher\":\"ana\"}",
+    ]))
+    .await;
+    assert!(ok, "{err}");
+    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(m["waiting_room"], true, "{m}");
+    assert_eq!(m["max_participants"], 30, "{m}");
+
+    // Update changes what is given and keeps the rest.
+    let (ok, out, err) = run(admin(&["update", "class-3b", "--locked"])).await;
+    assert!(ok, "{err}");
+    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(m["locked"], true, "{m}");
+    assert_eq!(m["waiting_room"], true, "{m}");
+    assert_eq!(m["metadata"], "{\"teacher\":\"ana\"}", "{m}");
+
+    let (ok, _, err) = run(admin(&[
+        "update",
+        "class-3b",
+        "--metadata",
+        &"x".repeat(4097),
+    ]))
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("4096"),
+        "{err}"
+    );
+
+    let (ok, out, err) = run(admin(&["list"])).await;
+    assert!(ok, "{err}");
+    let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(all[0]["meeting_id"], "class-3b", "{all}");
+    assert_eq!(all[0]["locked"], true, "{all}");
+
+    let (ok, _, err) = run(admin(&["delete", "class-3b"])).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(admin(&["get", "class-3b"])).await;
     assert!(!ok);
     assert!(err.contains("NotFound"), "{err}");
     s.shutdown().await;
