@@ -138,7 +138,7 @@ struct SettingsFlags {
     /// Participants must encrypt end to end (stored; not yet enforced).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     e2ee_required: Option<bool>,
-    /// Recording may be started (stored; not yet enforced).
+    /// Recording may be started; without it StartRecording is refused.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     recording_allowed: Option<bool>,
     /// Seconds an empty room is kept, at most 604800 (stored; not yet enforced).

@@ -335,6 +335,14 @@ impl Recorders {
 /// Starts a recorder in `meeting` for a moderator or the operator: refused
 /// when the meeting already has a recorder, on any node.
 pub fn start_in(state: &AppState, meeting: &str) -> Result<Started, ProtocolError> {
+    if let crate::meetings::Policy::Managed(s) = state.meetings.cache().policy(meeting)
+        && !s.recording_allowed
+    {
+        return Err(ProtocolError::new(
+            ErrorCode::RecordingUnavailable,
+            "this meeting's settings do not allow recording (recording_allowed is false)",
+        ));
+    }
     let elsewhere = state
         .router
         .meeting(meeting)

@@ -1,8 +1,9 @@
 //! Managed meetings through the real admin API (gRPC on loopback) and real
 //! WebSocket clients: a created meeting's waiting room and participant
 //! limit hold in its room, an update reaches the live room at once, the
-//! settings outlive a restart on the same --data-dir, and bad requests get
-//! their status and change nothing.
+//! settings outlive a restart on the same --data-dir, recording is refused
+//! where the settings do not allow it, and bad requests get their status and
+//! change nothing.
 
 mod common;
 
@@ -10,7 +11,7 @@ use common::{Client, server};
 use convene_admin::admin_client::AdminClient;
 use convene_admin::{
     CreateMeetingRequest, DeleteMeetingRequest, GetMeetingRequest, ListMeetingSettingsRequest,
-    MeetingSettings, MintTokenRequest, UpdateMeetingRequest,
+    MeetingSettings, MintTokenRequest, StartRecordingRequest, UpdateMeetingRequest,
 };
 use convene_protocol::ErrorCode;
 use convene_protocol::v1::{self, client_message::Msg as C, server_message::Msg as S};
@@ -423,6 +424,53 @@ async fn bad_requests_get_their_status_and_change_nothing() {
     }
 
     assert_eq!(unchanged(a).await, (before, 1), "nothing changed");
+    s.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// StartRecording in "private", which this server (without a recorder) refuses.
+async fn start_refused(a: &mut Admin) -> tonic::Status {
+    a.start_recording(StartRecordingRequest {
+        meeting_id: "private".into(),
+    })
+    .await
+    .unwrap_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_is_refused_where_the_settings_do_not_allow_it() {
+    let dir = temp_dir("meetings-rec");
+    let s = node(&dir, true).await;
+    let mut a = admin(&s, Some(ADMIN)).await;
+    a.create_meeting(CreateMeetingRequest {
+        meeting_id: "private".into(),
+        settings: Some(MeetingSettings::default()),
+    })
+    .await
+    .expect("created");
+    let host_token = token(&mut a, "host", &["moderate", "subscribe"]).await;
+    let (_host, first) = join(&s, &host_token, "private").await;
+    assert!(matches!(first, S::Joined(_)), "{first:?}");
+    let e = start_refused(&mut a).await;
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("recording_allowed"), "{}", e.message());
+    // Allowed: the refusal is now only that this server has no recorder.
+    a.update_meeting(UpdateMeetingRequest {
+        meeting_id: "private".into(),
+        settings: Some(MeetingSettings {
+            recording_allowed: true,
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("updated");
+    let e = start_refused(&mut a).await;
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        !e.message().contains("recording_allowed"),
+        "{}",
+        e.message()
+    );
     s.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -17,7 +17,8 @@ pub struct MeetingSettings {
     /// Participants must encrypt end to end (§14). Stored, not yet enforced.
     #[prost(bool, tag = "4")]
     pub e2ee_required: bool,
-    /// Recording may be started (§5.10). Stored, not yet enforced.
+    /// Recording may be started (§5.10); when false, StartRecording, from a
+    /// moderator or this API, is refused (RECORDING_UNAVAILABLE, FAILED_PRECONDITION).
     #[prost(bool, tag = "5")]
     pub recording_allowed: bool,
     /// Seconds an empty room is kept, at most 604800. Stored, not yet enforced.

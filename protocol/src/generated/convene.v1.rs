@@ -127,7 +127,7 @@ pub enum ErrorCode {
     AdmissionDenied = 305,
     /// The message names a participant that is not in the sender's room.
     UnknownParticipant = 306,
-    /// The server cannot start a recorder: none is configured, or it cannot give one a token.
+    /// The server cannot start a recorder: none is configured, it cannot give one a token, or the meeting's settings do not allow recording.
     RecordingUnavailable = 307,
     /// The meeting already has a recorder, running or still stopping.
     AlreadyRecording = 308,

@@ -264,7 +264,7 @@ impl ErrorCode {
                 "The message names a participant that is not in the sender's room."
             }
             ErrorCode::RecordingUnavailable => {
-                "The server cannot start a recorder: none is configured, or it cannot give one a token."
+                "The server cannot start a recorder: none is configured, it cannot give one a token, or the meeting's settings do not allow recording."
             }
             ErrorCode::AlreadyRecording => {
                 "The meeting already has a recorder, running or still stopping."

@@ -25,8 +25,8 @@ pub struct MeetingSettings {
     /// Participants must encrypt end to end (PROTOCOL.md §14). Stored and
     /// returned; not enforced yet.
     pub e2ee_required: bool,
-    /// Recording may be started in this meeting. Stored and returned; not
-    /// enforced yet.
+    /// Recording may be started in this meeting; when false, StartRecording
+    /// is refused with RECORDING_UNAVAILABLE.
     pub recording_allowed: bool,
     /// Seconds an empty room is kept before it closes; 0 closes it at once.
     /// Stored and returned; not enforced yet.
