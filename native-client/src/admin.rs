@@ -144,8 +144,8 @@ struct SettingsFlags {
     /// Seconds an empty room is kept, at most 604800 (stored; not yet enforced).
     #[arg(long)]
     empty_timeout: Option<u32>,
-    /// When the meeting expires, seconds since the Unix epoch; 0 for never
-    /// (stored; not yet enforced).
+    /// When the meeting expires, seconds since the Unix epoch; 0 for never.
+    /// Joins are refused after it (MEETING_EXPIRED); those in the room stay.
     #[arg(long)]
     expires_at: Option<u64>,
     /// Text for your application, at most 4096 bytes; the server never reads it.

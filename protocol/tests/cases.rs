@@ -72,9 +72,10 @@ fn every_non_fatal_error_a_client_can_cause_is_expected_by_some_case() {
         // the server's tests cause them.
         ErrorCode::RecordingUnavailable,
         ErrorCode::TooManyRecorders,
-        // Only a server that refuses ad-hoc meetings (§13) answers it: the
-        // server's tests cause it.
+        // Only a server that refuses ad-hoc meetings, or has a meeting
+        // created with an expiry (§13), answers these: the server's tests cause them.
         ErrorCode::UnknownMeeting,
+        ErrorCode::MeetingExpired,
         ErrorCode::SlowConsumer,
         ErrorCode::TooManyStreams,
         ErrorCode::InternalError,

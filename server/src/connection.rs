@@ -721,6 +721,21 @@ impl Connection {
             hand_raised: false,
             recording: self.recorder,
         };
+        // The expiry is wall-clock time, which the sans-IO router does not
+        // read: checked here, in the shell.
+        if let crate::meetings::Policy::Managed(m) =
+            self.state.meetings.cache().policy(&join.meeting_id)
+            && m.expired(crate::meetings::unix_now())
+        {
+            self.session.refuse(
+                request_id,
+                ProtocolError::new(
+                    ErrorCode::MeetingExpired,
+                    format!("meeting `{}` has expired", join.meeting_id),
+                ),
+            );
+            return;
+        }
         let session = &mut self.session;
         let outbox = &self.outbox;
         let local = Local {

@@ -2,8 +2,8 @@
 //! WebSocket clients: a created meeting's waiting room and participant
 //! limit hold in its room, an update reaches the live room at once, the
 //! settings outlive a restart on the same --data-dir, recording is refused
-//! where the settings do not allow it, and bad requests get their status and
-//! change nothing.
+//! where the settings do not allow it, joins are refused once a meeting has
+//! expired, and bad requests get their status and change nothing.
 
 mod common;
 
@@ -471,6 +471,58 @@ async fn recording_is_refused_where_the_settings_do_not_allow_it() {
         "{}",
         e.message()
     );
+    s.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_are_refused_once_the_meeting_has_expired() {
+    let dir = temp_dir("meetings-expiry");
+    let s = node(&dir, true).await;
+    let mut a = admin(&s, Some(ADMIN)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    a.create_meeting(CreateMeetingRequest {
+        meeting_id: "brief".into(),
+        settings: Some(MeetingSettings {
+            expires_at: now + 3,
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("created");
+    let t = token(&mut a, "someone", &["subscribe"]).await;
+    let (_early, first) = join(&s, &t, "brief").await;
+    assert!(
+        matches!(first, S::Joined(_)),
+        "before its expiry: {first:?}"
+    );
+    // Joins until one is refused, which must be for the expiry, and within
+    // a generous deadline of it.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let refused = loop {
+        let (_c, first) = join(&s, &t, "brief").await;
+        if let S::Error(_) = first {
+            break first;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still joinable long after its expiry"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(error_code(&refused), ErrorCode::MeetingExpired);
+    // Extended: open again.
+    a.update_meeting(UpdateMeetingRequest {
+        meeting_id: "brief".into(),
+        settings: Some(MeetingSettings::default()),
+    })
+    .await
+    .expect("updated");
+    let (_late, first) = join(&s, &t, "brief").await;
+    assert!(matches!(first, S::Joined(_)), "after the update: {first:?}");
     s.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

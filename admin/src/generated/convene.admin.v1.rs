@@ -25,7 +25,8 @@ pub struct MeetingSettings {
     #[prost(uint32, tag = "6")]
     pub empty_timeout_seconds: u32,
     /// When the meeting expires, seconds since the Unix epoch, in the future;
-    /// 0 for never. Stored, not yet enforced.
+    /// 0 for never. From then on a Join gets MEETING_EXPIRED; those already in
+    /// the room stay.
     #[prost(uint64, tag = "7")]
     pub expires_at: u64,
     /// Free text for the application, at most 4096 bytes; the server never reads it.

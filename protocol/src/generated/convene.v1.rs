@@ -137,6 +137,8 @@ pub enum ErrorCode {
     TooManyRecorders = 310,
     /// The server accepts joins only to meetings its operator created, and nobody created this one.
     UnknownMeeting = 311,
+    /// The meeting was created with an expiry, and it has passed.
+    MeetingExpired = 312,
     /// The participant already publishes the maximum number of tracks.
     TooManyTracks = 400,
     /// Publish used a track id the participant already publishes.
@@ -201,6 +203,7 @@ impl ErrorCode {
             Self::NotRecording => "ERROR_CODE_NOT_RECORDING",
             Self::TooManyRecorders => "ERROR_CODE_TOO_MANY_RECORDERS",
             Self::UnknownMeeting => "ERROR_CODE_UNKNOWN_MEETING",
+            Self::MeetingExpired => "ERROR_CODE_MEETING_EXPIRED",
             Self::TooManyTracks => "ERROR_CODE_TOO_MANY_TRACKS",
             Self::DuplicateTrack => "ERROR_CODE_DUPLICATE_TRACK",
             Self::UnknownTrack => "ERROR_CODE_UNKNOWN_TRACK",
@@ -251,6 +254,7 @@ impl ErrorCode {
             "ERROR_CODE_NOT_RECORDING" => Some(Self::NotRecording),
             "ERROR_CODE_TOO_MANY_RECORDERS" => Some(Self::TooManyRecorders),
             "ERROR_CODE_UNKNOWN_MEETING" => Some(Self::UnknownMeeting),
+            "ERROR_CODE_MEETING_EXPIRED" => Some(Self::MeetingExpired),
             "ERROR_CODE_TOO_MANY_TRACKS" => Some(Self::TooManyTracks),
             "ERROR_CODE_DUPLICATE_TRACK" => Some(Self::DuplicateTrack),
             "ERROR_CODE_UNKNOWN_TRACK" => Some(Self::UnknownTrack),

@@ -38,6 +38,7 @@ impl ErrorCode {
         ErrorCode::NotRecording,
         ErrorCode::TooManyRecorders,
         ErrorCode::UnknownMeeting,
+        ErrorCode::MeetingExpired,
         ErrorCode::TooManyTracks,
         ErrorCode::DuplicateTrack,
         ErrorCode::UnknownTrack,
@@ -128,6 +129,7 @@ impl ErrorCode {
             ErrorCode::NotRecording => "5.10",
             ErrorCode::TooManyRecorders => "7",
             ErrorCode::UnknownMeeting => "5.3",
+            ErrorCode::MeetingExpired => "5.3",
             ErrorCode::TooManyTracks => "7",
             ErrorCode::DuplicateTrack => "5.4",
             ErrorCode::UnknownTrack => "5.4",
@@ -179,6 +181,7 @@ impl ErrorCode {
             ErrorCode::NotRecording => "NOT_RECORDING",
             ErrorCode::TooManyRecorders => "TOO_MANY_RECORDERS",
             ErrorCode::UnknownMeeting => "UNKNOWN_MEETING",
+            ErrorCode::MeetingExpired => "MEETING_EXPIRED",
             ErrorCode::TooManyTracks => "TOO_MANY_TRACKS",
             ErrorCode::DuplicateTrack => "DUPLICATE_TRACK",
             ErrorCode::UnknownTrack => "UNKNOWN_TRACK",
@@ -276,6 +279,9 @@ impl ErrorCode {
             ErrorCode::UnknownMeeting => {
                 "The server accepts joins only to meetings its operator created, and nobody created this one."
             }
+            ErrorCode::MeetingExpired => {
+                "The meeting was created with an expiry, and it has passed."
+            }
             ErrorCode::TooManyTracks => {
                 "The participant already publishes the maximum number of tracks."
             }
@@ -345,6 +351,7 @@ impl ErrorCode {
             "NOT_RECORDING" => Some(ErrorCode::NotRecording),
             "TOO_MANY_RECORDERS" => Some(ErrorCode::TooManyRecorders),
             "UNKNOWN_MEETING" => Some(ErrorCode::UnknownMeeting),
+            "MEETING_EXPIRED" => Some(ErrorCode::MeetingExpired),
             "TOO_MANY_TRACKS" => Some(ErrorCode::TooManyTracks),
             "DUPLICATE_TRACK" => Some(ErrorCode::DuplicateTrack),
             "UNKNOWN_TRACK" => Some(ErrorCode::UnknownTrack),

@@ -32,7 +32,7 @@ pub struct MeetingSettings {
     /// Stored and returned; not enforced yet.
     pub empty_timeout_s: u32,
     /// When the meeting expires, seconds since the Unix epoch; 0 never.
-    /// Stored and returned; not enforced yet.
+    /// From then on joins are refused (MEETING_EXPIRED).
     pub expires_at: u64,
     /// Free text for the application (often JSON), at most
     /// [`MAX_METADATA_BYTES`]; the server never reads it.
@@ -120,6 +120,11 @@ impl MeetingSettings {
         Ok(())
     }
 
+    /// True once the expiry has passed at wall-clock time `now_unix_s`.
+    pub fn expired(&self, now_unix_s: u64) -> bool {
+        self.expires_at != 0 && self.expires_at <= now_unix_s
+    }
+
     /// The participant limit of the room, given the server's own.
     pub fn room_limit(&self, server_max: u32) -> u32 {
         match self.max_participants {
@@ -204,6 +209,17 @@ mod tests {
             s.validate(&"a".repeat(65), NOW),
             Err(SettingsError::MeetingId)
         );
+    }
+
+    #[test]
+    fn a_meeting_expires_at_its_second_and_never_without_one() {
+        let s = MeetingSettings {
+            expires_at: NOW,
+            ..Default::default()
+        };
+        assert!(!s.expired(NOW - 1));
+        assert!(s.expired(NOW));
+        assert!(!MeetingSettings::default().expired(u64::MAX));
     }
 
     #[test]
