@@ -455,18 +455,30 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCod
                 println!("deleted meeting {meeting_id}");
             }
             MeetingAction::List => {
-                let r = client
-                    .list_meeting_settings(ListMeetingSettingsRequest {})
-                    .await
-                    .map_err(status)?
-                    .into_inner();
+                let mut all = Vec::new();
+                let mut page_token = String::new();
+                loop {
+                    let r = client
+                        .list_meeting_settings(ListMeetingSettingsRequest {
+                            page_size: 0,
+                            page_token,
+                        })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    all.extend(r.meetings);
+                    if r.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = r.next_page_token;
+                }
                 if args.json {
-                    let v: Vec<_> = r.meetings.iter().map(meeting_json).collect();
+                    let v: Vec<_> = all.iter().map(meeting_json).collect();
                     println!("{}", serde_json::Value::Array(v));
-                } else if r.meetings.is_empty() {
+                } else if all.is_empty() {
                     println!("no managed meetings");
                 } else {
-                    for m in &r.meetings {
+                    for m in &all {
                         println!("{}", meeting_json(m));
                     }
                 }

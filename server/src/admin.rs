@@ -271,16 +271,30 @@ impl Admin for AdminService {
 
     async fn list_meeting_settings(
         &self,
-        _: Request<ListMeetingSettingsRequest>,
+        req: Request<ListMeetingSettingsRequest>,
     ) -> Result<Response<ListMeetingSettingsResponse>, Status> {
-        let meetings = self
-            .state
-            .meetings
-            .list()
-            .into_iter()
-            .map(managed_out)
-            .collect();
-        Ok(Response::new(ListMeetingSettingsResponse { meetings }))
+        let r = req.into_inner();
+        let size = match r.page_size as usize {
+            0 => meetings::DEFAULT_PAGE_SIZE,
+            n if n > meetings::MAX_PAGE_SIZE => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size {n}: at most {}; follow next_page_token for more",
+                    meetings::MAX_PAGE_SIZE
+                )));
+            }
+            n => n,
+        };
+        let (page, more) = self.state.meetings.page(&r.page_token, size);
+        // The token is the last id of the page: pages stay right while
+        // meetings are created and deleted between calls.
+        let next_page_token = match (more, page.last()) {
+            (true, Some(last)) => last.meeting_id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListMeetingSettingsResponse {
+            meetings: page.into_iter().map(managed_out).collect(),
+            next_page_token,
+        }))
     }
 
     async fn start_recording(

@@ -215,7 +215,7 @@ async fn a_created_meeting_rules_its_room_and_outlives_a_restart() {
     assert_eq!(got.settings.as_ref(), Some(&locked));
     assert_eq!(got.created_at, created.created_at);
     let list = a
-        .list_meeting_settings(ListMeetingSettingsRequest {})
+        .list_meeting_settings(ListMeetingSettingsRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -281,7 +281,7 @@ async fn bad_requests_get_their_status_and_change_nothing() {
             .unwrap()
             .into_inner();
         let all = a
-            .list_meeting_settings(ListMeetingSettingsRequest {})
+            .list_meeting_settings(ListMeetingSettingsRequest::default())
             .await
             .unwrap()
             .into_inner();
@@ -382,6 +382,15 @@ async fn bad_requests_get_their_status_and_change_nothing() {
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "create {bad:?}");
     }
+    // A page too large to answer under gRPC's usual message limit.
+    let e = a
+        .list_meeting_settings(ListMeetingSettingsRequest {
+            page_size: 501,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
     // A second create of the same id.
     let e = a
         .create_meeting(CreateMeetingRequest {

@@ -86,15 +86,25 @@ pub struct DeleteMeetingRequest {
 /// The meeting is deleted.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeleteMeetingResponse {}
-/// Asks for every managed meeting.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct ListMeetingSettingsRequest {}
-/// Every managed meeting, sorted by id.
+/// Asks for a page of managed meetings.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListMeetingSettingsRequest {
+    /// Most meetings in the answer, 1 to 500; 0 means 100.
+    #[prost(uint32, tag = "1")]
+    pub page_size: u32,
+    /// Empty for the first page; then the previous answer's next_page_token.
+    #[prost(string, tag = "2")]
+    pub page_token: ::prost::alloc::string::String,
+}
+/// A page of managed meetings, sorted by id.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListMeetingSettingsResponse {
     /// One entry per meeting.
     #[prost(message, repeated, tag = "1")]
     pub meetings: ::prost::alloc::vec::Vec<ManagedMeeting>,
+    /// Give it as page_token for the next page; empty after the last.
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
 }
 /// Asks for every meeting.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -570,7 +580,9 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("convene.admin.v1.Admin", "DeleteMeeting"));
             self.inner.unary(req, path, codec).await
         }
-        /// Every managed meeting with its settings, sorted by id, live or not.
+        /// Managed meetings with their settings, sorted by id, live or not, a page
+        /// at a time (a page of 500 with full metadata stays under gRPC's usual
+        /// 4 MiB message limit). INVALID_ARGUMENT for a page_size over 500.
         pub async fn list_meeting_settings(
             &mut self,
             request: impl tonic::IntoRequest<super::ListMeetingSettingsRequest>,
@@ -674,7 +686,9 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::DeleteMeetingRequest>,
         ) -> std::result::Result<tonic::Response<super::DeleteMeetingResponse>, tonic::Status>;
-        /// Every managed meeting with its settings, sorted by id, live or not.
+        /// Managed meetings with their settings, sorted by id, live or not, a page
+        /// at a time (a page of 500 with full metadata stays under gRPC's usual
+        /// 4 MiB message limit). INVALID_ARGUMENT for a page_size over 500.
         async fn list_meeting_settings(
             &self,
             request: tonic::Request<super::ListMeetingSettingsRequest>,

@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use cache::{MeetingCache, Policy};
-pub use settings::{MAX_MANAGED_MEETINGS, ManagedMeeting, MeetingSettings, SettingsError};
+pub use settings::{
+    DEFAULT_PAGE_SIZE, MAX_MANAGED_MEETINGS, MAX_PAGE_SIZE, ManagedMeeting, MeetingSettings,
+    SettingsError,
+};
 pub use store::{Store, StoreError};
 
 /// Why a change to managed meetings was refused.
@@ -106,6 +109,23 @@ impl Meetings {
         self.rows().values().cloned().collect()
     }
 
+    /// At most `size` managed meetings with ids after `after` (all when
+    /// empty), sorted by id, and whether more follow.
+    pub fn page(&self, after: &str, size: usize) -> (Vec<ManagedMeeting>, bool) {
+        use std::ops::Bound;
+        let rows = self.rows();
+        let start = if after.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(after.to_string())
+        };
+        let mut it = rows
+            .range((start, Bound::Unbounded))
+            .map(|(_, m)| m.clone());
+        let page: Vec<ManagedMeeting> = it.by_ref().take(size).collect();
+        (page, it.next().is_some())
+    }
+
     /// Creates a meeting; it is stored before this returns.
     pub async fn create(
         &self,
@@ -186,4 +206,26 @@ impl Meetings {
 
 fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pages_cover_every_meeting_once_in_order() {
+        let m = Meetings::open(None, Arc::new(MeetingCache::ad_hoc(Vec::new()))).unwrap();
+        for id in ["c", "a", "e", "b", "d"] {
+            m.create(id, MeetingSettings::default()).await.unwrap();
+        }
+        let ids = |p: Vec<ManagedMeeting>| p.into_iter().map(|m| m.meeting_id).collect::<Vec<_>>();
+        let (p, more) = m.page("", 2);
+        assert_eq!((ids(p), more), (vec!["a".to_string(), "b".into()], true));
+        let (p, more) = m.page("b", 2);
+        assert_eq!((ids(p), more), (vec!["c".to_string(), "d".into()], true));
+        let (p, more) = m.page("d", 2);
+        assert_eq!((ids(p), more), (vec!["e".to_string()], false));
+        let (p, more) = m.page("e", 2);
+        assert_eq!((ids(p), more), (Vec::<String>::new(), false));
+    }
 }

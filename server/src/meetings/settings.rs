@@ -12,6 +12,12 @@ pub const MAX_EMPTY_TIMEOUT_S: u32 = 7 * 24 * 3600;
 /// (or a stolen admin token) cannot fill the disk.
 pub const MAX_MANAGED_MEETINGS: usize = 10_000;
 
+/// Most meetings in one page of ListMeetingSettings: 500 with full metadata
+/// is about 2.2 MB, under gRPC's usual 4 MiB message limit.
+pub const MAX_PAGE_SIZE: usize = 500;
+/// Meetings in a page of ListMeetingSettings when the request names no size.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+
 /// What a meeting created through the admin API asks of its room.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MeetingSettings {
