@@ -1104,6 +1104,22 @@ mod tests {
     }
 
     #[test]
+    fn ad_hoc_meetings_are_on_unless_turned_off() {
+        assert!(Config::load(&cli(&[])).unwrap().ad_hoc_meetings);
+        assert!(
+            Config::load(&cli(&["--ad-hoc-meetings"]))
+                .unwrap()
+                .ad_hoc_meetings
+        );
+        for off in [
+            &["--ad-hoc-meetings=false"][..],
+            &["--ad-hoc-meetings", "false"],
+        ] {
+            assert!(!Config::load(&cli(off)).unwrap().ad_hoc_meetings, "{off:?}");
+        }
+    }
+
+    #[test]
     fn printed_settings_load_back_as_the_file() {
         let given = Config::load(&cli(&[
             "--listen=127.0.0.1:8443",
@@ -1130,6 +1146,8 @@ mod tests {
             "--log=debug",
             "--waiting-room=lobby",
             "--waiting-room=vip-*,team",
+            "--ad-hoc-meetings=false",
+            "--data-dir=/var/lib/convene",
             "--worker-threads=3",
             "--busy-cpu-percent=80",
             "--busy-queue-delay-ms=200",
