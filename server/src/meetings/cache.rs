@@ -3,15 +3,16 @@
 //! sits on the join path.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use super::settings::MeetingSettings;
 
 /// How the server treats a meeting a participant joins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Policy {
-    /// Created through the admin API: its settings rule the room.
-    Managed(MeetingSettings),
+    /// Created through the admin API: its settings rule the room. Shared,
+    /// so a join copies a pointer rather than up to 4 KiB of metadata.
+    Managed(Arc<MeetingSettings>),
     /// Nobody created it, and ad-hoc meetings are allowed: the server's
     /// defaults, with a waiting room when `--waiting-room` names it.
     AdHoc {
@@ -26,7 +27,7 @@ pub enum Policy {
 #[derive(Debug, Default)]
 pub struct MeetingCache {
     /// Settings by meeting id.
-    settings: RwLock<HashMap<String, MeetingSettings>>,
+    settings: RwLock<HashMap<String, Arc<MeetingSettings>>>,
     /// Meetings nobody created may be joined.
     ad_hoc: bool,
     /// Ad-hoc meetings with a waiting room: ids, or prefixes ending in `*`.
@@ -69,7 +70,7 @@ impl MeetingCache {
 
     /// Records (or replaces) a meeting's settings.
     pub fn put(&self, meeting: &str, settings: MeetingSettings) {
-        self.write().insert(meeting.to_string(), settings);
+        self.write().insert(meeting.to_string(), Arc::new(settings));
     }
 
     /// Forgets a meeting's settings.
@@ -87,11 +88,11 @@ impl MeetingCache {
         self.read().is_empty()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, MeetingSettings>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<MeetingSettings>>> {
         self.settings.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, MeetingSettings>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<MeetingSettings>>> {
         self.settings.write().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -116,7 +117,7 @@ mod tests {
             ..Default::default()
         };
         c.put("vip-1", s.clone());
-        assert_eq!(c.policy("vip-1"), Policy::Managed(s));
+        assert_eq!(c.policy("vip-1"), Policy::Managed(Arc::new(s)));
         c.remove("vip-1");
         assert_eq!(c.policy("vip-1"), Policy::AdHoc { waiting_room: true });
     }
@@ -126,6 +127,9 @@ mod tests {
         let c = MeetingCache::new(false, vec!["*".into()]);
         assert_eq!(c.policy("x"), Policy::Refused);
         c.put("x", MeetingSettings::default());
-        assert_eq!(c.policy("x"), Policy::Managed(MeetingSettings::default()));
+        assert_eq!(
+            c.policy("x"),
+            Policy::Managed(Arc::new(MeetingSettings::default()))
+        );
     }
 }
