@@ -39,6 +39,11 @@ const MAX_SILENCE_FILL: u64 = 10 * 60 * 50;
 /// Tracks recorded at once; more are refused (each holds a file and up to
 /// a fragment of media in memory).
 const MAX_TRACKS: usize = 512;
+/// Without keys, how long a newcomer's first frames wait before any is
+/// written, for the announcement of their keys if they encrypt.
+const HOLD: Duration = Duration::from_millis(500);
+/// Frames held per newcomer at most (half a second is about 40).
+const MAX_HELD: usize = 200;
 /// With --hls, how often the live participant is asked for a key frame:
 /// HLS segments start at one.
 const HLS_KEY_INTERVAL: Duration = Duration::from_secs(2);
@@ -274,6 +279,17 @@ struct Recorder<'a> {
     not_recorded: std::collections::BTreeSet<String>,
     /// The last session's end-to-end encryption, for the summary.
     e2ee_summary: Option<crate::e2ee::E2eeSummary>,
+    /// Newcomers' first frames, held while it is not known whether they
+    /// encrypt (only when the recorder has no keys).
+    held: HashMap<u32, Held>,
+    /// Participants whose frames are no longer held.
+    cleared: std::collections::HashSet<u32>,
+}
+
+/// A newcomer's first frames, with their arrival times (Unix µs).
+struct Held {
+    since: Instant,
+    frames: Vec<(u64, convene_protocol::MediaFrame)>,
 }
 
 /// How a session of the recorder ended.
@@ -368,6 +384,8 @@ pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCo
         me: 0,
         not_recorded: Default::default(),
         e2ee_summary: None,
+        held: HashMap::new(),
+        cleared: Default::default(),
     };
     let started = Instant::now();
     let deadline = args
@@ -571,6 +589,8 @@ impl Recorder<'_> {
             self.close(key);
         }
         self.offsets.clear();
+        self.held.clear();
+        self.cleared.clear();
         self.names.clear();
         self.present.clear();
         self.tracks.clear();
@@ -593,7 +613,11 @@ impl Recorder<'_> {
             self.present.insert(me);
             let present: Vec<u32> = self.present.iter().copied().collect();
             match E2ee::start(client, &self.args.meeting_id, &present, &self.status) {
-                Ok(e) => self.e2ee = Some(e),
+                Ok(e) => {
+                    // What was held came before the keys: it cannot be read.
+                    self.held.clear();
+                    self.e2ee = Some(e);
+                }
                 Err(e) => self
                     .status
                     .note(&format!("cannot take part in end-to-end encryption: {e:#}")),
@@ -641,6 +665,8 @@ impl Recorder<'_> {
             }
             ClientEvent::Room(S::ParticipantLeft(l)) => {
                 self.present.remove(&l.participant_id);
+                self.held.remove(&l.participant_id);
+                self.cleared.remove(&l.participant_id);
                 let keys: Vec<(u32, u32)> = self
                     .recordings
                     .keys()
@@ -683,6 +709,7 @@ impl Recorder<'_> {
                     .get(&m.from_participant_id)
                     .cloned()
                     .unwrap_or_default();
+                self.held.remove(&m.from_participant_id);
                 self.not_recorded.insert(if who.is_empty() {
                     m.from_participant_id.to_string()
                 } else {
@@ -697,7 +724,45 @@ impl Recorder<'_> {
         }
     }
 
+    /// A frame arrived. Without keys, a newcomer's frames are held for
+    /// [`HOLD`] before anything of theirs is written: a member who
+    /// encrypts announces it before their first frame, but the two can
+    /// arrive in either order, and ciphertext must never be written as if
+    /// it were sound or pictures.
     fn on_media(&mut self, client: &mut Client, m: &convene_protocol::MediaFrame) {
+        let sender = m.header().sender;
+        let arrival = unix_micros();
+        if self.e2ee.is_none() && !self.cleared.contains(&sender) {
+            let held = self.held.entry(sender).or_insert_with(|| Held {
+                since: Instant::now(),
+                frames: Vec::new(),
+            });
+            if held.since.elapsed() < HOLD {
+                if held.frames.len() < MAX_HELD {
+                    held.frames.push((arrival, m.clone()));
+                }
+                return;
+            }
+            let frames = self
+                .held
+                .remove(&sender)
+                .map(|h| h.frames)
+                .unwrap_or_default();
+            self.cleared.insert(sender);
+            for (at, f) in frames {
+                self.record_frame(client, &f, at);
+            }
+        }
+        self.record_frame(client, m, arrival);
+    }
+
+    /// Writes a frame that arrived at `arrival` (Unix µs).
+    fn record_frame(
+        &mut self,
+        client: &mut Client,
+        m: &convene_protocol::MediaFrame,
+        arrival: u64,
+    ) {
         let h = *m.header();
         let key = (h.sender, h.track_id);
         if !self.tracks.contains_key(&key) || self.encrypted.contains(&h.sender) {
@@ -710,7 +775,6 @@ impl Recorder<'_> {
                 None => return,
             },
         };
-        let arrival = unix_micros();
         let offset = *self
             .offsets
             .entry(h.sender)
@@ -735,7 +799,9 @@ impl Recorder<'_> {
         let outcome = if r.kind == TrackKind::Audio {
             let mut broken = None;
             if let Some(m) = self.mixer.as_mut() {
-                let now = unix_micros().saturating_sub(self.start_us) * 48 / 1000;
+                // The clock as it was when the frame arrived (held frames
+                // are written later).
+                let now = arrival.saturating_sub(self.start_us) * 48 / 1000;
                 match m.add(key, &r.codec, &payload, t_us * 48 / 1000, now) {
                     Ok(fragments) => {
                         if let (Some(live), Some(file)) = (self.live.as_mut(), m.file()) {
