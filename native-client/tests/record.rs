@@ -137,18 +137,8 @@ async fn a_recorded_clip_holds_its_h264_and_opus_in_step_at_their_lengths() {
     let audio_sent = sent["audio_frames_sent"].as_u64().unwrap();
     let video_sent = sent["video_frames_sent"].as_u64().unwrap();
     // The publisher left: the recorder finishes its files, then stops on SIGTERM.
-    let until = Instant::now() + DEADLINE;
-    while recorder.count_lines("finished ") < 2 {
-        assert!(
-            Instant::now() < until,
-            "the recorder did not finish both files: {:?}",
-            recorder.stderr
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &recorder.child.id().to_string()])
-        .status();
+    recorder.wait_for_lines("finished ", 2).await;
+    recorder.terminate();
     let (ok, report, err) = recorder.finish().await;
     let report = json(ok, &report, &err);
 
@@ -347,22 +337,11 @@ async fn an_encrypted_meeting_is_recorded_by_a_recorder_that_takes_the_keys_and_
          --audio tone --e2ee --duration 4",
     ));
     let stream = Running::start("stream", &stream_args);
-    let until = Instant::now() + DEADLINE;
-    while recorder.count_lines("finished ") < 2 {
-        assert!(
-            Instant::now() < until,
-            "the recorder did not finish both files: {:?}",
-            recorder.stderr
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    recorder.wait_for_lines("finished ", 2).await;
     let (ok, _, stream_err) = stream.finish().await;
     assert!(ok, "{stream_err:?}");
-    for r in [&recorder, &outsider] {
-        let _ = Command::new("kill")
-            .args(["-TERM", &r.child.id().to_string()])
-            .status();
-    }
+    recorder.terminate();
+    outsider.terminate();
     let (ok, out, err) = recorder.finish().await;
     let report = json(ok, &out, &err);
     let (ok, out, outsider_err) = outsider.finish().await;
@@ -477,18 +456,8 @@ async fn the_active_speaker_stream_follows_who_speaks_and_carries_everyones_soun
     assert!(ok, "{err:?}");
     let (ok, _, err) = quiet.finish().await;
     assert!(ok, "{err:?}");
-    let until = Instant::now() + DEADLINE;
-    while recorder.count_lines("finished ") < 4 {
-        assert!(
-            Instant::now() < until,
-            "the recorder did not finish the four files: {:?}",
-            recorder.stderr
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &recorder.child.id().to_string()])
-        .status();
+    recorder.wait_for_lines("finished ", 4).await;
+    recorder.terminate();
     let (ok, report, err) = recorder.finish().await;
     let report = json(ok, &report, &err);
 
@@ -646,19 +615,9 @@ async fn a_recorder_that_loses_its_server_finishes_its_files_and_goes_on_in_new_
     // The same address again, as a restarted server would be; the stream
     // and the recorder both come back.
     let s = server_on(port, false).await;
-    let until = Instant::now() + DEADLINE;
-    while recorder.count_lines("recording video") < 2 || recorder.count_lines("recording audio") < 2
-    {
-        assert!(
-            Instant::now() < until,
-            "{:?}",
-            recorder.stderr.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &recorder.child.id().to_string()])
-        .status();
+    recorder.wait_for_lines("recording video", 2).await;
+    recorder.wait_for_lines("recording audio", 2).await;
+    recorder.terminate();
     let (ok, report, err) = recorder.finish().await;
     let report = json(ok, &report, &err);
     // Two files of each kind, the first finished when the server went.
@@ -713,18 +672,8 @@ async fn a_shared_screen_is_recorded_and_takes_the_active_speaker_stream_while_s
     assert!(ok, "{err:?}");
     let (ok, _, err) = host.finish().await;
     assert!(ok, "{err:?}");
-    let until = Instant::now() + DEADLINE;
-    while recorder.count_lines("finished ") < 3 {
-        assert!(
-            Instant::now() < until,
-            "{:?}",
-            recorder.stderr.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &recorder.child.id().to_string()])
-        .status();
+    recorder.wait_for_lines("finished ", 3).await;
+    recorder.terminate();
     let (ok, report, err) = recorder.finish().await;
     let report = json(ok, &report, &err);
 

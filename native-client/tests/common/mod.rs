@@ -74,17 +74,29 @@ impl Running {
 
     /// Waits (off the runtime) until a stderr line contains `needle`.
     pub async fn wait_for_line(&self, needle: &str) {
+        self.wait_for_lines(needle, 1).await;
+    }
+
+    /// Waits (off the runtime) until `count` stderr lines contain `needle`.
+    pub async fn wait_for_lines(&self, needle: &str, count: usize) {
         let lines = self.stderr.clone();
         let needle = needle.to_string();
         tokio::task::spawn_blocking(move || {
             let until = Instant::now() + DEADLINE;
             loop {
-                if lines.lock().unwrap().iter().any(|l| l.contains(&needle)) {
+                if lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|l| l.contains(&needle))
+                    .count()
+                    >= count
+                {
                     return;
                 }
                 assert!(
                     Instant::now() < until,
-                    "no line with `{needle}` on stderr within {DEADLINE:?}: {:?}",
+                    "not {count} lines with `{needle}` on stderr within {DEADLINE:?}: {:?}",
                     lines.lock().unwrap()
                 );
                 std::thread::sleep(Duration::from_millis(20));
@@ -92,6 +104,13 @@ impl Running {
         })
         .await
         .unwrap();
+    }
+
+    /// Asks the process to stop, as a service manager would (SIGTERM).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
     }
 
     pub fn count_lines(&self, needle: &str) -> usize {
