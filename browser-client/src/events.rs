@@ -37,6 +37,14 @@ pub(crate) fn pump(app: &mut App) {
                 app.recording_request = None;
                 screens::toast(format!("Recording: {}", e.text));
             }
+            ClientEvent::Error(e)
+                if e.code == v1::ErrorCode::E2eeRequired as i32 && app.keyring.is_none() =>
+            {
+                // The meeting came to require encryption while we were in it.
+                app.e2ee_wanted = true;
+                e2ee::start(app);
+                screens::toast("This meeting now requires end-to-end encryption: encrypting");
+            }
             ClientEvent::JoinRefused(e) => ui::status(format!("The server said: {}", e.text)),
             ClientEvent::Error(e) => ui::notice(format!("The server said: {}", e.text)),
             ClientEvent::Closed => on_closed(app),
@@ -145,6 +153,8 @@ fn on_joined(app: &mut App, j: v1::Joined) {
         let _ = root.set_attribute("data-transport", label);
     }
     screens::show_roster(app);
+    // A meeting that requires encryption has it, whatever the link said.
+    app.e2ee_wanted |= j.e2ee_required;
     e2ee::start(app);
     app.want_camera = true;
     let me = app.session.participant_id();

@@ -344,7 +344,13 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
         client.transport()
     ));
 
-    let mut e2ee = if args.e2ee {
+    if joined.e2ee_required && !args.e2ee {
+        status.note(&format!(
+            "meeting `{}` requires end-to-end encryption: decrypting as with --e2ee",
+            args.meeting_id
+        ));
+    }
+    let mut e2ee = if args.e2ee || joined.e2ee_required {
         let present: Vec<u32> = joined
             .participants
             .iter()

@@ -190,6 +190,24 @@ pub fn kid(participant_id: u32, generation: u32) -> u64 {
     u64::from(participant_id) << 32 | u64::from(generation)
 }
 
+/// True when `payload`, an `E2eeSend` to the room, is an identity key
+/// announcement (§14.1): what a server that requires encryption waits for
+/// before it forwards a member's media.
+pub fn is_announcement(payload: &[u8]) -> bool {
+    payload.len() == ANNOUNCE_LEN && payload[0] == ANNOUNCE
+}
+
+/// True when a media payload has the shape of `sender`'s SFrame
+/// encryption (§14.4): a header whose KID names the sender, and room for the
+/// tag. A server cannot open the frame; this is how it tells encrypted media
+/// from plain media in a meeting that requires encryption.
+pub fn looks_sealed_by(payload: &[u8], sender: u32) -> bool {
+    match Header::parse(payload) {
+        Ok((h, len)) => h.kid >> 32 == u64::from(sender) && payload.len() >= len + SUITE.tag_len(),
+        Err(_) => false,
+    }
+}
+
 /// The SFrame metadata of a media frame: every header field but the sender
 /// (which the server writes), then the decoder configuration. Authenticated,
 /// so the server cannot move a payload to another track, time or key flag.

@@ -64,6 +64,7 @@ pub fn server_session(data: &[u8]) {
                         meeting_id: join.meeting_id,
                         participants: Vec::new(),
                         locked: false,
+                        e2ee_required: false,
                     })
                     .expect("a Join event is answerable"),
                 _ => {}

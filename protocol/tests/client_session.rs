@@ -194,6 +194,7 @@ fn client_and_server_sessions_complete_a_handshake_and_join() {
                         meeting_id: join.meeting_id,
                         participants: vec![],
                         locked: false,
+                        e2ee_required: false,
                     })
                     .unwrap(),
                 ServerEvent::Media(m) => {

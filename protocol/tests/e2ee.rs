@@ -356,3 +356,33 @@ fn garbage_never_panics() {
     let (meta, ct) = send(&mut room, 2, 1, b"ok");
     assert_eq!(room.ring(1).decrypt(2, &meta, &ct).unwrap(), b"ok");
 }
+
+#[test]
+fn a_server_tells_announcements_and_sealed_frames_from_plain_ones() {
+    let ring = Keyring::new("meeting-1", 5, seed(5, 7));
+    assert!(e2ee::is_announcement(&ring.start().payload));
+    assert!(!e2ee::is_announcement(&[e2ee::ANNOUNCE; 33]));
+    assert!(!e2ee::is_announcement(&[e2ee::SENDER_KEY; 34]));
+    assert!(!e2ee::is_announcement(&[]));
+
+    let mut room = Room::new();
+    room.join(5);
+    room.join(6);
+    let (_, ct) = send(&mut room, 5, 1, b"a frame of pictures");
+    assert!(e2ee::looks_sealed_by(&ct, 5));
+    // Stamped by another sender, the KID does not match.
+    assert!(!e2ee::looks_sealed_by(&ct, 6));
+    // A header without room for the tag is not a sealed frame.
+    let (_, len) = convene_protocol::sframe::Header::parse(&ct).unwrap();
+    assert!(!e2ee::looks_sealed_by(
+        &ct[..len + e2ee::SUITE.tag_len() - 1],
+        5
+    ));
+    // Plain media: an H.264 start code, an Opus TOC byte, nothing.
+    assert!(!e2ee::looks_sealed_by(
+        &[0, 0, 0, 1, 0x65, 0x88, 0x84, 0x00],
+        5
+    ));
+    assert!(!e2ee::looks_sealed_by(&[0x78; 80], 5));
+    assert!(!e2ee::looks_sealed_by(&[], 5));
+}

@@ -535,3 +535,121 @@ async fn joins_are_refused_once_the_meeting_has_expired() {
     s.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A video frame of track 1 carrying `payload` (the server stamps the sender).
+fn video_frame(sequence: u32, payload: &[u8]) -> bytes::Bytes {
+    let h = convene_protocol::media::MediaHeader {
+        key: true,
+        sender: 0,
+        track_id: 1,
+        sequence,
+        capture_timestamp_us: 1_000 * u64::from(sequence),
+    };
+    convene_protocol::MediaFrame::build(&h, None, payload).into_bytes()
+}
+
+/// `payload` sealed by `ring` as frame `sequence` of track 1 (§14.4).
+fn sealed(ring: &mut convene_protocol::e2ee::Keyring, sequence: u32, payload: &[u8]) -> Vec<u8> {
+    let h = convene_protocol::media::MediaHeader {
+        key: true,
+        sender: 0,
+        track_id: 1,
+        sequence,
+        capture_timestamp_us: 1_000 * u64::from(sequence),
+    };
+    ring.encrypt(&convene_protocol::e2ee::media_metadata(&h, None), payload)
+}
+
+/// Media `c` receives until a frame with `last` as its sequence: their sequences.
+async fn sequences_until(c: &mut Client, last: u32) -> Vec<u32> {
+    let mut seen = Vec::new();
+    while seen.last() != Some(&last) {
+        match c.next().await {
+            Some(common::Seen::Media(m)) => seen.push(m.header().sequence),
+            Some(common::Seen::Closed(code)) => panic!("closed ({code:?}) after {seen:?}"),
+            None => panic!("frame {last} never came; got {seen:?}"),
+            Some(common::Seen::Control(_)) => {}
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meeting_that_requires_encryption_forwards_only_sealed_media_after_an_announcement() {
+    let dir = temp_dir("e2ee-required");
+    let s = node(&dir, true).await;
+    let mut a = admin(&s, Some(ADMIN)).await;
+    let mut required = MeetingSettings {
+        e2ee_required: true,
+        ..Default::default()
+    };
+    a.create_meeting(CreateMeetingRequest {
+        meeting_id: "sealed".into(),
+        settings: Some(required.clone()),
+    })
+    .await
+    .expect("created");
+    let t = token(&mut a, "someone", &["publish_video", "subscribe"]).await;
+    let (mut alice, first) = join(&s, &t, "sealed").await;
+    assert!(
+        matches!(&first, S::Joined(j) if j.e2ee_required),
+        "Joined says encryption is required: {first:?}"
+    );
+    let (mut bob, _) = join(&s, &t, "sealed").await;
+    alice.send(common::publish(1, v1::TrackKind::Video)).await;
+    bob.expect(|m| matches!(m, S::TrackPublished(_))).await;
+
+    // Plain media is held, and its sender told once.
+    alice.send_raw(video_frame(1, b"a plain picture")).await;
+    let told = alice.expect(|m| matches!(m, S::Error(_))).await;
+    assert_eq!(error_code(&told), ErrorCode::E2eeRequired, "{told:?}");
+    // Sealed, but before the announcement: held too.
+    let mut ring = convene_protocol::e2ee::Keyring::new("sealed", alice.id, [7; 32]);
+    ring.participant_joined(bob.id);
+    let early = sealed(&mut ring, 2, b"picture two");
+    alice.send_raw(video_frame(2, &early)).await;
+    alice.send(C::E2ee(ring.start())).await;
+    bob.expect(|m| matches!(m, S::E2ee(e) if e.from_participant_id == alice.id))
+        .await;
+    let three = sealed(&mut ring, 3, b"picture three");
+    alice.send_raw(video_frame(3, &three)).await;
+    alice
+        .send_raw(video_frame(4, b"plain after announcing"))
+        .await;
+    // Sealed with a key that names somebody else: not this sender's.
+    let mut other = convene_protocol::e2ee::Keyring::new("sealed", bob.id, [9; 32]);
+    let forged = sealed(&mut other, 5, b"picture five");
+    alice.send_raw(video_frame(5, &forged)).await;
+    let six = sealed(&mut ring, 6, b"picture six");
+    alice.send_raw(video_frame(6, &six)).await;
+    assert_eq!(
+        sequences_until(&mut bob, 6).await,
+        vec![3, 6],
+        "only the sealed frames after the announcement"
+    );
+
+    // Not required any more: plain media flows; required again: held, and told again.
+    required.e2ee_required = false;
+    a.update_meeting(UpdateMeetingRequest {
+        meeting_id: "sealed".into(),
+        settings: Some(required.clone()),
+    })
+    .await
+    .expect("updated");
+    alice.send_raw(video_frame(7, b"plain is fine now")).await;
+    assert_eq!(sequences_until(&mut bob, 7).await, vec![7]);
+    required.e2ee_required = true;
+    a.update_meeting(UpdateMeetingRequest {
+        meeting_id: "sealed".into(),
+        settings: Some(required),
+    })
+    .await
+    .expect("updated");
+    alice.send_raw(video_frame(8, b"plain again")).await;
+    let told = alice.expect(|m| matches!(m, S::Error(_))).await;
+    assert_eq!(error_code(&told), ErrorCode::E2eeRequired, "{told:?}");
+    let nine = sealed(&mut ring, 9, b"picture nine");
+    alice.send_raw(video_frame(9, &nine)).await;
+    assert_eq!(sequences_until(&mut bob, 9).await, vec![9]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -448,8 +448,8 @@ pub(crate) async fn run(mut args: StreamArgs) -> anyhow::Result<std::process::Ex
             _ = sleep_until(stream.deadline) => break Ok(()),
         };
         let next = match joined {
-            Ok((client, present)) => {
-                let session = stream.start_session(client, present)?;
+            Ok((client, present, e2ee_required)) => {
+                let session = stream.start_session(client, present, e2ee_required)?;
                 stream.publish(session).await
             }
             Err(failure) => stream.connect_failed(failure).await,
@@ -540,6 +540,8 @@ struct Session {
     client: Client,
     /// How many others are in the room, for the status line.
     peers: usize,
+    /// Everyone in the room, us included: whom a keyring started later counts in.
+    present: Vec<u32>,
     /// The session negotiated sfu.1 and the track was published with its
     /// encodings: pictures go out as LAYERED frames.
     layered: bool,
@@ -601,7 +603,7 @@ impl<'a> Stream<'a> {
     }
 
     /// Connects to the server whose turn it is, joins and publishes.
-    async fn connect(&self) -> Result<(Client, Vec<u32>), Failure> {
+    async fn connect(&self) -> Result<(Client, Vec<u32>, bool), Failure> {
         let (width, height) = (self.args.plan.width, self.args.plan.height);
         let endpoint = &self.endpoints[self.reconnect.at];
         connect(self.args, endpoint, width, height, &self.status).await
@@ -622,8 +624,14 @@ impl<'a> Stream<'a> {
         ControlFlow::Continue(())
     }
 
-    /// A session joined: notes it, starts E2EE with --e2ee and asks for a key frame.
-    fn start_session(&mut self, mut client: Client, present: Vec<u32>) -> anyhow::Result<Session> {
+    /// A session joined: notes it, starts E2EE with --e2ee or when the
+    /// meeting requires it, and asks for a key frame.
+    fn start_session(
+        &mut self,
+        mut client: Client,
+        present: Vec<u32>,
+        e2ee_required: bool,
+    ) -> anyhow::Result<Session> {
         let peers = present.len().saturating_sub(1);
         self.reconnect.connected();
         self.summary.connects += 1;
@@ -640,7 +648,13 @@ impl<'a> Stream<'a> {
             client.transport(),
             self.reconnect.url()
         ));
-        self.e2ee = if self.args.e2ee {
+        if e2ee_required && !self.args.e2ee {
+            self.status.note(&format!(
+                "meeting `{}` requires end-to-end encryption: encrypting as with --e2ee",
+                self.args.meeting_id
+            ));
+        }
+        self.e2ee = if self.args.e2ee || e2ee_required {
             Some(E2ee::start(
                 &mut client,
                 &self.args.meeting_id,
@@ -686,6 +700,7 @@ impl<'a> Stream<'a> {
             client,
             layered,
             peers,
+            present,
             audio_tick,
             status_tick,
             window: Window::default(),
@@ -766,8 +781,33 @@ impl<'a> Stream<'a> {
                 }
                 tracing::info!(mask = d.active_mask, "encoding demand");
             }
-            Some(ClientEvent::Room(S::ParticipantJoined(_))) => s.peers += 1,
-            Some(ClientEvent::Room(S::ParticipantLeft(_))) => s.peers = s.peers.saturating_sub(1),
+            Some(ClientEvent::Room(S::ParticipantJoined(j))) => {
+                s.peers += 1;
+                s.present.extend(j.participant.map(|p| p.participant_id));
+            }
+            Some(ClientEvent::Room(S::ParticipantLeft(l))) => {
+                s.peers = s.peers.saturating_sub(1);
+                s.present.retain(|p| *p != l.participant_id);
+            }
+            Some(ClientEvent::Error(e))
+                if e.code == convene_protocol::ErrorCode::E2eeRequired as i32
+                    && self.e2ee.is_none() =>
+            {
+                // The meeting came to require encryption while we were in it.
+                self.status.note(&format!(
+                    "meeting `{}` now requires end-to-end encryption: encrypting from now on",
+                    self.args.meeting_id
+                ));
+                match E2ee::start(
+                    &mut s.client,
+                    &self.args.meeting_id,
+                    &s.present,
+                    &self.status,
+                ) {
+                    Ok(e) => self.e2ee = Some(e),
+                    Err(e) => return Next::End(Err(e)),
+                }
+            }
             Some(ClientEvent::Room(S::CongestionHint(h))) if h.track_id == VIDEO_TRACK => {
                 self.summary.congestion_hints += 1;
                 // The server's word goes to the encoder at once
@@ -1019,7 +1059,7 @@ async fn connect(
     width: usize,
     height: usize,
     status: &StatusLine,
-) -> Result<(Client, Vec<u32>), Failure> {
+) -> Result<(Client, Vec<u32>, bool), Failure> {
     let mut until = tokio::time::Instant::now() + JOIN_TIMEOUT;
     let config = ClientSessionConfig {
         client_kind: ClientKind::Native,
@@ -1042,6 +1082,7 @@ async fn connect(
     .map_err(|e| Failure::Unreachable(format!("cannot connect: {e}")))?;
     // Who is in the room (us included), kept up to date until we return.
     let mut present: Vec<u32>;
+    let e2ee_required;
     let mut waiting = false;
     loop {
         // A waiting room may hold us as long as the moderator takes.
@@ -1059,6 +1100,7 @@ async fn connect(
             }
             Some(ClientEvent::Joined(j)) => {
                 present = j.participants.iter().map(|p| p.participant_id).collect();
+                e2ee_required = j.e2ee_required;
                 break;
             }
             Some(ClientEvent::Waiting(_)) => {
@@ -1144,7 +1186,7 @@ async fn connect(
             }
         }
     }
-    Ok((c, present))
+    Ok((c, present, e2ee_required))
 }
 
 /// Sleeps; true when the run should end instead (Ctrl-C or `--duration`).

@@ -139,6 +139,8 @@ pub enum ErrorCode {
     UnknownMeeting = 311,
     /// The meeting was created with an expiry, and it has passed.
     MeetingExpired = 312,
+    /// The meeting requires end-to-end encryption, and a media frame was not sealed by its sender or came before the sender announced an identity key.
+    E2eeRequired = 313,
     /// The participant already publishes the maximum number of tracks.
     TooManyTracks = 400,
     /// Publish used a track id the participant already publishes.
@@ -204,6 +206,7 @@ impl ErrorCode {
             Self::TooManyRecorders => "ERROR_CODE_TOO_MANY_RECORDERS",
             Self::UnknownMeeting => "ERROR_CODE_UNKNOWN_MEETING",
             Self::MeetingExpired => "ERROR_CODE_MEETING_EXPIRED",
+            Self::E2eeRequired => "ERROR_CODE_E2EE_REQUIRED",
             Self::TooManyTracks => "ERROR_CODE_TOO_MANY_TRACKS",
             Self::DuplicateTrack => "ERROR_CODE_DUPLICATE_TRACK",
             Self::UnknownTrack => "ERROR_CODE_UNKNOWN_TRACK",
@@ -255,6 +258,7 @@ impl ErrorCode {
             "ERROR_CODE_TOO_MANY_RECORDERS" => Some(Self::TooManyRecorders),
             "ERROR_CODE_UNKNOWN_MEETING" => Some(Self::UnknownMeeting),
             "ERROR_CODE_MEETING_EXPIRED" => Some(Self::MeetingExpired),
+            "ERROR_CODE_E2EE_REQUIRED" => Some(Self::E2eeRequired),
             "ERROR_CODE_TOO_MANY_TRACKS" => Some(Self::TooManyTracks),
             "ERROR_CODE_DUPLICATE_TRACK" => Some(Self::DuplicateTrack),
             "ERROR_CODE_UNKNOWN_TRACK" => Some(Self::UnknownTrack),
@@ -894,6 +898,10 @@ pub struct Joined {
     /// True when the room is locked.
     #[prost(bool, tag = "3")]
     pub locked: bool,
+    /// True when the meeting requires end-to-end encryption (§14): the server
+    /// forwards only a member's sealed media, after its announcement.
+    #[prost(bool, tag = "4")]
+    pub e2ee_required: bool,
 }
 /// The answer to a Join held in the waiting room (§5.8).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -39,6 +39,7 @@ impl ErrorCode {
         ErrorCode::TooManyRecorders,
         ErrorCode::UnknownMeeting,
         ErrorCode::MeetingExpired,
+        ErrorCode::E2eeRequired,
         ErrorCode::TooManyTracks,
         ErrorCode::DuplicateTrack,
         ErrorCode::UnknownTrack,
@@ -130,6 +131,7 @@ impl ErrorCode {
             ErrorCode::TooManyRecorders => "7",
             ErrorCode::UnknownMeeting => "5.3",
             ErrorCode::MeetingExpired => "5.3",
+            ErrorCode::E2eeRequired => "14",
             ErrorCode::TooManyTracks => "7",
             ErrorCode::DuplicateTrack => "5.4",
             ErrorCode::UnknownTrack => "5.4",
@@ -182,6 +184,7 @@ impl ErrorCode {
             ErrorCode::TooManyRecorders => "TOO_MANY_RECORDERS",
             ErrorCode::UnknownMeeting => "UNKNOWN_MEETING",
             ErrorCode::MeetingExpired => "MEETING_EXPIRED",
+            ErrorCode::E2eeRequired => "E2EE_REQUIRED",
             ErrorCode::TooManyTracks => "TOO_MANY_TRACKS",
             ErrorCode::DuplicateTrack => "DUPLICATE_TRACK",
             ErrorCode::UnknownTrack => "UNKNOWN_TRACK",
@@ -282,6 +285,9 @@ impl ErrorCode {
             ErrorCode::MeetingExpired => {
                 "The meeting was created with an expiry, and it has passed."
             }
+            ErrorCode::E2eeRequired => {
+                "The meeting requires end-to-end encryption, and a media frame was not sealed by its sender or came before the sender announced an identity key."
+            }
             ErrorCode::TooManyTracks => {
                 "The participant already publishes the maximum number of tracks."
             }
@@ -352,6 +358,7 @@ impl ErrorCode {
             "TOO_MANY_RECORDERS" => Some(ErrorCode::TooManyRecorders),
             "UNKNOWN_MEETING" => Some(ErrorCode::UnknownMeeting),
             "MEETING_EXPIRED" => Some(ErrorCode::MeetingExpired),
+            "E2EE_REQUIRED" => Some(ErrorCode::E2eeRequired),
             "TOO_MANY_TRACKS" => Some(ErrorCode::TooManyTracks),
             "DUPLICATE_TRACK" => Some(ErrorCode::DuplicateTrack),
             "UNKNOWN_TRACK" => Some(ErrorCode::UnknownTrack),

@@ -119,6 +119,7 @@ impl Driver {
                         meeting_id: join.meeting_id.clone(),
                         participants: vec![],
                         locked: false,
+                        e2ee_required: false,
                     })
                     .unwrap(),
                 _ => {}

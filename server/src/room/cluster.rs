@@ -131,6 +131,8 @@ impl Room {
                 tracks: BTreeMap::new(),
                 settings: Default::default(),
                 budget: Default::default(),
+                announced: false,
+                told_e2ee: false,
             },
         );
         // A snapshot carries the tracks already published: as if published

@@ -242,6 +242,29 @@ impl Congestion {
 }
 
 impl Room {
+    /// A frame the room does not forward because the meeting requires
+    /// encryption and it is not sealed, or its sender has not announced a
+    /// key: the sender is told once (a client that did not know turns
+    /// encryption on), and the rest are dropped quietly.
+    fn held_for_encryption(
+        &mut self,
+        sender: u32,
+        track: u32,
+    ) -> Result<RouteStats, ProtocolError> {
+        let Some(m) = self.members.get_mut(&sender) else {
+            return Ok(RouteStats::default());
+        };
+        if std::mem::replace(&mut m.told_e2ee, true) {
+            return Ok(RouteStats::default());
+        }
+        Err(ProtocolError::new(
+            ErrorCode::E2eeRequired,
+            format!(
+                "this meeting requires end-to-end encryption: track {track}'s frames are not forwarded until you announce an identity key and seal every frame with SFrame (PROTOCOL.md §14)"
+            ),
+        ))
+    }
+
     /// Routes a media frame of `publisher`, already stamped, to the track's
     /// subscribers (PROTOCOL.md §6.3, §6.4, §6.6).
     pub fn route(
@@ -261,6 +284,9 @@ impl Room {
             self.allocate_budgets(now);
         }
         let remote_nodes = self.members.len() > self.local;
+        let plain = self.e2ee_required
+            && !(self.members.get(&h.sender).is_some_and(|m| m.announced)
+                && convene_protocol::e2ee::looks_sealed_by(&frame.payload(), h.sender));
         let Some((local_publisher, p)) = self
             .members
             .get_mut(&h.sender)
@@ -273,6 +299,9 @@ impl Room {
         };
         if p.info.muted {
             return Ok(stats);
+        }
+        if plain {
+            return self.held_for_encryption(h.sender, h.track_id);
         }
         // Audio goes ahead of everything in every subscriber's queue: a frame
         // no audio encoder makes is refused, so an audio grant cannot carry video.

@@ -152,6 +152,8 @@ impl Room {
                 tracks: BTreeMap::new(),
                 settings: Default::default(),
                 budget: Default::default(),
+                announced: false,
+                told_e2ee: false,
             },
         );
         self.budget_stale.add(pid);
@@ -184,6 +186,7 @@ impl Room {
             meeting_id: self.id.clone(),
             participants: self.members.values().map(view).collect(),
             locked: self.locked,
+            e2ee_required: self.e2ee_required,
         }
     }
 

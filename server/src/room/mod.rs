@@ -98,6 +98,11 @@ struct Member {
     settings: v1::ReceiverSettings,
     /// How its bandwidth was last shared among its subscriptions (§6.6.3).
     budget: forward::budget::Budget,
+    /// It announced an identity key (§14.1): in a meeting that requires
+    /// encryption, its media is forwarded only from then on.
+    announced: bool,
+    /// It was told once that its media is held back for want of encryption.
+    told_e2ee: bool,
 }
 
 impl Member {
@@ -137,6 +142,9 @@ pub struct Room {
     members: BTreeMap<u32, Member>,
     /// Locked rooms refuse joins.
     locked: bool,
+    /// Only sealed media is forwarded, and only after its sender's
+    /// announcement (§14): the meeting requires end-to-end encryption.
+    e2ee_required: bool,
     /// Capacity.
     limits: RoomLimits,
     /// The other nodes.
@@ -266,6 +274,7 @@ impl Room {
             id: id.to_string(),
             members: BTreeMap::new(),
             locked: false,
+            e2ee_required: false,
             limits,
             bus,
             local: 0,
@@ -293,6 +302,13 @@ impl Room {
     /// moderator's LockRoom is (§5.8). Nobody in the room is removed.
     pub fn apply_settings(&mut self, s: &crate::meetings::MeetingSettings, server_max: u32) {
         self.waiting_room = s.waiting_room;
+        if s.e2ee_required && !self.e2ee_required {
+            // Everyone sending plain media is told again, once.
+            for m in self.members.values_mut() {
+                m.told_e2ee = false;
+            }
+        }
+        self.e2ee_required = s.e2ee_required;
         self.limits.max_participants = s.room_limit(server_max);
         if self.locked != s.locked {
             self.locked = s.locked;

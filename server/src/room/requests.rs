@@ -438,6 +438,12 @@ impl Room {
 
     /// E2ee: key exchange, relayed as is to everyone else or to one member (§5.7).
     fn e2ee(&mut self, pid: u32, e: v1::E2eeSend) -> Result<(), ProtocolError> {
+        if e.to_participant_id == 0
+            && convene_protocol::e2ee::is_announcement(&e.payload)
+            && let Some(m) = self.members.get_mut(&pid)
+        {
+            m.announced = true;
+        }
         let msg = Msg::E2ee(v1::E2eeMessage {
             from_participant_id: pid,
             to_participant_id: e.to_participant_id,
