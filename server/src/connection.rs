@@ -786,7 +786,7 @@ impl Connection {
         if let Some(room) = self.room.take() {
             self.state
                 .router
-                .leave(&room, self.session.participant_id());
+                .leave(self.state.now(), &room, self.session.participant_id());
         }
     }
 

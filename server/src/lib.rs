@@ -260,6 +260,32 @@ pub async fn start_node(
             }
         });
     }
+    {
+        // Ends managed meetings whose rooms stayed empty for their timeout.
+        let state = state.clone();
+        let mut stop = state.shutdown_signal();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                for meeting in state.router.end_idle(state.now()) {
+                    match state.meetings.end_idle(&meeting).await {
+                        Ok(()) => info!(
+                            meeting,
+                            "meeting ended: its room stayed empty for its empty-room timeout"
+                        ),
+                        Err(e) => {
+                            warn!(meeting, error = %e, "could not record that an idle meeting ended")
+                        }
+                    }
+                }
+            }
+        });
+    }
     if let Some(mut inbound) = inbound {
         let state = state.clone();
         let mut stop = state.shutdown_signal();

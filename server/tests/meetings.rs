@@ -11,7 +11,8 @@ use common::{Client, server};
 use convene_admin::admin_client::AdminClient;
 use convene_admin::{
     CreateMeetingRequest, DeleteMeetingRequest, GetMeetingRequest, ListMeetingSettingsRequest,
-    MeetingSettings, MintTokenRequest, StartRecordingRequest, UpdateMeetingRequest,
+    ListMeetingsRequest, MeetingSettings, MintTokenRequest, StartRecordingRequest,
+    UpdateMeetingRequest,
 };
 use convene_protocol::ErrorCode;
 use convene_protocol::v1::{self, client_message::Msg as C, server_message::Msg as S};
@@ -651,5 +652,99 @@ async fn a_meeting_that_requires_encryption_forwards_only_sealed_media_after_an_
     let nine = sealed(&mut ring, 9, b"picture nine");
     alice.send_raw(video_frame(9, &nine)).await;
     assert_eq!(sequences_until(&mut bob, 9).await, vec![9]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The participants `meeting`'s room has on this node, or None without a room.
+async fn room_size(a: &mut Admin, meeting: &str) -> Option<usize> {
+    a.list_meetings(ListMeetingsRequest {})
+        .await
+        .expect("meetings listed")
+        .into_inner()
+        .meetings
+        .into_iter()
+        .find(|m| m.meeting_id == meeting)
+        .map(|m| m.participants.len())
+}
+
+/// Waits (at most 30 s) until `meeting`'s room on this node has `want` participants.
+async fn wait_room_size(a: &mut Admin, meeting: &str, want: Option<usize>) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = room_size(a, meeting).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "room of {meeting}: {now:?} participants, never {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meeting_ends_once_its_room_stays_empty_for_its_timeout() {
+    let dir = temp_dir("empty-timeout");
+    let s = node(&dir, true).await;
+    let mut a = admin(&s, Some(ADMIN)).await;
+    let mut settings = MeetingSettings {
+        empty_timeout_seconds: 600,
+        ..Default::default()
+    };
+    a.create_meeting(CreateMeetingRequest {
+        meeting_id: "appointment".into(),
+        settings: Some(settings.clone()),
+    })
+    .await
+    .expect("created");
+    let t = token(&mut a, "someone", &["subscribe"]).await;
+    let (first, answer) = join(&s, &t, "appointment").await;
+    assert!(matches!(answer, S::Joined(_)), "{answer:?}");
+    drop(first);
+    // Everyone left: the room is kept, empty, and a join goes on in it.
+    wait_room_size(&mut a, "appointment", Some(0)).await;
+    let (second, answer) = join(&s, &t, "appointment").await;
+    assert!(matches!(answer, S::Joined(_)), "{answer:?}");
+    drop(second);
+    wait_room_size(&mut a, "appointment", Some(0)).await;
+    // A shorter timeout, already over: the meeting ends.
+    settings.empty_timeout_seconds = 1;
+    a.update_meeting(UpdateMeetingRequest {
+        meeting_id: "appointment".into(),
+        settings: Some(settings),
+    })
+    .await
+    .expect("updated");
+    wait_room_size(&mut a, "appointment", None).await;
+    // The room closes first, and the end is stored just after.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let ended = loop {
+        let m = a
+            .get_meeting(GetMeetingRequest {
+                meeting_id: "appointment".into(),
+            })
+            .await
+            .expect("still there")
+            .into_inner()
+            .settings
+            .expect("settings");
+        if m.expires_at != 0 {
+            break m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ended: {m:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        ended.expires_at != 0 && ended.expires_at <= now && now - ended.expires_at < 60,
+        "ended now: {ended:?}"
+    );
+    assert_eq!(room_size(&mut a, "appointment").await, None, "room closed");
+    let (_late, answer) = join(&s, &t, "appointment").await;
+    assert_eq!(error_code(&answer), ErrorCode::MeetingExpired);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -491,8 +491,8 @@ fn capacity_limits_give_their_errors() {
         ErrorCode::TooManyTracks
     );
     drop(r);
-    router.leave(&room, 1);
-    router.leave(&room, 2);
+    router.leave(t(0), &room, 1);
+    router.leave(t(0), &room, 2);
     assert_eq!(router.counts(), (0, 0));
     router
         .join(t(0), "b", person(5), false, local(&outbox()), |_| {})
@@ -575,4 +575,52 @@ fn a_publisher_is_hinted_down_while_subscribers_drop_its_video_and_back_up_after
         later[0].target_bitrate_kbps, 800,
         "back to the announced rate"
     );
+}
+
+#[test]
+fn an_empty_room_lingers_for_its_meetings_timeout_then_the_meeting_ends() {
+    use convene_server::meetings::{MeetingCache, MeetingSettings};
+    let cache = Arc::new(MeetingCache::ad_hoc(Vec::new()));
+    cache.put(
+        "clinic",
+        MeetingSettings {
+            empty_timeout_s: 10,
+            ..Default::default()
+        },
+    );
+    let router = Router::new(LIMITS).with_meetings(cache.clone());
+    let o = outbox();
+    let room = router
+        .join(t(0), "clinic", person(1), false, local(&o), |_| {})
+        .unwrap();
+    router.leave(t(1_000), &room, 1);
+    // Kept, empty: nothing ends before the timeout.
+    assert_eq!(router.counts(), (1, 0));
+    assert_eq!(router.end_idle(t(10_999)), Vec::<String>::new());
+    // A join within the timeout goes on in the same room, and starts the wait again.
+    let again = router
+        .join(t(5_000), "clinic", person(2), false, local(&o), |_| {})
+        .unwrap();
+    assert!(Arc::ptr_eq(&room, &again), "the same room");
+    router.leave(t(6_000), &again, 2);
+    assert_eq!(router.end_idle(t(15_999)), Vec::<String>::new());
+    assert_eq!(router.end_idle(t(16_000)), vec!["clinic".to_string()]);
+    assert_eq!(router.counts(), (0, 0));
+    assert_eq!(router.end_idle(t(60_000)), Vec::<String>::new(), "once");
+
+    // Ad-hoc meetings, and managed ones without a timeout, close at once.
+    let room = router
+        .join(t(0), "ad-hoc", person(3), false, local(&o), |_| {})
+        .unwrap();
+    router.leave(t(0), &room, 3);
+    assert_eq!(router.counts(), (0, 0));
+    // A timeout taken away while the room lingers: closed, nothing ended.
+    let room = router
+        .join(t(0), "clinic", person(4), false, local(&o), |_| {})
+        .unwrap();
+    router.leave(t(0), &room, 4);
+    assert_eq!(router.counts(), (1, 0));
+    cache.put("clinic", MeetingSettings::default());
+    assert_eq!(router.end_idle(t(1)), Vec::<String>::new());
+    assert_eq!(router.counts(), (0, 0));
 }

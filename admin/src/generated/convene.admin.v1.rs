@@ -14,14 +14,18 @@ pub struct MeetingSettings {
     /// 100000. A join over it is refused with ROOM_FULL.
     #[prost(uint32, tag = "3")]
     pub max_participants: u32,
-    /// Participants must encrypt end to end (§14). Stored, not yet enforced.
+    /// Participants must encrypt end to end: only sealed media is forwarded,
+    /// and Joined tells clients to encrypt (§14.7).
     #[prost(bool, tag = "4")]
     pub e2ee_required: bool,
     /// Recording may be started (§5.10); when false, StartRecording, from a
     /// moderator or this API, is refused (RECORDING_UNAVAILABLE, FAILED_PRECONDITION).
     #[prost(bool, tag = "5")]
     pub recording_allowed: bool,
-    /// Seconds an empty room is kept, at most 604800. Stored, not yet enforced.
+    /// Seconds the meeting may stay empty once everyone has left, at most
+    /// 604800: a join within them goes on with the same meeting; after them the
+    /// meeting ends (expires_at becomes that moment, so joins get
+    /// MEETING_EXPIRED). 0: it never ends for being empty.
     #[prost(uint32, tag = "6")]
     pub empty_timeout_seconds: u32,
     /// When the meeting expires, seconds since the Unix epoch, in the future;

@@ -171,6 +171,30 @@ impl Meetings {
         self.write(m).await
     }
 
+    /// Ends a meeting whose room stayed empty for its empty-room timeout:
+    /// its expiry becomes now, stored like any update, so later joins get
+    /// MEETING_EXPIRED and GetMeeting shows when it ended. Nothing happens
+    /// when the meeting was deleted, or its timeout removed, meanwhile.
+    pub async fn end_idle(&self, meeting_id: &str) -> Result<(), MeetingsError> {
+        let now = unix_now();
+        let _w = self.writes.lock().await;
+        let Ok(before) = self.get(meeting_id) else {
+            return Ok(());
+        };
+        if before.settings.empty_timeout_s == 0 || before.settings.expired(now) {
+            return Ok(());
+        }
+        let m = ManagedMeeting {
+            settings: MeetingSettings {
+                expires_at: now,
+                ..before.settings.clone()
+            },
+            updated_at: now,
+            ..before
+        };
+        self.write(m).await.map(|_| ())
+    }
+
     /// Deletes a meeting; a live room keeps the settings it has until it empties.
     pub async fn delete(&self, meeting_id: &str) -> Result<(), MeetingsError> {
         let _w = self.writes.lock().await;

@@ -28,14 +28,15 @@ pub struct MeetingSettings {
     /// Most participants in the room, on every node; 0 means the server's
     /// `--max-participants-per-room`, and a larger number is capped by it.
     pub max_participants: u32,
-    /// Participants must encrypt end to end (PROTOCOL.md §14). Stored and
-    /// returned; not enforced yet.
+    /// Participants must encrypt end to end: the room forwards only sealed
+    /// media, and Joined tells clients so (PROTOCOL.md §14.7).
     pub e2ee_required: bool,
     /// Recording may be started in this meeting; when false, StartRecording
     /// is refused with RECORDING_UNAVAILABLE.
     pub recording_allowed: bool,
-    /// Seconds an empty room is kept before it closes; 0 closes it at once.
-    /// Stored and returned; not enforced yet.
+    /// Seconds the room may stay empty before the meeting ends (its expiry
+    /// set to that moment); 0: the room closes at once and the meeting never
+    /// ends for being empty.
     pub empty_timeout_s: u32,
     /// When the meeting expires, seconds since the Unix epoch; 0 never.
     /// From then on joins are refused (MEETING_EXPIRED).

@@ -26,6 +26,10 @@ pub struct Router {
     bus: Arc<dyn Bus>,
     /// What each meeting asks of its room: managed settings, or the ad-hoc defaults.
     meetings: Arc<MeetingCache>,
+    /// Empty rooms of managed meetings with an empty-room timeout, kept
+    /// (still hearing the meeting from other nodes) since when they emptied.
+    /// Lock order: after the room map.
+    lingering: Mutex<HashMap<String, Timestamp>>,
 }
 
 /// Locks a room, recovering from a panic elsewhere rather than spreading it.
@@ -47,6 +51,7 @@ impl Router {
             ids: Mutex::new(IdAllocator::new(u32::from(bus.node()), PARTICIPANT_BITS)),
             bus,
             meetings: Arc::new(MeetingCache::ad_hoc(Vec::new())),
+            lingering: Mutex::new(HashMap::new()),
         }
     }
 
@@ -86,7 +91,56 @@ impl Router {
     /// (the two go together: a node hears a meeting while it has its room).
     fn close_room(&self, rooms: &mut HashMap<String, Arc<Mutex<Room>>>, id: &str) {
         rooms.remove(id);
+        self.lingering().remove(id);
         self.bus.interest(id, false);
+    }
+
+    /// A room just found empty: closed, unless its meeting has an empty-room
+    /// timeout; then it is kept, so a join here or on another node within
+    /// the timeout goes on with the same meeting, and [`Router::end_idle`]
+    /// ends the meeting once the timeout has passed.
+    fn emptied(&self, now: Timestamp, rooms: &mut HashMap<String, Arc<Mutex<Room>>>, id: &str) {
+        match self.meetings.policy(id) {
+            Policy::Managed(s) if s.empty_timeout_s > 0 => {
+                self.lingering().entry(id.to_string()).or_insert(now);
+            }
+            _ => self.close_room(rooms, id),
+        }
+    }
+
+    /// Closes the rooms of managed meetings that have been empty for their
+    /// timeout, and returns those meetings: they have ended (the caller
+    /// records it, so later joins are refused). A room whose meeting lost
+    /// its timeout meanwhile is closed without ending anything.
+    pub fn end_idle(&self, now: Timestamp) -> Vec<String> {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let due: Vec<(String, bool)> = self
+            .lingering()
+            .iter()
+            .filter_map(|(id, since)| match self.meetings.policy(id) {
+                Policy::Managed(s) if s.empty_timeout_s > 0 => (now.saturating_since(*since)
+                    >= std::time::Duration::from_secs(u64::from(s.empty_timeout_s)))
+                .then(|| (id.clone(), true)),
+                _ => Some((id.clone(), false)),
+            })
+            .collect();
+        let mut ended = Vec::new();
+        for (id, ends) in due {
+            let still_empty = rooms.get(&id).is_none_or(|r| lock(r).is_empty());
+            if still_empty {
+                self.close_room(&mut rooms, &id);
+                if ends {
+                    ended.push(id);
+                }
+            } else {
+                self.lingering().remove(&id);
+            }
+        }
+        ended
+    }
+
+    fn lingering(&self) -> MutexGuard<'_, HashMap<String, Timestamp>> {
+        self.lingering.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The bus to the other nodes.
@@ -139,19 +193,23 @@ impl Router {
             );
         }
         for room in targets {
-            let emptied = {
+            let (emptied, id) = {
                 let mut guard = lock(&room);
                 guard.apply_bus(now, msg.clone());
-                guard.is_empty()
+                (guard.is_empty(), guard.id().to_string())
             };
-            // Held Joins that were all refused leave an empty room behind.
-            if emptied {
-                let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-                let guard = lock(&room);
-                let id = guard.id().to_string();
-                if guard.is_empty() && rooms.get(&id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
-                    self.close_room(&mut rooms, &id);
-                }
+            if !emptied {
+                // Someone came back on another node: the meeting goes on.
+                self.lingering().remove(&id);
+                continue;
+            }
+            // Held Joins that were all refused, or the last member (on
+            // another node) gone, leave an empty room behind.
+            let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            let guard = lock(&room);
+            if guard.is_empty() && rooms.get(&id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
+                drop(guard);
+                self.emptied(now, &mut rooms, &id);
             }
         }
     }
@@ -171,7 +229,7 @@ impl Router {
             }
         }
         for id in emptied {
-            self.close_room(&mut rooms, &id);
+            self.emptied(now, &mut rooms, &id);
         }
     }
 
@@ -234,27 +292,33 @@ impl Router {
             Ok(j) => {
                 on_joined(j);
                 guard.tell_waiters_to(pid);
+                if !guard.is_empty() {
+                    self.lingering().remove(meeting);
+                }
                 drop(guard);
                 Ok(room)
             }
             Err(e) => {
                 if guard.is_empty() {
-                    self.close_room(&mut rooms, meeting);
+                    drop(guard);
+                    self.emptied(now, &mut rooms, meeting);
                 }
                 Err(e)
             }
         }
     }
 
-    /// Takes `pid` out of `room`, and drops the room when it is empty.
-    pub fn leave(&self, room: &Arc<Mutex<Room>>, pid: u32) {
+    /// Takes `pid` out of `room` at `now`, and drops the room when it is
+    /// empty (or keeps it for its meeting's empty-room timeout).
+    pub fn leave(&self, now: Timestamp, room: &Arc<Mutex<Room>>, pid: u32) {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let mut guard = lock(room);
         guard.leave(pid);
         if guard.is_empty() {
             let id = guard.id().to_string();
+            drop(guard);
             if rooms.get(&id).is_some_and(|r| Arc::ptr_eq(r, room)) {
-                self.close_room(&mut rooms, &id);
+                self.emptied(now, &mut rooms, &id);
             }
         }
     }
