@@ -234,7 +234,8 @@ impl Admin for AdminService {
         let m = self
             .state
             .meetings
-            .get(&r.meeting_id)
+            .read(&r.meeting_id)
+            .await
             .map_err(meetings_status)?;
         Ok(Response::new(managed_out(m)))
     }
@@ -284,7 +285,12 @@ impl Admin for AdminService {
             }
             n => n,
         };
-        let (page, more) = self.state.meetings.page(&r.page_token, size);
+        let (page, more) = self
+            .state
+            .meetings
+            .read_page(&r.page_token, size)
+            .await
+            .map_err(meetings_status)?;
         // The token is the last id of the page: pages stay right while
         // meetings are created and deleted between calls.
         let next_page_token = match (more, page.last()) {

@@ -355,6 +355,14 @@ settings! {
     /// live in memory and are lost when the server stops.
     #[arg(long, env = "CONVENE_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep managed meetings in this PostgreSQL database instead of the
+    /// embedded store, so every node of a cluster shares them and a change
+    /// on one node reaches rooms on all (e.g.
+    /// postgres://convene@db.internal/convene; a password belongs in the
+    /// environment, which `ps` does not show). Plain TCP or a Unix socket
+    /// (host=/run/postgresql): keep the database on a private network.
+    #[arg(long, env = "CONVENE_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Threads that run the server's work [default: one per core].
     #[arg(long, env = "CONVENE_WORKER_THREADS")]
     worker_threads: Option<usize>,

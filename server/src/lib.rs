@@ -161,14 +161,28 @@ pub async fn start_node(
         config.ad_hoc_meetings,
         config.waiting_rooms.clone(),
     ));
-    let data_dir = config.data_dir.clone();
-    let meetings =
-        tokio::task::spawn_blocking(move || meetings::Meetings::open(data_dir.as_deref(), cache))
+    let (meetings, changes) = match &config.database_url {
+        Some(url) => {
+            let (m, changes) = meetings::Meetings::open_postgres(url, cache).await?;
+            info!(
+                meetings = m.list().len(),
+                "managed meetings stored in PostgreSQL, shared with every node using it"
+            );
+            (m, Some(changes))
+        }
+        None => {
+            let data_dir = config.data_dir.clone();
+            let m = tokio::task::spawn_blocking(move || {
+                meetings::Meetings::open(data_dir.as_deref(), cache)
+            })
             .await
             .map_err(|e| StartError::Store(meetings::StoreError::Task(e.to_string())))??;
-    if let Some(d) = &config.data_dir {
-        info!(dir = %d.display(), meetings = meetings.list().len(), "managed meetings stored in {}", d.join(crate::meetings::store::FILE_NAME).display());
-    }
+            if let Some(d) = &config.data_dir {
+                info!(dir = %d.display(), meetings = m.list().len(), "managed meetings stored in {}", d.join(crate::meetings::store::FILE_NAME).display());
+            }
+            (m, None)
+        }
+    };
     let state = Arc::new(AppState::new(
         config,
         cert_sha256.clone(),
@@ -257,6 +271,23 @@ pub async fn start_node(
                     egress_mbps: (now.2.saturating_sub(last.2)) as f64 * 8.0 / wall / 1e6,
                 });
                 last = now;
+            }
+        });
+    }
+    if let Some(mut changes) = changes {
+        // Changes to managed meetings made on any node (PostgreSQL NOTIFY):
+        // the cache follows, then the live room here.
+        let state = state.clone();
+        tokio::spawn(async move {
+            while let Some(change) = changes.recv().await {
+                match state.meetings.refresh(change).await {
+                    Ok(ids) => {
+                        for id in ids {
+                            state.router.apply_settings(&id);
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "could not read a changed meeting"),
+                }
             }
         });
     }

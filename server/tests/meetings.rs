@@ -33,7 +33,11 @@ type Admin = AdminClient<
 
 /// A client of `s`'s admin API sending `token` (none when `None`).
 async fn admin(s: &convene_server::Server, token: Option<&str>) -> Admin {
-    let addr = s.admin_addr.expect("the admin API is on");
+    admin_at(s.admin_addr.expect("the admin API is on"), token).await
+}
+
+/// A client of the admin API at `addr` sending `token` (none when `None`).
+async fn admin_at(addr: std::net::SocketAddr, token: Option<&str>) -> Admin {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -747,4 +751,214 @@ async fn a_meeting_ends_once_its_room_stays_empty_for_its_timeout() {
     let (_late, answer) = join(&s, &t, "appointment").await;
     assert_eq!(error_code(&answer), ErrorCode::MeetingExpired);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A node of a cluster on `nats`, its meetings in the PostgreSQL at `db`.
+async fn pg_node(db: &str, nats: &common::nats::NatsServer, id: u16) -> convene_server::Server {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: Some(ADMIN.into()),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        auth_secret: Some(SECRET.into()),
+        database_url: Some(db.into()),
+        bus: Some(nats.url()),
+        node_id: Some(id),
+        node_timeout_ms: 1_500,
+        ..Config::default()
+    };
+    let s = convene_server::start(config).await.expect("node starts");
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while common::http_get(&s, "/readyz").await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {id} never ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_postgresql_share_meetings_and_changes_reach_rooms_within_a_second() {
+    let db = common::postgres::Postgres::start();
+    let nats = common::nats::NatsServer::start();
+    let a_node = pg_node(&db.url(), &nats, 1).await;
+    let b_node = pg_node(&db.url(), &nats, 2).await;
+    let mut a = admin(&a_node, Some(ADMIN)).await;
+    let mut b = admin(&b_node, Some(ADMIN)).await;
+
+    // Created through A: B knows it, and the same id cannot be created through B.
+    let mut settings = MeetingSettings {
+        max_participants: 5,
+        metadata: "{\"ward\":3}".into(),
+        ..Default::default()
+    };
+    let created = a
+        .create_meeting(CreateMeetingRequest {
+            meeting_id: "ward-3".into(),
+            settings: Some(settings.clone()),
+        })
+        .await
+        .expect("created")
+        .into_inner();
+    let seen = b
+        .get_meeting(GetMeetingRequest {
+            meeting_id: "ward-3".into(),
+        })
+        .await
+        .expect("B reads what A created")
+        .into_inner();
+    assert_eq!(seen, created);
+    let twice = b
+        .create_meeting(CreateMeetingRequest {
+            meeting_id: "ward-3".into(),
+            settings: Some(settings.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(twice.code(), Code::AlreadyExists, "{twice:?}");
+
+    // A room on B, with someone publishing in it.
+    let t = token(&mut a, "nurse", &["publish_video", "subscribe"]).await;
+    let (mut nurse, first) = join(&b_node, &t, "ward-3").await;
+    assert!(
+        matches!(&first, S::Joined(j) if !j.locked && !j.e2ee_required),
+        "{first:?}"
+    );
+    nurse.send(common::publish(1, v1::TrackKind::Video)).await;
+    nurse.expect(|m| matches!(m, S::TrackPublished(_))).await;
+
+    // Locked through A: the room on B is told within a second.
+    settings.locked = true;
+    let sent = std::time::Instant::now();
+    a.update_meeting(UpdateMeetingRequest {
+        meeting_id: "ward-3".into(),
+        settings: Some(settings.clone()),
+    })
+    .await
+    .expect("updated");
+    nurse
+        .expect(|m| matches!(m, S::RoomLocked(l) if l.locked))
+        .await;
+    let took = sent.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "the lock took {took:?}"
+    );
+    let (_late, answer) = join(&b_node, &t, "ward-3").await;
+    assert_eq!(error_code(&answer), ErrorCode::RoomLocked);
+
+    // Encryption required through A: B holds the nurse's plain media and says so.
+    settings.e2ee_required = true;
+    a.update_meeting(UpdateMeetingRequest {
+        meeting_id: "ward-3".into(),
+        settings: Some(settings.clone()),
+    })
+    .await
+    .expect("updated");
+    let sent = std::time::Instant::now();
+    let deadline = sent + std::time::Duration::from_secs(1);
+    let mut sequence = 0;
+    loop {
+        sequence += 1;
+        nurse.send_raw(video_frame(sequence, b"plain")).await;
+        let told = tokio::time::timeout(std::time::Duration::from_millis(50), async {
+            loop {
+                match nurse.next().await {
+                    Some(common::Seen::Control(S::Error(e))) => return e,
+                    Some(common::Seen::Closed(c)) => panic!("closed: {c:?}"),
+                    None => std::future::pending::<()>().await,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        if let Ok(e) = told {
+            assert_eq!(e.code, ErrorCode::E2eeRequired as i32, "{e:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still forwards plain media {:?} after the change",
+            sent.elapsed()
+        );
+    }
+
+    // Deleted through B: gone for A too; a node started later reads what is left.
+    b.delete_meeting(DeleteMeetingRequest {
+        meeting_id: "ward-3".into(),
+    })
+    .await
+    .expect("deleted");
+    let gone = a
+        .get_meeting(GetMeetingRequest {
+            meeting_id: "ward-3".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    a.create_meeting(CreateMeetingRequest {
+        meeting_id: "ward-4".into(),
+        settings: Some(MeetingSettings::default()),
+    })
+    .await
+    .expect("created");
+    let c_node = pg_node(&db.url(), &nats, 3).await;
+    let mut c = admin(&c_node, Some(ADMIN)).await;
+    let listed = c
+        .list_meeting_settings(ListMeetingSettingsRequest::default())
+        .await
+        .expect("listed")
+        .into_inner();
+    let ids: Vec<String> = listed
+        .meetings
+        .iter()
+        .map(|m| m.meeting_id.clone())
+        .collect();
+    assert_eq!(ids, vec!["ward-4".to_string()]);
+    drop(nurse);
+    for n in [a_node, b_node, c_node] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgresql_schema_is_migrated_once_and_a_newer_one_is_refused() {
+    use convene_server::meetings::{PgStore, StoreError, postgres::SCHEMA_VERSION};
+    let db = common::postgres::Postgres::start();
+    // Two nodes starting at once: both come up, the schema made once.
+    let url = db.url();
+    let (one, two) = tokio::join!(PgStore::connect(&url), PgStore::connect(&url));
+    let (one, _changes_one) = one.expect("first node");
+    let (two, _changes_two) = two.expect("second node");
+    assert_eq!(one.version().await.unwrap(), SCHEMA_VERSION);
+    assert_eq!(two.version().await.unwrap(), SCHEMA_VERSION);
+    let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let steps: i64 = client
+        .query_one("SELECT COUNT(*) FROM schema_version", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(steps, i64::from(SCHEMA_VERSION), "each step recorded once");
+    // A database a newer server migrated: refused, not changed.
+    client
+        .execute(
+            "INSERT INTO schema_version VALUES ($1, 0)",
+            &[&(SCHEMA_VERSION as i32 + 1)],
+        )
+        .await
+        .unwrap();
+    let e = PgStore::connect(&db.url()).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::TooNew { found } if found == SCHEMA_VERSION + 1),
+        "{e}"
+    );
+    // And a wrong address says what to check.
+    let e = PgStore::connect("postgres://convene@127.0.0.1:1/postgres")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("--database-url"), "{e}");
 }

@@ -9,7 +9,8 @@ use crate::process::run;
 /// in deploy/ is checked with systemd-analyze; the cluster tests start a
 /// real nats-server; the CLI builds libopus from source with cmake and
 /// reads microphones through ALSA; the recording and file-source tests
-/// make clips and read recordings with ffmpeg and ffprobe.
+/// make clips and read recordings with ffmpeg and ffprobe; the managed
+/// meetings tests start a real PostgreSQL.
 const BUILD_PACKAGES: &[&str] = &[
     "libclang-dev",
     "systemd",
@@ -17,6 +18,7 @@ const BUILD_PACKAGES: &[&str] = &[
     "cmake",
     "libasound2-dev",
     "ffmpeg",
+    "postgresql",
 ];
 
 /// Installs [`BUILD_PACKAGES`] when dpkg says they are missing. On a system

@@ -3,6 +3,7 @@
 //! ([`store::Store`]), copied into a cache joins read ([`cache::MeetingCache`]).
 
 pub mod cache;
+pub mod postgres;
 pub mod settings;
 pub mod store;
 
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use cache::{MeetingCache, Policy};
+pub use postgres::{Change, PgStore};
 pub use settings::{
     DEFAULT_PAGE_SIZE, MAX_MANAGED_MEETINGS, MAX_PAGE_SIZE, ManagedMeeting, MeetingSettings,
     SettingsError,
@@ -47,13 +49,22 @@ pub enum MeetingsError {
 pub struct Meetings {
     /// What joins read.
     cache: Arc<MeetingCache>,
-    /// The store, used only from blocking threads.
-    store: Arc<Mutex<Store>>,
+    /// Where the meetings are kept.
+    backend: Backend,
     /// Every meeting as stored, for the admin API's reads.
     rows: Mutex<std::collections::BTreeMap<String, ManagedMeeting>>,
     /// One change at a time, so the store, the rows and the cache change in
     /// the same order.
     writes: tokio::sync::Mutex<()>,
+}
+
+/// Where managed meetings are kept.
+#[derive(Debug)]
+enum Backend {
+    /// The embedded store of one node, used only from blocking threads.
+    Sqlite(Arc<Mutex<Store>>),
+    /// The database every node of a cluster shares.
+    Postgres(PgStore),
 }
 
 /// Seconds since the Unix epoch, by the system clock.
@@ -78,17 +89,84 @@ impl Meetings {
             }
             None => Store::in_memory()?,
         };
-        let mut rows = std::collections::BTreeMap::new();
-        for m in store.list()? {
-            cache.put(&m.meeting_id, m.settings.clone());
+        let all = store.list()?;
+        let meetings = Meetings {
+            cache,
+            backend: Backend::Sqlite(Arc::new(Mutex::new(store))),
+            rows: Mutex::new(Default::default()),
+            writes: tokio::sync::Mutex::new(()),
+        };
+        meetings.replace_all(all);
+        Ok(meetings)
+    }
+
+    /// Opens the meetings in the PostgreSQL database at `url` (migrating
+    /// it) and fills `cache` from it. Changes made by any node arrive on the
+    /// returned channel: give each to [`Meetings::refresh`].
+    pub async fn open_postgres(
+        url: &str,
+        cache: Arc<MeetingCache>,
+    ) -> Result<(Meetings, tokio::sync::mpsc::Receiver<Change>), StoreError> {
+        let (pg, changes) = PgStore::connect(url).await?;
+        let all = pg.list().await?;
+        let meetings = Meetings {
+            cache,
+            backend: Backend::Postgres(pg),
+            rows: Mutex::new(Default::default()),
+            writes: tokio::sync::Mutex::new(()),
+        };
+        meetings.replace_all(all);
+        Ok((meetings, changes))
+    }
+
+    /// True when the meetings live in a database shared by a cluster.
+    pub fn shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Reads again what another node changed: one meeting, or all of them.
+    /// Returns the meetings whose settings the live rooms should apply now.
+    pub async fn refresh(&self, change: Change) -> Result<Vec<String>, MeetingsError> {
+        let Backend::Postgres(pg) = &self.backend else {
+            return Ok(Vec::new());
+        };
+        let _w = self.writes.lock().await;
+        match change {
+            Change::Meeting(id) => {
+                match pg.get(&id).await? {
+                    Some(m) => {
+                        self.cache.put(&id, m.settings.clone());
+                        self.rows().insert(id.clone(), m);
+                    }
+                    None => {
+                        self.rows().remove(&id);
+                        self.cache.remove(&id);
+                    }
+                }
+                Ok(vec![id])
+            }
+            Change::Everything => {
+                let all = pg.list().await?;
+                let ids = all.iter().map(|m| m.meeting_id.clone()).collect();
+                self.replace_all(all);
+                Ok(ids)
+            }
+        }
+    }
+
+    /// Makes `all` the managed meetings, in the rows and the cache.
+    fn replace_all(&self, all: Vec<ManagedMeeting>) {
+        let mut rows = self.rows();
+        let keep: std::collections::BTreeSet<&str> =
+            all.iter().map(|m| m.meeting_id.as_str()).collect();
+        for gone in rows.keys().filter(|id| !keep.contains(id.as_str())) {
+            self.cache.remove(gone);
+        }
+        rows.clear();
+        for m in all {
+            self.cache.put(&m.meeting_id, m.settings.clone());
             rows.insert(m.meeting_id.clone(), m);
         }
-        Ok(Meetings {
-            cache,
-            store: Arc::new(Mutex::new(store)),
-            rows: Mutex::new(rows),
-            writes: tokio::sync::Mutex::new(()),
-        })
     }
 
     /// The cache joins read.
@@ -102,6 +180,35 @@ impl Meetings {
             .get(meeting_id)
             .cloned()
             .ok_or_else(|| MeetingsError::NotFound(meeting_id.to_string()))
+    }
+
+    /// One managed meeting as the store has it now: in a cluster, another
+    /// node may have changed it a moment ago (the cache follows too).
+    pub async fn read(&self, meeting_id: &str) -> Result<ManagedMeeting, MeetingsError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            match pg.get(meeting_id).await? {
+                Some(m) => return Ok(self.show(m)),
+                None => {
+                    self.rows().remove(meeting_id);
+                    self.cache.remove(meeting_id);
+                }
+            }
+        }
+        self.get(meeting_id)
+    }
+
+    /// Like [`Meetings::page`], from the store as it is now.
+    pub async fn read_page(
+        &self,
+        after: &str,
+        size: usize,
+    ) -> Result<(Vec<ManagedMeeting>, bool), MeetingsError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            let all = pg.list().await?;
+            let _w = self.writes.lock().await;
+            self.replace_all(all);
+        }
+        Ok(self.page(after, size))
     }
 
     /// Every managed meeting, sorted by id.
@@ -150,6 +257,13 @@ impl Meetings {
             created_at: now,
             updated_at: now,
         };
+        if let Backend::Postgres(pg) = &self.backend {
+            // Another node may have created it: the database decides.
+            if !pg.insert(&m).await? {
+                return Err(MeetingsError::AlreadyExists(meeting_id.to_string()));
+            }
+            return Ok(self.show(m));
+        }
         self.write(m).await
     }
 
@@ -161,7 +275,7 @@ impl Meetings {
     ) -> Result<ManagedMeeting, MeetingsError> {
         let now = unix_now();
         let _w = self.writes.lock().await;
-        let before = self.get(meeting_id)?;
+        let before = self.read(meeting_id).await?;
         settings.validate(meeting_id, now)?;
         let m = ManagedMeeting {
             settings,
@@ -178,7 +292,7 @@ impl Meetings {
     pub async fn end_idle(&self, meeting_id: &str) -> Result<(), MeetingsError> {
         let now = unix_now();
         let _w = self.writes.lock().await;
-        let Ok(before) = self.get(meeting_id) else {
+        let Ok(before) = self.read(meeting_id).await else {
             return Ok(());
         };
         if before.settings.empty_timeout_s == 0 || before.settings.expired(now) {
@@ -198,27 +312,54 @@ impl Meetings {
     /// Deletes a meeting; a live room keeps the settings it has until it empties.
     pub async fn delete(&self, meeting_id: &str) -> Result<(), MeetingsError> {
         let _w = self.writes.lock().await;
-        self.get(meeting_id)?;
-        let store = self.store.clone();
-        let id = meeting_id.to_string();
-        tokio::task::spawn_blocking(move || lock(&store).delete(&id))
-            .await
-            .map_err(|e| MeetingsError::Task(e.to_string()))??;
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                self.get(meeting_id)?;
+                let store = store.clone();
+                let id = meeting_id.to_string();
+                tokio::task::spawn_blocking(move || lock(&store).delete(&id))
+                    .await
+                    .map_err(|e| MeetingsError::Task(e.to_string()))??;
+            }
+            Backend::Postgres(pg) => {
+                if !pg.delete(meeting_id).await? {
+                    return Err(MeetingsError::NotFound(meeting_id.to_string()));
+                }
+            }
+        }
         self.rows().remove(meeting_id);
         self.cache.remove(meeting_id);
         Ok(())
     }
 
-    /// Stores `m`, then shows it to the admin API and to joins.
+    /// Stores `m` over the meeting it replaces, then shows it to the admin
+    /// API and to joins.
     async fn write(&self, m: ManagedMeeting) -> Result<ManagedMeeting, MeetingsError> {
-        let store = self.store.clone();
-        let row = m.clone();
-        tokio::task::spawn_blocking(move || lock(&store).put(&row))
-            .await
-            .map_err(|e| MeetingsError::Task(e.to_string()))??;
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                let store = store.clone();
+                let row = m.clone();
+                tokio::task::spawn_blocking(move || lock(&store).put(&row))
+                    .await
+                    .map_err(|e| MeetingsError::Task(e.to_string()))??;
+            }
+            Backend::Postgres(pg) => {
+                // Deleted on another node meanwhile: nothing to replace.
+                if !pg.update(&m).await? {
+                    self.rows().remove(&m.meeting_id);
+                    self.cache.remove(&m.meeting_id);
+                    return Err(MeetingsError::NotFound(m.meeting_id));
+                }
+            }
+        }
+        Ok(self.show(m))
+    }
+
+    /// Shows a stored meeting to the admin API and to joins.
+    fn show(&self, m: ManagedMeeting) -> ManagedMeeting {
         self.rows().insert(m.meeting_id.clone(), m.clone());
         self.cache.put(&m.meeting_id, m.settings.clone());
-        Ok(m)
+        m
     }
 
     fn rows(

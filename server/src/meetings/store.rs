@@ -51,6 +51,9 @@ pub enum StoreError {
     /// The blocking thread that opened the store failed.
     #[error("meeting store: the thread that opened it failed: {0}")]
     Task(String),
+    /// PostgreSQL refused, or cannot be reached.
+    #[error("meeting store (PostgreSQL): {0}")]
+    Postgres(String),
     /// The file was written by a newer server.
     #[error(
         "meeting store at schema version {found}, newer than this server's {SCHEMA_VERSION}: run a newer convene-server, or restore a backup"

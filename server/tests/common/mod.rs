@@ -622,3 +622,158 @@ pub mod raw {
         }
     }
 }
+
+/// A real PostgreSQL (the Debian package's binaries) in a temporary
+/// directory, on a free loopback port, stopped and removed when dropped.
+#[allow(dead_code)]
+pub mod postgres {
+    use std::os::unix::process::CommandExt;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    pub struct Postgres {
+        child: Option<Child>,
+        dir: PathBuf,
+        pub port: u16,
+    }
+
+    /// The newest installed server's binaries (`cargo xtask test` installs
+    /// the Debian package `postgresql`).
+    fn bin_dir() -> PathBuf {
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect(
+                "PostgreSQL is not installed: `cargo xtask test` installs the Debian package, \
+                 or run `apt-get install -y postgresql`",
+            )
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let v = e.file_name().to_str()?.parse().ok()?;
+                Some((v, e.path().join("bin")))
+            })
+            .filter(|(_, p)| p.join("initdb").exists())
+            .collect();
+        versions.sort();
+        versions
+            .pop()
+            .expect("no PostgreSQL server in /usr/lib/postgresql")
+            .1
+    }
+
+    /// A number printed by `id` for the `postgres` user.
+    fn id_of(flag: &str) -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// Runs as the `postgres` user when we are root: PostgreSQL refuses root.
+    fn as_owner(mut c: Command) -> Command {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if root {
+            c.uid(id_of("-u")).gid(id_of("-g"));
+        }
+        c
+    }
+
+    impl Postgres {
+        /// Creates a database cluster and starts its server; returns once it takes connections.
+        pub fn start() -> Postgres {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir =
+                std::env::temp_dir().join(format!("convene-pg-{}-{port}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let root = Command::new("id")
+                .arg("-u")
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+            if root {
+                let st = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&dir)
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "chown of {}", dir.display());
+            }
+            let bin = bin_dir();
+            let mut init = Command::new(bin.join("initdb"));
+            init.arg("-D")
+                .arg(dir.join("data"))
+                .args(["-U", "convene", "-A", "trust", "-E", "UTF8", "--no-sync"])
+                .stdout(Stdio::null());
+            let st = as_owner(init).status().expect("initdb runs");
+            assert!(st.success(), "initdb failed");
+            let mut server = Command::new(bin.join("postgres"));
+            server
+                .arg("-D")
+                .arg(dir.join("data"))
+                .args(["-p", &port.to_string(), "-k"])
+                .arg(&dir)
+                .args([
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=50",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let child = as_owner(server).spawn().expect("postgres starts");
+            let pg = Postgres {
+                child: Some(child),
+                dir,
+                port,
+            };
+            let deadline = Instant::now() + super::DEADLINE;
+            loop {
+                let ready = Command::new(bin.join("pg_isready"))
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &port.to_string(),
+                        "-U",
+                        "convene",
+                        "-q",
+                    ])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ready {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "PostgreSQL did not start on {port}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            pg
+        }
+
+        /// The connection string of its `postgres` database.
+        pub fn url(&self) -> String {
+            format!("postgres://convene@127.0.0.1:{}/postgres", self.port)
+        }
+    }
+
+    impl Drop for Postgres {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

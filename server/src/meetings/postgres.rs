@@ -1,0 +1,362 @@
+//! Managed meetings in PostgreSQL, for clusters: every node reads and writes
+//! the same table, and each change is announced with `NOTIFY` in the same
+//! statement that makes it, so every node's cache (and the live rooms)
+//! follow within a round trip. A node whose connection drops reconnects with
+//! backoff and reloads everything, since it may have missed notifications.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{RwLock, mpsc};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
+
+use super::settings::{ManagedMeeting, MeetingSettings};
+use super::store::StoreError;
+
+/// The channel every node listens on; the payload is a meeting id.
+pub const CHANNEL: &str = "convene_meetings";
+
+/// Key of the advisory lock that lets one node at a time migrate.
+const MIGRATION_LOCK: i64 = 0x636f_6e76_656e_6501;
+
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The schema, one step per version, appended only (as in the SQLite store).
+const MIGRATIONS: &[&str] = &[
+    // 1: managed meetings.
+    "CREATE TABLE meetings (
+        meeting_id TEXT PRIMARY KEY NOT NULL,
+        waiting_room BOOLEAN NOT NULL,
+        locked BOOLEAN NOT NULL,
+        max_participants BIGINT NOT NULL,
+        e2ee_required BOOLEAN NOT NULL,
+        recording_allowed BOOLEAN NOT NULL,
+        empty_timeout_s BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        metadata TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );",
+];
+
+/// The schema version this server writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+const COLUMNS: &str = "meeting_id, waiting_room, locked, max_participants, e2ee_required, \
+     recording_allowed, empty_timeout_s, expires_at, metadata, created_at, updated_at";
+
+/// What the listening connection tells the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// One meeting was created, changed or deleted, on some node.
+    Meeting(String),
+    /// The connection came back after a loss: anything may have changed.
+    Everything,
+}
+
+/// Managed meetings in one PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    /// The connection, `None` while it is being re-established.
+    client: Arc<RwLock<Option<Arc<Client>>>>,
+}
+
+impl PgStore {
+    /// Connects to `url`, brings the schema to [`SCHEMA_VERSION`], and keeps
+    /// the connection (reconnecting when it drops). Changes by any node
+    /// arrive on the returned channel.
+    pub async fn connect(url: &str) -> Result<(PgStore, mpsc::Receiver<Change>), StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+            StoreError::Postgres(format!(
+                "--database-url is not a PostgreSQL connection string: {e} (e.g. postgres://convene@db.internal/convene)"
+            ))
+        })?;
+        let (client, connection) = config.connect(NoTls).await.map_err(connect_error)?;
+        let (tx, rx) = mpsc::channel(1024);
+        let client = Arc::new(client);
+        let store = PgStore {
+            client: Arc::new(RwLock::new(Some(client.clone()))),
+        };
+        let first = tokio::spawn(listen(connection, tx.clone()));
+        migrate(&client).await?;
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(pg)?;
+        tokio::spawn(supervise(config, store.client.clone(), first, tx));
+        Ok((store, rx))
+    }
+
+    async fn client(&self) -> Result<Arc<Client>, StoreError> {
+        self.client.read().await.clone().ok_or_else(|| {
+            StoreError::Postgres(
+                "the connection to PostgreSQL is down; the server is reconnecting".into(),
+            )
+        })
+    }
+
+    /// The schema version of the database.
+    pub async fn version(&self) -> Result<u32, StoreError> {
+        version(&*self.client().await?).await
+    }
+
+    /// Every managed meeting, sorted by id.
+    pub async fn list(&self) -> Result<Vec<ManagedMeeting>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!("SELECT {COLUMNS} FROM meetings ORDER BY meeting_id"),
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(meeting).collect())
+    }
+
+    /// One meeting, if it exists.
+    pub async fn get(&self, meeting_id: &str) -> Result<Option<ManagedMeeting>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM meetings WHERE meeting_id = $1"),
+                &[&meeting_id],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.as_ref().map(meeting))
+    }
+
+    /// Writes a new meeting; false (and nothing written) when one with its
+    /// id exists, whichever node created it.
+    pub async fn insert(&self, m: &ManagedMeeting) -> Result<bool, StoreError> {
+        self.write(
+            &format!(
+                "WITH w AS (INSERT INTO meetings ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (meeting_id) DO NOTHING RETURNING meeting_id)
+                 SELECT pg_notify('{CHANNEL}', meeting_id) FROM w"
+            ),
+            m,
+        )
+        .await
+    }
+
+    /// Replaces an existing meeting; false when there is none.
+    pub async fn update(&self, m: &ManagedMeeting) -> Result<bool, StoreError> {
+        self.write(
+            &format!(
+                "WITH w AS (UPDATE meetings SET waiting_room = $2, locked = $3, max_participants = $4,
+                   e2ee_required = $5, recording_allowed = $6, empty_timeout_s = $7, expires_at = $8,
+                   metadata = $9, created_at = $10, updated_at = $11
+                 WHERE meeting_id = $1 RETURNING meeting_id)
+                 SELECT pg_notify('{CHANNEL}', meeting_id) FROM w"
+            ),
+            m,
+        )
+        .await
+    }
+
+    /// Deletes a meeting; false when there was none.
+    pub async fn delete(&self, meeting_id: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "WITH d AS (DELETE FROM meetings WHERE meeting_id = $1 RETURNING meeting_id)
+                     SELECT pg_notify('{CHANNEL}', meeting_id) FROM d"
+                ),
+                &[&meeting_id],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn write(&self, sql: &str, m: &ManagedMeeting) -> Result<bool, StoreError> {
+        let s = &m.settings;
+        let rows = self
+            .client()
+            .await?
+            .query(
+                sql,
+                &[
+                    &m.meeting_id,
+                    &s.waiting_room,
+                    &s.locked,
+                    &i64::from(s.max_participants),
+                    &s.e2ee_required,
+                    &s.recording_allowed,
+                    &i64::from(s.empty_timeout_s),
+                    &signed(s.expires_at),
+                    &s.metadata,
+                    &signed(m.created_at),
+                    &signed(m.updated_at),
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(!rows.is_empty())
+    }
+}
+
+/// PostgreSQL's BIGINT is signed; a time past 2^63 s is not a time.
+fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn unsigned(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+fn meeting(r: &Row) -> ManagedMeeting {
+    ManagedMeeting {
+        meeting_id: r.get(0),
+        settings: MeetingSettings {
+            waiting_room: r.get(1),
+            locked: r.get(2),
+            max_participants: u32::try_from(r.get::<_, i64>(3)).unwrap_or(u32::MAX),
+            e2ee_required: r.get(4),
+            recording_allowed: r.get(5),
+            empty_timeout_s: u32::try_from(r.get::<_, i64>(6)).unwrap_or(u32::MAX),
+            expires_at: unsigned(r.get(7)),
+            metadata: r.get(8),
+        },
+        created_at: unsigned(r.get(9)),
+        updated_at: unsigned(r.get(10)),
+    }
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Postgres(e.to_string())
+}
+
+fn connect_error(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Postgres(format!(
+        "cannot connect to PostgreSQL: {e} (check --database-url, that the server runs and accepts this user)"
+    ))
+}
+
+async fn version(client: &Client) -> Result<u32, StoreError> {
+    let v: i32 = client
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::INT FROM schema_version",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    Ok(u32::try_from(v).unwrap_or(0))
+}
+
+/// Brings the database to [`SCHEMA_VERSION`], each step in a transaction
+/// holding an advisory lock, so nodes starting together migrate once.
+async fn migrate(client: &Client) -> Result<(), StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .await
+        // Two nodes creating the table at once: one of them loses, and the table is there.
+        .or_else(|e| match e.code() {
+            Some(c) if *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => Ok(()),
+            _ => Err(e),
+        })
+        .map_err(pg)?;
+    client.batch_execute("BEGIN").await.map_err(pg)?;
+    let done = async {
+        client
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg)?;
+        let found = version(client).await?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found });
+        }
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            client.batch_execute(step).await.map_err(pg)?;
+            client
+                .execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES ($1, EXTRACT(EPOCH FROM now())::BIGINT)",
+                    &[&(i as i32 + 1)],
+                )
+                .await
+                .map_err(pg)?;
+            tracing::info!(version = i + 1, "PostgreSQL meeting store migrated");
+        }
+        Ok(())
+    }
+    .await;
+    let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    client.batch_execute(end).await.map_err(pg)?;
+    done
+}
+
+/// Drives one connection, passing on its notifications, until it ends.
+async fn listen(
+    mut connection: tokio_postgres::Connection<
+        tokio_postgres::Socket,
+        tokio_postgres::tls::NoTlsStream,
+    >,
+    tx: mpsc::Sender<Change>,
+) {
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    while let Some(m) = messages.next().await {
+        match m {
+            Ok(AsyncMessage::Notification(n)) if n.channel() == CHANNEL => {
+                // A full channel means the receiver is far behind; it
+                // reloads everything after the next reconnect at worst.
+                let _ = tx.try_send(Change::Meeting(n.payload().to_string()));
+            }
+            Ok(AsyncMessage::Notice(n)) => tracing::debug!(notice = %n, "PostgreSQL notice"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "PostgreSQL connection lost");
+                return;
+            }
+        }
+    }
+}
+
+/// Reconnects whenever the connection ends, with backoff, and asks for a
+/// full reload each time it is back.
+async fn supervise(
+    config: tokio_postgres::Config,
+    slot: Arc<RwLock<Option<Arc<Client>>>>,
+    mut running: tokio::task::JoinHandle<()>,
+    tx: mpsc::Sender<Change>,
+) {
+    loop {
+        let _ = (&mut running).await;
+        if tx.is_closed() {
+            return;
+        }
+        *slot.write().await = None;
+        let mut wait = Duration::from_millis(250);
+        running = loop {
+            tokio::time::sleep(wait).await;
+            if tx.is_closed() {
+                return;
+            }
+            match config.connect(NoTls).await {
+                Ok((client, connection)) => {
+                    let task = tokio::spawn(listen(connection, tx.clone()));
+                    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                        tracing::warn!(error = %e, "PostgreSQL: cannot listen for changes");
+                        task.abort();
+                    } else {
+                        *slot.write().await = Some(Arc::new(client));
+                        tracing::info!("PostgreSQL connection back");
+                        let _ = tx.send(Change::Everything).await;
+                        break task;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, ?wait, "PostgreSQL: reconnecting"),
+            }
+            wait = (wait * 2).min(MAX_BACKOFF);
+        };
+    }
+}
