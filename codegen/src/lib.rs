@@ -167,10 +167,9 @@ pub fn run(layout: &Layout, mode: Mode) -> Result<Vec<String>, CodegenError> {
         generated.join("descriptor.bin"),
         spec.descriptor_set.clone(),
     );
-    out.add(
-        layout.admin_generated().join("convene.admin.v1.rs"),
-        proto::generate_admin(layout)?,
-    );
+    let (admin, admin_json) = proto::generate_admin(layout)?;
+    out.add(layout.admin_generated().join("convene.admin.v1.rs"), admin);
+    out.add(layout.admin_generated().join("json.rs"), admin_json);
     let errors = proto::error_codes(&spec)?;
     out.add(
         generated.join("errors.rs"),

@@ -62,8 +62,9 @@ pub(crate) fn compile(layout: &Layout) -> Result<Spec, CodegenError> {
 /// The operator's API: its own package, not part of the client protocol.
 pub(crate) const ADMIN_PROTO: &str = "admin.proto";
 
-/// The admin API's messages, server trait and client, through tonic-prost-build.
-pub(crate) fn generate_admin(layout: &Layout) -> Result<String, CodegenError> {
+/// The admin API's messages, server trait and client, through tonic-prost-build,
+/// and the dispatch of its JSON face.
+pub(crate) fn generate_admin(layout: &Layout) -> Result<(String, String), CodegenError> {
     use prost::Message as _;
     let dir = layout.spec_v1();
     let mut compiler =
@@ -75,15 +76,35 @@ pub(crate) fn generate_admin(layout: &Layout) -> Result<String, CodegenError> {
     let fds =
         prost_types::FileDescriptorSet::decode(compiler.encode_file_descriptor_set().as_slice())
             .map_err(|e| CodegenError::Proto(e.to_string()))?;
+    let mut builder = tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .build_transport(true)
+        // The JSON face (PROTOCOL.md §13): the proto3 JSON mapping through
+        // serde, so the field names come from the schema and are not written twice.
+        .type_attribute(
+            ".",
+            "#[derive(::serde::Serialize, ::serde::Deserialize)]\n\
+             #[serde(rename_all = \"camelCase\", default, deny_unknown_fields)]",
+        );
+    for file in &fds.file {
+        let package = file.package();
+        for message in &file.message_type {
+            for field in &message.field {
+                let path = format!(".{package}.{}.{}", message.name(), field.name());
+                for attr in json_field_attributes(field) {
+                    builder = builder.field_attribute(&path, attr);
+                }
+            }
+        }
+    }
+    let json = generate_admin_json(&fds)?;
     let out = std::env::temp_dir().join(format!("convene-codegen-admin-{}", std::process::id()));
     std::fs::create_dir_all(&out).map_err(|source| CodegenError::Io {
         path: out.clone(),
         source,
     })?;
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .build_transport(true)
+    builder
         .out_dir(&out)
         .compile_fds(fds)
         .map_err(|e| CodegenError::Proto(format!("{ADMIN_PROTO}: {e}")))?;
@@ -91,7 +112,102 @@ pub(crate) fn generate_admin(layout: &Layout) -> Result<String, CodegenError> {
     let body = read(&path)?;
     let _ = std::fs::remove_dir_all(&out);
     let code = format!("{}{}", header(&format!("spec/v1/{ADMIN_PROTO}")), body);
-    rustfmt("admin API", &code)
+    Ok((rustfmt("admin API", &code)?, rustfmt("admin API JSON", &json)?))
+}
+
+/// The serde attributes of one field for the proto3 JSON mapping: 64-bit
+/// integers as strings, the proto name accepted besides the camelCase one,
+/// an absent message left out rather than written as null.
+fn json_field_attributes(field: &prost_types::FieldDescriptorProto) -> Vec<String> {
+    use prost_types::field_descriptor_proto::{Label, Type};
+    let mut attrs = Vec::new();
+    let repeated = field.label() == Label::Repeated;
+    match field.r#type() {
+        Type::Uint64 | Type::Fixed64 if !repeated => {
+            attrs.push("#[serde(with = \"crate::json::u64_string\")]".to_string());
+        }
+        Type::Int64 | Type::Sint64 | Type::Sfixed64 if !repeated => {
+            attrs.push("#[serde(with = \"crate::json::i64_string\")]".to_string());
+        }
+        Type::Message if !repeated => {
+            attrs.push("#[serde(skip_serializing_if = \"Option::is_none\")]".to_string());
+        }
+        _ => {}
+    }
+    if field.name().contains('_') {
+        attrs.push(format!("#[serde(alias = {:?})]", field.name()));
+    }
+    attrs
+}
+
+/// `UpperCamelCase` to `snake_case`, as prost names service methods.
+fn snake(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The JSON face's dispatch: one arm per rpc of the service, calling the
+/// same trait method gRPC calls.
+fn generate_admin_json(fds: &prost_types::FileDescriptorSet) -> Result<String, CodegenError> {
+    let file = fds
+        .file
+        .iter()
+        .find(|f| f.name() == ADMIN_PROTO)
+        .ok_or_else(|| CodegenError::Proto(format!("{ADMIN_PROTO}: not compiled")))?;
+    let service = match file.service.as_slice() {
+        [one] => one,
+        _ => {
+            return Err(CodegenError::Proto(format!(
+                "{ADMIN_PROTO}: the JSON face expects exactly one service"
+            )));
+        }
+    };
+    let package = format!(".{}.", file.package());
+    let local = |t: &str| t.strip_prefix(&package).unwrap_or(t).replace('.', "::");
+    let server = format!("{}_server", snake(service.name()));
+    let mut s = header(&format!("spec/v1/{ADMIN_PROTO}"));
+    let _ = writeln!(
+        s,
+        "/// The rpcs of `{}`, in the order of the schema.\npub const METHODS: &[&str] = &[",
+        service.name()
+    );
+    for m in &service.method {
+        let _ = writeln!(s, "{},", lit(m.name()));
+    }
+    let _ = writeln!(s, "];\n");
+    let _ = writeln!(
+        s,
+        "/// Calls `method` of `service` with `request` read from `body` (proto3 JSON; \
+         empty for all defaults) and writes the answer as proto3 JSON. `None` when the \
+         service has no such method.\n\
+         pub async fn call<T: super::{server}::{svc}>(service: &T, method: &str, \
+         request: tonic::Request<()>, body: &[u8]) -> Option<Result<Vec<u8>, tonic::Status>> {{\n\
+         Some(match method {{",
+        svc = service.name()
+    );
+    for m in &service.method {
+        let _ = writeln!(
+            s,
+            "{name} => crate::json::call_one::<super::{input}, super::{output}, _, _>(request, body, \
+             |r| service.{method}(r)).await,",
+            name = lit(m.name()),
+            input = local(m.input_type()),
+            output = local(m.output_type()),
+            method = snake(m.name()),
+        );
+    }
+    let _ = writeln!(s, "_ => return None,\n}})\n}}");
+    Ok(s)
 }
 
 pub(crate) fn generate_rust(spec: &Spec) -> Result<String, CodegenError> {
