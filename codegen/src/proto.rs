@@ -112,7 +112,10 @@ pub(crate) fn generate_admin(layout: &Layout) -> Result<(String, String), Codege
     let body = read(&path)?;
     let _ = std::fs::remove_dir_all(&out);
     let code = format!("{}{}", header(&format!("spec/v1/{ADMIN_PROTO}")), body);
-    Ok((rustfmt("admin API", &code)?, rustfmt("admin API JSON", &json)?))
+    Ok((
+        rustfmt("admin API", &code)?,
+        rustfmt("admin API JSON", &json)?,
+    ))
 }
 
 /// The serde attributes of one field for the proto3 JSON mapping: 64-bit

@@ -1,13 +1,14 @@
-//! The admin API (`spec/v1/admin.proto`, PROTOCOL.md §13): gRPC on its own
-//! loopback listener, every call authorised by the operator's bearer token.
+//! The admin API (`spec/v1/admin.proto`, PROTOCOL.md §13): the calls, every
+//! one authorised by the operator's bearer token. [`crate::admin_http`]
+//! serves them, over gRPC and JSON.
 //! Moderation from here goes through the rooms like a moderator's request
 //! (participant id [`crate::room::OPERATOR`]), so it reaches the other nodes the same way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use convene_admin::admin_server::{Admin, AdminServer};
+use convene_admin::admin_server::Admin;
 use convene_admin::{
     CreateMeetingRequest, DeleteMeetingRequest, DeleteMeetingResponse, EndMeetingRequest,
     EndMeetingResponse, GetMeetingRequest, GetStatsRequest, ListMeetingSettingsRequest,
@@ -21,6 +22,7 @@ use convene_protocol::auth::{Claims, Grant};
 use convene_protocol::v1::{self, Role};
 use convene_protocol::{RoomRequest, limits};
 use tokio::net::TcpListener;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
@@ -31,8 +33,8 @@ use crate::state::AppState;
 /// Longest lifetime of a minted token, in seconds.
 pub const MAX_TOKEN_TTL_S: u32 = 86_400;
 
-/// Largest request message the admin API reads, in bytes.
-const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest request message the admin API reads, in bytes (gRPC message or JSON body).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The admin service of one node.
 #[derive(Debug)]
@@ -43,53 +45,20 @@ pub struct AdminService {
     started: SystemTime,
 }
 
-/// Serves the admin API on `listener` until the server shuts down; every
-/// call must carry `authorization: Bearer <token>`.
-pub async fn serve(
-    state: Arc<AppState>,
-    listener: TcpListener,
-    token: String,
-    secret: Option<Vec<u8>>,
-) {
-    let addr = listener.local_addr().ok();
-    let mut stop = state.shutdown_signal();
-    let service = AdminService {
-        state,
-        secret,
-        started: SystemTime::now(),
-    };
-    let expected = format!("Bearer {token}");
-    let check = move |req: Request<()>| authorise(&req, &expected).map(|()| req);
-    let svc = tonic::service::interceptor::InterceptedService::new(
-        AdminServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
-        check,
-    );
-    if let Some(a) = addr {
-        info!(addr = %a, "admin API (gRPC) on http://{a}");
+impl AdminService {
+    /// The service of the node with `state`, minting tokens with `secret`.
+    pub(crate) fn new(state: Arc<AppState>, secret: Option<Vec<u8>>) -> Self {
+        AdminService {
+            state,
+            secret,
+            started: SystemTime::now(),
+        }
     }
-    let incoming = tokio_stream_of(listener);
-    let _ = tonic::transport::Server::builder()
-        .timeout(Duration::from_secs(30))
-        .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
 }
 
-/// Accepted connections of `listener`, as tonic wants them.
-fn tokio_stream_of(
-    listener: TcpListener,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures_util::stream::unfold(listener, |l| async move {
-        let r = l.accept().await.map(|(s, _)| s);
-        Some((r, l))
-    })
-}
-
-/// Checks the bearer token in constant time.
-fn authorise<T>(req: &Request<T>, expected: &str) -> Result<(), Status> {
-    let Some(given) = req.metadata().get(convene_admin::AUTHORIZATION) else {
+/// Checks the bearer token in constant time; gRPC and JSON calls alike.
+pub(crate) fn authorise(metadata: &MetadataMap, expected: &str) -> Result<(), Status> {
+    let Some(given) = metadata.get(convene_admin::AUTHORIZATION) else {
         return Err(Status::unauthenticated(
             "the admin API needs `authorization: Bearer <admin token>` (the server's --admin-token)",
         ));

@@ -263,10 +263,22 @@ settings! {
     /// Read the admin API's bearer token from this file (whitespace ignored).
     #[arg(long, env = "CONVENE_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
-    /// Where the admin API listens: plain HTTP/2, so loopback only (reach it
-    /// through an SSH tunnel or `kubectl port-forward`).
+    /// Where the admin API listens (gRPC and JSON): without --admin-tls-cert
+    /// plain HTTP, so loopback only (reach it through an SSH tunnel or
+    /// `kubectl port-forward`); with it any address.
     #[arg(long, env = "CONVENE_ADMIN_LISTEN")]
     admin_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9444)),
+    /// TLS certificate chain (PEM) of the admin API; with --admin-tls-key it
+    /// speaks TLS (HTTP/2 or HTTP/1.1 by ALPN) and may listen on any address.
+    #[arg(long, env = "CONVENE_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of the admin API, with --admin-tls-cert.
+    #[arg(long, env = "CONVENE_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// CA certificates (PEM): admin API clients must present a certificate
+    /// signed by one of them (mutual TLS), besides the bearer token.
+    #[arg(long, env = "CONVENE_ADMIN_CLIENT_CA", requires = "admin_tls_cert")]
+    admin_client_ca: Option<PathBuf>,
     /// Share meetings with other nodes through NATS: `nats://host:4222` (or
     /// `tls://`); several servers of one NATS cluster separated by commas.
     /// Without it the server is a single node.
@@ -701,10 +713,23 @@ impl Config {
         {
             return Err(admin_token_too_short(t.trim().len()));
         }
-        if self.admin() && !self.admin_listen.ip().is_loopback() {
+        if self.admin_tls_cert.is_some() != self.admin_tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "admin_tls_cert and admin_tls_key go together".into(),
+            ));
+        }
+        if self.admin_client_ca.is_some() && self.admin_tls_cert.is_none() {
+            return Err(ConfigError::Invalid(
+                "admin_client_ca needs TLS on the admin API: give admin_tls_cert and admin_tls_key"
+                    .into(),
+            ));
+        }
+        if self.admin() && !self.admin_tls() && !self.admin_listen.ip().is_loopback() {
             return Err(ConfigError::Invalid(format!(
-                "admin_listen {}: the admin API speaks plain HTTP/2 and listens on loopback only; \
-                 reach it through an SSH tunnel or `kubectl port-forward`",
+                "admin_listen {}: without TLS the admin API speaks plain HTTP and listens on \
+                 loopback only; give --admin-tls-cert and --admin-tls-key (and --admin-client-ca \
+                 for mutual TLS) to listen there, or reach a loopback listener through an SSH \
+                 tunnel or `kubectl port-forward`",
                 self.admin_listen
             )));
         }
@@ -807,6 +832,11 @@ impl Config {
     /// True when the admin API is on (a token is configured).
     pub fn admin(&self) -> bool {
         self.admin_token.is_some() || self.admin_token_file.is_some()
+    }
+
+    /// True when the admin API speaks TLS (--admin-tls-cert and --admin-tls-key).
+    pub fn admin_tls(&self) -> bool {
+        self.admin_tls_cert.is_some() && self.admin_tls_key.is_some()
     }
 
     /// The admin API's bearer token, read from its file if need be.
@@ -1128,6 +1158,35 @@ mod tests {
     }
 
     #[test]
+    fn a_non_loopback_admin_listener_needs_tls() {
+        let plain = Config::load(&cli(&[
+            "--admin-token=0123456789abcdef",
+            "--admin-listen=0.0.0.0:9444",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            plain.contains("loopback only") && plain.contains("--admin-tls-cert"),
+            "{plain}"
+        );
+        let tls = Config::load(&cli(&[
+            "--admin-token=0123456789abcdef",
+            "--admin-listen=0.0.0.0:9444",
+            "--admin-tls-cert=cert.pem",
+            "--admin-tls-key=key.pem",
+            "--admin-client-ca=ca.pem",
+        ]))
+        .unwrap();
+        assert!(tls.admin_tls());
+        let half = Config {
+            admin_client_ca: Some("ca.pem".into()),
+            ..Config::default()
+        };
+        let e = half.validate().unwrap_err().to_string();
+        assert!(e.contains("admin_client_ca needs TLS"), "{e}");
+    }
+
+    #[test]
     fn printed_settings_load_back_as_the_file() {
         let given = Config::load(&cli(&[
             "--listen=127.0.0.1:8443",
@@ -1140,6 +1199,9 @@ mod tests {
             "--auth-audience=audience",
             "--admin-token-file=/run/admin-token",
             "--admin-listen=127.0.0.1:9555",
+            "--admin-tls-cert=admin-cert.pem",
+            "--admin-tls-key=admin-key.pem",
+            "--admin-client-ca=admin-ca.pem",
             "--metrics-listen=127.0.0.1:9090",
             "--bus=nats://a:4222,nats://b:4222",
             "--node-id=9",

@@ -7,6 +7,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod admin_http;
 pub mod auth;
 pub mod bus;
 pub mod config;
@@ -115,6 +116,18 @@ pub async fn start_node(
 ) -> Result<Server, StartError> {
     let secret = config.load_auth_secret()?;
     let admin_token = config.load_admin_token()?;
+    let admin_tls = match (&admin_token, &config.admin_tls_cert, &config.admin_tls_key) {
+        (Some(_), Some(cert), Some(key)) => {
+            let clients = match &config.admin_client_ca {
+                Some(ca) => Some(tls::client_verifier(ca)?),
+                None => None,
+            };
+            let server = Identity::from_pem_files(cert, key)?
+                .server_config_verifying(&[b"h2", b"http/1.1"], clients)?;
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+        }
+        _ => None,
+    };
     let admin_listener = match &admin_token {
         Some(_) => Some(admin::bind(config.admin_listen).await?),
         None => None,
@@ -221,7 +234,13 @@ pub async fn start_node(
     });
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     if let (Some(listener), Some(token)) = (admin_listener, admin_token) {
-        tokio::spawn(admin::serve(state.clone(), listener, token, secret.clone()));
+        tokio::spawn(admin_http::serve(
+            state.clone(),
+            listener,
+            admin_tls,
+            token,
+            secret.clone(),
+        ));
     }
     if let Some(jwks) = jwks {
         let mut stop = state.shutdown_signal();

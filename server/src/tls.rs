@@ -42,6 +42,40 @@ pub enum TlsError {
     /// rustls refused the certificate and key.
     #[error("the certificate and key do not make a TLS configuration: {0}")]
     Config(String),
+    /// The client CA file gave no usable certificate authority.
+    #[error("the client CA certificates in {path} cannot verify clients: {message}")]
+    ClientCa {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Verifies clients against the CA certificates in the PEM file `path`
+/// (mutual TLS): a client without a certificate signed by one of them fails
+/// the handshake.
+pub fn client_verifier(
+    path: &Path,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let fail = |message: String| TlsError::ClientCa {
+        path: path.display().to_string(),
+        message,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| fail(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs {
+        roots.add(c).map_err(|e| fail(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("no certificate in the file".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| fail(e.to_string()))
 }
 
 impl Identity {
@@ -116,11 +150,25 @@ impl Identity {
 
     /// A rustls server configuration offering `alpn` protocols.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
+        self.server_config_verifying(alpn, None)
+    }
+
+    /// A rustls server configuration offering `alpn` protocols that, with
+    /// `clients`, accepts only the clients it verifies (mutual TLS).
+    pub fn server_config_verifying(
+        &self,
+        alpn: &[&[u8]],
+        clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> Result<ServerConfig, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let builder = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_no_client_auth()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = match clients {
+            Some(v) => builder.with_client_cert_verifier(v),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| TlsError::Config(e.to_string()))?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

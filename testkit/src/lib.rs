@@ -4,8 +4,10 @@
 //! each decision drawn from a seeded generator so a failing run can be
 //! replayed with the seed it prints. [`TcpRelay`] is its twin for WebSocket
 //! paths: it limits rate and adds delay with little buffering of its own, so
-//! a sender into a slow path sees its socket writes block.
+//! a sender into a slow path sees its socket writes block. [`pki::TestPki`]
+//! makes certificates for tests of TLS listeners.
 
+pub mod pki;
 mod tcp_relay;
 mod udp_relay;
 
