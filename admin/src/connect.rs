@@ -164,7 +164,11 @@ pub async fn channel(
         let mut message = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
-            message = format!("{message}: {s}");
+            let text = s.to_string();
+            // Layers often repeat their cause's text: keep it once.
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
             source = s.source();
         }
         ConnectError::Unreachable {

@@ -1,10 +1,14 @@
 //! `convene admin`: the operator's side of a server node's admin API (gRPC,
-//! `spec/v1/admin.proto`): list meetings, remove a participant, end a
+//! `spec/v1/admin.proto`, plain on loopback or over TLS, mutual or not): list meetings, remove a participant, end a
 //! meeting, mint a token, show the node's stats, start and stop a recorder,
 //! create, show, change and delete managed meetings.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use anyhow::Context;
 use convene_admin::admin_client::AdminClient;
+use convene_admin::connect::ClientTls;
 use convene_admin::{
     CreateMeetingRequest, DeleteMeetingRequest, EndMeetingRequest, GetMeetingRequest,
     GetStatsRequest, ListMeetingSettingsRequest, ListMeetingsRequest, ManagedMeeting,
@@ -16,13 +20,26 @@ use tonic::metadata::MetadataValue;
 /// `convene admin` flags.
 #[derive(Debug, clap::Args)]
 pub(crate) struct AdminArgs {
-    /// The node's admin API (its --admin-listen).
+    /// The node's admin API (its --admin-listen): http:// for a plain
+    /// listener on loopback, https:// for one with --admin-tls-cert.
     #[arg(
         long,
+        alias = "server",
         env = "CONVENE_ADMIN_URL",
         default_value = "http://127.0.0.1:9444"
     )]
     url: String,
+    /// Trust the CA certificates in this PEM file for an https:// URL
+    /// (default: the system's roots).
+    #[arg(long, env = "CONVENE_ADMIN_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Show this client certificate chain (PEM) to a server with
+    /// --admin-client-ca (mutual TLS).
+    #[arg(long, env = "CONVENE_ADMIN_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "CONVENE_ADMIN_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<PathBuf>,
     /// The admin token the server was given; prefer the environment.
     #[arg(long, env = "CONVENE_ADMIN_TOKEN", hide_env_values = true)]
     token: String,
@@ -231,16 +248,24 @@ enum RecordAction {
 }
 
 pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
-    let channel = tonic::transport::Endpoint::from_shared(args.url.clone())
-        .with_context(|| format!("--url {}: not a URL", args.url))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(30))
-        .connect()
+    let https = args.url.starts_with("https://");
+    let tls_files = args.ca_cert.is_some() || args.client_cert.is_some();
+    if tls_files && !https {
+        anyhow::bail!(
+            "--ca-cert and --client-cert are for TLS: give an https:// --url (the server runs with --admin-tls-cert)"
+        );
+    }
+    let tls = if https {
+        let client = args.client_cert.as_deref().zip(args.client_key.as_deref());
+        Some(ClientTls::new(args.ca_cert.as_deref(), client, &[b"h2"])?)
+    } else {
+        None
+    };
+    let channel = convene_admin::connect::channel(&args.url, tls, Duration::from_secs(30))
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach the admin API at {} (is the server running with --admin-token-file?)",
-                args.url
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (is the server running with --admin-token-file? over https://, does --ca-cert name the CA of its certificate?)"
             )
         })?;
     let bearer: MetadataValue<_> = format!("Bearer {}", args.token)
@@ -251,7 +276,36 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCod
             .insert(convene_admin::AUTHORIZATION, bearer.clone());
         Ok(req)
     });
-    let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
+    let url = args.url.clone();
+    let url = url.as_str();
+    let status = move |e: tonic::Status| {
+        // A Status with a source is a connection that failed, not an answer:
+        // over TLS its causes (an unknown CA, a missing client certificate)
+        // are in the chain.
+        let mut chain = String::new();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            let text = s.to_string();
+            // Layers often repeat their cause's text: keep it once.
+            if !chain.contains(&text) && !e.message().contains(&text) {
+                chain = format!("{chain}: {text}");
+            }
+            source = s.source();
+        }
+        if chain.is_empty() {
+            anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+        } else {
+            let hint = if https {
+                " (a server with --admin-client-ca wants --client-cert and --client-key)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!(
+                "cannot reach the admin API at {url}: {}{chain}{hint}",
+                e.message()
+            )
+        }
+    };
     match args.action {
         Action::Meetings => {
             let r = client

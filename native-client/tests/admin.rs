@@ -1,6 +1,7 @@
 //! `convene admin` against a real server's admin API: stats and the meeting
 //! list with the right token; a clear refusal with a wrong one; managed
-//! meetings created, changed, listed and deleted.
+//! meetings created, changed, listed and deleted; an admin API over mutual
+//! TLS reached with the CA and a client certificate.
 
 use std::process::Stdio;
 
@@ -136,5 +137,92 @@ async fn convene_admin_meeting_creates_changes_and_deletes_a_managed_meeting() {
     let (ok, _, err) = run(admin(&["get", "class-3b"])).await;
     assert!(!ok);
     assert!(err.contains("NotFound"), "{err}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convene_admin_reaches_a_tls_admin_api_with_mutual_tls() {
+    let pki = convene_testkit::pki::TestPki::new("cli-admin-tls");
+    let path = |f: &str| pki.path(f).display().to_string();
+    let s = convene_server::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: Some(ADMIN.into()),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_tls_cert: Some(pki.path("server.pem")),
+        admin_tls_key: Some(pki.path("server-key.pem")),
+        admin_client_ca: Some(pki.path("ca.pem")),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("https://127.0.0.1:{}", s.admin_addr.unwrap().port());
+    let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client-key.pem"));
+    let (ok, out, err) = convene(&[
+        "admin",
+        "--server",
+        &url,
+        "--ca-cert",
+        &ca,
+        "--client-cert",
+        &cert,
+        "--client-key",
+        &key,
+        "--token",
+        ADMIN,
+        "--json",
+        "meeting",
+        "create",
+        "over-tls",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(m["meeting_id"], "over-tls", "{m}");
+
+    // Without the client certificate the server ends the handshake.
+    let (ok, _, err) = convene(&[
+        "admin",
+        "--server",
+        &url,
+        "--ca-cert",
+        &ca,
+        "--token",
+        ADMIN,
+        "stats",
+    ])
+    .await;
+    assert!(!ok);
+    assert!(err.contains("cannot reach the admin API"), "{err}");
+    // Without the CA the server's certificate is not trusted.
+    let (ok, _, err) = convene(&[
+        "admin",
+        "--server",
+        &url,
+        "--client-cert",
+        &cert,
+        "--client-key",
+        &key,
+        "--token",
+        ADMIN,
+        "stats",
+    ])
+    .await;
+    assert!(!ok);
+    assert!(err.contains("cannot reach the admin API"), "{err}");
+    // TLS files with an http:// URL are a mistake, said as such.
+    let plain = format!("http://127.0.0.1:{}", s.admin_addr.unwrap().port());
+    let (ok, _, err) = convene(&[
+        "admin",
+        "--url",
+        &plain,
+        "--ca-cert",
+        &ca,
+        "--token",
+        ADMIN,
+        "stats",
+    ])
+    .await;
+    assert!(!ok);
+    assert!(err.contains("https://"), "{err}");
     s.shutdown().await;
 }
