@@ -56,7 +56,19 @@ async fn post(
     let res = match tls {
         Some(tls) => {
             let io = tls.connect("localhost", addr.port()).await.expect("TLS");
-            send(TokioIo::new(io), req).await
+            if io.get_ref().1.alpn_protocol() == Some(b"h2") {
+                // As curl does over TLS: HTTP/2 chosen by ALPN.
+                let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    TokioIo::new(io),
+                )
+                .await
+                .unwrap();
+                tokio::spawn(conn);
+                sender.send_request(req).await.unwrap()
+            } else {
+                send(TokioIo::new(io), req).await
+            }
         }
         None => {
             let io = tokio::net::TcpStream::connect(addr).await.expect("TCP");
@@ -260,6 +272,19 @@ async fn json_and_grpc_over_tls_are_one_api() {
         ["standup"],
         "only what the right token created: {list}"
     );
+
+    // JSON over HTTP/2 as well, when the client offers it.
+    let h2 = ClientTls::new(Some(&pki.path("ca.pem")), None, &[b"h2"]).unwrap();
+    let (status, m) = post(
+        addr,
+        Some(&h2),
+        "/v1/admin/GetMeeting",
+        Some(ADMIN),
+        r#"{"meeting_id": "standup"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["settings"]["maxParticipants"], 7, "{m}");
     s.shutdown().await;
 }
 
