@@ -1,7 +1,7 @@
 //! `convene admin`: the operator's side of a server node's admin API (gRPC,
 //! `spec/v1/admin.proto`, plain on loopback or over TLS, mutual or not): list meetings, remove a participant, end a
 //! meeting, mint a token, show the node's stats, start and stop a recorder,
-//! create, show, change and delete managed meetings.
+//! create, show, change and delete managed meetings, and list who attended one.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,10 +10,10 @@ use anyhow::Context;
 use convene_admin::admin_client::AdminClient;
 use convene_admin::connect::ClientTls;
 use convene_admin::{
-    CreateMeetingRequest, DeleteMeetingRequest, EndMeetingRequest, GetMeetingRequest,
-    GetStatsRequest, ListMeetingSettingsRequest, ListMeetingsRequest, ManagedMeeting,
-    MeetingSettings, MintTokenRequest, RemoveParticipantRequest, StartRecordingRequest,
-    StopRecordingRequest, UpdateMeetingRequest,
+    AttendanceRecord, CreateMeetingRequest, DeleteMeetingRequest, EndMeetingRequest,
+    GetMeetingRequest, GetStatsRequest, ListAttendanceRequest, ListMeetingSettingsRequest,
+    ListMeetingsRequest, ManagedMeeting, MeetingSettings, MintTokenRequest,
+    RemoveParticipantRequest, StartRecordingRequest, StopRecordingRequest, UpdateMeetingRequest,
 };
 use tonic::metadata::MetadataValue;
 
@@ -135,6 +135,13 @@ enum MeetingAction {
     },
     /// Every managed meeting with its settings.
     List,
+    /// Who was in a meeting (managed or ad hoc) on this node: one line per
+    /// join, by join time, with when they left and why; those still in have
+    /// no left time.
+    Attendance {
+        /// The meeting id.
+        meeting_id: String,
+    },
 }
 
 /// Settings of a managed meeting, each optional: what is not given is left
@@ -220,6 +227,75 @@ fn meeting_json(m: &ManagedMeeting) -> serde_json::Value {
 }
 
 /// Prints a managed meeting, as JSON or as one `key value` line per field.
+/// A meeting's attendance: JSON, or a table with times in UTC.
+fn print_attendance(meeting_id: &str, records: &[AttendanceRecord], json: bool) {
+    if json {
+        let v: Vec<serde_json::Value> = records
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "meeting_id": r.meeting_id,
+                    "participant_id": r.participant_id,
+                    "user_id": r.user_id,
+                    "display_name": r.display_name,
+                    "node_id": r.node_id,
+                    "joined_at_ms": r.joined_at_ms,
+                    "left_at_ms": r.left_at_ms,
+                    "reason": if r.left_at_ms.is_some() { Some(&r.reason) } else { None },
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return;
+    }
+    if records.is_empty() {
+        println!("no attendance recorded for {meeting_id}");
+        return;
+    }
+    println!(
+        "{:>11}  {:<20}  {:<20}  {:>4}  {:<20}  {:<20}  REASON",
+        "PARTICIPANT", "USER", "NAME", "NODE", "JOINED (UTC)", "LEFT (UTC)"
+    );
+    for r in records {
+        println!(
+            "{:>11}  {:<20}  {:<20}  {:>4}  {:<20}  {:<20}  {}",
+            r.participant_id,
+            r.user_id,
+            r.display_name,
+            r.node_id,
+            utc_time(r.joined_at_ms),
+            r.left_at_ms.map_or_else(|| "-".to_string(), utc_time),
+            if r.left_at_ms.is_some() {
+                r.reason.as_str()
+            } else {
+                "(in the meeting)"
+            },
+        );
+    }
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-mm-dd HH:MM:SS`, in UTC.
+fn utc_time(ms: u64) -> String {
+    let secs = ms / 1_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 fn print_meeting(m: &ManagedMeeting, json: bool) {
     let v = meeting_json(m);
     if json {
@@ -537,6 +613,27 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCod
                     }
                 }
             }
+            MeetingAction::Attendance { meeting_id } => {
+                let mut all = Vec::new();
+                let mut page_token = String::new();
+                loop {
+                    let r = client
+                        .list_attendance(ListAttendanceRequest {
+                            meeting_id: meeting_id.clone(),
+                            page_size: 0,
+                            page_token,
+                        })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    all.extend(r.records);
+                    if r.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = r.next_page_token;
+                }
+                print_attendance(&meeting_id, &all, args.json);
+            }
         },
         Action::Stats => {
             let s = client
@@ -570,4 +667,16 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCod
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_time;
+
+    #[test]
+    fn times_are_shown_in_utc() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_time(1_767_225_599_999), "2025-12-31 23:59:59");
+        assert_eq!(utc_time(1_709_210_096_000), "2024-02-29 12:34:56");
+    }
 }

@@ -10,8 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use convene_admin::admin_server::Admin;
 use convene_admin::{
-    CreateMeetingRequest, DeleteMeetingRequest, DeleteMeetingResponse, EndMeetingRequest,
-    EndMeetingResponse, GetMeetingRequest, GetStatsRequest, ListMeetingSettingsRequest,
+    AttendanceRecord, CreateMeetingRequest, DeleteMeetingRequest, DeleteMeetingResponse,
+    EndMeetingRequest, EndMeetingResponse, GetMeetingRequest, GetStatsRequest,
+    ListAttendanceRequest, ListAttendanceResponse, ListMeetingSettingsRequest,
     ListMeetingSettingsResponse, ListMeetingsRequest, ListMeetingsResponse, ManagedMeeting,
     Meeting, MintTokenRequest, MintTokenResponse, Participant, RemoveParticipantRequest,
     RemoveParticipantResponse, StartRecordingRequest, StartRecordingResponse, Stats,
@@ -141,6 +142,33 @@ fn meetings_status(e: MeetingsError) -> Status {
     }
 }
 
+/// The page size a list call asked for: 0 means the default, more than the
+/// maximum is refused.
+fn page_size(asked: u32) -> Result<usize, Status> {
+    match asked as usize {
+        0 => Ok(meetings::DEFAULT_PAGE_SIZE),
+        n if n > meetings::MAX_PAGE_SIZE => Err(Status::invalid_argument(format!(
+            "page_size {n}: at most {}; follow next_page_token for more",
+            meetings::MAX_PAGE_SIZE
+        ))),
+        n => Ok(n),
+    }
+}
+
+/// An attendance row as the API carries it.
+fn attendance_out(a: meetings::journal::Attendance) -> AttendanceRecord {
+    AttendanceRecord {
+        meeting_id: a.meeting_id,
+        participant_id: a.participant_id,
+        user_id: a.user_id,
+        display_name: a.display_name,
+        node_id: a.node_id,
+        joined_at_ms: a.joined_at_ms,
+        left_at_ms: a.left_at_ms,
+        reason: a.reason.unwrap_or_default(),
+    }
+}
+
 /// Settings as the API carries them, into the server's type.
 fn settings_in(s: Option<convene_admin::MeetingSettings>) -> meetings::MeetingSettings {
     let s = s.unwrap_or_default();
@@ -244,16 +272,7 @@ impl Admin for AdminService {
         req: Request<ListMeetingSettingsRequest>,
     ) -> Result<Response<ListMeetingSettingsResponse>, Status> {
         let r = req.into_inner();
-        let size = match r.page_size as usize {
-            0 => meetings::DEFAULT_PAGE_SIZE,
-            n if n > meetings::MAX_PAGE_SIZE => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size {n}: at most {}; follow next_page_token for more",
-                    meetings::MAX_PAGE_SIZE
-                )));
-            }
-            n => n,
-        };
+        let size = page_size(r.page_size)?;
         let (page, more) = self
             .state
             .meetings
@@ -268,6 +287,54 @@ impl Admin for AdminService {
         };
         Ok(Response::new(ListMeetingSettingsResponse {
             meetings: page.into_iter().map(managed_out).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_attendance(
+        &self,
+        req: Request<ListAttendanceRequest>,
+    ) -> Result<Response<ListAttendanceResponse>, Status> {
+        use meetings::journal::AttendanceCursor;
+        let r = req.into_inner();
+        convene_protocol::validate::meeting_id(&r.meeting_id).map_err(|_| {
+            Status::invalid_argument(format!(
+                "meeting id {:?}: 1 to 64 characters of A-Z a-z 0-9 . _ -",
+                r.meeting_id
+            ))
+        })?;
+        let size = page_size(r.page_size)?;
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(AttendanceCursor::parse(&r.page_token).ok_or_else(|| {
+                Status::invalid_argument("page_token: give back a next_page_token, unchanged")
+            })?)
+        };
+        // What happened before this call is in the answer: the writer is
+        // asked to catch up first (briefly; a stuck disk answers what is there).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.state.events.flush())
+            .await;
+        let store = self.state.meetings.store().clone();
+        let meeting = r.meeting_id.clone();
+        let (rows, more) = tokio::task::spawn_blocking(move || {
+            meetings::lock(&store).attendance_page(&meeting, after, size)
+        })
+        .await
+        .map_err(|e| Status::unavailable(format!("attendance: {e}")))?
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        // The token is the last record's place: pages stay right while
+        // people join between calls.
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => AttendanceCursor {
+                joined_at_ms: last.joined_at_ms,
+                id: last.id,
+            }
+            .token(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListAttendanceResponse {
+            records: rows.into_iter().map(attendance_out).collect(),
             next_page_token,
         }))
     }

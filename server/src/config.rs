@@ -375,6 +375,11 @@ settings! {
     /// (host=/run/postgresql): keep the database on a private network.
     #[arg(long, env = "CONVENE_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// Days attendance (who was in a meeting, when, why they left) is kept
+    /// after the participant left; older rows are deleted hourly. 0 keeps
+    /// it forever.
+    #[arg(long, env = "CONVENE_ATTENDANCE_RETENTION_DAYS")]
+    attendance_retention_days: u32 = 30,
     /// Threads that run the server's work [default: one per core].
     #[arg(long, env = "CONVENE_WORKER_THREADS")]
     worker_threads: Option<usize>,

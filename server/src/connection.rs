@@ -22,6 +22,7 @@ use tracing::{debug, info};
 
 use crate::accept::EvictSignal;
 use crate::auth::VerifyError;
+use crate::events::LeaveReason;
 use crate::mailbox::{Admission, Kick, Mailbox};
 use crate::outbox::{Drained, Outbox, OutboxLimits, Wake};
 use crate::room::{JoinOutcome, Local, Room, lock};
@@ -406,7 +407,7 @@ impl Connection {
                     self.answer_hello(now, verified);
                 }
                 ServerEvent::Join { request_id, join } => self.join(now, request_id, join),
-                ServerEvent::Left => self.leave_room(),
+                ServerEvent::Left => self.leave_room_because(LeaveReason::Left),
                 ServerEvent::Room { request_id, msg } => {
                     if let Err(e) = self.permitted(&msg) {
                         self.session.refuse(request_id, e);
@@ -783,10 +784,46 @@ impl Connection {
     }
 
     fn leave_room(&mut self) {
+        if self.room.is_some() {
+            self.leave_room_because(self.leave_reason());
+        }
+    }
+
+    fn leave_room_because(&mut self, reason: LeaveReason) {
         if let Some(room) = self.room.take() {
-            self.state
-                .router
-                .leave(self.state.now(), &room, self.session.participant_id());
+            // The room's word (a removal, the end of the meeting) wins over
+            // how the session then ended.
+            let reason = match self.mailbox.kicked() {
+                Some(Kick::Removed) => LeaveReason::Removed,
+                Some(Kick::MeetingEnded) => LeaveReason::MeetingEnded,
+                None => reason,
+            };
+            self.state.router.leave_because(
+                self.state.now(),
+                &room,
+                self.session.participant_id(),
+                reason,
+            );
+        }
+    }
+
+    /// Why the participant is leaving, from how the session ended.
+    fn leave_reason(&self) -> LeaveReason {
+        let Some(r) = self.session.close_reason() else {
+            // The connection went without the session ending (its task ended).
+            return LeaveReason::ConnectionLost;
+        };
+        match (r.goodbye, r.error) {
+            (Some(GoodbyeReason::Shutdown), _) if self.state.is_shutting_down() => {
+                LeaveReason::ServerShutdown
+            }
+            (Some(_), _) => LeaveReason::Left,
+            (None, Some(ErrorCode::SlowConsumer)) => LeaveReason::SlowConsumer,
+            (None, Some(ErrorCode::ShuttingDown)) => LeaveReason::ServerShutdown,
+            // A peer that stopped answering is a lost connection, not a misbehaving one.
+            (None, Some(ErrorCode::IdleTimeout)) => LeaveReason::ConnectionLost,
+            (None, Some(_)) => LeaveReason::Error,
+            (None, None) => LeaveReason::ConnectionLost,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod bus;
 pub mod config;
 pub mod connection;
 pub mod estimate;
+pub mod events;
 pub mod fetch;
 pub mod http;
 pub mod ids;
@@ -176,7 +177,8 @@ pub async fn start_node(
     ));
     let (meetings, changes) = match &config.database_url {
         Some(url) => {
-            let (m, changes) = meetings::Meetings::open_postgres(url, cache).await?;
+            let (m, changes) =
+                meetings::Meetings::open_postgres(url, config.data_dir.as_deref(), cache).await?;
             info!(
                 meetings = m.list().len(),
                 "managed meetings stored in PostgreSQL, shared with every node using it"
@@ -232,6 +234,7 @@ pub async fn start_node(
         secret: secret.clone(),
         auth,
     });
+    start_events(&state).await?;
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     if let (Some(listener), Some(token)) = (admin_listener, admin_token) {
         tokio::spawn(admin_http::serve(
@@ -420,6 +423,39 @@ pub async fn start_node(
     })
 }
 
+/// Starts the writer of meeting events and the deletion of old attendance;
+/// first closes what a previous run left open (it stopped without writing
+/// those leaves).
+async fn start_events(state: &Arc<AppState>) -> Result<(), StartError> {
+    let store = state.meetings.store().clone();
+    let node = u32::from(state.router.bus().node());
+    let closing = store.clone();
+    let closed = tokio::task::spawn_blocking(move || {
+        meetings::lock(&closing).attendance_close_open(
+            node,
+            events::unix_ms(),
+            events::LeaveReason::ServerStopped.as_str(),
+        )
+    })
+    .await
+    .map_err(|e| StartError::Store(meetings::StoreError::Task(e.to_string())))??;
+    if closed > 0 {
+        warn!(
+            rows = closed,
+            "attendance left open by the previous run closed as server_stopped"
+        );
+    }
+    if let Some(rx) = state.take_events_queue() {
+        tokio::spawn(events::run_writer(rx, store.clone(), || {}));
+    }
+    tokio::spawn(events::run_retention(
+        store,
+        state.config.attendance_retention_days,
+        state.shutdown_signal(),
+    ));
+    Ok(())
+}
+
 impl Server {
     /// Shuts down: stops accepting, says Goodbye to every session, and waits
     /// up to the configured grace period for connections to drain.
@@ -432,6 +468,8 @@ impl Server {
         let stopping = tokio::spawn(async move { recorders.stop_all(deadline).await });
         let left = self.state.connections_closed(deadline).await;
         let _ = stopping.await;
+        // The leaves of those who just went are written before the end.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.state.events.flush()).await;
         if left > 0 {
             warn!(
                 left,

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub evicted: Gauge,
     /// Recorder processes this node runs, stopping ones included (set at scrape time).
     pub recorders: Gauge,
+    /// Events (attendance, webhooks) dropped because the writer's queue was full.
+    pub events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -127,6 +129,7 @@ impl Metrics {
             queued_bytes: Gauge::default(),
             evicted: Gauge::default(),
             recorders: Gauge::default(),
+            events_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open connections", m.connections.clone());
@@ -241,6 +244,11 @@ impl Metrics {
             "handshaking_evicted",
             "Connections in their handshake closed to make room for newer ones, since start",
             m.evicted.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Meeting events (attendance, webhooks) dropped because the store's writer fell 65536 behind",
+            m.events_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -40,6 +40,10 @@ pub struct AppState {
     pub recorders: Arc<crate::recording::Recorders>,
     /// Managed meetings: their settings, stored and cached for joins.
     pub meetings: crate::meetings::Meetings,
+    /// Where rooms hand what happens in meetings (attendance, webhooks).
+    pub events: Arc<crate::events::Events>,
+    /// The queue of `events`, until the server starts its writer.
+    events_rx: Mutex<Option<tokio::sync::mpsc::Receiver<crate::events::Queued>>>,
     /// Where routed payloads are copied once a test asks (see [`AppState::tap`]).
     #[cfg(feature = "test-hooks")]
     tap: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Tapped>>,
@@ -70,6 +74,9 @@ impl AppState {
         bus: Arc<dyn crate::bus::Bus>,
         meetings: crate::meetings::Meetings,
     ) -> Self {
+        let metrics = Metrics::new();
+        let (events, events_rx) =
+            crate::events::Events::new(u32::from(bus.node()), metrics.events_dropped.clone());
         let router = Router::with_bus(
             RoomLimits {
                 max_participants: config.max_participants_per_room,
@@ -79,7 +86,8 @@ impl AppState {
             },
             bus,
         )
-        .with_meetings(meetings.cache().clone());
+        .with_meetings(meetings.cache().clone())
+        .with_events(events.clone());
         let thresholds = crate::load::Thresholds {
             cpu_percent: config.busy_cpu_percent,
             queue_delay_ms: config.busy_queue_delay_ms,
@@ -102,7 +110,7 @@ impl AppState {
         AppState {
             config,
             router,
-            metrics: Metrics::new(),
+            metrics,
             start: tokio::time::Instant::now(),
             shutdown: watch::channel(false).0,
             connections: Arc::new(OpenConnections::default()),
@@ -113,9 +121,19 @@ impl AppState {
             load: crate::load::Load::new(thresholds),
             recorders,
             meetings,
+            events,
+            events_rx: Mutex::new(Some(events_rx)),
             #[cfg(feature = "test-hooks")]
             tap: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The events' queue, for the one writer that reads it; `None` after the first call.
+    pub fn take_events_queue(&self) -> Option<tokio::sync::mpsc::Receiver<crate::events::Queued>> {
+        self.events_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// A test hook: from now on every media frame and E2EE payload this node

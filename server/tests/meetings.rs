@@ -7,121 +7,17 @@
 
 mod common;
 
-use common::{Client, server};
-use convene_admin::admin_client::AdminClient;
+use common::Client;
+use common::managed::{ADMIN, Admin, SECRET, admin, error_code, join, node, temp_dir, token};
 use convene_admin::{
-    CreateMeetingRequest, DeleteMeetingRequest, GetMeetingRequest, ListMeetingSettingsRequest,
-    ListMeetingsRequest, MeetingSettings, MintTokenRequest, StartRecordingRequest,
-    UpdateMeetingRequest,
+    AttendanceRecord, CreateMeetingRequest, DeleteMeetingRequest, GetMeetingRequest,
+    ListAttendanceRequest, ListMeetingSettingsRequest, ListMeetingsRequest, MeetingSettings,
+    RemoveParticipantRequest, StartRecordingRequest, UpdateMeetingRequest,
 };
 use convene_protocol::ErrorCode;
 use convene_protocol::v1::{self, client_message::Msg as C, server_message::Msg as S};
 use convene_server::config::Config;
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-
-const SECRET: &str = "a-test-secret-of-at-least-32-bytes!";
-const ADMIN: &str = "admin-token-0123456789";
-
-type Admin = AdminClient<
-    InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
-
-/// A client of `s`'s admin API sending `token` (none when `None`).
-async fn admin(s: &convene_server::Server, token: Option<&str>) -> Admin {
-    admin_at(s.admin_addr.expect("the admin API is on"), token).await
-}
-
-/// A client of the admin API at `addr` sending `token` (none when `None`).
-async fn admin_at(addr: std::net::SocketAddr, token: Option<&str>) -> Admin {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("the admin API accepts connections");
-    let header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
-        token.map(|t| format!("Bearer {t}").parse().unwrap());
-    AdminClient::with_interceptor(
-        channel,
-        Box::new(move |mut req: tonic::Request<()>| {
-            if let Some(h) = &header {
-                req.metadata_mut().insert("authorization", h.clone());
-            }
-            Ok(req)
-        }),
-    )
-}
-
-/// A server with the admin API, tokens, and its store in `dir`.
-async fn node(dir: &std::path::Path, ad_hoc: bool) -> convene_server::Server {
-    let dir = dir.to_path_buf();
-    server(move |c: &mut Config| {
-        c.admin_token = Some(ADMIN.into());
-        c.admin_listen = "127.0.0.1:0".parse().unwrap();
-        c.auth_secret = Some(SECRET.into());
-        c.data_dir = Some(dir);
-        c.ad_hoc_meetings = ad_hoc;
-    })
-    .await
-}
-
-/// A token for `user` minted by the admin API, with `grants`.
-async fn token(a: &mut Admin, user: &str, grants: &[&str]) -> String {
-    a.mint_token(MintTokenRequest {
-        meeting: "*".into(),
-        user_id: user.into(),
-        grants: grants.iter().map(|g| g.to_string()).collect(),
-        ..Default::default()
-    })
-    .await
-    .expect("tokens are minted")
-    .into_inner()
-    .token
-}
-
-/// Hello with `token`, then Join `meeting`: the client and the first answer
-/// (Joined, Waiting or Error).
-async fn join(s: &convene_server::Server, token: &str, meeting: &str) -> (Client, S) {
-    let mut c = Client::connect(s).await;
-    c.send(C::Hello(v1::Hello {
-        versions: vec![1],
-        auth_token: token.into(),
-        ..Default::default()
-    }))
-    .await;
-    let S::Welcome(w) = c.expect(|m| matches!(m, S::Welcome(_))).await else {
-        unreachable!()
-    };
-    c.id = w.participant_id;
-    c.send(C::Join(v1::Join {
-        meeting_id: meeting.into(),
-        display_name: "anyone".into(),
-        subscribe_all: true,
-    }))
-    .await;
-    let first = c
-        .expect(|m| matches!(m, S::Joined(_) | S::Waiting(_) | S::Error(_)))
-        .await;
-    (c, first)
-}
-
-fn error_code(m: &S) -> ErrorCode {
-    match m {
-        S::Error(e) => ErrorCode::try_from(e.code).unwrap(),
-        other => panic!("expected an Error, got {other:?}"),
-    }
-}
-
-/// A directory of its own, emptied.
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("convene-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
 
 /// A moderator and a guest in `meeting` (the guest admitted from the
 /// waiting room); a third participant is refused with ROOM_FULL.
@@ -961,4 +857,176 @@ async fn the_postgresql_schema_is_migrated_once_and_a_newer_one_is_refused() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("--database-url"), "{e}");
+}
+
+/// Milliseconds since the Unix epoch, as the test sees it.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Every attendance record of `meeting`, `page` at a time.
+async fn attendance(a: &mut Admin, meeting: &str, page: u32) -> Vec<AttendanceRecord> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = a
+            .list_attendance(ListAttendanceRequest {
+                meeting_id: meeting.into(),
+                page_size: page,
+                page_token: token,
+            })
+            .await
+            .expect("attendance is listed")
+            .into_inner();
+        assert!(r.records.len() <= if page == 0 { 100 } else { page as usize });
+        all.extend(r.records);
+        if r.next_page_token.is_empty() {
+            return all;
+        }
+        token = r.next_page_token;
+    }
+}
+
+/// `got` within a second of when the test saw it happen, `seen`.
+fn near(what: &str, got: u64, seen: u64) {
+    assert!(
+        got.abs_diff(seen) <= 1_000,
+        "{what}: recorded {got}, seen at {seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attendance_records_who_came_when_and_why_they_left() {
+    let dir = temp_dir("meetings-attendance");
+    let s = node(&dir, true).await;
+    let mut a = admin(&s, Some(ADMIN)).await;
+    let alice_token = token(&mut a, "alice", &["subscribe"]).await;
+    let bob_token = token(&mut a, "bob", &["subscribe"]).await;
+    let carol_token = token(&mut a, "carol", &["subscribe"]).await;
+
+    // An ad-hoc meeting: attendance is kept for those too.
+    let (mut alice, first) = join(&s, &alice_token, "standup").await;
+    assert!(matches!(first, S::Joined(_)), "{first:?}");
+    let alice_in = now_ms();
+    let (mut bob, first) = join(&s, &bob_token, "standup").await;
+    assert!(matches!(first, S::Joined(_)), "{first:?}");
+    let bob_in = now_ms();
+
+    // Alice leaves; bob sees her go.
+    alice.send(C::Leave(v1::Leave {})).await;
+    let alice_id = alice.id;
+    bob.expect(|m| matches!(m, S::ParticipantLeft(p) if p.participant_id == alice_id))
+        .await;
+    let alice_out = now_ms();
+
+    // Bob is removed by the operator.
+    a.remove_participant(RemoveParticipantRequest {
+        meeting_id: "standup".into(),
+        participant_id: bob.id,
+        reason: "test".into(),
+    })
+    .await
+    .expect("removed");
+    bob.expect(|m| matches!(m, S::Goodbye(g) if g.reason == v1::GoodbyeReason::Removed as i32))
+        .await;
+    let bob_out = now_ms();
+
+    // Carol stays.
+    let (carol, first) = join(&s, &carol_token, "standup").await;
+    assert!(matches!(first, S::Joined(_)), "{first:?}");
+    let carol_in = now_ms();
+
+    // The removal is recorded once bob's connection has gone: wait for it,
+    // a page of one at a time, so the paging is followed too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let records = loop {
+        let r = attendance(&mut a, "standup", 1).await;
+        if r.len() == 3 && r[1].left_at_ms.is_some() {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attendance never showed bob's removal: {r:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let who: Vec<(u32, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r.participant_id,
+                r.user_id.as_str(),
+                r.display_name.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        who,
+        vec![
+            (alice.id, "alice", "alice"),
+            (bob.id, "bob", "bob"),
+            (carol.id, "carol", "carol")
+        ],
+        "in join order, names from the tokens, not the Join's"
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.meeting_id == "standup" && r.node_id == 0)
+    );
+    let reasons: Vec<&str> = records.iter().map(|r| r.reason.as_str()).collect();
+    assert_eq!(reasons, vec!["left", "removed", ""]);
+    near("alice joined", records[0].joined_at_ms, alice_in);
+    near("alice left", records[0].left_at_ms.unwrap(), alice_out);
+    near("bob joined", records[1].joined_at_ms, bob_in);
+    near("bob removed", records[1].left_at_ms.unwrap(), bob_out);
+    near("carol joined", records[2].joined_at_ms, carol_in);
+    assert_eq!(records[2].left_at_ms, None, "carol is still in");
+    assert_eq!(
+        attendance(&mut a, "standup", 0).await,
+        records,
+        "one page of 100"
+    );
+
+    // Bad requests.
+    let e = a
+        .list_attendance(ListAttendanceRequest {
+            meeting_id: "standup".into(),
+            page_size: 501,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    for (meeting, token) in [("standup", "not-a-token"), ("bad id!", "")] {
+        let e = a
+            .list_attendance(ListAttendanceRequest {
+                meeting_id: meeting.into(),
+                page_size: 10,
+                page_token: token.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{meeting:?} {token:?}");
+    }
+    assert!(attendance(&mut a, "nobody-came", 10).await.is_empty());
+
+    // A restart closes carol's stay, which the stopped server never ended.
+    drop(carol);
+    s.shutdown().await;
+    let s = node(&dir, true).await;
+    let mut a = admin(&s, Some(ADMIN)).await;
+    let after = attendance(&mut a, "standup", 10).await;
+    assert_eq!(after.len(), 3);
+    assert_eq!(&after[..2], &records[..2], "what was recorded stays");
+    assert!(
+        after[2].left_at_ms.is_some() && !after[2].reason.is_empty(),
+        "{:?}",
+        after[2]
+    );
+    s.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

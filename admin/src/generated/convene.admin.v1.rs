@@ -150,6 +150,61 @@ pub struct ListMeetingSettingsResponse {
     #[serde(alias = "next_page_token")]
     pub next_page_token: ::prost::alloc::string::String,
 }
+/// Asks for a page of a meeting's attendance.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListAttendanceRequest {
+    /// The meeting id.
+    #[prost(string, tag = "1")]
+    pub meeting_id: ::prost::alloc::string::String,
+    /// Most records in the answer, 1 to 500; 0 means 100.
+    #[prost(uint32, tag = "2")]
+    pub page_size: u32,
+    /// Empty for the first page; then the previous answer's next_page_token.
+    #[prost(string, tag = "3")]
+    pub page_token: ::prost::alloc::string::String,
+}
+/// One participant's stay in a meeting.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AttendanceRecord {
+    /// The meeting id.
+    #[prost(string, tag = "1")]
+    pub meeting_id: ::prost::alloc::string::String,
+    /// The participant id the meeting knew them by (ids are reused after a
+    /// participant leaves: a record is one stay).
+    #[prost(uint32, tag = "2")]
+    pub participant_id: u32,
+    /// The token's subject, or empty without authentication.
+    #[prost(string, tag = "3")]
+    pub user_id: ::prost::alloc::string::String,
+    /// The name others saw.
+    #[prost(string, tag = "4")]
+    pub display_name: ::prost::alloc::string::String,
+    /// The node they were connected to.
+    #[prost(uint32, tag = "5")]
+    pub node_id: u32,
+    /// When they joined, ms since the Unix epoch.
+    #[prost(uint64, tag = "6")]
+    pub joined_at_ms: u64,
+    /// When they left, ms since the Unix epoch; absent while they are in the meeting.
+    #[prost(uint64, optional, tag = "7")]
+    pub left_at_ms: ::core::option::Option<u64>,
+    /// Why they left: left, removed, meeting_ended, connection_lost,
+    /// server_shutdown, slow_consumer, error, or server_stopped (the server
+    /// stopped without recording the leave; left_at_ms is when it started
+    /// again). Empty while they are in the meeting.
+    #[prost(string, tag = "8")]
+    pub reason: ::prost::alloc::string::String,
+}
+/// A page of a meeting's attendance, ordered by join time.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListAttendanceResponse {
+    /// One record per join.
+    #[prost(message, repeated, tag = "1")]
+    pub records: ::prost::alloc::vec::Vec<AttendanceRecord>,
+    /// Give it as page_token for the next page; empty after the last.
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
+}
 /// Asks for every meeting.
 #[derive(::serde::Serialize, ::serde::Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
@@ -706,6 +761,28 @@ pub mod admin_client {
             ));
             self.inner.unary(req, path, codec).await
         }
+        /// Who was in a meeting on this node, managed or ad hoc: one record per
+        /// join, ordered by join time, a page at a time; those still in the
+        /// meeting have no left_at_ms. Kept --attendance-retention-days (default
+        /// 30) after the participant left. Empty for a meeting nobody joined.
+        /// INVALID_ARGUMENT for a bad meeting id, a page_size over 500 or a
+        /// page_token not from a previous answer.
+        pub async fn list_attendance(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListAttendanceRequest>,
+        ) -> std::result::Result<tonic::Response<super::ListAttendanceResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/convene.admin.v1.Admin/ListAttendance");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("convene.admin.v1.Admin", "ListAttendance"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -798,6 +875,16 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::ListMeetingSettingsRequest>,
         ) -> std::result::Result<tonic::Response<super::ListMeetingSettingsResponse>, tonic::Status>;
+        /// Who was in a meeting on this node, managed or ad hoc: one record per
+        /// join, ordered by join time, a page at a time; those still in the
+        /// meeting have no left_at_ms. Kept --attendance-retention-days (default
+        /// 30) after the participant left. Empty for a meeting nobody joined.
+        /// INVALID_ARGUMENT for a bad meeting id, a page_size over 500 or a
+        /// page_token not from a previous answer.
+        async fn list_attendance(
+            &self,
+            request: tonic::Request<super::ListAttendanceRequest>,
+        ) -> std::result::Result<tonic::Response<super::ListAttendanceResponse>, tonic::Status>;
     }
     /// What an operator can see and do on one node. In a cluster each node
     /// answers for the meetings it has participants in, and sees their members on
@@ -1321,6 +1408,44 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListMeetingSettingsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/convene.admin.v1.Admin/ListAttendance" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListAttendanceSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ListAttendanceRequest> for ListAttendanceSvc<T> {
+                        type Response = super::ListAttendanceResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListAttendanceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as Admin>::list_attendance(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListAttendanceSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -3,6 +3,7 @@
 //! ([`store::Store`]), copied into a cache joins read ([`cache::MeetingCache`]).
 
 pub mod cache;
+pub mod journal;
 pub mod postgres;
 pub mod settings;
 pub mod store;
@@ -51,6 +52,9 @@ pub struct Meetings {
     cache: Arc<MeetingCache>,
     /// Where the meetings are kept.
     backend: Backend,
+    /// This node's embedded store: its meetings without PostgreSQL, and
+    /// always its event journal (attendance, the webhook outbox).
+    local: Arc<Mutex<Store>>,
     /// Every meeting as stored, for the admin API's reads.
     rows: Mutex<std::collections::BTreeMap<String, ManagedMeeting>>,
     /// One change at a time, so the store, the rows and the cache change in
@@ -79,20 +83,13 @@ impl Meetings {
     /// Opens the store in `data_dir` (memory without one) and fills `cache`
     /// from it. Blocking: call it before serving, or from a blocking thread.
     pub fn open(data_dir: Option<&Path>, cache: Arc<MeetingCache>) -> Result<Meetings, StoreError> {
-        let store = match data_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).map_err(|source| StoreError::DataDir {
-                    dir: d.to_path_buf(),
-                    source,
-                })?;
-                Store::open_dir(d)?
-            }
-            None => Store::in_memory()?,
-        };
+        let store = open_local(data_dir)?;
         let all = store.list()?;
+        let local = Arc::new(Mutex::new(store));
         let meetings = Meetings {
             cache,
-            backend: Backend::Sqlite(Arc::new(Mutex::new(store))),
+            backend: Backend::Sqlite(local.clone()),
+            local,
             rows: Mutex::new(Default::default()),
             writes: tokio::sync::Mutex::new(()),
         };
@@ -103,15 +100,22 @@ impl Meetings {
     /// Opens the meetings in the PostgreSQL database at `url` (migrating
     /// it) and fills `cache` from it. Changes made by any node arrive on the
     /// returned channel: give each to [`Meetings::refresh`].
+    /// The node's event journal stays in its embedded store (`data_dir`, or memory).
     pub async fn open_postgres(
         url: &str,
+        data_dir: Option<&Path>,
         cache: Arc<MeetingCache>,
     ) -> Result<(Meetings, tokio::sync::mpsc::Receiver<Change>), StoreError> {
+        let dir = data_dir.map(Path::to_path_buf);
+        let local = tokio::task::spawn_blocking(move || open_local(dir.as_deref()))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
         let (pg, changes) = PgStore::connect(url).await?;
         let all = pg.list().await?;
         let meetings = Meetings {
             cache,
             backend: Backend::Postgres(pg),
+            local: Arc::new(Mutex::new(local)),
             rows: Mutex::new(Default::default()),
             writes: tokio::sync::Mutex::new(()),
         };
@@ -167,6 +171,12 @@ impl Meetings {
             self.cache.put(&m.meeting_id, m.settings.clone());
             rows.insert(m.meeting_id.clone(), m);
         }
+    }
+
+    /// The store, for the event journal ([`crate::events`]): lock it only
+    /// on a blocking thread.
+    pub fn store(&self) -> &Arc<Mutex<Store>> {
+        &self.local
     }
 
     /// The cache joins read.
@@ -369,7 +379,22 @@ impl Meetings {
     }
 }
 
-fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
+/// This node's embedded store: in `data_dir` (created if missing), or in memory.
+fn open_local(data_dir: Option<&Path>) -> Result<Store, StoreError> {
+    match data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|source| StoreError::DataDir {
+                dir: d.to_path_buf(),
+                source,
+            })?;
+            Store::open_dir(d)
+        }
+        None => Store::in_memory(),
+    }
+}
+
+/// Locks the store, recovering from a panic elsewhere rather than spreading it.
+pub fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(|p| p.into_inner())
 }
 

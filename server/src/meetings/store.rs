@@ -29,6 +29,21 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );",
+    // 2: attendance, one row per join (PROTOCOL.md §13, ListAttendance).
+    "CREATE TABLE attendance (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        meeting_id TEXT NOT NULL,
+        participant_id INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        display_name TEXT NOT NULL,
+        node_id INTEGER NOT NULL,
+        joined_at_ms INTEGER NOT NULL,
+        left_at_ms INTEGER,
+        reason TEXT
+    );
+    CREATE INDEX attendance_by_meeting ON attendance (meeting_id, joined_at_ms, id);
+    CREATE INDEX attendance_open ON attendance (meeting_id, participant_id) WHERE left_at_ms IS NULL;
+    CREATE INDEX attendance_by_left ON attendance (left_at_ms);",
 ];
 
 /// The schema version this server writes.
@@ -67,7 +82,8 @@ pub enum StoreError {
 /// One SQLite database of managed meetings.
 #[derive(Debug)]
 pub struct Store {
-    conn: Connection,
+    /// The database; the journal ([`super::journal`]) writes it too.
+    pub(super) conn: Connection,
 }
 
 impl Store {

@@ -7,6 +7,7 @@ use convene_protocol::v1::{self, Participant, Role, server_message::Msg};
 use convene_protocol::{ErrorCode, ProtocolError, Timestamp};
 
 use crate::bus::BusMessage;
+use crate::events::{EventKind, LeaveReason};
 
 use super::forward::Prefs;
 use super::media::Subscription;
@@ -141,21 +142,32 @@ impl Room {
             participant: info.clone(),
             subscribe_all,
         });
+        let first = self.local == 0;
         self.local += 1;
-        self.members.insert(
-            pid,
-            Member {
-                info,
-                local: Some(local.clone()),
-                node: self.bus.node(),
-                subscribe_all,
-                tracks: BTreeMap::new(),
-                settings: Default::default(),
-                budget: Default::default(),
-                announced: false,
-                told_e2ee: false,
-            },
-        );
+        let member = Member {
+            info,
+            local: Some(local.clone()),
+            node: self.bus.node(),
+            subscribe_all,
+            tracks: BTreeMap::new(),
+            settings: Default::default(),
+            budget: Default::default(),
+            announced: false,
+            told_e2ee: false,
+        };
+        if self.events_on() {
+            // Emitted with the room locked: a meeting's events are queued in
+            // the order they happened.
+            if first {
+                self.emit(EventKind::MeetingStarted);
+            }
+            let who = member.who();
+            if member.info.recording {
+                self.emit(EventKind::RecordingStarted(who.clone()));
+            }
+            self.emit(EventKind::ParticipantJoined(who));
+        }
+        self.members.insert(pid, member);
         self.budget_stale.add(pid);
         if subscribe_all {
             let mut requests = Vec::new();
@@ -193,6 +205,11 @@ impl Room {
     /// Removes a participant: unpublishes its tracks, drops its subscriptions,
     /// and tells the others (PROTOCOL.md §5.3, §9.3).
     pub fn leave(&mut self, pid: u32) {
+        self.leave_because(pid, LeaveReason::Left);
+    }
+
+    /// [`Room::leave`], recording `reason` for a member of this node.
+    pub fn leave_because(&mut self, pid: u32, reason: LeaveReason) {
         if self.waiting.remove(&pid).is_some() {
             self.bus.publish(BusMessage::WaitingGone {
                 meeting: self.id.clone(),
@@ -209,7 +226,33 @@ impl Room {
                 participant_id: pid,
             });
         }
+        let gone = self
+            .members
+            .get(&pid)
+            .filter(|m| m.is_local() && self.events_on())
+            .map(|m| {
+                (
+                    m.who(),
+                    m.info.recording,
+                    m.tracks.keys().copied().collect::<Vec<_>>(),
+                )
+            });
         self.remove_member(pid);
+        if let Some((who, recording, tracks)) = gone {
+            for track_id in tracks {
+                self.emit(EventKind::TrackUnpublished {
+                    participant_id: pid,
+                    track_id,
+                });
+            }
+            if recording {
+                self.emit(EventKind::RecordingEnded(who.clone()));
+            }
+            self.emit(EventKind::ParticipantLeft(who, reason));
+            if self.local == 0 {
+                self.emit(EventKind::MeetingEnded);
+            }
+        }
     }
 
     pub(super) fn remove_member(&mut self, pid: u32) {

@@ -43,6 +43,7 @@ use convene_protocol::v1::{self, Participant, Role, ServerMessage, server_messag
 use convene_protocol::{ErrorCode, ProtocolError, Timestamp, TokenBucket, encode_control};
 
 use crate::bus::{Bus, NoBus, NodeId};
+use crate::events::{EventKind, Events, Who};
 use crate::mailbox::{Admission, Mailbox};
 use crate::outbox::Outbox;
 
@@ -116,6 +117,16 @@ impl Member {
         self.local.is_some()
     }
 
+    /// The member as events describe it.
+    fn who(&self) -> Who {
+        Who {
+            participant_id: self.info.participant_id,
+            user_id: self.info.user_id.clone(),
+            display_name: self.info.display_name.clone(),
+            node_id: u32::from(self.node),
+        }
+    }
+
     fn participant(&self) -> Participant {
         Participant {
             tracks: self.tracks.values().map(|p| p.info.clone()).collect(),
@@ -175,6 +186,9 @@ pub struct Room {
     budget_stale: Stale,
     /// When the budgets were last shared out.
     budget_at: Option<Timestamp>,
+    /// Where what happens to this node's members is told (attendance,
+    /// webhooks): a queue, never waited on.
+    events: Arc<Events>,
 }
 
 /// One meeting as the admin API shows it.
@@ -288,7 +302,23 @@ impl Room {
             board: Default::default(),
             budget_stale: Stale::default(),
             budget_at: None,
+            events: Events::disabled(),
         }
+    }
+
+    /// Tells what happens to this node's members to `events`.
+    pub fn set_events(&mut self, events: Arc<Events>) {
+        self.events = events;
+    }
+
+    /// Emits an event about this meeting.
+    pub(super) fn emit(&self, kind: EventKind) {
+        self.events.emit(&self.id, kind);
+    }
+
+    /// Whether events are recorded (so that building one can be skipped).
+    pub(super) fn events_on(&self) -> bool {
+        self.events.enabled()
     }
 
     /// Gives the room a waiting room (or takes it away).

@@ -6,6 +6,7 @@ use convene_protocol::v1::{self, TrackKind, server_message::Msg};
 use convene_protocol::{ErrorCode, ProtocolError, RoomRequest, Timestamp, TokenBucket};
 
 use crate::bus::{BusMessage, NodeId};
+use crate::events::EventKind;
 use crate::mailbox::{Admission, Kick};
 
 use super::forward::Prefs;
@@ -213,6 +214,13 @@ impl Room {
             // A new camera has its place in everyone's last-N at once.
             self.apply_last_n();
         }
+        if self.events_on() && self.members.get(&pid).is_some_and(|m| m.is_local()) {
+            self.emit(EventKind::TrackPublished {
+                participant_id: pid,
+                track_id: tid,
+                kind: track_kind(track.kind),
+            });
+        }
         self.broadcast(
             Msg::TrackPublished(v1::TrackPublished {
                 participant_id: pid,
@@ -234,6 +242,12 @@ impl Room {
         if camera {
             // A camera gone leaves a place in last-N to the next.
             self.apply_last_n();
+        }
+        if self.events_on() && self.members.get(&pid).is_some_and(|m| m.is_local()) {
+            self.emit(EventKind::TrackUnpublished {
+                participant_id: pid,
+                track_id: u.track_id,
+            });
         }
         self.broadcast(
             Msg::TrackUnpublished(v1::TrackUnpublished {
@@ -603,5 +617,14 @@ impl Room {
                     format!("you publish no track {track}"),
                 )
             })
+    }
+}
+
+/// A track kind's name in events.
+fn track_kind(kind: i32) -> &'static str {
+    match TrackKind::try_from(kind) {
+        Ok(TrackKind::Audio) => "audio",
+        Ok(TrackKind::Screen) => "screen",
+        _ => "video",
     }
 }

@@ -8,6 +8,7 @@ use convene_protocol::v1::Participant;
 use convene_protocol::{ErrorCode, ProtocolError, RoomRequest, Timestamp};
 
 use crate::bus::{Bus, BusMessage, NoBus, PARTICIPANT_BITS};
+use crate::events::{Events, LeaveReason};
 use crate::ids::IdAllocator;
 use crate::meetings::{MeetingCache, Policy};
 
@@ -30,6 +31,8 @@ pub struct Router {
     /// (still hearing the meeting from other nodes) since when they emptied.
     /// Lock order: after the room map.
     lingering: Mutex<HashMap<String, Timestamp>>,
+    /// Where rooms tell what happens to their members.
+    events: Arc<Events>,
 }
 
 /// Locks a room, recovering from a panic elsewhere rather than spreading it.
@@ -52,7 +55,14 @@ impl Router {
             bus,
             meetings: Arc::new(MeetingCache::ad_hoc(Vec::new())),
             lingering: Mutex::new(HashMap::new()),
+            events: Events::disabled(),
         }
+    }
+
+    /// Rooms tell what happens to their members (joins, leaves, tracks) to `events`.
+    pub fn with_events(mut self, events: Arc<Events>) -> Self {
+        self.events = events;
+        self
     }
 
     /// Ad-hoc meetings that get a waiting room: ids, or prefixes ending in `*`.
@@ -273,6 +283,7 @@ impl Router {
                     Policy::AdHoc { waiting_room } => room.set_waiting_room(*waiting_room),
                     Policy::Refused => {}
                 }
+                room.set_events(self.events.clone());
                 room.start_sync(now, self.bus.peers());
                 let r = Arc::new(Mutex::new(room));
                 rooms.insert(meeting.to_string(), r.clone());
@@ -311,9 +322,20 @@ impl Router {
     /// Takes `pid` out of `room` at `now`, and drops the room when it is
     /// empty (or keeps it for its meeting's empty-room timeout).
     pub fn leave(&self, now: Timestamp, room: &Arc<Mutex<Room>>, pid: u32) {
+        self.leave_because(now, room, pid, LeaveReason::Left);
+    }
+
+    /// [`Router::leave`], recording why.
+    pub fn leave_because(
+        &self,
+        now: Timestamp,
+        room: &Arc<Mutex<Room>>,
+        pid: u32,
+        reason: LeaveReason,
+    ) {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let mut guard = lock(room);
-        guard.leave(pid);
+        guard.leave_because(pid, reason);
         if guard.is_empty() {
             let id = guard.id().to_string();
             drop(guard);

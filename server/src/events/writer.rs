@@ -1,0 +1,100 @@
+//! The one task that writes events to the store, and the one that forgets
+//! old attendance. Both do their SQLite work on blocking threads.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::{Event, MAX_BATCH, Queued};
+use crate::meetings::{Store, lock};
+
+/// How often old attendance is deleted (and once at start).
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3_600);
+
+/// A day in ms.
+const DAY_MS: u64 = 86_400_000;
+
+/// Writes what arrives on `rx` to `store`, a batch per transaction, in
+/// order, until every sender is gone. A batch the store refuses is logged
+/// and dropped: waiting for the disk here would fill the queue, and the
+/// queue's drops are counted anyway. `written` runs after each batch (the
+/// webhook deliverers are told there is more to send).
+pub async fn run_writer(
+    mut rx: mpsc::Receiver<Queued>,
+    store: Arc<Mutex<Store>>,
+    written: impl Fn() + Send + 'static,
+) {
+    let mut batch: Vec<Event> = Vec::with_capacity(MAX_BATCH);
+    let mut flushes = Vec::new();
+    loop {
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut next = Some(first);
+        while let Some(q) = next.take() {
+            match q {
+                Queued::Event(e) => batch.push(e),
+                Queued::Flush(done) => flushes.push(done),
+            }
+            if batch.len() >= MAX_BATCH {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !batch.is_empty() {
+            let events = std::mem::take(&mut batch);
+            let store = store.clone();
+            let n = events.len();
+            let result = tokio::task::spawn_blocking(move || {
+                let r = lock(&store).apply_events(&events);
+                (r, events)
+            })
+            .await;
+            match result {
+                Ok((Ok(()), mut events)) => {
+                    // The allocation is kept for the next batch.
+                    events.clear();
+                    batch = events;
+                    written();
+                }
+                Ok((Err(e), _)) => {
+                    warn!(events = n, error = %e, "events not recorded: the store refused them")
+                }
+                Err(e) => {
+                    warn!(events = n, error = %e, "events not recorded: the writer's thread failed")
+                }
+            }
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Deletes attendance of those who left more than `days` days ago, at
+/// start and every [`RETENTION_INTERVAL`], until `stop` turns true. With
+/// `days` 0 nothing is ever deleted.
+pub async fn run_retention(store: Arc<Mutex<Store>>, days: u32, mut stop: watch::Receiver<bool>) {
+    if days == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let cut = super::unix_ms().saturating_sub(u64::from(days) * DAY_MS);
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || lock(&store).attendance_delete_before(cut)).await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(rows = n, days, "old attendance deleted"),
+            Ok(Err(e)) => warn!(error = %e, "old attendance not deleted"),
+            Err(e) => warn!(error = %e, "old attendance not deleted: the thread failed"),
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! What happened in meetings, as the store keeps it: attendance (who was in
+//! a meeting, from when to when, and why they left). Blocking calls, made
+//! only by the event writer ([`crate::events`]) and the admin API's reads,
+//! both on blocking threads.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::store::{Store, StoreError};
+use crate::events::{Event, EventKind};
+
+/// One participant's stay in a meeting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attendance {
+    /// The row's id: with `joined_at_ms`, the order of the list.
+    pub id: i64,
+    /// The meeting.
+    pub meeting_id: String,
+    /// The participant id the meeting knew them by.
+    pub participant_id: u32,
+    /// The token's subject, empty without tokens.
+    pub user_id: String,
+    /// The name others saw.
+    pub display_name: String,
+    /// The node they were connected to.
+    pub node_id: u32,
+    /// When they joined, ms since the Unix epoch.
+    pub joined_at_ms: u64,
+    /// When they left; `None` while they are in the meeting.
+    pub left_at_ms: Option<u64>,
+    /// Why they left (`left`, `removed`, ...); `None` while they are in.
+    pub reason: Option<String>,
+}
+
+/// Where a page of attendance starts: after this (joined_at_ms, id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttendanceCursor {
+    /// The last row's join time.
+    pub joined_at_ms: u64,
+    /// The last row's id.
+    pub id: i64,
+}
+
+impl AttendanceCursor {
+    /// The cursor as a page token: `<joined_at_ms>.<id>`.
+    pub fn token(&self) -> String {
+        format!("{}.{}", self.joined_at_ms, self.id)
+    }
+
+    /// A page token back into a cursor; `None` when it is not one.
+    pub fn parse(token: &str) -> Option<AttendanceCursor> {
+        let (t, id) = token.split_once('.')?;
+        Some(AttendanceCursor {
+            joined_at_ms: t.parse().ok()?,
+            id: id.parse().ok()?,
+        })
+    }
+}
+
+/// A time as SQLite keeps it: signed, so a time past 2^63 ms is not a time.
+fn ms(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Writes a batch of events in one transaction: joins and leaves into
+    /// attendance.
+    pub fn apply_events(&mut self, events: &[Event]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for e in events {
+            match &e.kind {
+                EventKind::ParticipantJoined(w) => {
+                    tx.prepare_cached(
+                        "INSERT INTO attendance (meeting_id, participant_id, user_id, display_name, node_id, joined_at_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        e.meeting_id,
+                        w.participant_id,
+                        w.user_id,
+                        w.display_name,
+                        w.node_id,
+                        ms(e.at_ms)
+                    ])?;
+                }
+                EventKind::ParticipantLeft(w, reason) => {
+                    tx.prepare_cached(
+                        "UPDATE attendance SET left_at_ms = ?3, reason = ?4
+                         WHERE meeting_id = ?1 AND participant_id = ?2 AND left_at_ms IS NULL",
+                    )?
+                    .execute(params![
+                        e.meeting_id,
+                        w.participant_id,
+                        ms(e.at_ms),
+                        reason.as_str()
+                    ])?;
+                }
+                _ => {}
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a join.
+    pub fn attendance_joined(&self, a: &Attendance) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO attendance (meeting_id, participant_id, user_id, display_name, node_id, joined_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                a.meeting_id,
+                a.participant_id,
+                a.user_id,
+                a.display_name,
+                a.node_id,
+                ms(a.joined_at_ms)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records a leave: closes the participant's open row in the meeting
+    /// (participant ids are reused, but never while one is open). False
+    /// when there was no open row.
+    pub fn attendance_left(
+        &self,
+        meeting_id: &str,
+        participant_id: u32,
+        left_at_ms: u64,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE attendance SET left_at_ms = ?3, reason = ?4
+             WHERE meeting_id = ?1 AND participant_id = ?2 AND left_at_ms IS NULL",
+            params![meeting_id, participant_id, ms(left_at_ms), reason],
+        )? > 0)
+    }
+
+    /// Closes every open row of `node_id` with `reason` at `at_ms`: at
+    /// start, nobody is connected, so a row still open was left open by a
+    /// server that stopped without recording its leaves. How many.
+    pub fn attendance_close_open(
+        &self,
+        node_id: u32,
+        at_ms: u64,
+        reason: &str,
+    ) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE attendance SET left_at_ms = MAX(joined_at_ms, ?2), reason = ?3
+             WHERE node_id = ?1 AND left_at_ms IS NULL",
+            params![node_id, ms(at_ms), reason],
+        )?)
+    }
+
+    /// At most `size` rows of `meeting_id` after `after` (from the start
+    /// when `None`), by join time, and whether more follow.
+    pub fn attendance_page(
+        &self,
+        meeting_id: &str,
+        after: Option<AttendanceCursor>,
+        size: usize,
+    ) -> Result<(Vec<Attendance>, bool), StoreError> {
+        let c = after.unwrap_or(AttendanceCursor {
+            joined_at_ms: 0,
+            id: i64::MIN,
+        });
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, meeting_id, participant_id, user_id, display_name, node_id,
+                    joined_at_ms, left_at_ms, reason
+             FROM attendance
+             WHERE meeting_id = ?1 AND (joined_at_ms, id) > (?2, ?3)
+             ORDER BY joined_at_ms, id LIMIT ?4",
+        )?;
+        let limit = i64::try_from(size.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut rows: Vec<Attendance> = stmt
+            .query_map(
+                params![meeting_id, ms(c.joined_at_ms), c.id, limit],
+                attendance_row,
+            )?
+            .collect::<Result<_, _>>()?;
+        let more = rows.len() > size;
+        rows.truncate(size);
+        Ok((rows, more))
+    }
+
+    /// Deletes the rows of those who left before `before_ms`; rows of
+    /// participants still in a meeting stay. How many went.
+    pub fn attendance_delete_before(&self, before_ms: u64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM attendance WHERE left_at_ms IS NOT NULL AND left_at_ms < ?1",
+            [ms(before_ms)],
+        )?)
+    }
+
+    /// The open row of a participant, if any (for tests and checks).
+    pub fn attendance_open(
+        &self,
+        meeting_id: &str,
+        participant_id: u32,
+    ) -> Result<Option<Attendance>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, meeting_id, participant_id, user_id, display_name, node_id,
+                        joined_at_ms, left_at_ms, reason
+                 FROM attendance
+                 WHERE meeting_id = ?1 AND participant_id = ?2 AND left_at_ms IS NULL",
+                params![meeting_id, participant_id],
+                attendance_row,
+            )
+            .optional()?)
+    }
+}
+
+fn attendance_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Attendance> {
+    Ok(Attendance {
+        id: r.get(0)?,
+        meeting_id: r.get(1)?,
+        participant_id: r.get(2)?,
+        user_id: r.get(3)?,
+        display_name: r.get(4)?,
+        node_id: r.get(5)?,
+        joined_at_ms: r.get::<_, i64>(6)?.max(0) as u64,
+        left_at_ms: r.get::<_, Option<i64>>(7)?.map(|t| t.max(0) as u64),
+        reason: r.get(8)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fixed clock: 2026-01-01T00:00:00Z in ms.
+    const T0: u64 = 1_767_225_600_000;
+    const DAY_MS: u64 = 86_400_000;
+
+    fn joined(meeting: &str, pid: u32, at: u64) -> Attendance {
+        Attendance {
+            id: 0,
+            meeting_id: meeting.into(),
+            participant_id: pid,
+            user_id: format!("user-{pid}"),
+            display_name: format!("Name {pid}"),
+            node_id: 0,
+            joined_at_ms: at,
+            left_at_ms: None,
+            reason: None,
+        }
+    }
+
+    fn pids(rows: &[Attendance]) -> Vec<u32> {
+        rows.iter().map(|a| a.participant_id).collect()
+    }
+
+    #[test]
+    fn a_leave_closes_the_open_row_and_reused_ids_get_rows_of_their_own() {
+        let s = Store::in_memory().unwrap();
+        s.attendance_joined(&joined("m", 7, T0)).unwrap();
+        assert!(s.attendance_left("m", 7, T0 + 1_000, "left").unwrap());
+        assert!(
+            !s.attendance_left("m", 7, T0 + 2_000, "removed").unwrap(),
+            "a closed row stays as it was"
+        );
+        s.attendance_joined(&joined("m", 7, T0 + 3_000)).unwrap();
+        let (rows, more) = s.attendance_page("m", None, 10).unwrap();
+        assert!(!more);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].left_at_ms, Some(T0 + 1_000));
+        assert_eq!(rows[0].reason.as_deref(), Some("left"));
+        assert_eq!(rows[0].user_id, "user-7");
+        assert_eq!(rows[0].display_name, "Name 7");
+        assert_eq!(
+            (rows[1].left_at_ms, rows[1].reason.as_deref()),
+            (None, None)
+        );
+        assert_eq!(
+            s.attendance_open("m", 7).unwrap().map(|a| a.joined_at_ms),
+            Some(T0 + 3_000)
+        );
+    }
+
+    #[test]
+    fn pages_follow_join_time_and_cover_every_row_once() {
+        let s = Store::in_memory().unwrap();
+        // Out of order, two at the same time, and another meeting between.
+        for (pid, at) in [(3, T0 + 30), (1, T0 + 10), (2, T0 + 20), (4, T0 + 20)] {
+            s.attendance_joined(&joined("m", pid, at)).unwrap();
+            s.attendance_joined(&joined("other", pid, at)).unwrap();
+        }
+        let (p1, more) = s.attendance_page("m", None, 2).unwrap();
+        assert_eq!((pids(&p1), more), (vec![1, 2], true));
+        let c = AttendanceCursor {
+            joined_at_ms: p1[1].joined_at_ms,
+            id: p1[1].id,
+        };
+        let c = AttendanceCursor::parse(&c.token()).expect("a token parses back");
+        let (p2, more) = s.attendance_page("m", Some(c), 2).unwrap();
+        assert_eq!((pids(&p2), more), (vec![4, 3], false));
+        assert_eq!(s.attendance_page("none", None, 2).unwrap(), (vec![], false));
+        for bad in ["", "1", "x.1", "1.y", "1.2.3"] {
+            assert_eq!(AttendanceCursor::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn retention_deletes_only_rows_that_ended_before_the_cut() {
+        let s = Store::in_memory().unwrap();
+        s.attendance_joined(&joined("m", 1, T0)).unwrap();
+        s.attendance_left("m", 1, T0 + DAY_MS, "left").unwrap();
+        s.attendance_joined(&joined("m", 2, T0)).unwrap();
+        s.attendance_left("m", 2, T0 + 40 * DAY_MS, "removed")
+            .unwrap();
+        // Still in the meeting, however long ago they joined.
+        s.attendance_joined(&joined("m", 3, T0)).unwrap();
+        let now = T0 + 45 * DAY_MS;
+        assert_eq!(s.attendance_delete_before(now - 30 * DAY_MS).unwrap(), 1);
+        let (rows, _) = s.attendance_page("m", None, 10).unwrap();
+        assert_eq!(pids(&rows), vec![2, 3]);
+        assert_eq!(s.attendance_delete_before(now - 30 * DAY_MS).unwrap(), 0);
+    }
+
+    #[test]
+    fn rows_left_open_by_a_stopped_server_are_closed_at_start() {
+        let s = Store::in_memory().unwrap();
+        s.attendance_joined(&joined("m", 1, T0)).unwrap();
+        s.attendance_joined(&joined("m", 2, T0)).unwrap();
+        s.attendance_left("m", 2, T0 + 5, "left").unwrap();
+        assert_eq!(
+            s.attendance_close_open(0, T0 + 100, "server_stopped")
+                .unwrap(),
+            1
+        );
+        let (rows, _) = s.attendance_page("m", None, 10).unwrap();
+        assert_eq!(rows[0].left_at_ms, Some(T0 + 100));
+        assert_eq!(rows[0].reason.as_deref(), Some("server_stopped"));
+        assert_eq!(rows[1].reason.as_deref(), Some("left"));
+    }
+}
