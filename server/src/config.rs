@@ -380,6 +380,22 @@ settings! {
     /// it forever.
     #[arg(long, env = "CONVENE_ATTENDANCE_RETENTION_DAYS")]
     attendance_retention_days: u32 = 30,
+    /// Where meeting events are POSTed as signed JSON (webhooks; see
+    /// docs/API.md): an http:// or https:// URL. Repeat the flag, or
+    /// separate with commas, for several receivers; each gets every event.
+    #[arg(long = "webhook-url", env = "CONVENE_WEBHOOK_URLS", value_delimiter = ',')]
+    webhook_urls: Vec<String>,
+    /// File with the secret webhooks are signed with (HMAC-SHA256), at
+    /// least 16 bytes; required with --webhook-url.
+    #[arg(long, env = "CONVENE_WEBHOOK_SECRET_FILE")]
+    webhook_secret_file: Option<PathBuf>,
+    /// Most events waiting for delivery to one webhook URL; beyond it the
+    /// oldest are dropped (and counted in convene_webhook_dropped).
+    #[arg(long, env = "CONVENE_WEBHOOK_MAX_PENDING")]
+    webhook_max_pending: u32 = 100_000,
+    /// Longest wait between two attempts to deliver a webhook, in ms (tests shorten it).
+    #[arg(long, hide = true)]
+    webhook_backoff_max_ms: u32 = 60_000,
     /// Threads that run the server's work [default: one per core].
     #[arg(long, env = "CONVENE_WORKER_THREADS")]
     worker_threads: Option<usize>,
@@ -503,6 +519,31 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Shortest webhook secret accepted, in bytes.
+pub const MIN_WEBHOOK_SECRET: usize = 16;
+
+/// Longest webhook URL accepted, in bytes.
+pub const MAX_WEBHOOK_URL: usize = 2_048;
+
+/// Most webhook URLs.
+pub const MAX_WEBHOOK_URLS: usize = 16;
+
+/// A webhook URL: http:// or https://, with a host.
+fn check_webhook_url(url: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid(format!("webhook URL {url:?}: {why}"));
+    if url.len() > MAX_WEBHOOK_URL {
+        return Err(bad(&format!("longer than {MAX_WEBHOOK_URL} bytes")));
+    }
+    let uri: hyper::Uri = url.parse().map_err(|e| bad(&format!("not a URL ({e})")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(bad("must start with http:// or https://"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    Ok(())
+}
+
 /// Shortest admin API token accepted.
 pub const MIN_ADMIN_TOKEN: usize = 16;
 
@@ -545,6 +586,28 @@ impl Config {
 
     /// Checks values against the protocol's maximums and each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.webhook_urls.len() > MAX_WEBHOOK_URLS {
+            return Err(ConfigError::Invalid(format!(
+                "{} webhook URLs: at most {MAX_WEBHOOK_URLS}",
+                self.webhook_urls.len()
+            )));
+        }
+        for url in &self.webhook_urls {
+            check_webhook_url(url)?;
+        }
+        if !self.webhook_urls.is_empty() && self.webhook_secret_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "webhook_urls without webhook_secret_file: receivers need the secret to check \
+                 that events come from this server (e.g. `openssl rand -hex 32 > FILE`)"
+                    .into(),
+            ));
+        }
+        if self.webhook_max_pending == 0 || self.webhook_backoff_max_ms < 1_000 {
+            return Err(ConfigError::Invalid(format!(
+                "webhook_max_pending = {} (at least 1), webhook_backoff_max_ms = {} (at least 1000)",
+                self.webhook_max_pending, self.webhook_backoff_max_ms
+            )));
+        }
         if self.test_fault.is_some() && !cfg!(feature = "test-hooks") {
             return Err(ConfigError::Invalid(
                 "test_fault works only in a server built with the test-hooks feature (tests build it so); \
@@ -880,6 +943,26 @@ impl Config {
         Ok(Some(secret))
     }
 
+    /// The secret webhooks are signed with, when webhooks are configured.
+    pub fn load_webhook_secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = &self.webhook_secret_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let secret = text.trim().as_bytes().to_vec();
+        if secret.len() < MIN_WEBHOOK_SECRET {
+            return Err(ConfigError::Invalid(format!(
+                "the webhook secret in {} has {} bytes; use at least {MIN_WEBHOOK_SECRET} (e.g. `openssl rand -hex 32`)",
+                path.display(),
+                secret.len()
+            )));
+        }
+        Ok(Some(secret))
+    }
+
     /// How to reach NATS, when this node is part of a cluster (`node` is
     /// drawn at random when not set).
     pub fn nats(&self) -> Option<crate::nats::NatsOptions> {
@@ -963,6 +1046,42 @@ mod tests {
         assert_eq!(c.max_rooms, 7);
         assert_eq!(c.max_frame_bytes, 2000);
         assert_eq!(c.max_tracks_per_participant, 8);
+    }
+
+    #[test]
+    fn webhooks_need_http_urls_and_a_long_enough_secret() {
+        let dir = std::env::temp_dir().join(format!("convene-config-hook-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, "0123456789abcdef\n").unwrap();
+        let short = dir.join("short");
+        std::fs::write(&short, "0123456789abcde\n").unwrap();
+        let (g, s) = (good.to_str().unwrap(), short.to_str().unwrap());
+        let c = Config::load(&cli(&[
+            "--webhook-url",
+            "https://hooks.example/in,http://127.0.0.1:9/x",
+            "--webhook-secret-file",
+            g,
+        ]))
+        .unwrap();
+        assert_eq!(c.webhook_urls.len(), 2);
+        assert_eq!(c.load_webhook_secret().unwrap().unwrap().len(), 16);
+        let e = Config::load(&cli(&["--webhook-url", "https://hooks.example/in"])).unwrap_err();
+        assert!(e.to_string().contains("webhook_secret_file"), "{e}");
+        for bad in ["ftp://hooks.example/", "hooks.example/in", "http:///x", ""] {
+            let e = Config::load(&cli(&["--webhook-url", bad, "--webhook-secret-file", g]));
+            assert!(e.is_err(), "{bad:?}");
+        }
+        let c = Config::load(&cli(&[
+            "--webhook-url",
+            "https://hooks.example/in",
+            "--webhook-secret-file",
+            s,
+        ]))
+        .unwrap();
+        let e = c.load_webhook_secret().unwrap_err();
+        assert!(e.to_string().contains("at least 16"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A small HTTPS (or, on loopback, HTTP) GET for the few documents the
-//! server fetches itself: an issuer's JWKS. Bounded in size and time.
+//! server fetches itself: an issuer's JWKS. Bounded in size and time. Its
+//! connection and TLS setup also carry webhooks ([`crate::events::webhook`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,12 +63,16 @@ async fn get_inner(url: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
     Ok(body.to_bytes().to_vec())
 }
 
-async fn send<T>(
+/// Sends one request on a fresh HTTP/1.1 connection over `io`.
+pub(crate) async fn send<T, B>(
     io: T,
-    request: hyper::Request<Empty<Bytes>>,
+    request: hyper::Request<B>,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
@@ -81,7 +86,8 @@ where
         .map_err(|e| format!("HTTP request: {e}"))
 }
 
-fn tls_config() -> Result<rustls::ClientConfig, String> {
+/// A TLS client configuration trusting the system's roots.
+pub(crate) fn tls_config() -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);

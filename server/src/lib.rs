@@ -116,6 +116,7 @@ pub async fn start_node(
     inbound: Option<tokio::sync::mpsc::Receiver<bus::BusMessage>>,
 ) -> Result<Server, StartError> {
     let secret = config.load_auth_secret()?;
+    let webhook_secret = config.load_webhook_secret()?;
     let admin_token = config.load_admin_token()?;
     let admin_tls = match (&admin_token, &config.admin_tls_cert, &config.admin_tls_key) {
         (Some(_), Some(cert), Some(key)) => {
@@ -234,7 +235,7 @@ pub async fn start_node(
         secret: secret.clone(),
         auth,
     });
-    start_events(&state).await?;
+    start_events(&state, webhook_secret).await?;
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     if let (Some(listener), Some(token)) = (admin_listener, admin_token) {
         tokio::spawn(admin_http::serve(
@@ -423,15 +424,29 @@ pub async fn start_node(
     })
 }
 
-/// Starts the writer of meeting events and the deletion of old attendance;
-/// first closes what a previous run left open (it stopped without writing
-/// those leaves).
-async fn start_events(state: &Arc<AppState>) -> Result<(), StartError> {
+/// Starts the writer of meeting events, the webhook deliverers (resuming
+/// what a previous run left undelivered) and the deletion of old
+/// attendance; first closes the stays a previous run left open (it stopped
+/// without writing those leaves).
+async fn start_events(
+    state: &Arc<AppState>,
+    webhook_secret: Option<Vec<u8>>,
+) -> Result<(), StartError> {
+    use events::webhook;
     let store = state.meetings.store().clone();
     let node = u32::from(state.router.bus().node());
-    let closing = store.clone();
+    let c = &state.config;
+    let hooks = Arc::new(webhook::Webhooks::new(
+        &c.webhook_urls,
+        node,
+        c.webhook_max_pending,
+        state.metrics.webhooks.clone(),
+    ));
+    let (closing, loading) = (store.clone(), hooks.clone());
     let closed = tokio::task::spawn_blocking(move || {
-        meetings::lock(&closing).attendance_close_open(
+        let s = meetings::lock(&closing);
+        loading.load(&s)?;
+        s.attendance_close_open(
             node,
             events::unix_ms(),
             events::LeaveReason::ServerStopped.as_str(),
@@ -445,8 +460,24 @@ async fn start_events(state: &Arc<AppState>) -> Result<(), StartError> {
             "attendance left open by the previous run closed as server_stopped"
         );
     }
+    if let Some(secret) = webhook_secret.filter(|_| !hooks.targets.is_empty()) {
+        let delivery = webhook::Delivery {
+            store: store.clone(),
+            secret: Arc::new(secret),
+            backoff_cap: Duration::from_millis(u64::from(c.webhook_backoff_max_ms)),
+            metrics: state.metrics.webhooks.clone(),
+        };
+        for t in &hooks.targets {
+            info!(url = %t.url, "meeting events POSTed to {}", t.url);
+            tokio::spawn(webhook::run_deliverer(
+                t.clone(),
+                delivery.clone(),
+                state.shutdown_signal(),
+            ));
+        }
+    }
     if let Some(rx) = state.take_events_queue() {
-        tokio::spawn(events::run_writer(rx, store.clone(), || {}));
+        tokio::spawn(events::run_writer(rx, store.clone(), hooks));
     }
     tokio::spawn(events::run_retention(
         store,

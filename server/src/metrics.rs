@@ -85,6 +85,8 @@ pub struct Metrics {
     pub recorders: Gauge,
     /// Events (attendance, webhooks) dropped because the writer's queue was full.
     pub events_dropped: Counter,
+    /// Webhook deliveries: delivered, failed attempts, pending, dropped.
+    pub webhooks: crate::events::webhook::WebhookMetrics,
 }
 
 impl Default for Metrics {
@@ -130,6 +132,7 @@ impl Metrics {
             evicted: Gauge::default(),
             recorders: Gauge::default(),
             events_dropped: Counter::default(),
+            webhooks: Default::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open connections", m.connections.clone());
@@ -249,6 +252,26 @@ impl Metrics {
             "events_dropped",
             "Meeting events (attendance, webhooks) dropped because the store's writer fell 65536 behind",
             m.events_dropped.clone(),
+        );
+        registry.register(
+            "webhook_delivered",
+            "Webhook events delivered (answered with a 2xx), all URLs together",
+            m.webhooks.delivered.clone(),
+        );
+        registry.register(
+            "webhook_failed_attempts",
+            "Webhook delivery attempts that failed (no connection, timeout, not 2xx); each is retried",
+            m.webhooks.failed.clone(),
+        );
+        registry.register(
+            "webhook_pending",
+            "Webhook events stored and not yet delivered, all URLs together",
+            m.webhooks.pending.clone(),
+        );
+        registry.register(
+            "webhook_dropped",
+            "Webhook events dropped undelivered: the oldest beyond --webhook-max-pending per URL, or of a URL no longer configured",
+            m.webhooks.dropped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -7,6 +7,7 @@
 //! takes them out in batches and writes each batch to the store on a
 //! blocking thread, in the order they were emitted.
 
+pub mod webhook;
 pub mod writer;
 
 use std::sync::Arc;

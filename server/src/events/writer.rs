@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use super::webhook::Webhooks;
 use super::{Event, MAX_BATCH, Queued};
 use crate::meetings::{Store, lock};
 
@@ -19,13 +20,15 @@ const DAY_MS: u64 = 86_400_000;
 /// Writes what arrives on `rx` to `store`, a batch per transaction, in
 /// order, until every sender is gone. A batch the store refuses is logged
 /// and dropped: waiting for the disk here would fill the queue, and the
-/// queue's drops are counted anyway. `written` runs after each batch (the
-/// webhook deliverers are told there is more to send).
+/// queue's drops are counted anyway. Each event also goes into the outbox
+/// of every URL of `hooks`, in the same transaction; their deliverers are
+/// woken after each batch.
 pub async fn run_writer(
     mut rx: mpsc::Receiver<Queued>,
     store: Arc<Mutex<Store>>,
-    written: impl Fn() + Send + 'static,
+    hooks: Arc<Webhooks>,
 ) {
+    let urls = Arc::new(hooks.urls());
     let mut batch: Vec<Event> = Vec::with_capacity(MAX_BATCH);
     let mut flushes = Vec::new();
     loop {
@@ -47,8 +50,13 @@ pub async fn run_writer(
             let events = std::mem::take(&mut batch);
             let store = store.clone();
             let n = events.len();
+            let (hooks2, urls) = (hooks.clone(), urls.clone());
             let result = tokio::task::spawn_blocking(move || {
-                let r = lock(&store).apply_events(&events);
+                let mut s = lock(&store);
+                let r = s.apply_events(&events, &urls, |e| hooks2.body(e));
+                if r.is_ok() && !urls.is_empty() {
+                    hooks2.stored(&s, events.len() as u64);
+                }
                 (r, events)
             })
             .await;
@@ -57,7 +65,7 @@ pub async fn run_writer(
                     // The allocation is kept for the next batch.
                     events.clear();
                     batch = events;
-                    written();
+                    hooks.wake();
                 }
                 Ok((Err(e), _)) => {
                     warn!(events = n, error = %e, "events not recorded: the store refused them")

@@ -1,7 +1,8 @@
 //! What happened in meetings, as the store keeps it: attendance (who was in
-//! a meeting, from when to when, and why they left). Blocking calls, made
-//! only by the event writer ([`crate::events`]) and the admin API's reads,
-//! both on blocking threads.
+//! a meeting, from when to when, and why they left) and the webhook outbox
+//! (events stored before they are sent). Blocking calls, made only by the
+//! event writer and the webhook deliverers ([`crate::events`]) and the
+//! admin API's reads, all on blocking threads.
 
 use rusqlite::{OptionalExtension, params};
 
@@ -63,10 +64,26 @@ fn ms(t: u64) -> i64 {
 
 impl Store {
     /// Writes a batch of events in one transaction: joins and leaves into
-    /// attendance.
-    pub fn apply_events(&mut self, events: &[Event]) -> Result<(), StoreError> {
+    /// attendance, and every event into the outbox of each webhook URL in
+    /// `targets` (with its body made by `body`).
+    pub fn apply_events(
+        &mut self,
+        events: &[Event],
+        targets: &[String],
+        body: impl Fn(&Event) -> String,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for e in events {
+            if !targets.is_empty() {
+                let b = body(e);
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO webhook_outbox (target, event_id, meeting_id, created_at_ms, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for t in targets {
+                    insert.execute(params![t, e.id, e.meeting_id, ms(e.at_ms), b])?;
+                }
+            }
             match &e.kind {
                 EventKind::ParticipantJoined(w) => {
                     tx.prepare_cached(
@@ -211,6 +228,93 @@ impl Store {
     }
 }
 
+/// One event waiting for delivery to one URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Its place in the URL's queue.
+    pub seq: i64,
+    /// The event's id.
+    pub event_id: String,
+    /// The JSON body to POST.
+    pub body: String,
+}
+
+impl Store {
+    /// The oldest `limit` events waiting for `target`, oldest first.
+    pub fn outbox_next(&self, target: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, event_id, body FROM webhook_outbox WHERE target = ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![target, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| {
+                Ok(Pending {
+                    seq: r.get(0)?,
+                    event_id: r.get(1)?,
+                    body: r.get(2)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets delivered events; how many were still there (the bound may
+    /// have dropped some meanwhile).
+    pub fn outbox_delete(&mut self, target: &str, seqs: &[i64]) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        {
+            let mut stmt =
+                tx.prepare_cached("DELETE FROM webhook_outbox WHERE target = ?1 AND seq = ?2")?;
+            for s in seqs {
+                n += stmt.execute(params![target, s])?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Events waiting for `target`.
+    pub fn outbox_count(&self, target: &str) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM webhook_outbox WHERE target = ?1",
+            [target],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Drops the oldest events of `target` until at most `keep` wait; how many went.
+    pub fn outbox_trim(&self, target: &str, keep: u64) -> Result<usize, StoreError> {
+        let over = self.outbox_count(target)?.saturating_sub(keep);
+        if over == 0 {
+            return Ok(0);
+        }
+        Ok(self.conn.execute(
+            "DELETE FROM webhook_outbox WHERE seq IN
+                (SELECT seq FROM webhook_outbox WHERE target = ?1 ORDER BY seq LIMIT ?2)",
+            params![target, i64::try_from(over).unwrap_or(i64::MAX)],
+        )?)
+    }
+
+    /// Drops the events of URLs no longer configured; how many went.
+    pub fn outbox_forget_others(&self, targets: &[String]) -> Result<usize, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT target FROM webhook_outbox")?;
+        let found: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut n = 0;
+        for t in found.iter().filter(|t| !targets.contains(t)) {
+            n += self
+                .conn
+                .execute("DELETE FROM webhook_outbox WHERE target = ?1", [t])?;
+        }
+        Ok(n)
+    }
+}
+
 fn attendance_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Attendance> {
     Ok(Attendance {
         id: r.get(0)?,
@@ -316,6 +420,54 @@ mod tests {
         let (rows, _) = s.attendance_page("m", None, 10).unwrap();
         assert_eq!(pids(&rows), vec![2, 3]);
         assert_eq!(s.attendance_delete_before(now - 30 * DAY_MS).unwrap(), 0);
+    }
+
+    fn event(n: u64, kind: EventKind) -> Event {
+        Event {
+            id: format!("0-1-{n}"),
+            meeting_id: "m".into(),
+            at_ms: T0 + n,
+            kind,
+        }
+    }
+
+    #[test]
+    fn events_go_to_every_url_in_order_and_the_bound_drops_the_oldest() {
+        let mut s = Store::in_memory().unwrap();
+        let targets = vec!["http://a/".to_string(), "http://b/".to_string()];
+        let events: Vec<Event> = (1..=5)
+            .map(|n| event(n, EventKind::MeetingStarted))
+            .collect();
+        s.apply_events(&events, &targets, |e| format!("body {}", e.id))
+            .unwrap();
+        let ids = |p: Vec<Pending>| p.into_iter().map(|p| p.event_id).collect::<Vec<_>>();
+        let a = s.outbox_next("http://a/", 10).unwrap();
+        assert_eq!(a[0].body, "body 0-1-1");
+        assert_eq!(
+            ids(a.clone()),
+            ["0-1-1", "0-1-2", "0-1-3", "0-1-4", "0-1-5"]
+        );
+        // Delivered to a: gone from a only.
+        assert_eq!(
+            s.outbox_delete("http://a/", &[a[0].seq, a[1].seq]).unwrap(),
+            2
+        );
+        assert_eq!(s.outbox_delete("http://a/", &[a[0].seq]).unwrap(), 0);
+        assert_eq!(s.outbox_count("http://a/").unwrap(), 3);
+        assert_eq!(s.outbox_count("http://b/").unwrap(), 5);
+        // b may keep 2: the 3 oldest go.
+        assert_eq!(s.outbox_trim("http://b/", 2).unwrap(), 3);
+        assert_eq!(
+            ids(s.outbox_next("http://b/", 10).unwrap()),
+            ["0-1-4", "0-1-5"]
+        );
+        assert_eq!(s.outbox_trim("http://b/", 2).unwrap(), 0);
+        // b is no longer configured.
+        assert_eq!(s.outbox_forget_others(&targets[..1]).unwrap(), 2);
+        assert_eq!(s.outbox_count("http://a/").unwrap(), 3);
+        // Without URLs, nothing is queued.
+        s.apply_events(&events, &[], |_| unreachable!()).unwrap();
+        assert_eq!(s.outbox_count("http://a/").unwrap(), 3);
     }
 
     #[test]

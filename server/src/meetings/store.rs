@@ -44,6 +44,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX attendance_by_meeting ON attendance (meeting_id, joined_at_ms, id);
     CREATE INDEX attendance_open ON attendance (meeting_id, participant_id) WHERE left_at_ms IS NULL;
     CREATE INDEX attendance_by_left ON attendance (left_at_ms);",
+    // 3: events waiting for delivery to webhook URLs, one row per event and URL.
+    "CREATE TABLE webhook_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        target TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        meeting_id TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX webhook_outbox_by_target ON webhook_outbox (target, seq);",
 ];
 
 /// The schema version this server writes.

@@ -48,13 +48,21 @@ pub async fn admin_at(addr: std::net::SocketAddr, token: Option<&str>) -> Admin 
 
 /// A server with the admin API, tokens, and its store in `dir`.
 pub async fn node(dir: &std::path::Path, ad_hoc: bool) -> convene_server::Server {
+    node_with(dir, move |c| c.ad_hoc_meetings = ad_hoc).await
+}
+
+/// [`node`], with more settings made by `tweak`.
+pub async fn node_with(
+    dir: &std::path::Path,
+    tweak: impl FnOnce(&mut Config),
+) -> convene_server::Server {
     let dir = dir.to_path_buf();
     server(move |c: &mut Config| {
         c.admin_token = Some(ADMIN.into());
         c.admin_listen = "127.0.0.1:0".parse().unwrap();
         c.auth_secret = Some(SECRET.into());
         c.data_dir = Some(dir);
-        c.ad_hoc_meetings = ad_hoc;
+        tweak(c);
     })
     .await
 }
