@@ -301,3 +301,100 @@ impl Room {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use convene_protocol::RoomRequest;
+    use convene_protocol::v1::{self, Participant, TrackKind};
+    use prometheus_client::metrics::counter::Counter;
+
+    use super::super::test_util::{NoWake, join_sfu, t};
+    use super::super::{Local, Room, RoomLimits};
+    use crate::events::{EventKind, Events, LeaveReason, Queued};
+    use crate::mailbox::Mailbox;
+    use crate::outbox::{Outbox, OutboxLimits};
+
+    /// Every event queued so far, as `name:participant` (tracks as `name:pid/track`).
+    fn drain(rx: &mut tokio::sync::mpsc::Receiver<Queued>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(Queued::Event(e)) = rx.try_recv() {
+            assert_eq!(e.meeting_id, "m");
+            out.push(match &e.kind {
+                EventKind::ParticipantJoined(w)
+                | EventKind::RecordingStarted(w)
+                | EventKind::RecordingEnded(w) => format!("{}:{}", e.kind.name(), w.participant_id),
+                EventKind::ParticipantLeft(w, r) => {
+                    format!("{}:{}:{}", e.kind.name(), w.participant_id, r.as_str())
+                }
+                EventKind::TrackPublished {
+                    participant_id,
+                    track_id,
+                    kind,
+                } => format!("{}:{participant_id}/{track_id}:{kind}", e.kind.name()),
+                EventKind::TrackUnpublished {
+                    participant_id,
+                    track_id,
+                } => format!("{}:{participant_id}/{track_id}", e.kind.name()),
+                k => k.name().to_string(),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn members_of_this_node_are_told_as_events_in_the_order_they_happen() {
+        let (events, mut rx) = Events::new(0, Counter::default());
+        let mut room = Room::new("m", RoomLimits::default());
+        room.set_events(events);
+        join_sfu(&mut room, 1, true);
+        // A recorder joins.
+        let local = Local {
+            outbox: Arc::new(Outbox::new(OutboxLimits::default(), Box::new(NoWake))),
+            mailbox: Arc::new(Mailbox::new(Box::new(NoWake))),
+            sfu: true,
+            reactions: true,
+        };
+        let recorder = Participant {
+            participant_id: 2,
+            recording: true,
+            ..Default::default()
+        };
+        room.join(t(0), recorder, true, local).unwrap();
+        let track = v1::TrackInfo {
+            track_id: 5,
+            kind: TrackKind::Audio as i32,
+            codec: "opus".into(),
+            ..Default::default()
+        };
+        room.handle(t(1), 1, RoomRequest::Publish(track), 0)
+            .unwrap();
+        assert_eq!(
+            drain(&mut rx),
+            [
+                "meeting_started",
+                "participant_joined:1",
+                "recording_started:2",
+                "participant_joined:2",
+                "track_published:1/5:audio",
+            ]
+        );
+        // Removed while publishing: the track goes first.
+        room.leave_because(1, LeaveReason::Removed);
+        room.leave(2);
+        assert_eq!(
+            drain(&mut rx),
+            [
+                "track_unpublished:1/5",
+                "participant_left:1:removed",
+                "recording_ended:2",
+                "participant_left:2:left",
+                "meeting_ended",
+            ]
+        );
+        // Leaving twice tells nothing twice.
+        room.leave(2);
+        assert!(drain(&mut rx).is_empty());
+    }
+}
