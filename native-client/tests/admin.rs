@@ -1,7 +1,7 @@
 //! `convene admin` against a real server's admin API: stats and the meeting
 //! list with the right token; a clear refusal with a wrong one; managed
-//! meetings created, changed, listed and deleted; an admin API over mutual
-//! TLS reached with the CA and a client certificate.
+//! meetings created, changed, listed and deleted; a meeting's attendance;
+//! an admin API over mutual TLS reached with the CA and a client certificate.
 
 use std::process::Stdio;
 
@@ -224,5 +224,75 @@ async fn convene_admin_reaches_a_tls_admin_api_with_mutual_tls() {
     .await;
     assert!(!ok);
     assert!(err.contains("https://"), "{err}");
+    s.shutdown().await;
+}
+
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convene_admin_meeting_attendance_shows_who_came_and_left() {
+    use convene_server::events::{EventKind, LeaveReason, Who};
+    let s = convene_server::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: Some(ADMIN.into()),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{}", s.admin_addr.unwrap());
+    // What a room hands over when two join and one is removed.
+    let who = |pid: u32, user: &str| Who {
+        participant_id: pid,
+        user_id: user.into(),
+        display_name: format!("{user} (name)"),
+        node_id: 0,
+    };
+    let events = &s.state.events;
+    events.emit("standup", EventKind::ParticipantJoined(who(7, "ana")));
+    events.emit("standup", EventKind::ParticipantJoined(who(8, "ben")));
+    events.emit(
+        "standup",
+        EventKind::ParticipantLeft(who(7, "ana"), LeaveReason::Removed),
+    );
+    let base = [
+        "admin",
+        "--url",
+        &url,
+        "--token",
+        ADMIN,
+        "meeting",
+        "attendance",
+    ];
+
+    let (ok, out, err) = convene(&[&base[..], &["standup", "--json"]].concat()).await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["user_id"], "ana", "{v}");
+    assert_eq!(v[0]["display_name"], "ana (name)", "{v}");
+    assert_eq!(v[0]["reason"], "removed", "{v}");
+    assert!(v[0]["left_at_ms"].as_u64().is_some(), "{v}");
+    assert_eq!(v[1]["participant_id"], 8, "{v}");
+    assert_eq!(v[1]["left_at_ms"], serde_json::Value::Null, "{v}");
+
+    let (ok, out, err) = convene(&[&base[..], &["standup"]].concat()).await;
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].contains("JOINED (UTC)"), "{out}");
+    assert!(
+        lines[1].contains("ana") && lines[1].ends_with("removed"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("ben") && lines[2].ends_with("(in the meeting)"),
+        "{out}"
+    );
+
+    let (ok, out, err) = convene(&[&base[..], &["nobody"]].concat()).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "no attendance recorded for nobody");
+    let (ok, _, err) = convene(&[&base[..], &["bad id!"]].concat()).await;
+    assert!(!ok);
+    assert!(err.contains("InvalidArgument"), "{err}");
     s.shutdown().await;
 }
