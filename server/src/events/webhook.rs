@@ -459,6 +459,47 @@ mod tests {
     }
 
     #[test]
+    fn a_full_outbox_drops_its_oldest_and_counts_them() {
+        let metrics = WebhookMetrics::default();
+        let urls = vec!["http://a/".to_string()];
+        let hooks = Webhooks::new(&urls, 0, 3, metrics.clone());
+        let mut store = Store::in_memory().unwrap();
+        hooks.load(&store).unwrap();
+        let events: Vec<Event> = (1..=5)
+            .map(|n| Event {
+                id: format!("0-x-{n}"),
+                meeting_id: "m".into(),
+                at_ms: n,
+                kind: EventKind::MeetingStarted,
+            })
+            .collect();
+        store
+            .apply_events(&events, &urls, |e| hooks.body(e))
+            .unwrap();
+        hooks.stored(&store, 5);
+        assert_eq!(metrics.dropped.get(), 2);
+        assert_eq!(metrics.pending.get(), 3);
+        let left: Vec<String> = store
+            .outbox_next("http://a/", 10)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.event_id)
+            .collect();
+        assert_eq!(left, ["0-x-3", "0-x-4", "0-x-5"], "the newest stay");
+        // At the next start, what waits is counted again; a URL gone is forgotten.
+        let again = WebhookMetrics::default();
+        Webhooks::new(&urls, 0, 3, again.clone())
+            .load(&store)
+            .unwrap();
+        assert_eq!(again.pending.get(), 3);
+        let other = WebhookMetrics::default();
+        Webhooks::new(&["http://b/".into()], 0, 3, other.clone())
+            .load(&store)
+            .unwrap();
+        assert_eq!((other.pending.get(), other.dropped.get()), (0, 3));
+    }
+
+    #[test]
     fn bodies_carry_the_event_and_what_it_is_about() {
         let w = Who {
             participant_id: 9,
