@@ -118,6 +118,26 @@ pub mod u64_string {
     }
 }
 
+/// proto3 JSON of `optional uint64`: absent when unset, else as [`u64_string`].
+pub mod opt_u64_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes a set value as a decimal string (unset ones are skipped).
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads a decimal string, a JSON number, or null.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super::u64_string")] u64);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
 /// proto3 JSON of `int64`: written as a string, read from a string or a number.
 pub mod i64_string {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -148,7 +168,26 @@ enum StringOrNumber<N> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{ManagedMeeting, MeetingSettings};
+    use crate::{AttendanceRecord, ManagedMeeting, MeetingSettings};
+
+    #[test]
+    fn an_optional_64_bit_integer_is_a_string_when_set_and_absent_when_not() {
+        let mut r = AttendanceRecord {
+            joined_at_ms: 5,
+            left_at_ms: Some(18_000_000_000_000_000_000),
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["leftAtMs"], "18000000000000000000");
+        let back: AttendanceRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+        r.left_at_ms = None;
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert!(v.get("leftAtMs").is_none(), "{v}");
+        assert_eq!(serde_json::from_value::<AttendanceRecord>(v).unwrap(), r);
+        let n: AttendanceRecord = serde_json::from_str(r#"{"left_at_ms": 7}"#).unwrap();
+        assert_eq!(n.left_at_ms, Some(7));
+    }
 
     #[test]
     fn messages_use_the_proto3_json_mapping() {

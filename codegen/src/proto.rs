@@ -125,7 +125,14 @@ fn json_field_attributes(field: &prost_types::FieldDescriptorProto) -> Vec<Strin
     use prost_types::field_descriptor_proto::{Label, Type};
     let mut attrs = Vec::new();
     let repeated = field.label() == Label::Repeated;
+    let optional = field.proto3_optional();
     match field.r#type() {
+        Type::Uint64 | Type::Fixed64 if optional => {
+            attrs.push(
+                "#[serde(default, with = \"crate::json::opt_u64_string\", skip_serializing_if = \"Option::is_none\")]"
+                    .to_string(),
+            );
+        }
         Type::Uint64 | Type::Fixed64 if !repeated => {
             attrs.push("#[serde(with = \"crate::json::u64_string\")]".to_string());
         }

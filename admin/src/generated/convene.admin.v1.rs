@@ -151,42 +151,62 @@ pub struct ListMeetingSettingsResponse {
     pub next_page_token: ::prost::alloc::string::String,
 }
 /// Asks for a page of a meeting's attendance.
+#[derive(::serde::Serialize, ::serde::Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListAttendanceRequest {
     /// The meeting id.
     #[prost(string, tag = "1")]
+    #[serde(alias = "meeting_id")]
     pub meeting_id: ::prost::alloc::string::String,
     /// Most records in the answer, 1 to 500; 0 means 100.
     #[prost(uint32, tag = "2")]
+    #[serde(alias = "page_size")]
     pub page_size: u32,
     /// Empty for the first page; then the previous answer's next_page_token.
     #[prost(string, tag = "3")]
+    #[serde(alias = "page_token")]
     pub page_token: ::prost::alloc::string::String,
 }
 /// One participant's stay in a meeting.
+#[derive(::serde::Serialize, ::serde::Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AttendanceRecord {
     /// The meeting id.
     #[prost(string, tag = "1")]
+    #[serde(alias = "meeting_id")]
     pub meeting_id: ::prost::alloc::string::String,
     /// The participant id the meeting knew them by (ids are reused after a
     /// participant leaves: a record is one stay).
     #[prost(uint32, tag = "2")]
+    #[serde(alias = "participant_id")]
     pub participant_id: u32,
     /// The token's subject, or empty without authentication.
     #[prost(string, tag = "3")]
+    #[serde(alias = "user_id")]
     pub user_id: ::prost::alloc::string::String,
     /// The name others saw.
     #[prost(string, tag = "4")]
+    #[serde(alias = "display_name")]
     pub display_name: ::prost::alloc::string::String,
     /// The node they were connected to.
     #[prost(uint32, tag = "5")]
+    #[serde(alias = "node_id")]
     pub node_id: u32,
     /// When they joined, ms since the Unix epoch.
     #[prost(uint64, tag = "6")]
+    #[serde(with = "crate::json::u64_string")]
+    #[serde(alias = "joined_at_ms")]
     pub joined_at_ms: u64,
     /// When they left, ms since the Unix epoch; absent while they are in the meeting.
     #[prost(uint64, optional, tag = "7")]
+    #[serde(
+        default,
+        with = "crate::json::opt_u64_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[serde(alias = "left_at_ms")]
     pub left_at_ms: ::core::option::Option<u64>,
     /// Why they left: left, removed, meeting_ended, connection_lost,
     /// server_shutdown, slow_consumer, error, or server_stopped (the server
@@ -196,6 +216,8 @@ pub struct AttendanceRecord {
     pub reason: ::prost::alloc::string::String,
 }
 /// A page of a meeting's attendance, ordered by join time.
+#[derive(::serde::Serialize, ::serde::Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListAttendanceResponse {
     /// One record per join.
@@ -203,6 +225,7 @@ pub struct ListAttendanceResponse {
     pub records: ::prost::alloc::vec::Vec<AttendanceRecord>,
     /// Give it as page_token for the next page; empty after the last.
     #[prost(string, tag = "2")]
+    #[serde(alias = "next_page_token")]
     pub next_page_token: ::prost::alloc::string::String,
 }
 /// Asks for every meeting.

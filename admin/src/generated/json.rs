@@ -13,6 +13,7 @@ pub const METHODS: &[&str] = &[
     "UpdateMeeting",
     "DeleteMeeting",
     "ListMeetingSettings",
+    "ListAttendance",
 ];
 
 /// Calls `method` of `service` with `request` read from `body` (proto3 JSON; empty for all defaults) and writes the answer as proto3 JSON. `None` when the service has no such method.
@@ -118,6 +119,13 @@ pub async fn call<T: super::admin_server::Admin>(
             >(request, body, |r| service.list_meeting_settings(r))
             .await
         }
+        "ListAttendance" => crate::json::call_one::<
+            super::ListAttendanceRequest,
+            super::ListAttendanceResponse,
+            _,
+            _,
+        >(request, body, |r| service.list_attendance(r))
+        .await,
         _ => return None,
     })
 }
