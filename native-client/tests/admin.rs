@@ -227,7 +227,6 @@ async fn convene_admin_reaches_a_tls_admin_api_with_mutual_tls() {
     s.shutdown().await;
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn convene_admin_meeting_attendance_shows_who_came_and_left() {
     use convene_server::events::{EventKind, LeaveReason, Who};
