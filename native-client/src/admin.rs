@@ -159,13 +159,15 @@ struct SettingsFlags {
     /// which also caps it. A join over it gets ROOM_FULL.
     #[arg(long)]
     max_participants: Option<u32>,
-    /// Participants must encrypt end to end (stored; not yet enforced).
+    /// Participants must encrypt end to end: clients are told to, and the
+    /// server forwards only encrypted media (E2EE_REQUIRED otherwise).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     e2ee_required: Option<bool>,
     /// Recording may be started; without it StartRecording is refused.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     recording_allowed: Option<bool>,
-    /// Seconds an empty room is kept, at most 604800 (stored; not yet enforced).
+    /// Seconds the meeting may stay empty, at most 604800; then it ends
+    /// (later joins get MEETING_EXPIRED). 0 or absent: never for that.
     #[arg(long)]
     empty_timeout: Option<u32>,
     /// When the meeting expires, seconds since the Unix epoch; 0 for never.

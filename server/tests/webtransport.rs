@@ -1,7 +1,8 @@
 //! WebTransport (PROTOCOL.md §3.3) with a Rust client pinning the published
 //! certificate hash: a WebTransport participant and a WebSocket participant
 //! in one room exchange media both ways; frames larger than the
-//! subscriber's flow-control window arrive whole; stream limits hold.
+//! subscriber's flow-control window arrive whole; stream limits hold; a
+//! managed meeting's waiting room and limit hold for WebTransport participants.
 
 mod common;
 
@@ -124,6 +125,30 @@ impl WtClient {
             unreachable!()
         };
         w.participant_id
+    }
+
+    /// Says Hello with `token`, then Join `meeting`: the participant id and
+    /// the first answer (Joined, Waiting or Error).
+    async fn join_with_token(&mut self, token: &str, meeting: &str) -> (u32, S) {
+        self.send(C::Hello(v1::Hello {
+            versions: vec![1],
+            auth_token: token.into(),
+            ..Default::default()
+        }))
+        .await;
+        let S::Welcome(w) = self.expect(|m| matches!(m, S::Welcome(_))).await else {
+            unreachable!()
+        };
+        self.send(C::Join(v1::Join {
+            meeting_id: meeting.into(),
+            display_name: "wt".into(),
+            subscribe_all: true,
+        }))
+        .await;
+        let first = self
+            .expect(|m| matches!(m, S::Joined(_) | S::Waiting(_) | S::Error(_)))
+            .await;
+        (w.participant_id, first)
     }
 
     /// Says Hello and joins `meeting`; returns the participant id.
@@ -633,5 +658,57 @@ async fn a_quic_connection_without_a_session_is_counted_and_timed_out() {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managed_meetings_waiting_room_and_limit_hold_for_webtransport_participants() {
+    use common::managed::{ADMIN, SECRET, admin, error_code, token};
+    let server = server(|c| {
+        c.dev_tls = true;
+        c.admin_token = Some(ADMIN.into());
+        c.admin_listen = "127.0.0.1:0".parse().unwrap();
+        c.auth_secret = Some(SECRET.into());
+        c.ad_hoc_meetings = false;
+    })
+    .await;
+    let mut a = admin(&server, Some(ADMIN)).await;
+    a.create_meeting(convene_admin::CreateMeetingRequest {
+        meeting_id: "wt-clinic".into(),
+        settings: Some(convene_admin::MeetingSettings {
+            waiting_room: true,
+            max_participants: 2,
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("created");
+    let host_token = token(&mut a, "host", &["moderate", "subscribe"]).await;
+    let guest_token = token(&mut a, "guest", &["subscribe"]).await;
+    let mut host = WtClient::connect(&server).await;
+    let (_, first) = host.join_with_token(&host_token, "wt-clinic").await;
+    assert!(
+        matches!(first, S::Joined(_)),
+        "a moderator walks in: {first:?}"
+    );
+    let mut guest = WtClient::connect(&server).await;
+    let (guest_id, first) = guest.join_with_token(&guest_token, "wt-clinic").await;
+    assert!(matches!(first, S::Waiting(_)), "the guest waits: {first:?}");
+    host.expect(|m| matches!(m, S::AdmissionRequest(r) if r.participant.as_ref().is_some_and(|p| p.participant_id == guest_id)))
+        .await;
+    host.send(C::Admit(v1::Admit {
+        participant_id: guest_id,
+    }))
+    .await;
+    guest.expect(|m| matches!(m, S::Joined(_))).await;
+    let mut third = WtClient::connect(&server).await;
+    let (_, first) = third.join_with_token(&host_token, "wt-clinic").await;
+    assert_eq!(error_code(&first), convene_protocol::ErrorCode::RoomFull);
+    let mut stray = WtClient::connect(&server).await;
+    let (_, first) = stray.join_with_token(&host_token, "not-created").await;
+    assert_eq!(
+        error_code(&first),
+        convene_protocol::ErrorCode::UnknownMeeting
+    );
     server.shutdown().await;
 }
