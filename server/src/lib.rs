@@ -176,7 +176,8 @@ pub async fn start_node(
         config.ad_hoc_meetings,
         config.waiting_rooms.clone(),
     ));
-    let (meetings, changes) = match &config.database_url {
+    // An empty URL (an unset secret) means none.
+    let (meetings, changes) = match config.database_url.as_ref().filter(|u| !u.is_empty()) {
         Some(url) => {
             let (m, changes) =
                 meetings::Meetings::open_postgres(url, config.data_dir.as_deref(), cache).await?;
