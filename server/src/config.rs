@@ -389,6 +389,10 @@ settings! {
     /// least 16 bytes; required with --webhook-url.
     #[arg(long, env = "CONVENE_WEBHOOK_SECRET_FILE")]
     webhook_secret_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for https:// webhook URLs besides the
+    /// system's: for receivers with a certificate from a private CA.
+    #[arg(long, env = "CONVENE_WEBHOOK_CA_FILE")]
+    webhook_ca_file: Option<PathBuf>,
     /// Most events waiting for delivery to one webhook URL; beyond it the
     /// oldest are dropped (and counted in convene_webhook_dropped).
     #[arg(long, env = "CONVENE_WEBHOOK_MAX_PENDING")]

@@ -88,9 +88,21 @@ where
 
 /// A TLS client configuration trusting the system's roots.
 pub(crate) fn tls_config() -> Result<rustls::ClientConfig, String> {
+    tls_config_with(Vec::new())
+}
+
+/// A TLS client configuration trusting the system's roots and `extra`.
+pub(crate) fn tls_config_with(
+    extra: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
+    }
+    for cert in extra {
+        roots
+            .add(cert)
+            .map_err(|e| format!("a CA certificate is not usable: {e}"))?;
     }
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

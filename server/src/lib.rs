@@ -462,7 +462,14 @@ async fn start_events(
         );
     }
     if let Some(secret) = webhook_secret.filter(|_| !hooks.targets.is_empty()) {
+        let extra = match &c.webhook_ca_file {
+            Some(path) => tls::ca_certificates(path)?,
+            None => Vec::new(),
+        };
+        let tls = crate::fetch::tls_config_with(extra)
+            .map_err(|e| StartError::Tls(tls::TlsError::Config(format!("webhook TLS: {e}"))))?;
         let delivery = webhook::Delivery {
+            tls: Arc::new(tls),
             store: store.clone(),
             secret: Arc::new(secret),
             backoff_cap: Duration::from_millis(u64::from(c.webhook_backoff_max_ms)),

@@ -78,6 +78,23 @@ pub fn client_verifier(
         .map_err(|e| fail(e.to_string()))
 }
 
+/// The CA certificates in the PEM file `path`, for trusting servers of a
+/// private CA (webhook receivers).
+pub fn ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let fail = |message: String| TlsError::Pem {
+        what: "CA certificates",
+        path: path.display().to_string(),
+        message,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| fail(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail("no certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
 impl Identity {
     /// Loads a PEM certificate chain and private key.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {

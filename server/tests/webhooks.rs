@@ -35,7 +35,57 @@ struct Delivery {
 /// A webhook receiver on `listener` answering 200 to every POST to /hook.
 fn receiver(listener: tokio::net::TcpListener) -> mpsc::UnboundedReceiver<Delivery> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let app = axum::Router::new()
+    let app = hook_app(tx);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    rx
+}
+
+/// The same receiver over TLS, with the server certificate of `pki` (its
+/// CA is not one the system trusts).
+fn tls_receiver(
+    listener: tokio::net::TcpListener,
+    pki: &convene_testkit::pki::TestPki,
+) -> mpsc::UnboundedReceiver<Delivery> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.path("server.pem"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(pki.path("server-key.pem")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = hook_app(tx);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(tls),
+                            hyper_util::service::TowerToHyperService::new(app),
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// The receiver's routes: every POST to /hook is passed on to `tx`.
+fn hook_app(tx: mpsc::UnboundedSender<Delivery>) -> axum::Router {
+    axum::Router::new()
         .route(
             "/hook",
             axum::routing::post(
@@ -62,11 +112,7 @@ fn receiver(listener: tokio::net::TcpListener) -> mpsc::UnboundedReceiver<Delive
                 },
             ),
         )
-        .with_state(tx);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    rx
+        .with_state(tx)
 }
 
 /// The webhook secret in a file of `dir`.
@@ -303,4 +349,59 @@ async fn events_wait_for_a_receiver_that_is_down_across_a_restart() {
     until_metric(&s, "convene_webhook_pending", |v| v == 0.0).await;
     s.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_receiver_with_a_private_ca_gets_events_once_its_ca_is_trusted() {
+    let pki = convene_testkit::pki::TestPki::new("webhook-tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://localhost:{}/hook",
+        listener.local_addr().unwrap().port()
+    );
+    let mut rx = tls_receiver(listener, &pki);
+    let dir = temp_dir("webhooks-tls");
+    let secret = secret_file(&dir.join("secrets"));
+    let ca = pki.path("ca.pem");
+    let s = node_with(&dir, move |c| {
+        c.webhook_urls = vec![url];
+        c.webhook_secret_file = Some(secret);
+        c.webhook_ca_file = Some(ca);
+        c.webhook_backoff_max_ms = 1_000;
+    })
+    .await;
+    let mut a = admin(&s, Some(ADMIN)).await;
+    let t = token(&mut a, "carol", &["subscribe"]).await;
+    let (carol, first) = join(&s, &t, "secure").await;
+    assert!(matches!(first, S::Joined(_)), "{first:?}");
+    let got = distinct(&mut rx, 2).await;
+    assert_eq!(
+        summary(&got),
+        ["meeting_started", "participant_joined:carol"]
+    );
+    drop(carol);
+    s.shutdown().await;
+
+    // Without the CA, the receiver's certificate is refused: nothing is
+    // delivered and the attempts fail (and are counted).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://localhost:{}/hook",
+        listener.local_addr().unwrap().port()
+    );
+    let mut rx = tls_receiver(listener, &pki);
+    let dir2 = temp_dir("webhooks-tls-untrusted");
+    let s = hooked(&dir2, url).await;
+    let mut a = admin(&s, Some(ADMIN)).await;
+    let t = token(&mut a, "dan", &["subscribe"]).await;
+    let (_dan, _) = join(&s, &t, "insecure").await;
+    until_metric(&s, "convene_webhook_failed_attempts_total", |v| v >= 2.0).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing reached an untrusted receiver"
+    );
+    assert_eq!(metric(&s, "convene_webhook_delivered_total").await, 0.0);
+    s.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&dir2);
 }

@@ -258,19 +258,15 @@ pub struct Delivery {
     pub secret: Arc<Vec<u8>>,
     /// The longest wait between attempts.
     pub backoff_cap: Duration,
+    /// TLS for https:// receivers: the system's roots and --webhook-ca-file.
+    pub tls: Arc<rustls::ClientConfig>,
     /// Counters.
     pub metrics: WebhookMetrics,
 }
 
 /// Delivers `target`'s outbox, oldest first, until `stop` turns true.
 pub async fn run_deliverer(target: Arc<Target>, d: Delivery, mut stop: watch::Receiver<bool>) {
-    let tls = match crate::fetch::tls_config() {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            warn!(url = %target.url, error = %e, "webhooks not delivered: no TLS configuration");
-            return;
-        }
-    };
+    let tls = d.tls.clone();
     let mut jitter = Jitter(super::unix_ms() | 1);
     let mut failures = 0u32;
     loop {
