@@ -142,7 +142,8 @@ impl Room {
             participant: info.clone(),
             subscribe_all,
         });
-        let first = self.local == 0;
+        // A room kept through its empty-room timeout goes on with the same meeting.
+        let first = self.local == 0 && !self.started;
         self.local += 1;
         let member = Member {
             info,
@@ -160,6 +161,7 @@ impl Room {
             // the order they happened.
             if first {
                 self.emit(EventKind::MeetingStarted);
+                self.started = true;
             }
             let who = member.who();
             if member.info.recording {
@@ -249,8 +251,9 @@ impl Room {
                 self.emit(EventKind::RecordingEnded(who.clone()));
             }
             self.emit(EventKind::ParticipantLeft(who, reason));
-            if self.local == 0 {
+            if self.local == 0 && !self.linger {
                 self.emit(EventKind::MeetingEnded);
+                self.started = false;
             }
         }
     }
@@ -396,5 +399,35 @@ mod tests {
         // Leaving twice tells nothing twice.
         room.leave(2);
         assert!(drain(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn a_meeting_kept_through_its_empty_room_timeout_ends_once_when_the_room_closes() {
+        let (events, mut rx) = Events::new(0, Counter::default());
+        let mut room = Room::new("m", RoomLimits::default());
+        room.set_events(events);
+        let settings = crate::meetings::MeetingSettings {
+            empty_timeout_s: 60,
+            ..Default::default()
+        };
+        room.apply_settings(&settings, 100);
+        join_sfu(&mut room, 1, true);
+        room.leave(1);
+        // Back within the timeout: the same meeting goes on.
+        join_sfu(&mut room, 2, true);
+        room.leave(2);
+        assert_eq!(
+            drain(&mut rx),
+            [
+                "meeting_started",
+                "participant_joined:1",
+                "participant_left:1:left",
+                "participant_joined:2",
+                "participant_left:2:left",
+            ]
+        );
+        room.closing();
+        room.closing();
+        assert_eq!(drain(&mut rx), ["meeting_ended"]);
     }
 }

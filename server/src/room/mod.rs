@@ -153,6 +153,11 @@ pub struct Room {
     members: BTreeMap<u32, Member>,
     /// Locked rooms refuse joins.
     locked: bool,
+    /// The meeting has an empty-room timeout: the room outlives its last
+    /// member, and the meeting ends (as events tell) only when it closes.
+    linger: bool,
+    /// MeetingStarted was told and MeetingEnded not yet.
+    started: bool,
     /// Only sealed media is forwarded, and only after its sender's
     /// announcement (§14): the meeting requires end-to-end encryption.
     e2ee_required: bool,
@@ -288,6 +293,8 @@ impl Room {
             id: id.to_string(),
             members: BTreeMap::new(),
             locked: false,
+            linger: false,
+            started: false,
             e2ee_required: false,
             limits,
             bus,
@@ -309,6 +316,14 @@ impl Room {
     /// Tells what happens to this node's members to `events`.
     pub fn set_events(&mut self, events: Arc<Events>) {
         self.events = events;
+    }
+
+    /// The room closes for good: a meeting its empty-room timeout kept
+    /// going ends now, as far as events tell.
+    pub fn closing(&mut self) {
+        if std::mem::take(&mut self.started) && self.events_on() {
+            self.emit(EventKind::MeetingEnded);
+        }
     }
 
     /// Emits an event about this meeting.
@@ -339,6 +354,7 @@ impl Room {
             }
         }
         self.e2ee_required = s.e2ee_required;
+        self.linger = s.empty_timeout_s > 0;
         self.limits.max_participants = s.room_limit(server_max);
         if self.locked != s.locked {
             self.locked = s.locked;

@@ -138,6 +138,9 @@ impl Router {
         for (id, ends) in due {
             let still_empty = rooms.get(&id).is_none_or(|r| lock(r).is_empty());
             if still_empty {
+                if let Some(r) = rooms.get(&id) {
+                    lock(r).closing();
+                }
                 self.close_room(&mut rooms, &id);
                 if ends {
                     ended.push(id);
