@@ -177,6 +177,11 @@ struct SettingsFlags {
     /// Text for your application, at most 4096 bytes; the server never reads it.
     #[arg(long)]
     metadata: Option<String>,
+    /// What participants who are not moderators may publish, comma-separated:
+    /// audio, video, screen, or none (e.g. a webinar: --guests-may-publish none);
+    /// their tokens' grants still apply. Default: everything.
+    #[arg(long, value_delimiter = ',', value_parser = ["audio", "video", "screen", "none", "all"])]
+    guests_may_publish: Option<Vec<String>>,
 }
 
 impl SettingsFlags {
@@ -206,11 +211,37 @@ impl SettingsFlags {
         if let Some(v) = self.metadata {
             s.metadata = v;
         }
+        if let Some(kinds) = self.guests_may_publish {
+            let has = |k: &str| kinds.iter().any(|x| x == k || x == "all");
+            s.guests_may_publish = Some(convene_admin::PublishKinds {
+                audio: has("audio"),
+                video: has("video"),
+                screen: has("screen"),
+            });
+        }
         s
     }
 }
 
 /// A managed meeting as JSON.
+/// What guests may publish, as words: "audio,video,screen" when absent (everything).
+fn guest_kinds(s: &MeetingSettings) -> String {
+    let k = s.guests_may_publish.unwrap_or(convene_admin::PublishKinds {
+        audio: true,
+        video: true,
+        screen: true,
+    });
+    let names: Vec<&str> = [(k.audio, "audio"), (k.video, "video"), (k.screen, "screen")]
+        .into_iter()
+        .filter_map(|(on, n)| on.then_some(n))
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(",")
+    }
+}
+
 fn meeting_json(m: &ManagedMeeting) -> serde_json::Value {
     let s = m.settings.clone().unwrap_or_default();
     serde_json::json!({
@@ -223,6 +254,7 @@ fn meeting_json(m: &ManagedMeeting) -> serde_json::Value {
         "empty_timeout_seconds": s.empty_timeout_seconds,
         "expires_at": s.expires_at,
         "metadata": s.metadata,
+        "guests_may_publish": guest_kinds(&s),
         "created_at": m.created_at,
         "updated_at": m.updated_at,
     })

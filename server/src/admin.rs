@@ -181,6 +181,14 @@ fn settings_in(s: Option<convene_admin::MeetingSettings>) -> meetings::MeetingSe
         empty_timeout_s: s.empty_timeout_seconds,
         expires_at: s.expires_at,
         metadata: s.metadata,
+        guest_publish: match s.guests_may_publish {
+            None => meetings::GuestPublish::ALL,
+            Some(k) => meetings::GuestPublish::from_bits(
+                (u8::from(k.audio) * meetings::GuestPublish::AUDIO)
+                    | (u8::from(k.video) * meetings::GuestPublish::VIDEO)
+                    | (u8::from(k.screen) * meetings::GuestPublish::SCREEN),
+            ),
+        },
     }
 }
 
@@ -198,6 +206,15 @@ fn managed_out(m: meetings::ManagedMeeting) -> ManagedMeeting {
             empty_timeout_seconds: s.empty_timeout_s,
             expires_at: s.expires_at,
             metadata: s.metadata,
+            // Everything allowed is what an absent field means.
+            guests_may_publish: (s.guest_publish != meetings::GuestPublish::ALL).then(|| {
+                let b = s.guest_publish.bits();
+                convene_admin::PublishKinds {
+                    audio: b & meetings::GuestPublish::AUDIO != 0,
+                    video: b & meetings::GuestPublish::VIDEO != 0,
+                    screen: b & meetings::GuestPublish::SCREEN != 0,
+                }
+            }),
         }),
         created_at: m.created_at,
         updated_at: m.updated_at,

@@ -687,6 +687,10 @@ async fn two_nodes_on_one_postgresql_share_meetings_and_changes_reach_rooms_with
     let mut settings = MeetingSettings {
         max_participants: 5,
         metadata: "{\"ward\":3}".into(),
+        guests_may_publish: Some(convene_admin::PublishKinds {
+            video: true,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let created = a
@@ -1028,5 +1032,91 @@ async fn attendance_records_who_came_when_and_why_they_left() {
         after[2]
     );
     s.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_publish_only_what_the_meeting_lets_them() {
+    let dir = temp_dir("guest-publish");
+    let s = node(&dir, true).await;
+    let mut a = admin(&s, Some(ADMIN)).await;
+    // A webinar: guests may speak, not show a camera or a screen.
+    let mut settings = MeetingSettings {
+        guests_may_publish: Some(convene_admin::PublishKinds {
+            audio: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = a
+        .create_meeting(CreateMeetingRequest {
+            meeting_id: "webinar".into(),
+            settings: Some(settings.clone()),
+        })
+        .await
+        .expect("created")
+        .into_inner();
+    assert_eq!(created.settings.as_ref(), Some(&settings));
+    let all = [
+        "publish_audio",
+        "publish_video",
+        "publish_screen",
+        "subscribe",
+    ];
+    let guest_token = token(&mut a, "guest", &all).await;
+    let mut host_grants = all.to_vec();
+    host_grants.push("moderate");
+    let host_token = token(&mut a, "host", &host_grants).await;
+    let (mut guest, _) = join(&s, &guest_token, "webinar").await;
+    let (mut host, _) = join(&s, &host_token, "webinar").await;
+    let guest_id = guest.id;
+    let published = |id: u32, track: u32| {
+        move |m: &S| {
+            matches!(m, S::TrackPublished(p) if p.participant_id == id
+                && p.track.as_ref().is_some_and(|t| t.track_id == track))
+        }
+    };
+    guest.send(common::publish(1, v1::TrackKind::Audio)).await;
+    host.expect(published(guest_id, 1)).await;
+    guest.send(common::publish(2, v1::TrackKind::Video)).await;
+    let refused = guest.expect(|m| matches!(m, S::Error(_))).await;
+    assert_eq!(
+        error_code(&refused),
+        ErrorCode::PermissionDenied,
+        "{refused:?}"
+    );
+    let S::Error(e) = &refused else {
+        unreachable!()
+    };
+    assert!(e.text.contains("may publish audio"), "{}", e.text);
+    guest.send(common::publish(3, v1::TrackKind::Screen)).await;
+    let refused = guest.expect(|m| matches!(m, S::Error(_))).await;
+    assert_eq!(error_code(&refused), ErrorCode::PermissionDenied);
+    // A moderator shows what it likes.
+    let host_id = host.id;
+    host.send(common::publish(4, v1::TrackKind::Screen)).await;
+    guest.expect(published(host_id, 4)).await;
+    // Cameras allowed from now on.
+    settings.guests_may_publish = Some(convene_admin::PublishKinds {
+        audio: true,
+        video: true,
+        screen: false,
+    });
+    a.update_meeting(UpdateMeetingRequest {
+        meeting_id: "webinar".into(),
+        settings: Some(settings.clone()),
+    })
+    .await
+    .expect("updated");
+    guest.send(common::publish(5, v1::TrackKind::Video)).await;
+    host.expect(published(guest_id, 5)).await;
+    let kept = a
+        .get_meeting(GetMeetingRequest {
+            meeting_id: "webinar".into(),
+        })
+        .await
+        .expect("read")
+        .into_inner();
+    assert_eq!(kept.settings, Some(settings));
     let _ = std::fs::remove_dir_all(&dir);
 }

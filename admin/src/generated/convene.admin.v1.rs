@@ -45,6 +45,29 @@ pub struct MeetingSettings {
     /// Free text for the application, at most 4096 bytes; the server never reads it.
     #[prost(string, tag = "8")]
     pub metadata: ::prost::alloc::string::String,
+    /// What participants who are not moderators may publish, on top of what
+    /// their tokens grant (a Publish of another kind gets PERMISSION_DENIED);
+    /// moderators publish what their tokens grant. Absent: everything. A change
+    /// applies to the next Publish; tracks already published stay.
+    #[prost(message, optional, tag = "9")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "guests_may_publish")]
+    pub guests_may_publish: ::core::option::Option<PublishKinds>,
+}
+/// Kinds of tracks (PROTOCOL.md §5.5).
+#[derive(::serde::Serialize, ::serde::Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PublishKinds {
+    /// Audio tracks.
+    #[prost(bool, tag = "1")]
+    pub audio: bool,
+    /// Camera tracks.
+    #[prost(bool, tag = "2")]
+    pub video: bool,
+    /// Shared screens.
+    #[prost(bool, tag = "3")]
+    pub screen: bool,
 }
 /// A managed meeting.
 #[derive(::serde::Serialize, ::serde::Deserialize)]

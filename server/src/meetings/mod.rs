@@ -15,8 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use cache::{MeetingCache, Policy};
 pub use postgres::{Change, PgStore};
 pub use settings::{
-    DEFAULT_PAGE_SIZE, MAX_MANAGED_MEETINGS, MAX_PAGE_SIZE, ManagedMeeting, MeetingSettings,
-    SettingsError,
+    DEFAULT_PAGE_SIZE, GuestPublish, MAX_MANAGED_MEETINGS, MAX_PAGE_SIZE, ManagedMeeting,
+    MeetingSettings, SettingsError,
 };
 pub use store::{Store, StoreError};
 

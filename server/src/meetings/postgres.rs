@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio::sync::{RwLock, mpsc};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 
-use super::settings::{ManagedMeeting, MeetingSettings};
+use super::settings::{GuestPublish, ManagedMeeting, MeetingSettings};
 use super::store::StoreError;
 
 /// The channel every node listens on; the payload is a meeting id.
@@ -39,13 +39,15 @@ const MIGRATIONS: &[&str] = &[
         created_at BIGINT NOT NULL,
         updated_at BIGINT NOT NULL
     );",
+    // 2: what guests may publish (bits: 1 audio, 2 video, 4 screen), all until set.
+    "ALTER TABLE meetings ADD COLUMN guest_publish BIGINT NOT NULL DEFAULT 7;",
 ];
 
 /// The schema version this server writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 const COLUMNS: &str = "meeting_id, waiting_room, locked, max_participants, e2ee_required, \
-     recording_allowed, empty_timeout_s, expires_at, metadata, created_at, updated_at";
+     recording_allowed, empty_timeout_s, expires_at, metadata, created_at, updated_at, guest_publish";
 
 /// What the listening connection tells the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +137,7 @@ impl PgStore {
     pub async fn insert(&self, m: &ManagedMeeting) -> Result<bool, StoreError> {
         self.write(
             &format!(
-                "WITH w AS (INSERT INTO meetings ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                "WITH w AS (INSERT INTO meetings ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT (meeting_id) DO NOTHING RETURNING meeting_id)
                  SELECT pg_notify('{CHANNEL}', meeting_id) FROM w"
             ),
@@ -150,7 +152,7 @@ impl PgStore {
             &format!(
                 "WITH w AS (UPDATE meetings SET waiting_room = $2, locked = $3, max_participants = $4,
                    e2ee_required = $5, recording_allowed = $6, empty_timeout_s = $7, expires_at = $8,
-                   metadata = $9, created_at = $10, updated_at = $11
+                   metadata = $9, created_at = $10, updated_at = $11, guest_publish = $12
                  WHERE meeting_id = $1 RETURNING meeting_id)
                  SELECT pg_notify('{CHANNEL}', meeting_id) FROM w"
             ),
@@ -195,6 +197,7 @@ impl PgStore {
                     &s.metadata,
                     &signed(m.created_at),
                     &signed(m.updated_at),
+                    &i64::from(s.guest_publish.bits()),
                 ],
             )
             .await
@@ -224,6 +227,7 @@ fn meeting(r: &Row) -> ManagedMeeting {
             empty_timeout_s: u32::try_from(r.get::<_, i64>(6)).unwrap_or(u32::MAX),
             expires_at: unsigned(r.get(7)),
             metadata: r.get(8),
+            guest_publish: GuestPublish::from_bits(r.get::<_, i64>(11) as u8),
         },
         created_at: unsigned(r.get(9)),
         updated_at: unsigned(r.get(10)),

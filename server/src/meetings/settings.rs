@@ -18,6 +18,67 @@ pub const MAX_PAGE_SIZE: usize = 500;
 /// Meetings in a page of ListMeetingSettings when the request names no size.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 
+/// What participants who are not moderators may publish in a meeting, on
+/// top of what their tokens grant: a set of track kinds, all by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestPublish(u8);
+
+impl GuestPublish {
+    /// Audio tracks.
+    pub const AUDIO: u8 = 1;
+    /// Camera (video) tracks.
+    pub const VIDEO: u8 = 2;
+    /// Shared screens.
+    pub const SCREEN: u8 = 4;
+    /// Every kind: what a meeting allows unless told otherwise.
+    pub const ALL: GuestPublish = GuestPublish(7);
+
+    /// The kinds named by `bits` (other bits ignored).
+    pub fn from_bits(bits: u8) -> Self {
+        GuestPublish(bits & 7)
+    }
+
+    /// The kinds as bits, as the stores keep them.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// Whether a track of `kind` (a `TrackKind` number) may be published.
+    pub fn allows(self, kind: i32) -> bool {
+        use convene_protocol::v1::TrackKind;
+        let bit = match TrackKind::try_from(kind) {
+            Ok(TrackKind::Audio) => Self::AUDIO,
+            Ok(TrackKind::Screen) => Self::SCREEN,
+            _ => Self::VIDEO,
+        };
+        self.0 & bit != 0
+    }
+
+    /// The kinds' names, for messages: "audio, video", or "nothing".
+    pub fn names(self) -> String {
+        let names: Vec<&str> = [
+            (Self::AUDIO, "audio"),
+            (Self::VIDEO, "video"),
+            (Self::SCREEN, "screen"),
+        ]
+        .iter()
+        .filter(|(b, _)| self.0 & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
+        if names.is_empty() {
+            "nothing".into()
+        } else {
+            names.join(", ")
+        }
+    }
+}
+
+impl Default for GuestPublish {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
 /// What a meeting created through the admin API asks of its room.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MeetingSettings {
@@ -44,6 +105,10 @@ pub struct MeetingSettings {
     /// Free text for the application (often JSON), at most
     /// [`MAX_METADATA_BYTES`]; the server never reads it.
     pub metadata: String,
+    /// What participants who are not moderators may publish (their
+    /// tokens' grants still apply); a Publish of another kind is refused
+    /// with PERMISSION_DENIED. Moderators publish what their tokens grant.
+    pub guest_publish: GuestPublish,
 }
 
 /// Why settings were refused; each names the limit and what to do.

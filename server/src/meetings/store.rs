@@ -54,6 +54,8 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     );
     CREATE INDEX webhook_outbox_by_target ON webhook_outbox (target, seq);",
+    // 4: what guests may publish (bits: 1 audio, 2 video, 4 screen), all until set.
+    "ALTER TABLE meetings ADD COLUMN guest_publish INTEGER NOT NULL DEFAULT 7;",
 ];
 
 /// The schema version this server writes.
@@ -126,7 +128,8 @@ impl Store {
     pub fn list(&self) -> Result<Vec<ManagedMeeting>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT meeting_id, waiting_room, locked, max_participants, e2ee_required,
-                    recording_allowed, empty_timeout_s, expires_at, metadata, created_at, updated_at
+                    recording_allowed, empty_timeout_s, expires_at, metadata, created_at, updated_at,
+                    guest_publish
              FROM meetings ORDER BY meeting_id",
         )?;
         let rows = stmt.query_map([], row)?;
@@ -139,7 +142,8 @@ impl Store {
             .conn
             .query_row(
                 "SELECT meeting_id, waiting_room, locked, max_participants, e2ee_required,
-                        recording_allowed, empty_timeout_s, expires_at, metadata, created_at, updated_at
+                        recording_allowed, empty_timeout_s, expires_at, metadata, created_at, updated_at,
+                    guest_publish
                  FROM meetings WHERE meeting_id = ?1",
                 [meeting_id],
                 row,
@@ -151,7 +155,7 @@ impl Store {
     pub fn put(&self, m: &ManagedMeeting) -> Result<(), StoreError> {
         let s = &m.settings;
         self.conn.execute(
-            "INSERT OR REPLACE INTO meetings VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT OR REPLACE INTO meetings VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 m.meeting_id,
                 s.waiting_room,
@@ -165,6 +169,7 @@ impl Store {
                 s.metadata,
                 i64::try_from(m.created_at).unwrap_or(i64::MAX),
                 i64::try_from(m.updated_at).unwrap_or(i64::MAX),
+                s.guest_publish.bits(),
             ],
         )?;
         Ok(())
@@ -191,6 +196,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ManagedMeeting> {
             empty_timeout_s: r.get(6)?,
             expires_at: r.get::<_, i64>(7)?.max(0) as u64,
             metadata: r.get(8)?,
+            guest_publish: super::settings::GuestPublish::from_bits(r.get(11)?),
         },
         created_at: r.get::<_, i64>(9)?.max(0) as u64,
         updated_at: r.get::<_, i64>(10)?.max(0) as u64,
@@ -245,6 +251,9 @@ mod tests {
                 empty_timeout_s: 300,
                 expires_at: 1_900_000_000,
                 metadata: metadata.into(),
+                guest_publish: crate::meetings::GuestPublish::from_bits(
+                    crate::meetings::GuestPublish::AUDIO,
+                ),
             },
             created_at: 1_800_000_000,
             updated_at: 1_800_000_001,

@@ -161,6 +161,8 @@ pub struct Room {
     /// Only sealed media is forwarded, and only after its sender's
     /// announcement (§14): the meeting requires end-to-end encryption.
     e2ee_required: bool,
+    /// What members who are not moderators may publish.
+    guest_publish: crate::meetings::GuestPublish,
     /// Capacity.
     limits: RoomLimits,
     /// The other nodes.
@@ -296,6 +298,7 @@ impl Room {
             linger: false,
             started: false,
             e2ee_required: false,
+            guest_publish: crate::meetings::GuestPublish::ALL,
             limits,
             bus,
             local: 0,
@@ -355,6 +358,7 @@ impl Room {
         }
         self.e2ee_required = s.e2ee_required;
         self.linger = s.empty_timeout_s > 0;
+        self.guest_publish = s.guest_publish;
         self.limits.max_participants = s.room_limit(server_max);
         if self.locked != s.locked {
             self.locked = s.locked;

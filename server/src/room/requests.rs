@@ -57,6 +57,9 @@ impl Room {
             }
             _ => {}
         }
+        if let RoomRequest::Publish(t) = &req {
+            self.check_guest_publish(pid, t.kind)?;
+        }
         let copy = replicated(&req).then(|| req.clone());
         self.apply_request(now, pid, req, server_time_us)?;
         if let Some(request) = copy {
@@ -167,6 +170,26 @@ impl Room {
             None,
         );
         Ok(())
+    }
+
+    /// Refuses a Publish the meeting does not let `pid` make: a member who
+    /// is not a moderator, a kind the meeting keeps from guests. Checked
+    /// where the member is connected, so nodes never disagree.
+    fn check_guest_publish(&self, pid: u32, kind: i32) -> Result<(), ProtocolError> {
+        let moderator = self
+            .members
+            .get(&pid)
+            .is_some_and(|m| m.info.role == v1::Role::Moderator as i32);
+        if moderator || self.guest_publish.allows(kind) {
+            return Ok(());
+        }
+        Err(ProtocolError::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "in this meeting participants who are not moderators may publish {}; a moderator can share for you",
+                self.guest_publish.names()
+            ),
+        ))
     }
 
     /// Publish: a new track, subscribed at once by members who take everything (§5.5).
