@@ -321,30 +321,39 @@ impl Admin for AdminService {
             ))
         })?;
         let size = page_size(r.page_size)?;
+        let shared = self.state.meetings.shared();
         let after = if r.page_token.is_empty() {
             None
         } else {
-            Some(AttendanceCursor::parse(&r.page_token).ok_or_else(|| {
-                Status::invalid_argument("page_token: give back a next_page_token, unchanged")
-            })?)
+            // A token from the other kind of listing (before or after a
+            // change of --database-url) is refused, not misread.
+            Some(
+                AttendanceCursor::parse(&r.page_token)
+                    .filter(|c| c.node_id.is_some() == shared)
+                    .ok_or_else(|| {
+                        Status::invalid_argument(
+                            "page_token: give back a next_page_token, unchanged",
+                        )
+                    })?,
+            )
         };
         // What happened before this call is in the answer: the writer is
-        // asked to catch up first (briefly; a stuck disk answers what is there).
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.state.events.flush())
-            .await;
-        let store = self.state.meetings.store().clone();
-        let meeting = r.meeting_id.clone();
-        let (rows, more) = tokio::task::spawn_blocking(move || {
-            meetings::lock(&store).attendance_page(&meeting, after, size)
-        })
-        .await
-        .map_err(|e| Status::unavailable(format!("attendance: {e}")))?
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+        // asked to catch up first (briefly; a stuck disk answers what is
+        // there), and with PostgreSQL this node's rows are shipped too.
+        let wait = std::time::Duration::from_secs(2);
+        let _ = tokio::time::timeout(wait, self.state.events.flush()).await;
+        let (rows, more) = self
+            .state
+            .meetings
+            .attendance_page(&r.meeting_id, after, size, wait)
+            .await
+            .map_err(|e| Status::unavailable(format!("attendance: {e}")))?;
         // The token is the last record's place: pages stay right while
         // people join between calls.
         let next_page_token = match (more, rows.last()) {
             (true, Some(last)) => AttendanceCursor {
                 joined_at_ms: last.joined_at_ms,
+                node_id: shared.then_some(last.node_id),
                 id: last.id,
             }
             .token(),

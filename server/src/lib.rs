@@ -484,11 +484,23 @@ async fn start_events(
             ));
         }
     }
+    // With PostgreSQL, attendance is shipped there for every node to list.
+    let shipper = state
+        .meetings
+        .shipper(state.metrics.attendance_shipping.clone());
+    if let Some(s) = &shipper {
+        info!("attendance shipped to PostgreSQL, listed on every node sharing it");
+        tokio::spawn(meetings::ship::run_shipper(
+            s.clone(),
+            state.shutdown_signal(),
+        ));
+    }
     if let Some(rx) = state.take_events_queue() {
-        tokio::spawn(events::run_writer(rx, store.clone(), hooks));
+        tokio::spawn(events::run_writer(rx, store.clone(), hooks, shipper));
     }
     tokio::spawn(events::run_retention(
         store,
+        state.meetings.postgres().cloned(),
         state.config.attendance_retention_days,
         state.shutdown_signal(),
     ));

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub events_dropped: Counter,
     /// Webhook deliveries: delivered, failed attempts, pending, dropped.
     pub webhooks: crate::events::webhook::WebhookMetrics,
+    /// Attendance shipped to PostgreSQL: waiting rows, failed rounds, shipped rows.
+    pub attendance_shipping: crate::meetings::ship::ShipMetrics,
 }
 
 impl Default for Metrics {
@@ -133,6 +135,7 @@ impl Metrics {
             recorders: Gauge::default(),
             events_dropped: Counter::default(),
             webhooks: Default::default(),
+            attendance_shipping: Default::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open connections", m.connections.clone());
@@ -272,6 +275,21 @@ impl Metrics {
             "webhook_dropped",
             "Webhook events dropped undelivered: the oldest beyond --webhook-max-pending per URL, or of a URL no longer configured",
             m.webhooks.dropped.clone(),
+        );
+        registry.register(
+            "attendance_unshipped",
+            "Attendance rows of this node not yet in the shared PostgreSQL (--database-url), as of the last attempt",
+            m.attendance_shipping.unshipped.clone(),
+        );
+        registry.register(
+            "attendance_ship_failed",
+            "Attempts to ship attendance to PostgreSQL that failed; the rows wait in this node's store and are retried",
+            m.attendance_shipping.failed.clone(),
+        );
+        registry.register(
+            "attendance_shipped",
+            "Attendance rows (a join, then again at the leave) written to PostgreSQL",
+            m.attendance_shipping.shipped.clone(),
         );
         Metrics { registry, ..m }
     }

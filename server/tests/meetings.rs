@@ -1120,3 +1120,158 @@ async fn guests_publish_only_what_the_meeting_lets_them() {
     assert_eq!(kept.settings, Some(settings));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Lists `meeting`'s attendance through `a` until `done` holds for it,
+/// waiting at most 30 s; the records and how long it took.
+async fn attendance_until(
+    a: &mut Admin,
+    meeting: &str,
+    page: u32,
+    done: impl Fn(&[AttendanceRecord]) -> bool,
+) -> (Vec<AttendanceRecord>, std::time::Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let r = attendance(a, meeting, page).await;
+        if done(&r) {
+            return (r, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "attendance never became complete: {r:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attendance_is_listed_on_every_node_sharing_postgresql() {
+    let db = common::postgres::Postgres::start();
+    let nats = common::nats::NatsServer::start();
+    let a_node = pg_node(&db.url(), &nats, 1).await;
+    let b_node = pg_node(&db.url(), &nats, 2).await;
+    let mut a = admin(&a_node, Some(ADMIN)).await;
+    let mut b = admin(&b_node, Some(ADMIN)).await;
+    a.create_meeting(CreateMeetingRequest {
+        meeting_id: "rounds".into(),
+        settings: Some(MeetingSettings::default()),
+    })
+    .await
+    .expect("created");
+
+    // Alice and carol on A, bob and dave on B.
+    let mut joined = Vec::new();
+    for (name, n) in [
+        ("alice", &a_node),
+        ("bob", &b_node),
+        ("carol", &a_node),
+        ("dave", &b_node),
+    ] {
+        let t = token(&mut a, name, &["subscribe"]).await;
+        let (c, first) = join(n, &t, "rounds").await;
+        assert!(matches!(first, S::Joined(_)), "{name}: {first:?}");
+        joined.push((c, now_ms()));
+        // Distinct join times, so the order of the list is known.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let [
+        (mut alice, alice_in),
+        (mut bob, bob_in),
+        (mut carol, carol_in),
+        (mut dave, dave_in),
+    ] = <[_; 4]>::try_from(joined).ok().unwrap();
+
+    // Alice leaves A (carol sees her go), bob is removed from B (dave sees it).
+    alice.send(C::Leave(v1::Leave {})).await;
+    let alice_id = alice.id;
+    carol
+        .expect(|m| matches!(m, S::ParticipantLeft(p) if p.participant_id == alice_id))
+        .await;
+    let alice_out = now_ms();
+    b.remove_participant(RemoveParticipantRequest {
+        meeting_id: "rounds".into(),
+        participant_id: bob.id,
+        reason: "test".into(),
+    })
+    .await
+    .expect("removed");
+    bob.expect(|m| matches!(m, S::Goodbye(g) if g.reason == v1::GoodbyeReason::Removed as i32))
+        .await;
+    let bob_id = bob.id;
+    dave.expect(|m| matches!(m, S::ParticipantLeft(p) if p.participant_id == bob_id))
+        .await;
+    let bob_out = now_ms();
+
+    // Through A: everyone, B's leave included (shipped by B, not flushed by A).
+    let complete = |r: &[AttendanceRecord]| {
+        r.len() == 4 && r[0].left_at_ms.is_some() && r[1].left_at_ms.is_some()
+    };
+    let (records, took) = attendance_until(&mut a, "rounds", 1, complete).await;
+    eprintln!("B's leave listed through A {took:?} after it was seen");
+    let who: Vec<(u32, &str, &str, u32, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r.participant_id,
+                r.user_id.as_str(),
+                r.display_name.as_str(),
+                r.node_id,
+                r.reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        who,
+        vec![
+            (alice.id, "alice", "alice", 1, "left"),
+            (bob.id, "bob", "bob", 2, "removed"),
+            (carol.id, "carol", "carol", 1, ""),
+            (dave.id, "dave", "dave", 2, ""),
+        ],
+        "in join order, each with its node"
+    );
+    assert!(records.iter().all(|r| r.meeting_id == "rounds"));
+    near("alice joined", records[0].joined_at_ms, alice_in);
+    near("alice left", records[0].left_at_ms.unwrap(), alice_out);
+    near("bob joined", records[1].joined_at_ms, bob_in);
+    near("bob removed", records[1].left_at_ms.unwrap(), bob_out);
+    near("carol joined", records[2].joined_at_ms, carol_in);
+    near("dave joined", records[3].joined_at_ms, dave_in);
+    assert_eq!((records[2].left_at_ms, records[3].left_at_ms), (None, None));
+
+    // Through B the same, in one page or in pages of two.
+    let (on_b, _) = attendance_until(&mut b, "rounds", 0, |r| r == records.as_slice()).await;
+    assert_eq!(attendance(&mut b, "rounds", 2).await, on_b);
+
+    // A leave on A is in A's answer at once: A ships before it lists.
+    carol.send(C::Leave(v1::Leave {})).await;
+    let carol_id = carol.id;
+    dave.expect(|m| matches!(m, S::ParticipantLeft(p) if p.participant_id == carol_id))
+        .await;
+    let carol_out = now_ms();
+    let (after, _) = attendance_until(&mut a, "rounds", 10, |r| {
+        r.len() == 4 && r[2].left_at_ms.is_some()
+    })
+    .await;
+    near("carol left", after[2].left_at_ms.unwrap(), carol_out);
+    assert_eq!(after[2].reason, "left");
+
+    // A token of a single node's listing is refused here.
+    let e = a
+        .list_attendance(ListAttendanceRequest {
+            meeting_id: "rounds".into(),
+            page_size: 1,
+            page_token: "1.2".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // The shipping is on /metrics.
+    let (status, body) = common::http_get(&a_node, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("convene_attendance_unshipped 0"), "{body}");
+    drop((alice, bob, carol, dave));
+    for n in [a_node, b_node] {
+        n.shutdown().await;
+    }
+}

@@ -9,7 +9,8 @@ use tracing::{info, warn};
 
 use super::webhook::Webhooks;
 use super::{Event, MAX_BATCH, Queued};
-use crate::meetings::{Store, lock};
+use crate::meetings::ship::Shipper;
+use crate::meetings::{PgStore, Store, lock};
 
 /// How often old attendance is deleted (and once at start).
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3_600);
@@ -22,11 +23,12 @@ const DAY_MS: u64 = 86_400_000;
 /// and dropped: waiting for the disk here would fill the queue, and the
 /// queue's drops are counted anyway. Each event also goes into the outbox
 /// of every URL of `hooks`, in the same transaction; their deliverers are
-/// woken after each batch.
+/// woken after each batch, and so is `shipper` (attendance to PostgreSQL).
 pub async fn run_writer(
     mut rx: mpsc::Receiver<Queued>,
     store: Arc<Mutex<Store>>,
     hooks: Arc<Webhooks>,
+    shipper: Option<Arc<Shipper>>,
 ) {
     let urls = Arc::new(hooks.urls());
     let mut batch: Vec<Event> = Vec::with_capacity(MAX_BATCH);
@@ -66,6 +68,9 @@ pub async fn run_writer(
                     events.clear();
                     batch = events;
                     hooks.wake();
+                    if let Some(s) = &shipper {
+                        s.wake();
+                    }
                 }
                 Ok((Err(e), _)) => {
                     warn!(events = n, error = %e, "events not recorded: the store refused them")
@@ -82,9 +87,16 @@ pub async fn run_writer(
 }
 
 /// Deletes attendance of those who left more than `days` days ago, at
-/// start and every [`RETENTION_INTERVAL`], until `stop` turns true. With
+/// start and every [`RETENTION_INTERVAL`], until `stop` turns true: in the
+/// node's store, and in the shared PostgreSQL `pg` when there is one (every
+/// node does it there too; deleting twice deletes nothing more). With
 /// `days` 0 nothing is ever deleted.
-pub async fn run_retention(store: Arc<Mutex<Store>>, days: u32, mut stop: watch::Receiver<bool>) {
+pub async fn run_retention(
+    store: Arc<Mutex<Store>>,
+    pg: Option<PgStore>,
+    days: u32,
+    mut stop: watch::Receiver<bool>,
+) {
     if days == 0 {
         return;
     }
@@ -103,6 +115,15 @@ pub async fn run_retention(store: Arc<Mutex<Store>>, days: u32, mut stop: watch:
             Ok(Ok(n)) => info!(rows = n, days, "old attendance deleted"),
             Ok(Err(e)) => warn!(error = %e, "old attendance not deleted"),
             Err(e) => warn!(error = %e, "old attendance not deleted: the thread failed"),
+        }
+        if let Some(pg) = &pg {
+            match pg.attendance_delete_before(cut).await {
+                Ok(0) => {}
+                Ok(n) => info!(rows = n, days, "old attendance deleted from PostgreSQL"),
+                Err(e) => {
+                    warn!(error = %e, "old attendance not deleted from PostgreSQL; tried again in an hour")
+                }
+            }
         }
     }
 }

@@ -32,29 +32,52 @@ pub struct Attendance {
     pub reason: Option<String>,
 }
 
-/// Where a page of attendance starts: after this (joined_at_ms, id).
+/// Where a page of attendance starts: after this (joined_at_ms, id) in
+/// one node's store, or after this (joined_at_ms, node_id, id) in a
+/// shared PostgreSQL, where ids are unique per node only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AttendanceCursor {
     /// The last row's join time.
     pub joined_at_ms: u64,
-    /// The last row's id.
+    /// The last row's node, in a shared PostgreSQL.
+    pub node_id: Option<u32>,
+    /// The last row's id (in its node's store).
     pub id: i64,
 }
 
 impl AttendanceCursor {
-    /// The cursor as a page token: `<joined_at_ms>.<id>`.
+    /// The cursor as a page token: `<joined_at_ms>.<id>`, or
+    /// `<joined_at_ms>.<node_id>.<id>` with a node.
     pub fn token(&self) -> String {
-        format!("{}.{}", self.joined_at_ms, self.id)
+        match self.node_id {
+            None => format!("{}.{}", self.joined_at_ms, self.id),
+            Some(n) => format!("{}.{n}.{}", self.joined_at_ms, self.id),
+        }
     }
 
     /// A page token back into a cursor; `None` when it is not one.
     pub fn parse(token: &str) -> Option<AttendanceCursor> {
-        let (t, id) = token.split_once('.')?;
+        let parts: Vec<&str> = token.splitn(4, '.').collect();
+        let (t, node, id) = match parts[..] {
+            [t, id] => (t, None, id),
+            [t, node, id] => (t, Some(node.parse().ok()?), id),
+            _ => return None,
+        };
         Some(AttendanceCursor {
             joined_at_ms: t.parse().ok()?,
+            node_id: node,
             id: id.parse().ok()?,
         })
     }
+}
+
+/// An attendance row not yet in PostgreSQL, at the version read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unshipped {
+    /// The row.
+    pub row: Attendance,
+    /// Its version when read: marked shipped only if still this.
+    pub version: i64,
 }
 
 /// A time as SQLite keeps it: signed, so a time past 2^63 ms is not a time.
@@ -101,7 +124,7 @@ impl Store {
                 }
                 EventKind::ParticipantLeft(w, reason) => {
                     tx.prepare_cached(
-                        "UPDATE attendance SET left_at_ms = ?3, reason = ?4
+                        "UPDATE attendance SET left_at_ms = ?3, reason = ?4, version = version + 1
                          WHERE meeting_id = ?1 AND participant_id = ?2 AND left_at_ms IS NULL",
                     )?
                     .execute(params![
@@ -146,7 +169,7 @@ impl Store {
         reason: &str,
     ) -> Result<bool, StoreError> {
         Ok(self.conn.execute(
-            "UPDATE attendance SET left_at_ms = ?3, reason = ?4
+            "UPDATE attendance SET left_at_ms = ?3, reason = ?4, version = version + 1
              WHERE meeting_id = ?1 AND participant_id = ?2 AND left_at_ms IS NULL",
             params![meeting_id, participant_id, ms(left_at_ms), reason],
         )? > 0)
@@ -162,7 +185,8 @@ impl Store {
         reason: &str,
     ) -> Result<usize, StoreError> {
         Ok(self.conn.execute(
-            "UPDATE attendance SET left_at_ms = MAX(joined_at_ms, ?2), reason = ?3
+            "UPDATE attendance SET left_at_ms = MAX(joined_at_ms, ?2), reason = ?3,
+                    version = version + 1
              WHERE node_id = ?1 AND left_at_ms IS NULL",
             params![node_id, ms(at_ms), reason],
         )?)
@@ -178,6 +202,7 @@ impl Store {
     ) -> Result<(Vec<Attendance>, bool), StoreError> {
         let c = after.unwrap_or(AttendanceCursor {
             joined_at_ms: 0,
+            node_id: None,
             id: i64::MIN,
         });
         let mut stmt = self.conn.prepare_cached(
@@ -206,6 +231,51 @@ impl Store {
             "DELETE FROM attendance WHERE left_at_ms IS NOT NULL AND left_at_ms < ?1",
             [ms(before_ms)],
         )?)
+    }
+
+    /// At most `limit` rows whose latest version is not in PostgreSQL yet,
+    /// oldest first.
+    pub fn attendance_unshipped(&self, limit: usize) -> Result<Vec<Unshipped>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, meeting_id, participant_id, user_id, display_name, node_id,
+                    joined_at_ms, left_at_ms, reason, version
+             FROM attendance WHERE shipped_version <> version ORDER BY id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok(Unshipped {
+                row: attendance_row(r)?,
+                version: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Marks rows shipped at the versions given; a row changed since it was
+    /// read (a leave written meanwhile) stays unshipped, for the next round.
+    /// How many were marked.
+    pub fn attendance_mark_shipped(&mut self, shipped: &[(i64, i64)]) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE attendance SET shipped_version = ?2 WHERE id = ?1 AND version = ?2",
+            )?;
+            for (id, version) in shipped {
+                n += stmt.execute(params![id, version])?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Rows whose latest version is not in PostgreSQL yet.
+    pub fn attendance_unshipped_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM attendance WHERE shipped_version <> version",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
     }
 
     /// The open row of a participant, if any (for tests and checks).
@@ -394,15 +464,22 @@ mod tests {
         assert_eq!((pids(&p1), more), (vec![1, 2], true));
         let c = AttendanceCursor {
             joined_at_ms: p1[1].joined_at_ms,
+            node_id: None,
             id: p1[1].id,
         };
         let c = AttendanceCursor::parse(&c.token()).expect("a token parses back");
         let (p2, more) = s.attendance_page("m", Some(c), 2).unwrap();
         assert_eq!((pids(&p2), more), (vec![4, 3], false));
         assert_eq!(s.attendance_page("none", None, 2).unwrap(), (vec![], false));
-        for bad in ["", "1", "x.1", "1.y", "1.2.3"] {
+        for bad in ["", "1", "x.1", "1.y", "1.2.3.4", "1.x.3", "1.-1.3"] {
             assert_eq!(AttendanceCursor::parse(bad), None, "{bad:?}");
         }
+        let with_node = AttendanceCursor {
+            joined_at_ms: 5,
+            node_id: Some(2),
+            id: 7,
+        };
+        assert_eq!(AttendanceCursor::parse(&with_node.token()), Some(with_node));
     }
 
     #[test]
@@ -468,6 +545,69 @@ mod tests {
         // Without URLs, nothing is queued.
         s.apply_events(&events, &[], |_| unreachable!()).unwrap();
         assert_eq!(s.outbox_count("http://a/").unwrap(), 3);
+    }
+
+    #[test]
+    fn a_row_changed_after_it_was_read_for_shipping_is_shipped_again() {
+        let mut s = Store::in_memory().unwrap();
+        s.attendance_joined(&joined("m", 1, T0)).unwrap();
+        s.attendance_joined(&joined("m", 2, T0 + 1)).unwrap();
+        let read = s.attendance_unshipped(500).unwrap();
+        assert_eq!(
+            pids(&read.iter().map(|u| u.row.clone()).collect::<Vec<_>>()),
+            [1, 2]
+        );
+        assert!(
+            read[0].row.id >= 1_000,
+            "ids start high: {}",
+            read[0].row.id
+        );
+        // 1 leaves while the rows are on their way to PostgreSQL.
+        s.attendance_left("m", 1, T0 + 5, "left").unwrap();
+        let marks: Vec<(i64, i64)> = read.iter().map(|u| (u.row.id, u.version)).collect();
+        assert_eq!(
+            s.attendance_mark_shipped(&marks).unwrap(),
+            1,
+            "only 2 is as read"
+        );
+        let again = s.attendance_unshipped(500).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].row.participant_id, 1);
+        assert_eq!(again[0].row.reason.as_deref(), Some("left"));
+        assert!(again[0].version > read[0].version);
+        assert_eq!(s.attendance_unshipped_count().unwrap(), 1);
+        s.attendance_mark_shipped(&[(again[0].row.id, again[0].version)])
+            .unwrap();
+        assert_eq!(s.attendance_unshipped(500).unwrap(), vec![]);
+        assert_eq!(s.attendance_unshipped_count().unwrap(), 0);
+        // Closed at a restart: a change like a leave, for 2 (shipped open)
+        // and 3 (never shipped).
+        s.attendance_joined(&joined("m", 3, T0 + 9)).unwrap();
+        s.attendance_close_open(0, T0 + 10, "server_stopped")
+            .unwrap();
+        let closed = s.attendance_unshipped(500).unwrap();
+        assert_eq!(
+            pids(&closed.iter().map(|u| u.row.clone()).collect::<Vec<_>>()),
+            [2, 3]
+        );
+        assert!(closed.iter().all(|u| u.row.left_at_ms == Some(T0 + 10)));
+        // A bounded read.
+        for pid in 10..20 {
+            s.attendance_joined(&joined("m", pid, T0 + 20)).unwrap();
+        }
+        assert_eq!(s.attendance_unshipped(4).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn ids_never_start_again_when_the_store_does() {
+        let first = Store::in_memory().unwrap();
+        first.attendance_joined(&joined("m", 1, T0)).unwrap();
+        let (a, _) = first.attendance_page("m", None, 1).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = Store::in_memory().unwrap();
+        second.attendance_joined(&joined("m", 1, T0)).unwrap();
+        let (b, _) = second.attendance_page("m", None, 1).unwrap();
+        assert!(b[0].id > a[0].id, "{} then {}", a[0].id, b[0].id);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod journal;
 pub mod postgres;
 pub mod settings;
+pub mod ship;
 pub mod store;
 
 use std::path::Path;
@@ -60,6 +61,8 @@ pub struct Meetings {
     /// One change at a time, so the store, the rows and the cache change in
     /// the same order.
     writes: tokio::sync::Mutex<()>,
+    /// With PostgreSQL: what ships this node's attendance there, once started.
+    shipper: std::sync::OnceLock<Arc<ship::Shipper>>,
 }
 
 /// Where managed meetings are kept.
@@ -92,6 +95,7 @@ impl Meetings {
             local,
             rows: Mutex::new(Default::default()),
             writes: tokio::sync::Mutex::new(()),
+            shipper: std::sync::OnceLock::new(),
         };
         meetings.replace_all(all);
         Ok(meetings)
@@ -118,6 +122,7 @@ impl Meetings {
             local: Arc::new(Mutex::new(local)),
             rows: Mutex::new(Default::default()),
             writes: tokio::sync::Mutex::new(()),
+            shipper: std::sync::OnceLock::new(),
         };
         meetings.replace_all(all);
         Ok((meetings, changes))
@@ -177,6 +182,65 @@ impl Meetings {
     /// on a blocking thread.
     pub fn store(&self) -> &Arc<Mutex<Store>> {
         &self.local
+    }
+
+    /// With PostgreSQL, the shipper of this node's attendance (made on the
+    /// first call, counting into `metrics`); `None` without PostgreSQL.
+    pub fn shipper(&self, metrics: ship::ShipMetrics) -> Option<Arc<ship::Shipper>> {
+        let Backend::Postgres(pg) = &self.backend else {
+            return None;
+        };
+        Some(
+            self.shipper
+                .get_or_init(|| {
+                    Arc::new(ship::Shipper::new(self.local.clone(), pg.clone(), metrics))
+                })
+                .clone(),
+        )
+    }
+
+    /// The shared database, if the meetings live in one.
+    pub fn postgres(&self) -> Option<&PgStore> {
+        match &self.backend {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// At most `size` attendance rows of `meeting_id` after `after`, and
+    /// whether more follow: with PostgreSQL every node's (this node's
+    /// pending rows shipped first, waiting at most `wait`), else this
+    /// node's. Call after the event writer caught up.
+    pub async fn attendance_page(
+        &self,
+        meeting_id: &str,
+        after: Option<journal::AttendanceCursor>,
+        size: usize,
+        wait: std::time::Duration,
+    ) -> Result<(Vec<journal::Attendance>, bool), MeetingsError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            if let Some(s) = self.shipper.get() {
+                match tokio::time::timeout(wait, s.ship()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "attendance listed before this node's latest rows reached PostgreSQL")
+                    }
+                    Err(_) => tracing::debug!(
+                        "attendance listed while this node's rows are still on their way to PostgreSQL"
+                    ),
+                }
+            }
+            return Ok(pg.attendance_page(meeting_id, after, size).await?);
+        }
+        let store = self.local.clone();
+        let meeting = meeting_id.to_string();
+        Ok(
+            tokio::task::spawn_blocking(move || {
+                lock(&store).attendance_page(&meeting, after, size)
+            })
+            .await
+            .map_err(|e| MeetingsError::Task(e.to_string()))??,
+        )
     }
 
     /// The cache joins read.

@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use tokio::sync::{RwLock, mpsc};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 
+use super::journal::{Attendance, AttendanceCursor, Unshipped};
 use super::settings::{GuestPublish, ManagedMeeting, MeetingSettings};
 use super::store::StoreError;
 
@@ -41,6 +42,23 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2: what guests may publish (bits: 1 audio, 2 video, 4 screen), all until set.
     "ALTER TABLE meetings ADD COLUMN guest_publish BIGINT NOT NULL DEFAULT 7;",
+    // 3: attendance of every node, shipped from each node's own store;
+    // `local_id` is the row's id there, `version` its change count there.
+    "CREATE TABLE attendance (
+        node_id BIGINT NOT NULL,
+        local_id BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        meeting_id TEXT NOT NULL,
+        participant_id BIGINT NOT NULL,
+        user_id TEXT NOT NULL,
+        display_name TEXT NOT NULL,
+        joined_at_ms BIGINT NOT NULL,
+        left_at_ms BIGINT,
+        reason TEXT,
+        PRIMARY KEY (node_id, local_id)
+    );
+    CREATE INDEX attendance_by_meeting ON attendance (meeting_id, joined_at_ms, node_id, local_id);
+    CREATE INDEX attendance_by_left ON attendance (left_at_ms);",
 ];
 
 /// The schema version this server writes.
@@ -203,6 +221,132 @@ impl PgStore {
             .await
             .map_err(pg)?;
         Ok(!rows.is_empty())
+    }
+}
+
+impl PgStore {
+    /// Writes rows of this node's attendance, in one statement: new rows
+    /// are added, known ones replaced unless PostgreSQL already has a later
+    /// version of them (two shippers racing cannot undo a leave).
+    pub async fn upsert_attendance(&self, rows: &[Unshipped]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut node = Vec::with_capacity(rows.len());
+        let mut local = Vec::with_capacity(rows.len());
+        let mut version = Vec::with_capacity(rows.len());
+        let mut meeting_id = Vec::with_capacity(rows.len());
+        let mut participant = Vec::with_capacity(rows.len());
+        let mut user = Vec::with_capacity(rows.len());
+        let mut name = Vec::with_capacity(rows.len());
+        let mut joined = Vec::with_capacity(rows.len());
+        let mut left: Vec<Option<i64>> = Vec::with_capacity(rows.len());
+        let mut reason: Vec<Option<&str>> = Vec::with_capacity(rows.len());
+        for u in rows {
+            let a = &u.row;
+            node.push(i64::from(a.node_id));
+            local.push(a.id);
+            version.push(u.version);
+            meeting_id.push(a.meeting_id.as_str());
+            participant.push(i64::from(a.participant_id));
+            user.push(a.user_id.as_str());
+            name.push(a.display_name.as_str());
+            joined.push(signed(a.joined_at_ms));
+            left.push(a.left_at_ms.map(signed));
+            reason.push(a.reason.as_deref());
+        }
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO attendance (node_id, local_id, version, meeting_id, participant_id,
+                    user_id, display_name, joined_at_ms, left_at_ms, reason)
+                 SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[],
+                    $5::BIGINT[], $6::TEXT[], $7::TEXT[], $8::BIGINT[], $9::BIGINT[], $10::TEXT[])
+                 ON CONFLICT (node_id, local_id) DO UPDATE SET version = EXCLUDED.version,
+                    meeting_id = EXCLUDED.meeting_id, participant_id = EXCLUDED.participant_id,
+                    user_id = EXCLUDED.user_id, display_name = EXCLUDED.display_name,
+                    joined_at_ms = EXCLUDED.joined_at_ms, left_at_ms = EXCLUDED.left_at_ms,
+                    reason = EXCLUDED.reason
+                 WHERE attendance.version <= EXCLUDED.version",
+                &[
+                    &node,
+                    &local,
+                    &version,
+                    &meeting_id,
+                    &participant,
+                    &user,
+                    &name,
+                    &joined,
+                    &left,
+                    &reason,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    /// At most `size` attendance rows of `meeting_id`, of every node, after
+    /// `after` (from the start when `None`), by join time then node and
+    /// id, and whether more follow.
+    pub async fn attendance_page(
+        &self,
+        meeting_id: &str,
+        after: Option<AttendanceCursor>,
+        size: usize,
+    ) -> Result<(Vec<Attendance>, bool), StoreError> {
+        let (t, n, id) = match after {
+            Some(c) => (
+                signed(c.joined_at_ms),
+                i64::from(c.node_id.unwrap_or(0)),
+                c.id,
+            ),
+            None => (-1, -1, i64::MIN),
+        };
+        let limit = i64::try_from(size.saturating_add(1)).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT local_id, meeting_id, participant_id, user_id, display_name, node_id,
+                        joined_at_ms, left_at_ms, reason
+                 FROM attendance
+                 WHERE meeting_id = $1 AND (joined_at_ms, node_id, local_id) > ($2, $3, $4)
+                 ORDER BY joined_at_ms, node_id, local_id LIMIT $5",
+                &[&meeting_id, &t, &n, &id, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        let mut rows: Vec<Attendance> = rows
+            .iter()
+            .map(|r| Attendance {
+                id: r.get(0),
+                meeting_id: r.get(1),
+                participant_id: u32::try_from(r.get::<_, i64>(2)).unwrap_or(u32::MAX),
+                user_id: r.get(3),
+                display_name: r.get(4),
+                node_id: u32::try_from(r.get::<_, i64>(5)).unwrap_or(u32::MAX),
+                joined_at_ms: unsigned(r.get(6)),
+                left_at_ms: r.get::<_, Option<i64>>(7).map(unsigned),
+                reason: r.get(8),
+            })
+            .collect();
+        let more = rows.len() > size;
+        rows.truncate(size);
+        Ok((rows, more))
+    }
+
+    /// Deletes the attendance of those who left before `before_ms`, every
+    /// node's; rows of participants still in a meeting stay. How many went.
+    pub async fn attendance_delete_before(&self, before_ms: u64) -> Result<u64, StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM attendance WHERE left_at_ms IS NOT NULL AND left_at_ms < $1",
+                &[&signed(before_ms)],
+            )
+            .await
+            .map_err(pg)
     }
 }
 

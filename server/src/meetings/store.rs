@@ -56,6 +56,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX webhook_outbox_by_target ON webhook_outbox (target, seq);",
     // 4: what guests may publish (bits: 1 audio, 2 video, 4 screen), all until set.
     "ALTER TABLE meetings ADD COLUMN guest_publish INTEGER NOT NULL DEFAULT 7;",
+    // 5: attendance shipped to a shared PostgreSQL: `version` grows with each
+    // change of a row (a leave), `shipped_version` is the version PostgreSQL has.
+    "ALTER TABLE attendance ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE attendance ADD COLUMN shipped_version INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX attendance_unshipped ON attendance (id) WHERE shipped_version <> version;",
 ];
 
 /// The schema version this server writes.
@@ -116,6 +121,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
+        raise_attendance_ids(&conn, crate::events::unix_ms())?;
         Ok(Store { conn })
     }
 
@@ -182,6 +188,25 @@ impl Store {
             .execute("DELETE FROM meetings WHERE meeting_id = ?1", [meeting_id])?
             > 0)
     }
+}
+
+/// Makes the next attendance id at least `now_ms * 1000`: a row's id is
+/// its key in a shared PostgreSQL (with its node), so ids must not start
+/// again at 1 when the store does (in memory, or a data directory wiped).
+/// Ids stay unique while a node records fewer than 1000 joins a millisecond.
+fn raise_attendance_ids(conn: &Connection, now_ms: u64) -> rusqlite::Result<()> {
+    let floor = i64::try_from(now_ms.saturating_mul(1_000)).unwrap_or(i64::MAX / 2);
+    let raised = conn.execute(
+        "UPDATE sqlite_sequence SET seq = MAX(seq, ?1) WHERE name = 'attendance'",
+        [floor],
+    )?;
+    if raised == 0 {
+        conn.execute(
+            "INSERT INTO sqlite_sequence (name, seq) VALUES ('attendance', ?1)",
+            [floor],
+        )?;
+    }
+    Ok(())
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ManagedMeeting> {
