@@ -1275,3 +1275,101 @@ async fn attendance_is_listed_on_every_node_sharing_postgresql() {
         n.shutdown().await;
     }
 }
+
+/// The value of an unlabelled metric on `node`'s `/metrics`, 0 when absent.
+async fn metric(node: &convene_server::Server, name: &str) -> f64 {
+    let (status, body) = common::http_get(node, "/metrics").await;
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attendance_waits_while_postgresql_is_down_and_is_shipped_when_it_is_back() {
+    let mut db = common::postgres::Postgres::start();
+    let nats = common::nats::NatsServer::start();
+    let n = pg_node(&db.url(), &nats, 1).await;
+    let mut a = admin(&n, Some(ADMIN)).await;
+    a.create_meeting(CreateMeetingRequest {
+        meeting_id: "night".into(),
+        settings: Some(MeetingSettings::default()),
+    })
+    .await
+    .expect("created");
+    let alice_token = token(&mut a, "alice", &["subscribe"]).await;
+    let bob_token = token(&mut a, "bob", &["subscribe"]).await;
+    let (mut alice, first) = join(&n, &alice_token, "night").await;
+    assert!(matches!(first, S::Joined(_)), "{first:?}");
+    attendance_until(&mut a, "night", 10, |r| r.len() == 1).await;
+
+    // PostgreSQL stops: the meeting goes on, leaves and joins wait on the node.
+    db.stop();
+    let (mut bob, first) = join(&n, &bob_token, "night").await;
+    assert!(matches!(first, S::Joined(_)), "{first:?}");
+    let bob_in = now_ms();
+    alice.send(C::Leave(v1::Leave {})).await;
+    let alice_id = alice.id;
+    bob.expect(|m| matches!(m, S::ParticipantLeft(p) if p.participant_id == alice_id))
+        .await;
+    let alice_out = now_ms();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while metric(&n, "convene_attendance_unshipped").await < 2.0
+        || metric(&n, "convene_attendance_ship_failed_total").await < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiting rows and the failures are never counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let e = a
+        .list_attendance(ListAttendanceRequest {
+            meeting_id: "night".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+
+    // Back: the node reconnects (with backoff) and ships what waited,
+    // without a listing asking for it.
+    db.restart();
+    let back = std::time::Instant::now();
+    while metric(&n, "convene_attendance_unshipped").await > 0.0 {
+        assert!(
+            back.elapsed() < std::time::Duration::from_secs(30),
+            "the waiting rows are never shipped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    eprintln!("shipped {:?} after PostgreSQL was back", back.elapsed());
+    let records = loop {
+        let r = a
+            .list_attendance(ListAttendanceRequest {
+                meeting_id: "night".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().records);
+        if let Ok(r) = &r
+            && r.len() == 2
+            && r[0].left_at_ms.is_some()
+        {
+            break r.clone();
+        }
+        assert!(
+            back.elapsed() < std::time::Duration::from_secs(30),
+            "attendance never shipped once PostgreSQL was back: {r:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(records[0].participant_id, alice.id);
+    assert_eq!(records[0].reason, "left");
+    near("alice left", records[0].left_at_ms.unwrap(), alice_out);
+    assert_eq!(records[1].participant_id, bob.id);
+    near("bob joined", records[1].joined_at_ms, bob_in);
+    assert_eq!(metric(&n, "convene_attendance_unshipped").await, 0.0);
+    drop((alice, bob));
+    n.shutdown().await;
+}

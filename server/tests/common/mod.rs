@@ -715,12 +715,25 @@ pub mod postgres {
                 .stdout(Stdio::null());
             let st = as_owner(init).status().expect("initdb runs");
             assert!(st.success(), "initdb failed");
+            let mut pg = Postgres {
+                child: None,
+                dir,
+                port,
+            };
+            pg.run();
+            pg
+        }
+
+        /// Starts the server on the cluster and port, and waits until it takes connections.
+        fn run(&mut self) {
+            let bin = bin_dir();
+            let port = self.port;
             let mut server = Command::new(bin.join("postgres"));
             server
                 .arg("-D")
-                .arg(dir.join("data"))
+                .arg(self.dir.join("data"))
                 .args(["-p", &port.to_string(), "-k"])
-                .arg(&dir)
+                .arg(&self.dir)
                 .args([
                     "-c",
                     "listen_addresses=127.0.0.1",
@@ -731,12 +744,7 @@ pub mod postgres {
                 ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            let child = as_owner(server).spawn().expect("postgres starts");
-            let pg = Postgres {
-                child: Some(child),
-                dir,
-                port,
-            };
+            self.child = Some(as_owner(server).spawn().expect("postgres starts"));
             let deadline = Instant::now() + super::DEADLINE;
             loop {
                 let ready = Command::new(bin.join("pg_isready"))
@@ -760,7 +768,24 @@ pub mod postgres {
                 );
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            pg
+        }
+
+        /// Stops the server (a fast shutdown: connections are cut), keeping its data.
+        pub fn stop(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let st = Command::new("kill")
+                    .args(["-INT", &c.id().to_string()])
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "kill -INT postgres");
+                let _ = c.wait();
+            }
+        }
+
+        /// Starts the stopped server again, with the same data and port.
+        pub fn restart(&mut self) {
+            assert!(self.child.is_none(), "stop it first");
+            self.run();
         }
 
         /// The connection string of its `postgres` database.
