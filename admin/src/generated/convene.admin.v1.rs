@@ -807,10 +807,12 @@ pub mod admin_client {
             ));
             self.inner.unary(req, path, codec).await
         }
-        /// Who was in a meeting on this node, managed or ad hoc: one record per
-        /// join, ordered by join time, a page at a time; those still in the
-        /// meeting have no left_at_ms. Kept --attendance-retention-days (default
-        /// 30) after the participant left. Empty for a meeting nobody joined.
+        /// Who was in a meeting, managed or ad hoc: on this node, or with
+        /// --database-url on every node sharing the database. One record per
+        /// join, ordered by join time (then node and record id), a page at a
+        /// time; those still in the meeting have no left_at_ms. Kept
+        /// --attendance-retention-days (default 30) after the participant left.
+        /// Empty for a meeting nobody joined.
         /// INVALID_ARGUMENT for a bad meeting id, a page_size over 500 or a
         /// page_token not from a previous answer.
         pub async fn list_attendance(
@@ -921,10 +923,12 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::ListMeetingSettingsRequest>,
         ) -> std::result::Result<tonic::Response<super::ListMeetingSettingsResponse>, tonic::Status>;
-        /// Who was in a meeting on this node, managed or ad hoc: one record per
-        /// join, ordered by join time, a page at a time; those still in the
-        /// meeting have no left_at_ms. Kept --attendance-retention-days (default
-        /// 30) after the participant left. Empty for a meeting nobody joined.
+        /// Who was in a meeting, managed or ad hoc: on this node, or with
+        /// --database-url on every node sharing the database. One record per
+        /// join, ordered by join time (then node and record id), a page at a
+        /// time; those still in the meeting have no left_at_ms. Kept
+        /// --attendance-retention-days (default 30) after the participant left.
+        /// Empty for a meeting nobody joined.
         /// INVALID_ARGUMENT for a bad meeting id, a page_size over 500 or a
         /// page_token not from a previous answer.
         async fn list_attendance(
