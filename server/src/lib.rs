@@ -444,14 +444,13 @@ async fn start_events(
         state.metrics.webhooks.clone(),
     ));
     let (closing, loading) = (store.clone(), hooks.clone());
-    let closed = tokio::task::spawn_blocking(move || {
+    let now = events::unix_ms();
+    let stopped = events::LeaveReason::ServerStopped.as_str();
+    let (closed, first_id) = tokio::task::spawn_blocking(move || {
         let s = meetings::lock(&closing);
         loading.load(&s)?;
-        s.attendance_close_open(
-            node,
-            events::unix_ms(),
-            events::LeaveReason::ServerStopped.as_str(),
-        )
+        let closed = s.attendance_close_open(node, now, stopped)?;
+        Ok::<_, meetings::StoreError>((closed, s.attendance_next_id()?))
     })
     .await
     .map_err(|e| StartError::Store(meetings::StoreError::Task(e.to_string())))??;
@@ -460,6 +459,23 @@ async fn start_events(
             rows = closed,
             "attendance left open by the previous run closed as server_stopped"
         );
+    }
+    // In PostgreSQL too: a previous run whose store is gone (memory, a new
+    // --data-dir) cannot ship those leaves itself. Not fatal: the rows stay open.
+    if let Some(pg) = state.meetings.postgres() {
+        match pg
+            .attendance_close_stale(node, first_id, now, stopped)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => warn!(
+                rows = n,
+                "attendance left open in PostgreSQL by a previous run of this node closed as server_stopped"
+            ),
+            Err(e) => {
+                warn!(error = %e, "attendance left open in PostgreSQL by a previous run not closed")
+            }
+        }
     }
     if let Some(secret) = webhook_secret.filter(|_| !hooks.targets.is_empty()) {
         let extra = match &c.webhook_ca_file {
@@ -521,6 +537,18 @@ impl Server {
         let _ = stopping.await;
         // The leaves of those who just went are written before the end.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.state.events.flush()).await;
+        // And, with PostgreSQL, shipped there: a store in memory is gone after this.
+        if let Some(s) = self
+            .state
+            .meetings
+            .shipper(self.state.metrics.attendance_shipping.clone())
+        {
+            match tokio::time::timeout(Duration::from_secs(5), s.ship()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(error = %e, "the last attendance not shipped to PostgreSQL"),
+                Err(_) => warn!("the last attendance not shipped to PostgreSQL in 5 s"),
+            }
+        }
         if left > 0 {
             warn!(
                 left,

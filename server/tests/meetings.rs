@@ -1270,10 +1270,121 @@ async fn attendance_is_listed_on_every_node_sharing_postgresql() {
     let (status, body) = common::http_get(&a_node, "/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("convene_attendance_unshipped 0"), "{body}");
+
+    // B stops with dave still in: his leave is shipped before B is gone.
+    b_node.shutdown().await;
+    let r = attendance(&mut a, "rounds", 10).await;
+    assert_eq!(r[3].participant_id, dave.id);
+    assert_eq!(r[3].reason, "server_shutdown", "{r:?}");
     drop((alice, bob, carol, dave));
-    for n in [a_node, b_node] {
-        n.shutdown().await;
+    a_node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgresql_attendance_table_keeps_the_latest_version_and_forgets_old_rows() {
+    use convene_server::meetings::PgStore;
+    use convene_server::meetings::journal::{Attendance, AttendanceCursor, Unshipped};
+    let db = common::postgres::Postgres::start();
+    let (pg, _changes) = PgStore::connect(&db.url()).await.expect("connected");
+    let row = |node: u32, id: i64, joined: u64, left: Option<u64>, version: i64| Unshipped {
+        row: Attendance {
+            id,
+            meeting_id: "m".into(),
+            participant_id: id as u32,
+            user_id: format!("u{id}"),
+            display_name: format!("n{id}"),
+            node_id: node,
+            joined_at_ms: joined,
+            left_at_ms: left,
+            reason: left.map(|_| "left".to_string()),
+        },
+        version,
+    };
+    // Two nodes with the same local id, one join time for three rows.
+    pg.upsert_attendance(&[
+        row(2, 7, 100, None, 1),
+        row(1, 7, 100, None, 1),
+        row(1, 3, 100, None, 1),
+    ])
+    .await
+    .unwrap();
+    pg.upsert_attendance(&[row(1, 9, 50, Some(60), 2)])
+        .await
+        .unwrap();
+    // The leave of (1, 7), then the join again, late: the leave stays.
+    pg.upsert_attendance(&[row(1, 7, 100, Some(200), 2)])
+        .await
+        .unwrap();
+    pg.upsert_attendance(&[row(1, 7, 100, None, 1)])
+        .await
+        .unwrap();
+    let (all, more) = pg.attendance_page("m", None, 10).await.unwrap();
+    assert!(!more);
+    let keys: Vec<(u64, u32, i64)> = all
+        .iter()
+        .map(|a| (a.joined_at_ms, a.node_id, a.id))
+        .collect();
+    assert_eq!(keys, [(50, 1, 9), (100, 1, 3), (100, 1, 7), (100, 2, 7)]);
+    assert_eq!(
+        all[2].left_at_ms,
+        Some(200),
+        "a later version is never undone"
+    );
+    assert_eq!(
+        (all[2].user_id.as_str(), all[2].display_name.as_str()),
+        ("u7", "n7")
+    );
+    // Pages of one cover every row once.
+    let mut after = None;
+    let mut paged = Vec::new();
+    loop {
+        let (p, more) = pg.attendance_page("m", after, 1).await.unwrap();
+        let last = p.last().expect("a row");
+        after = Some(AttendanceCursor {
+            joined_at_ms: last.joined_at_ms,
+            node_id: Some(last.node_id),
+            id: last.id,
+        });
+        paged.extend(p);
+        if !more {
+            break;
+        }
     }
+    assert_eq!(paged, all);
+    assert_eq!(
+        pg.attendance_page("other", None, 10).await.unwrap(),
+        (vec![], false)
+    );
+    // A previous run of node 2 left (2, 7) open; ids of this run start at 8.
+    assert_eq!(
+        pg.attendance_close_stale(2, 8, 300, "server_stopped")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        pg.attendance_close_stale(2, 8, 400, "server_stopped")
+            .await
+            .unwrap(),
+        0
+    );
+    // Retention: left before 100 goes, open rows stay; again, nothing more.
+    assert_eq!(pg.attendance_delete_before(100).await.unwrap(), 1);
+    assert_eq!(pg.attendance_delete_before(100).await.unwrap(), 0);
+    let (left, _) = pg.attendance_page("m", None, 10).await.unwrap();
+    let keys: Vec<(u32, i64, Option<u64>, Option<&str>)> = left
+        .iter()
+        .map(|a| (a.node_id, a.id, a.left_at_ms, a.reason.as_deref()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (1, 3, None, None),
+            (1, 7, Some(200), Some("left")),
+            (2, 7, Some(300), Some("server_stopped"))
+        ]
+    );
+    assert_eq!(pg.attendance_delete_before(1_000).await.unwrap(), 2);
 }
 
 /// The value of an unlabelled metric on `node`'s `/metrics`, 0 when absent.

@@ -268,6 +268,19 @@ impl Store {
         Ok(n)
     }
 
+    /// The id the next attendance row gets, at least (ids only grow).
+    pub fn attendance_next_id(&self) -> Result<i64, StoreError> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'attendance'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(seq.unwrap_or(0).saturating_add(1))
+    }
+
     /// Rows whose latest version is not in PostgreSQL yet.
     pub fn attendance_unshipped_count(&self) -> Result<u64, StoreError> {
         let n: i64 = self.conn.query_row(
@@ -608,6 +621,7 @@ mod tests {
         second.attendance_joined(&joined("m", 1, T0)).unwrap();
         let (b, _) = second.attendance_page("m", None, 1).unwrap();
         assert!(b[0].id > a[0].id, "{} then {}", a[0].id, b[0].id);
+        assert_eq!(second.attendance_next_id().unwrap(), b[0].id + 1);
     }
 
     #[test]

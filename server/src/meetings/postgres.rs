@@ -336,6 +336,30 @@ impl PgStore {
         Ok((rows, more))
     }
 
+    /// Closes the rows of node `node_id` still open in PostgreSQL with
+    /// ids below `first_id` (the first id of this run) as `reason` at
+    /// `at_ms`: a previous run of the node stopped without shipping their
+    /// leaves, and its store (in memory, or lost) cannot ship them any more.
+    /// How many.
+    pub async fn attendance_close_stale(
+        &self,
+        node_id: u32,
+        first_id: i64,
+        at_ms: u64,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE attendance SET left_at_ms = GREATEST(joined_at_ms, $3), reason = $4,
+                        version = version + 1
+                 WHERE node_id = $1 AND local_id < $2 AND left_at_ms IS NULL",
+                &[&i64::from(node_id), &first_id, &signed(at_ms), &reason],
+            )
+            .await
+            .map_err(pg)
+    }
+
     /// Deletes the attendance of those who left before `before_ms`, every
     /// node's; rows of participants still in a meeting stay. How many went.
     pub async fn attendance_delete_before(&self, before_ms: u64) -> Result<u64, StoreError> {
