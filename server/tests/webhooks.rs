@@ -290,6 +290,7 @@ async fn events_wait_for_a_receiver_that_is_down_across_a_restart() {
         .unwrap()
         .port();
     let url = format!("http://127.0.0.1:{port}/hook");
+    let down_since = Instant::now();
     let dir = temp_dir("webhooks-down");
     let s = hooked(&dir, url.clone()).await;
     let mut a = admin(&s, Some(ADMIN)).await;
@@ -326,6 +327,11 @@ async fn events_wait_for_a_receiver_that_is_down_across_a_restart() {
         .len(),
         2
     );
+
+    // The receiver stays down for at least 10 s in all (the scenario's
+    // length, not a wait for something to happen).
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(down_since.elapsed())).await;
+    assert!(down_since.elapsed() >= Duration::from_secs(10));
 
     // The receiver comes up on that port: everything arrives, in order.
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
