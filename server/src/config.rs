@@ -389,6 +389,11 @@ settings! {
     /// least 16 bytes; required with --webhook-url.
     #[arg(long, env = "CONVENE_WEBHOOK_SECRET_FILE")]
     webhook_secret_file: Option<PathBuf>,
+    /// In meetings that require end-to-end encryption, a participant that
+    /// has not announced an identity key this long after joining (or after
+    /// the meeting came to require it) is removed, in ms.
+    #[arg(long, env = "CONVENE_E2EE_ANNOUNCE_TIMEOUT_MS")]
+    e2ee_announce_timeout_ms: u32 = 10_000,
     /// CA certificates (PEM) trusted for https:// webhook URLs besides the
     /// system's: for receivers with a certificate from a private CA.
     #[arg(long, env = "CONVENE_WEBHOOK_CA_FILE")]
@@ -590,6 +595,12 @@ impl Config {
 
     /// Checks values against the protocol's maximums and each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.e2ee_announce_timeout_ms < 1_000 {
+            return Err(ConfigError::Invalid(format!(
+                "e2ee_announce_timeout_ms {}: at least 1000, so a client has time to announce its key",
+                self.e2ee_announce_timeout_ms
+            )));
+        }
         if self.webhook_urls.len() > MAX_WEBHOOK_URLS {
             return Err(ConfigError::Invalid(format!(
                 "{} webhook URLs: at most {MAX_WEBHOOK_URLS}",

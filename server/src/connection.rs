@@ -321,6 +321,10 @@ impl Connection {
                 Kick::MeetingEnded => {
                     (GoodbyeReason::MeetingEnded, "a moderator ended the meeting")
                 }
+                Kick::NoKey => (
+                    GoodbyeReason::Removed,
+                    "this meeting requires end-to-end encryption, and you announced no key in time: join with encryption on",
+                ),
             };
             self.session.goodbye(reason, text);
         } else if self.outbox.is_slow() {
@@ -794,7 +798,7 @@ impl Connection {
             // The room's word (a removal, the end of the meeting) wins over
             // how the session then ended.
             let reason = match self.mailbox.kicked() {
-                Some(Kick::Removed) => LeaveReason::Removed,
+                Some(Kick::Removed | Kick::NoKey) => LeaveReason::Removed,
                 Some(Kick::MeetingEnded) => LeaveReason::MeetingEnded,
                 None => reason,
             };

@@ -316,7 +316,9 @@ pub async fn start_node(
         });
     }
     {
-        // Ends managed meetings whose rooms stayed empty for their timeout.
+        // Removes members that keep a meeting that requires encryption
+        // waiting for their key, and ends managed meetings whose rooms
+        // stayed empty for their timeout.
         let state = state.clone();
         let mut stop = state.shutdown_signal();
         tokio::spawn(async move {
@@ -326,6 +328,14 @@ pub async fn start_node(
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = stop.wait_for(|s| *s) => break,
+                }
+                let grace = Duration::from_millis(u64::from(state.config.e2ee_announce_timeout_ms));
+                for (meeting, participant) in state.router.remove_unannounced(state.now(), grace) {
+                    info!(
+                        meeting,
+                        participant,
+                        "removed: no end-to-end encryption key announced in a meeting that requires it"
+                    );
                 }
                 for meeting in state.router.end_idle(state.now()) {
                     match state.meetings.end_idle(&meeting).await {

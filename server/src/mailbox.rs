@@ -40,6 +40,9 @@ pub enum Kick {
     Removed,
     /// A moderator ended the meeting.
     MeetingEnded,
+    /// The meeting requires end-to-end encryption and the participant
+    /// announced no key in time (§14.7).
+    NoKey,
 }
 
 #[derive(Debug, Default)]

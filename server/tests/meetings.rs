@@ -497,6 +497,9 @@ async fn a_meeting_that_requires_encryption_forwards_only_sealed_media_after_an_
         "Joined says encryption is required: {first:?}"
     );
     let (mut bob, _) = join(&s, &t, "sealed").await;
+    // Bob announces too, as a member of such a meeting must.
+    let bob_ring = convene_protocol::e2ee::Keyring::new("sealed", bob.id, [8; 32]);
+    bob.send(C::E2ee(bob_ring.start())).await;
     alice.send(common::publish(1, v1::TrackKind::Video)).await;
     bob.expect(|m| matches!(m, S::TrackPublished(_))).await;
 
@@ -1483,4 +1486,58 @@ async fn attendance_waits_while_postgresql_is_down_and_is_shipped_when_it_is_bac
     assert_eq!(metric(&n, "convene_attendance_unshipped").await, 0.0);
     drop((alice, bob));
     n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_announces_no_key_is_removed_from_a_meeting_that_requires_encryption() {
+    let dir = temp_dir("e2ee-lurker");
+    let s = common::managed::node_with(&dir, |c| {
+        c.e2ee_announce_timeout_ms = 3_000;
+        // The member is not read while the test waits for the other.
+        c.idle_timeout_ms = 30_000;
+    })
+    .await;
+    let mut a = admin(&s, Some(ADMIN)).await;
+    a.create_meeting(CreateMeetingRequest {
+        meeting_id: "sealed-2".into(),
+        settings: Some(MeetingSettings {
+            e2ee_required: true,
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("created");
+    let t = token(&mut a, "someone", &["subscribe"]).await;
+    let (mut member, _) = join(&s, &t, "sealed-2").await;
+    let ring = convene_protocol::e2ee::Keyring::new("sealed-2", member.id, [3; 32]);
+    member.send(C::E2ee(ring.start())).await;
+    let joined = std::time::Instant::now();
+    let (mut lurker, _) = join(&s, &t, "sealed-2").await;
+    let lurker_id = lurker.id;
+    let bye = lurker.expect(|m| matches!(m, S::Goodbye(_))).await;
+    let S::Goodbye(g) = &bye else { unreachable!() };
+    assert_eq!(g.reason, v1::GoodbyeReason::Removed as i32, "{g:?}");
+    assert!(g.text.contains("end-to-end encryption"), "{g:?}");
+    assert!(
+        joined.elapsed() >= std::time::Duration::from_secs(3),
+        "not before the grace period: {:?}",
+        joined.elapsed()
+    );
+    // The member who announced stays, and sees the other go.
+    member
+        .expect(|m| matches!(m, S::ParticipantLeft(l) if l.participant_id == lurker_id))
+        .await;
+    let listed = a
+        .list_meetings(ListMeetingsRequest {})
+        .await
+        .expect("listed")
+        .into_inner()
+        .meetings;
+    let room = listed
+        .iter()
+        .find(|m| m.meeting_id == "sealed-2")
+        .expect("live");
+    assert_eq!(room.participants.len(), 1);
+    assert_eq!(room.participants[0].participant_id, member.id);
+    let _ = std::fs::remove_dir_all(&dir);
 }

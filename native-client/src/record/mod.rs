@@ -566,7 +566,10 @@ impl Recorder<'_> {
                 }
             }
         }
-        if self.args.e2ee == E2eeMode::On {
+        // A meeting that requires encryption is joined encrypted at once
+        // (the server removes members that do not announce a key).
+        let required = joined.e2ee_required && self.args.e2ee == E2eeMode::Auto;
+        if self.args.e2ee == E2eeMode::On || required {
             let present: Vec<u32> = self.present.iter().copied().collect();
             self.e2ee = Some(E2ee::start(
                 client,

@@ -133,6 +133,7 @@ impl Room {
                 budget: Default::default(),
                 announced: false,
                 told_e2ee: false,
+                entered: Timestamp::default(),
             },
         );
         // A snapshot carries the tracks already published: as if published

@@ -155,6 +155,7 @@ impl Room {
             budget: Default::default(),
             announced: false,
             told_e2ee: false,
+            entered: now,
         };
         if self.events_on() {
             // Emitted with the room locked: a meeting's events are queued in

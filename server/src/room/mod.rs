@@ -104,6 +104,8 @@ struct Member {
     announced: bool,
     /// It was told once that its media is held back for want of encryption.
     told_e2ee: bool,
+    /// When it entered the room (on this node; 0 for members elsewhere).
+    entered: Timestamp,
 }
 
 impl Member {
@@ -163,6 +165,9 @@ pub struct Room {
     e2ee_required: bool,
     /// What members who are not moderators may publish.
     guest_publish: crate::meetings::GuestPublish,
+    /// Since when the room has required encryption, as its checks saw it
+    /// (set at the first check after it was turned on).
+    e2ee_since: Option<Timestamp>,
     /// Capacity.
     limits: RoomLimits,
     /// The other nodes.
@@ -299,6 +304,7 @@ impl Room {
             started: false,
             e2ee_required: false,
             guest_publish: crate::meetings::GuestPublish::ALL,
+            e2ee_since: None,
             limits,
             bus,
             local: 0,
@@ -319,6 +325,34 @@ impl Room {
     /// Tells what happens to this node's members to `events`.
     pub fn set_events(&mut self, events: Arc<Events>) {
         self.events = events;
+    }
+
+    /// Members of this node who have not announced an identity key `grace`
+    /// after they entered, or after the room came to require encryption:
+    /// in a meeting that requires it, they are to be removed (§14.7).
+    pub fn unannounced(&mut self, now: Timestamp, grace: std::time::Duration) -> Vec<u32> {
+        if !self.e2ee_required {
+            return Vec::new();
+        }
+        let since = *self.e2ee_since.get_or_insert(now);
+        self.members
+            .iter()
+            .filter(|(_, m)| m.is_local() && !m.announced)
+            .filter(|(_, m)| now.saturating_since(m.entered.max(since)) >= grace)
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
+    /// Ends the session of `pid`, a member of this node, as `why` says (its
+    /// connection says Goodbye and leaves); false when it is not one.
+    pub fn kick(&mut self, pid: u32, why: crate::mailbox::Kick) -> bool {
+        match self.members.get_mut(&pid).and_then(|m| m.local.as_ref()) {
+            Some(l) => {
+                l.mailbox.kick(why);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The room closes for good: a meeting its empty-room timeout kept
@@ -355,6 +389,9 @@ impl Room {
             for m in self.members.values_mut() {
                 m.told_e2ee = false;
             }
+        }
+        if !s.e2ee_required {
+            self.e2ee_since = None;
         }
         self.e2ee_required = s.e2ee_required;
         self.linger = s.empty_timeout_s > 0;

@@ -152,6 +152,33 @@ impl Router {
         ended
     }
 
+    /// Removes, in meetings that require encryption, members of this node
+    /// that have not announced an identity key within `grace` (§14.7), as
+    /// the operator would; returns them as (meeting, participant).
+    pub fn remove_unannounced(
+        &self,
+        now: Timestamp,
+        grace: std::time::Duration,
+    ) -> Vec<(String, u32)> {
+        let rooms: Vec<Arc<Mutex<Room>>> = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut removed = Vec::new();
+        for room in rooms {
+            let mut guard = lock(&room);
+            for pid in guard.unannounced(now, grace) {
+                if guard.kick(pid, crate::mailbox::Kick::NoKey) {
+                    removed.push((guard.id().to_string(), pid));
+                }
+            }
+        }
+        removed
+    }
+
     fn lingering(&self) -> MutexGuard<'_, HashMap<String, Timestamp>> {
         self.lingering.lock().unwrap_or_else(|p| p.into_inner())
     }
