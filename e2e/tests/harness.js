@@ -395,4 +395,4 @@ function appNumber(page, name) {
   return page.locator('#app').getAttribute(name).then((v) => (v === null ? NaN : Number(v)));
 }
 
-module.exports = { startServer, startWebServer, startRelay, appNumber, startPages, launchChromium, launchFirefox, launchWebKit, convene, runBin, spawnConvene, canvasSample };
+module.exports = { freePort, startServer, startWebServer, startRelay, appNumber, startPages, launchChromium, launchFirefox, launchWebKit, convene, runBin, spawnConvene, canvasSample };

@@ -6,25 +6,13 @@
 // third page is refused, and after a restart on the same --data-dir the
 // meeting still has its waiting room.
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const crypto = require('node:crypto');
 const { test, expect } = require('@playwright/test');
-const { startWebServer, launchChromium, convene } = require('./harness');
+const { freePort, startWebServer, launchChromium, convene } = require('./harness');
 
 let server, browser, dir, secretFile, adminToken, adminUrl;
-
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function token(args, meeting = 'clinic-7') {
   const r = await convene(['token', '--secret-file', secretFile, '--meeting', meeting, ...args]);

@@ -80,6 +80,48 @@ impl TokenBucket {
     }
 }
 
+/// A time in UTC broken into its calendar parts, for names and tables
+/// people read (recording directories, attendance lists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcTime {
+    /// The year.
+    pub year: i64,
+    /// The month, 1 to 12.
+    pub month: u32,
+    /// The day of the month, 1 to 31.
+    pub day: u32,
+    /// The hour, 0 to 23.
+    pub hour: u32,
+    /// The minute.
+    pub minute: u32,
+    /// The second.
+    pub second: u32,
+}
+
+impl UtcTime {
+    /// `secs` seconds after the Unix epoch.
+    pub fn from_unix(secs: u64) -> UtcTime {
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        UtcTime {
+            year: yoe + era * 400 + i64::from(month <= 2),
+            month,
+            day,
+            hour: (rem / 3600) as u32,
+            minute: (rem / 60 % 60) as u32,
+            second: (rem % 60) as u32,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +143,21 @@ mod tests {
             assert!(b.try_take(later, 1.0));
         }
         assert!(!b.try_take(later, 1.0));
+    }
+
+    #[test]
+    fn unix_times_break_into_their_utc_calendar_parts() {
+        let t = UtcTime::from_unix(1_796_540_462);
+        assert_eq!(
+            (t.year, t.month, t.day, t.hour, t.minute, t.second),
+            (2026, 12, 6, 7, 1, 2)
+        );
+        let leap = UtcTime::from_unix(951_782_400);
+        assert_eq!((leap.year, leap.month, leap.day), (2000, 2, 29));
+        let epoch = UtcTime::from_unix(0);
+        assert_eq!(
+            (epoch.year, epoch.month, epoch.day, epoch.hour),
+            (1970, 1, 1, 0)
+        );
     }
 }
