@@ -476,12 +476,32 @@ async fn listen(
     tx: mpsc::Sender<Change>,
 ) {
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    while let Some(m) = messages.next().await {
+    // Set when a change could not be queued (the receiver is far behind):
+    // everything is read again as soon as there is room, so none is lost.
+    let mut missed = false;
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        let m = tokio::select! {
+            m = messages.next() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            _ = check.tick() => {
+                if missed {
+                    missed = tx.try_send(Change::Everything).is_err();
+                }
+                continue;
+            }
+        };
         match m {
             Ok(AsyncMessage::Notification(n)) if n.channel() == CHANNEL => {
-                // A full channel means the receiver is far behind; it
-                // reloads everything after the next reconnect at worst.
-                let _ = tx.try_send(Change::Meeting(n.payload().to_string()));
+                if !missed
+                    && tx
+                        .try_send(Change::Meeting(n.payload().to_string()))
+                        .is_err()
+                {
+                    missed = true;
+                }
             }
             Ok(AsyncMessage::Notice(n)) => tracing::debug!(notice = %n, "PostgreSQL notice"),
             Ok(_) => {}
