@@ -744,6 +744,7 @@ async fn two_nodes_on_one_postgresql_share_meetings_and_changes_reach_rooms_with
         .expect(|m| matches!(m, S::RoomLocked(l) if l.locked))
         .await;
     let took = sent.elapsed();
+    eprintln!("a lock set through node A reached the room on node B in {took:?}");
     assert!(
         took < std::time::Duration::from_secs(1),
         "the lock took {took:?}"
