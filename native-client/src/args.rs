@@ -34,6 +34,57 @@ pub(crate) struct ServerArgs {
 const DISCOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl ServerArgs {
+    /// Connects to `endpoint` with `config` and joins `meeting` as `user`,
+    /// subscribed to everything, within `timeout` (a waiting room counts:
+    /// `who` names us in its note, "us" or "the recorder"). Refusals and
+    /// closes come back as errors that say what to do.
+    pub(crate) async fn join(
+        &self,
+        endpoint: &Endpoint,
+        config: convene_protocol::ClientSessionConfig,
+        meeting: &str,
+        user: &str,
+        who: &str,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<(convene_client::Client, convene_protocol::v1::Joined)> {
+        use convene_protocol::ClientEvent;
+        let server = &self.server;
+        tokio::time::timeout(timeout, async {
+            let mut c = convene_client::Client::connect(endpoint, self.transport, config)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot connect: {e}; is the server running at {server}? (set it with --server)"
+                    )
+                })?;
+            loop {
+                match c.next_event().await {
+                    Some(ClientEvent::Welcome(_)) => {
+                        c.join(meeting, user, true)?;
+                    }
+                    Some(ClientEvent::Joined(j)) => return Ok((c, j)),
+                    Some(ClientEvent::Waiting(_)) => {
+                        eprintln!("in the waiting room until a host admits {who}");
+                    }
+                    Some(ClientEvent::JoinRefused(e)) | Some(ClientEvent::Error(e)) => {
+                        anyhow::bail!(refusal(&e, meeting));
+                    }
+                    Some(_) => {}
+                    None => anyhow::bail!(
+                        "the server closed the session: {}",
+                        c.close_reason().map_or("no reason".into(), |r| format!(
+                            "{} {}",
+                            r.transport_reason(),
+                            r.text
+                        ))
+                    ),
+                }
+            }
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the server at {server} did not let us join within {timeout:?}"))?
+    }
+
     /// The endpoint these flags describe.
     pub(crate) async fn endpoint(&self) -> anyhow::Result<Endpoint> {
         let urls = self.urls();

@@ -253,47 +253,17 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<std::process::ExitC
         },
         ..ClientSessionConfig::default()
     };
-    let server = args.server.server.clone();
-    let joined = tokio::time::timeout(JOIN_TIMEOUT, async {
-        let mut c = Client::connect(&endpoint, args.server.transport, config)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot connect: {e}; is the server running at {server}? (set it with --server)"
-                )
-            })?;
-        loop {
-            match c.next_event().await {
-                Some(ClientEvent::Welcome(_)) => {
-                    c.join(&args.meeting_id, &args.user_id, true)?;
-                }
-                Some(ClientEvent::Joined(j)) => return Ok::<_, anyhow::Error>((c, j)),
-                Some(ClientEvent::Waiting(_)) => {
-                    eprintln!("in the waiting room until a host admits us");
-                }
-                Some(ClientEvent::JoinRefused(e)) | Some(ClientEvent::Error(e)) => {
-                    anyhow::bail!(crate::args::refusal(&e, &args.meeting_id));
-                }
-                Some(_) => {}
-                None => anyhow::bail!(
-                    "the server closed the session: {}",
-                    c.close_reason().map_or("no reason".into(), |r| format!(
-                        "{} {}",
-                        r.transport_reason(),
-                        r.text
-                    ))
-                ),
-            }
-        }
-    })
-    .await
-    .map_err(|_| {
-        anyhow::anyhow!(
-            "the server at {} did not let us join within {JOIN_TIMEOUT:?}",
-            args.server.server
+    let (mut client, joined) = args
+        .server
+        .join(
+            &endpoint,
+            config,
+            &args.meeting_id,
+            &args.user_id,
+            "us",
+            JOIN_TIMEOUT,
         )
-    })??;
-    let (mut client, joined) = joined;
+        .await?;
     let started = Instant::now();
     if args.selective() {
         if !client.sfu() {

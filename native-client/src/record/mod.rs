@@ -317,43 +317,16 @@ async fn join(
         features: vec![convene_protocol::FEATURE_SFU.to_string()],
         ..ClientSessionConfig::default()
     };
-    let server = &args.server.server;
-    tokio::time::timeout(JOIN_TIMEOUT, async {
-        let mut c = Client::connect(endpoint, args.server.transport, config)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot connect: {e}; is the server running at {server}? (set it with --server)"
-                )
-            })?;
-        loop {
-            match c.next_event().await {
-                Some(ClientEvent::Welcome(_)) => {
-                    c.join(&args.meeting_id, &args.user_id, true)?;
-                }
-                Some(ClientEvent::Joined(j)) => return Ok::<_, anyhow::Error>((c, j)),
-                Some(ClientEvent::Waiting(_)) => {
-                    eprintln!("in the waiting room until a host admits the recorder")
-                }
-                Some(ClientEvent::JoinRefused(e)) | Some(ClientEvent::Error(e)) => {
-                    anyhow::bail!(crate::args::refusal(&e, &args.meeting_id))
-                }
-                Some(_) => {}
-                None => anyhow::bail!(
-                    "the server closed the session: {}",
-                    c.close_reason().map_or("no reason".into(), |r| format!(
-                        "{} {}",
-                        r.transport_reason(),
-                        r.text
-                    ))
-                ),
-            }
-        }
-    })
-    .await
-    .map_err(|_| {
-        anyhow::anyhow!("the server at {server} did not let us join within {JOIN_TIMEOUT:?}")
-    })?
+    args.server
+        .join(
+            endpoint,
+            config,
+            &args.meeting_id,
+            &args.user_id,
+            "the recorder",
+            JOIN_TIMEOUT,
+        )
+        .await
 }
 
 pub(crate) async fn run(args: RecordArgs) -> anyhow::Result<std::process::ExitCode> {
