@@ -7,8 +7,8 @@
 
 mod common;
 
+use common::managed::{ADMIN, SECRET, admin, join};
 use common::{Client, server};
-use convene_admin::admin_client::AdminClient;
 use convene_admin::{
     EndMeetingRequest, GetStatsRequest, ListMeetingsRequest, MintTokenRequest,
     RemoveParticipantRequest,
@@ -17,65 +17,16 @@ use convene_protocol::v1::{self, client_message::Msg as C, server_message::Msg a
 use convene_server::bus::InProcessHub;
 use convene_server::config::Config;
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-
-const SECRET: &str = "a-test-secret-of-at-least-32-bytes!";
-const ADMIN: &str = "admin-token-0123456789";
-
-type Admin = AdminClient<
-    InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
-
-/// A client of `s`'s admin API sending `token` (none when `None`).
-async fn admin(s: &convene_server::Server, token: Option<&str>) -> Admin {
-    let addr = s.admin_addr.expect("the admin API is on");
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("the admin API accepts connections");
-    let header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
-        token.map(|t| format!("Bearer {t}").parse().unwrap());
-    AdminClient::with_interceptor(
-        channel,
-        Box::new(move |mut req: tonic::Request<()>| {
-            if let Some(h) = &header {
-                req.metadata_mut().insert("authorization", h.clone());
-            }
-            Ok(req)
-        }),
-    )
-}
 
 fn with_admin(c: &mut Config) {
     c.admin_token = Some(ADMIN.into());
     c.admin_listen = "127.0.0.1:0".parse().unwrap();
 }
 
-/// Hello with `token`, then Join `meeting`; returns the client.
+/// Hello with `token`, then Join `meeting`; returns the client, joined.
 async fn join_with(s: &convene_server::Server, token: &str, meeting: &str) -> Client {
-    let mut c = Client::connect(s).await;
-    c.send(C::Hello(v1::Hello {
-        versions: vec![1],
-        auth_token: token.into(),
-        ..Default::default()
-    }))
-    .await;
-    let S::Welcome(w) = c.expect(|m| matches!(m, S::Welcome(_))).await else {
-        unreachable!()
-    };
-    c.id = w.participant_id;
-    c.send(C::Join(v1::Join {
-        meeting_id: meeting.into(),
-        display_name: "whatever the client says".into(),
-        subscribe_all: true,
-    }))
-    .await;
-    c.expect(|m| matches!(m, S::Joined(_))).await;
+    let (c, first) = join(s, token, meeting).await;
+    assert!(matches!(first, S::Joined(_)), "{first:?}");
     c
 }
 
