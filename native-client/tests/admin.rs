@@ -3,27 +3,12 @@
 //! meetings created, changed, listed and deleted; a meeting's attendance;
 //! an admin API over mutual TLS reached with the CA and a client certificate.
 
-use std::process::Stdio;
+mod common;
 
+use common::convene;
 use convene_server::config::Config;
 
 const ADMIN: &str = "admin-token-for-the-cli-test";
-
-async fn convene(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_convene"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_remove("CONVENE_ADMIN_TOKEN")
-        .output()
-        .await
-        .expect("convene runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn convene_admin_reads_a_nodes_stats_and_meetings() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 mod common;
 
 use common::{DEADLINE, Running, words};
-use convene_client::{Client, Endpoint, TransportChoice};
+use convene_client::Client;
 use convene_protocol::auth::Claims;
 use convene_protocol::v1::{self, client_message::Msg as C, server_message::Msg as S};
 use convene_protocol::{ClientEvent, ClientSessionConfig, ErrorCode, FEATURE_RECORDING};
@@ -38,25 +38,12 @@ fn token(meeting: &str, sub: &str, grants: &[&str]) -> String {
 }
 
 async fn joined(s: &convene_server::Server, meeting: &str, token: String) -> Client {
-    let endpoint = Endpoint::new(&format!("http://{}", s.addr)).unwrap();
     let config = ClientSessionConfig {
         auth_token: token,
         features: vec![FEATURE_RECORDING.into()],
         ..ClientSessionConfig::default()
     };
-    let mut c = Client::connect(&endpoint, TransportChoice::WebSocket, config)
-        .await
-        .expect("connects");
-    loop {
-        match c.next_event().await {
-            Some(ClientEvent::Welcome(_)) => {
-                c.join(meeting, "Mo", true).expect("joins");
-            }
-            Some(ClientEvent::Joined(_)) => return c,
-            Some(ClientEvent::Closed) | None => panic!("the session ended"),
-            _ => {}
-        }
-    }
+    common::joined_client(s, meeting, "Mo", config).await.0
 }
 
 /// Waits for a room message or error matching `pred`.

@@ -2,12 +2,10 @@
 //! says who is recording, on its status line and in its report, and
 //! `convene admin record` reaches the node's admin API.
 
-use std::process::Stdio;
-
 mod common;
 
-use common::{Running, json, server_args, server_on, words};
-use convene_client::{Client, Endpoint, TransportChoice};
+use common::{Running, convene, joined_client, json, server_args, server_on, words};
+use convene_client::Client;
 use convene_protocol::ClientEvent;
 use convene_protocol::v1::ClientKind;
 use convene_protocol::{ClientSessionConfig, FEATURE_RECORDING};
@@ -23,33 +21,19 @@ async fn recorder(s: &convene_server::Server, meeting: &str, name: &str) -> Clie
 /// A client of `kind` joined to `meeting` as `name`; it records when it
 /// says it is a recorder, and not otherwise.
 async fn joined(s: &convene_server::Server, meeting: &str, name: &str, kind: ClientKind) -> Client {
-    let endpoint = Endpoint::new(&format!("http://{}", s.addr)).unwrap();
     let config = ClientSessionConfig {
         client_kind: kind,
         features: vec![FEATURE_RECORDING.into()],
         ..ClientSessionConfig::default()
     };
-    let mut c = Client::connect(&endpoint, TransportChoice::WebSocket, config)
-        .await
-        .expect("connects");
-    loop {
-        match c.next_event().await {
-            Some(ClientEvent::Welcome(_)) => {
-                c.join(meeting, name, true).expect("joins");
-            }
-            Some(ClientEvent::Joined(j)) => {
-                let me = c.participant_id();
-                let recording = j
-                    .participants
-                    .iter()
-                    .any(|p| p.participant_id == me && p.recording);
-                assert_eq!(recording, kind == ClientKind::Recorder, "{j:?}");
-                return c;
-            }
-            Some(ClientEvent::Closed) | None => panic!("the recorder's session ended"),
-            _ => {}
-        }
-    }
+    let (c, j) = joined_client(s, meeting, name, config).await;
+    let me = c.participant_id();
+    let recording = j
+        .participants
+        .iter()
+        .any(|p| p.participant_id == me && p.recording);
+    assert_eq!(recording, kind == ClientKind::Recorder, "{j:?}");
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,22 +69,6 @@ async fn convene_receive_reports_no_recorder_when_there_is_none() {
     assert_eq!(report["recording"], serde_json::json!([]), "{report}");
     assert!(!err.iter().any(|l| l.contains("is recording")), "{err:?}");
     s.shutdown().await;
-}
-
-async fn convene(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_convene"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_remove("CONVENE_ADMIN_TOKEN")
-        .output()
-        .await
-        .expect("convene runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// A meeting with a recorder refuses another; the meeting list marks the

@@ -174,3 +174,55 @@ pub fn track<'a>(report: &'a serde_json::Value, kind: &str) -> &'a serde_json::V
 pub fn n(v: &serde_json::Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"))
 }
+
+/// Runs `convene args` to its end, without an admin token from the
+/// environment: whether it succeeded, its output and its errors.
+pub async fn convene(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_convene"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("CONVENE_ADMIN_TOKEN")
+        .output()
+        .await
+        .expect("convene runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A Rust client with `config` joined to `meeting` on `s` over WebSocket as
+/// `name`, subscribed to everything; and the Joined it got.
+pub async fn joined_client(
+    s: &convene_server::Server,
+    meeting: &str,
+    name: &str,
+    config: convene_protocol::ClientSessionConfig,
+) -> (convene_client::Client, convene_protocol::v1::Joined) {
+    use convene_protocol::ClientEvent;
+    let endpoint = convene_client::Endpoint::new(&format!("http://{}", s.addr)).unwrap();
+    let mut c = convene_client::Client::connect(
+        &endpoint,
+        convene_client::TransportChoice::WebSocket,
+        config,
+    )
+    .await
+    .expect("connects");
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match c.next_event().await {
+                Some(ClientEvent::Welcome(_)) => {
+                    c.join(meeting, name, true).expect("joins");
+                }
+                Some(ClientEvent::Joined(j)) => return j,
+                Some(ClientEvent::Closed) | None => panic!("the session ended before Joined"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .map(|j| (c, j))
+    .expect("joined in time")
+}
