@@ -411,3 +411,81 @@ async fn an_https_receiver_with_a_private_ca_gets_events_once_its_ca_is_trusted(
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&dir2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meeting_across_two_nodes_starts_once_and_ends_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let mut rx = receiver(listener);
+    let nats = common::nats::NatsServer::start();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for id in [1u16, 2] {
+        let dir = temp_dir(&format!("webhooks-node-{id}"));
+        let secret = secret_file(&dir.join("secrets"));
+        let (url, bus) = (url.clone(), nats.url());
+        let s = node_with(&dir, move |c| {
+            c.webhook_urls = vec![url];
+            c.webhook_secret_file = Some(secret);
+            c.webhook_backoff_max_ms = 1_000;
+            c.bus = Some(bus);
+            c.node_id = Some(id);
+            c.node_timeout_ms = 1_500;
+        })
+        .await;
+        let deadline = Instant::now() + WAIT;
+        while http_get(&s, "/readyz").await.0 != 200 {
+            assert!(Instant::now() < deadline, "node {id} never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        nodes.push(s);
+        dirs.push(dir);
+    }
+    let mut a = admin(&nodes[0], Some(ADMIN)).await;
+    let alice_token = token(&mut a, "alice", &["subscribe"]).await;
+    let bob_token = token(&mut a, "bob", &["subscribe"]).await;
+    let (mut alice, first) = join(&nodes[0], &alice_token, "span").await;
+    assert!(matches!(first, S::Joined(_)), "{first:?}");
+    let (mut bob, first) = join(&nodes[1], &bob_token, "span").await;
+    assert!(
+        matches!(&first, S::Joined(j) if j.participants.len() == 2),
+        "bob sees alice on the other node: {first:?}"
+    );
+    let bob_id = bob.id;
+    alice
+        .expect(|m| matches!(m, S::ParticipantJoined(j) if j.participant.as_ref().is_some_and(|p| p.participant_id == bob_id)))
+        .await;
+    alice.send(C::Leave(v1::Leave {})).await;
+    bob.expect(|m| matches!(m, S::ParticipantLeft(_))).await;
+    bob.send(C::Leave(v1::Leave {})).await;
+
+    // Each node tells its own participants; the meeting starts and ends once.
+    let got = distinct(&mut rx, 6).await;
+    let mut events = summary(&got);
+    events.sort();
+    assert_eq!(
+        events,
+        [
+            "meeting_ended",
+            "meeting_started",
+            "participant_joined:alice",
+            "participant_joined:bob",
+            "participant_left:alice:left",
+            "participant_left:bob:left",
+        ]
+    );
+    for s in &nodes {
+        until_metric(s, "convene_webhook_pending", |v| v == 0.0).await;
+    }
+    let mut delivered = 0.0;
+    for s in &nodes {
+        delivered += metric(s, "convene_webhook_delivered_total").await;
+    }
+    assert_eq!(delivered, 6.0, "nothing more was sent");
+    for s in nodes {
+        s.shutdown().await;
+    }
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

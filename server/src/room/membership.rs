@@ -142,8 +142,11 @@ impl Room {
             participant: info.clone(),
             subscribe_all,
         });
-        // A room kept through its empty-room timeout goes on with the same meeting.
-        let first = self.local == 0 && !self.started;
+        // The meeting starts with its first member on any node (a node
+        // opening a room waits to hear who is already in, §5.3), and a room
+        // kept through its empty-room timeout goes on with the same meeting.
+        let first = self.members.is_empty() && !self.started && !self.kept;
+        self.kept = false;
         self.local += 1;
         let member = Member {
             info,
@@ -252,7 +255,8 @@ impl Room {
                 self.emit(EventKind::RecordingEnded(who.clone()));
             }
             self.emit(EventKind::ParticipantLeft(who, reason));
-            if self.local == 0 && !self.linger {
+            // Ended by the last member of the meeting, on whichever node.
+            if self.members.is_empty() && !self.linger {
                 self.emit(EventKind::MeetingEnded);
                 self.started = false;
             }

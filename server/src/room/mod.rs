@@ -158,8 +158,11 @@ pub struct Room {
     /// The meeting has an empty-room timeout: the room outlives its last
     /// member, and the meeting ends (as events tell) only when it closes.
     linger: bool,
-    /// MeetingStarted was told and MeetingEnded not yet.
+    /// MeetingStarted was told (by this node) and MeetingEnded not yet.
     started: bool,
+    /// Empty, and kept for the meeting's empty-room timeout: a join goes on
+    /// with the same meeting.
+    kept: bool,
     /// Only sealed media is forwarded, and only after its sender's
     /// announcement (§14): the meeting requires end-to-end encryption.
     e2ee_required: bool,
@@ -302,6 +305,7 @@ impl Room {
             locked: false,
             linger: false,
             started: false,
+            kept: false,
             e2ee_required: false,
             guest_publish: crate::meetings::GuestPublish::ALL,
             e2ee_since: None,
@@ -353,6 +357,11 @@ impl Room {
             }
             None => false,
         }
+    }
+
+    /// The room, empty, is kept for the meeting's empty-room timeout.
+    pub fn keep(&mut self) {
+        self.kept = true;
     }
 
     /// The room closes for good: a meeting its empty-room timeout kept

@@ -113,6 +113,9 @@ impl Router {
         match self.meetings.policy(id) {
             Policy::Managed(s) if s.empty_timeout_s > 0 => {
                 self.lingering().entry(id.to_string()).or_insert(now);
+                if let Some(r) = rooms.get(id) {
+                    lock(r).keep();
+                }
             }
             _ => self.close_room(rooms, id),
         }
