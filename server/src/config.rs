@@ -375,6 +375,11 @@ settings! {
     /// (host=/run/postgresql): keep the database on a private network.
     #[arg(long, env = "CONVENE_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// CA certificates (PEM) trusted for PostgreSQL's certificate besides the
+    /// system's, with sslmode=require in --database-url (then the
+    /// certificate must be valid for the URL's host).
+    #[arg(long, env = "CONVENE_DATABASE_CA_FILE")]
+    database_ca_file: Option<PathBuf>,
     /// Days attendance (who was in a meeting, when, why they left) is kept
     /// after the participant left; older rows are deleted hourly. 0 keeps
     /// it forever.

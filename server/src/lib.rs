@@ -179,8 +179,14 @@ pub async fn start_node(
     // An empty URL (an unset secret) means none.
     let (meetings, changes) = match config.database_url.as_ref().filter(|u| !u.is_empty()) {
         Some(url) => {
-            let (m, changes) =
-                meetings::Meetings::open_postgres(url, config.data_dir.as_deref(), cache).await?;
+            let (m, changes) = {
+                let ca = match &config.database_ca_file {
+                    Some(path) => tls::ca_certificates(path)?,
+                    None => Vec::new(),
+                };
+                meetings::Meetings::open_postgres(url, ca, config.data_dir.as_deref(), cache)
+                    .await?
+            };
             info!(
                 meetings = m.list().len(),
                 "managed meetings stored in PostgreSQL, shared with every node using it"

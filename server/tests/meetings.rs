@@ -1542,3 +1542,35 @@ async fn a_member_who_announces_no_key_is_removed_from_a_meeting_that_requires_e
     assert_eq!(room.participants[0].participant_id, member.id);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_over_tls_needs_its_certificate_to_be_trusted() {
+    use convene_server::meetings::PgStore;
+    let pki = convene_testkit::pki::TestPki::new("postgres-tls");
+    let db =
+        common::postgres::Postgres::start_tls(&pki.path("server.pem"), &pki.path("server-key.pem"));
+    let url = format!(
+        "postgres://convene@localhost:{}/postgres?sslmode=require",
+        db.port
+    );
+    let ca = convene_server::tls::ca_certificates(&pki.path("ca.pem")).unwrap();
+    // Trusting the database's CA: a TLS session, and the store works through it.
+    let (store, _changes) = PgStore::connect_trusting(&url, ca)
+        .await
+        .expect("TLS to PostgreSQL");
+    assert_eq!(store.list().await.unwrap(), vec![]);
+    // Asking for TLS without trusting its CA: refused, and the error says so.
+    let e = PgStore::connect(&url).await.unwrap_err().to_string();
+    assert!(e.contains("cannot connect to PostgreSQL"), "{e}");
+    // The server really speaks TLS: its own view of our session says so.
+    let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let tls_sessions: i64 = client
+        .query_one("SELECT COUNT(*) FROM pg_stat_ssl WHERE ssl", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tls_sessions >= 1, "the store's connection is encrypted");
+}

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod journal;
+pub mod pg_tls;
 pub mod postgres;
 pub mod settings;
 pub mod ship;
@@ -105,8 +106,11 @@ impl Meetings {
     /// it) and fills `cache` from it. Changes made by any node arrive on the
     /// returned channel: give each to [`Meetings::refresh`].
     /// The node's event journal stays in its embedded store (`data_dir`, or memory).
+    /// With `sslmode=require` in `url`, the connection is TLS, trusting the
+    /// system's roots and `ca`.
     pub async fn open_postgres(
         url: &str,
+        ca: Vec<rustls::pki_types::CertificateDer<'static>>,
         data_dir: Option<&Path>,
         cache: Arc<MeetingCache>,
     ) -> Result<(Meetings, tokio::sync::mpsc::Receiver<Change>), StoreError> {
@@ -114,7 +118,7 @@ impl Meetings {
         let local = tokio::task::spawn_blocking(move || open_local(dir.as_deref()))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
-        let (pg, changes) = PgStore::connect(url).await?;
+        let (pg, changes) = PgStore::connect_trusting(url, ca).await?;
         let all = pg.list().await?;
         let meetings = Meetings {
             cache,

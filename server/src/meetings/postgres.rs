@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{RwLock, mpsc};
-use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Client, Row};
+
+use super::pg_tls::{PgTls, PgTlsStream};
 
 use super::journal::{Attendance, AttendanceCursor, Unshipped};
 use super::settings::{GuestPublish, ManagedMeeting, MeetingSettings};
@@ -88,12 +90,23 @@ impl PgStore {
     /// the connection (reconnecting when it drops). Changes by any node
     /// arrive on the returned channel.
     pub async fn connect(url: &str) -> Result<(PgStore, mpsc::Receiver<Change>), StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+        PgStore::connect_trusting(url, Vec::new()).await
+    }
+
+    /// [`PgStore::connect`], trusting `ca` besides the system's roots when
+    /// the URL asks for TLS (`sslmode=require`).
+    pub async fn connect_trusting(
+        url: &str,
+        ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Result<(PgStore, mpsc::Receiver<Change>), StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Postgres(format!(
                 "--database-url is not a PostgreSQL connection string: {e} (e.g. postgres://convene@db.internal/convene)"
             ))
         })?;
-        let (client, connection) = config.connect(NoTls).await.map_err(connect_error)?;
+        let tls = PgTls::for_config(&mut config, ca)
+            .map_err(|e| StoreError::Postgres(format!("TLS to PostgreSQL: {e}")))?;
+        let (client, connection) = config.connect(tls.clone()).await.map_err(connect_error)?;
         let (tx, rx) = mpsc::channel(1024);
         let client = Arc::new(client);
         let store = PgStore {
@@ -105,7 +118,7 @@ impl PgStore {
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
             .map_err(pg)?;
-        tokio::spawn(supervise(config, store.client.clone(), first, tx));
+        tokio::spawn(supervise(config, tls, store.client.clone(), first, tx));
         Ok((store, rx))
     }
 
@@ -471,7 +484,7 @@ async fn migrate(client: &Client) -> Result<(), StoreError> {
 async fn listen(
     mut connection: tokio_postgres::Connection<
         tokio_postgres::Socket,
-        tokio_postgres::tls::NoTlsStream,
+        PgTlsStream<tokio_postgres::Socket>,
     >,
     tx: mpsc::Sender<Change>,
 ) {
@@ -517,6 +530,7 @@ async fn listen(
 /// full reload each time it is back.
 async fn supervise(
     config: tokio_postgres::Config,
+    tls: PgTls,
     slot: Arc<RwLock<Option<Arc<Client>>>>,
     mut running: tokio::task::JoinHandle<()>,
     tx: mpsc::Sender<Change>,
@@ -533,7 +547,7 @@ async fn supervise(
             if tx.is_closed() {
                 return;
             }
-            match config.connect(NoTls).await {
+            match config.connect(tls.clone()).await {
                 Ok((client, connection)) => {
                     let task = tokio::spawn(listen(connection, tx.clone()));
                     if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {

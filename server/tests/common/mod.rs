@@ -686,6 +686,16 @@ pub mod postgres {
     impl Postgres {
         /// Creates a database cluster and starts its server; returns once it takes connections.
         pub fn start() -> Postgres {
+            Postgres::start_inner(None)
+        }
+
+        /// [`Postgres::start`], serving TLS too (`ssl = on`) with the PEM
+        /// certificate chain and key at `cert` and `key`.
+        pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Postgres {
+            Postgres::start_inner(Some((cert, key)))
+        }
+
+        fn start_inner(tls: Option<(&std::path::Path, &std::path::Path)>) -> Postgres {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
@@ -715,6 +725,33 @@ pub mod postgres {
                 .stdout(Stdio::null());
             let st = as_owner(init).status().expect("initdb runs");
             assert!(st.success(), "initdb failed");
+            if let Some((cert, key)) = tls {
+                use std::io::Write;
+                use std::os::unix::fs::PermissionsExt;
+                let data = dir.join("data");
+                std::fs::copy(cert, data.join("server.crt")).unwrap();
+                std::fs::copy(key, data.join("server.key")).unwrap();
+                // PostgreSQL refuses a key others may read.
+                std::fs::set_permissions(
+                    data.join("server.key"),
+                    std::fs::Permissions::from_mode(0o600),
+                )
+                .unwrap();
+                if root {
+                    let st = Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(data.join("server.crt"))
+                        .arg(data.join("server.key"))
+                        .status()
+                        .unwrap();
+                    assert!(st.success(), "chown of the TLS files");
+                }
+                let mut conf = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(data.join("postgresql.conf"))
+                    .unwrap();
+                writeln!(conf, "ssl = on").unwrap();
+            }
             let mut pg = Postgres {
                 child: None,
                 dir,
