@@ -28,10 +28,6 @@ async fn get_inner(url: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
         Some("http") => false,
         _ => return Err("the URL must be http:// or https://".into()),
     };
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let tcp = TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, &host)
@@ -41,18 +37,12 @@ async fn get_inner(url: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
         )
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    let response = if https {
-        let config = tls_config()?;
-        let name = rustls::pki_types::ServerName::try_from(host.clone())
-            .map_err(|e| format!("bad host name: {e}"))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        send(TokioIo::new(tls), request).await?
+    let tls = if https {
+        Some(Arc::new(tls_config()?))
     } else {
-        send(TokioIo::new(tcp), request).await?
+        None
     };
+    let response = exchange(&uri, tls.as_ref(), request).await?;
     if !response.status().is_success() {
         return Err(format!("HTTP status {}", response.status()));
     }
@@ -61,6 +51,42 @@ async fn get_inner(url: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
         .await
         .map_err(|e| format!("reading the body: {e} (at most {max_bytes} bytes)"))?;
     Ok(body.to_bytes().to_vec())
+}
+
+/// Sends `request` to `uri`'s host on a fresh connection: over TLS with
+/// `tls` for an https:// URI, in the clear otherwise.
+pub(crate) async fn exchange<B>(
+    uri: &hyper::Uri,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    request: hyper::Request<B>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // An IPv6 literal comes bracketed in a URI, and bare to the resolver.
+    let host = uri
+        .host()
+        .ok_or("the URL has no host")?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    if !https {
+        return send(TokioIo::new(tcp), request).await;
+    }
+    let tls = tls.ok_or("an https:// URL, and no TLS configuration")?;
+    let name =
+        rustls::pki_types::ServerName::try_from(host).map_err(|e| format!("bad host name: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    send(TokioIo::new(stream), request).await
 }
 
 /// Sends one request on a fresh HTTP/1.1 connection over `io`.

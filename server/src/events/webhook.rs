@@ -16,11 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use sha2::Sha256;
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
@@ -390,8 +388,6 @@ async fn post(
 ) -> Result<u16, String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
     let host = uri.host().ok_or("the URL has no host")?.to_string();
-    let https = uri.scheme_str() == Some("https");
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let authority = uri
         .authority()
@@ -407,21 +403,7 @@ async fn post(
         request = request.header(*k, v);
     }
     let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let response = if https {
-        let name =
-            rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-                .map_err(|e| format!("bad host name: {e}"))?;
-        let stream = tokio_rustls::TlsConnector::from(tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        crate::fetch::send(TokioIo::new(stream), request).await?
-    } else {
-        crate::fetch::send(TokioIo::new(tcp), request).await?
-    };
+    let response = crate::fetch::exchange(&uri, Some(tls), request).await?;
     Ok(response.status().as_u16())
 }
 
