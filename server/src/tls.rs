@@ -62,15 +62,9 @@ pub fn client_verifier(
         path: path.display().to_string(),
         message,
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| fail(e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
-    for c in certs {
+    for c in pem_certificates(path).map_err(fail)? {
         roots.add(c).map_err(|e| fail(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(fail("no certificate in the file".into()));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
@@ -81,16 +75,20 @@ pub fn client_verifier(
 /// The CA certificates in the PEM file `path`, for trusting servers of a
 /// private CA (webhook receivers).
 pub fn ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let fail = |message: String| TlsError::Pem {
+    pem_certificates(path).map_err(|message| TlsError::Pem {
         what: "CA certificates",
         path: path.display().to_string(),
         message,
-    };
+    })
+}
+
+/// The certificates of the PEM file `path`, at least one.
+fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     if certs.is_empty() {
-        return Err(fail("no certificate in the file".into()));
+        return Err("no certificate in the file".into());
     }
     Ok(certs)
 }
