@@ -106,18 +106,13 @@ impl PgStore {
         })?;
         let tls = PgTls::for_config(&mut config, ca)
             .map_err(|e| StoreError::Postgres(format!("TLS to PostgreSQL: {e}")))?;
-        let (client, connection) = config.connect(tls.clone()).await.map_err(connect_error)?;
         let (tx, rx) = mpsc::channel(1024);
+        let (client, first) = session(&config, &tls, &tx).await.map_err(connect_error)?;
         let client = Arc::new(client);
         let store = PgStore {
             client: Arc::new(RwLock::new(Some(client.clone()))),
         };
-        let first = tokio::spawn(listen(connection, tx.clone()));
         migrate(&client).await?;
-        client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
-            .await
-            .map_err(pg)?;
         tokio::spawn(supervise(config, tls, store.client.clone(), first, tx));
         Ok((store, rx))
     }
@@ -526,6 +521,22 @@ async fn listen(
     }
 }
 
+/// A connection that listens for changes, passed on to `tx` by a task
+/// that drives it until it ends.
+async fn session(
+    config: &tokio_postgres::Config,
+    tls: &PgTls,
+    tx: &mpsc::Sender<Change>,
+) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let (client, connection) = config.connect(tls.clone()).await?;
+    let task = tokio::spawn(listen(connection, tx.clone()));
+    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        task.abort();
+        return Err(e);
+    }
+    Ok((client, task))
+}
+
 /// Reconnects whenever the connection ends, with backoff, and asks for a
 /// full reload each time it is back.
 async fn supervise(
@@ -547,18 +558,12 @@ async fn supervise(
             if tx.is_closed() {
                 return;
             }
-            match config.connect(tls.clone()).await {
-                Ok((client, connection)) => {
-                    let task = tokio::spawn(listen(connection, tx.clone()));
-                    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
-                        tracing::warn!(error = %e, "PostgreSQL: cannot listen for changes");
-                        task.abort();
-                    } else {
-                        *slot.write().await = Some(Arc::new(client));
-                        tracing::info!("PostgreSQL connection back");
-                        let _ = tx.send(Change::Everything).await;
-                        break task;
-                    }
+            match session(&config, &tls, &tx).await {
+                Ok((client, task)) => {
+                    *slot.write().await = Some(Arc::new(client));
+                    tracing::info!("PostgreSQL connection back");
+                    let _ = tx.send(Change::Everything).await;
+                    break task;
                 }
                 Err(e) => tracing::warn!(error = %e, ?wait, "PostgreSQL: reconnecting"),
             }
