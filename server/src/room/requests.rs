@@ -517,13 +517,7 @@ impl Room {
     ) -> Result<(), ProtocolError> {
         self.require_moderator(pid)?;
         self.require_member(r.participant_id)?;
-        if let Some(l) = self
-            .members
-            .get(&r.participant_id)
-            .and_then(|m| m.local.as_ref())
-        {
-            l.mailbox.kick(Kick::Removed);
-        }
+        self.kick(r.participant_id, Kick::Removed);
         Ok(())
     }
 
