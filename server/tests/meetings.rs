@@ -666,14 +666,7 @@ async fn pg_node(db: &str, nats: &common::nats::NatsServer, id: u16) -> convene_
         ..Config::default()
     };
     let s = convene_server::start(config).await.expect("node starts");
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    while common::http_get(&s, "/readyz").await.0 != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node {id} never ready"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    common::wait_ready(&s).await;
     s
 }
 

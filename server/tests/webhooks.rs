@@ -433,11 +433,7 @@ async fn a_meeting_across_two_nodes_starts_once_and_ends_once() {
             c.node_timeout_ms = 1_500;
         })
         .await;
-        let deadline = Instant::now() + WAIT;
-        while http_get(&s, "/readyz").await.0 != 200 {
-            assert!(Instant::now() < deadline, "node {id} never ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::wait_ready(&s).await;
         nodes.push(s);
         dirs.push(dir);
     }

@@ -260,6 +260,19 @@ pub fn publish(track_id: u32, kind: v1::TrackKind) -> C {
 }
 
 /// A raw HTTP GET on loopback, for health and metrics endpoints.
+/// Waits until `server`'s `/readyz` answers 200 (a cluster node has its bus).
+pub async fn wait_ready(server: &convene_server::Server) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while http_get(server, "/readyz").await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never ready",
+            server.addr
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn http_get(server: &convene_server::Server, path: &str) -> (u16, String) {
     http_get_addr(server.addr, path).await
 }
